@@ -1,0 +1,187 @@
+/* metrics.jsonl and metrics.csv in the logdir, a row per loader per epoch.
+ * The CSV's columns are the union of the metric names seen; when a new one
+ * appears the file is rewritten from the rows kept in memory. */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error_internal.h"
+#include "core/fs.h"
+#include "loom/callbacks.h"
+#include "loom/runner.h"
+
+#define JSON_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(17))
+
+typedef struct metrics_logger {
+  FILE *jsonl, *csv;
+  char csv_path[4096];
+  json_t *rows;    /* every row so far, for a CSV rewrite */
+  json_t *columns; /* metric names, in first-seen order */
+} metrics_logger;
+
+static int open_file(FILE **f, char *path, size_t size, const char *logdir, const char *name) {
+  int rc = loom_path_join(path, size, logdir, name);
+  if (rc < 0)
+    return rc;
+  *f = fopen(path, "w");
+  if (!*f)
+    return loom_error_set(LOOM_EIO, "metrics logger: cannot write %s: %s", path, strerror(errno));
+  return 0;
+}
+
+static int logger_experiment_start(loom_callback *cb, loom_runner *r) {
+  metrics_logger *m = loom_callback_data(cb);
+  const char *logdir = loom_runner_logdir(r);
+  char path[4096];
+  int rc = loom_mkdir_p(logdir);
+  if (rc == 0)
+    rc = open_file(&m->jsonl, path, sizeof path, logdir, "metrics.jsonl");
+  if (rc == 0)
+    rc = open_file(&m->csv, m->csv_path, sizeof m->csv_path, logdir, "metrics.csv");
+  json_array_clear(m->rows);
+  json_array_clear(m->columns);
+  return rc;
+}
+
+/* JSON has no NaN or infinity: those are written as null. */
+static json_t *number(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+static void csv_cell(FILE *f, json_t *v) {
+  if (json_is_real(v))
+    fprintf(f, ",%.17g", json_real_value(v));
+  else if (json_is_integer(v))
+    fprintf(f, ",%lld", (long long)json_integer_value(v));
+  else if (json_is_string(v))
+    fprintf(f, ",%s", json_string_value(v));
+  else
+    fputc(',', f);
+}
+
+static void csv_row(const metrics_logger *m, json_t *row) {
+  fprintf(m->csv, "%s", json_string_value(json_object_get(row, "stage")));
+  csv_cell(m->csv, json_object_get(row, "epoch"));
+  csv_cell(m->csv, json_object_get(row, "global_epoch"));
+  csv_cell(m->csv, json_object_get(row, "loader"));
+  csv_cell(m->csv, json_object_get(row, "time_s"));
+  json_t *metrics = json_object_get(row, "metrics");
+  size_t i;
+  json_t *name;
+  json_array_foreach(m->columns, i, name) csv_cell(m->csv, json_object_get(metrics, json_string_value(name)));
+  fputc('\n', m->csv);
+}
+
+static int rewrite_csv(metrics_logger *m) {
+  FILE *f = freopen(m->csv_path, "w", m->csv);
+  if (!f) {
+    m->csv = NULL;
+    return loom_error_set(LOOM_EIO, "metrics logger: cannot rewrite %s: %s", m->csv_path, strerror(errno));
+  }
+  m->csv = f;
+  fputs("stage,epoch,global_epoch,loader,time_s", f);
+  size_t i;
+  json_t *name;
+  json_array_foreach(m->columns, i, name) fprintf(f, ",%s", json_string_value(name));
+  fputc('\n', f);
+  json_t *row;
+  json_array_foreach(m->rows, i, row) csv_row(m, row);
+  return 0;
+}
+
+static bool add_new_columns(metrics_logger *m, const loom_metrics *lm) {
+  bool added = false;
+  for (size_t i = 0; i < loom_metrics_count(lm); i++) {
+    const char *name = loom_metrics_name(lm, i);
+    bool known = false;
+    size_t j;
+    json_t *col;
+    json_array_foreach(m->columns, j, col) known = known || strcmp(json_string_value(col), name) == 0;
+    if (!known) {
+      json_array_append_new(m->columns, json_string(name));
+      added = true;
+    }
+  }
+  return added;
+}
+
+static int logger_loader_end(loom_callback *cb, loom_runner *r) {
+  metrics_logger *m = loom_callback_data(cb);
+  if (!m->jsonl || !m->csv)
+    return loom_error_set(LOOM_ESTATE, "metrics logger: files not open (on_experiment_start did not run)");
+  const loom_metrics *lm = loom_runner_loader_metrics(r);
+  json_t *metrics = json_object();
+  for (size_t i = 0; i < loom_metrics_count(lm); i++)
+    json_object_set_new(metrics, loom_metrics_name(lm, i), number(loom_metrics_value(lm, i)));
+  json_t *row = json_pack("{s:s, s:i, s:i, s:s, s:o, s:o}", "stage", loom_runner_stage_name(r), "epoch",
+                          loom_runner_epoch(r), "global_epoch", loom_runner_global_epoch(r), "loader",
+                          loom_runner_loader_name(r), "metrics", metrics, "time_s",
+                          number(loom_runner_loader_elapsed(r)));
+  if (!row)
+    return loom_error_oom("a metrics row");
+  char *line = json_dumps(row, JSON_FLAGS);
+  if (!line) {
+    json_decref(row);
+    return loom_error_oom("a metrics line");
+  }
+  int rc = 0;
+  if (fprintf(m->jsonl, "%s\n", line) < 0 || fflush(m->jsonl) != 0)
+    rc = loom_error_set(LOOM_EIO, "metrics logger: writing metrics.jsonl failed: %s", strerror(errno));
+  free(line);
+  json_array_append_new(m->rows, row);
+  if (rc == 0 && add_new_columns(m, lm))
+    rc = rewrite_csv(m);
+  else if (rc == 0)
+    csv_row(m, row);
+  if (rc == 0 && fflush(m->csv) != 0)
+    rc = loom_error_set(LOOM_EIO, "metrics logger: writing metrics.csv failed: %s", strerror(errno));
+  return rc;
+}
+
+static void close_files(metrics_logger *m) {
+  if (m->jsonl)
+    fclose(m->jsonl);
+  if (m->csv)
+    fclose(m->csv);
+  m->jsonl = m->csv = NULL;
+}
+
+static int logger_experiment_end(loom_callback *cb, loom_runner *r) {
+  (void)r;
+  close_files(loom_callback_data(cb));
+  return 0;
+}
+
+static void logger_destroy(void *data) {
+  metrics_logger *m = data;
+  close_files(m);
+  json_decref(m->rows);
+  json_decref(m->columns);
+  free(m);
+}
+
+static const loom_callback_ops metrics_logger_ops = {
+    .type = "metrics_logger",
+    .on_experiment_start = logger_experiment_start,
+    .on_loader_end = logger_loader_end,
+    .on_experiment_end = logger_experiment_end,
+    .destroy = logger_destroy,
+};
+
+loom_callback *loom_metrics_logger_create(void) {
+  metrics_logger *m = calloc(1, sizeof *m);
+  if (m) {
+    m->rows = json_array();
+    m->columns = json_array();
+  }
+  if (!m || !m->rows || !m->columns) {
+    if (m)
+      logger_destroy(m);
+    loom_error_oom("the metrics logger");
+    return NULL;
+  }
+  loom_callback *cb = loom_callback_create(&metrics_logger_ops, m, LOOM_ORDER_LOGGING);
+  if (cb)
+    loom_callback_set_node(cb, LOOM_NODE_MASTER);
+  return cb;
+}

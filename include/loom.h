@@ -1,0 +1,21 @@
+/* loom.h - everything a loom program needs. */
+#ifndef LOOM_H
+#define LOOM_H
+
+#include "loom/callback.h"
+#include "loom/callbacks.h"
+#include "loom/comm.h"
+#include "loom/criterion.h"
+#include "loom/data.h"
+#include "loom/error.h"
+#include "loom/experiment.h"
+#include "loom/metrics.h"
+#include "loom/model.h"
+#include "loom/optimizer.h"
+#include "loom/rng.h"
+#include "loom/runner.h"
+#include "loom/tensor.h"
+
+#define LOOM_VERSION "0.1.0"
+
+#endif

@@ -1,0 +1,96 @@
+/* loom/callback.h - callbacks and the events they receive.
+ *
+ * A callback implements any subset of the events; the runner dispatches each
+ * event through an array of the callbacks that implement it, built once per
+ * stage and sorted by order (lower first; equal orders keep registration
+ * order). A handler returns 0, or a negative LOOM_E* code (after
+ * loom_error_set) to fail the run: the runner then fires on_exception. */
+#ifndef LOOM_CALLBACK_H
+#define LOOM_CALLBACK_H
+
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct loom_callback loom_callback;
+typedef struct loom_runner loom_runner;
+
+typedef enum loom_event {
+  LOOM_EVENT_EXPERIMENT_START,
+  LOOM_EVENT_STAGE_START,
+  LOOM_EVENT_EPOCH_START,
+  LOOM_EVENT_LOADER_START,
+  LOOM_EVENT_BATCH_START,
+  LOOM_EVENT_BATCH_END,
+  LOOM_EVENT_LOADER_END,
+  LOOM_EVENT_EPOCH_END,
+  LOOM_EVENT_STAGE_END,
+  LOOM_EVENT_EXPERIMENT_END,
+  LOOM_EVENT_EXCEPTION,
+  LOOM_EVENT_COUNT
+} loom_event;
+
+/* "on_batch_end" etc. */
+const char *loom_event_name(loom_event event);
+
+/* Catalyst's bands; lower runs first. */
+enum {
+  LOOM_ORDER_INTERNAL = 0,
+  LOOM_ORDER_METRIC = 20,
+  LOOM_ORDER_METRIC_AGGREGATION = 40,
+  LOOM_ORDER_OPTIMIZER = 60,
+  LOOM_ORDER_VALIDATION = 80,
+  LOOM_ORDER_SCHEDULER = 100,
+  LOOM_ORDER_LOGGING = 120,
+  LOOM_ORDER_EXTERNAL = 200,
+};
+
+/* Which ranks run the callback. */
+typedef enum loom_node { LOOM_NODE_ALL, LOOM_NODE_MASTER, LOOM_NODE_WORKERS } loom_node;
+/* Stage: only in the stage it was added to. Experiment: carried into every
+ * later stage too. */
+typedef enum loom_scope { LOOM_SCOPE_STAGE, LOOM_SCOPE_EXPERIMENT } loom_scope;
+
+typedef int (*loom_callback_fn)(loom_callback *cb, loom_runner *runner);
+
+typedef struct loom_callback_ops {
+  const char *type; /* e.g. "accuracy"; the default name */
+  loom_callback_fn on_experiment_start;
+  loom_callback_fn on_stage_start;
+  loom_callback_fn on_epoch_start;
+  loom_callback_fn on_loader_start;
+  loom_callback_fn on_batch_start;
+  loom_callback_fn on_batch_end;
+  loom_callback_fn on_loader_end;
+  loom_callback_fn on_epoch_end;
+  loom_callback_fn on_stage_end;
+  loom_callback_fn on_experiment_end;
+  loom_callback_fn on_exception;
+  /* Optional: frees `data` when the callback is destroyed. */
+  void (*destroy)(void *data);
+} loom_callback_ops;
+
+/* `ops` is copied; `data` is owned from here on (freed by ops->destroy even
+ * when creation fails). Defaults: order as given, node all, scope stage. */
+loom_callback *loom_callback_create(const loom_callback_ops *ops, void *data, int order);
+void loom_callback_destroy(loom_callback *cb);
+
+void *loom_callback_data(const loom_callback *cb);
+const char *loom_callback_type(const loom_callback *cb);
+/* The name defaults to the type; used in messages and, later, checkpoints. */
+const char *loom_callback_name(const loom_callback *cb);
+int loom_callback_set_name(loom_callback *cb, const char *name);
+int loom_callback_order(const loom_callback *cb);
+void loom_callback_set_order(loom_callback *cb, int order);
+loom_node loom_callback_node(const loom_callback *cb);
+void loom_callback_set_node(loom_callback *cb, loom_node node);
+loom_scope loom_callback_scope(const loom_callback *cb);
+void loom_callback_set_scope(loom_callback *cb, loom_scope scope);
+loom_callback_fn loom_callback_handler(const loom_callback *cb, loom_event event);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,41 @@
+/* loom/criterion.h - losses: a scalar from model outputs and targets, and
+ * the gradient of that scalar with respect to the outputs. */
+#ifndef LOOM_CRITERION_H
+#define LOOM_CRITERION_H
+
+#include "loom/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct loom_criterion loom_criterion;
+
+typedef struct loom_criterion_ops {
+  const char *type;
+  /* The loss of a batch (a mean over samples). */
+  int (*forward)(void *data, const loom_tensor *output, const loom_tensor *target, double *loss);
+  /* d loss / d output of the last forward, written to dout (output's shape). */
+  int (*backward)(void *data, const loom_tensor *output, const loom_tensor *target, loom_tensor *dout);
+  void (*destroy)(void *data);
+} loom_criterion_ops;
+
+/* `ops` is copied; `data` is owned (freed by ops->destroy, also on failure). */
+loom_criterion *loom_criterion_create(const loom_criterion_ops *ops, void *data);
+void loom_criterion_destroy(loom_criterion *c);
+const char *loom_criterion_type(const loom_criterion *c);
+
+int loom_criterion_forward(loom_criterion *c, const loom_tensor *output, const loom_tensor *target,
+                           double *loss);
+/* *dout is owned by the criterion and valid until the next call. */
+int loom_criterion_backward(loom_criterion *c, const loom_tensor *output, const loom_tensor *target,
+                            const loom_tensor **dout);
+
+/* Softmax cross-entropy, mean over the batch. Output [N, C] logits; target
+ * [N] class indices stored as floats (0 .. C-1). */
+loom_criterion *loom_cross_entropy_create(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,60 @@
+/* loom/error.h - error codes and messages.
+ *
+ * Every fallible loom call returns 0 (or a positive count) on success and a
+ * negative LOOM_E* code on failure. Constructors return NULL on failure. In
+ * both cases the failing call leaves a message on the calling thread that
+ * says what went wrong, where, and what to do: loom_last_error(). */
+#ifndef LOOM_ERROR_H
+#define LOOM_ERROR_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One table generates the enum, loom_err_name and loom_strerror. */
+#define LOOM_ERRNO_MAP(X)                                                  \
+  X(ENOMEM, -1, "out of memory")                                           \
+  X(EINVAL, -2, "invalid argument")                                        \
+  X(EIO, -3, "input/output error")                                         \
+  X(ENOENT, -4, "no such file or directory")                               \
+  X(EFORMAT, -5, "malformed data")                                         \
+  X(ESHAPE, -6, "shape mismatch")                                          \
+  X(ECALLBACK, -7, "callback failed")                                      \
+  X(ENONFINITE, -8, "non-finite value")                                    \
+  X(EINTERRUPTED, -9, "interrupted")                                       \
+  X(ESTATE, -10, "call not valid in this state")                           \
+  X(ECOMM, -11, "communication failure")                                   \
+  X(ENOTSUP, -12, "not supported")
+
+typedef enum loom_errno {
+  LOOM_OK = 0,
+#define LOOM_ERRNO_ENUM_(name, code, text) LOOM_##name = code,
+  LOOM_ERRNO_MAP(LOOM_ERRNO_ENUM_)
+#undef LOOM_ERRNO_ENUM_
+} loom_errno;
+
+/* "LOOM_EIO", or "LOOM_UNKNOWN" for a code not in the table. */
+const char *loom_err_name(int code);
+/* A short description of the code, e.g. "input/output error". */
+const char *loom_strerror(int code);
+
+/* Records `code` and a printf-style message for the calling thread and
+ * returns `code`, so that `return loom_error_set(LOOM_EIO, ...)` reads well.
+ * User callbacks and datasets call it to report their own failures. */
+int loom_error_set(int code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Prefixes the calling thread's message with more context ("while X: ...")
+ * and returns `code`. */
+int loom_error_wrap(int code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* The message and code last recorded on the calling thread ("" and 0 if
+ * none). The string stays valid until the next loom call on this thread. */
+const char *loom_last_error(void);
+int loom_last_error_code(void);
+void loom_error_clear(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

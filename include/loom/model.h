@@ -1,0 +1,96 @@
+/* loom/model.h - layers and models.
+ *
+ * A model is a sequence of named layers. When it is built, every layer's
+ * parameters become views into one contiguous parameter buffer, and its
+ * gradients into one contiguous gradient buffer (as in llm.c): zeroing the
+ * gradients is one memset, an all-reduce is one call, a checkpoint one array.
+ * Gradients accumulate (+=) until loom_model_zero_grad, as in PyTorch. */
+#ifndef LOOM_MODEL_H
+#define LOOM_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "loom/rng.h"
+#include "loom/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct loom_layer loom_layer;
+typedef struct loom_model loom_model;
+
+/* What a layer implements. Shapes exclude the batch dimension. */
+typedef struct loom_layer_ops {
+  const char *type;
+  /* Number of float parameters (0 for none). Optional. */
+  size_t (*num_params)(void *data);
+  /* Output sample shape from the input sample shape; an error if the input
+   * does not fit. */
+  int (*output_shape)(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out);
+  /* Receives the layer's views into the model's buffers. Optional. */
+  void (*bind)(void *data, float *params, float *grads);
+  /* Initialises the parameters from a seeded stream. Optional. */
+  void (*init)(void *data, loom_rng *rng);
+  /* out is already shaped [batch, output_shape...]. */
+  int (*forward)(void *data, const loom_tensor *in, loom_tensor *out, bool train);
+  /* Accumulates parameter gradients; writes din unless it is NULL (the
+   * first layer's input gradient is never needed). */
+  int (*backward)(void *data, const loom_tensor *in, const loom_tensor *out, const loom_tensor *dout,
+                  loom_tensor *din);
+  void (*destroy)(void *data);
+} loom_layer_ops;
+
+/* `ops` is copied; `data` is owned (freed by ops->destroy, also on failure). */
+loom_layer *loom_layer_create(const loom_layer_ops *ops, void *data);
+void loom_layer_destroy(loom_layer *layer);
+const char *loom_layer_type(const loom_layer *layer);
+void *loom_layer_data(const loom_layer *layer);
+
+/* y = x W^T + b with W [out, in] (PyTorch's layout). Initialised like
+ * PyTorch's nn.Linear: Kaiming uniform, bounds 1/sqrt(in) for W and b. */
+loom_layer *loom_linear_create(int64_t in_features, int64_t out_features, bool bias);
+/* Views of a Linear layer's weight [out, in] and bias [out] (NULL if none);
+ * valid once the model is built. */
+float *loom_linear_weight(loom_layer *layer);
+float *loom_linear_bias(loom_layer *layer);
+loom_layer *loom_relu_create(void);
+
+/* An empty sequential model. */
+loom_model *loom_model_create(void);
+void loom_model_destroy(loom_model *model);
+/* Appends a layer; the model owns it from here on, also on failure. Names
+ * must be unique ("fc1", "act1", ...). Only before loom_model_build. */
+int loom_model_add(loom_model *model, const char *name, loom_layer *layer);
+/* Checks shapes for samples of shape `sample_shape`, allocates the parameter
+ * and gradient buffers and initialises the parameters from `seed`. */
+int loom_model_build(loom_model *model, int ndim, const int64_t *sample_shape, uint64_t seed);
+bool loom_model_is_built(const loom_model *model);
+
+/* An MLP: Linear(sizes[0] -> sizes[1]), ReLU, ..., Linear(-> sizes[n-1]),
+ * named fc1, relu1, fc2, ...; built for inputs of sizes[0] features (any
+ * sample shape with that many elements is flattened). */
+loom_model *loom_mlp_create(const int64_t *sizes, int n, uint64_t seed);
+
+/* Forward pass; *out is owned by the model and valid until the next call. */
+int loom_model_forward(loom_model *model, const loom_tensor *input, const loom_tensor **out);
+/* Backward pass from the gradient of the last forward's output. */
+int loom_model_backward(loom_model *model, const loom_tensor *dout);
+void loom_model_zero_grad(loom_model *model);
+void loom_model_set_train(loom_model *model, bool train);
+bool loom_model_is_train(const loom_model *model);
+
+size_t loom_model_num_params(const loom_model *model);
+float *loom_model_params(loom_model *model);
+float *loom_model_grads(loom_model *model);
+size_t loom_model_num_layers(const loom_model *model);
+loom_layer *loom_model_layer(const loom_model *model, size_t i);
+const char *loom_model_layer_name(const loom_model *model, size_t i);
+loom_layer *loom_model_find_layer(const loom_model *model, const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,60 @@
+/* loom/optimizer.h - optimizers over a model's contiguous parameters.
+ *
+ * An optimizer's state (momentum, Adam moments) is one contiguous buffer,
+ * allocated on the first step for the model it is stepped with. Updates
+ * follow PyTorch's torch.optim formulas exactly. */
+#ifndef LOOM_OPTIMIZER_H
+#define LOOM_OPTIMIZER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "loom/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct loom_optimizer loom_optimizer;
+
+typedef struct loom_sgd_options {
+  double lr;
+  double momentum;     /* 0: plain SGD */
+  double dampening;
+  double weight_decay; /* L2, added to the gradient */
+  bool nesterov;       /* needs momentum > 0 and dampening 0 */
+} loom_sgd_options;
+
+typedef struct loom_adam_options {
+  double lr;           /* 1e-3 */
+  double beta1, beta2; /* 0.9, 0.999 */
+  double eps;          /* 1e-8 */
+  double weight_decay; /* L2, added to the gradient (Adam, not AdamW) */
+} loom_adam_options;
+
+/* The defaults above, for `loom_adam_options o = loom_adam_defaults();`. */
+loom_adam_options loom_adam_defaults(void);
+
+loom_optimizer *loom_sgd_create(const loom_sgd_options *options);
+loom_optimizer *loom_adam_create(const loom_adam_options *options);
+void loom_optimizer_destroy(loom_optimizer *opt);
+const char *loom_optimizer_type(const loom_optimizer *opt);
+
+/* One update of the model's parameters from its gradients. */
+int loom_optimizer_step(loom_optimizer *opt, loom_model *model);
+/* Forgets the state (moments, step count). */
+void loom_optimizer_reset(loom_optimizer *opt);
+
+double loom_optimizer_lr(const loom_optimizer *opt);
+void loom_optimizer_set_lr(loom_optimizer *opt, double lr);
+/* SGD's momentum, Adam's beta1. */
+double loom_optimizer_momentum(const loom_optimizer *opt);
+int64_t loom_optimizer_steps(const loom_optimizer *opt);
+/* The state buffer and its length in floats (NULL, 0 before the first step). */
+float *loom_optimizer_state(loom_optimizer *opt, size_t *n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

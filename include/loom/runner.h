@@ -1,0 +1,115 @@
+/* loom/runner.h - the runner: the loop and the state callbacks read.
+ *
+ * loom_run_experiment walks experiment -> stages -> epochs -> loaders ->
+ * batches and fires the events of loom/callback.h (see docs/architecture.md
+ * for the exact sequence). handle_batch does the work of one batch; the
+ * default is the supervised one (forward, loss, backward, optimizer step). */
+#ifndef LOOM_RUNNER_H
+#define LOOM_RUNNER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "loom/callback.h"
+#include "loom/comm.h"
+#include "loom/experiment.h"
+#include "loom/metrics.h"
+#include "loom/rng.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum loom_loader_kind { LOOM_LOADER_TRAIN, LOOM_LOADER_VALID, LOOM_LOADER_INFER } loom_loader_kind;
+/* From the name: "train*" train, "valid*" valid, "infer*" infer; any other
+ * name is an error when the stage starts. Returns -1 for those. */
+int loom_loader_kind_from_name(const char *name);
+
+typedef enum loom_stop {
+  LOOM_STOP_LOADER = 1, /* leave the current loader after this batch */
+  LOOM_STOP_STAGE = 2,  /* need_early_stop: end the stage after this epoch */
+} loom_stop;
+
+typedef int (*loom_handle_batch_fn)(loom_runner *runner, void *user);
+
+loom_runner *loom_runner_create(void);
+void loom_runner_destroy(loom_runner *runner);
+/* Replaces the communicator (default: local); owned from here on. */
+void loom_runner_set_comm(loom_runner *runner, loom_comm *comm);
+/* Replaces handle_batch: a custom runner. NULL restores the supervised one. */
+void loom_runner_set_handle_batch(loom_runner *runner, loom_handle_batch_fn fn, void *user);
+
+/* Runs the experiment. Returns 0, or the error that stopped it unless a
+ * callback marked that error handled in on_exception. The runner keeps its
+ * final state (metrics, counters, error) until the next run or destroy. */
+int loom_run_experiment(loom_runner *runner, loom_experiment *exp);
+
+/* The supervised handle_batch, for custom ones that extend it. */
+int loom_supervised_handle_batch(loom_runner *runner, void *user);
+
+/* --- where the loop is --- */
+const loom_experiment *loom_runner_experiment(const loom_runner *r);
+const char *loom_runner_stage_name(const loom_runner *r);
+int loom_runner_stage_index(const loom_runner *r);
+int loom_runner_epoch(const loom_runner *r);      /* 1-based within the stage */
+int loom_runner_num_epochs(const loom_runner *r);
+int loom_runner_global_epoch(const loom_runner *r); /* 1-based across stages */
+const char *loom_runner_loader_name(const loom_runner *r);
+loom_loader_kind loom_runner_loader_kind(const loom_runner *r);
+bool loom_runner_is_train_loader(const loom_runner *r);
+int64_t loom_runner_loader_batch_step(const loom_runner *r); /* 1-based */
+int64_t loom_runner_loader_num_batches(const loom_runner *r);
+int64_t loom_runner_loader_sample_step(const loom_runner *r);
+int64_t loom_runner_batch_size(const loom_runner *r);
+int64_t loom_runner_global_batch_step(const loom_runner *r);  /* train batches so far */
+int64_t loom_runner_global_sample_step(const loom_runner *r); /* train samples so far */
+double loom_runner_loader_elapsed(const loom_runner *r);      /* seconds since on_loader_start */
+loom_comm *loom_runner_comm(const loom_runner *r);
+int loom_runner_rank(const loom_runner *r);
+int loom_runner_world_size(const loom_runner *r);
+bool loom_runner_is_master(const loom_runner *r);
+const char *loom_runner_logdir(const loom_runner *r);
+/* Seeded from (experiment seed, global epoch) at each epoch start. */
+loom_rng *loom_runner_rng(loom_runner *r);
+
+/* --- the current stage's components and batch --- */
+loom_model *loom_runner_model(const loom_runner *r);
+loom_criterion *loom_runner_criterion(const loom_runner *r);
+loom_optimizer *loom_runner_optimizer(const loom_runner *r);
+loom_loader *loom_runner_loader(const loom_runner *r);
+const loom_tensor *loom_runner_input(const loom_runner *r);
+const loom_tensor *loom_runner_target(const loom_runner *r);
+const loom_tensor *loom_runner_output(const loom_runner *r);
+/* handle_batch publishes the model's output for metric callbacks. */
+void loom_runner_set_output(loom_runner *r, const loom_tensor *output);
+double loom_runner_batch_loss(const loom_runner *r);
+void loom_runner_set_batch_loss(loom_runner *r, double loss);
+
+/* --- metrics --- */
+loom_metrics *loom_runner_batch_metrics(loom_runner *r);
+loom_metrics *loom_runner_loader_metrics(loom_runner *r);
+loom_metrics *loom_runner_epoch_metrics(loom_runner *r);
+const loom_metrics *loom_runner_best_valid_metrics(const loom_runner *r);
+const char *loom_runner_valid_loader(const loom_runner *r);
+const char *loom_runner_main_metric(const loom_runner *r);
+bool loom_runner_minimize_metric(const loom_runner *r);
+/* True at on_epoch_end when this epoch's main metric is the best so far. */
+bool loom_runner_is_best_valid(const loom_runner *r);
+int loom_runner_best_epoch(const loom_runner *r); /* global epoch, 0 if none */
+
+/* --- control --- */
+void loom_runner_request_stop(loom_runner *r, loom_stop what);
+bool loom_runner_need_early_stop(const loom_runner *r);
+
+/* --- errors --- */
+/* The error that stopped the run (0 if none) and its message. */
+int loom_runner_error(const loom_runner *r);
+const char *loom_runner_error_message(const loom_runner *r);
+/* From on_exception: the error is dealt with; loom_run_experiment returns 0. */
+void loom_runner_mark_error_handled(loom_runner *r);
+bool loom_runner_error_handled(const loom_runner *r);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,155 @@
+/* IDX files (LeCun's MNIST format), gzip'd or plain: zlib's gzread reads
+ * both. Header: two zero bytes, a type byte (0x08 = unsigned byte), the
+ * number of dimensions, then each dimension as a big-endian uint32. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <zlib.h>
+
+#include "core/error_internal.h"
+#include "loom/data.h"
+
+#define IDX_UBYTE 0x08
+
+typedef struct idx_array {
+  int ndim;
+  int64_t dims[LOOM_MAX_DIMS];
+  int64_t count; /* elements */
+  uint8_t *bytes;
+} idx_array;
+
+static int read_exact(gzFile f, const char *path, void *buf, size_t n, const char *what) {
+  size_t got = 0;
+  while (got < n) {
+    unsigned chunk = n - got > (1u << 30) ? (1u << 30) : (unsigned)(n - got);
+    int r = gzread(f, (char *)buf + got, chunk);
+    if (r < 0) {
+      int zerr;
+      const char *msg = gzerror(f, &zerr);
+      return loom_error_set(LOOM_EFORMAT, "%s: corrupt gzip stream while reading %s (%s); the file is damaged: "
+                                          "reinstall or download it again",
+                            path, what, msg);
+    }
+    if (r == 0) {
+      int zerr;
+      const char *msg = gzerror(f, &zerr);
+      if (zerr != Z_OK && zerr != Z_STREAM_END)
+        return loom_error_set(LOOM_EFORMAT, "%s: corrupt gzip stream while reading %s (%s); the file is damaged",
+                              path, what, msg);
+      return loom_error_set(LOOM_EFORMAT, "%s: truncated: %s needs %zu bytes, the file ends after %zu; "
+                                          "the file is incomplete: download or reinstall it",
+                            path, what, n, got);
+    }
+    got += (size_t)r;
+  }
+  return 0;
+}
+
+static int idx_read(const char *path, int want_ndim, idx_array *a) {
+  memset(a, 0, sizeof *a);
+  struct stat st;
+  if (stat(path, &st) < 0)
+    return loom_error_set(errno == ENOENT ? LOOM_ENOENT : LOOM_EIO, "%s: %s", path, strerror(errno));
+  gzFile f = gzopen(path, "rb");
+  if (!f)
+    return loom_error_set(LOOM_EIO, "%s: cannot open: %s", path, strerror(errno));
+  gzbuffer(f, 1 << 18);
+  uint8_t head[4];
+  int rc = read_exact(f, path, head, 4, "the IDX header");
+  if (rc == 0 && (head[0] != 0 || head[1] != 0 || head[3] != want_ndim))
+    rc = loom_error_set(LOOM_EFORMAT, "%s: not an IDX file of %d dimensions (magic number 0x%02x%02x%02x%02x; "
+                                      "expected 0x000008%02x)",
+                        path, want_ndim, head[0], head[1], head[2], head[3], want_ndim);
+  else if (rc == 0 && head[2] != IDX_UBYTE)
+    rc = loom_error_set(LOOM_ENOTSUP, "%s: IDX element type 0x%02x; loom reads unsigned-byte (0x08) IDX files",
+                        path, head[2]);
+  a->ndim = want_ndim;
+  a->count = 1;
+  for (int i = 0; rc == 0 && i < want_ndim; i++) {
+    uint8_t d[4];
+    rc = read_exact(f, path, d, 4, "the IDX dimensions");
+    a->dims[i] = ((int64_t)d[0] << 24) | ((int64_t)d[1] << 16) | ((int64_t)d[2] << 8) | d[3];
+    a->count *= a->dims[i];
+  }
+  if (rc == 0 && (a->count <= 0 || a->count > ((int64_t)1 << 34)))
+    rc = loom_error_set(LOOM_EFORMAT, "%s: implausible IDX size of %lld elements", path, (long long)a->count);
+  if (rc == 0 && !(a->bytes = malloc((size_t)a->count)))
+    rc = loom_error_oom("IDX data");
+  if (rc == 0)
+    rc = read_exact(f, path, a->bytes, (size_t)a->count, "the IDX data");
+  gzclose(f);
+  if (rc < 0) {
+    free(a->bytes);
+    a->bytes = NULL;
+  }
+  return rc;
+}
+
+typedef struct idx_dataset {
+  idx_array images, labels;
+  int64_t sample_size;
+} idx_dataset;
+
+static int64_t idx_length(void *data) { return ((idx_dataset *)data)->labels.count; }
+
+static int idx_fetch(void *data, const int64_t *indices, int64_t n, float *x, float *y) {
+  const idx_dataset *d = data;
+  const int64_t size = d->sample_size;
+  for (int64_t i = 0; i < n; i++) {
+    int64_t k = indices[i];
+    if (k < 0 || k >= d->labels.count)
+      return loom_error_set(LOOM_EINVAL, "IDX dataset: index %lld out of range [0, %lld)", (long long)k,
+                            (long long)d->labels.count);
+    const uint8_t *restrict src = d->images.bytes + k * size;
+    float *restrict dst = x + i * size;
+    for (int64_t j = 0; j < size; j++)
+      dst[j] = (float)src[j] * (1.0f / 255.0f);
+    y[i] = (float)d->labels.bytes[k];
+  }
+  return 0;
+}
+
+static void idx_destroy(void *data) {
+  idx_dataset *d = data;
+  free(d->images.bytes);
+  free(d->labels.bytes);
+  free(d);
+}
+
+static const loom_dataset_ops idx_ops = {"idx", idx_length, idx_fetch, idx_destroy};
+
+loom_dataset *loom_idx_dataset_open(const char *images_path, const char *labels_path) {
+  idx_dataset *d = calloc(1, sizeof *d);
+  if (!d) {
+    loom_error_oom("an IDX dataset");
+    return NULL;
+  }
+  int rc = idx_read(images_path, 3, &d->images);
+  if (rc == 0)
+    rc = idx_read(labels_path, 1, &d->labels);
+  if (rc == 0 && d->images.dims[0] != d->labels.dims[0])
+    rc = loom_error_set(LOOM_EFORMAT, "%s has %lld images but %s has %lld labels; they must match", images_path,
+                        (long long)d->images.dims[0], labels_path, (long long)d->labels.dims[0]);
+  if (rc < 0) {
+    idx_destroy(d);
+    return NULL;
+  }
+  d->sample_size = d->images.dims[1] * d->images.dims[2];
+  return loom_dataset_create(&idx_ops, d, 2, d->images.dims + 1, 0, NULL);
+}
+
+loom_dataset *loom_fashion_mnist_open(const char *dir, bool train) {
+  const char *prefix = train ? "train" : "t10k";
+  char images[4096], labels[4096];
+  snprintf(images, sizeof images, "%s/%s-images-idx3-ubyte.gz", dir, prefix);
+  snprintf(labels, sizeof labels, "%s/%s-labels-idx1-ubyte.gz", dir, prefix);
+  loom_dataset *ds = loom_idx_dataset_open(images, labels);
+  if (!ds && loom_last_error_code() == LOOM_ENOENT)
+    loom_error_wrap(LOOM_ENOENT, "Fashion-MNIST not found in %s (install it with "
+                                 "`apt-get install dataset-fashion-mnist`, or pass the directory that holds "
+                                 "%s-images-idx3-ubyte.gz)",
+                    dir, prefix);
+  return ds;
+}

@@ -1,0 +1,130 @@
+/* Linear: y = x W^T + b; the products are OpenBLAS sgemm. Inputs of any
+ * sample shape are read as flat rows of in_features. */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error_internal.h"
+#include "models/layer_internal.h"
+
+typedef struct linear {
+  int64_t in, out;
+  bool has_bias;
+  float *w, *b;   /* views into the model's parameters */
+  float *dw, *db; /* and gradients */
+} linear;
+
+static size_t linear_num_params(void *data) {
+  const linear *l = data;
+  return (size_t)(l->in * l->out + (l->has_bias ? l->out : 0));
+}
+
+static int linear_output_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
+  const linear *l = data;
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++)
+    n *= in[i];
+  if (n != l->in)
+    return loom_error_set(LOOM_ESHAPE, "Linear expects %lld input features per sample, got %lld",
+                          (long long)l->in, (long long)n);
+  *out_ndim = 1;
+  out[0] = l->out;
+  return 0;
+}
+
+static void linear_bind(void *data, float *params, float *grads) {
+  linear *l = data;
+  l->w = params;
+  l->dw = grads;
+  l->b = l->has_bias ? params + l->in * l->out : NULL;
+  l->db = l->has_bias ? grads + l->in * l->out : NULL;
+}
+
+static void linear_init(void *data, loom_rng *rng) {
+  linear *l = data;
+  /* PyTorch's default: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)). */
+  float bound = 1.0f / sqrtf((float)l->in);
+  for (int64_t i = 0; i < l->in * l->out; i++)
+    l->w[i] = (2.0f * loom_rng_uniform(rng) - 1.0f) * bound;
+  for (int64_t i = 0; l->has_bias && i < l->out; i++)
+    l->b[i] = (2.0f * loom_rng_uniform(rng) - 1.0f) * bound;
+}
+
+static int linear_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train) {
+  (void)train;
+  const linear *l = data;
+  const int64_t n = x->shape[0];
+  float *restrict out = y->data;
+  if (l->has_bias) {
+    for (int64_t i = 0; i < n; i++)
+      memcpy(out + i * l->out, l->b, (size_t)l->out * sizeof(float));
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)l->out, (int)l->in, 1.0f, x->data,
+              (int)l->in, l->w, (int)l->in, l->has_bias ? 1.0f : 0.0f, out, (int)l->out);
+  return 0;
+}
+
+static int linear_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
+                           loom_tensor *dx) {
+  (void)y;
+  linear *l = data;
+  const int64_t n = x->shape[0];
+  /* dW += dy^T x */
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)l->out, (int)l->in, (int)n, 1.0f, dy->data,
+              (int)l->out, x->data, (int)l->in, 1.0f, l->dw, (int)l->in);
+  if (l->has_bias) {
+    float *restrict db = l->db;
+    const float *restrict g = dy->data;
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t j = 0; j < l->out; j++)
+        db[j] += g[i * l->out + j];
+  }
+  /* dx = dy W */
+  if (dx)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)l->in, (int)l->out, 1.0f, dy->data,
+                (int)l->out, l->w, (int)l->in, 0.0f, dx->data, (int)l->in);
+  return 0;
+}
+
+static const loom_layer_ops linear_ops = {
+    .type = "Linear",
+    .num_params = linear_num_params,
+    .output_shape = linear_output_shape,
+    .bind = linear_bind,
+    .init = linear_init,
+    .forward = linear_forward,
+    .backward = linear_backward,
+    .destroy = free,
+};
+
+loom_layer *loom_linear_create(int64_t in_features, int64_t out_features, bool bias) {
+  if (in_features < 1 || out_features < 1 || in_features > INT32_MAX || out_features > INT32_MAX) {
+    loom_error_set(LOOM_EINVAL, "Linear(%lld, %lld): feature counts must be between 1 and 2^31-1",
+                   (long long)in_features, (long long)out_features);
+    return NULL;
+  }
+  linear *l = calloc(1, sizeof *l);
+  if (!l) {
+    loom_error_oom("a Linear layer");
+    return NULL;
+  }
+  l->in = in_features;
+  l->out = out_features;
+  l->has_bias = bias;
+  return loom_layer_create(&linear_ops, l);
+}
+
+static linear *as_linear(loom_layer *layer) {
+  return (layer && strcmp(loom_layer_type(layer), "Linear") == 0) ? loom_layer_data(layer) : NULL;
+}
+
+float *loom_linear_weight(loom_layer *layer) {
+  linear *l = as_linear(layer);
+  return l ? l->w : NULL;
+}
+
+float *loom_linear_bias(loom_layer *layer) {
+  linear *l = as_linear(layer);
+  return l ? l->b : NULL;
+}

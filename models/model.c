@@ -1,0 +1,218 @@
+/* The sequential model: layers in order, one parameter buffer, one gradient
+ * buffer, activations kept for the backward pass and reused across batches. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/array.h"
+#include "core/error_internal.h"
+#include "models/layer_internal.h"
+
+typedef struct entry {
+  char *name;
+  loom_layer *layer;
+  size_t offset, nparams;
+  int out_ndim; /* sample shape, without the batch dimension */
+  int64_t out_shape[LOOM_MAX_DIMS];
+  loom_tensor *out;  /* activation */
+  loom_tensor *dout; /* its gradient */
+} entry;
+
+struct loom_model {
+  entry *layers;
+  size_t count, cap;
+  bool built, train;
+  float *params, *grads;
+  size_t nparams;
+  int in_ndim;
+  int64_t in_shape[LOOM_MAX_DIMS];
+  const loom_tensor *last_input;
+};
+
+loom_model *loom_model_create(void) {
+  loom_model *m = calloc(1, sizeof *m);
+  if (!m)
+    loom_error_oom("a model");
+  else
+    m->train = true;
+  return m;
+}
+
+void loom_model_destroy(loom_model *m) {
+  if (!m)
+    return;
+  for (size_t i = 0; i < m->count; i++) {
+    loom_layer_destroy(m->layers[i].layer);
+    loom_tensor_destroy(m->layers[i].out);
+    loom_tensor_destroy(m->layers[i].dout);
+    free(m->layers[i].name);
+  }
+  free(m->layers);
+  free(m->params);
+  free(m->grads);
+  free(m);
+}
+
+int loom_model_add(loom_model *m, const char *name, loom_layer *layer) {
+  if (!layer)
+    return loom_error_wrap(loom_last_error_code() ? loom_last_error_code() : LOOM_EINVAL,
+                           "loom_model_add(\"%s\"): no layer", name ? name : "?");
+  int rc = 0;
+  if (m->built)
+    rc = loom_error_set(LOOM_ESTATE, "loom_model_add(\"%s\"): the model is already built", name);
+  else if (!name || !*name)
+    rc = loom_error_set(LOOM_EINVAL, "loom_model_add: a layer needs a name");
+  else if (loom_model_find_layer(m, name))
+    rc = loom_error_set(LOOM_EINVAL, "loom_model_add: layer name \"%s\" is taken; names are unique", name);
+  else
+    rc = loom_array_reserve((void **)&m->layers, &m->cap, m->count + 1, sizeof *m->layers, "a model layer");
+  char *copy = rc == 0 ? strdup(name) : NULL;
+  if (rc == 0 && !copy)
+    rc = loom_error_oom("a layer name");
+  if (rc < 0) {
+    loom_layer_destroy(layer);
+    return rc;
+  }
+  m->layers[m->count++] = (entry){.name = copy, .layer = layer};
+  return 0;
+}
+
+static int alloc_activations(entry *e) {
+  int64_t shape[LOOM_MAX_DIMS + 1] = {1};
+  if (e->out_ndim + 1 > LOOM_MAX_DIMS)
+    return loom_error_set(LOOM_ESHAPE, "layer \"%s\": output has %d dimensions per sample; at most %d fit",
+                          e->name, e->out_ndim, LOOM_MAX_DIMS - 1);
+  memcpy(shape + 1, e->out_shape, (size_t)e->out_ndim * sizeof *shape);
+  e->out = loom_tensor_create(e->out_ndim + 1, shape);
+  e->dout = loom_tensor_create(e->out_ndim + 1, shape);
+  return (e->out && e->dout) ? 0 : LOOM_ENOMEM;
+}
+
+int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint64_t seed) {
+  if (m->built)
+    return loom_error_set(LOOM_ESTATE, "loom_model_build: the model is already built");
+  if (m->count == 0)
+    return loom_error_set(LOOM_EINVAL, "loom_model_build: the model has no layers; add some with loom_model_add");
+  if (ndim < 1 || ndim >= LOOM_MAX_DIMS)
+    return loom_error_set(LOOM_EINVAL, "loom_model_build: samples must have 1 to %d dimensions, not %d",
+                          LOOM_MAX_DIMS - 1, ndim);
+  int cur_ndim = ndim;
+  int64_t cur[LOOM_MAX_DIMS];
+  memcpy(cur, sample_shape, (size_t)ndim * sizeof *cur);
+  m->in_ndim = ndim;
+  memcpy(m->in_shape, sample_shape, (size_t)ndim * sizeof *cur);
+  size_t total = 0;
+  for (size_t i = 0; i < m->count; i++) {
+    entry *e = &m->layers[i];
+    int rc = e->layer->ops.output_shape(e->layer->data, cur_ndim, cur, &e->out_ndim, e->out_shape);
+    if (rc < 0)
+      return loom_error_wrap(rc, "building layer \"%s\" (%s)", e->name, loom_layer_type(e->layer));
+    if ((rc = alloc_activations(e)) < 0)
+      return rc;
+    e->offset = total;
+    e->nparams = loom_layer_num_params(e->layer);
+    total += e->nparams;
+    cur_ndim = e->out_ndim;
+    memcpy(cur, e->out_shape, (size_t)cur_ndim * sizeof *cur);
+  }
+  m->params = calloc(total ? total : 1, sizeof *m->params);
+  m->grads = calloc(total ? total : 1, sizeof *m->grads);
+  if (!m->params || !m->grads)
+    return loom_error_oom("the model's parameters");
+  m->nparams = total;
+  loom_rng rng;
+  loom_rng_seed(&rng, seed, 0, loom_rng_stream_id("init"));
+  for (size_t i = 0; i < m->count; i++) {
+    entry *e = &m->layers[i];
+    if (e->layer->ops.bind)
+      e->layer->ops.bind(e->layer->data, m->params + e->offset, m->grads + e->offset);
+    if (e->layer->ops.init)
+      e->layer->ops.init(e->layer->data, &rng);
+  }
+  m->built = true;
+  return 0;
+}
+
+bool loom_model_is_built(const loom_model *m) { return m->built; }
+
+static int check_input(const loom_model *m, const loom_tensor *x) {
+  bool ok = x->ndim == m->in_ndim + 1;
+  for (int i = 0; ok && i < m->in_ndim; i++)
+    ok = x->shape[i + 1] == m->in_shape[i];
+  /* A model built for flat features takes any sample of that many elements. */
+  if (!ok && m->in_ndim == 1)
+    ok = x->ndim >= 1 && loom_per_sample(x) == m->in_shape[0];
+  if (ok)
+    return 0;
+  char got[96];
+  return loom_error_set(LOOM_ESHAPE, "model input %s does not match the shape it was built for "
+                                     "([batch] + %d sample dims, first %lld)",
+                        loom_tensor_shape_str(x, got, sizeof got), m->in_ndim, (long long)m->in_shape[0]);
+}
+
+int loom_model_forward(loom_model *m, const loom_tensor *x, const loom_tensor **out) {
+  if (!m->built)
+    return loom_error_set(LOOM_ESTATE, "loom_model_forward: build the model first (loom_model_build)");
+  int rc = check_input(m, x);
+  if (rc < 0)
+    return rc;
+  const loom_tensor *cur = x;
+  int64_t shape[LOOM_MAX_DIMS];
+  shape[0] = x->shape[0];
+  for (size_t i = 0; i < m->count; i++) {
+    entry *e = &m->layers[i];
+    memcpy(shape + 1, e->out_shape, (size_t)e->out_ndim * sizeof *shape);
+    if ((rc = loom_tensor_resize(e->out, e->out_ndim + 1, shape)) < 0)
+      return rc;
+    if ((rc = e->layer->ops.forward(e->layer->data, cur, e->out, m->train)) < 0)
+      return loom_error_wrap(rc, "forward of layer \"%s\"", e->name);
+    cur = e->out;
+  }
+  m->last_input = x;
+  *out = cur;
+  return 0;
+}
+
+int loom_model_backward(loom_model *m, const loom_tensor *dout) {
+  if (!m->last_input)
+    return loom_error_set(LOOM_ESTATE, "loom_model_backward: no forward pass to differentiate");
+  const entry *last = &m->layers[m->count - 1];
+  if (dout->numel != last->out->numel)
+    return loom_error_set(LOOM_ESHAPE, "loom_model_backward: gradient has %lld elements, output has %lld",
+                          (long long)dout->numel, (long long)last->out->numel);
+  for (size_t i = m->count; i-- > 0;) {
+    entry *e = &m->layers[i];
+    const loom_tensor *in = i ? m->layers[i - 1].out : m->last_input;
+    loom_tensor *din = NULL;
+    if (i) {
+      din = m->layers[i - 1].dout;
+      int rc = loom_tensor_resize(din, in->ndim, in->shape);
+      if (rc < 0)
+        return rc;
+    }
+    int rc = e->layer->ops.backward(e->layer->data, in, e->out, i == m->count - 1 ? dout : e->dout, din);
+    if (rc < 0)
+      return loom_error_wrap(rc, "backward of layer \"%s\"", e->name);
+  }
+  return 0;
+}
+
+void loom_model_zero_grad(loom_model *m) {
+  if (m->grads)
+    memset(m->grads, 0, m->nparams * sizeof *m->grads);
+}
+
+void loom_model_set_train(loom_model *m, bool train) { m->train = train; }
+bool loom_model_is_train(const loom_model *m) { return m->train; }
+size_t loom_model_num_params(const loom_model *m) { return m->nparams; }
+float *loom_model_params(loom_model *m) { return m->params; }
+float *loom_model_grads(loom_model *m) { return m->grads; }
+size_t loom_model_num_layers(const loom_model *m) { return m->count; }
+loom_layer *loom_model_layer(const loom_model *m, size_t i) { return i < m->count ? m->layers[i].layer : NULL; }
+const char *loom_model_layer_name(const loom_model *m, size_t i) { return i < m->count ? m->layers[i].name : NULL; }
+
+loom_layer *loom_model_find_layer(const loom_model *m, const char *name) {
+  for (size_t i = 0; i < m->count; i++)
+    if (strcmp(m->layers[i].name, name) == 0)
+      return m->layers[i].layer;
+  return NULL;
+}

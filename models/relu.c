@@ -1,0 +1,42 @@
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error_internal.h"
+#include "models/layer_internal.h"
+
+static int same_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
+  (void)data;
+  *out_ndim = ndim;
+  memcpy(out, in, (size_t)ndim * sizeof *in);
+  return 0;
+}
+
+static int relu_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train) {
+  (void)data, (void)train;
+  const float *restrict in = x->data;
+  float *restrict out = y->data;
+  for (int64_t i = 0; i < x->numel; i++)
+    out[i] = in[i] > 0.0f ? in[i] : 0.0f;
+  return 0;
+}
+
+static int relu_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
+                         loom_tensor *dx) {
+  (void)data, (void)x;
+  if (!dx)
+    return 0;
+  const float *restrict out = y->data, *restrict g = dy->data;
+  float *restrict d = dx->data;
+  for (int64_t i = 0; i < y->numel; i++)
+    d[i] = out[i] > 0.0f ? g[i] : 0.0f;
+  return 0;
+}
+
+static const loom_layer_ops relu_ops = {
+    .type = "ReLU",
+    .output_shape = same_shape,
+    .forward = relu_forward,
+    .backward = relu_backward,
+};
+
+loom_layer *loom_relu_create(void) { return loom_layer_create(&relu_ops, NULL); }

@@ -1,0 +1,43 @@
+/* SGD as torch.optim.SGD: d = g + wd p; buf = mu buf + (1 - dampening) d
+ * (buf = d on the first step); d = nesterov ? d + mu buf : buf; p -= lr d. */
+#include <math.h>
+
+#include "core/error_internal.h"
+#include "models/optimizer_internal.h"
+
+static void sgd_update(const loom_optimizer *opt, float *restrict p, const float *restrict g, float *restrict buf,
+                       size_t n, int64_t step) {
+  const loom_sgd_options *o = &opt->o.sgd;
+  const float lr = (float)opt->lr, wd = (float)o->weight_decay, mu = (float)o->momentum;
+  const float damp = 1.0f - (float)o->dampening;
+  if (mu == 0.0f) {
+    for (size_t i = 0; i < n; i++)
+      p[i] -= lr * (g[i] + wd * p[i]);
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    float d = g[i] + wd * p[i];
+    buf[i] = step == 1 ? d : mu * buf[i] + damp * d;
+    p[i] -= lr * (o->nesterov ? d + mu * buf[i] : buf[i]);
+  }
+}
+
+static double sgd_momentum(const loom_optimizer *opt) { return opt->o.sgd.momentum; }
+
+static const optimizer_ops sgd_ops = {"sgd", 1, sgd_update, sgd_momentum};
+static const optimizer_ops sgd_plain_ops = {"sgd", 0, sgd_update, sgd_momentum};
+
+loom_optimizer *loom_sgd_create(const loom_sgd_options *o) {
+  if (!o || !(o->lr >= 0) || !(o->momentum >= 0) || !(o->weight_decay >= 0) || !(o->dampening >= 0)) {
+    loom_error_set(LOOM_EINVAL, "SGD: lr, momentum, dampening and weight_decay must be >= 0");
+    return NULL;
+  }
+  if (o->nesterov && (o->momentum <= 0 || o->dampening != 0)) {
+    loom_error_set(LOOM_EINVAL, "SGD: Nesterov momentum needs momentum > 0 and dampening 0");
+    return NULL;
+  }
+  loom_optimizer *opt = loom_optimizer_new(o->momentum > 0 ? &sgd_ops : &sgd_plain_ops, o->lr);
+  if (opt)
+    opt->o.sgd = *o;
+  return opt;
+}

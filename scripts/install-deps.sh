@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what loom needs to build, test and run its example on Debian 12.
+# Idempotent: packages already present are skipped by apt. Needs root or sudo.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config
+  zlib1g-dev libuv1-dev libjansson-dev libhdf5-dev hdf5-tools
+  libcmocka-dev libopenblas-dev libopenmpi-dev openmpi-bin
+  dataset-fashion-mnist
+)
+# Benchmarks compare against PyTorch; only install it when asked.
+if [ "${LOOM_BENCH_DEPS:-0}" = 1 ]; then
+  packages+=(python3 python3-torch python3-numpy)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "install-deps: run as root or install sudo" >&2; exit 1; }
+  sudo=sudo
+fi
+$sudo apt-get update
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends \
+  -o DPkg::Lock::Timeout=600 "${missing[@]}"
