@@ -85,6 +85,13 @@ static int console_loader_end(loom_callback *cb, loom_runner *r) {
 
 static int console_epoch_end(loom_callback *cb, loom_runner *r) {
   console *c = loom_callback_data(cb);
+  /* Loader metrics were printed at their loader's end; the rest here. */
+  const loom_metrics *m = loom_runner_epoch_metrics(r);
+  fprintf(c->out, "epoch %d/%d", loom_runner_epoch(r), loom_runner_num_epochs(r));
+  for (size_t i = 0; i < loom_metrics_count(m); i++)
+    if (!strchr(loom_metrics_name(m, i), '/'))
+      fprintf(c->out, " | %s %.4g", loom_metrics_name(m, i), loom_metrics_value(m, i));
+  fputc('\n', c->out);
   if (loom_runner_is_best_valid(r)) {
     double v = 0;
     loom_metrics_get(loom_runner_best_valid_metrics(r), loom_runner_main_metric(r), &v);

@@ -34,8 +34,13 @@ static void destroy_callback(void *p) { loom_callback_destroy(p); }
 /* Takes ownership of ptr once, however often it is handed over; on failure
  * destroys it, as the setters promise. */
 static int own(loom_experiment *exp, void *ptr, void (*destroy)(void *), const char *what) {
-  if (!ptr)
+  if (!ptr) {
+    /* Usually a constructor failed inside the call: keep its message. */
+    int code = loom_last_error_code();
+    if (code < 0)
+      return loom_error_wrap(code, "experiment \"%s\": no %s to add", exp->name, what);
     return loom_error_set(LOOM_EINVAL, "experiment \"%s\": NULL %s", exp->name, what);
+  }
   for (size_t i = 0; i < exp->num_owned; i++)
     if (exp->owned[i].ptr == ptr)
       return 0;

@@ -11,12 +11,14 @@ static void adam_update(const loom_optimizer *opt, float *restrict p, const floa
   const loom_adam_options *o = &opt->o.adam;
   float *restrict m = state, *restrict v = state + n;
   const float b1 = (float)o->beta1, b2 = (float)o->beta2, wd = (float)o->weight_decay, eps = (float)o->eps;
+  /* 1 - beta in double, then rounded, as PyTorch does: 1 - 0.999f is off by 1e-5. */
+  const float c1 = (float)(1.0 - o->beta1), c2 = (float)(1.0 - o->beta2);
   const double bc1 = 1.0 - pow(o->beta1, (double)step), bc2 = 1.0 - pow(o->beta2, (double)step);
   const float step_size = (float)(opt->lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
   for (size_t i = 0; i < n; i++) {
     float gi = g[i] + wd * p[i];
-    m[i] = b1 * m[i] + (1.0f - b1) * gi;
-    v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+    m[i] = b1 * m[i] + c1 * gi;
+    v[i] = b2 * v[i] + c2 * gi * gi;
     p[i] -= step_size * m[i] / (sqrtf(v[i]) * inv_sqrt_bc2 + eps);
   }
 }

@@ -9,7 +9,7 @@ static void sgd_update(const loom_optimizer *opt, float *restrict p, const float
                        size_t n, int64_t step) {
   const loom_sgd_options *o = &opt->o.sgd;
   const float lr = (float)opt->lr, wd = (float)o->weight_decay, mu = (float)o->momentum;
-  const float damp = 1.0f - (float)o->dampening;
+  const float damp = (float)(1.0 - o->dampening);
   if (mu == 0.0f) {
     for (size_t i = 0; i < n; i++)
       p[i] -= lr * (g[i] + wd * p[i]);

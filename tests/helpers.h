@@ -1,0 +1,62 @@
+/* Shared by the tests: CMocka's includes, tiny datasets, temp dirs. */
+#ifndef LOOM_TEST_HELPERS_H
+#define LOOM_TEST_HELPERS_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <loom.h>
+
+/* A loader over n samples of `features` floats (deterministic values) with
+ * labels i % classes. */
+static inline loom_loader *test_loader(int64_t n, int64_t features, int classes, int64_t batch, bool shuffle) {
+  float *x = malloc((size_t)(n * features) * sizeof *x);
+  float *y = malloc((size_t)n * sizeof *y);
+  for (int64_t i = 0; i < n; i++) {
+    y[i] = (float)(i % classes);
+    for (int64_t j = 0; j < features; j++)
+      x[i * features + j] = (float)((i * 31 + j * 17) % 23) / 23.0f - 0.5f + 0.3f * (float)(i % classes == j % classes);
+  }
+  loom_dataset *ds = loom_memory_dataset_create(x, y, n, 1, &features, 0, NULL);
+  free(x);
+  free(y);
+  loom_loader_options o = {.batch_size = batch, .shuffle = shuffle};
+  return loom_loader_create(ds, &o);
+}
+
+/* A fresh directory under /tmp; the caller frees the string. */
+static inline char *test_tmpdir(void) {
+  char *dir = strdup("/tmp/loom-test-XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  return dir;
+}
+
+/* The whole file as a NUL-terminated string (NULL if unreadable). */
+static inline char *test_read_file(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *s = malloc((size_t)n + 1);
+  size_t got = fread(s, 1, (size_t)n, f);
+  s[got] = '\0';
+  fclose(f);
+  return s;
+}
+
+static inline void test_rm_rf(const char *dir) {
+  char cmd[4200];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
+#endif

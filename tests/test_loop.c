@@ -1,0 +1,492 @@
+/* The loop's event semantics, checked against traces written out by hand
+ * (or by nested loops that restate DESIGN.md's pseudo-code). */
+#include "helpers.h"
+
+typedef struct trace {
+  char lines[4096][48];
+  int n;
+} trace;
+
+static void record(trace *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void record(trace *t, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  if (t->n < 4096)
+    vsnprintf(t->lines[t->n++], sizeof t->lines[0], fmt, ap);
+  va_end(ap);
+}
+
+/* The recorder notes every event, tagged with its name when `tagged`. */
+typedef struct recorder {
+  trace *t;
+  const char *tag;
+  int fail_event;     /* -1: never */
+  int fail_at_batch;  /* with BATCH events: the loader batch step */
+  int stop_what;      /* request this stop ... */
+  int stop_event;     /* ... at this event ... */
+  int stop_at;        /* ... at this batch step (batch events) or epoch */
+  bool handle;        /* mark errors handled */
+} recorder;
+
+static void note(loom_callback *cb, loom_runner *r, loom_event e) {
+  recorder *rec = loom_callback_data(cb);
+  char where[40] = "";
+  switch (e) {
+  case LOOM_EVENT_STAGE_START:
+  case LOOM_EVENT_STAGE_END: snprintf(where, sizeof where, ":%s", loom_runner_stage_name(r)); break;
+  case LOOM_EVENT_EPOCH_START:
+  case LOOM_EVENT_EPOCH_END: snprintf(where, sizeof where, ":%d", loom_runner_epoch(r)); break;
+  case LOOM_EVENT_LOADER_START:
+  case LOOM_EVENT_LOADER_END: snprintf(where, sizeof where, ":%s", loom_runner_loader_name(r)); break;
+  case LOOM_EVENT_BATCH_START:
+  case LOOM_EVENT_BATCH_END: snprintf(where, sizeof where, ":%lld", (long long)loom_runner_loader_batch_step(r)); break;
+  default: break;
+  }
+  if (rec->tag)
+    record(rec->t, "%s %s%s", rec->tag, loom_event_name(e), where);
+  else
+    record(rec->t, "%s%s", loom_event_name(e), where);
+}
+
+static bool at(const recorder *rec, loom_runner *r, loom_event e, int wanted_event) {
+  if ((int)e != wanted_event)
+    return false;
+  if (e == LOOM_EVENT_BATCH_START || e == LOOM_EVENT_BATCH_END)
+    return loom_runner_loader_batch_step(r) == rec->stop_at || loom_runner_loader_batch_step(r) == rec->fail_at_batch;
+  return true;
+}
+
+static int on_event(loom_callback *cb, loom_runner *r, loom_event e) {
+  recorder *rec = loom_callback_data(cb);
+  note(cb, r, e);
+  if (rec->stop_what && (int)e == rec->stop_event &&
+      ((e == LOOM_EVENT_BATCH_END && loom_runner_loader_batch_step(r) == rec->stop_at &&
+        loom_runner_is_train_loader(r)) ||
+       (e == LOOM_EVENT_EPOCH_END && loom_runner_epoch(r) == rec->stop_at)))
+    loom_runner_request_stop(r, (loom_stop)rec->stop_what);
+  if (at(rec, r, e, rec->fail_event) &&
+      (e != LOOM_EVENT_BATCH_END || loom_runner_loader_batch_step(r) == rec->fail_at_batch))
+    return loom_error_set(LOOM_EINVAL, "injected failure");
+  if (e == LOOM_EVENT_EXCEPTION && rec->handle)
+    loom_runner_mark_error_handled(r);
+  return 0;
+}
+
+#define HANDLER(fn, ev) \
+  static int fn(loom_callback *cb, loom_runner *r) { return on_event(cb, r, ev); }
+HANDLER(h_exp_start, LOOM_EVENT_EXPERIMENT_START)
+HANDLER(h_stage_start, LOOM_EVENT_STAGE_START)
+HANDLER(h_epoch_start, LOOM_EVENT_EPOCH_START)
+HANDLER(h_loader_start, LOOM_EVENT_LOADER_START)
+HANDLER(h_batch_start, LOOM_EVENT_BATCH_START)
+HANDLER(h_batch_end, LOOM_EVENT_BATCH_END)
+HANDLER(h_loader_end, LOOM_EVENT_LOADER_END)
+HANDLER(h_epoch_end, LOOM_EVENT_EPOCH_END)
+HANDLER(h_stage_end, LOOM_EVENT_STAGE_END)
+HANDLER(h_exp_end, LOOM_EVENT_EXPERIMENT_END)
+HANDLER(h_exception, LOOM_EVENT_EXCEPTION)
+
+static const loom_callback_ops recorder_ops = {
+    .type = "recorder",
+    .on_experiment_start = h_exp_start,
+    .on_stage_start = h_stage_start,
+    .on_epoch_start = h_epoch_start,
+    .on_loader_start = h_loader_start,
+    .on_batch_start = h_batch_start,
+    .on_batch_end = h_batch_end,
+    .on_loader_end = h_loader_end,
+    .on_epoch_end = h_epoch_end,
+    .on_stage_end = h_stage_end,
+    .on_experiment_end = h_exp_end,
+    .on_exception = h_exception,
+    .destroy = free,
+};
+
+/* Only on_epoch_start: for order tests. */
+static const loom_callback_ops epoch_only_ops = {.type = "epoch_only", .on_epoch_start = h_epoch_start, .destroy = free};
+
+static loom_callback *recorder_new(trace *t, const char *tag, int order) {
+  recorder *rec = calloc(1, sizeof *rec);
+  rec->t = t;
+  rec->tag = tag;
+  rec->fail_event = -1;
+  loom_callback *cb = loom_callback_create(&recorder_ops, rec, order);
+  assert_non_null(cb);
+  return cb;
+}
+
+static recorder *rec_of(loom_callback *cb) { return loom_callback_data(cb); }
+
+/* handle_batch that does no work: the loop alone is under test. */
+static int noop_batch(loom_runner *r, void *user) {
+  (void)user;
+  return loom_metrics_set(loom_runner_batch_metrics(r), "loss", 1.0);
+}
+
+/* Two stages of `epochs` epochs, loaders train and valid of 3 batches each. */
+static loom_experiment *two_stages(int epochs) {
+  loom_experiment *exp = loom_experiment_create("trace");
+  const char *names[2] = {"pretrain", "train"};
+  for (int s = 0; s < 2; s++) {
+    loom_stage *st = loom_experiment_add_stage(exp, names[s], epochs);
+    assert_non_null(st);
+    assert_int_equal(loom_stage_add_loader(st, "train", test_loader(6, 2, 2, 2, false)), 0);
+    assert_int_equal(loom_stage_add_loader(st, "valid", test_loader(6, 2, 2, 2, false)), 0);
+  }
+  return exp;
+}
+
+static int run(loom_experiment *exp, loom_runner **out) {
+  loom_runner *r = loom_runner_create();
+  loom_runner_set_handle_batch(r, noop_batch, NULL);
+  int rc = loom_run_experiment(r, exp);
+  if (out)
+    *out = r;
+  else
+    loom_runner_destroy(r);
+  return rc;
+}
+
+static void expect_trace(const trace *got, const trace *want) {
+  for (int i = 0; i < got->n && i < want->n; i++)
+    if (strcmp(got->lines[i], want->lines[i]) != 0)
+      fail_msg("event %d: got \"%s\", expected \"%s\"", i, got->lines[i], want->lines[i]);
+  assert_int_equal(got->n, want->n);
+}
+
+/* DESIGN.md's loop, restated: the trace the runner must produce. */
+static void expected_run(trace *w, int epochs, int train_batches_stop_at, int stop_stage_after_epoch) {
+  const char *stages[2] = {"pretrain", "train"};
+  record(w, "on_experiment_start");
+  for (int s = 0; s < 2; s++) {
+    record(w, "on_stage_start:%s", stages[s]);
+    for (int e = 1; e <= epochs; e++) {
+      record(w, "on_epoch_start:%d", e);
+      const char *loaders[2] = {"train", "valid"};
+      for (int l = 0; l < 2; l++) {
+        record(w, "on_loader_start:%s", loaders[l]);
+        int nb = (l == 0 && train_batches_stop_at) ? train_batches_stop_at : 3;
+        for (int b = 1; b <= nb; b++) {
+          record(w, "on_batch_start:%d", b);
+          record(w, "on_batch_end:%d", b);
+        }
+        record(w, "on_loader_end:%s", loaders[l]);
+      }
+      record(w, "on_epoch_end:%d", e);
+      if (s == 0 && e == stop_stage_after_epoch)
+        break;
+    }
+    record(w, "on_stage_end:%s", stages[s]);
+  }
+  record(w, "on_experiment_end");
+}
+
+static void test_full_trace(void **state) {
+  (void)state;
+  static trace got, want;
+  memset(&got, 0, sizeof got);
+  memset(&want, 0, sizeof want);
+  loom_experiment *exp = two_stages(2);
+  assert_int_equal(loom_experiment_add_callback(exp, recorder_new(&got, NULL, 0)), 0);
+  assert_int_equal(run(exp, NULL), 0);
+  expected_run(&want, 2, 0, 0);
+  assert_int_equal(want.n, 1 + 2 * (2 + 2 * (2 + 2 * (2 + 3 * 2))) + 1);
+  expect_trace(&got, &want);
+  loom_experiment_destroy(exp);
+}
+
+static void test_order_bands_and_ties(void **state) {
+  (void)state;
+  static trace got;
+  memset(&got, 0, sizeof got);
+  loom_experiment *exp = loom_experiment_create("order");
+  loom_stage *st = loom_experiment_add_stage(exp, "train", 1);
+  assert_int_equal(loom_stage_add_loader(st, "train", test_loader(2, 2, 2, 2, false)), 0);
+  /* Registered out of order; equal orders must keep registration order. */
+  const struct { const char *tag; int order; } cbs[] = {
+      {"logger", LOOM_ORDER_LOGGING}, {"metric-a", LOOM_ORDER_METRIC}, {"external", LOOM_ORDER_EXTERNAL},
+      {"metric-b", LOOM_ORDER_METRIC}, {"internal", LOOM_ORDER_INTERNAL}, {"metric-c", LOOM_ORDER_METRIC},
+      {"scheduler", LOOM_ORDER_SCHEDULER}};
+  for (size_t i = 0; i < sizeof cbs / sizeof cbs[0]; i++) {
+    recorder *rec = calloc(1, sizeof *rec);
+    rec->t = &got, rec->tag = cbs[i].tag, rec->fail_event = -1;
+    assert_int_equal(loom_stage_add_callback(st, loom_callback_create(&epoch_only_ops, rec, cbs[i].order)), 0);
+  }
+  assert_int_equal(run(exp, NULL), 0);
+  const char *want[] = {"internal", "metric-a", "metric-b", "metric-c", "scheduler", "logger", "external"};
+  assert_int_equal(got.n, 7);
+  for (int i = 0; i < 7; i++) {
+    char line[64];
+    snprintf(line, sizeof line, "%s on_epoch_start:1", want[i]);
+    assert_string_equal(got.lines[i], line);
+  }
+  /* The order is printable, in the same sequence. */
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  assert_int_equal(loom_experiment_print_callbacks(exp, 0, 1, f), 0);
+  fclose(f);
+  const char *internal = strstr(buf, "   0  epoch_only"), *external = strstr(buf, " 200  epoch_only");
+  assert_non_null(internal);
+  assert_non_null(external);
+  assert_true(internal < external);
+  free(buf);
+  loom_experiment_destroy(exp);
+}
+
+/* A world of two where this process is `rank`; collectives are identities. */
+static int id_sum(void *c, double *b, size_t n) { (void)c, (void)b, (void)n; return 0; }
+static int id_mean(void *c, float *b, size_t n) { (void)c, (void)b, (void)n; return 0; }
+static int id_bcast(void *c, void *b, size_t n, int root) { (void)c, (void)b, (void)n, (void)root; return 0; }
+static int id_barrier(void *c) { (void)c; return 0; }
+static const loom_comm_ops fake_ops = {"fake", id_sum, id_mean, id_bcast, id_barrier, NULL};
+
+static void node_filter_on_rank(int rank) {
+  static trace got;
+  memset(&got, 0, sizeof got);
+  loom_experiment *exp = loom_experiment_create("nodes");
+  loom_stage *st = loom_experiment_add_stage(exp, "train", 1);
+  assert_int_equal(loom_stage_add_loader(st, "train", test_loader(2, 2, 2, 2, false)), 0);
+  const char *tags[3] = {"all", "master", "workers"};
+  loom_node nodes[3] = {LOOM_NODE_ALL, LOOM_NODE_MASTER, LOOM_NODE_WORKERS};
+  for (int i = 0; i < 3; i++) {
+    recorder *rec = calloc(1, sizeof *rec);
+    rec->t = &got, rec->tag = tags[i], rec->fail_event = -1;
+    loom_callback *cb = loom_callback_create(&epoch_only_ops, rec, 0);
+    loom_callback_set_node(cb, nodes[i]);
+    assert_int_equal(loom_stage_add_callback(st, cb), 0);
+  }
+  loom_runner *r = loom_runner_create();
+  loom_runner_set_comm(r, loom_comm_create(&fake_ops, NULL, rank, 2));
+  loom_runner_set_handle_batch(r, noop_batch, NULL);
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  assert_int_equal(loom_runner_rank(r), rank);
+  assert_int_equal(got.n, 2);
+  assert_string_equal(got.lines[0], "all on_epoch_start:1");
+  assert_string_equal(got.lines[1], rank == 0 ? "master on_epoch_start:1" : "workers on_epoch_start:1");
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
+static void test_node_filter(void **state) {
+  (void)state;
+  node_filter_on_rank(0);
+  node_filter_on_rank(1);
+}
+
+static int count_prefix(const trace *t, const char *prefix) {
+  int k = 0;
+  for (int i = 0; i < t->n; i++)
+    k += strncmp(t->lines[i], prefix, strlen(prefix)) == 0;
+  return k;
+}
+
+static void test_scope(void **state) {
+  (void)state;
+  static trace got;
+  memset(&got, 0, sizeof got);
+  loom_experiment *exp = two_stages(1);
+  loom_stage *first = loom_experiment_stage(exp, 0), *second = loom_experiment_stage(exp, 1);
+  loom_callback *stage_cb = recorder_new(&got, "S1", 0);
+  loom_callback *carried = recorder_new(&got, "E1", 0);
+  loom_callback_set_scope(carried, LOOM_SCOPE_EXPERIMENT);
+  assert_int_equal(loom_stage_add_callback(first, stage_cb), 0);
+  assert_int_equal(loom_stage_add_callback(first, carried), 0);
+  assert_int_equal(loom_stage_add_callback(second, recorder_new(&got, "S2", 0)), 0);
+  assert_int_equal(run(exp, NULL), 0);
+  /* Stage-scope callbacks see their own stage only; experiment-scope ones
+   * carry over; both hear the experiment's start and end. */
+  assert_int_equal(count_prefix(&got, "S1 on_stage_start"), 1);
+  assert_int_equal(count_prefix(&got, "E1 on_stage_start"), 2);
+  assert_int_equal(count_prefix(&got, "S2 on_stage_start"), 1);
+  assert_int_equal(count_prefix(&got, "S1 on_epoch_start"), 1);
+  assert_int_equal(count_prefix(&got, "E1 on_epoch_start"), 2);
+  assert_int_equal(count_prefix(&got, "S1 on_stage_start:pretrain"), 1);
+  assert_int_equal(count_prefix(&got, "S2 on_stage_start:train"), 1);
+  assert_int_equal(count_prefix(&got, "S1 on_experiment_end"), 1);
+  assert_int_equal(count_prefix(&got, "S2 on_experiment_start"), 1);
+  /* In the second stage the carried callback runs before the stage's own
+   * (equal order, registered earlier). */
+  int e1 = -1, s2 = -1;
+  for (int i = 0; i < got.n; i++) {
+    if (e1 < 0 && strcmp(got.lines[i], "E1 on_stage_start:train") == 0)
+      e1 = i;
+    if (s2 < 0 && strcmp(got.lines[i], "S2 on_stage_start:train") == 0)
+      s2 = i;
+  }
+  assert_true(e1 >= 0 && s2 == e1 + 1);
+  loom_experiment_destroy(exp);
+}
+
+static void test_early_stop_loader_and_stage(void **state) {
+  (void)state;
+  static trace got, want;
+  memset(&got, 0, sizeof got);
+  memset(&want, 0, sizeof want);
+  loom_experiment *exp = two_stages(3);
+  loom_callback *cb = recorder_new(&got, NULL, 0);
+  assert_int_equal(loom_experiment_add_callback(exp, cb), 0);
+  /* Stop the train loader after its 2nd batch, every epoch. */
+  rec_of(cb)->stop_what = LOOM_STOP_LOADER;
+  rec_of(cb)->stop_event = LOOM_EVENT_BATCH_END;
+  rec_of(cb)->stop_at = 2;
+  loom_runner *r;
+  assert_int_equal(run(exp, &r), 0);
+  expected_run(&want, 3, 2, 0);
+  expect_trace(&got, &want);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+
+  /* need_early_stop at the end of epoch 2, from an experiment-scope
+   * callback: each stage of 3 epochs ends after its 2nd. */
+  memset(&got, 0, sizeof got);
+  memset(&want, 0, sizeof want);
+  exp = two_stages(3);
+  cb = recorder_new(&got, NULL, 0);
+  loom_callback_set_scope(cb, LOOM_SCOPE_EXPERIMENT);
+  assert_int_equal(loom_stage_add_callback(loom_experiment_stage(exp, 0), cb), 0);
+  rec_of(cb)->stop_what = LOOM_STOP_STAGE;
+  rec_of(cb)->stop_event = LOOM_EVENT_EPOCH_END;
+  rec_of(cb)->stop_at = 2;
+  assert_int_equal(run(exp, &r), 0);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+  int epochs_pretrain = 0, epochs_train = 0;
+  bool in_train = false;
+  for (int i = 0; i < got.n; i++) {
+    if (strcmp(got.lines[i], "on_stage_start:train") == 0)
+      in_train = true;
+    if (strncmp(got.lines[i], "on_epoch_end", 12) == 0)
+      (*(in_train ? &epochs_train : &epochs_pretrain))++;
+  }
+  assert_int_equal(epochs_pretrain, 2);
+  assert_int_equal(epochs_train, 2);
+}
+
+static void test_stage_stop_exact_trace(void **state) {
+  (void)state;
+  static trace got, want;
+  memset(&got, 0, sizeof got);
+  memset(&want, 0, sizeof want);
+  loom_experiment *exp = two_stages(3);
+  /* A stage-scope callback in the first stage asks to stop after epoch 1. */
+  loom_callback *stopper = recorder_new(&got, "x", 0);
+  rec_of(stopper)->stop_what = LOOM_STOP_STAGE;
+  rec_of(stopper)->stop_event = LOOM_EVENT_EPOCH_END;
+  rec_of(stopper)->stop_at = 1;
+  assert_int_equal(loom_stage_add_callback(loom_experiment_stage(exp, 0), stopper), 0);
+  static trace plain;
+  memset(&plain, 0, sizeof plain);
+  assert_int_equal(loom_experiment_add_callback(exp, recorder_new(&plain, NULL, 1)), 0);
+  assert_int_equal(run(exp, NULL), 0);
+  expected_run(&want, 3, 0, 1);
+  expect_trace(&plain, &want);
+  loom_experiment_destroy(exp);
+}
+
+static void test_error_unwinds(void **state) {
+  (void)state;
+  static trace got;
+  memset(&got, 0, sizeof got);
+  loom_experiment *exp = two_stages(2);
+  loom_callback *cb = recorder_new(&got, NULL, 0);
+  loom_callback_set_name(cb, "failing");
+  rec_of(cb)->fail_event = LOOM_EVENT_BATCH_END;
+  rec_of(cb)->fail_at_batch = 2;
+  assert_int_equal(loom_experiment_add_callback(exp, cb), 0);
+  loom_runner *r;
+  int rc = run(exp, &r);
+  assert_int_equal(rc, LOOM_EINVAL);
+  /* The trace stops at the failing event, then on_exception, then
+   * on_experiment_end; no other end event fires. */
+  const char *tail[] = {"on_loader_start:train", "on_batch_start:1", "on_batch_end:1", "on_batch_start:2",
+                        "on_batch_end:2", "on_exception", "on_experiment_end"};
+  assert_int_equal(got.n, 3 + 7);
+  assert_string_equal(got.lines[0], "on_experiment_start");
+  assert_string_equal(got.lines[1], "on_stage_start:pretrain");
+  assert_string_equal(got.lines[2], "on_epoch_start:1");
+  for (int i = 0; i < 7; i++)
+    assert_string_equal(got.lines[3 + i], tail[i]);
+  assert_int_equal(loom_runner_error(r), LOOM_EINVAL);
+  assert_non_null(strstr(loom_runner_error_message(r), "callback \"failing\" failed in on_batch_end"));
+  assert_non_null(strstr(loom_runner_error_message(r), "injected failure"));
+  assert_false(loom_runner_error_handled(r));
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
+static void test_error_handled(void **state) {
+  (void)state;
+  static trace got;
+  memset(&got, 0, sizeof got);
+  loom_experiment *exp = two_stages(2);
+  loom_callback *failing = recorder_new(&got, "f", 0);
+  rec_of(failing)->fail_event = LOOM_EVENT_EPOCH_START;
+  loom_callback *handler = recorder_new(&got, "h", 200);
+  rec_of(handler)->handle = true;
+  assert_int_equal(loom_experiment_add_callback(exp, failing), 0);
+  assert_int_equal(loom_experiment_add_callback(exp, handler), 0);
+  loom_runner *r;
+  assert_int_equal(run(exp, &r), 0);
+  assert_int_equal(loom_runner_error(r), LOOM_EINVAL);
+  assert_true(loom_runner_error_handled(r));
+  assert_int_equal(count_prefix(&got, "f on_exception"), 1);
+  assert_int_equal(count_prefix(&got, "h on_exception"), 1);
+  assert_int_equal(count_prefix(&got, "h on_experiment_end"), 1);
+  assert_int_equal(count_prefix(&got, "h on_epoch_start"), 0); /* the failure came first */
+  assert_int_equal(count_prefix(&got, "h on_epoch_end"), 0);
+  assert_int_equal(count_prefix(&got, "h on_stage_end"), 0);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
+static int failing_batch(loom_runner *r, void *user) {
+  (void)r, (void)user;
+  return loom_error_set(LOOM_EIO, "disk gone");
+}
+
+static void test_handle_batch_error(void **state) {
+  (void)state;
+  static trace got;
+  memset(&got, 0, sizeof got);
+  loom_experiment *exp = two_stages(1);
+  assert_int_equal(loom_experiment_add_callback(exp, recorder_new(&got, NULL, 0)), 0);
+  loom_runner *r = loom_runner_create();
+  loom_runner_set_handle_batch(r, failing_batch, NULL);
+  assert_int_equal(loom_run_experiment(r, exp), LOOM_EIO);
+  assert_string_equal(got.lines[got.n - 3], "on_batch_start:1");
+  assert_string_equal(got.lines[got.n - 2], "on_exception");
+  assert_string_equal(got.lines[got.n - 1], "on_experiment_end");
+  assert_non_null(strstr(loom_runner_error_message(r), "disk gone"));
+  assert_non_null(strstr(loom_runner_error_message(r), "loader \"train\""));
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
+static void test_bad_loader_name(void **state) {
+  (void)state;
+  loom_experiment *exp = loom_experiment_create("bad");
+  loom_stage *st = loom_experiment_add_stage(exp, "train", 1);
+  assert_int_equal(loom_stage_add_loader(st, "test", test_loader(2, 2, 2, 2, false)), 0);
+  loom_runner *r;
+  assert_int_equal(run(exp, &r), LOOM_EINVAL);
+  assert_non_null(strstr(loom_runner_error_message(r), "must start with \"train\""));
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_full_trace),
+      cmocka_unit_test(test_order_bands_and_ties),
+      cmocka_unit_test(test_node_filter),
+      cmocka_unit_test(test_scope),
+      cmocka_unit_test(test_early_stop_loader_and_stage),
+      cmocka_unit_test(test_stage_stop_exact_trace),
+      cmocka_unit_test(test_error_unwinds),
+      cmocka_unit_test(test_error_handled),
+      cmocka_unit_test(test_handle_batch_error),
+      cmocka_unit_test(test_bad_loader_name),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,173 @@
+/* Optimizer steps against values computed by hand from torch.optim's
+ * formulas (worked out in the comments). */
+#include <math.h>
+
+#include "helpers.h"
+
+/* A model with exactly 3 parameters: Linear(2 -> 1) with bias. */
+static loom_model *three_params(void) {
+  loom_model *m = loom_model_create();
+  assert_int_equal(loom_model_add(m, "fc", loom_linear_create(2, 1, true)), 0);
+  int64_t in = 2;
+  assert_int_equal(loom_model_build(m, 1, &in, 1), 0);
+  assert_int_equal(loom_model_num_params(m), 3);
+  return m;
+}
+
+static void set3(float *dst, float a, float b, float c) {
+  dst[0] = a, dst[1] = b, dst[2] = c;
+}
+
+static void expect3(const float *p, double a, double b, double c) {
+  const double want[3] = {a, b, c};
+  for (int i = 0; i < 3; i++)
+    if (fabs(p[i] - want[i]) > 2e-6 * fmax(1.0, fabs(want[i])))
+      fail_msg("param %d: got %.9g, expected %.9g", i, p[i], want[i]);
+}
+
+static void test_sgd_plain_weight_decay(void **state) {
+  (void)state;
+  loom_model *m = three_params();
+  /* d = g + 0.01 p = [0.11, 0.18, -0.395]; p -= 0.1 d. */
+  set3(loom_model_params(m), 1.0f, -2.0f, 0.5f);
+  set3(loom_model_grads(m), 0.1f, 0.2f, -0.4f);
+  loom_sgd_options o = {.lr = 0.1, .weight_decay = 0.01};
+  loom_optimizer *opt = loom_sgd_create(&o);
+  assert_int_equal(loom_optimizer_step(opt, m), 0);
+  expect3(loom_model_params(m), 0.989, -2.018, 0.5395);
+  size_t n;
+  assert_null(loom_optimizer_state(opt, &n)); /* plain SGD keeps no state */
+  loom_optimizer_destroy(opt);
+  loom_model_destroy(m);
+}
+
+static void test_sgd_momentum(void **state) {
+  (void)state;
+  loom_model *m = three_params();
+  /* g = [1, -1, 0.5] twice, lr 0.1, mu 0.9:
+   * step 1: buf = g;            p = [0.9, -1.9, 0.45]
+   * step 2: buf = 0.9 buf + g = 1.9 g; p -= 0.19 g = [0.71, -1.71, 0.355] */
+  set3(loom_model_params(m), 1.0f, -2.0f, 0.5f);
+  set3(loom_model_grads(m), 1.0f, -1.0f, 0.5f);
+  loom_sgd_options o = {.lr = 0.1, .momentum = 0.9};
+  loom_optimizer *opt = loom_sgd_create(&o);
+  assert_int_equal(loom_optimizer_step(opt, m), 0);
+  expect3(loom_model_params(m), 0.9, -1.9, 0.45);
+  assert_int_equal(loom_optimizer_step(opt, m), 0);
+  expect3(loom_model_params(m), 0.71, -1.71, 0.355);
+  size_t n;
+  const float *buf = loom_optimizer_state(opt, &n);
+  assert_int_equal(n, 3);
+  expect3(buf, 1.9, -1.9, 0.95);
+  assert_int_equal(loom_optimizer_steps(opt), 2);
+  loom_optimizer_destroy(opt);
+  loom_model_destroy(m);
+}
+
+static void test_sgd_nesterov(void **state) {
+  (void)state;
+  loom_model *m = three_params();
+  /* step 1: buf = g; d = g + 0.9 buf = 1.9 g; p -= 0.19 g = [0.81, -1.81, 0.405]
+   * step 2: buf = 1.9 g; d = g + 0.9 * 1.9 g = 2.71 g; p -= 0.271 g
+   *         = [0.539, -1.539, 0.2695] */
+  set3(loom_model_params(m), 1.0f, -2.0f, 0.5f);
+  set3(loom_model_grads(m), 1.0f, -1.0f, 0.5f);
+  loom_sgd_options o = {.lr = 0.1, .momentum = 0.9, .nesterov = true};
+  loom_optimizer *opt = loom_sgd_create(&o);
+  assert_int_equal(loom_optimizer_step(opt, m), 0);
+  expect3(loom_model_params(m), 0.81, -1.81, 0.405);
+  assert_int_equal(loom_optimizer_step(opt, m), 0);
+  expect3(loom_model_params(m), 0.539, -1.539, 0.2695);
+  loom_optimizer_destroy(opt);
+  /* Nesterov without momentum is refused, as in PyTorch. */
+  loom_sgd_options bad = {.lr = 0.1, .nesterov = true};
+  assert_null(loom_sgd_create(&bad));
+  assert_non_null(strstr(loom_last_error(), "Nesterov"));
+  loom_model_destroy(m);
+}
+
+static void test_sgd_momentum_dampening_weight_decay(void **state) {
+  (void)state;
+  loom_model *m = three_params();
+  /* lr 0.1, mu 0.5, dampening 0.5, wd 0.1, g = [1, 0, -1], p0 = [1, -2, 0.5]
+   * step 1: d = g + 0.1 p = [1.1, -0.2, -0.95]; buf = d; p1 = p0 - 0.1 d
+   *         = [0.89, -1.98, 0.595]
+   * step 2: d = g + 0.1 p1 = [1.089, -0.198, -0.9405]
+   *         buf = 0.5 buf + 0.5 d = [1.0945, -0.199, -0.94525]
+   *         p2 = p1 - 0.1 buf = [0.78055, -1.9601, 0.689525] */
+  set3(loom_model_params(m), 1.0f, -2.0f, 0.5f);
+  set3(loom_model_grads(m), 1.0f, 0.0f, -1.0f);
+  loom_sgd_options o = {.lr = 0.1, .momentum = 0.5, .dampening = 0.5, .weight_decay = 0.1};
+  loom_optimizer *opt = loom_sgd_create(&o);
+  assert_int_equal(loom_optimizer_step(opt, m), 0);
+  expect3(loom_model_params(m), 0.89, -1.98, 0.595);
+  assert_int_equal(loom_optimizer_step(opt, m), 0);
+  expect3(loom_model_params(m), 0.78055, -1.9601, 0.689525);
+  loom_optimizer_destroy(opt);
+  loom_model_destroy(m);
+}
+
+static void test_adam(void **state) {
+  (void)state;
+  loom_model *m = three_params();
+  /* lr 0.1, betas (0.9, 0.999). Step 1, g = [1, -1, 0.5]: m = 0.1 g,
+   * v = 0.001 g^2; with the bias corrections m^ = g, v^ = g^2, so each
+   * parameter moves by lr * sign(g): p = [0.9, -1.9, 0.4].
+   * Step 2, g = [-1, -1, 0.5]: for p[0], m = 0.09 - 0.1 = -0.01,
+   * v = 0.000999 + 0.001 = 0.001999, m^ = -0.01 / 0.19, v^ = 1:
+   * p[0] = 0.9 + 0.1 * 0.01 / 0.19 = 0.90526316; the others repeat step 1. */
+  set3(loom_model_params(m), 1.0f, -2.0f, 0.5f);
+  set3(loom_model_grads(m), 1.0f, -1.0f, 0.5f);
+  loom_adam_options o = loom_adam_defaults();
+  o.lr = 0.1;
+  loom_optimizer *opt = loom_adam_create(&o);
+  assert_int_equal(loom_optimizer_step(opt, m), 0);
+  expect3(loom_model_params(m), 0.9, -1.9, 0.4);
+  loom_model_grads(m)[0] = -1.0f;
+  assert_int_equal(loom_optimizer_step(opt, m), 0);
+  expect3(loom_model_params(m), 0.9 + 0.1 * 0.01 / 0.19, -1.8, 0.3);
+  size_t n;
+  const float *s = loom_optimizer_state(opt, &n);
+  assert_int_equal(n, 6); /* [m | v] */
+  assert_true(fabs(s[0] - (-0.01)) < 1e-7);
+  assert_true(fabs(s[3] - 0.001999) < 1e-8);
+  assert_true(fabs(loom_optimizer_momentum(opt) - 0.9) < 1e-12);
+  /* reset forgets the moments: the next step is a first step again. */
+  loom_optimizer_reset(opt);
+  set3(loom_model_params(m), 1.0f, -2.0f, 0.5f);
+  set3(loom_model_grads(m), 1.0f, -1.0f, 0.5f);
+  assert_int_equal(loom_optimizer_step(opt, m), 0);
+  expect3(loom_model_params(m), 0.9, -1.9, 0.4);
+  loom_optimizer_destroy(opt);
+  loom_model_destroy(m);
+}
+
+static void test_adam_weight_decay(void **state) {
+  (void)state;
+  loom_model *m = three_params();
+  /* Adam's L2: g' = g + wd p. With g = [0, 0, 0] and wd 0.5, p = [1, -2, 0.5]:
+   * g' = [0.5, -1, 0.25], first step moves by lr * sign(g') = 0.01. */
+  set3(loom_model_params(m), 1.0f, -2.0f, 0.5f);
+  set3(loom_model_grads(m), 0.0f, 0.0f, 0.0f);
+  loom_adam_options o = loom_adam_defaults();
+  o.lr = 0.01;
+  o.weight_decay = 0.5;
+  loom_optimizer *opt = loom_adam_create(&o);
+  assert_int_equal(loom_optimizer_step(opt, m), 0);
+  expect3(loom_model_params(m), 0.99, -1.99, 0.49);
+  loom_optimizer_destroy(opt);
+  /* Invalid options are refused with a message. */
+  o.beta1 = 1.0;
+  assert_null(loom_adam_create(&o));
+  assert_non_null(strstr(loom_last_error(), "beta1"));
+  loom_model_destroy(m);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_sgd_plain_weight_decay), cmocka_unit_test(test_sgd_momentum),
+      cmocka_unit_test(test_sgd_nesterov),           cmocka_unit_test(test_sgd_momentum_dampening_weight_decay),
+      cmocka_unit_test(test_adam),                   cmocka_unit_test(test_adam_weight_decay),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
