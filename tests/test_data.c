@@ -1,0 +1,372 @@
+/* IDX reading (real files and broken ones), samplers and the loader. */
+#include <math.h>
+#include <zlib.h>
+
+#include "helpers.h"
+
+#define FMNIST "/usr/share/datasets/fashion-mnist"
+
+static char *tmp;
+
+static int setup(void **state) {
+  (void)state;
+  tmp = test_tmpdir();
+  return 0;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  test_rm_rf(tmp);
+  free(tmp);
+  return 0;
+}
+
+static void path_in_tmp(char *out, size_t size, const char *name) { snprintf(out, size, "%s/%s", tmp, name); }
+
+/* Writes bytes to a gzip'd (gz = 1) or plain file. */
+static void write_file(const char *path, const void *bytes, size_t n, int gz) {
+  if (gz) {
+    gzFile f = gzopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(gzwrite(f, bytes, (unsigned)n), (int)n);
+    gzclose(f);
+  } else {
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(bytes, 1, n, f), n);
+    fclose(f);
+  }
+}
+
+/* An IDX header for `count` images of rows x cols (ndim 3) or labels (1). */
+static size_t idx_header(uint8_t *h, int ndim, uint32_t count, uint32_t rows, uint32_t cols) {
+  uint32_t dims[3] = {count, rows, cols};
+  h[0] = h[1] = 0;
+  h[2] = 0x08;
+  h[3] = (uint8_t)ndim;
+  for (int i = 0; i < ndim; i++) {
+    h[4 + 4 * i] = (uint8_t)(dims[i] >> 24);
+    h[5 + 4 * i] = (uint8_t)(dims[i] >> 16);
+    h[6 + 4 * i] = (uint8_t)(dims[i] >> 8);
+    h[7 + 4 * i] = (uint8_t)dims[i];
+  }
+  return 4 + 4 * (size_t)ndim;
+}
+
+static bool have_fmnist(void) {
+  FILE *f = fopen(FMNIST "/train-labels-idx1-ubyte.gz", "rb");
+  if (f)
+    fclose(f);
+  return f != NULL;
+}
+
+static void test_real_fashion_mnist(void **state) {
+  (void)state;
+  if (!have_fmnist())
+    skip(); /* dataset-fashion-mnist not installed */
+  loom_dataset *train = loom_fashion_mnist_open(FMNIST, true);
+  assert_non_null(train);
+  assert_int_equal(loom_dataset_length(train), 60000);
+  assert_int_equal(loom_dataset_sample_ndim(train), 2);
+  assert_int_equal(loom_dataset_sample_shape(train)[0], 28);
+  assert_int_equal(loom_dataset_sample_shape(train)[1], 28);
+  assert_int_equal(loom_dataset_target_ndim(train), 0);
+  /* Facts read independently with Python's gzip module: the first ten
+   * training labels, and the first image's pixel sum and maximum. */
+  const float labels[10] = {9, 0, 0, 3, 0, 2, 7, 2, 5, 5};
+  int64_t idx[10] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+  float *x = malloc(10 * 784 * sizeof *x), y[10];
+  assert_int_equal(loom_dataset_fetch(train, idx, 10, x, y), 0);
+  assert_memory_equal(y, labels, sizeof labels);
+  double sum = 0, max = 0;
+  for (int i = 0; i < 784; i++) {
+    sum += x[i];
+    max = fmax(max, x[i]);
+  }
+  assert_true(fabs(sum * 255.0 - 76247.0) < 0.05);
+  assert_true(max == 1.0);
+  free(x);
+  loom_dataset *test = loom_fashion_mnist_open(FMNIST, false);
+  assert_non_null(test);
+  assert_int_equal(loom_dataset_length(test), 10000);
+  loom_dataset_destroy(test);
+  loom_dataset_destroy(train);
+}
+
+static void test_missing_dataset_names_package(void **state) {
+  (void)state;
+  assert_null(loom_fashion_mnist_open("/nonexistent/dir", true));
+  assert_int_equal(loom_last_error_code(), LOOM_ENOENT);
+  assert_non_null(strstr(loom_last_error(), "apt-get install dataset-fashion-mnist"));
+  assert_non_null(strstr(loom_last_error(), "/nonexistent/dir/train-images-idx3-ubyte.gz"));
+}
+
+/* Two 2x3 images and their labels, plain and gzip'd, read back. */
+static void test_small_idx_roundtrip(void **state) {
+  (void)state;
+  for (int gz = 0; gz < 2; gz++) {
+    uint8_t img[16 + 12], lab[8 + 2];
+    size_t h = idx_header(img, 3, 2, 2, 3);
+    for (int i = 0; i < 12; i++)
+      img[h + i] = (uint8_t)(i * 20);
+    size_t hl = idx_header(lab, 1, 2, 0, 0);
+    lab[hl] = 4, lab[hl + 1] = 7;
+    char ip[512], lp[512];
+    path_in_tmp(ip, sizeof ip, gz ? "i.gz" : "i.idx");
+    path_in_tmp(lp, sizeof lp, gz ? "l.gz" : "l.idx");
+    write_file(ip, img, sizeof img, gz);
+    write_file(lp, lab, sizeof lab, gz);
+    loom_dataset *ds = loom_idx_dataset_open(ip, lp);
+    assert_non_null(ds);
+    assert_int_equal(loom_dataset_length(ds), 2);
+    int64_t idx[2] = {1, 0};
+    float x[12], y[2];
+    assert_int_equal(loom_dataset_fetch(ds, idx, 2, x, y), 0);
+    assert_true(y[0] == 7 && y[1] == 4);
+    assert_true(fabsf(x[0] - 120.0f / 255.0f) < 1e-7f); /* sample 1 starts at byte 6 */
+    assert_true(fabsf(x[6] - 0.0f) < 1e-7f);
+    int64_t bad = 2;
+    assert_int_equal(loom_dataset_fetch(ds, &bad, 1, x, y), LOOM_EINVAL);
+    loom_dataset_destroy(ds);
+  }
+}
+
+static void write_labels(const char *path, uint32_t n) {
+  uint8_t lab[8 + 16] = {0};
+  idx_header(lab, 1, n, 0, 0);
+  write_file(path, lab, 8 + n, 1);
+}
+
+static void test_truncated_file(void **state) {
+  (void)state;
+  /* The header promises 10 images of 28x28; 100 bytes follow. */
+  uint8_t buf[16 + 100] = {0};
+  idx_header(buf, 3, 10, 28, 28);
+  char ip[512], lp[512];
+  path_in_tmp(ip, sizeof ip, "trunc-images.gz");
+  path_in_tmp(lp, sizeof lp, "trunc-labels.gz");
+  write_file(ip, buf, sizeof buf, 1);
+  write_labels(lp, 10);
+  assert_null(loom_idx_dataset_open(ip, lp));
+  assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
+  assert_non_null(strstr(loom_last_error(), "truncated"));
+  assert_non_null(strstr(loom_last_error(), "trunc-images.gz"));
+  assert_non_null(strstr(loom_last_error(), "7840 bytes"));
+}
+
+static void test_corrupt_gzip(void **state) {
+  (void)state;
+  /* A valid gzip'd IDX file whose compressed body is then damaged. */
+  enum { N = 64 };
+  uint8_t buf[16 + N * 784];
+  size_t h = idx_header(buf, 3, N, 28, 28);
+  for (size_t i = h; i < sizeof buf; i++)
+    buf[i] = (uint8_t)((i * 2654435761u) >> 13);
+  char ip[512], lp[512];
+  path_in_tmp(ip, sizeof ip, "corrupt-images.gz");
+  path_in_tmp(lp, sizeof lp, "corrupt-labels.gz");
+  write_file(ip, buf, sizeof buf, 1);
+  write_labels(lp, N);
+  FILE *f = fopen(ip, "r+b");
+  fseek(f, 0, SEEK_END);
+  long size = ftell(f);
+  for (long off = 40; off < size - 16; off += 97) {
+    fseek(f, off, SEEK_SET);
+    fputc(0xA5, f);
+  }
+  fclose(f);
+  assert_null(loom_idx_dataset_open(ip, lp));
+  assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
+  assert_non_null(strstr(loom_last_error(), "corrupt-images.gz"));
+  assert_true(strstr(loom_last_error(), "corrupt gzip") || strstr(loom_last_error(), "truncated"));
+}
+
+static void test_wrong_magic(void **state) {
+  (void)state;
+  uint8_t buf[16 + 4] = {0};
+  idx_header(buf, 3, 1, 2, 2);
+  buf[3] = 0x02; /* claims two dimensions where images have three */
+  char ip[512], lp[512];
+  path_in_tmp(ip, sizeof ip, "magic-images.gz");
+  path_in_tmp(lp, sizeof lp, "magic-labels.gz");
+  write_file(ip, buf, sizeof buf, 1);
+  write_labels(lp, 1);
+  assert_null(loom_idx_dataset_open(ip, lp));
+  assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
+  assert_non_null(strstr(loom_last_error(), "magic number 0x00000802"));
+  /* A label file passed as images is refused the same way. */
+  assert_null(loom_idx_dataset_open(lp, lp));
+  assert_non_null(strstr(loom_last_error(), "magic number 0x00000801"));
+  /* Not IDX at all. */
+  write_file(ip, "hello, world", 12, 0);
+  assert_null(loom_idx_dataset_open(ip, lp));
+  assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
+}
+
+static void test_length_mismatch(void **state) {
+  (void)state;
+  uint8_t buf[16 + 3 * 4] = {0};
+  idx_header(buf, 3, 3, 2, 2);
+  char ip[512], lp[512];
+  path_in_tmp(ip, sizeof ip, "mm-images.gz");
+  path_in_tmp(lp, sizeof lp, "mm-labels.gz");
+  write_file(ip, buf, sizeof buf, 1);
+  write_labels(lp, 2);
+  assert_null(loom_idx_dataset_open(ip, lp));
+  assert_non_null(strstr(loom_last_error(), "3 images but"));
+}
+
+static bool is_permutation(const int64_t *a, int64_t n) {
+  bool *seen = calloc((size_t)n, 1);
+  bool ok = true;
+  for (int64_t i = 0; i < n && ok; i++) {
+    ok = a[i] >= 0 && a[i] < n && !seen[a[i]];
+    if (ok)
+      seen[a[i]] = true;
+  }
+  free(seen);
+  return ok;
+}
+
+static void test_samplers(void **state) {
+  (void)state;
+  enum { N = 1000 };
+  static int64_t a[N], b[N], c[N];
+  loom_sampler *s = loom_random_sampler_create();
+  assert_int_equal(loom_sampler_order(s, N, 123, a), 0);
+  assert_int_equal(loom_sampler_order(s, N, 123, b), 0);
+  assert_int_equal(loom_sampler_order(s, N, 124, c), 0);
+  assert_true(is_permutation(a, N));
+  assert_true(is_permutation(c, N));
+  assert_memory_equal(a, b, sizeof a);
+  assert_memory_not_equal(a, c, sizeof a);
+  int fixed = 0; /* a uniform permutation fixes about one point */
+  for (int i = 0; i < N; i++)
+    fixed += a[i] == i;
+  assert_true(fixed < 10);
+  loom_sampler_destroy(s);
+  s = loom_sequential_sampler_create();
+  assert_int_equal(loom_sampler_order(s, N, 123, a), 0);
+  for (int i = 0; i < N; i++)
+    assert_int_equal(a[i], i);
+  loom_sampler_destroy(s);
+}
+
+static void test_loader_partial_batches(void **state) {
+  (void)state;
+  for (int drop = 0; drop < 2; drop++) {
+    /* 10 samples whose single feature is their index. */
+    float x[10], y[10];
+    for (int i = 0; i < 10; i++)
+      x[i] = (float)i, y[i] = (float)(i % 3);
+    int64_t one = 1;
+    loom_dataset *ds = loom_memory_dataset_create(x, y, 10, 1, &one, 0, NULL);
+    loom_loader_options o = {.batch_size = 4, .shuffle = true, .drop_last = drop};
+    loom_loader *l = loom_loader_create(ds, &o);
+    assert_int_equal(loom_loader_num_batches(l), drop ? 2 : 3);
+    assert_int_equal(loom_loader_start_epoch(l, 99), 0);
+    const int64_t *order = loom_loader_order(l);
+    loom_tensor *bx, *by;
+    int64_t seen = 0, sizes[3] = {0};
+    int batches = 0;
+    int rc;
+    while ((rc = loom_loader_next(l, &bx, &by)) == 1) {
+      sizes[batches++] = loom_tensor_dim(bx, 0);
+      assert_int_equal(loom_tensor_ndim(bx), 2);
+      for (int64_t i = 0; i < loom_tensor_dim(bx, 0); i++, seen++) {
+        /* Samples come in the sampler's order, targets alongside. */
+        assert_true(loom_tensor_data(bx)[i] == (float)order[seen]);
+        assert_true(loom_tensor_data(by)[i] == (float)(order[seen] % 3));
+      }
+    }
+    assert_int_equal(rc, 0);
+    assert_int_equal(batches, drop ? 2 : 3);
+    assert_int_equal(sizes[0], 4);
+    assert_int_equal(sizes[1], 4);
+    assert_int_equal(sizes[2], drop ? 0 : 2);
+    assert_int_equal(seen, drop ? 8 : 10);
+    assert_int_equal(loom_loader_next(l, &bx, &by), 0); /* stays at the end */
+    loom_loader_destroy(l);
+  }
+}
+
+/* The runner reseeds each loader per (seed, global epoch): a new order each
+ * epoch, the same order for the same seed, another for another seed. */
+typedef struct orders {
+  int64_t epoch_order[3][64];
+  int epochs;
+} orders;
+
+static int grab_order(loom_callback *cb, loom_runner *r) {
+  orders *o = loom_callback_data(cb);
+  memcpy(o->epoch_order[o->epochs++], loom_loader_order(loom_runner_loader(r)), 64 * sizeof(int64_t));
+  return 0;
+}
+
+static int no_work(loom_runner *r, void *u) {
+  (void)r, (void)u;
+  return 0;
+}
+
+static void run_orders(uint64_t seed, orders *o) {
+  memset(o, 0, sizeof *o);
+  static const loom_callback_ops ops = {.type = "grab_order", .on_loader_start = grab_order};
+  loom_experiment *exp = loom_experiment_create("orders");
+  loom_experiment_set_seed(exp, seed);
+  loom_stage *st = loom_experiment_add_stage(exp, "train", 3);
+  assert_int_equal(loom_stage_add_loader(st, "train", test_loader(64, 1, 2, 16, true)), 0);
+  assert_int_equal(loom_stage_add_callback(st, loom_callback_create(&ops, o, 0)), 0);
+  loom_runner *r = loom_runner_create();
+  loom_runner_set_handle_batch(r, no_work, NULL);
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
+static void test_epoch_seeding(void **state) {
+  (void)state;
+  static orders a, b, c;
+  run_orders(7, &a);
+  run_orders(7, &b);
+  run_orders(8, &c);
+  assert_int_equal(a.epochs, 3);
+  assert_memory_equal(&a, &b, sizeof a);
+  assert_memory_not_equal(a.epoch_order[0], a.epoch_order[1], sizeof a.epoch_order[0]);
+  assert_memory_not_equal(a.epoch_order[1], a.epoch_order[2], sizeof a.epoch_order[0]);
+  assert_memory_not_equal(a.epoch_order[0], c.epoch_order[0], sizeof a.epoch_order[0]);
+  for (int e = 0; e < 3; e++)
+    assert_true(is_permutation(a.epoch_order[e], 64));
+}
+
+static void test_normalize(void **state) {
+  (void)state;
+  float x[4] = {0.0f, 0.5f, 1.0f, 0.25f}, y[2] = {0, 1};
+  int64_t two = 2;
+  loom_dataset *ds = loom_normalize_dataset_create(loom_memory_dataset_create(x, y, 2, 1, &two, 0, NULL), 0.5f, 0.25f);
+  assert_non_null(ds);
+  int64_t idx[2] = {0, 1};
+  float out[4], t[2];
+  assert_int_equal(loom_dataset_fetch(ds, idx, 2, out, t), 0);
+  const float want[4] = {-2.0f, 0.0f, 2.0f, -1.0f};
+  for (int i = 0; i < 4; i++)
+    assert_true(fabsf(out[i] - want[i]) < 1e-6f);
+  loom_dataset_destroy(ds);
+  assert_null(loom_normalize_dataset_create(NULL, 0.0f, 1.0f));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_real_fashion_mnist),
+      cmocka_unit_test(test_missing_dataset_names_package),
+      cmocka_unit_test(test_small_idx_roundtrip),
+      cmocka_unit_test(test_truncated_file),
+      cmocka_unit_test(test_corrupt_gzip),
+      cmocka_unit_test(test_wrong_magic),
+      cmocka_unit_test(test_length_mismatch),
+      cmocka_unit_test(test_samplers),
+      cmocka_unit_test(test_loader_partial_batches),
+      cmocka_unit_test(test_epoch_seeding),
+      cmocka_unit_test(test_normalize),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
