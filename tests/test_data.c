@@ -132,9 +132,10 @@ static void test_small_idx_roundtrip(void **state) {
 }
 
 static void write_labels(const char *path, uint32_t n) {
-  uint8_t lab[8 + 16] = {0};
+  uint8_t *lab = calloc(8 + n, 1);
   idx_header(lab, 1, n, 0, 0);
   write_file(path, lab, 8 + n, 1);
+  free(lab);
 }
 
 static void test_truncated_file(void **state) {
