@@ -138,16 +138,25 @@ static void write_labels(const char *path, uint32_t n) {
   free(lab);
 }
 
+/* Writes <stem>-images.gz from `images` and <stem>-labels.gz with n labels;
+ * their paths go to ip and lp (512 bytes each). */
+static void write_pair(const char *stem, const void *images, size_t size, uint32_t n, char *ip, char *lp) {
+  char name[64];
+  snprintf(name, sizeof name, "%s-images.gz", stem);
+  path_in_tmp(ip, 512, name);
+  snprintf(name, sizeof name, "%s-labels.gz", stem);
+  path_in_tmp(lp, 512, name);
+  write_file(ip, images, size, 1);
+  write_labels(lp, n);
+}
+
 static void test_truncated_file(void **state) {
   (void)state;
   /* The header promises 10 images of 28x28; 100 bytes follow. */
   uint8_t buf[16 + 100] = {0};
   idx_header(buf, 3, 10, 28, 28);
   char ip[512], lp[512];
-  path_in_tmp(ip, sizeof ip, "trunc-images.gz");
-  path_in_tmp(lp, sizeof lp, "trunc-labels.gz");
-  write_file(ip, buf, sizeof buf, 1);
-  write_labels(lp, 10);
+  write_pair("trunc", buf, sizeof buf, 10, ip, lp);
   assert_null(loom_idx_dataset_open(ip, lp));
   assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
   assert_non_null(strstr(loom_last_error(), "truncated"));
@@ -164,10 +173,7 @@ static void test_corrupt_gzip(void **state) {
   for (size_t i = h; i < sizeof buf; i++)
     buf[i] = (uint8_t)((i * 2654435761u) >> 13);
   char ip[512], lp[512];
-  path_in_tmp(ip, sizeof ip, "corrupt-images.gz");
-  path_in_tmp(lp, sizeof lp, "corrupt-labels.gz");
-  write_file(ip, buf, sizeof buf, 1);
-  write_labels(lp, N);
+  write_pair("corrupt", buf, sizeof buf, N, ip, lp);
   FILE *f = fopen(ip, "r+b");
   fseek(f, 0, SEEK_END);
   long size = ftell(f);
@@ -179,7 +185,7 @@ static void test_corrupt_gzip(void **state) {
   assert_null(loom_idx_dataset_open(ip, lp));
   assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
   assert_non_null(strstr(loom_last_error(), "corrupt-images.gz"));
-  assert_true(strstr(loom_last_error(), "corrupt gzip") || strstr(loom_last_error(), "truncated"));
+  assert_non_null(strstr(loom_last_error(), "corrupt gzip stream"));
 }
 
 static void test_wrong_magic(void **state) {
@@ -188,10 +194,7 @@ static void test_wrong_magic(void **state) {
   idx_header(buf, 3, 1, 2, 2);
   buf[3] = 0x02; /* claims two dimensions where images have three */
   char ip[512], lp[512];
-  path_in_tmp(ip, sizeof ip, "magic-images.gz");
-  path_in_tmp(lp, sizeof lp, "magic-labels.gz");
-  write_file(ip, buf, sizeof buf, 1);
-  write_labels(lp, 1);
+  write_pair("magic", buf, sizeof buf, 1, ip, lp);
   assert_null(loom_idx_dataset_open(ip, lp));
   assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
   assert_non_null(strstr(loom_last_error(), "magic number 0x00000802"));
@@ -209,10 +212,7 @@ static void test_length_mismatch(void **state) {
   uint8_t buf[16 + 3 * 4] = {0};
   idx_header(buf, 3, 3, 2, 2);
   char ip[512], lp[512];
-  path_in_tmp(ip, sizeof ip, "mm-images.gz");
-  path_in_tmp(lp, sizeof lp, "mm-labels.gz");
-  write_file(ip, buf, sizeof buf, 1);
-  write_labels(lp, 2);
+  write_pair("mm", buf, sizeof buf, 2, ip, lp);
   assert_null(loom_idx_dataset_open(ip, lp));
   assert_non_null(strstr(loom_last_error(), "3 images but"));
 }

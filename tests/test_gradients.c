@@ -46,9 +46,34 @@ static double ref_ce(const double *logits, const float *target, int n, int c) {
   return loss / n;
 }
 
+/* Checks grad[i] against central differences of f(p) for every i. */
+typedef double (*loss_fn)(const double *p, const void *ctx);
+
+static void check_fd(const float *grad, double *p, int n, loss_fn f, const void *ctx, const char *what) {
+  for (int i = 0; i < n; i++) {
+    double keep = p[i];
+    p[i] = keep + H;
+    double up = f(p, ctx);
+    p[i] = keep - H;
+    double down = f(p, ctx);
+    p[i] = keep;
+    assert_close(grad[i], (up - down) / (2 * H), what, i);
+  }
+}
+
 static void to_double(double *d, const float *f, int n) {
   for (int i = 0; i < n; i++)
     d[i] = f[i];
+}
+
+typedef struct linear_ctx {
+  const double *x, *r;
+  int n, in, out;
+} linear_ctx;
+
+static double linear_params_loss(const double *p, const void *ctx) {
+  const linear_ctx *c = ctx;
+  return ref_linear_loss(c->x, p, p + c->in * c->out, c->r, c->n, c->in, c->out);
 }
 
 /* d(sum(y * R))/dy = R, so backward gets R as dout. */
@@ -87,15 +112,8 @@ static void test_linear(void **state) {
       assert_close(yv[i * OUT + o], want, "y", i * OUT + o);
     }
   const float *g = loom_model_grads(m);
-  for (int i = 0; i < IN * OUT + OUT; i++) {
-    double keep = p[i];
-    p[i] = keep + H;
-    double up = ref_linear_loss(xd, p, p + IN * OUT, rd, N, IN, OUT);
-    p[i] = keep - H;
-    double down = ref_linear_loss(xd, p, p + IN * OUT, rd, N, IN, OUT);
-    p[i] = keep;
-    assert_close(g[i], (up - down) / (2 * H), "dparams", i);
-  }
+  const linear_ctx ctx = {xd, rd, N, IN, OUT};
+  check_fd(g, p, IN * OUT + OUT, linear_params_loss, &ctx, "dparams");
   /* Gradients accumulate until zero_grad, as in PyTorch. */
   float first = g[0];
   assert_int_equal(loom_model_backward(m, rt), 0);
@@ -119,6 +137,16 @@ static double ref_two_layer(const double *x, const double *p, const double *r, i
   double loss = ref_linear_loss(h, w2, w2 + out * hid, r, n, hid, out);
   free(h);
   return loss;
+}
+
+typedef struct two_layer_ctx {
+  const double *x, *r;
+  int n, in, hid, out;
+} two_layer_ctx;
+
+static double two_layer_loss(const double *p, const void *ctx) {
+  const two_layer_ctx *c = ctx;
+  return ref_two_layer(c->x, p, c->r, c->n, c->in, c->hid, c->out);
 }
 
 static void test_relu_and_input_gradient(void **state) {
@@ -158,20 +186,22 @@ static void test_relu_and_input_gradient(void **state) {
       active += v > 0;
     }
   assert_true(active > 0 && active < N * HID); /* both branches of ReLU seen */
-  const float *g = loom_model_grads(m);
-  for (int i = 0; i < np; i++) {
-    double keep = p[i];
-    p[i] = keep + H;
-    double up = ref_two_layer(xd, p, rd, N, IN, HID, OUT);
-    p[i] = keep - H;
-    double down = ref_two_layer(xd, p, rd, N, IN, HID, OUT);
-    p[i] = keep;
-    assert_close(g[i], (up - down) / (2 * H), "dparams", i);
-  }
+  const two_layer_ctx ctx = {xd, rd, N, IN, HID, OUT};
+  check_fd(loom_model_grads(m), p, np, two_layer_loss, &ctx, "dparams");
   free(p);
   loom_tensor_destroy(xt);
   loom_tensor_destroy(rt);
   loom_model_destroy(m);
+}
+
+typedef struct ce_ctx {
+  const float *target;
+  int n, c;
+} ce_ctx;
+
+static double ce_loss(const double *logits, const void *ctx) {
+  const ce_ctx *c = ctx;
+  return ref_ce(logits, c->target, c->n, c->c);
 }
 
 static void test_cross_entropy(void **state) {
@@ -191,15 +221,8 @@ static void test_cross_entropy(void **state) {
   assert_close(loss, ref_ce(ld, target, N, C), "loss", 0);
   const loom_tensor *d;
   assert_int_equal(loom_criterion_backward(ce, lt, tt, &d), 0);
-  for (int i = 0; i < N * C; i++) {
-    double keep = ld[i];
-    ld[i] = keep + H;
-    double up = ref_ce(ld, target, N, C);
-    ld[i] = keep - H;
-    double down = ref_ce(ld, target, N, C);
-    ld[i] = keep;
-    assert_close(loom_tensor_data(d)[i], (up - down) / (2 * H), "dlogits", i);
-  }
+  const ce_ctx ctx = {target, N, C};
+  check_fd(loom_tensor_data(d), ld, N * C, ce_loss, &ctx, "dlogits");
   /* A hand-computed value: uniform logits over 4 classes give log(4). */
   float flat[C] = {0.5f, 0.5f, 0.5f, 0.5f}, t1[1] = {2};
   int64_t fs[2] = {1, C}, one = 1;
@@ -242,6 +265,19 @@ static double ref_mlp_loss(const double *p, const double *x, const float *t, int
   return loss;
 }
 
+typedef struct mlp_ctx {
+  const double *x;
+  const float *t;
+  int n;
+  const int64_t *sizes;
+  int layers;
+} mlp_ctx;
+
+static double mlp_loss(const double *p, const void *ctx) {
+  const mlp_ctx *c = ctx;
+  return ref_mlp_loss(p, c->x, c->t, c->n, c->sizes, c->layers);
+}
+
 static void test_mlp(void **state) {
   (void)state;
   enum { N = 6 };
@@ -268,16 +304,8 @@ static void test_mlp(void **state) {
   to_double(xd, x, N * 7);
   to_double(p, loom_model_params(m), np);
   assert_close(loss, ref_mlp_loss(p, xd, t, N, sizes, 3), "loss", 0);
-  const float *g = loom_model_grads(m);
-  for (int i = 0; i < np; i++) {
-    double keep = p[i];
-    p[i] = keep + H;
-    double up = ref_mlp_loss(p, xd, t, N, sizes, 3);
-    p[i] = keep - H;
-    double down = ref_mlp_loss(p, xd, t, N, sizes, 3);
-    p[i] = keep;
-    assert_close(g[i], (up - down) / (2 * H), "dparams", i);
-  }
+  const mlp_ctx ctx = {xd, t, N, sizes, 3};
+  check_fd(loom_model_grads(m), p, np, mlp_loss, &ctx, "dparams");
   free(p);
   loom_tensor_destroy(xt);
   loom_tensor_destroy(tt);
