@@ -9,6 +9,7 @@
 #include <zlib.h>
 
 #include "core/error_internal.h"
+#include "core/simd.h"
 #include "loom/data.h"
 
 #define IDX_UBYTE 0x08
@@ -94,7 +95,7 @@ typedef struct idx_dataset {
 
 static int64_t idx_length(void *data) { return ((idx_dataset *)data)->labels.count; }
 
-static int idx_fetch(void *data, const int64_t *indices, int64_t n, float *x, float *y) {
+LOOM_HOT static int idx_fetch(void *data, const int64_t *indices, int64_t n, float *x, float *y) {
   const idx_dataset *d = data;
   const int64_t size = d->sample_size;
   for (int64_t i = 0; i < n; i++) {

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 
 #include "core/error_internal.h"
+#include "core/simd.h"
 #include "loom/data.h"
 
 typedef struct normalize {
@@ -12,7 +13,7 @@ typedef struct normalize {
 
 static int64_t normalize_length(void *data) { return loom_dataset_length(((normalize *)data)->inner); }
 
-static int normalize_fetch(void *data, const int64_t *indices, int64_t n, float *x, float *y) {
+LOOM_HOT static int normalize_fetch(void *data, const int64_t *indices, int64_t n, float *x, float *y) {
   const normalize *d = data;
   int rc = loom_dataset_fetch(d->inner, indices, n, x, y);
   if (rc < 0)

@@ -4,9 +4,10 @@
 #include <math.h>
 
 #include "core/error_internal.h"
+#include "core/simd.h"
 #include "models/optimizer_internal.h"
 
-static void adam_update(const loom_optimizer *opt, float *restrict p, const float *restrict g,
+LOOM_HOT static void adam_update(const loom_optimizer *opt, float *restrict p, const float *restrict g,
                         float *restrict state, size_t n, int64_t step) {
   const loom_adam_options *o = &opt->o.adam;
   float *restrict m = state, *restrict v = state + n;

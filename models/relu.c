@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "core/simd.h"
 #include "models/layer_internal.h"
 
 static int same_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
@@ -11,7 +12,7 @@ static int same_shape(void *data, int ndim, const int64_t *in, int *out_ndim, in
   return 0;
 }
 
-static int relu_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train) {
+LOOM_HOT static int relu_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train) {
   (void)data, (void)train;
   const float *restrict in = x->data;
   float *restrict out = y->data;
@@ -20,7 +21,7 @@ static int relu_forward(void *data, const loom_tensor *x, loom_tensor *y, bool t
   return 0;
 }
 
-static int relu_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
+LOOM_HOT static int relu_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
                          loom_tensor *dx) {
   (void)data, (void)x;
   if (!dx)

@@ -3,9 +3,10 @@
 #include <math.h>
 
 #include "core/error_internal.h"
+#include "core/simd.h"
 #include "models/optimizer_internal.h"
 
-static void sgd_update(const loom_optimizer *opt, float *restrict p, const float *restrict g, float *restrict buf,
+LOOM_HOT static void sgd_update(const loom_optimizer *opt, float *restrict p, const float *restrict g, float *restrict buf,
                        size_t n, int64_t step) {
   const loom_sgd_options *o = &opt->o.sgd;
   const float lr = (float)opt->lr, wd = (float)o->weight_decay, mu = (float)o->momentum;

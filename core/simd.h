@@ -1,0 +1,15 @@
+#ifndef LOOM_CORE_SIMD_H
+#define LOOM_CORE_SIMD_H
+
+/* LOOM_HOT marks elementwise loops worth compiling for several x86 levels:
+ * the library is built for baseline x86-64 (SSE2) so it runs anywhere, and
+ * gcc's target_clones picks the AVX2 or AVX-512 version at load time by
+ * CPU features. No FMA: -std=c11 keeps contraction off, so every version
+ * computes bit-identical results. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define LOOM_HOT __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LOOM_HOT
+#endif
+
+#endif
