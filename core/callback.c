@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "loom/runner.h"
 
 struct loom_callback {
   loom_callback_ops ops;
@@ -16,6 +17,9 @@ struct loom_callback {
   loom_node node;
   loom_scope scope;
   uint64_t seq;
+  bool filtered;
+  loom_event_filter filter;
+  char **loaders; /* the filter's loader names, NULL-terminated */
 };
 
 static const char *const event_names[LOOM_EVENT_COUNT] = {
@@ -52,13 +56,91 @@ loom_callback *loom_callback_create(const loom_callback_ops *ops, void *data, in
   return cb;
 }
 
+static void free_loaders(char **loaders) {
+  for (char **p = loaders; p && *p; p++)
+    free(*p);
+  free(loaders);
+}
+
 void loom_callback_destroy(loom_callback *cb) {
   if (!cb)
     return;
   if (cb->ops.destroy)
     cb->ops.destroy(cb->data);
+  free_loaders(cb->loaders);
   free(cb->name);
   free(cb);
+}
+
+/* "train,valid" -> {"train", "valid", NULL} */
+static char **split_names(const char *list) {
+  size_t n = 1;
+  for (const char *p = list; *p; p++)
+    n += *p == ',';
+  char **out = calloc(n + 1, sizeof *out);
+  if (!out)
+    return NULL;
+  size_t k = 0;
+  for (const char *p = list; k < n; k++) {
+    size_t len = strcspn(p, ",");
+    if (!(out[k] = strndup(p, len))) {
+      free_loaders(out);
+      return NULL;
+    }
+    p += len + (p[len] == ',');
+  }
+  return out;
+}
+
+int loom_callback_set_filter(loom_callback *cb, const loom_event_filter *f) {
+  if (!f || f->every_batches < 0 || f->every_epochs < 0 || f->once_batch < 0 || f->once_epoch < 0)
+    return loom_error_set(LOOM_EINVAL, "callback \"%s\": event filter counts must be >= 0", cb->name);
+  char **loaders = NULL;
+  if (f->loaders && *f->loaders && !(loaders = split_names(f->loaders)))
+    return loom_error_oom("an event filter");
+  free_loaders(cb->loaders);
+  cb->loaders = loaders;
+  cb->filter = *f;
+  cb->filter.loaders = NULL;
+  cb->filtered = f->every_batches || f->every_epochs || f->once_batch || f->once_epoch || loaders;
+  return 0;
+}
+
+/* Whether a filtered callback hears this event now. */
+static bool passes(const loom_callback *cb, loom_event e, const loom_runner *r) {
+  const loom_event_filter *f = &cb->filter;
+  bool batch = e == LOOM_EVENT_BATCH_START || e == LOOM_EVENT_BATCH_END;
+  bool loader = batch || e == LOOM_EVENT_LOADER_START || e == LOOM_EVENT_LOADER_END;
+  bool epoch = e == LOOM_EVENT_EPOCH_START || e == LOOM_EVENT_EPOCH_END;
+  if (loader && cb->loaders) {
+    bool named = false;
+    for (char **p = cb->loaders; *p && !named; p++)
+      named = strcmp(*p, loom_runner_loader_name(r)) == 0;
+    if (!named)
+      return false;
+  }
+  if (batch && f->every_batches && loom_runner_loader_batch_step(r) % f->every_batches != 0)
+    return false;
+  if (batch && f->once_batch &&
+      !(loom_runner_is_train_loader(r) && loom_runner_global_batch_step(r) == f->once_batch))
+    return false;
+  if (epoch && f->every_epochs && loom_runner_global_epoch(r) % f->every_epochs != 0)
+    return false;
+  if (epoch && f->once_epoch && loom_runner_global_epoch(r) != f->once_epoch)
+    return false;
+  return true;
+}
+
+bool loom_callback_is_stateful(const loom_callback *cb) { return cb->ops.save && cb->ops.load; }
+
+int loom_callback_save(loom_callback *cb, loom_runner *runner, loom_state *state) {
+  int rc = cb->ops.save ? cb->ops.save(cb, runner, state) : 0;
+  return rc < 0 ? loom_error_wrap(rc, "saving the state of callback \"%s\"", cb->name) : 0;
+}
+
+int loom_callback_load(loom_callback *cb, loom_runner *runner, const loom_state *state) {
+  int rc = cb->ops.load ? cb->ops.load(cb, runner, state) : 0;
+  return rc < 0 ? loom_error_wrap(rc, "restoring the state of callback \"%s\"", cb->name) : 0;
 }
 
 void *loom_callback_data(const loom_callback *cb) { return cb->data; }
@@ -161,6 +243,8 @@ void loom_callback_table_free(loom_callback_table *t) {
 }
 
 static int call_one(loom_callback *cb, loom_event event, loom_runner *runner) {
+  if (cb->filtered && !passes(cb, event, runner))
+    return 0;
   unsigned serial = loom_error_serial();
   int rc = loom_callback_handler(cb, event)(cb, runner);
   if (rc >= 0)

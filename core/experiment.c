@@ -1,5 +1,6 @@
 #include "core/experiment_internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -154,9 +155,36 @@ loom_stage *loom_experiment_stage(const loom_experiment *exp, size_t i) {
   return i < exp->num_stages ? exp->stages[i] : NULL;
 }
 
+static bool name_taken(const loom_experiment *exp, const loom_callback *cb, const char *name) {
+  for (size_t i = 0; i < exp->num_owned; i++) {
+    if (exp->owned[i].destroy != destroy_callback || exp->owned[i].ptr == cb)
+      continue;
+    if (strcmp(loom_callback_name(exp->owned[i].ptr), name) == 0)
+      return true;
+  }
+  return false;
+}
+
+/* Checkpoints key callback states by name: a repeated name gets "#2", "#3". */
+static int unique_name(loom_experiment *exp, loom_callback *cb) {
+  if (!name_taken(exp, cb, loom_callback_name(cb)))
+    return 0;
+  char name[256];
+  for (int k = 2;; k++) {
+    snprintf(name, sizeof name, "%s#%d", loom_callback_name(cb), k);
+    if (!name_taken(exp, cb, name))
+      return loom_callback_set_name(cb, name);
+  }
+}
+
 static int register_callback(loom_experiment *exp, loom_callback ***list, size_t *n, size_t *cap,
                              loom_callback *cb) {
+  bool known = false;
+  for (size_t i = 0; cb && i < exp->num_owned && !known; i++)
+    known = exp->owned[i].ptr == cb;
   int rc = own(exp, cb, destroy_callback, "callback");
+  if (rc == 0 && !known)
+    rc = unique_name(exp, cb);
   if (rc < 0)
     return rc;
   /* The callback is owned now; a failure below leaves it to the experiment. */

@@ -1,6 +1,7 @@
 /* The loop: experiment -> stages -> epochs -> loaders -> batches. */
 #include "core/runner_impl.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,6 +10,19 @@
 #endif
 
 #define LOOM_FTZ_DAZ 0x8040u
+#define NUM_METRIC_STORES 7
+
+static loom_metrics **metric_stores(loom_runner *r, loom_metrics **out) {
+  loom_metrics **m[NUM_METRIC_STORES] = {&r->batch_metrics, &r->loader_metrics, &r->epoch_metrics, &r->loader_sums,
+                                         &r->loader_weights, &r->valid_metrics, &r->best_valid_metrics};
+  for (int i = 0; i < NUM_METRIC_STORES; i++)
+    out[i] = *m[i];
+  return out;
+}
+
+loom_run_options loom_run_options_default(void) {
+  return (loom_run_options){.handle_signals = true, .nonfinite = LOOM_NONFINITE_STOP};
+}
 
 loom_runner *loom_runner_create(void) {
   loom_runner *r = calloc(1, sizeof *r);
@@ -17,20 +31,19 @@ loom_runner *loom_runner_create(void) {
     return NULL;
   }
   r->comm = loom_comm_local_create();
-  r->batch_metrics = loom_metrics_create();
-  r->loader_metrics = loom_metrics_create();
-  r->epoch_metrics = loom_metrics_create();
-  r->loader_sums = loom_metrics_create();
-  r->loader_weights = loom_metrics_create();
-  r->valid_metrics = loom_metrics_create();
-  r->best_valid_metrics = loom_metrics_create();
-  if (!r->comm || !r->batch_metrics || !r->loader_metrics || !r->epoch_metrics || !r->loader_sums ||
-      !r->loader_weights || !r->valid_metrics || !r->best_valid_metrics) {
+  loom_metrics **m[NUM_METRIC_STORES] = {&r->batch_metrics, &r->loader_metrics, &r->epoch_metrics, &r->loader_sums,
+                                         &r->loader_weights, &r->valid_metrics, &r->best_valid_metrics};
+  bool ok = r->comm != NULL;
+  for (int i = 0; i < NUM_METRIC_STORES; i++)
+    ok = (*m[i] = loom_metrics_create()) != NULL && ok;
+  if (!ok) {
     loom_runner_destroy(r);
     loom_error_oom("a runner");
     return NULL;
   }
   r->handle_batch = loom_supervised_handle_batch;
+  r->options = loom_run_options_default();
+  r->stage_index = -1;
   return r;
 }
 
@@ -40,13 +53,12 @@ void loom_runner_destroy(loom_runner *r) {
   loom_callback_table_free(&r->exp_table);
   loom_callback_table_free(&r->stage_table);
   loom_comm_destroy(r->comm);
-  loom_metrics_destroy(r->batch_metrics);
-  loom_metrics_destroy(r->loader_metrics);
-  loom_metrics_destroy(r->epoch_metrics);
-  loom_metrics_destroy(r->loader_sums);
-  loom_metrics_destroy(r->loader_weights);
-  loom_metrics_destroy(r->valid_metrics);
-  loom_metrics_destroy(r->best_valid_metrics);
+  loom_metrics *m[NUM_METRIC_STORES];
+  metric_stores(r, m);
+  for (int i = 0; i < NUM_METRIC_STORES; i++)
+    loom_metrics_destroy(m[i]);
+  loom_checkpoint_destroy(r->resume);
+  free(r->resume_source);
   free(r);
 }
 
@@ -62,6 +74,12 @@ void loom_runner_set_handle_batch(loom_runner *r, loom_handle_batch_fn fn, void 
   r->handle_user = fn ? user : NULL;
 }
 
+void loom_runner_set_options(loom_runner *r, const loom_run_options *o) {
+  r->options = o ? *o : loom_run_options_default();
+}
+
+const loom_run_options *loom_runner_options(const loom_runner *r) { return &r->options; }
+
 int loom_loader_kind_from_name(const char *name) {
   if (strncmp(name, "train", 5) == 0)
     return LOOM_LOADER_TRAIN;
@@ -72,46 +90,72 @@ int loom_loader_kind_from_name(const char *name) {
   return -1;
 }
 
+/* Forgets the last run, keeping configuration and storage. */
 static void reset(loom_runner *r, loom_experiment *exp) {
   loom_callback_table_free(&r->exp_table);
   loom_callback_table_free(&r->stage_table);
-  loom_comm *comm = r->comm;
-  loom_handle_batch_fn fn = r->handle_batch;
-  void *user = r->handle_user;
-  loom_metrics *m[7] = {r->batch_metrics, r->loader_metrics, r->epoch_metrics, r->loader_sums,
-                        r->loader_weights, r->valid_metrics, r->best_valid_metrics};
+  loom_runner keep = *r;
   memset(r, 0, sizeof *r);
-  r->comm = comm;
-  r->handle_batch = fn;
-  r->handle_user = user;
-  r->batch_metrics = m[0], r->loader_metrics = m[1], r->epoch_metrics = m[2];
-  r->loader_sums = m[3], r->loader_weights = m[4], r->valid_metrics = m[5], r->best_valid_metrics = m[6];
-  for (int i = 0; i < 7; i++)
+  r->comm = keep.comm;
+  r->handle_batch = keep.handle_batch;
+  r->handle_user = keep.handle_user;
+  r->options = keep.options;
+  r->resume_source = keep.resume_source;
+  r->batch_metrics = keep.batch_metrics, r->loader_metrics = keep.loader_metrics;
+  r->epoch_metrics = keep.epoch_metrics, r->loader_sums = keep.loader_sums;
+  r->loader_weights = keep.loader_weights, r->valid_metrics = keep.valid_metrics;
+  r->best_valid_metrics = keep.best_valid_metrics;
+  loom_checkpoint_destroy(keep.resume);
+  loom_metrics *m[NUM_METRIC_STORES];
+  metric_stores(r, m);
+  for (int i = 0; i < NUM_METRIC_STORES; i++)
     loom_metrics_clear(m[i]);
   r->exp = exp;
   r->stage_index = -1;
+  r->loader_index = -1;
 }
 
 static int dispatch(loom_runner *r, loom_event event) {
+  r->event = event;
   return loom_callback_table_dispatch(&r->stage_table, event, r, 0);
 }
 
-/* Master decisions travel as one broadcast at a fixed point of the loop. */
-static int sync_stop_flags(loom_runner *r) {
-  int rc = loom_comm_broadcast(r->comm, &r->stop_flags, sizeof r->stop_flags, 0);
-  return rc < 0 ? loom_error_wrap(rc, "broadcasting the stop decision") : 0;
+void loom_runner_interrupt(loom_runner *r, const char *reason) {
+  r->interrupted = true;
+  snprintf(r->interrupt_reason, sizeof r->interrupt_reason, "%s", reason ? reason : "interrupted");
 }
 
-static int accumulate_batch_metrics(loom_runner *r) {
-  double weight = (double)r->batch_size;
-  for (size_t i = 0; i < loom_metrics_count(r->batch_metrics); i++) {
-    const char *name = loom_metrics_name(r->batch_metrics, i);
+/* Master decisions and interrupts travel once per batch and once per epoch:
+ * an interrupt on any rank stops every rank; stop requests are rank 0's. */
+static int sync_decisions(loom_runner *r) {
+  loom_signals_poll(r);
+  int rc = 0;
+  if (loom_comm_size(r->comm) > 1) {
+    double any = r->interrupted ? 1.0 : 0.0;
+    rc = loom_comm_allreduce_sum_f64(r->comm, &any, 1);
+    if (rc == 0 && any > 0 && !r->interrupted)
+      loom_runner_interrupt(r, "interrupted on another rank");
+  }
+  if (rc == 0)
+    rc = loom_comm_broadcast(r->comm, &r->stop_flags, sizeof r->stop_flags, 0);
+  if (rc < 0)
+    return loom_error_wrap(rc, "synchronising the stop decision over %d ranks", loom_comm_size(r->comm));
+  if (r->interrupted)
+    return loom_error_set(LOOM_EINTERRUPTED, "%s (stage \"%s\", epoch %d, loader \"%s\", after batch %lld)",
+                          r->interrupt_reason, r->stage->name, r->epoch, r->loader_name ? r->loader_name : "-",
+                          (long long)r->loader_batch_step);
+  return 0;
+}
+
+int loom_accumulate_metrics(loom_metrics *sums, loom_metrics *weights, const loom_metrics *batch, double weight) {
+  for (size_t i = 0; i < loom_metrics_count(batch); i++) {
+    const char *name = loom_metrics_name(batch, i);
     double sum = 0, w = 0;
-    loom_metrics_get(r->loader_sums, name, &sum);
-    loom_metrics_get(r->loader_weights, name, &w);
-    int rc = loom_metrics_set(r->loader_sums, name, sum + loom_metrics_value(r->batch_metrics, i) * weight);
+    loom_metrics_get(sums, name, &sum);
+    loom_metrics_get(weights, name, &w);
+    int rc = loom_metrics_set(sums, name, sum + loom_metrics_value(batch, i) * weight);
     if (rc == 0)
-      rc = loom_metrics_set(r->loader_weights, name, w + weight);
+      rc = loom_metrics_set(weights, name, w + weight);
     if (rc < 0)
       return rc;
   }
@@ -142,49 +186,75 @@ static int finish_loader_metrics(loom_runner *r) {
   return rc;
 }
 
+/* Batches per loader and epochs per stage after check/limit/overfit. */
+static int64_t batch_limit(const loom_runner *r, int64_t available) {
+  int64_t n = available;
+  if (r->options.check && n > 2)
+    n = 2;
+  if (r->options.limit_batches > 0 && n > r->options.limit_batches)
+    n = r->options.limit_batches;
+  if (r->options.overfit_batches > 0 && n > r->options.overfit_batches)
+    n = r->options.overfit_batches;
+  return n;
+}
+
+static int run_one_batch(loom_runner *r, loom_tensor *x, loom_tensor *y) {
+  r->input = x;
+  r->target = y;
+  r->output = NULL;
+  r->batch_loss = 0;
+  r->skip_batch = false;
+  r->batch_size = loom_tensor_dim(x, 0);
+  r->loader_batch_step++;
+  r->loader_sample_step += r->batch_size;
+  if (r->loader_kind == LOOM_LOADER_TRAIN) {
+    r->global_batch_step++;
+    r->global_sample_step += r->batch_size;
+  }
+  loom_metrics_clear(r->batch_metrics);
+  int rc = dispatch(r, LOOM_EVENT_BATCH_START);
+  if (rc < 0)
+    return rc;
+  uint64_t t0 = loom_now_ns();
+  rc = r->handle_batch(r, r->handle_user);
+  r->batch_compute_s = (double)(loom_now_ns() - t0) * 1e-9;
+  if (rc < 0)
+    return loom_error_wrap(rc, "handle_batch (stage \"%s\", epoch %d, loader \"%s\", batch %lld)", r->stage->name,
+                           r->epoch, r->loader_name, (long long)r->loader_batch_step);
+  if ((rc = dispatch(r, LOOM_EVENT_BATCH_END)) < 0)
+    return rc;
+  if (!r->skip_batch &&
+      (rc = loom_accumulate_metrics(r->loader_sums, r->loader_weights, r->batch_metrics, (double)r->batch_size)) < 0)
+    return rc;
+  r->batches_done = r->loader_batch_step;
+  r->event = LOOM_EVENT_COUNT; /* between events */
+  return sync_decisions(r);
+}
+
 static int run_batches(loom_runner *r) {
-  for (;;) {
+  while (r->batches_done < r->loader_num_batches && !(r->stop_flags & LOOM_STOP_LOADER)) {
     loom_tensor *x, *y;
+    uint64_t t0 = loom_now_ns();
     int rc = loom_loader_next(r->loader, &x, &y);
+    r->batch_data_s = (double)(loom_now_ns() - t0) * 1e-9;
     if (rc < 0)
       return loom_error_wrap(rc, "loader \"%s\", batch %lld", r->loader_name, (long long)r->loader_batch_step + 1);
     if (rc == 0)
       return 0;
-    r->input = x;
-    r->target = y;
-    r->output = NULL;
-    r->batch_loss = 0;
-    r->batch_size = loom_tensor_dim(x, 0);
-    r->loader_batch_step++;
-    r->loader_sample_step += r->batch_size;
-    if (r->loader_kind == LOOM_LOADER_TRAIN) {
-      r->global_batch_step++;
-      r->global_sample_step += r->batch_size;
-    }
-    loom_metrics_clear(r->batch_metrics);
-    if ((rc = dispatch(r, LOOM_EVENT_BATCH_START)) < 0)
+    if ((rc = run_one_batch(r, x, y)) < 0)
       return rc;
-    if ((rc = r->handle_batch(r, r->handle_user)) < 0)
-      return loom_error_wrap(rc, "handle_batch (stage \"%s\", epoch %d, loader \"%s\", batch %lld)",
-                             r->stage->name, r->epoch, r->loader_name, (long long)r->loader_batch_step);
-    if ((rc = dispatch(r, LOOM_EVENT_BATCH_END)) < 0)
-      return rc;
-    if ((rc = accumulate_batch_metrics(r)) < 0)
-      return rc;
-    if ((rc = sync_stop_flags(r)) < 0)
-      return rc;
-    if (r->stop_flags & LOOM_STOP_LOADER)
-      return 0;
   }
+  return 0;
 }
 
-static int run_loader(loom_runner *r, const loom_named_loader *nl) {
+static int run_loader(loom_runner *r, int index, bool resume_here) {
+  const loom_named_loader *nl = &r->loaders[index];
+  r->loader_index = index;
   r->loader_name = nl->name;
   r->loader_kind = (loom_loader_kind)loom_loader_kind_from_name(nl->name);
   r->loader = nl->loader;
-  r->loader_batch_step = 0;
-  r->loader_sample_step = 0;
-  r->loader_num_batches = loom_loader_num_batches(nl->loader);
+  r->loader_batch_step = r->loader_sample_step = r->batches_done = 0;
+  r->loader_num_batches = batch_limit(r, loom_loader_num_batches(nl->loader));
   r->stop_flags &= ~(unsigned)LOOM_STOP_LOADER;
   loom_metrics_clear(r->loader_metrics);
   loom_metrics_clear(r->loader_sums);
@@ -192,10 +262,11 @@ static int run_loader(loom_runner *r, const loom_named_loader *nl) {
   if (r->model)
     loom_model_set_train(r->model, r->loader_kind == LOOM_LOADER_TRAIN);
 
-  /* Each loader draws its order from its own stream of (seed, global epoch). */
+  /* Each loader draws its order from its own stream of (seed, global epoch);
+   * overfitting reuses the first epoch's order every epoch. */
   loom_rng order_rng;
-  loom_rng_seed(&order_rng, r->exp ? loom_experiment_seed(r->exp) : 0, (uint64_t)r->global_epoch,
-                loom_rng_stream_id(nl->name));
+  uint64_t epoch_key = r->options.overfit_batches > 0 ? 1 : (uint64_t)r->global_epoch;
+  loom_rng_seed(&order_rng, loom_experiment_seed(r->exp), epoch_key, loom_rng_stream_id(nl->name));
   int rc = loom_loader_start_epoch(nl->loader, loom_rng_next(&order_rng));
   if (rc < 0)
     return loom_error_wrap(rc, "starting loader \"%s\"", nl->name);
@@ -203,6 +274,13 @@ static int run_loader(loom_runner *r, const loom_named_loader *nl) {
   r->loader_start_ns = loom_now_ns();
   if ((rc = dispatch(r, LOOM_EVENT_LOADER_START)) < 0)
     return rc;
+  if (resume_here) {
+    /* Replayed down to here: now the saved state takes over. */
+    if ((rc = loom_runner_restore(r)) < 0)
+      return rc;
+    if ((rc = loom_loader_seek(nl->loader, r->batches_done)) < 0)
+      return rc;
+  }
   if ((rc = run_batches(r)) < 0)
     return rc;
   r->input = r->target = r->output = NULL;
@@ -215,13 +293,14 @@ static int run_loader(loom_runner *r, const loom_named_loader *nl) {
     return rc;
   if (strcmp(nl->name, r->valid_loader) == 0)
     rc = loom_metrics_copy(r->valid_metrics, r->loader_metrics, NULL, false);
+  r->loader_index = -1;
   return rc;
 }
 
 static int update_best_valid(loom_runner *r) {
   double v;
   r->is_best_valid = false;
-  if (!loom_metrics_get(r->valid_metrics, r->main_metric, &v))
+  if (!loom_metrics_get(r->valid_metrics, r->main_metric, &v) || isnan(v))
     return 0;
   bool better = !r->have_best || (r->minimize ? v < r->best_value : v > r->best_value);
   if (!better)
@@ -233,7 +312,7 @@ static int update_best_valid(loom_runner *r) {
   return loom_metrics_copy(r->best_valid_metrics, r->valid_metrics, NULL, false);
 }
 
-static int run_epoch(loom_runner *r) {
+static int run_epoch(loom_runner *r, bool resume_here) {
   loom_rng_seed(&r->rng, loom_experiment_seed(r->exp), (uint64_t)r->global_epoch, 0);
   loom_metrics_clear(r->epoch_metrics);
   loom_metrics_clear(r->valid_metrics);
@@ -249,8 +328,9 @@ static int run_epoch(loom_runner *r) {
   }
   if ((rc = dispatch(r, LOOM_EVENT_EPOCH_START)) < 0)
     return rc;
-  for (size_t i = 0; i < r->num_loaders; i++)
-    if ((rc = run_loader(r, &r->loaders[i])) < 0)
+  int first = resume_here ? (int)r->cursor.loader : 0;
+  for (int i = first; i < (int)r->num_loaders; i++)
+    if ((rc = run_loader(r, i, resume_here && i == first)) < 0)
       return rc;
   r->loader_name = NULL;
   r->loader = NULL;
@@ -258,7 +338,8 @@ static int run_epoch(loom_runner *r) {
     return rc;
   if ((rc = dispatch(r, LOOM_EVENT_EPOCH_END)) < 0)
     return rc;
-  return sync_stop_flags(r);
+  r->event = LOOM_EVENT_COUNT;
+  return sync_decisions(r);
 }
 
 /* Components a stage does not set are the previous stage's. */
@@ -292,7 +373,10 @@ static int prepare_stage(loom_runner *r, size_t index) {
   loom_metrics_clear(r->best_valid_metrics);
   r->epoch = 0;
   r->num_epochs = s->num_epochs;
+  if (r->options.check && r->num_epochs > 2)
+    r->num_epochs = 2;
   r->stop_flags = 0;
+  r->manual_step = false;
 
   loom_callback **list;
   size_t n;
@@ -302,7 +386,6 @@ static int prepare_stage(loom_runner *r, size_t index) {
   loom_callback_table_free(&r->stage_table);
   rc = loom_callback_table_build(&r->stage_table, list, n, loom_comm_rank(r->comm));
   free(list);
-  r->in_stage = rc == 0;
   return rc;
 }
 
@@ -310,15 +393,24 @@ static int run_stage(loom_runner *r, size_t index) {
   int rc = prepare_stage(r, index);
   if (rc < 0)
     return rc;
+  bool resume_here = r->resume && (size_t)r->cursor.stage == index;
+  int first_epoch = 1;
+  if (resume_here) {
+    /* Counters the replayed events show; the rest is restored below. */
+    first_epoch = (int)(r->cursor.epoch + r->cursor.epoch_done);
+    r->global_epoch = (int)(r->cursor.global_epoch - (r->cursor.epoch_done ? 0 : 1));
+    r->epoch = (int)r->cursor.epoch;
+  }
+  r->in_stage = true;
   if ((rc = dispatch(r, LOOM_EVENT_STAGE_START)) < 0)
     return rc;
-  for (int e = 1; e <= r->num_epochs; e++) {
+  if (resume_here && r->cursor.epoch_done && (rc = loom_runner_restore(r)) < 0)
+    return rc;
+  for (int e = first_epoch; e <= r->num_epochs && !(r->stop_flags & LOOM_STOP_STAGE); e++) {
     r->epoch = e;
     r->global_epoch++;
-    if ((rc = run_epoch(r)) < 0)
+    if ((rc = run_epoch(r, r->resume != NULL)) < 0)
       return rc;
-    if (r->stop_flags & LOOM_STOP_STAGE)
-      break;
   }
   if ((rc = dispatch(r, LOOM_EVENT_STAGE_END)) < 0)
     return rc;
@@ -362,10 +454,35 @@ static void unwind(loom_runner *r, int error, bool experiment_end_done) {
   snprintf(r->error_message, sizeof r->error_message, "%s", loom_last_error());
   r->error_handled = false;
   const loom_callback_table *t = r->in_stage ? &r->stage_table : &r->exp_table;
+  r->event = LOOM_EVENT_EXCEPTION;
   loom_callback_table_dispatch(t, LOOM_EVENT_EXCEPTION, r, 1);
+  r->event = LOOM_EVENT_EXPERIMENT_END;
   if (!experiment_end_done)
     loom_callback_table_dispatch(&r->exp_table, LOOM_EVENT_EXPERIMENT_END, r, 1);
   loom_error_set(r->error, "%s", r->error_message);
+}
+
+static int run(loom_runner *r, bool *end_done) {
+  int rc = build_experiment_table(r);
+  if (rc == 0 && r->resume_source)
+    rc = loom_runner_open_resume(r);
+  if (rc == 0 && r->options.handle_signals)
+    rc = loom_signals_start(r);
+  r->event = LOOM_EVENT_EXPERIMENT_START;
+  if (rc == 0)
+    rc = loom_callback_table_dispatch(&r->exp_table, LOOM_EVENT_EXPERIMENT_START, r, 0);
+  size_t first = r->resume ? (size_t)r->cursor.stage : 0;
+  /* Stages before the resumed one only lend their components. */
+  for (size_t s = 0; rc == 0 && s < first; s++)
+    rc = prepare_stage(r, s);
+  for (size_t s = first; rc == 0 && s < loom_experiment_num_stages(r->exp); s++)
+    rc = run_stage(r, s);
+  if (rc == 0) {
+    r->event = LOOM_EVENT_EXPERIMENT_END;
+    rc = loom_callback_table_dispatch(&r->exp_table, LOOM_EVENT_EXPERIMENT_END, r, 1);
+    *end_done = true;
+  }
+  return rc;
 }
 
 int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
@@ -380,20 +497,52 @@ int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
   unsigned csr = _mm_getcsr();
   _mm_setcsr(csr | LOOM_FTZ_DAZ);
 #endif
-  int rc = build_experiment_table(r);
   bool end_done = false;
-  if (rc == 0)
-    rc = loom_callback_table_dispatch(&r->exp_table, LOOM_EVENT_EXPERIMENT_START, r, 0);
-  for (size_t s = 0; rc == 0 && s < loom_experiment_num_stages(exp); s++)
-    rc = run_stage(r, s);
-  if (rc == 0) {
-    rc = loom_callback_table_dispatch(&r->exp_table, LOOM_EVENT_EXPERIMENT_END, r, 1);
-    end_done = true;
-  }
+  int rc = run(r, &end_done);
   if (rc < 0)
     unwind(r, rc, end_done);
+  loom_signals_stop(r);
+  /* A resume source serves one run. */
+  free(r->resume_source);
+  r->resume_source = NULL;
 #if defined(__SSE__)
   _mm_setcsr(csr);
 #endif
   return (rc < 0 && !r->error_handled) ? rc : 0;
+}
+
+/* --- the optimizer step and the loss policy --- */
+
+int loom_runner_optimizer_step(loom_runner *r) {
+  if (!r->optimizer || !r->model)
+    return loom_error_set(LOOM_EINVAL, "stage \"%s\": an optimizer step needs a model and an optimizer",
+                          r->stage ? r->stage->name : "?");
+  /* Data parallel: every rank steps with the mean gradient. */
+  if (loom_comm_size(r->comm) > 1) {
+    int rc = loom_comm_allreduce_mean_f32(r->comm, loom_model_grads(r->model), loom_model_num_params(r->model));
+    if (rc < 0)
+      return loom_error_wrap(rc, "averaging gradients over %d ranks", loom_comm_size(r->comm));
+  }
+  int rc = loom_optimizer_step(r->optimizer, r->model);
+  if (rc == 0)
+    r->global_optimizer_step++;
+  return rc;
+}
+
+int loom_runner_check_loss(loom_runner *r, double loss) {
+  if (isfinite(loss))
+    return 0;
+  if (r->options.nonfinite == LOOM_NONFINITE_SKIP && r->nonfinite_skips < r->options.nonfinite_budget) {
+    r->nonfinite_skips++;
+    r->skip_batch = true;
+    return 1;
+  }
+  if (r->options.nonfinite == LOOM_NONFINITE_SKIP)
+    return loom_error_set(LOOM_ENONFINITE, "the loss is %g and the budget of %lld skipped batches is spent; "
+                                           "lower the learning rate or check the data",
+                          loss, (long long)r->options.nonfinite_budget);
+  return loom_error_set(LOOM_ENONFINITE, "the loss is %g; stopping before the optimizer step corrupts the "
+                                         "weights (lower the learning rate, check the data, or allow skips "
+                                         "with the SKIP non-finite policy)",
+                        loss);
 }

@@ -56,3 +56,12 @@ int loom_runner_error(const loom_runner *r) { return r->error; }
 const char *loom_runner_error_message(const loom_runner *r) { return r->error_message; }
 void loom_runner_mark_error_handled(loom_runner *r) { r->error_handled = true; }
 bool loom_runner_error_handled(const loom_runner *r) { return r->error_handled; }
+
+bool loom_runner_is_resumed(const loom_runner *r) { return r->resumed; }
+const char *loom_runner_resume_path(const loom_runner *r) { return r->resumed ? r->resume_path : ""; }
+const char *loom_runner_resume_notice(const loom_runner *r) { return r->resume_notice; }
+void loom_runner_set_manual_step(loom_runner *r, bool manual) { r->manual_step = manual; }
+bool loom_runner_manual_step(const loom_runner *r) { return r->manual_step; }
+int64_t loom_runner_optimizer_step_count(const loom_runner *r) { return r->global_optimizer_step; }
+double loom_runner_batch_data_time(const loom_runner *r) { return r->batch_data_s; }
+double loom_runner_batch_compute_time(const loom_runner *r) { return r->batch_compute_s; }

@@ -104,3 +104,11 @@ int loom_loader_next(loom_loader *l, loom_tensor **x, loom_tensor **y) {
   *y = l->y;
   return 1;
 }
+
+int loom_loader_seek(loom_loader *l, int64_t batches) {
+  if (batches < 0 || batches > num_batches(l))
+    return loom_error_set(LOOM_EINVAL, "loader: cannot skip %lld batches of %lld", (long long)batches,
+                          (long long)num_batches(l));
+  l->pos = batches * l->batch_size < l->length ? batches * l->batch_size : l->length;
+  return 0;
+}

@@ -26,7 +26,9 @@ LOOM_HOT static void adam_update(const loom_optimizer *opt, float *restrict p, c
 
 static double adam_momentum(const loom_optimizer *opt) { return opt->o.adam.beta1; }
 
-static const optimizer_ops adam_ops = {"adam", 2, adam_update, adam_momentum};
+static void adam_set_momentum(loom_optimizer *opt, double m) { opt->o.adam.beta1 = m; }
+
+static const optimizer_ops adam_ops = {"adam", 2, adam_update, adam_momentum, adam_set_momentum};
 
 loom_adam_options loom_adam_defaults(void) {
   return (loom_adam_options){.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0};

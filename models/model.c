@@ -216,3 +216,79 @@ loom_layer *loom_model_find_layer(const loom_model *m, const char *name) {
       return m->layers[i].layer;
   return NULL;
 }
+
+int loom_model_save(const loom_model *m, loom_state *s, bool with_grads) {
+  if (!m->built)
+    return loom_error_set(LOOM_ESTATE, "saving a model that is not built");
+  size_t len = 1;
+  for (size_t i = 0; i < m->count; i++)
+    len += strlen(m->layers[i].name) + 1;
+  char *names = calloc(len, 1);
+  int64_t *offsets = malloc((m->count + 1) * sizeof *offsets);
+  int rc = (names && offsets) ? 0 : loom_error_oom("the model's layer table");
+  for (size_t i = 0; rc == 0 && i < m->count; i++) {
+    strcat(names, m->layers[i].name);
+    strcat(names, i + 1 < m->count ? "\n" : "");
+    offsets[i] = (int64_t)m->layers[i].offset;
+  }
+  if (rc == 0) {
+    offsets[m->count] = (int64_t)m->nparams;
+    rc = loom_state_set_str(s, "layers", names);
+  }
+  if (rc == 0)
+    rc = loom_state_set_i64_array(s, "offsets", offsets, m->count + 1);
+  if (rc == 0)
+    rc = loom_state_set_f32_array(s, "params", m->params, m->nparams);
+  if (rc == 0 && with_grads)
+    rc = loom_state_set_f32_array(s, "grads", m->grads, m->nparams);
+  free(names);
+  free(offsets);
+  return rc;
+}
+
+static int load_state(loom_model *m, const loom_state *s, bool grads) {
+  if (!m->built)
+    return loom_error_set(LOOM_ESTATE, "loading into a model that is not built");
+  const char *names;
+  int rc = loom_state_get_str(s, "layers", &names);
+  if (rc < 0)
+    return rc;
+  /* Same layers in the same order, or the parameters mean something else. */
+  const char *p = names;
+  for (size_t i = 0; i < m->count; i++) {
+    size_t len = strlen(m->layers[i].name);
+    if (strncmp(p, m->layers[i].name, len) != 0 || (p[len] != '\n' && p[len] != '\0'))
+      return loom_error_set(LOOM_EFORMAT, "saved model has layers \"%s\" where this model has \"%s\" at position %zu",
+                            names, m->layers[i].name, i);
+    p += len + (p[len] == '\n');
+  }
+  if (*p)
+    return loom_error_set(LOOM_EFORMAT, "saved model has more layers than this one (%s)", names);
+  if ((rc = loom_state_get_f32_array(s, "params", m->params, m->nparams)) < 0)
+    return rc;
+  if (grads && loom_state_has(s, "grads"))
+    rc = loom_state_get_f32_array(s, "grads", m->grads, m->nparams);
+  return rc;
+}
+
+int loom_model_load(loom_model *m, const loom_state *s) { return load_state(m, s, true); }
+
+int loom_model_save_weights(const loom_model *m, const char *path) {
+  loom_checkpoint *c = loom_checkpoint_create();
+  loom_state *s = c ? loom_checkpoint_group(c, "model") : NULL;
+  int rc = s ? loom_model_save(m, s, false) : LOOM_ENOMEM;
+  if (rc == 0)
+    rc = loom_checkpoint_write(c, path);
+  loom_checkpoint_destroy(c);
+  return rc;
+}
+
+int loom_model_load_weights(loom_model *m, const char *path) {
+  loom_checkpoint *c = loom_checkpoint_read(path);
+  if (!c)
+    return loom_last_error_code();
+  const loom_state *s = loom_checkpoint_find(c, "model");
+  int rc = s ? load_state(m, s, false) : loom_error_set(LOOM_EFORMAT, "%s holds no model weights", path);
+  loom_checkpoint_destroy(c);
+  return rc < 0 ? loom_error_wrap(rc, "loading weights from %s", path) : 0;
+}

@@ -61,3 +61,58 @@ float *loom_optimizer_state(loom_optimizer *opt, size_t *n) {
     *n = opt->nstate;
   return opt->state;
 }
+
+void loom_optimizer_set_momentum(loom_optimizer *opt, double momentum) { opt->ops->set_momentum(opt, momentum); }
+
+int loom_optimizer_save(const loom_optimizer *opt, loom_state *s) {
+  int rc = loom_state_set_str(s, "type", opt->ops->type);
+  if (rc == 0)
+    rc = loom_state_set_f64(s, "lr", opt->lr);
+  if (rc == 0)
+    rc = loom_state_set_f64(s, "momentum", opt->ops->momentum(opt));
+  if (rc == 0)
+    rc = loom_state_set_i64(s, "steps", opt->steps);
+  if (rc == 0)
+    rc = loom_state_set_i64(s, "nparams", (int64_t)opt->nparams);
+  if (rc == 0)
+    rc = loom_state_set_f32_array(s, "state", opt->state, opt->state ? opt->nstate : 0);
+  return rc;
+}
+
+int loom_optimizer_load(loom_optimizer *opt, const loom_state *s) {
+  const char *type;
+  double lr, momentum;
+  int64_t steps, nparams;
+  int rc = loom_state_get_str(s, "type", &type);
+  if (rc == 0 && strcmp(type, opt->ops->type) != 0)
+    return loom_error_set(LOOM_EFORMAT, "the checkpoint holds a %s optimizer's state, this stage uses %s", type,
+                          opt->ops->type);
+  if (rc == 0)
+    rc = loom_state_get_f64(s, "lr", &lr);
+  if (rc == 0)
+    rc = loom_state_get_f64(s, "momentum", &momentum);
+  if (rc == 0)
+    rc = loom_state_get_i64(s, "steps", &steps);
+  if (rc == 0)
+    rc = loom_state_get_i64(s, "nparams", &nparams);
+  if (rc < 0)
+    return rc;
+  size_t n = loom_state_array_length(s, "state");
+  float *state = NULL;
+  if (n) {
+    if (!(state = malloc(n * sizeof *state)))
+      return loom_error_oom("the optimizer state");
+    if ((rc = loom_state_get_f32_array(s, "state", state, n)) < 0) {
+      free(state);
+      return rc;
+    }
+  }
+  free(opt->state);
+  opt->state = state;
+  opt->nstate = n;
+  opt->nparams = (size_t)nparams;
+  opt->steps = steps;
+  opt->lr = lr;
+  opt->ops->set_momentum(opt, momentum);
+  return 0;
+}

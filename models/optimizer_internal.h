@@ -10,6 +10,7 @@ typedef struct optimizer_ops {
   void (*update)(const loom_optimizer *opt, float *restrict p, const float *restrict g, float *restrict state,
                  size_t n, int64_t step);
   double (*momentum)(const loom_optimizer *opt);
+  void (*set_momentum)(loom_optimizer *opt, double momentum);
 } optimizer_ops;
 
 struct loom_optimizer {

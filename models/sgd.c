@@ -25,8 +25,12 @@ LOOM_HOT static void sgd_update(const loom_optimizer *opt, float *restrict p, co
 
 static double sgd_momentum(const loom_optimizer *opt) { return opt->o.sgd.momentum; }
 
-static const optimizer_ops sgd_ops = {"sgd", 1, sgd_update, sgd_momentum};
-static const optimizer_ops sgd_plain_ops = {"sgd", 0, sgd_update, sgd_momentum};
+static void sgd_set_momentum(loom_optimizer *opt, double m) { opt->o.sgd.momentum = m; }
+
+static const optimizer_ops sgd_ops = {"sgd", 1, sgd_update, sgd_momentum, sgd_set_momentum};
+/* Plain SGD keeps no buffer; its momentum stays 0. */
+static void sgd_plain_set_momentum(loom_optimizer *opt, double m) { (void)opt, (void)m; }
+static const optimizer_ops sgd_plain_ops = {"sgd", 0, sgd_update, sgd_momentum, sgd_plain_set_momentum};
 
 loom_optimizer *loom_sgd_create(const loom_sgd_options *o) {
   if (!o || !(o->lr >= 0) || !(o->momentum >= 0) || !(o->weight_decay >= 0) || !(o->dampening >= 0)) {

@@ -1,7 +1,5 @@
 /* The supervised handle_batch: forward, loss; on train loaders also
- * backward and the optimizer step. */
-#include <math.h>
-
+ * backward and, unless an optimizer callback took it over, the step. */
 #include "core/error_internal.h"
 #include "loom/runner.h"
 
@@ -28,24 +26,18 @@ int loom_supervised_handle_batch(loom_runner *r, void *user) {
   if (!loom_runner_is_train_loader(r))
     return 0;
   /* A non-finite loss would poison every parameter through the step. */
-  if (!isfinite(loss))
-    return loom_error_set(LOOM_ENONFINITE, "the loss is %g; stopping before the optimizer step corrupts the "
-                                           "weights (lower the learning rate or check the data)",
-                          loss);
-  loom_optimizer *opt = loom_runner_optimizer(r);
-  if (!opt)
+  if ((rc = loom_runner_check_loss(r, loss)) != 0)
+    return rc < 0 ? rc : 0;
+  if (!loom_runner_optimizer(r))
     return loom_error_set(LOOM_EINVAL, "stage \"%s\": train loader \"%s\" needs an optimizer (loom_stage_set_optimizer)",
                           stage, loom_runner_loader_name(r));
+  bool manual = loom_runner_manual_step(r);
+  if (!manual)
+    loom_model_zero_grad(model);
   const loom_tensor *dout;
-  loom_model_zero_grad(model);
   if ((rc = loom_criterion_backward(criterion, out, loom_runner_target(r), &dout)) < 0)
     return rc;
   if ((rc = loom_model_backward(model, dout)) < 0)
     return rc;
-  /* Data parallel: every rank steps with the mean gradient. */
-  loom_comm *comm = loom_runner_comm(r);
-  if (loom_comm_size(comm) > 1 &&
-      (rc = loom_comm_allreduce_mean_f32(comm, loom_model_grads(model), loom_model_num_params(model))) < 0)
-    return loom_error_wrap(rc, "averaging gradients over %d ranks", loom_comm_size(comm));
-  return loom_optimizer_step(opt, model);
+  return manual ? 0 : loom_runner_optimizer_step(r);
 }

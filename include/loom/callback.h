@@ -8,7 +8,11 @@
 #ifndef LOOM_CALLBACK_H
 #define LOOM_CALLBACK_H
 
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
+
+#include "loom/state.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -68,9 +72,26 @@ typedef struct loom_callback_ops {
   loom_callback_fn on_stage_end;
   loom_callback_fn on_experiment_end;
   loom_callback_fn on_exception;
+  /* Optional: saves the callback's state into a checkpoint (its group is
+   * "callbacks/<name>", so names must be unique: the experiment suffixes a
+   * repeated name with "#2", "#3", ...). */
+  int (*save)(loom_callback *cb, loom_runner *runner, loom_state *state);
+  /* Optional: restores what save wrote, when a run resumes. */
+  int (*load)(loom_callback *cb, loom_runner *runner, const loom_state *state);
   /* Optional: frees `data` when the callback is destroyed. */
   void (*destroy)(void *data);
 } loom_callback_ops;
+
+/* Event filters, as Ignite has them. A filtered callback still receives
+ * every event that is not a batch or epoch event. */
+typedef struct loom_event_filter {
+  int64_t every_batches; /* batch events only every N loader batches (0: all) */
+  int64_t every_epochs;  /* epoch events only every N epochs (0: all) */
+  int64_t once_batch;    /* batch events only at this global train batch (0: off) */
+  int64_t once_epoch;    /* epoch events only at this global epoch (0: off) */
+  const char *loaders;   /* loader and batch events only on these loaders,
+                            comma-separated ("train,valid_hard"); NULL: all */
+} loom_event_filter;
 
 /* `ops` is copied; `data` is owned from here on (freed by ops->destroy even
  * when creation fails). Defaults: order as given, node all, scope stage. */
@@ -89,6 +110,11 @@ void loom_callback_set_node(loom_callback *cb, loom_node node);
 loom_scope loom_callback_scope(const loom_callback *cb);
 void loom_callback_set_scope(loom_callback *cb, loom_scope scope);
 loom_callback_fn loom_callback_handler(const loom_callback *cb, loom_event event);
+/* Restricts when the callback hears batch, loader and epoch events. */
+int loom_callback_set_filter(loom_callback *cb, const loom_event_filter *filter);
+bool loom_callback_is_stateful(const loom_callback *cb);
+int loom_callback_save(loom_callback *cb, loom_runner *runner, loom_state *state);
+int loom_callback_load(loom_callback *cb, loom_runner *runner, const loom_state *state);
 
 #ifdef __cplusplus
 }

@@ -97,6 +97,8 @@ int loom_loader_start_epoch(loom_loader *loader, uint64_t seed);
 /* The next batch: 1 and *x, *y set (owned by the loader, valid until the
  * next call), 0 at the end of the epoch, or a negative error. */
 int loom_loader_next(loom_loader *loader, loom_tensor **x, loom_tensor **y);
+/* Skips the first `batches` batches of the epoch (resuming mid-epoch). */
+int loom_loader_seek(loom_loader *loader, int64_t batches);
 /* The epoch's order as drawn by the sampler (num_samples indices). */
 const int64_t *loom_loader_order(const loom_loader *loader);
 

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "loom/rng.h"
+#include "loom/state.h"
 #include "loom/tensor.h"
 
 #ifdef __cplusplus
@@ -89,6 +90,16 @@ size_t loom_model_num_layers(const loom_model *model);
 loom_layer *loom_model_layer(const loom_model *model, size_t i);
 const char *loom_model_layer_name(const loom_model *model, size_t i);
 loom_layer *loom_model_find_layer(const loom_model *model, const char *name);
+
+/* Saves the parameters (and the gradients, which hold a partial
+ * accumulation window, when with_grads) with the layer names and offsets. */
+int loom_model_save(const loom_model *model, loom_state *state, bool with_grads);
+/* Restores what loom_model_save wrote; the layers and sizes must match. */
+int loom_model_load(loom_model *model, const loom_state *state);
+/* Weights-only export for inference: a checkpoint with just "model". */
+int loom_model_save_weights(const loom_model *model, const char *path);
+/* Loads the weights from a weights file or from a full checkpoint. */
+int loom_model_load_weights(loom_model *model, const char *path);
 
 #ifdef __cplusplus
 }

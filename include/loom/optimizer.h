@@ -50,7 +50,12 @@ double loom_optimizer_lr(const loom_optimizer *opt);
 void loom_optimizer_set_lr(loom_optimizer *opt, double lr);
 /* SGD's momentum, Adam's beta1. */
 double loom_optimizer_momentum(const loom_optimizer *opt);
+/* Sets SGD's momentum or Adam's beta1 (OneCycle cycles it). */
+void loom_optimizer_set_momentum(loom_optimizer *opt, double momentum);
 int64_t loom_optimizer_steps(const loom_optimizer *opt);
+/* Saves / restores lr, momentum, step count and state buffer. */
+int loom_optimizer_save(const loom_optimizer *opt, loom_state *state);
+int loom_optimizer_load(loom_optimizer *opt, const loom_state *state);
 /* The state buffer and its length in floats (NULL, 0 before the first step). */
 float *loom_optimizer_state(loom_optimizer *opt, size_t *n);
 

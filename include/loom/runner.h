@@ -15,6 +15,7 @@
 #include "loom/experiment.h"
 #include "loom/metrics.h"
 #include "loom/rng.h"
+#include "loom/state.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -32,6 +33,24 @@ typedef enum loom_stop {
 
 typedef int (*loom_handle_batch_fn)(loom_runner *runner, void *user);
 
+/* What to do with a non-finite training loss. */
+typedef enum loom_nonfinite_policy {
+  LOOM_NONFINITE_STOP, /* fail the run with LOOM_ENONFINITE (default) */
+  LOOM_NONFINITE_SKIP, /* skip the batch (no step, no metrics), up to a budget */
+} loom_nonfinite_policy;
+
+typedef struct loom_run_options {
+  bool check;               /* smoke test: 2 batches per loader, 2 epochs per stage */
+  int64_t limit_batches;    /* at most N batches per loader per epoch (0: all) */
+  int64_t overfit_batches;  /* every epoch, the same first N batches of each loader (0: off) */
+  bool handle_signals;      /* SIGINT/SIGTERM interrupt the run after the current batch */
+  loom_nonfinite_policy nonfinite;
+  int64_t nonfinite_budget; /* batches SKIP may drop over the whole run */
+} loom_run_options;
+
+/* check false, no limits, handle_signals true, STOP. */
+loom_run_options loom_run_options_default(void);
+
 loom_runner *loom_runner_create(void);
 void loom_runner_destroy(loom_runner *runner);
 /* Replaces the communicator (default: local); owned from here on. */
@@ -43,6 +62,46 @@ void loom_runner_set_handle_batch(loom_runner *runner, loom_handle_batch_fn fn, 
  * callback marked that error handled in on_exception. The runner keeps its
  * final state (metrics, counters, error) until the next run or destroy. */
 int loom_run_experiment(loom_runner *runner, loom_experiment *exp);
+
+void loom_runner_set_options(loom_runner *runner, const loom_run_options *options);
+const loom_run_options *loom_runner_options(const loom_runner *runner);
+
+/* --- checkpoints and resume (docs/architecture.md, "Resume") --- */
+/* Everything needed to continue the run from this point of the loop:
+ * model, optimizer, the runner's cursor, counters, RNG and metrics, and
+ * every stateful callback's state. *out is the caller's to destroy. */
+int loom_runner_snapshot(loom_runner *runner, loom_checkpoint **out);
+/* loom_runner_snapshot, written atomically to `path`. */
+int loom_runner_save_checkpoint(loom_runner *runner, const char *path);
+/* The next loom_run_experiment resumes from `source`: a checkpoint file, or
+ * "last" or "best" in <logdir>/checkpoints (see loom_checkpoint_callback). */
+int loom_runner_set_resume(loom_runner *runner, const char *source);
+/* True during (and after) a run that resumed from a checkpoint. */
+bool loom_runner_is_resumed(const loom_runner *runner);
+/* The checkpoint file the run resumed from ("" if none). */
+const char *loom_runner_resume_path(const loom_runner *runner);
+/* What the resume had to work around, e.g. a damaged last.h5 ("" if nothing). */
+const char *loom_runner_resume_notice(const loom_runner *runner);
+
+/* Interrupts the run after the current batch, as SIGINT does: the loop fails
+ * with LOOM_EINTERRUPTED and `reason`, so on_exception can save a checkpoint. */
+void loom_runner_interrupt(loom_runner *runner, const char *reason);
+
+/* --- the optimizer step --- */
+/* All-reduces the gradients over ranks (mean), steps the optimizer, counts
+ * the step. handle_batch calls it unless a callback took the step over. */
+int loom_runner_optimizer_step(loom_runner *runner);
+/* An optimizer callback (gradient accumulation, clipping) takes over
+ * zero_grad and the step from handle_batch, for the current stage. */
+void loom_runner_set_manual_step(loom_runner *runner, bool manual);
+bool loom_runner_manual_step(const loom_runner *runner);
+/* Optimizer steps so far in the run (not batches). */
+int64_t loom_runner_optimizer_step_count(const loom_runner *runner);
+/* 0: finite; 1: skip this batch (policy SKIP, within budget); < 0: error. */
+int loom_runner_check_loss(loom_runner *runner, double loss);
+/* Seconds the current batch spent waiting for data, and in handle_batch. */
+double loom_runner_batch_data_time(const loom_runner *runner);
+double loom_runner_batch_compute_time(const loom_runner *runner);
 
 /* The supervised handle_batch, for custom ones that extend it. */
 int loom_supervised_handle_batch(loom_runner *runner, void *user);

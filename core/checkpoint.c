@@ -1,0 +1,463 @@
+/* Checkpoints in HDF5: one group per state, scalars as attributes, arrays
+ * as datasets, the list of states and a content CRC-32 on the root. */
+#include <errno.h>
+#include <fcntl.h>
+#include <hdf5.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "core/array.h"
+#include "core/error_internal.h"
+#include "core/state_internal.h"
+
+#define MAGIC "loom-checkpoint"
+#define FORMAT 1
+
+typedef struct named_state {
+  char *name;
+  loom_state *state;
+} named_state;
+
+struct loom_checkpoint {
+  named_state *groups;
+  size_t count, cap;
+};
+
+loom_checkpoint *loom_checkpoint_create(void) {
+  loom_checkpoint *c = calloc(1, sizeof *c);
+  if (!c)
+    loom_error_oom("a checkpoint");
+  return c;
+}
+
+void loom_checkpoint_destroy(loom_checkpoint *c) {
+  if (!c)
+    return;
+  for (size_t i = 0; i < c->count; i++) {
+    free(c->groups[i].name);
+    loom_state_destroy(c->groups[i].state);
+  }
+  free(c->groups);
+  free(c);
+}
+
+const loom_state *loom_checkpoint_find(const loom_checkpoint *c, const char *group) {
+  for (size_t i = 0; i < c->count; i++)
+    if (strcmp(c->groups[i].name, group) == 0)
+      return c->groups[i].state;
+  return NULL;
+}
+
+loom_state *loom_checkpoint_group(loom_checkpoint *c, const char *group) {
+  loom_state *s = (loom_state *)loom_checkpoint_find(c, group);
+  if (s)
+    return s;
+  if (!*group || strchr(group, '\n') || group[0] == '/' ||
+      loom_array_reserve((void **)&c->groups, &c->cap, c->count + 1, sizeof *c->groups, "a checkpoint group") < 0) {
+    if (loom_last_error_code() != LOOM_ENOMEM)
+      loom_error_set(LOOM_EINVAL, "checkpoint group name \"%s\" is empty, starts with '/' or has a newline", group);
+    return NULL;
+  }
+  char *name = strdup(group);
+  s = loom_state_create();
+  if (!name || !s) {
+    free(name);
+    loom_state_destroy(s);
+    loom_error_oom("a checkpoint group");
+    return NULL;
+  }
+  c->groups[c->count++] = (named_state){name, s};
+  return s;
+}
+
+size_t loom_checkpoint_num_groups(const loom_checkpoint *c) { return c->count; }
+const char *loom_checkpoint_group_name(const loom_checkpoint *c, size_t i) {
+  return i < c->count ? c->groups[i].name : NULL;
+}
+
+/* --- content checksum: groups and keys in sorted order, so that the order
+ * HDF5 hands them back in does not matter --- */
+
+static int by_name(const void *a, const void *b) {
+  return strcmp(((const named_state *)a)->name, ((const named_state *)b)->name);
+}
+
+static int by_key(const void *a, const void *b) {
+  return strcmp((*(const loom_state_entry *const *)a)->key, (*(const loom_state_entry *const *)b)->key);
+}
+
+static uint32_t crc_bytes(uint32_t crc, const void *p, size_t n) {
+  while (n > 0) {
+    uInt chunk = n > (1u << 30) ? (1u << 30) : (uInt)n;
+    crc = (uint32_t)crc32(crc, p, chunk);
+    p = (const char *)p + chunk;
+    n -= chunk;
+  }
+  return crc;
+}
+
+static int content_crc(const loom_checkpoint *c, uint32_t *out) {
+  named_state *groups = malloc((c->count ? c->count : 1) * sizeof *groups);
+  if (!groups)
+    return loom_error_oom("a checksum");
+  memcpy(groups, c->groups, c->count * sizeof *groups);
+  qsort(groups, c->count, sizeof *groups, by_name);
+  uint32_t crc = (uint32_t)crc32(0, NULL, 0);
+  int rc = 0;
+  for (size_t g = 0; g < c->count && rc == 0; g++) {
+    const loom_state *s = groups[g].state;
+    const loom_state_entry **sorted = malloc((s->count ? s->count : 1) * sizeof *sorted);
+    if (!sorted) {
+      rc = loom_error_oom("a checksum");
+      break;
+    }
+    for (size_t i = 0; i < s->count; i++)
+      sorted[i] = &s->entries[i];
+    qsort(sorted, s->count, sizeof *sorted, by_key);
+    crc = crc_bytes(crc, groups[g].name, strlen(groups[g].name) + 1);
+    for (size_t i = 0; i < s->count; i++) {
+      const loom_state_entry *e = sorted[i];
+      crc = crc_bytes(crc, e->key, strlen(e->key) + 1);
+      uint8_t type = (uint8_t)e->type;
+      crc = crc_bytes(crc, &type, 1);
+      if (e->type == LOOM_VALUE_I64)
+        crc = crc_bytes(crc, &e->i64, sizeof e->i64);
+      else if (e->type == LOOM_VALUE_F64)
+        crc = crc_bytes(crc, &e->f64, sizeof e->f64);
+      else if (e->type == LOOM_VALUE_STR)
+        crc = crc_bytes(crc, e->str, strlen(e->str) + 1);
+      else
+        crc = crc_bytes(crc, e->data, e->n * loom_value_size(e->type));
+    }
+    free(sorted);
+  }
+  free(groups);
+  *out = crc;
+  return rc;
+}
+
+/* HDF5 prints its error stack by default; a library must not. */
+typedef struct quiet {
+  H5E_auto2_t func;
+  void *data;
+} quiet;
+
+static quiet hush(void) {
+  quiet q;
+  H5Eget_auto2(H5E_DEFAULT, &q.func, &q.data);
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  return q;
+}
+
+static void unhush(quiet q) { H5Eset_auto2(H5E_DEFAULT, q.func, q.data); }
+
+/* --- writing --- */
+
+static hid_t string_type(size_t len) {
+  hid_t t = H5Tcopy(H5T_C_S1);
+  H5Tset_size(t, len + 1);
+  H5Tset_strpad(t, H5T_STR_NULLTERM);
+  return t;
+}
+
+static int write_attr(hid_t loc, const char *name, hid_t type, const void *value) {
+  hid_t space = H5Screate(H5S_SCALAR);
+  hid_t attr = H5Acreate2(loc, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+  herr_t st = attr < 0 ? -1 : H5Awrite(attr, type, value);
+  if (attr >= 0)
+    H5Aclose(attr);
+  H5Sclose(space);
+  return st < 0 ? -1 : 0;
+}
+
+static int write_str_attr(hid_t loc, const char *name, const char *value) {
+  hid_t t = string_type(strlen(value));
+  int rc = write_attr(loc, name, t, value);
+  H5Tclose(t);
+  return rc;
+}
+
+static hid_t array_type(loom_value_type t) {
+  return t == LOOM_VALUE_F32_ARRAY ? H5T_NATIVE_FLOAT : t == LOOM_VALUE_F64_ARRAY ? H5T_NATIVE_DOUBLE : H5T_NATIVE_INT64;
+}
+
+static int write_entry(hid_t g, const loom_state_entry *e) {
+  switch (e->type) {
+  case LOOM_VALUE_I64: return write_attr(g, e->key, H5T_NATIVE_INT64, &e->i64);
+  case LOOM_VALUE_F64: return write_attr(g, e->key, H5T_NATIVE_DOUBLE, &e->f64);
+  case LOOM_VALUE_STR: return write_str_attr(g, e->key, e->str);
+  default: break;
+  }
+  hsize_t dims = e->n;
+  hid_t space = H5Screate_simple(1, &dims, NULL);
+  hid_t d = H5Dcreate2(g, e->key, array_type(e->type), space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  herr_t st = d < 0 ? -1 : (e->n ? H5Dwrite(d, array_type(e->type), H5S_ALL, H5S_ALL, H5P_DEFAULT, e->data) : 0);
+  if (d >= 0)
+    H5Dclose(d);
+  H5Sclose(space);
+  return st < 0 ? -1 : 0;
+}
+
+static int write_groups(const loom_checkpoint *c, hid_t file, const char *path) {
+  uint32_t crc;
+  int rc = content_crc(c, &crc);
+  if (rc < 0)
+    return rc;
+  size_t list_len = 1;
+  for (size_t i = 0; i < c->count; i++)
+    list_len += strlen(c->groups[i].name) + 1;
+  char *list = calloc(list_len, 1);
+  if (!list)
+    return loom_error_oom("the checkpoint's group list");
+  for (size_t i = 0; i < c->count; i++) {
+    strcat(list, c->groups[i].name);
+    if (i + 1 < c->count)
+      strcat(list, "\n");
+  }
+  int64_t format = FORMAT, crc64 = crc;
+  int bad = write_str_attr(file, "loom_magic", MAGIC) | write_attr(file, "loom_format", H5T_NATIVE_INT64, &format) |
+            write_attr(file, "loom_content_crc32", H5T_NATIVE_INT64, &crc64) |
+            write_str_attr(file, "loom_groups", list);
+  free(list);
+  hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+  H5Pset_create_intermediate_group(lcpl, 1);
+  for (size_t i = 0; i < c->count && !bad; i++) {
+    hid_t g = H5Gcreate2(file, c->groups[i].name, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    if (g < 0) {
+      bad = 1;
+      break;
+    }
+    const loom_state *s = c->groups[i].state;
+    for (size_t k = 0; k < s->count && !bad; k++)
+      bad = write_entry(g, &s->entries[k]);
+    H5Gclose(g);
+  }
+  H5Pclose(lcpl);
+  return bad ? loom_error_set(LOOM_EIO, "writing checkpoint %s failed (disk full?)", path) : 0;
+}
+
+static int fsync_path(const char *path, int flags) {
+  int fd = open(path, flags);
+  if (fd < 0)
+    return -1;
+  int rc = fsync(fd);
+  close(fd);
+  return rc;
+}
+
+int loom_checkpoint_write(const loom_checkpoint *c, const char *path) {
+  char tmp[4096], dir_buf[4096], base_buf[4096];
+  snprintf(dir_buf, sizeof dir_buf, "%s", path);
+  snprintf(base_buf, sizeof base_buf, "%s", path);
+  const char *dir = dirname(dir_buf), *base = basename(base_buf);
+  int n = snprintf(tmp, sizeof tmp, "%s/.%s.tmp.%ld", dir, base, (long)getpid());
+  if (n < 0 || (size_t)n >= sizeof tmp)
+    return loom_error_set(LOOM_EINVAL, "checkpoint path \"%s\" is too long", path);
+  quiet q = hush();
+  hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  int rc;
+  if (file < 0) {
+    rc = loom_error_set(LOOM_EIO, "cannot create checkpoint %s: %s; check that the directory exists and is writable",
+                        tmp, strerror(errno));
+  } else {
+    rc = write_groups(c, file, path);
+    if (H5Fclose(file) < 0 && rc == 0)
+      rc = loom_error_set(LOOM_EIO, "closing checkpoint %s failed (disk full?)", tmp);
+  }
+  unhush(q);
+  /* Durable before visible: the data reaches the disk, then the name. */
+  if (rc == 0 && fsync_path(tmp, O_RDONLY) < 0)
+    rc = loom_error_set(LOOM_EIO, "fsync of %s failed: %s", tmp, strerror(errno));
+  if (rc == 0 && rename(tmp, path) < 0)
+    rc = loom_error_set(LOOM_EIO, "renaming %s to %s failed: %s", tmp, path, strerror(errno));
+  if (rc < 0) {
+    unlink(tmp);
+    return rc;
+  }
+  if (fsync_path(dir, O_RDONLY | O_DIRECTORY) < 0)
+    return loom_error_set(LOOM_EIO, "fsync of directory %s failed: %s", dir, strerror(errno));
+  return 0;
+}
+
+/* --- reading --- */
+
+static int read_str_attr(hid_t loc, const char *name, char **out) {
+  hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
+  if (a < 0)
+    return -1;
+  hid_t ft = H5Aget_type(a);
+  size_t size = H5Tget_size(ft);
+  char *buf = calloc(size + 1, 1);
+  hid_t mt = string_type(size);
+  herr_t st = buf ? H5Aread(a, mt, buf) : -1;
+  H5Tclose(mt);
+  H5Tclose(ft);
+  H5Aclose(a);
+  if (st < 0) {
+    free(buf);
+    return -1;
+  }
+  *out = buf;
+  return 0;
+}
+
+typedef struct reading {
+  loom_state *state;
+  int rc;
+} reading;
+
+static herr_t read_one_attr(hid_t loc, const char *name, const H5A_info_t *info, void *op) {
+  (void)info;
+  reading *r = op;
+  hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
+  hid_t t = a < 0 ? -1 : H5Aget_type(a);
+  H5T_class_t cls = t < 0 ? H5T_NO_CLASS : H5Tget_class(t);
+  if (t >= 0)
+    H5Tclose(t);
+  if (cls == H5T_INTEGER) {
+    int64_t v;
+    r->rc = H5Aread(a, H5T_NATIVE_INT64, &v) < 0 ? -1 : loom_state_set_i64(r->state, name, v);
+  } else if (cls == H5T_FLOAT) {
+    double v;
+    r->rc = H5Aread(a, H5T_NATIVE_DOUBLE, &v) < 0 ? -1 : loom_state_set_f64(r->state, name, v);
+  } else if (cls == H5T_STRING) {
+    char *s = NULL;
+    r->rc = read_str_attr(loc, name, &s) < 0 ? -1 : loom_state_set_str(r->state, name, s);
+    free(s);
+  } else {
+    r->rc = -1;
+  }
+  if (a >= 0)
+    H5Aclose(a);
+  return r->rc < 0 ? -1 : 0;
+}
+
+static int read_dataset(hid_t g, const char *name, loom_state *s) {
+  hid_t d = H5Dopen2(g, name, H5P_DEFAULT);
+  if (d < 0)
+    return -1;
+  hid_t t = H5Dget_type(d), space = H5Dget_space(d);
+  H5T_class_t cls = H5Tget_class(t);
+  size_t size = H5Tget_size(t);
+  hssize_t n = H5Sget_simple_extent_npoints(space);
+  loom_value_type type = cls == H5T_INTEGER ? LOOM_VALUE_I64_ARRAY
+                         : size == 4         ? LOOM_VALUE_F32_ARRAY
+                                             : LOOM_VALUE_F64_ARRAY;
+  int rc = (cls == H5T_INTEGER || cls == H5T_FLOAT) && n >= 0 ? 0 : -1;
+  void *buf = rc == 0 ? malloc((size_t)(n ? n : 1) * loom_value_size(type)) : NULL;
+  if (rc == 0 && (!buf || (n && H5Dread(d, array_type(type), H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)))
+    rc = -1;
+  if (rc == 0)
+    rc = loom_state_set_array(s, name, type, buf, (size_t)n);
+  free(buf);
+  H5Sclose(space);
+  H5Tclose(t);
+  H5Dclose(d);
+  return rc;
+}
+
+static int read_group(hid_t file, const char *name, loom_state *s) {
+  hid_t g = H5Gopen2(file, name, H5P_DEFAULT);
+  if (g < 0)
+    return -1;
+  reading r = {s, 0};
+  hsize_t idx = 0;
+  int rc = H5Aiterate2(g, H5_INDEX_NAME, H5_ITER_INC, &idx, read_one_attr, &r) < 0 ? -1 : 0;
+  H5G_info_t info;
+  if (rc == 0 && H5Gget_info(g, &info) < 0)
+    rc = -1;
+  for (hsize_t i = 0; rc == 0 && i < info.nlinks; i++) {
+    char link[1024];
+    if (H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, link, sizeof link, H5P_DEFAULT) < 0) {
+      rc = -1;
+      break;
+    }
+    hid_t o = H5Oopen(g, link, H5P_DEFAULT);
+    bool is_dataset = o >= 0 && H5Iget_type(o) == H5I_DATASET;
+    if (o >= 0)
+      H5Oclose(o);
+    if (is_dataset) /* subgroups are other states */
+      rc = read_dataset(g, link, s);
+  }
+  H5Gclose(g);
+  return rc;
+}
+
+static int read_file(hid_t file, const char *path, loom_checkpoint *c) {
+  char *magic = NULL, *list = NULL;
+  int64_t format = 0, stored_crc = -1;
+  hid_t a;
+  if (read_str_attr(file, "loom_magic", &magic) < 0 || strcmp(magic, MAGIC) != 0) {
+    free(magic);
+    return loom_error_set(LOOM_EFORMAT, "%s is an HDF5 file but not a loom checkpoint", path);
+  }
+  free(magic);
+  if ((a = H5Aopen(file, "loom_format", H5P_DEFAULT)) >= 0) {
+    H5Aread(a, H5T_NATIVE_INT64, &format);
+    H5Aclose(a);
+  }
+  if (format != FORMAT)
+    return loom_error_set(LOOM_EFORMAT, "%s has checkpoint format %lld; this loom reads format %d", path,
+                          (long long)format, FORMAT);
+  if ((a = H5Aopen(file, "loom_content_crc32", H5P_DEFAULT)) >= 0) {
+    H5Aread(a, H5T_NATIVE_INT64, &stored_crc);
+    H5Aclose(a);
+  }
+  if (read_str_attr(file, "loom_groups", &list) < 0)
+    return loom_error_set(LOOM_EFORMAT, "%s: the checkpoint's list of states is missing", path);
+  int rc = 0;
+  for (char *save = NULL, *name = strtok_r(list, "\n", &save); name && rc == 0; name = strtok_r(NULL, "\n", &save)) {
+    loom_state *s = loom_checkpoint_group(c, name);
+    if (!s || read_group(file, name, s) < 0)
+      rc = loom_error_set(LOOM_EFORMAT, "%s: cannot read the state \"%s\"; the file is damaged", path, name);
+  }
+  free(list);
+  uint32_t crc;
+  if (rc == 0 && (rc = content_crc(c, &crc)) == 0 && (int64_t)crc != stored_crc)
+    rc = loom_error_set(LOOM_EFORMAT, "%s fails its checksum (stored %08llx, content %08x): the file is damaged",
+                        path, (unsigned long long)stored_crc, crc);
+  return rc;
+}
+
+loom_checkpoint *loom_checkpoint_read(const char *path) {
+  if (access(path, R_OK) < 0) {
+    loom_error_set(errno == ENOENT ? LOOM_ENOENT : LOOM_EIO, "checkpoint %s: %s", path, strerror(errno));
+    return NULL;
+  }
+  loom_checkpoint *c = loom_checkpoint_create();
+  if (!c)
+    return NULL;
+  quiet q = hush();
+  hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  int rc = file < 0 ? loom_error_set(LOOM_EFORMAT, "%s is not a readable HDF5 file (truncated or damaged?)", path)
+                    : read_file(file, path, c);
+  if (file >= 0)
+    H5Fclose(file);
+  unhush(q);
+  if (rc < 0) {
+    loom_checkpoint_destroy(c);
+    return NULL;
+  }
+  return c;
+}
+
+int loom_file_crc32(const char *path, uint32_t *out) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return loom_error_set(errno == ENOENT ? LOOM_ENOENT : LOOM_EIO, "%s: %s", path, strerror(errno));
+  uint32_t crc = (uint32_t)crc32(0, NULL, 0);
+  unsigned char buf[1 << 16];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+    crc = (uint32_t)crc32(crc, buf, (uInt)n);
+  int err = ferror(f);
+  fclose(f);
+  if (err)
+    return loom_error_set(LOOM_EIO, "reading %s failed", path);
+  *out = crc;
+  return 0;
+}

@@ -1,0 +1,108 @@
+#include "core/checkpoint_dir.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/error_internal.h"
+#include "core/fs.h"
+
+int loom_checkpoint_dir(const char *logdir, char *out, size_t size) {
+  return loom_path_join(out, size, logdir, LOOM_CHECKPOINT_SUBDIR);
+}
+
+json_t *loom_manifest_load(const char *dir) {
+  char path[4096];
+  if (loom_path_join(path, sizeof path, dir, LOOM_MANIFEST) < 0)
+    return NULL;
+  if (access(path, F_OK) < 0)
+    return json_pack("{s:i, s:{}, s:[]}", "format", 1, "files", "ranking");
+  json_error_t err;
+  json_t *m = json_load_file(path, 0, &err);
+  if (!m || !json_is_object(json_object_get(m, "files")) || !json_is_array(json_object_get(m, "ranking"))) {
+    json_decref(m);
+    loom_error_set(LOOM_EFORMAT, "%s is damaged (%s at line %d); delete it to start the ranking afresh", path,
+                   m ? "missing files or ranking" : err.text, err.line);
+    return NULL;
+  }
+  return m;
+}
+
+int loom_manifest_save(const char *dir, const json_t *manifest) {
+  char path[4096], tmp[4200];
+  int rc = loom_path_join(path, sizeof path, dir, LOOM_MANIFEST);
+  if (rc < 0)
+    return rc;
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+  if (json_dump_file(manifest, tmp, JSON_INDENT(2) | JSON_REAL_PRECISION(17)) < 0)
+    return loom_error_set(LOOM_EIO, "cannot write %s: %s", tmp, strerror(errno));
+  int fd = open(tmp, O_RDONLY);
+  if (fd < 0 || fsync(fd) < 0 || rename(tmp, path) < 0) {
+    rc = loom_error_set(LOOM_EIO, "cannot replace %s: %s", path, strerror(errno));
+    unlink(tmp);
+  }
+  if (fd >= 0)
+    close(fd);
+  return rc;
+}
+
+/* Reads `name` in dir if its CRC matches the manifest (when listed). */
+static loom_checkpoint *try_open(const char *dir, const json_t *manifest, const char *name, char *path,
+                                 size_t path_size) {
+  if (loom_path_join(path, path_size, dir, name) < 0)
+    return NULL;
+  json_t *entry = manifest ? json_object_get(json_object_get(manifest, "files"), name) : NULL;
+  json_t *want = json_object_get(entry, "crc32");
+  if (json_is_integer(want)) {
+    uint32_t crc;
+    if (loom_file_crc32(path, &crc) < 0)
+      return NULL;
+    if ((json_int_t)crc != json_integer_value(want)) {
+      loom_error_set(LOOM_EFORMAT, "%s fails its checksum (manifest %08llx, file %08x): the file is damaged", path,
+                     (unsigned long long)json_integer_value(want), crc);
+      return NULL;
+    }
+  }
+  return loom_checkpoint_read(path);
+}
+
+loom_checkpoint *loom_checkpoint_dir_open(const char *logdir, const char *which, char *path, size_t path_size,
+                                          char *notice, size_t notice_size) {
+  char dir[4096];
+  notice[0] = '\0';
+  if (loom_checkpoint_dir(logdir, dir, sizeof dir) < 0)
+    return NULL;
+  json_t *manifest = loom_manifest_load(dir); /* a damaged manifest only loses the CRC check */
+  const char *candidates[16];
+  size_t n = 0;
+  if (strcmp(which, "last") == 0) {
+    candidates[n++] = "last.h5";
+    candidates[n++] = "last.prev.h5";
+  } else {
+    candidates[n++] = "best.h5";
+    size_t i;
+    json_t *entry;
+    json_array_foreach(json_object_get(manifest, "ranking"), i, entry) {
+      json_t *file = json_object_get(entry, "file");
+      if (n < 16 && json_is_string(file))
+        candidates[n++] = json_string_value(file);
+    }
+  }
+  loom_checkpoint *c = NULL;
+  char first_error[LOOM_ERROR_MAX] = "";
+  for (size_t i = 0; i < n && !c; i++) {
+    c = try_open(dir, manifest, candidates[i], path, path_size);
+    if (!c && !first_error[0])
+      snprintf(first_error, sizeof first_error, "%s", loom_last_error());
+    if (c && i > 0)
+      snprintf(notice, notice_size, "%.700s; resumed from %.200s instead", first_error, candidates[i]);
+  }
+  json_decref(manifest);
+  if (!c)
+    loom_error_set(LOOM_ENOENT, "no usable \"%s\" checkpoint in %s (%s)", which, dir,
+                   first_error[0] ? first_error : "none written");
+  return c;
+}
