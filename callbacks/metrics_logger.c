@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/error_internal.h"
 #include "core/fs.h"
@@ -16,16 +17,16 @@
 
 typedef struct metrics_logger {
   FILE *jsonl, *csv;
-  char csv_path[4096];
+  char jsonl_path[4096], csv_path[4096];
   json_t *rows;    /* every row so far, for a CSV rewrite */
   json_t *columns; /* metric names, in first-seen order */
 } metrics_logger;
 
-static int open_file(FILE **f, char *path, size_t size, const char *logdir, const char *name) {
+static int open_file(FILE **f, char *path, size_t size, const char *logdir, const char *name, const char *mode) {
   int rc = loom_path_join(path, size, logdir, name);
   if (rc < 0)
     return rc;
-  *f = fopen(path, "w");
+  *f = fopen(path, mode);
   if (!*f)
     return loom_error_set(LOOM_EIO, "metrics logger: cannot write %s: %s", path, strerror(errno));
   return 0;
@@ -34,12 +35,13 @@ static int open_file(FILE **f, char *path, size_t size, const char *logdir, cons
 static int logger_experiment_start(loom_callback *cb, loom_runner *r) {
   metrics_logger *m = loom_callback_data(cb);
   const char *logdir = loom_runner_logdir(r);
-  char path[4096];
+  /* A resumed run appends; its saved state trims what came after. */
+  const char *mode = loom_runner_is_resumed(r) ? "a" : "w";
   int rc = loom_mkdir_p(logdir);
   if (rc == 0)
-    rc = open_file(&m->jsonl, path, sizeof path, logdir, "metrics.jsonl");
+    rc = open_file(&m->jsonl, m->jsonl_path, sizeof m->jsonl_path, logdir, "metrics.jsonl", mode);
   if (rc == 0)
-    rc = open_file(&m->csv, m->csv_path, sizeof m->csv_path, logdir, "metrics.csv");
+    rc = open_file(&m->csv, m->csv_path, sizeof m->csv_path, logdir, "metrics.csv", mode);
   json_array_clear(m->rows);
   json_array_clear(m->columns);
   return rc;
@@ -138,6 +140,58 @@ static int logger_loader_end(loom_callback *cb, loom_runner *r) {
   return rc;
 }
 
+/* The state: how much of metrics.jsonl the checkpointed run had written. */
+static int logger_save(loom_callback *cb, loom_runner *r, loom_state *s) {
+  (void)r;
+  metrics_logger *m = loom_callback_data(cb);
+  long bytes = m->jsonl ? ftell(m->jsonl) : 0;
+  return loom_state_set_i64(s, "jsonl_bytes", bytes < 0 ? 0 : bytes);
+}
+
+/* Cuts metrics.jsonl back to the checkpoint and rebuilds rows and CSV. */
+static int logger_load(loom_callback *cb, loom_runner *r, const loom_state *s) {
+  (void)r;
+  metrics_logger *m = loom_callback_data(cb);
+  int64_t bytes;
+  int rc = loom_state_get_i64(s, "jsonl_bytes", &bytes);
+  if (rc < 0 || !m->jsonl)
+    return rc;
+  fflush(m->jsonl);
+  if (ftruncate(fileno(m->jsonl), (off_t)bytes) < 0 || fseek(m->jsonl, 0, SEEK_END) < 0)
+    return loom_error_set(LOOM_EIO, "metrics logger: cannot trim %s: %s", m->jsonl_path, strerror(errno));
+  FILE *in = fopen(m->jsonl_path, "r");
+  if (!in)
+    return loom_error_set(LOOM_EIO, "metrics logger: cannot read %s back: %s", m->jsonl_path, strerror(errno));
+  json_array_clear(m->rows);
+  json_array_clear(m->columns);
+  char *line = NULL;
+  size_t cap = 0;
+  for (int no = 1; rc == 0 && getline(&line, &cap, in) > 0; no++) {
+    json_error_t err;
+    json_t *row = json_loads(line, 0, &err);
+    json_t *metrics = json_object_get(row, "metrics");
+    if (!json_is_object(metrics)) {
+      json_decref(row);
+      rc = loom_error_set(LOOM_EFORMAT, "%s:%d: not a metrics row", m->jsonl_path, no);
+      break;
+    }
+    const char *name;
+    json_t *v;
+    json_object_foreach(metrics, name, v) {
+      bool known = false;
+      size_t j;
+      json_t *col;
+      json_array_foreach(m->columns, j, col) known = known || strcmp(json_string_value(col), name) == 0;
+      if (!known)
+        json_array_append_new(m->columns, json_string(name));
+    }
+    json_array_append_new(m->rows, row);
+  }
+  free(line);
+  fclose(in);
+  return rc == 0 ? rewrite_csv(m) : rc;
+}
+
 static void close_files(metrics_logger *m) {
   if (m->jsonl)
     fclose(m->jsonl);
@@ -165,6 +219,8 @@ static const loom_callback_ops metrics_logger_ops = {
     .on_experiment_start = logger_experiment_start,
     .on_loader_end = logger_loader_end,
     .on_experiment_end = logger_experiment_end,
+    .save = logger_save,
+    .load = logger_load,
     .destroy = logger_destroy,
 };
 

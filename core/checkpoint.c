@@ -11,6 +11,7 @@
 #include <zlib.h>
 
 #include "core/array.h"
+#include "core/checkpoint_dir.h"
 #include "core/error_internal.h"
 #include "core/state_internal.h"
 
@@ -249,13 +250,12 @@ static int fsync_path(const char *path, int flags) {
   return rc;
 }
 
-int loom_checkpoint_write(const loom_checkpoint *c, const char *path) {
-  char tmp[4096], dir_buf[4096], base_buf[4096];
+int loom_checkpoint_write_temp(const loom_checkpoint *c, const char *path, char *tmp, size_t tmp_size) {
+  char dir_buf[4096], base_buf[4096];
   snprintf(dir_buf, sizeof dir_buf, "%s", path);
   snprintf(base_buf, sizeof base_buf, "%s", path);
-  const char *dir = dirname(dir_buf), *base = basename(base_buf);
-  int n = snprintf(tmp, sizeof tmp, "%s/.%s.tmp.%ld", dir, base, (long)getpid());
-  if (n < 0 || (size_t)n >= sizeof tmp)
+  int n = snprintf(tmp, tmp_size, "%s/.%s.tmp.%ld", dirname(dir_buf), basename(base_buf), (long)getpid());
+  if (n < 0 || (size_t)n >= tmp_size)
     return loom_error_set(LOOM_EINVAL, "checkpoint path \"%s\" is too long", path);
   quiet q = hush();
   hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
@@ -269,18 +269,32 @@ int loom_checkpoint_write(const loom_checkpoint *c, const char *path) {
       rc = loom_error_set(LOOM_EIO, "closing checkpoint %s failed (disk full?)", tmp);
   }
   unhush(q);
-  /* Durable before visible: the data reaches the disk, then the name. */
+  /* Durable before visible: the data reaches the disk before the name. */
   if (rc == 0 && fsync_path(tmp, O_RDONLY) < 0)
     rc = loom_error_set(LOOM_EIO, "fsync of %s failed: %s", tmp, strerror(errno));
-  if (rc == 0 && rename(tmp, path) < 0)
-    rc = loom_error_set(LOOM_EIO, "renaming %s to %s failed: %s", tmp, path, strerror(errno));
-  if (rc < 0) {
+  if (rc < 0)
+    unlink(tmp);
+  return rc;
+}
+
+int loom_checkpoint_commit(const char *tmp, const char *path) {
+  if (rename(tmp, path) < 0) {
+    int rc = loom_error_set(LOOM_EIO, "renaming %s to %s failed: %s", tmp, path, strerror(errno));
     unlink(tmp);
     return rc;
   }
+  char dir_buf[4096];
+  snprintf(dir_buf, sizeof dir_buf, "%s", path);
+  const char *dir = dirname(dir_buf);
   if (fsync_path(dir, O_RDONLY | O_DIRECTORY) < 0)
     return loom_error_set(LOOM_EIO, "fsync of directory %s failed: %s", dir, strerror(errno));
   return 0;
+}
+
+int loom_checkpoint_write(const loom_checkpoint *c, const char *path) {
+  char tmp[4200];
+  int rc = loom_checkpoint_write_temp(c, path, tmp, sizeof tmp);
+  return rc < 0 ? rc : loom_checkpoint_commit(tmp, path);
 }
 
 /* --- reading --- */

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,27 +50,36 @@ int loom_manifest_save(const char *dir, const json_t *manifest) {
   return rc;
 }
 
-/* Reads `name` in dir if its CRC matches the manifest (when listed). */
+json_t *loom_manifest_crcs(const json_t *manifest, const char *name) {
+  json_t *crcs = json_object_get(json_object_get(json_object_get(manifest, "files"), name), "crc32");
+  return json_is_array(crcs) ? crcs : NULL;
+}
+
+/* Reads `name` in dir if its CRC is one the manifest accepts (when listed). */
 static loom_checkpoint *try_open(const char *dir, const json_t *manifest, const char *name, char *path,
                                  size_t path_size) {
   if (loom_path_join(path, path_size, dir, name) < 0)
     return NULL;
-  json_t *entry = manifest ? json_object_get(json_object_get(manifest, "files"), name) : NULL;
-  json_t *want = json_object_get(entry, "crc32");
-  if (json_is_integer(want)) {
+  json_t *want = manifest ? loom_manifest_crcs(manifest, name) : NULL;
+  if (want) {
     uint32_t crc;
     if (loom_file_crc32(path, &crc) < 0)
       return NULL;
-    if ((json_int_t)crc != json_integer_value(want)) {
-      loom_error_set(LOOM_EFORMAT, "%s fails its checksum (manifest %08llx, file %08x): the file is damaged", path,
-                     (unsigned long long)json_integer_value(want), crc);
+    bool listed = false;
+    size_t i;
+    json_t *v;
+    json_array_foreach(want, i, v) listed = listed || json_integer_value(v) == (json_int_t)crc;
+    if (!listed) {
+      loom_error_set(LOOM_EFORMAT, "%s fails its checksum (file %08x, not among the manifest's): the file is "
+                                   "damaged",
+                     path, crc);
       return NULL;
     }
   }
   return loom_checkpoint_read(path);
 }
 
-loom_checkpoint *loom_checkpoint_dir_open(const char *logdir, const char *which, char *path, size_t path_size,
+loom_checkpoint *loom_checkpoint_open_logdir(const char *logdir, const char *which, char *path, size_t path_size,
                                           char *notice, size_t notice_size) {
   char dir[4096];
   notice[0] = '\0';

@@ -11,11 +11,22 @@
  *   last.h5, last.prev.h5   the newest resumable state and the one before
  *   best.h5                 the best so far (a hard link to a ranked file)
  *   epoch_NNNN.h5           the best K, by the monitored metric
- *   manifest.json           {"files": {name: {"crc32": n, ...}}, "ranking": [...]}
+ *   manifest.json           {"files": {name: {"crc32": [n], ...}}, "ranking": [...]}
  * A file whose CRC-32 differs from the manifest's is damaged. */
 
 #define LOOM_CHECKPOINT_SUBDIR "checkpoints"
 #define LOOM_MANIFEST "manifest.json"
+
+/* The two halves of loom_checkpoint_write: a complete, fsynced temporary
+ * file next to `path` (its name in tmp), then the rename and the fsync of
+ * the directory. Between them a caller can record the new file's CRC. */
+int loom_checkpoint_write_temp(const loom_checkpoint *c, const char *path, char *tmp, size_t tmp_size);
+int loom_checkpoint_commit(const char *tmp, const char *path);
+
+/* The CRCs the manifest accepts for `name` (an array, normally of one; two
+ * while a file is being replaced, so a crash at any moment leaves a file the
+ * manifest accepts). */
+json_t *loom_manifest_crcs(const json_t *manifest, const char *name);
 
 /* <logdir>/checkpoints */
 int loom_checkpoint_dir(const char *logdir, char *out, size_t size);
@@ -23,12 +34,5 @@ int loom_checkpoint_dir(const char *logdir, char *out, size_t size);
 json_t *loom_manifest_load(const char *dir);
 /* Written atomically. */
 int loom_manifest_save(const char *dir, const json_t *manifest);
-
-/* Opens the newest good checkpoint for `which` ("last" or "best"): checks
- * each candidate's CRC against the manifest and its content checksum, and
- * falls back (last.h5 -> last.prev.h5; best.h5 -> the ranked files in
- * order). `path` receives the file used, `notice` what was skipped. */
-loom_checkpoint *loom_checkpoint_dir_open(const char *logdir, const char *which, char *path, size_t path_size,
-                                          char *notice, size_t notice_size);
 
 #endif

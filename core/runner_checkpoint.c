@@ -222,7 +222,7 @@ int loom_runner_open_resume(loom_runner *r) {
   loom_checkpoint *c;
   r->resume_notice[0] = '\0';
   if (strcmp(src, "last") == 0 || strcmp(src, "best") == 0) {
-    c = loom_checkpoint_dir_open(loom_experiment_logdir(r->exp), src, r->resume_path, sizeof r->resume_path,
+    c = loom_checkpoint_open_logdir(loom_experiment_logdir(r->exp), src, r->resume_path, sizeof r->resume_path,
                                  r->resume_notice, sizeof r->resume_notice);
   } else {
     snprintf(r->resume_path, sizeof r->resume_path, "%s", src);
@@ -289,7 +289,7 @@ int loom_runner_restore(loom_runner *r) {
   const loom_state *s;
   int rc = restore_runner(r, loom_checkpoint_find(c, "runner"));
   if (rc == 0 && r->model && (s = loom_checkpoint_find(c, "model")))
-    rc = loom_model_load(r->model, s);
+    rc = loom_model_load(r->model, s, true);
   if (rc == 0 && r->optimizer && (s = loom_checkpoint_find(c, "optimizer")))
     rc = loom_optimizer_load(r->optimizer, s);
   /* A callback without saved state (added since) starts afresh. */

@@ -115,7 +115,8 @@ int loom_state_set_i64_array(loom_state *s, const char *key, const int64_t *v, s
 }
 
 static const char *type_name(loom_value_type t) {
-  static const char *names[] = {"integer", "double", "string", "float32 array", "float64 array", "int64 array"};
+  static const char *names[] = {"an integer", "a double", "a string", "a float32 array", "a float64 array",
+                                "an int64 array"};
   return names[t];
 }
 
@@ -124,7 +125,7 @@ static const loom_state_entry *typed(const loom_state *s, const char *key, loom_
   if (!e)
     *rc = loom_error_set(LOOM_ENOENT, "saved state has no \"%s\"", key);
   else if (e->type != type)
-    *rc = loom_error_set(LOOM_EFORMAT, "saved state \"%s\" is a %s, expected a %s", key, type_name(e->type),
+    *rc = loom_error_set(LOOM_EFORMAT, "saved state \"%s\" is %s, expected %s", key, type_name(e->type),
                          type_name(type));
   else
     *rc = 0;

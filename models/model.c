@@ -271,7 +271,7 @@ static int load_state(loom_model *m, const loom_state *s, bool grads) {
   return rc;
 }
 
-int loom_model_load(loom_model *m, const loom_state *s) { return load_state(m, s, true); }
+int loom_model_load(loom_model *m, const loom_state *s, bool with_grads) { return load_state(m, s, with_grads); }
 
 int loom_model_save_weights(const loom_model *m, const char *path) {
   loom_checkpoint *c = loom_checkpoint_create();

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
 #include <loom.h>
 
 /* A loader over n samples of `features` floats (deterministic values) with
@@ -57,6 +58,29 @@ static inline void test_rm_rf(const char *dir) {
   char cmd[4200];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   assert_int_equal(system(cmd), 0);
+}
+
+/* metrics.jsonl without its timings: the part two runs must agree on. */
+static inline char *jsonl_without_time(const char *logdir) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/metrics.jsonl", logdir);
+  char *text = test_read_file(path);
+  assert_non_null(text);
+  size_t cap = strlen(text) + 1, len = 0;
+  char *out = calloc(cap, 1);
+  for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+    json_error_t err;
+    json_t *row = json_loads(line, 0, &err);
+    assert_non_null(row);
+    assert_true(json_is_real(json_object_get(row, "time_s")));
+    json_object_del(row, "time_s");
+    char *s = json_dumps(row, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    len += (size_t)snprintf(out + len, cap - len, "%s\n", s);
+    free(s);
+    json_decref(row);
+  }
+  free(text);
+  return out;
 }
 
 #endif

@@ -155,29 +155,6 @@ static int train_small(const char *logdir, uint64_t seed, int epochs, loom_callb
   return rc;
 }
 
-/* metrics.jsonl without its timings: the part two runs must agree on. */
-static char *jsonl_without_time(const char *logdir) {
-  char path[512];
-  snprintf(path, sizeof path, "%s/metrics.jsonl", logdir);
-  char *text = test_read_file(path);
-  assert_non_null(text);
-  size_t cap = strlen(text) + 1, len = 0;
-  char *out = calloc(cap, 1);
-  for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
-    json_error_t err;
-    json_t *row = json_loads(line, 0, &err);
-    assert_non_null(row);
-    assert_true(json_is_real(json_object_get(row, "time_s")));
-    json_object_del(row, "time_s");
-    char *s = json_dumps(row, JSON_COMPACT | JSON_REAL_PRECISION(17));
-    len += (size_t)snprintf(out + len, cap - len, "%s\n", s);
-    free(s);
-    json_decref(row);
-  }
-  free(text);
-  return out;
-}
-
 static void test_two_runs_identical(void **state) {
   (void)state;
   char *a = test_tmpdir(), *b = test_tmpdir(), *c = test_tmpdir();

@@ -46,6 +46,30 @@ loom_callback *loom_console_logger_create(const loom_console_logger_options *opt
  * with every number printed to round-trip (%.17g). Master only. */
 loom_callback *loom_metrics_logger_create(void);
 
+/* Checkpoints into <logdir>/checkpoints (layout in docs/checkpoints.md):
+ * last.h5 at every epoch end (and every N train batches when asked), the
+ * best K by a monitored metric as epoch_NNNN.h5 with best.h5 linking the
+ * top one, and manifest.json with the ranking and each file's CRC-32. A
+ * new file is complete on disk before an old one is removed; the ranking is
+ * part of the callback's saved state, so it survives a resume. On
+ * LOOM_EINTERRUPTED (a signal, a time limit) it saves last.h5 at the batch
+ * boundary; on another error, exception.h5. Runs last (order 250). */
+typedef struct loom_checkpoint_options {
+  const char *loader;  /* monitored loader; NULL: the stage's valid loader */
+  const char *metric;  /* monitored metric; NULL: the stage's main metric */
+  int minimize;        /* 1, 0, or -1: as the stage says */
+  int save_top_k;      /* best K files kept; 0: none */
+  bool save_last;
+  int64_t every_n_batches;         /* also last.h5 every N train batches (0: off) */
+  const char *load_on_stage_start; /* NULL, "best" or "last": weights loaded at stage start */
+  const char *load_on_stage_end;   /* NULL, "best" or "last": weights loaded at stage end */
+  bool save_on_exception;
+} loom_checkpoint_options;
+
+/* top 1, last on, exception checkpoints on, the stage's metric. */
+loom_checkpoint_options loom_checkpoint_defaults(void);
+loom_callback *loom_checkpoint_callback_create(const loom_checkpoint_options *options);
+
 #ifdef __cplusplus
 }
 #endif

@@ -94,8 +94,9 @@ loom_layer *loom_model_find_layer(const loom_model *model, const char *name);
 /* Saves the parameters (and the gradients, which hold a partial
  * accumulation window, when with_grads) with the layer names and offsets. */
 int loom_model_save(const loom_model *model, loom_state *state, bool with_grads);
-/* Restores what loom_model_save wrote; the layers and sizes must match. */
-int loom_model_load(loom_model *model, const loom_state *state);
+/* Restores what loom_model_save wrote (the gradients too when with_grads
+ * and saved); the layers and sizes must match. */
+int loom_model_load(loom_model *model, const loom_state *state, bool with_grads);
 /* Weights-only export for inference: a checkpoint with just "model". */
 int loom_model_save_weights(const loom_model *model, const char *path);
 /* Loads the weights from a weights file or from a full checkpoint. */

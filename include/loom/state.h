@@ -72,6 +72,13 @@ int loom_checkpoint_write(const loom_checkpoint *c, const char *path);
 /* Reads and verifies a checkpoint: a file that is not a loom checkpoint, is
  * truncated, or fails its content checksum is refused with LOOM_EFORMAT. */
 loom_checkpoint *loom_checkpoint_read(const char *path);
+/* Opens the newest good checkpoint of a run: `which` is "last" or "best"
+ * in <logdir>/checkpoints. Each candidate is checked against the manifest's
+ * CRC-32 and its own content checksum, falling back from last.h5 to
+ * last.prev.h5, and from best.h5 down the ranking. `path` receives the file
+ * used and `notice` what was passed over ("" if nothing). */
+loom_checkpoint *loom_checkpoint_open_logdir(const char *logdir, const char *which, char *path, size_t path_size,
+                                             char *notice, size_t notice_size);
 /* CRC-32 of a whole file's bytes (for manifests); 0 and an error if it
  * cannot be read. */
 int loom_file_crc32(const char *path, uint32_t *crc);

@@ -1,0 +1,400 @@
+/* The checkpoint callback: last, best-K and exception checkpoints with a
+ * manifest; loading best or last weights at stage boundaries. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/checkpoint_dir.h"
+#include "core/error_internal.h"
+#include "core/fs.h"
+#include "loom/callbacks.h"
+#include "loom/runner.h"
+
+#define MAX_TOP_K 64
+
+typedef struct ranked {
+  double value;
+  int64_t global_epoch;
+} ranked;
+
+typedef struct checkpointer {
+  loom_checkpoint_options o;
+  char *loader, *metric, *load_start, *load_end;
+  char dir[4096];
+  ranked ranking[MAX_TOP_K + 1];
+  int ranked_count;
+} checkpointer;
+
+static void ranked_file(char *out, size_t size, int64_t global_epoch) {
+  snprintf(out, size, "epoch_%04lld.h5", (long long)global_epoch);
+}
+
+static int path_of(const checkpointer *c, const char *name, char *out, size_t size) {
+  return loom_path_join(out, size, c->dir, name);
+}
+
+/* The manifest's entry for `name` (created empty). */
+static json_t *entry_of(json_t *manifest, const char *name) {
+  json_t *files = json_object_get(manifest, "files"), *e = json_object_get(files, name);
+  if (!e) {
+    e = json_object();
+    json_object_set_new(files, name, e);
+  }
+  return e;
+}
+
+/* [first] followed by the CRCs in `rest` (which may be NULL). */
+static json_t *crc_list(json_int_t first, const json_t *rest) {
+  json_t *list = json_array();
+  json_array_append_new(list, json_integer(first));
+  size_t i;
+  json_t *v;
+  json_array_foreach(rest, i, v) if (json_integer_value(v) != first) json_array_append(list, v);
+  return list;
+}
+
+static void describe(json_t *entry, loom_runner *r, json_int_t crc) {
+  const char *loader = loom_runner_loader_name(r);
+  json_object_set_new(entry, "crc32", crc_list(crc, NULL));
+  json_object_set_new(entry, "stage", json_string(loom_runner_stage_name(r)));
+  json_object_set_new(entry, "epoch", json_integer(loom_runner_epoch(r)));
+  json_object_set_new(entry, "global_epoch", json_integer(loom_runner_global_epoch(r)));
+  json_object_set_new(entry, "loader", json_string(loader ? loader : ""));
+  json_object_set_new(entry, "batch", json_integer(loom_runner_loader_batch_step(r)));
+  json_object_set_new(entry, "optimizer_step", json_integer(loom_runner_optimizer_step_count(r)));
+}
+
+/* Puts `snap` at <dir>/<name> so that a crash at any moment leaves files the
+ * manifest accepts: the new file is complete on disk, then the manifest
+ * accepts old and new, then names move (with `rotate`, the old last.h5
+ * becomes last.prev.h5 first), and only then the manifest forgets the old.
+ * The caller saves the manifest once more at the end. */
+static int install(checkpointer *c, json_t *manifest, loom_runner *r, const loom_checkpoint *snap, const char *name,
+                   bool rotate) {
+  char path[4096], tmp[4200], prev[4096], link_tmp[4300];
+  uint32_t crc;
+  int rc = path_of(c, name, path, sizeof path);
+  if (rc == 0)
+    rc = loom_checkpoint_write_temp(snap, path, tmp, sizeof tmp);
+  if (rc < 0)
+    return rc;
+  if ((rc = loom_file_crc32(tmp, &crc)) < 0) {
+    unlink(tmp);
+    return rc;
+  }
+  json_t *old = json_deep_copy(entry_of(manifest, name)); /* what is on disk now */
+  json_t *old_crcs = json_object_get(old, "crc32");
+  bool had_old = rotate && access(path, F_OK) == 0;
+  if (had_old)
+    json_object_set_new(entry_of(manifest, "last.prev.h5"), "crc32",
+                        json_array_size(old_crcs) ? crc_list(json_integer_value(json_array_get(old_crcs, 0)),
+                                                             loom_manifest_crcs(manifest, "last.prev.h5"))
+                                                  : json_array());
+  json_object_set_new(entry_of(manifest, name), "crc32", crc_list((json_int_t)crc, old_crcs));
+  rc = loom_manifest_save(c->dir, manifest);
+  if (rc == 0 && had_old) {
+    /* last.h5 -> last.prev.h5 by a hard link and a rename. */
+    path_of(c, "last.prev.h5", prev, sizeof prev);
+    snprintf(link_tmp, sizeof link_tmp, "%s.tmp.%ld", prev, (long)getpid());
+    unlink(link_tmp);
+    if (link(path, link_tmp) < 0 || rename(link_tmp, prev) < 0) {
+      unlink(link_tmp);
+      rc = loom_error_set(LOOM_EIO, "cannot keep %s as %s: %s", path, prev, strerror(errno));
+    }
+  }
+  if (rc == 0)
+    rc = loom_checkpoint_commit(tmp, path);
+  else
+    unlink(tmp);
+  if (rc == 0) {
+    describe(entry_of(manifest, name), r, (json_int_t)crc);
+    if (had_old && json_array_size(old_crcs)) {
+      json_object_set_new(old, "crc32", crc_list(json_integer_value(json_array_get(old_crcs, 0)), NULL));
+      json_object_set(json_object_get(manifest, "files"), "last.prev.h5", old);
+    }
+  }
+  json_decref(old);
+  return rc;
+}
+
+static void ranking_to_manifest(const checkpointer *c, json_t *manifest) {
+  json_t *list = json_array();
+  for (int i = 0; i < c->ranked_count; i++) {
+    char file[64];
+    ranked_file(file, sizeof file, c->ranking[i].global_epoch);
+    json_array_append_new(list, json_pack("{s:s, s:f, s:I}", "file", file, "value", c->ranking[i].value,
+                                          "global_epoch", (json_int_t)c->ranking[i].global_epoch));
+  }
+  json_object_set_new(manifest, "ranking", list);
+}
+
+static bool better(const checkpointer *c, int minimize, double a, double b) {
+  (void)c;
+  return minimize ? a < b : a > b;
+}
+
+/* Inserts this epoch into the ranking if it makes the top K; returns 1 if
+ * it did, with *dropped set to the epoch pushed out (or -1). */
+static int rank(checkpointer *c, int minimize, double value, int64_t epoch, int64_t *dropped) {
+  *dropped = -1;
+  int pos = c->ranked_count;
+  while (pos > 0 && better(c, minimize, value, c->ranking[pos - 1].value))
+    pos--;
+  if (pos >= c->o.save_top_k)
+    return 0;
+  memmove(&c->ranking[pos + 1], &c->ranking[pos], (size_t)(c->ranked_count - pos) * sizeof c->ranking[0]);
+  c->ranking[pos] = (ranked){value, epoch};
+  if (++c->ranked_count > c->o.save_top_k)
+    *dropped = c->ranking[--c->ranked_count].global_epoch;
+  return 1;
+}
+
+/* best.h5 -> the top file, replaced atomically by a link and a rename; the
+ * manifest accepts the old and the new best.h5 while that happens. */
+static int link_best(checkpointer *c, const char *top, json_t *manifest) {
+  char src[4096], best[4096], tmp[4200];
+  path_of(c, top, src, sizeof src);
+  path_of(c, "best.h5", best, sizeof best);
+  json_t *top_crcs = loom_manifest_crcs(manifest, top);
+  json_int_t crc = json_integer_value(json_array_get(top_crcs, 0));
+  json_object_set_new(entry_of(manifest, "best.h5"), "crc32", crc_list(crc, loom_manifest_crcs(manifest, "best.h5")));
+  int rc = loom_manifest_save(c->dir, manifest);
+  if (rc < 0)
+    return rc;
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld", best, (long)getpid());
+  unlink(tmp);
+  if (link(src, tmp) < 0 || rename(tmp, best) < 0) {
+    unlink(tmp);
+    return loom_error_set(LOOM_EIO, "cannot point %s at %s: %s", best, src, strerror(errno));
+  }
+  json_t *files = json_object_get(manifest, "files");
+  json_object_set_new(files, "best.h5", json_deep_copy(json_object_get(files, top)));
+  return 0;
+}
+
+static int monitored(const checkpointer *c, loom_runner *r, double *value, int *minimize) {
+  char key[512];
+  snprintf(key, sizeof key, "%s/%s", c->loader ? c->loader : loom_runner_valid_loader(r),
+           c->metric ? c->metric : loom_runner_main_metric(r));
+  *minimize = c->o.minimize >= 0 ? c->o.minimize : loom_runner_minimize_metric(r);
+  return loom_metrics_get(loom_runner_epoch_metrics(r), key, value) && !isnan(*value);
+}
+
+static int save_epoch(checkpointer *c, loom_runner *r) {
+  /* Rank first: the snapshot must carry the ranking that includes this epoch. */
+  double value;
+  int minimize;
+  int64_t dropped = -1;
+  bool ranked_now = c->o.save_top_k > 0 && monitored(c, r, &value, &minimize) &&
+                    rank(c, minimize, value, loom_runner_global_epoch(r), &dropped);
+  loom_checkpoint *snap;
+  int rc = loom_runner_snapshot(r, &snap);
+  if (rc < 0)
+    return rc;
+  json_t *manifest = loom_manifest_load(c->dir);
+  if (!manifest)
+    manifest = json_pack("{s:i, s:{}, s:[]}", "format", 1, "files", "ranking");
+  char file[64], path[4096];
+  if (ranked_now) {
+    ranked_file(file, sizeof file, loom_runner_global_epoch(r));
+    rc = install(c, manifest, r, snap, file, false);
+    if (rc == 0 && c->ranking[0].global_epoch == loom_runner_global_epoch(r))
+      rc = link_best(c, file, manifest);
+  }
+  if (rc == 0 && c->o.save_last)
+    rc = install(c, manifest, r, snap, "last.h5", true);
+  if (rc == 0) {
+    ranking_to_manifest(c, manifest);
+    rc = loom_manifest_save(c->dir, manifest);
+  }
+  /* Only now, with the new files and manifest on disk, drop the old one. */
+  if (rc == 0 && dropped >= 0) {
+    ranked_file(file, sizeof file, dropped);
+    json_object_del(json_object_get(manifest, "files"), file);
+    if (path_of(c, file, path, sizeof path) == 0)
+      unlink(path);
+    rc = loom_manifest_save(c->dir, manifest);
+  }
+  json_decref(manifest);
+  loom_checkpoint_destroy(snap);
+  return rc;
+}
+
+static int save_last_now(checkpointer *c, loom_runner *r, const char *name) {
+  loom_checkpoint *snap;
+  int rc = loom_runner_snapshot(r, &snap);
+  if (rc < 0)
+    return rc;
+  json_t *manifest = loom_manifest_load(c->dir);
+  if (!manifest)
+    manifest = json_pack("{s:i, s:{}, s:[]}", "format", 1, "files", "ranking");
+  rc = install(c, manifest, r, snap, name, strcmp(name, "last.h5") == 0);
+  if (rc == 0) {
+    ranking_to_manifest(c, manifest);
+    rc = loom_manifest_save(c->dir, manifest);
+  }
+  json_decref(manifest);
+  loom_checkpoint_destroy(snap);
+  return rc;
+}
+
+static int ckpt_experiment_start(loom_callback *cb, loom_runner *r) {
+  checkpointer *c = loom_callback_data(cb);
+  c->ranked_count = 0;
+  int rc = loom_checkpoint_dir(loom_runner_logdir(r), c->dir, sizeof c->dir);
+  if (rc == 0 && loom_runner_is_master(r))
+    rc = loom_mkdir_p(c->dir);
+  return rc;
+}
+
+static int load_weights(checkpointer *c, loom_runner *r, const char *which) {
+  if (!which || !loom_runner_model(r))
+    return 0;
+  char path[4096], notice[1024];
+  loom_checkpoint *ck = loom_checkpoint_open_logdir(loom_runner_logdir(r), which, path, sizeof path, notice, sizeof notice);
+  if (!ck)
+    return loom_last_error_code() == LOOM_ENOENT ? 0 : loom_last_error_code(); /* nothing saved yet */
+  const loom_state *s = loom_checkpoint_find(ck, "model");
+  int rc = s ? loom_model_load(loom_runner_model(r), s, false)
+             : loom_error_set(LOOM_EFORMAT, "%s holds no model weights", path);
+  loom_checkpoint_destroy(ck);
+  (void)c;
+  return rc < 0 ? loom_error_wrap(rc, "loading the %s weights", which) : 0;
+}
+
+static int ckpt_stage_start(loom_callback *cb, loom_runner *r) {
+  checkpointer *c = loom_callback_data(cb);
+  return load_weights(c, r, c->load_start);
+}
+
+static int ckpt_stage_end(loom_callback *cb, loom_runner *r) {
+  checkpointer *c = loom_callback_data(cb);
+  return load_weights(c, r, c->load_end);
+}
+
+static int ckpt_batch_end(loom_callback *cb, loom_runner *r) {
+  checkpointer *c = loom_callback_data(cb);
+  if (!c->o.save_last || c->o.every_n_batches <= 0 || !loom_runner_is_master(r) || !loom_runner_is_train_loader(r) ||
+      loom_runner_global_batch_step(r) % c->o.every_n_batches != 0)
+    return 0;
+  return save_last_now(c, r, "last.h5");
+}
+
+static int ckpt_epoch_end(loom_callback *cb, loom_runner *r) {
+  checkpointer *c = loom_callback_data(cb);
+  return loom_runner_is_master(r) ? save_epoch(c, r) : 0;
+}
+
+static int ckpt_exception(loom_callback *cb, loom_runner *r) {
+  checkpointer *c = loom_callback_data(cb);
+  if (!c->o.save_on_exception || !loom_runner_is_master(r) || !c->dir[0])
+    return 0;
+  /* An interrupt stops at a batch boundary: a state worth resuming. */
+  bool resumable = loom_runner_error(r) == LOOM_EINTERRUPTED;
+  loom_checkpoint *probe;
+  if (loom_runner_snapshot(r, &probe) < 0)
+    return 0; /* outside a stage: nothing to save */
+  loom_checkpoint_destroy(probe);
+  return save_last_now(c, r, resumable && c->o.save_last ? "last.h5" : "exception.h5");
+}
+
+static int ckpt_save(loom_callback *cb, loom_runner *r, loom_state *s) {
+  (void)r;
+  const checkpointer *c = loom_callback_data(cb);
+  double values[MAX_TOP_K + 1];
+  int64_t epochs[MAX_TOP_K + 1];
+  for (int i = 0; i < c->ranked_count; i++)
+    values[i] = c->ranking[i].value, epochs[i] = c->ranking[i].global_epoch;
+  int rc = loom_state_set_f64_array(s, "ranking_values", values, (size_t)c->ranked_count);
+  if (rc == 0)
+    rc = loom_state_set_i64_array(s, "ranking_epochs", epochs, (size_t)c->ranked_count);
+  return rc;
+}
+
+static int ckpt_load(loom_callback *cb, loom_runner *r, const loom_state *s) {
+  (void)r;
+  checkpointer *c = loom_callback_data(cb);
+  size_t n = loom_state_array_length(s, "ranking_values");
+  if (n > MAX_TOP_K)
+    return loom_error_set(LOOM_EFORMAT, "saved ranking of %zu entries exceeds %d", n, MAX_TOP_K);
+  double values[MAX_TOP_K];
+  int64_t epochs[MAX_TOP_K];
+  int rc = loom_state_get_f64_array(s, "ranking_values", values, n);
+  if (rc == 0)
+    rc = loom_state_get_i64_array(s, "ranking_epochs", epochs, n);
+  if (rc < 0)
+    return rc;
+  for (size_t i = 0; i < n; i++)
+    c->ranking[i] = (ranked){values[i], epochs[i]};
+  c->ranked_count = (int)n;
+  return 0;
+}
+
+static void ckpt_destroy(void *data) {
+  checkpointer *c = data;
+  free(c->loader);
+  free(c->metric);
+  free(c->load_start);
+  free(c->load_end);
+  free(c);
+}
+
+static const loom_callback_ops checkpoint_ops = {
+    .type = "checkpoint",
+    .on_experiment_start = ckpt_experiment_start,
+    .on_stage_start = ckpt_stage_start,
+    .on_batch_end = ckpt_batch_end,
+    .on_epoch_end = ckpt_epoch_end,
+    .on_stage_end = ckpt_stage_end,
+    .on_exception = ckpt_exception,
+    .save = ckpt_save,
+    .load = ckpt_load,
+    .destroy = ckpt_destroy,
+};
+
+loom_checkpoint_options loom_checkpoint_defaults(void) {
+  return (loom_checkpoint_options){.minimize = -1, .save_top_k = 1, .save_last = true, .save_on_exception = true};
+}
+
+static bool valid_which(const char *w) { return !w || strcmp(w, "best") == 0 || strcmp(w, "last") == 0; }
+
+static char *dup_or_null(const char *s, bool *ok) {
+  if (!s)
+    return NULL;
+  char *d = strdup(s);
+  *ok = *ok && d;
+  return d;
+}
+
+loom_callback *loom_checkpoint_callback_create(const loom_checkpoint_options *o) {
+  loom_checkpoint_options d = loom_checkpoint_defaults();
+  if (!o)
+    o = &d;
+  if (o->save_top_k < 0 || o->save_top_k > MAX_TOP_K || o->every_n_batches < 0 || !valid_which(o->load_on_stage_start) ||
+      !valid_which(o->load_on_stage_end)) {
+    loom_error_set(LOOM_EINVAL, "checkpoint: save_top_k must be 0..%d, every_n_batches >= 0, and "
+                                "load_on_stage_start/end \"best\", \"last\" or unset",
+                   MAX_TOP_K);
+    return NULL;
+  }
+  checkpointer *c = calloc(1, sizeof *c);
+  if (!c) {
+    loom_error_oom("the checkpoint callback");
+    return NULL;
+  }
+  bool ok = true;
+  c->o = *o;
+  c->loader = dup_or_null(o->loader, &ok);
+  c->metric = dup_or_null(o->metric, &ok);
+  c->load_start = dup_or_null(o->load_on_stage_start, &ok);
+  c->load_end = dup_or_null(o->load_on_stage_end, &ok);
+  if (!ok) {
+    ckpt_destroy(c);
+    loom_error_oom("the checkpoint callback");
+    return NULL;
+  }
+  return loom_callback_create(&checkpoint_ops, c, LOOM_ORDER_EXTERNAL + 50);
+}

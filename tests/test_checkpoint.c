@@ -1,0 +1,190 @@
+/* Checkpoint files: round trip, damage detection, weights-only export. */
+#include <math.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+static char *tmp;
+
+static int setup(void **state) {
+  (void)state;
+  tmp = test_tmpdir();
+  return 0;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  test_rm_rf(tmp);
+  free(tmp);
+  return 0;
+}
+
+static void tmp_path(char *out, const char *name) { snprintf(out, 512, "%s/%s", tmp, name); }
+
+static loom_checkpoint *sample_checkpoint(size_t big) {
+  loom_checkpoint *c = loom_checkpoint_create();
+  loom_state *a = loom_checkpoint_group(c, "runner");
+  loom_state *b = loom_checkpoint_group(c, "callbacks/early_stopping#2");
+  assert_non_null(a);
+  assert_non_null(b);
+  assert_int_equal(loom_state_set_i64(a, "epoch", -7), 0);
+  assert_int_equal(loom_state_set_f64(a, "best", 0.1 + 0.2), 0);
+  assert_int_equal(loom_state_set_str(a, "stage", "fine tune"), 0);
+  assert_int_equal(loom_state_set_str(a, "empty", ""), 0);
+  float *f = malloc(big * sizeof *f);
+  for (size_t i = 0; i < big; i++)
+    f[i] = (float)i * 0.25f - 3.0f;
+  assert_int_equal(loom_state_set_f32_array(b, "weights", f, big), 0);
+  const double d[3] = {1e300, -0.0, 5e-324};
+  const int64_t k[2] = {INT64_MIN, INT64_MAX};
+  assert_int_equal(loom_state_set_f64_array(b, "doubles", d, 3), 0);
+  assert_int_equal(loom_state_set_i64_array(b, "ints", k, 2), 0);
+  assert_int_equal(loom_state_set_i64_array(b, "none", NULL, 0), 0);
+  free(f);
+  return c;
+}
+
+static void test_roundtrip(void **state) {
+  (void)state;
+  char path[512];
+  tmp_path(path, "rt.h5");
+  loom_checkpoint *c = sample_checkpoint(1000);
+  assert_int_equal(loom_checkpoint_write(c, path), 0);
+  loom_checkpoint_destroy(c);
+  loom_checkpoint *r = loom_checkpoint_read(path);
+  assert_non_null(r);
+  assert_int_equal(loom_checkpoint_num_groups(r), 2);
+  const loom_state *a = loom_checkpoint_find(r, "runner"), *b = loom_checkpoint_find(r, "callbacks/early_stopping#2");
+  assert_non_null(a);
+  assert_non_null(b);
+  assert_null(loom_checkpoint_find(r, "callbacks"));
+  int64_t i;
+  double v;
+  const char *s;
+  assert_int_equal(loom_state_get_i64(a, "epoch", &i), 0);
+  assert_int_equal(i, -7);
+  assert_int_equal(loom_state_get_f64(a, "best", &v), 0);
+  assert_true(v == 0.1 + 0.2);
+  assert_int_equal(loom_state_get_str(a, "stage", &s), 0);
+  assert_string_equal(s, "fine tune");
+  assert_int_equal(loom_state_get_str(a, "empty", &s), 0);
+  assert_string_equal(s, "");
+  float f[1000];
+  assert_int_equal(loom_state_get_f32_array(b, "weights", f, 1000), 0);
+  assert_true(f[999] == 999 * 0.25f - 3.0f);
+  double d[3];
+  assert_int_equal(loom_state_get_f64_array(b, "doubles", d, 3), 0);
+  assert_true(d[0] == 1e300 && signbit(d[1]) && d[2] == 5e-324);
+  int64_t k[2];
+  assert_int_equal(loom_state_get_i64_array(b, "ints", k, 2), 0);
+  assert_true(k[0] == INT64_MIN && k[1] == INT64_MAX);
+  assert_int_equal(loom_state_array_length(b, "none"), 0);
+  assert_true(loom_state_has(b, "none"));
+  /* Wrong type, wrong length and missing keys name the key. */
+  assert_int_equal(loom_state_get_f64(a, "epoch", &v), LOOM_EFORMAT);
+  assert_non_null(strstr(loom_last_error(), "\"epoch\" is an integer"));
+  assert_int_equal(loom_state_get_f32_array(b, "weights", f, 999), LOOM_EFORMAT);
+  assert_non_null(strstr(loom_last_error(), "has 1000 values, expected 999"));
+  assert_int_equal(loom_state_get_i64(a, "nope", &i), LOOM_ENOENT);
+  loom_checkpoint_destroy(r);
+  /* No temporary file is left behind. */
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "test -z \"$(ls -A %s | grep tmp)\"", tmp);
+  assert_int_equal(system(cmd), 0);
+}
+
+/* Flips bytes in the middle of the file, where the float array lies. */
+static void damage(const char *path, long offset_from_end) {
+  FILE *f = fopen(path, "r+b");
+  assert_non_null(f);
+  fseek(f, 0, SEEK_END);
+  long size = ftell(f);
+  fseek(f, size - offset_from_end, SEEK_SET);
+  unsigned char b[16];
+  assert_int_equal(fread(b, 1, 16, f), 16);
+  for (int i = 0; i < 16; i++)
+    b[i] ^= 0x5a;
+  fseek(f, size - offset_from_end, SEEK_SET);
+  fwrite(b, 1, 16, f);
+  fclose(f);
+}
+
+static void test_damage_is_refused(void **state) {
+  (void)state;
+  char path[512];
+  tmp_path(path, "damaged.h5");
+  loom_checkpoint *c = sample_checkpoint(100000);
+  assert_int_equal(loom_checkpoint_write(c, path), 0);
+  loom_checkpoint_destroy(c);
+  struct stat st;
+  stat(path, &st);
+  /* Inside the 400 KB array: HDF5 reads it fine, the CRC does not match. */
+  damage(path, (long)st.st_size / 2);
+  assert_null(loom_checkpoint_read(path));
+  assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
+  assert_non_null(strstr(loom_last_error(), "fails its checksum"));
+  assert_non_null(strstr(loom_last_error(), "damaged.h5"));
+
+  /* Truncated to half. */
+  tmp_path(path, "truncated.h5");
+  c = sample_checkpoint(100000);
+  assert_int_equal(loom_checkpoint_write(c, path), 0);
+  loom_checkpoint_destroy(c);
+  assert_int_equal(truncate(path, st.st_size / 2), 0);
+  assert_null(loom_checkpoint_read(path));
+  assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
+  assert_non_null(strstr(loom_last_error(), "truncated.h5"));
+
+  /* Not HDF5; missing. */
+  tmp_path(path, "text.h5");
+  FILE *f = fopen(path, "w");
+  fputs("not a checkpoint\n", f);
+  fclose(f);
+  assert_null(loom_checkpoint_read(path));
+  assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
+  tmp_path(path, "missing.h5");
+  assert_null(loom_checkpoint_read(path));
+  assert_int_equal(loom_last_error_code(), LOOM_ENOENT);
+  /* A directory that does not exist cannot take a checkpoint. */
+  tmp_path(path, "no/such/dir/x.h5");
+  c = sample_checkpoint(10);
+  assert_int_equal(loom_checkpoint_write(c, path), LOOM_EIO);
+  loom_checkpoint_destroy(c);
+}
+
+static void test_weights_export(void **state) {
+  (void)state;
+  const int64_t sizes[] = {6, 5, 3}, other[] = {6, 4, 3};
+  loom_model *a = loom_mlp_create(sizes, 3, 1), *b = loom_mlp_create(sizes, 3, 2), *c = loom_mlp_create(other, 3, 3);
+  char path[512];
+  tmp_path(path, "weights.h5");
+  assert_int_equal(loom_model_save_weights(a, path), 0);
+  assert_memory_not_equal(loom_model_params(a), loom_model_params(b), loom_model_num_params(a) * sizeof(float));
+  assert_int_equal(loom_model_load_weights(b, path), 0);
+  assert_memory_equal(loom_model_params(a), loom_model_params(b), loom_model_num_params(a) * sizeof(float));
+  /* Another architecture is refused with what differs. */
+  assert_int_equal(loom_model_load_weights(c, path), LOOM_EFORMAT);
+  assert_non_null(strstr(loom_last_error(), "weights.h5"));
+  /* A weights file is readable as a checkpoint with one group, "model". */
+  loom_checkpoint *ck = loom_checkpoint_read(path);
+  assert_non_null(ck);
+  assert_int_equal(loom_checkpoint_num_groups(ck), 1);
+  assert_string_equal(loom_checkpoint_group_name(ck, 0), "model");
+  const char *layers;
+  assert_int_equal(loom_state_get_str(loom_checkpoint_find(ck, "model"), "layers", &layers), 0);
+  assert_string_equal(layers, "fc1\nrelu1\nfc2");
+  loom_checkpoint_destroy(ck);
+  loom_model_destroy(a);
+  loom_model_destroy(b);
+  loom_model_destroy(c);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_roundtrip),
+      cmocka_unit_test(test_damage_is_refused),
+      cmocka_unit_test(test_weights_export),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
