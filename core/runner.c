@@ -513,21 +513,34 @@ int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
 
 /* --- the optimizer step and the loss policy --- */
 
-int loom_runner_optimizer_step(loom_runner *r) {
+int loom_runner_optimizer_step_with(loom_runner *r, const loom_step_options *o, double *grad_norm) {
   if (!r->optimizer || !r->model)
     return loom_error_set(LOOM_EINVAL, "stage \"%s\": an optimizer step needs a model and an optimizer",
                           r->stage ? r->stage->name : "?");
+  if (o && o->scale != 0.0 && o->scale != 1.0)
+    loom_model_scale_grads(r->model, (float)o->scale);
   /* Data parallel: every rank steps with the mean gradient. */
   if (loom_comm_size(r->comm) > 1) {
     int rc = loom_comm_allreduce_mean_f32(r->comm, loom_model_grads(r->model), loom_model_num_params(r->model));
     if (rc < 0)
       return loom_error_wrap(rc, "averaging gradients over %d ranks", loom_comm_size(r->comm));
   }
+  double norm = NAN;
+  if (o && o->clip_norm > 0)
+    norm = loom_model_clip_grad_norm(r->model, o->clip_norm);
+  else if (grad_norm)
+    norm = loom_model_grad_norm(r->model);
+  if (o && o->clip_value > 0)
+    loom_model_clip_grad_value(r->model, (float)o->clip_value);
+  if (grad_norm)
+    *grad_norm = norm;
   int rc = loom_optimizer_step(r->optimizer, r->model);
   if (rc == 0)
     r->global_optimizer_step++;
   return rc;
 }
+
+int loom_runner_optimizer_step(loom_runner *r) { return loom_runner_optimizer_step_with(r, NULL, NULL); }
 
 int loom_runner_check_loss(loom_runner *r, double loss) {
   if (isfinite(loss))

@@ -65,3 +65,4 @@ bool loom_runner_manual_step(const loom_runner *r) { return r->manual_step; }
 int64_t loom_runner_optimizer_step_count(const loom_runner *r) { return r->global_optimizer_step; }
 double loom_runner_batch_data_time(const loom_runner *r) { return r->batch_data_s; }
 double loom_runner_batch_compute_time(const loom_runner *r) { return r->batch_compute_s; }
+bool loom_runner_batch_skipped(const loom_runner *r) { return r->skip_batch; }

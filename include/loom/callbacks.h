@@ -10,6 +10,7 @@
 
 #include "loom/callback.h"
 #include "loom/criterion.h"
+#include "loom/scheduler.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -69,6 +70,90 @@ typedef struct loom_checkpoint_options {
 /* top 1, last on, exception checkpoints on, the stage's metric. */
 loom_checkpoint_options loom_checkpoint_defaults(void);
 loom_callback *loom_checkpoint_callback_create(const loom_checkpoint_options *options);
+
+/* --- optimizer step control (order 60) --- */
+typedef struct loom_optimizer_callback_options {
+  int64_t accumulation_steps; /* batches per optimizer step (>= 1) */
+  double clip_norm;           /* clip the global gradient norm (0: off) */
+  double clip_value;          /* clamp each gradient (0: off) */
+} loom_optimizer_callback_options;
+/* Takes the optimizer step over from handle_batch: gradients of
+ * `accumulation_steps` train batches are summed and averaged (a last
+ * partial window, at the loader's end, by its real number of batches), then
+ * all-reduced, clipped, stepped and zeroed. Steps are counted apart from
+ * batches (loom_runner_optimizer_step_count). With clipping it reports the
+ * batch metric "grad_norm" (before clipping) on the batches that step. */
+loom_callback *loom_optimizer_callback_create(const loom_optimizer_callback_options *options);
+
+/* --- learning-rate schedules (order 100) --- */
+typedef enum loom_schedule_unit {
+  LOOM_SCHEDULE_PER_STEP,  /* after every optimizer step */
+  LOOM_SCHEDULE_PER_EPOCH, /* after every epoch */
+} loom_schedule_unit;
+/* Drives `scheduler` (owned from here on, also on failure) for each stage it
+ * runs in: started from the optimizer's rate at stage start, stepped per
+ * optimizer step or per epoch. ReduceLROnPlateau watches `loader`/`metric`
+ * (NULL: the stage's valid loader and main metric) and steps per epoch. */
+loom_callback *loom_scheduler_callback_create(loom_scheduler *scheduler, loom_schedule_unit unit, const char *loader,
+                                              const char *metric);
+
+/* --- early stopping (order 200) --- */
+#define LOOM_EARLY_STOPPING_MAX_MONITORS 8
+typedef struct loom_monitor {
+  const char *loader;          /* NULL: the stage's valid loader */
+  const char *metric;          /* NULL: the stage's main metric */
+  int minimize;                /* 1, 0, or -1: as the stage says */
+  double min_delta;            /* an improvement must beat the best by this */
+  bool relative;               /* min_delta is a fraction of |best| */
+  double stopping_threshold;   /* stop once better than this (NAN: off) */
+  double divergence_threshold; /* stop once worse than this (NAN: off) */
+} loom_monitor;
+typedef struct loom_early_stopping_options {
+  loom_monitor monitors[LOOM_EARLY_STOPPING_MAX_MONITORS];
+  int num_monitors;          /* 0: one monitor on the stage's main metric */
+  bool require_all;          /* stop when all monitors stall (true) or any (false) */
+  int64_t patience;          /* epochs without improvement */
+  bool check_finite;         /* stop on NaN or infinity */
+  bool restore_best_weights; /* put back the best epoch's weights on stopping */
+} loom_early_stopping_options;
+/* patience 5, check_finite, any, no thresholds. */
+loom_early_stopping_options loom_early_stopping_defaults(void);
+/* A monitor with the defaults: the stage's metric, no delta, no thresholds. */
+loom_monitor loom_monitor_default(void);
+/* Sets need_early_stop at on_epoch_end when the monitors say so. Restarts
+ * in each stage; its counters and the best weights are saved state. */
+loom_callback *loom_early_stopping_callback_create(const loom_early_stopping_options *options);
+/* Why it stopped the last stage ("" if it did not). */
+const char *loom_early_stopping_reason(const loom_callback *cb);
+
+/* --- faults --- */
+typedef struct loom_exception_options {
+  bool handle;          /* mark the error handled: loom_run_experiment returns 0 */
+  bool handle_interrupts_only; /* with handle: only LOOM_EINTERRUPTED */
+  bool save_checkpoint; /* write <logdir>/checkpoints/exception.h5 */
+} loom_exception_options;
+/* Records the error in <logdir>/exception.json (code, message, where in the
+ * loop, time) and, as asked, saves an "exception" checkpoint and marks the
+ * error handled. */
+loom_callback *loom_exception_callback_create(const loom_exception_options *options);
+
+/* Interrupts the run after the first batch that ends past `seconds` since
+ * the experiment started, as a signal would (a checkpoint callback saves
+ * last.h5), and marks that interrupt handled: the run ends cleanly. */
+loom_callback *loom_time_limit_callback_create(double seconds);
+
+/* --- observability --- */
+/* Batch metrics "time/data_s" (waiting for the loader) and "time/compute_s"
+ * (handle_batch); loader metrics "time/samples_per_s" and
+ * "time/data_fraction" (data wait over the loader's wall time). */
+loom_callback *loom_timer_callback_create(void);
+
+/* Writes TensorBoard event files (events.out.tfevents.*) into the logdir:
+ * each loader metric as the scalar "<loader>/<metric>" at step = global
+ * epoch, epoch-level metrics (lr, ...) under their own names; with
+ * batch_every > 0 also "batch/<loader>/<metric>" every N train batches at
+ * step = global batch. Steps continue across stages and resumes. */
+loom_callback *loom_tensorboard_logger_create(int64_t batch_every);
 
 #ifdef __cplusplus
 }

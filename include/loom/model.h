@@ -84,6 +84,14 @@ void loom_model_set_train(loom_model *model, bool train);
 bool loom_model_is_train(const loom_model *model);
 
 size_t loom_model_num_params(const loom_model *model);
+/* Gradient utilities over all parameters. */
+void loom_model_scale_grads(loom_model *model, float scale);
+double loom_model_grad_norm(loom_model *model);
+/* As torch.nn.utils.clip_grad_norm_: rescales so the global L2 norm is at
+ * most max_norm; returns the norm before clipping. */
+double loom_model_clip_grad_norm(loom_model *model, double max_norm);
+/* Clamps every gradient to [-limit, limit]. */
+void loom_model_clip_grad_value(loom_model *model, float limit);
 float *loom_model_params(loom_model *model);
 float *loom_model_grads(loom_model *model);
 size_t loom_model_num_layers(const loom_model *model);

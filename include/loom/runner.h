@@ -91,12 +91,25 @@ void loom_runner_interrupt(loom_runner *runner, const char *reason);
 /* All-reduces the gradients over ranks (mean), steps the optimizer, counts
  * the step. handle_batch calls it unless a callback took the step over. */
 int loom_runner_optimizer_step(loom_runner *runner);
+/* How a step treats the gradients first, in this order: scale (a window of
+ * accumulated batches averaged), all-reduce over ranks, clip by global norm,
+ * clip by value. Zeros mean "off" (scale 0 means 1). */
+typedef struct loom_step_options {
+  double scale;
+  double clip_norm;
+  double clip_value;
+} loom_step_options;
+/* loom_runner_optimizer_step with gradient treatment; *grad_norm (if not
+ * NULL) receives the global norm before clipping. */
+int loom_runner_optimizer_step_with(loom_runner *runner, const loom_step_options *options, double *grad_norm);
 /* An optimizer callback (gradient accumulation, clipping) takes over
  * zero_grad and the step from handle_batch, for the current stage. */
 void loom_runner_set_manual_step(loom_runner *runner, bool manual);
 bool loom_runner_manual_step(const loom_runner *runner);
 /* Optimizer steps so far in the run (not batches). */
 int64_t loom_runner_optimizer_step_count(const loom_runner *runner);
+/* True when handle_batch skipped this batch (non-finite loss, SKIP). */
+bool loom_runner_batch_skipped(const loom_runner *runner);
 /* 0: finite; 1: skip this batch (policy SKIP, within budget); < 0: error. */
 int loom_runner_check_loss(loom_runner *runner, double loss);
 /* Seconds the current batch spent waiting for data, and in handle_batch. */

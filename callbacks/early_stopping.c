@@ -1,0 +1,242 @@
+/* Early stopping on one or several monitored metrics. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error_internal.h"
+#include "loom/callbacks.h"
+#include "loom/runner.h"
+
+typedef struct watched {
+  loom_monitor m;
+  char *loader, *metric;
+  double best;
+  bool has_best;
+  int64_t wait; /* epochs since the last improvement */
+} watched;
+
+typedef struct early_stopping {
+  loom_early_stopping_options o;
+  watched w[LOOM_EARLY_STOPPING_MAX_MONITORS];
+  int n;
+  float *best_weights; /* the first monitor's best epoch */
+  size_t nweights;
+  char reason[512];
+} early_stopping;
+
+loom_monitor loom_monitor_default(void) {
+  return (loom_monitor){.minimize = -1, .stopping_threshold = NAN, .divergence_threshold = NAN};
+}
+
+loom_early_stopping_options loom_early_stopping_defaults(void) {
+  loom_early_stopping_options o = {.patience = 5, .check_finite = true};
+  return o;
+}
+
+static int es_stage_start(loom_callback *cb, loom_runner *r) {
+  (void)r;
+  early_stopping *e = loom_callback_data(cb);
+  for (int i = 0; i < e->n; i++)
+    e->w[i].has_best = false, e->w[i].wait = 0;
+  e->reason[0] = '\0';
+  return 0;
+}
+
+static bool better(bool minimize, double a, double b) { return minimize ? a < b : a > b; }
+
+/* Per monitor: 1 stalled, 0 not; sets *stop and the reason on a hard stop. */
+static int judge(early_stopping *e, watched *w, loom_runner *r, bool *stop, bool *good_enough, bool *improved) {
+  char key[512];
+  snprintf(key, sizeof key, "%s/%s", w->loader ? w->loader : loom_runner_valid_loader(r),
+           w->metric ? w->metric : loom_runner_main_metric(r));
+  double v;
+  if (!loom_metrics_get(loom_runner_epoch_metrics(r), key, &v))
+    return loom_error_set(LOOM_EINVAL, "early stopping watches \"%s\", which this epoch did not produce; check "
+                                       "the loader and metric names",
+                          key);
+  bool minimize = w->m.minimize >= 0 ? w->m.minimize : loom_runner_minimize_metric(r);
+  *improved = false;
+  if (!isfinite(v)) {
+    if (e->o.check_finite) {
+      snprintf(e->reason, sizeof e->reason, "%.400s is %g", key, v);
+      *stop = true;
+    }
+    w->wait++;
+    return 1;
+  }
+  if (!isnan(w->m.divergence_threshold) && better(!minimize, v, w->m.divergence_threshold)) {
+    snprintf(e->reason, sizeof e->reason, "%.400s = %g diverged past %g", key, v, w->m.divergence_threshold);
+    *stop = true;
+  }
+  *good_enough = !isnan(w->m.stopping_threshold) && better(minimize, v, w->m.stopping_threshold);
+  double delta = w->m.relative && w->has_best ? w->m.min_delta * fabs(w->best) : w->m.min_delta;
+  if (!w->has_best || better(minimize, v, minimize ? w->best - delta : w->best + delta)) {
+    w->best = v;
+    w->has_best = true;
+    w->wait = 0;
+    *improved = true;
+    return 0;
+  }
+  return ++w->wait >= e->o.patience;
+}
+
+static int es_epoch_end(loom_callback *cb, loom_runner *r) {
+  early_stopping *e = loom_callback_data(cb);
+  bool stop = false;
+  int stalled = 0, good = 0;
+  for (int i = 0; i < e->n; i++) {
+    bool good_enough = false, improved = false;
+    int rc = judge(e, &e->w[i], r, &stop, &good_enough, &improved);
+    if (rc < 0)
+      return rc;
+    stalled += rc;
+    good += good_enough;
+    if (i == 0 && improved && e->best_weights && loom_runner_model(r))
+      memcpy(e->best_weights, loom_model_params(loom_runner_model(r)), e->nweights * sizeof(float));
+  }
+  bool combined_stall = e->o.require_all ? stalled == e->n : stalled > 0;
+  bool combined_good = e->o.require_all ? good == e->n : good > 0;
+  if (!stop && combined_good) {
+    snprintf(e->reason, sizeof e->reason, "%s", e->o.require_all ? "every monitor reached its stopping threshold"
+                                                                 : "a monitor reached its stopping threshold");
+    stop = true;
+  }
+  if (!stop && combined_stall) {
+    snprintf(e->reason, sizeof e->reason, "no improvement in %lld epochs (%s)", (long long)e->o.patience,
+             e->o.require_all ? "every monitor" : "a monitor");
+    stop = true;
+  }
+  if (!stop)
+    return 0;
+  loom_runner_request_stop(r, LOOM_STOP_STAGE);
+  if (e->o.restore_best_weights && e->best_weights && e->w[0].has_best && loom_runner_model(r))
+    memcpy(loom_model_params(loom_runner_model(r)), e->best_weights, e->nweights * sizeof(float));
+  return 0;
+}
+
+static int es_experiment_start(loom_callback *cb, loom_runner *r) {
+  (void)r;
+  early_stopping *e = loom_callback_data(cb);
+  free(e->best_weights);
+  e->best_weights = NULL;
+  e->nweights = 0;
+  return 0;
+}
+
+/* The best weights buffer follows the stage's model. */
+static int es_stage_prepare(loom_callback *cb, loom_runner *r) {
+  early_stopping *e = loom_callback_data(cb);
+  loom_model *m = loom_runner_model(r);
+  if (e->o.restore_best_weights && m && loom_model_num_params(m) != e->nweights) {
+    free(e->best_weights);
+    e->nweights = loom_model_num_params(m);
+    if (!(e->best_weights = malloc((e->nweights ? e->nweights : 1) * sizeof(float))))
+      return loom_error_oom("the early stopping's best weights");
+  }
+  return es_stage_start(cb, r);
+}
+
+static int es_save(loom_callback *cb, loom_runner *r, loom_state *s) {
+  (void)r;
+  early_stopping *e = loom_callback_data(cb);
+  double best[LOOM_EARLY_STOPPING_MAX_MONITORS];
+  int64_t wait[LOOM_EARLY_STOPPING_MAX_MONITORS], has[LOOM_EARLY_STOPPING_MAX_MONITORS];
+  for (int i = 0; i < e->n; i++)
+    best[i] = e->w[i].best, wait[i] = e->w[i].wait, has[i] = e->w[i].has_best;
+  int rc = loom_state_set_f64_array(s, "best", best, (size_t)e->n);
+  if (rc == 0)
+    rc = loom_state_set_i64_array(s, "wait", wait, (size_t)e->n);
+  if (rc == 0)
+    rc = loom_state_set_i64_array(s, "has_best", has, (size_t)e->n);
+  if (rc == 0)
+    rc = loom_state_set_str(s, "reason", e->reason);
+  if (rc == 0 && e->best_weights)
+    rc = loom_state_set_f32_array(s, "best_weights", e->best_weights, e->nweights);
+  return rc;
+}
+
+static int es_load(loom_callback *cb, loom_runner *r, const loom_state *s) {
+  (void)r;
+  early_stopping *e = loom_callback_data(cb);
+  double best[LOOM_EARLY_STOPPING_MAX_MONITORS];
+  int64_t wait[LOOM_EARLY_STOPPING_MAX_MONITORS], has[LOOM_EARLY_STOPPING_MAX_MONITORS];
+  const char *reason;
+  int rc = loom_state_get_f64_array(s, "best", best, (size_t)e->n);
+  if (rc == 0)
+    rc = loom_state_get_i64_array(s, "wait", wait, (size_t)e->n);
+  if (rc == 0)
+    rc = loom_state_get_i64_array(s, "has_best", has, (size_t)e->n);
+  if (rc == 0)
+    rc = loom_state_get_str(s, "reason", &reason);
+  if (rc == 0 && e->best_weights && loom_state_has(s, "best_weights"))
+    rc = loom_state_get_f32_array(s, "best_weights", e->best_weights, e->nweights);
+  if (rc < 0)
+    return rc;
+  for (int i = 0; i < e->n; i++)
+    e->w[i].best = best[i], e->w[i].wait = wait[i], e->w[i].has_best = has[i] != 0;
+  snprintf(e->reason, sizeof e->reason, "%s", reason);
+  return 0;
+}
+
+static void es_destroy(void *data) {
+  early_stopping *e = data;
+  for (int i = 0; i < LOOM_EARLY_STOPPING_MAX_MONITORS; i++) {
+    free(e->w[i].loader);
+    free(e->w[i].metric);
+  }
+  free(e->best_weights);
+  free(e);
+}
+
+static const loom_callback_ops early_stopping_ops = {
+    .type = "early_stopping",
+    .on_experiment_start = es_experiment_start,
+    .on_stage_start = es_stage_prepare,
+    .on_epoch_end = es_epoch_end,
+    .save = es_save,
+    .load = es_load,
+    .destroy = es_destroy,
+};
+
+loom_callback *loom_early_stopping_callback_create(const loom_early_stopping_options *o) {
+  loom_early_stopping_options d = loom_early_stopping_defaults();
+  if (!o)
+    o = &d;
+  if (o->num_monitors < 0 || o->num_monitors > LOOM_EARLY_STOPPING_MAX_MONITORS || o->patience < 1) {
+    loom_error_set(LOOM_EINVAL, "early stopping: 0 to %d monitors and patience >= 1", LOOM_EARLY_STOPPING_MAX_MONITORS);
+    return NULL;
+  }
+  for (int i = 0; i < o->num_monitors; i++)
+    if (!(o->monitors[i].min_delta >= 0)) {
+      loom_error_set(LOOM_EINVAL, "early stopping: monitor %d has a negative min_delta", i);
+      return NULL;
+    }
+  early_stopping *e = calloc(1, sizeof *e);
+  if (!e) {
+    loom_error_oom("the early stopping callback");
+    return NULL;
+  }
+  e->o = *o;
+  e->n = o->num_monitors ? o->num_monitors : 1;
+  bool ok = true;
+  for (int i = 0; i < e->n; i++) {
+    e->w[i].m = o->num_monitors ? o->monitors[i] : loom_monitor_default();
+    if (e->w[i].m.loader)
+      ok = ok && (e->w[i].loader = strdup(e->w[i].m.loader));
+    if (e->w[i].m.metric)
+      ok = ok && (e->w[i].metric = strdup(e->w[i].m.metric));
+    e->w[i].m.loader = e->w[i].m.metric = NULL;
+  }
+  if (!ok) {
+    es_destroy(e);
+    loom_error_oom("the early stopping callback");
+    return NULL;
+  }
+  return loom_callback_create(&early_stopping_ops, e, LOOM_ORDER_EXTERNAL);
+}
+
+const char *loom_early_stopping_reason(const loom_callback *cb) {
+  const early_stopping *e = loom_callback_data(cb);
+  return e->reason;
+}

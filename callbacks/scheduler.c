@@ -1,0 +1,111 @@
+/* Drives a learning-rate schedule per optimizer step or per epoch. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error_internal.h"
+#include "loom/callbacks.h"
+#include "loom/runner.h"
+
+typedef struct scheduling {
+  loom_scheduler *s;
+  loom_schedule_unit unit;
+  char *loader, *metric;
+  int64_t seen_steps; /* optimizer steps already turned into schedule steps */
+} scheduling;
+
+static int sched_stage_start(loom_callback *cb, loom_runner *r) {
+  scheduling *d = loom_callback_data(cb);
+  d->seen_steps = loom_runner_optimizer_step_count(r);
+  return loom_scheduler_start(d->s, loom_runner_optimizer(r));
+}
+
+/* One schedule step per optimizer step taken since the last look. */
+static int catch_up(loom_callback *cb, loom_runner *r) {
+  scheduling *d = loom_callback_data(cb);
+  if (d->unit != LOOM_SCHEDULE_PER_STEP)
+    return 0;
+  int rc = 0;
+  for (int64_t n = loom_runner_optimizer_step_count(r); rc == 0 && d->seen_steps < n; d->seen_steps++)
+    rc = loom_scheduler_step(d->s, loom_runner_optimizer(r), NAN);
+  return rc;
+}
+
+static int sched_epoch_end(loom_callback *cb, loom_runner *r) {
+  scheduling *d = loom_callback_data(cb);
+  if (d->unit != LOOM_SCHEDULE_PER_EPOCH)
+    return 0;
+  double metric = NAN;
+  if (loom_scheduler_needs_metric(d->s)) {
+    char key[512];
+    snprintf(key, sizeof key, "%s/%s", d->loader ? d->loader : loom_runner_valid_loader(r),
+             d->metric ? d->metric : loom_runner_main_metric(r));
+    if (!loom_metrics_get(loom_runner_epoch_metrics(r), key, &metric))
+      return loom_error_set(LOOM_EINVAL, "scheduler: ReduceLROnPlateau watches \"%s\", which this epoch did not "
+                                         "produce; check the loader and metric names",
+                            key);
+  }
+  return loom_scheduler_step(d->s, loom_runner_optimizer(r), metric);
+}
+
+static int sched_save(loom_callback *cb, loom_runner *r, loom_state *state) {
+  (void)r;
+  scheduling *d = loom_callback_data(cb);
+  int rc = loom_scheduler_save(d->s, state);
+  return rc == 0 ? loom_state_set_i64(state, "seen_steps", d->seen_steps) : rc;
+}
+
+static int sched_load(loom_callback *cb, loom_runner *r, const loom_state *state) {
+  (void)r;
+  scheduling *d = loom_callback_data(cb);
+  int rc = loom_scheduler_load(d->s, state);
+  return rc == 0 ? loom_state_get_i64(state, "seen_steps", &d->seen_steps) : rc;
+}
+
+static void sched_destroy(void *data) {
+  scheduling *d = data;
+  loom_scheduler_destroy(d->s);
+  free(d->loader);
+  free(d->metric);
+  free(d);
+}
+
+static const loom_callback_ops scheduler_ops = {
+    .type = "scheduler",
+    .on_stage_start = sched_stage_start,
+    .on_batch_end = catch_up,
+    .on_loader_end = catch_up,
+    .on_epoch_end = sched_epoch_end,
+    .save = sched_save,
+    .load = sched_load,
+    .destroy = sched_destroy,
+};
+
+loom_callback *loom_scheduler_callback_create(loom_scheduler *s, loom_schedule_unit unit, const char *loader,
+                                              const char *metric) {
+  if (!s || (unit != LOOM_SCHEDULE_PER_STEP && unit != LOOM_SCHEDULE_PER_EPOCH) ||
+      (loom_scheduler_needs_metric(s) && unit != LOOM_SCHEDULE_PER_EPOCH)) {
+    loom_scheduler_destroy(s);
+    loom_error_set(LOOM_EINVAL, "scheduler callback: needs a scheduler; ReduceLROnPlateau steps per epoch");
+    return NULL;
+  }
+  scheduling *d = calloc(1, sizeof *d);
+  bool ok = d != NULL;
+  if (ok)
+    d->s = s; /* owned by d from here: sched_destroy frees it */
+  if (ok && loader)
+    ok = (d->loader = strdup(loader)) != NULL;
+  if (ok && metric)
+    ok = (d->metric = strdup(metric)) != NULL;
+  if (!ok) {
+    if (d)
+      sched_destroy(d);
+    else
+      loom_scheduler_destroy(s);
+    loom_error_oom("the scheduler callback");
+    return NULL;
+  }
+  d->unit = unit;
+  return loom_callback_create(&scheduler_ops, d, LOOM_ORDER_SCHEDULER);
+}
