@@ -142,13 +142,17 @@ static int tb_experiment_start(loom_callback *cb, loom_runner *r) {
   const char *logdir = loom_runner_logdir(r);
   char host[256] = "localhost", name[512];
   gethostname(host, sizeof host - 1);
-  /* A new file per process; TensorBoard merges a logdir's files by step. */
-  snprintf(name, sizeof name, "events.out.tfevents.%lld.%s.%ld.loom", (long long)time(NULL), host, (long)getpid());
+  /* A new file per run, never an old one reopened ("x": exclusive); the
+   * counter separates runs of one process within one second. TensorBoard
+   * merges a logdir's files by step. */
   int rc = loom_mkdir_p(logdir);
-  if (rc == 0)
+  for (int k = 0; rc == 0 && !t->f; k++) {
+    snprintf(name, sizeof name, "events.out.tfevents.%lld.%s.%ld.%d.loom", (long long)time(NULL), host,
+             (long)getpid(), k);
     rc = loom_path_join(t->path, sizeof t->path, logdir, name);
-  if (rc == 0 && !(t->f = fopen(t->path, "wb")))
-    rc = loom_error_set(LOOM_EIO, "tensorboard: cannot create %s: %s", t->path, strerror(errno));
+    if (rc == 0 && !(t->f = fopen(t->path, "wbx")) && (errno != EEXIST || k == 1000))
+      rc = loom_error_set(LOOM_EIO, "tensorboard: cannot create %s: %s", t->path, strerror(errno));
+  }
   if (rc < 0)
     return rc;
   buf e;

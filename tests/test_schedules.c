@@ -1,0 +1,267 @@
+/* LR schedules against hand-computed values; gradient accumulation and
+ * clipping against updates computed independently. */
+#include <math.h>
+
+#include "helpers.h"
+
+#define PI 3.14159265358979323846
+
+static loom_optimizer *sgd(double lr) {
+  loom_sgd_options o = {.lr = lr, .momentum = 0.9};
+  return loom_sgd_create(&o);
+}
+
+/* Expected rates for t = 0, 1, ... with base rate 1. */
+static void expect_rates(loom_scheduler *s, const double *want, int n, const char *what) {
+  loom_optimizer *opt = sgd(1.0);
+  assert_int_equal(loom_scheduler_start(s, opt), 0);
+  for (int t = 0; t < n; t++) {
+    if (t)
+      assert_int_equal(loom_scheduler_step(s, opt, NAN), 0);
+    if (fabs(loom_optimizer_lr(opt) - want[t]) > 1e-12)
+      fail_msg("%s: t=%d lr %.15g, expected %.15g", what, t, loom_optimizer_lr(opt), want[t]);
+  }
+  loom_optimizer_destroy(opt);
+  loom_scheduler_destroy(s);
+}
+
+static void test_closed_form_schedules(void **state) {
+  (void)state;
+  const double step[] = {1, 1, .5, .5, .25, .25};
+  expect_rates(loom_step_lr_create(2, 0.5), step, 6, "StepLR(2, 0.5)");
+  const int64_t ms[] = {2, 5};
+  const double multi[] = {1, 1, .1, .1, .1, .01, .01};
+  expect_rates(loom_multistep_lr_create(ms, 2, 0.1), multi, 7, "MultiStepLR([2,5], 0.1)");
+  const double expo[] = {1, .9, .81, .729};
+  expect_rates(loom_exponential_lr_create(0.9), expo, 4, "ExponentialLR(0.9)");
+  /* warmup 2 from 0: 0, 0.5; then cosine over 4 steps to 0:
+   * t=2 progress 0 -> 1; t=3 -> (1+cos(pi/4))/2; t=4 -> 0.5; t=6 -> 0; after: 0 */
+  const double cosine[] = {0, .5, 1, (1 + cos(PI / 4)) / 2, .5, (1 + cos(3 * PI / 4)) / 2, 0, 0};
+  expect_rates(loom_cosine_lr_create(2, 6, 0.0, 0.0), cosine, 8, "cosine(warmup 2, total 6)");
+  /* min_lr 0.1: halfway is 0.1 + 0.9/2 */
+  const double cosine_min[] = {1, (1 + 0.1) / 2 + (1 - 0.1) / 2 * cos(PI / 2), 0.1};
+  expect_rates(loom_cosine_lr_create(0, 2, 0.1, 1.0), cosine_min, 3, "cosine(min 0.1)");
+}
+
+static void test_onecycle(void **state) {
+  (void)state;
+  /* max 1, total 10, pct 0.3: the rise ends at step 2 (0.3*10 - 1), the fall
+   * at step 9. initial = 1/25 = 0.04, final = 0.04/1e4 = 4e-6.
+   * t=1: halfway up: 1 + (0.04 - 1)/2 = 0.52; momentum 0.85 + 0.1/2 = 0.90. */
+  loom_onecycle_options o = loom_onecycle_defaults(1.0, 10);
+  loom_scheduler *s = loom_onecycle_lr_create(&o);
+  loom_optimizer *opt = sgd(123.0);
+  assert_int_equal(loom_scheduler_start(s, opt), 0);
+  assert_true(fabs(loom_optimizer_lr(opt) - 0.04) < 1e-12);
+  assert_true(fabs(loom_optimizer_momentum(opt) - 0.95) < 1e-12);
+  loom_scheduler_step(s, opt, NAN);
+  assert_true(fabs(loom_optimizer_lr(opt) - 0.52) < 1e-12);
+  assert_true(fabs(loom_optimizer_momentum(opt) - 0.90) < 1e-12);
+  loom_scheduler_step(s, opt, NAN);
+  assert_true(fabs(loom_optimizer_lr(opt) - 1.0) < 1e-12);
+  assert_true(fabs(loom_optimizer_momentum(opt) - 0.85) < 1e-12);
+  for (int t = 3; t <= 9; t++)
+    loom_scheduler_step(s, opt, NAN);
+  assert_true(fabs(loom_optimizer_lr(opt) - 4e-6) < 1e-15);
+  assert_true(fabs(loom_optimizer_momentum(opt) - 0.95) < 1e-12);
+  loom_optimizer_destroy(opt);
+  loom_scheduler_destroy(s);
+}
+
+static void test_plateau_and_state(void **state) {
+  (void)state;
+  /* patience 1, factor 0.5, no threshold: a third non-improving step halves. */
+  loom_plateau_options o = loom_plateau_defaults();
+  o.factor = 0.5;
+  o.patience = 1;
+  o.threshold = 0;
+  loom_scheduler *s = loom_plateau_lr_create(&o);
+  loom_optimizer *opt = sgd(1.0);
+  loom_scheduler_start(s, opt);
+  const double metric[] = {1.0, 1.0, 1.0, 0.9, 0.95, 0.95};
+  const double want[] = {1, 1, .5, .5, .5, .25};
+  loom_state *saved = loom_state_create();
+  for (int i = 0; i < 6; i++) {
+    assert_int_equal(loom_scheduler_step(s, opt, metric[i]), 0);
+    assert_true(fabs(loom_optimizer_lr(opt) - want[i]) < 1e-12);
+    if (i == 3)
+      assert_int_equal(loom_scheduler_save(s, saved), 0);
+  }
+  /* A fresh schedule restored after step 4 continues identically. */
+  loom_scheduler *t = loom_plateau_lr_create(&o);
+  loom_optimizer *opt2 = sgd(7.0);
+  loom_scheduler_start(t, opt2);
+  assert_int_equal(loom_scheduler_load(t, saved), 0);
+  loom_scheduler_step(t, opt2, 0.95);
+  loom_scheduler_step(t, opt2, 0.95);
+  assert_true(fabs(loom_optimizer_lr(opt2) - 0.25) < 1e-12);
+  assert_int_equal(loom_scheduler_steps(t), 6);
+  /* A metric-less step is refused; a plateau schedule per step is refused. */
+  assert_int_equal(loom_scheduler_step(t, opt2, NAN), LOOM_EINVAL);
+  assert_null(loom_scheduler_callback_create(loom_plateau_lr_create(&o), LOOM_SCHEDULE_PER_STEP, NULL, NULL));
+  loom_state_destroy(saved);
+  loom_scheduler_destroy(s);
+  loom_scheduler_destroy(t);
+  loom_optimizer_destroy(opt);
+  loom_optimizer_destroy(opt2);
+}
+
+/* --- runs --- */
+
+static loom_experiment *linear_run(int64_t n, int64_t batch, int epochs, double lr, loom_callback *a, loom_callback *b) {
+  loom_experiment *exp = loom_experiment_create("steps");
+  loom_stage *st = loom_experiment_add_stage(exp, "train", epochs);
+  const int64_t sizes[] = {4, 3};
+  loom_sgd_options o = {.lr = lr};
+  assert_int_equal(loom_stage_set_model(st, loom_mlp_create(sizes, 2, 3)), 0);
+  assert_int_equal(loom_stage_set_criterion(st, loom_cross_entropy_create()), 0);
+  assert_int_equal(loom_stage_set_optimizer(st, loom_sgd_create(&o)), 0);
+  assert_int_equal(loom_stage_add_loader(st, "train", test_loader(n, 4, 3, batch, false)), 0);
+  if (a)
+    assert_int_equal(loom_stage_add_callback(st, a), 0);
+  if (b)
+    assert_int_equal(loom_stage_add_callback(st, b), 0);
+  return exp;
+}
+
+static void test_step_scheduler_counts_optimizer_steps(void **state) {
+  (void)state;
+  /* 10 batches, accumulation 3: steps after batches 3, 6, 9 and a partial
+   * window at the loader's end = 4 optimizer steps per epoch; StepLR(1, 0.5)
+   * per step: lr = 0.1 * 0.5^4 after one epoch, 0.1 * 0.5^8 after two. */
+  loom_optimizer_callback_options oo = {.accumulation_steps = 3};
+  loom_callback *sched = loom_scheduler_callback_create(loom_step_lr_create(1, 0.5), LOOM_SCHEDULE_PER_STEP, NULL, NULL);
+  loom_experiment *exp = linear_run(10, 1, 2, 0.1, loom_optimizer_callback_create(&oo), sched);
+  loom_runner *r = loom_runner_create();
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  assert_int_equal(loom_runner_optimizer_step_count(r), 8);
+  assert_int_equal(loom_runner_global_batch_step(r), 20);
+  assert_true(fabs(loom_optimizer_lr(loom_runner_optimizer(r)) - 0.1 * pow(0.5, 8)) < 1e-15);
+  double lr;
+  assert_true(loom_metrics_get(loom_runner_epoch_metrics(r), "lr", &lr)); /* at epoch 2's start */
+  assert_true(fabs(lr - 0.1 * pow(0.5, 4)) < 1e-15);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
+/* The expected update of one window, computed batch by batch with the
+ * model API: mean of the batch-mean gradients, one SGD step. */
+static void expected_after_windows(float *params, size_t n, int64_t samples, int64_t batch, int accumulate, double lr,
+                                   bool real_size) {
+  const int64_t sizes[] = {4, 3};
+  loom_model *m = loom_mlp_create(sizes, 2, 3);
+  loom_criterion *ce = loom_cross_entropy_create();
+  loom_loader *l = test_loader(samples, 4, 3, batch, false);
+  loom_loader_start_epoch(l, 0);
+  float *acc = calloc(n, sizeof *acc);
+  loom_tensor *x, *y;
+  int in_window = 0;
+  for (int more = loom_loader_next(l, &x, &y); more >= 0;) {
+    if (more == 1) {
+      const loom_tensor *out, *d;
+      double loss;
+      loom_model_zero_grad(m);
+      loom_model_forward(m, x, &out);
+      loom_criterion_forward(ce, out, y, &loss);
+      loom_criterion_backward(ce, out, y, &d);
+      loom_model_backward(m, d);
+      for (size_t i = 0; i < n; i++)
+        acc[i] += loom_model_grads(m)[i];
+      in_window++;
+      more = loom_loader_next(l, &x, &y);
+    }
+    if (in_window == accumulate || (more == 0 && in_window > 0)) {
+      for (size_t i = 0; i < n; i++)
+        loom_model_params(m)[i] -= (float)(lr * acc[i] / (real_size ? in_window : accumulate));
+      memset(acc, 0, n * sizeof *acc);
+      in_window = 0;
+    }
+    if (more == 0)
+      break;
+  }
+  memcpy(params, loom_model_params(m), n * sizeof(float));
+  free(acc);
+  loom_loader_destroy(l);
+  loom_criterion_destroy(ce);
+  loom_model_destroy(m);
+}
+
+static void test_accumulation_with_partial_window(void **state) {
+  (void)state;
+  /* 10 samples in batches of 2: 5 batches; windows of 3: a full window,
+   * then a partial one of 2 batches at the loader's end, averaged over 2. */
+  loom_optimizer_callback_options oo = {.accumulation_steps = 3};
+  loom_experiment *exp = linear_run(10, 2, 1, 0.5, loom_optimizer_callback_create(&oo), NULL);
+  loom_runner *r = loom_runner_create();
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  assert_int_equal(loom_runner_optimizer_step_count(r), 2);
+  size_t n = loom_model_num_params(loom_runner_model(r));
+  float *want = malloc(n * sizeof *want);
+  expected_after_windows(want, n, 10, 2, 3, 0.5, true);
+  for (size_t i = 0; i < n; i++)
+    if (fabsf(want[i] - loom_model_params(loom_runner_model(r))[i]) > 1e-6f)
+      fail_msg("param %zu: %.8g, expected %.8g", i, loom_model_params(loom_runner_model(r))[i], want[i]);
+  /* Dividing the partial window by 3 instead would differ visibly. */
+  float *wrong = malloc(n * sizeof *wrong);
+  expected_after_windows(wrong, n, 10, 2, 3, 0.5, false);
+  float diff = 0;
+  for (size_t i = 0; i < n; i++)
+    diff = fmaxf(diff, fabsf(wrong[i] - loom_model_params(loom_runner_model(r))[i]));
+  assert_true(diff > 1e-4f);
+  free(want);
+  free(wrong);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
+/* handle_batch that sets every gradient to 1 (no backward). */
+static int unit_grads(loom_runner *r, void *u) {
+  (void)u;
+  loom_model *m = loom_runner_model(r);
+  for (size_t i = 0; i < loom_model_num_params(m); i++)
+    loom_model_grads(m)[i] = 1.0f;
+  return loom_metrics_set(loom_runner_batch_metrics(r), "loss", 0.0);
+}
+
+static void run_clip(double clip_norm, double clip_value, float *delta, double *grad_norm) {
+  loom_optimizer_callback_options oo = {.accumulation_steps = 1, .clip_norm = clip_norm, .clip_value = clip_value};
+  loom_experiment *exp = linear_run(2, 2, 1, 1.0, loom_optimizer_callback_create(&oo), NULL);
+  loom_runner *r = loom_runner_create();
+  loom_runner_set_handle_batch(r, unit_grads, NULL);
+  const int64_t sizes[] = {4, 3};
+  loom_model *fresh = loom_mlp_create(sizes, 2, 3); /* the same initial weights */
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  *delta = loom_model_params(loom_runner_model(r))[0] - loom_model_params(fresh)[0];
+  *grad_norm = NAN;
+  loom_metrics_get(loom_runner_epoch_metrics(r), "train/grad_norm", grad_norm);
+  loom_model_destroy(fresh);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
+static void test_clipping(void **state) {
+  (void)state;
+  /* 15 parameters, all gradients 1: norm sqrt(15). Clipped to norm 1 each
+   * becomes 1/(sqrt(15) + 1e-6); with lr 1 that is the step. */
+  float delta;
+  double norm;
+  run_clip(1.0, 0, &delta, &norm);
+  assert_true(fabs(norm - sqrt(15.0)) < 1e-9);
+  assert_true(fabsf(delta + (float)(1.0 / (sqrt(15.0) + 1e-6))) < 1e-6f);
+  run_clip(0, 0.25, &delta, &norm);
+  assert_true(fabsf(delta + 0.25f) < 1e-6f);
+  run_clip(100.0, 0, &delta, &norm); /* below the limit: untouched */
+  assert_true(fabsf(delta + 1.0f) < 1e-6f);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_closed_form_schedules),
+      cmocka_unit_test(test_onecycle),
+      cmocka_unit_test(test_plateau_and_state),
+      cmocka_unit_test(test_step_scheduler_counts_optimizer_steps),
+      cmocka_unit_test(test_accumulation_with_partial_window),
+      cmocka_unit_test(test_clipping),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
