@@ -63,7 +63,7 @@ static void describe(json_t *entry, loom_runner *r, json_int_t crc) {
   json_object_set_new(entry, "epoch", json_integer(loom_runner_epoch(r)));
   json_object_set_new(entry, "global_epoch", json_integer(loom_runner_global_epoch(r)));
   json_object_set_new(entry, "loader", json_string(loader ? loader : ""));
-  json_object_set_new(entry, "batch", json_integer(loom_runner_loader_batch_step(r)));
+  json_object_set_new(entry, "batch", json_integer(loader ? loom_runner_loader_batch_step(r) : 0));
   json_object_set_new(entry, "optimizer_step", json_integer(loom_runner_optimizer_step_count(r)));
 }
 

@@ -13,7 +13,7 @@
 
 typedef struct console {
   FILE *out;
-  bool progress;
+  bool progress, verbose;
   bool bar_shown;
   uint64_t last_draw;
 } console;
@@ -29,7 +29,19 @@ static int console_stage_start(loom_callback *cb, loom_runner *r) {
   console *c = loom_callback_data(cb);
   fprintf(c->out, "stage \"%s\": %d epoch%s\n", loom_runner_stage_name(r), loom_runner_num_epochs(r),
           loom_runner_num_epochs(r) == 1 ? "" : "s");
+  if (c->verbose)
+    loom_runner_print_callbacks(r, c->out);
   fflush(c->out);
+  return 0;
+}
+
+static int console_experiment_start(loom_callback *cb, loom_runner *r) {
+  console *c = loom_callback_data(cb);
+  if (loom_runner_is_resumed(r)) {
+    const char *notice = loom_runner_resume_notice(r);
+    fprintf(c->out, "resumed from %s%s%s\n", loom_runner_resume_path(r), notice[0] ? ": " : "", notice);
+    fflush(c->out);
+  }
   return 0;
 }
 
@@ -125,6 +137,7 @@ static int console_exception(loom_callback *cb, loom_runner *r) {
 
 static const loom_callback_ops console_ops = {
     .type = "console_logger",
+    .on_experiment_start = console_experiment_start,
     .on_stage_start = console_stage_start,
     .on_loader_start = console_loader_start,
     .on_batch_end = console_batch_end,
@@ -144,6 +157,7 @@ loom_callback *loom_console_logger_create(const loom_console_logger_options *o) 
   c->out = (o && o->out) ? o->out : stdout;
   loom_progress p = o ? o->progress : LOOM_PROGRESS_AUTO;
   c->progress = p == LOOM_PROGRESS_ON || (p == LOOM_PROGRESS_AUTO && isatty(fileno(c->out)));
+  c->verbose = o && o->verbose;
   loom_callback *cb = loom_callback_create(&console_ops, c, LOOM_ORDER_LOGGING);
   if (cb)
     loom_callback_set_node(cb, LOOM_NODE_MASTER);

@@ -274,3 +274,23 @@ int loom_callback_table_dispatch(const loom_callback_table *t, loom_event event,
     loom_error_set(first, "%s", first_message);
   return first;
 }
+
+static const char *node_name(loom_node node) {
+  return node == LOOM_NODE_MASTER ? "master" : node == LOOM_NODE_WORKERS ? "workers" : "all";
+}
+
+void loom_callback_table_print(const loom_callback_table *t, FILE *out) {
+  for (size_t i = 0; i < t->count; i++) {
+    const loom_callback *cb = t->all[i];
+    fprintf(out, "  %4d  %-24s %-18s node=%-7s scope=%-10s", cb->order, cb->name, cb->ops.type, node_name(cb->node),
+            cb->scope == LOOM_SCOPE_EXPERIMENT ? "experiment" : "stage");
+    const char *sep = " events=";
+    for (int e = 0; e < LOOM_EVENT_COUNT; e++) {
+      if (loom_callback_handler(cb, (loom_event)e)) {
+        fprintf(out, "%s%s", sep, loom_event_name((loom_event)e) + 3); /* without "on_" */
+        sep = ",";
+      }
+    }
+    fputc('\n', out);
+  }
+}

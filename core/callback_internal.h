@@ -3,6 +3,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "loom/callback.h"
 
@@ -28,5 +29,9 @@ void loom_callback_table_free(loom_callback_table *t);
  * which case every callback runs and the first error is returned. */
 int loom_callback_table_dispatch(const loom_callback_table *t, loom_event event, loom_runner *runner,
                                  int keep_going);
+
+/* Prints the table, one callback a line: order, name, type, node, scope and
+ * the events it listens to, in dispatch order. */
+void loom_callback_table_print(const loom_callback_table *t, FILE *out);
 
 #endif

@@ -288,10 +288,6 @@ int loom_experiment_stage_callbacks(const loom_experiment *exp, size_t stage, lo
   return 0;
 }
 
-static const char *node_name(loom_node node) {
-  return node == LOOM_NODE_MASTER ? "master" : node == LOOM_NODE_WORKERS ? "workers" : "all";
-}
-
 int loom_experiment_print_callbacks(const loom_experiment *exp, int rank, int world_size, FILE *out) {
   (void)world_size;
   for (size_t s = 0; s < exp->num_stages; s++) {
@@ -306,12 +302,7 @@ int loom_experiment_print_callbacks(const loom_experiment *exp, int rank, int wo
     if (rc < 0)
       return rc;
     fprintf(out, "stage \"%s\" (rank %d):\n", exp->stages[s]->name, rank);
-    for (size_t i = 0; i < t.count; i++) {
-      const loom_callback *cb = t.all[i];
-      fprintf(out, "  %4d  %-24s %-16s node=%-7s scope=%s\n", loom_callback_order(cb), loom_callback_name(cb),
-              loom_callback_type(cb), node_name(loom_callback_node(cb)),
-              loom_callback_scope(cb) == LOOM_SCOPE_EXPERIMENT ? "experiment" : "stage");
-    }
+    loom_callback_table_print(&t, out);
     loom_callback_table_free(&t);
   }
   return 0;

@@ -66,3 +66,9 @@ int64_t loom_runner_optimizer_step_count(const loom_runner *r) { return r->globa
 double loom_runner_batch_data_time(const loom_runner *r) { return r->batch_data_s; }
 double loom_runner_batch_compute_time(const loom_runner *r) { return r->batch_compute_s; }
 bool loom_runner_batch_skipped(const loom_runner *r) { return r->skip_batch; }
+
+void loom_runner_print_callbacks(const loom_runner *r, FILE *out) {
+  fprintf(out, "callbacks of stage \"%s\" on rank %d, in dispatch order:\n", r->stage ? r->stage->name : "?",
+          loom_comm_rank(r->comm));
+  loom_callback_table_print(&r->stage_table, out);
+}

@@ -1,9 +1,11 @@
 /* Trains an MLP 784-256-128-10 on Fashion-MNIST with loom.
  *
- *   build/bin/fashion_mnist_mlp [--epochs N] [--logdir DIR] [--data DIR] [--seed S]
+ *   build/bin/fashion_mnist_mlp [--epochs N] [--logdir DIR] [--data DIR] [--seed S] [--resume WHAT]
  *
  * One stage, loaders "train" (60k images) and "valid" (the 10k test set),
- * Adam 1e-3, batch 128; metrics go to the console and to DIR/metrics.jsonl. */
+ * Adam 1e-3, batch 128; metrics go to the console and to DIR/metrics.jsonl,
+ * checkpoints to DIR/checkpoints. Ctrl-C saves DIR/checkpoints/last.h5 and
+ * exits with 130; --resume last continues from it. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,11 +42,12 @@ static loom_loader *open_loader(const char *dir, bool train) {
 
 static int usage(const char *prog, int code) {
   fprintf(code ? stderr : stdout,
-          "usage: %s [--epochs N] [--logdir DIR] [--data DIR] [--seed S]\n"
+          "usage: %s [--epochs N] [--logdir DIR] [--data DIR] [--seed S] [--resume WHAT]\n"
           "  --epochs N    epochs to train (default 10)\n"
           "  --logdir DIR  where metrics.jsonl and metrics.csv go (default logs/fashion_mnist_mlp)\n"
           "  --data DIR    Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)\n"
-          "  --seed S      seed of initialisation and shuffling (default 42)\n",
+          "  --seed S      seed of initialisation and shuffling (default 42)\n"
+          "  --resume WHAT continue a run: a checkpoint file, or last or best in DIR/checkpoints\n",
           prog);
   return code;
 }
@@ -52,20 +55,22 @@ static int usage(const char *prog, int code) {
 int main(int argc, char **argv) {
   int epochs = 10;
   unsigned long long seed = 42;
-  const char *logdir = "logs/fashion_mnist_mlp", *data = "/usr/share/datasets/fashion-mnist";
+  const char *logdir = "logs/fashion_mnist_mlp", *data = "/usr/share/datasets/fashion-mnist", *resume = NULL;
   static const struct option options[] = {{"epochs", required_argument, NULL, 'e'},
                                           {"logdir", required_argument, NULL, 'l'},
                                           {"data", required_argument, NULL, 'd'},
                                           {"seed", required_argument, NULL, 's'},
+                                          {"resume", required_argument, NULL, 'r'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
-  for (int c; (c = getopt_long(argc, argv, "e:l:d:s:h", options, NULL)) != -1;) {
+  for (int c; (c = getopt_long(argc, argv, "e:l:d:s:r:h", options, NULL)) != -1;) {
     char *end = NULL;
     switch (c) {
     case 'e': epochs = (int)strtol(optarg, &end, 10); break;
     case 'l': logdir = optarg; break;
     case 'd': data = optarg; break;
     case 's': seed = strtoull(optarg, &end, 10); break;
+    case 'r': resume = optarg; break;
     case 'h': return usage(argv[0], 0);
     default: return usage(argv[0], 2);
     }
@@ -103,19 +108,23 @@ int main(int argc, char **argv) {
   if (loom_experiment_add_callback(exp, loom_accuracy_callback_create(topk, 2)) < 0 ||
       loom_experiment_add_callback(exp, loom_callback_create(&decay_ops, &decay, LOOM_ORDER_SCHEDULER)) < 0 ||
       loom_experiment_add_callback(exp, loom_console_logger_create(NULL)) < 0 ||
-      loom_experiment_add_callback(exp, loom_metrics_logger_create()) < 0) {
+      loom_experiment_add_callback(exp, loom_metrics_logger_create()) < 0 ||
+      loom_experiment_add_callback(exp, loom_checkpoint_callback_create(NULL)) < 0 ||
+      (resume && loom_runner_set_resume(runner, resume) < 0)) {
     fprintf(stderr, "error: %s\n", loom_last_error());
     rc = 1;
     goto out;
   }
 
   rc = loom_run_experiment(runner, exp);
-  if (rc < 0)
+  if (rc == LOOM_EINTERRUPTED)
+    printf("interrupted; continue with --resume last\n");
+  else if (rc < 0)
     fprintf(stderr, "error: %s\n", loom_last_error());
   else
     printf("metrics written to %s/metrics.jsonl\n", logdir);
 out:
   loom_runner_destroy(runner);
   loom_experiment_destroy(exp);
-  return rc < 0 ? 1 : rc;
+  return rc == LOOM_EINTERRUPTED ? 130 : rc < 0 ? 1 : 0;
 }

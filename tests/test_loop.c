@@ -475,6 +475,36 @@ static void test_bad_loader_name(void **state) {
   loom_experiment_destroy(exp);
 }
 
+/* Verbose console logging prints each stage's resolved table. */
+static void test_verbose_prints_table(void **state) {
+  (void)state;
+  static trace got;
+  memset(&got, 0, sizeof got);
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *out = open_memstream(&buf, &len);
+  loom_experiment *exp = two_stages(1);
+  loom_console_logger_options o = {.out = out, .progress = LOOM_PROGRESS_OFF, .verbose = true};
+  assert_int_equal(loom_experiment_add_callback(exp, loom_console_logger_create(&o)), 0);
+  loom_callback *rec = recorder_new(&got, NULL, LOOM_ORDER_METRIC);
+  loom_callback_set_node(rec, LOOM_NODE_WORKERS); /* not on rank 0: not listed */
+  assert_int_equal(loom_stage_add_callback(loom_experiment_stage(exp, 1), rec), 0);
+  assert_int_equal(run(exp, NULL), 0);
+  fclose(out);
+  assert_non_null(strstr(buf, "callbacks of stage \"pretrain\" on rank 0, in dispatch order:"));
+  assert_non_null(strstr(buf, "callbacks of stage \"train\" on rank 0"));
+  const char *line = strstr(buf, " 120  console_logger ");
+  assert_non_null(line);
+  assert_non_null(strstr(line, "node=master"));
+  assert_non_null(strstr(line, "scope=experiment"));
+  assert_non_null(strstr(line, "events=experiment_start,stage_start,loader_start,batch_end,loader_end,epoch_end,"
+                               "stage_end,exception\n"));
+  assert_null(strstr(buf, "recorder"));
+  assert_int_equal(got.n, 0);
+  free(buf);
+  loom_experiment_destroy(exp);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_full_trace),
@@ -487,6 +517,7 @@ int main(void) {
       cmocka_unit_test(test_error_handled),
       cmocka_unit_test(test_handle_batch_error),
       cmocka_unit_test(test_bad_loader_name),
+      cmocka_unit_test(test_verbose_prints_table),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -264,6 +264,58 @@ static void test_second_signal_stops_at_once(void **state) {
   free(dir);
 }
 
+/* SIGINT (and SIGTERM) sent to a training child: it stops after the batch,
+ * saves last.h5, and exits with the interrupt code. */
+static void signal_child(int sig) {
+  char *dir = test_tmpdir();
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    loom_checkpoint_options ck = loom_checkpoint_defaults();
+    ck.every_n_batches = 5;
+    loom_experiment *exp = build(dir, 100000, NULL, &ck);
+    loom_runner *r = loom_runner_create();
+    int rc = loom_run_experiment(r, exp);
+    _exit(rc == LOOM_EINTERRUPTED ? 130 : 1);
+  }
+  char last[512];
+  snprintf(last, sizeof last, "%s/checkpoints/last.h5", dir);
+  struct timespec poll = {0, 10000000};
+  for (int i = 0; i < 2000 && access(last, F_OK) < 0; i++)
+    nanosleep(&poll, NULL);
+  kill(pid, sig);
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 130);
+  char path[512], notice[256];
+  loom_checkpoint *c = loom_checkpoint_open_logdir(dir, "last", path, sizeof path, notice, sizeof notice);
+  assert_non_null(c);
+  assert_string_equal(notice, "");
+  loom_checkpoint_destroy(c);
+  /* ... and the run continues from it. */
+  loom_experiment *exp = build(dir, 1, NULL, NULL);
+  loom_runner *r = loom_runner_create();
+  loom_runner_set_resume(r, "last");
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  assert_true(loom_runner_is_resumed(r));
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+  test_rm_rf(dir);
+  free(dir);
+}
+
+static void test_sigint_to_child(void **state) {
+  (void)state;
+  signal_child(SIGINT);
+}
+
+static void test_sigterm_to_child(void **state) {
+  (void)state;
+  signal_child(SIGTERM);
+}
+
 /* kill -9 at random moments of a run that checkpoints after every batch:
  * last.h5 (or its predecessor) always loads. */
 static void test_kill9_never_breaks_last(void **state) {
@@ -510,6 +562,8 @@ int main(void) {
       cmocka_unit_test(test_resume_last_with_more_epochs),
       cmocka_unit_test(test_sigint_saves_and_resumes_exactly),
       cmocka_unit_test(test_second_signal_stops_at_once),
+      cmocka_unit_test(test_sigint_to_child),
+      cmocka_unit_test(test_sigterm_to_child),
       cmocka_unit_test(test_kill9_never_breaks_last),
       cmocka_unit_test(test_best_k_survives_resume),
       cmocka_unit_test(test_damaged_last_falls_back),

@@ -214,6 +214,35 @@ static void test_accumulation_with_partial_window(void **state) {
   loom_experiment_destroy(exp);
 }
 
+/* Equal batches accumulated into one window make the full-batch step: 12
+ * samples as 3 x 4 equal one batch of 12; 8 samples as a partial window of
+ * 2 x 4 (of 3) equal one batch of 8. */
+static void full_batch_equivalence(int64_t samples) {
+  loom_optimizer_callback_options oo = {.accumulation_steps = 3};
+  loom_experiment *acc = linear_run(samples, 4, 1, 0.5, loom_optimizer_callback_create(&oo), NULL);
+  loom_experiment *full = linear_run(samples, samples, 1, 0.5, NULL, NULL);
+  loom_runner *ra = loom_runner_create(), *rf = loom_runner_create();
+  assert_int_equal(loom_run_experiment(ra, acc), 0);
+  assert_int_equal(loom_run_experiment(rf, full), 0);
+  assert_int_equal(loom_runner_optimizer_step_count(ra), 1);
+  assert_int_equal(loom_runner_optimizer_step_count(rf), 1);
+  loom_model *a = loom_runner_model(ra), *f = loom_runner_model(rf);
+  for (size_t i = 0; i < loom_model_num_params(a); i++)
+    if (fabsf(loom_model_params(a)[i] - loom_model_params(f)[i]) > 1e-6f)
+      fail_msg("%lld samples, param %zu: accumulated %.8g, full batch %.8g", (long long)samples, i,
+               loom_model_params(a)[i], loom_model_params(f)[i]);
+  loom_runner_destroy(ra);
+  loom_runner_destroy(rf);
+  loom_experiment_destroy(acc);
+  loom_experiment_destroy(full);
+}
+
+static void test_accumulation_equals_full_batch(void **state) {
+  (void)state;
+  full_batch_equivalence(12);
+  full_batch_equivalence(8);
+}
+
 /* handle_batch that sets every gradient to 1 (no backward). */
 static int unit_grads(loom_runner *r, void *u) {
   (void)u;
@@ -261,6 +290,7 @@ int main(void) {
       cmocka_unit_test(test_plateau_and_state),
       cmocka_unit_test(test_step_scheduler_counts_optimizer_steps),
       cmocka_unit_test(test_accumulation_with_partial_window),
+      cmocka_unit_test(test_accumulation_equals_full_batch),
       cmocka_unit_test(test_clipping),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -31,13 +31,14 @@ loom_callback *loom_loss_metric_callback_create(const char *name, loom_criterion
 typedef enum loom_progress { LOOM_PROGRESS_AUTO, LOOM_PROGRESS_ON, LOOM_PROGRESS_OFF } loom_progress;
 
 typedef struct loom_console_logger_options {
-  FILE *out;             /* default stdout */
+  FILE *out;              /* default stdout */
   loom_progress progress; /* AUTO: a live bar only when `out` is a terminal */
+  bool verbose;           /* print the resolved callback table at each stage start */
 } loom_console_logger_options;
 
 /* One line per loader per epoch with its metrics and time, a live progress
- * bar (samples/s, ETA) on a terminal, and the error if the run fails.
- * Master only. `options` may be NULL. */
+ * bar (samples/s, ETA) on a terminal, where a resume came from, and the
+ * error if the run fails. Master only. `options` may be NULL. */
 loom_callback *loom_console_logger_create(const loom_console_logger_options *options);
 
 /* Writes <logdir>/metrics.jsonl and <logdir>/metrics.csv: one row per loader

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "loom/callback.h"
 #include "loom/comm.h"
@@ -168,6 +169,9 @@ bool loom_runner_minimize_metric(const loom_runner *r);
 /* True at on_epoch_end when this epoch's main metric is the best so far. */
 bool loom_runner_is_best_valid(const loom_runner *r);
 int loom_runner_best_epoch(const loom_runner *r); /* global epoch, 0 if none */
+
+/* Prints the current stage's callbacks as dispatched on this rank. */
+void loom_runner_print_callbacks(const loom_runner *r, FILE *out);
 
 /* --- control --- */
 void loom_runner_request_stop(loom_runner *r, loom_stop what);

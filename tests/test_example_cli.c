@@ -1,0 +1,93 @@
+/* Drives examples/fashion_mnist_mlp as a user would: resume with more
+ * epochs appends to metrics.jsonl; Ctrl-C (SIGINT) exits with 130 and leaves
+ * a checkpoint to resume from. Usage: test_example_cli EXAMPLE DATA_DIR */
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+static const char *example, *data;
+
+static pid_t start(const char *logdir, const char *epochs, const char *resume) {
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    if (!freopen("/dev/null", "w", stdout))
+      _exit(127);
+    if (resume)
+      execl(example, example, "--epochs", epochs, "--logdir", logdir, "--data", data, "--resume", resume, (char *)NULL);
+    else
+      execl(example, example, "--epochs", epochs, "--logdir", logdir, "--data", data, (char *)NULL);
+    _exit(127);
+  }
+  return pid;
+}
+
+static int finish(pid_t pid) {
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  return WEXITSTATUS(status);
+}
+
+static int count_lines(const char *path) {
+  char *text = test_read_file(path);
+  int n = 0;
+  for (char *p = text; p && *p; p++)
+    n += *p == '\n';
+  free(text);
+  return n;
+}
+
+static void test_resume_with_more_epochs(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  assert_int_equal(finish(start(dir, "1", NULL)), 0);
+  assert_int_equal(finish(start(dir, "2", "last")), 0);
+  char path[512];
+  snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+  assert_int_equal(count_lines(path), 4);
+  char *text = test_read_file(path);
+  assert_non_null(strstr(text, "\"epoch\":2,\"global_epoch\":2,\"loader\":\"valid\""));
+  free(text);
+  test_rm_rf(dir);
+  free(dir);
+}
+
+static void test_ctrl_c_exits_130_with_checkpoint(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  pid_t pid = start(dir, "20", NULL);
+  /* Once the first epoch is logged, training is well under way. */
+  char path[512];
+  snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+  struct timespec poll = {0, 20000000};
+  for (int i = 0; i < 3000 && count_lines(path) < 2; i++)
+    nanosleep(&poll, NULL);
+  kill(pid, SIGINT);
+  assert_int_equal(finish(pid), 130);
+  char used[512], notice[256];
+  loom_checkpoint *c = loom_checkpoint_open_logdir(dir, "last", used, sizeof used, notice, sizeof notice);
+  assert_non_null(c);
+  int64_t cursor[6];
+  assert_int_equal(loom_state_get_i64_array(loom_checkpoint_find(c, "runner"), "cursor", cursor, 6), 0);
+  assert_true(cursor[5] >= 1); /* past epoch 1 */
+  loom_checkpoint_destroy(c);
+  test_rm_rf(dir);
+  free(dir);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 3)
+    return 2;
+  example = argv[1];
+  data = argv[2];
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_resume_with_more_epochs),
+      cmocka_unit_test(test_ctrl_c_exits_130_with_checkpoint),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
