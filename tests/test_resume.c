@@ -534,6 +534,34 @@ static void test_load_best_on_stage_start(void **state) {
   free(dir);
 }
 
+/* load_on_stage_end: the stage ends holding its best weights. */
+static void test_load_best_on_stage_end(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  loom_checkpoint_options ck = loom_checkpoint_defaults();
+  ck.load_on_stage_end = "best";
+  ck.minimize = 0; /* best = highest valid loss = epoch 1 */
+  loom_experiment *exp = build(dir, 3, NULL, &ck);
+  assert_int_equal(loom_stage_set_main_metric(loom_experiment_stage(exp, 0), "valid", "loss", false), 0);
+  static watcher w;
+  w.n = (size_t)(8 * 16 + 16 + 16 * 3 + 3);
+  w.best = calloc(w.n, sizeof(float));
+  w.at_start = calloc(w.n, sizeof(float));
+  static const loom_callback_ops ops = {.type = "watch", .on_epoch_end = watch_epoch_end};
+  assert_int_equal(loom_experiment_add_callback(exp, loom_callback_create(&ops, &w, 300)), 0);
+  loom_runner *r = loom_runner_create();
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  assert_int_equal(loom_runner_best_epoch(r), 1);
+  assert_memory_equal(loom_model_params(loom_runner_model(r)), w.best, w.n * sizeof(float));
+  assert_memory_not_equal(w.best, reference.params, w.n * sizeof(float));
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+  free(w.best);
+  free(w.at_start);
+  test_rm_rf(dir);
+  free(dir);
+}
+
 static void test_weights_only_file_is_not_resumable(void **state) {
   (void)state;
   char *dir = test_tmpdir();
@@ -568,6 +596,7 @@ int main(void) {
       cmocka_unit_test(test_best_k_survives_resume),
       cmocka_unit_test(test_damaged_last_falls_back),
       cmocka_unit_test(test_load_best_on_stage_start),
+      cmocka_unit_test(test_load_best_on_stage_end),
       cmocka_unit_test(test_weights_only_file_is_not_resumable),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
