@@ -183,6 +183,13 @@ static int monitored(const checkpointer *c, loom_runner *r, double *value, int *
   return loom_metrics_get(loom_runner_epoch_metrics(r), key, value) && !isnan(*value);
 }
 
+/* The manifest on disk, or a fresh one if it is missing or damaged (a
+ * damaged manifest loses its ranking, not the run). */
+static json_t *manifest_or_new(const checkpointer *c) {
+  json_t *m = loom_manifest_load(c->dir);
+  return m ? m : loom_manifest_new();
+}
+
 static int save_epoch(checkpointer *c, loom_runner *r) {
   /* Rank first: the snapshot must carry the ranking that includes this epoch. */
   double value;
@@ -194,9 +201,7 @@ static int save_epoch(checkpointer *c, loom_runner *r) {
   int rc = loom_runner_snapshot(r, &snap);
   if (rc < 0)
     return rc;
-  json_t *manifest = loom_manifest_load(c->dir);
-  if (!manifest)
-    manifest = json_pack("{s:i, s:{}, s:[]}", "format", 1, "files", "ranking");
+  json_t *manifest = manifest_or_new(c);
   char file[64], path[4096];
   if (ranked_now) {
     ranked_file(file, sizeof file, loom_runner_global_epoch(r));
@@ -228,9 +233,7 @@ static int save_last_now(checkpointer *c, loom_runner *r, const char *name) {
   int rc = loom_runner_snapshot(r, &snap);
   if (rc < 0)
     return rc;
-  json_t *manifest = loom_manifest_load(c->dir);
-  if (!manifest)
-    manifest = json_pack("{s:i, s:{}, s:[]}", "format", 1, "files", "ranking");
+  json_t *manifest = manifest_or_new(c);
   rc = install(c, manifest, r, snap, name, strcmp(name, "last.h5") == 0);
   if (rc == 0) {
     ranking_to_manifest(c, manifest);

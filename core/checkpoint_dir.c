@@ -15,12 +15,14 @@ int loom_checkpoint_dir(const char *logdir, char *out, size_t size) {
   return loom_path_join(out, size, logdir, LOOM_CHECKPOINT_SUBDIR);
 }
 
+json_t *loom_manifest_new(void) { return json_pack("{s:i, s:{}, s:[]}", "format", 1, "files", "ranking"); }
+
 json_t *loom_manifest_load(const char *dir) {
   char path[4096];
   if (loom_path_join(path, sizeof path, dir, LOOM_MANIFEST) < 0)
     return NULL;
   if (access(path, F_OK) < 0)
-    return json_pack("{s:i, s:{}, s:[]}", "format", 1, "files", "ranking");
+    return loom_manifest_new();
   json_error_t err;
   json_t *m = json_load_file(path, 0, &err);
   if (!m || !json_is_object(json_object_get(m, "files")) || !json_is_array(json_object_get(m, "ranking"))) {

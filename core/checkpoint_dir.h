@@ -30,6 +30,8 @@ json_t *loom_manifest_crcs(const json_t *manifest, const char *name);
 
 /* <logdir>/checkpoints */
 int loom_checkpoint_dir(const char *logdir, char *out, size_t size);
+/* An empty manifest. */
+json_t *loom_manifest_new(void);
 /* The manifest (a new empty one if there is none); NULL on a damaged one. */
 json_t *loom_manifest_load(const char *dir);
 /* Written atomically. */

@@ -60,6 +60,22 @@ static inline void test_rm_rf(const char *dir) {
   assert_int_equal(system(cmd), 0);
 }
 
+/* A group fixture: a fresh temporary directory in test_dir for the group. */
+static char *test_dir;
+
+static inline int test_dir_setup(void **state) {
+  (void)state;
+  test_dir = test_tmpdir();
+  return 0;
+}
+
+static inline int test_dir_teardown(void **state) {
+  (void)state;
+  test_rm_rf(test_dir);
+  free(test_dir);
+  return 0;
+}
+
 /* metrics.jsonl without its timings: the part two runs must agree on. */
 static inline char *jsonl_without_time(const char *logdir) {
   char path[512];

@@ -5,22 +5,8 @@
 
 #include "helpers.h"
 
-static char *tmp;
 
-static int setup(void **state) {
-  (void)state;
-  tmp = test_tmpdir();
-  return 0;
-}
-
-static int teardown(void **state) {
-  (void)state;
-  test_rm_rf(tmp);
-  free(tmp);
-  return 0;
-}
-
-static void tmp_path(char *out, const char *name) { snprintf(out, 512, "%s/%s", tmp, name); }
+static void tmp_path(char *out, const char *name) { snprintf(out, 512, "%s/%s", test_dir, name); }
 
 static loom_checkpoint *sample_checkpoint(size_t big) {
   loom_checkpoint *c = loom_checkpoint_create();
@@ -90,7 +76,7 @@ static void test_roundtrip(void **state) {
   loom_checkpoint_destroy(r);
   /* No temporary file is left behind. */
   char cmd[600];
-  snprintf(cmd, sizeof cmd, "test -z \"$(ls -A %s | grep tmp)\"", tmp);
+  snprintf(cmd, sizeof cmd, "test -z \"$(ls -A %s | grep tmp)\"", test_dir);
   assert_int_equal(system(cmd), 0);
 }
 
@@ -186,5 +172,5 @@ int main(void) {
       cmocka_unit_test(test_damage_is_refused),
       cmocka_unit_test(test_weights_export),
   };
-  return cmocka_run_group_tests(tests, setup, teardown);
+  return cmocka_run_group_tests(tests, test_dir_setup, test_dir_teardown);
 }

@@ -6,22 +6,8 @@
 
 #define FMNIST "/usr/share/datasets/fashion-mnist"
 
-static char *tmp;
 
-static int setup(void **state) {
-  (void)state;
-  tmp = test_tmpdir();
-  return 0;
-}
-
-static int teardown(void **state) {
-  (void)state;
-  test_rm_rf(tmp);
-  free(tmp);
-  return 0;
-}
-
-static void path_in_tmp(char *out, size_t size, const char *name) { snprintf(out, size, "%s/%s", tmp, name); }
+static void path_in_tmp(char *out, size_t size, const char *name) { snprintf(out, size, "%s/%s", test_dir, name); }
 
 /* Writes bytes to a gzip'd (gz = 1) or plain file. */
 static void write_file(const char *path, const void *bytes, size_t n, int gz) {
@@ -369,5 +355,5 @@ int main(void) {
       cmocka_unit_test(test_epoch_seeding),
       cmocka_unit_test(test_normalize),
   };
-  return cmocka_run_group_tests(tests, setup, teardown);
+  return cmocka_run_group_tests(tests, test_dir_setup, test_dir_teardown);
 }

@@ -187,14 +187,9 @@ static void test_resume_mid_valid_loader(void **state) {
   resume_matches("mid_valid.h5");
 }
 
-/* A 2-epoch run resumed from "last" with 3 epochs equals the 3-epoch run. */
-static void test_resume_last_with_more_epochs(void **state) {
-  (void)state;
-  char *dir = test_tmpdir();
-  loom_experiment *exp = build(dir, 2, NULL, NULL);
-  assert_int_equal(run_and_keep(exp, NULL, NULL, NULL), 0);
-  loom_experiment_destroy(exp);
-  exp = build(dir, 3, NULL, NULL);
+/* Resumes the 3-epoch run from "last" in dir; it must equal the reference. */
+static void resume_last_matches(char *dir) {
+  loom_experiment *exp = build(dir, 3, NULL, NULL);
   outcome got = {0};
   assert_int_equal(run_and_keep(exp, "last", &got, NULL), 0);
   expect_same(&reference, &got);
@@ -202,6 +197,16 @@ static void test_resume_last_with_more_epochs(void **state) {
   loom_experiment_destroy(exp);
   test_rm_rf(dir);
   free(dir);
+}
+
+/* A 2-epoch run resumed from "last" with 3 epochs equals the 3-epoch run. */
+static void test_resume_last_with_more_epochs(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  loom_experiment *exp = build(dir, 2, NULL, NULL);
+  assert_int_equal(run_and_keep(exp, NULL, NULL, NULL), 0);
+  loom_experiment_destroy(exp);
+  resume_last_matches(dir);
 }
 
 static void test_sigint_saves_and_resumes_exactly(void **state) {
@@ -225,14 +230,7 @@ static void test_sigint_saves_and_resumes_exactly(void **state) {
   assert_int_equal(json_integer_value(json_object_get(last, "batch")), 5);
   assert_int_equal(json_integer_value(json_object_get(last, "global_epoch")), 2);
   json_decref(m);
-  exp = build(dir, 3, NULL, NULL);
-  outcome got = {0};
-  assert_int_equal(run_and_keep(exp, "last", &got, NULL), 0);
-  expect_same(&reference, &got);
-  outcome_free(&got);
-  loom_experiment_destroy(exp);
-  test_rm_rf(dir);
-  free(dir);
+  resume_last_matches(dir);
 }
 
 /* After the first signal the default action is back: a second SIGINT ends
