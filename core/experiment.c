@@ -77,6 +77,10 @@ loom_experiment *loom_experiment_create(const char *name) {
 static void stage_free(loom_stage *s) {
   for (size_t i = 0; i < s->num_loaders; i++)
     free(s->loaders[i].name);
+  for (size_t i = 0; i < s->num_frozen; i++)
+    free(s->frozen[i]);
+  free(s->frozen);
+  free(s->load_weights);
   free(s->loaders);
   free(s->callbacks);
   free(s->name);
@@ -261,6 +265,31 @@ int loom_stage_set_main_metric(loom_stage *stage, const char *valid_loader, cons
   stage->valid_loader = v;
   stage->main_metric = m;
   stage->minimize = minimize;
+  return 0;
+}
+
+void loom_stage_set_reset_optimizer(loom_stage *stage, bool reset) { stage->reset_optimizer = reset; }
+
+int loom_stage_set_load_weights(loom_stage *stage, const char *which) {
+  if (which && strcmp(which, "best") != 0 && strcmp(which, "last") != 0)
+    return loom_error_set(LOOM_EINVAL, "stage \"%s\": load_weights is \"best\", \"last\" or none, not \"%s\"",
+                          stage->name, which);
+  char *copy = which ? strdup(which) : NULL;
+  if (which && !copy)
+    return loom_error_oom("load_weights");
+  free(stage->load_weights);
+  stage->load_weights = copy;
+  return 0;
+}
+
+int loom_stage_freeze(loom_stage *stage, const char *layer) {
+  char *copy = strdup(layer);
+  if (!copy || loom_array_reserve((void **)&stage->frozen, &stage->cap_frozen, stage->num_frozen + 1,
+                                  sizeof *stage->frozen, "a frozen layer") < 0) {
+    free(copy);
+    return loom_error_oom("a frozen layer");
+  }
+  stage->frozen[stage->num_frozen++] = copy;
   return 0;
 }
 

@@ -21,6 +21,10 @@ struct loom_stage {
   size_t num_callbacks, cap_callbacks;
   char *valid_loader, *main_metric;
   bool minimize;
+  bool reset_optimizer;
+  char *load_weights; /* "best", "last" or NULL */
+  char **frozen;
+  size_t num_frozen, cap_frozen;
 };
 
 /* The callbacks a stage runs, before node filtering and sorting: the

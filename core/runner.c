@@ -342,8 +342,35 @@ static int run_epoch(loom_runner *r, bool resume_here) {
   return sync_decisions(r);
 }
 
+/* The stage's carry-over rules: frozen layers, optimizer reset, weights. */
+static int carry_over(loom_runner *r, const loom_stage *s, bool load) {
+  if (r->model) {
+    loom_model_unfreeze_all(r->model);
+    for (size_t i = 0; i < s->num_frozen; i++)
+      if (loom_model_set_frozen(r->model, s->frozen[i], true) < 0)
+        return loom_error_wrap(LOOM_EINVAL, "stage \"%s\": cannot freeze", s->name);
+  } else if (s->num_frozen) {
+    return loom_error_set(LOOM_EINVAL, "stage \"%s\" freezes layers but has no model", s->name);
+  }
+  if (s->reset_optimizer && r->optimizer)
+    loom_optimizer_reset(r->optimizer);
+  if (!load || !s->load_weights || !r->model)
+    return 0;
+  char path[4096], notice[1024];
+  loom_checkpoint *c = loom_checkpoint_open_logdir(loom_experiment_logdir(r->exp), s->load_weights, path, sizeof path,
+                                                   notice, sizeof notice);
+  if (!c)
+    return loom_error_wrap(loom_last_error_code(), "stage \"%s\": cannot load the %s weights (does a checkpoint "
+                                                   "callback save them?)",
+                           s->name, s->load_weights);
+  const loom_state *m = loom_checkpoint_find(c, "model");
+  int rc = m ? loom_model_load(r->model, m, false) : loom_error_set(LOOM_EFORMAT, "%s holds no model", path);
+  loom_checkpoint_destroy(c);
+  return rc;
+}
+
 /* Components a stage does not set are the previous stage's. */
-static int prepare_stage(loom_runner *r, size_t index) {
+static int prepare_stage(loom_runner *r, size_t index, bool load) {
   const loom_stage *s = loom_experiment_stage(r->exp, index);
   r->stage = s;
   r->stage_index = (int)index;
@@ -378,10 +405,12 @@ static int prepare_stage(loom_runner *r, size_t index) {
   r->stop_flags = 0;
   r->manual_step = false;
 
+  int rc = carry_over(r, s, load);
+  if (rc < 0)
+    return rc;
   loom_callback **list;
   size_t n;
-  int rc = loom_experiment_stage_callbacks(r->exp, index, &list, &n);
-  if (rc < 0)
+  if ((rc = loom_experiment_stage_callbacks(r->exp, index, &list, &n)) < 0)
     return rc;
   loom_callback_table_free(&r->stage_table);
   rc = loom_callback_table_build(&r->stage_table, list, n, loom_comm_rank(r->comm));
@@ -390,7 +419,7 @@ static int prepare_stage(loom_runner *r, size_t index) {
 }
 
 static int run_stage(loom_runner *r, size_t index) {
-  int rc = prepare_stage(r, index);
+  int rc = prepare_stage(r, index, true);
   if (rc < 0)
     return rc;
   bool resume_here = r->resume && (size_t)r->cursor.stage == index;
@@ -474,7 +503,7 @@ static int run(loom_runner *r, bool *end_done) {
   size_t first = r->resume ? (size_t)r->cursor.stage : 0;
   /* Stages before the resumed one only lend their components. */
   for (size_t s = 0; rc == 0 && s < first; s++)
-    rc = prepare_stage(r, s);
+    rc = prepare_stage(r, s, false);
   for (size_t s = first; rc == 0 && s < loom_experiment_num_stages(r->exp); s++)
     rc = run_stage(r, s);
   if (rc == 0) {

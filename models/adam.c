@@ -7,10 +7,9 @@
 #include "core/simd.h"
 #include "models/optimizer_internal.h"
 
-LOOM_HOT static void adam_update(const loom_optimizer *opt, float *restrict p, const float *restrict g,
-                        float *restrict state, size_t n, int64_t step) {
+LOOM_HOT static void adam_range(const loom_optimizer *opt, float *restrict p, const float *restrict g,
+                                 float *restrict m, float *restrict v, size_t n, int64_t step) {
   const loom_adam_options *o = &opt->o.adam;
-  float *restrict m = state, *restrict v = state + n;
   const float b1 = (float)o->beta1, b2 = (float)o->beta2, wd = (float)o->weight_decay, eps = (float)o->eps;
   /* 1 - beta in double, then rounded, as PyTorch does: 1 - 0.999f is off by 1e-5. */
   const float c1 = (float)(1.0 - o->beta1), c2 = (float)(1.0 - o->beta2);
@@ -22,6 +21,12 @@ LOOM_HOT static void adam_update(const loom_optimizer *opt, float *restrict p, c
     v[i] = b2 * v[i] + c2 * gi * gi;
     p[i] -= step_size * m[i] / (sqrtf(v[i]) * inv_sqrt_bc2 + eps);
   }
+}
+
+/* State [m | v], each of `total` floats. */
+static void adam_update(const loom_optimizer *opt, float *p, const float *g, float *state, size_t total, size_t off,
+                        size_t len, int64_t step) {
+  adam_range(opt, p + off, g + off, state + off, state + total + off, len, step);
 }
 
 static double adam_momentum(const loom_optimizer *opt) { return opt->o.adam.beta1; }

@@ -66,14 +66,15 @@ static int linear_forward(void *data, const loom_tensor *x, loom_tensor *y, bool
 }
 
 static int linear_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
-                           loom_tensor *dx) {
+                           loom_tensor *dx, bool param_grads) {
   (void)y;
   linear *l = data;
   const int64_t n = x->shape[0];
   /* dW += dy^T x */
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)l->out, (int)l->in, (int)n, 1.0f, dy->data,
-              (int)l->out, x->data, (int)l->in, 1.0f, l->dw, (int)l->in);
-  if (l->has_bias) {
+  if (param_grads)
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)l->out, (int)l->in, (int)n, 1.0f, dy->data,
+                (int)l->out, x->data, (int)l->in, 1.0f, l->dw, (int)l->in);
+  if (param_grads && l->has_bias) {
     float *restrict db = l->db;
     const float *restrict g = dy->data;
     for (int64_t i = 0; i < n; i++)

@@ -15,6 +15,7 @@ typedef struct entry {
   int64_t out_shape[LOOM_MAX_DIMS];
   loom_tensor *out;  /* activation */
   loom_tensor *dout; /* its gradient */
+  bool frozen;
 } entry;
 
 struct loom_model {
@@ -26,6 +27,8 @@ struct loom_model {
   int in_ndim;
   int64_t in_shape[LOOM_MAX_DIMS];
   const loom_tensor *last_input;
+  /* trainable parameter ranges, rebuilt when freezing changes */
+  size_t *range_offsets, *range_lengths, num_ranges;
 };
 
 loom_model *loom_model_create(void) {
@@ -49,7 +52,61 @@ void loom_model_destroy(loom_model *m) {
   free(m->layers);
   free(m->params);
   free(m->grads);
+  free(m->range_offsets);
+  free(m->range_lengths);
   free(m);
+}
+
+/* Merged [offset, length) ranges of the layers that are not frozen. */
+static int rebuild_ranges(loom_model *m) {
+  free(m->range_offsets);
+  free(m->range_lengths);
+  m->range_offsets = calloc(m->count + 1, sizeof *m->range_offsets);
+  m->range_lengths = calloc(m->count + 1, sizeof *m->range_lengths);
+  m->num_ranges = 0;
+  if (!m->range_offsets || !m->range_lengths)
+    return loom_error_oom("the model's trainable ranges");
+  for (size_t i = 0; i < m->count; i++) {
+    const entry *e = &m->layers[i];
+    if (e->frozen || e->nparams == 0)
+      continue;
+    size_t k = m->num_ranges;
+    if (k && m->range_offsets[k - 1] + m->range_lengths[k - 1] == e->offset)
+      m->range_lengths[k - 1] += e->nparams;
+    else
+      m->range_offsets[k] = e->offset, m->range_lengths[k] = e->nparams, m->num_ranges++;
+  }
+  return 0;
+}
+
+int loom_model_set_frozen(loom_model *m, const char *layer, bool frozen) {
+  for (size_t i = 0; i < m->count; i++) {
+    if (strcmp(m->layers[i].name, layer) == 0) {
+      m->layers[i].frozen = frozen;
+      return m->built ? rebuild_ranges(m) : 0;
+    }
+  }
+  return loom_error_set(LOOM_EINVAL, "the model has no layer \"%s\"", layer);
+}
+
+void loom_model_unfreeze_all(loom_model *m) {
+  for (size_t i = 0; i < m->count; i++)
+    m->layers[i].frozen = false;
+  if (m->built)
+    rebuild_ranges(m);
+}
+
+bool loom_model_is_frozen(const loom_model *m, const char *layer) {
+  for (size_t i = 0; i < m->count; i++)
+    if (strcmp(m->layers[i].name, layer) == 0)
+      return m->layers[i].frozen;
+  return false;
+}
+
+size_t loom_model_trainable_ranges(const loom_model *m, const size_t **offsets, const size_t **lengths) {
+  *offsets = m->range_offsets;
+  *lengths = m->range_lengths;
+  return m->num_ranges;
 }
 
 int loom_model_add(loom_model *m, const char *name, loom_layer *layer) {
@@ -129,7 +186,7 @@ int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint6
       e->layer->ops.init(e->layer->data, &rng);
   }
   m->built = true;
-  return 0;
+  return rebuild_ranges(m);
 }
 
 bool loom_model_is_built(const loom_model *m) { return m->built; }
@@ -179,17 +236,22 @@ int loom_model_backward(loom_model *m, const loom_tensor *dout) {
   if (dout->numel != last->out->numel)
     return loom_error_set(LOOM_ESHAPE, "loom_model_backward: gradient has %lld elements, output has %lld",
                           (long long)dout->numel, (long long)last->out->numel);
-  for (size_t i = m->count; i-- > 0;) {
+  /* Below the lowest trainable layer no gradient is needed at all. */
+  size_t lowest = m->count;
+  for (size_t i = 0; i < m->count && lowest == m->count; i++)
+    if (!m->layers[i].frozen && m->layers[i].nparams > 0)
+      lowest = i;
+  for (size_t i = m->count; i-- > lowest;) {
     entry *e = &m->layers[i];
     const loom_tensor *in = i ? m->layers[i - 1].out : m->last_input;
     loom_tensor *din = NULL;
-    if (i) {
+    if (i > lowest) {
       din = m->layers[i - 1].dout;
       int rc = loom_tensor_resize(din, in->ndim, in->shape);
       if (rc < 0)
         return rc;
     }
-    int rc = e->layer->ops.backward(e->layer->data, in, e->out, i == m->count - 1 ? dout : e->dout, din);
+    int rc = e->layer->ops.backward(e->layer->data, in, e->out, i == m->count - 1 ? dout : e->dout, din, !e->frozen);
     if (rc < 0)
       return loom_error_wrap(rc, "backward of layer \"%s\"", e->name);
   }

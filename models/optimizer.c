@@ -40,7 +40,11 @@ int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {
   }
   opt->nparams = n;
   opt->steps++;
-  opt->ops->update(opt, loom_model_params(model), loom_model_grads(model), opt->state, n, opt->steps);
+  /* Frozen layers' parameters (and their state) are left as they are. */
+  const size_t *off, *len;
+  size_t k = loom_model_trainable_ranges(model, &off, &len);
+  for (size_t r = 0; r < k; r++)
+    opt->ops->update(opt, loom_model_params(model), loom_model_grads(model), opt->state, n, off[r], len[r], opt->steps);
   return 0;
 }
 

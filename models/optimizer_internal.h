@@ -6,9 +6,11 @@
 typedef struct optimizer_ops {
   const char *type;
   size_t state_per_param; /* floats of state per parameter */
-  /* One update; `step` counts from 1. */
-  void (*update)(const loom_optimizer *opt, float *restrict p, const float *restrict g, float *restrict state,
-                 size_t n, int64_t step);
+  /* One update of parameters [off, off + len) of `total`; p, g and state
+   * are the whole buffers (state per parameter laid out as consecutive
+   * arrays of `total`); `step` counts from 1. */
+  void (*update)(const loom_optimizer *opt, float *p, const float *g, float *state, size_t total, size_t off,
+                 size_t len, int64_t step);
   double (*momentum)(const loom_optimizer *opt);
   void (*set_momentum)(loom_optimizer *opt, double momentum);
 } optimizer_ops;

@@ -22,8 +22,8 @@ LOOM_HOT static int relu_forward(void *data, const loom_tensor *x, loom_tensor *
 }
 
 LOOM_HOT static int relu_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
-                         loom_tensor *dx) {
-  (void)data, (void)x;
+                                  loom_tensor *dx, bool param_grads) {
+  (void)data, (void)x, (void)param_grads;
   if (!dx)
     return 0;
   const float *restrict out = y->data, *restrict g = dy->data;

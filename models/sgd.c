@@ -6,8 +6,8 @@
 #include "core/simd.h"
 #include "models/optimizer_internal.h"
 
-LOOM_HOT static void sgd_update(const loom_optimizer *opt, float *restrict p, const float *restrict g, float *restrict buf,
-                       size_t n, int64_t step) {
+LOOM_HOT static void sgd_range(const loom_optimizer *opt, float *restrict p, const float *restrict g,
+                                float *restrict buf, size_t n, int64_t step) {
   const loom_sgd_options *o = &opt->o.sgd;
   const float lr = (float)opt->lr, wd = (float)o->weight_decay, mu = (float)o->momentum;
   const float damp = (float)(1.0 - o->dampening);
@@ -21,6 +21,12 @@ LOOM_HOT static void sgd_update(const loom_optimizer *opt, float *restrict p, co
     buf[i] = step == 1 ? d : mu * buf[i] + damp * d;
     p[i] -= lr * (o->nesterov ? d + mu * buf[i] : buf[i]);
   }
+}
+
+static void sgd_update(const loom_optimizer *opt, float *p, const float *g, float *state, size_t total, size_t off,
+                       size_t len, int64_t step) {
+  (void)total;
+  sgd_range(opt, p + off, g + off, state ? state + off : NULL, len, step);
 }
 
 static double sgd_momentum(const loom_optimizer *opt) { return opt->o.sgd.momentum; }

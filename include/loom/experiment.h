@@ -50,6 +50,14 @@ int loom_stage_add_loader(loom_stage *stage, const char *name, loom_loader *load
 int loom_stage_add_callback(loom_stage *stage, loom_callback *cb);
 /* What "best" means in this stage. Default: "valid", "loss", minimize. */
 int loom_stage_set_main_metric(loom_stage *stage, const char *valid_loader, const char *metric, bool minimize);
+/* What a stage carries over from the one before, applied when it starts:
+ * the optimizer's state is kept unless reset (a stage with its own
+ * optimizer starts fresh anyway); weights may be loaded from "best" or
+ * "last" in <logdir>/checkpoints (NULL: the model as it is); the named
+ * layers are frozen during the stage, all others train. */
+void loom_stage_set_reset_optimizer(loom_stage *stage, bool reset);
+int loom_stage_set_load_weights(loom_stage *stage, const char *which);
+int loom_stage_freeze(loom_stage *stage, const char *layer);
 const char *loom_stage_name(const loom_stage *stage);
 int loom_stage_num_epochs(const loom_stage *stage);
 

@@ -37,10 +37,10 @@ typedef struct loom_layer_ops {
   void (*init)(void *data, loom_rng *rng);
   /* out is already shaped [batch, output_shape...]. */
   int (*forward)(void *data, const loom_tensor *in, loom_tensor *out, bool train);
-  /* Accumulates parameter gradients; writes din unless it is NULL (the
-   * first layer's input gradient is never needed). */
+  /* Accumulates parameter gradients unless param_grads is false (a frozen
+   * layer); writes din unless it is NULL (no trainable layer below). */
   int (*backward)(void *data, const loom_tensor *in, const loom_tensor *out, const loom_tensor *dout,
-                  loom_tensor *din);
+                  loom_tensor *din, bool param_grads);
   void (*destroy)(void *data);
 } loom_layer_ops;
 
@@ -84,6 +84,14 @@ void loom_model_set_train(loom_model *model, bool train);
 bool loom_model_is_train(const loom_model *model);
 
 size_t loom_model_num_params(const loom_model *model);
+/* Freezing: a frozen layer keeps its parameters (the optimizer skips them)
+ * and computes no parameter gradients; backward stops below the lowest
+ * trainable layer. An error if no layer has that name. */
+int loom_model_set_frozen(loom_model *model, const char *layer, bool frozen);
+void loom_model_unfreeze_all(loom_model *model);
+bool loom_model_is_frozen(const loom_model *model, const char *layer);
+/* The trainable parameter ranges [offset, offset + length), merged. */
+size_t loom_model_trainable_ranges(const loom_model *model, const size_t **offsets, const size_t **lengths);
 /* Gradient utilities over all parameters. */
 void loom_model_scale_grads(loom_model *model, float scale);
 double loom_model_grad_norm(loom_model *model);
