@@ -60,6 +60,12 @@ void loom_path_index(char *out, size_t size, const char *path, size_t i);
 const char *loom_did_you_mean(const char *word, const char *const *candidates, size_t n);
 
 /* registry.c */
+void loom_register_builtin(loom_kind kind, const char *name, loom_ctor ctor);
+/* Builds the component described by `object` (its "type" names it): the
+ * constructor reads its keys through *p, which the caller may go on reading
+ * (e.g. a callback's "order") before loom_params_check_unknown. */
+void *loom_config_instantiate(loom_config *c, json_t *object, const char *path, loom_kind kind, const void *context,
+                              loom_params *p);
 loom_ctor loom_registry_find(loom_kind kind, const char *name, void **user);
 const char *const *loom_registry_list(loom_kind kind, size_t *n);
 

@@ -21,10 +21,12 @@ static size_t linear_num_params(void *data) {
 }
 
 static int linear_output_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
-  const linear *l = data;
+  linear *l = data;
   int64_t n = 1;
   for (int i = 0; i < ndim; i++)
     n *= in[i];
+  if (l->in == 0) /* created with in_features 0: take what comes */
+    l->in = n;
   if (n != l->in)
     return loom_error_set(LOOM_ESHAPE, "Linear expects %lld input features per sample, got %lld",
                           (long long)l->in, (long long)n);
@@ -100,8 +102,9 @@ static const loom_layer_ops linear_ops = {
 };
 
 loom_layer *loom_linear_create(int64_t in_features, int64_t out_features, bool bias) {
-  if (in_features < 1 || out_features < 1 || in_features > INT32_MAX || out_features > INT32_MAX) {
-    loom_error_set(LOOM_EINVAL, "Linear(%lld, %lld): feature counts must be between 1 and 2^31-1",
+  if (in_features < 0 || out_features < 1 || in_features > INT32_MAX || out_features > INT32_MAX) {
+    loom_error_set(LOOM_EINVAL, "Linear(%lld, %lld): feature counts must be between 1 and 2^31-1 (in_features 0: "
+                                "inferred when the model is built)",
                    (long long)in_features, (long long)out_features);
     return NULL;
   }

@@ -51,7 +51,8 @@ const char *loom_layer_type(const loom_layer *layer);
 void *loom_layer_data(const loom_layer *layer);
 
 /* y = x W^T + b with W [out, in] (PyTorch's layout). Initialised like
- * PyTorch's nn.Linear: Kaiming uniform, bounds 1/sqrt(in) for W and b. */
+ * PyTorch's nn.Linear: Kaiming uniform, bounds 1/sqrt(in) for W and b.
+ * in_features 0: taken from the input when the model is built. */
 loom_layer *loom_linear_create(int64_t in_features, int64_t out_features, bool bias);
 /* Views of a Linear layer's weight [out, in] and bias [out] (NULL if none);
  * valid once the model is built. */

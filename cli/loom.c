@@ -1,0 +1,169 @@
+/* loom: run or validate an experiment described in JSON.
+ * Exit codes: 0 done, 1 runtime failure, 2 usage or config error,
+ * 130 interrupted (a checkpoint was saved). */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <loom.h>
+
+#include "core/fs.h"
+
+enum { EXIT_DONE = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
+
+static const char usage_main[] =
+    "usage: loom COMMAND [OPTIONS]\n"
+    "\n"
+    "commands:\n"
+    "  run CONFIG       train the experiment a JSON config describes\n"
+    "  validate CONFIG  check a config without training (exit 0, or 2 with the error)\n"
+    "\n"
+    "loom run --help shows the options. Exit codes: 0 done, 1 runtime failure,\n"
+    "2 usage or config error, 130 interrupted with a checkpoint saved.\n";
+
+static const char usage_run[] =
+    "usage: loom run CONFIG [--logdir DIR] [--set KEY=VALUE]... [--resume PATH|last|best] [--check]\n"
+    "       loom validate CONFIG [--set KEY=VALUE]...\n"
+    "\n"
+    "  --logdir DIR       where logs and checkpoints go (sets experiment.logdir)\n"
+    "  --set KEY=VALUE    override a key, e.g. --set stages.train.num_epochs=3\n"
+    "  --resume WHAT      continue from a checkpoint file, or last or best in the logdir\n"
+    "  --check            smoke test: 2 batches per loader, 2 epochs per stage\n"
+    "\n"
+    "The resolved config (defaults filled in, the seed fixed) is written to\n"
+    "LOGDIR/config.json; running that file reproduces the run.\n";
+
+typedef struct args {
+  const char *config, *logdir, *resume;
+  const char *sets[64];
+  int num_sets;
+  bool check;
+} args;
+
+static int parse(int argc, char **argv, args *a) {
+  static const struct option options[] = {{"logdir", required_argument, NULL, 'l'},
+                                          {"set", required_argument, NULL, 's'},
+                                          {"resume", required_argument, NULL, 'r'},
+                                          {"check", no_argument, NULL, 'c'},
+                                          {"help", no_argument, NULL, 'h'},
+                                          {NULL, 0, NULL, 0}};
+  optind = 1;
+  for (int c; (c = getopt_long(argc, argv, "l:s:r:ch", options, NULL)) != -1;) {
+    switch (c) {
+    case 'l': a->logdir = optarg; break;
+    case 'r': a->resume = optarg; break;
+    case 'c': a->check = true; break;
+    case 's':
+      if (a->num_sets == 64) {
+        fprintf(stderr, "loom: at most 64 --set options\n");
+        return EXIT_USAGE;
+      }
+      a->sets[a->num_sets++] = optarg;
+      break;
+    case 'h': fputs(usage_run, stdout); return EXIT_DONE + 1000;
+    default: fputs(usage_run, stderr); return EXIT_USAGE;
+    }
+  }
+  if (optind != argc - 1) {
+    fprintf(stderr, "loom: expected one CONFIG file\n%s", usage_run);
+    return EXIT_USAGE;
+  }
+  a->config = argv[optind];
+  return EXIT_DONE;
+}
+
+/* Loads the config with the command line's overrides and builds it. */
+static int load(const args *a, loom_config **config, loom_experiment **exp) {
+  *config = loom_config_load(a->config);
+  if (!*config) {
+    fprintf(stderr, "loom: error: %s\n", loom_last_error());
+    return EXIT_USAGE;
+  }
+  char logdir_set[4200];
+  int rc = 0;
+  for (int i = 0; i < a->num_sets && rc == 0; i++)
+    rc = loom_config_set(*config, a->sets[i]);
+  if (rc == 0 && a->logdir) {
+    snprintf(logdir_set, sizeof logdir_set, "experiment.logdir=%s", a->logdir);
+    rc = loom_config_set(*config, logdir_set);
+  }
+  if (rc == 0)
+    rc = loom_config_build(*config, exp);
+  if (rc < 0) {
+    fprintf(stderr, "loom: error: %s\n", loom_last_error());
+    return rc == LOOM_ENOMEM ? EXIT_RUNTIME : EXIT_USAGE;
+  }
+  return EXIT_DONE;
+}
+
+static int cmd_validate(const args *a) {
+  loom_config *config;
+  loom_experiment *exp = NULL;
+  int code = load(a, &config, &exp);
+  if (code == EXIT_DONE) {
+    size_t stages = loom_experiment_num_stages(exp);
+    printf("%s: ok (%zu stage%s)\n", a->config, stages, stages == 1 ? "" : "s");
+  }
+  loom_experiment_destroy(exp);
+  loom_config_destroy(config);
+  return code;
+}
+
+static int cmd_run(const args *a) {
+  loom_config *config;
+  loom_experiment *exp = NULL;
+  int code = load(a, &config, &exp);
+  char path[4200];
+  if (code == EXIT_DONE && (loom_mkdir_p(loom_experiment_logdir(exp)) < 0 ||
+                            loom_path_join(path, sizeof path, loom_experiment_logdir(exp), "config.json") < 0 ||
+                            loom_config_write(config, path) < 0)) {
+    fprintf(stderr, "loom: error: %s\n", loom_last_error());
+    code = EXIT_RUNTIME;
+  }
+  loom_runner *runner = code == EXIT_DONE ? loom_runner_create() : NULL;
+  if (code == EXIT_DONE) {
+    loom_run_options o = loom_run_options_default();
+    o.check = a->check;
+    loom_runner_set_options(runner, &o);
+    if (a->resume && loom_runner_set_resume(runner, a->resume) < 0)
+      code = EXIT_RUNTIME;
+  }
+  if (code == EXIT_DONE) {
+    int rc = loom_run_experiment(runner, exp);
+    if (rc == LOOM_EINTERRUPTED) {
+      fprintf(stderr, "loom: %s\nloom: continue with: loom run %s --resume last\n", loom_last_error(), a->config);
+      code = EXIT_INTERRUPTED;
+    } else if (rc < 0) {
+      fprintf(stderr, "loom: error: %s\n", loom_last_error());
+      code = EXIT_RUNTIME;
+    }
+  }
+  loom_runner_destroy(runner);
+  loom_experiment_destroy(exp);
+  loom_config_destroy(config);
+  return code;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    fputs(usage_main, argc < 2 ? stderr : stdout);
+    return argc < 2 ? EXIT_USAGE : EXIT_DONE;
+  }
+  if (strcmp(argv[1], "--version") == 0) {
+    printf("loom %s\n", LOOM_VERSION);
+    return EXIT_DONE;
+  }
+  bool run = strcmp(argv[1], "run") == 0;
+  if (!run && strcmp(argv[1], "validate") != 0) {
+    fprintf(stderr, "loom: unknown command \"%s\"\n%s", argv[1], usage_main);
+    return EXIT_USAGE;
+  }
+  args a = {0};
+  int code = parse(argc - 1, argv + 1, &a);
+  if (code == EXIT_DONE + 1000)
+    return EXIT_DONE;
+  if (code != EXIT_DONE)
+    return code;
+  return run ? cmd_run(&a) : cmd_validate(&a);
+}

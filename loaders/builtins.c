@@ -1,0 +1,60 @@
+/* Config constructors of the datasets and transforms. */
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/config_internal.h"
+#include "core/error_internal.h"
+#include "loom/data.h"
+
+/* A path from the config, relative to the config file's directory. */
+static const char *resolve(loom_params *p, const char *path, char *buf, size_t size) {
+  if (path[0] == '/' || strcmp(loom_params_base_dir(p), ".") == 0)
+    return path;
+  snprintf(buf, size, "%s/%s", loom_params_base_dir(p), path);
+  return buf;
+}
+
+/* A dataset constructor's failure, reported at the key that named the file. */
+static void *located(loom_params *p, const char *key, loom_dataset *ds) {
+  if (!ds)
+    loom_params_error(p, key, loom_last_error_code(), "%s", loom_last_error());
+  return ds;
+}
+
+static void *fashion_mnist(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  static const char *const splits[] = {"train", "test", NULL};
+  const char *dir;
+  int split;
+  char buf[PATH_MAX];
+  if (loom_params_string(p, "dir", "/usr/share/datasets/fashion-mnist", &dir) < 0 ||
+      loom_params_choice(p, "split", NULL, splits, &split) < 0)
+    return NULL;
+  return located(p, "dir", loom_fashion_mnist_open(resolve(p, dir, buf, sizeof buf), split == 0));
+}
+
+static void *idx(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  const char *images, *labels;
+  char a[PATH_MAX], b[PATH_MAX];
+  if (loom_params_string(p, "images", NULL, &images) < 0 || loom_params_string(p, "labels", NULL, &labels) < 0)
+    return NULL;
+  return located(p, "images", loom_idx_dataset_open(resolve(p, images, a, sizeof a), resolve(p, labels, b, sizeof b)));
+}
+
+static void *normalize(loom_params *p, const void *context, void *user) {
+  (void)user;
+  double mean, std;
+  if (loom_params_number(p, "mean", NAN, -HUGE_VAL, HUGE_VAL, &mean) < 0 ||
+      loom_params_number(p, "std", NAN, 1e-12, HUGE_VAL, &std) < 0)
+    return NULL;
+  return loom_normalize_dataset_create(loom_dataset_retain((loom_dataset *)context), (float)mean, (float)std);
+}
+
+void loom_register_builtin_datasets(void) {
+  loom_register_builtin(LOOM_KIND_DATASET, "fashion_mnist", fashion_mnist);
+  loom_register_builtin(LOOM_KIND_DATASET, "idx", idx);
+  loom_register_builtin(LOOM_KIND_TRANSFORM, "normalize", normalize);
+}
