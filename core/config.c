@@ -183,7 +183,9 @@ int loom_config_set(loom_config *c, const char *assignment) {
       next = json_object();
       json_object_set_new(node, part, next);
     }
-    loom_path_child(so_far, sizeof so_far, so_far, part);
+    char grown[1024];
+    loom_path_child(grown, sizeof grown, so_far, part); /* not in place: snprintf cannot alias */
+    memcpy(so_far, grown, sizeof so_far);
     parent = node;
     snprintf(last, sizeof last, "%s", part);
     index = -1;
@@ -194,7 +196,9 @@ int loom_config_set(loom_config *c, const char *assignment) {
       parent = node;
       index = idx;
       node = json_array_get(node, (size_t)idx);
-      loom_path_index(so_far, sizeof so_far, so_far, (size_t)idx);
+      char grown[1024];
+      loom_path_index(grown, sizeof grown, so_far, (size_t)idx);
+      memcpy(so_far, grown, sizeof so_far);
     }
   }
   const char *want;

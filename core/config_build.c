@@ -187,10 +187,12 @@ static int build_loaders(builder *b, loom_params *root) {
     loom_params p;
     loom_params_init(&p, b->c, spec, path);
     int kind = loom_loader_kind_from_name(key);
-    if (kind < 0)
-      return loom_params_error(root, "loaders", LOOM_EINVAL, "loader \"%s\": a loader's name starts with \"train\", "
-                                                            "\"valid\" or \"infer\" (it decides whether it trains)",
-                               key);
+    if (kind < 0) {
+      loom_params names;
+      loom_params_init(&names, b->c, obj, "loaders");
+      return loom_params_key_error(&names, key, "a loader's name starts with \"train\", \"valid\" or \"infer\" (it "
+                                       "decides whether it trains)");
+    }
     if (!json_is_object(spec))
       return loom_params_error(&p, NULL, LOOM_EINVAL, "expected a loader object");
     const char *dataset;
@@ -309,7 +311,8 @@ static int stage_scheduler(builder *b, loom_params *p, loom_stage *stage) {
   if (rc == 0)
     rc = loom_params_check_unknown(&sp);
   if (rc == 0 && unit == 1 && loom_scheduler_needs_metric(s))
-    rc = loom_params_error(&sp, "unit", LOOM_EINVAL, "plateau steps per epoch, on a loader metric");
+    rc = loom_params_error(&sp, "unit", LOOM_EINVAL, "a plateau schedule steps once per epoch, on a loader metric; "
+                                                     "use \"epoch\"");
   if (rc < 0) {
     loom_scheduler_destroy(s);
     return rc;
@@ -519,17 +522,19 @@ int loom_config_build(loom_config *c, loom_experiment **out) {
   loom_params root;
   loom_params_init(&root, c, c->root, "");
   loom_error_clear();
-  int rc = build_experiment(&b, &root);
+  /* The top level's keys are fixed: a misspelt one is the first thing to say. */
+  static const char *const sections[] = {"experiment", "datasets", "loaders", "model", "stages"};
+  for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++)
+    loom_params_known(&root, sections[i]);
+  int rc = loom_params_check_unknown(&root);
+  if (rc == 0)
+    rc = build_experiment(&b, &root);
   if (rc == 0)
     rc = build_datasets(&b, &root);
   if (rc == 0)
     rc = build_loaders(&b, &root);
   if (rc == 0)
     rc = build_stages(&b, &root);
-  if (rc == 0) {
-    loom_params_known(&root, "model");
-    rc = loom_params_check_unknown(&root);
-  }
   release(&b);
   if (rc < 0) {
     loom_experiment_destroy(b.exp);

@@ -49,6 +49,8 @@ struct loom_params {
 void loom_params_init(loom_params *p, loom_config *config, json_t *object, const char *path);
 /* Marks keys as known without reading them (e.g. "type"). */
 void loom_params_known(loom_params *p, const char *key);
+/* An error about `key` itself, at the key's position. */
+int loom_params_key_error(const loom_params *p, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* An error for the first key of the object nobody asked for. */
 int loom_params_check_unknown(const loom_params *p);
 /* "FILE:LINE:COL: path: " (or "--set ...: path: ") into buf. */

@@ -44,7 +44,7 @@ int loom_params_error(const loom_params *p, const char *key, int code, const cha
   return rc;
 }
 
-static int key_error(const loom_params *p, const char *key, const char *fmt, ...) {
+int loom_params_key_error(const loom_params *p, const char *key, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   int rc = report(p, key, true, LOOM_EINVAL, fmt, ap);
@@ -63,11 +63,11 @@ int loom_params_check_unknown(const loom_params *p) {
       continue;
     const char *near = loom_did_you_mean(key, p->asked, (size_t)p->num_asked);
     if (near)
-      return key_error(p, key, "unknown key (did you mean \"%s\"?)", near);
+      return loom_params_key_error(p, key, "unknown key (did you mean \"%s\"?)", near);
     char list[512] = "";
     for (int i = 0; i < p->num_asked; i++)
       snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", p->asked[i]);
-    return key_error(p, key, "unknown key (known keys here: %s)", p->num_asked ? list : "none");
+    return loom_params_key_error(p, key, "unknown key (known keys here: %s)", p->num_asked ? list : "none");
   }
   return 0;
 }
@@ -104,10 +104,30 @@ static int missing(const loom_params *p, const char *key, const char *want) {
 
 bool loom_params_has(loom_params *p, const char *key) { return ask(p, key) != NULL; }
 
+/* Bounds at or past these read as "no upper bound" in messages. */
+#define OPEN_INT INT32_MAX
+#define OPEN_NUMBER 1e300
+
+static void int_range(char *buf, size_t size, int64_t min, int64_t max) {
+  if (max >= OPEN_INT)
+    snprintf(buf, size, "an integer >= %lld", (long long)min);
+  else
+    snprintf(buf, size, "an integer in [%lld, %lld]", (long long)min, (long long)max);
+}
+
+static void number_range(char *buf, size_t size, double min, double max) {
+  if (max >= OPEN_NUMBER && min <= -OPEN_NUMBER)
+    snprintf(buf, size, "a number");
+  else if (max >= OPEN_NUMBER)
+    snprintf(buf, size, "a number >= %g", min);
+  else
+    snprintf(buf, size, "a number in [%g, %g]", min, max);
+}
+
 int loom_params_int(loom_params *p, const char *key, int64_t def, int64_t min, int64_t max, int64_t *out) {
   json_t *v = ask(p, key);
   char want[96];
-  snprintf(want, sizeof want, "an integer in [%lld, %lld]", (long long)min, (long long)max);
+  int_range(want, sizeof want, min, max);
   if (!v) {
     if (def == LOOM_REQUIRED_INT)
       return missing(p, key, want);
@@ -119,8 +139,7 @@ int loom_params_int(loom_params *p, const char *key, int64_t def, int64_t min, i
     return wrong_type(p, key, v, want);
   int64_t x = json_integer_value(v);
   if (x < min || x > max)
-    return loom_params_error(p, key, LOOM_EINVAL, "%lld is out of range [%lld, %lld]", (long long)x, (long long)min,
-                             (long long)max);
+    return loom_params_error(p, key, LOOM_EINVAL, "%lld is out of range (expected %s)", (long long)x, want);
   *out = x;
   return 0;
 }
@@ -128,7 +147,7 @@ int loom_params_int(loom_params *p, const char *key, int64_t def, int64_t min, i
 int loom_params_number(loom_params *p, const char *key, double def, double min, double max, double *out) {
   json_t *v = ask(p, key);
   char want[96];
-  snprintf(want, sizeof want, "a number in [%g, %g]", min, max);
+  number_range(want, sizeof want, min, max);
   if (!v) {
     if (isnan(def))
       return missing(p, key, want);
@@ -140,7 +159,7 @@ int loom_params_number(loom_params *p, const char *key, double def, double min, 
     return wrong_type(p, key, v, want);
   double x = json_number_value(v);
   if (!(x >= min && x <= max))
-    return loom_params_error(p, key, LOOM_EINVAL, "%g is out of range [%g, %g]", x, min, max);
+    return loom_params_error(p, key, LOOM_EINVAL, "%g is out of range (expected %s)", x, want);
   *out = x;
   return 0;
 }
@@ -221,8 +240,13 @@ static int read_array(loom_params *p, const char *key, bool integers, double min
     if (integers ? !json_is_integer(item) : !json_is_number(item))
       return wrong_type(p, sub, item, integers ? "an integer" : "a number");
     out[i] = json_number_value(item);
+    char range[96];
+    if (integers)
+      int_range(range, sizeof range, (int64_t)min, max >= 9e18 ? INT64_MAX : (int64_t)max);
+    else
+      number_range(range, sizeof range, min, max);
     if (!(out[i] >= min && out[i] <= max))
-      return loom_params_error(p, sub, LOOM_EINVAL, "%g is out of range [%g, %g]", out[i], min, max);
+      return loom_params_error(p, sub, LOOM_EINVAL, "%g is out of range (expected %s)", out[i], range);
   }
   *n = json_array_size(v);
   return 0;
