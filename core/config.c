@@ -143,10 +143,16 @@ static json_t *typed_value(const json_t *old, const char *text, const char **wan
   }
   json_error_t err;
   json_t *v = json_loads(text, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &err);
-  if (!v && (json_is_object(old) || json_is_array(old)))
+  if (json_is_object(old) || json_is_array(old)) {
+    /* A section is replaced only by a section of the same kind. */
     *want = json_is_object(old) ? "a JSON object" : "a JSON array";
-  else if (!v)
+    if (v && json_typeof(v) != json_typeof(old)) {
+      json_decref(v);
+      v = NULL;
+    }
+  } else if (!v) {
     v = json_string(text); /* a new key, or null: a bare word is a string */
+  }
   return v;
 }
 

@@ -47,6 +47,8 @@ struct loom_params {
 };
 
 void loom_params_init(loom_params *p, loom_config *config, json_t *object, const char *path);
+/* The component's JSON object (to write back what it resolved). */
+static inline json_t *loom_params_object(loom_params *p) { return p->object; }
 /* Marks keys as known without reading them (e.g. "type"). */
 void loom_params_known(loom_params *p, const char *key);
 /* An error about `key` itself, at the key's position. */

@@ -1,5 +1,7 @@
+#define _XOPEN_SOURCE 700 /* realpath */
 /* Config constructors of the datasets and transforms. */
 #include <limits.h>
+#include <stdlib.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -8,11 +10,18 @@
 #include "core/error_internal.h"
 #include "loom/data.h"
 
-/* A path from the config, relative to the config file's directory. */
-static const char *resolve(loom_params *p, const char *path, char *buf, size_t size) {
+/* A path from the config, relative to the config file's directory. The
+ * absolute path goes back into the config, so the resolved config works
+ * from anywhere. */
+static const char *resolve(loom_params *p, const char *key, const char *path, char *buf, size_t size) {
+  char joined[PATH_MAX];
   if (path[0] == '/' || strcmp(loom_params_base_dir(p), ".") == 0)
-    return path;
-  snprintf(buf, size, "%s/%s", loom_params_base_dir(p), path);
+    snprintf(joined, sizeof joined, "%s", path);
+  else
+    snprintf(joined, sizeof joined, "%s/%s", loom_params_base_dir(p), path);
+  if (!realpath(joined, buf)) /* missing: the reader reports it */
+    snprintf(buf, size, "%s", joined);
+  json_object_set_new(loom_params_object(p), key, json_string(buf));
   return buf;
 }
 
@@ -32,7 +41,7 @@ static void *fashion_mnist(loom_params *p, const void *context, void *user) {
   if (loom_params_string(p, "dir", "/usr/share/datasets/fashion-mnist", &dir) < 0 ||
       loom_params_choice(p, "split", NULL, splits, &split) < 0)
     return NULL;
-  return located(p, "dir", loom_fashion_mnist_open(resolve(p, dir, buf, sizeof buf), split == 0));
+  return located(p, "dir", loom_fashion_mnist_open(resolve(p, "dir", dir, buf, sizeof buf), split == 0));
 }
 
 static void *idx(loom_params *p, const void *context, void *user) {
@@ -41,7 +50,10 @@ static void *idx(loom_params *p, const void *context, void *user) {
   char a[PATH_MAX], b[PATH_MAX];
   if (loom_params_string(p, "images", NULL, &images) < 0 || loom_params_string(p, "labels", NULL, &labels) < 0)
     return NULL;
-  return located(p, "images", loom_idx_dataset_open(resolve(p, images, a, sizeof a), resolve(p, labels, b, sizeof b)));
+  /* Resolve both before using either: resolving rewrites the config. */
+  resolve(p, "images", images, a, sizeof a);
+  resolve(p, "labels", labels, b, sizeof b);
+  return located(p, "images", loom_idx_dataset_open(a, b));
 }
 
 static void *normalize(loom_params *p, const void *context, void *user) {

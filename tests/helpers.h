@@ -78,7 +78,7 @@ static inline int test_dir_teardown(void **state) {
 
 /* metrics.jsonl without its timings: the part two runs must agree on. */
 static inline char *jsonl_without_time(const char *logdir) {
-  char path[512];
+  char path[1024];
   snprintf(path, sizeof path, "%s/metrics.jsonl", logdir);
   char *text = test_read_file(path);
   assert_non_null(text);

@@ -1,0 +1,269 @@
+/* Configs that run: the resolved config reproduces the run, --set types
+ * values by the schema, user components from the registry, and the
+ * carry-over rules of multi-stage schedules.
+ * Usage: test_config_run CONFIGS_DIR (tests/configs) */
+#include <math.h>
+
+#include "helpers.h"
+
+static const char *configs;
+
+/* --- a user component: a probe callback registered from C --- */
+
+typedef struct probe_log {
+  char trace[64][64];
+  int n;
+  int64_t steps_at_start[3], steps_at_end[3];
+  float fc1_start[3][16], fc1_end[3][16], all_start[3][64], all_end[3][64];
+  int best_matches_at_start[3]; /* 1: params equal best.h5's; -1: no best.h5 */
+} probe_log;
+
+static probe_log plog;
+
+typedef struct probe {
+  char tag[16];
+} probe;
+
+static int stage_no(loom_runner *r) { return loom_runner_stage_index(r); }
+
+static void copy_weights(loom_runner *r, float *fc1, float *all) {
+  loom_model *m = loom_runner_model(r);
+  memcpy(fc1, loom_linear_weight(loom_model_find_layer(m, "fc1")), 12 * sizeof(float));
+  memcpy(all, loom_model_params(m), loom_model_num_params(m) * sizeof(float));
+}
+
+static int probe_stage_start(loom_callback *cb, loom_runner *r) {
+  probe *p = loom_callback_data(cb);
+  snprintf(plog.trace[plog.n++], 64, "%s:%s", p->tag, loom_runner_stage_name(r));
+  if (strcmp(p->tag, "E") != 0)
+    return 0;
+  int s = stage_no(r);
+  plog.steps_at_start[s] = loom_optimizer_steps(loom_runner_optimizer(r));
+  copy_weights(r, plog.fc1_start[s], plog.all_start[s]);
+  char path[512], notice[64];
+  loom_checkpoint *c = loom_checkpoint_open_logdir(loom_runner_logdir(r), "best", path, sizeof path, notice, sizeof notice);
+  plog.best_matches_at_start[s] = -1;
+  if (c) {
+    size_t n = loom_model_num_params(loom_runner_model(r));
+    float *best = malloc(n * sizeof *best);
+    loom_state_get_f32_array(loom_checkpoint_find(c, "model"), "params", best, n);
+    plog.best_matches_at_start[s] = memcmp(best, loom_model_params(loom_runner_model(r)), n * sizeof *best) == 0;
+    free(best);
+    loom_checkpoint_destroy(c);
+  }
+  return 0;
+}
+
+static int probe_stage_end(loom_callback *cb, loom_runner *r) {
+  probe *p = loom_callback_data(cb);
+  if (strcmp(p->tag, "E") == 0) {
+    int s = stage_no(r);
+    plog.steps_at_end[s] = loom_optimizer_steps(loom_runner_optimizer(r));
+    copy_weights(r, plog.fc1_end[s], plog.all_end[s]);
+  }
+  return 0;
+}
+
+static const loom_callback_ops probe_ops = {
+    .type = "probe", .on_stage_start = probe_stage_start, .on_stage_end = probe_stage_end, .destroy = free};
+
+static void *make_probe(loom_params *params, const void *context, void *user) {
+  (void)context;
+  assert_ptr_equal(user, &plog);
+  const char *tag;
+  if (loom_params_string(params, "tag", NULL, &tag) < 0)
+    return NULL;
+  probe *p = calloc(1, sizeof *p);
+  snprintf(p->tag, sizeof p->tag, "%s", tag);
+  return loom_callback_create(&probe_ops, p, LOOM_ORDER_EXTERNAL);
+}
+
+static int setup(void **state) {
+  (void)state;
+  int rc = loom_register(LOOM_KIND_CALLBACK, "probe", make_probe, &plog);
+  /* A second registration of the name is refused. */
+  if (rc == 0 && loom_register(LOOM_KIND_CALLBACK, "probe", make_probe, NULL) != LOOM_EINVAL)
+    return -1;
+  if (loom_register(LOOM_KIND_CALLBACK, "accuracy", make_probe, NULL) != LOOM_EINVAL)
+    return -1; /* built-in names are taken too */
+  return rc;
+}
+
+/* --- helpers --- */
+
+static loom_config *config_text(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static loom_config *config_text(const char *fmt, ...) {
+  char text[8192];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  loom_config *c = loom_config_parse(text, "inline.json");
+  if (!c)
+    fail_msg("%s", loom_last_error());
+  return c;
+}
+
+static void run_config(loom_config *c) {
+  loom_experiment *exp;
+  if (loom_config_build(c, &exp) < 0)
+    fail_msg("%s", loom_last_error());
+  loom_runner *r = loom_runner_create();
+  if (loom_run_experiment(r, exp) < 0)
+    fail_msg("%s", loom_last_error());
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
+#define DATA "\"images\": \"%s/data/images.idx\", \"labels\": \"%s/data/labels.idx\""
+
+static const char *const base =
+    "{\"experiment\": {\"name\": \"roundtrip\"},"
+    " \"datasets\": {\"d\": {\"type\": \"idx\", " DATA ","
+    "   \"transforms\": [{\"type\": \"normalize\", \"mean\": 120, \"std\": 70}]}},"
+    " \"loaders\": {\"train\": {\"dataset\": \"d\", \"batch_size\": 2}, \"valid\": {\"dataset\": \"d\", \"batch_size\": 4}},"
+    " \"model\": {\"type\": \"mlp\", \"sizes\": [4, 3, 2]},"
+    " \"stages\": {\"train\": {\"num_epochs\": 3, \"loaders\": [\"train\", \"valid\"],"
+    "   \"criterion\": {\"type\": \"cross_entropy\"}, \"optimizer\": {\"type\": \"adam\", \"lr\": 0.05},"
+    "   \"callbacks\": [{\"type\": \"accuracy\"}, {\"type\": \"metrics_logger\"}]}}}";
+
+static void test_resolved_config_reproduces_the_run(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  char set[700], resolved[600], a[600], b[600];
+  snprintf(a, sizeof a, "%s/a", dir);
+  snprintf(b, sizeof b, "%s/b", dir);
+  snprintf(resolved, sizeof resolved, "%s/resolved.json", dir);
+  /* No seed given: one is drawn and written into the resolved config. */
+  loom_config *c = config_text(base, configs, configs);
+  snprintf(set, sizeof set, "experiment.logdir=%s", a);
+  assert_int_equal(loom_config_set(c, set), 0);
+  run_config(c);
+  assert_int_equal(loom_config_write(c, resolved), 0);
+  loom_config_destroy(c);
+  json_error_t err;
+  json_t *r = json_load_file(resolved, 0, &err);
+  assert_true(json_is_integer(json_object_get(json_object_get(r, "experiment"), "seed")));
+  assert_string_equal(json_string_value(json_object_get(json_object_get(r, "experiment"), "device")), "cpu");
+  assert_true(json_is_true(json_object_get(json_object_get(json_object_get(r, "loaders"), "train"), "shuffle")));
+  assert_true(json_is_false(json_object_get(json_object_get(json_object_get(r, "loaders"), "valid"), "shuffle")));
+  json_decref(r);
+  /* Running the resolved file elsewhere gives the same metrics. */
+  c = loom_config_load(resolved);
+  assert_non_null(c);
+  snprintf(set, sizeof set, "experiment.logdir=%s", b);
+  assert_int_equal(loom_config_set(c, set), 0);
+  run_config(c);
+  loom_config_destroy(c);
+  char *ja = jsonl_without_time(a), *jb = jsonl_without_time(b);
+  assert_string_equal(ja, jb);
+  free(ja), free(jb);
+  test_rm_rf(dir);
+  free(dir);
+}
+
+static json_t *resolved_after(loom_config *c, const char *dir) {
+  char path[600];
+  snprintf(path, sizeof path, "%s/r.json", dir);
+  assert_int_equal(loom_config_write(c, path), 0);
+  json_error_t err;
+  return json_load_file(path, 0, &err);
+}
+
+static void test_set_types_by_schema(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  loom_config *c = config_text(base, configs, configs);
+  assert_int_equal(loom_config_set(c, "experiment.name=123"), 0);              /* a string stays a string */
+  assert_int_equal(loom_config_set(c, "loaders.train.batch_size=4"), 0);       /* an integer */
+  assert_int_equal(loom_config_set(c, "stages.train.optimizer.lr=0.5"), 0);    /* a number */
+  assert_int_equal(loom_config_set(c, "loaders.train.shuffle=false"), 0);      /* new key: JSON */
+  assert_int_equal(loom_config_set(c, "stages.train.callbacks[1].type=timer"), 0);
+  assert_int_equal(loom_config_set(c, "experiment.tags={\"a\": 1}"), 0);       /* new object */
+  json_t *r = resolved_after(c, dir);
+  json_t *e = json_object_get(r, "experiment");
+  assert_string_equal(json_string_value(json_object_get(e, "name")), "123");
+  assert_int_equal(json_integer_value(json_object_get(json_object_get(json_object_get(r, "loaders"), "train"), "batch_size")), 4);
+  assert_true(json_is_false(json_object_get(json_object_get(json_object_get(r, "loaders"), "train"), "shuffle")));
+  json_decref(r);
+  /* ... and the schema still checks what was set: "tags" is no key. */
+  loom_experiment *exp;
+  assert_int_equal(loom_config_build(c, &exp), LOOM_EINVAL);
+  assert_string_equal(loom_last_error(), "--set experiment.tags={\"a\": 1}: experiment.tags: unknown key (known keys "
+                                         "here: name, seed, logdir, device)");
+  loom_config_destroy(c);
+  /* Typed errors. */
+  c = config_text(base, configs, configs);
+  assert_int_equal(loom_config_set(c, "loaders.train.batch_size=two"), LOOM_EINVAL);
+  assert_string_equal(loom_last_error(), "--set loaders.train.batch_size=two: loaders.train.batch_size: expected an "
+                                         "integer, got \"two\"");
+  assert_int_equal(loom_config_set(c, "loaders.train=3"), LOOM_EINVAL);
+  assert_int_equal(loom_config_set(c, "stages.train.loaders[5]=x"), LOOM_EINVAL);
+  assert_non_null(strstr(loom_last_error(), "has no item 5"));
+  assert_int_equal(loom_config_set(c, "loaders.valid.shuffle=maybe"), 0); /* new key: a string... */
+  assert_int_equal(loom_config_build(c, &exp), LOOM_EINVAL);                /* ...that the schema refuses */
+  assert_string_equal(loom_last_error(), "--set loaders.valid.shuffle=maybe: loaders.valid.shuffle: expected true or "
+                                         "false, got the string \"maybe\"");
+  loom_config_destroy(c);
+  test_rm_rf(dir);
+  free(dir);
+}
+
+/* pretrain (fc1 frozen) -> train (optimizer state reset) -> finetune (best
+ * weights loaded, optimizer state kept). */
+static const char *const multistage =
+    "{\"experiment\": {\"name\": \"multi\", \"seed\": 5, \"logdir\": \"%s\"},"
+    " \"datasets\": {\"d\": {\"type\": \"idx\", " DATA ","
+    "   \"transforms\": [{\"type\": \"normalize\", \"mean\": 120, \"std\": 70}]}},"
+    " \"loaders\": {\"train\": {\"dataset\": \"d\", \"batch_size\": 2}, \"valid\": {\"dataset\": \"d\", \"batch_size\": 4}},"
+    " \"model\": {\"type\": \"sequential\", \"layers\": [{\"type\": \"linear\", \"name\": \"fc1\", \"out_features\": 3},"
+    "   {\"type\": \"relu\"}, {\"type\": \"linear\", \"name\": \"fc2\", \"out_features\": 2}]},"
+    " \"stages\": {"
+    "  \"pretrain\": {\"num_epochs\": 2, \"loaders\": [\"train\", \"valid\"], \"frozen\": [\"fc1\"],"
+    "   \"criterion\": {\"type\": \"cross_entropy\"}, \"optimizer\": {\"type\": \"adam\", \"lr\": 0.05},"
+    "   \"callbacks\": [{\"type\": \"probe\", \"tag\": \"E\", \"scope\": \"experiment\"},"
+    "                 {\"type\": \"probe\", \"tag\": \"S\"},"
+    "                 {\"type\": \"checkpoint\", \"metric\": \"loss\", \"minimize\": false, \"scope\": \"experiment\"}]},"
+    "  \"train\": {\"num_epochs\": 3, \"loaders\": [\"train\", \"valid\"], \"optimizer_state\": \"reset\"},"
+    "  \"finetune\": {\"num_epochs\": 1, \"loaders\": [\"train\", \"valid\"], \"load_weights\": \"best\"}}}";
+
+static void test_multistage_carry_over(void **state) {
+  (void)state;
+  memset(&plog, 0, sizeof plog);
+  char *dir = test_tmpdir();
+  loom_config *c = config_text(multistage, dir, configs, configs);
+  run_config(c);
+  loom_config_destroy(c);
+  /* Stage order; E (experiment scope) is carried, S (stage scope) is not. */
+  const char *want[] = {"E:pretrain", "S:pretrain", "E:train", "E:finetune"};
+  assert_int_equal(plog.n, 4);
+  for (int i = 0; i < 4; i++)
+    assert_string_equal(plog.trace[i], want[i]);
+  /* Frozen fc1 is bit-identical through pretrain while fc2 learned; in the
+   * next stage fc1 trains. */
+  assert_memory_equal(plog.fc1_start[0], plog.fc1_end[0], 12 * sizeof(float));
+  assert_memory_not_equal(plog.all_start[0], plog.all_end[0], 23 * sizeof(float));
+  assert_memory_not_equal(plog.fc1_start[1], plog.fc1_end[1], 12 * sizeof(float));
+  /* Optimizer state: reset at "train" (steps start at 0), kept at "finetune". */
+  assert_true(plog.steps_at_end[0] == 8);
+  assert_int_equal(plog.steps_at_start[1], 0);
+  assert_int_equal(plog.steps_at_start[2], plog.steps_at_end[1]);
+  assert_int_equal(plog.steps_at_end[1], 12);
+  /* finetune starts from best.h5's weights, not from where train ended. */
+  assert_int_equal(plog.best_matches_at_start[2], 1);
+  assert_memory_not_equal(plog.all_start[2], plog.all_end[1], 23 * sizeof(float));
+  test_rm_rf(dir);
+  free(dir);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2)
+    return 2;
+  configs = argv[1];
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_resolved_config_reproduces_the_run),
+      cmocka_unit_test(test_set_types_by_schema),
+      cmocka_unit_test(test_multistage_carry_over),
+  };
+  return cmocka_run_group_tests(tests, setup, NULL);
+}
