@@ -1,6 +1,7 @@
 /* Drives examples/fashion_mnist_mlp as a user would: resume with more
  * epochs appends to metrics.jsonl; Ctrl-C (SIGINT) exits with 130 and leaves
- * a checkpoint to resume from. Usage: test_example_cli EXAMPLE DATA_DIR */
+ * a checkpoint to resume from; its JSON twin run by loom gives the same
+ * metrics. Usage: test_example_cli EXAMPLE DATA_DIR LOOM CONFIG */
 #include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -8,7 +9,7 @@
 
 #include "helpers.h"
 
-static const char *example, *data;
+static const char *example, *data, *loom, *config;
 
 static pid_t start(const char *logdir, const char *epochs, const char *resume) {
   fflush(NULL);
@@ -80,14 +81,39 @@ static void test_ctrl_c_exits_130_with_checkpoint(void **state) {
   free(dir);
 }
 
+/* The C program and examples/configs/fashion_mnist_mlp.json describe one
+ * experiment: two epochs of each give identical metrics.jsonl. */
+static void test_config_twin_matches(void **state) {
+  (void)state;
+  char *a = test_tmpdir(), *b = test_tmpdir();
+  assert_int_equal(finish(start(a, "2", NULL)), 0);
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (!freopen("/dev/null", "w", stdout))
+      _exit(127);
+    execl(loom, loom, "run", config, "--logdir", b, "--set", "stages.train.num_epochs=2", (char *)NULL);
+    _exit(127);
+  }
+  assert_int_equal(finish(pid), 0);
+  char *ja = jsonl_without_time(a), *jb = jsonl_without_time(b);
+  assert_string_equal(ja, jb);
+  free(ja), free(jb);
+  test_rm_rf(a), test_rm_rf(b);
+  free(a), free(b);
+}
+
 int main(int argc, char **argv) {
-  if (argc < 3)
+  if (argc < 5)
     return 2;
   example = argv[1];
   data = argv[2];
+  loom = argv[3];
+  config = argv[4];
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_resume_with_more_epochs),
       cmocka_unit_test(test_ctrl_c_exits_130_with_checkpoint),
+      cmocka_unit_test(test_config_twin_matches),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
