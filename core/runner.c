@@ -231,30 +231,46 @@ static int run_one_batch(loom_runner *r, loom_tensor *x, loom_tensor *y) {
   return sync_decisions(r);
 }
 
+/* Every rank takes as many steps as the largest shard has batches, so
+ * that the per-batch synchronisation never waits for a rank that is done;
+ * a rank past its own batches only synchronises. */
 static int run_batches(loom_runner *r) {
-  while (r->batches_done < r->loader_num_batches && !(r->stop_flags & LOOM_STOP_LOADER)) {
+  int64_t steps = batch_limit(r, loom_loader_max_batches(r->loader));
+  for (int64_t step = r->batches_done; step < steps && !(r->stop_flags & LOOM_STOP_LOADER); step++) {
     loom_tensor *x, *y;
-    uint64_t t0 = loom_now_ns();
-    int rc = loom_loader_next(r->loader, &x, &y);
-    r->batch_data_s = (double)(loom_now_ns() - t0) * 1e-9;
+    int rc = 0;
+    if (step < r->loader_num_batches) {
+      uint64_t t0 = loom_now_ns();
+      rc = loom_loader_next(r->loader, &x, &y);
+      r->batch_data_s = (double)(loom_now_ns() - t0) * 1e-9;
+      if (rc < 0)
+        return loom_error_wrap(rc, "loader \"%s\", batch %lld", r->loader_name, (long long)r->loader_batch_step + 1);
+    }
+    rc = rc == 1 ? run_one_batch(r, x, y) : sync_decisions(r);
     if (rc < 0)
-      return loom_error_wrap(rc, "loader \"%s\", batch %lld", r->loader_name, (long long)r->loader_batch_step + 1);
-    if (rc == 0)
-      return 0;
-    if ((rc = run_one_batch(r, x, y)) < 0)
       return rc;
   }
   return 0;
 }
 
+static int loader_body(loom_runner *r, const loom_named_loader *nl, bool resume_here);
+
+/* The loader's workers stop however the loader ends. */
 static int run_loader(loom_runner *r, int index, bool resume_here) {
-  const loom_named_loader *nl = &r->loaders[index];
+  int rc = loader_body(r, &r->loaders[index], resume_here);
+  loom_loader_end_epoch(r->loaders[index].loader);
+  if (rc == 0)
+    r->loader_index = -1;
+  return rc;
+}
+
+static int loader_body(loom_runner *r, const loom_named_loader *nl, bool resume_here) {
+  int index = (int)(nl - r->loaders);
   r->loader_index = index;
   r->loader_name = nl->name;
   r->loader_kind = (loom_loader_kind)loom_loader_kind_from_name(nl->name);
   r->loader = nl->loader;
   r->loader_batch_step = r->loader_sample_step = r->batches_done = 0;
-  r->loader_num_batches = batch_limit(r, loom_loader_num_batches(nl->loader));
   r->stop_flags &= ~(unsigned)LOOM_STOP_LOADER;
   loom_metrics_clear(r->loader_metrics);
   loom_metrics_clear(r->loader_sums);
@@ -267,9 +283,12 @@ static int run_loader(loom_runner *r, int index, bool resume_here) {
   loom_rng order_rng;
   uint64_t epoch_key = r->options.overfit_batches > 0 ? 1 : (uint64_t)r->global_epoch;
   loom_rng_seed(&order_rng, loom_experiment_seed(r->exp), epoch_key, loom_rng_stream_id(nl->name));
-  int rc = loom_loader_start_epoch(nl->loader, loom_rng_next(&order_rng));
+  loom_epoch_plan plan = {loom_rng_next(&order_rng), loom_comm_rank(r->comm), loom_comm_size(r->comm),
+                          r->loader_kind == LOOM_LOADER_TRAIN};
+  int rc = loom_loader_start_epoch(nl->loader, &plan);
   if (rc < 0)
     return loom_error_wrap(rc, "starting loader \"%s\"", nl->name);
+  r->loader_num_batches = batch_limit(r, loom_loader_num_batches(nl->loader));
 
   r->loader_start_ns = loom_now_ns();
   if ((rc = dispatch(r, LOOM_EVENT_LOADER_START)) < 0)
@@ -293,7 +312,6 @@ static int run_loader(loom_runner *r, int index, bool resume_here) {
     return rc;
   if (strcmp(nl->name, r->valid_loader) == 0)
     rc = loom_metrics_copy(r->valid_metrics, r->loader_metrics, NULL, false);
-  r->loader_index = -1;
   return rc;
 }
 

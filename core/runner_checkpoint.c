@@ -155,6 +155,19 @@ int loom_runner_snapshot(loom_runner *r, loom_checkpoint **out) {
     rc = (g = loom_checkpoint_group(c, "model")) ? loom_model_save(r->model, g, true) : LOOM_ENOMEM;
   if (rc == 0 && r->optimizer)
     rc = (g = loom_checkpoint_group(c, "optimizer")) ? loom_optimizer_save(r->optimizer, g) : LOOM_ENOMEM;
+  /* Samplers with state of their own (the built-in ones are pure functions
+   * of the epoch's seed and save nothing). */
+  for (size_t i = 0; rc == 0 && i < r->num_loaders; i++) {
+    char name[512];
+    snprintf(name, sizeof name, "samplers/%s", r->loaders[i].name);
+    loom_state *tmp = loom_state_create();
+    rc = tmp ? loom_sampler_save(loom_loader_sampler(r->loaders[i].loader), tmp) : LOOM_ENOMEM;
+    if (rc == 0 && loom_state_count(tmp) > 0) {
+      loom_state *g = loom_checkpoint_group(c, name);
+      rc = g ? loom_sampler_save(loom_loader_sampler(r->loaders[i].loader), g) : LOOM_ENOMEM;
+    }
+    loom_state_destroy(tmp);
+  }
   for (size_t i = 0; rc == 0 && i < r->stage_table.count; i++) {
     loom_callback *cb = r->stage_table.all[i];
     if (!loom_callback_is_stateful(cb))
@@ -292,6 +305,12 @@ int loom_runner_restore(loom_runner *r) {
     rc = loom_model_load(r->model, s, true);
   if (rc == 0 && r->optimizer && (s = loom_checkpoint_find(c, "optimizer")))
     rc = loom_optimizer_load(r->optimizer, s);
+  for (size_t i = 0; rc == 0 && i < r->num_loaders; i++) {
+    char name[512];
+    snprintf(name, sizeof name, "samplers/%s", r->loaders[i].name);
+    if ((s = loom_checkpoint_find(c, name)))
+      rc = loom_sampler_load(loom_loader_sampler(r->loaders[i].loader), s);
+  }
   /* A callback without saved state (added since) starts afresh. */
   for (size_t i = 0; rc == 0 && i < r->stage_table.count; i++) {
     loom_callback *cb = r->stage_table.all[i];

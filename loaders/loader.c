@@ -1,114 +1,361 @@
-/* Collates batches in the sampler's order into two tensors it owns. */
+/* The loader: an epoch's order from the sampler, this rank's shard of it,
+ * and batches prepared by worker threads into a ring of prefetch slots.
+ *
+ * Batch b goes to slot b % K. A worker claims the next batch number only if
+ * it is less than K ahead of the batches the consumer has released, so at
+ * most K batches exist at once (backpressure); the consumer takes slot
+ * next % K once it holds batch `next`, so batches come out in order
+ * whatever the workers' timing. Per-sample randomness is seeded from (epoch
+ * seed, sample index, transform), so the result does not depend on which
+ * worker prepared what. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 #include "core/error_internal.h"
 #include "core/tensor_impl.h"
 #include "loom/data.h"
 
+typedef enum { SLOT_FREE, SLOT_BUSY, SLOT_READY } slot_state;
+
+typedef struct slot {
+  loom_tensor *x, *y;
+  void *xmem, *ymem; /* from the allocator hook, if any */
+  int64_t batch;
+  slot_state state;
+  int rc;
+  char error[LOOM_ERROR_MAX];
+} slot;
+
 struct loom_loader {
   loom_dataset *ds;
   loom_sampler *sampler;
-  int64_t batch_size, length, pos;
+  int64_t batch_size, length, sample_size, target_size;
   bool drop_last;
-  int64_t *order;
-  loom_tensor *x, *y;
+  int workers, num_slots;
+  loom_transform **transforms;
+  int num_transforms;
+  loom_loader_hooks hooks;
+  slot *slots;
+  /* the epoch */
+  int64_t *full, *order;
+  int64_t cap_full, count, max_count;
+  uint64_t seed;
+  bool started;
+  /* progress: batches handed out, claimed by workers, released by the consumer */
+  int64_t total, next, claim, released;
+  bool holding;
+  /* workers */
+  uv_thread_t *threads;
+  int running;
+  bool stop;
+  uv_mutex_t mu;
+  uv_cond_t work_cv, ready_cv;
 };
 
-static int64_t num_batches(const loom_loader *l) {
-  return l->drop_last ? l->length / l->batch_size : (l->length + l->batch_size - 1) / l->batch_size;
+static int64_t batches(const loom_loader *l, int64_t samples) {
+  return l->drop_last ? samples / l->batch_size : (samples + l->batch_size - 1) / l->batch_size;
+}
+
+static int64_t product(int ndim, const int64_t *shape) {
+  int64_t p = 1;
+  for (int i = 0; i < ndim; i++)
+    p *= shape[i];
+  return p;
+}
+
+/* A [batch, ...] tensor over the hook's memory or its own. */
+static loom_tensor *batch_tensor(loom_loader *l, int ndim, const int64_t *shape, void **mem) {
+  int64_t full[LOOM_MAX_DIMS] = {l->batch_size};
+  memcpy(full + 1, shape, (size_t)ndim * sizeof *shape);
+  if (!l->hooks.alloc)
+    return loom_tensor_create(ndim + 1, full);
+  *mem = l->hooks.alloc(l->hooks.user, (size_t)(product(ndim + 1, full) * (int64_t)sizeof(float)));
+  return *mem ? loom_tensor_view(*mem, ndim + 1, full) : NULL;
+}
+
+static void free_slots(loom_loader *l) {
+  for (int i = 0; l->slots && i < l->num_slots; i++) {
+    loom_tensor_destroy(l->slots[i].x);
+    loom_tensor_destroy(l->slots[i].y);
+    if (l->hooks.free) {
+      if (l->slots[i].xmem)
+        l->hooks.free(l->hooks.user, l->slots[i].xmem);
+      if (l->slots[i].ymem)
+        l->hooks.free(l->hooks.user, l->slots[i].ymem);
+    }
+  }
+  free(l->slots);
+  l->slots = NULL;
+}
+
+static int make_slots(loom_loader *l) {
+  l->slots = calloc((size_t)l->num_slots, sizeof *l->slots);
+  if (!l->slots)
+    return loom_error_oom("the loader's batch slots");
+  for (int i = 0; i < l->num_slots; i++) {
+    slot *s = &l->slots[i];
+    s->x = batch_tensor(l, loom_dataset_sample_ndim(l->ds), loom_dataset_sample_shape(l->ds), &s->xmem);
+    s->y = batch_tensor(l, loom_dataset_target_ndim(l->ds), loom_dataset_target_shape(l->ds), &s->ymem);
+    if (!s->x || !s->y) {
+      free_slots(l);
+      return loom_error_oom("a batch buffer");
+    }
+  }
+  return 0;
+}
+
+/* Fetches, transforms and collates batch b into slot s. */
+static int produce(loom_loader *l, int64_t b, slot *s) {
+  int64_t start = b * l->batch_size, n = l->count - start < l->batch_size ? l->count - start : l->batch_size;
+  int64_t sx[LOOM_MAX_DIMS], sy[LOOM_MAX_DIMS];
+  memcpy(sx, s->x->shape, sizeof sx);
+  memcpy(sy, s->y->shape, sizeof sy);
+  sx[0] = sy[0] = n;
+  int rc = loom_tensor_resize(s->x, s->x->ndim, sx);
+  if (rc == 0)
+    rc = loom_tensor_resize(s->y, s->y->ndim, sy);
+  if (rc == 0 && (rc = loom_dataset_fetch(l->ds, l->order + start, n, s->x->data, s->y->data)) < 0)
+    return loom_error_wrap(rc, "fetching batch %lld (samples %lld..%lld of the epoch)", (long long)b,
+                           (long long)start, (long long)(start + n - 1));
+  const int ndim = loom_dataset_sample_ndim(l->ds);
+  const int64_t *shape = loom_dataset_sample_shape(l->ds);
+  for (int64_t i = 0; rc == 0 && i < n; i++) {
+    int64_t index = l->order[start + i];
+    for (int t = 0; rc == 0 && t < l->num_transforms; t++) {
+      loom_rng rng;
+      loom_rng_seed(&rng, l->seed, (uint64_t)index, (uint64_t)t + 1);
+      rc = loom_transform_apply(l->transforms[t], s->x->data + i * l->sample_size, ndim, shape, &rng);
+      if (rc < 0)
+        return loom_error_wrap(rc, "transform \"%s\" failed on sample %lld", loom_transform_type(l->transforms[t]),
+                               (long long)index);
+    }
+  }
+  if (rc == 0 && l->hooks.batch_ready && (rc = l->hooks.batch_ready(l->hooks.user, s->x, s->y, (int)(s - l->slots))) < 0)
+    return loom_error_wrap(rc, "the batch-ready hook failed on batch %lld", (long long)b);
+  return rc;
+}
+
+static void worker(void *arg) {
+  loom_loader *l = arg;
+  uv_mutex_lock(&l->mu);
+  for (;;) {
+    while (!l->stop && l->claim < l->total && l->claim >= l->released + l->num_slots)
+      uv_cond_wait(&l->work_cv, &l->mu);
+    if (l->stop || l->claim >= l->total)
+      break;
+    int64_t b = l->claim++;
+    slot *s = &l->slots[b % l->num_slots];
+    s->state = SLOT_BUSY;
+    s->batch = b;
+    uv_mutex_unlock(&l->mu);
+    int rc = produce(l, b, s);
+    if (rc < 0) /* messages are per thread: carry it to the consumer */
+      snprintf(s->error, sizeof s->error, "%s", loom_last_error());
+    uv_mutex_lock(&l->mu);
+    s->rc = rc;
+    s->state = SLOT_READY;
+    uv_cond_broadcast(&l->ready_cv);
+  }
+  uv_mutex_unlock(&l->mu);
+}
+
+static int start_workers(loom_loader *l) {
+  if (l->workers == 0 || l->next >= l->total)
+    return 0;
+  l->stop = false;
+  for (int i = 0; i < l->num_slots; i++)
+    l->slots[i].state = SLOT_FREE;
+  for (int i = 0; i < l->workers; i++) {
+    int rc = uv_thread_create(&l->threads[i], worker, l);
+    if (rc < 0) {
+      loom_loader_end_epoch(l);
+      return loom_error_set(LOOM_EIO, "loader: cannot start worker %d: %s", i, uv_strerror(rc));
+    }
+    l->running++;
+  }
+  return 0;
+}
+
+void loom_loader_end_epoch(loom_loader *l) {
+  if (!l || l->running == 0)
+    return;
+  uv_mutex_lock(&l->mu);
+  l->stop = true;
+  uv_cond_broadcast(&l->work_cv);
+  uv_cond_broadcast(&l->ready_cv);
+  uv_mutex_unlock(&l->mu);
+  for (int i = 0; i < l->running; i++)
+    uv_thread_join(&l->threads[i]);
+  l->running = 0;
 }
 
 void loom_loader_destroy(loom_loader *l) {
   if (!l)
     return;
+  loom_loader_end_epoch(l);
+  free_slots(l);
   loom_dataset_destroy(l->ds);
   loom_sampler_destroy(l->sampler);
+  for (int i = 0; i < l->num_transforms; i++)
+    loom_transform_destroy(l->transforms[i]);
+  free(l->transforms);
+  free(l->full);
   free(l->order);
-  loom_tensor_destroy(l->x);
-  loom_tensor_destroy(l->y);
+  free(l->threads);
+  uv_mutex_destroy(&l->mu);
+  uv_cond_destroy(&l->work_cv);
+  uv_cond_destroy(&l->ready_cv);
   free(l);
 }
 
-static loom_tensor *batch_tensor(int64_t batch, int ndim, const int64_t *shape) {
-  int64_t full[LOOM_MAX_DIMS] = {batch};
-  memcpy(full + 1, shape, (size_t)ndim * sizeof *shape);
-  return loom_tensor_create(ndim + 1, full);
+/* Frees what loom_loader_create was handed, when it cannot take it. */
+static void drop_inputs(loom_dataset *ds, const loom_loader_options *o) {
+  loom_dataset_destroy(ds);
+  if (!o)
+    return;
+  loom_sampler_destroy(o->sampler);
+  for (int i = 0; i < o->num_transforms; i++)
+    loom_transform_destroy(o->transforms[i]);
 }
 
 loom_loader *loom_loader_create(loom_dataset *ds, const loom_loader_options *o) {
-  loom_sampler *given = o ? o->sampler : NULL;
-  if (!ds || !o || o->batch_size < 1) {
-    loom_dataset_destroy(ds);
-    loom_sampler_destroy(given);
-    loom_error_set(LOOM_EINVAL, "loom_loader_create: need a dataset and a batch_size >= 1 (got %lld)",
+  if (!ds || !o || o->batch_size < 1 || o->workers < 0 || o->workers > 256 || o->prefetch < 0 ||
+      o->num_transforms < 0 || (o->num_transforms && !o->transforms)) {
+    loom_error_set(LOOM_EINVAL, "loom_loader_create: need a dataset, batch_size >= 1 (got %lld), 0 to 256 workers "
+                                "and prefetch >= 0",
                    o ? (long long)o->batch_size : 0LL);
+    drop_inputs(ds, o);
     return NULL;
   }
   loom_loader *l = calloc(1, sizeof *l);
   if (!l) {
-    loom_dataset_destroy(ds);
-    loom_sampler_destroy(given);
+    drop_inputs(ds, o);
     loom_error_oom("a loader");
     return NULL;
   }
+  uv_mutex_init(&l->mu);
+  uv_cond_init(&l->work_cv);
+  uv_cond_init(&l->ready_cv);
   l->ds = ds;
   l->batch_size = o->batch_size;
   l->drop_last = o->drop_last;
+  l->workers = o->workers;
+  l->num_slots = o->workers == 0 ? 1 : (o->prefetch > 0 ? o->prefetch : 2 * o->workers);
   l->length = loom_dataset_length(ds);
-  l->sampler = given ? given : o->shuffle ? loom_random_sampler_create() : loom_sequential_sampler_create();
-  l->order = malloc((size_t)(l->length ? l->length : 1) * sizeof *l->order);
-  l->x = batch_tensor(l->batch_size, loom_dataset_sample_ndim(ds), loom_dataset_sample_shape(ds));
-  l->y = batch_tensor(l->batch_size, loom_dataset_target_ndim(ds), loom_dataset_target_shape(ds));
-  if (!l->sampler || !l->order || !l->x || !l->y) {
+  l->sample_size = product(loom_dataset_sample_ndim(ds), loom_dataset_sample_shape(ds));
+  l->target_size = product(loom_dataset_target_ndim(ds), loom_dataset_target_shape(ds));
+  l->sampler = o->sampler ? o->sampler : o->shuffle ? loom_random_sampler_create() : loom_sequential_sampler_create();
+  l->transforms = calloc((size_t)(o->num_transforms + 1), sizeof *l->transforms);
+  l->threads = calloc((size_t)(o->workers + 1), sizeof *l->threads);
+  if (l->transforms) {
+    for (int i = 0; i < o->num_transforms; i++)
+      l->transforms[l->num_transforms++] = o->transforms[i];
+  } else {
+    for (int i = 0; i < o->num_transforms; i++)
+      loom_transform_destroy(o->transforms[i]);
+  }
+  if (!l->sampler || !l->transforms || !l->threads) {
     loom_loader_destroy(l);
-    loom_error_oom("a loader's buffers");
+    loom_error_oom("a loader");
     return NULL;
   }
-  l->pos = l->length; /* no epoch started */
   return l;
 }
 
+int loom_loader_set_hooks(loom_loader *l, const loom_loader_hooks *h) {
+  if (l->slots)
+    return loom_error_set(LOOM_ESTATE, "loader: hooks must be set before the first epoch");
+  if (h && (!h->alloc) != (!h->free))
+    return loom_error_set(LOOM_EINVAL, "loader: the alloc and free hooks go together");
+  l->hooks = h ? *h : (loom_loader_hooks){0};
+  return 0;
+}
+
 loom_dataset *loom_loader_dataset(const loom_loader *l) { return l->ds; }
+loom_sampler *loom_loader_sampler(const loom_loader *l) { return l->sampler; }
 int64_t loom_loader_batch_size(const loom_loader *l) { return l->batch_size; }
-int64_t loom_loader_num_batches(const loom_loader *l) { return num_batches(l); }
-int64_t loom_loader_num_samples(const loom_loader *l) { return l->length; }
+int loom_loader_workers(const loom_loader *l) { return l->workers; }
+int64_t loom_loader_num_samples(const loom_loader *l) { return l->started ? l->count : l->length; }
+int64_t loom_loader_num_batches(const loom_loader *l) { return batches(l, loom_loader_num_samples(l)); }
+int64_t loom_loader_max_batches(const loom_loader *l) { return batches(l, l->started ? l->max_count : l->length); }
 const int64_t *loom_loader_order(const loom_loader *l) { return l->order; }
 
-int loom_loader_start_epoch(loom_loader *l, uint64_t seed) {
-  int rc = loom_sampler_order(l->sampler, l->length, seed, l->order);
+int loom_loader_start_epoch(loom_loader *l, const loom_epoch_plan *plan) {
+  loom_loader_end_epoch(l);
+  int rc = (!l->slots) ? make_slots(l) : 0;
   if (rc < 0)
     return rc;
-  l->pos = 0;
-  return 0;
+  int64_t m = loom_sampler_length(l->sampler, l->length);
+  if (m > l->cap_full) {
+    int64_t *full = realloc(l->full, (size_t)m * sizeof *full), *order = full ? realloc(l->order, (size_t)m * sizeof *order) : NULL;
+    if (full)
+      l->full = full;
+    if (!full || !order)
+      return loom_error_oom("the epoch's order");
+    l->order = order;
+    l->cap_full = m;
+  }
+  if ((rc = loom_sampler_order(l->sampler, l->length, plan, l->full)) < 0)
+    return rc;
+  for (int64_t i = 0; i < m; i++)
+    if (l->full[i] < 0 || l->full[i] >= l->length)
+      return loom_error_set(LOOM_EINVAL, "sampler \"%s\" drew index %lld of a dataset of %lld",
+                            loom_sampler_type(l->sampler), (long long)l->full[i], (long long)l->length);
+  l->count = loom_shard(l->full, m, plan->rank, plan->world, plan->train, l->order);
+  l->max_count = loom_shard_max_length(m, plan->world, plan->train);
+  l->seed = plan->seed;
+  l->total = batches(l, l->count);
+  l->next = l->claim = l->released = 0;
+  l->holding = false;
+  l->started = true;
+  return start_workers(l);
+}
+
+int loom_loader_seek(loom_loader *l, int64_t b) {
+  if (b < 0 || b > l->total)
+    return loom_error_set(LOOM_EINVAL, "loader: cannot skip %lld batches of %lld", (long long)b, (long long)l->total);
+  loom_loader_end_epoch(l);
+  l->next = l->claim = l->released = b;
+  l->holding = false;
+  return start_workers(l);
 }
 
 int loom_loader_next(loom_loader *l, loom_tensor **x, loom_tensor **y) {
-  int64_t left = l->length - l->pos;
-  if (left <= 0 || (l->drop_last && left < l->batch_size))
+  if (l->workers == 0) {
+    if (l->next >= l->total)
+      return 0;
+    int rc = produce(l, l->next, &l->slots[0]);
+    if (rc < 0)
+      return rc;
+    l->next++;
+    *x = l->slots[0].x;
+    *y = l->slots[0].y;
+    return 1;
+  }
+  uv_mutex_lock(&l->mu);
+  if (l->holding) { /* the previous batch's slot may be refilled now */
+    l->released++;
+    l->holding = false;
+    uv_cond_broadcast(&l->work_cv);
+  }
+  if (l->next >= l->total) {
+    uv_mutex_unlock(&l->mu);
     return 0;
-  int64_t n = left < l->batch_size ? left : l->batch_size;
-  int64_t sx[LOOM_MAX_DIMS], sy[LOOM_MAX_DIMS];
-  memcpy(sx, l->x->shape, sizeof sx);
-  memcpy(sy, l->y->shape, sizeof sy);
-  sx[0] = sy[0] = n;
-  int rc = loom_tensor_resize(l->x, l->x->ndim, sx);
-  if (rc == 0)
-    rc = loom_tensor_resize(l->y, l->y->ndim, sy);
-  if (rc == 0)
-    rc = loom_dataset_fetch(l->ds, l->order + l->pos, n, l->x->data, l->y->data);
-  if (rc < 0)
-    return loom_error_wrap(rc, "fetching samples %lld..%lld", (long long)l->pos, (long long)(l->pos + n - 1));
-  l->pos += n;
-  *x = l->x;
-  *y = l->y;
+  }
+  slot *s = &l->slots[l->next % l->num_slots];
+  while (!(s->state == SLOT_READY && s->batch == l->next) && l->running > 0)
+    uv_cond_wait(&l->ready_cv, &l->mu);
+  bool ready = s->state == SLOT_READY && s->batch == l->next;
+  uv_mutex_unlock(&l->mu);
+  if (!ready)
+    return loom_error_set(LOOM_ESTATE, "loader: the workers stopped before batch %lld", (long long)l->next);
+  if (s->rc < 0)
+    return loom_error_set(s->rc, "%s", s->error);
+  l->next++;
+  l->holding = true;
+  *x = s->x;
+  *y = s->y;
   return 1;
-}
-
-int loom_loader_seek(loom_loader *l, int64_t batches) {
-  if (batches < 0 || batches > num_batches(l))
-    return loom_error_set(LOOM_EINVAL, "loader: cannot skip %lld batches of %lld", (long long)batches,
-                          (long long)num_batches(l));
-  l->pos = batches * l->batch_size < l->length ? batches * l->batch_size : l->length;
-  return 0;
 }

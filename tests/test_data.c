@@ -215,14 +215,17 @@ static bool is_permutation(const int64_t *a, int64_t n) {
   return ok;
 }
 
+static loom_epoch_plan plan_of(uint64_t seed) { return (loom_epoch_plan){seed, 0, 1, true}; }
+
 static void test_samplers(void **state) {
   (void)state;
   enum { N = 1000 };
   static int64_t a[N], b[N], c[N];
   loom_sampler *s = loom_random_sampler_create();
-  assert_int_equal(loom_sampler_order(s, N, 123, a), 0);
-  assert_int_equal(loom_sampler_order(s, N, 123, b), 0);
-  assert_int_equal(loom_sampler_order(s, N, 124, c), 0);
+  loom_epoch_plan p123 = plan_of(123), p124 = plan_of(124);
+  assert_int_equal(loom_sampler_order(s, N, &p123, a), 0);
+  assert_int_equal(loom_sampler_order(s, N, &p123, b), 0);
+  assert_int_equal(loom_sampler_order(s, N, &p124, c), 0);
   assert_true(is_permutation(a, N));
   assert_true(is_permutation(c, N));
   assert_memory_equal(a, b, sizeof a);
@@ -233,7 +236,7 @@ static void test_samplers(void **state) {
   assert_true(fixed < 10);
   loom_sampler_destroy(s);
   s = loom_sequential_sampler_create();
-  assert_int_equal(loom_sampler_order(s, N, 123, a), 0);
+  assert_int_equal(loom_sampler_order(s, N, &p123, a), 0);
   for (int i = 0; i < N; i++)
     assert_int_equal(a[i], i);
   loom_sampler_destroy(s);
@@ -251,7 +254,8 @@ static void test_loader_partial_batches(void **state) {
     loom_loader_options o = {.batch_size = 4, .shuffle = true, .drop_last = drop};
     loom_loader *l = loom_loader_create(ds, &o);
     assert_int_equal(loom_loader_num_batches(l), drop ? 2 : 3);
-    assert_int_equal(loom_loader_start_epoch(l, 99), 0);
+    loom_epoch_plan plan = plan_of(99);
+    assert_int_equal(loom_loader_start_epoch(l, &plan), 0);
     const int64_t *order = loom_loader_order(l);
     loom_tensor *bx, *by;
     int64_t seen = 0, sizes[3] = {0};

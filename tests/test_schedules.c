@@ -152,7 +152,8 @@ static void expected_after_windows(float *params, size_t n, int64_t samples, int
   loom_model *m = loom_mlp_create(sizes, 2, 3);
   loom_criterion *ce = loom_cross_entropy_create();
   loom_loader *l = test_loader(samples, 4, 3, batch, false);
-  loom_loader_start_epoch(l, 0);
+  loom_epoch_plan plan = {0, 0, 1, true};
+  loom_loader_start_epoch(l, &plan);
   float *acc = calloc(n, sizeof *acc);
   loom_tensor *x, *y;
   int in_window = 0;

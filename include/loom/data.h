@@ -8,8 +8,11 @@
 #define LOOM_DATA_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
+#include "loom/rng.h"
+#include "loom/state.h"
 #include "loom/tensor.h"
 
 #ifdef __cplusplus
@@ -60,10 +63,22 @@ loom_dataset *loom_memory_dataset_create(const float *x, const float *y, int64_t
  * Fashion-MNIST's training-set statistics: mean 0.2860, std 0.3530. */
 loom_dataset *loom_normalize_dataset_create(loom_dataset *inner, float mean, float std);
 
+/* What a sampler is told at the start of an epoch. */
+typedef struct loom_epoch_plan {
+  uint64_t seed;   /* fresh each epoch, the same on every rank */
+  int rank, world; /* this process among the data-parallel ranks */
+  bool train;      /* train loaders pad shards to equal length; others do not */
+} loom_epoch_plan;
+
 typedef struct loom_sampler_ops {
   const char *type;
-  /* Writes the order of one epoch's n indices; `seed` is fresh each epoch. */
-  int (*order)(void *data, int64_t n, uint64_t seed, int64_t *indices);
+  /* How many indices an epoch over n samples has (before sharding). */
+  int64_t (*length)(void *data, int64_t n);
+  /* Writes the epoch's length(n) indices, drawn from plan->seed. */
+  int (*order)(void *data, int64_t n, const loom_epoch_plan *plan, int64_t *indices);
+  /* Optional: state beyond the seed (a curriculum, say), for checkpoints. */
+  int (*save)(void *data, loom_state *state);
+  int (*load)(void *data, const loom_state *state);
   void (*destroy)(void *data);
 } loom_sampler_ops;
 
@@ -74,33 +89,118 @@ loom_sampler *loom_sequential_sampler_create(void);
 /* A uniform random permutation (Fisher-Yates) drawn from the epoch's seed:
  * the same seed and epoch give the same permutation. */
 loom_sampler *loom_random_sampler_create(void);
-int loom_sampler_order(loom_sampler *s, int64_t n, uint64_t seed, int64_t *indices);
+/* num_samples draws (with replacement) in proportion to weights[0..n). */
+loom_sampler *loom_weighted_sampler_create(const double *weights, int64_t n, int64_t num_samples);
+const char *loom_sampler_type(const loom_sampler *s);
+int64_t loom_sampler_length(loom_sampler *s, int64_t n);
+int loom_sampler_order(loom_sampler *s, int64_t n, const loom_epoch_plan *plan, int64_t *indices);
+int loom_sampler_save(loom_sampler *s, loom_state *state);
+int loom_sampler_load(loom_sampler *s, const loom_state *state);
+
+/* Rank `rank`'s shard of an epoch's `count` indices, interleaved
+ * (order[rank], order[rank + world], ...). Train shards are padded by
+ * wrapping around so every rank has ceil(count / world); eval shards are
+ * not, so no sample is seen twice. Returns the shard's length; shard and
+ * order must not overlap. */
+int64_t loom_shard(const int64_t *order, int64_t count, int rank, int world, bool train, int64_t *shard);
+/* The length of the largest rank's shard. */
+int64_t loom_shard_max_length(int64_t count, int world, bool train);
+
+/* --- per-sample transforms, applied by the loader's workers --- */
+typedef struct loom_transform loom_transform;
+typedef struct loom_transform_ops {
+  const char *type;
+  /* Transforms one sample in place (its shape is kept); `rng` is seeded from
+   * (epoch seed, sample index), whatever thread runs it. */
+  int (*apply)(void *data, float *sample, int ndim, const int64_t *shape, loom_rng *rng);
+  void (*destroy)(void *data);
+} loom_transform_ops;
+
+loom_transform *loom_transform_create(const loom_transform_ops *ops, void *data);
+void loom_transform_destroy(loom_transform *t);
+const char *loom_transform_type(const loom_transform *t);
+int loom_transform_apply(loom_transform *t, float *sample, int ndim, const int64_t *shape, loom_rng *rng);
+/* x' = (x - mean[c]) / std[c] per channel of a [C, H, W] (or [H, W], one
+ * channel) sample; one mean/std applies to every channel. */
+loom_transform *loom_normalize_transform_create(const float *mean, const float *std, int channels);
+/* Pads the last two dimensions with `padding` zeros and crops back to their
+ * size at a random offset. */
+loom_transform *loom_random_crop_transform_create(int64_t padding);
+/* Mirrors the last dimension with the given probability. */
+loom_transform *loom_random_flip_transform_create(double probability);
 
 typedef struct loom_loader_options {
   int64_t batch_size;    /* > 0 */
   bool shuffle;          /* random sampler when no sampler is given */
   bool drop_last;        /* drop a last partial batch; kept by default */
   loom_sampler *sampler; /* optional; owned by the loader */
+  int workers;           /* threads preparing batches; 0: in the caller's thread */
+  int prefetch;          /* batches prepared ahead (0: 2 per worker) */
+  loom_transform **transforms; /* per-sample, in order; owned by the loader */
+  int num_transforms;
 } loom_loader_options;
 
-/* Takes ownership of one reference to `dataset` and of options->sampler,
- * also on failure. */
+/* Hooks for a device backend: where batch buffers live (pinned host memory)
+ * and a call per prepared batch (to start an asynchronous copy). */
+typedef struct loom_loader_hooks {
+  void *(*alloc)(void *user, size_t bytes);
+  void (*free)(void *user, void *ptr);
+  /* Called in the worker that prepared `slot`'s batch, before it is handed out. */
+  int (*batch_ready)(void *user, const loom_tensor *x, const loom_tensor *y, int slot);
+  void *user;
+} loom_loader_hooks;
+
+/* Takes ownership of one reference to `dataset`, of options->sampler and of
+ * options->transforms, also on failure. With workers > 0, the dataset's
+ * fetch is called from several threads at once. */
 loom_loader *loom_loader_create(loom_dataset *dataset, const loom_loader_options *options);
 void loom_loader_destroy(loom_loader *loader);
+/* Before the first epoch. */
+int loom_loader_set_hooks(loom_loader *loader, const loom_loader_hooks *hooks);
 loom_dataset *loom_loader_dataset(const loom_loader *loader);
+loom_sampler *loom_loader_sampler(const loom_loader *loader);
 int64_t loom_loader_batch_size(const loom_loader *loader);
+int loom_loader_workers(const loom_loader *loader);
+/* This rank's batches and samples in the current (or a one-rank) epoch. */
 int64_t loom_loader_num_batches(const loom_loader *loader);
 int64_t loom_loader_num_samples(const loom_loader *loader);
+/* Batches of the largest rank's shard: how many steps every rank takes. */
+int64_t loom_loader_max_batches(const loom_loader *loader);
 
-/* Orders a new epoch from `seed`. */
-int loom_loader_start_epoch(loom_loader *loader, uint64_t seed);
+/* Orders a new epoch and starts the workers. */
+int loom_loader_start_epoch(loom_loader *loader, const loom_epoch_plan *plan);
 /* The next batch: 1 and *x, *y set (owned by the loader, valid until the
- * next call), 0 at the end of the epoch, or a negative error. */
+ * next call), 0 at the end of the epoch, or a negative error (a worker's
+ * failure names the sample). */
 int loom_loader_next(loom_loader *loader, loom_tensor **x, loom_tensor **y);
 /* Skips the first `batches` batches of the epoch (resuming mid-epoch). */
 int loom_loader_seek(loom_loader *loader, int64_t batches);
-/* The epoch's order as drawn by the sampler (num_samples indices). */
+/* Stops and joins the workers (early stop, errors, the epoch's end). */
+void loom_loader_end_epoch(loom_loader *loader);
+/* This rank's order of the epoch (num_samples indices). */
 const int64_t *loom_loader_order(const loom_loader *loader);
+
+/* --- more datasets --- */
+typedef struct loom_hdf5_options {
+  const char *const *files; /* concatenated in order */
+  int num_files;
+  const char *inputs;  /* dataset name of the samples, first dimension = samples */
+  const char *targets; /* dataset name of the targets */
+  double scale;        /* samples are multiplied by it (0: 1) */
+  int64_t cache_mb;    /* block cache budget; a dataset that fits is read once */
+  int64_t block;       /* samples per read (0: 256) */
+  bool preload;        /* read everything at open */
+} loom_hdf5_options;
+/* Named datasets in HDF5 files: any numeric type (converted to float on
+ * read), N-D samples, read in blocks on demand through an LRU cache, so a
+ * dataset larger than RAM trains. Thread-safe. */
+loom_dataset *loom_hdf5_dataset_open(const loom_hdf5_options *options);
+/* A numeric CSV file: one sample per row, `target_column` the target
+ * (negative counts from the end), the other columns the features. */
+loom_dataset *loom_csv_dataset_open(const char *path, int target_column, bool header);
+/* Writes IDX images and labels as HDF5 datasets "images" and "labels"
+ * (unsigned bytes, chunked): `loom convert idx`. */
+int loom_idx_to_hdf5(const char *images_path, const char *labels_path, const char *out_path);
 
 #ifdef __cplusplus
 }
