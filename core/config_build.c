@@ -148,30 +148,34 @@ static int build_datasets(builder *b, loom_params *root) {
       return loom_params_error(&p, NULL, LOOM_EINVAL, "more than %d datasets", MAX_NAMED);
     }
     b->datasets[b->num_datasets++] = (named){key, ds, false};
-    /* Transforms wrap the dataset in order. */
-    loom_params_known(&p, "transforms");
-    json_t *list = json_object_get(spec, "transforms");
-    if (list && !json_is_array(list))
-      return loom_params_error(&p, "transforms", LOOM_EINVAL, "expected an array of transform objects");
-    size_t i;
-    json_t *t;
-    json_array_foreach(list, i, t) {
-      char tpath[700];
-      snprintf(tpath, sizeof tpath, "%s.transforms[%zu]", path, i);
-      loom_params tp;
-      loom_dataset *wrapped = loom_config_instantiate(b->c, t, tpath, LOOM_KIND_TRANSFORM, ds, &tp);
-      if (!wrapped || (rc = loom_params_check_unknown(&tp)) < 0) {
-        loom_dataset_destroy(wrapped);
-        return wrapped ? rc : loom_last_error_code();
-      }
-      loom_dataset_destroy(ds); /* the wrapper holds it now */
-      b->datasets[b->num_datasets - 1].object = ds = wrapped;
-    }
     rc = loom_params_check_unknown(&p);
   }
   if (rc == 0 && b->num_datasets == 0)
     rc = loom_params_error(root, "datasets", LOOM_EINVAL, "defines no dataset");
   return rc;
+}
+
+/* A loader's per-sample transforms, in order. */
+static int loader_transforms(builder *b, loom_params *p, loom_transform **out, int *n) {
+  loom_params_known(p, "transforms");
+  json_t *list = json_object_get(p->object, "transforms");
+  if (list && (!json_is_array(list) || json_array_size(list) > 32))
+    return loom_params_error(p, "transforms", LOOM_EINVAL, "expected an array of at most 32 transform objects");
+  size_t i;
+  json_t *t;
+  json_array_foreach(list, i, t) {
+    char path[700];
+    snprintf(path, sizeof path, "%s.transforms[%zu]", p->path, i);
+    loom_params tp;
+    loom_transform *made = loom_config_instantiate(b->c, t, path, LOOM_KIND_TRANSFORM, NULL, &tp);
+    if (!made)
+      return loom_last_error_code();
+    out[(*n)++] = made;
+    int rc = loom_params_check_unknown(&tp);
+    if (rc < 0)
+      return rc;
+  }
+  return 0;
 }
 
 static int build_loaders(builder *b, loom_params *root) {
@@ -196,22 +200,33 @@ static int build_loaders(builder *b, loom_params *root) {
     if (!json_is_object(spec))
       return loom_params_error(&p, NULL, LOOM_EINVAL, "expected a loader object");
     const char *dataset;
-    int64_t batch;
+    int64_t batch, workers, prefetch;
     bool shuffle, drop_last;
     if ((rc = loom_params_string(&p, "dataset", NULL, &dataset)) < 0 ||
         (rc = loom_params_int(&p, "batch_size", LOOM_REQUIRED_INT, 1, INT32_MAX, &batch)) < 0 ||
         (rc = loom_params_bool(&p, "shuffle", kind == LOOM_LOADER_TRAIN, &shuffle)) < 0 ||
-        (rc = loom_params_bool(&p, "drop_last", false, &drop_last)) < 0 || (rc = loom_params_check_unknown(&p)) < 0)
+        (rc = loom_params_bool(&p, "drop_last", false, &drop_last)) < 0 ||
+        (rc = loom_params_int(&p, "workers", 0, 0, 256, &workers)) < 0 ||
+        (rc = loom_params_int(&p, "prefetch", 0, 0, 4096, &prefetch)) < 0)
       return rc;
     named *ds = find(b->datasets, b->num_datasets, dataset);
     if (!ds)
       return unknown_name(&p, "dataset", "dataset", dataset, b->datasets, b->num_datasets);
     if (b->num_loaders == MAX_NAMED)
       return loom_params_error(&p, NULL, LOOM_EINVAL, "more than %d loaders", MAX_NAMED);
-    loom_loader_options o = {.batch_size = batch, .shuffle = shuffle, .drop_last = drop_last};
+    loom_transform *transforms[32];
+    int num_transforms = 0;
+    if ((rc = loader_transforms(b, &p, transforms, &num_transforms)) < 0 ||
+        (rc = loom_params_check_unknown(&p)) < 0) {
+      for (int i = 0; i < num_transforms; i++)
+        loom_transform_destroy(transforms[i]);
+      return rc;
+    }
+    loom_loader_options o = {.batch_size = batch, .shuffle = shuffle, .drop_last = drop_last, .workers = (int)workers,
+                             .prefetch = (int)prefetch, .transforms = transforms, .num_transforms = num_transforms};
     loom_loader *l = loom_loader_create(loom_dataset_retain(ds->object), &o);
     if (!l)
-      return LOOM_ENOMEM;
+      return loom_last_error_code();
     b->loaders[b->num_loaders++] = (named){key, l, false};
   }
   if (rc == 0 && b->num_loaders == 0)

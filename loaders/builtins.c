@@ -56,17 +56,57 @@ static void *idx(loom_params *p, const void *context, void *user) {
   return located(p, "images", loom_idx_dataset_open(a, b));
 }
 
+/* "mean": 0.5 or [0.49, 0.48, 0.45], "std" likewise (one per channel). */
 static void *normalize(loom_params *p, const void *context, void *user) {
-  (void)user;
-  double mean, std;
-  if (loom_params_number(p, "mean", NAN, -HUGE_VAL, HUGE_VAL, &mean) < 0 ||
-      loom_params_number(p, "std", NAN, 1e-12, HUGE_VAL, &std) < 0)
+  (void)context, (void)user;
+  double mean[64], std[64];
+  size_t nm = 1, ns = 1;
+  int rc = 0;
+  if (loom_params_has(p, "mean") && json_is_array(json_object_get(loom_params_object(p), "mean")))
+    rc = loom_params_number_array(p, "mean", NULL, 0, mean, 64, &nm);
+  else
+    rc = loom_params_number(p, "mean", NAN, -HUGE_VAL, HUGE_VAL, &mean[0]);
+  if (rc == 0 && json_is_array(json_object_get(loom_params_object(p), "std")))
+    rc = loom_params_number_array(p, "std", NULL, 0, std, 64, &ns);
+  else if (rc == 0)
+    rc = loom_params_number(p, "std", NAN, -HUGE_VAL, HUGE_VAL, &std[0]); /* > 0 checked below */
+  if (rc < 0)
     return NULL;
-  return loom_normalize_dataset_create(loom_dataset_retain((loom_dataset *)context), (float)mean, (float)std);
+  if (nm != ns || nm == 0) {
+    loom_params_error(p, "std", LOOM_EINVAL, "%zu means but %zu stds; give one of each per channel", nm, ns);
+    return NULL;
+  }
+  float m[64], s[64];
+  for (size_t i = 0; i < nm; i++) {
+    if (!(std[i] > 0)) {
+      loom_params_error(p, "std", LOOM_EINVAL, "%g is out of range (expected a number > 0)", std[i]);
+      return NULL;
+    }
+    m[i] = (float)mean[i], s[i] = (float)std[i];
+  }
+  return loom_normalize_transform_create(m, s, (int)nm);
+}
+
+static void *random_crop(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  int64_t padding;
+  if (loom_params_int(p, "padding", LOOM_REQUIRED_INT, 0, 4096, &padding) < 0)
+    return NULL;
+  return loom_random_crop_transform_create(padding);
+}
+
+static void *random_flip(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  double prob;
+  if (loom_params_number(p, "probability", 0.5, 0, 1, &prob) < 0)
+    return NULL;
+  return loom_random_flip_transform_create(prob);
 }
 
 void loom_register_builtin_datasets(void) {
   loom_register_builtin(LOOM_KIND_DATASET, "fashion_mnist", fashion_mnist);
   loom_register_builtin(LOOM_KIND_DATASET, "idx", idx);
   loom_register_builtin(LOOM_KIND_TRANSFORM, "normalize", normalize);
+  loom_register_builtin(LOOM_KIND_TRANSFORM, "random_crop", random_crop);
+  loom_register_builtin(LOOM_KIND_TRANSFORM, "random_flip", random_flip);
 }

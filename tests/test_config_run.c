@@ -116,12 +116,13 @@ static void run_config(loom_config *c) {
 }
 
 #define DATA "\"images\": \"%s/data/images.idx\", \"labels\": \"%s/data/labels.idx\""
+#define NORM "{\"type\": \"normalize\", \"mean\": 120, \"std\": 70}"
 
 static const char *const base =
     "{\"experiment\": {\"name\": \"roundtrip\"},"
-    " \"datasets\": {\"d\": {\"type\": \"idx\", " DATA ","
-    "   \"transforms\": [{\"type\": \"normalize\", \"mean\": 120, \"std\": 70}]}},"
-    " \"loaders\": {\"train\": {\"dataset\": \"d\", \"batch_size\": 2}, \"valid\": {\"dataset\": \"d\", \"batch_size\": 4}},"
+    " \"datasets\": {\"d\": {\"type\": \"idx\", " DATA "}},"
+    " \"loaders\": {\"train\": {\"dataset\": \"d\", \"batch_size\": 2, \"transforms\": [" NORM "]},"
+    "             \"valid\": {\"dataset\": \"d\", \"batch_size\": 4, \"transforms\": [" NORM "]}},"
     " \"model\": {\"type\": \"mlp\", \"sizes\": [4, 3, 2]},"
     " \"stages\": {\"train\": {\"num_epochs\": 3, \"loaders\": [\"train\", \"valid\"],"
     "   \"criterion\": {\"type\": \"cross_entropy\"}, \"optimizer\": {\"type\": \"adam\", \"lr\": 0.05},"
@@ -213,9 +214,9 @@ static void test_set_types_by_schema(void **state) {
  * weights loaded, optimizer state kept). */
 static const char *const multistage =
     "{\"experiment\": {\"name\": \"multi\", \"seed\": 5, \"logdir\": \"%s\"},"
-    " \"datasets\": {\"d\": {\"type\": \"idx\", " DATA ","
-    "   \"transforms\": [{\"type\": \"normalize\", \"mean\": 120, \"std\": 70}]}},"
-    " \"loaders\": {\"train\": {\"dataset\": \"d\", \"batch_size\": 2}, \"valid\": {\"dataset\": \"d\", \"batch_size\": 4}},"
+    " \"datasets\": {\"d\": {\"type\": \"idx\", " DATA "}},"
+    " \"loaders\": {\"train\": {\"dataset\": \"d\", \"batch_size\": 2, \"transforms\": [" NORM "]},"
+    "             \"valid\": {\"dataset\": \"d\", \"batch_size\": 4, \"transforms\": [" NORM "]}},"
     " \"model\": {\"type\": \"sequential\", \"layers\": [{\"type\": \"linear\", \"name\": \"fc1\", \"out_features\": 3},"
     "   {\"type\": \"relu\"}, {\"type\": \"linear\", \"name\": \"fc2\", \"out_features\": 2}]},"
     " \"stages\": {"

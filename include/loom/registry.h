@@ -23,7 +23,7 @@ typedef enum loom_kind {
   LOOM_KIND_SCHEDULER, /* returns loom_scheduler * */
   LOOM_KIND_CALLBACK,  /* returns loom_callback * */
   LOOM_KIND_DATASET,   /* returns loom_dataset * */
-  LOOM_KIND_TRANSFORM, /* returns loom_dataset * wrapping context (a loom_dataset *: retain it) */
+  LOOM_KIND_TRANSFORM, /* returns loom_transform * (per sample, run by the loader's workers) */
   LOOM_KIND_COUNT
 } loom_kind;
 
