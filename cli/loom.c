@@ -18,6 +18,8 @@ static const char usage_main[] =
     "commands:\n"
     "  run CONFIG       train the experiment a JSON config describes\n"
     "  validate CONFIG  check a config without training (exit 0, or 2 with the error)\n"
+    "  convert idx OUT.h5 --images FILE --labels FILE\n"
+    "                   write IDX images and labels as HDF5 (datasets \"images\", \"labels\")\n"
     "\n"
     "loom run --help shows the options. Exit codes: 0 done, 1 runtime failure,\n"
     "2 usage or config error, 130 interrupted with a checkpoint saved.\n";
@@ -145,6 +147,33 @@ static int cmd_run(const args *a) {
   return code;
 }
 
+/* loom convert idx OUT.h5 --images FILE --labels FILE */
+static int cmd_convert(int argc, char **argv) {
+  static const struct option options[] = {{"images", required_argument, NULL, 'i'},
+                                          {"labels", required_argument, NULL, 'l'},
+                                          {NULL, 0, NULL, 0}};
+  const char *images = NULL, *labels = NULL;
+  optind = 1;
+  for (int c; (c = getopt_long(argc, argv, "i:l:", options, NULL)) != -1;) {
+    if (c == 'i')
+      images = optarg;
+    else if (c == 'l')
+      labels = optarg;
+    else
+      return EXIT_USAGE;
+  }
+  if (optind != argc - 2 || strcmp(argv[optind], "idx") != 0 || !images || !labels) {
+    fprintf(stderr, "usage: loom convert idx OUT.h5 --images FILE --labels FILE\n");
+    return EXIT_USAGE;
+  }
+  if (loom_idx_to_hdf5(images, labels, argv[optind + 1]) < 0) {
+    fprintf(stderr, "loom: error: %s\n", loom_last_error());
+    return loom_last_error_code() == LOOM_EIO ? EXIT_RUNTIME : EXIT_USAGE;
+  }
+  printf("wrote %s\n", argv[optind + 1]);
+  return EXIT_DONE;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
     fputs(usage_main, argc < 2 ? stderr : stdout);
@@ -154,6 +183,8 @@ int main(int argc, char **argv) {
     printf("loom %s\n", LOOM_VERSION);
     return EXIT_DONE;
   }
+  if (strcmp(argv[1], "convert") == 0)
+    return cmd_convert(argc - 1, argv + 1);
   bool run = strcmp(argv[1], "run") == 0;
   if (!run && strcmp(argv[1], "validate") != 0) {
     fprintf(stderr, "loom: unknown command \"%s\"\n%s", argv[1], usage_main);

@@ -56,6 +56,63 @@ static void *idx(loom_params *p, const void *context, void *user) {
   return located(p, "images", loom_idx_dataset_open(a, b));
 }
 
+/* {"type": "hdf5", "files": ["a.h5", ...], "inputs": "images", "targets": "labels", ...} */
+static void *hdf5(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  loom_params_known(p, "files");
+  json_t *files = json_object_get(loom_params_object(p), "files");
+  if (!json_is_array(files) || json_array_size(files) == 0 || json_array_size(files) > 256) {
+    loom_params_error(p, "files", LOOM_EINVAL, files ? "expected an array of 1 to 256 file names"
+                                                     : "missing required key (expected an array of file names)");
+    return NULL;
+  }
+  const char *names[256];
+  size_t i;
+  json_t *f;
+  json_array_foreach(files, i, f) {
+    char key[32];
+    snprintf(key, sizeof key, "files[%zu]", i);
+    if (!json_is_string(f)) {
+      loom_params_error(p, key, LOOM_EINVAL, "expected a file name");
+      return NULL;
+    }
+    /* Written back absolute, like every data path. */
+    char joined[PATH_MAX];
+    const char *given = json_string_value(f);
+    if (given[0] == '/' || strcmp(loom_params_base_dir(p), ".") == 0)
+      snprintf(joined, sizeof joined, "%s", given);
+    else
+      snprintf(joined, sizeof joined, "%s/%s", loom_params_base_dir(p), given);
+    char absolute[PATH_MAX];
+    if (!realpath(joined, absolute))
+      snprintf(absolute, sizeof absolute, "%s", joined);
+    json_array_set_new(files, i, json_string(absolute));
+    names[i] = json_string_value(json_array_get(files, i));
+  }
+  loom_hdf5_options o = {.files = names, .num_files = (int)json_array_size(files)};
+  bool preload;
+  if (loom_params_string(p, "inputs", "images", &o.inputs) < 0 || loom_params_string(p, "targets", "labels", &o.targets) < 0 ||
+      loom_params_number(p, "scale", 1.0, -HUGE_VAL, HUGE_VAL, &o.scale) < 0 ||
+      loom_params_int(p, "cache_mb", 256, 1, INT32_MAX, &o.cache_mb) < 0 ||
+      loom_params_int(p, "block", 256, 1, INT32_MAX, &o.block) < 0 || loom_params_bool(p, "preload", false, &preload) < 0)
+    return NULL;
+  o.preload = preload;
+  return located(p, "files", loom_hdf5_dataset_open(&o));
+}
+
+static void *csv(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  const char *file;
+  int64_t column;
+  bool header;
+  char buf[PATH_MAX];
+  if (loom_params_string(p, "file", NULL, &file) < 0 ||
+      loom_params_int(p, "target_column", -1, -4096, 4095, &column) < 0 ||
+      loom_params_bool(p, "header", false, &header) < 0)
+    return NULL;
+  return located(p, "file", loom_csv_dataset_open(resolve(p, "file", file, buf, sizeof buf), (int)column, header));
+}
+
 /* "mean": 0.5 or [0.49, 0.48, 0.45], "std" likewise (one per channel). */
 static void *normalize(loom_params *p, const void *context, void *user) {
   (void)context, (void)user;
@@ -106,6 +163,8 @@ static void *random_flip(loom_params *p, const void *context, void *user) {
 void loom_register_builtin_datasets(void) {
   loom_register_builtin(LOOM_KIND_DATASET, "fashion_mnist", fashion_mnist);
   loom_register_builtin(LOOM_KIND_DATASET, "idx", idx);
+  loom_register_builtin(LOOM_KIND_DATASET, "hdf5", hdf5);
+  loom_register_builtin(LOOM_KIND_DATASET, "csv", csv);
   loom_register_builtin(LOOM_KIND_TRANSFORM, "normalize", normalize);
   loom_register_builtin(LOOM_KIND_TRANSFORM, "random_crop", random_crop);
   loom_register_builtin(LOOM_KIND_TRANSFORM, "random_flip", random_flip);

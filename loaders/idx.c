@@ -11,15 +11,10 @@
 #include "core/error_internal.h"
 #include "core/simd.h"
 #include "loom/data.h"
+#include "loaders/idx_internal.h"
 
 #define IDX_UBYTE 0x08
 
-typedef struct idx_array {
-  int ndim;
-  int64_t dims[LOOM_MAX_DIMS];
-  int64_t count; /* elements */
-  uint8_t *bytes;
-} idx_array;
 
 static int read_exact(gzFile f, const char *path, void *buf, size_t n, const char *what) {
   size_t got = 0;
@@ -48,7 +43,7 @@ static int read_exact(gzFile f, const char *path, void *buf, size_t n, const cha
   return 0;
 }
 
-static int idx_read(const char *path, int want_ndim, idx_array *a) {
+int loom_idx_read(const char *path, int want_ndim, idx_array *a) {
   memset(a, 0, sizeof *a);
   struct stat st;
   if (stat(path, &st) < 0)
@@ -127,9 +122,9 @@ loom_dataset *loom_idx_dataset_open(const char *images_path, const char *labels_
     loom_error_oom("an IDX dataset");
     return NULL;
   }
-  int rc = idx_read(images_path, 3, &d->images);
+  int rc = loom_idx_read(images_path, 3, &d->images);
   if (rc == 0)
-    rc = idx_read(labels_path, 1, &d->labels);
+    rc = loom_idx_read(labels_path, 1, &d->labels);
   if (rc == 0 && d->images.dims[0] != d->labels.dims[0])
     rc = loom_error_set(LOOM_EFORMAT, "%s has %lld images but %s has %lld labels; they must match", images_path,
                         (long long)d->images.dims[0], labels_path, (long long)d->labels.dims[0]);

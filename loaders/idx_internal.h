@@ -1,0 +1,19 @@
+#ifndef LOOM_LOADERS_IDX_INTERNAL_H
+#define LOOM_LOADERS_IDX_INTERNAL_H
+
+#include <stdint.h>
+
+#include "loom/tensor.h"
+
+/* An unsigned-byte IDX file read whole. */
+typedef struct idx_array {
+  int ndim;
+  int64_t dims[LOOM_MAX_DIMS];
+  int64_t count; /* elements */
+  uint8_t *bytes;
+} idx_array;
+
+/* Reads `path` (gzip'd or plain), which must have `want_ndim` dimensions. */
+int loom_idx_read(const char *path, int want_ndim, idx_array *a);
+
+#endif
