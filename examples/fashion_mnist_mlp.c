@@ -1,6 +1,6 @@
 /* Trains an MLP 784-256-128-10 on Fashion-MNIST with loom.
  *
- *   build/bin/fashion_mnist_mlp [--epochs N] [--logdir DIR] [--data DIR] [--seed S] [--resume WHAT]
+ *   build/bin/fashion_mnist_mlp [--epochs N] [--logdir DIR] [--data DIR] [--seed S] [--resume WHAT] [--workers N]
  *
  * One stage, loaders "train" (60k images) and "valid" (the 10k test set),
  * Adam 1e-3, batch 128; metrics go to the console and to DIR/metrics.jsonl,
@@ -31,23 +31,26 @@ static int decay_on_epoch_start(loom_callback *cb, loom_runner *runner) {
 
 static const loom_callback_ops decay_ops = {.type = "lr_decay", .on_epoch_start = decay_on_epoch_start};
 
+static int workers; /* threads preparing batches: --workers */
+
 static loom_loader *open_loader(const char *dir, bool train) {
   /* Standardised with the training set's pixel mean and std. */
   loom_dataset *ds = loom_normalize_dataset_create(loom_fashion_mnist_open(dir, train), 0.2860f, 0.3530f);
   if (!ds)
     return NULL;
-  loom_loader_options o = {.batch_size = 128, .shuffle = train};
+  loom_loader_options o = {.batch_size = 128, .shuffle = train, .workers = workers};
   return loom_loader_create(ds, &o);
 }
 
 static int usage(const char *prog, int code) {
   fprintf(code ? stderr : stdout,
-          "usage: %s [--epochs N] [--logdir DIR] [--data DIR] [--seed S] [--resume WHAT]\n"
+          "usage: %s [--epochs N] [--logdir DIR] [--data DIR] [--seed S] [--resume WHAT] [--workers N]\n"
           "  --epochs N    epochs to train (default 10)\n"
           "  --logdir DIR  where metrics.jsonl and metrics.csv go (default logs/fashion_mnist_mlp)\n"
           "  --data DIR    Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)\n"
           "  --seed S      seed of initialisation and shuffling (default 42)\n"
-          "  --resume WHAT continue a run: a checkpoint file, or last or best in DIR/checkpoints\n",
+          "  --resume WHAT continue a run: a checkpoint file, or last or best in DIR/checkpoints\n"
+          "  --workers N   threads preparing batches (default 0: the training thread)\n",
           prog);
   return code;
 }
@@ -61,9 +64,10 @@ int main(int argc, char **argv) {
                                           {"data", required_argument, NULL, 'd'},
                                           {"seed", required_argument, NULL, 's'},
                                           {"resume", required_argument, NULL, 'r'},
+                                          {"workers", required_argument, NULL, 'w'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
-  for (int c; (c = getopt_long(argc, argv, "e:l:d:s:r:h", options, NULL)) != -1;) {
+  for (int c; (c = getopt_long(argc, argv, "e:l:d:s:r:w:h", options, NULL)) != -1;) {
     char *end = NULL;
     switch (c) {
     case 'e': epochs = (int)strtol(optarg, &end, 10); break;
@@ -71,11 +75,13 @@ int main(int argc, char **argv) {
     case 'd': data = optarg; break;
     case 's': seed = strtoull(optarg, &end, 10); break;
     case 'r': resume = optarg; break;
+    case 'w': workers = (int)strtol(optarg, &end, 10); break;
     case 'h': return usage(argv[0], 0);
     default: return usage(argv[0], 2);
     }
-    if (end && (*end || end == optarg || epochs < 1)) {
-      fprintf(stderr, "%s: bad value \"%s\" for --%s\n", argv[0], optarg, c == 'e' ? "epochs" : "seed");
+    if (end && (*end || end == optarg || epochs < 1 || workers < 0)) {
+      fprintf(stderr, "%s: bad value \"%s\" for --%s\n", argv[0], optarg,
+              c == 'e' ? "epochs" : c == 'w' ? "workers" : "seed");
       return 2;
     }
   }
