@@ -78,8 +78,14 @@ static void *make_probe(loom_params *params, const void *context, void *user) {
   return loom_callback_create(&probe_ops, p, LOOM_ORDER_EXTERNAL);
 }
 
+static void *make_offset(loom_params *params, const void *context, void *user);
+static void *make_grab(loom_params *params, const void *context, void *user);
+
 static int setup(void **state) {
   (void)state;
+  if (loom_register(LOOM_KIND_TRANSFORM, "add_offset", make_offset, NULL) < 0 ||
+      loom_register(LOOM_KIND_CALLBACK, "grab", make_grab, NULL) < 0)
+    return -1;
   int rc = loom_register(LOOM_KIND_CALLBACK, "probe", make_probe, &plog);
   /* A second registration of the name is refused. */
   if (rc == 0 && loom_register(LOOM_KIND_CALLBACK, "probe", make_probe, NULL) != LOOM_EINVAL)
@@ -257,6 +263,65 @@ static void test_multistage_carry_over(void **state) {
   free(dir);
 }
 
+/* A user per-sample transform: adds "offset" to every value. */
+static int add_offset(void *data, float *x, int ndim, const int64_t *shape, loom_rng *rng) {
+  (void)rng;
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++)
+    n *= shape[i];
+  for (int64_t i = 0; i < n; i++)
+    x[i] += *(const float *)data;
+  return 0;
+}
+
+static const loom_transform_ops offset_ops = {"add_offset", add_offset, free};
+
+static void *make_offset(loom_params *params, const void *context, void *user) {
+  (void)context, (void)user;
+  double offset;
+  if (loom_params_number(params, "offset", NAN, -1e9, 1e9, &offset) < 0)
+    return NULL;
+  float *f = malloc(sizeof *f);
+  *f = (float)offset;
+  return loom_transform_create(&offset_ops, f);
+}
+
+/* Records the first value of the first batch. */
+static float first_value;
+static int grab_first(loom_callback *cb, loom_runner *r) {
+  (void)cb;
+  if (loom_runner_global_batch_step(r) == 1)
+    first_value = loom_tensor_data(loom_runner_input(r))[0];
+  return 0;
+}
+
+static void *make_grab(loom_params *params, const void *context, void *user) {
+  (void)params, (void)context, (void)user;
+  static const loom_callback_ops ops = {.type = "grab", .on_batch_start = grab_first};
+  return loom_callback_create(&ops, NULL, 0);
+}
+
+static void test_user_transform_from_json(void **state) {
+  (void)state;
+  const char *text =
+      "{\"experiment\": {\"seed\": 1, \"logdir\": \"/tmp/loom-test-offset\"},"
+      " \"datasets\": {\"d\": {\"type\": \"idx\", " DATA "}},"
+      " \"loaders\": {\"train\": {\"dataset\": \"d\", \"batch_size\": 2, \"shuffle\": false, \"workers\": 2,"
+      "   \"transforms\": [{\"type\": \"add_offset\", \"offset\": 100}]}},"
+      " \"model\": {\"type\": \"mlp\", \"sizes\": [4, 2]},"
+      " \"stages\": {\"s\": {\"num_epochs\": 1, \"loaders\": [\"train\"], \"criterion\": {\"type\": \"cross_entropy\"},"
+      "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.0}, \"callbacks\": [{\"type\": \"grab\"}]}}}";
+  char buf[4096];
+  snprintf(buf, sizeof buf, text, configs, configs);
+  loom_config *c = loom_config_parse(buf, "inline.json");
+  assert_non_null(c);
+  run_config(c);
+  loom_config_destroy(c);
+  /* The first sample's first pixel is byte 0 of the fixture: 0/255 + 100. */
+  assert_true(first_value == 100.0f);
+  test_rm_rf("/tmp/loom-test-offset");
+}
+
 int main(int argc, char **argv) {
   if (argc < 2)
     return 2;
@@ -265,6 +330,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_resolved_config_reproduces_the_run),
       cmocka_unit_test(test_set_types_by_schema),
       cmocka_unit_test(test_multistage_carry_over),
+      cmocka_unit_test(test_user_transform_from_json),
   };
   return cmocka_run_group_tests(tests, setup, NULL);
 }

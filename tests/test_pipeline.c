@@ -181,6 +181,46 @@ static void test_early_stop_shuts_down(void **state) {
   loom_loader_destroy(l);
 }
 
+/* Through the runner: an early stop or a failing transform with workers
+ * running ends the run cleanly (no hang; ASan sees no leak). */
+static int stop_after_two(loom_callback *cb, loom_runner *r) {
+  (void)cb;
+  if (loom_runner_loader_batch_step(r) == 2)
+    loom_runner_request_stop(r, LOOM_STOP_LOADER);
+  return 0;
+}
+
+static int no_work(loom_runner *r, void *u) {
+  (void)r, (void)u;
+  return 0;
+}
+
+static void test_runner_stops_workers(void **state) {
+  (void)state;
+  static const loom_callback_ops ops = {.type = "stopper", .on_batch_end = stop_after_two};
+  for (int fail = 0; fail < 2; fail++) {
+    loom_experiment *exp = loom_experiment_create("stop");
+    loom_stage *st = loom_experiment_add_stage(exp, "train", 3);
+    loom_transform *t = trouble_new(fail ? 50 : -1, 200);
+    loom_loader_options o = {.batch_size = 8, .workers = 3, .prefetch = 6, .transforms = &t, .num_transforms = 1};
+    assert_int_equal(loom_stage_add_loader(st, "train", loom_loader_create(image_dataset(), &o)), 0);
+    if (!fail)
+      assert_int_equal(loom_stage_add_callback(st, loom_callback_create(&ops, NULL, 0)), 0);
+    loom_runner *r = loom_runner_create();
+    loom_runner_set_handle_batch(r, no_work, NULL);
+    int rc = loom_run_experiment(r, exp);
+    if (fail) {
+      assert_int_equal(rc, LOOM_EIO);
+      assert_non_null(strstr(loom_runner_error_message(r), "failed on sample 50"));
+    } else {
+      assert_int_equal(rc, 0);
+      assert_int_equal(loom_runner_global_batch_step(r), 3 * 2);
+    }
+    loom_runner_destroy(r);
+    loom_experiment_destroy(exp);
+  }
+}
+
 /* --- hooks and backpressure --- */
 
 typedef struct hook_log {
@@ -445,15 +485,15 @@ static void test_hdf5_larger_than_cache(void **state) {
   char a[600], b[600];
   snprintf(a, sizeof a, "%s/a.h5", dir);
   snprintf(b, sizeof b, "%s/b.h5", dir);
-  /* 70000 + 30000 samples of 8 doubles: 3.2 MB as floats, the cache 1 MB. */
-  write_h5(a, 0, 70000, false);
-  write_h5(b, 70000, 30000, false);
+  /* 30000 + 15000 samples of 8 doubles: 1.6 MB as floats, the cache 1 MB. */
+  write_h5(a, 0, 30000, false);
+  write_h5(b, 30000, 15000, false);
   const char *files[2] = {a, b};
   loom_hdf5_options o = {.files = files, .num_files = 2, .inputs = "inputs", .targets = "targets", .scale = 2.0,
-                         .cache_mb = 1, .block = 500};
+                         .cache_mb = 1, .block = 100};
   loom_dataset *ds = loom_hdf5_dataset_open(&o);
   assert_non_null(ds);
-  assert_int_equal(loom_dataset_length(ds), 100000);
+  assert_int_equal(loom_dataset_length(ds), 45000);
   assert_int_equal(loom_dataset_sample_ndim(ds), 2);
   assert_int_equal(loom_dataset_target_ndim(ds), 0);
   /* Two shuffled epochs through a 2-worker loader: every value right. */
@@ -473,7 +513,7 @@ static void test_hdf5_larger_than_cache(void **state) {
           fail_msg("sample %lld: got %g and %g", (long long)k, s[3], loom_tensor_data(y)[i]);
       }
     }
-    assert_int_equal(seen, 100000);
+    assert_int_equal(seen, 45000);
     loom_loader_end_epoch(l);
   }
   loom_loader_destroy(l);
@@ -573,6 +613,7 @@ int main(void) {
       cmocka_unit_test(test_transform_values),
       cmocka_unit_test(test_transform_error_names_sample),
       cmocka_unit_test(test_early_stop_shuts_down),
+      cmocka_unit_test(test_runner_stops_workers),
       cmocka_unit_test(test_hooks_and_backpressure),
       cmocka_unit_test(test_shards_disjoint_and_covering),
       cmocka_unit_test(test_weighted_sampler),
