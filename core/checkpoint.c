@@ -13,6 +13,7 @@
 #include "core/array.h"
 #include "core/checkpoint_dir.h"
 #include "core/error_internal.h"
+#include "core/hdf5_quiet.h"
 #include "core/state_internal.h"
 
 #define MAGIC "loom-checkpoint"
@@ -141,20 +142,6 @@ static int content_crc(const loom_checkpoint *c, uint32_t *out) {
   return rc;
 }
 
-/* HDF5 prints its error stack by default; a library must not. */
-typedef struct quiet {
-  H5E_auto2_t func;
-  void *data;
-} quiet;
-
-static quiet hush(void) {
-  quiet q;
-  H5Eget_auto2(H5E_DEFAULT, &q.func, &q.data);
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-  return q;
-}
-
-static void unhush(quiet q) { H5Eset_auto2(H5E_DEFAULT, q.func, q.data); }
 
 /* --- writing --- */
 
@@ -257,7 +244,7 @@ int loom_checkpoint_write_temp(const loom_checkpoint *c, const char *path, char 
   int n = snprintf(tmp, tmp_size, "%s/.%s.tmp.%ld", dirname(dir_buf), basename(base_buf), (long)getpid());
   if (n < 0 || (size_t)n >= tmp_size)
     return loom_error_set(LOOM_EINVAL, "checkpoint path \"%s\" is too long", path);
-  quiet q = hush();
+  loom_h5_quiet q = loom_h5_hush();
   hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   int rc;
   if (file < 0) {
@@ -268,7 +255,7 @@ int loom_checkpoint_write_temp(const loom_checkpoint *c, const char *path, char 
     if (H5Fclose(file) < 0 && rc == 0)
       rc = loom_error_set(LOOM_EIO, "closing checkpoint %s failed (disk full?)", tmp);
   }
-  unhush(q);
+  loom_h5_unhush(q);
   /* Durable before visible: the data reaches the disk before the name. */
   if (rc == 0 && fsync_path(tmp, O_RDONLY) < 0)
     rc = loom_error_set(LOOM_EIO, "fsync of %s failed: %s", tmp, strerror(errno));
@@ -445,13 +432,13 @@ loom_checkpoint *loom_checkpoint_read(const char *path) {
   loom_checkpoint *c = loom_checkpoint_create();
   if (!c)
     return NULL;
-  quiet q = hush();
+  loom_h5_quiet q = loom_h5_hush();
   hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
   int rc = file < 0 ? loom_error_set(LOOM_EFORMAT, "%s is not a readable HDF5 file (truncated or damaged?)", path)
                     : read_file(file, path, c);
   if (file >= 0)
     H5Fclose(file);
-  unhush(q);
+  loom_h5_unhush(q);
   if (rc < 0) {
     loom_checkpoint_destroy(c);
     return NULL;

@@ -7,6 +7,7 @@
 #include <uv.h>
 
 #include "core/error_internal.h"
+#include "core/hdf5_quiet.h"
 #include "loom/data.h"
 
 typedef struct part {
@@ -33,21 +34,6 @@ typedef struct h5ds {
   uv_mutex_t mu; /* the cache; HDF5 itself serialises its calls */
 } h5ds;
 
-/* HDF5 prints its error stack unless told not to; the handler is per
- * thread in the thread-safe build, so it is saved per call. */
-typedef struct quiet {
-  H5E_auto2_t func;
-  void *data;
-} quiet;
-
-static quiet hush(void) {
-  quiet q;
-  H5Eget_auto2(H5E_DEFAULT, &q.func, &q.data);
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-  return q;
-}
-
-static void unhush(quiet q) { H5Eset_auto2(H5E_DEFAULT, q.func, q.data); }
 
 /* "a, b, c": the datasets at the root of a file, for messages. */
 static void names_in(hid_t file, char *buf, size_t size) {
@@ -101,9 +87,9 @@ static int check_shape(h5ds *d, part *p, const char *name, int ndim, const hsize
 }
 
 static int open_part(h5ds *d, part *p, const loom_hdf5_options *o) {
-  quiet q = hush();
+  loom_h5_quiet q = loom_h5_hush();
   p->file = H5Fopen(p->path, H5F_ACC_RDONLY, H5P_DEFAULT);
-  unhush(q);
+  loom_h5_unhush(q);
   if (p->file < 0) {
     FILE *f = fopen(p->path, "rb");
     if (!f)
@@ -113,11 +99,11 @@ static int open_part(h5ds *d, part *p, const loom_hdf5_options *o) {
   }
   hsize_t xd[LOOM_MAX_DIMS], yd[LOOM_MAX_DIMS];
   int xn, yn;
-  q = hush();
+  q = loom_h5_hush();
   int rc = open_numeric(p, o->inputs, &p->x, &xn, xd);
   if (rc == 0)
     rc = open_numeric(p, o->targets, &p->y, &yn, yd);
-  unhush(q);
+  loom_h5_unhush(q);
   if (rc == 0 && xd[0] != yd[0])
     rc = loom_error_set(LOOM_EFORMAT, "%s: %llu samples in \"%s\" but %llu in \"%s\"; they must match", p->path,
                         (unsigned long long)xd[0], o->inputs, (unsigned long long)yd[0], o->targets);
@@ -146,9 +132,9 @@ static int read_rows(const part *p, hid_t dset, int64_t from, int64_t count, flo
   n[0] = (hsize_t)count;
   H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, n, NULL);
   hid_t mem = H5Screate_simple(ndim, n, NULL);
-  quiet q = hush();
+  loom_h5_quiet q = loom_h5_hush();
   herr_t st = H5Dread(dset, H5T_NATIVE_FLOAT, mem, space, H5P_DEFAULT, out);
-  unhush(q);
+  loom_h5_unhush(q);
   H5Sclose(mem);
   H5Sclose(space);
   return st < 0 ? loom_error_set(LOOM_EIO, "%s: reading samples %lld..%lld of \"%s\" failed (truncated file?)", p->path,
@@ -358,13 +344,13 @@ int loom_idx_to_hdf5(const char *images_path, const char *labels_path, const cha
   char tmp[4200];
   snprintf(tmp, sizeof tmp, "%s.tmp", out_path);
   if (rc == 0) {
-    quiet q = hush();
+    loom_h5_quiet q = loom_h5_hush();
     hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (file < 0 || write_bytes(file, "images", &images) < 0 || write_bytes(file, "labels", &labels) < 0)
       rc = loom_error_set(LOOM_EIO, "cannot write %s (disk full, or no such directory?)", tmp);
     if (file >= 0 && H5Fclose(file) < 0 && rc == 0)
       rc = loom_error_set(LOOM_EIO, "closing %s failed", tmp);
-    unhush(q);
+    loom_h5_unhush(q);
   }
   if (rc == 0 && rename(tmp, out_path) < 0)
     rc = loom_error_set(LOOM_EIO, "cannot rename %s to %s", tmp, out_path);
