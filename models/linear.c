@@ -35,7 +35,8 @@ static int linear_output_shape(void *data, int ndim, const int64_t *in, int *out
   return 0;
 }
 
-static void linear_bind(void *data, float *params, float *grads) {
+static void linear_bind(void *data, float *params, float *grads, float *buffers) {
+  (void)buffers;
   linear *l = data;
   l->w = params;
   l->dw = grads;
@@ -53,8 +54,8 @@ static void linear_init(void *data, loom_rng *rng) {
     l->b[i] = (2.0f * loom_rng_uniform(rng) - 1.0f) * bound;
 }
 
-static int linear_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train) {
-  (void)train;
+static int linear_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
+  (void)train, (void)rng;
   const linear *l = data;
   const int64_t n = x->shape[0];
   float *restrict out = y->data;

@@ -10,7 +10,7 @@
 typedef struct entry {
   char *name;
   loom_layer *layer;
-  size_t offset, nparams;
+  size_t offset, nparams, buffer_offset;
   int out_ndim; /* sample shape, without the batch dimension */
   int64_t out_shape[LOOM_MAX_DIMS];
   loom_tensor *out;  /* activation */
@@ -22,8 +22,9 @@ struct loom_model {
   entry *layers;
   size_t count, cap;
   bool built, train;
-  float *params, *grads;
-  size_t nparams;
+  float *params, *grads, *buffers;
+  size_t nparams, nbuffers;
+  loom_rng *rng;
   int in_ndim;
   int64_t in_shape[LOOM_MAX_DIMS];
   const loom_tensor *last_input;
@@ -52,6 +53,7 @@ void loom_model_destroy(loom_model *m) {
   free(m->layers);
   free(m->params);
   free(m->grads);
+  free(m->buffers);
   free(m->range_offsets);
   free(m->range_lengths);
   free(m);
@@ -157,7 +159,7 @@ int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint6
   memcpy(cur, sample_shape, (size_t)ndim * sizeof *cur);
   m->in_ndim = ndim;
   memcpy(m->in_shape, sample_shape, (size_t)ndim * sizeof *cur);
-  size_t total = 0;
+  size_t total = 0, buffers = 0;
   for (size_t i = 0; i < m->count; i++) {
     entry *e = &m->layers[i];
     int rc = e->layer->ops.output_shape(e->layer->data, cur_ndim, cur, &e->out_ndim, e->out_shape);
@@ -168,20 +170,24 @@ int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint6
     e->offset = total;
     e->nparams = loom_layer_num_params(e->layer);
     total += e->nparams;
+    e->buffer_offset = buffers;
+    buffers += e->layer->ops.num_buffers ? e->layer->ops.num_buffers(e->layer->data) : 0;
     cur_ndim = e->out_ndim;
     memcpy(cur, e->out_shape, (size_t)cur_ndim * sizeof *cur);
   }
   m->params = calloc(total ? total : 1, sizeof *m->params);
   m->grads = calloc(total ? total : 1, sizeof *m->grads);
-  if (!m->params || !m->grads)
+  m->buffers = calloc(buffers ? buffers : 1, sizeof *m->buffers);
+  if (!m->params || !m->grads || !m->buffers)
     return loom_error_oom("the model's parameters");
   m->nparams = total;
+  m->nbuffers = buffers;
   loom_rng rng;
   loom_rng_seed(&rng, seed, 0, loom_rng_stream_id("init"));
   for (size_t i = 0; i < m->count; i++) {
     entry *e = &m->layers[i];
     if (e->layer->ops.bind)
-      e->layer->ops.bind(e->layer->data, m->params + e->offset, m->grads + e->offset);
+      e->layer->ops.bind(e->layer->data, m->params + e->offset, m->grads + e->offset, m->buffers + e->buffer_offset);
     if (e->layer->ops.init)
       e->layer->ops.init(e->layer->data, &rng);
   }
@@ -220,7 +226,7 @@ int loom_model_forward(loom_model *m, const loom_tensor *x, const loom_tensor **
     memcpy(shape + 1, e->out_shape, (size_t)e->out_ndim * sizeof *shape);
     if ((rc = loom_tensor_resize(e->out, e->out_ndim + 1, shape)) < 0)
       return rc;
-    if ((rc = e->layer->ops.forward(e->layer->data, cur, e->out, m->train)) < 0)
+    if ((rc = e->layer->ops.forward(e->layer->data, cur, e->out, m->train, m->train ? m->rng : NULL)) < 0)
       return loom_error_wrap(rc, "forward of layer \"%s\"", e->name);
     cur = e->out;
   }
@@ -264,6 +270,9 @@ void loom_model_zero_grad(loom_model *m) {
 }
 
 void loom_model_set_train(loom_model *m, bool train) { m->train = train; }
+void loom_model_set_rng(loom_model *m, loom_rng *rng) { m->rng = rng; }
+size_t loom_model_num_buffers(const loom_model *m) { return m->nbuffers; }
+float *loom_model_buffers(loom_model *m) { return m->buffers; }
 bool loom_model_is_train(const loom_model *m) { return m->train; }
 size_t loom_model_num_params(const loom_model *m) { return m->nparams; }
 float *loom_model_params(loom_model *m) { return m->params; }
@@ -301,6 +310,8 @@ int loom_model_save(const loom_model *m, loom_state *s, bool with_grads) {
     rc = loom_state_set_i64_array(s, "offsets", offsets, m->count + 1);
   if (rc == 0)
     rc = loom_state_set_f32_array(s, "params", m->params, m->nparams);
+  if (rc == 0 && m->nbuffers)
+    rc = loom_state_set_f32_array(s, "buffers", m->buffers, m->nbuffers);
   if (rc == 0 && with_grads)
     rc = loom_state_set_f32_array(s, "grads", m->grads, m->nparams);
   free(names);
@@ -327,6 +338,8 @@ static int load_state(loom_model *m, const loom_state *s, bool grads) {
   if (*p)
     return loom_error_set(LOOM_EFORMAT, "saved model has more layers than this one (%s)", names);
   if ((rc = loom_state_get_f32_array(s, "params", m->params, m->nparams)) < 0)
+    return rc;
+  if (m->nbuffers && (rc = loom_state_get_f32_array(s, "buffers", m->buffers, m->nbuffers)) < 0)
     return rc;
   if (grads && loom_state_has(s, "grads"))
     rc = loom_state_get_f32_array(s, "grads", m->grads, m->nparams);

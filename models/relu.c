@@ -12,8 +12,8 @@ static int same_shape(void *data, int ndim, const int64_t *in, int *out_ndim, in
   return 0;
 }
 
-LOOM_HOT static int relu_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train) {
-  (void)data, (void)train;
+LOOM_HOT static int relu_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
+  (void)data, (void)train, (void)rng;
   const float *restrict in = x->data;
   float *restrict out = y->data;
   for (int64_t i = 0; i < x->numel; i++)

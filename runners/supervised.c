@@ -13,6 +13,7 @@ int loom_supervised_handle_batch(loom_runner *r, void *user) {
                                        "(loom_stage_set_model, loom_stage_set_criterion)",
                           stage);
   const loom_tensor *out;
+  loom_model_set_rng(model, loom_runner_rng(r));
   int rc = loom_model_forward(model, loom_runner_input(r), &out);
   if (rc < 0)
     return rc;

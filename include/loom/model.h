@@ -28,15 +28,20 @@ typedef struct loom_layer_ops {
   const char *type;
   /* Number of float parameters (0 for none). Optional. */
   size_t (*num_params)(void *data);
+  /* Number of float buffers: state that is saved but not trained (a
+   * BatchNorm's running statistics). Optional. */
+  size_t (*num_buffers)(void *data);
   /* Output sample shape from the input sample shape; an error if the input
    * does not fit. */
   int (*output_shape)(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out);
-  /* Receives the layer's views into the model's buffers. Optional. */
-  void (*bind)(void *data, float *params, float *grads);
-  /* Initialises the parameters from a seeded stream. Optional. */
+  /* Receives the layer's views into the model's parameter, gradient and
+   * buffer arrays. Optional. */
+  void (*bind)(void *data, float *params, float *grads, float *buffers);
+  /* Initialises parameters and buffers from a seeded stream. Optional. */
   void (*init)(void *data, loom_rng *rng);
-  /* out is already shaped [batch, output_shape...]. */
-  int (*forward)(void *data, const loom_tensor *in, loom_tensor *out, bool train);
+  /* out is already shaped [batch, output_shape...]. `rng` is the runner's
+   * stream (seeded per epoch, saved in checkpoints) in training, else NULL. */
+  int (*forward)(void *data, const loom_tensor *in, loom_tensor *out, bool train, loom_rng *rng);
   /* Accumulates parameter gradients unless param_grads is false (a frozen
    * layer); writes din unless it is NULL (no trainable layer below). */
   int (*backward)(void *data, const loom_tensor *in, const loom_tensor *out, const loom_tensor *dout,
@@ -76,6 +81,9 @@ bool loom_model_is_built(const loom_model *model);
  * sample shape with that many elements is flattened). */
 loom_model *loom_mlp_create(const int64_t *sizes, int n, uint64_t seed);
 
+/* The random stream layers such as Dropout draw from in training (the
+ * supervised runner sets the runner's epoch stream). Borrowed. */
+void loom_model_set_rng(loom_model *model, loom_rng *rng);
 /* Forward pass; *out is owned by the model and valid until the next call. */
 int loom_model_forward(loom_model *model, const loom_tensor *input, const loom_tensor **out);
 /* Backward pass from the gradient of the last forward's output. */
@@ -85,6 +93,8 @@ void loom_model_set_train(loom_model *model, bool train);
 bool loom_model_is_train(const loom_model *model);
 
 size_t loom_model_num_params(const loom_model *model);
+size_t loom_model_num_buffers(const loom_model *model);
+float *loom_model_buffers(loom_model *model);
 /* Freezing: a frozen layer keeps its parameters (the optimizer skips them)
  * and computes no parameter gradients; backward stops below the lowest
  * trainable layer. An error if no layer has that name. */
