@@ -5,12 +5,6 @@
 #include "core/simd.h"
 #include "models/layer_internal.h"
 
-static int same_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
-  (void)data;
-  *out_ndim = ndim;
-  memcpy(out, in, (size_t)ndim * sizeof *in);
-  return 0;
-}
 
 LOOM_HOT static int relu_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
   (void)data, (void)train, (void)rng;
@@ -35,7 +29,7 @@ LOOM_HOT static int relu_backward(void *data, const loom_tensor *x, const loom_t
 
 static const loom_layer_ops relu_ops = {
     .type = "ReLU",
-    .output_shape = same_shape,
+    .output_shape = loom_same_shape,
     .forward = relu_forward,
     .backward = relu_backward,
 };

@@ -64,6 +64,38 @@ loom_layer *loom_linear_create(int64_t in_features, int64_t out_features, bool b
 float *loom_linear_weight(loom_layer *layer);
 float *loom_linear_bias(loom_layer *layer);
 loom_layer *loom_relu_create(void);
+/* max(x, slope x). */
+loom_layer *loom_leaky_relu_create(float slope);
+/* x Phi(x), the exact (erf) form. */
+loom_layer *loom_gelu_create(void);
+loom_layer *loom_tanh_create(void);
+loom_layer *loom_sigmoid_create(void);
+/* [N, ...] -> [N, prod(...)]. */
+loom_layer *loom_flatten_create(void);
+/* Conv2d over [C, H, W] samples (PyTorch's layout and initialisation). */
+typedef struct loom_conv2d_options {
+  int64_t in_channels;  /* 0: taken from the input when built */
+  int64_t out_channels;
+  int64_t kernel[2];
+  int64_t stride[2];   /* 0: 1 */
+  int64_t padding[2];
+  int64_t dilation[2]; /* 0: 1 */
+  bool no_bias;
+} loom_conv2d_options;
+loom_layer *loom_conv2d_create(const loom_conv2d_options *options);
+/* Pooling windows over [C, H, W]; stride 0 means the kernel size. Average
+ * pooling counts padding in the divisor, as PyTorch does by default. */
+loom_layer *loom_maxpool2d_create(int64_t kernel, int64_t stride, int64_t padding);
+loom_layer *loom_avgpool2d_create(int64_t kernel, int64_t stride, int64_t padding);
+/* [C, H, W] -> [C]: the mean of each channel. */
+loom_layer *loom_global_avgpool_create(void);
+/* BatchNorm1d/2d over [C] or [C, H, W] samples: gamma and beta trained,
+ * running mean and variance kept as buffers (PyTorch: eps 1e-5,
+ * momentum 0.1). */
+loom_layer *loom_batchnorm_create(int64_t channels, float eps, float momentum);
+/* Inverted dropout with drop probability p in training (mask from the
+ * model's stream, loom_model_set_rng); the identity in evaluation. */
+loom_layer *loom_dropout_create(float p);
 
 /* An empty sequential model. */
 loom_model *loom_model_create(void);

@@ -1,0 +1,222 @@
+/* Elementwise layers: LeakyReLU, GELU, Tanh, Sigmoid; and Flatten. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error_internal.h"
+#include "core/simd.h"
+#include "models/layer_internal.h"
+
+int loom_same_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
+  (void)data;
+  *out_ndim = ndim;
+  memcpy(out, in, (size_t)ndim * sizeof *in);
+  return 0;
+}
+
+/* One layer type per activation: y = f(x), dx = dy * f'(x, y). */
+typedef struct activation {
+  float slope; /* LeakyReLU */
+} activation;
+
+LOOM_HOT static int leaky_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
+  (void)train, (void)rng;
+  const float a = ((activation *)data)->slope;
+  const float *restrict in = x->data;
+  float *restrict out = y->data;
+  for (int64_t i = 0; i < x->numel; i++)
+    out[i] = in[i] > 0.0f ? in[i] : a * in[i];
+  return 0;
+}
+
+LOOM_HOT static int leaky_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
+                                   loom_tensor *dx, bool param_grads) {
+  (void)y, (void)param_grads;
+  if (!dx)
+    return 0;
+  const float a = ((activation *)data)->slope;
+  const float *restrict in = x->data, *restrict g = dy->data;
+  float *restrict d = dx->data;
+  for (int64_t i = 0; i < x->numel; i++)
+    d[i] = in[i] > 0.0f ? g[i] : a * g[i];
+  return 0;
+}
+
+/* GELU, exact: x Phi(x); derivative Phi(x) + x phi(x). */
+static int gelu_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
+  (void)data, (void)train, (void)rng;
+  for (int64_t i = 0; i < x->numel; i++) {
+    float v = x->data[i];
+    y->data[i] = 0.5f * v * (1.0f + erff(v * 0.70710678f));
+  }
+  return 0;
+}
+
+static int gelu_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
+                         loom_tensor *dx, bool param_grads) {
+  (void)data, (void)y, (void)param_grads;
+  if (!dx)
+    return 0;
+  for (int64_t i = 0; i < x->numel; i++) {
+    float v = x->data[i];
+    float cdf = 0.5f * (1.0f + erff(v * 0.70710678f)), pdf = 0.39894228f * expf(-0.5f * v * v);
+    dx->data[i] = dy->data[i] * (cdf + v * pdf);
+  }
+  return 0;
+}
+
+static int tanh_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
+  (void)data, (void)train, (void)rng;
+  for (int64_t i = 0; i < x->numel; i++)
+    y->data[i] = tanhf(x->data[i]);
+  return 0;
+}
+
+LOOM_HOT static int tanh_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
+                                  loom_tensor *dx, bool param_grads) {
+  (void)data, (void)x, (void)param_grads;
+  if (!dx)
+    return 0;
+  const float *restrict out = y->data, *restrict g = dy->data;
+  float *restrict d = dx->data;
+  for (int64_t i = 0; i < y->numel; i++)
+    d[i] = g[i] * (1.0f - out[i] * out[i]);
+  return 0;
+}
+
+static int sigmoid_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
+  (void)data, (void)train, (void)rng;
+  for (int64_t i = 0; i < x->numel; i++)
+    y->data[i] = 1.0f / (1.0f + expf(-x->data[i]));
+  return 0;
+}
+
+LOOM_HOT static int sigmoid_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
+                                     loom_tensor *dx, bool param_grads) {
+  (void)data, (void)x, (void)param_grads;
+  if (!dx)
+    return 0;
+  const float *restrict out = y->data, *restrict g = dy->data;
+  float *restrict d = dx->data;
+  for (int64_t i = 0; i < y->numel; i++)
+    d[i] = g[i] * out[i] * (1.0f - out[i]);
+  return 0;
+}
+
+static const loom_layer_ops leaky_ops = {.type = "LeakyReLU", .output_shape = loom_same_shape,
+                                         .forward = leaky_forward, .backward = leaky_backward, .destroy = free};
+static const loom_layer_ops gelu_ops = {.type = "GELU", .output_shape = loom_same_shape, .forward = gelu_forward,
+                                        .backward = gelu_backward};
+static const loom_layer_ops tanh_ops = {.type = "Tanh", .output_shape = loom_same_shape, .forward = tanh_forward,
+                                        .backward = tanh_backward};
+static const loom_layer_ops sigmoid_ops = {.type = "Sigmoid", .output_shape = loom_same_shape,
+                                           .forward = sigmoid_forward, .backward = sigmoid_backward};
+
+loom_layer *loom_leaky_relu_create(float slope) {
+  activation *a = malloc(sizeof *a);
+  if (!a) {
+    loom_error_oom("a LeakyReLU layer");
+    return NULL;
+  }
+  a->slope = slope;
+  return loom_layer_create(&leaky_ops, a);
+}
+
+loom_layer *loom_gelu_create(void) { return loom_layer_create(&gelu_ops, NULL); }
+loom_layer *loom_tanh_create(void) { return loom_layer_create(&tanh_ops, NULL); }
+loom_layer *loom_sigmoid_create(void) { return loom_layer_create(&sigmoid_ops, NULL); }
+
+/* Flatten: [N, ...] -> [N, prod(...)]; the values do not move. */
+static int flatten_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
+  (void)data;
+  out[0] = 1;
+  for (int i = 0; i < ndim; i++)
+    out[0] *= in[i];
+  *out_ndim = 1;
+  return 0;
+}
+
+static int copy_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
+  (void)data, (void)train, (void)rng;
+  memcpy(y->data, x->data, (size_t)x->numel * sizeof(float));
+  return 0;
+}
+
+static int copy_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
+                         loom_tensor *dx, bool param_grads) {
+  (void)data, (void)x, (void)y, (void)param_grads;
+  if (dx)
+    memcpy(dx->data, dy->data, (size_t)dy->numel * sizeof(float));
+  return 0;
+}
+
+static const loom_layer_ops flatten_ops = {.type = "Flatten", .output_shape = flatten_shape,
+                                           .forward = copy_forward, .backward = copy_backward};
+
+loom_layer *loom_flatten_create(void) { return loom_layer_create(&flatten_ops, NULL); }
+
+/* Dropout: in training each value is kept with probability 1 - p and scaled
+ * by 1/(1 - p); the mask comes from the runner's stream, so runs and
+ * resumes repeat it. In evaluation it is the identity. */
+typedef struct dropout {
+  float p;
+  float *scale; /* per element of the last forward: 0 or 1/(1-p) */
+  int64_t cap;
+} dropout;
+
+static int dropout_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
+  dropout *d = data;
+  if (!train || d->p == 0.0f)
+    return copy_forward(data, x, y, train, rng);
+  if (!rng)
+    return loom_error_set(LOOM_ESTATE, "Dropout in training needs a random stream (loom_model_set_rng)");
+  if (x->numel > d->cap) {
+    float *grown = realloc(d->scale, (size_t)x->numel * sizeof *grown);
+    if (!grown)
+      return loom_error_oom("a dropout mask");
+    d->scale = grown;
+    d->cap = x->numel;
+  }
+  const float keep = 1.0f / (1.0f - d->p);
+  for (int64_t i = 0; i < x->numel; i++) {
+    d->scale[i] = loom_rng_uniform(rng) < d->p ? 0.0f : keep;
+    y->data[i] = x->data[i] * d->scale[i];
+  }
+  return 0;
+}
+
+static int dropout_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
+                            loom_tensor *dx, bool param_grads) {
+  dropout *d = data;
+  if (!dx)
+    return 0;
+  if (d->p == 0.0f || dy->numel > d->cap)
+    return copy_backward(data, x, y, dy, dx, param_grads);
+  for (int64_t i = 0; i < dy->numel; i++)
+    dx->data[i] = dy->data[i] * d->scale[i];
+  return 0;
+}
+
+static void dropout_destroy(void *data) {
+  dropout *d = data;
+  free(d->scale);
+  free(d);
+}
+
+static const loom_layer_ops dropout_ops = {.type = "Dropout", .output_shape = loom_same_shape,
+                                           .forward = dropout_forward, .backward = dropout_backward,
+                                           .destroy = dropout_destroy};
+
+loom_layer *loom_dropout_create(float p) {
+  if (!(p >= 0.0f && p < 1.0f)) {
+    loom_error_set(LOOM_EINVAL, "Dropout: p must be in [0, 1), got %g", (double)p);
+    return NULL;
+  }
+  dropout *d = calloc(1, sizeof *d);
+  if (!d) {
+    loom_error_oom("a Dropout layer");
+    return NULL;
+  }
+  d->p = p;
+  return loom_layer_create(&dropout_ops, d);
+}

@@ -1,0 +1,201 @@
+/* Conv2d over [C, H, W] samples: im2col, then one sgemm per sample;
+ * backward through the same columns (col2im for the input gradient). */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error_internal.h"
+#include "models/layer_internal.h"
+
+typedef struct conv {
+  int64_t cin, cout, kh, kw, sh, sw, ph, pw, dh, dw;
+  bool has_bias;
+  int64_t h, w, oh, ow;
+  float *wt, *b, *dwt, *db;
+  float *col; /* [cin * kh * kw, oh * ow] */
+  int64_t col_cap;
+} conv;
+
+static size_t conv_num_params(void *data) {
+  const conv *c = data;
+  return (size_t)(c->cout * c->cin * c->kh * c->kw + (c->has_bias ? c->cout : 0));
+}
+
+static int conv_output_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
+  conv *c = data;
+  if (ndim != 3)
+    return loom_error_set(LOOM_ESHAPE, "Conv2d expects [channels, height, width] samples, got %d dimensions", ndim);
+  if (c->cin == 0)
+    c->cin = in[0];
+  if (in[0] != c->cin)
+    return loom_error_set(LOOM_ESHAPE, "Conv2d expects %lld input channels, got %lld", (long long)c->cin,
+                          (long long)in[0]);
+  c->h = in[1], c->w = in[2];
+  c->oh = (c->h + 2 * c->ph - c->dh * (c->kh - 1) - 1) / c->sh + 1;
+  c->ow = (c->w + 2 * c->pw - c->dw * (c->kw - 1) - 1) / c->sw + 1;
+  if (c->oh < 1 || c->ow < 1)
+    return loom_error_set(LOOM_ESHAPE, "Conv2d: a %lldx%lld input is smaller than the %lldx%lld kernel", (long long)c->h,
+                          (long long)c->w, (long long)c->kh, (long long)c->kw);
+  *out_ndim = 3;
+  out[0] = c->cout, out[1] = c->oh, out[2] = c->ow;
+  return 0;
+}
+
+static void conv_bind(void *data, float *params, float *grads, float *buffers) {
+  (void)buffers;
+  conv *c = data;
+  int64_t nw = c->cout * c->cin * c->kh * c->kw;
+  c->wt = params, c->dwt = grads;
+  c->b = c->has_bias ? params + nw : NULL;
+  c->db = c->has_bias ? grads + nw : NULL;
+}
+
+static void conv_init(void *data, loom_rng *rng) {
+  conv *c = data;
+  /* PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both. */
+  float bound = 1.0f / sqrtf((float)(c->cin * c->kh * c->kw));
+  for (int64_t i = 0; i < c->cout * c->cin * c->kh * c->kw; i++)
+    c->wt[i] = (2.0f * loom_rng_uniform(rng) - 1.0f) * bound;
+  for (int64_t i = 0; c->has_bias && i < c->cout; i++)
+    c->b[i] = (2.0f * loom_rng_uniform(rng) - 1.0f) * bound;
+}
+
+static int ensure_col(conv *c) {
+  int64_t need = c->cin * c->kh * c->kw * c->oh * c->ow;
+  if (need <= c->col_cap)
+    return 0;
+  float *grown = realloc(c->col, (size_t)need * sizeof *grown);
+  if (!grown)
+    return loom_error_oom("Conv2d columns");
+  c->col = grown;
+  c->col_cap = need;
+  return 0;
+}
+
+/* col[(ci kh + ki) kw + kj][oy ow + ox] = x[ci][oy sh - ph + ki dh][ox sw - pw + kj dw] (0 outside). */
+static void im2col(const conv *c, const float *x) {
+  const int64_t L = c->oh * c->ow;
+  for (int64_t ci = 0; ci < c->cin; ci++)
+    for (int64_t ki = 0; ki < c->kh; ki++)
+      for (int64_t kj = 0; kj < c->kw; kj++) {
+        float *row = c->col + ((ci * c->kh + ki) * c->kw + kj) * L;
+        for (int64_t oy = 0; oy < c->oh; oy++) {
+          int64_t iy = oy * c->sh - c->ph + ki * c->dh;
+          for (int64_t ox = 0; ox < c->ow; ox++) {
+            int64_t ix = ox * c->sw - c->pw + kj * c->dw;
+            row[oy * c->ow + ox] =
+                (iy >= 0 && iy < c->h && ix >= 0 && ix < c->w) ? x[(ci * c->h + iy) * c->w + ix] : 0.0f;
+          }
+        }
+      }
+}
+
+/* The adjoint of im2col: columns added back into dx. */
+static void col2im(const conv *c, float *dx) {
+  const int64_t L = c->oh * c->ow;
+  for (int64_t ci = 0; ci < c->cin; ci++)
+    for (int64_t ki = 0; ki < c->kh; ki++)
+      for (int64_t kj = 0; kj < c->kw; kj++) {
+        const float *row = c->col + ((ci * c->kh + ki) * c->kw + kj) * L;
+        for (int64_t oy = 0; oy < c->oh; oy++) {
+          int64_t iy = oy * c->sh - c->ph + ki * c->dh;
+          if (iy < 0 || iy >= c->h)
+            continue;
+          for (int64_t ox = 0; ox < c->ow; ox++) {
+            int64_t ix = ox * c->sw - c->pw + kj * c->dw;
+            if (ix >= 0 && ix < c->w)
+              dx[(ci * c->h + iy) * c->w + ix] += row[oy * c->ow + ox];
+          }
+        }
+      }
+}
+
+static int conv_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
+  (void)train, (void)rng;
+  conv *c = data;
+  int rc = ensure_col(c);
+  if (rc < 0)
+    return rc;
+  const int64_t K = c->cin * c->kh * c->kw, L = c->oh * c->ow, n = x->shape[0];
+  for (int64_t i = 0; i < n; i++) {
+    float *out = y->data + i * c->cout * L;
+    for (int64_t o = 0; o < c->cout; o++)
+      for (int64_t l = 0; l < L; l++)
+        out[o * L + l] = c->has_bias ? c->b[o] : 0.0f;
+    im2col(c, x->data + i * c->cin * c->h * c->w);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c->cout, (int)L, (int)K, 1.0f, c->wt, (int)K, c->col,
+                (int)L, 1.0f, out, (int)L);
+  }
+  return 0;
+}
+
+static int conv_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
+                         loom_tensor *dx, bool param_grads) {
+  (void)y;
+  conv *c = data;
+  int rc = ensure_col(c);
+  if (rc < 0)
+    return rc;
+  const int64_t K = c->cin * c->kh * c->kw, L = c->oh * c->ow, n = x->shape[0];
+  if (dx)
+    memset(dx->data, 0, (size_t)dx->numel * sizeof(float));
+  for (int64_t i = 0; i < n; i++) {
+    const float *g = dy->data + i * c->cout * L;
+    if (param_grads) {
+      im2col(c, x->data + i * c->cin * c->h * c->w);
+      /* dW += dy_i col^T; db += row sums of dy_i */
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)c->cout, (int)K, (int)L, 1.0f, g, (int)L, c->col,
+                  (int)L, 1.0f, c->dwt, (int)K);
+      for (int64_t o = 0; c->has_bias && o < c->cout; o++) {
+        float s = 0.0f;
+        for (int64_t l = 0; l < L; l++)
+          s += g[o * L + l];
+        c->db[o] += s;
+      }
+    }
+    if (dx) { /* columns of the input gradient: W^T dy_i, then back into place */
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, (int)L, (int)c->cout, 1.0f, c->wt, (int)K, g,
+                  (int)L, 0.0f, c->col, (int)L);
+      col2im(c, dx->data + i * c->cin * c->h * c->w);
+    }
+  }
+  return 0;
+}
+
+static void conv_destroy(void *data) {
+  conv *c = data;
+  free(c->col);
+  free(c);
+}
+
+static const loom_layer_ops conv_ops = {
+    .type = "Conv2d",
+    .num_params = conv_num_params,
+    .output_shape = conv_output_shape,
+    .bind = conv_bind,
+    .init = conv_init,
+    .forward = conv_forward,
+    .backward = conv_backward,
+    .destroy = conv_destroy,
+};
+
+loom_layer *loom_conv2d_create(const loom_conv2d_options *o) {
+  if (!o || o->in_channels < 0 || o->out_channels < 1 || o->kernel[0] < 1 || o->kernel[1] < 1 || o->stride[0] < 0 ||
+      o->stride[1] < 0 || o->padding[0] < 0 || o->padding[1] < 0 || o->dilation[0] < 0 || o->dilation[1] < 0) {
+    loom_error_set(LOOM_EINVAL, "Conv2d: out_channels and kernel >= 1; in_channels, stride, padding, dilation >= 0");
+    return NULL;
+  }
+  conv *c = calloc(1, sizeof *c);
+  if (!c) {
+    loom_error_oom("a Conv2d layer");
+    return NULL;
+  }
+  c->cin = o->in_channels, c->cout = o->out_channels;
+  c->kh = o->kernel[0], c->kw = o->kernel[1];
+  c->sh = o->stride[0] ? o->stride[0] : 1, c->sw = o->stride[1] ? o->stride[1] : 1;
+  c->ph = o->padding[0], c->pw = o->padding[1];
+  c->dh = o->dilation[0] ? o->dilation[0] : 1, c->dw = o->dilation[1] ? o->dilation[1] : 1;
+  c->has_bias = !o->no_bias;
+  return loom_layer_create(&conv_ops, c);
+}

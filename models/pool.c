@@ -1,0 +1,152 @@
+/* Pooling over [C, H, W] samples: max, average, and global average. */
+#include <float.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error_internal.h"
+#include "models/layer_internal.h"
+
+typedef struct pool {
+  bool max, global;
+  int64_t k, s, p;
+  int64_t c, h, w, oh, ow;
+  int32_t *argmax; /* per output element of the last forward (max) */
+  int64_t cap;
+} pool;
+
+static int pool_output_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
+  pool *p = data;
+  if (ndim != 3)
+    return loom_error_set(LOOM_ESHAPE, "pooling expects [channels, height, width] samples, got %d dimensions", ndim);
+  p->c = in[0], p->h = in[1], p->w = in[2];
+  if (p->global) {
+    *out_ndim = 1;
+    out[0] = p->c;
+    p->oh = p->ow = 1;
+    return 0;
+  }
+  p->oh = (p->h + 2 * p->p - p->k) / p->s + 1;
+  p->ow = (p->w + 2 * p->p - p->k) / p->s + 1;
+  if (p->oh < 1 || p->ow < 1)
+    return loom_error_set(LOOM_ESHAPE, "pooling: a %lldx%lld input is smaller than the %lld window", (long long)p->h,
+                          (long long)p->w, (long long)p->k);
+  *out_ndim = 3;
+  out[0] = p->c, out[1] = p->oh, out[2] = p->ow;
+  return 0;
+}
+
+static int pool_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
+  (void)train, (void)rng;
+  pool *p = data;
+  const int64_t n = x->shape[0], planes = n * p->c, hw = p->h * p->w, ohw = p->oh * p->ow;
+  if (p->global) {
+    for (int64_t q = 0; q < planes; q++) {
+      double s = 0;
+      for (int64_t i = 0; i < hw; i++)
+        s += x->data[q * hw + i];
+      y->data[q] = (float)(s / (double)hw);
+    }
+    return 0;
+  }
+  if (p->max && planes * ohw > p->cap) {
+    int32_t *grown = realloc(p->argmax, (size_t)(planes * ohw) * sizeof *grown);
+    if (!grown)
+      return loom_error_oom("max-pool indices");
+    p->argmax = grown;
+    p->cap = planes * ohw;
+  }
+  for (int64_t q = 0; q < planes; q++) {
+    const float *in = x->data + q * hw;
+    for (int64_t oy = 0; oy < p->oh; oy++)
+      for (int64_t ox = 0; ox < p->ow; ox++) {
+        float best = -FLT_MAX, sum = 0.0f;
+        int32_t at = -1;
+        for (int64_t ky = 0; ky < p->k; ky++)
+          for (int64_t kx = 0; kx < p->k; kx++) {
+            int64_t iy = oy * p->s - p->p + ky, ix = ox * p->s - p->p + kx;
+            if (iy < 0 || iy >= p->h || ix < 0 || ix >= p->w)
+              continue; /* padding: never the max, zero in the average */
+            float v = in[iy * p->w + ix];
+            sum += v;
+            if (v > best)
+              best = v, at = (int32_t)(iy * p->w + ix);
+          }
+        int64_t o = q * ohw + oy * p->ow + ox;
+        if (p->max) {
+          y->data[o] = best;
+          p->argmax[o] = at;
+        } else {
+          y->data[o] = sum / (float)(p->k * p->k); /* PyTorch's count_include_pad */
+        }
+      }
+  }
+  return 0;
+}
+
+static int pool_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
+                         loom_tensor *dx, bool param_grads) {
+  (void)y, (void)param_grads;
+  pool *p = data;
+  if (!dx)
+    return 0;
+  const int64_t n = x->shape[0], planes = n * p->c, hw = p->h * p->w, ohw = p->oh * p->ow;
+  memset(dx->data, 0, (size_t)dx->numel * sizeof(float));
+  for (int64_t q = 0; q < planes; q++) {
+    float *d = dx->data + q * hw;
+    if (p->global) {
+      for (int64_t i = 0; i < hw; i++)
+        d[i] = dy->data[q] / (float)hw;
+      continue;
+    }
+    for (int64_t oy = 0; oy < p->oh; oy++)
+      for (int64_t ox = 0; ox < p->ow; ox++) {
+        int64_t o = q * ohw + oy * p->ow + ox;
+        if (p->max) {
+          d[p->argmax[o]] += dy->data[o];
+          continue;
+        }
+        for (int64_t ky = 0; ky < p->k; ky++)
+          for (int64_t kx = 0; kx < p->k; kx++) {
+            int64_t iy = oy * p->s - p->p + ky, ix = ox * p->s - p->p + kx;
+            if (iy >= 0 && iy < p->h && ix >= 0 && ix < p->w)
+              d[iy * p->w + ix] += dy->data[o] / (float)(p->k * p->k);
+          }
+      }
+  }
+  return 0;
+}
+
+static void pool_destroy(void *data) {
+  pool *p = data;
+  free(p->argmax);
+  free(p);
+}
+
+static const loom_layer_ops max_ops = {.type = "MaxPool2d", .output_shape = pool_output_shape,
+                                       .forward = pool_forward, .backward = pool_backward, .destroy = pool_destroy};
+static const loom_layer_ops avg_ops = {.type = "AvgPool2d", .output_shape = pool_output_shape,
+                                       .forward = pool_forward, .backward = pool_backward, .destroy = pool_destroy};
+static const loom_layer_ops global_ops = {.type = "GlobalAvgPool", .output_shape = pool_output_shape,
+                                          .forward = pool_forward, .backward = pool_backward, .destroy = pool_destroy};
+
+static loom_layer *make(const loom_layer_ops *ops, bool max, bool global, int64_t k, int64_t s, int64_t pad) {
+  if (!global && (k < 1 || s < 0 || pad < 0 || pad > k / 2)) {
+    loom_error_set(LOOM_EINVAL, "pooling: kernel >= 1, stride >= 0 (0: the kernel), 0 <= padding <= kernel/2");
+    return NULL;
+  }
+  pool *p = calloc(1, sizeof *p);
+  if (!p) {
+    loom_error_oom("a pooling layer");
+    return NULL;
+  }
+  p->max = max, p->global = global, p->k = k, p->s = s ? s : k, p->p = pad;
+  return loom_layer_create(ops, p);
+}
+
+loom_layer *loom_maxpool2d_create(int64_t kernel, int64_t stride, int64_t padding) {
+  return make(&max_ops, true, false, kernel, stride, padding);
+}
+loom_layer *loom_avgpool2d_create(int64_t kernel, int64_t stride, int64_t padding) {
+  return make(&avg_ops, false, false, kernel, stride, padding);
+}
+loom_layer *loom_global_avgpool_create(void) { return make(&global_ops, false, true, 1, 1, 0); }

@@ -1,0 +1,394 @@
+/* Every layer against an independent double-precision implementation:
+ * the forward output, and each parameter's and input's gradient against
+ * central differences of the double reference. Plus train/eval behaviour
+ * of BatchNorm and Dropout. */
+#include <math.h>
+
+#include "helpers.h"
+#include "models/layer_internal.h"
+
+#define H 1e-6
+
+/* A reference forward in double: out from x and params, for a batch. */
+typedef void (*ref_fn)(const void *ctx, const double *x, const double *p, double *out, int64_t n);
+
+typedef struct harness {
+  loom_layer *layer;
+  int ndim;
+  int64_t shape[3], oshape[3];
+  int ondim;
+  int64_t n, in_size, out_size, np, nb;
+  float *params, *grads, *buffers;
+} harness;
+
+static void setup_layer(harness *t, loom_layer *layer, int ndim, const int64_t *shape, int64_t n) {
+  memset(t, 0, sizeof *t);
+  t->layer = layer;
+  t->ndim = ndim;
+  t->n = n;
+  memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+  assert_int_equal(layer->ops.output_shape(layer->data, ndim, shape, &t->ondim, t->oshape), 0);
+  t->in_size = t->out_size = 1;
+  for (int i = 0; i < ndim; i++)
+    t->in_size *= shape[i];
+  for (int i = 0; i < t->ondim; i++)
+    t->out_size *= t->oshape[i];
+  t->np = (int64_t)loom_layer_num_params(layer);
+  t->nb = layer->ops.num_buffers ? (int64_t)layer->ops.num_buffers(layer->data) : 0;
+  t->params = calloc((size_t)t->np + 1, sizeof(float));
+  t->grads = calloc((size_t)t->np + 1, sizeof(float));
+  t->buffers = calloc((size_t)t->nb + 1, sizeof(float));
+  if (layer->ops.bind)
+    layer->ops.bind(layer->data, t->params, t->grads, t->buffers);
+  loom_rng rng;
+  loom_rng_seed(&rng, 7, 0, 0);
+  if (layer->ops.init)
+    layer->ops.init(layer->data, &rng);
+  /* Non-trivial parameters: perturb whatever init gave. */
+  for (int64_t i = 0; i < t->np; i++)
+    t->params[i] += 0.3f * (2.0f * loom_rng_uniform(&rng) - 1.0f);
+}
+
+static void teardown_layer(harness *t) {
+  loom_layer_destroy(t->layer);
+  free(t->params), free(t->grads), free(t->buffers);
+}
+
+static loom_tensor *batch_tensor(int64_t n, int ndim, const int64_t *shape) {
+  int64_t full[4] = {n};
+  memcpy(full + 1, shape, (size_t)ndim * sizeof *shape);
+  return loom_tensor_create(ndim + 1, full);
+}
+
+static double ref_loss(ref_fn ref, const void *ctx, const double *x, const double *p, const double *r, int64_t n,
+                       int64_t out_size) {
+  double *out = calloc((size_t)(n * out_size), sizeof *out), l = 0;
+  ref(ctx, x, p, out, n);
+  for (int64_t i = 0; i < n * out_size; i++)
+    l += out[i] * r[i];
+  free(out);
+  return l;
+}
+
+static void close_to(double got, double want, double tol, const char *what, int64_t i) {
+  if (fabs(got - want) > tol * fmax(1.0, fabs(want)))
+    fail_msg("%s[%lld]: loom %.8g, reference %.8g", what, (long long)i, got, want);
+}
+
+/* Forward against the reference; gradients of sum(out * r) against its
+ * central differences, for every parameter and every input value. */
+static void check(harness *t, ref_fn ref, const void *ctx, bool train, double scale) {
+  const int64_t nx = t->n * t->in_size, ny = t->n * t->out_size;
+  loom_tensor *x = batch_tensor(t->n, t->ndim, t->shape), *y = batch_tensor(t->n, t->ondim, t->oshape);
+  loom_tensor *dy = batch_tensor(t->n, t->ondim, t->oshape), *dx = batch_tensor(t->n, t->ndim, t->shape);
+  loom_rng rng;
+  loom_rng_seed(&rng, 11, 0, 0);
+  double *xd = malloc((size_t)nx * sizeof *xd), *pd = malloc((size_t)(t->np + 1) * sizeof *pd);
+  double *rd = malloc((size_t)ny * sizeof *rd), *yd = malloc((size_t)ny * sizeof *yd);
+  for (int64_t i = 0; i < nx; i++)
+    xd[i] = loom_tensor_data(x)[i] = (float)(scale * (2.0 * loom_rng_uniform(&rng) - 1.0));
+  for (int64_t i = 0; i < ny; i++)
+    rd[i] = loom_tensor_data(dy)[i] = 2.0f * loom_rng_uniform(&rng) - 1.0f;
+  for (int64_t i = 0; i < t->np; i++)
+    pd[i] = t->params[i];
+  assert_int_equal(t->layer->ops.forward(t->layer->data, x, y, train, NULL), 0);
+  ref(ctx, xd, pd, yd, t->n);
+  for (int64_t i = 0; i < ny; i++)
+    close_to(loom_tensor_data(y)[i], yd[i], 1e-4, "forward", i);
+  memset(t->grads, 0, (size_t)(t->np + 1) * sizeof(float));
+  assert_int_equal(t->layer->ops.backward(t->layer->data, x, y, dy, dx, true), 0);
+  for (int64_t i = 0; i < t->np; i++) {
+    double keep = pd[i];
+    pd[i] = keep + H;
+    double up = ref_loss(ref, ctx, xd, pd, rd, t->n, t->out_size);
+    pd[i] = keep - H;
+    double down = ref_loss(ref, ctx, xd, pd, rd, t->n, t->out_size);
+    pd[i] = keep;
+    close_to(t->grads[i], (up - down) / (2 * H), 2e-3, "dparam", i);
+  }
+  for (int64_t i = 0; i < nx; i++) {
+    double keep = xd[i];
+    xd[i] = keep + H;
+    double up = ref_loss(ref, ctx, xd, pd, rd, t->n, t->out_size);
+    xd[i] = keep - H;
+    double down = ref_loss(ref, ctx, xd, pd, rd, t->n, t->out_size);
+    xd[i] = keep;
+    close_to(loom_tensor_data(dx)[i], (up - down) / (2 * H), 2e-3, "dx", i);
+  }
+  free(xd), free(pd), free(rd), free(yd);
+  loom_tensor_destroy(x), loom_tensor_destroy(y), loom_tensor_destroy(dy), loom_tensor_destroy(dx);
+}
+
+/* --- Conv2d --- */
+
+typedef struct conv_ctx {
+  int64_t c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow;
+} conv_ctx;
+
+static void conv_ref(const void *vctx, const double *x, const double *p, double *out, int64_t n) {
+  const conv_ctx *k = vctx;
+  const double *wt = p, *b = p + k->o * k->c * k->kh * k->kw;
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t o = 0; o < k->o; o++)
+      for (int64_t oy = 0; oy < k->oh; oy++)
+        for (int64_t ox = 0; ox < k->ow; ox++) {
+          double s = b[o];
+          for (int64_t c = 0; c < k->c; c++)
+            for (int64_t ki = 0; ki < k->kh; ki++)
+              for (int64_t kj = 0; kj < k->kw; kj++) {
+                int64_t iy = oy * k->sh - k->ph + ki * k->dh, ix = ox * k->sw - k->pw + kj * k->dw;
+                if (iy >= 0 && iy < k->h && ix >= 0 && ix < k->w)
+                  s += wt[((o * k->c + c) * k->kh + ki) * k->kw + kj] * x[((i * k->c + c) * k->h + iy) * k->w + ix];
+              }
+          out[((i * k->o + o) * k->oh + oy) * k->ow + ox] = s;
+        }
+}
+
+static void test_conv2d(void **state) {
+  (void)state;
+  /* Two configurations: plain 3x3, and strided, padded, dilated, non-square. */
+  const conv_ctx cases[2] = {{2, 5, 6, 3, 3, 3, 1, 1, 0, 0, 1, 1, 0, 0}, {2, 6, 7, 4, 3, 2, 2, 1, 1, 1, 1, 2, 0, 0}};
+  for (int k = 0; k < 2; k++) {
+    conv_ctx c = cases[k];
+    loom_conv2d_options o = {.in_channels = c.c, .out_channels = c.o, .kernel = {c.kh, c.kw},
+                             .stride = {c.sh, c.sw}, .padding = {c.ph, c.pw}, .dilation = {c.dh, c.dw}};
+    harness t;
+    const int64_t shape[3] = {c.c, c.h, c.w};
+    setup_layer(&t, loom_conv2d_create(&o), 3, shape, 2);
+    c.oh = t.oshape[1], c.ow = t.oshape[2];
+    assert_int_equal(c.oh, (c.h + 2 * c.ph - c.dh * (c.kh - 1) - 1) / c.sh + 1);
+    assert_int_equal(t.np, c.o * c.c * c.kh * c.kw + c.o);
+    check(&t, conv_ref, &c, true, 1.0);
+    teardown_layer(&t);
+  }
+  loom_conv2d_options bad = {.out_channels = 0, .kernel = {3, 3}};
+  assert_null(loom_conv2d_create(&bad));
+}
+
+/* --- pooling --- */
+
+typedef struct pool_ctx {
+  int64_t c, h, w, k, s, p, oh, ow;
+  bool max, global;
+} pool_ctx;
+
+static void pool_ref(const void *vctx, const double *x, const double *p, double *out, int64_t n) {
+  (void)p;
+  const pool_ctx *q = vctx;
+  for (int64_t i = 0; i < n * q->c; i++) {
+    const double *plane = x + i * q->h * q->w;
+    if (q->global) {
+      double s = 0;
+      for (int64_t j = 0; j < q->h * q->w; j++)
+        s += plane[j];
+      out[i] = s / (double)(q->h * q->w);
+      continue;
+    }
+    for (int64_t oy = 0; oy < q->oh; oy++)
+      for (int64_t ox = 0; ox < q->ow; ox++) {
+        double best = -INFINITY, sum = 0;
+        for (int64_t a = 0; a < q->k; a++)
+          for (int64_t b = 0; b < q->k; b++) {
+            int64_t iy = oy * q->s - q->p + a, ix = ox * q->s - q->p + b;
+            if (iy < 0 || iy >= q->h || ix < 0 || ix >= q->w)
+              continue;
+            best = fmax(best, plane[iy * q->w + ix]);
+            sum += plane[iy * q->w + ix];
+          }
+        out[(i * q->oh + oy) * q->ow + ox] = q->max ? best : sum / (double)(q->k * q->k);
+      }
+  }
+}
+
+static void test_pooling(void **state) {
+  (void)state;
+  const int64_t shape[3] = {2, 7, 6};
+  const struct { bool max, global; int64_t k, s, p; } cases[] = {
+      {true, false, 2, 0, 0}, {true, false, 3, 2, 1}, {false, false, 2, 0, 0}, {false, false, 3, 2, 1}, {false, true, 1, 1, 0}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    loom_layer *l = cases[i].global ? loom_global_avgpool_create()
+                    : cases[i].max  ? loom_maxpool2d_create(cases[i].k, cases[i].s, cases[i].p)
+                                    : loom_avgpool2d_create(cases[i].k, cases[i].s, cases[i].p);
+    harness t;
+    setup_layer(&t, l, 3, shape, 2);
+    pool_ctx q = {2, 7, 6, cases[i].k, cases[i].s ? cases[i].s : cases[i].k, cases[i].p, 1, 1, cases[i].max, cases[i].global};
+    if (!q.global)
+      q.oh = t.oshape[1], q.ow = t.oshape[2];
+    else
+      assert_true(t.ondim == 1 && t.oshape[0] == 2);
+    check(&t, pool_ref, &q, true, 1.0);
+    teardown_layer(&t);
+  }
+}
+
+/* --- BatchNorm --- */
+
+typedef struct bn_ctx {
+  int64_t c, s;
+} bn_ctx;
+
+static void bn_ref(const void *vctx, const double *x, const double *p, double *out, int64_t n) {
+  const bn_ctx *b = vctx;
+  for (int64_t ch = 0; ch < b->c; ch++) {
+    double m = 0, v = 0, M = (double)(n * b->s);
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t k = 0; k < b->s; k++)
+        m += x[(i * b->c + ch) * b->s + k];
+    m /= M;
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t k = 0; k < b->s; k++)
+        v += pow(x[(i * b->c + ch) * b->s + k] - m, 2);
+    v /= M;
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t k = 0; k < b->s; k++) {
+        int64_t at = (i * b->c + ch) * b->s + k;
+        out[at] = p[ch] * (x[at] - m) / sqrt(v + 1e-5) + p[b->c + ch];
+      }
+  }
+}
+
+static void test_batchnorm(void **state) {
+  (void)state;
+  /* BatchNorm2d over [3, 4, 5] and BatchNorm1d over [6], in training. */
+  const int64_t s2[3] = {3, 4, 5}, s1[1] = {6};
+  harness t;
+  setup_layer(&t, loom_batchnorm_create(3, 1e-5f, 0.1f), 3, s2, 3);
+  bn_ctx c2 = {3, 20};
+  check(&t, bn_ref, &c2, true, 2.0);
+  teardown_layer(&t);
+  setup_layer(&t, loom_batchnorm_create(6, 1e-5f, 0.1f), 1, s1, 5);
+  bn_ctx c1 = {6, 1};
+  check(&t, bn_ref, &c1, true, 2.0);
+
+  /* Running statistics after one training forward: 0.9 init + 0.1 batch,
+   * the variance unbiased; evaluation then uses them. */
+  float xs[5 * 6];
+  for (int i = 0; i < 30; i++)
+    xs[i] = (float)(i % 6) + 0.5f * (float)(i / 6);
+  int64_t shape[2] = {5, 6};
+  loom_tensor *x = loom_tensor_view(xs, 2, shape), *y = loom_tensor_create(2, shape);
+  for (int ch = 0; ch < 6; ch++)
+    t.buffers[ch] = 0.0f, t.buffers[6 + ch] = 1.0f;
+  assert_int_equal(t.layer->ops.forward(t.layer->data, x, y, true, NULL), 0);
+  /* channel 0 holds 0, 0.5, 1, 1.5, 2: mean 1, biased var 0.5, unbiased 0.625 */
+  assert_true(fabsf(t.buffers[0] - 0.1f) < 1e-6f);
+  assert_true(fabsf(t.buffers[6] - (0.9f + 0.1f * 0.625f)) < 1e-6f);
+  assert_int_equal(t.layer->ops.forward(t.layer->data, x, y, false, NULL), 0);
+  float want = t.params[0] * (0.0f - t.buffers[0]) / sqrtf(t.buffers[6] + 1e-5f) + t.params[6];
+  assert_true(fabsf(loom_tensor_data(y)[0] - want) < 1e-5f);
+  loom_tensor_destroy(x), loom_tensor_destroy(y);
+  teardown_layer(&t);
+}
+
+/* --- elementwise --- */
+
+typedef struct act_ctx {
+  int kind; /* 0 leaky, 1 gelu, 2 tanh, 3 sigmoid, 4 flatten */
+  int64_t size;
+} act_ctx;
+
+static void act_ref(const void *vctx, const double *x, const double *p, double *out, int64_t n) {
+  (void)p;
+  const act_ctx *a = vctx;
+  for (int64_t i = 0; i < n * a->size; i++) {
+    double v = x[i];
+    switch (a->kind) {
+    case 0: out[i] = v > 0 ? v : 0.1 * v; break;
+    case 1: out[i] = 0.5 * v * (1 + erf(v / sqrt(2.0))); break;
+    case 2: out[i] = tanh(v); break;
+    case 3: out[i] = 1 / (1 + exp(-v)); break;
+    default: out[i] = v; break;
+    }
+  }
+}
+
+static void test_elementwise(void **state) {
+  (void)state;
+  const int64_t shape[3] = {2, 3, 4};
+  loom_layer *layers[5] = {loom_leaky_relu_create(0.1f), loom_gelu_create(), loom_tanh_create(), loom_sigmoid_create(),
+                           loom_flatten_create()};
+  for (int k = 0; k < 5; k++) {
+    harness t;
+    setup_layer(&t, layers[k], 3, shape, 3);
+    act_ctx a = {k, 24};
+    if (k == 4)
+      assert_true(t.ondim == 1 && t.oshape[0] == 24);
+    check(&t, act_ref, &a, true, 3.0);
+    teardown_layer(&t);
+  }
+}
+
+static void test_dropout(void **state) {
+  (void)state;
+  enum { NUMEL = 20000 };
+  int64_t shape[2] = {100, 200};
+  loom_layer *l = loom_dropout_create(0.25f);
+  loom_tensor *x = loom_tensor_create(2, shape), *y = loom_tensor_create(2, shape), *y2 = loom_tensor_create(2, shape);
+  loom_tensor *dy = loom_tensor_create(2, shape), *dx = loom_tensor_create(2, shape);
+  for (int i = 0; i < NUMEL; i++)
+    loom_tensor_data(x)[i] = 1.0f + (float)(i % 7), loom_tensor_data(dy)[i] = (float)(i % 5) - 2.0f;
+  /* Evaluation: the identity. */
+  assert_int_equal(l->ops.forward(l->data, x, y, false, NULL), 0);
+  assert_memory_equal(loom_tensor_data(x), loom_tensor_data(y), NUMEL * sizeof(float));
+  /* Training without a stream is an error, not a silent identity. */
+  assert_int_equal(l->ops.forward(l->data, x, y, true, NULL), LOOM_ESTATE);
+  /* Training: each value 0 or x / 0.75, about a quarter dropped; the same
+   * seed draws the same mask; backward uses that mask. */
+  loom_rng a, b;
+  loom_rng_seed(&a, 3, 1, 0);
+  b = a;
+  assert_int_equal(l->ops.forward(l->data, x, y2, true, &b), 0);
+  assert_int_equal(l->ops.forward(l->data, x, y, true, &a), 0);
+  assert_memory_equal(loom_tensor_data(y), loom_tensor_data(y2), NUMEL * sizeof(float));
+  int dropped = 0;
+  for (int i = 0; i < NUMEL; i++) {
+    float v = loom_tensor_data(y)[i], in = loom_tensor_data(x)[i];
+    assert_true(v == 0.0f || fabsf(v - in / 0.75f) < 1e-5f);
+    dropped += v == 0.0f;
+  }
+  assert_true(fabs(dropped / (double)NUMEL - 0.25) < 0.02);
+  assert_int_equal(l->ops.backward(l->data, x, y, dy, dx, true), 0);
+  for (int i = 0; i < NUMEL; i++) {
+    float in = loom_tensor_data(x)[i], out = loom_tensor_data(y)[i];
+    assert_true(fabsf(loom_tensor_data(dx)[i] - loom_tensor_data(dy)[i] * out / in) < 1e-5f);
+  }
+  assert_null(loom_dropout_create(1.0f));
+  loom_tensor_destroy(x), loom_tensor_destroy(y), loom_tensor_destroy(y2), loom_tensor_destroy(dy), loom_tensor_destroy(dx);
+  loom_layer_destroy(l);
+}
+
+/* A small CNN trains end to end, and its BatchNorm statistics are saved. */
+static void test_cnn_model(void **state) {
+  (void)state;
+  loom_model *m = loom_model_create();
+  loom_conv2d_options c1 = {.out_channels = 4, .kernel = {3, 3}, .padding = {1, 1}};
+  assert_int_equal(loom_model_add(m, "conv1", loom_conv2d_create(&c1)), 0);
+  assert_int_equal(loom_model_add(m, "bn1", loom_batchnorm_create(4, 1e-5f, 0.1f)), 0);
+  assert_int_equal(loom_model_add(m, "relu1", loom_relu_create()), 0);
+  assert_int_equal(loom_model_add(m, "pool1", loom_maxpool2d_create(2, 0, 0)), 0);
+  assert_int_equal(loom_model_add(m, "drop", loom_dropout_create(0.1f)), 0);
+  assert_int_equal(loom_model_add(m, "flat", loom_flatten_create()), 0);
+  assert_int_equal(loom_model_add(m, "fc", loom_linear_create(0, 3, true)), 0);
+  const int64_t shape[3] = {1, 8, 8};
+  assert_int_equal(loom_model_build(m, 3, shape, 1), 0);
+  assert_int_equal(loom_model_num_params(m), 4 * 9 + 4 + 8 + 64 * 3 + 3);
+  assert_int_equal(loom_model_num_buffers(m), 8);
+  char *dir = test_tmpdir(), path[600];
+  snprintf(path, sizeof path, "%s/w.h5", dir);
+  loom_model_buffers(m)[0] = 0.25f;
+  assert_int_equal(loom_model_save_weights(m, path), 0);
+  loom_model_buffers(m)[0] = 0.0f;
+  assert_int_equal(loom_model_load_weights(m, path), 0);
+  assert_true(loom_model_buffers(m)[0] == 0.25f);
+  loom_model_destroy(m);
+  test_rm_rf(dir);
+  free(dir);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_conv2d),   cmocka_unit_test(test_pooling), cmocka_unit_test(test_batchnorm),
+      cmocka_unit_test(test_elementwise), cmocka_unit_test(test_dropout), cmocka_unit_test(test_cnn_model),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
