@@ -96,6 +96,90 @@ static void *relu(loom_params *p, const void *context, void *user) {
   return loom_relu_create();
 }
 
+/* "kernel": 3 or [3, 5]; likewise stride, padding, dilation. */
+static int pair(loom_params *p, const char *key, int64_t def, int64_t min, int64_t out[2]) {
+  json_t *v = json_object_get(loom_params_object(p), key);
+  if (json_is_array(v)) {
+    size_t n;
+    int rc = loom_params_int_array(p, key, NULL, 0, min, 1 << 20, out, 2, &n);
+    if (rc == 0 && n != 2)
+      rc = loom_params_error(p, key, LOOM_EINVAL, "expected one integer or two (height, width)");
+    return rc;
+  }
+  int rc = loom_params_int(p, key, def, min, 1 << 20, &out[0]);
+  out[1] = out[0];
+  return rc;
+}
+
+static void *conv2d(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  loom_conv2d_options o = {0};
+  bool bias;
+  if (loom_params_int(p, "in_channels", 0, 0, 1 << 20, &o.in_channels) < 0 ||
+      loom_params_int(p, "out_channels", LOOM_REQUIRED_INT, 1, 1 << 20, &o.out_channels) < 0 ||
+      pair(p, "kernel", LOOM_REQUIRED_INT, 1, o.kernel) < 0 || pair(p, "stride", 1, 1, o.stride) < 0 ||
+      pair(p, "padding", 0, 0, o.padding) < 0 || pair(p, "dilation", 1, 1, o.dilation) < 0 ||
+      loom_params_bool(p, "bias", true, &bias) < 0)
+    return NULL;
+  o.no_bias = !bias;
+  return loom_conv2d_create(&o);
+}
+
+static void *pool2d(loom_params *p, bool max) {
+  int64_t k, s, pad;
+  if (loom_params_int(p, "kernel", LOOM_REQUIRED_INT, 1, 1 << 20, &k) < 0 ||
+      loom_params_int(p, "stride", 0, 0, 1 << 20, &s) < 0 || loom_params_int(p, "padding", 0, 0, 1 << 20, &pad) < 0)
+    return NULL;
+  return max ? loom_maxpool2d_create(k, s, pad) : loom_avgpool2d_create(k, s, pad);
+}
+
+static void *maxpool2d(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  return pool2d(p, true);
+}
+
+static void *avgpool2d(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  return pool2d(p, false);
+}
+
+static void *global_avgpool(loom_params *p, const void *context, void *user) {
+  (void)p, (void)context, (void)user;
+  return loom_global_avgpool_create();
+}
+
+static void *batchnorm(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  int64_t c;
+  double eps, momentum;
+  if (loom_params_int(p, "num_features", LOOM_REQUIRED_INT, 1, 1 << 20, &c) < 0 ||
+      loom_params_number(p, "eps", 1e-5, 1e-12, 1, &eps) < 0 ||
+      loom_params_number(p, "momentum", 0.1, 0, 1, &momentum) < 0)
+    return NULL;
+  return loom_batchnorm_create(c, (float)eps, (float)momentum);
+}
+
+static void *dropout(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  double rate;
+  if (loom_params_number(p, "p", 0.5, 0, 0.999999, &rate) < 0)
+    return NULL;
+  return loom_dropout_create((float)rate);
+}
+
+static void *leaky_relu(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  double slope;
+  if (loom_params_number(p, "negative_slope", 0.01, -1e6, 1e6, &slope) < 0)
+    return NULL;
+  return loom_leaky_relu_create((float)slope);
+}
+
+static void *flatten(loom_params *p, const void *c, void *u) { (void)p, (void)c, (void)u; return loom_flatten_create(); }
+static void *gelu(loom_params *p, const void *c, void *u) { (void)p, (void)c, (void)u; return loom_gelu_create(); }
+static void *tanh_layer(loom_params *p, const void *c, void *u) { (void)p, (void)c, (void)u; return loom_tanh_create(); }
+static void *sigmoid(loom_params *p, const void *c, void *u) { (void)p, (void)c, (void)u; return loom_sigmoid_create(); }
+
 static void *cross_entropy(loom_params *p, const void *context, void *user) {
   (void)p, (void)context, (void)user;
   return loom_cross_entropy_create();
@@ -224,6 +308,17 @@ void loom_register_builtin_models(void) {
   loom_register_builtin(LOOM_KIND_MODEL, "sequential", sequential);
   loom_register_builtin(LOOM_KIND_LAYER, "linear", linear);
   loom_register_builtin(LOOM_KIND_LAYER, "relu", relu);
+  loom_register_builtin(LOOM_KIND_LAYER, "conv2d", conv2d);
+  loom_register_builtin(LOOM_KIND_LAYER, "maxpool2d", maxpool2d);
+  loom_register_builtin(LOOM_KIND_LAYER, "avgpool2d", avgpool2d);
+  loom_register_builtin(LOOM_KIND_LAYER, "global_avgpool", global_avgpool);
+  loom_register_builtin(LOOM_KIND_LAYER, "batchnorm", batchnorm);
+  loom_register_builtin(LOOM_KIND_LAYER, "dropout", dropout);
+  loom_register_builtin(LOOM_KIND_LAYER, "flatten", flatten);
+  loom_register_builtin(LOOM_KIND_LAYER, "leaky_relu", leaky_relu);
+  loom_register_builtin(LOOM_KIND_LAYER, "gelu", gelu);
+  loom_register_builtin(LOOM_KIND_LAYER, "tanh", tanh_layer);
+  loom_register_builtin(LOOM_KIND_LAYER, "sigmoid", sigmoid);
   loom_register_builtin(LOOM_KIND_CRITERION, "cross_entropy", cross_entropy);
   loom_register_builtin(LOOM_KIND_OPTIMIZER, "sgd", sgd);
   loom_register_builtin(LOOM_KIND_OPTIMIZER, "adam", adam);

@@ -1,5 +1,7 @@
 /* Conv2d over [C, H, W] samples: im2col, then one sgemm per sample;
- * backward through the same columns (col2im for the input gradient). */
+ * backward through the same columns (col2im for the input gradient). One
+ * sample's columns stay in cache; an im2col of the whole batch was measured
+ * slower (bench/NOTES.md). */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -24,14 +26,18 @@ static size_t conv_num_params(void *data) {
 
 static int conv_output_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
   conv *c = data;
-  if (ndim != 3)
-    return loom_error_set(LOOM_ESHAPE, "Conv2d expects [channels, height, width] samples, got %d dimensions", ndim);
+  if (ndim != 2 && ndim != 3)
+    return loom_error_set(LOOM_ESHAPE, "Conv2d expects [channels, height, width] or [height, width] samples, got %d "
+                                       "dimensions",
+                          ndim);
+  /* [H, W] is one channel: the same memory as [1, H, W]. */
+  int64_t channels = ndim == 3 ? in[0] : 1;
   if (c->cin == 0)
-    c->cin = in[0];
-  if (in[0] != c->cin)
+    c->cin = channels;
+  if (channels != c->cin)
     return loom_error_set(LOOM_ESHAPE, "Conv2d expects %lld input channels, got %lld", (long long)c->cin,
-                          (long long)in[0]);
-  c->h = in[1], c->w = in[2];
+                          (long long)channels);
+  c->h = in[ndim - 2], c->w = in[ndim - 1];
   c->oh = (c->h + 2 * c->ph - c->dh * (c->kh - 1) - 1) / c->sh + 1;
   c->ow = (c->w + 2 * c->pw - c->dw * (c->kw - 1) - 1) / c->sw + 1;
   if (c->oh < 1 || c->ow < 1)

@@ -16,9 +16,11 @@ typedef struct pool {
 
 static int pool_output_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
   pool *p = data;
-  if (ndim != 3)
-    return loom_error_set(LOOM_ESHAPE, "pooling expects [channels, height, width] samples, got %d dimensions", ndim);
-  p->c = in[0], p->h = in[1], p->w = in[2];
+  if (ndim != 2 && ndim != 3)
+    return loom_error_set(LOOM_ESHAPE, "pooling expects [channels, height, width] or [height, width] samples, got %d "
+                                       "dimensions",
+                          ndim);
+  p->c = ndim == 3 ? in[0] : 1, p->h = in[ndim - 2], p->w = in[ndim - 1];
   if (p->global) {
     *out_ndim = 1;
     out[0] = p->c;
