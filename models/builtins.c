@@ -181,8 +181,34 @@ static void *tanh_layer(loom_params *p, const void *c, void *u) { (void)p, (void
 static void *sigmoid(loom_params *p, const void *c, void *u) { (void)p, (void)c, (void)u; return loom_sigmoid_create(); }
 
 static void *cross_entropy(loom_params *p, const void *context, void *user) {
-  (void)p, (void)context, (void)user;
-  return loom_cross_entropy_create();
+  (void)context, (void)user;
+  double smoothing, w[4096];
+  size_t n = 0;
+  if (loom_params_number(p, "label_smoothing", 0, 0, 1, &smoothing) < 0 ||
+      (loom_params_has(p, "weights") && loom_params_number_array(p, "weights", NULL, 0, w, 4096, &n) < 0))
+    return NULL;
+  float weights[4096];
+  for (size_t i = 0; i < n; i++) {
+    if (!(w[i] >= 0)) {
+      loom_params_error(p, "weights", LOOM_EINVAL, "class weight %zu is %g; weights are >= 0", i, w[i]);
+      return NULL;
+    }
+    weights[i] = (float)w[i];
+  }
+  loom_cross_entropy_options o = {(float)smoothing, n ? weights : NULL, (int64_t)n};
+  return loom_cross_entropy_create_ex(&o);
+}
+
+static void *bce_with_logits(loom_params *p, const void *c, void *u) { (void)p, (void)c, (void)u; return loom_bce_with_logits_create(); }
+static void *mse(loom_params *p, const void *c, void *u) { (void)p, (void)c, (void)u; return loom_mse_create(); }
+static void *l1(loom_params *p, const void *c, void *u) { (void)p, (void)c, (void)u; return loom_l1_create(); }
+
+static void *smooth_l1(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  double beta;
+  if (loom_params_number(p, "beta", 1.0, 1e-12, 1e300, &beta) < 0)
+    return NULL;
+  return loom_smooth_l1_create((float)beta);
 }
 
 static void *sgd(loom_params *p, const void *context, void *user) {
@@ -320,6 +346,10 @@ void loom_register_builtin_models(void) {
   loom_register_builtin(LOOM_KIND_LAYER, "tanh", tanh_layer);
   loom_register_builtin(LOOM_KIND_LAYER, "sigmoid", sigmoid);
   loom_register_builtin(LOOM_KIND_CRITERION, "cross_entropy", cross_entropy);
+  loom_register_builtin(LOOM_KIND_CRITERION, "bce_with_logits", bce_with_logits);
+  loom_register_builtin(LOOM_KIND_CRITERION, "mse", mse);
+  loom_register_builtin(LOOM_KIND_CRITERION, "l1", l1);
+  loom_register_builtin(LOOM_KIND_CRITERION, "smooth_l1", smooth_l1);
   loom_register_builtin(LOOM_KIND_OPTIMIZER, "sgd", sgd);
   loom_register_builtin(LOOM_KIND_OPTIMIZER, "adam", adam);
   loom_register_builtin(LOOM_KIND_SCHEDULER, "step", step_lr);

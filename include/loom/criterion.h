@@ -3,6 +3,8 @@
 #ifndef LOOM_CRITERION_H
 #define LOOM_CRITERION_H
 
+#include <stdint.h>
+
 #include "loom/tensor.h"
 
 #ifdef __cplusplus
@@ -34,6 +36,23 @@ int loom_criterion_backward(loom_criterion *c, const loom_tensor *output, const 
 /* Softmax cross-entropy, mean over the batch. Output [N, C] logits; target
  * [N] class indices stored as floats (0 .. C-1). */
 loom_criterion *loom_cross_entropy_create(void);
+
+typedef struct loom_cross_entropy_options {
+  float label_smoothing; /* e: the target is (1 - e) onehot + e / C */
+  const float *weights;  /* one per class (copied), or NULL */
+  int64_t num_weights;
+} loom_cross_entropy_options;
+/* As torch.nn.CrossEntropyLoss(weight, label_smoothing): with weights the
+ * mean divides by the sum of the targets' weights. */
+loom_criterion *loom_cross_entropy_create_ex(const loom_cross_entropy_options *options);
+
+/* Against a target of the output's size, mean over all values: */
+/* max(z, 0) - z t + log(1 + exp(-|z|)), numerically stable. */
+loom_criterion *loom_bce_with_logits_create(void);
+loom_criterion *loom_mse_create(void);
+loom_criterion *loom_l1_create(void);
+/* 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta. */
+loom_criterion *loom_smooth_l1_create(float beta);
 
 #ifdef __cplusplus
 }
