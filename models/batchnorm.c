@@ -19,6 +19,7 @@ typedef struct bn {
 
 static size_t bn_num_params(void *data) { return (size_t)(2 * ((bn *)data)->c); }
 static size_t bn_num_buffers(void *data) { return (size_t)(2 * ((bn *)data)->c); }
+static size_t bn_num_decayed(void *data) { (void)data; return 0; /* scales and shifts */ }
 
 static int bn_output_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
   bn *b = data;
@@ -129,6 +130,7 @@ static const loom_layer_ops bn_ops = {
     .type = "BatchNorm",
     .num_params = bn_num_params,
     .num_buffers = bn_num_buffers,
+    .num_decayed = bn_num_decayed,
     .output_shape = bn_output_shape,
     .bind = bn_bind,
     .init = bn_init,

@@ -24,6 +24,11 @@ static size_t conv_num_params(void *data) {
   return (size_t)(c->cout * c->cin * c->kh * c->kw + (c->has_bias ? c->cout : 0));
 }
 
+static size_t conv_num_decayed(void *data) {
+  const conv *c = data;
+  return (size_t)(c->cout * c->cin * c->kh * c->kw);
+}
+
 static int conv_output_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
   conv *c = data;
   if (ndim != 2 && ndim != 3)
@@ -178,6 +183,7 @@ static void conv_destroy(void *data) {
 static const loom_layer_ops conv_ops = {
     .type = "Conv2d",
     .num_params = conv_num_params,
+    .num_decayed = conv_num_decayed,
     .output_shape = conv_output_shape,
     .bind = conv_bind,
     .init = conv_init,

@@ -20,6 +20,11 @@ static size_t linear_num_params(void *data) {
   return (size_t)(l->in * l->out + (l->has_bias ? l->out : 0));
 }
 
+static size_t linear_num_decayed(void *data) {
+  const linear *l = data;
+  return (size_t)(l->in * l->out);
+}
+
 static int linear_output_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
   linear *l = data;
   int64_t n = 1;
@@ -94,6 +99,7 @@ static int linear_backward(void *data, const loom_tensor *x, const loom_tensor *
 static const loom_layer_ops linear_ops = {
     .type = "Linear",
     .num_params = linear_num_params,
+    .num_decayed = linear_num_decayed,
     .output_shape = linear_output_shape,
     .bind = linear_bind,
     .init = linear_init,

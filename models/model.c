@@ -367,3 +367,15 @@ int loom_model_load_weights(loom_model *m, const char *path) {
   loom_checkpoint_destroy(c);
   return rc < 0 ? loom_error_wrap(rc, "loading weights from %s", path) : 0;
 }
+
+void loom_model_layer_params(const loom_model *m, size_t i, size_t *offset, size_t *count) {
+  *offset = i < m->count ? m->layers[i].offset : 0;
+  *count = i < m->count ? m->layers[i].nparams : 0;
+}
+
+size_t loom_model_layer_decayed(const loom_model *m, size_t i) {
+  if (i >= m->count)
+    return 0;
+  const loom_layer *l = m->layers[i].layer;
+  return l->ops.num_decayed ? l->ops.num_decayed(l->data) : m->layers[i].nparams;
+}

@@ -18,9 +18,54 @@ loom_optimizer *loom_optimizer_new(const optimizer_ops *ops, double lr) {
 void loom_optimizer_destroy(loom_optimizer *opt) {
   if (!opt)
     return;
+  for (size_t i = 0; i < opt->num_groups; i++) {
+    for (size_t k = 0; k < opt->groups[i].num_layers; k++)
+      free(opt->groups[i].layers[k]);
+    free(opt->groups[i].layers);
+  }
+  free(opt->groups);
   free(opt->state);
   free(opt);
 }
+
+static const group *find_group(const loom_optimizer *opt, const char *layer) {
+  for (size_t i = 0; i < opt->num_groups; i++)
+    for (size_t k = 0; k < opt->groups[i].num_layers; k++)
+      if (strcmp(opt->groups[i].layers[k], layer) == 0)
+        return &opt->groups[i];
+  return NULL;
+}
+
+int loom_optimizer_add_group(loom_optimizer *opt, const loom_param_group *g) {
+  if (!g || !g->layers || !*g->layers || !(g->lr_scale >= 0) || !(g->weight_decay >= 0))
+    return loom_error_set(LOOM_EINVAL, "parameter group: layers (comma-separated names), lr_scale >= 0 and "
+                                       "weight_decay >= 0");
+  group *grown = realloc(opt->groups, (opt->num_groups + 1) * sizeof *grown);
+  if (!grown)
+    return loom_error_oom("a parameter group");
+  opt->groups = grown;
+  group *nw = &opt->groups[opt->num_groups];
+  memset(nw, 0, sizeof *nw);
+  nw->lr_scale = g->lr_scale;
+  nw->weight_decay = g->weight_decay;
+  for (const char *at = g->layers; *at;) {
+    size_t len = strcspn(at, ",");
+    char **more = realloc(nw->layers, (nw->num_layers + 1) * sizeof *more);
+    char *name = more ? strndup(at, len) : NULL;
+    if (more)
+      nw->layers = more;
+    if (!name) {
+      opt->num_groups++; /* freed with the optimizer */
+      return loom_error_oom("a parameter group");
+    }
+    nw->layers[nw->num_layers++] = name;
+    at += len + (at[len] == ',');
+  }
+  opt->num_groups++;
+  return 0;
+}
+
+void loom_optimizer_set_no_decay_bias_norm(loom_optimizer *opt, bool on) { opt->no_decay_bias_norm = on; }
 
 const char *loom_optimizer_type(const loom_optimizer *opt) { return opt->ops->type; }
 
@@ -40,11 +85,23 @@ int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {
   }
   opt->nparams = n;
   opt->steps++;
-  /* Frozen layers' parameters (and their state) are left as they are. */
-  const size_t *off, *len;
-  size_t k = loom_model_trainable_ranges(model, &off, &len);
-  for (size_t r = 0; r < k; r++)
-    opt->ops->update(opt, loom_model_params(model), loom_model_grads(model), opt->state, n, off[r], len[r], opt->steps);
+  /* Layer by layer: frozen ones are left as they are; each takes its
+   * group's rate and decay; biases and norm scales may be spared decay. */
+  float *p = loom_model_params(model);
+  const float *g = loom_model_grads(model);
+  for (size_t i = 0; i < loom_model_num_layers(model); i++) {
+    size_t off, count;
+    loom_model_layer_params(model, i, &off, &count);
+    if (count == 0 || loom_model_is_frozen(model, loom_model_layer_name(model, i)))
+      continue;
+    const group *gr = find_group(opt, loom_model_layer_name(model, i));
+    double lr = opt->lr * (gr ? gr->lr_scale : 1.0), wd = gr ? gr->weight_decay : opt->ops->weight_decay(opt);
+    size_t decayed = opt->no_decay_bias_norm ? loom_model_layer_decayed(model, i) : count;
+    if (decayed)
+      opt->ops->update(opt, p, g, opt->state, n, off, decayed, opt->steps, lr, wd);
+    if (count > decayed)
+      opt->ops->update(opt, p, g, opt->state, n, off + decayed, count - decayed, opt->steps, lr, 0.0);
+  }
   return 0;
 }
 

@@ -163,11 +163,97 @@ static void test_adam_weight_decay(void **state) {
   loom_model_destroy(m);
 }
 
+static void test_adamw(void **state) {
+  (void)state;
+  loom_model *m = three_params();
+  /* lr 0.1, wd 0.1: p shrinks by 1 - 0.01 first, then the Adam step of
+   * lr sign(g): [0.99 - 0.1, -1.98 + 0.1, 0.495 - 0.1]. */
+  set3(loom_model_params(m), 1.0f, -2.0f, 0.5f);
+  set3(loom_model_grads(m), 1.0f, -1.0f, 0.5f);
+  loom_adam_options o = loom_adamw_defaults();
+  assert_true(o.weight_decay == 0.01);
+  o.lr = 0.1;
+  o.weight_decay = 0.1;
+  loom_optimizer *opt = loom_adamw_create(&o);
+  assert_string_equal(loom_optimizer_type(opt), "adamw");
+  assert_int_equal(loom_optimizer_step(opt, m), 0);
+  expect3(loom_model_params(m), 0.89, -1.88, 0.395);
+  loom_optimizer_destroy(opt);
+  loom_model_destroy(m);
+}
+
+static void test_rmsprop(void **state) {
+  (void)state;
+  /* lr 0.01, alpha 0.99, g = [1, -1, 0.5] twice.
+   * step 1: v = 0.01 g^2, sqrt(v) = 0.1 |g|: each p moves by 0.01 x 10 sign(g).
+   * step 2: v = 0.99 v + 0.01 g^2 = 0.0199 g^2: p0 -= 0.01 / sqrt(0.0199). */
+  const double s2 = sqrt(0.0199);
+  for (int variant = 0; variant < 3; variant++) {
+    loom_model *m = three_params();
+    set3(loom_model_params(m), 1.0f, -2.0f, 0.5f);
+    set3(loom_model_grads(m), 1.0f, -1.0f, 0.5f);
+    loom_rmsprop_options o = loom_rmsprop_defaults();
+    if (variant == 1)
+      o.momentum = 0.9; /* step 2: b = 0.9 x 10 + 1/sqrt(0.0199) */
+    if (variant == 2)
+      o.centered = true; /* step 1: sqrt(v - c^2) = sqrt(0.01 - 0.0001) */
+    loom_optimizer *opt = loom_rmsprop_create(&o);
+    assert_int_equal(loom_optimizer_step(opt, m), 0);
+    if (variant == 2) {
+      expect3(loom_model_params(m), 1 - 0.01 / sqrt(0.0099), -2 + 0.01 / sqrt(0.0099), 0.5 - 0.005 / sqrt(0.002475));
+    } else {
+      expect3(loom_model_params(m), 0.9, -1.9, 0.4);
+      assert_int_equal(loom_optimizer_step(opt, m), 0);
+      double p0 = variant == 0 ? 0.9 - 0.01 / s2 : 0.9 - 0.01 * (9 + 1 / s2);
+      assert_true(fabs(loom_model_params(m)[0] - p0) < 2e-6);
+    }
+    loom_optimizer_destroy(opt);
+    loom_model_destroy(m);
+  }
+  loom_rmsprop_options bad = loom_rmsprop_defaults();
+  bad.alpha = 2;
+  assert_null(loom_rmsprop_create(&bad));
+}
+
+static void test_groups_and_no_decay(void **state) {
+  (void)state;
+  /* fc1: Linear(2, 2) = 4 weights + 2 biases; fc2: Linear(2, 1) = 2 + 1. */
+  const int64_t sizes[] = {2, 2, 1};
+  loom_model *m = loom_mlp_create(sizes, 3, 1);
+  size_t n = loom_model_num_params(m);
+  assert_int_equal(n, 9);
+  float before[9];
+  memcpy(before, loom_model_params(m), sizeof before);
+  for (size_t i = 0; i < n; i++)
+    loom_model_grads(m)[i] = 1.0f;
+  /* SGD lr 0.1, weight decay 0.2; fc2 in a group at half the rate, no decay;
+   * biases spared decay. */
+  loom_sgd_options o = {.lr = 0.1, .weight_decay = 0.2};
+  loom_optimizer *opt = loom_sgd_create(&o);
+  loom_param_group g = {.layers = "fc2", .lr_scale = 0.5, .weight_decay = 0};
+  assert_int_equal(loom_optimizer_add_group(opt, &g), 0);
+  loom_optimizer_set_no_decay_bias_norm(opt, true);
+  assert_int_equal(loom_optimizer_step(opt, m), 0);
+  const float *p = loom_model_params(m);
+  for (int i = 0; i < 4; i++) /* fc1 weights: lr 0.1, decay 0.2 */
+    assert_true(fabsf(p[i] - (before[i] - 0.1f * (1.0f + 0.2f * before[i]))) < 1e-6f);
+  for (int i = 4; i < 6; i++) /* fc1 biases: no decay */
+    assert_true(fabsf(p[i] - (before[i] - 0.1f)) < 1e-6f);
+  for (int i = 6; i < 9; i++) /* fc2: lr 0.05, no decay */
+    assert_true(fabsf(p[i] - (before[i] - 0.05f)) < 1e-6f);
+  loom_param_group bad = {.layers = "", .lr_scale = 1};
+  assert_int_equal(loom_optimizer_add_group(opt, &bad), LOOM_EINVAL);
+  loom_optimizer_destroy(opt);
+  loom_model_destroy(m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_sgd_plain_weight_decay), cmocka_unit_test(test_sgd_momentum),
       cmocka_unit_test(test_sgd_nesterov),           cmocka_unit_test(test_sgd_momentum_dampening_weight_decay),
       cmocka_unit_test(test_adam),                   cmocka_unit_test(test_adam_weight_decay),
+      cmocka_unit_test(test_adamw),                  cmocka_unit_test(test_rmsprop),
+      cmocka_unit_test(test_groups_and_no_decay),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,6 +31,10 @@ typedef struct loom_layer_ops {
   /* Number of float buffers: state that is saved but not trained (a
    * BatchNorm's running statistics). Optional. */
   size_t (*num_buffers)(void *data);
+  /* How many of the parameters (the first ones) are weights that weight
+   * decay may apply to; the rest are biases or normalisation scales.
+   * Optional: all of them. */
+  size_t (*num_decayed)(void *data);
   /* Output sample shape from the input sample shape; an error if the input
    * does not fit. */
   int (*output_shape)(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out);
@@ -146,6 +150,10 @@ void loom_model_clip_grad_value(loom_model *model, float limit);
 float *loom_model_params(loom_model *model);
 float *loom_model_grads(loom_model *model);
 size_t loom_model_num_layers(const loom_model *model);
+/* Layer i's parameters: [*offset, *offset + *count) of the model's arrays. */
+void loom_model_layer_params(const loom_model *model, size_t i, size_t *offset, size_t *count);
+/* How many of layer i's parameters (the first) weight decay may apply to. */
+size_t loom_model_layer_decayed(const loom_model *model, size_t i);
 loom_layer *loom_model_layer(const loom_model *model, size_t i);
 const char *loom_model_layer_name(const loom_model *model, size_t i);
 loom_layer *loom_model_find_layer(const loom_model *model, const char *name);

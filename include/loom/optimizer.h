@@ -35,9 +35,36 @@ typedef struct loom_adam_options {
 
 /* The defaults above, for `loom_adam_options o = loom_adam_defaults();`. */
 loom_adam_options loom_adam_defaults(void);
+/* AdamW's: as Adam's with weight_decay 0.01 (decoupled: p -= lr wd p). */
+loom_adam_options loom_adamw_defaults(void);
+
+typedef struct loom_rmsprop_options {
+  double lr;           /* 0.01 */
+  double alpha;        /* 0.99 */
+  double eps;          /* 1e-8 */
+  double momentum;     /* 0 */
+  double weight_decay; /* 0, added to the gradient */
+  bool centered;
+} loom_rmsprop_options;
+loom_rmsprop_options loom_rmsprop_defaults(void);
 
 loom_optimizer *loom_sgd_create(const loom_sgd_options *options);
 loom_optimizer *loom_adam_create(const loom_adam_options *options);
+loom_optimizer *loom_adamw_create(const loom_adam_options *options);
+loom_optimizer *loom_rmsprop_create(const loom_rmsprop_options *options);
+
+/* Parameter groups: the named layers (comma-separated) step with
+ * lr_scale times the optimizer's rate (schedules move every group alike)
+ * and their own weight decay. Layers in no group use the optimizer's. */
+typedef struct loom_param_group {
+  const char *layers;
+  double lr_scale;
+  double weight_decay;
+} loom_param_group;
+int loom_optimizer_add_group(loom_optimizer *opt, const loom_param_group *group);
+/* Spares biases and normalisation parameters (BatchNorm's scale and shift)
+ * from weight decay: the usual one-line setting. */
+void loom_optimizer_set_no_decay_bias_norm(loom_optimizer *opt, bool on);
 void loom_optimizer_destroy(loom_optimizer *opt);
 const char *loom_optimizer_type(const loom_optimizer *opt);
 
