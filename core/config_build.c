@@ -282,7 +282,7 @@ static int stage_loaders(builder *b, loom_params *p, loom_stage *stage, loom_loa
 /* A component the stage may define (criterion, optimizer); NULL with the
  * error code left at 0 when it is absent and may be. */
 static void *stage_component(builder *b, loom_params *p, const char *key, loom_kind kind, bool required,
-                             void (*destroy)(void *)) {
+                             const void *context, void (*destroy)(void *)) {
   json_t *obj;
   if (section(p, key, false, &obj) < 0)
     return NULL;
@@ -296,7 +296,7 @@ static void *stage_component(builder *b, loom_params *p, const char *key, loom_k
   char path[600];
   loom_path_child(path, sizeof path, p->path, key);
   loom_params cp;
-  void *made = loom_config_instantiate(b->c, obj, path, kind, NULL, &cp);
+  void *made = loom_config_instantiate(b->c, obj, path, kind, context, &cp);
   if (made && loom_params_check_unknown(&cp) < 0) {
     destroy(made);
     return NULL;
@@ -393,6 +393,18 @@ static int stage_callbacks(builder *b, loom_params *p, loom_stage *stage) {
   return 0;
 }
 
+int loom_params_check_layer(const loom_params *p, const char *key, const loom_model *model, const char *name) {
+  if (loom_model_find_layer(model, name))
+    return 0;
+  const char *names[256];
+  size_t n = loom_model_num_layers(model);
+  for (size_t k = 0; k < n && k < 256; k++)
+    names[k] = loom_model_layer_name(model, k);
+  const char *near = loom_did_you_mean(name, names, n < 256 ? n : 256);
+  return loom_params_error(p, key, LOOM_EINVAL, "the model has no layer \"%s\"%s%s%s", name,
+                           near ? " (did you mean \"" : "", near ? near : "", near ? "\"?)" : "");
+}
+
 static int stage_rules(builder *b, loom_params *p, loom_stage *stage) {
   static const char *const states[] = {"keep", "reset", NULL}, *const which[] = {"best", "last", NULL};
   int state, w, rc;
@@ -415,15 +427,8 @@ static int stage_rules(builder *b, loom_params *p, loom_stage *stage) {
     snprintf(key, sizeof key, "frozen[%zu]", i);
     if (!json_is_string(name))
       return loom_params_error(p, key, LOOM_EINVAL, "expected a layer name");
-    if (!loom_model_find_layer(b->model, json_string_value(name))) {
-      const char *names[256];
-      size_t n = loom_model_num_layers(b->model);
-      for (size_t k = 0; k < n && k < 256; k++)
-        names[k] = loom_model_layer_name(b->model, k);
-      const char *near = loom_did_you_mean(json_string_value(name), names, n < 256 ? n : 256);
-      return loom_params_error(p, key, LOOM_EINVAL, "the model has no layer \"%s\"%s%s%s", json_string_value(name),
-                               near ? " (did you mean \"" : "", near ? near : "", near ? "\"?)" : "");
-    }
+    if ((rc = loom_params_check_layer(p, key, b->model, json_string_value(name))) < 0)
+      return rc;
     if ((rc = loom_stage_freeze(stage, json_string_value(name))) < 0)
       return rc;
   }
@@ -490,12 +495,12 @@ static int build_stage(builder *b, loom_params *root, const char *name, json_t *
       return rc;
     b->model = m;
   }
-  loom_criterion *crit = stage_component(b, &p, "criterion", LOOM_KIND_CRITERION, first_stage, destroy_criterion);
+  loom_criterion *crit = stage_component(b, &p, "criterion", LOOM_KIND_CRITERION, first_stage, NULL, destroy_criterion);
   if (!crit && loom_last_error_code() < 0)
     return loom_last_error_code();
   if (crit && (rc = loom_stage_set_criterion(stage, crit)) < 0)
     return rc;
-  loom_optimizer *opt = stage_component(b, &p, "optimizer", LOOM_KIND_OPTIMIZER, first_stage, destroy_optimizer);
+  loom_optimizer *opt = stage_component(b, &p, "optimizer", LOOM_KIND_OPTIMIZER, first_stage, b->model, destroy_optimizer);
   if (!opt && loom_last_error_code() < 0)
     return loom_last_error_code();
   if (opt && (rc = loom_stage_set_optimizer(stage, opt)) < 0)

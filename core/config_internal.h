@@ -47,6 +47,8 @@ struct loom_params {
 };
 
 void loom_params_init(loom_params *p, loom_config *config, json_t *object, const char *path);
+/* 0 if the model has the layer, else an error at `key` with the nearest name. */
+int loom_params_check_layer(const loom_params *p, const char *key, const loom_model *model, const char *name);
 /* The component's JSON object (to write back what it resolved). */
 static inline json_t *loom_params_object(loom_params *p) { return p->object; }
 /* Marks keys as known without reading them (e.g. "type"). */

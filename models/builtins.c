@@ -211,27 +211,87 @@ static void *smooth_l1(loom_params *p, const void *context, void *user) {
   return loom_smooth_l1_create((float)beta);
 }
 
+/* Keys every optimizer takes: no_decay_bias_norm and param_groups, a list
+ * of {"layers": [names], "lr_scale", "weight_decay"} (docs/config.md). */
+static loom_optimizer *optimizer_extras(loom_params *p, const loom_model *model, double weight_decay,
+                                        loom_optimizer *opt) {
+  bool no_decay;
+  if (!opt || loom_params_bool(p, "no_decay_bias_norm", false, &no_decay) < 0)
+    goto fail;
+  loom_optimizer_set_no_decay_bias_norm(opt, no_decay);
+  loom_params_known(p, "param_groups");
+  json_t *list = json_object_get(p->object, "param_groups");
+  if (list && !json_is_array(list)) {
+    loom_params_error(p, "param_groups", LOOM_EINVAL, "expected an array of group objects");
+    goto fail;
+  }
+  size_t i;
+  json_t *g;
+  json_array_foreach(list, i, g) {
+    char path[600], names[1024] = "";
+    snprintf(path, sizeof path, "%s.param_groups[%zu]", p->path, i);
+    loom_params gp;
+    loom_params_init(&gp, p->config, g, path);
+    if (!json_is_object(g)) {
+      loom_params_error(&gp, NULL, LOOM_EINVAL, "expected a group object");
+      goto fail;
+    }
+    loom_param_group group = {names, 1.0, weight_decay};
+    loom_params_known(&gp, "layers");
+    json_t *layers = json_object_get(g, "layers"), *name;
+    if (!json_is_array(layers) || json_array_size(layers) == 0) {
+      loom_params_error(&gp, "layers", LOOM_EINVAL, "expected a non-empty array of layer names");
+      goto fail;
+    }
+    size_t k;
+    json_array_foreach(layers, k, name) {
+      char key[64];
+      snprintf(key, sizeof key, "layers[%zu]", k);
+      if (!json_is_string(name) || strchr(json_string_value(name), ',')) {
+        loom_params_error(&gp, key, LOOM_EINVAL, "expected a layer name");
+        goto fail;
+      }
+      if ((model && loom_params_check_layer(&gp, key, model, json_string_value(name)) < 0))
+        goto fail;
+      size_t used = strlen(names);
+      if (snprintf(names + used, sizeof names - used, "%s%s", used ? "," : "", json_string_value(name)) >=
+          (int)(sizeof names - used)) {
+        loom_params_error(&gp, "layers", LOOM_EINVAL, "too many layer names for one group (split it)");
+        goto fail;
+      }
+    }
+    if (loom_params_number(&gp, "lr_scale", 1.0, 0, BIG, &group.lr_scale) < 0 ||
+        loom_params_number(&gp, "weight_decay", weight_decay, 0, BIG, &group.weight_decay) < 0 ||
+        loom_params_check_unknown(&gp) < 0 || loom_optimizer_add_group(opt, &group) < 0)
+      goto fail;
+  }
+  return opt;
+fail:
+  loom_optimizer_destroy(opt);
+  return NULL;
+}
+
 static void *sgd(loom_params *p, const void *context, void *user) {
-  (void)context, (void)user;
+  (void)user;
   loom_sgd_options o = {0};
   if (loom_params_number(p, "lr", NAN, 0, BIG, &o.lr) < 0 || loom_params_number(p, "momentum", 0, 0, 1, &o.momentum) < 0 ||
       loom_params_number(p, "dampening", 0, 0, 1, &o.dampening) < 0 ||
       loom_params_number(p, "weight_decay", 0, 0, BIG, &o.weight_decay) < 0 ||
       loom_params_bool(p, "nesterov", false, &o.nesterov) < 0)
     return NULL;
-  return loom_sgd_create(&o);
+  return optimizer_extras(p, context, o.weight_decay, loom_sgd_create(&o));
 }
 
-static void *adam(loom_params *p, const void *context, void *user) {
-  (void)context, (void)user;
-  loom_adam_options o = loom_adam_defaults();
+/* Adam's keys; AdamW takes the same with its own default decay. */
+static void *adam_family(loom_params *p, const loom_model *model, loom_adam_options o,
+                         loom_optimizer *(*create)(const loom_adam_options *)) {
   double betas[2];
   size_t n;
   const double def[2] = {o.beta1, o.beta2};
   if (loom_params_number(p, "lr", o.lr, 0, BIG, &o.lr) < 0 ||
       loom_params_number_array(p, "betas", def, 2, betas, 2, &n) < 0 ||
       loom_params_number(p, "eps", o.eps, 0, 1, &o.eps) < 0 ||
-      loom_params_number(p, "weight_decay", 0, 0, BIG, &o.weight_decay) < 0)
+      loom_params_number(p, "weight_decay", o.weight_decay, 0, BIG, &o.weight_decay) < 0)
     return NULL;
   if (n != 2 || !(betas[0] >= 0 && betas[0] < 1) || !(betas[1] >= 0 && betas[1] < 1)) {
     loom_params_error(p, "betas", LOOM_EINVAL, "expected two numbers in [0, 1)");
@@ -239,7 +299,29 @@ static void *adam(loom_params *p, const void *context, void *user) {
   }
   o.beta1 = betas[0];
   o.beta2 = betas[1];
-  return loom_adam_create(&o);
+  return optimizer_extras(p, model, o.weight_decay, create(&o));
+}
+
+static void *adam(loom_params *p, const void *context, void *user) {
+  (void)user;
+  return adam_family(p, context, loom_adam_defaults(), loom_adam_create);
+}
+
+static void *adamw(loom_params *p, const void *context, void *user) {
+  (void)user;
+  return adam_family(p, context, loom_adamw_defaults(), loom_adamw_create);
+}
+
+static void *rmsprop(loom_params *p, const void *context, void *user) {
+  (void)user;
+  loom_rmsprop_options o = loom_rmsprop_defaults();
+  if (loom_params_number(p, "lr", o.lr, 0, BIG, &o.lr) < 0 || loom_params_number(p, "alpha", o.alpha, 0, 1, &o.alpha) < 0 ||
+      loom_params_number(p, "eps", o.eps, 0, 1, &o.eps) < 0 ||
+      loom_params_number(p, "momentum", o.momentum, 0, 1, &o.momentum) < 0 ||
+      loom_params_number(p, "weight_decay", o.weight_decay, 0, BIG, &o.weight_decay) < 0 ||
+      loom_params_bool(p, "centered", o.centered, &o.centered) < 0)
+    return NULL;
+  return optimizer_extras(p, context, o.weight_decay, loom_rmsprop_create(&o));
 }
 
 static void *step_lr(loom_params *p, const void *context, void *user) {
@@ -352,6 +434,8 @@ void loom_register_builtin_models(void) {
   loom_register_builtin(LOOM_KIND_CRITERION, "smooth_l1", smooth_l1);
   loom_register_builtin(LOOM_KIND_OPTIMIZER, "sgd", sgd);
   loom_register_builtin(LOOM_KIND_OPTIMIZER, "adam", adam);
+  loom_register_builtin(LOOM_KIND_OPTIMIZER, "adamw", adamw);
+  loom_register_builtin(LOOM_KIND_OPTIMIZER, "rmsprop", rmsprop);
   loom_register_builtin(LOOM_KIND_SCHEDULER, "step", step_lr);
   loom_register_builtin(LOOM_KIND_SCHEDULER, "multistep", multistep_lr);
   loom_register_builtin(LOOM_KIND_SCHEDULER, "exponential", exponential_lr);

@@ -77,6 +77,12 @@ int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {
     return loom_error_set(LOOM_ESTATE, "%s step: the optimizer holds state for %zu parameters but the model has %zu; "
                                        "use one optimizer per model or reset it",
                           opt->ops->type, opt->nparams, n);
+  if (opt->steps == 0) /* a group naming no layer of this model is a typo */
+    for (size_t i = 0; i < opt->num_groups; i++)
+      for (size_t k = 0; k < opt->groups[i].num_layers; k++)
+        if (!loom_model_find_layer(model, opt->groups[i].layers[k]))
+          return loom_error_set(LOOM_EINVAL, "%s step: parameter group %zu names layer \"%s\", which the model lacks",
+                                opt->ops->type, i, opt->groups[i].layers[k]);
   if (!opt->state && opt->ops->state_per_param) {
     opt->nstate = n * opt->ops->state_per_param;
     opt->state = calloc(opt->nstate ? opt->nstate : 1, sizeof *opt->state);

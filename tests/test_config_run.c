@@ -263,6 +263,35 @@ static void test_multistage_carry_over(void **state) {
   free(dir);
 }
 
+/* AdamW with a parameter group at lr_scale 0: fc1 keeps its weights while
+ * fc2 learns; a group naming a missing layer is refused at its position. */
+static void test_optimizer_param_groups(void **state) {
+  (void)state;
+  memset(&plog, 0, sizeof plog);
+  const char *text =
+      "{\"experiment\": {\"seed\": 2, \"logdir\": \"%s\"},"
+      " \"datasets\": {\"d\": {\"type\": \"idx\", " DATA "}},"
+      " \"loaders\": {\"train\": {\"dataset\": \"d\", \"batch_size\": 2, \"transforms\": [" NORM "]}},"
+      " \"model\": {\"type\": \"mlp\", \"sizes\": [4, 3, 2]},"
+      " \"stages\": {\"s\": {\"num_epochs\": 2, \"loaders\": [\"train\"], \"criterion\": {\"type\": \"cross_entropy\"},"
+      "   \"optimizer\": {\"type\": \"adamw\", \"lr\": 0.05, \"no_decay_bias_norm\": true,"
+      "     \"param_groups\": [{\"layers\": [\"%s\"], \"lr_scale\": 0}]},"
+      "   \"callbacks\": [{\"type\": \"probe\", \"tag\": \"E\"}]}}}";
+  char *dir = test_tmpdir();
+  loom_config *c = config_text(text, dir, configs, configs, "fc1");
+  run_config(c);
+  loom_config_destroy(c);
+  assert_memory_equal(plog.fc1_start[0], plog.fc1_end[0], 12 * sizeof(float));
+  assert_memory_not_equal(plog.all_start[0] + 15, plog.all_end[0] + 15, 8 * sizeof(float)); /* fc2 */
+  c = config_text(text, dir, configs, configs, "fc3");
+  loom_experiment *exp = NULL;
+  assert_int_equal(loom_config_build(c, &exp), LOOM_EINVAL);
+  assert_non_null(strstr(loom_last_error(), "param_groups[0].layers[0]: the model has no layer \"fc3\""));
+  loom_config_destroy(c);
+  test_rm_rf(dir);
+  free(dir);
+}
+
 /* A user per-sample transform: adds "offset" to every value. */
 static int add_offset(void *data, float *x, int ndim, const int64_t *shape, loom_rng *rng) {
   (void)rng;
@@ -331,6 +360,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_set_types_by_schema),
       cmocka_unit_test(test_multistage_carry_over),
       cmocka_unit_test(test_user_transform_from_json),
+      cmocka_unit_test(test_optimizer_param_groups),
   };
   return cmocka_run_group_tests(tests, setup, NULL);
 }

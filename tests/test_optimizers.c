@@ -244,6 +244,15 @@ static void test_groups_and_no_decay(void **state) {
   loom_param_group bad = {.layers = "", .lr_scale = 1};
   assert_int_equal(loom_optimizer_add_group(opt, &bad), LOOM_EINVAL);
   loom_optimizer_destroy(opt);
+  /* A group naming a layer the model lacks fails the first step, untouched. */
+  opt = loom_sgd_create(&o);
+  loom_param_group typo = {.layers = "fc1,fc9", .lr_scale = 1};
+  assert_int_equal(loom_optimizer_add_group(opt, &typo), 0);
+  memcpy(before, p, sizeof before);
+  assert_int_equal(loom_optimizer_step(opt, m), LOOM_EINVAL);
+  assert_non_null(strstr(loom_last_error(), "\"fc9\""));
+  assert_memory_equal(p, before, sizeof before);
+  loom_optimizer_destroy(opt);
   loom_model_destroy(m);
 }
 

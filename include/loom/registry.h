@@ -19,7 +19,7 @@ typedef enum loom_kind {
   LOOM_KIND_MODEL,     /* returns loom_model *, built; context: const loom_model_context * */
   LOOM_KIND_LAYER,     /* returns loom_layer *; context: NULL */
   LOOM_KIND_CRITERION, /* returns loom_criterion * */
-  LOOM_KIND_OPTIMIZER, /* returns loom_optimizer * */
+  LOOM_KIND_OPTIMIZER, /* returns loom_optimizer *; context: const loom_model * it will step */
   LOOM_KIND_SCHEDULER, /* returns loom_scheduler * */
   LOOM_KIND_CALLBACK,  /* returns loom_callback * */
   LOOM_KIND_DATASET,   /* returns loom_dataset * */
