@@ -234,6 +234,36 @@ static int build_loaders(builder *b, loom_params *root) {
   return rc;
 }
 
+/* The model's optional "init": {"scheme", "mode", "negative_slope", "gain",
+ * "zero_bias", "layers"}, applied over the built-in initialisation. */
+static int model_init(builder *b, loom_params *model) {
+  json_t *obj;
+  int rc = section(model, "init", false, &obj);
+  if (rc < 0 || !obj)
+    return rc;
+  static const char *const schemes[] = {"kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", NULL},
+                           *const modes[] = {"fan_in", "fan_out", NULL};
+  loom_params p;
+  loom_params_init(&p, b->c, obj, "model.init");
+  int scheme, mode;
+  loom_init init = {0};
+  if ((rc = loom_params_choice(&p, "scheme", NULL, schemes, &scheme)) < 0 ||
+      (rc = loom_params_choice(&p, "mode", "fan_in", modes, &mode)) < 0 ||
+      (rc = loom_params_number(&p, "negative_slope", 0, -1e6, 1e6, &init.negative_slope)) < 0 ||
+      (rc = loom_params_number(&p, "gain", 1, 1e-12, 1e6, &init.gain)) < 0 ||
+      (rc = loom_params_bool(&p, "zero_bias", false, &init.zero_bias)) < 0)
+    return rc;
+  init.scheme = (loom_init_scheme)scheme;
+  init.fan_out = mode == 1;
+  char names[2048];
+  bool listed;
+  if ((rc = loom_params_layer_list(&p, "layers", b->model, names, sizeof names, &listed)) < 0)
+    return rc;
+  if ((rc = loom_params_check_unknown(&p)) < 0)
+    return rc;
+  return loom_model_init_weights(b->model, &init, listed ? names : NULL, loom_experiment_seed(b->exp));
+}
+
 /* The model, built for the samples of the first stage's first loader. */
 static int build_model(builder *b, loom_params *root, loom_loader *first) {
   json_t *obj;
@@ -247,6 +277,8 @@ static int build_model(builder *b, loom_params *root, loom_loader *first) {
   b->model = loom_config_instantiate(b->c, obj, "model", LOOM_KIND_MODEL, &ctx, &p);
   if (!b->model)
     return loom_last_error_code();
+  if ((rc = model_init(b, &p)) < 0)
+    return rc;
   return loom_params_check_unknown(&p);
 }
 
@@ -394,8 +426,8 @@ static int stage_callbacks(builder *b, loom_params *p, loom_stage *stage) {
 }
 
 int loom_params_check_layer(const loom_params *p, const char *key, const loom_model *model, const char *name) {
-  if (loom_model_find_layer(model, name))
-    return 0;
+  if (!model || loom_model_find_layer(model, name))
+    return 0; /* no model to check against: the optimizer checks at its first step */
   const char *names[256];
   size_t n = loom_model_num_layers(model);
   for (size_t k = 0; k < n && k < 256; k++)
@@ -403,6 +435,30 @@ int loom_params_check_layer(const loom_params *p, const char *key, const loom_mo
   const char *near = loom_did_you_mean(name, names, n < 256 ? n : 256);
   return loom_params_error(p, key, LOOM_EINVAL, "the model has no layer \"%s\"%s%s%s", name,
                            near ? " (did you mean \"" : "", near ? near : "", near ? "\"?)" : "");
+}
+
+int loom_params_layer_list(loom_params *p, const char *key, const loom_model *model, char *out, size_t size,
+                           bool *present) {
+  loom_params_known(p, key);
+  json_t *list = json_object_get(p->object, key), *name;
+  *out = '\0';
+  *present = list != NULL;
+  if (list && (!json_is_array(list) || json_array_size(list) == 0))
+    return loom_params_error(p, key, LOOM_EINVAL, "expected a non-empty array of layer names");
+  size_t i;
+  json_array_foreach(list, i, name) {
+    char at[128];
+    snprintf(at, sizeof at, "%s[%zu]", key, i);
+    int rc;
+    if (!json_is_string(name) || strchr(json_string_value(name), ','))
+      return loom_params_error(p, at, LOOM_EINVAL, "expected a layer name");
+    if ((rc = loom_params_check_layer(p, at, model, json_string_value(name))) < 0)
+      return rc;
+    size_t used = strlen(out);
+    if (snprintf(out + used, size - used, "%s%s", used ? "," : "", json_string_value(name)) >= (int)(size - used))
+      return loom_params_error(p, key, LOOM_EINVAL, "too many layer names (at most %zu characters)", size - 1);
+  }
+  return 0;
 }
 
 static int stage_rules(builder *b, loom_params *p, loom_stage *stage) {

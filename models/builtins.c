@@ -237,28 +237,12 @@ static loom_optimizer *optimizer_extras(loom_params *p, const loom_model *model,
       goto fail;
     }
     loom_param_group group = {names, 1.0, weight_decay};
-    loom_params_known(&gp, "layers");
-    json_t *layers = json_object_get(g, "layers"), *name;
-    if (!json_is_array(layers) || json_array_size(layers) == 0) {
-      loom_params_error(&gp, "layers", LOOM_EINVAL, "expected a non-empty array of layer names");
+    bool present;
+    if (loom_params_layer_list(&gp, "layers", model, names, sizeof names, &present) < 0)
       goto fail;
-    }
-    size_t k;
-    json_array_foreach(layers, k, name) {
-      char key[64];
-      snprintf(key, sizeof key, "layers[%zu]", k);
-      if (!json_is_string(name) || strchr(json_string_value(name), ',')) {
-        loom_params_error(&gp, key, LOOM_EINVAL, "expected a layer name");
-        goto fail;
-      }
-      if ((model && loom_params_check_layer(&gp, key, model, json_string_value(name)) < 0))
-        goto fail;
-      size_t used = strlen(names);
-      if (snprintf(names + used, sizeof names - used, "%s%s", used ? "," : "", json_string_value(name)) >=
-          (int)(sizeof names - used)) {
-        loom_params_error(&gp, "layers", LOOM_EINVAL, "too many layer names for one group (split it)");
-        goto fail;
-      }
+    if (!present) {
+      loom_params_error(&gp, "layers", LOOM_EINVAL, "missing required key (expected an array of layer names)");
+      goto fail;
     }
     if (loom_params_number(&gp, "lr_scale", 1.0, 0, BIG, &group.lr_scale) < 0 ||
         loom_params_number(&gp, "weight_decay", weight_decay, 0, BIG, &group.weight_decay) < 0 ||

@@ -62,6 +62,11 @@ static void conv_bind(void *data, float *params, float *grads, float *buffers) {
   c->db = c->has_bias ? grads + nw : NULL;
 }
 
+static void conv_fans(void *data, int64_t *fan_in, int64_t *fan_out) {
+  const conv *c = data;
+  *fan_in = c->cin * c->kh * c->kw, *fan_out = c->cout * c->kh * c->kw;
+}
+
 static void conv_init(void *data, loom_rng *rng) {
   conv *c = data;
   /* PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both. */
@@ -186,6 +191,7 @@ static const loom_layer_ops conv_ops = {
     .num_decayed = conv_num_decayed,
     .output_shape = conv_output_shape,
     .bind = conv_bind,
+    .fans = conv_fans,
     .init = conv_init,
     .forward = conv_forward,
     .backward = conv_backward,

@@ -49,6 +49,11 @@ static void linear_bind(void *data, float *params, float *grads, float *buffers)
   l->db = l->has_bias ? grads + l->in * l->out : NULL;
 }
 
+static void linear_fans(void *data, int64_t *fan_in, int64_t *fan_out) {
+  const linear *l = data;
+  *fan_in = l->in, *fan_out = l->out;
+}
+
 static void linear_init(void *data, loom_rng *rng) {
   linear *l = data;
   /* PyTorch's default: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)). */
@@ -102,6 +107,7 @@ static const loom_layer_ops linear_ops = {
     .num_decayed = linear_num_decayed,
     .output_shape = linear_output_shape,
     .bind = linear_bind,
+    .fans = linear_fans,
     .init = linear_init,
     .forward = linear_forward,
     .backward = linear_backward,

@@ -264,15 +264,17 @@ static void test_multistage_carry_over(void **state) {
 }
 
 /* AdamW with a parameter group at lr_scale 0: fc1 keeps its weights while
- * fc2 learns; a group naming a missing layer is refused at its position. */
-static void test_optimizer_param_groups(void **state) {
+ * fc2 learns; a group naming a missing layer is refused at its position.
+ * The model's "init" re-initialises fc2 only, with zero biases. */
+static void test_param_groups_and_init(void **state) {
   (void)state;
   memset(&plog, 0, sizeof plog);
   const char *text =
       "{\"experiment\": {\"seed\": 2, \"logdir\": \"%s\"},"
       " \"datasets\": {\"d\": {\"type\": \"idx\", " DATA "}},"
       " \"loaders\": {\"train\": {\"dataset\": \"d\", \"batch_size\": 2, \"transforms\": [" NORM "]}},"
-      " \"model\": {\"type\": \"mlp\", \"sizes\": [4, 3, 2]},"
+      " \"model\": {\"type\": \"mlp\", \"sizes\": [4, 3, 2],"
+      "   \"init\": {\"scheme\": \"xavier_normal\", \"zero_bias\": true, \"layers\": [\"fc2\"]}},"
       " \"stages\": {\"s\": {\"num_epochs\": 2, \"loaders\": [\"train\"], \"criterion\": {\"type\": \"cross_entropy\"},"
       "   \"optimizer\": {\"type\": \"adamw\", \"lr\": 0.05, \"no_decay_bias_norm\": true,"
       "     \"param_groups\": [{\"layers\": [\"%s\"], \"lr_scale\": 0}]},"
@@ -282,6 +284,8 @@ static void test_optimizer_param_groups(void **state) {
   run_config(c);
   loom_config_destroy(c);
   assert_memory_equal(plog.fc1_start[0], plog.fc1_end[0], 12 * sizeof(float));
+  assert_true(plog.all_start[0][21] == 0.0f && plog.all_start[0][22] == 0.0f); /* fc2's bias */
+  assert_true(plog.all_start[0][12] != 0.0f);                                  /* fc1's is PyTorch's default */
   assert_memory_not_equal(plog.all_start[0] + 15, plog.all_end[0] + 15, 8 * sizeof(float)); /* fc2 */
   c = config_text(text, dir, configs, configs, "fc3");
   loom_experiment *exp = NULL;
@@ -360,7 +364,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_set_types_by_schema),
       cmocka_unit_test(test_multistage_carry_over),
       cmocka_unit_test(test_user_transform_from_json),
-      cmocka_unit_test(test_optimizer_param_groups),
+      cmocka_unit_test(test_param_groups_and_init),
   };
   return cmocka_run_group_tests(tests, setup, NULL);
 }

@@ -41,6 +41,10 @@ typedef struct loom_layer_ops {
   /* Receives the layer's views into the model's parameter, gradient and
    * buffer arrays. Optional. */
   void (*bind)(void *data, float *params, float *grads, float *buffers);
+  /* The weights' fan-in and fan-out (a Linear's in and out features, a
+   * convolution's channels times its kernel), for loom_model_init_weights.
+   * Optional: layers without it keep their initialisation. */
+  void (*fans)(void *data, int64_t *fan_in, int64_t *fan_out);
   /* Initialises parameters and buffers from a seeded stream. Optional. */
   void (*init)(void *data, loom_rng *rng);
   /* out is already shaped [batch, output_shape...]. `rng` is the runner's
@@ -111,6 +115,31 @@ int loom_model_add(loom_model *model, const char *name, loom_layer *layer);
  * and gradient buffers and initialises the parameters from `seed`. */
 int loom_model_build(loom_model *model, int ndim, const int64_t *sample_shape, uint64_t seed);
 bool loom_model_is_built(const loom_model *model);
+
+/* Initialisation schemes, as torch.nn.init's: Kaiming (He) with gain
+ * sqrt(2 / (1 + negative_slope^2)) over fan_in, or fan_out for mode
+ * fan_out: uniform in +-gain sqrt(3 / fan) or normal with std gain /
+ * sqrt(fan); Xavier (Glorot) with `gain`: uniform in +-gain sqrt(6 /
+ * (fan_in + fan_out)) or normal with std gain sqrt(2 / (fan_in + fan_out)). */
+typedef enum loom_init_scheme {
+  LOOM_INIT_KAIMING_UNIFORM,
+  LOOM_INIT_KAIMING_NORMAL,
+  LOOM_INIT_XAVIER_UNIFORM,
+  LOOM_INIT_XAVIER_NORMAL,
+} loom_init_scheme;
+
+typedef struct loom_init {
+  loom_init_scheme scheme;
+  bool fan_out;          /* Kaiming: scale by fan_out (PyTorch's mode="fan_out") */
+  double negative_slope; /* Kaiming: 0 for ReLU */
+  double gain;           /* Xavier: 0 reads as 1 */
+  bool zero_bias;        /* also set the layers' biases to 0 (else kept) */
+} loom_init;
+
+/* Re-initialises the weights of the built model's layers that report fans
+ * (Linear, Conv2d), or only of `layers` (comma-separated names; NULL: all),
+ * from `seed`. Other parameters and buffers are left as they are. */
+int loom_model_init_weights(loom_model *model, const loom_init *init, const char *layers, uint64_t seed);
 
 /* An MLP: Linear(sizes[0] -> sizes[1]), ReLU, ..., Linear(-> sizes[n-1]),
  * named fc1, relu1, fc2, ...; built for inputs of sizes[0] features (any

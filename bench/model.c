@@ -1,0 +1,87 @@
+/* bench/model: trains the model a config describes for a few epochs and
+ * prints one machine-readable line:
+ *   LOOM epoch_s=<median train-loader seconds> rss_mb=<peak RSS> valid_acc=<last>
+ * The config's first stage runs with only the accuracy callback (no logs or
+ * checkpoints) and the epochs asked for.
+ * Usage: model CONFIG [EPOCHS] [DATA_DIR] */
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+
+#include <loom.h>
+
+#define MAX_EPOCHS 64
+
+typedef struct timing {
+  double train_s[MAX_EPOCHS];
+  int n;
+  double valid_acc;
+} timing;
+
+static int on_loader_end(loom_callback *cb, loom_runner *r) {
+  timing *t = loom_callback_data(cb);
+  if (loom_runner_is_train_loader(r) && t->n < MAX_EPOCHS)
+    t->train_s[t->n++] = loom_runner_loader_elapsed(r);
+  else
+    loom_metrics_get(loom_runner_loader_metrics(r), "accuracy", &t->valid_acc);
+  return 0;
+}
+
+static int by_value(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static int setup(loom_config *c, int epochs, const char *dir, timing *t, loom_experiment **exp) {
+  static const loom_callback_ops ops = {.type = "bench_timer", .on_loader_end = on_loader_end};
+  char set[1024];
+  const char *const fixed[] = {"experiment.logdir=/tmp/loom-bench", "stages.train.callbacks=[{\"type\": \"accuracy\"}]"};
+  for (size_t i = 0; i < 2; i++)
+    if (loom_config_set(c, fixed[i]) < 0)
+      return -1;
+  snprintf(set, sizeof set, "stages.train.num_epochs=%d", epochs);
+  if (loom_config_set(c, set) < 0)
+    return -1;
+  const char *const datasets[] = {"train", "test"};
+  for (size_t i = 0; i < 2; i++) {
+    snprintf(set, sizeof set, "datasets.%s.dir=%s", datasets[i], dir);
+    if (loom_config_set(c, set) < 0)
+      return -1;
+  }
+  if (loom_config_build(c, exp) < 0)
+    return -1;
+  return loom_stage_add_callback(loom_experiment_stage(*exp, 0),
+                                 loom_callback_create(&ops, t, LOOM_ORDER_LOGGING));
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: model CONFIG [EPOCHS] [DATA_DIR]\n");
+    return 2;
+  }
+  int epochs = argc > 2 ? atoi(argv[2]) : 3;
+  const char *dir = argc > 3 ? argv[3] : "/usr/share/datasets/fashion-mnist";
+  if (epochs < 1 || epochs > MAX_EPOCHS)
+    epochs = 3;
+  static timing t;
+  loom_experiment *exp = NULL;
+  loom_config *c = loom_config_load(argv[1]);
+  int rc = c ? setup(c, epochs, dir, &t, &exp) : -1;
+  if (rc == 0) {
+    loom_runner *r = loom_runner_create();
+    rc = loom_run_experiment(r, exp);
+    loom_runner_destroy(r);
+  }
+  if (rc < 0)
+    fprintf(stderr, "bench model: %s\n", loom_last_error());
+  loom_experiment_destroy(exp);
+  loom_config_destroy(c);
+  if (rc < 0)
+    return 1;
+  qsort(t.train_s, (size_t)t.n, sizeof t.train_s[0], by_value);
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  printf("LOOM epoch_s=%.4f rss_mb=%.1f valid_acc=%.4f\n", t.train_s[t.n / 2], (double)ru.ru_maxrss / 1024.0,
+         t.valid_acc);
+  return 0;
+}

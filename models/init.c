@@ -1,0 +1,71 @@
+/* Kaiming and Xavier initialisation of a built model's weights, with
+ * torch.nn.init's formulas (model.h). */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/error_internal.h"
+#include "models/layer_internal.h"
+
+/* Whether `name` is one of the comma-separated `list` (NULL: every name). */
+static bool listed(const char *list, const char *name) {
+  if (!list)
+    return true;
+  size_t len = strlen(name);
+  for (const char *at = list; *at;) {
+    size_t n = strcspn(at, ",");
+    if (n == len && strncmp(at, name, n) == 0)
+      return true;
+    at += n + (at[n] == ',');
+  }
+  return false;
+}
+
+static int check(const loom_model *model, const loom_init *init, const char *layers) {
+  if (!init || init->scheme < LOOM_INIT_KAIMING_UNIFORM || init->scheme > LOOM_INIT_XAVIER_NORMAL ||
+      !(init->gain >= 0) || !isfinite(init->negative_slope))
+    return loom_error_set(LOOM_EINVAL, "init: a scheme of loom_init_scheme, gain >= 0, a finite negative_slope");
+  if (!loom_model_is_built(model))
+    return loom_error_set(LOOM_ESTATE, "init: build the model first (loom_model_build)");
+  for (const char *at = layers; at && *at;) {
+    size_t n = strcspn(at, ",");
+    char name[256];
+    snprintf(name, sizeof name, "%.*s", (int)(n < 255 ? n : 255), at);
+    if (!loom_model_find_layer(model, name))
+      return loom_error_set(LOOM_EINVAL, "init: the model has no layer \"%s\"", name);
+    at += n + (at[n] == ',');
+  }
+  return 0;
+}
+
+int loom_model_init_weights(loom_model *model, const loom_init *init, const char *layers, uint64_t seed) {
+  int rc = check(model, init, layers);
+  if (rc < 0)
+    return rc;
+  loom_rng rng;
+  loom_rng_seed(&rng, seed, 0, loom_rng_stream_id("init_weights"));
+  float *params = loom_model_params(model);
+  for (size_t i = 0; i < loom_model_num_layers(model); i++) {
+    const loom_layer *l = loom_model_layer(model, i);
+    if (!l->ops.fans || !listed(layers, loom_model_layer_name(model, i)))
+      continue;
+    int64_t fan_in, fan_out;
+    l->ops.fans(l->data, &fan_in, &fan_out);
+    size_t offset, count, weights = loom_model_layer_decayed(model, i);
+    loom_model_layer_params(model, i, &offset, &count);
+    bool kaiming = init->scheme <= LOOM_INIT_KAIMING_NORMAL;
+    bool uniform = init->scheme == LOOM_INIT_KAIMING_UNIFORM || init->scheme == LOOM_INIT_XAVIER_UNIFORM;
+    double gain = init->gain > 0 ? init->gain : 1.0, std;
+    if (kaiming)
+      std = sqrt(2.0 / (1.0 + init->negative_slope * init->negative_slope)) / sqrt((double)(init->fan_out ? fan_out : fan_in));
+    else
+      std = gain * sqrt(2.0 / (double)(fan_in + fan_out));
+    /* U(-b, b) has std b / sqrt(3). */
+    for (size_t k = 0; k < weights; k++)
+      params[offset + k] = uniform ? (float)((2.0 * loom_rng_uniform(&rng) - 1.0) * std * sqrt(3.0))
+                                   : (float)(loom_rng_normal(&rng) * std);
+    if (init->zero_bias)
+      memset(params + offset + weights, 0, (count - weights) * sizeof *params);
+  }
+  return 0;
+}
