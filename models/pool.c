@@ -37,6 +37,33 @@ static int pool_output_shape(void *data, int ndim, const int64_t *in, int *out_n
   return 0;
 }
 
+/* The common 2x2, stride 2 max pool without the general loop's bounds
+ * checks (a tenth of a CNN epoch went to them). Ties keep the first, as
+ * the general loop. */
+static void max2x2(pool *p, const float *x, float *y, int64_t planes) {
+  const int64_t w = p->w, hw = p->h * p->w, ohw = p->oh * p->ow;
+  for (int64_t q = 0; q < planes; q++) {
+    const float *in = x + q * hw;
+    for (int64_t oy = 0; oy < p->oh; oy++) {
+      const float *r0 = in + 2 * oy * w, *r1 = r0 + w;
+      float *out = y + q * ohw + oy * p->ow;
+      int32_t *arg = p->argmax + q * ohw + oy * p->ow;
+      for (int64_t ox = 0; ox < p->ow; ox++) {
+        int64_t c = 2 * ox, at = c;
+        float best = r0[c];
+        if (r0[c + 1] > best)
+          best = r0[c + 1], at = c + 1;
+        if (r1[c] > best)
+          best = r1[c], at = w + c;
+        if (r1[c + 1] > best)
+          best = r1[c + 1], at = w + c + 1;
+        out[ox] = best;
+        arg[ox] = (int32_t)(2 * oy * w + at);
+      }
+    }
+  }
+}
+
 static int pool_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
   (void)train, (void)rng;
   pool *p = data;
@@ -57,6 +84,10 @@ static int pool_forward(void *data, const loom_tensor *x, loom_tensor *y, bool t
     p->argmax = grown;
     p->cap = planes * ohw;
   }
+  if (p->max && p->k == 2 && p->s == 2 && p->p == 0) {
+    max2x2(p, x->data, y->data, planes);
+    return 0;
+  }
   for (int64_t q = 0; q < planes; q++) {
     const float *in = x->data + q * hw;
     for (int64_t oy = 0; oy < p->oh; oy++)
@@ -70,7 +101,7 @@ static int pool_forward(void *data, const loom_tensor *x, loom_tensor *y, bool t
               continue; /* padding: never the max, zero in the average */
             float v = in[iy * p->w + ix];
             sum += v;
-            if (v > best)
+            if (v > best || at < 0) /* the first position if NaNs never compare */
               best = v, at = (int32_t)(iy * p->w + ix);
           }
         int64_t o = q * ohw + oy * p->ow + ox;
