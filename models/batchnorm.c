@@ -1,11 +1,14 @@
 /* BatchNorm over the channel dimension of [C] or [C, H, W] samples:
  * batch statistics in training (running ones updated), running statistics
- * in evaluation, as torch.nn.BatchNorm1d/2d. */
+ * in evaluation, as torch.nn.BatchNorm1d/2d. Channels are independent, so
+ * they are split over the cores (core/parallel.h). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "core/parallel.h"
+#include "core/simd.h"
 #include "models/layer_internal.h"
 
 typedef struct bn {
@@ -15,6 +18,11 @@ typedef struct bn {
   float *running_mean, *running_var; /* buffers */
   float *mean, *invstd;              /* of the last training forward */
   bool last_train;
+  /* The current pass, for the parts. */
+  const float *x, *dy;
+  float *y, *dx;
+  int64_t n;
+  bool param_grads;
 } bn;
 
 static size_t bn_num_params(void *data) { return (size_t)(2 * ((bn *)data)->c); }
@@ -45,28 +53,49 @@ static void bn_init(void *data, loom_rng *rng) {
     b->gamma[i] = 1.0f, b->beta[i] = 0.0f, b->running_mean[i] = 0.0f, b->running_var[i] = 1.0f;
 }
 
-static int bn_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
-  (void)rng;
-  bn *b = data;
-  const int64_t n = x->shape[0], S = b->spatial, M = n * S;
-  b->last_train = train;
-  for (int64_t ch = 0; ch < b->c; ch++) {
+/* Sums over one channel's row of S values, in 8 float lanes so the loop
+ * vectorises; rows add up in double. a: sum of (x - center); b: sum of
+ * (x - center)^2; with dy: sum of dy and of dy (x - center). */
+#define LANES 8
+LOOM_HOT static void row_sums(const float *x, const float *dy, int64_t S, float center, double *a, double *b) {
+  float la[LANES] = {0}, lb[LANES] = {0};
+  int64_t k = 0;
+  for (; k + LANES <= S; k += LANES)
+    for (int j = 0; j < LANES; j++) {
+      float d = x[k + j] - center, g = dy ? dy[k + j] : d;
+      la[j] += g;
+      lb[j] += g * d;
+    }
+  for (; k < S; k++) {
+    float d = x[k] - center, g = dy ? dy[k] : d;
+    la[0] += g;
+    lb[0] += g * d;
+  }
+  for (int j = 0; j < LANES; j++)
+    *a += la[j], *b += lb[j];
+}
+
+LOOM_HOT static void affine(const float *x, float *y, int64_t S, float scale, float mean, float shift) {
+  for (int64_t k = 0; k < S; k++)
+    y[k] = scale * (x[k] - mean) + shift;
+}
+
+static void forward_channels(void *ctx, int part, int64_t first, int64_t last) {
+  (void)part;
+  bn *b = ctx;
+  const int64_t n = b->n, S = b->spatial, M = n * S;
+  for (int64_t ch = first; ch < last; ch++) {
     float mean, invstd;
-    if (train) {
-      double s = 0, ss = 0;
+    if (b->last_train) {
+      double s = 0, ss = 0, unused = 0;
       for (int64_t i = 0; i < n; i++)
-        for (int64_t k = 0; k < S; k++)
-          s += x->data[(i * b->c + ch) * S + k];
-      double m = s / (double)M;
-      for (int64_t i = 0; i < n; i++)
-        for (int64_t k = 0; k < S; k++) {
-          double d = x->data[(i * b->c + ch) * S + k] - m;
-          ss += d * d;
-        }
+        row_sums(b->x + (i * b->c + ch) * S, NULL, S, 0.0f, &s, &unused);
+      double m = s / (double)M, shifted = 0;
+      for (int64_t i = 0; i < n; i++) /* about the mean: no cancellation */
+        row_sums(b->x + (i * b->c + ch) * S, NULL, S, (float)m, &shifted, &ss);
       double var = ss / (double)M;
       mean = (float)m;
       invstd = (float)(1.0 / sqrt(var + b->eps));
-      b->mean[ch] = mean, b->invstd[ch] = invstd;
       /* The running variance is the unbiased estimate, as PyTorch keeps it. */
       b->running_mean[ch] = (1 - b->momentum) * b->running_mean[ch] + b->momentum * mean;
       b->running_var[ch] = (1 - b->momentum) * b->running_var[ch] +
@@ -74,49 +103,61 @@ static int bn_forward(void *data, const loom_tensor *x, loom_tensor *y, bool tra
     } else {
       mean = b->running_mean[ch];
       invstd = 1.0f / sqrtf(b->running_var[ch] + b->eps);
-      b->mean[ch] = mean, b->invstd[ch] = invstd;
     }
+    b->mean[ch] = mean, b->invstd[ch] = invstd;
+    const float scale = b->gamma[ch] * invstd, shift = b->beta[ch];
     for (int64_t i = 0; i < n; i++)
-      for (int64_t k = 0; k < S; k++) {
-        int64_t at = (i * b->c + ch) * S + k;
-        y->data[at] = b->gamma[ch] * (x->data[at] - mean) * invstd + b->beta[ch];
-      }
+      affine(b->x + (i * b->c + ch) * S, b->y + (i * b->c + ch) * S, S, scale, mean, shift);
   }
+}
+
+static int bn_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
+  (void)rng;
+  bn *b = data;
+  b->last_train = train;
+  b->x = x->data, b->y = y->data, b->n = x->shape[0];
+  loom_parallel_for(b->c, forward_channels, b);
   return 0;
+}
+
+/* dx = scale (dy - mean_dy - (x - mean) k), k = invstd mean(dy xhat). */
+LOOM_HOT static void bn_dx(const float *x, const float *dy, float *dx, int64_t S, float scale, float mean, float k,
+                           float mean_dy) {
+  for (int64_t j = 0; j < S; j++)
+    dx[j] = scale * (dy[j] - mean_dy - (x[j] - mean) * k);
+}
+
+static void backward_channels(void *ctx, int part, int64_t first, int64_t last) {
+  (void)part;
+  bn *b = ctx;
+  const int64_t n = b->n, S = b->spatial, M = n * S;
+  for (int64_t ch = first; ch < last; ch++) {
+    const float mean = b->mean[ch], invstd = b->invstd[ch];
+    double sum_dy = 0, sum_dy_xhat = 0;
+    for (int64_t i = 0; i < n; i++)
+      row_sums(b->x + (i * b->c + ch) * S, b->dy + (i * b->c + ch) * S, S, mean, &sum_dy, &sum_dy_xhat);
+    sum_dy_xhat *= invstd;
+    if (b->param_grads) {
+      b->dgamma[ch] += (float)sum_dy_xhat;
+      b->dbeta[ch] += (float)sum_dy;
+    }
+    if (!b->dx)
+      continue;
+    /* Training: through the batch statistics; else fixed ones, an affine map. */
+    const float scale = b->gamma[ch] * invstd, mean_dy = b->last_train ? (float)(sum_dy / (double)M) : 0.0f,
+                mean_dy_xhat = b->last_train ? (float)(sum_dy_xhat / (double)M) : 0.0f;
+    for (int64_t i = 0; i < n; i++)
+      bn_dx(b->x + (i * b->c + ch) * S, b->dy + (i * b->c + ch) * S, b->dx + (i * b->c + ch) * S, S, scale, mean,
+            invstd * mean_dy_xhat, mean_dy);
+  }
 }
 
 static int bn_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
                        loom_tensor *dx, bool param_grads) {
   (void)y;
   bn *b = data;
-  const int64_t n = x->shape[0], S = b->spatial, M = n * S;
-  for (int64_t ch = 0; ch < b->c; ch++) {
-    const float mean = b->mean[ch], invstd = b->invstd[ch];
-    double sum_dy = 0, sum_dy_xhat = 0;
-    for (int64_t i = 0; i < n; i++)
-      for (int64_t k = 0; k < S; k++) {
-        int64_t at = (i * b->c + ch) * S + k;
-        sum_dy += dy->data[at];
-        sum_dy_xhat += dy->data[at] * (x->data[at] - mean) * invstd;
-      }
-    if (param_grads) {
-      b->dgamma[ch] += (float)sum_dy_xhat;
-      b->dbeta[ch] += (float)sum_dy;
-    }
-    if (!dx)
-      continue;
-    const float scale = b->gamma[ch] * invstd;
-    for (int64_t i = 0; i < n; i++)
-      for (int64_t k = 0; k < S; k++) {
-        int64_t at = (i * b->c + ch) * S + k;
-        if (!b->last_train) { /* fixed statistics: an affine map */
-          dx->data[at] = dy->data[at] * scale;
-          continue;
-        }
-        float xhat = (x->data[at] - mean) * invstd;
-        dx->data[at] = scale * (dy->data[at] - (float)(sum_dy / (double)M) - xhat * (float)(sum_dy_xhat / (double)M));
-      }
-  }
+  b->x = x->data, b->dy = dy->data, b->dx = dx ? dx->data : NULL, b->n = x->shape[0], b->param_grads = param_grads;
+  loom_parallel_for(b->c, backward_channels, b);
   return 0;
 }
 

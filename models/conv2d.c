@@ -1,13 +1,17 @@
 /* Conv2d over [C, H, W] samples: im2col, then one sgemm per sample;
  * backward through the same columns (col2im for the input gradient). One
  * sample's columns stay in cache; an im2col of the whole batch was measured
- * slower (bench/NOTES.md). */
+ * slower (bench/NOTES.md). The batch is split over the cores
+ * (core/parallel.h), each part with its own columns and its own partial
+ * weight gradient, summed in part order afterwards. */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "core/parallel.h"
+#include "core/simd.h"
 #include "models/layer_internal.h"
 
 typedef struct conv {
@@ -15,8 +19,14 @@ typedef struct conv {
   bool has_bias;
   int64_t h, w, oh, ow;
   float *wt, *b, *dwt, *db;
-  float *col; /* [cin * kh * kw, oh * ow] */
-  int64_t col_cap;
+  /* Per part: columns [cin kh kw, oh ow], then the partial weight and bias
+   * gradients [cout, cin kh kw] and [cout]. */
+  float *scratch;
+  int64_t scratch_cap, col_len, part_len;
+  /* The current pass, for the parts. */
+  const float *x, *dy;
+  float *y, *dx;
+  bool param_grads;
 } conv;
 
 static size_t conv_num_params(void *data) {
@@ -77,111 +87,169 @@ static void conv_init(void *data, loom_rng *rng) {
     c->b[i] = (2.0f * loom_rng_uniform(rng) - 1.0f) * bound;
 }
 
-static int ensure_col(conv *c) {
-  int64_t need = c->cin * c->kh * c->kw * c->oh * c->ow;
-  if (need <= c->col_cap)
+static int ensure_scratch(conv *c) {
+  const int64_t K = c->cin * c->kh * c->kw;
+  c->col_len = K * c->oh * c->ow;
+  c->part_len = c->col_len + c->cout * K + c->cout;
+  int64_t need = c->part_len * loom_parallel_parts();
+  if (need <= c->scratch_cap)
     return 0;
-  float *grown = realloc(c->col, (size_t)need * sizeof *grown);
+  float *grown = realloc(c->scratch, (size_t)need * sizeof *grown);
   if (!grown)
     return loom_error_oom("Conv2d columns");
-  c->col = grown;
-  c->col_cap = need;
+  c->scratch = grown;
+  c->scratch_cap = need;
   return 0;
 }
 
+/* The outputs ox in [*lo, *hi) whose input column ix = ox sw - pw + kj dw
+ * falls inside the image; the rest read padding. */
+static void valid_cols(const conv *c, int64_t kj, int64_t *lo, int64_t *hi) {
+  int64_t off = kj * c->dw - c->pw; /* ix = ox sw + off */
+  *lo = off >= 0 ? 0 : (-off + c->sw - 1) / c->sw;
+  *hi = c->w - off <= 0 ? 0 : (c->w - off + c->sw - 1) / c->sw;
+  if (*hi > c->ow)
+    *hi = c->ow;
+  if (*lo > *hi)
+    *lo = *hi;
+}
+
 /* col[(ci kh + ki) kw + kj][oy ow + ox] = x[ci][oy sh - ph + ki dh][ox sw - pw + kj dw] (0 outside). */
-static void im2col(const conv *c, const float *x) {
+LOOM_HOT static void im2col(const conv *c, const float *x, float *col) {
   const int64_t L = c->oh * c->ow;
-  for (int64_t ci = 0; ci < c->cin; ci++)
-    for (int64_t ki = 0; ki < c->kh; ki++)
-      for (int64_t kj = 0; kj < c->kw; kj++) {
-        float *row = c->col + ((ci * c->kh + ki) * c->kw + kj) * L;
+  for (int64_t kj = 0; kj < c->kw; kj++) {
+    int64_t lo, hi, off = kj * c->dw - c->pw;
+    valid_cols(c, kj, &lo, &hi);
+    for (int64_t ci = 0; ci < c->cin; ci++)
+      for (int64_t ki = 0; ki < c->kh; ki++) {
+        float *row = col + ((ci * c->kh + ki) * c->kw + kj) * L;
         for (int64_t oy = 0; oy < c->oh; oy++) {
           int64_t iy = oy * c->sh - c->ph + ki * c->dh;
-          for (int64_t ox = 0; ox < c->ow; ox++) {
-            int64_t ix = ox * c->sw - c->pw + kj * c->dw;
-            row[oy * c->ow + ox] =
-                (iy >= 0 && iy < c->h && ix >= 0 && ix < c->w) ? x[(ci * c->h + iy) * c->w + ix] : 0.0f;
+          float *out = row + oy * c->ow;
+          if (iy < 0 || iy >= c->h) {
+            memset(out, 0, (size_t)c->ow * sizeof *out);
+            continue;
           }
+          const float *in = x + (ci * c->h + iy) * c->w + off;
+          memset(out, 0, (size_t)lo * sizeof *out);
+          if (c->sw == 1)
+            memcpy(out + lo, in + lo, (size_t)(hi - lo) * sizeof *out);
+          else
+            for (int64_t ox = lo; ox < hi; ox++)
+              out[ox] = in[ox * c->sw];
+          memset(out + hi, 0, (size_t)(c->ow - hi) * sizeof *out);
         }
       }
+  }
 }
 
 /* The adjoint of im2col: columns added back into dx. */
-static void col2im(const conv *c, float *dx) {
+LOOM_HOT static void col2im(const conv *c, const float *col, float *dx) {
   const int64_t L = c->oh * c->ow;
-  for (int64_t ci = 0; ci < c->cin; ci++)
-    for (int64_t ki = 0; ki < c->kh; ki++)
-      for (int64_t kj = 0; kj < c->kw; kj++) {
-        const float *row = c->col + ((ci * c->kh + ki) * c->kw + kj) * L;
+  for (int64_t kj = 0; kj < c->kw; kj++) {
+    int64_t lo, hi, off = kj * c->dw - c->pw;
+    valid_cols(c, kj, &lo, &hi);
+    for (int64_t ci = 0; ci < c->cin; ci++)
+      for (int64_t ki = 0; ki < c->kh; ki++) {
+        const float *row = col + ((ci * c->kh + ki) * c->kw + kj) * L;
         for (int64_t oy = 0; oy < c->oh; oy++) {
           int64_t iy = oy * c->sh - c->ph + ki * c->dh;
           if (iy < 0 || iy >= c->h)
             continue;
-          for (int64_t ox = 0; ox < c->ow; ox++) {
-            int64_t ix = ox * c->sw - c->pw + kj * c->dw;
-            if (ix >= 0 && ix < c->w)
-              dx[(ci * c->h + iy) * c->w + ix] += row[oy * c->ow + ox];
-          }
+          float *d = dx + (ci * c->h + iy) * c->w + off;
+          const float *src = row + oy * c->ow;
+          for (int64_t ox = lo; ox < hi; ox++)
+            d[ox * c->sw] += src[ox];
         }
       }
+  }
+}
+
+static void forward_part(void *ctx, int part, int64_t begin, int64_t end) {
+  const conv *c = ctx;
+  const int64_t K = c->cin * c->kh * c->kw, L = c->oh * c->ow;
+  float *col = c->scratch + part * c->part_len;
+  for (int64_t i = begin; i < end; i++) {
+    float *out = c->y + i * c->cout * L;
+    for (int64_t o = 0; o < c->cout; o++)
+      for (int64_t l = 0; l < L; l++)
+        out[o * L + l] = c->has_bias ? c->b[o] : 0.0f;
+    im2col(c, c->x + i * c->cin * c->h * c->w, col);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c->cout, (int)L, (int)K, 1.0f, c->wt, (int)K, col,
+                (int)L, 1.0f, out, (int)L);
+  }
 }
 
 static int conv_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
   (void)train, (void)rng;
   conv *c = data;
-  int rc = ensure_col(c);
+  int rc = ensure_scratch(c);
   if (rc < 0)
     return rc;
-  const int64_t K = c->cin * c->kh * c->kw, L = c->oh * c->ow, n = x->shape[0];
-  for (int64_t i = 0; i < n; i++) {
-    float *out = y->data + i * c->cout * L;
-    for (int64_t o = 0; o < c->cout; o++)
-      for (int64_t l = 0; l < L; l++)
-        out[o * L + l] = c->has_bias ? c->b[o] : 0.0f;
-    im2col(c, x->data + i * c->cin * c->h * c->w);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c->cout, (int)L, (int)K, 1.0f, c->wt, (int)K, c->col,
-                (int)L, 1.0f, out, (int)L);
-  }
+  c->x = x->data, c->y = y->data;
+  loom_parallel_for(x->shape[0], forward_part, c);
   return 0;
+}
+
+/* Samples [begin, end): weight and bias gradients into the part's partial
+ * sums, input gradients in place. */
+static void backward_part(void *ctx, int part, int64_t begin, int64_t end) {
+  const conv *c = ctx;
+  const int64_t K = c->cin * c->kh * c->kw, L = c->oh * c->ow;
+  float *col = c->scratch + part * c->part_len, *dw = col + c->col_len, *db = dw + c->cout * K;
+  for (int64_t i = begin; i < end; i++) {
+    const float *g = c->dy + i * c->cout * L;
+    if (c->param_grads) {
+      im2col(c, c->x + i * c->cin * c->h * c->w, col);
+      /* dW += dy_i col^T; db += row sums of dy_i */
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)c->cout, (int)K, (int)L, 1.0f, g, (int)L, col, (int)L,
+                  1.0f, dw, (int)K);
+      for (int64_t o = 0; c->has_bias && o < c->cout; o++) {
+        float s = 0.0f;
+        for (int64_t l = 0; l < L; l++)
+          s += g[o * L + l];
+        db[o] += s;
+      }
+    }
+    if (c->dx) { /* columns of the input gradient: W^T dy_i, then back into place */
+      float *dx = c->dx + i * c->cin * c->h * c->w;
+      memset(dx, 0, (size_t)(c->cin * c->h * c->w) * sizeof *dx);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, (int)L, (int)c->cout, 1.0f, c->wt, (int)K, g, (int)L,
+                  0.0f, col, (int)L);
+      col2im(c, col, dx);
+    }
+  }
 }
 
 static int conv_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
                          loom_tensor *dx, bool param_grads) {
   (void)y;
   conv *c = data;
-  int rc = ensure_col(c);
+  int rc = ensure_scratch(c);
   if (rc < 0)
     return rc;
-  const int64_t K = c->cin * c->kh * c->kw, L = c->oh * c->ow, n = x->shape[0];
-  if (dx)
-    memset(dx->data, 0, (size_t)dx->numel * sizeof(float));
-  for (int64_t i = 0; i < n; i++) {
-    const float *g = dy->data + i * c->cout * L;
-    if (param_grads) {
-      im2col(c, x->data + i * c->cin * c->h * c->w);
-      /* dW += dy_i col^T; db += row sums of dy_i */
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)c->cout, (int)K, (int)L, 1.0f, g, (int)L, c->col,
-                  (int)L, 1.0f, c->dwt, (int)K);
-      for (int64_t o = 0; c->has_bias && o < c->cout; o++) {
-        float s = 0.0f;
-        for (int64_t l = 0; l < L; l++)
-          s += g[o * L + l];
-        c->db[o] += s;
-      }
-    }
-    if (dx) { /* columns of the input gradient: W^T dy_i, then back into place */
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, (int)L, (int)c->cout, 1.0f, c->wt, (int)K, g,
-                  (int)L, 0.0f, c->col, (int)L);
-      col2im(c, dx->data + i * c->cin * c->h * c->w);
-    }
+  const int64_t n = x->shape[0], K = c->cin * c->kh * c->kw;
+  const int parts = loom_parallel_parts();
+  for (int part = 0; param_grads && part < parts; part++) /* parts given no samples add zeros */
+    memset(c->scratch + part * c->part_len + c->col_len, 0, (size_t)(c->cout * K + c->cout) * sizeof(float));
+  c->x = x->data, c->dy = dy->data, c->dx = dx ? dx->data : NULL, c->param_grads = param_grads;
+  loom_parallel_for(n, backward_part, c);
+  if (!param_grads)
+    return 0;
+  /* The parts' partial sums, in part order. */
+  for (int part = 0; part < parts; part++) {
+    const float *dw = c->scratch + part * c->part_len + c->col_len, *db = dw + c->cout * K;
+    for (int64_t k = 0; k < c->cout * K; k++)
+      c->dwt[k] += dw[k];
+    for (int64_t o = 0; c->has_bias && o < c->cout; o++)
+      c->db[o] += db[o];
   }
   return 0;
 }
 
 static void conv_destroy(void *data) {
   conv *c = data;
-  free(c->col);
+  free(c->scratch);
   free(c);
 }
 

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "core/parallel.h"
 #include "models/layer_internal.h"
 
 typedef struct pool {
@@ -12,6 +13,8 @@ typedef struct pool {
   int64_t c, h, w, oh, ow;
   int32_t *argmax; /* per output element of the last forward (max) */
   int64_t cap;
+  const float *x; /* the current pass, for the parts */
+  float *y;
 } pool;
 
 static int pool_output_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
@@ -40,13 +43,15 @@ static int pool_output_shape(void *data, int ndim, const int64_t *in, int *out_n
 /* The common 2x2, stride 2 max pool without the general loop's bounds
  * checks (a tenth of a CNN epoch went to them). Ties keep the first, as
  * the general loop. */
-static void max2x2(pool *p, const float *x, float *y, int64_t planes) {
+static void max2x2(void *ctx, int part, int64_t first, int64_t last) {
+  (void)part;
+  pool *p = ctx;
   const int64_t w = p->w, hw = p->h * p->w, ohw = p->oh * p->ow;
-  for (int64_t q = 0; q < planes; q++) {
-    const float *in = x + q * hw;
+  for (int64_t q = first; q < last; q++) {
+    const float *in = p->x + q * hw;
     for (int64_t oy = 0; oy < p->oh; oy++) {
       const float *r0 = in + 2 * oy * w, *r1 = r0 + w;
-      float *out = y + q * ohw + oy * p->ow;
+      float *out = p->y + q * ohw + oy * p->ow;
       int32_t *arg = p->argmax + q * ohw + oy * p->ow;
       for (int64_t ox = 0; ox < p->ow; ox++) {
         int64_t c = 2 * ox, at = c;
@@ -85,7 +90,8 @@ static int pool_forward(void *data, const loom_tensor *x, loom_tensor *y, bool t
     p->cap = planes * ohw;
   }
   if (p->max && p->k == 2 && p->s == 2 && p->p == 0) {
-    max2x2(p, x->data, y->data, planes);
+    p->x = x->data, p->y = y->data;
+    loom_parallel_for(planes, max2x2, p); /* planes are independent */
     return 0;
   }
   for (int64_t q = 0; q < planes; q++) {

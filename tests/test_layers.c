@@ -83,7 +83,7 @@ static void check(harness *t, ref_fn ref, const void *ctx, bool train, double sc
   loom_tensor *dy = batch_tensor(t->n, t->ondim, t->oshape), *dx = batch_tensor(t->n, t->ndim, t->shape);
   loom_rng rng;
   loom_rng_seed(&rng, 11, 0, 0);
-  double *xd = malloc((size_t)nx * sizeof *xd), *pd = malloc((size_t)(t->np + 1) * sizeof *pd);
+  double *xd = malloc((size_t)nx * sizeof *xd), *pd = calloc((size_t)t->np + 1, sizeof *pd);
   double *rd = malloc((size_t)ny * sizeof *rd), *yd = malloc((size_t)ny * sizeof *yd);
   for (int64_t i = 0; i < nx; i++)
     xd[i] = loom_tensor_data(x)[i] = (float)(scale * (2.0 * loom_rng_uniform(&rng) - 1.0));
@@ -146,9 +146,13 @@ static void conv_ref(const void *vctx, const double *x, const double *p, double 
 
 static void test_conv2d(void **state) {
   (void)state;
-  /* Two configurations: plain 3x3, and strided, padded, dilated, non-square. */
-  const conv_ctx cases[2] = {{2, 5, 6, 3, 3, 3, 1, 1, 0, 0, 1, 1, 0, 0}, {2, 6, 7, 4, 3, 2, 2, 1, 1, 1, 1, 2, 0, 0}};
-  for (int k = 0; k < 2; k++) {
+  /* Plain 3x3; strided, padded, dilated, non-square; and strides, padding
+   * and dilation along the width (im2col's strided and clipped rows). */
+  const conv_ctx cases[] = {{2, 5, 6, 3, 3, 3, 1, 1, 0, 0, 1, 1, 0, 0},
+                            {2, 6, 7, 4, 3, 2, 2, 1, 1, 1, 1, 2, 0, 0},
+                            {2, 7, 8, 3, 3, 3, 1, 2, 1, 1, 1, 1, 0, 0},
+                            {1, 5, 9, 2, 2, 3, 1, 3, 0, 2, 1, 2, 0, 0}};
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
     conv_ctx c = cases[k];
     loom_conv2d_options o = {.in_channels = c.c, .out_channels = c.o, .kernel = {c.kh, c.kw},
                              .stride = {c.sh, c.sw}, .padding = {c.ph, c.pw}, .dilation = {c.dh, c.dw}};
