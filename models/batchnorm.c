@@ -54,25 +54,31 @@ static void bn_init(void *data, loom_rng *rng) {
 }
 
 /* Sums over one channel's row of S values, in 8 float lanes so the loop
- * vectorises; rows add up in double. a: sum of (x - center); b: sum of
- * (x - center)^2; with dy: sum of dy and of dy (x - center). */
+ * vectorises; rows add up in double. With g = dy, or x - center without
+ * dy: *a += sum g, *b += sum g (x - center). Two loops, so that neither
+ * carries a branch. */
 #define LANES 8
-LOOM_HOT static void row_sums(const float *x, const float *dy, int64_t S, float center, double *a, double *b) {
-  float la[LANES] = {0}, lb[LANES] = {0};
-  int64_t k = 0;
-  for (; k + LANES <= S; k += LANES)
-    for (int j = 0; j < LANES; j++) {
-      float d = x[k + j] - center, g = dy ? dy[k + j] : d;
-      la[j] += g;
-      lb[j] += g * d;
-    }
-  for (; k < S; k++) {
-    float d = x[k] - center, g = dy ? dy[k] : d;
-    la[0] += g;
-    lb[0] += g * d;
-  }
-  for (int j = 0; j < LANES; j++)
-    *a += la[j], *b += lb[j];
+#define ROW_SUMS(G)                                                                                                    \
+  float la[LANES] = {0}, lb[LANES] = {0};                                                                              \
+  int64_t k = 0;                                                                                                       \
+  for (; k + LANES <= S; k += LANES)                                                                                   \
+    for (int j = 0; j < LANES; j++) {                                                                                  \
+      float d = x[k + j] - center, g = G(k + j);                                                                       \
+      la[j] += g, lb[j] += g * d;                                                                                      \
+    }                                                                                                                  \
+  for (; k < S; k++) {                                                                                                 \
+    float d = x[k] - center, g = G(k);                                                                                 \
+    la[0] += g, lb[0] += g * d;                                                                                        \
+  }                                                                                                                    \
+  for (int j = 0; j < LANES; j++)                                                                                      \
+    *a += la[j], *b += lb[j]
+#define CENTERED(i) (x[i] - center)
+#define GRADIENT(i) dy[i]
+
+LOOM_HOT static void stat_sums(const float *x, int64_t S, float center, double *a, double *b) { ROW_SUMS(CENTERED); }
+
+LOOM_HOT static void grad_sums(const float *x, const float *dy, int64_t S, float center, double *a, double *b) {
+  ROW_SUMS(GRADIENT);
 }
 
 LOOM_HOT static void affine(const float *x, float *y, int64_t S, float scale, float mean, float shift) {
@@ -89,10 +95,10 @@ static void forward_channels(void *ctx, int part, int64_t first, int64_t last) {
     if (b->last_train) {
       double s = 0, ss = 0, unused = 0;
       for (int64_t i = 0; i < n; i++)
-        row_sums(b->x + (i * b->c + ch) * S, NULL, S, 0.0f, &s, &unused);
+        stat_sums(b->x + (i * b->c + ch) * S, S, 0.0f, &s, &unused);
       double m = s / (double)M, shifted = 0;
       for (int64_t i = 0; i < n; i++) /* about the mean: no cancellation */
-        row_sums(b->x + (i * b->c + ch) * S, NULL, S, (float)m, &shifted, &ss);
+        stat_sums(b->x + (i * b->c + ch) * S, S, (float)m, &shifted, &ss);
       double var = ss / (double)M;
       mean = (float)m;
       invstd = (float)(1.0 / sqrt(var + b->eps));
@@ -135,7 +141,7 @@ static void backward_channels(void *ctx, int part, int64_t first, int64_t last) 
     const float mean = b->mean[ch], invstd = b->invstd[ch];
     double sum_dy = 0, sum_dy_xhat = 0;
     for (int64_t i = 0; i < n; i++)
-      row_sums(b->x + (i * b->c + ch) * S, b->dy + (i * b->c + ch) * S, S, mean, &sum_dy, &sum_dy_xhat);
+      grad_sums(b->x + (i * b->c + ch) * S, b->dy + (i * b->c + ch) * S, S, mean, &sum_dy, &sum_dy_xhat);
     sum_dy_xhat *= invstd;
     if (b->param_grads) {
       b->dgamma[ch] += (float)sum_dy_xhat;
