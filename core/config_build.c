@@ -277,9 +277,11 @@ static int build_model(builder *b, loom_params *root, loom_loader *first) {
   b->model = loom_config_instantiate(b->c, obj, "model", LOOM_KIND_MODEL, &ctx, &p);
   if (!b->model)
     return loom_last_error_code();
-  if ((rc = model_init(b, &p)) < 0)
-    return rc;
-  return loom_params_check_unknown(&p);
+  if ((rc = model_init(b, &p)) < 0 || (rc = loom_params_check_unknown(&p)) < 0) {
+    loom_model_destroy(b->model);
+    b->model = NULL;
+  }
+  return rc;
 }
 
 static int stage_loaders(builder *b, loom_params *p, loom_stage *stage, loom_loader **first) {
