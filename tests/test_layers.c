@@ -163,6 +163,7 @@ static void test_conv2d(void **state) {
     assert_int_equal(c.oh, (c.h + 2 * c.ph - c.dh * (c.kh - 1) - 1) / c.sh + 1);
     assert_int_equal(t.np, c.o * c.c * c.kh * c.kw + c.o);
     check(&t, conv_ref, &c, true, 1.0);
+    check(&t, conv_ref, &c, false, 1.0); /* evaluation: the same map */
     teardown_layer(&t);
   }
   loom_conv2d_options bad = {.out_channels = 0, .kernel = {3, 3}};
@@ -221,6 +222,7 @@ static void test_pooling(void **state) {
     else
       assert_true(t.ondim == 1 && t.oshape[0] == 2);
     check(&t, pool_ref, &q, true, 1.0);
+    check(&t, pool_ref, &q, false, 1.0);
     teardown_layer(&t);
   }
 }
@@ -229,6 +231,7 @@ static void test_pooling(void **state) {
 
 typedef struct bn_ctx {
   int64_t c, s;
+  const float *running; /* evaluation: [mean..., var...]; NULL: batch statistics */
 } bn_ctx;
 
 static void bn_ref(const void *vctx, const double *x, const double *p, double *out, int64_t n) {
@@ -243,6 +246,8 @@ static void bn_ref(const void *vctx, const double *x, const double *p, double *o
       for (int64_t k = 0; k < b->s; k++)
         v += pow(x[(i * b->c + ch) * b->s + k] - m, 2);
     v /= M;
+    if (b->running)
+      m = b->running[ch], v = b->running[b->c + ch];
     for (int64_t i = 0; i < n; i++)
       for (int64_t k = 0; k < b->s; k++) {
         int64_t at = (i * b->c + ch) * b->s + k;
@@ -257,11 +262,18 @@ static void test_batchnorm(void **state) {
   const int64_t s2[3] = {3, 4, 5}, s1[1] = {6};
   harness t;
   setup_layer(&t, loom_batchnorm_create(3, 1e-5f, 0.1f), 3, s2, 3);
-  bn_ctx c2 = {3, 20};
+  bn_ctx c2 = {3, 20, NULL};
   check(&t, bn_ref, &c2, true, 2.0);
+  /* Evaluation: the running statistics, an affine map (gradients through
+   * it alone), and the statistics left as they are. */
+  const float running[6] = {0.3f, -0.2f, 0.1f, 0.8f, 1.5f, 1.1f};
+  memcpy(t.buffers, running, sizeof running);
+  bn_ctx e2 = {3, 20, running};
+  check(&t, bn_ref, &e2, false, 2.0);
+  assert_memory_equal(t.buffers, running, sizeof running);
   teardown_layer(&t);
   setup_layer(&t, loom_batchnorm_create(6, 1e-5f, 0.1f), 1, s1, 5);
-  bn_ctx c1 = {6, 1};
+  bn_ctx c1 = {6, 1, NULL};
   check(&t, bn_ref, &c1, true, 2.0);
 
   /* Running statistics after one training forward: 0.9 init + 0.1 batch,
@@ -318,6 +330,7 @@ static void test_elementwise(void **state) {
     if (k == 4)
       assert_true(t.ondim == 1 && t.oshape[0] == 24);
     check(&t, act_ref, &a, true, 3.0);
+    check(&t, act_ref, &a, false, 3.0);
     teardown_layer(&t);
   }
 }
