@@ -1,20 +1,23 @@
 /* The C twin of examples/configs/fashion_mnist_cnn.json: a two-block CNN
  * (about 220K parameters) on Fashion-MNIST.
  *
- *   build/bin/fashion_mnist_cnn [EPOCHS [LOGDIR [DATA_DIR]]]
+ *   build/bin/fashion_mnist_cnn [--check] [EPOCHS [LOGDIR [DATA_DIR]]]
  *
+ * (--check: a smoke run, 2 batches per loader and 2 epochs.)
  * conv3x3(32) BN ReLU maxpool, conv3x3(64) BN ReLU maxpool, dropout 0.25,
  * linear 64, ReLU, linear 10; Adam 1e-3 on a per-step cosine schedule with
  * 200 warmup steps; batch 128. Checkpoints go to LOGDIR/checkpoints. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <loom.h>
 
 #define BATCH 128
 #define TRAIN_SAMPLES 60000
 
-static loom_model *cnn(void) {
+/* Built for 28x28 images (one channel) and initialised from `seed`. */
+static loom_model *cnn(uint64_t seed) {
   loom_model *m = loom_model_create();
   loom_conv2d_options c1 = {.out_channels = 32, .kernel = {3, 3}, .padding = {1, 1}, .no_bias = true};
   loom_conv2d_options c2 = {.out_channels = 64, .kernel = {3, 3}, .padding = {1, 1}, .no_bias = true};
@@ -29,7 +32,8 @@ static loom_model *cnn(void) {
       loom_model_add(m, "flatten", loom_flatten_create()) < 0 ||
       loom_model_add(m, "dropout", loom_dropout_create(0.25f)) < 0 ||
       loom_model_add(m, "fc1", loom_linear_create(64 * 7 * 7, 64, true)) < 0 ||
-      loom_model_add(m, "relu3", loom_relu_create()) < 0 || loom_model_add(m, "head", loom_linear_create(64, 10, true)) < 0) {
+      loom_model_add(m, "relu3", loom_relu_create()) < 0 || loom_model_add(m, "head", loom_linear_create(64, 10, true)) < 0 ||
+      loom_model_build(m, 2, (const int64_t[]){28, 28}, seed) < 0) {
     loom_model_destroy(m);
     return NULL;
   }
@@ -43,11 +47,14 @@ static loom_loader *open_loader(const char *dir, bool train) {
 }
 
 int main(int argc, char **argv) {
+  loom_run_options run = loom_run_options_default();
+  if (argc > 1 && strcmp(argv[1], "--check") == 0)
+    run.check = true, argv++, argc--;
   int epochs = argc > 1 ? atoi(argv[1]) : 15;
   const char *logdir = argc > 2 ? argv[2] : "logs/fashion_mnist_cnn";
   const char *data = argc > 3 ? argv[3] : "/usr/share/datasets/fashion-mnist";
   if (epochs < 1 || argc > 4) {
-    fprintf(stderr, "usage: %s [EPOCHS [LOGDIR [DATA_DIR]]]\n", argv[0]);
+    fprintf(stderr, "usage: fashion_mnist_cnn [--check] [EPOCHS [LOGDIR [DATA_DIR]]]\n");
     return 2;
   }
   loom_experiment *exp = loom_experiment_create("fashion_mnist_cnn");
@@ -57,9 +64,11 @@ int main(int argc, char **argv) {
   int64_t steps = (int64_t)epochs * ((TRAIN_SAMPLES + BATCH - 1) / BATCH);
   const int topk[] = {1, 3};
   int rc = -1;
+  if (runner)
+    loom_runner_set_options(runner, &run);
   if (runner && stage && loom_experiment_set_logdir(exp, logdir) == 0) {
     loom_experiment_set_seed(exp, 42);
-    if (loom_stage_set_model(stage, cnn()) == 0 && loom_stage_set_criterion(stage, loom_cross_entropy_create()) == 0 &&
+    if (loom_stage_set_model(stage, cnn(42)) == 0 && loom_stage_set_criterion(stage, loom_cross_entropy_create()) == 0 &&
         loom_stage_set_optimizer(stage, loom_adam_create(&adam)) == 0 &&
         loom_stage_add_loader(stage, "train", open_loader(data, true)) == 0 &&
         loom_stage_add_loader(stage, "valid", open_loader(data, false)) == 0 &&
