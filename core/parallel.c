@@ -4,6 +4,7 @@
 #include "core/parallel.h"
 
 #include <cblas.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <uv.h>
 
@@ -50,8 +51,14 @@ static void worker(void *arg) {
   }
 }
 
+/* A forked child has none of the workers (and maybe a held lock): it runs
+ * every job on its one thread. */
+static void after_fork_in_child(void) { the_pool.parts = 1; }
+
 static void start(void) {
   pool *p = &the_pool;
+  if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0)
+    goto serial;
   const char *env = getenv("LOOM_NUM_THREADS");
   long want = env && *env ? strtol(env, NULL, 10) : (long)uv_available_parallelism();
   p->parts = want < 1 ? 1 : want > LOOM_MAX_PARTS ? LOOM_MAX_PARTS : (int)want;

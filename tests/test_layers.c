@@ -3,6 +3,8 @@
  * central differences of the double reference. Plus train/eval behaviour
  * of BatchNorm and Dropout. */
 #include <math.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "helpers.h"
 #include "models/layer_internal.h"
@@ -431,9 +433,32 @@ static void test_cnn_model(void **state) {
   free(dir);
 }
 
+/* A child forked after the pool started has no workers: its layers must
+ * still run (on one thread) rather than wait for them. */
+static void test_fork_after_pool(void **state) {
+  (void)state;
+  loom_conv2d_options o = {.out_channels = 2, .kernel = {3, 3}};
+  harness t;
+  const int64_t shape[3] = {1, 6, 6};
+  setup_layer(&t, loom_conv2d_create(&o), 3, shape, 4);
+  loom_tensor *x = batch_tensor(4, 3, shape), *y = batch_tensor(4, t.ondim, t.oshape);
+  assert_int_equal(t.layer->ops.forward(t.layer->data, x, y, true, NULL), 0);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    alarm(10); /* a deadlock ends the child with SIGALRM */
+    _exit(t.layer->ops.forward(t.layer->data, x, y, true, NULL) == 0 ? 0 : 1);
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  loom_tensor_destroy(x), loom_tensor_destroy(y);
+  teardown_layer(&t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_conv2d),   cmocka_unit_test(test_pooling), cmocka_unit_test(test_batchnorm),
+      cmocka_unit_test(test_fork_after_pool), cmocka_unit_test(test_conv2d),   cmocka_unit_test(test_pooling), cmocka_unit_test(test_batchnorm),
       cmocka_unit_test(test_elementwise), cmocka_unit_test(test_dropout), cmocka_unit_test(test_cnn_model),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
