@@ -93,13 +93,14 @@ static void forward_channels(void *ctx, int part, int64_t first, int64_t last) {
   for (int64_t ch = first; ch < last; ch++) {
     float mean, invstd;
     if (b->last_train) {
-      double s = 0, ss = 0, unused = 0;
+      /* One pass about the channel's first value, which lies within the
+       * data's spread, so the shifted sums do not cancel. */
+      const float center = b->x[ch * S];
+      double s = 0, ss = 0;
       for (int64_t i = 0; i < n; i++)
-        stat_sums(b->x + (i * b->c + ch) * S, S, 0.0f, &s, &unused);
-      double m = s / (double)M, shifted = 0;
-      for (int64_t i = 0; i < n; i++) /* about the mean: no cancellation */
-        stat_sums(b->x + (i * b->c + ch) * S, S, (float)m, &shifted, &ss);
-      double var = ss / (double)M;
+        stat_sums(b->x + (i * b->c + ch) * S, S, center, &s, &ss);
+      double shift = s / (double)M, m = center + shift;
+      double var = fmax(ss / (double)M - shift * shift, 0.0);
       mean = (float)m;
       invstd = (float)(1.0 / sqrt(var + b->eps));
       /* The running variance is the unbiased estimate, as PyTorch keeps it. */

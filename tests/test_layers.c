@@ -295,6 +295,17 @@ static void test_batchnorm(void **state) {
   float want = t.params[0] * (0.0f - t.buffers[0]) / sqrtf(t.buffers[6] + 1e-5f) + t.params[6];
   assert_true(fabsf(loom_tensor_data(y)[0] - want) < 1e-5f);
   loom_tensor_destroy(x), loom_tensor_destroy(y);
+  /* A large offset (1000 + 0.1 k) does not cancel the variance away: the
+   * outputs are (0.1 k - 0.2) / sqrt(0.02 + eps). */
+  for (int i = 0; i < 30; i++)
+    xs[i] = 1000.0f + 0.1f * (float)(i / 6);
+  x = loom_tensor_view(xs, 2, shape), y = loom_tensor_create(2, shape);
+  for (int ch = 0; ch < 6; ch++)
+    t.params[ch] = 1.0f, t.params[6 + ch] = 0.0f;
+  assert_int_equal(t.layer->ops.forward(t.layer->data, x, y, true, NULL), 0);
+  for (int i = 0; i < 30; i++)
+    assert_true(fabs(loom_tensor_data(y)[i] - (0.1 * (i / 6) - 0.2) / sqrt(0.02 + 1e-5)) < 5e-3);
+  loom_tensor_destroy(x), loom_tensor_destroy(y);
   teardown_layer(&t);
 }
 
