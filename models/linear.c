@@ -1,11 +1,11 @@
 /* Linear: y = x W^T + b; the products are OpenBLAS sgemm. Inputs of any
  * sample shape are read as flat rows of in_features. */
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "models/gemm.h"
 #include "models/layer_internal.h"
 
 typedef struct linear {
@@ -73,8 +73,8 @@ static int linear_forward(void *data, const loom_tensor *x, loom_tensor *y, bool
     for (int64_t i = 0; i < n; i++)
       memcpy(out + i * l->out, l->b, (size_t)l->out * sizeof(float));
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)l->out, (int)l->in, 1.0f, x->data,
-              (int)l->in, l->w, (int)l->in, l->has_bias ? 1.0f : 0.0f, out, (int)l->out);
+  loom_gemm(false, true, n, l->out, l->in, 1.0f, x->data, l->in, l->w, l->in, l->has_bias ? 1.0f : 0.0f, out,
+            l->out);
   return 0;
 }
 
@@ -85,8 +85,7 @@ static int linear_backward(void *data, const loom_tensor *x, const loom_tensor *
   const int64_t n = x->shape[0];
   /* dW += dy^T x */
   if (param_grads)
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)l->out, (int)l->in, (int)n, 1.0f, dy->data,
-                (int)l->out, x->data, (int)l->in, 1.0f, l->dw, (int)l->in);
+    loom_gemm(true, false, l->out, l->in, n, 1.0f, dy->data, l->out, x->data, l->in, 1.0f, l->dw, l->in);
   if (param_grads && l->has_bias) {
     float *restrict db = l->db;
     const float *restrict g = dy->data;
@@ -96,8 +95,7 @@ static int linear_backward(void *data, const loom_tensor *x, const loom_tensor *
   }
   /* dx = dy W */
   if (dx)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)l->in, (int)l->out, 1.0f, dy->data,
-                (int)l->out, l->w, (int)l->in, 0.0f, dx->data, (int)l->in);
+    loom_gemm(false, false, n, l->in, l->out, 1.0f, dy->data, l->out, l->w, l->in, 0.0f, dx->data, l->in);
   return 0;
 }
 

@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "core/parallel.h"
 #include "models/optimizer_internal.h"
 
 loom_optimizer *loom_optimizer_new(const optimizer_ops *ops, double lr) {
@@ -69,6 +70,36 @@ void loom_optimizer_set_no_decay_bias_norm(loom_optimizer *opt, bool on) { opt->
 
 const char *loom_optimizer_type(const loom_optimizer *opt) { return opt->ops->type; }
 
+/* One update call over [off, off + len), cut over the in-layer pool:
+ * updates are elementwise, so the cut changes no result. */
+typedef struct update_job {
+  const loom_optimizer *opt;
+  float *p;
+  const float *g;
+  size_t total, off;
+  int64_t step;
+  double lr, wd;
+} update_job;
+
+static void update_part(void *ctx, int part, int64_t begin, int64_t end) {
+  (void)part;
+  const update_job *u = ctx;
+  u->opt->ops->update(u->opt, u->p, u->g, u->opt->state, u->total, u->off + (size_t)begin, (size_t)(end - begin),
+                      u->step, u->lr, u->wd);
+}
+
+/* Below this many parameters the hand-off costs more than the half saves. */
+#define PARALLEL_UPDATE 16384
+
+static void update(const loom_optimizer *opt, float *p, const float *g, size_t total, size_t off, size_t len,
+                   double lr, double wd) {
+  update_job u = {opt, p, g, total, off, opt->steps, lr, wd};
+  if (len < PARALLEL_UPDATE)
+    update_part(&u, 0, 0, (int64_t)len);
+  else
+    loom_parallel_for((int64_t)len, update_part, &u);
+}
+
 int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {
   size_t n = loom_model_num_params(model);
   if (!loom_model_is_built(model))
@@ -104,9 +135,9 @@ int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {
     double lr = opt->lr * (gr ? gr->lr_scale : 1.0), wd = gr ? gr->weight_decay : opt->ops->weight_decay(opt);
     size_t decayed = opt->no_decay_bias_norm ? loom_model_layer_decayed(model, i) : count;
     if (decayed)
-      opt->ops->update(opt, p, g, opt->state, n, off, decayed, opt->steps, lr, wd);
+      update(opt, p, g, n, off, decayed, lr, wd);
     if (count > decayed)
-      opt->ops->update(opt, p, g, opt->state, n, off + decayed, count - decayed, opt->steps, lr, 0.0);
+      update(opt, p, g, n, off + decayed, count - decayed, lr, 0.0);
   }
   return 0;
 }

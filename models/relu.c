@@ -2,28 +2,58 @@
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "core/parallel.h"
 #include "core/simd.h"
 #include "models/layer_internal.h"
 
 
-LOOM_HOT static int relu_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
-  (void)data, (void)train, (void)rng;
-  const float *restrict in = x->data;
-  float *restrict out = y->data;
-  for (int64_t i = 0; i < x->numel; i++)
+/* Elementwise, so cut over the in-layer pool when large enough to pay. */
+#define PARALLEL_ELEMS 65536
+
+typedef struct relu_job {
+  const float *x, *y, *dy;
+  float *out;
+} relu_job;
+
+LOOM_HOT static void forward_range(void *ctx, int part, int64_t begin, int64_t end) {
+  (void)part;
+  const relu_job *j = ctx;
+  const float *restrict in = j->x;
+  float *restrict out = j->out;
+  for (int64_t i = begin; i < end; i++)
     out[i] = in[i] > 0.0f ? in[i] : 0.0f;
+}
+
+LOOM_HOT static void backward_range(void *ctx, int part, int64_t begin, int64_t end) {
+  (void)part;
+  const relu_job *j = ctx;
+  const float *restrict y = j->y, *restrict g = j->dy;
+  float *restrict d = j->out;
+  for (int64_t i = begin; i < end; i++)
+    d[i] = y[i] > 0.0f ? g[i] : 0.0f;
+}
+
+static void run(int64_t n, loom_parallel_fn fn, relu_job *j) {
+  if (n < PARALLEL_ELEMS)
+    fn(j, 0, 0, n);
+  else
+    loom_parallel_for(n, fn, j);
+}
+
+static int relu_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
+  (void)data, (void)train, (void)rng;
+  relu_job j = {.x = x->data, .out = y->data};
+  run(x->numel, forward_range, &j);
   return 0;
 }
 
-LOOM_HOT static int relu_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
-                                  loom_tensor *dx, bool param_grads) {
+static int relu_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
+                         loom_tensor *dx, bool param_grads) {
   (void)data, (void)x, (void)param_grads;
   if (!dx)
     return 0;
-  const float *restrict out = y->data, *restrict g = dy->data;
-  float *restrict d = dx->data;
-  for (int64_t i = 0; i < y->numel; i++)
-    d[i] = out[i] > 0.0f ? g[i] : 0.0f;
+  relu_job j = {.y = y->data, .dy = dy->data, .out = dx->data};
+  run(y->numel, backward_range, &j);
   return 0;
 }
 

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "helpers.h"
+#include "models/gemm.h"
 #include "models/layer_internal.h"
 
 #define H 1e-6
@@ -467,10 +468,74 @@ static void test_fork_after_pool(void **state) {
   teardown_layer(&t);
 }
 
+/* --- Products and elementwise layers on their parallel paths --- */
+
+/* loom_gemm against a double product, for each transpose and shapes that
+ * are cut along rows (M >= N) or along columns, from operands stored with
+ * wider rows than they use (lda, ldb, ldc beyond the minimum). */
+static void test_gemm_products(void **state) {
+  (void)state;
+  const int64_t shapes[][3] = {{150, 40, 60}, {40, 150, 60}, {97, 131, 33}, {3, 5, 7}};
+  loom_rng rng;
+  loom_rng_seed(&rng, 21, 0, 0);
+  for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+    for (int ta = 0; ta < 2; ta++)
+      for (int tb = 0; tb < 2; tb++) {
+        const int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+        const int64_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+        const int64_t lda = ac + 3, ldb = bc + 5, ldc = N + 2;
+        float *a = malloc((size_t)(ar * lda) * sizeof *a), *b = malloc((size_t)(br * ldb) * sizeof *b);
+        float *c = malloc((size_t)(M * ldc) * sizeof *c);
+        for (int64_t i = 0; i < ar * lda; i++)
+          a[i] = 2.0f * loom_rng_uniform(&rng) - 1.0f;
+        for (int64_t i = 0; i < br * ldb; i++)
+          b[i] = 2.0f * loom_rng_uniform(&rng) - 1.0f;
+        for (int64_t i = 0; i < M * ldc; i++)
+          c[i] = (float)(i % 9) - 4.0f;
+        float *keep = malloc((size_t)(M * ldc) * sizeof *keep);
+        memcpy(keep, c, (size_t)(M * ldc) * sizeof *c);
+        loom_gemm(ta, tb, M, N, K, 0.5f, a, lda, b, ldb, 2.0f, c, ldc);
+        for (int64_t i = 0; i < M; i++)
+          for (int64_t j = 0; j < ldc; j++) {
+            if (j >= N) { /* the padding of C's rows is not written */
+              assert_true(c[i * ldc + j] == keep[i * ldc + j]);
+              continue;
+            }
+            double want = 2.0 * keep[i * ldc + j];
+            for (int64_t k = 0; k < K; k++)
+              want += 0.5 * (double)(ta ? a[k * lda + i] : a[i * lda + k]) * (tb ? b[j * ldb + k] : b[k * ldb + j]);
+            close_to(c[i * ldc + j], want, 1e-5, "gemm", i * ldc + j);
+          }
+        free(a), free(b), free(c), free(keep);
+      }
+}
+
+/* ReLU on a tensor large enough to be split over the pool. */
+static void test_relu_large(void **state) {
+  (void)state;
+  enum { N = 300000 };
+  int64_t shape[1] = {N};
+  loom_layer *l = loom_relu_create();
+  loom_tensor *x = loom_tensor_create(1, shape), *y = loom_tensor_create(1, shape);
+  loom_tensor *dy = loom_tensor_create(1, shape), *dx = loom_tensor_create(1, shape);
+  for (int i = 0; i < N; i++)
+    loom_tensor_data(x)[i] = (float)(i % 11) - 5.0f, loom_tensor_data(dy)[i] = (float)(i % 3) + 1.0f;
+  assert_int_equal(l->ops.forward(l->data, x, y, true, NULL), 0);
+  assert_int_equal(l->ops.backward(l->data, x, y, dy, dx, false), 0);
+  for (int i = 0; i < N; i++) {
+    float v = (float)(i % 11) - 5.0f;
+    assert_true(loom_tensor_data(y)[i] == (v > 0 ? v : 0.0f));
+    assert_true(loom_tensor_data(dx)[i] == (v > 0 ? (float)(i % 3) + 1.0f : 0.0f));
+  }
+  loom_tensor_destroy(x), loom_tensor_destroy(y), loom_tensor_destroy(dy), loom_tensor_destroy(dx);
+  loom_layer_destroy(l);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fork_after_pool), cmocka_unit_test(test_conv2d),   cmocka_unit_test(test_pooling), cmocka_unit_test(test_batchnorm),
       cmocka_unit_test(test_elementwise), cmocka_unit_test(test_dropout), cmocka_unit_test(test_cnn_model),
+      cmocka_unit_test(test_gemm_products), cmocka_unit_test(test_relu_large),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

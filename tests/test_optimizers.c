@@ -256,13 +256,49 @@ static void test_groups_and_no_decay(void **state) {
   loom_model_destroy(m);
 }
 
+/* A model large enough that the update is split over the pool: every
+ * parameter must take the same first Adam step, lr * sign(g) (see
+ * test_adam), and SGD's p - lr g, wherever the split falls. */
+static void test_large_model_steps(void **state) {
+  (void)state;
+  loom_model *m = loom_model_create();
+  assert_int_equal(loom_model_add(m, "fc", loom_linear_create(300, 101, true)), 0);
+  int64_t in = 300;
+  assert_int_equal(loom_model_build(m, 1, &in, 1), 0);
+  const size_t n = loom_model_num_params(m);
+  assert_int_equal(n, 300 * 101 + 101);
+  float *p = loom_model_params(m), *g = loom_model_grads(m);
+  for (int pass = 0; pass < 2; pass++) {
+    for (size_t i = 0; i < n; i++)
+      p[i] = (float)(i % 13) * 0.25f, g[i] = (float)(i % 7) - 3.0f;
+    loom_optimizer *opt;
+    if (pass == 0) {
+      loom_adam_options o = loom_adam_defaults();
+      o.lr = 0.01;
+      opt = loom_adam_create(&o);
+    } else {
+      loom_sgd_options o = {.lr = 0.01, .momentum = 0.9}; /* the first step: buffer = g */
+      opt = loom_sgd_create(&o);
+    }
+    assert_int_equal(loom_optimizer_step(opt, m), 0);
+    for (size_t i = 0; i < n; i++) {
+      double gi = (double)(i % 7) - 3.0, want = (double)(i % 13) * 0.25;
+      want -= pass == 0 ? (gi > 0 ? 0.01 : gi < 0 ? -0.01 : 0.0) : 0.01 * gi;
+      if (fabs(p[i] - want) > 2e-6 * fmax(1.0, fabs(want)))
+        fail_msg("%s param %zu: got %.9g, expected %.9g", pass == 0 ? "adam" : "sgd", i, p[i], want);
+    }
+    loom_optimizer_destroy(opt);
+  }
+  loom_model_destroy(m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_sgd_plain_weight_decay), cmocka_unit_test(test_sgd_momentum),
       cmocka_unit_test(test_sgd_nesterov),           cmocka_unit_test(test_sgd_momentum_dampening_weight_decay),
       cmocka_unit_test(test_adam),                   cmocka_unit_test(test_adam_weight_decay),
       cmocka_unit_test(test_adamw),                  cmocka_unit_test(test_rmsprop),
-      cmocka_unit_test(test_groups_and_no_decay),
+      cmocka_unit_test(test_groups_and_no_decay),    cmocka_unit_test(test_large_model_steps),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
