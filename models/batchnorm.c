@@ -53,32 +53,51 @@ static void bn_init(void *data, loom_rng *rng) {
     b->gamma[i] = 1.0f, b->beta[i] = 0.0f, b->running_mean[i] = 0.0f, b->running_var[i] = 1.0f;
 }
 
-/* Sums over one channel's row of S values, in 8 float lanes so the loop
- * vectorises; rows add up in double. With g = dy, or x - center without
- * dy: *a += sum g, *b += sum g (x - center). Two loops, so that neither
- * carries a branch. */
+/* Sums over one channel's row of S values, in 8 float lanes (a vector
+ * type, so every clone keeps the same lanes and the same results); rows
+ * add up in double. With g = dy, or x - center without dy:
+ * *a += sum g, *b += sum g (x - center). */
+typedef float lanes __attribute__((vector_size(32)));
 #define LANES 8
-#define ROW_SUMS(G)                                                                                                    \
-  float la[LANES] = {0}, lb[LANES] = {0};                                                                              \
-  int64_t k = 0;                                                                                                       \
-  for (; k + LANES <= S; k += LANES)                                                                                   \
-    for (int j = 0; j < LANES; j++) {                                                                                  \
-      float d = x[k + j] - center, g = G(k + j);                                                                       \
-      la[j] += g, lb[j] += g * d;                                                                                      \
-    }                                                                                                                  \
-  for (; k < S; k++) {                                                                                                 \
-    float d = x[k] - center, g = G(k);                                                                                 \
-    la[0] += g, lb[0] += g * d;                                                                                        \
-  }                                                                                                                    \
-  for (int j = 0; j < LANES; j++)                                                                                      \
-    *a += la[j], *b += lb[j]
-#define CENTERED(i) (x[i] - center)
-#define GRADIENT(i) dy[i]
 
-LOOM_HOT static void stat_sums(const float *x, int64_t S, float center, double *a, double *b) { ROW_SUMS(CENTERED); }
+/* Macros rather than functions: a vector passed by value to a baseline
+ * x86-64 function changes the ABI. */
+#define LOAD(dst, p) memcpy(&(dst), (p), sizeof(dst))
+#define ADD_LANES(la, lb, a, b)                                                                                        \
+  for (int j = 0; j < LANES; j++)                                                                                      \
+  *(a) += (la)[j], *(b) += (lb)[j]
+
+LOOM_HOT static void stat_sums(const float *x, int64_t S, float center, double *a, double *b) {
+  const lanes c = center - (lanes){0};
+  lanes la = {0}, lb = {0};
+  int64_t k = 0;
+  for (; k + LANES <= S; k += LANES) {
+    lanes d;
+    LOAD(d, x + k);
+    d -= c;
+    la += d, lb += d * d;
+  }
+  for (; k < S; k++) {
+    float d = x[k] - center;
+    la[0] += d, lb[0] += d * d;
+  }
+  ADD_LANES(la, lb, a, b);
+}
 
 LOOM_HOT static void grad_sums(const float *x, const float *dy, int64_t S, float center, double *a, double *b) {
-  ROW_SUMS(GRADIENT);
+  const lanes c = center - (lanes){0};
+  lanes la = {0}, lb = {0};
+  int64_t k = 0;
+  for (; k + LANES <= S; k += LANES) {
+    lanes g, v;
+    LOAD(g, dy + k), LOAD(v, x + k);
+    la += g, lb += g * (v - c);
+  }
+  for (; k < S; k++) {
+    float g = dy[k];
+    la[0] += g, lb[0] += g * (x[k] - center);
+  }
+  ADD_LANES(la, lb, a, b);
 }
 
 LOOM_HOT static void affine(const float *x, float *y, int64_t S, float scale, float mean, float shift) {
