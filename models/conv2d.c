@@ -130,14 +130,20 @@ LOOM_HOT static void im2col(const conv *c, const float *x, float *col) {
             memset(out, 0, (size_t)c->ow * sizeof *out);
             continue;
           }
+          /* Plain loops, not memcpy/memset: rows are a few dozen floats,
+           * where the calls cost more than the copying. */
           const float *in = x + (ci * c->h + iy) * c->w + off;
-          memset(out, 0, (size_t)lo * sizeof *out);
+          int64_t ox = 0;
+          for (; ox < lo; ox++)
+            out[ox] = 0.0f;
           if (c->sw == 1)
-            memcpy(out + lo, in + lo, (size_t)(hi - lo) * sizeof *out);
+            for (; ox < hi; ox++)
+              out[ox] = in[ox];
           else
-            for (int64_t ox = lo; ox < hi; ox++)
+            for (; ox < hi; ox++)
               out[ox] = in[ox * c->sw];
-          memset(out + hi, 0, (size_t)(c->ow - hi) * sizeof *out);
+          for (; ox < c->ow; ox++)
+            out[ox] = 0.0f;
         }
       }
   }
