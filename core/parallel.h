@@ -7,15 +7,17 @@
 #include <stdint.h>
 
 /* How many parts loom_parallel_for splits into: the cores available, or
- * LOOM_NUM_THREADS if set (1 turns the pool off). At most LOOM_MAX_PARTS. */
+ * LOOM_NUM_THREADS if set (1 turns the pool off). At most LOOM_MAX_PARTS.
+ * The first call starts the pool; with more than one part it also sets
+ * OpenBLAS single-threaded for the process (the pool owns the cores). */
 #define LOOM_MAX_PARTS 16
 int loom_parallel_parts(void);
 
 typedef void (*loom_parallel_fn)(void *ctx, int part, int64_t begin, int64_t end);
 /* Runs fn over [0, n) in contiguous parts, part 0 on the calling thread,
- * and returns when all are done. OpenBLAS runs single-threaded meanwhile, so
- * each part's products stay on its core. Falls back to one part if the
- * pool could not start. */
+ * and returns when all are done. Runs on the calling thread alone when the
+ * pool could not start, n < 2, or another job holds the pool (a nested
+ * call from inside a part, or a second training thread). */
 void loom_parallel_for(int64_t n, loom_parallel_fn fn, void *ctx);
 
 #endif

@@ -18,8 +18,9 @@ typedef struct bn {
   float *running_mean, *running_var; /* buffers */
   float *mean, *invstd;              /* of the last training forward */
   bool last_train;
+  bool relu; /* fused with the ReLU after it (loom_layer_ops.fuse_relu) */
   /* The current pass, for the parts. */
-  const float *x, *dy;
+  const float *x, *dy, *y_in; /* y_in: the output, for the fused ReLU's mask */
   float *y, *dx;
   int64_t n;
   bool param_grads;
@@ -58,6 +59,7 @@ static void bn_init(void *data, loom_rng *rng) {
  * add up in double. With g = dy, or x - center without dy:
  * *a += sum g, *b += sum g (x - center). */
 typedef float lanes __attribute__((vector_size(32)));
+typedef int32_t mask_lanes __attribute__((vector_size(32)));
 #define LANES 8
 
 /* Macros rather than functions: a vector passed by value to a baseline
@@ -84,25 +86,39 @@ LOOM_HOT static void stat_sums(const float *x, int64_t S, float center, double *
   ADD_LANES(la, lb, a, b);
 }
 
-LOOM_HOT static void grad_sums(const float *x, const float *dy, int64_t S, float center, double *a, double *b) {
-  const lanes c = center - (lanes){0};
+/* With `out` (a fused ReLU's output), dy counts only where out > 0: the
+ * same values the ReLU layer's backward would have passed down. */
+LOOM_HOT static void grad_sums(const float *x, const float *dy, const float *out, int64_t S, float center, double *a,
+                               double *b) {
+  const lanes c = center - (lanes){0}, zero = {0};
   lanes la = {0}, lb = {0};
   int64_t k = 0;
   for (; k + LANES <= S; k += LANES) {
     lanes g, v;
     LOAD(g, dy + k), LOAD(v, x + k);
+    if (out) {
+      lanes o;
+      LOAD(o, out + k);
+      g = (lanes)((mask_lanes)g & (o > zero));
+    }
     la += g, lb += g * (v - c);
   }
   for (; k < S; k++) {
-    float g = dy[k];
+    float g = out && !(out[k] > 0.0f) ? 0.0f : dy[k];
     la[0] += g, lb[0] += g * (x[k] - center);
   }
   ADD_LANES(la, lb, a, b);
 }
 
-LOOM_HOT static void affine(const float *x, float *y, int64_t S, float scale, float mean, float shift) {
-  for (int64_t k = 0; k < S; k++)
-    y[k] = scale * (x[k] - mean) + shift;
+LOOM_HOT static void affine(const float *x, float *y, int64_t S, float scale, float mean, float shift, bool relu) {
+  if (relu)
+    for (int64_t k = 0; k < S; k++) {
+      float v = scale * (x[k] - mean) + shift;
+      y[k] = v > 0.0f ? v : 0.0f; /* as the ReLU layer: NaN becomes 0 */
+    }
+  else
+    for (int64_t k = 0; k < S; k++)
+      y[k] = scale * (x[k] - mean) + shift;
 }
 
 static void forward_channels(void *ctx, int part, int64_t first, int64_t last) {
@@ -133,7 +149,7 @@ static void forward_channels(void *ctx, int part, int64_t first, int64_t last) {
     b->mean[ch] = mean, b->invstd[ch] = invstd;
     const float scale = b->gamma[ch] * invstd, shift = b->beta[ch];
     for (int64_t i = 0; i < n; i++)
-      affine(b->x + (i * b->c + ch) * S, b->y + (i * b->c + ch) * S, S, scale, mean, shift);
+      affine(b->x + (i * b->c + ch) * S, b->y + (i * b->c + ch) * S, S, scale, mean, shift, b->relu);
   }
 }
 
@@ -147,10 +163,16 @@ static int bn_forward(void *data, const loom_tensor *x, loom_tensor *y, bool tra
 }
 
 /* dx = scale (dy - mean_dy - (x - mean) k), k = invstd mean(dy xhat). */
-LOOM_HOT static void bn_dx(const float *x, const float *dy, float *dx, int64_t S, float scale, float mean, float k,
-                           float mean_dy) {
-  for (int64_t j = 0; j < S; j++)
-    dx[j] = scale * (dy[j] - mean_dy - (x[j] - mean) * k);
+LOOM_HOT static void bn_dx(const float *x, const float *dy, const float *out, float *dx, int64_t S, float scale,
+                           float mean, float k, float mean_dy) {
+  if (out)
+    for (int64_t j = 0; j < S; j++) {
+      float g = out[j] > 0.0f ? dy[j] : 0.0f;
+      dx[j] = scale * (g - mean_dy - (x[j] - mean) * k);
+    }
+  else
+    for (int64_t j = 0; j < S; j++)
+      dx[j] = scale * (dy[j] - mean_dy - (x[j] - mean) * k);
 }
 
 static void backward_channels(void *ctx, int part, int64_t first, int64_t last) {
@@ -160,8 +182,10 @@ static void backward_channels(void *ctx, int part, int64_t first, int64_t last) 
   for (int64_t ch = first; ch < last; ch++) {
     const float mean = b->mean[ch], invstd = b->invstd[ch];
     double sum_dy = 0, sum_dy_xhat = 0;
+    const float *out = b->relu ? b->y_in : NULL;
     for (int64_t i = 0; i < n; i++)
-      grad_sums(b->x + (i * b->c + ch) * S, b->dy + (i * b->c + ch) * S, S, mean, &sum_dy, &sum_dy_xhat);
+      grad_sums(b->x + (i * b->c + ch) * S, b->dy + (i * b->c + ch) * S, out ? out + (i * b->c + ch) * S : NULL, S,
+                mean, &sum_dy, &sum_dy_xhat);
     sum_dy_xhat *= invstd;
     if (b->param_grads) {
       b->dgamma[ch] += (float)sum_dy_xhat;
@@ -173,18 +197,23 @@ static void backward_channels(void *ctx, int part, int64_t first, int64_t last) 
     const float scale = b->gamma[ch] * invstd, mean_dy = b->last_train ? (float)(sum_dy / (double)M) : 0.0f,
                 mean_dy_xhat = b->last_train ? (float)(sum_dy_xhat / (double)M) : 0.0f;
     for (int64_t i = 0; i < n; i++)
-      bn_dx(b->x + (i * b->c + ch) * S, b->dy + (i * b->c + ch) * S, b->dx + (i * b->c + ch) * S, S, scale, mean,
-            invstd * mean_dy_xhat, mean_dy);
+      bn_dx(b->x + (i * b->c + ch) * S, b->dy + (i * b->c + ch) * S, out ? out + (i * b->c + ch) * S : NULL,
+            b->dx + (i * b->c + ch) * S, S, scale, mean, invstd * mean_dy_xhat, mean_dy);
   }
 }
 
 static int bn_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
                        loom_tensor *dx, bool param_grads) {
-  (void)y;
   bn *b = data;
+  b->y_in = y->data;
   b->x = x->data, b->dy = dy->data, b->dx = dx ? dx->data : NULL, b->n = x->shape[0], b->param_grads = param_grads;
   loom_parallel_for(b->c, backward_channels, b);
   return 0;
+}
+
+static bool bn_fuse_relu(void *data) {
+  ((bn *)data)->relu = true;
+  return true;
 }
 
 static void bn_destroy(void *data) {
@@ -204,6 +233,7 @@ static const loom_layer_ops bn_ops = {
     .forward = bn_forward,
     .backward = bn_backward,
     .destroy = bn_destroy,
+    .fuse_relu = bn_fuse_relu,
 };
 
 loom_layer *loom_batchnorm_create(int64_t channels, float eps, float momentum) {

@@ -16,6 +16,7 @@ typedef struct entry {
   loom_tensor *out;  /* activation */
   loom_tensor *dout; /* its gradient */
   bool frozen;
+  bool fused; /* a ReLU the layer before applies: out and dout are that layer's */
 } entry;
 
 struct loom_model {
@@ -46,8 +47,10 @@ void loom_model_destroy(loom_model *m) {
     return;
   for (size_t i = 0; i < m->count; i++) {
     loom_layer_destroy(m->layers[i].layer);
-    loom_tensor_destroy(m->layers[i].out);
-    loom_tensor_destroy(m->layers[i].dout);
+    if (!m->layers[i].fused) {
+      loom_tensor_destroy(m->layers[i].out);
+      loom_tensor_destroy(m->layers[i].dout);
+    }
     free(m->layers[i].name);
   }
   free(m->layers);
@@ -146,6 +149,21 @@ static int alloc_activations(entry *e) {
   return (e->out && e->dout) ? 0 : LOOM_ENOMEM;
 }
 
+/* A ReLU after a layer that can apply it (BatchNorm) shares that layer's
+ * activation and gradient: one pass over memory less each way. Not the
+ * last layer, whose output the caller's loss gradient is shaped for. */
+static void fuse_relus(loom_model *m) {
+  for (size_t i = 1; i + 1 < m->count; i++) {
+    entry *prev = &m->layers[i - 1], *e = &m->layers[i];
+    if (prev->fused || strcmp(loom_layer_type(e->layer), "ReLU") != 0 || !prev->layer->ops.fuse_relu ||
+        !prev->layer->ops.fuse_relu(prev->layer->data))
+      continue;
+    loom_tensor_destroy(e->out);
+    loom_tensor_destroy(e->dout);
+    e->out = prev->out, e->dout = prev->dout, e->fused = true;
+  }
+}
+
 int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint64_t seed) {
   if (m->built)
     return loom_error_set(LOOM_ESTATE, "loom_model_build: the model is already built");
@@ -191,6 +209,7 @@ int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint6
     if (e->layer->ops.init)
       e->layer->ops.init(e->layer->data, &rng);
   }
+  fuse_relus(m);
   m->built = true;
   return rebuild_ranges(m);
 }
@@ -223,6 +242,10 @@ int loom_model_forward(loom_model *m, const loom_tensor *x, const loom_tensor **
   shape[0] = x->shape[0];
   for (size_t i = 0; i < m->count; i++) {
     entry *e = &m->layers[i];
+    if (e->fused) { /* applied by the layer before, in place */
+      cur = e->out;
+      continue;
+    }
     memcpy(shape + 1, e->out_shape, (size_t)e->out_ndim * sizeof *shape);
     if ((rc = loom_tensor_resize(e->out, e->out_ndim + 1, shape)) < 0)
       return rc;
@@ -249,6 +272,8 @@ int loom_model_backward(loom_model *m, const loom_tensor *dout) {
       lowest = i;
   for (size_t i = m->count; i-- > lowest;) {
     entry *e = &m->layers[i];
+    if (e->fused) /* the layer before takes dout through it */
+      continue;
     const loom_tensor *in = i ? m->layers[i - 1].out : m->last_input;
     loom_tensor *din = NULL;
     if (i > lowest) {

@@ -468,6 +468,65 @@ static void test_fork_after_pool(void **state) {
   teardown_layer(&t);
 }
 
+/* BatchNorm followed by ReLU: the model fuses them (the ReLU layer's own
+ * passes never run) and the result is bit-identical to the two layers
+ * run apart, forward and backward, in training and in evaluation. */
+static int relu_calls;
+static int (*relu_forward_op)(void *, const loom_tensor *, loom_tensor *, bool, loom_rng *);
+static int counting_relu(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
+  relu_calls++;
+  return relu_forward_op(data, x, y, train, rng);
+}
+
+static loom_model *bn_relu_model(bool fusable) {
+  loom_model *m = loom_model_create();
+  loom_conv2d_options c = {.out_channels = 3, .kernel = {3, 3}, .padding = {1, 1}};
+  loom_layer *bn = loom_batchnorm_create(3, 1e-5f, 0.1f), *relu = loom_relu_create();
+  if (!fusable)
+    bn->ops.fuse_relu = NULL;
+  relu_forward_op = relu->ops.forward;
+  relu->ops.forward = counting_relu;
+  assert_int_equal(loom_model_add(m, "conv", loom_conv2d_create(&c)), 0);
+  assert_int_equal(loom_model_add(m, "bn", bn), 0);
+  assert_int_equal(loom_model_add(m, "relu", relu), 0);
+  assert_int_equal(loom_model_add(m, "flat", loom_flatten_create()), 0);
+  assert_int_equal(loom_model_add(m, "fc", loom_linear_create(0, 4, true)), 0);
+  const int64_t shape[3] = {2, 5, 5};
+  assert_int_equal(loom_model_build(m, 3, shape, 9), 0);
+  return m;
+}
+
+static void test_fused_bn_relu(void **state) {
+  (void)state;
+  loom_model *fused = bn_relu_model(true), *apart = bn_relu_model(false);
+  const size_t np = loom_model_num_params(fused);
+  enum { N = 6 };
+  loom_tensor *x = loom_tensor_create(4, (int64_t[]){N, 2, 5, 5});
+  loom_tensor *dout = loom_tensor_create(2, (int64_t[]){N, 4});
+  for (int i = 0; i < N * 50; i++)
+    loom_tensor_data(x)[i] = (float)((i * 29) % 17) / 8.0f - 1.0f;
+  for (int i = 0; i < N * 4; i++)
+    loom_tensor_data(dout)[i] = (float)(i % 7) - 3.0f;
+  for (int train = 1; train >= 0; train--) {
+    const loom_tensor *out[2];
+    loom_model *ms[2] = {fused, apart};
+    relu_calls = 0;
+    for (int k = 0; k < 2; k++) {
+      loom_model_set_train(ms[k], train);
+      loom_model_zero_grad(ms[k]);
+      assert_int_equal(loom_model_forward(ms[k], x, &out[k]), 0);
+      assert_int_equal(loom_model_backward(ms[k], dout), 0);
+    }
+    assert_int_equal(relu_calls, 1); /* the unfused model's only */
+    assert_memory_equal(loom_tensor_data(out[0]), loom_tensor_data(out[1]), N * 4 * sizeof(float));
+    assert_memory_equal(loom_model_grads(fused), loom_model_grads(apart), np * sizeof(float));
+    assert_memory_equal(loom_model_buffers(fused), loom_model_buffers(apart),
+                        loom_model_num_buffers(fused) * sizeof(float));
+  }
+  loom_tensor_destroy(x), loom_tensor_destroy(dout);
+  loom_model_destroy(fused), loom_model_destroy(apart);
+}
+
 /* --- Products and elementwise layers on their parallel paths --- */
 
 /* loom_gemm against a double product, for each transpose and shapes that
@@ -535,7 +594,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fork_after_pool), cmocka_unit_test(test_conv2d),   cmocka_unit_test(test_pooling), cmocka_unit_test(test_batchnorm),
       cmocka_unit_test(test_elementwise), cmocka_unit_test(test_dropout), cmocka_unit_test(test_cnn_model),
-      cmocka_unit_test(test_gemm_products), cmocka_unit_test(test_relu_large),
+      cmocka_unit_test(test_gemm_products), cmocka_unit_test(test_relu_large), cmocka_unit_test(test_fused_bn_relu),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -55,6 +55,11 @@ typedef struct loom_layer_ops {
   int (*backward)(void *data, const loom_tensor *in, const loom_tensor *out, const loom_tensor *dout,
                   loom_tensor *din, bool param_grads);
   void (*destroy)(void *data);
+  /* Optional. Called by loom_model_build when a ReLU layer follows this
+   * one: returning true promises that from then on forward writes
+   * relu(output) and backward first zeroes dout where out is not positive;
+   * the ReLU layer then costs no pass over memory of its own. */
+  bool (*fuse_relu)(void *data);
 } loom_layer_ops;
 
 /* `ops` is copied; `data` is owned (freed by ops->destroy, also on failure). */
