@@ -98,6 +98,11 @@ LOOM_HOT static int idx_fetch(void *data, const int64_t *indices, int64_t n, flo
     if (k < 0 || k >= d->labels.count)
       return loom_error_set(LOOM_EINVAL, "IDX dataset: index %lld out of range [0, %lld)", (long long)k,
                             (long long)d->labels.count);
+    /* Samples are scattered over the file's images: ask for the next
+     * one's cache lines while this one converts. */
+    if (i + 1 < n && indices[i + 1] >= 0 && indices[i + 1] < d->labels.count)
+      for (int64_t at = 0; at < size; at += 64)
+        __builtin_prefetch(d->images.bytes + indices[i + 1] * size + at);
     const uint8_t *restrict src = d->images.bytes + k * size;
     float *restrict dst = x + i * size;
     for (int64_t j = 0; j < size; j++)
