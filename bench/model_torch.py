@@ -8,6 +8,7 @@ in the environment (read by OpenBLAS when torch loads it).
 Usage: model_torch.py MODEL [EPOCHS] [DATA_DIR]   (MODEL: mlp, linear32, cnn)
 """
 import gzip
+import ctypes
 import math
 import os
 import resource
@@ -58,6 +59,16 @@ def cosine(warmup, total):
     return lambda t: t / warmup if t < warmup else 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warmup) / (total - warmup))))
 
 
+def blas_core():
+    """The kernel of the OpenBLAS that torch loaded (its Linear products)."""
+    try:
+        lib = ctypes.CDLL("libopenblas.so.0")
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        return lib.openblas_get_corename().decode()
+    except (OSError, AttributeError):
+        return "unknown"
+
+
 def main():
     name = sys.argv[1]
     epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -91,7 +102,7 @@ def main():
                           for i in range(0, len(vx), 128))
         acc = correct / len(vx)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(f"TORCH epoch_s={statistics.median(times):.4f} rss_mb={rss:.1f} valid_acc={acc:.4f}")
+    print(f"TORCH epoch_s={statistics.median(times):.4f} rss_mb={rss:.1f} valid_acc={acc:.4f} blas_core={blas_core()}")
 
 
 if __name__ == "__main__":
