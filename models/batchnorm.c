@@ -54,16 +54,14 @@ static void bn_init(void *data, loom_rng *rng) {
     b->gamma[i] = 1.0f, b->beta[i] = 0.0f, b->running_mean[i] = 0.0f, b->running_var[i] = 1.0f;
 }
 
-/* Sums over one channel's row of S values, in 8 float lanes (a vector
- * type, so every clone keeps the same lanes and the same results); rows
+/* Sums over one channel's row of S values, in 8 float lanes (core/simd.h,
+ * so every clone keeps the same lanes and the same results); rows
  * add up in double. With g = dy, or x - center without dy:
  * *a += sum g, *b += sum g (x - center). */
-typedef float lanes __attribute__((vector_size(32)));
-typedef int32_t mask_lanes __attribute__((vector_size(32)));
-#define LANES 8
+typedef loom_f8 lanes;
+typedef loom_i8 mask_lanes;
+#define LANES LOOM_F8_LANES
 
-/* Macros rather than functions: a vector passed by value to a baseline
- * x86-64 function changes the ABI. */
 #define LOAD(dst, p) memcpy(&(dst), (p), sizeof(dst))
 #define ADD_LANES(la, lb, a, b)                                                                                        \
   for (int j = 0; j < LANES; j++)                                                                                      \

@@ -114,6 +114,37 @@ static void valid_cols(const conv *c, int64_t kj, int64_t *lo, int64_t *hi) {
     *lo = *hi;
 }
 
+/* dst[0, n) = src[0, n) in 8-float moves; a run of 8 or more ends with
+ * a move that overlaps the one before, instead of a scalar tail. */
+static inline void copy_run(float *dst, const float *src, int64_t n) {
+  loom_f8 v;
+  if (n < LOOM_F8_LANES) {
+    for (int64_t k = 0; k < n; k++)
+      dst[k] = src[k];
+    return;
+  }
+  for (int64_t k = 0; k + LOOM_F8_LANES < n; k += LOOM_F8_LANES) {
+    memcpy(&v, src + k, sizeof v);
+    memcpy(dst + k, &v, sizeof v);
+  }
+  memcpy(&v, src + n - LOOM_F8_LANES, sizeof v);
+  memcpy(dst + n - LOOM_F8_LANES, &v, sizeof v);
+}
+
+/* dst[0, n) += src[0, n), 8 lanes at a time (adds must not overlap). */
+static inline void add_run(float *dst, const float *src, int64_t n) {
+  int64_t k = 0;
+  for (; k + LOOM_F8_LANES <= n; k += LOOM_F8_LANES) {
+    loom_f8 a, b;
+    memcpy(&a, dst + k, sizeof a);
+    memcpy(&b, src + k, sizeof b);
+    a += b;
+    memcpy(dst + k, &a, sizeof a);
+  }
+  for (; k < n; k++)
+    dst[k] += src[k];
+}
+
 /* col[(ci kh + ki) kw + kj][oy ow + ox] = x[ci][oy sh - ph + ki dh][ox sw - pw + kj dw] (0 outside). */
 LOOM_HOT static void im2col(const conv *c, const float *x, float *col) {
   const int64_t L = c->oh * c->ow;
@@ -130,16 +161,16 @@ LOOM_HOT static void im2col(const conv *c, const float *x, float *col) {
             memset(out, 0, (size_t)c->ow * sizeof *out);
             continue;
           }
-          /* Plain loops, not memcpy/memset: rows are a few dozen floats,
-           * where the calls cost more than the copying. */
+          /* Rows are a few dozen floats, too short for memcpy calls or
+           * gcc's 16-wide loops: copy in 8-lane moves. */
           const float *in = x + (ci * c->h + iy) * c->w + off;
           int64_t ox = 0;
           for (; ox < lo; ox++)
             out[ox] = 0.0f;
-          if (c->sw == 1)
-            for (; ox < hi; ox++)
-              out[ox] = in[ox];
-          else
+          if (c->sw == 1) {
+            copy_run(out + lo, in + lo, hi - lo);
+            ox = hi;
+          } else
             for (; ox < hi; ox++)
               out[ox] = in[ox * c->sw];
           for (; ox < c->ow; ox++)
@@ -164,8 +195,11 @@ LOOM_HOT static void col2im(const conv *c, const float *col, float *dx) {
             continue;
           float *d = dx + (ci * c->h + iy) * c->w + off;
           const float *src = row + oy * c->ow;
-          for (int64_t ox = lo; ox < hi; ox++)
-            d[ox * c->sw] += src[ox];
+          if (c->sw == 1)
+            add_run(d + lo, src + lo, hi - lo);
+          else
+            for (int64_t ox = lo; ox < hi; ox++)
+              d[ox * c->sw] += src[ox];
         }
       }
   }

@@ -154,7 +154,12 @@ static void test_conv2d(void **state) {
   const conv_ctx cases[] = {{2, 5, 6, 3, 3, 3, 1, 1, 0, 0, 1, 1, 0, 0},
                             {2, 6, 7, 4, 3, 2, 2, 1, 1, 1, 1, 2, 0, 0},
                             {2, 7, 8, 3, 3, 3, 1, 2, 1, 1, 1, 1, 0, 0},
-                            {1, 5, 9, 2, 2, 3, 1, 3, 0, 2, 1, 2, 0, 0}};
+                            {1, 5, 9, 2, 2, 3, 1, 3, 0, 2, 1, 2, 0, 0},
+                            /* rows of 8, 9-10 and 19-21 floats: im2col's and
+                             * col2im's 8-lane moves, their tails and overlaps */
+                            {1, 3, 8, 2, 1, 1, 1, 1, 0, 0, 1, 1, 0, 0},
+                            {2, 3, 10, 2, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0},
+                            {1, 4, 21, 2, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0}};
   for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
     conv_ctx c = cases[k];
     loom_conv2d_options o = {.in_channels = c.c, .out_channels = c.o, .kernel = {c.kh, c.kw},
