@@ -14,6 +14,14 @@
 #define LOOM_HOT
 #endif
 
+/* For helpers of LOOM_HOT functions: inlined, they are compiled for each
+ * clone's instruction set rather than called at the baseline one. */
+#if defined(__GNUC__)
+#define LOOM_INLINE static inline __attribute__((always_inline))
+#else
+#define LOOM_INLINE static inline
+#endif
+
 /* Eight float lanes as a GNU vector type: one ymm register in the AVX
  * clones, two xmm in the baseline one, the same lanes and results in
  * each. Load and store through memcpy (unaligned); a vector passed by

@@ -116,7 +116,7 @@ static void valid_cols(const conv *c, int64_t kj, int64_t *lo, int64_t *hi) {
 
 /* dst[0, n) = src[0, n) in 8-float moves; a run of 8 or more ends with
  * a move that overlaps the one before, instead of a scalar tail. */
-static inline void copy_run(float *dst, const float *src, int64_t n) {
+LOOM_INLINE void copy_run(float *dst, const float *src, int64_t n) {
   loom_f8 v;
   if (n < LOOM_F8_LANES) {
     for (int64_t k = 0; k < n; k++)
@@ -132,7 +132,7 @@ static inline void copy_run(float *dst, const float *src, int64_t n) {
 }
 
 /* dst[0, n) += src[0, n), 8 lanes at a time (adds must not overlap). */
-static inline void add_run(float *dst, const float *src, int64_t n) {
+LOOM_INLINE void add_run(float *dst, const float *src, int64_t n) {
   int64_t k = 0;
   for (; k + LOOM_F8_LANES <= n; k += LOOM_F8_LANES) {
     loom_f8 a, b;
@@ -211,12 +211,12 @@ static void forward_part(void *ctx, int part, int64_t begin, int64_t end) {
   float *col = c->scratch + part * c->part_len;
   for (int64_t i = begin; i < end; i++) {
     float *out = c->y + i * c->cout * L;
-    for (int64_t o = 0; o < c->cout; o++)
+    for (int64_t o = 0; c->has_bias && o < c->cout; o++) /* without a bias, the product overwrites */
       for (int64_t l = 0; l < L; l++)
-        out[o * L + l] = c->has_bias ? c->b[o] : 0.0f;
+        out[o * L + l] = c->b[o];
     im2col(c, c->x + i * c->cin * c->h * c->w, col);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c->cout, (int)L, (int)K, 1.0f, c->wt, (int)K, col,
-                (int)L, 1.0f, out, (int)L);
+                (int)L, c->has_bias ? 1.0f : 0.0f, out, (int)L);
   }
 }
 

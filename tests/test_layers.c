@@ -74,7 +74,7 @@ static double ref_loss(ref_fn ref, const void *ctx, const double *x, const doubl
 }
 
 static void close_to(double got, double want, double tol, const char *what, int64_t i) {
-  if (fabs(got - want) > tol * fmax(1.0, fabs(want)))
+  if (!(fabs(got - want) <= tol * fmax(1.0, fabs(want)))) /* NaN fails too */
     fail_msg("%s[%lld]: loom %.8g, reference %.8g", what, (long long)i, got, want);
 }
 
@@ -99,6 +99,8 @@ static void check(harness *t, ref_fn ref, const void *ctx, bool train, double sc
   for (int64_t i = 0; i < ny; i++)
     close_to(loom_tensor_data(y)[i], yd[i], 1e-4, "forward", i);
   memset(t->grads, 0, (size_t)(t->np + 1) * sizeof(float));
+  for (int64_t i = 0; i < nx; i++) /* backward must write every element of dx */
+    loom_tensor_data(dx)[i] = NAN;
   assert_int_equal(t->layer->ops.backward(t->layer->data, x, y, dy, dx, true), 0);
   for (int64_t i = 0; i < t->np; i++) {
     double keep = pd[i];
@@ -233,6 +235,15 @@ static void test_pooling(void **state) {
     check(&t, pool_ref, &q, false, 1.0);
     teardown_layer(&t);
   }
+  /* The 2x2 max pool's 8-wide path: rows of 9 outputs (a chunk and an
+   * overlapping one), an odd last column and row that no window covers. */
+  const int64_t wide[3] = {2, 5, 19};
+  harness t;
+  setup_layer(&t, loom_maxpool2d_create(2, 0, 0), 3, wide, 3);
+  assert_true(t.oshape[1] == 2 && t.oshape[2] == 9);
+  pool_ctx q = {2, 5, 19, 2, 2, 0, 2, 9, true, false};
+  check(&t, pool_ref, &q, true, 1.0);
+  teardown_layer(&t);
 }
 
 /* --- BatchNorm --- */
