@@ -410,6 +410,16 @@ static int prepare_stage(loom_runner *r, size_t index, bool load) {
                             "stage \"%s\": loader \"%s\": a loader's name must start with \"train\", "
                             "\"valid\" or \"infer\" (it decides whether the loader trains)",
                             s->name, r->loaders[i].name);
+  /* A hand-made model nobody built takes the first loader's sample shape
+   * and the experiment's seed, as a config's model does. */
+  if (r->model && !loom_model_is_built(r->model)) {
+    const loom_dataset *ds = loom_loader_dataset(r->loaders[0].loader);
+    int rc = loom_model_build(r->model, loom_dataset_sample_ndim(ds), loom_dataset_sample_shape(ds),
+                              loom_experiment_seed(r->exp));
+    if (rc < 0)
+      return loom_error_wrap(rc, "stage \"%s\": building the model for the samples of loader \"%s\"", s->name,
+                             r->loaders[0].name);
+  }
   r->valid_loader = s->valid_loader;
   r->main_metric = s->main_metric;
   r->minimize = s->minimize;

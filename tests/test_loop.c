@@ -463,6 +463,41 @@ static void test_handle_batch_error(void **state) {
   loom_experiment_destroy(exp);
 }
 
+/* A model added unbuilt is built at stage start for the first loader's
+ * samples with the experiment's seed: the same parameters as a twin built
+ * by hand (lr 0 keeps them as initialised). */
+static loom_model *unbuilt_mlp(void) {
+  loom_model *m = loom_model_create();
+  assert_int_equal(loom_model_add(m, "fc1", loom_linear_create(0, 5, true)), 0);
+  assert_int_equal(loom_model_add(m, "relu", loom_relu_create()), 0);
+  assert_int_equal(loom_model_add(m, "fc2", loom_linear_create(0, 3, true)), 0);
+  return m;
+}
+
+static void test_model_built_at_stage_start(void **state) {
+  (void)state;
+  loom_experiment *exp = loom_experiment_create("lazy");
+  loom_experiment_set_seed(exp, 7);
+  loom_stage *st = loom_experiment_add_stage(exp, "train", 1);
+  loom_model *m = unbuilt_mlp();
+  loom_sgd_options sgd = {.lr = 0.0};
+  assert_int_equal(loom_stage_set_model(st, m), 0);
+  assert_int_equal(loom_stage_set_criterion(st, loom_cross_entropy_create()), 0);
+  assert_int_equal(loom_stage_set_optimizer(st, loom_sgd_create(&sgd)), 0);
+  assert_int_equal(loom_stage_add_loader(st, "train", test_loader(32, 8, 3, 8, false)), 0);
+  loom_runner *r = loom_runner_create();
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  assert_true(loom_model_is_built(m));
+  assert_int_equal(loom_model_num_params(m), 8 * 5 + 5 + 5 * 3 + 3);
+  loom_model *twin = unbuilt_mlp();
+  const int64_t features = 8;
+  assert_int_equal(loom_model_build(twin, 1, &features, 7), 0);
+  assert_memory_equal(loom_model_params(m), loom_model_params(twin), loom_model_num_params(m) * sizeof(float));
+  loom_model_destroy(twin);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
 static void test_bad_loader_name(void **state) {
   (void)state;
   loom_experiment *exp = loom_experiment_create("bad");
@@ -516,7 +551,7 @@ int main(void) {
       cmocka_unit_test(test_error_unwinds),
       cmocka_unit_test(test_error_handled),
       cmocka_unit_test(test_handle_batch_error),
-      cmocka_unit_test(test_bad_loader_name),
+      cmocka_unit_test(test_bad_loader_name), cmocka_unit_test(test_model_built_at_stage_start),
       cmocka_unit_test(test_verbose_prints_table),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

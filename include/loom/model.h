@@ -117,7 +117,9 @@ void loom_model_destroy(loom_model *model);
  * must be unique ("fc1", "act1", ...). Only before loom_model_build. */
 int loom_model_add(loom_model *model, const char *name, loom_layer *layer);
 /* Checks shapes for samples of shape `sample_shape`, allocates the parameter
- * and gradient buffers and initialises the parameters from `seed`. */
+ * and gradient buffers and initialises the parameters from `seed`. A model
+ * given to a stage unbuilt is built by the runner when the stage starts,
+ * for its first loader's samples and the experiment's seed. */
 int loom_model_build(loom_model *model, int ndim, const int64_t *sample_shape, uint64_t seed);
 bool loom_model_is_built(const loom_model *model);
 
