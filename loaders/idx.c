@@ -90,6 +90,8 @@ typedef struct idx_dataset {
 
 static int64_t idx_length(void *data) { return ((idx_dataset *)data)->labels.count; }
 
+#define AHEAD 4
+
 LOOM_HOT static int idx_fetch(void *data, const int64_t *indices, int64_t n, float *x, float *y) {
   const idx_dataset *d = data;
   const int64_t size = d->sample_size;
@@ -98,11 +100,13 @@ LOOM_HOT static int idx_fetch(void *data, const int64_t *indices, int64_t n, flo
     if (k < 0 || k >= d->labels.count)
       return loom_error_set(LOOM_EINVAL, "IDX dataset: index %lld out of range [0, %lld)", (long long)k,
                             (long long)d->labels.count);
-    /* Samples are scattered over the file's images: ask for the next
-     * one's cache lines while this one converts. */
-    if (i + 1 < n && indices[i + 1] >= 0 && indices[i + 1] < d->labels.count)
-      for (int64_t at = 0; at < size; at += 64)
-        __builtin_prefetch(d->images.bytes + indices[i + 1] * size + at);
+    /* Shuffled samples are scattered over the file's images: ask for the
+     * cache lines of the one AHEAD places on while this one converts (one
+     * conversion is shorter than a trip to memory). */
+    for (int64_t j = i == 0 ? 1 : i + AHEAD; j <= i + AHEAD && j < n; j++)
+      if (indices[j] >= 0 && indices[j] < d->labels.count)
+        for (int64_t at = 0; at < size; at += 64)
+          __builtin_prefetch(d->images.bytes + indices[j] * size + at);
     const uint8_t *restrict src = d->images.bytes + k * size;
     float *restrict dst = x + i * size;
     for (int64_t j = 0; j < size; j++)
