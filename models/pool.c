@@ -47,9 +47,16 @@ static int pool_output_shape(void *data, int ndim, const int64_t *in, int *out_n
  * with a chunk that overlaps the one before (the same values written
  * twice) rather than a scalar tail. Ties keep the first window position,
  * and NaN never wins a comparison, as in the general loop. */
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector) /* gcc 12, clang; else the scalar loop */
+#define CHUNKS 1
+#endif
+#endif
+
+#ifdef CHUNKS
 #define EVENS 0, 2, 4, 6, 8, 10, 12, 14
 #define ODDS 1, 3, 5, 7, 9, 11, 13, 15
-#define PICK(m, a, b) (((m) & (a)) | (~(m) & (b)))  /* a where m, else b */
+#define PICK(m, a, b) (((m) & (a)) | (~(m) & (b))) /* a where m, else b */
 static const loom_i8 iota = {0, 1, 2, 3, 4, 5, 6, 7};
 
 LOOM_INLINE void max2x2_chunk(const float *r0, const float *r1, int64_t ox, int32_t w, int32_t base, float *out,
@@ -67,15 +74,18 @@ LOOM_INLINE void max2x2_chunk(const float *r0, const float *r1, int64_t ox, int3
   loom_i8 where = base + 2 * ((int32_t)ox + iota) + at;
   memcpy(out + ox, &best, sizeof best), memcpy(arg + ox, &where, sizeof where);
 }
+#endif
 
 LOOM_HOT static void max2x2_row(const float *restrict r0, const float *restrict r1, int64_t w, int64_t ow,
                                 int32_t base, float *restrict out, int32_t *restrict arg) {
+#ifdef CHUNKS
   if (ow >= LOOM_F8_LANES) {
     for (int64_t ox = 0; ox + LOOM_F8_LANES < ow; ox += LOOM_F8_LANES)
       max2x2_chunk(r0, r1, ox, (int32_t)w, base, out, arg);
     max2x2_chunk(r0, r1, ow - LOOM_F8_LANES, (int32_t)w, base, out, arg);
     return;
   }
+#endif
   for (int64_t ox = 0; ox < ow; ox++) {
     float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
     int32_t at = 0;
