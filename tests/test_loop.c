@@ -498,6 +498,31 @@ static void test_model_built_at_stage_start(void **state) {
   loom_experiment_destroy(exp);
 }
 
+/* A model that does not fit the first loader's samples fails the stage
+ * with a message naming the stage, the loader and the layer. */
+static void test_model_build_error_at_stage_start(void **state) {
+  (void)state;
+  loom_experiment *exp = loom_experiment_create("lazy_bad");
+  loom_stage *st = loom_experiment_add_stage(exp, "train", 1);
+  loom_model *m = loom_model_create();
+  loom_conv2d_options c = {.out_channels = 2, .kernel = {3, 3}};
+  assert_int_equal(loom_model_add(m, "conv", loom_conv2d_create(&c)), 0);
+  loom_sgd_options sgd = {.lr = 0.1};
+  assert_int_equal(loom_stage_set_model(st, m), 0);
+  assert_int_equal(loom_stage_set_criterion(st, loom_cross_entropy_create()), 0);
+  assert_int_equal(loom_stage_set_optimizer(st, loom_sgd_create(&sgd)), 0);
+  assert_int_equal(loom_stage_add_loader(st, "train", test_loader(8, 8, 2, 4, false)), 0); /* flat samples */
+  loom_runner *r = loom_runner_create();
+  assert_int_equal(loom_run_experiment(r, exp), LOOM_ESHAPE);
+  const char *msg = loom_runner_error_message(r);
+  assert_non_null(strstr(msg, "stage \"train\""));
+  assert_non_null(strstr(msg, "loader \"train\""));
+  assert_non_null(strstr(msg, "\"conv\""));
+  assert_false(loom_model_is_built(m));
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
 static void test_bad_loader_name(void **state) {
   (void)state;
   loom_experiment *exp = loom_experiment_create("bad");
@@ -552,6 +577,7 @@ int main(void) {
       cmocka_unit_test(test_error_handled),
       cmocka_unit_test(test_handle_batch_error),
       cmocka_unit_test(test_bad_loader_name), cmocka_unit_test(test_model_built_at_stage_start),
+      cmocka_unit_test(test_model_build_error_at_stage_start),
       cmocka_unit_test(test_verbose_prints_table),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
