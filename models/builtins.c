@@ -113,15 +113,19 @@ static int pair(loom_params *p, const char *key, int64_t def, int64_t min, int64
 
 static void *conv2d(loom_params *p, const void *context, void *user) {
   (void)context, (void)user;
+  static const char *const algorithms[] = {"auto", "im2col", "winograd", NULL}; /* as loom_conv_algorithm */
   loom_conv2d_options o = {0};
   bool bias;
+  int algorithm;
   if (loom_params_int(p, "in_channels", 0, 0, 1 << 20, &o.in_channels) < 0 ||
       loom_params_int(p, "out_channels", LOOM_REQUIRED_INT, 1, 1 << 20, &o.out_channels) < 0 ||
       pair(p, "kernel", LOOM_REQUIRED_INT, 1, o.kernel) < 0 || pair(p, "stride", 1, 1, o.stride) < 0 ||
       pair(p, "padding", 0, 0, o.padding) < 0 || pair(p, "dilation", 1, 1, o.dilation) < 0 ||
-      loom_params_bool(p, "bias", true, &bias) < 0)
+      loom_params_bool(p, "bias", true, &bias) < 0 ||
+      loom_params_choice(p, "algorithm", "auto", algorithms, &algorithm) < 0)
     return NULL;
   o.no_bias = !bias;
+  o.algorithm = (loom_conv_algorithm)algorithm;
   return loom_conv2d_create(&o);
 }
 

@@ -1,8 +1,10 @@
 /* Conv2d over [C, H, W] samples: im2col, then one sgemm per sample;
  * backward through the same columns (col2im for the input gradient). One
  * sample's columns stay in cache; an im2col of the whole batch was measured
- * slower (bench/NOTES.md). The batch is split over the cores
- * (core/parallel.h), each part with its own columns and its own partial
+ * slower (bench/NOTES.md). 3x3 convolutions of stride 1 between enough
+ * channels take Winograd's F(2x2, 3x3) instead (models/winograd.h), with
+ * 2.25x fewer multiplications. The batch is split over the cores
+ * (core/parallel.h), each part with its own scratch and its own partial
  * weight gradient, summed in part order afterwards. */
 #include <cblas.h>
 #include <math.h>
@@ -13,16 +15,22 @@
 #include "core/parallel.h"
 #include "core/simd.h"
 #include "models/layer_internal.h"
+#include "models/winograd.h"
 
 typedef struct conv {
   int64_t cin, cout, kh, kw, sh, sw, ph, pw, dh, dw;
   bool has_bias;
+  loom_conv_algorithm algorithm; /* as asked */
+  bool wino;                     /* as built: Winograd, else im2col */
+  loom_wino geo;
   int64_t h, w, oh, ow;
   float *wt, *b, *dwt, *db;
-  /* Per part: columns [cin kh kw, oh ow], then the partial weight and bias
-   * gradients [cout, cin kh kw] and [cout]. */
+  float *U; /* Winograd: the transformed filters [16][cout][cin] */
+  /* Per part: the work area (im2col's columns [cin kh kw, oh ow] or
+   * Winograd's tiles), then the partial weight gradient ([cout, cin kh kw],
+   * or [16][cout][cin] transformed) and bias gradient [cout]. */
   float *scratch;
-  int64_t scratch_cap, col_len, part_len;
+  int64_t scratch_cap, col_len, dw_len, part_len;
   /* The current pass, for the parts. */
   const float *x, *dy;
   float *y, *dx;
@@ -37,6 +45,10 @@ static size_t conv_num_params(void *data) {
 static size_t conv_num_decayed(void *data) {
   const conv *c = data;
   return (size_t)(c->cout * c->cin * c->kh * c->kw);
+}
+
+static bool winograd_applies(const conv *c) {
+  return c->kh == 3 && c->kw == 3 && c->sh == 1 && c->sw == 1 && c->dh == 1 && c->dw == 1;
 }
 
 static int conv_output_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
@@ -58,6 +70,12 @@ static int conv_output_shape(void *data, int ndim, const int64_t *in, int *out_n
   if (c->oh < 1 || c->ow < 1)
     return loom_error_set(LOOM_ESHAPE, "Conv2d: a %lldx%lld input is smaller than the %lldx%lld kernel", (long long)c->h,
                           (long long)c->w, (long long)c->kh, (long long)c->kw);
+  /* Winograd pays where the products dominate: not for a first layer's
+   * single channel (bench/NOTES.md). */
+  c->wino = c->algorithm == LOOM_CONV_WINOGRAD ||
+            (c->algorithm == LOOM_CONV_AUTO && winograd_applies(c) && c->cin >= 8 && c->cout >= 8);
+  if (c->wino)
+    loom_wino_init(&c->geo, c->cin, c->cout, c->h, c->w, c->ph, c->pw, c->oh, c->ow);
   *out_ndim = 3;
   out[0] = c->cout, out[1] = c->oh, out[2] = c->ow;
   return 0;
@@ -87,18 +105,23 @@ static void conv_init(void *data, loom_rng *rng) {
     c->b[i] = (2.0f * loom_rng_uniform(rng) - 1.0f) * bound;
 }
 
+/* The parts' scratch, then Winograd's transformed filters. */
 static int ensure_scratch(conv *c) {
-  const int64_t K = c->cin * c->kh * c->kw;
-  c->col_len = K * c->oh * c->ow;
-  c->part_len = c->col_len + c->cout * K + c->cout;
-  int64_t need = c->part_len * loom_parallel_parts();
-  if (need <= c->scratch_cap)
-    return 0;
-  float *grown = realloc(c->scratch, (size_t)need * sizeof *grown);
-  if (!grown)
-    return loom_error_oom("Conv2d columns");
-  c->scratch = grown;
-  c->scratch_cap = need;
+  const int64_t K = c->cin * c->kh * c->kw, filters = c->wino ? 16 * c->cout * c->cin : 0;
+  c->col_len = c->wino ? loom_wino_scratch(&c->geo) : K * c->oh * c->ow;
+  c->dw_len = c->wino ? filters : c->cout * K;
+  c->part_len = c->col_len + c->dw_len + c->cout;
+  int64_t need = c->part_len * loom_parallel_parts() + filters;
+  if (need > c->scratch_cap) {
+    float *grown = realloc(c->scratch, (size_t)need * sizeof *grown);
+    if (!grown)
+      return loom_error_oom("Conv2d scratch");
+    c->scratch = grown;
+    c->scratch_cap = need;
+  }
+  c->U = c->wino ? c->scratch + c->part_len * loom_parallel_parts() : NULL;
+  if (c->wino) /* from the current weights, in forward and backward alike */
+    loom_wino_filters(&c->geo, c->wt, c->U);
   return 0;
 }
 
@@ -211,6 +234,10 @@ static void forward_part(void *ctx, int part, int64_t begin, int64_t end) {
   float *col = c->scratch + part * c->part_len;
   for (int64_t i = begin; i < end; i++) {
     float *out = c->y + i * c->cout * L;
+    if (c->wino) {
+      loom_wino_forward(&c->geo, c->U, c->b, c->x + i * c->cin * c->h * c->w, out, col);
+      continue;
+    }
     for (int64_t o = 0; c->has_bias && o < c->cout; o++) /* without a bias, the product overwrites */
       for (int64_t l = 0; l < L; l++)
         out[o * L + l] = c->b[o];
@@ -235,25 +262,28 @@ static int conv_forward(void *data, const loom_tensor *x, loom_tensor *y, bool t
  * sums, input gradients in place. */
 static void backward_part(void *ctx, int part, int64_t begin, int64_t end) {
   const conv *c = ctx;
-  const int64_t K = c->cin * c->kh * c->kw, L = c->oh * c->ow;
-  float *col = c->scratch + part * c->part_len, *dw = col + c->col_len, *db = dw + c->cout * K;
+  const int64_t K = c->cin * c->kh * c->kw, L = c->oh * c->ow, in_len = c->cin * c->h * c->w;
+  float *col = c->scratch + part * c->part_len, *dw = col + c->col_len, *db = dw + c->dw_len;
   for (int64_t i = begin; i < end; i++) {
-    const float *g = c->dy + i * c->cout * L;
-    if (c->param_grads) {
-      im2col(c, c->x + i * c->cin * c->h * c->w, col);
-      /* dW += dy_i col^T; db += row sums of dy_i */
+    const float *g = c->dy + i * c->cout * L, *x = c->x + i * in_len;
+    float *dx = c->dx ? c->dx + i * in_len : NULL;
+    for (int64_t o = 0; c->param_grads && c->has_bias && o < c->cout; o++) { /* db += row sums of dy_i */
+      float s = 0.0f;
+      for (int64_t l = 0; l < L; l++)
+        s += g[o * L + l];
+      db[o] += s;
+    }
+    if (c->wino) {
+      loom_wino_backward(&c->geo, c->U, x, g, c->param_grads ? dw : NULL, dx, col);
+      continue;
+    }
+    if (c->param_grads) { /* dW += dy_i col^T */
+      im2col(c, x, col);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)c->cout, (int)K, (int)L, 1.0f, g, (int)L, col, (int)L,
                   1.0f, dw, (int)K);
-      for (int64_t o = 0; c->has_bias && o < c->cout; o++) {
-        float s = 0.0f;
-        for (int64_t l = 0; l < L; l++)
-          s += g[o * L + l];
-        db[o] += s;
-      }
     }
-    if (c->dx) { /* columns of the input gradient: W^T dy_i, then back into place */
-      float *dx = c->dx + i * c->cin * c->h * c->w;
-      memset(dx, 0, (size_t)(c->cin * c->h * c->w) * sizeof *dx);
+    if (dx) { /* columns of the input gradient: W^T dy_i, then back into place */
+      memset(dx, 0, (size_t)in_len * sizeof *dx);
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, (int)L, (int)c->cout, 1.0f, c->wt, (int)K, g, (int)L,
                   0.0f, col, (int)L);
       col2im(c, col, dx);
@@ -268,22 +298,29 @@ static int conv_backward(void *data, const loom_tensor *x, const loom_tensor *y,
   int rc = ensure_scratch(c);
   if (rc < 0)
     return rc;
-  const int64_t n = x->shape[0], K = c->cin * c->kh * c->kw;
   const int parts = loom_parallel_parts();
   for (int part = 0; param_grads && part < parts; part++) /* parts given no samples add zeros */
-    memset(c->scratch + part * c->part_len + c->col_len, 0, (size_t)(c->cout * K + c->cout) * sizeof(float));
+    memset(c->scratch + part * c->part_len + c->col_len, 0, (size_t)(c->dw_len + c->cout) * sizeof(float));
   c->x = x->data, c->dy = dy->data, c->dx = dx ? dx->data : NULL, c->param_grads = param_grads;
-  loom_parallel_for(n, backward_part, c);
+  loom_parallel_for(x->shape[0], backward_part, c);
   if (!param_grads)
     return 0;
-  /* The parts' partial sums, in part order. */
-  for (int part = 0; part < parts; part++) {
-    const float *dw = c->scratch + part * c->part_len + c->col_len, *db = dw + c->cout * K;
-    for (int64_t k = 0; k < c->cout * K; k++)
-      c->dwt[k] += dw[k];
-    for (int64_t o = 0; c->has_bias && o < c->cout; o++)
-      c->db[o] += db[o];
+  /* The parts' partial sums, in part order; Winograd's are of the
+   * transformed filters, brought back to the weights once. */
+  for (int part = 1; part < parts; part++) {
+    float *sum = c->scratch + c->col_len;
+    const float *dw = c->scratch + part * c->part_len + c->col_len;
+    for (int64_t k = 0; k < c->dw_len + c->cout; k++)
+      sum[k] += dw[k];
   }
+  const float *dw = c->scratch + c->col_len, *db = dw + c->dw_len;
+  if (c->wino)
+    loom_wino_filters_adjoint(&c->geo, dw, c->dwt);
+  else
+    for (int64_t k = 0; k < c->dw_len; k++)
+      c->dwt[k] += dw[k];
+  for (int64_t o = 0; c->has_bias && o < c->cout; o++)
+    c->db[o] += db[o];
   return 0;
 }
 
@@ -308,8 +345,10 @@ static const loom_layer_ops conv_ops = {
 
 loom_layer *loom_conv2d_create(const loom_conv2d_options *o) {
   if (!o || o->in_channels < 0 || o->out_channels < 1 || o->kernel[0] < 1 || o->kernel[1] < 1 || o->stride[0] < 0 ||
-      o->stride[1] < 0 || o->padding[0] < 0 || o->padding[1] < 0 || o->dilation[0] < 0 || o->dilation[1] < 0) {
-    loom_error_set(LOOM_EINVAL, "Conv2d: out_channels and kernel >= 1; in_channels, stride, padding, dilation >= 0");
+      o->stride[1] < 0 || o->padding[0] < 0 || o->padding[1] < 0 || o->dilation[0] < 0 || o->dilation[1] < 0 ||
+      o->algorithm < LOOM_CONV_AUTO || o->algorithm > LOOM_CONV_WINOGRAD) {
+    loom_error_set(LOOM_EINVAL, "Conv2d: out_channels and kernel >= 1; in_channels, stride, padding, dilation >= 0; "
+                                "algorithm one of loom_conv_algorithm");
     return NULL;
   }
   conv *c = calloc(1, sizeof *c);
@@ -323,5 +362,14 @@ loom_layer *loom_conv2d_create(const loom_conv2d_options *o) {
   c->ph = o->padding[0], c->pw = o->padding[1];
   c->dh = o->dilation[0] ? o->dilation[0] : 1, c->dw = o->dilation[1] ? o->dilation[1] : 1;
   c->has_bias = !o->no_bias;
+  c->algorithm = o->algorithm;
+  if (c->algorithm == LOOM_CONV_WINOGRAD && !winograd_applies(c)) {
+    loom_error_set(LOOM_EINVAL, "Conv2d: the Winograd algorithm needs a 3x3 kernel of stride 1 and dilation 1, "
+                                "not %lldx%lld of stride %lldx%lld and dilation %lldx%lld; use im2col or auto",
+                   (long long)c->kh, (long long)c->kw, (long long)c->sh, (long long)c->sw, (long long)c->dh,
+                   (long long)c->dw);
+    free(c);
+    return NULL;
+  }
   return loom_layer_create(&conv_ops, c);
 }

@@ -180,6 +180,33 @@ static void test_conv2d(void **state) {
   assert_null(loom_conv2d_create(&bad));
 }
 
+/* Winograd's F(2x2, 3x3) against the same double reference: odd outputs
+ * (a last tile half outside), no, one-sided and wide padding, one tile. */
+static void test_conv2d_winograd(void **state) {
+  (void)state;
+  const conv_ctx cases[] = {{2, 5, 6, 3, 3, 3, 1, 1, 0, 0, 1, 1, 0, 0},  {3, 7, 7, 4, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0},
+                            {2, 6, 5, 3, 3, 3, 1, 1, 0, 1, 1, 1, 0, 0},  {1, 4, 9, 2, 3, 3, 1, 1, 2, 2, 1, 1, 0, 0},
+                            {2, 3, 3, 2, 3, 3, 1, 1, 0, 0, 1, 1, 0, 0},  {9, 4, 4, 8, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0}};
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    conv_ctx c = cases[k];
+    loom_conv2d_options o = {.in_channels = c.c, .out_channels = c.o, .kernel = {3, 3}, .padding = {c.ph, c.pw},
+                             .algorithm = LOOM_CONV_WINOGRAD};
+    harness t;
+    const int64_t shape[3] = {c.c, c.h, c.w};
+    setup_layer(&t, loom_conv2d_create(&o), 3, shape, 3);
+    c.oh = t.oshape[1], c.ow = t.oshape[2];
+    check(&t, conv_ref, &c, true, 1.0);
+    teardown_layer(&t);
+  }
+  /* Only 3x3 kernels of stride and dilation 1 have it. */
+  loom_conv2d_options strided = {.out_channels = 2, .kernel = {3, 3}, .stride = {2, 2}, .algorithm = LOOM_CONV_WINOGRAD};
+  assert_null(loom_conv2d_create(&strided));
+  assert_int_equal(loom_last_error_code(), LOOM_EINVAL);
+  assert_non_null(strstr(loom_last_error(), "Winograd"));
+  loom_conv2d_options wide = {.out_channels = 2, .kernel = {5, 5}, .algorithm = LOOM_CONV_WINOGRAD};
+  assert_null(loom_conv2d_create(&wide));
+}
+
 /* --- pooling --- */
 
 typedef struct pool_ctx {
@@ -608,7 +635,7 @@ static void test_relu_large(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_fork_after_pool), cmocka_unit_test(test_conv2d),   cmocka_unit_test(test_pooling), cmocka_unit_test(test_batchnorm),
+      cmocka_unit_test(test_fork_after_pool), cmocka_unit_test(test_conv2d), cmocka_unit_test(test_conv2d_winograd),   cmocka_unit_test(test_pooling), cmocka_unit_test(test_batchnorm),
       cmocka_unit_test(test_elementwise), cmocka_unit_test(test_dropout), cmocka_unit_test(test_cnn_model),
       cmocka_unit_test(test_gemm_products), cmocka_unit_test(test_relu_large), cmocka_unit_test(test_fused_bn_relu),
   };
