@@ -10,60 +10,73 @@
 
 #include "core/simd.h"
 
-/* Each transform along one dimension; s is the stride between the values.
- * B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. */
-LOOM_INLINE void bt(const float *d, int ds, float *v, int vs) {
-  float d0 = d[0], d1 = d[ds], d2 = d[2 * ds], d3 = d[3 * ds];
-  v[0] = d0 - d2, v[vs] = d1 + d2, v[2 * vs] = d2 - d1, v[3 * vs] = d1 - d3;
-}
+/* Each transform along one dimension, on the values p[0], p[s], p[2s],
+ * p[3s] (or fewer) of floats or of loom_f8 lanes.
+ * B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]; BT applies it, B (its
+ * adjoint) its transpose. */
+#define BT(in, is, out, os)                                                                                            \
+  do {                                                                                                                 \
+    __typeof__((in)[0]) i0_ = (in)[0], i1_ = (in)[is], i2_ = (in)[2 * (is)], i3_ = (in)[3 * (is)];                    \
+    (out)[0] = i0_ - i2_, (out)[os] = i1_ + i2_, (out)[2 * (os)] = i2_ - i1_, (out)[3 * (os)] = i1_ - i3_;             \
+  } while (0)
+#define B(in, is, out, os)                                                                                             \
+  do {                                                                                                                 \
+    __typeof__((in)[0]) i0_ = (in)[0], i1_ = (in)[is], i2_ = (in)[2 * (is)], i3_ = (in)[3 * (is)];                    \
+    (out)[0] = i0_, (out)[os] = i1_ - i2_ + i3_, (out)[2 * (os)] = i1_ + i2_ - i0_, (out)[3 * (os)] = -i3_;            \
+  } while (0)
+/* A^T = [1 1 1 0; 0 1 -1 -1]: 4 values to 2; A: 2 to 4. */
+#define AT(in, is, out, os)                                                                                            \
+  do {                                                                                                                 \
+    __typeof__((in)[0]) i0_ = (in)[0], i1_ = (in)[is], i2_ = (in)[2 * (is)], i3_ = (in)[3 * (is)];                    \
+    (out)[0] = i0_ + i1_ + i2_, (out)[os] = i1_ - i2_ - i3_;                                                           \
+  } while (0)
+#define A(in, is, out, os)                                                                                             \
+  do {                                                                                                                 \
+    __typeof__((in)[0]) i0_ = (in)[0], i1_ = (in)[is];                                                               \
+    (out)[0] = i0_, (out)[os] = i0_ + i1_, (out)[2 * (os)] = i0_ - i1_, (out)[3 * (os)] = -i1_;                        \
+  } while (0)
+/* G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]: 3 values to 4; G^T: 4 to 3. */
+#define GT(in, is, out, os)                                                                                            \
+  do {                                                                                                                 \
+    float i0_ = (in)[0], i1_ = (in)[is], i2_ = (in)[2 * (is)];                                                         \
+    (out)[0] = i0_, (out)[os] = 0.5f * (i0_ + i1_ + i2_), (out)[2 * (os)] = 0.5f * (i0_ - i1_ + i2_),                  \
+    (out)[3 * (os)] = i2_;                                                                                             \
+  } while (0)
+#define G(in, is, out, os)                                                                                             \
+  do {                                                                                                                 \
+    float i0_ = (in)[0], i1_ = (in)[is], i2_ = (in)[2 * (is)], i3_ = (in)[3 * (is)];                                   \
+    (out)[0] = i0_ + 0.5f * (i1_ + i2_), (out)[os] = 0.5f * (i1_ - i2_), (out)[2 * (os)] = 0.5f * (i1_ + i2_) + i3_;   \
+  } while (0)
 
-/* B, the adjoint of bt. */
-LOOM_INLINE void b(const float *v, int vs, float *d, int ds) {
-  float v0 = v[0], v1 = v[vs], v2 = v[2 * vs], v3 = v[3 * vs];
-  d[0] = v0, d[ds] = v1 - v2 + v3, d[2 * ds] = v1 + v2 - v0, d[3 * ds] = -v3;
-}
-
-/* A^T = [1 1 1 0; 0 1 -1 -1]: 4 values to 2. */
-LOOM_INLINE void at(const float *m, int ms, float *y, int ys) {
-  float m0 = m[0], m1 = m[ms], m2 = m[2 * ms], m3 = m[3 * ms];
-  y[0] = m0 + m1 + m2, y[ys] = m1 - m2 - m3;
-}
-
-/* A, the adjoint of at: 2 values to 4. */
-LOOM_INLINE void a(const float *y, int ys, float *m, int ms) {
-  float y0 = y[0], y1 = y[ys];
-  m[0] = y0, m[ms] = y0 + y1, m[2 * ms] = y0 - y1, m[3 * ms] = -y1;
-}
-
-/* G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]: 3 values to 4. */
-LOOM_INLINE void gt(const float *w, int ws, float *u, int us) {
-  float w0 = w[0], w1 = w[ws], w2 = w[2 * ws];
-  u[0] = w0, u[us] = 0.5f * (w0 + w1 + w2), u[2 * us] = 0.5f * (w0 - w1 + w2), u[3 * us] = w2;
-}
-
-/* G^T, the adjoint of gt: 4 values to 3. */
-LOOM_INLINE void g(const float *u, int us, float *w, int ws) {
-  float u0 = u[0], u1 = u[us], u2 = u[2 * us], u3 = u[3 * us];
-  w[0] = u0 + 0.5f * (u1 + u2), w[ws] = 0.5f * (u1 - u2), w[2 * ws] = 0.5f * (u1 + u2) + u3;
-}
+typedef loom_f8 vec;
+#define LANES LOOM_F8_LANES
+#define LOAD(v, p) memcpy(&(v), (p), sizeof(v))
+#define STORE(p, v) memcpy((p), &(v), sizeof(v))
 
 void loom_wino_init(loom_wino *w, int64_t cin, int64_t cout, int64_t h, int64_t wd, int64_t ph, int64_t pw,
                     int64_t oh, int64_t ow) {
   *w = (loom_wino){.cin = cin, .cout = cout, .h = h, .w = wd, .ph = ph, .pw = pw, .oh = oh, .ow = ow};
   w->th = (oh + 1) / 2, w->tw = (ow + 1) / 2;
   w->tiles = w->th * w->tw;
+  /* A row of tiles is done LANES at a time, the last group running past
+   * the row's end: into the next row, which is written after it, or into
+   * LANES floats of slack after each product's matrix. */
+  w->vstride = cin * w->tiles + LANES, w->mstride = cout * w->tiles + LANES;
+  /* Tile (ty, tx) reads parity planes at rows ty, ty + 1 and columns from
+   * tx to tx + LANES. */
+  w->qh = w->th + 1, w->qw = (w->tw + LANES - 1) / LANES * LANES + LANES;
 }
 
-int64_t loom_wino_scratch(const loom_wino *w) { return 16 * w->tiles * (w->cin + w->cout); }
+int64_t loom_wino_scratch(const loom_wino *w) { return 16 * (w->vstride + w->mstride) + 4 * w->qh * w->qw; }
 
 void loom_wino_filters(const loom_wino *w, const float *wt, float *U) {
   const int64_t plane = w->cout * w->cin;
   for (int64_t k = 0; k < plane; k++) { /* k = o cin + c, as in wt */
     float t[12], u[16];
     for (int j = 0; j < 3; j++) /* columns: 3 rows to 4 */
-      gt(wt + k * 9 + j, 3, t + j, 3);
+      GT(wt + k * 9 + j, 3, t + j, 3);
     for (int i = 0; i < 4; i++) /* rows: 3 columns to 4 */
-      gt(t + 3 * i, 1, u + 4 * i, 1);
+      GT(t + 3 * i, 1, u + 4 * i, 1);
     for (int xi = 0; xi < 16; xi++)
       U[xi * plane + k] = u[xi];
   }
@@ -72,137 +85,188 @@ void loom_wino_filters(const loom_wino *w, const float *wt, float *U) {
 void loom_wino_filters_adjoint(const loom_wino *w, const float *dU, float *dw) {
   const int64_t plane = w->cout * w->cin;
   for (int64_t k = 0; k < plane; k++) {
-    float u[16], t[12];
+    float u[16], t[12], d[9];
     for (int xi = 0; xi < 16; xi++)
       u[xi] = dU[xi * plane + k];
     for (int i = 0; i < 4; i++)
-      g(u + 4 * i, 1, t + 3 * i, 1);
-    float d[9];
+      G(u + 4 * i, 1, t + 3 * i, 1);
     for (int j = 0; j < 3; j++)
-      g(t + j, 3, d + j, 3);
+      G(t + j, 3, d + j, 3);
     for (int q = 0; q < 9; q++)
       dw[k * 9 + q] += d[q];
   }
 }
 
-/* V[16][cin][tiles] = B^T d B for every input tile d (zeros outside). */
-LOOM_HOT static void transform_input(const loom_wino *w, const float *x, float *V) {
-  const int64_t T = w->tiles, stride = w->cin * T;
-  for (int64_t c = 0; c < w->cin; c++) {
-    const float *xc = x + c * w->h * w->w;
-    for (int64_t ty = 0; ty < w->th; ty++) {
-      const int64_t iy = 2 * ty - w->ph;
-      for (int64_t tx = 0; tx < w->tw; tx++) {
-        const int64_t ix = 2 * tx - w->pw, t = ty * w->tw + tx;
-        float d[16], r[16], v[16];
-        if (iy >= 0 && iy + 4 <= w->h && ix >= 0 && ix + 4 <= w->w)
-          for (int i = 0; i < 4; i++)
-            memcpy(d + 4 * i, xc + (iy + i) * w->w + ix, 4 * sizeof *d);
-        else
-          for (int i = 0; i < 4; i++)
-            for (int j = 0; j < 4; j++) {
-              int64_t y = iy + i, xx = ix + j;
-              d[4 * i + j] = y >= 0 && y < w->h && xx >= 0 && xx < w->w ? xc[y * w->w + xx] : 0.0f;
-            }
-        for (int j = 0; j < 4; j++)
-          bt(d + j, 4, r + j, 4);
-        for (int i = 0; i < 4; i++)
-          bt(r + 4 * i, 1, v + 4 * i, 1);
-        for (int xi = 0; xi < 16; xi++)
-          V[xi * stride + c * T + t] = v[xi];
-      }
+/* Q[2 (y % 2) + x % 2][y / 2][x / 2] = src[y - py][x - px], zeros
+ * elsewhere: the 4 values of a tile's row and column parities then lie at
+ * the same offsets for every tile, so LANES tiles are one load each. */
+LOOM_HOT static void split_parity(const loom_wino *w, const float *src, int64_t h, int64_t wd, int64_t py, int64_t px,
+                                  float *Q) {
+  const int64_t plane = w->qh * w->qw;
+  memset(Q, 0, (size_t)(4 * plane) * sizeof *Q);
+  for (int64_t y = 0; y < h; y++) {
+    const int64_t yy = y + py;
+    const float *row = src + y * wd;
+    float *even = Q + 2 * (yy & 1) * plane + (yy >> 1) * w->qw, *odd = even + plane;
+    /* Two strided copies (x + px even, then odd) rather than a branch per value. */
+    const int64_t x0 = px & 1;
+    for (int64_t x = x0, k = (x0 + px) >> 1; x < wd; x += 2, k++)
+      even[k] = row[x];
+    for (int64_t x = 1 - x0, k = (1 - x0 + px) >> 1; x < wd; x += 2, k++)
+      odd[k] = row[x];
+  }
+}
+
+/* The inverse for the input gradient: dx[y][x] = Q's value at y + py, x + px. */
+LOOM_HOT static void join_parity(const loom_wino *w, const float *Q, float *dst) {
+  const int64_t plane = w->qh * w->qw;
+  for (int64_t y = 0; y < w->h; y++) {
+    const int64_t yy = y + w->ph;
+    const float *even = Q + 2 * (yy & 1) * plane + (yy >> 1) * w->qw, *odd = even + plane;
+    for (int64_t x = 0; x < w->w; x++) {
+      const int64_t xx = x + w->pw;
+      dst[y * w->w + x] = ((xx & 1) ? odd : even)[xx >> 1];
     }
   }
 }
 
-/* dx = the adjoint of transform_input applied to dV: B dV B^T added into
- * each tile's place, except where the tile lies on padding. */
-LOOM_HOT static void transform_input_adjoint(const loom_wino *w, const float *dV, float *dx) {
-  const int64_t T = w->tiles, stride = w->cin * T;
-  memset(dx, 0, (size_t)(w->cin * w->h * w->w) * sizeof *dx);
+/* Where 4x4 input tile (ty, tx) has its value (i, j), in parity planes. */
+LOOM_INLINE int64_t tile_at(const loom_wino *w, int i, int j, int64_t ty, int64_t tx) {
+  return (2 * (i & 1) + (j & 1)) * w->qh * w->qw + (ty + i / 2) * w->qw + tx + j / 2;
+}
+
+/* V[xi][c][tile] = B^T d B for every input tile d (zeros outside). */
+LOOM_HOT static void transform_input(const loom_wino *w, const float *x, float *V, float *Q) {
+  const int64_t T = w->tiles;
   for (int64_t c = 0; c < w->cin; c++) {
-    float *dxc = dx + c * w->h * w->w;
-    for (int64_t ty = 0; ty < w->th; ty++) {
-      const int64_t iy = 2 * ty - w->ph;
-      for (int64_t tx = 0; tx < w->tw; tx++) {
-        const int64_t ix = 2 * tx - w->pw, t = ty * w->tw + tx;
-        float v[16], r[16], d[16];
-        for (int xi = 0; xi < 16; xi++)
-          v[xi] = dV[xi * stride + c * T + t];
+    split_parity(w, x + c * w->h * w->w, w->h, w->w, w->ph, w->pw, Q);
+    for (int64_t ty = 0; ty < w->th; ty++)
+      for (int64_t tx = 0; tx < w->tw; tx += LANES) {
+        vec d[16], r[16], v[16];
         for (int i = 0; i < 4; i++)
-          b(v + 4 * i, 1, r + 4 * i, 1);
+          for (int j = 0; j < 4; j++)
+            LOAD(d[4 * i + j], Q + tile_at(w, i, j, ty, tx));
         for (int j = 0; j < 4; j++)
-          b(r + j, 4, d + j, 4);
+          BT(d + j, 4, r + j, 4);
+        for (int i = 0; i < 4; i++)
+          BT(r + 4 * i, 1, v + 4 * i, 1);
+        for (int xi = 0; xi < 16; xi++)
+          STORE(V + xi * w->vstride + c * T + ty * w->tw + tx, v[xi]);
+      }
+  }
+}
+
+/* dx = the adjoint of transform_input applied to dV: B dV B^T of every
+ * tile added into its place in parity planes, then the planes joined. */
+LOOM_HOT static void transform_input_adjoint(const loom_wino *w, const float *dV, float *dx, float *Q) {
+  const int64_t T = w->tiles;
+  const loom_i8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+  for (int64_t c = 0; c < w->cin; c++) {
+    memset(Q, 0, (size_t)(4 * w->qh * w->qw) * sizeof *Q);
+    for (int64_t ty = 0; ty < w->th; ty++)
+      for (int64_t tx = 0; tx < w->tw; tx += LANES) {
+        const loom_i8 keep = lane < (loom_i8){0} + (int32_t)(w->tw - tx); /* past the row: other tiles */
+        vec v[16], r[16], d[16];
+        for (int xi = 0; xi < 16; xi++) {
+          LOAD(v[xi], dV + xi * w->vstride + c * T + ty * w->tw + tx);
+          v[xi] = (vec)((loom_i8)v[xi] & keep);
+        }
+        for (int i = 0; i < 4; i++)
+          B(v + 4 * i, 1, r + 4 * i, 1);
+        for (int j = 0; j < 4; j++)
+          B(r + j, 4, d + j, 4);
         for (int i = 0; i < 4; i++)
           for (int j = 0; j < 4; j++) {
-            int64_t y = iy + i, xx = ix + j;
-            if (y >= 0 && y < w->h && xx >= 0 && xx < w->w)
-              dxc[y * w->w + xx] += d[4 * i + j];
+            float *q = Q + tile_at(w, i, j, ty, tx);
+            vec sum;
+            LOAD(sum, q);
+            sum += d[4 * i + j];
+            STORE(q, sum);
           }
       }
-    }
+    join_parity(w, Q, dx + c * w->h * w->w);
+  }
+}
+
+/* y[o] = A^T M A of every output tile, plus the bias. */
+LOOM_HOT static void transform_output(const loom_wino *w, const float *M, const float *bias, float *y) {
+  const int64_t T = w->tiles;
+  for (int64_t o = 0; o < w->cout; o++) {
+    float *yo = y + o * w->oh * w->ow;
+    const vec b0 = (vec){0} + (bias ? bias[o] : 0.0f);
+    for (int64_t ty = 0; ty < w->th; ty++)
+      for (int64_t tx = 0; tx < w->tw; tx += LANES) {
+        vec m[16], r[8], out[4];
+        for (int xi = 0; xi < 16; xi++)
+          LOAD(m[xi], M + xi * w->mstride + o * T + ty * w->tw + tx);
+        for (int j = 0; j < 4; j++) /* columns: 4 rows to 2 */
+          AT(m + j, 4, r + j, 4);
+        for (int i = 0; i < 2; i++) /* rows: 4 columns to 2 */
+          AT(r + 4 * i, 1, out + 2 * i, 1);
+        const int64_t n = w->tw - tx < LANES ? w->tw - tx : LANES;
+        for (int i = 0; i < 2 && 2 * ty + i < w->oh; i++) {
+          float *row = yo + (2 * ty + i) * w->ow + 2 * tx;
+          const vec even = out[2 * i] + b0, odd = out[2 * i + 1] + b0;
+          for (int64_t l = 0; l < n; l++) {
+            row[2 * l] = even[l];
+            if (2 * (tx + l) + 1 < w->ow)
+              row[2 * l + 1] = odd[l];
+          }
+        }
+      }
+  }
+}
+
+/* dM[xi][o][tile] = A dY A^T, the adjoint of transform_output; outputs past
+ * the edge count 0. */
+LOOM_HOT static void transform_output_adjoint(const loom_wino *w, const float *dy, float *dM, float *Q) {
+  const int64_t T = w->tiles;
+  for (int64_t o = 0; o < w->cout; o++) {
+    split_parity(w, dy + o * w->oh * w->ow, w->oh, w->ow, 0, 0, Q);
+    for (int64_t ty = 0; ty < w->th; ty++)
+      for (int64_t tx = 0; tx < w->tw; tx += LANES) {
+        vec dt[4], r[8], m[16];
+        for (int i = 0; i < 2; i++)
+          for (int j = 0; j < 2; j++)
+            LOAD(dt[2 * i + j], Q + tile_at(w, i, j, ty, tx));
+        for (int i = 0; i < 2; i++)
+          A(dt + 2 * i, 1, r + 4 * i, 1);
+        for (int j = 0; j < 4; j++)
+          A(r + j, 4, m + j, 4);
+        for (int xi = 0; xi < 16; xi++)
+          STORE(dM + xi * w->mstride + o * T + ty * w->tw + tx, m[xi]);
+      }
   }
 }
 
 void loom_wino_forward(const loom_wino *w, const float *U, const float *bias, const float *x, float *y,
                        float *scratch) {
   const int64_t T = w->tiles, cin = w->cin, cout = w->cout;
-  float *V = scratch, *M = scratch + 16 * cin * T;
-  transform_input(w, x, V);
-  for (int xi = 0; xi < 16; xi++)
+  float *V = scratch, *M = V + 16 * w->vstride, *Q = M + 16 * w->mstride;
+  transform_input(w, x, V, Q);
+  for (int xi = 0; xi < 16; xi++) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout, (int)T, (int)cin, 1.0f, U + xi * cout * cin,
-                (int)cin, V + xi * cin * T, (int)T, 0.0f, M + xi * cout * T, (int)T);
-  const int64_t stride = cout * T;
-  for (int64_t o = 0; o < cout; o++) {
-    float *yo = y + o * w->oh * w->ow;
-    const float b0 = bias ? bias[o] : 0.0f;
-    for (int64_t t = 0; t < T; t++) {
-      const int64_t oy = 2 * (t / w->tw), ox = 2 * (t % w->tw);
-      float m[16], r[8], out[4];
-      for (int xi = 0; xi < 16; xi++)
-        m[xi] = M[xi * stride + o * T + t];
-      for (int j = 0; j < 4; j++) /* columns: 4 rows to 2 */
-        at(m + j, 4, r + j, 4);
-      for (int i = 0; i < 2; i++) /* rows: 4 columns to 2 */
-        at(r + 4 * i, 1, out + 2 * i, 1);
-      for (int i = 0; i < 2 && oy + i < w->oh; i++)
-        for (int j = 0; j < 2 && ox + j < w->ow; j++)
-          yo[(oy + i) * w->ow + ox + j] = out[2 * i + j] + b0;
-    }
+                (int)cin, V + xi * w->vstride, (int)T, 0.0f, M + xi * w->mstride, (int)T);
+    memset(M + xi * w->mstride + cout * T, 0, LANES * sizeof *M); /* the slack the last group reads */
   }
+  transform_output(w, M, bias, y);
 }
 
 void loom_wino_backward(const loom_wino *w, const float *U, const float *x, const float *dy, float *dU, float *dx,
                         float *scratch) {
-  const int64_t T = w->tiles, cin = w->cin, cout = w->cout, stride = cout * T;
-  float *V = scratch, *dM = scratch + 16 * cin * T;
-  /* dM = A dY A^T per output tile, the outputs past the edge counting 0. */
-  for (int64_t o = 0; o < cout; o++) {
-    const float *dyo = dy + o * w->oh * w->ow;
-    for (int64_t t = 0; t < T; t++) {
-      const int64_t oy = 2 * (t / w->tw), ox = 2 * (t % w->tw);
-      float dt[4] = {0}, r[8], m[16];
-      for (int i = 0; i < 2 && oy + i < w->oh; i++)
-        for (int j = 0; j < 2 && ox + j < w->ow; j++)
-          dt[2 * i + j] = dyo[(oy + i) * w->ow + ox + j];
-      for (int i = 0; i < 2; i++)
-        a(dt + 2 * i, 1, r + 4 * i, 1);
-      for (int j = 0; j < 4; j++)
-        a(r + j, 4, m + j, 4);
-      for (int xi = 0; xi < 16; xi++)
-        dM[xi * stride + o * T + t] = m[xi];
-    }
-  }
+  const int64_t T = w->tiles, cin = w->cin, cout = w->cout;
+  float *V = scratch, *dM = V + 16 * w->vstride, *Q = dM + 16 * w->mstride;
+  transform_output_adjoint(w, dy, dM, Q);
   if (dU) { /* dU[xi] += dM[xi] V[xi]^T */
-    transform_input(w, x, V);
+    transform_input(w, x, V, Q);
     for (int xi = 0; xi < 16; xi++)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout, (int)cin, (int)T, 1.0f, dM + xi * cout * T,
-                  (int)T, V + xi * cin * T, (int)T, 1.0f, dU + xi * cout * cin, (int)cin);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout, (int)cin, (int)T, 1.0f, dM + xi * w->mstride,
+                  (int)T, V + xi * w->vstride, (int)T, 1.0f, dU + xi * cout * cin, (int)cin);
   }
   if (dx) { /* dV[xi] = U[xi]^T dM[xi], into V's place */
     for (int xi = 0; xi < 16; xi++)
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)cin, (int)T, (int)cout, 1.0f, U + xi * cout * cin,
-                  (int)cin, dM + xi * cout * T, (int)T, 0.0f, V + xi * cin * T, (int)T);
-    transform_input_adjoint(w, V, dx);
+                  (int)cin, dM + xi * w->mstride, (int)T, 0.0f, V + xi * w->vstride, (int)T);
+    transform_input_adjoint(w, V, dx, Q);
   }
 }

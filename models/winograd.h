@@ -11,6 +11,10 @@
 typedef struct loom_wino {
   int64_t cin, cout, h, w, ph, pw, oh, ow;
   int64_t th, tw, tiles; /* 2x2 output tiles per sample: th x tw */
+  /* Scratch geometry: the transform matrices of each of the 16 products
+   * lie vstride (input side) or mstride (output side) floats apart, and a
+   * plane split by row and column parity is 4 planes of qh x qw. */
+  int64_t vstride, mstride, qh, qw;
 } loom_wino;
 
 /* The tiling of an h x w input padded by ph, pw, giving oh x ow outputs. */
