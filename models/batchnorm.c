@@ -19,6 +19,12 @@ typedef struct bn {
   float *mean, *invstd;              /* of the last training forward */
   bool last_train;
   bool relu; /* fused with the ReLU after it (loom_layer_ops.fuse_relu) */
+  /* A pooling layer whose backward this one takes (loom_batchnorm_fuse_pool):
+   * dy is then the pool's output gradient, each plane's gradient is built in
+   * a part's own plane buffer of S floats. */
+  const loom_layer *pool;
+  float *planes;
+  int64_t planes_cap, pooled; /* pooled: dy's values per plane */
   /* The current pass, for the parts. */
   const float *x, *dy, *y_in; /* y_in: the output, for the fused ReLU's mask */
   float *y, *dx;
@@ -173,17 +179,28 @@ LOOM_HOT static void bn_dx(const float *x, const float *dy, const float *out, fl
       dx[j] = scale * (dy[j] - mean_dy - (x[j] - mean) * k);
 }
 
+/* dy's plane (sample i, channel ch) as BatchNorm's output gradient: with a
+ * fused pool, built from the pool's output gradient into the part's buffer. */
+static const float *plane_grad(const bn *b, int part, int64_t i, int64_t ch) {
+  const int64_t q = i * b->c + ch;
+  if (!b->pool)
+    return b->dy + q * b->spatial;
+  float *d = b->planes + part * b->spatial;
+  loom_pool_plane_backward(b->pool, q, b->dy + q * b->pooled, d);
+  return d;
+}
+
 static void backward_channels(void *ctx, int part, int64_t first, int64_t last) {
-  (void)part;
   bn *b = ctx;
   const int64_t n = b->n, S = b->spatial, M = n * S;
   for (int64_t ch = first; ch < last; ch++) {
     const float mean = b->mean[ch], invstd = b->invstd[ch];
     double sum_dy = 0, sum_dy_xhat = 0;
     const float *out = b->relu ? b->y_in : NULL;
-    for (int64_t i = 0; i < n; i++)
-      grad_sums(b->x + (i * b->c + ch) * S, b->dy + (i * b->c + ch) * S, out ? out + (i * b->c + ch) * S : NULL, S,
-                mean, &sum_dy, &sum_dy_xhat);
+    for (int64_t i = 0; i < n; i++) {
+      const int64_t at = (i * b->c + ch) * S;
+      grad_sums(b->x + at, plane_grad(b, part, i, ch), out ? out + at : NULL, S, mean, &sum_dy, &sum_dy_xhat);
+    }
     sum_dy_xhat *= invstd;
     if (b->param_grads) {
       b->dgamma[ch] += (float)sum_dy_xhat;
@@ -194,9 +211,11 @@ static void backward_channels(void *ctx, int part, int64_t first, int64_t last) 
     /* Training: through the batch statistics; else fixed ones, an affine map. */
     const float scale = b->gamma[ch] * invstd, mean_dy = b->last_train ? (float)(sum_dy / (double)M) : 0.0f,
                 mean_dy_xhat = b->last_train ? (float)(sum_dy_xhat / (double)M) : 0.0f;
-    for (int64_t i = 0; i < n; i++)
-      bn_dx(b->x + (i * b->c + ch) * S, b->dy + (i * b->c + ch) * S, out ? out + (i * b->c + ch) * S : NULL,
-            b->dx + (i * b->c + ch) * S, S, scale, mean, invstd * mean_dy_xhat, mean_dy);
+    for (int64_t i = 0; i < n; i++) {
+      const int64_t at = (i * b->c + ch) * S;
+      bn_dx(b->x + at, plane_grad(b, part, i, ch), out ? out + at : NULL, b->dx + at, S, scale, mean,
+            invstd * mean_dy_xhat, mean_dy);
+    }
   }
 }
 
@@ -205,8 +224,25 @@ static int bn_backward(void *data, const loom_tensor *x, const loom_tensor *y, c
   bn *b = data;
   b->y_in = y->data;
   b->x = x->data, b->dy = dy->data, b->dx = dx ? dx->data : NULL, b->n = x->shape[0], b->param_grads = param_grads;
+  if (b->pool) {
+    b->pooled = b->n ? dy->numel / (b->n * b->c) : 0;
+    const int64_t need = loom_parallel_parts() * b->spatial;
+    if (need > b->planes_cap) {
+      float *grown = realloc(b->planes, (size_t)need * sizeof *grown);
+      if (!grown)
+        return loom_error_oom("BatchNorm's pooled-gradient planes");
+      b->planes = grown, b->planes_cap = need;
+    }
+  }
   loom_parallel_for(b->c, backward_channels, b);
   return 0;
+}
+
+bool loom_batchnorm_fuse_pool(loom_layer *layer, const loom_layer *pool) {
+  if (layer->ops.backward != bn_backward || !loom_layer_is_pool(pool))
+    return false;
+  ((bn *)layer->data)->pool = pool;
+  return true;
 }
 
 static bool bn_fuse_relu(void *data) {
@@ -217,6 +253,7 @@ static bool bn_fuse_relu(void *data) {
 static void bn_destroy(void *data) {
   bn *b = data;
   free(b->mean);
+  free(b->planes);
   free(b);
 }
 

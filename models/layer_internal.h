@@ -17,4 +17,18 @@ int loom_same_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int6
 /* Elements per sample of a [batch, ...] tensor. */
 static inline int64_t loom_per_sample(const loom_tensor *t) { return t->shape[0] ? t->numel / t->shape[0] : 0; }
 
+/* Pooling (max, average, global average) as a backward another layer can
+ * take into its own passes: d[h w], the gradient of plane q (sample i,
+ * channel c: q = i C + c) of the pool's input, from g[oh ow], that plane's
+ * output gradient, after the pool's last forward. */
+bool loom_layer_is_pool(const loom_layer *layer);
+void loom_pool_plane_backward(const loom_layer *pool, int64_t q, const float *g, float *d);
+
+/* A BatchNorm (with or without its fused ReLU) whose output feeds `pool`
+ * only takes the pool's backward: its backward then receives the pool's
+ * output gradient and builds each plane's input gradient in cache, where
+ * the pool would write it to memory and BatchNorm read it back twice.
+ * False if `layer` is no BatchNorm. */
+bool loom_batchnorm_fuse_pool(loom_layer *layer, const loom_layer *pool);
+
 #endif

@@ -17,6 +17,8 @@ typedef struct entry {
   loom_tensor *dout; /* its gradient */
   bool frozen;
   bool fused; /* a ReLU the layer before applies: out and dout are that layer's */
+  bool pool_fused; /* a pool whose backward the layer producing its input takes */
+  size_t grad_from; /* that layer: the pool whose dout its backward receives (0: its own) */
 } entry;
 
 struct loom_model {
@@ -164,6 +166,20 @@ static void fuse_relus(loom_model *m) {
   }
 }
 
+/* A pool right after a BatchNorm (or after the ReLU fused into it) hands
+ * its backward to the BatchNorm (loom_batchnorm_fuse_pool): the pool's
+ * input gradient is never written to memory. Not the last layer. */
+static void fuse_pools(loom_model *m) {
+  for (size_t i = 1; i + 1 < m->count; i++) {
+    entry *e = &m->layers[i];
+    size_t src = m->layers[i - 1].fused ? i - 2 : i - 1; /* a fused ReLU is never first */
+    if (!loom_layer_is_pool(e->layer) || !loom_batchnorm_fuse_pool(m->layers[src].layer, e->layer))
+      continue;
+    e->pool_fused = true;
+    m->layers[src].grad_from = i;
+  }
+}
+
 int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint64_t seed) {
   if (m->built)
     return loom_error_set(LOOM_ESTATE, "loom_model_build: the model is already built");
@@ -210,6 +226,7 @@ int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint6
       e->layer->ops.init(e->layer->data, &rng);
   }
   fuse_relus(m);
+  fuse_pools(m);
   m->built = true;
   return rebuild_ranges(m);
 }
@@ -272,7 +289,7 @@ int loom_model_backward(loom_model *m, const loom_tensor *dout) {
       lowest = i;
   for (size_t i = m->count; i-- > lowest;) {
     entry *e = &m->layers[i];
-    if (e->fused) /* the layer before takes dout through it */
+    if (e->fused || e->pool_fused) /* the layer before takes dout through it */
       continue;
     const loom_tensor *in = i ? m->layers[i - 1].out : m->last_input;
     loom_tensor *din = NULL;
@@ -282,7 +299,8 @@ int loom_model_backward(loom_model *m, const loom_tensor *dout) {
       if (rc < 0)
         return rc;
     }
-    int rc = e->layer->ops.backward(e->layer->data, in, e->out, i == m->count - 1 ? dout : e->dout, din, !e->frozen);
+    const loom_tensor *g = e->grad_from ? m->layers[e->grad_from].dout : i == m->count - 1 ? dout : e->dout;
+    int rc = e->layer->ops.backward(e->layer->data, in, e->out, g, din, !e->frozen);
     if (rc < 0)
       return loom_error_wrap(rc, "backward of layer \"%s\"", e->name);
   }

@@ -570,6 +570,82 @@ static void test_fused_bn_relu(void **state) {
   loom_model_destroy(fused), loom_model_destroy(apart);
 }
 
+/* BatchNorm (with and without its ReLU) followed by max, overlapping max
+ * and average pooling: the fused model, where BatchNorm takes the pool's
+ * backward, matches the model whose pool runs its own backward (its
+ * backward wrapped, so it is not recognised for fusion) bit for bit. */
+static int pool_backward_calls;
+static int (*pool_backward_op)(void *, const loom_tensor *, const loom_tensor *, const loom_tensor *, loom_tensor *,
+                               bool);
+static int counting_pool_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
+                                  loom_tensor *dx, bool param_grads) {
+  pool_backward_calls++;
+  return pool_backward_op(data, x, y, dy, dx, param_grads);
+}
+
+static loom_model *bn_pool_model(bool relu, int kind, bool fusable) {
+  loom_model *m = loom_model_create();
+  loom_conv2d_options c = {.out_channels = 3, .kernel = {3, 3}, .padding = {1, 1}};
+  loom_layer *pool = kind == 0   ? loom_maxpool2d_create(2, 2, 0)
+                     : kind == 1 ? loom_maxpool2d_create(3, 2, 1)
+                                 : loom_avgpool2d_create(2, 2, 0);
+  if (!fusable) {
+    pool_backward_op = pool->ops.backward;
+    pool->ops.backward = counting_pool_backward;
+  }
+  assert_int_equal(loom_model_add(m, "conv", loom_conv2d_create(&c)), 0);
+  assert_int_equal(loom_model_add(m, "bn", loom_batchnorm_create(3, 1e-5f, 0.1f)), 0);
+  if (relu)
+    assert_int_equal(loom_model_add(m, "relu", loom_relu_create()), 0);
+  assert_int_equal(loom_model_add(m, "pool", pool), 0);
+  assert_int_equal(loom_model_add(m, "flat", loom_flatten_create()), 0);
+  assert_int_equal(loom_model_add(m, "fc", loom_linear_create(0, 4, true)), 0);
+  const int64_t shape[3] = {2, 6, 6};
+  assert_int_equal(loom_model_build(m, 3, shape, 9), 0);
+  return m;
+}
+
+static void test_fused_bn_pool(void **state) {
+  (void)state;
+  enum { N = 5 };
+  loom_tensor *x = loom_tensor_create(4, (int64_t[]){N, 2, 6, 6});
+  loom_tensor *dout = loom_tensor_create(2, (int64_t[]){N, 4});
+  for (int i = 0; i < N * 72; i++) /* repeated values: ties in the max windows */
+    loom_tensor_data(x)[i] = (float)((i * 29) % 13) / 6.0f - 1.0f;
+  for (int i = 0; i < N * 4; i++)
+    loom_tensor_data(dout)[i] = (float)(i % 7) - 3.0f;
+  for (int relu = 0; relu < 2; relu++)
+    for (int kind = 0; kind < 3; kind++) {
+      loom_model *fused = bn_pool_model(relu, kind, true), *apart = bn_pool_model(relu, kind, false);
+      const size_t np = loom_model_num_params(fused);
+      /* Counted after the build fused it: the fused model never calls it. */
+      loom_model_find_layer(fused, "pool")->ops.backward = counting_pool_backward;
+      for (int train = 1; train >= 0; train--) {
+        const loom_tensor *out[2];
+        loom_model *ms[2] = {fused, apart};
+        pool_backward_calls = 0;
+        for (int k = 0; k < 2; k++) {
+          loom_model_set_train(ms[k], train);
+          loom_model_zero_grad(ms[k]);
+          assert_int_equal(loom_model_forward(ms[k], x, &out[k]), 0);
+          assert_int_equal(loom_model_backward(ms[k], dout), 0);
+        }
+        assert_int_equal(pool_backward_calls, 1); /* the unfused model's */
+        assert_memory_equal(loom_tensor_data(out[0]), loom_tensor_data(out[1]), N * 4 * sizeof(float));
+        assert_memory_equal(loom_model_grads(fused), loom_model_grads(apart), np * sizeof(float));
+        /* the gradient reached the convolution under BatchNorm */
+        size_t off, count;
+        loom_model_layer_params(fused, 0, &off, &count);
+        double norm = 0;
+        for (size_t i = 0; i < count; i++)
+          norm += fabs(loom_model_grads(fused)[off + i]);
+        assert_true(norm > 0);
+      }
+      loom_model_destroy(fused), loom_model_destroy(apart);
+    }
+  loom_tensor_destroy(x), loom_tensor_destroy(dout);
+}
+
 /* --- Products and elementwise layers on their parallel paths --- */
 
 /* loom_gemm against a double product, for each transpose and shapes that
@@ -637,7 +713,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fork_after_pool), cmocka_unit_test(test_conv2d), cmocka_unit_test(test_conv2d_winograd),   cmocka_unit_test(test_pooling), cmocka_unit_test(test_batchnorm),
       cmocka_unit_test(test_elementwise), cmocka_unit_test(test_dropout), cmocka_unit_test(test_cnn_model),
-      cmocka_unit_test(test_gemm_products), cmocka_unit_test(test_relu_large), cmocka_unit_test(test_fused_bn_relu),
+      cmocka_unit_test(test_gemm_products), cmocka_unit_test(test_relu_large), cmocka_unit_test(test_fused_bn_relu), cmocka_unit_test(test_fused_bn_pool),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
