@@ -20,8 +20,8 @@ typedef struct bn {
   bool last_train;
   bool relu; /* fused with the ReLU after it (loom_layer_ops.fuse_relu) */
   /* A pooling layer whose backward this one takes (loom_batchnorm_fuse_pool):
-   * dy is then the pool's output gradient, each plane's gradient is built in
-   * a part's own plane buffer of S floats. */
+   * dy is then the pool's output gradient, a channel's gradient is built in
+   * a part's own buffer of n S floats. */
   const loom_layer *pool;
   float *planes;
   int64_t planes_cap, pooled; /* pooled: dy's values per plane */
@@ -179,14 +179,21 @@ LOOM_HOT static void bn_dx(const float *x, const float *dy, const float *out, fl
       dx[j] = scale * (dy[j] - mean_dy - (x[j] - mean) * k);
 }
 
-/* dy's plane (sample i, channel ch) as BatchNorm's output gradient: with a
- * fused pool, built from the pool's output gradient into the part's buffer. */
-static const float *plane_grad(const bn *b, int part, int64_t i, int64_t ch) {
-  const int64_t q = i * b->c + ch;
-  if (!b->pool)
-    return b->dy + q * b->spatial;
-  float *d = b->planes + part * b->spatial;
-  loom_pool_plane_backward(b->pool, q, b->dy + q * b->pooled, d);
+/* The channel's output gradient, one plane per sample at a stride of S:
+ * with a fused pool, built from the pool's output gradient into the part's
+ * buffer (n planes, in cache for both passes over them). */
+static const float *channel_grad(const bn *b, int part, int64_t ch, int64_t *stride) {
+  const int64_t S = b->spatial;
+  if (!b->pool) {
+    *stride = b->c * S;
+    return b->dy + ch * S;
+  }
+  float *d = b->planes + part * b->n * S;
+  for (int64_t i = 0; i < b->n; i++) {
+    const int64_t q = i * b->c + ch;
+    loom_pool_plane_backward(b->pool, q, b->dy + q * b->pooled, d + i * S);
+  }
+  *stride = S;
   return d;
 }
 
@@ -197,9 +204,11 @@ static void backward_channels(void *ctx, int part, int64_t first, int64_t last) 
     const float mean = b->mean[ch], invstd = b->invstd[ch];
     double sum_dy = 0, sum_dy_xhat = 0;
     const float *out = b->relu ? b->y_in : NULL;
+    int64_t gs;
+    const float *g = channel_grad(b, part, ch, &gs);
     for (int64_t i = 0; i < n; i++) {
       const int64_t at = (i * b->c + ch) * S;
-      grad_sums(b->x + at, plane_grad(b, part, i, ch), out ? out + at : NULL, S, mean, &sum_dy, &sum_dy_xhat);
+      grad_sums(b->x + at, g + i * gs, out ? out + at : NULL, S, mean, &sum_dy, &sum_dy_xhat);
     }
     sum_dy_xhat *= invstd;
     if (b->param_grads) {
@@ -213,8 +222,8 @@ static void backward_channels(void *ctx, int part, int64_t first, int64_t last) 
                 mean_dy_xhat = b->last_train ? (float)(sum_dy_xhat / (double)M) : 0.0f;
     for (int64_t i = 0; i < n; i++) {
       const int64_t at = (i * b->c + ch) * S;
-      bn_dx(b->x + at, plane_grad(b, part, i, ch), out ? out + at : NULL, b->dx + at, S, scale, mean,
-            invstd * mean_dy_xhat, mean_dy);
+      bn_dx(b->x + at, g + i * gs, out ? out + at : NULL, b->dx + at, S, scale, mean, invstd * mean_dy_xhat,
+            mean_dy);
     }
   }
 }
@@ -226,7 +235,7 @@ static int bn_backward(void *data, const loom_tensor *x, const loom_tensor *y, c
   b->x = x->data, b->dy = dy->data, b->dx = dx ? dx->data : NULL, b->n = x->shape[0], b->param_grads = param_grads;
   if (b->pool) {
     b->pooled = b->n ? dy->numel / (b->n * b->c) : 0;
-    const int64_t need = loom_parallel_parts() * b->spatial;
+    const int64_t need = loom_parallel_parts() * b->n * b->spatial;
     if (need > b->planes_cap) {
       float *grown = realloc(b->planes, (size_t)need * sizeof *grown);
       if (!grown)
