@@ -179,13 +179,11 @@ LOOM_HOT static void bn_dx(const float *x, const float *dy, const float *out, fl
       dx[j] = scale * (dy[j] - mean_dy - (x[j] - mean) * k);
 }
 
-/* The channel's output gradient, one plane per sample at a stride of S,
- * and the fused ReLU's output to mask it with (NULL: none or done): with a
- * fused pool, built from the pool's output gradient into the part's buffer
- * (n planes, in cache for both passes over them), already masked. */
-static const float *channel_grad(const bn *b, int part, int64_t ch, int64_t *stride, const float **mask) {
+/* The channel's output gradient, one plane per sample at a stride of S:
+ * with a fused pool, built from the pool's output gradient into the part's
+ * buffer (n planes, in cache for both passes over them). */
+static const float *channel_grad(const bn *b, int part, int64_t ch, int64_t *stride) {
   const int64_t S = b->spatial;
-  *mask = b->relu ? b->y_in : NULL;
   if (!b->pool) {
     *stride = b->c * S;
     return b->dy + ch * S;
@@ -193,9 +191,9 @@ static const float *channel_grad(const bn *b, int part, int64_t ch, int64_t *str
   float *d = b->planes + part * b->n * S;
   for (int64_t i = 0; i < b->n; i++) {
     const int64_t q = i * b->c + ch;
-    loom_pool_plane_backward(b->pool, q, b->dy + q * b->pooled, *mask ? *mask + q * S : NULL, d + i * S);
+    loom_pool_plane_backward(b->pool, q, b->dy + q * b->pooled, d + i * S);
   }
-  *stride = S, *mask = NULL;
+  *stride = S;
   return d;
 }
 
@@ -205,9 +203,9 @@ static void backward_channels(void *ctx, int part, int64_t first, int64_t last) 
   for (int64_t ch = first; ch < last; ch++) {
     const float mean = b->mean[ch], invstd = b->invstd[ch];
     double sum_dy = 0, sum_dy_xhat = 0;
-    const float *out;
+    const float *out = b->relu ? b->y_in : NULL;
     int64_t gs;
-    const float *g = channel_grad(b, part, ch, &gs, &out);
+    const float *g = channel_grad(b, part, ch, &gs);
     for (int64_t i = 0; i < n; i++) {
       const int64_t at = (i * b->c + ch) * S;
       grad_sums(b->x + at, g + i * gs, out ? out + at : NULL, S, mean, &sum_dy, &sum_dy_xhat);

@@ -20,10 +20,9 @@ static inline int64_t loom_per_sample(const loom_tensor *t) { return t->shape[0]
 /* Pooling (max, average, global average) as a backward another layer can
  * take into its own passes: d[h w], the gradient of plane q (sample i,
  * channel c: q = i C + c) of the pool's input, from g[oh ow], that plane's
- * output gradient, after the pool's last forward; with `keep` (a fused
- * ReLU's output plane), 0 wherever keep is not positive. */
+ * output gradient, after the pool's last forward. */
 bool loom_layer_is_pool(const loom_layer *layer);
-void loom_pool_plane_backward(const loom_layer *pool, int64_t q, const float *g, const float *keep, float *d);
+void loom_pool_plane_backward(const loom_layer *pool, int64_t q, const float *g, float *d);
 
 /* A BatchNorm (with or without its fused ReLU) whose output feeds `pool`
  * only takes the pool's backward: its backward then receives the pool's

@@ -166,38 +166,30 @@ static int pool_forward(void *data, const loom_tensor *x, loom_tensor *y, bool t
   return 0;
 }
 
-/* d[h w] from g[oh ow] for plane q (sample i, channel c: q = i C + c);
- * with `keep`, only where keep > 0 (a ReLU's mask), elsewhere 0. */
-static void plane_backward(const pool *p, int64_t q, const float *g, const float *keep, float *d) {
+/* d[h w] from g[oh ow] for plane q (sample i, channel c: q = i C + c). */
+static void plane_backward(const pool *p, int64_t q, const float *g, float *d) {
   const int64_t hw = p->h * p->w, ohw = p->oh * p->ow;
-  if (p->max) { /* each output's gradient to its argmax, if kept */
-    memset(d, 0, (size_t)hw * sizeof *d);
-    for (int64_t o = 0; o < ohw; o++) {
-      const int32_t at = p->argmax[q * ohw + o];
-      if (!keep || keep[at] > 0.0f)
-        d[at] += g[o];
-    }
-    return;
-  }
-  if (p->global)
+  if (p->global) {
     for (int64_t i = 0; i < hw; i++)
       d[i] = g[0] / (float)hw;
-  else {
-    memset(d, 0, (size_t)hw * sizeof *d);
-    for (int64_t oy = 0; oy < p->oh; oy++)
-      for (int64_t ox = 0; ox < p->ow; ox++) {
-        const float share = g[oy * p->ow + ox] / (float)(p->k * p->k);
-        for (int64_t ky = 0; ky < p->k; ky++)
-          for (int64_t kx = 0; kx < p->k; kx++) {
-            int64_t iy = oy * p->s - p->p + ky, ix = ox * p->s - p->p + kx;
-            if (iy >= 0 && iy < p->h && ix >= 0 && ix < p->w)
-              d[iy * p->w + ix] += share;
-          }
-      }
+    return;
   }
-  for (int64_t i = 0; keep && i < hw; i++)
-    if (!(keep[i] > 0.0f))
-      d[i] = 0.0f;
+  memset(d, 0, (size_t)hw * sizeof *d);
+  if (p->max) {
+    for (int64_t o = 0; o < ohw; o++)
+      d[p->argmax[q * ohw + o]] += g[o];
+    return;
+  }
+  for (int64_t oy = 0; oy < p->oh; oy++)
+    for (int64_t ox = 0; ox < p->ow; ox++) {
+      const float share = g[oy * p->ow + ox] / (float)(p->k * p->k);
+      for (int64_t ky = 0; ky < p->k; ky++)
+        for (int64_t kx = 0; kx < p->k; kx++) {
+          int64_t iy = oy * p->s - p->p + ky, ix = ox * p->s - p->p + kx;
+          if (iy >= 0 && iy < p->h && ix >= 0 && ix < p->w)
+            d[iy * p->w + ix] += share;
+        }
+    }
 }
 
 static void backward_planes(void *ctx, int part, int64_t first, int64_t last) {
@@ -205,7 +197,7 @@ static void backward_planes(void *ctx, int part, int64_t first, int64_t last) {
   const pool *p = ctx;
   const int64_t hw = p->h * p->w, ohw = p->oh * p->ow;
   for (int64_t q = first; q < last; q++)
-    plane_backward(p, q, p->dy + q * ohw, NULL, p->dx + q * hw);
+    plane_backward(p, q, p->dy + q * ohw, p->dx + q * hw);
 }
 
 static int pool_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
@@ -221,8 +213,8 @@ static int pool_backward(void *data, const loom_tensor *x, const loom_tensor *y,
 
 bool loom_layer_is_pool(const loom_layer *layer) { return layer->ops.backward == pool_backward; }
 
-void loom_pool_plane_backward(const loom_layer *layer, int64_t q, const float *g, const float *keep, float *d) {
-  plane_backward(layer->data, q, g, keep, d);
+void loom_pool_plane_backward(const loom_layer *layer, int64_t q, const float *g, float *d) {
+  plane_backward(layer->data, q, g, d);
 }
 
 static void pool_destroy(void *data) {
