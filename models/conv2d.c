@@ -232,12 +232,12 @@ static void forward_part(void *ctx, int part, int64_t begin, int64_t end) {
   const conv *c = ctx;
   const int64_t K = c->cin * c->kh * c->kw, L = c->oh * c->ow;
   float *col = c->scratch + part * c->part_len;
-  for (int64_t i = begin; i < end; i++) {
+  for (int64_t i = begin; c->wino && i < end; i += c->geo.chunk) {
+    const int64_t n = end - i < c->geo.chunk ? end - i : c->geo.chunk;
+    loom_wino_forward(&c->geo, c->U, c->b, c->x + i * c->cin * c->h * c->w, n, c->y + i * c->cout * L, col);
+  }
+  for (int64_t i = begin; !c->wino && i < end; i++) {
     float *out = c->y + i * c->cout * L;
-    if (c->wino) {
-      loom_wino_forward(&c->geo, c->U, c->b, c->x + i * c->cin * c->h * c->w, out, col);
-      continue;
-    }
     for (int64_t o = 0; c->has_bias && o < c->cout; o++) /* without a bias, the product overwrites */
       for (int64_t l = 0; l < L; l++)
         out[o * L + l] = c->b[o];
@@ -274,7 +274,10 @@ static void backward_part(void *ctx, int part, int64_t begin, int64_t end) {
       db[o] += s;
     }
     if (c->wino) {
-      loom_wino_backward(&c->geo, c->U, x, g, c->param_grads ? dw : NULL, dx, col);
+      if ((i - begin) % c->geo.chunk == 0) {
+        const int64_t n = end - i < c->geo.chunk ? end - i : c->geo.chunk;
+        loom_wino_backward(&c->geo, c->U, x, g, n, c->param_grads ? dw : NULL, dx, col);
+      }
       continue;
     }
     if (c->param_grads) { /* dW += dy_i col^T */

@@ -1,7 +1,8 @@
 /* Winograd F(2x2, 3x3) (models/winograd.h). With d a 4x4 input tile, g a
  * 3x3 filter and Y the 2x2 output tile, Y = A^T [(G g G^T) . (B^T d B)] A.
- * Per sample the transformed input V[16][cin][tiles] and products
- * M[16][cout][tiles] stay in cache; the 16 products are single-threaded
+ * For a few samples at a time the transformed input V[16][cin][samples x
+ * tiles] and products M[16][cout][samples x tiles] stay in cache; the 16
+ * products are single-threaded
  * OpenBLAS calls on the calling part's thread (core/parallel.h). */
 #include "models/winograd.h"
 
@@ -58,10 +59,14 @@ void loom_wino_init(loom_wino *w, int64_t cin, int64_t cout, int64_t h, int64_t 
   *w = (loom_wino){.cin = cin, .cout = cout, .h = h, .w = wd, .ph = ph, .pw = pw, .oh = oh, .ow = ow};
   w->th = (oh + 1) / 2, w->tw = (ow + 1) / 2;
   w->tiles = w->th * w->tw;
+  /* Samples per product: enough columns that packing the filters is shared
+   * (bench/NOTES.md), few enough that V and M stay near the core's cache. */
+  w->chunk = w->tiles >= 256 ? 1 : w->tiles >= 96 ? 2 : 4;
+  w->row = w->chunk * w->tiles;
   /* A row of tiles is done LANES at a time, the last group running past
    * the row's end: into the next row, which is written after it, or into
    * LANES floats of slack after each product's matrix. */
-  w->vstride = cin * w->tiles + LANES, w->mstride = cout * w->tiles + LANES;
+  w->vstride = cin * w->row + LANES, w->mstride = cout * w->row + LANES;
   /* Tile (ty, tx) reads parity planes at rows ty, ty + 1 and columns from
    * tx to tx + LANES. */
   w->qh = w->th + 1, w->qw = (w->tw + LANES - 1) / LANES * LANES + LANES;
@@ -135,138 +140,150 @@ LOOM_INLINE int64_t tile_at(const loom_wino *w, int i, int j, int64_t ty, int64_
   return (2 * (i & 1) + (j & 1)) * w->qh * w->qw + (ty + i / 2) * w->qw + tx + j / 2;
 }
 
-/* V[xi][c][tile] = B^T d B for every input tile d (zeros outside). */
-LOOM_HOT static void transform_input(const loom_wino *w, const float *x, float *V, float *Q) {
-  const int64_t T = w->tiles;
-  for (int64_t c = 0; c < w->cin; c++) {
-    split_parity(w, x + c * w->h * w->w, w->h, w->w, w->ph, w->pw, Q);
-    for (int64_t ty = 0; ty < w->th; ty++)
-      for (int64_t tx = 0; tx < w->tw; tx += LANES) {
-        vec d[16], r[16], v[16];
-        for (int i = 0; i < 4; i++)
+/* Where sample s's tile row ty, tiles tx onwards, lies in channel (or
+ * output channel) c's row of a transform matrix. */
+LOOM_INLINE int64_t col_at(const loom_wino *w, int64_t c, int64_t s, int64_t ty, int64_t tx) {
+  return c * w->row + s * w->tiles + ty * w->tw + tx;
+}
+
+/* V[xi][c][s tiles + tile] = B^T d B for every input tile d of samples
+ * x[0, n) (zeros outside). Channels outermost: a group's overrun lands on
+ * columns written later. */
+LOOM_HOT static void transform_input(const loom_wino *w, const float *x, int64_t n, float *V, float *Q) {
+  const int64_t hw = w->h * w->w;
+  for (int64_t c = 0; c < w->cin; c++)
+    for (int64_t s = 0; s < n; s++) {
+      split_parity(w, x + (s * w->cin + c) * hw, w->h, w->w, w->ph, w->pw, Q);
+      for (int64_t ty = 0; ty < w->th; ty++)
+        for (int64_t tx = 0; tx < w->tw; tx += LANES) {
+          vec d[16], r[16], v[16];
+          for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++)
+              LOAD(d[4 * i + j], Q + tile_at(w, i, j, ty, tx));
           for (int j = 0; j < 4; j++)
-            LOAD(d[4 * i + j], Q + tile_at(w, i, j, ty, tx));
-        for (int j = 0; j < 4; j++)
-          BT(d + j, 4, r + j, 4);
-        for (int i = 0; i < 4; i++)
-          BT(r + 4 * i, 1, v + 4 * i, 1);
-        for (int xi = 0; xi < 16; xi++)
-          STORE(V + xi * w->vstride + c * T + ty * w->tw + tx, v[xi]);
-      }
-  }
+            BT(d + j, 4, r + j, 4);
+          for (int i = 0; i < 4; i++)
+            BT(r + 4 * i, 1, v + 4 * i, 1);
+          for (int xi = 0; xi < 16; xi++)
+            STORE(V + xi * w->vstride + col_at(w, c, s, ty, tx), v[xi]);
+        }
+    }
 }
 
 /* dx = the adjoint of transform_input applied to dV: B dV B^T of every
  * tile added into its place in parity planes, then the planes joined. */
-LOOM_HOT static void transform_input_adjoint(const loom_wino *w, const float *dV, float *dx, float *Q) {
-  const int64_t T = w->tiles;
+LOOM_HOT static void transform_input_adjoint(const loom_wino *w, const float *dV, int64_t n, float *dx, float *Q) {
+  const int64_t hw = w->h * w->w;
   const loom_i8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
-  for (int64_t c = 0; c < w->cin; c++) {
-    memset(Q, 0, (size_t)(4 * w->qh * w->qw) * sizeof *Q);
-    for (int64_t ty = 0; ty < w->th; ty++)
-      for (int64_t tx = 0; tx < w->tw; tx += LANES) {
-        const loom_i8 keep = lane < (loom_i8){0} + (int32_t)(w->tw - tx); /* past the row: other tiles */
-        vec v[16], r[16], d[16];
-        for (int xi = 0; xi < 16; xi++) {
-          LOAD(v[xi], dV + xi * w->vstride + c * T + ty * w->tw + tx);
-          v[xi] = (vec)((loom_i8)v[xi] & keep);
-        }
-        for (int i = 0; i < 4; i++)
-          B(v + 4 * i, 1, r + 4 * i, 1);
-        for (int j = 0; j < 4; j++)
-          B(r + j, 4, d + j, 4);
-        for (int i = 0; i < 4; i++)
-          for (int j = 0; j < 4; j++) {
-            float *q = Q + tile_at(w, i, j, ty, tx);
-            vec sum;
-            LOAD(sum, q);
-            sum += d[4 * i + j];
-            STORE(q, sum);
+  for (int64_t s = 0; s < n; s++)
+    for (int64_t c = 0; c < w->cin; c++) {
+      memset(Q, 0, (size_t)(4 * w->qh * w->qw) * sizeof *Q);
+      for (int64_t ty = 0; ty < w->th; ty++)
+        for (int64_t tx = 0; tx < w->tw; tx += LANES) {
+          const loom_i8 keep = lane < (loom_i8){0} + (int32_t)(w->tw - tx); /* past the row: other tiles */
+          vec v[16], r[16], d[16];
+          for (int xi = 0; xi < 16; xi++) {
+            LOAD(v[xi], dV + xi * w->vstride + col_at(w, c, s, ty, tx));
+            v[xi] = (vec)((loom_i8)v[xi] & keep);
           }
-      }
-    join_parity(w, Q, dx + c * w->h * w->w);
-  }
+          for (int i = 0; i < 4; i++)
+            B(v + 4 * i, 1, r + 4 * i, 1);
+          for (int j = 0; j < 4; j++)
+            B(r + j, 4, d + j, 4);
+          for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++) {
+              float *q = Q + tile_at(w, i, j, ty, tx);
+              vec sum;
+              LOAD(sum, q);
+              sum += d[4 * i + j];
+              STORE(q, sum);
+            }
+        }
+      join_parity(w, Q, dx + (s * w->cin + c) * hw);
+    }
 }
 
-/* y[o] = A^T M A of every output tile, plus the bias. */
-LOOM_HOT static void transform_output(const loom_wino *w, const float *M, const float *bias, float *y) {
-  const int64_t T = w->tiles;
-  for (int64_t o = 0; o < w->cout; o++) {
-    float *yo = y + o * w->oh * w->ow;
-    const vec b0 = (vec){0} + (bias ? bias[o] : 0.0f);
-    for (int64_t ty = 0; ty < w->th; ty++)
-      for (int64_t tx = 0; tx < w->tw; tx += LANES) {
-        vec m[16], r[8], out[4];
-        for (int xi = 0; xi < 16; xi++)
-          LOAD(m[xi], M + xi * w->mstride + o * T + ty * w->tw + tx);
-        for (int j = 0; j < 4; j++) /* columns: 4 rows to 2 */
-          AT(m + j, 4, r + j, 4);
-        for (int i = 0; i < 2; i++) /* rows: 4 columns to 2 */
-          AT(r + 4 * i, 1, out + 2 * i, 1);
-        const int64_t n = w->tw - tx < LANES ? w->tw - tx : LANES;
-        for (int i = 0; i < 2 && 2 * ty + i < w->oh; i++) {
-          float *row = yo + (2 * ty + i) * w->ow + 2 * tx;
-          const vec even = out[2 * i] + b0, odd = out[2 * i + 1] + b0;
-          for (int64_t l = 0; l < n; l++) {
-            row[2 * l] = even[l];
-            if (2 * (tx + l) + 1 < w->ow)
-              row[2 * l + 1] = odd[l];
+/* y[s][o] = A^T M A of every output tile, plus the bias. */
+LOOM_HOT static void transform_output(const loom_wino *w, const float *M, const float *bias, int64_t n, float *y) {
+  for (int64_t s = 0; s < n; s++)
+    for (int64_t o = 0; o < w->cout; o++) {
+      float *yo = y + (s * w->cout + o) * w->oh * w->ow;
+      const vec b0 = (vec){0} + (bias ? bias[o] : 0.0f);
+      for (int64_t ty = 0; ty < w->th; ty++)
+        for (int64_t tx = 0; tx < w->tw; tx += LANES) {
+          vec m[16], r[8], out[4];
+          for (int xi = 0; xi < 16; xi++)
+            LOAD(m[xi], M + xi * w->mstride + col_at(w, o, s, ty, tx));
+          for (int j = 0; j < 4; j++) /* columns: 4 rows to 2 */
+            AT(m + j, 4, r + j, 4);
+          for (int i = 0; i < 2; i++) /* rows: 4 columns to 2 */
+            AT(r + 4 * i, 1, out + 2 * i, 1);
+          const int64_t k = w->tw - tx < LANES ? w->tw - tx : LANES;
+          for (int i = 0; i < 2 && 2 * ty + i < w->oh; i++) {
+            float *row = yo + (2 * ty + i) * w->ow + 2 * tx;
+            const vec even = out[2 * i] + b0, odd = out[2 * i + 1] + b0;
+            for (int64_t l = 0; l < k; l++) {
+              row[2 * l] = even[l];
+              if (2 * (tx + l) + 1 < w->ow)
+                row[2 * l + 1] = odd[l];
+            }
           }
         }
-      }
-  }
+    }
 }
 
-/* dM[xi][o][tile] = A dY A^T, the adjoint of transform_output; outputs past
- * the edge count 0. */
-LOOM_HOT static void transform_output_adjoint(const loom_wino *w, const float *dy, float *dM, float *Q) {
-  const int64_t T = w->tiles;
-  for (int64_t o = 0; o < w->cout; o++) {
-    split_parity(w, dy + o * w->oh * w->ow, w->oh, w->ow, 0, 0, Q);
-    for (int64_t ty = 0; ty < w->th; ty++)
-      for (int64_t tx = 0; tx < w->tw; tx += LANES) {
-        vec dt[4], r[8], m[16];
-        for (int i = 0; i < 2; i++)
-          for (int j = 0; j < 2; j++)
-            LOAD(dt[2 * i + j], Q + tile_at(w, i, j, ty, tx));
-        for (int i = 0; i < 2; i++)
-          A(dt + 2 * i, 1, r + 4 * i, 1);
-        for (int j = 0; j < 4; j++)
-          A(r + j, 4, m + j, 4);
-        for (int xi = 0; xi < 16; xi++)
-          STORE(dM + xi * w->mstride + o * T + ty * w->tw + tx, m[xi]);
-      }
-  }
+/* dM[xi][o][s tiles + tile] = A dY A^T, the adjoint of transform_output;
+ * outputs past the edge count 0. Output channels outermost, as
+ * transform_input's channels. */
+LOOM_HOT static void transform_output_adjoint(const loom_wino *w, const float *dy, int64_t n, float *dM, float *Q) {
+  const int64_t ohw = w->oh * w->ow;
+  for (int64_t o = 0; o < w->cout; o++)
+    for (int64_t s = 0; s < n; s++) {
+      split_parity(w, dy + (s * w->cout + o) * ohw, w->oh, w->ow, 0, 0, Q);
+      for (int64_t ty = 0; ty < w->th; ty++)
+        for (int64_t tx = 0; tx < w->tw; tx += LANES) {
+          vec dt[4], r[8], m[16];
+          for (int i = 0; i < 2; i++)
+            for (int j = 0; j < 2; j++)
+              LOAD(dt[2 * i + j], Q + tile_at(w, i, j, ty, tx));
+          for (int i = 0; i < 2; i++)
+            A(dt + 2 * i, 1, r + 4 * i, 1);
+          for (int j = 0; j < 4; j++)
+            A(r + j, 4, m + j, 4);
+          for (int xi = 0; xi < 16; xi++)
+            STORE(dM + xi * w->mstride + col_at(w, o, s, ty, tx), m[xi]);
+        }
+    }
 }
 
-void loom_wino_forward(const loom_wino *w, const float *U, const float *bias, const float *x, float *y,
+void loom_wino_forward(const loom_wino *w, const float *U, const float *bias, const float *x, int64_t n, float *y,
                        float *scratch) {
-  const int64_t T = w->tiles, cin = w->cin, cout = w->cout;
+  const int64_t cin = w->cin, cout = w->cout, N = n * w->tiles;
   float *V = scratch, *M = V + 16 * w->vstride, *Q = M + 16 * w->mstride;
-  transform_input(w, x, V, Q);
+  transform_input(w, x, n, V, Q);
   for (int xi = 0; xi < 16; xi++) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout, (int)T, (int)cin, 1.0f, U + xi * cout * cin,
-                (int)cin, V + xi * w->vstride, (int)T, 0.0f, M + xi * w->mstride, (int)T);
-    memset(M + xi * w->mstride + cout * T, 0, LANES * sizeof *M); /* the slack the last group reads */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout, (int)N, (int)cin, 1.0f, U + xi * cout * cin,
+                (int)cin, V + xi * w->vstride, (int)w->row, 0.0f, M + xi * w->mstride, (int)w->row);
+    memset(M + xi * w->mstride + cout * w->row, 0, LANES * sizeof *M); /* the slack the last group reads */
   }
-  transform_output(w, M, bias, y);
+  transform_output(w, M, bias, n, y);
 }
 
-void loom_wino_backward(const loom_wino *w, const float *U, const float *x, const float *dy, float *dU, float *dx,
-                        float *scratch) {
-  const int64_t T = w->tiles, cin = w->cin, cout = w->cout;
+void loom_wino_backward(const loom_wino *w, const float *U, const float *x, const float *dy, int64_t n, float *dU,
+                        float *dx, float *scratch) {
+  const int64_t cin = w->cin, cout = w->cout, N = n * w->tiles;
   float *V = scratch, *dM = V + 16 * w->vstride, *Q = dM + 16 * w->mstride;
-  transform_output_adjoint(w, dy, dM, Q);
+  transform_output_adjoint(w, dy, n, dM, Q);
   if (dU) { /* dU[xi] += dM[xi] V[xi]^T */
-    transform_input(w, x, V, Q);
+    transform_input(w, x, n, V, Q);
     for (int xi = 0; xi < 16; xi++)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout, (int)cin, (int)T, 1.0f, dM + xi * w->mstride,
-                  (int)T, V + xi * w->vstride, (int)T, 1.0f, dU + xi * cout * cin, (int)cin);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout, (int)cin, (int)N, 1.0f, dM + xi * w->mstride,
+                  (int)w->row, V + xi * w->vstride, (int)w->row, 1.0f, dU + xi * cout * cin, (int)cin);
   }
   if (dx) { /* dV[xi] = U[xi]^T dM[xi], into V's place */
     for (int xi = 0; xi < 16; xi++)
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)cin, (int)T, (int)cout, 1.0f, U + xi * cout * cin,
-                  (int)cin, dM + xi * w->mstride, (int)T, 0.0f, V + xi * w->vstride, (int)T);
-    transform_input_adjoint(w, V, dx, Q);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)cin, (int)N, (int)cout, 1.0f, U + xi * cout * cin,
+                  (int)cin, dM + xi * w->mstride, (int)w->row, 0.0f, V + xi * w->vstride, (int)w->row);
+    transform_input_adjoint(w, V, n, dx, Q);
   }
 }

@@ -11,6 +11,7 @@
 typedef struct loom_wino {
   int64_t cin, cout, h, w, ph, pw, oh, ow;
   int64_t th, tw, tiles; /* 2x2 output tiles per sample: th x tw */
+  int64_t chunk, row;     /* samples per product, and its columns: chunk x tiles */
   /* Scratch geometry: the transform matrices of each of the 16 products
    * lie vstride (input side) or mstride (output side) floats apart, and a
    * plane split by row and column parity is 4 planes of qh x qw. */
@@ -21,7 +22,7 @@ typedef struct loom_wino {
 void loom_wino_init(loom_wino *g, int64_t cin, int64_t cout, int64_t h, int64_t w, int64_t ph, int64_t pw,
                     int64_t oh, int64_t ow);
 
-/* Floats of scratch one thread needs for one sample. */
+/* Floats of scratch one thread needs for `chunk` samples. */
 int64_t loom_wino_scratch(const loom_wino *g);
 
 /* U[16][cout][cin] = G w G^T for weights w[cout][cin][3][3]. */
@@ -29,14 +30,15 @@ void loom_wino_filters(const loom_wino *g, const float *w, float *U);
 /* dw[cout][cin][3][3] += G^T dU G: the adjoint of loom_wino_filters. */
 void loom_wino_filters_adjoint(const loom_wino *g, const float *dU, float *dw);
 
-/* y[cout][oh][ow] of one sample x[cin][h][w]; bias may be NULL. */
-void loom_wino_forward(const loom_wino *g, const float *U, const float *bias, const float *x, float *y,
+/* y[n][cout][oh][ow] of samples x[n][cin][h][w], n <= chunk; bias may be
+ * NULL. */
+void loom_wino_forward(const loom_wino *g, const float *U, const float *bias, const float *x, int64_t n, float *y,
                        float *scratch);
 
-/* One sample's backward from dy[cout][oh][ow]: dU[16][cout][cin] += the
- * transformed filters' gradient (unless dU is NULL) and dx[cin][h][w] =
- * the input gradient (unless dx is NULL). */
-void loom_wino_backward(const loom_wino *g, const float *U, const float *x, const float *dy, float *dU, float *dx,
-                        float *scratch);
+/* The backward of n <= chunk samples from dy[n][cout][oh][ow]:
+ * dU[16][cout][cin] += the transformed filters' gradient (unless dU is NULL)
+ * and dx[n][cin][h][w] = the input gradient (unless dx is NULL). */
+void loom_wino_backward(const loom_wino *g, const float *U, const float *x, const float *dy, int64_t n, float *dU,
+                        float *dx, float *scratch);
 
 #endif

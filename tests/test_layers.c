@@ -181,7 +181,9 @@ static void test_conv2d(void **state) {
 }
 
 /* Winograd's F(2x2, 3x3) against the same double reference: odd outputs
- * (a last tile half outside), no, one-sided and wide padding, one tile. */
+ * (a last tile half outside), no, one-sided and wide padding, one tile;
+ * 9 samples, so two full products of 4 samples and one of 1 (3 parts: 3
+ * samples each, one product of 3). */
 static void test_conv2d_winograd(void **state) {
   (void)state;
   const conv_ctx cases[] = {{2, 5, 6, 3, 3, 3, 1, 1, 0, 0, 1, 1, 0, 0},  {3, 7, 7, 4, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0},
@@ -193,7 +195,7 @@ static void test_conv2d_winograd(void **state) {
                              .algorithm = LOOM_CONV_WINOGRAD};
     harness t;
     const int64_t shape[3] = {c.c, c.h, c.w};
-    setup_layer(&t, loom_conv2d_create(&o), 3, shape, 3);
+    setup_layer(&t, loom_conv2d_create(&o), 3, shape, 9);
     c.oh = t.oshape[1], c.ow = t.oshape[2];
     check(&t, conv_ref, &c, true, 1.0);
     teardown_layer(&t);
