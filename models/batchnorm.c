@@ -26,7 +26,7 @@ typedef struct bn {
   float *planes;
   int64_t planes_cap, pooled; /* pooled: dy's values per plane */
   /* The current pass, for the parts. */
-  const float *x, *dy, *y_in; /* y_in: the output, for the fused ReLU's mask */
+  const float *x, *dy;
   float *y, *dx;
   int64_t n;
   bool param_grads;
@@ -90,25 +90,31 @@ LOOM_HOT static void stat_sums(const float *x, int64_t S, float center, double *
   ADD_LANES(la, lb, a, b);
 }
 
-/* With `out` (a fused ReLU's output), dy counts only where out > 0: the
- * same values the ReLU layer's backward would have passed down. */
-LOOM_HOT static void grad_sums(const float *x, const float *dy, const float *out, int64_t S, float center, double *a,
+/* A fused ReLU's mask, recomputed from x exactly as the forward computed
+ * the output (the same float operations, so the same signs), rather than
+ * read back from the stored output: one stream of memory less per pass. */
+typedef struct relu_mask {
+  bool on;
+  float scale, mean, shift;
+} relu_mask;
+
+/* With the mask on, dy counts only where the output was positive: the same
+ * values the ReLU layer's backward would have passed down. */
+LOOM_HOT static void grad_sums(const float *x, const float *dy, relu_mask r, int64_t S, float center, double *a,
                                double *b) {
-  const lanes c = center - (lanes){0}, zero = {0};
+  const lanes c = center - (lanes){0}, zero = {0}, scale = r.scale - zero, mean = r.mean - zero,
+              shift = r.shift - zero;
   lanes la = {0}, lb = {0};
   int64_t k = 0;
   for (; k + LANES <= S; k += LANES) {
     lanes g, v;
     LOAD(g, dy + k), LOAD(v, x + k);
-    if (out) {
-      lanes o;
-      LOAD(o, out + k);
-      g = (lanes)((mask_lanes)g & (o > zero));
-    }
+    if (r.on)
+      g = (lanes)((mask_lanes)g & (scale * (v - mean) + shift > zero));
     la += g, lb += g * (v - c);
   }
   for (; k < S; k++) {
-    float g = out && !(out[k] > 0.0f) ? 0.0f : dy[k];
+    float g = r.on && !(r.scale * (x[k] - r.mean) + r.shift > 0.0f) ? 0.0f : dy[k];
     la[0] += g, lb[0] += g * (x[k] - center);
   }
   ADD_LANES(la, lb, a, b);
@@ -167,11 +173,11 @@ static int bn_forward(void *data, const loom_tensor *x, loom_tensor *y, bool tra
 }
 
 /* dx = scale (dy - mean_dy - (x - mean) k), k = invstd mean(dy xhat). */
-LOOM_HOT static void bn_dx(const float *x, const float *dy, const float *out, float *dx, int64_t S, float scale,
+LOOM_HOT static void bn_dx(const float *x, const float *dy, relu_mask r, float *dx, int64_t S, float scale,
                            float mean, float k, float mean_dy) {
-  if (out)
+  if (r.on)
     for (int64_t j = 0; j < S; j++) {
-      float g = out[j] > 0.0f ? dy[j] : 0.0f;
+      float g = r.scale * (x[j] - r.mean) + r.shift > 0.0f ? dy[j] : 0.0f;
       dx[j] = scale * (g - mean_dy - (x[j] - mean) * k);
     }
   else
@@ -203,12 +209,12 @@ static void backward_channels(void *ctx, int part, int64_t first, int64_t last) 
   for (int64_t ch = first; ch < last; ch++) {
     const float mean = b->mean[ch], invstd = b->invstd[ch];
     double sum_dy = 0, sum_dy_xhat = 0;
-    const float *out = b->relu ? b->y_in : NULL;
+    const relu_mask mask = {b->relu, b->gamma[ch] * invstd, mean, b->beta[ch]}; /* as forward_channels */
     int64_t gs;
     const float *g = channel_grad(b, part, ch, &gs);
     for (int64_t i = 0; i < n; i++) {
       const int64_t at = (i * b->c + ch) * S;
-      grad_sums(b->x + at, g + i * gs, out ? out + at : NULL, S, mean, &sum_dy, &sum_dy_xhat);
+      grad_sums(b->x + at, g + i * gs, mask, S, mean, &sum_dy, &sum_dy_xhat);
     }
     sum_dy_xhat *= invstd;
     if (b->param_grads) {
@@ -222,16 +228,15 @@ static void backward_channels(void *ctx, int part, int64_t first, int64_t last) 
                 mean_dy_xhat = b->last_train ? (float)(sum_dy_xhat / (double)M) : 0.0f;
     for (int64_t i = 0; i < n; i++) {
       const int64_t at = (i * b->c + ch) * S;
-      bn_dx(b->x + at, g + i * gs, out ? out + at : NULL, b->dx + at, S, scale, mean, invstd * mean_dy_xhat,
-            mean_dy);
+      bn_dx(b->x + at, g + i * gs, mask, b->dx + at, S, scale, mean, invstd * mean_dy_xhat, mean_dy);
     }
   }
 }
 
 static int bn_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
                        loom_tensor *dx, bool param_grads) {
+  (void)y; /* a fused ReLU's mask is recomputed from x (relu_mask) */
   bn *b = data;
-  b->y_in = y->data;
   b->x = x->data, b->dy = dy->data, b->dx = dx ? dx->data : NULL, b->n = x->shape[0], b->param_grads = param_grads;
   if (b->pool) {
     b->pooled = b->n ? dy->numel / (b->n * b->c) : 0;
