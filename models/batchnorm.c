@@ -19,12 +19,14 @@ typedef struct bn {
   float *mean, *invstd;              /* of the last training forward */
   bool last_train;
   bool relu; /* fused with the ReLU after it (loom_layer_ops.fuse_relu) */
-  /* A pooling layer whose backward this one takes (loom_batchnorm_fuse_pool):
-   * dy is then the pool's output gradient, a channel's gradient is built in
-   * a part's own buffer of n S floats. */
+  /* A pooling layer whose forward and backward this one takes
+   * (loom_batchnorm_fuse_pool): each output plane is pooled from a part's
+   * own buffer straight into pool_out, and dy is the pool's output
+   * gradient, from which a channel's gradient is built in a part's buffer
+   * of n S floats. */
   const loom_layer *pool;
-  float *planes;
-  int64_t planes_cap, pooled; /* pooled: dy's values per plane */
+  float *pool_out, *planes;
+  int64_t planes_cap, pool_out_numel, pooled; /* pooled: the pool's values per plane */
   /* The current pass, for the parts. */
   const float *x, *dy;
   float *y, *dx;
@@ -132,7 +134,6 @@ LOOM_HOT static void affine(const float *x, float *y, int64_t S, float scale, fl
 }
 
 static void forward_channels(void *ctx, int part, int64_t first, int64_t last) {
-  (void)part;
   bn *b = ctx;
   const int64_t n = b->n, S = b->spatial, M = n * S;
   for (int64_t ch = first; ch < last; ch++) {
@@ -158,9 +159,29 @@ static void forward_channels(void *ctx, int part, int64_t first, int64_t last) {
     }
     b->mean[ch] = mean, b->invstd[ch] = invstd;
     const float scale = b->gamma[ch] * invstd, shift = b->beta[ch];
-    for (int64_t i = 0; i < n; i++)
-      affine(b->x + (i * b->c + ch) * S, b->y + (i * b->c + ch) * S, S, scale, mean, shift, b->relu);
+    for (int64_t i = 0; i < n; i++) {
+      const int64_t q = i * b->c + ch;
+      if (!b->pool) {
+        affine(b->x + q * S, b->y + q * S, S, scale, mean, shift, b->relu);
+        continue;
+      }
+      float *plane = b->planes + part * S; /* never written to memory: pooled while in cache */
+      affine(b->x + q * S, plane, S, scale, mean, shift, b->relu);
+      loom_pool_plane_forward(b->pool, q, plane, b->pool_out + q * b->pooled);
+    }
   }
+}
+
+/* Room for `planes` planes of S floats for each part. */
+static int reserve_planes(bn *b, int64_t planes) {
+  const int64_t need = loom_parallel_parts() * planes * b->spatial;
+  if (need <= b->planes_cap)
+    return 0;
+  float *grown = realloc(b->planes, (size_t)need * sizeof *grown);
+  if (!grown)
+    return loom_error_oom("BatchNorm's planes for its fused pool");
+  b->planes = grown, b->planes_cap = need;
+  return 0;
 }
 
 static int bn_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
@@ -168,6 +189,14 @@ static int bn_forward(void *data, const loom_tensor *x, loom_tensor *y, bool tra
   bn *b = data;
   b->last_train = train;
   b->x = x->data, b->y = y->data, b->n = x->shape[0];
+  if (b->pool) {
+    int rc = reserve_planes(b, 1);
+    if (rc == 0)
+      rc = loom_pool_reserve(b->pool, b->n);
+    if (rc < 0)
+      return rc;
+    b->pooled = b->n ? b->pool_out_numel / (b->n * b->c) : 0;
+  }
   loom_parallel_for(b->c, forward_channels, b);
   return 0;
 }
@@ -240,23 +269,24 @@ static int bn_backward(void *data, const loom_tensor *x, const loom_tensor *y, c
   b->x = x->data, b->dy = dy->data, b->dx = dx ? dx->data : NULL, b->n = x->shape[0], b->param_grads = param_grads;
   if (b->pool) {
     b->pooled = b->n ? dy->numel / (b->n * b->c) : 0;
-    const int64_t need = loom_parallel_parts() * b->n * b->spatial;
-    if (need > b->planes_cap) {
-      float *grown = realloc(b->planes, (size_t)need * sizeof *grown);
-      if (!grown)
-        return loom_error_oom("BatchNorm's pooled-gradient planes");
-      b->planes = grown, b->planes_cap = need;
-    }
+    int rc = reserve_planes(b, b->n);
+    if (rc < 0)
+      return rc;
   }
   loom_parallel_for(b->c, backward_channels, b);
   return 0;
 }
 
 bool loom_batchnorm_fuse_pool(loom_layer *layer, const loom_layer *pool) {
-  if (layer->ops.backward != bn_backward || !loom_layer_is_pool(pool))
+  if (layer->ops.forward != bn_forward || layer->ops.backward != bn_backward || !loom_layer_is_pool(pool))
     return false;
   ((bn *)layer->data)->pool = pool;
   return true;
+}
+
+void loom_batchnorm_pool_output(loom_layer *layer, loom_tensor *out) {
+  bn *b = layer->data;
+  b->pool_out = out->data, b->pool_out_numel = out->numel;
 }
 
 static bool bn_fuse_relu(void *data) {

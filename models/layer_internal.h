@@ -23,12 +23,19 @@ static inline int64_t loom_per_sample(const loom_tensor *t) { return t->shape[0]
  * output gradient, after the pool's last forward. */
 bool loom_layer_is_pool(const loom_layer *layer);
 void loom_pool_plane_backward(const loom_layer *pool, int64_t q, const float *g, float *d);
+/* And its forward, plane by plane: loom_pool_reserve(pool, n) makes room for
+ * the positions of a batch of n, then loom_pool_plane_forward writes plane
+ * q's output from input plane `in` (in cache, say). */
+int loom_pool_reserve(const loom_layer *pool, int64_t n);
+void loom_pool_plane_forward(const loom_layer *pool, int64_t q, const float *in, float *out);
 
 /* A BatchNorm (with or without its fused ReLU) whose output feeds `pool`
- * only takes the pool's backward: its backward then receives the pool's
- * output gradient and builds each plane's input gradient in cache, where
- * the pool would write it to memory and BatchNorm read it back twice.
- * False if `layer` is no BatchNorm. */
+ * only takes the pool's forward and backward: its forward pools each output
+ * plane while it is in cache into the pool's output (given before each
+ * forward with loom_batchnorm_pool_output), so its own output is never
+ * written; its backward receives the pool's output gradient and builds
+ * each plane's input gradient in cache. False if `layer` is no BatchNorm. */
 bool loom_batchnorm_fuse_pool(loom_layer *layer, const loom_layer *pool);
+void loom_batchnorm_pool_output(loom_layer *layer, loom_tensor *out);
 
 #endif

@@ -17,8 +17,8 @@ typedef struct entry {
   loom_tensor *dout; /* its gradient */
   bool frozen;
   bool fused; /* a ReLU the layer before applies: out and dout are that layer's */
-  bool pool_fused; /* a pool whose backward the layer producing its input takes */
-  size_t grad_from; /* that layer: the pool whose dout its backward receives (0: its own) */
+  bool pool_fused; /* a pool whose passes the layer producing its input runs */
+  size_t pool;      /* that layer: the pool's index (0: none); its out is never written */
 } entry;
 
 struct loom_model {
@@ -167,8 +167,9 @@ static void fuse_relus(loom_model *m) {
 }
 
 /* A pool right after a BatchNorm (or after the ReLU fused into it) hands
- * its backward to the BatchNorm (loom_batchnorm_fuse_pool): the pool's
- * input gradient is never written to memory. Not the last layer. */
+ * its forward and backward to the BatchNorm (loom_batchnorm_fuse_pool):
+ * neither the pool's input nor its gradient is written to memory. Not the
+ * last layer. */
 static void fuse_pools(loom_model *m) {
   for (size_t i = 1; i + 1 < m->count; i++) {
     entry *e = &m->layers[i];
@@ -176,7 +177,7 @@ static void fuse_pools(loom_model *m) {
     if (!loom_layer_is_pool(e->layer) || !loom_batchnorm_fuse_pool(m->layers[src].layer, e->layer))
       continue;
     e->pool_fused = true;
-    m->layers[src].grad_from = i;
+    m->layers[src].pool = i;
   }
 }
 
@@ -259,13 +260,16 @@ int loom_model_forward(loom_model *m, const loom_tensor *x, const loom_tensor **
   shape[0] = x->shape[0];
   for (size_t i = 0; i < m->count; i++) {
     entry *e = &m->layers[i];
-    if (e->fused) { /* applied by the layer before, in place */
+    if (e->fused || e->pool_fused) { /* applied by the layer before */
       cur = e->out;
       continue;
     }
-    memcpy(shape + 1, e->out_shape, (size_t)e->out_ndim * sizeof *shape);
-    if ((rc = loom_tensor_resize(e->out, e->out_ndim + 1, shape)) < 0)
+    entry *out = e->pool ? &m->layers[e->pool] : e; /* the tensor this layer writes */
+    memcpy(shape + 1, out->out_shape, (size_t)out->out_ndim * sizeof *shape);
+    if ((rc = loom_tensor_resize(out->out, out->out_ndim + 1, shape)) < 0)
       return rc;
+    if (e->pool)
+      loom_batchnorm_pool_output(e->layer, out->out);
     if ((rc = e->layer->ops.forward(e->layer->data, cur, e->out, m->train, m->train ? m->rng : NULL)) < 0)
       return loom_error_wrap(rc, "forward of layer \"%s\"", e->name);
     cur = e->out;
@@ -299,7 +303,7 @@ int loom_model_backward(loom_model *m, const loom_tensor *dout) {
       if (rc < 0)
         return rc;
     }
-    const loom_tensor *g = e->grad_from ? m->layers[e->grad_from].dout : i == m->count - 1 ? dout : e->dout;
+    const loom_tensor *g = e->pool ? m->layers[e->pool].dout : i == m->count - 1 ? dout : e->dout;
     int rc = e->layer->ops.backward(e->layer->data, in, e->out, g, din, !e->frozen);
     if (rc < 0)
       return loom_error_wrap(rc, "backward of layer \"%s\"", e->name);

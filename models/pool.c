@@ -101,68 +101,77 @@ LOOM_HOT static void max2x2_row(const float *restrict r0, const float *restrict 
   }
 }
 
-static void max2x2(void *ctx, int part, int64_t first, int64_t last) {
-  (void)part;
-  pool *p = ctx;
-  const int64_t w = p->w, hw = p->h * p->w, ohw = p->oh * p->ow;
-  for (int64_t q = first; q < last; q++)
-    for (int64_t oy = 0; oy < p->oh; oy++) {
-      const float *r0 = p->x + q * hw + 2 * oy * w;
-      max2x2_row(r0, r0 + w, w, p->ow, (int32_t)(2 * oy * w), p->y + q * ohw + oy * p->ow,
-                 p->argmax + q * ohw + oy * p->ow);
+/* Output plane q (sample i, channel c: q = i C + c) from input plane `in`,
+ * and the max's positions; the same for every plane in memory or in cache. */
+static void plane_forward(const pool *p, int64_t q, const float *in, float *out) {
+  const int64_t hw = p->h * p->w, ohw = p->oh * p->ow;
+  if (p->global) {
+    double s = 0;
+    for (int64_t i = 0; i < hw; i++)
+      s += in[i];
+    out[0] = (float)(s / (double)hw);
+    return;
+  }
+  int32_t *arg = p->argmax + q * ohw;
+  if (p->max && p->k == 2 && p->s == 2 && p->p == 0) {
+    for (int64_t oy = 0; oy < p->oh; oy++)
+      max2x2_row(in + 2 * oy * p->w, in + (2 * oy + 1) * p->w, p->w, p->ow, (int32_t)(2 * oy * p->w),
+                 out + oy * p->ow, arg + oy * p->ow);
+    return;
+  }
+  for (int64_t oy = 0; oy < p->oh; oy++)
+    for (int64_t ox = 0; ox < p->ow; ox++) {
+      float best = -FLT_MAX, sum = 0.0f;
+      int32_t at = -1;
+      for (int64_t ky = 0; ky < p->k; ky++)
+        for (int64_t kx = 0; kx < p->k; kx++) {
+          int64_t iy = oy * p->s - p->p + ky, ix = ox * p->s - p->p + kx;
+          if (iy < 0 || iy >= p->h || ix < 0 || ix >= p->w)
+            continue; /* padding: never the max, zero in the average */
+          float v = in[iy * p->w + ix];
+          sum += v;
+          if (v > best || at < 0) /* the first position if NaNs never compare */
+            best = v, at = (int32_t)(iy * p->w + ix);
+        }
+      const int64_t o = oy * p->ow + ox;
+      if (p->max) {
+        out[o] = best;
+        arg[o] = at;
+      } else {
+        out[o] = sum / (float)(p->k * p->k); /* PyTorch's count_include_pad */
+      }
     }
+}
+
+static void forward_planes(void *ctx, int part, int64_t first, int64_t last) {
+  (void)part;
+  const pool *p = ctx;
+  const int64_t hw = p->h * p->w, ohw = p->oh * p->ow;
+  for (int64_t q = first; q < last; q++)
+    plane_forward(p, q, p->x + q * hw, p->y + q * ohw);
+}
+
+/* Room for the max's positions of n samples. */
+static int reserve(pool *p, int64_t n) {
+  const int64_t need = p->max ? n * p->c * p->oh * p->ow : 0;
+  if (need <= p->cap)
+    return 0;
+  int32_t *grown = realloc(p->argmax, (size_t)need * sizeof *grown);
+  if (!grown)
+    return loom_error_oom("max-pool indices");
+  p->argmax = grown;
+  p->cap = need;
+  return 0;
 }
 
 static int pool_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
   (void)train, (void)rng;
   pool *p = data;
-  const int64_t n = x->shape[0], planes = n * p->c, hw = p->h * p->w, ohw = p->oh * p->ow;
-  if (p->global) {
-    for (int64_t q = 0; q < planes; q++) {
-      double s = 0;
-      for (int64_t i = 0; i < hw; i++)
-        s += x->data[q * hw + i];
-      y->data[q] = (float)(s / (double)hw);
-    }
-    return 0;
-  }
-  if (p->max && planes * ohw > p->cap) {
-    int32_t *grown = realloc(p->argmax, (size_t)(planes * ohw) * sizeof *grown);
-    if (!grown)
-      return loom_error_oom("max-pool indices");
-    p->argmax = grown;
-    p->cap = planes * ohw;
-  }
-  if (p->max && p->k == 2 && p->s == 2 && p->p == 0) {
-    p->x = x->data, p->y = y->data;
-    loom_parallel_for(planes, max2x2, p); /* planes are independent */
-    return 0;
-  }
-  for (int64_t q = 0; q < planes; q++) {
-    const float *in = x->data + q * hw;
-    for (int64_t oy = 0; oy < p->oh; oy++)
-      for (int64_t ox = 0; ox < p->ow; ox++) {
-        float best = -FLT_MAX, sum = 0.0f;
-        int32_t at = -1;
-        for (int64_t ky = 0; ky < p->k; ky++)
-          for (int64_t kx = 0; kx < p->k; kx++) {
-            int64_t iy = oy * p->s - p->p + ky, ix = ox * p->s - p->p + kx;
-            if (iy < 0 || iy >= p->h || ix < 0 || ix >= p->w)
-              continue; /* padding: never the max, zero in the average */
-            float v = in[iy * p->w + ix];
-            sum += v;
-            if (v > best || at < 0) /* the first position if NaNs never compare */
-              best = v, at = (int32_t)(iy * p->w + ix);
-          }
-        int64_t o = q * ohw + oy * p->ow + ox;
-        if (p->max) {
-          y->data[o] = best;
-          p->argmax[o] = at;
-        } else {
-          y->data[o] = sum / (float)(p->k * p->k); /* PyTorch's count_include_pad */
-        }
-      }
-  }
+  int rc = reserve(p, x->shape[0]);
+  if (rc < 0)
+    return rc;
+  p->x = x->data, p->y = y->data;
+  loom_parallel_for(x->shape[0] * p->c, forward_planes, p); /* planes are independent */
   return 0;
 }
 
@@ -215,6 +224,12 @@ bool loom_layer_is_pool(const loom_layer *layer) { return layer->ops.backward ==
 
 void loom_pool_plane_backward(const loom_layer *layer, int64_t q, const float *g, float *d) {
   plane_backward(layer->data, q, g, d);
+}
+
+int loom_pool_reserve(const loom_layer *layer, int64_t n) { return reserve(layer->data, n); }
+
+void loom_pool_plane_forward(const loom_layer *layer, int64_t q, const float *in, float *out) {
+  plane_forward(layer->data, q, in, out);
 }
 
 static void pool_destroy(void *data) {

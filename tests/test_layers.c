@@ -573,10 +573,15 @@ static void test_fused_bn_relu(void **state) {
 }
 
 /* BatchNorm (with and without its ReLU) followed by max, overlapping max
- * and average pooling: the fused model, where BatchNorm takes the pool's
- * backward, matches the model whose pool runs its own backward (its
+ * and average pooling: the fused model, where BatchNorm runs the pool's
+ * forward and backward, matches the model whose pool runs its own (its
  * backward wrapped, so it is not recognised for fusion) bit for bit. */
-static int pool_backward_calls;
+static int pool_backward_calls, pool_forward_calls;
+static int (*pool_forward_op)(void *, const loom_tensor *, loom_tensor *, bool, loom_rng *);
+static int counting_pool_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
+  pool_forward_calls++;
+  return pool_forward_op(data, x, y, train, rng);
+}
 static int (*pool_backward_op)(void *, const loom_tensor *, const loom_tensor *, const loom_tensor *, loom_tensor *,
                                bool);
 static int counting_pool_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
@@ -620,19 +625,24 @@ static void test_fused_bn_pool(void **state) {
     for (int kind = 0; kind < 3; kind++) {
       loom_model *fused = bn_pool_model(relu, kind, true), *apart = bn_pool_model(relu, kind, false);
       const size_t np = loom_model_num_params(fused);
-      /* Counted after the build fused it: the fused model never calls it. */
-      loom_model_find_layer(fused, "pool")->ops.backward = counting_pool_backward;
+      /* Counted after the build fused it: the fused model never calls them. */
+      loom_layer *fused_pool = loom_model_find_layer(fused, "pool");
+      pool_forward_op = fused_pool->ops.forward;
+      fused_pool->ops.forward = counting_pool_forward;
+      fused_pool->ops.backward = counting_pool_backward;
+      loom_model_find_layer(apart, "pool")->ops.forward = counting_pool_forward;
       for (int train = 1; train >= 0; train--) {
         const loom_tensor *out[2];
         loom_model *ms[2] = {fused, apart};
-        pool_backward_calls = 0;
+        pool_backward_calls = pool_forward_calls = 0;
         for (int k = 0; k < 2; k++) {
           loom_model_set_train(ms[k], train);
           loom_model_zero_grad(ms[k]);
           assert_int_equal(loom_model_forward(ms[k], x, &out[k]), 0);
           assert_int_equal(loom_model_backward(ms[k], dout), 0);
         }
-        assert_int_equal(pool_backward_calls, 1); /* the unfused model's */
+        assert_int_equal(pool_forward_calls, 1); /* the unfused model's */
+        assert_int_equal(pool_backward_calls, 1);
         assert_memory_equal(loom_tensor_data(out[0]), loom_tensor_data(out[1]), N * 4 * sizeof(float));
         assert_memory_equal(loom_model_grads(fused), loom_model_grads(apart), np * sizeof(float));
         /* the gradient reached the convolution under BatchNorm */
