@@ -26,6 +26,12 @@ typedef struct bn {
    * of n S floats. */
   const loom_layer *pool;
   float *pool_out, *planes;
+  /* Per-plane moments [n][c][3] (loom_plane_moments), handed over by the
+   * convolution before this layer (loom_batchnorm_moments) for its next
+   * training forward, which then reads no plane for its statistics. */
+  double *moments;
+  int64_t moments_cap, moments_n;
+  bool moments_ready;
   int64_t planes_cap, pool_out_numel, pooled; /* pooled: the pool's values per plane */
   /* The current pass, for the parts. */
   const float *x, *dy;
@@ -100,6 +106,11 @@ typedef struct relu_mask {
   float scale, mean, shift;
 } relu_mask;
 
+void loom_plane_moments(const float *x, int64_t S, double m[3]) {
+  m[0] = x[0], m[1] = m[2] = 0;
+  stat_sums(x, S, x[0], &m[1], &m[2]);
+}
+
 /* With the mask on, dy counts only where the output was positive: the same
  * values the ReLU layer's backward would have passed down. */
 LOOM_HOT static void grad_sums(const float *x, const float *dy, relu_mask r, int64_t S, float center, double *a,
@@ -139,14 +150,23 @@ static void forward_channels(void *ctx, int part, int64_t first, int64_t last) {
   for (int64_t ch = first; ch < last; ch++) {
     float mean, invstd;
     if (b->last_train) {
-      /* One pass about the channel's first value, which lies within the
-       * data's spread, so the shifted sums do not cancel. */
-      const float center = b->x[ch * S];
-      double s = 0, ss = 0;
-      for (int64_t i = 0; i < n; i++)
-        stat_sums(b->x + (i * b->c + ch) * S, S, center, &s, &ss);
-      double shift = s / (double)M, m = center + shift;
-      double var = fmax(ss / (double)M - shift * shift, 0.0);
+      /* Each plane's moments about its own first value (within the data's
+       * spread, so the shifted sums do not cancel), merged in sample order
+       * (Chan et al.), in double. */
+      double m = 0, m2 = 0, pm[3];
+      for (int64_t i = 0; i < n; i++) {
+        const int64_t q = i * b->c + ch;
+        const double *p = pm;
+        if (b->moments_n)
+          p = b->moments + 3 * q;
+        else
+          loom_plane_moments(b->x + q * S, S, pm);
+        const double mean_q = p[0] + p[1] / (double)S, m2_q = fmax(p[2] - p[1] * p[1] / (double)S, 0.0);
+        const double seen = (double)(i * S), delta = mean_q - m, total = seen + (double)S;
+        m += delta * (double)S / total;
+        m2 += m2_q + delta * delta * seen * (double)S / total;
+      }
+      const double var = m2 / (double)M;
       mean = (float)m;
       invstd = (float)(1.0 / sqrt(var + b->eps));
       /* The running variance is the unbiased estimate, as PyTorch keeps it. */
@@ -189,6 +209,9 @@ static int bn_forward(void *data, const loom_tensor *x, loom_tensor *y, bool tra
   bn *b = data;
   b->last_train = train;
   b->x = x->data, b->y = y->data, b->n = x->shape[0];
+  /* Moments from the convolution before, if it computed them for this batch. */
+  b->moments_n = train && b->moments_ready && b->moments_n == b->n ? b->n : 0;
+  b->moments_ready = false;
   if (b->pool) {
     int rc = reserve_planes(b, 1);
     if (rc == 0)
@@ -278,10 +301,29 @@ static int bn_backward(void *data, const loom_tensor *x, const loom_tensor *y, c
 }
 
 bool loom_batchnorm_fuse_pool(loom_layer *layer, const loom_layer *pool) {
-  if (layer->ops.forward != bn_forward || layer->ops.backward != bn_backward || !loom_layer_is_pool(pool))
+  if (!loom_layer_is_batchnorm(layer) || !loom_layer_is_pool(pool))
     return false;
   ((bn *)layer->data)->pool = pool;
   return true;
+}
+
+bool loom_layer_is_batchnorm(const loom_layer *layer) {
+  return layer->ops.forward == bn_forward && layer->ops.backward == bn_backward;
+}
+
+double *loom_batchnorm_moments(loom_layer *layer, int64_t n) {
+  bn *b = layer->data;
+  const int64_t need = 3 * n * b->c;
+  if (need > b->moments_cap) {
+    double *grown = realloc(b->moments, (size_t)need * sizeof *grown);
+    if (!grown) {
+      loom_error_oom("BatchNorm's plane moments");
+      return NULL;
+    }
+    b->moments = grown, b->moments_cap = need;
+  }
+  b->moments_ready = true, b->moments_n = n;
+  return b->moments;
 }
 
 void loom_batchnorm_pool_output(loom_layer *layer, loom_tensor *out) {
@@ -298,6 +340,7 @@ static void bn_destroy(void *data) {
   bn *b = data;
   free(b->mean);
   free(b->planes);
+  free(b->moments);
   free(b);
 }
 

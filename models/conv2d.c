@@ -31,6 +31,11 @@ typedef struct conv {
    * or [16][cout][cin] transformed) and bias gradient [cout]. */
   float *scratch;
   int64_t scratch_cap, col_len, dw_len, part_len;
+  /* The BatchNorm right after, whose batch statistics this layer computes
+   * from each output plane while it is in cache (loom_conv_fuse_moments),
+   * and where they go in the current training forward (else NULL). */
+  loom_layer *bn;
+  double *moments;
   /* The current pass, for the parts. */
   const float *x, *dy;
   float *y, *dx;
@@ -228,6 +233,13 @@ LOOM_HOT static void col2im(const conv *c, const float *col, float *dx) {
   }
 }
 
+/* The moments of samples [i, i + n)'s output planes, for the BatchNorm after. */
+static void plane_moments(const conv *c, int64_t i, int64_t n) {
+  const int64_t L = c->oh * c->ow;
+  for (int64_t q = i * c->cout; c->moments && q < (i + n) * c->cout; q++)
+    loom_plane_moments(c->y + q * L, L, c->moments + 3 * q);
+}
+
 static void forward_part(void *ctx, int part, int64_t begin, int64_t end) {
   const conv *c = ctx;
   const int64_t K = c->cin * c->kh * c->kw, L = c->oh * c->ow;
@@ -235,6 +247,7 @@ static void forward_part(void *ctx, int part, int64_t begin, int64_t end) {
   for (int64_t i = begin; c->wino && i < end; i += c->geo.chunk) {
     const int64_t n = end - i < c->geo.chunk ? end - i : c->geo.chunk;
     loom_wino_forward(&c->geo, c->U, c->b, c->x + i * c->cin * c->h * c->w, n, c->y + i * c->cout * L, col);
+    plane_moments(c, i, n);
   }
   for (int64_t i = begin; !c->wino && i < end; i++) {
     float *out = c->y + i * c->cout * L;
@@ -244,15 +257,19 @@ static void forward_part(void *ctx, int part, int64_t begin, int64_t end) {
     im2col(c, c->x + i * c->cin * c->h * c->w, col);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c->cout, (int)L, (int)K, 1.0f, c->wt, (int)K, col,
                 (int)L, c->has_bias ? 1.0f : 0.0f, out, (int)L);
+    plane_moments(c, i, 1);
   }
 }
 
 static int conv_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
-  (void)train, (void)rng;
+  (void)rng;
   conv *c = data;
   int rc = ensure_scratch(c);
   if (rc < 0)
     return rc;
+  c->moments = NULL;
+  if (train && c->bn && !(c->moments = loom_batchnorm_moments(c->bn, x->shape[0])))
+    return LOOM_ENOMEM;
   c->x = x->data, c->y = y->data;
   loom_parallel_for(x->shape[0], forward_part, c);
   return 0;
@@ -331,6 +348,13 @@ static void conv_destroy(void *data) {
   conv *c = data;
   free(c->scratch);
   free(c);
+}
+
+bool loom_conv_fuse_moments(loom_layer *layer, loom_layer *bn) {
+  if (layer->ops.forward != conv_forward || !loom_layer_is_batchnorm(bn))
+    return false;
+  ((conv *)layer->data)->bn = bn;
+  return true;
 }
 
 static const loom_layer_ops conv_ops = {

@@ -38,4 +38,16 @@ void loom_pool_plane_forward(const loom_layer *pool, int64_t q, const float *in,
 bool loom_batchnorm_fuse_pool(loom_layer *layer, const loom_layer *pool);
 void loom_batchnorm_pool_output(loom_layer *layer, loom_tensor *out);
 
+/* BatchNorm's batch statistics come from each plane's moments about its
+ * first value, m = {x[0], sum (x - x[0]), sum (x - x[0])^2}, merged over
+ * samples. A Conv2d right before a BatchNorm computes them for each output
+ * plane while it is still in cache (loom_conv_fuse_moments), into the
+ * buffer loom_batchnorm_moments(bn, n) returns for the BatchNorm's next
+ * training forward (NULL: out of memory); the BatchNorm then reads no
+ * plane for its statistics, and its results are the same bit for bit. */
+bool loom_layer_is_batchnorm(const loom_layer *layer);
+void loom_plane_moments(const float *x, int64_t S, double m[3]);
+double *loom_batchnorm_moments(loom_layer *bn, int64_t n);
+bool loom_conv_fuse_moments(loom_layer *conv, loom_layer *bn);
+
 #endif

@@ -228,6 +228,8 @@ int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint6
   }
   fuse_relus(m);
   fuse_pools(m);
+  for (size_t i = 0; i + 1 < m->count; i++) /* a Conv2d computes the next BatchNorm's moments */
+    loom_conv_fuse_moments(m->layers[i].layer, m->layers[i + 1].layer);
   m->built = true;
   return rebuild_ranges(m);
 }

@@ -658,6 +658,84 @@ static void test_fused_bn_pool(void **state) {
   loom_tensor_destroy(x), loom_tensor_destroy(dout);
 }
 
+/* A Conv2d (im2col or Winograd) before a BatchNorm computes its output
+ * planes' moments for the BatchNorm: outputs, gradients and running
+ * statistics are those of the model where the BatchNorm reads the planes
+ * itself (its convolution's forward wrapped, so it is not recognised). */
+static int (*conv_forward_op)(void *, const loom_tensor *, loom_tensor *, bool, loom_rng *);
+static int wrapped_conv_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
+  return conv_forward_op(data, x, y, train, rng);
+}
+
+static loom_model *conv_bn_model(loom_conv_algorithm algorithm, bool fusable) {
+  loom_model *m = loom_model_create();
+  loom_conv2d_options c = {.out_channels = 5, .kernel = {3, 3}, .padding = {1, 1}, .algorithm = algorithm};
+  loom_layer *conv = loom_conv2d_create(&c);
+  if (!fusable) {
+    conv_forward_op = conv->ops.forward;
+    conv->ops.forward = wrapped_conv_forward;
+  }
+  assert_int_equal(loom_model_add(m, "conv", conv), 0);
+  assert_int_equal(loom_model_add(m, "bn", loom_batchnorm_create(5, 1e-5f, 0.1f)), 0);
+  assert_int_equal(loom_model_add(m, "flat", loom_flatten_create()), 0);
+  assert_int_equal(loom_model_add(m, "fc", loom_linear_create(0, 3, true)), 0);
+  const int64_t shape[3] = {2, 7, 6};
+  assert_int_equal(loom_model_build(m, 3, shape, 5), 0);
+  return m;
+}
+
+static void test_conv_bn_moments(void **state) {
+  (void)state;
+  enum { N = 7 };
+  loom_tensor *x = loom_tensor_create(4, (int64_t[]){N, 2, 7, 6});
+  loom_tensor *dout = loom_tensor_create(2, (int64_t[]){N, 3});
+  for (int i = 0; i < N * 84; i++) /* an offset far from zero: the shifted sums must not cancel */
+    loom_tensor_data(x)[i] = 40.0f + (float)((i * 37) % 23) / 11.0f;
+  for (int i = 0; i < N * 3; i++)
+    loom_tensor_data(dout)[i] = (float)(i % 5) - 2.0f;
+  for (int algorithm = LOOM_CONV_IM2COL; algorithm <= LOOM_CONV_WINOGRAD; algorithm++) {
+    loom_model *ms[2] = {conv_bn_model(algorithm, true), conv_bn_model(algorithm, false)};
+    for (int step = 0; step < 3; step++) { /* two training steps, then evaluation */
+      const loom_tensor *out[2];
+      for (int k = 0; k < 2; k++) {
+        loom_model_set_train(ms[k], step < 2);
+        loom_model_zero_grad(ms[k]);
+        assert_int_equal(loom_model_forward(ms[k], x, &out[k]), 0);
+        assert_int_equal(loom_model_backward(ms[k], dout), 0);
+      }
+      assert_memory_equal(loom_tensor_data(out[0]), loom_tensor_data(out[1]), N * 3 * sizeof(float));
+      assert_memory_equal(loom_model_grads(ms[0]), loom_model_grads(ms[1]), loom_model_num_params(ms[0]) * sizeof(float));
+      assert_memory_equal(loom_model_buffers(ms[0]), loom_model_buffers(ms[1]),
+                          loom_model_num_buffers(ms[0]) * sizeof(float));
+    }
+    /* The moments the convolution handed over, against its output
+     * computed here in double (conv_ref) from the same weights and bias. */
+    loom_model_set_train(ms[0], true);
+    const loom_tensor *out;
+    assert_int_equal(loom_model_forward(ms[0], x, &out), 0);
+    const double *m = loom_batchnorm_moments(loom_model_find_layer(ms[0], "bn"), N);
+    const conv_ctx k = {2, 7, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 7, 6};
+    double *xd = malloc(N * 84 * sizeof *xd), *pd = malloc(95 * sizeof *pd), *yd = malloc(N * 5 * 42 * sizeof *yd);
+    for (int i = 0; i < N * 84; i++)
+      xd[i] = loom_tensor_data(x)[i];
+    for (int i = 0; i < 95; i++)
+      pd[i] = loom_model_params(ms[0])[i];
+    conv_ref(&k, xd, pd, yd, N);
+    for (int q = 0; q < N * 5; q++) {
+      const double *plane = yd + q * 42;
+      double s = 0, ss = 0;
+      for (int j = 0; j < 42; j++)
+        s += plane[j] - plane[0], ss += (plane[j] - plane[0]) * (plane[j] - plane[0]);
+      close_to(m[3 * q], plane[0], 1e-5, "moment first value", q);
+      close_to(m[3 * q + 1], s, 1e-3, "moment sum", q);
+      close_to(m[3 * q + 2], ss, 1e-3, "moment sum of squares", q);
+    }
+    free(xd), free(pd), free(yd);
+    loom_model_destroy(ms[0]), loom_model_destroy(ms[1]);
+  }
+  loom_tensor_destroy(x), loom_tensor_destroy(dout);
+}
+
 /* --- Products and elementwise layers on their parallel paths --- */
 
 /* loom_gemm against a double product, for each transpose and shapes that
@@ -725,7 +803,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fork_after_pool), cmocka_unit_test(test_conv2d), cmocka_unit_test(test_conv2d_winograd),   cmocka_unit_test(test_pooling), cmocka_unit_test(test_batchnorm),
       cmocka_unit_test(test_elementwise), cmocka_unit_test(test_dropout), cmocka_unit_test(test_cnn_model),
-      cmocka_unit_test(test_gemm_products), cmocka_unit_test(test_relu_large), cmocka_unit_test(test_fused_bn_relu), cmocka_unit_test(test_fused_bn_pool),
+      cmocka_unit_test(test_gemm_products), cmocka_unit_test(test_relu_large), cmocka_unit_test(test_fused_bn_relu), cmocka_unit_test(test_fused_bn_pool), cmocka_unit_test(test_conv_bn_moments),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
