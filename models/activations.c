@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "core/parallel.h"
 #include "core/simd.h"
 #include "models/layer_internal.h"
 
@@ -157,12 +158,38 @@ loom_layer *loom_flatten_create(void) { return loom_layer_create(&flatten_ops, N
 
 /* Dropout: in training each value is kept with probability 1 - p and scaled
  * by 1/(1 - p); the mask comes from the runner's stream, so runs and
- * resumes repeat it. In evaluation it is the identity. */
+ * resumes repeat it. In evaluation it is the identity. One key is drawn
+ * from the stream per forward, and element i's uniform is SplitMix64's
+ * output for counter i under that key: any part of the mask can be drawn
+ * on any core, so it is split over the cores and does not depend on their
+ * number. */
 typedef struct dropout {
   float p;
   float *scale; /* per element of the last forward: 0 or 1/(1-p) */
   int64_t cap;
+  uint64_t key; /* the current forward, for the parts */
+  const float *x;
+  float *y;
 } dropout;
+
+/* SplitMix64's finaliser of key + (i + 1) golden-ratio steps, top 24 bits. */
+static inline float counter_uniform(uint64_t key, uint64_t i) {
+  uint64_t z = key + (i + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (float)(z >> 40) * 0x1.0p-24f;
+}
+
+static void dropout_range(void *ctx, int part, int64_t begin, int64_t end) {
+  (void)part;
+  dropout *d = ctx;
+  const float keep = 1.0f / (1.0f - d->p);
+  for (int64_t i = begin; i < end; i++) {
+    d->scale[i] = counter_uniform(d->key, (uint64_t)i) < d->p ? 0.0f : keep;
+    d->y[i] = d->x[i] * d->scale[i];
+  }
+}
 
 static int dropout_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
   dropout *d = data;
@@ -177,11 +204,8 @@ static int dropout_forward(void *data, const loom_tensor *x, loom_tensor *y, boo
     d->scale = grown;
     d->cap = x->numel;
   }
-  const float keep = 1.0f / (1.0f - d->p);
-  for (int64_t i = 0; i < x->numel; i++) {
-    d->scale[i] = loom_rng_uniform(rng) < d->p ? 0.0f : keep;
-    y->data[i] = x->data[i] * d->scale[i];
-  }
+  d->key = loom_rng_next(rng), d->x = x->data, d->y = y->data;
+  loom_parallel_for(x->numel, dropout_range, d);
   return 0;
 }
 

@@ -423,6 +423,22 @@ static void test_dropout(void **state) {
     dropped += v == 0.0f;
   }
   assert_true(fabs(dropped / (double)NUMEL - 0.25) < 0.02);
+  /* The mask as documented: one key drawn from the stream, element i
+   * dropped when SplitMix64's output for counter i is below p; the same
+   * whatever the number of cores (test_layers_3_threads runs this too). */
+  loom_rng c;
+  loom_rng_seed(&c, 3, 1, 0);
+  const uint64_t key = loom_rng_next(&c);
+  for (int i = 0; i < NUMEL; i++) {
+    uint64_t z = key + (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const bool drop = (double)(z >> 40) / 16777216.0 < 0.25;
+    if (drop != (loom_tensor_data(y)[i] == 0.0f))
+      fail_msg("dropout mask[%d]: %s, expected %s", i, drop ? "kept" : "dropped", drop ? "dropped" : "kept");
+  }
+  assert_true(memcmp(&a, &c, sizeof a) == 0); /* one draw per forward */
   assert_int_equal(l->ops.backward(l->data, x, y, dy, dx, true), 0);
   for (int i = 0; i < NUMEL; i++) {
     float in = loom_tensor_data(x)[i], out = loom_tensor_data(y)[i];
