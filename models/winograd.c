@@ -102,23 +102,26 @@ void loom_wino_filters_adjoint(const loom_wino *w, const float *dU, float *dw) {
   }
 }
 
-/* Q[2 (y % 2) + x % 2][y / 2][x / 2] = src[y - py][x - px], zeros
- * elsewhere: the 4 values of a tile's row and column parities then lie at
- * the same offsets for every tile, so LANES tiles are one load each. */
+/* Q[2 (y % 2) + x % 2][y / 2][x / 2] = src[y - py][x - px]: the 4 values
+ * of a tile's row and column parities then lie at the same offsets for
+ * every tile, so LANES tiles are one load each. The rest of Q must be 0:
+ * every plane of a call writes the same positions, so the caller zeroes Q
+ * once per call, not per plane. */
 LOOM_HOT static void split_parity(const loom_wino *w, const float *src, int64_t h, int64_t wd, int64_t py, int64_t px,
                                   float *Q) {
   const int64_t plane = w->qh * w->qw;
-  memset(Q, 0, (size_t)(4 * plane) * sizeof *Q);
   for (int64_t y = 0; y < h; y++) {
     const int64_t yy = y + py;
     const float *row = src + y * wd;
     float *even = Q + 2 * (yy & 1) * plane + (yy >> 1) * w->qw, *odd = even + plane;
-    /* Two strided copies (x + px even, then odd) rather than a branch per value. */
-    const int64_t x0 = px & 1;
-    for (int64_t x = x0, k = (x0 + px) >> 1; x < wd; x += 2, k++)
-      even[k] = row[x];
-    for (int64_t x = 1 - x0, k = (1 - x0 + px) >> 1; x < wd; x += 2, k++)
-      odd[k] = row[x];
+    /* row[2j] and row[2j + 1] land at the same j in two planes (offset by
+     * px): one loop of pairs, which compilers vectorise, not a branch per value. */
+    float *a = (px & 1) ? odd + (px - 1) / 2 : even + px / 2, *b = (px & 1) ? even + (px + 1) / 2 : odd + px / 2;
+    int64_t j = 0;
+    for (; 2 * j + 1 < wd; j++)
+      a[j] = row[2 * j], b[j] = row[2 * j + 1];
+    if (2 * j < wd)
+      a[j] = row[2 * j];
   }
 }
 
@@ -151,6 +154,7 @@ LOOM_INLINE int64_t col_at(const loom_wino *w, int64_t c, int64_t s, int64_t ty,
  * columns written later. */
 LOOM_HOT static void transform_input(const loom_wino *w, const float *x, int64_t n, float *V, float *Q) {
   const int64_t hw = w->h * w->w;
+  memset(Q, 0, (size_t)(4 * w->qh * w->qw) * sizeof *Q); /* the padding, for every plane */
   for (int64_t c = 0; c < w->cin; c++)
     for (int64_t s = 0; s < n; s++) {
       split_parity(w, x + (s * w->cin + c) * hw, w->h, w->w, w->ph, w->pw, Q);
@@ -237,6 +241,7 @@ LOOM_HOT static void transform_output(const loom_wino *w, const float *M, const 
  * transform_input's channels. */
 LOOM_HOT static void transform_output_adjoint(const loom_wino *w, const float *dy, int64_t n, float *dM, float *Q) {
   const int64_t ohw = w->oh * w->ow;
+  memset(Q, 0, (size_t)(4 * w->qh * w->qw) * sizeof *Q); /* past the edges, for every plane */
   for (int64_t o = 0; o < w->cout; o++)
     for (int64_t s = 0; s < n; s++) {
       split_parity(w, dy + (s * w->cout + o) * ohw, w->oh, w->ow, 0, 0, Q);
