@@ -26,13 +26,13 @@ typedef struct bn {
    * of n S floats. */
   const loom_layer *pool;
   float *pool_out, *planes;
+  int64_t planes_cap, pool_out_numel, pooled; /* pooled: the pool's values per plane */
   /* Per-plane moments [n][c][3] (loom_plane_moments), handed over by the
    * convolution before this layer (loom_batchnorm_moments) for its next
    * training forward, which then reads no plane for its statistics. */
   double *moments;
   int64_t moments_cap, moments_n;
   bool moments_ready;
-  int64_t planes_cap, pool_out_numel, pooled; /* pooled: the pool's values per plane */
   /* The current pass, for the parts. */
   const float *x, *dy;
   float *y, *dx;
