@@ -2,8 +2,8 @@
  * 3x3 filter and Y the 2x2 output tile, Y = A^T [(G g G^T) . (B^T d B)] A.
  * For a few samples at a time the transformed input V[16][cin][samples x
  * tiles] and products M[16][cout][samples x tiles] stay in cache; the 16
- * products are single-threaded
- * OpenBLAS calls on the calling part's thread (core/parallel.h). */
+ * products are single-threaded OpenBLAS calls on the calling part's thread
+ * (core/parallel.h). */
 #include "models/winograd.h"
 
 #include <cblas.h>

@@ -1,7 +1,7 @@
 /* Winograd's minimal filtering F(2x2, 3x3) for 3x3 convolutions of stride
  * and dilation 1 (Lavin and Gray, 2016): each 2x2 output tile is computed
  * from a 4x4 input tile with 16 multiplications per channel pair instead of
- * 36, as 16 small matrix products per sample. Backward is the exact adjoint
+ * 36, as 16 small matrix products per few samples. Backward is the exact adjoint
  * of each linear step, so gradients are those of the computed forward. */
 #ifndef LOOM_MODELS_WINOGRAD_H
 #define LOOM_MODELS_WINOGRAD_H
