@@ -588,8 +588,8 @@ static void test_fused_bn_relu(void **state) {
   loom_model_destroy(fused), loom_model_destroy(apart);
 }
 
-/* BatchNorm (with and without its ReLU) followed by max, overlapping max
- * and average pooling: the fused model, where BatchNorm runs the pool's
+/* BatchNorm (with and without its ReLU) followed by max, overlapping max,
+ * average and global average pooling: the fused model, where BatchNorm runs the pool's
  * forward and backward, matches the model whose pool runs its own (its
  * backward wrapped, so it is not recognised for fusion) bit for bit. */
 static int pool_backward_calls, pool_forward_calls;
@@ -611,7 +611,8 @@ static loom_model *bn_pool_model(bool relu, int kind, bool fusable) {
   loom_conv2d_options c = {.out_channels = 3, .kernel = {3, 3}, .padding = {1, 1}};
   loom_layer *pool = kind == 0   ? loom_maxpool2d_create(2, 2, 0)
                      : kind == 1 ? loom_maxpool2d_create(3, 2, 1)
-                                 : loom_avgpool2d_create(2, 2, 0);
+                     : kind == 2 ? loom_avgpool2d_create(2, 2, 0)
+                                 : loom_global_avgpool_create();
   if (!fusable) {
     pool_backward_op = pool->ops.backward;
     pool->ops.backward = counting_pool_backward;
@@ -638,7 +639,7 @@ static void test_fused_bn_pool(void **state) {
   for (int i = 0; i < N * 4; i++)
     loom_tensor_data(dout)[i] = (float)(i % 7) - 3.0f;
   for (int relu = 0; relu < 2; relu++)
-    for (int kind = 0; kind < 3; kind++) {
+    for (int kind = 0; kind < 4; kind++) {
       loom_model *fused = bn_pool_model(relu, kind, true), *apart = bn_pool_model(relu, kind, false);
       const size_t np = loom_model_num_params(fused);
       /* Counted after the build fused it: the fused model never calls them. */
