@@ -149,3 +149,12 @@ void loom_parallel_for(int64_t n, loom_parallel_fn fn, void *ctx) {
   wait_done(p);
   uv_mutex_unlock(&p->busy);
 }
+
+void loom_parallel_for_large(int64_t n, int64_t serial_below, loom_parallel_fn fn, void *ctx) {
+  if (n < serial_below) {
+    if (n > 0)
+      fn(ctx, 0, 0, n);
+    return;
+  }
+  loom_parallel_for(n, fn, ctx);
+}

@@ -19,5 +19,9 @@ typedef void (*loom_parallel_fn)(void *ctx, int part, int64_t begin, int64_t end
  * pool could not start, n < 2, or another job holds the pool (a nested
  * call from inside a part, or a second training thread). */
 void loom_parallel_for(int64_t n, loom_parallel_fn fn, void *ctx);
+/* The same for elementwise work, on the calling thread alone below
+ * `serial_below` elements, where the hand-off costs more than the other
+ * cores save. */
+void loom_parallel_for_large(int64_t n, int64_t serial_below, loom_parallel_fn fn, void *ctx);
 
 #endif

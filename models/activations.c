@@ -181,6 +181,9 @@ static inline float counter_uniform(uint64_t key, uint64_t i) {
   return (float)(z >> 40) * 0x1.0p-24f;
 }
 
+/* A draw is three multiplies: below this many, one core is quicker. */
+#define PARALLEL_DRAWS 16384
+
 static void dropout_range(void *ctx, int part, int64_t begin, int64_t end) {
   (void)part;
   dropout *d = ctx;
@@ -205,7 +208,7 @@ static int dropout_forward(void *data, const loom_tensor *x, loom_tensor *y, boo
     d->cap = x->numel;
   }
   d->key = loom_rng_next(rng), d->x = x->data, d->y = y->data;
-  loom_parallel_for(x->numel, dropout_range, d);
+  loom_parallel_for_large(x->numel, PARALLEL_DRAWS, dropout_range, d);
   return 0;
 }
 

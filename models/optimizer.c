@@ -94,10 +94,7 @@ static void update_part(void *ctx, int part, int64_t begin, int64_t end) {
 static void update(const loom_optimizer *opt, float *p, const float *g, size_t total, size_t off, size_t len,
                    double lr, double wd) {
   update_job u = {opt, p, g, total, off, opt->steps, lr, wd};
-  if (len < PARALLEL_UPDATE)
-    update_part(&u, 0, 0, (int64_t)len);
-  else
-    loom_parallel_for((int64_t)len, update_part, &u);
+  loom_parallel_for_large((int64_t)len, PARALLEL_UPDATE, update_part, &u);
 }
 
 int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {

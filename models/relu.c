@@ -33,17 +33,10 @@ LOOM_HOT static void backward_range(void *ctx, int part, int64_t begin, int64_t 
     d[i] = y[i] > 0.0f ? g[i] : 0.0f;
 }
 
-static void run(int64_t n, loom_parallel_fn fn, relu_job *j) {
-  if (n < PARALLEL_ELEMS)
-    fn(j, 0, 0, n);
-  else
-    loom_parallel_for(n, fn, j);
-}
-
 static int relu_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
   (void)data, (void)train, (void)rng;
   relu_job j = {.x = x->data, .out = y->data};
-  run(x->numel, forward_range, &j);
+  loom_parallel_for_large(x->numel, PARALLEL_ELEMS, forward_range, &j);
   return 0;
 }
 
@@ -53,7 +46,7 @@ static int relu_backward(void *data, const loom_tensor *x, const loom_tensor *y,
   if (!dx)
     return 0;
   relu_job j = {.y = y->data, .dy = dy->data, .out = dx->data};
-  run(y->numel, backward_range, &j);
+  loom_parallel_for_large(y->numel, PARALLEL_ELEMS, backward_range, &j);
   return 0;
 }
 
