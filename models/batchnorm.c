@@ -31,8 +31,8 @@ typedef struct bn {
    * convolution before this layer (loom_batchnorm_moments) for its next
    * training forward, which then reads no plane for its statistics. */
   double *moments;
-  int64_t moments_cap, moments_n;
-  bool moments_ready;
+  int64_t moments_cap, moments_n; /* moments_n: the batch they were handed over for, until used (0: none) */
+  bool use_moments;               /* the current forward, for the parts */
   /* The current pass, for the parts. */
   const float *x, *dy;
   float *y, *dx;
@@ -157,7 +157,7 @@ static void forward_channels(void *ctx, int part, int64_t first, int64_t last) {
       for (int64_t i = 0; i < n; i++) {
         const int64_t q = i * b->c + ch;
         const double *p = pm;
-        if (b->moments_n)
+        if (b->use_moments)
           p = b->moments + 3 * q;
         else
           loom_plane_moments(b->x + q * S, S, pm);
@@ -210,8 +210,8 @@ static int bn_forward(void *data, const loom_tensor *x, loom_tensor *y, bool tra
   b->last_train = train;
   b->x = x->data, b->y = y->data, b->n = x->shape[0];
   /* Moments from the convolution before, if it computed them for this batch. */
-  b->moments_n = train && b->moments_ready && b->moments_n == b->n ? b->n : 0;
-  b->moments_ready = false;
+  b->use_moments = train && b->moments_n == b->n;
+  b->moments_n = 0;
   if (b->pool) {
     int rc = reserve_planes(b, 1);
     if (rc == 0)
@@ -322,7 +322,7 @@ double *loom_batchnorm_moments(loom_layer *layer, int64_t n) {
     }
     b->moments = grown, b->moments_cap = need;
   }
-  b->moments_ready = true, b->moments_n = n;
+  b->moments_n = n;
   return b->moments;
 }
 
