@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "helpers.h"
+#include "reference.h"
 #include "models/gemm.h"
 #include "models/layer_internal.h"
 
@@ -73,10 +74,6 @@ static double ref_loss(ref_fn ref, const void *ctx, const double *x, const doubl
   return l;
 }
 
-static void close_to(double got, double want, double tol, const char *what, int64_t i) {
-  if (!(fabs(got - want) <= tol * fmax(1.0, fabs(want)))) /* NaN fails too */
-    fail_msg("%s[%lld]: loom %.8g, reference %.8g", what, (long long)i, got, want);
-}
 
 /* Forward against the reference; gradients of sum(out * r) against its
  * central differences, for every parameter and every input value. */
@@ -125,29 +122,6 @@ static void check(harness *t, ref_fn ref, const void *ctx, bool train, double sc
 }
 
 /* --- Conv2d --- */
-
-typedef struct conv_ctx {
-  int64_t c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow;
-} conv_ctx;
-
-static void conv_ref(const void *vctx, const double *x, const double *p, double *out, int64_t n) {
-  const conv_ctx *k = vctx;
-  const double *wt = p, *b = p + k->o * k->c * k->kh * k->kw;
-  for (int64_t i = 0; i < n; i++)
-    for (int64_t o = 0; o < k->o; o++)
-      for (int64_t oy = 0; oy < k->oh; oy++)
-        for (int64_t ox = 0; ox < k->ow; ox++) {
-          double s = b[o];
-          for (int64_t c = 0; c < k->c; c++)
-            for (int64_t ki = 0; ki < k->kh; ki++)
-              for (int64_t kj = 0; kj < k->kw; kj++) {
-                int64_t iy = oy * k->sh - k->ph + ki * k->dh, ix = ox * k->sw - k->pw + kj * k->dw;
-                if (iy >= 0 && iy < k->h && ix >= 0 && ix < k->w)
-                  s += wt[((o * k->c + c) * k->kh + ki) * k->kw + kj] * x[((i * k->c + c) * k->h + iy) * k->w + ix];
-              }
-          out[((i * k->o + o) * k->oh + oy) * k->ow + ox] = s;
-        }
-}
 
 static void test_conv2d(void **state) {
   (void)state;
@@ -529,230 +503,6 @@ static void test_fork_after_pool(void **state) {
   teardown_layer(&t);
 }
 
-/* BatchNorm followed by ReLU: the model fuses them (the ReLU layer's own
- * passes never run) and the result is bit-identical to the two layers
- * run apart, forward and backward, in training and in evaluation. */
-static int relu_calls;
-static int (*relu_forward_op)(void *, const loom_tensor *, loom_tensor *, bool, loom_rng *);
-static int counting_relu(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
-  relu_calls++;
-  return relu_forward_op(data, x, y, train, rng);
-}
-
-static loom_model *bn_relu_model(bool fusable) {
-  loom_model *m = loom_model_create();
-  loom_conv2d_options c = {.out_channels = 3, .kernel = {3, 3}, .padding = {1, 1}};
-  loom_layer *bn = loom_batchnorm_create(3, 1e-5f, 0.1f), *relu = loom_relu_create();
-  if (!fusable)
-    bn->ops.fuse_relu = NULL;
-  relu_forward_op = relu->ops.forward;
-  relu->ops.forward = counting_relu;
-  assert_int_equal(loom_model_add(m, "conv", loom_conv2d_create(&c)), 0);
-  assert_int_equal(loom_model_add(m, "bn", bn), 0);
-  assert_int_equal(loom_model_add(m, "relu", relu), 0);
-  assert_int_equal(loom_model_add(m, "flat", loom_flatten_create()), 0);
-  assert_int_equal(loom_model_add(m, "fc", loom_linear_create(0, 4, true)), 0);
-  const int64_t shape[3] = {2, 5, 5};
-  assert_int_equal(loom_model_build(m, 3, shape, 9), 0);
-  return m;
-}
-
-static void test_fused_bn_relu(void **state) {
-  (void)state;
-  loom_model *fused = bn_relu_model(true), *apart = bn_relu_model(false);
-  const size_t np = loom_model_num_params(fused);
-  enum { N = 6 };
-  loom_tensor *x = loom_tensor_create(4, (int64_t[]){N, 2, 5, 5});
-  loom_tensor *dout = loom_tensor_create(2, (int64_t[]){N, 4});
-  for (int i = 0; i < N * 50; i++)
-    loom_tensor_data(x)[i] = (float)((i * 29) % 17) / 8.0f - 1.0f;
-  for (int i = 0; i < N * 4; i++)
-    loom_tensor_data(dout)[i] = (float)(i % 7) - 3.0f;
-  for (int train = 1; train >= 0; train--) {
-    const loom_tensor *out[2];
-    loom_model *ms[2] = {fused, apart};
-    relu_calls = 0;
-    for (int k = 0; k < 2; k++) {
-      loom_model_set_train(ms[k], train);
-      loom_model_zero_grad(ms[k]);
-      assert_int_equal(loom_model_forward(ms[k], x, &out[k]), 0);
-      assert_int_equal(loom_model_backward(ms[k], dout), 0);
-    }
-    assert_int_equal(relu_calls, 1); /* the unfused model's only */
-    assert_memory_equal(loom_tensor_data(out[0]), loom_tensor_data(out[1]), N * 4 * sizeof(float));
-    assert_memory_equal(loom_model_grads(fused), loom_model_grads(apart), np * sizeof(float));
-    assert_memory_equal(loom_model_buffers(fused), loom_model_buffers(apart),
-                        loom_model_num_buffers(fused) * sizeof(float));
-  }
-  loom_tensor_destroy(x), loom_tensor_destroy(dout);
-  loom_model_destroy(fused), loom_model_destroy(apart);
-}
-
-/* BatchNorm (with and without its ReLU) followed by max, overlapping max,
- * average and global average pooling: the fused model, where BatchNorm runs the pool's
- * forward and backward, matches the model whose pool runs its own (its
- * backward wrapped, so it is not recognised for fusion) bit for bit. */
-static int pool_backward_calls, pool_forward_calls;
-static int (*pool_forward_op)(void *, const loom_tensor *, loom_tensor *, bool, loom_rng *);
-static int counting_pool_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
-  pool_forward_calls++;
-  return pool_forward_op(data, x, y, train, rng);
-}
-static int (*pool_backward_op)(void *, const loom_tensor *, const loom_tensor *, const loom_tensor *, loom_tensor *,
-                               bool);
-static int counting_pool_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
-                                  loom_tensor *dx, bool param_grads) {
-  pool_backward_calls++;
-  return pool_backward_op(data, x, y, dy, dx, param_grads);
-}
-
-static loom_model *bn_pool_model(bool relu, int kind, bool fusable) {
-  loom_model *m = loom_model_create();
-  loom_conv2d_options c = {.out_channels = 3, .kernel = {3, 3}, .padding = {1, 1}};
-  loom_layer *pool = kind == 0   ? loom_maxpool2d_create(2, 2, 0)
-                     : kind == 1 ? loom_maxpool2d_create(3, 2, 1)
-                     : kind == 2 ? loom_avgpool2d_create(2, 2, 0)
-                                 : loom_global_avgpool_create();
-  if (!fusable) {
-    pool_backward_op = pool->ops.backward;
-    pool->ops.backward = counting_pool_backward;
-  }
-  assert_int_equal(loom_model_add(m, "conv", loom_conv2d_create(&c)), 0);
-  assert_int_equal(loom_model_add(m, "bn", loom_batchnorm_create(3, 1e-5f, 0.1f)), 0);
-  if (relu)
-    assert_int_equal(loom_model_add(m, "relu", loom_relu_create()), 0);
-  assert_int_equal(loom_model_add(m, "pool", pool), 0);
-  assert_int_equal(loom_model_add(m, "flat", loom_flatten_create()), 0);
-  assert_int_equal(loom_model_add(m, "fc", loom_linear_create(0, 4, true)), 0);
-  const int64_t shape[3] = {2, 6, 6};
-  assert_int_equal(loom_model_build(m, 3, shape, 9), 0);
-  return m;
-}
-
-static void test_fused_bn_pool(void **state) {
-  (void)state;
-  enum { N = 5 };
-  loom_tensor *x = loom_tensor_create(4, (int64_t[]){N, 2, 6, 6});
-  loom_tensor *dout = loom_tensor_create(2, (int64_t[]){N, 4});
-  for (int i = 0; i < N * 72; i++) /* repeated values: ties in the max windows */
-    loom_tensor_data(x)[i] = (float)((i * 29) % 13) / 6.0f - 1.0f;
-  for (int i = 0; i < N * 4; i++)
-    loom_tensor_data(dout)[i] = (float)(i % 7) - 3.0f;
-  for (int relu = 0; relu < 2; relu++)
-    for (int kind = 0; kind < 4; kind++) {
-      loom_model *fused = bn_pool_model(relu, kind, true), *apart = bn_pool_model(relu, kind, false);
-      const size_t np = loom_model_num_params(fused);
-      /* Counted after the build fused it: the fused model never calls them. */
-      loom_layer *fused_pool = loom_model_find_layer(fused, "pool");
-      pool_forward_op = fused_pool->ops.forward;
-      fused_pool->ops.forward = counting_pool_forward;
-      fused_pool->ops.backward = counting_pool_backward;
-      loom_model_find_layer(apart, "pool")->ops.forward = counting_pool_forward;
-      for (int train = 1; train >= 0; train--) {
-        const loom_tensor *out[2];
-        loom_model *ms[2] = {fused, apart};
-        pool_backward_calls = pool_forward_calls = 0;
-        for (int k = 0; k < 2; k++) {
-          loom_model_set_train(ms[k], train);
-          loom_model_zero_grad(ms[k]);
-          assert_int_equal(loom_model_forward(ms[k], x, &out[k]), 0);
-          assert_int_equal(loom_model_backward(ms[k], dout), 0);
-        }
-        assert_int_equal(pool_forward_calls, 1); /* the unfused model's */
-        assert_int_equal(pool_backward_calls, 1);
-        assert_memory_equal(loom_tensor_data(out[0]), loom_tensor_data(out[1]), N * 4 * sizeof(float));
-        assert_memory_equal(loom_model_grads(fused), loom_model_grads(apart), np * sizeof(float));
-        /* the gradient reached the convolution under BatchNorm */
-        size_t off, count;
-        loom_model_layer_params(fused, 0, &off, &count);
-        double norm = 0;
-        for (size_t i = 0; i < count; i++)
-          norm += fabs(loom_model_grads(fused)[off + i]);
-        assert_true(norm > 0);
-      }
-      loom_model_destroy(fused), loom_model_destroy(apart);
-    }
-  loom_tensor_destroy(x), loom_tensor_destroy(dout);
-}
-
-/* A Conv2d (im2col or Winograd) before a BatchNorm computes its output
- * planes' moments for the BatchNorm: outputs, gradients and running
- * statistics are those of the model where the BatchNorm reads the planes
- * itself (its convolution's forward wrapped, so it is not recognised). */
-static int (*conv_forward_op)(void *, const loom_tensor *, loom_tensor *, bool, loom_rng *);
-static int wrapped_conv_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
-  return conv_forward_op(data, x, y, train, rng);
-}
-
-static loom_model *conv_bn_model(loom_conv_algorithm algorithm, bool fusable) {
-  loom_model *m = loom_model_create();
-  loom_conv2d_options c = {.out_channels = 5, .kernel = {3, 3}, .padding = {1, 1}, .algorithm = algorithm};
-  loom_layer *conv = loom_conv2d_create(&c);
-  if (!fusable) {
-    conv_forward_op = conv->ops.forward;
-    conv->ops.forward = wrapped_conv_forward;
-  }
-  assert_int_equal(loom_model_add(m, "conv", conv), 0);
-  assert_int_equal(loom_model_add(m, "bn", loom_batchnorm_create(5, 1e-5f, 0.1f)), 0);
-  assert_int_equal(loom_model_add(m, "flat", loom_flatten_create()), 0);
-  assert_int_equal(loom_model_add(m, "fc", loom_linear_create(0, 3, true)), 0);
-  const int64_t shape[3] = {2, 7, 6};
-  assert_int_equal(loom_model_build(m, 3, shape, 5), 0);
-  return m;
-}
-
-static void test_conv_bn_moments(void **state) {
-  (void)state;
-  enum { N = 7 };
-  loom_tensor *x = loom_tensor_create(4, (int64_t[]){N, 2, 7, 6});
-  loom_tensor *dout = loom_tensor_create(2, (int64_t[]){N, 3});
-  for (int i = 0; i < N * 84; i++) /* an offset far from zero: the shifted sums must not cancel */
-    loom_tensor_data(x)[i] = 40.0f + (float)((i * 37) % 23) / 11.0f;
-  for (int i = 0; i < N * 3; i++)
-    loom_tensor_data(dout)[i] = (float)(i % 5) - 2.0f;
-  for (int algorithm = LOOM_CONV_IM2COL; algorithm <= LOOM_CONV_WINOGRAD; algorithm++) {
-    loom_model *ms[2] = {conv_bn_model(algorithm, true), conv_bn_model(algorithm, false)};
-    for (int step = 0; step < 3; step++) { /* two training steps, then evaluation */
-      const loom_tensor *out[2];
-      for (int k = 0; k < 2; k++) {
-        loom_model_set_train(ms[k], step < 2);
-        loom_model_zero_grad(ms[k]);
-        assert_int_equal(loom_model_forward(ms[k], x, &out[k]), 0);
-        assert_int_equal(loom_model_backward(ms[k], dout), 0);
-      }
-      assert_memory_equal(loom_tensor_data(out[0]), loom_tensor_data(out[1]), N * 3 * sizeof(float));
-      assert_memory_equal(loom_model_grads(ms[0]), loom_model_grads(ms[1]), loom_model_num_params(ms[0]) * sizeof(float));
-      assert_memory_equal(loom_model_buffers(ms[0]), loom_model_buffers(ms[1]),
-                          loom_model_num_buffers(ms[0]) * sizeof(float));
-    }
-    /* The moments the convolution handed over, against its output
-     * computed here in double (conv_ref) from the same weights and bias. */
-    loom_model_set_train(ms[0], true);
-    const loom_tensor *out;
-    assert_int_equal(loom_model_forward(ms[0], x, &out), 0);
-    const double *m = loom_batchnorm_moments(loom_model_find_layer(ms[0], "bn"), N);
-    const conv_ctx k = {2, 7, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 7, 6};
-    double *xd = malloc(N * 84 * sizeof *xd), *pd = malloc(95 * sizeof *pd), *yd = malloc(N * 5 * 42 * sizeof *yd);
-    for (int i = 0; i < N * 84; i++)
-      xd[i] = loom_tensor_data(x)[i];
-    for (int i = 0; i < 95; i++)
-      pd[i] = loom_model_params(ms[0])[i];
-    conv_ref(&k, xd, pd, yd, N);
-    for (int q = 0; q < N * 5; q++) {
-      const double *plane = yd + q * 42;
-      double s = 0, ss = 0;
-      for (int j = 0; j < 42; j++)
-        s += plane[j] - plane[0], ss += (plane[j] - plane[0]) * (plane[j] - plane[0]);
-      close_to(m[3 * q], plane[0], 1e-5, "moment first value", q);
-      close_to(m[3 * q + 1], s, 1e-3, "moment sum", q);
-      close_to(m[3 * q + 2], ss, 1e-3, "moment sum of squares", q);
-    }
-    free(xd), free(pd), free(yd);
-    loom_model_destroy(ms[0]), loom_model_destroy(ms[1]);
-  }
-  loom_tensor_destroy(x), loom_tensor_destroy(dout);
-}
-
 /* --- Products and elementwise layers on their parallel paths --- */
 
 /* loom_gemm against a double product, for each transpose and shapes that
@@ -820,7 +570,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fork_after_pool), cmocka_unit_test(test_conv2d), cmocka_unit_test(test_conv2d_winograd),   cmocka_unit_test(test_pooling), cmocka_unit_test(test_batchnorm),
       cmocka_unit_test(test_elementwise), cmocka_unit_test(test_dropout), cmocka_unit_test(test_cnn_model),
-      cmocka_unit_test(test_gemm_products), cmocka_unit_test(test_relu_large), cmocka_unit_test(test_fused_bn_relu), cmocka_unit_test(test_fused_bn_pool), cmocka_unit_test(test_conv_bn_moments),
+      cmocka_unit_test(test_gemm_products), cmocka_unit_test(test_relu_large),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
