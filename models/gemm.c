@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include "core/parallel.h"
+#include "models/small_gemm.h"
 
 /* Below this many multiply-adds a product takes a few microseconds, about
  * what handing half of it to another thread costs. */
@@ -47,8 +48,13 @@ static void slices(void *ctx, int part, int64_t first, int64_t last) {
 
 void loom_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
                const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+  /* Whether a product is small does not depend on the thread count, so
+   * neither does which kernel computes it (results stay bit-identical). */
+  bool small = M * N * K < SERIAL_MACS;
+  if (small && loom_small_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+    return;
   gemm g = {.ta = trans_a, .tb = trans_b, .cut_rows = M >= N, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb,
             .ldc = ldc, .alpha = alpha, .beta = beta, .A = A, .B = B, .C = C};
-  g.slices = M * N * K < SERIAL_MACS ? 1 : loom_parallel_parts();
+  g.slices = small ? 1 : loom_parallel_parts();
   loom_parallel_for(g.slices, slices, &g);
 }

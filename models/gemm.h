@@ -9,7 +9,8 @@
  * cblas_sgemm. C is cut along its longer side into one block per part of
  * core/parallel.h, each a single-threaded OpenBLAS product on its part's
  * thread: each part then packs only its own share of the operand it cuts,
- * and all of the shorter one. Small products run on the calling thread. */
+ * and all of the shorter one. Small products run on the calling thread,
+ * on libxsmm's kernels where models/small_gemm.h has one. */
 void loom_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
                const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 

@@ -9,6 +9,11 @@ packages=(
   libcmocka-dev libopenblas-dev libopenmpi-dev openmpi-bin
   dataset-fashion-mnist
 )
+# libxsmm runs the small matrix products; Debian packages it for amd64 only,
+# and elsewhere loom builds without it (OpenBLAS for every product).
+if [ "$(dpkg --print-architecture)" = amd64 ]; then
+  packages+=(libxsmm-dev)
+fi
 # Benchmarks compare against PyTorch; only install it when asked.
 if [ "${LOOM_BENCH_DEPS:-0}" = 1 ]; then
   packages+=(python3 python3-torch python3-numpy)
