@@ -6,7 +6,6 @@
  * 2.25x fewer multiplications. The batch is split over the cores
  * (core/parallel.h), each part with its own scratch and its own partial
  * weight gradient, summed in part order afterwards. */
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +13,7 @@
 #include "core/error_internal.h"
 #include "core/parallel.h"
 #include "core/simd.h"
+#include "models/gemm.h"
 #include "models/layer_internal.h"
 #include "models/winograd.h"
 
@@ -255,8 +255,7 @@ static void forward_part(void *ctx, int part, int64_t begin, int64_t end) {
       for (int64_t l = 0; l < L; l++)
         out[o * L + l] = c->b[o];
     im2col(c, c->x + i * c->cin * c->h * c->w, col);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c->cout, (int)L, (int)K, 1.0f, c->wt, (int)K, col,
-                (int)L, c->has_bias ? 1.0f : 0.0f, out, (int)L);
+    loom_gemm_here(false, false, c->cout, L, K, 1.0f, c->wt, K, col, L, c->has_bias ? 1.0f : 0.0f, out, L);
     plane_moments(c, i, 1);
   }
 }
@@ -299,13 +298,11 @@ static void backward_part(void *ctx, int part, int64_t begin, int64_t end) {
     }
     if (c->param_grads) { /* dW += dy_i col^T */
       im2col(c, x, col);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)c->cout, (int)K, (int)L, 1.0f, g, (int)L, col, (int)L,
-                  1.0f, dw, (int)K);
+      loom_gemm_here(false, true, c->cout, K, L, 1.0f, g, L, col, L, 1.0f, dw, K);
     }
     if (dx) { /* columns of the input gradient: W^T dy_i, then back into place */
       memset(dx, 0, (size_t)in_len * sizeof *dx);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, (int)L, (int)c->cout, 1.0f, c->wt, (int)K, g, (int)L,
-                  0.0f, col, (int)L);
+      loom_gemm_here(true, false, K, L, c->cout, 1.0f, c->wt, K, g, L, 0.0f, col, L);
       col2im(c, col, dx);
     }
   }

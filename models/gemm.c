@@ -3,7 +3,7 @@
 #include <cblas.h>
 
 #include "core/parallel.h"
-#include "models/small_gemm.h"
+#include "models/xsmm_gemm.h"
 
 /* Below this many multiply-adds a product takes a few microseconds, about
  * what handing half of it to another thread costs. */
@@ -25,14 +25,20 @@ static int64_t cut(int64_t len, int64_t q, int64_t slices) {
   return q == 0 ? 0 : q == slices || at > len ? len : at;
 }
 
+void loom_gemm_here(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                    int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+  if (!loom_xsmm_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N,
+                (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
+
 static void product(const gemm *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   if (m1 <= m0 || n1 <= n0)
     return;
   /* Row m0 of op(A) and column n0 of op(B), whichever way they are stored. */
   const float *a = g->A + (g->ta ? m0 : m0 * g->lda), *b = g->B + (g->tb ? n0 * g->ldb : n0);
-  cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans, (int)(m1 - m0),
-              (int)(n1 - n0), (int)g->K, g->alpha, a, (int)g->lda, b, (int)g->ldb, g->beta, g->C + m0 * g->ldc + n0,
-              (int)g->ldc);
+  loom_gemm_here(g->ta, g->tb, m1 - m0, n1 - n0, g->K, g->alpha, a, g->lda, b, g->ldb, g->beta, g->C + m0 * g->ldc + n0,
+                 g->ldc);
 }
 
 static void slices(void *ctx, int part, int64_t first, int64_t last) {
@@ -48,13 +54,8 @@ static void slices(void *ctx, int part, int64_t first, int64_t last) {
 
 void loom_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
                const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
-  /* Whether a product is small does not depend on the thread count, so
-   * neither does which kernel computes it (results stay bit-identical). */
-  bool small = M * N * K < SERIAL_MACS;
-  if (small && loom_small_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
-    return;
   gemm g = {.ta = trans_a, .tb = trans_b, .cut_rows = M >= N, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb,
             .ldc = ldc, .alpha = alpha, .beta = beta, .A = A, .B = B, .C = C};
-  g.slices = small ? 1 : loom_parallel_parts();
+  g.slices = M * N * K < SERIAL_MACS ? 1 : loom_parallel_parts();
   loom_parallel_for(g.slices, slices, &g);
 }

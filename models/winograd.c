@@ -6,10 +6,10 @@
  * (core/parallel.h). */
 #include "models/winograd.h"
 
-#include <cblas.h>
 #include <string.h>
 
 #include "core/simd.h"
+#include "models/gemm.h"
 
 /* Each transform along one dimension, on the values p[0], p[s], p[2s],
  * p[3s] (or fewer) of floats or of loom_f8 lanes.
@@ -267,8 +267,8 @@ void loom_wino_forward(const loom_wino *w, const float *U, const float *bias, co
   float *V = scratch, *M = V + 16 * w->vstride, *Q = M + 16 * w->mstride;
   transform_input(w, x, n, V, Q);
   for (int xi = 0; xi < 16; xi++) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout, (int)N, (int)cin, 1.0f, U + xi * cout * cin,
-                (int)cin, V + xi * w->vstride, (int)w->row, 0.0f, M + xi * w->mstride, (int)w->row);
+    loom_gemm_here(false, false, cout, N, cin, 1.0f, U + xi * cout * cin, cin, V + xi * w->vstride, w->row, 0.0f,
+                   M + xi * w->mstride, w->row);
     memset(M + xi * w->mstride + cout * w->row, 0, LANES * sizeof *M); /* the slack the last group reads */
   }
   transform_output(w, M, bias, n, y);
@@ -282,13 +282,13 @@ void loom_wino_backward(const loom_wino *w, const float *U, const float *x, cons
   if (dU) { /* dU[xi] += dM[xi] V[xi]^T */
     transform_input(w, x, n, V, Q);
     for (int xi = 0; xi < 16; xi++)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout, (int)cin, (int)N, 1.0f, dM + xi * w->mstride,
-                  (int)w->row, V + xi * w->vstride, (int)w->row, 1.0f, dU + xi * cout * cin, (int)cin);
+      loom_gemm_here(false, true, cout, cin, N, 1.0f, dM + xi * w->mstride, w->row, V + xi * w->vstride, w->row, 1.0f,
+                     dU + xi * cout * cin, cin);
   }
   if (dx) { /* dV[xi] = U[xi]^T dM[xi], into V's place */
     for (int xi = 0; xi < 16; xi++)
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)cin, (int)N, (int)cout, 1.0f, U + xi * cout * cin,
-                  (int)cin, dM + xi * w->mstride, (int)w->row, 0.0f, V + xi * w->vstride, (int)w->row);
+      loom_gemm_here(true, false, cin, N, cout, 1.0f, U + xi * cout * cin, cin, dM + xi * w->mstride, w->row, 0.0f,
+                     V + xi * w->vstride, w->row);
     transform_input_adjoint(w, V, n, dx, Q);
   }
 }

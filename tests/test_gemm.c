@@ -7,7 +7,7 @@
 
 #include "helpers.h"
 #include "models/gemm.h"
-#include "models/small_gemm.h"
+#include "models/xsmm_gemm.h"
 
 typedef struct shape {
   int64_t M, N, K;
@@ -44,8 +44,12 @@ static void operands_init(operands *o, bool ta, bool tb, shape s) {
 
 static void operands_free(operands *o) { free(o->A), free(o->B), free(o->C), free(o->C0); }
 
-static double a_at(const operands *o, int64_t m, int64_t k) { return o->ta ? o->A[k * o->lda + m] : o->A[m * o->lda + k]; }
-static double b_at(const operands *o, int64_t k, int64_t n) { return o->tb ? o->B[n * o->ldb + k] : o->B[k * o->ldb + n]; }
+static double a_at(const operands *o, int64_t m, int64_t k) {
+  return o->ta ? o->A[k * o->lda + m] : o->A[m * o->lda + k];
+}
+static double b_at(const operands *o, int64_t k, int64_t n) {
+  return o->tb ? o->B[n * o->ldb + k] : o->B[k * o->ldb + n];
+}
 
 /* C against alpha op(A) op(B) + beta C0 within the worst-case rounding of a
  * float sum of K + 1 terms (K + 2 roundings of unit u, times the sum of the
@@ -69,12 +73,9 @@ static void check(const operands *o, float alpha, float beta, const char *what) 
     }
 }
 
-static const shape shapes[] = {
-    {32, 10, 784}, /* linear32's forward */
-    {10, 784, 32}, /* and its weight gradient */
-    {3, 7, 5},     {1, 1, 1}, {17, 9, 33},
-    {96, 80, 70}, /* over the small-product limit: OpenBLAS over the pool */
-};
+/* linear32's forward and weight gradient, odd small ones, and one over the
+ * small-product limit, cut over the pool. */
+static const shape shapes[] = {{32, 10, 784}, {10, 784, 32}, {3, 7, 5}, {1, 1, 1}, {17, 9, 33}, {96, 80, 70}};
 
 static void test_products_match_reference(void **state) {
   (void)state;
@@ -86,37 +87,43 @@ static void test_products_match_reference(void **state) {
         for (int b = 0; b < 3; b++) {
           operands o;
           operands_init(&o, t & 1, t & 2, shapes[i]);
-          snprintf(what, sizeof what, "%lldx%lldx%lld ta=%d tb=%d alpha=%g beta=%g", (long long)o.s.M,
-                   (long long)o.s.N, (long long)o.s.K, o.ta, o.tb, alphas[a], betas[b]);
+          snprintf(what, sizeof what, "%lldx%lldx%lld ta=%d tb=%d alpha=%g beta=%g", (long long)o.s.M, (long long)o.s.N,
+                   (long long)o.s.K, o.ta, o.tb, alphas[a], betas[b]);
           loom_gemm(o.ta, o.tb, o.s.M, o.s.N, o.s.K, alphas[a], o.A, o.lda, o.B, o.ldb, betas[b], o.C, o.ldc);
           check(&o, alphas[a], betas[b], what);
           operands_free(&o);
         }
 }
 
-/* Which products libxsmm takes: with loom built on it, those with alpha 1
- * and beta 0 or 1 (the layers'), any transposes; the others must come back
- * untouched for OpenBLAS. Without it, none. */
-static void test_small_products_taken(void **state) {
+/* Which products libxsmm takes: when active, those with alpha 1 and beta 0
+ * or 1 (the layers'), any transposes; the others must come back untouched
+ * for OpenBLAS. When not, none. */
+static void test_xsmm_products_taken(void **state) {
   (void)state;
+  /* On an AVX-512 machine, a loom built with libxsmm uses it unless told
+   * otherwise; without libxsmm, never. */
+  if (!LOOM_HAVE_LIBXSMM)
+    assert_false(loom_xsmm_active());
+  else if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") && getenv("LIBXSMM_TARGET") == NULL)
+    assert_true(loom_xsmm_active());
   struct {
     shape s;
     bool tb;
     float alpha, beta;
     bool taken;
   } cases[] = {
-      {{32, 10, 784}, true, 1.0f, 1.0f, true},    {{10, 784, 32}, false, 1.0f, 1.0f, true},
-      {{17, 9, 33}, false, 1.0f, 0.0f, true},     {{17, 9, 33}, true, 1.0f, 0.0f, true},
-      {{17, 9, 33}, false, 0.5f, 0.0f, false},    {{17, 9, 33}, false, 1.0f, 0.5f, false},
-      {{4, 20, 1000}, true, 1.0f, 0.0f, false}, /* op(B) too large to copy straight */
+      {{32, 10, 784}, true, 1.0f, 1.0f, true}, {{10, 784, 32}, false, 1.0f, 1.0f, true},
+      {{17, 9, 33}, false, 1.0f, 0.0f, true},  {{17, 9, 33}, true, 1.0f, 0.0f, true},
+      {{17, 9, 33}, false, 0.5f, 0.0f, false}, {{17, 9, 33}, false, 1.0f, 0.5f, false},
+      {{4, 20, 1000}, true, 1.0f, 0.0f, true}, /* op(B) straightened off the stack */
   };
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
     for (int ta = 0; ta < 2; ta++) {
       operands o;
       operands_init(&o, ta, cases[i].tb, cases[i].s);
-      bool taken = loom_small_gemm(o.ta, o.tb, o.s.M, o.s.N, o.s.K, cases[i].alpha, o.A, o.lda, o.B, o.ldb,
-                                   cases[i].beta, o.C, o.ldc);
-      assert_int_equal(taken, LOOM_HAVE_LIBXSMM && cases[i].taken);
+      bool taken = loom_xsmm_gemm(o.ta, o.tb, o.s.M, o.s.N, o.s.K, cases[i].alpha, o.A, o.lda, o.B, o.ldb,
+                                  cases[i].beta, o.C, o.ldc);
+      assert_int_equal(taken, loom_xsmm_active() && cases[i].taken);
       if (taken)
         check(&o, cases[i].alpha, cases[i].beta, "small product");
       else
@@ -128,7 +135,7 @@ static void test_small_products_taken(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_products_match_reference),
-      cmocka_unit_test(test_small_products_taken),
+      cmocka_unit_test(test_xsmm_products_taken),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
