@@ -25,11 +25,16 @@ static int64_t cut(int64_t len, int64_t q, int64_t slices) {
   return q == 0 ? 0 : q == slices || at > len ? len : at;
 }
 
+static void openblas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                     int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N,
+              (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
+
 void loom_gemm_here(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                     int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
   if (!loom_xsmm_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N,
-                (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+    openblas(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 static void product(const gemm *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
@@ -56,6 +61,11 @@ void loom_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
                const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
   gemm g = {.ta = trans_a, .tb = trans_b, .cut_rows = M >= N, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb,
             .ldc = ldc, .alpha = alpha, .beta = beta, .A = A, .B = B, .C = C};
-  g.slices = M * N * K < SERIAL_MACS ? 1 : loom_parallel_parts();
+  const bool small = M * N * K < SERIAL_MACS;
+  g.slices = small ? 1 : loom_parallel_parts();
+  if (!small && g.slices == 1) { /* the pool is off (LOOM_NUM_THREADS=1): OpenBLAS's own threads take it */
+    openblas(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
   loom_parallel_for(g.slices, slices, &g);
 }

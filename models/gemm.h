@@ -10,7 +10,8 @@
  * core/parallel.h, each a loom_gemm_here product on its part's thread:
  * with OpenBLAS, each part then packs only its own share of the operand it
  * cuts, and all of the shorter one. Small products run on the calling
- * thread. */
+ * thread; with the pool off (one part), larger ones go to OpenBLAS's own
+ * threads. */
 void loom_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
                const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 

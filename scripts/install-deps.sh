@@ -9,7 +9,7 @@ packages=(
   libcmocka-dev libopenblas-dev libopenmpi-dev openmpi-bin
   dataset-fashion-mnist
 )
-# libxsmm runs the small matrix products; Debian packages it for amd64 only,
+# libxsmm runs the matrix products on AVX-512 CPUs; Debian packages it for amd64 only,
 # and elsewhere loom builds without it (OpenBLAS for every product).
 if [ "$(dpkg --print-architecture)" = amd64 ]; then
   packages+=(libxsmm-dev)
