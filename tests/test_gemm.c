@@ -1,7 +1,8 @@
 /* The layers' matrix products (models/gemm.h) against a double-precision
  * reference: every transpose pair, padded leading dimensions, the alpha and
- * beta the layers use and others, small products (libxsmm's kernels when
- * loom has libxsmm) and large ones (OpenBLAS over the pool). */
+ * beta the layers use and others, small products (on the calling thread)
+ * and a large one (cut over the pool), on libxsmm's kernels where loom uses
+ * them and on OpenBLAS (ctest runs this file with LIBXSMM_TARGET=hsw too). */
 #include <float.h>
 #include <math.h>
 
@@ -127,7 +128,7 @@ static void test_xsmm_products_taken(void **state) {
                                   cases[i].beta, o.C, o.ldc);
       assert_int_equal(taken, loom_xsmm_active() && cases[i].taken);
       if (taken)
-        check(&o, cases[i].alpha, cases[i].beta, "small product");
+        check(&o, cases[i].alpha, cases[i].beta, "libxsmm product");
       else
         assert_memory_equal(o.C, o.C0, (size_t)(o.s.M * o.ldc) * sizeof(float));
       operands_free(&o);
