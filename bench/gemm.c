@@ -51,7 +51,7 @@ static float *filled(long n, unsigned *seed) {
   return p;
 }
 
-/* Seconds per product, the fastest of `reps` calls timed together. */
+/* Seconds per product: `reps` calls timed together, averaged. */
 static double timed(const shape *s, bool loom, int reps, const float *A, const float *B, float *C) {
   const int lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
   double t0 = now();
