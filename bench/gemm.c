@@ -11,7 +11,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
+#include <uv.h>
 
 #include "models/gemm.h"
 #include "models/xsmm_gemm.h"
@@ -38,12 +38,6 @@ static const shape shapes[] = {
     {"cnn winograd input grad", true, false, 32, 196, 64, 0.0f},
 };
 
-static double now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static float *filled(long n, unsigned *seed) {
   float *p = malloc((size_t)n * sizeof *p);
   for (long i = 0; p && i < n; i++)
@@ -54,7 +48,7 @@ static float *filled(long n, unsigned *seed) {
 /* Seconds per product: `reps` calls timed together, averaged. */
 static double timed(const shape *s, bool loom, int reps, const float *A, const float *B, float *C) {
   const int lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
-  double t0 = now();
+  uint64_t t0 = uv_hrtime();
   for (int r = 0; r < reps; r++) {
     if (loom)
       loom_gemm_here(s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, s->beta, C, s->N);
@@ -62,7 +56,7 @@ static double timed(const shape *s, bool loom, int reps, const float *A, const f
       cblas_sgemm(CblasRowMajor, s->ta ? CblasTrans : CblasNoTrans, s->tb ? CblasTrans : CblasNoTrans, s->M, s->N,
                   s->K, 1.0f, A, lda, B, ldb, s->beta, C, s->N);
   }
-  return (now() - t0) / reps;
+  return 1e-9 * (double)(uv_hrtime() - t0) / reps;
 }
 
 int main(void) {
