@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <uv.h>
 
-#include "models/gemm.h"
-#include "models/xsmm_gemm.h"
+#include "backends/cpu/gemm.h"
+#include "backends/cpu/xsmm_gemm.h"
 
 typedef struct shape {
   const char *name;

@@ -10,7 +10,7 @@
 
 #include <loom.h>
 
-#include "models/xsmm_gemm.h" /* which kernels ran the products, for the table */
+#include "backends/cpu/xsmm_gemm.h" /* which kernels ran the products, for the table */
 
 #define MAX_EPOCHS 64
 

@@ -1,5 +1,5 @@
-#include <uv.h>
+#include "core/clock.h"
 
-#include "core/runner_impl.h"
+#include <uv.h>
 
 uint64_t loom_now_ns(void) { return uv_hrtime(); }

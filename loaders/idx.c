@@ -9,7 +9,7 @@
 #include <zlib.h>
 
 #include "core/error_internal.h"
-#include "core/simd.h"
+#include "backends/cpu/simd.h"
 #include "loom/data.h"
 #include "loaders/idx_internal.h"
 

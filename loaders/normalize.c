@@ -2,7 +2,7 @@
 #include <stdlib.h>
 
 #include "core/error_internal.h"
-#include "core/simd.h"
+#include "backends/cpu/simd.h"
 #include "loom/data.h"
 
 typedef struct normalize {

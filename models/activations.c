@@ -4,8 +4,8 @@
 #include <string.h>
 
 #include "core/error_internal.h"
-#include "core/parallel.h"
-#include "core/simd.h"
+#include "backends/cpu/parallel.h"
+#include "backends/cpu/simd.h"
 #include "models/layer_internal.h"
 
 int loom_same_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {

@@ -5,7 +5,7 @@
 #include <math.h>
 
 #include "core/error_internal.h"
-#include "core/simd.h"
+#include "backends/cpu/simd.h"
 #include "models/optimizer_internal.h"
 
 LOOM_HOT static void adam_range(const loom_optimizer *opt, float *restrict p, const float *restrict g,

@@ -11,11 +11,11 @@
 #include <string.h>
 
 #include "core/error_internal.h"
-#include "core/parallel.h"
-#include "core/simd.h"
-#include "models/gemm.h"
+#include "backends/cpu/parallel.h"
+#include "backends/cpu/simd.h"
+#include "backends/cpu/gemm.h"
 #include "models/layer_internal.h"
-#include "models/winograd.h"
+#include "backends/cpu/winograd.h"
 
 typedef struct conv {
   int64_t cin, cout, kh, kw, sh, sw, ph, pw, dh, dw;

@@ -1,7 +1,7 @@
 /* Whole-model gradient operations over the one contiguous buffer. */
 #include <math.h>
 
-#include "core/simd.h"
+#include "backends/cpu/simd.h"
 #include "loom/model.h"
 
 LOOM_HOT void loom_model_scale_grads(loom_model *m, float scale) {

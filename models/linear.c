@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "core/error_internal.h"
-#include "models/gemm.h"
+#include "backends/cpu/gemm.h"
 #include "models/layer_internal.h"
 
 typedef struct linear {

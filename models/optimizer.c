@@ -2,7 +2,7 @@
 #include <string.h>
 
 #include "core/error_internal.h"
-#include "core/parallel.h"
+#include "backends/cpu/parallel.h"
 #include "models/optimizer_internal.h"
 
 loom_optimizer *loom_optimizer_new(const optimizer_ops *ops, double lr) {

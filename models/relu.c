@@ -2,8 +2,8 @@
 #include <string.h>
 
 #include "core/error_internal.h"
-#include "core/parallel.h"
-#include "core/simd.h"
+#include "backends/cpu/parallel.h"
+#include "backends/cpu/simd.h"
 #include "models/layer_internal.h"
 
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs what loom needs to build, test and run its example on Debian 12.
+# Installs what loom needs to build, test and run its example on Debian 12
+# (python3 runs the layering check of the test suite).
 # Idempotent: packages already present are skipped by apt. Needs root or sudo.
 set -euo pipefail
 
 packages=(
-  build-essential cmake pkg-config
+  build-essential cmake pkg-config python3
   zlib1g-dev libuv1-dev libjansson-dev libhdf5-dev hdf5-tools
   libcmocka-dev libopenblas-dev libopenmpi-dev openmpi-bin
   dataset-fashion-mnist

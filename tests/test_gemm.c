@@ -7,8 +7,8 @@
 #include <math.h>
 
 #include "helpers.h"
-#include "models/gemm.h"
-#include "models/xsmm_gemm.h"
+#include "backends/cpu/gemm.h"
+#include "backends/cpu/xsmm_gemm.h"
 
 typedef struct shape {
   int64_t M, N, K;

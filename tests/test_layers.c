@@ -8,7 +8,7 @@
 
 #include "helpers.h"
 #include "reference.h"
-#include "models/gemm.h"
+#include "backends/cpu/gemm.h"
 #include "models/layer_internal.h"
 
 #define H 1e-6

@@ -48,7 +48,7 @@ loom_callback *loom_console_logger_create(const loom_console_logger_options *opt
  * with every number printed to round-trip (%.17g). Master only. */
 loom_callback *loom_metrics_logger_create(void);
 
-/* Checkpoints into <logdir>/checkpoints (layout in docs/checkpoints.md):
+/* Checkpoints into <logdir>/checkpoints (layout in docs/architecture.md, "Checkpoints and resume"):
  * last.h5 at every epoch end (and every N train batches when asked), the
  * best K by a monitored metric as epoch_NNNN.h5 with best.h5 linking the
  * top one, and manifest.json with the ranking and each file's CRC-32. A

@@ -1,0 +1,82 @@
+#ifndef LOOM_CONFIG_CONFIG_INTERNAL_H
+#define LOOM_CONFIG_CONFIG_INTERNAL_H
+
+#include <jansson.h>
+
+#include "loom/config.h"
+#include "loom/registry.h"
+
+/* Where a value (and, inside an object, its key) stands in the text. */
+typedef struct loom_pos {
+  char *path;
+  int line, col;         /* the value */
+  int key_line, key_col; /* its key; 0 for array items and the root */
+} loom_pos;
+
+typedef struct loom_pos_index {
+  loom_pos *items;
+  size_t n, cap;
+} loom_pos_index;
+
+/* Indexes valid JSON text (jansson has accepted it). */
+int loom_pos_index_build(loom_pos_index *idx, const char *text);
+const loom_pos *loom_pos_find(const loom_pos_index *idx, const char *path);
+void loom_pos_index_free(loom_pos_index *idx);
+
+typedef struct loom_override {
+  char *path, *assignment;
+} loom_override;
+
+struct loom_config {
+  char *name;     /* the file as given */
+  char *base_dir; /* its directory */
+  json_t *root;
+  loom_pos_index index;
+  loom_override *overrides;
+  size_t num_overrides, cap_overrides;
+};
+
+/* A component's parameters: an object of the config at `path`, and the
+ * keys asked for so far (to find unknown ones). */
+struct loom_params {
+  loom_config *config;
+  json_t *object;
+  char path[512];
+  const char *asked[64];
+  int num_asked;
+};
+
+void loom_params_init(loom_params *p, loom_config *config, json_t *object, const char *path);
+/* 0 if the model (if any) has the layer, else an error at `key` with the nearest name. */
+int loom_params_check_layer(const loom_params *p, const char *key, const loom_model *model, const char *name);
+/* Reads `key`, an array of the model's layer names, as "a,b,c" into out;
+ * *present says whether the key was given. */
+int loom_params_layer_list(loom_params *p, const char *key, const loom_model *model, char *out, size_t size,
+                           bool *present);
+/* The component's JSON object (to write back what it resolved). */
+static inline json_t *loom_params_object(loom_params *p) { return p->object; }
+/* Marks keys as known without reading them (e.g. "type"). */
+void loom_params_known(loom_params *p, const char *key);
+/* An error about `key` itself, at the key's position. */
+int loom_params_key_error(const loom_params *p, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* An error for the first key of the object nobody asked for. */
+int loom_params_check_unknown(const loom_params *p);
+/* "FILE:LINE:COL: path: " (or "--set ...: path: ") into buf. */
+void loom_config_where(const loom_config *c, const char *path, bool key, char *buf, size_t size);
+/* "path.key" or "path[i]" */
+void loom_path_child(char *out, size_t size, const char *path, const char *key);
+void loom_path_index(char *out, size_t size, const char *path, size_t i);
+/* The closest of `candidates` to `word` (edit distance), or NULL. */
+const char *loom_did_you_mean(const char *word, const char *const *candidates, size_t n);
+
+/* registry.c */
+void loom_register_builtin(loom_kind kind, const char *name, loom_ctor ctor);
+/* Builds the component described by `object` (its "type" names it): the
+ * constructor reads its keys through *p, which the caller may go on reading
+ * (e.g. a callback's "order") before loom_params_check_unknown. */
+void *loom_config_instantiate(loom_config *c, json_t *object, const char *path, loom_kind kind, const void *context,
+                              loom_params *p);
+loom_ctor loom_registry_find(loom_kind kind, const char *name, void **user);
+const char *const *loom_registry_list(loom_kind kind, size_t *n);
+
+#endif

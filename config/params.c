@@ -1,0 +1,291 @@
+/* Typed, checked access to a component's parameters in a config. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "config/config_internal.h"
+#include "core/error_internal.h"
+
+void loom_params_init(loom_params *p, loom_config *config, json_t *object, const char *path) {
+  memset(p, 0, sizeof *p);
+  p->config = config;
+  p->object = object;
+  snprintf(p->path, sizeof p->path, "%s", path);
+}
+
+void loom_params_known(loom_params *p, const char *key) {
+  for (int i = 0; i < p->num_asked; i++)
+    if (strcmp(p->asked[i], key) == 0)
+      return;
+  if (p->num_asked < (int)(sizeof p->asked / sizeof p->asked[0]))
+    p->asked[p->num_asked++] = key;
+}
+
+const char *loom_params_path(const loom_params *p) { return p->path; }
+const char *loom_params_base_dir(const loom_params *p) { return p->config->base_dir; }
+
+static int report(const loom_params *p, const char *key, bool at_key, int code, const char *fmt, va_list ap) {
+  char path[1024], where[1200], msg[LOOM_ERROR_MAX];
+  if (key)
+    loom_path_child(path, sizeof path, p->path, key);
+  else
+    snprintf(path, sizeof path, "%s", p->path);
+  loom_config_where(p->config, path, at_key, where, sizeof where);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  return loom_error_set(code, "%s%s: %s", where, *path ? path : "(top level)", msg);
+}
+
+int loom_params_error(const loom_params *p, const char *key, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = report(p, key, false, code, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+int loom_params_key_error(const loom_params *p, const char *key, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = report(p, key, true, LOOM_EINVAL, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+int loom_params_check_unknown(const loom_params *p) {
+  const char *key;
+  json_t *v;
+  json_object_foreach(p->object, key, v) {
+    bool known = false;
+    for (int i = 0; i < p->num_asked && !known; i++)
+      known = strcmp(p->asked[i], key) == 0;
+    if (known)
+      continue;
+    const char *near = loom_did_you_mean(key, p->asked, (size_t)p->num_asked);
+    if (near)
+      return loom_params_key_error(p, key, "unknown key (did you mean \"%s\"?)", near);
+    char list[512] = "";
+    for (int i = 0; i < p->num_asked; i++)
+      snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", p->asked[i]);
+    return loom_params_key_error(p, key, "unknown key (known keys here: %s)", p->num_asked ? list : "none");
+  }
+  return 0;
+}
+
+/* "a string \"x\"", "the number 3.5", ... for messages. */
+static void describe(const json_t *v, char *buf, size_t size) {
+  switch (json_typeof(v)) {
+  case JSON_STRING: snprintf(buf, size, "the string \"%.60s\"", json_string_value(v)); break;
+  case JSON_INTEGER: snprintf(buf, size, "the integer %lld", (long long)json_integer_value(v)); break;
+  case JSON_REAL: snprintf(buf, size, "the number %.17g", json_real_value(v)); break;
+  case JSON_TRUE: snprintf(buf, size, "true"); break;
+  case JSON_FALSE: snprintf(buf, size, "false"); break;
+  case JSON_NULL: snprintf(buf, size, "null"); break;
+  case JSON_ARRAY: snprintf(buf, size, "an array"); break;
+  default: snprintf(buf, size, "an object"); break;
+  }
+}
+
+static int wrong_type(const loom_params *p, const char *key, const json_t *v, const char *want) {
+  char got[128];
+  describe(v, got, sizeof got);
+  return loom_params_error(p, key, LOOM_EINVAL, "expected %s, got %s", want, got);
+}
+
+static json_t *ask(loom_params *p, const char *key) {
+  loom_params_known(p, key);
+  json_t *v = json_object_get(p->object, key);
+  return json_is_null(v) ? NULL : v;
+}
+
+static int missing(const loom_params *p, const char *key, const char *want) {
+  return loom_params_error(p, key, LOOM_EINVAL, "missing required key (expected %s)", want);
+}
+
+bool loom_params_has(loom_params *p, const char *key) { return ask(p, key) != NULL; }
+
+/* Bounds at or past these read as "no upper bound" in messages. */
+#define OPEN_INT INT32_MAX
+#define OPEN_NUMBER 1e300
+
+static void int_range(char *buf, size_t size, int64_t min, int64_t max) {
+  if (max >= OPEN_INT)
+    snprintf(buf, size, "an integer >= %lld", (long long)min);
+  else
+    snprintf(buf, size, "an integer in [%lld, %lld]", (long long)min, (long long)max);
+}
+
+static void number_range(char *buf, size_t size, double min, double max) {
+  if (max >= OPEN_NUMBER && min <= -OPEN_NUMBER)
+    snprintf(buf, size, "a number");
+  else if (max >= OPEN_NUMBER)
+    snprintf(buf, size, "a number >= %g", min);
+  else
+    snprintf(buf, size, "a number in [%g, %g]", min, max);
+}
+
+int loom_params_int(loom_params *p, const char *key, int64_t def, int64_t min, int64_t max, int64_t *out) {
+  json_t *v = ask(p, key);
+  char want[96];
+  int_range(want, sizeof want, min, max);
+  if (!v) {
+    if (def == LOOM_REQUIRED_INT)
+      return missing(p, key, want);
+    *out = def;
+    json_object_set_new(p->object, key, json_integer(def));
+    return 0;
+  }
+  if (!json_is_integer(v))
+    return wrong_type(p, key, v, want);
+  int64_t x = json_integer_value(v);
+  if (x < min || x > max)
+    return loom_params_error(p, key, LOOM_EINVAL, "%lld is out of range (expected %s)", (long long)x, want);
+  *out = x;
+  return 0;
+}
+
+int loom_params_number(loom_params *p, const char *key, double def, double min, double max, double *out) {
+  json_t *v = ask(p, key);
+  char want[96];
+  number_range(want, sizeof want, min, max);
+  if (!v) {
+    if (isnan(def))
+      return missing(p, key, want);
+    *out = def;
+    json_object_set_new(p->object, key, json_real(def));
+    return 0;
+  }
+  if (!json_is_number(v))
+    return wrong_type(p, key, v, want);
+  double x = json_number_value(v);
+  if (!(x >= min && x <= max))
+    return loom_params_error(p, key, LOOM_EINVAL, "%g is out of range (expected %s)", x, want);
+  *out = x;
+  return 0;
+}
+
+int loom_params_bool(loom_params *p, const char *key, bool def, bool *out) {
+  json_t *v = ask(p, key);
+  if (!v) {
+    *out = def;
+    json_object_set_new(p->object, key, json_boolean(def));
+    return 0;
+  }
+  if (!json_is_boolean(v))
+    return wrong_type(p, key, v, "true or false");
+  *out = json_is_true(v);
+  return 0;
+}
+
+int loom_params_string(loom_params *p, const char *key, const char *def, const char **out) {
+  json_t *v = ask(p, key);
+  if (!v) {
+    if (!def)
+      return missing(p, key, "a string");
+    json_object_set_new(p->object, key, json_string(def));
+    *out = json_string_value(json_object_get(p->object, key));
+    return 0;
+  }
+  if (!json_is_string(v))
+    return wrong_type(p, key, v, "a string");
+  *out = json_string_value(v);
+  return 0;
+}
+
+int loom_params_choice(loom_params *p, const char *key, const char *def, const char *const *choices, int *index) {
+  size_t n = 0;
+  char list[256] = "";
+  for (; choices[n]; n++)
+    snprintf(list + strlen(list), sizeof list - strlen(list), "%s\"%s\"", n ? ", " : "", choices[n]);
+  const char *s;
+  char want[300];
+  snprintf(want, sizeof want, "one of %s", list);
+  json_t *v = ask(p, key);
+  if (!v && !def)
+    return missing(p, key, want);
+  if (v && !json_is_string(v))
+    return wrong_type(p, key, v, want);
+  if (!v)
+    json_object_set_new(p->object, key, json_string(def));
+  s = json_string_value(json_object_get(p->object, key));
+  for (size_t i = 0; i < n; i++) {
+    if (strcmp(s, choices[i]) == 0) {
+      *index = (int)i;
+      return 0;
+    }
+  }
+  const char *near = loom_did_you_mean(s, choices, n);
+  if (near)
+    return loom_params_error(p, key, LOOM_EINVAL, "\"%s\" is not %s (did you mean \"%s\"?)", s, want, near);
+  return loom_params_error(p, key, LOOM_EINVAL, "\"%s\" is not %s", s, want);
+}
+
+/* Reads an array of numbers (integers when `integers`). */
+static int read_array(loom_params *p, const char *key, bool integers, double min, double max, double *out,
+                      size_t out_max, size_t *n, bool *present) {
+  json_t *v = ask(p, key);
+  const char *want = integers ? "an array of integers" : "an array of numbers";
+  *present = v != NULL;
+  if (!v)
+    return 0;
+  if (!json_is_array(v))
+    return wrong_type(p, key, v, want);
+  if (json_array_size(v) > out_max)
+    return loom_params_error(p, key, LOOM_EINVAL, "has %zu items; at most %zu are allowed", json_array_size(v), out_max);
+  size_t i;
+  json_t *item;
+  json_array_foreach(v, i, item) {
+    char sub[64];
+    snprintf(sub, sizeof sub, "%s[%zu]", key, i);
+    if (integers ? !json_is_integer(item) : !json_is_number(item))
+      return wrong_type(p, sub, item, integers ? "an integer" : "a number");
+    out[i] = json_number_value(item);
+    char range[96];
+    if (integers)
+      int_range(range, sizeof range, (int64_t)min, max >= 9e18 ? INT64_MAX : (int64_t)max);
+    else
+      number_range(range, sizeof range, min, max);
+    if (!(out[i] >= min && out[i] <= max))
+      return loom_params_error(p, sub, LOOM_EINVAL, "%g is out of range (expected %s)", out[i], range);
+  }
+  *n = json_array_size(v);
+  return 0;
+}
+
+int loom_params_int_array(loom_params *p, const char *key, const int64_t *def, size_t def_n, int64_t min, int64_t max,
+                          int64_t *out, size_t out_max, size_t *n) {
+  double tmp[256];
+  bool present;
+  int rc = read_array(p, key, true, (double)min, (double)max, tmp, out_max < 256 ? out_max : 256, n, &present);
+  if (rc < 0)
+    return rc;
+  if (!present) {
+    if (!def)
+      return missing(p, key, "an array of integers");
+    json_t *a = json_array();
+    for (size_t i = 0; i < def_n; i++)
+      json_array_append_new(a, json_integer(def[i])), out[i] = def[i];
+    json_object_set_new(p->object, key, a);
+    *n = def_n;
+    return 0;
+  }
+  for (size_t i = 0; i < *n; i++)
+    out[i] = (int64_t)tmp[i];
+  return 0;
+}
+
+int loom_params_number_array(loom_params *p, const char *key, const double *def, size_t def_n, double *out,
+                             size_t out_max, size_t *n) {
+  bool present;
+  int rc = read_array(p, key, false, -HUGE_VAL, HUGE_VAL, out, out_max, n, &present);
+  if (rc < 0 || present)
+    return rc;
+  if (!def)
+    return missing(p, key, "an array of numbers");
+  json_t *a = json_array();
+  for (size_t i = 0; i < def_n; i++)
+    json_array_append_new(a, json_real(def[i])), out[i] = def[i];
+  json_object_set_new(p->object, key, a);
+  *n = def_n;
+  return 0;
+}

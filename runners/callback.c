@@ -1,0 +1,296 @@
+#include "runners/callback_internal.h"
+
+#include <stdbool.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error_internal.h"
+#include "loom/runner.h"
+
+struct loom_callback {
+  loom_callback_ops ops;
+  void *data;
+  char *name;
+  int order;
+  loom_node node;
+  loom_scope scope;
+  uint64_t seq;
+  bool filtered;
+  loom_event_filter filter;
+  char **loaders; /* the filter's loader names, NULL-terminated */
+};
+
+static const char *const event_names[LOOM_EVENT_COUNT] = {
+    "on_experiment_start", "on_stage_start", "on_epoch_start", "on_loader_start",
+    "on_batch_start",      "on_batch_end",   "on_loader_end",  "on_epoch_end",
+    "on_stage_end",        "on_experiment_end", "on_exception",
+};
+
+const char *loom_event_name(loom_event event) {
+  return (event >= 0 && event < LOOM_EVENT_COUNT) ? event_names[event] : "unknown event";
+}
+
+loom_callback *loom_callback_create(const loom_callback_ops *ops, void *data, int order) {
+  if (!ops || !ops->type) {
+    if (ops && ops->destroy)
+      ops->destroy(data);
+    loom_error_set(LOOM_EINVAL, "loom_callback_create: ops and ops->type are required");
+    return NULL;
+  }
+  loom_callback *cb = calloc(1, sizeof *cb);
+  char *name = strdup(ops->type);
+  if (!cb || !name) {
+    free(cb);
+    free(name);
+    if (ops->destroy)
+      ops->destroy(data);
+    loom_error_oom("a callback");
+    return NULL;
+  }
+  cb->ops = *ops;
+  cb->data = data;
+  cb->name = name;
+  cb->order = order;
+  return cb;
+}
+
+static void free_loaders(char **loaders) {
+  for (char **p = loaders; p && *p; p++)
+    free(*p);
+  free(loaders);
+}
+
+void loom_callback_destroy(loom_callback *cb) {
+  if (!cb)
+    return;
+  if (cb->ops.destroy)
+    cb->ops.destroy(cb->data);
+  free_loaders(cb->loaders);
+  free(cb->name);
+  free(cb);
+}
+
+/* "train,valid" -> {"train", "valid", NULL} */
+static char **split_names(const char *list) {
+  size_t n = 1;
+  for (const char *p = list; *p; p++)
+    n += *p == ',';
+  char **out = calloc(n + 1, sizeof *out);
+  if (!out)
+    return NULL;
+  size_t k = 0;
+  for (const char *p = list; k < n; k++) {
+    size_t len = strcspn(p, ",");
+    if (!(out[k] = strndup(p, len))) {
+      free_loaders(out);
+      return NULL;
+    }
+    p += len + (p[len] == ',');
+  }
+  return out;
+}
+
+int loom_callback_set_filter(loom_callback *cb, const loom_event_filter *f) {
+  if (!f || f->every_batches < 0 || f->every_epochs < 0 || f->once_batch < 0 || f->once_epoch < 0)
+    return loom_error_set(LOOM_EINVAL, "callback \"%s\": event filter counts must be >= 0", cb->name);
+  char **loaders = NULL;
+  if (f->loaders && *f->loaders && !(loaders = split_names(f->loaders)))
+    return loom_error_oom("an event filter");
+  free_loaders(cb->loaders);
+  cb->loaders = loaders;
+  cb->filter = *f;
+  cb->filter.loaders = NULL;
+  cb->filtered = f->every_batches || f->every_epochs || f->once_batch || f->once_epoch || loaders;
+  return 0;
+}
+
+/* Whether a filtered callback hears this event now. */
+static bool passes(const loom_callback *cb, loom_event e, const loom_runner *r) {
+  const loom_event_filter *f = &cb->filter;
+  bool batch = e == LOOM_EVENT_BATCH_START || e == LOOM_EVENT_BATCH_END;
+  bool loader = batch || e == LOOM_EVENT_LOADER_START || e == LOOM_EVENT_LOADER_END;
+  bool epoch = e == LOOM_EVENT_EPOCH_START || e == LOOM_EVENT_EPOCH_END;
+  if (loader && cb->loaders) {
+    bool named = false;
+    for (char **p = cb->loaders; *p && !named; p++)
+      named = strcmp(*p, loom_runner_loader_name(r)) == 0;
+    if (!named)
+      return false;
+  }
+  if (batch && f->every_batches && loom_runner_loader_batch_step(r) % f->every_batches != 0)
+    return false;
+  if (batch && f->once_batch &&
+      !(loom_runner_is_train_loader(r) && loom_runner_global_batch_step(r) == f->once_batch))
+    return false;
+  if (epoch && f->every_epochs && loom_runner_global_epoch(r) % f->every_epochs != 0)
+    return false;
+  if (epoch && f->once_epoch && loom_runner_global_epoch(r) != f->once_epoch)
+    return false;
+  return true;
+}
+
+bool loom_callback_is_stateful(const loom_callback *cb) { return cb->ops.save && cb->ops.load; }
+
+int loom_callback_save(loom_callback *cb, loom_runner *runner, loom_state *state) {
+  int rc = cb->ops.save ? cb->ops.save(cb, runner, state) : 0;
+  return rc < 0 ? loom_error_wrap(rc, "saving the state of callback \"%s\"", cb->name) : 0;
+}
+
+int loom_callback_load(loom_callback *cb, loom_runner *runner, const loom_state *state) {
+  int rc = cb->ops.load ? cb->ops.load(cb, runner, state) : 0;
+  return rc < 0 ? loom_error_wrap(rc, "restoring the state of callback \"%s\"", cb->name) : 0;
+}
+
+void *loom_callback_data(const loom_callback *cb) { return cb->data; }
+const char *loom_callback_type(const loom_callback *cb) { return cb->ops.type; }
+const char *loom_callback_name(const loom_callback *cb) { return cb->name; }
+
+int loom_callback_set_name(loom_callback *cb, const char *name) {
+  char *copy = strdup(name);
+  if (!copy)
+    return loom_error_oom("a callback name");
+  free(cb->name);
+  cb->name = copy;
+  return 0;
+}
+
+int loom_callback_order(const loom_callback *cb) { return cb->order; }
+void loom_callback_set_order(loom_callback *cb, int order) { cb->order = order; }
+loom_node loom_callback_node(const loom_callback *cb) { return cb->node; }
+void loom_callback_set_node(loom_callback *cb, loom_node node) { cb->node = node; }
+loom_scope loom_callback_scope(const loom_callback *cb) { return cb->scope; }
+void loom_callback_set_scope(loom_callback *cb, loom_scope scope) { cb->scope = scope; }
+void loom_callback_set_seq(loom_callback *cb, uint64_t seq) { cb->seq = seq; }
+uint64_t loom_callback_seq(const loom_callback *cb) { return cb->seq; }
+
+loom_callback_fn loom_callback_handler(const loom_callback *cb, loom_event event) {
+  const loom_callback_ops *o = &cb->ops;
+  switch (event) {
+  case LOOM_EVENT_EXPERIMENT_START: return o->on_experiment_start;
+  case LOOM_EVENT_STAGE_START: return o->on_stage_start;
+  case LOOM_EVENT_EPOCH_START: return o->on_epoch_start;
+  case LOOM_EVENT_LOADER_START: return o->on_loader_start;
+  case LOOM_EVENT_BATCH_START: return o->on_batch_start;
+  case LOOM_EVENT_BATCH_END: return o->on_batch_end;
+  case LOOM_EVENT_LOADER_END: return o->on_loader_end;
+  case LOOM_EVENT_EPOCH_END: return o->on_epoch_end;
+  case LOOM_EVENT_STAGE_END: return o->on_stage_end;
+  case LOOM_EVENT_EXPERIMENT_END: return o->on_experiment_end;
+  case LOOM_EVENT_EXCEPTION: return o->on_exception;
+  default: return NULL;
+  }
+}
+
+/* --- the table --- */
+
+static bool runs_on(const loom_callback *cb, int rank) {
+  switch (cb->node) {
+  case LOOM_NODE_MASTER: return rank == 0;
+  case LOOM_NODE_WORKERS: return rank != 0;
+  default: return true;
+  }
+}
+
+static int by_order_then_seq(const void *a, const void *b) {
+  const loom_callback *x = *(loom_callback *const *)a, *y = *(loom_callback *const *)b;
+  if (x->order != y->order)
+    return x->order < y->order ? -1 : 1;
+  return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+int loom_callback_table_build(loom_callback_table *t, loom_callback *const *candidates, size_t n, int rank) {
+  memset(t, 0, sizeof *t);
+  if (n == 0)
+    return 0;
+  t->all = malloc(n * sizeof *t->all);
+  if (!t->all)
+    return loom_error_oom("the callback table");
+  for (size_t i = 0; i < n; i++) {
+    loom_callback *cb = candidates[i];
+    bool seen = false;
+    for (size_t j = 0; j < t->count && !seen; j++)
+      seen = t->all[j] == cb;
+    if (!seen && runs_on(cb, rank))
+      t->all[t->count++] = cb;
+  }
+  /* Sequence numbers are unique, so qsort's instability cannot reorder ties. */
+  qsort(t->all, t->count, sizeof *t->all, by_order_then_seq);
+  for (int e = 0; e < LOOM_EVENT_COUNT; e++) {
+    size_t k = 0;
+    for (size_t i = 0; i < t->count; i++)
+      k += loom_callback_handler(t->all[i], (loom_event)e) != NULL;
+    if (k == 0)
+      continue;
+    t->by_event[e] = malloc(k * sizeof *t->by_event[e]);
+    if (!t->by_event[e]) {
+      loom_callback_table_free(t);
+      return loom_error_oom("the callback table");
+    }
+    for (size_t i = 0; i < t->count; i++)
+      if (loom_callback_handler(t->all[i], (loom_event)e))
+        t->by_event[e][t->event_count[e]++] = t->all[i];
+  }
+  return 0;
+}
+
+void loom_callback_table_free(loom_callback_table *t) {
+  free(t->all);
+  for (int e = 0; e < LOOM_EVENT_COUNT; e++)
+    free(t->by_event[e]);
+  memset(t, 0, sizeof *t);
+}
+
+static int call_one(loom_callback *cb, loom_event event, loom_runner *runner) {
+  if (cb->filtered && !passes(cb, event, runner))
+    return 0;
+  unsigned serial = loom_error_serial();
+  int rc = loom_callback_handler(cb, event)(cb, runner);
+  if (rc >= 0)
+    return 0;
+  if (loom_error_serial() == serial)
+    loom_error_set(rc, "%s", loom_strerror(rc));
+  return loom_error_wrap(rc, "callback \"%s\" failed in %s", cb->name, loom_event_name(event));
+}
+
+int loom_callback_table_dispatch(const loom_callback_table *t, loom_event event, loom_runner *runner,
+                                 int keep_going) {
+  int first = 0;
+  char first_message[LOOM_ERROR_MAX];
+  for (size_t i = 0; i < t->event_count[event]; i++) {
+    int rc = call_one(t->by_event[event][i], event, runner);
+    if (rc < 0) {
+      if (!keep_going)
+        return rc;
+      if (!first) {
+        first = rc;
+        snprintf(first_message, sizeof first_message, "%s", loom_last_error());
+      }
+    }
+  }
+  /* Later failures must not hide the first one's message. */
+  if (first)
+    loom_error_set(first, "%s", first_message);
+  return first;
+}
+
+static const char *node_name(loom_node node) {
+  return node == LOOM_NODE_MASTER ? "master" : node == LOOM_NODE_WORKERS ? "workers" : "all";
+}
+
+void loom_callback_table_print(const loom_callback_table *t, FILE *out) {
+  for (size_t i = 0; i < t->count; i++) {
+    const loom_callback *cb = t->all[i];
+    fprintf(out, "  %4d  %-24s %-18s node=%-7s scope=%-10s", cb->order, cb->name, cb->ops.type, node_name(cb->node),
+            cb->scope == LOOM_SCOPE_EXPERIMENT ? "experiment" : "stage");
+    const char *sep = " events=";
+    for (int e = 0; e < LOOM_EVENT_COUNT; e++) {
+      if (loom_callback_handler(cb, (loom_event)e)) {
+        fprintf(out, "%s%s", sep, loom_event_name((loom_event)e) + 3); /* without "on_" */
+        sep = ",";
+      }
+    }
+    fputc('\n', out);
+  }
+}

@@ -1,0 +1,198 @@
+/* The runner's life: create, options, run the experiment, unwind. */
+#include "runners/runner_impl.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
+
+#define LOOM_FTZ_DAZ 0x8040u
+#define NUM_METRIC_STORES 7
+
+static loom_metrics **metric_stores(loom_runner *r, loom_metrics **out) {
+  loom_metrics **m[NUM_METRIC_STORES] = {&r->batch_metrics, &r->loader_metrics, &r->epoch_metrics, &r->loader_sums,
+                                         &r->loader_weights, &r->valid_metrics, &r->best_valid_metrics};
+  for (int i = 0; i < NUM_METRIC_STORES; i++)
+    out[i] = *m[i];
+  return out;
+}
+
+loom_run_options loom_run_options_default(void) {
+  return (loom_run_options){.handle_signals = true, .nonfinite = LOOM_NONFINITE_STOP};
+}
+
+loom_runner *loom_runner_create(void) {
+  loom_runner *r = calloc(1, sizeof *r);
+  if (!r) {
+    loom_error_oom("a runner");
+    return NULL;
+  }
+  r->comm = loom_comm_local_create();
+  loom_metrics **m[NUM_METRIC_STORES] = {&r->batch_metrics, &r->loader_metrics, &r->epoch_metrics, &r->loader_sums,
+                                         &r->loader_weights, &r->valid_metrics, &r->best_valid_metrics};
+  bool ok = r->comm != NULL;
+  for (int i = 0; i < NUM_METRIC_STORES; i++)
+    ok = (*m[i] = loom_metrics_create()) != NULL && ok;
+  if (!ok) {
+    loom_runner_destroy(r);
+    loom_error_oom("a runner");
+    return NULL;
+  }
+  r->handle_batch = loom_supervised_handle_batch;
+  r->options = loom_run_options_default();
+  r->stage_index = -1;
+  return r;
+}
+
+void loom_runner_destroy(loom_runner *r) {
+  if (!r)
+    return;
+  loom_callback_table_free(&r->exp_table);
+  loom_callback_table_free(&r->stage_table);
+  loom_comm_destroy(r->comm);
+  loom_metrics *m[NUM_METRIC_STORES];
+  metric_stores(r, m);
+  for (int i = 0; i < NUM_METRIC_STORES; i++)
+    loom_metrics_destroy(m[i]);
+  loom_checkpoint_destroy(r->resume);
+  free(r->resume_source);
+  free(r);
+}
+
+void loom_runner_set_comm(loom_runner *r, loom_comm *comm) {
+  if (!comm)
+    return;
+  loom_comm_destroy(r->comm);
+  r->comm = comm;
+}
+
+void loom_runner_set_handle_batch(loom_runner *r, loom_handle_batch_fn fn, void *user) {
+  r->handle_batch = fn ? fn : loom_supervised_handle_batch;
+  r->handle_user = fn ? user : NULL;
+}
+
+void loom_runner_set_options(loom_runner *r, const loom_run_options *o) {
+  r->options = o ? *o : loom_run_options_default();
+}
+
+const loom_run_options *loom_runner_options(const loom_runner *r) { return &r->options; }
+
+/* Forgets the last run, keeping configuration and storage. */
+static void reset(loom_runner *r, loom_experiment *exp) {
+  loom_callback_table_free(&r->exp_table);
+  loom_callback_table_free(&r->stage_table);
+  loom_runner keep = *r;
+  memset(r, 0, sizeof *r);
+  r->comm = keep.comm;
+  r->handle_batch = keep.handle_batch;
+  r->handle_user = keep.handle_user;
+  r->options = keep.options;
+  r->resume_source = keep.resume_source;
+  r->batch_metrics = keep.batch_metrics, r->loader_metrics = keep.loader_metrics;
+  r->epoch_metrics = keep.epoch_metrics, r->loader_sums = keep.loader_sums;
+  r->loader_weights = keep.loader_weights, r->valid_metrics = keep.valid_metrics;
+  r->best_valid_metrics = keep.best_valid_metrics;
+  loom_checkpoint_destroy(keep.resume);
+  loom_metrics *m[NUM_METRIC_STORES];
+  metric_stores(r, m);
+  for (int i = 0; i < NUM_METRIC_STORES; i++)
+    loom_metrics_clear(m[i]);
+  r->exp = exp;
+  r->stage_index = -1;
+  r->loader_index = -1;
+}
+
+/* Every callback of every stage, for the experiment-wide events. */
+static int build_experiment_table(loom_runner *r) {
+  size_t ns = loom_experiment_num_stages(r->exp);
+  loom_callback **all = NULL;
+  size_t total = 0;
+  int rc = 0;
+  for (size_t s = 0; s < ns && rc == 0; s++) {
+    loom_callback **list;
+    size_t n;
+    if ((rc = loom_experiment_stage_callbacks(r->exp, s, &list, &n)) < 0)
+      break;
+    loom_callback **grown = realloc(all, (total + n + 1) * sizeof *all);
+    if (!grown) {
+      free(list);
+      rc = loom_error_oom("the experiment's callback table");
+      break;
+    }
+    all = grown;
+    memcpy(all + total, list, n * sizeof *list);
+    total += n;
+    free(list);
+  }
+  if (rc == 0)
+    rc = loom_callback_table_build(&r->exp_table, all, total, loom_comm_rank(r->comm));
+  free(all);
+  return rc;
+}
+
+/* The unwind: on_exception once (the current stage's callbacks, or every
+ * callback outside a stage), then on_experiment_end unless it already ran.
+ * Failures while unwinding cannot replace the error being handled. */
+static void unwind(loom_runner *r, int error, bool experiment_end_done) {
+  r->error = error;
+  snprintf(r->error_message, sizeof r->error_message, "%s", loom_last_error());
+  r->error_handled = false;
+  const loom_callback_table *t = r->in_stage ? &r->stage_table : &r->exp_table;
+  r->event = LOOM_EVENT_EXCEPTION;
+  loom_callback_table_dispatch(t, LOOM_EVENT_EXCEPTION, r, 1);
+  r->event = LOOM_EVENT_EXPERIMENT_END;
+  if (!experiment_end_done)
+    loom_callback_table_dispatch(&r->exp_table, LOOM_EVENT_EXPERIMENT_END, r, 1);
+  loom_error_set(r->error, "%s", r->error_message);
+}
+
+static int run(loom_runner *r, bool *end_done) {
+  int rc = build_experiment_table(r);
+  if (rc == 0 && r->resume_source)
+    rc = loom_runner_open_resume(r);
+  if (rc == 0 && r->options.handle_signals)
+    rc = loom_signals_start(r);
+  r->event = LOOM_EVENT_EXPERIMENT_START;
+  if (rc == 0)
+    rc = loom_callback_table_dispatch(&r->exp_table, LOOM_EVENT_EXPERIMENT_START, r, 0);
+  size_t first = r->resume ? (size_t)r->cursor.stage : 0;
+  /* Stages before the resumed one only lend their components. */
+  for (size_t s = 0; rc == 0 && s < first; s++)
+    rc = loom_runner_prepare_stage(r, s, false);
+  for (size_t s = first; rc == 0 && s < loom_experiment_num_stages(r->exp); s++)
+    rc = loom_runner_run_stage(r, s);
+  if (rc == 0) {
+    r->event = LOOM_EVENT_EXPERIMENT_END;
+    rc = loom_callback_table_dispatch(&r->exp_table, LOOM_EVENT_EXPERIMENT_END, r, 1);
+    *end_done = true;
+  }
+  return rc;
+}
+
+int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
+  if (!r || !exp)
+    return loom_error_set(LOOM_EINVAL, "loom_run_experiment: runner and experiment are required");
+  reset(r, exp);
+  if (loom_experiment_num_stages(exp) == 0)
+    return loom_error_set(LOOM_EINVAL, "experiment \"%s\" has no stages; add one with loom_experiment_add_stage",
+                          loom_experiment_name(exp));
+#if defined(__SSE__)
+  /* Denormal gradients make epochs 3-7x slower and change nothing visible. */
+  unsigned csr = _mm_getcsr();
+  _mm_setcsr(csr | LOOM_FTZ_DAZ);
+#endif
+  bool end_done = false;
+  int rc = run(r, &end_done);
+  if (rc < 0)
+    unwind(r, rc, end_done);
+  loom_signals_stop(r);
+  /* A resume source serves one run. */
+  free(r->resume_source);
+  r->resume_source = NULL;
+#if defined(__SSE__)
+  _mm_setcsr(csr);
+#endif
+  return (rc < 0 && !r->error_handled) ? rc : 0;
+}

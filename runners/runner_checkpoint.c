@@ -1,0 +1,325 @@
+/* Snapshots of the whole run and resuming from them. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/checkpoint_dir.h"
+#include "runners/runner_impl.h"
+
+/* A metrics store as "<key>_names" ("a\nb") and "<key>_values". */
+static int save_metrics(loom_state *s, const char *key, const loom_metrics *m) {
+  size_t n = loom_metrics_count(m), len = 1;
+  for (size_t i = 0; i < n; i++)
+    len += strlen(loom_metrics_name(m, i)) + 1;
+  char *names = calloc(len, 1);
+  double *values = malloc((n ? n : 1) * sizeof *values);
+  int rc = (names && values) ? 0 : loom_error_oom("saved metrics");
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    strcat(names, loom_metrics_name(m, i));
+    strcat(names, i + 1 < n ? "\n" : "");
+    values[i] = loom_metrics_value(m, i);
+  }
+  char k[128];
+  snprintf(k, sizeof k, "%s_names", key);
+  if (rc == 0)
+    rc = loom_state_set_str(s, k, names);
+  snprintf(k, sizeof k, "%s_values", key);
+  if (rc == 0)
+    rc = loom_state_set_f64_array(s, k, values, n);
+  free(names);
+  free(values);
+  return rc;
+}
+
+static int load_metrics(const loom_state *s, const char *key, loom_metrics *m) {
+  char k[128];
+  const char *names;
+  snprintf(k, sizeof k, "%s_names", key);
+  int rc = loom_state_get_str(s, k, &names);
+  if (rc < 0)
+    return rc;
+  snprintf(k, sizeof k, "%s_values", key);
+  size_t n = loom_state_array_length(s, k);
+  double *values = malloc((n ? n : 1) * sizeof *values);
+  char *copy = strdup(names);
+  if (!values || !copy)
+    rc = loom_error_oom("saved metrics");
+  if (rc == 0)
+    rc = loom_state_get_f64_array(s, k, values, n);
+  loom_metrics_clear(m);
+  size_t i = 0;
+  for (char *save = NULL, *name = rc == 0 ? strtok_r(copy, "\n", &save) : NULL; name && rc == 0;
+       name = strtok_r(NULL, "\n", &save), i++)
+    rc = i < n ? loom_metrics_set(m, name, values[i])
+               : loom_error_set(LOOM_EFORMAT, "saved metrics \"%s\": more names than values", key);
+  free(values);
+  free(copy);
+  return rc;
+}
+
+/* Where the loop is, as a resume point (see docs/architecture.md). */
+static loom_cursor cursor_now(const loom_runner *r) {
+  loom_cursor c = {.stage = r->stage_index, .epoch = r->epoch, .global_epoch = r->global_epoch};
+  if (r->loader_index >= 0) {
+    c.loader = r->loader_index;
+    c.batches = r->event == LOOM_EVENT_BATCH_END ? r->loader_batch_step : r->batches_done;
+  } else if (r->event == LOOM_EVENT_EPOCH_START) {
+    c.loader = 0; /* the epoch has begun, no loader yet */
+  } else {
+    c.epoch_done = 1; /* between epochs, or at an epoch's end */
+  }
+  return c;
+}
+
+static int save_runner(loom_runner *r, loom_state *s) {
+  loom_cursor c = cursor_now(r);
+  const int64_t cursor[6] = {c.stage, c.epoch, c.epoch_done, c.loader, c.batches, c.global_epoch};
+  int64_t rng[4];
+  memcpy(rng, r->rng.s, sizeof rng);
+  int rc = loom_state_set_i64_array(s, "cursor", cursor, 6);
+  if (rc == 0)
+    rc = loom_state_set_str(s, "stage_name", r->stage->name);
+  if (rc == 0)
+    rc = loom_state_set_str(s, "loader_name", r->loader_index >= 0 ? r->loader_name : "");
+  const int64_t counters[7] = {r->global_batch_step,        r->global_sample_step, r->global_optimizer_step,
+                               r->loader_sample_step,       r->stop_flags,         r->nonfinite_skips,
+                               (int64_t)r->best_epoch};
+  if (rc == 0)
+    rc = loom_state_set_i64_array(s, "counters", counters, 7);
+  if (rc == 0)
+    rc = loom_state_set_i64_array(s, "rng", rng, 4);
+  if (rc == 0)
+    rc = loom_state_set_i64(s, "have_best", r->have_best);
+  if (rc == 0)
+    rc = loom_state_set_f64(s, "best_value", r->best_value);
+  /* At on_batch_end the batch is done but not yet counted in the sums. */
+  loom_metrics *sums = r->loader_sums, *weights = r->loader_weights;
+  loom_metrics *vs = NULL, *vw = NULL;
+  if (rc == 0 && r->event == LOOM_EVENT_BATCH_END && !r->skip_batch) {
+    vs = loom_metrics_create();
+    vw = loom_metrics_create();
+    rc = (vs && vw) ? loom_metrics_copy(vs, sums, NULL, false) : LOOM_ENOMEM;
+    if (rc == 0)
+      rc = loom_metrics_copy(vw, weights, NULL, false);
+    if (rc == 0)
+      rc = loom_accumulate_metrics(vs, vw, r->batch_metrics, (double)r->batch_size);
+    sums = vs, weights = vw;
+  }
+  if (rc == 0)
+    rc = save_metrics(s, "loader_sums", sums);
+  if (rc == 0)
+    rc = save_metrics(s, "loader_weights", weights);
+  if (rc == 0)
+    rc = save_metrics(s, "epoch_metrics", r->epoch_metrics);
+  if (rc == 0)
+    rc = save_metrics(s, "valid_metrics", r->valid_metrics);
+  if (rc == 0)
+    rc = save_metrics(s, "best_valid_metrics", r->best_valid_metrics);
+  loom_metrics_destroy(vs);
+  loom_metrics_destroy(vw);
+  return rc;
+}
+
+static int save_experiment(const loom_experiment *exp, loom_state *s) {
+  size_t n = loom_experiment_num_stages(exp), len = 1;
+  for (size_t i = 0; i < n; i++)
+    len += strlen(loom_stage_name(loom_experiment_stage(exp, i))) + 1;
+  char *names = calloc(len, 1);
+  if (!names)
+    return loom_error_oom("the experiment description");
+  for (size_t i = 0; i < n; i++) {
+    strcat(names, loom_stage_name(loom_experiment_stage(exp, i)));
+    strcat(names, i + 1 < n ? "\n" : "");
+  }
+  int rc = loom_state_set_str(s, "name", loom_experiment_name(exp));
+  if (rc == 0)
+    rc = loom_state_set_i64(s, "seed", (int64_t)loom_experiment_seed(exp));
+  if (rc == 0)
+    rc = loom_state_set_str(s, "stages", names);
+  free(names);
+  return rc;
+}
+
+int loom_runner_snapshot(loom_runner *r, loom_checkpoint **out) {
+  *out = NULL;
+  if (!r->exp || !r->stage || !r->in_stage)
+    return loom_error_set(LOOM_ESTATE, "a snapshot can only be taken inside a stage (from a callback)");
+  loom_checkpoint *c = loom_checkpoint_create();
+  if (!c)
+    return LOOM_ENOMEM;
+  loom_state *g;
+  int rc = (g = loom_checkpoint_group(c, "experiment")) ? save_experiment(r->exp, g) : LOOM_ENOMEM;
+  if (rc == 0)
+    rc = (g = loom_checkpoint_group(c, "runner")) ? save_runner(r, g) : LOOM_ENOMEM;
+  if (rc == 0 && r->model && loom_model_is_built(r->model))
+    rc = (g = loom_checkpoint_group(c, "model")) ? loom_model_save(r->model, g, true) : LOOM_ENOMEM;
+  if (rc == 0 && r->optimizer)
+    rc = (g = loom_checkpoint_group(c, "optimizer")) ? loom_optimizer_save(r->optimizer, g) : LOOM_ENOMEM;
+  /* Samplers with state of their own (the built-in ones are pure functions
+   * of the epoch's seed and save nothing). */
+  for (size_t i = 0; rc == 0 && i < r->num_loaders; i++) {
+    char name[512];
+    snprintf(name, sizeof name, "samplers/%s", r->loaders[i].name);
+    loom_state *tmp = loom_state_create();
+    rc = tmp ? loom_sampler_save(loom_loader_sampler(r->loaders[i].loader), tmp) : LOOM_ENOMEM;
+    if (rc == 0 && loom_state_count(tmp) > 0) {
+      loom_state *g = loom_checkpoint_group(c, name);
+      rc = g ? loom_sampler_save(loom_loader_sampler(r->loaders[i].loader), g) : LOOM_ENOMEM;
+    }
+    loom_state_destroy(tmp);
+  }
+  for (size_t i = 0; rc == 0 && i < r->stage_table.count; i++) {
+    loom_callback *cb = r->stage_table.all[i];
+    if (!loom_callback_is_stateful(cb))
+      continue;
+    char name[512];
+    snprintf(name, sizeof name, "callbacks/%s", loom_callback_name(cb));
+    rc = (g = loom_checkpoint_group(c, name)) ? loom_callback_save(cb, r, g) : LOOM_ENOMEM;
+  }
+  if (rc < 0) {
+    loom_checkpoint_destroy(c);
+    return rc;
+  }
+  *out = c;
+  return 0;
+}
+
+int loom_runner_save_checkpoint(loom_runner *r, const char *path) {
+  loom_checkpoint *c;
+  int rc = loom_runner_snapshot(r, &c);
+  if (rc == 0)
+    rc = loom_checkpoint_write(c, path);
+  loom_checkpoint_destroy(c);
+  return rc;
+}
+
+int loom_runner_set_resume(loom_runner *r, const char *source) {
+  char *copy = NULL;
+  if (source && !(copy = strdup(source)))
+    return loom_error_oom("the resume source");
+  free(r->resume_source);
+  r->resume_source = copy;
+  return 0;
+}
+
+/* The checkpoint must describe this experiment's stages. */
+static int check_experiment(loom_runner *r, const loom_state *s) {
+  const char *name, *stages;
+  int64_t seed;
+  int rc = loom_state_get_str(s, "name", &name);
+  if (rc == 0)
+    rc = loom_state_get_str(s, "stages", &stages);
+  if (rc == 0)
+    rc = loom_state_get_i64(s, "seed", &seed);
+  if (rc < 0)
+    return rc;
+  loom_state *mine = loom_state_create();
+  const char *my_stages = NULL;
+  rc = mine ? save_experiment(r->exp, mine) : LOOM_ENOMEM;
+  if (rc == 0 && loom_state_get_str(mine, "stages", &my_stages) == 0 && strcmp(stages, my_stages) != 0)
+    rc = loom_error_set(LOOM_EINVAL, "the checkpoint's stages (%s) are not this experiment's (%s)", stages,
+                        my_stages);
+  loom_state_destroy(mine);
+  if (rc == 0 && (uint64_t)seed != loom_experiment_seed(r->exp)) {
+    /* The run continues as the run it was, with the seed it drew with. */
+    snprintf(r->resume_notice + strlen(r->resume_notice), sizeof r->resume_notice - strlen(r->resume_notice),
+             "%sseed %llu taken from the checkpoint (the experiment said %llu)", r->resume_notice[0] ? "; " : "",
+             (unsigned long long)seed, (unsigned long long)loom_experiment_seed(r->exp));
+    loom_experiment_set_seed(r->exp, (uint64_t)seed);
+  }
+  return rc;
+}
+
+int loom_runner_open_resume(loom_runner *r) {
+  const char *src = r->resume_source;
+  loom_checkpoint *c;
+  r->resume_notice[0] = '\0';
+  if (strcmp(src, "last") == 0 || strcmp(src, "best") == 0) {
+    c = loom_checkpoint_open_logdir(loom_experiment_logdir(r->exp), src, r->resume_path, sizeof r->resume_path,
+                                 r->resume_notice, sizeof r->resume_notice);
+  } else {
+    snprintf(r->resume_path, sizeof r->resume_path, "%s", src);
+    c = loom_checkpoint_read(src);
+  }
+  if (!c)
+    return loom_error_wrap(loom_last_error_code(), "cannot resume from \"%s\"", src);
+  const loom_state *exp = loom_checkpoint_find(c, "experiment"), *run = loom_checkpoint_find(c, "runner");
+  int64_t cur[6];
+  int rc = (exp && run) ? check_experiment(r, exp)
+                        : loom_error_set(LOOM_EFORMAT, "%s holds weights only, not a run to resume "
+                                                       "(load it with loom_model_load_weights)",
+                                         r->resume_path);
+  if (rc == 0)
+    rc = loom_state_get_i64_array(run, "cursor", cur, 6);
+  if (rc == 0 && (cur[0] < 0 || (size_t)cur[0] >= loom_experiment_num_stages(r->exp)))
+    rc = loom_error_set(LOOM_EFORMAT, "the checkpoint's stage %lld does not exist", (long long)cur[0]);
+  if (rc < 0) {
+    loom_checkpoint_destroy(c);
+    return loom_error_wrap(rc, "cannot resume from %s", r->resume_path);
+  }
+  r->cursor = (loom_cursor){cur[0], cur[1], cur[2], cur[3], cur[4], cur[5]};
+  r->resume = c;
+  r->resumed = true;
+  return 0;
+}
+
+static int restore_runner(loom_runner *r, const loom_state *s) {
+  int64_t counters[7], rng[4], have_best;
+  int rc = loom_state_get_i64_array(s, "counters", counters, 7);
+  if (rc == 0)
+    rc = loom_state_get_i64_array(s, "rng", rng, 4);
+  if (rc == 0)
+    rc = loom_state_get_i64(s, "have_best", &have_best);
+  if (rc == 0)
+    rc = loom_state_get_f64(s, "best_value", &r->best_value);
+  if (rc == 0)
+    rc = load_metrics(s, "loader_sums", r->loader_sums);
+  if (rc == 0)
+    rc = load_metrics(s, "loader_weights", r->loader_weights);
+  if (rc == 0)
+    rc = load_metrics(s, "epoch_metrics", r->epoch_metrics);
+  if (rc == 0)
+    rc = load_metrics(s, "valid_metrics", r->valid_metrics);
+  if (rc == 0)
+    rc = load_metrics(s, "best_valid_metrics", r->best_valid_metrics);
+  if (rc < 0)
+    return rc;
+  r->global_batch_step = counters[0];
+  r->global_sample_step = counters[1];
+  r->global_optimizer_step = counters[2];
+  r->loader_sample_step = counters[3];
+  r->stop_flags = (unsigned)counters[4];
+  r->nonfinite_skips = counters[5];
+  r->best_epoch = (int)counters[6];
+  r->have_best = have_best != 0;
+  memcpy(r->rng.s, rng, sizeof rng);
+  r->loader_batch_step = r->batches_done = r->cursor.batches;
+  return 0;
+}
+
+int loom_runner_restore(loom_runner *r) {
+  loom_checkpoint *c = r->resume;
+  const loom_state *s;
+  int rc = restore_runner(r, loom_checkpoint_find(c, "runner"));
+  if (rc == 0 && r->model && (s = loom_checkpoint_find(c, "model")))
+    rc = loom_model_load(r->model, s, true);
+  if (rc == 0 && r->optimizer && (s = loom_checkpoint_find(c, "optimizer")))
+    rc = loom_optimizer_load(r->optimizer, s);
+  for (size_t i = 0; rc == 0 && i < r->num_loaders; i++) {
+    char name[512];
+    snprintf(name, sizeof name, "samplers/%s", r->loaders[i].name);
+    if ((s = loom_checkpoint_find(c, name)))
+      rc = loom_sampler_load(loom_loader_sampler(r->loaders[i].loader), s);
+  }
+  /* A callback without saved state (added since) starts afresh. */
+  for (size_t i = 0; rc == 0 && i < r->stage_table.count; i++) {
+    loom_callback *cb = r->stage_table.all[i];
+    char name[512];
+    snprintf(name, sizeof name, "callbacks/%s", loom_callback_name(cb));
+    if (loom_callback_is_stateful(cb) && (s = loom_checkpoint_find(c, name)))
+      rc = loom_callback_load(cb, r, s);
+  }
+  loom_checkpoint_destroy(c);
+  r->resume = NULL;
+  return rc < 0 ? loom_error_wrap(rc, "restoring from %s", r->resume_path) : 0;
+}

@@ -1,0 +1,137 @@
+#ifndef LOOM_RUNNERS_RUNNER_IMPL_H
+#define LOOM_RUNNERS_RUNNER_IMPL_H
+
+#include <uv.h>
+
+#include "loom/runner.h"
+
+#include "core/clock.h"
+#include "core/error_internal.h"
+#include "runners/callback_internal.h"
+#include "runners/experiment_internal.h"
+
+/* Where a checkpoint was taken, and so where a resume continues. */
+typedef struct loom_cursor {
+  int64_t stage;      /* index */
+  int64_t epoch;      /* 1-based in the stage; 0 before the first */
+  int64_t epoch_done; /* 1: on_epoch_end completed, continue with the next */
+  int64_t loader;     /* index of the loader under way */
+  int64_t batches;    /* batches of that loader done */
+  int64_t global_epoch;
+} loom_cursor;
+
+/* Signal watchers: libuv's handler only records the signal; the runner
+ * looks after every batch. */
+typedef struct loom_signals {
+  uv_loop_t loop;
+  uv_signal_t sigint, sigterm;
+  bool active;
+  int received;
+} loom_signals;
+
+struct loom_runner {
+  loom_comm *comm;
+  loom_handle_batch_fn handle_batch;
+  void *handle_user;
+  loom_run_options options;
+
+  /* what runs */
+  loom_experiment *exp;
+  const loom_stage *stage;
+  int stage_index;
+  loom_model *model;
+  loom_criterion *criterion;
+  loom_optimizer *optimizer;
+  const loom_named_loader *loaders;
+  size_t num_loaders;
+  loom_callback_table exp_table;   /* every callback: experiment start/end */
+  loom_callback_table stage_table; /* the current stage's */
+  bool in_stage;
+  loom_event event; /* the event being dispatched */
+
+  /* where the loop is */
+  int epoch, num_epochs, global_epoch;
+  int loader_index;
+  const char *loader_name;
+  loom_loader_kind loader_kind;
+  loom_loader *loader;
+  int64_t loader_batch_step, loader_num_batches, loader_sample_step, batch_size;
+  int64_t batches_done; /* of the current loader, metrics accumulated */
+  int64_t global_batch_step, global_sample_step, global_optimizer_step;
+  uint64_t loader_start_ns;
+  double batch_data_s, batch_compute_s;
+  loom_rng rng;
+  unsigned stop_flags;
+  bool manual_step;
+  bool skip_batch; /* non-finite loss skipped: no metrics */
+  int64_t nonfinite_skips;
+
+  /* the batch */
+  const loom_tensor *input, *target, *output;
+  double batch_loss;
+
+  /* metrics */
+  loom_metrics *batch_metrics, *loader_metrics, *epoch_metrics;
+  loom_metrics *loader_sums, *loader_weights; /* sample-weighted accumulators */
+  loom_metrics *valid_metrics, *best_valid_metrics;
+  const char *valid_loader, *main_metric;
+  bool minimize, is_best_valid, have_best;
+  double best_value;
+  int best_epoch;
+
+  /* resume */
+  char *resume_source;        /* as asked: a path, "last" or "best" */
+  loom_checkpoint *resume;    /* until restored */
+  loom_cursor cursor;         /* the resume's */
+  bool resumed;
+  char resume_path[4096];
+  char resume_notice[1024];
+
+  /* interrupts */
+  loom_signals signals;
+  bool interrupted;
+  char interrupt_reason[256];
+
+  /* the error that stopped the run */
+  int error;
+  char error_message[LOOM_ERROR_MAX];
+  bool error_handled;
+};
+
+/* runner_loop.c */
+/* Fires `event` to the current stage's table. */
+int loom_runner_dispatch(loom_runner *r, loom_event event);
+/* Polls signals, ORs interrupts over ranks, broadcasts rank 0's stop flags;
+ * LOOM_EINTERRUPTED if interrupted. */
+int loom_runner_sync(loom_runner *r);
+/* Batches a loader runs after check/limit/overfit. */
+int64_t loom_runner_batch_limit(const loom_runner *r, int64_t available);
+int loom_runner_run_stage(loom_runner *r, size_t index);
+
+/* runner_stage.c */
+/* Makes stage `index` current: components, loaders, model build, carry-over
+ * (loading weights only if `load`), callback table. */
+int loom_runner_prepare_stage(loom_runner *r, size_t index, bool load);
+
+/* runner_metrics.c */
+/* sums[name] += value * weight, weights[name] += weight, per batch metric. */
+int loom_accumulate_metrics(loom_metrics *sums, loom_metrics *weights, const loom_metrics *batch, double weight);
+/* loader_metrics := the weighted means of the sums, reduced over ranks. */
+int loom_runner_finish_loader_metrics(loom_runner *r);
+/* is_best_valid and best_valid_metrics from the valid loader's main metric. */
+int loom_runner_update_best_valid(loom_runner *r);
+
+/* runner_checkpoint.c */
+/* Opens the checkpoint named by r->resume_source into r->resume and reads
+ * its cursor; checks it belongs to this experiment. */
+int loom_runner_open_resume(loom_runner *r);
+/* Restores every saved state from r->resume and drops it. */
+int loom_runner_restore(loom_runner *r);
+
+/* runner_signals.c */
+int loom_signals_start(loom_runner *r);
+/* Polls for signals received since the last call. */
+void loom_signals_poll(loom_runner *r);
+void loom_signals_stop(loom_runner *r);
+
+#endif

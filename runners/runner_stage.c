@@ -1,0 +1,102 @@
+/* Preparing a stage: the components it inherits, its loaders, a hand-built
+ * model's shapes, the carry-over rules and its callback table. */
+#include "runners/runner_impl.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int loom_loader_kind_from_name(const char *name) {
+  if (strncmp(name, "train", 5) == 0)
+    return LOOM_LOADER_TRAIN;
+  if (strncmp(name, "valid", 5) == 0)
+    return LOOM_LOADER_VALID;
+  if (strncmp(name, "infer", 5) == 0)
+    return LOOM_LOADER_INFER;
+  return -1;
+}
+
+/* The stage's carry-over rules: frozen layers, optimizer reset, weights. */
+static int carry_over(loom_runner *r, const loom_stage *s, bool load) {
+  if (r->model) {
+    loom_model_unfreeze_all(r->model);
+    for (size_t i = 0; i < s->num_frozen; i++)
+      if (loom_model_set_frozen(r->model, s->frozen[i], true) < 0)
+        return loom_error_wrap(LOOM_EINVAL, "stage \"%s\": cannot freeze", s->name);
+  } else if (s->num_frozen) {
+    return loom_error_set(LOOM_EINVAL, "stage \"%s\" freezes layers but has no model", s->name);
+  }
+  if (s->reset_optimizer && r->optimizer)
+    loom_optimizer_reset(r->optimizer);
+  if (!load || !s->load_weights || !r->model)
+    return 0;
+  char path[4096], notice[1024];
+  loom_checkpoint *c = loom_checkpoint_open_logdir(loom_experiment_logdir(r->exp), s->load_weights, path, sizeof path,
+                                                   notice, sizeof notice);
+  if (!c)
+    return loom_error_wrap(loom_last_error_code(), "stage \"%s\": cannot load the %s weights (does a checkpoint "
+                                                   "callback save them?)",
+                           s->name, s->load_weights);
+  const loom_state *m = loom_checkpoint_find(c, "model");
+  int rc = m ? loom_model_load(r->model, m, false) : loom_error_set(LOOM_EFORMAT, "%s holds no model", path);
+  loom_checkpoint_destroy(c);
+  return rc;
+}
+
+/* Components a stage does not set are the previous stage's. */
+int loom_runner_prepare_stage(loom_runner *r, size_t index, bool load) {
+  const loom_stage *s = loom_experiment_stage(r->exp, index);
+  r->stage = s;
+  r->stage_index = (int)index;
+  if (s->model)
+    r->model = s->model;
+  if (s->criterion)
+    r->criterion = s->criterion;
+  if (s->optimizer)
+    r->optimizer = s->optimizer;
+  if (s->num_loaders) {
+    r->loaders = s->loaders;
+    r->num_loaders = s->num_loaders;
+  }
+  if (r->num_loaders == 0)
+    return loom_error_set(LOOM_EINVAL, "stage \"%s\" has no loaders; add one with loom_stage_add_loader", s->name);
+  for (size_t i = 0; i < r->num_loaders; i++)
+    if (loom_loader_kind_from_name(r->loaders[i].name) < 0)
+      return loom_error_set(LOOM_EINVAL,
+                            "stage \"%s\": loader \"%s\": a loader's name must start with \"train\", "
+                            "\"valid\" or \"infer\" (it decides whether the loader trains)",
+                            s->name, r->loaders[i].name);
+  /* A hand-made model nobody built takes the first loader's sample shape
+   * and the experiment's seed, as a config's model does. */
+  if (r->model && !loom_model_is_built(r->model)) {
+    const loom_dataset *ds = loom_loader_dataset(r->loaders[0].loader);
+    int rc = loom_model_build(r->model, loom_dataset_sample_ndim(ds), loom_dataset_sample_shape(ds),
+                              loom_experiment_seed(r->exp));
+    if (rc < 0)
+      return loom_error_wrap(rc, "stage \"%s\": building the model for the samples of loader \"%s\"", s->name,
+                             r->loaders[0].name);
+  }
+  r->valid_loader = s->valid_loader;
+  r->main_metric = s->main_metric;
+  r->minimize = s->minimize;
+  r->have_best = false;
+  r->best_epoch = 0;
+  loom_metrics_clear(r->best_valid_metrics);
+  r->epoch = 0;
+  r->num_epochs = s->num_epochs;
+  if (r->options.check && r->num_epochs > 2)
+    r->num_epochs = 2;
+  r->stop_flags = 0;
+  r->manual_step = false;
+
+  int rc = carry_over(r, s, load);
+  if (rc < 0)
+    return rc;
+  loom_callback **list;
+  size_t n;
+  if ((rc = loom_experiment_stage_callbacks(r->exp, index, &list, &n)) < 0)
+    return rc;
+  loom_callback_table_free(&r->stage_table);
+  rc = loom_callback_table_build(&r->stage_table, list, n, loom_comm_rank(r->comm));
+  free(list);
+  return rc;
+}

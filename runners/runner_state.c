@@ -1,0 +1,74 @@
+/* What callbacks read and write: the runner's state (names as Catalyst's). */
+#include "runners/runner_impl.h"
+
+const loom_experiment *loom_runner_experiment(const loom_runner *r) { return r->exp; }
+const char *loom_runner_stage_name(const loom_runner *r) { return r->stage ? r->stage->name : NULL; }
+int loom_runner_stage_index(const loom_runner *r) { return r->stage_index; }
+int loom_runner_epoch(const loom_runner *r) { return r->epoch; }
+int loom_runner_num_epochs(const loom_runner *r) { return r->num_epochs; }
+int loom_runner_global_epoch(const loom_runner *r) { return r->global_epoch; }
+const char *loom_runner_loader_name(const loom_runner *r) { return r->loader_name; }
+loom_loader_kind loom_runner_loader_kind(const loom_runner *r) { return r->loader_kind; }
+bool loom_runner_is_train_loader(const loom_runner *r) {
+  return r->loader_name && r->loader_kind == LOOM_LOADER_TRAIN;
+}
+int64_t loom_runner_loader_batch_step(const loom_runner *r) { return r->loader_batch_step; }
+int64_t loom_runner_loader_num_batches(const loom_runner *r) { return r->loader_num_batches; }
+int64_t loom_runner_loader_sample_step(const loom_runner *r) { return r->loader_sample_step; }
+int64_t loom_runner_batch_size(const loom_runner *r) { return r->batch_size; }
+int64_t loom_runner_global_batch_step(const loom_runner *r) { return r->global_batch_step; }
+int64_t loom_runner_global_sample_step(const loom_runner *r) { return r->global_sample_step; }
+double loom_runner_loader_elapsed(const loom_runner *r) {
+  return r->loader_start_ns ? (double)(loom_now_ns() - r->loader_start_ns) * 1e-9 : 0.0;
+}
+loom_comm *loom_runner_comm(const loom_runner *r) { return r->comm; }
+int loom_runner_rank(const loom_runner *r) { return loom_comm_rank(r->comm); }
+int loom_runner_world_size(const loom_runner *r) { return loom_comm_size(r->comm); }
+bool loom_runner_is_master(const loom_runner *r) { return loom_comm_is_master(r->comm); }
+const char *loom_runner_logdir(const loom_runner *r) { return r->exp ? loom_experiment_logdir(r->exp) : NULL; }
+loom_rng *loom_runner_rng(loom_runner *r) { return &r->rng; }
+
+loom_model *loom_runner_model(const loom_runner *r) { return r->model; }
+loom_criterion *loom_runner_criterion(const loom_runner *r) { return r->criterion; }
+loom_optimizer *loom_runner_optimizer(const loom_runner *r) { return r->optimizer; }
+loom_loader *loom_runner_loader(const loom_runner *r) { return r->loader; }
+const loom_tensor *loom_runner_input(const loom_runner *r) { return r->input; }
+const loom_tensor *loom_runner_target(const loom_runner *r) { return r->target; }
+const loom_tensor *loom_runner_output(const loom_runner *r) { return r->output; }
+void loom_runner_set_output(loom_runner *r, const loom_tensor *output) { r->output = output; }
+double loom_runner_batch_loss(const loom_runner *r) { return r->batch_loss; }
+void loom_runner_set_batch_loss(loom_runner *r, double loss) { r->batch_loss = loss; }
+
+loom_metrics *loom_runner_batch_metrics(loom_runner *r) { return r->batch_metrics; }
+loom_metrics *loom_runner_loader_metrics(loom_runner *r) { return r->loader_metrics; }
+loom_metrics *loom_runner_epoch_metrics(loom_runner *r) { return r->epoch_metrics; }
+const loom_metrics *loom_runner_best_valid_metrics(const loom_runner *r) { return r->best_valid_metrics; }
+const char *loom_runner_valid_loader(const loom_runner *r) { return r->valid_loader; }
+const char *loom_runner_main_metric(const loom_runner *r) { return r->main_metric; }
+bool loom_runner_minimize_metric(const loom_runner *r) { return r->minimize; }
+bool loom_runner_is_best_valid(const loom_runner *r) { return r->is_best_valid; }
+int loom_runner_best_epoch(const loom_runner *r) { return r->best_epoch; }
+
+void loom_runner_request_stop(loom_runner *r, loom_stop what) { r->stop_flags |= (unsigned)what; }
+bool loom_runner_need_early_stop(const loom_runner *r) { return (r->stop_flags & LOOM_STOP_STAGE) != 0; }
+
+int loom_runner_error(const loom_runner *r) { return r->error; }
+const char *loom_runner_error_message(const loom_runner *r) { return r->error_message; }
+void loom_runner_mark_error_handled(loom_runner *r) { r->error_handled = true; }
+bool loom_runner_error_handled(const loom_runner *r) { return r->error_handled; }
+
+bool loom_runner_is_resumed(const loom_runner *r) { return r->resumed; }
+const char *loom_runner_resume_path(const loom_runner *r) { return r->resumed ? r->resume_path : ""; }
+const char *loom_runner_resume_notice(const loom_runner *r) { return r->resume_notice; }
+void loom_runner_set_manual_step(loom_runner *r, bool manual) { r->manual_step = manual; }
+bool loom_runner_manual_step(const loom_runner *r) { return r->manual_step; }
+int64_t loom_runner_optimizer_step_count(const loom_runner *r) { return r->global_optimizer_step; }
+double loom_runner_batch_data_time(const loom_runner *r) { return r->batch_data_s; }
+double loom_runner_batch_compute_time(const loom_runner *r) { return r->batch_compute_s; }
+bool loom_runner_batch_skipped(const loom_runner *r) { return r->skip_batch; }
+
+void loom_runner_print_callbacks(const loom_runner *r, FILE *out) {
+  fprintf(out, "callbacks of stage \"%s\" on rank %d, in dispatch order:\n", r->stage ? r->stage->name : "?",
+          loom_comm_rank(r->comm));
+  loom_callback_table_print(&r->stage_table, out);
+}
