@@ -75,6 +75,9 @@ def main():
     root = sys.argv[3] if len(sys.argv) > 3 else "/usr/share/datasets/fashion-mnist"
     make, batch, shape, norm, sched = MODELS[name]
     torch.set_num_threads(int(os.environ.get("TORCH_THREADS", "2")))
+    # loom flushes denormals (FTZ/DAZ) while training; so does PyTorch here,
+    # which makes it faster (about 15% on the MLP).
+    torch.set_flush_denormal(True)
     torch.manual_seed(0)
     x, y = load(root, "train", shape, norm)
     vx, vy = load(root, "test", shape, norm)

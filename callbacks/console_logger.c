@@ -16,6 +16,7 @@ typedef struct console {
   bool progress, verbose;
   bool bar_shown;
   uint64_t last_draw;
+  size_t notices_shown; /* loom_notice()s already printed */
 } console;
 
 static void clear_bar(console *c) {
@@ -37,6 +38,8 @@ static int console_stage_start(loom_callback *cb, loom_runner *r) {
 
 static int console_experiment_start(loom_callback *cb, loom_runner *r) {
   console *c = loom_callback_data(cb);
+  for (; c->notices_shown < loom_notice_count(); c->notices_shown++)
+    fprintf(c->out, "warning: %s\n", loom_notice(c->notices_shown));
   if (loom_runner_is_resumed(r)) {
     const char *notice = loom_runner_resume_notice(r);
     fprintf(c->out, "resumed from %s%s%s\n", loom_runner_resume_path(r), notice[0] ? ": " : "", notice);

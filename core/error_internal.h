@@ -13,4 +13,8 @@ unsigned loom_error_serial(void);
 #define loom_error_oom(what) \
   loom_error_set(LOOM_ENOMEM, "%s: out of memory allocating %s", __func__, (what))
 
+/* Records a warning for loggers to show (loom_notice), once per process
+ * for each `key`; later calls with the same key are ignored. */
+void loom_notice_once(const char *key, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 #endif

@@ -1,6 +1,8 @@
 /* The runner's life: create, options, run the experiment, unwind. */
 #include "runners/runner_impl.h"
 
+#include "backends/cpu/gemm.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -154,6 +156,7 @@ static int run(loom_runner *r, bool *end_done) {
     rc = loom_runner_open_resume(r);
   if (rc == 0 && r->options.handle_signals)
     rc = loom_signals_start(r);
+  loom_gemm_check_kernels(); /* a notice for the loggers, before they start */
   r->event = LOOM_EVENT_EXPERIMENT_START;
   if (rc == 0)
     rc = loom_callback_table_dispatch(&r->exp_table, LOOM_EVENT_EXPERIMENT_START, r, 0);

@@ -7,6 +7,8 @@
 #ifndef LOOM_ERROR_H
 #define LOOM_ERROR_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -53,6 +55,14 @@ int loom_error_wrap(int code, const char *fmt, ...)
 const char *loom_last_error(void);
 int loom_last_error_code(void);
 void loom_error_clear(void);
+
+/* Warnings loom has about its environment, such as a matrix-product library
+ * running slow generic kernels, each recorded once per process. The library
+ * never prints them: the console logger shows new ones when an experiment
+ * starts. loom_notice(i) is the i-th (NULL past the count); the strings stay
+ * valid for the life of the process. */
+size_t loom_notice_count(void);
+const char *loom_notice(size_t i);
 
 #ifdef __cplusplus
 }
