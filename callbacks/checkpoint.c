@@ -10,6 +10,7 @@
 #include "core/checkpoint_dir.h"
 #include "core/error_internal.h"
 #include "core/fs.h"
+#include "callbacks/monitor.h"
 #include "loom/callbacks.h"
 #include "loom/runner.h"
 
@@ -175,14 +176,6 @@ static int link_best(checkpointer *c, const char *top, json_t *manifest) {
   return 0;
 }
 
-static int monitored(const checkpointer *c, loom_runner *r, double *value, int *minimize) {
-  char key[512];
-  snprintf(key, sizeof key, "%s/%s", c->loader ? c->loader : loom_runner_valid_loader(r),
-           c->metric ? c->metric : loom_runner_main_metric(r));
-  *minimize = c->o.minimize >= 0 ? c->o.minimize : loom_runner_minimize_metric(r);
-  return loom_metrics_get(loom_runner_epoch_metrics(r), key, value) && !isnan(*value);
-}
-
 /* The manifest on disk, or a fresh one if it is missing or damaged (a
  * damaged manifest loses its ranking, not the run). */
 static json_t *manifest_or_new(const checkpointer *c) {
@@ -192,11 +185,17 @@ static json_t *manifest_or_new(const checkpointer *c) {
 
 static int save_epoch(checkpointer *c, loom_runner *r) {
   /* Rank first: the snapshot must carry the ranking that includes this epoch. */
-  double value;
-  int minimize;
+  /* Named by the user, the metric must exist; the stage's own may be
+   * missing (a stage without a valid loader): then nothing is ranked. */
+  loom_monitored mon;
   int64_t dropped = -1;
-  bool ranked_now = c->o.save_top_k > 0 && monitored(c, r, &value, &minimize) &&
-                    rank(c, minimize, value, loom_runner_global_epoch(r), &dropped);
+  int found = c->o.save_top_k > 0 ? loom_monitor_lookup(r, "checkpoint", c->loader, c->metric, c->o.minimize,
+                                                         c->loader || c->metric, &mon)
+                                  : 0;
+  if (found < 0)
+    return found;
+  bool ranked_now = found == 1 && !isnan(mon.value) &&
+                    rank(c, mon.minimize, mon.value, loom_runner_global_epoch(r), &dropped);
   loom_checkpoint *snap;
   int rc = loom_runner_snapshot(r, &snap);
   if (rc < 0)

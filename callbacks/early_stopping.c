@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "callbacks/monitor.h"
 #include "loom/callbacks.h"
 #include "loom/runner.h"
 
@@ -47,15 +48,13 @@ static bool better(bool minimize, double a, double b) { return minimize ? a < b 
 
 /* Per monitor: 1 stalled, 0 not; sets *stop and the reason on a hard stop. */
 static int judge(early_stopping *e, watched *w, loom_runner *r, bool *stop, bool *good_enough, bool *improved) {
-  char key[512];
-  snprintf(key, sizeof key, "%s/%s", w->loader ? w->loader : loom_runner_valid_loader(r),
-           w->metric ? w->metric : loom_runner_main_metric(r));
-  double v;
-  if (!loom_metrics_get(loom_runner_epoch_metrics(r), key, &v))
-    return loom_error_set(LOOM_EINVAL, "early stopping watches \"%s\", which this epoch did not produce; check "
-                                       "the loader and metric names",
-                          key);
-  bool minimize = w->m.minimize >= 0 ? w->m.minimize : loom_runner_minimize_metric(r);
+  loom_monitored mon;
+  int rc = loom_monitor_lookup(r, "early stopping", w->loader, w->metric, w->m.minimize, true, &mon);
+  if (rc < 0)
+    return rc;
+  const char *key = mon.key;
+  double v = mon.value;
+  bool minimize = mon.minimize;
   *improved = false;
   if (!isfinite(v)) {
     if (e->o.check_finite) {

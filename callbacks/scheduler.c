@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "callbacks/monitor.h"
 #include "loom/callbacks.h"
 #include "loom/runner.h"
 
@@ -38,13 +39,11 @@ static int sched_epoch_end(loom_callback *cb, loom_runner *r) {
     return 0;
   double metric = NAN;
   if (loom_scheduler_needs_metric(d->s)) {
-    char key[512];
-    snprintf(key, sizeof key, "%s/%s", d->loader ? d->loader : loom_runner_valid_loader(r),
-             d->metric ? d->metric : loom_runner_main_metric(r));
-    if (!loom_metrics_get(loom_runner_epoch_metrics(r), key, &metric))
-      return loom_error_set(LOOM_EINVAL, "scheduler: ReduceLROnPlateau watches \"%s\", which this epoch did not "
-                                         "produce; check the loader and metric names",
-                            key);
+    loom_monitored mon;
+    int rc = loom_monitor_lookup(r, "scheduler (ReduceLROnPlateau)", d->loader, d->metric, -1, true, &mon);
+    if (rc < 0)
+      return rc;
+    metric = mon.value;
   }
   return loom_scheduler_step(d->s, loom_runner_optimizer(r), metric);
 }
