@@ -8,7 +8,6 @@
 
 #include <loom.h>
 
-#include "core/fs.h"
 
 enum { EXIT_DONE = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
 
@@ -117,9 +116,10 @@ static int cmd_run(const args *a) {
   loom_experiment *exp = NULL;
   int code = load(a, &config, &exp);
   char path[4200];
-  if (code == EXIT_DONE && (loom_mkdir_p(loom_experiment_logdir(exp)) < 0 ||
-                            loom_path_join(path, sizeof path, loom_experiment_logdir(exp), "config.json") < 0 ||
-                            loom_config_write(config, path) < 0)) {
+  if (code == EXIT_DONE && snprintf(path, sizeof path, "%s/config.json", loom_experiment_logdir(exp)) >= (int)sizeof path) {
+    fprintf(stderr, "loom: error: the logdir %.64s... is too long\n", loom_experiment_logdir(exp));
+    code = EXIT_RUNTIME;
+  } else if (code == EXIT_DONE && loom_config_write(config, path) < 0) {
     fprintf(stderr, "loom: error: %s\n", loom_last_error());
     code = EXIT_RUNTIME;
   }

@@ -9,6 +9,7 @@
 #include "core/array.h"
 #include "config/config_internal.h"
 #include "core/error_internal.h"
+#include "core/fs.h"
 
 static loom_config *from_text(const char *text, const char *name) {
   json_error_t err;
@@ -231,6 +232,16 @@ int loom_config_set(loom_config *c, const char *assignment) {
 }
 
 int loom_config_write(const loom_config *c, const char *path) {
+  char dir[4096];
+  if (snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir)
+    return loom_error_set(LOOM_EINVAL, "cannot write the resolved config: the path %.64s... is too long", path);
+  char *slash = strrchr(dir, '/');
+  if (slash && slash != dir) {
+    *slash = '\0';
+    int rc = loom_mkdir_p(dir);
+    if (rc < 0)
+      return loom_error_wrap(rc, "cannot write the resolved config to %s", path);
+  }
   if (json_dump_file(c->root, path, JSON_INDENT(2) | JSON_REAL_PRECISION(17)) < 0)
     return loom_error_set(LOOM_EIO, "cannot write the resolved config to %s: %s", path, strerror(errno));
   return 0;

@@ -8,6 +8,8 @@
 #ifndef LOOM_CALLBACK_H
 #define LOOM_CALLBACK_H
 
+#include "loom/api.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -37,7 +39,7 @@ typedef enum loom_event {
 } loom_event;
 
 /* "on_batch_end" etc. */
-const char *loom_event_name(loom_event event);
+LOOM_API const char *loom_event_name(loom_event event);
 
 /* Catalyst's bands; lower runs first. */
 enum {
@@ -95,26 +97,26 @@ typedef struct loom_event_filter {
 
 /* `ops` is copied; `data` is owned from here on (freed by ops->destroy even
  * when creation fails). Defaults: order as given, node all, scope stage. */
-loom_callback *loom_callback_create(const loom_callback_ops *ops, void *data, int order);
-void loom_callback_destroy(loom_callback *cb);
+LOOM_API loom_callback *loom_callback_create(const loom_callback_ops *ops, void *data, int order);
+LOOM_API void loom_callback_destroy(loom_callback *cb);
 
-void *loom_callback_data(const loom_callback *cb);
-const char *loom_callback_type(const loom_callback *cb);
+LOOM_API void *loom_callback_data(const loom_callback *cb);
+LOOM_API const char *loom_callback_type(const loom_callback *cb);
 /* The name defaults to the type; used in messages and, later, checkpoints. */
-const char *loom_callback_name(const loom_callback *cb);
-int loom_callback_set_name(loom_callback *cb, const char *name);
-int loom_callback_order(const loom_callback *cb);
-void loom_callback_set_order(loom_callback *cb, int order);
-loom_node loom_callback_node(const loom_callback *cb);
-void loom_callback_set_node(loom_callback *cb, loom_node node);
-loom_scope loom_callback_scope(const loom_callback *cb);
-void loom_callback_set_scope(loom_callback *cb, loom_scope scope);
-loom_callback_fn loom_callback_handler(const loom_callback *cb, loom_event event);
+LOOM_API const char *loom_callback_name(const loom_callback *cb);
+LOOM_API int loom_callback_set_name(loom_callback *cb, const char *name);
+LOOM_API int loom_callback_order(const loom_callback *cb);
+LOOM_API void loom_callback_set_order(loom_callback *cb, int order);
+LOOM_API loom_node loom_callback_node(const loom_callback *cb);
+LOOM_API void loom_callback_set_node(loom_callback *cb, loom_node node);
+LOOM_API loom_scope loom_callback_scope(const loom_callback *cb);
+LOOM_API void loom_callback_set_scope(loom_callback *cb, loom_scope scope);
+LOOM_API loom_callback_fn loom_callback_handler(const loom_callback *cb, loom_event event);
 /* Restricts when the callback hears batch, loader and epoch events. */
-int loom_callback_set_filter(loom_callback *cb, const loom_event_filter *filter);
-bool loom_callback_is_stateful(const loom_callback *cb);
-int loom_callback_save(loom_callback *cb, loom_runner *runner, loom_state *state);
-int loom_callback_load(loom_callback *cb, loom_runner *runner, const loom_state *state);
+LOOM_API int loom_callback_set_filter(loom_callback *cb, const loom_event_filter *filter);
+LOOM_API bool loom_callback_is_stateful(const loom_callback *cb);
+LOOM_API int loom_callback_save(loom_callback *cb, loom_runner *runner, loom_state *state);
+LOOM_API int loom_callback_load(loom_callback *cb, loom_runner *runner, const loom_state *state);
 
 #ifdef __cplusplus
 }

@@ -6,6 +6,8 @@
 #ifndef LOOM_CALLBACKS_H
 #define LOOM_CALLBACKS_H
 
+#include "loom/api.h"
+
 #include <stdio.h>
 
 #include "loom/callback.h"
@@ -20,13 +22,13 @@ extern "C" {
  * the batch metrics: "accuracy" for k = 1, "accuracy@k" for other k. `topk`
  * may be NULL for top-1 only. Ties count in the target's favour only for
  * classes after it, as argmax picks the first maximum. */
-loom_callback *loom_accuracy_callback_create(const int *topk, int n);
+LOOM_API loom_callback *loom_accuracy_callback_create(const int *topk, int n);
 
 /* Evaluates `criterion` (owned from here on, also on failure) on the model
  * output and targets of every batch into the batch metric `name`: another
  * loss reported beside the one being optimised (which the supervised runner
  * already puts under "loss"). */
-loom_callback *loom_loss_metric_callback_create(const char *name, loom_criterion *criterion);
+LOOM_API loom_callback *loom_loss_metric_callback_create(const char *name, loom_criterion *criterion);
 
 typedef enum loom_progress { LOOM_PROGRESS_AUTO, LOOM_PROGRESS_ON, LOOM_PROGRESS_OFF } loom_progress;
 
@@ -41,14 +43,14 @@ typedef struct loom_console_logger_options {
  * notices about the environment (loom_notice, each once per logger) as
  * "warning: ..." lines at experiment start, and the error if the run fails.
  * Master only. `options` may be NULL. */
-loom_callback *loom_console_logger_create(const loom_console_logger_options *options);
+LOOM_API loom_callback *loom_console_logger_create(const loom_console_logger_options *options);
 
 /* Writes <logdir>/metrics.jsonl and <logdir>/metrics.csv: one row per loader
  * per epoch, at on_loader_end, flushed at once. A JSON line reads
  * {"stage": "train", "epoch": 3, "global_epoch": 3, "loader": "valid",
  *  "metrics": {"loss": 0.41, "accuracy": 0.853}, "time_s": 1.92}
  * with every number printed to round-trip (%.17g). Master only. */
-loom_callback *loom_metrics_logger_create(void);
+LOOM_API loom_callback *loom_metrics_logger_create(void);
 
 /* Checkpoints into <logdir>/checkpoints (layout in docs/architecture.md, "Checkpoints and resume"):
  * last.h5 at every epoch end (and every N train batches when asked), the
@@ -71,8 +73,8 @@ typedef struct loom_checkpoint_options {
 } loom_checkpoint_options;
 
 /* top 1, last on, exception checkpoints on, the stage's metric. */
-loom_checkpoint_options loom_checkpoint_defaults(void);
-loom_callback *loom_checkpoint_callback_create(const loom_checkpoint_options *options);
+LOOM_API loom_checkpoint_options loom_checkpoint_defaults(void);
+LOOM_API loom_callback *loom_checkpoint_callback_create(const loom_checkpoint_options *options);
 
 /* --- optimizer step control (order 60) --- */
 typedef struct loom_optimizer_callback_options {
@@ -86,7 +88,7 @@ typedef struct loom_optimizer_callback_options {
  * all-reduced, clipped, stepped and zeroed. Steps are counted apart from
  * batches (loom_runner_optimizer_step_count). With clipping it reports the
  * batch metric "grad_norm" (before clipping) on the batches that step. */
-loom_callback *loom_optimizer_callback_create(const loom_optimizer_callback_options *options);
+LOOM_API loom_callback *loom_optimizer_callback_create(const loom_optimizer_callback_options *options);
 
 /* --- learning-rate schedules (order 100) --- */
 typedef enum loom_schedule_unit {
@@ -97,7 +99,7 @@ typedef enum loom_schedule_unit {
  * runs in: started from the optimizer's rate at stage start, stepped per
  * optimizer step or per epoch. ReduceLROnPlateau watches `loader`/`metric`
  * (NULL: the stage's valid loader and main metric) and steps per epoch. */
-loom_callback *loom_scheduler_callback_create(loom_scheduler *scheduler, loom_schedule_unit unit, const char *loader,
+LOOM_API loom_callback *loom_scheduler_callback_create(loom_scheduler *scheduler, loom_schedule_unit unit, const char *loader,
                                               const char *metric);
 
 /* --- early stopping (order 200) --- */
@@ -120,14 +122,14 @@ typedef struct loom_early_stopping_options {
   bool restore_best_weights; /* put back the best epoch's weights on stopping */
 } loom_early_stopping_options;
 /* patience 5, check_finite, any, no thresholds. */
-loom_early_stopping_options loom_early_stopping_defaults(void);
+LOOM_API loom_early_stopping_options loom_early_stopping_defaults(void);
 /* A monitor with the defaults: the stage's metric, no delta, no thresholds. */
-loom_monitor loom_monitor_default(void);
+LOOM_API loom_monitor loom_monitor_default(void);
 /* Sets need_early_stop at on_epoch_end when the monitors say so. Restarts
  * in each stage; its counters and the best weights are saved state. */
-loom_callback *loom_early_stopping_callback_create(const loom_early_stopping_options *options);
+LOOM_API loom_callback *loom_early_stopping_callback_create(const loom_early_stopping_options *options);
 /* Why it stopped the last stage ("" if it did not). */
-const char *loom_early_stopping_reason(const loom_callback *cb);
+LOOM_API const char *loom_early_stopping_reason(const loom_callback *cb);
 
 /* --- faults --- */
 typedef struct loom_exception_options {
@@ -138,25 +140,25 @@ typedef struct loom_exception_options {
 /* Records the error in <logdir>/exception.json (code, message, where in the
  * loop, time) and, as asked, saves an "exception" checkpoint and marks the
  * error handled. */
-loom_callback *loom_exception_callback_create(const loom_exception_options *options);
+LOOM_API loom_callback *loom_exception_callback_create(const loom_exception_options *options);
 
 /* Interrupts the run after the first batch that ends past `seconds` since
  * the experiment started, as a signal would (a checkpoint callback saves
  * last.h5), and marks that interrupt handled: the run ends cleanly. */
-loom_callback *loom_time_limit_callback_create(double seconds);
+LOOM_API loom_callback *loom_time_limit_callback_create(double seconds);
 
 /* --- observability --- */
 /* Batch metrics "time/data_s" (waiting for the loader) and "time/compute_s"
  * (handle_batch); loader metrics "time/samples_per_s" and
  * "time/data_fraction" (data wait over the loader's wall time). */
-loom_callback *loom_timer_callback_create(void);
+LOOM_API loom_callback *loom_timer_callback_create(void);
 
 /* Writes TensorBoard event files (events.out.tfevents.*) into the logdir:
  * each loader metric as the scalar "<loader>/<metric>" at step = global
  * epoch, epoch-level metrics (lr, ...) under their own names; with
  * batch_every > 0 also "batch/<loader>/<metric>" every N train batches at
  * step = global batch. Steps continue across stages and resumes. */
-loom_callback *loom_tensorboard_logger_create(int64_t batch_every);
+LOOM_API loom_callback *loom_tensorboard_logger_create(int64_t batch_every);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,8 @@
 #ifndef LOOM_COMM_H
 #define LOOM_COMM_H
 
+#include "loom/api.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -30,20 +32,20 @@ typedef struct loom_comm_ops {
 } loom_comm_ops;
 
 /* Wraps a backend; `ops` is copied, `ctx` is owned from here on. */
-loom_comm *loom_comm_create(const loom_comm_ops *ops, void *ctx, int rank, int size);
+LOOM_API loom_comm *loom_comm_create(const loom_comm_ops *ops, void *ctx, int rank, int size);
 /* A world of one. */
-loom_comm *loom_comm_local_create(void);
-void loom_comm_destroy(loom_comm *comm);
+LOOM_API loom_comm *loom_comm_local_create(void);
+LOOM_API void loom_comm_destroy(loom_comm *comm);
 
-int loom_comm_rank(const loom_comm *comm);
-int loom_comm_size(const loom_comm *comm);
-bool loom_comm_is_master(const loom_comm *comm);
-const char *loom_comm_name(const loom_comm *comm);
+LOOM_API int loom_comm_rank(const loom_comm *comm);
+LOOM_API int loom_comm_size(const loom_comm *comm);
+LOOM_API bool loom_comm_is_master(const loom_comm *comm);
+LOOM_API const char *loom_comm_name(const loom_comm *comm);
 
-int loom_comm_allreduce_sum_f64(loom_comm *comm, double *buf, size_t n);
-int loom_comm_allreduce_mean_f32(loom_comm *comm, float *buf, size_t n);
-int loom_comm_broadcast(loom_comm *comm, void *buf, size_t bytes, int root);
-int loom_comm_barrier(loom_comm *comm);
+LOOM_API int loom_comm_allreduce_sum_f64(loom_comm *comm, double *buf, size_t n);
+LOOM_API int loom_comm_allreduce_mean_f32(loom_comm *comm, float *buf, size_t n);
+LOOM_API int loom_comm_broadcast(loom_comm *comm, void *buf, size_t bytes, int root);
+LOOM_API int loom_comm_barrier(loom_comm *comm);
 
 #ifdef __cplusplus
 }

@@ -10,6 +10,8 @@
 #ifndef LOOM_CONFIG_H
 #define LOOM_CONFIG_H
 
+#include "loom/api.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -25,25 +27,26 @@ typedef struct loom_config loom_config;
 typedef struct loom_params loom_params;
 
 /* Parses a file; NULL with "FILE:LINE:COL: ..." on a syntax error. */
-loom_config *loom_config_load(const char *path);
+LOOM_API loom_config *loom_config_load(const char *path);
 /* Parses text; `name` stands for the file in messages. */
-loom_config *loom_config_parse(const char *text, const char *name);
-void loom_config_destroy(loom_config *config);
+LOOM_API loom_config *loom_config_parse(const char *text, const char *name);
+LOOM_API void loom_config_destroy(loom_config *config);
 
 /* Overrides one key: "stages.train.num_epochs=3". The value is read as the
  * type the key has (or, for a new key, as JSON if it parses, else as a
  * string); objects on the way are created. */
-int loom_config_set(loom_config *config, const char *assignment);
+LOOM_API int loom_config_set(loom_config *config, const char *assignment);
 
 /* Checks everything and builds the experiment (datasets loaded, model
  * built, every component constructed). Defaults are filled into the
  * config, and a missing seed is drawn from the clock, so afterwards
  * loom_config_write gives the resolved config that reproduces the run. */
-int loom_config_build(loom_config *config, loom_experiment **experiment);
-/* Writes the (resolved) config as indented JSON. */
-int loom_config_write(const loom_config *config, const char *path);
+LOOM_API int loom_config_build(loom_config *config, loom_experiment **experiment);
+/* Writes the (resolved) config as indented JSON, creating the file's
+ * directory if needed. */
+LOOM_API int loom_config_write(const loom_config *config, const char *path);
 /* The document (borrowed). */
-const char *loom_config_name(const loom_config *config);
+LOOM_API const char *loom_config_name(const loom_config *config);
 
 /* --- reading parameters (for component constructors) ---
  * Each getter reads one key of the component's object. A key absent from
@@ -52,28 +55,28 @@ const char *loom_config_name(const loom_config *config);
  * nearest asked-for key as "did you mean". Errors carry the position. */
 #define LOOM_REQUIRED_INT INT64_MIN
 
-int loom_params_int(loom_params *p, const char *key, int64_t def, int64_t min, int64_t max, int64_t *out);
+LOOM_API int loom_params_int(loom_params *p, const char *key, int64_t def, int64_t min, int64_t max, int64_t *out);
 /* def NAN: required. */
-int loom_params_number(loom_params *p, const char *key, double def, double min, double max, double *out);
-int loom_params_bool(loom_params *p, const char *key, bool def, bool *out);
+LOOM_API int loom_params_number(loom_params *p, const char *key, double def, double min, double max, double *out);
+LOOM_API int loom_params_bool(loom_params *p, const char *key, bool def, bool *out);
 /* def NULL: required. *out is borrowed from the config. */
-int loom_params_string(loom_params *p, const char *key, const char *def, const char **out);
+LOOM_API int loom_params_string(loom_params *p, const char *key, const char *def, const char **out);
 /* One of `choices` (NULL-terminated); def NULL: required. *index its position. */
-int loom_params_choice(loom_params *p, const char *key, const char *def, const char *const *choices, int *index);
+LOOM_API int loom_params_choice(loom_params *p, const char *key, const char *def, const char *const *choices, int *index);
 /* An array of integers / numbers (at most max); def may be NULL (required). */
-int loom_params_int_array(loom_params *p, const char *key, const int64_t *def, size_t def_n, int64_t min, int64_t max,
+LOOM_API int loom_params_int_array(loom_params *p, const char *key, const int64_t *def, size_t def_n, int64_t min, int64_t max,
                           int64_t *out, size_t out_max, size_t *n);
-int loom_params_number_array(loom_params *p, const char *key, const double *def, size_t def_n, double *out,
+LOOM_API int loom_params_number_array(loom_params *p, const char *key, const double *def, size_t def_n, double *out,
                              size_t out_max, size_t *n);
 /* Whether the component's object has `key` (counts as asking for it). */
-bool loom_params_has(loom_params *p, const char *key);
+LOOM_API bool loom_params_has(loom_params *p, const char *key);
 /* Reports an error about `key` (NULL: the object itself) at its position. */
-int loom_params_error(const loom_params *p, const char *key, int code, const char *fmt, ...)
+LOOM_API int loom_params_error(const loom_params *p, const char *key, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 /* "stages.train.optimizer" */
-const char *loom_params_path(const loom_params *p);
+LOOM_API const char *loom_params_path(const loom_params *p);
 /* The directory of the config file, for resolving relative paths. */
-const char *loom_params_base_dir(const loom_params *p);
+LOOM_API const char *loom_params_base_dir(const loom_params *p);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,8 @@
 #ifndef LOOM_CRITERION_H
 #define LOOM_CRITERION_H
 
+#include "loom/api.h"
+
 #include <stdint.h>
 
 #include "loom/tensor.h"
@@ -23,19 +25,19 @@ typedef struct loom_criterion_ops {
 } loom_criterion_ops;
 
 /* `ops` is copied; `data` is owned (freed by ops->destroy, also on failure). */
-loom_criterion *loom_criterion_create(const loom_criterion_ops *ops, void *data);
-void loom_criterion_destroy(loom_criterion *c);
-const char *loom_criterion_type(const loom_criterion *c);
+LOOM_API loom_criterion *loom_criterion_create(const loom_criterion_ops *ops, void *data);
+LOOM_API void loom_criterion_destroy(loom_criterion *c);
+LOOM_API const char *loom_criterion_type(const loom_criterion *c);
 
-int loom_criterion_forward(loom_criterion *c, const loom_tensor *output, const loom_tensor *target,
+LOOM_API int loom_criterion_forward(loom_criterion *c, const loom_tensor *output, const loom_tensor *target,
                            double *loss);
 /* *dout is owned by the criterion and valid until the next call. */
-int loom_criterion_backward(loom_criterion *c, const loom_tensor *output, const loom_tensor *target,
+LOOM_API int loom_criterion_backward(loom_criterion *c, const loom_tensor *output, const loom_tensor *target,
                             const loom_tensor **dout);
 
 /* Softmax cross-entropy, mean over the batch. Output [N, C] logits; target
  * [N] class indices stored as floats (0 .. C-1). */
-loom_criterion *loom_cross_entropy_create(void);
+LOOM_API loom_criterion *loom_cross_entropy_create(void);
 
 typedef struct loom_cross_entropy_options {
   float label_smoothing; /* e: the target is (1 - e) onehot + e / C */
@@ -44,15 +46,15 @@ typedef struct loom_cross_entropy_options {
 } loom_cross_entropy_options;
 /* As torch.nn.CrossEntropyLoss(weight, label_smoothing): with weights the
  * mean divides by the sum of the targets' weights. */
-loom_criterion *loom_cross_entropy_create_ex(const loom_cross_entropy_options *options);
+LOOM_API loom_criterion *loom_cross_entropy_create_ex(const loom_cross_entropy_options *options);
 
 /* Against a target of the output's size, mean over all values: */
 /* max(z, 0) - z t + log(1 + exp(-|z|)), numerically stable. */
-loom_criterion *loom_bce_with_logits_create(void);
-loom_criterion *loom_mse_create(void);
-loom_criterion *loom_l1_create(void);
+LOOM_API loom_criterion *loom_bce_with_logits_create(void);
+LOOM_API loom_criterion *loom_mse_create(void);
+LOOM_API loom_criterion *loom_l1_create(void);
 /* 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta. */
-loom_criterion *loom_smooth_l1_create(float beta);
+LOOM_API loom_criterion *loom_smooth_l1_create(float beta);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,8 @@
 #ifndef LOOM_DATA_H
 #define LOOM_DATA_H
 
+#include "loom/api.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -34,34 +36,34 @@ typedef struct loom_dataset_ops {
 
 /* `ops` is copied; `data` is owned (freed by ops->destroy, also on failure).
  * target_ndim 0 means one scalar per sample (a class index or a value). */
-loom_dataset *loom_dataset_create(const loom_dataset_ops *ops, void *data, int sample_ndim,
+LOOM_API loom_dataset *loom_dataset_create(const loom_dataset_ops *ops, void *data, int sample_ndim,
                                   const int64_t *sample_shape, int target_ndim, const int64_t *target_shape);
 /* Datasets are reference counted so that several loaders can share one:
  * retain adds a reference, destroy drops one and frees on the last. */
-loom_dataset *loom_dataset_retain(loom_dataset *ds);
-void loom_dataset_destroy(loom_dataset *ds);
-int64_t loom_dataset_length(const loom_dataset *ds);
-int loom_dataset_sample_ndim(const loom_dataset *ds);
-const int64_t *loom_dataset_sample_shape(const loom_dataset *ds);
-int loom_dataset_target_ndim(const loom_dataset *ds);
-const int64_t *loom_dataset_target_shape(const loom_dataset *ds);
-int loom_dataset_fetch(loom_dataset *ds, const int64_t *indices, int64_t n, float *x, float *y);
+LOOM_API loom_dataset *loom_dataset_retain(loom_dataset *ds);
+LOOM_API void loom_dataset_destroy(loom_dataset *ds);
+LOOM_API int64_t loom_dataset_length(const loom_dataset *ds);
+LOOM_API int loom_dataset_sample_ndim(const loom_dataset *ds);
+LOOM_API const int64_t *loom_dataset_sample_shape(const loom_dataset *ds);
+LOOM_API int loom_dataset_target_ndim(const loom_dataset *ds);
+LOOM_API const int64_t *loom_dataset_target_shape(const loom_dataset *ds);
+LOOM_API int loom_dataset_fetch(loom_dataset *ds, const int64_t *indices, int64_t n, float *x, float *y);
 
 /* IDX files (gzip'd or plain), unsigned-byte images scaled to [0, 1] and
  * unsigned-byte labels; read whole into memory as bytes. */
-loom_dataset *loom_idx_dataset_open(const char *images_path, const char *labels_path);
+LOOM_API loom_dataset *loom_idx_dataset_open(const char *images_path, const char *labels_path);
 /* Fashion-MNIST (or MNIST) from a directory holding the four standard
  * files: train=true for the 60k training set, false for the 10k test set. */
-loom_dataset *loom_fashion_mnist_open(const char *dir, bool train);
+LOOM_API loom_dataset *loom_fashion_mnist_open(const char *dir, bool train);
 /* Copies n samples of `x` (each of sample_shape) and their targets. */
-loom_dataset *loom_memory_dataset_create(const float *x, const float *y, int64_t n, int sample_ndim,
+LOOM_API loom_dataset *loom_memory_dataset_create(const float *x, const float *y, int64_t n, int sample_ndim,
                                          const int64_t *sample_shape, int target_ndim,
                                          const int64_t *target_shape);
 
 /* Standardises `inner`'s samples, x' = (x - mean) / std, as the usual
  * Normalize transform does. Owns `inner` from here on, also on failure.
  * Fashion-MNIST's training-set statistics: mean 0.2860, std 0.3530. */
-loom_dataset *loom_normalize_dataset_create(loom_dataset *inner, float mean, float std);
+LOOM_API loom_dataset *loom_normalize_dataset_create(loom_dataset *inner, float mean, float std);
 
 /* What a sampler is told at the start of an epoch. */
 typedef struct loom_epoch_plan {
@@ -82,29 +84,29 @@ typedef struct loom_sampler_ops {
   void (*destroy)(void *data);
 } loom_sampler_ops;
 
-loom_sampler *loom_sampler_create(const loom_sampler_ops *ops, void *data);
-void loom_sampler_destroy(loom_sampler *s);
+LOOM_API loom_sampler *loom_sampler_create(const loom_sampler_ops *ops, void *data);
+LOOM_API void loom_sampler_destroy(loom_sampler *s);
 /* 0, 1, ..., n-1. */
-loom_sampler *loom_sequential_sampler_create(void);
+LOOM_API loom_sampler *loom_sequential_sampler_create(void);
 /* A uniform random permutation (Fisher-Yates) drawn from the epoch's seed:
  * the same seed and epoch give the same permutation. */
-loom_sampler *loom_random_sampler_create(void);
+LOOM_API loom_sampler *loom_random_sampler_create(void);
 /* num_samples draws (with replacement) in proportion to weights[0..n). */
-loom_sampler *loom_weighted_sampler_create(const double *weights, int64_t n, int64_t num_samples);
-const char *loom_sampler_type(const loom_sampler *s);
-int64_t loom_sampler_length(loom_sampler *s, int64_t n);
-int loom_sampler_order(loom_sampler *s, int64_t n, const loom_epoch_plan *plan, int64_t *indices);
-int loom_sampler_save(loom_sampler *s, loom_state *state);
-int loom_sampler_load(loom_sampler *s, const loom_state *state);
+LOOM_API loom_sampler *loom_weighted_sampler_create(const double *weights, int64_t n, int64_t num_samples);
+LOOM_API const char *loom_sampler_type(const loom_sampler *s);
+LOOM_API int64_t loom_sampler_length(loom_sampler *s, int64_t n);
+LOOM_API int loom_sampler_order(loom_sampler *s, int64_t n, const loom_epoch_plan *plan, int64_t *indices);
+LOOM_API int loom_sampler_save(loom_sampler *s, loom_state *state);
+LOOM_API int loom_sampler_load(loom_sampler *s, const loom_state *state);
 
 /* Rank `rank`'s shard of an epoch's `count` indices, interleaved
  * (order[rank], order[rank + world], ...). Train shards are padded by
  * wrapping around so every rank has ceil(count / world); eval shards are
  * not, so no sample is seen twice. Returns the shard's length; shard and
  * order must not overlap. */
-int64_t loom_shard(const int64_t *order, int64_t count, int rank, int world, bool train, int64_t *shard);
+LOOM_API int64_t loom_shard(const int64_t *order, int64_t count, int rank, int world, bool train, int64_t *shard);
 /* The length of the largest rank's shard. */
-int64_t loom_shard_max_length(int64_t count, int world, bool train);
+LOOM_API int64_t loom_shard_max_length(int64_t count, int world, bool train);
 
 /* --- per-sample transforms, applied by the loader's workers --- */
 typedef struct loom_transform loom_transform;
@@ -116,18 +118,18 @@ typedef struct loom_transform_ops {
   void (*destroy)(void *data);
 } loom_transform_ops;
 
-loom_transform *loom_transform_create(const loom_transform_ops *ops, void *data);
-void loom_transform_destroy(loom_transform *t);
-const char *loom_transform_type(const loom_transform *t);
-int loom_transform_apply(loom_transform *t, float *sample, int ndim, const int64_t *shape, loom_rng *rng);
+LOOM_API loom_transform *loom_transform_create(const loom_transform_ops *ops, void *data);
+LOOM_API void loom_transform_destroy(loom_transform *t);
+LOOM_API const char *loom_transform_type(const loom_transform *t);
+LOOM_API int loom_transform_apply(loom_transform *t, float *sample, int ndim, const int64_t *shape, loom_rng *rng);
 /* x' = (x - mean[c]) / std[c] per channel of a [C, H, W] (or [H, W], one
  * channel) sample; one mean/std applies to every channel. */
-loom_transform *loom_normalize_transform_create(const float *mean, const float *std, int channels);
+LOOM_API loom_transform *loom_normalize_transform_create(const float *mean, const float *std, int channels);
 /* Pads the last two dimensions with `padding` zeros and crops back to their
  * size at a random offset. */
-loom_transform *loom_random_crop_transform_create(int64_t padding);
+LOOM_API loom_transform *loom_random_crop_transform_create(int64_t padding);
 /* Mirrors the last dimension with the given probability. */
-loom_transform *loom_random_flip_transform_create(double probability);
+LOOM_API loom_transform *loom_random_flip_transform_create(double probability);
 
 typedef struct loom_loader_options {
   int64_t batch_size;    /* > 0 */
@@ -153,32 +155,32 @@ typedef struct loom_loader_hooks {
 /* Takes ownership of one reference to `dataset`, of options->sampler and of
  * options->transforms, also on failure. With workers > 0, the dataset's
  * fetch is called from several threads at once. */
-loom_loader *loom_loader_create(loom_dataset *dataset, const loom_loader_options *options);
-void loom_loader_destroy(loom_loader *loader);
+LOOM_API loom_loader *loom_loader_create(loom_dataset *dataset, const loom_loader_options *options);
+LOOM_API void loom_loader_destroy(loom_loader *loader);
 /* Before the first epoch. */
-int loom_loader_set_hooks(loom_loader *loader, const loom_loader_hooks *hooks);
-loom_dataset *loom_loader_dataset(const loom_loader *loader);
-loom_sampler *loom_loader_sampler(const loom_loader *loader);
-int64_t loom_loader_batch_size(const loom_loader *loader);
-int loom_loader_workers(const loom_loader *loader);
+LOOM_API int loom_loader_set_hooks(loom_loader *loader, const loom_loader_hooks *hooks);
+LOOM_API loom_dataset *loom_loader_dataset(const loom_loader *loader);
+LOOM_API loom_sampler *loom_loader_sampler(const loom_loader *loader);
+LOOM_API int64_t loom_loader_batch_size(const loom_loader *loader);
+LOOM_API int loom_loader_workers(const loom_loader *loader);
 /* This rank's batches and samples in the current (or a one-rank) epoch. */
-int64_t loom_loader_num_batches(const loom_loader *loader);
-int64_t loom_loader_num_samples(const loom_loader *loader);
+LOOM_API int64_t loom_loader_num_batches(const loom_loader *loader);
+LOOM_API int64_t loom_loader_num_samples(const loom_loader *loader);
 /* Batches of the largest rank's shard: how many steps every rank takes. */
-int64_t loom_loader_max_batches(const loom_loader *loader);
+LOOM_API int64_t loom_loader_max_batches(const loom_loader *loader);
 
 /* Orders a new epoch and starts the workers. */
-int loom_loader_start_epoch(loom_loader *loader, const loom_epoch_plan *plan);
+LOOM_API int loom_loader_start_epoch(loom_loader *loader, const loom_epoch_plan *plan);
 /* The next batch: 1 and *x, *y set (owned by the loader, valid until the
  * next call), 0 at the end of the epoch, or a negative error (a worker's
  * failure names the sample). */
-int loom_loader_next(loom_loader *loader, loom_tensor **x, loom_tensor **y);
+LOOM_API int loom_loader_next(loom_loader *loader, loom_tensor **x, loom_tensor **y);
 /* Skips the first `batches` batches of the epoch (resuming mid-epoch). */
-int loom_loader_seek(loom_loader *loader, int64_t batches);
+LOOM_API int loom_loader_seek(loom_loader *loader, int64_t batches);
 /* Stops and joins the workers (early stop, errors, the epoch's end). */
-void loom_loader_end_epoch(loom_loader *loader);
+LOOM_API void loom_loader_end_epoch(loom_loader *loader);
 /* This rank's order of the epoch (num_samples indices). */
-const int64_t *loom_loader_order(const loom_loader *loader);
+LOOM_API const int64_t *loom_loader_order(const loom_loader *loader);
 
 /* --- more datasets --- */
 typedef struct loom_hdf5_options {
@@ -194,13 +196,13 @@ typedef struct loom_hdf5_options {
 /* Named datasets in HDF5 files: any numeric type (converted to float on
  * read), N-D samples, read in blocks on demand through an LRU cache, so a
  * dataset larger than RAM trains. Thread-safe. */
-loom_dataset *loom_hdf5_dataset_open(const loom_hdf5_options *options);
+LOOM_API loom_dataset *loom_hdf5_dataset_open(const loom_hdf5_options *options);
 /* A numeric CSV file: one sample per row, `target_column` the target
  * (negative counts from the end), the other columns the features. */
-loom_dataset *loom_csv_dataset_open(const char *path, int target_column, bool header);
+LOOM_API loom_dataset *loom_csv_dataset_open(const char *path, int target_column, bool header);
 /* Writes IDX images and labels as HDF5 datasets "images" and "labels"
  * (unsigned bytes, chunked): `loom convert idx`. */
-int loom_idx_to_hdf5(const char *images_path, const char *labels_path, const char *out_path);
+LOOM_API int loom_idx_to_hdf5(const char *images_path, const char *labels_path, const char *out_path);
 
 #ifdef __cplusplus
 }

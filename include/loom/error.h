@@ -7,6 +7,8 @@
 #ifndef LOOM_ERROR_H
 #define LOOM_ERROR_H
 
+#include "loom/api.h"
+
 #include <stddef.h>
 
 #ifdef __cplusplus
@@ -36,33 +38,33 @@ typedef enum loom_errno {
 } loom_errno;
 
 /* "LOOM_EIO", or "LOOM_UNKNOWN" for a code not in the table. */
-const char *loom_err_name(int code);
+LOOM_API const char *loom_err_name(int code);
 /* A short description of the code, e.g. "input/output error". */
-const char *loom_strerror(int code);
+LOOM_API const char *loom_strerror(int code);
 
 /* Records `code` and a printf-style message for the calling thread and
  * returns `code`, so that `return loom_error_set(LOOM_EIO, ...)` reads well.
  * User callbacks and datasets call it to report their own failures. */
-int loom_error_set(int code, const char *fmt, ...)
+LOOM_API int loom_error_set(int code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Prefixes the calling thread's message with more context ("while X: ...")
  * and returns `code`. */
-int loom_error_wrap(int code, const char *fmt, ...)
+LOOM_API int loom_error_wrap(int code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* The message and code last recorded on the calling thread ("" and 0 if
  * none). The string stays valid until the next loom call on this thread. */
-const char *loom_last_error(void);
-int loom_last_error_code(void);
-void loom_error_clear(void);
+LOOM_API const char *loom_last_error(void);
+LOOM_API int loom_last_error_code(void);
+LOOM_API void loom_error_clear(void);
 
 /* Warnings loom has about its environment, such as a matrix-product library
  * running slow generic kernels, each recorded once per process. The library
  * never prints them: the console logger shows new ones when an experiment
  * starts. loom_notice(i) is the i-th (NULL past the count); the strings stay
  * valid for the life of the process. */
-size_t loom_notice_count(void);
-const char *loom_notice(size_t i);
+LOOM_API size_t loom_notice_count(void);
+LOOM_API const char *loom_notice(size_t i);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,8 @@
 #ifndef LOOM_EXPERIMENT_H
 #define LOOM_EXPERIMENT_H
 
+#include "loom/api.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,46 +26,46 @@ extern "C" {
 typedef struct loom_experiment loom_experiment;
 typedef struct loom_stage loom_stage;
 
-loom_experiment *loom_experiment_create(const char *name);
-void loom_experiment_destroy(loom_experiment *exp);
-const char *loom_experiment_name(const loom_experiment *exp);
-void loom_experiment_set_seed(loom_experiment *exp, uint64_t seed);
-uint64_t loom_experiment_seed(const loom_experiment *exp);
+LOOM_API loom_experiment *loom_experiment_create(const char *name);
+LOOM_API void loom_experiment_destroy(loom_experiment *exp);
+LOOM_API const char *loom_experiment_name(const loom_experiment *exp);
+LOOM_API void loom_experiment_set_seed(loom_experiment *exp, uint64_t seed);
+LOOM_API uint64_t loom_experiment_seed(const loom_experiment *exp);
 /* Where loggers write; created when the run starts. Default "logs/<name>". */
-int loom_experiment_set_logdir(loom_experiment *exp, const char *logdir);
-const char *loom_experiment_logdir(const loom_experiment *exp);
+LOOM_API int loom_experiment_set_logdir(loom_experiment *exp, const char *logdir);
+LOOM_API const char *loom_experiment_logdir(const loom_experiment *exp);
 
 /* Appends a stage (borrowed handle, valid while exp lives). */
-loom_stage *loom_experiment_add_stage(loom_experiment *exp, const char *name, int num_epochs);
-size_t loom_experiment_num_stages(const loom_experiment *exp);
-loom_stage *loom_experiment_stage(const loom_experiment *exp, size_t i);
+LOOM_API loom_stage *loom_experiment_add_stage(loom_experiment *exp, const char *name, int num_epochs);
+LOOM_API size_t loom_experiment_num_stages(const loom_experiment *exp);
+LOOM_API loom_stage *loom_experiment_stage(const loom_experiment *exp, size_t i);
 /* A callback for the whole experiment: experiment scope, registered ahead of
  * every stage's own callbacks. Owned from here on, also on failure. */
-int loom_experiment_add_callback(loom_experiment *exp, loom_callback *cb);
+LOOM_API int loom_experiment_add_callback(loom_experiment *exp, loom_callback *cb);
 
 /* Each setter hands ownership to the experiment, also on failure. */
-int loom_stage_set_model(loom_stage *stage, loom_model *model);
-int loom_stage_set_criterion(loom_stage *stage, loom_criterion *criterion);
-int loom_stage_set_optimizer(loom_stage *stage, loom_optimizer *optimizer);
+LOOM_API int loom_stage_set_model(loom_stage *stage, loom_model *model);
+LOOM_API int loom_stage_set_criterion(loom_stage *stage, loom_criterion *criterion);
+LOOM_API int loom_stage_set_optimizer(loom_stage *stage, loom_optimizer *optimizer);
 /* Loaders run in the order added; "train*" trains, "valid*"/"infer*" evaluate. */
-int loom_stage_add_loader(loom_stage *stage, const char *name, loom_loader *loader);
-int loom_stage_add_callback(loom_stage *stage, loom_callback *cb);
+LOOM_API int loom_stage_add_loader(loom_stage *stage, const char *name, loom_loader *loader);
+LOOM_API int loom_stage_add_callback(loom_stage *stage, loom_callback *cb);
 /* What "best" means in this stage. Default: "valid", "loss", minimize. */
-int loom_stage_set_main_metric(loom_stage *stage, const char *valid_loader, const char *metric, bool minimize);
+LOOM_API int loom_stage_set_main_metric(loom_stage *stage, const char *valid_loader, const char *metric, bool minimize);
 /* What a stage carries over from the one before, applied when it starts:
  * the optimizer's state is kept unless reset (a stage with its own
  * optimizer starts fresh anyway); weights may be loaded from "best" or
  * "last" in <logdir>/checkpoints (NULL: the model as it is); the named
  * layers are frozen during the stage, all others train. */
-void loom_stage_set_reset_optimizer(loom_stage *stage, bool reset);
-int loom_stage_set_load_weights(loom_stage *stage, const char *which);
-int loom_stage_freeze(loom_stage *stage, const char *layer);
-const char *loom_stage_name(const loom_stage *stage);
-int loom_stage_num_epochs(const loom_stage *stage);
+LOOM_API void loom_stage_set_reset_optimizer(loom_stage *stage, bool reset);
+LOOM_API int loom_stage_set_load_weights(loom_stage *stage, const char *which);
+LOOM_API int loom_stage_freeze(loom_stage *stage, const char *layer);
+LOOM_API const char *loom_stage_name(const loom_stage *stage);
+LOOM_API int loom_stage_num_epochs(const loom_stage *stage);
 
 /* Prints each stage's callbacks in dispatch order, with order, node and
  * scope, as the runner will see them on `rank` of `world_size`. */
-int loom_experiment_print_callbacks(const loom_experiment *exp, int rank, int world_size, FILE *out);
+LOOM_API int loom_experiment_print_callbacks(const loom_experiment *exp, int rank, int world_size, FILE *out);
 
 #ifdef __cplusplus
 }

@@ -8,6 +8,8 @@
 #ifndef LOOM_METRICS_H
 #define LOOM_METRICS_H
 
+#include "loom/api.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -17,20 +19,20 @@ extern "C" {
 
 typedef struct loom_metrics loom_metrics;
 
-loom_metrics *loom_metrics_create(void);
-void loom_metrics_destroy(loom_metrics *m);
+LOOM_API loom_metrics *loom_metrics_create(void);
+LOOM_API void loom_metrics_destroy(loom_metrics *m);
 
 /* Sets (or adds, at the end) a metric. Names are copied. */
-int loom_metrics_set(loom_metrics *m, const char *name, double value);
+LOOM_API int loom_metrics_set(loom_metrics *m, const char *name, double value);
 /* True and *value filled if `name` is present. */
-bool loom_metrics_get(const loom_metrics *m, const char *name, double *value);
-size_t loom_metrics_count(const loom_metrics *m);
-const char *loom_metrics_name(const loom_metrics *m, size_t i);
-double loom_metrics_value(const loom_metrics *m, size_t i);
-void loom_metrics_clear(loom_metrics *m);
+LOOM_API bool loom_metrics_get(const loom_metrics *m, const char *name, double *value);
+LOOM_API size_t loom_metrics_count(const loom_metrics *m);
+LOOM_API const char *loom_metrics_name(const loom_metrics *m, size_t i);
+LOOM_API double loom_metrics_value(const loom_metrics *m, size_t i);
+LOOM_API void loom_metrics_clear(loom_metrics *m);
 /* Replaces dst's contents with src's, names prefixed by `prefix` if not NULL
  * (added to, not replacing, dst when `append` is true). */
-int loom_metrics_copy(loom_metrics *dst, const loom_metrics *src, const char *prefix, bool append);
+LOOM_API int loom_metrics_copy(loom_metrics *dst, const loom_metrics *src, const char *prefix, bool append);
 
 #ifdef __cplusplus
 }

@@ -8,6 +8,8 @@
 #ifndef LOOM_MODEL_H
 #define LOOM_MODEL_H
 
+#include "loom/api.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -63,28 +65,28 @@ typedef struct loom_layer_ops {
 } loom_layer_ops;
 
 /* `ops` is copied; `data` is owned (freed by ops->destroy, also on failure). */
-loom_layer *loom_layer_create(const loom_layer_ops *ops, void *data);
-void loom_layer_destroy(loom_layer *layer);
-const char *loom_layer_type(const loom_layer *layer);
-void *loom_layer_data(const loom_layer *layer);
+LOOM_API loom_layer *loom_layer_create(const loom_layer_ops *ops, void *data);
+LOOM_API void loom_layer_destroy(loom_layer *layer);
+LOOM_API const char *loom_layer_type(const loom_layer *layer);
+LOOM_API void *loom_layer_data(const loom_layer *layer);
 
 /* y = x W^T + b with W [out, in] (PyTorch's layout). Initialised like
  * PyTorch's nn.Linear: Kaiming uniform, bounds 1/sqrt(in) for W and b.
  * in_features 0: taken from the input when the model is built. */
-loom_layer *loom_linear_create(int64_t in_features, int64_t out_features, bool bias);
+LOOM_API loom_layer *loom_linear_create(int64_t in_features, int64_t out_features, bool bias);
 /* Views of a Linear layer's weight [out, in] and bias [out] (NULL if none);
  * valid once the model is built. */
-float *loom_linear_weight(loom_layer *layer);
-float *loom_linear_bias(loom_layer *layer);
-loom_layer *loom_relu_create(void);
+LOOM_API float *loom_linear_weight(loom_layer *layer);
+LOOM_API float *loom_linear_bias(loom_layer *layer);
+LOOM_API loom_layer *loom_relu_create(void);
 /* max(x, slope x). */
-loom_layer *loom_leaky_relu_create(float slope);
+LOOM_API loom_layer *loom_leaky_relu_create(float slope);
 /* x Phi(x), the exact (erf) form. */
-loom_layer *loom_gelu_create(void);
-loom_layer *loom_tanh_create(void);
-loom_layer *loom_sigmoid_create(void);
+LOOM_API loom_layer *loom_gelu_create(void);
+LOOM_API loom_layer *loom_tanh_create(void);
+LOOM_API loom_layer *loom_sigmoid_create(void);
 /* [N, ...] -> [N, prod(...)]. */
-loom_layer *loom_flatten_create(void);
+LOOM_API loom_layer *loom_flatten_create(void);
 /* How a Conv2d computes. AUTO takes Winograd's F(2x2, 3x3) for 3x3
  * kernels of stride and dilation 1 between at least 8 input and 8 output
  * channels (2.25x fewer multiplications; results differ from im2col's by
@@ -106,33 +108,33 @@ typedef struct loom_conv2d_options {
   bool no_bias;
   loom_conv_algorithm algorithm;
 } loom_conv2d_options;
-loom_layer *loom_conv2d_create(const loom_conv2d_options *options);
+LOOM_API loom_layer *loom_conv2d_create(const loom_conv2d_options *options);
 /* Pooling windows over [C, H, W]; stride 0 means the kernel size. Average
  * pooling counts padding in the divisor, as PyTorch does by default. */
-loom_layer *loom_maxpool2d_create(int64_t kernel, int64_t stride, int64_t padding);
-loom_layer *loom_avgpool2d_create(int64_t kernel, int64_t stride, int64_t padding);
+LOOM_API loom_layer *loom_maxpool2d_create(int64_t kernel, int64_t stride, int64_t padding);
+LOOM_API loom_layer *loom_avgpool2d_create(int64_t kernel, int64_t stride, int64_t padding);
 /* [C, H, W] -> [C]: the mean of each channel. */
-loom_layer *loom_global_avgpool_create(void);
+LOOM_API loom_layer *loom_global_avgpool_create(void);
 /* BatchNorm1d/2d over [C] or [C, H, W] samples: gamma and beta trained,
  * running mean and variance kept as buffers (PyTorch: eps 1e-5,
  * momentum 0.1). */
-loom_layer *loom_batchnorm_create(int64_t channels, float eps, float momentum);
+LOOM_API loom_layer *loom_batchnorm_create(int64_t channels, float eps, float momentum);
 /* Inverted dropout with drop probability p in training (mask from the
  * model's stream, loom_model_set_rng); the identity in evaluation. */
-loom_layer *loom_dropout_create(float p);
+LOOM_API loom_layer *loom_dropout_create(float p);
 
 /* An empty sequential model. */
-loom_model *loom_model_create(void);
-void loom_model_destroy(loom_model *model);
+LOOM_API loom_model *loom_model_create(void);
+LOOM_API void loom_model_destroy(loom_model *model);
 /* Appends a layer; the model owns it from here on, also on failure. Names
  * must be unique ("fc1", "act1", ...). Only before loom_model_build. */
-int loom_model_add(loom_model *model, const char *name, loom_layer *layer);
+LOOM_API int loom_model_add(loom_model *model, const char *name, loom_layer *layer);
 /* Checks shapes for samples of shape `sample_shape`, allocates the parameter
  * and gradient buffers and initialises the parameters from `seed`. A model
  * given to a stage unbuilt is built by the runner when the stage starts,
  * for its first loader's samples and the experiment's seed. */
-int loom_model_build(loom_model *model, int ndim, const int64_t *sample_shape, uint64_t seed);
-bool loom_model_is_built(const loom_model *model);
+LOOM_API int loom_model_build(loom_model *model, int ndim, const int64_t *sample_shape, uint64_t seed);
+LOOM_API bool loom_model_is_built(const loom_model *model);
 
 /* Initialisation schemes, as torch.nn.init's: Kaiming (He) with gain
  * sqrt(2 / (1 + negative_slope^2)) over fan_in, or fan_out for mode
@@ -157,64 +159,64 @@ typedef struct loom_init {
 /* Re-initialises the weights of the built model's layers that report fans
  * (Linear, Conv2d), or only of `layers` (comma-separated names; NULL: all),
  * from `seed`. Other parameters and buffers are left as they are. */
-int loom_model_init_weights(loom_model *model, const loom_init *init, const char *layers, uint64_t seed);
+LOOM_API int loom_model_init_weights(loom_model *model, const loom_init *init, const char *layers, uint64_t seed);
 
 /* An MLP: Linear(sizes[0] -> sizes[1]), ReLU, ..., Linear(-> sizes[n-1]),
  * named fc1, relu1, fc2, ...; built for inputs of sizes[0] features (any
  * sample shape with that many elements is flattened). */
-loom_model *loom_mlp_create(const int64_t *sizes, int n, uint64_t seed);
+LOOM_API loom_model *loom_mlp_create(const int64_t *sizes, int n, uint64_t seed);
 
 /* The random stream layers such as Dropout draw from in training (the
  * supervised runner sets the runner's epoch stream). Borrowed. */
-void loom_model_set_rng(loom_model *model, loom_rng *rng);
+LOOM_API void loom_model_set_rng(loom_model *model, loom_rng *rng);
 /* Forward pass; *out is owned by the model and valid until the next call. */
-int loom_model_forward(loom_model *model, const loom_tensor *input, const loom_tensor **out);
+LOOM_API int loom_model_forward(loom_model *model, const loom_tensor *input, const loom_tensor **out);
 /* Backward pass from the gradient of the last forward's output. */
-int loom_model_backward(loom_model *model, const loom_tensor *dout);
-void loom_model_zero_grad(loom_model *model);
-void loom_model_set_train(loom_model *model, bool train);
-bool loom_model_is_train(const loom_model *model);
+LOOM_API int loom_model_backward(loom_model *model, const loom_tensor *dout);
+LOOM_API void loom_model_zero_grad(loom_model *model);
+LOOM_API void loom_model_set_train(loom_model *model, bool train);
+LOOM_API bool loom_model_is_train(const loom_model *model);
 
-size_t loom_model_num_params(const loom_model *model);
-size_t loom_model_num_buffers(const loom_model *model);
-float *loom_model_buffers(loom_model *model);
+LOOM_API size_t loom_model_num_params(const loom_model *model);
+LOOM_API size_t loom_model_num_buffers(const loom_model *model);
+LOOM_API float *loom_model_buffers(loom_model *model);
 /* Freezing: a frozen layer keeps its parameters (the optimizer skips them)
  * and computes no parameter gradients; backward stops below the lowest
  * trainable layer. An error if no layer has that name. */
-int loom_model_set_frozen(loom_model *model, const char *layer, bool frozen);
-void loom_model_unfreeze_all(loom_model *model);
-bool loom_model_is_frozen(const loom_model *model, const char *layer);
+LOOM_API int loom_model_set_frozen(loom_model *model, const char *layer, bool frozen);
+LOOM_API void loom_model_unfreeze_all(loom_model *model);
+LOOM_API bool loom_model_is_frozen(const loom_model *model, const char *layer);
 /* The trainable parameter ranges [offset, offset + length), merged. */
-size_t loom_model_trainable_ranges(const loom_model *model, const size_t **offsets, const size_t **lengths);
+LOOM_API size_t loom_model_trainable_ranges(const loom_model *model, const size_t **offsets, const size_t **lengths);
 /* Gradient utilities over all parameters. */
-void loom_model_scale_grads(loom_model *model, float scale);
-double loom_model_grad_norm(loom_model *model);
+LOOM_API void loom_model_scale_grads(loom_model *model, float scale);
+LOOM_API double loom_model_grad_norm(loom_model *model);
 /* As torch.nn.utils.clip_grad_norm_: rescales so the global L2 norm is at
  * most max_norm; returns the norm before clipping. */
-double loom_model_clip_grad_norm(loom_model *model, double max_norm);
+LOOM_API double loom_model_clip_grad_norm(loom_model *model, double max_norm);
 /* Clamps every gradient to [-limit, limit]. */
-void loom_model_clip_grad_value(loom_model *model, float limit);
-float *loom_model_params(loom_model *model);
-float *loom_model_grads(loom_model *model);
-size_t loom_model_num_layers(const loom_model *model);
+LOOM_API void loom_model_clip_grad_value(loom_model *model, float limit);
+LOOM_API float *loom_model_params(loom_model *model);
+LOOM_API float *loom_model_grads(loom_model *model);
+LOOM_API size_t loom_model_num_layers(const loom_model *model);
 /* Layer i's parameters: [*offset, *offset + *count) of the model's arrays. */
-void loom_model_layer_params(const loom_model *model, size_t i, size_t *offset, size_t *count);
+LOOM_API void loom_model_layer_params(const loom_model *model, size_t i, size_t *offset, size_t *count);
 /* How many of layer i's parameters (the first) weight decay may apply to. */
-size_t loom_model_layer_decayed(const loom_model *model, size_t i);
-loom_layer *loom_model_layer(const loom_model *model, size_t i);
-const char *loom_model_layer_name(const loom_model *model, size_t i);
-loom_layer *loom_model_find_layer(const loom_model *model, const char *name);
+LOOM_API size_t loom_model_layer_decayed(const loom_model *model, size_t i);
+LOOM_API loom_layer *loom_model_layer(const loom_model *model, size_t i);
+LOOM_API const char *loom_model_layer_name(const loom_model *model, size_t i);
+LOOM_API loom_layer *loom_model_find_layer(const loom_model *model, const char *name);
 
 /* Saves the parameters (and the gradients, which hold a partial
  * accumulation window, when with_grads) with the layer names and offsets. */
-int loom_model_save(const loom_model *model, loom_state *state, bool with_grads);
+LOOM_API int loom_model_save(const loom_model *model, loom_state *state, bool with_grads);
 /* Restores what loom_model_save wrote (the gradients too when with_grads
  * and saved); the layers and sizes must match. */
-int loom_model_load(loom_model *model, const loom_state *state, bool with_grads);
+LOOM_API int loom_model_load(loom_model *model, const loom_state *state, bool with_grads);
 /* Weights-only export for inference: a checkpoint with just "model". */
-int loom_model_save_weights(const loom_model *model, const char *path);
+LOOM_API int loom_model_save_weights(const loom_model *model, const char *path);
 /* Loads the weights from a weights file or from a full checkpoint. */
-int loom_model_load_weights(loom_model *model, const char *path);
+LOOM_API int loom_model_load_weights(loom_model *model, const char *path);
 
 #ifdef __cplusplus
 }

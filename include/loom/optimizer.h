@@ -6,6 +6,8 @@
 #ifndef LOOM_OPTIMIZER_H
 #define LOOM_OPTIMIZER_H
 
+#include "loom/api.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -34,9 +36,9 @@ typedef struct loom_adam_options {
 } loom_adam_options;
 
 /* The defaults above, for `loom_adam_options o = loom_adam_defaults();`. */
-loom_adam_options loom_adam_defaults(void);
+LOOM_API loom_adam_options loom_adam_defaults(void);
 /* AdamW's: as Adam's with weight_decay 0.01 (decoupled: p -= lr wd p). */
-loom_adam_options loom_adamw_defaults(void);
+LOOM_API loom_adam_options loom_adamw_defaults(void);
 
 typedef struct loom_rmsprop_options {
   double lr;           /* 0.01 */
@@ -46,12 +48,12 @@ typedef struct loom_rmsprop_options {
   double weight_decay; /* 0, added to the gradient */
   bool centered;
 } loom_rmsprop_options;
-loom_rmsprop_options loom_rmsprop_defaults(void);
+LOOM_API loom_rmsprop_options loom_rmsprop_defaults(void);
 
-loom_optimizer *loom_sgd_create(const loom_sgd_options *options);
-loom_optimizer *loom_adam_create(const loom_adam_options *options);
-loom_optimizer *loom_adamw_create(const loom_adam_options *options);
-loom_optimizer *loom_rmsprop_create(const loom_rmsprop_options *options);
+LOOM_API loom_optimizer *loom_sgd_create(const loom_sgd_options *options);
+LOOM_API loom_optimizer *loom_adam_create(const loom_adam_options *options);
+LOOM_API loom_optimizer *loom_adamw_create(const loom_adam_options *options);
+LOOM_API loom_optimizer *loom_rmsprop_create(const loom_rmsprop_options *options);
 
 /* Parameter groups: the named layers (comma-separated) step with
  * lr_scale times the optimizer's rate (schedules move every group alike)
@@ -61,30 +63,30 @@ typedef struct loom_param_group {
   double lr_scale;
   double weight_decay;
 } loom_param_group;
-int loom_optimizer_add_group(loom_optimizer *opt, const loom_param_group *group);
+LOOM_API int loom_optimizer_add_group(loom_optimizer *opt, const loom_param_group *group);
 /* Spares biases and normalisation parameters (BatchNorm's scale and shift)
  * from weight decay: the usual one-line setting. */
-void loom_optimizer_set_no_decay_bias_norm(loom_optimizer *opt, bool on);
-void loom_optimizer_destroy(loom_optimizer *opt);
-const char *loom_optimizer_type(const loom_optimizer *opt);
+LOOM_API void loom_optimizer_set_no_decay_bias_norm(loom_optimizer *opt, bool on);
+LOOM_API void loom_optimizer_destroy(loom_optimizer *opt);
+LOOM_API const char *loom_optimizer_type(const loom_optimizer *opt);
 
 /* One update of the model's parameters from its gradients. */
-int loom_optimizer_step(loom_optimizer *opt, loom_model *model);
+LOOM_API int loom_optimizer_step(loom_optimizer *opt, loom_model *model);
 /* Forgets the state (moments, step count). */
-void loom_optimizer_reset(loom_optimizer *opt);
+LOOM_API void loom_optimizer_reset(loom_optimizer *opt);
 
-double loom_optimizer_lr(const loom_optimizer *opt);
-void loom_optimizer_set_lr(loom_optimizer *opt, double lr);
+LOOM_API double loom_optimizer_lr(const loom_optimizer *opt);
+LOOM_API void loom_optimizer_set_lr(loom_optimizer *opt, double lr);
 /* SGD's momentum, Adam's beta1. */
-double loom_optimizer_momentum(const loom_optimizer *opt);
+LOOM_API double loom_optimizer_momentum(const loom_optimizer *opt);
 /* Sets SGD's momentum or Adam's beta1 (OneCycle cycles it). */
-void loom_optimizer_set_momentum(loom_optimizer *opt, double momentum);
-int64_t loom_optimizer_steps(const loom_optimizer *opt);
+LOOM_API void loom_optimizer_set_momentum(loom_optimizer *opt, double momentum);
+LOOM_API int64_t loom_optimizer_steps(const loom_optimizer *opt);
 /* Saves / restores lr, momentum, step count and state buffer. */
-int loom_optimizer_save(const loom_optimizer *opt, loom_state *state);
-int loom_optimizer_load(loom_optimizer *opt, const loom_state *state);
+LOOM_API int loom_optimizer_save(const loom_optimizer *opt, loom_state *state);
+LOOM_API int loom_optimizer_load(loom_optimizer *opt, const loom_state *state);
 /* The state buffer and its length in floats (NULL, 0 before the first step). */
-float *loom_optimizer_state(loom_optimizer *opt, size_t *n);
+LOOM_API float *loom_optimizer_state(loom_optimizer *opt, size_t *n);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,8 @@
 #ifndef LOOM_REGISTRY_H
 #define LOOM_REGISTRY_H
 
+#include "loom/api.h"
+
 #include <stdint.h>
 
 #include "loom/config.h"
@@ -37,11 +39,11 @@ typedef struct loom_model_context {
 typedef void *(*loom_ctor)(loom_params *params, const void *context, void *user);
 
 /* Registers `name` for `kind`; an error if the name is taken. */
-int loom_register(loom_kind kind, const char *name, loom_ctor ctor, void *user);
+LOOM_API int loom_register(loom_kind kind, const char *name, loom_ctor ctor, void *user);
 /* "model", "layer", ... */
-const char *loom_kind_name(loom_kind kind);
+LOOM_API const char *loom_kind_name(loom_kind kind);
 /* The registered names of a kind, comma-separated (for messages); static. */
-const char *loom_registry_names(loom_kind kind);
+LOOM_API const char *loom_registry_names(loom_kind kind);
 
 #ifdef __cplusplus
 }

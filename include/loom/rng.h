@@ -5,6 +5,8 @@
 #ifndef LOOM_RNG_H
 #define LOOM_RNG_H
 
+#include "loom/api.h"
+
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -17,17 +19,17 @@ typedef struct loom_rng {
 } loom_rng;
 
 /* Seeds `rng` from a seed, a counter (e.g. the global epoch) and a stream id. */
-void loom_rng_seed(loom_rng *rng, uint64_t seed, uint64_t counter, uint64_t stream);
+LOOM_API void loom_rng_seed(loom_rng *rng, uint64_t seed, uint64_t counter, uint64_t stream);
 /* A stable 64-bit id for a named stream (FNV-1a), e.g. a loader's name. */
-uint64_t loom_rng_stream_id(const char *name);
+LOOM_API uint64_t loom_rng_stream_id(const char *name);
 
-uint64_t loom_rng_next(loom_rng *rng);
+LOOM_API uint64_t loom_rng_next(loom_rng *rng);
 /* Uniform in [0, 1) with 24 random bits, like a float32 draw. */
-float loom_rng_uniform(loom_rng *rng);
+LOOM_API float loom_rng_uniform(loom_rng *rng);
 /* Uniform integer in [0, n) without modulo bias; n > 0. */
-uint64_t loom_rng_below(loom_rng *rng, uint64_t n);
+LOOM_API uint64_t loom_rng_below(loom_rng *rng, uint64_t n);
 /* Standard normal (Box-Muller). */
-double loom_rng_normal(loom_rng *rng);
+LOOM_API double loom_rng_normal(loom_rng *rng);
 
 #ifdef __cplusplus
 }

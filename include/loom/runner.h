@@ -7,6 +7,8 @@
 #ifndef LOOM_RUNNER_H
 #define LOOM_RUNNER_H
 
+#include "loom/api.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -25,7 +27,7 @@ extern "C" {
 typedef enum loom_loader_kind { LOOM_LOADER_TRAIN, LOOM_LOADER_VALID, LOOM_LOADER_INFER } loom_loader_kind;
 /* From the name: "train*" train, "valid*" valid, "infer*" infer; any other
  * name is an error when the stage starts. Returns -1 for those. */
-int loom_loader_kind_from_name(const char *name);
+LOOM_API int loom_loader_kind_from_name(const char *name);
 
 typedef enum loom_stop {
   LOOM_STOP_LOADER = 1, /* leave the current loader after this batch */
@@ -50,48 +52,48 @@ typedef struct loom_run_options {
 } loom_run_options;
 
 /* check false, no limits, handle_signals true, STOP. */
-loom_run_options loom_run_options_default(void);
+LOOM_API loom_run_options loom_run_options_default(void);
 
-loom_runner *loom_runner_create(void);
-void loom_runner_destroy(loom_runner *runner);
+LOOM_API loom_runner *loom_runner_create(void);
+LOOM_API void loom_runner_destroy(loom_runner *runner);
 /* Replaces the communicator (default: local); owned from here on. */
-void loom_runner_set_comm(loom_runner *runner, loom_comm *comm);
+LOOM_API void loom_runner_set_comm(loom_runner *runner, loom_comm *comm);
 /* Replaces handle_batch: a custom runner. NULL restores the supervised one. */
-void loom_runner_set_handle_batch(loom_runner *runner, loom_handle_batch_fn fn, void *user);
+LOOM_API void loom_runner_set_handle_batch(loom_runner *runner, loom_handle_batch_fn fn, void *user);
 
 /* Runs the experiment. Returns 0, or the error that stopped it unless a
  * callback marked that error handled in on_exception. The runner keeps its
  * final state (metrics, counters, error) until the next run or destroy. */
-int loom_run_experiment(loom_runner *runner, loom_experiment *exp);
+LOOM_API int loom_run_experiment(loom_runner *runner, loom_experiment *exp);
 
-void loom_runner_set_options(loom_runner *runner, const loom_run_options *options);
-const loom_run_options *loom_runner_options(const loom_runner *runner);
+LOOM_API void loom_runner_set_options(loom_runner *runner, const loom_run_options *options);
+LOOM_API const loom_run_options *loom_runner_options(const loom_runner *runner);
 
 /* --- checkpoints and resume (docs/architecture.md, "Resume") --- */
 /* Everything needed to continue the run from this point of the loop:
  * model, optimizer, the runner's cursor, counters, RNG and metrics, and
  * every stateful callback's state. *out is the caller's to destroy. */
-int loom_runner_snapshot(loom_runner *runner, loom_checkpoint **out);
+LOOM_API int loom_runner_snapshot(loom_runner *runner, loom_checkpoint **out);
 /* loom_runner_snapshot, written atomically to `path`. */
-int loom_runner_save_checkpoint(loom_runner *runner, const char *path);
+LOOM_API int loom_runner_save_checkpoint(loom_runner *runner, const char *path);
 /* The next loom_run_experiment resumes from `source`: a checkpoint file, or
  * "last" or "best" in <logdir>/checkpoints (see loom_checkpoint_callback). */
-int loom_runner_set_resume(loom_runner *runner, const char *source);
+LOOM_API int loom_runner_set_resume(loom_runner *runner, const char *source);
 /* True during (and after) a run that resumed from a checkpoint. */
-bool loom_runner_is_resumed(const loom_runner *runner);
+LOOM_API bool loom_runner_is_resumed(const loom_runner *runner);
 /* The checkpoint file the run resumed from ("" if none). */
-const char *loom_runner_resume_path(const loom_runner *runner);
+LOOM_API const char *loom_runner_resume_path(const loom_runner *runner);
 /* What the resume had to work around, e.g. a damaged last.h5 ("" if nothing). */
-const char *loom_runner_resume_notice(const loom_runner *runner);
+LOOM_API const char *loom_runner_resume_notice(const loom_runner *runner);
 
 /* Interrupts the run after the current batch, as SIGINT does: the loop fails
  * with LOOM_EINTERRUPTED and `reason`, so on_exception can save a checkpoint. */
-void loom_runner_interrupt(loom_runner *runner, const char *reason);
+LOOM_API void loom_runner_interrupt(loom_runner *runner, const char *reason);
 
 /* --- the optimizer step --- */
 /* All-reduces the gradients over ranks (mean), steps the optimizer, counts
  * the step. handle_batch calls it unless a callback took the step over. */
-int loom_runner_optimizer_step(loom_runner *runner);
+LOOM_API int loom_runner_optimizer_step(loom_runner *runner);
 /* How a step treats the gradients first, in this order: scale (a window of
  * accumulated batches averaged), all-reduce over ranks, clip by global norm,
  * clip by value. Zeros mean "off" (scale 0 means 1). */
@@ -102,88 +104,88 @@ typedef struct loom_step_options {
 } loom_step_options;
 /* loom_runner_optimizer_step with gradient treatment; *grad_norm (if not
  * NULL) receives the global norm before clipping. */
-int loom_runner_optimizer_step_with(loom_runner *runner, const loom_step_options *options, double *grad_norm);
+LOOM_API int loom_runner_optimizer_step_with(loom_runner *runner, const loom_step_options *options, double *grad_norm);
 /* An optimizer callback (gradient accumulation, clipping) takes over
  * zero_grad and the step from handle_batch, for the current stage. */
-void loom_runner_set_manual_step(loom_runner *runner, bool manual);
-bool loom_runner_manual_step(const loom_runner *runner);
+LOOM_API void loom_runner_set_manual_step(loom_runner *runner, bool manual);
+LOOM_API bool loom_runner_manual_step(const loom_runner *runner);
 /* Optimizer steps so far in the run (not batches). */
-int64_t loom_runner_optimizer_step_count(const loom_runner *runner);
+LOOM_API int64_t loom_runner_optimizer_step_count(const loom_runner *runner);
 /* True when handle_batch skipped this batch (non-finite loss, SKIP). */
-bool loom_runner_batch_skipped(const loom_runner *runner);
+LOOM_API bool loom_runner_batch_skipped(const loom_runner *runner);
 /* 0: finite; 1: skip this batch (policy SKIP, within budget); < 0: error. */
-int loom_runner_check_loss(loom_runner *runner, double loss);
+LOOM_API int loom_runner_check_loss(loom_runner *runner, double loss);
 /* Seconds the current batch spent waiting for data, and in handle_batch. */
-double loom_runner_batch_data_time(const loom_runner *runner);
-double loom_runner_batch_compute_time(const loom_runner *runner);
+LOOM_API double loom_runner_batch_data_time(const loom_runner *runner);
+LOOM_API double loom_runner_batch_compute_time(const loom_runner *runner);
 
 /* The supervised handle_batch, for custom ones that extend it. */
-int loom_supervised_handle_batch(loom_runner *runner, void *user);
+LOOM_API int loom_supervised_handle_batch(loom_runner *runner, void *user);
 
 /* --- where the loop is --- */
-const loom_experiment *loom_runner_experiment(const loom_runner *r);
-const char *loom_runner_stage_name(const loom_runner *r);
-int loom_runner_stage_index(const loom_runner *r);
-int loom_runner_epoch(const loom_runner *r);      /* 1-based within the stage */
-int loom_runner_num_epochs(const loom_runner *r);
-int loom_runner_global_epoch(const loom_runner *r); /* 1-based across stages */
-const char *loom_runner_loader_name(const loom_runner *r);
-loom_loader_kind loom_runner_loader_kind(const loom_runner *r);
-bool loom_runner_is_train_loader(const loom_runner *r);
-int64_t loom_runner_loader_batch_step(const loom_runner *r); /* 1-based */
-int64_t loom_runner_loader_num_batches(const loom_runner *r);
-int64_t loom_runner_loader_sample_step(const loom_runner *r);
-int64_t loom_runner_batch_size(const loom_runner *r);
-int64_t loom_runner_global_batch_step(const loom_runner *r);  /* train batches so far */
-int64_t loom_runner_global_sample_step(const loom_runner *r); /* train samples so far */
-double loom_runner_loader_elapsed(const loom_runner *r);      /* seconds since on_loader_start */
-loom_comm *loom_runner_comm(const loom_runner *r);
-int loom_runner_rank(const loom_runner *r);
-int loom_runner_world_size(const loom_runner *r);
-bool loom_runner_is_master(const loom_runner *r);
-const char *loom_runner_logdir(const loom_runner *r);
+LOOM_API const loom_experiment *loom_runner_experiment(const loom_runner *r);
+LOOM_API const char *loom_runner_stage_name(const loom_runner *r);
+LOOM_API int loom_runner_stage_index(const loom_runner *r);
+LOOM_API int loom_runner_epoch(const loom_runner *r);      /* 1-based within the stage */
+LOOM_API int loom_runner_num_epochs(const loom_runner *r);
+LOOM_API int loom_runner_global_epoch(const loom_runner *r); /* 1-based across stages */
+LOOM_API const char *loom_runner_loader_name(const loom_runner *r);
+LOOM_API loom_loader_kind loom_runner_loader_kind(const loom_runner *r);
+LOOM_API bool loom_runner_is_train_loader(const loom_runner *r);
+LOOM_API int64_t loom_runner_loader_batch_step(const loom_runner *r); /* 1-based */
+LOOM_API int64_t loom_runner_loader_num_batches(const loom_runner *r);
+LOOM_API int64_t loom_runner_loader_sample_step(const loom_runner *r);
+LOOM_API int64_t loom_runner_batch_size(const loom_runner *r);
+LOOM_API int64_t loom_runner_global_batch_step(const loom_runner *r);  /* train batches so far */
+LOOM_API int64_t loom_runner_global_sample_step(const loom_runner *r); /* train samples so far */
+LOOM_API double loom_runner_loader_elapsed(const loom_runner *r);      /* seconds since on_loader_start */
+LOOM_API loom_comm *loom_runner_comm(const loom_runner *r);
+LOOM_API int loom_runner_rank(const loom_runner *r);
+LOOM_API int loom_runner_world_size(const loom_runner *r);
+LOOM_API bool loom_runner_is_master(const loom_runner *r);
+LOOM_API const char *loom_runner_logdir(const loom_runner *r);
 /* Seeded from (experiment seed, global epoch) at each epoch start. */
-loom_rng *loom_runner_rng(loom_runner *r);
+LOOM_API loom_rng *loom_runner_rng(loom_runner *r);
 
 /* --- the current stage's components and batch --- */
-loom_model *loom_runner_model(const loom_runner *r);
-loom_criterion *loom_runner_criterion(const loom_runner *r);
-loom_optimizer *loom_runner_optimizer(const loom_runner *r);
-loom_loader *loom_runner_loader(const loom_runner *r);
-const loom_tensor *loom_runner_input(const loom_runner *r);
-const loom_tensor *loom_runner_target(const loom_runner *r);
-const loom_tensor *loom_runner_output(const loom_runner *r);
+LOOM_API loom_model *loom_runner_model(const loom_runner *r);
+LOOM_API loom_criterion *loom_runner_criterion(const loom_runner *r);
+LOOM_API loom_optimizer *loom_runner_optimizer(const loom_runner *r);
+LOOM_API loom_loader *loom_runner_loader(const loom_runner *r);
+LOOM_API const loom_tensor *loom_runner_input(const loom_runner *r);
+LOOM_API const loom_tensor *loom_runner_target(const loom_runner *r);
+LOOM_API const loom_tensor *loom_runner_output(const loom_runner *r);
 /* handle_batch publishes the model's output for metric callbacks. */
-void loom_runner_set_output(loom_runner *r, const loom_tensor *output);
-double loom_runner_batch_loss(const loom_runner *r);
-void loom_runner_set_batch_loss(loom_runner *r, double loss);
+LOOM_API void loom_runner_set_output(loom_runner *r, const loom_tensor *output);
+LOOM_API double loom_runner_batch_loss(const loom_runner *r);
+LOOM_API void loom_runner_set_batch_loss(loom_runner *r, double loss);
 
 /* --- metrics --- */
-loom_metrics *loom_runner_batch_metrics(loom_runner *r);
-loom_metrics *loom_runner_loader_metrics(loom_runner *r);
-loom_metrics *loom_runner_epoch_metrics(loom_runner *r);
-const loom_metrics *loom_runner_best_valid_metrics(const loom_runner *r);
-const char *loom_runner_valid_loader(const loom_runner *r);
-const char *loom_runner_main_metric(const loom_runner *r);
-bool loom_runner_minimize_metric(const loom_runner *r);
+LOOM_API loom_metrics *loom_runner_batch_metrics(loom_runner *r);
+LOOM_API loom_metrics *loom_runner_loader_metrics(loom_runner *r);
+LOOM_API loom_metrics *loom_runner_epoch_metrics(loom_runner *r);
+LOOM_API const loom_metrics *loom_runner_best_valid_metrics(const loom_runner *r);
+LOOM_API const char *loom_runner_valid_loader(const loom_runner *r);
+LOOM_API const char *loom_runner_main_metric(const loom_runner *r);
+LOOM_API bool loom_runner_minimize_metric(const loom_runner *r);
 /* True at on_epoch_end when this epoch's main metric is the best so far. */
-bool loom_runner_is_best_valid(const loom_runner *r);
-int loom_runner_best_epoch(const loom_runner *r); /* global epoch, 0 if none */
+LOOM_API bool loom_runner_is_best_valid(const loom_runner *r);
+LOOM_API int loom_runner_best_epoch(const loom_runner *r); /* global epoch, 0 if none */
 
 /* Prints the current stage's callbacks as dispatched on this rank. */
-void loom_runner_print_callbacks(const loom_runner *r, FILE *out);
+LOOM_API void loom_runner_print_callbacks(const loom_runner *r, FILE *out);
 
 /* --- control --- */
-void loom_runner_request_stop(loom_runner *r, loom_stop what);
-bool loom_runner_need_early_stop(const loom_runner *r);
+LOOM_API void loom_runner_request_stop(loom_runner *r, loom_stop what);
+LOOM_API bool loom_runner_need_early_stop(const loom_runner *r);
 
 /* --- errors --- */
 /* The error that stopped the run (0 if none) and its message. */
-int loom_runner_error(const loom_runner *r);
-const char *loom_runner_error_message(const loom_runner *r);
+LOOM_API int loom_runner_error(const loom_runner *r);
+LOOM_API const char *loom_runner_error_message(const loom_runner *r);
 /* From on_exception: the error is dealt with; loom_run_experiment returns 0. */
-void loom_runner_mark_error_handled(loom_runner *r);
-bool loom_runner_error_handled(const loom_runner *r);
+LOOM_API void loom_runner_mark_error_handled(loom_runner *r);
+LOOM_API bool loom_runner_error_handled(const loom_runner *r);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,8 @@
 #ifndef LOOM_SCHEDULER_H
 #define LOOM_SCHEDULER_H
 
+#include "loom/api.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -20,14 +22,14 @@ extern "C" {
 typedef struct loom_scheduler loom_scheduler;
 
 /* base * gamma^floor(t / step_size) */
-loom_scheduler *loom_step_lr_create(int64_t step_size, double gamma);
+LOOM_API loom_scheduler *loom_step_lr_create(int64_t step_size, double gamma);
 /* base * gamma^(number of milestones <= t); milestones increasing */
-loom_scheduler *loom_multistep_lr_create(const int64_t *milestones, int n, double gamma);
+LOOM_API loom_scheduler *loom_multistep_lr_create(const int64_t *milestones, int n, double gamma);
 /* base * gamma^t */
-loom_scheduler *loom_exponential_lr_create(double gamma);
+LOOM_API loom_scheduler *loom_exponential_lr_create(double gamma);
 /* Linear warmup from base * warmup_start_factor to base over warmup_steps,
  * then cosine annealing to min_lr at total_steps (and min_lr after). */
-loom_scheduler *loom_cosine_lr_create(int64_t warmup_steps, int64_t total_steps, double min_lr,
+LOOM_API loom_scheduler *loom_cosine_lr_create(int64_t warmup_steps, int64_t total_steps, double min_lr,
                                       double warmup_start_factor);
 
 typedef struct loom_onecycle_options {
@@ -40,8 +42,8 @@ typedef struct loom_onecycle_options {
   double base_momentum;    /* 0.85 */
   double max_momentum;     /* 0.95 */
 } loom_onecycle_options;
-loom_onecycle_options loom_onecycle_defaults(double max_lr, int64_t total_steps);
-loom_scheduler *loom_onecycle_lr_create(const loom_onecycle_options *options);
+LOOM_API loom_onecycle_options loom_onecycle_defaults(double max_lr, int64_t total_steps);
+LOOM_API loom_scheduler *loom_onecycle_lr_create(const loom_onecycle_options *options);
 
 typedef struct loom_plateau_options {
   bool minimize;        /* true */
@@ -52,23 +54,23 @@ typedef struct loom_plateau_options {
   int64_t cooldown;     /* 0 */
   double min_lr;        /* 0 */
 } loom_plateau_options;
-loom_plateau_options loom_plateau_defaults(void);
+LOOM_API loom_plateau_options loom_plateau_defaults(void);
 /* ReduceLROnPlateau: multiplies the rate by `factor` after `patience` steps
  * whose metric did not beat the best by `threshold`. */
-loom_scheduler *loom_plateau_lr_create(const loom_plateau_options *options);
+LOOM_API loom_scheduler *loom_plateau_lr_create(const loom_plateau_options *options);
 
-void loom_scheduler_destroy(loom_scheduler *s);
-const char *loom_scheduler_type(const loom_scheduler *s);
+LOOM_API void loom_scheduler_destroy(loom_scheduler *s);
+LOOM_API const char *loom_scheduler_type(const loom_scheduler *s);
 /* Whether step() needs a metric (ReduceLROnPlateau). */
-bool loom_scheduler_needs_metric(const loom_scheduler *s);
+LOOM_API bool loom_scheduler_needs_metric(const loom_scheduler *s);
 
 /* Captures the optimizer's rate as the base and sets the rate for t = 0. */
-int loom_scheduler_start(loom_scheduler *s, loom_optimizer *opt);
+LOOM_API int loom_scheduler_start(loom_scheduler *s, loom_optimizer *opt);
 /* One step: t += 1 and the optimizer's rate (and momentum) follow. */
-int loom_scheduler_step(loom_scheduler *s, loom_optimizer *opt, double metric);
-int64_t loom_scheduler_steps(const loom_scheduler *s);
-int loom_scheduler_save(const loom_scheduler *s, loom_state *state);
-int loom_scheduler_load(loom_scheduler *s, const loom_state *state);
+LOOM_API int loom_scheduler_step(loom_scheduler *s, loom_optimizer *opt, double metric);
+LOOM_API int64_t loom_scheduler_steps(const loom_scheduler *s);
+LOOM_API int loom_scheduler_save(const loom_scheduler *s, loom_state *state);
+LOOM_API int loom_scheduler_load(loom_scheduler *s, const loom_state *state);
 
 #ifdef __cplusplus
 }

@@ -9,6 +9,8 @@
 #ifndef LOOM_STATE_H
 #define LOOM_STATE_H
 
+#include "loom/api.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -29,59 +31,59 @@ typedef enum loom_value_type {
   LOOM_VALUE_I64_ARRAY,
 } loom_value_type;
 
-loom_state *loom_state_create(void);
-void loom_state_destroy(loom_state *s);
+LOOM_API loom_state *loom_state_create(void);
+LOOM_API void loom_state_destroy(loom_state *s);
 
 /* Setters copy their values; setting a key again replaces it. */
-int loom_state_set_i64(loom_state *s, const char *key, int64_t value);
-int loom_state_set_f64(loom_state *s, const char *key, double value);
-int loom_state_set_str(loom_state *s, const char *key, const char *value);
-int loom_state_set_f32_array(loom_state *s, const char *key, const float *values, size_t n);
-int loom_state_set_f64_array(loom_state *s, const char *key, const double *values, size_t n);
-int loom_state_set_i64_array(loom_state *s, const char *key, const int64_t *values, size_t n);
+LOOM_API int loom_state_set_i64(loom_state *s, const char *key, int64_t value);
+LOOM_API int loom_state_set_f64(loom_state *s, const char *key, double value);
+LOOM_API int loom_state_set_str(loom_state *s, const char *key, const char *value);
+LOOM_API int loom_state_set_f32_array(loom_state *s, const char *key, const float *values, size_t n);
+LOOM_API int loom_state_set_f64_array(loom_state *s, const char *key, const double *values, size_t n);
+LOOM_API int loom_state_set_i64_array(loom_state *s, const char *key, const int64_t *values, size_t n);
 
 /* Getters fail with LOOM_ENOENT for a missing key and LOOM_EFORMAT for a
  * value of another type or (arrays) another length, naming the key. */
-int loom_state_get_i64(const loom_state *s, const char *key, int64_t *value);
-int loom_state_get_f64(const loom_state *s, const char *key, double *value);
+LOOM_API int loom_state_get_i64(const loom_state *s, const char *key, int64_t *value);
+LOOM_API int loom_state_get_f64(const loom_state *s, const char *key, double *value);
 /* Borrowed; valid while the state lives. */
-int loom_state_get_str(const loom_state *s, const char *key, const char **value);
-int loom_state_get_f32_array(const loom_state *s, const char *key, float *out, size_t n);
-int loom_state_get_f64_array(const loom_state *s, const char *key, double *out, size_t n);
-int loom_state_get_i64_array(const loom_state *s, const char *key, int64_t *out, size_t n);
+LOOM_API int loom_state_get_str(const loom_state *s, const char *key, const char **value);
+LOOM_API int loom_state_get_f32_array(const loom_state *s, const char *key, float *out, size_t n);
+LOOM_API int loom_state_get_f64_array(const loom_state *s, const char *key, double *out, size_t n);
+LOOM_API int loom_state_get_i64_array(const loom_state *s, const char *key, int64_t *out, size_t n);
 /* Length of an array value (0 if missing or not an array). */
-size_t loom_state_array_length(const loom_state *s, const char *key);
-bool loom_state_has(const loom_state *s, const char *key);
-size_t loom_state_count(const loom_state *s);
-const char *loom_state_key(const loom_state *s, size_t i);
-loom_value_type loom_state_type(const loom_state *s, size_t i);
+LOOM_API size_t loom_state_array_length(const loom_state *s, const char *key);
+LOOM_API bool loom_state_has(const loom_state *s, const char *key);
+LOOM_API size_t loom_state_count(const loom_state *s);
+LOOM_API const char *loom_state_key(const loom_state *s, size_t i);
+LOOM_API loom_value_type loom_state_type(const loom_state *s, size_t i);
 
-loom_checkpoint *loom_checkpoint_create(void);
-void loom_checkpoint_destroy(loom_checkpoint *c);
+LOOM_API loom_checkpoint *loom_checkpoint_create(void);
+LOOM_API void loom_checkpoint_destroy(loom_checkpoint *c);
 /* The state named `group` ("model", "callbacks/early_stopping"), created
  * empty if absent. NULL on allocation failure. */
-loom_state *loom_checkpoint_group(loom_checkpoint *c, const char *group);
+LOOM_API loom_state *loom_checkpoint_group(loom_checkpoint *c, const char *group);
 /* The state named `group`, or NULL if the checkpoint has none. */
-const loom_state *loom_checkpoint_find(const loom_checkpoint *c, const char *group);
-size_t loom_checkpoint_num_groups(const loom_checkpoint *c);
-const char *loom_checkpoint_group_name(const loom_checkpoint *c, size_t i);
+LOOM_API const loom_state *loom_checkpoint_find(const loom_checkpoint *c, const char *group);
+LOOM_API size_t loom_checkpoint_num_groups(const loom_checkpoint *c);
+LOOM_API const char *loom_checkpoint_group_name(const loom_checkpoint *c, size_t i);
 
 /* Writes `path` atomically: a crash at any moment leaves either the old
  * file or the new one, never a broken one. */
-int loom_checkpoint_write(const loom_checkpoint *c, const char *path);
+LOOM_API int loom_checkpoint_write(const loom_checkpoint *c, const char *path);
 /* Reads and verifies a checkpoint: a file that is not a loom checkpoint, is
  * truncated, or fails its content checksum is refused with LOOM_EFORMAT. */
-loom_checkpoint *loom_checkpoint_read(const char *path);
+LOOM_API loom_checkpoint *loom_checkpoint_read(const char *path);
 /* Opens the newest good checkpoint of a run: `which` is "last" or "best"
  * in <logdir>/checkpoints. Each candidate is checked against the manifest's
  * CRC-32 and its own content checksum, falling back from last.h5 to
  * last.prev.h5, and from best.h5 down the ranking. `path` receives the file
  * used and `notice` what was passed over ("" if nothing). */
-loom_checkpoint *loom_checkpoint_open_logdir(const char *logdir, const char *which, char *path, size_t path_size,
+LOOM_API loom_checkpoint *loom_checkpoint_open_logdir(const char *logdir, const char *which, char *path, size_t path_size,
                                              char *notice, size_t notice_size);
 /* CRC-32 of a whole file's bytes (for manifests); 0 and an error if it
  * cannot be read. */
-int loom_file_crc32(const char *path, uint32_t *crc);
+LOOM_API int loom_file_crc32(const char *path, uint32_t *crc);
 
 #ifdef __cplusplus
 }

@@ -6,6 +6,8 @@
 #ifndef LOOM_TENSOR_H
 #define LOOM_TENSOR_H
 
+#include "loom/api.h"
+
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -17,28 +19,28 @@ extern "C" {
 typedef struct loom_tensor loom_tensor;
 
 /* A zero-filled tensor; NULL with loom_last_error() on failure. */
-loom_tensor *loom_tensor_create(int ndim, const int64_t *shape);
+LOOM_API loom_tensor *loom_tensor_create(int ndim, const int64_t *shape);
 /* A tensor that views `data` (not freed by loom_tensor_destroy). */
-loom_tensor *loom_tensor_view(float *data, int ndim, const int64_t *shape);
-void loom_tensor_destroy(loom_tensor *t);
+LOOM_API loom_tensor *loom_tensor_view(float *data, int ndim, const int64_t *shape);
+LOOM_API void loom_tensor_destroy(loom_tensor *t);
 
 /* Changes the shape; reallocates only when the new size exceeds the
  * capacity (an error for views). Contents are unspecified afterwards. */
-int loom_tensor_resize(loom_tensor *t, int ndim, const int64_t *shape);
+LOOM_API int loom_tensor_resize(loom_tensor *t, int ndim, const int64_t *shape);
 
-float *loom_tensor_data(const loom_tensor *t);
-int loom_tensor_ndim(const loom_tensor *t);
+LOOM_API float *loom_tensor_data(const loom_tensor *t);
+LOOM_API int loom_tensor_ndim(const loom_tensor *t);
 /* Size of dimension i (negative i counts from the end). */
-int64_t loom_tensor_dim(const loom_tensor *t, int i);
-const int64_t *loom_tensor_shape(const loom_tensor *t);
-int64_t loom_tensor_numel(const loom_tensor *t);
+LOOM_API int64_t loom_tensor_dim(const loom_tensor *t, int i);
+LOOM_API const int64_t *loom_tensor_shape(const loom_tensor *t);
+LOOM_API int64_t loom_tensor_numel(const loom_tensor *t);
 
-void loom_tensor_zero(loom_tensor *t);
+LOOM_API void loom_tensor_zero(loom_tensor *t);
 /* Copies src's contents into dst, resizing dst to src's shape. */
-int loom_tensor_copy(loom_tensor *dst, const loom_tensor *src);
+LOOM_API int loom_tensor_copy(loom_tensor *dst, const loom_tensor *src);
 
 /* Writes "[128, 784]" into buf; returns buf. */
-char *loom_tensor_shape_str(const loom_tensor *t, char *buf, int size);
+LOOM_API char *loom_tensor_shape_str(const loom_tensor *t, char *buf, int size);
 
 #ifdef __cplusplus
 }
