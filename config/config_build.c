@@ -66,7 +66,7 @@ static int section(loom_params *p, const char *key, bool required, json_t **obj)
   loom_params_known(p, key);
   *obj = json_object_get(p->object, key);
   if (!*obj && required)
-    return loom_params_error(p, key, LOOM_EINVAL, "missing required key (expected an object)");
+    return loom_params_missing(p, key, "expected an object");
   if (*obj && !json_is_object(*obj))
     return loom_params_error(p, key, LOOM_EINVAL, "expected an object");
   return 0;
@@ -287,9 +287,10 @@ static int build_model(builder *b, loom_params *root, loom_loader *first) {
 static int stage_loaders(builder *b, loom_params *p, loom_stage *stage, loom_loader **first) {
   loom_params_known(p, "loaders");
   json_t *list = json_object_get(p->object, "loaders");
+  if (!list)
+    return loom_params_missing(p, "loaders", "expected an array of loader names");
   if (!json_is_array(list) || json_array_size(list) == 0)
-    return loom_params_error(p, "loaders", LOOM_EINVAL, list ? "expected a non-empty array of loader names"
-                                                             : "missing required key (expected an array of loader names)");
+    return loom_params_error(p, "loaders", LOOM_EINVAL, "expected a non-empty array of loader names");
   size_t i;
   json_t *item;
   json_array_foreach(list, i, item) {
@@ -322,7 +323,7 @@ static void *stage_component(builder *b, loom_params *p, const char *key, loom_k
     return NULL;
   if (!obj) {
     if (required)
-      loom_params_error(p, key, LOOM_EINVAL, "missing required key (the first stage needs a %s)", loom_kind_name(kind));
+      loom_params_missing(p, key, "the first stage needs a %s", loom_kind_name(kind));
     else
       loom_error_clear();
     return NULL;
