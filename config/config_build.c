@@ -28,9 +28,26 @@ typedef struct builder {
   loom_model *model;
 } builder;
 
+/* The keys the builder itself reads from every component of a kind, after
+ * its constructor (model_init, stage_scheduler, callback_settings): known
+ * from the start, so that a constructor's missing required key is never
+ * blamed on one of them as a typo ("node" is near "name"). */
+static const char *const *builder_keys(loom_kind kind) {
+  static const char *const model[] = {"init", NULL}, *const scheduler[] = {"unit", "loader", "metric", NULL},
+                           *const callback[] = {"order", "node", "scope", "filter", NULL}, *const none[] = {NULL};
+  switch (kind) {
+  case LOOM_KIND_MODEL: return model;
+  case LOOM_KIND_SCHEDULER: return scheduler;
+  case LOOM_KIND_CALLBACK: return callback;
+  default: return none;
+  }
+}
+
 void *loom_config_instantiate(loom_config *c, json_t *object, const char *path, loom_kind kind, const void *context,
                               loom_params *p) {
   loom_params_init(p, c, object, path);
+  for (const char *const *k = builder_keys(kind); *k; k++)
+    loom_params_known(p, *k);
   if (!json_is_object(object)) {
     loom_params_error(p, NULL, LOOM_EINVAL, "expected a %s object with a \"type\"", loom_kind_name(kind));
     return NULL;
