@@ -61,9 +61,12 @@ static void *hdf5(loom_params *p, const void *context, void *user) {
   (void)context, (void)user;
   loom_params_known(p, "files");
   json_t *files = json_object_get(loom_params_object(p), "files");
+  if (!files) {
+    loom_params_missing(p, "files", "expected an array of file names");
+    return NULL;
+  }
   if (!json_is_array(files) || json_array_size(files) == 0 || json_array_size(files) > 256) {
-    loom_params_error(p, "files", LOOM_EINVAL, files ? "expected an array of 1 to 256 file names"
-                                                     : "missing required key (expected an array of file names)");
+    loom_params_error(p, "files", LOOM_EINVAL, "expected an array of 1 to 256 file names");
     return NULL;
   }
   const char *names[256];

@@ -245,7 +245,7 @@ static loom_optimizer *optimizer_extras(loom_params *p, const loom_model *model,
     if (loom_params_layer_list(&gp, "layers", model, names, sizeof names, &present) < 0)
       goto fail;
     if (!present) {
-      loom_params_error(&gp, "layers", LOOM_EINVAL, "missing required key (expected an array of layer names)");
+      loom_params_missing(&gp, "layers", "expected an array of layer names");
       goto fail;
     }
     if (loom_params_number(&gp, "lr_scale", 1.0, 0, BIG, &group.lr_scale) < 0 ||

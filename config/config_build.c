@@ -28,9 +28,26 @@ typedef struct builder {
   loom_model *model;
 } builder;
 
+/* The keys the builder itself reads from every component of a kind, after
+ * its constructor (model_init, stage_scheduler, callback_settings): known
+ * from the start, so that a constructor's missing required key is never
+ * blamed on one of them as a typo ("node" is near "name"). */
+static const char *const *builder_keys(loom_kind kind) {
+  static const char *const model[] = {"init", NULL}, *const scheduler[] = {"unit", "loader", "metric", NULL},
+                           *const callback[] = {"order", "node", "scope", "filter", NULL}, *const none[] = {NULL};
+  switch (kind) {
+  case LOOM_KIND_MODEL: return model;
+  case LOOM_KIND_SCHEDULER: return scheduler;
+  case LOOM_KIND_CALLBACK: return callback;
+  default: return none;
+  }
+}
+
 void *loom_config_instantiate(loom_config *c, json_t *object, const char *path, loom_kind kind, const void *context,
                               loom_params *p) {
   loom_params_init(p, c, object, path);
+  for (const char *const *k = builder_keys(kind); *k; k++)
+    loom_params_known(p, *k);
   if (!json_is_object(object)) {
     loom_params_error(p, NULL, LOOM_EINVAL, "expected a %s object with a \"type\"", loom_kind_name(kind));
     return NULL;
@@ -66,7 +83,7 @@ static int section(loom_params *p, const char *key, bool required, json_t **obj)
   loom_params_known(p, key);
   *obj = json_object_get(p->object, key);
   if (!*obj && required)
-    return loom_params_error(p, key, LOOM_EINVAL, "missing required key (expected an object)");
+    return loom_params_missing(p, key, "expected an object");
   if (*obj && !json_is_object(*obj))
     return loom_params_error(p, key, LOOM_EINVAL, "expected an object");
   return 0;
@@ -287,9 +304,10 @@ static int build_model(builder *b, loom_params *root, loom_loader *first) {
 static int stage_loaders(builder *b, loom_params *p, loom_stage *stage, loom_loader **first) {
   loom_params_known(p, "loaders");
   json_t *list = json_object_get(p->object, "loaders");
+  if (!list)
+    return loom_params_missing(p, "loaders", "expected an array of loader names");
   if (!json_is_array(list) || json_array_size(list) == 0)
-    return loom_params_error(p, "loaders", LOOM_EINVAL, list ? "expected a non-empty array of loader names"
-                                                             : "missing required key (expected an array of loader names)");
+    return loom_params_error(p, "loaders", LOOM_EINVAL, "expected a non-empty array of loader names");
   size_t i;
   json_t *item;
   json_array_foreach(list, i, item) {
@@ -322,7 +340,7 @@ static void *stage_component(builder *b, loom_params *p, const char *key, loom_k
     return NULL;
   if (!obj) {
     if (required)
-      loom_params_error(p, key, LOOM_EINVAL, "missing required key (the first stage needs a %s)", loom_kind_name(kind));
+      loom_params_missing(p, key, "the first stage needs a %s", loom_kind_name(kind));
     else
       loom_error_clear();
     return NULL;

@@ -59,6 +59,11 @@ static inline json_t *loom_params_object(loom_params *p) { return p->object; }
 void loom_params_known(loom_params *p, const char *key);
 /* An error about `key` itself, at the key's position. */
 int loom_params_key_error(const loom_params *p, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* An error for the required `key`, absent from p's object: "missing required
+ * key (<fmt>)" at the object, or, when a key of the object nobody asked for is
+ * near `key` (a typo of it), "unknown key (did you mean ...)" at that key. */
+int loom_params_missing(const loom_params *p, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* An error for the first key of the object nobody asked for. */
 int loom_params_check_unknown(const loom_params *p);
 /* "FILE:LINE:COL: path: " (or "--set ...: path: ") into buf. */

@@ -52,14 +52,18 @@ int loom_params_key_error(const loom_params *p, const char *key, const char *fmt
   return rc;
 }
 
+static bool asked(const loom_params *p, const char *key) {
+  for (int i = 0; i < p->num_asked; i++)
+    if (strcmp(p->asked[i], key) == 0)
+      return true;
+  return false;
+}
+
 int loom_params_check_unknown(const loom_params *p) {
   const char *key;
   json_t *v;
   json_object_foreach(p->object, key, v) {
-    bool known = false;
-    for (int i = 0; i < p->num_asked && !known; i++)
-      known = strcmp(p->asked[i], key) == 0;
-    if (known)
+    if (asked(p, key))
       continue;
     const char *near = loom_did_you_mean(key, p->asked, (size_t)p->num_asked);
     if (near)
@@ -98,8 +102,36 @@ static json_t *ask(loom_params *p, const char *key) {
   return json_is_null(v) ? NULL : v;
 }
 
+/* The key of p's object, asked for by nobody, that is nearest to `key`
+ * (within loom_did_you_mean's distance), or NULL. */
+static const char *typo_of(const loom_params *p, const char *key) {
+  const char *unknown[64], *k;
+  size_t n = 0;
+  json_t *v;
+  json_object_foreach(p->object, k, v) {
+    if (n < sizeof unknown / sizeof unknown[0] && strcmp(k, key) != 0 && !asked(p, k))
+      unknown[n++] = k;
+  }
+  return loom_did_you_mean(key, unknown, n);
+}
+
+int loom_params_missing(const loom_params *p, const char *key, const char *fmt, ...) {
+  /* The object's keys are not all asked for yet, so a key near the missing
+   * one may only be one a later read would take; the typo is still the
+   * likelier story, and the message says the key is required either way. */
+  const char *typo = typo_of(p, key);
+  if (typo)
+    return loom_params_key_error(p, typo, "unknown key (did you mean \"%s\"? it is required)", key);
+  char why[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(why, sizeof why, fmt, ap);
+  va_end(ap);
+  return loom_params_error(p, key, LOOM_EINVAL, "missing required key (%s)", why);
+}
+
 static int missing(const loom_params *p, const char *key, const char *want) {
-  return loom_params_error(p, key, LOOM_EINVAL, "missing required key (expected %s)", want);
+  return loom_params_missing(p, key, "expected %s", want);
 }
 
 bool loom_params_has(loom_params *p, const char *key) { return ask(p, key) != NULL; }
