@@ -44,7 +44,12 @@ typedef struct loom_run_options {
   bool check;               /* smoke test: 2 batches per loader, 2 epochs per stage */
   int64_t limit_batches;    /* at most N batches per loader per epoch (0: all) */
   int64_t overfit_batches;  /* every epoch, the same first N batches of each loader (0: off) */
-  bool handle_signals;      /* SIGINT/SIGTERM interrupt the run after the current batch */
+  /* SIGINT/SIGTERM interrupt the run after the current batch. The host's
+   * dispositions of both (handler, mask, flags) are saved at the start and
+   * restored exactly at the first signal and at the end of the run, so a
+   * second signal goes to the host's handler (or, by default, ends the
+   * process). No other signal is touched. */
+  bool handle_signals;
   loom_nonfinite_policy nonfinite;
   int64_t nonfinite_budget; /* batches SKIP may drop over the whole run */
 } loom_run_options;
