@@ -175,7 +175,12 @@ bool loom_runner_minimize_metric(const loom_runner *r);
 bool loom_runner_is_best_valid(const loom_runner *r);
 int loom_runner_best_epoch(const loom_runner *r); /* global epoch, 0 if none */
 
-/* Prints the current stage's callbacks as dispatched on this rank. */
+/* The current stage's callback table on this rank, in dispatch order (as
+ * loom_experiment_callback_table describes it); empty before the first
+ * stage starts, the last stage's after a run. *rows is the caller's to
+ * free(). */
+int loom_runner_callback_table(const loom_runner *r, loom_callback_info **rows, size_t *count);
+/* Prints that table, one callback a line. */
 void loom_runner_print_callbacks(const loom_runner *r, FILE *out);
 
 /* --- control --- */
