@@ -161,6 +161,8 @@ int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
   if (rc < 0)
     unwind(r, rc, end_done);
   loom_signals_stop(r);
+  /* No batch is current after a run, however it ended. */
+  r->input = r->target = r->output = NULL;
   /* A resume source serves one run. */
   free(r->resume_source);
   r->resume_source = NULL;

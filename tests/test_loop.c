@@ -461,6 +461,129 @@ static void test_callback_table_groups(void **state) {
   loom_experiment_destroy(exp);
 }
 
+/* What a run leaves readable (loom/runner.h, loom_run_experiment). */
+typedef struct end_probe {
+  float params_at_start[64], params_at_end[64];
+  size_t num_params;
+  double last_train_loss;  /* "train/loss" at the last on_epoch_end */
+  int64_t interrupt_at;    /* loom_runner_interrupt after this train batch (0: never) */
+} end_probe;
+
+static int probe_start(loom_callback *cb, loom_runner *r) {
+  end_probe *p = loom_callback_data(cb);
+  p->num_params = loom_model_num_params(loom_runner_model(r));
+  assert_true(p->num_params <= 64);
+  memcpy(p->params_at_start, loom_model_params(loom_runner_model(r)), p->num_params * sizeof(float));
+  return 0;
+}
+
+static int probe_batch_end(loom_callback *cb, loom_runner *r) {
+  end_probe *p = loom_callback_data(cb);
+  if (p->interrupt_at && loom_runner_is_train_loader(r) && loom_runner_loader_batch_step(r) == p->interrupt_at)
+    loom_runner_interrupt(r, "stopped by the test");
+  return 0;
+}
+
+static int probe_epoch_end(loom_callback *cb, loom_runner *r) {
+  end_probe *p = loom_callback_data(cb);
+  assert_true(loom_metrics_get(loom_runner_epoch_metrics(r), "train/loss", &p->last_train_loss));
+  return 0;
+}
+
+static int probe_end(loom_callback *cb, loom_runner *r) {
+  end_probe *p = loom_callback_data(cb);
+  memcpy(p->params_at_end, loom_model_params(loom_runner_model(r)), p->num_params * sizeof(float));
+  return 0;
+}
+
+static const loom_callback_ops end_probe_ops = {.type = "end_probe",
+                                                .on_stage_start = probe_start,
+                                                .on_batch_end = probe_batch_end,
+                                                .on_epoch_end = probe_epoch_end,
+                                                .on_experiment_end = probe_end};
+
+/* pretrain sets every component; train inherits them all. */
+static loom_experiment *trained_two_stages(end_probe *p, loom_model **model, loom_optimizer **opt) {
+  loom_experiment *exp = loom_experiment_create("after");
+  loom_stage *pre = loom_experiment_add_stage(exp, "pretrain", 1);
+  assert_non_null(loom_experiment_add_stage(exp, "train", 2));
+  int64_t sizes[3] = {2, 4, 2};
+  *model = loom_mlp_create(sizes, 3, 7);
+  *opt = loom_sgd_create(&(loom_sgd_options){.lr = 0.5});
+  assert_int_equal(loom_stage_set_model(pre, *model), 0);
+  assert_int_equal(loom_stage_set_criterion(pre, loom_cross_entropy_create()), 0);
+  assert_int_equal(loom_stage_set_optimizer(pre, *opt), 0);
+  assert_int_equal(loom_stage_add_loader(pre, "train", test_loader(8, 2, 2, 2, false)), 0);
+  assert_int_equal(loom_stage_add_loader(pre, "valid", test_loader(4, 2, 2, 2, false)), 0);
+  assert_int_equal(loom_experiment_add_callback(exp, loom_callback_create(&end_probe_ops, p, 0)), 0);
+  return exp;
+}
+
+static void test_state_after_run(void **state) {
+  (void)state;
+  static end_probe p;
+  memset(&p, 0, sizeof p);
+  loom_model *model;
+  loom_optimizer *opt;
+  loom_experiment *exp = trained_two_stages(&p, &model, &opt);
+  loom_runner *r = loom_runner_create();
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  /* While the experiment lives: the last stage's components, the model
+   * holding the trained parameters the run ended with. */
+  assert_ptr_equal(loom_runner_model(r), model);
+  assert_ptr_equal(loom_runner_optimizer(r), opt);
+  assert_non_null(loom_runner_criterion(r));
+  assert_memory_equal(loom_model_params(loom_runner_model(r)), p.params_at_end, p.num_params * sizeof(float));
+  assert_memory_not_equal(p.params_at_start, p.params_at_end, p.num_params * sizeof(float));
+  assert_string_equal(loom_runner_stage_name(r), "train");
+  assert_string_equal(loom_runner_main_metric(r), "loss");
+  assert_null(loom_runner_loader(r));
+  assert_null(loom_runner_loader_name(r));
+  assert_null(loom_runner_input(r));
+  assert_null(loom_runner_output(r));
+  /* The runner's own state outlives the experiment: 3 epochs of 4 train
+   * batches of 2, 12 SGD steps, the last epoch's metrics. */
+  loom_experiment_destroy(exp);
+  assert_int_equal(loom_runner_stage_index(r), 1);
+  assert_int_equal(loom_runner_epoch(r), 2);
+  assert_int_equal(loom_runner_global_epoch(r), 3);
+  assert_int_equal(loom_runner_global_batch_step(r), 12);
+  assert_int_equal(loom_runner_global_sample_step(r), 24);
+  assert_int_equal(loom_runner_optimizer_step_count(r), 12);
+  double loss;
+  assert_true(loom_metrics_get(loom_runner_epoch_metrics(r), "train/loss", &loss));
+  assert_true(loss == p.last_train_loss);
+  assert_int_equal(loom_runner_error(r), 0);
+  loom_runner_destroy(r);
+}
+
+/* A run stopped inside a loader: the batch is not current any more, the
+ * error and the place it stopped are. */
+static void test_state_after_failed_run(void **state) {
+  (void)state;
+  static end_probe p;
+  memset(&p, 0, sizeof p);
+  p.interrupt_at = 2;
+  loom_model *model;
+  loom_optimizer *opt;
+  loom_experiment *exp = trained_two_stages(&p, &model, &opt);
+  loom_runner *r = loom_runner_create();
+  assert_int_equal(loom_run_experiment(r, exp), LOOM_EINTERRUPTED);
+  assert_null(loom_runner_input(r));
+  assert_null(loom_runner_target(r));
+  assert_null(loom_runner_output(r));
+  assert_ptr_equal(loom_runner_model(r), model);
+  assert_memory_equal(loom_model_params(model), p.params_at_end, p.num_params * sizeof(float));
+  assert_string_equal(loom_runner_loader_name(r), "train");
+  loom_experiment_destroy(exp);
+  assert_int_equal(loom_runner_error(r), LOOM_EINTERRUPTED);
+  assert_non_null(strstr(loom_runner_error_message(r), "stopped by the test"));
+  assert_int_equal(loom_runner_stage_index(r), 0);
+  assert_int_equal(loom_runner_loader_batch_step(r), 2);
+  assert_int_equal(loom_runner_global_batch_step(r), 2);
+  loom_runner_destroy(r);
+}
+
 static void test_early_stop_loader_and_stage(void **state) {
   (void)state;
   static trace got, want;
@@ -715,6 +838,8 @@ int main(void) {
       cmocka_unit_test(test_node_filter),
       cmocka_unit_test(test_scope),
       cmocka_unit_test(test_callback_table_groups),
+      cmocka_unit_test(test_state_after_run),
+      cmocka_unit_test(test_state_after_failed_run),
       cmocka_unit_test(test_early_stop_loader_and_stage),
       cmocka_unit_test(test_stage_stop_exact_trace),
       cmocka_unit_test(test_error_unwinds),

@@ -115,7 +115,8 @@ typedef struct loom_event_filter {
   int64_t once_batch;    /* batch events only at this global train batch (0: off) */
   int64_t once_epoch;    /* epoch events only at this global epoch (0: off) */
   const char *loaders;   /* loader and batch events only on these loaders,
-                            comma-separated ("train,valid_hard"); NULL: all */
+                            comma-separated ("train,valid_hard"); NULL or "": all.
+                            Copied by loom_callback_set_filter. */
 } loom_event_filter;
 
 /* `ops` is copied; `data` is owned from here on (freed by ops->destroy even
@@ -135,7 +136,10 @@ void loom_callback_set_node(loom_callback *cb, loom_node node);
 loom_scope loom_callback_scope(const loom_callback *cb);
 void loom_callback_set_scope(loom_callback *cb, loom_scope scope);
 loom_callback_fn loom_callback_handler(const loom_callback *cb, loom_event event);
-/* Restricts when the callback hears batch, loader and epoch events. */
+/* Restricts when the callback hears batch, loader and epoch events. The
+ * filter is copied, `loaders` included (split into names): the caller may
+ * free or change the string once the call returns. Setting a filter again
+ * replaces the previous one. */
 int loom_callback_set_filter(loom_callback *cb, const loom_event_filter *filter);
 bool loom_callback_is_stateful(const loom_callback *cb);
 int loom_callback_save(loom_callback *cb, loom_runner *runner, loom_state *state);

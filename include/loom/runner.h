@@ -65,8 +65,21 @@ void loom_runner_set_comm(loom_runner *runner, loom_comm *comm);
 void loom_runner_set_handle_batch(loom_runner *runner, loom_handle_batch_fn fn, void *user);
 
 /* Runs the experiment. Returns 0, or the error that stopped it unless a
- * callback marked that error handled in on_exception. The runner keeps its
- * final state (metrics, counters, error) until the next run or destroy. */
+ * callback marked that error handled in on_exception.
+ *
+ * After the run, as after Lightning's fit, the accessors below describe
+ * where it ended, until the next run or loom_runner_destroy:
+ * - the runner's own state stays readable even after the experiment is
+ *   destroyed: counters and positions (stage index, epoch, global steps,
+ *   optimizer steps), the batch, loader, epoch and best-valid metrics, the
+ *   RNG, the error and its message, the resume path and notice;
+ * - what the experiment owns is the last stage's, valid while the
+ *   experiment lives and not after loom_experiment_destroy: the model
+ *   (with the trained parameters), criterion and optimizer, the loader (NULL
+ *   unless the run stopped inside one), the experiment, the stage, loader,
+ *   valid-loader and main-metric names, the logdir, and the callbacks of
+ *   loom_runner_callback_table;
+ * - no batch is current: input, target and output are NULL. */
 int loom_run_experiment(loom_runner *runner, loom_experiment *exp);
 
 void loom_runner_set_options(loom_runner *runner, const loom_run_options *options);
