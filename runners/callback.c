@@ -16,7 +16,6 @@ struct loom_callback {
   int order;
   loom_node node;
   loom_scope scope;
-  uint64_t seq;
   bool filtered;
   loom_event_filter filter;
   char **loaders; /* the filter's loader names, NULL-terminated */
@@ -162,8 +161,6 @@ loom_node loom_callback_node(const loom_callback *cb) { return cb->node; }
 void loom_callback_set_node(loom_callback *cb, loom_node node) { cb->node = node; }
 loom_scope loom_callback_scope(const loom_callback *cb) { return cb->scope; }
 void loom_callback_set_scope(loom_callback *cb, loom_scope scope) { cb->scope = scope; }
-void loom_callback_set_seq(loom_callback *cb, uint64_t seq) { cb->seq = seq; }
-uint64_t loom_callback_seq(const loom_callback *cb) { return cb->seq; }
 
 loom_callback_fn loom_callback_handler(const loom_callback *cb, loom_event event) {
   const loom_callback_ops *o = &cb->ops;
@@ -193,34 +190,55 @@ static bool runs_on(const loom_callback *cb, int rank) {
   }
 }
 
-static int by_order_then_seq(const void *a, const void *b) {
-  const loom_callback *x = *(loom_callback *const *)a, *y = *(loom_callback *const *)b;
-  if (x->order != y->order)
-    return x->order < y->order ? -1 : 1;
-  return x->seq < y->seq ? -1 : x->seq > y->seq;
+/* The row's description of its callback, as the table is built. */
+static void describe(loom_callback_info *row) {
+  const loom_callback *cb = row->callback;
+  row->name = cb->name;
+  row->type = cb->ops.type;
+  row->order = cb->order;
+  row->node = cb->node;
+  row->scope = cb->scope;
+  row->events = 0;
+  for (int e = 0; e < LOOM_EVENT_COUNT; e++)
+    if (loom_callback_handler(cb, (loom_event)e))
+      row->events |= 1u << e;
 }
 
-int loom_callback_table_build(loom_callback_table *t, loom_callback *const *candidates, size_t n, int rank) {
+static bool listed(const loom_callback_table *t, const loom_callback *cb) {
+  for (size_t i = 0; i < t->count; i++)
+    if (t->info[i].callback == cb)
+      return true;
+  return false;
+}
+
+int loom_callback_table_build(loom_callback_table *t, const loom_callback_info *candidates, size_t n, int rank) {
   memset(t, 0, sizeof *t);
   if (n == 0)
     return 0;
   t->all = malloc(n * sizeof *t->all);
-  if (!t->all)
+  t->info = malloc(n * sizeof *t->info);
+  if (!t->all || !t->info) {
+    loom_callback_table_free(t);
     return loom_error_oom("the callback table");
-  for (size_t i = 0; i < n; i++) {
-    loom_callback *cb = candidates[i];
-    bool seen = false;
-    for (size_t j = 0; j < t->count && !seen; j++)
-      seen = t->all[j] == cb;
-    if (!seen && runs_on(cb, rank))
-      t->all[t->count++] = cb;
   }
-  /* Sequence numbers are unique, so qsort's instability cannot reorder ties. */
-  qsort(t->all, t->count, sizeof *t->all, by_order_then_seq);
+  /* Insertion after every row of lower or equal order: a stable sort, so
+   * equal orders keep the candidates' group and registration order. */
+  for (size_t i = 0; i < n; i++) {
+    loom_callback_info row = candidates[i];
+    if (listed(t, row.callback) || !runs_on(row.callback, rank))
+      continue;
+    describe(&row);
+    size_t k = t->count++;
+    for (; k > 0 && t->info[k - 1].order > row.order; k--)
+      t->info[k] = t->info[k - 1];
+    t->info[k] = row;
+  }
+  for (size_t i = 0; i < t->count; i++)
+    t->all[i] = t->info[i].callback;
   for (int e = 0; e < LOOM_EVENT_COUNT; e++) {
     size_t k = 0;
     for (size_t i = 0; i < t->count; i++)
-      k += loom_callback_handler(t->all[i], (loom_event)e) != NULL;
+      k += (t->info[i].events >> e) & 1u;
     if (k == 0)
       continue;
     t->by_event[e] = malloc(k * sizeof *t->by_event[e]);
@@ -229,14 +247,26 @@ int loom_callback_table_build(loom_callback_table *t, loom_callback *const *cand
       return loom_error_oom("the callback table");
     }
     for (size_t i = 0; i < t->count; i++)
-      if (loom_callback_handler(t->all[i], (loom_event)e))
+      if ((t->info[i].events >> e) & 1u)
         t->by_event[e][t->event_count[e]++] = t->all[i];
   }
   return 0;
 }
 
+int loom_callback_table_rows(const loom_callback_table *t, loom_callback_info **rows, size_t *count) {
+  *rows = malloc((t->count ? t->count : 1) * sizeof **rows);
+  *count = 0;
+  if (!*rows)
+    return loom_error_oom("a copy of the callback table");
+  if (t->count)
+    memcpy(*rows, t->info, t->count * sizeof **rows);
+  *count = t->count;
+  return 0;
+}
+
 void loom_callback_table_free(loom_callback_table *t) {
   free(t->all);
+  free(t->info);
   for (int e = 0; e < LOOM_EVENT_COUNT; e++)
     free(t->by_event[e]);
   memset(t, 0, sizeof *t);
@@ -281,12 +311,12 @@ static const char *node_name(loom_node node) {
 
 void loom_callback_table_print(const loom_callback_table *t, FILE *out) {
   for (size_t i = 0; i < t->count; i++) {
-    const loom_callback *cb = t->all[i];
-    fprintf(out, "  %4d  %-24s %-18s node=%-7s scope=%-10s", cb->order, cb->name, cb->ops.type, node_name(cb->node),
-            cb->scope == LOOM_SCOPE_EXPERIMENT ? "experiment" : "stage");
+    const loom_callback_info *row = &t->info[i];
+    fprintf(out, "  %4d  %-24s %-18s node=%-7s scope=%-10s", row->order, row->name, row->type, node_name(row->node),
+            row->scope == LOOM_SCOPE_EXPERIMENT ? "experiment" : "stage");
     const char *sep = " events=";
     for (int e = 0; e < LOOM_EVENT_COUNT; e++) {
-      if (loom_callback_handler(cb, (loom_event)e)) {
+      if ((row->events >> e) & 1u) {
         fprintf(out, "%s%s", sep, loom_event_name((loom_event)e) + 3); /* without "on_" */
         sep = ",";
       }

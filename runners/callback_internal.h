@@ -7,23 +7,24 @@
 
 #include "loom/callback.h"
 
-/* Registration sequence: ties between equal orders break by it. */
-void loom_callback_set_seq(loom_callback *cb, uint64_t seq);
-uint64_t loom_callback_seq(const loom_callback *cb);
-
 /* The callbacks active in one stage on one rank, sorted, with one array per
  * event holding only the callbacks that implement it. */
 typedef struct loom_callback_table {
-  loom_callback **all; /* sorted by (order, seq) */
+  loom_callback **all;      /* in dispatch order */
+  loom_callback_info *info; /* the same, described */
   size_t count;
   loom_callback **by_event[LOOM_EVENT_COUNT];
   size_t event_count[LOOM_EVENT_COUNT];
 } loom_callback_table;
 
-/* Builds the table from `n` candidates (duplicates ignored), dropping those
- * whose node filter excludes `rank`. */
-int loom_callback_table_build(loom_callback_table *t, loom_callback *const *candidates, size_t n, int rank);
+/* Builds the table from `n` candidates in group order (experiment,
+ * carried, stage; only their callback, source and stage are read):
+ * duplicates after the first and callbacks whose node excludes `rank` are
+ * dropped, the rest stable-sorted by order. */
+int loom_callback_table_build(loom_callback_table *t, const loom_callback_info *candidates, size_t n, int rank);
 void loom_callback_table_free(loom_callback_table *t);
+/* A malloc'd copy of t->info (the public loom_*_callback_table). */
+int loom_callback_table_rows(const loom_callback_table *t, loom_callback_info **rows, size_t *count);
 
 /* Fires `event` in order. Stops at the first error unless `keep_going`, in
  * which case every callback runs and the first error is returned. */

@@ -23,7 +23,6 @@ struct loom_experiment {
   size_t num_callbacks, cap_callbacks;
   owned *owned;
   size_t num_owned, cap_owned;
-  uint64_t next_seq;
 };
 
 static void destroy_model(void *p) { loom_model_destroy(p); }
@@ -70,7 +69,6 @@ loom_experiment *loom_experiment_create(const char *name) {
   }
   snprintf(exp->logdir, len, "logs/%s", exp->name);
   exp->seed = 42;
-  exp->next_seq = 1;
   return exp;
 }
 
@@ -195,8 +193,6 @@ static int register_callback(loom_experiment *exp, loom_callback ***list, size_t
   rc = loom_array_reserve((void **)list, cap, *n + 1, sizeof **list, "a callback slot");
   if (rc < 0)
     return rc;
-  if (loom_callback_seq(cb) == 0)
-    loom_callback_set_seq(cb, exp->next_seq++);
   (*list)[(*n)++] = cb;
   return 0;
 }
@@ -296,43 +292,81 @@ int loom_stage_freeze(loom_stage *stage, const char *layer) {
 const char *loom_stage_name(const loom_stage *stage) { return stage->name; }
 int loom_stage_num_epochs(const loom_stage *stage) { return stage->num_epochs; }
 
-int loom_experiment_stage_callbacks(const loom_experiment *exp, size_t stage, loom_callback ***out, size_t *n) {
-  size_t total = exp->num_callbacks;
-  for (size_t i = 0; i <= stage && i < exp->num_stages; i++)
+/* The candidates of a stage's table in group order: the experiment's, the
+ * experiment-scope callbacks of earlier stages, the stage's own. For
+ * LOOM_EXPERIMENT_EVENTS: the experiment's, then every stage's. */
+static int candidates(const loom_experiment *exp, int stage, loom_callback_info **out, size_t *n) {
+  bool all = stage == LOOM_EXPERIMENT_EVENTS;
+  size_t last = all ? exp->num_stages : (size_t)stage + 1, total = exp->num_callbacks;
+  for (size_t i = 0; i < last; i++)
     total += exp->stages[i]->num_callbacks;
-  loom_callback **list = malloc((total ? total : 1) * sizeof *list);
+  loom_callback_info *list = malloc((total ? total : 1) * sizeof *list);
   if (!list)
     return loom_error_oom("the stage's callback list");
   size_t k = 0;
   for (size_t i = 0; i < exp->num_callbacks; i++)
-    list[k++] = exp->callbacks[i];
-  for (size_t i = 0; i <= stage && i < exp->num_stages; i++) {
+    list[k++] = (loom_callback_info){.callback = exp->callbacks[i], .source = LOOM_SOURCE_EXPERIMENT, .stage = -1};
+  for (size_t i = 0; i < last; i++) {
     const loom_stage *s = exp->stages[i];
+    bool own = all || (int)i == stage;
     for (size_t j = 0; j < s->num_callbacks; j++)
-      if (i == stage || loom_callback_scope(s->callbacks[j]) == LOOM_SCOPE_EXPERIMENT)
-        list[k++] = s->callbacks[j];
+      if (own || loom_callback_scope(s->callbacks[j]) == LOOM_SCOPE_EXPERIMENT)
+        list[k++] = (loom_callback_info){.callback = s->callbacks[j],
+                                         .source = own ? LOOM_SOURCE_STAGE : LOOM_SOURCE_CARRIED,
+                                         .stage = (int)i};
   }
   *out = list;
   *n = k;
   return 0;
 }
 
+int loom_experiment_build_table(const loom_experiment *exp, int stage, int rank, loom_callback_table *t) {
+  memset(t, 0, sizeof *t);
+  loom_callback_info *list = NULL;
+  size_t n = 0;
+  int rc = candidates(exp, stage, &list, &n);
+  if (rc < 0)
+    return rc;
+  rc = loom_callback_table_build(t, list, n, rank);
+  free(list);
+  return rc;
+}
+
+static int check_rank(const loom_experiment *exp, int rank, int world_size) {
+  if (rank >= 0 && rank < world_size)
+    return 0;
+  return loom_error_set(LOOM_EINVAL, "experiment \"%s\": rank %d is not in a world of %d", exp->name, rank,
+                        world_size);
+}
+
+int loom_experiment_callback_table(const loom_experiment *exp, int stage, int rank, int world_size,
+                                   loom_callback_info **rows, size_t *count) {
+  *rows = NULL;
+  *count = 0;
+  if (stage < LOOM_EXPERIMENT_EVENTS || (stage >= 0 && (size_t)stage >= exp->num_stages))
+    return loom_error_set(LOOM_EINVAL, "experiment \"%s\" has %zu stages: no stage %d (LOOM_EXPERIMENT_EVENTS "
+                                       "for the experiment's events)",
+                          exp->name, exp->num_stages, stage);
+  int rc = check_rank(exp, rank, world_size);
+  if (rc < 0)
+    return rc;
+  loom_callback_table t;
+  rc = loom_experiment_build_table(exp, stage, rank, &t);
+  if (rc == 0)
+    rc = loom_callback_table_rows(&t, rows, count);
+  loom_callback_table_free(&t);
+  return rc;
+}
+
 int loom_experiment_print_callbacks(const loom_experiment *exp, int rank, int world_size, FILE *out) {
-  (void)world_size;
-  for (size_t s = 0; s < exp->num_stages; s++) {
-    loom_callback **list;
-    size_t n;
-    int rc = loom_experiment_stage_callbacks(exp, s, &list, &n);
-    if (rc < 0)
-      return rc;
+  int rc = check_rank(exp, rank, world_size);
+  for (size_t s = 0; rc == 0 && s < exp->num_stages; s++) {
     loom_callback_table t;
-    rc = loom_callback_table_build(&t, list, n, rank);
-    free(list);
-    if (rc < 0)
-      return rc;
+    if ((rc = loom_experiment_build_table(exp, (int)s, rank, &t)) < 0)
+      break;
     fprintf(out, "stage \"%s\" (rank %d):\n", exp->stages[s]->name, rank);
     loom_callback_table_print(&t, out);
     loom_callback_table_free(&t);
   }
-  return 0;
+  return rc;
 }

@@ -2,6 +2,7 @@
 #define LOOM_RUNNERS_EXPERIMENT_INTERNAL_H
 
 #include "loom/experiment.h"
+#include "runners/callback_internal.h"
 
 typedef struct loom_named_loader {
   char *name;
@@ -27,9 +28,8 @@ struct loom_stage {
   size_t num_frozen, cap_frozen;
 };
 
-/* The callbacks a stage runs, before node filtering and sorting: the
- * experiment's, experiment-scope ones of earlier stages, and the stage's own.
- * *out is malloc'd. */
-int loom_experiment_stage_callbacks(const loom_experiment *exp, size_t stage, loom_callback ***out, size_t *n);
+/* Builds the callback table of stage `stage` (or LOOM_EXPERIMENT_EVENTS) on
+ * `rank`, as loom_experiment_callback_table describes it. */
+int loom_experiment_build_table(const loom_experiment *exp, int stage, int rank, loom_callback_table *t);
 
 #endif

@@ -106,34 +106,6 @@ static void reset(loom_runner *r, loom_experiment *exp) {
   r->loader_index = -1;
 }
 
-/* Every callback of every stage, for the experiment-wide events. */
-static int build_experiment_table(loom_runner *r) {
-  size_t ns = loom_experiment_num_stages(r->exp);
-  loom_callback **all = NULL;
-  size_t total = 0;
-  int rc = 0;
-  for (size_t s = 0; s < ns && rc == 0; s++) {
-    loom_callback **list;
-    size_t n;
-    if ((rc = loom_experiment_stage_callbacks(r->exp, s, &list, &n)) < 0)
-      break;
-    loom_callback **grown = realloc(all, (total + n + 1) * sizeof *all);
-    if (!grown) {
-      free(list);
-      rc = loom_error_oom("the experiment's callback table");
-      break;
-    }
-    all = grown;
-    memcpy(all + total, list, n * sizeof *list);
-    total += n;
-    free(list);
-  }
-  if (rc == 0)
-    rc = loom_callback_table_build(&r->exp_table, all, total, loom_comm_rank(r->comm));
-  free(all);
-  return rc;
-}
-
 /* The unwind: on_exception once (the current stage's callbacks, or every
  * callback outside a stage), then on_experiment_end unless it already ran.
  * Failures while unwinding cannot replace the error being handled. */
@@ -151,7 +123,8 @@ static void unwind(loom_runner *r, int error, bool experiment_end_done) {
 }
 
 static int run(loom_runner *r, bool *end_done) {
-  int rc = build_experiment_table(r);
+  /* Every callback of every stage, for the experiment-wide events. */
+  int rc = loom_experiment_build_table(r->exp, LOOM_EXPERIMENT_EVENTS, loom_comm_rank(r->comm), &r->exp_table);
   if (rc == 0 && r->resume_source)
     rc = loom_runner_open_resume(r);
   if (rc == 0 && r->options.handle_signals)
@@ -191,6 +164,8 @@ int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
   if (rc < 0)
     unwind(r, rc, end_done);
   loom_signals_stop(r);
+  /* No batch is current after a run, however it ended. */
+  r->input = r->target = r->output = NULL;
   /* A resume source serves one run. */
   free(r->resume_source);
   r->resume_source = NULL;

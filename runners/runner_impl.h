@@ -1,6 +1,7 @@
 #ifndef LOOM_RUNNERS_RUNNER_IMPL_H
 #define LOOM_RUNNERS_RUNNER_IMPL_H
 
+#include <signal.h>
 #include <uv.h>
 
 #include "loom/runner.h"
@@ -22,11 +23,14 @@ typedef struct loom_cursor {
 
 /* Signal watchers: libuv's handler only records the signal; the runner
  * looks after every batch. */
+#define LOOM_NUM_WATCHED_SIGNALS 2 /* SIGINT, SIGTERM */
 typedef struct loom_signals {
   uv_loop_t loop;
   uv_signal_t sigint, sigterm;
-  bool active;
+  bool active;   /* the loop and handles exist */
+  bool watching; /* libuv owns SIGINT/SIGTERM; host[] is still to restore */
   int received;
+  struct sigaction host[LOOM_NUM_WATCHED_SIGNALS]; /* the dispositions found at start */
 } loom_signals;
 
 struct loom_runner {

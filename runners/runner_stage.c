@@ -91,12 +91,6 @@ int loom_runner_prepare_stage(loom_runner *r, size_t index, bool load) {
   int rc = carry_over(r, s, load);
   if (rc < 0)
     return rc;
-  loom_callback **list;
-  size_t n;
-  if ((rc = loom_experiment_stage_callbacks(r->exp, index, &list, &n)) < 0)
-    return rc;
   loom_callback_table_free(&r->stage_table);
-  rc = loom_callback_table_build(&r->stage_table, list, n, loom_comm_rank(r->comm));
-  free(list);
-  return rc;
+  return loom_experiment_build_table(r->exp, (int)index, loom_comm_rank(r->comm), &r->stage_table);
 }

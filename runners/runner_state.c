@@ -67,6 +67,10 @@ double loom_runner_batch_data_time(const loom_runner *r) { return r->batch_data_
 double loom_runner_batch_compute_time(const loom_runner *r) { return r->batch_compute_s; }
 bool loom_runner_batch_skipped(const loom_runner *r) { return r->skip_batch; }
 
+int loom_runner_callback_table(const loom_runner *r, loom_callback_info **rows, size_t *count) {
+  return loom_callback_table_rows(&r->stage_table, rows, count);
+}
+
 void loom_runner_print_callbacks(const loom_runner *r, FILE *out) {
   fprintf(out, "callbacks of stage \"%s\" on rank %d, in dispatch order:\n", r->stage ? r->stage->name : "?",
           loom_comm_rank(r->comm));

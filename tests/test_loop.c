@@ -306,7 +306,7 @@ static void test_scope(void **state) {
   assert_int_equal(count_prefix(&got, "S1 on_experiment_end"), 1);
   assert_int_equal(count_prefix(&got, "S2 on_experiment_start"), 1);
   /* In the second stage the carried callback runs before the stage's own
-   * (equal order, registered earlier). */
+   * (equal order: carried callbacks come before the stage's own). */
   int e1 = -1, s2 = -1;
   for (int i = 0; i < got.n; i++) {
     if (e1 < 0 && strcmp(got.lines[i], "E1 on_stage_start:train") == 0)
@@ -316,6 +316,272 @@ static void test_scope(void **state) {
   }
   assert_true(e1 >= 0 && s2 == e1 + 1);
   loom_experiment_destroy(exp);
+}
+
+/* The resolved table, as data: equal orders run the experiment's callbacks,
+ * then those carried from earlier stages, then the stage's own, each group
+ * in registration order, whatever the order of registration across groups. */
+typedef struct want_row {
+  const char *name;
+  int order;
+  loom_node node;
+  loom_scope scope;
+  loom_callback_source source;
+  int stage;
+} want_row;
+
+static void expect_rows(const loom_callback_info *rows, size_t n, const want_row *want, size_t wn) {
+  for (size_t i = 0; i < n && i < wn; i++) {
+    if (strcmp(rows[i].name, want[i].name) != 0)
+      fail_msg("row %zu: got \"%s\", expected \"%s\"", i, rows[i].name, want[i].name);
+    assert_string_equal(rows[i].type, "epoch_only");
+    assert_int_equal(rows[i].order, want[i].order);
+    assert_int_equal(rows[i].node, want[i].node);
+    assert_int_equal(rows[i].scope, want[i].scope);
+    assert_int_equal(rows[i].source, want[i].source);
+    assert_int_equal(rows[i].stage, want[i].stage);
+    assert_int_equal(rows[i].events, 1u << LOOM_EVENT_EPOCH_START);
+    assert_string_equal(loom_callback_name(rows[i].callback), want[i].name);
+  }
+  assert_int_equal(n, wn);
+}
+
+static void expect_table(const loom_experiment *exp, int stage, int rank, const want_row *want, size_t wn) {
+  loom_callback_info *rows;
+  size_t n;
+  assert_int_equal(loom_experiment_callback_table(exp, stage, rank, 2, &rows, &n), 0);
+  expect_rows(rows, n, want, wn);
+  free(rows);
+}
+
+static void test_callback_table_groups(void **state) {
+  (void)state;
+  static trace got;
+  memset(&got, 0, sizeof got);
+  loom_experiment *exp = two_stages(1);
+  loom_stage *pre = loom_experiment_stage(exp, 0), *train = loom_experiment_stage(exp, 1);
+  /* Registered interleaved across the groups: -1 the experiment, 0 and 1
+   * the stages. */
+  const struct { const char *tag; int where; int order; loom_scope scope; loom_node node; } reg[] = {
+      {"b1", 1, 20, LOOM_SCOPE_STAGE, LOOM_NODE_ALL},       {"a_carried", 0, 20, LOOM_SCOPE_EXPERIMENT, LOOM_NODE_ALL},
+      {"x1", -1, 20, LOOM_SCOPE_EXPERIMENT, LOOM_NODE_ALL}, {"a_stage", 0, 20, LOOM_SCOPE_STAGE, LOOM_NODE_ALL},
+      {"w", 1, 20, LOOM_SCOPE_STAGE, LOOM_NODE_WORKERS},    {"x2", -1, 20, LOOM_SCOPE_EXPERIMENT, LOOM_NODE_ALL},
+      {"early", 1, 0, LOOM_SCOPE_STAGE, LOOM_NODE_ALL},     {"b3", 1, 20, LOOM_SCOPE_STAGE, LOOM_NODE_ALL}};
+  for (size_t i = 0; i < sizeof reg / sizeof reg[0]; i++) {
+    recorder *rec = calloc(1, sizeof *rec);
+    rec->t = &got, rec->tag = reg[i].tag, rec->fail_event = -1;
+    loom_callback *cb = loom_callback_create(&epoch_only_ops, rec, reg[i].order);
+    assert_int_equal(loom_callback_set_name(cb, reg[i].tag), 0);
+    loom_callback_set_scope(cb, reg[i].scope);
+    loom_callback_set_node(cb, reg[i].node);
+    int rc = reg[i].where < 0   ? loom_experiment_add_callback(exp, cb)
+             : reg[i].where == 0 ? loom_stage_add_callback(pre, cb)
+                                 : loom_stage_add_callback(train, cb);
+    assert_int_equal(rc, 0);
+  }
+  const loom_scope S = LOOM_SCOPE_STAGE, E = LOOM_SCOPE_EXPERIMENT;
+  const loom_node ALL = LOOM_NODE_ALL;
+  const want_row pretrain[] = {{"x1", 20, ALL, E, LOOM_SOURCE_EXPERIMENT, -1},
+                               {"x2", 20, ALL, E, LOOM_SOURCE_EXPERIMENT, -1},
+                               {"a_carried", 20, ALL, E, LOOM_SOURCE_STAGE, 0},
+                               {"a_stage", 20, ALL, S, LOOM_SOURCE_STAGE, 0}};
+  const want_row train_rank0[] = {{"early", 0, ALL, S, LOOM_SOURCE_STAGE, 1},
+                                  {"x1", 20, ALL, E, LOOM_SOURCE_EXPERIMENT, -1},
+                                  {"x2", 20, ALL, E, LOOM_SOURCE_EXPERIMENT, -1},
+                                  {"a_carried", 20, ALL, E, LOOM_SOURCE_CARRIED, 0},
+                                  {"b1", 20, ALL, S, LOOM_SOURCE_STAGE, 1},
+                                  {"b3", 20, ALL, S, LOOM_SOURCE_STAGE, 1}};
+  const want_row train_rank1[] = {{"early", 0, ALL, S, LOOM_SOURCE_STAGE, 1},
+                                  {"x1", 20, ALL, E, LOOM_SOURCE_EXPERIMENT, -1},
+                                  {"x2", 20, ALL, E, LOOM_SOURCE_EXPERIMENT, -1},
+                                  {"a_carried", 20, ALL, E, LOOM_SOURCE_CARRIED, 0},
+                                  {"b1", 20, ALL, S, LOOM_SOURCE_STAGE, 1},
+                                  {"w", 20, LOOM_NODE_WORKERS, S, LOOM_SOURCE_STAGE, 1},
+                                  {"b3", 20, ALL, S, LOOM_SOURCE_STAGE, 1}};
+  const want_row experiment_events[] = {{"early", 0, ALL, S, LOOM_SOURCE_STAGE, 1},
+                                        {"x1", 20, ALL, E, LOOM_SOURCE_EXPERIMENT, -1},
+                                        {"x2", 20, ALL, E, LOOM_SOURCE_EXPERIMENT, -1},
+                                        {"a_carried", 20, ALL, E, LOOM_SOURCE_STAGE, 0},
+                                        {"a_stage", 20, ALL, S, LOOM_SOURCE_STAGE, 0},
+                                        {"b1", 20, ALL, S, LOOM_SOURCE_STAGE, 1},
+                                        {"b3", 20, ALL, S, LOOM_SOURCE_STAGE, 1}};
+#define N_ROWS(a) (sizeof(a) / sizeof((a)[0]))
+  expect_table(exp, 0, 0, pretrain, N_ROWS(pretrain));
+  expect_table(exp, 1, 0, train_rank0, N_ROWS(train_rank0));
+  expect_table(exp, 1, 1, train_rank1, N_ROWS(train_rank1));
+  expect_table(exp, LOOM_EXPERIMENT_EVENTS, 0, experiment_events, N_ROWS(experiment_events));
+  loom_callback_info *rows = NULL;
+  size_t n = 1;
+  assert_int_equal(loom_experiment_callback_table(exp, 2, 0, 1, &rows, &n), LOOM_EINVAL);
+  assert_non_null(strstr(loom_last_error(), "no stage 2"));
+  assert_int_equal(loom_experiment_callback_table(exp, 0, 1, 1, &rows, &n), LOOM_EINVAL);
+  assert_null(rows);
+  assert_int_equal(n, 0);
+
+  /* The runner dispatches in exactly that order ... */
+  loom_runner *r;
+  assert_int_equal(run(exp, &r), 0);
+  const want_row *stages[2] = {pretrain, train_rank0};
+  size_t counts[2] = {N_ROWS(pretrain), N_ROWS(train_rank0)};
+  int line = 0;
+  for (int s = 0; s < 2; s++)
+    for (size_t i = 0; i < counts[s]; i++, line++) {
+      char want[64];
+      snprintf(want, sizeof want, "%s on_epoch_start:1", stages[s][i].name);
+      assert_true(line < got.n);
+      assert_string_equal(got.lines[line], want);
+    }
+  assert_int_equal(got.n, line);
+  /* ... its table after the run is the last stage's ... */
+  assert_int_equal(loom_runner_callback_table(r, &rows, &n), 0);
+  expect_rows(rows, n, train_rank0, N_ROWS(train_rank0));
+  free(rows);
+  /* ... and the printed tables list the same rows in the same order. */
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  assert_int_equal(loom_experiment_print_callbacks(exp, 0, 1, f), 0);
+  loom_runner_print_callbacks(r, f);
+  fclose(f);
+  const char *p = buf;
+  const want_row *printed[3] = {pretrain, train_rank0, train_rank0};
+  size_t printed_n[3] = {N_ROWS(pretrain), N_ROWS(train_rank0), N_ROWS(train_rank0)};
+  for (int t = 0; t < 3; t++)
+    for (size_t i = 0; i < printed_n[t]; i++) {
+      char want[64];
+      snprintf(want, sizeof want, "  %4d  %-24s epoch_only", printed[t][i].order, printed[t][i].name);
+      const char *at = strstr(p, want);
+      if (!at)
+        fail_msg("table %d: \"%s\" not printed after row %zu:\n%s", t, printed[t][i].name, i, buf);
+      p = at + strlen(want);
+    }
+#undef N_ROWS
+  free(buf);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
+/* What a run leaves readable (loom/runner.h, loom_run_experiment). */
+typedef struct end_probe {
+  float params_at_start[64], params_at_end[64];
+  size_t num_params;
+  double last_train_loss;  /* "train/loss" at the last on_epoch_end */
+  int64_t interrupt_at;    /* loom_runner_interrupt after this train batch (0: never) */
+} end_probe;
+
+static int probe_start(loom_callback *cb, loom_runner *r) {
+  end_probe *p = loom_callback_data(cb);
+  p->num_params = loom_model_num_params(loom_runner_model(r));
+  assert_true(p->num_params <= 64);
+  memcpy(p->params_at_start, loom_model_params(loom_runner_model(r)), p->num_params * sizeof(float));
+  return 0;
+}
+
+static int probe_batch_end(loom_callback *cb, loom_runner *r) {
+  end_probe *p = loom_callback_data(cb);
+  if (p->interrupt_at && loom_runner_is_train_loader(r) && loom_runner_loader_batch_step(r) == p->interrupt_at)
+    loom_runner_interrupt(r, "stopped by the test");
+  return 0;
+}
+
+static int probe_epoch_end(loom_callback *cb, loom_runner *r) {
+  end_probe *p = loom_callback_data(cb);
+  assert_true(loom_metrics_get(loom_runner_epoch_metrics(r), "train/loss", &p->last_train_loss));
+  return 0;
+}
+
+static int probe_end(loom_callback *cb, loom_runner *r) {
+  end_probe *p = loom_callback_data(cb);
+  memcpy(p->params_at_end, loom_model_params(loom_runner_model(r)), p->num_params * sizeof(float));
+  return 0;
+}
+
+static const loom_callback_ops end_probe_ops = {.type = "end_probe",
+                                                .on_stage_start = probe_start,
+                                                .on_batch_end = probe_batch_end,
+                                                .on_epoch_end = probe_epoch_end,
+                                                .on_experiment_end = probe_end};
+
+/* pretrain sets every component; train inherits them all. */
+static loom_experiment *trained_two_stages(end_probe *p, loom_model **model, loom_optimizer **opt) {
+  loom_experiment *exp = loom_experiment_create("after");
+  loom_stage *pre = loom_experiment_add_stage(exp, "pretrain", 1);
+  assert_non_null(loom_experiment_add_stage(exp, "train", 2));
+  int64_t sizes[3] = {2, 4, 2};
+  *model = loom_mlp_create(sizes, 3, 7);
+  *opt = loom_sgd_create(&(loom_sgd_options){.lr = 0.5});
+  assert_int_equal(loom_stage_set_model(pre, *model), 0);
+  assert_int_equal(loom_stage_set_criterion(pre, loom_cross_entropy_create()), 0);
+  assert_int_equal(loom_stage_set_optimizer(pre, *opt), 0);
+  assert_int_equal(loom_stage_add_loader(pre, "train", test_loader(8, 2, 2, 2, false)), 0);
+  assert_int_equal(loom_stage_add_loader(pre, "valid", test_loader(4, 2, 2, 2, false)), 0);
+  assert_int_equal(loom_experiment_add_callback(exp, loom_callback_create(&end_probe_ops, p, 0)), 0);
+  return exp;
+}
+
+static void test_state_after_run(void **state) {
+  (void)state;
+  static end_probe p;
+  memset(&p, 0, sizeof p);
+  loom_model *model;
+  loom_optimizer *opt;
+  loom_experiment *exp = trained_two_stages(&p, &model, &opt);
+  loom_runner *r = loom_runner_create();
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  /* While the experiment lives: the last stage's components, the model
+   * holding the trained parameters the run ended with. */
+  assert_ptr_equal(loom_runner_model(r), model);
+  assert_ptr_equal(loom_runner_optimizer(r), opt);
+  assert_non_null(loom_runner_criterion(r));
+  assert_memory_equal(loom_model_params(loom_runner_model(r)), p.params_at_end, p.num_params * sizeof(float));
+  assert_memory_not_equal(p.params_at_start, p.params_at_end, p.num_params * sizeof(float));
+  assert_string_equal(loom_runner_stage_name(r), "train");
+  assert_string_equal(loom_runner_main_metric(r), "loss");
+  assert_null(loom_runner_loader(r));
+  assert_null(loom_runner_loader_name(r));
+  assert_null(loom_runner_input(r));
+  assert_null(loom_runner_output(r));
+  /* The runner's own state outlives the experiment: 3 epochs of 4 train
+   * batches of 2, 12 SGD steps, the last epoch's metrics. */
+  loom_experiment_destroy(exp);
+  assert_int_equal(loom_runner_stage_index(r), 1);
+  assert_int_equal(loom_runner_epoch(r), 2);
+  assert_int_equal(loom_runner_global_epoch(r), 3);
+  assert_int_equal(loom_runner_global_batch_step(r), 12);
+  assert_int_equal(loom_runner_global_sample_step(r), 24);
+  assert_int_equal(loom_runner_optimizer_step_count(r), 12);
+  double loss;
+  assert_true(loom_metrics_get(loom_runner_epoch_metrics(r), "train/loss", &loss));
+  assert_true(loss == p.last_train_loss);
+  assert_int_equal(loom_runner_error(r), 0);
+  loom_runner_destroy(r);
+}
+
+/* A run stopped inside a loader: the batch is not current any more, the
+ * error and the place it stopped are. */
+static void test_state_after_failed_run(void **state) {
+  (void)state;
+  static end_probe p;
+  memset(&p, 0, sizeof p);
+  p.interrupt_at = 2;
+  loom_model *model;
+  loom_optimizer *opt;
+  loom_experiment *exp = trained_two_stages(&p, &model, &opt);
+  loom_runner *r = loom_runner_create();
+  assert_int_equal(loom_run_experiment(r, exp), LOOM_EINTERRUPTED);
+  assert_null(loom_runner_input(r));
+  assert_null(loom_runner_target(r));
+  assert_null(loom_runner_output(r));
+  assert_ptr_equal(loom_runner_model(r), model);
+  assert_memory_equal(loom_model_params(model), p.params_at_end, p.num_params * sizeof(float));
+  assert_string_equal(loom_runner_loader_name(r), "train");
+  loom_experiment_destroy(exp);
+  assert_int_equal(loom_runner_error(r), LOOM_EINTERRUPTED);
+  assert_non_null(strstr(loom_runner_error_message(r), "stopped by the test"));
+  assert_int_equal(loom_runner_stage_index(r), 0);
+  assert_int_equal(loom_runner_loader_batch_step(r), 2);
+  assert_int_equal(loom_runner_global_batch_step(r), 2);
+  loom_runner_destroy(r);
 }
 
 static void test_early_stop_loader_and_stage(void **state) {
@@ -571,6 +837,9 @@ int main(void) {
       cmocka_unit_test(test_order_bands_and_ties),
       cmocka_unit_test(test_node_filter),
       cmocka_unit_test(test_scope),
+      cmocka_unit_test(test_callback_table_groups),
+      cmocka_unit_test(test_state_after_run),
+      cmocka_unit_test(test_state_after_failed_run),
       cmocka_unit_test(test_early_stop_loader_and_stage),
       cmocka_unit_test(test_stage_stop_exact_trace),
       cmocka_unit_test(test_error_unwinds),

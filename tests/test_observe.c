@@ -294,6 +294,19 @@ static void test_event_filters(void **state) {
   assert_int_equal(c.epoch_end, 2); /* global epochs 4 and 8 */
   assert_int_equal(c.batch_end[0], 1);
   assert_int_equal(c.batch_end[1], 0);
+  /* The loader list is copied: the caller's string, overwritten with
+   * another name and freed right after the call, no longer matters. */
+  memset(&c, 0, sizeof c);
+  cb = loom_callback_create(&counting, &c, 0);
+  char *names = strdup("valid");
+  f = (loom_event_filter){.loaders = names};
+  assert_int_equal(loom_callback_set_filter(cb, &f), 0);
+  memcpy(names, "train", 5);
+  free(names);
+  count_run(cb, NULL);
+  assert_int_equal(c.batch_end[0], 0);
+  assert_int_equal(c.batch_end[1], 10 * 10);
+  assert_int_equal(c.loader_start, 0); /* train's loader events filtered out too */
 }
 
 static void test_check_limit_overfit(void **state) {

@@ -233,8 +233,9 @@ static void test_sigint_saves_and_resumes_exactly(void **state) {
   resume_last_matches(dir);
 }
 
-/* After the first signal the default action is back: a second SIGINT ends
- * the process at once. */
+/* After the first signal the host's disposition is back, here the default
+ * action: a second SIGINT ends the process at once (tests/test_signals.c
+ * covers a host with its own handlers). */
 static void test_second_signal_stops_at_once(void **state) {
   (void)state;
   char *dir = test_tmpdir();

@@ -2,8 +2,12 @@
  *
  * A callback implements any subset of the events; the runner dispatches each
  * event through an array of the callbacks that implement it, built once per
- * stage and sorted by order (lower first; equal orders keep registration
- * order). A handler returns 0, or a negative LOOM_E* code (after
+ * stage and sorted by order, lower first. Equal orders run the experiment's
+ * callbacks (loom_experiment_add_callback) first, then those carried from
+ * earlier stages (experiment scope), then the stage's own; registration
+ * order within each group. loom_experiment_callback_table and
+ * loom_runner_callback_table return the resolved table as loom_callback_info
+ * rows. A handler returns 0, or a negative LOOM_E* code (after
  * loom_error_set) to fail the run: the runner then fires on_exception. */
 #ifndef LOOM_CALLBACK_H
 #define LOOM_CALLBACK_H
@@ -61,6 +65,27 @@ typedef enum loom_scope { LOOM_SCOPE_STAGE, LOOM_SCOPE_EXPERIMENT } loom_scope;
 
 typedef int (*loom_callback_fn)(loom_callback *cb, loom_runner *runner);
 
+/* Where a callback in a table comes from; at equal order the groups run in
+ * this order. */
+typedef enum loom_callback_source {
+  LOOM_SOURCE_EXPERIMENT, /* loom_experiment_add_callback */
+  LOOM_SOURCE_CARRIED,    /* experiment scope, added to an earlier stage */
+  LOOM_SOURCE_STAGE,      /* added to this stage (in the experiment events' table: to any stage) */
+} loom_callback_source;
+
+/* One row of a resolved callback table, as the runner dispatches it. */
+typedef struct loom_callback_info {
+  loom_callback *callback; /* owned by the experiment */
+  const char *name;        /* the callback's own strings: valid until it is renamed or destroyed */
+  const char *type;
+  int order;
+  loom_node node;
+  loom_scope scope;
+  loom_callback_source source;
+  int stage;       /* index of the stage it was added to; -1: the experiment's own */
+  unsigned events; /* bit (1u << e) set for each loom_event e it implements */
+} loom_callback_info;
+
 typedef struct loom_callback_ops {
   const char *type; /* e.g. "accuracy"; the default name */
   loom_callback_fn on_experiment_start;
@@ -85,14 +110,15 @@ typedef struct loom_callback_ops {
 } loom_callback_ops;
 
 /* Event filters, as Ignite has them. A filtered callback still receives
- * every event that is not a batch or epoch event. */
+ * every event that is not a batch, loader or epoch event. */
 typedef struct loom_event_filter {
   int64_t every_batches; /* batch events only every N loader batches (0: all) */
   int64_t every_epochs;  /* epoch events only every N epochs (0: all) */
   int64_t once_batch;    /* batch events only at this global train batch (0: off) */
   int64_t once_epoch;    /* epoch events only at this global epoch (0: off) */
   const char *loaders;   /* loader and batch events only on these loaders,
-                            comma-separated ("train,valid_hard"); NULL: all */
+                            comma-separated ("train,valid_hard"); NULL or "": all.
+                            Copied by loom_callback_set_filter. */
 } loom_event_filter;
 
 /* `ops` is copied; `data` is owned from here on (freed by ops->destroy even
@@ -112,7 +138,10 @@ LOOM_API void loom_callback_set_node(loom_callback *cb, loom_node node);
 LOOM_API loom_scope loom_callback_scope(const loom_callback *cb);
 LOOM_API void loom_callback_set_scope(loom_callback *cb, loom_scope scope);
 LOOM_API loom_callback_fn loom_callback_handler(const loom_callback *cb, loom_event event);
-/* Restricts when the callback hears batch, loader and epoch events. */
+/* Restricts when the callback hears batch, loader and epoch events. The
+ * filter is copied, `loaders` included (split into names): the caller may
+ * free or change the string once the call returns. Setting a filter again
+ * replaces the previous one. */
 LOOM_API int loom_callback_set_filter(loom_callback *cb, const loom_event_filter *filter);
 LOOM_API bool loom_callback_is_stateful(const loom_callback *cb);
 LOOM_API int loom_callback_save(loom_callback *cb, loom_runner *runner, loom_state *state);

@@ -39,8 +39,9 @@ LOOM_API const char *loom_experiment_logdir(const loom_experiment *exp);
 LOOM_API loom_stage *loom_experiment_add_stage(loom_experiment *exp, const char *name, int num_epochs);
 LOOM_API size_t loom_experiment_num_stages(const loom_experiment *exp);
 LOOM_API loom_stage *loom_experiment_stage(const loom_experiment *exp, size_t i);
-/* A callback for the whole experiment: experiment scope, registered ahead of
- * every stage's own callbacks. Owned from here on, also on failure. */
+/* A callback for the whole experiment: experiment scope, dispatched ahead of
+ * every stage's callbacks of equal order (loom/callback.h). Owned from here
+ * on, also on failure. */
 LOOM_API int loom_experiment_add_callback(loom_experiment *exp, loom_callback *cb);
 
 /* Each setter hands ownership to the experiment, also on failure. */
@@ -63,8 +64,21 @@ LOOM_API int loom_stage_freeze(loom_stage *stage, const char *layer);
 LOOM_API const char *loom_stage_name(const loom_stage *stage);
 LOOM_API int loom_stage_num_epochs(const loom_stage *stage);
 
-/* Prints each stage's callbacks in dispatch order, with order, node and
- * scope, as the runner will see them on `rank` of `world_size`. */
+/* `stage` for the table of on_experiment_start/end (and of on_exception
+ * outside a stage): every callback of every stage. */
+#define LOOM_EXPERIMENT_EVENTS (-1)
+
+/* The callback table stage `stage` will dispatch through on `rank` of
+ * `world_size`, in dispatch order: sorted by order; at equal order the
+ * experiment's callbacks, then those carried from earlier stages, then the
+ * stage's own, each group in registration order; callbacks whose node
+ * excludes `rank` left out. With LOOM_EXPERIMENT_EVENTS: the experiment's
+ * callbacks, then each stage's in stage order, sorted the same way.
+ * *rows is the caller's to free(); the names in it are the callbacks'. */
+LOOM_API int loom_experiment_callback_table(const loom_experiment *exp, int stage, int rank, int world_size,
+                                   loom_callback_info **rows, size_t *count);
+/* Prints each stage's table (loom_experiment_callback_table) with order,
+ * name, type, node, scope and events. */
 LOOM_API int loom_experiment_print_callbacks(const loom_experiment *exp, int rank, int world_size, FILE *out);
 
 #ifdef __cplusplus

@@ -46,7 +46,12 @@ typedef struct loom_run_options {
   bool check;               /* smoke test: 2 batches per loader, 2 epochs per stage */
   int64_t limit_batches;    /* at most N batches per loader per epoch (0: all) */
   int64_t overfit_batches;  /* every epoch, the same first N batches of each loader (0: off) */
-  bool handle_signals;      /* SIGINT/SIGTERM interrupt the run after the current batch */
+  /* SIGINT/SIGTERM interrupt the run after the current batch. The host's
+   * dispositions of both (handler, mask, flags) are saved at the start and
+   * restored exactly at the first signal and at the end of the run, so a
+   * second signal goes to the host's handler (or, by default, ends the
+   * process). No other signal is touched. */
+  bool handle_signals;
   loom_nonfinite_policy nonfinite;
   int64_t nonfinite_budget; /* batches SKIP may drop over the whole run */
 } loom_run_options;
@@ -62,8 +67,21 @@ LOOM_API void loom_runner_set_comm(loom_runner *runner, loom_comm *comm);
 LOOM_API void loom_runner_set_handle_batch(loom_runner *runner, loom_handle_batch_fn fn, void *user);
 
 /* Runs the experiment. Returns 0, or the error that stopped it unless a
- * callback marked that error handled in on_exception. The runner keeps its
- * final state (metrics, counters, error) until the next run or destroy. */
+ * callback marked that error handled in on_exception.
+ *
+ * After the run, as after Lightning's fit, the accessors below describe
+ * where it ended, until the next run or loom_runner_destroy:
+ * - the runner's own state stays readable even after the experiment is
+ *   destroyed: counters and positions (stage index, epoch, global steps,
+ *   optimizer steps), the batch, loader, epoch and best-valid metrics, the
+ *   RNG, the error and its message, the resume path and notice;
+ * - what the experiment owns is the last stage's, valid while the
+ *   experiment lives and not after loom_experiment_destroy: the model
+ *   (with the trained parameters), criterion and optimizer, the loader (NULL
+ *   unless the run stopped inside one), the experiment, the stage, loader,
+ *   valid-loader and main-metric names, the logdir, and the callbacks of
+ *   loom_runner_callback_table;
+ * - no batch is current: input, target and output are NULL. */
 LOOM_API int loom_run_experiment(loom_runner *runner, loom_experiment *exp);
 
 LOOM_API void loom_runner_set_options(loom_runner *runner, const loom_run_options *options);
@@ -172,7 +190,12 @@ LOOM_API bool loom_runner_minimize_metric(const loom_runner *r);
 LOOM_API bool loom_runner_is_best_valid(const loom_runner *r);
 LOOM_API int loom_runner_best_epoch(const loom_runner *r); /* global epoch, 0 if none */
 
-/* Prints the current stage's callbacks as dispatched on this rank. */
+/* The current stage's callback table on this rank, in dispatch order (as
+ * loom_experiment_callback_table describes it); empty before the first
+ * stage starts, the last stage's after a run. *rows is the caller's to
+ * free(). */
+LOOM_API int loom_runner_callback_table(const loom_runner *r, loom_callback_info **rows, size_t *count);
+/* Prints that table, one callback a line. */
 LOOM_API void loom_runner_print_callbacks(const loom_runner *r, FILE *out);
 
 /* --- control --- */
