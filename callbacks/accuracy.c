@@ -3,7 +3,6 @@
 #include <string.h>
 
 #include "core/error_internal.h"
-#include "core/tensor_impl.h"
 #include "loom/callbacks.h"
 #include "loom/runner.h"
 
@@ -20,13 +19,17 @@ static int accuracy_batch_end(loom_callback *cb, loom_runner *r) {
   const loom_tensor *out = loom_runner_output(r), *target = loom_runner_target(r);
   if (!out)
     return loom_error_set(LOOM_ESTATE, "accuracy: handle_batch set no output (loom_runner_set_output)");
-  if (out->ndim != 2 || target->numel != out->shape[0])
+  if (loom_tensor_ndim(out) != 2 || loom_tensor_numel(target) != loom_tensor_dim(out, 0))
     return loom_error_set(LOOM_ESHAPE, "accuracy: needs outputs [batch, classes] and one target per sample");
-  const int64_t n = out->shape[0], c = out->shape[1];
+  const int64_t n = loom_tensor_dim(out, 0), c = loom_tensor_dim(out, 1);
+  /* On the host: the outputs may live on a device. */
+  const float *scores = loom_tensor_host_data(out), *labels = loom_tensor_host_data(target);
+  if (!scores || !labels)
+    return loom_error_wrap(loom_last_error_code(), "accuracy: reading the batch's outputs");
   int64_t hits[MAX_TOPK] = {0};
   for (int64_t i = 0; i < n; i++) {
-    const float *x = out->data + i * c;
-    int64_t y = (int64_t)target->data[i];
+    const float *x = scores + i * c;
+    int64_t y = (int64_t)labels[i];
     if (y < 0 || y >= c)
       return loom_error_set(LOOM_EINVAL, "accuracy: target %lld of sample %lld is not a class in [0, %lld)",
                             (long long)y, (long long)i, (long long)c);

@@ -21,13 +21,43 @@ static int check_shape(int ndim, const int64_t *shape, int64_t *numel) {
   return 0;
 }
 
+/* Zeroes the whole buffer, capacity included. */
+static int loom_tensor_zero_capacity(loom_tensor *t) {
+  size_t bytes = (size_t)t->capacity * sizeof(float);
+  if (t->backend)
+    return loom_backend_zero(t->backend, t->data, bytes);
+  memset(t->data, 0, bytes);
+  return 0;
+}
+
 static void set_shape(loom_tensor *t, int ndim, const int64_t *shape, int64_t numel) {
   t->ndim = ndim;
   memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
   t->numel = numel;
 }
 
-loom_tensor *loom_tensor_create(int ndim, const int64_t *shape) {
+/* Backend memory (host memory without one), rounded up to 64 bytes. */
+static float *alloc_data(loom_backend *b, int64_t numel, int64_t *capacity) {
+  size_t bytes = ((size_t)(numel ? numel : 1) * sizeof(float) + 63) & ~(size_t)63;
+  /* 64-byte alignment keeps AVX-512 loads aligned for BLAS and our loops. */
+  float *data = b ? loom_backend_alloc(b, bytes) : aligned_alloc(64, bytes);
+  if (!data) {
+    if (!b)
+      loom_error_oom("tensor data");
+    return NULL;
+  }
+  *capacity = (int64_t)(bytes / sizeof(float));
+  return data;
+}
+
+static void free_data(loom_backend *b, float *data) {
+  if (b)
+    loom_backend_free(b, data);
+  else
+    free(data);
+}
+
+loom_tensor *loom_tensor_create_on(loom_backend *backend, int ndim, const int64_t *shape) {
   int64_t numel = 0;
   if (check_shape(ndim, shape, &numel) < 0)
     return NULL;
@@ -36,20 +66,19 @@ loom_tensor *loom_tensor_create(int ndim, const int64_t *shape) {
     loom_error_oom("a tensor");
     return NULL;
   }
-  /* 64-byte alignment keeps AVX-512 loads aligned for BLAS and our loops. */
-  size_t bytes = ((size_t)(numel ? numel : 1) * sizeof(float) + 63) & ~(size_t)63;
-  t->data = aligned_alloc(64, bytes);
-  if (!t->data) {
+  t->backend = backend;
+  t->data = alloc_data(backend, numel, &t->capacity);
+  if (!t->data || loom_tensor_zero_capacity(t) < 0) {
+    free_data(backend, t->data);
     free(t);
-    loom_error_oom("tensor data");
     return NULL;
   }
-  memset(t->data, 0, bytes);
   set_shape(t, ndim, shape, numel);
-  t->capacity = (int64_t)(bytes / sizeof(float));
   t->owns = true;
   return t;
 }
+
+loom_tensor *loom_tensor_create(int ndim, const int64_t *shape) { return loom_tensor_create_on(NULL, ndim, shape); }
 
 loom_tensor *loom_tensor_view(float *data, int ndim, const int64_t *shape) {
   int64_t numel = 0;
@@ -71,7 +100,8 @@ void loom_tensor_destroy(loom_tensor *t) {
   if (!t)
     return;
   if (t->owns)
-    free(t->data);
+    free_data(t->backend, t->data);
+  free(t->host);
   free(t);
 }
 
@@ -84,19 +114,41 @@ int loom_tensor_resize(loom_tensor *t, int ndim, const int64_t *shape) {
     if (!t->owns)
       return loom_error_set(LOOM_ESTATE, "tensor: cannot grow a view from %lld to %lld elements",
                             (long long)t->capacity, (long long)numel);
-    size_t bytes = ((size_t)numel * sizeof(float) + 63) & ~(size_t)63;
-    float *data = aligned_alloc(64, bytes);
+    int64_t capacity;
+    float *data = alloc_data(t->backend, numel, &capacity);
     if (!data)
-      return loom_error_oom("tensor data");
-    free(t->data);
+      return LOOM_ENOMEM;
+    free_data(t->backend, t->data);
     t->data = data;
-    t->capacity = (int64_t)(bytes / sizeof(float));
+    t->capacity = capacity;
   }
   set_shape(t, ndim, shape, numel);
   return 0;
 }
 
 float *loom_tensor_data(const loom_tensor *t) { return t->data; }
+loom_backend *loom_tensor_backend(const loom_tensor *t) { return t->backend; }
+
+static bool on_host(const loom_tensor *t) { return !t->backend || loom_backend_device(t->backend) == LOOM_DEVICE_CPU; }
+
+const float *loom_tensor_host_data(const loom_tensor *ct) {
+  if (on_host(ct))
+    return ct->data;
+  loom_tensor *t = (loom_tensor *)ct; /* the host copy is a cache: logically const */
+  if (t->numel > t->host_capacity) {
+    float *host = realloc(t->host, (size_t)t->numel * sizeof *host);
+    if (!host) {
+      loom_error_oom("a tensor's host copy");
+      return NULL;
+    }
+    t->host = host;
+    t->host_capacity = t->numel;
+  }
+  if (loom_backend_to_host(t->backend, t->host, t->data, (size_t)t->numel * sizeof(float)) < 0)
+    return NULL;
+  return t->host;
+}
+
 int loom_tensor_ndim(const loom_tensor *t) { return t->ndim; }
 const int64_t *loom_tensor_shape(const loom_tensor *t) { return t->shape; }
 int64_t loom_tensor_numel(const loom_tensor *t) { return t->numel; }
@@ -107,14 +159,31 @@ int64_t loom_tensor_dim(const loom_tensor *t, int i) {
   return (i >= 0 && i < t->ndim) ? t->shape[i] : 0;
 }
 
-void loom_tensor_zero(loom_tensor *t) { memset(t->data, 0, (size_t)t->numel * sizeof(float)); }
+int loom_tensor_zero(loom_tensor *t) {
+  size_t bytes = (size_t)t->numel * sizeof(float);
+  if (t->backend)
+    return loom_backend_zero(t->backend, t->data, bytes);
+  memset(t->data, 0, bytes);
+  return 0;
+}
 
+/* Between host memory and a backend, or within one; across two devices,
+ * through the host. */
 int loom_tensor_copy(loom_tensor *dst, const loom_tensor *src) {
   int rc = loom_tensor_resize(dst, src->ndim, src->shape);
   if (rc < 0)
     return rc;
-  memcpy(dst->data, src->data, (size_t)src->numel * sizeof(float));
-  return 0;
+  size_t bytes = (size_t)src->numel * sizeof(float);
+  if (dst->backend == src->backend)
+    return dst->backend ? loom_backend_copy(dst->backend, dst->data, src->data, bytes)
+                        : (memcpy(dst->data, src->data, bytes), 0);
+  if (on_host(src))
+    return dst->backend ? loom_backend_from_host(dst->backend, dst->data, src->data, bytes)
+                        : (memcpy(dst->data, src->data, bytes), 0);
+  const float *host = loom_tensor_host_data(src);
+  if (!host)
+    return loom_last_error_code();
+  return on_host(dst) ? (memcpy(dst->data, host, bytes), 0) : loom_backend_from_host(dst->backend, dst->data, host, bytes);
 }
 
 char *loom_tensor_shape_str(const loom_tensor *t, char *buf, int size) {

@@ -1,11 +1,11 @@
-/* Elementwise layers: LeakyReLU, GELU, Tanh, Sigmoid; and Flatten. */
+/* Elementwise layers: the activations (ReLU, LeakyReLU, GELU, Tanh, Sigmoid),
+ * Flatten and Dropout. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error_internal.h"
 #include "backends/cpu/parallel.h"
-#include "backends/cpu/simd.h"
 #include "models/layer_internal.h"
 
 int loom_same_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
@@ -15,117 +15,51 @@ int loom_same_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int6
   return 0;
 }
 
-/* One layer type per activation: y = f(x), dx = dy * f'(x, y). */
+/* One layer type per activation, each a loom_activation of the backend:
+ * y = f(x), dx = dy f'(x, y). */
 typedef struct activation {
-  float slope; /* LeakyReLU */
+  loom_activation act;
+  float param; /* LeakyReLU's slope */
 } activation;
 
-LOOM_HOT static int leaky_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
+static int act_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
   (void)train, (void)rng;
-  const float a = ((activation *)data)->slope;
-  const float *restrict in = x->data;
-  float *restrict out = y->data;
-  for (int64_t i = 0; i < x->numel; i++)
-    out[i] = in[i] > 0.0f ? in[i] : a * in[i];
-  return 0;
+  const activation *a = data;
+  return loom_backend_act_forward(loom_backend_of(x), a->act, a->param, x->data, y->data, x->numel);
 }
 
-LOOM_HOT static int leaky_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
-                                   loom_tensor *dx, bool param_grads) {
-  (void)y, (void)param_grads;
+static int act_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
+                        loom_tensor *dx, bool param_grads) {
+  (void)param_grads;
   if (!dx)
     return 0;
-  const float a = ((activation *)data)->slope;
-  const float *restrict in = x->data, *restrict g = dy->data;
-  float *restrict d = dx->data;
-  for (int64_t i = 0; i < x->numel; i++)
-    d[i] = in[i] > 0.0f ? g[i] : a * g[i];
-  return 0;
+  const activation *a = data;
+  return loom_backend_act_backward(loom_backend_of(x), a->act, a->param, x->data, y->data, dy->data, dx->data,
+                                   x->numel);
 }
 
-/* GELU, exact: x Phi(x); derivative Phi(x) + x phi(x). */
-static int gelu_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
-  (void)data, (void)train, (void)rng;
-  for (int64_t i = 0; i < x->numel; i++) {
-    float v = x->data[i];
-    y->data[i] = 0.5f * v * (1.0f + erff(v * 0.70710678f));
-  }
-  return 0;
-}
+#define ACTIVATION_OPS(name) \
+  {.type = name, .output_shape = loom_same_shape, .forward = act_forward, .backward = act_backward, .destroy = free}
+static const loom_layer_ops act_ops[LOOM_ACT_COUNT] = {
+    [LOOM_ACT_RELU] = ACTIVATION_OPS("ReLU"), [LOOM_ACT_LEAKY_RELU] = ACTIVATION_OPS("LeakyReLU"),
+    [LOOM_ACT_GELU] = ACTIVATION_OPS("GELU"), [LOOM_ACT_TANH] = ACTIVATION_OPS("Tanh"),
+    [LOOM_ACT_SIGMOID] = ACTIVATION_OPS("Sigmoid")};
 
-static int gelu_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
-                         loom_tensor *dx, bool param_grads) {
-  (void)data, (void)y, (void)param_grads;
-  if (!dx)
-    return 0;
-  for (int64_t i = 0; i < x->numel; i++) {
-    float v = x->data[i];
-    float cdf = 0.5f * (1.0f + erff(v * 0.70710678f)), pdf = 0.39894228f * expf(-0.5f * v * v);
-    dx->data[i] = dy->data[i] * (cdf + v * pdf);
-  }
-  return 0;
-}
-
-static int tanh_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
-  (void)data, (void)train, (void)rng;
-  for (int64_t i = 0; i < x->numel; i++)
-    y->data[i] = tanhf(x->data[i]);
-  return 0;
-}
-
-LOOM_HOT static int tanh_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
-                                  loom_tensor *dx, bool param_grads) {
-  (void)data, (void)x, (void)param_grads;
-  if (!dx)
-    return 0;
-  const float *restrict out = y->data, *restrict g = dy->data;
-  float *restrict d = dx->data;
-  for (int64_t i = 0; i < y->numel; i++)
-    d[i] = g[i] * (1.0f - out[i] * out[i]);
-  return 0;
-}
-
-static int sigmoid_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
-  (void)data, (void)train, (void)rng;
-  for (int64_t i = 0; i < x->numel; i++)
-    y->data[i] = 1.0f / (1.0f + expf(-x->data[i]));
-  return 0;
-}
-
-LOOM_HOT static int sigmoid_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
-                                     loom_tensor *dx, bool param_grads) {
-  (void)data, (void)x, (void)param_grads;
-  if (!dx)
-    return 0;
-  const float *restrict out = y->data, *restrict g = dy->data;
-  float *restrict d = dx->data;
-  for (int64_t i = 0; i < y->numel; i++)
-    d[i] = g[i] * out[i] * (1.0f - out[i]);
-  return 0;
-}
-
-static const loom_layer_ops leaky_ops = {.type = "LeakyReLU", .output_shape = loom_same_shape,
-                                         .forward = leaky_forward, .backward = leaky_backward, .destroy = free};
-static const loom_layer_ops gelu_ops = {.type = "GELU", .output_shape = loom_same_shape, .forward = gelu_forward,
-                                        .backward = gelu_backward};
-static const loom_layer_ops tanh_ops = {.type = "Tanh", .output_shape = loom_same_shape, .forward = tanh_forward,
-                                        .backward = tanh_backward};
-static const loom_layer_ops sigmoid_ops = {.type = "Sigmoid", .output_shape = loom_same_shape,
-                                           .forward = sigmoid_forward, .backward = sigmoid_backward};
-
-loom_layer *loom_leaky_relu_create(float slope) {
+static loom_layer *activation_create(loom_activation act, float param) {
   activation *a = malloc(sizeof *a);
   if (!a) {
-    loom_error_oom("a LeakyReLU layer");
+    loom_error_oom(act_ops[act].type);
     return NULL;
   }
-  a->slope = slope;
-  return loom_layer_create(&leaky_ops, a);
+  *a = (activation){act, param};
+  return loom_layer_create(&act_ops[act], a);
 }
 
-loom_layer *loom_gelu_create(void) { return loom_layer_create(&gelu_ops, NULL); }
-loom_layer *loom_tanh_create(void) { return loom_layer_create(&tanh_ops, NULL); }
-loom_layer *loom_sigmoid_create(void) { return loom_layer_create(&sigmoid_ops, NULL); }
+loom_layer *loom_relu_create(void) { return activation_create(LOOM_ACT_RELU, 0.0f); }
+loom_layer *loom_leaky_relu_create(float slope) { return activation_create(LOOM_ACT_LEAKY_RELU, slope); }
+loom_layer *loom_gelu_create(void) { return activation_create(LOOM_ACT_GELU, 0.0f); }
+loom_layer *loom_tanh_create(void) { return activation_create(LOOM_ACT_TANH, 0.0f); }
+loom_layer *loom_sigmoid_create(void) { return activation_create(LOOM_ACT_SIGMOID, 0.0f); }
 
 /* Flatten: [N, ...] -> [N, prod(...)]; the values do not move. */
 static int flatten_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {

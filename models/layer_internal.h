@@ -4,6 +4,7 @@
 #include "loom/model.h"
 
 #include "core/tensor_impl.h"
+#include "loom/backend_cpu.h"
 
 struct loom_layer {
   loom_layer_ops ops;
@@ -11,6 +12,11 @@ struct loom_layer {
 };
 
 size_t loom_layer_num_params(const loom_layer *layer);
+
+/* The backend that computes on `t`: its own, or the CPU's for host memory. */
+static inline loom_backend *loom_backend_of(const loom_tensor *t) {
+  return t->backend ? t->backend : loom_backend_cpu();
+}
 /* output_shape of shape-preserving layers. */
 int loom_same_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out);
 

@@ -1,11 +1,10 @@
-/* Linear: y = x W^T + b; the products are OpenBLAS sgemm. Inputs of any
- * sample shape are read as flat rows of in_features. */
+/* Linear: y = x W^T + b, on the backend's gemm, fill_rows and sum_rows.
+ * Inputs of any sample shape are read as flat rows of in_features. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error_internal.h"
-#include "backends/cpu/gemm.h"
 #include "models/layer_internal.h"
 
 typedef struct linear {
@@ -68,14 +67,12 @@ static int linear_forward(void *data, const loom_tensor *x, loom_tensor *y, bool
   (void)train, (void)rng;
   const linear *l = data;
   const int64_t n = x->shape[0];
-  float *restrict out = y->data;
-  if (l->has_bias) {
-    for (int64_t i = 0; i < n; i++)
-      memcpy(out + i * l->out, l->b, (size_t)l->out * sizeof(float));
-  }
-  loom_gemm(false, true, n, l->out, l->in, 1.0f, x->data, l->in, l->w, l->in, l->has_bias ? 1.0f : 0.0f, out,
-            l->out);
-  return 0;
+  loom_backend *be = loom_backend_of(x);
+  int rc = l->has_bias ? loom_backend_fill_rows(be, y->data, l->b, n, l->out) : 0;
+  if (rc < 0)
+    return rc;
+  return loom_backend_gemm(be, false, true, n, l->out, l->in, 1.0f, x->data, l->in, l->w, l->in,
+                           l->has_bias ? 1.0f : 0.0f, y->data, l->out);
 }
 
 static int linear_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
@@ -83,20 +80,19 @@ static int linear_backward(void *data, const loom_tensor *x, const loom_tensor *
   (void)y;
   linear *l = data;
   const int64_t n = x->shape[0];
-  /* dW += dy^T x */
+  loom_backend *be = loom_backend_of(x);
+  int rc = 0;
+  /* dW += dy^T x, db += the column sums of dy */
   if (param_grads)
-    loom_gemm(true, false, l->out, l->in, n, 1.0f, dy->data, l->out, x->data, l->in, 1.0f, l->dw, l->in);
-  if (param_grads && l->has_bias) {
-    float *restrict db = l->db;
-    const float *restrict g = dy->data;
-    for (int64_t i = 0; i < n; i++)
-      for (int64_t j = 0; j < l->out; j++)
-        db[j] += g[i * l->out + j];
-  }
+    rc = loom_backend_gemm(be, true, false, l->out, l->in, n, 1.0f, dy->data, l->out, x->data, l->in, 1.0f, l->dw,
+                           l->in);
+  if (rc == 0 && param_grads && l->has_bias)
+    rc = loom_backend_sum_rows(be, l->db, dy->data, n, l->out);
   /* dx = dy W */
-  if (dx)
-    loom_gemm(false, false, n, l->in, l->out, 1.0f, dy->data, l->out, l->w, l->in, 0.0f, dx->data, l->in);
-  return 0;
+  if (rc == 0 && dx)
+    rc = loom_backend_gemm(be, false, false, n, l->in, l->out, 1.0f, dy->data, l->out, l->w, l->in, 0.0f, dx->data,
+                           l->in);
+  return rc;
 }
 
 static const loom_layer_ops linear_ops = {

@@ -1,0 +1,103 @@
+/* The CPU backend's table: host memory, and the kernels of this folder. */
+#include "loom/backend_cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "backends/cpu/gemm.h"
+#include "backends/cpu/kernels.h"
+#include "core/error_internal.h"
+
+static void *cpu_alloc(void *ctx, size_t bytes) {
+  (void)ctx;
+  /* 64-byte alignment keeps AVX-512 loads aligned for BLAS and our loops. */
+  size_t rounded = ((bytes ? bytes : 1) + 63) & ~(size_t)63;
+  void *p = aligned_alloc(64, rounded);
+  if (!p)
+    loom_error_set(LOOM_ENOMEM, "CPU backend: out of memory allocating %zu bytes", bytes);
+  return p;
+}
+
+static void cpu_free(void *ctx, void *ptr) {
+  (void)ctx;
+  free(ptr);
+}
+
+static int cpu_copy(void *ctx, void *dst, const void *src, size_t bytes) {
+  (void)ctx;
+  if (bytes)
+    memmove(dst, src, bytes);
+  return 0;
+}
+
+static int cpu_zero(void *ctx, void *ptr, size_t bytes) {
+  (void)ctx;
+  memset(ptr, 0, bytes);
+  return 0;
+}
+
+static int cpu_gemm(void *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                    int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+  (void)ctx;
+  loom_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  return 0;
+}
+
+static int cpu_fill_rows(void *ctx, float *y, const float *row, int64_t rows, int64_t cols) {
+  (void)ctx;
+  for (int64_t i = 0; i < rows; i++)
+    memcpy(y + i * cols, row, (size_t)cols * sizeof *row);
+  return 0;
+}
+
+static int cpu_sum_rows(void *ctx, float *sum, const float *x, int64_t rows, int64_t cols) {
+  (void)ctx;
+  float *restrict s = sum;
+  const float *restrict g = x;
+  for (int64_t i = 0; i < rows; i++)
+    for (int64_t j = 0; j < cols; j++)
+      s[j] += g[i * cols + j];
+  return 0;
+}
+
+static int cpu_act_forward(void *ctx, loom_activation act, float param, const float *x, float *y, int64_t n) {
+  (void)ctx;
+  loom_cpu_act_forward(act, param, x, y, n);
+  return 0;
+}
+
+static int cpu_act_backward(void *ctx, loom_activation act, float param, const float *x, const float *y,
+                            const float *dy, float *dx, int64_t n) {
+  (void)ctx;
+  loom_cpu_act_backward(act, param, x, y, dy, dx, n);
+  return 0;
+}
+
+static const loom_backend_ops cpu_ops = {
+    .name = "cpu",
+    .device = LOOM_DEVICE_CPU,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .to_host = cpu_copy,
+    .from_host = cpu_copy,
+    .copy = cpu_copy,
+    .zero = cpu_zero,
+    .gemm = cpu_gemm,
+    .fill_rows = cpu_fill_rows,
+    .sum_rows = cpu_sum_rows,
+    .act_forward = cpu_act_forward,
+    .act_backward = cpu_act_backward,
+};
+
+static loom_backend *the_cpu;
+static uv_once_t once = UV_ONCE_INIT;
+
+static void create_cpu(void) { the_cpu = loom_backend_create(&cpu_ops, NULL); }
+
+loom_backend *loom_backend_cpu(void) {
+  uv_once(&once, create_cpu);
+  if (!the_cpu)
+    loom_error_set(LOOM_ENOMEM, "the CPU backend could not be created (out of memory at start-up)");
+  return the_cpu;
+}
