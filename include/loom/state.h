@@ -63,6 +63,8 @@ void loom_checkpoint_destroy(loom_checkpoint *c);
 loom_state *loom_checkpoint_group(loom_checkpoint *c, const char *group);
 /* The state named `group`, or NULL if the checkpoint has none. */
 const loom_state *loom_checkpoint_find(const loom_checkpoint *c, const char *group);
+/* A deep copy; NULL on allocation failure. */
+loom_checkpoint *loom_checkpoint_copy(const loom_checkpoint *c);
 size_t loom_checkpoint_num_groups(const loom_checkpoint *c);
 const char *loom_checkpoint_group_name(const loom_checkpoint *c, size_t i);
 
