@@ -61,16 +61,27 @@ void loom_runner_set_handle_batch(loom_runner *runner, loom_handle_batch_fn fn, 
 
 /* Runs the experiment. Returns 0, or the error that stopped it unless a
  * callback marked that error handled in on_exception. The runner keeps its
- * final state (metrics, counters, error) until the next run or destroy. */
+ * final state (metrics, counters, error) until the next run or destroy.
+ * Resumed from a snapshot taken at on_experiment_end it runs no stage, fires
+ * on_experiment_start and on_experiment_end, and returns 0. */
 int loom_run_experiment(loom_runner *runner, loom_experiment *exp);
 
 void loom_runner_set_options(loom_runner *runner, const loom_run_options *options);
 const loom_run_options *loom_runner_options(const loom_runner *runner);
 
-/* --- checkpoints and resume (docs/architecture.md, "Resume") --- */
+/* --- checkpoints and resume (docs/architecture.md, "Checkpoints and resume") --- */
 /* Everything needed to continue the run from this point of the loop:
  * model, optimizer, the runner's cursor, counters, RNG and metrics, and
- * every stateful callback's state. *out is the caller's to destroy. */
+ * every stateful callback's state. *out is the caller's to destroy.
+ * Allowed at every event; it describes the loop after the last completed
+ * unit: at a start event (experiment, stage, epoch, loader, batch) that
+ * unit has not begun, so a resume restores and fires the event again (at
+ * on_batch_start the counters are saved without the current batch); at an
+ * end event the unit is done, end event included, so a resume goes on with
+ * what follows. From on_experiment_end: the run resumes as finished (runs
+ * nothing and returns 0). During a resume's replay it is a copy of the
+ * checkpoint being resumed. LOOM_ESTATE outside a run, or after a failure
+ * outside a stage. */
 int loom_runner_snapshot(loom_runner *runner, loom_checkpoint **out);
 /* loom_runner_snapshot, written atomically to `path`. */
 int loom_runner_save_checkpoint(loom_runner *runner, const char *path);
