@@ -4,7 +4,11 @@
  * run resumed from each ends with the same parameters, optimizer state,
  * counters, metrics and metrics.jsonl, bit for bit, and sees the same
  * history (every batch, loader, epoch and stage end after the snapshot)
- * as the run that was never stopped. */
+ * as the run that was never stopped. Also: what the counters read at each
+ * event, and that a batch skipped by the SKIP policy counts as a batch but
+ * not as a step. */
+#include <math.h>
+
 #include "helpers.h"
 
 /* --- a growing text trace --- */
@@ -496,6 +500,197 @@ static void test_later_callback_starts_afresh(void **state) {
   free(dir);
 }
 
+/* --- counters at each event --- */
+
+static int count_event(loom_callback *cb, loom_runner *r, const char *event) {
+  text *t = loom_callback_data(cb);
+  if (loom_runner_global_epoch(r) != 2)
+    return 0;
+  bool batch = strncmp(event, "batch", 5) == 0;
+  appendf(t, "%s", event);
+  if (loom_runner_loader_name(r))
+    appendf(t, " %s b%lld lss%lld", loom_runner_loader_name(r), (long long)loom_runner_loader_batch_step(r),
+            (long long)loom_runner_loader_sample_step(r));
+  if (batch)
+    appendf(t, " bs%lld skipped%d", (long long)loom_runner_batch_size(r), loom_runner_batch_skipped(r));
+  appendf(t, " gbs%lld gss%lld opt%lld\n", (long long)loom_runner_global_batch_step(r),
+          (long long)loom_runner_global_sample_step(r), (long long)loom_runner_optimizer_step_count(r));
+  return 0;
+}
+
+#define COUNT(fn, ev) \
+  static int fn(loom_callback *cb, loom_runner *r) { return count_event(cb, r, ev); }
+COUNT(count_epoch_start, "epoch_start")
+COUNT(count_loader_start, "loader_start")
+COUNT(count_batch_start, "batch_start")
+COUNT(count_batch_end, "batch_end")
+COUNT(count_loader_end, "loader_end")
+COUNT(count_epoch_end, "epoch_end")
+
+static const loom_callback_ops counter_ops = {.type = "counters",
+                                              .on_epoch_start = count_epoch_start,
+                                              .on_loader_start = count_loader_start,
+                                              .on_batch_start = count_batch_start,
+                                              .on_batch_end = count_batch_end,
+                                              .on_loader_end = count_loader_end,
+                                              .on_epoch_end = count_epoch_end};
+
+/* The supervised batch, except that train batch `skip` (global) has a
+ * non-finite loss, which the SKIP policy drops. */
+static int64_t skip_at;
+static int skipping_batch(loom_runner *r, void *user) {
+  (void)user;
+  if (loom_runner_is_train_loader(r) && loom_runner_global_batch_step(r) == skip_at) {
+    int rc = loom_runner_check_loss(r, NAN);
+    return rc < 0 ? rc : 0;
+  }
+  return loom_supervised_handle_batch(r, NULL);
+}
+
+/* Train 40 samples (16+16+8), valid 24 (16+8), 2 epochs; the trace of
+ * epoch 2. */
+static char *count_run(int64_t skip, loom_runner **keep) {
+  char *dir = test_tmpdir();
+  loom_experiment *exp = loom_experiment_create("counters");
+  loom_experiment_set_logdir(exp, dir);
+  const int64_t sizes[] = {8, 16, 3};
+  loom_sgd_options sgd = {.lr = 0.05};
+  loom_stage *st = loom_experiment_add_stage(exp, "train", 2);
+  assert_int_equal(loom_stage_set_model(st, loom_mlp_create(sizes, 3, 5)), 0);
+  assert_int_equal(loom_stage_set_criterion(st, loom_cross_entropy_create()), 0);
+  assert_int_equal(loom_stage_set_optimizer(st, loom_sgd_create(&sgd)), 0);
+  assert_int_equal(loom_stage_add_loader(st, "train", test_loader(40, 8, 3, 16, true)), 0);
+  assert_int_equal(loom_stage_add_loader(st, "valid", test_loader(24, 8, 3, 16, false)), 0);
+  static text t;
+  t = (text){0};
+  assert_int_equal(loom_experiment_add_callback(exp, loom_callback_create(&counter_ops, &t, 0)), 0);
+  loom_runner *r = loom_runner_create();
+  loom_run_options o = loom_run_options_default();
+  o.nonfinite = LOOM_NONFINITE_SKIP;
+  o.nonfinite_budget = 10;
+  loom_runner_set_options(r, &o);
+  skip_at = skip;
+  loom_runner_set_handle_batch(r, skipping_batch, NULL);
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  *keep = r;
+  loom_experiment_destroy(exp);
+  test_rm_rf(dir);
+  free(dir);
+  return t.s;
+}
+
+/* Batch counters number the current batch: from on_batch_start they
+ * include it, so both events of a batch read the same numbers (Catalyst's
+ * rule). The optimizer step count is Lightning's global_step: steps done,
+ * so on_batch_start does not count the current batch's step yet. */
+static void test_counters_at_each_event(void **state) {
+  (void)state;
+  loom_runner *r;
+  char *got = count_run(0, &r);
+  assert_string_equal(got, "epoch_start gbs3 gss40 opt3\n"
+                           "loader_start train b0 lss0 gbs3 gss40 opt3\n"
+                           "batch_start train b1 lss16 bs16 skipped0 gbs4 gss56 opt3\n"
+                           "batch_end train b1 lss16 bs16 skipped0 gbs4 gss56 opt4\n"
+                           "batch_start train b2 lss32 bs16 skipped0 gbs5 gss72 opt4\n"
+                           "batch_end train b2 lss32 bs16 skipped0 gbs5 gss72 opt5\n"
+                           "batch_start train b3 lss40 bs8 skipped0 gbs6 gss80 opt5\n"
+                           "batch_end train b3 lss40 bs8 skipped0 gbs6 gss80 opt6\n"
+                           "loader_end train b3 lss40 gbs6 gss80 opt6\n"
+                           "loader_start valid b0 lss0 gbs6 gss80 opt6\n"
+                           "batch_start valid b1 lss16 bs16 skipped0 gbs6 gss80 opt6\n"
+                           "batch_end valid b1 lss16 bs16 skipped0 gbs6 gss80 opt6\n"
+                           "batch_start valid b2 lss24 bs8 skipped0 gbs6 gss80 opt6\n"
+                           "batch_end valid b2 lss24 bs8 skipped0 gbs6 gss80 opt6\n"
+                           "loader_end valid b2 lss24 gbs6 gss80 opt6\n"
+                           "epoch_end gbs6 gss80 opt6\n");
+  free(got);
+  loom_runner_destroy(r);
+}
+
+/* A skipped batch was served and seen: it counts in the batch and sample
+ * steps (global and loader), but it takes no optimizer step and adds no
+ * metrics. */
+static void test_skipped_batch_counts_as_a_batch(void **state) {
+  (void)state;
+  loom_runner *r;
+  char *got = count_run(5, &r); /* epoch 2, train batch 2 */
+  assert_string_equal(got, "epoch_start gbs3 gss40 opt3\n"
+                           "loader_start train b0 lss0 gbs3 gss40 opt3\n"
+                           "batch_start train b1 lss16 bs16 skipped0 gbs4 gss56 opt3\n"
+                           "batch_end train b1 lss16 bs16 skipped0 gbs4 gss56 opt4\n"
+                           "batch_start train b2 lss32 bs16 skipped0 gbs5 gss72 opt4\n"
+                           "batch_end train b2 lss32 bs16 skipped1 gbs5 gss72 opt4\n"
+                           "batch_start train b3 lss40 bs8 skipped0 gbs6 gss80 opt4\n"
+                           "batch_end train b3 lss40 bs8 skipped0 gbs6 gss80 opt5\n"
+                           "loader_end train b3 lss40 gbs6 gss80 opt5\n"
+                           "loader_start valid b0 lss0 gbs6 gss80 opt5\n"
+                           "batch_start valid b1 lss16 bs16 skipped0 gbs6 gss80 opt5\n"
+                           "batch_end valid b1 lss16 bs16 skipped0 gbs6 gss80 opt5\n"
+                           "batch_start valid b2 lss24 bs8 skipped0 gbs6 gss80 opt5\n"
+                           "batch_end valid b2 lss24 bs8 skipped0 gbs6 gss80 opt5\n"
+                           "loader_end valid b2 lss24 gbs6 gss80 opt5\n"
+                           "epoch_end gbs6 gss80 opt5\n");
+  free(got);
+  loom_runner_destroy(r);
+}
+
+/* The skipped batch's loss is in no loader metric: the train loss is the
+ * mean of the other two batches', weighted by their sizes. */
+typedef struct losses {
+  double batch[3], loader;
+} losses;
+
+static int loss_batch_end(loom_callback *cb, loom_runner *r) {
+  losses *l = loom_callback_data(cb);
+  double v = NAN;
+  if (loom_runner_global_epoch(r) == 1 && loom_runner_is_train_loader(r))
+    loom_metrics_get(loom_runner_batch_metrics(r), "loss", &v), l->batch[loom_runner_loader_batch_step(r) - 1] = v;
+  return 0;
+}
+
+static int loss_loader_end(loom_callback *cb, loom_runner *r) {
+  losses *l = loom_callback_data(cb);
+  if (loom_runner_global_epoch(r) == 1 && loom_runner_is_train_loader(r))
+    assert_true(loom_metrics_get(loom_runner_loader_metrics(r), "loss", &l->loader));
+  return 0;
+}
+
+static void test_skipped_batch_adds_no_metrics(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  loom_experiment *exp = loom_experiment_create("skip");
+  loom_experiment_set_logdir(exp, dir);
+  const int64_t sizes[] = {8, 16, 3};
+  loom_sgd_options sgd = {.lr = 0.05};
+  loom_stage *st = loom_experiment_add_stage(exp, "train", 1);
+  assert_int_equal(loom_stage_set_model(st, loom_mlp_create(sizes, 3, 5)), 0);
+  assert_int_equal(loom_stage_set_criterion(st, loom_cross_entropy_create()), 0);
+  assert_int_equal(loom_stage_set_optimizer(st, loom_sgd_create(&sgd)), 0);
+  assert_int_equal(loom_stage_add_loader(st, "train", test_loader(40, 8, 3, 16, true)), 0);
+  static losses l;
+  l = (losses){{0, 0, 0}, 0};
+  static const loom_callback_ops ops = {.type = "losses", .on_batch_end = loss_batch_end,
+                                        .on_loader_end = loss_loader_end};
+  assert_int_equal(loom_experiment_add_callback(exp, loom_callback_create(&ops, &l, 0)), 0);
+  loom_runner *r = loom_runner_create();
+  loom_run_options o = loom_run_options_default();
+  o.nonfinite = LOOM_NONFINITE_SKIP;
+  o.nonfinite_budget = 10;
+  loom_runner_set_options(r, &o);
+  skip_at = 2;
+  loom_runner_set_handle_batch(r, skipping_batch, NULL);
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  assert_true(isnan(l.batch[1])); /* no loss metric for the skipped batch */
+  assert_true(l.loader == (l.batch[0] * 16 + l.batch[2] * 8) / 24);
+  assert_int_equal(loom_runner_global_batch_step(r), 3);
+  assert_int_equal(loom_runner_global_sample_step(r), 40);
+  assert_int_equal(loom_runner_optimizer_step_count(r), 2);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+  test_rm_rf(dir);
+  free(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_resume_at_experiment_start),
@@ -514,6 +709,9 @@ int main(void) {
       cmocka_unit_test(test_resume_at_experiment_end),
       cmocka_unit_test(test_snapshot_while_resuming),
       cmocka_unit_test(test_later_callback_starts_afresh),
+      cmocka_unit_test(test_counters_at_each_event),
+      cmocka_unit_test(test_skipped_batch_counts_as_a_batch),
+      cmocka_unit_test(test_skipped_batch_adds_no_metrics),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -118,7 +118,7 @@ int loom_runner_optimizer_step_with(loom_runner *runner, const loom_step_options
  * zero_grad and the step from handle_batch, for the current stage. */
 void loom_runner_set_manual_step(loom_runner *runner, bool manual);
 bool loom_runner_manual_step(const loom_runner *runner);
-/* Optimizer steps so far in the run (not batches). */
+/* Optimizer steps done in the run (not batches): Lightning's global_step. */
 int64_t loom_runner_optimizer_step_count(const loom_runner *runner);
 /* True when handle_batch skipped this batch (non-finite loss, SKIP). */
 bool loom_runner_batch_skipped(const loom_runner *runner);
@@ -141,12 +141,20 @@ int loom_runner_global_epoch(const loom_runner *r); /* 1-based across stages */
 const char *loom_runner_loader_name(const loom_runner *r);
 loom_loader_kind loom_runner_loader_kind(const loom_runner *r);
 bool loom_runner_is_train_loader(const loom_runner *r);
-int64_t loom_runner_loader_batch_step(const loom_runner *r); /* 1-based */
+/* Batch counters number the current batch: the runner advances them just
+ * before on_batch_start, so on_batch_start, handle_batch and on_batch_end of
+ * one batch read the same values (Catalyst's rule); between batches they
+ * count the batches done. A batch the SKIP policy drops counts like any
+ * other (it was served), but takes no optimizer step. Lightning's
+ * global_step is loom_runner_optimizer_step_count (steps done: the current
+ * batch's step is not counted in on_batch_start, it is in on_batch_end);
+ * its batch_idx is loader_batch_step - 1. */
+int64_t loom_runner_loader_batch_step(const loom_runner *r); /* the current batch of the loader, 1-based */
 int64_t loom_runner_loader_num_batches(const loom_runner *r);
-int64_t loom_runner_loader_sample_step(const loom_runner *r);
+int64_t loom_runner_loader_sample_step(const loom_runner *r); /* samples through the current batch */
 int64_t loom_runner_batch_size(const loom_runner *r);
-int64_t loom_runner_global_batch_step(const loom_runner *r);  /* train batches so far */
-int64_t loom_runner_global_sample_step(const loom_runner *r); /* train samples so far */
+int64_t loom_runner_global_batch_step(const loom_runner *r);  /* train batches through the current one */
+int64_t loom_runner_global_sample_step(const loom_runner *r); /* train samples through the current batch */
 double loom_runner_loader_elapsed(const loom_runner *r);      /* seconds since on_loader_start */
 loom_comm *loom_runner_comm(const loom_runner *r);
 int loom_runner_rank(const loom_runner *r);
