@@ -20,6 +20,7 @@ typedef struct metrics_logger {
   char jsonl_path[4096], csv_path[4096];
   json_t *rows;    /* every row so far, for a CSV rewrite */
   json_t *columns; /* metric names, in first-seen order */
+  long closed_at;  /* metrics.jsonl's length when on_experiment_end closed it */
 } metrics_logger;
 
 static int open_file(FILE **f, char *path, size_t size, const char *logdir, const char *name, const char *mode) {
@@ -37,6 +38,7 @@ static int logger_experiment_start(loom_callback *cb, loom_runner *r) {
   const char *logdir = loom_runner_logdir(r);
   /* A resumed run appends; its saved state trims what came after. */
   const char *mode = loom_runner_is_resumed(r) ? "a" : "w";
+  m->closed_at = 0;
   int rc = loom_mkdir_p(logdir);
   if (rc == 0)
     rc = open_file(&m->jsonl, m->jsonl_path, sizeof m->jsonl_path, logdir, "metrics.jsonl", mode);
@@ -144,7 +146,7 @@ static int logger_loader_end(loom_callback *cb, loom_runner *r) {
 static int logger_save(loom_callback *cb, loom_runner *r, loom_state *s) {
   (void)r;
   metrics_logger *m = loom_callback_data(cb);
-  long bytes = m->jsonl ? ftell(m->jsonl) : 0;
+  long bytes = m->jsonl ? ftell(m->jsonl) : m->closed_at; /* a snapshot at on_experiment_end */
   return loom_state_set_i64(s, "jsonl_bytes", bytes < 0 ? 0 : bytes);
 }
 
@@ -193,8 +195,10 @@ static int logger_load(loom_callback *cb, loom_runner *r, const loom_state *s) {
 }
 
 static void close_files(metrics_logger *m) {
-  if (m->jsonl)
+  if (m->jsonl) {
+    m->closed_at = ftell(m->jsonl);
     fclose(m->jsonl);
+  }
   if (m->csv)
     fclose(m->csv);
   m->jsonl = m->csv = NULL;

@@ -76,6 +76,20 @@ loom_state *loom_checkpoint_group(loom_checkpoint *c, const char *group) {
   return s;
 }
 
+loom_checkpoint *loom_checkpoint_copy(const loom_checkpoint *c) {
+  loom_checkpoint *copy = loom_checkpoint_create();
+  int rc = copy ? 0 : LOOM_ENOMEM;
+  for (size_t i = 0; rc == 0 && i < c->count; i++) {
+    loom_state *to = loom_checkpoint_group(copy, c->groups[i].name);
+    rc = to ? loom_state_copy(to, c->groups[i].state) : LOOM_ENOMEM;
+  }
+  if (rc < 0) {
+    loom_checkpoint_destroy(copy);
+    return NULL;
+  }
+  return copy;
+}
+
 size_t loom_checkpoint_num_groups(const loom_checkpoint *c) { return c->count; }
 const char *loom_checkpoint_group_name(const loom_checkpoint *c, size_t i) {
   return i < c->count ? c->groups[i].name : NULL;

@@ -114,6 +114,20 @@ int loom_state_set_i64_array(loom_state *s, const char *key, const int64_t *v, s
   return loom_state_set_array(s, key, LOOM_VALUE_I64_ARRAY, v, n);
 }
 
+int loom_state_copy(loom_state *to, const loom_state *from) {
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < from->count; i++) {
+    const loom_state_entry *e = &from->entries[i];
+    switch (e->type) {
+    case LOOM_VALUE_I64: rc = loom_state_set_i64(to, e->key, e->i64); break;
+    case LOOM_VALUE_F64: rc = loom_state_set_f64(to, e->key, e->f64); break;
+    case LOOM_VALUE_STR: rc = loom_state_set_str(to, e->key, e->str); break;
+    default: rc = loom_state_set_array(to, e->key, e->type, e->data, e->n); break;
+    }
+  }
+  return rc;
+}
+
 static const char *type_name(loom_value_type t) {
   static const char *names[] = {"an integer", "a double", "a string", "a float32 array", "a float64 array",
                                 "an int64 array"};

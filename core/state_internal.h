@@ -20,6 +20,8 @@ struct loom_state {
 
 const loom_state_entry *loom_state_find(const loom_state *s, const char *key);
 int loom_state_set_array(loom_state *s, const char *key, loom_value_type type, const void *values, size_t n);
+/* Sets every value of `from` in `to` (copies). */
+int loom_state_copy(loom_state *to, const loom_state *from);
 /* Bytes per element of an array type (int64 and double: 8, float: 4). */
 size_t loom_value_size(loom_value_type type);
 

@@ -114,9 +114,8 @@ static void unwind(loom_runner *r, int error, bool experiment_end_done) {
   snprintf(r->error_message, sizeof r->error_message, "%s", loom_last_error());
   r->error_handled = false;
   const loom_callback_table *t = r->in_stage ? &r->stage_table : &r->exp_table;
-  r->event = LOOM_EVENT_EXCEPTION;
+  /* r->event stays where the loop failed: a snapshot describes that point. */
   loom_callback_table_dispatch(t, LOOM_EVENT_EXCEPTION, r, 1);
-  r->event = LOOM_EVENT_EXPERIMENT_END;
   if (!experiment_end_done)
     loom_callback_table_dispatch(&r->exp_table, LOOM_EVENT_EXPERIMENT_END, r, 1);
   loom_error_set(r->error, "%s", r->error_message);
@@ -137,6 +136,8 @@ static int run(loom_runner *r, bool *end_done) {
   /* Stages before the resumed one only lend their components. */
   for (size_t s = 0; rc == 0 && s < first; s++)
     rc = loom_runner_prepare_stage(r, s, false);
+  if (rc == 0 && r->resume && r->cursor.phase == LOOM_PHASE_STAGE_DONE)
+    rc = loom_runner_restore_ended_stage(r, first++);
   for (size_t s = first; rc == 0 && s < loom_experiment_num_stages(r->exp); s++)
     rc = loom_runner_run_stage(r, s);
   if (rc == 0) {

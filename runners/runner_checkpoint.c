@@ -57,33 +57,85 @@ static int load_metrics(const loom_state *s, const char *key, loom_metrics *m) {
   return rc;
 }
 
-/* Where the loop is, as a resume point (see docs/architecture.md). */
+/* Where the loop is, as a resume point: after the last completed unit. A
+ * start event's unit has not begun; an end event's unit is done, its end
+ * event included (docs/architecture.md, "Checkpoints and resume"). */
 static loom_cursor cursor_now(const loom_runner *r) {
-  loom_cursor c = {.stage = r->stage_index, .epoch = r->epoch, .global_epoch = r->global_epoch};
-  if (r->loader_index >= 0) {
-    c.loader = r->loader_index;
-    c.batches = r->event == LOOM_EVENT_BATCH_END ? r->loader_batch_step : r->batches_done;
-  } else if (r->event == LOOM_EVENT_EPOCH_START) {
-    c.loader = 0; /* the epoch has begun, no loader yet */
-  } else {
-    c.epoch_done = 1; /* between epochs, or at an epoch's end */
+  loom_cursor c = {.stage = r->stage_index, .epoch = r->epoch, .loader = r->loader_index < 0 ? 0 : r->loader_index,
+                   .batches = r->loader_batch_step, .global_epoch = r->global_epoch};
+  switch (r->event) {
+  case LOOM_EVENT_EXPERIMENT_START:
+    return (loom_cursor){.phase = LOOM_PHASE_BEFORE_STAGE};
+  case LOOM_EVENT_STAGE_START:
+    c.phase = LOOM_PHASE_BEFORE_STAGE;
+    break;
+  case LOOM_EVENT_EPOCH_START:
+    c.phase = LOOM_PHASE_EPOCH_DONE;
+    c.epoch--, c.global_epoch--;
+    break;
+  case LOOM_EVENT_LOADER_START:
+    c.phase = LOOM_PHASE_BEFORE_LOADER;
+    break;
+  case LOOM_EVENT_LOADER_END:
+    c.phase = LOOM_PHASE_BEFORE_LOADER;
+    c.loader++;
+    break;
+  case LOOM_EVENT_BATCH_START: /* the batch under way is not done */
+    c.phase = LOOM_PHASE_IN_LOADER;
+    c.batches = r->batches_done;
+    break;
+  case LOOM_EVENT_BATCH_END:
+    c.phase = LOOM_PHASE_IN_LOADER;
+    break;
+  case LOOM_EVENT_EPOCH_END:
+    c.phase = LOOM_PHASE_EPOCH_DONE;
+    break;
+  case LOOM_EVENT_STAGE_END:
+  case LOOM_EVENT_EXPERIMENT_END:
+    c.phase = LOOM_PHASE_STAGE_DONE;
+    break;
+  default: /* between events: after a batch, or after an epoch */
+    c.phase = r->loader_index >= 0 ? LOOM_PHASE_IN_LOADER : LOOM_PHASE_EPOCH_DONE;
+    break;
   }
   return c;
 }
 
+/* The metrics stores as of the cursor, in copies: on_batch_end counts its
+ * batch in the loader's sums, on_loader_end its loader in the epoch's
+ * metrics, as the loop does right after those events. */
+enum { SAVED_SUMS, SAVED_WEIGHTS, SAVED_EPOCH, SAVED_VALID, NUM_SAVED };
+
+static int metrics_at_cursor(const loom_runner *r, loom_metrics **m) {
+  const loom_metrics *now[NUM_SAVED] = {r->loader_sums, r->loader_weights, r->epoch_metrics, r->valid_metrics};
+  int rc = 0;
+  for (int i = 0; i < NUM_SAVED && rc == 0; i++)
+    rc = (m[i] = loom_metrics_create()) ? loom_metrics_copy(m[i], now[i], NULL, false) : LOOM_ENOMEM;
+  if (rc == 0 && r->event == LOOM_EVENT_BATCH_END && !r->skip_batch)
+    rc = loom_accumulate_metrics(m[SAVED_SUMS], m[SAVED_WEIGHTS], r->batch_metrics, (double)r->batch_size);
+  if (rc == 0 && r->event == LOOM_EVENT_LOADER_END)
+    rc = loom_runner_add_loader_metrics(r, m[SAVED_EPOCH], m[SAVED_VALID]);
+  return rc;
+}
+
 static int save_runner(loom_runner *r, loom_state *s) {
   loom_cursor c = cursor_now(r);
-  const int64_t cursor[6] = {c.stage, c.epoch, c.epoch_done, c.loader, c.batches, c.global_epoch};
+  const int64_t cursor[6] = {c.stage, c.epoch, c.phase, c.loader, c.batches, c.global_epoch};
+  /* During on_batch_start (and handle_batch) the counters already number
+   * the batch under way, which the cursor does not count as done. */
+  int64_t batch = r->event == LOOM_EVENT_BATCH_START ? r->batch_size : 0;
+  bool train = r->loader_kind == LOOM_LOADER_TRAIN;
+  const int64_t counters[7] = {r->global_batch_step - (batch && train), r->global_sample_step - (train ? batch : 0),
+                               r->global_optimizer_step, r->loader_sample_step - batch, r->stop_flags,
+                               r->nonfinite_skips, (int64_t)r->best_epoch};
+  const loom_stage *stage = r->stage ? r->stage : loom_experiment_stage(r->exp, 0);
   int64_t rng[4];
   memcpy(rng, r->rng.s, sizeof rng);
   int rc = loom_state_set_i64_array(s, "cursor", cursor, 6);
   if (rc == 0)
-    rc = loom_state_set_str(s, "stage_name", r->stage->name);
+    rc = loom_state_set_str(s, "stage_name", stage->name);
   if (rc == 0)
     rc = loom_state_set_str(s, "loader_name", r->loader_index >= 0 ? r->loader_name : "");
-  const int64_t counters[7] = {r->global_batch_step,        r->global_sample_step, r->global_optimizer_step,
-                               r->loader_sample_step,       r->stop_flags,         r->nonfinite_skips,
-                               (int64_t)r->best_epoch};
   if (rc == 0)
     rc = loom_state_set_i64_array(s, "counters", counters, 7);
   if (rc == 0)
@@ -92,31 +144,23 @@ static int save_runner(loom_runner *r, loom_state *s) {
     rc = loom_state_set_i64(s, "have_best", r->have_best);
   if (rc == 0)
     rc = loom_state_set_f64(s, "best_value", r->best_value);
-  /* At on_batch_end the batch is done but not yet counted in the sums. */
-  loom_metrics *sums = r->loader_sums, *weights = r->loader_weights;
-  loom_metrics *vs = NULL, *vw = NULL;
-  if (rc == 0 && r->event == LOOM_EVENT_BATCH_END && !r->skip_batch) {
-    vs = loom_metrics_create();
-    vw = loom_metrics_create();
-    rc = (vs && vw) ? loom_metrics_copy(vs, sums, NULL, false) : LOOM_ENOMEM;
-    if (rc == 0)
-      rc = loom_metrics_copy(vw, weights, NULL, false);
-    if (rc == 0)
-      rc = loom_accumulate_metrics(vs, vw, r->batch_metrics, (double)r->batch_size);
-    sums = vs, weights = vw;
-  }
+  loom_metrics *m[NUM_SAVED] = {NULL};
   if (rc == 0)
-    rc = save_metrics(s, "loader_sums", sums);
+    rc = metrics_at_cursor(r, m);
   if (rc == 0)
-    rc = save_metrics(s, "loader_weights", weights);
+    rc = save_metrics(s, "loader_sums", m[SAVED_SUMS]);
   if (rc == 0)
-    rc = save_metrics(s, "epoch_metrics", r->epoch_metrics);
+    rc = save_metrics(s, "loader_weights", m[SAVED_WEIGHTS]);
   if (rc == 0)
-    rc = save_metrics(s, "valid_metrics", r->valid_metrics);
+    rc = save_metrics(s, "loader_metrics", r->loader_metrics);
+  if (rc == 0)
+    rc = save_metrics(s, "epoch_metrics", m[SAVED_EPOCH]);
+  if (rc == 0)
+    rc = save_metrics(s, "valid_metrics", m[SAVED_VALID]);
   if (rc == 0)
     rc = save_metrics(s, "best_valid_metrics", r->best_valid_metrics);
-  loom_metrics_destroy(vs);
-  loom_metrics_destroy(vw);
+  for (int i = 0; i < NUM_SAVED; i++)
+    loom_metrics_destroy(m[i]);
   return rc;
 }
 
@@ -142,8 +186,16 @@ static int save_experiment(const loom_experiment *exp, loom_state *s) {
 
 int loom_runner_snapshot(loom_runner *r, loom_checkpoint **out) {
   *out = NULL;
-  if (!r->exp || !r->stage || !r->in_stage)
-    return loom_error_set(LOOM_ESTATE, "a snapshot can only be taken inside a stage (from a callback)");
+  if (!r->exp)
+    return loom_error_set(LOOM_ESTATE, "a snapshot needs a run: take it from a callback");
+  if (r->error && !r->in_stage)
+    return loom_error_set(LOOM_ESTATE, "the run failed outside a stage: there is no loop state to snapshot");
+  if (r->resume) {
+    /* Until the saved state is back, the run stands where the checkpoint
+     * it resumes was taken (the events before are a replay). */
+    *out = loom_checkpoint_copy(r->resume);
+    return *out ? 0 : loom_error_oom("a snapshot");
+  }
   loom_checkpoint *c = loom_checkpoint_create();
   if (!c)
     return LOOM_ENOMEM;
@@ -168,8 +220,10 @@ int loom_runner_snapshot(loom_runner *r, loom_checkpoint **out) {
     }
     loom_state_destroy(tmp);
   }
-  for (size_t i = 0; rc == 0 && i < r->stage_table.count; i++) {
-    loom_callback *cb = r->stage_table.all[i];
+  /* Before the first stage, every callback is the stage's to come. */
+  const loom_callback_table *t = r->stage_index < 0 ? &r->exp_table : &r->stage_table;
+  for (size_t i = 0; rc == 0 && i < t->count; i++) {
+    loom_callback *cb = t->all[i];
     if (!loom_callback_is_stateful(cb))
       continue;
     char name[512];
@@ -202,6 +256,12 @@ int loom_runner_set_resume(loom_runner *r, const char *source) {
   return 0;
 }
 
+/* Adds `what` to the resume notice. */
+static void notice(loom_runner *r, const char *what) {
+  size_t len = strlen(r->resume_notice);
+  snprintf(r->resume_notice + len, sizeof r->resume_notice - len, "%s%s", len ? "; " : "", what);
+}
+
 /* The checkpoint must describe this experiment's stages. */
 static int check_experiment(loom_runner *r, const loom_state *s) {
   const char *name, *stages;
@@ -222,9 +282,10 @@ static int check_experiment(loom_runner *r, const loom_state *s) {
   loom_state_destroy(mine);
   if (rc == 0 && (uint64_t)seed != loom_experiment_seed(r->exp)) {
     /* The run continues as the run it was, with the seed it drew with. */
-    snprintf(r->resume_notice + strlen(r->resume_notice), sizeof r->resume_notice - strlen(r->resume_notice),
-             "%sseed %llu taken from the checkpoint (the experiment said %llu)", r->resume_notice[0] ? "; " : "",
+    char what[160];
+    snprintf(what, sizeof what, "seed %llu taken from the checkpoint (the experiment said %llu)",
              (unsigned long long)seed, (unsigned long long)loom_experiment_seed(r->exp));
+    notice(r, what);
     loom_experiment_set_seed(r->exp, (uint64_t)seed);
   }
   return rc;
@@ -251,13 +312,20 @@ int loom_runner_open_resume(loom_runner *r) {
                                          r->resume_path);
   if (rc == 0)
     rc = loom_state_get_i64_array(run, "cursor", cur, 6);
-  if (rc == 0 && (cur[0] < 0 || (size_t)cur[0] >= loom_experiment_num_stages(r->exp)))
+  size_t stages = loom_experiment_num_stages(r->exp);
+  if (rc == 0 && (cur[0] < 0 || (size_t)cur[0] >= stages))
     rc = loom_error_set(LOOM_EFORMAT, "the checkpoint's stage %lld does not exist", (long long)cur[0]);
+  if (rc == 0 && (cur[2] < 0 || cur[2] >= LOOM_PHASE_COUNT || cur[1] < 0 || cur[3] < 0 || cur[4] < 0))
+    rc = loom_error_set(LOOM_EFORMAT, "the checkpoint's cursor (phase %lld, epoch %lld, loader %lld, batch %lld) is "
+                                      "not one this version writes",
+                        (long long)cur[2], (long long)cur[1], (long long)cur[3], (long long)cur[4]);
   if (rc < 0) {
     loom_checkpoint_destroy(c);
     return loom_error_wrap(rc, "cannot resume from %s", r->resume_path);
   }
   r->cursor = (loom_cursor){cur[0], cur[1], cur[2], cur[3], cur[4], cur[5]};
+  if (r->cursor.phase == LOOM_PHASE_STAGE_DONE && (size_t)r->cursor.stage + 1 == stages)
+    notice(r, "the checkpoint's run had finished: nothing left to run");
   r->resume = c;
   r->resumed = true;
   return 0;
@@ -276,6 +344,8 @@ static int restore_runner(loom_runner *r, const loom_state *s) {
     rc = load_metrics(s, "loader_sums", r->loader_sums);
   if (rc == 0)
     rc = load_metrics(s, "loader_weights", r->loader_weights);
+  if (rc == 0 && loom_state_has(s, "loader_metrics_names")) /* not in older files */
+    rc = load_metrics(s, "loader_metrics", r->loader_metrics);
   if (rc == 0)
     rc = load_metrics(s, "epoch_metrics", r->epoch_metrics);
   if (rc == 0)

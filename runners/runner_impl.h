@@ -11,13 +11,25 @@
 #include "runners/callback_internal.h"
 #include "runners/experiment_internal.h"
 
-/* Where a checkpoint was taken, and so where a resume continues. */
+/* What a snapshot saves: the loop after its last completed unit (see
+ * docs/architecture.md, "Checkpoints and resume"); the phase says which
+ * unit that is, and so how a resume continues. 0 and 1 mean what they
+ * meant in files from before phases (epoch_done 0 and 1). */
+typedef enum loom_phase {
+  LOOM_PHASE_IN_LOADER = 0,     /* loader `loader` under way, `batches` of it done */
+  LOOM_PHASE_EPOCH_DONE = 1,    /* on_stage_start done, epochs up to `epoch` done (0: none) */
+  LOOM_PHASE_BEFORE_STAGE = 2,  /* the stage prepared, on_stage_start not fired */
+  LOOM_PHASE_BEFORE_LOADER = 3, /* epoch `epoch` under way, loaders before `loader` done */
+  LOOM_PHASE_STAGE_DONE = 4,    /* on_stage_end done */
+  LOOM_PHASE_COUNT
+} loom_phase;
+
 typedef struct loom_cursor {
-  int64_t stage;      /* index */
-  int64_t epoch;      /* 1-based in the stage; 0 before the first */
-  int64_t epoch_done; /* 1: on_epoch_end completed, continue with the next */
-  int64_t loader;     /* index of the loader under way */
-  int64_t batches;    /* batches of that loader done */
+  int64_t stage;   /* index */
+  int64_t epoch;   /* 1-based in the stage; 0 before the first */
+  int64_t phase;   /* loom_phase */
+  int64_t loader;  /* index of the loader under way (or next) */
+  int64_t batches; /* batches of that loader done (or of the last loader) */
   int64_t global_epoch;
 } loom_cursor;
 
@@ -51,7 +63,8 @@ struct loom_runner {
   loom_callback_table exp_table;   /* every callback: experiment start/end */
   loom_callback_table stage_table; /* the current stage's */
   bool in_stage;
-  loom_event event; /* the event being dispatched */
+  loom_event event; /* being fired; LOOM_EVENT_COUNT between events; where
+                       the loop failed while unwinding */
 
   /* where the loop is */
   int epoch, num_epochs, global_epoch;
@@ -111,6 +124,9 @@ int loom_runner_sync(loom_runner *r);
 /* Batches a loader runs after check/limit/overfit. */
 int64_t loom_runner_batch_limit(const loom_runner *r, int64_t available);
 int loom_runner_run_stage(loom_runner *r, size_t index);
+/* A resume after stage `index` ended: the stage lends its components and
+ * callbacks the saved state, and fires no event. */
+int loom_runner_restore_ended_stage(loom_runner *r, size_t index);
 
 /* runner_stage.c */
 /* Makes stage `index` current: components, loaders, model build, carry-over
@@ -124,6 +140,9 @@ int loom_accumulate_metrics(loom_metrics *sums, loom_metrics *weights, const loo
 int loom_runner_finish_loader_metrics(loom_runner *r);
 /* is_best_valid and best_valid_metrics from the valid loader's main metric. */
 int loom_runner_update_best_valid(loom_runner *r);
+/* The finished loader's metrics into `epoch` as "{loader}/{metric}" and,
+ * for the stage's valid loader, into `valid`. */
+int loom_runner_add_loader_metrics(const loom_runner *r, loom_metrics *epoch, loom_metrics *valid);
 
 /* runner_checkpoint.c */
 /* Opens the checkpoint named by r->resume_source into r->resume and reads

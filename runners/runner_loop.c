@@ -2,8 +2,6 @@
  * travel between ranks after every batch and epoch. */
 #include "runners/runner_impl.h"
 
-#include <string.h>
-
 int loom_runner_dispatch(loom_runner *r, loom_event event) {
   r->event = event;
   return loom_callback_table_dispatch(&r->stage_table, event, r, 0);
@@ -158,11 +156,7 @@ static int loader_body(loom_runner *r, const loom_named_loader *nl, bool resume_
   if ((rc = loom_runner_dispatch(r, LOOM_EVENT_LOADER_END)) < 0)
     return rc;
   /* After the callbacks, so that their own aggregates (e.g. AUC) land too. */
-  if ((rc = loom_metrics_copy(r->epoch_metrics, r->loader_metrics, nl->name, true)) < 0)
-    return rc;
-  if (strcmp(nl->name, r->valid_loader) == 0)
-    rc = loom_metrics_copy(r->valid_metrics, r->loader_metrics, NULL, false);
-  return rc;
+  return loom_runner_add_loader_metrics(r, r->epoch_metrics, r->valid_metrics);
 }
 
 static int run_epoch(loom_runner *r, bool resume_here) {
@@ -181,9 +175,18 @@ static int run_epoch(loom_runner *r, bool resume_here) {
   }
   if ((rc = loom_runner_dispatch(r, LOOM_EVENT_EPOCH_START)) < 0)
     return rc;
-  int first = resume_here ? (int)r->cursor.loader : 0;
+  int first = 0;
+  bool in_loader = false;
+  if (resume_here) {
+    /* Replayed down to here: a resume between loaders restores now, one
+     * inside a loader after that loader's on_loader_start. */
+    first = (int)r->cursor.loader;
+    in_loader = r->cursor.phase == LOOM_PHASE_IN_LOADER;
+    if (!in_loader && (rc = loom_runner_restore(r)) < 0)
+      return rc;
+  }
   for (int i = first; i < (int)r->num_loaders; i++)
-    if ((rc = run_loader(r, i, resume_here && i == first)) < 0)
+    if ((rc = run_loader(r, i, in_loader && i == first)) < 0)
       return rc;
   r->loader_name = NULL;
   r->loader = NULL;
@@ -203,14 +206,18 @@ int loom_runner_run_stage(loom_runner *r, size_t index) {
   int first_epoch = 1;
   if (resume_here) {
     /* Counters the replayed events show; the rest is restored below. */
-    first_epoch = (int)(r->cursor.epoch + r->cursor.epoch_done);
-    r->global_epoch = (int)(r->cursor.global_epoch - (r->cursor.epoch_done ? 0 : 1));
+    bool epoch_done = r->cursor.phase == LOOM_PHASE_EPOCH_DONE || r->cursor.phase == LOOM_PHASE_BEFORE_STAGE;
+    first_epoch = (int)r->cursor.epoch + epoch_done;
+    r->global_epoch = (int)r->cursor.global_epoch - !epoch_done;
     r->epoch = (int)r->cursor.epoch;
+    /* Before the stage began: its on_stage_start is no replay. */
+    if (r->cursor.phase == LOOM_PHASE_BEFORE_STAGE && (rc = loom_runner_restore(r)) < 0)
+      return rc;
   }
   r->in_stage = true;
   if ((rc = loom_runner_dispatch(r, LOOM_EVENT_STAGE_START)) < 0)
     return rc;
-  if (resume_here && r->cursor.epoch_done && (rc = loom_runner_restore(r)) < 0)
+  if (resume_here && r->cursor.phase == LOOM_PHASE_EPOCH_DONE && (rc = loom_runner_restore(r)) < 0)
     return rc;
   for (int e = first_epoch; e <= r->num_epochs && !(r->stop_flags & LOOM_STOP_STAGE); e++) {
     r->epoch = e;
@@ -222,4 +229,11 @@ int loom_runner_run_stage(loom_runner *r, size_t index) {
     return rc;
   r->in_stage = false;
   return 0;
+}
+
+int loom_runner_restore_ended_stage(loom_runner *r, size_t index) {
+  int rc = loom_runner_prepare_stage(r, index, false);
+  r->epoch = (int)r->cursor.epoch;
+  r->global_epoch = (int)r->cursor.global_epoch;
+  return rc < 0 ? rc : loom_runner_restore(r);
 }

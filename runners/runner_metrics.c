@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 int loom_accumulate_metrics(loom_metrics *sums, loom_metrics *weights, const loom_metrics *batch, double weight) {
   for (size_t i = 0; i < loom_metrics_count(batch); i++) {
@@ -57,4 +58,11 @@ int loom_runner_update_best_valid(loom_runner *r) {
   r->best_epoch = r->global_epoch;
   r->is_best_valid = true;
   return loom_metrics_copy(r->best_valid_metrics, r->valid_metrics, NULL, false);
+}
+
+int loom_runner_add_loader_metrics(const loom_runner *r, loom_metrics *epoch, loom_metrics *valid) {
+  int rc = loom_metrics_copy(epoch, r->loader_metrics, r->loader_name, true);
+  if (rc == 0 && strcmp(r->loader_name, r->valid_loader) == 0)
+    rc = loom_metrics_copy(valid, r->loader_metrics, NULL, false);
+  return rc;
 }

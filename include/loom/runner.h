@@ -9,6 +9,7 @@
 
 #include "loom/api.h"
 
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -81,16 +82,27 @@ LOOM_API void loom_runner_set_handle_batch(loom_runner *runner, loom_handle_batc
  *   unless the run stopped inside one), the experiment, the stage, loader,
  *   valid-loader and main-metric names, the logdir, and the callbacks of
  *   loom_runner_callback_table;
- * - no batch is current: input, target and output are NULL. */
+ * - no batch is current: input, target and output are NULL.
+ * Resumed from a snapshot taken at on_experiment_end it runs no stage, fires
+ * on_experiment_start and on_experiment_end, and returns 0. */
 LOOM_API int loom_run_experiment(loom_runner *runner, loom_experiment *exp);
 
 LOOM_API void loom_runner_set_options(loom_runner *runner, const loom_run_options *options);
 LOOM_API const loom_run_options *loom_runner_options(const loom_runner *runner);
 
-/* --- checkpoints and resume (docs/architecture.md, "Resume") --- */
+/* --- checkpoints and resume (docs/architecture.md, "Checkpoints and resume") --- */
 /* Everything needed to continue the run from this point of the loop:
  * model, optimizer, the runner's cursor, counters, RNG and metrics, and
- * every stateful callback's state. *out is the caller's to destroy. */
+ * every stateful callback's state. *out is the caller's to destroy.
+ * Allowed at every event; it describes the loop after the last completed
+ * unit: at a start event (experiment, stage, epoch, loader, batch) that
+ * unit has not begun, so a resume restores and fires the event again (at
+ * on_batch_start the counters are saved without the current batch); at an
+ * end event the unit is done, end event included, so a resume goes on with
+ * what follows. From on_experiment_end: the run resumes as finished (runs
+ * nothing and returns 0). During a resume's replay it is a copy of the
+ * checkpoint being resumed. LOOM_ESTATE outside a run, or after a failure
+ * outside a stage. */
 LOOM_API int loom_runner_snapshot(loom_runner *runner, loom_checkpoint **out);
 /* loom_runner_snapshot, written atomically to `path`. */
 LOOM_API int loom_runner_save_checkpoint(loom_runner *runner, const char *path);
@@ -127,7 +139,7 @@ LOOM_API int loom_runner_optimizer_step_with(loom_runner *runner, const loom_ste
  * zero_grad and the step from handle_batch, for the current stage. */
 LOOM_API void loom_runner_set_manual_step(loom_runner *runner, bool manual);
 LOOM_API bool loom_runner_manual_step(const loom_runner *runner);
-/* Optimizer steps so far in the run (not batches). */
+/* Optimizer steps done in the run (not batches): Lightning's global_step. */
 LOOM_API int64_t loom_runner_optimizer_step_count(const loom_runner *runner);
 /* True when handle_batch skipped this batch (non-finite loss, SKIP). */
 LOOM_API bool loom_runner_batch_skipped(const loom_runner *runner);
@@ -150,12 +162,20 @@ LOOM_API int loom_runner_global_epoch(const loom_runner *r); /* 1-based across s
 LOOM_API const char *loom_runner_loader_name(const loom_runner *r);
 LOOM_API loom_loader_kind loom_runner_loader_kind(const loom_runner *r);
 LOOM_API bool loom_runner_is_train_loader(const loom_runner *r);
-LOOM_API int64_t loom_runner_loader_batch_step(const loom_runner *r); /* 1-based */
+/* Batch counters number the current batch: the runner advances them just
+ * before on_batch_start, so on_batch_start, handle_batch and on_batch_end of
+ * one batch read the same values (Catalyst's rule); between batches they
+ * count the batches done. A batch the SKIP policy drops counts like any
+ * other (it was served), but takes no optimizer step. Lightning's
+ * global_step is loom_runner_optimizer_step_count (steps done: the current
+ * batch's step is not counted in on_batch_start, it is in on_batch_end);
+ * its batch_idx is loader_batch_step - 1. */
+LOOM_API int64_t loom_runner_loader_batch_step(const loom_runner *r); /* the current batch of the loader, 1-based */
 LOOM_API int64_t loom_runner_loader_num_batches(const loom_runner *r);
-LOOM_API int64_t loom_runner_loader_sample_step(const loom_runner *r);
+LOOM_API int64_t loom_runner_loader_sample_step(const loom_runner *r); /* samples through the current batch */
 LOOM_API int64_t loom_runner_batch_size(const loom_runner *r);
-LOOM_API int64_t loom_runner_global_batch_step(const loom_runner *r);  /* train batches so far */
-LOOM_API int64_t loom_runner_global_sample_step(const loom_runner *r); /* train samples so far */
+LOOM_API int64_t loom_runner_global_batch_step(const loom_runner *r);  /* train batches through the current one */
+LOOM_API int64_t loom_runner_global_sample_step(const loom_runner *r); /* train samples through the current batch */
 LOOM_API double loom_runner_loader_elapsed(const loom_runner *r);      /* seconds since on_loader_start */
 LOOM_API loom_comm *loom_runner_comm(const loom_runner *r);
 LOOM_API int loom_runner_rank(const loom_runner *r);

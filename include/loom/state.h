@@ -11,6 +11,7 @@
 
 #include "loom/api.h"
 
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -65,6 +66,8 @@ LOOM_API void loom_checkpoint_destroy(loom_checkpoint *c);
 LOOM_API loom_state *loom_checkpoint_group(loom_checkpoint *c, const char *group);
 /* The state named `group`, or NULL if the checkpoint has none. */
 LOOM_API const loom_state *loom_checkpoint_find(const loom_checkpoint *c, const char *group);
+/* A deep copy; NULL on allocation failure. */
+LOOM_API loom_checkpoint *loom_checkpoint_copy(const loom_checkpoint *c);
 LOOM_API size_t loom_checkpoint_num_groups(const loom_checkpoint *c);
 LOOM_API const char *loom_checkpoint_group_name(const loom_checkpoint *c, size_t i);
 
