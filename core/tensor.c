@@ -167,6 +167,28 @@ int loom_tensor_zero(loom_tensor *t) {
   return 0;
 }
 
+int loom_tensor_move_to(loom_tensor *t, loom_backend *backend) {
+  if (t->backend == backend)
+    return 0;
+  if (!t->owns)
+    return loom_error_set(LOOM_ESTATE, "tensor: a view cannot move to another backend");
+  loom_tensor *moved = loom_tensor_create_on(backend, t->ndim, t->shape);
+  if (!moved)
+    return loom_last_error_code();
+  int rc = loom_tensor_copy(moved, t);
+  if (rc < 0) {
+    loom_tensor_destroy(moved);
+    return rc;
+  }
+  free_data(t->backend, t->data);
+  free(t->host);
+  t->data = moved->data, t->capacity = moved->capacity, t->backend = backend;
+  t->host = NULL, t->host_capacity = 0;
+  moved->owns = false;
+  loom_tensor_destroy(moved);
+  return 0;
+}
+
 /* Between host memory and a backend, or within one; across two devices,
  * through the host. */
 int loom_tensor_copy(loom_tensor *dst, const loom_tensor *src) {

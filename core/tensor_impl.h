@@ -19,4 +19,8 @@ struct loom_tensor {
   int64_t host_capacity;
 };
 
+/* Moves t's contents to `backend`'s memory (NULL: host memory); nothing to
+ * do if it is there already. Not for views. */
+int loom_tensor_move_to(loom_tensor *t, loom_backend *backend);
+
 #endif

@@ -5,7 +5,6 @@
 #include <string.h>
 
 #include "core/error_internal.h"
-#include "backends/cpu/parallel.h"
 #include "models/layer_internal.h"
 
 int loom_same_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
@@ -91,42 +90,14 @@ static const loom_layer_ops flatten_ops = {.type = "Flatten", .output_shape = fl
 loom_layer *loom_flatten_create(void) { return loom_layer_create(&flatten_ops, NULL); }
 
 /* Dropout: in training each value is kept with probability 1 - p and scaled
- * by 1/(1 - p); the mask comes from the runner's stream, so runs and
- * resumes repeat it. In evaluation it is the identity. One key is drawn
- * from the stream per forward, and element i's uniform is SplitMix64's
- * output for counter i under that key: any part of the mask can be drawn
- * on any core, so it is split over the cores and does not depend on their
- * number. */
+ * by 1/(1 - p); in evaluation it is the identity. The mask is the
+ * backend's dropout_forward under one key drawn from the runner's stream
+ * per forward (the counter rule of loom/backend.h), so runs and resumes
+ * repeat it whatever the number of cores. */
 typedef struct dropout {
   float p;
-  float *scale; /* per element of the last forward: 0 or 1/(1-p) */
-  int64_t cap;
-  uint64_t key; /* the current forward, for the parts */
-  const float *x;
-  float *y;
+  loom_tensor *mask; /* of the last training forward: 0 or 1/(1-p) per element */
 } dropout;
-
-/* SplitMix64's finaliser of key + (i + 1) golden-ratio steps, top 24 bits. */
-static inline float counter_uniform(uint64_t key, uint64_t i) {
-  uint64_t z = key + (i + 1) * 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return (float)(z >> 40) * 0x1.0p-24f;
-}
-
-/* A draw is three multiplies: below this many, one core is quicker. */
-#define PARALLEL_DRAWS 16384
-
-static void dropout_range(void *ctx, int part, int64_t begin, int64_t end) {
-  (void)part;
-  dropout *d = ctx;
-  const float keep = 1.0f / (1.0f - d->p);
-  for (int64_t i = begin; i < end; i++) {
-    d->scale[i] = counter_uniform(d->key, (uint64_t)i) < d->p ? 0.0f : keep;
-    d->y[i] = d->x[i] * d->scale[i];
-  }
-}
 
 static int dropout_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
   dropout *d = data;
@@ -134,16 +105,12 @@ static int dropout_forward(void *data, const loom_tensor *x, loom_tensor *y, boo
     return copy_forward(data, x, y, train, rng);
   if (!rng)
     return loom_error_set(LOOM_ESTATE, "Dropout in training needs a random stream (loom_model_set_rng)");
-  if (x->numel > d->cap) {
-    float *grown = realloc(d->scale, (size_t)x->numel * sizeof *grown);
-    if (!grown)
-      return loom_error_oom("a dropout mask");
-    d->scale = grown;
-    d->cap = x->numel;
-  }
-  d->key = loom_rng_next(rng), d->x = x->data, d->y = y->data;
-  loom_parallel_for_large(x->numel, PARALLEL_DRAWS, dropout_range, d);
-  return 0;
+  int rc = loom_tensor_move_to(d->mask, x->backend);
+  if (rc == 0)
+    rc = loom_tensor_resize(d->mask, x->ndim, x->shape);
+  return rc < 0 ? rc
+                : loom_backend_dropout_forward(loom_backend_of(x), loom_rng_next(rng), d->p, x->data, y->data,
+                                               d->mask->data, x->numel);
 }
 
 static int dropout_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
@@ -151,16 +118,14 @@ static int dropout_backward(void *data, const loom_tensor *x, const loom_tensor 
   dropout *d = data;
   if (!dx)
     return 0;
-  if (d->p == 0.0f || dy->numel > d->cap)
+  if (d->p == 0.0f || dy->numel != d->mask->numel)
     return copy_backward(data, x, y, dy, dx, param_grads);
-  for (int64_t i = 0; i < dy->numel; i++)
-    dx->data[i] = dy->data[i] * d->scale[i];
-  return 0;
+  return loom_backend_mul(loom_backend_of(dy), dy->data, d->mask->data, dx->data, dy->numel);
 }
 
 static void dropout_destroy(void *data) {
   dropout *d = data;
-  free(d->scale);
+  loom_tensor_destroy(d->mask);
   free(d);
 }
 
@@ -174,7 +139,11 @@ loom_layer *loom_dropout_create(float p) {
     return NULL;
   }
   dropout *d = calloc(1, sizeof *d);
-  if (!d) {
+  const int64_t one = 1;
+  if (d)
+    d->mask = loom_tensor_create(1, &one);
+  if (!d || !d->mask) {
+    free(d);
     loom_error_oom("a Dropout layer");
     return NULL;
   }

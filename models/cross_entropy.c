@@ -2,24 +2,22 @@
  * PyTorch's label smoothing and class weights: with q = (1 - e) onehot(y)
  * + e / C, l_n = -sum_c w_c q_nc log p_nc, and the mean divides by
  * sum_n w_{y_n}. The forward pass keeps the softmax for the backward:
- * dl/dz_nj = ((sum_c w_c q_nc) p_nj - w_j q_nj) / sum_n w_{y_n}. */
+ * dl/dz_nj = ((sum_c w_c q_nc) p_nj - w_j q_nj) / sum_n w_{y_n}. The
+ * arithmetic is the logits' backend's (xent_forward, xent_backward). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error_internal.h"
-#include "core/tensor_impl.h"
 #include "loom/criterion.h"
+#include "models/layer_internal.h"
 
 typedef struct cross_entropy {
-  loom_tensor *probs;
+  loom_tensor *probs;   /* on the logits' backend */
+  loom_tensor *weights; /* NULL: all 1; moved to the logits' backend */
   float smoothing;
-  float *weights; /* NULL: all 1 */
-  int64_t num_weights;
   double total_weight; /* of the last forward */
 } cross_entropy;
-
-static float weight(const cross_entropy *ce, int64_t c) { return ce->weights ? ce->weights[c] : 1.0f; }
 
 static int check(const cross_entropy *ce, const loom_tensor *out, const loom_tensor *target, int64_t *n, int64_t *c) {
   if (out->ndim != 2)
@@ -30,11 +28,14 @@ static int check(const cross_entropy *ce, const loom_tensor *out, const loom_ten
   if (target->numel != *n)
     return loom_error_set(LOOM_ESHAPE, "cross-entropy: %lld logit rows but %lld targets", (long long)*n,
                           (long long)target->numel);
-  if (ce->weights && ce->num_weights != *c)
-    return loom_error_set(LOOM_ESHAPE, "cross-entropy: %lld class weights for %lld classes", (long long)ce->num_weights,
-                          (long long)*c);
+  if (ce->weights && ce->weights->numel != *c)
+    return loom_error_set(LOOM_ESHAPE, "cross-entropy: %lld class weights for %lld classes",
+                          (long long)ce->weights->numel, (long long)*c);
+  const float *labels = loom_tensor_host_data(target);
+  if (!labels)
+    return loom_error_wrap(loom_last_error_code(), "cross-entropy: reading the targets");
   for (int64_t i = 0; i < *n; i++) {
-    float t = target->data[i];
+    float t = labels[i];
     if (!(t >= 0.0f && t < (float)*c) || t != floorf(t))
       return loom_error_set(LOOM_EINVAL, "cross-entropy: target %g of sample %lld is not a class in [0, %lld)",
                             (double)t, (long long)i, (long long)*c);
@@ -46,34 +47,17 @@ static int ce_forward(void *data, const loom_tensor *out, const loom_tensor *tar
   cross_entropy *ce = data;
   int64_t n = 0, c = 0;
   int rc = check(ce, out, target, &n, &c);
+  if (rc == 0)
+    rc = loom_tensor_move_to(ce->probs, out->backend);
+  if (rc == 0 && ce->weights)
+    rc = loom_tensor_move_to(ce->weights, out->backend);
   if (rc < 0 || (rc = loom_tensor_resize(ce->probs, 2, out->shape)) < 0)
     return rc;
-  const double off = ce->smoothing / (double)c, on = 1.0 - ce->smoothing + off;
   double total = 0.0, weights = 0.0;
-  for (int64_t i = 0; i < n; i++) {
-    const float *restrict x = out->data + i * c;
-    float *restrict p = ce->probs->data + i * c;
-    float max = x[0];
-    for (int64_t j = 1; j < c; j++)
-      max = x[j] > max ? x[j] : max;
-    float sum = 0.0f;
-    for (int64_t j = 0; j < c; j++) {
-      p[j] = expf(x[j] - max);
-      sum += p[j];
-    }
-    float inv = 1.0f / sum;
-    for (int64_t j = 0; j < c; j++)
-      p[j] *= inv;
-    const double lse = (double)logf(sum) + (double)max;
-    const int64_t y = (int64_t)target->data[i];
-    if (ce->smoothing == 0.0f && !ce->weights) {
-      total += lse - (double)x[y];
-    } else {
-      for (int64_t j = 0; j < c; j++)
-        total += weight(ce, j) * (j == y ? on : off) * (lse - (double)x[j]);
-    }
-    weights += weight(ce, y);
-  }
+  rc = loom_backend_xent_forward(loom_backend_of(out), out->data, target->data, ce->weights ? ce->weights->data : NULL,
+                                 ce->smoothing, n, c, ce->probs->data, &total, &weights);
+  if (rc < 0)
+    return rc;
   ce->total_weight = weights;
   *loss = weights > 0 ? total / weights : 0.0;
   return 0;
@@ -81,35 +65,18 @@ static int ce_forward(void *data, const loom_tensor *out, const loom_tensor *tar
 
 static int ce_backward(void *data, const loom_tensor *out, const loom_tensor *target, loom_tensor *dout) {
   cross_entropy *ce = data;
-  int64_t n = out->shape[0], c = out->shape[1];
   if (ce->probs->numel != out->numel)
     return loom_error_set(LOOM_ESTATE, "cross-entropy: backward without a matching forward");
   const float scale = ce->total_weight > 0 ? (float)(1.0 / ce->total_weight) : 0.0f;
-  const float off = ce->smoothing / (float)c, on = 1.0f - ce->smoothing + off;
-  const float *restrict p = ce->probs->data;
-  float *restrict d = dout->data;
-  if (ce->smoothing == 0.0f && !ce->weights) {
-    for (int64_t i = 0; i < n * c; i++)
-      d[i] = p[i] * scale;
-    for (int64_t i = 0; i < n; i++)
-      d[i * c + (int64_t)target->data[i]] -= scale;
-    return 0;
-  }
-  for (int64_t i = 0; i < n; i++) {
-    const int64_t y = (int64_t)target->data[i];
-    float wq = 0.0f; /* sum_c w_c q_ic */
-    for (int64_t j = 0; j < c; j++)
-      wq += weight(ce, j) * (j == y ? on : off);
-    for (int64_t j = 0; j < c; j++)
-      d[i * c + j] = (wq * p[i * c + j] - weight(ce, j) * (j == y ? on : off)) * scale;
-  }
-  return 0;
+  return loom_backend_xent_backward(loom_backend_of(out), ce->probs->data, target->data,
+                                    ce->weights ? ce->weights->data : NULL, ce->smoothing, scale, out->shape[0],
+                                    out->shape[1], dout->data);
 }
 
 static void ce_destroy(void *data) {
   cross_entropy *ce = data;
   loom_tensor_destroy(ce->probs);
-  free(ce->weights);
+  loom_tensor_destroy(ce->weights);
   free(ce);
 }
 
@@ -136,8 +103,8 @@ loom_criterion *loom_cross_entropy_create_ex(const loom_cross_entropy_options *o
   int64_t shape[2] = {1, 1};
   if (ce)
     ce->probs = loom_tensor_create(2, shape);
-  if (ce && o && o->num_weights && (ce->weights = malloc((size_t)o->num_weights * sizeof(float))))
-    memcpy(ce->weights, o->weights, (size_t)o->num_weights * sizeof(float));
+  if (ce && o && o->num_weights && (ce->weights = loom_tensor_create(1, &o->num_weights)))
+    memcpy(ce->weights->data, o->weights, (size_t)o->num_weights * sizeof(float));
   if (!ce || !ce->probs || (o && o->num_weights && !ce->weights)) {
     if (ce)
       ce_destroy(ce);
@@ -145,7 +112,6 @@ loom_criterion *loom_cross_entropy_create_ex(const loom_cross_entropy_options *o
     return NULL;
   }
   ce->smoothing = o ? o->label_smoothing : 0.0f;
-  ce->num_weights = o ? o->num_weights : 0;
   return loom_criterion_create(&ce_ops, ce);
 }
 

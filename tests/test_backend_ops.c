@@ -198,6 +198,176 @@ static void test_activations(void **state) {
         check_activation(b[i], (loom_activation)act, act == LOOM_ACT_LEAKY_RELU ? 0.01f : 0.0f, sizes[s]);
 }
 
+/* --- criteria --- */
+
+/* Softmax cross-entropy in double: the loss sum, the weight sum and the
+ * gradient (dL/dz of loss_sum * scale), checked also by central
+ * differences of the double loss. */
+static double xent_ref(const float *z, const float *t, const float *w, double e, int64_t n, int64_t c, double *wsum) {
+  double total = 0, ws = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double max = z[i * c], lse = 0;
+    for (int64_t j = 1; j < c; j++)
+      max = fmax(max, z[i * c + j]);
+    for (int64_t j = 0; j < c; j++)
+      lse += exp(z[i * c + j] - max);
+    lse = log(lse) + max;
+    int64_t y = (int64_t)t[i];
+    for (int64_t j = 0; j < c; j++) {
+      double q = (j == y ? 1 - e : 0) + e / (double)c;
+      total += (w ? w[j] : 1.0) * q * (lse - z[i * c + j]);
+    }
+    ws += w ? w[y] : 1.0;
+  }
+  *wsum = ws;
+  return total;
+}
+
+static void check_xent(loom_backend *b, int64_t n, int64_t c, bool weighted, float smoothing) {
+  float *z = malloc((size_t)(n * c) * sizeof *z), *t = malloc((size_t)n * sizeof *t), *w = malloc((size_t)c * sizeof *w),
+        *probs = malloc((size_t)(n * c) * sizeof *probs), *dz = malloc((size_t)(n * c) * sizeof *dz);
+  double *want = malloc((size_t)(n * c) * sizeof *want);
+  fill(z, n * c, 10);
+  for (int64_t i = 0; i < n * c; i++)
+    z[i] *= 4.0f;
+  for (int64_t i = 0; i < n; i++)
+    t[i] = (float)((i * 7) % c);
+  fill(w, c, 11);
+  for (int64_t j = 0; j < c; j++)
+    w[j] = 0.5f + fabsf(w[j]);
+  const float *wp = weighted ? w : NULL;
+  double wsum_ref, loss_ref = xent_ref(z, t, wp, smoothing, n, c, &wsum_ref);
+
+  float *d_z = upload(b, z, n * c), *d_t = upload(b, t, n), *d_w = upload(b, w, c), *d_p = upload(b, probs, n * c),
+        *d_dz = upload(b, dz, n * c);
+  double loss = 0, wsum = 0;
+  assert_int_equal(loom_backend_xent_forward(b, d_z, d_t, weighted ? d_w : NULL, smoothing, n, c, d_p, &loss, &wsum), 0);
+  if (!(fabs(loss - loss_ref) <= 1e-5 * (fabs(loss_ref) + (double)n)) || !(fabs(wsum - wsum_ref) <= 1e-9 * wsum_ref))
+    fail_msg("%s xent_forward %lldx%lld: loss %.9g want %.9g, weights %.9g want %.9g", loom_backend_name(b),
+             (long long)n, (long long)c, loss, loss_ref, wsum, wsum_ref);
+  const float scale = (float)(1.0 / wsum_ref);
+  assert_int_equal(loom_backend_xent_backward(b, d_p, d_t, weighted ? d_w : NULL, smoothing, scale, n, c, d_dz), 0);
+  download(b, dz, d_dz, n * c);
+  const double h = 1e-3;
+  for (int64_t k = 0; k < n * c; k++) {
+    float keep = z[k];
+    double up, down, ws;
+    z[k] = keep + (float)h, up = xent_ref(z, t, wp, smoothing, n, c, &ws);
+    z[k] = keep - (float)h, down = xent_ref(z, t, wp, smoothing, n, c, &ws);
+    z[k] = keep;
+    want[k] = (up - down) / (2 * h) * scale;
+  }
+  char what[96];
+  snprintf(what, sizeof what, "%s xent_backward %lldx%lld w=%d e=%g", loom_backend_name(b), (long long)n, (long long)c,
+           weighted, (double)smoothing);
+  close_all(what, dz, want, NULL, n * c, 1e-3);
+  loom_backend_free(b, d_z), loom_backend_free(b, d_t), loom_backend_free(b, d_w), loom_backend_free(b, d_p),
+      loom_backend_free(b, d_dz);
+  free(z), free(t), free(w), free(probs), free(dz), free(want);
+}
+
+static double pointwise_ref(loom_pointwise_loss loss, double beta, double z, double t) {
+  double d = z - t;
+  switch (loss) {
+  case LOOM_LOSS_BCE_WITH_LOGITS: return -(t * log(1 / (1 + exp(-z))) + (1 - t) * log(1 - 1 / (1 + exp(-z))));
+  case LOOM_LOSS_MSE: return d * d;
+  case LOOM_LOSS_L1: return fabs(d);
+  case LOOM_LOSS_SMOOTH_L1: return fabs(d) < beta ? 0.5 * d * d / beta : fabs(d) - 0.5 * beta;
+  case LOOM_LOSS_COUNT: break;
+  }
+  return NAN;
+}
+
+static void check_pointwise(loom_backend *b, loom_pointwise_loss loss, float beta, int64_t n) {
+  float *z = malloc((size_t)n * sizeof *z), *t = malloc((size_t)n * sizeof *t), *dz = malloc((size_t)n * sizeof *dz);
+  double *want = malloc((size_t)n * sizeof *want);
+  fill(z, n, 12), fill(t, n, 13);
+  double sum_ref = 0;
+  const double h = 1e-4;
+  for (int64_t i = 0; i < n; i++) {
+    z[i] *= 3.0f;
+    if (loss == LOOM_LOSS_BCE_WITH_LOGITS)
+      t[i] = fabsf(t[i]); /* probabilities */
+    else if (fabsf(z[i] - t[i]) < 1e-3f || fabsf(fabsf(z[i] - t[i]) - beta) < 1e-3f)
+      t[i] += 0.01f; /* away from the kinks, where the difference quotient straddles */
+    sum_ref += pointwise_ref(loss, beta, z[i], t[i]);
+    want[i] = (pointwise_ref(loss, beta, z[i] + h, t[i]) - pointwise_ref(loss, beta, z[i] - h, t[i])) / (2 * h) * 0.5;
+  }
+  float *d_z = upload(b, z, n), *d_t = upload(b, t, n), *d_dz = upload(b, dz, n);
+  double sum = 0;
+  assert_int_equal(loom_backend_loss_forward(b, loss, beta, d_z, d_t, n, &sum), 0);
+  if (!(fabs(sum - sum_ref) <= 1e-5 * (fabs(sum_ref) + 1)))
+    fail_msg("%s loss %d forward n=%lld: %.9g want %.9g", loom_backend_name(b), (int)loss, (long long)n, sum, sum_ref);
+  assert_int_equal(loom_backend_loss_backward(b, loss, beta, d_z, d_t, 0.5f, n, d_dz), 0);
+  download(b, dz, d_dz, n);
+  char what[96];
+  snprintf(what, sizeof what, "%s loss %d backward n=%lld", loom_backend_name(b), (int)loss, (long long)n);
+  close_all(what, dz, want, NULL, n, 1e-5);
+  loom_backend_free(b, d_z), loom_backend_free(b, d_t), loom_backend_free(b, d_dz);
+  free(z), free(t), free(dz), free(want);
+}
+
+static void test_criteria(void **state) {
+  (void)state;
+  loom_backend *b[MAX_BACKENDS];
+  for (size_t i = 0, n = backends(b); i < n; i++) {
+    check_xent(b[i], 1, 2, false, 0.0f);
+    check_xent(b[i], 16, 10, false, 0.0f);
+    check_xent(b[i], 16, 10, true, 0.0f);
+    check_xent(b[i], 7, 5, true, 0.1f);
+    check_xent(b[i], 5, 3, false, 0.2f);
+    for (int loss = 0; loss < LOOM_LOSS_COUNT; loss++)
+      for (int64_t n = 1; n <= 1000; n *= 10)
+        check_pointwise(b[i], (loom_pointwise_loss)loss, loss == LOOM_LOSS_SMOOTH_L1 ? 0.5f : 0.0f, n);
+  }
+}
+
+/* --- dropout, mul --- */
+
+/* The documented counter rule, written out again here. */
+static double counter_uniform_ref(uint64_t key, uint64_t i) {
+  uint64_t z = key + (i + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (double)(z >> 40) / 16777216.0;
+}
+
+static void test_dropout(void **state) {
+  (void)state;
+  loom_backend *b[MAX_BACKENDS];
+  static const int64_t sizes[] = {1, 100, 40000};
+  for (size_t i = 0, nb = backends(b); i < nb; i++)
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+      const int64_t n = sizes[s];
+      const float p = 0.3f;
+      const uint64_t key = 0x1234567890abcdefull + (uint64_t)s;
+      float *x = malloc((size_t)n * sizeof *x), *y = malloc((size_t)n * sizeof *y), *mask = malloc((size_t)n * sizeof *mask),
+            *dx = malloc((size_t)n * sizeof *dx);
+      double *want = malloc((size_t)n * sizeof *want), *want_mask = malloc((size_t)n * sizeof *want_mask);
+      fill(x, n, 14);
+      int64_t dropped = 0;
+      for (int64_t k = 0; k < n; k++) {
+        want_mask[k] = counter_uniform_ref(key, (uint64_t)k) < p ? 0.0 : (double)(1.0f / (1.0f - p));
+        want[k] = (double)(x[k] * (float)want_mask[k]); /* one float product */
+        dropped += want_mask[k] == 0.0;
+      }
+      float *d_x = upload(b[i], x, n), *d_y = upload(b[i], y, n), *d_m = upload(b[i], mask, n), *d_dx = upload(b[i], dx, n);
+      assert_int_equal(loom_backend_dropout_forward(b[i], key, p, d_x, d_y, d_m, n), 0);
+      download(b[i], y, d_y, n), download(b[i], mask, d_m, n);
+      close_all("dropout mask", mask, want_mask, NULL, n, 0.0);
+      close_all("dropout forward", y, want, NULL, n, 0.0);
+      if (n >= 40000) /* the rule drops about p of them */
+        assert_true(fabs((double)dropped / (double)n - p) < 0.01);
+      assert_int_equal(loom_backend_mul(b[i], d_x, d_m, d_dx, n), 0); /* the backward: dy mask */
+      download(b[i], dx, d_dx, n);
+      close_all("mul", dx, want, NULL, n, 0.0);
+      loom_backend_free(b[i], d_x), loom_backend_free(b[i], d_y), loom_backend_free(b[i], d_m),
+          loom_backend_free(b[i], d_dx);
+      free(x), free(y), free(mask), free(dx), free(want), free(want_mask);
+    }
+}
+
 /* --- support, errors, creation --- */
 
 static void test_support_listing(void **state) {
@@ -285,6 +455,8 @@ int main(void) {
       cmocka_unit_test(test_gemm),
       cmocka_unit_test(test_rows),
       cmocka_unit_test(test_activations),
+      cmocka_unit_test(test_criteria),
+      cmocka_unit_test(test_dropout),
       cmocka_unit_test(test_support_listing),
       cmocka_unit_test(test_missing_op_is_reported),
       cmocka_unit_test(test_tensor_on_backend),

@@ -74,6 +74,46 @@ static int cpu_act_backward(void *ctx, loom_activation act, float param, const f
   return 0;
 }
 
+static int cpu_xent_forward(void *ctx, const float *logits, const float *targets, const float *weights,
+                            float smoothing, int64_t n, int64_t c, float *probs, double *loss_sum, double *weight_sum) {
+  (void)ctx;
+  loom_cpu_xent_forward(logits, targets, weights, smoothing, n, c, probs, loss_sum, weight_sum);
+  return 0;
+}
+
+static int cpu_xent_backward(void *ctx, const float *probs, const float *targets, const float *weights,
+                             float smoothing, float scale, int64_t n, int64_t c, float *dlogits) {
+  (void)ctx;
+  loom_cpu_xent_backward(probs, targets, weights, smoothing, scale, n, c, dlogits);
+  return 0;
+}
+
+static int cpu_loss_forward(void *ctx, loom_pointwise_loss loss, float param, const float *out, const float *target,
+                            int64_t n, double *sum) {
+  (void)ctx;
+  *sum = loom_cpu_loss_forward(loss, param, out, target, n);
+  return 0;
+}
+
+static int cpu_loss_backward(void *ctx, loom_pointwise_loss loss, float param, const float *out, const float *target,
+                             float scale, int64_t n, float *dout) {
+  (void)ctx;
+  loom_cpu_loss_backward(loss, param, out, target, scale, n, dout);
+  return 0;
+}
+
+static int cpu_dropout_forward(void *ctx, uint64_t key, float p, const float *x, float *y, float *mask, int64_t n) {
+  (void)ctx;
+  loom_cpu_dropout_forward(key, p, x, y, mask, n);
+  return 0;
+}
+
+static int cpu_mul(void *ctx, const float *a, const float *b, float *y, int64_t n) {
+  (void)ctx;
+  loom_cpu_mul(a, b, y, n);
+  return 0;
+}
+
 static const loom_backend_ops cpu_ops = {
     .name = "cpu",
     .device = LOOM_DEVICE_CPU,
@@ -88,6 +128,12 @@ static const loom_backend_ops cpu_ops = {
     .sum_rows = cpu_sum_rows,
     .act_forward = cpu_act_forward,
     .act_backward = cpu_act_backward,
+    .xent_forward = cpu_xent_forward,
+    .xent_backward = cpu_xent_backward,
+    .loss_forward = cpu_loss_forward,
+    .loss_backward = cpu_loss_backward,
+    .dropout_forward = cpu_dropout_forward,
+    .mul = cpu_mul,
 };
 
 static loom_backend *the_cpu;

@@ -1,4 +1,5 @@
-/* The CPU backend's elementwise kernels (backends/cpu/activations.c). */
+/* The CPU backend's kernels behind loom/backend.h's ops, by file:
+ * activations.c, losses.c, dropout.c. */
 #ifndef LOOM_BACKENDS_CPU_KERNELS_H
 #define LOOM_BACKENDS_CPU_KERNELS_H
 
@@ -11,5 +12,18 @@
 void loom_cpu_act_forward(loom_activation act, float param, const float *x, float *y, int64_t n);
 void loom_cpu_act_backward(loom_activation act, float param, const float *x, const float *y, const float *dy,
                            float *dx, int64_t n);
+
+/* losses.c: the ops' contracts are in loom/backend.h. */
+void loom_cpu_xent_forward(const float *logits, const float *targets, const float *weights, float smoothing, int64_t n,
+                           int64_t c, float *probs, double *loss_sum, double *weight_sum);
+void loom_cpu_xent_backward(const float *probs, const float *targets, const float *weights, float smoothing,
+                            float scale, int64_t n, int64_t c, float *dlogits);
+double loom_cpu_loss_forward(loom_pointwise_loss loss, float param, const float *out, const float *target, int64_t n);
+void loom_cpu_loss_backward(loom_pointwise_loss loss, float param, const float *out, const float *target, float scale,
+                            int64_t n, float *dout);
+
+/* dropout.c */
+void loom_cpu_dropout_forward(uint64_t key, float p, const float *x, float *y, float *mask, int64_t n);
+void loom_cpu_mul(const float *a, const float *b, float *y, int64_t n);
 
 #endif

@@ -43,6 +43,16 @@ typedef enum loom_activation {
   LOOM_ACT_COUNT
 } loom_activation;
 
+/* Losses taken elementwise against a target of the output's size
+ * (PyTorch's definitions). */
+typedef enum loom_pointwise_loss {
+  LOOM_LOSS_BCE_WITH_LOGITS,
+  LOOM_LOSS_MSE,
+  LOOM_LOSS_L1,
+  LOOM_LOSS_SMOOTH_L1, /* param: beta > 0 */
+  LOOM_LOSS_COUNT
+} loom_pointwise_loss;
+
 /* The ops, for loom_backend_supports; each names the slot of the same name. */
 typedef enum loom_op {
   LOOM_OP_GEMM,
@@ -50,6 +60,12 @@ typedef enum loom_op {
   LOOM_OP_SUM_ROWS,
   LOOM_OP_ACT_FORWARD,
   LOOM_OP_ACT_BACKWARD,
+  LOOM_OP_XENT_FORWARD,
+  LOOM_OP_XENT_BACKWARD,
+  LOOM_OP_LOSS_FORWARD,
+  LOOM_OP_LOSS_BACKWARD,
+  LOOM_OP_DROPOUT_FORWARD,
+  LOOM_OP_MUL,
   LOOM_OP_COUNT
 } loom_op;
 
@@ -86,6 +102,32 @@ typedef struct loom_backend_ops {
   int (*act_backward)(void *ctx, loom_activation act, float param, const float *x, const float *y, const float *dy,
                       float *dx, int64_t n);
 
+  /* Softmax cross-entropy of logits [n, c] against class indices
+   * targets[n] (floats holding integers, already checked), with class
+   * weights (NULL: all 1) and label smoothing e: with q = (1 - e) onehot(y)
+   * + e / c, it writes probs = softmax(logits) and, on the host,
+   * *loss_sum = sum_i sum_j w_j q_ij (logsumexp_i - logit_ij) and
+   * *weight_sum = sum_i w_{y_i} (both in double). */
+  int (*xent_forward)(void *ctx, const float *logits, const float *targets, const float *weights, float smoothing,
+                      int64_t n, int64_t c, float *probs, double *loss_sum, double *weight_sum);
+  /* dlogits_ij = ((sum_k w_k q_ik) probs_ij - w_j q_ij) scale. */
+  int (*xent_backward)(void *ctx, const float *probs, const float *targets, const float *weights, float smoothing,
+                       float scale, int64_t n, int64_t c, float *dlogits);
+  /* *sum (on the host, in double) = the sum over n elements of the loss of
+   * out against target. */
+  int (*loss_forward)(void *ctx, loom_pointwise_loss loss, float param, const float *out, const float *target,
+                      int64_t n, double *sum);
+  /* dout = scale dloss/dout, elementwise. */
+  int (*loss_backward)(void *ctx, loom_pointwise_loss loss, float param, const float *out, const float *target,
+                       float scale, int64_t n, float *dout);
+  /* Inverted dropout: mask_i = 0 if u_i < p else 1 / (1 - p), y = x mask,
+   * where u_i is the uniform of counter i under `key`: SplitMix64's
+   * finaliser of key + (i + 1) 0x9E3779B97F4A7C15, its top 24 bits over
+   * 2^24. Every backend draws this same mask, so a mask is reproducible. */
+  int (*dropout_forward)(void *ctx, uint64_t key, float p, const float *x, float *y, float *mask, int64_t n);
+  /* y = a b, elementwise (Dropout's backward: dx = dy mask). */
+  int (*mul)(void *ctx, const float *a, const float *b, float *y, int64_t n);
+
   /* Optional: frees ctx. */
   void (*destroy)(void *ctx);
 } loom_backend_ops;
@@ -119,6 +161,19 @@ LOOM_API int loom_backend_act_forward(loom_backend *backend, loom_activation act
                                       float *y, int64_t n);
 LOOM_API int loom_backend_act_backward(loom_backend *backend, loom_activation act, float param, const float *x,
                                        const float *y, const float *dy, float *dx, int64_t n);
+LOOM_API int loom_backend_xent_forward(loom_backend *backend, const float *logits, const float *targets,
+                                       const float *weights, float smoothing, int64_t n, int64_t c, float *probs,
+                                       double *loss_sum, double *weight_sum);
+LOOM_API int loom_backend_xent_backward(loom_backend *backend, const float *probs, const float *targets,
+                                        const float *weights, float smoothing, float scale, int64_t n, int64_t c,
+                                        float *dlogits);
+LOOM_API int loom_backend_loss_forward(loom_backend *backend, loom_pointwise_loss loss, float param, const float *out,
+                                       const float *target, int64_t n, double *sum);
+LOOM_API int loom_backend_loss_backward(loom_backend *backend, loom_pointwise_loss loss, float param,
+                                        const float *out, const float *target, float scale, int64_t n, float *dout);
+LOOM_API int loom_backend_dropout_forward(loom_backend *backend, uint64_t key, float p, const float *x, float *y,
+                                          float *mask, int64_t n);
+LOOM_API int loom_backend_mul(loom_backend *backend, const float *a, const float *b, float *y, int64_t n);
 
 #ifdef __cplusplus
 }
