@@ -21,7 +21,7 @@ LOOM_HOT static void forward_range(void *ctx, int part, int64_t begin, int64_t e
   const float *restrict in = j->x;
   float *restrict out = j->out;
   for (int64_t i = begin; i < end; i++)
-    out[i] = in[i] > 0.0f ? in[i] : 0.0f;
+    out[i] = in[i] <= 0.0f ? 0.0f : in[i]; /* NaN stays NaN, as PyTorch's relu */
 }
 
 LOOM_HOT static void backward_range(void *ctx, int part, int64_t begin, int64_t end) {
@@ -30,7 +30,7 @@ LOOM_HOT static void backward_range(void *ctx, int part, int64_t begin, int64_t 
   const float *restrict y = j->y, *restrict g = j->dy;
   float *restrict d = j->out;
   for (int64_t i = begin; i < end; i++)
-    d[i] = y[i] > 0.0f ? g[i] : 0.0f;
+    d[i] = y[i] <= 0.0f ? 0.0f : g[i]; /* PyTorch's threshold_backward: a NaN output passes dy */
 }
 
 static int relu_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {

@@ -57,8 +57,9 @@ typedef struct loom_layer_ops {
   void (*destroy)(void *data);
   /* Optional. Called by loom_model_build when a ReLU layer follows this
    * one: returning true promises that from then on forward writes
-   * relu(output) and backward first zeroes dout where out is not positive;
-   * the ReLU layer then costs no pass over memory of its own. */
+   * relu(output) (NaN stays NaN) and backward first zeroes dout where
+   * out <= 0 (a NaN output passes dout), as the ReLU layer does; the ReLU
+   * layer then costs no pass over memory of its own. */
   bool (*fuse_relu)(void *data);
 } loom_layer_ops;
 
@@ -76,6 +77,8 @@ loom_layer *loom_linear_create(int64_t in_features, int64_t out_features, bool b
  * valid once the model is built. */
 float *loom_linear_weight(loom_layer *layer);
 float *loom_linear_bias(loom_layer *layer);
+/* max(x, 0), NaN-propagating as PyTorch's: relu(NaN) = NaN, and the
+ * gradient passes where the output is not <= 0 (threshold_backward). */
 loom_layer *loom_relu_create(void);
 /* max(x, slope x). */
 loom_layer *loom_leaky_relu_create(float slope);
@@ -108,7 +111,9 @@ typedef struct loom_conv2d_options {
 } loom_conv2d_options;
 loom_layer *loom_conv2d_create(const loom_conv2d_options *options);
 /* Pooling windows over [C, H, W]; stride 0 means the kernel size. Average
- * pooling counts padding in the divisor, as PyTorch does by default. */
+ * pooling counts padding in the divisor, as PyTorch does by default. A NaN
+ * in a max window is its max (the last NaN gets the gradient), as in
+ * PyTorch's max_pool2d. */
 loom_layer *loom_maxpool2d_create(int64_t kernel, int64_t stride, int64_t padding);
 loom_layer *loom_avgpool2d_create(int64_t kernel, int64_t stride, int64_t padding);
 /* [C, H, W] -> [C]: the mean of each channel. */
