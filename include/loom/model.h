@@ -194,8 +194,13 @@ size_t loom_model_trainable_ranges(const loom_model *model, const size_t **offse
 /* Gradient utilities over all parameters. */
 void loom_model_scale_grads(loom_model *model, float scale);
 double loom_model_grad_norm(loom_model *model);
+/* True when every gradient is finite (no NaN, no Inf): what a finite
+ * loom_model_grad_norm means, in one vectorised pass. */
+bool loom_model_grads_finite(loom_model *model);
 /* As torch.nn.utils.clip_grad_norm_: rescales so the global L2 norm is at
- * most max_norm; returns the norm before clipping. */
+ * most max_norm; returns the norm before clipping. A non-finite norm leaves
+ * the gradients as they are (PyTorch's would scale them to 0 or NaN): the
+ * caller decides, as the runner's non-finite policy does. */
 double loom_model_clip_grad_norm(loom_model *model, double max_norm);
 /* Clamps every gradient to [-limit, limit]. */
 void loom_model_clip_grad_value(loom_model *model, float limit);
