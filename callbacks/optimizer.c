@@ -18,9 +18,11 @@ static int flush(stepper *s, loom_runner *r) {
   int rc = loom_runner_optimizer_step_with(r, &so, s->o.clip_norm > 0 ? &norm : NULL);
   if (rc == 0 && s->o.clip_norm > 0)
     rc = loom_metrics_set(loom_runner_batch_metrics(r), "grad_norm", norm);
+  /* Stepped or skipped (rc 1: a non-finite gradient), the window is done:
+   * its gradients go. */
   loom_model_zero_grad(loom_runner_model(r));
   s->window = 0;
-  return rc;
+  return rc < 0 ? rc : 0;
 }
 
 static int opt_stage_start(loom_callback *cb, loom_runner *r) {

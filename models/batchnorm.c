@@ -111,8 +111,8 @@ void loom_plane_moments(const float *x, int64_t S, double m[3]) {
   stat_sums(x, S, x[0], &m[1], &m[2]);
 }
 
-/* With the mask on, dy counts only where the output was positive: the same
- * values the ReLU layer's backward would have passed down. */
+/* With the mask on, dy counts only where the output was not <= 0 (positive
+ * or NaN): the same values the ReLU layer's backward would have passed down. */
 LOOM_HOT static void grad_sums(const float *x, const float *dy, relu_mask r, int64_t S, float center, double *a,
                                double *b) {
   const lanes c = center - (lanes){0}, zero = {0}, scale = r.scale - zero, mean = r.mean - zero,
@@ -123,11 +123,11 @@ LOOM_HOT static void grad_sums(const float *x, const float *dy, relu_mask r, int
     lanes g, v;
     LOAD(g, dy + k), LOAD(v, x + k);
     if (r.on)
-      g = (lanes)((mask_lanes)g & (scale * (v - mean) + shift > zero));
+      g = (lanes)((mask_lanes)g & ~(scale * (v - mean) + shift <= zero));
     la += g, lb += g * (v - c);
   }
   for (; k < S; k++) {
-    float g = r.on && !(r.scale * (x[k] - r.mean) + r.shift > 0.0f) ? 0.0f : dy[k];
+    float g = r.on && r.scale * (x[k] - r.mean) + r.shift <= 0.0f ? 0.0f : dy[k];
     la[0] += g, lb[0] += g * (x[k] - center);
   }
   ADD_LANES(la, lb, a, b);
@@ -137,7 +137,7 @@ LOOM_HOT static void affine(const float *x, float *y, int64_t S, float scale, fl
   if (relu)
     for (int64_t k = 0; k < S; k++) {
       float v = scale * (x[k] - mean) + shift;
-      y[k] = v > 0.0f ? v : 0.0f; /* as the ReLU layer: NaN becomes 0 */
+      y[k] = v <= 0.0f ? 0.0f : v; /* as the ReLU layer: NaN stays NaN */
     }
   else
     for (int64_t k = 0; k < S; k++)
@@ -229,7 +229,7 @@ LOOM_HOT static void bn_dx(const float *x, const float *dy, relu_mask r, float *
                            float mean, float k, float mean_dy) {
   if (r.on)
     for (int64_t j = 0; j < S; j++) {
-      float g = r.scale * (x[j] - r.mean) + r.shift > 0.0f ? dy[j] : 0.0f;
+      float g = r.scale * (x[j] - r.mean) + r.shift <= 0.0f ? 0.0f : dy[j];
       dx[j] = scale * (g - mean_dy - (x[j] - mean) * k);
     }
   else

@@ -46,12 +46,17 @@ static int pool_output_shape(void *data, int ndim, const int64_t *in, int *out_n
  * row, split into even and odd columns. A row of 8 or more outputs ends
  * with a chunk that overlaps the one before (the same values written
  * twice) rather than a scalar tail. Ties keep the first window position,
- * and NaN never wins a comparison, as in the general loop. */
+ * and a NaN always wins (the last NaN of the window), as in the general loop
+ * and PyTorch's max_pool2d. */
 #if defined(__has_builtin)
 #if __has_builtin(__builtin_shufflevector) /* gcc 12, clang; else the scalar loop */
 #define CHUNKS 1
 #endif
 #endif
+
+/* v takes the max from best: greater, or NaN (PyTorch's max_pool2d). Scalars
+ * and lanes alike. */
+#define BEATS(v, best) (((v) > (best)) | ((v) != (v)))
 
 #ifdef CHUNKS
 #define EVENS 0, 2, 4, 6, 8, 10, 12, 14
@@ -68,9 +73,9 @@ LOOM_INLINE void max2x2_chunk(const float *r0, const float *r1, int64_t ox, int3
   loom_f8 c = __builtin_shufflevector(q0, q1, EVENS), d = __builtin_shufflevector(q0, q1, ODDS);
   loom_f8 best = a;
   loom_i8 at = {0}, m;
-  m = b > best, at = PICK(m, 1, at), best = (loom_f8)PICK(m, (loom_i8)b, (loom_i8)best);
-  m = c > best, at = PICK(m, w, at), best = (loom_f8)PICK(m, (loom_i8)c, (loom_i8)best);
-  m = d > best, at = PICK(m, w + 1, at), best = (loom_f8)PICK(m, (loom_i8)d, (loom_i8)best);
+  m = BEATS(b, best), at = PICK(m, 1, at), best = (loom_f8)PICK(m, (loom_i8)b, (loom_i8)best);
+  m = BEATS(c, best), at = PICK(m, w, at), best = (loom_f8)PICK(m, (loom_i8)c, (loom_i8)best);
+  m = BEATS(d, best), at = PICK(m, w + 1, at), best = (loom_f8)PICK(m, (loom_i8)d, (loom_i8)best);
   loom_i8 where = base + 2 * ((int32_t)ox + iota) + at;
   memcpy(out + ox, &best, sizeof best), memcpy(arg + ox, &where, sizeof where);
 }
@@ -90,12 +95,12 @@ LOOM_HOT static void max2x2_row(const float *restrict r0, const float *restrict 
     float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
     int32_t at = 0;
     float best = a;
-    at = b > best ? 1 : at;
-    best = b > best ? b : best;
-    at = c > best ? (int32_t)w : at;
-    best = c > best ? c : best;
-    at = d > best ? (int32_t)w + 1 : at;
-    best = d > best ? d : best;
+    bool m = BEATS(b, best);
+    at = m ? 1 : at, best = m ? b : best;
+    m = BEATS(c, best);
+    at = m ? (int32_t)w : at, best = m ? c : best;
+    m = BEATS(d, best);
+    at = m ? (int32_t)w + 1 : at, best = m ? d : best;
     out[ox] = best;
     arg[ox] = base + 2 * (int32_t)ox + at;
   }
@@ -130,7 +135,7 @@ static void plane_forward(const pool *p, int64_t q, const float *in, float *out)
             continue; /* padding: never the max, zero in the average */
           float v = in[iy * p->w + ix];
           sum += v;
-          if (v > best || at < 0) /* the first position if NaNs never compare */
+          if (BEATS(v, best) || at < 0)
             best = v, at = (int32_t)(iy * p->w + ix);
         }
       const int64_t o = oy * p->ow + ox;

@@ -4,6 +4,53 @@
 
 #include <math.h>
 
+/* The non-finite policy for this batch: 1 to skip it (SKIP, within the
+ * budget: no step, no metrics), else LOOM_ENONFINITE saying `what` was
+ * non-finite and, with `advice`, what to do. */
+static int apply_nonfinite_policy(loom_runner *r, const char *what, const char *advice) {
+  if (r->options.nonfinite == LOOM_NONFINITE_SKIP && r->nonfinite_skips < r->options.nonfinite_budget) {
+    r->nonfinite_skips++;
+    r->skip_batch = true;
+    return 1;
+  }
+  if (r->options.nonfinite == LOOM_NONFINITE_SKIP)
+    return loom_error_set(LOOM_ENONFINITE, "%s and the budget of %lld skipped batches is spent; %s", what,
+                          (long long)r->options.nonfinite_budget, advice);
+  return loom_error_set(LOOM_ENONFINITE, "%s; stopping before the optimizer step corrupts the weights (%s, or "
+                                         "allow skips with the SKIP non-finite policy)",
+                        what, advice);
+}
+
+/* The first layer with a non-finite gradient, for the message ("?" if none). */
+static const char *first_nonfinite_layer(loom_model *m) {
+  const float *g = loom_model_grads(m);
+  for (size_t l = 0; l < loom_model_num_layers(m); l++) {
+    size_t off, count;
+    loom_model_layer_params(m, l, &off, &count);
+    for (size_t i = off; i < off + count; i++)
+      if (!isfinite(g[i]))
+        return loom_model_layer_name(m, l);
+  }
+  return "?";
+}
+
+/* A non-finite gradient: the policy, with a message that names the norm
+ * (if it was computed), the step, the first layer with a non-finite
+ * gradient, and where the loop is unless handle_batch is running (the loop
+ * prefixes handle_batch's errors with that). */
+static int nonfinite_gradients(loom_runner *r, bool have_norm, double norm) {
+  char what[640], value[32] = "not finite", where[256] = "";
+  if (have_norm)
+    snprintf(value, sizeof value, "%g", norm);
+  if (r->stage && r->event != LOOM_EVENT_BATCH_START)
+    snprintf(where, sizeof where, " (stage \"%s\", epoch %d, loader \"%s\", batch %lld)", r->stage->name, r->epoch,
+             r->loader_name ? r->loader_name : "-", (long long)r->loader_batch_step);
+  snprintf(what, sizeof what, "the gradient norm is %s before optimizer step %lld%s, first in layer \"%s\"", value,
+           (long long)r->global_optimizer_step + 1, where, first_nonfinite_layer(r->model));
+  return apply_nonfinite_policy(r, what, "check the data and any custom layer's or loss's backward, lower the "
+                                         "learning rate");
+}
+
 int loom_runner_optimizer_step_with(loom_runner *r, const loom_step_options *o, double *grad_norm) {
   if (!r->optimizer || !r->model)
     return loom_error_set(LOOM_EINVAL, "stage \"%s\": an optimizer step needs a model and an optimizer",
@@ -16,15 +63,22 @@ int loom_runner_optimizer_step_with(loom_runner *r, const loom_step_options *o, 
     if (rc < 0)
       return loom_error_wrap(rc, "averaging gradients over %d ranks", loom_comm_size(r->comm));
   }
+  /* The non-finite check, before clipping changes anything: free where the
+   * norm is computed anyway, else one vectorised pass over the gradients
+   * (its cost: docs/architecture.md, "Run options"). Ranks hold the same
+   * averaged gradients, so they all decide alike. */
+  const bool clip = o && o->clip_norm > 0, want_norm = clip || grad_norm;
   double norm = NAN;
-  if (o && o->clip_norm > 0)
-    norm = loom_model_clip_grad_norm(r->model, o->clip_norm);
+  if (clip)
+    norm = loom_model_clip_grad_norm(r->model, o->clip_norm); /* leaves non-finite gradients alone */
   else if (grad_norm)
     norm = loom_model_grad_norm(r->model);
-  if (o && o->clip_value > 0)
-    loom_model_clip_grad_value(r->model, (float)o->clip_value);
   if (grad_norm)
     *grad_norm = norm;
+  if (want_norm ? !isfinite(norm) : !loom_model_grads_finite(r->model))
+    return nonfinite_gradients(r, want_norm, norm);
+  if (o && o->clip_value > 0)
+    loom_model_clip_grad_value(r->model, (float)o->clip_value);
   int rc = loom_optimizer_step(r->optimizer, r->model);
   if (rc == 0)
     r->global_optimizer_step++;
@@ -36,17 +90,7 @@ int loom_runner_optimizer_step(loom_runner *r) { return loom_runner_optimizer_st
 int loom_runner_check_loss(loom_runner *r, double loss) {
   if (isfinite(loss))
     return 0;
-  if (r->options.nonfinite == LOOM_NONFINITE_SKIP && r->nonfinite_skips < r->options.nonfinite_budget) {
-    r->nonfinite_skips++;
-    r->skip_batch = true;
-    return 1;
-  }
-  if (r->options.nonfinite == LOOM_NONFINITE_SKIP)
-    return loom_error_set(LOOM_ENONFINITE, "the loss is %g and the budget of %lld skipped batches is spent; "
-                                           "lower the learning rate or check the data",
-                          loss, (long long)r->options.nonfinite_budget);
-  return loom_error_set(LOOM_ENONFINITE, "the loss is %g; stopping before the optimizer step corrupts the "
-                                         "weights (lower the learning rate, check the data, or allow skips "
-                                         "with the SKIP non-finite policy)",
-                        loss);
+  char what[64];
+  snprintf(what, sizeof what, "the loss is %g", loss);
+  return apply_nonfinite_policy(r, what, "lower the learning rate, check the data");
 }

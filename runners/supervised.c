@@ -40,5 +40,8 @@ int loom_supervised_handle_batch(loom_runner *r, void *user) {
     return rc;
   if ((rc = loom_model_backward(model, dout)) < 0)
     return rc;
-  return manual ? 0 : loom_runner_optimizer_step(r);
+  if (manual)
+    return 0;
+  rc = loom_runner_optimizer_step(r); /* 1: a non-finite gradient, batch skipped */
+  return rc < 0 ? rc : 0;
 }

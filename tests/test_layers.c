@@ -566,11 +566,194 @@ static void test_relu_large(void **state) {
   loom_layer_destroy(l);
 }
 
+/* --- NaN goes through as through PyTorch's layers --- */
+
+static void run_layer(loom_layer *l, loom_tensor *x, loom_tensor *y, loom_tensor *dy, loom_tensor *dx, bool train,
+                      loom_rng *rng) {
+  assert_int_equal(l->ops.forward(l->data, x, y, train, rng), 0);
+  assert_int_equal(l->ops.backward(l->data, x, y, dy, dx, false), 0);
+}
+
+/* ReLU, split over the pool: relu(NaN) = NaN, and the gradient passes
+ * where the output is not <= 0 (PyTorch's threshold_backward), so at a
+ * NaN too. */
+static void test_relu_nan(void **state) {
+  (void)state;
+  enum { N = 300000 };
+  int64_t shape[1] = {N};
+  loom_layer *l = loom_relu_create();
+  loom_tensor *x = loom_tensor_create(1, shape), *y = loom_tensor_create(1, shape);
+  loom_tensor *dy = loom_tensor_create(1, shape), *dx = loom_tensor_create(1, shape);
+  for (int i = 0; i < N; i++)
+    loom_tensor_data(x)[i] = i % 13 == 0 ? NAN : (float)(i % 11) - 5.0f,
+    loom_tensor_data(dy)[i] = (float)(i % 3) + 1.0f;
+  run_layer(l, x, y, dy, dx, true, NULL);
+  for (int i = 0; i < N; i++) {
+    float v = (float)(i % 11) - 5.0f, g = (float)(i % 3) + 1.0f;
+    if (i % 13 == 0) {
+      assert_true(isnan(loom_tensor_data(y)[i]));
+      assert_true(loom_tensor_data(dx)[i] == g);
+    } else {
+      assert_true(loom_tensor_data(y)[i] == (v > 0 ? v : 0.0f));
+      assert_true(loom_tensor_data(dx)[i] == (v > 0 ? g : 0.0f));
+    }
+  }
+  loom_tensor_destroy(x), loom_tensor_destroy(y), loom_tensor_destroy(dy), loom_tensor_destroy(dx);
+  loom_layer_destroy(l);
+}
+
+/* The other activations and Dropout: a NaN input gives a NaN output and
+ * leaves its neighbours alone; the input gradient at the NaN is PyTorch's
+ * (LeakyReLU's backward selects slope * dy, the others multiply by NaN). */
+static void test_activations_nan(void **state) {
+  (void)state;
+  int64_t shape[1] = {3};
+  loom_layer *layers[5] = {loom_leaky_relu_create(0.1f), loom_gelu_create(), loom_tanh_create(), loom_sigmoid_create(),
+                           loom_dropout_create(0.5f)};
+  loom_tensor *x = loom_tensor_create(1, shape), *y = loom_tensor_create(1, shape);
+  loom_tensor *dy = loom_tensor_create(1, shape), *dx = loom_tensor_create(1, shape);
+  const float in[3] = {NAN, -1.0f, 2.0f};
+  memcpy(loom_tensor_data(x), in, sizeof in);
+  loom_rng rng;
+  loom_rng_seed(&rng, 3, 0, 0);
+  for (int k = 0; k < 5; k++) {
+    for (int i = 0; i < 3; i++)
+      loom_tensor_data(dy)[i] = 1.0f;
+    run_layer(layers[k], x, y, dy, dx, true, &rng);
+    assert_true(isnan(loom_tensor_data(y)[0])); /* Dropout: NaN * 0 is NaN, as x * mask in PyTorch */
+    assert_true(isfinite(loom_tensor_data(y)[1]) && isfinite(loom_tensor_data(y)[2]));
+    if (k == 0)
+      assert_true(loom_tensor_data(dx)[0] == 0.1f);
+    else if (k < 4)
+      assert_true(isnan(loom_tensor_data(dx)[0]));
+    loom_layer_destroy(layers[k]);
+  }
+  loom_tensor_destroy(x), loom_tensor_destroy(y), loom_tensor_destroy(dy), loom_tensor_destroy(dx);
+}
+
+/* PyTorch's max_pool2d rule, in double: a value takes the max if greater or
+ * NaN, the window's first position otherwise; the input gradient adds dy
+ * at each window's max. */
+static void max_pool_nan_ref(const pool_ctx *q, const float *x, double *out, int32_t *at) {
+  for (int64_t oy = 0; oy < q->oh; oy++)
+    for (int64_t ox = 0; ox < q->ow; ox++) {
+      double best = -INFINITY;
+      int32_t where = -1;
+      for (int64_t a = 0; a < q->k; a++)
+        for (int64_t b = 0; b < q->k; b++) {
+          int64_t iy = oy * q->s - q->p + a, ix = ox * q->s - q->p + b;
+          if (iy < 0 || iy >= q->h || ix < 0 || ix >= q->w)
+            continue;
+          double v = x[iy * q->w + ix];
+          if (where < 0 || v > best || isnan(v))
+            best = v, where = (int32_t)(iy * q->w + ix);
+        }
+      out[oy * q->ow + ox] = best, at[oy * q->ow + ox] = where;
+    }
+}
+
+/* Max pooling's three paths (2x2 in 8-wide chunks, 2x2 scalar, the
+ * general loop) with NaNs: one alone in a window, two in one window (the
+ * last one takes the gradient), one at a window's first position. */
+static void test_max_pool_nan(void **state) {
+  (void)state;
+  const struct { int64_t h, w, k, s, p; } cases[] = {{4, 18, 2, 2, 0}, {4, 6, 2, 2, 0}, {5, 7, 3, 2, 1}};
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    const int64_t h = cases[c].h, w = cases[c].w, shape[2] = {h, w};
+    loom_layer *l = loom_maxpool2d_create(cases[c].k, cases[c].s, cases[c].p);
+    harness t;
+    setup_layer(&t, l, 2, shape, 1);
+    pool_ctx q = {1, h, w, cases[c].k, cases[c].s, cases[c].p, t.oshape[1], t.oshape[2], true, false};
+    loom_tensor *x = batch_tensor(1, 2, shape), *y = batch_tensor(1, t.ondim, t.oshape);
+    loom_tensor *dy = batch_tensor(1, t.ondim, t.oshape), *dx = batch_tensor(1, 2, shape);
+    float *xd = loom_tensor_data(x);
+    for (int64_t i = 0; i < h * w; i++)
+      xd[i] = (float)((i * 7) % 17) - 8.0f;
+    xd[2] = NAN, xd[w + 3] = NAN, xd[2 * w + 4] = NAN; /* rows 0-1: two in a window; row 2: a first position */
+    const int64_t no = q.oh * q.ow;
+    for (int64_t i = 0; i < no; i++)
+      loom_tensor_data(dy)[i] = (float)(i + 1);
+    run_layer(l, x, y, dy, dx, true, NULL);
+    double *want = malloc((size_t)no * sizeof *want), *dwant = calloc((size_t)(h * w), sizeof *dwant);
+    int32_t *at = malloc((size_t)no * sizeof *at);
+    max_pool_nan_ref(&q, xd, want, at);
+    int nans = 0;
+    for (int64_t i = 0; i < no; i++) {
+      float got = loom_tensor_data(y)[i];
+      nans += isnan(want[i]);
+      assert_true(isnan(want[i]) ? isnan(got) : got == (float)want[i]);
+      dwant[at[i]] += (double)(i + 1);
+    }
+    assert_true(nans >= 2);
+    assert_true(dwant[2] == 0.0); /* the window's other NaN took it */
+    for (int64_t i = 0; i < h * w; i++)
+      assert_true(loom_tensor_data(dx)[i] == (float)dwant[i]);
+    free(want), free(dwant), free(at);
+    loom_tensor_destroy(x), loom_tensor_destroy(y), loom_tensor_destroy(dy), loom_tensor_destroy(dx);
+    teardown_layer(&t);
+  }
+}
+
+/* BatchNorm with its ReLU fused (its ops driven directly, so that dx is
+ * computed): in evaluation only a NaN's own element is NaN, and the
+ * gradient passes where the output was positive or NaN, as through the
+ * ReLU layer (dbeta sums dy there; dx = gamma invstd dy); NaNs in
+ * the 8-lane part and in the tail of a plane. In training a NaN makes its
+ * channel NaN (the batch statistics), and the ReLU keeps it. */
+static void test_batchnorm_relu_nan(void **state) {
+  (void)state;
+  enum { C = 2, S = 12, NS = 2, ALL = NS * C * S };
+  const int64_t shape[3] = {C, 3, 4};
+  harness t;
+  setup_layer(&t, loom_batchnorm_create(C, 1e-5f, 0.1f), 3, shape, NS);
+  loom_layer *l = t.layer;
+  assert_true(l->ops.fuse_relu(l->data));
+  loom_tensor *x = batch_tensor(NS, 3, shape), *y = batch_tensor(NS, 3, shape);
+  loom_tensor *dy = batch_tensor(NS, 3, shape), *dx = batch_tensor(NS, 3, shape);
+  float *xd = loom_tensor_data(x);
+  for (int i = 0; i < ALL; i++)
+    xd[i] = (float)(i % 7) - 3.0f, loom_tensor_data(dy)[i] = (float)(i % 3) + 1.0f;
+  const int nan_at[2] = {3, (1 * C + 1) * S + 10}; /* sample 0 channel 0 lane 3; sample 1 channel 1 tail */
+  xd[nan_at[0]] = NAN, xd[nan_at[1]] = NAN;
+  /* Evaluation: running mean 0 and variance 1 as initialised. */
+  assert_int_equal(l->ops.forward(l->data, x, y, false, NULL), 0);
+  assert_int_equal(l->ops.backward(l->data, x, y, dy, dx, true), 0);
+  double dbeta[C] = {0};
+  for (int i = 0; i < ALL; i++) {
+    const int ch = (i / S) % C;
+    const bool is_nan = i == nan_at[0] || i == nan_at[1];
+    const double scale = t.params[ch] / sqrt(1.0 + 1e-5), v = scale * xd[i] + t.params[C + ch];
+    const bool pass = is_nan || v > 0;
+    if (is_nan)
+      assert_true(isnan(loom_tensor_data(y)[i]));
+    else
+      close_to(loom_tensor_data(y)[i], pass ? v : 0.0, 1e-6, "bn+relu y", i);
+    if (!is_nan) /* there loom's dx has the term (x - mean) k, 0 in evaluation but NaN * 0 */
+      close_to(loom_tensor_data(dx)[i], pass ? scale * loom_tensor_data(dy)[i] : 0.0, 1e-6, "bn+relu dx", i);
+    dbeta[ch] += pass ? loom_tensor_data(dy)[i] : 0.0;
+  }
+  close_to(t.grads[C], dbeta[0], 1e-6, "dbeta", 0);
+  close_to(t.grads[C + 1], dbeta[1], 1e-6, "dbeta", 1);
+  /* Training: channel 0 and channel 1 each hold a NaN, so all is NaN;
+   * without the second NaN channel 1 is finite again. */
+  assert_int_equal(l->ops.forward(l->data, x, y, true, NULL), 0);
+  for (int i = 0; i < ALL; i++)
+    assert_true(isnan(loom_tensor_data(y)[i]));
+  xd[nan_at[1]] = 1.0f;
+  assert_int_equal(l->ops.forward(l->data, x, y, true, NULL), 0);
+  for (int i = 0; i < ALL; i++)
+    assert_true((i / S) % C == 0 ? isnan(loom_tensor_data(y)[i]) : isfinite(loom_tensor_data(y)[i]));
+  loom_tensor_destroy(x), loom_tensor_destroy(y), loom_tensor_destroy(dy), loom_tensor_destroy(dx);
+  teardown_layer(&t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fork_after_pool), cmocka_unit_test(test_conv2d), cmocka_unit_test(test_conv2d_winograd),   cmocka_unit_test(test_pooling), cmocka_unit_test(test_batchnorm),
       cmocka_unit_test(test_elementwise), cmocka_unit_test(test_dropout), cmocka_unit_test(test_cnn_model),
-      cmocka_unit_test(test_gemm_products), cmocka_unit_test(test_relu_large),
+      cmocka_unit_test(test_gemm_products), cmocka_unit_test(test_relu_large), cmocka_unit_test(test_relu_nan),
+      cmocka_unit_test(test_activations_nan), cmocka_unit_test(test_max_pool_nan),
+      cmocka_unit_test(test_batchnorm_relu_nan),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

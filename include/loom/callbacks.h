@@ -8,6 +8,7 @@
 
 #include "loom/api.h"
 
+
 #include <stdio.h>
 
 #include "loom/callback.h"
@@ -87,7 +88,10 @@ typedef struct loom_optimizer_callback_options {
  * partial window, at the loader's end, by its real number of batches), then
  * all-reduced, clipped, stepped and zeroed. Steps are counted apart from
  * batches (loom_runner_optimizer_step_count). With clipping it reports the
- * batch metric "grad_norm" (before clipping) on the batches that step. */
+ * batch metric "grad_norm" (before clipping) on the batches that step.
+ * Non-finite gradients follow the run's non-finite policy: SKIP drops the
+ * whole window (no step, gradients zeroed, the batch that ended it out of
+ * the metrics). */
 LOOM_API loom_callback *loom_optimizer_callback_create(const loom_optimizer_callback_options *options);
 
 /* --- learning-rate schedules (order 100) --- */

@@ -10,6 +10,7 @@
 
 #include "loom/api.h"
 
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -59,8 +60,9 @@ typedef struct loom_layer_ops {
   void (*destroy)(void *data);
   /* Optional. Called by loom_model_build when a ReLU layer follows this
    * one: returning true promises that from then on forward writes
-   * relu(output) and backward first zeroes dout where out is not positive;
-   * the ReLU layer then costs no pass over memory of its own. */
+   * relu(output) (NaN stays NaN) and backward first zeroes dout where
+   * out <= 0 (a NaN output passes dout), as the ReLU layer does; the ReLU
+   * layer then costs no pass over memory of its own. */
   bool (*fuse_relu)(void *data);
 } loom_layer_ops;
 
@@ -78,6 +80,8 @@ LOOM_API loom_layer *loom_linear_create(int64_t in_features, int64_t out_feature
  * valid once the model is built. */
 LOOM_API float *loom_linear_weight(loom_layer *layer);
 LOOM_API float *loom_linear_bias(loom_layer *layer);
+/* max(x, 0), NaN-propagating as PyTorch's: relu(NaN) = NaN, and the
+ * gradient passes where the output is not <= 0 (threshold_backward). */
 LOOM_API loom_layer *loom_relu_create(void);
 /* max(x, slope x). */
 LOOM_API loom_layer *loom_leaky_relu_create(float slope);
@@ -110,7 +114,9 @@ typedef struct loom_conv2d_options {
 } loom_conv2d_options;
 LOOM_API loom_layer *loom_conv2d_create(const loom_conv2d_options *options);
 /* Pooling windows over [C, H, W]; stride 0 means the kernel size. Average
- * pooling counts padding in the divisor, as PyTorch does by default. */
+ * pooling counts padding in the divisor, as PyTorch does by default. A NaN
+ * in a max window is its max (the last NaN gets the gradient), as in
+ * PyTorch's max_pool2d. */
 LOOM_API loom_layer *loom_maxpool2d_create(int64_t kernel, int64_t stride, int64_t padding);
 LOOM_API loom_layer *loom_avgpool2d_create(int64_t kernel, int64_t stride, int64_t padding);
 /* [C, H, W] -> [C]: the mean of each channel. */
@@ -191,8 +197,13 @@ LOOM_API size_t loom_model_trainable_ranges(const loom_model *model, const size_
 /* Gradient utilities over all parameters. */
 LOOM_API void loom_model_scale_grads(loom_model *model, float scale);
 LOOM_API double loom_model_grad_norm(loom_model *model);
+/* True when every gradient is finite (no NaN, no Inf): what a finite
+ * loom_model_grad_norm means, in one vectorised pass. */
+LOOM_API bool loom_model_grads_finite(loom_model *model);
 /* As torch.nn.utils.clip_grad_norm_: rescales so the global L2 norm is at
- * most max_norm; returns the norm before clipping. */
+ * most max_norm; returns the norm before clipping. A non-finite norm leaves
+ * the gradients as they are (PyTorch's would scale them to 0 or NaN): the
+ * caller decides, as the runner's non-finite policy does. */
 LOOM_API double loom_model_clip_grad_norm(loom_model *model, double max_norm);
 /* Clamps every gradient to [-limit, limit]. */
 LOOM_API void loom_model_clip_grad_value(loom_model *model, float limit);

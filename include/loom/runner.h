@@ -10,6 +10,7 @@
 #include "loom/api.h"
 
 
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -37,7 +38,10 @@ typedef enum loom_stop {
 
 typedef int (*loom_handle_batch_fn)(loom_runner *runner, void *user);
 
-/* What to do with a non-finite training loss. */
+/* What to do with a non-finite training loss, or non-finite gradients
+ * before an optimizer step (a NaN or Inf anywhere in them, after the
+ * all-reduce and before clipping: what a non-finite global norm means).
+ * Either way the weights and the optimizer state never see it. */
 typedef enum loom_nonfinite_policy {
   LOOM_NONFINITE_STOP, /* fail the run with LOOM_ENONFINITE (default) */
   LOOM_NONFINITE_SKIP, /* skip the batch (no step, no metrics), up to a budget */
@@ -54,7 +58,7 @@ typedef struct loom_run_options {
    * process). No other signal is touched. */
   bool handle_signals;
   loom_nonfinite_policy nonfinite;
-  int64_t nonfinite_budget; /* batches SKIP may drop over the whole run */
+  int64_t nonfinite_budget; /* batches SKIP may drop over the whole run (losses and gradients alike) */
 } loom_run_options;
 
 /* check false, no limits, handle_signals true, STOP. */
@@ -121,8 +125,12 @@ LOOM_API const char *loom_runner_resume_notice(const loom_runner *runner);
 LOOM_API void loom_runner_interrupt(loom_runner *runner, const char *reason);
 
 /* --- the optimizer step --- */
-/* All-reduces the gradients over ranks (mean), steps the optimizer, counts
- * the step. handle_batch calls it unless a callback took the step over. */
+/* All-reduces the gradients over ranks (mean), checks they are finite,
+ * steps the optimizer, counts the step. handle_batch calls it unless a
+ * callback took the step over. Returns 0 (stepped); 1 when a gradient is
+ * not finite and the SKIP policy drops the batch (no step; the batch is
+ * marked skipped; the gradients are left for the caller to zero); or
+ * LOOM_ENONFINITE (STOP, or the budget spent) or another error. */
 LOOM_API int loom_runner_optimizer_step(loom_runner *runner);
 /* How a step treats the gradients first, in this order: scale (a window of
  * accumulated batches averaged), all-reduce over ranks, clip by global norm,
@@ -133,7 +141,10 @@ typedef struct loom_step_options {
   double clip_value;
 } loom_step_options;
 /* loom_runner_optimizer_step with gradient treatment; *grad_norm (if not
- * NULL) receives the global norm before clipping. */
+ * NULL) receives the global norm before clipping. The finiteness check
+ * comes after the all-reduce and before clipping; with clip_norm or
+ * grad_norm it is the norm's (no extra pass), else one vectorised pass over
+ * the gradients. Returns as loom_runner_optimizer_step. */
 LOOM_API int loom_runner_optimizer_step_with(loom_runner *runner, const loom_step_options *options, double *grad_norm);
 /* An optimizer callback (gradient accumulation, clipping) takes over
  * zero_grad and the step from handle_batch, for the current stage. */
@@ -141,7 +152,9 @@ LOOM_API void loom_runner_set_manual_step(loom_runner *runner, bool manual);
 LOOM_API bool loom_runner_manual_step(const loom_runner *runner);
 /* Optimizer steps done in the run (not batches): Lightning's global_step. */
 LOOM_API int64_t loom_runner_optimizer_step_count(const loom_runner *runner);
-/* True when handle_batch skipped this batch (non-finite loss, SKIP). */
+/* True when this batch was skipped under SKIP: its loss was not finite, or
+ * the gradients of the step it ended were not (set from on_batch_end on by
+ * an optimizer callback's step). A skipped batch is not in the metrics. */
 LOOM_API bool loom_runner_batch_skipped(const loom_runner *runner);
 /* 0: finite; 1: skip this batch (policy SKIP, within budget); < 0: error. */
 LOOM_API int loom_runner_check_loss(loom_runner *runner, double loss);
