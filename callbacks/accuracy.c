@@ -4,7 +4,7 @@
 
 #include "core/error_internal.h"
 #include "loom/callbacks.h"
-#include "loom/runner.h"
+#include "loom/runner_view.h"
 
 #define MAX_TOPK 8
 

@@ -12,7 +12,7 @@
 #include "core/fs.h"
 #include "callbacks/monitor.h"
 #include "loom/callbacks.h"
-#include "loom/runner.h"
+#include "loom/runner_view.h"
 
 #define MAX_TOP_K 64
 

@@ -6,7 +6,7 @@
 
 #include "core/error_internal.h"
 #include "loom/callbacks.h"
-#include "loom/runner.h"
+#include "loom/runner_view.h"
 
 #define BAR_WIDTH 24
 #define REDRAW_NS 100000000ull /* 10 redraws a second at most */

@@ -7,7 +7,7 @@
 #include "core/error_internal.h"
 #include "callbacks/monitor.h"
 #include "loom/callbacks.h"
-#include "loom/runner.h"
+#include "loom/runner_view.h"
 
 typedef struct watched {
   loom_monitor m;

@@ -10,7 +10,7 @@
 #include "core/error_internal.h"
 #include "core/fs.h"
 #include "loom/callbacks.h"
-#include "loom/runner.h"
+#include "loom/runner_view.h"
 
 static int exc_exception(loom_callback *cb, loom_runner *r) {
   const loom_exception_options *o = loom_callback_data(cb);

@@ -11,7 +11,7 @@
 #include "core/error_internal.h"
 #include "core/fs.h"
 #include "loom/callbacks.h"
-#include "loom/runner.h"
+#include "loom/runner_view.h"
 
 #define JSON_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(17))
 

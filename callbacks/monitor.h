@@ -5,7 +5,7 @@
 
 #include <stdbool.h>
 
-#include "loom/runner.h"
+#include "loom/runner_view.h"
 
 typedef struct loom_monitored {
   char key[512]; /* "{loader}/{metric}" */

@@ -12,7 +12,7 @@
 #include "core/error_internal.h"
 #include "core/fs.h"
 #include "loom/callbacks.h"
-#include "loom/runner.h"
+#include "loom/runner_view.h"
 
 /* CRC-32C (Castagnoli), table-driven; TFRecord masks it. */
 static uint32_t crc_table[256];

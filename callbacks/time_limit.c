@@ -6,7 +6,7 @@
 
 #include "core/error_internal.h"
 #include "loom/callbacks.h"
-#include "loom/runner.h"
+#include "loom/runner_view.h"
 
 typedef struct time_limit {
   double seconds;

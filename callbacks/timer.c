@@ -3,7 +3,7 @@
 
 #include "core/error_internal.h"
 #include "loom/callbacks.h"
-#include "loom/runner.h"
+#include "loom/runner_view.h"
 
 typedef struct timer {
   double data_s;

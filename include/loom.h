@@ -2,6 +2,8 @@
 #ifndef LOOM_H
 #define LOOM_H
 
+#include "loom/backend.h"
+#include "loom/backend_cpu.h"
 #include "loom/callback.h"
 #include "loom/callbacks.h"
 #include "loom/comm.h"
@@ -16,6 +18,7 @@
 #include "loom/registry.h"
 #include "loom/rng.h"
 #include "loom/runner.h"
+#include "loom/runner_view.h"
 #include "loom/scheduler.h"
 #include "loom/state.h"
 #include "loom/tensor.h"

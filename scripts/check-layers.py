@@ -24,7 +24,7 @@ PUBLIC = {
     "metrics.h": "core", "comm.h": "core",
     "model.h": "models", "criterion.h": "models", "optimizer.h": "models",
     "scheduler.h": "models", "data.h": "loaders",
-    "callback.h": "runners", "experiment.h": "runners", "runner.h": "runners",
+    "callback.h": "runners", "experiment.h": "runners", "runner.h": "runners", "runner_view.h": "runners",
     "callbacks.h": "callbacks", "config.h": "config", "registry.h": "config",
     "loom.h": "cli",
 }

@@ -1,40 +1,27 @@
-/* loom/runner.h - the runner: the loop and the state callbacks read.
+/* loom/runner.h - driving a run: the runner, its options, running an
+ * experiment and resuming one.
  *
  * loom_run_experiment walks experiment -> stages -> epochs -> loaders ->
  * batches and fires the events of loom/callback.h (see docs/architecture.md
  * for the exact sequence). handle_batch does the work of one batch; the
- * default is the supervised one (forward, loss, backward, optimizer step). */
+ * default is the supervised one (forward, loss, backward, optimizer step).
+ * What callbacks read and do during the run is loom/runner_view.h, which
+ * this header includes. */
 #ifndef LOOM_RUNNER_H
 #define LOOM_RUNNER_H
 
 #include "loom/api.h"
 
-
-
 #include <stdbool.h>
 #include <stdint.h>
-#include <stdio.h>
 
-#include "loom/callback.h"
 #include "loom/comm.h"
 #include "loom/experiment.h"
-#include "loom/metrics.h"
-#include "loom/rng.h"
-#include "loom/state.h"
+#include "loom/runner_view.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-typedef enum loom_loader_kind { LOOM_LOADER_TRAIN, LOOM_LOADER_VALID, LOOM_LOADER_INFER } loom_loader_kind;
-/* From the name: "train*" train, "valid*" valid, "infer*" infer; any other
- * name is an error when the stage starts. Returns -1 for those. */
-LOOM_API int loom_loader_kind_from_name(const char *name);
-
-typedef enum loom_stop {
-  LOOM_STOP_LOADER = 1, /* leave the current loader after this batch */
-  LOOM_STOP_STAGE = 2,  /* need_early_stop: end the stage after this epoch */
-} loom_stop;
 
 typedef int (*loom_handle_batch_fn)(loom_runner *runner, void *user);
 
@@ -94,155 +81,10 @@ LOOM_API int loom_run_experiment(loom_runner *runner, loom_experiment *exp);
 LOOM_API void loom_runner_set_options(loom_runner *runner, const loom_run_options *options);
 LOOM_API const loom_run_options *loom_runner_options(const loom_runner *runner);
 
-/* --- checkpoints and resume (docs/architecture.md, "Checkpoints and resume") --- */
-/* Everything needed to continue the run from this point of the loop:
- * model, optimizer, the runner's cursor, counters, RNG and metrics, and
- * every stateful callback's state. *out is the caller's to destroy.
- * Allowed at every event; it describes the loop after the last completed
- * unit: at a start event (experiment, stage, epoch, loader, batch) that
- * unit has not begun, so a resume restores and fires the event again (at
- * on_batch_start the counters are saved without the current batch); at an
- * end event the unit is done, end event included, so a resume goes on with
- * what follows. From on_experiment_end: the run resumes as finished (runs
- * nothing and returns 0). During a resume's replay it is a copy of the
- * checkpoint being resumed. LOOM_ESTATE outside a run, or after a failure
- * outside a stage. */
-LOOM_API int loom_runner_snapshot(loom_runner *runner, loom_checkpoint **out);
-/* loom_runner_snapshot, written atomically to `path`. */
-LOOM_API int loom_runner_save_checkpoint(loom_runner *runner, const char *path);
+/* --- resume (docs/architecture.md, "Checkpoints and resume") --- */
 /* The next loom_run_experiment resumes from `source`: a checkpoint file, or
  * "last" or "best" in <logdir>/checkpoints (see loom_checkpoint_callback). */
 LOOM_API int loom_runner_set_resume(loom_runner *runner, const char *source);
-/* True during (and after) a run that resumed from a checkpoint. */
-LOOM_API bool loom_runner_is_resumed(const loom_runner *runner);
-/* The checkpoint file the run resumed from ("" if none). */
-LOOM_API const char *loom_runner_resume_path(const loom_runner *runner);
-/* What the resume had to work around, e.g. a damaged last.h5 ("" if nothing). */
-LOOM_API const char *loom_runner_resume_notice(const loom_runner *runner);
-
-/* Interrupts the run after the current batch, as SIGINT does: the loop fails
- * with LOOM_EINTERRUPTED and `reason`, so on_exception can save a checkpoint. */
-LOOM_API void loom_runner_interrupt(loom_runner *runner, const char *reason);
-
-/* --- the optimizer step --- */
-/* All-reduces the gradients over ranks (mean), checks they are finite,
- * steps the optimizer, counts the step. handle_batch calls it unless a
- * callback took the step over. Returns 0 (stepped); 1 when a gradient is
- * not finite and the SKIP policy drops the batch (no step; the batch is
- * marked skipped; the gradients are left for the caller to zero); or
- * LOOM_ENONFINITE (STOP, or the budget spent) or another error. */
-LOOM_API int loom_runner_optimizer_step(loom_runner *runner);
-/* How a step treats the gradients first, in this order: scale (a window of
- * accumulated batches averaged), all-reduce over ranks, clip by global norm,
- * clip by value. Zeros mean "off" (scale 0 means 1). */
-typedef struct loom_step_options {
-  double scale;
-  double clip_norm;
-  double clip_value;
-} loom_step_options;
-/* loom_runner_optimizer_step with gradient treatment; *grad_norm (if not
- * NULL) receives the global norm before clipping. The finiteness check
- * comes after the all-reduce and before clipping; with clip_norm or
- * grad_norm it is the norm's (no extra pass), else one vectorised pass over
- * the gradients. Returns as loom_runner_optimizer_step. */
-LOOM_API int loom_runner_optimizer_step_with(loom_runner *runner, const loom_step_options *options, double *grad_norm);
-/* An optimizer callback (gradient accumulation, clipping) takes over
- * zero_grad and the step from handle_batch, for the current stage. */
-LOOM_API void loom_runner_set_manual_step(loom_runner *runner, bool manual);
-LOOM_API bool loom_runner_manual_step(const loom_runner *runner);
-/* Optimizer steps done in the run (not batches): Lightning's global_step. */
-LOOM_API int64_t loom_runner_optimizer_step_count(const loom_runner *runner);
-/* True when this batch was skipped under SKIP: its loss was not finite, or
- * the gradients of the step it ended were not (set from on_batch_end on by
- * an optimizer callback's step). A skipped batch is not in the metrics. */
-LOOM_API bool loom_runner_batch_skipped(const loom_runner *runner);
-/* 0: finite; 1: skip this batch (policy SKIP, within budget); < 0: error. */
-LOOM_API int loom_runner_check_loss(loom_runner *runner, double loss);
-/* Seconds the current batch spent waiting for data, and in handle_batch. */
-LOOM_API double loom_runner_batch_data_time(const loom_runner *runner);
-LOOM_API double loom_runner_batch_compute_time(const loom_runner *runner);
-
-/* The supervised handle_batch, for custom ones that extend it. */
-LOOM_API int loom_supervised_handle_batch(loom_runner *runner, void *user);
-
-/* --- where the loop is --- */
-LOOM_API const loom_experiment *loom_runner_experiment(const loom_runner *r);
-LOOM_API const char *loom_runner_stage_name(const loom_runner *r);
-LOOM_API int loom_runner_stage_index(const loom_runner *r);
-LOOM_API int loom_runner_epoch(const loom_runner *r);      /* 1-based within the stage */
-LOOM_API int loom_runner_num_epochs(const loom_runner *r);
-LOOM_API int loom_runner_global_epoch(const loom_runner *r); /* 1-based across stages */
-LOOM_API const char *loom_runner_loader_name(const loom_runner *r);
-LOOM_API loom_loader_kind loom_runner_loader_kind(const loom_runner *r);
-LOOM_API bool loom_runner_is_train_loader(const loom_runner *r);
-/* Batch counters number the current batch: the runner advances them just
- * before on_batch_start, so on_batch_start, handle_batch and on_batch_end of
- * one batch read the same values (Catalyst's rule); between batches they
- * count the batches done. A batch the SKIP policy drops counts like any
- * other (it was served), but takes no optimizer step. Lightning's
- * global_step is loom_runner_optimizer_step_count (steps done: the current
- * batch's step is not counted in on_batch_start, it is in on_batch_end);
- * its batch_idx is loader_batch_step - 1. */
-LOOM_API int64_t loom_runner_loader_batch_step(const loom_runner *r); /* the current batch of the loader, 1-based */
-LOOM_API int64_t loom_runner_loader_num_batches(const loom_runner *r);
-LOOM_API int64_t loom_runner_loader_sample_step(const loom_runner *r); /* samples through the current batch */
-LOOM_API int64_t loom_runner_batch_size(const loom_runner *r);
-LOOM_API int64_t loom_runner_global_batch_step(const loom_runner *r);  /* train batches through the current one */
-LOOM_API int64_t loom_runner_global_sample_step(const loom_runner *r); /* train samples through the current batch */
-LOOM_API double loom_runner_loader_elapsed(const loom_runner *r);      /* seconds since on_loader_start */
-LOOM_API loom_comm *loom_runner_comm(const loom_runner *r);
-LOOM_API int loom_runner_rank(const loom_runner *r);
-LOOM_API int loom_runner_world_size(const loom_runner *r);
-LOOM_API bool loom_runner_is_master(const loom_runner *r);
-LOOM_API const char *loom_runner_logdir(const loom_runner *r);
-/* Seeded from (experiment seed, global epoch) at each epoch start. */
-LOOM_API loom_rng *loom_runner_rng(loom_runner *r);
-
-/* --- the current stage's components and batch --- */
-LOOM_API loom_model *loom_runner_model(const loom_runner *r);
-LOOM_API loom_criterion *loom_runner_criterion(const loom_runner *r);
-LOOM_API loom_optimizer *loom_runner_optimizer(const loom_runner *r);
-LOOM_API loom_loader *loom_runner_loader(const loom_runner *r);
-LOOM_API const loom_tensor *loom_runner_input(const loom_runner *r);
-LOOM_API const loom_tensor *loom_runner_target(const loom_runner *r);
-LOOM_API const loom_tensor *loom_runner_output(const loom_runner *r);
-/* handle_batch publishes the model's output for metric callbacks. */
-LOOM_API void loom_runner_set_output(loom_runner *r, const loom_tensor *output);
-LOOM_API double loom_runner_batch_loss(const loom_runner *r);
-LOOM_API void loom_runner_set_batch_loss(loom_runner *r, double loss);
-
-/* --- metrics --- */
-LOOM_API loom_metrics *loom_runner_batch_metrics(loom_runner *r);
-LOOM_API loom_metrics *loom_runner_loader_metrics(loom_runner *r);
-LOOM_API loom_metrics *loom_runner_epoch_metrics(loom_runner *r);
-LOOM_API const loom_metrics *loom_runner_best_valid_metrics(const loom_runner *r);
-LOOM_API const char *loom_runner_valid_loader(const loom_runner *r);
-LOOM_API const char *loom_runner_main_metric(const loom_runner *r);
-LOOM_API bool loom_runner_minimize_metric(const loom_runner *r);
-/* True at on_epoch_end when this epoch's main metric is the best so far. */
-LOOM_API bool loom_runner_is_best_valid(const loom_runner *r);
-LOOM_API int loom_runner_best_epoch(const loom_runner *r); /* global epoch, 0 if none */
-
-/* The current stage's callback table on this rank, in dispatch order (as
- * loom_experiment_callback_table describes it); empty before the first
- * stage starts, the last stage's after a run. *rows is the caller's to
- * free(). */
-LOOM_API int loom_runner_callback_table(const loom_runner *r, loom_callback_info **rows, size_t *count);
-/* Prints that table, one callback a line. */
-LOOM_API void loom_runner_print_callbacks(const loom_runner *r, FILE *out);
-
-/* --- control --- */
-LOOM_API void loom_runner_request_stop(loom_runner *r, loom_stop what);
-LOOM_API bool loom_runner_need_early_stop(const loom_runner *r);
-
-/* --- errors --- */
-/* The error that stopped the run (0 if none) and its message. */
-LOOM_API int loom_runner_error(const loom_runner *r);
-LOOM_API const char *loom_runner_error_message(const loom_runner *r);
-/* From on_exception: the error is dealt with; loom_run_experiment returns 0. */
-LOOM_API void loom_runner_mark_error_handled(loom_runner *r);
-LOOM_API bool loom_runner_error_handled(const loom_runner *r);
-
 #ifdef __cplusplus
 }
 #endif
