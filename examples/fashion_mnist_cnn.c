@@ -16,8 +16,10 @@
 #define BATCH 128
 #define TRAIN_SAMPLES 60000
 
-/* Built for 28x28 images (one channel) and initialised from `seed`. */
-static loom_model *cnn(uint64_t seed) {
+/* Not built here: the runner builds it when the stage starts, for the first
+ * loader's samples (1x28x28) and from the experiment's seed, as it builds a
+ * config's model. */
+static loom_model *cnn(void) {
   loom_model *m = loom_model_create();
   loom_conv2d_options c1 = {.out_channels = 32, .kernel = {3, 3}, .padding = {1, 1}, .no_bias = true};
   loom_conv2d_options c2 = {.out_channels = 64, .kernel = {3, 3}, .padding = {1, 1}, .no_bias = true};
@@ -32,8 +34,7 @@ static loom_model *cnn(uint64_t seed) {
       loom_model_add(m, "flatten", loom_flatten_create()) < 0 ||
       loom_model_add(m, "dropout", loom_dropout_create(0.25f)) < 0 ||
       loom_model_add(m, "fc1", loom_linear_create(64 * 7 * 7, 64, true)) < 0 ||
-      loom_model_add(m, "relu3", loom_relu_create()) < 0 || loom_model_add(m, "head", loom_linear_create(64, 10, true)) < 0 ||
-      loom_model_build(m, 2, (const int64_t[]){28, 28}, seed) < 0) {
+      loom_model_add(m, "relu3", loom_relu_create()) < 0 || loom_model_add(m, "head", loom_linear_create(64, 10, true)) < 0) {
     loom_model_destroy(m);
     return NULL;
   }
@@ -68,7 +69,7 @@ int main(int argc, char **argv) {
     loom_runner_set_options(runner, &run);
   if (runner && stage && loom_experiment_set_logdir(exp, logdir) == 0) {
     loom_experiment_set_seed(exp, 42);
-    if (loom_stage_set_model(stage, cnn(42)) == 0 && loom_stage_set_criterion(stage, loom_cross_entropy_create()) == 0 &&
+    if (loom_stage_set_model(stage, cnn()) == 0 && loom_stage_set_criterion(stage, loom_cross_entropy_create()) == 0 &&
         loom_stage_set_optimizer(stage, loom_adam_create(&adam)) == 0 &&
         loom_stage_add_loader(stage, "train", open_loader(data, true)) == 0 &&
         loom_stage_add_loader(stage, "valid", open_loader(data, false)) == 0 &&

@@ -32,7 +32,6 @@ struct loom_model {
   int64_t in_shape[LOOM_MAX_DIMS];
   const loom_tensor *last_input;
   /* trainable parameter ranges, rebuilt when freezing changes */
-  size_t *range_offsets, *range_lengths, num_ranges;
 };
 
 loom_model *loom_model_create(void) {
@@ -59,38 +58,14 @@ void loom_model_destroy(loom_model *m) {
   free(m->params);
   free(m->grads);
   free(m->buffers);
-  free(m->range_offsets);
-  free(m->range_lengths);
   free(m);
-}
-
-/* Merged [offset, length) ranges of the layers that are not frozen. */
-static int rebuild_ranges(loom_model *m) {
-  free(m->range_offsets);
-  free(m->range_lengths);
-  m->range_offsets = calloc(m->count + 1, sizeof *m->range_offsets);
-  m->range_lengths = calloc(m->count + 1, sizeof *m->range_lengths);
-  m->num_ranges = 0;
-  if (!m->range_offsets || !m->range_lengths)
-    return loom_error_oom("the model's trainable ranges");
-  for (size_t i = 0; i < m->count; i++) {
-    const entry *e = &m->layers[i];
-    if (e->frozen || e->nparams == 0)
-      continue;
-    size_t k = m->num_ranges;
-    if (k && m->range_offsets[k - 1] + m->range_lengths[k - 1] == e->offset)
-      m->range_lengths[k - 1] += e->nparams;
-    else
-      m->range_offsets[k] = e->offset, m->range_lengths[k] = e->nparams, m->num_ranges++;
-  }
-  return 0;
 }
 
 int loom_model_set_frozen(loom_model *m, const char *layer, bool frozen) {
   for (size_t i = 0; i < m->count; i++) {
     if (strcmp(m->layers[i].name, layer) == 0) {
       m->layers[i].frozen = frozen;
-      return m->built ? rebuild_ranges(m) : 0;
+      return 0;
     }
   }
   return loom_error_set(LOOM_EINVAL, "the model has no layer \"%s\"", layer);
@@ -99,8 +74,6 @@ int loom_model_set_frozen(loom_model *m, const char *layer, bool frozen) {
 void loom_model_unfreeze_all(loom_model *m) {
   for (size_t i = 0; i < m->count; i++)
     m->layers[i].frozen = false;
-  if (m->built)
-    rebuild_ranges(m);
 }
 
 bool loom_model_is_frozen(const loom_model *m, const char *layer) {
@@ -108,12 +81,6 @@ bool loom_model_is_frozen(const loom_model *m, const char *layer) {
     if (strcmp(m->layers[i].name, layer) == 0)
       return m->layers[i].frozen;
   return false;
-}
-
-size_t loom_model_trainable_ranges(const loom_model *m, const size_t **offsets, const size_t **lengths) {
-  *offsets = m->range_offsets;
-  *lengths = m->range_lengths;
-  return m->num_ranges;
 }
 
 int loom_model_add(loom_model *m, const char *name, loom_layer *layer) {
@@ -231,7 +198,7 @@ int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint6
   for (size_t i = 0; i + 1 < m->count; i++) /* a Conv2d computes the next BatchNorm's moments */
     loom_conv_fuse_moments(m->layers[i].layer, m->layers[i + 1].layer);
   m->built = true;
-  return rebuild_ranges(m);
+  return 0;
 }
 
 bool loom_model_is_built(const loom_model *m) { return m->built; }

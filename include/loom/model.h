@@ -192,8 +192,6 @@ LOOM_API float *loom_model_buffers(loom_model *model);
 LOOM_API int loom_model_set_frozen(loom_model *model, const char *layer, bool frozen);
 LOOM_API void loom_model_unfreeze_all(loom_model *model);
 LOOM_API bool loom_model_is_frozen(const loom_model *model, const char *layer);
-/* The trainable parameter ranges [offset, offset + length), merged. */
-LOOM_API size_t loom_model_trainable_ranges(const loom_model *model, const size_t **offsets, const size_t **lengths);
 /* Gradient utilities over all parameters. */
 LOOM_API void loom_model_scale_grads(loom_model *model, float scale);
 LOOM_API double loom_model_grad_norm(loom_model *model);
