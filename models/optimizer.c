@@ -134,7 +134,7 @@ static void update(const loom_optimizer *opt, float *p, const float *g, size_t t
   loom_parallel_for_large((int64_t)len, PARALLEL_UPDATE, update_part, &u);
 }
 
-static double default_decay(const loom_optimizer *opt) {
+double loom_optimizer_weight_decay(const loom_optimizer *opt) {
   return opt->ops.weight_decay ? opt->ops.weight_decay(opt->data) : 0.0;
 }
 
@@ -170,7 +170,7 @@ int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {
     if (count == 0 || loom_model_is_frozen(model, loom_model_layer_name(model, i)))
       continue;
     const group *gr = find_group(opt, loom_model_layer_name(model, i));
-    double lr = opt->lr * (gr ? gr->lr_scale : 1.0), wd = gr ? gr->weight_decay : default_decay(opt);
+    double lr = opt->lr * (gr ? gr->lr_scale : 1.0), wd = gr ? gr->weight_decay : loom_optimizer_weight_decay(opt);
     size_t decayed = opt->no_decay_bias_norm ? loom_model_layer_decayed(model, i) : count;
     if (decayed)
       update(opt, p, g, n, off, decayed, lr, wd);

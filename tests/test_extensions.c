@@ -2,7 +2,12 @@
  * (Signum: sign-SGD with momentum, written here) and a schedule (SGDR's warm
  * restarts with doubling periods, kept as state of its own), stepped by hand
  * against values worked out in the comments, then driven through a real run
- * whose checkpoint resumes bit for bit, their own state included. */
+ * whose checkpoint resumes bit for bit, their own state included. And
+ * config constructors of a user's with the powers the built-ins have:
+ * nested components built through the registry, errors at the nested key's
+ * line and column, file names relative to the config's directory. */
+#define _XOPEN_SOURCE 700 /* realpath */
+#include <limits.h>
 #include <math.h>
 
 #include "helpers.h"
@@ -326,6 +331,243 @@ static void test_user_components_resume_exactly(void **state) {
   free(ref_dir), free(dir), free(bad_dir);
 }
 
+
+/* --- a user's config constructors --- */
+
+/* {"type": "test_tower", "blocks": [layer objects, each with an optional
+ * "name"], "head": a layer object}: the blocks, then the head. */
+static void *tower(loom_params *p, const void *context, void *user) {
+  (void)user;
+  const loom_model_context *ctx = context;
+  size_t n;
+  if (loom_params_array_length(p, "blocks", true, &n) < 0)
+    return NULL;
+  loom_model *m = loom_model_create();
+  for (size_t i = 0; i < n; i++) {
+    char key[32], def[32];
+    snprintf(key, sizeof key, "blocks[%zu]", i);
+    snprintf(def, sizeof def, "block%zu", i + 1);
+    loom_params *lp;
+    loom_layer *layer = NULL;
+    const char *name;
+    int rc = loom_params_open(p, key, true, &lp);
+    if (rc == 0 && (rc = loom_params_build(lp, LOOM_KIND_LAYER, NULL, (void **)&layer)) == 0 &&
+        (rc = loom_params_string(lp, "name", def, &name)) == 0 && (rc = loom_params_check_unknown(lp)) == 0)
+      rc = loom_model_add(m, name, layer);
+    else
+      loom_component_destroy(LOOM_KIND_LAYER, layer);
+    loom_params_close(lp);
+    if (rc < 0) {
+      loom_model_destroy(m);
+      return NULL;
+    }
+  }
+  loom_layer *head;
+  if (loom_params_component(p, "head", LOOM_KIND_LAYER, NULL, true, (void **)&head) < 0 ||
+      loom_model_add(m, "head", head) < 0 || loom_model_build(m, ctx->ndim, ctx->sample_shape, ctx->seed) < 0) {
+    loom_model_destroy(m);
+    return NULL;
+  }
+  return m;
+}
+
+/* {"type": "test_csv", "path": "data.csv"}: the path is the config's. */
+static void *csv_file(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  const char *path;
+  if (loom_params_file(p, "path", NULL, &path) < 0)
+    return NULL;
+  loom_dataset *ds = loom_csv_dataset_open(path, -1, false);
+  if (!ds)
+    loom_params_error(p, "path", loom_last_error_code(), "%s", loom_last_error());
+  return ds;
+}
+
+/* {"type": "test_signum", "lr": 0.1, "beta": 0.9} */
+static void *signum_ctor(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  double lr, beta;
+  if (loom_params_number(p, "lr", NAN, 0, 1e300, &lr) < 0 || loom_params_number(p, "beta", 0.9, 0, 1, &beta) < 0)
+    return NULL;
+  return signum_create(lr, beta);
+}
+
+static int register_ctors(void **state) {
+  (void)state;
+  if (loom_register(LOOM_KIND_MODEL, "test_tower", tower, NULL) < 0 ||
+      loom_register(LOOM_KIND_DATASET, "test_csv", csv_file, NULL) < 0 ||
+      loom_register(LOOM_KIND_OPTIMIZER, "test_signum", signum_ctor, NULL) < 0)
+    return -1;
+  return test_dir_setup(state);
+}
+
+static const char tower_config[] =
+    "{\n"
+    "  \"experiment\": {\"name\": \"user_ctor\", \"seed\": 3},\n"
+    "  \"datasets\": {\"train\": {\"type\": \"test_csv\", \"path\": \"data.csv\"}},\n"
+    "  \"loaders\": {\"train\": {\"dataset\": \"train\", \"batch_size\": 4}},\n"
+    "  \"model\": {\n"
+    "    \"type\": \"test_tower\",\n"
+    "    \"blocks\": [\n"
+    "      {\"type\": \"linear\", \"out_features\": 8, \"name\": \"hidden\"},\n"
+    "      {\"type\": \"relu\"}\n"
+    "    ],\n"
+    "    \"head\": {\"type\": \"linear\", \"out_features\": 2}\n"
+    "  },\n"
+    "  \"stages\": {\"train\": {\"num_epochs\": 1, \"loaders\": [\"train\"],\n"
+    "    \"criterion\": {\"type\": \"cross_entropy\"},\n"
+    "    \"optimizer\": {\"type\": \"test_signum\", \"lr\": 0.1,\n"
+    "                  \"param_groups\": [{\"layers\": [\"head\"], \"lr_scale\": 0}]}}}\n"
+    "}\n";
+
+/* Writes data.csv (8 rows: 3 features, a class 0/1) and config.json, the
+ * config with `from` replaced by `to`, into test_dir; returns the config's
+ * path. */
+static const char *write_tower(const char *from, const char *to) {
+  static char path[600];
+  char csv[600];
+  snprintf(csv, sizeof csv, "%s/data.csv", test_dir);
+  FILE *f = fopen(csv, "w");
+  for (int i = 0; i < 8; i++)
+    fprintf(f, "%d,%d,%d,%d\n", i, 7 - i, i % 3, i % 2);
+  fclose(f);
+  char text[sizeof tower_config + 256];
+  const char *at = from ? strstr(tower_config, from) : NULL;
+  if (at)
+    snprintf(text, sizeof text, "%.*s%s%s", (int)(at - tower_config), tower_config, to, at + strlen(from));
+  else
+    snprintf(text, sizeof text, "%s", tower_config);
+  snprintf(path, sizeof path, "%s/config.json", test_dir);
+  f = fopen(path, "w");
+  fputs(text, f);
+  fclose(f);
+  return path;
+}
+
+/* "PATH:LINE:COL: " of the first `needle` in the config written last. */
+static void position_of(const char *needle, char *out, size_t size) {
+  char path[600];
+  snprintf(path, sizeof path, "%s/config.json", test_dir);
+  char *text = test_read_file(path);
+  const char *at = strstr(text, needle);
+  assert_non_null(at);
+  int line = 1, col = 1;
+  for (const char *c = text; c < at; c++)
+    *c == '\n' ? (line++, col = 1) : col++;
+  snprintf(out, size, "%s:%d:%d: ", path, line, col);
+  free(text);
+}
+
+/* The model's parameters when the stage starts. */
+typedef struct initial {
+  float params[64];
+  size_t n;
+} initial;
+
+static int keep_initial(loom_callback *cb, loom_runner *r) {
+  initial *in = loom_callback_data(cb);
+  loom_model *m = loom_runner_model(r);
+  in->n = loom_model_num_params(m);
+  assert_true(in->n <= 64);
+  memcpy(in->params, loom_model_params(m), in->n * sizeof(float));
+  return 0;
+}
+
+static const loom_callback_ops initial_ops = {.type = "initial", .on_stage_start = keep_initial};
+
+static void test_user_constructor_builds_nested(void **state) {
+  (void)state;
+  loom_config *c = loom_config_load(write_tower(NULL, NULL));
+  assert_non_null(c);
+  loom_experiment *exp;
+  if (loom_config_build(c, &exp) < 0)
+    fail_msg("%s", loom_last_error());
+  /* The nested layers, named as given or by default, then the head. */
+  initial in;
+  assert_int_equal(loom_experiment_add_callback(exp, loom_callback_create(&initial_ops, &in, 0)), 0);
+  loom_runner *r = loom_runner_create();
+  loom_model *m = NULL;
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  m = loom_runner_model(r);
+  assert_int_equal(loom_model_num_layers(m), 3);
+  assert_string_equal(loom_model_layer_name(m, 0), "hidden");
+  assert_string_equal(loom_model_layer_name(m, 1), "block2");
+  assert_string_equal(loom_model_layer_name(m, 2), "head");
+  assert_int_equal(loom_model_num_params(m), 3 * 8 + 8 + 8 * 2 + 2);
+  assert_int_equal(loom_runner_optimizer_step_count(r), 2); /* 8 rows of data.csv, batches of 4 */
+  /* The user's optimizer took the param group: the head's rate was 0, so
+   * its weights are the initial ones; the hidden layer's moved. */
+  size_t off, n;
+  assert_int_equal(in.n, loom_model_num_params(m));
+  loom_model_layer_params(m, 2, &off, &n);
+  assert_int_equal(n, 18);
+  assert_memory_equal(loom_model_params(m) + off, in.params + off, n * sizeof(float));
+  loom_model_layer_params(m, 0, &off, &n);
+  assert_memory_not_equal(loom_model_params(m) + off, in.params + off, n * sizeof(float));
+  /* The path went back into the config absolute, against the config's
+   * directory (not the working directory). */
+  char written[700], want[PATH_MAX + 16], real[PATH_MAX];
+  snprintf(written, sizeof written, "%s/resolved.json", test_dir);
+  assert_int_equal(loom_config_write(c, written), 0);
+  json_t *root = json_load_file(written, 0, NULL);
+  assert_non_null(root);
+  assert_non_null(realpath(test_dir, real));
+  snprintf(want, sizeof want, "%s/data.csv", real);
+  assert_string_equal(json_string_value(json_object_get(json_object_get(json_object_get(root, "datasets"), "train"),
+                                                        "path")),
+                      want);
+  json_decref(root);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+  loom_config_destroy(c);
+}
+
+/* Builds the config with `from` replaced by `to`; the error must start with
+ * the position of `at` in it and continue with `message`. */
+static void expect_error(const char *from, const char *to, const char *at, const char *message) {
+  loom_config *c = loom_config_load(write_tower(from, to));
+  assert_non_null(c);
+  loom_experiment *exp = NULL;
+  assert_true(loom_config_build(c, &exp) < 0);
+  assert_null(exp);
+  char want[1200];
+  position_of(at, want, sizeof want);
+  snprintf(want + strlen(want), sizeof want - strlen(want), "%s", message);
+  assert_string_equal(loom_last_error(), want);
+  loom_config_destroy(c);
+}
+
+static void test_user_constructor_errors_are_placed(void **state) {
+  (void)state;
+  /* A key nobody reads in a nested layer: at the key. */
+  expect_error("{\"type\": \"relu\"}", "{\"type\": \"relu\", \"slope\": 1}", "\"slope\"",
+               "model.blocks[1].slope: unknown key (known keys here: type, name)");
+  /* A nested constructor's own range check: at the value. */
+  expect_error("\"out_features\": 8", "\"out_features\": 0", "0, \"name\"",
+               "model.blocks[0].out_features: 0 is out of range (expected an integer >= 1)");
+  /* An unknown type in the nested head. */
+  expect_error("{\"type\": \"linear\", \"out_features\": 2}", "{\"type\": \"linaer\", \"out_features\": 2}",
+               "\"linaer\"", "model.head.type: unknown layer \"linaer\" (did you mean \"linear\"?)");
+  /* A nested layer that is not an object. */
+  expect_error("{\"type\": \"relu\"}", "\"relu\"", "\"relu\"",
+               "model.blocks[1]: expected an object, got the string \"relu\"");
+  /* The param group of the user's optimizer names a layer the user's model lacks. */
+  expect_error("[\"head\"]", "[\"hed\"]", "\"hed\"",
+               "stages.train.optimizer.param_groups[0].layers[0]: the model has no layer \"hed\" (did you mean "
+               "\"head\"?)");
+  /* A missing file, reported at its key with the resolved path. */
+  char message[PATH_MAX + 64], real[PATH_MAX];
+  assert_non_null(realpath(test_dir, real));
+  loom_config *c = loom_config_load(write_tower("data.csv", "nothere.csv"));
+  loom_experiment *exp;
+  assert_true(loom_config_build(c, &exp) < 0);
+  position_of("\"nothere.csv\"", message, sizeof message);
+  assert_non_null(strstr(loom_last_error(), message));
+  snprintf(message, sizeof message, "%s/nothere.csv", real);
+  assert_non_null(strstr(loom_last_error(), message));
+  loom_config_destroy(c);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_user_optimizer_steps),
@@ -333,5 +575,10 @@ int main(void) {
       cmocka_unit_test(test_user_scheduler_steps),
       cmocka_unit_test(test_user_components_resume_exactly),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  const struct CMUnitTest ctor_tests[] = {
+      cmocka_unit_test(test_user_constructor_builds_nested),
+      cmocka_unit_test(test_user_constructor_errors_are_placed),
+  };
+  int failed = cmocka_run_group_tests(tests, NULL, NULL);
+  return failed + cmocka_run_group_tests(ctor_tests, register_ctors, test_dir_teardown);
 }

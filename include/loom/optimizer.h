@@ -123,6 +123,8 @@ LOOM_API void loom_optimizer_reset(loom_optimizer *opt);
 
 LOOM_API double loom_optimizer_lr(const loom_optimizer *opt);
 LOOM_API void loom_optimizer_set_lr(loom_optimizer *opt, double lr);
+/* The weight decay of parameters in no group (ops->weight_decay). */
+LOOM_API double loom_optimizer_weight_decay(const loom_optimizer *opt);
 /* SGD's momentum, Adam's beta1. */
 LOOM_API double loom_optimizer_momentum(const loom_optimizer *opt);
 /* Sets SGD's momentum or Adam's beta1 (OneCycle cycles it). */
