@@ -12,6 +12,7 @@
 #include "loom/criterion.h"
 #include "loom/data.h"
 #include "loom/optimizer.h"
+#include "loom/plugin.h"
 #include "loom/scheduler.h"
 #include "loom/registry.h"
 #include "loom/runner.h"
@@ -693,6 +694,21 @@ static void release(builder *b) {
       loom_loader_destroy(b->loaders[i].object);
 }
 
+/* "plugins": shared libraries (relative to the config's directory) that
+ * register components, loaded before anything names them. */
+static int load_plugins(loom_params *root) {
+  size_t n;
+  int rc = loom_params_array_length(root, "plugins", false, &n);
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    char key[32];
+    const char *path;
+    snprintf(key, sizeof key, "plugins[%zu]", i);
+    if ((rc = loom_params_file(root, key, NULL, &path)) == 0 && (rc = loom_plugin_load(path)) < 0)
+      rc = loom_params_error(root, key, rc, "%s", loom_last_error());
+  }
+  return rc;
+}
+
 int loom_config_build(loom_config *c, loom_experiment **out) {
   *out = NULL;
   builder b = {.c = c};
@@ -700,10 +716,12 @@ int loom_config_build(loom_config *c, loom_experiment **out) {
   loom_params_init(&root, c, c->root, "");
   loom_error_clear();
   /* The top level's keys are fixed: a misspelt one is the first thing to say. */
-  static const char *const sections[] = {"experiment", "datasets", "loaders", "model", "stages"};
+  static const char *const sections[] = {"plugins", "experiment", "datasets", "loaders", "model", "stages"};
   for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++)
     loom_params_known(&root, sections[i]);
   int rc = loom_params_check_unknown(&root);
+  if (rc == 0)
+    rc = load_plugins(&root);
   if (rc == 0)
     rc = build_experiment(&b, &root);
   if (rc == 0)

@@ -37,8 +37,14 @@ LOOM_API void loom_config_destroy(loom_config *config);
  * string); objects on the way are created. */
 LOOM_API int loom_config_set(loom_config *config, const char *assignment);
 
-/* Checks everything and builds the experiment (datasets loaded, model
- * built, every component constructed). Defaults are filled into the
+/* Loads a plugin (loom_plugin_load: `path` relative to the working
+ * directory) and adds its absolute path to the config's "plugins", so that
+ * the resolved config loads it too. */
+LOOM_API int loom_config_add_plugin(loom_config *config, const char *path);
+
+/* Checks everything and builds the experiment (the config's "plugins"
+ * loaded first, datasets loaded, model built, every component
+ * constructed). Defaults are filled into the
  * config, and a missing seed is drawn from the clock, so afterwards
  * loom_config_write gives the resolved config that reproduces the run. */
 LOOM_API int loom_config_build(loom_config *config, loom_experiment **experiment);
