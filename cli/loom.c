@@ -24,9 +24,11 @@ static const char usage_main[] =
     "2 usage or config error, 130 interrupted with a checkpoint saved.\n";
 
 static const char usage_run[] =
-    "usage: loom run CONFIG [--logdir DIR] [--set KEY=VALUE]... [--resume PATH|last|best] [--check]\n"
-    "       loom validate CONFIG [--set KEY=VALUE]...\n"
+    "usage: loom run CONFIG [--plugin LIB]... [--logdir DIR] [--set KEY=VALUE]... [--resume PATH|last|best] [--check]\n"
+    "       loom validate CONFIG [--plugin LIB]... [--set KEY=VALUE]...\n"
     "\n"
+    "  --plugin LIB       load a shared library of components (see loom/plugin.h)\n"
+    "                     before the config is built; repeatable\n"
     "  --logdir DIR       where logs and checkpoints go (sets experiment.logdir)\n"
     "  --set KEY=VALUE    override a key, e.g. --set stages.train.num_epochs=3\n"
     "  --resume WHAT      continue from a checkpoint file, or last or best in the logdir\n"
@@ -37,8 +39,8 @@ static const char usage_run[] =
 
 typedef struct args {
   const char *config, *logdir, *resume;
-  const char *sets[64];
-  int num_sets;
+  const char *sets[64], *plugins[64];
+  int num_sets, num_plugins;
   bool check;
 } args;
 
@@ -47,10 +49,11 @@ static int parse(int argc, char **argv, args *a) {
                                           {"set", required_argument, NULL, 's'},
                                           {"resume", required_argument, NULL, 'r'},
                                           {"check", no_argument, NULL, 'c'},
+                                          {"plugin", required_argument, NULL, 'p'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   optind = 1;
-  for (int c; (c = getopt_long(argc, argv, "l:s:r:ch", options, NULL)) != -1;) {
+  for (int c; (c = getopt_long(argc, argv, "l:s:r:cp:h", options, NULL)) != -1;) {
     switch (c) {
     case 'l': a->logdir = optarg; break;
     case 'r': a->resume = optarg; break;
@@ -61,6 +64,13 @@ static int parse(int argc, char **argv, args *a) {
         return EXIT_USAGE;
       }
       a->sets[a->num_sets++] = optarg;
+      break;
+    case 'p':
+      if (a->num_plugins == 64) {
+        fprintf(stderr, "loom: at most 64 --plugin options\n");
+        return EXIT_USAGE;
+      }
+      a->plugins[a->num_plugins++] = optarg;
       break;
     case 'h': fputs(usage_run, stdout); return EXIT_DONE + 1000;
     default: fputs(usage_run, stderr); return EXIT_USAGE;
@@ -74,7 +84,8 @@ static int parse(int argc, char **argv, args *a) {
   return EXIT_DONE;
 }
 
-/* Loads the config with the command line's overrides and builds it. */
+/* Loads the config with the command line's plugins (recorded in the
+ * resolved config) and overrides, and builds it. */
 static int load(const args *a, loom_config **config, loom_experiment **exp) {
   *config = loom_config_load(a->config);
   if (!*config) {
@@ -83,6 +94,8 @@ static int load(const args *a, loom_config **config, loom_experiment **exp) {
   }
   char logdir_set[4200];
   int rc = 0;
+  for (int i = 0; i < a->num_plugins && rc == 0; i++)
+    rc = loom_config_add_plugin(*config, a->plugins[i]);
   for (int i = 0; i < a->num_sets && rc == 0; i++)
     rc = loom_config_set(*config, a->sets[i]);
   if (rc == 0 && a->logdir) {

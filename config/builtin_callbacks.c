@@ -27,16 +27,9 @@ static void *loss_metric(loom_params *p, const void *context, void *user) {
   const char *name;
   if (loom_params_string(p, "name", NULL, &name) < 0)
     return NULL;
-  loom_params_known(p, "criterion");
-  char path[600];
-  loom_path_child(path, sizeof path, p->path, "criterion");
-  loom_params cp;
-  loom_criterion *c = loom_config_instantiate(p->config, json_object_get(p->object, "criterion"), path,
-                                              LOOM_KIND_CRITERION, NULL, &cp);
-  if (!c || loom_params_check_unknown(&cp) < 0) {
-    loom_criterion_destroy(c);
+  loom_criterion *c;
+  if (loom_params_component(p, "criterion", LOOM_KIND_CRITERION, NULL, true, (void **)&c) < 0)
     return NULL;
-  }
   return loom_loss_metric_callback_create(name, c);
 }
 
@@ -139,25 +132,23 @@ static void *early_stopping(loom_params *p, const void *context, void *user) {
       loom_params_bool(p, "check_finite", true, &o.check_finite) < 0 ||
       loom_params_bool(p, "restore_best_weights", false, &o.restore_best_weights) < 0)
     return NULL;
-  loom_params_known(p, "monitors");
-  json_t *list = json_object_get(p->object, "monitors");
-  if (list && (!json_is_array(list) || json_array_size(list) > LOOM_EARLY_STOPPING_MAX_MONITORS)) {
+  size_t n;
+  if (loom_params_array_length(p, "monitors", false, &n) < 0)
+    return NULL;
+  if (n > LOOM_EARLY_STOPPING_MAX_MONITORS) {
     loom_params_error(p, "monitors", LOOM_EINVAL, "expected an array of at most %d monitor objects",
                       LOOM_EARLY_STOPPING_MAX_MONITORS);
     return NULL;
   }
-  size_t i;
-  json_t *m;
-  json_array_foreach(list, i, m) {
-    char path[600];
-    snprintf(path, sizeof path, "%s.monitors[%zu]", p->path, i);
-    loom_params mp;
-    loom_params_init(&mp, p->config, m, path);
-    if (!json_is_object(m)) {
-      loom_params_error(&mp, NULL, LOOM_EINVAL, "expected a monitor object");
+  for (size_t i = 0; i < n; i++) {
+    char key[64];
+    snprintf(key, sizeof key, "monitors[%zu]", i);
+    loom_params *mp;
+    if (loom_params_open(p, key, true, &mp) < 0)
       return NULL;
-    }
-    if (monitor(&mp, &o.monitors[i]) < 0)
+    int rc = monitor(mp, &o.monitors[i]);
+    loom_params_close(mp);
+    if (rc < 0)
       return NULL;
     o.num_monitors++;
   }

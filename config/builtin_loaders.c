@@ -1,4 +1,3 @@
-#define _XOPEN_SOURCE 700 /* realpath */
 /* Config constructors of the datasets and transforms. */
 #include <limits.h>
 #include <stdlib.h>
@@ -9,21 +8,6 @@
 #include "config/config_internal.h"
 #include "core/error_internal.h"
 #include "loom/data.h"
-
-/* A path from the config, relative to the config file's directory. The
- * absolute path goes back into the config, so the resolved config works
- * from anywhere. */
-static const char *resolve(loom_params *p, const char *key, const char *path, char *buf, size_t size) {
-  char joined[PATH_MAX];
-  if (path[0] == '/' || strcmp(loom_params_base_dir(p), ".") == 0)
-    snprintf(joined, sizeof joined, "%s", path);
-  else
-    snprintf(joined, sizeof joined, "%s/%s", loom_params_base_dir(p), path);
-  if (!realpath(joined, buf)) /* missing: the reader reports it */
-    snprintf(buf, size, "%s", joined);
-  json_object_set_new(loom_params_object(p), key, json_string(buf));
-  return buf;
-}
 
 /* A dataset constructor's failure, reported at the key that named the file. */
 static void *located(loom_params *p, const char *key, loom_dataset *ds) {
@@ -37,62 +21,38 @@ static void *fashion_mnist(loom_params *p, const void *context, void *user) {
   static const char *const splits[] = {"train", "test", NULL};
   const char *dir;
   int split;
-  char buf[PATH_MAX];
-  if (loom_params_string(p, "dir", "/usr/share/datasets/fashion-mnist", &dir) < 0 ||
+  if (loom_params_file(p, "dir", "/usr/share/datasets/fashion-mnist", &dir) < 0 ||
       loom_params_choice(p, "split", NULL, splits, &split) < 0)
     return NULL;
-  return located(p, "dir", loom_fashion_mnist_open(resolve(p, "dir", dir, buf, sizeof buf), split == 0));
+  return located(p, "dir", loom_fashion_mnist_open(dir, split == 0));
 }
 
 static void *idx(loom_params *p, const void *context, void *user) {
   (void)context, (void)user;
   const char *images, *labels;
-  char a[PATH_MAX], b[PATH_MAX];
-  if (loom_params_string(p, "images", NULL, &images) < 0 || loom_params_string(p, "labels", NULL, &labels) < 0)
+  if (loom_params_file(p, "images", NULL, &images) < 0 || loom_params_file(p, "labels", NULL, &labels) < 0)
     return NULL;
-  /* Resolve both before using either: resolving rewrites the config. */
-  resolve(p, "images", images, a, sizeof a);
-  resolve(p, "labels", labels, b, sizeof b);
-  return located(p, "images", loom_idx_dataset_open(a, b));
+  return located(p, "images", loom_idx_dataset_open(images, labels));
 }
 
 /* {"type": "hdf5", "files": ["a.h5", ...], "inputs": "images", "targets": "labels", ...} */
 static void *hdf5(loom_params *p, const void *context, void *user) {
   (void)context, (void)user;
-  loom_params_known(p, "files");
-  json_t *files = json_object_get(loom_params_object(p), "files");
-  if (!files) {
-    loom_params_missing(p, "files", "expected an array of file names");
+  size_t n;
+  if (loom_params_array_length(p, "files", true, &n) < 0)
     return NULL;
-  }
-  if (!json_is_array(files) || json_array_size(files) == 0 || json_array_size(files) > 256) {
+  if (n == 0 || n > 256) {
     loom_params_error(p, "files", LOOM_EINVAL, "expected an array of 1 to 256 file names");
     return NULL;
   }
   const char *names[256];
-  size_t i;
-  json_t *f;
-  json_array_foreach(files, i, f) {
+  for (size_t i = 0; i < n; i++) {
     char key[32];
     snprintf(key, sizeof key, "files[%zu]", i);
-    if (!json_is_string(f)) {
-      loom_params_error(p, key, LOOM_EINVAL, "expected a file name");
+    if (loom_params_file(p, key, NULL, &names[i]) < 0) /* written back absolute, like every data path */
       return NULL;
-    }
-    /* Written back absolute, like every data path. */
-    char joined[PATH_MAX];
-    const char *given = json_string_value(f);
-    if (given[0] == '/' || strcmp(loom_params_base_dir(p), ".") == 0)
-      snprintf(joined, sizeof joined, "%s", given);
-    else
-      snprintf(joined, sizeof joined, "%s/%s", loom_params_base_dir(p), given);
-    char absolute[PATH_MAX];
-    if (!realpath(joined, absolute))
-      snprintf(absolute, sizeof absolute, "%s", joined);
-    json_array_set_new(files, i, json_string(absolute));
-    names[i] = json_string_value(json_array_get(files, i));
   }
-  loom_hdf5_options o = {.files = names, .num_files = (int)json_array_size(files)};
+  loom_hdf5_options o = {.files = names, .num_files = (int)n};
   bool preload;
   if (loom_params_string(p, "inputs", "images", &o.inputs) < 0 || loom_params_string(p, "targets", "labels", &o.targets) < 0 ||
       loom_params_number(p, "scale", 1.0, -HUGE_VAL, HUGE_VAL, &o.scale) < 0 ||
@@ -108,12 +68,11 @@ static void *csv(loom_params *p, const void *context, void *user) {
   const char *file;
   int64_t column;
   bool header;
-  char buf[PATH_MAX];
-  if (loom_params_string(p, "file", NULL, &file) < 0 ||
+  if (loom_params_file(p, "file", NULL, &file) < 0 ||
       loom_params_int(p, "target_column", -1, -4096, 4095, &column) < 0 ||
       loom_params_bool(p, "header", false, &header) < 0)
     return NULL;
-  return located(p, "file", loom_csv_dataset_open(resolve(p, "file", file, buf, sizeof buf), (int)column, header));
+  return located(p, "file", loom_csv_dataset_open(file, (int)column, header));
 }
 
 /* "mean": 0.5 or [0.49, 0.48, 0.45], "std" likewise (one per channel). */
@@ -122,11 +81,11 @@ static void *normalize(loom_params *p, const void *context, void *user) {
   double mean[64], std[64];
   size_t nm = 1, ns = 1;
   int rc = 0;
-  if (loom_params_has(p, "mean") && json_is_array(json_object_get(loom_params_object(p), "mean")))
+  if (loom_params_is_array(p, "mean"))
     rc = loom_params_number_array(p, "mean", NULL, 0, mean, 64, &nm);
   else
     rc = loom_params_number(p, "mean", NAN, -HUGE_VAL, HUGE_VAL, &mean[0]);
-  if (rc == 0 && json_is_array(json_object_get(loom_params_object(p), "std")))
+  if (rc == 0 && loom_params_is_array(p, "std"))
     rc = loom_params_number_array(p, "std", NULL, 0, std, 64, &ns);
   else if (rc == 0)
     rc = loom_params_number(p, "std", NAN, -HUGE_VAL, HUGE_VAL, &std[0]); /* > 0 checked below */

@@ -43,36 +43,44 @@ static void *mlp(loom_params *p, const void *context, void *user) {
 static void *sequential(loom_params *p, const void *context, void *user) {
   (void)user;
   const loom_model_context *ctx = context;
-  loom_params_known(p, "layers");
-  json_t *layers = json_object_get(p->object, "layers");
-  if (!json_is_array(layers) || json_array_size(layers) == 0) {
+  size_t n;
+  if (loom_params_array_length(p, "layers", true, &n) < 0)
+    return NULL;
+  if (n == 0) {
     loom_params_error(p, "layers", LOOM_EINVAL, "expected a non-empty array of layers");
     return NULL;
   }
   loom_model *m = loom_model_create();
-  size_t i;
-  json_t *spec;
-  json_array_foreach(layers, i, spec) {
-    char path[600], def_name[64];
-    snprintf(path, sizeof path, "%s.layers[%zu]", p->path, i);
-    loom_params lp;
-    loom_layer *layer = loom_config_instantiate(p->config, spec, path, LOOM_KIND_LAYER, NULL, &lp);
-    const char *name = NULL;
-    snprintf(def_name, sizeof def_name, "%s%zu", layer ? loom_layer_type(layer) : "layer", i + 1);
-    for (char *c = def_name; *c; c++)
-      *c = (char)(*c >= 'A' && *c <= 'Z' ? *c - 'A' + 'a' : *c);
-    if (!layer || loom_params_string(&lp, "name", def_name, &name) < 0 || loom_params_check_unknown(&lp) < 0) {
-      loom_layer_destroy(layer);
-      loom_model_destroy(m);
-      return NULL;
+  for (size_t i = 0; m && i < n; i++) {
+    char key[64], def_name[64];
+    snprintf(key, sizeof key, "layers[%zu]", i);
+    loom_params *lp;
+    loom_layer *layer = NULL;
+    const char *name;
+    int rc = loom_params_open(p, key, true, &lp);
+    if (rc == 0)
+      rc = loom_params_build(lp, LOOM_KIND_LAYER, NULL, (void **)&layer);
+    if (rc == 0) {
+      snprintf(def_name, sizeof def_name, "%s%zu", loom_layer_type(layer), i + 1);
+      for (char *c = def_name; *c; c++)
+        *c = (char)(*c >= 'A' && *c <= 'Z' ? *c - 'A' + 'a' : *c);
+      if ((rc = loom_params_string(lp, "name", def_name, &name)) == 0)
+        rc = loom_params_check_unknown(lp);
     }
-    if (loom_model_add(m, name, layer) < 0) {
-      loom_params_error(&lp, "name", LOOM_EINVAL, "%s", loom_last_error());
+    if (rc == 0) {
+      rc = loom_model_add(m, name, layer); /* takes the layer */
+      if (rc < 0)
+        loom_params_error(lp, "name", LOOM_EINVAL, "%s", loom_last_error());
+    } else {
+      loom_layer_destroy(layer);
+    }
+    loom_params_close(lp);
+    if (rc < 0) {
       loom_model_destroy(m);
       return NULL;
     }
   }
-  if (loom_model_build(m, ctx->ndim, ctx->sample_shape, ctx->seed) < 0) {
+  if (m && loom_model_build(m, ctx->ndim, ctx->sample_shape, ctx->seed) < 0) {
     loom_params_error(p, "layers", LOOM_ESHAPE, "%s", loom_last_error());
     loom_model_destroy(m);
     return NULL;
@@ -98,8 +106,7 @@ static void *relu(loom_params *p, const void *context, void *user) {
 
 /* "kernel": 3 or [3, 5]; likewise stride, padding, dilation. */
 static int pair(loom_params *p, const char *key, int64_t def, int64_t min, int64_t out[2]) {
-  json_t *v = json_object_get(loom_params_object(p), key);
-  if (json_is_array(v)) {
+  if (loom_params_is_array(p, key)) {
     size_t n;
     int rc = loom_params_int_array(p, key, NULL, 0, min, 1 << 20, out, 2, &n);
     if (rc == 0 && n != 2)
@@ -215,63 +222,19 @@ static void *smooth_l1(loom_params *p, const void *context, void *user) {
   return loom_smooth_l1_create((float)beta);
 }
 
-/* Keys every optimizer takes: no_decay_bias_norm and param_groups, a list
- * of {"layers": [names], "lr_scale", "weight_decay"} (docs/config.md). */
-static loom_optimizer *optimizer_extras(loom_params *p, const loom_model *model, double weight_decay,
-                                        loom_optimizer *opt) {
-  bool no_decay;
-  if (!opt || loom_params_bool(p, "no_decay_bias_norm", false, &no_decay) < 0)
-    goto fail;
-  loom_optimizer_set_no_decay_bias_norm(opt, no_decay);
-  loom_params_known(p, "param_groups");
-  json_t *list = json_object_get(p->object, "param_groups");
-  if (list && !json_is_array(list)) {
-    loom_params_error(p, "param_groups", LOOM_EINVAL, "expected an array of group objects");
-    goto fail;
-  }
-  size_t i;
-  json_t *g;
-  json_array_foreach(list, i, g) {
-    char path[600], names[1024] = "";
-    snprintf(path, sizeof path, "%s.param_groups[%zu]", p->path, i);
-    loom_params gp;
-    loom_params_init(&gp, p->config, g, path);
-    if (!json_is_object(g)) {
-      loom_params_error(&gp, NULL, LOOM_EINVAL, "expected a group object");
-      goto fail;
-    }
-    loom_param_group group = {names, 1.0, weight_decay};
-    bool present;
-    if (loom_params_layer_list(&gp, "layers", model, names, sizeof names, &present) < 0)
-      goto fail;
-    if (!present) {
-      loom_params_missing(&gp, "layers", "expected an array of layer names");
-      goto fail;
-    }
-    if (loom_params_number(&gp, "lr_scale", 1.0, 0, BIG, &group.lr_scale) < 0 ||
-        loom_params_number(&gp, "weight_decay", weight_decay, 0, BIG, &group.weight_decay) < 0 ||
-        loom_params_check_unknown(&gp) < 0 || loom_optimizer_add_group(opt, &group) < 0)
-      goto fail;
-  }
-  return opt;
-fail:
-  loom_optimizer_destroy(opt);
-  return NULL;
-}
-
 static void *sgd(loom_params *p, const void *context, void *user) {
-  (void)user;
+  (void)context, (void)user;
   loom_sgd_options o = {0};
   if (loom_params_number(p, "lr", NAN, 0, BIG, &o.lr) < 0 || loom_params_number(p, "momentum", 0, 0, 1, &o.momentum) < 0 ||
       loom_params_number(p, "dampening", 0, 0, 1, &o.dampening) < 0 ||
       loom_params_number(p, "weight_decay", 0, 0, BIG, &o.weight_decay) < 0 ||
       loom_params_bool(p, "nesterov", false, &o.nesterov) < 0)
     return NULL;
-  return optimizer_extras(p, context, o.weight_decay, loom_sgd_create(&o));
+  return loom_sgd_create(&o);
 }
 
 /* Adam's keys; AdamW takes the same with its own default decay. */
-static void *adam_family(loom_params *p, const loom_model *model, loom_adam_options o,
+static void *adam_family(loom_params *p, loom_adam_options o,
                          loom_optimizer *(*create)(const loom_adam_options *)) {
   double betas[2];
   size_t n;
@@ -287,21 +250,21 @@ static void *adam_family(loom_params *p, const loom_model *model, loom_adam_opti
   }
   o.beta1 = betas[0];
   o.beta2 = betas[1];
-  return optimizer_extras(p, model, o.weight_decay, create(&o));
+  return create(&o);
 }
 
 static void *adam(loom_params *p, const void *context, void *user) {
-  (void)user;
-  return adam_family(p, context, loom_adam_defaults(), loom_adam_create);
+  (void)context, (void)user;
+  return adam_family(p, loom_adam_defaults(), loom_adam_create);
 }
 
 static void *adamw(loom_params *p, const void *context, void *user) {
-  (void)user;
-  return adam_family(p, context, loom_adamw_defaults(), loom_adamw_create);
+  (void)context, (void)user;
+  return adam_family(p, loom_adamw_defaults(), loom_adamw_create);
 }
 
 static void *rmsprop(loom_params *p, const void *context, void *user) {
-  (void)user;
+  (void)context, (void)user;
   loom_rmsprop_options o = loom_rmsprop_defaults();
   if (loom_params_number(p, "lr", o.lr, 0, BIG, &o.lr) < 0 || loom_params_number(p, "alpha", o.alpha, 0, 1, &o.alpha) < 0 ||
       loom_params_number(p, "eps", o.eps, 0, 1, &o.eps) < 0 ||
@@ -309,7 +272,7 @@ static void *rmsprop(loom_params *p, const void *context, void *user) {
       loom_params_number(p, "weight_decay", o.weight_decay, 0, BIG, &o.weight_decay) < 0 ||
       loom_params_bool(p, "centered", o.centered, &o.centered) < 0)
     return NULL;
-  return optimizer_extras(p, context, o.weight_decay, loom_rmsprop_create(&o));
+  return loom_rmsprop_create(&o);
 }
 
 static void *step_lr(loom_params *p, const void *context, void *user) {

@@ -9,6 +9,11 @@
 #include "config/config_internal.h"
 #include "core/error_internal.h"
 #include "loom/callbacks.h"
+#include "loom/criterion.h"
+#include "loom/data.h"
+#include "loom/optimizer.h"
+#include "loom/plugin.h"
+#include "loom/scheduler.h"
 #include "loom/registry.h"
 #include "loom/runner.h"
 
@@ -43,18 +48,61 @@ static const char *const *builder_keys(loom_kind kind) {
   }
 }
 
-void *loom_config_instantiate(loom_config *c, json_t *object, const char *path, loom_kind kind, const void *context,
-                              loom_params *p) {
-  loom_params_init(p, c, object, path);
-  for (const char *const *k = builder_keys(kind); *k; k++)
-    loom_params_known(p, *k);
-  if (!json_is_object(object)) {
-    loom_params_error(p, NULL, LOOM_EINVAL, "expected a %s object with a \"type\"", loom_kind_name(kind));
-    return NULL;
+void loom_component_destroy(loom_kind kind, void *component) {
+  switch (kind) {
+  case LOOM_KIND_MODEL: loom_model_destroy(component); break;
+  case LOOM_KIND_LAYER: loom_layer_destroy(component); break;
+  case LOOM_KIND_CRITERION: loom_criterion_destroy(component); break;
+  case LOOM_KIND_OPTIMIZER: loom_optimizer_destroy(component); break;
+  case LOOM_KIND_SCHEDULER: loom_scheduler_destroy(component); break;
+  case LOOM_KIND_CALLBACK: loom_callback_destroy(component); break;
+  case LOOM_KIND_DATASET: loom_dataset_destroy(component); break;
+  case LOOM_KIND_TRANSFORM: loom_transform_destroy(component); break;
+  default: break;
   }
+}
+
+/* Keys every optimizer built from a config takes, after its constructor:
+ * no_decay_bias_norm and param_groups, a list of {"layers": [names],
+ * "lr_scale", "weight_decay"} (docs/config.md). `model` may be NULL. */
+static int optimizer_extras(loom_params *p, const loom_model *model, loom_optimizer *opt) {
+  bool no_decay;
+  size_t n;
+  int rc;
+  if ((rc = loom_params_bool(p, "no_decay_bias_norm", false, &no_decay)) < 0 ||
+      (rc = loom_params_array_length(p, "param_groups", false, &n)) < 0)
+    return rc;
+  loom_optimizer_set_no_decay_bias_norm(opt, no_decay);
+  double weight_decay = loom_optimizer_weight_decay(opt);
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    char key[64], names[1024] = "";
+    snprintf(key, sizeof key, "param_groups[%zu]", i);
+    loom_params *gp;
+    if ((rc = loom_params_open(p, key, true, &gp)) < 0)
+      return rc;
+    loom_param_group group = {names, 1.0, weight_decay};
+    bool present;
+    if ((rc = loom_params_layer_list(gp, "layers", model, names, sizeof names, &present)) == 0 && !present)
+      rc = loom_params_missing(gp, "layers", "expected an array of layer names");
+    if (rc == 0 && (rc = loom_params_number(gp, "lr_scale", 1.0, 0, 1e300, &group.lr_scale)) == 0 &&
+        (rc = loom_params_number(gp, "weight_decay", weight_decay, 0, 1e300, &group.weight_decay)) == 0 &&
+        (rc = loom_params_check_unknown(gp)) == 0)
+      rc = loom_optimizer_add_group(opt, &group);
+    loom_params_close(gp);
+  }
+  return rc;
+}
+
+int loom_params_build(loom_params *p, loom_kind kind, const void *context, void **out) {
+  *out = NULL;
+  if (kind >= LOOM_KIND_COUNT)
+    return loom_params_error(p, NULL, LOOM_EINVAL, "loom_params_build: no component kind %d", (int)kind);
+  if (!json_is_object(p->object))
+    return loom_params_error(p, NULL, LOOM_EINVAL, "expected a %s object with a \"type\"", loom_kind_name(kind));
   const char *type;
-  if (loom_params_string(p, "type", NULL, &type) < 0)
-    return NULL;
+  int rc = loom_params_string(p, "type", NULL, &type);
+  if (rc < 0)
+    return rc;
   void *user;
   loom_ctor ctor = loom_registry_find(kind, type, &user);
   if (!ctor) {
@@ -62,20 +110,54 @@ void *loom_config_instantiate(loom_config *c, json_t *object, const char *path, 
     const char *const *names = loom_registry_list(kind, &n);
     const char *near = loom_did_you_mean(type, names, n);
     if (near)
-      loom_params_error(p, "type", LOOM_EINVAL, "unknown %s \"%s\" (did you mean \"%s\"?)", loom_kind_name(kind), type,
-                        near);
-    else
-      loom_params_error(p, "type", LOOM_EINVAL, "unknown %s \"%s\" (known: %s)", loom_kind_name(kind), type,
-                        loom_registry_names(kind));
-    return NULL;
+      return loom_params_error(p, "type", LOOM_EINVAL, "unknown %s \"%s\" (did you mean \"%s\"?)",
+                               loom_kind_name(kind), type, near);
+    return loom_params_error(p, "type", LOOM_EINVAL, "unknown %s \"%s\" (known: %s)", loom_kind_name(kind), type,
+                             loom_registry_names(kind));
   }
   unsigned before = loom_error_serial();
   void *obj = ctor(p, context, user);
   /* A constructor's own complaint gets the position of its object. */
-  if (!obj && (loom_error_serial() == before || !strstr(loom_last_error(), c->name)))
-    loom_params_error(p, NULL, loom_last_error_code() < 0 ? loom_last_error_code() : LOOM_EINVAL, "%s %s: %s",
-                      loom_kind_name(kind), type, loom_error_serial() == before ? "failed" : loom_last_error());
-  return obj;
+  if (!obj) {
+    if (loom_error_serial() == before || !strstr(loom_last_error(), p->config->name))
+      return loom_params_error(p, NULL, loom_last_error_code() < 0 ? loom_last_error_code() : LOOM_EINVAL, "%s %s: %s",
+                               loom_kind_name(kind), type,
+                               loom_error_serial() == before ? "failed" : loom_last_error());
+    return loom_last_error_code() < 0 ? loom_last_error_code() : LOOM_EINVAL;
+  }
+  if (kind == LOOM_KIND_OPTIMIZER && (rc = optimizer_extras(p, context, obj)) < 0) {
+    loom_optimizer_destroy(obj);
+    return rc;
+  }
+  *out = obj;
+  return 0;
+}
+
+void *loom_config_instantiate(loom_config *c, json_t *object, const char *path, loom_kind kind, const void *context,
+                              loom_params *p) {
+  loom_params_init(p, c, object, path);
+  for (const char *const *k = builder_keys(kind); *k; k++)
+    loom_params_known(p, *k);
+  void *obj;
+  return loom_params_build(p, kind, context, &obj) < 0 ? NULL : obj;
+}
+
+int loom_params_component(loom_params *p, const char *key, loom_kind kind, const void *context, bool required,
+                          void **out) {
+  *out = NULL;
+  if (!loom_params_has(p, key))
+    return required ? loom_params_missing(p, key, "expected a %s object", loom_kind_name(kind)) : 0;
+  loom_params *child;
+  int rc = loom_params_open(p, key, true, &child);
+  if (rc < 0)
+    return rc;
+  void *made;
+  if ((rc = loom_params_build(child, kind, context, &made)) == 0 && (rc = loom_params_check_unknown(child)) < 0)
+    loom_component_destroy(kind, made);
+  else if (rc == 0)
+    *out = made;
+  loom_params_close(child);
+  return rc;
 }
 
 /* The object at `key` of p (required or not); *obj NULL if absent. */
@@ -612,6 +694,21 @@ static void release(builder *b) {
       loom_loader_destroy(b->loaders[i].object);
 }
 
+/* "plugins": shared libraries (relative to the config's directory) that
+ * register components, loaded before anything names them. */
+static int load_plugins(loom_params *root) {
+  size_t n;
+  int rc = loom_params_array_length(root, "plugins", false, &n);
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    char key[32];
+    const char *path;
+    snprintf(key, sizeof key, "plugins[%zu]", i);
+    if ((rc = loom_params_file(root, key, NULL, &path)) == 0 && (rc = loom_plugin_load(path)) < 0)
+      rc = loom_params_error(root, key, rc, "%s", loom_last_error());
+  }
+  return rc;
+}
+
 int loom_config_build(loom_config *c, loom_experiment **out) {
   *out = NULL;
   builder b = {.c = c};
@@ -619,10 +716,12 @@ int loom_config_build(loom_config *c, loom_experiment **out) {
   loom_params_init(&root, c, c->root, "");
   loom_error_clear();
   /* The top level's keys are fixed: a misspelt one is the first thing to say. */
-  static const char *const sections[] = {"experiment", "datasets", "loaders", "model", "stages"};
+  static const char *const sections[] = {"plugins", "experiment", "datasets", "loaders", "model", "stages"};
   for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++)
     loom_params_known(&root, sections[i]);
   int rc = loom_params_check_unknown(&root);
+  if (rc == 0)
+    rc = load_plugins(&root);
   if (rc == 0)
     rc = build_experiment(&b, &root);
   if (rc == 0)

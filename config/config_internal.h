@@ -64,8 +64,6 @@ int loom_params_key_error(const loom_params *p, const char *key, const char *fmt
  * near `key` (a typo of it), "unknown key (did you mean ...)" at that key. */
 int loom_params_missing(const loom_params *p, const char *key, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* An error for the first key of the object nobody asked for. */
-int loom_params_check_unknown(const loom_params *p);
 /* "FILE:LINE:COL: path: " (or "--set ...: path: ") into buf. */
 void loom_config_where(const loom_config *c, const char *path, bool key, char *buf, size_t size);
 /* "path.key" or "path[i]" */
@@ -76,9 +74,11 @@ const char *loom_did_you_mean(const char *word, const char *const *candidates, s
 
 /* registry.c */
 void loom_register_builtin(loom_kind kind, const char *name, loom_ctor ctor);
-/* Builds the component described by `object` (its "type" names it): the
- * constructor reads its keys through *p, which the caller may go on reading
- * (e.g. a callback's "order") before loom_params_check_unknown. */
+/* Builds the component described by `object` (its "type" names it), as
+ * loom_params_build: the constructor reads its keys through *p, which the
+ * caller may go on reading (e.g. a callback's "order") before
+ * loom_params_check_unknown. The builder's own keys of the kind (model
+ * "init", scheduler "unit", callback "order", ...) count as known. */
 void *loom_config_instantiate(loom_config *c, json_t *object, const char *path, loom_kind kind, const void *context,
                               loom_params *p);
 loom_ctor loom_registry_find(loom_kind kind, const char *name, void **user);

@@ -1,7 +1,10 @@
 /* Typed, checked access to a component's parameters in a config. */
+#define _XOPEN_SOURCE 700 /* realpath */
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "config/config_internal.h"
@@ -96,10 +99,53 @@ static int wrong_type(const loom_params *p, const char *key, const json_t *v, co
   return loom_params_error(p, key, LOOM_EINVAL, "expected %s, got %s", want, got);
 }
 
-static json_t *ask(loom_params *p, const char *key) {
-  loom_params_known(p, key);
-  json_t *v = json_object_get(p->object, key);
+/* The value `key` names: a key of the object, or "name[i]", item i of the
+ * array at name. NULL if absent or null. */
+static json_t *lookup(const loom_params *p, const char *key) {
+  const char *bracket = strchr(key, '[');
+  json_t *v;
+  if (!bracket) {
+    v = json_object_get(p->object, key);
+  } else {
+    char base[256], *end;
+    snprintf(base, sizeof base, "%.*s", (int)(bracket - key), key);
+    unsigned long long i = strtoull(bracket + 1, &end, 10);
+    v = *end == ']' && !end[1] ? json_array_get(json_object_get(p->object, base), (size_t)i) : NULL;
+  }
   return json_is_null(v) ? NULL : v;
+}
+
+/* lookup, marking the key (an item's array) as asked for. */
+static json_t *ask(loom_params *p, const char *key) {
+  const char *bracket = strchr(key, '[');
+  if (!bracket) {
+    loom_params_known(p, key);
+  } else {
+    char base[256];
+    snprintf(base, sizeof base, "%.*s", (int)(bracket - key), key);
+    void *it = json_object_iter_at(p->object, base);
+    if (it) /* the object's own key outlives this call; base does not */
+      loom_params_known(p, json_object_iter_key(it));
+  }
+  return lookup(p, key);
+}
+
+/* Writes a resolved value (a default, an absolute path) back; steals it.
+ * An absent array item stays absent. */
+static void store(loom_params *p, const char *key, json_t *value) {
+  const char *bracket = strchr(key, '[');
+  if (!bracket) {
+    json_object_set_new(p->object, key, value);
+    return;
+  }
+  char base[256];
+  snprintf(base, sizeof base, "%.*s", (int)(bracket - key), key);
+  size_t i = (size_t)strtoull(bracket + 1, NULL, 10);
+  json_t *array = json_object_get(p->object, base);
+  if (json_is_array(array) && i < json_array_size(array))
+    json_array_set_new(array, i, value);
+  else
+    json_decref(value);
 }
 
 /* The key of p's object, asked for by nobody, that is nearest to `key`
@@ -135,6 +181,55 @@ static int missing(const loom_params *p, const char *key, const char *want) {
 }
 
 bool loom_params_has(loom_params *p, const char *key) { return ask(p, key) != NULL; }
+bool loom_params_is_array(loom_params *p, const char *key) { return json_is_array(ask(p, key)); }
+
+int loom_params_array_length(loom_params *p, const char *key, bool required, size_t *n) {
+  *n = 0;
+  json_t *v = ask(p, key);
+  if (!v)
+    return required ? missing(p, key, "an array") : 0;
+  if (!json_is_array(v))
+    return wrong_type(p, key, v, "an array");
+  *n = json_array_size(v);
+  return 0;
+}
+
+int loom_params_file(loom_params *p, const char *key, const char *def, const char **out) {
+  const char *given;
+  int rc = loom_params_string(p, key, def, &given);
+  if (rc < 0)
+    return rc;
+  char joined[PATH_MAX], absolute[PATH_MAX];
+  const char *base = p->config->base_dir;
+  if (given[0] == '/' || strcmp(base, ".") == 0)
+    snprintf(joined, sizeof joined, "%s", given);
+  else
+    snprintf(joined, sizeof joined, "%s/%s", base, given);
+  if (!realpath(joined, absolute)) /* missing: the reader reports it */
+    snprintf(absolute, sizeof absolute, "%s", joined);
+  store(p, key, json_string(absolute));
+  *out = json_string_value(lookup(p, key));
+  return 0;
+}
+
+int loom_params_open(loom_params *p, const char *key, bool required, loom_params **child) {
+  *child = NULL;
+  json_t *v = ask(p, key);
+  if (!v)
+    return required ? missing(p, key, "an object") : 0;
+  if (!json_is_object(v))
+    return wrong_type(p, key, v, "an object");
+  loom_params *c = malloc(sizeof *c);
+  if (!c)
+    return loom_error_oom("a config object's parameters");
+  char path[sizeof c->path];
+  loom_path_child(path, sizeof path, p->path, key);
+  loom_params_init(c, p->config, v, path);
+  *child = c;
+  return 0;
+}
+
+void loom_params_close(loom_params *child) { free(child); }
 
 /* Bounds at or past these read as "no upper bound" in messages. */
 #define OPEN_INT INT32_MAX
@@ -164,7 +259,7 @@ int loom_params_int(loom_params *p, const char *key, int64_t def, int64_t min, i
     if (def == LOOM_REQUIRED_INT)
       return missing(p, key, want);
     *out = def;
-    json_object_set_new(p->object, key, json_integer(def));
+    store(p, key, json_integer(def));
     return 0;
   }
   if (!json_is_integer(v))
@@ -184,7 +279,7 @@ int loom_params_number(loom_params *p, const char *key, double def, double min, 
     if (isnan(def))
       return missing(p, key, want);
     *out = def;
-    json_object_set_new(p->object, key, json_real(def));
+    store(p, key, json_real(def));
     return 0;
   }
   if (!json_is_number(v))
@@ -200,7 +295,7 @@ int loom_params_bool(loom_params *p, const char *key, bool def, bool *out) {
   json_t *v = ask(p, key);
   if (!v) {
     *out = def;
-    json_object_set_new(p->object, key, json_boolean(def));
+    store(p, key, json_boolean(def));
     return 0;
   }
   if (!json_is_boolean(v))
@@ -214,8 +309,8 @@ int loom_params_string(loom_params *p, const char *key, const char *def, const c
   if (!v) {
     if (!def)
       return missing(p, key, "a string");
-    json_object_set_new(p->object, key, json_string(def));
-    *out = json_string_value(json_object_get(p->object, key));
+    store(p, key, json_string(def));
+    *out = lookup(p, key) ? json_string_value(lookup(p, key)) : def;
     return 0;
   }
   if (!json_is_string(v))
@@ -238,8 +333,8 @@ int loom_params_choice(loom_params *p, const char *key, const char *def, const c
   if (v && !json_is_string(v))
     return wrong_type(p, key, v, want);
   if (!v)
-    json_object_set_new(p->object, key, json_string(def));
-  s = json_string_value(json_object_get(p->object, key));
+    store(p, key, json_string(def));
+  s = v ? json_string_value(v) : def;
   for (size_t i = 0; i < n; i++) {
     if (strcmp(s, choices[i]) == 0) {
       *index = (int)i;
@@ -297,7 +392,7 @@ int loom_params_int_array(loom_params *p, const char *key, const int64_t *def, s
     json_t *a = json_array();
     for (size_t i = 0; i < def_n; i++)
       json_array_append_new(a, json_integer(def[i])), out[i] = def[i];
-    json_object_set_new(p->object, key, a);
+    store(p, key, a);
     *n = def_n;
     return 0;
   }
@@ -317,7 +412,7 @@ int loom_params_number_array(loom_params *p, const char *key, const double *def,
   json_t *a = json_array();
   for (size_t i = 0; i < def_n; i++)
     json_array_append_new(a, json_real(def[i])), out[i] = def[i];
-  json_object_set_new(p->object, key, a);
+  store(p, key, a);
   *n = def_n;
   return 0;
 }

@@ -1,13 +1,14 @@
-/* Components of your own, used from a JSON config: this program registers
- * a model ("width_depth_mlp": an MLP given by width and depth) and a
- * callback ("gap": the train-valid accuracy gap as an epoch metric, and a
- * warning when it passes a limit), then runs a config that names them.
+/* Components of your own, used from a JSON config by the loom command: this
+ * plugin registers a model ("width_depth_mlp": an MLP given by width and
+ * depth) and a callback ("gap": the train-valid accuracy gap as an epoch
+ * metric, and a warning when it passes a limit). Built as a module
+ * (build/lib/libcustom_components.so), it is loaded with
  *
- *   build/bin/custom_components [CONFIG] [--set KEY=VALUE]... [--check]
- *   (default CONFIG: examples/configs/custom_components.json) */
+ *   build/bin/loom run examples/configs/custom_components.json --plugin build/lib/libcustom_components.so
+ *
+ * or by a config's "plugins": ["path/to/libcustom_components.so"]. */
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include <loom.h>
 
@@ -56,45 +57,9 @@ static void *make_gap(loom_params *p, const void *context, void *user) {
   return loom_callback_create(&gap_ops, g, LOOM_ORDER_METRIC_AGGREGATION);
 }
 
-int main(int argc, char **argv) {
-  const char *path = "examples/configs/custom_components.json";
-  loom_run_options options = loom_run_options_default();
-  if (loom_register(LOOM_KIND_MODEL, "width_depth_mlp", make_mlp, NULL) < 0 ||
-      loom_register(LOOM_KIND_CALLBACK, "gap", make_gap, NULL) < 0) {
-    fprintf(stderr, "error: %s\n", loom_last_error());
-    return 1;
-  }
-  int first_set = 1;
-  if (argc > 1 && argv[1][0] != '-')
-    path = argv[1], first_set = 2;
-  loom_config *config = loom_config_load(path);
-  if (!config) {
-    fprintf(stderr, "error: %s\n", loom_last_error());
-    return 2;
-  }
-  int rc = 0;
-  for (int i = first_set; i < argc && rc == 0; i++) {
-    if (strcmp(argv[i], "--check") == 0)
-      options.check = true;
-    else if (strcmp(argv[i], "--set") == 0 && i + 1 < argc)
-      rc = loom_config_set(config, argv[++i]);
-    else
-      rc = loom_error_set(LOOM_EINVAL, "unexpected argument \"%s\" (usage: custom_components [CONFIG] "
-                                       "[--set KEY=VALUE]... [--check])",
-                          argv[i]);
-  }
-  loom_experiment *exp = NULL;
-  if (rc == 0)
-    rc = loom_config_build(config, &exp);
-  loom_runner *runner = rc == 0 ? loom_runner_create() : NULL;
-  if (runner) {
-    loom_runner_set_options(runner, &options);
-    rc = loom_run_experiment(runner, exp);
-  }
-  if (rc < 0)
-    fprintf(stderr, "error: %s\n", loom_last_error());
-  loom_runner_destroy(runner);
-  loom_experiment_destroy(exp);
-  loom_config_destroy(config);
-  return rc == LOOM_EINTERRUPTED ? 130 : rc < 0 ? 1 : 0;
+static int init(void) {
+  int rc = loom_register(LOOM_KIND_MODEL, "width_depth_mlp", make_mlp, NULL);
+  return rc < 0 ? rc : loom_register(LOOM_KIND_CALLBACK, "gap", make_gap, NULL);
 }
+
+LOOM_PLUGIN("custom_components", init);

@@ -15,6 +15,7 @@
 #include "loom/metrics.h"
 #include "loom/model.h"
 #include "loom/optimizer.h"
+#include "loom/plugin.h"
 #include "loom/registry.h"
 #include "loom/rng.h"
 #include "loom/runner.h"
@@ -22,7 +23,6 @@
 #include "loom/scheduler.h"
 #include "loom/state.h"
 #include "loom/tensor.h"
-
-#define LOOM_VERSION "0.1.0"
+#include "loom/version.h"
 
 #endif

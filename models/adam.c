@@ -6,12 +6,13 @@
 
 #include "core/error_internal.h"
 #include "backends/cpu/simd.h"
-#include "models/optimizer_internal.h"
+#include "loom/optimizer.h"
 
-LOOM_HOT static void adam_range(const loom_optimizer *opt, float *restrict p, const float *restrict g,
+#include <stdlib.h>
+
+LOOM_HOT static void adam_range(const loom_adam_options *o, float *restrict p, const float *restrict g,
                                  float *restrict m, float *restrict v, size_t n, int64_t step, double lr, double wd,
                                  bool decoupled) {
-  const loom_adam_options *o = &opt->o.adam;
   const float b1 = (float)o->beta1, b2 = (float)o->beta2, eps = (float)o->eps;
   /* 1 - beta in double, then rounded, as PyTorch does: 1 - 0.999f is off by 1e-5. */
   const float c1 = (float)(1.0 - o->beta1), c2 = (float)(1.0 - o->beta2);
@@ -27,22 +28,25 @@ LOOM_HOT static void adam_range(const loom_optimizer *opt, float *restrict p, co
   }
 }
 
-static void adam_update(const loom_optimizer *opt, float *p, const float *g, float *state, size_t total, size_t off,
-                        size_t len, int64_t step, double lr, double wd) {
-  adam_range(opt, p + off, g + off, state + off, state + total + off, len, step, lr, wd, false);
+static void adam_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
+                        int64_t step, double lr, double wd) {
+  adam_range(data, p + off, g + off, state + off, state + total + off, len, step, lr, wd, false);
 }
 
-static void adamw_update(const loom_optimizer *opt, float *p, const float *g, float *state, size_t total, size_t off,
-                         size_t len, int64_t step, double lr, double wd) {
-  adam_range(opt, p + off, g + off, state + off, state + total + off, len, step, lr, wd, true);
+static void adamw_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
+                         int64_t step, double lr, double wd) {
+  adam_range(data, p + off, g + off, state + off, state + total + off, len, step, lr, wd, true);
 }
 
-static double adam_momentum(const loom_optimizer *opt) { return opt->o.adam.beta1; }
-static void adam_set_momentum(loom_optimizer *opt, double m) { opt->o.adam.beta1 = m; }
-static double adam_decay(const loom_optimizer *opt) { return opt->o.adam.weight_decay; }
+static double adam_momentum(void *data) { return ((loom_adam_options *)data)->beta1; }
+static void adam_set_momentum(void *data, double m) { ((loom_adam_options *)data)->beta1 = m; }
+static double adam_decay(void *data) { return ((loom_adam_options *)data)->weight_decay; }
 
-static const optimizer_ops adam_ops = {"adam", 2, adam_update, adam_momentum, adam_set_momentum, adam_decay};
-static const optimizer_ops adamw_ops = {"adamw", 2, adamw_update, adam_momentum, adam_set_momentum, adam_decay};
+#define ADAM_OPS(name, fn)                                                                                             \
+  {.type = name, .state_per_param = 2, .elementwise = true, .update = fn, .momentum = adam_momentum,                  \
+   .set_momentum = adam_set_momentum, .weight_decay = adam_decay, .destroy = free}
+static const loom_optimizer_ops adam_ops = ADAM_OPS("adam", adam_update);
+static const loom_optimizer_ops adamw_ops = ADAM_OPS("adamw", adamw_update);
 
 loom_adam_options loom_adam_defaults(void) {
   return (loom_adam_options){.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0};
@@ -54,16 +58,19 @@ loom_adam_options loom_adamw_defaults(void) {
   return o;
 }
 
-static loom_optimizer *create(const optimizer_ops *ops, const loom_adam_options *o) {
+static loom_optimizer *create(const loom_optimizer_ops *ops, const loom_adam_options *o) {
   if (!o || !(o->lr >= 0) || !(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1) ||
       !(o->eps >= 0) || !(o->weight_decay >= 0)) {
     loom_error_set(LOOM_EINVAL, "%s: need lr >= 0, 0 <= beta1, beta2 < 1, eps >= 0, weight_decay >= 0", ops->type);
     return NULL;
   }
-  loom_optimizer *opt = loom_optimizer_new(ops, o->lr);
-  if (opt)
-    opt->o.adam = *o;
-  return opt;
+  loom_adam_options *data = malloc(sizeof *data);
+  if (!data) {
+    loom_error_oom(ops->type);
+    return NULL;
+  }
+  *data = *o;
+  return loom_optimizer_create(ops, data, o->lr);
 }
 
 loom_optimizer *loom_adam_create(const loom_adam_options *o) { return create(&adam_ops, o); }

@@ -1,17 +1,46 @@
+/* What every optimizer has: the rate, the step count, parameter groups,
+ * the no-decay rule and the state buffer; the ops update ranges. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error_internal.h"
 #include "backends/cpu/parallel.h"
-#include "models/optimizer_internal.h"
+#include "loom/optimizer.h"
 
-loom_optimizer *loom_optimizer_new(const optimizer_ops *ops, double lr) {
+typedef struct group {
+  char **layers;
+  size_t num_layers;
+  double lr_scale, weight_decay;
+} group;
+
+struct loom_optimizer {
+  loom_optimizer_ops ops;
+  void *data;
+  double lr;
+  group *groups;
+  size_t num_groups;
+  bool no_decay_bias_norm;
+  float *state;
+  size_t nstate, nparams;
+  int64_t steps;
+};
+
+loom_optimizer *loom_optimizer_create(const loom_optimizer_ops *ops, void *data, double lr) {
+  if (!ops || !ops->type || !ops->update || !(lr >= 0)) {
+    if (ops && ops->destroy)
+      ops->destroy(data);
+    loom_error_set(LOOM_EINVAL, "loom_optimizer_create: an optimizer needs a type, an update and a rate >= 0");
+    return NULL;
+  }
   loom_optimizer *opt = calloc(1, sizeof *opt);
   if (!opt) {
+    if (ops->destroy)
+      ops->destroy(data);
     loom_error_oom("an optimizer");
     return NULL;
   }
-  opt->ops = ops;
+  opt->ops = *ops;
+  opt->data = data;
   opt->lr = lr;
   return opt;
 }
@@ -26,8 +55,12 @@ void loom_optimizer_destroy(loom_optimizer *opt) {
   }
   free(opt->groups);
   free(opt->state);
+  if (opt->ops.destroy)
+    opt->ops.destroy(opt->data);
   free(opt);
 }
+
+void *loom_optimizer_data(const loom_optimizer *opt) { return opt->data; }
 
 static const group *find_group(const loom_optimizer *opt, const char *layer) {
   for (size_t i = 0; i < opt->num_groups; i++)
@@ -68,10 +101,10 @@ int loom_optimizer_add_group(loom_optimizer *opt, const loom_param_group *g) {
 
 void loom_optimizer_set_no_decay_bias_norm(loom_optimizer *opt, bool on) { opt->no_decay_bias_norm = on; }
 
-const char *loom_optimizer_type(const loom_optimizer *opt) { return opt->ops->type; }
+const char *loom_optimizer_type(const loom_optimizer *opt) { return opt->ops.type; }
 
-/* One update call over [off, off + len), cut over the in-layer pool:
- * updates are elementwise, so the cut changes no result. */
+/* One update over [off, off + len); an elementwise rule is cut over the
+ * in-layer pool (the cut changes no result), any other is one call. */
 typedef struct update_job {
   const loom_optimizer *opt;
   float *p;
@@ -84,8 +117,8 @@ typedef struct update_job {
 static void update_part(void *ctx, int part, int64_t begin, int64_t end) {
   (void)part;
   const update_job *u = ctx;
-  u->opt->ops->update(u->opt, u->p, u->g, u->opt->state, u->total, u->off + (size_t)begin, (size_t)(end - begin),
-                      u->step, u->lr, u->wd);
+  u->opt->ops.update(u->opt->data, u->p, u->g, u->opt->state, u->total, u->off + (size_t)begin,
+                     (size_t)(end - begin), u->step, u->lr, u->wd);
 }
 
 /* Below this many parameters the hand-off costs more than the half saves. */
@@ -93,26 +126,34 @@ static void update_part(void *ctx, int part, int64_t begin, int64_t end) {
 
 static void update(const loom_optimizer *opt, float *p, const float *g, size_t total, size_t off, size_t len,
                    double lr, double wd) {
+  if (!opt->ops.elementwise) {
+    opt->ops.update(opt->data, p, g, opt->state, total, off, len, opt->steps, lr, wd);
+    return;
+  }
   update_job u = {opt, p, g, total, off, opt->steps, lr, wd};
   loom_parallel_for_large((int64_t)len, PARALLEL_UPDATE, update_part, &u);
+}
+
+double loom_optimizer_weight_decay(const loom_optimizer *opt) {
+  return opt->ops.weight_decay ? opt->ops.weight_decay(opt->data) : 0.0;
 }
 
 int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {
   size_t n = loom_model_num_params(model);
   if (!loom_model_is_built(model))
-    return loom_error_set(LOOM_ESTATE, "%s step: the model is not built", opt->ops->type);
+    return loom_error_set(LOOM_ESTATE, "%s step: the model is not built", opt->ops.type);
   if (opt->state && n != opt->nparams)
     return loom_error_set(LOOM_ESTATE, "%s step: the optimizer holds state for %zu parameters but the model has %zu; "
                                        "use one optimizer per model or reset it",
-                          opt->ops->type, opt->nparams, n);
+                          opt->ops.type, opt->nparams, n);
   if (opt->steps == 0) /* a group naming no layer of this model is a typo */
     for (size_t i = 0; i < opt->num_groups; i++)
       for (size_t k = 0; k < opt->groups[i].num_layers; k++)
         if (!loom_model_find_layer(model, opt->groups[i].layers[k]))
           return loom_error_set(LOOM_EINVAL, "%s step: parameter group %zu names layer \"%s\", which the model lacks",
-                                opt->ops->type, i, opt->groups[i].layers[k]);
-  if (!opt->state && opt->ops->state_per_param) {
-    opt->nstate = n * opt->ops->state_per_param;
+                                opt->ops.type, i, opt->groups[i].layers[k]);
+  if (!opt->state && opt->ops.state_per_param) {
+    opt->nstate = n * opt->ops.state_per_param;
     opt->state = calloc(opt->nstate ? opt->nstate : 1, sizeof *opt->state);
     if (!opt->state)
       return loom_error_oom("the optimizer state");
@@ -129,7 +170,7 @@ int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {
     if (count == 0 || loom_model_is_frozen(model, loom_model_layer_name(model, i)))
       continue;
     const group *gr = find_group(opt, loom_model_layer_name(model, i));
-    double lr = opt->lr * (gr ? gr->lr_scale : 1.0), wd = gr ? gr->weight_decay : opt->ops->weight_decay(opt);
+    double lr = opt->lr * (gr ? gr->lr_scale : 1.0), wd = gr ? gr->weight_decay : loom_optimizer_weight_decay(opt);
     size_t decayed = opt->no_decay_bias_norm ? loom_model_layer_decayed(model, i) : count;
     if (decayed)
       update(opt, p, g, n, off, decayed, lr, wd);
@@ -144,11 +185,15 @@ void loom_optimizer_reset(loom_optimizer *opt) {
   opt->state = NULL;
   opt->nstate = 0;
   opt->steps = 0;
+  if (opt->ops.reset)
+    opt->ops.reset(opt->data);
 }
 
 double loom_optimizer_lr(const loom_optimizer *opt) { return opt->lr; }
 void loom_optimizer_set_lr(loom_optimizer *opt, double lr) { opt->lr = lr; }
-double loom_optimizer_momentum(const loom_optimizer *opt) { return opt->ops->momentum(opt); }
+double loom_optimizer_momentum(const loom_optimizer *opt) {
+  return opt->ops.momentum ? opt->ops.momentum(opt->data) : 0.0;
+}
 int64_t loom_optimizer_steps(const loom_optimizer *opt) { return opt->steps; }
 
 float *loom_optimizer_state(loom_optimizer *opt, size_t *n) {
@@ -157,20 +202,25 @@ float *loom_optimizer_state(loom_optimizer *opt, size_t *n) {
   return opt->state;
 }
 
-void loom_optimizer_set_momentum(loom_optimizer *opt, double momentum) { opt->ops->set_momentum(opt, momentum); }
+void loom_optimizer_set_momentum(loom_optimizer *opt, double momentum) {
+  if (opt->ops.set_momentum)
+    opt->ops.set_momentum(opt->data, momentum);
+}
 
 int loom_optimizer_save(const loom_optimizer *opt, loom_state *s) {
-  int rc = loom_state_set_str(s, "type", opt->ops->type);
+  int rc = loom_state_set_str(s, "type", opt->ops.type);
   if (rc == 0)
     rc = loom_state_set_f64(s, "lr", opt->lr);
   if (rc == 0)
-    rc = loom_state_set_f64(s, "momentum", opt->ops->momentum(opt));
+    rc = loom_state_set_f64(s, "momentum", loom_optimizer_momentum(opt));
   if (rc == 0)
     rc = loom_state_set_i64(s, "steps", opt->steps);
   if (rc == 0)
     rc = loom_state_set_i64(s, "nparams", (int64_t)opt->nparams);
   if (rc == 0)
     rc = loom_state_set_f32_array(s, "state", opt->state, opt->state ? opt->nstate : 0);
+  if (rc == 0 && opt->ops.save)
+    rc = opt->ops.save(opt->data, s);
   return rc;
 }
 
@@ -179,9 +229,9 @@ int loom_optimizer_load(loom_optimizer *opt, const loom_state *s) {
   double lr, momentum;
   int64_t steps, nparams;
   int rc = loom_state_get_str(s, "type", &type);
-  if (rc == 0 && strcmp(type, opt->ops->type) != 0)
+  if (rc == 0 && strcmp(type, opt->ops.type) != 0)
     return loom_error_set(LOOM_EFORMAT, "the checkpoint holds a %s optimizer's state, this stage uses %s", type,
-                          opt->ops->type);
+                          opt->ops.type);
   if (rc == 0)
     rc = loom_state_get_f64(s, "lr", &lr);
   if (rc == 0)
@@ -193,6 +243,9 @@ int loom_optimizer_load(loom_optimizer *opt, const loom_state *s) {
   if (rc < 0)
     return rc;
   size_t n = loom_state_array_length(s, "state");
+  if (n && n != (size_t)nparams * opt->ops.state_per_param)
+    return loom_error_set(LOOM_EFORMAT, "the checkpoint's %s state holds %zu floats, not %zu per parameter of %lld",
+                          opt->ops.type, n, opt->ops.state_per_param, (long long)nparams);
   float *state = NULL;
   if (n) {
     if (!(state = malloc(n * sizeof *state)))
@@ -202,12 +255,17 @@ int loom_optimizer_load(loom_optimizer *opt, const loom_state *s) {
       return rc;
     }
   }
+  /* The ops' own state first: if it fails, nothing has changed. */
+  if (opt->ops.load && (rc = opt->ops.load(opt->data, s)) < 0) {
+    free(state);
+    return rc;
+  }
   free(opt->state);
   opt->state = state;
   opt->nstate = n;
   opt->nparams = (size_t)nparams;
   opt->steps = steps;
   opt->lr = lr;
-  opt->ops->set_momentum(opt, momentum);
+  loom_optimizer_set_momentum(opt, momentum);
   return 0;
 }

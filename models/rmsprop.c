@@ -5,12 +5,14 @@
 #include <math.h>
 
 #include "core/error_internal.h"
-#include "models/optimizer_internal.h"
+#include "loom/optimizer.h"
 
-static void rmsprop_update(const loom_optimizer *opt, float *p, const float *g, float *state, size_t total, size_t off,
-                           size_t len, int64_t step, double lr_d, double wd_d) {
+#include <stdlib.h>
+
+static void rmsprop_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
+                           int64_t step, double lr_d, double wd_d) {
   (void)step;
-  const loom_rmsprop_options *o = &opt->o.rmsprop;
+  const loom_rmsprop_options *o = data;
   float *v = state + off, *b = state + total + off, *c = state + 2 * total + off;
   p += off, g += off;
   const float a = (float)o->alpha, ca = (float)(1.0 - o->alpha), eps = (float)o->eps, mu = (float)o->momentum;
@@ -34,12 +36,18 @@ static void rmsprop_update(const loom_optimizer *opt, float *p, const float *g, 
   }
 }
 
-static double rmsprop_momentum(const loom_optimizer *opt) { return opt->o.rmsprop.momentum; }
-static void rmsprop_set_momentum(loom_optimizer *opt, double m) { opt->o.rmsprop.momentum = m; }
-static double rmsprop_decay(const loom_optimizer *opt) { return opt->o.rmsprop.weight_decay; }
+static double rmsprop_momentum(void *data) { return ((loom_rmsprop_options *)data)->momentum; }
+static void rmsprop_set_momentum(void *data, double m) { ((loom_rmsprop_options *)data)->momentum = m; }
+static double rmsprop_decay(void *data) { return ((loom_rmsprop_options *)data)->weight_decay; }
 
-static const optimizer_ops rmsprop_ops = {"rmsprop", 3, rmsprop_update, rmsprop_momentum, rmsprop_set_momentum,
-                                          rmsprop_decay};
+static const loom_optimizer_ops rmsprop_ops = {.type = "rmsprop",
+                                               .state_per_param = 3,
+                                               .elementwise = true,
+                                               .update = rmsprop_update,
+                                               .momentum = rmsprop_momentum,
+                                               .set_momentum = rmsprop_set_momentum,
+                                               .weight_decay = rmsprop_decay,
+                                               .destroy = free};
 
 loom_rmsprop_options loom_rmsprop_defaults(void) {
   return (loom_rmsprop_options){.lr = 1e-2, .alpha = 0.99, .eps = 1e-8};
@@ -51,8 +59,11 @@ loom_optimizer *loom_rmsprop_create(const loom_rmsprop_options *o) {
     loom_error_set(LOOM_EINVAL, "RMSprop: need lr >= 0, 0 <= alpha <= 1, eps >= 0, momentum >= 0, weight_decay >= 0");
     return NULL;
   }
-  loom_optimizer *opt = loom_optimizer_new(&rmsprop_ops, o->lr);
-  if (opt)
-    opt->o.rmsprop = *o;
-  return opt;
+  loom_rmsprop_options *data = malloc(sizeof *data);
+  if (!data) {
+    loom_error_oom("RMSprop");
+    return NULL;
+  }
+  *data = *o;
+  return loom_optimizer_create(&rmsprop_ops, data, o->lr);
 }

@@ -4,11 +4,12 @@
 
 #include "core/error_internal.h"
 #include "backends/cpu/simd.h"
-#include "models/optimizer_internal.h"
+#include "loom/optimizer.h"
 
-LOOM_HOT static void sgd_range(const loom_optimizer *opt, float *restrict p, const float *restrict g,
+#include <stdlib.h>
+
+LOOM_HOT static void sgd_range(const loom_sgd_options *o, float *restrict p, const float *restrict g,
                                 float *restrict buf, size_t n, int64_t step, double lr_d, double wd_d) {
-  const loom_sgd_options *o = &opt->o.sgd;
   const float lr = (float)lr_d, wd = (float)wd_d, mu = (float)o->momentum;
   const float damp = (float)(1.0 - o->dampening);
   if (mu == 0.0f) {
@@ -23,22 +24,31 @@ LOOM_HOT static void sgd_range(const loom_optimizer *opt, float *restrict p, con
   }
 }
 
-static void sgd_update(const loom_optimizer *opt, float *p, const float *g, float *state, size_t total, size_t off,
-                       size_t len, int64_t step, double lr, double wd) {
+static void sgd_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
+                       int64_t step, double lr, double wd) {
   (void)total;
-  sgd_range(opt, p + off, g + off, state ? state + off : NULL, len, step, lr, wd);
+  sgd_range(data, p + off, g + off, state ? state + off : NULL, len, step, lr, wd);
 }
 
-static double sgd_decay(const loom_optimizer *opt) { return opt->o.sgd.weight_decay; }
+static double sgd_decay(void *data) { return ((loom_sgd_options *)data)->weight_decay; }
+static double sgd_momentum(void *data) { return ((loom_sgd_options *)data)->momentum; }
+static void sgd_set_momentum(void *data, double m) { ((loom_sgd_options *)data)->momentum = m; }
 
-static double sgd_momentum(const loom_optimizer *opt) { return opt->o.sgd.momentum; }
-
-static void sgd_set_momentum(loom_optimizer *opt, double m) { opt->o.sgd.momentum = m; }
-
-static const optimizer_ops sgd_ops = {"sgd", 1, sgd_update, sgd_momentum, sgd_set_momentum, sgd_decay};
-/* Plain SGD keeps no buffer; its momentum stays 0. */
-static void sgd_plain_set_momentum(loom_optimizer *opt, double m) { (void)opt, (void)m; }
-static const optimizer_ops sgd_plain_ops = {"sgd", 0, sgd_update, sgd_momentum, sgd_plain_set_momentum, sgd_decay};
+static const loom_optimizer_ops sgd_ops = {.type = "sgd",
+                                           .state_per_param = 1,
+                                           .elementwise = true,
+                                           .update = sgd_update,
+                                           .momentum = sgd_momentum,
+                                           .set_momentum = sgd_set_momentum,
+                                           .weight_decay = sgd_decay,
+                                           .destroy = free};
+/* Plain SGD keeps no buffer; its momentum stays 0 (no setter). */
+static const loom_optimizer_ops sgd_plain_ops = {.type = "sgd",
+                                                 .elementwise = true,
+                                                 .update = sgd_update,
+                                                 .momentum = sgd_momentum,
+                                                 .weight_decay = sgd_decay,
+                                                 .destroy = free};
 
 loom_optimizer *loom_sgd_create(const loom_sgd_options *o) {
   if (!o || !(o->lr >= 0) || !(o->momentum >= 0) || !(o->weight_decay >= 0) || !(o->dampening >= 0)) {
@@ -49,8 +59,11 @@ loom_optimizer *loom_sgd_create(const loom_sgd_options *o) {
     loom_error_set(LOOM_EINVAL, "SGD: Nesterov momentum needs momentum > 0 and dampening 0");
     return NULL;
   }
-  loom_optimizer *opt = loom_optimizer_new(o->momentum > 0 ? &sgd_ops : &sgd_plain_ops, o->lr);
-  if (opt)
-    opt->o.sgd = *o;
-  return opt;
+  loom_sgd_options *data = malloc(sizeof *data);
+  if (!data) {
+    loom_error_oom("SGD");
+    return NULL;
+  }
+  *data = *o;
+  return loom_optimizer_create(o->momentum > 0 ? &sgd_ops : &sgd_plain_ops, data, o->lr);
 }

@@ -1,14 +1,17 @@
 /* The loom command as a user runs it: exit codes, messages, the resolved
- * config in the logdir, --check, Ctrl-C and --resume.
- * Usage: test_cli LOOM CONFIGS_DIR */
+ * config in the logdir, --check, Ctrl-C and --resume, plugins.
+ * Usage: test_cli LOOM CONFIGS_DIR PLUGINS_DIR */
+#define _XOPEN_SOURCE 700 /* realpath */
+#include <limits.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "helpers.h"
 
-static const char *loom, *configs;
+static const char *loom, *configs, *plugins;
 static char tiny[1024], errfile[1024];
 
 /* Runs loom with the arguments (NULL-terminated); returns the exit code
@@ -127,17 +130,147 @@ static void test_ctrl_c_then_resume(void **state) {
   free(dir);
 }
 
+/* --- plugins (the libraries of tests/plugins) --- */
+
+/* The plugin `name`'s library. */
+static const char *plugin(const char *name) {
+  static char path[4][1100];
+  static int next;
+  char *out = path[next++ % 4];
+  snprintf(out, sizeof path[0], "%s/libtest_plugin_%s.so", plugins, name);
+  return out;
+}
+
+/* tiny.json with the good plugin's optimizer and callback, and `list` (if
+ * not NULL) as its "plugins", written to dir/config.json. */
+static const char *plugin_config(const char *dir, json_t *list) {
+  static char path[1100];
+  char file[1100];
+  json_t *c = json_load_file(tiny, 0, NULL);
+  assert_non_null(c);
+  json_t *d = json_object_get(json_object_get(c, "datasets"), "d");
+  snprintf(file, sizeof file, "%s/data/images.idx", configs);
+  json_object_set_new(d, "images", json_string(file));
+  snprintf(file, sizeof file, "%s/data/labels.idx", configs);
+  json_object_set_new(d, "labels", json_string(file));
+  json_t *train = json_object_get(json_object_get(c, "stages"), "train");
+  json_object_set_new(train, "optimizer", json_pack("{s:s, s:f}", "type", "plugin_sign_sgd", "lr", 0.05));
+  json_array_append_new(json_object_get(train, "callbacks"), json_pack("{s:s}", "type", "plugin_marker"));
+  if (list)
+    json_object_set_new(c, "plugins", list);
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  assert_int_equal(json_dump_file(c, path, JSON_INDENT(2)), 0);
+  json_decref(c);
+  return path;
+}
+
+static void test_plugin_from_command_line(void **state) {
+  (void)state;
+  char *dir = test_tmpdir(), marker[1200], resolved[1200], real[PATH_MAX];
+  const char *config = plugin_config(dir, NULL);
+  /* Without the plugin its components are unknown. */
+  assert_int_equal(run(NULL, "validate", config, NULL), 2);
+  assert_true(stderr_has("unknown optimizer \"plugin_sign_sgd\""));
+  assert_int_equal(run(NULL, "validate", config, "--plugin", plugin("good"), NULL), 0);
+  /* Given twice, it loads once. */
+  assert_int_equal(run(NULL, "validate", "--plugin", plugin("good"), config, "--plugin", plugin("good"), NULL), 0);
+  /* A run trains with them: 3 epochs of 4 batches of 2 of the 8 samples. */
+  assert_int_equal(run(NULL, "run", config, "--plugin", plugin("good"), "--logdir", dir, NULL), 0);
+  snprintf(marker, sizeof marker, "%s/marker.txt", dir);
+  char *text = test_read_file(marker);
+  assert_non_null(text);
+  assert_string_equal(text, "steps 12 plugin_sign_sgd\n");
+  free(text);
+  /* The resolved config names the plugin by its absolute path, so it
+   * runs again without --plugin. */
+  snprintf(resolved, sizeof resolved, "%s/config.json", dir);
+  json_t *c = json_load_file(resolved, 0, NULL);
+  assert_non_null(realpath(plugin("good"), real));
+  assert_int_equal(json_array_size(json_object_get(c, "plugins")), 1);
+  assert_string_equal(json_string_value(json_array_get(json_object_get(c, "plugins"), 0)), real);
+  json_decref(c);
+  assert_int_equal(run(NULL, "validate", resolved, NULL), 0);
+  test_rm_rf(dir);
+  free(dir);
+}
+
+static void test_plugin_from_config(void **state) {
+  (void)state;
+  /* "plugins" are relative to the config's directory, not the working one. */
+  char *dir = test_tmpdir(), sub[1200], link[1300], real[PATH_MAX];
+  snprintf(sub, sizeof sub, "%s/plugins", dir);
+  assert_int_equal(mkdir(sub, 0755), 0);
+  assert_non_null(realpath(plugin("good"), real));
+  snprintf(link, sizeof link, "%s/libgood.so", sub);
+  assert_int_equal(symlink(real, link), 0);
+  const char *config = plugin_config(dir, json_pack("[s]", "plugins/libgood.so"));
+  assert_int_equal(run(NULL, "validate", config, NULL), 0);
+  assert_int_equal(run(NULL, "run", config, "--logdir", dir, "--check", NULL), 0);
+  char marker[1300];
+  snprintf(marker, sizeof marker, "%s/marker.txt", dir);
+  char *text = test_read_file(marker);
+  assert_non_null(text);
+  assert_string_equal(text, "steps 4 plugin_sign_sgd\n"); /* --check: 2 epochs of 2 batches */
+  free(text);
+  /* The same library from the command line and the config loads once. */
+  assert_int_equal(run(NULL, "validate", config, "--plugin", plugin("good"), NULL), 0);
+  /* A missing one is reported at its position in the config, resolved. */
+  config = plugin_config(dir, json_pack("[s, s]", "plugins/libgood.so", "nope.so"));
+  assert_int_equal(run(NULL, "validate", config, NULL), 2);
+  char *conf_text = test_read_file(config), want[PATH_MAX + 2600];
+  int line = 1;
+  for (const char *at = conf_text; at < strstr(conf_text, "\"nope.so\""); at++)
+    line += *at == '\n';
+  free(conf_text);
+  assert_non_null(realpath(dir, real));
+  snprintf(want, sizeof want, "%s:%d:5: plugins[1]: plugin %s/nope.so: no such file", config, line, real);
+  assert_true(stderr_has(want));
+  test_rm_rf(dir);
+  free(dir);
+}
+
+static void test_plugin_errors(void **state) {
+  (void)state;
+  char want[2400];
+  assert_int_equal(run(NULL, "validate", tiny, "--plugin", "/nonexistent/libnope.so", NULL), 2);
+  assert_true(stderr_has("loom: error: plugin /nonexistent/libnope.so: no such file (build it first, or give its "
+                         "path"));
+  snprintf(want, sizeof want, "loom: error: plugin %s is not a loom plugin: it exports no \"loom_plugin\" entry "
+           "point (define one with LOOM_PLUGIN(name, init) from loom/plugin.h)", plugin("no_entry"));
+  assert_int_equal(run(NULL, "validate", tiny, "--plugin", plugin("no_entry"), NULL), 2);
+  assert_true(stderr_has(want));
+  /* Refused before any of its code runs: its init would abort. */
+  snprintf(want, sizeof want, "loom: error: plugin %s was built against loom 9.%d.%d (ABI 7), but this is loom "
+           "%d.%d.%d (ABI %d): rebuild the plugin against this loom's headers and library", plugin("wrong_version"),
+           LOOM_VERSION_MINOR, LOOM_VERSION_PATCH, LOOM_VERSION_MAJOR, LOOM_VERSION_MINOR, LOOM_VERSION_PATCH,
+           LOOM_ABI_VERSION);
+  assert_int_equal(run(NULL, "run", tiny, "--plugin", plugin("wrong_version"), NULL), 2);
+  assert_true(stderr_has(want));
+  snprintf(want, sizeof want, "loom: error: plugin %s (\"failing\"): init failed: its license file is missing",
+           plugin("failing_init"));
+  assert_int_equal(run(NULL, "validate", tiny, "--plugin", plugin("failing_init"), NULL), 2);
+  assert_true(stderr_has(want));
+  /* A file that is not a shared library at all. */
+  assert_int_equal(run(NULL, "validate", tiny, "--plugin", tiny, NULL), 2);
+  snprintf(want, sizeof want, "loom: error: plugin %s cannot be loaded: ", tiny);
+  assert_true(stderr_has(want));
+}
+
 int main(int argc, char **argv) {
-  if (argc < 3)
+  if (argc < 4)
     return 2;
   loom = argv[1];
   configs = argv[2];
+  plugins = argv[3];
   snprintf(tiny, sizeof tiny, "%s/tiny.json", configs);
   snprintf(errfile, sizeof errfile, "/tmp/loom-test-cli-stderr.%ld", (long)getpid());
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_usage_and_validate),
       cmocka_unit_test(test_run_writes_resolved_config),
       cmocka_unit_test(test_ctrl_c_then_resume),
+      cmocka_unit_test(test_plugin_from_command_line),
+      cmocka_unit_test(test_plugin_from_config),
+      cmocka_unit_test(test_plugin_errors),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   unlink(errfile);

@@ -37,8 +37,14 @@ LOOM_API void loom_config_destroy(loom_config *config);
  * string); objects on the way are created. */
 LOOM_API int loom_config_set(loom_config *config, const char *assignment);
 
-/* Checks everything and builds the experiment (datasets loaded, model
- * built, every component constructed). Defaults are filled into the
+/* Loads a plugin (loom_plugin_load: `path` relative to the working
+ * directory) and adds its absolute path to the config's "plugins", so that
+ * the resolved config loads it too. */
+LOOM_API int loom_config_add_plugin(loom_config *config, const char *path);
+
+/* Checks everything and builds the experiment (the config's "plugins"
+ * loaded first, datasets loaded, model built, every component
+ * constructed). Defaults are filled into the
  * config, and a missing seed is drawn from the clock, so afterwards
  * loom_config_write gives the resolved config that reproduces the run. */
 LOOM_API int loom_config_build(loom_config *config, loom_experiment **experiment);
@@ -68,8 +74,33 @@ LOOM_API int loom_params_int_array(loom_params *p, const char *key, const int64_
                           int64_t *out, size_t out_max, size_t *n);
 LOOM_API int loom_params_number_array(loom_params *p, const char *key, const double *def, size_t def_n, double *out,
                              size_t out_max, size_t *n);
+/* A file path (def NULL: required), relative to the config file's
+ * directory unless absolute. The absolute path is written back, so the
+ * resolved config works from any directory; *out is borrowed from the
+ * config. The file need not exist: the reader reports that, and a
+ * constructor reports a reader's error at the key with loom_params_error. */
+LOOM_API int loom_params_file(loom_params *p, const char *key, const char *def, const char **out);
 /* Whether the component's object has `key` (counts as asking for it). */
 LOOM_API bool loom_params_has(loom_params *p, const char *key);
+/* Whether `key` holds an array (counts as asking for it): for keys that
+ * take one value or one per channel. */
+LOOM_API bool loom_params_is_array(loom_params *p, const char *key);
+/* The number of items of the array at `key`; absent: an error if required,
+ * else 0. Items are read with keys "key[i]" (every getter takes them). */
+LOOM_API int loom_params_array_length(loom_params *p, const char *key, bool required, size_t *n);
+
+/* --- nested objects ---
+ * The object at `key` ("optimizer", or an array item: "layers[2]") read
+ * with the same getters; its errors carry its own path and position
+ * ("model.layers[2].out_features"). *child is NULL if the key is absent
+ * (an error if required). Check its keys with loom_params_check_unknown
+ * and free it with loom_params_close, also after a failure. Nested
+ * components of a registered kind: loom_params_build (loom/registry.h). */
+LOOM_API int loom_params_open(loom_params *p, const char *key, bool required, loom_params **child);
+/* Reports the first key of p's object that no getter asked for, with the
+ * nearest asked-for key as "did you mean". */
+LOOM_API int loom_params_check_unknown(const loom_params *p);
+LOOM_API void loom_params_close(loom_params *child);
 /* Reports an error about `key` (NULL: the object itself) at its position. */
 LOOM_API int loom_params_error(const loom_params *p, const char *key, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

@@ -1,8 +1,9 @@
 /* loom/optimizer.h - optimizers over a model's contiguous parameters.
  *
  * An optimizer's state (momentum, Adam moments) is one contiguous buffer,
- * allocated on the first step for the model it is stepped with. Updates
- * follow PyTorch's torch.optim formulas exactly. */
+ * allocated on the first step for the model it is stepped with. The
+ * built-in updates follow PyTorch's torch.optim formulas exactly; a new
+ * optimizer is a loom_optimizer_ops table, as the built-ins are. */
 #ifndef LOOM_OPTIMIZER_H
 #define LOOM_OPTIMIZER_H
 
@@ -19,6 +20,51 @@ extern "C" {
 #endif
 
 typedef struct loom_optimizer loom_optimizer;
+
+/* What an optimizer implements. The optimizer object keeps what every
+ * optimizer has (the rate, the step count, parameter groups, the no-decay
+ * rule, the state buffer and saving them); the ops say how a range of
+ * parameters is updated. */
+typedef struct loom_optimizer_ops {
+  const char *type;
+  /* Floats of state per parameter: the state buffer holds that many arrays
+   * of the model's parameter count, one after the other (Adam's [m | v]),
+   * allocated zeroed at the first step, saved in checkpoints and freed by
+   * loom_optimizer_reset. 0: no buffer. */
+  size_t state_per_param;
+  /* true: update may be called on parts of a range from several threads at
+   * once (an elementwise rule). false: one call per range, on one thread
+   * (a rule that needs the whole range, e.g. a layer-wise norm). */
+  bool elementwise;
+  /* Updates parameters [off, off + len) of `total` with rate lr and weight
+   * decay wd. params, grads and state are the whole arrays: parameter i's
+   * k-th state value is state[k * total + i] (state is NULL without a
+   * buffer). A range lies within one layer: its weights, or its biases and
+   * normalisation parameters (which loom_optimizer_set_no_decay_bias_norm
+   * hands over with wd 0). `step` counts from 1. */
+  void (*update)(void *data, float *params, const float *grads, float *state, size_t total, size_t off, size_t len,
+                 int64_t step, double lr, double wd);
+  /* The momentum (SGD's, Adam's beta1) and its setter, for schedules that
+   * cycle it. Optional: 0, and setting it does nothing. */
+  double (*momentum)(void *data);
+  void (*set_momentum)(void *data, double momentum);
+  /* The weight decay of parameters in no group. Optional: 0. */
+  double (*weight_decay)(void *data);
+  /* State of the data's own beyond what loom saves (the rate, momentum,
+   * step count and state buffer), under keys other than "type", "lr",
+   * "momentum", "steps", "nparams" and "state". Optional. */
+  int (*save)(void *data, loom_state *state);
+  int (*load)(void *data, const loom_state *state);
+  /* Forgets that state (loom_optimizer_reset). Optional. */
+  void (*reset)(void *data);
+  /* Frees data. Optional. */
+  void (*destroy)(void *data);
+} loom_optimizer_ops;
+
+/* A new optimizer with rate lr (>= 0). `ops` is copied; `data` is owned
+ * (freed by ops->destroy, also on failure). */
+LOOM_API loom_optimizer *loom_optimizer_create(const loom_optimizer_ops *ops, void *data, double lr);
+LOOM_API void *loom_optimizer_data(const loom_optimizer *opt);
 
 typedef struct loom_sgd_options {
   double lr;
@@ -72,17 +118,20 @@ LOOM_API const char *loom_optimizer_type(const loom_optimizer *opt);
 
 /* One update of the model's parameters from its gradients. */
 LOOM_API int loom_optimizer_step(loom_optimizer *opt, loom_model *model);
-/* Forgets the state (moments, step count). */
+/* Forgets the state (moments, step count, and the ops' own: ops->reset). */
 LOOM_API void loom_optimizer_reset(loom_optimizer *opt);
 
 LOOM_API double loom_optimizer_lr(const loom_optimizer *opt);
 LOOM_API void loom_optimizer_set_lr(loom_optimizer *opt, double lr);
+/* The weight decay of parameters in no group (ops->weight_decay). */
+LOOM_API double loom_optimizer_weight_decay(const loom_optimizer *opt);
 /* SGD's momentum, Adam's beta1. */
 LOOM_API double loom_optimizer_momentum(const loom_optimizer *opt);
 /* Sets SGD's momentum or Adam's beta1 (OneCycle cycles it). */
 LOOM_API void loom_optimizer_set_momentum(loom_optimizer *opt, double momentum);
 LOOM_API int64_t loom_optimizer_steps(const loom_optimizer *opt);
-/* Saves / restores lr, momentum, step count and state buffer. */
+/* Saves / restores lr, momentum, step count, state buffer and the ops' own
+ * state (ops->save / ops->load). */
 LOOM_API int loom_optimizer_save(const loom_optimizer *opt, loom_state *state);
 LOOM_API int loom_optimizer_load(loom_optimizer *opt, const loom_state *state);
 /* The state buffer and its length in floats (NULL, 0 before the first step). */

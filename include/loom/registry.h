@@ -1,9 +1,13 @@
 /* loom/registry.h - components by name, for configs.
  *
  * A constructor reads its parameters with the loom_params_* getters (which
- * report errors with FILE:LINE:COL) and returns a new object, or NULL after
- * loom_params_error / loom_error_set. Built-ins register the same way, on
- * first use of the registry; a name is unique within its kind. */
+ * report errors with FILE:LINE:COL), builds nested components with
+ * loom_params_component, resolves file names with loom_params_file, and
+ * returns a new object, or NULL after loom_params_error / loom_error_set.
+ * Built-ins register the same way, with nothing a user's constructor
+ * lacks, on first use of the registry; a name is unique within its kind.
+ * Every optimizer built from a config also takes "param_groups" and
+ * "no_decay_bias_norm" (docs/config.md), read after its constructor. */
 #ifndef LOOM_REGISTRY_H
 #define LOOM_REGISTRY_H
 
@@ -37,6 +41,23 @@ typedef struct loom_model_context {
 } loom_model_context;
 
 typedef void *(*loom_ctor)(loom_params *params, const void *context, void *user);
+
+/* Nested components, as the built-ins build theirs (a sequential model's
+ * "layers", a loss_metric's "criterion"):
+ *   loom_params_component(p, "optimizer", LOOM_KIND_OPTIMIZER, model, true, (void **)&opt)
+ * builds the component the object at `key` (or "key[i]") describes through
+ * the registry: its "type" names a constructor of `kind`, which gets
+ * `context`; its keys are checked, and every error carries the nested
+ * key's path, line and column. *out is NULL (and 0 returned) when the key
+ * is absent and not required. The caller owns *out. */
+LOOM_API int loom_params_component(loom_params *p, const char *key, loom_kind kind, const void *context, bool required,
+                                   void **out);
+/* The same in steps, to read more keys of the component's object (a
+ * layer's "name"): build the object `child` (from loom_params_open)
+ * describes, then read, loom_params_check_unknown and loom_params_close. */
+LOOM_API int loom_params_build(loom_params *child, loom_kind kind, const void *context, void **out);
+/* Destroys a component of `kind` (as loom_params_build returned it). */
+LOOM_API void loom_component_destroy(loom_kind kind, void *component);
 
 /* Registers `name` for `kind`; an error if the name is taken. */
 LOOM_API int loom_register(loom_kind kind, const char *name, loom_ctor ctor, void *user);

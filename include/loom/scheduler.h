@@ -21,6 +21,35 @@ extern "C" {
 
 typedef struct loom_scheduler loom_scheduler;
 
+/* What a schedule implements (the built-ins below are written the same
+ * way). The scheduler object keeps the step count t, the base rate and the
+ * current rate, sets them on the optimizer and saves them; the ops say what
+ * the rate is at each step. */
+typedef struct loom_scheduler_ops {
+  const char *type;
+  /* Steps once per epoch on a loader metric (ReduceLROnPlateau). */
+  bool needs_metric;
+  /* The rate (and momentum) for step t: t = 0 when the schedule starts,
+   * then 1, 2, ... at each step. `base_lr` is the optimizer's rate when the
+   * schedule started. On entry *lr is the current rate and *momentum the
+   * optimizer's momentum; set either or neither (a closed form of t sets
+   * *lr; a reactive schedule scales it). `metric` is the monitored value
+   * when needs_metric (NaN at t = 0), else NaN. */
+  int (*rate)(void *data, int64_t t, double base_lr, double metric, double *lr, double *momentum);
+  /* Forgets the data's own state when the schedule starts. Optional. */
+  void (*reset)(void *data);
+  /* State of the data's own beyond t and the rates (which loom saves),
+   * under keys other than "type", "steps", "base_lr" and "lr". Optional. */
+  int (*save)(void *data, loom_state *state);
+  int (*load)(void *data, const loom_state *state);
+  /* Frees data. Optional. */
+  void (*destroy)(void *data);
+} loom_scheduler_ops;
+
+/* `ops` is copied; `data` is owned (freed by ops->destroy, also on failure). */
+LOOM_API loom_scheduler *loom_scheduler_create(const loom_scheduler_ops *ops, void *data);
+LOOM_API void *loom_scheduler_data(const loom_scheduler *s);
+
 /* base * gamma^floor(t / step_size) */
 LOOM_API loom_scheduler *loom_step_lr_create(int64_t step_size, double gamma);
 /* base * gamma^(number of milestones <= t); milestones increasing */
@@ -69,6 +98,8 @@ LOOM_API int loom_scheduler_start(loom_scheduler *s, loom_optimizer *opt);
 /* One step: t += 1 and the optimizer's rate (and momentum) follow. */
 LOOM_API int loom_scheduler_step(loom_scheduler *s, loom_optimizer *opt, double metric);
 LOOM_API int64_t loom_scheduler_steps(const loom_scheduler *s);
+/* The rate the schedule set last. */
+LOOM_API double loom_scheduler_lr(const loom_scheduler *s);
 LOOM_API int loom_scheduler_save(const loom_scheduler *s, loom_state *state);
 LOOM_API int loom_scheduler_load(loom_scheduler *s, const loom_state *state);
 
