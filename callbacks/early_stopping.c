@@ -26,7 +26,7 @@ typedef struct early_stopping {
   char reason[512];
 } early_stopping;
 
-loom_monitor loom_monitor_default(void) {
+loom_monitor loom_monitor_defaults(void) {
   return (loom_monitor){.minimize = -1, .stopping_threshold = NAN, .divergence_threshold = NAN};
 }
 
@@ -220,7 +220,7 @@ loom_callback *loom_early_stopping_callback_create(const loom_early_stopping_opt
   e->n = o->num_monitors ? o->num_monitors : 1;
   bool ok = true;
   for (int i = 0; i < e->n; i++) {
-    e->w[i].m = o->num_monitors ? o->monitors[i] : loom_monitor_default();
+    e->w[i].m = o->num_monitors ? o->monitors[i] : loom_monitor_defaults();
     if (e->w[i].m.loader)
       ok = ok && (e->w[i].loader = strdup(e->w[i].m.loader));
     if (e->w[i].m.metric)

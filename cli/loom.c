@@ -138,7 +138,7 @@ static int cmd_run(const args *a) {
   }
   loom_runner *runner = code == EXIT_DONE ? loom_runner_create() : NULL;
   if (code == EXIT_DONE) {
-    loom_run_options o = loom_run_options_default();
+    loom_run_options o = loom_run_options_defaults();
     o.check = a->check;
     loom_runner_set_options(runner, &o);
     if (a->resume && loom_runner_set_resume(runner, a->resume) < 0)

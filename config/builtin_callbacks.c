@@ -105,7 +105,7 @@ static void *checkpoint(loom_params *p, const void *context, void *user) {
 }
 
 static int monitor(loom_params *m, loom_monitor *out) {
-  *out = loom_monitor_default();
+  *out = loom_monitor_defaults();
   int rc = 0;
   if (loom_params_has(m, "loader"))
     rc = loom_params_string(m, "loader", NULL, &out->loader);

@@ -75,19 +75,21 @@ static int optimizer_extras(loom_params *p, const loom_model *model, loom_optimi
   loom_optimizer_set_no_decay_bias_norm(opt, no_decay);
   double weight_decay = loom_optimizer_weight_decay(opt);
   for (size_t i = 0; i < n && rc == 0; i++) {
-    char key[64], names[1024] = "";
+    char key[64];
     snprintf(key, sizeof key, "param_groups[%zu]", i);
     loom_params *gp;
     if ((rc = loom_params_open(p, key, true, &gp)) < 0)
       return rc;
-    loom_param_group group = {names, 1.0, weight_decay};
-    bool present;
-    if ((rc = loom_params_layer_list(gp, "layers", model, names, sizeof names, &present)) == 0 && !present)
+    loom_param_group group = {NULL, 0, 1.0, weight_decay};
+    const char **names = NULL;
+    if ((rc = loom_params_layer_names(gp, "layers", model, &names, &group.num_layers)) == 0 && !names)
       rc = loom_params_missing(gp, "layers", "expected an array of layer names");
+    group.layers = names;
     if (rc == 0 && (rc = loom_params_number(gp, "lr_scale", 1.0, 0, 1e300, &group.lr_scale)) == 0 &&
         (rc = loom_params_number(gp, "weight_decay", weight_decay, 0, 1e300, &group.weight_decay)) == 0 &&
         (rc = loom_params_check_unknown(gp)) == 0)
       rc = loom_optimizer_add_group(opt, &group);
+    free(names);
     loom_params_close(gp);
   }
   return rc;
@@ -289,8 +291,8 @@ static int build_loaders(builder *b, loom_params *root) {
     loom_path_child(path, sizeof path, "loaders", key);
     loom_params p;
     loom_params_init(&p, b->c, spec, path);
-    int kind = loom_loader_kind_from_name(key);
-    if (kind < 0) {
+    loom_loader_kind kind;
+    if (!loom_loader_kind_from_name(key, &kind)) {
       loom_params names;
       loom_params_init(&names, b->c, obj, "loaders");
       return loom_params_key_error(&names, key, "a loader's name starts with \"train\", \"valid\" or \"infer\" (it "
@@ -354,13 +356,14 @@ static int model_init(builder *b, loom_params *model) {
     return rc;
   init.scheme = (loom_init_scheme)scheme;
   init.fan_out = mode == 1;
-  char names[2048];
-  bool listed;
-  if ((rc = loom_params_layer_list(&p, "layers", b->model, names, sizeof names, &listed)) < 0)
+  const char **names;
+  size_t n;
+  if ((rc = loom_params_layer_names(&p, "layers", b->model, &names, &n)) < 0)
     return rc;
-  if ((rc = loom_params_check_unknown(&p)) < 0)
-    return rc;
-  return loom_model_init_weights(b->model, &init, listed ? names : NULL, loom_experiment_seed(b->exp));
+  if ((rc = loom_params_check_unknown(&p)) == 0)
+    rc = loom_model_init_weights(b->model, &init, names, n, loom_experiment_seed(b->exp));
+  free(names);
+  return rc;
 }
 
 /* The model, built for the samples of the first stage's first loader. */
@@ -493,11 +496,16 @@ static int callback_settings(loom_params *cp, loom_callback *cb) {
   if ((rc = loom_params_int(&fp, "every_batches", 0, 0, INT64_MAX, &ef.every_batches)) < 0 ||
       (rc = loom_params_int(&fp, "every_epochs", 0, 0, INT64_MAX, &ef.every_epochs)) < 0 ||
       (rc = loom_params_int(&fp, "once_batch", 0, 0, INT64_MAX, &ef.once_batch)) < 0 ||
-      (rc = loom_params_int(&fp, "once_epoch", 0, 0, INT64_MAX, &ef.once_epoch)) < 0 ||
-      (loom_params_has(&fp, "loaders") && (rc = loom_params_string(&fp, "loaders", NULL, &ef.loaders)) < 0) ||
-      (rc = loom_params_check_unknown(&fp)) < 0)
+      (rc = loom_params_int(&fp, "once_epoch", 0, 0, INT64_MAX, &ef.once_epoch)) < 0)
     return rc;
-  return loom_callback_set_filter(cb, &ef);
+  const char **loaders;
+  if ((rc = loom_params_strings(&fp, "loaders", false, &loaders, &ef.num_loaders)) < 0)
+    return rc;
+  ef.loaders = loaders;
+  if ((rc = loom_params_check_unknown(&fp)) == 0)
+    rc = loom_callback_set_filter(cb, &ef);
+  free(loaders);
+  return rc;
 }
 
 static int stage_callbacks(builder *b, loom_params *p, loom_stage *stage) {
@@ -539,28 +547,19 @@ int loom_params_check_layer(const loom_params *p, const char *key, const loom_mo
                            near ? " (did you mean \"" : "", near ? near : "", near ? "\"?)" : "");
 }
 
-int loom_params_layer_list(loom_params *p, const char *key, const loom_model *model, char *out, size_t size,
-                           bool *present) {
-  loom_params_known(p, key);
-  json_t *list = json_object_get(p->object, key), *name;
-  *out = '\0';
-  *present = list != NULL;
-  if (list && (!json_is_array(list) || json_array_size(list) == 0))
-    return loom_params_error(p, key, LOOM_EINVAL, "expected a non-empty array of layer names");
-  size_t i;
-  json_array_foreach(list, i, name) {
+int loom_params_layer_names(loom_params *p, const char *key, const loom_model *model, const char ***names,
+                            size_t *n) {
+  int rc = loom_params_strings(p, key, false, names, n);
+  for (size_t i = 0; i < *n && rc == 0; i++) {
     char at[128];
     snprintf(at, sizeof at, "%s[%zu]", key, i);
-    int rc;
-    if (!json_is_string(name) || strchr(json_string_value(name), ','))
-      return loom_params_error(p, at, LOOM_EINVAL, "expected a layer name");
-    if ((rc = loom_params_check_layer(p, at, model, json_string_value(name))) < 0)
-      return rc;
-    size_t used = strlen(out);
-    if (snprintf(out + used, size - used, "%s%s", used ? "," : "", json_string_value(name)) >= (int)(size - used))
-      return loom_params_error(p, key, LOOM_EINVAL, "too many layer names (at most %zu characters)", size - 1);
+    rc = loom_params_check_layer(p, at, model, (*names)[i]);
   }
-  return 0;
+  if (rc < 0) {
+    free(*names);
+    *names = NULL, *n = 0;
+  }
+  return rc;
 }
 
 static int stage_rules(builder *b, loom_params *p, loom_stage *stage) {

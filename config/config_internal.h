@@ -49,10 +49,10 @@ struct loom_params {
 void loom_params_init(loom_params *p, loom_config *config, json_t *object, const char *path);
 /* 0 if the model (if any) has the layer, else an error at `key` with the nearest name. */
 int loom_params_check_layer(const loom_params *p, const char *key, const loom_model *model, const char *name);
-/* Reads `key`, an array of the model's layer names, as "a,b,c" into out;
- * *present says whether the key was given. */
-int loom_params_layer_list(loom_params *p, const char *key, const loom_model *model, char *out, size_t size,
-                           bool *present);
+/* Reads `key`, a non-empty array of the model's layer names, as
+ * loom_params_strings does (absent: *names NULL, *n 0). */
+int loom_params_layer_names(loom_params *p, const char *key, const loom_model *model, const char ***names,
+                            size_t *n);
 /* The component's JSON object (to write back what it resolved). */
 static inline json_t *loom_params_object(loom_params *p) { return p->object; }
 /* Marks keys as known without reading them (e.g. "type"). */

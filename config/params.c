@@ -194,6 +194,32 @@ int loom_params_array_length(loom_params *p, const char *key, bool required, siz
   return 0;
 }
 
+int loom_params_strings(loom_params *p, const char *key, bool required, const char ***names, size_t *n) {
+  *names = NULL;
+  int rc = loom_params_array_length(p, key, required, n);
+  if (rc < 0)
+    return rc;
+  if (*n == 0) /* absent, or [] */
+    return json_is_array(lookup(p, key)) ? loom_params_error(p, key, LOOM_EINVAL, "expected a non-empty array of names")
+                                         : 0;
+  const char **list = calloc(*n, sizeof *list);
+  if (!list)
+    return loom_error_oom("a list of names");
+  for (size_t i = 0; i < *n && rc == 0; i++) {
+    char item[160];
+    snprintf(item, sizeof item, "%s[%zu]", key, i);
+    if ((rc = loom_params_string(p, item, NULL, &list[i])) == 0 && !*list[i])
+      rc = loom_params_error(p, item, LOOM_EINVAL, "expected a name, got an empty string");
+  }
+  if (rc < 0) {
+    free(list);
+    *n = 0;
+    return rc;
+  }
+  *names = list;
+  return 0;
+}
+
 int loom_params_file(loom_params *p, const char *key, const char *def, const char **out) {
   const char *given;
   int rc = loom_params_string(p, key, def, &given);

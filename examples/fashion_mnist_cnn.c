@@ -48,7 +48,7 @@ static loom_loader *open_loader(const char *dir, bool train) {
 }
 
 int main(int argc, char **argv) {
-  loom_run_options run = loom_run_options_default();
+  loom_run_options run = loom_run_options_defaults();
   if (argc > 1 && strcmp(argv[1], "--check") == 0)
     run.check = true, argv++, argc--;
   int epochs = argc > 1 ? atoi(argv[1]) : 15;

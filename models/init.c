@@ -5,41 +5,26 @@
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "core/names.h"
 #include "models/layer_internal.h"
 
-/* Whether `name` is one of the comma-separated `list` (NULL: every name). */
-static bool listed(const char *list, const char *name) {
-  if (!list)
-    return true;
-  size_t len = strlen(name);
-  for (const char *at = list; *at;) {
-    size_t n = strcspn(at, ",");
-    if (n == len && strncmp(at, name, n) == 0)
-      return true;
-    at += n + (at[n] == ',');
-  }
-  return false;
-}
-
-static int check(const loom_model *model, const loom_init *init, const char *layers) {
+static int check(const loom_model *model, const loom_init *init, const char *const *layers, size_t n) {
   if (!init || init->scheme < LOOM_INIT_KAIMING_UNIFORM || init->scheme > LOOM_INIT_XAVIER_NORMAL ||
       !(init->gain >= 0) || !isfinite(init->negative_slope))
     return loom_error_set(LOOM_EINVAL, "init: a scheme of loom_init_scheme, gain >= 0, a finite negative_slope");
   if (!loom_model_is_built(model))
     return loom_error_set(LOOM_ESTATE, "init: build the model first (loom_model_build)");
-  for (const char *at = layers; at && *at;) {
-    size_t n = strcspn(at, ",");
-    char name[256];
-    snprintf(name, sizeof name, "%.*s", (int)(n < 255 ? n : 255), at);
-    if (!loom_model_find_layer(model, name))
-      return loom_error_set(LOOM_EINVAL, "init: the model has no layer \"%s\"", name);
-    at += n + (at[n] == ',');
-  }
+  if (n && !layers)
+    return loom_error_set(LOOM_EINVAL, "init: %zu layer names given as NULL", n);
+  for (size_t i = 0; i < n; i++)
+    if (!layers[i] || !loom_model_find_layer(model, layers[i]))
+      return loom_error_set(LOOM_EINVAL, "init: the model has no layer \"%s\"", layers[i] ? layers[i] : "(null)");
   return 0;
 }
 
-int loom_model_init_weights(loom_model *model, const loom_init *init, const char *layers, uint64_t seed) {
-  int rc = check(model, init, layers);
+int loom_model_init_weights(loom_model *model, const loom_init *init, const char *const *layers, size_t num_layers,
+                            uint64_t seed) {
+  int rc = check(model, init, layers, num_layers);
   if (rc < 0)
     return rc;
   loom_rng rng;
@@ -47,7 +32,7 @@ int loom_model_init_weights(loom_model *model, const loom_init *init, const char
   float *params = loom_model_params(model);
   for (size_t i = 0; i < loom_model_num_layers(model); i++) {
     const loom_layer *l = loom_model_layer(model, i);
-    if (!l->ops.fans || !listed(layers, loom_model_layer_name(model, i)))
+    if (!l->ops.fans || (num_layers && !loom_names_contain(layers, num_layers, loom_model_layer_name(model, i))))
       continue;
     int64_t fan_in, fan_out;
     l->ops.fans(l->data, &fan_in, &fan_out);

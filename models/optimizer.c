@@ -4,12 +4,12 @@
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "core/names.h"
 #include "backends/cpu/parallel.h"
 #include "loom/optimizer.h"
 
 typedef struct group {
-  char **layers;
-  size_t num_layers;
+  loom_names layers;
   double lr_scale, weight_decay;
 } group;
 
@@ -49,9 +49,7 @@ void loom_optimizer_destroy(loom_optimizer *opt) {
   if (!opt)
     return;
   for (size_t i = 0; i < opt->num_groups; i++) {
-    for (size_t k = 0; k < opt->groups[i].num_layers; k++)
-      free(opt->groups[i].layers[k]);
-    free(opt->groups[i].layers);
+    loom_names_free(&opt->groups[i].layers);
   }
   free(opt->groups);
   free(opt->state);
@@ -64,38 +62,26 @@ void *loom_optimizer_data(const loom_optimizer *opt) { return opt->data; }
 
 static const group *find_group(const loom_optimizer *opt, const char *layer) {
   for (size_t i = 0; i < opt->num_groups; i++)
-    for (size_t k = 0; k < opt->groups[i].num_layers; k++)
-      if (strcmp(opt->groups[i].layers[k], layer) == 0)
-        return &opt->groups[i];
+    if (loom_names_has(&opt->groups[i].layers, layer))
+      return &opt->groups[i];
   return NULL;
 }
 
 int loom_optimizer_add_group(loom_optimizer *opt, const loom_param_group *g) {
-  if (!g || !g->layers || !*g->layers || !(g->lr_scale >= 0) || !(g->weight_decay >= 0))
-    return loom_error_set(LOOM_EINVAL, "parameter group: layers (comma-separated names), lr_scale >= 0 and "
+  if (!g || g->num_layers == 0 || !(g->lr_scale >= 0) || !(g->weight_decay >= 0))
+    return loom_error_set(LOOM_EINVAL, "parameter group: at least one layer name, lr_scale >= 0 and "
                                        "weight_decay >= 0");
+  group nw = {.lr_scale = g->lr_scale, .weight_decay = g->weight_decay};
+  int rc = loom_names_copy(&nw.layers, g->layers, g->num_layers, "a parameter group");
+  if (rc < 0)
+    return rc;
   group *grown = realloc(opt->groups, (opt->num_groups + 1) * sizeof *grown);
-  if (!grown)
+  if (!grown) {
+    loom_names_free(&nw.layers);
     return loom_error_oom("a parameter group");
-  opt->groups = grown;
-  group *nw = &opt->groups[opt->num_groups];
-  memset(nw, 0, sizeof *nw);
-  nw->lr_scale = g->lr_scale;
-  nw->weight_decay = g->weight_decay;
-  for (const char *at = g->layers; *at;) {
-    size_t len = strcspn(at, ",");
-    char **more = realloc(nw->layers, (nw->num_layers + 1) * sizeof *more);
-    char *name = more ? strndup(at, len) : NULL;
-    if (more)
-      nw->layers = more;
-    if (!name) {
-      opt->num_groups++; /* freed with the optimizer */
-      return loom_error_oom("a parameter group");
-    }
-    nw->layers[nw->num_layers++] = name;
-    at += len + (at[len] == ',');
   }
-  opt->num_groups++;
+  opt->groups = grown;
+  opt->groups[opt->num_groups++] = nw;
   return 0;
 }
 
@@ -148,10 +134,10 @@ int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {
                           opt->ops.type, opt->nparams, n);
   if (opt->steps == 0) /* a group naming no layer of this model is a typo */
     for (size_t i = 0; i < opt->num_groups; i++)
-      for (size_t k = 0; k < opt->groups[i].num_layers; k++)
-        if (!loom_model_find_layer(model, opt->groups[i].layers[k]))
+      for (size_t k = 0; k < opt->groups[i].layers.count; k++)
+        if (!loom_model_find_layer(model, opt->groups[i].layers.names[k]))
           return loom_error_set(LOOM_EINVAL, "%s step: parameter group %zu names layer \"%s\", which the model lacks",
-                                opt->ops.type, i, opt->groups[i].layers[k]);
+                                opt->ops.type, i, opt->groups[i].layers.names[k]);
   if (!opt->state && opt->ops.state_per_param) {
     opt->nstate = n * opt->ops.state_per_param;
     opt->state = calloc(opt->nstate ? opt->nstate : 1, sizeof *opt->state);

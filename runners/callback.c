@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "core/names.h"
 #include "loom/runner.h"
 
 struct loom_callback {
@@ -18,7 +19,7 @@ struct loom_callback {
   loom_scope scope;
   bool filtered;
   loom_event_filter filter;
-  char **loaders; /* the filter's loader names, NULL-terminated */
+  loom_names loaders; /* the filter's, copied */
 };
 
 static const char *const event_names[LOOM_EVENT_COUNT] = {
@@ -55,53 +56,28 @@ loom_callback *loom_callback_create(const loom_callback_ops *ops, void *data, in
   return cb;
 }
 
-static void free_loaders(char **loaders) {
-  for (char **p = loaders; p && *p; p++)
-    free(*p);
-  free(loaders);
-}
-
 void loom_callback_destroy(loom_callback *cb) {
   if (!cb)
     return;
   if (cb->ops.destroy)
     cb->ops.destroy(cb->data);
-  free_loaders(cb->loaders);
+  loom_names_free(&cb->loaders);
   free(cb->name);
   free(cb);
-}
-
-/* "train,valid" -> {"train", "valid", NULL} */
-static char **split_names(const char *list) {
-  size_t n = 1;
-  for (const char *p = list; *p; p++)
-    n += *p == ',';
-  char **out = calloc(n + 1, sizeof *out);
-  if (!out)
-    return NULL;
-  size_t k = 0;
-  for (const char *p = list; k < n; k++) {
-    size_t len = strcspn(p, ",");
-    if (!(out[k] = strndup(p, len))) {
-      free_loaders(out);
-      return NULL;
-    }
-    p += len + (p[len] == ',');
-  }
-  return out;
 }
 
 int loom_callback_set_filter(loom_callback *cb, const loom_event_filter *f) {
   if (!f || f->every_batches < 0 || f->every_epochs < 0 || f->once_batch < 0 || f->once_epoch < 0)
     return loom_error_set(LOOM_EINVAL, "callback \"%s\": event filter counts must be >= 0", cb->name);
-  char **loaders = NULL;
-  if (f->loaders && *f->loaders && !(loaders = split_names(f->loaders)))
-    return loom_error_oom("an event filter");
-  free_loaders(cb->loaders);
+  loom_names loaders;
+  int rc = loom_names_copy(&loaders, f->loaders, f->num_loaders, "an event filter's loaders");
+  if (rc < 0)
+    return rc;
+  loom_names_free(&cb->loaders);
   cb->loaders = loaders;
   cb->filter = *f;
-  cb->filter.loaders = NULL;
-  cb->filtered = f->every_batches || f->every_epochs || f->once_batch || f->once_epoch || loaders;
+  cb->filter.loaders = NULL, cb->filter.num_loaders = 0; /* the copy is cb->loaders */
+  cb->filtered = f->every_batches || f->every_epochs || f->once_batch || f->once_epoch || loaders.count;
   return 0;
 }
 
@@ -111,13 +87,8 @@ static bool passes(const loom_callback *cb, loom_event e, const loom_runner *r) 
   bool batch = e == LOOM_EVENT_BATCH_START || e == LOOM_EVENT_BATCH_END;
   bool loader = batch || e == LOOM_EVENT_LOADER_START || e == LOOM_EVENT_LOADER_END;
   bool epoch = e == LOOM_EVENT_EPOCH_START || e == LOOM_EVENT_EPOCH_END;
-  if (loader && cb->loaders) {
-    bool named = false;
-    for (char **p = cb->loaders; *p && !named; p++)
-      named = strcmp(*p, loom_runner_loader_name(r)) == 0;
-    if (!named)
-      return false;
-  }
+  if (loader && cb->loaders.count && !loom_names_has(&cb->loaders, loom_runner_loader_name(r)))
+    return false;
   if (batch && f->every_batches && loom_runner_loader_batch_step(r) % f->every_batches != 0)
     return false;
   if (batch && f->once_batch &&

@@ -21,7 +21,7 @@ static loom_metrics **metric_stores(loom_runner *r, loom_metrics **out) {
   return out;
 }
 
-loom_run_options loom_run_options_default(void) {
+loom_run_options loom_run_options_defaults(void) {
   return (loom_run_options){.handle_signals = true, .nonfinite = LOOM_NONFINITE_STOP};
 }
 
@@ -43,7 +43,7 @@ loom_runner *loom_runner_create(void) {
     return NULL;
   }
   r->handle_batch = loom_supervised_handle_batch;
-  r->options = loom_run_options_default();
+  r->options = loom_run_options_defaults();
   r->stage_index = -1;
   return r;
 }
@@ -76,7 +76,7 @@ void loom_runner_set_handle_batch(loom_runner *r, loom_handle_batch_fn fn, void 
 }
 
 void loom_runner_set_options(loom_runner *r, const loom_run_options *o) {
-  r->options = o ? *o : loom_run_options_default();
+  r->options = o ? *o : loom_run_options_defaults();
 }
 
 const loom_run_options *loom_runner_options(const loom_runner *r) { return &r->options; }

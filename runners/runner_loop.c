@@ -116,7 +116,7 @@ static int loader_body(loom_runner *r, const loom_named_loader *nl, bool resume_
   int index = (int)(nl - r->loaders);
   r->loader_index = index;
   r->loader_name = nl->name;
-  r->loader_kind = (loom_loader_kind)loom_loader_kind_from_name(nl->name);
+  loom_loader_kind_from_name(nl->name, &r->loader_kind); /* checked when the stage was prepared */
   r->loader = nl->loader;
   r->loader_batch_step = r->loader_sample_step = r->batches_done = 0;
   r->stop_flags &= ~(unsigned)LOOM_STOP_LOADER;

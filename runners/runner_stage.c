@@ -5,14 +5,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-int loom_loader_kind_from_name(const char *name) {
-  if (strncmp(name, "train", 5) == 0)
-    return LOOM_LOADER_TRAIN;
-  if (strncmp(name, "valid", 5) == 0)
-    return LOOM_LOADER_VALID;
-  if (strncmp(name, "infer", 5) == 0)
-    return LOOM_LOADER_INFER;
-  return -1;
+bool loom_loader_kind_from_name(const char *name, loom_loader_kind *kind) {
+  static const char *const prefixes[] = {[LOOM_LOADER_TRAIN] = "train", [LOOM_LOADER_VALID] = "valid",
+                                         [LOOM_LOADER_INFER] = "infer"};
+  for (int k = 0; k < 3; k++)
+    if (strncmp(name, prefixes[k], 5) == 0) {
+      *kind = (loom_loader_kind)k;
+      return true;
+    }
+  return false;
 }
 
 /* The stage's carry-over rules: frozen layers, optimizer reset, weights. */
@@ -60,7 +61,7 @@ int loom_runner_prepare_stage(loom_runner *r, size_t index, bool load) {
   if (r->num_loaders == 0)
     return loom_error_set(LOOM_EINVAL, "stage \"%s\" has no loaders; add one with loom_stage_add_loader", s->name);
   for (size_t i = 0; i < r->num_loaders; i++)
-    if (loom_loader_kind_from_name(r->loaders[i].name) < 0)
+    if (!loom_loader_kind_from_name(r->loaders[i].name, &(loom_loader_kind){0}))
       return loom_error_set(LOOM_EINVAL,
                             "stage \"%s\": loader \"%s\": a loader's name must start with \"train\", "
                             "\"valid\" or \"infer\" (it decides whether the loader trains)",

@@ -33,7 +33,7 @@ static stats measure(const float *w, size_t n) {
 static void check_scheme(loom_init_scheme scheme, bool fan_out, double slope, double gain, double want_std) {
   loom_model *m = linear_model();
   loom_init init = {.scheme = scheme, .fan_out = fan_out, .negative_slope = slope, .gain = gain};
-  assert_int_equal(loom_model_init_weights(m, &init, "fc1", 11), 0);
+  assert_int_equal(loom_model_init_weights(m, &init, (const char *[]){"fc1"}, 1, 11), 0);
   stats s = measure(loom_model_params(m), 120000);
   assert_true(fabs(s.mean) < 0.01 * want_std);
   assert_true(fabs(s.std / want_std - 1.0) < 0.01);
@@ -69,22 +69,22 @@ static void test_filter_bias_and_seed(void **state) {
   float *before = malloc(n * sizeof *before);
   memcpy(before, loom_model_params(m), n * sizeof *before);
   loom_init init = {.scheme = LOOM_INIT_XAVIER_UNIFORM};
-  assert_int_equal(loom_model_init_weights(m, &init, "fc1", 3), 0);
+  assert_int_equal(loom_model_init_weights(m, &init, (const char *[]){"fc1"}, 1, 3), 0);
   const float *p = loom_model_params(m);
   assert_memory_not_equal(p, before, 120000 * sizeof *p);
   assert_memory_equal(p + 120000, before + 120000, (n - 120000) * sizeof *p); /* fc1 bias, fc2 */
   init.zero_bias = true;
-  assert_int_equal(loom_model_init_weights(m, &init, "fc1", 3), 0);
-  assert_int_equal(loom_model_init_weights(twin, &init, "fc1", 3), 0);
+  assert_int_equal(loom_model_init_weights(m, &init, (const char *[]){"fc1"}, 1, 3), 0);
+  assert_int_equal(loom_model_init_weights(twin, &init, (const char *[]){"fc1"}, 1, 3), 0);
   assert_memory_equal(p, loom_model_params(twin), n * sizeof *p);
   for (int i = 0; i < 300; i++)
     assert_true(p[120000 + i] == 0.0f);
   assert_memory_equal(p + 120300, before + 120300, (n - 120300) * sizeof *p);
   /* Errors: an unknown layer, an unbuilt model; nothing changes. */
-  assert_int_equal(loom_model_init_weights(m, &init, "fc1,fc7", 3), LOOM_EINVAL);
+  assert_int_equal(loom_model_init_weights(m, &init, (const char *[]){"fc1", "fc7"}, 2, 3), LOOM_EINVAL);
   assert_non_null(strstr(loom_last_error(), "\"fc7\""));
   loom_model *unbuilt = loom_model_create();
-  assert_int_equal(loom_model_init_weights(unbuilt, &init, NULL, 3), LOOM_ESTATE);
+  assert_int_equal(loom_model_init_weights(unbuilt, &init, NULL, 0, 3), LOOM_ESTATE);
   loom_model_destroy(unbuilt);
   free(before);
   loom_model_destroy(m);
@@ -100,11 +100,11 @@ static void test_conv_fans(void **state) {
   assert_int_equal(loom_model_add(m, "conv", loom_conv2d_create(&o)), 0);
   assert_int_equal(loom_model_build(m, 3, shape, 1), 0);
   loom_init init = {.scheme = LOOM_INIT_KAIMING_NORMAL, .fan_out = true};
-  assert_int_equal(loom_model_init_weights(m, &init, NULL, 5), 0);
+  assert_int_equal(loom_model_init_weights(m, &init, NULL, 0, 5), 0);
   stats s = measure(loom_model_params(m), 32 * 16 * 9);
   assert_true(fabs(s.std / sqrt(2.0 / 288) - 1.0) < 0.05); /* 4608 weights: ~1% sampling error */
   init = (loom_init){.scheme = LOOM_INIT_XAVIER_UNIFORM};
-  assert_int_equal(loom_model_init_weights(m, &init, NULL, 5), 0);
+  assert_int_equal(loom_model_init_weights(m, &init, NULL, 0, 5), 0);
   s = measure(loom_model_params(m), 32 * 16 * 9);
   assert_true(s.max_abs <= sqrt(6.0 / (144 + 288)));
   assert_true(fabs(s.std / sqrt(2.0 / (144 + 288)) - 1.0) < 0.05);

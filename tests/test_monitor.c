@@ -48,7 +48,7 @@ static void test_a_named_metric_missing_is_the_same_error_everywhere(void **stat
   expect_missing(loom_checkpoint_callback_create(&c), "checkpoint");
 
   loom_early_stopping_options e = loom_early_stopping_defaults();
-  e.monitors[0] = loom_monitor_default();
+  e.monitors[0] = loom_monitor_defaults();
   e.monitors[0].metric = "accuracyy";
   e.num_monitors = 1;
   expect_missing(loom_early_stopping_callback_create(&e), "early stopping");

@@ -120,7 +120,7 @@ static void run(const run_spec *s, result *res) {
   loom_runner *r = loom_runner_create();
   if (s->comm)
     loom_runner_set_comm(r, s->comm);
-  loom_run_options o = loom_run_options_default();
+  loom_run_options o = loom_run_options_defaults();
   o.nonfinite = s->policy, o.nonfinite_budget = s->budget, o.limit_batches = s->limit_batches;
   o.handle_signals = false;
   loom_runner_set_options(r, &o);

@@ -273,7 +273,7 @@ static void test_event_filters(void **state) {
   (void)state;
   counts c = {0};
   loom_callback *cb = loom_callback_create(&counting, &c, 0);
-  loom_event_filter f = {.every_batches = 3, .loaders = "train"};
+  loom_event_filter f = {.every_batches = 3, .loaders = (const char *[]){"train"}, .num_loaders = 1};
   assert_int_equal(loom_callback_set_filter(cb, &f), 0);
   count_run(cb, NULL);
   assert_int_equal(c.batch_end[0], 10 * 3); /* batches 3, 6, 9 of 10 epochs */
@@ -294,14 +294,17 @@ static void test_event_filters(void **state) {
   assert_int_equal(c.epoch_end, 2); /* global epochs 4 and 8 */
   assert_int_equal(c.batch_end[0], 1);
   assert_int_equal(c.batch_end[1], 0);
-  /* The loader list is copied: the caller's string, overwritten with
-   * another name and freed right after the call, no longer matters. */
+  /* The loader list is copied: the caller's array and strings, overwritten
+   * with another name and freed right after the call, no longer matter. */
   memset(&c, 0, sizeof c);
   cb = loom_callback_create(&counting, &c, 0);
-  char *names = strdup("valid");
-  f = (loom_event_filter){.loaders = names};
+  char *name = strdup("valid");
+  const char **names = malloc(sizeof *names);
+  names[0] = name;
+  f = (loom_event_filter){.loaders = names, .num_loaders = 1};
   assert_int_equal(loom_callback_set_filter(cb, &f), 0);
-  memcpy(names, "train", 5);
+  memcpy(name, "train", 5);
+  free(name);
   free(names);
   count_run(cb, NULL);
   assert_int_equal(c.batch_end[0], 0);
@@ -312,21 +315,21 @@ static void test_event_filters(void **state) {
 static void test_check_limit_overfit(void **state) {
   (void)state;
   counts c = {0};
-  loom_run_options o = loom_run_options_default();
+  loom_run_options o = loom_run_options_defaults();
   o.check = true;
   count_run(loom_callback_create(&counting, &c, 0), &o);
   assert_int_equal(c.epoch_end, 4);        /* 2 stages x 2 epochs */
   assert_int_equal(c.batch_end[0], 4 * 2); /* 2 batches per loader */
   assert_int_equal(c.batch_end[1], 4 * 2);
   memset(&c, 0, sizeof c);
-  o = loom_run_options_default();
+  o = loom_run_options_defaults();
   o.limit_batches = 3;
   count_run(loom_callback_create(&counting, &c, 0), &o);
   assert_int_equal(c.epoch_end, 10);
   assert_int_equal(c.batch_end[0], 10 * 3);
   /* Overfit: every epoch the same first samples, though the loader shuffles. */
   memset(&c, 0, sizeof c);
-  o = loom_run_options_default();
+  o = loom_run_options_defaults();
   o.overfit_batches = 2;
   count_run(loom_callback_create(&counting, &c, 0), &o);
   assert_int_equal(c.batch_end[0], 10 * 2);

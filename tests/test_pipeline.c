@@ -438,7 +438,7 @@ static void test_workers_resume_exactly(void **state) {
   /* With 3 workers, stopped at batch 20 (epoch 2, batch 7), resumed. */
   exp = worker_run(b, 3);
   r = loom_runner_create();
-  loom_run_options o = loom_run_options_default();
+  loom_run_options o = loom_run_options_defaults();
   o.limit_batches = 0;
   loom_runner_set_options(r, &o);
   assert_int_equal(loom_run_experiment(r, exp), 0);

@@ -565,7 +565,7 @@ static char *count_run(int64_t skip, loom_runner **keep) {
   t = (text){0};
   assert_int_equal(loom_experiment_add_callback(exp, loom_callback_create(&counter_ops, &t, 0)), 0);
   loom_runner *r = loom_runner_create();
-  loom_run_options o = loom_run_options_default();
+  loom_run_options o = loom_run_options_defaults();
   o.nonfinite = LOOM_NONFINITE_SKIP;
   o.nonfinite_budget = 10;
   loom_runner_set_options(r, &o);
@@ -673,7 +673,7 @@ static void test_skipped_batch_adds_no_metrics(void **state) {
                                         .on_loader_end = loss_loader_end};
   assert_int_equal(loom_experiment_add_callback(exp, loom_callback_create(&ops, &l, 0)), 0);
   loom_runner *r = loom_runner_create();
-  loom_run_options o = loom_run_options_default();
+  loom_run_options o = loom_run_options_defaults();
   o.nonfinite = LOOM_NONFINITE_SKIP;
   o.nonfinite_budget = 10;
   loom_runner_set_options(r, &o);

@@ -91,7 +91,7 @@ static void test_min_delta_absolute_and_relative(void **state) {
   loom_early_stopping_options o = loom_early_stopping_defaults();
   o.patience = 2;
   o.num_monitors = 1;
-  o.monitors[0] = loom_monitor_default();
+  o.monitors[0] = loom_monitor_defaults();
   o.monitors[0].min_delta = 0.5;
   assert_int_equal(epochs_run(&s, es(o), NULL, NULL, NULL, 0, NULL), 3);
   /* Relative 0.05 of 5 = 0.25: 4.8 beats 4.75? no; 4.6 beats it: goes on. */
@@ -113,7 +113,7 @@ static void test_finite_thresholds(void **state) {
   loom_runner_destroy(r);
 
   o.num_monitors = 1;
-  o.monitors[0] = loom_monitor_default();
+  o.monitors[0] = loom_monitor_defaults();
   o.monitors[0].stopping_threshold = 4.5;
   const double good[] = {5, 4.4, 4, 3};
   s = (script){good, NULL, 4};
@@ -122,7 +122,7 @@ static void test_finite_thresholds(void **state) {
   assert_non_null(strstr(last_reason, "stopping threshold"));
   loom_runner_destroy(r);
 
-  o.monitors[0] = loom_monitor_default();
+  o.monitors[0] = loom_monitor_defaults();
   o.monitors[0].divergence_threshold = 10;
   const double diverge[] = {5, 11, 4, 3};
   s = (script){diverge, NULL, 4};
@@ -141,8 +141,8 @@ static void test_several_monitors_any_all(void **state) {
   loom_early_stopping_options o = loom_early_stopping_defaults();
   o.patience = 2;
   o.num_monitors = 2;
-  o.monitors[0] = loom_monitor_default();
-  o.monitors[1] = loom_monitor_default();
+  o.monitors[0] = loom_monitor_defaults();
+  o.monitors[1] = loom_monitor_defaults();
   o.monitors[1].metric = "accuracy";
   o.monitors[1].minimize = 0;
   assert_int_equal(epochs_run(&s, es(o), NULL, NULL, NULL, 0, NULL), 3); /* any: accuracy stalled twice */
@@ -299,7 +299,7 @@ static void test_nonfinite_policy(void **state) {
   /* SKIP with a budget of 1: the batch is dropped, metrics stay finite. */
   exp = nan_run();
   r = loom_runner_create();
-  loom_run_options o = loom_run_options_default();
+  loom_run_options o = loom_run_options_defaults();
   o.nonfinite = LOOM_NONFINITE_SKIP;
   o.nonfinite_budget = 1;
   loom_runner_set_options(r, &o);

@@ -116,9 +116,10 @@ typedef struct loom_event_filter {
   int64_t every_epochs;  /* epoch events only every N epochs (0: all) */
   int64_t once_batch;    /* batch events only at this global train batch (0: off) */
   int64_t once_epoch;    /* epoch events only at this global epoch (0: off) */
-  const char *loaders;   /* loader and batch events only on these loaders,
-                            comma-separated ("train,valid_hard"); NULL or "": all.
-                            Copied by loom_callback_set_filter. */
+  /* Loader and batch events only on these loaders (none: all). The names
+   * are copied by loom_callback_set_filter. */
+  const char *const *loaders;
+  size_t num_loaders;
 } loom_event_filter;
 
 /* `ops` is copied; `data` is owned from here on (freed by ops->destroy even

@@ -128,7 +128,7 @@ typedef struct loom_early_stopping_options {
 /* patience 5, check_finite, any, no thresholds. */
 LOOM_API loom_early_stopping_options loom_early_stopping_defaults(void);
 /* A monitor with the defaults: the stage's metric, no delta, no thresholds. */
-LOOM_API loom_monitor loom_monitor_default(void);
+LOOM_API loom_monitor loom_monitor_defaults(void);
 /* Sets need_early_stop at on_epoch_end when the monitors say so. Restarts
  * in each stage; its counters and the best weights are saved state. */
 LOOM_API loom_callback *loom_early_stopping_callback_create(const loom_early_stopping_options *options);

@@ -88,6 +88,10 @@ LOOM_API bool loom_params_is_array(loom_params *p, const char *key);
 /* The number of items of the array at `key`; absent: an error if required,
  * else 0. Items are read with keys "key[i]" (every getter takes them). */
 LOOM_API int loom_params_array_length(loom_params *p, const char *key, bool required, size_t *n);
+/* The non-empty array of non-empty strings at `key`: *names[0, *n) borrow
+ * the config's strings, the array is the caller's to free(). Absent: an
+ * error if required, else *names NULL and *n 0. */
+LOOM_API int loom_params_strings(loom_params *p, const char *key, bool required, const char ***names, size_t *n);
 
 /* --- nested objects ---
  * The object at `key` ("optimizer", or an array item: "layers[2]") read

@@ -163,9 +163,10 @@ typedef struct loom_init {
 } loom_init;
 
 /* Re-initialises the weights of the built model's layers that report fans
- * (Linear, Conv2d), or only of `layers` (comma-separated names; NULL: all),
- * from `seed`. Other parameters and buffers are left as they are. */
-LOOM_API int loom_model_init_weights(loom_model *model, const loom_init *init, const char *layers, uint64_t seed);
+ * (Linear, Conv2d), or only of layers[0, num_layers) (none: all), from
+ * `seed`. Other parameters and buffers are left as they are. */
+LOOM_API int loom_model_init_weights(loom_model *model, const loom_init *init, const char *const *layers,
+                                     size_t num_layers, uint64_t seed);
 
 /* An MLP: Linear(sizes[0] -> sizes[1]), ReLU, ..., Linear(-> sizes[n-1]),
  * named fc1, relu1, fc2, ...; built for inputs of sizes[0] features (any

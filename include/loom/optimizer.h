@@ -101,11 +101,12 @@ LOOM_API loom_optimizer *loom_adam_create(const loom_adam_options *options);
 LOOM_API loom_optimizer *loom_adamw_create(const loom_adam_options *options);
 LOOM_API loom_optimizer *loom_rmsprop_create(const loom_rmsprop_options *options);
 
-/* Parameter groups: the named layers (comma-separated) step with
- * lr_scale times the optimizer's rate (schedules move every group alike)
- * and their own weight decay. Layers in no group use the optimizer's. */
+/* Parameter groups: the named layers step with lr_scale times the
+ * optimizer's rate (schedules move every group alike) and their own weight
+ * decay. Layers in no group use the optimizer's. The names are copied. */
 typedef struct loom_param_group {
-  const char *layers;
+  const char *const *layers;
+  size_t num_layers;
   double lr_scale;
   double weight_decay;
 } loom_param_group;

@@ -49,7 +49,7 @@ typedef struct loom_run_options {
 } loom_run_options;
 
 /* check false, no limits, handle_signals true, STOP. */
-LOOM_API loom_run_options loom_run_options_default(void);
+LOOM_API loom_run_options loom_run_options_defaults(void);
 
 LOOM_API loom_runner *loom_runner_create(void);
 LOOM_API void loom_runner_destroy(loom_runner *runner);

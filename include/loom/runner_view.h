@@ -26,9 +26,9 @@ extern "C" {
 #endif
 
 typedef enum loom_loader_kind { LOOM_LOADER_TRAIN, LOOM_LOADER_VALID, LOOM_LOADER_INFER } loom_loader_kind;
-/* From the name: "train*" train, "valid*" valid, "infer*" infer; any other
- * name is an error when the stage starts. Returns -1 for those. */
-LOOM_API int loom_loader_kind_from_name(const char *name);
+/* From the name: "train*" train, "valid*" valid, "infer*" infer. False for
+ * any other name (an error when the stage starts), *kind untouched. */
+LOOM_API bool loom_loader_kind_from_name(const char *name, loom_loader_kind *kind);
 
 typedef enum loom_stop {
   LOOM_STOP_LOADER = 1, /* leave the current loader after this batch */
