@@ -107,6 +107,8 @@ int loom_params_build(loom_params *p, loom_kind kind, const void *context, void 
     return rc;
   void *user;
   loom_ctor ctor = loom_registry_find(kind, type, &user);
+  if (!ctor && (rc = loom_registry_status()) < 0)
+    return loom_params_error(p, "type", rc, "%s", loom_last_error());
   if (!ctor) {
     size_t n;
     const char *const *names = loom_registry_list(kind, &n);

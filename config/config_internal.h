@@ -74,6 +74,8 @@ const char *loom_did_you_mean(const char *word, const char *const *candidates, s
 
 /* registry.c */
 void loom_register_builtin(loom_kind kind, const char *name, loom_ctor ctor);
+/* 0, or the error that kept a built-in out of the registry (with its message). */
+int loom_registry_status(void);
 /* Builds the component described by `object` (its "type" names it), as
  * loom_params_build: the constructor reads its keys through *p, which the
  * caller may go on reading (e.g. a callback's "order") before

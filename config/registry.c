@@ -49,14 +49,30 @@ static int add(loom_kind kind, const char *name, loom_ctor ctor, void *user) {
   return 0;
 }
 
-/* Built-ins go straight in; a failure there is a bug, not user input. */
-void loom_register_builtin(loom_kind kind, const char *name, loom_ctor ctor) { add(kind, name, ctor, NULL); }
+/* The first failure to register a built-in (out of memory at start-up):
+ * every later use of the registry reports it rather than "unknown type". */
+static int builtins_rc;
+static char builtins_error[LOOM_ERROR_MAX];
+
+void loom_register_builtin(loom_kind kind, const char *name, loom_ctor ctor) {
+  int rc = add(kind, name, ctor, NULL);
+  if (rc < 0 && builtins_rc == 0) {
+    builtins_rc = rc;
+    snprintf(builtins_error, sizeof builtins_error, "registering the built-in %s \"%s\": %s", kind_names[kind], name,
+             loom_last_error());
+  }
+}
+
+int loom_registry_status(void) {
+  uv_once(&builtins_once, register_builtins);
+  return builtins_rc < 0 ? loom_error_set(builtins_rc, "%s", builtins_error) : 0;
+}
 
 int loom_register(loom_kind kind, const char *name, loom_ctor ctor, void *user) {
   if (kind >= LOOM_KIND_COUNT || !name || !*name || !ctor)
     return loom_error_set(LOOM_EINVAL, "loom_register: a kind, a name and a constructor are required");
-  uv_once(&builtins_once, register_builtins);
-  return add(kind, name, ctor, user);
+  int rc = loom_registry_status();
+  return rc < 0 ? rc : add(kind, name, ctor, user);
 }
 
 loom_ctor loom_registry_find(loom_kind kind, const char *name, void **user) {
