@@ -249,9 +249,13 @@ int loom_backend_plan_block(loom_backend *b, const loom_layer_desc *layers, int 
     b->ops.plan_destroy(b->ctx, block->plan);
     block->plan = NULL;
   }
-  if (rc == 0 && block->count > count)
+  if (rc == 0 && block->count > count) {
+    b->ops.plan_destroy(b->ctx, block->plan);
+    int got = block->count;
+    *block = (loom_block){0};
     return loom_error_set(LOOM_EINVAL, "backend \"%s\" planned a block of %d layers out of %d", loom_backend_name(b),
-                          block->count, count);
+                          got, count);
+  }
   return rc;
 }
 

@@ -42,10 +42,11 @@ int loom_layer_plan_on(loom_layer_plan *p, loom_backend *backend, const loom_lay
   if (p->plan && p->backend == backend)
     return 0;
   loom_layer_plan_drop(p);
-  int rc = d->kind == LOOM_LAYER_CONV        ? loom_backend_conv_plan(backend, &d->conv, &p->plan)
-           : d->kind == LOOM_LAYER_POOL      ? loom_backend_pool_plan(backend, &d->pool, &p->plan)
-           : d->kind == LOOM_LAYER_BATCHNORM ? loom_backend_batchnorm_plan(backend, &d->batchnorm, &p->plan)
-                                             : loom_error_set(LOOM_EINVAL, "no plan for a layer of kind %d", (int)d->kind);
+  int rc = d->kind == LOOM_LAYER_CONV   ? loom_backend_conv_plan(backend, &d->conv, &p->plan)
+           : d->kind == LOOM_LAYER_POOL ? loom_backend_pool_plan(backend, &d->pool, &p->plan)
+           : d->kind == LOOM_LAYER_BATCHNORM
+               ? loom_backend_batchnorm_plan(backend, &d->batchnorm, &p->plan)
+               : loom_error_set(LOOM_EINVAL, "no plan for a layer of kind %d", (int)d->kind);
   p->backend = rc == 0 ? backend : NULL;
   return rc;
 }

@@ -219,7 +219,8 @@ static int plan_blocks(loom_model *m, loom_backend *backend) {
   for (size_t i = 0; rc == 0 && i < m->count; i += (size_t)m->layers[i].block) {
     const size_t left = m->count - i;
     loom_block b = {0};
-    if (d[i].kind != LOOM_LAYER_OTHER && (rc = loom_backend_plan_block(backend, d + i, left < 32 ? (int)left : 32, &b)) < 0)
+    if (d[i].kind != LOOM_LAYER_OTHER &&
+        (rc = loom_backend_plan_block(backend, d + i, left < 32 ? (int)left : 32, &b)) < 0)
       rc = loom_error_wrap(rc, "planning the fused block at layer \"%s\"", m->layers[i].name);
     entry *e = &m->layers[i];
     e->plan = b.plan, e->kept = b.kept, e->block = b.count > 1 ? b.count : 1;

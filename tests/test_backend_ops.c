@@ -413,7 +413,8 @@ static void conv_grads_ref(const conv_ctx *k, const float *x, const float *w, co
                 int64_t iy, ix;
                 if (!tap(k, oy, ox, ki, kj, &iy, &ix))
                   continue;
-                const int64_t wi = ((o * k->c + c) * k->kh + ki) * k->kw + kj, xi = ((i * k->c + c) * k->h + iy) * k->w + ix;
+                const int64_t wi = ((o * k->c + c) * k->kh + ki) * k->kw + kj,
+                              xi = ((i * k->c + c) * k->h + iy) * k->w + ix;
                 dx[xi] += w[wi] * g, sdx[xi] += fabs(w[wi] * g);
                 dw[wi] += x[xi] * g, sdw[wi] += fabs(x[xi] * g);
               }
@@ -426,8 +427,8 @@ static void check_conv(loom_backend *b, loom_conv_desc d, int64_t n) {
   const conv_ctx k = conv_shape(&d);
   const int64_t nx = n * d.cin * d.h * d.w, nw = d.cout * d.cin * d.kh * d.kw, ny = n * d.cout * d.oh * d.ow;
   float *x = malloc((size_t)nx * sizeof *x), *p = malloc((size_t)(nw + d.cout) * sizeof *p),
-        *y = malloc((size_t)ny * sizeof *y), *dy = malloc((size_t)ny * sizeof *dy), *dx = malloc((size_t)nx * sizeof *dx),
-        *g = malloc((size_t)(nw + d.cout) * sizeof *g);
+        *y = malloc((size_t)ny * sizeof *y), *dy = malloc((size_t)ny * sizeof *dy),
+        *dx = malloc((size_t)nx * sizeof *dx), *g = malloc((size_t)(nw + d.cout) * sizeof *g);
   fill(x, nx, 15), fill(p, nw + d.cout, 16), fill(dy, ny, 17), fill(g, nw + d.cout, 18);
   if (!d.bias)
     for (int64_t o = 0; o < d.cout; o++)
@@ -468,7 +469,8 @@ static void check_conv(loom_backend *b, loom_conv_desc d, int64_t n) {
     }
   }
   char what[160];
-  snprintf(what, sizeof what, "%s conv c%lld %lldx%lld o%lld k%lldx%lld s%lldx%lld p%lldx%lld d%lldx%lld alg %d bias %d",
+  snprintf(what, sizeof what,
+           "%s conv c%lld %lldx%lld o%lld k%lldx%lld s%lldx%lld p%lldx%lld d%lldx%lld alg %d bias %d",
            loom_backend_name(b), (long long)d.cin, (long long)d.h, (long long)d.w, (long long)d.cout, (long long)d.kh,
            (long long)d.kw, (long long)d.sh, (long long)d.sw, (long long)d.ph, (long long)d.pw, (long long)d.dh,
            (long long)d.dw, (int)d.algorithm, d.bias);
@@ -906,6 +908,19 @@ static void test_missing_op_is_reported(void **state) {
                                          "has it (the CPU backend has every op)");
   assert_int_equal(loom_backend_gemm(b, false, false, 1, 1, 1, 1, x, 1, x, 1, 0, y, 1), LOOM_ENOTSUP);
   assert_int_equal(loom_backend_act_forward(b, LOOM_ACT_COUNT, 0, x, y, 4), LOOM_EINVAL);
+  loom_plan *plan;
+  const loom_conv_desc conv = {1, 3, 3, 1, 1, 1, 3, 3, 1, 1, 0, 0, 1, 1, true, LOOM_CONV_AUTO};
+  assert_int_equal(loom_backend_conv_plan(b, &conv, &plan), LOOM_ENOTSUP);
+  assert_null(plan);
+  assert_string_equal(loom_last_error(), "backend \"bare\" has no conv_forward op; run this model on a backend "
+                                         "that has it (the CPU backend has every op)");
+  /* Without the block op nothing fuses: the layers run one by one. */
+  const loom_layer_desc layers[2] = {{.kind = LOOM_LAYER_BATCHNORM, .batchnorm = {1, 1, 1e-5f, 0.1f}},
+                                     {.kind = LOOM_LAYER_ACT, .act = {LOOM_ACT_RELU, 0}}};
+  loom_block block = {.count = 9};
+  assert_int_equal(loom_backend_plan_block(b, layers, 2, &block), 0);
+  assert_int_equal(block.count, 0);
+  assert_null(block.plan);
   loom_backend_destroy(b);
   assert_int_equal(destroyed, 1);
 

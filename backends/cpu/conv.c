@@ -41,7 +41,8 @@ static bool winograd_applies(const loom_conv_desc *d) {
 int loom_cpu_conv_plan(const loom_conv_desc *d, loom_plan **plan) {
   *plan = NULL;
   if (d->cin < 1 || d->cout < 1 || d->h < 1 || d->w < 1 || d->kh < 1 || d->kw < 1 || d->sh < 1 || d->sw < 1 ||
-      d->ph < 0 || d->pw < 0 || d->dh < 1 || d->dw < 1 || d->oh != (d->h + 2 * d->ph - d->dh * (d->kh - 1) - 1) / d->sh + 1 ||
+      d->ph < 0 || d->pw < 0 || d->dh < 1 || d->dw < 1 ||
+      d->oh != (d->h + 2 * d->ph - d->dh * (d->kh - 1) - 1) / d->sh + 1 ||
       d->ow != (d->w + 2 * d->pw - d->dw * (d->kw - 1) - 1) / d->sw + 1 || d->oh < 1 || d->ow < 1)
     return loom_error_set(LOOM_EINVAL, "conv_plan: sizes, kernel, stride and dilation >= 1, padding >= 0, and oh, ow "
                                        "the output's size for them");

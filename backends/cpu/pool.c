@@ -24,8 +24,9 @@ int loom_cpu_pool_plan(const loom_pool_desc *d, loom_plan **plan) {
   *plan = NULL;
   const bool global = d->mode == LOOM_POOL_GLOBAL_AVG;
   if (d->mode > LOOM_POOL_GLOBAL_AVG || d->c < 1 || d->h < 1 || d->w < 1 ||
-      (!global && (d->k < 1 || d->s < 1 || d->p < 0 || d->p > d->k / 2 || d->oh != (d->h + 2 * d->p - d->k) / d->s + 1 ||
-                   d->ow != (d->w + 2 * d->p - d->k) / d->s + 1 || d->oh < 1 || d->ow < 1)))
+      (!global &&
+       (d->k < 1 || d->s < 1 || d->p < 0 || d->p > d->k / 2 || d->oh != (d->h + 2 * d->p - d->k) / d->s + 1 ||
+        d->ow != (d->w + 2 * d->p - d->k) / d->s + 1 || d->oh < 1 || d->ow < 1)))
     return loom_error_set(LOOM_EINVAL, "pool_plan: a known mode, sizes >= 1, kernel and stride >= 1, 0 <= padding "
                                        "<= kernel/2, and oh, ow the output's size for them");
   cpu_pool *p = calloc(1, sizeof *p);
