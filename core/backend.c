@@ -13,7 +13,8 @@ struct loom_backend {
 
 static const char *const op_names[LOOM_OP_COUNT] = {
     "gemm",          "fill_rows",    "sum_rows",        "act_forward", "act_backward", "xent_forward",
-    "xent_backward", "loss_forward", "loss_backward", "dropout_forward", "mul"};
+    "xent_backward", "loss_forward", "loss_backward", "dropout_forward", "mul", "conv_forward", "conv_backward",
+    "pool_forward", "pool_backward", "batchnorm_forward", "batchnorm_backward", "block"};
 
 const char *loom_op_name(loom_op op) { return op < LOOM_OP_COUNT ? op_names[op] : "?"; }
 
@@ -63,6 +64,13 @@ bool loom_backend_supports(const loom_backend *b, loom_op op) {
   case LOOM_OP_LOSS_BACKWARD: return o->loss_backward != NULL;
   case LOOM_OP_DROPOUT_FORWARD: return o->dropout_forward != NULL;
   case LOOM_OP_MUL: return o->mul != NULL;
+  case LOOM_OP_CONV_FORWARD: return o->conv_plan && o->conv_forward && o->plan_destroy;
+  case LOOM_OP_CONV_BACKWARD: return o->conv_plan && o->conv_backward && o->plan_destroy;
+  case LOOM_OP_POOL_FORWARD: return o->pool_plan && o->pool_forward && o->plan_destroy;
+  case LOOM_OP_POOL_BACKWARD: return o->pool_plan && o->pool_backward && o->plan_destroy;
+  case LOOM_OP_BATCHNORM_FORWARD: return o->batchnorm_plan && o->batchnorm_forward && o->plan_destroy;
+  case LOOM_OP_BATCHNORM_BACKWARD: return o->batchnorm_plan && o->batchnorm_backward && o->plan_destroy;
+  case LOOM_OP_BLOCK: return o->plan_block && o->block_forward && o->block_backward && o->plan_destroy;
   case LOOM_OP_COUNT: break;
   }
   return false;
@@ -171,4 +179,94 @@ int loom_backend_dropout_forward(loom_backend *b, uint64_t key, float p, const f
 int loom_backend_mul(loom_backend *b, const float *a, const float *c, float *y, int64_t n) {
   int rc = ready(b, LOOM_OP_MUL);
   return rc < 0 ? rc : b->ops.mul(b->ctx, a, c, y, n);
+}
+
+/* A plan is made for its forward; the backward's slot is checked when it runs. */
+int loom_backend_conv_plan(loom_backend *b, const loom_conv_desc *desc, loom_plan **plan) {
+  *plan = NULL;
+  int rc = ready(b, LOOM_OP_CONV_FORWARD);
+  return rc < 0 ? rc : b->ops.conv_plan(b->ctx, desc, plan);
+}
+
+int loom_backend_conv_forward(loom_backend *b, loom_plan *plan, const float *x, const float *w, const float *bias,
+                              float *y, int64_t n) {
+  int rc = ready(b, LOOM_OP_CONV_FORWARD);
+  return rc < 0 ? rc : b->ops.conv_forward(b->ctx, plan, x, w, bias, y, n);
+}
+
+int loom_backend_conv_backward(loom_backend *b, loom_plan *plan, const float *x, const float *w, const float *dy,
+                               float *dw, float *dbias, float *dx, int64_t n) {
+  int rc = ready(b, LOOM_OP_CONV_BACKWARD);
+  return rc < 0 ? rc : b->ops.conv_backward(b->ctx, plan, x, w, dy, dw, dbias, dx, n);
+}
+
+int loom_backend_pool_plan(loom_backend *b, const loom_pool_desc *desc, loom_plan **plan) {
+  *plan = NULL;
+  int rc = ready(b, LOOM_OP_POOL_FORWARD);
+  return rc < 0 ? rc : b->ops.pool_plan(b->ctx, desc, plan);
+}
+
+int loom_backend_pool_forward(loom_backend *b, loom_plan *plan, const float *x, float *y, int64_t n) {
+  int rc = ready(b, LOOM_OP_POOL_FORWARD);
+  return rc < 0 ? rc : b->ops.pool_forward(b->ctx, plan, x, y, n);
+}
+
+int loom_backend_pool_backward(loom_backend *b, loom_plan *plan, const float *dy, float *dx, int64_t n) {
+  int rc = ready(b, LOOM_OP_POOL_BACKWARD);
+  return rc < 0 ? rc : b->ops.pool_backward(b->ctx, plan, dy, dx, n);
+}
+
+int loom_backend_batchnorm_plan(loom_backend *b, const loom_batchnorm_desc *desc, loom_plan **plan) {
+  *plan = NULL;
+  int rc = ready(b, LOOM_OP_BATCHNORM_FORWARD);
+  return rc < 0 ? rc : b->ops.batchnorm_plan(b->ctx, desc, plan);
+}
+
+int loom_backend_batchnorm_forward(loom_backend *b, loom_plan *plan, bool train, const float *x, const float *gamma,
+                                   const float *beta, float *running_mean, float *running_var, float *y, int64_t n) {
+  int rc = ready(b, LOOM_OP_BATCHNORM_FORWARD);
+  return rc < 0 ? rc : b->ops.batchnorm_forward(b->ctx, plan, train, x, gamma, beta, running_mean, running_var, y, n);
+}
+
+int loom_backend_batchnorm_backward(loom_backend *b, loom_plan *plan, const float *x, const float *gamma,
+                                    const float *beta, const float *dy, float *dgamma, float *dbeta, float *dx,
+                                    int64_t n) {
+  int rc = ready(b, LOOM_OP_BATCHNORM_BACKWARD);
+  return rc < 0 ? rc : b->ops.batchnorm_backward(b->ctx, plan, x, gamma, beta, dy, dgamma, dbeta, dx, n);
+}
+
+void loom_backend_plan_destroy(loom_backend *b, loom_plan *plan) {
+  if (b && plan && b->ops.plan_destroy)
+    b->ops.plan_destroy(b->ctx, plan);
+}
+
+int loom_backend_plan_block(loom_backend *b, const loom_layer_desc *layers, int count, loom_block *block) {
+  *block = (loom_block){0};
+  if (!b || !loom_backend_supports(b, LOOM_OP_BLOCK) || count < 2)
+    return 0; /* no fusion: the layers run one by one */
+  int rc = b->ops.plan_block(b->ctx, layers, count, block);
+  if (rc == 0 && block->count < 2 && block->plan) { /* a plan for no block would leak */
+    b->ops.plan_destroy(b->ctx, block->plan);
+    block->plan = NULL;
+  }
+  if (rc == 0 && block->count > count) {
+    b->ops.plan_destroy(b->ctx, block->plan);
+    int got = block->count;
+    *block = (loom_block){0};
+    return loom_error_set(LOOM_EINVAL, "backend \"%s\" planned a block of %d layers out of %d", loom_backend_name(b),
+                          got, count);
+  }
+  return rc;
+}
+
+int loom_backend_block_forward(loom_backend *b, loom_plan *plan, bool train, const float *x, const loom_block_io *io,
+                               int64_t n) {
+  int rc = ready(b, LOOM_OP_BLOCK);
+  return rc < 0 ? rc : b->ops.block_forward(b->ctx, plan, train, x, io, n);
+}
+
+int loom_backend_block_backward(loom_backend *b, loom_plan *plan, int first, const float *x, const loom_block_io *io,
+                                float *dx, int64_t n) {
+  int rc = ready(b, LOOM_OP_BLOCK);
+  return rc < 0 ? rc : b->ops.block_backward(b->ctx, plan, first, x, io, dx, n);
 }

@@ -44,6 +44,12 @@ static const loom_layer_ops act_ops[LOOM_ACT_COUNT] = {
     [LOOM_ACT_GELU] = ACTIVATION_OPS("GELU"), [LOOM_ACT_TANH] = ACTIVATION_OPS("Tanh"),
     [LOOM_ACT_SIGMOID] = ACTIVATION_OPS("Sigmoid")};
 
+static bool act_describe(const void *data, loom_layer_desc *d) {
+  const activation *a = data;
+  *d = (loom_layer_desc){.kind = LOOM_LAYER_ACT, .act = {.act = a->act, .param = a->param}};
+  return true;
+}
+
 static loom_layer *activation_create(loom_activation act, float param) {
   activation *a = malloc(sizeof *a);
   if (!a) {
@@ -51,7 +57,10 @@ static loom_layer *activation_create(loom_activation act, float param) {
     return NULL;
   }
   *a = (activation){act, param};
-  return loom_layer_create(&act_ops[act], a);
+  loom_layer *layer = loom_layer_create(&act_ops[act], a);
+  if (layer)
+    layer->describe = act_describe;
+  return layer;
 }
 
 loom_layer *loom_relu_create(void) { return activation_create(LOOM_ACT_RELU, 0.0f); }

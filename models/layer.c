@@ -37,3 +37,21 @@ void *loom_layer_data(const loom_layer *layer) { return layer->data; }
 size_t loom_layer_num_params(const loom_layer *layer) {
   return layer->ops.num_params ? layer->ops.num_params(layer->data) : 0;
 }
+
+int loom_layer_plan_on(loom_layer_plan *p, loom_backend *backend, const loom_layer_desc *d) {
+  if (p->plan && p->backend == backend)
+    return 0;
+  loom_layer_plan_drop(p);
+  int rc = d->kind == LOOM_LAYER_CONV   ? loom_backend_conv_plan(backend, &d->conv, &p->plan)
+           : d->kind == LOOM_LAYER_POOL ? loom_backend_pool_plan(backend, &d->pool, &p->plan)
+           : d->kind == LOOM_LAYER_BATCHNORM
+               ? loom_backend_batchnorm_plan(backend, &d->batchnorm, &p->plan)
+               : loom_error_set(LOOM_EINVAL, "no plan for a layer of kind %d", (int)d->kind);
+  p->backend = rc == 0 ? backend : NULL;
+  return rc;
+}
+
+void loom_layer_plan_drop(loom_layer_plan *p) {
+  loom_backend_plan_destroy(p->backend, p->plan);
+  p->plan = NULL, p->backend = NULL;
+}

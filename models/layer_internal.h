@@ -9,6 +9,15 @@
 struct loom_layer {
   loom_layer_ops ops;
   void *data;
+  /* Built-in layers only: what the layer computes, once its shapes are
+   * known (after output_shape), for the backend to plan fused blocks of
+   * consecutive layers (loom_backend_plan_block; the model asks it when it
+   * first runs on a backend, and runs a block through block_forward and
+   * block_backward instead of the layers' own ops). False, or NULL as for
+   * every layer made with loom_layer_create: a layer the backend does not
+   * know, which runs by its own ops and ends any block. The model matches
+   * no type names: which layers fuse is the backend's choice. */
+  bool (*describe)(const void *data, loom_layer_desc *desc);
 };
 
 size_t loom_layer_num_params(const loom_layer *layer);
@@ -23,37 +32,18 @@ int loom_same_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int6
 /* Elements per sample of a [batch, ...] tensor. */
 static inline int64_t loom_per_sample(const loom_tensor *t) { return t->shape[0] ? t->numel / t->shape[0] : 0; }
 
-/* Pooling (max, average, global average) as a backward another layer can
- * take into its own passes: d[h w], the gradient of plane q (sample i,
- * channel c: q = i C + c) of the pool's input, from g[oh ow], that plane's
- * output gradient, after the pool's last forward. */
-bool loom_layer_is_pool(const loom_layer *layer);
-void loom_pool_plane_backward(const loom_layer *pool, int64_t q, const float *g, float *d);
-/* And its forward, plane by plane: loom_pool_reserve(pool, n) makes room for
- * the positions of a batch of n, then loom_pool_plane_forward writes plane
- * q's output from input plane `in` (in cache, say). */
-int loom_pool_reserve(const loom_layer *pool, int64_t n);
-void loom_pool_plane_forward(const loom_layer *pool, int64_t q, const float *in, float *out);
+/* A planned layer's plan (Conv2d, the pools, BatchNorm, when run alone):
+ * made from its descriptor on the backend it runs on, made again when that
+ * backend changes, dropped when the shapes change (loom_layer_plan_drop). */
+typedef struct loom_layer_plan {
+  loom_backend *backend;
+  loom_plan *plan;
+} loom_layer_plan;
+int loom_layer_plan_on(loom_layer_plan *p, loom_backend *backend, const loom_layer_desc *desc);
+void loom_layer_plan_drop(loom_layer_plan *p);
 
-/* A BatchNorm (with or without its fused ReLU) whose output feeds `pool`
- * only takes the pool's forward and backward: its forward pools each output
- * plane while it is in cache into the pool's output (given before each
- * forward with loom_batchnorm_pool_output), so its own output is never
- * written; its backward receives the pool's output gradient and builds
- * each plane's input gradient in cache. False if `layer` is no BatchNorm. */
-bool loom_batchnorm_fuse_pool(loom_layer *layer, const loom_layer *pool);
-void loom_batchnorm_pool_output(loom_layer *layer, loom_tensor *out);
-
-/* BatchNorm's batch statistics come from each plane's moments about its
- * first value, m = {x[0], sum (x - x[0]), sum (x - x[0])^2}, merged over
- * samples. A Conv2d right before a BatchNorm computes them for each output
- * plane while it is still in cache (loom_conv_fuse_moments), into the
- * buffer loom_batchnorm_moments(bn, n) returns for the BatchNorm's next
- * training forward (NULL: out of memory); the BatchNorm then reads no
- * plane for its statistics, and its results are the same bit for bit. */
-bool loom_layer_is_batchnorm(const loom_layer *layer);
-void loom_plane_moments(const float *x, int64_t S, double m[3]);
-double *loom_batchnorm_moments(loom_layer *bn, int64_t n);
-bool loom_conv_fuse_moments(loom_layer *conv, loom_layer *bn);
+/* The plan of the fused block that starts at layer i (NULL: none), once
+ * the model has run a forward; for tests. */
+loom_plan *loom_model_block_plan(const loom_model *model, size_t i);
 
 #endif

@@ -1,5 +1,8 @@
 /* The sequential model: layers in order, one parameter buffer, one gradient
- * buffer, activations kept for the backward pass and reused across batches. */
+ * buffer, activations kept for the backward pass and reused across batches.
+ * Consecutive built-in layers that the backend fuses run as one block
+ * (loom_backend_plan_block): the model describes its layers to the backend
+ * when it first runs on it and matches no layer types itself. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,9 +19,14 @@ typedef struct entry {
   loom_tensor *out;  /* activation */
   loom_tensor *dout; /* its gradient */
   bool frozen;
-  bool fused; /* a ReLU the layer before applies: out and dout are that layer's */
-  bool pool_fused; /* a pool whose passes the layer producing its input runs */
-  size_t pool;      /* that layer: the pool's index (0: none); its out is never written */
+  /* The fused block this layer belongs to starts at layers[head]; there,
+   * `block` is its length (1: the layer runs alone, by its own ops),
+   * `kept` which of its layers' outputs are in memory (loom_block) and
+   * `plan` the backend's plan. */
+  size_t head;
+  int block;
+  uint32_t kept;
+  loom_plan *plan;
 } entry;
 
 struct loom_model {
@@ -31,7 +39,9 @@ struct loom_model {
   int in_ndim;
   int64_t in_shape[LOOM_MAX_DIMS];
   const loom_tensor *last_input;
-  /* trainable parameter ranges, rebuilt when freezing changes */
+  /* The backend the blocks were planned on, when planned. */
+  loom_backend *planned_on;
+  bool planned;
 };
 
 loom_model *loom_model_create(void) {
@@ -43,15 +53,23 @@ loom_model *loom_model_create(void) {
   return m;
 }
 
+static void drop_blocks(loom_model *m) {
+  for (size_t i = 0; i < m->count; i++) {
+    entry *e = &m->layers[i];
+    loom_backend_plan_destroy(m->planned_on, e->plan);
+    e->plan = NULL, e->head = i, e->block = 1, e->kept = 0;
+  }
+  m->planned = false, m->planned_on = NULL;
+}
+
 void loom_model_destroy(loom_model *m) {
   if (!m)
     return;
+  drop_blocks(m);
   for (size_t i = 0; i < m->count; i++) {
     loom_layer_destroy(m->layers[i].layer);
-    if (!m->layers[i].fused) {
-      loom_tensor_destroy(m->layers[i].out);
-      loom_tensor_destroy(m->layers[i].dout);
-    }
+    loom_tensor_destroy(m->layers[i].out);
+    loom_tensor_destroy(m->layers[i].dout);
     free(m->layers[i].name);
   }
   free(m->layers);
@@ -103,7 +121,8 @@ int loom_model_add(loom_model *m, const char *name, loom_layer *layer) {
     loom_layer_destroy(layer);
     return rc;
   }
-  m->layers[m->count++] = (entry){.name = copy, .layer = layer};
+  m->layers[m->count] = (entry){.name = copy, .layer = layer, .head = m->count, .block = 1};
+  m->count++;
   return 0;
 }
 
@@ -116,36 +135,6 @@ static int alloc_activations(entry *e) {
   e->out = loom_tensor_create(e->out_ndim + 1, shape);
   e->dout = loom_tensor_create(e->out_ndim + 1, shape);
   return (e->out && e->dout) ? 0 : LOOM_ENOMEM;
-}
-
-/* A ReLU after a layer that can apply it (BatchNorm) shares that layer's
- * activation and gradient: one pass over memory less each way. Not the
- * last layer, whose output the caller's loss gradient is shaped for. */
-static void fuse_relus(loom_model *m) {
-  for (size_t i = 1; i + 1 < m->count; i++) {
-    entry *prev = &m->layers[i - 1], *e = &m->layers[i];
-    if (prev->fused || strcmp(loom_layer_type(e->layer), "ReLU") != 0 || !prev->layer->ops.fuse_relu ||
-        !prev->layer->ops.fuse_relu(prev->layer->data))
-      continue;
-    loom_tensor_destroy(e->out);
-    loom_tensor_destroy(e->dout);
-    e->out = prev->out, e->dout = prev->dout, e->fused = true;
-  }
-}
-
-/* A pool right after a BatchNorm (or after the ReLU fused into it) hands
- * its forward and backward to the BatchNorm (loom_batchnorm_fuse_pool):
- * neither the pool's input nor its gradient is written to memory. Not the
- * last layer. */
-static void fuse_pools(loom_model *m) {
-  for (size_t i = 1; i + 1 < m->count; i++) {
-    entry *e = &m->layers[i];
-    size_t src = m->layers[i - 1].fused ? i - 2 : i - 1; /* a fused ReLU is never first */
-    if (!loom_layer_is_pool(e->layer) || !loom_batchnorm_fuse_pool(m->layers[src].layer, e->layer))
-      continue;
-    e->pool_fused = true;
-    m->layers[src].pool = i;
-  }
 }
 
 int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint64_t seed) {
@@ -193,10 +182,6 @@ int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint6
     if (e->layer->ops.init)
       e->layer->ops.init(e->layer->data, &rng);
   }
-  fuse_relus(m);
-  fuse_pools(m);
-  for (size_t i = 0; i + 1 < m->count; i++) /* a Conv2d computes the next BatchNorm's moments */
-    loom_conv_fuse_moments(m->layers[i].layer, m->layers[i + 1].layer);
   m->built = true;
   return 0;
 }
@@ -218,34 +203,115 @@ static int check_input(const loom_model *m, const loom_tensor *x) {
                         loom_tensor_shape_str(x, got, sizeof got), m->in_ndim, (long long)m->in_shape[0]);
 }
 
+/* The blocks on `backend`: from each layer, as many layers as the backend
+ * fuses with it (most a block's kept mask can tell of). */
+static int plan_blocks(loom_model *m, loom_backend *backend) {
+  drop_blocks(m);
+  loom_layer_desc *d = calloc(m->count, sizeof *d);
+  if (!d)
+    return loom_error_oom("the model's layer descriptors");
+  for (size_t i = 0; i < m->count; i++) {
+    const loom_layer *l = m->layers[i].layer;
+    if (!l->describe || !l->describe(l->data, &d[i]))
+      d[i] = (loom_layer_desc){.kind = LOOM_LAYER_OTHER};
+  }
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < m->count; i += (size_t)m->layers[i].block) {
+    const size_t left = m->count - i;
+    loom_block b = {0};
+    if (d[i].kind != LOOM_LAYER_OTHER &&
+        (rc = loom_backend_plan_block(backend, d + i, left < 32 ? (int)left : 32, &b)) < 0)
+      rc = loom_error_wrap(rc, "planning the fused block at layer \"%s\"", m->layers[i].name);
+    entry *e = &m->layers[i];
+    e->plan = b.plan, e->kept = b.kept, e->block = b.count > 1 ? b.count : 1;
+    for (int k = 1; k < e->block; k++)
+      m->layers[i + (size_t)k].head = i;
+  }
+  free(d);
+  m->planned_on = backend, m->planned = true; /* also on failure: drop_blocks frees what was made */
+  return rc;
+}
+
+/* Resizes t to [n, e's output sample shape]. */
+static int shape_batch(loom_tensor *t, const entry *e, int64_t n) {
+  int64_t shape[LOOM_MAX_DIMS];
+  shape[0] = n;
+  memcpy(shape + 1, e->out_shape, (size_t)e->out_ndim * sizeof *shape);
+  return loom_tensor_resize(t, e->out_ndim + 1, shape);
+}
+
+/* The memory of the block at layers[i] (its gradients in the backward). */
+static int block_io(loom_model *m, size_t i, int64_t n, bool backward, const loom_tensor *dout, loom_block_io *io) {
+  const entry *b = &m->layers[i];
+  for (int k = 0; k < b->block; k++) {
+    entry *e = &m->layers[i + (size_t)k];
+    const bool kept = b->kept >> k & 1, last = k == b->block - 1;
+    io[k] = (loom_block_io){.params = m->params + e->offset, .buffers = m->buffers + e->buffer_offset};
+    if (backward && !e->frozen)
+      io[k].grads = m->grads + e->offset;
+    int rc = kept && !backward ? shape_batch(e->out, e, n) : 0;
+    if (kept && backward && !last) /* the gradient between two layers of the block */
+      rc = shape_batch(e->dout, e, n);
+    if (rc < 0)
+      return rc;
+    io[k].y = kept ? e->out->data : NULL;
+    io[k].dy = !kept ? NULL : last && i + (size_t)k == m->count - 1 ? dout->data : e->dout->data;
+  }
+  return 0;
+}
+
 int loom_model_forward(loom_model *m, const loom_tensor *x, const loom_tensor **out) {
   if (!m->built)
     return loom_error_set(LOOM_ESTATE, "loom_model_forward: build the model first (loom_model_build)");
   int rc = check_input(m, x);
   if (rc < 0)
     return rc;
+  loom_backend *backend = loom_backend_of(x);
+  if ((!m->planned || m->planned_on != backend) && (rc = plan_blocks(m, backend)) < 0)
+    return rc;
   const loom_tensor *cur = x;
-  int64_t shape[LOOM_MAX_DIMS];
-  shape[0] = x->shape[0];
-  for (size_t i = 0; i < m->count; i++) {
-    entry *e = &m->layers[i];
-    if (e->fused || e->pool_fused) { /* applied by the layer before */
-      cur = e->out;
-      continue;
+  const int64_t n = x->shape[0];
+  for (size_t i = 0; i < m->count; i += (size_t)m->layers[i].block) {
+    entry *e = &m->layers[i], *last = e + e->block - 1;
+    if (e->block > 1) {
+      loom_block_io io[32];
+      if ((rc = block_io(m, i, n, false, NULL, io)) < 0 ||
+          (rc = loom_backend_block_forward(backend, e->plan, m->train, cur->data, io, n)) < 0)
+        return loom_error_wrap(rc, "forward of layers \"%s\" to \"%s\" (fused)", e->name, last->name);
+    } else {
+      if ((rc = shape_batch(e->out, e, n)) < 0)
+        return rc;
+      if ((rc = e->layer->ops.forward(e->layer->data, cur, e->out, m->train, m->train ? m->rng : NULL)) < 0)
+        return loom_error_wrap(rc, "forward of layer \"%s\"", e->name);
     }
-    entry *out = e->pool ? &m->layers[e->pool] : e; /* the tensor this layer writes */
-    memcpy(shape + 1, out->out_shape, (size_t)out->out_ndim * sizeof *shape);
-    if ((rc = loom_tensor_resize(out->out, out->out_ndim + 1, shape)) < 0)
-      return rc;
-    if (e->pool)
-      loom_batchnorm_pool_output(e->layer, out->out);
-    if ((rc = e->layer->ops.forward(e->layer->data, cur, e->out, m->train, m->train ? m->rng : NULL)) < 0)
-      return loom_error_wrap(rc, "forward of layer \"%s\"", e->name);
-    cur = e->out;
+    cur = last->out;
   }
   m->last_input = x;
   *out = cur;
   return 0;
+}
+
+/* The backward of the block at layers[h], down to layer `lowest` if it is
+ * inside (no gradient below it). */
+static int block_backward(loom_model *m, size_t h, size_t lowest, const loom_tensor *dout) {
+  entry *b = &m->layers[h];
+  const loom_tensor *in = h ? m->layers[h - 1].out : m->last_input;
+  const int64_t n = in->shape[0];
+  float *dx = NULL;
+  if (h > lowest) {
+    loom_tensor *din = m->layers[h - 1].dout;
+    int rc = loom_tensor_resize(din, in->ndim, in->shape);
+    if (rc < 0)
+      return rc;
+    dx = din->data;
+  }
+  loom_block_io io[32];
+  int rc = block_io(m, h, n, true, dout, io);
+  if (rc == 0)
+    rc = loom_backend_block_backward(m->planned_on, b->plan, lowest > h ? (int)(lowest - h) : 0, in->data, io, dx, n);
+  return rc < 0 ? loom_error_wrap(rc, "backward of layers \"%s\" to \"%s\" (fused)", b->name,
+                                  m->layers[h + (size_t)b->block - 1].name)
+                : 0;
 }
 
 int loom_model_backward(loom_model *m, const loom_tensor *dout) {
@@ -262,8 +328,13 @@ int loom_model_backward(loom_model *m, const loom_tensor *dout) {
       lowest = i;
   for (size_t i = m->count; i-- > lowest;) {
     entry *e = &m->layers[i];
-    if (e->fused || e->pool_fused) /* the layer before takes dout through it */
+    if (m->layers[e->head].block > 1) { /* i is the block's last layer */
+      int rc = block_backward(m, e->head, lowest, dout);
+      if (rc < 0)
+        return rc;
+      i = e->head;
       continue;
+    }
     const loom_tensor *in = i ? m->layers[i - 1].out : m->last_input;
     loom_tensor *din = NULL;
     if (i > lowest) {
@@ -272,7 +343,7 @@ int loom_model_backward(loom_model *m, const loom_tensor *dout) {
       if (rc < 0)
         return rc;
     }
-    const loom_tensor *g = e->pool ? m->layers[e->pool].dout : i == m->count - 1 ? dout : e->dout;
+    const loom_tensor *g = i == m->count - 1 ? dout : e->dout;
     int rc = e->layer->ops.backward(e->layer->data, in, e->out, g, din, !e->frozen);
     if (rc < 0)
       return loom_error_wrap(rc, "backward of layer \"%s\"", e->name);
@@ -296,6 +367,10 @@ float *loom_model_grads(loom_model *m) { return m->grads; }
 size_t loom_model_num_layers(const loom_model *m) { return m->count; }
 loom_layer *loom_model_layer(const loom_model *m, size_t i) { return i < m->count ? m->layers[i].layer : NULL; }
 const char *loom_model_layer_name(const loom_model *m, size_t i) { return i < m->count ? m->layers[i].name : NULL; }
+
+loom_plan *loom_model_block_plan(const loom_model *m, size_t i) {
+  return i < m->count && m->layers[i].block > 1 ? m->layers[i].plan : NULL;
+}
 
 loom_layer *loom_model_find_layer(const loom_model *m, const char *name) {
   for (size_t i = 0; i < m->count; i++)

@@ -5,6 +5,7 @@
  * calls, so a device backend is checked as it runs. Also: the support
  * listing, the error for a missing op, and the checks of loom_backend_create. */
 #include "helpers.h"
+#include "reference.h"
 
 #include <math.h>
 
@@ -368,6 +369,506 @@ static void test_dropout(void **state) {
     }
 }
 
+/* --- convolution --- */
+
+static double *to_double(const float *x, int64_t n) {
+  double *d = malloc((size_t)n * sizeof *d);
+  for (int64_t i = 0; i < n; i++)
+    d[i] = x[i];
+  return d;
+}
+
+static conv_ctx conv_shape(const loom_conv_desc *d) {
+  return (conv_ctx){d->cin, d->h, d->w, d->cout, d->kh, d->kw, d->sh, d->sw, d->ph, d->pw, d->dh, d->dw, d->oh, d->ow};
+}
+
+/* The input position that kernel tap (ki, kj) of output (oy, ox) reads;
+ * false in the padding. */
+static bool tap(const conv_ctx *k, int64_t oy, int64_t ox, int64_t ki, int64_t kj, int64_t *iy, int64_t *ix) {
+  *iy = oy * k->sh - k->ph + ki * k->dh, *ix = ox * k->sw - k->pw + kj * k->dw;
+  return *iy >= 0 && *iy < k->h && *ix >= 0 && *ix < k->w;
+}
+
+/* The exact gradients of conv_ref in double, with the absolute sums of
+ * their terms: dx, dw (added to dw0) and db (added to db0). */
+static void conv_grads_ref(const conv_ctx *k, const float *x, const float *w, const float *dy, int64_t n,
+                           const float *dw0, const float *db0, double *dx, double *sdx, double *dw, double *sdw,
+                           double *db, double *sdb) {
+  const int64_t nx = n * k->c * k->h * k->w, nw = k->o * k->c * k->kh * k->kw;
+  for (int64_t i = 0; i < nx; i++)
+    dx[i] = sdx[i] = 0;
+  for (int64_t i = 0; i < nw; i++)
+    dw[i] = dw0[i], sdw[i] = fabs(dw0[i]);
+  for (int64_t o = 0; o < k->o; o++)
+    db[o] = db0[o], sdb[o] = fabs(db0[o]);
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t o = 0; o < k->o; o++)
+      for (int64_t oy = 0; oy < k->oh; oy++)
+        for (int64_t ox = 0; ox < k->ow; ox++) {
+          const double g = dy[((i * k->o + o) * k->oh + oy) * k->ow + ox];
+          db[o] += g, sdb[o] += fabs(g);
+          for (int64_t c = 0; c < k->c; c++)
+            for (int64_t ki = 0; ki < k->kh; ki++)
+              for (int64_t kj = 0; kj < k->kw; kj++) {
+                int64_t iy, ix;
+                if (!tap(k, oy, ox, ki, kj, &iy, &ix))
+                  continue;
+                const int64_t wi = ((o * k->c + c) * k->kh + ki) * k->kw + kj,
+                              xi = ((i * k->c + c) * k->h + iy) * k->w + ix;
+                dx[xi] += w[wi] * g, sdx[xi] += fabs(w[wi] * g);
+                dw[wi] += x[xi] * g, sdw[wi] += fabs(x[xi] * g);
+              }
+        }
+}
+
+static void check_conv(loom_backend *b, loom_conv_desc d, int64_t n) {
+  d.oh = (d.h + 2 * d.ph - d.dh * (d.kh - 1) - 1) / d.sh + 1;
+  d.ow = (d.w + 2 * d.pw - d.dw * (d.kw - 1) - 1) / d.sw + 1;
+  const conv_ctx k = conv_shape(&d);
+  const int64_t nx = n * d.cin * d.h * d.w, nw = d.cout * d.cin * d.kh * d.kw, ny = n * d.cout * d.oh * d.ow;
+  float *x = malloc((size_t)nx * sizeof *x), *p = malloc((size_t)(nw + d.cout) * sizeof *p),
+        *y = malloc((size_t)ny * sizeof *y), *dy = malloc((size_t)ny * sizeof *dy),
+        *dx = malloc((size_t)nx * sizeof *dx), *g = malloc((size_t)(nw + d.cout) * sizeof *g);
+  fill(x, nx, 15), fill(p, nw + d.cout, 16), fill(dy, ny, 17), fill(g, nw + d.cout, 18);
+  if (!d.bias)
+    for (int64_t o = 0; o < d.cout; o++)
+      p[nw + o] = 0; /* conv_ref's bias */
+  /* The forward, and the scale of its terms. */
+  double *xd = to_double(x, nx), *pd = to_double(p, nw + d.cout), *want = malloc((size_t)ny * sizeof *want),
+         *scale = malloc((size_t)ny * sizeof *scale);
+  conv_ref(&k, xd, pd, want, n);
+  for (int64_t i = 0; i < nx; i++)
+    xd[i] = fabs(xd[i]);
+  for (int64_t i = 0; i < nw + d.cout; i++)
+    pd[i] = fabs(pd[i]);
+  conv_ref(&k, xd, pd, scale, n);
+  double *dxw = malloc((size_t)nx * sizeof *dxw), *sdx = malloc((size_t)nx * sizeof *sdx),
+         *dww = malloc((size_t)nw * sizeof *dww), *sdw = malloc((size_t)nw * sizeof *sdw),
+         *dbw = malloc((size_t)d.cout * sizeof *dbw), *sdb = malloc((size_t)d.cout * sizeof *sdb);
+  conv_grads_ref(&k, x, p, dy, n, g, g + nw, dxw, sdx, dww, sdw, dbw, sdb);
+
+  loom_plan *plan;
+  assert_int_equal(loom_backend_conv_plan(b, &d, &plan), 0);
+  float *d_x = upload(b, x, nx), *d_p = upload(b, p, nw + d.cout), *d_y = upload(b, y, ny), *d_dy = upload(b, dy, ny),
+        *d_dx = upload(b, dx, nx), *d_g = upload(b, g, nw + d.cout);
+  assert_int_equal(loom_backend_conv_forward(b, plan, d_x, d_p, d.bias ? d_p + nw : NULL, d_y, n), 0);
+  assert_int_equal(loom_backend_conv_backward(b, plan, d_x, d_p, d_dy, d_g, d.bias ? d_g + nw : NULL, d_dx, n), 0);
+  download(b, y, d_y, ny), download(b, dx, d_dx, nx), download(b, g, d_g, nw + d.cout);
+  /* Winograd's transforms round more than a dot product does, and in
+   * proportion to a whole tile's values, not to one output's terms: its
+   * scale is floored at the largest. */
+  const double tol = (double)(d.cin * d.kh * d.kw + 8) * (d.algorithm == LOOM_CONV_IM2COL ? 1 : 8) * 0x1p-24;
+  if (d.algorithm != LOOM_CONV_IM2COL) {
+    double *scales[] = {scale, sdx, sdw}, top[3] = {0};
+    const int64_t len[] = {ny, nx, nw};
+    for (int s = 0; s < 3; s++) {
+      for (int64_t i = 0; i < len[s]; i++)
+        top[s] = fmax(top[s], scales[s][i]);
+      for (int64_t i = 0; i < len[s]; i++)
+        scales[s][i] += top[s];
+    }
+  }
+  char what[160];
+  snprintf(what, sizeof what,
+           "%s conv c%lld %lldx%lld o%lld k%lldx%lld s%lldx%lld p%lldx%lld d%lldx%lld alg %d bias %d",
+           loom_backend_name(b), (long long)d.cin, (long long)d.h, (long long)d.w, (long long)d.cout, (long long)d.kh,
+           (long long)d.kw, (long long)d.sh, (long long)d.sw, (long long)d.ph, (long long)d.pw, (long long)d.dh,
+           (long long)d.dw, (int)d.algorithm, d.bias);
+  print_message("%s\n", what);
+  close_all("conv forward", y, want, scale, ny, tol);
+  close_all("conv backward dx", dx, dxw, sdx, nx, tol);
+  close_all("conv backward dw", g, dww, sdw, nw, (double)(n * d.oh * d.ow + 8) * 8 * 0x1p-24);
+  if (d.bias)
+    close_all("conv backward dbias", g + nw, dbw, sdb, d.cout, (double)(n * d.oh * d.ow + 8) * 0x1p-24);
+  /* Without parameter gradients and without dx: nothing written. */
+  float *g2 = malloc((size_t)(nw + d.cout) * sizeof *g2);
+  assert_int_equal(loom_backend_conv_backward(b, plan, d_x, d_p, d_dy, NULL, NULL, NULL, n), 0);
+  download(b, g2, d_g, nw + d.cout);
+  assert_memory_equal(g, g2, (size_t)(nw + d.cout) * sizeof *g);
+  loom_backend_plan_destroy(b, plan);
+  loom_backend_free(b, d_x), loom_backend_free(b, d_p), loom_backend_free(b, d_y), loom_backend_free(b, d_dy),
+      loom_backend_free(b, d_dx), loom_backend_free(b, d_g);
+  free(x), free(p), free(y), free(dy), free(dx), free(g), free(g2), free(xd), free(pd), free(want), free(scale);
+  free(dxw), free(sdx), free(dww), free(sdw), free(dbw), free(sdb);
+}
+
+static void test_conv(void **state) {
+  (void)state;
+  loom_backend *b[MAX_BACKENDS];
+  /* cin, h, w, cout, kernel, stride, padding, dilation; im2col and, where
+   * it applies, Winograd (odd sizes: partial tiles), and AUTO between 8
+   * and 8 channels (Winograd on the CPU). */
+  static const loom_conv_desc shapes[] = {
+      {.cin = 3, .h = 7, .w = 6, .cout = 4, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1, .dh = 1, .dw = 1},
+      {.cin = 2, .h = 9, .w = 8, .cout = 3, .kh = 3, .kw = 2, .sh = 2, .sw = 1, .ph = 1, .pw = 0, .dh = 1, .dw = 1},
+      {.cin = 3, .h = 10, .w = 11, .cout = 2, .kh = 3, .kw = 3, .sh = 1, .sw = 2, .ph = 2, .pw = 2, .dh = 2, .dw = 2},
+      {.cin = 1, .h = 5, .w = 5, .cout = 2, .kh = 5, .kw = 5, .sh = 1, .sw = 1, .ph = 0, .pw = 0, .dh = 1, .dw = 1},
+      {.cin = 3, .h = 5, .w = 7, .cout = 2, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 0, .pw = 0, .dh = 1, .dw = 1},
+      {.cin = 8, .h = 6, .w = 7, .cout = 9, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1, .dh = 1, .dw = 1},
+  };
+  for (size_t i = 0, nb = backends(b); i < nb; i++)
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+      for (int alg = LOOM_CONV_AUTO; alg <= LOOM_CONV_WINOGRAD; alg++) {
+        loom_conv_desc d = shapes[s];
+        const bool wino_applies = d.kh == 3 && d.kw == 3 && d.sh == 1 && d.sw == 1 && d.dh == 1 && d.dw == 1;
+        if (alg == LOOM_CONV_WINOGRAD && !wino_applies)
+          continue;
+        d.algorithm = (loom_conv_algorithm)alg;
+        d.bias = s % 2 == 0;
+        check_conv(b[i], d, s % 2 ? 5 : 3); /* 5 samples: parts of uneven size, Winograd's chunk and a remainder */
+      }
+  /* A plan the backend cannot run is refused with a reason. */
+  loom_conv_desc bad = shapes[1];
+  bad.algorithm = LOOM_CONV_WINOGRAD;
+  bad.oh = 5, bad.ow = 7;
+  loom_plan *plan = (loom_plan *)&bad;
+  assert_int_equal(loom_backend_conv_plan(loom_backend_cpu(), &bad, &plan), LOOM_EINVAL);
+  assert_null(plan);
+  assert_non_null(strstr(loom_last_error(), "Winograd"));
+}
+
+/* --- pooling --- */
+
+/* Forward and backward in double: a max takes its window's first greatest
+ * value, or its last NaN; an average divides by k^2 (padding counted). */
+static void pool_ref(const loom_pool_desc *d, int64_t n, const float *x, const float *dy, double *y, double *dx) {
+  const int64_t hw = d->h * d->w, ohw = d->oh * d->ow;
+  for (int64_t i = 0; i < n * d->c * hw; i++)
+    dx[i] = 0;
+  for (int64_t q = 0; q < n * d->c; q++) {
+    const float *in = x + q * hw;
+    if (d->mode == LOOM_POOL_GLOBAL_AVG) {
+      double s = 0;
+      for (int64_t j = 0; j < hw; j++)
+        s += in[j];
+      y[q] = s / (double)hw;
+      for (int64_t j = 0; j < hw; j++)
+        dx[q * hw + j] = dy[q] / (double)hw;
+      continue;
+    }
+    for (int64_t oy = 0; oy < d->oh; oy++)
+      for (int64_t ox = 0; ox < d->ow; ox++) {
+        double best = -INFINITY, sum = 0;
+        int64_t at = -1;
+        for (int64_t ky = 0; ky < d->k; ky++)
+          for (int64_t kx = 0; kx < d->k; kx++) {
+            int64_t iy = oy * d->s - d->p + ky, ix = ox * d->s - d->p + kx;
+            if (iy < 0 || iy >= d->h || ix < 0 || ix >= d->w)
+              continue;
+            const double v = in[iy * d->w + ix];
+            sum += v;
+            if (at < 0 || v > best || isnan(v))
+              best = v, at = iy * d->w + ix;
+          }
+        const int64_t o = q * ohw + oy * d->ow + ox;
+        y[o] = d->mode == LOOM_POOL_MAX ? best : sum / (double)(d->k * d->k);
+        if (d->mode == LOOM_POOL_MAX) {
+          dx[q * hw + at] += dy[o];
+          continue;
+        }
+        for (int64_t ky = 0; ky < d->k; ky++)
+          for (int64_t kx = 0; kx < d->k; kx++) {
+            int64_t iy = oy * d->s - d->p + ky, ix = ox * d->s - d->p + kx;
+            if (iy >= 0 && iy < d->h && ix >= 0 && ix < d->w)
+              dx[q * hw + iy * d->w + ix] += dy[o] / (double)(d->k * d->k);
+          }
+      }
+  }
+}
+
+static void check_pool(loom_backend *b, loom_pool_desc d, int64_t n) {
+  if (d.mode == LOOM_POOL_GLOBAL_AVG)
+    d.oh = d.ow = 1;
+  else
+    d.oh = (d.h + 2 * d.p - d.k) / d.s + 1, d.ow = (d.w + 2 * d.p - d.k) / d.s + 1;
+  const int64_t nx = n * d.c * d.h * d.w, ny = n * d.c * d.oh * d.ow;
+  float *x = malloc((size_t)nx * sizeof *x), *y = malloc((size_t)ny * sizeof *y), *dy = malloc((size_t)ny * sizeof *dy),
+        *dx = malloc((size_t)nx * sizeof *dx);
+  double *want = malloc((size_t)ny * sizeof *want), *dwant = malloc((size_t)nx * sizeof *dwant);
+  fill(x, nx, 19), fill(dy, ny, 20);
+  if (d.mode == LOOM_POOL_MAX)
+    x[nx / 2] = NAN; /* its window's max, and its gradient */
+  pool_ref(&d, n, x, dy, want, dwant);
+  loom_plan *plan;
+  assert_int_equal(loom_backend_pool_plan(b, &d, &plan), 0);
+  float *d_x = upload(b, x, nx), *d_y = upload(b, y, ny), *d_dy = upload(b, dy, ny), *d_dx = upload(b, dx, nx);
+  assert_int_equal(loom_backend_pool_forward(b, plan, d_x, d_y, n), 0);
+  assert_int_equal(loom_backend_pool_backward(b, plan, d_dy, d_dx, n), 0);
+  download(b, y, d_y, ny), download(b, dx, d_dx, nx);
+  char what[96];
+  snprintf(what, sizeof what, "%s pool %d c%lld %lldx%lld k%lld s%lld p%lld", loom_backend_name(b), (int)d.mode,
+           (long long)d.c, (long long)d.h, (long long)d.w, (long long)d.k, (long long)d.s, (long long)d.p);
+  print_message("%s\n", what);
+  close_all("pool forward", y, want, NULL, ny, d.mode == LOOM_POOL_MAX ? 0.0 : 1e-6);
+  close_all("pool backward", dx, dwant, NULL, nx, 1e-6);
+  loom_backend_plan_destroy(b, plan);
+  loom_backend_free(b, d_x), loom_backend_free(b, d_y), loom_backend_free(b, d_dy), loom_backend_free(b, d_dx);
+  free(x), free(y), free(dy), free(dx), free(want), free(dwant);
+}
+
+static void test_pool(void **state) {
+  (void)state;
+  loom_backend *b[MAX_BACKENDS];
+  /* mode, c, h, w, _, _, k, s, p: 2x2 stride 2 (the CPU's short rows and
+   * its 8-wide chunks), overlapping windows with padding, averages, the
+   * global average */
+  static const loom_pool_desc shapes[] = {
+      {LOOM_POOL_MAX, 3, 6, 6, 0, 0, 2, 2, 0},       {LOOM_POOL_MAX, 2, 4, 18, 0, 0, 2, 2, 0},
+      {LOOM_POOL_MAX, 2, 7, 5, 0, 0, 3, 2, 1},       {LOOM_POOL_MAX, 1, 5, 5, 0, 0, 3, 1, 1},
+      {LOOM_POOL_AVG, 3, 6, 6, 0, 0, 2, 2, 0},       {LOOM_POOL_AVG, 2, 7, 5, 0, 0, 3, 2, 1},
+      {LOOM_POOL_GLOBAL_AVG, 4, 5, 3, 0, 0, 1, 1, 0}, {LOOM_POOL_GLOBAL_AVG, 2, 1, 1, 0, 0, 1, 1, 0},
+  };
+  for (size_t i = 0, nb = backends(b); i < nb; i++)
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+      check_pool(b[i], shapes[s], 3);
+}
+
+/* --- BatchNorm --- */
+
+/* Training or evaluation forward and backward in double: y, the running
+ * statistics after, dx (through the batch statistics in training), and
+ * dgamma, dbeta added to g0. */
+static void batchnorm_ref(const loom_batchnorm_desc *d, bool train, int64_t n, const float *x, const float *p,
+                          const float *run, const float *dy, const float *g0, double *y, double *run_after, double *dx,
+                          double *g) {
+  const int64_t C = d->c, S = d->spatial, M = n * S;
+  for (int64_t c = 0; c < C; c++) {
+    double mean = 0, var = 0;
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t s = 0; s < S; s++)
+        mean += x[(i * C + c) * S + s];
+    mean /= (double)M;
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t s = 0; s < S; s++)
+        var += (x[(i * C + c) * S + s] - mean) * (x[(i * C + c) * S + s] - mean);
+    var /= (double)M;
+    run_after[c] = train ? (1 - d->momentum) * run[c] + d->momentum * mean : run[c];
+    run_after[C + c] = train ? (1 - d->momentum) * run[C + c] + d->momentum * var * (double)M / (double)(M - 1)
+                             : run[C + c];
+    if (!train)
+      mean = run[c], var = run[C + c];
+    const double invstd = 1 / sqrt(var + d->eps), gamma = p[c];
+    double sum_dy = 0, sum_dy_xhat = 0;
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t s = 0; s < S; s++) {
+        const int64_t k = (i * C + c) * S + s;
+        const double xhat = (x[k] - mean) * invstd;
+        y[k] = gamma * xhat + p[C + c];
+        sum_dy += dy[k], sum_dy_xhat += dy[k] * xhat;
+      }
+    g[c] = g0[c] + sum_dy_xhat, g[C + c] = g0[C + c] + sum_dy;
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t s = 0; s < S; s++) {
+        const int64_t k = (i * C + c) * S + s;
+        const double xhat = (x[k] - mean) * invstd;
+        dx[k] = train ? gamma * invstd * (dy[k] - sum_dy / (double)M - xhat * sum_dy_xhat / (double)M)
+                      : gamma * invstd * dy[k];
+      }
+  }
+}
+
+static void check_batchnorm(loom_backend *b, loom_batchnorm_desc d, int64_t n, bool train) {
+  const int64_t C = d.c, nx = n * C * d.spatial;
+  float *x = malloc((size_t)nx * sizeof *x), *y = malloc((size_t)nx * sizeof *y), *dy = malloc((size_t)nx * sizeof *dy),
+        *dx = malloc((size_t)nx * sizeof *dx), p[2 * 8], run[2 * 8], g[2 * 8];
+  double *want = malloc((size_t)nx * sizeof *want), *dwant = malloc((size_t)nx * sizeof *dwant), run_want[2 * 8],
+         g_want[2 * 8];
+  fill(x, nx, 21), fill(dy, nx, 22), fill(p, 2 * C, 23), fill(run, 2 * C, 24), fill(g, 2 * C, 25);
+  for (int64_t i = 0; i < nx; i++)
+    x[i] = 3.0f * x[i] + (float)(i / d.spatial % C); /* channels of different means */
+  for (int64_t c = 0; c < C; c++)
+    p[c] += 1.5f, run[C + c] = 0.5f + fabsf(run[C + c]); /* gamma away from 0, a positive variance */
+  batchnorm_ref(&d, train, n, x, p, run, dy, g, want, run_want, dwant, g_want);
+  loom_plan *plan;
+  assert_int_equal(loom_backend_batchnorm_plan(b, &d, &plan), 0);
+  float *d_x = upload(b, x, nx), *d_y = upload(b, y, nx), *d_dy = upload(b, dy, nx), *d_dx = upload(b, dx, nx),
+        *d_p = upload(b, p, 2 * C), *d_run = upload(b, run, 2 * C), *d_g = upload(b, g, 2 * C);
+  assert_int_equal(loom_backend_batchnorm_forward(b, plan, train, d_x, d_p, d_p + C, d_run, d_run + C, d_y, n), 0);
+  assert_int_equal(loom_backend_batchnorm_backward(b, plan, d_x, d_p, d_p + C, d_dy, d_g, d_g + C, d_dx, n), 0);
+  download(b, y, d_y, nx), download(b, dx, d_dx, nx), download(b, run, d_run, 2 * C), download(b, g, d_g, 2 * C);
+  print_message("%s batchnorm c%lld spatial %lld n%lld train %d\n", loom_backend_name(b), (long long)C,
+                (long long)d.spatial, (long long)n, train);
+  close_all("batchnorm forward", y, want, NULL, nx, 1e-5);
+  close_all("batchnorm running statistics", run, run_want, NULL, 2 * C, 1e-6);
+  close_all("batchnorm backward dx", dx, dwant, NULL, nx, 1e-4);
+  close_all("batchnorm backward dgamma, dbeta", g, g_want, NULL, 2 * C, (double)nx * 1e-6);
+  loom_backend_plan_destroy(b, plan);
+  loom_backend_free(b, d_x), loom_backend_free(b, d_y), loom_backend_free(b, d_dy), loom_backend_free(b, d_dx),
+      loom_backend_free(b, d_p), loom_backend_free(b, d_run), loom_backend_free(b, d_g);
+  free(x), free(y), free(dy), free(dx), free(want), free(dwant);
+}
+
+static void test_batchnorm(void **state) {
+  (void)state;
+  loom_backend *b[MAX_BACKENDS];
+  /* [C] samples (BatchNorm1d), planes shorter and longer than 8 lanes */
+  static const loom_batchnorm_desc shapes[] = {{3, 1, 1e-5f, 0.1f}, {2, 5, 1e-5f, 0.1f}, {4, 37, 1e-3f, 0.3f}};
+  for (size_t i = 0, nb = backends(b); i < nb; i++)
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+      for (int train = 0; train < 2; train++)
+        check_batchnorm(b[i], shapes[s], shapes[s].spatial == 1 ? 16 : 4, train);
+}
+
+/* --- blocks --- */
+
+/* A block against its layers run one by one through the backend's own ops:
+ * outputs, gradients and running statistics bit for bit. Layers: [Conv2d]
+ * BatchNorm [ReLU] [pool]. `first`: the block's backward from that layer
+ * (1: the convolution frozen and below the lowest trainable layer). */
+typedef struct block_case {
+  bool conv, relu;
+  int pool; /* -1: none, else a loom_pool_mode */
+  loom_conv_algorithm algorithm;
+  int first;
+} block_case;
+
+static void check_block(loom_backend *b, block_case bc, bool train) {
+  const int64_t n = 3, cin = 2, C = 3, H = 6, W = 6, S = H * W;
+  loom_conv_desc cd = {.cin = cin, .h = H, .w = W, .cout = C, .oh = H, .ow = W, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+                       .ph = 1, .pw = 1, .dh = 1, .dw = 1, .bias = true, .algorithm = bc.algorithm};
+  loom_pool_desc pd = {.mode = (loom_pool_mode)(bc.pool < 0 ? 0 : bc.pool), .c = C, .h = H, .w = W, .oh = 3, .ow = 3,
+                       .k = 2, .s = 2};
+  if (pd.mode == LOOM_POOL_GLOBAL_AVG)
+    pd.oh = pd.ow = 1;
+  loom_layer_desc layers[4];
+  int count = 0, conv = -1, relu = -1, pool = -1;
+  if (bc.conv)
+    layers[conv = count++] = (loom_layer_desc){.kind = LOOM_LAYER_CONV, .conv = cd};
+  const int bn = count++;
+  layers[bn] = (loom_layer_desc){.kind = LOOM_LAYER_BATCHNORM, .batchnorm = {C, S, 1e-5f, 0.1f}};
+  if (bc.relu)
+    layers[relu = count++] = (loom_layer_desc){.kind = LOOM_LAYER_ACT, .act = {LOOM_ACT_RELU, 0}};
+  if (bc.pool >= 0)
+    layers[pool = count++] = (loom_layer_desc){.kind = LOOM_LAYER_POOL, .pool = pd};
+  loom_block block;
+  assert_int_equal(loom_backend_plan_block(b, layers, count, &block), 0);
+  if (block.count < 2) { /* the backend fuses none of these: nothing to compare */
+    assert_null(block.plan);
+    return;
+  }
+  assert_int_equal(block.count, count);
+  assert_true(block.kept >> (count - 1) & 1);
+
+  const int64_t in_c = bc.conv ? cin : C, nx = n * in_c * S, nc = n * C * S, ny = n * C * pd.oh * pd.ow;
+  const int64_t nw = C * cin * 9, np = bc.conv ? nw + C : 0, nout = bc.pool >= 0 ? ny : nc;
+  float *x = malloc((size_t)nx * sizeof *x), *dout = malloc((size_t)nout * sizeof *dout), cp[64], bnp[6], run[6];
+  fill(x, nx, 26), fill(dout, nout, 27), fill(cp, np, 28), fill(bnp, 6, 29), fill(run, 6, 30);
+  for (int c = 0; c < 3; c++)
+    run[3 + c] = 0.5f + fabsf(run[3 + c]);
+  /* Both runs: a, the layers apart; b, the block. Buffers: per layer
+   * output and its gradient, the parameters' gradients, running stats. */
+  float *h_out[2], *h_dx[2], *h_conv_y[2], *h_conv_dy[2], h_cg[2][64], h_bg[2][6], h_run[2][6];
+  float *d_x = upload(b, x, nx), *d_dout = upload(b, dout, nout), *d_cp = upload(b, cp, np > 0 ? np : 1),
+        *d_bnp = upload(b, bnp, 6);
+  for (int run_k = 0; run_k < 2; run_k++) {
+    float *zeros = calloc((size_t)(nc > nx ? nc : nx), sizeof *zeros);
+    float *d_run = upload(b, run, 6), *d_cg = upload(b, zeros, np > 0 ? np : 1), *d_bg = upload(b, zeros, 6);
+    float *d_cy = upload(b, zeros, nc), *d_cdy = upload(b, zeros, nc), *d_bny = upload(b, zeros, nc),
+          *d_bndy = upload(b, zeros, nc), *d_ry = upload(b, zeros, nc), *d_rdy = upload(b, zeros, nc),
+          *d_py = upload(b, zeros, ny), *d_dx = upload(b, zeros, nx);
+    const float *bn_in = bc.conv ? d_cy : d_x;
+    float *out = bc.pool >= 0 ? d_py : bc.relu ? d_ry : d_bny;
+    float *dx = bc.first == 0 ? d_dx : NULL;
+    if (run_k == 0) {
+      loom_plan *cplan = NULL, *bplan = NULL, *pplan = NULL;
+      if (bc.conv) {
+        assert_int_equal(loom_backend_conv_plan(b, &cd, &cplan), 0);
+        assert_int_equal(loom_backend_conv_forward(b, cplan, d_x, d_cp, d_cp + nw, d_cy, n), 0);
+      }
+      assert_int_equal(loom_backend_batchnorm_plan(b, &layers[bn].batchnorm, &bplan), 0);
+      assert_int_equal(loom_backend_batchnorm_forward(b, bplan, train, bn_in, d_bnp, d_bnp + 3, d_run, d_run + 3,
+                                                      d_bny, n), 0);
+      if (bc.relu)
+        assert_int_equal(loom_backend_act_forward(b, LOOM_ACT_RELU, 0, d_bny, d_ry, nc), 0);
+      if (bc.pool >= 0) {
+        assert_int_equal(loom_backend_pool_plan(b, &pd, &pplan), 0);
+        assert_int_equal(loom_backend_pool_forward(b, pplan, bc.relu ? d_ry : d_bny, d_py, n), 0);
+        assert_int_equal(loom_backend_pool_backward(b, pplan, d_dout, bc.relu ? d_rdy : d_bndy, n), 0);
+      }
+      const float *g = bc.pool >= 0 ? (bc.relu ? d_rdy : d_bndy) : d_dout;
+      if (bc.relu) {
+        assert_int_equal(loom_backend_act_backward(b, LOOM_ACT_RELU, 0, d_bny, d_ry, g, d_bndy, nc), 0);
+        g = d_bndy;
+      }
+      assert_int_equal(loom_backend_batchnorm_backward(b, bplan, bn_in, d_bnp, d_bnp + 3, g, d_bg, d_bg + 3,
+                                                       bc.conv ? (bc.first == 0 ? d_cdy : NULL) : dx, n), 0);
+      if (bc.conv && bc.first == 0)
+        assert_int_equal(loom_backend_conv_backward(b, cplan, d_x, d_cp, d_cdy, d_cg, d_cg + nw, dx, n), 0);
+      loom_backend_plan_destroy(b, cplan), loom_backend_plan_destroy(b, bplan), loom_backend_plan_destroy(b, pplan);
+    } else {
+      loom_block_io io[4] = {{0}};
+      if (bc.conv)
+        io[conv] = (loom_block_io){.params = d_cp, .grads = bc.first == 0 ? d_cg : NULL, .y = d_cy, .dy = d_cdy};
+      io[bn] = (loom_block_io){.params = d_bnp, .grads = d_bg, .buffers = d_run};
+      if (bc.relu)
+        io[relu] = (loom_block_io){0};
+      if (bc.pool >= 0)
+        io[pool] = (loom_block_io){0};
+      for (int k = 0; k < count; k++)
+        if (!(block.kept >> k & 1))
+          io[k].y = io[k].dy = NULL; /* never touched */
+      io[count - 1].y = out, io[count - 1].dy = d_dout;
+      assert_int_equal(loom_backend_block_forward(b, block.plan, train, d_x, io, n), 0);
+      assert_int_equal(loom_backend_block_backward(b, block.plan, bc.first, d_x, io, dx, n), 0);
+    }
+    h_out[run_k] = malloc((size_t)nout * sizeof(float)), h_dx[run_k] = malloc((size_t)nx * sizeof(float));
+    h_conv_y[run_k] = malloc((size_t)nc * sizeof(float)), h_conv_dy[run_k] = malloc((size_t)nc * sizeof(float));
+    download(b, h_out[run_k], out, nout), download(b, h_dx[run_k], d_dx, nx);
+    download(b, h_conv_y[run_k], d_cy, nc), download(b, h_conv_dy[run_k], d_cdy, nc);
+    if (np)
+      download(b, h_cg[run_k], d_cg, np);
+    download(b, h_bg[run_k], d_bg, 6), download(b, h_run[run_k], d_run, 6);
+    float *all[] = {d_run, d_cg, d_bg, d_cy, d_cdy, d_bny, d_bndy, d_ry, d_rdy, d_py, d_dx};
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
+      loom_backend_free(b, all[k]);
+    free(zeros);
+  }
+  print_message("%s block conv %d (alg %d) relu %d pool %d first %d train %d: %d layers\n", loom_backend_name(b),
+                bc.conv, (int)bc.algorithm, bc.relu, bc.pool, bc.first, train, block.count);
+  assert_memory_equal(h_out[0], h_out[1], (size_t)nout * sizeof(float));
+  assert_memory_equal(h_dx[0], h_dx[1], (size_t)nx * sizeof(float));
+  assert_memory_equal(h_conv_y[0], h_conv_y[1], (size_t)nc * sizeof(float));
+  assert_memory_equal(h_conv_dy[0], h_conv_dy[1], (size_t)nc * sizeof(float));
+  if (np)
+    assert_memory_equal(h_cg[0], h_cg[1], (size_t)np * sizeof(float));
+  assert_memory_equal(h_bg[0], h_bg[1], sizeof h_bg[0]);
+  assert_memory_equal(h_run[0], h_run[1], sizeof h_run[0]);
+  loom_backend_plan_destroy(b, block.plan);
+  loom_backend_free(b, d_x), loom_backend_free(b, d_dout), loom_backend_free(b, d_cp), loom_backend_free(b, d_bnp);
+  for (int k = 0; k < 2; k++)
+    free(h_out[k]), free(h_dx[k]), free(h_conv_y[k]), free(h_conv_dy[k]);
+  free(x), free(dout);
+}
+
+static void test_block(void **state) {
+  (void)state;
+  loom_backend *b[MAX_BACKENDS];
+  static const block_case cases[] = {
+      {.conv = true, .relu = true, .pool = LOOM_POOL_MAX, .algorithm = LOOM_CONV_IM2COL},
+      {.conv = true, .relu = true, .pool = LOOM_POOL_MAX, .algorithm = LOOM_CONV_WINOGRAD},
+      {.conv = true, .relu = false, .pool = -1, .algorithm = LOOM_CONV_IM2COL},
+      {.conv = true, .relu = true, .pool = -1, .algorithm = LOOM_CONV_WINOGRAD},
+      {.conv = true, .relu = true, .pool = LOOM_POOL_AVG, .algorithm = LOOM_CONV_IM2COL, .first = 1},
+      {.conv = false, .relu = true, .pool = -1},
+      {.conv = false, .relu = false, .pool = LOOM_POOL_MAX},
+      {.conv = false, .relu = true, .pool = LOOM_POOL_GLOBAL_AVG},
+  };
+  for (size_t i = 0, nb = backends(b); i < nb; i++)
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+      for (int train = 1; train >= 0; train--)
+        check_block(b[i], cases[c], train);
+  /* What the CPU backend fuses, from the first layer given. */
+  loom_layer_desc l[3] = {{.kind = LOOM_LAYER_ACT, .act = {LOOM_ACT_RELU, 0}},
+                          {.kind = LOOM_LAYER_BATCHNORM, .batchnorm = {3, 4, 1e-5f, 0.1f}},
+                          {.kind = LOOM_LAYER_ACT, .act = {LOOM_ACT_TANH, 0}}};
+  loom_block block;
+  assert_int_equal(loom_backend_plan_block(loom_backend_cpu(), l, 3, &block), 0);
+  assert_int_equal(block.count, 0); /* a ReLU opens no block */
+  assert_int_equal(loom_backend_plan_block(loom_backend_cpu(), l + 1, 2, &block), 0);
+  assert_int_equal(block.count, 0); /* BatchNorm takes a ReLU, not a Tanh */
+  assert_null(block.plan);
+}
+
 /* --- support, errors, creation --- */
 
 static void test_support_listing(void **state) {
@@ -407,6 +908,19 @@ static void test_missing_op_is_reported(void **state) {
                                          "has it (the CPU backend has every op)");
   assert_int_equal(loom_backend_gemm(b, false, false, 1, 1, 1, 1, x, 1, x, 1, 0, y, 1), LOOM_ENOTSUP);
   assert_int_equal(loom_backend_act_forward(b, LOOM_ACT_COUNT, 0, x, y, 4), LOOM_EINVAL);
+  loom_plan *plan;
+  const loom_conv_desc conv = {1, 3, 3, 1, 1, 1, 3, 3, 1, 1, 0, 0, 1, 1, true, LOOM_CONV_AUTO};
+  assert_int_equal(loom_backend_conv_plan(b, &conv, &plan), LOOM_ENOTSUP);
+  assert_null(plan);
+  assert_string_equal(loom_last_error(), "backend \"bare\" has no conv_forward op; run this model on a backend "
+                                         "that has it (the CPU backend has every op)");
+  /* Without the block op nothing fuses: the layers run one by one. */
+  const loom_layer_desc layers[2] = {{.kind = LOOM_LAYER_BATCHNORM, .batchnorm = {1, 1, 1e-5f, 0.1f}},
+                                     {.kind = LOOM_LAYER_ACT, .act = {LOOM_ACT_RELU, 0}}};
+  loom_block block = {.count = 9};
+  assert_int_equal(loom_backend_plan_block(b, layers, 2, &block), 0);
+  assert_int_equal(block.count, 0);
+  assert_null(block.plan);
   loom_backend_destroy(b);
   assert_int_equal(destroyed, 1);
 
@@ -457,6 +971,10 @@ int main(void) {
       cmocka_unit_test(test_activations),
       cmocka_unit_test(test_criteria),
       cmocka_unit_test(test_dropout),
+      cmocka_unit_test(test_conv),
+      cmocka_unit_test(test_pool),
+      cmocka_unit_test(test_batchnorm),
+      cmocka_unit_test(test_block),
       cmocka_unit_test(test_support_listing),
       cmocka_unit_test(test_missing_op_is_reported),
       cmocka_unit_test(test_tensor_on_backend),

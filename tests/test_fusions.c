@@ -1,6 +1,8 @@
-/* The fusions loom_model_build applies (a ReLU into the BatchNorm before
- * it, a pool into the BatchNorm before it, a BatchNorm's statistics into
- * the Conv2d before it), each against the same layers run apart: outputs,
+/* The fusions of the CPU backend's blocks (loom_backend_plan_block: a ReLU
+ * into the BatchNorm before it, a pool into the BatchNorm before it, a
+ * BatchNorm's statistics into the Conv2d before it), run by the model,
+ * each against the same layers run apart (a layer with no descriptor is
+ * one the backend does not know, so it runs alone): outputs,
  * gradients and running statistics bit for bit, in training and in
  * evaluation, and a check that the fusion really took place (the fused
  * model never calls the absorbed layer's passes, or the handed-over
@@ -9,6 +11,7 @@
 
 #include "helpers.h"
 #include "reference.h"
+#include "backends/cpu/nn.h"
 #include "models/layer_internal.h"
 
 /* A model of (name, layer) pairs ending with NULL, built for [c, h, w]. */
@@ -70,7 +73,7 @@ static int counting_relu(void *data, const loom_tensor *x, loom_tensor *y, bool 
 static loom_model *bn_relu_model(bool fusable) {
   loom_layer *bn = loom_batchnorm_create(3, 1e-5f, 0.1f), *relu = loom_relu_create();
   if (!fusable)
-    bn->ops.fuse_relu = NULL;
+    bn->describe = NULL;
   relu_forward_op = relu->ops.forward;
   relu->ops.forward = counting_relu;
   return sequential((int64_t[]){2, 5, 5}, "conv", conv3x3(3, LOOM_CONV_AUTO), "bn", bn, "relu", relu, "flat",
@@ -93,8 +96,8 @@ static void test_fused_bn_relu(void **state) {
 
 /* --- BatchNorm (with and without its ReLU) + max, overlapping max,
  * average and global average pooling: BatchNorm runs the pool's forward
- * and backward; the unfused model's pool has its backward wrapped, so it
- * is not recognised for fusion --- */
+ * and backward; the unfused model's pool has no descriptor, so it is not
+ * fused --- */
 
 static int pool_backward_calls, pool_forward_calls;
 static int (*pool_forward_op)(void *, const loom_tensor *, loom_tensor *, bool, loom_rng *);
@@ -117,15 +120,14 @@ static loom_model *bn_pool_model(bool relu, int kind, bool fusable) {
                                  : loom_global_avgpool_create();
   pool_forward_op = pool->ops.forward, pool_backward_op = pool->ops.backward;
   if (!fusable)
-    pool->ops.backward = counting_pool_backward;
+    pool->describe = NULL;
   loom_layer *conv = conv3x3(3, LOOM_CONV_AUTO), *bn = loom_batchnorm_create(3, 1e-5f, 0.1f);
   const int64_t shape[3] = {2, 6, 6};
   loom_model *m = relu ? sequential(shape, "conv", conv, "bn", bn, "relu", loom_relu_create(), "pool", pool, "flat",
                                     loom_flatten_create(), "fc", loom_linear_create(0, 4, true), NULL)
                        : sequential(shape, "conv", conv, "bn", bn, "pool", pool, "flat", loom_flatten_create(), "fc",
                                     loom_linear_create(0, 4, true), NULL);
-  /* Counted from here on, the fused model's after the build fused it: the
-   * fused model never calls them. */
+  /* Counted from here on: the fused model never calls them. */
   pool->ops.forward = counting_pool_forward;
   pool->ops.backward = counting_pool_backward;
   return m;
@@ -158,19 +160,12 @@ static void test_fused_bn_pool(void **state) {
 
 /* --- Conv2d (im2col or Winograd) + BatchNorm: the convolution computes
  * its output planes' moments for the BatchNorm; the unfused model's
- * convolution has its forward wrapped, so it is not recognised --- */
-
-static int (*conv_forward_op)(void *, const loom_tensor *, loom_tensor *, bool, loom_rng *);
-static int wrapped_conv_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
-  return conv_forward_op(data, x, y, train, rng);
-}
+ * convolution has no descriptor, so it is not fused --- */
 
 static loom_model *conv_bn_model(loom_conv_algorithm algorithm, bool fusable) {
   loom_layer *conv = conv3x3(5, algorithm);
-  if (!fusable) {
-    conv_forward_op = conv->ops.forward;
-    conv->ops.forward = wrapped_conv_forward;
-  }
+  if (!fusable)
+    conv->describe = NULL;
   return sequential((int64_t[]){2, 7, 6}, "conv", conv, "bn", loom_batchnorm_create(5, 1e-5f, 0.1f), "flat",
                     loom_flatten_create(), "fc", loom_linear_create(0, 3, true), NULL);
 }
@@ -189,7 +184,8 @@ static void test_conv_bn_moments(void **state) {
     loom_model_set_train(fused, true);
     const loom_tensor *out;
     assert_int_equal(loom_model_forward(fused, x, &out), 0);
-    const double *m = loom_batchnorm_moments(loom_model_find_layer(fused, "bn"), N);
+    const double *m = loom_cpu_block_moments(loom_model_block_plan(fused, 0));
+    assert_non_null(m);
     const conv_ctx k = {2, 7, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 7, 6};
     double *xd = malloc(N * 84 * sizeof *xd), *pd = malloc(95 * sizeof *pd), *yd = malloc(N * 5 * 42 * sizeof *yd);
     for (int i = 0; i < N * 84; i++)

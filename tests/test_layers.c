@@ -694,8 +694,8 @@ static void test_max_pool_nan(void **state) {
   }
 }
 
-/* BatchNorm with its ReLU fused (its ops driven directly, so that dx is
- * computed): in evaluation only a NaN's own element is NaN, and the
+/* BatchNorm with its ReLU fused (the CPU backend's block of the two,
+ * driven directly, so that dx is computed): in evaluation only a NaN's own element is NaN, and the
  * gradient passes where the output was positive or NaN, as through the
  * ReLU layer (dbeta sums dy there; dx = gamma invstd dy); NaNs in
  * the 8-lane part and in the tail of a plane. In training a NaN makes its
@@ -706,18 +706,26 @@ static void test_batchnorm_relu_nan(void **state) {
   const int64_t shape[3] = {C, 3, 4};
   harness t;
   setup_layer(&t, loom_batchnorm_create(C, 1e-5f, 0.1f), 3, shape, NS);
-  loom_layer *l = t.layer;
-  assert_true(l->ops.fuse_relu(l->data));
+  loom_layer *l = t.layer, *relu = loom_relu_create();
+  loom_backend *cpu = loom_backend_cpu();
+  loom_layer_desc d[2];
+  assert_true(l->describe(l->data, &d[0]) && relu->describe(relu->data, &d[1]));
+  loom_block fused;
+  assert_int_equal(loom_backend_plan_block(cpu, d, 2, &fused), 0);
+  assert_int_equal(fused.count, 2);
+  assert_int_equal(fused.kept, 2); /* the BatchNorm's own output is never written */
   loom_tensor *x = batch_tensor(NS, 3, shape), *y = batch_tensor(NS, 3, shape);
   loom_tensor *dy = batch_tensor(NS, 3, shape), *dx = batch_tensor(NS, 3, shape);
+  const loom_block_io io[2] = {{.params = t.params, .grads = t.grads, .buffers = t.buffers},
+                               {.y = loom_tensor_data(y), .dy = loom_tensor_data(dy)}};
   float *xd = loom_tensor_data(x);
   for (int i = 0; i < ALL; i++)
     xd[i] = (float)(i % 7) - 3.0f, loom_tensor_data(dy)[i] = (float)(i % 3) + 1.0f;
   const int nan_at[2] = {3, (1 * C + 1) * S + 10}; /* sample 0 channel 0 lane 3; sample 1 channel 1 tail */
   xd[nan_at[0]] = NAN, xd[nan_at[1]] = NAN;
   /* Evaluation: running mean 0 and variance 1 as initialised. */
-  assert_int_equal(l->ops.forward(l->data, x, y, false, NULL), 0);
-  assert_int_equal(l->ops.backward(l->data, x, y, dy, dx, true), 0);
+  assert_int_equal(loom_backend_block_forward(cpu, fused.plan, false, xd, io, NS), 0);
+  assert_int_equal(loom_backend_block_backward(cpu, fused.plan, 0, xd, io, loom_tensor_data(dx), NS), 0);
   double dbeta[C] = {0};
   for (int i = 0; i < ALL; i++) {
     const int ch = (i / S) % C;
@@ -736,14 +744,16 @@ static void test_batchnorm_relu_nan(void **state) {
   close_to(t.grads[C + 1], dbeta[1], 1e-6, "dbeta", 1);
   /* Training: channel 0 and channel 1 each hold a NaN, so all is NaN;
    * without the second NaN channel 1 is finite again. */
-  assert_int_equal(l->ops.forward(l->data, x, y, true, NULL), 0);
+  assert_int_equal(loom_backend_block_forward(cpu, fused.plan, true, xd, io, NS), 0);
   for (int i = 0; i < ALL; i++)
     assert_true(isnan(loom_tensor_data(y)[i]));
   xd[nan_at[1]] = 1.0f;
-  assert_int_equal(l->ops.forward(l->data, x, y, true, NULL), 0);
+  assert_int_equal(loom_backend_block_forward(cpu, fused.plan, true, xd, io, NS), 0);
   for (int i = 0; i < ALL; i++)
     assert_true((i / S) % C == 0 ? isnan(loom_tensor_data(y)[i]) : isfinite(loom_tensor_data(y)[i]));
   loom_tensor_destroy(x), loom_tensor_destroy(y), loom_tensor_destroy(dy), loom_tensor_destroy(dx);
+  loom_backend_plan_destroy(cpu, fused.plan);
+  loom_layer_destroy(relu);
   teardown_layer(&t);
 }
 

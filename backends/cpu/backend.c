@@ -7,6 +7,7 @@
 
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/kernels.h"
+#include "backends/cpu/nn.h"
 #include "core/error_internal.h"
 
 static void *cpu_alloc(void *ctx, size_t bytes) {
@@ -114,6 +115,82 @@ static int cpu_mul(void *ctx, const float *a, const float *b, float *y, int64_t 
   return 0;
 }
 
+static int cpu_conv_plan(void *ctx, const loom_conv_desc *desc, loom_plan **plan) {
+  (void)ctx;
+  return loom_cpu_conv_plan(desc, plan);
+}
+
+static int cpu_conv_forward(void *ctx, loom_plan *plan, const float *x, const float *w, const float *bias, float *y,
+                            int64_t n) {
+  (void)ctx;
+  return loom_cpu_conv_forward(plan, x, w, bias, y, n, NULL);
+}
+
+static int cpu_conv_backward(void *ctx, loom_plan *plan, const float *x, const float *w, const float *dy, float *dw,
+                             float *dbias, float *dx, int64_t n) {
+  (void)ctx;
+  return loom_cpu_conv_backward(plan, x, w, dy, dw, dbias, dx, n);
+}
+
+static int cpu_pool_plan(void *ctx, const loom_pool_desc *desc, loom_plan **plan) {
+  (void)ctx;
+  return loom_cpu_pool_plan(desc, plan);
+}
+
+static int cpu_pool_forward(void *ctx, loom_plan *plan, const float *x, float *y, int64_t n) {
+  (void)ctx;
+  return loom_cpu_pool_forward(plan, x, y, n);
+}
+
+static int cpu_pool_backward(void *ctx, loom_plan *plan, const float *dy, float *dx, int64_t n) {
+  (void)ctx;
+  return loom_cpu_pool_backward(plan, dy, dx, n);
+}
+
+static int cpu_batchnorm_plan(void *ctx, const loom_batchnorm_desc *desc, loom_plan **plan) {
+  (void)ctx;
+  return loom_cpu_batchnorm_plan(desc, plan);
+}
+
+static int cpu_batchnorm_forward(void *ctx, loom_plan *plan, bool train, const float *x, const float *gamma,
+                                 const float *beta, float *running_mean, float *running_var, float *y, int64_t n) {
+  (void)ctx;
+  return loom_cpu_batchnorm_forward(plan, train, x, gamma, beta, running_mean, running_var, y, n, NULL);
+}
+
+static int cpu_batchnorm_backward(void *ctx, loom_plan *plan, const float *x, const float *gamma, const float *beta,
+                                  const float *dy, float *dgamma, float *dbeta, float *dx, int64_t n) {
+  (void)ctx;
+  return loom_cpu_batchnorm_backward(plan, x, gamma, beta, dy, dgamma, dbeta, dx, n, NULL);
+}
+
+static void cpu_plan_destroy(void *ctx, loom_plan *plan) {
+  (void)ctx;
+  switch (plan->kind) {
+  case CPU_PLAN_CONV: loom_cpu_conv_destroy(plan); break;
+  case CPU_PLAN_POOL: loom_cpu_pool_destroy(plan); break;
+  case CPU_PLAN_BATCHNORM: loom_cpu_batchnorm_destroy(plan); break;
+  case CPU_PLAN_BLOCK: loom_cpu_block_destroy(plan); break;
+  }
+}
+
+static int cpu_plan_block(void *ctx, const loom_layer_desc *layers, int count, loom_block *block) {
+  (void)ctx;
+  return loom_cpu_plan_block(layers, count, block);
+}
+
+static int cpu_block_forward(void *ctx, loom_plan *plan, bool train, const float *x, const loom_block_io *io,
+                             int64_t n) {
+  (void)ctx;
+  return loom_cpu_block_forward(plan, train, x, io, n);
+}
+
+static int cpu_block_backward(void *ctx, loom_plan *plan, int first, const float *x, const loom_block_io *io,
+                              float *dx, int64_t n) {
+  (void)ctx;
+  return loom_cpu_block_backward(plan, first, x, io, dx, n);
+}
+
 static const loom_backend_ops cpu_ops = {
     .name = "cpu",
     .device = LOOM_DEVICE_CPU,
@@ -134,6 +211,19 @@ static const loom_backend_ops cpu_ops = {
     .loss_backward = cpu_loss_backward,
     .dropout_forward = cpu_dropout_forward,
     .mul = cpu_mul,
+    .conv_plan = cpu_conv_plan,
+    .conv_forward = cpu_conv_forward,
+    .conv_backward = cpu_conv_backward,
+    .pool_plan = cpu_pool_plan,
+    .pool_forward = cpu_pool_forward,
+    .pool_backward = cpu_pool_backward,
+    .batchnorm_plan = cpu_batchnorm_plan,
+    .batchnorm_forward = cpu_batchnorm_forward,
+    .batchnorm_backward = cpu_batchnorm_backward,
+    .plan_destroy = cpu_plan_destroy,
+    .plan_block = cpu_plan_block,
+    .block_forward = cpu_block_forward,
+    .block_backward = cpu_block_backward,
 };
 
 static loom_backend *the_cpu;

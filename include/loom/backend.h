@@ -12,7 +12,20 @@
  * Pointers handed to ops are the backend's own memory (from its alloc, or
  * the data of tensors created on it). Ops run in order on the backend's
  * stream; results reach the host through loom_backend_to_host or
- * loom_tensor_host_data, which wait for them. */
+ * loom_tensor_host_data, which wait for them.
+ *
+ * Convolution, pooling and BatchNorm are planned as cuDNN's are: a
+ * descriptor (geometry, algorithm, eps and momentum) becomes a plan once
+ * the shapes are known; the plan is the backend's and holds what the op
+ * keeps between calls (scratch, Winograd's transformed filters, the max
+ * pool's positions, BatchNorm's saved statistics); forward and backward
+ * take the plan and the tensors' memory. Fusion is the backend's business
+ * too: given the descriptors of consecutive layers, plan_block says how
+ * many of them it runs as one block (the CPU backend's: a Conv2d computing
+ * the next BatchNorm's statistics, BatchNorm with its ReLU and with the
+ * pool after them), and the model runs the block through block_forward and
+ * block_backward. A backend without plan_block runs the layers one by one,
+ * with the same results. */
 #ifndef LOOM_BACKEND_H
 #define LOOM_BACKEND_H
 
@@ -53,7 +66,98 @@ typedef enum loom_pointwise_loss {
   LOOM_LOSS_COUNT
 } loom_pointwise_loss;
 
-/* The ops, for loom_backend_supports; each names the slot of the same name. */
+/* How a convolution computes. AUTO lets the backend choose (the CPU
+ * backend: Winograd's F(2x2, 3x3) for 3x3 kernels of stride and dilation 1
+ * between at least 8 input and 8 output channels, whose results differ
+ * from im2col's by float rounding, about 1e-6 relative; im2col + sgemm
+ * otherwise). */
+typedef enum loom_conv_algorithm {
+  LOOM_CONV_AUTO = 0,
+  LOOM_CONV_IM2COL,
+  LOOM_CONV_WINOGRAD, /* only for 3x3 kernels of stride and dilation 1 */
+} loom_conv_algorithm;
+
+/* A 2-d convolution of n samples x[n][cin][h][w] with weights
+ * w[cout][cin][kh][kw] and an optional bias[cout] into y[n][cout][oh][ow]
+ * (PyTorch's Conv2d; oh = (h + 2 ph - dh (kh - 1) - 1) / sh + 1, ow
+ * alike). */
+typedef struct loom_conv_desc {
+  int64_t cin, h, w, cout, oh, ow;
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw; /* kernel, stride, padding, dilation */
+  bool bias;
+  loom_conv_algorithm algorithm;
+} loom_conv_desc;
+
+typedef enum loom_pool_mode {
+  LOOM_POOL_MAX,        /* a NaN is its window's max (the last NaN gets the gradient) */
+  LOOM_POOL_AVG,        /* padding counts in the divisor (count_include_pad) */
+  LOOM_POOL_GLOBAL_AVG, /* [c][h][w] -> [c]: k, s, p unused, oh = ow = 1 */
+} loom_pool_mode;
+
+/* Pooling of x[n][c][h][w] by k x k windows of stride s, padding p, into
+ * y[n][c][oh][ow], oh = (h + 2 p - k) / s + 1, ow alike. */
+typedef struct loom_pool_desc {
+  loom_pool_mode mode;
+  int64_t c, h, w, oh, ow, k, s, p;
+} loom_pool_desc;
+
+/* BatchNorm over the channels of x[n][c][spatial]: in training the batch's
+ * statistics, with the running ones updated (running = (1 - momentum)
+ * running + momentum batch, the variance unbiased); in evaluation the
+ * running ones (torch.nn.BatchNorm1d/2d). */
+typedef struct loom_batchnorm_desc {
+  int64_t c, spatial;
+  float eps, momentum;
+} loom_batchnorm_desc;
+
+/* What a layer computes, for plan_block. */
+typedef enum loom_layer_kind {
+  LOOM_LAYER_OTHER, /* none the backend plans: it ends a block */
+  LOOM_LAYER_CONV,
+  LOOM_LAYER_POOL,
+  LOOM_LAYER_BATCHNORM,
+  LOOM_LAYER_ACT,
+} loom_layer_kind;
+
+typedef struct loom_layer_desc {
+  loom_layer_kind kind;
+  union {
+    loom_conv_desc conv;
+    loom_pool_desc pool;
+    loom_batchnorm_desc batchnorm;
+    struct {
+      loom_activation act;
+      float param;
+    } act;
+  };
+} loom_layer_desc;
+
+/* A backend's plan: made by a *_plan slot or plan_block, freed by
+ * plan_destroy; only the backend that made it reads it. */
+typedef struct loom_plan loom_plan;
+
+/* The memory of one layer of a block. A Conv2d's parameters are its
+ * weights then its bias, a BatchNorm's gamma then beta and its buffers the
+ * running mean then the running variance. */
+typedef struct loom_block_io {
+  const float *params;
+  float *grads;   /* accumulated (+=); NULL: no parameter gradients (frozen) */
+  float *buffers; /* updated by a training forward */
+  float *y, *dy;  /* the output and its gradient, when kept (loom_block) */
+} loom_block_io;
+
+/* plan_block's answer for the layers it was given from the first. */
+typedef struct loom_block {
+  int count;     /* layers run as one block; < 2: none, the first layer runs alone */
+  uint32_t kept; /* bit k: layer k's output and its gradient are in memory
+                  * (the block writes y and reads dy there); the last
+                  * layer's always are, the others' are never touched */
+  loom_plan *plan;
+} loom_block;
+
+/* The ops, for loom_backend_supports; each names the slot of the same name
+ * (a planned op's also needs its *_plan slot and plan_destroy; BLOCK is
+ * plan_block, block_forward and block_backward). */
 typedef enum loom_op {
   LOOM_OP_GEMM,
   LOOM_OP_FILL_ROWS,
@@ -66,6 +170,13 @@ typedef enum loom_op {
   LOOM_OP_LOSS_BACKWARD,
   LOOM_OP_DROPOUT_FORWARD,
   LOOM_OP_MUL,
+  LOOM_OP_CONV_FORWARD,
+  LOOM_OP_CONV_BACKWARD,
+  LOOM_OP_POOL_FORWARD,
+  LOOM_OP_POOL_BACKWARD,
+  LOOM_OP_BATCHNORM_FORWARD,
+  LOOM_OP_BATCHNORM_BACKWARD,
+  LOOM_OP_BLOCK,
   LOOM_OP_COUNT
 } loom_op;
 
@@ -128,6 +239,52 @@ typedef struct loom_backend_ops {
   /* y = a b, elementwise (Dropout's backward: dx = dy mask). */
   int (*mul)(void *ctx, const float *a, const float *b, float *y, int64_t n);
 
+  /* Planned ops. *_plan checks the descriptor (LOOM_EINVAL with a message
+   * if the backend cannot run it) and makes *plan; a plan serves one layer,
+   * forward then backward, for any batch size n. */
+  int (*conv_plan)(void *ctx, const loom_conv_desc *desc, loom_plan **plan);
+  /* y = conv(x, w) + bias (bias NULL: none). */
+  int (*conv_forward)(void *ctx, loom_plan *plan, const float *x, const float *w, const float *bias, float *y,
+                      int64_t n);
+  /* From dy: dw += the weights' gradient and dbias += the bias's (both or
+   * neither NULL: no parameter gradients), dx = the input's (NULL: none). */
+  int (*conv_backward)(void *ctx, loom_plan *plan, const float *x, const float *w, const float *dy, float *dw,
+                       float *dbias, float *dx, int64_t n);
+  int (*pool_plan)(void *ctx, const loom_pool_desc *desc, loom_plan **plan);
+  int (*pool_forward)(void *ctx, loom_plan *plan, const float *x, float *y, int64_t n);
+  /* dx = the input's gradient from dy, after the plan's last forward (a max
+   * pool's positions are the plan's). */
+  int (*pool_backward)(void *ctx, loom_plan *plan, const float *dy, float *dx, int64_t n);
+  int (*batchnorm_plan)(void *ctx, const loom_batchnorm_desc *desc, loom_plan **plan);
+  /* y = gamma (x - mean) invstd + beta with the batch's statistics
+   * (updating running_mean and running_var) when train, else the running
+   * ones; the plan keeps mean and invstd for the backward. */
+  int (*batchnorm_forward)(void *ctx, loom_plan *plan, bool train, const float *x, const float *gamma,
+                           const float *beta, float *running_mean, float *running_var, float *y, int64_t n);
+  /* After the plan's last forward, from dy: dgamma and dbeta += (both or
+   * neither NULL), dx = the input's gradient, through the batch statistics
+   * if that forward trained (NULL: none). */
+  int (*batchnorm_backward)(void *ctx, loom_plan *plan, const float *x, const float *gamma, const float *beta,
+                            const float *dy, float *dgamma, float *dbeta, float *dx, int64_t n);
+  /* Frees a plan of this backend (NULL: nothing). */
+  void (*plan_destroy)(void *ctx, loom_plan *plan);
+
+  /* Fusion. Of the `count` layers layers[0..count), how many this backend
+   * runs as one block, and its plan (block->count < 2: none; then
+   * block->plan is NULL). Results are those of the layers run one by one,
+   * bit for bit. */
+  int (*plan_block)(void *ctx, const loom_layer_desc *layers, int count, loom_block *block);
+  /* The block's layers on x[n]: each layer's y where kept (io[k]), the
+   * last's always; parameters and buffers as each layer's own op. */
+  int (*block_forward)(void *ctx, loom_plan *plan, bool train, const float *x, const loom_block_io *io, int64_t n);
+  /* After the block's last forward, from the last layer's dy: the layers'
+   * backward from the last down to layer `first` (whose input is x when it
+   * is 0, else the kept y of the layer before), parameter gradients where
+   * io[k].grads, the kept layers' dy in between, and dx = the gradient of
+   * layer first's input (NULL: none; always NULL when first > 0). */
+  int (*block_backward)(void *ctx, loom_plan *plan, int first, const float *x, const loom_block_io *io, float *dx,
+                        int64_t n);
+
   /* Optional: frees ctx. */
   void (*destroy)(void *ctx);
 } loom_backend_ops;
@@ -174,6 +331,34 @@ LOOM_API int loom_backend_loss_backward(loom_backend *backend, loom_pointwise_lo
 LOOM_API int loom_backend_dropout_forward(loom_backend *backend, uint64_t key, float p, const float *x, float *y,
                                           float *mask, int64_t n);
 LOOM_API int loom_backend_mul(loom_backend *backend, const float *a, const float *b, float *y, int64_t n);
+
+/* The planned ops. A plan is made on one backend and used and destroyed
+ * there; *plan is NULL on failure. */
+LOOM_API int loom_backend_conv_plan(loom_backend *backend, const loom_conv_desc *desc, loom_plan **plan);
+LOOM_API int loom_backend_conv_forward(loom_backend *backend, loom_plan *plan, const float *x, const float *w,
+                                       const float *bias, float *y, int64_t n);
+LOOM_API int loom_backend_conv_backward(loom_backend *backend, loom_plan *plan, const float *x, const float *w,
+                                        const float *dy, float *dw, float *dbias, float *dx, int64_t n);
+LOOM_API int loom_backend_pool_plan(loom_backend *backend, const loom_pool_desc *desc, loom_plan **plan);
+LOOM_API int loom_backend_pool_forward(loom_backend *backend, loom_plan *plan, const float *x, float *y, int64_t n);
+LOOM_API int loom_backend_pool_backward(loom_backend *backend, loom_plan *plan, const float *dy, float *dx,
+                                        int64_t n);
+LOOM_API int loom_backend_batchnorm_plan(loom_backend *backend, const loom_batchnorm_desc *desc, loom_plan **plan);
+LOOM_API int loom_backend_batchnorm_forward(loom_backend *backend, loom_plan *plan, bool train, const float *x,
+                                            const float *gamma, const float *beta, float *running_mean,
+                                            float *running_var, float *y, int64_t n);
+LOOM_API int loom_backend_batchnorm_backward(loom_backend *backend, loom_plan *plan, const float *x,
+                                             const float *gamma, const float *beta, const float *dy, float *dgamma,
+                                             float *dbeta, float *dx, int64_t n);
+LOOM_API void loom_backend_plan_destroy(loom_backend *backend, loom_plan *plan);
+/* The block of layers[0..count) (see plan_block); a backend without the
+ * BLOCK op answers block->count 0, not an error. */
+LOOM_API int loom_backend_plan_block(loom_backend *backend, const loom_layer_desc *layers, int count,
+                                     loom_block *block);
+LOOM_API int loom_backend_block_forward(loom_backend *backend, loom_plan *plan, bool train, const float *x,
+                                        const loom_block_io *io, int64_t n);
+LOOM_API int loom_backend_block_backward(loom_backend *backend, loom_plan *plan, int first, const float *x,
+                                         const loom_block_io *io, float *dx, int64_t n);
 
 #ifdef __cplusplus
 }

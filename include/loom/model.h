@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "loom/backend.h"
 #include "loom/rng.h"
 #include "loom/state.h"
 #include "loom/tensor.h"
@@ -58,12 +59,9 @@ typedef struct loom_layer_ops {
   int (*backward)(void *data, const loom_tensor *in, const loom_tensor *out, const loom_tensor *dout,
                   loom_tensor *din, bool param_grads);
   void (*destroy)(void *data);
-  /* Optional. Called by loom_model_build when a ReLU layer follows this
-   * one: returning true promises that from then on forward writes
-   * relu(output) (NaN stays NaN) and backward first zeroes dout where
-   * out <= 0 (a NaN output passes dout), as the ReLU layer does; the ReLU
-   * layer then costs no pass over memory of its own. */
-  bool (*fuse_relu)(void *data);
+  /* No fusion hooks: which consecutive built-in layers run as one fused
+   * block is the backend's business (plan_block in loom/backend.h). A
+   * layer made here runs by these ops alone. */
 } loom_layer_ops;
 
 /* `ops` is copied; `data` is owned (freed by ops->destroy, also on failure). */
@@ -91,17 +89,8 @@ LOOM_API loom_layer *loom_tanh_create(void);
 LOOM_API loom_layer *loom_sigmoid_create(void);
 /* [N, ...] -> [N, prod(...)]. */
 LOOM_API loom_layer *loom_flatten_create(void);
-/* How a Conv2d computes. AUTO takes Winograd's F(2x2, 3x3) for 3x3
- * kernels of stride and dilation 1 between at least 8 input and 8 output
- * channels (2.25x fewer multiplications; results differ from im2col's by
- * float rounding, about 1e-6 relative), and im2col + sgemm otherwise. */
-typedef enum loom_conv_algorithm {
-  LOOM_CONV_AUTO = 0,
-  LOOM_CONV_IM2COL,
-  LOOM_CONV_WINOGRAD, /* only for 3x3 kernels of stride and dilation 1 */
-} loom_conv_algorithm;
-
-/* Conv2d over [C, H, W] samples (PyTorch's layout and initialisation). */
+/* Conv2d over [C, H, W] samples (PyTorch's layout and initialisation);
+ * `algorithm` as loom_conv_algorithm (loom/backend.h) says. */
 typedef struct loom_conv2d_options {
   int64_t in_channels;  /* 0: taken from the input when built */
   int64_t out_channels;
