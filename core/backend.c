@@ -14,7 +14,8 @@ struct loom_backend {
 static const char *const op_names[LOOM_OP_COUNT] = {
     "gemm",          "fill_rows",    "sum_rows",        "act_forward", "act_backward", "xent_forward",
     "xent_backward", "loss_forward", "loss_backward", "dropout_forward", "mul", "conv_forward", "conv_backward",
-    "pool_forward", "pool_backward", "batchnorm_forward", "batchnorm_backward", "block"};
+    "pool_forward", "pool_backward", "batchnorm_forward", "batchnorm_backward", "block", "sgd_update",
+    "adam_update", "rmsprop_update", "sum_squares", "scale", "clamp", "all_finite"};
 
 const char *loom_op_name(loom_op op) { return op < LOOM_OP_COUNT ? op_names[op] : "?"; }
 
@@ -71,6 +72,13 @@ bool loom_backend_supports(const loom_backend *b, loom_op op) {
   case LOOM_OP_BATCHNORM_FORWARD: return o->batchnorm_plan && o->batchnorm_forward && o->plan_destroy;
   case LOOM_OP_BATCHNORM_BACKWARD: return o->batchnorm_plan && o->batchnorm_backward && o->plan_destroy;
   case LOOM_OP_BLOCK: return o->plan_block && o->block_forward && o->block_backward && o->plan_destroy;
+  case LOOM_OP_SGD_UPDATE: return o->sgd_update != NULL;
+  case LOOM_OP_ADAM_UPDATE: return o->adam_update != NULL;
+  case LOOM_OP_RMSPROP_UPDATE: return o->rmsprop_update != NULL;
+  case LOOM_OP_SUM_SQUARES: return o->sum_squares != NULL;
+  case LOOM_OP_SCALE: return o->scale != NULL;
+  case LOOM_OP_CLAMP: return o->clamp != NULL;
+  case LOOM_OP_ALL_FINITE: return o->all_finite != NULL;
   case LOOM_OP_COUNT: break;
   }
   return false;
@@ -269,4 +277,41 @@ int loom_backend_block_backward(loom_backend *b, loom_plan *plan, int first, con
                                 float *dx, int64_t n) {
   int rc = ready(b, LOOM_OP_BLOCK);
   return rc < 0 ? rc : b->ops.block_backward(b->ctx, plan, first, x, io, dx, n);
+}
+
+int loom_backend_sgd_update(loom_backend *b, const loom_sgd_step *s, float *p, const float *g, float *buf, int64_t n) {
+  int rc = ready(b, LOOM_OP_SGD_UPDATE);
+  return rc < 0 ? rc : b->ops.sgd_update(b->ctx, s, p, g, buf, n);
+}
+
+int loom_backend_adam_update(loom_backend *b, const loom_adam_step *s, float *p, const float *g, float *m, float *v,
+                             int64_t n) {
+  int rc = ready(b, LOOM_OP_ADAM_UPDATE);
+  return rc < 0 ? rc : b->ops.adam_update(b->ctx, s, p, g, m, v, n);
+}
+
+int loom_backend_rmsprop_update(loom_backend *b, const loom_rmsprop_step *s, float *p, const float *g, float *sq,
+                                float *buf, float *avg, int64_t n) {
+  int rc = ready(b, LOOM_OP_RMSPROP_UPDATE);
+  return rc < 0 ? rc : b->ops.rmsprop_update(b->ctx, s, p, g, sq, buf, avg, n);
+}
+
+int loom_backend_sum_squares(loom_backend *b, const float *x, int64_t n, double *sum) {
+  int rc = ready(b, LOOM_OP_SUM_SQUARES);
+  return rc < 0 ? rc : b->ops.sum_squares(b->ctx, x, n, sum);
+}
+
+int loom_backend_scale(loom_backend *b, float *x, float a, int64_t n) {
+  int rc = ready(b, LOOM_OP_SCALE);
+  return rc < 0 ? rc : b->ops.scale(b->ctx, x, a, n);
+}
+
+int loom_backend_clamp(loom_backend *b, float *x, float limit, int64_t n) {
+  int rc = ready(b, LOOM_OP_CLAMP);
+  return rc < 0 ? rc : b->ops.clamp(b->ctx, x, limit, n);
+}
+
+int loom_backend_all_finite(loom_backend *b, const float *x, int64_t n, bool *finite) {
+  int rc = ready(b, LOOM_OP_ALL_FINITE);
+  return rc < 0 ? rc : b->ops.all_finite(b->ctx, x, n, finite);
 }

@@ -98,26 +98,30 @@ typedef struct update_job {
   size_t total, off;
   int64_t step;
   double lr, wd;
+  int rc[LOOM_MAX_PARTS];
 } update_job;
 
 static void update_part(void *ctx, int part, int64_t begin, int64_t end) {
-  (void)part;
-  const update_job *u = ctx;
-  u->opt->ops.update(u->opt->data, u->p, u->g, u->opt->state, u->total, u->off + (size_t)begin,
-                     (size_t)(end - begin), u->step, u->lr, u->wd);
+  update_job *u = ctx;
+  u->rc[part] = u->opt->ops.update(u->opt->data, u->p, u->g, u->opt->state, u->total, u->off + (size_t)begin,
+                                   (size_t)(end - begin), u->step, u->lr, u->wd);
 }
 
 /* Below this many parameters the hand-off costs more than the half saves. */
 #define PARALLEL_UPDATE 16384
 
-static void update(const loom_optimizer *opt, float *p, const float *g, size_t total, size_t off, size_t len,
-                   double lr, double wd) {
-  if (!opt->ops.elementwise) {
-    opt->ops.update(opt->data, p, g, opt->state, total, off, len, opt->steps, lr, wd);
-    return;
-  }
-  update_job u = {opt, p, g, total, off, opt->steps, lr, wd};
+static int update(const loom_optimizer *opt, float *p, const float *g, size_t total, size_t off, size_t len, double lr,
+                  double wd) {
+  if (!opt->ops.elementwise)
+    return opt->ops.update(opt->data, p, g, opt->state, total, off, len, opt->steps, lr, wd);
+  update_job u = {opt, p, g, total, off, opt->steps, lr, wd, {0}};
   loom_parallel_for_large((int64_t)len, PARALLEL_UPDATE, update_part, &u);
+  for (int part = 0; part < LOOM_MAX_PARTS; part++)
+    if (u.rc[part] < 0) /* part 0 ran here, with its message; the others' stayed on their threads */
+      return part == 0 ? u.rc[0]
+                       : loom_error_set(u.rc[part], "%s: the update failed on a pool thread (%s)", opt->ops.type,
+                                        loom_strerror(u.rc[part]));
+  return 0;
 }
 
 double loom_optimizer_weight_decay(const loom_optimizer *opt) {
@@ -158,10 +162,11 @@ int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {
     const group *gr = find_group(opt, loom_model_layer_name(model, i));
     double lr = opt->lr * (gr ? gr->lr_scale : 1.0), wd = gr ? gr->weight_decay : loom_optimizer_weight_decay(opt);
     size_t decayed = opt->no_decay_bias_norm ? loom_model_layer_decayed(model, i) : count;
-    if (decayed)
-      update(opt, p, g, n, off, decayed, lr, wd);
-    if (count > decayed)
-      update(opt, p, g, n, off + decayed, count - decayed, lr, 0.0);
+    int rc = decayed ? update(opt, p, g, n, off, decayed, lr, wd) : 0;
+    if (rc == 0 && count > decayed)
+      rc = update(opt, p, g, n, off + decayed, count - decayed, lr, 0.0);
+    if (rc < 0)
+      return loom_error_wrap(rc, "%s step, layer \"%s\"", opt->ops.type, loom_model_layer_name(model, i));
   }
   return 0;
 }

@@ -2,38 +2,19 @@
  * centered: c = a c + (1-a) g, denominator sqrt(v - c^2) + eps, else
  * sqrt(v) + eps; with momentum b = mu b + g / denominator, p -= lr b;
  * without, p -= lr g / denominator. State [v | b | c]. */
-#include <math.h>
-
 #include "core/error_internal.h"
+#include "loom/backend_cpu.h"
 #include "loom/optimizer.h"
 
 #include <stdlib.h>
 
-static void rmsprop_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
-                           int64_t step, double lr_d, double wd_d) {
+static int rmsprop_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
+                          int64_t step, double lr, double wd) {
   (void)step;
   const loom_rmsprop_options *o = data;
-  float *v = state + off, *b = state + total + off, *c = state + 2 * total + off;
-  p += off, g += off;
-  const float a = (float)o->alpha, ca = (float)(1.0 - o->alpha), eps = (float)o->eps, mu = (float)o->momentum;
-  const float lr = (float)lr_d, wd = (float)wd_d;
-  for (size_t i = 0; i < len; i++) {
-    float gi = g[i] + wd * p[i];
-    v[i] = a * v[i] + ca * gi * gi;
-    float denom;
-    if (o->centered) {
-      c[i] = a * c[i] + ca * gi;
-      denom = sqrtf(v[i] - c[i] * c[i]) + eps;
-    } else {
-      denom = sqrtf(v[i]) + eps;
-    }
-    if (mu > 0.0f) {
-      b[i] = mu * b[i] + gi / denom;
-      p[i] -= lr * b[i];
-    } else {
-      p[i] -= lr * gi / denom;
-    }
-  }
+  loom_rmsprop_step s = {lr, wd, o->alpha, o->eps, o->momentum, o->centered};
+  return loom_backend_rmsprop_update(loom_backend_cpu(), &s, p + off, g + off, state + off, state + total + off,
+                                     state + 2 * total + off, (int64_t)len);
 }
 
 static double rmsprop_momentum(void *data) { return ((loom_rmsprop_options *)data)->momentum; }
@@ -42,7 +23,6 @@ static double rmsprop_decay(void *data) { return ((loom_rmsprop_options *)data)-
 
 static const loom_optimizer_ops rmsprop_ops = {.type = "rmsprop",
                                                .state_per_param = 3,
-                                               .elementwise = true,
                                                .update = rmsprop_update,
                                                .momentum = rmsprop_momentum,
                                                .set_momentum = rmsprop_set_momentum,

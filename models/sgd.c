@@ -1,33 +1,17 @@
 /* SGD as torch.optim.SGD: d = g + wd p; buf = mu buf + (1 - dampening) d
  * (buf = d on the first step); d = nesterov ? d + mu buf : buf; p -= lr d. */
-#include <math.h>
-
 #include "core/error_internal.h"
-#include "backends/cpu/simd.h"
+#include "loom/backend_cpu.h"
 #include "loom/optimizer.h"
 
 #include <stdlib.h>
 
-LOOM_HOT static void sgd_range(const loom_sgd_options *o, float *restrict p, const float *restrict g,
-                                float *restrict buf, size_t n, int64_t step, double lr_d, double wd_d) {
-  const float lr = (float)lr_d, wd = (float)wd_d, mu = (float)o->momentum;
-  const float damp = (float)(1.0 - o->dampening);
-  if (mu == 0.0f) {
-    for (size_t i = 0; i < n; i++)
-      p[i] -= lr * (g[i] + wd * p[i]);
-    return;
-  }
-  for (size_t i = 0; i < n; i++) {
-    float d = g[i] + wd * p[i];
-    buf[i] = step == 1 ? d : mu * buf[i] + damp * d;
-    p[i] -= lr * (o->nesterov ? d + mu * buf[i] : buf[i]);
-  }
-}
-
-static void sgd_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
-                       int64_t step, double lr, double wd) {
+static int sgd_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
+                      int64_t step, double lr, double wd) {
   (void)total;
-  sgd_range(data, p + off, g + off, state ? state + off : NULL, len, step, lr, wd);
+  const loom_sgd_options *o = data;
+  loom_sgd_step s = {lr, wd, o->momentum, o->dampening, o->nesterov, step == 1};
+  return loom_backend_sgd_update(loom_backend_cpu(), &s, p + off, g + off, state ? state + off : NULL, (int64_t)len);
 }
 
 static double sgd_decay(void *data) { return ((loom_sgd_options *)data)->weight_decay; }
@@ -36,16 +20,14 @@ static void sgd_set_momentum(void *data, double m) { ((loom_sgd_options *)data)-
 
 static const loom_optimizer_ops sgd_ops = {.type = "sgd",
                                            .state_per_param = 1,
-                                           .elementwise = true,
-                                           .update = sgd_update,
+                                                                                      .update = sgd_update,
                                            .momentum = sgd_momentum,
                                            .set_momentum = sgd_set_momentum,
                                            .weight_decay = sgd_decay,
                                            .destroy = free};
 /* Plain SGD keeps no buffer; its momentum stays 0 (no setter). */
 static const loom_optimizer_ops sgd_plain_ops = {.type = "sgd",
-                                                 .elementwise = true,
-                                                 .update = sgd_update,
+                                                                                                  .update = sgd_update,
                                                  .momentum = sgd_momentum,
                                                  .weight_decay = sgd_decay,
                                                  .destroy = free};

@@ -869,6 +869,136 @@ static void test_block(void **state) {
   assert_null(block.plan);
 }
 
+/* --- the optimizers' updates and the gradients' whole-buffer ops --- */
+
+/* n parameters, gradients and state (zero, or a previous step's) through
+ * one update on the backend; the same formulas in double, step by step. */
+static void check_updates(loom_backend *b, int64_t n) {
+  float *p = malloc((size_t)n * sizeof *p), *g = malloc((size_t)n * sizeof *g),
+        *s = malloc((size_t)(3 * n) * sizeof *s), *out = malloc((size_t)n * sizeof *out),
+        *sout = malloc((size_t)(3 * n) * sizeof *sout);
+  double *want = malloc((size_t)n * sizeof *want), *swant = malloc((size_t)(3 * n) * sizeof *swant);
+  fill(p, n, 20), fill(g, n, 21), fill(s, 3 * n, 22);
+  for (int64_t i = n; i < 3 * n; i++) /* second moments are squares */
+    s[i] = s[i] * s[i];
+  char what[96];
+  for (int variant = 0; variant < 4; variant++) {
+    /* SGD: momentum with dampening (not the first step), and Nesterov on the first */
+    loom_sgd_step sg = {0.1, 0.01, 0.9, variant ? 0.0 : 0.25, variant == 1, variant == 1};
+    for (int64_t i = 0; i < n; i++) {
+      double d = (double)g[i] + sg.weight_decay * p[i];
+      double buf = sg.first ? d : sg.momentum * s[i] + (1 - sg.dampening) * d;
+      swant[i] = buf;
+      want[i] = p[i] - sg.lr * (sg.nesterov ? d + sg.momentum * buf : buf);
+    }
+    float *dp = upload(b, p, n), *dg = upload(b, g, n), *ds = upload(b, s, 3 * n);
+    assert_int_equal(loom_backend_sgd_update(b, &sg, dp, dg, ds, n), 0);
+    download(b, out, dp, n), download(b, sout, ds, 3 * n);
+    snprintf(what, sizeof what, "%s sgd_update variant %d n=%lld", loom_backend_name(b), variant, (long long)n);
+    close_all(what, out, want, NULL, n, 1e-5);
+    close_all(what, sout, swant, NULL, n, 1e-5);
+    loom_backend_free(b, dp), loom_backend_free(b, dg), loom_backend_free(b, ds);
+
+    /* Adam (variant 0, 2) and AdamW (1, 3), at steps 1 and 7 */
+    loom_adam_step ad = {1e-2, 0.1, 0.9, 0.999, 1e-8, variant < 2 ? 1 : 7, variant % 2 == 1};
+    for (int64_t i = 0; i < n; i++) {
+      double gi = (double)g[i] + (ad.decoupled ? 0 : ad.weight_decay * p[i]);
+      double pi = p[i] * (ad.decoupled ? 1 - ad.lr * ad.weight_decay : 1);
+      double m = ad.beta1 * s[i] + (1 - ad.beta1) * gi, v = ad.beta2 * s[n + i] + (1 - ad.beta2) * gi * gi;
+      double bc1 = 1 - pow(ad.beta1, (double)ad.step), bc2 = 1 - pow(ad.beta2, (double)ad.step);
+      swant[i] = m, swant[n + i] = v;
+      want[i] = pi - ad.lr / bc1 * m / (sqrt(v) / sqrt(bc2) + ad.eps);
+    }
+    dp = upload(b, p, n), dg = upload(b, g, n), ds = upload(b, s, 3 * n);
+    assert_int_equal(loom_backend_adam_update(b, &ad, dp, dg, ds, ds + n, n), 0);
+    download(b, out, dp, n), download(b, sout, ds, 3 * n);
+    snprintf(what, sizeof what, "%s adam_update variant %d n=%lld", loom_backend_name(b), variant, (long long)n);
+    close_all(what, out, want, NULL, n, 1e-4);
+    close_all(what, sout, swant, NULL, 2 * n, 1e-5);
+    loom_backend_free(b, dp), loom_backend_free(b, dg), loom_backend_free(b, ds);
+
+    /* RMSprop: plain, centered, with momentum, both; a state [v | b | c]
+     * with v - c^2 well away from 0, as a mean square and a mean give */
+    loom_rmsprop_step rm = {1e-2, 0.01, 0.99, 1e-8, variant >= 2 ? 0.9 : 0.0, variant % 2 == 1};
+    float *rs = malloc((size_t)(3 * n) * sizeof *rs);
+    for (int64_t i = 0; i < n; i++)
+      rs[i] = s[n + i] + 0.5f, rs[n + i] = s[i], rs[2 * n + i] = 0.3f * s[2 * n + i];
+    for (int64_t i = 0; i < n; i++) {
+      double gi = (double)g[i] + rm.weight_decay * p[i];
+      double v = rm.alpha * rs[i] + (1 - rm.alpha) * gi * gi, c = rs[2 * n + i], buf = rs[n + i];
+      if (rm.centered)
+        c = rm.alpha * c + (1 - rm.alpha) * gi;
+      double denom = sqrt(rm.centered ? v - c * c : v) + rm.eps;
+      if (rm.momentum > 0)
+        buf = rm.momentum * buf + gi / denom;
+      swant[i] = v, swant[n + i] = buf, swant[2 * n + i] = c;
+      want[i] = p[i] - rm.lr * (rm.momentum > 0 ? buf : gi / denom);
+    }
+    dp = upload(b, p, n), dg = upload(b, g, n), ds = upload(b, rs, 3 * n);
+    free(rs);
+    assert_int_equal(loom_backend_rmsprop_update(b, &rm, dp, dg, ds, ds + n, ds + 2 * n, n), 0);
+    download(b, out, dp, n), download(b, sout, ds, 3 * n);
+    snprintf(what, sizeof what, "%s rmsprop_update variant %d n=%lld", loom_backend_name(b), variant, (long long)n);
+    close_all(what, out, want, NULL, n, 1e-4);
+    close_all(what, sout, swant, NULL, 3 * n, 1e-4);
+    loom_backend_free(b, dp), loom_backend_free(b, dg), loom_backend_free(b, ds);
+  }
+  free(p), free(g), free(s), free(out), free(sout), free(want), free(swant);
+}
+
+static void test_optimizer_updates(void **state) {
+  (void)state;
+  loom_backend *b[MAX_BACKENDS];
+  static const int64_t sizes[] = {1, 33, 40000}; /* 40000: the pooled path */
+  for (size_t i = 0, nb = backends(b); i < nb; i++)
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
+      check_updates(b[i], sizes[k]);
+}
+
+static void test_gradient_ops(void **state) {
+  (void)state;
+  loom_backend *b[MAX_BACKENDS];
+  static const int64_t sizes[] = {1, 100, 100000};
+  for (size_t i = 0, nb = backends(b); i < nb; i++)
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+      const int64_t n = sizes[k];
+      float *x = malloc((size_t)n * sizeof *x), *y = malloc((size_t)n * sizeof *y);
+      double *want = malloc((size_t)n * sizeof *want);
+      fill(x, n, 23);
+      double sum_ref = 0;
+      for (int64_t j = 0; j < n; j++)
+        sum_ref += (double)x[j] * x[j];
+      float *d = upload(b[i], x, n);
+      double sum = 0;
+      assert_int_equal(loom_backend_sum_squares(b[i], d, n, &sum), 0);
+      assert_true(fabs(sum - sum_ref) <= 1e-12 * (sum_ref + 1));
+      bool finite = false;
+      assert_int_equal(loom_backend_all_finite(b[i], d, n, &finite), 0);
+      assert_true(finite);
+      assert_int_equal(loom_backend_scale(b[i], d, -2.5f, n), 0);
+      download(b[i], y, d, n);
+      for (int64_t j = 0; j < n; j++)
+        want[j] = (double)(x[j] * -2.5f);
+      close_all("scale", y, want, NULL, n, 0.0);
+      assert_int_equal(loom_backend_clamp(b[i], d, 1.0f, n), 0);
+      download(b[i], y, d, n);
+      for (int64_t j = 0; j < n; j++)
+        want[j] = fmin(1.0, fmax(-1.0, (double)(x[j] * -2.5f)));
+      close_all("clamp", y, want, NULL, n, 0.0);
+      /* one Inf, then one NaN, anywhere (here at the last element: the scalar tail) */
+      static const float bad[] = {INFINITY, -INFINITY, NAN};
+      for (size_t v = 0; v < 3; v++) {
+        x[n - 1] = bad[v];
+        float *e = upload(b[i], x, n);
+        assert_int_equal(loom_backend_all_finite(b[i], e, n, &finite), 0);
+        assert_false(finite);
+        loom_backend_free(b[i], e);
+      }
+      loom_backend_free(b[i], d);
+      free(x), free(y), free(want);
+    }
+}
+
 /* --- support, errors, creation --- */
 
 static void test_support_listing(void **state) {
@@ -975,6 +1105,8 @@ int main(void) {
       cmocka_unit_test(test_pool),
       cmocka_unit_test(test_batchnorm),
       cmocka_unit_test(test_block),
+      cmocka_unit_test(test_optimizer_updates),
+      cmocka_unit_test(test_gradient_ops),
       cmocka_unit_test(test_support_listing),
       cmocka_unit_test(test_missing_op_is_reported),
       cmocka_unit_test(test_tensor_on_backend),

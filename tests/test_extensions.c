@@ -23,7 +23,7 @@ typedef struct signum {
 
 static float sign_of(float x) { return (float)((x > 0) - (x < 0)); }
 
-static void signum_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
+static int signum_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
                           int64_t step, double lr, double wd) {
   (void)total, (void)step;
   signum *s = data;
@@ -32,6 +32,7 @@ static void signum_update(void *data, float *p, const float *g, float *state, si
     state[i] = (float)(s->beta * state[i] + (1.0 - s->beta) * (g[i] + wd * p[i]));
     p[i] -= (float)lr * sign_of(state[i]);
   }
+  return 0;
 }
 
 static double signum_momentum(void *data) { return ((signum *)data)->beta; }

@@ -191,6 +191,50 @@ static int cpu_block_backward(void *ctx, loom_plan *plan, int first, const float
   return loom_cpu_block_backward(plan, first, x, io, dx, n);
 }
 
+static int cpu_sgd_update(void *ctx, const loom_sgd_step *s, float *p, const float *g, float *buf, int64_t n) {
+  (void)ctx;
+  loom_cpu_sgd_update(s, p, g, buf, n);
+  return 0;
+}
+
+static int cpu_adam_update(void *ctx, const loom_adam_step *s, float *p, const float *g, float *m, float *v,
+                           int64_t n) {
+  (void)ctx;
+  loom_cpu_adam_update(s, p, g, m, v, n);
+  return 0;
+}
+
+static int cpu_rmsprop_update(void *ctx, const loom_rmsprop_step *s, float *p, const float *g, float *sq, float *buf,
+                              float *avg, int64_t n) {
+  (void)ctx;
+  loom_cpu_rmsprop_update(s, p, g, sq, buf, avg, n);
+  return 0;
+}
+
+static int cpu_sum_squares(void *ctx, const float *x, int64_t n, double *sum) {
+  (void)ctx;
+  *sum = loom_cpu_sum_squares(x, n);
+  return 0;
+}
+
+static int cpu_scale(void *ctx, float *x, float a, int64_t n) {
+  (void)ctx;
+  loom_cpu_scale(x, a, n);
+  return 0;
+}
+
+static int cpu_clamp(void *ctx, float *x, float limit, int64_t n) {
+  (void)ctx;
+  loom_cpu_clamp(x, limit, n);
+  return 0;
+}
+
+static int cpu_all_finite(void *ctx, const float *x, int64_t n, bool *finite) {
+  (void)ctx;
+  *finite = loom_cpu_all_finite(x, n);
+  return 0;
+}
+
 static const loom_backend_ops cpu_ops = {
     .name = "cpu",
     .device = LOOM_DEVICE_CPU,
@@ -211,6 +255,13 @@ static const loom_backend_ops cpu_ops = {
     .loss_backward = cpu_loss_backward,
     .dropout_forward = cpu_dropout_forward,
     .mul = cpu_mul,
+    .sgd_update = cpu_sgd_update,
+    .adam_update = cpu_adam_update,
+    .rmsprop_update = cpu_rmsprop_update,
+    .sum_squares = cpu_sum_squares,
+    .scale = cpu_scale,
+    .clamp = cpu_clamp,
+    .all_finite = cpu_all_finite,
     .conv_plan = cpu_conv_plan,
     .conv_forward = cpu_conv_forward,
     .conv_backward = cpu_conv_backward,

@@ -3,6 +3,7 @@
 #ifndef LOOM_BACKENDS_CPU_KERNELS_H
 #define LOOM_BACKENDS_CPU_KERNELS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "loom/backend.h"
@@ -25,5 +26,17 @@ void loom_cpu_loss_backward(loom_pointwise_loss loss, float param, const float *
 /* dropout.c */
 void loom_cpu_dropout_forward(uint64_t key, float p, const float *x, float *y, float *mask, int64_t n);
 void loom_cpu_mul(const float *a, const float *b, float *y, int64_t n);
+
+/* optim.c: the optimizers' updates, cut over the pool. */
+void loom_cpu_sgd_update(const loom_sgd_step *s, float *p, const float *g, float *buf, int64_t n);
+void loom_cpu_adam_update(const loom_adam_step *s, float *p, const float *g, float *m, float *v, int64_t n);
+void loom_cpu_rmsprop_update(const loom_rmsprop_step *s, float *p, const float *g, float *sq, float *buf, float *avg,
+                             int64_t n);
+
+/* grads.c */
+double loom_cpu_sum_squares(const float *x, int64_t n);
+void loom_cpu_scale(float *x, float a, int64_t n);
+void loom_cpu_clamp(float *x, float limit, int64_t n);
+bool loom_cpu_all_finite(const float *x, int64_t n);
 
 #endif

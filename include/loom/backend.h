@@ -177,8 +177,33 @@ typedef enum loom_op {
   LOOM_OP_BATCHNORM_FORWARD,
   LOOM_OP_BATCHNORM_BACKWARD,
   LOOM_OP_BLOCK,
+  LOOM_OP_SGD_UPDATE,
+  LOOM_OP_ADAM_UPDATE,
+  LOOM_OP_RMSPROP_UPDATE,
+  LOOM_OP_SUM_SQUARES,
+  LOOM_OP_SCALE,
+  LOOM_OP_CLAMP,
+  LOOM_OP_ALL_FINITE,
   LOOM_OP_COUNT
 } loom_op;
+
+/* The optimizers' updates, elementwise over a range of parameters p,
+ * gradients g and state, with torch.optim's formulas (models/sgd.c,
+ * adam.c, rmsprop.c state them). */
+typedef struct loom_sgd_step {
+  double lr, weight_decay, momentum, dampening;
+  bool nesterov;
+  bool first; /* the first step: buf = d */
+} loom_sgd_step;
+typedef struct loom_adam_step {
+  double lr, weight_decay, beta1, beta2, eps;
+  int64_t step;   /* from 1, for the bias corrections */
+  bool decoupled; /* AdamW: p shrinks by lr wd instead of wd p joining g */
+} loom_adam_step;
+typedef struct loom_rmsprop_step {
+  double lr, weight_decay, alpha, eps, momentum;
+  bool centered;
+} loom_rmsprop_step;
 
 typedef struct loom_backend_ops {
   const char *name; /* "cpu", "cuda", ... */
@@ -285,6 +310,20 @@ typedef struct loom_backend_ops {
   int (*block_backward)(void *ctx, loom_plan *plan, int first, const float *x, const loom_block_io *io, float *dx,
                         int64_t n);
 
+  /* The optimizers' updates (buf: SGD's momentum buffer, NULL without
+   * momentum; RMSprop's sq, buf and avg: its [v | b | c] state). */
+  int (*sgd_update)(void *ctx, const loom_sgd_step *s, float *p, const float *g, float *buf, int64_t n);
+  int (*adam_update)(void *ctx, const loom_adam_step *s, float *p, const float *g, float *m, float *v, int64_t n);
+  int (*rmsprop_update)(void *ctx, const loom_rmsprop_step *s, float *p, const float *g, float *sq, float *buf,
+                        float *avg, int64_t n);
+  /* Whole-buffer reductions and updates of the gradients: *sum (host) =
+   * sum of x_i^2 in double, in index order; x *= a; x = clamp(x, -limit,
+   * limit); *finite (host) = no Inf or NaN among x. */
+  int (*sum_squares)(void *ctx, const float *x, int64_t n, double *sum);
+  int (*scale)(void *ctx, float *x, float a, int64_t n);
+  int (*clamp)(void *ctx, float *x, float limit, int64_t n);
+  int (*all_finite)(void *ctx, const float *x, int64_t n, bool *finite);
+
   /* Optional: frees ctx. */
   void (*destroy)(void *ctx);
 } loom_backend_ops;
@@ -331,6 +370,16 @@ LOOM_API int loom_backend_loss_backward(loom_backend *backend, loom_pointwise_lo
 LOOM_API int loom_backend_dropout_forward(loom_backend *backend, uint64_t key, float p, const float *x, float *y,
                                           float *mask, int64_t n);
 LOOM_API int loom_backend_mul(loom_backend *backend, const float *a, const float *b, float *y, int64_t n);
+LOOM_API int loom_backend_sgd_update(loom_backend *backend, const loom_sgd_step *s, float *p, const float *g, float *buf,
+                                     int64_t n);
+LOOM_API int loom_backend_adam_update(loom_backend *backend, const loom_adam_step *s, float *p, const float *g,
+                                      float *m, float *v, int64_t n);
+LOOM_API int loom_backend_rmsprop_update(loom_backend *backend, const loom_rmsprop_step *s, float *p, const float *g,
+                                         float *sq, float *buf, float *avg, int64_t n);
+LOOM_API int loom_backend_sum_squares(loom_backend *backend, const float *x, int64_t n, double *sum);
+LOOM_API int loom_backend_scale(loom_backend *backend, float *x, float a, int64_t n);
+LOOM_API int loom_backend_clamp(loom_backend *backend, float *x, float limit, int64_t n);
+LOOM_API int loom_backend_all_finite(loom_backend *backend, const float *x, int64_t n, bool *finite);
 
 /* The planned ops. A plan is made on one backend and used and destroyed
  * there; *plan is NULL on failure. */

@@ -41,9 +41,11 @@ typedef struct loom_optimizer_ops {
    * k-th state value is state[k * total + i] (state is NULL without a
    * buffer). A range lies within one layer: its weights, or its biases and
    * normalisation parameters (which loom_optimizer_set_no_decay_bias_norm
-   * hands over with wd 0). `step` counts from 1. */
-  void (*update)(void *data, float *params, const float *grads, float *state, size_t total, size_t off, size_t len,
-                 int64_t step, double lr, double wd);
+   * hands over with wd 0). `step` counts from 1. Returns 0 or an error
+   * (with loom_error_set; an elementwise rule's parts on other threads
+   * should not fail, as their message cannot reach the caller). */
+  int (*update)(void *data, float *params, const float *grads, float *state, size_t total, size_t off, size_t len,
+                int64_t step, double lr, double wd);
   /* The momentum (SGD's, Adam's beta1) and its setter, for schedules that
    * cycle it. Optional: 0, and setting it does nothing. */
   double (*momentum)(void *data);

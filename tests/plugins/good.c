@@ -7,11 +7,12 @@
 
 #include <loom.h>
 
-static void sign_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
+static int sign_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
                         int64_t step, double lr, double wd) {
   (void)data, (void)state, (void)total, (void)step, (void)wd;
   for (size_t i = off; i < off + len; i++)
     p[i] -= (float)lr * (float)((g[i] > 0) - (g[i] < 0));
+  return 0;
 }
 
 static const loom_optimizer_ops sign_ops = {.type = "plugin_sign_sgd", .elementwise = true, .update = sign_update};
