@@ -7,12 +7,21 @@
  * next % K once it holds batch `next`, so batches come out in order
  * whatever the workers' timing. Per-sample randomness is seeded from (epoch
  * seed, sample index, transform), so the result does not depend on which
- * worker prepared what. */
+ * worker prepared what.
+ *
+ * On a machine whose cores the training thread and the compute pool fill,
+ * a worker must not take the training thread's core when it is woken (see
+ * worker_sched) and needs the pool to leave it a core between jobs (see
+ * publish_demand). */
+#define _GNU_SOURCE /* SCHED_BATCH */
+#include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
 
+#include "backends/cpu/parallel.h"
 #include "core/error_internal.h"
 #include "core/tensor_impl.h"
 #include "loom/data.h"
@@ -43,9 +52,11 @@ struct loom_loader {
   int64_t cap_full, count, max_count;
   uint64_t seed;
   bool started;
-  /* progress: batches handed out, claimed by workers, released by the consumer */
-  int64_t total, next, claim, released;
+  /* progress: batches handed out, claimed by workers, made by them (in any
+   * order), released by the consumer */
+  int64_t total, next, claim, made, released;
   bool holding;
+  bool demand; /* counted in loom_parallel_outside_work */
   /* workers */
   uv_thread_t *threads;
   int running;
@@ -137,8 +148,34 @@ static int produce(loom_loader *l, int64_t b, slot *s) {
   return rc;
 }
 
+/* Under the lock (or before any worker runs): tells the compute pool
+ * whether the workers have a batch to make, one the ring has room for that
+ * is not made yet, so that its threads leave them a core between jobs. */
+static void publish_demand(loom_loader *l) {
+  int64_t limit = l->released + l->num_slots < l->total ? l->released + l->num_slots : l->total;
+  bool want = !l->stop && l->made < limit;
+  if (want != l->demand)
+    loom_parallel_outside_work(want ? 1 : -1);
+  l->demand = want;
+}
+
+/* Workers are batch threads: the consumer wakes one each time it frees a
+ * slot, and a normal thread woken so would take the consumer's core for a
+ * whole batch's making, inside loom_loader_next (the data wait would be
+ * that of no workers). A batch thread does not preempt on waking; it runs
+ * on a free core or at the scheduler's tick, which the ring's depth
+ * absorbs. Best effort: where the policy is missing the worker runs as it
+ * is. */
+static void worker_sched(void) {
+#ifdef SCHED_BATCH
+  struct sched_param none = {0};
+  (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &none);
+#endif
+}
+
 static void worker(void *arg) {
   loom_loader *l = arg;
+  worker_sched();
   uv_mutex_lock(&l->mu);
   for (;;) {
     while (!l->stop && l->claim < l->total && l->claim >= l->released + l->num_slots)
@@ -156,6 +193,8 @@ static void worker(void *arg) {
     uv_mutex_lock(&l->mu);
     s->rc = rc;
     s->state = SLOT_READY;
+    l->made++;
+    publish_demand(l);
     uv_cond_broadcast(&l->ready_cv);
   }
   uv_mutex_unlock(&l->mu);
@@ -167,6 +206,7 @@ static int start_workers(loom_loader *l) {
   l->stop = false;
   for (int i = 0; i < l->num_slots; i++)
     l->slots[i].state = SLOT_FREE;
+  publish_demand(l);
   for (int i = 0; i < l->workers; i++) {
     int rc = uv_thread_create(&l->threads[i], worker, l);
     if (rc < 0) {
@@ -179,10 +219,11 @@ static int start_workers(loom_loader *l) {
 }
 
 void loom_loader_end_epoch(loom_loader *l) {
-  if (!l || l->running == 0)
+  if (!l)
     return;
   uv_mutex_lock(&l->mu);
   l->stop = true;
+  publish_demand(l);
   uv_cond_broadcast(&l->work_cv);
   uv_cond_broadcast(&l->ready_cv);
   uv_mutex_unlock(&l->mu);
@@ -209,6 +250,11 @@ void loom_loader_destroy(loom_loader *l) {
   uv_cond_destroy(&l->ready_cv);
   free(l);
 }
+
+/* Two batches per worker, and at least 4: a batch thread may wait for the
+ * scheduler's tick (4 ms at 250 Hz) before it runs, longer than a small
+ * model's batch, so one worker needs a few batches in hand. */
+static int default_depth(int workers) { return 2 * workers > 4 ? 2 * workers : 4; }
 
 /* Frees what loom_loader_create was handed, when it cannot take it. */
 static void drop_inputs(loom_dataset *ds, const loom_loader_options *o) {
@@ -242,7 +288,7 @@ loom_loader *loom_loader_create(loom_dataset *ds, const loom_loader_options *o) 
   l->batch_size = o->batch_size;
   l->drop_last = o->drop_last;
   l->workers = o->workers;
-  l->num_slots = o->workers == 0 ? 1 : (o->prefetch > 0 ? o->prefetch : 2 * o->workers);
+  l->num_slots = o->workers == 0 ? 1 : o->prefetch > 0 ? o->prefetch : default_depth(o->workers);
   l->length = loom_dataset_length(ds);
   l->sample_size = product(loom_dataset_sample_ndim(ds), loom_dataset_sample_shape(ds));
   l->target_size = product(loom_dataset_target_ndim(ds), loom_dataset_target_shape(ds));
@@ -307,7 +353,7 @@ int loom_loader_start_epoch(loom_loader *l, const loom_epoch_plan *plan) {
   l->max_count = loom_shard_max_length(m, plan->world, plan->train);
   l->seed = plan->seed;
   l->total = batches(l, l->count);
-  l->next = l->claim = l->released = 0;
+  l->next = l->claim = l->made = l->released = 0;
   l->holding = false;
   l->started = true;
   return start_workers(l);
@@ -317,7 +363,7 @@ int loom_loader_seek(loom_loader *l, int64_t b) {
   if (b < 0 || b > l->total)
     return loom_error_set(LOOM_EINVAL, "loader: cannot skip %lld batches of %lld", (long long)b, (long long)l->total);
   loom_loader_end_epoch(l);
-  l->next = l->claim = l->released = b;
+  l->next = l->claim = l->made = l->released = b;
   l->holding = false;
   return start_workers(l);
 }
@@ -338,6 +384,7 @@ int loom_loader_next(loom_loader *l, loom_tensor **x, loom_tensor **y) {
   if (l->holding) { /* the previous batch's slot may be refilled now */
     l->released++;
     l->holding = false;
+    publish_demand(l);
     uv_cond_broadcast(&l->work_cv);
   }
   if (l->next >= l->total) {
