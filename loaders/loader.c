@@ -12,7 +12,8 @@
  * On a machine whose cores the training thread and the compute pool fill,
  * a worker must not take the training thread's core when it is woken (see
  * worker_sched) and needs the pool to leave it a core between jobs (see
- * publish_demand). */
+ * publish_demand); a batch no worker has started yet when the consumer
+ * needs it, the consumer makes itself (loom_loader_next). */
 #define _GNU_SOURCE /* SCHED_BATCH */
 #include <pthread.h>
 #include <sched.h>
@@ -173,6 +174,25 @@ static void worker_sched(void) {
 #endif
 }
 
+/* Under the lock, which it drops while it works: claims the next batch,
+ * makes it into its slot and marks the slot ready. */
+static void make_claimed(loom_loader *l) {
+  int64_t b = l->claim++;
+  slot *s = &l->slots[b % l->num_slots];
+  s->state = SLOT_BUSY;
+  s->batch = b;
+  uv_mutex_unlock(&l->mu);
+  int rc = produce(l, b, s);
+  if (rc < 0) /* messages are per thread: carry it to the consumer */
+    snprintf(s->error, sizeof s->error, "%s", loom_last_error());
+  uv_mutex_lock(&l->mu);
+  s->rc = rc;
+  s->state = SLOT_READY;
+  l->made++;
+  publish_demand(l);
+  uv_cond_broadcast(&l->ready_cv);
+}
+
 static void worker(void *arg) {
   loom_loader *l = arg;
   worker_sched();
@@ -182,20 +202,7 @@ static void worker(void *arg) {
       uv_cond_wait(&l->work_cv, &l->mu);
     if (l->stop || l->claim >= l->total)
       break;
-    int64_t b = l->claim++;
-    slot *s = &l->slots[b % l->num_slots];
-    s->state = SLOT_BUSY;
-    s->batch = b;
-    uv_mutex_unlock(&l->mu);
-    int rc = produce(l, b, s);
-    if (rc < 0) /* messages are per thread: carry it to the consumer */
-      snprintf(s->error, sizeof s->error, "%s", loom_last_error());
-    uv_mutex_lock(&l->mu);
-    s->rc = rc;
-    s->state = SLOT_READY;
-    l->made++;
-    publish_demand(l);
-    uv_cond_broadcast(&l->ready_cv);
+    make_claimed(l);
   }
   uv_mutex_unlock(&l->mu);
 }
@@ -392,6 +399,11 @@ int loom_loader_next(loom_loader *l, loom_tensor **x, loom_tensor **y) {
     return 0;
   }
   slot *s = &l->slots[l->next % l->num_slots];
+  /* No worker has started the batch (none got a core since the slot came
+   * free): making it here costs what it costs with no workers, where
+   * waiting could cost a scheduler's tick. */
+  if (l->claim == l->next && !l->stop)
+    make_claimed(l);
   while (!(s->state == SLOT_READY && s->batch == l->next) && l->running > 0)
     uv_cond_wait(&l->ready_cv, &l->mu);
   bool ready = s->state == SLOT_READY && s->batch == l->next;

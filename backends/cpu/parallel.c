@@ -42,11 +42,20 @@ typedef struct pool {
 
 static pool the_pool;
 static uv_once_t once = UV_ONCE_INIT;
-static atomic_int outside_work; /* see loom_parallel_outside_work */
+/* See loom_parallel_outside_work. On a line of its own: the spinners read
+ * it on every turn, and the pool's fields are written on every job. */
+static struct {
+  _Alignas(64) atomic_int count;
+  char pad[64 - sizeof(atomic_int)];
+} outside_work;
 
-void loom_parallel_outside_work(int delta) { atomic_fetch_add_explicit(&outside_work, delta, memory_order_relaxed); }
+void loom_parallel_outside_work(int delta) {
+  atomic_fetch_add_explicit(&outside_work.count, delta, memory_order_relaxed);
+}
 
-bool loom_parallel_outside_pending(void) { return atomic_load_explicit(&outside_work, memory_order_relaxed) > 0; }
+bool loom_parallel_outside_pending(void) {
+  return atomic_load_explicit(&outside_work.count, memory_order_relaxed) > 0;
+}
 
 static void range(int64_t n, int parts, int part, int64_t *begin, int64_t *end) {
   *begin = n * part / parts;
