@@ -61,6 +61,8 @@ struct loom_loader {
   /* workers */
   uv_thread_t *threads;
   int running;
+  int asleep;     /* workers waiting for room that no wake_workers has woken */
+  uint64_t wakes; /* wake_workers calls, for the sleepers to tell theirs */
   bool stop;
   uv_mutex_t mu;
   uv_cond_t work_cv, ready_cv;
@@ -150,11 +152,14 @@ static int produce(loom_loader *l, int64_t b, slot *s) {
 }
 
 /* Under the lock (or before any worker runs): tells the compute pool
- * whether the workers have a batch to make, one the ring has room for that
- * is not made yet, so that its threads leave them a core between jobs. */
+ * whether an awake worker has a batch to make, one the ring has room for
+ * that is not made yet, so that its threads leave it a core between jobs. */
+static int64_t room_limit(const loom_loader *l) {
+  return l->released + l->num_slots < l->total ? l->released + l->num_slots : l->total;
+}
+
 static void publish_demand(loom_loader *l) {
-  int64_t limit = l->released + l->num_slots < l->total ? l->released + l->num_slots : l->total;
-  bool want = !l->stop && l->made < limit;
+  bool want = !l->stop && l->made < room_limit(l) && l->asleep < l->workers;
   if (want != l->demand)
     loom_parallel_outside_work(want ? 1 : -1);
   l->demand = want;
@@ -193,13 +198,33 @@ static void make_claimed(loom_loader *l) {
   uv_cond_broadcast(&l->ready_cv);
 }
 
+/* Under the lock: a worker that filled the ring sleeps until the consumer
+ * has freed half of it (or all that is left of the epoch), then fills it
+ * again, so that a wake-up (a system call, and on a virtual machine an
+ * interrupt to another core) is paid every few batches, not on each. */
+static void wake_workers(loom_loader *l) {
+  l->wakes++;
+  l->asleep = 0;
+  uv_cond_broadcast(&l->work_cv);
+}
+
+static void wait_for_room(loom_loader *l) {
+  while (!l->stop && l->claim < l->total && l->claim >= l->released + l->num_slots) {
+    uint64_t wakes = l->wakes;
+    l->asleep++;
+    publish_demand(l);
+    uv_cond_wait(&l->work_cv, &l->mu);
+    if (l->wakes == wakes) /* a spurious wake-up: still counted as asleep */
+      l->asleep--;
+  }
+}
+
 static void worker(void *arg) {
   loom_loader *l = arg;
   worker_sched();
   uv_mutex_lock(&l->mu);
   for (;;) {
-    while (!l->stop && l->claim < l->total && l->claim >= l->released + l->num_slots)
-      uv_cond_wait(&l->work_cv, &l->mu);
+    wait_for_room(l);
     if (l->stop || l->claim >= l->total)
       break;
     make_claimed(l);
@@ -211,6 +236,7 @@ static int start_workers(loom_loader *l) {
   if (l->workers == 0 || l->next >= l->total)
     return 0;
   l->stop = false;
+  l->asleep = 0;
   for (int i = 0; i < l->num_slots; i++)
     l->slots[i].state = SLOT_FREE;
   publish_demand(l);
@@ -231,7 +257,7 @@ void loom_loader_end_epoch(loom_loader *l) {
   uv_mutex_lock(&l->mu);
   l->stop = true;
   publish_demand(l);
-  uv_cond_broadcast(&l->work_cv);
+  wake_workers(l);
   uv_cond_broadcast(&l->ready_cv);
   uv_mutex_unlock(&l->mu);
   for (int i = 0; i < l->running; i++)
@@ -258,10 +284,17 @@ void loom_loader_destroy(loom_loader *l) {
   free(l);
 }
 
-/* Two batches per worker, and at least 4: a batch thread may wait for the
- * scheduler's tick (4 ms at 250 Hz) before it runs, longer than a small
- * model's batch, so one worker needs a few batches in hand. */
-static int default_depth(int workers) { return 2 * workers > 4 ? 2 * workers : 4; }
+/* Two batches per worker, and up to 8 while they take at most 64 MiB: a
+ * batch thread may wait for the scheduler's tick (4 ms at 250 Hz) before
+ * it runs, several batches of a small model, so a worker needs that many
+ * in hand; a large batch takes longer than a tick to train on. */
+#define DEPTH_SMALL 8
+#define DEPTH_BYTES ((int64_t)64 << 20)
+static int default_depth(const loom_loader *l) {
+  int64_t bytes = l->batch_size * (l->sample_size + l->target_size) * (int64_t)sizeof(float);
+  int64_t fit = DEPTH_BYTES / (bytes > 0 ? bytes : 1), small = fit < DEPTH_SMALL ? fit : DEPTH_SMALL;
+  return 2 * l->workers > small ? 2 * l->workers : (int)small;
+}
 
 /* Frees what loom_loader_create was handed, when it cannot take it. */
 static void drop_inputs(loom_dataset *ds, const loom_loader_options *o) {
@@ -295,10 +328,10 @@ loom_loader *loom_loader_create(loom_dataset *ds, const loom_loader_options *o) 
   l->batch_size = o->batch_size;
   l->drop_last = o->drop_last;
   l->workers = o->workers;
-  l->num_slots = o->workers == 0 ? 1 : o->prefetch > 0 ? o->prefetch : default_depth(o->workers);
   l->length = loom_dataset_length(ds);
   l->sample_size = product(loom_dataset_sample_ndim(ds), loom_dataset_sample_shape(ds));
   l->target_size = product(loom_dataset_target_ndim(ds), loom_dataset_target_shape(ds));
+  l->num_slots = o->workers == 0 ? 1 : o->prefetch > 0 ? o->prefetch : default_depth(l);
   l->sampler = o->sampler ? o->sampler : o->shuffle ? loom_random_sampler_create() : loom_sequential_sampler_create();
   l->transforms = calloc((size_t)(o->num_transforms + 1), sizeof *l->transforms);
   l->threads = calloc((size_t)(o->workers + 1), sizeof *l->threads);
@@ -391,8 +424,10 @@ int loom_loader_next(loom_loader *l, loom_tensor **x, loom_tensor **y) {
   if (l->holding) { /* the previous batch's slot may be refilled now */
     l->released++;
     l->holding = false;
+    int64_t room = room_limit(l) - l->claim;
+    if (l->asleep > 0 && room > 0 && (2 * room >= l->num_slots || room_limit(l) == l->total))
+      wake_workers(l);
     publish_demand(l);
-    uv_cond_broadcast(&l->work_cv);
   }
   if (l->next >= l->total) {
     uv_mutex_unlock(&l->mu);

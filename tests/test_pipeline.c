@@ -318,10 +318,11 @@ static void gate_open(gate *g, int calls) {
   uv_mutex_unlock(&g->mu);
 }
 
-/* The pool is told while a worker has a batch to make (so it does not spin
- * on the cores the worker needs) and no longer once the ring is full or the
- * epoch is over; the default ring holds 4 batches for one worker; workers
- * run as batch threads, which do not preempt the consumer that wakes them. */
+/* The pool is told while a worker is awake with a batch to make (so it does
+ * not spin on the cores the worker needs), and no longer once the ring is
+ * full or the epoch is over; a worker that filled the ring sleeps until half
+ * of it is free; the default ring holds 8 small batches; workers run as
+ * batch threads, which do not preempt the consumer that wakes them. */
 static void test_workers_claim_a_core(void **state) {
   (void)state;
   assert_false(loom_parallel_outside_pending());
@@ -341,19 +342,21 @@ static void test_workers_claim_a_core(void **state) {
   assert_int_equal(loom_loader_set_hooks(l, &hooks), 0);
   assert_int_equal(loom_loader_start_epoch(l, &plan), 0);
   assert_true(loom_parallel_outside_pending()); /* the worker holds batch 0 in the hook */
-  gate_open(&g, 4);                             /* the default ring: 4 batches */
+  gate_open(&g, 8);                             /* the default ring: 8 small batches */
   for (int i = 0; i < 10000 && loom_parallel_outside_pending(); i++) {
     struct timespec nap = {0, 1000000};
     nanosleep(&nap, NULL);
   }
   assert_false(loom_parallel_outside_pending()); /* the ring is full */
   uv_mutex_lock(&g.mu);
-  assert_int_equal(g.calls, 4);
+  assert_int_equal(g.calls, 8);
   uv_mutex_unlock(&g.mu);
-  assert_int_equal(loom_loader_next(l, &x, &y), 1); /* batch 0, held: still full */
-  assert_false(loom_parallel_outside_pending());
-  assert_int_equal(loom_loader_next(l, &x, &y), 1); /* frees batch 0's slot: batch 4 to make */
-  assert_true(loom_parallel_outside_pending());
+  for (int b = 0; b < 4; b++) { /* takes batches 0-3, frees 0-2: the worker sleeps on */
+    assert_int_equal(loom_loader_next(l, &x, &y), 1);
+    assert_false(loom_parallel_outside_pending());
+  }
+  assert_int_equal(loom_loader_next(l, &x, &y), 1); /* frees batch 3's slot: half the ring */
+  assert_true(loom_parallel_outside_pending());     /* the worker is woken, holds batch 8 */
   gate_open(&g, 1000);
   loom_loader_end_epoch(l);
   assert_false(loom_parallel_outside_pending());

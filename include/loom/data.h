@@ -137,7 +137,7 @@ typedef struct loom_loader_options {
   bool drop_last;        /* drop a last partial batch; kept by default */
   loom_sampler *sampler; /* optional; owned by the loader */
   int workers;           /* threads preparing batches (batch-scheduled); 0: in the caller's thread */
-  int prefetch;          /* batches prepared ahead (0: 2 per worker, at least 4) */
+  int prefetch;          /* batches prepared ahead (0: 2 per worker; up to 8 in 64 MiB) */
   loom_transform **transforms; /* per-sample, in order; owned by the loader */
   int num_transforms;
 } loom_loader_options;
