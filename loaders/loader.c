@@ -151,13 +151,14 @@ static int produce(loom_loader *l, int64_t b, slot *s) {
   return rc;
 }
 
-/* Under the lock (or before any worker runs): tells the compute pool
- * whether an awake worker has a batch to make, one the ring has room for
- * that is not made yet, so that its threads leave it a core between jobs. */
+/* One past the last batch the ring has room for. */
 static int64_t room_limit(const loom_loader *l) {
   return l->released + l->num_slots < l->total ? l->released + l->num_slots : l->total;
 }
 
+/* Under the lock (or before any worker runs): tells the compute pool
+ * whether an awake worker has a batch to make, one the ring has room for
+ * that is not made yet, so that its threads leave it a core between jobs. */
 static void publish_demand(loom_loader *l) {
   bool want = !l->stop && l->made < room_limit(l) && l->asleep < l->workers;
   if (want != l->demand)
@@ -165,10 +166,10 @@ static void publish_demand(loom_loader *l) {
   l->demand = want;
 }
 
-/* Workers are batch threads: the consumer wakes one each time it frees a
- * slot, and a normal thread woken so would take the consumer's core for a
- * whole batch's making, inside loom_loader_next (the data wait would be
- * that of no workers). A batch thread does not preempt on waking; it runs
+/* Workers are batch threads: the consumer wakes them when it frees slots,
+ * and a normal thread woken so would take the consumer's core for a whole
+ * batch's making, inside loom_loader_next (the data wait would be that of
+ * no workers). A batch thread does not preempt on waking; it runs
  * on a free core or at the scheduler's tick, which the ring's depth
  * absorbs. Best effort: where the policy is missing the worker runs as it
  * is. */
