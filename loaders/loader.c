@@ -7,12 +7,22 @@
  * next % K once it holds batch `next`, so batches come out in order
  * whatever the workers' timing. Per-sample randomness is seeded from (epoch
  * seed, sample index, transform), so the result does not depend on which
- * worker prepared what. */
+ * worker prepared what.
+ *
+ * On a machine whose cores the training thread and the compute pool fill,
+ * a worker must not take the training thread's core when it is woken (see
+ * worker_sched) and needs the pool to leave it a core between jobs (see
+ * publish_demand); a batch no worker has started yet when the consumer
+ * needs it, the consumer makes itself (loom_loader_next). */
+#define _GNU_SOURCE /* SCHED_BATCH */
+#include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
 
+#include "backends/cpu/parallel.h"
 #include "core/error_internal.h"
 #include "core/tensor_impl.h"
 #include "loom/data.h"
@@ -43,12 +53,16 @@ struct loom_loader {
   int64_t cap_full, count, max_count;
   uint64_t seed;
   bool started;
-  /* progress: batches handed out, claimed by workers, released by the consumer */
-  int64_t total, next, claim, released;
+  /* progress: batches handed out, claimed by workers, made by them (in any
+   * order), released by the consumer */
+  int64_t total, next, claim, made, released;
   bool holding;
+  bool demand; /* counted in loom_parallel_outside_work */
   /* workers */
   uv_thread_t *threads;
   int running;
+  int asleep;     /* workers waiting for room that no wake_workers has woken */
+  uint64_t wakes; /* wake_workers calls, for the sleepers to tell theirs */
   bool stop;
   uv_mutex_t mu;
   uv_cond_t work_cv, ready_cv;
@@ -137,26 +151,84 @@ static int produce(loom_loader *l, int64_t b, slot *s) {
   return rc;
 }
 
+/* One past the last batch the ring has room for. */
+static int64_t room_limit(const loom_loader *l) {
+  return l->released + l->num_slots < l->total ? l->released + l->num_slots : l->total;
+}
+
+/* Under the lock (or before any worker runs): tells the compute pool
+ * whether an awake worker has a batch to make, one the ring has room for
+ * that is not made yet, so that its threads leave it a core between jobs. */
+static void publish_demand(loom_loader *l) {
+  bool want = !l->stop && l->made < room_limit(l) && l->asleep < l->workers;
+  if (want != l->demand)
+    loom_parallel_outside_work(want ? 1 : -1);
+  l->demand = want;
+}
+
+/* Workers are batch threads: the consumer wakes them when it frees slots,
+ * and a normal thread woken so would take the consumer's core for a whole
+ * batch's making, inside loom_loader_next (the data wait would be that of
+ * no workers). A batch thread does not preempt on waking; it runs
+ * on a free core or at the scheduler's tick, which the ring's depth
+ * absorbs. Best effort: where the policy is missing the worker runs as it
+ * is. */
+static void worker_sched(void) {
+#ifdef SCHED_BATCH
+  struct sched_param none = {0};
+  (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &none);
+#endif
+}
+
+/* Under the lock, which it drops while it works: claims the next batch,
+ * makes it into its slot and marks the slot ready. */
+static void make_claimed(loom_loader *l) {
+  int64_t b = l->claim++;
+  slot *s = &l->slots[b % l->num_slots];
+  s->state = SLOT_BUSY;
+  s->batch = b;
+  uv_mutex_unlock(&l->mu);
+  int rc = produce(l, b, s);
+  if (rc < 0) /* messages are per thread: carry it to the consumer */
+    snprintf(s->error, sizeof s->error, "%s", loom_last_error());
+  uv_mutex_lock(&l->mu);
+  s->rc = rc;
+  s->state = SLOT_READY;
+  l->made++;
+  publish_demand(l);
+  uv_cond_broadcast(&l->ready_cv);
+}
+
+/* Under the lock: a worker that filled the ring sleeps until the consumer
+ * has freed half of it (or all that is left of the epoch), then fills it
+ * again, so that a wake-up (a system call, and on a virtual machine an
+ * interrupt to another core) is paid every few batches, not on each. */
+static void wake_workers(loom_loader *l) {
+  l->wakes++;
+  l->asleep = 0;
+  uv_cond_broadcast(&l->work_cv);
+}
+
+static void wait_for_room(loom_loader *l) {
+  while (!l->stop && l->claim < l->total && l->claim >= l->released + l->num_slots) {
+    uint64_t wakes = l->wakes;
+    l->asleep++;
+    publish_demand(l);
+    uv_cond_wait(&l->work_cv, &l->mu);
+    if (l->wakes == wakes) /* a spurious wake-up: still counted as asleep */
+      l->asleep--;
+  }
+}
+
 static void worker(void *arg) {
   loom_loader *l = arg;
+  worker_sched();
   uv_mutex_lock(&l->mu);
   for (;;) {
-    while (!l->stop && l->claim < l->total && l->claim >= l->released + l->num_slots)
-      uv_cond_wait(&l->work_cv, &l->mu);
+    wait_for_room(l);
     if (l->stop || l->claim >= l->total)
       break;
-    int64_t b = l->claim++;
-    slot *s = &l->slots[b % l->num_slots];
-    s->state = SLOT_BUSY;
-    s->batch = b;
-    uv_mutex_unlock(&l->mu);
-    int rc = produce(l, b, s);
-    if (rc < 0) /* messages are per thread: carry it to the consumer */
-      snprintf(s->error, sizeof s->error, "%s", loom_last_error());
-    uv_mutex_lock(&l->mu);
-    s->rc = rc;
-    s->state = SLOT_READY;
-    uv_cond_broadcast(&l->ready_cv);
+    make_claimed(l);
   }
   uv_mutex_unlock(&l->mu);
 }
@@ -165,8 +237,10 @@ static int start_workers(loom_loader *l) {
   if (l->workers == 0 || l->next >= l->total)
     return 0;
   l->stop = false;
+  l->asleep = 0;
   for (int i = 0; i < l->num_slots; i++)
     l->slots[i].state = SLOT_FREE;
+  publish_demand(l);
   for (int i = 0; i < l->workers; i++) {
     int rc = uv_thread_create(&l->threads[i], worker, l);
     if (rc < 0) {
@@ -179,11 +253,12 @@ static int start_workers(loom_loader *l) {
 }
 
 void loom_loader_end_epoch(loom_loader *l) {
-  if (!l || l->running == 0)
+  if (!l)
     return;
   uv_mutex_lock(&l->mu);
   l->stop = true;
-  uv_cond_broadcast(&l->work_cv);
+  publish_demand(l);
+  wake_workers(l);
   uv_cond_broadcast(&l->ready_cv);
   uv_mutex_unlock(&l->mu);
   for (int i = 0; i < l->running; i++)
@@ -208,6 +283,18 @@ void loom_loader_destroy(loom_loader *l) {
   uv_cond_destroy(&l->work_cv);
   uv_cond_destroy(&l->ready_cv);
   free(l);
+}
+
+/* Two batches per worker, and up to 8 while they take at most 64 MiB: a
+ * batch thread may wait for the scheduler's tick (4 ms at 250 Hz) before
+ * it runs, several batches of a small model, so a worker needs that many
+ * in hand; a large batch takes longer than a tick to train on. */
+#define DEPTH_SMALL 8
+#define DEPTH_BYTES ((int64_t)64 << 20)
+static int default_depth(const loom_loader *l) {
+  int64_t bytes = l->batch_size * (l->sample_size + l->target_size) * (int64_t)sizeof(float);
+  int64_t fit = DEPTH_BYTES / (bytes > 0 ? bytes : 1), small = fit < DEPTH_SMALL ? fit : DEPTH_SMALL;
+  return 2 * l->workers > small ? 2 * l->workers : (int)small;
 }
 
 /* Frees what loom_loader_create was handed, when it cannot take it. */
@@ -242,10 +329,10 @@ loom_loader *loom_loader_create(loom_dataset *ds, const loom_loader_options *o) 
   l->batch_size = o->batch_size;
   l->drop_last = o->drop_last;
   l->workers = o->workers;
-  l->num_slots = o->workers == 0 ? 1 : (o->prefetch > 0 ? o->prefetch : 2 * o->workers);
   l->length = loom_dataset_length(ds);
   l->sample_size = product(loom_dataset_sample_ndim(ds), loom_dataset_sample_shape(ds));
   l->target_size = product(loom_dataset_target_ndim(ds), loom_dataset_target_shape(ds));
+  l->num_slots = o->workers == 0 ? 1 : o->prefetch > 0 ? o->prefetch : default_depth(l);
   l->sampler = o->sampler ? o->sampler : o->shuffle ? loom_random_sampler_create() : loom_sequential_sampler_create();
   l->transforms = calloc((size_t)(o->num_transforms + 1), sizeof *l->transforms);
   l->threads = calloc((size_t)(o->workers + 1), sizeof *l->threads);
@@ -307,7 +394,7 @@ int loom_loader_start_epoch(loom_loader *l, const loom_epoch_plan *plan) {
   l->max_count = loom_shard_max_length(m, plan->world, plan->train);
   l->seed = plan->seed;
   l->total = batches(l, l->count);
-  l->next = l->claim = l->released = 0;
+  l->next = l->claim = l->made = l->released = 0;
   l->holding = false;
   l->started = true;
   return start_workers(l);
@@ -317,7 +404,7 @@ int loom_loader_seek(loom_loader *l, int64_t b) {
   if (b < 0 || b > l->total)
     return loom_error_set(LOOM_EINVAL, "loader: cannot skip %lld batches of %lld", (long long)b, (long long)l->total);
   loom_loader_end_epoch(l);
-  l->next = l->claim = l->released = b;
+  l->next = l->claim = l->made = l->released = b;
   l->holding = false;
   return start_workers(l);
 }
@@ -338,13 +425,21 @@ int loom_loader_next(loom_loader *l, loom_tensor **x, loom_tensor **y) {
   if (l->holding) { /* the previous batch's slot may be refilled now */
     l->released++;
     l->holding = false;
-    uv_cond_broadcast(&l->work_cv);
+    int64_t room = room_limit(l) - l->claim;
+    if (l->asleep > 0 && room > 0 && (2 * room >= l->num_slots || room_limit(l) == l->total))
+      wake_workers(l);
+    publish_demand(l);
   }
   if (l->next >= l->total) {
     uv_mutex_unlock(&l->mu);
     return 0;
   }
   slot *s = &l->slots[l->next % l->num_slots];
+  /* No worker has started the batch (none got a core since the slot came
+   * free): making it here costs what it costs with no workers, where
+   * waiting could cost a scheduler's tick. */
+  if (l->claim == l->next && !l->stop)
+    make_claimed(l);
   while (!(s->state == SLOT_READY && s->batch == l->next) && l->running > 0)
     uv_cond_wait(&l->ready_cv, &l->mu);
   bool ready = s->state == SLOT_READY && s->batch == l->next;

@@ -1,12 +1,15 @@
 /* The loader's pipeline: the same batches whatever the worker count, clean
- * shutdown, errors naming the sample, backpressure, hooks; samplers: shards,
- * weights, state; HDF5 and CSV datasets. */
+ * shutdown, errors naming the sample, backpressure, hooks, the workers'
+ * claim on a core; samplers: shards, weights, state; HDF5 and CSV datasets. */
+#define _GNU_SOURCE /* SCHED_BATCH */
 #include <hdf5.h>
+#include <sched.h>
 #include <unistd.h>
 #include <math.h>
 #include <time.h>
 #include <uv.h>
 
+#include "backends/cpu/parallel.h"
 #include "helpers.h"
 
 enum { C = 3, H = 8, W = 8, N = 103, SAMPLE = C * H * W };
@@ -64,6 +67,8 @@ static void test_same_batches_for_any_worker_count(void **state) {
   float *want = all_batches(l, &n0);
   loom_loader_destroy(l);
   assert_int_equal(n0, 2 * (N * SAMPLE + N));
+  /* With one worker and one slot the consumer often finds its next batch
+   * not started and makes it itself. */
   const int workers[] = {1, 2, 4, 3}, prefetch[] = {1, 0, 3, 7};
   for (int i = 0; i < 4; i++) {
     l = image_loader(workers[i], prefetch[i], NULL);
@@ -282,6 +287,85 @@ static void test_hooks_and_backpressure(void **state) {
   loom_loader_destroy(l);
   assert_int_equal(h.frees, h.allocs);
   uv_mutex_destroy(&h.mu);
+}
+
+/* --- the workers and the compute pool --- */
+
+/* A batch-ready hook that holds the worker until the test opens the gate
+ * for its call, and notes the worker's scheduling policy. */
+typedef struct gate {
+  int calls, open, policy;
+  uv_mutex_t mu;
+  uv_cond_t cv;
+} gate;
+
+static int gate_ready(void *user, const loom_tensor *x, const loom_tensor *y, int slot) {
+  (void)x, (void)y, (void)slot;
+  gate *g = user;
+  uv_mutex_lock(&g->mu);
+  g->policy = sched_getscheduler(0);
+  int call = g->calls++;
+  while (call >= g->open)
+    uv_cond_wait(&g->cv, &g->mu);
+  uv_mutex_unlock(&g->mu);
+  return 0;
+}
+
+static void gate_open(gate *g, int calls) {
+  uv_mutex_lock(&g->mu);
+  g->open = calls;
+  uv_cond_broadcast(&g->cv);
+  uv_mutex_unlock(&g->mu);
+}
+
+/* The pool is told while a worker is awake with a batch to make (so it does
+ * not spin on the cores the worker needs), and no longer once the ring is
+ * full or the epoch is over; a worker that filled the ring sleeps until half
+ * of it is free; the default ring holds 8 small batches; workers run as
+ * batch threads, which do not preempt the consumer that wakes them. */
+static void test_workers_claim_a_core(void **state) {
+  (void)state;
+  assert_false(loom_parallel_outside_pending());
+  loom_loader *none = image_loader(0, 0, NULL);
+  loom_epoch_plan plan = {1, 0, 1, true};
+  loom_tensor *x, *y;
+  assert_int_equal(loom_loader_start_epoch(none, &plan), 0);
+  assert_int_equal(loom_loader_next(none, &x, &y), 1);
+  assert_false(loom_parallel_outside_pending()); /* no workers: nothing to leave a core to */
+  loom_loader_destroy(none);
+
+  gate g = {0};
+  uv_mutex_init(&g.mu);
+  uv_cond_init(&g.cv);
+  loom_loader *l = image_loader(1, 0, NULL);
+  loom_loader_hooks hooks = {.batch_ready = gate_ready, .user = &g};
+  assert_int_equal(loom_loader_set_hooks(l, &hooks), 0);
+  assert_int_equal(loom_loader_start_epoch(l, &plan), 0);
+  assert_true(loom_parallel_outside_pending()); /* the worker holds batch 0 in the hook */
+  gate_open(&g, 8);                             /* the default ring: 8 small batches */
+  for (int i = 0; i < 10000 && loom_parallel_outside_pending(); i++) {
+    struct timespec nap = {0, 1000000};
+    nanosleep(&nap, NULL);
+  }
+  assert_false(loom_parallel_outside_pending()); /* the ring is full */
+  uv_mutex_lock(&g.mu);
+  assert_int_equal(g.calls, 8);
+  uv_mutex_unlock(&g.mu);
+  for (int b = 0; b < 4; b++) { /* takes batches 0-3, frees 0-2: the worker sleeps on */
+    assert_int_equal(loom_loader_next(l, &x, &y), 1);
+    assert_false(loom_parallel_outside_pending());
+  }
+  assert_int_equal(loom_loader_next(l, &x, &y), 1); /* frees batch 3's slot: half the ring */
+  assert_true(loom_parallel_outside_pending());     /* the worker is woken, holds batch 8 */
+  gate_open(&g, 1000);
+  loom_loader_end_epoch(l);
+  assert_false(loom_parallel_outside_pending());
+#ifdef SCHED_BATCH
+  assert_int_equal(g.policy, SCHED_BATCH);
+#endif
+  loom_loader_destroy(l);
+  uv_cond_destroy(&g.cv);
+  uv_mutex_destroy(&g.mu);
 }
 
 /* --- samplers --- */
@@ -615,6 +699,7 @@ int main(void) {
       cmocka_unit_test(test_early_stop_shuts_down),
       cmocka_unit_test(test_runner_stops_workers),
       cmocka_unit_test(test_hooks_and_backpressure),
+      cmocka_unit_test(test_workers_claim_a_core),
       cmocka_unit_test(test_shards_disjoint_and_covering),
       cmocka_unit_test(test_weighted_sampler),
       cmocka_unit_test(test_sampler_state_survives_resume),

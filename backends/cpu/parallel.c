@@ -3,7 +3,11 @@
  * come back to back, so a worker spins briefly on the job counter before
  * it sleeps on a condition variable: waking a sleeping thread costs tens
  * of microseconds, which a batch of a dozen jobs pays again and again.
- * One job runs at a time (the training thread's). */
+ * One job runs at a time (the training thread's). While a thread outside
+ * the pool has work that wants a core (a loader worker with a batch to
+ * make), the workers sleep at once between jobs instead: with one pool
+ * thread per core, spinning would leave that thread no core but the ones
+ * the scheduler takes from a spinner at its next tick. */
 #include "backends/cpu/parallel.h"
 
 #include <cblas.h>
@@ -38,16 +42,31 @@ typedef struct pool {
 
 static pool the_pool;
 static uv_once_t once = UV_ONCE_INIT;
+/* See loom_parallel_outside_work. On a line of its own: the spinners read
+ * it on every turn, and the pool's fields are written on every job. */
+static struct {
+  _Alignas(64) atomic_int count;
+  char pad[64 - sizeof(atomic_int)];
+} outside_work;
+
+void loom_parallel_outside_work(int delta) {
+  atomic_fetch_add_explicit(&outside_work.count, delta, memory_order_relaxed);
+}
+
+bool loom_parallel_outside_pending(void) {
+  return atomic_load_explicit(&outside_work.count, memory_order_relaxed) > 0;
+}
 
 static void range(int64_t n, int parts, int part, int64_t *begin, int64_t *end) {
   *begin = n * part / parts;
   *end = n * (part + 1) / parts;
 }
 
-/* The job after `seen`: spin on the counter, then sleep on `wake`. The
- * acquire load pairs with the release bump, so fn, ctx and n are seen. */
+/* The job after `seen`: spin on the counter (unless outside work waits for
+ * a core), then sleep on `wake`. The acquire load pairs with the release
+ * bump, so fn, ctx and n are seen. */
 static uint64_t next_job(pool *p, uint64_t seen) {
-  for (int i = 0; i < SPINS; i++) {
+  for (int i = 0; i < SPINS && !loom_parallel_outside_pending(); i++) {
     uint64_t g = atomic_load_explicit(&p->generation, memory_order_acquire);
     if (g != seen)
       return g;

@@ -4,6 +4,7 @@
 #ifndef LOOM_BACKENDS_CPU_PARALLEL_H
 #define LOOM_BACKENDS_CPU_PARALLEL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 /* How many parts loom_parallel_for splits into: the cores available, or
@@ -23,5 +24,13 @@ void loom_parallel_for(int64_t n, loom_parallel_fn fn, void *ctx);
  * `serial_below` elements, where the hand-off costs more than the other
  * cores save. */
 void loom_parallel_for_large(int64_t n, int64_t serial_below, loom_parallel_fn fn, void *ctx);
+
+/* Work outside the pool that wants a core now, such as a loader worker
+ * with a batch to make: +1 when it appears, -1 when it is done (a count
+ * over the process). While any is pending, the pool's threads sleep between
+ * jobs at once instead of spinning, so that where the pool has a thread
+ * per core that work runs in the gaps between jobs. */
+void loom_parallel_outside_work(int delta);
+bool loom_parallel_outside_pending(void);
 
 #endif

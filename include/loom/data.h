@@ -136,8 +136,8 @@ typedef struct loom_loader_options {
   bool shuffle;          /* random sampler when no sampler is given */
   bool drop_last;        /* drop a last partial batch; kept by default */
   loom_sampler *sampler; /* optional; owned by the loader */
-  int workers;           /* threads preparing batches; 0: in the caller's thread */
-  int prefetch;          /* batches prepared ahead (0: 2 per worker) */
+  int workers;           /* threads preparing batches (batch-scheduled); 0: in the caller's thread */
+  int prefetch;          /* batches prepared ahead (0: 2 per worker; up to 8 in 64 MiB) */
   loom_transform **transforms; /* per-sample, in order; owned by the loader */
   int num_transforms;
 } loom_loader_options;
@@ -147,7 +147,9 @@ typedef struct loom_loader_options {
 typedef struct loom_loader_hooks {
   void *(*alloc)(void *user, size_t bytes);
   void (*free)(void *user, void *ptr);
-  /* Called in the worker that prepared `slot`'s batch, before it is handed out. */
+  /* Called in the thread that prepared `slot`'s batch (a worker, or the
+   * consumer's when it finds its next batch not started), before it is
+   * handed out. */
   int (*batch_ready)(void *user, const loom_tensor *x, const loom_tensor *y, int slot);
   void *user;
 } loom_loader_hooks;
