@@ -56,7 +56,7 @@ void loom_component_destroy(loom_kind kind, void *component) {
   case LOOM_KIND_OPTIMIZER: loom_optimizer_destroy(component); break;
   case LOOM_KIND_SCHEDULER: loom_scheduler_destroy(component); break;
   case LOOM_KIND_CALLBACK: loom_callback_destroy(component); break;
-  case LOOM_KIND_DATASET: loom_dataset_destroy(component); break;
+  case LOOM_KIND_DATASET: loom_dataset_release(component); break;
   case LOOM_KIND_TRANSFORM: loom_transform_destroy(component); break;
   default: break;
   }
@@ -247,7 +247,7 @@ static int build_datasets(builder *b, loom_params *root) {
     if (!ds)
       return loom_last_error_code();
     if (b->num_datasets == MAX_NAMED) {
-      loom_dataset_destroy(ds);
+      loom_dataset_release(ds);
       return loom_params_error(&p, NULL, LOOM_EINVAL, "more than %d datasets", MAX_NAMED);
     }
     b->datasets[b->num_datasets++] = (named){key, ds, false};
@@ -689,7 +689,7 @@ static int build_stages(builder *b, loom_params *root) {
 
 static void release(builder *b) {
   for (int i = 0; i < b->num_datasets; i++)
-    loom_dataset_destroy(b->datasets[i].object);
+    loom_dataset_release(b->datasets[i].object);
   for (int i = 0; i < b->num_loaders; i++)
     if (!b->loaders[i].used)
       loom_loader_destroy(b->loaders[i].object);

@@ -46,7 +46,7 @@ loom_dataset *loom_dataset_retain(loom_dataset *ds) {
   return ds;
 }
 
-void loom_dataset_destroy(loom_dataset *ds) {
+void loom_dataset_release(loom_dataset *ds) {
   if (!ds || --ds->refs > 0)
     return;
   if (ds->ops.destroy)

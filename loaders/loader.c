@@ -271,7 +271,7 @@ void loom_loader_destroy(loom_loader *l) {
     return;
   loom_loader_end_epoch(l);
   free_slots(l);
-  loom_dataset_destroy(l->ds);
+  loom_dataset_release(l->ds);
   loom_sampler_destroy(l->sampler);
   for (int i = 0; i < l->num_transforms; i++)
     loom_transform_destroy(l->transforms[i]);
@@ -299,7 +299,7 @@ static int default_depth(const loom_loader *l) {
 
 /* Frees what loom_loader_create was handed, when it cannot take it. */
 static void drop_inputs(loom_dataset *ds, const loom_loader_options *o) {
-  loom_dataset_destroy(ds);
+  loom_dataset_release(ds);
   if (!o)
     return;
   loom_sampler_destroy(o->sampler);

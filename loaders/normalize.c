@@ -27,7 +27,7 @@ LOOM_HOT static int normalize_fetch(void *data, const int64_t *indices, int64_t 
 
 static void normalize_destroy(void *data) {
   normalize *d = data;
-  loom_dataset_destroy(d->inner);
+  loom_dataset_release(d->inner);
   free(d);
 }
 
@@ -35,13 +35,13 @@ static const loom_dataset_ops normalize_ops = {"normalize", normalize_length, no
 
 loom_dataset *loom_normalize_dataset_create(loom_dataset *inner, float mean, float std) {
   if (!inner || !(std > 0.0f)) {
-    loom_dataset_destroy(inner);
+    loom_dataset_release(inner);
     loom_error_set(LOOM_EINVAL, "normalize: needs a dataset and std > 0 (got %g)", (double)std);
     return NULL;
   }
   normalize *d = calloc(1, sizeof *d);
   if (!d) {
-    loom_dataset_destroy(inner);
+    loom_dataset_release(inner);
     loom_error_oom("a normalizing dataset");
     return NULL;
   }

@@ -75,8 +75,8 @@ static void test_real_fashion_mnist(void **state) {
   loom_dataset *test = loom_fashion_mnist_open(FMNIST, false);
   assert_non_null(test);
   assert_int_equal(loom_dataset_length(test), 10000);
-  loom_dataset_destroy(test);
-  loom_dataset_destroy(train);
+  loom_dataset_release(test);
+  loom_dataset_release(train);
 }
 
 static void test_missing_dataset_names_package(void **state) {
@@ -113,7 +113,7 @@ static void test_small_idx_roundtrip(void **state) {
     assert_true(fabsf(x[6] - 0.0f) < 1e-7f);
     int64_t bad = 2;
     assert_int_equal(loom_dataset_fetch(ds, &bad, 1, x, y), LOOM_EINVAL);
-    loom_dataset_destroy(ds);
+    loom_dataset_release(ds);
   }
 }
 
@@ -341,7 +341,7 @@ static void test_normalize(void **state) {
   const float want[4] = {-2.0f, 0.0f, 2.0f, -1.0f};
   for (int i = 0; i < 4; i++)
     assert_true(fabsf(out[i] - want[i]) < 1e-6f);
-  loom_dataset_destroy(ds);
+  loom_dataset_release(ds);
   assert_null(loom_normalize_dataset_create(NULL, 0.0f, 1.0f));
 }
 

@@ -653,7 +653,7 @@ static void test_idx_to_hdf5_round_trip(void **state) {
   assert_int_equal(loom_dataset_fetch(i, idx, 8, ix, iy), 0);
   assert_memory_equal(hx, ix, sizeof hx); /* the same floats as the IDX reader's */
   assert_memory_equal(hy, iy, sizeof hy);
-  loom_dataset_destroy(h), loom_dataset_destroy(i);
+  loom_dataset_release(h), loom_dataset_release(i);
   assert_int_equal(loom_idx_to_hdf5("/nonexistent", labels, out), LOOM_ENOENT);
   test_rm_rf(dir);
   free(dir);
@@ -676,7 +676,7 @@ static void test_csv(void **state) {
   const float wx[6] = {4, 0.5f, 6, 1.5f, 2, -3}, wy[2] = {1, 0};
   assert_memory_equal(x, wx, sizeof x);
   assert_memory_equal(y, wy, sizeof y);
-  loom_dataset_destroy(ds);
+  loom_dataset_release(ds);
   f = fopen(path, "w");
   fputs("1,2,3\n4,five,6\n", f);
   fclose(f);

@@ -39,9 +39,9 @@ typedef struct loom_dataset_ops {
 LOOM_API loom_dataset *loom_dataset_create(const loom_dataset_ops *ops, void *data, int sample_ndim,
                                   const int64_t *sample_shape, int target_ndim, const int64_t *target_shape);
 /* Datasets are reference counted so that several loaders can share one:
- * retain adds a reference, destroy drops one and frees on the last. */
+ * retain adds a reference, release drops one and frees on the last. */
 LOOM_API loom_dataset *loom_dataset_retain(loom_dataset *ds);
-LOOM_API void loom_dataset_destroy(loom_dataset *ds);
+LOOM_API void loom_dataset_release(loom_dataset *ds);
 LOOM_API int64_t loom_dataset_length(const loom_dataset *ds);
 LOOM_API int loom_dataset_sample_ndim(const loom_dataset *ds);
 LOOM_API const int64_t *loom_dataset_sample_shape(const loom_dataset *ds);
