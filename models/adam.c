@@ -30,7 +30,7 @@ static void adam_set_momentum(void *data, double m) { ((loom_adam_options *)data
 static double adam_decay(void *data) { return ((loom_adam_options *)data)->weight_decay; }
 
 #define ADAM_OPS(name, fn)                                                                                             \
-  {.type = name, .state_per_param = 2, .update = fn, .momentum = adam_momentum,                  \
+  {.type = name, .state_per_param = 2, .elementwise = true, .update = fn, .momentum = adam_momentum,                  \
    .set_momentum = adam_set_momentum, .weight_decay = adam_decay, .destroy = free}
 static const loom_optimizer_ops adam_ops = ADAM_OPS("adam", adam_update);
 static const loom_optimizer_ops adamw_ops = ADAM_OPS("adamw", adamw_update);

@@ -6,6 +6,7 @@
 #include "core/error_internal.h"
 #include "core/names.h"
 #include "backends/cpu/parallel.h"
+#include "loom/backend_cpu.h"
 #include "loom/optimizer.h"
 
 typedef struct group {
@@ -128,7 +129,33 @@ double loom_optimizer_weight_decay(const loom_optimizer *opt) {
   return opt->ops.weight_decay ? opt->ops.weight_decay(opt->data) : 0.0;
 }
 
-int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {
+/* What a step updates: per layer, its decayed weights then the rest (biases
+ * and norm scales, without decay when loom_optimizer_set_no_decay_bias_norm
+ * asks), each with its group's rate and decay; frozen layers not at all.
+ * Returns how many segments layer i has (0 to 2). */
+typedef struct segment {
+  size_t off, len;
+  double lr, wd;
+} segment;
+
+static int layer_segments(const loom_optimizer *opt, const loom_model *model, size_t i, segment out[2]) {
+  size_t off, count;
+  loom_model_layer_params(model, i, &off, &count);
+  if (count == 0 || loom_model_is_frozen(model, loom_model_layer_name(model, i)))
+    return 0;
+  const group *gr = find_group(opt, loom_model_layer_name(model, i));
+  double lr = opt->lr * (gr ? gr->lr_scale : 1.0), wd = gr ? gr->weight_decay : loom_optimizer_weight_decay(opt);
+  size_t decayed = opt->no_decay_bias_norm ? loom_model_layer_decayed(model, i) : count;
+  int k = 0;
+  if (decayed)
+    out[k++] = (segment){off, decayed, lr, wd};
+  if (count > decayed)
+    out[k++] = (segment){off + decayed, count - decayed, lr, 0.0};
+  return k;
+}
+
+/* Checks that the step can run, allocates the state, counts the step. */
+static int begin_step(loom_optimizer *opt, const loom_model *model) {
   size_t n = loom_model_num_params(model);
   if (!loom_model_is_built(model))
     return loom_error_set(LOOM_ESTATE, "%s step: the model is not built", opt->ops.type);
@@ -150,24 +177,85 @@ int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {
   }
   opt->nparams = n;
   opt->steps++;
-  /* Layer by layer: frozen ones are left as they are; each takes its
-   * group's rate and decay; biases and norm scales may be spared decay. */
+  return 0;
+}
+
+int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {
+  int rc = begin_step(opt, model);
   float *p = loom_model_params(model);
   const float *g = loom_model_grads(model);
-  for (size_t i = 0; i < loom_model_num_layers(model); i++) {
-    size_t off, count;
-    loom_model_layer_params(model, i, &off, &count);
-    if (count == 0 || loom_model_is_frozen(model, loom_model_layer_name(model, i)))
-      continue;
-    const group *gr = find_group(opt, loom_model_layer_name(model, i));
-    double lr = opt->lr * (gr ? gr->lr_scale : 1.0), wd = gr ? gr->weight_decay : loom_optimizer_weight_decay(opt);
-    size_t decayed = opt->no_decay_bias_norm ? loom_model_layer_decayed(model, i) : count;
-    int rc = decayed ? update(opt, p, g, n, off, decayed, lr, wd) : 0;
-    if (rc == 0 && count > decayed)
-      rc = update(opt, p, g, n, off + decayed, count - decayed, lr, 0.0);
+  for (size_t i = 0; rc == 0 && i < loom_model_num_layers(model); i++) {
+    segment seg[2];
+    int n = layer_segments(opt, model, i, seg);
+    for (int k = 0; k < n && rc == 0; k++)
+      rc = update(opt, p, g, opt->nparams, seg[k].off, seg[k].len, seg[k].lr, seg[k].wd);
     if (rc < 0)
       return loom_error_wrap(rc, "%s step, layer \"%s\"", opt->ops.type, loom_model_layer_name(model, i));
   }
+  return rc;
+}
+
+/* The checked step: every part of the parameter vector checks its slice of
+ * the gradients, and only once all slices are finite does each part update
+ * its slice, from its own cache (loom_parallel_for_phased). */
+typedef struct checked_step {
+  loom_optimizer *opt;
+  loom_model *model;
+  float *p;
+  const float *g;
+  bool bad[LOOM_MAX_PARTS];
+  int rc[LOOM_MAX_PARTS];
+} checked_step;
+
+static void check_part(void *ctx, int part, int64_t begin, int64_t end) {
+  checked_step *c = ctx;
+  bool finite = false;
+  /* Nested in the pool's job: it runs on this part's thread alone. */
+  c->rc[part] = loom_backend_all_finite(loom_backend_cpu(), c->g + begin, end - begin, &finite);
+  c->bad[part] = !finite;
+}
+
+static void update_part_checked(void *ctx, int part, int64_t begin, int64_t end) {
+  checked_step *c = ctx;
+  for (int k = 0; k < LOOM_MAX_PARTS; k++)
+    if (c->bad[k] || c->rc[k] < 0)
+      return;
+  const size_t b = (size_t)begin, e = (size_t)end;
+  for (size_t i = 0; i < loom_model_num_layers(c->model) && c->rc[part] == 0; i++) {
+    segment seg[2];
+    int n = layer_segments(c->opt, c->model, i, seg);
+    for (int k = 0; k < n && c->rc[part] == 0; k++) {
+      size_t lo = seg[k].off > b ? seg[k].off : b, hi = seg[k].off + seg[k].len < e ? seg[k].off + seg[k].len : e;
+      if (lo < hi)
+        c->rc[part] = c->opt->ops.update(c->opt->data, c->p, c->g, c->opt->state, c->opt->nparams, lo, hi - lo,
+                                         c->opt->steps, seg[k].lr, seg[k].wd);
+    }
+  }
+}
+
+int loom_optimizer_step_checked(loom_optimizer *opt, loom_model *model, bool *finite) {
+  *finite = false;
+  int rc = begin_step(opt, model);
+  if (rc < 0)
+    return rc;
+  /* A rule that needs whole ranges: the check is a pass of its own. */
+  if (!opt->ops.elementwise) {
+    rc = loom_backend_all_finite(loom_backend_cpu(), loom_model_grads(model), (int64_t)opt->nparams, finite);
+    opt->steps--; /* loom_optimizer_step counts it again */
+    return rc < 0 || !*finite ? rc : loom_optimizer_step(opt, model);
+  }
+  checked_step c = {.opt = opt, .model = model, .p = loom_model_params(model), .g = loom_model_grads(model)};
+  loom_parallel_for_phased((int64_t)opt->nparams, PARALLEL_UPDATE, check_part, update_part_checked, &c);
+  *finite = true;
+  for (int k = 0; k < LOOM_MAX_PARTS; k++) {
+    if (c.rc[k] < 0) /* part 0 ran here, with its message; the others' stayed on their threads */
+      return k == 0 ? c.rc[0]
+                    : loom_error_set(c.rc[k], "%s step: the update failed on a pool thread (%s)", opt->ops.type,
+                                     loom_strerror(c.rc[k]));
+    *finite = *finite && !c.bad[k];
+  }
+  if (!*finite)
+    opt->steps--; /* no step was taken */
   return 0;
 }
 

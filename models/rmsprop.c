@@ -22,6 +22,7 @@ static void rmsprop_set_momentum(void *data, double m) { ((loom_rmsprop_options 
 static double rmsprop_decay(void *data) { return ((loom_rmsprop_options *)data)->weight_decay; }
 
 static const loom_optimizer_ops rmsprop_ops = {.type = "rmsprop",
+                                               .elementwise = true,
                                                .state_per_param = 3,
                                                .update = rmsprop_update,
                                                .momentum = rmsprop_momentum,

@@ -18,7 +18,10 @@ static double sgd_decay(void *data) { return ((loom_sgd_options *)data)->weight_
 static double sgd_momentum(void *data) { return ((loom_sgd_options *)data)->momentum; }
 static void sgd_set_momentum(void *data, double m) { ((loom_sgd_options *)data)->momentum = m; }
 
+/* Elementwise: loom splits a step over the cores (and fuses the finiteness
+ * check into it); the backend op then runs each part on its own thread. */
 static const loom_optimizer_ops sgd_ops = {.type = "sgd",
+                                           .elementwise = true,
                                            .state_per_param = 1,
                                                                                       .update = sgd_update,
                                            .momentum = sgd_momentum,
@@ -27,6 +30,7 @@ static const loom_optimizer_ops sgd_ops = {.type = "sgd",
                                            .destroy = free};
 /* Plain SGD keeps no buffer; its momentum stays 0 (no setter). */
 static const loom_optimizer_ops sgd_plain_ops = {.type = "sgd",
+                                                 .elementwise = true,
                                                                                                   .update = sgd_update,
                                                  .momentum = sgd_momentum,
                                                  .weight_decay = sgd_decay,

@@ -64,9 +64,10 @@ int loom_runner_optimizer_step_with(loom_runner *r, const loom_step_options *o, 
       return loom_error_wrap(rc, "averaging gradients over %d ranks", loom_comm_size(r->comm));
   }
   /* The non-finite check, before clipping changes anything: free where the
-   * norm is computed anyway, else one vectorised pass over the gradients
-   * (its cost: docs/architecture.md, "Run options"). Ranks hold the same
-   * averaged gradients, so they all decide alike. */
+   * norm is computed anyway, fused into the optimizer's step otherwise (a
+   * pass of its own only before clipping by value; its cost:
+   * docs/architecture.md, "Run options"). Ranks hold the same averaged
+   * gradients, so they all decide alike. */
   const bool clip = o && o->clip_norm > 0, want_norm = clip || grad_norm;
   double norm = NAN;
   if (clip)
@@ -75,11 +76,20 @@ int loom_runner_optimizer_step_with(loom_runner *r, const loom_step_options *o, 
     norm = loom_model_grad_norm(r->model);
   if (grad_norm)
     *grad_norm = norm;
-  if (want_norm ? !isfinite(norm) : !loom_model_grads_finite(r->model))
+  const bool clip_value = o && o->clip_value > 0;
+  if (want_norm ? !isfinite(norm) : clip_value && !loom_model_grads_finite(r->model))
     return nonfinite_gradients(r, want_norm, norm);
-  if (o && o->clip_value > 0)
+  if (clip_value)
     loom_model_clip_grad_value(r->model, (float)o->clip_value);
-  int rc = loom_optimizer_step(r->optimizer, r->model);
+  int rc;
+  if (!want_norm && !clip_value) { /* the check fused into the step */
+    bool finite;
+    rc = loom_optimizer_step_checked(r->optimizer, r->model, &finite);
+    if (rc == 0 && !finite)
+      return nonfinite_gradients(r, false, NAN);
+  } else {
+    rc = loom_optimizer_step(r->optimizer, r->model);
+  }
   if (rc == 0)
     r->global_optimizer_step++;
   return rc;

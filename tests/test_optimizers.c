@@ -292,6 +292,54 @@ static void test_large_model_steps(void **state) {
   loom_model_destroy(m);
 }
 
+/* The checked step: with every gradient finite it equals the plain step bit
+ * for bit; with one Inf or NaN anywhere (the first, a middle and the last
+ * element, so in each core's slice) it changes nothing at all. A model of
+ * 30,401 parameters takes the pooled path, a small one the serial one. */
+static void test_checked_step(void **state) {
+  (void)state;
+  for (int size = 0; size < 2; size++) {
+    loom_model *a = loom_model_create(), *b = loom_model_create();
+    int64_t in = size ? 300 : 4, out = size ? 101 : 3;
+    assert_int_equal(loom_model_add(a, "fc", loom_linear_create(in, out, true)), 0);
+    assert_int_equal(loom_model_add(b, "fc", loom_linear_create(in, out, true)), 0);
+    assert_int_equal(loom_model_build(a, 1, &in, 1), 0);
+    assert_int_equal(loom_model_build(b, 1, &in, 1), 0);
+    const size_t n = loom_model_num_params(a);
+    loom_adam_options o = loom_adam_defaults();
+    loom_optimizer *oa = loom_adam_create(&o), *ob = loom_adam_create(&o);
+    for (int step = 0; step < 3; step++) {
+      for (size_t i = 0; i < n; i++)
+        loom_model_grads(a)[i] = loom_model_grads(b)[i] = (float)((i * 7 + (size_t)step) % 11) - 5.0f;
+      bool finite = false;
+      assert_int_equal(loom_optimizer_step(oa, a), 0);
+      assert_int_equal(loom_optimizer_step_checked(ob, b, &finite), 0);
+      assert_true(finite);
+      assert_memory_equal(loom_model_params(a), loom_model_params(b), n * sizeof(float));
+    }
+    size_t ns;
+    float *sb = loom_optimizer_state(ob, &ns);
+    float *params = malloc(n * sizeof *params), *moments = malloc(ns * sizeof *moments);
+    const size_t where[] = {0, n / 2, n - 1};
+    const float bad[] = {NAN, INFINITY, -INFINITY};
+    for (size_t w = 0; w < 3; w++) {
+      memcpy(params, loom_model_params(b), n * sizeof *params);
+      memcpy(moments, sb, ns * sizeof *moments);
+      loom_model_grads(b)[where[w]] = bad[w];
+      bool finite = true;
+      assert_int_equal(loom_optimizer_step_checked(ob, b, &finite), 0);
+      assert_false(finite);
+      assert_memory_equal(loom_model_params(b), params, n * sizeof(float));
+      assert_memory_equal(sb, moments, ns * sizeof(float));
+      assert_int_equal(loom_optimizer_steps(ob), 3);
+      loom_model_grads(b)[where[w]] = 1.0f;
+    }
+    free(params), free(moments);
+    loom_optimizer_destroy(oa), loom_optimizer_destroy(ob);
+    loom_model_destroy(a), loom_model_destroy(b);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_sgd_plain_weight_decay), cmocka_unit_test(test_sgd_momentum),
@@ -299,6 +347,7 @@ int main(void) {
       cmocka_unit_test(test_adam),                   cmocka_unit_test(test_adam_weight_decay),
       cmocka_unit_test(test_adamw),                  cmocka_unit_test(test_rmsprop),
       cmocka_unit_test(test_groups_and_no_decay),    cmocka_unit_test(test_large_model_steps),
+      cmocka_unit_test(test_checked_step),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

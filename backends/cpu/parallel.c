@@ -12,6 +12,7 @@
 
 #include <cblas.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <uv.h>
@@ -167,6 +168,43 @@ void loom_parallel_for(int64_t n, loom_parallel_fn fn, void *ctx) {
   fn(ctx, 0, begin, end);
   wait_done(p);
   uv_mutex_unlock(&p->busy);
+}
+
+typedef struct phased {
+  loom_parallel_fn first, second;
+  void *ctx;
+  int64_t n;
+  int parts;
+  atomic_int arrived;
+} phased;
+
+static void phased_part(void *arg, int part, int64_t begin, int64_t end) {
+  phased *ph = arg;
+  ph->first(ph->ctx, part, begin, end);
+  /* The whole range in one call: the pool ran it serially, nobody to wait for. */
+  if (!(begin == 0 && end == ph->n)) {
+    atomic_fetch_add_explicit(&ph->arrived, 1, memory_order_acq_rel);
+    for (int spins = 0; atomic_load_explicit(&ph->arrived, memory_order_acquire) < ph->parts; spins++) {
+      if (spins < SPINS)
+        cpu_relax();
+      else
+        sched_yield(); /* a part whose thread has no core yet */
+    }
+  }
+  ph->second(ph->ctx, part, begin, end);
+}
+
+void loom_parallel_for_phased(int64_t n, int64_t serial_below, loom_parallel_fn first, loom_parallel_fn second,
+                              void *ctx) {
+  int parts = loom_parallel_parts();
+  /* n >= parts: every part has a non-empty range, so every part arrives. */
+  if (n < serial_below || n < parts) {
+    if (n > 0)
+      first(ctx, 0, 0, n), second(ctx, 0, 0, n);
+    return;
+  }
+  phased ph = {first, second, ctx, n, parts, 0};
+  loom_parallel_for(n, phased_part, &ph);
 }
 
 void loom_parallel_for_large(int64_t n, int64_t serial_below, loom_parallel_fn fn, void *ctx) {

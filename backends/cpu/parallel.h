@@ -25,6 +25,14 @@ void loom_parallel_for(int64_t n, loom_parallel_fn fn, void *ctx);
  * cores save. */
 void loom_parallel_for_large(int64_t n, int64_t serial_below, loom_parallel_fn fn, void *ctx);
 
+/* Two phases over the same parts: `first` on every part, then, once every
+ * part has finished it, `second` on every part, each part on the thread
+ * (and so the cache) of its first phase. For a check that must pass over
+ * all of the data before any of it is written. Both run on the calling
+ * thread alone below `serial_below` elements or when the pool is busy. */
+void loom_parallel_for_phased(int64_t n, int64_t serial_below, loom_parallel_fn first, loom_parallel_fn second,
+                              void *ctx);
+
 /* Work outside the pool that wants a core now, such as a loader worker
  * with a batch to make: +1 when it appears, -1 when it is done (a count
  * over the process). While any is pending, the pool's threads sleep between

@@ -121,6 +121,11 @@ LOOM_API const char *loom_optimizer_type(const loom_optimizer *opt);
 
 /* One update of the model's parameters from its gradients. */
 LOOM_API int loom_optimizer_step(loom_optimizer *opt, loom_model *model);
+/* The same, only if every gradient is finite: *finite says whether the
+ * step was taken (if not, nothing changed, the step count included). The
+ * check is fused into the update (each core checks, then updates, its own
+ * slice), so it costs little more than the step. */
+LOOM_API int loom_optimizer_step_checked(loom_optimizer *opt, loom_model *model, bool *finite);
 /* Forgets the state (moments, step count, and the ops' own: ops->reset). */
 LOOM_API void loom_optimizer_reset(loom_optimizer *opt);
 
