@@ -1,7 +1,7 @@
 /* Conv2d on the CPU: im2col, then one sgemm per sample; backward through
  * the same columns (col2im for the input gradient). One sample's columns
  * stay in cache; an im2col of the whole batch was measured slower
- * (bench/NOTES.md). 3x3 convolutions of stride 1 take Winograd's F(2x2,
+ * (docs/performance.md). 3x3 convolutions of stride 1 take Winograd's F(2x2,
  * 3x3) instead where asked or chosen (winograd.h), with 2.25x fewer
  * multiplications. The batch is split over the cores (parallel.h), each
  * part with its own scratch and its own partial weight gradient, summed in
@@ -56,7 +56,7 @@ int loom_cpu_conv_plan(const loom_conv_desc *d, loom_plan **plan) {
                   .sw = d->sw, .ph = d->ph, .pw = d->pw, .dh = d->dh, .dw = d->dw, .h = d->h, .w = d->w,
                   .oh = d->oh, .ow = d->ow};
   /* Winograd pays where the products dominate: not for a first layer's
-   * single channel (bench/NOTES.md). */
+   * single channel (docs/performance.md). */
   c->wino = d->algorithm == LOOM_CONV_WINOGRAD ||
             (d->algorithm == LOOM_CONV_AUTO && winograd_applies(d) && d->cin >= 8 && d->cout >= 8);
   if (c->wino)

@@ -60,7 +60,7 @@ void loom_wino_init(loom_wino *w, int64_t cin, int64_t cout, int64_t h, int64_t 
   w->th = (oh + 1) / 2, w->tw = (ow + 1) / 2;
   w->tiles = w->th * w->tw;
   /* Samples per product: enough columns that packing the filters is shared
-   * (bench/NOTES.md), few enough that V and M stay near the core's cache. */
+   * (docs/performance.md), few enough that V and M stay near the core's cache. */
   w->chunk = w->tiles >= 256 ? 1 : w->tiles >= 96 ? 2 : 4;
   w->row = w->chunk * w->tiles;
   /* A row of tiles is done LANES at a time, the last group running past

@@ -6,7 +6,7 @@
 
 /* Only libxsmm's AVX-512 kernels beat OpenBLAS on loom's products. Its AVX2
  * ones took twice as long as OpenBLAS's Haswell kernels on some shapes (a
- * 784 -> 10 forward product: 44 against 22 us; bench/NOTES.md). */
+ * 784 -> 10 forward product: 44 against 22 us; docs/performance.md). */
 bool loom_xsmm_active(void) { return libxsmm_get_target_archid() >= LIBXSMM_X86_AVX512_CORE; }
 
 /* The kernels return with the upper halves of the vector registers in use;
