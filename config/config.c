@@ -167,6 +167,11 @@ int loom_config_set(loom_config *c, const char *assignment) {
     return loom_error_set(LOOM_EINVAL, "--set %s: the key is too long", assignment);
   memcpy(path, assignment, plen);
   path[plen] = '\0';
+  /* jansson takes only UTF-8 keys: refuse before anything is created. */
+  json_t *probe = json_string(path);
+  if (!probe)
+    return loom_error_set(LOOM_EINVAL, "--set %s: the key is not valid UTF-8", assignment);
+  json_decref(probe);
   /* Walk "a.b[2].c", creating objects that do not exist yet. */
   json_t *node = c->root;
   char so_far[1024] = "";
@@ -186,10 +191,11 @@ int loom_config_set(loom_config *c, const char *assignment) {
     if (!json_is_object(node))
       return loom_error_set(LOOM_EINVAL, "--set %s: %s is not an object", assignment, *so_far ? so_far : "the config");
     json_t *next = json_object_get(node, part);
-    if (!next && (idx >= 0 || (save && *save))) {
-      next = json_object();
-      json_object_set_new(node, part, next);
-    }
+    /* json_object_set_new frees the new object when it refuses the key
+     * (not valid UTF-8), so its result decides whether `next` lives. */
+    if (!next && (idx >= 0 || (save && *save)) && json_object_set_new(node, part, next = json_object()) < 0)
+      return loom_error_set(LOOM_EINVAL, "--set %s: cannot create key \"%s\" (keys must be valid UTF-8)", assignment,
+                            part);
     char grown[1024];
     loom_path_child(grown, sizeof grown, so_far, part); /* not in place: snprintf cannot alias */
     memcpy(so_far, grown, sizeof so_far);
@@ -212,10 +218,8 @@ int loom_config_set(loom_config *c, const char *assignment) {
   json_t *value = typed_value(node, eq + 1, &want);
   if (!value)
     return loom_error_set(LOOM_EINVAL, "--set %s: %s: expected %s, got \"%s\"", assignment, so_far, want, eq + 1);
-  if (index >= 0)
-    json_array_set_new(parent, (size_t)index, value);
-  else
-    json_object_set_new(parent, last, value);
+  if ((index >= 0 ? json_array_set_new(parent, (size_t)index, value) : json_object_set_new(parent, last, value)) < 0)
+    return loom_error_set(LOOM_EINVAL, "--set %s: cannot set key \"%s\" (keys must be valid UTF-8)", assignment, last);
   if (loom_array_reserve((void **)&c->overrides, &c->cap_overrides, c->num_overrides + 1, sizeof *c->overrides,
                          "an override") < 0)
     return LOOM_ENOMEM;

@@ -300,17 +300,35 @@ int loom_checkpoint_write(const loom_checkpoint *c, const char *path) {
 
 /* --- reading --- */
 
+/* A file says what shape its attributes have; loom reads one value each,
+ * so anything else is refused before a read could overflow the buffer. */
+static bool one_value(hid_t a) {
+  hid_t space = H5Aget_space(a);
+  hssize_t n = space < 0 ? -1 : H5Sget_simple_extent_npoints(space);
+  if (space >= 0)
+    H5Sclose(space);
+  return n == 1;
+}
+
+/* Strings loom writes are one fixed-length value; a longer one than this is
+ * no loom string (the group list of a big model is a few kilobytes). */
+#define MAX_STR_ATTR (16u << 20)
+
 static int read_str_attr(hid_t loc, const char *name, char **out) {
   hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
   if (a < 0)
     return -1;
   hid_t ft = H5Aget_type(a);
-  size_t size = H5Tget_size(ft);
-  char *buf = calloc(size + 1, 1);
-  hid_t mt = string_type(size);
+  size_t size = ft < 0 ? 0 : H5Tget_size(ft);
+  bool ok = ft >= 0 && H5Tget_class(ft) == H5T_STRING && H5Tis_variable_str(ft) == 0 && size > 0 &&
+            size <= MAX_STR_ATTR && one_value(a);
+  char *buf = ok ? calloc(size + 1, 1) : NULL;
+  hid_t mt = buf ? string_type(size) : -1;
   herr_t st = buf ? H5Aread(a, mt, buf) : -1;
-  H5Tclose(mt);
-  H5Tclose(ft);
+  if (mt >= 0)
+    H5Tclose(mt);
+  if (ft >= 0)
+    H5Tclose(ft);
   H5Aclose(a);
   if (st < 0) {
     free(buf);
@@ -333,7 +351,9 @@ static herr_t read_one_attr(hid_t loc, const char *name, const H5A_info_t *info,
   H5T_class_t cls = t < 0 ? H5T_NO_CLASS : H5Tget_class(t);
   if (t >= 0)
     H5Tclose(t);
-  if (cls == H5T_INTEGER) {
+  if ((cls == H5T_INTEGER || cls == H5T_FLOAT) && !one_value(a)) {
+    r->rc = -1;
+  } else if (cls == H5T_INTEGER) {
     int64_t v;
     r->rc = H5Aread(a, H5T_NATIVE_INT64, &v) < 0 ? -1 : loom_state_set_i64(r->state, name, v);
   } else if (cls == H5T_FLOAT) {
@@ -402,26 +422,32 @@ static int read_group(hid_t file, const char *name, loom_state *s) {
   return rc;
 }
 
+/* An integer attribute of one value; false if it is absent or not that. */
+static bool read_i64_attr(hid_t loc, const char *name, int64_t *v) {
+  hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
+  if (a < 0)
+    return false;
+  hid_t t = H5Aget_type(a);
+  bool ok = t >= 0 && H5Tget_class(t) == H5T_INTEGER && one_value(a) && H5Aread(a, H5T_NATIVE_INT64, v) >= 0;
+  if (t >= 0)
+    H5Tclose(t);
+  H5Aclose(a);
+  return ok;
+}
+
 static int read_file(hid_t file, const char *path, loom_checkpoint *c) {
   char *magic = NULL, *list = NULL;
   int64_t format = 0, stored_crc = -1;
-  hid_t a;
   if (read_str_attr(file, "loom_magic", &magic) < 0 || strcmp(magic, MAGIC) != 0) {
     free(magic);
     return loom_error_set(LOOM_EFORMAT, "%s is an HDF5 file but not a loom checkpoint", path);
   }
   free(magic);
-  if ((a = H5Aopen(file, "loom_format", H5P_DEFAULT)) >= 0) {
-    H5Aread(a, H5T_NATIVE_INT64, &format);
-    H5Aclose(a);
-  }
-  if (format != FORMAT)
+  if (!read_i64_attr(file, "loom_format", &format) || format != FORMAT)
     return loom_error_set(LOOM_EFORMAT, "%s has checkpoint format %lld; this loom reads format %d", path,
                           (long long)format, FORMAT);
-  if ((a = H5Aopen(file, "loom_content_crc32", H5P_DEFAULT)) >= 0) {
-    H5Aread(a, H5T_NATIVE_INT64, &stored_crc);
-    H5Aclose(a);
-  }
+  if (!read_i64_attr(file, "loom_content_crc32", &stored_crc))
+    stored_crc = -1; /* no checksum: the comparison below refuses the file */
   if (read_str_attr(file, "loom_groups", &list) < 0)
     return loom_error_set(LOOM_EFORMAT, "%s: the checkpoint's list of states is missing", path);
   int rc = 0;

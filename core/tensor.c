@@ -22,7 +22,7 @@ static int check_shape(int ndim, const int64_t *shape, int64_t *numel) {
 }
 
 /* Zeroes the whole buffer, capacity included. */
-static int loom_tensor_zero_capacity(loom_tensor *t) {
+static int zero_all(loom_tensor *t) {
   size_t bytes = (size_t)t->capacity * sizeof(float);
   if (t->backend)
     return loom_backend_zero(t->backend, t->data, bytes);
@@ -68,7 +68,7 @@ loom_tensor *loom_tensor_create_on(loom_backend *backend, int ndim, const int64_
   }
   t->backend = backend;
   t->data = alloc_data(backend, numel, &t->capacity);
-  if (!t->data || loom_tensor_zero_capacity(t) < 0) {
+  if (!t->data || zero_all(t) < 0) {
     free_data(backend, t->data);
     free(t);
     return NULL;

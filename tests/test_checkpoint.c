@@ -3,6 +3,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <hdf5.h>
+
 #include "helpers.h"
 
 
@@ -96,6 +98,65 @@ static void damage(const char *path, long offset_from_end) {
   fclose(f);
 }
 
+/* Replaces attribute `name` of `object` in the file with `count` values of
+ * `type` (a fixed or variable string type, or an integer), all from `value`. */
+static void replace_attr(const char *path, const char *object, const char *name, hid_t type, hsize_t count,
+                         const void *value) {
+  hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+  assert_true(f >= 0);
+  hid_t o = H5Oopen(f, object, H5P_DEFAULT);
+  assert_true(o >= 0);
+  assert_true(H5Adelete(o, name) >= 0);
+  hid_t space = H5Screate_simple(1, &count, NULL);
+  hid_t a = H5Acreate2(o, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+  assert_true(a >= 0);
+  size_t size = H5Tget_size(type);
+  char *buf = malloc(size * count);
+  for (hsize_t i = 0; i < count; i++)
+    memcpy(buf + i * size, value, size);
+  assert_true(H5Awrite(a, type, buf) >= 0);
+  free(buf);
+  H5Aclose(a), H5Sclose(space), H5Oclose(o), H5Fclose(f);
+}
+
+/* A file decides the shape of its attributes: one that holds many values
+ * where loom reads one (the format, the checksum, a state's number or
+ * string) or a variable-length string is refused with LOOM_EFORMAT before
+ * any read could overflow loom's single-value buffer (found by fuzzing:
+ * a stack overflow before the checksum was even checked). */
+static void test_attribute_shapes_are_checked(void **state) {
+  (void)state;
+  char path[512];
+  tmp_path(path, "shapes.h5");
+  const int64_t one = 1, epoch = -7;
+  hid_t fixed = H5Tcopy(H5T_C_S1), vlen = H5Tcopy(H5T_C_S1);
+  H5Tset_size(fixed, 16);
+  H5Tset_size(vlen, H5T_VARIABLE);
+  const char text[16] = "fine tune", *vtext = "loom-checkpoint";
+  struct {
+    const char *object, *name;
+    hid_t type;
+    hsize_t count;
+    const void *value;
+  } cases[] = {
+      {"/", "loom_format", H5T_NATIVE_INT64, 64, &one},
+      {"/", "loom_content_crc32", H5T_NATIVE_INT64, 64, &one},
+      {"/runner", "epoch", H5T_NATIVE_INT64, 100, &epoch},
+      {"/runner", "stage", fixed, 50, text},
+      {"/", "loom_magic", vlen, 1, &vtext},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    loom_checkpoint *c = sample_checkpoint(10);
+    assert_int_equal(loom_checkpoint_write(c, path), 0);
+    loom_checkpoint_destroy(c);
+    replace_attr(path, cases[i].object, cases[i].name, cases[i].type, cases[i].count, cases[i].value);
+    assert_null(loom_checkpoint_read(path));
+    assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
+    assert_non_null(strstr(loom_last_error(), "shapes.h5"));
+  }
+  H5Tclose(fixed), H5Tclose(vlen);
+}
+
 static void test_damage_is_refused(void **state) {
   (void)state;
   char path[512];
@@ -169,7 +230,7 @@ static void test_weights_export(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_roundtrip),
-      cmocka_unit_test(test_damage_is_refused),
+      cmocka_unit_test(test_damage_is_refused), cmocka_unit_test(test_attribute_shapes_are_checked),
       cmocka_unit_test(test_weights_export),
   };
   return cmocka_run_group_tests(tests, test_dir_setup, test_dir_teardown);

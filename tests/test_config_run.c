@@ -177,6 +177,26 @@ static json_t *resolved_after(loom_config *c, const char *dir) {
   return json_load_file(path, 0, &err);
 }
 
+/* A key that is not valid UTF-8 is refused, new or not, at any depth,
+ * before anything is created (found by fuzzing: a freed object was used). */
+static void test_set_rejects_invalid_utf8_keys(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  loom_config *c = config_text(base, configs, configs);
+  assert_int_equal(loom_config_set(c, "\xff.a=1"), LOOM_EINVAL);
+  assert_string_equal(loom_last_error(), "--set \xff.a=1: the key is not valid UTF-8");
+  assert_int_equal(loom_config_set(c, "experiment.\xfe\xff=1"), LOOM_EINVAL);
+  assert_int_equal(loom_config_set(c, "experiment.x.\xc3=1"), LOOM_EINVAL);
+  assert_int_equal(loom_config_set(c, "loaders.train.batch_size=4"), 0); /* still usable */
+  json_t *r = resolved_after(c, dir);
+  assert_null(json_object_get(json_object_get(r, "experiment"), "x")); /* nothing half-made */
+  assert_int_equal(json_integer_value(json_object_get(json_object_get(json_object_get(r, "loaders"), "train"), "batch_size")), 4);
+  json_decref(r);
+  loom_config_destroy(c);
+  test_rm_rf(dir);
+  free(dir);
+}
+
 static void test_set_types_by_schema(void **state) {
   (void)state;
   char *dir = test_tmpdir();
@@ -362,6 +382,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_resolved_config_reproduces_the_run),
       cmocka_unit_test(test_set_types_by_schema),
+      cmocka_unit_test(test_set_rejects_invalid_utf8_keys),
       cmocka_unit_test(test_multistage_carry_over),
       cmocka_unit_test(test_user_transform_from_json),
       cmocka_unit_test(test_param_groups_and_init),
