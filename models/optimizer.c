@@ -1,5 +1,6 @@
 /* What every optimizer has: the rate, the step count, parameter groups,
  * the no-decay rule and the state buffer; the ops update ranges. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -321,6 +322,11 @@ int loom_optimizer_load(loom_optimizer *opt, const loom_state *s) {
     rc = loom_state_get_i64(s, "nparams", &nparams);
   if (rc < 0)
     return rc;
+  /* A checkpoint is input: every value is checked before it is used. */
+  if (!(lr >= 0 && lr < HUGE_VAL) || !isfinite(momentum) || steps < 0 || steps > (INT64_C(1) << 53) || nparams < 0)
+    return loom_error_set(LOOM_EFORMAT, "the checkpoint's %s state is out of range (lr %g, momentum %g, steps %lld, "
+                                        "%lld parameters); the file is not from a run of this model",
+                          opt->ops.type, lr, momentum, (long long)steps, (long long)nparams);
   size_t n = loom_state_array_length(s, "state");
   if (n && n != (size_t)nparams * opt->ops.state_per_param)
     return loom_error_set(LOOM_EFORMAT, "the checkpoint's %s state holds %zu floats, not %zu per parameter of %lld",

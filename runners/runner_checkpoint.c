@@ -291,6 +291,24 @@ static int check_experiment(loom_runner *r, const loom_state *s) {
   return rc;
 }
 
+/* The cursor's loader must be one of the stage's (or one past the last,
+ * between loaders); its epoch may pass a stage shortened since (the stage
+ * then has nothing left to run), but not go negative. */
+static int check_cursor_bounds(const loom_experiment *exp, const int64_t cur[6]) {
+  size_t loaders = 0;
+  for (size_t i = 0; i <= (size_t)cur[0]; i++) {
+    const loom_stage *t = loom_experiment_stage(exp, i);
+    if (t->num_loaders) /* a stage without loaders uses the previous stage's */
+      loaders = t->num_loaders;
+  }
+  const int64_t past = cur[2] == LOOM_PHASE_IN_LOADER ? 0 : 1; /* a loader under way must exist */
+  if ((loaders && cur[3] > (int64_t)loaders - 1 + past) || cur[5] < 0)
+    return loom_error_set(LOOM_EFORMAT, "the checkpoint's cursor (loader %lld of %zu, global epoch %lld) lies outside "
+                                        "stage \"%s\"; the file is not from this experiment",
+                          (long long)cur[3], loaders, (long long)cur[5], loom_experiment_stage(exp, (size_t)cur[0])->name);
+  return 0;
+}
+
 int loom_runner_open_resume(loom_runner *r) {
   const char *src = r->resume_source;
   loom_checkpoint *c;
@@ -319,6 +337,8 @@ int loom_runner_open_resume(loom_runner *r) {
     rc = loom_error_set(LOOM_EFORMAT, "the checkpoint's cursor (phase %lld, epoch %lld, loader %lld, batch %lld) is "
                                       "not one this version writes",
                         (long long)cur[2], (long long)cur[1], (long long)cur[3], (long long)cur[4]);
+  if (rc == 0)
+    rc = check_cursor_bounds(r->exp, cur);
   if (rc < 0) {
     loom_checkpoint_destroy(c);
     return loom_error_wrap(rc, "cannot resume from %s", r->resume_path);
@@ -354,6 +374,10 @@ static int restore_runner(loom_runner *r, const loom_state *s) {
     rc = load_metrics(s, "best_valid_metrics", r->best_valid_metrics);
   if (rc < 0)
     return rc;
+  for (int i = 0; i < 7; i++)
+    if (counters[i] < 0 || (i == 4 && counters[i] > (LOOM_STOP_LOADER | LOOM_STOP_STAGE)))
+      return loom_error_set(LOOM_EFORMAT, "the checkpoint's runner counter %d is %lld, out of range", i,
+                            (long long)counters[i]);
   r->global_batch_step = counters[0];
   r->global_sample_step = counters[1];
   r->global_optimizer_step = counters[2];

@@ -172,6 +172,60 @@ static void resume_matches(const char *file) {
   free(dir);
 }
 
+/* Every value a resume reads is checked against the experiment first: a
+ * checkpoint rewritten value by value with a fresh checksum (as a fuzzer
+ * or a careless tool would) is refused with a clean error, never read
+ * past an array or run for 2^63 steps. */
+static void tamper(const char *from, const char *to, const char *group, const char *key, int64_t at, int64_t value) {
+  loom_checkpoint *c = loom_checkpoint_read(from);
+  assert_non_null(c);
+  loom_state *s = loom_checkpoint_group(c, group);
+  if (at < 0) {
+    assert_int_equal(loom_state_set_i64(s, key, value), 0);
+  } else {
+    int64_t v[8];
+    size_t n = loom_state_array_length(s, key);
+    assert_true(n <= 8 && (size_t)at < n);
+    assert_int_equal(loom_state_get_i64_array(s, key, v, n), 0);
+    v[at] = value;
+    assert_int_equal(loom_state_set_i64_array(s, key, v, n), 0);
+  }
+  assert_int_equal(loom_checkpoint_write(c, to), 0);
+  loom_checkpoint_destroy(c);
+}
+
+static void test_tampered_values_are_refused(void **state) {
+  (void)state;
+  char from[512], to[512];
+  snprintf(from, sizeof from, "%s/mid_train.h5", snap_dir);
+  snprintf(to, sizeof to, "%s/tampered.h5", snap_dir);
+  struct {
+    const char *group, *key;
+    int64_t at, value;
+    const char *says;
+  } cases[] = {
+      {"runner", "cursor", 3, 5, "lies outside stage"},          /* loader 5 of 2 */
+      {"runner", "cursor", 3, -1, "not one this version writes"}, /* before the loader array */
+      {"runner", "cursor", 1, -1000000000, "not one this version writes"},
+      {"runner", "cursor", 5, -3, "lies outside stage"},          /* global epoch */
+      {"runner", "counters", 0, -5, "runner counter 0 is -5"},
+      {"optimizer", "steps", -1, INT64_MAX, "out of range"},      /* the next step would overflow */
+      {"optimizer", "nparams", -1, 7, "holds"},                    /* the state array is another model's */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    tamper(from, to, cases[i].group, cases[i].key, cases[i].at, cases[i].value);
+    char *dir = test_tmpdir();
+    loom_experiment *exp = build(dir, 3, NULL, NULL);
+    int rc = run_and_keep(exp, to, NULL, NULL);
+    assert_true(rc == LOOM_EFORMAT || rc == LOOM_EINVAL);
+    if (!strstr(loom_last_error(), cases[i].says))
+      fail_msg("case %zu: \"%s\" does not say \"%s\"", i, loom_last_error(), cases[i].says);
+    loom_experiment_destroy(exp);
+    test_rm_rf(dir);
+    free(dir);
+  }
+}
+
 static void test_resume_from_epoch_end(void **state) {
   (void)state;
   resume_matches("ep.h5");
@@ -583,7 +637,7 @@ static void test_weights_only_file_is_not_resumable(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_resume_from_epoch_end),
+      cmocka_unit_test(test_resume_from_epoch_end), cmocka_unit_test(test_tampered_values_are_refused),
       cmocka_unit_test(test_resume_mid_train_loader),
       cmocka_unit_test(test_resume_mid_valid_loader),
       cmocka_unit_test(test_resume_last_with_more_epochs),
