@@ -16,7 +16,9 @@
 #define IDX_UBYTE 0x08
 
 
-static int read_exact(gzFile f, const char *path, void *buf, size_t n, const char *what) {
+/* n bytes into buf; `before` bytes of the same item came before (for the
+ * message: the item's size and where the file ended). */
+static int read_part(gzFile f, const char *path, void *buf, size_t n, const char *what, size_t before, size_t total) {
   size_t got = 0;
   while (got < n) {
     unsigned chunk = n - got > (1u << 30) ? (1u << 30) : (unsigned)(n - got);
@@ -36,9 +38,35 @@ static int read_exact(gzFile f, const char *path, void *buf, size_t n, const cha
                               path, what, msg);
       return loom_error_set(LOOM_EFORMAT, "%s: truncated: %s needs %zu bytes, the file ends after %zu; "
                                           "the file is incomplete: download or reinstall it",
-                            path, what, n, got);
+                            path, what, total, before + got);
     }
     got += (size_t)r;
+  }
+  return 0;
+}
+
+static int read_exact(gzFile f, const char *path, void *buf, size_t n, const char *what) {
+  return read_part(f, path, buf, n, what, 0, n);
+}
+
+/* The largest IDX data loom reads: 16 GiB. */
+#define MAX_IDX_BYTES ((int64_t)1 << 34)
+
+/* The data the header promised, in a buffer grown as the data arrives: a
+ * header can claim gigabytes of a file that holds a few bytes, so nothing
+ * larger than twice what was actually read is ever allocated. */
+static int read_data(gzFile f, const char *path, idx_array *a) {
+  size_t want = (size_t)a->count, cap = 0, got = 0;
+  while (got < want) {
+    size_t next = cap ? (cap > want / 2 ? want : 2 * cap) : (want < ((size_t)1 << 20) ? want : (size_t)1 << 20);
+    uint8_t *grown = realloc(a->bytes, next);
+    if (!grown)
+      return loom_error_oom("IDX data");
+    a->bytes = grown, cap = next;
+    int rc = read_part(f, path, a->bytes + got, cap - got, "the IDX data", got, want);
+    if (rc < 0)
+      return rc;
+    got = cap;
   }
   return 0;
 }
@@ -63,18 +91,22 @@ int loom_idx_read(const char *path, int want_ndim, idx_array *a) {
                         path, head[2]);
   a->ndim = want_ndim;
   a->count = 1;
+  bool plausible = true;
   for (int i = 0; rc == 0 && i < want_ndim; i++) {
     uint8_t d[4];
     rc = read_exact(f, path, d, 4, "the IDX dimensions");
     a->dims[i] = ((int64_t)d[0] << 24) | ((int64_t)d[1] << 16) | ((int64_t)d[2] << 8) | d[3];
-    a->count *= a->dims[i];
+    /* Checked before it is multiplied: three 32-bit dimensions overflow int64. */
+    plausible = plausible && a->dims[i] > 0 && a->count <= MAX_IDX_BYTES / a->dims[i];
+    if (plausible)
+      a->count *= a->dims[i];
   }
-  if (rc == 0 && (a->count <= 0 || a->count > ((int64_t)1 << 34)))
-    rc = loom_error_set(LOOM_EFORMAT, "%s: implausible IDX size of %lld elements", path, (long long)a->count);
-  if (rc == 0 && !(a->bytes = malloc((size_t)a->count)))
-    rc = loom_error_oom("IDX data");
+  if (rc == 0 && !plausible)
+    rc = loom_error_set(LOOM_EFORMAT, "%s: implausible IDX dimensions (%lld x %lld x %lld; at most 2^34 bytes)", path,
+                        (long long)a->dims[0], (long long)(want_ndim > 1 ? a->dims[1] : 1),
+                        (long long)(want_ndim > 2 ? a->dims[2] : 1));
   if (rc == 0)
-    rc = read_exact(f, path, a->bytes, (size_t)a->count, "the IDX data");
+    rc = read_data(f, path, a);
   gzclose(f);
   if (rc < 0) {
     free(a->bytes);

@@ -1,5 +1,8 @@
 /* IDX reading (real files and broken ones), samplers and the loader. */
 #include <math.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "helpers.h"
@@ -172,6 +175,42 @@ static void test_corrupt_gzip(void **state) {
   assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
   assert_non_null(strstr(loom_last_error(), "corrupt-images.gz"));
   assert_non_null(strstr(loom_last_error(), "corrupt gzip stream"));
+}
+
+/* Headers that claim too much (found by fuzzing): dimensions whose product
+ * overflows int64 are refused before they are multiplied (UBSan caught the
+ * old multiplication), and a 16-byte file that claims 8 GiB of images is
+ * reported truncated without allocating what it claims: the child reads it
+ * under a 1 GiB address-space limit (not under ASan, which reserves far
+ * more address space than that for itself). */
+static void test_header_claims(void **state) {
+  (void)state;
+  uint8_t buf[16] = {0};
+  idx_header(buf, 3, 0xffffffffu, 0xffffffffu, 0xffffffffu);
+  char ip[512], lp[512];
+  write_pair("huge", buf, sizeof buf, 1, ip, lp);
+  assert_null(loom_idx_dataset_open(ip, lp));
+  assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
+  assert_non_null(strstr(loom_last_error(), "implausible IDX dimensions"));
+
+  idx_header(buf, 3, 1u << 23, 32, 32); /* 8 GiB */
+  write_pair("claims", buf, sizeof buf, 1u << 23, ip, lp);
+#if defined(__SANITIZE_ADDRESS__)
+  print_message("skipped the address-space limit under AddressSanitizer\n");
+#else
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    struct rlimit lim = {1u << 30, 1u << 30};
+    setrlimit(RLIMIT_AS, &lim);
+    loom_dataset *ds = loom_idx_dataset_open(ip, lp);
+    _exit(!ds && loom_last_error_code() == LOOM_EFORMAT && strstr(loom_last_error(), "truncated") ? 0 : 1);
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+#endif
 }
 
 static void test_wrong_magic(void **state) {
@@ -353,6 +392,7 @@ int main(void) {
       cmocka_unit_test(test_truncated_file),
       cmocka_unit_test(test_corrupt_gzip),
       cmocka_unit_test(test_wrong_magic),
+      cmocka_unit_test(test_header_claims),
       cmocka_unit_test(test_length_mismatch),
       cmocka_unit_test(test_samplers),
       cmocka_unit_test(test_loader_partial_batches),
