@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/error_internal.h"
@@ -158,7 +159,14 @@ static int logger_load(loom_callback *cb, loom_runner *r, const loom_state *s) {
   int rc = loom_state_get_i64(s, "jsonl_bytes", &bytes);
   if (rc < 0 || !m->jsonl)
     return rc;
+  if (bytes < 0)
+    return loom_error_set(LOOM_EFORMAT, "the checkpoint's metrics logger wrote %lld bytes", (long long)bytes);
   fflush(m->jsonl);
+  /* Cut back to the checkpoint, never extended: a logdir whose metrics.jsonl
+   * is shorter (a resume elsewhere, a file removed) keeps what it has. */
+  struct stat st;
+  if (fstat(fileno(m->jsonl), &st) == 0 && bytes > st.st_size)
+    bytes = st.st_size;
   if (ftruncate(fileno(m->jsonl), (off_t)bytes) < 0 || fseek(m->jsonl, 0, SEEK_END) < 0)
     return loom_error_set(LOOM_EIO, "metrics logger: cannot trim %s: %s", m->jsonl_path, strerror(errno));
   FILE *in = fopen(m->jsonl_path, "r");

@@ -56,10 +56,18 @@ static int sched_save(loom_callback *cb, loom_runner *r, loom_state *state) {
 }
 
 static int sched_load(loom_callback *cb, loom_runner *r, const loom_state *state) {
-  (void)r;
   scheduling *d = loom_callback_data(cb);
+  int64_t seen;
   int rc = loom_scheduler_load(d->s, state);
-  return rc == 0 ? loom_state_get_i64(state, "seen_steps", &d->seen_steps) : rc;
+  if (rc == 0)
+    rc = loom_state_get_i64(state, "seen_steps", &seen);
+  /* The catch-up loop runs from here to the run's optimizer steps. */
+  if (rc == 0 && (seen < 0 || seen > loom_runner_optimizer_step_count(r)))
+    return loom_error_set(LOOM_EFORMAT, "the checkpoint's scheduler saw %lld optimizer steps of the run's %lld",
+                          (long long)seen, (long long)loom_runner_optimizer_step_count(r));
+  if (rc == 0)
+    d->seen_steps = seen;
+  return rc;
 }
 
 static void sched_destroy(void *data) {

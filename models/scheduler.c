@@ -78,7 +78,10 @@ int loom_scheduler_start(loom_scheduler *s, loom_optimizer *opt) {
 
 int loom_scheduler_step(loom_scheduler *s, loom_optimizer *opt, double metric) {
   s->t++;
-  return apply(s, opt, s->ops.needs_metric ? metric : NAN);
+  int rc = apply(s, opt, s->ops.needs_metric ? metric : NAN);
+  if (rc < 0) /* a refused step is not counted */
+    s->t--;
+  return rc;
 }
 
 int loom_scheduler_save(const loom_scheduler *s, loom_state *st) {
@@ -107,6 +110,9 @@ int loom_scheduler_load(loom_scheduler *s, const loom_state *st) {
     rc = loom_state_get_f64(st, "base_lr", &base_lr);
   if (rc == 0)
     rc = loom_state_get_f64(st, "lr", &lr);
+  if (rc == 0 && (t < 0 || t > (INT64_C(1) << 53) || !(base_lr >= 0 && base_lr < HUGE_VAL) || !(lr >= 0 && lr < HUGE_VAL)))
+    return loom_error_set(LOOM_EFORMAT, "the checkpoint's %s schedule is out of range (step %lld, rates %g and %g)",
+                          s->ops.type, (long long)t, base_lr, lr);
   if (rc == 0 && s->ops.load)
     rc = s->ops.load(s->data, st);
   if (rc < 0)

@@ -211,6 +211,7 @@ static void test_tampered_values_are_refused(void **state) {
       {"runner", "counters", 0, -5, "runner counter 0 is -5"},
       {"optimizer", "steps", -1, INT64_MAX, "out of range"},      /* the next step would overflow */
       {"optimizer", "nparams", -1, 7, "holds"},                    /* the state array is another model's */
+      {"callbacks/metrics_logger", "jsonl_bytes", -1, -1, "wrote -1 bytes"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     tamper(from, to, cases[i].group, cases[i].key, cases[i].at, cases[i].value);
@@ -224,6 +225,21 @@ static void test_tampered_values_are_refused(void **state) {
     test_rm_rf(dir);
     free(dir);
   }
+  /* A saved length past the end of the logdir's metrics.jsonl (here: a
+   * fresh logdir) trims nothing and extends nothing: the run goes on and
+   * the file holds only what this run wrote (was: extended to 1 TB of zeros,
+   * then read back as one line). */
+  tamper(from, to, "callbacks/metrics_logger", "jsonl_bytes", -1, INT64_C(1) << 40);
+  char *dir = test_tmpdir(), jsonl[600];
+  loom_experiment *exp = build(dir, 3, NULL, NULL);
+  assert_int_equal(run_and_keep(exp, to, NULL, NULL), 0);
+  snprintf(jsonl, sizeof jsonl, "%s/metrics.jsonl", dir);
+  struct stat st;
+  assert_int_equal(stat(jsonl, &st), 0);
+  assert_true(st.st_size > 0 && st.st_size < 100000);
+  loom_experiment_destroy(exp);
+  test_rm_rf(dir);
+  free(dir);
 }
 
 static void test_resume_from_epoch_end(void **state) {

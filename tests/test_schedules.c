@@ -99,6 +99,17 @@ static void test_plateau_and_state(void **state) {
   /* A metric-less step is refused; a plateau schedule per step is refused. */
   assert_int_equal(loom_scheduler_step(t, opt2, NAN), LOOM_EINVAL);
   assert_null(loom_scheduler_callback_create(loom_plateau_lr_create(&o), LOOM_SCHEDULE_PER_STEP, NULL, NULL));
+  /* Saved values out of range are refused, the schedule unchanged: a
+   * negative step count (the callback's catch-up loop would run 2^63
+   * times), a rate that is not a finite non-negative number. */
+  const int64_t steps_before = loom_scheduler_steps(t);
+  assert_int_equal(loom_state_set_i64(saved, "steps", -5), 0);
+  assert_int_equal(loom_scheduler_load(t, saved), LOOM_EFORMAT);
+  assert_non_null(strstr(loom_last_error(), "out of range (step -5"));
+  assert_int_equal(loom_state_set_i64(saved, "steps", 4), 0);
+  assert_int_equal(loom_state_set_f64(saved, "lr", NAN), 0);
+  assert_int_equal(loom_scheduler_load(t, saved), LOOM_EFORMAT);
+  assert_int_equal(loom_scheduler_steps(t), steps_before);
   loom_state_destroy(saved);
   loom_scheduler_destroy(s);
   loom_scheduler_destroy(t);
