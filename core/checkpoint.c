@@ -120,7 +120,8 @@ static int content_crc(const loom_checkpoint *c, uint32_t *out) {
   named_state *groups = malloc((c->count ? c->count : 1) * sizeof *groups);
   if (!groups)
     return loom_error_oom("a checksum");
-  memcpy(groups, c->groups, c->count * sizeof *groups);
+  if (c->count) /* c->groups is NULL in a checkpoint with no groups */
+    memcpy(groups, c->groups, c->count * sizeof *groups);
   qsort(groups, c->count, sizeof *groups, by_name);
   uint32_t crc = (uint32_t)crc32(0, NULL, 0);
   int rc = 0;
