@@ -384,6 +384,13 @@ static int read_dataset(hid_t g, const char *name, loom_state *s) {
                          : size == 4         ? LOOM_VALUE_F32_ARRAY
                                              : LOOM_VALUE_F64_ARRAY;
   int rc = (cls == H5T_INTEGER || cls == H5T_FLOAT) && n >= 0 ? 0 : -1;
+  /* loom writes its arrays whole, uncompressed: a dataset that declares
+   * more values than the file stores is no loom array, and allocating what
+   * it declares would let a few bytes of file ask for gigabytes. */
+  if (rc == 0 && (size_t)n > SIZE_MAX / 8)
+    rc = -1;
+  if (rc == 0 && H5Dget_storage_size(d) < (hsize_t)n * (hsize_t)size)
+    rc = -1;
   void *buf = rc == 0 ? malloc((size_t)(n ? n : 1) * loom_value_size(type)) : NULL;
   if (rc == 0 && (!buf || (n && H5Dread(d, array_type(type), H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)))
     rc = -1;

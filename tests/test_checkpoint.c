@@ -124,6 +124,29 @@ static void replace_attr(const char *path, const char *object, const char *name,
  * string) or a variable-length string is refused with LOOM_EFORMAT before
  * any read could overflow loom's single-value buffer (found by fuzzing:
  * a stack overflow before the checksum was even checked). */
+/* A dataset that declares more values than the file stores (chunked,
+ * never written: 256 MiB of floats declared in a file of kilobytes) is
+ * refused as it is read, before anything is allocated for it (it was
+ * allocated and filled, and only the checksum then refused the file). */
+static void test_declared_size_is_not_trusted(void **state) {
+  (void)state;
+  char path[512];
+  tmp_path(path, "declared.h5");
+  loom_checkpoint *c = sample_checkpoint(10);
+  assert_int_equal(loom_checkpoint_write(c, path), 0);
+  loom_checkpoint_destroy(c);
+  hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+  hsize_t dims = (hsize_t)1 << 26, chunk = 1024;
+  hid_t space = H5Screate_simple(1, &dims, NULL), plist = H5Pcreate(H5P_DATASET_CREATE);
+  H5Pset_chunk(plist, 1, &chunk);
+  hid_t d = H5Dcreate2(f, "/runner/huge", H5T_NATIVE_FLOAT, space, H5P_DEFAULT, plist, H5P_DEFAULT);
+  assert_true(d >= 0);
+  H5Dclose(d), H5Pclose(plist), H5Sclose(space), H5Fclose(f);
+  assert_null(loom_checkpoint_read(path));
+  assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
+  assert_non_null(strstr(loom_last_error(), "cannot read the state \"runner\""));
+}
+
 /* A checkpoint with no state at all writes and reads back (its checksum
  * once passed NULL to memcpy, which UBSan flags). */
 static void test_empty_checkpoint(void **state) {
@@ -246,7 +269,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_roundtrip),
       cmocka_unit_test(test_damage_is_refused), cmocka_unit_test(test_attribute_shapes_are_checked),
-      cmocka_unit_test(test_empty_checkpoint),
+      cmocka_unit_test(test_empty_checkpoint), cmocka_unit_test(test_declared_size_is_not_trusted),
       cmocka_unit_test(test_weights_export),
   };
   return cmocka_run_group_tests(tests, test_dir_setup, test_dir_teardown);
