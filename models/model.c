@@ -5,6 +5,7 @@
  * when it first runs on it and matches no layer types itself. */
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 #include "core/array.h"
 #include "core/error_internal.h"
@@ -137,6 +138,22 @@ static int alloc_activations(entry *e) {
   return (e->out && e->dout) ? 0 : LOOM_ENOMEM;
 }
 
+/* Says how large the model is before allocating it: parameters and
+ * gradients (and an optimizer's moments later) that cannot fit in this
+ * machine's memory would be granted by overcommit and then kill the
+ * process while being initialised. */
+static int check_memory(size_t params, size_t buffers) {
+  uint64_t limit = uv_get_constrained_memory(), total = uv_get_total_memory();
+  if (!limit || (total && total < limit))
+    limit = total;
+  double need = (2.0 * (double)params + (double)buffers) * sizeof(float);
+  if (limit && need > (double)limit)
+    return loom_error_set(LOOM_ENOMEM, "the model has %zu parameters: %.1f GiB for them and their gradients, more "
+                                       "than this machine's %.1f GiB of memory; make the layers smaller",
+                          params, need / (1 << 30), (double)limit / (1 << 30));
+  return 0;
+}
+
 int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint64_t seed) {
   if (m->built)
     return loom_error_set(LOOM_ESTATE, "loom_model_build: the model is already built");
@@ -160,12 +177,18 @@ int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint6
       return rc;
     e->offset = total;
     e->nparams = loom_layer_num_params(e->layer);
+    if (e->nparams > SIZE_MAX / (4 * sizeof(float)) - total)
+      return loom_error_set(LOOM_EINVAL, "building layer \"%s\" (%s): the model's parameter count overflows", e->name,
+                            loom_layer_type(e->layer));
     total += e->nparams;
     e->buffer_offset = buffers;
     buffers += e->layer->ops.num_buffers ? e->layer->ops.num_buffers(e->layer->data) : 0;
     cur_ndim = e->out_ndim;
     memcpy(cur, e->out_shape, (size_t)cur_ndim * sizeof *cur);
   }
+  int rc = check_memory(total, buffers);
+  if (rc < 0)
+    return rc;
   m->params = calloc(total ? total : 1, sizeof *m->params);
   m->grads = calloc(total ? total : 1, sizeof *m->grads);
   m->buffers = calloc(buffers ? buffers : 1, sizeof *m->buffers);

@@ -111,11 +111,28 @@ static void test_conv_fans(void **state) {
   loom_model_destroy(m);
 }
 
+/* A model too large for the machine is refused with its size before
+ * anything is allocated (found by fuzzing: a config asked for a 4 GiB
+ * layer, was granted it by overcommit, and the process died initialising
+ * it). 2^40 parameters: 8 TiB with their gradients. */
+static void test_too_large_a_model(void **state) {
+  (void)state;
+  loom_model *m = loom_model_create();
+  assert_int_equal(loom_model_add(m, "huge", loom_linear_create(1 << 20, 1 << 20, false)), 0);
+  int64_t in = 1 << 20;
+  assert_int_equal(loom_model_build(m, 1, &in, 1), LOOM_ENOMEM);
+  assert_non_null(strstr(loom_last_error(), "the model has 1099511627776 parameters: 8192.0 GiB"));
+  assert_non_null(strstr(loom_last_error(), "make the layers smaller"));
+  assert_false(loom_model_is_built(m));
+  loom_model_destroy(m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_kaiming),
       cmocka_unit_test(test_xavier),
       cmocka_unit_test(test_filter_bias_and_seed),
+      cmocka_unit_test(test_too_large_a_model),
       cmocka_unit_test(test_conv_fans),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
