@@ -25,6 +25,7 @@ static const char usage_main[] =
 
 static const char usage_run[] =
     "usage: loom run CONFIG [--plugin LIB]... [--logdir DIR] [--set KEY=VALUE]... [--resume PATH|last|best] [--check]\n"
+    "                [--dist auto|local|mpi]\n"
     "       loom validate CONFIG [--plugin LIB]... [--set KEY=VALUE]...\n"
     "\n"
     "  --plugin LIB       load a shared library of components (see loom/plugin.h)\n"
@@ -33,12 +34,17 @@ static const char usage_run[] =
     "  --set KEY=VALUE    override a key, e.g. --set stages.train.num_epochs=3\n"
     "  --resume WHAT      continue from a checkpoint file, or last or best in the logdir\n"
     "  --check            smoke test: 2 batches per loader, 2 epochs per stage\n"
+    "  --dist WHAT        the ranks: mpi (one per process mpirun starts), local\n"
+    "                     (this process alone) or auto (mpi under an MPI launcher,\n"
+    "                     the default); overrides the config's \"distributed\"\n"
     "\n"
     "The resolved config (defaults filled in, the seed fixed) is written to\n"
-    "LOGDIR/config.json; running that file reproduces the run.\n";
+    "LOGDIR/config.json; running that file reproduces the run. Under mpirun\n"
+    "(docs/distributed.md) every rank trains its share of each batch, and only\n"
+    "rank 0 writes the logdir.\n";
 
 typedef struct args {
-  const char *config, *logdir, *resume;
+  const char *config, *logdir, *resume, *dist;
   const char *sets[64], *plugins[64];
   int num_sets, num_plugins;
   bool check;
@@ -50,14 +56,22 @@ static int parse(int argc, char **argv, args *a) {
                                           {"resume", required_argument, NULL, 'r'},
                                           {"check", no_argument, NULL, 'c'},
                                           {"plugin", required_argument, NULL, 'p'},
+                                          {"dist", required_argument, NULL, 'd'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   optind = 1;
-  for (int c; (c = getopt_long(argc, argv, "l:s:r:cp:h", options, NULL)) != -1;) {
+  for (int c; (c = getopt_long(argc, argv, "l:s:r:cp:d:h", options, NULL)) != -1;) {
     switch (c) {
     case 'l': a->logdir = optarg; break;
     case 'r': a->resume = optarg; break;
     case 'c': a->check = true; break;
+    case 'd':
+      if (loom_dist_parse(optarg, &(loom_dist){0}) < 0) {
+        fprintf(stderr, "loom: --dist: %s\n", loom_last_error());
+        return EXIT_USAGE;
+      }
+      a->dist = optarg;
+      break;
     case 's':
       if (a->num_sets == 64) {
         fprintf(stderr, "loom: at most 64 --set options\n");
@@ -124,19 +138,44 @@ static int cmd_validate(const args *a) {
   return code;
 }
 
+/* The ranks: --dist, else the config's "distributed"; rank 0 alone
+ * writes the resolved config. */
+static int open_comm(const args *a, loom_config *config, loom_runner *runner) {
+  loom_dist dist = loom_config_distributed(config);
+  if (a->dist)
+    loom_dist_parse(a->dist, &dist); /* checked by parse() */
+  loom_comm *comm = loom_comm_for_dist(dist);
+  if (!comm) {
+    fprintf(stderr, "loom: error: %s\n", loom_last_error());
+    return loom_last_error_code() == LOOM_ENOTSUP ? EXIT_USAGE : EXIT_RUNTIME;
+  }
+  loom_runner_set_comm(runner, comm);
+  return EXIT_DONE;
+}
+
 static int cmd_run(const args *a) {
   loom_config *config;
   loom_experiment *exp = NULL;
   int code = load(a, &config, &exp);
-  char path[4200];
-  if (code == EXIT_DONE && snprintf(path, sizeof path, "%s/config.json", loom_experiment_logdir(exp)) >= (int)sizeof path) {
-    fprintf(stderr, "loom: error: the logdir %.64s... is too long\n", loom_experiment_logdir(exp));
-    code = EXIT_RUNTIME;
-  } else if (code == EXIT_DONE && loom_config_write(config, path) < 0) {
+  loom_runner *runner = NULL;
+  if (code == EXIT_DONE && !(runner = loom_runner_create())) {
     fprintf(stderr, "loom: error: %s\n", loom_last_error());
     code = EXIT_RUNTIME;
   }
-  loom_runner *runner = code == EXIT_DONE ? loom_runner_create() : NULL;
+  if (code == EXIT_DONE)
+    code = open_comm(a, config, runner);
+  /* Other ranks' messages say whose they are. */
+  char who[32] = "";
+  if (runner && !loom_runner_is_master(runner))
+    snprintf(who, sizeof who, "[rank %d] ", loom_runner_rank(runner));
+  char path[4200];
+  if (code == EXIT_DONE && snprintf(path, sizeof path, "%s/config.json", loom_experiment_logdir(exp)) >= (int)sizeof path) {
+    fprintf(stderr, "%sloom: error: the logdir %.64s... is too long\n", who, loom_experiment_logdir(exp));
+    code = EXIT_RUNTIME;
+  } else if (code == EXIT_DONE && loom_runner_is_master(runner) && loom_config_write(config, path) < 0) {
+    fprintf(stderr, "loom: error: %s\n", loom_last_error());
+    code = EXIT_RUNTIME;
+  }
   if (code == EXIT_DONE) {
     loom_run_options o = loom_run_options_defaults();
     o.check = a->check;
@@ -147,10 +186,11 @@ static int cmd_run(const args *a) {
   if (code == EXIT_DONE) {
     int rc = loom_run_experiment(runner, exp);
     if (rc == LOOM_EINTERRUPTED) {
-      fprintf(stderr, "loom: %s\nloom: continue with: loom run %s --resume last\n", loom_last_error(), a->config);
+      if (!who[0])
+        fprintf(stderr, "loom: %s\nloom: continue with: loom run %s --resume last\n", loom_last_error(), a->config);
       code = EXIT_INTERRUPTED;
     } else if (rc < 0) {
-      fprintf(stderr, "loom: error: %s\n", loom_last_error());
+      fprintf(stderr, "%sloom: error: %s\n", who, loom_last_error());
       code = EXIT_RUNTIME;
     }
   }

@@ -552,6 +552,18 @@ static int load_plugins(loom_params *root) {
   return rc;
 }
 
+/* "distributed": which communicator the loom command opens (loom/comm_mpi.h). */
+static int read_distributed(loom_config *c, loom_params *root) {
+  /* In loom_dist's order. */
+  static const char *const choices[] = {"auto", "local", "mpi", NULL};
+  int index = 0;
+  int rc = loom_params_choice(root, "distributed", "auto", choices, &index);
+  c->distributed = (loom_dist)index;
+  return rc;
+}
+
+loom_dist loom_config_distributed(const loom_config *c) { return c->distributed; }
+
 int loom_config_build(loom_config *c, loom_experiment **out) {
   *out = NULL;
   builder b = {.c = c};
@@ -559,10 +571,13 @@ int loom_config_build(loom_config *c, loom_experiment **out) {
   loom_params_init(&root, c, c->root, "");
   loom_error_clear();
   /* The top level's keys are fixed: a misspelt one is the first thing to say. */
-  static const char *const sections[] = {"plugins", "experiment", "datasets", "loaders", "model", "stages"};
+  static const char *const sections[] = {"plugins", "distributed", "experiment", "datasets", "loaders", "model",
+                                         "stages"};
   for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++)
     loom_params_known(&root, sections[i]);
   int rc = loom_params_check_unknown(&root);
+  if (rc == 0)
+    rc = read_distributed(c, &root);
   if (rc == 0)
     rc = load_plugins(&root);
   if (rc == 0)

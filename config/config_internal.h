@@ -34,6 +34,7 @@ struct loom_config {
   loom_pos_index index;
   loom_override *overrides;
   size_t num_overrides, cap_overrides;
+  loom_dist distributed; /* "distributed", once built */
 };
 
 /* A component's parameters: an object of the config at `path`, and the

@@ -1,11 +1,14 @@
 /* Trains an MLP 784-256-128-10 on Fashion-MNIST with loom.
  *
  *   build/bin/fashion_mnist_mlp [--epochs N] [--logdir DIR] [--data DIR] [--seed S] [--resume WHAT] [--workers N]
+ *                               [--dist auto|local|mpi]
  *
  * One stage, loaders "train" (60k images) and "valid" (the 10k test set),
  * Adam 1e-3, batch 128; metrics go to the console and to DIR/metrics.jsonl,
  * checkpoints to DIR/checkpoints. Ctrl-C saves DIR/checkpoints/last.h5 and
- * exits with 130; --resume last continues from it. */
+ * exits with 130; --resume last continues from it. Under `mpirun -np N` each
+ * rank trains on its share of every epoch (global batch N x 128) and rank 0
+ * alone prints and writes (docs/distributed.md). */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,12 +48,15 @@ static loom_loader *open_loader(const char *dir, bool train) {
 static int usage(const char *prog, int code) {
   fprintf(code ? stderr : stdout,
           "usage: %s [--epochs N] [--logdir DIR] [--data DIR] [--seed S] [--resume WHAT] [--workers N]\n"
+          "          [--dist auto|local|mpi]\n"
           "  --epochs N    epochs to train (default 10)\n"
           "  --logdir DIR  where metrics.jsonl and metrics.csv go (default logs/fashion_mnist_mlp)\n"
           "  --data DIR    Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)\n"
           "  --seed S      seed of initialisation and shuffling (default 42)\n"
           "  --resume WHAT continue a run: a checkpoint file, or last or best in DIR/checkpoints\n"
-          "  --workers N   threads preparing batches (default 0: the training thread)\n",
+          "  --workers N   threads preparing batches (default 0: the training thread)\n"
+          "  --dist WHAT   mpi: one rank per process mpirun starts; local: this process\n"
+          "                alone; auto (default): mpi under an MPI launcher\n",
           prog);
   return code;
 }
@@ -59,15 +65,17 @@ int main(int argc, char **argv) {
   int epochs = 10;
   unsigned long long seed = 42;
   const char *logdir = "logs/fashion_mnist_mlp", *data = "/usr/share/datasets/fashion-mnist", *resume = NULL;
+  loom_dist dist = LOOM_DIST_AUTO;
   static const struct option options[] = {{"epochs", required_argument, NULL, 'e'},
                                           {"logdir", required_argument, NULL, 'l'},
                                           {"data", required_argument, NULL, 'd'},
                                           {"seed", required_argument, NULL, 's'},
                                           {"resume", required_argument, NULL, 'r'},
                                           {"workers", required_argument, NULL, 'w'},
+                                          {"dist", required_argument, NULL, 'D'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
-  for (int c; (c = getopt_long(argc, argv, "e:l:d:s:r:w:h", options, NULL)) != -1;) {
+  for (int c; (c = getopt_long(argc, argv, "e:l:d:s:r:w:D:h", options, NULL)) != -1;) {
     char *end = NULL;
     switch (c) {
     case 'e': epochs = (int)strtol(optarg, &end, 10); break;
@@ -76,6 +84,12 @@ int main(int argc, char **argv) {
     case 's': seed = strtoull(optarg, &end, 10); break;
     case 'r': resume = optarg; break;
     case 'w': workers = (int)strtol(optarg, &end, 10); break;
+    case 'D':
+      if (loom_dist_parse(optarg, &dist) < 0) {
+        fprintf(stderr, "%s: --dist: %s\n", argv[0], loom_last_error());
+        return 2;
+      }
+      break;
     case 'h': return usage(argv[0], 0);
     default: return usage(argv[0], 2);
     }
@@ -88,10 +102,16 @@ int main(int argc, char **argv) {
 
   loom_experiment *exp = loom_experiment_create("fashion_mnist_mlp");
   loom_runner *runner = loom_runner_create();
-  if (!exp || !runner) {
+  /* Under mpirun, the ranks mpirun started (auto); else this process alone. */
+  loom_comm *comm = runner ? loom_comm_for_dist(dist) : NULL;
+  if (!exp || !comm) {
     fprintf(stderr, "error: %s\n", loom_last_error());
+    loom_runner_destroy(runner);
+    loom_experiment_destroy(exp);
     return 1;
   }
+  loom_runner_set_comm(runner, comm);
+  bool master = loom_runner_is_master(runner);
   loom_experiment_set_seed(exp, seed);
   int rc = loom_experiment_set_logdir(exp, logdir);
 
@@ -123,11 +143,13 @@ int main(int argc, char **argv) {
   }
 
   rc = loom_run_experiment(runner, exp);
-  if (rc == LOOM_EINTERRUPTED)
+  if (rc == LOOM_EINTERRUPTED && master)
     printf("interrupted; continue with --resume last\n");
-  else if (rc < 0)
+  else if (rc < 0 && rc != LOOM_EINTERRUPTED) {
+    if (!master)
+      fprintf(stderr, "[rank %d] ", loom_runner_rank(runner));
     fprintf(stderr, "error: %s\n", loom_last_error());
-  else
+  } else if (master)
     printf("metrics written to %s/metrics.jsonl\n", logdir);
 out:
   loom_runner_destroy(runner);

@@ -7,6 +7,7 @@
 #include "loom/callback.h"
 #include "loom/callbacks.h"
 #include "loom/comm.h"
+#include "loom/comm_mpi.h"
 #include "loom/config.h"
 #include "loom/criterion.h"
 #include "loom/data.h"

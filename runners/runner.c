@@ -123,7 +123,9 @@ static void unwind(loom_runner *r, int error, bool experiment_end_done) {
 
 static int run(loom_runner *r, bool *end_done) {
   /* Every callback of every stage, for the experiment-wide events. */
-  int rc = loom_experiment_build_table(r->exp, LOOM_EXPERIMENT_EVENTS, loom_comm_rank(r->comm), &r->exp_table);
+  int rc = loom_runner_share_seed(r); /* the loaders' orders and the draws follow it */
+  if (rc == 0)
+    rc = loom_experiment_build_table(r->exp, LOOM_EXPERIMENT_EVENTS, loom_comm_rank(r->comm), &r->exp_table);
   if (rc == 0 && r->resume_source)
     rc = loom_runner_open_resume(r);
   if (rc == 0 && r->options.handle_signals)

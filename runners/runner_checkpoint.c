@@ -415,5 +415,7 @@ int loom_runner_restore(loom_runner *r) {
   }
   loom_checkpoint_destroy(c);
   r->resume = NULL;
+  if (rc == 0)
+    rc = loom_runner_share_weights(r, true); /* the master's reading of the file */
   return rc < 0 ? loom_error_wrap(rc, "restoring from %s", r->resume_path) : 0;
 }

@@ -151,6 +151,15 @@ int loom_runner_open_resume(loom_runner *r);
 /* Restores every saved state from r->resume and drops it. */
 int loom_runner_restore(loom_runner *r);
 
+/* runner_dist.c: rank 0's values on every rank (nothing in a world of one). */
+/* The experiment's seed, before anything draws from it. */
+int loom_runner_share_seed(loom_runner *r);
+/* The model's parameters and buffers, and with `optimizer` its state. */
+int loom_runner_share_weights(loom_runner *r, bool optimizer);
+/* The model's buffers (BatchNorm's statistics, which each rank's batches
+ * move): evaluation on every rank uses the master's. */
+int loom_runner_share_buffers(loom_runner *r);
+
 /* runner_signals.c */
 int loom_signals_start(loom_runner *r);
 /* Polls for signals received since the last call. */

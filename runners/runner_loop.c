@@ -125,6 +125,10 @@ static int loader_body(loom_runner *r, const loom_named_loader *nl, bool resume_
   loom_metrics_clear(r->loader_weights);
   if (r->model)
     loom_model_set_train(r->model, r->loader_kind == LOOM_LOADER_TRAIN);
+  /* Each rank's batches moved its own running statistics: evaluate the master's. */
+  int rc = r->loader_kind == LOOM_LOADER_TRAIN ? 0 : loom_runner_share_buffers(r);
+  if (rc < 0)
+    return rc;
 
   /* Each loader draws its order from its own stream of (seed, global epoch);
    * overfitting reuses the first epoch's order every epoch. */
@@ -133,7 +137,7 @@ static int loader_body(loom_runner *r, const loom_named_loader *nl, bool resume_
   loom_rng_seed(&order_rng, loom_experiment_seed(r->exp), epoch_key, loom_rng_stream_id(nl->name));
   loom_epoch_plan plan = {loom_rng_next(&order_rng), loom_comm_rank(r->comm), loom_comm_size(r->comm),
                           r->loader_kind == LOOM_LOADER_TRAIN};
-  int rc = loom_loader_start_epoch(nl->loader, &plan);
+  rc = loom_loader_start_epoch(nl->loader, &plan);
   if (rc < 0)
     return loom_error_wrap(rc, "starting loader \"%s\"", nl->name);
   r->loader_num_batches = loom_runner_batch_limit(r, loom_loader_num_batches(nl->loader));

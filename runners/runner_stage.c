@@ -89,7 +89,10 @@ int loom_runner_prepare_stage(loom_runner *r, size_t index, bool load) {
   r->stop_flags = 0;
   r->manual_step = false;
 
+  /* Every rank trains the master's weights, however its own were made. */
   int rc = carry_over(r, s, load);
+  if (rc == 0)
+    rc = loom_runner_share_weights(r, false);
   if (rc < 0)
     return rc;
   loom_callback_table_free(&r->stage_table);

@@ -117,12 +117,29 @@ static void wait_done(pool *p) {
  * every job on its one thread. */
 static void after_fork_in_child(void) { the_pool.parts = 1; }
 
+/* Ranks an MPI launcher started on this node (OpenMPI's mpirun, MPICH's
+ * Hydra), which share its cores; 1 without a launcher. */
+static long ranks_on_this_node(void) {
+  static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"};
+  for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+    const char *v = getenv(vars[i]);
+    long n = v && *v ? strtol(v, NULL, 10) : 0;
+    if (n >= 1)
+      return n;
+  }
+  return 1;
+}
+
 static void start(void) {
   pool *p = &the_pool;
   if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0)
     goto serial;
   const char *env = getenv("LOOM_NUM_THREADS");
-  long want = env && *env ? strtol(env, NULL, 10) : (long)uv_available_parallelism();
+  /* Ranks on one node share its cores; LOOM_NUM_THREADS still decides. */
+  long ranks = env && *env ? 1 : ranks_on_this_node();
+  long want = env && *env ? strtol(env, NULL, 10) : (long)uv_available_parallelism() / ranks;
+  if (ranks > 1 && want <= 1)
+    openblas_set_num_threads(1); /* nor may OpenBLAS take more than this rank's share */
   p->parts = want < 1 ? 1 : want > LOOM_MAX_PARTS ? LOOM_MAX_PARTS : (int)want;
   if (p->parts == 1 || uv_mutex_init(&p->busy) != 0 || uv_mutex_init(&p->lock) != 0)
     goto serial;

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "loom/comm_mpi.h"
 #include "loom/experiment.h"
 #include "loom/runner.h"
 
@@ -51,6 +52,10 @@ LOOM_API int loom_config_build(loom_config *config, loom_experiment **experiment
 /* Writes the (resolved) config as indented JSON, creating the file's
  * directory if needed. */
 LOOM_API int loom_config_write(const loom_config *config, const char *path);
+/* The config's "distributed" ("auto", the default, "local" or "mpi"), once
+ * loom_config_build has read it: the communicator the loom command opens
+ * (loom_comm_for_dist) unless --dist says otherwise. */
+LOOM_API loom_dist loom_config_distributed(const loom_config *config);
 /* The document (borrowed). */
 LOOM_API const char *loom_config_name(const loom_config *config);
 
