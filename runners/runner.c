@@ -1,16 +1,12 @@
 /* The runner's life: create, options, run the experiment, unwind. */
 #include "runners/runner_impl.h"
 
+#include "backends/cpu/fpmode.h"
 #include "backends/cpu/gemm.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__SSE__)
-#include <xmmintrin.h>
-#endif
-
-#define LOOM_FTZ_DAZ 0x8040u
 #define NUM_METRIC_STORES 7
 
 static loom_metrics **metric_stores(loom_runner *r, loom_metrics **out) {
@@ -157,11 +153,7 @@ int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
   if (loom_experiment_num_stages(exp) == 0)
     return loom_error_set(LOOM_EINVAL, "experiment \"%s\" has no stages; add one with loom_experiment_add_stage",
                           loom_experiment_name(exp));
-#if defined(__SSE__)
-  /* Denormal gradients make epochs 3-7x slower and change nothing visible. */
-  unsigned csr = _mm_getcsr();
-  _mm_setcsr(csr | LOOM_FTZ_DAZ);
-#endif
+  unsigned fpmode = loom_cpu_fast_denormals_begin();
   bool end_done = false;
   int rc = run(r, &end_done);
   if (rc < 0)
@@ -172,8 +164,6 @@ int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
   /* A resume source serves one run. */
   free(r->resume_source);
   r->resume_source = NULL;
-#if defined(__SSE__)
-  _mm_setcsr(csr);
-#endif
+  loom_cpu_fast_denormals_end(fpmode);
   return (rc < 0 && !r->error_handled) ? rc : 0;
 }
