@@ -153,6 +153,45 @@ static int open_comm(const args *a, loom_config *config, loom_runner *runner) {
   return EXIT_DONE;
 }
 
+/* `arg` for a POSIX shell: as is when every character is safe, else in
+ * single quotes (a quote inside as '\''). */
+static void put_quoted(FILE *out, const char *arg) {
+  bool safe = arg[0] != '\0';
+  for (const char *p = arg; *p && safe; p++)
+    safe = strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./=:,+@%", *p) != NULL;
+  fputc(' ', out);
+  if (safe) {
+    fputs(arg, out);
+    return;
+  }
+  fputc('\'', out);
+  for (const char *p = arg; *p; p++)
+    if (*p == '\'')
+      fputs("'\\''", out);
+    else
+      fputc(*p, out);
+  fputc('\'', out);
+}
+
+/* After an interrupt: the command that continues this run, the command
+ * line given (config, plugins, logdir, every --set in order, --dist,
+ * --check) with --resume last, and where the checkpoint is. */
+static void print_resume_hint(const args *a, const char *logdir) {
+  fprintf(stderr, "loom: the checkpoint is in %s/checkpoints\nloom: continue with: loom run", logdir);
+  put_quoted(stderr, a->config);
+  for (int i = 0; i < a->num_plugins; i++)
+    fputs(" --plugin", stderr), put_quoted(stderr, a->plugins[i]);
+  if (a->logdir)
+    fputs(" --logdir", stderr), put_quoted(stderr, a->logdir);
+  for (int i = 0; i < a->num_sets; i++)
+    fputs(" --set", stderr), put_quoted(stderr, a->sets[i]);
+  if (a->dist)
+    fputs(" --dist", stderr), put_quoted(stderr, a->dist);
+  if (a->check)
+    fputs(" --check", stderr);
+  fputs(" --resume last\n", stderr);
+}
+
 static int cmd_run(const args *a) {
   loom_config *config;
   loom_experiment *exp = NULL;
@@ -186,8 +225,10 @@ static int cmd_run(const args *a) {
   if (code == EXIT_DONE) {
     int rc = loom_run_experiment(runner, exp);
     if (rc == LOOM_EINTERRUPTED) {
-      if (!who[0])
-        fprintf(stderr, "loom: %s\nloom: continue with: loom run %s --resume last\n", loom_last_error(), a->config);
+      if (!who[0]) {
+        fprintf(stderr, "loom: %s\n", loom_last_error());
+        print_resume_hint(a, loom_experiment_logdir(exp));
+      }
       code = EXIT_INTERRUPTED;
     } else if (rc < 0) {
       fprintf(stderr, "%sloom: error: %s\n", who, loom_last_error());

@@ -104,12 +104,27 @@ static void test_run_writes_resolved_config(void **state) {
   free(dir), free(dir2);
 }
 
+/* The words a POSIX shell makes of `line`, one per line. */
+static char *shell_words(const char *line) {
+  char cmd[4096], out[1100];
+  snprintf(out, sizeof out, "%s.words", errfile);
+  snprintf(cmd, sizeof cmd, "printf '%%s\\n' %s > %s", line, out);
+  assert_int_equal(system(cmd), 0);
+  char *words = test_read_file(out);
+  unlink(out);
+  return words;
+}
+
 static void test_ctrl_c_then_resume(void **state) {
   (void)state;
-  char *dir = test_tmpdir();
+  char *top = test_tmpdir(), dir[1100];
+  /* A logdir and a --set that need quoting, and a --set that changes a
+   * key the config has: the hint repeats them all. */
+  snprintf(dir, sizeof dir, "%s/my logs", top);
   pid_t pid;
-  run(&pid, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=1000000", NULL);
-  char last[1100];
+  run(&pid, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=1000000", "--set",
+      "experiment.name=it's tiny", NULL);
+  char last[1200];
   snprintf(last, sizeof last, "%s/checkpoints/last.h5", dir);
   struct timespec poll = {0, 10000000};
   for (int i = 0; i < 3000 && access(last, F_OK) < 0; i++)
@@ -121,13 +136,26 @@ static void test_ctrl_c_then_resume(void **state) {
   assert_true(WIFEXITED(status));
   assert_int_equal(WEXITSTATUS(status), 130);
   assert_true(stderr_has("interrupted by SIGINT"));
-  assert_true(stderr_has("--resume last"));
+  char want[4400];
+  snprintf(want, sizeof want, "loom: the checkpoint is in %s/checkpoints\n", dir);
+  assert_true(stderr_has(want));
+  char *err = test_read_file(errfile), *hint = strstr(err, "continue with: loom run ");
+  assert_non_null(hint);
+  hint += strlen("continue with: loom run ");
+  *strchr(hint, '\n') = '\0';
+  char *words = shell_words(hint);
+  snprintf(want, sizeof want, "%s\n--logdir\n%s\n--set\nstages.train.num_epochs=1000000\n--set\n"
+           "experiment.name=it's tiny\n--resume\nlast\n", tiny, dir);
+  assert_string_equal(words, want);
+  free(words);
+  free(err);
   /* Resume with a stage short enough to be over: it finishes at once. */
-  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--resume", "last", NULL), 0);
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "experiment.name=it's tiny", "--resume", "last",
+                       NULL), 0);
   assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--resume", "/nonexistent.h5", NULL), 1);
   assert_true(stderr_has("cannot resume from \"/nonexistent.h5\""));
-  test_rm_rf(dir);
-  free(dir);
+  test_rm_rf(top);
+  free(top);
 }
 
 /* --- plugins (the libraries of tests/plugins) --- */
