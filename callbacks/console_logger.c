@@ -28,6 +28,8 @@ static void clear_bar(console *c) {
 
 static int console_stage_start(loom_callback *cb, loom_runner *r) {
   console *c = loom_callback_data(cb);
+  if (loom_runner_resumed_finished(r))
+    return 0; /* "already finished" said it */
   fprintf(c->out, "stage \"%s\": %d epoch%s\n", loom_runner_stage_name(r), loom_runner_num_epochs(r),
           loom_runner_num_epochs(r) == 1 ? "" : "s");
   if (c->verbose)
@@ -119,7 +121,7 @@ static int console_epoch_end(loom_callback *cb, loom_runner *r) {
 static int console_stage_end(loom_callback *cb, loom_runner *r) {
   console *c = loom_callback_data(cb);
   const loom_metrics *best = loom_runner_best_valid_metrics(r);
-  if (loom_metrics_count(best) == 0)
+  if (loom_metrics_count(best) == 0 || loom_runner_resumed_finished(r))
     return 0;
   fprintf(c->out, "stage \"%s\" best (epoch %d):", loom_runner_stage_name(r), loom_runner_best_epoch(r));
   for (size_t i = 0; i < loom_metrics_count(best); i++)

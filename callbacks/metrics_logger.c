@@ -40,13 +40,15 @@ static int logger_experiment_start(loom_callback *cb, loom_runner *r) {
   /* A resumed run appends; its saved state trims what came after. */
   const char *mode = loom_runner_is_resumed(r) ? "a" : "w";
   m->closed_at = 0;
+  json_array_clear(m->rows);
+  json_array_clear(m->columns);
+  if (loom_runner_resumed_finished(r))
+    return 0; /* nothing will run: the files stay as they are */
   int rc = loom_mkdir_p(logdir);
   if (rc == 0)
     rc = open_file(&m->jsonl, m->jsonl_path, sizeof m->jsonl_path, logdir, "metrics.jsonl", mode);
   if (rc == 0)
     rc = open_file(&m->csv, m->csv_path, sizeof m->csv_path, logdir, "metrics.csv", mode);
-  json_array_clear(m->rows);
-  json_array_clear(m->columns);
   return rc;
 }
 

@@ -233,6 +233,8 @@ static int cmd_run(const args *a) {
     } else if (rc < 0) {
       fprintf(stderr, "%sloom: error: %s\n", who, loom_last_error());
       code = EXIT_RUNTIME;
+    } else if (!who[0] && loom_runner_resumed_finished(runner)) {
+      printf("loom: the run in %s had already finished: nothing to run\n", loom_experiment_logdir(exp));
     }
   }
   loom_runner_destroy(runner);

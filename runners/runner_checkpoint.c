@@ -309,6 +309,22 @@ static int check_cursor_bounds(const loom_experiment *exp, const int64_t cur[6])
   return 0;
 }
 
+/* Whether the cursor leaves no batch to run: past the last stage's end, or
+ * after its last epoch (or an epoch that stopped it), where only its
+ * on_stage_end and on_experiment_end are left. */
+static bool nothing_left(const loom_runner *r, const loom_state *run, const int64_t cur[6]) {
+  size_t last = loom_experiment_num_stages(r->exp) - 1;
+  if ((size_t)cur[0] != last)
+    return false;
+  if (cur[2] == LOOM_PHASE_STAGE_DONE)
+    return true;
+  int64_t epochs = loom_stage_num_epochs(loom_experiment_stage(r->exp, last)), counters[7];
+  if (r->options.check && epochs > 2)
+    epochs = 2;
+  bool stopped = loom_state_get_i64_array(run, "counters", counters, 7) == 0 && (counters[4] & LOOM_STOP_STAGE);
+  return cur[2] == LOOM_PHASE_EPOCH_DONE && (cur[1] >= epochs || stopped);
+}
+
 int loom_runner_open_resume(loom_runner *r) {
   const char *src = r->resume_source;
   loom_checkpoint *c;
@@ -344,8 +360,9 @@ int loom_runner_open_resume(loom_runner *r) {
     return loom_error_wrap(rc, "cannot resume from %s", r->resume_path);
   }
   r->cursor = (loom_cursor){cur[0], cur[1], cur[2], cur[3], cur[4], cur[5]};
-  if (r->cursor.phase == LOOM_PHASE_STAGE_DONE && (size_t)r->cursor.stage + 1 == stages)
-    notice(r, "the checkpoint's run had finished: nothing left to run");
+  r->resumed_finished = nothing_left(r, run, cur);
+  if (r->resumed_finished)
+    notice(r, "already finished (the checkpoint's run had finished): nothing left to run");
   r->resume = c;
   r->resumed = true;
   return 0;

@@ -101,6 +101,7 @@ struct loom_runner {
   loom_checkpoint *resume;    /* until restored */
   loom_cursor cursor;         /* the resume's */
   bool resumed;
+  bool resumed_finished; /* the checkpoint's run had finished: nothing runs */
   char resume_path[4096];
   char resume_notice[1024];
 

@@ -58,6 +58,7 @@ void loom_runner_mark_error_handled(loom_runner *r) { r->error_handled = true; }
 bool loom_runner_error_handled(const loom_runner *r) { return r->error_handled; }
 
 bool loom_runner_is_resumed(const loom_runner *r) { return r->resumed; }
+bool loom_runner_resumed_finished(const loom_runner *r) { return r->resumed_finished; }
 const char *loom_runner_resume_path(const loom_runner *r) { return r->resumed ? r->resume_path : ""; }
 const char *loom_runner_resume_notice(const loom_runner *r) { return r->resume_notice; }
 void loom_runner_set_manual_step(loom_runner *r, bool manual) { r->manual_step = manual; }

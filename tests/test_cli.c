@@ -12,7 +12,7 @@
 #include "helpers.h"
 
 static const char *loom, *configs, *plugins;
-static char tiny[1024], errfile[1024];
+static char tiny[1024], errfile[1024], outfile[1024];
 
 /* Runs loom with the arguments (NULL-terminated); returns the exit code
  * (or 1000 + signal) and leaves stderr in errfile. With `pid_out`, returns
@@ -30,7 +30,7 @@ static int run(pid_t *pid_out, const char *arg, ...) {
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
-    if (!freopen("/dev/null", "w", stdout) || !freopen(errfile, "w", stderr))
+    if (!freopen(outfile, "w", stdout) || !freopen(errfile, "w", stderr))
       _exit(127);
     execv(loom, (char *const *)argv);
     _exit(127);
@@ -156,6 +156,57 @@ static void test_ctrl_c_then_resume(void **state) {
   assert_true(stderr_has("cannot resume from \"/nonexistent.h5\""));
   test_rm_rf(top);
   free(top);
+}
+
+/* How many files in `dir` have names that start with `prefix`. */
+static int count_files(const char *dir, const char *prefix) {
+  char cmd[1300];
+  snprintf(cmd, sizeof cmd, "ls '%s' | grep -c '^%s' > %s.count", dir, prefix, errfile);
+  if (system(cmd) < 0)
+    return -1;
+  snprintf(cmd, sizeof cmd, "%s.count", errfile);
+  char *text = test_read_file(cmd);
+  unlink(cmd);
+  int n = text ? atoi(text) : -1;
+  free(text);
+  return n;
+}
+
+/* A finished run resumed: "already finished" on the console, exit 0, and
+ * nothing written (no TensorBoard file, no metrics rows). */
+static void test_resume_finished_run(void **state) {
+  (void)state;
+  char *dir = test_tmpdir(), config[1200], file[1200];
+  json_t *c = json_load_file(tiny, 0, NULL);
+  json_t *d = json_object_get(json_object_get(c, "datasets"), "d");
+  snprintf(file, sizeof file, "%s/data/images.idx", configs);
+  json_object_set_new(d, "images", json_string(file));
+  snprintf(file, sizeof file, "%s/data/labels.idx", configs);
+  json_object_set_new(d, "labels", json_string(file));
+  json_t *train = json_object_get(json_object_get(c, "stages"), "train");
+  json_array_append_new(json_object_get(train, "callbacks"), json_pack("{s:s}", "type", "tensorboard"));
+  json_array_append_new(json_object_get(train, "callbacks"), json_pack("{s:s, s:s}", "type", "console_logger",
+                                                                       "progress", "off"));
+  snprintf(config, sizeof config, "%s/config.json", dir);
+  assert_int_equal(json_dump_file(c, config, 0), 0);
+  json_decref(c);
+  assert_int_equal(run(NULL, "run", config, "--logdir", dir, NULL), 0);
+  assert_int_equal(count_files(dir, "events.out.tfevents"), 1);
+  char *rows = jsonl_without_time(dir);
+  assert_int_equal(run(NULL, "run", config, "--logdir", dir, "--resume", "last", NULL), 0);
+  char *out = test_read_file(outfile), want[1300];
+  snprintf(want, sizeof want, "last.h5: already finished (the checkpoint's run had finished): nothing left to run\n");
+  assert_non_null(strstr(out, want)); /* the console logger */
+  snprintf(want, sizeof want, "loom: the run in %s had already finished: nothing to run\n", dir);
+  assert_non_null(strstr(out, want)); /* loom run */
+  assert_null(strstr(out, "epoch")); /* nothing ran */
+  free(out);
+  assert_int_equal(count_files(dir, "events.out.tfevents"), 1);
+  char *again = jsonl_without_time(dir);
+  assert_string_equal(again, rows);
+  free(rows), free(again);
+  test_rm_rf(dir);
+  free(dir);
 }
 
 /* --- plugins (the libraries of tests/plugins) --- */
@@ -292,15 +343,18 @@ int main(int argc, char **argv) {
   plugins = argv[3];
   snprintf(tiny, sizeof tiny, "%s/tiny.json", configs);
   snprintf(errfile, sizeof errfile, "/tmp/loom-test-cli-stderr.%ld", (long)getpid());
+  snprintf(outfile, sizeof outfile, "/tmp/loom-test-cli-stdout.%ld", (long)getpid());
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_usage_and_validate),
       cmocka_unit_test(test_run_writes_resolved_config),
       cmocka_unit_test(test_ctrl_c_then_resume),
+      cmocka_unit_test(test_resume_finished_run),
       cmocka_unit_test(test_plugin_from_command_line),
       cmocka_unit_test(test_plugin_from_config),
       cmocka_unit_test(test_plugin_errors),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   unlink(errfile);
+  unlink(outfile);
   return rc;
 }

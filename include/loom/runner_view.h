@@ -53,6 +53,9 @@ LOOM_API int loom_runner_snapshot(loom_runner *runner, loom_checkpoint **out);
 LOOM_API int loom_runner_save_checkpoint(loom_runner *runner, const char *path);
 /* True during (and after) a run that resumed from a checkpoint. */
 LOOM_API bool loom_runner_is_resumed(const loom_runner *runner);
+/* True during a run resumed from a checkpoint whose run had finished: no
+ * stage, epoch or batch will run, and the loggers write nothing. */
+LOOM_API bool loom_runner_resumed_finished(const loom_runner *runner);
 /* The checkpoint file the run resumed from ("" if none). */
 LOOM_API const char *loom_runner_resume_path(const loom_runner *runner);
 /* What the resume had to work around, e.g. a damaged last.h5 ("" if nothing). */
