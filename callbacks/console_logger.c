@@ -67,8 +67,9 @@ static int console_batch_end(loom_callback *cb, loom_runner *r) {
     return 0;
   c->last_draw = now;
   double elapsed = loom_runner_loader_elapsed(r);
-  double sps = elapsed > 0 ? (double)loom_runner_loader_sample_step(r) / elapsed : 0.0;
-  double eta = step > 0 ? elapsed * (double)(total - step) / (double)step : 0.0;
+  double sps = elapsed > 0 ? (double)loom_runner_loader_samples_run(r) / elapsed : 0.0;
+  int64_t run = step - loom_runner_loader_resumed_batches(r); /* batches this run did */
+  double eta = run > 0 ? elapsed * (double)(total - step) / (double)run : 0.0;
   int filled = total > 0 ? (int)(BAR_WIDTH * step / total) : 0;
   char bar[BAR_WIDTH + 1];
   for (int i = 0; i < BAR_WIDTH; i++)
@@ -94,8 +95,13 @@ static int console_loader_end(loom_callback *cb, loom_runner *r) {
   const loom_metrics *m = loom_runner_loader_metrics(r);
   for (size_t i = 0; i < loom_metrics_count(m); i++)
     fprintf(c->out, " | %s %.4f", loom_metrics_name(m, i), loom_metrics_value(m, i));
-  double sps = elapsed > 0 ? (double)loom_runner_loader_sample_step(r) / elapsed : 0.0;
-  fprintf(c->out, " | %.2f s (%.0f samples/s)\n", elapsed, sps);
+  double sps = elapsed > 0 ? (double)loom_runner_loader_samples_run(r) / elapsed : 0.0;
+  fprintf(c->out, " | %.2f s (%.0f samples/s)", elapsed, sps);
+  int64_t resumed = loom_runner_loader_resumed_batches(r);
+  if (resumed > 0)
+    fprintf(c->out, " | resumed after batch %lld: time and rate of the %lld batches since",
+            (long long)resumed, (long long)(loom_runner_loader_batch_step(r) - resumed));
+  fputc('\n', c->out);
   fflush(c->out);
   return 0;
 }

@@ -124,6 +124,9 @@ static int logger_loader_end(loom_callback *cb, loom_runner *r) {
                           loom_runner_epoch(r), "global_epoch", loom_runner_global_epoch(r), "loader",
                           loom_runner_loader_name(r), "metrics", metrics, "time_s",
                           number(loom_runner_loader_elapsed(r)));
+  /* time_s is that of the batches this run did: say when others came first. */
+  if (row && loom_runner_loader_resumed_batches(r) > 0)
+    json_object_set_new(row, "resumed", json_true());
   if (!row)
     return loom_error_oom("a metrics row");
   char *line = json_dumps(row, JSON_FLAGS);

@@ -3,6 +3,7 @@
  * SIGINT, ends with the same parameters bit for bit and the same
  * metrics.jsonl as the run that was never stopped. Also: best-K survives a
  * resume, a damaged last.h5 falls back, kill -9 never breaks last.h5. */
+#include <math.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -255,6 +256,49 @@ static void test_resume_mid_train_loader(void **state) {
 static void test_resume_mid_valid_loader(void **state) {
   (void)state;
   resume_matches("mid_valid.h5");
+}
+
+/* A loader resumed mid-way reports the time and rate of the batches the
+ * resumed run did, and says so: from mid_train.h5 (after train batch 7 of
+ * 13 in epoch 2) this run does batches 8..13, 5 x 16 + 8 = 88 samples. */
+static void test_resumed_epoch_reports_what_ran(void **state) {
+  (void)state;
+  char path[512], jsonl[512], console[512];
+  snprintf(path, sizeof path, "%s/mid_train.h5", snap_dir);
+  char *dir = test_tmpdir();
+  snprintf(console, sizeof console, "%s/console.txt", dir);
+  FILE *out = fopen(console, "w");
+  loom_experiment *exp = build(dir, 3, NULL, NULL);
+  loom_console_logger_options co = {.out = out, .progress = LOOM_PROGRESS_OFF};
+  assert_int_equal(loom_experiment_add_callback(exp, loom_timer_callback_create()), 0);
+  assert_int_equal(loom_experiment_add_callback(exp, loom_console_logger_create(&co)), 0);
+  assert_int_equal(run_and_keep(exp, path, NULL, NULL), 0);
+  fclose(out);
+  snprintf(jsonl, sizeof jsonl, "%s/metrics.jsonl", dir);
+  char *text = test_read_file(jsonl);
+  int rows = 0;
+  for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"), rows++) {
+    json_t *row = json_loads(line, 0, NULL);
+    bool resumed = json_integer_value(json_object_get(row, "global_epoch")) == 2 &&
+                   strcmp(json_string_value(json_object_get(row, "loader")), "train") == 0;
+    double time_s = json_real_value(json_object_get(row, "time_s"));
+    double rate = json_real_value(json_object_get(json_object_get(row, "metrics"), "time/samples_per_s"));
+    double samples = resumed ? 88 : strcmp(json_string_value(json_object_get(row, "loader")), "train") == 0 ? 200 : 60;
+    assert_true(json_is_true(json_object_get(row, "resumed")) == resumed);
+    assert_true(time_s > 0);
+    assert_true(fabs(rate * time_s - samples) <= 1e-9 * samples);
+    json_decref(row);
+  }
+  assert_int_equal(rows, 4); /* epoch 2's train and valid, epoch 3's */
+  free(text);
+  text = test_read_file(console);
+  assert_non_null(strstr(text, "samples/s) | resumed after batch 7: time and rate of the 6 batches since\n"));
+  assert_non_null(strstr(text, "\ntrain 3/3 | ")); /* the next epoch is not marked */
+  assert_null(strstr(strstr(text, "\ntrain 3/3 | "), "resumed after"));
+  free(text);
+  loom_experiment_destroy(exp);
+  test_rm_rf(dir);
+  free(dir);
 }
 
 /* Resumes the 3-epoch run from "last" in dir; it must equal the reference. */
@@ -656,6 +700,7 @@ int main(void) {
       cmocka_unit_test(test_resume_from_epoch_end), cmocka_unit_test(test_tampered_values_are_refused),
       cmocka_unit_test(test_resume_mid_train_loader),
       cmocka_unit_test(test_resume_mid_valid_loader),
+      cmocka_unit_test(test_resumed_epoch_reports_what_ran),
       cmocka_unit_test(test_resume_last_with_more_epochs),
       cmocka_unit_test(test_sigint_saves_and_resumes_exactly),
       cmocka_unit_test(test_second_signal_stops_at_once),

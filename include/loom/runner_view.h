@@ -130,7 +130,15 @@ LOOM_API int64_t loom_runner_loader_sample_step(const loom_runner *r); /* sample
 LOOM_API int64_t loom_runner_batch_size(const loom_runner *r);
 LOOM_API int64_t loom_runner_global_batch_step(const loom_runner *r);  /* train batches through the current one */
 LOOM_API int64_t loom_runner_global_sample_step(const loom_runner *r); /* train samples through the current batch */
-LOOM_API double loom_runner_loader_elapsed(const loom_runner *r);      /* seconds since on_loader_start */
+/* Seconds since on_loader_start, or since the resume for a loader resumed
+ * mid-way; at on_loader_end, up to the end of its last batch. */
+LOOM_API double loom_runner_loader_elapsed(const loom_runner *r);
+/* For a loader resumed mid-way, the batches the interrupted run had done
+ * (0 for a loader begun in this run). */
+LOOM_API int64_t loom_runner_loader_resumed_batches(const loom_runner *r);
+/* The samples this run processed in the loader: loader_sample_step less
+ * what the interrupted run had done. Rates divide this by the elapsed time. */
+LOOM_API int64_t loom_runner_loader_samples_run(const loom_runner *r);
 LOOM_API loom_comm *loom_runner_comm(const loom_runner *r);
 LOOM_API int loom_runner_rank(const loom_runner *r);
 LOOM_API int loom_runner_world_size(const loom_runner *r);
