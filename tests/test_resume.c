@@ -527,27 +527,76 @@ static ino_t inode(const char *dir, const char *name) {
   return st.st_ino;
 }
 
+/* Each ranking entry names what it ranks. */
+#define RANKED_BY ",\"metric\":\"loss\",\"loader\":\"valid\",\"direction\":\"min\""
+
 static void test_best_k_survives_resume(void **state) {
   (void)state;
   char *a = test_tmpdir(), *b = test_tmpdir();
   assert_int_equal(run_scripted(a, 3, NULL), 0);
   char *three = ranking_of(a);
-  assert_string_equal(three, "[{\"file\":\"epoch_0002.h5\",\"value\":3.0,\"global_epoch\":2},"
-                             "{\"file\":\"epoch_0003.h5\",\"value\":4.0,\"global_epoch\":3}]");
+  assert_string_equal(three, "[{\"file\":\"epoch_0002.h5\",\"value\":3.0,\"global_epoch\":2" RANKED_BY "},"
+                             "{\"file\":\"epoch_0003.h5\",\"value\":4.0,\"global_epoch\":3" RANKED_BY "}]");
   assert_false(exists(a, "epoch_0001.h5"));
   assert_int_equal(inode(a, "best.h5"), inode(a, "epoch_0002.h5"));
   assert_int_equal(run_scripted(a, 6, "last"), 0);
   assert_int_equal(run_scripted(b, 6, NULL), 0);
   char *resumed = ranking_of(a), *straight = ranking_of(b);
   assert_string_equal(resumed, straight);
-  assert_string_equal(resumed, "[{\"file\":\"epoch_0004.h5\",\"value\":1.0,\"global_epoch\":4},"
-                               "{\"file\":\"epoch_0005.h5\",\"value\":2.0,\"global_epoch\":5}]");
+  assert_string_equal(resumed, "[{\"file\":\"epoch_0004.h5\",\"value\":1.0,\"global_epoch\":4" RANKED_BY "},"
+                               "{\"file\":\"epoch_0005.h5\",\"value\":2.0,\"global_epoch\":5" RANKED_BY "}]");
   assert_false(exists(a, "epoch_0002.h5"));
   assert_false(exists(a, "epoch_0003.h5"));
   assert_int_equal(inode(a, "best.h5"), inode(a, "epoch_0004.h5"));
   free(three), free(resumed), free(straight);
   test_rm_rf(a), test_rm_rf(b);
   free(a), free(b);
+}
+
+/* Pretrain ranked on valid accuracy (max), finetune on valid loss (min):
+ * finetune's losses (4.6, 4.7) are never compared with pretrain's
+ * accuracies (0.104, 0.2). The ranking restarts with finetune, so best.h5
+ * and "best" are finetune's epoch 3. */
+static int two_metric_batch(loom_runner *r, void *u) {
+  (void)u;
+  static const double accuracy[] = {0.104, 0.2, 0.3, 0.3}, loss[] = {9, 8, 4.6, 4.7};
+  int64_t e = loom_runner_global_epoch(r) - 1;
+  int rc = loom_metrics_set(loom_runner_batch_metrics(r), "loss", loss[e]);
+  return rc == 0 ? loom_metrics_set(loom_runner_batch_metrics(r), "accuracy", accuracy[e]) : rc;
+}
+
+static void test_ranking_restarts_with_another_metric(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  loom_experiment *exp = loom_experiment_create("two_metrics");
+  loom_experiment_set_logdir(exp, dir);
+  loom_stage *pre = loom_experiment_add_stage(exp, "pretrain", 2), *ft = loom_experiment_add_stage(exp, "finetune", 2);
+  assert_int_equal(loom_stage_add_loader(pre, "train", test_loader(4, 2, 2, 2, true)), 0);
+  assert_int_equal(loom_stage_add_loader(pre, "valid", test_loader(4, 2, 2, 2, false)), 0);
+  assert_int_equal(loom_stage_set_main_metric(pre, "valid", "accuracy", false), 0);
+  assert_int_equal(loom_stage_set_main_metric(ft, "valid", "loss", true), 0);
+  loom_checkpoint_options ck = loom_checkpoint_defaults(); /* the stage's metric, top 1 */
+  assert_int_equal(loom_experiment_add_callback(exp, loom_checkpoint_callback_create(&ck)), 0);
+  loom_runner *r = loom_runner_create();
+  loom_runner_set_handle_batch(r, two_metric_batch, NULL);
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  char *ranking = ranking_of(dir);
+  assert_string_equal(ranking, "[{\"file\":\"epoch_0003.h5\",\"value\":4.5999999999999996,\"global_epoch\":3"
+                               ",\"metric\":\"loss\",\"loader\":\"valid\",\"direction\":\"min\"}]");
+  assert_int_equal(inode(dir, "best.h5"), inode(dir, "epoch_0003.h5"));
+  /* "best" (load_weights, --resume best) opens finetune's epoch 3. */
+  char path[1024], notice[1024];
+  loom_checkpoint *best = loom_checkpoint_open_logdir(dir, "best", path, sizeof path, notice, sizeof notice);
+  assert_non_null(best);
+  const char *stage;
+  assert_int_equal(loom_state_get_str(loom_checkpoint_find(best, "runner"), "stage_name", &stage), 0);
+  assert_string_equal(stage, "finetune");
+  loom_checkpoint_destroy(best);
+  free(ranking);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+  test_rm_rf(dir);
+  free(dir);
 }
 
 static void test_damaged_last_falls_back(void **state) {
@@ -708,6 +757,7 @@ int main(void) {
       cmocka_unit_test(test_sigterm_to_child),
       cmocka_unit_test(test_kill9_never_breaks_last),
       cmocka_unit_test(test_best_k_survives_resume),
+      cmocka_unit_test(test_ranking_restarts_with_another_metric),
       cmocka_unit_test(test_damaged_last_falls_back),
       cmocka_unit_test(test_load_best_on_stage_start),
       cmocka_unit_test(test_load_best_on_stage_end),
