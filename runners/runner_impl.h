@@ -107,6 +107,9 @@ struct loom_runner {
   bool resumed_finished; /* the checkpoint's run had finished: nothing runs */
   char resume_path[4096];
   char resume_notice[1024];
+  char **allowed_changes; /* loom_runner_allow_change's patterns */
+  size_t num_allowed;
+  char *config_changes; /* the accepted changes, JSON, or NULL */
 
   /* interrupts */
   loom_signals signals;

@@ -209,6 +209,70 @@ static void test_resume_finished_run(void **state) {
   free(dir);
 }
 
+/* config.json's value at stages.train.`key`, or loaders.valid.batch_size. */
+static double config_value(const char *dir, const char *key) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  json_t *c = json_load_file(path, 0, NULL);
+  assert_non_null(c);
+  json_t *v = key ? json_object_get(json_object_get(json_object_get(c, "stages"), "train"), key)
+                  : json_object_get(json_object_get(json_object_get(c, "loaders"), "valid"), "batch_size");
+  double x = json_number_value(v);
+  json_decref(c);
+  return x;
+}
+
+/* The lines of config_history.jsonl, as a JSON array. */
+static json_t *history(const char *dir) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/config_history.jsonl", dir);
+  char *text = test_read_file(path);
+  assert_non_null(text);
+  json_t *lines = json_array();
+  for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
+    json_array_append_new(lines, json_loads(line, 0, NULL));
+  free(text);
+  return lines;
+}
+
+/* A resume compares the config with the checkpoint's: a longer num_epochs
+ * is allowed, another change is refused with the keys, old and new values
+ * (config.json untouched), unless --allow-change names it; config.json
+ * then describes the run and config_history.jsonl says what changed. */
+static void test_resume_with_changed_config(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, NULL), 0);
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=4", "--resume", "last",
+                       NULL), 0);
+  assert_true(config_value(dir, "num_epochs") == 4);
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=5", "--set",
+                       "loaders.valid.batch_size=2", "--set", "stages.train.optimizer.momentum=0.5", "--resume", "last",
+                       NULL), 1);
+  assert_true(stderr_has("the config differs from the one the checkpoint was written under: "
+                         "loaders.valid.batch_size: 4 -> 2; stages.train.optimizer.momentum: 0.9 -> 0.5. "));
+  assert_true(config_value(dir, "num_epochs") == 4); /* what last ran */
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=5", "--set",
+                       "loaders.valid.batch_size=2", "--allow-change", "loaders.*.batch_size", "--resume", "last",
+                       NULL), 0);
+  assert_true(config_value(dir, "num_epochs") == 5);
+  assert_true(config_value(dir, NULL) == 2);
+  json_t *h = history(dir);
+  assert_int_equal(json_array_size(h), 3); /* the refused resume did not run */
+  assert_true(json_is_null(json_object_get(json_array_get(h, 0), "resumed_from")));
+  assert_true(json_is_string(json_object_get(json_array_get(h, 2), "resumed_from")));
+  char *changes = json_dumps(json_object_get(json_array_get(h, 1), "changes"), JSON_COMPACT);
+  assert_string_equal(changes, "[{\"key\":\"stages.train.num_epochs\",\"old\":3,\"new\":4}]");
+  free(changes);
+  changes = json_dumps(json_object_get(json_array_get(h, 2), "changes"), JSON_COMPACT);
+  assert_string_equal(changes, "[{\"key\":\"loaders.valid.batch_size\",\"old\":4,\"new\":2},"
+                               "{\"key\":\"stages.train.num_epochs\",\"old\":4,\"new\":5}]");
+  free(changes);
+  json_decref(h);
+  test_rm_rf(dir);
+  free(dir);
+}
+
 /* --- plugins (the libraries of tests/plugins) --- */
 
 /* The plugin `name`'s library. */
@@ -349,6 +413,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_run_writes_resolved_config),
       cmocka_unit_test(test_ctrl_c_then_resume),
       cmocka_unit_test(test_resume_finished_run),
+      cmocka_unit_test(test_resume_with_changed_config),
       cmocka_unit_test(test_plugin_from_command_line),
       cmocka_unit_test(test_plugin_from_config),
       cmocka_unit_test(test_plugin_errors),
