@@ -27,6 +27,10 @@ typedef struct checkpointer {
   char dir[4096];
   ranked ranking[MAX_TOP_K + 1];
   int ranked_count;
+  /* What the ranking ranks: "{loader}/{metric}" and its direction. Values
+   * of another metric are never compared with these. */
+  char ranked_key[512];
+  bool ranked_minimize;
 } checkpointer;
 
 static void ranked_file(char *out, size_t size, int64_t global_epoch) {
@@ -123,26 +127,41 @@ static int install(checkpointer *c, json_t *manifest, loom_runner *r, const loom
 
 static void ranking_to_manifest(const checkpointer *c, json_t *manifest) {
   json_t *list = json_array();
+  /* The key is "{loader}/{metric}"; a loader name has no '/'. */
+  const char *slash = strchr(c->ranked_key, '/');
+  int loader_len = slash ? (int)(slash - c->ranked_key) : 0;
   for (int i = 0; i < c->ranked_count; i++) {
-    char file[64];
+    char file[64], loader[512];
     ranked_file(file, sizeof file, c->ranking[i].global_epoch);
-    json_array_append_new(list, json_pack("{s:s, s:f, s:I}", "file", file, "value", c->ranking[i].value,
-                                          "global_epoch", (json_int_t)c->ranking[i].global_epoch));
+    snprintf(loader, sizeof loader, "%.*s", loader_len, c->ranked_key);
+    json_array_append_new(list, json_pack("{s:s, s:f, s:I, s:s, s:s, s:s}", "file", file, "value",
+                                          c->ranking[i].value, "global_epoch",
+                                          (json_int_t)c->ranking[i].global_epoch, "metric",
+                                          slash ? slash + 1 : c->ranked_key, "loader", loader, "direction",
+                                          c->ranked_minimize ? "min" : "max"));
   }
   json_object_set_new(manifest, "ranking", list);
 }
 
-static bool better(const checkpointer *c, int minimize, double a, double b) {
-  (void)c;
-  return minimize ? a < b : a > b;
+/* A ranking of another metric or direction (an earlier stage's) ends:
+ * its values mean nothing to this one, which starts empty. Its files stay
+ * on disk, out of the ranking. */
+static void rank_by(checkpointer *c, const loom_monitored *mon) {
+  if (c->ranked_count > 0 && c->ranked_key[0] && strcmp(c->ranked_key, mon->key) == 0 &&
+      c->ranked_minimize == mon->minimize)
+    return;
+  if (c->ranked_key[0]) /* an older file's ranking has no key: it is this one */
+    c->ranked_count = 0;
+  snprintf(c->ranked_key, sizeof c->ranked_key, "%s", mon->key);
+  c->ranked_minimize = mon->minimize;
 }
 
 /* Inserts this epoch into the ranking if it makes the top K; returns 1 if
  * it did, with *dropped set to the epoch pushed out (or -1). */
-static int rank(checkpointer *c, int minimize, double value, int64_t epoch, int64_t *dropped) {
+static int rank(checkpointer *c, double value, int64_t epoch, int64_t *dropped) {
   *dropped = -1;
   int pos = c->ranked_count;
-  while (pos > 0 && better(c, minimize, value, c->ranking[pos - 1].value))
+  while (pos > 0 && (c->ranked_minimize ? value < c->ranking[pos - 1].value : value > c->ranking[pos - 1].value))
     pos--;
   if (pos >= c->o.save_top_k)
     return 0;
@@ -194,8 +213,9 @@ static int save_epoch(checkpointer *c, loom_runner *r) {
                                   : 0;
   if (found < 0)
     return found;
-  bool ranked_now = found == 1 && !isnan(mon.value) &&
-                    rank(c, mon.minimize, mon.value, loom_runner_global_epoch(r), &dropped);
+  if (found == 1)
+    rank_by(c, &mon);
+  bool ranked_now = found == 1 && !isnan(mon.value) && rank(c, mon.value, loom_runner_global_epoch(r), &dropped);
   loom_checkpoint *snap;
   int rc = loom_runner_snapshot(r, &snap);
   if (rc < 0)
@@ -246,6 +266,7 @@ static int save_last_now(checkpointer *c, loom_runner *r, const char *name) {
 static int ckpt_experiment_start(loom_callback *cb, loom_runner *r) {
   checkpointer *c = loom_callback_data(cb);
   c->ranked_count = 0;
+  c->ranked_key[0] = '\0';
   int rc = loom_checkpoint_dir(loom_runner_logdir(r), c->dir, sizeof c->dir);
   if (rc == 0 && loom_runner_is_master(r))
     rc = loom_mkdir_p(c->dir);
@@ -313,6 +334,10 @@ static int ckpt_save(loom_callback *cb, loom_runner *r, loom_state *s) {
   int rc = loom_state_set_f64_array(s, "ranking_values", values, (size_t)c->ranked_count);
   if (rc == 0)
     rc = loom_state_set_i64_array(s, "ranking_epochs", epochs, (size_t)c->ranked_count);
+  if (rc == 0)
+    rc = loom_state_set_str(s, "ranking_key", c->ranked_key);
+  if (rc == 0)
+    rc = loom_state_set_i64(s, "ranking_minimize", c->ranked_minimize);
   return rc;
 }
 
@@ -327,8 +352,16 @@ static int ckpt_load(loom_callback *cb, loom_runner *r, const loom_state *s) {
   int rc = loom_state_get_f64_array(s, "ranking_values", values, n);
   if (rc == 0)
     rc = loom_state_get_i64_array(s, "ranking_epochs", epochs, n);
+  const char *key = ""; /* not in older files */
+  int64_t minimize = 0;
+  if (rc == 0 && loom_state_has(s, "ranking_key"))
+    rc = loom_state_get_str(s, "ranking_key", &key);
+  if (rc == 0 && loom_state_has(s, "ranking_minimize"))
+    rc = loom_state_get_i64(s, "ranking_minimize", &minimize);
   if (rc < 0)
     return rc;
+  snprintf(c->ranked_key, sizeof c->ranked_key, "%s", key);
+  c->ranked_minimize = minimize != 0;
   for (size_t i = 0; i < n; i++)
     c->ranking[i] = (ranked){values[i], epochs[i]};
   c->ranked_count = (int)n;

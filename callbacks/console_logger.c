@@ -28,6 +28,8 @@ static void clear_bar(console *c) {
 
 static int console_stage_start(loom_callback *cb, loom_runner *r) {
   console *c = loom_callback_data(cb);
+  if (loom_runner_resumed_finished(r))
+    return 0; /* "already finished" said it */
   fprintf(c->out, "stage \"%s\": %d epoch%s\n", loom_runner_stage_name(r), loom_runner_num_epochs(r),
           loom_runner_num_epochs(r) == 1 ? "" : "s");
   if (c->verbose)
@@ -65,8 +67,9 @@ static int console_batch_end(loom_callback *cb, loom_runner *r) {
     return 0;
   c->last_draw = now;
   double elapsed = loom_runner_loader_elapsed(r);
-  double sps = elapsed > 0 ? (double)loom_runner_loader_sample_step(r) / elapsed : 0.0;
-  double eta = step > 0 ? elapsed * (double)(total - step) / (double)step : 0.0;
+  double sps = elapsed > 0 ? (double)loom_runner_loader_samples_run(r) / elapsed : 0.0;
+  int64_t run = step - loom_runner_loader_resumed_batches(r); /* batches this run did */
+  double eta = run > 0 ? elapsed * (double)(total - step) / (double)run : 0.0;
   int filled = total > 0 ? (int)(BAR_WIDTH * step / total) : 0;
   char bar[BAR_WIDTH + 1];
   for (int i = 0; i < BAR_WIDTH; i++)
@@ -92,8 +95,13 @@ static int console_loader_end(loom_callback *cb, loom_runner *r) {
   const loom_metrics *m = loom_runner_loader_metrics(r);
   for (size_t i = 0; i < loom_metrics_count(m); i++)
     fprintf(c->out, " | %s %.4f", loom_metrics_name(m, i), loom_metrics_value(m, i));
-  double sps = elapsed > 0 ? (double)loom_runner_loader_sample_step(r) / elapsed : 0.0;
-  fprintf(c->out, " | %.2f s (%.0f samples/s)\n", elapsed, sps);
+  double sps = elapsed > 0 ? (double)loom_runner_loader_samples_run(r) / elapsed : 0.0;
+  fprintf(c->out, " | %.2f s (%.0f samples/s)", elapsed, sps);
+  int64_t resumed = loom_runner_loader_resumed_batches(r);
+  if (resumed > 0)
+    fprintf(c->out, " | resumed after batch %lld: time and rate of the %lld batches since",
+            (long long)resumed, (long long)(loom_runner_loader_batch_step(r) - resumed));
+  fputc('\n', c->out);
   fflush(c->out);
   return 0;
 }
@@ -119,7 +127,7 @@ static int console_epoch_end(loom_callback *cb, loom_runner *r) {
 static int console_stage_end(loom_callback *cb, loom_runner *r) {
   console *c = loom_callback_data(cb);
   const loom_metrics *best = loom_runner_best_valid_metrics(r);
-  if (loom_metrics_count(best) == 0)
+  if (loom_metrics_count(best) == 0 || loom_runner_resumed_finished(r))
     return 0;
   fprintf(c->out, "stage \"%s\" best (epoch %d):", loom_runner_stage_name(r), loom_runner_best_epoch(r));
   for (size_t i = 0; i < loom_metrics_count(best); i++)

@@ -40,13 +40,15 @@ static int logger_experiment_start(loom_callback *cb, loom_runner *r) {
   /* A resumed run appends; its saved state trims what came after. */
   const char *mode = loom_runner_is_resumed(r) ? "a" : "w";
   m->closed_at = 0;
+  json_array_clear(m->rows);
+  json_array_clear(m->columns);
+  if (loom_runner_resumed_finished(r))
+    return 0; /* nothing will run: the files stay as they are */
   int rc = loom_mkdir_p(logdir);
   if (rc == 0)
     rc = open_file(&m->jsonl, m->jsonl_path, sizeof m->jsonl_path, logdir, "metrics.jsonl", mode);
   if (rc == 0)
     rc = open_file(&m->csv, m->csv_path, sizeof m->csv_path, logdir, "metrics.csv", mode);
-  json_array_clear(m->rows);
-  json_array_clear(m->columns);
   return rc;
 }
 
@@ -122,6 +124,9 @@ static int logger_loader_end(loom_callback *cb, loom_runner *r) {
                           loom_runner_epoch(r), "global_epoch", loom_runner_global_epoch(r), "loader",
                           loom_runner_loader_name(r), "metrics", metrics, "time_s",
                           number(loom_runner_loader_elapsed(r)));
+  /* time_s is that of the batches this run did: say when others came first. */
+  if (row && loom_runner_loader_resumed_batches(r) > 0)
+    json_object_set_new(row, "resumed", json_true());
   if (!row)
     return loom_error_oom("a metrics row");
   char *line = json_dumps(row, JSON_FLAGS);

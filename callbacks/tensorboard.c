@@ -139,6 +139,8 @@ static int write_metrics(tensorboard *t, const loom_metrics *m, const char *pref
 
 static int tb_experiment_start(loom_callback *cb, loom_runner *r) {
   tensorboard *t = loom_callback_data(cb);
+  if (loom_runner_resumed_finished(r))
+    return 0; /* nothing will run: no file */
   const char *logdir = loom_runner_logdir(r);
   char host[256] = "localhost", name[512];
   gethostname(host, sizeof host - 1);

@@ -28,7 +28,7 @@ static int timer_loader_end(loom_callback *cb, loom_runner *r) {
   timer *t = loom_callback_data(cb);
   double elapsed = loom_runner_loader_elapsed(r);
   loom_metrics *m = loom_runner_loader_metrics(r);
-  int rc = loom_metrics_set(m, "time/samples_per_s", elapsed > 0 ? (double)loom_runner_loader_sample_step(r) / elapsed : 0);
+  int rc = loom_metrics_set(m, "time/samples_per_s", elapsed > 0 ? (double)loom_runner_loader_samples_run(r) / elapsed : 0);
   return rc == 0 ? loom_metrics_set(m, "time/data_fraction", elapsed > 0 ? t->data_s / elapsed : 0) : rc;
 }
 

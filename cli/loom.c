@@ -33,6 +33,9 @@ static const char usage_run[] =
     "  --logdir DIR       where logs and checkpoints go (sets experiment.logdir)\n"
     "  --set KEY=VALUE    override a key, e.g. --set stages.train.num_epochs=3\n"
     "  --resume WHAT      continue from a checkpoint file, or last or best in the logdir\n"
+    "  --allow-change KEY let a resume run a config that differs from the checkpoint's\n"
+    "                     at KEY (e.g. stages.train.optimizer.lr; * matches a part);\n"
+    "                     repeatable. stages.*.num_epochs and the logdir may always change\n"
     "  --check            smoke test: 2 batches per loader, 2 epochs per stage\n"
     "  --dist WHAT        the ranks: mpi (one per process mpirun starts), local\n"
     "                     (this process alone) or auto (mpi under an MPI launcher,\n"
@@ -45,8 +48,8 @@ static const char usage_run[] =
 
 typedef struct args {
   const char *config, *logdir, *resume, *dist;
-  const char *sets[64], *plugins[64];
-  int num_sets, num_plugins;
+  const char *sets[64], *plugins[64], *allowed[64];
+  int num_sets, num_plugins, num_allowed;
   bool check;
 } args;
 
@@ -57,10 +60,11 @@ static int parse(int argc, char **argv, args *a) {
                                           {"check", no_argument, NULL, 'c'},
                                           {"plugin", required_argument, NULL, 'p'},
                                           {"dist", required_argument, NULL, 'd'},
+                                          {"allow-change", required_argument, NULL, 'a'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   optind = 1;
-  for (int c; (c = getopt_long(argc, argv, "l:s:r:cp:d:h", options, NULL)) != -1;) {
+  for (int c; (c = getopt_long(argc, argv, "l:s:r:cp:d:a:h", options, NULL)) != -1;) {
     switch (c) {
     case 'l': a->logdir = optarg; break;
     case 'r': a->resume = optarg; break;
@@ -78,6 +82,13 @@ static int parse(int argc, char **argv, args *a) {
         return EXIT_USAGE;
       }
       a->sets[a->num_sets++] = optarg;
+      break;
+    case 'a':
+      if (a->num_allowed == 64) {
+        fprintf(stderr, "loom: at most 64 --allow-change options\n");
+        return EXIT_USAGE;
+      }
+      a->allowed[a->num_allowed++] = optarg;
       break;
     case 'p':
       if (a->num_plugins == 64) {
@@ -153,6 +164,55 @@ static int open_comm(const args *a, loom_config *config, loom_runner *runner) {
   return EXIT_DONE;
 }
 
+/* `arg` for a POSIX shell: as is when every character is safe, else in
+ * single quotes (a quote inside as '\''). */
+static void put_quoted(FILE *out, const char *arg) {
+  bool safe = arg[0] != '\0';
+  for (const char *p = arg; *p && safe; p++)
+    safe = strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./=:,+@%", *p) != NULL;
+  fputc(' ', out);
+  if (safe) {
+    fputs(arg, out);
+    return;
+  }
+  fputc('\'', out);
+  for (const char *p = arg; *p; p++)
+    if (*p == '\'')
+      fputs("'\\''", out);
+    else
+      fputc(*p, out);
+  fputc('\'', out);
+}
+
+/* After an interrupt: the command that continues this run, the command
+ * line given (config, plugins, logdir, every --set in order, --dist,
+ * --check) with --resume last, and where the checkpoint is. */
+static void print_resume_hint(const args *a, const char *logdir) {
+  fprintf(stderr, "loom: the checkpoint is in %s/checkpoints\nloom: continue with: loom run", logdir);
+  put_quoted(stderr, a->config);
+  for (int i = 0; i < a->num_plugins; i++)
+    fputs(" --plugin", stderr), put_quoted(stderr, a->plugins[i]);
+  if (a->logdir)
+    fputs(" --logdir", stderr), put_quoted(stderr, a->logdir);
+  for (int i = 0; i < a->num_sets; i++)
+    fputs(" --set", stderr), put_quoted(stderr, a->sets[i]);
+  if (a->dist)
+    fputs(" --dist", stderr), put_quoted(stderr, a->dist);
+  for (int i = 0; i < a->num_allowed; i++)
+    fputs(" --allow-change", stderr), put_quoted(stderr, a->allowed[i]);
+  if (a->check)
+    fputs(" --check", stderr);
+  fputs(" --resume last\n", stderr);
+}
+
+/* config.json and config_history.jsonl, written once the run starts (a
+ * resume refused leaves them as they were); nothing for a finished run. */
+static int record_run(loom_callback *cb, loom_runner *r) {
+  return loom_runner_resumed_finished(r) ? 0 : loom_config_record_run(loom_callback_data(cb), r);
+}
+
+static const loom_callback_ops record_ops = {.type = "resolved_config", .on_experiment_start = record_run};
+
 static int cmd_run(const args *a) {
   loom_config *config;
   loom_experiment *exp = NULL;
@@ -168,14 +228,16 @@ static int cmd_run(const args *a) {
   char who[32] = "";
   if (runner && !loom_runner_is_master(runner))
     snprintf(who, sizeof who, "[rank %d] ", loom_runner_rank(runner));
-  char path[4200];
-  if (code == EXIT_DONE && snprintf(path, sizeof path, "%s/config.json", loom_experiment_logdir(exp)) >= (int)sizeof path) {
-    fprintf(stderr, "%sloom: error: the logdir %.64s... is too long\n", who, loom_experiment_logdir(exp));
-    code = EXIT_RUNTIME;
-  } else if (code == EXIT_DONE && loom_runner_is_master(runner) && loom_config_write(config, path) < 0) {
+  loom_callback *record = code == EXIT_DONE ? loom_callback_create(&record_ops, config, LOOM_ORDER_INTERNAL) : NULL;
+  if (record)
+    loom_callback_set_node(record, LOOM_NODE_MASTER);
+  if (code == EXIT_DONE && (!record || loom_experiment_add_callback(exp, record) < 0)) {
     fprintf(stderr, "loom: error: %s\n", loom_last_error());
     code = EXIT_RUNTIME;
   }
+  for (int i = 0; i < a->num_allowed && code == EXIT_DONE; i++)
+    if (loom_runner_allow_change(runner, a->allowed[i]) < 0)
+      code = EXIT_RUNTIME;
   if (code == EXIT_DONE) {
     loom_run_options o = loom_run_options_defaults();
     o.check = a->check;
@@ -186,12 +248,16 @@ static int cmd_run(const args *a) {
   if (code == EXIT_DONE) {
     int rc = loom_run_experiment(runner, exp);
     if (rc == LOOM_EINTERRUPTED) {
-      if (!who[0])
-        fprintf(stderr, "loom: %s\nloom: continue with: loom run %s --resume last\n", loom_last_error(), a->config);
+      if (!who[0]) {
+        fprintf(stderr, "loom: %s\n", loom_last_error());
+        print_resume_hint(a, loom_experiment_logdir(exp));
+      }
       code = EXIT_INTERRUPTED;
     } else if (rc < 0) {
       fprintf(stderr, "%sloom: error: %s\n", who, loom_last_error());
       code = EXIT_RUNTIME;
+    } else if (!who[0] && loom_runner_resumed_finished(runner)) {
+      printf("loom: the run in %s had already finished: nothing to run\n", loom_experiment_logdir(exp));
     }
   }
   loom_runner_destroy(runner);

@@ -5,11 +5,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/array.h"
 #include "config/config_internal.h"
 #include "core/error_internal.h"
 #include "core/fs.h"
+#include "loom/runner_view.h"
 
 static loom_config *from_text(const char *text, const char *name) {
   json_error_t err;
@@ -249,4 +251,34 @@ int loom_config_write(const loom_config *c, const char *path) {
   if (json_dump_file(c->root, path, JSON_INDENT(2) | JSON_REAL_PRECISION(17)) < 0)
     return loom_error_set(LOOM_EIO, "cannot write the resolved config to %s: %s", path, strerror(errno));
   return 0;
+}
+
+int loom_config_record_run(loom_config *c, const loom_runner *r) {
+  const char *logdir = loom_runner_logdir(r);
+  char path[4200];
+  json_t *exp = json_object_get(c->root, "experiment");
+  if (json_is_object(exp))
+    json_object_set_new(exp, "seed", json_integer((json_int_t)loom_experiment_seed(loom_runner_experiment(r))));
+  if (snprintf(path, sizeof path, "%s/config.json", logdir) >= (int)sizeof path)
+    return loom_error_set(LOOM_EINVAL, "the logdir %.64s... is too long", logdir);
+  int rc = loom_config_write(c, path);
+  snprintf(path, sizeof path, "%s/config_history.jsonl", logdir);
+  char when[32];
+  time_t now = time(NULL);
+  strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+  const char *changes = loom_runner_config_changes(r);
+  json_t *line = json_pack("{s:s, s:o, s:o}", "time", when, "resumed_from",
+                           loom_runner_is_resumed(r) ? json_string(loom_runner_resume_path(r)) : json_null(),
+                           "changes", changes ? json_loads(changes, 0, NULL) : json_array());
+  char *text = line ? json_dumps(line, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
+  FILE *f = rc == 0 && text ? fopen(path, "a") : NULL;
+  if (rc == 0 && !text)
+    rc = loom_error_oom("a config history line");
+  else if (rc == 0 && (!f || fprintf(f, "%s\n", text) < 0))
+    rc = loom_error_set(LOOM_EIO, "cannot append to %s: %s", path, strerror(errno));
+  if (f && fclose(f) != 0 && rc == 0)
+    rc = loom_error_set(LOOM_EIO, "cannot append to %s: %s", path, strerror(errno));
+  free(text);
+  json_decref(line);
+  return rc;
 }

@@ -588,6 +588,11 @@ int loom_config_build(loom_config *c, loom_experiment **out) {
     rc = build_loaders(&b, &root);
   if (rc == 0)
     rc = build_stages(&b, &root);
+  /* The resolved config, for checkpoints to record and resumes to compare. */
+  char *text = rc == 0 ? json_dumps(c->root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17)) : NULL;
+  if (rc == 0)
+    rc = text ? loom_experiment_set_config(b.exp, text) : loom_error_oom("the resolved config");
+  free(text);
   release(&b);
   if (rc < 0) {
     loom_experiment_destroy(b.exp);

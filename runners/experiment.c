@@ -16,6 +16,7 @@ typedef struct owned {
 struct loom_experiment {
   char *name;
   char *logdir;
+  char *config; /* the resolved config as JSON, or NULL */
   uint64_t seed;
   loom_stage **stages;
   size_t num_stages, cap_stages;
@@ -100,6 +101,7 @@ void loom_experiment_destroy(loom_experiment *exp) {
   free(exp->callbacks);
   free(exp->name);
   free(exp->logdir);
+  free(exp->config);
   free(exp);
 }
 
@@ -116,6 +118,17 @@ int loom_experiment_set_logdir(loom_experiment *exp, const char *logdir) {
   exp->logdir = copy;
   return 0;
 }
+
+int loom_experiment_set_config(loom_experiment *exp, const char *json) {
+  char *copy = json ? strdup(json) : NULL;
+  if (json && !copy)
+    return loom_error_oom("the experiment's config");
+  free(exp->config);
+  exp->config = copy;
+  return 0;
+}
+
+const char *loom_experiment_config(const loom_experiment *exp) { return exp->config; }
 
 loom_stage *loom_experiment_add_stage(loom_experiment *exp, const char *name, int num_epochs) {
   if (!name || !*name || num_epochs < 1) {

@@ -56,6 +56,10 @@ void loom_runner_destroy(loom_runner *r) {
     loom_metrics_destroy(m[i]);
   loom_checkpoint_destroy(r->resume);
   free(r->resume_source);
+  free(r->config_changes);
+  for (size_t i = 0; i < r->num_allowed; i++)
+    free(r->allowed_changes[i]);
+  free(r->allowed_changes);
   free(r);
 }
 
@@ -88,6 +92,8 @@ static void reset(loom_runner *r, loom_experiment *exp) {
   r->handle_user = keep.handle_user;
   r->options = keep.options;
   r->resume_source = keep.resume_source;
+  r->allowed_changes = keep.allowed_changes, r->num_allowed = keep.num_allowed;
+  free(keep.config_changes);
   r->batch_metrics = keep.batch_metrics, r->loader_metrics = keep.loader_metrics;
   r->epoch_metrics = keep.epoch_metrics, r->loader_sums = keep.loader_sums;
   r->loader_weights = keep.loader_weights, r->valid_metrics = keep.valid_metrics;

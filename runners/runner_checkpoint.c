@@ -1,4 +1,6 @@
 /* Snapshots of the whole run and resuming from them. */
+#include <fnmatch.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,6 +178,8 @@ static int save_experiment(const loom_experiment *exp, loom_state *s) {
     strcat(names, i + 1 < n ? "\n" : "");
   }
   int rc = loom_state_set_str(s, "name", loom_experiment_name(exp));
+  if (rc == 0 && loom_experiment_config(exp))
+    rc = loom_state_set_str(s, "config", loom_experiment_config(exp));
   if (rc == 0)
     rc = loom_state_set_i64(s, "seed", (int64_t)loom_experiment_seed(exp));
   if (rc == 0)
@@ -256,6 +260,102 @@ int loom_runner_set_resume(loom_runner *r, const char *source) {
   return 0;
 }
 
+int loom_runner_allow_change(loom_runner *r, const char *pattern) {
+  char **grown = realloc(r->allowed_changes, (r->num_allowed + 1) * sizeof *grown);
+  if (!grown)
+    return loom_error_oom("an allowed change");
+  r->allowed_changes = grown;
+  if (!(grown[r->num_allowed] = strdup(pattern)))
+    return loom_error_oom("an allowed change");
+  r->num_allowed++;
+  return 0;
+}
+
+const char *loom_runner_config_changes(const loom_runner *r) { return r->config_changes; }
+
+/* Whether `key` (or a key it lies under) matches `pattern`. */
+static bool key_matches(const char *pattern, const char *key) {
+  char prefix[1024];
+  snprintf(prefix, sizeof prefix, "%s", key);
+  for (char *end = prefix + strlen(prefix);; *end = '\0') {
+    if (fnmatch(pattern, prefix, 0) == 0)
+      return true;
+    if (!(end = strrchr(prefix, '.')))
+      return false;
+  }
+}
+
+static bool change_allowed(const loom_runner *r, const char *key) {
+  static const char *const by_default[] = {"stages.*.num_epochs", "experiment.logdir"};
+  for (size_t i = 0; i < sizeof by_default / sizeof by_default[0]; i++)
+    if (key_matches(by_default[i], key))
+      return true;
+  for (size_t i = 0; i < r->num_allowed; i++)
+    if (key_matches(r->allowed_changes[i], key))
+      return true;
+  return false;
+}
+
+/* Appends {"key", "old", "new"} to `out` for each leaf where a and b differ
+ * (objects compared key by key, anything else as a whole; a missing side
+ * is null). experiment.seed is left out: a resume takes the checkpoint's. */
+static void diff_json(const char *path, json_t *a, json_t *b, json_t *out) {
+  if (json_equal(a, b) || strcmp(path, "experiment.seed") == 0)
+    return;
+  if (json_is_object(a) && json_is_object(b)) {
+    char sub[1024];
+    const char *k;
+    json_t *v;
+    json_object_foreach(a, k, v) {
+      snprintf(sub, sizeof sub, "%s%s%s", path, path[0] ? "." : "", k);
+      diff_json(sub, v, json_object_get(b, k), out);
+    }
+    json_object_foreach(b, k, v) {
+      snprintf(sub, sizeof sub, "%s%s%s", path, path[0] ? "." : "", k);
+      if (!json_object_get(a, k))
+        diff_json(sub, json_null(), v, out);
+    }
+    return;
+  }
+  json_array_append_new(out, json_pack("{s:s, s:O, s:O}", "key", path, "old", a ? a : json_null(), "new",
+                                       b ? b : json_null()));
+}
+
+/* Compares the checkpoint's config with the experiment's: a change not
+ * allowed is refused with every difference listed; the allowed ones are
+ * kept in r->config_changes. */
+static int check_config(loom_runner *r, const char *saved) {
+  json_error_t err;
+  json_t *old = json_loads(saved, 0, &err), *now = json_loads(loom_experiment_config(r->exp), 0, &err);
+  json_t *changes = json_array();
+  int rc = old && now && changes ? 0 : loom_error_set(LOOM_EFORMAT, "the checkpoint's or the experiment's config is "
+                                                                     "not JSON (%s)", err.text);
+  if (rc == 0)
+    diff_json("", old, now, changes);
+  char refused[2048] = "";
+  size_t len = 0, i;
+  json_t *c;
+  json_array_foreach(changes, i, c) {
+    const char *key = json_string_value(json_object_get(c, "key"));
+    if (change_allowed(r, key) || len >= sizeof refused)
+      continue;
+    char *o = json_dumps(json_object_get(c, "old"), JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(15));
+    char *n = json_dumps(json_object_get(c, "new"), JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(15));
+    len += (size_t)snprintf(refused + len, sizeof refused - len, "%s%s: %s -> %s", len ? "; " : "", key,
+                            o ? o : "?", n ? n : "?");
+    free(o), free(n);
+  }
+  if (rc == 0 && refused[0])
+    rc = loom_error_set(LOOM_EINVAL, "the config differs from the one the checkpoint was written under: %s. Resume "
+                                     "with that config, allow the changes (loom run --allow-change KEY, "
+                                     "loom_runner_allow_change), or start a new logdir",
+                        refused);
+  if (rc == 0 && !(r->config_changes = json_dumps(changes, JSON_COMPACT | JSON_REAL_PRECISION(17))))
+    rc = loom_error_oom("the config changes");
+  json_decref(old), json_decref(now), json_decref(changes);
+  return rc;
+}
+
 /* Adds `what` to the resume notice. */
 static void notice(loom_runner *r, const char *what) {
   size_t len = strlen(r->resume_notice);
@@ -280,6 +380,10 @@ static int check_experiment(loom_runner *r, const loom_state *s) {
     rc = loom_error_set(LOOM_EINVAL, "the checkpoint's stages (%s) are not this experiment's (%s)", stages,
                         my_stages);
   loom_state_destroy(mine);
+  const char *saved_config;
+  if (rc == 0 && loom_experiment_config(r->exp) && loom_state_has(s, "config") &&
+      (rc = loom_state_get_str(s, "config", &saved_config)) == 0)
+    rc = check_config(r, saved_config);
   if (rc == 0 && (uint64_t)seed != loom_experiment_seed(r->exp)) {
     /* The run continues as the run it was, with the seed it drew with. */
     char what[160];
@@ -307,6 +411,22 @@ static int check_cursor_bounds(const loom_experiment *exp, const int64_t cur[6])
                                         "stage \"%s\"; the file is not from this experiment",
                           (long long)cur[3], loaders, (long long)cur[5], loom_experiment_stage(exp, (size_t)cur[0])->name);
   return 0;
+}
+
+/* Whether the cursor leaves no batch to run: past the last stage's end, or
+ * after its last epoch (or an epoch that stopped it), where only its
+ * on_stage_end and on_experiment_end are left. */
+static bool nothing_left(const loom_runner *r, const loom_state *run, const int64_t cur[6]) {
+  size_t last = loom_experiment_num_stages(r->exp) - 1;
+  if ((size_t)cur[0] != last)
+    return false;
+  if (cur[2] == LOOM_PHASE_STAGE_DONE)
+    return true;
+  int64_t epochs = loom_stage_num_epochs(loom_experiment_stage(r->exp, last)), counters[7];
+  if (r->options.check && epochs > 2)
+    epochs = 2;
+  bool stopped = loom_state_get_i64_array(run, "counters", counters, 7) == 0 && (counters[4] & LOOM_STOP_STAGE);
+  return cur[2] == LOOM_PHASE_EPOCH_DONE && (cur[1] >= epochs || stopped);
 }
 
 int loom_runner_open_resume(loom_runner *r) {
@@ -344,8 +464,9 @@ int loom_runner_open_resume(loom_runner *r) {
     return loom_error_wrap(rc, "cannot resume from %s", r->resume_path);
   }
   r->cursor = (loom_cursor){cur[0], cur[1], cur[2], cur[3], cur[4], cur[5]};
-  if (r->cursor.phase == LOOM_PHASE_STAGE_DONE && (size_t)r->cursor.stage + 1 == stages)
-    notice(r, "the checkpoint's run had finished: nothing left to run");
+  r->resumed_finished = nothing_left(r, run, cur);
+  if (r->resumed_finished)
+    notice(r, "already finished (the checkpoint's run had finished): nothing left to run");
   r->resume = c;
   r->resumed = true;
   return 0;

@@ -75,7 +75,10 @@ struct loom_runner {
   int64_t loader_batch_step, loader_num_batches, loader_sample_step, batch_size;
   int64_t batches_done; /* of the current loader, metrics accumulated */
   int64_t global_batch_step, global_sample_step, global_optimizer_step;
-  uint64_t loader_start_ns;
+  uint64_t loader_start_ns, loader_end_ns; /* end: 0 while its batches run */
+  /* Of the loader under way, what the interrupted run had done before a
+   * resume (0 if the loader began in this run). */
+  int64_t loader_resumed_batches, loader_resumed_samples;
   double batch_data_s, batch_compute_s;
   loom_rng rng;
   unsigned stop_flags;
@@ -101,8 +104,12 @@ struct loom_runner {
   loom_checkpoint *resume;    /* until restored */
   loom_cursor cursor;         /* the resume's */
   bool resumed;
+  bool resumed_finished; /* the checkpoint's run had finished: nothing runs */
   char resume_path[4096];
   char resume_notice[1024];
+  char **allowed_changes; /* loom_runner_allow_change's patterns */
+  size_t num_allowed;
+  char *config_changes; /* the accepted changes, JSON, or NULL */
 
   /* interrupts */
   loom_signals signals;

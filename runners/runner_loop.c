@@ -119,6 +119,8 @@ static int loader_body(loom_runner *r, const loom_named_loader *nl, bool resume_
   loom_loader_kind_from_name(nl->name, &r->loader_kind); /* checked when the stage was prepared */
   r->loader = nl->loader;
   r->loader_batch_step = r->loader_sample_step = r->batches_done = 0;
+  r->loader_resumed_batches = r->loader_resumed_samples = 0;
+  r->loader_end_ns = 0;
   r->stop_flags &= ~(unsigned)LOOM_STOP_LOADER;
   loom_metrics_clear(r->loader_metrics);
   loom_metrics_clear(r->loader_sums);
@@ -151,9 +153,14 @@ static int loader_body(loom_runner *r, const loom_named_loader *nl, bool resume_
       return rc;
     if ((rc = loom_loader_seek(nl->loader, r->batches_done)) < 0)
       return rc;
+    /* The time and rate are those of what this run does. */
+    r->loader_resumed_batches = r->batches_done;
+    r->loader_resumed_samples = r->loader_sample_step;
+    r->loader_start_ns = loom_now_ns();
   }
   if ((rc = run_batches(r)) < 0)
     return rc;
+  r->loader_end_ns = loom_now_ns(); /* every reader at on_loader_end sees one time */
   r->input = r->target = r->output = NULL;
   if ((rc = loom_runner_finish_loader_metrics(r)) < 0)
     return rc;

@@ -19,7 +19,12 @@ int64_t loom_runner_batch_size(const loom_runner *r) { return r->batch_size; }
 int64_t loom_runner_global_batch_step(const loom_runner *r) { return r->global_batch_step; }
 int64_t loom_runner_global_sample_step(const loom_runner *r) { return r->global_sample_step; }
 double loom_runner_loader_elapsed(const loom_runner *r) {
-  return r->loader_start_ns ? (double)(loom_now_ns() - r->loader_start_ns) * 1e-9 : 0.0;
+  uint64_t end = r->loader_end_ns ? r->loader_end_ns : loom_now_ns();
+  return r->loader_start_ns ? (double)(end - r->loader_start_ns) * 1e-9 : 0.0;
+}
+int64_t loom_runner_loader_resumed_batches(const loom_runner *r) { return r->loader_resumed_batches; }
+int64_t loom_runner_loader_samples_run(const loom_runner *r) {
+  return r->loader_sample_step - r->loader_resumed_samples;
 }
 loom_comm *loom_runner_comm(const loom_runner *r) { return r->comm; }
 int loom_runner_rank(const loom_runner *r) { return loom_comm_rank(r->comm); }
@@ -58,6 +63,7 @@ void loom_runner_mark_error_handled(loom_runner *r) { r->error_handled = true; }
 bool loom_runner_error_handled(const loom_runner *r) { return r->error_handled; }
 
 bool loom_runner_is_resumed(const loom_runner *r) { return r->resumed; }
+bool loom_runner_resumed_finished(const loom_runner *r) { return r->resumed_finished; }
 const char *loom_runner_resume_path(const loom_runner *r) { return r->resumed ? r->resume_path : ""; }
 const char *loom_runner_resume_notice(const loom_runner *r) { return r->resume_notice; }
 void loom_runner_set_manual_step(loom_runner *r, bool manual) { r->manual_step = manual; }

@@ -90,6 +90,7 @@ static inline char *jsonl_without_time(const char *logdir) {
     assert_non_null(row);
     assert_true(json_is_real(json_object_get(row, "time_s")));
     json_object_del(row, "time_s");
+    json_object_del(row, "resumed"); /* says how time_s was measured */
     char *s = json_dumps(row, JSON_COMPACT | JSON_REAL_PRECISION(17));
     len += (size_t)snprintf(out + len, cap - len, "%s\n", s);
     free(s);

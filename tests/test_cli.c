@@ -12,7 +12,7 @@
 #include "helpers.h"
 
 static const char *loom, *configs, *plugins;
-static char tiny[1024], errfile[1024];
+static char tiny[1024], errfile[1024], outfile[1024];
 
 /* Runs loom with the arguments (NULL-terminated); returns the exit code
  * (or 1000 + signal) and leaves stderr in errfile. With `pid_out`, returns
@@ -30,7 +30,7 @@ static int run(pid_t *pid_out, const char *arg, ...) {
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
-    if (!freopen("/dev/null", "w", stdout) || !freopen(errfile, "w", stderr))
+    if (!freopen(outfile, "w", stdout) || !freopen(errfile, "w", stderr))
       _exit(127);
     execv(loom, (char *const *)argv);
     _exit(127);
@@ -104,12 +104,27 @@ static void test_run_writes_resolved_config(void **state) {
   free(dir), free(dir2);
 }
 
+/* The words a POSIX shell makes of `line`, one per line. */
+static char *shell_words(const char *line) {
+  char cmd[4096], out[1100];
+  snprintf(out, sizeof out, "%s.words", errfile);
+  snprintf(cmd, sizeof cmd, "printf '%%s\\n' %s > %s", line, out);
+  assert_int_equal(system(cmd), 0);
+  char *words = test_read_file(out);
+  unlink(out);
+  return words;
+}
+
 static void test_ctrl_c_then_resume(void **state) {
   (void)state;
-  char *dir = test_tmpdir();
+  char *top = test_tmpdir(), dir[1100];
+  /* A logdir and a --set that need quoting, and a --set that changes a
+   * key the config has: the hint repeats them all. */
+  snprintf(dir, sizeof dir, "%s/my logs", top);
   pid_t pid;
-  run(&pid, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=1000000", NULL);
-  char last[1100];
+  run(&pid, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=1000000", "--set",
+      "experiment.name=it's tiny", NULL);
+  char last[1200];
   snprintf(last, sizeof last, "%s/checkpoints/last.h5", dir);
   struct timespec poll = {0, 10000000};
   for (int i = 0; i < 3000 && access(last, F_OK) < 0; i++)
@@ -121,11 +136,139 @@ static void test_ctrl_c_then_resume(void **state) {
   assert_true(WIFEXITED(status));
   assert_int_equal(WEXITSTATUS(status), 130);
   assert_true(stderr_has("interrupted by SIGINT"));
-  assert_true(stderr_has("--resume last"));
+  char want[4400];
+  snprintf(want, sizeof want, "loom: the checkpoint is in %s/checkpoints\n", dir);
+  assert_true(stderr_has(want));
+  char *err = test_read_file(errfile), *hint = strstr(err, "continue with: loom run ");
+  assert_non_null(hint);
+  hint += strlen("continue with: loom run ");
+  *strchr(hint, '\n') = '\0';
+  char *words = shell_words(hint);
+  snprintf(want, sizeof want, "%s\n--logdir\n%s\n--set\nstages.train.num_epochs=1000000\n--set\n"
+           "experiment.name=it's tiny\n--resume\nlast\n", tiny, dir);
+  assert_string_equal(words, want);
+  free(words);
+  free(err);
   /* Resume with a stage short enough to be over: it finishes at once. */
-  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--resume", "last", NULL), 0);
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "experiment.name=it's tiny", "--resume", "last",
+                       NULL), 0);
   assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--resume", "/nonexistent.h5", NULL), 1);
   assert_true(stderr_has("cannot resume from \"/nonexistent.h5\""));
+  test_rm_rf(top);
+  free(top);
+}
+
+/* How many files in `dir` have names that start with `prefix`. */
+static int count_files(const char *dir, const char *prefix) {
+  char cmd[1300];
+  snprintf(cmd, sizeof cmd, "ls '%s' | grep -c '^%s' > %s.count", dir, prefix, errfile);
+  if (system(cmd) < 0)
+    return -1;
+  snprintf(cmd, sizeof cmd, "%s.count", errfile);
+  char *text = test_read_file(cmd);
+  unlink(cmd);
+  int n = text ? atoi(text) : -1;
+  free(text);
+  return n;
+}
+
+/* A finished run resumed: "already finished" on the console, exit 0, and
+ * nothing written (no TensorBoard file, no metrics rows). */
+static void test_resume_finished_run(void **state) {
+  (void)state;
+  char *dir = test_tmpdir(), config[1200], file[1200];
+  json_t *c = json_load_file(tiny, 0, NULL);
+  json_t *d = json_object_get(json_object_get(c, "datasets"), "d");
+  snprintf(file, sizeof file, "%s/data/images.idx", configs);
+  json_object_set_new(d, "images", json_string(file));
+  snprintf(file, sizeof file, "%s/data/labels.idx", configs);
+  json_object_set_new(d, "labels", json_string(file));
+  json_t *train = json_object_get(json_object_get(c, "stages"), "train");
+  json_array_append_new(json_object_get(train, "callbacks"), json_pack("{s:s}", "type", "tensorboard"));
+  json_array_append_new(json_object_get(train, "callbacks"), json_pack("{s:s, s:s}", "type", "console_logger",
+                                                                       "progress", "off"));
+  snprintf(config, sizeof config, "%s/config.json", dir);
+  assert_int_equal(json_dump_file(c, config, 0), 0);
+  json_decref(c);
+  assert_int_equal(run(NULL, "run", config, "--logdir", dir, NULL), 0);
+  assert_int_equal(count_files(dir, "events.out.tfevents"), 1);
+  char *rows = jsonl_without_time(dir);
+  assert_int_equal(run(NULL, "run", config, "--logdir", dir, "--resume", "last", NULL), 0);
+  char *out = test_read_file(outfile), want[1300];
+  snprintf(want, sizeof want, "last.h5: already finished (the checkpoint's run had finished): nothing left to run\n");
+  assert_non_null(strstr(out, want)); /* the console logger */
+  snprintf(want, sizeof want, "loom: the run in %s had already finished: nothing to run\n", dir);
+  assert_non_null(strstr(out, want)); /* loom run */
+  assert_null(strstr(out, "epoch")); /* nothing ran */
+  free(out);
+  assert_int_equal(count_files(dir, "events.out.tfevents"), 1);
+  char *again = jsonl_without_time(dir);
+  assert_string_equal(again, rows);
+  free(rows), free(again);
+  test_rm_rf(dir);
+  free(dir);
+}
+
+/* config.json's value at stages.train.`key`, or loaders.valid.batch_size. */
+static double config_value(const char *dir, const char *key) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  json_t *c = json_load_file(path, 0, NULL);
+  assert_non_null(c);
+  json_t *v = key ? json_object_get(json_object_get(json_object_get(c, "stages"), "train"), key)
+                  : json_object_get(json_object_get(json_object_get(c, "loaders"), "valid"), "batch_size");
+  double x = json_number_value(v);
+  json_decref(c);
+  return x;
+}
+
+/* The lines of config_history.jsonl, as a JSON array. */
+static json_t *history(const char *dir) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/config_history.jsonl", dir);
+  char *text = test_read_file(path);
+  assert_non_null(text);
+  json_t *lines = json_array();
+  for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
+    json_array_append_new(lines, json_loads(line, 0, NULL));
+  free(text);
+  return lines;
+}
+
+/* A resume compares the config with the checkpoint's: a longer num_epochs
+ * is allowed, another change is refused with the keys, old and new values
+ * (config.json untouched), unless --allow-change names it; config.json
+ * then describes the run and config_history.jsonl says what changed. */
+static void test_resume_with_changed_config(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, NULL), 0);
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=4", "--resume", "last",
+                       NULL), 0);
+  assert_true(config_value(dir, "num_epochs") == 4);
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=5", "--set",
+                       "loaders.valid.batch_size=2", "--set", "stages.train.optimizer.momentum=0.5", "--resume", "last",
+                       NULL), 1);
+  assert_true(stderr_has("the config differs from the one the checkpoint was written under: "
+                         "loaders.valid.batch_size: 4 -> 2; stages.train.optimizer.momentum: 0.9 -> 0.5. "));
+  assert_true(config_value(dir, "num_epochs") == 4); /* what last ran */
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=5", "--set",
+                       "loaders.valid.batch_size=2", "--allow-change", "loaders.*.batch_size", "--resume", "last",
+                       NULL), 0);
+  assert_true(config_value(dir, "num_epochs") == 5);
+  assert_true(config_value(dir, NULL) == 2);
+  json_t *h = history(dir);
+  assert_int_equal(json_array_size(h), 3); /* the refused resume did not run */
+  assert_true(json_is_null(json_object_get(json_array_get(h, 0), "resumed_from")));
+  assert_true(json_is_string(json_object_get(json_array_get(h, 2), "resumed_from")));
+  char *changes = json_dumps(json_object_get(json_array_get(h, 1), "changes"), JSON_COMPACT);
+  assert_string_equal(changes, "[{\"key\":\"stages.train.num_epochs\",\"old\":3,\"new\":4}]");
+  free(changes);
+  changes = json_dumps(json_object_get(json_array_get(h, 2), "changes"), JSON_COMPACT);
+  assert_string_equal(changes, "[{\"key\":\"loaders.valid.batch_size\",\"old\":4,\"new\":2},"
+                               "{\"key\":\"stages.train.num_epochs\",\"old\":4,\"new\":5}]");
+  free(changes);
+  json_decref(h);
   test_rm_rf(dir);
   free(dir);
 }
@@ -264,15 +407,19 @@ int main(int argc, char **argv) {
   plugins = argv[3];
   snprintf(tiny, sizeof tiny, "%s/tiny.json", configs);
   snprintf(errfile, sizeof errfile, "/tmp/loom-test-cli-stderr.%ld", (long)getpid());
+  snprintf(outfile, sizeof outfile, "/tmp/loom-test-cli-stdout.%ld", (long)getpid());
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_usage_and_validate),
       cmocka_unit_test(test_run_writes_resolved_config),
       cmocka_unit_test(test_ctrl_c_then_resume),
+      cmocka_unit_test(test_resume_finished_run),
+      cmocka_unit_test(test_resume_with_changed_config),
       cmocka_unit_test(test_plugin_from_command_line),
       cmocka_unit_test(test_plugin_from_config),
       cmocka_unit_test(test_plugin_errors),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   unlink(errfile);
+  unlink(outfile);
   return rc;
 }

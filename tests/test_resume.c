@@ -3,6 +3,7 @@
  * SIGINT, ends with the same parameters bit for bit and the same
  * metrics.jsonl as the run that was never stopped. Also: best-K survives a
  * resume, a damaged last.h5 falls back, kill -9 never breaks last.h5. */
+#include <math.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -257,6 +258,49 @@ static void test_resume_mid_valid_loader(void **state) {
   resume_matches("mid_valid.h5");
 }
 
+/* A loader resumed mid-way reports the time and rate of the batches the
+ * resumed run did, and says so: from mid_train.h5 (after train batch 7 of
+ * 13 in epoch 2) this run does batches 8..13, 5 x 16 + 8 = 88 samples. */
+static void test_resumed_epoch_reports_what_ran(void **state) {
+  (void)state;
+  char path[512], jsonl[512], console[512];
+  snprintf(path, sizeof path, "%s/mid_train.h5", snap_dir);
+  char *dir = test_tmpdir();
+  snprintf(console, sizeof console, "%s/console.txt", dir);
+  FILE *out = fopen(console, "w");
+  loom_experiment *exp = build(dir, 3, NULL, NULL);
+  loom_console_logger_options co = {.out = out, .progress = LOOM_PROGRESS_OFF};
+  assert_int_equal(loom_experiment_add_callback(exp, loom_timer_callback_create()), 0);
+  assert_int_equal(loom_experiment_add_callback(exp, loom_console_logger_create(&co)), 0);
+  assert_int_equal(run_and_keep(exp, path, NULL, NULL), 0);
+  fclose(out);
+  snprintf(jsonl, sizeof jsonl, "%s/metrics.jsonl", dir);
+  char *text = test_read_file(jsonl);
+  int rows = 0;
+  for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"), rows++) {
+    json_t *row = json_loads(line, 0, NULL);
+    bool resumed = json_integer_value(json_object_get(row, "global_epoch")) == 2 &&
+                   strcmp(json_string_value(json_object_get(row, "loader")), "train") == 0;
+    double time_s = json_real_value(json_object_get(row, "time_s"));
+    double rate = json_real_value(json_object_get(json_object_get(row, "metrics"), "time/samples_per_s"));
+    double samples = resumed ? 88 : strcmp(json_string_value(json_object_get(row, "loader")), "train") == 0 ? 200 : 60;
+    assert_true(json_is_true(json_object_get(row, "resumed")) == resumed);
+    assert_true(time_s > 0);
+    assert_true(fabs(rate * time_s - samples) <= 1e-9 * samples);
+    json_decref(row);
+  }
+  assert_int_equal(rows, 4); /* epoch 2's train and valid, epoch 3's */
+  free(text);
+  text = test_read_file(console);
+  assert_non_null(strstr(text, "samples/s) | resumed after batch 7: time and rate of the 6 batches since\n"));
+  assert_non_null(strstr(text, "\ntrain 3/3 | ")); /* the next epoch is not marked */
+  assert_null(strstr(strstr(text, "\ntrain 3/3 | "), "resumed after"));
+  free(text);
+  loom_experiment_destroy(exp);
+  test_rm_rf(dir);
+  free(dir);
+}
+
 /* Resumes the 3-epoch run from "last" in dir; it must equal the reference. */
 static void resume_last_matches(char *dir) {
   loom_experiment *exp = build(dir, 3, NULL, NULL);
@@ -483,27 +527,76 @@ static ino_t inode(const char *dir, const char *name) {
   return st.st_ino;
 }
 
+/* Each ranking entry names what it ranks. */
+#define RANKED_BY ",\"metric\":\"loss\",\"loader\":\"valid\",\"direction\":\"min\""
+
 static void test_best_k_survives_resume(void **state) {
   (void)state;
   char *a = test_tmpdir(), *b = test_tmpdir();
   assert_int_equal(run_scripted(a, 3, NULL), 0);
   char *three = ranking_of(a);
-  assert_string_equal(three, "[{\"file\":\"epoch_0002.h5\",\"value\":3.0,\"global_epoch\":2},"
-                             "{\"file\":\"epoch_0003.h5\",\"value\":4.0,\"global_epoch\":3}]");
+  assert_string_equal(three, "[{\"file\":\"epoch_0002.h5\",\"value\":3.0,\"global_epoch\":2" RANKED_BY "},"
+                             "{\"file\":\"epoch_0003.h5\",\"value\":4.0,\"global_epoch\":3" RANKED_BY "}]");
   assert_false(exists(a, "epoch_0001.h5"));
   assert_int_equal(inode(a, "best.h5"), inode(a, "epoch_0002.h5"));
   assert_int_equal(run_scripted(a, 6, "last"), 0);
   assert_int_equal(run_scripted(b, 6, NULL), 0);
   char *resumed = ranking_of(a), *straight = ranking_of(b);
   assert_string_equal(resumed, straight);
-  assert_string_equal(resumed, "[{\"file\":\"epoch_0004.h5\",\"value\":1.0,\"global_epoch\":4},"
-                               "{\"file\":\"epoch_0005.h5\",\"value\":2.0,\"global_epoch\":5}]");
+  assert_string_equal(resumed, "[{\"file\":\"epoch_0004.h5\",\"value\":1.0,\"global_epoch\":4" RANKED_BY "},"
+                               "{\"file\":\"epoch_0005.h5\",\"value\":2.0,\"global_epoch\":5" RANKED_BY "}]");
   assert_false(exists(a, "epoch_0002.h5"));
   assert_false(exists(a, "epoch_0003.h5"));
   assert_int_equal(inode(a, "best.h5"), inode(a, "epoch_0004.h5"));
   free(three), free(resumed), free(straight);
   test_rm_rf(a), test_rm_rf(b);
   free(a), free(b);
+}
+
+/* Pretrain ranked on valid accuracy (max), finetune on valid loss (min):
+ * finetune's losses (4.6, 4.7) are never compared with pretrain's
+ * accuracies (0.104, 0.2). The ranking restarts with finetune, so best.h5
+ * and "best" are finetune's epoch 3. */
+static int two_metric_batch(loom_runner *r, void *u) {
+  (void)u;
+  static const double accuracy[] = {0.104, 0.2, 0.3, 0.3}, loss[] = {9, 8, 4.6, 4.7};
+  int64_t e = loom_runner_global_epoch(r) - 1;
+  int rc = loom_metrics_set(loom_runner_batch_metrics(r), "loss", loss[e]);
+  return rc == 0 ? loom_metrics_set(loom_runner_batch_metrics(r), "accuracy", accuracy[e]) : rc;
+}
+
+static void test_ranking_restarts_with_another_metric(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  loom_experiment *exp = loom_experiment_create("two_metrics");
+  loom_experiment_set_logdir(exp, dir);
+  loom_stage *pre = loom_experiment_add_stage(exp, "pretrain", 2), *ft = loom_experiment_add_stage(exp, "finetune", 2);
+  assert_int_equal(loom_stage_add_loader(pre, "train", test_loader(4, 2, 2, 2, true)), 0);
+  assert_int_equal(loom_stage_add_loader(pre, "valid", test_loader(4, 2, 2, 2, false)), 0);
+  assert_int_equal(loom_stage_set_main_metric(pre, "valid", "accuracy", false), 0);
+  assert_int_equal(loom_stage_set_main_metric(ft, "valid", "loss", true), 0);
+  loom_checkpoint_options ck = loom_checkpoint_defaults(); /* the stage's metric, top 1 */
+  assert_int_equal(loom_experiment_add_callback(exp, loom_checkpoint_callback_create(&ck)), 0);
+  loom_runner *r = loom_runner_create();
+  loom_runner_set_handle_batch(r, two_metric_batch, NULL);
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  char *ranking = ranking_of(dir);
+  assert_string_equal(ranking, "[{\"file\":\"epoch_0003.h5\",\"value\":4.5999999999999996,\"global_epoch\":3"
+                               ",\"metric\":\"loss\",\"loader\":\"valid\",\"direction\":\"min\"}]");
+  assert_int_equal(inode(dir, "best.h5"), inode(dir, "epoch_0003.h5"));
+  /* "best" (load_weights, --resume best) opens finetune's epoch 3. */
+  char path[1024], notice[1024];
+  loom_checkpoint *best = loom_checkpoint_open_logdir(dir, "best", path, sizeof path, notice, sizeof notice);
+  assert_non_null(best);
+  const char *stage;
+  assert_int_equal(loom_state_get_str(loom_checkpoint_find(best, "runner"), "stage_name", &stage), 0);
+  assert_string_equal(stage, "finetune");
+  loom_checkpoint_destroy(best);
+  free(ranking);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+  test_rm_rf(dir);
+  free(dir);
 }
 
 static void test_damaged_last_falls_back(void **state) {
@@ -656,6 +749,7 @@ int main(void) {
       cmocka_unit_test(test_resume_from_epoch_end), cmocka_unit_test(test_tampered_values_are_refused),
       cmocka_unit_test(test_resume_mid_train_loader),
       cmocka_unit_test(test_resume_mid_valid_loader),
+      cmocka_unit_test(test_resumed_epoch_reports_what_ran),
       cmocka_unit_test(test_resume_last_with_more_epochs),
       cmocka_unit_test(test_sigint_saves_and_resumes_exactly),
       cmocka_unit_test(test_second_signal_stops_at_once),
@@ -663,6 +757,7 @@ int main(void) {
       cmocka_unit_test(test_sigterm_to_child),
       cmocka_unit_test(test_kill9_never_breaks_last),
       cmocka_unit_test(test_best_k_survives_resume),
+      cmocka_unit_test(test_ranking_restarts_with_another_metric),
       cmocka_unit_test(test_damaged_last_falls_back),
       cmocka_unit_test(test_load_best_on_stage_start),
       cmocka_unit_test(test_load_best_on_stage_end),

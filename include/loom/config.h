@@ -52,6 +52,13 @@ LOOM_API int loom_config_build(loom_config *config, loom_experiment **experiment
 /* Writes the (resolved) config as indented JSON, creating the file's
  * directory if needed. */
 LOOM_API int loom_config_write(const loom_config *config, const char *path);
+/* Records what a run runs, from its on_experiment_start (after a resume
+ * was opened): <logdir>/config.json (the resolved config with the seed the
+ * run uses: a resume's is the checkpoint's) and a line appended to
+ * <logdir>/config_history.jsonl: {"time", "resumed_from" (the checkpoint,
+ * or null), "changes" (the config changes the resume accepted:
+ * loom_runner_config_changes)}. */
+LOOM_API int loom_config_record_run(loom_config *config, const loom_runner *runner);
 /* The config's "distributed" ("auto", the default, "local" or "mpi"), once
  * loom_config_build has read it: the communicator the loom command opens
  * (loom_comm_for_dist) unless --dist says otherwise. */

@@ -34,6 +34,13 @@ LOOM_API uint64_t loom_experiment_seed(const loom_experiment *exp);
 /* Where loggers write; created when the run starts. Default "logs/<name>". */
 LOOM_API int loom_experiment_set_logdir(loom_experiment *exp, const char *logdir);
 LOOM_API const char *loom_experiment_logdir(const loom_experiment *exp);
+/* The config the experiment was built from, as JSON text (copied; NULL
+ * clears). Checkpoints record it, and a resume refuses a config that
+ * differs from the checkpoint's except where allowed
+ * (loom_runner_allow_change). loom_config_build sets it; C programs
+ * without one resume as before. */
+LOOM_API int loom_experiment_set_config(loom_experiment *exp, const char *json);
+LOOM_API const char *loom_experiment_config(const loom_experiment *exp); /* NULL if none */
 
 /* Appends a stage (borrowed handle, valid while exp lives). */
 LOOM_API loom_stage *loom_experiment_add_stage(loom_experiment *exp, const char *name, int num_epochs);

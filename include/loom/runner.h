@@ -85,6 +85,16 @@ LOOM_API const loom_run_options *loom_runner_options(const loom_runner *runner);
 /* The next loom_run_experiment resumes from `source`: a checkpoint file, or
  * "last" or "best" in <logdir>/checkpoints (see loom_checkpoint_callback). */
 LOOM_API int loom_runner_set_resume(loom_runner *runner, const char *source);
+/* Allows a resume to change the config keys matching `pattern` (a dotted
+ * path as in --set, `*` matching any part, e.g. "stages.*.optimizer.lr";
+ * a key also allows everything under it). Allowed by default:
+ * stages.*.num_epochs and experiment.logdir (experiment.seed is always
+ * the checkpoint's). Kept for every later run of this runner. */
+LOOM_API int loom_runner_allow_change(loom_runner *runner, const char *pattern);
+/* After a resume opened: the config changes it accepted, as a JSON array of
+ * {"key", "old", "new"} ("[]" if none; NULL without a resume or a config on
+ * both sides). */
+LOOM_API const char *loom_runner_config_changes(const loom_runner *runner);
 #ifdef __cplusplus
 }
 #endif

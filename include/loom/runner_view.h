@@ -53,6 +53,9 @@ LOOM_API int loom_runner_snapshot(loom_runner *runner, loom_checkpoint **out);
 LOOM_API int loom_runner_save_checkpoint(loom_runner *runner, const char *path);
 /* True during (and after) a run that resumed from a checkpoint. */
 LOOM_API bool loom_runner_is_resumed(const loom_runner *runner);
+/* True during a run resumed from a checkpoint whose run had finished: no
+ * stage, epoch or batch will run, and the loggers write nothing. */
+LOOM_API bool loom_runner_resumed_finished(const loom_runner *runner);
 /* The checkpoint file the run resumed from ("" if none). */
 LOOM_API const char *loom_runner_resume_path(const loom_runner *runner);
 /* What the resume had to work around, e.g. a damaged last.h5 ("" if nothing). */
@@ -127,7 +130,15 @@ LOOM_API int64_t loom_runner_loader_sample_step(const loom_runner *r); /* sample
 LOOM_API int64_t loom_runner_batch_size(const loom_runner *r);
 LOOM_API int64_t loom_runner_global_batch_step(const loom_runner *r);  /* train batches through the current one */
 LOOM_API int64_t loom_runner_global_sample_step(const loom_runner *r); /* train samples through the current batch */
-LOOM_API double loom_runner_loader_elapsed(const loom_runner *r);      /* seconds since on_loader_start */
+/* Seconds since on_loader_start, or since the resume for a loader resumed
+ * mid-way; at on_loader_end, up to the end of its last batch. */
+LOOM_API double loom_runner_loader_elapsed(const loom_runner *r);
+/* For a loader resumed mid-way, the batches the interrupted run had done
+ * (0 for a loader begun in this run). */
+LOOM_API int64_t loom_runner_loader_resumed_batches(const loom_runner *r);
+/* The samples this run processed in the loader: loader_sample_step less
+ * what the interrupted run had done. Rates divide this by the elapsed time. */
+LOOM_API int64_t loom_runner_loader_samples_run(const loom_runner *r);
 LOOM_API loom_comm *loom_runner_comm(const loom_runner *r);
 LOOM_API int loom_runner_rank(const loom_runner *r);
 LOOM_API int loom_runner_world_size(const loom_runner *r);
