@@ -285,8 +285,22 @@ static bool key_matches(const char *pattern, const char *key) {
   }
 }
 
+/* Values the checkpoint itself restores (the optimizer's rate and momentum,
+ * which Adam's beta1 is): a change there would not apply, and config.json
+ * would then not describe the run, so it is refused even when allowed. */
+static bool restored_from_checkpoint(const char *key) {
+  static const char *const restored[] = {"stages.*.optimizer.lr", "stages.*.optimizer.momentum",
+                                         "stages.*.optimizer.beta1", "stages.*.optimizer.betas"};
+  for (size_t i = 0; i < sizeof restored / sizeof restored[0]; i++)
+    if (key_matches(restored[i], key))
+      return true;
+  return false;
+}
+
 static bool change_allowed(const loom_runner *r, const char *key) {
   static const char *const by_default[] = {"stages.*.num_epochs", "experiment.logdir"};
+  if (restored_from_checkpoint(key))
+    return false;
   for (size_t i = 0; i < sizeof by_default / sizeof by_default[0]; i++)
     if (key_matches(by_default[i], key))
       return true;
@@ -341,8 +355,10 @@ static int check_config(loom_runner *r, const char *saved) {
       continue;
     char *o = json_dumps(json_object_get(c, "old"), JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(15));
     char *n = json_dumps(json_object_get(c, "new"), JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(15));
-    len += (size_t)snprintf(refused + len, sizeof refused - len, "%s%s: %s -> %s", len ? "; " : "", key,
-                            o ? o : "?", n ? n : "?");
+    len += (size_t)snprintf(refused + len, sizeof refused - len, "%s%s: %s -> %s%s", len ? "; " : "", key,
+                            o ? o : "?", n ? n : "?",
+                            restored_from_checkpoint(key) ? " (the checkpoint restores it: it cannot change on resume)"
+                                                          : "");
     free(o), free(n);
   }
   if (rc == 0 && refused[0])

@@ -250,8 +250,16 @@ static void test_resume_with_changed_config(void **state) {
                        "loaders.valid.batch_size=2", "--set", "stages.train.optimizer.momentum=0.5", "--resume", "last",
                        NULL), 1);
   assert_true(stderr_has("the config differs from the one the checkpoint was written under: "
-                         "loaders.valid.batch_size: 4 -> 2; stages.train.optimizer.momentum: 0.9 -> 0.5. "));
+                         "loaders.valid.batch_size: 4 -> 2; stages.train.optimizer.momentum: 0.9 -> 0.5 (the "
+                         "checkpoint restores it: it cannot change on resume). "));
   assert_true(config_value(dir, "num_epochs") == 4); /* what last ran */
+  /* The rate and momentum come back from the checkpoint: allowing a change
+   * there would make config.json lie about the run, so it stays refused. */
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "stages.train.optimizer.lr=0.5", "--allow-change",
+                       "stages.train.optimizer.lr", "--resume", "last", NULL),
+                   1);
+  assert_true(stderr_has("stages.train.optimizer.lr: "));
+  assert_true(stderr_has("(the checkpoint restores it: it cannot change on resume)"));
   assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=5", "--set",
                        "loaders.valid.batch_size=2", "--allow-change", "loaders.*.batch_size", "--resume", "last",
                        NULL), 0);
