@@ -4,6 +4,7 @@
 #define _XOPEN_SOURCE 700 /* realpath */
 #include <limits.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -13,6 +14,9 @@
 
 static const char *loom, *configs, *plugins;
 static char tiny[1024], errfile[1024];
+/* When not 0, the largest file the next child may write (RLIMIT_FSIZE):
+ * its writes beyond fail with EFBIG, as on a full disk. */
+static rlim_t child_file_limit;
 
 /* Runs loom with the arguments (NULL-terminated); returns the exit code
  * (or 1000 + signal) and leaves stderr in errfile. With `pid_out`, returns
@@ -32,6 +36,12 @@ static int run(pid_t *pid_out, const char *arg, ...) {
   if (pid == 0) {
     if (!freopen("/dev/null", "w", stdout) || !freopen(errfile, "w", stderr))
       _exit(127);
+    if (child_file_limit) {
+      signal(SIGXFSZ, SIG_IGN);
+      struct rlimit lim = {child_file_limit, child_file_limit};
+      if (setrlimit(RLIMIT_FSIZE, &lim) < 0)
+        _exit(127);
+    }
     execv(loom, (char *const *)argv);
     _exit(127);
   }
@@ -126,6 +136,44 @@ static void test_ctrl_c_then_resume(void **state) {
   assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--resume", "last", NULL), 0);
   assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--resume", "/nonexistent.h5", NULL), 1);
   assert_true(stderr_has("cannot resume from \"/nonexistent.h5\""));
+  test_rm_rf(dir);
+  free(dir);
+}
+
+/* loom convert creates the output's directory; a write error names the
+ * file the user gave and the system's reason. */
+static void test_convert(void **state) {
+  (void)state;
+  char *dir = test_tmpdir(), images[1100], labels[1100], out[1200], want[1400];
+  snprintf(images, sizeof images, "%s/data/images.idx", configs);
+  snprintf(labels, sizeof labels, "%s/data/labels.idx", configs);
+  snprintf(out, sizeof out, "%s/new/sub/d.h5", dir);
+  assert_int_equal(run(NULL, "convert", "idx", out, "--images", images, "--labels", labels, NULL), 0);
+  loom_hdf5_options o = {.files = (const char *[]){out}, .num_files = 1, .inputs = "images", .targets = "labels"};
+  loom_dataset *ds = loom_hdf5_dataset_open(&o);
+  assert_non_null(ds);
+  assert_int_equal(loom_dataset_length(ds), 8);
+  loom_dataset_release(ds);
+  /* A file where a directory should be. */
+  snprintf(out, sizeof out, "%s/new/sub/d.h5/x.h5", dir);
+  assert_int_equal(run(NULL, "convert", "idx", out, "--images", images, "--labels", labels, NULL), 1);
+  snprintf(want, sizeof want, "loom: error: cannot write %s: \"%s/new/sub/d.h5\" exists but is not a directory",
+           out, dir);
+  assert_true(stderr_has(want));
+  /* A full disk: the write fails with the system's reason, no file is left. */
+  snprintf(out, sizeof out, "%s/full.h5", dir);
+  child_file_limit = 512;
+  int code = run(NULL, "convert", "idx", out, "--images", images, "--labels", labels, NULL);
+  child_file_limit = 0;
+  assert_int_equal(code, 1);
+  snprintf(want, sizeof want, "loom: error: cannot write %s: File too large\n", out);
+  assert_true(stderr_has(want));
+  char *text = test_read_file(errfile);
+  assert_null(strstr(text, ".tmp")); /* not the temporary name */
+  free(text);
+  assert_int_equal(access(out, F_OK), -1);
+  snprintf(want, sizeof want, "%s.tmp", out);
+  assert_int_equal(access(want, F_OK), -1);
   test_rm_rf(dir);
   free(dir);
 }
@@ -268,6 +316,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_usage_and_validate),
       cmocka_unit_test(test_run_writes_resolved_config),
       cmocka_unit_test(test_ctrl_c_then_resume),
+      cmocka_unit_test(test_convert),
       cmocka_unit_test(test_plugin_from_command_line),
       cmocka_unit_test(test_plugin_from_config),
       cmocka_unit_test(test_plugin_errors),
