@@ -95,7 +95,7 @@ int loom_params_build(loom_params *p, loom_kind kind, const void *context, void 
   if (!ctor) {
     size_t n;
     const char *const *names = loom_registry_list(kind, &n);
-    const char *near = loom_did_you_mean(type, names, n);
+    const char *near = loom_did_you_mean_value(type, names, n);
     if (near)
       return loom_params_error(p, "type", LOOM_EINVAL, "unknown %s \"%s\" (did you mean \"%s\"?)",
                                loom_kind_name(kind), type, near);
@@ -154,9 +154,15 @@ int loom_params_check_layer(const loom_params *p, const char *key, const loom_mo
   size_t n = loom_model_num_layers(model);
   for (size_t k = 0; k < n && k < 256; k++)
     names[k] = loom_model_layer_name(model, k);
-  const char *near = loom_did_you_mean(name, names, n < 256 ? n : 256);
-  return loom_params_error(p, key, LOOM_EINVAL, "the model has no layer \"%s\"%s%s%s", name,
-                           near ? " (did you mean \"" : "", near ? near : "", near ? "\"?)" : "");
+  const char *near = loom_did_you_mean_value(name, names, n < 256 ? n : 256);
+  if (near)
+    return loom_params_error(p, key, LOOM_EINVAL, "the model has no layer \"%s\" (did you mean \"%s\"?)", name, near);
+  char list[400] = "";
+  size_t k = 0;
+  for (; k < n && k < 256 && strlen(list) < 300; k++)
+    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? ", " : "", names[k]);
+  return loom_params_error(p, key, LOOM_EINVAL, "the model has no layer \"%s\" (its layers: %s%s)", name, list,
+                           k < n ? ", ..." : "");
 }
 
 int loom_params_layer_names(loom_params *p, const char *key, const loom_model *model, const char ***names,

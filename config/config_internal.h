@@ -25,6 +25,7 @@ void loom_pos_index_free(loom_pos_index *idx);
 
 typedef struct loom_override {
   char *path, *assignment;
+  char *created; /* the first key the --set created (errors there are its), or NULL */
 } loom_override;
 
 struct loom_config {
@@ -72,6 +73,10 @@ void loom_path_child(char *out, size_t size, const char *path, const char *key);
 void loom_path_index(char *out, size_t size, const char *path, size_t i);
 /* The closest of `candidates` to `word` (edit distance), or NULL. */
 const char *loom_did_you_mean(const char *word, const char *const *candidates, size_t n);
+/* The same for a value (a choice, a component type, a name): only a
+ * candidate it could be a typo of, with the same first letter and the same
+ * digits ("gpu" suggests no "cpu", "fc9" no "fc1"). */
+const char *loom_did_you_mean_value(const char *word, const char *const *candidates, size_t n);
 
 /* registry.c */
 void loom_register_builtin(loom_kind kind, const char *name, loom_ctor ctor);

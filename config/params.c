@@ -367,7 +367,7 @@ int loom_params_choice(loom_params *p, const char *key, const char *def, const c
       return 0;
     }
   }
-  const char *near = loom_did_you_mean(s, choices, n);
+  const char *near = loom_did_you_mean_value(s, choices, n);
   if (near)
     return loom_params_error(p, key, LOOM_EINVAL, "\"%s\" is not %s (did you mean \"%s\"?)", s, want, near);
   return loom_params_error(p, key, LOOM_EINVAL, "\"%s\" is not %s", s, want);

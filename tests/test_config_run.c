@@ -236,6 +236,61 @@ static void test_set_types_by_schema(void **state) {
   free(dir);
 }
 
+/* --set 'k="str"' sets the string without its quotes; KEY[+]=VALUE appends
+ * to a list (creating it), typed as the list's items are. */
+static void test_set_quotes_and_append(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  loom_config *c = config_text(base, configs, configs);
+  assert_int_equal(loom_config_set(c, "experiment.name=\"quoted run\""), 0);
+  assert_int_equal(loom_config_set(c, "stages.train.callbacks[+]={\"type\": \"timer\"}"), 0);
+  assert_int_equal(loom_config_set(c, "stages.train.loaders[+]=valid"), 0);
+  assert_int_equal(loom_config_set(c, "model.sizes[+]=5"), 0);
+  assert_int_equal(loom_config_set(c, "experiment.tags[+]=a"), 0); /* a new list */
+  assert_int_equal(loom_config_set(c, "experiment.tags[+]=\"b\""), 0);
+  json_t *r = resolved_after(c, dir);
+  assert_string_equal(json_string_value(json_object_get(json_object_get(r, "experiment"), "name")), "quoted run");
+  json_t *train = json_object_get(json_object_get(r, "stages"), "train");
+  json_t *cbs = json_object_get(train, "callbacks");
+  assert_int_equal(json_array_size(cbs), 3);
+  assert_string_equal(json_string_value(json_object_get(json_array_get(cbs, 2), "type")), "timer");
+  json_t *loaders = json_object_get(train, "loaders");
+  assert_int_equal(json_array_size(loaders), 3);
+  assert_string_equal(json_string_value(json_array_get(loaders, 2)), "valid");
+  json_t *sizes = json_object_get(json_object_get(r, "model"), "sizes");
+  assert_int_equal(json_array_size(sizes), 4);
+  assert_true(json_is_integer(json_array_get(sizes, 3)));
+  assert_int_equal(json_integer_value(json_array_get(sizes, 3)), 5);
+  json_t *tags = json_object_get(json_object_get(r, "experiment"), "tags");
+  assert_int_equal(json_array_size(tags), 2);
+  assert_string_equal(json_string_value(json_array_get(tags, 0)), "a");
+  assert_string_equal(json_string_value(json_array_get(tags, 1)), "b");
+  json_decref(r);
+  /* An appended item is checked as the list's items are, and its errors
+   * are the --set's. */
+  assert_int_equal(loom_config_set(c, "model.sizes[+]=many"), LOOM_EINVAL);
+  assert_string_equal(loom_last_error(), "--set model.sizes[+]=many: model.sizes[4]: expected an integer, got \"many\"");
+  assert_int_equal(loom_config_set(c, "experiment.name[+]=x"), LOOM_EINVAL);
+  assert_string_equal(loom_last_error(), "--set experiment.name[+]=x: experiment.name is not a list: [+] appends to a "
+                                         "list");
+  assert_int_equal(loom_config_set(c, "stages.train.callbacks[+].type=timer"), LOOM_EINVAL);
+  assert_string_equal(loom_last_error(), "--set stages.train.callbacks[+].type=timer: [+] appends a value: it ends "
+                                         "the key");
+  assert_int_equal(loom_config_set(c, "stages.train.loaders[x]=valid"), LOOM_EINVAL);
+  assert_string_equal(loom_last_error(), "--set stages.train.loaders[x]=valid: \"[x]\": an item is [N] (N from 0), "
+                                         "or [+] to append");
+  loom_config_destroy(c);
+  c = config_text(base, configs, configs);
+  assert_int_equal(loom_config_set(c, "stages.train.loaders[+]=vlaid"), 0);
+  loom_experiment *exp;
+  assert_int_equal(loom_config_build(c, &exp), LOOM_EINVAL);
+  assert_string_equal(loom_last_error(), "--set stages.train.loaders[+]=vlaid: stages.train.loaders[2]: no loader "
+                                         "named \"vlaid\" (did you mean \"valid\"?)");
+  loom_config_destroy(c);
+  test_rm_rf(dir);
+  free(dir);
+}
+
 /* pretrain (fc1 frozen) -> train (optimizer state reset) -> finetune (best
  * weights loaded, optimizer state kept). */
 static const char *const multistage =
@@ -383,6 +438,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_resolved_config_reproduces_the_run),
       cmocka_unit_test(test_set_types_by_schema),
       cmocka_unit_test(test_set_rejects_invalid_utf8_keys),
+      cmocka_unit_test(test_set_quotes_and_append),
       cmocka_unit_test(test_multistage_carry_over),
       cmocka_unit_test(test_user_transform_from_json),
       cmocka_unit_test(test_param_groups_and_init),
