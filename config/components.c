@@ -104,13 +104,15 @@ int loom_params_build(loom_params *p, loom_kind kind, const void *context, void 
   }
   unsigned before = loom_error_serial();
   void *obj = ctor(p, context, user);
-  /* A constructor's own complaint gets the position of its object. */
+  /* A constructor's own complaint gets the position of its object, once:
+   * one that already has a position (its params' error, a nested
+   * component's, a --set's) is passed on as it is. */
   if (!obj) {
-    if (loom_error_serial() == before || !strstr(loom_last_error(), p->config->name))
-      return loom_params_error(p, NULL, loom_last_error_code() < 0 ? loom_last_error_code() : LOOM_EINVAL, "%s %s: %s",
-                               loom_kind_name(kind), type,
-                               loom_error_serial() == before ? "failed" : loom_last_error());
-    return loom_last_error_code() < 0 ? loom_last_error_code() : LOOM_EINVAL;
+    bool said = loom_error_serial() != before;
+    int code = said && loom_last_error_code() < 0 ? loom_last_error_code() : LOOM_EINVAL;
+    if (said && loom_params_error_is_positioned())
+      return code;
+    return loom_params_error(p, NULL, code, "%s %s: %s", loom_kind_name(kind), type, said ? loom_last_error() : "failed");
   }
   if (kind == LOOM_KIND_OPTIMIZER && (rc = optimizer_extras(p, context, obj)) < 0) {
     loom_optimizer_destroy(obj);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/array.h"
 #include "config/config_internal.h"
@@ -48,6 +49,12 @@ loom_config *loom_config_load(const char *path) {
     loom_error_set(errno == ENOENT ? LOOM_ENOENT : LOOM_EIO, "%s: %s", path, strerror(errno));
     return NULL;
   }
+  struct stat st;
+  if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+    fclose(f);
+    loom_error_set(LOOM_EINVAL, "%s is a directory; give the config's JSON file", path);
+    return NULL;
+  }
   char *text = NULL;
   size_t len = 0;
   FILE *mem = open_memstream(&text, &len);
@@ -55,10 +62,16 @@ loom_config *loom_config_load(const char *path) {
   size_t n;
   while (mem && (n = fread(buf, 1, sizeof buf, f)) > 0)
     fwrite(buf, 1, n, mem);
+  int read_errno = ferror(f) ? errno : 0;
   fclose(f);
   if (!mem || fclose(mem) != 0) {
     free(text);
     loom_error_oom("reading a config");
+    return NULL;
+  }
+  if (read_errno) {
+    free(text);
+    loom_error_set(LOOM_EIO, "%s: cannot read: %s", path, strerror(read_errno));
     return NULL;
   }
   loom_config *c = from_text(text, path);

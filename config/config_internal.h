@@ -66,6 +66,9 @@ int loom_params_key_error(const loom_params *p, const char *key, const char *fmt
  * near `key` (a typo of it), "unknown key (did you mean ...)" at that key. */
 int loom_params_missing(const loom_params *p, const char *key, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Whether the last error was made by loom_params_error (or a sibling):
+ * it already says where it is, in the file or in a --set. */
+bool loom_params_error_is_positioned(void);
 /* "FILE:LINE:COL: path: " (or "--set ...: path: ") into buf. */
 void loom_config_where(const loom_config *c, const char *path, bool key, char *buf, size_t size);
 /* "path.key" or "path[i]" */

@@ -63,6 +63,35 @@ static bool stderr_has(const char *text) {
   return found;
 }
 
+/* stderr is exactly `text` (one line, say). */
+static bool stderr_is(const char *text) {
+  char *s = test_read_file(errfile);
+  bool same = s && strcmp(s, text) == 0;
+  if (!same)
+    print_error("stderr was: %s\n", s ? s : "(none)");
+  free(s);
+  return same;
+}
+
+/* A directory as CONFIG, convert --help, an unknown converter: one line
+ * that says what is wrong. */
+static void test_one_line_mistakes(void **state) {
+  (void)state;
+  char want[1200];
+  assert_int_equal(run(NULL, "validate", configs, NULL), 2);
+  snprintf(want, sizeof want, "loom: error: %s is a directory; give the config's JSON file\n", configs);
+  assert_true(stderr_is(want));
+  assert_int_equal(run(NULL, "run", configs, NULL), 2);
+  assert_true(stderr_is(want));
+  assert_int_equal(run(NULL, "convert", "--help", NULL), 0);
+  assert_true(stderr_is(""));
+  assert_int_equal(run(NULL, "convert", "csv", "out.h5", NULL), 2);
+  assert_true(stderr_is("loom: convert: no converter for \"csv\"; loom converts idx files (loom convert idx OUT.h5 "
+                        "--images FILE --labels FILE)\n"));
+  assert_int_equal(run(NULL, "convert", "idx", "out.h5", NULL), 2);
+  assert_true(stderr_is("loom: convert: --images FILE and --labels FILE are both required\n"));
+}
+
 static void test_usage_and_validate(void **state) {
   (void)state;
   assert_int_equal(run(NULL, NULL), 2);
@@ -317,6 +346,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_run_writes_resolved_config),
       cmocka_unit_test(test_ctrl_c_then_resume),
       cmocka_unit_test(test_convert),
+      cmocka_unit_test(test_one_line_mistakes),
       cmocka_unit_test(test_plugin_from_command_line),
       cmocka_unit_test(test_plugin_from_config),
       cmocka_unit_test(test_plugin_errors),

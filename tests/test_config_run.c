@@ -79,11 +79,13 @@ static void *make_probe(loom_params *params, const void *context, void *user) {
 }
 
 static void *make_offset(loom_params *params, const void *context, void *user);
+static void *make_refusing(loom_params *params, const void *context, void *user);
 static void *make_grab(loom_params *params, const void *context, void *user);
 
 static int setup(void **state) {
   (void)state;
   if (loom_register(LOOM_KIND_TRANSFORM, "add_offset", make_offset, NULL) < 0 ||
+      loom_register(LOOM_KIND_TRANSFORM, "refusing", make_refusing, NULL) < 0 ||
       loom_register(LOOM_KIND_CALLBACK, "grab", make_grab, NULL) < 0)
     return -1;
   int rc = loom_register(LOOM_KIND_CALLBACK, "probe", make_probe, &plog);
@@ -430,6 +432,54 @@ static void test_user_transform_from_json(void **state) {
   test_rm_rf("/tmp/loom-test-offset");
 }
 
+/* A transform whose constructor fails with a message of its own. */
+static void *make_refusing(loom_params *params, const void *context, void *user) {
+  (void)params, (void)context, (void)user;
+  loom_error_set(LOOM_EINVAL, "inline.json asks for a GPU");
+  return NULL;
+}
+
+/* The error of the config with loaders.train.transforms[0] = `transform`
+ * and the override `set` (if any). */
+static char *transform_error(const char *transform, const char *set) {
+  char buf[4096];
+  snprintf(buf, sizeof buf,
+           "{\"datasets\": {\"d\": {\"type\": \"idx\", " DATA "}},\n"
+           " \"loaders\": {\"train\": {\"dataset\": \"d\", \"batch_size\": 2,\n"
+           "   \"transforms\": [%s]}},\n"
+           " \"model\": {\"type\": \"mlp\", \"sizes\": [4, 2]},"
+           " \"stages\": {\"s\": {\"num_epochs\": 1, \"loaders\": [\"train\"], \"criterion\": {\"type\": \"cross_entropy\"},"
+           "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.1}}}}",
+           configs, configs, transform);
+  loom_config *c = loom_config_parse(buf, "inline.json");
+  assert_non_null(c);
+  if (set)
+    assert_int_equal(loom_config_set(c, set), 0);
+  loom_experiment *exp = NULL;
+  assert_int_equal(loom_config_build(c, &exp), LOOM_EINVAL);
+  loom_config_destroy(c);
+  return strdup(loom_last_error());
+}
+
+/* A user component's error gets its object's position once: a message
+ * that already has one (its params', a --set's) is not wrapped again, and
+ * one that merely mentions the config's name is. */
+static void test_user_component_errors_wrapped_once(void **state) {
+  (void)state;
+  char *e = transform_error("{\"type\": \"add_offset\", \"offset\": 1.5}", "loaders.train.transforms[0].offset=1e12");
+  assert_string_equal(e, "--set loaders.train.transforms[0].offset=1e12: loaders.train.transforms[0].offset: 1e+12 "
+                         "is out of range (expected a number in [-1e+09, 1e+09])");
+  free(e);
+  e = transform_error("{\"type\": \"add_offset\", \"offset\": 1e12}", NULL);
+  assert_string_equal(e, "inline.json:3:52: loaders.train.transforms[0].offset: 1e+12 is out of range (expected a "
+                         "number in [-1e+09, 1e+09])");
+  free(e);
+  e = transform_error("{\"type\": \"refusing\"}", NULL);
+  assert_string_equal(e, "inline.json:3:19: loaders.train.transforms[0]: transform refusing: inline.json asks for "
+                         "a GPU");
+  free(e);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2)
     return 2;
@@ -441,6 +491,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_set_quotes_and_append),
       cmocka_unit_test(test_multistage_carry_over),
       cmocka_unit_test(test_user_transform_from_json),
+      cmocka_unit_test(test_user_component_errors_wrapped_once),
       cmocka_unit_test(test_param_groups_and_init),
   };
   return cmocka_run_group_tests(tests, setup, NULL);
