@@ -13,7 +13,7 @@
 #include "helpers.h"
 
 static const char *loom, *configs, *plugins;
-static char tiny[1024], errfile[1024];
+static char tiny[1024], errfile[1024], outfile[1024];
 /* When not 0, the largest file the next child may write (RLIMIT_FSIZE):
  * its writes beyond fail with EFBIG, as on a full disk. */
 static rlim_t child_file_limit;
@@ -34,7 +34,7 @@ static int run(pid_t *pid_out, const char *arg, ...) {
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
-    if (!freopen("/dev/null", "w", stdout) || !freopen(errfile, "w", stderr))
+    if (!freopen(outfile, "w", stdout) || !freopen(errfile, "w", stderr))
       _exit(127);
     if (child_file_limit) {
       signal(SIGXFSZ, SIG_IGN);
@@ -143,11 +143,26 @@ static void test_run_writes_resolved_config(void **state) {
   free(dir), free(dir2);
 }
 
+/* How often `text` occurs in what the last child printed (stdout and stderr). */
+static int printed(const char *text) {
+  int n = 0;
+  const char *files[] = {outfile, errfile};
+  for (int f = 0; f < 2; f++) {
+    char *s = test_read_file(files[f]);
+    for (const char *at = s; at && (at = strstr(at, text)); at++)
+      n++;
+    free(s);
+  }
+  return n;
+}
+
 static void test_ctrl_c_then_resume(void **state) {
   (void)state;
   char *dir = test_tmpdir();
   pid_t pid;
-  run(&pid, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=1000000", NULL);
+  /* With a console logger, which used to print the interrupt as an error. */
+  run(&pid, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=1000000", "--set",
+      "stages.train.callbacks[+]={\"type\": \"console_logger\"}", NULL);
   char last[1100];
   snprintf(last, sizeof last, "%s/checkpoints/last.h5", dir);
   struct timespec poll = {0, 10000000};
@@ -161,10 +176,24 @@ static void test_ctrl_c_then_resume(void **state) {
   assert_int_equal(WEXITSTATUS(status), 130);
   assert_true(stderr_has("interrupted by SIGINT"));
   assert_true(stderr_has("--resume last"));
+  /* Reported once, as an interrupt that saved a checkpoint, not as an error. */
+  char saved[1200];
+  snprintf(saved, sizeof saved, "); checkpoint saved: %s/checkpoints/last.h5\n", dir);
+  assert_true(stderr_has(saved));
+  assert_int_equal(printed("interrupted by SIGINT"), 1);
+  assert_int_equal(printed("error"), 0);
+  assert_int_equal(printed("LOOM_EINTERRUPTED"), 0);
   /* Resume with a stage short enough to be over: it finishes at once. */
   assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--resume", "last", NULL), 0);
   assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--resume", "/nonexistent.h5", NULL), 1);
   assert_true(stderr_has("cannot resume from \"/nonexistent.h5\""));
+  /* A failure during the run is printed once, with the state it saved. */
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "stages.train.callbacks[+]={\"type\": "
+                       "\"console_logger\"}", "--set", "stages.train.callbacks[+]={\"type\": \"early_stopping\", "
+                       "\"monitors\": [{\"metric\": \"nope\"}]}", NULL), 1);
+  assert_int_equal(printed("early stopping watches \"valid/nope\""), 1);
+  snprintf(saved, sizeof saved, "; its state saved: %s/checkpoints/exception.h5\n", dir);
+  assert_true(stderr_has(saved));
   test_rm_rf(dir);
   free(dir);
 }
@@ -341,6 +370,7 @@ int main(int argc, char **argv) {
   plugins = argv[3];
   snprintf(tiny, sizeof tiny, "%s/tiny.json", configs);
   snprintf(errfile, sizeof errfile, "/tmp/loom-test-cli-stderr.%ld", (long)getpid());
+  snprintf(outfile, sizeof outfile, "/tmp/loom-test-cli-stdout.%ld", (long)getpid());
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_usage_and_validate),
       cmocka_unit_test(test_run_writes_resolved_config),
@@ -353,5 +383,6 @@ int main(int argc, char **argv) {
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   unlink(errfile);
+  unlink(outfile);
   return rc;
 }
