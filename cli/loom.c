@@ -1,6 +1,7 @@
 /* loom: run or validate an experiment described in JSON.
  * Exit codes: 0 done, 1 runtime failure, 2 usage or config error,
  * 130 interrupted (a checkpoint was saved). */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +26,7 @@ static const char usage_main[] =
 
 static const char usage_run[] =
     "usage: loom run CONFIG [--plugin LIB]... [--logdir DIR] [--set KEY=VALUE]... [--resume PATH|last|best] [--check]\n"
-    "                [--dist auto|local|mpi]\n"
+    "                [--dist auto|local|mpi] [--limit-batches N] [--overfit-batches N]\n"
     "       loom validate CONFIG [--plugin LIB]... [--set KEY=VALUE]...\n"
     "\n"
     "  --plugin LIB       load a shared library of components (see loom/plugin.h)\n"
@@ -35,6 +36,9 @@ static const char usage_run[] =
     "                     KEY[+]=VALUE appends to a list; repeatable\n"
     "  --resume WHAT      continue from a checkpoint file, or last or best in the logdir\n"
     "  --check            smoke test: 2 batches per loader, 2 epochs per stage\n"
+    "  --limit-batches N  at most N batches per loader per epoch\n"
+    "  --overfit-batches N  every epoch, the same N first batches of each loader\n"
+    "                     (in the first epoch's order): a model should fit them\n"
     "  --dist WHAT        the ranks: mpi (one per process mpirun starts), local\n"
     "                     (this process alone) or auto (mpi under an MPI launcher,\n"
     "                     the default); overrides the config's \"distributed\"\n"
@@ -49,7 +53,21 @@ typedef struct args {
   const char *sets[64], *plugins[64];
   int num_sets, num_plugins;
   bool check;
+  int64_t limit_batches, overfit_batches;
 } args;
+
+/* A --limit-batches or --overfit-batches count: a whole number >= 1. */
+static int batches(const char *option, const char *text, int64_t *out) {
+  char *end;
+  errno = 0;
+  long long n = strtoll(text, &end, 10);
+  if (end == text || *end || errno || n < 1) {
+    fprintf(stderr, "loom: %s: expected a number of batches >= 1, got \"%s\"\n", option, text);
+    return EXIT_USAGE;
+  }
+  *out = n;
+  return EXIT_DONE;
+}
 
 static int parse(int argc, char **argv, args *a) {
   static const struct option options[] = {{"logdir", required_argument, NULL, 'l'},
@@ -58,11 +76,21 @@ static int parse(int argc, char **argv, args *a) {
                                           {"check", no_argument, NULL, 'c'},
                                           {"plugin", required_argument, NULL, 'p'},
                                           {"dist", required_argument, NULL, 'd'},
+                                          {"limit-batches", required_argument, NULL, 'L'},
+                                          {"overfit-batches", required_argument, NULL, 'O'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   optind = 1;
   for (int c; (c = getopt_long(argc, argv, "l:s:r:cp:d:h", options, NULL)) != -1;) {
     switch (c) {
+    case 'L':
+      if (batches("--limit-batches", optarg, &a->limit_batches) != EXIT_DONE)
+        return EXIT_USAGE;
+      break;
+    case 'O':
+      if (batches("--overfit-batches", optarg, &a->overfit_batches) != EXIT_DONE)
+        return EXIT_USAGE;
+      break;
     case 'l': a->logdir = optarg; break;
     case 'r': a->resume = optarg; break;
     case 'c': a->check = true; break;
@@ -180,6 +208,8 @@ static int cmd_run(const args *a) {
   if (code == EXIT_DONE) {
     loom_run_options o = loom_run_options_defaults();
     o.check = a->check;
+    o.limit_batches = a->limit_batches;
+    o.overfit_batches = a->overfit_batches;
     loom_runner_set_options(runner, &o);
     if (a->resume && loom_runner_set_resume(runner, a->resume) < 0)
       code = EXIT_RUNTIME;

@@ -198,6 +198,37 @@ static void test_ctrl_c_then_resume(void **state) {
   free(dir);
 }
 
+/* The train batches a run in `dir` has done, from its last.h5. */
+static int64_t train_batches(const char *dir) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/checkpoints/last.h5", dir);
+  loom_checkpoint *c = loom_checkpoint_read(path);
+  assert_non_null(c);
+  int64_t counters[7];
+  assert_int_equal(loom_state_get_i64_array(loom_checkpoint_find(c, "runner"), "counters", counters, 7), 0);
+  loom_checkpoint_destroy(c);
+  return counters[0];
+}
+
+/* --limit-batches and --overfit-batches: tiny.json's train loader has 4
+ * batches (8 samples, batch 2), 3 epochs. */
+static void test_batch_limits(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, NULL), 0);
+  assert_int_equal(train_batches(dir), 12);
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--limit-batches", "1", NULL), 0);
+  assert_int_equal(train_batches(dir), 3);
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--overfit-batches", "3", NULL), 0);
+  assert_int_equal(train_batches(dir), 9);
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--limit-batches", "0", NULL), 2);
+  assert_true(stderr_is("loom: --limit-batches: expected a number of batches >= 1, got \"0\"\n"));
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--overfit-batches", "2x", NULL), 2);
+  assert_true(stderr_is("loom: --overfit-batches: expected a number of batches >= 1, got \"2x\"\n"));
+  test_rm_rf(dir);
+  free(dir);
+}
+
 /* loom convert creates the output's directory; a write error names the
  * file the user gave and the system's reason. */
 static void test_convert(void **state) {
@@ -377,6 +408,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_ctrl_c_then_resume),
       cmocka_unit_test(test_convert),
       cmocka_unit_test(test_one_line_mistakes),
+      cmocka_unit_test(test_batch_limits),
       cmocka_unit_test(test_plugin_from_command_line),
       cmocka_unit_test(test_plugin_from_config),
       cmocka_unit_test(test_plugin_errors),
