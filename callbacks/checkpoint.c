@@ -321,7 +321,11 @@ static int ckpt_exception(loom_callback *cb, loom_runner *r) {
   if (loom_runner_snapshot(r, &probe) < 0)
     return 0; /* outside a stage: nothing to save */
   loom_checkpoint_destroy(probe);
-  return save_last_now(c, r, resumable && c->o.save_last ? "last.h5" : "exception.h5");
+  const char *name = resumable && c->o.save_last ? "last.h5" : "exception.h5";
+  int rc = save_last_now(c, r, name);
+  if (rc == 0)
+    loom_runner_add_error_note(r, "%s saved: %s/%s", resumable ? "checkpoint" : "its state", c->dir, name);
+  return rc;
 }
 
 static int ckpt_save(loom_callback *cb, loom_runner *r, loom_state *s) {

@@ -138,10 +138,13 @@ static int console_stage_end(loom_callback *cb, loom_runner *r) {
   return 0;
 }
 
+/* The failure itself is reported once, by whoever called
+ * loom_run_experiment (it returns the error and its message, with what the
+ * callbacks did about it); the console only clears its progress line. */
 static int console_exception(loom_callback *cb, loom_runner *r) {
+  (void)r;
   console *c = loom_callback_data(cb);
   clear_bar(c);
-  fprintf(c->out, "error: %s (%s)\n", loom_runner_error_message(r), loom_err_name(loom_runner_error(r)));
   fflush(c->out);
   return 0;
 }

@@ -1,6 +1,7 @@
 /* loom: run or validate an experiment described in JSON.
  * Exit codes: 0 done, 1 runtime failure, 2 usage or config error,
  * 130 interrupted (a checkpoint was saved). */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,18 +26,22 @@ static const char usage_main[] =
 
 static const char usage_run[] =
     "usage: loom run CONFIG [--plugin LIB]... [--logdir DIR] [--set KEY=VALUE]... [--resume PATH|last|best] [--check]\n"
-    "                [--dist auto|local|mpi]\n"
+    "                [--allow-change KEY]... [--dist auto|local|mpi] [--limit-batches N] [--overfit-batches N]\n"
     "       loom validate CONFIG [--plugin LIB]... [--set KEY=VALUE]...\n"
     "\n"
     "  --plugin LIB       load a shared library of components (see loom/plugin.h)\n"
     "                     before the config is built; repeatable\n"
     "  --logdir DIR       where logs and checkpoints go (sets experiment.logdir)\n"
-    "  --set KEY=VALUE    override a key, e.g. --set stages.train.num_epochs=3\n"
+    "  --set KEY=VALUE    override a key, e.g. --set stages.train.num_epochs=3;\n"
+    "                     KEY[+]=VALUE appends to a list; repeatable\n"
     "  --resume WHAT      continue from a checkpoint file, or last or best in the logdir\n"
     "  --allow-change KEY let a resume run a config that differs from the checkpoint's\n"
     "                     at KEY (e.g. stages.train.optimizer.lr; * matches a part);\n"
     "                     repeatable. stages.*.num_epochs and the logdir may always change\n"
     "  --check            smoke test: 2 batches per loader, 2 epochs per stage\n"
+    "  --limit-batches N  at most N batches per loader per epoch\n"
+    "  --overfit-batches N  every epoch, the same N first batches of each loader\n"
+    "                     (in the first epoch's order): a model should fit them\n"
     "  --dist WHAT        the ranks: mpi (one per process mpirun starts), local\n"
     "                     (this process alone) or auto (mpi under an MPI launcher,\n"
     "                     the default); overrides the config's \"distributed\"\n"
@@ -51,7 +56,21 @@ typedef struct args {
   const char *sets[64], *plugins[64], *allowed[64];
   int num_sets, num_plugins, num_allowed;
   bool check;
+  int64_t limit_batches, overfit_batches;
 } args;
+
+/* A --limit-batches or --overfit-batches count: a whole number >= 1. */
+static int batches(const char *option, const char *text, int64_t *out) {
+  char *end;
+  errno = 0;
+  long long n = strtoll(text, &end, 10);
+  if (end == text || *end || errno || n < 1) {
+    fprintf(stderr, "loom: %s: expected a number of batches >= 1, got \"%s\"\n", option, text);
+    return EXIT_USAGE;
+  }
+  *out = n;
+  return EXIT_DONE;
+}
 
 static int parse(int argc, char **argv, args *a) {
   static const struct option options[] = {{"logdir", required_argument, NULL, 'l'},
@@ -61,11 +80,21 @@ static int parse(int argc, char **argv, args *a) {
                                           {"plugin", required_argument, NULL, 'p'},
                                           {"dist", required_argument, NULL, 'd'},
                                           {"allow-change", required_argument, NULL, 'a'},
+                                          {"limit-batches", required_argument, NULL, 'L'},
+                                          {"overfit-batches", required_argument, NULL, 'O'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   optind = 1;
   for (int c; (c = getopt_long(argc, argv, "l:s:r:cp:d:a:h", options, NULL)) != -1;) {
     switch (c) {
+    case 'L':
+      if (batches("--limit-batches", optarg, &a->limit_batches) != EXIT_DONE)
+        return EXIT_USAGE;
+      break;
+    case 'O':
+      if (batches("--overfit-batches", optarg, &a->overfit_batches) != EXIT_DONE)
+        return EXIT_USAGE;
+      break;
     case 'l': a->logdir = optarg; break;
     case 'r': a->resume = optarg; break;
     case 'c': a->check = true; break;
@@ -185,8 +214,9 @@ static void put_quoted(FILE *out, const char *arg) {
 }
 
 /* After an interrupt: the command that continues this run, the command
- * line given (config, plugins, logdir, every --set in order, --dist,
- * --check) with --resume last, and where the checkpoint is. */
+ * line given (config, plugins, logdir, every --set in order, --dist, the
+ * allowed changes, --check and the batch limits) with --resume last, and
+ * where the checkpoint is. */
 static void print_resume_hint(const args *a, const char *logdir) {
   fprintf(stderr, "loom: the checkpoint is in %s/checkpoints\nloom: continue with: loom run", logdir);
   put_quoted(stderr, a->config);
@@ -202,6 +232,10 @@ static void print_resume_hint(const args *a, const char *logdir) {
     fputs(" --allow-change", stderr), put_quoted(stderr, a->allowed[i]);
   if (a->check)
     fputs(" --check", stderr);
+  if (a->limit_batches)
+    fprintf(stderr, " --limit-batches %lld", (long long)a->limit_batches);
+  if (a->overfit_batches)
+    fprintf(stderr, " --overfit-batches %lld", (long long)a->overfit_batches);
   fputs(" --resume last\n", stderr);
 }
 
@@ -241,6 +275,8 @@ static int cmd_run(const args *a) {
   if (code == EXIT_DONE) {
     loom_run_options o = loom_run_options_defaults();
     o.check = a->check;
+    o.limit_batches = a->limit_batches;
+    o.overfit_batches = a->overfit_batches;
     loom_runner_set_options(runner, &o);
     if (a->resume && loom_runner_set_resume(runner, a->resume) < 0)
       code = EXIT_RUNTIME;
@@ -266,23 +302,45 @@ static int cmd_run(const args *a) {
   return code;
 }
 
+#define CONVERT_LINE "loom convert idx OUT.h5 --images FILE --labels FILE"
+static const char usage_convert[] =
+    "usage: " CONVERT_LINE "\n"
+    "\n"
+    "Writes IDX images and labels (gzip'd or not) as the HDF5 datasets \"images\"\n"
+    "and \"labels\" of OUT.h5, creating its directory; idx is the only format.\n";
+
 /* loom convert idx OUT.h5 --images FILE --labels FILE */
 static int cmd_convert(int argc, char **argv) {
   static const struct option options[] = {{"images", required_argument, NULL, 'i'},
                                           {"labels", required_argument, NULL, 'l'},
+                                          {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   const char *images = NULL, *labels = NULL;
   optind = 1;
-  for (int c; (c = getopt_long(argc, argv, "i:l:", options, NULL)) != -1;) {
-    if (c == 'i')
+  for (int c; (c = getopt_long(argc, argv, "i:l:h", options, NULL)) != -1;) {
+    if (c == 'i') {
       images = optarg;
-    else if (c == 'l')
+    } else if (c == 'l') {
       labels = optarg;
-    else
-      return EXIT_USAGE;
+    } else if (c == 'h') {
+      fputs(usage_convert, stdout);
+      return EXIT_DONE;
+    } else {
+      return EXIT_USAGE; /* getopt said which option */
+    }
   }
-  if (optind != argc - 2 || strcmp(argv[optind], "idx") != 0 || !images || !labels) {
-    fprintf(stderr, "usage: loom convert idx OUT.h5 --images FILE --labels FILE\n");
+  char problem[300] = "";
+  if (optind == argc)
+    snprintf(problem, sizeof problem, "expected a format and OUT.h5 (" CONVERT_LINE ")");
+  else if (strcmp(argv[optind], "idx") != 0)
+    snprintf(problem, sizeof problem, "no converter for \"%.100s\"; loom converts idx files (" CONVERT_LINE ")",
+             argv[optind]);
+  else if (optind != argc - 2)
+    snprintf(problem, sizeof problem, "expected one OUT.h5 after idx (" CONVERT_LINE ")");
+  else if (!images || !labels)
+    snprintf(problem, sizeof problem, "--images FILE and --labels FILE are both required");
+  if (*problem) {
+    fprintf(stderr, "loom: convert: %s\n", problem);
     return EXIT_USAGE;
   }
   if (loom_idx_to_hdf5(images, labels, argv[optind + 1]) < 0) {

@@ -95,7 +95,7 @@ int loom_params_build(loom_params *p, loom_kind kind, const void *context, void 
   if (!ctor) {
     size_t n;
     const char *const *names = loom_registry_list(kind, &n);
-    const char *near = loom_did_you_mean(type, names, n);
+    const char *near = loom_did_you_mean_value(type, names, n);
     if (near)
       return loom_params_error(p, "type", LOOM_EINVAL, "unknown %s \"%s\" (did you mean \"%s\"?)",
                                loom_kind_name(kind), type, near);
@@ -104,13 +104,15 @@ int loom_params_build(loom_params *p, loom_kind kind, const void *context, void 
   }
   unsigned before = loom_error_serial();
   void *obj = ctor(p, context, user);
-  /* A constructor's own complaint gets the position of its object. */
+  /* A constructor's own complaint gets the position of its object, once:
+   * one that already has a position (its params' error, a nested
+   * component's, a --set's) is passed on as it is. */
   if (!obj) {
-    if (loom_error_serial() == before || !strstr(loom_last_error(), p->config->name))
-      return loom_params_error(p, NULL, loom_last_error_code() < 0 ? loom_last_error_code() : LOOM_EINVAL, "%s %s: %s",
-                               loom_kind_name(kind), type,
-                               loom_error_serial() == before ? "failed" : loom_last_error());
-    return loom_last_error_code() < 0 ? loom_last_error_code() : LOOM_EINVAL;
+    bool said = loom_error_serial() != before;
+    int code = said && loom_last_error_code() < 0 ? loom_last_error_code() : LOOM_EINVAL;
+    if (said && loom_params_error_is_positioned())
+      return code;
+    return loom_params_error(p, NULL, code, "%s %s: %s", loom_kind_name(kind), type, said ? loom_last_error() : "failed");
   }
   if (kind == LOOM_KIND_OPTIMIZER && (rc = optimizer_extras(p, context, obj)) < 0) {
     loom_optimizer_destroy(obj);
@@ -154,9 +156,15 @@ int loom_params_check_layer(const loom_params *p, const char *key, const loom_mo
   size_t n = loom_model_num_layers(model);
   for (size_t k = 0; k < n && k < 256; k++)
     names[k] = loom_model_layer_name(model, k);
-  const char *near = loom_did_you_mean(name, names, n < 256 ? n : 256);
-  return loom_params_error(p, key, LOOM_EINVAL, "the model has no layer \"%s\"%s%s%s", name,
-                           near ? " (did you mean \"" : "", near ? near : "", near ? "\"?)" : "");
+  const char *near = loom_did_you_mean_value(name, names, n < 256 ? n : 256);
+  if (near)
+    return loom_params_error(p, key, LOOM_EINVAL, "the model has no layer \"%s\" (did you mean \"%s\"?)", name, near);
+  char list[400] = "";
+  size_t k = 0;
+  for (; k < n && k < 256 && strlen(list) < 300; k++)
+    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? ", " : "", names[k]);
+  return loom_params_error(p, key, LOOM_EINVAL, "the model has no layer \"%s\" (its layers: %s%s)", name, list,
+                           k < n ? ", ..." : "");
 }
 
 int loom_params_layer_names(loom_params *p, const char *key, const loom_model *model, const char ***names,

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "core/array.h"
@@ -50,6 +51,12 @@ loom_config *loom_config_load(const char *path) {
     loom_error_set(errno == ENOENT ? LOOM_ENOENT : LOOM_EIO, "%s: %s", path, strerror(errno));
     return NULL;
   }
+  struct stat st;
+  if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+    fclose(f);
+    loom_error_set(LOOM_EINVAL, "%s is a directory; give the config's JSON file", path);
+    return NULL;
+  }
   char *text = NULL;
   size_t len = 0;
   FILE *mem = open_memstream(&text, &len);
@@ -57,10 +64,16 @@ loom_config *loom_config_load(const char *path) {
   size_t n;
   while (mem && (n = fread(buf, 1, sizeof buf, f)) > 0)
     fwrite(buf, 1, n, mem);
+  int read_errno = ferror(f) ? errno : 0;
   fclose(f);
   if (!mem || fclose(mem) != 0) {
     free(text);
     loom_error_oom("reading a config");
+    return NULL;
+  }
+  if (read_errno) {
+    free(text);
+    loom_error_set(LOOM_EIO, "%s: cannot read: %s", path, strerror(read_errno));
     return NULL;
   }
   loom_config *c = from_text(text, path);
@@ -76,6 +89,7 @@ void loom_config_destroy(loom_config *c) {
   for (size_t i = 0; i < c->num_overrides; i++) {
     free(c->overrides[i].path);
     free(c->overrides[i].assignment);
+    free(c->overrides[i].created);
   }
   free(c->overrides);
   free(c->name);
@@ -92,8 +106,11 @@ static bool starts_path(const char *path, const char *prefix) {
 
 void loom_config_where(const loom_config *c, const char *path, bool key, char *buf, size_t size) {
   for (size_t i = c->num_overrides; i-- > 0;) {
-    if (starts_path(path, c->overrides[i].path)) {
-      snprintf(buf, size, "--set %s: ", c->overrides[i].assignment);
+    /* Its own path and below, and any key it created (a typo in its first
+     * component is reported at the key it made, e.g. "stage"). */
+    const loom_override *o = &c->overrides[i];
+    if (starts_path(path, o->path) || (o->created && starts_path(path, o->created))) {
+      snprintf(buf, size, "--set %s: ", o->assignment);
       return;
     }
   }
@@ -123,12 +140,27 @@ void loom_config_where(const loom_config *c, const char *path, bool key, char *b
 
 /* --- --set --- */
 
+/* A JSON string literal ("str", as --set 'k="str"' passes it): its text. */
+static json_t *quoted_string(const char *text) {
+  size_t n = strlen(text);
+  if (n < 2 || text[0] != '"' || text[n - 1] != '"')
+    return NULL;
+  json_t *v = json_loads(text, JSON_DECODE_ANY, NULL);
+  if (v && !json_is_string(v)) {
+    json_decref(v);
+    v = NULL;
+  }
+  return v;
+}
+
 /* The value `text` as the type the existing value has. */
 static json_t *typed_value(const json_t *old, const char *text, const char **want) {
   char *end;
   *want = NULL;
-  if (json_is_string(old))
-    return json_string(text);
+  if (json_is_string(old)) {
+    json_t *quoted = quoted_string(text);
+    return quoted ? quoted : json_string(text);
+  }
   if (json_is_integer(old)) {
     errno = 0;
     long long v = strtoll(text, &end, 10);
@@ -159,82 +191,133 @@ static json_t *typed_value(const json_t *old, const char *text, const char **wan
   return v;
 }
 
-int loom_config_set(loom_config *c, const char *assignment) {
-  const char *eq = strchr(assignment, '=');
-  if (!eq || eq == assignment)
-    return loom_error_set(LOOM_EINVAL, "--set %s: expected KEY=VALUE, e.g. stages.train.num_epochs=3", assignment);
-  char path[1024];
-  size_t plen = (size_t)(eq - assignment);
-  if (plen >= sizeof path)
-    return loom_error_set(LOOM_EINVAL, "--set %s: the key is too long", assignment);
-  memcpy(path, assignment, plen);
-  path[plen] = '\0';
-  /* jansson takes only UTF-8 keys: refuse before anything is created. */
-  json_t *probe = json_string(path);
-  if (!probe)
-    return loom_error_set(LOOM_EINVAL, "--set %s: the key is not valid UTF-8", assignment);
-  json_decref(probe);
-  /* Walk "a.b[2].c", creating objects that do not exist yet. */
-  json_t *node = c->root;
-  char so_far[1024] = "";
+/* Where a --set puts its value: parent[last] or parent[index] (index -1:
+ * an object's key; `append`: a new last item of the array parent). */
+typedef struct target {
+  json_t *parent, *node;
+  char last[256], path[1024], created[1024];
+  long index;
+  bool append;
+} target;
+
+/* Walks "a.b[2].c" (or "a.b[+]") from the root, creating objects that do
+ * not exist yet (and the list a [+] appends to). */
+static int walk(loom_config *c, const char *assignment, char *work, target *t) {
+  t->node = c->root;
+  t->parent = NULL;
+  t->path[0] = t->created[0] = '\0';
+  t->index = -1;
+  t->append = false;
   char *save = NULL;
-  char work[1024];
-  memcpy(work, path, plen + 1);
-  json_t *parent = NULL;
-  char last[256] = "";
-  long index = -1;
   for (char *part = strtok_r(work, ".", &save); part; part = strtok_r(NULL, ".", &save)) {
+    bool more = save && *save;
     char *bracket = strchr(part, '[');
     long idx = -1;
+    bool append = false;
     if (bracket) {
-      idx = strtol(bracket + 1, NULL, 10);
+      char *end;
+      append = strcmp(bracket, "[+]") == 0;
+      idx = append ? 0 : strtol(bracket + 1, &end, 10);
+      if (!append && (end == bracket + 1 || strcmp(end, "]") != 0 || idx < 0))
+        return loom_error_set(LOOM_EINVAL, "--set %s: \"%s\": an item is [N] (N from 0), or [+] to append", assignment,
+                              bracket);
+      if (append && more)
+        return loom_error_set(LOOM_EINVAL, "--set %s: [+] appends a value: it ends the key", assignment);
       *bracket = '\0';
     }
-    if (!json_is_object(node))
-      return loom_error_set(LOOM_EINVAL, "--set %s: %s is not an object", assignment, *so_far ? so_far : "the config");
-    json_t *next = json_object_get(node, part);
+    if (!json_is_object(t->node))
+      return loom_error_set(LOOM_EINVAL, "--set %s: %s is not an object", assignment, *t->path ? t->path : "the config");
+    json_t *next = json_object_get(t->node, part);
+    char grown[1024];
+    loom_path_child(grown, sizeof grown, t->path, part); /* not in place: snprintf cannot alias */
     /* json_object_set_new frees the new object when it refuses the key
      * (not valid UTF-8), so its result decides whether `next` lives. */
-    if (!next && (idx >= 0 || (save && *save)) && json_object_set_new(node, part, next = json_object()) < 0)
-      return loom_error_set(LOOM_EINVAL, "--set %s: cannot create key \"%s\" (keys must be valid UTF-8)", assignment,
-                            part);
-    char grown[1024];
-    loom_path_child(grown, sizeof grown, so_far, part); /* not in place: snprintf cannot alias */
-    memcpy(so_far, grown, sizeof so_far);
-    parent = node;
-    snprintf(last, sizeof last, "%s", part);
-    index = -1;
-    node = next;
-    if (idx >= 0) {
-      if (!json_is_array(node) || (size_t)idx >= json_array_size(node))
-        return loom_error_set(LOOM_EINVAL, "--set %s: %s has no item %ld", assignment, so_far, idx);
-      parent = node;
-      index = idx;
-      node = json_array_get(node, (size_t)idx);
-      char grown[1024];
-      loom_path_index(grown, sizeof grown, so_far, (size_t)idx);
-      memcpy(so_far, grown, sizeof so_far);
+    if (!next && (idx >= 0 || more)) {
+      if (json_object_set_new(t->node, part, next = append ? json_array() : json_object()) < 0)
+        return loom_error_set(LOOM_EINVAL, "--set %s: cannot create key \"%s\" (keys must be valid UTF-8)", assignment,
+                              part);
+      if (!*t->created)
+        memcpy(t->created, grown, sizeof t->created);
+    }
+    memcpy(t->path, grown, sizeof t->path);
+    t->parent = t->node;
+    snprintf(t->last, sizeof t->last, "%s", part);
+    t->index = -1;
+    t->node = next;
+    if (append) {
+      if (!json_is_array(next))
+        return loom_error_set(LOOM_EINVAL, "--set %s: %s is not a list: [+] appends to a list", assignment, t->path);
+      t->parent = next;
+      t->append = true;
+      t->index = (long)json_array_size(next);
+      /* New items take the type of the list's items, if it has any. */
+      t->node = json_array_size(next) ? json_array_get(next, 0) : NULL;
+    } else if (idx >= 0) {
+      if (!json_is_array(next) || (size_t)idx >= json_array_size(next))
+        return loom_error_set(LOOM_EINVAL, "--set %s: %s has no item %ld", assignment, t->path, idx);
+      t->parent = next;
+      t->index = idx;
+      t->node = json_array_get(next, (size_t)idx);
+    }
+    if (t->index >= 0) {
+      loom_path_index(grown, sizeof grown, t->path, (size_t)t->index);
+      memcpy(t->path, grown, sizeof t->path);
     }
   }
-  const char *want;
-  json_t *value = typed_value(node, eq + 1, &want);
-  if (!value)
-    return loom_error_set(LOOM_EINVAL, "--set %s: %s: expected %s, got \"%s\"", assignment, so_far, want, eq + 1);
-  if ((index >= 0 ? json_array_set_new(parent, (size_t)index, value) : json_object_set_new(parent, last, value)) < 0)
-    return loom_error_set(LOOM_EINVAL, "--set %s: cannot set key \"%s\" (keys must be valid UTF-8)", assignment, last);
+  return 0;
+}
+
+static int place(const target *t, json_t *value) {
+  if (t->append)
+    return json_array_append_new(t->parent, value);
+  return t->index >= 0 ? json_array_set_new(t->parent, (size_t)t->index, value)
+                       : json_object_set_new(t->parent, t->last, value);
+}
+
+static int record(loom_config *c, const char *assignment, const target *t) {
   if (loom_array_reserve((void **)&c->overrides, &c->cap_overrides, c->num_overrides + 1, sizeof *c->overrides,
                          "an override") < 0)
     return LOOM_ENOMEM;
   loom_override *o = &c->overrides[c->num_overrides];
-  o->path = strdup(so_far);
+  o->path = strdup(t->path);
   o->assignment = strdup(assignment);
-  if (!o->path || !o->assignment) {
+  o->created = *t->created ? strdup(t->created) : NULL;
+  if (!o->path || !o->assignment || (*t->created && !o->created)) {
     free(o->path);
     free(o->assignment);
+    free(o->created);
     return loom_error_oom("an override");
   }
   c->num_overrides++;
   return 0;
+}
+
+int loom_config_set(loom_config *c, const char *assignment) {
+  const char *eq = strchr(assignment, '=');
+  if (!eq || eq == assignment)
+    return loom_error_set(LOOM_EINVAL, "--set %s: expected KEY=VALUE, e.g. stages.train.num_epochs=3", assignment);
+  char work[1024];
+  size_t plen = (size_t)(eq - assignment);
+  if (plen >= sizeof work)
+    return loom_error_set(LOOM_EINVAL, "--set %s: the key is too long", assignment);
+  memcpy(work, assignment, plen);
+  work[plen] = '\0';
+  /* jansson takes only UTF-8 keys: refuse before anything is created. */
+  json_t *probe = json_string(work);
+  if (!probe)
+    return loom_error_set(LOOM_EINVAL, "--set %s: the key is not valid UTF-8", assignment);
+  json_decref(probe);
+  target t;
+  int rc = walk(c, assignment, work, &t);
+  if (rc < 0)
+    return rc;
+  const char *want;
+  json_t *value = typed_value(t.node, eq + 1, &want);
+  if (!value)
+    return loom_error_set(LOOM_EINVAL, "--set %s: %s: expected %s, got \"%s\"", assignment, t.path, want, eq + 1);
+  if (place(&t, value) < 0)
+    return loom_error_set(LOOM_EINVAL, "--set %s: cannot set key \"%s\" (keys must be valid UTF-8)", assignment, t.last);
+  return record(c, assignment, &t);
 }
 
 int loom_config_write(const loom_config *c, const char *path) {

@@ -56,7 +56,7 @@ static int unknown_name(loom_params *p, const char *key, const char *what, const
   const char *names[MAX_NAMED] = {0};
   for (int i = 0; i < n; i++)
     names[i] = list[i].name;
-  const char *near = loom_did_you_mean(name, names, (size_t)n);
+  const char *near = loom_did_you_mean_value(name, names, (size_t)n);
   if (near)
     return loom_params_error(p, key, LOOM_EINVAL, "no %s named \"%s\" (did you mean \"%s\"?)", what, name, near);
   char all[512] = "";

@@ -1,5 +1,7 @@
 /* Line and column of every key and value of a JSON text, by path. jansson
  * parses and validates; this pass only records where things are. */
+#include <ctype.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -165,13 +167,39 @@ static size_t distance(const char *a, const char *b) {
   return row[lb];
 }
 
-const char *loom_did_you_mean(const char *word, const char *const *candidates, size_t n) {
+/* A value that differs from a candidate by a slip of the keyboard, not by
+ * its meaning: the same first letter ("gpu" is no typo of "cpu") and the
+ * same digits in the same order ("fc9" is no typo of "fc1"). */
+static bool could_mean(const char *word, const char *candidate) {
+  if (tolower((unsigned char)word[0]) != tolower((unsigned char)candidate[0]))
+    return false;
+  for (const char *a = word, *b = candidate;; a++, b++) {
+    while (*a && !isdigit((unsigned char)*a))
+      a++;
+    while (*b && !isdigit((unsigned char)*b))
+      b++;
+    if (*a != *b)
+      return false;
+    if (!*a)
+      return true;
+  }
+}
+
+static const char *nearest(const char *word, const char *const *candidates, size_t n, bool value) {
   const char *best = NULL;
   size_t best_d = (size_t)-1, limit = strlen(word) / 3 + 1;
   for (size_t i = 0; i < n; i++) {
     size_t d = distance(word, candidates[i]);
-    if (d < best_d && d <= (limit < 3 ? limit : 3))
+    if (d < best_d && d <= (limit < 3 ? limit : 3) && (!value || could_mean(word, candidates[i])))
       best = candidates[i], best_d = d;
   }
   return best;
+}
+
+const char *loom_did_you_mean(const char *word, const char *const *candidates, size_t n) {
+  return nearest(word, candidates, n, false);
+}
+
+const char *loom_did_you_mean_value(const char *word, const char *const *candidates, size_t n) {
+  return nearest(word, candidates, n, true);
 }

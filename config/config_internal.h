@@ -25,6 +25,7 @@ void loom_pos_index_free(loom_pos_index *idx);
 
 typedef struct loom_override {
   char *path, *assignment;
+  char *created; /* the first key the --set created (errors there are its), or NULL */
 } loom_override;
 
 struct loom_config {
@@ -65,6 +66,9 @@ int loom_params_key_error(const loom_params *p, const char *key, const char *fmt
  * near `key` (a typo of it), "unknown key (did you mean ...)" at that key. */
 int loom_params_missing(const loom_params *p, const char *key, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Whether the last error was made by loom_params_error (or a sibling):
+ * it already says where it is, in the file or in a --set. */
+bool loom_params_error_is_positioned(void);
 /* "FILE:LINE:COL: path: " (or "--set ...: path: ") into buf. */
 void loom_config_where(const loom_config *c, const char *path, bool key, char *buf, size_t size);
 /* "path.key" or "path[i]" */
@@ -72,6 +76,10 @@ void loom_path_child(char *out, size_t size, const char *path, const char *key);
 void loom_path_index(char *out, size_t size, const char *path, size_t i);
 /* The closest of `candidates` to `word` (edit distance), or NULL. */
 const char *loom_did_you_mean(const char *word, const char *const *candidates, size_t n);
+/* The same for a value (a choice, a component type, a name): only a
+ * candidate it could be a typo of, with the same first letter and the same
+ * digits ("gpu" suggests no "cpu", "fc9" no "fc1"). */
+const char *loom_did_you_mean_value(const char *word, const char *const *candidates, size_t n);
 
 /* registry.c */
 void loom_register_builtin(loom_kind kind, const char *name, loom_ctor ctor);

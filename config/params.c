@@ -28,6 +28,11 @@ void loom_params_known(loom_params *p, const char *key) {
 const char *loom_params_path(const loom_params *p) { return p->path; }
 const char *loom_params_base_dir(const loom_params *p) { return p->config->base_dir; }
 
+/* The error serial of this thread's last positioned message (report). */
+static _Thread_local unsigned positioned_serial;
+
+bool loom_params_error_is_positioned(void) { return positioned_serial == loom_error_serial(); }
+
 static int report(const loom_params *p, const char *key, bool at_key, int code, const char *fmt, va_list ap) {
   char path[1024], where[1200], msg[LOOM_ERROR_MAX];
   if (key)
@@ -36,7 +41,9 @@ static int report(const loom_params *p, const char *key, bool at_key, int code, 
     snprintf(path, sizeof path, "%s", p->path);
   loom_config_where(p->config, path, at_key, where, sizeof where);
   vsnprintf(msg, sizeof msg, fmt, ap);
-  return loom_error_set(code, "%s%s: %s", where, *path ? path : "(top level)", msg);
+  int rc = loom_error_set(code, "%s%s: %s", where, *path ? path : "(top level)", msg);
+  positioned_serial = loom_error_serial();
+  return rc;
 }
 
 int loom_params_error(const loom_params *p, const char *key, int code, const char *fmt, ...) {
@@ -367,7 +374,7 @@ int loom_params_choice(loom_params *p, const char *key, const char *def, const c
       return 0;
     }
   }
-  const char *near = loom_did_you_mean(s, choices, n);
+  const char *near = loom_did_you_mean_value(s, choices, n);
   if (near)
     return loom_params_error(p, key, LOOM_EINVAL, "\"%s\" is not %s (did you mean \"%s\"?)", s, want, near);
   return loom_params_error(p, key, LOOM_EINVAL, "\"%s\" is not %s", s, want);

@@ -45,7 +45,7 @@ int loom_mkdir_p(const char *path) {
   }
   struct stat st;
   if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode))
-    return loom_error_set(LOOM_EIO, "\"%s\" exists but is not a directory; choose another logdir", path);
+    return loom_error_set(LOOM_EIO, "\"%s\" exists but is not a directory; choose another path", path);
   return 0;
 }
 

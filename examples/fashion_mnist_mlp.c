@@ -142,9 +142,11 @@ int main(int argc, char **argv) {
     goto out;
   }
 
+  /* The run's failure is printed here, once (the console logger leaves it
+   * to us); an interrupt's message says where its checkpoint went. */
   rc = loom_run_experiment(runner, exp);
   if (rc == LOOM_EINTERRUPTED && master)
-    printf("interrupted; continue with --resume last\n");
+    fprintf(stderr, "%s\ncontinue with: %s --logdir %s --resume last\n", loom_last_error(), argv[0], logdir);
   else if (rc < 0 && rc != LOOM_EINTERRUPTED) {
     if (!master)
       fprintf(stderr, "[rank %d] ", loom_runner_rank(runner));

@@ -1,12 +1,16 @@
 /* Datasets in HDF5 files: read in blocks of samples on demand through an
  * LRU cache, converted to float by HDF5, several files as one index. */
+#include <errno.h>
+#include <fcntl.h>
 #include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "core/error_internal.h"
+#include "core/fs.h"
 #include "core/hdf5_quiet.h"
 #include "loom/data.h"
 
@@ -333,6 +337,93 @@ static int write_bytes(hid_t file, const char *name, const idx_array *a) {
   return st < 0 ? -1 : 0;
 }
 
+/* Creates out_path's directory if it is missing (mkdir -p). */
+static int make_parent(const char *out_path) {
+  char dir[4096];
+  if (snprintf(dir, sizeof dir, "%s", out_path) >= (int)sizeof dir)
+    return loom_error_set(LOOM_EINVAL, "cannot write %.64s...: the path is too long", out_path);
+  char *slash = strrchr(dir, '/');
+  if (!slash || slash == dir)
+    return 0;
+  *slash = '\0';
+  int rc = loom_mkdir_p(dir);
+  return rc < 0 ? loom_error_wrap(rc, "cannot write %s", out_path) : 0;
+}
+
+/* The HDF5 file of the images and labels, built in memory (the core
+ * driver): HDF5 neither reports why a write failed nor survives a file it
+ * could not close, so the disk is written by write_file. */
+static int build_image(const idx_array *images, const idx_array *labels, void **image, size_t *size) {
+  loom_h5_quiet q = loom_h5_hush();
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  hid_t file = fapl < 0 || H5Pset_fapl_core(fapl, 1 << 20, 0) < 0
+                   ? -1
+                   : H5Fcreate("loom-convert", H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  int rc = 0;
+  if (file < 0 || write_bytes(file, "images", images) < 0 || write_bytes(file, "labels", labels) < 0 ||
+      H5Fflush(file, H5F_SCOPE_GLOBAL) < 0)
+    rc = loom_error_set(LOOM_EIO, "HDF5 could not build the file");
+  ssize_t n = rc == 0 ? H5Fget_file_image(file, NULL, 0) : -1;
+  if (rc == 0 && n <= 0)
+    rc = loom_error_set(LOOM_EIO, "HDF5 could not build the file");
+  if (rc == 0 && !(*image = malloc((size_t)n)))
+    rc = loom_error_oom("the HDF5 file");
+  if (rc == 0 && H5Fget_file_image(file, *image, (size_t)n) != n)
+    rc = loom_error_set(LOOM_EIO, "HDF5 could not build the file");
+  *size = (size_t)n;
+  if (file >= 0)
+    H5Fclose(file);
+  if (fapl >= 0)
+    H5Pclose(fapl);
+  loom_h5_unhush(q);
+  return rc;
+}
+
+/* `size` bytes to `path`, durable; the system's reason on failure. */
+static int write_file(const char *path, const void *data, size_t size) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0666);
+  if (fd < 0)
+    return -1;
+  for (size_t done = 0; done < size;) {
+    ssize_t w = write(fd, (const char *)data + done, size - done);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0) {
+      int err = errno;
+      close(fd);
+      errno = err;
+      return -1;
+    }
+    done += (size_t)w;
+  }
+  if (fsync(fd) < 0) {
+    int err = errno;
+    close(fd);
+    errno = err;
+    return -1;
+  }
+  return close(fd);
+}
+
+/* Writes the file under a temporary name beside it, renamed into place
+ * when complete; errors name out_path (the name the user gave). */
+static int write_h5(const idx_array *images, const idx_array *labels, const char *out_path) {
+  char tmp[4200];
+  if (snprintf(tmp, sizeof tmp, "%s.tmp", out_path) >= (int)sizeof tmp)
+    return loom_error_set(LOOM_EINVAL, "cannot write %.64s...: the path is too long", out_path);
+  void *image = NULL;
+  size_t size = 0;
+  int rc = make_parent(out_path);
+  if (rc == 0 && (rc = build_image(images, labels, &image, &size)) < 0)
+    loom_error_wrap(rc, "cannot write %s", out_path);
+  if (rc == 0 && (write_file(tmp, image, size) < 0 || rename(tmp, out_path) < 0)) {
+    rc = loom_error_set(LOOM_EIO, "cannot write %s: %s", out_path, strerror(errno));
+    unlink(tmp);
+  }
+  free(image);
+  return rc;
+}
+
 int loom_idx_to_hdf5(const char *images_path, const char *labels_path, const char *out_path) {
   idx_array images = {0}, labels = {0};
   int rc = loom_idx_read(images_path, 3, &images);
@@ -341,21 +432,8 @@ int loom_idx_to_hdf5(const char *images_path, const char *labels_path, const cha
   if (rc == 0 && images.dims[0] != labels.dims[0])
     rc = loom_error_set(LOOM_EFORMAT, "%s has %lld images but %s has %lld labels", images_path,
                         (long long)images.dims[0], labels_path, (long long)labels.dims[0]);
-  char tmp[4200];
-  snprintf(tmp, sizeof tmp, "%s.tmp", out_path);
-  if (rc == 0) {
-    loom_h5_quiet q = loom_h5_hush();
-    hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (file < 0 || write_bytes(file, "images", &images) < 0 || write_bytes(file, "labels", &labels) < 0)
-      rc = loom_error_set(LOOM_EIO, "cannot write %s (disk full, or no such directory?)", tmp);
-    if (file >= 0 && H5Fclose(file) < 0 && rc == 0)
-      rc = loom_error_set(LOOM_EIO, "closing %s failed", tmp);
-    loom_h5_unhush(q);
-  }
-  if (rc == 0 && rename(tmp, out_path) < 0)
-    rc = loom_error_set(LOOM_EIO, "cannot rename %s to %s", tmp, out_path);
-  if (rc < 0)
-    remove(tmp);
+  if (rc == 0)
+    rc = write_h5(&images, &labels, out_path);
   free(images.bytes);
   free(labels.bytes);
   return rc;

@@ -1,4 +1,8 @@
 /* What callbacks read and write: the runner's state (names as Catalyst's). */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
 #include "runners/runner_impl.h"
 
 const loom_experiment *loom_runner_experiment(const loom_runner *r) { return r->exp; }
@@ -60,6 +64,20 @@ bool loom_runner_need_early_stop(const loom_runner *r) { return (r->stop_flags &
 int loom_runner_error(const loom_runner *r) { return r->error; }
 const char *loom_runner_error_message(const loom_runner *r) { return r->error_message; }
 void loom_runner_mark_error_handled(loom_runner *r) { r->error_handled = true; }
+
+int loom_runner_add_error_note(loom_runner *r, const char *fmt, ...) {
+  if (!r->error)
+    return loom_error_set(LOOM_EINVAL, "loom_runner_add_error_note: no error is being handled (call it from "
+                                       "on_exception)");
+  char note[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(note, sizeof note, fmt, ap);
+  va_end(ap);
+  size_t len = strlen(r->error_message);
+  snprintf(r->error_message + len, sizeof r->error_message - len, "; %s", note);
+  return 0;
+}
 bool loom_runner_error_handled(const loom_runner *r) { return r->error_handled; }
 
 bool loom_runner_is_resumed(const loom_runner *r) { return r->resumed; }

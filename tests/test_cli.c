@@ -4,6 +4,7 @@
 #define _XOPEN_SOURCE 700 /* realpath */
 #include <limits.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -13,6 +14,9 @@
 
 static const char *loom, *configs, *plugins;
 static char tiny[1024], errfile[1024], outfile[1024];
+/* When not 0, the largest file the next child may write (RLIMIT_FSIZE):
+ * its writes beyond fail with EFBIG, as on a full disk. */
+static rlim_t child_file_limit;
 
 /* Runs loom with the arguments (NULL-terminated); returns the exit code
  * (or 1000 + signal) and leaves stderr in errfile. With `pid_out`, returns
@@ -32,6 +36,12 @@ static int run(pid_t *pid_out, const char *arg, ...) {
   if (pid == 0) {
     if (!freopen(outfile, "w", stdout) || !freopen(errfile, "w", stderr))
       _exit(127);
+    if (child_file_limit) {
+      signal(SIGXFSZ, SIG_IGN);
+      struct rlimit lim = {child_file_limit, child_file_limit};
+      if (setrlimit(RLIMIT_FSIZE, &lim) < 0)
+        _exit(127);
+    }
     execv(loom, (char *const *)argv);
     _exit(127);
   }
@@ -51,6 +61,35 @@ static bool stderr_has(const char *text) {
     print_error("stderr was: %s\n", s ? s : "(none)");
   free(s);
   return found;
+}
+
+/* stderr is exactly `text` (one line, say). */
+static bool stderr_is(const char *text) {
+  char *s = test_read_file(errfile);
+  bool same = s && strcmp(s, text) == 0;
+  if (!same)
+    print_error("stderr was: %s\n", s ? s : "(none)");
+  free(s);
+  return same;
+}
+
+/* A directory as CONFIG, convert --help, an unknown converter: one line
+ * that says what is wrong. */
+static void test_one_line_mistakes(void **state) {
+  (void)state;
+  char want[1200];
+  assert_int_equal(run(NULL, "validate", configs, NULL), 2);
+  snprintf(want, sizeof want, "loom: error: %s is a directory; give the config's JSON file\n", configs);
+  assert_true(stderr_is(want));
+  assert_int_equal(run(NULL, "run", configs, NULL), 2);
+  assert_true(stderr_is(want));
+  assert_int_equal(run(NULL, "convert", "--help", NULL), 0);
+  assert_true(stderr_is(""));
+  assert_int_equal(run(NULL, "convert", "csv", "out.h5", NULL), 2);
+  assert_true(stderr_is("loom: convert: no converter for \"csv\"; loom converts idx files (loom convert idx OUT.h5 "
+                        "--images FILE --labels FILE)\n"));
+  assert_int_equal(run(NULL, "convert", "idx", "out.h5", NULL), 2);
+  assert_true(stderr_is("loom: convert: --images FILE and --labels FILE are both required\n"));
 }
 
 static void test_usage_and_validate(void **state) {
@@ -115,6 +154,19 @@ static char *shell_words(const char *line) {
   return words;
 }
 
+/* How often `text` occurs in what the last child printed (stdout and stderr). */
+static int printed(const char *text) {
+  int n = 0;
+  const char *files[] = {outfile, errfile};
+  for (int f = 0; f < 2; f++) {
+    char *s = test_read_file(files[f]);
+    for (const char *at = s; at && (at = strstr(at, text)); at++)
+      n++;
+    free(s);
+  }
+  return n;
+}
+
 static void test_ctrl_c_then_resume(void **state) {
   (void)state;
   char *top = test_tmpdir(), dir[1100];
@@ -122,8 +174,9 @@ static void test_ctrl_c_then_resume(void **state) {
    * key the config has: the hint repeats them all. */
   snprintf(dir, sizeof dir, "%s/my logs", top);
   pid_t pid;
+  /* With a console logger, which used to print the interrupt as an error. */
   run(&pid, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=1000000", "--set",
-      "experiment.name=it's tiny", NULL);
+      "experiment.name=it's tiny", "--set", "stages.train.callbacks[+]={\"type\": \"console_logger\"}", NULL);
   char last[1200];
   snprintf(last, sizeof last, "%s/checkpoints/last.h5", dir);
   struct timespec poll = {0, 10000000};
@@ -145,15 +198,32 @@ static void test_ctrl_c_then_resume(void **state) {
   *strchr(hint, '\n') = '\0';
   char *words = shell_words(hint);
   snprintf(want, sizeof want, "%s\n--logdir\n%s\n--set\nstages.train.num_epochs=1000000\n--set\n"
-           "experiment.name=it's tiny\n--resume\nlast\n", tiny, dir);
+           "experiment.name=it's tiny\n--set\nstages.train.callbacks[+]={\"type\": \"console_logger\"}\n--resume\nlast\n",
+           tiny, dir);
   assert_string_equal(words, want);
   free(words);
   free(err);
+  assert_true(stderr_has("--resume last"));
+  /* Reported once, as an interrupt that saved a checkpoint, not as an error. */
+  char saved[1200];
+  snprintf(saved, sizeof saved, "); checkpoint saved: %s/checkpoints/last.h5\n", dir);
+  assert_true(stderr_has(saved));
+  assert_int_equal(printed("interrupted by SIGINT"), 1);
+  assert_int_equal(printed("error"), 0);
+  assert_int_equal(printed("LOOM_EINTERRUPTED"), 0);
   /* Resume with a stage short enough to be over: it finishes at once. */
-  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "experiment.name=it's tiny", "--resume", "last",
-                       NULL), 0);
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "experiment.name=it's tiny", "--set",
+                       "stages.train.callbacks[+]={\"type\": \"console_logger\"}", "--resume", "last", NULL),
+                   0);
   assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--resume", "/nonexistent.h5", NULL), 1);
   assert_true(stderr_has("cannot resume from \"/nonexistent.h5\""));
+  /* A failure during the run is printed once, with the state it saved. */
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "stages.train.callbacks[+]={\"type\": "
+                       "\"console_logger\"}", "--set", "stages.train.callbacks[+]={\"type\": \"early_stopping\", "
+                       "\"monitors\": [{\"metric\": \"nope\"}]}", NULL), 1);
+  assert_int_equal(printed("early stopping watches \"valid/nope\""), 1);
+  snprintf(saved, sizeof saved, "; its state saved: %s/checkpoints/exception.h5\n", dir);
+  assert_true(stderr_has(saved));
   test_rm_rf(top);
   free(top);
 }
@@ -277,6 +347,75 @@ static void test_resume_with_changed_config(void **state) {
                                "{\"key\":\"stages.train.num_epochs\",\"old\":4,\"new\":5}]");
   free(changes);
   json_decref(h);
+  test_rm_rf(dir);
+  free(dir);
+}
+
+/* The train batches a run in `dir` has done, from its last.h5. */
+static int64_t train_batches(const char *dir) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/checkpoints/last.h5", dir);
+  loom_checkpoint *c = loom_checkpoint_read(path);
+  assert_non_null(c);
+  int64_t counters[7];
+  assert_int_equal(loom_state_get_i64_array(loom_checkpoint_find(c, "runner"), "counters", counters, 7), 0);
+  loom_checkpoint_destroy(c);
+  return counters[0];
+}
+
+/* --limit-batches and --overfit-batches: tiny.json's train loader has 4
+ * batches (8 samples, batch 2), 3 epochs. */
+static void test_batch_limits(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, NULL), 0);
+  assert_int_equal(train_batches(dir), 12);
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--limit-batches", "1", NULL), 0);
+  assert_int_equal(train_batches(dir), 3);
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--overfit-batches", "3", NULL), 0);
+  assert_int_equal(train_batches(dir), 9);
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--limit-batches", "0", NULL), 2);
+  assert_true(stderr_is("loom: --limit-batches: expected a number of batches >= 1, got \"0\"\n"));
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--overfit-batches", "2x", NULL), 2);
+  assert_true(stderr_is("loom: --overfit-batches: expected a number of batches >= 1, got \"2x\"\n"));
+  test_rm_rf(dir);
+  free(dir);
+}
+
+/* loom convert creates the output's directory; a write error names the
+ * file the user gave and the system's reason. */
+static void test_convert(void **state) {
+  (void)state;
+  char *dir = test_tmpdir(), images[1100], labels[1100], out[1200], want[1400];
+  snprintf(images, sizeof images, "%s/data/images.idx", configs);
+  snprintf(labels, sizeof labels, "%s/data/labels.idx", configs);
+  snprintf(out, sizeof out, "%s/new/sub/d.h5", dir);
+  assert_int_equal(run(NULL, "convert", "idx", out, "--images", images, "--labels", labels, NULL), 0);
+  loom_hdf5_options o = {.files = (const char *[]){out}, .num_files = 1, .inputs = "images", .targets = "labels"};
+  loom_dataset *ds = loom_hdf5_dataset_open(&o);
+  assert_non_null(ds);
+  assert_int_equal(loom_dataset_length(ds), 8);
+  loom_dataset_release(ds);
+  /* A file where a directory should be. */
+  snprintf(out, sizeof out, "%s/new/sub/d.h5/x.h5", dir);
+  assert_int_equal(run(NULL, "convert", "idx", out, "--images", images, "--labels", labels, NULL), 1);
+  snprintf(want, sizeof want, "loom: error: cannot write %s: \"%s/new/sub/d.h5\" exists but is not a directory",
+           out, dir);
+  assert_true(stderr_has(want));
+  /* A full disk: the write fails with the system's reason, no file is left. */
+  snprintf(out, sizeof out, "%s/full.h5", dir);
+  child_file_limit = 512;
+  int code = run(NULL, "convert", "idx", out, "--images", images, "--labels", labels, NULL);
+  child_file_limit = 0;
+  assert_int_equal(code, 1);
+  snprintf(want, sizeof want, "loom: error: cannot write %s: File too large\n", out);
+  assert_true(stderr_has(want));
+  char *text = test_read_file(errfile);
+  assert_null(strstr(text, ".tmp")); /* not the temporary name */
+  free(text);
+  assert_int_equal(access(out, F_OK), -1);
+  snprintf(want, sizeof want, "%s.tmp", out);
+  assert_int_equal(access(want, F_OK), -1);
   test_rm_rf(dir);
   free(dir);
 }
@@ -422,6 +561,9 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_ctrl_c_then_resume),
       cmocka_unit_test(test_resume_finished_run),
       cmocka_unit_test(test_resume_with_changed_config),
+      cmocka_unit_test(test_convert),
+      cmocka_unit_test(test_one_line_mistakes),
+      cmocka_unit_test(test_batch_limits),
       cmocka_unit_test(test_plugin_from_command_line),
       cmocka_unit_test(test_plugin_from_config),
       cmocka_unit_test(test_plugin_errors),

@@ -79,11 +79,13 @@ static void *make_probe(loom_params *params, const void *context, void *user) {
 }
 
 static void *make_offset(loom_params *params, const void *context, void *user);
+static void *make_refusing(loom_params *params, const void *context, void *user);
 static void *make_grab(loom_params *params, const void *context, void *user);
 
 static int setup(void **state) {
   (void)state;
   if (loom_register(LOOM_KIND_TRANSFORM, "add_offset", make_offset, NULL) < 0 ||
+      loom_register(LOOM_KIND_TRANSFORM, "refusing", make_refusing, NULL) < 0 ||
       loom_register(LOOM_KIND_CALLBACK, "grab", make_grab, NULL) < 0)
     return -1;
   int rc = loom_register(LOOM_KIND_CALLBACK, "probe", make_probe, &plog);
@@ -236,6 +238,61 @@ static void test_set_types_by_schema(void **state) {
   free(dir);
 }
 
+/* --set 'k="str"' sets the string without its quotes; KEY[+]=VALUE appends
+ * to a list (creating it), typed as the list's items are. */
+static void test_set_quotes_and_append(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  loom_config *c = config_text(base, configs, configs);
+  assert_int_equal(loom_config_set(c, "experiment.name=\"quoted run\""), 0);
+  assert_int_equal(loom_config_set(c, "stages.train.callbacks[+]={\"type\": \"timer\"}"), 0);
+  assert_int_equal(loom_config_set(c, "stages.train.loaders[+]=valid"), 0);
+  assert_int_equal(loom_config_set(c, "model.sizes[+]=5"), 0);
+  assert_int_equal(loom_config_set(c, "experiment.tags[+]=a"), 0); /* a new list */
+  assert_int_equal(loom_config_set(c, "experiment.tags[+]=\"b\""), 0);
+  json_t *r = resolved_after(c, dir);
+  assert_string_equal(json_string_value(json_object_get(json_object_get(r, "experiment"), "name")), "quoted run");
+  json_t *train = json_object_get(json_object_get(r, "stages"), "train");
+  json_t *cbs = json_object_get(train, "callbacks");
+  assert_int_equal(json_array_size(cbs), 3);
+  assert_string_equal(json_string_value(json_object_get(json_array_get(cbs, 2), "type")), "timer");
+  json_t *loaders = json_object_get(train, "loaders");
+  assert_int_equal(json_array_size(loaders), 3);
+  assert_string_equal(json_string_value(json_array_get(loaders, 2)), "valid");
+  json_t *sizes = json_object_get(json_object_get(r, "model"), "sizes");
+  assert_int_equal(json_array_size(sizes), 4);
+  assert_true(json_is_integer(json_array_get(sizes, 3)));
+  assert_int_equal(json_integer_value(json_array_get(sizes, 3)), 5);
+  json_t *tags = json_object_get(json_object_get(r, "experiment"), "tags");
+  assert_int_equal(json_array_size(tags), 2);
+  assert_string_equal(json_string_value(json_array_get(tags, 0)), "a");
+  assert_string_equal(json_string_value(json_array_get(tags, 1)), "b");
+  json_decref(r);
+  /* An appended item is checked as the list's items are, and its errors
+   * are the --set's. */
+  assert_int_equal(loom_config_set(c, "model.sizes[+]=many"), LOOM_EINVAL);
+  assert_string_equal(loom_last_error(), "--set model.sizes[+]=many: model.sizes[4]: expected an integer, got \"many\"");
+  assert_int_equal(loom_config_set(c, "experiment.name[+]=x"), LOOM_EINVAL);
+  assert_string_equal(loom_last_error(), "--set experiment.name[+]=x: experiment.name is not a list: [+] appends to a "
+                                         "list");
+  assert_int_equal(loom_config_set(c, "stages.train.callbacks[+].type=timer"), LOOM_EINVAL);
+  assert_string_equal(loom_last_error(), "--set stages.train.callbacks[+].type=timer: [+] appends a value: it ends "
+                                         "the key");
+  assert_int_equal(loom_config_set(c, "stages.train.loaders[x]=valid"), LOOM_EINVAL);
+  assert_string_equal(loom_last_error(), "--set stages.train.loaders[x]=valid: \"[x]\": an item is [N] (N from 0), "
+                                         "or [+] to append");
+  loom_config_destroy(c);
+  c = config_text(base, configs, configs);
+  assert_int_equal(loom_config_set(c, "stages.train.loaders[+]=vlaid"), 0);
+  loom_experiment *exp;
+  assert_int_equal(loom_config_build(c, &exp), LOOM_EINVAL);
+  assert_string_equal(loom_last_error(), "--set stages.train.loaders[+]=vlaid: stages.train.loaders[2]: no loader "
+                                         "named \"vlaid\" (did you mean \"valid\"?)");
+  loom_config_destroy(c);
+  test_rm_rf(dir);
+  free(dir);
+}
+
 /* pretrain (fc1 frozen) -> train (optimizer state reset) -> finetune (best
  * weights loaded, optimizer state kept). */
 static const char *const multistage =
@@ -375,6 +432,54 @@ static void test_user_transform_from_json(void **state) {
   test_rm_rf("/tmp/loom-test-offset");
 }
 
+/* A transform whose constructor fails with a message of its own. */
+static void *make_refusing(loom_params *params, const void *context, void *user) {
+  (void)params, (void)context, (void)user;
+  loom_error_set(LOOM_EINVAL, "inline.json asks for a GPU");
+  return NULL;
+}
+
+/* The error of the config with loaders.train.transforms[0] = `transform`
+ * and the override `set` (if any). */
+static char *transform_error(const char *transform, const char *set) {
+  char buf[4096];
+  snprintf(buf, sizeof buf,
+           "{\"datasets\": {\"d\": {\"type\": \"idx\", " DATA "}},\n"
+           " \"loaders\": {\"train\": {\"dataset\": \"d\", \"batch_size\": 2,\n"
+           "   \"transforms\": [%s]}},\n"
+           " \"model\": {\"type\": \"mlp\", \"sizes\": [4, 2]},"
+           " \"stages\": {\"s\": {\"num_epochs\": 1, \"loaders\": [\"train\"], \"criterion\": {\"type\": \"cross_entropy\"},"
+           "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.1}}}}",
+           configs, configs, transform);
+  loom_config *c = loom_config_parse(buf, "inline.json");
+  assert_non_null(c);
+  if (set)
+    assert_int_equal(loom_config_set(c, set), 0);
+  loom_experiment *exp = NULL;
+  assert_int_equal(loom_config_build(c, &exp), LOOM_EINVAL);
+  loom_config_destroy(c);
+  return strdup(loom_last_error());
+}
+
+/* A user component's error gets its object's position once: a message
+ * that already has one (its params', a --set's) is not wrapped again, and
+ * one that merely mentions the config's name is. */
+static void test_user_component_errors_wrapped_once(void **state) {
+  (void)state;
+  char *e = transform_error("{\"type\": \"add_offset\", \"offset\": 1.5}", "loaders.train.transforms[0].offset=1e12");
+  assert_string_equal(e, "--set loaders.train.transforms[0].offset=1e12: loaders.train.transforms[0].offset: 1e+12 "
+                         "is out of range (expected a number in [-1e+09, 1e+09])");
+  free(e);
+  e = transform_error("{\"type\": \"add_offset\", \"offset\": 1e12}", NULL);
+  assert_string_equal(e, "inline.json:3:52: loaders.train.transforms[0].offset: 1e+12 is out of range (expected a "
+                         "number in [-1e+09, 1e+09])");
+  free(e);
+  e = transform_error("{\"type\": \"refusing\"}", NULL);
+  assert_string_equal(e, "inline.json:3:19: loaders.train.transforms[0]: transform refusing: inline.json asks for "
+                         "a GPU");
+  free(e);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2)
     return 2;
@@ -383,8 +488,10 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_resolved_config_reproduces_the_run),
       cmocka_unit_test(test_set_types_by_schema),
       cmocka_unit_test(test_set_rejects_invalid_utf8_keys),
+      cmocka_unit_test(test_set_quotes_and_append),
       cmocka_unit_test(test_multistage_carry_over),
       cmocka_unit_test(test_user_transform_from_json),
+      cmocka_unit_test(test_user_component_errors_wrapped_once),
       cmocka_unit_test(test_param_groups_and_init),
   };
   return cmocka_run_group_tests(tests, setup, NULL);

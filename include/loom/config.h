@@ -35,7 +35,9 @@ LOOM_API void loom_config_destroy(loom_config *config);
 
 /* Overrides one key: "stages.train.num_epochs=3". The value is read as the
  * type the key has (or, for a new key, as JSON if it parses, else as a
- * string); objects on the way are created. */
+ * string; a string may be quoted as JSON); objects on the way are created.
+ * "KEY[+]=VALUE" appends to the list at KEY (created if absent), typed as
+ * its items. Later errors about what it set or created name the --set. */
 LOOM_API int loom_config_set(loom_config *config, const char *assignment);
 
 /* Loads a plugin (loom_plugin_load: `path` relative to the working

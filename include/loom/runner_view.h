@@ -188,6 +188,10 @@ LOOM_API bool loom_runner_need_early_stop(const loom_runner *r);
 /* The error that stopped the run (0 if none) and its message. */
 LOOM_API int loom_runner_error(const loom_runner *r);
 LOOM_API const char *loom_runner_error_message(const loom_runner *r);
+/* From on_exception: adds "; <note>" to the error's message, which
+ * loom_run_experiment returns (what a callback did about it: "checkpoint
+ * saved: logs/x/checkpoints/last.h5"). LOOM_EINVAL outside on_exception. */
+LOOM_API int loom_runner_add_error_note(loom_runner *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* From on_exception: the error is dealt with; loom_run_experiment returns 0. */
 LOOM_API void loom_runner_mark_error_handled(loom_runner *r);
 LOOM_API bool loom_runner_error_handled(const loom_runner *r);
