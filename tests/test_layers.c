@@ -757,13 +757,54 @@ static void test_batchnorm_relu_nan(void **state) {
   teardown_layer(&t);
 }
 
+/* loom_tensor_move_to carries a tensor's values to another backend's memory
+ * and back (a criterion keeps its buffers on the logits' backend this way);
+ * the device here is host memory behind the copy calls, counted. */
+static int device_copies;
+static void *dev_alloc(void *ctx, size_t bytes) { return (void)ctx, malloc(bytes); }
+static void dev_free(void *ctx, void *p) { (void)ctx, free(p); }
+static int dev_copy(void *ctx, void *dst, const void *src, size_t bytes) {
+  (void)ctx, device_copies++;
+  memcpy(dst, src, bytes);
+  return 0;
+}
+static int dev_zero(void *ctx, void *p, size_t bytes) { return (void)ctx, memset(p, 0, bytes), 0; }
+
+static void test_tensor_move_to(void **state) {
+  (void)state;
+  loom_backend_ops ops = {.name = "device", .device = LOOM_DEVICE_CUDA, .alloc = dev_alloc, .free = dev_free,
+                          .to_host = dev_copy, .from_host = dev_copy, .copy = dev_copy, .zero = dev_zero};
+  loom_backend *dev = loom_backend_create(&ops, NULL);
+  const int64_t shape[2] = {3, 2};
+  loom_tensor *t = loom_tensor_create(2, shape);
+  for (int i = 0; i < 6; i++)
+    t->data[i] = (float)i - 2.5f;
+  assert_int_equal(loom_tensor_move_to(t, dev), 0);
+  assert_ptr_equal(loom_tensor_backend(t), dev);
+  assert_int_equal(device_copies, 1); /* one upload */
+  assert_int_equal(loom_tensor_move_to(t, dev), 0); /* already there: nothing */
+  assert_int_equal(device_copies, 1);
+  const float *h = loom_tensor_host_data(t);
+  for (int i = 0; i < 6; i++)
+    assert_true(h[i] == (float)i - 2.5f);
+  assert_int_equal(loom_tensor_move_to(t, NULL), 0); /* back to host memory */
+  assert_null(loom_tensor_backend(t));
+  for (int i = 0; i < 6; i++)
+    assert_true(t->data[i] == (float)i - 2.5f);
+  float mem[6];
+  loom_tensor *view = loom_tensor_view(mem, 2, shape);
+  assert_int_equal(loom_tensor_move_to(view, dev), LOOM_ESTATE); /* a view stays where its memory is */
+  loom_tensor_destroy(view), loom_tensor_destroy(t);
+  loom_backend_destroy(dev);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fork_after_pool), cmocka_unit_test(test_conv2d), cmocka_unit_test(test_conv2d_winograd),   cmocka_unit_test(test_pooling), cmocka_unit_test(test_batchnorm),
       cmocka_unit_test(test_elementwise), cmocka_unit_test(test_dropout), cmocka_unit_test(test_cnn_model),
       cmocka_unit_test(test_gemm_products), cmocka_unit_test(test_relu_large), cmocka_unit_test(test_relu_nan),
       cmocka_unit_test(test_activations_nan), cmocka_unit_test(test_max_pool_nan),
-      cmocka_unit_test(test_batchnorm_relu_nan),
+      cmocka_unit_test(test_batchnorm_relu_nan), cmocka_unit_test(test_tensor_move_to),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
