@@ -223,6 +223,8 @@ static int logger_epoch_end(loom_callback *cb, loom_runner *r) {
                           metrics, "time_s", m->epoch_time);
   if (row && m->epoch_resumed)
     json_object_set_new(row, "resumed", json_true());
+  if (row && loom_runner_stop_reason(r))
+    json_object_set_new(row, "stopped", json_string(loom_runner_stop_reason(r)));
   return write_row(m, row);
 }
 
