@@ -119,8 +119,10 @@ static int console_epoch_end(loom_callback *cb, loom_runner *r) {
     double v = 0;
     loom_metrics_get(loom_runner_best_valid_metrics(r), loom_runner_main_metric(r), &v);
     fprintf(c->out, "  * new best %s/%s %.4f\n", loom_runner_valid_loader(r), loom_runner_main_metric(r), v);
-    fflush(c->out);
   }
+  if (loom_runner_stop_reason(r))
+    fprintf(c->out, "  stopping: %s\n", loom_runner_stop_reason(r));
+  fflush(c->out);
   return 0;
 }
 

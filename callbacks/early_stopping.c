@@ -15,6 +15,8 @@ typedef struct watched {
   double best;
   bool has_best;
   int64_t wait; /* epochs since the last improvement */
+  int best_epoch; /* the global epoch of `best` */
+  char key[256];  /* "{loader}/{metric}", as last looked up */
 } watched;
 
 typedef struct early_stopping {
@@ -53,6 +55,7 @@ static int judge(early_stopping *e, watched *w, loom_runner *r, bool *stop, bool
   if (rc < 0)
     return rc;
   const char *key = mon.key;
+  snprintf(w->key, sizeof w->key, "%.255s", key);
   double v = mon.value;
   bool minimize = mon.minimize;
   *improved = false;
@@ -72,12 +75,32 @@ static int judge(early_stopping *e, watched *w, loom_runner *r, bool *stop, bool
   double delta = w->m.relative && w->has_best ? w->m.min_delta * fabs(w->best) : w->m.min_delta;
   if (!w->has_best || better(minimize, v, minimize ? w->best - delta : w->best + delta)) {
     w->best = v;
+    w->best_epoch = loom_runner_global_epoch(r);
     w->has_best = true;
     w->wait = 0;
     *improved = true;
     return 0;
   }
   return ++w->wait >= e->o.patience;
+}
+
+/* "valid/loss did not improve by 0.001 for 5 epochs; best 0.3077 at epoch
+ * 10", of the first monitor that stalled. */
+static void stall_reason(early_stopping *e) {
+  const watched *w = e->w;
+  while (w < e->w + e->n - 1 && w->wait < e->o.patience)
+    w++;
+  char by[64];
+  if (w->m.relative)
+    snprintf(by, sizeof by, "%g%% of its best", w->m.min_delta * 100);
+  else
+    snprintf(by, sizeof by, "%g", w->m.min_delta);
+  int n = snprintf(e->reason, sizeof e->reason, "%.256s did not improve by %s for %lld epochs", w->key, by,
+                   (long long)w->wait);
+  if (w->has_best && n > 0 && (size_t)n < sizeof e->reason)
+    n += snprintf(e->reason + n, sizeof e->reason - (size_t)n, "; best %.4f at epoch %d", w->best, w->best_epoch);
+  if (e->n > 1 && e->o.require_all && n > 0 && (size_t)n < sizeof e->reason)
+    snprintf(e->reason + n, sizeof e->reason - (size_t)n, " (as every monitor did)");
 }
 
 static int es_epoch_end(loom_callback *cb, loom_runner *r) {
@@ -102,13 +125,14 @@ static int es_epoch_end(loom_callback *cb, loom_runner *r) {
     stop = true;
   }
   if (!stop && combined_stall) {
-    snprintf(e->reason, sizeof e->reason, "no improvement in %lld epochs (%s)", (long long)e->o.patience,
-             e->o.require_all ? "every monitor" : "a monitor");
+    stall_reason(e);
     stop = true;
   }
   if (!stop)
     return 0;
-  loom_runner_request_stop(r, LOOM_STOP_STAGE);
+  char why[600];
+  snprintf(why, sizeof why, "early stopping: %s", e->reason);
+  loom_runner_request_stop_because(r, LOOM_STOP_STAGE, why);
   if (e->o.restore_best_weights && e->best_weights && e->w[0].has_best && loom_runner_model(r))
     memcpy(loom_model_params(loom_runner_model(r)), e->best_weights, e->nweights * sizeof(float));
   return 0;
@@ -140,10 +164,13 @@ static int es_save(loom_callback *cb, loom_runner *r, loom_state *s) {
   (void)r;
   early_stopping *e = loom_callback_data(cb);
   double best[LOOM_EARLY_STOPPING_MAX_MONITORS];
-  int64_t wait[LOOM_EARLY_STOPPING_MAX_MONITORS], has[LOOM_EARLY_STOPPING_MAX_MONITORS];
+  int64_t wait[LOOM_EARLY_STOPPING_MAX_MONITORS], has[LOOM_EARLY_STOPPING_MAX_MONITORS],
+      at[LOOM_EARLY_STOPPING_MAX_MONITORS];
   for (int i = 0; i < e->n; i++)
-    best[i] = e->w[i].best, wait[i] = e->w[i].wait, has[i] = e->w[i].has_best;
+    best[i] = e->w[i].best, wait[i] = e->w[i].wait, has[i] = e->w[i].has_best, at[i] = e->w[i].best_epoch;
   int rc = loom_state_set_f64_array(s, "best", best, (size_t)e->n);
+  if (rc == 0)
+    rc = loom_state_set_i64_array(s, "best_epoch", at, (size_t)e->n);
   if (rc == 0)
     rc = loom_state_set_i64_array(s, "wait", wait, (size_t)e->n);
   if (rc == 0)
@@ -159,9 +186,12 @@ static int es_load(loom_callback *cb, loom_runner *r, const loom_state *s) {
   (void)r;
   early_stopping *e = loom_callback_data(cb);
   double best[LOOM_EARLY_STOPPING_MAX_MONITORS];
-  int64_t wait[LOOM_EARLY_STOPPING_MAX_MONITORS], has[LOOM_EARLY_STOPPING_MAX_MONITORS];
+  int64_t wait[LOOM_EARLY_STOPPING_MAX_MONITORS], has[LOOM_EARLY_STOPPING_MAX_MONITORS],
+      at[LOOM_EARLY_STOPPING_MAX_MONITORS] = {0};
   const char *reason;
   int rc = loom_state_get_f64_array(s, "best", best, (size_t)e->n);
+  if (rc == 0 && loom_state_has(s, "best_epoch")) /* older checkpoints lack it */
+    rc = loom_state_get_i64_array(s, "best_epoch", at, (size_t)e->n);
   if (rc == 0)
     rc = loom_state_get_i64_array(s, "wait", wait, (size_t)e->n);
   if (rc == 0)
@@ -173,7 +203,7 @@ static int es_load(loom_callback *cb, loom_runner *r, const loom_state *s) {
   if (rc < 0)
     return rc;
   for (int i = 0; i < e->n; i++)
-    e->w[i].best = best[i], e->w[i].wait = wait[i], e->w[i].has_best = has[i] != 0;
+    e->w[i].best = best[i], e->w[i].wait = wait[i], e->w[i].has_best = has[i] != 0, e->w[i].best_epoch = (int)at[i];
   snprintf(e->reason, sizeof e->reason, "%s", reason);
   return 0;
 }
@@ -232,7 +262,8 @@ loom_callback *loom_early_stopping_callback_create(const loom_early_stopping_opt
     loom_error_oom("the early stopping callback");
     return NULL;
   }
-  return loom_callback_create(&early_stopping_ops, e, LOOM_ORDER_EXTERNAL);
+  /* Before the loggers, so that they report why it stopped. */
+  return loom_callback_create(&early_stopping_ops, e, LOOM_ORDER_LOGGING - 10);
 }
 
 const char *loom_early_stopping_reason(const loom_callback *cb) {

@@ -1,6 +1,9 @@
-/* metrics.jsonl and metrics.csv in the logdir, a row per loader per epoch.
- * The CSV's columns are the union of the metric names seen; when a new one
- * appears the file is rewritten from the rows kept in memory. */
+/* metrics.jsonl and metrics.csv in the logdir: a row per loader per epoch,
+ * then one per epoch ("loader": null) with the epoch metrics no loader row
+ * carried (lr, momentum, a callback's) and the loaders' summed time_s.
+ * The CSV's columns are the loader rows' metric names, then the epoch rows',
+ * each in first-seen order; when a new one appears the file is rewritten
+ * from the rows kept in memory. */
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -20,7 +23,13 @@ typedef struct metrics_logger {
   FILE *jsonl, *csv;
   char jsonl_path[4096], csv_path[4096];
   json_t *rows;    /* every row so far, for a CSV rewrite */
-  json_t *columns; /* metric names, in first-seen order */
+  json_t *columns; /* loader rows' metric names, in first-seen order */
+  json_t *epoch_columns; /* epoch rows' */
+  /* Since the last epoch row: the "{loader}/{metric}" names the loader rows
+   * carried (the epoch row leaves them out), their time and resumption. */
+  json_t *logged;
+  double epoch_time;
+  bool epoch_resumed;
   long closed_at;  /* metrics.jsonl's length when on_experiment_end closed it */
 } metrics_logger;
 
@@ -34,14 +43,26 @@ static int open_file(FILE **f, char *path, size_t size, const char *logdir, cons
   return 0;
 }
 
+static void start_epoch(metrics_logger *m) {
+  json_object_clear(m->logged);
+  m->epoch_time = 0;
+  m->epoch_resumed = false;
+}
+
+static void clear_rows(metrics_logger *m) {
+  json_array_clear(m->rows);
+  json_array_clear(m->columns);
+  json_array_clear(m->epoch_columns);
+  start_epoch(m);
+}
+
 static int logger_experiment_start(loom_callback *cb, loom_runner *r) {
   metrics_logger *m = loom_callback_data(cb);
   const char *logdir = loom_runner_logdir(r);
   /* A resumed run appends; its saved state trims what came after. */
   const char *mode = loom_runner_is_resumed(r) ? "a" : "w";
   m->closed_at = 0;
-  json_array_clear(m->rows);
-  json_array_clear(m->columns);
+  clear_rows(m);
   if (loom_runner_resumed_finished(r))
     return 0; /* nothing will run: the files stay as they are */
   int rc = loom_mkdir_p(logdir);
@@ -76,6 +97,7 @@ static void csv_row(const metrics_logger *m, json_t *row) {
   size_t i;
   json_t *name;
   json_array_foreach(m->columns, i, name) csv_cell(m->csv, json_object_get(metrics, json_string_value(name)));
+  json_array_foreach(m->epoch_columns, i, name) csv_cell(m->csv, json_object_get(metrics, json_string_value(name)));
   fputc('\n', m->csv);
 }
 
@@ -90,43 +112,54 @@ static int rewrite_csv(metrics_logger *m) {
   size_t i;
   json_t *name;
   json_array_foreach(m->columns, i, name) fprintf(f, ",%s", json_string_value(name));
+  json_array_foreach(m->epoch_columns, i, name) fprintf(f, ",%s", json_string_value(name));
   fputc('\n', f);
   json_t *row;
   json_array_foreach(m->rows, i, row) csv_row(m, row);
   return 0;
 }
 
-static bool add_new_columns(metrics_logger *m, const loom_metrics *lm) {
+static bool is_epoch_row(json_t *row) { return json_is_null(json_object_get(row, "loader")); }
+
+/* Adds the row's metric names its columns lack; says whether it did. */
+static bool add_new_columns(metrics_logger *m, json_t *row) {
+  json_t *columns = is_epoch_row(row) ? m->epoch_columns : m->columns;
   bool added = false;
-  for (size_t i = 0; i < loom_metrics_count(lm); i++) {
-    const char *name = loom_metrics_name(lm, i);
+  const char *name;
+  json_t *v;
+  json_object_foreach(json_object_get(row, "metrics"), name, v) {
     bool known = false;
     size_t j;
     json_t *col;
-    json_array_foreach(m->columns, j, col) known = known || strcmp(json_string_value(col), name) == 0;
+    json_array_foreach(columns, j, col) known = known || strcmp(json_string_value(col), name) == 0;
     if (!known) {
-      json_array_append_new(m->columns, json_string(name));
+      json_array_append_new(columns, json_string(name));
       added = true;
     }
   }
   return added;
 }
 
-static int logger_loader_end(loom_callback *cb, loom_runner *r) {
-  metrics_logger *m = loom_callback_data(cb);
-  if (!m->jsonl || !m->csv)
-    return loom_error_set(LOOM_ESTATE, "metrics logger: files not open (on_experiment_start did not run)");
-  const loom_metrics *lm = loom_runner_loader_metrics(r);
-  json_t *metrics = json_object();
-  for (size_t i = 0; i < loom_metrics_count(lm); i++)
-    json_object_set_new(metrics, loom_metrics_name(lm, i), number(loom_metrics_value(lm, i)));
-  json_t *row = json_pack("{s:s, s:i, s:i, s:s, s:o, s:o}", "stage", loom_runner_stage_name(r), "epoch",
-                          loom_runner_epoch(r), "global_epoch", loom_runner_global_epoch(r), "loader",
-                          loom_runner_loader_name(r), "metrics", metrics, "time_s",
-                          number(loom_runner_loader_elapsed(r)));
-  /* time_s is that of the batches this run did: say when others came first. */
-  if (row && loom_runner_loader_resumed_batches(r) > 0)
-    json_object_set_new(row, "resumed", json_true());
+/* Keeps in mind what a loader row carried, or starts the next epoch. */
+static void note_row(metrics_logger *m, json_t *row) {
+  if (is_epoch_row(row)) {
+    start_epoch(m);
+    return;
+  }
+  const char *loader = json_string_value(json_object_get(row, "loader")), *name;
+  json_t *v;
+  json_object_foreach(json_object_get(row, "metrics"), name, v) {
+    char key[512];
+    snprintf(key, sizeof key, "%s/%s", loader ? loader : "", name);
+    json_object_set_new(m->logged, key, json_true());
+  }
+  json_t *t = json_object_get(row, "time_s");
+  m->epoch_time += json_is_number(t) ? json_number_value(t) : 0;
+  m->epoch_resumed = m->epoch_resumed || json_is_true(json_object_get(row, "resumed"));
+}
+
+/* Writes the row to both files and keeps it (it takes the reference). */
+static int write_row(metrics_logger *m, json_t *row) {
   if (!row)
     return loom_error_oom("a metrics row");
   char *line = json_dumps(row, JSON_FLAGS);
@@ -139,13 +172,60 @@ static int logger_loader_end(loom_callback *cb, loom_runner *r) {
     rc = loom_error_set(LOOM_EIO, "metrics logger: writing metrics.jsonl failed: %s", strerror(errno));
   free(line);
   json_array_append_new(m->rows, row);
-  if (rc == 0 && add_new_columns(m, lm))
+  note_row(m, row);
+  if (rc == 0 && add_new_columns(m, row))
     rc = rewrite_csv(m);
   else if (rc == 0)
     csv_row(m, row);
   if (rc == 0 && fflush(m->csv) != 0)
     rc = loom_error_set(LOOM_EIO, "metrics logger: writing metrics.csv failed: %s", strerror(errno));
   return rc;
+}
+
+static int files_open(const metrics_logger *m) {
+  if (!m->jsonl || !m->csv)
+    return loom_error_set(LOOM_ESTATE, "metrics logger: files not open (on_experiment_start did not run)");
+  return 0;
+}
+
+static int logger_loader_end(loom_callback *cb, loom_runner *r) {
+  metrics_logger *m = loom_callback_data(cb);
+  int rc = files_open(m);
+  if (rc < 0)
+    return rc;
+  const loom_metrics *lm = loom_runner_loader_metrics(r);
+  json_t *metrics = json_object();
+  for (size_t i = 0; i < loom_metrics_count(lm); i++)
+    json_object_set_new(metrics, loom_metrics_name(lm, i), number(loom_metrics_value(lm, i)));
+  json_t *row = json_pack("{s:s, s:i, s:i, s:s, s:o, s:o}", "stage", loom_runner_stage_name(r), "epoch",
+                          loom_runner_epoch(r), "global_epoch", loom_runner_global_epoch(r), "loader",
+                          loom_runner_loader_name(r), "metrics", metrics, "time_s",
+                          number(loom_runner_loader_elapsed(r)));
+  /* time_s is that of the batches this run did: say when others came first. */
+  if (row && loom_runner_loader_resumed_batches(r) > 0)
+    json_object_set_new(row, "resumed", json_true());
+  return write_row(m, row);
+}
+
+/* The epoch row: what the loader rows did not carry. */
+static int logger_epoch_end(loom_callback *cb, loom_runner *r) {
+  metrics_logger *m = loom_callback_data(cb);
+  int rc = files_open(m);
+  if (rc < 0)
+    return rc;
+  const loom_metrics *em = loom_runner_epoch_metrics(r);
+  json_t *metrics = json_object();
+  for (size_t i = 0; i < loom_metrics_count(em); i++)
+    if (!json_object_get(m->logged, loom_metrics_name(em, i)))
+      json_object_set_new(metrics, loom_metrics_name(em, i), number(loom_metrics_value(em, i)));
+  json_t *row = json_pack("{s:s, s:i, s:i, s:n, s:o, s:f}", "stage", loom_runner_stage_name(r), "epoch",
+                          loom_runner_epoch(r), "global_epoch", loom_runner_global_epoch(r), "loader", "metrics",
+                          metrics, "time_s", m->epoch_time);
+  if (row && m->epoch_resumed)
+    json_object_set_new(row, "resumed", json_true());
+  if (row && loom_runner_stop_reason(r))
+    json_object_set_new(row, "stopped", json_string(loom_runner_stop_reason(r)));
+  return write_row(m, row);
 }
 
 /* The state: how much of metrics.jsonl the checkpointed run had written. */
@@ -177,30 +257,20 @@ static int logger_load(loom_callback *cb, loom_runner *r, const loom_state *s) {
   FILE *in = fopen(m->jsonl_path, "r");
   if (!in)
     return loom_error_set(LOOM_EIO, "metrics logger: cannot read %s back: %s", m->jsonl_path, strerror(errno));
-  json_array_clear(m->rows);
-  json_array_clear(m->columns);
+  clear_rows(m);
   char *line = NULL;
   size_t cap = 0;
   for (int no = 1; rc == 0 && getline(&line, &cap, in) > 0; no++) {
     json_error_t err;
     json_t *row = json_loads(line, 0, &err);
-    json_t *metrics = json_object_get(row, "metrics");
-    if (!json_is_object(metrics)) {
+    if (!json_is_object(json_object_get(row, "metrics"))) {
       json_decref(row);
       rc = loom_error_set(LOOM_EFORMAT, "%s:%d: not a metrics row", m->jsonl_path, no);
       break;
     }
-    const char *name;
-    json_t *v;
-    json_object_foreach(metrics, name, v) {
-      bool known = false;
-      size_t j;
-      json_t *col;
-      json_array_foreach(m->columns, j, col) known = known || strcmp(json_string_value(col), name) == 0;
-      if (!known)
-        json_array_append_new(m->columns, json_string(name));
-    }
+    add_new_columns(m, row);
     json_array_append_new(m->rows, row);
+    note_row(m, row);
   }
   free(line);
   fclose(in);
@@ -228,6 +298,8 @@ static void logger_destroy(void *data) {
   close_files(m);
   json_decref(m->rows);
   json_decref(m->columns);
+  json_decref(m->epoch_columns);
+  json_decref(m->logged);
   free(m);
 }
 
@@ -235,6 +307,7 @@ static const loom_callback_ops metrics_logger_ops = {
     .type = "metrics_logger",
     .on_experiment_start = logger_experiment_start,
     .on_loader_end = logger_loader_end,
+    .on_epoch_end = logger_epoch_end,
     .on_experiment_end = logger_experiment_end,
     .save = logger_save,
     .load = logger_load,
@@ -246,8 +319,10 @@ loom_callback *loom_metrics_logger_create(void) {
   if (m) {
     m->rows = json_array();
     m->columns = json_array();
+    m->epoch_columns = json_array();
+    m->logged = json_object();
   }
-  if (!m || !m->rows || !m->columns) {
+  if (!m || !m->rows || !m->columns || !m->epoch_columns || !m->logged) {
     if (m)
       logger_destroy(m);
     loom_error_oom("the metrics logger");

@@ -38,7 +38,8 @@ static const char usage_run[] =
     "  --allow-change KEY let a resume run a config that differs from the checkpoint's\n"
     "                     at KEY (e.g. stages.train.optimizer.lr; * matches a part);\n"
     "                     repeatable. stages.*.num_epochs and the logdir may always change\n"
-    "  --check            smoke test: 2 batches per loader, 2 epochs per stage\n"
+    "  --check            smoke test: 2 batches per loader, 2 epochs per stage, into a\n"
+    "                     new directory under $TMPDIR (or /tmp) unless --logdir is given\n"
     "  --limit-batches N  at most N batches per loader per epoch\n"
     "  --overfit-batches N  every epoch, the same N first batches of each loader\n"
     "                     (in the first epoch's order): a model should fit them\n"
@@ -247,7 +248,31 @@ static int record_run(loom_callback *cb, loom_runner *r) {
 
 static const loom_callback_ops record_ops = {.type = "resolved_config", .on_experiment_start = record_run};
 
-static int cmd_run(const args *a) {
+/* --check without --logdir: a fresh directory under $TMPDIR (or /tmp), so
+ * that a smoke test leaves the experiment's logdir alone; kept afterwards. */
+static int check_logdir(char *dir, size_t size) {
+  const char *tmp = getenv("TMPDIR");
+  snprintf(dir, size, "%s/loom-check-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
+  if (!mkdtemp(dir)) {
+    fprintf(stderr, "loom: error: --check cannot make its logdir %s: %s (set TMPDIR, or give --logdir)\n", dir,
+            strerror(errno));
+    return EXIT_RUNTIME;
+  }
+  printf("loom: --check writes into %s (give --logdir to choose)\n", dir);
+  fflush(stdout);
+  return EXIT_DONE;
+}
+
+static int cmd_run(const args *given) {
+  args check_args = *given;
+  const args *a = &check_args;
+  char tmp_logdir[4096];
+  if (given->check && !given->logdir) {
+    int code = check_logdir(tmp_logdir, sizeof tmp_logdir);
+    if (code != EXIT_DONE)
+      return code;
+    check_args.logdir = tmp_logdir;
+  }
   loom_config *config;
   loom_experiment *exp = NULL;
   int code = load(a, &config, &exp);

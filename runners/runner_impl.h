@@ -82,6 +82,7 @@ struct loom_runner {
   double batch_data_s, batch_compute_s;
   loom_rng rng;
   unsigned stop_flags;
+  char stop_reason[512]; /* why this epoch stopped the run or stage ("": no reason given) */
   bool manual_step;
   bool skip_batch; /* non-finite loss skipped: no metrics */
   int64_t nonfinite_skips;

@@ -175,6 +175,7 @@ static int run_epoch(loom_runner *r, bool resume_here) {
   loom_metrics_clear(r->epoch_metrics);
   loom_metrics_clear(r->valid_metrics);
   r->is_best_valid = false;
+  r->stop_reason[0] = '\0';
   int rc = 0;
   if (r->optimizer) {
     /* The rate this epoch starts with: schedulers step at its end. */

@@ -59,6 +59,12 @@ bool loom_runner_is_best_valid(const loom_runner *r) { return r->is_best_valid; 
 int loom_runner_best_epoch(const loom_runner *r) { return r->best_epoch; }
 
 void loom_runner_request_stop(loom_runner *r, loom_stop what) { r->stop_flags |= (unsigned)what; }
+void loom_runner_request_stop_because(loom_runner *r, loom_stop what, const char *reason) {
+  loom_runner_request_stop(r, what);
+  if (reason && !r->stop_reason[0])
+    snprintf(r->stop_reason, sizeof r->stop_reason, "%s", reason);
+}
+const char *loom_runner_stop_reason(const loom_runner *r) { return r->stop_reason[0] ? r->stop_reason : NULL; }
 bool loom_runner_need_early_stop(const loom_runner *r) { return (r->stop_flags & LOOM_STOP_STAGE) != 0; }
 
 int loom_runner_error(const loom_runner *r) { return r->error; }

@@ -129,7 +129,7 @@ static void test_run_writes_resolved_config(void **state) {
   int n = 0;
   for (char *p = rows; *p; p++)
     n += *p == '\n';
-  assert_int_equal(n, 4); /* 2 epochs x (train, valid) */
+  assert_int_equal(n, 6); /* 2 epochs x (train, valid, the epoch's row) */
   free(rows);
   /* Running the resolved config reproduces the run. */
   char *dir2 = test_tmpdir();
@@ -141,6 +141,38 @@ static void test_run_writes_resolved_config(void **state) {
   assert_int_equal(run(NULL, "run", tiny, "--logdir", dir2, "--check", "--set", "stages.train.num_epochs=50", NULL), 0);
   test_rm_rf(dir), test_rm_rf(dir2);
   free(dir), free(dir2);
+}
+
+/* --check without --logdir leaves the experiment's logdir alone: it writes
+ * into a new directory under $TMPDIR and says which. */
+static void test_check_uses_a_temporary_logdir(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  char tmp[1100], set[1200], exp_logdir[1100];
+  snprintf(tmp, sizeof tmp, "%s/tmp", dir);
+  snprintf(exp_logdir, sizeof exp_logdir, "%s/experiment", dir);
+  snprintf(set, sizeof set, "experiment.logdir=%s", exp_logdir);
+  assert_int_equal(mkdir(tmp, 0755), 0);
+  char *old = getenv("TMPDIR") ? strdup(getenv("TMPDIR")) : NULL;
+  setenv("TMPDIR", tmp, 1);
+  int rc = run(NULL, "run", tiny, "--set", set, "--check", NULL);
+  old ? setenv("TMPDIR", old, 1) : unsetenv("TMPDIR");
+  free(old);
+  assert_int_equal(rc, 0);
+  struct stat st;
+  assert_int_not_equal(stat(exp_logdir, &st), 0); /* never made */
+  char *out = test_read_file(outfile), want[1200];
+  snprintf(want, sizeof want, "loom: --check writes into %s/loom-check-", tmp);
+  char *at = strstr(out, want);
+  assert_non_null(at);
+  char used[900];
+  assert_int_equal(sscanf(at + strlen("loom: --check writes into "), "%899s", used), 1);
+  free(out);
+  char *rows = jsonl_without_time(used);
+  assert_non_null(strstr(rows, "\"epoch\":2,\"global_epoch\":2,\"loader\":\"valid\""));
+  free(rows);
+  test_rm_rf(dir);
+  free(dir);
 }
 
 /* The words a POSIX shell makes of `line`, one per line. */
@@ -558,6 +590,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_usage_and_validate),
       cmocka_unit_test(test_run_writes_resolved_config),
+      cmocka_unit_test(test_check_uses_a_temporary_logdir),
       cmocka_unit_test(test_ctrl_c_then_resume),
       cmocka_unit_test(test_resume_finished_run),
       cmocka_unit_test(test_resume_with_changed_config),

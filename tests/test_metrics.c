@@ -165,8 +165,10 @@ static void test_two_runs_identical(void **state) {
   assert_string_equal(ja, jb);
   assert_string_not_equal(ja, jc); /* the seed matters, so the check can fail */
   /* And training did something: valid loss fell over three epochs. */
-  char *line1 = strstr(ja, "\"loader\":\"valid\""), *line3 = strrchr(ja, '{');
+  char *line1 = strstr(ja, "\"loader\":\"valid\""), *line3 = line1;
   assert_non_null(line1);
+  for (char *p = line3; (p = strstr(p + 1, "\"loader\":\"valid\""));) /* the last valid row */
+    line3 = p;
   double l1 = strtod(strstr(line1, "\"loss\":") + 7, NULL), l3 = strtod(strstr(line3, "\"loss\":") + 7, NULL);
   assert_true(l3 < l1);
   free(ja), free(jb), free(jc);
@@ -196,27 +198,40 @@ static void test_metrics_files_read_back(void **state) {
     json_t *row = json_loads(line, JSON_REJECT_DUPLICATES, &err);
     assert_non_null(row);
     assert_string_equal(json_string_value(json_object_get(row, "stage")), "train");
-    assert_int_equal(json_integer_value(json_object_get(row, "epoch")), lines / 2 + 1);
-    assert_int_equal(json_integer_value(json_object_get(row, "global_epoch")), lines / 2 + 1);
-    assert_string_equal(json_string_value(json_object_get(row, "loader")), lines % 2 ? "valid" : "train");
+    assert_int_equal(json_integer_value(json_object_get(row, "epoch")), lines / 3 + 1);
+    assert_int_equal(json_integer_value(json_object_get(row, "global_epoch")), lines / 3 + 1);
     json_t *m = json_object_get(row, "metrics");
+    if (lines % 3 == 2) {
+      /* The epoch's row: the rate and momentum it started with, not the
+       * loaders' metrics again; time_s is theirs summed. */
+      assert_true(json_is_null(json_object_get(row, "loader")));
+      assert_int_equal(json_object_size(m), 2);
+      assert_true(json_real_value(json_object_get(m, "lr")) == 0.01);
+      assert_true(json_real_value(json_object_get(m, "momentum")) == 0.9);
+      assert_true(json_is_real(json_object_get(row, "time_s")));
+      json_decref(row);
+      continue;
+    }
+    assert_string_equal(json_string_value(json_object_get(row, "loader")), lines % 3 ? "valid" : "train");
     assert_true(json_is_real(json_object_get(m, "loss")));
     assert_true(json_is_real(json_object_get(m, "accuracy")));
-    assert_true((json_object_get(m, "late") != NULL) == (lines >= 2));
+    assert_true((json_object_get(m, "late") != NULL) == (lines >= 3));
     json_decref(row);
   }
-  assert_int_equal(lines, 6);
+  assert_int_equal(lines, 9);
   free(text);
   snprintf(path, sizeof path, "%s/metrics.csv", dir);
   text = test_read_file(path);
   assert_non_null(text);
-  assert_int_equal(strncmp(text, "stage,epoch,global_epoch,loader,time_s,loss,accuracy,late\n", 58), 0);
+  /* The loader rows' columns, then the epoch rows'. */
+  assert_int_equal(strncmp(text, "stage,epoch,global_epoch,loader,time_s,loss,accuracy,late,lr,momentum\n", 70), 0);
   int rows = 0;
   for (char *p = text; *p; p++)
     rows += *p == '\n';
-  assert_int_equal(rows, 7);
+  assert_int_equal(rows, 10);
   assert_non_null(strstr(text, "\ntrain,1,1,train,")); /* epoch 1 rows kept, late cell empty */
-  assert_non_null(strstr(text, ",\ntrain,1,1,valid,"));
+  assert_non_null(strstr(text, ",,,\ntrain,1,1,valid,"));
+  assert_non_null(strstr(text, ",,,,0.01,0.90000000000000002\ntrain,2,2,train,")); /* epoch 1's rate */
   free(text);
   test_rm_rf(dir);
   free(dir);

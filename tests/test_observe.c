@@ -152,8 +152,9 @@ static float jsonl_value(const char *dir, int global_epoch, const char *loader, 
   for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
     json_error_t err;
     json_t *row = json_loads(line, 0, &err);
+    const char *name = json_string_value(json_object_get(row, "loader")); /* NULL: the epoch's row */
     if (json_integer_value(json_object_get(row, "global_epoch")) == global_epoch &&
-        strcmp(json_string_value(json_object_get(row, "loader")), loader) == 0)
+        (loader ? name && strcmp(name, loader) == 0 : !name))
       v = (float)json_real_value(json_object_get(json_object_get(row, "metrics"), metric));
     json_decref(row);
   }

@@ -78,9 +78,27 @@ static void test_patience(void **state) {
   o.patience = 2;
   loom_callback *cb = es(o);
   loom_runner *r;
-  assert_int_equal(epochs_run(&s, cb, &r, NULL, NULL, 0, NULL), 4);
+  char *dir = test_tmpdir();
+  assert_int_equal(epochs_run(&s, cb, &r, dir, NULL, 0, loom_metrics_logger_create()), 4);
   assert_true(loom_runner_need_early_stop(r));
   loom_runner_destroy(r);
+  /* Why, once: in the reason and in the last epoch's row of metrics.jsonl. */
+  const char *why = "valid/loss did not improve by 0 for 2 epochs; best 4.0000 at epoch 2";
+  assert_string_equal(last_reason, why);
+  char path[600], want[200];
+  snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+  snprintf(want, sizeof want, "\"epoch\":4,\"global_epoch\":4,\"loader\":null,");
+  char *text = test_read_file(path), *row = strstr(text, want);
+  assert_non_null(row);
+  snprintf(want, sizeof want, "\"stopped\":\"early stopping: %s\"}\n", why);
+  assert_non_null(strstr(row, want));
+  int n = 0;
+  for (char *p = text; (p = strstr(p, "\"stopped\"")); p++)
+    n++;
+  assert_int_equal(n, 1);
+  free(text);
+  test_rm_rf(dir);
+  free(dir);
 }
 
 static void test_min_delta_absolute_and_relative(void **state) {

@@ -35,7 +35,9 @@ typedef enum loom_nonfinite_policy {
 } loom_nonfinite_policy;
 
 typedef struct loom_run_options {
-  bool check;               /* smoke test: 2 batches per loader, 2 epochs per stage */
+  bool check;               /* smoke test: 2 batches per loader, 2 epochs per stage; the
+                             * logdir stays the experiment's (the CLI's --check picks a
+                             * temporary one) */
   int64_t limit_batches;    /* at most N batches per loader per epoch (0: all) */
   int64_t overfit_batches;  /* every epoch, the same first N batches of each loader (0: off) */
   /* SIGINT/SIGTERM interrupt the run after the current batch. The host's

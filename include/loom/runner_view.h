@@ -182,6 +182,11 @@ LOOM_API void loom_runner_print_callbacks(const loom_runner *r, FILE *out);
 
 /* --- control --- */
 LOOM_API void loom_runner_request_stop(loom_runner *r, loom_stop what);
+/* The same, saying why (the first reason of an epoch is kept); loggers
+ * ordered after the caller report it at on_epoch_end. */
+LOOM_API void loom_runner_request_stop_because(loom_runner *r, loom_stop what, const char *reason);
+/* This epoch's reason to stop, NULL when none was given. */
+LOOM_API const char *loom_runner_stop_reason(const loom_runner *r);
 LOOM_API bool loom_runner_need_early_stop(const loom_runner *r);
 
 /* --- errors --- */
