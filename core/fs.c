@@ -25,6 +25,13 @@ int loom_array_reserve(void **items, size_t *cap, size_t need, size_t size, cons
   return 0;
 }
 
+int loom_refuse_directory(const char *path, const char *kind) {
+  struct stat st;
+  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+    return loom_error_set(LOOM_EINVAL, "%s is a directory; give the %s file in it", path, kind);
+  return 0;
+}
+
 int loom_mkdir_p(const char *path) {
   char buf[4096];
   size_t len = strlen(path);
