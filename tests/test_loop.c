@@ -873,6 +873,39 @@ static void test_logdir_lock(void **state) {
   free(dir);
 }
 
+/* A batch larger than the dataset is one smaller batch (as in PyTorch);
+ * with drop_last the loader has no batch, and the stage refuses it at its
+ * start, naming it, rather than training on nothing. */
+static void test_batch_larger_than_dataset(void **state) {
+  (void)state;
+  for (int drop = 0; drop < 2; drop++) {
+    float x[3] = {0, 1, 2}, y[3] = {0, 1, 0};
+    int64_t one = 1;
+    loom_loader_options o = {.batch_size = 8, .drop_last = drop};
+    loom_loader *l = loom_loader_create(loom_memory_dataset_create(x, y, 3, 1, &one, 0, NULL), &o);
+    loom_experiment *exp = loom_experiment_create("big_batch");
+    loom_stage *st = loom_experiment_add_stage(exp, "train", 1);
+    assert_int_equal(loom_stage_add_loader(st, "train", l), 0);
+    trace got = {0};
+    assert_int_equal(loom_stage_add_callback(st, recorder_new(&got, NULL, LOOM_ORDER_METRIC)), 0);
+    loom_runner *r;
+    assert_int_equal(run(exp, &r), drop ? LOOM_EINVAL : 0);
+    if (drop) {
+      assert_string_equal(loom_runner_error_message(r), "stage \"train\": loader \"train\" has no batches: 3 samples, "
+                                                        "batch_size 8 and drop_last; lower batch_size or turn "
+                                                        "drop_last off");
+    } else {
+      int batches = 0;
+      for (int i = 0; i < got.n; i++)
+        batches += strstr(got.lines[i], "batch_end") != NULL;
+      assert_int_equal(batches, 1);
+      assert_int_equal(loom_runner_loader_samples_run(r), 3);
+    }
+    loom_runner_destroy(r);
+    loom_experiment_destroy(exp);
+  }
+}
+
 /* Verbose console logging prints each stage's resolved table. */
 static void test_verbose_prints_table(void **state) {
   (void)state;
@@ -920,7 +953,7 @@ int main(void) {
       cmocka_unit_test(test_bad_loader_name), cmocka_unit_test(test_model_built_at_stage_start),
       cmocka_unit_test(test_model_build_error_at_stage_start),
       cmocka_unit_test(test_verbose_prints_table),
-      cmocka_unit_test(test_logdir_lock),
+      cmocka_unit_test(test_logdir_lock), cmocka_unit_test(test_batch_larger_than_dataset),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
