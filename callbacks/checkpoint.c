@@ -268,6 +268,8 @@ static int ckpt_experiment_start(loom_callback *cb, loom_runner *r) {
   c->ranked_count = 0;
   c->ranked_key[0] = '\0';
   int rc = loom_checkpoint_dir(loom_runner_logdir(r), c->dir, sizeof c->dir);
+  if (rc == 0)
+    rc = loom_runner_lock_logdir(r);
   if (rc == 0 && loom_runner_is_master(r))
     rc = loom_mkdir_p(c->dir);
   return rc;

@@ -65,7 +65,9 @@ static int logger_experiment_start(loom_callback *cb, loom_runner *r) {
   clear_rows(m);
   if (loom_runner_resumed_finished(r))
     return 0; /* nothing will run: the files stay as they are */
-  int rc = loom_mkdir_p(logdir);
+  int rc = loom_runner_lock_logdir(r);
+  if (rc == 0)
+    rc = loom_mkdir_p(logdir);
   if (rc == 0)
     rc = open_file(&m->jsonl, m->jsonl_path, sizeof m->jsonl_path, logdir, "metrics.jsonl", mode);
   if (rc == 0)

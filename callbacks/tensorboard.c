@@ -147,7 +147,9 @@ static int tb_experiment_start(loom_callback *cb, loom_runner *r) {
   /* A new file per run, never an old one reopened ("x": exclusive); the
    * counter separates runs of one process within one second. TensorBoard
    * merges a logdir's files by step. */
-  int rc = loom_mkdir_p(logdir);
+  int rc = loom_runner_lock_logdir(r);
+  if (rc == 0)
+    rc = loom_mkdir_p(logdir);
   for (int k = 0; rc == 0 && !t->f; k++) {
     snprintf(name, sizeof name, "events.out.tfevents.%lld.%s.%ld.%d.loom", (long long)time(NULL), host,
              (long)getpid(), k);

@@ -243,7 +243,10 @@ static void print_resume_hint(const args *a, const char *logdir) {
 /* config.json and config_history.jsonl, written once the run starts (a
  * resume refused leaves them as they were); nothing for a finished run. */
 static int record_run(loom_callback *cb, loom_runner *r) {
-  return loom_runner_resumed_finished(r) ? 0 : loom_config_record_run(loom_callback_data(cb), r);
+  if (loom_runner_resumed_finished(r))
+    return 0;
+  int rc = loom_runner_lock_logdir(r);
+  return rc < 0 ? rc : loom_config_record_run(loom_callback_data(cb), r);
 }
 
 static const loom_callback_ops record_ops = {.type = "resolved_config", .on_experiment_start = record_run};

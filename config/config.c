@@ -14,11 +14,28 @@
 #include "core/fs.h"
 #include "loom/runner_view.h"
 
+/* A config is a page of settings, not data: anything larger is a mistake (a
+ * dataset given as the config), refused before it is read or parsed. */
+static int too_large(const char *name, unsigned long long size) {
+  return loom_error_set(LOOM_EINVAL, "%s: %llu bytes; a config is at most %d MiB (LOOM_CONFIG_MAX_BYTES): keep data "
+                                     "out of it and give datasets by path",
+                        name, size, LOOM_CONFIG_MAX_BYTES >> 20);
+}
+
 static loom_config *from_text(const char *text, const char *name) {
+  size_t len = strnlen(text, (size_t)LOOM_CONFIG_MAX_BYTES + 1);
+  if (len > LOOM_CONFIG_MAX_BYTES) {
+    too_large(name, len + strlen(text + len));
+    return NULL;
+  }
   json_error_t err;
   json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &err);
   if (!root) {
-    loom_error_set(LOOM_EINVAL, "%s:%d:%d: %s", name, err.line, err.column, err.text);
+    if (json_error_code(&err) == json_error_stack_overflow)
+      loom_error_set(LOOM_EINVAL, "%s:%d:%d: nested deeper than %d levels; a config nests a few levels: flatten it",
+                     name, err.line, err.column, JSON_PARSER_MAX_DEPTH);
+    else
+      loom_error_set(LOOM_EINVAL, "%s:%d:%d: %s", name, err.line, err.column, err.text);
     return NULL;
   }
   if (!json_is_object(root)) {
@@ -57,13 +74,21 @@ loom_config *loom_config_load(const char *path) {
     loom_error_set(LOOM_EINVAL, "%s is a directory; give the config's JSON file", path);
     return NULL;
   }
+  if (S_ISREG(st.st_mode) && st.st_size > LOOM_CONFIG_MAX_BYTES) {
+    fclose(f);
+    too_large(path, (unsigned long long)st.st_size);
+    return NULL;
+  }
   char *text = NULL;
   size_t len = 0;
   FILE *mem = open_memstream(&text, &len);
   char buf[65536];
   size_t n;
-  while (mem && (n = fread(buf, 1, sizeof buf, f)) > 0)
+  size_t total = 0;
+  while (mem && total <= LOOM_CONFIG_MAX_BYTES && (n = fread(buf, 1, sizeof buf, f)) > 0) {
     fwrite(buf, 1, n, mem);
+    total += n;
+  }
   int read_errno = ferror(f) ? errno : 0;
   fclose(f);
   if (!mem || fclose(mem) != 0) {

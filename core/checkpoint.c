@@ -451,9 +451,16 @@ static int read_file(hid_t file, const char *path, loom_checkpoint *c) {
     return loom_error_set(LOOM_EFORMAT, "%s is an HDF5 file but not a loom checkpoint", path);
   }
   free(magic);
-  if (!read_i64_attr(file, "loom_format", &format) || format != FORMAT)
-    return loom_error_set(LOOM_EFORMAT, "%s has checkpoint format %lld; this loom reads format %d", path,
-                          (long long)format, FORMAT);
+  if (!read_i64_attr(file, "loom_format", &format))
+    return loom_error_set(LOOM_EFORMAT, "%s has no checkpoint format number; this loom reads format %d: the file is "
+                                        "damaged or not from a loom release",
+                          path, FORMAT);
+  if (format != FORMAT)
+    return loom_error_set(LOOM_EFORMAT, "%s has checkpoint format %lld; this loom reads format %d: %s", path,
+                          (long long)format, FORMAT,
+                          format > FORMAT ? "it was written by a newer loom; use that loom (or newer) to read it"
+                                          : "it was written by an older loom; use that loom to read it, or start a new "
+                                            "logdir");
   if (!read_i64_attr(file, "loom_content_crc32", &stored_crc))
     stored_crc = -1; /* no checksum: the comparison below refuses the file */
   if (read_str_attr(file, "loom_groups", &list) < 0)

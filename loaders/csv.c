@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "core/fs.h"
 #include "loom/data.h"
 
 /* Splits a row at commas into up to max numbers; returns how many, or a
@@ -36,6 +37,8 @@ static int parse_row(const char *path, int line, char *row, double *out, int max
 }
 
 loom_dataset *loom_csv_dataset_open(const char *path, int target_column, bool header) {
+  if (loom_refuse_directory(path, "CSV") < 0)
+    return NULL;
   FILE *f = fopen(path, "r");
   if (!f) {
     loom_error_set(errno == ENOENT ? LOOM_ENOENT : LOOM_EIO, "%s: %s", path, strerror(errno));

@@ -91,6 +91,9 @@ static int check_shape(h5ds *d, part *p, const char *name, int ndim, const hsize
 }
 
 static int open_part(h5ds *d, part *p, const loom_hdf5_options *o) {
+  int rc = loom_refuse_directory(p->path, "HDF5");
+  if (rc < 0)
+    return rc;
   loom_h5_quiet q = loom_h5_hush();
   p->file = H5Fopen(p->path, H5F_ACC_RDONLY, H5P_DEFAULT);
   loom_h5_unhush(q);
@@ -104,7 +107,7 @@ static int open_part(h5ds *d, part *p, const loom_hdf5_options *o) {
   hsize_t xd[LOOM_MAX_DIMS], yd[LOOM_MAX_DIMS];
   int xn, yn;
   q = loom_h5_hush();
-  int rc = open_numeric(p, o->inputs, &p->x, &xn, xd);
+  rc = open_numeric(p, o->inputs, &p->x, &xn, xd);
   if (rc == 0)
     rc = open_numeric(p, o->targets, &p->y, &yn, yd);
   loom_h5_unhush(q);

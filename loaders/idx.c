@@ -9,6 +9,7 @@
 #include <zlib.h>
 
 #include "core/error_internal.h"
+#include "core/fs.h"
 #include "backends/cpu/simd.h"
 #include "loom/data.h"
 #include "loaders/idx_internal.h"
@@ -76,6 +77,8 @@ int loom_idx_read(const char *path, int want_ndim, idx_array *a) {
   struct stat st;
   if (stat(path, &st) < 0)
     return loom_error_set(errno == ENOENT ? LOOM_ENOENT : LOOM_EIO, "%s: %s", path, strerror(errno));
+  if (S_ISDIR(st.st_mode))
+    return loom_refuse_directory(path, "IDX");
   gzFile f = gzopen(path, "rb");
   if (!f)
     return loom_error_set(LOOM_EIO, "%s: cannot open: %s", path, strerror(errno));

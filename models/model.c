@@ -433,6 +433,27 @@ int loom_model_save(const loom_model *m, loom_state *s, bool with_grads) {
   return rc;
 }
 
+/* Same layers but other sizes (an MLP of other widths): name the first layer
+ * whose parameter count differs, from the saved offsets, before the flat
+ * parameter array's count would only say that something differs. */
+static int check_layer_sizes(const loom_model *m, const loom_state *s) {
+  if (loom_state_array_length(s, "offsets") != m->count + 1)
+    return 0; /* no per-layer table: the array's own length check decides */
+  int64_t *saved = malloc((m->count + 1) * sizeof *saved);
+  int rc = saved ? loom_state_get_i64_array(s, "offsets", saved, m->count + 1) : loom_error_oom("the layer table");
+  for (size_t i = 0; rc == 0 && i < m->count; i++) {
+    int64_t have = (int64_t)m->layers[i].nparams;
+    int64_t had = saved[i + 1] - saved[i];
+    if (had != have)
+      rc = loom_error_set(LOOM_EFORMAT,
+                          "layer \"%s\" has %lld parameters in the checkpoint and %lld in this model: the checkpoint "
+                          "is from a different model; use the config it was saved with, or start a new logdir",
+                          m->layers[i].name, (long long)had, (long long)have);
+  }
+  free(saved);
+  return rc;
+}
+
 static int load_state(loom_model *m, const loom_state *s, bool grads) {
   if (!m->built)
     return loom_error_set(LOOM_ESTATE, "loading into a model that is not built");
@@ -451,6 +472,8 @@ static int load_state(loom_model *m, const loom_state *s, bool grads) {
   }
   if (*p)
     return loom_error_set(LOOM_EFORMAT, "saved model has more layers than this one (%s)", names);
+  if ((rc = check_layer_sizes(m, s)) < 0)
+    return rc;
   if ((rc = loom_state_get_f32_array(s, "params", m->params, m->nparams)) < 0)
     return rc;
   if (m->nbuffers && (rc = loom_state_get_f32_array(s, "buffers", m->buffers, m->nbuffers)) < 0)

@@ -3,6 +3,7 @@
 
 #include "backends/cpu/fpmode.h"
 #include "backends/cpu/gemm.h"
+#include "core/fs.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -165,6 +166,9 @@ int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
   if (rc < 0)
     unwind(r, rc, end_done);
   loom_signals_stop(r);
+  if (r->logdir_locked)
+    loom_dir_unlock(r->logdir_lock);
+  r->logdir_locked = false;
   /* No batch is current after a run, however it ended. */
   r->input = r->target = r->output = NULL;
   /* A resume source serves one run. */

@@ -47,6 +47,8 @@ typedef struct loom_signals {
 
 struct loom_runner {
   loom_comm *comm;
+  int logdir_lock; /* the descriptor of <logdir>/.lock while held */
+  bool logdir_locked;
   loom_handle_batch_fn handle_batch;
   void *handle_user;
   loom_run_options options;

@@ -66,6 +66,19 @@ int loom_runner_prepare_stage(loom_runner *r, size_t index, bool load) {
                             "stage \"%s\": loader \"%s\": a loader's name must start with \"train\", "
                             "\"valid\" or \"infer\" (it decides whether the loader trains)",
                             s->name, r->loaders[i].name);
+  /* An empty loader would run epochs of nothing and report no metrics:
+   * refuse it at the stage's start, naming it. */
+  for (size_t i = 0; i < r->num_loaders; i++) {
+    const loom_loader *l = r->loaders[i].loader;
+    int64_t n = loom_dataset_length(loom_loader_dataset(l)), b = loom_loader_batch_size(l);
+    if (loom_loader_max_batches(l) == 0)
+      return loom_error_set(LOOM_EINVAL,
+                            n == 0 ? "stage \"%s\": loader \"%s\" has no samples (its dataset is empty): check the "
+                                     "dataset's files"
+                                   : "stage \"%s\": loader \"%s\" has no batches: %lld samples, batch_size %lld and "
+                                     "drop_last; lower batch_size or turn drop_last off",
+                            s->name, r->loaders[i].name, (long long)n, (long long)b);
+  }
   /* A hand-made model nobody built takes the first loader's sample shape
    * and the experiment's seed, as a config's model does. */
   if (r->model && !loom_model_is_built(r->model)) {

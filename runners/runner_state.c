@@ -5,6 +5,8 @@
 
 #include "runners/runner_impl.h"
 
+#include "core/fs.h"
+
 const loom_experiment *loom_runner_experiment(const loom_runner *r) { return r->exp; }
 const char *loom_runner_stage_name(const loom_runner *r) { return r->stage ? r->stage->name : NULL; }
 int loom_runner_stage_index(const loom_runner *r) { return r->stage_index; }
@@ -35,6 +37,20 @@ int loom_runner_rank(const loom_runner *r) { return loom_comm_rank(r->comm); }
 int loom_runner_world_size(const loom_runner *r) { return loom_comm_size(r->comm); }
 bool loom_runner_is_master(const loom_runner *r) { return loom_comm_is_master(r->comm); }
 const char *loom_runner_logdir(const loom_runner *r) { return r->exp ? loom_experiment_logdir(r->exp) : NULL; }
+
+int loom_runner_lock_logdir(loom_runner *r) {
+  if (r->logdir_locked || !r->exp || !loom_runner_is_master(r))
+    return 0;
+  long stale = 0;
+  int rc = loom_dir_lock(loom_experiment_logdir(r->exp), &r->logdir_lock, &stale);
+  if (rc < 0)
+    return rc;
+  r->logdir_locked = true;
+  if (stale)
+    loom_notice_once("logdir-lock-stale", "took over the lock of %s/.lock from pid %ld, which no longer runs",
+                     loom_experiment_logdir(r->exp), stale);
+  return 0;
+}
 loom_rng *loom_runner_rng(loom_runner *r) { return &r->rng; }
 
 loom_model *loom_runner_model(const loom_runner *r) { return r->model; }

@@ -250,7 +250,10 @@ static void test_weights_export(void **state) {
   assert_memory_equal(loom_model_params(a), loom_model_params(b), loom_model_num_params(a) * sizeof(float));
   /* Another architecture is refused with what differs. */
   assert_int_equal(loom_model_load_weights(c, path), LOOM_EFORMAT);
+  /* ... naming the first layer whose size differs: fc1 is 6x5+5 saved, 6x4+4 here. */
   assert_non_null(strstr(loom_last_error(), "weights.h5"));
+  assert_non_null(strstr(loom_last_error(), "layer \"fc1\" has 35 parameters in the checkpoint and 28 in this "
+                                            "model: the checkpoint is from a different model;"));
   /* A weights file is readable as a checkpoint with one group, "model". */
   loom_checkpoint *ck = loom_checkpoint_read(path);
   assert_non_null(ck);
@@ -265,12 +268,39 @@ static void test_weights_export(void **state) {
   loom_model_destroy(c);
 }
 
+/* A checkpoint of another format version says which it has, which this
+ * loom reads and what to do (a newer loom's file is not "damaged"). */
+static void test_other_format_version(void **state) {
+  (void)state;
+  char path[512];
+  tmp_path(path, "format.h5");
+  const struct {
+    int64_t format;
+    const char *says;
+  } cases[] = {
+      {2, "format.h5 has checkpoint format 2; this loom reads format 1: it was written by a newer loom; use that loom "
+          "(or newer) to read it"},
+      {0, "format.h5 has checkpoint format 0; this loom reads format 1: it was written by an older loom; use that "
+          "loom to read it, or start a new logdir"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    loom_checkpoint *c = sample_checkpoint(10);
+    assert_int_equal(loom_checkpoint_write(c, path), 0);
+    loom_checkpoint_destroy(c);
+    replace_attr(path, "/", "loom_format", H5T_NATIVE_INT64, 1, &cases[i].format);
+    assert_null(loom_checkpoint_read(path));
+    assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
+    assert_non_null(strstr(loom_last_error(), cases[i].says));
+    assert_null(strchr(loom_last_error(), '\n'));
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_roundtrip),
       cmocka_unit_test(test_damage_is_refused), cmocka_unit_test(test_attribute_shapes_are_checked),
       cmocka_unit_test(test_empty_checkpoint), cmocka_unit_test(test_declared_size_is_not_trusted),
-      cmocka_unit_test(test_weights_export),
+      cmocka_unit_test(test_weights_export), cmocka_unit_test(test_other_format_version),
   };
   return cmocka_run_group_tests(tests, test_dir_setup, test_dir_teardown);
 }

@@ -90,6 +90,18 @@ static void test_one_line_mistakes(void **state) {
                         "--images FILE --labels FILE)\n"));
   assert_int_equal(run(NULL, "convert", "idx", "out.h5", NULL), 2);
   assert_true(stderr_is("loom: convert: --images FILE and --labels FILE are both required\n"));
+  /* A 100 MB config (sparse: it costs no disk) is refused by its size before it is read. */
+  char huge[64];
+  snprintf(huge, sizeof huge, "/tmp/loom-test-cli-huge.%ld.json", (long)getpid());
+  FILE *f = fopen(huge, "w");
+  assert_non_null(f);
+  assert_int_equal(ftruncate(fileno(f), 100 << 20), 0);
+  fclose(f);
+  assert_int_equal(run(NULL, "validate", huge, NULL), 2);
+  snprintf(want, sizeof want, "loom: error: %s: 104857600 bytes; a config is at most 16 MiB (LOOM_CONFIG_MAX_BYTES): "
+                              "keep data out of it and give datasets by path\n", huge);
+  assert_true(stderr_is(want));
+  unlink(huge);
 }
 
 static void test_usage_and_validate(void **state) {

@@ -320,6 +320,25 @@ static void test_loader_partial_batches(void **state) {
   }
 }
 
+/* A dataset path that is a directory (a user giving the folder the files
+ * are in) says so and what to give, for each reader, rather than calling
+ * the file damaged (IDX said "corrupt gzip stream"). */
+static void test_dataset_path_is_a_directory(void **state) {
+  (void)state;
+  char want[1024];
+  assert_null(loom_idx_dataset_open(test_dir, test_dir));
+  snprintf(want, sizeof want, "%s is a directory; give the IDX file in it", test_dir);
+  assert_string_equal(loom_last_error(), want);
+  assert_null(loom_csv_dataset_open(test_dir, -1, false));
+  snprintf(want, sizeof want, "%s is a directory; give the CSV file in it", test_dir);
+  assert_string_equal(loom_last_error(), want);
+  const char *files[] = {test_dir};
+  loom_hdf5_options o = {.files = files, .num_files = 1, .inputs = "x", .targets = "y"};
+  assert_null(loom_hdf5_dataset_open(&o));
+  snprintf(want, sizeof want, "%s is a directory; give the HDF5 file in it", test_dir);
+  assert_non_null(strstr(loom_last_error(), want));
+}
+
 /* The runner reseeds each loader per (seed, global epoch): a new order each
  * epoch, the same order for the same seed, another for another seed. */
 typedef struct orders {
@@ -398,6 +417,7 @@ int main(void) {
       cmocka_unit_test(test_loader_partial_batches),
       cmocka_unit_test(test_epoch_seeding),
       cmocka_unit_test(test_normalize),
+      cmocka_unit_test(test_dataset_path_is_a_directory),
   };
   return cmocka_run_group_tests(tests, test_dir_setup, test_dir_teardown);
 }

@@ -1,5 +1,8 @@
 /* The loop's event semantics, checked against traces written out by hand
  * (or by nested loops that restate DESIGN.md's pseudo-code). */
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "helpers.h"
 
 typedef struct trace {
@@ -801,6 +804,108 @@ static void test_bad_loader_name(void **state) {
   loom_experiment_destroy(exp);
 }
 
+/* Two runs into one logdir: while the first runs (its epoch start runs the
+ * second), the second refuses at its experiment start, naming the first's
+ * pid; once the first has ended, the same run succeeds. */
+typedef struct second_run {
+  const char *logdir;
+  int rc;
+  char message[1024];
+} second_run;
+
+static loom_experiment *logging_run(const char *logdir) {
+  loom_experiment *exp = loom_experiment_create("locked");
+  loom_experiment_set_logdir(exp, logdir);
+  loom_stage *st = loom_experiment_add_stage(exp, "train", 1);
+  assert_int_equal(loom_stage_add_loader(st, "train", test_loader(4, 2, 2, 2, false)), 0);
+  assert_int_equal(loom_stage_add_callback(st, loom_metrics_logger_create()), 0);
+  return exp;
+}
+
+static int start_second(loom_callback *cb, loom_runner *r) {
+  (void)r;
+  second_run *s = loom_callback_data(cb);
+  loom_experiment *exp = logging_run(s->logdir);
+  loom_runner *second;
+  s->rc = run(exp, &second);
+  snprintf(s->message, sizeof s->message, "%s", loom_runner_error_message(second));
+  loom_runner_destroy(second);
+  loom_experiment_destroy(exp);
+  return 0;
+}
+
+static void test_logdir_lock(void **state) {
+  (void)state;
+  char *dir = test_tmpdir(), want[1200], lock[1100];
+  second_run s = {.logdir = dir, .rc = 1};
+  static const loom_callback_ops ops = {.type = "start_second", .on_epoch_start = start_second};
+  loom_experiment *first = logging_run(dir);
+  assert_int_equal(loom_stage_add_callback(loom_experiment_stage(first, 0), loom_callback_create(&ops, &s, 0)), 0);
+  assert_int_equal(run(first, NULL), 0);
+  loom_experiment_destroy(first);
+  assert_true(s.rc < 0);
+  snprintf(want, sizeof want, "the logdir %s is in use by another run (pid %ld, lock %s/.lock); wait for it to end "
+                              "or give this run another logdir", dir, (long)getpid(), dir);
+  assert_non_null(strstr(s.message, want));
+  /* Released at the end: the file stays, empty. */
+  snprintf(lock, sizeof lock, "%s/.lock", dir);
+  char *held = test_read_file(lock);
+  assert_non_null(held);
+  assert_string_equal(held, "");
+  free(held);
+  /* A crashed run's lock (a pid that no longer runs) is taken over with a notice. */
+  pid_t gone = fork();
+  if (gone == 0)
+    _exit(0);
+  waitpid(gone, NULL, 0);
+  FILE *f = fopen(lock, "w");
+  fprintf(f, "%ld\n", (long)gone);
+  fclose(f);
+  loom_experiment *again = logging_run(dir);
+  assert_int_equal(run(again, NULL), 0);
+  loom_experiment_destroy(again);
+  snprintf(want, sizeof want, "took over the lock of %s/.lock from pid %ld, which no longer runs", dir, (long)gone);
+  bool noticed = false;
+  for (size_t i = 0; i < loom_notice_count(); i++)
+    noticed = noticed || strcmp(loom_notice(i), want) == 0;
+  assert_true(noticed);
+  test_rm_rf(dir);
+  free(dir);
+}
+
+/* A batch larger than the dataset is one smaller batch (as in PyTorch);
+ * with drop_last the loader has no batch, and the stage refuses it at its
+ * start, naming it, rather than training on nothing. */
+static void test_batch_larger_than_dataset(void **state) {
+  (void)state;
+  for (int drop = 0; drop < 2; drop++) {
+    float x[3] = {0, 1, 2}, y[3] = {0, 1, 0};
+    int64_t one = 1;
+    loom_loader_options o = {.batch_size = 8, .drop_last = drop};
+    loom_loader *l = loom_loader_create(loom_memory_dataset_create(x, y, 3, 1, &one, 0, NULL), &o);
+    loom_experiment *exp = loom_experiment_create("big_batch");
+    loom_stage *st = loom_experiment_add_stage(exp, "train", 1);
+    assert_int_equal(loom_stage_add_loader(st, "train", l), 0);
+    trace got = {0};
+    assert_int_equal(loom_stage_add_callback(st, recorder_new(&got, NULL, LOOM_ORDER_METRIC)), 0);
+    loom_runner *r;
+    assert_int_equal(run(exp, &r), drop ? LOOM_EINVAL : 0);
+    if (drop) {
+      assert_string_equal(loom_runner_error_message(r), "stage \"train\": loader \"train\" has no batches: 3 samples, "
+                                                        "batch_size 8 and drop_last; lower batch_size or turn "
+                                                        "drop_last off");
+    } else {
+      int batches = 0;
+      for (int i = 0; i < got.n; i++)
+        batches += strstr(got.lines[i], "batch_end") != NULL;
+      assert_int_equal(batches, 1);
+      assert_int_equal(loom_runner_loader_samples_run(r), 3);
+    }
+    loom_runner_destroy(r);
+    loom_experiment_destroy(exp);
+  }
+}
+
 /* Verbose console logging prints each stage's resolved table. */
 static void test_verbose_prints_table(void **state) {
   (void)state;
@@ -848,6 +953,7 @@ int main(void) {
       cmocka_unit_test(test_bad_loader_name), cmocka_unit_test(test_model_built_at_stage_start),
       cmocka_unit_test(test_model_build_error_at_stage_start),
       cmocka_unit_test(test_verbose_prints_table),
+      cmocka_unit_test(test_logdir_lock), cmocka_unit_test(test_batch_larger_than_dataset),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

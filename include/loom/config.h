@@ -27,6 +27,10 @@ extern "C" {
 typedef struct loom_config loom_config;
 typedef struct loom_params loom_params;
 
+/* The largest config loom reads (16 MiB): a larger file is refused before
+ * it is read or parsed. JSON nests at most 2048 levels (jansson's limit). */
+#define LOOM_CONFIG_MAX_BYTES (16 << 20)
+
 /* Parses a file; NULL with "FILE:LINE:COL: ..." on a syntax error. */
 LOOM_API loom_config *loom_config_load(const char *path);
 /* Parses text; `name` stands for the file in messages. */

@@ -28,7 +28,8 @@ extern "C" {
   X(EINTERRUPTED, -9, "interrupted")                                       \
   X(ESTATE, -10, "call not valid in this state")                           \
   X(ECOMM, -11, "communication failure")                                   \
-  X(ENOTSUP, -12, "not supported")
+  X(ENOTSUP, -12, "not supported")                                         \
+  X(EBUSY, -13, "in use by another run")
 
 typedef enum loom_errno {
   LOOM_OK = 0,

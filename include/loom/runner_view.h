@@ -144,6 +144,13 @@ LOOM_API int loom_runner_rank(const loom_runner *r);
 LOOM_API int loom_runner_world_size(const loom_runner *r);
 LOOM_API bool loom_runner_is_master(const loom_runner *r);
 LOOM_API const char *loom_runner_logdir(const loom_runner *r);
+/* Takes <logdir>/.lock (creating the logdir) for the rest of the run, so a
+ * second run into the same logdir refuses (LOOM_EBUSY, naming the first's
+ * pid) instead of interleaving files. Callbacks that write to the logdir
+ * call it before their first write; the master rank only takes it, a
+ * second call is a no-op, and loom_run_experiment releases it however the
+ * run ends. A lock left by a crashed run is taken over with a notice. */
+LOOM_API int loom_runner_lock_logdir(loom_runner *r);
 /* Seeded from (experiment seed, global epoch) at each epoch start. */
 LOOM_API loom_rng *loom_runner_rng(loom_runner *r);
 
