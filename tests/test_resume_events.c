@@ -444,10 +444,10 @@ static const loom_callback_ops sample_counter_ops = {.type = "sample_counter",
                                                      .save = sc_save,
                                                      .load = sc_load};
 
-/* Train 40 samples, valid 24, 2 epochs; the counter at order 400. */
-static char *count_samples(const char *resume, snapper *snapshots) {
-  char *dir = test_tmpdir();
-  loom_experiment *exp = loom_experiment_create("late");
+/* One stage of 2 epochs in `dir`: an MLP 8-16-3 with SGD, train 40
+ * samples (16+16+8), valid 24 (16+8). */
+static loom_experiment *small_experiment(const char *name, const char *dir) {
+  loom_experiment *exp = loom_experiment_create(name);
   loom_experiment_set_logdir(exp, dir);
   const int64_t sizes[] = {8, 16, 3};
   loom_sgd_options sgd = {.lr = 0.05};
@@ -457,6 +457,13 @@ static char *count_samples(const char *resume, snapper *snapshots) {
   assert_int_equal(loom_stage_set_optimizer(st, loom_sgd_create(&sgd)), 0);
   assert_int_equal(loom_stage_add_loader(st, "train", test_loader(40, 8, 3, 16, true)), 0);
   assert_int_equal(loom_stage_add_loader(st, "valid", test_loader(24, 8, 3, 16, false)), 0);
+  return exp;
+}
+
+/* Train 40 samples, valid 24, 2 epochs; the counter at order 400. */
+static char *count_samples(const char *resume, snapper *snapshots) {
+  char *dir = test_tmpdir();
+  loom_experiment *exp = small_experiment("late", dir);
   static sample_counter c;
   c = (sample_counter){0};
   appendf(&c.trace, "%s", "");
@@ -551,16 +558,7 @@ static int skipping_batch(loom_runner *r, void *user) {
  * epoch 2. */
 static char *count_run(int64_t skip, loom_runner **keep) {
   char *dir = test_tmpdir();
-  loom_experiment *exp = loom_experiment_create("counters");
-  loom_experiment_set_logdir(exp, dir);
-  const int64_t sizes[] = {8, 16, 3};
-  loom_sgd_options sgd = {.lr = 0.05};
-  loom_stage *st = loom_experiment_add_stage(exp, "train", 2);
-  assert_int_equal(loom_stage_set_model(st, loom_mlp_create(sizes, 3, 5)), 0);
-  assert_int_equal(loom_stage_set_criterion(st, loom_cross_entropy_create()), 0);
-  assert_int_equal(loom_stage_set_optimizer(st, loom_sgd_create(&sgd)), 0);
-  assert_int_equal(loom_stage_add_loader(st, "train", test_loader(40, 8, 3, 16, true)), 0);
-  assert_int_equal(loom_stage_add_loader(st, "valid", test_loader(24, 8, 3, 16, false)), 0);
+  loom_experiment *exp = small_experiment("counters", dir);
   static text t;
   t = (text){0};
   assert_int_equal(loom_experiment_add_callback(exp, loom_callback_create(&counter_ops, &t, 0)), 0);
