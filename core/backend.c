@@ -15,7 +15,7 @@ static const char *const op_names[LOOM_OP_COUNT] = {
     "gemm",          "fill_rows",    "sum_rows",        "act_forward", "act_backward", "xent_forward",
     "xent_backward", "loss_forward", "loss_backward", "dropout_forward", "mul", "conv_forward", "conv_backward",
     "pool_forward", "pool_backward", "batchnorm_forward", "batchnorm_backward", "block", "sgd_update",
-    "adam_update", "rmsprop_update", "sum_squares", "scale", "clamp", "all_finite"};
+    "adam_update", "rmsprop_update", "sum_squares", "scale", "clamp", "all_finite", "gemm_checked"};
 
 const char *loom_op_name(loom_op op) { return op < LOOM_OP_COUNT ? op_names[op] : "?"; }
 
@@ -79,6 +79,7 @@ bool loom_backend_supports(const loom_backend *b, loom_op op) {
   case LOOM_OP_SCALE: return o->scale != NULL;
   case LOOM_OP_CLAMP: return o->clamp != NULL;
   case LOOM_OP_ALL_FINITE: return o->all_finite != NULL;
+  case LOOM_OP_GEMM_CHECKED: return o->gemm_checked || (o->gemm && o->all_finite);
   case LOOM_OP_COUNT: break;
   }
   return false;
@@ -121,6 +122,19 @@ int loom_backend_gemm(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, i
                       int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
   int rc = ready(b, LOOM_OP_GEMM);
   return rc < 0 ? rc : b->ops.gemm(b->ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+int loom_backend_gemm_checked(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                              const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                              int64_t ldc, bool *finite) {
+  int rc = ready(b, LOOM_OP_GEMM_CHECKED);
+  if (rc < 0 || b->ops.gemm_checked)
+    return rc < 0 ? rc : b->ops.gemm_checked(b->ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, finite);
+  rc = b->ops.gemm(b->ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  *finite = true;
+  for (int64_t i = 0; rc == 0 && *finite && i < M; i += ldc == N ? M : 1)
+    rc = b->ops.all_finite(b->ctx, C + i * ldc, ldc == N ? M * N : N, finite);
+  return rc;
 }
 
 int loom_backend_fill_rows(loom_backend *b, float *y, const float *row, int64_t rows, int64_t cols) {

@@ -5,16 +5,18 @@
 
 #include "loom/backend_cpu.h"
 #include "loom/model.h"
+#include "models/layer_internal.h"
 
 /* These cannot fail on the CPU backend; a backend that could would report
  * through a call that returns an error, which these predate. */
 void loom_model_scale_grads(loom_model *m, float scale) {
-  loom_backend_scale(loom_backend_cpu(), loom_model_grads(m), scale, (int64_t)loom_model_num_params(m));
+  loom_backend_scale(loom_backend_cpu(), loom_model_grad_buffer(m), scale, (int64_t)loom_model_num_params(m));
+  loom_model_grads_rewritten(m, fabsf(scale) <= 1.0f); /* a larger scale can overflow; NaN fails the test */
 }
 
 double loom_model_grad_norm(loom_model *m) {
   double sum = NAN;
-  loom_backend_sum_squares(loom_backend_cpu(), loom_model_grads(m), (int64_t)loom_model_num_params(m), &sum);
+  loom_backend_sum_squares(loom_backend_cpu(), loom_model_grad_buffer(m), (int64_t)loom_model_num_params(m), &sum);
   return sqrt(sum);
 }
 
@@ -29,10 +31,11 @@ double loom_model_clip_grad_norm(loom_model *m, double max_norm) {
 
 bool loom_model_grads_finite(loom_model *m) {
   bool finite = false;
-  loom_backend_all_finite(loom_backend_cpu(), loom_model_grads(m), (int64_t)loom_model_num_params(m), &finite);
+  loom_backend_all_finite(loom_backend_cpu(), loom_model_grad_buffer(m), (int64_t)loom_model_num_params(m), &finite);
   return finite;
 }
 
 void loom_model_clip_grad_value(loom_model *m, float limit) {
-  loom_backend_clamp(loom_backend_cpu(), loom_model_grads(m), limit, (int64_t)loom_model_num_params(m));
+  loom_backend_clamp(loom_backend_cpu(), loom_model_grad_buffer(m), limit, (int64_t)loom_model_num_params(m));
+  loom_model_grads_rewritten(m, true); /* an Inf becomes the limit: what was known non-finite is not known */
 }

@@ -22,6 +22,20 @@ struct loom_layer {
 
 size_t loom_layer_num_params(const loom_layer *layer);
 
+/* A built-in layer's backward, once it has accumulated its parameter
+ * gradients: whether they are all finite, checked where they were computed
+ * (loom_backend_gemm_checked), so that the model need not read them again
+ * (loom_model_grads_checked). A layer that does not report is checked by
+ * the model right after its backward. */
+void loom_layer_report_grads(bool finite);
+
+/* The gradient buffer, for models/ code that keeps track of what it writes
+ * (loom_model_grads makes the model forget what it knew of them). */
+float *loom_model_grad_buffer(loom_model *model);
+/* After models/ code rewrote the gradients: finite_kept when what was
+ * finite stays finite (scaling by at most 1 in magnitude). */
+void loom_model_grads_rewritten(loom_model *model, bool finite_kept);
+
 /* The backend that computes on `t`: its own, or the CPU's for host memory. */
 static inline loom_backend *loom_backend_of(const loom_tensor *t) {
   return t->backend ? t->backend : loom_backend_cpu();

@@ -82,12 +82,18 @@ static int linear_backward(void *data, const loom_tensor *x, const loom_tensor *
   const int64_t n = x->shape[0];
   loom_backend *be = loom_backend_of(x);
   int rc = 0;
-  /* dW += dy^T x, db += the column sums of dy */
+  /* dW += dy^T x, db += the column sums of dy, each checked for the
+   * non-finite policy as it is written */
+  bool finite_w = true, finite_b = true;
   if (param_grads)
-    rc = loom_backend_gemm(be, true, false, l->out, l->in, n, 1.0f, dy->data, l->out, x->data, l->in, 1.0f, l->dw,
-                           l->in);
+    rc = loom_backend_gemm_checked(be, true, false, l->out, l->in, n, 1.0f, dy->data, l->out, x->data, l->in, 1.0f,
+                                   l->dw, l->in, &finite_w);
   if (rc == 0 && param_grads && l->has_bias)
     rc = loom_backend_sum_rows(be, l->db, dy->data, n, l->out);
+  if (rc == 0 && param_grads && l->has_bias)
+    rc = loom_backend_all_finite(be, l->db, l->out, &finite_b);
+  if (rc == 0 && param_grads)
+    loom_layer_report_grads(finite_w && finite_b);
   /* dx = dy W */
   if (rc == 0 && dx)
     rc = loom_backend_gemm(be, false, false, n, l->in, l->out, 1.0f, dy->data, l->out, l->w, l->in, 0.0f, dx->data,

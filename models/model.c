@@ -11,6 +11,8 @@
 #include "core/error_internal.h"
 #include "models/layer_internal.h"
 
+typedef enum grad_state { GRADS_UNKNOWN, GRADS_FINITE, GRADS_NONFINITE } grad_state;
+
 typedef struct entry {
   char *name;
   loom_layer *layer;
@@ -43,6 +45,9 @@ struct loom_model {
   /* The backend the blocks were planned on, when planned. */
   loom_backend *planned_on;
   bool planned;
+  /* What is known of the gradients since they were last zeroed, from the
+   * checks made as backward wrote them (loom_model_grads_checked). */
+  grad_state grads_state;
 };
 
 loom_model *loom_model_create(void) {
@@ -191,6 +196,7 @@ int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint6
     return rc;
   m->params = calloc(total ? total : 1, sizeof *m->params);
   m->grads = calloc(total ? total : 1, sizeof *m->grads);
+  m->grads_state = GRADS_FINITE;
   m->buffers = calloc(buffers ? buffers : 1, sizeof *m->buffers);
   if (!m->params || !m->grads || !m->buffers)
     return loom_error_oom("the model's parameters");
@@ -337,6 +343,35 @@ static int block_backward(loom_model *m, size_t h, size_t lowest, const loom_ten
                 : 0;
 }
 
+/* A built-in layer's report (loom_layer_report_grads), for the layer the
+ * model's backward is running on this thread. */
+static _Thread_local struct {
+  bool reported, finite;
+} grad_report;
+
+void loom_layer_report_grads(bool finite) {
+  grad_report.reported = true;
+  grad_report.finite = grad_report.finite && finite;
+}
+
+/* After the backward of layers[first..last]: what their gradients are,
+ * from the layer's report, or else checked now, while still in cache. */
+static void note_grads(loom_model *m, size_t first, size_t last) {
+  const entry *lo = &m->layers[first], *hi = &m->layers[last];
+  const size_t n = hi->offset + hi->nparams - lo->offset;
+  if (n == 0 || m->grads_state == GRADS_NONFINITE)
+    return;
+  bool finite = grad_report.finite;
+  if (!grad_report.reported) {
+    if (m->grads_state == GRADS_UNKNOWN) /* nothing to learn that would make it known */
+      return;
+    finite = false;
+    loom_backend_all_finite(loom_backend_cpu(), m->grads + lo->offset, (int64_t)n, &finite);
+  }
+  if (!finite)
+    m->grads_state = GRADS_NONFINITE;
+}
+
 int loom_model_backward(loom_model *m, const loom_tensor *dout) {
   if (!m->last_input)
     return loom_error_set(LOOM_ESTATE, "loom_model_backward: no forward pass to differentiate");
@@ -351,10 +386,12 @@ int loom_model_backward(loom_model *m, const loom_tensor *dout) {
       lowest = i;
   for (size_t i = m->count; i-- > lowest;) {
     entry *e = &m->layers[i];
+    grad_report.reported = false, grad_report.finite = true;
     if (m->layers[e->head].block > 1) { /* i is the block's last layer */
       int rc = block_backward(m, e->head, lowest, dout);
       if (rc < 0)
         return rc;
+      note_grads(m, e->head > lowest ? e->head : lowest, i);
       i = e->head;
       continue;
     }
@@ -370,6 +407,8 @@ int loom_model_backward(loom_model *m, const loom_tensor *dout) {
     int rc = e->layer->ops.backward(e->layer->data, in, e->out, g, din, !e->frozen);
     if (rc < 0)
       return loom_error_wrap(rc, "backward of layer \"%s\"", e->name);
+    if (!e->frozen)
+      note_grads(m, i, i);
   }
   return 0;
 }
@@ -377,7 +416,20 @@ int loom_model_backward(loom_model *m, const loom_tensor *dout) {
 void loom_model_zero_grad(loom_model *m) {
   if (m->grads)
     memset(m->grads, 0, m->nparams * sizeof *m->grads);
+  m->grads_state = m->grads ? GRADS_FINITE : GRADS_UNKNOWN;
 }
+
+bool loom_model_grads_checked(const loom_model *m, bool *finite) {
+  *finite = m->grads_state == GRADS_FINITE;
+  return m->grads_state != GRADS_UNKNOWN;
+}
+
+void loom_model_grads_rewritten(loom_model *m, bool finite_kept) {
+  if (!finite_kept || m->grads_state == GRADS_NONFINITE)
+    m->grads_state = GRADS_UNKNOWN;
+}
+
+float *loom_model_grad_buffer(loom_model *m) { return m->grads; }
 
 void loom_model_set_train(loom_model *m, bool train) { m->train = train; }
 void loom_model_set_rng(loom_model *m, loom_rng *rng) { m->rng = rng; }
@@ -386,7 +438,10 @@ float *loom_model_buffers(loom_model *m) { return m->buffers; }
 bool loom_model_is_train(const loom_model *m) { return m->train; }
 size_t loom_model_num_params(const loom_model *m) { return m->nparams; }
 float *loom_model_params(loom_model *m) { return m->params; }
-float *loom_model_grads(loom_model *m) { return m->grads; }
+float *loom_model_grads(loom_model *m) {
+  m->grads_state = GRADS_UNKNOWN; /* the caller may write them */
+  return m->grads;
+}
 size_t loom_model_num_layers(const loom_model *m) { return m->count; }
 loom_layer *loom_model_layer(const loom_model *m, size_t i) { return i < m->count ? m->layers[i].layer : NULL; }
 const char *loom_model_layer_name(const loom_model *m, size_t i) { return i < m->count ? m->layers[i].name : NULL; }
@@ -478,8 +533,10 @@ static int load_state(loom_model *m, const loom_state *s, bool grads) {
     return rc;
   if (m->nbuffers && (rc = loom_state_get_f32_array(s, "buffers", m->buffers, m->nbuffers)) < 0)
     return rc;
-  if (grads && loom_state_has(s, "grads"))
+  if (grads && loom_state_has(s, "grads")) {
     rc = loom_state_get_f32_array(s, "grads", m->grads, m->nparams);
+    m->grads_state = GRADS_UNKNOWN; /* a saved accumulation window, never checked */
+  }
   return rc;
 }
 

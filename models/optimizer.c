@@ -9,6 +9,7 @@
 #include "backends/cpu/parallel.h"
 #include "loom/backend_cpu.h"
 #include "loom/optimizer.h"
+#include "models/layer_internal.h"
 
 typedef struct group {
   loom_names layers;
@@ -184,7 +185,7 @@ static int begin_step(loom_optimizer *opt, const loom_model *model) {
 int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {
   int rc = begin_step(opt, model);
   float *p = loom_model_params(model);
-  const float *g = loom_model_grads(model);
+  const float *g = loom_model_grad_buffer(model);
   for (size_t i = 0; rc == 0 && i < loom_model_num_layers(model); i++) {
     segment seg[2];
     int n = layer_segments(opt, model, i, seg);
@@ -241,11 +242,11 @@ int loom_optimizer_step_checked(loom_optimizer *opt, loom_model *model, bool *fi
     return rc;
   /* A rule that needs whole ranges: the check is a pass of its own. */
   if (!opt->ops.elementwise) {
-    rc = loom_backend_all_finite(loom_backend_cpu(), loom_model_grads(model), (int64_t)opt->nparams, finite);
+    rc = loom_backend_all_finite(loom_backend_cpu(), loom_model_grad_buffer(model), (int64_t)opt->nparams, finite);
     opt->steps--; /* loom_optimizer_step counts it again */
     return rc < 0 || !*finite ? rc : loom_optimizer_step(opt, model);
   }
-  checked_step c = {.opt = opt, .model = model, .p = loom_model_params(model), .g = loom_model_grads(model)};
+  checked_step c = {.opt = opt, .model = model, .p = loom_model_params(model), .g = loom_model_grad_buffer(model)};
   loom_parallel_for_phased((int64_t)opt->nparams, PARALLEL_UPDATE, check_part, update_part_checked, &c);
   *finite = true;
   for (int k = 0; k < LOOM_MAX_PARTS; k++) {

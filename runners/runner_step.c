@@ -64,9 +64,11 @@ int loom_runner_optimizer_step_with(loom_runner *r, const loom_step_options *o, 
       return loom_error_wrap(rc, "averaging gradients over %d ranks", loom_comm_size(r->comm));
   }
   /* The non-finite check, before clipping changes anything: free where the
-   * norm is computed anyway, fused into the optimizer's step otherwise (a
-   * pass of its own only before clipping by value; its cost:
-   * docs/architecture.md, "Run options"). Ranks hold the same averaged
+   * norm is computed anyway; else known from backward, which checked the
+   * gradients as it wrote them (loom_model_grads_checked); else (gradients
+   * averaged over ranks, or written by other code) fused into the
+   * optimizer's step, or a pass of its own before clipping by value. Its
+   * cost: docs/architecture.md, "Run options". Ranks hold the same averaged
    * gradients, so they all decide alike. */
   const bool clip = o && o->clip_norm > 0, want_norm = clip || grad_norm;
   double norm = NAN;
@@ -82,8 +84,12 @@ int loom_runner_optimizer_step_with(loom_runner *r, const loom_step_options *o, 
   if (clip_value)
     loom_model_clip_grad_value(r->model, (float)o->clip_value);
   int rc;
-  if (!want_norm && !clip_value) { /* the check fused into the step */
-    bool finite;
+  bool finite;
+  if (!want_norm && !clip_value && loom_model_grads_checked(r->model, &finite)) { /* checked as backward wrote them */
+    if (!finite)
+      return nonfinite_gradients(r, false, NAN);
+    rc = loom_optimizer_step(r->optimizer, r->model);
+  } else if (!want_norm && !clip_value) { /* the check fused into the step */
     rc = loom_optimizer_step_checked(r->optimizer, r->model, &finite);
     if (rc == 0 && !finite)
       return nonfinite_gradients(r, false, NAN);

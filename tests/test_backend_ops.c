@@ -101,6 +101,72 @@ static void test_gemm(void **state) {
       }
 }
 
+/* gemm_checked writes what gemm writes, bit for bit, and finds one Inf or
+ * NaN wherever it lands in C's M x N block (beta = 1 keeps a bad value of C
+ * where it is): at the corners of every part's block, cut by rows or by
+ * columns; a NaN in the padding past N is not C's and is not reported. */
+static void check_gemm_checked(loom_backend *b, int64_t M, int64_t N, int64_t K) {
+  const int64_t ldc = N + 3, nc = M * ldc;
+  float *A = malloc((size_t)(M * K) * sizeof *A), *B = malloc((size_t)(K * N) * sizeof *B);
+  float *C = malloc((size_t)nc * sizeof *C), *want = malloc((size_t)nc * sizeof *want);
+  fill(A, M * K, 1), fill(B, K * N, 2);
+  float *dA = upload(b, A, M * K), *dB = upload(b, B, K * N);
+  const int64_t rows[] = {0, M / 2 - 1, M / 2, M - 1}, cols[] = {0, N / 2 - 1, N / 2, N - 1};
+  for (int bad = -1; bad < 16; bad++) {
+    fill(C, nc, 3);
+    for (int64_t i = 0; i < M; i++)
+      C[i * ldc + N + 1] = NAN; /* padding */
+    if (bad >= 0)
+      C[rows[bad / 4] * ldc + cols[bad % 4]] = bad % 2 ? INFINITY : NAN;
+    float *dC = upload(b, C, nc), *dW = upload(b, C, nc);
+    bool finite = !(bad < 0);
+    assert_int_equal(loom_backend_gemm_checked(b, false, false, M, N, K, 1.0f, dA, K, dB, N, 1.0f, dC, ldc, &finite),
+                     0);
+    assert_int_equal(loom_backend_gemm(b, false, false, M, N, K, 1.0f, dA, K, dB, N, 1.0f, dW, ldc), 0);
+    if (finite != (bad < 0))
+      fail_msg("%s gemm_checked %lldx%lldx%lld: bad value at %d reported finite=%d", loom_backend_name(b),
+               (long long)M, (long long)N, (long long)K, bad, finite);
+    download(b, C, dC, nc), download(b, want, dW, nc);
+    assert_memory_equal(C, want, (size_t)nc * sizeof *C);
+    loom_backend_free(b, dC), loom_backend_free(b, dW);
+  }
+  loom_backend_free(b, dA), loom_backend_free(b, dB);
+  free(A), free(B), free(C), free(want);
+}
+
+/* A backend with gemm and all_finite but no gemm_checked: the wrapper's
+ * row-by-row check stands in (the CPU's ops behind it). */
+static int cpu_gemm_op(void *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                       int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+  (void)ctx;
+  return loom_backend_gemm(loom_backend_cpu(), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+static int cpu_all_finite_op(void *ctx, const float *x, int64_t n, bool *finite) {
+  (void)ctx;
+  return loom_backend_all_finite(loom_backend_cpu(), x, n, finite);
+}
+static void *plain_alloc(void *ctx, size_t bytes) { return (void)ctx, malloc(bytes); }
+static void plain_free(void *ctx, void *p) { (void)ctx, free(p); }
+static int plain_copy(void *ctx, void *dst, const void *src, size_t bytes) { return (void)ctx, memcpy(dst, src, bytes), 0; }
+static int plain_zero(void *ctx, void *p, size_t bytes) { return (void)ctx, memset(p, 0, bytes), 0; }
+
+static void test_gemm_checked(void **state) {
+  (void)state;
+  loom_backend *b[MAX_BACKENDS];
+  static const int64_t shapes[][3] = {{7, 5, 3}, {200, 96, 64}, {96, 200, 64}, {256, 784, 128}};
+  const loom_backend_ops ops = {.name = "gemm_only", .alloc = plain_alloc, .free = plain_free,
+                                .to_host = plain_copy, .from_host = plain_copy, .copy = plain_copy,
+                                .zero = plain_zero, .gemm = cpu_gemm_op, .all_finite = cpu_all_finite_op};
+  loom_backend *fallback = loom_backend_create(&ops, NULL);
+  assert_true(loom_backend_supports(fallback, LOOM_OP_GEMM_CHECKED));
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    for (size_t i = 0, n = backends(b); i < n; i++)
+      check_gemm_checked(b[i], shapes[s][0], shapes[s][1], shapes[s][2]);
+    check_gemm_checked(fallback, shapes[s][0], shapes[s][1], shapes[s][2]);
+  }
+  loom_backend_destroy(fallback);
+}
+
 /* --- fill_rows, sum_rows --- */
 
 static void test_rows(void **state) {
@@ -1097,6 +1163,7 @@ static void test_tensor_on_backend(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_gemm),
+      cmocka_unit_test(test_gemm_checked),
       cmocka_unit_test(test_rows),
       cmocka_unit_test(test_activations),
       cmocka_unit_test(test_criteria),

@@ -182,6 +182,112 @@ static void test_grads_finite(void **state) {
   loom_model_destroy(m);
 }
 
+/* --- what backward checked (loom_model_grads_checked) --- */
+
+/* A user layer y = x + b over 8 features whose backward accumulates db and
+ * then writes `shift_bad` into db[5] when it is not 0: it does not report,
+ * so the model checks its gradients after its backward. */
+static float shift_bad;
+static float *shift_grads;
+static size_t shift_params(void *d) { return (void)d, 8; }
+static void shift_bind(void *d, float *p, float *g, float *b) { (void)d, (void)p, (void)b, shift_grads = g; }
+static int shift_backward(void *d, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
+                          loom_tensor *dx, bool param_grads) {
+  (void)d, (void)x, (void)y;
+  const float *g = loom_tensor_data(dy);
+  for (int64_t i = 0; param_grads && i < loom_tensor_numel(dy); i++)
+    shift_grads[i % 8] += g[i];
+  if (param_grads && shift_bad != 0)
+    shift_grads[5] = shift_bad;
+  if (dx)
+    memcpy(loom_tensor_data(dx), g, (size_t)loom_tensor_numel(dy) * sizeof(float));
+  return 0;
+}
+static const loom_layer_ops shift_ops = {.type = "Shift", .num_params = shift_params, .output_shape = same_shape,
+                                         .bind = shift_bind, .forward = poison_forward, .backward = shift_backward};
+
+/* One batch of 2 through fc1 (Linear 4-8), shift, fc2 (Linear 8-2), with
+ * the output gradient dout (fc2's checked in its product) and shift's bad
+ * value; then what the model knows. */
+static bool checked_after(loom_model *m, float dout0, float bad, bool *finite) {
+  const int64_t xs[2] = {2, F}, ys[2] = {2, 2};
+  loom_tensor *x = loom_tensor_create(2, xs), *d = loom_tensor_create(2, ys);
+  for (int i = 0; i < 2 * F; i++)
+    loom_tensor_data(x)[i] = 0.25f * (float)(i % 5) - 0.5f;
+  for (int i = 0; i < 4; i++)
+    loom_tensor_data(d)[i] = i ? 0.5f - 0.25f * (float)i : dout0;
+  const loom_tensor *y;
+  loom_model_zero_grad(m);
+  shift_bad = bad;
+  assert_int_equal(loom_model_forward(m, x, &y), 0);
+  assert_int_equal(loom_model_backward(m, d), 0);
+  loom_tensor_destroy(x), loom_tensor_destroy(d);
+  bool known = loom_model_grads_checked(m, finite);
+  /* Whatever it knows agrees with reading them all. */
+  if (known)
+    assert_true(*finite == loom_model_grads_finite(m));
+  return known;
+}
+
+static void test_grads_checked(void **state) {
+  (void)state;
+  loom_model *m = loom_model_create();
+  assert_int_equal(loom_model_add(m, "fc1", loom_linear_create(F, 8, true)), 0);
+  assert_int_equal(loom_model_add(m, "shift", loom_layer_create(&shift_ops, NULL)), 0);
+  assert_int_equal(loom_model_add(m, "fc2", loom_linear_create(8, 2, true)), 0);
+  assert_int_equal(loom_model_build(m, 1, (int64_t[]){F}, 11), 0);
+  bool finite = false;
+  assert_true(loom_model_grads_checked(m, &finite) && finite); /* zeroed at build */
+  assert_true(checked_after(m, 0.25f, 0, &finite) && finite);
+  assert_true(checked_after(m, NAN, 0, &finite) && !finite);      /* every Linear's product */
+  assert_true(checked_after(m, INFINITY, 0, &finite) && !finite); /* Inf * 0 in dW: NaN */
+  assert_true(checked_after(m, 0.25f, INFINITY, &finite) && !finite); /* the user layer, checked after it */
+  assert_true(checked_after(m, 0.25f, -NAN, &finite) && !finite);
+  /* A second backward accumulates: a bad first stays bad. */
+  const int64_t xs[2] = {1, F};
+  loom_tensor *x = loom_tensor_create(2, xs), *d = loom_tensor_create(2, (int64_t[]){1, 2});
+  const loom_tensor *y;
+  assert_int_equal(loom_model_forward(m, x, &y), 0);
+  shift_bad = 0;
+  assert_int_equal(loom_model_backward(m, d), 0);
+  assert_true(loom_model_grads_checked(m, &finite) && !finite);
+  loom_tensor_destroy(x), loom_tensor_destroy(d);
+
+  /* What others write is not known; scaling by at most 1 keeps it known. */
+  assert_true(checked_after(m, 0.25f, 0, &finite) && finite);
+  loom_model_scale_grads(m, 0.5f);
+  assert_true(loom_model_grads_checked(m, &finite) && finite);
+  loom_model_clip_grad_norm(m, 1e-3);
+  assert_true(loom_model_grads_checked(m, &finite) && finite);
+  loom_model_scale_grads(m, 2.0f);
+  assert_false(loom_model_grads_checked(m, &finite));
+  loom_model_zero_grad(m);
+  assert_true(loom_model_grads_checked(m, &finite) && finite);
+  loom_model_grads(m)[0] = NAN;
+  assert_false(loom_model_grads_checked(m, &finite));
+  /* Unknown stays unknown through a backward of checked layers. */
+  loom_model_zero_grad(m);
+  loom_model_grads(m);
+  x = loom_tensor_create(2, xs), d = loom_tensor_create(2, (int64_t[]){1, 2});
+  assert_int_equal(loom_model_forward(m, x, &y), 0);
+  assert_int_equal(loom_model_backward(m, d), 0);
+  assert_false(loom_model_grads_checked(m, &finite));
+  loom_tensor_destroy(x), loom_tensor_destroy(d);
+  /* A clamp can make an Inf finite: known-bad becomes unknown. */
+  assert_true(checked_after(m, 0.25f, INFINITY, &finite) && !finite);
+  loom_model_clip_grad_value(m, 1.0f);
+  assert_false(loom_model_grads_checked(m, &finite));
+  /* Loaded gradients (a saved accumulation window) were never checked. */
+  assert_true(checked_after(m, 0.25f, 0, &finite) && finite);
+  loom_state *st = loom_state_create();
+  assert_int_equal(loom_model_save(m, st, true), 0);
+  loom_model_zero_grad(m);
+  assert_int_equal(loom_model_load(m, st, true), 0);
+  assert_false(loom_model_grads_checked(m, &finite));
+  loom_state_destroy(st);
+  loom_model_destroy(m);
+}
+
 /* --- a NaN feature (the case) --- */
 
 /* STOP (the default): the run fails at batch 3, saying the loss is NaN,
@@ -343,6 +449,7 @@ static void test_gradient_nan_from_allreduce(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_grads_finite),
+      cmocka_unit_test(test_grads_checked),
       cmocka_unit_test(test_nan_feature_stop),
       cmocka_unit_test(test_nan_feature_skip),
       cmocka_unit_test(test_gradient_nan_stop),

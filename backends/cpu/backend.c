@@ -45,6 +45,14 @@ static int cpu_gemm(void *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K
   return 0;
 }
 
+static int cpu_gemm_checked(void *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                            const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc,
+                            bool *finite) {
+  (void)ctx;
+  *finite = loom_gemm_checked(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  return 0;
+}
+
 static int cpu_fill_rows(void *ctx, float *y, const float *row, int64_t rows, int64_t cols) {
   (void)ctx;
   for (int64_t i = 0; i < rows; i++)
@@ -262,6 +270,7 @@ static const loom_backend_ops cpu_ops = {
     .scale = cpu_scale,
     .clamp = cpu_clamp,
     .all_finite = cpu_all_finite,
+    .gemm_checked = cpu_gemm_checked,
     .conv_plan = cpu_conv_plan,
     .conv_forward = cpu_conv_forward,
     .conv_backward = cpu_conv_backward,

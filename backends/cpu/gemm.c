@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include "backends/cpu/kernels.h"
 #include "backends/cpu/parallel.h"
 #include "backends/cpu/xsmm_gemm.h"
 
@@ -17,6 +18,8 @@ typedef struct gemm {
   float alpha, beta;
   const float *A, *B;
   float *C;
+  bool check;                    /* loom_gemm_checked: each part checks the blocks it wrote */
+  bool bad[LOOM_MAX_PARTS];
 } gemm;
 
 static int64_t cut(int64_t len, int64_t q, int64_t slices) {
@@ -37,35 +40,63 @@ void loom_gemm_here(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
     openblas(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-static void product(const gemm *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+/* Whether the m1 - m0 rows of n columns from c, ldc apart, are all finite. */
+static bool block_finite(const float *c, int64_t rows, int64_t n, int64_t ldc) {
+  if (ldc == n)
+    return loom_cpu_finite_here(c, rows * n);
+  bool finite = true;
+  for (int64_t i = 0; i < rows; i++)
+    finite &= loom_cpu_finite_here(c + i * ldc, n);
+  return finite;
+}
+
+static void product(gemm *g, int part, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   if (m1 <= m0 || n1 <= n0)
     return;
   /* Row m0 of op(A) and column n0 of op(B), whichever way they are stored. */
   const float *a = g->A + (g->ta ? m0 : m0 * g->lda), *b = g->B + (g->tb ? n0 * g->ldb : n0);
-  loom_gemm_here(g->ta, g->tb, m1 - m0, n1 - n0, g->K, g->alpha, a, g->lda, b, g->ldb, g->beta, g->C + m0 * g->ldc + n0,
-                 g->ldc);
+  float *c = g->C + m0 * g->ldc + n0;
+  loom_gemm_here(g->ta, g->tb, m1 - m0, n1 - n0, g->K, g->alpha, a, g->lda, b, g->ldb, g->beta, c, g->ldc);
+  /* Read back at once, from this core's cache: no pass of its own later. */
+  if (g->check && !block_finite(c, m1 - m0, n1 - n0, g->ldc))
+    g->bad[part] = true;
 }
 
 static void slices(void *ctx, int part, int64_t first, int64_t last) {
-  (void)part;
-  const gemm *g = ctx;
+  gemm *g = ctx;
   for (int64_t q = first; q < last; q++) {
     if (g->cut_rows)
-      product(g, cut(g->M, q, g->slices), cut(g->M, q + 1, g->slices), 0, g->N);
+      product(g, part, cut(g->M, q, g->slices), cut(g->M, q + 1, g->slices), 0, g->N);
     else
-      product(g, 0, g->M, cut(g->N, q, g->slices), cut(g->N, q + 1, g->slices));
+      product(g, part, 0, g->M, cut(g->N, q, g->slices), cut(g->N, q + 1, g->slices));
   }
+}
+
+static void run(gemm *g) {
+  const bool small = g->M * g->N * g->K < SERIAL_MACS;
+  g->slices = small ? 1 : loom_parallel_parts();
+  if (!small && g->slices == 1) { /* the pool is off (LOOM_NUM_THREADS=1): OpenBLAS's own threads take it */
+    openblas(g->ta, g->tb, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C, g->ldc);
+    g->bad[0] = g->check && !block_finite(g->C, g->M, g->N, g->ldc);
+    return;
+  }
+  loom_parallel_for(g->slices, slices, g);
 }
 
 void loom_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
                const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
   gemm g = {.ta = trans_a, .tb = trans_b, .cut_rows = M >= N, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb,
             .ldc = ldc, .alpha = alpha, .beta = beta, .A = A, .B = B, .C = C};
-  const bool small = M * N * K < SERIAL_MACS;
-  g.slices = small ? 1 : loom_parallel_parts();
-  if (!small && g.slices == 1) { /* the pool is off (LOOM_NUM_THREADS=1): OpenBLAS's own threads take it */
-    openblas(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    return;
-  }
-  loom_parallel_for(g.slices, slices, &g);
+  run(&g);
+}
+
+bool loom_gemm_checked(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                       int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+  gemm g = {.ta = trans_a, .tb = trans_b, .cut_rows = M >= N, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb,
+            .ldc = ldc, .alpha = alpha, .beta = beta, .A = A, .B = B, .C = C, .check = true};
+  run(&g);
+  for (int p = 0; p < LOOM_MAX_PARTS; p++)
+    if (g.bad[p])
+      return false;
+  return true;
 }

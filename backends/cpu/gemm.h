@@ -15,6 +15,11 @@
 void loom_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
                const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
+/* loom_gemm, and whether C's M x N block is all finite: each part checks
+ * the block it has just written while it is in its cache. */
+bool loom_gemm_checked(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                       int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+
 /* The same product on the calling thread alone: on a libxsmm kernel made for
  * its shape (backends/cpu/xsmm_gemm.h) when there is one, which needs no packing of
  * the operands, else OpenBLAS's sgemm. */

@@ -46,13 +46,11 @@ typedef struct finite_job {
 #define EXPONENT 0x7f800000u
 #define CARRY 0x00800000u
 
-LOOM_HOT static void finite_range(void *ctx, int part, int64_t begin, int64_t end) {
-  finite_job *j = ctx;
-  const float *g = j->g;
+LOOM_HOT static uint32_t nonfinite_bits(const float *g, int64_t n) {
   const u32_lanes e = (u32_lanes){0} + EXPONENT, c = (u32_lanes){0} + CARRY;
   u32_lanes a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0, b1, b2, b3;
-  int64_t i = begin;
-  for (; i + 4 * U32_LANES <= end; i += 4 * U32_LANES) {
+  int64_t i = 0;
+  for (; i + 4 * U32_LANES <= n; i += 4 * U32_LANES) {
     memcpy(&b0, g + i, sizeof b0), memcpy(&b1, g + i + 8, sizeof b1);
     memcpy(&b2, g + i + 16, sizeof b2), memcpy(&b3, g + i + 24, sizeof b3);
     a0 |= (b0 & e) + c, a1 |= (b1 & e) + c, a2 |= (b2 & e) + c, a3 |= (b3 & e) + c;
@@ -61,12 +59,19 @@ LOOM_HOT static void finite_range(void *ctx, int part, int64_t begin, int64_t en
   uint32_t acc = 0;
   for (int k = 0; k < U32_LANES; k++)
     acc |= a0[k];
-  for (; i < end; i++) {
+  for (; i < n; i++) {
     uint32_t bits;
     memcpy(&bits, g + i, sizeof bits);
     acc |= (bits & EXPONENT) + CARRY;
   }
-  j->bad[part] = acc >> 31;
+  return acc >> 31;
+}
+
+bool loom_cpu_finite_here(const float *x, int64_t n) { return !nonfinite_bits(x, n); }
+
+static void finite_range(void *ctx, int part, int64_t begin, int64_t end) {
+  finite_job *j = ctx;
+  j->bad[part] = nonfinite_bits(j->g + begin, end - begin);
 }
 
 /* Split over the pool as the optimizers' updates are (one core alone

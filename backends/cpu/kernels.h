@@ -38,5 +38,7 @@ double loom_cpu_sum_squares(const float *x, int64_t n);
 void loom_cpu_scale(float *x, float a, int64_t n);
 void loom_cpu_clamp(float *x, float limit, int64_t n);
 bool loom_cpu_all_finite(const float *x, int64_t n);
+/* The same on the calling thread alone (a block a part has just written). */
+bool loom_cpu_finite_here(const float *x, int64_t n);
 
 #endif

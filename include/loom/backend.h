@@ -184,6 +184,7 @@ typedef enum loom_op {
   LOOM_OP_SCALE,
   LOOM_OP_CLAMP,
   LOOM_OP_ALL_FINITE,
+  LOOM_OP_GEMM_CHECKED,
   LOOM_OP_COUNT
 } loom_op;
 
@@ -323,6 +324,13 @@ typedef struct loom_backend_ops {
   int (*scale)(void *ctx, float *x, float a, int64_t n);
   int (*clamp)(void *ctx, float *x, float limit, int64_t n);
   int (*all_finite)(void *ctx, const float *x, int64_t n, bool *finite);
+  /* gemm, then *finite (host) = no Inf or NaN in the M x N block of C: a
+   * parameter gradient checked where it is computed, while in cache (the
+   * non-finite policy's check, loom_model_grads_checked). Optional: without
+   * it the wrapper runs gemm, then all_finite over C's rows. */
+  int (*gemm_checked)(void *ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc,
+                      bool *finite);
 
   /* Optional: frees ctx. */
   void (*destroy)(void *ctx);
@@ -351,6 +359,11 @@ LOOM_API int loom_backend_synchronize(loom_backend *backend);
 LOOM_API int loom_backend_gemm(loom_backend *backend, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                                float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                                float *C, int64_t ldc);
+/* gemm and the finiteness of C's M x N block (the backend's gemm_checked,
+ * or gemm then all_finite by rows). */
+LOOM_API int loom_backend_gemm_checked(loom_backend *backend, bool trans_a, bool trans_b, int64_t M, int64_t N,
+                                       int64_t K, float alpha, const float *A, int64_t lda, const float *B,
+                                       int64_t ldb, float beta, float *C, int64_t ldc, bool *finite);
 LOOM_API int loom_backend_fill_rows(loom_backend *backend, float *y, const float *row, int64_t rows, int64_t cols);
 LOOM_API int loom_backend_sum_rows(loom_backend *backend, float *sum, const float *x, int64_t rows, int64_t cols);
 LOOM_API int loom_backend_act_forward(loom_backend *backend, loom_activation act, float param, const float *x,

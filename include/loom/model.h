@@ -188,6 +188,15 @@ LOOM_API double loom_model_grad_norm(loom_model *model);
 /* True when every gradient is finite (no NaN, no Inf): what a finite
  * loom_model_grad_norm means, in one vectorised pass. */
 LOOM_API bool loom_model_grads_finite(loom_model *model);
+/* Whether the gradients accumulated since loom_model_zero_grad are known
+ * without reading them again: true when backward checked every gradient it
+ * wrote as it wrote it (the built-in layers in their products while in
+ * cache, other layers right after their backward), with *finite = no Inf or
+ * NaN among them. False after anything else may have written them
+ * (loom_model_grads, loading them, scaling by more than 1): then
+ * loom_model_grads_finite is the check. The runner's non-finite policy uses
+ * it. */
+LOOM_API bool loom_model_grads_checked(const loom_model *model, bool *finite);
 /* As torch.nn.utils.clip_grad_norm_: rescales so the global L2 norm is at
  * most max_norm; returns the norm before clipping. A non-finite norm leaves
  * the gradients as they are (PyTorch's would scale them to 0 or NaN): the
@@ -196,6 +205,8 @@ LOOM_API double loom_model_clip_grad_norm(loom_model *model, double max_norm);
 /* Clamps every gradient to [-limit, limit]. */
 LOOM_API void loom_model_clip_grad_value(loom_model *model, float limit);
 LOOM_API float *loom_model_params(loom_model *model);
+/* The gradients, to read or write: the model then no longer knows whether
+ * they are finite (loom_model_grads_checked). */
 LOOM_API float *loom_model_grads(loom_model *model);
 LOOM_API size_t loom_model_num_layers(const loom_model *model);
 /* Layer i's parameters: [*offset, *offset + *count) of the model's arrays. */
