@@ -1,5 +1,6 @@
 #include "loom/comm.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "core/error_internal.h"
@@ -9,6 +10,11 @@ struct loom_comm {
   void *ctx;
   int rank;
   int size;
+  double timeout;
+  /* Once a collective has failed or this rank has failed: the error every
+   * later collective gives at once. */
+  bool failed;
+  char failure[768];
 };
 
 loom_comm *loom_comm_create(const loom_comm_ops *ops, void *ctx, int rank, int size) {
@@ -30,6 +36,14 @@ loom_comm *loom_comm_create(const loom_comm_ops *ops, void *ctx, int rank, int s
   comm->ctx = ctx;
   comm->rank = rank;
   comm->size = size;
+  comm->timeout = LOOM_COMM_TIMEOUT_DEFAULT;
+  const char *env = getenv("LOOM_COMM_TIMEOUT");
+  char *end = NULL;
+  double t = env ? strtod(env, &end) : -1.0;
+  if (env && end != env && *end == '\0' && t >= 0.0)
+    comm->timeout = t;
+  if (comm->ops.set_timeout)
+    comm->ops.set_timeout(comm->ctx, comm->timeout);
   return comm;
 }
 
@@ -64,13 +78,47 @@ int loom_comm_size(const loom_comm *comm) { return comm->size; }
 bool loom_comm_is_master(const loom_comm *comm) { return comm->rank == 0; }
 const char *loom_comm_name(const loom_comm *comm) { return comm->ops.name ? comm->ops.name : "custom"; }
 
+/* Every collective: refused at once after a failure, which it records. */
+static int collective(loom_comm *comm, int rc) {
+  if (rc < 0 && !comm->failed) {
+    comm->failed = true;
+    snprintf(comm->failure, sizeof comm->failure, "%s", loom_last_error());
+  }
+  return rc;
+}
+
+static int refused(const loom_comm *comm) {
+  return loom_error_set(LOOM_ECOMM, "%s", comm->failure);
+}
+
 int loom_comm_allreduce_sum_f64(loom_comm *comm, double *buf, size_t n) {
-  return comm->ops.allreduce_sum_f64(comm->ctx, buf, n);
+  return comm->failed ? refused(comm) : collective(comm, comm->ops.allreduce_sum_f64(comm->ctx, buf, n));
 }
 int loom_comm_allreduce_mean_f32(loom_comm *comm, float *buf, size_t n) {
-  return comm->ops.allreduce_mean_f32(comm->ctx, buf, n);
+  return comm->failed ? refused(comm) : collective(comm, comm->ops.allreduce_mean_f32(comm->ctx, buf, n));
 }
 int loom_comm_broadcast(loom_comm *comm, void *buf, size_t bytes, int root) {
-  return comm->ops.broadcast(comm->ctx, buf, bytes, root);
+  return comm->failed ? refused(comm) : collective(comm, comm->ops.broadcast(comm->ctx, buf, bytes, root));
 }
-int loom_comm_barrier(loom_comm *comm) { return comm->ops.barrier(comm->ctx); }
+int loom_comm_barrier(loom_comm *comm) {
+  return comm->failed ? refused(comm) : collective(comm, comm->ops.barrier(comm->ctx));
+}
+
+int loom_comm_notify_failure(loom_comm *comm, const char *message) {
+  if (comm->failed)
+    return 0; /* told already, or the peers know */
+  comm->failed = true;
+  snprintf(comm->failure, sizeof comm->failure, "this rank (%d) has failed: %s", comm->rank,
+           message ? message : "no message");
+  return comm->ops.notify_failure ? comm->ops.notify_failure(comm->ctx, message ? message : "no message") : 0;
+}
+
+bool loom_comm_failed(const loom_comm *comm) { return comm->failed; }
+
+void loom_comm_set_timeout(loom_comm *comm, double seconds) {
+  comm->timeout = seconds > 0.0 ? seconds : 0.0;
+  if (comm->ops.set_timeout)
+    comm->ops.set_timeout(comm->ctx, comm->timeout);
+}
+
+double loom_comm_timeout(const loom_comm *comm) { return comm->timeout; }

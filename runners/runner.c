@@ -117,6 +117,11 @@ static void unwind(loom_runner *r, int error, bool experiment_end_done) {
   snprintf(r->error_message, sizeof r->error_message, "%s", loom_last_error());
   r->error_handled = false;
   const loom_callback_table *t = r->in_stage ? &r->stage_table : &r->exp_table;
+  /* The other ranks learn of a failure here now, not by waiting for this
+   * rank forever; an interrupt already travelled with the stop decision,
+   * and a failed collective has told them or heard from them. */
+  if (error != LOOM_EINTERRUPTED && !loom_comm_failed(r->comm))
+    loom_comm_notify_failure(r->comm, r->error_message);
   /* r->event stays where the loop failed: a snapshot describes that point. */
   loom_callback_table_dispatch(t, LOOM_EVENT_EXCEPTION, r, 1);
   if (!experiment_end_done)

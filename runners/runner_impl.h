@@ -88,6 +88,10 @@ struct loom_runner {
   bool manual_step;
   bool skip_batch; /* non-finite loss skipped: no metrics */
   int64_t nonfinite_skips;
+  /* A non-finite loss on this rank of several: decided at the step, with
+   * the others, through NaN gradients (loom_runner_check_loss). */
+  bool loss_poisoned;
+  double poisoned_loss;
 
   /* the batch */
   const loom_tensor *input, *target, *output;

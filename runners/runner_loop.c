@@ -26,7 +26,10 @@ int loom_runner_sync(loom_runner *r) {
   if (rc == 0)
     rc = loom_comm_broadcast(r->comm, &r->stop_flags, sizeof r->stop_flags, 0);
   if (rc < 0)
-    return loom_error_wrap(rc, "synchronising the stop decision over %d ranks", loom_comm_size(r->comm));
+    return loom_error_wrap(rc, "synchronising the stop decision over %d ranks (stage \"%s\", epoch %d, loader "
+                               "\"%s\", after batch %lld)",
+                           loom_comm_size(r->comm), r->stage ? r->stage->name : "-", r->epoch,
+                           r->loader_name ? r->loader_name : "-", (long long)r->loader_batch_step);
   if (r->interrupted)
     return loom_error_set(LOOM_EINTERRUPTED, "%s (stage \"%s\", epoch %d, loader \"%s\", after batch %lld)",
                           r->interrupt_reason, r->stage->name, r->epoch, r->loader_name ? r->loader_name : "-",

@@ -45,13 +45,25 @@ static int nonfinite_gradients(loom_runner *r, bool have_norm, double norm) {
   if (r->stage && r->event != LOOM_EVENT_BATCH_START)
     snprintf(where, sizeof where, " (stage \"%s\", epoch %d, loader \"%s\", batch %lld)", r->stage->name, r->epoch,
              r->loader_name ? r->loader_name : "-", (long long)r->loader_batch_step);
-  snprintf(what, sizeof what, "the gradient norm is %s before optimizer step %lld%s, first in layer \"%s\"", value,
-           (long long)r->global_optimizer_step + 1, where, first_nonfinite_layer(r->model));
+  int len = snprintf(what, sizeof what, "the gradient norm is %s before optimizer step %lld%s, first in layer \"%s\"",
+                     value, (long long)r->global_optimizer_step + 1, where, first_nonfinite_layer(r->model));
+  if (loom_comm_size(r->comm) > 1 && len > 0 && (size_t)len < sizeof what)
+    snprintf(what + len, sizeof what - (size_t)len, r->loss_poisoned ? " (averaged over %d ranks; this rank's loss was %g)"
+                                                                       : " (averaged over %d ranks)",
+             loom_comm_size(r->comm), r->poisoned_loss);
   return apply_nonfinite_policy(r, what, "check the data and any custom layer's or loss's backward, lower the "
                                          "learning rate");
 }
 
+static int optimizer_step(loom_runner *r, const loom_step_options *o, double *grad_norm);
+
 int loom_runner_optimizer_step_with(loom_runner *r, const loom_step_options *o, double *grad_norm) {
+  int rc = optimizer_step(r, o, grad_norm);
+  r->loss_poisoned = false; /* decided, by every rank alike */
+  return rc;
+}
+
+static int optimizer_step(loom_runner *r, const loom_step_options *o, double *grad_norm) {
   if (!r->optimizer || !r->model)
     return loom_error_set(LOOM_EINVAL, "stage \"%s\": an optimizer step needs a model and an optimizer",
                           r->stage ? r->stage->name : "?");
@@ -59,9 +71,12 @@ int loom_runner_optimizer_step_with(loom_runner *r, const loom_step_options *o, 
     loom_model_scale_grads(r->model, (float)o->scale);
   /* Data parallel: every rank steps with the mean gradient. */
   if (loom_comm_size(r->comm) > 1) {
+    if (r->loss_poisoned) /* the NaN every rank's check will see */
+      loom_model_grads(r->model)[0] = NAN;
     int rc = loom_comm_allreduce_mean_f32(r->comm, loom_model_grads(r->model), loom_model_num_params(r->model));
     if (rc < 0)
-      return loom_error_wrap(rc, "averaging gradients over %d ranks", loom_comm_size(r->comm));
+      return loom_error_wrap(rc, "averaging gradients over %d ranks for optimizer step %lld", loom_comm_size(r->comm),
+                             (long long)r->global_optimizer_step + 1);
   }
   /* The non-finite check, before clipping changes anything: free where the
    * norm is computed anyway; else known from backward, which checked the
@@ -106,6 +121,15 @@ int loom_runner_optimizer_step(loom_runner *r) { return loom_runner_optimizer_st
 int loom_runner_check_loss(loom_runner *r, double loss) {
   if (isfinite(loss))
     return 0;
+  /* With other ranks the decision is theirs too: a rank that stopped or
+   * skipped alone would leave them waiting in the gradients' all-reduce.
+   * This rank goes on, and its gradients carry the NaN through it, where
+   * every rank sees it before the step and applies the policy alike. */
+  if (loom_comm_size(r->comm) > 1 && r->optimizer && r->model) {
+    r->loss_poisoned = true;
+    r->poisoned_loss = loss;
+    return 0;
+  }
   char what[64];
   snprintf(what, sizeof what, "the loss is %g", loss);
   return apply_nonfinite_policy(r, what, "lower the learning rate, check the data");

@@ -242,7 +242,8 @@ static int id_sum(void *c, double *b, size_t n) { (void)c, (void)b, (void)n; ret
 static int id_mean(void *c, float *b, size_t n) { (void)c, (void)b, (void)n; return 0; }
 static int id_bcast(void *c, void *b, size_t n, int root) { (void)c, (void)b, (void)n, (void)root; return 0; }
 static int id_barrier(void *c) { (void)c; return 0; }
-static const loom_comm_ops fake_ops = {"fake", id_sum, id_mean, id_bcast, id_barrier, NULL};
+static const loom_comm_ops fake_ops = {
+    .name = "fake", .allreduce_sum_f64 = id_sum, .allreduce_mean_f32 = id_mean, .broadcast = id_bcast, .barrier = id_barrier};
 
 static void node_filter_on_rank(int rank) {
   static trace got;

@@ -431,7 +431,8 @@ static int nan_mean(void *c, float *b, size_t n) {
 }
 static int id_bcast(void *c, void *b, size_t n, int root) { (void)c, (void)b, (void)n, (void)root; return 0; }
 static int id_barrier(void *c) { (void)c; return 0; }
-static const loom_comm_ops nan_peer_ops = {"nan_peer", id_sum, nan_mean, id_bcast, id_barrier, NULL};
+static const loom_comm_ops nan_peer_ops = {.name = "nan_peer", .allreduce_sum_f64 = id_sum, .allreduce_mean_f32 = nan_mean,
+                                           .broadcast = id_bcast, .barrier = id_barrier};
 
 static void test_gradient_nan_from_allreduce(void **state) {
   (void)state;

@@ -2,7 +2,11 @@
  * communicator. Without MPI (LOOM_HAVE_MPI 0) the same functions say so. */
 #include "loom/comm_mpi.h"
 
+#include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #include "core/error_internal.h"
 
@@ -11,13 +15,51 @@
 
 bool loom_comm_mpi_available(void) { return true; }
 
-/* MPI counts are ints: larger buffers go in pieces of this many items. */
-#define CHUNK (1 << 30)
+/* The control communicator's messages: a rank's failure (its message), a
+ * rank that timed out asking the others where they are, and their answer
+ * (the number of collectives they have entered, and which one). */
+enum { TAG_FAILED = 1, TAG_WHERE = 2, TAG_HERE = 3 };
+#define NOTICE_BYTES 1024
+#define WHAT_BYTES 64
+typedef struct where {
+  unsigned long long seq;
+  char what[WHAT_BYTES];
+} where;
+
+/* Seconds a timed-out rank waits for the others to say where they are. */
+#define ASK_SECONDS 2.0
 
 typedef struct mpi_ctx {
-  MPI_Comm comm;
-  int size;
+  MPI_Comm comm; /* the collectives */
+  MPI_Comm ctl;  /* notices beside them, never waited for */
+  int size, rank;
+  double timeout;
+  unsigned long long seq; /* collectives entered */
+  const char *what;       /* the one under way */
+  bool broken;            /* a collective may be left pending: no more MPI on these */
+  char notice[NOTICE_BYTES];
+  where here;
+  unsigned long long asked; /* the collective a timed-out rank asks about */
+  MPI_Request *sends;       /* notices and answers in flight, one slot per peer */
+  /* What the collectives run on: a request left behind after a failure or
+   * a time limit may still complete later (a late rank joins it) and write
+   * there, never into a caller's buffer, which may be gone by then. */
+  void *scratch;
+  size_t scratch_bytes;
 } mpi_ctx;
+
+/* Buffers and contexts a pending request may still touch: kept to the end
+ * of the process, reachable (no leak to report) and never freed. */
+#define KEPT_MAX 64
+static void *kept[KEPT_MAX];
+static int nkept;
+static void keep_for_good(void *p) {
+  if (p && nkept < KEPT_MAX)
+    kept[nkept++] = p;
+}
+
+/* The largest piece a collective moves at once (its scratch). */
+#define PIECE_BYTES ((size_t)64 << 20)
 
 static int mpi_error(int code, const char *what) {
   char text[MPI_MAX_ERROR_STRING];
@@ -28,11 +70,174 @@ static int mpi_error(int code, const char *what) {
   return loom_error_set(LOOM_ECOMM, "MPI %s failed: %s (error %d)", what, len ? text : "no description", code);
 }
 
+/* Sends `bytes` to every peer without waiting (they may be gone). */
+static void tell_all(mpi_ctx *m, const void *buf, int bytes, int tag) {
+  for (int p = 0; p < m->size; p++) {
+    if (p == m->rank)
+      continue;
+    if (m->sends[p] != MPI_REQUEST_NULL)
+      MPI_Request_free(&m->sends[p]); /* an older notice: let it finish on its own */
+    MPI_Isend(buf, bytes, MPI_BYTE, p, tag, m->ctl, &m->sends[p]);
+  }
+}
+
+/* A failure notice from `from`: the error every rank reports for it. */
+static int peer_failed(mpi_ctx *m, int from, const char *message) {
+  m->broken = true;
+  return loom_error_set(LOOM_ECOMM, "rank %d failed: %s", from, message);
+}
+
+/* The control messages that have arrived: a failure ends the wait with
+ * its error; a question gets this rank's answer. */
+static int poll_control(mpi_ctx *m) {
+  for (;;) {
+    int flag = 0;
+    MPI_Status st;
+    if (MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, m->ctl, &flag, &st) != MPI_SUCCESS || !flag)
+      return 0;
+    char buf[NOTICE_BYTES];
+    int count = 0;
+    MPI_Get_count(&st, MPI_BYTE, &count);
+    if (count > (int)sizeof buf - 1)
+      count = (int)sizeof buf - 1;
+    MPI_Recv(buf, count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, m->ctl, MPI_STATUS_IGNORE);
+    buf[count] = '\0';
+    if (st.MPI_TAG == TAG_FAILED)
+      return peer_failed(m, st.MPI_SOURCE, buf);
+    if (st.MPI_TAG == TAG_WHERE) {
+      m->here.seq = m->seq;
+      snprintf(m->here.what, sizeof m->here.what, "%s", m->what ? m->what : "no collective");
+      if (m->sends[st.MPI_SOURCE] != MPI_REQUEST_NULL)
+        MPI_Request_free(&m->sends[st.MPI_SOURCE]);
+      MPI_Isend(&m->here, sizeof m->here, MPI_BYTE, st.MPI_SOURCE, TAG_HERE, m->ctl, &m->sends[st.MPI_SOURCE]);
+    } /* a late TAG_HERE: dropped */
+  }
+}
+
+/* Past the time limit: asks the others where they are, names those not in
+ * this collective, and tells everyone, so that they stop waiting too. */
+static int timed_out(mpi_ctx *m) {
+  const unsigned long long seq = m->seq;
+  m->asked = seq;
+  tell_all(m, &m->asked, sizeof m->asked, TAG_WHERE);
+  bool *arrived = calloc((size_t)m->size, sizeof *arrived);
+  if (!arrived)
+    return loom_error_oom("the list of ranks that did not arrive");
+  arrived[m->rank] = true;
+  int answers = 0;
+  for (double t0 = MPI_Wtime(); answers < m->size - 1 && MPI_Wtime() - t0 < ASK_SECONDS;) {
+    int flag = 0;
+    MPI_Status st;
+    MPI_Iprobe(MPI_ANY_SOURCE, TAG_HERE, m->ctl, &flag, &st);
+    if (!flag) {
+      int rc = poll_control(m); /* a failure notice may come instead */
+      if (rc < 0) {
+        free(arrived);
+        return rc;
+      }
+      nanosleep(&(struct timespec){0, 1000000}, NULL);
+      continue;
+    }
+    where w = {0};
+    MPI_Recv(&w, sizeof w, MPI_BYTE, st.MPI_SOURCE, TAG_HERE, m->ctl, MPI_STATUS_IGNORE);
+    arrived[st.MPI_SOURCE] = w.seq == seq;
+    answers++;
+  }
+  char missing[512] = "";
+  size_t len = 0;
+  for (int p = 0; p < m->size && len < sizeof missing - 16; p++)
+    if (!arrived[p])
+      len += (size_t)snprintf(missing + len, sizeof missing - len, "%s%d", len ? ", " : "", p);
+  free(arrived);
+  if (len)
+    snprintf(m->notice, sizeof m->notice, "MPI %s (collective %llu) did not complete within %g s: rank%s %s did not "
+             "arrive (stuck, or waiting elsewhere); set the limit with LOOM_COMM_TIMEOUT or loom_comm_set_timeout",
+             m->what, seq, m->timeout, strchr(missing, ',') ? "s" : "", missing);
+  else
+    snprintf(m->notice, sizeof m->notice, "MPI %s (collective %llu) did not complete within %g s: every rank arrived, "
+             "some only after the limit; raise it with LOOM_COMM_TIMEOUT or loom_comm_set_timeout",
+             m->what, seq, m->timeout);
+  tell_all(m, m->notice, (int)strlen(m->notice) + 1, TAG_FAILED);
+  m->broken = true;
+  return loom_error_set(LOOM_ECOMM, "%s", m->notice);
+}
+
+/* Spinning, then yielding, then sleeping: a peer oversubscribed on this
+ * core gets it, and a long wait costs no CPU. */
+static void idle(long spins) {
+  if (spins < 2000)
+    return;
+  if (spins < 20000)
+    sched_yield();
+  else
+    nanosleep(&(struct timespec){0, 200000}, NULL);
+}
+
+/* Waits for a started collective, watching the control messages and the
+ * time limit. */
+static int wait_for(mpi_ctx *m, MPI_Request *req) {
+  const double t0 = MPI_Wtime();
+  for (long spins = 0;; spins++) {
+    int done = 0, rc = MPI_Test(req, &done, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) {
+      m->broken = true;
+      return mpi_error(rc, m->what);
+    }
+    if (done)
+      return 0;
+    if ((rc = poll_control(m)) < 0)
+      return rc;
+    if (m->timeout > 0 && MPI_Wtime() - t0 > m->timeout)
+      return timed_out(m);
+    idle(spins);
+  }
+}
+
+/* Starts a collective (`rc` of its MPI_I... call) and waits for it. */
+static int finish(mpi_ctx *m, int rc, MPI_Request *req) {
+  if (rc != MPI_SUCCESS) {
+    m->broken = true;
+    return mpi_error(rc, m->what);
+  }
+  return wait_for(m, req);
+}
+
+static void enter(mpi_ctx *m, const char *what) {
+  m->seq++;
+  m->what = what;
+}
+
+/* At exit every rank meets the others before MPI_Finalize, which would
+ * wait forever for a rank that never comes (one stuck or gone after a
+ * failure): past the longest time limit of loom's communicators the job is
+ * ended instead (mpirun then stops every rank). */
+static double exit_wait = LOOM_COMM_TIMEOUT_DEFAULT;
+
+static bool all_at_exit(void) {
+  MPI_Request req;
+  if (MPI_Ibarrier(MPI_COMM_WORLD, &req) != MPI_SUCCESS)
+    return false;
+  const double t0 = MPI_Wtime();
+  for (long spins = 0;; spins++) {
+    int done = 0;
+    if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+      return false;
+    if (done)
+      return true;
+    if (exit_wait > 0 && MPI_Wtime() - t0 > exit_wait)
+      return false;
+    nanosleep(&(struct timespec){0, spins < 1000 ? 20000 : 1000000}, NULL);
+  }
+}
+
 static void finalize_at_exit(void) {
   int done = 0;
   MPI_Finalized(&done);
-  if (!done)
-    MPI_Finalize();
+  if (done)
+    return;
+  if (!all_at_exit())
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  MPI_Finalize();
 }
 
 /* MPI as the program left it, or initialised here and finalised at exit. */
@@ -53,56 +258,104 @@ static int ensure_initialised(void) {
   return 0;
 }
 
-static int sum_f64(void *ctx, double *buf, size_t n) {
-  const mpi_ctx *m = ctx;
-  for (size_t at = 0; at < n; at += CHUNK) {
-    int count = (int)(n - at < CHUNK ? n - at : CHUNK);
-    int rc = MPI_Allreduce(MPI_IN_PLACE, buf + at, count, MPI_DOUBLE, MPI_SUM, m->comm);
-    if (rc != MPI_SUCCESS)
-      return mpi_error(rc, "all-reduce of doubles (MPI_Allreduce)");
-  }
+static int ensure_scratch(mpi_ctx *m, size_t bytes) {
+  if (bytes <= m->scratch_bytes)
+    return 0;
+  void *p = malloc(bytes);
+  if (!p)
+    return loom_error_oom("the MPI communicator's buffer");
+  free(m->scratch);
+  m->scratch = p;
+  m->scratch_bytes = bytes;
   return 0;
 }
 
-/* The sum, then a division on each rank: the same arithmetic everywhere,
- * so every rank keeps the same bits. */
-static int mean_f32(void *ctx, float *buf, size_t n) {
-  const mpi_ctx *m = ctx;
-  for (size_t at = 0; at < n; at += CHUNK) {
-    int count = (int)(n - at < CHUNK ? n - at : CHUNK);
-    int rc = MPI_Allreduce(MPI_IN_PLACE, buf + at, count, MPI_FLOAT, MPI_SUM, m->comm);
-    if (rc != MPI_SUCCESS)
-      return mpi_error(rc, "all-reduce of floats (MPI_Allreduce)");
+/* The collectives, piece by piece through the scratch buffer: in, the
+ * collective, out (the gradients' mean divides on the way out). */
+typedef enum kind { SUM_F64, MEAN_F32, BROADCAST } kind;
+
+static int run_collective(mpi_ctx *m, kind k, void *buf, size_t n, int root) {
+  const size_t item = k == SUM_F64 ? sizeof(double) : k == MEAN_F32 ? sizeof(float) : 1;
+  const size_t piece = PIECE_BYTES / item;
+  int rc = ensure_scratch(m, (n < piece ? n : piece) * item);
+  for (size_t at = 0; rc == 0 && at < n; at += piece) {
+    const size_t count = n - at < piece ? n - at : piece;
+    char *part = (char *)buf + at * item;
+    memcpy(m->scratch, part, count * item);
+    MPI_Request req;
+    if (k == SUM_F64) {
+      enter(m, "all-reduce of doubles (MPI_Iallreduce)");
+      rc = finish(m, MPI_Iallreduce(MPI_IN_PLACE, m->scratch, (int)count, MPI_DOUBLE, MPI_SUM, m->comm, &req), &req);
+    } else if (k == MEAN_F32) {
+      enter(m, "all-reduce of floats (MPI_Iallreduce)");
+      rc = finish(m, MPI_Iallreduce(MPI_IN_PLACE, m->scratch, (int)count, MPI_FLOAT, MPI_SUM, m->comm, &req), &req);
+    } else {
+      enter(m, "broadcast (MPI_Ibcast)");
+      rc = finish(m, MPI_Ibcast(m->scratch, (int)count, MPI_BYTE, root, m->comm, &req), &req);
+    }
+    if (rc < 0)
+      break;
+    if (k == MEAN_F32) { /* the sum, then a division on each rank: every rank keeps the same bits */
+      const float world = (float)m->size, *sum = m->scratch;
+      float *out = (float *)part;
+      for (size_t i = 0; i < count; i++)
+        out[i] = sum[i] / world;
+    } else {
+      memcpy(part, m->scratch, count * item);
+    }
   }
-  const float world = (float)m->size;
-  for (size_t i = 0; i < n; i++)
-    buf[i] /= world;
-  return 0;
+  return rc;
 }
 
+static int sum_f64(void *ctx, double *buf, size_t n) { return run_collective(ctx, SUM_F64, buf, n, 0); }
+static int mean_f32(void *ctx, float *buf, size_t n) { return run_collective(ctx, MEAN_F32, buf, n, 0); }
 static int broadcast(void *ctx, void *buf, size_t bytes, int root) {
-  const mpi_ctx *m = ctx;
-  for (size_t at = 0; at < bytes; at += CHUNK) {
-    int count = (int)(bytes - at < CHUNK ? bytes - at : CHUNK);
-    int rc = MPI_Bcast((char *)buf + at, count, MPI_BYTE, root, m->comm);
-    if (rc != MPI_SUCCESS)
-      return mpi_error(rc, "broadcast (MPI_Bcast)");
-  }
-  return 0;
+  return run_collective(ctx, BROADCAST, buf, bytes, root);
 }
 
 static int barrier(void *ctx) {
-  const mpi_ctx *m = ctx;
-  int rc = MPI_Barrier(m->comm);
-  return rc == MPI_SUCCESS ? 0 : mpi_error(rc, "barrier (MPI_Barrier)");
+  mpi_ctx *m = ctx;
+  MPI_Request req;
+  enter(m, "barrier (MPI_Ibarrier)");
+  return finish(m, MPI_Ibarrier(m->comm, &req), &req);
+}
+
+static int notify_failure(void *ctx, const char *message) {
+  mpi_ctx *m = ctx;
+  snprintf(m->notice, sizeof m->notice, "%s", message);
+  tell_all(m, m->notice, (int)strlen(m->notice) + 1, TAG_FAILED);
+  m->broken = true; /* the peers may be inside a collective this rank never joins */
+  return 0;
+}
+
+static void set_timeout(void *ctx, double seconds) {
+  ((mpi_ctx *)ctx)->timeout = seconds;
+  if (seconds <= 0 || (exit_wait > 0 && seconds > exit_wait))
+    exit_wait = seconds; /* the longest wait any of them allows */
 }
 
 static void destroy(void *ctx) {
   mpi_ctx *m = ctx;
   int finalised = 0;
   MPI_Finalized(&finalised);
-  if (!finalised)
+  /* After a failure a request may still complete into the scratch or send
+   * from the notices, and freeing the communicators is collective (a peer
+   * may never come): all of it stays. */
+  if (m->broken && !finalised) {
+    keep_for_good(m->scratch);
+    keep_for_good(m->sends);
+    keep_for_good(m);
+    return;
+  }
+  for (int p = 0; !finalised && p < m->size; p++)
+    if (m->sends[p] != MPI_REQUEST_NULL)
+      MPI_Request_free(&m->sends[p]);
+  if (!finalised) {
+    MPI_Comm_free(&m->ctl);
     MPI_Comm_free(&m->comm);
+  }
+  free(m->scratch);
+  free(m->sends);
   free(m);
 }
 
@@ -113,7 +366,19 @@ static const loom_comm_ops mpi_ops = {
     .broadcast = broadcast,
     .barrier = barrier,
     .destroy = destroy,
+    .notify_failure = notify_failure,
+    .set_timeout = set_timeout,
 };
+
+static void free_ctx(mpi_ctx *m) {
+  if (m->ctl != MPI_COMM_NULL)
+    MPI_Comm_free(&m->ctl);
+  if (m->comm != MPI_COMM_NULL)
+    MPI_Comm_free(&m->comm);
+  free(m->scratch);
+  free(m->sends);
+  free(m);
+}
 
 loom_comm *loom_comm_mpi_create(const void *mpi_comm) {
   if (ensure_initialised() < 0)
@@ -123,23 +388,35 @@ loom_comm *loom_comm_mpi_create(const void *mpi_comm) {
     loom_error_oom("the MPI communicator");
     return NULL;
   }
-  /* loom's own duplicate: its collectives never match the program's. */
+  m->comm = m->ctl = MPI_COMM_NULL;
+  /* loom's own duplicates: its collectives and notices never match the
+   * program's. */
   MPI_Comm base = mpi_comm ? *(const MPI_Comm *)mpi_comm : MPI_COMM_WORLD;
   int rc = MPI_Comm_dup(base, &m->comm);
+  if (rc == MPI_SUCCESS)
+    rc = MPI_Comm_dup(base, &m->ctl);
   if (rc != MPI_SUCCESS) {
-    free(m);
+    free_ctx(m);
     mpi_error(rc, "duplicating the communicator (MPI_Comm_dup)");
     return NULL;
   }
-  int rank = 0;
   if ((rc = MPI_Comm_set_errhandler(m->comm, MPI_ERRORS_RETURN)) != MPI_SUCCESS ||
-      (rc = MPI_Comm_rank(m->comm, &rank)) != MPI_SUCCESS || (rc = MPI_Comm_size(m->comm, &m->size)) != MPI_SUCCESS) {
-    MPI_Comm_free(&m->comm);
-    free(m);
+      (rc = MPI_Comm_set_errhandler(m->ctl, MPI_ERRORS_RETURN)) != MPI_SUCCESS ||
+      (rc = MPI_Comm_rank(m->comm, &m->rank)) != MPI_SUCCESS || (rc = MPI_Comm_size(m->comm, &m->size)) != MPI_SUCCESS) {
+    free_ctx(m);
     mpi_error(rc, "setting up the communicator");
     return NULL;
   }
-  loom_comm *comm = loom_comm_create(&mpi_ops, m, rank, m->size);
+  m->sends = malloc((size_t)m->size * sizeof *m->sends);
+  if (!m->sends) {
+    free_ctx(m);
+    loom_error_oom("the MPI communicator's notices");
+    return NULL;
+  }
+  for (int p = 0; p < m->size; p++)
+    m->sends[p] = MPI_REQUEST_NULL;
+  m->timeout = LOOM_COMM_TIMEOUT_DEFAULT;
+  loom_comm *comm = loom_comm_create(&mpi_ops, m, m->rank, m->size);
   if (!comm)
     destroy(m);
   return comm;

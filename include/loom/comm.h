@@ -29,7 +29,20 @@ typedef struct loom_comm_ops {
   int (*barrier)(void *ctx);
   /* Optional: frees ctx. */
   void (*destroy)(void *ctx);
+  /* Optional, so that no rank waits forever (docs/distributed.md,
+   * "Failures"): tells every other rank, without waiting for any, that this
+   * one has failed with `message`; their collectives under way or to come
+   * end with LOOM_ECOMM naming this rank and the message. */
+  int (*notify_failure)(void *ctx, const char *message);
+  /* Optional: a collective not complete after `seconds` (0: no limit) ends
+   * with LOOM_ECOMM naming it and the ranks that did not arrive, and tells
+   * the others so. */
+  void (*set_timeout)(void *ctx, double seconds);
 } loom_comm_ops;
+
+/* The collectives' time limit unless set (LOOM_COMM_TIMEOUT in the
+ * environment, in seconds, overrides it for the communicators made after). */
+#define LOOM_COMM_TIMEOUT_DEFAULT 300.0
 
 /* Wraps a backend; `ops` is copied, `ctx` is owned from here on. */
 LOOM_API loom_comm *loom_comm_create(const loom_comm_ops *ops, void *ctx, int rank, int size);
@@ -46,6 +59,20 @@ LOOM_API int loom_comm_allreduce_sum_f64(loom_comm *comm, double *buf, size_t n)
 LOOM_API int loom_comm_allreduce_mean_f32(loom_comm *comm, float *buf, size_t n);
 LOOM_API int loom_comm_broadcast(loom_comm *comm, void *buf, size_t bytes, int root);
 LOOM_API int loom_comm_barrier(loom_comm *comm);
+/* A failure on this rank, told to the others (the runner does it when a run
+ * fails on this rank, before on_exception): from here on every collective
+ * of this communicator fails at once, as it does on a rank that has seen a
+ * peer fail or a collective time out, so that no code that runs after the
+ * failure (an on_exception callback, the unwind) waits for peers that will
+ * not come. Returns 0, or the backend's error. */
+LOOM_API int loom_comm_notify_failure(loom_comm *comm, const char *message);
+/* Whether a collective has failed (a peer failed, a time limit passed, an
+ * error of the backend) or this rank notified a failure. */
+LOOM_API bool loom_comm_failed(const loom_comm *comm);
+/* The time limit of each collective in seconds (0: none), where the backend
+ * has one (set_timeout); the default is LOOM_COMM_TIMEOUT_DEFAULT. */
+LOOM_API void loom_comm_set_timeout(loom_comm *comm, double seconds);
+LOOM_API double loom_comm_timeout(const loom_comm *comm);
 
 #ifdef __cplusplus
 }
