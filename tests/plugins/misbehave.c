@@ -40,8 +40,10 @@ static int batch(loom_callback *cb, loom_runner *r) {
   (void)r;
   misbehave *m = loom_callback_data(cb);
   struct timespec t = {m->sleep_ms / 1000, (m->sleep_ms % 1000) * 1000000};
-  if (m->action == SEGV)
+  if (m->action == SEGV) {
+    signal(SIGSEGV, SIG_DFL); /* a sanitizer's handler would turn it into exit(1) */
     raise(SIGSEGV);
+  }
   while (m->action == HANG)
     nanosleep(&(struct timespec){1, 0}, NULL);
   if (m->action == SLOW)
