@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <loom.h>
 
@@ -113,15 +114,24 @@ int loom_cli_grid(int argc, char **argv) {
     return code < 0 ? DONE : code;
   const char *file = argv[argc - 1];
   loom_grid *grid = loom_grid_load(file, options, n);
-  int rc = grid ? (run ? loom_grid_run(grid, &o) : loom_grid_validate(grid)) : loom_last_error_code();
-  if (run && rc != LOOM_EINVAL && rc != LOOM_ENOENT && grid)
-    putchar('\n'); /* after the progress line */
+  /* A grid that does not build is a usage error; one that fails running is not. */
+  int rc = grid ? loom_grid_validate(grid) : loom_last_error_code();
+  if (rc < 0) {
+    fprintf(stderr, "loom grid: error: %s\n", loom_last_error());
+    loom_grid_destroy(grid);
+    return USAGE;
+  }
+  if (run) {
+    rc = loom_grid_run(grid, &o);
+    if (isatty(fileno(stdout)))
+      putchar('\n'); /* after the progress line */
+  }
   if (rc == LOOM_EINTERRUPTED) {
     fprintf(stderr, "loom grid: %s\n", loom_last_error());
     code = INTERRUPTED;
   } else if (rc < 0) {
     fprintf(stderr, "loom grid: error: %s\n", loom_last_error());
-    code = grid && run && rc != LOOM_EINVAL && rc != LOOM_ENOENT ? RUNTIME : USAGE;
+    code = RUNTIME;
   } else if (rc > 0) {
     fprintf(stderr, "loom grid: %d experiment%s failed: see results.jsonl and their stderr.txt\n", rc,
             rc == 1 ? "" : "s");

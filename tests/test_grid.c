@@ -190,6 +190,62 @@ static void test_small_grid(void **state) {
   json_decref(e);
 }
 
+/* The ids of a results file (test_dir/DIR/FILE), in order, one per line. */
+static void ids_of(const char *dir, const char *file, char *out, size_t size) {
+  char path[1300];
+  snprintf(path, sizeof path, "%s/%s/%s", test_dir, dir, file);
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  char line[65536];
+  out[0] = '\0';
+  while (fgets(line, sizeof line, f)) {
+    json_t *row = json_loads(line, 0, NULL);
+    snprintf(out + strlen(out), size - strlen(out), "%s\n", str(row, "id"));
+    json_decref(row);
+  }
+  fclose(f);
+}
+
+/* --shard i/n, and an MPI launcher's rank and size as the shard: each
+ * shard runs the experiments whose index mod n is i, into its own file. */
+static void test_shards(void **state) {
+  (void)state;
+  write_base(1);
+  write_grid("shard.json", "{\"base\": \"base.json\", \"repetitions\": 2,\n"
+                           " \"options\": {\"stages.train.optimizer.lr\": [0.1, 0.03, 0.01]}}\n");
+  assert_int_equal(run(NULL, "grid", "run", "shard.json", "--workers", "2", "--shard", "0/2", NULL), 0);
+  setenv("OMPI_COMM_WORLD_RANK", "1", 1);
+  setenv("OMPI_COMM_WORLD_SIZE", "2", 1);
+  assert_int_equal(run(NULL, "grid", "run", "shard.json", "--workers", "2", NULL), 0);
+  unsetenv("OMPI_COMM_WORLD_RANK");
+  unsetenv("OMPI_COMM_WORLD_SIZE");
+  char ids[4096];
+  ids_of("shard", "results-shard-0-of-2.jsonl", ids, sizeof ids);
+  /* Experiments 0, 2, 4 in the order rep1 of every point, then rep2 (the
+   * finishing order of two workers may differ: compare sorted). */
+  char sorted[4096], cmd[5000];
+  snprintf(cmd, sizeof cmd, "printf '%%s' '%s' | sort", ids);
+  FILE *p = popen(cmd, "r");
+  size_t got = fread(sorted, 1, sizeof sorted - 1, p);
+  sorted[got] = '\0';
+  pclose(p);
+  assert_string_equal(sorted, "lr=0.01/rep1\nlr=0.03/rep2\nlr=0.1/rep1\n");
+  ids_of("shard", "results-shard-1-of-2.jsonl", ids, sizeof ids);
+  snprintf(cmd, sizeof cmd, "printf '%%s' '%s' | sort", ids);
+  p = popen(cmd, "r");
+  got = fread(sorted, 1, sizeof sorted - 1, p);
+  sorted[got] = '\0';
+  pclose(p);
+  assert_string_equal(sorted, "lr=0.01/rep2\nlr=0.03/rep1\nlr=0.1/rep2\n");
+  /* The whole grid afterwards: every experiment is done already. */
+  assert_int_equal(run(NULL, "grid", "run", "shard.json", "--workers", "2", NULL), 0);
+  char path[1300];
+  snprintf(path, sizeof path, "%s/shard/results.jsonl", test_dir);
+  char *all = test_read_file(path);
+  assert_true(!all || !all[0]);
+  free(all);
+}
+
 /* One experiment segfaults, one hangs past --timeout: both failed with
  * their signal and reason, the others done. */
 static void test_failures_isolated(void **state) {
@@ -371,7 +427,7 @@ int main(int argc, char **argv) {
   snprintf(errfile, sizeof errfile, "/tmp/loom-test-grid-err.%ld", (long)getpid());
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_validate_reports_option), cmocka_unit_test(test_small_grid),
-      cmocka_unit_test(test_retries), cmocka_unit_test(test_failures_isolated),
+      cmocka_unit_test(test_retries), cmocka_unit_test(test_shards), cmocka_unit_test(test_failures_isolated),
       cmocka_unit_test(test_interrupt_then_resume),
   };
   int failed = cmocka_run_group_tests(tests, test_dir_setup, test_dir_teardown);
