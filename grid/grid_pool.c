@@ -82,7 +82,12 @@ static void report(grid_run *r, loom_grid_event event, const char *id, const cha
   if (r->timed) {
     double each = r->durations / (double)r->timed;
     size_t waves = (left + r->running + (size_t)r->o.workers - 1) / (size_t)r->o.workers;
-    eta = each * (double)waves;
+    /* The running ones are partly done: count down as they run. */
+    double age = 0;
+    for (int i = 0; i < r->o.workers; i++)
+      age += r->workers[i].busy ? since(r->workers[i].start_ns) : 0;
+    age = r->running ? age / (double)r->running : 0;
+    eta = fmax(0, each * (double)waves - fmin(each, age));
   }
   const char *metric = r->g->metric ? r->g->metric : r->g->points[0].metric;
   loom_grid_progress p = {event, id, status, reason, attempt, duration, r->total, r->done, r->failed, r->running,
