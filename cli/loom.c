@@ -9,6 +9,8 @@
 
 #include <loom.h>
 
+#include "cli/grid_cmd.h"
+
 
 enum { EXIT_DONE = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
 
@@ -18,6 +20,7 @@ static const char usage_main[] =
     "commands:\n"
     "  run CONFIG       train the experiment a JSON config describes\n"
     "  validate CONFIG  check a config without training (exit 0, or 2 with the error)\n"
+    "  grid validate|run GRID.json  a grid of experiments (loom grid --help)\n"
     "  convert idx OUT.h5 --images FILE --labels FILE\n"
     "                   write IDX images and labels as HDF5 (datasets \"images\", \"labels\")\n"
     "\n"
@@ -390,6 +393,8 @@ int main(int argc, char **argv) {
   }
   if (strcmp(argv[1], "convert") == 0)
     return cmd_convert(argc - 1, argv + 1);
+  if (strcmp(argv[1], "grid") == 0)
+    return loom_cli_grid(argc - 1, argv + 1);
   bool run = strcmp(argv[1], "run") == 0;
   if (!run && strcmp(argv[1], "validate") != 0) {
     fprintf(stderr, "loom: unknown command \"%s\"\n%s", argv[1], usage_main);
