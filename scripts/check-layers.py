@@ -26,6 +26,7 @@ PUBLIC = {
     "scheduler.h": "models", "data.h": "loaders",
     "callback.h": "runners", "experiment.h": "runners", "runner.h": "runners", "runner_view.h": "runners",
     "callbacks.h": "callbacks", "config.h": "config", "registry.h": "config", "plugin.h": "config",
+    "grid_results.h": "grid",
     "loom.h": "cli",
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
