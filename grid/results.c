@@ -247,9 +247,12 @@ typedef struct filter {
   const char *text; /* the value as written */
   double number;
   bool is_number;
+  char name[256]; /* the key as written (a metric's key.name points here) */
 } filter;
 
-static int parse_filter(const json_t *rows, const json_t *options, const char *spec, filter *f, char *key, size_t size) {
+static int parse_filter(const json_t *rows, const json_t *options, const char *spec, filter *f) {
+  char *key = f->name;
+  size_t size = sizeof f->name;
   static const struct {
     const char *s;
     int op;
@@ -476,9 +479,8 @@ int loom_grid_results_table(const loom_grid_results *r, const loom_grid_table_op
   size_t nkeys = o->num_group_by ? o->num_group_by : json_array_size(option_keys);
   key_ref *keys = calloc(nkeys + 1, sizeof *keys);
   int rc = t && option_keys && kept && filters && keys ? 0 : loom_error_oom("the results table");
-  char key[512];
   for (size_t i = 0; rc == 0 && i < o->num_filters; i++)
-    rc = parse_filter(r->rows, option_keys, o->filters[i], &filters[i], key, sizeof key);
+    rc = parse_filter(r->rows, option_keys, o->filters[i], &filters[i]);
   /* Filters name keys of the filter's own row, resolved before grouping. */
   size_t i;
   json_t *row;
