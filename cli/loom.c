@@ -10,6 +10,7 @@
 #include <loom.h>
 
 #include "cli/grid_cmd.h"
+#include "cli/grid_results_cmd.h"
 
 
 enum { EXIT_DONE = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
@@ -23,6 +24,7 @@ static const char usage_main[] =
     "  grid validate|run GRID.json  a grid of experiments (loom grid --help)\n"
     "  convert idx OUT.h5 --images FILE --labels FILE\n"
     "                   write IDX images and labels as HDF5 (datasets \"images\", \"labels\")\n"
+    "  grid results DIR the table of a grid's results (loom grid results --help)\n"
     "\n"
     "loom run --help shows the options. Exit codes: 0 done, 1 runtime failure,\n"
     "2 usage or config error, 130 interrupted with a checkpoint saved.\n";
@@ -393,6 +395,8 @@ int main(int argc, char **argv) {
   }
   if (strcmp(argv[1], "convert") == 0)
     return cmd_convert(argc - 1, argv + 1);
+  if (strcmp(argv[1], "grid") == 0 && argc > 2 && strcmp(argv[2], "results") == 0)
+    return loom_cli_grid_results(argc - 2, argv + 2);
   if (strcmp(argv[1], "grid") == 0)
     return loom_cli_grid(argc - 1, argv + 1);
   bool run = strcmp(argv[1], "run") == 0;

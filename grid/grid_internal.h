@@ -53,6 +53,8 @@ int loom_grid_name_points(loom_grid *g);
  * or exponent, so that it stays a real), anything else as compact JSON.
  * Returns a malloc'd string or NULL. `for_set`: strings are JSON-quoted. */
 char *loom_grid_value_text(const json_t *value, bool for_set);
+/* x in the fewest significant digits that read back as x (%.17g at most). */
+void loom_grid_format_number(double x, char *buf, size_t size);
 
 /* grid_results.c */
 /* The row of an ended attempt (steals nothing); NULL on OOM. */

@@ -10,21 +10,12 @@
 #include "core/error_internal.h"
 #include "grid/grid_internal.h"
 
-/* The shortest %.*g of v that reads back as v. */
-static void shortest(char *buf, size_t size, double v) {
-  for (int digits = 1; digits <= 17; digits++) {
-    snprintf(buf, size, "%.*g", digits, v);
-    if (strtod(buf, NULL) == v)
-      return;
-  }
-}
-
 char *loom_grid_value_text(const json_t *value, bool for_set) {
   if (json_is_string(value) && !for_set)
     return strdup(json_string_value(value));
   if (json_is_real(value) && isfinite(json_real_value(value))) {
     char buf[64];
-    shortest(buf, sizeof buf - 2, json_real_value(value));
+    loom_grid_format_number(json_real_value(value), buf, sizeof buf - 2);
     if (!strpbrk(buf, ".eEn"))
       strcat(buf, ".0"); /* stays a real when it reads back as JSON */
     return strdup(buf);

@@ -27,6 +27,7 @@ PUBLIC = {
     "callback.h": "runners", "experiment.h": "runners", "runner.h": "runners", "runner_view.h": "runners",
     "callbacks.h": "callbacks", "config.h": "config", "registry.h": "config", "plugin.h": "config",
     "grid.h": "grid",
+    "grid_results.h": "grid",
     "loom.h": "cli",
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what loom needs to build, test and run its example on Debian 12
-# (python3 runs the layering check of the test suite).
+# (python3 runs the layering check of the test suite; with python3-protobuf and
+# protobuf-compiler it decodes the TensorBoard files the HParams tests check).
 # Idempotent: packages already present are skipped by apt. Needs root or sudo.
 set -euo pipefail
 
@@ -9,6 +10,7 @@ packages=(
   zlib1g-dev libuv1-dev libjansson-dev libhdf5-dev hdf5-tools
   libcmocka-dev libopenblas-dev libopenmpi-dev openmpi-bin
   dataset-fashion-mnist
+  python3-protobuf protobuf-compiler
 )
 # libxsmm runs the matrix products on AVX-512 CPUs; Debian packages it for amd64 only,
 # and elsewhere loom builds without it (OpenBLAS for every product).

@@ -161,8 +161,27 @@ LOOM_API loom_callback *loom_timer_callback_create(void);
  * each loader metric as the scalar "<loader>/<metric>" at step = global
  * epoch, epoch-level metrics (lr, ...) under their own names; with
  * batch_every > 0 also "batch/<loader>/<metric>" every N train batches at
- * step = global batch. Steps continue across stages and resumes. */
+ * step = global batch. Steps continue across stages and resumes.
+ *
+ * Hyperparameters (docs/callbacks.md, "Hyperparameters"): every scalar of
+ * the experiment's resolved config (loom_experiment_config: every run built
+ * from a config) under its key path as --set writes it
+ * ("stages.train.optimizer.lr"), then those set below (replacing a config
+ * key of the same name). When there is any, the file gets TensorBoard's
+ * HParams summaries: the session's start with the values at experiment
+ * start; at experiment end the Experiment (the hparams, and each
+ * "<loader>/<metric>" as a metric) and the session's end with its status
+ * (none for an interrupted run, whose resume goes on with the session).
+ * At experiment end it also writes <logdir>/hparams.json:
+ * {"hparams": {...}, "final": {"valid/loss": 0.41, ...}, "status":
+ * "done"|"failed"|"interrupted"}, "final" holding each loader metric's
+ * last value. */
 LOOM_API loom_callback *loom_tensorboard_logger_create(int64_t batch_every);
+/* A hyperparameter of the run, recorded as above; `cb` must be a logger
+ * from loom_tensorboard_logger_create. Setting a name again replaces it. */
+LOOM_API int loom_tensorboard_logger_set_hparam(loom_callback *cb, const char *name, double value);
+LOOM_API int loom_tensorboard_logger_set_hparam_string(loom_callback *cb, const char *name, const char *value);
+LOOM_API int loom_tensorboard_logger_set_hparam_bool(loom_callback *cb, const char *name, bool value);
 
 #ifdef __cplusplus
 }
