@@ -146,7 +146,8 @@ static Onnx__TensorProto *tensor(builder *b, const char *name, int ndim, const i
   if (b->oom)
     return NULL;
   onnx__tensor_proto__init(t);
-  memcpy(d, dims, (size_t)ndim * sizeof *d);
+  if (ndim)
+    memcpy(d, dims, (size_t)ndim * sizeof *d);
   t->n_dims = (size_t)ndim, t->dims = d;
   t->has_data_type = true, t->data_type = type;
   t->name = str(b, "%s", name);
