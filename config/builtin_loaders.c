@@ -16,6 +16,15 @@ static void *located(loom_params *p, const char *key, loom_dataset *ds) {
   return ds;
 }
 
+/* Whether `key` is given as null (an unlabelled dataset's targets); it
+ * counts as asked for. */
+static bool is_null(loom_params *p, const char *key) {
+  if (!json_is_null(json_object_get(loom_params_object(p), key)))
+    return false;
+  loom_params_known(p, key);
+  return true;
+}
+
 static void *fashion_mnist(loom_params *p, const void *context, void *user) {
   (void)context, (void)user;
   static const char *const splits[] = {"train", "test", NULL};
@@ -35,7 +44,7 @@ static void *idx(loom_params *p, const void *context, void *user) {
   return located(p, "images", loom_idx_dataset_open(images, labels));
 }
 
-/* {"type": "hdf5", "files": ["a.h5", ...], "inputs": "images", "targets": "labels", ...} */
+/* {"type": "hdf5", "files": ["a.h5", ...], "inputs": "images", "targets": "labels" (null: unlabelled), ...} */
 static void *hdf5(loom_params *p, const void *context, void *user) {
   (void)context, (void)user;
   size_t n;
@@ -54,7 +63,8 @@ static void *hdf5(loom_params *p, const void *context, void *user) {
   }
   loom_hdf5_options o = {.files = names, .num_files = (int)n};
   bool preload;
-  if (loom_params_string(p, "inputs", "images", &o.inputs) < 0 || loom_params_string(p, "targets", "labels", &o.targets) < 0 ||
+  if (loom_params_string(p, "inputs", "images", &o.inputs) < 0 ||
+      (!is_null(p, "targets") && loom_params_string(p, "targets", "labels", &o.targets) < 0) ||
       loom_params_number(p, "scale", 1.0, -HUGE_VAL, HUGE_VAL, &o.scale) < 0 ||
       loom_params_int(p, "cache_mb", 256, 1, INT32_MAX, &o.cache_mb) < 0 ||
       loom_params_int(p, "block", 256, 1, INT32_MAX, &o.block) < 0 || loom_params_bool(p, "preload", false, &preload) < 0)
@@ -68,8 +78,9 @@ static void *csv(loom_params *p, const void *context, void *user) {
   const char *file;
   int64_t column;
   bool header;
+  column = LOOM_CSV_NO_TARGET;
   if (loom_params_file(p, "file", NULL, &file) < 0 ||
-      loom_params_int(p, "target_column", -1, -4096, 4095, &column) < 0 ||
+      (!is_null(p, "target_column") && loom_params_int(p, "target_column", -1, -4096, 4095, &column) < 0) ||
       loom_params_bool(p, "header", false, &header) < 0)
     return NULL;
   return located(p, "file", loom_csv_dataset_open(file, (int)column, header));

@@ -109,6 +109,7 @@ loom_config *loom_config_load(const char *path) {
 void loom_config_destroy(loom_config *c) {
   if (!c)
     return;
+  loom_config_forget_built(c);
   json_decref(c->root);
   loom_pos_index_free(&c->index);
   for (size_t i = 0; i < c->num_overrides; i++) {

@@ -529,12 +529,20 @@ static int build_stages(builder *b, loom_params *root) {
   return rc;
 }
 
-static void release(builder *b) {
+/* After a build: the config records every loader (keeping those no stage
+ * runs, for loom_config_loader) and the model; after a failure they go. */
+static int release(builder *b, int rc) {
   for (int i = 0; i < b->num_datasets; i++)
     loom_dataset_release(b->datasets[i].object);
-  for (int i = 0; i < b->num_loaders; i++)
-    if (!b->loaders[i].used)
+  for (int i = 0; i < b->num_loaders; i++) {
+    if (rc == 0)
+      rc = loom_config_keep_loader(b->c, b->loaders[i].name, b->loaders[i].object, !b->loaders[i].used);
+    else if (!b->loaders[i].used)
       loom_loader_destroy(b->loaders[i].object);
+  }
+  if (rc == 0)
+    b->c->built_model = b->model;
+  return rc;
 }
 
 /* "plugins": shared libraries (relative to the config's directory) that
@@ -567,6 +575,7 @@ loom_dist loom_config_distributed(const loom_config *c) { return c->distributed;
 int loom_config_build(loom_config *c, loom_experiment **out) {
   *out = NULL;
   builder b = {.c = c};
+  loom_config_forget_built(c);
   loom_params root;
   loom_params_init(&root, c, c->root, "");
   loom_error_clear();
@@ -593,8 +602,9 @@ int loom_config_build(loom_config *c, loom_experiment **out) {
   if (rc == 0)
     rc = text ? loom_experiment_set_config(b.exp, text) : loom_error_oom("the resolved config");
   free(text);
-  release(&b);
+  rc = release(&b, rc);
   if (rc < 0) {
+    loom_config_forget_built(c);
     loom_experiment_destroy(b.exp);
     return rc;
   }

@@ -28,6 +28,13 @@ typedef struct loom_override {
   char *created; /* the first key the --set created (errors there are its), or NULL */
 } loom_override;
 
+/* A loader the last loom_config_build made (config_built.c). */
+typedef struct loom_built_loader {
+  char *name;
+  loom_loader *loader;
+  bool owned; /* no stage runs it: the config keeps it */
+} loom_built_loader;
+
 struct loom_config {
   char *name;     /* the file as given */
   char *base_dir; /* its directory */
@@ -36,7 +43,19 @@ struct loom_config {
   loom_override *overrides;
   size_t num_overrides, cap_overrides;
   loom_dist distributed; /* "distributed", once built */
+  /* What the last build made: every loader by name, and the model (the
+   * experiment's, borrowed). */
+  loom_built_loader *built_loaders;
+  size_t num_built_loaders;
+  loom_model *built_model;
 };
+
+/* config_built.c: records a loader the build made (owned: no stage runs
+ * it, the config keeps it; else borrowed from the experiment). On failure
+ * an owned loader is destroyed. */
+int loom_config_keep_loader(loom_config *c, const char *name, loom_loader *loader, bool owned);
+/* Drops what the last build recorded (destroying the loaders it owns). */
+void loom_config_forget_built(loom_config *c);
 
 /* A component's parameters: an object of the config at `path`, and the
  * keys asked for so far (to find unknown ones). */

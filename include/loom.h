@@ -11,6 +11,7 @@
 #include "loom/config.h"
 #include "loom/criterion.h"
 #include "loom/data.h"
+#include "loom/deploy.h"
 #include "loom/error.h"
 #include "loom/experiment.h"
 #include "loom/grid.h"

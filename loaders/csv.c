@@ -1,4 +1,5 @@
-/* A numeric CSV file as a dataset: one row a sample, one column its target. */
+/* A numeric CSV file as a dataset: one row a sample, one column its target
+ * (or none: unlabelled). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +49,7 @@ loom_dataset *loom_csv_dataset_open(const char *path, int target_column, bool he
   double *row = malloc(MAX_COLUMNS * sizeof *row);
   float *x = NULL, *y = NULL;
   int64_t n = 0, cap = 0;
-  int columns = -1, line = 0, rc = row ? 0 : loom_error_oom("a CSV row");
+  int columns = -1, features = 0, line = 0, rc = row ? 0 : loom_error_oom("a CSV row");
   char *text = NULL;
   size_t text_cap = 0;
   while (rc == 0 && getline(&text, &text_cap, f) > 0) {
@@ -62,20 +63,21 @@ loom_dataset *loom_csv_dataset_open(const char *path, int target_column, bool he
     }
     if (columns < 0) {
       columns = k;
-      int t = target_column < 0 ? columns + target_column : target_column;
-      if (columns < 2 || t < 0 || t >= columns) {
+      int t = target_column == LOOM_CSV_NO_TARGET ? -1 : target_column < 0 ? columns + target_column : target_column;
+      if (target_column != LOOM_CSV_NO_TARGET && (columns < 2 || t < 0 || t >= columns)) {
         rc = loom_error_set(LOOM_EINVAL, "%s:%d: %d columns; target column %d does not leave features", path, line,
                             columns, target_column);
         break;
       }
       target_column = t;
+      features = columns - (t >= 0);
     } else if (k != columns) {
       rc = loom_error_set(LOOM_EFORMAT, "%s:%d: %d columns where the first row had %d", path, line, k, columns);
       break;
     }
     if (n == cap) {
       cap = cap ? cap * 2 : 1024;
-      float *gx = realloc(x, (size_t)(cap * (columns - 1)) * sizeof *gx), *gy = gx ? realloc(y, (size_t)cap * sizeof *gy) : NULL;
+      float *gx = realloc(x, (size_t)(cap * features) * sizeof *gx), *gy = gx ? realloc(y, (size_t)cap * sizeof *gy) : NULL;
       if (gx)
         x = gx;
       if (!gx || !gy) {
@@ -88,7 +90,7 @@ loom_dataset *loom_csv_dataset_open(const char *path, int target_column, bool he
       if (c == target_column)
         y[n] = (float)row[c];
       else
-        x[n * (columns - 1) + j++] = (float)row[c];
+        x[n * features + j++] = (float)row[c];
     }
     n++;
   }
@@ -99,8 +101,8 @@ loom_dataset *loom_csv_dataset_open(const char *path, int target_column, bool he
     rc = loom_error_set(LOOM_EFORMAT, "%s: no rows of numbers", path);
   loom_dataset *ds = NULL;
   if (rc == 0) {
-    int64_t features = columns - 1;
-    ds = loom_memory_dataset_create(x, y, n, 1, &features, 0, NULL);
+    int64_t shape = features;
+    ds = loom_memory_dataset_create(x, target_column >= 0 ? y : NULL, n, 1, &shape, 0, NULL);
   }
   free(x);
   free(y);

@@ -58,6 +58,12 @@ int64_t loom_dataset_length(const loom_dataset *ds) { return ds->ops.length(ds->
 int loom_dataset_sample_ndim(const loom_dataset *ds) { return ds->sample_ndim; }
 const int64_t *loom_dataset_sample_shape(const loom_dataset *ds) { return ds->sample_shape; }
 int loom_dataset_target_ndim(const loom_dataset *ds) { return ds->target_ndim; }
+bool loom_dataset_is_labelled(const loom_dataset *ds) {
+  for (int i = 0; i < ds->target_ndim; i++)
+    if (ds->target_shape[i] == 0)
+      return false;
+  return true;
+}
 const int64_t *loom_dataset_target_shape(const loom_dataset *ds) { return ds->target_shape; }
 
 int loom_dataset_fetch(loom_dataset *ds, const int64_t *indices, int64_t n, float *x, float *y) {

@@ -108,9 +108,11 @@ static int open_part(h5ds *d, part *p, const loom_hdf5_options *o) {
   int xn, yn;
   q = loom_h5_hush();
   rc = open_numeric(p, o->inputs, &p->x, &xn, xd);
-  if (rc == 0)
+  if (rc == 0 && o->targets)
     rc = open_numeric(p, o->targets, &p->y, &yn, yd);
   loom_h5_unhush(q);
+  if (rc == 0 && !o->targets) /* unlabelled: targets of shape [0] */
+    yn = 2, yd[0] = xd[0], yd[1] = 0;
   if (rc == 0 && xd[0] != yd[0])
     rc = loom_error_set(LOOM_EFORMAT, "%s: %llu samples in \"%s\" but %llu in \"%s\"; they must match", p->path,
                         (unsigned long long)xd[0], o->inputs, (unsigned long long)yd[0], o->targets);
@@ -119,7 +121,7 @@ static int open_part(h5ds *d, part *p, const loom_hdf5_options *o) {
   if (rc == 0)
     rc = check_shape(d, p, o->inputs, xn, xd, true);
   if (rc == 0)
-    rc = check_shape(d, p, o->targets, yn, yd, false);
+    rc = check_shape(d, p, o->targets ? o->targets : "(no targets)", yn, yd, false);
   if (rc == 0) {
     p->start = d->n;
     p->n = (int64_t)xd[0];
@@ -182,7 +184,7 @@ static int load_block(h5ds *d, int64_t id, block **out) {
     b = calloc(1, sizeof *b);
     if (b) {
       b->x = malloc((size_t)(d->block_len * d->sample_size) * sizeof(float));
-      b->y = malloc((size_t)(d->block_len * d->target_size) * sizeof(float));
+      b->y = malloc((size_t)(d->block_len * d->target_size + 1) * sizeof(float)); /* + 1: never malloc(0) */
     }
     if (!b || !b->x || !b->y) {
       if (b)
@@ -199,7 +201,7 @@ static int load_block(h5ds *d, int64_t id, block **out) {
     if (a >= e)
       continue;
     rc = read_rows(p, p->x, a - p->start, e - a, b->x + (a - first) * d->sample_size, "inputs");
-    if (rc == 0)
+    if (rc == 0 && d->target_size)
       rc = read_rows(p, p->y, a - p->start, e - a, b->y + (a - first) * d->target_size, "targets");
   }
   if (rc == 0 && d->scale != 1.0)
@@ -270,8 +272,8 @@ static void h5_destroy(void *data) {
 static const loom_dataset_ops h5_ops = {"hdf5", h5_length, h5_fetch, h5_destroy};
 
 loom_dataset *loom_hdf5_dataset_open(const loom_hdf5_options *o) {
-  if (!o || o->num_files < 1 || !o->files || !o->inputs || !o->targets || o->cache_mb < 0 || o->block < 0) {
-    loom_error_set(LOOM_EINVAL, "HDF5 dataset: needs files, the inputs' and targets' dataset names, cache_mb >= 0");
+  if (!o || o->num_files < 1 || !o->files || !o->inputs || o->cache_mb < 0 || o->block < 0) {
+    loom_error_set(LOOM_EINVAL, "HDF5 dataset: needs files, the inputs' dataset name, cache_mb >= 0");
     return NULL;
   }
   h5ds *d = calloc(1, sizeof *d);

@@ -44,7 +44,10 @@ static int64_t product(int ndim, const int64_t *shape) {
 loom_dataset *loom_memory_dataset_create(const float *x, const float *y, int64_t n, int sample_ndim,
                                          const int64_t *sample_shape, int target_ndim,
                                          const int64_t *target_shape) {
-  if (!x || !y || n < 1 || sample_ndim < 1 || sample_ndim >= LOOM_MAX_DIMS || target_ndim < 0 ||
+  static const int64_t no_targets[1] = {0};
+  if (!y) /* unlabelled: targets of shape [0] */
+    target_ndim = 1, target_shape = no_targets;
+  if (!x || n < 1 || sample_ndim < 1 || sample_ndim >= LOOM_MAX_DIMS || target_ndim < 0 ||
       target_ndim >= LOOM_MAX_DIMS) {
     loom_error_set(LOOM_EINVAL, "loom_memory_dataset_create: need data, at least one sample, 1-3 sample "
                                 "dimensions and 0-3 target dimensions");
@@ -59,13 +62,14 @@ loom_dataset *loom_memory_dataset_create(const float *x, const float *y, int64_t
   d->sample_size = product(sample_ndim, sample_shape);
   d->target_size = product(target_ndim, target_shape);
   d->x = malloc((size_t)(n * d->sample_size) * sizeof *d->x);
-  d->y = malloc((size_t)(n * d->target_size) * sizeof *d->y);
+  d->y = malloc((size_t)(n * d->target_size + 1) * sizeof *d->y); /* + 1: never malloc(0) */
   if (!d->x || !d->y) {
     memory_destroy(d);
     loom_error_oom("a memory dataset's arrays");
     return NULL;
   }
   memcpy(d->x, x, (size_t)(n * d->sample_size) * sizeof *d->x);
-  memcpy(d->y, y, (size_t)(n * d->target_size) * sizeof *d->y);
+  if (y)
+    memcpy(d->y, y, (size_t)(n * d->target_size) * sizeof *d->y);
   return loom_dataset_create(&memory_ops, d, sample_ndim, sample_shape, target_ndim, target_shape);
 }

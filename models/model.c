@@ -573,3 +573,26 @@ size_t loom_model_layer_decayed(const loom_model *m, size_t i) {
   const loom_layer *l = m->layers[i].layer;
   return l->ops.num_decayed ? l->ops.num_decayed(l->data) : m->layers[i].nparams;
 }
+
+int loom_model_input_shape(const loom_model *m, int64_t *shape) {
+  if (!m->built)
+    return 0;
+  memcpy(shape, m->in_shape, (size_t)m->in_ndim * sizeof *shape);
+  return m->in_ndim;
+}
+
+int loom_model_layer_shape(const loom_model *m, size_t i, int64_t *shape) {
+  if (!m->built || i >= m->count)
+    return 0;
+  memcpy(shape, m->layers[i].out_shape, (size_t)m->layers[i].out_ndim * sizeof *shape);
+  return m->layers[i].out_ndim;
+}
+
+void loom_model_layer_buffers(const loom_model *m, size_t i, size_t *offset, size_t *count) {
+  *offset = *count = 0;
+  if (i >= m->count)
+    return;
+  const loom_layer *l = m->layers[i].layer;
+  *offset = m->layers[i].buffer_offset;
+  *count = l->ops.num_buffers ? l->ops.num_buffers(l->data) : 0;
+}

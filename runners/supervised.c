@@ -18,6 +18,11 @@ int loom_supervised_handle_batch(loom_runner *r, void *user) {
   if (rc < 0)
     return rc;
   loom_runner_set_output(r, out);
+  loom_loader *loader = loom_runner_loader(r);
+  if (loader && !loom_dataset_is_labelled(loom_loader_dataset(loader)))
+    return loom_error_set(LOOM_EINVAL, "stage \"%s\": loader \"%s\" has an unlabelled dataset (no targets), so it cannot "
+                                       "be trained or evaluated on; predict it instead (loom predict, loom/deploy.h)",
+                          stage, loom_runner_loader_name(r));
   double loss;
   if ((rc = loom_criterion_forward(criterion, out, loom_runner_target(r), &loss)) < 0)
     return rc;

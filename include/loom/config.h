@@ -72,6 +72,25 @@ LOOM_API loom_dist loom_config_distributed(const loom_config *config);
 /* The document (borrowed). */
 LOOM_API const char *loom_config_name(const loom_config *config);
 
+/* --- what a build made (loom predict, loom export) ---
+ * After loom_config_build: the loaders the config defines, by name, in the
+ * config's order. A loader a stage runs belongs to the experiment (valid
+ * while it lives); one no stage runs (an infer* loader kept for
+ * predictions, say) is kept by the config until it is destroyed or built
+ * again. The model is the experiment's. NULL / 0 before a build. */
+LOOM_API size_t loom_config_num_loaders(const loom_config *config);
+LOOM_API const char *loom_config_loader_name(const loom_config *config, size_t i);
+LOOM_API loom_loader *loom_config_loader(const loom_config *config, const char *name);
+LOOM_API loom_model *loom_config_model(const loom_config *config);
+/* Before loom_config_build: adds the dataset and loader `name` (a name
+ * starting with "infer") that read `path`, an HDF5 (.h5, .hdf5) or CSV
+ * (.csv) file relative to the working directory, prepared as the config's
+ * first infer* loader (else valid*, else the first) prepares its samples:
+ * its batch size and transforms, and its dataset's keys (inputs, scale,
+ * header, ...) when that dataset has the file's type. Labels are not read:
+ * an HDF5 file needs only its inputs, and every CSV column is a feature. */
+LOOM_API int loom_config_add_dataset_file(loom_config *config, const char *path, const char *name);
+
 /* --- reading parameters (for component constructors) ---
  * Each getter reads one key of the component's object. A key absent from
  * the config takes the default, which is written back (the resolved config

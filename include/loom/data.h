@@ -35,7 +35,9 @@ typedef struct loom_dataset_ops {
 } loom_dataset_ops;
 
 /* `ops` is copied; `data` is owned (freed by ops->destroy, also on failure).
- * target_ndim 0 means one scalar per sample (a class index or a value). */
+ * target_ndim 0 means one scalar per sample (a class index or a value). An
+ * unlabelled dataset (samples to predict, no targets) has targets of shape
+ * [0] (target_ndim 1, target_shape {0}): its batches' y hold no values. */
 LOOM_API loom_dataset *loom_dataset_create(const loom_dataset_ops *ops, void *data, int sample_ndim,
                                   const int64_t *sample_shape, int target_ndim, const int64_t *target_shape);
 /* Datasets are reference counted so that several loaders can share one:
@@ -47,6 +49,9 @@ LOOM_API int loom_dataset_sample_ndim(const loom_dataset *ds);
 LOOM_API const int64_t *loom_dataset_sample_shape(const loom_dataset *ds);
 LOOM_API int loom_dataset_target_ndim(const loom_dataset *ds);
 LOOM_API const int64_t *loom_dataset_target_shape(const loom_dataset *ds);
+/* False for an unlabelled dataset (targets with no values): it can be
+ * predicted (loom/deploy.h), not trained or evaluated on. */
+LOOM_API bool loom_dataset_is_labelled(const loom_dataset *ds);
 LOOM_API int loom_dataset_fetch(loom_dataset *ds, const int64_t *indices, int64_t n, float *x, float *y);
 
 /* IDX files (gzip'd or plain), unsigned-byte images scaled to [0, 1] and
@@ -55,7 +60,8 @@ LOOM_API loom_dataset *loom_idx_dataset_open(const char *images_path, const char
 /* Fashion-MNIST (or MNIST) from a directory holding the four standard
  * files: train=true for the 60k training set, false for the 10k test set. */
 LOOM_API loom_dataset *loom_fashion_mnist_open(const char *dir, bool train);
-/* Copies n samples of `x` (each of sample_shape) and their targets. */
+/* Copies n samples of `x` (each of sample_shape) and their targets; `y`
+ * NULL: unlabelled (target_ndim and target_shape are then ignored). */
 LOOM_API loom_dataset *loom_memory_dataset_create(const float *x, const float *y, int64_t n, int sample_ndim,
                                          const int64_t *sample_shape, int target_ndim,
                                          const int64_t *target_shape);
@@ -189,7 +195,7 @@ typedef struct loom_hdf5_options {
   const char *const *files; /* concatenated in order */
   int num_files;
   const char *inputs;  /* dataset name of the samples, first dimension = samples */
-  const char *targets; /* dataset name of the targets */
+  const char *targets; /* dataset name of the targets; NULL: unlabelled */
   double scale;        /* samples are multiplied by it (0: 1) */
   int64_t cache_mb;    /* block cache budget; a dataset that fits is read once */
   int64_t block;       /* samples per read (0: 256) */
@@ -200,7 +206,9 @@ typedef struct loom_hdf5_options {
  * dataset larger than RAM trains. Thread-safe. */
 LOOM_API loom_dataset *loom_hdf5_dataset_open(const loom_hdf5_options *options);
 /* A numeric CSV file: one sample per row, `target_column` the target
- * (negative counts from the end), the other columns the features. */
+ * (negative counts from the end; LOOM_CSV_NO_TARGET: none, unlabelled), the
+ * other columns the features. */
+#define LOOM_CSV_NO_TARGET INT32_MIN
 LOOM_API loom_dataset *loom_csv_dataset_open(const char *path, int target_column, bool header);
 /* Writes IDX images and labels as HDF5 datasets "images" and "labels"
  * (unsigned bytes, chunked): `loom convert idx`. */

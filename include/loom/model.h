@@ -211,6 +211,14 @@ LOOM_API float *loom_model_grads(loom_model *model);
 LOOM_API size_t loom_model_num_layers(const loom_model *model);
 /* Layer i's parameters: [*offset, *offset + *count) of the model's arrays. */
 LOOM_API void loom_model_layer_params(const loom_model *model, size_t i, size_t *offset, size_t *count);
+/* Layer i's buffers (loom_layer_ops.num_buffers): [*offset, *offset +
+ * *count) of loom_model_buffers. */
+LOOM_API void loom_model_layer_buffers(const loom_model *model, size_t i, size_t *offset, size_t *count);
+/* Sample shapes (no batch dimension) of a built model: its input's, and
+ * layer i's output's, into shape[LOOM_MAX_DIMS]; the number of dimensions
+ * is returned (0: not built, or no layer i). */
+LOOM_API int loom_model_input_shape(const loom_model *model, int64_t *shape);
+LOOM_API int loom_model_layer_shape(const loom_model *model, size_t i, int64_t *shape);
 /* How many of layer i's parameters (the first) weight decay may apply to. */
 LOOM_API size_t loom_model_layer_decayed(const loom_model *model, size_t i);
 LOOM_API loom_layer *loom_model_layer(const loom_model *model, size_t i);
