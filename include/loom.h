@@ -13,6 +13,7 @@
 #include "loom/data.h"
 #include "loom/error.h"
 #include "loom/experiment.h"
+#include "loom/gradcheck.h"
 #include "loom/metrics.h"
 #include "loom/model.h"
 #include "loom/optimizer.h"
