@@ -14,6 +14,7 @@
 #include "loom/deploy.h"
 #include "loom/error.h"
 #include "loom/experiment.h"
+#include "loom/gradcheck.h"
 #include "loom/grid.h"
 #include "loom/grid_results.h"
 #include "loom/metrics.h"

@@ -22,7 +22,7 @@ RANK = {"core": 0, "backends": 1, "models": 2, "loaders": 2, "runners": 3,
 PUBLIC = {
     "api.h": "core", "error.h": "core", "backend.h": "core", "backend_cpu.h": "backends", "comm_mpi.h": "backends", "state.h": "core", "tensor.h": "core", "rng.h": "core",
     "metrics.h": "core", "comm.h": "core", "version.h": "core",
-    "model.h": "models", "criterion.h": "models", "optimizer.h": "models",
+    "model.h": "models", "gradcheck.h": "models", "criterion.h": "models", "optimizer.h": "models",
     "scheduler.h": "models", "data.h": "loaders",
     "callback.h": "runners", "experiment.h": "runners", "runner.h": "runners", "runner_view.h": "runners",
     "callbacks.h": "callbacks", "config.h": "config", "registry.h": "config", "plugin.h": "config",

@@ -3,6 +3,7 @@
  * Usage: test_cli LOOM CONFIGS_DIR PLUGINS_DIR */
 #define _XOPEN_SOURCE 700 /* realpath */
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -590,6 +591,64 @@ static void test_plugin_errors(void **state) {
   assert_true(stderr_has(want));
 }
 
+/* loom tune lr on regression.json, whose answer is known (the linear
+ * regression of test_lr_finder.c: gradient descent diverges above lr 0.4):
+ * the second stage is swept (its optimizer inherited, its scheduler,
+ * load_weights and checkpoints dropped) from 1e-4 to 10 over at most 100
+ * batches; it diverges, stops early, suggests a rate below 0.4, and writes
+ * only the curve, under LOGDIR/lr_find. */
+static void test_tune_lr(void **state) {
+  (void)state;
+  char *dir = test_tmpdir(), config[1100], csv[1200], sweep_dir[1200];
+  snprintf(config, sizeof config, "%s/regression.json", configs);
+  assert_int_equal(run(NULL, "tune", "lr", config, "--stage", "finetune", "--min", "1e-4", "--max", "10", "--steps",
+                       "100", "--logdir", dir, NULL),
+                   0);
+  char *out = test_read_file(outfile);
+  assert_non_null(out);
+  assert_non_null(strstr(out, "loom: sweeping stage \"finetune\" from lr 0.0001 to 10 over up to 100 batches\n"));
+  assert_non_null(strstr(out, "passed 4 x its best"));
+  const char *line = strstr(out, "suggested lr: ");
+  assert_non_null(line);
+  double suggested = strtod(line + strlen("suggested lr: "), NULL);
+  if (!(suggested > 0.004 && suggested < 0.4))
+    fail_msg("suggested lr %g, expected below the divergence at 0.4, within two decades", suggested);
+  free(out);
+  /* The CSV: the exact exponential rates, stopped before the 100th. */
+  snprintf(csv, sizeof csv, "%s/lr_find/lr_find.csv", dir);
+  char *text = test_read_file(csv);
+  assert_non_null(text);
+  char *row = strtok(text, "\n");
+  assert_string_equal(row, "lr,loss,smoothed");
+  int n = 0;
+  double lr = 0;
+  while ((row = strtok(NULL, "\n"))) {
+    lr = strtod(row, NULL);
+    double want = 1e-4 * pow(1e5, n / 99.0);
+    if (fabs(lr - want) > 1e-13 * want)
+      fail_msg("row %d: lr %.17g, expected %.17g", n, lr, want);
+    n++;
+  }
+  free(text);
+  assert_true(n > 10 && n < 100);
+  assert_true(lr > 0.4);
+  /* Nothing else: no checkpoint, metrics or config anywhere in the logdir. */
+  snprintf(sweep_dir, sizeof sweep_dir, "%s/lr_find", dir);
+  assert_int_equal(count_files(dir, ""), 1);
+  assert_int_equal(count_files(sweep_dir, ""), 3); /* lr_find.csv, one events file, hparams.json */
+  assert_int_equal(count_files(sweep_dir, "hparams.json"), 1);
+  assert_int_equal(count_files(sweep_dir, "events.out.tfevents"), 1);
+  /* Mistakes: an unknown stage, a range upside down, nothing to tune. */
+  assert_int_equal(run(NULL, "tune", "lr", config, "--stage", "fintune", NULL), 2);
+  assert_true(stderr_has("no stage \"fintune\" (did you mean \"finetune\"?)"));
+  assert_int_equal(run(NULL, "tune", "lr", config, "--min", "1", "--max", "0.1", NULL), 2);
+  assert_true(stderr_is("loom: tune lr: --max (0.1) must be above --min (1)\n"));
+  assert_int_equal(run(NULL, "tune", config, NULL), 2);
+  assert_true(stderr_is("loom: tune: expected what to tune: lr (loom tune lr CONFIG)\n"));
+  test_rm_rf(dir);
+  free(dir);
+}
+
 int main(int argc, char **argv) {
   if (argc < 4)
     return 2;
@@ -612,6 +671,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_plugin_from_command_line),
       cmocka_unit_test(test_plugin_from_config),
       cmocka_unit_test(test_plugin_errors),
+      cmocka_unit_test(test_tune_lr),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   unlink(errfile);

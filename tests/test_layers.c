@@ -11,7 +11,6 @@
 #include "backends/cpu/gemm.h"
 #include "models/layer_internal.h"
 
-#define H 1e-6
 
 /* A reference forward in double: out from x and params, for a batch. */
 typedef void (*ref_fn)(const void *ctx, const double *x, const double *p, double *out, int64_t n);
@@ -64,61 +63,16 @@ static loom_tensor *batch_tensor(int64_t n, int ndim, const int64_t *shape) {
   return loom_tensor_create(ndim + 1, full);
 }
 
-static double ref_loss(ref_fn ref, const void *ctx, const double *x, const double *p, const double *r, int64_t n,
-                       int64_t out_size) {
-  double *out = calloc((size_t)(n * out_size), sizeof *out), l = 0;
-  ref(ctx, x, p, out, n);
-  for (int64_t i = 0; i < n * out_size; i++)
-    l += out[i] * r[i];
-  free(out);
-  return l;
-}
-
-
 /* Forward against the reference; gradients of sum(out * r) against its
- * central differences, for every parameter and every input value. */
+ * central differences, for every parameter and every input value: the
+ * public loom_layer_gradcheck on the harness's storage. */
 static void check(harness *t, ref_fn ref, const void *ctx, bool train, double scale) {
-  const int64_t nx = t->n * t->in_size, ny = t->n * t->out_size;
-  loom_tensor *x = batch_tensor(t->n, t->ndim, t->shape), *y = batch_tensor(t->n, t->ondim, t->oshape);
-  loom_tensor *dy = batch_tensor(t->n, t->ondim, t->oshape), *dx = batch_tensor(t->n, t->ndim, t->shape);
-  loom_rng rng;
-  loom_rng_seed(&rng, 11, 0, 0);
-  double *xd = malloc((size_t)nx * sizeof *xd), *pd = calloc((size_t)t->np + 1, sizeof *pd);
-  double *rd = malloc((size_t)ny * sizeof *rd), *yd = malloc((size_t)ny * sizeof *yd);
-  for (int64_t i = 0; i < nx; i++)
-    xd[i] = loom_tensor_data(x)[i] = (float)(scale * (2.0 * loom_rng_uniform(&rng) - 1.0));
-  for (int64_t i = 0; i < ny; i++)
-    rd[i] = loom_tensor_data(dy)[i] = 2.0f * loom_rng_uniform(&rng) - 1.0f;
-  for (int64_t i = 0; i < t->np; i++)
-    pd[i] = t->params[i];
-  assert_int_equal(t->layer->ops.forward(t->layer->data, x, y, train, NULL), 0);
-  ref(ctx, xd, pd, yd, t->n);
-  for (int64_t i = 0; i < ny; i++)
-    close_to(loom_tensor_data(y)[i], yd[i], 1e-4, "forward", i);
-  memset(t->grads, 0, (size_t)(t->np + 1) * sizeof(float));
-  for (int64_t i = 0; i < nx; i++) /* backward must write every element of dx */
-    loom_tensor_data(dx)[i] = NAN;
-  assert_int_equal(t->layer->ops.backward(t->layer->data, x, y, dy, dx, true), 0);
-  for (int64_t i = 0; i < t->np; i++) {
-    double keep = pd[i];
-    pd[i] = keep + H;
-    double up = ref_loss(ref, ctx, xd, pd, rd, t->n, t->out_size);
-    pd[i] = keep - H;
-    double down = ref_loss(ref, ctx, xd, pd, rd, t->n, t->out_size);
-    pd[i] = keep;
-    close_to(t->grads[i], (up - down) / (2 * H), 2e-3, "dparam", i);
-  }
-  for (int64_t i = 0; i < nx; i++) {
-    double keep = xd[i];
-    xd[i] = keep + H;
-    double up = ref_loss(ref, ctx, xd, pd, rd, t->n, t->out_size);
-    xd[i] = keep - H;
-    double down = ref_loss(ref, ctx, xd, pd, rd, t->n, t->out_size);
-    xd[i] = keep;
-    close_to(loom_tensor_data(dx)[i], (up - down) / (2 * H), 2e-3, "dx", i);
-  }
-  free(xd), free(pd), free(rd), free(yd);
-  loom_tensor_destroy(x), loom_tensor_destroy(y), loom_tensor_destroy(dy), loom_tensor_destroy(dx);
+  loom_gradcheck_options o = loom_gradcheck_defaults();
+  o.batch = t->n, o.train = train, o.input_scale = scale;
+  o.reference = ref, o.reference_ctx = ctx;
+  o.params = t->params, o.grads = t->grads, o.buffers = t->buffers;
+  if (loom_layer_gradcheck(t->layer, t->ndim, t->shape, &o, NULL) < 0)
+    fail_msg("%s", loom_last_error());
 }
 
 /* --- Conv2d --- */

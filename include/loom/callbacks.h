@@ -183,6 +183,65 @@ LOOM_API int loom_tensorboard_logger_set_hparam(loom_callback *cb, const char *n
 LOOM_API int loom_tensorboard_logger_set_hparam_string(loom_callback *cb, const char *name, const char *value);
 LOOM_API int loom_tensorboard_logger_set_hparam_bool(loom_callback *cb, const char *name, bool value);
 
+/* --- learning-rate finder (order 100: the scheduler band) --- */
+typedef struct loom_lr_finder_options {
+  double min_lr;        /* 1e-7: the first batch's rate */
+  double max_lr;        /* 10: the last batch's rate */
+  int64_t steps;        /* 200: train batches in the sweep (>= 2) */
+  double beta;          /* 0.98: the loss's moving average, in [0, 1) */
+  double divergence;    /* 4: stop once the smoothed loss passes this times its best (0: never) */
+  int64_t skip_begin;   /* 10: points the suggestion leaves out at the start */
+  int64_t skip_end;     /* 1: ... and at the end */
+  const char *csv_path; /* NULL: <logdir>/lr_find.csv (copied) */
+  bool tensorboard;     /* also the curve as TensorBoard scalars in the logdir (loom_tensorboard_logger_create) */
+  bool restore;         /* true: the stage ends with the weights and optimizer state it began with */
+} loom_lr_finder_options;
+/* The values above. */
+LOOM_API loom_lr_finder_options loom_lr_finder_defaults(void);
+/* fastai's lr_find, Lightning's Tuner.lr_find, for the stage it is added to
+ * (docs/callbacks.md): train batch i (0-based) of the stage runs at
+ *   lr_i = min_lr * (max_lr / min_lr)^(i / (steps - 1)),
+ * set before every batch, whatever a scheduler set (give the sweep a stage
+ * without a scheduler: a schedule's momentum changes are not undone). The
+ * loss is smoothed as avg_i = beta avg_(i-1) + (1 - beta) loss_i, smoothed_i
+ * = avg_i / (1 - beta^(i+1)). The sweep stops after `steps` batches, or
+ * early when it diverges: a smoothed loss above `divergence` times the
+ * lowest one before it, or a non-finite loss or gradient (the run's
+ * non-finite policy is SKIP with no budget during the sweep, then the
+ * run's own again; the weights never see it). Then the stage ends (its
+ * other loaders, and loaders that do not train, run no batch). At the
+ * stage's end it writes the curve as CSV (lr,loss,smoothed; master only)
+ * and puts the weights and optimizer state back (`restore`); nothing else
+ * is written. The suggestion (loom_lr_finder_suggest) is the rate where
+ * the smoothed loss falls fastest against log10(lr). */
+LOOM_API loom_callback *loom_lr_finder_callback_create(const loom_lr_finder_options *options);
+
+typedef struct loom_lr_finder_result {
+  int64_t points;      /* batches swept */
+  bool diverged;       /* stopped early, at diverged_lr (else NAN) */
+  double diverged_lr;
+  double best_loss;    /* the lowest smoothed loss */
+  double suggestion;   /* NAN when there is none: why_none says why */
+  char why_none[256];
+  const char *reason;  /* why the sweep ended */
+  char csv_path[4096]; /* "" on ranks other than the master */
+  /* The curve, `points` long: the rate, the batch's loss and the smoothed
+   * loss (NAN where the loss was not finite). Owned by the callback. */
+  const double *lr, *loss, *smoothed;
+} loom_lr_finder_result;
+/* After the stage with the finder ended: what its sweep found. Valid until
+ * the callback sweeps again or is destroyed. */
+LOOM_API int loom_lr_finder_get_result(const loom_callback *cb, loom_lr_finder_result *out);
+/* The suggestion rule, for any curve: among points skip_begin .. n -
+ * skip_end - 1 with a finite smoothed loss, the gradient of smoothed
+ * against log10(lr) (at each point, the difference of its two neighbours
+ * over their distance; one-sided at both ends: numpy.gradient on evenly
+ * spaced points); the suggestion is the rate where it is
+ * most negative (fastai's "steep", Lightning's suggestion). NAN, with the
+ * reason in `why`, when fewer than 2 points remain or the loss never falls. */
+LOOM_API int loom_lr_finder_suggest(const double *lr, const double *smoothed, size_t n, int64_t skip_begin,
+                                    int64_t skip_end, double *suggestion, char *why, size_t why_size);
+
 #ifdef __cplusplus
 }
 #endif

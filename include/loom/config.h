@@ -69,6 +69,16 @@ LOOM_API int loom_config_record_run(loom_config *config, const loom_runner *runn
  * loom_config_build has read it: the communicator the loom command opens
  * (loom_comm_for_dist) unless --dist says otherwise. */
 LOOM_API loom_dist loom_config_distributed(const loom_config *config);
+/* Reduces the config to a learning-rate sweep of one stage, what `loom
+ * tune lr` runs (call it before loom_config_build, add a
+ * loom_lr_finder_callback to the one stage left): `stage` (NULL: the
+ * first) with the criterion and optimizer it would run with (inherited
+ * from an earlier stage if it sets none), its train loaders only, `steps`
+ * epochs (the finder ends the stage when its sweep is done), and of its
+ * callbacks only the "optimizer" ones (accumulation, clipping); its
+ * scheduler, load_weights and main-metric keys and every other stage are
+ * dropped. An unknown stage is an error naming the config's stages. */
+LOOM_API int loom_config_lr_sweep(loom_config *config, const char *stage, int64_t steps);
 /* The document (borrowed). */
 LOOM_API const char *loom_config_name(const loom_config *config);
 
