@@ -125,6 +125,12 @@ struct loom_runner {
   bool error_handled;
 };
 
+/* runner_logdir.c */
+/* Once the logdir is locked: refuses (LOOM_EEXIST) a logdir that holds an
+ * earlier run's files, unless this run resumes, or removes those files
+ * when options.overwrite. */
+int loom_runner_claim_logdir(loom_runner *r);
+
 /* runner_loop.c */
 /* Fires `event` to the current stage's table. */
 int loom_runner_dispatch(loom_runner *r, loom_event event);

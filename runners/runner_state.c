@@ -49,7 +49,7 @@ int loom_runner_lock_logdir(loom_runner *r) {
   if (stale)
     loom_notice_once("logdir-lock-stale", "took over the lock of %s/.lock from pid %ld, which no longer runs",
                      loom_experiment_logdir(r->exp), stale);
-  return 0;
+  return loom_runner_claim_logdir(r);
 }
 loom_rng *loom_runner_rng(loom_runner *r) { return &r->rng; }
 

@@ -149,7 +149,10 @@ LOOM_API const char *loom_runner_logdir(const loom_runner *r);
  * pid) instead of interleaving files. Callbacks that write to the logdir
  * call it before their first write; the master rank only takes it, a
  * second call is a no-op, and loom_run_experiment releases it however the
- * run ends. A lock left by a crashed run is taken over with a notice. */
+ * run ends. A lock left by a crashed run is taken over with a notice.
+ * Taking it, a run that is not a resume refuses a logdir that already holds
+ * files (LOOM_EEXIST: an earlier run's), or with loom_run_options.overwrite
+ * removes the files loom wrote there first. */
 LOOM_API int loom_runner_lock_logdir(loom_runner *r);
 /* Seeded from (experiment seed, global epoch) at each epoch start. */
 LOOM_API loom_rng *loom_runner_rng(loom_runner *r);
