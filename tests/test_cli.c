@@ -394,6 +394,26 @@ static void test_resume_with_changed_config(void **state) {
                                "{\"key\":\"stages.train.num_epochs\",\"old\":4,\"new\":5}]");
   free(changes);
   json_decref(h);
+  /* The config's experiment.allow_change allows as --allow-change does
+   * (and may itself change on resume). */
+  const char *train_batch = "loaders.train.batch_size=4";
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=6", "--set",
+                       "loaders.valid.batch_size=2", "--set", train_batch, "--resume", "last", NULL),
+                   1);
+  assert_true(stderr_has("the config differs from the one the checkpoint was written under: "
+                         "loaders.train.batch_size: 2 -> 4. "));
+  assert_true(stderr_has("the config's experiment.allow_change"));
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=6", "--set",
+                       "loaders.valid.batch_size=2", "--set", train_batch, "--set",
+                       "experiment.allow_change=[\"loaders.train.batch_size\"]", "--resume", "last", NULL),
+                   0);
+  h = history(dir);
+  changes = json_dumps(json_object_get(json_array_get(h, 3), "changes"), JSON_COMPACT);
+  assert_string_equal(changes, "[{\"key\":\"experiment.allow_change\",\"old\":null,\"new\":"
+                               "[\"loaders.train.batch_size\"]},{\"key\":\"loaders.train.batch_size\",\"old\":2,"
+                               "\"new\":4},{\"key\":\"stages.train.num_epochs\",\"old\":5,\"new\":6}]");
+  free(changes);
+  json_decref(h);
   test_rm_rf(dir);
   free(dir);
 }

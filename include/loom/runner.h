@@ -97,8 +97,10 @@ LOOM_API int loom_runner_set_resume(loom_runner *runner, const char *source);
 /* Allows a resume to change the config keys matching `pattern` (a dotted
  * path as in --set, `*` matching any part, e.g. "stages.*.optimizer.lr";
  * a key also allows everything under it). Allowed by default:
- * stages.*.num_epochs and experiment.logdir (experiment.seed is always
- * the checkpoint's). Kept for every later run of this runner. */
+ * stages.*.num_epochs, experiment.logdir and experiment.allow_change
+ * (experiment.seed is always the checkpoint's); a config's
+ * experiment.allow_change lists more patterns. Kept for every later run
+ * of this runner. */
 LOOM_API int loom_runner_allow_change(loom_runner *runner, const char *pattern);
 /* After a resume opened: the config changes it accepted, as a JSON array of
  * {"key", "old", "new"} ("[]" if none; NULL without a resume or a config on
