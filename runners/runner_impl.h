@@ -100,6 +100,8 @@ struct loom_runner {
   const char *valid_loader, *main_metric;
   bool minimize, is_best_valid, have_best;
   double best_value;
+  double best_min_delta; /* the stage's: a smaller improvement is no new best */
+  bool best_delta_relative; /* min_delta is a fraction of |best_value| */
   int best_epoch;
 
   /* resume */
