@@ -2,8 +2,9 @@
  * then one per epoch ("loader": null) with the epoch metrics no loader row
  * carried (lr, momentum, a callback's) and the loaders' summed time_s.
  * The CSV's columns are the loader rows' metric names, then the epoch rows',
- * each in first-seen order; when a new one appears the file is rewritten
- * from the rows kept in memory. */
+ * then the row marks "resumed" and "stopped" once a row has one, each in
+ * first-seen order; when a new one appears the file is rewritten from the
+ * rows kept in memory. */
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -25,6 +26,7 @@ typedef struct metrics_logger {
   json_t *rows;    /* every row so far, for a CSV rewrite */
   json_t *columns; /* loader rows' metric names, in first-seen order */
   json_t *epoch_columns; /* epoch rows' */
+  json_t *mark_columns;  /* the row marks rows had: "resumed", "stopped" */
   /* Since the last epoch row: the "{loader}/{metric}" names the loader rows
    * carried (the epoch row leaves them out), their time and resumption. */
   json_t *logged;
@@ -53,6 +55,7 @@ static void clear_rows(metrics_logger *m) {
   json_array_clear(m->rows);
   json_array_clear(m->columns);
   json_array_clear(m->epoch_columns);
+  json_array_clear(m->mark_columns);
   start_epoch(m);
 }
 
@@ -78,16 +81,36 @@ static int logger_experiment_start(loom_callback *cb, loom_runner *r) {
 /* JSON has no NaN or infinity: those are written as null. */
 static json_t *number(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
-static void csv_cell(FILE *f, json_t *v) {
-  if (json_is_real(v))
-    fprintf(f, ",%.17g", json_real_value(v));
-  else if (json_is_integer(v))
-    fprintf(f, ",%lld", (long long)json_integer_value(v));
-  else if (json_is_string(v))
-    fprintf(f, ",%s", json_string_value(v));
-  else
-    fputc(',', f);
+/* A string cell, quoted as RFC 4180 asks when it holds a comma, a quote or
+ * a line break (a stop reason may). */
+static void csv_string(FILE *f, const char *text) {
+  if (!strpbrk(text, ",\"\r\n")) {
+    fputs(text, f);
+    return;
+  }
+  fputc('"', f);
+  for (const char *p = text; *p; p++) {
+    if (*p == '"')
+      fputc('"', f);
+    fputc(*p, f);
+  }
+  fputc('"', f);
 }
+
+static void csv_cell(FILE *f, json_t *v) {
+  fputc(',', f);
+  if (json_is_real(v))
+    fprintf(f, "%.17g", json_real_value(v));
+  else if (json_is_integer(v))
+    fprintf(f, "%lld", (long long)json_integer_value(v));
+  else if (json_is_string(v))
+    csv_string(f, json_string_value(v));
+  else if (json_is_true(v))
+    fputs("true", f);
+}
+
+/* The row marks a row may carry, as CSV columns after the metrics. */
+static const char *const marks[] = {"resumed", "stopped"};
 
 static void csv_row(const metrics_logger *m, json_t *row) {
   fprintf(m->csv, "%s", json_string_value(json_object_get(row, "stage")));
@@ -100,6 +123,7 @@ static void csv_row(const metrics_logger *m, json_t *row) {
   json_t *name;
   json_array_foreach(m->columns, i, name) csv_cell(m->csv, json_object_get(metrics, json_string_value(name)));
   json_array_foreach(m->epoch_columns, i, name) csv_cell(m->csv, json_object_get(metrics, json_string_value(name)));
+  json_array_foreach(m->mark_columns, i, name) csv_cell(m->csv, json_object_get(row, json_string_value(name)));
   fputc('\n', m->csv);
 }
 
@@ -115,6 +139,7 @@ static int rewrite_csv(metrics_logger *m) {
   json_t *name;
   json_array_foreach(m->columns, i, name) fprintf(f, ",%s", json_string_value(name));
   json_array_foreach(m->epoch_columns, i, name) fprintf(f, ",%s", json_string_value(name));
+  json_array_foreach(m->mark_columns, i, name) fprintf(f, ",%s", json_string_value(name));
   fputc('\n', f);
   json_t *row;
   json_array_foreach(m->rows, i, row) csv_row(m, row);
@@ -123,22 +148,26 @@ static int rewrite_csv(metrics_logger *m) {
 
 static bool is_epoch_row(json_t *row) { return json_is_null(json_object_get(row, "loader")); }
 
-/* Adds the row's metric names its columns lack; says whether it did. */
+/* Appends `name` to `columns` unless there; says whether it did. */
+static bool add_column(json_t *columns, const char *name) {
+  for (size_t j = 0; j < json_array_size(columns); j++)
+    if (strcmp(json_string_value(json_array_get(columns, j)), name) == 0)
+      return false;
+  json_array_append_new(columns, json_string(name));
+  return true;
+}
+
+/* Adds the row's metric names and marks its columns lack; says whether it
+ * did. */
 static bool add_new_columns(metrics_logger *m, json_t *row) {
   json_t *columns = is_epoch_row(row) ? m->epoch_columns : m->columns;
   bool added = false;
   const char *name;
   json_t *v;
-  json_object_foreach(json_object_get(row, "metrics"), name, v) {
-    bool known = false;
-    size_t j;
-    json_t *col;
-    json_array_foreach(columns, j, col) known = known || strcmp(json_string_value(col), name) == 0;
-    if (!known) {
-      json_array_append_new(columns, json_string(name));
-      added = true;
-    }
-  }
+  json_object_foreach(json_object_get(row, "metrics"), name, v) added = add_column(columns, name) || added;
+  for (size_t i = 0; i < sizeof marks / sizeof marks[0]; i++)
+    if (json_object_get(row, marks[i]))
+      added = add_column(m->mark_columns, marks[i]) || added;
   return added;
 }
 
@@ -301,6 +330,7 @@ static void logger_destroy(void *data) {
   json_decref(m->rows);
   json_decref(m->columns);
   json_decref(m->epoch_columns);
+  json_decref(m->mark_columns);
   json_decref(m->logged);
   free(m);
 }
@@ -322,9 +352,10 @@ loom_callback *loom_metrics_logger_create(void) {
     m->rows = json_array();
     m->columns = json_array();
     m->epoch_columns = json_array();
+    m->mark_columns = json_array();
     m->logged = json_object();
   }
-  if (!m || !m->rows || !m->columns || !m->epoch_columns || !m->logged) {
+  if (!m || !m->rows || !m->columns || !m->epoch_columns || !m->mark_columns || !m->logged) {
     if (m)
       logger_destroy(m);
     loom_error_oom("the metrics logger");

@@ -69,6 +69,14 @@ static loom_callback *es(loom_early_stopping_options o) {
   return cb;
 }
 
+/* How many times `text` occurs in `s`. */
+static int count_in(const char *s, const char *text) {
+  int n = 0;
+  for (const char *p = s; (p = strstr(p, text)); p++)
+    n++;
+  return n;
+}
+
 static void test_patience(void **state) {
   (void)state;
   /* Improves at epochs 1, 2; epochs 3, 4 do not beat 4.0: stop after 4. */
@@ -97,6 +105,15 @@ static void test_patience(void **state) {
     n++;
   assert_int_equal(n, 1);
   free(text);
+  /* metrics.csv: a last column "stopped", set in epoch 4's row only. */
+  snprintf(path, sizeof path, "%s/metrics.csv", dir);
+  text = test_read_file(path);
+  assert_non_null(strstr(text, ",stopped\n"));
+  snprintf(want, sizeof want, ",early stopping: %s\n", why);
+  assert_non_null((row = strstr(text, "\ntrain,4,4,,")));
+  assert_true(strstr(text, want) > row);
+  assert_int_equal(count_in(text, "early stopping:"), 1);
+  free(text);
   test_rm_rf(dir);
   free(dir);
 }
@@ -116,14 +133,6 @@ static void test_min_delta_absolute_and_relative(void **state) {
   o.monitors[0].min_delta = 0.05;
   o.monitors[0].relative = true;
   assert_int_equal(epochs_run(&s, es(o), NULL, NULL, NULL, 0, NULL), 5);
-}
-
-/* How many times `text` occurs in `s`. */
-static int count_in(const char *s, const char *text) {
-  int n = 0;
-  for (const char *p = s; (p = strstr(p, text)); p++)
-    n++;
-  return n;
 }
 
 /* The console agrees with the monitor: with min_delta 0.5, 4.8 and 4.6
