@@ -1,4 +1,4 @@
-/* metrics.jsonl and metrics.csv in the logdir: a row per loader per epoch,
+/* metrics.jsonl, metrics.csv and model_summary.json in the logdir: a row per loader per epoch,
  * then one per epoch ("loader": null) with the epoch metrics no loader row
  * carried (lr, momentum, a callback's) and the loaders' summed time_s.
  * The CSV's columns are the loader rows' metric names, then the epoch rows',
@@ -75,6 +75,70 @@ static int logger_experiment_start(loom_callback *cb, loom_runner *r) {
     rc = open_file(&m->jsonl, m->jsonl_path, sizeof m->jsonl_path, logdir, "metrics.jsonl", mode);
   if (rc == 0)
     rc = open_file(&m->csv, m->csv_path, sizeof m->csv_path, logdir, "metrics.csv", mode);
+  return rc;
+}
+
+static json_t *shape_json(int ndim, const int64_t *shape) {
+  json_t *a = json_array();
+  for (int d = 0; d < ndim; d++)
+    json_array_append_new(a, json_integer(shape[d]));
+  return a;
+}
+
+/* The stage's model summary (loom_model_print_summary's, as JSON). */
+static json_t *summary_json(const loom_model *model) {
+  json_t *layers = json_array();
+  int64_t shape[LOOM_MAX_DIMS], macs = 0;
+  size_t trainable = 0, frozen = 0;
+  bool complete = true;
+  for (size_t i = 0; i < loom_model_num_layers(model); i++) {
+    size_t offset, count;
+    loom_model_layer_params(model, i, &offset, &count);
+    const char *name = loom_model_layer_name(model, i);
+    bool is_frozen = loom_model_is_frozen(model, name);
+    *(is_frozen ? &frozen : &trainable) += count;
+    int64_t layer_macs = loom_model_layer_macs(model, i);
+    complete = complete && layer_macs >= 0;
+    macs += layer_macs > 0 ? layer_macs : 0;
+    int ndim = loom_model_layer_output_shape(model, i, shape);
+    json_array_append_new(layers, json_pack("{s:s, s:s, s:o, s:I, s:o, s:b}", "name", name, "type",
+                                            loom_layer_type(loom_model_layer(model, i)), "output_shape",
+                                            shape_json(ndim, shape), "params", (json_int_t)count, "macs",
+                                            layer_macs < 0 ? json_null() : json_integer(layer_macs), "trainable",
+                                            !is_frozen && count > 0));
+  }
+  int ndim = loom_model_input_shape(model, shape);
+  return json_pack("{s:o, s:o, s:I, s:I, s:I, s:I, s:b}", "input_shape", shape_json(ndim, shape), "layers", layers,
+                   "trainable_params", (json_int_t)trainable, "frozen_params", (json_int_t)frozen, "total_params",
+                   (json_int_t)(trainable + frozen), "macs", (json_int_t)macs, "macs_complete", complete);
+}
+
+/* model_summary.json: {"stages": {name: summary}}, this stage's replacing
+ * what a run before a resume wrote for it and the stages after it. */
+static int logger_stage_start(loom_callback *cb, loom_runner *r) {
+  (void)cb;
+  const loom_model *model = loom_runner_model(r);
+  if (loom_runner_resumed_finished(r) || !model || !loom_model_is_built(model))
+    return 0;
+  char path[4200];
+  int rc = loom_path_join(path, sizeof path, loom_runner_logdir(r), "model_summary.json");
+  if (rc < 0)
+    return rc;
+  json_t *file = json_load_file(path, 0, NULL), *stages = json_object_get(file, "stages");
+  if (!json_is_object(stages)) {
+    json_decref(file);
+    file = json_pack("{s:{}}", "stages");
+    stages = json_object_get(file, "stages");
+  }
+  const loom_experiment *exp = loom_runner_experiment(r);
+  for (size_t i = (size_t)loom_runner_stage_index(r); i < loom_experiment_num_stages(exp); i++)
+    json_object_del(stages, loom_stage_name(loom_experiment_stage(exp, i)));
+  json_t *summary = summary_json(model);
+  if (!summary || json_object_set_new(stages, loom_runner_stage_name(r), summary) < 0)
+    rc = loom_error_oom("the model summary");
+  else if (json_dump_file(file, path, JSON_INDENT(2)) < 0)
+    rc = loom_error_set(LOOM_EIO, "metrics logger: cannot write %s: %s", path, strerror(errno));
+  json_decref(file);
   return rc;
 }
 
@@ -338,6 +402,7 @@ static void logger_destroy(void *data) {
 static const loom_callback_ops metrics_logger_ops = {
     .type = "metrics_logger",
     .on_experiment_start = logger_experiment_start,
+    .on_stage_start = logger_stage_start,
     .on_loader_end = logger_loader_end,
     .on_epoch_end = logger_epoch_end,
     .on_experiment_end = logger_experiment_end,
