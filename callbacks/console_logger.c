@@ -34,6 +34,8 @@ static int console_stage_start(loom_callback *cb, loom_runner *r) {
           loom_runner_num_epochs(r) == 1 ? "" : "s");
   if (c->verbose)
     loom_runner_print_callbacks(r, c->out);
+  if (c->verbose && loom_runner_model(r) && loom_model_is_built(loom_runner_model(r)))
+    loom_model_print_summary(loom_runner_model(r), c->out);
   fflush(c->out);
   return 0;
 }

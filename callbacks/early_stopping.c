@@ -147,9 +147,24 @@ static int es_experiment_start(loom_callback *cb, loom_runner *r) {
   return 0;
 }
 
-/* The best weights buffer follows the stage's model. */
+/* Whether `w` watches the stage's own "best": its valid loader and main
+ * metric, in its direction. */
+static bool watches_main_metric(const watched *w, loom_runner *r) {
+  return (!w->loader || strcmp(w->loader, loom_runner_valid_loader(r)) == 0) &&
+         (!w->metric || strcmp(w->metric, loom_runner_main_metric(r)) == 0) &&
+         (w->m.minimize < 0 || (w->m.minimize != 0) == loom_runner_minimize_metric(r));
+}
+
+/* The best weights buffer follows the stage's model; the runner's "new
+ * best" takes the min_delta of a monitor of the main metric, so that the
+ * console never calls best what this callback calls no improvement. */
 static int es_stage_prepare(loom_callback *cb, loom_runner *r) {
   early_stopping *e = loom_callback_data(cb);
+  for (int i = 0; i < e->n; i++)
+    if (watches_main_metric(&e->w[i], r)) {
+      loom_runner_set_best_min_delta(r, e->w[i].m.min_delta, e->w[i].m.relative);
+      break;
+    }
   loom_model *m = loom_runner_model(r);
   if (e->o.restore_best_weights && m && loom_model_num_params(m) != e->nweights) {
     free(e->best_weights);

@@ -1,9 +1,10 @@
-/* metrics.jsonl and metrics.csv in the logdir: a row per loader per epoch,
+/* metrics.jsonl, metrics.csv and model_summary.json in the logdir: a row per loader per epoch,
  * then one per epoch ("loader": null) with the epoch metrics no loader row
  * carried (lr, momentum, a callback's) and the loaders' summed time_s.
  * The CSV's columns are the loader rows' metric names, then the epoch rows',
- * each in first-seen order; when a new one appears the file is rewritten
- * from the rows kept in memory. */
+ * then the row marks "resumed" and "stopped" once a row has one, each in
+ * first-seen order; when a new one appears the file is rewritten from the
+ * rows kept in memory. */
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -25,6 +26,7 @@ typedef struct metrics_logger {
   json_t *rows;    /* every row so far, for a CSV rewrite */
   json_t *columns; /* loader rows' metric names, in first-seen order */
   json_t *epoch_columns; /* epoch rows' */
+  json_t *mark_columns;  /* the row marks rows had: "resumed", "stopped" */
   /* Since the last epoch row: the "{loader}/{metric}" names the loader rows
    * carried (the epoch row leaves them out), their time and resumption. */
   json_t *logged;
@@ -53,6 +55,7 @@ static void clear_rows(metrics_logger *m) {
   json_array_clear(m->rows);
   json_array_clear(m->columns);
   json_array_clear(m->epoch_columns);
+  json_array_clear(m->mark_columns);
   start_epoch(m);
 }
 
@@ -75,19 +78,103 @@ static int logger_experiment_start(loom_callback *cb, loom_runner *r) {
   return rc;
 }
 
+static json_t *shape_json(int ndim, const int64_t *shape) {
+  json_t *a = json_array();
+  for (int d = 0; d < ndim; d++)
+    json_array_append_new(a, json_integer(shape[d]));
+  return a;
+}
+
+/* The stage's model summary (loom_model_print_summary's, as JSON). */
+static json_t *summary_json(const loom_model *model) {
+  json_t *layers = json_array();
+  int64_t shape[LOOM_MAX_DIMS], macs = 0;
+  size_t trainable = 0, frozen = 0;
+  bool complete = true;
+  for (size_t i = 0; i < loom_model_num_layers(model); i++) {
+    size_t offset, count;
+    loom_model_layer_params(model, i, &offset, &count);
+    const char *name = loom_model_layer_name(model, i);
+    bool is_frozen = loom_model_is_frozen(model, name);
+    *(is_frozen ? &frozen : &trainable) += count;
+    int64_t layer_macs = loom_model_layer_macs(model, i);
+    complete = complete && layer_macs >= 0;
+    macs += layer_macs > 0 ? layer_macs : 0;
+    int ndim = loom_model_layer_output_shape(model, i, shape);
+    json_array_append_new(layers, json_pack("{s:s, s:s, s:o, s:I, s:o, s:b}", "name", name, "type",
+                                            loom_layer_type(loom_model_layer(model, i)), "output_shape",
+                                            shape_json(ndim, shape), "params", (json_int_t)count, "macs",
+                                            layer_macs < 0 ? json_null() : json_integer(layer_macs), "trainable",
+                                            !is_frozen && count > 0));
+  }
+  int ndim = loom_model_input_shape(model, shape);
+  return json_pack("{s:o, s:o, s:I, s:I, s:I, s:I, s:b}", "input_shape", shape_json(ndim, shape), "layers", layers,
+                   "trainable_params", (json_int_t)trainable, "frozen_params", (json_int_t)frozen, "total_params",
+                   (json_int_t)(trainable + frozen), "macs", (json_int_t)macs, "macs_complete", complete);
+}
+
+/* model_summary.json: {"stages": {name: summary}}, this stage's replacing
+ * what a run before a resume wrote for it and the stages after it. */
+static int logger_stage_start(loom_callback *cb, loom_runner *r) {
+  (void)cb;
+  const loom_model *model = loom_runner_model(r);
+  if (loom_runner_resumed_finished(r) || !model || !loom_model_is_built(model))
+    return 0;
+  char path[4200];
+  int rc = loom_path_join(path, sizeof path, loom_runner_logdir(r), "model_summary.json");
+  if (rc < 0)
+    return rc;
+  json_t *file = json_load_file(path, 0, NULL), *stages = json_object_get(file, "stages");
+  if (!json_is_object(stages)) {
+    json_decref(file);
+    file = json_pack("{s:{}}", "stages");
+    stages = json_object_get(file, "stages");
+  }
+  const loom_experiment *exp = loom_runner_experiment(r);
+  for (size_t i = (size_t)loom_runner_stage_index(r); i < loom_experiment_num_stages(exp); i++)
+    json_object_del(stages, loom_stage_name(loom_experiment_stage(exp, i)));
+  json_t *summary = summary_json(model);
+  if (!summary || json_object_set_new(stages, loom_runner_stage_name(r), summary) < 0)
+    rc = loom_error_oom("the model summary");
+  else if (json_dump_file(file, path, JSON_INDENT(2)) < 0)
+    rc = loom_error_set(LOOM_EIO, "metrics logger: cannot write %s: %s", path, strerror(errno));
+  json_decref(file);
+  return rc;
+}
+
 /* JSON has no NaN or infinity: those are written as null. */
 static json_t *number(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
-static void csv_cell(FILE *f, json_t *v) {
-  if (json_is_real(v))
-    fprintf(f, ",%.17g", json_real_value(v));
-  else if (json_is_integer(v))
-    fprintf(f, ",%lld", (long long)json_integer_value(v));
-  else if (json_is_string(v))
-    fprintf(f, ",%s", json_string_value(v));
-  else
-    fputc(',', f);
+/* A string cell, quoted as RFC 4180 asks when it holds a comma, a quote or
+ * a line break (a stop reason may). */
+static void csv_string(FILE *f, const char *text) {
+  if (!strpbrk(text, ",\"\r\n")) {
+    fputs(text, f);
+    return;
+  }
+  fputc('"', f);
+  for (const char *p = text; *p; p++) {
+    if (*p == '"')
+      fputc('"', f);
+    fputc(*p, f);
+  }
+  fputc('"', f);
 }
+
+static void csv_cell(FILE *f, json_t *v) {
+  fputc(',', f);
+  if (json_is_real(v))
+    fprintf(f, "%.17g", json_real_value(v));
+  else if (json_is_integer(v))
+    fprintf(f, "%lld", (long long)json_integer_value(v));
+  else if (json_is_string(v))
+    csv_string(f, json_string_value(v));
+  else if (json_is_true(v))
+    fputs("true", f);
+}
+
+/* The row marks a row may carry, as CSV columns after the metrics. */
+static const char *const marks[] = {"resumed", "stopped"};
 
 static void csv_row(const metrics_logger *m, json_t *row) {
   fprintf(m->csv, "%s", json_string_value(json_object_get(row, "stage")));
@@ -100,6 +187,7 @@ static void csv_row(const metrics_logger *m, json_t *row) {
   json_t *name;
   json_array_foreach(m->columns, i, name) csv_cell(m->csv, json_object_get(metrics, json_string_value(name)));
   json_array_foreach(m->epoch_columns, i, name) csv_cell(m->csv, json_object_get(metrics, json_string_value(name)));
+  json_array_foreach(m->mark_columns, i, name) csv_cell(m->csv, json_object_get(row, json_string_value(name)));
   fputc('\n', m->csv);
 }
 
@@ -115,6 +203,7 @@ static int rewrite_csv(metrics_logger *m) {
   json_t *name;
   json_array_foreach(m->columns, i, name) fprintf(f, ",%s", json_string_value(name));
   json_array_foreach(m->epoch_columns, i, name) fprintf(f, ",%s", json_string_value(name));
+  json_array_foreach(m->mark_columns, i, name) fprintf(f, ",%s", json_string_value(name));
   fputc('\n', f);
   json_t *row;
   json_array_foreach(m->rows, i, row) csv_row(m, row);
@@ -123,22 +212,26 @@ static int rewrite_csv(metrics_logger *m) {
 
 static bool is_epoch_row(json_t *row) { return json_is_null(json_object_get(row, "loader")); }
 
-/* Adds the row's metric names its columns lack; says whether it did. */
+/* Appends `name` to `columns` unless there; says whether it did. */
+static bool add_column(json_t *columns, const char *name) {
+  for (size_t j = 0; j < json_array_size(columns); j++)
+    if (strcmp(json_string_value(json_array_get(columns, j)), name) == 0)
+      return false;
+  json_array_append_new(columns, json_string(name));
+  return true;
+}
+
+/* Adds the row's metric names and marks its columns lack; says whether it
+ * did. */
 static bool add_new_columns(metrics_logger *m, json_t *row) {
   json_t *columns = is_epoch_row(row) ? m->epoch_columns : m->columns;
   bool added = false;
   const char *name;
   json_t *v;
-  json_object_foreach(json_object_get(row, "metrics"), name, v) {
-    bool known = false;
-    size_t j;
-    json_t *col;
-    json_array_foreach(columns, j, col) known = known || strcmp(json_string_value(col), name) == 0;
-    if (!known) {
-      json_array_append_new(columns, json_string(name));
-      added = true;
-    }
-  }
+  json_object_foreach(json_object_get(row, "metrics"), name, v) added = add_column(columns, name) || added;
+  for (size_t i = 0; i < sizeof marks / sizeof marks[0]; i++)
+    if (json_object_get(row, marks[i]))
+      added = add_column(m->mark_columns, marks[i]) || added;
   return added;
 }
 
@@ -301,6 +394,7 @@ static void logger_destroy(void *data) {
   json_decref(m->rows);
   json_decref(m->columns);
   json_decref(m->epoch_columns);
+  json_decref(m->mark_columns);
   json_decref(m->logged);
   free(m);
 }
@@ -308,6 +402,7 @@ static void logger_destroy(void *data) {
 static const loom_callback_ops metrics_logger_ops = {
     .type = "metrics_logger",
     .on_experiment_start = logger_experiment_start,
+    .on_stage_start = logger_stage_start,
     .on_loader_end = logger_loader_end,
     .on_epoch_end = logger_epoch_end,
     .on_experiment_end = logger_experiment_end,
@@ -322,9 +417,10 @@ loom_callback *loom_metrics_logger_create(void) {
     m->rows = json_array();
     m->columns = json_array();
     m->epoch_columns = json_array();
+    m->mark_columns = json_array();
     m->logged = json_object();
   }
-  if (!m || !m->rows || !m->columns || !m->epoch_columns || !m->logged) {
+  if (!m || !m->rows || !m->columns || !m->epoch_columns || !m->mark_columns || !m->logged) {
     if (m)
       logger_destroy(m);
     loom_error_oom("the metrics logger");

@@ -35,7 +35,7 @@ static const char usage_main[] =
 
 static const char usage_run[] =
     "usage: loom run CONFIG [--plugin LIB]... [--logdir DIR] [--set KEY=VALUE]... [--resume PATH|last|best] [--check]\n"
-    "                [--allow-change KEY]... [--dist auto|local|mpi] [--limit-batches N] [--overfit-batches N]\n"
+    "                [--overwrite] [--allow-change KEY]... [--dist auto|local|mpi] [--limit-batches N] [--overfit-batches N]\n"
     "       loom validate CONFIG [--plugin LIB]... [--set KEY=VALUE]...\n"
     "\n"
     "  --plugin LIB       load a shared library of components (see loom/plugin.h)\n"
@@ -44,9 +44,12 @@ static const char usage_run[] =
     "  --set KEY=VALUE    override a key, e.g. --set stages.train.num_epochs=3;\n"
     "                     KEY[+]=VALUE appends to a list; repeatable\n"
     "  --resume WHAT      continue from a checkpoint file, or last or best in the logdir\n"
+    "  --overwrite        a logdir that holds an earlier run's files is refused unless\n"
+    "                     resumed; this removes that run's files first instead\n"
     "  --allow-change KEY let a resume run a config that differs from the checkpoint's\n"
     "                     at KEY (e.g. stages.train.optimizer.lr; * matches a part);\n"
-    "                     repeatable. stages.*.num_epochs and the logdir may always change\n"
+    "                     repeatable; the config's experiment.allow_change lists more.\n"
+    "                     stages.*.num_epochs and the logdir may always change\n"
     "  --check            smoke test: 2 batches per loader, 2 epochs per stage, into a\n"
     "                     new directory under $TMPDIR (or /tmp) unless --logdir is given\n"
     "  --limit-batches N  at most N batches per loader per epoch\n"
@@ -65,7 +68,7 @@ typedef struct args {
   const char *config, *logdir, *resume, *dist;
   const char *sets[64], *plugins[64], *allowed[64];
   int num_sets, num_plugins, num_allowed;
-  bool check;
+  bool check, overwrite;
   int64_t limit_batches, overfit_batches;
 } args;
 
@@ -87,6 +90,7 @@ static int parse(int argc, char **argv, args *a) {
                                           {"set", required_argument, NULL, 's'},
                                           {"resume", required_argument, NULL, 'r'},
                                           {"check", no_argument, NULL, 'c'},
+                                          {"overwrite", no_argument, NULL, 'o'},
                                           {"plugin", required_argument, NULL, 'p'},
                                           {"dist", required_argument, NULL, 'd'},
                                           {"allow-change", required_argument, NULL, 'a'},
@@ -108,6 +112,7 @@ static int parse(int argc, char **argv, args *a) {
     case 'l': a->logdir = optarg; break;
     case 'r': a->resume = optarg; break;
     case 'c': a->check = true; break;
+    case 'o': a->overwrite = true; break;
     case 'd':
       if (loom_dist_parse(optarg, &(loom_dist){0}) < 0) {
         fprintf(stderr, "loom: --dist: %s\n", loom_last_error());
@@ -145,6 +150,10 @@ static int parse(int argc, char **argv, args *a) {
     return EXIT_USAGE;
   }
   a->config = argv[optind];
+  if (a->overwrite && a->resume) {
+    fprintf(stderr, "loom: --overwrite starts the run afresh and --resume continues it: give one of them\n");
+    return EXIT_USAGE;
+  }
   return EXIT_DONE;
 }
 
@@ -334,6 +343,7 @@ static int cmd_run(const args *given) {
     o.check = a->check;
     o.limit_batches = a->limit_batches;
     o.overfit_batches = a->overfit_batches;
+    o.overwrite = a->overwrite;
     loom_runner_set_options(runner, &o);
     if (a->resume && loom_runner_set_resume(runner, a->resume) < 0)
       code = EXIT_RUNTIME;
@@ -348,7 +358,7 @@ static int cmd_run(const args *given) {
       code = EXIT_INTERRUPTED;
     } else if (rc < 0) {
       fprintf(stderr, "%sloom: error: %s\n", who, loom_last_error());
-      code = EXIT_RUNTIME;
+      code = rc == LOOM_EEXIST ? EXIT_USAGE : EXIT_RUNTIME; /* a logdir refused: the command must change */
     } else if (!who[0] && loom_runner_resumed_finished(runner)) {
       printf("loom: the run in %s had already finished: nothing to run\n", loom_experiment_logdir(exp));
     }

@@ -93,6 +93,13 @@ static int build_experiment(builder *b, loom_params *root) {
   if (device == 1)
     return loom_params_error(&p, "device", LOOM_ENOTSUP, "this build of loom trains on the CPU only (no CUDA "
                                                           "backend yet); use \"cpu\"");
+  /* The config keys a resume may change (the runner reads them from the
+   * resolved config, as --allow-change's): checked to be names here. */
+  const char **allowed;
+  size_t num_allowed;
+  if ((rc = loom_params_strings(&p, "allow_change", false, &allowed, &num_allowed)) < 0)
+    return rc;
+  free(allowed);
   if ((rc = loom_params_check_unknown(&p)) < 0)
     return rc;
   if (!(b->exp = loom_experiment_create(name)))

@@ -105,8 +105,8 @@ int loom_comm_barrier(loom_comm *comm) {
 }
 
 int loom_comm_notify_failure(loom_comm *comm, const char *message) {
-  if (comm->failed)
-    return 0; /* told already, or the peers know */
+  if (comm->failed || comm->size == 1)
+    return 0; /* told already, or the peers know; or nobody to tell, and the next run may use it */
   comm->failed = true;
   snprintf(comm->failure, sizeof comm->failure, "this rank (%d) has failed: %s", comm->rank,
            message ? message : "no message");

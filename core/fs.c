@@ -1,8 +1,11 @@
+/* nftw is XSI. */
+#define _XOPEN_SOURCE 700
 #include "core/array.h"
 #include "core/fs.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,5 +117,20 @@ int loom_path_join(char *out, size_t size, const char *dir, const char *name) {
   int n = snprintf(out, size, "%s/%s", dir, name);
   if (n < 0 || (size_t)n >= size)
     return loom_error_set(LOOM_EINVAL, "path \"%s/%s\" is too long", dir, name);
+  return 0;
+}
+
+static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st, (void)ftw;
+  return (flag == FTW_DP ? rmdir(path) : unlink(path)) < 0 && errno != ENOENT ? -1 : 0;
+}
+
+int loom_remove_tree(const char *path) {
+  struct stat st;
+  if (lstat(path, &st) < 0)
+    return errno == ENOENT ? 0 : loom_error_set(LOOM_EIO, "cannot remove %s: %s", path, strerror(errno));
+  int rc = S_ISDIR(st.st_mode) ? nftw(path, remove_one, 16, FTW_DEPTH | FTW_PHYS) : unlink(path);
+  if (rc != 0)
+    return loom_error_set(LOOM_EIO, "cannot remove %s: %s; check its permissions", path, strerror(errno));
   return 0;
 }

@@ -60,7 +60,7 @@ int loom_deploy_layer_tensors(loom_model *m, size_t i, loom_named_tensor *out, i
   int64_t shape[LOOM_MAX_DIMS];
   loom_layer_desc d;
   if (strcmp(type, "Linear") == 0 && count > 0) {
-    loom_model_layer_shape(m, i, shape);
+    loom_model_layer_output_shape(m, i, shape);
     int64_t o = shape[0], bias = loom_linear_bias(layer) ? o : 0, in = ((int64_t)count - bias) / o;
     tensor(&out[(*n)++], name, "weight", p, 2, (int64_t[]){o, in});
     if (bias)

@@ -296,7 +296,7 @@ static int layer(builder *b, loom_model *m, size_t i, const char *out) {
                                         "pools, BatchNorm, Flatten, Dropout and the activations",
                           name, type);
   }
-  b->ndim = loom_model_layer_shape(m, i, b->shape);
+  b->ndim = loom_model_layer_output_shape(m, i, b->shape);
   return b->oom ? loom_error_oom("the ONNX graph") : 0;
 }
 

@@ -126,7 +126,7 @@ int loom_predict(loom_model *model, loom_loader *loader, const char *name, loom_
     return loom_error_set(LOOM_ESTATE, "loom_predict(\"%s\"): the model is not built (loom_model_build)", name);
   size_t last = loom_model_num_layers(model) - 1;
   int64_t shape[LOOM_MAX_DIMS];
-  int ndim = loom_model_layer_shape(model, last, shape);
+  int ndim = loom_model_layer_output_shape(model, last, shape);
   loom_epoch_plan plan = {.seed = 0, .rank = 0, .world = 1, .train = false};
   int rc = loom_loader_start_epoch(loader, &plan);
   part *t = NULL;

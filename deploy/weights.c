@@ -82,7 +82,7 @@ static json_t *shape_json(int ndim, const int64_t *shape) {
 
 static json_t *layer_json(loom_model *m, size_t i) {
   int64_t shape[LOOM_MAX_DIMS];
-  int ndim = loom_model_layer_shape(m, i, shape);
+  int ndim = loom_model_layer_output_shape(m, i, shape);
   json_t *tensors = json_array();
   loom_named_tensor t[LOOM_LAYER_MAX_TENSORS];
   int n;

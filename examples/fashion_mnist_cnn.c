@@ -49,13 +49,18 @@ static loom_loader *open_loader(const char *dir, bool train) {
 
 int main(int argc, char **argv) {
   loom_run_options run = loom_run_options_defaults();
-  if (argc > 1 && strcmp(argv[1], "--check") == 0)
-    run.check = true, argv++, argc--;
+  for (; argc > 1 && strncmp(argv[1], "--", 2) == 0; argv++, argc--)
+    if (strcmp(argv[1], "--check") == 0)
+      run.check = true;
+    else if (strcmp(argv[1], "--overwrite") == 0)
+      run.overwrite = true; /* replace the run in LOGDIR (else refused) */
+    else
+      argc = 99; /* usage */
   int epochs = argc > 1 ? atoi(argv[1]) : 15;
   const char *logdir = argc > 2 ? argv[2] : "logs/fashion_mnist_cnn";
   const char *data = argc > 3 ? argv[3] : "/usr/share/datasets/fashion-mnist";
   if (epochs < 1 || argc > 4) {
-    fprintf(stderr, "usage: fashion_mnist_cnn [--check] [EPOCHS [LOGDIR [DATA_DIR]]]\n");
+    fprintf(stderr, "usage: fashion_mnist_cnn [--check] [--overwrite] [EPOCHS [LOGDIR [DATA_DIR]]]\n");
     return 2;
   }
   loom_experiment *exp = loom_experiment_create("fashion_mnist_cnn");

@@ -48,12 +48,14 @@ static loom_loader *open_loader(const char *dir, bool train) {
 static int usage(const char *prog, int code) {
   fprintf(code ? stderr : stdout,
           "usage: %s [--epochs N] [--logdir DIR] [--data DIR] [--seed S] [--resume WHAT] [--workers N]\n"
-          "          [--dist auto|local|mpi]\n"
+          "          [--dist auto|local|mpi] [--overwrite]\n"
           "  --epochs N    epochs to train (default 10)\n"
           "  --logdir DIR  where metrics.jsonl and metrics.csv go (default logs/fashion_mnist_mlp)\n"
           "  --data DIR    Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)\n"
           "  --seed S      seed of initialisation and shuffling (default 42)\n"
           "  --resume WHAT continue a run: a checkpoint file, or last or best in DIR/checkpoints\n"
+          "  --overwrite   replace the earlier run in DIR (without it, or --resume, a DIR\n"
+          "                that holds a run is refused)\n"
           "  --workers N   threads preparing batches (default 0: the training thread)\n"
           "  --dist WHAT   mpi: one rank per process mpirun starts; local: this process\n"
           "                alone; auto (default): mpi under an MPI launcher\n",
@@ -66,6 +68,7 @@ int main(int argc, char **argv) {
   unsigned long long seed = 42;
   const char *logdir = "logs/fashion_mnist_mlp", *data = "/usr/share/datasets/fashion-mnist", *resume = NULL;
   loom_dist dist = LOOM_DIST_AUTO;
+  loom_run_options run = loom_run_options_defaults();
   static const struct option options[] = {{"epochs", required_argument, NULL, 'e'},
                                           {"logdir", required_argument, NULL, 'l'},
                                           {"data", required_argument, NULL, 'd'},
@@ -73,6 +76,7 @@ int main(int argc, char **argv) {
                                           {"resume", required_argument, NULL, 'r'},
                                           {"workers", required_argument, NULL, 'w'},
                                           {"dist", required_argument, NULL, 'D'},
+                                          {"overwrite", no_argument, NULL, 'o'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   for (int c; (c = getopt_long(argc, argv, "e:l:d:s:r:w:D:h", options, NULL)) != -1;) {
@@ -83,6 +87,7 @@ int main(int argc, char **argv) {
     case 'd': data = optarg; break;
     case 's': seed = strtoull(optarg, &end, 10); break;
     case 'r': resume = optarg; break;
+    case 'o': run.overwrite = true; break;
     case 'w': workers = (int)strtol(optarg, &end, 10); break;
     case 'D':
       if (loom_dist_parse(optarg, &dist) < 0) {
@@ -111,6 +116,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   loom_runner_set_comm(runner, comm);
+  loom_runner_set_options(runner, &run);
   bool master = loom_runner_is_master(runner);
   loom_experiment_set_seed(exp, seed);
   int rc = loom_experiment_set_logdir(exp, logdir);

@@ -202,6 +202,8 @@ static void start(grid_run *r, worker *w, size_t exp) {
     args[n++] = "--set", args[n++] = sets[s];
   if (r->resume[exp])
     args[n++] = "--resume", args[n++] = "last";
+  else /* a failed attempt's run is replaced; its stdout.txt and stderr.txt stay */
+    args[n++] = "--overwrite";
   args[n] = NULL;
   w->busy = true, w->timed_out = false, w->kill_stage = 0;
   w->exp = exp;

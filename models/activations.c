@@ -38,7 +38,8 @@ static int act_backward(void *data, const loom_tensor *x, const loom_tensor *y, 
 }
 
 #define ACTIVATION_OPS(name) \
-  {.type = name, .output_shape = loom_same_shape, .forward = act_forward, .backward = act_backward, .destroy = free}
+  {.type = name, .output_shape = loom_same_shape, .forward = act_forward, .backward = act_backward, .destroy = free, \
+   .macs = loom_no_macs}
 static const loom_layer_ops act_ops[LOOM_ACT_COUNT] = {
     [LOOM_ACT_RELU] = ACTIVATION_OPS("ReLU"), [LOOM_ACT_LEAKY_RELU] = ACTIVATION_OPS("LeakyReLU"),
     [LOOM_ACT_GELU] = ACTIVATION_OPS("GELU"), [LOOM_ACT_TANH] = ACTIVATION_OPS("Tanh"),
@@ -94,7 +95,7 @@ static int copy_backward(void *data, const loom_tensor *x, const loom_tensor *y,
 }
 
 static const loom_layer_ops flatten_ops = {.type = "Flatten", .output_shape = flatten_shape,
-                                           .forward = copy_forward, .backward = copy_backward};
+                                           .forward = copy_forward, .backward = copy_backward, .macs = loom_no_macs};
 
 loom_layer *loom_flatten_create(void) { return loom_layer_create(&flatten_ops, NULL); }
 
@@ -140,7 +141,7 @@ static void dropout_destroy(void *data) {
 
 static const loom_layer_ops dropout_ops = {.type = "Dropout", .output_shape = loom_same_shape,
                                            .forward = dropout_forward, .backward = dropout_backward,
-                                           .destroy = dropout_destroy};
+                                           .destroy = dropout_destroy, .macs = loom_no_macs};
 
 loom_layer *loom_dropout_create(float p) {
   if (!(p >= 0.0f && p < 1.0f)) {

@@ -96,6 +96,7 @@ static const loom_layer_ops bn_ops = {
     .forward = bn_forward,
     .backward = bn_backward,
     .destroy = bn_destroy,
+    .macs = loom_macs_per_output,
 };
 
 loom_layer *loom_batchnorm_create(int64_t channels, float eps, float momentum) {

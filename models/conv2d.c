@@ -120,6 +120,13 @@ static void conv_destroy(void *data) {
   free(c);
 }
 
+/* Each output value sums cin x kh x kw products. */
+static int64_t conv_macs(void *data, int ndim, const int64_t *in, int out_ndim, const int64_t *out) {
+  const conv *c = data;
+  (void)ndim, (void)in;
+  return loom_shape_numel(out_ndim, out) * c->cin * c->kh * c->kw;
+}
+
 static const loom_layer_ops conv_ops = {
     .type = "Conv2d",
     .num_params = conv_num_params,
@@ -131,6 +138,7 @@ static const loom_layer_ops conv_ops = {
     .forward = conv_forward,
     .backward = conv_backward,
     .destroy = conv_destroy,
+    .macs = conv_macs,
 };
 
 loom_layer *loom_conv2d_create(const loom_conv2d_options *o) {

@@ -42,6 +42,13 @@ static inline loom_backend *loom_backend_of(const loom_tensor *t) {
 }
 /* output_shape of shape-preserving layers. */
 int loom_same_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out);
+/* macs of layers without multiply-adds (elementwise functions, copies,
+ * max pooling), and of those with one per output element (a BatchNorm's
+ * scale and shift). */
+int64_t loom_no_macs(void *data, int ndim, const int64_t *in, int out_ndim, const int64_t *out);
+int64_t loom_macs_per_output(void *data, int ndim, const int64_t *in, int out_ndim, const int64_t *out);
+/* The product of shape[0, ndim). */
+int64_t loom_shape_numel(int ndim, const int64_t *shape);
 
 /* Elements per sample of a [batch, ...] tensor. */
 static inline int64_t loom_per_sample(const loom_tensor *t) { return t->shape[0] ? t->numel / t->shape[0] : 0; }

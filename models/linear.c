@@ -101,6 +101,12 @@ static int linear_backward(void *data, const loom_tensor *x, const loom_tensor *
   return rc;
 }
 
+/* One product and add per weight: in x out. */
+static int64_t linear_macs(void *data, int ndim, const int64_t *in, int out_ndim, const int64_t *out) {
+  (void)data;
+  return loom_shape_numel(ndim, in) * loom_shape_numel(out_ndim, out);
+}
+
 static const loom_layer_ops linear_ops = {
     .type = "Linear",
     .num_params = linear_num_params,
@@ -112,6 +118,7 @@ static const loom_layer_ops linear_ops = {
     .forward = linear_forward,
     .backward = linear_backward,
     .destroy = free,
+    .macs = linear_macs,
 };
 
 loom_layer *loom_linear_create(int64_t in_features, int64_t out_features, bool bias) {

@@ -446,6 +446,29 @@ size_t loom_model_num_layers(const loom_model *m) { return m->count; }
 loom_layer *loom_model_layer(const loom_model *m, size_t i) { return i < m->count ? m->layers[i].layer : NULL; }
 const char *loom_model_layer_name(const loom_model *m, size_t i) { return i < m->count ? m->layers[i].name : NULL; }
 
+int loom_model_input_shape(const loom_model *m, int64_t *shape) {
+  if (!m->built)
+    return 0;
+  memcpy(shape, m->in_shape, (size_t)m->in_ndim * sizeof *shape);
+  return m->in_ndim;
+}
+
+int loom_model_layer_output_shape(const loom_model *m, size_t i, int64_t *shape) {
+  if (!m->built || i >= m->count)
+    return 0;
+  memcpy(shape, m->layers[i].out_shape, (size_t)m->layers[i].out_ndim * sizeof *shape);
+  return m->layers[i].out_ndim;
+}
+
+int64_t loom_model_layer_macs(const loom_model *m, size_t i) {
+  if (!m->built || i >= m->count || !m->layers[i].layer->ops.macs)
+    return -1;
+  const entry *e = &m->layers[i];
+  int in_ndim = i ? m->layers[i - 1].out_ndim : m->in_ndim;
+  const int64_t *in = i ? m->layers[i - 1].out_shape : m->in_shape;
+  return e->layer->ops.macs(e->layer->data, in_ndim, in, e->out_ndim, e->out_shape);
+}
+
 loom_plan *loom_model_block_plan(const loom_model *m, size_t i) {
   return i < m->count && m->layers[i].block > 1 ? m->layers[i].plan : NULL;
 }
@@ -572,20 +595,6 @@ size_t loom_model_layer_decayed(const loom_model *m, size_t i) {
     return 0;
   const loom_layer *l = m->layers[i].layer;
   return l->ops.num_decayed ? l->ops.num_decayed(l->data) : m->layers[i].nparams;
-}
-
-int loom_model_input_shape(const loom_model *m, int64_t *shape) {
-  if (!m->built)
-    return 0;
-  memcpy(shape, m->in_shape, (size_t)m->in_ndim * sizeof *shape);
-  return m->in_ndim;
-}
-
-int loom_model_layer_shape(const loom_model *m, size_t i, int64_t *shape) {
-  if (!m->built || i >= m->count)
-    return 0;
-  memcpy(shape, m->layers[i].out_shape, (size_t)m->layers[i].out_ndim * sizeof *shape);
-  return m->layers[i].out_ndim;
 }
 
 void loom_model_layer_buffers(const loom_model *m, size_t i, size_t *offset, size_t *count) {

@@ -76,9 +76,20 @@ static void pool_destroy(void *data) {
   free(p);
 }
 
+/* A max takes no multiply-adds; an average sums its window (the global one:
+ * every input value once). */
+static int64_t pool_macs(void *data, int ndim, const int64_t *in, int out_ndim, const int64_t *out) {
+  const pool *p = data;
+  if (p->mode == LOOM_POOL_MAX)
+    return 0;
+  if (p->mode == LOOM_POOL_GLOBAL_AVG)
+    return loom_shape_numel(ndim, in);
+  return loom_shape_numel(out_ndim, out) * p->k * p->k;
+}
+
 #define POOL_OPS(name) \
   {.type = name, .output_shape = pool_output_shape, .forward = pool_forward, .backward = pool_backward, \
-   .destroy = pool_destroy}
+   .destroy = pool_destroy, .macs = pool_macs}
 static const loom_layer_ops pool_ops[] = {
     [LOOM_POOL_MAX] = POOL_OPS("MaxPool2d"), [LOOM_POOL_AVG] = POOL_OPS("AvgPool2d"),
     [LOOM_POOL_GLOBAL_AVG] = POOL_OPS("GlobalAvgPool")};

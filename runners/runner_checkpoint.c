@@ -297,8 +297,10 @@ static bool restored_from_checkpoint(const char *key) {
   return false;
 }
 
-static bool change_allowed(const loom_runner *r, const char *key) {
-  static const char *const by_default[] = {"stages.*.num_epochs", "experiment.logdir"};
+/* Allowed: by default, by loom_runner_allow_change, or by the new config's
+ * experiment.allow_change (`config_allowed`, a JSON array of patterns). */
+static bool change_allowed(const loom_runner *r, json_t *config_allowed, const char *key) {
+  static const char *const by_default[] = {"stages.*.num_epochs", "experiment.logdir", "experiment.allow_change"};
   if (restored_from_checkpoint(key))
     return false;
   for (size_t i = 0; i < sizeof by_default / sizeof by_default[0]; i++)
@@ -307,6 +309,11 @@ static bool change_allowed(const loom_runner *r, const char *key) {
   for (size_t i = 0; i < r->num_allowed; i++)
     if (key_matches(r->allowed_changes[i], key))
       return true;
+  for (size_t i = 0; i < json_array_size(config_allowed); i++) {
+    const char *pattern = json_string_value(json_array_get(config_allowed, i));
+    if (pattern && key_matches(pattern, key))
+      return true;
+  }
   return false;
 }
 
@@ -351,7 +358,8 @@ static int check_config(loom_runner *r, const char *saved) {
   json_t *c;
   json_array_foreach(changes, i, c) {
     const char *key = json_string_value(json_object_get(c, "key"));
-    if (change_allowed(r, key) || len >= sizeof refused)
+    if (change_allowed(r, json_object_get(json_object_get(now, "experiment"), "allow_change"), key) ||
+        len >= sizeof refused)
       continue;
     char *o = json_dumps(json_object_get(c, "old"), JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(15));
     char *n = json_dumps(json_object_get(c, "new"), JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(15));
@@ -363,8 +371,9 @@ static int check_config(loom_runner *r, const char *saved) {
   }
   if (rc == 0 && refused[0])
     rc = loom_error_set(LOOM_EINVAL, "the config differs from the one the checkpoint was written under: %s. Resume "
-                                     "with that config, allow the changes (loom run --allow-change KEY, "
-                                     "loom_runner_allow_change), or start a new logdir",
+                                     "with that config, allow the changes (loom run --allow-change KEY, the "
+                                     "config's experiment.allow_change, loom_runner_allow_change), or start a new "
+                                     "logdir",
                         refused);
   if (rc == 0 && !(r->config_changes = json_dumps(changes, JSON_COMPACT | JSON_REAL_PRECISION(17))))
     rc = loom_error_oom("the config changes");

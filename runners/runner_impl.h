@@ -104,6 +104,8 @@ struct loom_runner {
   const char *valid_loader, *main_metric;
   bool minimize, is_best_valid, have_best;
   double best_value;
+  double best_min_delta; /* the stage's: a smaller improvement is no new best */
+  bool best_delta_relative; /* min_delta is a fraction of |best_value| */
   int best_epoch;
 
   /* resume */
@@ -128,6 +130,12 @@ struct loom_runner {
   char error_message[LOOM_ERROR_MAX];
   bool error_handled;
 };
+
+/* runner_logdir.c */
+/* Once the logdir is locked: refuses (LOOM_EEXIST) a logdir that holds an
+ * earlier run's files, unless this run resumes, or removes those files
+ * when options.overwrite. */
+int loom_runner_claim_logdir(loom_runner *r);
 
 /* runner_loop.c */
 /* Fires `event` to the current stage's table. */

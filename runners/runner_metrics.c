@@ -59,7 +59,9 @@ int loom_runner_update_best_valid(loom_runner *r) {
   r->is_best_valid = false;
   if (!loom_metrics_get(r->valid_metrics, r->main_metric, &v) || isnan(v))
     return 0;
-  bool better = !r->have_best || (r->minimize ? v < r->best_value : v > r->best_value);
+  /* As early stopping's monitor judges it: an improvement under min_delta is none. */
+  double delta = r->best_delta_relative ? r->best_min_delta * fabs(r->best_value) : r->best_min_delta;
+  bool better = !r->have_best || (r->minimize ? v < r->best_value - delta : v > r->best_value + delta);
   if (!better)
     return 0;
   r->have_best = true;

@@ -93,6 +93,7 @@ int loom_runner_prepare_stage(loom_runner *r, size_t index, bool load) {
   r->main_metric = s->main_metric;
   r->minimize = s->minimize;
   r->have_best = false;
+  r->best_min_delta = 0, r->best_delta_relative = false;
   r->best_epoch = 0;
   loom_metrics_clear(r->best_valid_metrics);
   r->epoch = 0;

@@ -49,7 +49,7 @@ int loom_runner_lock_logdir(loom_runner *r) {
   if (stale)
     loom_notice_once("logdir-lock-stale", "took over the lock of %s/.lock from pid %ld, which no longer runs",
                      loom_experiment_logdir(r->exp), stale);
-  return 0;
+  return loom_runner_claim_logdir(r);
 }
 loom_rng *loom_runner_rng(loom_runner *r) { return &r->rng; }
 
@@ -72,6 +72,10 @@ const char *loom_runner_valid_loader(const loom_runner *r) { return r->valid_loa
 const char *loom_runner_main_metric(const loom_runner *r) { return r->main_metric; }
 bool loom_runner_minimize_metric(const loom_runner *r) { return r->minimize; }
 bool loom_runner_is_best_valid(const loom_runner *r) { return r->is_best_valid; }
+void loom_runner_set_best_min_delta(loom_runner *r, double min_delta, bool relative) {
+  r->best_min_delta = min_delta > 0 ? min_delta : 0;
+  r->best_delta_relative = relative;
+}
 int loom_runner_best_epoch(const loom_runner *r) { return r->best_epoch; }
 
 void loom_runner_request_stop(loom_runner *r, loom_stop what) { r->stop_flags |= (unsigned)what; }

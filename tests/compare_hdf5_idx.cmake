@@ -8,7 +8,7 @@ foreach(kind idx hdf5)
     set(cfg ${CONFIGS}/fashion_mnist_hdf5.json)
     set(extra --set "datasets.train.files=[\"${H5DIR}/train.h5\"]" --set "datasets.test.files=[\"${H5DIR}/test.h5\"]")
   endif()
-  execute_process(COMMAND ${LOOM} run ${cfg} --logdir ${OUT}/${kind} --set stages.train.num_epochs=1 ${extra}
+  execute_process(COMMAND ${LOOM} run ${cfg} --logdir ${OUT}/${kind} --overwrite --set stages.train.num_epochs=1 ${extra}
                   RESULT_VARIABLE rc OUTPUT_QUIET)
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "loom run ${cfg} failed: ${rc}")

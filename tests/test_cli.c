@@ -151,7 +151,9 @@ static void test_run_writes_resolved_config(void **state) {
   assert_string_equal(a, b);
   free(a), free(b);
   /* --check: 2 epochs of 2 batches, whatever the config says. */
-  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir2, "--check", "--set", "stages.train.num_epochs=50", NULL), 0);
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir2, "--check", "--overwrite", "--set",
+                       "stages.train.num_epochs=50", NULL),
+                   0);
   test_rm_rf(dir), test_rm_rf(dir2);
   free(dir), free(dir2);
 }
@@ -263,7 +265,7 @@ static void test_ctrl_c_then_resume(void **state) {
   assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--resume", "/nonexistent.h5", NULL), 1);
   assert_true(stderr_has("cannot resume from \"/nonexistent.h5\""));
   /* A failure during the run is printed once, with the state it saved. */
-  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "stages.train.callbacks[+]={\"type\": "
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--overwrite", "--set", "stages.train.callbacks[+]={\"type\": "
                        "\"console_logger\"}", "--set", "stages.train.callbacks[+]={\"type\": \"early_stopping\", "
                        "\"monitors\": [{\"metric\": \"nope\"}]}", NULL), 1);
   assert_int_equal(printed("early stopping watches \"valid/nope\""), 1);
@@ -302,7 +304,7 @@ static void test_resume_finished_run(void **state) {
   json_array_append_new(json_object_get(train, "callbacks"), json_pack("{s:s}", "type", "tensorboard"));
   json_array_append_new(json_object_get(train, "callbacks"), json_pack("{s:s, s:s}", "type", "console_logger",
                                                                        "progress", "off"));
-  snprintf(config, sizeof config, "%s/config.json", dir);
+  snprintf(config, sizeof config, "%s.json", dir); /* beside the logdir: a fresh run wants it empty */
   assert_int_equal(json_dump_file(c, config, 0), 0);
   json_decref(c);
   assert_int_equal(run(NULL, "run", config, "--logdir", dir, NULL), 0);
@@ -321,6 +323,7 @@ static void test_resume_finished_run(void **state) {
   assert_string_equal(again, rows);
   free(rows), free(again);
   test_rm_rf(dir);
+  unlink(config);
   free(dir);
 }
 
@@ -392,6 +395,86 @@ static void test_resume_with_changed_config(void **state) {
                                "{\"key\":\"stages.train.num_epochs\",\"old\":4,\"new\":5}]");
   free(changes);
   json_decref(h);
+  /* The config's experiment.allow_change allows as --allow-change does
+   * (and may itself change on resume). */
+  const char *train_batch = "loaders.train.batch_size=4";
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=6", "--set",
+                       "loaders.valid.batch_size=2", "--set", train_batch, "--resume", "last", NULL),
+                   1);
+  assert_true(stderr_has("the config differs from the one the checkpoint was written under: "
+                         "loaders.train.batch_size: 2 -> 4. "));
+  assert_true(stderr_has("the config's experiment.allow_change"));
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--set", "stages.train.num_epochs=6", "--set",
+                       "loaders.valid.batch_size=2", "--set", train_batch, "--set",
+                       "experiment.allow_change=[\"loaders.train.batch_size\"]", "--resume", "last", NULL),
+                   0);
+  h = history(dir);
+  changes = json_dumps(json_object_get(json_array_get(h, 3), "changes"), JSON_COMPACT);
+  assert_string_equal(changes, "[{\"key\":\"experiment.allow_change\",\"old\":null,\"new\":"
+                               "[\"loaders.train.batch_size\"]},{\"key\":\"loaders.train.batch_size\",\"old\":2,"
+                               "\"new\":4},{\"key\":\"stages.train.num_epochs\",\"old\":5,\"new\":6}]");
+  free(changes);
+  json_decref(h);
+  test_rm_rf(dir);
+  free(dir);
+}
+
+/* How many times `text` occurs in the file at dir/name. */
+static int occurrences(const char *dir, const char *name, const char *text) {
+  char path[1300];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  char *s = test_read_file(path);
+  int n = 0;
+  for (const char *p = s; p && (p = strstr(p, text)); p++)
+    n++;
+  free(s);
+  return n;
+}
+
+/* A second run into a logdir that holds a run is refused and leaves every
+ * file of the first byte for byte; --resume last still continues it;
+ * --overwrite replaces it (the first run's files gone), and never removes a
+ * file loom did not write. */
+static void test_second_run_refused(void **state) {
+  (void)state;
+  char *dir = test_tmpdir(), log[1100], cmd[2400];
+  snprintf(log, sizeof log, "%s/log", dir);
+  const char *tb = "stages.train.callbacks[+]={\"type\": \"tensorboard\"}";
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", log, "--set", "stages.train.num_epochs=2", "--set", tb, NULL), 0);
+  assert_int_equal(count_files(log, "events.out.tfevents"), 1);
+  snprintf(cmd, sizeof cmd, "cp -a '%s' '%s/saved'", log, dir);
+  assert_int_equal(system(cmd), 0);
+  /* Forgetting --resume: refused (exit 2), nothing touched. */
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", log, "--set", "stages.train.num_epochs=2", "--set", tb, NULL), 2);
+  char want[1400];
+  snprintf(want, sizeof want, "the logdir %s already holds a run's files (", log);
+  assert_true(stderr_has(want));
+  assert_true(stderr_has("resume that run (loom run --resume last, loom_runner_set_resume), overwrite it (loom run "
+                         "--overwrite, loom_run_options.overwrite), or give this run another logdir"));
+  snprintf(cmd, sizeof cmd, "diff -r '%s/saved' '%s' >&2", dir, log);
+  assert_int_equal(system(cmd), 0);
+  /* --resume last continues the first run: a third epoch. */
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", log, "--set", "stages.train.num_epochs=3", "--set", tb,
+                       "--resume", "last", NULL),
+                   0);
+  assert_int_equal(occurrences(log, "metrics.jsonl", "\"loader\":null"), 3);
+  assert_int_equal(occurrences(log, "config_history.jsonl", "\"resumed_from\""), 2);
+  /* --overwrite and --resume exclude each other. */
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", log, "--overwrite", "--resume", "last", NULL), 2);
+  assert_true(stderr_is("loom: --overwrite starts the run afresh and --resume continues it: give one of them\n"));
+  /* A file loom did not write is no run's: it stays through --overwrite. */
+  snprintf(cmd, sizeof cmd, "%s/notes.txt", log);
+  FILE *f = fopen(cmd, "w");
+  assert_non_null(f);
+  fclose(f);
+  /* --overwrite: a new run of 1 epoch, without TensorBoard; the first run's
+   * files are gone. */
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", log, "--overwrite", "--set", "stages.train.num_epochs=1", NULL),
+                   0);
+  assert_int_equal(count_files(log, "events.out.tfevents"), 0);
+  assert_int_equal(occurrences(log, "metrics.jsonl", "\"loader\":null"), 1);
+  assert_int_equal(occurrences(log, "config_history.jsonl", "\"resumed_from\""), 1);
+  assert_int_equal(access(cmd, F_OK), 0); /* notes.txt */
   test_rm_rf(dir);
   free(dir);
 }
@@ -415,9 +498,9 @@ static void test_batch_limits(void **state) {
   char *dir = test_tmpdir();
   assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, NULL), 0);
   assert_int_equal(train_batches(dir), 12);
-  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--limit-batches", "1", NULL), 0);
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--overwrite", "--limit-batches", "1", NULL), 0);
   assert_int_equal(train_batches(dir), 3);
-  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--overfit-batches", "3", NULL), 0);
+  assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--overwrite", "--overfit-batches", "3", NULL), 0);
   assert_int_equal(train_batches(dir), 9);
   assert_int_equal(run(NULL, "run", tiny, "--logdir", dir, "--limit-batches", "0", NULL), 2);
   assert_true(stderr_is("loom: --limit-batches: expected a number of batches >= 1, got \"0\"\n"));
@@ -501,8 +584,9 @@ static const char *plugin_config(const char *dir, json_t *list) {
 
 static void test_plugin_from_command_line(void **state) {
   (void)state;
-  char *dir = test_tmpdir(), marker[1200], resolved[1200], real[PATH_MAX];
+  char *dir = test_tmpdir(), logdir[1100], marker[1200], resolved[1200], real[PATH_MAX];
   const char *config = plugin_config(dir, NULL);
+  snprintf(logdir, sizeof logdir, "%s/log", dir); /* a fresh run's logdir holds no config */
   /* Without the plugin its components are unknown. */
   assert_int_equal(run(NULL, "validate", config, NULL), 2);
   assert_true(stderr_has("unknown optimizer \"plugin_sign_sgd\""));
@@ -510,15 +594,15 @@ static void test_plugin_from_command_line(void **state) {
   /* Given twice, it loads once. */
   assert_int_equal(run(NULL, "validate", "--plugin", plugin("good"), config, "--plugin", plugin("good"), NULL), 0);
   /* A run trains with them: 3 epochs of 4 batches of 2 of the 8 samples. */
-  assert_int_equal(run(NULL, "run", config, "--plugin", plugin("good"), "--logdir", dir, NULL), 0);
-  snprintf(marker, sizeof marker, "%s/marker.txt", dir);
+  assert_int_equal(run(NULL, "run", config, "--plugin", plugin("good"), "--logdir", logdir, NULL), 0);
+  snprintf(marker, sizeof marker, "%s/marker.txt", logdir);
   char *text = test_read_file(marker);
   assert_non_null(text);
   assert_string_equal(text, "steps 12 plugin_sign_sgd\n");
   free(text);
   /* The resolved config names the plugin by its absolute path, so it
    * runs again without --plugin. */
-  snprintf(resolved, sizeof resolved, "%s/config.json", dir);
+  snprintf(resolved, sizeof resolved, "%s/config.json", logdir);
   json_t *c = json_load_file(resolved, 0, NULL);
   assert_non_null(realpath(plugin("good"), real));
   assert_int_equal(json_array_size(json_object_get(c, "plugins")), 1);
@@ -532,7 +616,8 @@ static void test_plugin_from_command_line(void **state) {
 static void test_plugin_from_config(void **state) {
   (void)state;
   /* "plugins" are relative to the config's directory, not the working one. */
-  char *dir = test_tmpdir(), sub[1200], link[1300], real[PATH_MAX];
+  char *dir = test_tmpdir(), sub[1200], link[1300], real[PATH_MAX], logdir[1100];
+  snprintf(logdir, sizeof logdir, "%s/log", dir); /* a fresh run's logdir holds no config */
   snprintf(sub, sizeof sub, "%s/plugins", dir);
   assert_int_equal(mkdir(sub, 0755), 0);
   assert_non_null(realpath(plugin("good"), real));
@@ -540,9 +625,9 @@ static void test_plugin_from_config(void **state) {
   assert_int_equal(symlink(real, link), 0);
   const char *config = plugin_config(dir, json_pack("[s]", "plugins/libgood.so"));
   assert_int_equal(run(NULL, "validate", config, NULL), 0);
-  assert_int_equal(run(NULL, "run", config, "--logdir", dir, "--check", NULL), 0);
+  assert_int_equal(run(NULL, "run", config, "--logdir", logdir, "--check", NULL), 0);
   char marker[1300];
-  snprintf(marker, sizeof marker, "%s/marker.txt", dir);
+  snprintf(marker, sizeof marker, "%s/marker.txt", logdir);
   char *text = test_read_file(marker);
   assert_non_null(text);
   assert_string_equal(text, "steps 4 plugin_sign_sgd\n"); /* --check: 2 epochs of 2 batches */
@@ -668,6 +753,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_convert),
       cmocka_unit_test(test_one_line_mistakes),
       cmocka_unit_test(test_batch_limits),
+      cmocka_unit_test(test_second_run_refused),
       cmocka_unit_test(test_plugin_from_command_line),
       cmocka_unit_test(test_plugin_from_config),
       cmocka_unit_test(test_plugin_errors),

@@ -863,13 +863,56 @@ static void test_logdir_lock(void **state) {
   fprintf(f, "%ld\n", (long)gone);
   fclose(f);
   loom_experiment *again = logging_run(dir);
-  assert_int_equal(run(again, NULL), 0);
+  loom_runner *r2 = loom_runner_create();
+  loom_runner_set_handle_batch(r2, noop_batch, NULL);
+  loom_run_options o = loom_run_options_defaults();
+  o.overwrite = true; /* the first run's files are there */
+  loom_runner_set_options(r2, &o);
+  assert_int_equal(loom_run_experiment(r2, again), 0);
+  loom_runner_destroy(r2);
   loom_experiment_destroy(again);
   snprintf(want, sizeof want, "took over the lock of %s/.lock from pid %ld, which no longer runs", dir, (long)gone);
   bool noticed = false;
   for (size_t i = 0; i < loom_notice_count(); i++)
     noticed = noticed || strcmp(loom_notice(i), want) == 0;
   assert_true(noticed);
+  test_rm_rf(dir);
+  free(dir);
+}
+
+/* A run that is not a resume refuses a logdir an earlier run wrote
+ * (LOOM_EEXIST), before writing anything; loom_run_options.overwrite
+ * removes that run's files and runs. */
+static void test_logdir_of_an_earlier_run(void **state) {
+  (void)state;
+  char *dir = test_tmpdir(), path[1100];
+  loom_experiment *exp = logging_run(dir);
+  assert_int_equal(run(exp, NULL), 0);
+  loom_experiment_destroy(exp);
+  snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+  char *first = test_read_file(path);
+  assert_non_null(first);
+  FILE *f = fopen(path, "a"); /* marks the first run's file */
+  fputs("first\n", f);
+  fclose(f);
+  exp = logging_run(dir);
+  loom_runner *r;
+  assert_int_equal(run(exp, &r), LOOM_EEXIST);
+  char want[1300];
+  snprintf(want, sizeof want, "the logdir %s already holds a run's files (metrics.", dir);
+  assert_non_null(strstr(loom_runner_error_message(r), want));
+  char *kept = test_read_file(path);
+  assert_non_null(strstr(kept, "first\n"));
+  free(kept);
+  loom_run_options o = loom_run_options_defaults();
+  o.overwrite = true;
+  loom_runner_set_options(r, &o);
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+  char *second = test_read_file(path);
+  assert_null(strstr(second, "first\n"));
+  free(first), free(second);
   test_rm_rf(dir);
   free(dir);
 }
@@ -954,7 +997,8 @@ int main(void) {
       cmocka_unit_test(test_bad_loader_name), cmocka_unit_test(test_model_built_at_stage_start),
       cmocka_unit_test(test_model_build_error_at_stage_start),
       cmocka_unit_test(test_verbose_prints_table),
-      cmocka_unit_test(test_logdir_lock), cmocka_unit_test(test_batch_larger_than_dataset),
+      cmocka_unit_test(test_logdir_lock), cmocka_unit_test(test_logdir_of_an_earlier_run),
+      cmocka_unit_test(test_batch_larger_than_dataset),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -298,6 +298,21 @@ static void test_resumed_epoch_reports_what_ran(void **state) {
   assert_int_equal(rows, 4); /* epoch 2's train and valid, epoch 3's */
   assert_int_equal(epoch_rows, 2);
   free(text);
+  /* metrics.csv says it too: a last column "resumed", "true" in epoch 2's
+   * train row and epoch row, empty in the others. */
+  char csv[512];
+  snprintf(csv, sizeof csv, "%s/metrics.csv", dir);
+  text = test_read_file(csv);
+  char *save, *header = strtok_r(text, "\n", &save);
+  assert_true(strlen(header) > 8 && strcmp(header + strlen(header) - 8, ",resumed") == 0);
+  int marked = 0;
+  for (char *line = strtok_r(NULL, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+    bool is_marked = strcmp(line + strlen(line) - 5, ",true") == 0;
+    marked += is_marked;
+    assert_true(is_marked == (strncmp(line, "train,2,2,train,", 16) == 0 || strncmp(line, "train,2,2,,", 11) == 0));
+  }
+  assert_int_equal(marked, 2);
+  free(text);
   text = test_read_file(console);
   assert_non_null(strstr(text, "samples/s) | resumed after batch 7: time and rate of the 6 batches since\n"));
   assert_non_null(strstr(text, "\ntrain 3/3 | ")); /* the next epoch is not marked */

@@ -295,6 +295,96 @@ static void test_clipping(void **state) {
   assert_true(fabsf(delta + 1.0f) < 1e-6f);
 }
 
+/* A callback that sets an epoch-level metric of its own: "temperature" =
+ * 1 / epoch, at on_epoch_end before the loggers. */
+static int set_temperature(loom_callback *cb, loom_runner *r) {
+  (void)cb;
+  return loom_metrics_set(loom_runner_epoch_metrics(r), "temperature", 1.0 / loom_runner_epoch(r));
+}
+
+/* The CSV cell of `column` in `line` (no quoted cells here); "" if none. */
+static void csv_field(const char *header, const char *line, const char *column, char *out, size_t size) {
+  int index = -1, i = 0;
+  char head[1024];
+  snprintf(head, sizeof head, "%s", header);
+  for (char *save, *name = strtok_r(head, ",", &save); name; name = strtok_r(NULL, ",", &save), i++)
+    if (strcmp(name, column) == 0)
+      index = i;
+  assert_true(index >= 0);
+  const char *p = line;
+  for (i = 0; i < index && p; i++)
+    p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL;
+  size_t n = p ? strcspn(p, ",\n") : 0;
+  snprintf(out, size, "%.*s", (int)n, p ? p : "");
+}
+
+/* metrics.jsonl and metrics.csv carry every epoch metric, so the LR
+ * schedule is plotted from the files alone: StepLR(step_size 2, gamma 0.5)
+ * from 0.1, stepped after each epoch, starts epochs 1..5 at 0.1, 0.1, 0.05,
+ * 0.05, 0.025 (torch.optim.lr_scheduler.StepLR); momentum stays 0.9; a
+ * callback's own epoch metric comes along. */
+static void test_lr_schedule_in_the_metrics_files(void **state) {
+  (void)state;
+  const double want_lr[] = {0.1, 0.1, 0.05, 0.05, 0.025};
+  char *dir = test_tmpdir(), path[1100];
+  loom_experiment *exp = loom_experiment_create("lr_files");
+  loom_experiment_set_logdir(exp, dir);
+  loom_stage *st = loom_experiment_add_stage(exp, "train", 5);
+  const int64_t sizes[] = {2, 2};
+  assert_int_equal(loom_stage_set_model(st, loom_mlp_create(sizes, 2, 1)), 0);
+  assert_int_equal(loom_stage_set_criterion(st, loom_cross_entropy_create()), 0);
+  assert_int_equal(loom_stage_set_optimizer(st, sgd(0.1)), 0);
+  assert_int_equal(loom_stage_add_loader(st, "train", test_loader(8, 2, 2, 4, false)), 0);
+  assert_int_equal(loom_stage_add_loader(st, "valid", test_loader(4, 2, 2, 4, false)), 0);
+  assert_int_equal(loom_stage_add_callback(st, loom_scheduler_callback_create(loom_step_lr_create(2, 0.5),
+                                                                              LOOM_SCHEDULE_PER_EPOCH, NULL, NULL)),
+                   0);
+  static const loom_callback_ops temperature = {.type = "temperature", .on_epoch_end = set_temperature};
+  assert_int_equal(loom_stage_add_callback(st, loom_callback_create(&temperature, NULL, LOOM_ORDER_METRIC)), 0);
+  assert_int_equal(loom_stage_add_callback(st, loom_metrics_logger_create()), 0);
+  loom_runner *r = loom_runner_create();
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+  /* metrics.jsonl: the epoch rows, in order. */
+  snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+  char *text = test_read_file(path);
+  int epoch = 0;
+  for (char *save, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+    json_t *row = json_loads(line, 0, NULL), *m = json_object_get(row, "metrics");
+    if (json_is_null(json_object_get(row, "loader"))) {
+      assert_int_equal(json_integer_value(json_object_get(row, "epoch")), ++epoch);
+      assert_true(fabs(json_number_value(json_object_get(m, "lr")) - want_lr[epoch - 1]) < 1e-15);
+      assert_true(json_number_value(json_object_get(m, "momentum")) == 0.9);
+      assert_true(json_number_value(json_object_get(m, "temperature")) == 1.0 / epoch);
+    }
+    json_decref(row);
+  }
+  assert_int_equal(epoch, 5);
+  free(text);
+  /* metrics.csv: the same, from the rows whose loader cell is empty. */
+  snprintf(path, sizeof path, "%s/metrics.csv", dir);
+  text = test_read_file(path);
+  char *save, *header = strtok_r(text, "\n", &save), cell[64];
+  epoch = 0;
+  for (char *line = strtok_r(NULL, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+    csv_field(header, line, "loader", cell, sizeof cell);
+    if (cell[0])
+      continue;
+    epoch++;
+    csv_field(header, line, "lr", cell, sizeof cell);
+    assert_true(fabs(strtod(cell, NULL) - want_lr[epoch - 1]) < 1e-15);
+    csv_field(header, line, "momentum", cell, sizeof cell);
+    assert_true(strtod(cell, NULL) == 0.9);
+    csv_field(header, line, "temperature", cell, sizeof cell);
+    assert_true(strtod(cell, NULL) == 1.0 / epoch);
+  }
+  assert_int_equal(epoch, 5);
+  free(text);
+  test_rm_rf(dir);
+  free(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_closed_form_schedules),
@@ -304,6 +394,7 @@ int main(void) {
       cmocka_unit_test(test_accumulation_with_partial_window),
       cmocka_unit_test(test_accumulation_equals_full_batch),
       cmocka_unit_test(test_clipping),
+      cmocka_unit_test(test_lr_schedule_in_the_metrics_files),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

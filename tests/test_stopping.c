@@ -69,6 +69,14 @@ static loom_callback *es(loom_early_stopping_options o) {
   return cb;
 }
 
+/* How many times `text` occurs in `s`. */
+static int count_in(const char *s, const char *text) {
+  int n = 0;
+  for (const char *p = s; (p = strstr(p, text)); p++)
+    n++;
+  return n;
+}
+
 static void test_patience(void **state) {
   (void)state;
   /* Improves at epochs 1, 2; epochs 3, 4 do not beat 4.0: stop after 4. */
@@ -97,6 +105,15 @@ static void test_patience(void **state) {
     n++;
   assert_int_equal(n, 1);
   free(text);
+  /* metrics.csv: a last column "stopped", set in epoch 4's row only. */
+  snprintf(path, sizeof path, "%s/metrics.csv", dir);
+  text = test_read_file(path);
+  assert_non_null(strstr(text, ",stopped\n"));
+  snprintf(want, sizeof want, ",early stopping: %s\n", why);
+  assert_non_null((row = strstr(text, "\ntrain,4,4,,")));
+  assert_true(strstr(text, want) > row);
+  assert_int_equal(count_in(text, "early stopping:"), 1);
+  free(text);
   test_rm_rf(dir);
   free(dir);
 }
@@ -116,6 +133,41 @@ static void test_min_delta_absolute_and_relative(void **state) {
   o.monitors[0].min_delta = 0.05;
   o.monitors[0].relative = true;
   assert_int_equal(epochs_run(&s, es(o), NULL, NULL, NULL, 0, NULL), 5);
+}
+
+/* The console agrees with the monitor: with min_delta 0.5, 4.8 and 4.6
+ * after 5 are no "new best" (the runner's best stays epoch 1), and the
+ * reason to stop is printed once, after the last epoch. */
+static void test_console_new_best_and_reason(void **state) {
+  (void)state;
+  const double loss[] = {5, 4.8, 4.6, 4.0, 3};
+  script s = {loss, NULL, 5};
+  loom_early_stopping_options o = loom_early_stopping_defaults();
+  o.patience = 2;
+  o.num_monitors = 1;
+  o.monitors[0] = loom_monitor_defaults();
+  o.monitors[0].min_delta = 0.5;
+  char *dir = test_tmpdir(), path[1100];
+  snprintf(path, sizeof path, "%s/console.txt", dir);
+  FILE *out = fopen(path, "w");
+  assert_non_null(out);
+  loom_console_logger_options c = {.out = out, .progress = LOOM_PROGRESS_OFF};
+  loom_runner *r;
+  assert_int_equal(epochs_run(&s, es(o), &r, NULL, NULL, 0, loom_console_logger_create(&c)), 3);
+  assert_int_equal(loom_runner_best_epoch(r), 1);
+  loom_runner_destroy(r);
+  fclose(out);
+  char *text = test_read_file(path);
+  assert_int_equal(count_in(text, "new best"), 1);
+  assert_non_null(strstr(text, "epoch 1/5\n  * new best valid/loss 5.0000\n"));
+  const char *why = "  stopping: early stopping: valid/loss did not improve by 0.5 for 2 epochs; best 5.0000 at epoch 1\n";
+  assert_int_equal(count_in(text, why), 1);
+  assert_non_null(strstr(text, "epoch 3/5\n"));
+  assert_true(strstr(text, why) > strstr(text, "epoch 3/5\n"));
+  assert_non_null(strstr(text, "stage \"train\" best (epoch 1): valid/loss 5.0000\n"));
+  free(text);
+  test_rm_rf(dir);
+  free(dir);
 }
 
 static void test_finite_thresholds(void **state) {
@@ -344,6 +396,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_patience),
       cmocka_unit_test(test_min_delta_absolute_and_relative),
+      cmocka_unit_test(test_console_new_best_and_reason),
       cmocka_unit_test(test_finite_thresholds),
       cmocka_unit_test(test_several_monitors_any_all),
       cmocka_unit_test(test_restore_best_weights),

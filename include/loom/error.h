@@ -29,7 +29,8 @@ extern "C" {
   X(ESTATE, -10, "call not valid in this state")                           \
   X(ECOMM, -11, "communication failure")                                   \
   X(ENOTSUP, -12, "not supported")                                         \
-  X(EBUSY, -13, "in use by another run")
+  X(EBUSY, -13, "in use by another run")                                  \
+  X(EEXIST, -14, "already exists")
 
 typedef enum loom_errno {
   LOOM_OK = 0,

@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "loom/backend.h"
 #include "loom/rng.h"
@@ -59,6 +60,12 @@ typedef struct loom_layer_ops {
   int (*backward)(void *data, const loom_tensor *in, const loom_tensor *out, const loom_tensor *dout,
                   loom_tensor *din, bool param_grads);
   void (*destroy)(void *data);
+  /* Multiply-adds of one sample's forward pass, for shapes `in` -> `out`
+   * (the model summary): a weight's product and add counts one, as do a
+   * pooling window's sums and a normalisation's scale-and-shift; an
+   * elementwise function, a max or a copy counts 0. Optional: a layer
+   * without it shows "?" in the summary. */
+  int64_t (*macs)(void *data, int ndim, const int64_t *in, int out_ndim, const int64_t *out);
   /* No fusion hooks: which consecutive built-in layers run as one fused
    * block is the backend's business (plan_block in loom/backend.h). A
    * layer made here runs by these ops alone. */
@@ -214,16 +221,24 @@ LOOM_API void loom_model_layer_params(const loom_model *model, size_t i, size_t 
 /* Layer i's buffers (loom_layer_ops.num_buffers): [*offset, *offset +
  * *count) of loom_model_buffers. */
 LOOM_API void loom_model_layer_buffers(const loom_model *model, size_t i, size_t *offset, size_t *count);
-/* Sample shapes (no batch dimension) of a built model: its input's, and
- * layer i's output's, into shape[LOOM_MAX_DIMS]; the number of dimensions
- * is returned (0: not built, or no layer i). */
-LOOM_API int loom_model_input_shape(const loom_model *model, int64_t *shape);
-LOOM_API int loom_model_layer_shape(const loom_model *model, size_t i, int64_t *shape);
 /* How many of layer i's parameters (the first) weight decay may apply to. */
 LOOM_API size_t loom_model_layer_decayed(const loom_model *model, size_t i);
 LOOM_API loom_layer *loom_model_layer(const loom_model *model, size_t i);
 LOOM_API const char *loom_model_layer_name(const loom_model *model, size_t i);
 LOOM_API loom_layer *loom_model_find_layer(const loom_model *model, const char *name);
+/* Once built: layer i's output sample shape (without the batch dimension)
+ * into shape[0, LOOM_MAX_DIMS); returns its number of dimensions (0 for a
+ * model not built, or no layer i). The input's is loom_model_input_shape. */
+LOOM_API int loom_model_layer_output_shape(const loom_model *model, size_t i, int64_t *shape);
+LOOM_API int loom_model_input_shape(const loom_model *model, int64_t *shape);
+/* Once built: layer i's multiply-adds for one sample's forward pass (its
+ * `macs` op); -1 when the layer does not say, or the model is not built. */
+LOOM_API int64_t loom_model_layer_macs(const loom_model *model, size_t i);
+/* Lightning's ModelSummary, per sample, for a built model: a row per layer
+ * (index, name, type, output shape, parameters, multiply-adds, trainable or
+ * frozen), then the totals: trainable, frozen and all parameters, and the
+ * multiply-adds ("+ ?" when a layer does not say). */
+LOOM_API int loom_model_print_summary(const loom_model *model, FILE *out);
 
 /* Saves the parameters (and the gradients, which hold a partial
  * accumulation window, when with_grads) with the layer names and offsets. */

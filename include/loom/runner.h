@@ -48,9 +48,16 @@ typedef struct loom_run_options {
   bool handle_signals;
   loom_nonfinite_policy nonfinite;
   int64_t nonfinite_budget; /* batches SKIP may drop over the whole run (losses and gradients alike) */
+  /* A run that is not a resume refuses a logdir that already holds files
+   * (an earlier run's metrics, checkpoints, ...: LOOM_EEXIST, naming one),
+   * so that nothing of that run is overwritten. With overwrite, the files
+   * loom writes there are removed first (the logdir's metrics, config,
+   * model summary, TensorBoard files and checkpoints/); a file loom does not
+   * write is never removed and is still refused. */
+  bool overwrite;
 } loom_run_options;
 
-/* check false, no limits, handle_signals true, STOP. */
+/* check false, no limits, handle_signals true, STOP, overwrite false. */
 LOOM_API loom_run_options loom_run_options_defaults(void);
 
 LOOM_API loom_runner *loom_runner_create(void);
@@ -90,8 +97,10 @@ LOOM_API int loom_runner_set_resume(loom_runner *runner, const char *source);
 /* Allows a resume to change the config keys matching `pattern` (a dotted
  * path as in --set, `*` matching any part, e.g. "stages.*.optimizer.lr";
  * a key also allows everything under it). Allowed by default:
- * stages.*.num_epochs and experiment.logdir (experiment.seed is always
- * the checkpoint's). Kept for every later run of this runner. */
+ * stages.*.num_epochs, experiment.logdir and experiment.allow_change
+ * (experiment.seed is always the checkpoint's); a config's
+ * experiment.allow_change lists more patterns. Kept for every later run
+ * of this runner. */
 LOOM_API int loom_runner_allow_change(loom_runner *runner, const char *pattern);
 /* After a resume opened: the config changes it accepted, as a JSON array of
  * {"key", "old", "new"} ("[]" if none; NULL without a resume or a config on

@@ -149,7 +149,10 @@ LOOM_API const char *loom_runner_logdir(const loom_runner *r);
  * pid) instead of interleaving files. Callbacks that write to the logdir
  * call it before their first write; the master rank only takes it, a
  * second call is a no-op, and loom_run_experiment releases it however the
- * run ends. A lock left by a crashed run is taken over with a notice. */
+ * run ends. A lock left by a crashed run is taken over with a notice.
+ * Taking it, a run that is not a resume refuses a logdir that already holds
+ * files (LOOM_EEXIST: an earlier run's), or with loom_run_options.overwrite
+ * removes the files loom wrote there first. */
 LOOM_API int loom_runner_lock_logdir(loom_runner *r);
 /* Seeded from (experiment seed, global epoch) at each epoch start. */
 LOOM_API loom_rng *loom_runner_rng(loom_runner *r);
@@ -175,8 +178,16 @@ LOOM_API const loom_metrics *loom_runner_best_valid_metrics(const loom_runner *r
 LOOM_API const char *loom_runner_valid_loader(const loom_runner *r);
 LOOM_API const char *loom_runner_main_metric(const loom_runner *r);
 LOOM_API bool loom_runner_minimize_metric(const loom_runner *r);
-/* True at on_epoch_end when this epoch's main metric is the best so far. */
+/* True at on_epoch_end when this epoch's main metric is the best so far:
+ * better than the best by more than the stage's min_delta (0: any
+ * improvement). */
 LOOM_API bool loom_runner_is_best_valid(const loom_runner *r);
+/* From on_stage_start: the main metric's improvements of min_delta or less
+ * (relative: min_delta times |best|) make no new best for the rest of the
+ * stage (is_best_valid, best_valid_metrics, best_epoch, the console's
+ * "new best"). Early stopping sets its monitor's when that monitor watches
+ * the stage's valid loader and main metric; reset at each stage start. */
+LOOM_API void loom_runner_set_best_min_delta(loom_runner *r, double min_delta, bool relative);
 LOOM_API int loom_runner_best_epoch(const loom_runner *r); /* global epoch, 0 if none */
 
 /* The current stage's callback table on this rank, in dispatch order (as
