@@ -34,6 +34,10 @@ json_t *loom_manifest_crcs(const json_t *manifest, const char *name);
 
 /* <logdir>/checkpoints */
 int loom_checkpoint_dir(const char *logdir, char *out, size_t size);
+/* Removes the temporary files (NAME.tmp.PID) another process left in the
+ * checkpoint directory `dir`: a run killed while writing. Only for the
+ * holder of the logdir's lock (no other run writes there). */
+int loom_checkpoint_dir_sweep(const char *dir);
 /* An empty manifest. */
 json_t *loom_manifest_new(void);
 /* The manifest (a new empty one if there is none); NULL on a damaged one. */
