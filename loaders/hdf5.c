@@ -78,9 +78,19 @@ static int check_shape(h5ds *d, part *p, const char *name, int ndim, const hsize
   int *have_ndim = inputs ? &d->sample_ndim : &d->target_ndim;
   int64_t *shape = inputs ? d->sample_shape : d->target_shape;
   if (p == d->parts) {
-    *have_ndim = ndim - 1;
-    for (int i = 1; i < ndim; i++)
+    /* Sizes are multiplied in int64 (a block's bytes): a sample of no
+     * values (a division by zero, found by fuzzing) or of more than 2^31
+     * is refused here. */
+    uint64_t values = 1;
+    for (int i = 1; i < ndim; i++) {
+      if (dims[i] == 0 || dims[i] > (1u << 31) || (values *= dims[i]) > (1u << 31))
+        return loom_error_set(LOOM_EFORMAT, "%s: dataset \"%s\" has %s in dimension %d; %s", p->path, name,
+                              dims[i] == 0 ? "size 0" : "too many values per sample", i,
+                              dims[i] == 0 ? "every dimension after the first (samples) must be at least 1"
+                                           : "loom reads samples of at most 2^31 values");
       shape[i - 1] = (int64_t)dims[i];
+    }
+    *have_ndim = ndim - 1;
     return 0;
   }
   bool same = *have_ndim == ndim - 1;
@@ -114,6 +124,9 @@ static int open_part(h5ds *d, part *p, const loom_hdf5_options *o) {
   if (rc == 0 && xd[0] != yd[0])
     rc = loom_error_set(LOOM_EFORMAT, "%s: %llu samples in \"%s\" but %llu in \"%s\"; they must match", p->path,
                         (unsigned long long)xd[0], o->inputs, (unsigned long long)yd[0], o->targets);
+  if (rc == 0 && xd[0] > ((hsize_t)1 << 48))
+    rc = loom_error_set(LOOM_EFORMAT, "%s: dataset \"%s\" declares %llu samples; loom reads at most 2^48", p->path,
+                        o->inputs, (unsigned long long)xd[0]);
   if (rc == 0 && xn < 2)
     rc = loom_error_set(LOOM_EFORMAT, "%s: dataset \"%s\" has no per-sample dimensions", p->path, o->inputs);
   if (rc == 0)
