@@ -30,6 +30,8 @@ for t in "${run[@]}"; do
   mkdir -p "$build/corpus/$t" "$build/artifacts/$t"
   dict=()
   [[ -f $root/tests/fuzz/$t.dict ]] && dict=(-dict="$root/tests/fuzz/$t.dict")
+  # Room for several edits (checkpoint) or datasets (hdf5) from the start.
+  case $t in checkpoint | hdf5) dict+=(-max_len=512) ;; esac
   echo "== fuzz_$t for ${seconds}s"
   jobs=()
   [[ ${FUZZ_JOBS:-1} -gt 1 ]] && jobs=(-jobs="$FUZZ_JOBS" -workers="$FUZZ_JOBS")

@@ -9,6 +9,7 @@
 #ifndef LOOM_TESTS_FUZZ_H
 #define LOOM_TESTS_FUZZ_H
 
+#include <ftw.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,15 +37,29 @@ static inline void fuzz_expect_clean_null(void) {
   fuzz_expect_clean_error(rc < 0 ? rc : -1000);
 }
 
+static char fuzz_scratch_dir[256];
+
+static inline int fuzz_remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st, (void)flag, (void)ftw;
+  return remove(path);
+}
+
+/* Removes everything under `dir`, and `dir` itself. */
+static inline void fuzz_remove_tree(const char *dir) { nftw(dir, fuzz_remove_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+static inline void fuzz_remove_scratch(void) { fuzz_remove_tree(fuzz_scratch_dir); }
+
 /* The process's scratch directory (files the targets write: the readers
- * take paths). Under /dev/shm when it exists, so it costs no disk. */
+ * take paths), removed at exit. Under /dev/shm when it exists, so it costs
+ * no disk. */
 static inline const char *fuzz_scratch(void) {
-  static char dir[256];
+  char *dir = fuzz_scratch_dir;
   if (!dir[0]) {
     const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : (getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    snprintf(dir, sizeof dir, "%s/loom-fuzz-XXXXXX", base);
+    snprintf(dir, sizeof fuzz_scratch_dir, "%s/loom-fuzz-XXXXXX", base);
     if (!mkdtemp(dir))
       abort();
+    atexit(fuzz_remove_scratch);
   }
   return dir;
 }

@@ -14,9 +14,6 @@
  *     3 set an array (u8 length, then its values from the bytes)
  *     4 set one array item (u8 index, u64 value)  5 drop the key
  *     6 drop the group            7 nudge an integer by a signed u8 */
-#define _XOPEN_SOURCE 700 /* nftw */
-#include <ftw.h>
-
 #include "fuzz.h"
 #include "loom/config.h"
 
@@ -50,12 +47,7 @@ static loom_experiment *build(void) {
   return exp;
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-  (void)st, (void)flag, (void)ftw;
-  return remove(path);
-}
-
-static void clear_run_dir(void) { nftw(run_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS); }
+static void clear_run_dir(void) { fuzz_remove_tree(run_dir); }
 
 /* Saves templates[0..2] as the reference run goes. */
 static int take_mid(loom_callback *cb, loom_runner *r) {

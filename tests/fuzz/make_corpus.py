@@ -131,5 +131,6 @@ with open(os.path.join(root, "tests", "fuzz", "set.dict"), "w") as f:
         f.write('"%s"\n' % t.replace('"', '\\"'))
 with open(os.path.join(root, "tests", "fuzz", "csv.dict"), "w") as f:
     f.write("# Tokens of numeric CSV (make_corpus.py)\n")
-    for t in [",", "\\n", "\\r\\n", "nan", "inf", "-inf", "1e-45", "1e39", "0x1p3", "\\\"", "  ", "#"]:
+    # libFuzzer's dictionaries escape with \\xNN (no \\n)
+    for t in [",", "\\x0a", "\\x0d\\x0a", "nan", "inf", "-inf", "1e-45", "1e39", "0x1p3", "\\\"", "  ", "#"]:
         f.write('"%s"\n' % t)
