@@ -52,6 +52,35 @@ static void names_in(hid_t file, char *buf, size_t size) {
   }
 }
 
+/* Whether every chunk of a chunked dataset (or the storage of another)
+ * was written: unwritten storage reads as fill values. */
+static bool fully_allocated(hid_t dset, int ndim, const hsize_t *dims) {
+  hid_t dcpl = H5Dget_create_plist(dset);
+  if (dcpl < 0)
+    return false;
+  bool full = false;
+  if (H5Pget_layout(dcpl) == H5D_CHUNKED) {
+    hsize_t chunk[LOOM_MAX_DIMS], want = 1, have = 0;
+    full = H5Pget_chunk(dcpl, LOOM_MAX_DIMS, chunk) == ndim;
+    for (int i = 0; full && i < ndim; i++) {
+      hsize_t along = chunk[i] ? (dims[i] + chunk[i] - 1) / chunk[i] : 0;
+      want = along && want > ((hsize_t)1 << 48) / along ? ((hsize_t)1 << 48) + 1 : want * along; /* saturates */
+    }
+    hid_t space = H5Dget_space(dset);
+    full = full && space >= 0 && H5Dget_num_chunks(dset, space, &have) >= 0 && have >= want;
+    if (space >= 0)
+      H5Sclose(space);
+  } else {
+    H5D_space_status_t status;
+    hsize_t values = 1;
+    for (int i = 0; i < ndim; i++)
+      values *= dims[i];
+    full = values == 0 || (H5Dget_space_status(dset, &status) >= 0 && status == H5D_SPACE_STATUS_ALLOCATED);
+  }
+  H5Pclose(dcpl);
+  return full;
+}
+
 /* Opens a named dataset of numbers; *dims gets its shape. */
 static int open_numeric(part *p, const char *name, hid_t *out, int *ndim, hsize_t *dims) {
   if (!H5Lexists(p->file, name, H5P_DEFAULT) || (*out = H5Dopen2(p->file, name, H5P_DEFAULT)) < 0) {
@@ -71,6 +100,13 @@ static int open_numeric(part *p, const char *name, hid_t *out, int *ndim, hsize_
   if (*ndim < 1 || *ndim > LOOM_MAX_DIMS)
     return loom_error_set(LOOM_EFORMAT, "%s: dataset \"%s\" has %d dimensions; loom reads 1 (samples) to %d", p->path,
                           name, *ndim, LOOM_MAX_DIMS);
+  /* Storage HDF5 never allocated holds no samples, only fill values: a
+   * file a writer never finished (or a few bytes declaring 2^21 samples,
+   * which fuzzing found preloading for minutes). Chunks are counted, not
+   * bytes: compressed chunks store less than they hold. */
+  if (!fully_allocated(*out, *ndim, dims))
+    return loom_error_set(LOOM_EFORMAT, "%s: dataset \"%s\" was never completely written (HDF5 stores only part of it); "
+                          "the file is incomplete: write it again", p->path, name);
   return 0;
 }
 

@@ -7,7 +7,8 @@
 # build-fuzz/artifacts/TARGET/: minimise it (fuzz_TARGET -minimize_crash=1),
 # fix it, and commit it to tests/fuzz/corpus/TARGET as crash_<what>.
 # Environment: FUZZ_JOBS (parallel fuzzing processes, default 1), FUZZ_ARGS
-# (more libFuzzer options), CC (default clang).
+# (more libFuzzer options), CC (default clang). Needs clang and libFuzzer:
+# LOOM_FUZZ_DEPS=1 scripts/install-deps.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 targets=(config set idx csv hdf5 checkpoint)
