@@ -272,6 +272,8 @@ static int ckpt_experiment_start(loom_callback *cb, loom_runner *r) {
     rc = loom_runner_lock_logdir(r);
   if (rc == 0 && loom_runner_is_master(r))
     rc = loom_mkdir_p(c->dir);
+  if (rc == 0 && loom_runner_is_master(r)) /* under the logdir's lock: what others left is litter */
+    rc = loom_checkpoint_dir_sweep(c->dir);
   return rc;
 }
 

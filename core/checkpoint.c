@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -18,6 +19,21 @@
 
 #define MAGIC "loom-checkpoint"
 #define FORMAT 1
+
+/* The user block: the first 512 bytes of a checkpoint, which HDF5 leaves to
+ * its user (H5Pset_userblock) and never parses. loom keeps a CRC-32 of the
+ * rest of the file there, checked before libhdf5 sees a byte, because HDF5
+ * itself crashes and over-reads on damaged files. Little-endian:
+ *    0  UB_MAGIC, NUL-padded to 16 bytes
+ *   16  u32  the block's layout version (UB_VERSION)
+ *   20  u32  CRC-32 (zlib) of bytes [512, end)
+ *   24  u64  the file's length
+ * and zeros to 512. Files written before the block (an HDF5 signature at
+ * byte 0) still load, with only the content checksum. */
+#define UB_SIZE 512
+#define UB_MAGIC "loom-ckpt-block"
+#define UB_VERSION 1
+static const unsigned char HDF5_SIGNATURE[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
 
 typedef struct named_state {
   char *name;
@@ -252,6 +268,47 @@ static int fsync_path(const char *path, int flags) {
   return rc;
 }
 
+static void put_u32(unsigned char *p, uint32_t v) {
+  for (int i = 0; i < 4; i++)
+    p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint32_t get_u32(const unsigned char *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Fills the user block of the HDF5 file at `tmp` (its bytes after the block
+ * are final) and makes the file durable: the data reaches the disk before
+ * the name does. */
+static int seal_user_block(const char *tmp) {
+  int fd = open(tmp, O_RDWR);
+  if (fd < 0)
+    return loom_error_set(LOOM_EIO, "cannot reopen checkpoint %s: %s", tmp, strerror(errno));
+  uint32_t crc = (uint32_t)crc32(0, NULL, 0);
+  uint64_t length = UB_SIZE;
+  unsigned char buf[1 << 16];
+  ssize_t n;
+  while ((n = pread(fd, buf, sizeof buf, (off_t)length)) > 0) {
+    crc = (uint32_t)crc32(crc, buf, (uInt)n);
+    length += (uint64_t)n;
+  }
+  unsigned char block[UB_SIZE] = {0};
+  memcpy(block, UB_MAGIC, sizeof UB_MAGIC);
+  put_u32(block + 16, UB_VERSION);
+  put_u32(block + 20, crc);
+  put_u32(block + 24, (uint32_t)length);
+  put_u32(block + 28, (uint32_t)(length >> 32));
+  int rc = 0;
+  if (n < 0)
+    rc = loom_error_set(LOOM_EIO, "reading back checkpoint %s failed: %s", tmp, strerror(errno));
+  else if (pwrite(fd, block, UB_SIZE, 0) != UB_SIZE)
+    rc = loom_error_set(LOOM_EIO, "writing the header of checkpoint %s failed (disk full?)", tmp);
+  else if (fsync(fd) < 0)
+    rc = loom_error_set(LOOM_EIO, "fsync of %s failed: %s", tmp, strerror(errno));
+  close(fd);
+  return rc;
+}
+
 int loom_checkpoint_write_temp(const loom_checkpoint *c, const char *path, char *tmp, size_t tmp_size) {
   char dir_buf[4096], base_buf[4096];
   snprintf(dir_buf, sizeof dir_buf, "%s", path);
@@ -260,7 +317,10 @@ int loom_checkpoint_write_temp(const loom_checkpoint *c, const char *path, char 
   if (n < 0 || (size_t)n >= tmp_size)
     return loom_error_set(LOOM_EINVAL, "checkpoint path \"%s\" is too long", path);
   loom_h5_quiet q = loom_h5_hush();
-  hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+  hid_t file = fcpl < 0 || H5Pset_userblock(fcpl, UB_SIZE) < 0 ? -1 : H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
+  if (fcpl >= 0)
+    H5Pclose(fcpl);
   int rc;
   if (file < 0) {
     rc = loom_error_set(LOOM_EIO, "cannot create checkpoint %s: %s; check that the directory exists and is writable",
@@ -271,9 +331,8 @@ int loom_checkpoint_write_temp(const loom_checkpoint *c, const char *path, char 
       rc = loom_error_set(LOOM_EIO, "closing checkpoint %s failed (disk full?)", tmp);
   }
   loom_h5_unhush(q);
-  /* Durable before visible: the data reaches the disk before the name. */
-  if (rc == 0 && fsync_path(tmp, O_RDONLY) < 0)
-    rc = loom_error_set(LOOM_EIO, "fsync of %s failed: %s", tmp, strerror(errno));
+  if (rc == 0)
+    rc = seal_user_block(tmp);
   if (rc < 0)
     unlink(tmp);
   return rc;
@@ -479,18 +538,52 @@ static int read_file(hid_t file, const char *path, loom_checkpoint *c) {
   return rc;
 }
 
-loom_checkpoint *loom_checkpoint_read(const char *path) {
-  if (access(path, R_OK) < 0) {
-    loom_error_set(errno == ENOENT ? LOOM_ENOENT : LOOM_EIO, "checkpoint %s: %s", path, strerror(errno));
+/* Refuses bytes that are not a sealed loom checkpoint whose checksum holds
+ * (or an HDF5 file from before the user block), before HDF5 parses them. */
+static int check_user_block(const unsigned char *bytes, size_t size, const char *name) {
+  if (size >= sizeof HDF5_SIGNATURE && memcmp(bytes, HDF5_SIGNATURE, sizeof HDF5_SIGNATURE) == 0)
+    return 0; /* written before the block: only the content checksum */
+  if (size < UB_SIZE || memcmp(bytes, UB_MAGIC, sizeof UB_MAGIC) != 0)
+    return loom_error_set(LOOM_EFORMAT, "%s is not a loom checkpoint (no loom header%s)", name,
+                          size < UB_SIZE ? ", and shorter than one" : "");
+  uint32_t version = get_u32(bytes + 16), stored = get_u32(bytes + 20);
+  uint64_t length = get_u32(bytes + 24) | (uint64_t)get_u32(bytes + 28) << 32;
+  if (version != UB_VERSION)
+    return loom_error_set(LOOM_EFORMAT, "%s has checkpoint header version %u; this loom reads version %d: %s", name,
+                          version, UB_VERSION,
+                          version > UB_VERSION ? "it was written by a newer loom; use that loom (or newer) to read it"
+                                               : "the file is damaged");
+  if (length != size)
+    return loom_error_set(LOOM_EFORMAT, "%s is %zu bytes but was written with %llu: the file is %s", name, size,
+                          (unsigned long long)length, size < length ? "truncated" : "damaged");
+  uint32_t crc = crc_bytes((uint32_t)crc32(0, NULL, 0), bytes + UB_SIZE, size - UB_SIZE);
+  if (crc != stored)
+    return loom_error_set(LOOM_EFORMAT, "%s fails its checksum (stored %08x, file bytes %08x): the file is damaged",
+                          name, stored, crc);
+  return 0;
+}
+
+loom_checkpoint *loom_checkpoint_read_memory(const void *bytes, size_t size, const char *name) {
+  if (check_user_block(bytes, size, name) < 0)
     return NULL;
-  }
   loom_checkpoint *c = loom_checkpoint_create();
   if (!c)
     return NULL;
+  /* HDF5 parses the very bytes that were checked: an image in memory
+   * (the core driver, no backing store), not the file again. The core
+   * driver refuses a name that exists on disk and shares an open file of
+   * the same name, so the image gets a name no file can have, its own. */
+  static _Atomic unsigned long images;
+  char image_name[64];
+  snprintf(image_name, sizeof image_name, "/dev/null/loom-checkpoint-%ld-%lu", (long)getpid(), ++images);
   loom_h5_quiet q = loom_h5_hush();
-  hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-  int rc = file < 0 ? loom_error_set(LOOM_EFORMAT, "%s is not a readable HDF5 file (truncated or damaged?)", path)
-                    : read_file(file, path, c);
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  bool ok = fapl >= 0 && H5Pset_fapl_core(fapl, 1 << 16, 0) >= 0 && H5Pset_file_image(fapl, (void *)bytes, size) >= 0;
+  hid_t file = ok ? H5Fopen(image_name, H5F_ACC_RDONLY, fapl) : -1;
+  if (fapl >= 0)
+    H5Pclose(fapl);
+  int rc = file < 0 ? loom_error_set(LOOM_EFORMAT, "%s is not a readable HDF5 file (truncated or damaged?)", name)
+                    : read_file(file, name, c);
   if (file >= 0)
     H5Fclose(file);
   loom_h5_unhush(q);
@@ -498,6 +591,48 @@ loom_checkpoint *loom_checkpoint_read(const char *path) {
     loom_checkpoint_destroy(c);
     return NULL;
   }
+  return c;
+}
+
+/* The whole file in memory: a checkpoint is read whole anyway. */
+static int read_whole(const char *path, unsigned char **out, size_t *size) {
+  int fd = open(path, O_RDONLY);
+  if (fd < 0)
+    return loom_error_set(errno == ENOENT ? LOOM_ENOENT : LOOM_EIO, "checkpoint %s: %s", path, strerror(errno));
+  struct stat st;
+  int rc = fstat(fd, &st) < 0 ? loom_error_set(LOOM_EIO, "checkpoint %s: %s", path, strerror(errno)) : 0;
+  if (rc == 0 && !S_ISREG(st.st_mode))
+    rc = loom_error_set(LOOM_EINVAL, "checkpoint %s is not a regular file; give the path of a .h5 checkpoint", path);
+  unsigned char *buf = rc == 0 ? malloc(st.st_size ? (size_t)st.st_size : 1) : NULL;
+  if (rc == 0 && !buf)
+    rc = loom_error_oom("reading a checkpoint");
+  size_t got = 0;
+  while (rc == 0 && got < (size_t)st.st_size) {
+    ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      rc = loom_error_set(LOOM_EIO, "reading checkpoint %s failed: %s", path, n < 0 ? strerror(errno) : "it shrank");
+    else
+      got += (size_t)n;
+  }
+  close(fd);
+  if (rc < 0) {
+    free(buf);
+    return rc;
+  }
+  *out = buf;
+  *size = got;
+  return 0;
+}
+
+loom_checkpoint *loom_checkpoint_read(const char *path) {
+  unsigned char *bytes = NULL;
+  size_t size = 0;
+  if (read_whole(path, &bytes, &size) < 0)
+    return NULL;
+  loom_checkpoint *c = loom_checkpoint_read_memory(bytes, size, path);
+  free(bytes);
   return c;
 }
 

@@ -1,5 +1,6 @@
 #include "core/checkpoint_dir.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
@@ -13,6 +14,34 @@
 
 int loom_checkpoint_dir(const char *logdir, char *out, size_t size) {
   return loom_path_join(out, size, logdir, LOOM_CHECKPOINT_SUBDIR);
+}
+
+/* "NAME.tmp.PID", the temporaries of checkpoint_write_temp, the link
+ * moves and the manifest; their PID in *pid. */
+static bool temp_name(const char *name, long *pid) {
+  const char *t = strstr(name, ".tmp.");
+  if (!t || !t[5])
+    return false;
+  char *end;
+  *pid = strtol(t + 5, &end, 10);
+  return *end == '\0' && *pid > 0;
+}
+
+int loom_checkpoint_dir_sweep(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d)
+    return errno == ENOENT ? 0 : loom_error_set(LOOM_EIO, "cannot list %s: %s", dir, strerror(errno));
+  int rc = 0;
+  long pid;
+  for (struct dirent *e; rc == 0 && (e = readdir(d));) {
+    char path[4096];
+    if (!temp_name(e->d_name, &pid) || pid == (long)getpid())
+      continue;
+    if (loom_path_join(path, sizeof path, dir, e->d_name) == 0 && unlink(path) < 0 && errno != ENOENT)
+      rc = loom_error_set(LOOM_EIO, "cannot remove %s, left by a run that was killed: %s", path, strerror(errno));
+  }
+  closedir(d);
+  return rc;
 }
 
 json_t *loom_manifest_new(void) { return json_pack("{s:i, s:{}, s:[]}", "format", 1, "files", "ranking"); }

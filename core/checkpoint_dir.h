@@ -22,6 +22,10 @@
  * the directory. Between them a caller can record the new file's CRC. */
 int loom_checkpoint_write_temp(const loom_checkpoint *c, const char *path, char *tmp, size_t tmp_size);
 int loom_checkpoint_commit(const char *tmp, const char *path);
+/* loom_checkpoint_read of a file's bytes (`name` stands for the file in
+ * messages): the user block's checksum is verified, then HDF5 parses the
+ * same bytes in memory. For the fuzz targets and loom_checkpoint_read. */
+loom_checkpoint *loom_checkpoint_read_memory(const void *bytes, size_t size, const char *name);
 
 /* The CRCs the manifest accepts for `name` (an array, normally of one; two
  * while a file is being replaced, so a crash at any moment leaves a file the
@@ -30,6 +34,10 @@ json_t *loom_manifest_crcs(const json_t *manifest, const char *name);
 
 /* <logdir>/checkpoints */
 int loom_checkpoint_dir(const char *logdir, char *out, size_t size);
+/* Removes the temporary files (NAME.tmp.PID) another process left in the
+ * checkpoint directory `dir`: a run killed while writing. Only for the
+ * holder of the logdir's lock (no other run writes there). */
+int loom_checkpoint_dir_sweep(const char *dir);
 /* An empty manifest. */
 json_t *loom_manifest_new(void);
 /* The manifest (a new empty one if there is none); NULL on a damaged one. */

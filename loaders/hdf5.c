@@ -52,6 +52,35 @@ static void names_in(hid_t file, char *buf, size_t size) {
   }
 }
 
+/* Whether every chunk of a chunked dataset (or the storage of another)
+ * was written: unwritten storage reads as fill values. */
+static bool fully_allocated(hid_t dset, int ndim, const hsize_t *dims) {
+  hid_t dcpl = H5Dget_create_plist(dset);
+  if (dcpl < 0)
+    return false;
+  bool full = false;
+  if (H5Pget_layout(dcpl) == H5D_CHUNKED) {
+    hsize_t chunk[LOOM_MAX_DIMS], want = 1, have = 0;
+    full = H5Pget_chunk(dcpl, LOOM_MAX_DIMS, chunk) == ndim;
+    for (int i = 0; full && i < ndim; i++) {
+      hsize_t along = chunk[i] ? (dims[i] + chunk[i] - 1) / chunk[i] : 0;
+      want = along && want > ((hsize_t)1 << 48) / along ? ((hsize_t)1 << 48) + 1 : want * along; /* saturates */
+    }
+    hid_t space = H5Dget_space(dset);
+    full = full && space >= 0 && H5Dget_num_chunks(dset, space, &have) >= 0 && have >= want;
+    if (space >= 0)
+      H5Sclose(space);
+  } else {
+    H5D_space_status_t status;
+    hsize_t values = 1;
+    for (int i = 0; i < ndim; i++)
+      values *= dims[i];
+    full = values == 0 || (H5Dget_space_status(dset, &status) >= 0 && status == H5D_SPACE_STATUS_ALLOCATED);
+  }
+  H5Pclose(dcpl);
+  return full;
+}
+
 /* Opens a named dataset of numbers; *dims gets its shape. */
 static int open_numeric(part *p, const char *name, hid_t *out, int *ndim, hsize_t *dims) {
   if (!H5Lexists(p->file, name, H5P_DEFAULT) || (*out = H5Dopen2(p->file, name, H5P_DEFAULT)) < 0) {
@@ -71,16 +100,35 @@ static int open_numeric(part *p, const char *name, hid_t *out, int *ndim, hsize_
   if (*ndim < 1 || *ndim > LOOM_MAX_DIMS)
     return loom_error_set(LOOM_EFORMAT, "%s: dataset \"%s\" has %d dimensions; loom reads 1 (samples) to %d", p->path,
                           name, *ndim, LOOM_MAX_DIMS);
+  /* Storage HDF5 never allocated holds no samples, only fill values: a
+   * file a writer never finished (or a few bytes declaring 2^21 samples,
+   * which fuzzing found preloading for minutes). Chunks are counted, not
+   * bytes: compressed chunks store less than they hold. */
+  if (!fully_allocated(*out, *ndim, dims))
+    return loom_error_set(LOOM_EFORMAT, "%s: dataset \"%s\" was never completely written (HDF5 stores only part of it); "
+                          "the file is incomplete: write it again", p->path, name);
   return 0;
 }
 
-static int check_shape(h5ds *d, part *p, const char *name, int ndim, const hsize_t *dims, bool inputs) {
+/* `placeholder`: an unlabelled file's targets, [0] per sample by design. */
+static int check_shape(h5ds *d, part *p, const char *name, int ndim, const hsize_t *dims, bool inputs,
+                       bool placeholder) {
   int *have_ndim = inputs ? &d->sample_ndim : &d->target_ndim;
   int64_t *shape = inputs ? d->sample_shape : d->target_shape;
   if (p == d->parts) {
-    *have_ndim = ndim - 1;
-    for (int i = 1; i < ndim; i++)
+    /* Sizes are multiplied in int64 (a block's bytes): a sample of no
+     * values (a division by zero, found by fuzzing) or of more than 2^31
+     * is refused here. */
+    uint64_t values = 1;
+    for (int i = 1; i < ndim; i++) {
+      if ((dims[i] == 0 && !placeholder) || dims[i] > (1u << 31) || (values *= dims[i]) > (1u << 31))
+        return loom_error_set(LOOM_EFORMAT, "%s: dataset \"%s\" has %s in dimension %d; %s", p->path, name,
+                              dims[i] == 0 ? "size 0" : "too many values per sample", i,
+                              dims[i] == 0 ? "every dimension after the first (samples) must be at least 1"
+                                           : "loom reads samples of at most 2^31 values");
       shape[i - 1] = (int64_t)dims[i];
+    }
+    *have_ndim = ndim - 1;
     return 0;
   }
   bool same = *have_ndim == ndim - 1;
@@ -116,12 +164,15 @@ static int open_part(h5ds *d, part *p, const loom_hdf5_options *o) {
   if (rc == 0 && xd[0] != yd[0])
     rc = loom_error_set(LOOM_EFORMAT, "%s: %llu samples in \"%s\" but %llu in \"%s\"; they must match", p->path,
                         (unsigned long long)xd[0], o->inputs, (unsigned long long)yd[0], o->targets);
+  if (rc == 0 && xd[0] > ((hsize_t)1 << 48))
+    rc = loom_error_set(LOOM_EFORMAT, "%s: dataset \"%s\" declares %llu samples; loom reads at most 2^48", p->path,
+                        o->inputs, (unsigned long long)xd[0]);
   if (rc == 0 && xn < 2)
     rc = loom_error_set(LOOM_EFORMAT, "%s: dataset \"%s\" has no per-sample dimensions", p->path, o->inputs);
   if (rc == 0)
-    rc = check_shape(d, p, o->inputs, xn, xd, true);
+    rc = check_shape(d, p, o->inputs, xn, xd, true, false);
   if (rc == 0)
-    rc = check_shape(d, p, o->targets ? o->targets : "(no targets)", yn, yd, false);
+    rc = check_shape(d, p, o->targets ? o->targets : "(no targets)", yn, yd, false, !o->targets);
   if (rc == 0) {
     p->start = d->n;
     p->n = (int64_t)xd[0];

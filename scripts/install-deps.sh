@@ -26,6 +26,11 @@ if [ "${LOOM_BENCH_DEPS:-0}" = 1 ]; then
   packages+=(python3 python3-torch python3-numpy)
 fi
 
+# The fuzz targets (scripts/fuzz.sh) need clang and its libFuzzer runtime.
+if [ "${LOOM_FUZZ_DEPS:-0}" = 1 ]; then
+  packages+=(clang libclang-rt-dev)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -4,11 +4,32 @@
 #include <unistd.h>
 
 #include <hdf5.h>
+#include <zlib.h>
 
 #include "helpers.h"
 
 
 static void tmp_path(char *out, const char *name) { snprintf(out, 512, "%s/%s", test_dir, name); }
+
+/* The whole file in *bytes (the caller frees it); returns its length. */
+static size_t test_read_bytes(const char *path, char **bytes) {
+  FILE *f = fopen(path, "rb");
+  assert_non_null(f);
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  *bytes = malloc((size_t)n + 1);
+  assert_int_equal(fread(*bytes, 1, (size_t)n, f), (size_t)n);
+  fclose(f);
+  return (size_t)n;
+}
+
+static void test_write_bytes(const char *path, const char *bytes, size_t n) {
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(bytes, 1, n, f), n);
+  fclose(f);
+}
 
 static loom_checkpoint *sample_checkpoint(size_t big) {
   loom_checkpoint *c = loom_checkpoint_create();
@@ -98,6 +119,27 @@ static void damage(const char *path, long offset_from_end) {
   fclose(f);
 }
 
+/* After an edit through HDF5: writes the file's length and the CRC-32 of its
+ * bytes after the 512-byte user block into the block, as loom does (layout
+ * in core/checkpoint.c), so the edit reaches loom's checks behind it. */
+static void reseal(const char *path) {
+  char *bytes;
+  size_t n = test_read_bytes(path, &bytes);
+  assert_true(n > 512);
+  assert_memory_equal(bytes, "loom-ckpt-block", 16);
+  uint32_t crc = (uint32_t)crc32(crc32(0, NULL, 0), (const unsigned char *)bytes + 512, (uInt)(n - 512));
+  uint64_t len = n;
+  for (int i = 0; i < 4; i++)
+    bytes[20 + i] = (char)(crc >> (8 * i));
+  for (int i = 0; i < 8; i++)
+    bytes[24 + i] = (char)(len >> (8 * i));
+  FILE *f = fopen(path, "r+b");
+  assert_non_null(f);
+  assert_int_equal(fwrite(bytes, 1, 32, f), 32);
+  fclose(f);
+  free(bytes);
+}
+
 /* Replaces attribute `name` of `object` in the file with `count` values of
  * `type` (a fixed or variable string type, or an integer), all from `value`. */
 static void replace_attr(const char *path, const char *object, const char *name, hid_t type, hsize_t count,
@@ -117,6 +159,7 @@ static void replace_attr(const char *path, const char *object, const char *name,
   assert_true(H5Awrite(a, type, buf) >= 0);
   free(buf);
   H5Aclose(a), H5Sclose(space), H5Oclose(o), H5Fclose(f);
+  reseal(path);
 }
 
 /* A file decides the shape of its attributes: one that holds many values
@@ -142,6 +185,7 @@ static void test_declared_size_is_not_trusted(void **state) {
   hid_t d = H5Dcreate2(f, "/runner/huge", H5T_NATIVE_FLOAT, space, H5P_DEFAULT, plist, H5P_DEFAULT);
   assert_true(d >= 0);
   H5Dclose(d), H5Pclose(plist), H5Sclose(space), H5Fclose(f);
+  reseal(path);
   assert_null(loom_checkpoint_read(path));
   assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
   assert_non_null(strstr(loom_last_error(), "cannot read the state \"runner\""));
@@ -209,7 +253,15 @@ static void test_damage_is_refused(void **state) {
   assert_null(loom_checkpoint_read(path));
   assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
   assert_non_null(strstr(loom_last_error(), "fails its checksum"));
+  assert_non_null(strstr(loom_last_error(), "file bytes")); /* the user block's, before HDF5 */
   assert_non_null(strstr(loom_last_error(), "damaged.h5"));
+  /* The same damage with the file's checksum made to match (a tool that
+   * rewrote the file): the content checksum still refuses it. */
+  reseal(path);
+  assert_null(loom_checkpoint_read(path));
+  assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
+  assert_non_null(strstr(loom_last_error(), "fails its checksum (stored"));
+  assert_null(strstr(loom_last_error(), "file bytes"));
 
   /* Truncated to half. */
   tmp_path(path, "truncated.h5");
@@ -236,6 +288,61 @@ static void test_damage_is_refused(void **state) {
   c = sample_checkpoint(10);
   assert_int_equal(loom_checkpoint_write(c, path), LOOM_EIO);
   loom_checkpoint_destroy(c);
+}
+
+/* The file's bytes are checked before HDF5 parses them (HDF5 1.10 crashes
+ * and over-reads on damaged files): every single flipped byte, in the user
+ * block, the superblock, HDF5's object headers or the data, is refused by
+ * loom with a one-line message naming the file. Also: a truncated file says
+ * so, a newer header version says so, and a checkpoint written before the
+ * user block (a plain HDF5 file) still loads, checked by its content
+ * checksum alone. */
+static void test_file_checksum_before_hdf5(void **state) {
+  (void)state;
+  char path[512], flipped[512], legacy[512], cmd[1200];
+  tmp_path(path, "sealed.h5");
+  tmp_path(flipped, "flipped.h5");
+  tmp_path(legacy, "legacy.h5");
+  loom_checkpoint *c = sample_checkpoint(50);
+  assert_int_equal(loom_checkpoint_write(c, path), 0);
+  loom_checkpoint_destroy(c);
+  char *bytes;
+  size_t n = test_read_bytes(path, &bytes);
+  assert_memory_equal(bytes, "loom-ckpt-block", 16);
+  assert_memory_equal(bytes + 512, "\x89HDF\r\n\x1a\n", 8); /* HDF5's superblock after the block */
+  for (size_t at = 0; at < n; at += at < 1024 ? 7 : 61) {
+    if (at >= 32 && at < 512)
+      continue; /* the block's unused zeros are not checked */
+    bytes[at] ^= 0x01;
+    test_write_bytes(flipped, bytes, n);
+    bytes[at] ^= 0x01;
+    loom_checkpoint *r = loom_checkpoint_read(flipped);
+    if (r)
+      fail_msg("a byte flipped at %zu was not noticed", at);
+    assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
+    assert_non_null(strstr(loom_last_error(), "flipped.h5"));
+    assert_null(strchr(loom_last_error(), '\n'));
+  }
+  /* Truncated. */
+  test_write_bytes(flipped, bytes, n - 100);
+  assert_null(loom_checkpoint_read(flipped));
+  assert_non_null(strstr(loom_last_error(), "truncated"));
+  /* A newer header. */
+  bytes[16] = 2;
+  test_write_bytes(flipped, bytes, n);
+  bytes[16] = 1;
+  assert_null(loom_checkpoint_read(flipped));
+  assert_non_null(strstr(loom_last_error(), "header version 2; this loom reads version 1: it was written by a newer loom"));
+  free(bytes);
+  /* Before the user block: the same HDF5 file without its first 512 bytes. */
+  snprintf(cmd, sizeof cmd, "tail -c +513 '%s' > '%s'", path, legacy);
+  assert_int_equal(system(cmd), 0);
+  loom_checkpoint *r = loom_checkpoint_read(legacy);
+  assert_non_null(r);
+  int64_t epoch;
+  assert_int_equal(loom_state_get_i64(loom_checkpoint_find(r, "runner"), "epoch", &epoch), 0);
+  assert_int_equal(epoch, -7);
+  loom_checkpoint_destroy(r);
 }
 
 static void test_weights_export(void **state) {
@@ -298,6 +405,7 @@ static void test_other_format_version(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_roundtrip),
+      cmocka_unit_test(test_file_checksum_before_hdf5),
       cmocka_unit_test(test_damage_is_refused), cmocka_unit_test(test_attribute_shapes_are_checked),
       cmocka_unit_test(test_empty_checkpoint), cmocka_unit_test(test_declared_size_is_not_trusted),
       cmocka_unit_test(test_weights_export), cmocka_unit_test(test_other_format_version),

@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <hdf5.h>
 #include <zlib.h>
 
 #include "helpers.h"
@@ -339,6 +340,55 @@ static void test_dataset_path_is_a_directory(void **state) {
   assert_non_null(strstr(loom_last_error(), want));
 }
 
+/* HDF5 datasets whose shapes would break loom's arithmetic or whose
+ * samples were never written (found by fuzzing): a sample of no values was
+ * a division by zero; a dataset of 2^21 samples declared in chunks never
+ * written was preloaded from fill values for minutes. Both are refused at
+ * open; a compressed dataset, written whole, still opens. */
+static void write_h5(const char *path, const hsize_t *xdims, int xn, const hsize_t *chunk, bool deflate, bool write_x) {
+  hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  hid_t xs = H5Screate_simple(xn, xdims, NULL), ys = H5Screate_simple(1, xdims, NULL);
+  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  if (chunk)
+    H5Pset_chunk(dcpl, xn, chunk);
+  if (deflate)
+    H5Pset_deflate(dcpl, 6);
+  hid_t x = H5Dcreate2(f, "x", H5T_NATIVE_UCHAR, xs, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  hid_t y = H5Dcreate2(f, "y", H5T_NATIVE_UCHAR, ys, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  size_t n = 1;
+  for (int i = 0; i < xn; i++)
+    n *= xdims[i];
+  unsigned char *zeros = calloc(n + xdims[0] + 1, 1);
+  if (write_x && n)
+    assert_true(H5Dwrite(x, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, zeros) >= 0);
+  assert_true(H5Dwrite(y, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, zeros) >= 0);
+  free(zeros);
+  H5Dclose(x), H5Dclose(y), H5Pclose(dcpl), H5Sclose(xs), H5Sclose(ys), H5Fclose(f);
+}
+
+static void test_hdf5_shapes_and_unwritten_samples(void **state) {
+  (void)state;
+  char path[512];
+  snprintf(path, sizeof path, "%s/shapes.h5", test_dir);
+  const char *files[] = {path};
+  loom_hdf5_options o = {.files = files, .num_files = 1, .inputs = "x", .targets = "y", .preload = true};
+  const hsize_t empty[] = {4, 3, 0}, unwritten[] = {1u << 21, 5}, chunk[] = {64, 5}, small[] = {300, 7},
+                small_chunk[] = {64, 7};
+  write_h5(path, empty, 3, NULL, false, true);
+  assert_null(loom_hdf5_dataset_open(&o));
+  assert_non_null(strstr(loom_last_error(), "dataset \"x\" has size 0 in dimension 2"));
+  write_h5(path, unwritten, 2, chunk, false, false);
+  assert_null(loom_hdf5_dataset_open(&o));
+  assert_int_equal(loom_last_error_code(), LOOM_EFORMAT);
+  assert_non_null(strstr(loom_last_error(), "dataset \"x\" was never completely written"));
+  write_h5(path, small, 2, small_chunk, true, true); /* 5 chunks, the last partial, compressed */
+  loom_dataset *ds = loom_hdf5_dataset_open(&o);
+  if (!ds)
+    fail_msg("%s", loom_last_error());
+  assert_int_equal(loom_dataset_length(ds), 300);
+  loom_dataset_release(ds);
+}
+
 /* The runner reseeds each loader per (seed, global epoch): a new order each
  * epoch, the same order for the same seed, another for another seed. */
 typedef struct orders {
@@ -418,6 +468,7 @@ int main(void) {
       cmocka_unit_test(test_epoch_seeding),
       cmocka_unit_test(test_normalize),
       cmocka_unit_test(test_dataset_path_is_a_directory),
+      cmocka_unit_test(test_hdf5_shapes_and_unwritten_samples),
   };
   return cmocka_run_group_tests(tests, test_dir_setup, test_dir_teardown);
 }

@@ -203,7 +203,9 @@ typedef struct loom_hdf5_options {
 } loom_hdf5_options;
 /* Named datasets in HDF5 files: any numeric type (converted to float on
  * read), N-D samples, read in blocks on demand through an LRU cache, so a
- * dataset larger than RAM trains. Thread-safe. */
+ * dataset larger than RAM trains. Thread-safe. Refused with LOOM_EFORMAT:
+ * a sample dimension of size 0, a sample of more than 2^31 values, and a
+ * dataset whose storage was never completely written. */
 LOOM_API loom_dataset *loom_hdf5_dataset_open(const loom_hdf5_options *options);
 /* A numeric CSV file: one sample per row, `target_column` the target
  * (negative counts from the end; LOOM_CSV_NO_TARGET: none, unlabelled), the

@@ -5,7 +5,9 @@
  * "optimizer", "runner", "callbacks/<name>", ...) written to one HDF5 file:
  * each state a group, scalars its attributes, arrays its datasets. Files are
  * written atomically (temp file, fsync, rename, fsync of the directory) and
- * carry a CRC-32 of their content that loom_checkpoint_read verifies. */
+ * carry a CRC-32 of their content that loom_checkpoint_read verifies, and a
+ * CRC-32 of the file's bytes in an HDF5 user block (the first 512 bytes),
+ * verified before HDF5 parses anything (docs/reliability.md). */
 #ifndef LOOM_STATE_H
 #define LOOM_STATE_H
 
@@ -75,7 +77,10 @@ LOOM_API const char *loom_checkpoint_group_name(const loom_checkpoint *c, size_t
  * file or the new one, never a broken one. */
 LOOM_API int loom_checkpoint_write(const loom_checkpoint *c, const char *path);
 /* Reads and verifies a checkpoint: a file that is not a loom checkpoint, is
- * truncated, or fails its content checksum is refused with LOOM_EFORMAT. */
+ * truncated, or fails its file or content checksum is refused with
+ * LOOM_EFORMAT. The file's bytes are checked before libhdf5 parses them;
+ * files from before the user block (plain HDF5) load with the content
+ * checksum alone. */
 LOOM_API loom_checkpoint *loom_checkpoint_read(const char *path);
 /* Opens the newest good checkpoint of a run: `which` is "last" or "best"
  * in <logdir>/checkpoints. Each candidate is checked against the manifest's

@@ -1,0 +1,198 @@
+/* Crash loops (issue 18): `loom run` killed with SIGKILL at random moments,
+ * LOOM_CRASH_KILLS times (default 20; the heavy CTest runs 100), each time
+ * started again with `--resume last` once a checkpoint exists, then run to
+ * its end. The run must survive every kill: each restart succeeds, the last
+ * checkpoint loads, metrics.jsonl is well formed with each epoch's row once,
+ * and the final weights and metrics are bit-identical to a run never killed
+ * (the config checkpoints after every batch and resume is exact). Kill
+ * times are random (LOOM_CRASH_SEED, printed, replays them) and scaled to
+ * the uninterrupted run's duration; nothing asserts a time.
+ * Usage: test_crash_loop LOOM CONFIGS_DIR */
+#include <dirent.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+static const char *loom;
+static char tiny[1024];
+#define EPOCHS "30"
+
+/* Starts `loom run tiny --logdir DIR --set num_epochs` (+ --resume last);
+ * its output goes to DIR.out. */
+static pid_t start(const char *dir, bool resume) {
+  char epochs[] = "stages.train.num_epochs=" EPOCHS, out[600];
+  snprintf(out, sizeof out, "%s.out", dir);
+  const char *argv[] = {loom, "run", tiny, "--logdir", dir, "--set", epochs, resume ? "--resume" : NULL, "last", NULL};
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    if (!freopen(out, "a", stdout) || !freopen(out, "a", stderr))
+      _exit(127);
+    execv(loom, (char *const *)argv);
+    _exit(127);
+  }
+  return pid;
+}
+
+static bool exists(const char *dir, const char *name) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  return access(path, F_OK) == 0;
+}
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* The model's parameters in DIR/checkpoints/last.h5, read as a user would. */
+static float *last_params(const char *dir, size_t *n) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/checkpoints/last.h5", dir);
+  loom_checkpoint *c = loom_checkpoint_read(path);
+  if (!c)
+    fail_msg("%s", loom_last_error());
+  const loom_state *m = loom_checkpoint_find(c, "model");
+  assert_non_null(m);
+  *n = loom_state_array_length(m, "params");
+  assert_true(*n > 0);
+  float *p = malloc(*n * sizeof *p);
+  assert_int_equal(loom_state_get_f32_array(m, "params", p, *n), 0);
+  loom_checkpoint_destroy(c);
+  return p;
+}
+
+/* Every line of metrics.jsonl is a JSON object; each epoch's row (loader
+ * null) appears once, for epochs 1..EPOCHS in order, and no loader's row
+ * of an epoch twice. */
+static void check_metrics(const char *dir) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+  char *text = test_read_file(path);
+  assert_non_null(text);
+  assert_true(text[0] && text[strlen(text) - 1] == '\n');
+  int epochs = 0, train_rows = 0;
+  for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+    json_error_t err;
+    json_t *row = json_loads(line, 0, &err);
+    if (!json_is_object(row))
+      fail_msg("metrics.jsonl: a torn or broken line: %s", line);
+    json_int_t epoch = json_integer_value(json_object_get(row, "global_epoch"));
+    json_t *loader = json_object_get(row, "loader");
+    if (json_is_null(loader))
+      assert_int_equal(epoch, ++epochs);
+    else if (strcmp(json_string_value(loader), "train") == 0)
+      assert_int_equal(epoch, ++train_rows);
+    else
+      assert_int_equal(epoch, train_rows); /* valid follows its epoch's train */
+    json_decref(row);
+  }
+  assert_int_equal(epochs, atoi(EPOCHS));
+  assert_int_equal(train_rows, atoi(EPOCHS));
+  free(text);
+}
+
+/* No temporary file of a killed checkpoint write is left behind. */
+static void check_no_litter(const char *dir) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/checkpoints", dir);
+  DIR *d = opendir(path);
+  assert_non_null(d);
+  for (struct dirent *e; (e = readdir(d));)
+    if (strstr(e->d_name, ".tmp"))
+      fail_msg("%s/%s left behind", path, e->d_name);
+  closedir(d);
+}
+
+static void test_sigkill_loop(void **state) {
+  (void)state;
+  int kills = getenv("LOOM_CRASH_KILLS") ? atoi(getenv("LOOM_CRASH_KILLS")) : 20;
+  unsigned seed = getenv("LOOM_CRASH_SEED") ? (unsigned)atol(getenv("LOOM_CRASH_SEED")) : (unsigned)time(NULL);
+  print_message("%d kills, LOOM_CRASH_SEED=%u\n", kills, seed);
+  srand(seed);
+
+  /* The run never killed. */
+  char *ref = test_tmpdir(), *dir = test_tmpdir();
+  double t0 = now(), startup = 0;
+  int status;
+  pid_t pid = start(ref, false);
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (!startup && exists(ref, "checkpoints/last.h5"))
+      startup = now() - t0;
+    struct timespec ms = {0, 1000000};
+    nanosleep(&ms, NULL);
+  }
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+  double span = now() - t0;
+  if (!startup)
+    startup = span;
+
+  /* Killed at uniform random times up to half again the time a start
+   * takes to its first checkpoint plus a fair share of the rest: the kills
+   * hit the start-up, the lock, the resume and every part of a batch, and
+   * most restarts get a little further than the one before. */
+  int landed = 0, restarts = 0;
+  for (int k = 0; k < kills; k++) {
+    bool resume = exists(dir, "checkpoints/last.h5") || exists(dir, "checkpoints/last.prev.h5");
+    pid = start(dir, resume);
+    restarts += resume;
+    double wait = (1.5 * startup + (span - startup) / kills) * (double)rand() / RAND_MAX;
+    struct timespec ts = {(time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9)};
+    nanosleep(&ts, NULL);
+    kill(pid, SIGKILL);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (WIFSIGNALED(status)) {
+      landed++;
+      continue;
+    }
+    char out[600];
+    snprintf(out, sizeof out, "%s.out", dir);
+    char *text = test_read_file(out);
+    if (WEXITSTATUS(status) != 0)
+      fail_msg("restart %d (%s) failed with exit %d:\n%s", k, resume ? "--resume last" : "fresh", WEXITSTATUS(status), text);
+    free(text);
+    break; /* it finished before this kill */
+  }
+  print_message("%d kills landed (%d restarts resumed); a run takes %.2f s, %.2f s to its first checkpoint\n", landed,
+                restarts, span, startup);
+
+  /* To the end. */
+  assert_int_equal(waitpid(start(dir, exists(dir, "checkpoints/last.h5") || exists(dir, "checkpoints/last.prev.h5")),
+                           &status, 0) > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+                   0);
+  size_t n_ref, n;
+  float *want = last_params(ref, &n_ref), *got = last_params(dir, &n);
+  assert_int_equal(n, n_ref);
+  assert_memory_equal(want, got, n * sizeof *got);
+  check_metrics(ref);
+  check_metrics(dir);
+  char *want_jsonl = jsonl_without_time(ref), *got_jsonl = jsonl_without_time(dir);
+  assert_string_equal(want_jsonl, got_jsonl);
+  check_no_litter(dir);
+  free(want), free(got), free(want_jsonl), free(got_jsonl);
+  char out[600];
+  snprintf(out, sizeof out, "%s.out", dir);
+  unlink(out);
+  snprintf(out, sizeof out, "%s.out", ref);
+  unlink(out);
+  test_rm_rf(ref), test_rm_rf(dir);
+  free(ref), free(dir);
+}
+
+int main(int argc, char **argv) {
+  if (argc != 3) {
+    fprintf(stderr, "usage: test_crash_loop LOOM CONFIGS_DIR\n");
+    return 2;
+  }
+  loom = argv[1];
+  snprintf(tiny, sizeof tiny, "%s/tiny.json", argv[2]);
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_sigkill_loop)};
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
