@@ -122,3 +122,62 @@ void loom_comm_set_timeout(loom_comm *comm, double seconds) {
 }
 
 double loom_comm_timeout(const loom_comm *comm) { return comm->timeout; }
+
+/* --- the non-blocking mean --- */
+
+struct loom_comm_request {
+  loom_comm *comm;
+  void *backend; /* the backend's request; NULL: wait runs the blocking mean */
+  size_t n;
+  bool started;
+};
+
+loom_comm_request *loom_comm_request_create(loom_comm *comm, size_t n) {
+  loom_comm_request *q = calloc(1, sizeof *q);
+  if (!q) {
+    loom_error_oom("a communicator request");
+    return NULL;
+  }
+  q->comm = comm, q->n = n;
+  if (comm->ops.request_create && comm->ops.start_mean_f32 && comm->ops.wait_mean_f32 &&
+      !(q->backend = comm->ops.request_create(comm->ctx, n))) {
+    free(q);
+    return NULL;
+  }
+  return q;
+}
+
+void loom_comm_request_destroy(loom_comm_request *q) {
+  if (!q)
+    return;
+  if (q->backend && q->comm->ops.request_destroy)
+    q->comm->ops.request_destroy(q->comm->ctx, q->backend);
+  free(q);
+}
+
+int loom_comm_start_mean_f32(loom_comm_request *q, const float *buf) {
+  loom_comm *comm = q->comm;
+  if (comm->failed)
+    return refused(comm);
+  if (q->started)
+    return loom_error_set(LOOM_ESTATE, "loom_comm_start_mean_f32: the request was started and not waited for");
+  q->started = true;
+  return q->backend ? collective(comm, comm->ops.start_mean_f32(comm->ctx, q->backend, buf)) : 0;
+}
+
+int loom_comm_wait_mean_f32(loom_comm_request *q, float *buf) {
+  loom_comm *comm = q->comm;
+  if (!q->started)
+    return loom_error_set(LOOM_ESTATE, "loom_comm_wait_mean_f32: the request was not started");
+  q->started = false;
+  if (comm->failed)
+    return refused(comm);
+  return collective(comm, q->backend ? comm->ops.wait_mean_f32(comm->ctx, q->backend, buf)
+                                     : comm->ops.allreduce_mean_f32(comm->ctx, buf, q->n));
+}
+
+int loom_comm_progress(loom_comm *comm) {
+  if (comm->failed)
+    return refused(comm);
+  return comm->ops.progress ? collective(comm, comm->ops.progress(comm->ctx)) : 0;
+}

@@ -48,6 +48,9 @@ struct loom_model {
   /* What is known of the gradients since they were last zeroed, from the
    * checks made as backward wrote them (loom_model_grads_checked). */
   grad_state grads_state;
+  /* Told after each layer's (or block's) backward (loom_model_on_grads_ready). */
+  void (*ready)(void *ctx, size_t first);
+  void *ready_ctx;
 };
 
 loom_model *loom_model_create(void) {
@@ -392,6 +395,8 @@ int loom_model_backward(loom_model *m, const loom_tensor *dout) {
       if (rc < 0)
         return rc;
       note_grads(m, e->head > lowest ? e->head : lowest, i);
+      if (m->ready)
+        m->ready(m->ready_ctx, m->layers[e->head > lowest ? e->head : lowest].offset);
       i = e->head;
       continue;
     }
@@ -409,8 +414,15 @@ int loom_model_backward(loom_model *m, const loom_tensor *dout) {
       return loom_error_wrap(rc, "backward of layer \"%s\"", e->name);
     if (!e->frozen)
       note_grads(m, i, i);
+    if (m->ready)
+      m->ready(m->ready_ctx, e->offset);
   }
   return 0;
+}
+
+void loom_model_on_grads_ready(loom_model *m, void (*ready)(void *ctx, size_t first), void *ctx) {
+  m->ready = ready;
+  m->ready_ctx = ctx;
 }
 
 void loom_model_zero_grad(loom_model *m) {

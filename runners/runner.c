@@ -50,6 +50,7 @@ void loom_runner_destroy(loom_runner *r) {
     return;
   loom_callback_table_free(&r->exp_table);
   loom_callback_table_free(&r->stage_table);
+  loom_runner_reducer_free(r);
   loom_comm_destroy(r->comm);
   loom_metrics *m[NUM_METRIC_STORES];
   metric_stores(r, m);
@@ -67,6 +68,7 @@ void loom_runner_destroy(loom_runner *r) {
 void loom_runner_set_comm(loom_runner *r, loom_comm *comm) {
   if (!comm)
     return;
+  loom_runner_reducer_free(r);
   loom_comm_destroy(r->comm);
   r->comm = comm;
 }

@@ -91,6 +91,8 @@ struct loom_runner {
   /* A non-finite loss on this rank of several: decided at the step, with
    * the others, through NaN gradients (loom_runner_check_loss). */
   bool loss_poisoned;
+  /* The gradients' mean over ranks, in buckets (runner_reducer.c). */
+  struct loom_reducer *reducer;
   double poisoned_loss;
 
   /* the batch */
@@ -187,5 +189,12 @@ int loom_signals_start(loom_runner *r);
 /* Polls for signals received since the last call. */
 void loom_signals_poll(loom_runner *r);
 void loom_signals_stop(loom_runner *r);
+
+/* runner_reducer.c: the gradients' mean over ranks, bucket by bucket
+ * (started during backward after loom_runner_begin_backward), and freeing
+ * it (before the communicator or the model goes). */
+typedef struct loom_reducer loom_reducer;
+int loom_runner_mean_grads(loom_runner *r);
+void loom_runner_reducer_free(loom_runner *r);
 
 #endif

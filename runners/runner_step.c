@@ -71,9 +71,7 @@ static int optimizer_step(loom_runner *r, const loom_step_options *o, double *gr
     loom_model_scale_grads(r->model, (float)o->scale);
   /* Data parallel: every rank steps with the mean gradient. */
   if (loom_comm_size(r->comm) > 1) {
-    if (r->loss_poisoned) /* the NaN every rank's check will see */
-      loom_model_grads(r->model)[0] = NAN;
-    int rc = loom_comm_allreduce_mean_f32(r->comm, loom_model_grads(r->model), loom_model_num_params(r->model));
+    int rc = loom_runner_mean_grads(r); /* this rank's NaN loss travels as a NaN gradient */
     if (rc < 0)
       return loom_error_wrap(rc, "averaging gradients over %d ranks for optimizer step %lld", loom_comm_size(r->comm),
                              (long long)r->global_optimizer_step + 1);

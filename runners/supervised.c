@@ -43,6 +43,8 @@ int loom_supervised_handle_batch(loom_runner *r, void *user) {
   const loom_tensor *dout;
   if ((rc = loom_criterion_backward(criterion, out, loom_runner_target(r), &dout)) < 0)
     return rc;
+  if (!manual && (rc = loom_runner_begin_backward(r)) < 0) /* the step follows */
+    return rc;
   if ((rc = loom_model_backward(model, dout)) < 0)
     return rc;
   if (manual)

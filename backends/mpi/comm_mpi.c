@@ -46,6 +46,8 @@ typedef struct mpi_ctx {
    * there, never into a caller's buffer, which may be gone by then. */
   void *scratch;
   size_t scratch_bytes;
+  struct mean_request **requests; /* the gradient buckets' requests */
+  int nrequests;
 } mpi_ctx;
 
 /* Buffers and contexts a pending request may still touch: kept to the end
@@ -116,8 +118,7 @@ static int poll_control(mpi_ctx *m) {
 
 /* Past the time limit: asks the others where they are, names those not in
  * this collective, and tells everyone, so that they stop waiting too. */
-static int timed_out(mpi_ctx *m) {
-  const unsigned long long seq = m->seq;
+static int timed_out(mpi_ctx *m, unsigned long long seq, const char *what) {
   m->asked = seq;
   tell_all(m, &m->asked, sizeof m->asked, TAG_WHERE);
   bool *arrived = calloc((size_t)m->size, sizeof *arrived);
@@ -140,7 +141,7 @@ static int timed_out(mpi_ctx *m) {
     }
     where w = {0};
     MPI_Recv(&w, sizeof w, MPI_BYTE, st.MPI_SOURCE, TAG_HERE, m->ctl, MPI_STATUS_IGNORE);
-    arrived[st.MPI_SOURCE] = w.seq == seq;
+    arrived[st.MPI_SOURCE] = w.seq >= seq; /* it started this collective, and maybe later ones */
     answers++;
   }
   char missing[512] = "";
@@ -152,11 +153,11 @@ static int timed_out(mpi_ctx *m) {
   if (len)
     snprintf(m->notice, sizeof m->notice, "MPI %s (collective %llu) did not complete within %g s: rank%s %s did not "
              "arrive (stuck, or waiting elsewhere); set the limit with LOOM_COMM_TIMEOUT or loom_comm_set_timeout",
-             m->what, seq, m->timeout, strchr(missing, ',') ? "s" : "", missing);
+             what, seq, m->timeout, strchr(missing, ',') ? "s" : "", missing);
   else
     snprintf(m->notice, sizeof m->notice, "MPI %s (collective %llu) did not complete within %g s: every rank arrived, "
              "some only after the limit; raise it with LOOM_COMM_TIMEOUT or loom_comm_set_timeout",
-             m->what, seq, m->timeout);
+             what, seq, m->timeout);
   tell_all(m, m->notice, (int)strlen(m->notice) + 1, TAG_FAILED);
   m->broken = true;
   return loom_error_set(LOOM_ECOMM, "%s", m->notice);
@@ -173,22 +174,22 @@ static void idle(long spins) {
     nanosleep(&(struct timespec){0, 200000}, NULL);
 }
 
-/* Waits for a started collective, watching the control messages and the
- * time limit. */
-static int wait_for(mpi_ctx *m, MPI_Request *req) {
+/* Waits for a started collective (number `seq`, `what`), watching the
+ * control messages and the time limit. */
+static int wait_for(mpi_ctx *m, MPI_Request *req, unsigned long long seq, const char *what) {
   const double t0 = MPI_Wtime();
   for (long spins = 0;; spins++) {
     int done = 0, rc = MPI_Test(req, &done, MPI_STATUS_IGNORE);
     if (rc != MPI_SUCCESS) {
       m->broken = true;
-      return mpi_error(rc, m->what);
+      return mpi_error(rc, what);
     }
     if (done)
       return 0;
     if ((rc = poll_control(m)) < 0)
       return rc;
     if (m->timeout > 0 && MPI_Wtime() - t0 > m->timeout)
-      return timed_out(m);
+      return timed_out(m, seq, what);
     idle(spins);
   }
 }
@@ -199,12 +200,104 @@ static int finish(mpi_ctx *m, int rc, MPI_Request *req) {
     m->broken = true;
     return mpi_error(rc, m->what);
   }
-  return wait_for(m, req);
+  return wait_for(m, req, m->seq, m->what);
 }
 
 static void enter(mpi_ctx *m, const char *what) {
   m->seq++;
   m->what = what;
+}
+
+/* --- the gradients' mean, started during backward and waited for later --- */
+
+typedef struct mean_request {
+  mpi_ctx *m;
+  size_t n;
+  float *scratch; /* what MPI sums in place: the caller's buffer may change meanwhile */
+  MPI_Request req;
+  unsigned long long seq;
+  bool active; /* started, not yet waited for */
+} mean_request;
+
+static const char mean_what[] = "all-reduce of gradients (MPI_Iallreduce)";
+
+static void *request_create(void *ctx, size_t n) {
+  mpi_ctx *m = ctx;
+  if (n > (size_t)1 << 30) {
+    loom_error_set(LOOM_EINVAL, "a gradient bucket of %zu floats is larger than one MPI call takes (2^30): use "
+                                "smaller buckets", n);
+    return NULL;
+  }
+  mean_request *q = calloc(1, sizeof *q);
+  mean_request **list = q ? realloc(m->requests, (size_t)(m->nrequests + 1) * sizeof *list) : NULL;
+  if (list)
+    m->requests = list;
+  if (!q || !list || !(q->scratch = malloc((n ? n : 1) * sizeof *q->scratch))) {
+    free(q);
+    loom_error_oom("a gradient bucket's buffer");
+    return NULL;
+  }
+  q->m = m, q->n = n, q->req = MPI_REQUEST_NULL;
+  m->requests[m->nrequests++] = q;
+  return q;
+}
+
+static void request_destroy(void *ctx, void *request) {
+  mpi_ctx *m = ctx;
+  mean_request *q = request;
+  for (int i = 0; i < m->nrequests; i++)
+    if (m->requests[i] == q)
+      m->requests[i] = m->requests[--m->nrequests];
+  if (q->active) { /* left behind by a failure: MPI may still write into it */
+    keep_for_good(q->scratch);
+    keep_for_good(q);
+    return;
+  }
+  free(q->scratch);
+  free(q);
+}
+
+static int start_mean_f32(void *ctx, void *request, const float *buf) {
+  mpi_ctx *m = ctx;
+  mean_request *q = request;
+  memcpy(q->scratch, buf, q->n * sizeof *buf);
+  enter(m, mean_what);
+  q->seq = m->seq;
+  int rc = MPI_Iallreduce(MPI_IN_PLACE, q->scratch, (int)q->n, MPI_FLOAT, MPI_SUM, m->comm, &q->req);
+  if (rc != MPI_SUCCESS) {
+    m->broken = true;
+    return mpi_error(rc, mean_what);
+  }
+  q->active = true;
+  return 0;
+}
+
+static int wait_mean_f32(void *ctx, void *request, float *buf) {
+  mpi_ctx *m = ctx;
+  mean_request *q = request;
+  int rc = wait_for(m, &q->req, q->seq, mean_what);
+  if (rc < 0)
+    return rc;
+  q->active = false;
+  const float world = (float)m->size; /* as mean_f32: the sum, then a division on each rank */
+  for (size_t i = 0; i < q->n; i++)
+    buf[i] = q->scratch[i] / world;
+  return 0;
+}
+
+/* One test of each started request: MPI moves non-blocking collectives on
+ * only inside its calls, so backward calls this between layers. */
+static int progress(void *ctx) {
+  mpi_ctx *m = ctx;
+  for (int i = 0; i < m->nrequests; i++) {
+    mean_request *q = m->requests[i];
+    int done = 0;
+    if (q->active && q->req != MPI_REQUEST_NULL && MPI_Test(&q->req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+      m->broken = true;
+      return mpi_error(MPI_ERR_OTHER, mean_what);
+    }
+  }
+  return poll_control(m);
 }
 
 /* At exit every rank meets the others before MPI_Finalize, which would
@@ -334,6 +427,19 @@ static void set_timeout(void *ctx, double seconds) {
     exit_wait = seconds; /* the longest wait any of them allows */
 }
 
+/* What loom_comm_mpi_create made; the requests are their owners' to
+ * destroy first. */
+static void free_ctx(mpi_ctx *m) {
+  if (m->ctl != MPI_COMM_NULL)
+    MPI_Comm_free(&m->ctl);
+  if (m->comm != MPI_COMM_NULL)
+    MPI_Comm_free(&m->comm);
+  free(m->scratch);
+  free(m->sends);
+  free(m->requests);
+  free(m);
+}
+
 static void destroy(void *ctx) {
   mpi_ctx *m = ctx;
   int finalised = 0;
@@ -344,19 +450,16 @@ static void destroy(void *ctx) {
   if (m->broken && !finalised) {
     keep_for_good(m->scratch);
     keep_for_good(m->sends);
+    keep_for_good(m->requests);
     keep_for_good(m);
     return;
   }
   for (int p = 0; !finalised && p < m->size; p++)
     if (m->sends[p] != MPI_REQUEST_NULL)
       MPI_Request_free(&m->sends[p]);
-  if (!finalised) {
-    MPI_Comm_free(&m->ctl);
-    MPI_Comm_free(&m->comm);
-  }
-  free(m->scratch);
-  free(m->sends);
-  free(m);
+  if (finalised)
+    m->ctl = m->comm = MPI_COMM_NULL;
+  free_ctx(m);
 }
 
 static const loom_comm_ops mpi_ops = {
@@ -368,17 +471,12 @@ static const loom_comm_ops mpi_ops = {
     .destroy = destroy,
     .notify_failure = notify_failure,
     .set_timeout = set_timeout,
+    .request_create = request_create,
+    .start_mean_f32 = start_mean_f32,
+    .wait_mean_f32 = wait_mean_f32,
+    .progress = progress,
+    .request_destroy = request_destroy,
 };
-
-static void free_ctx(mpi_ctx *m) {
-  if (m->ctl != MPI_COMM_NULL)
-    MPI_Comm_free(&m->ctl);
-  if (m->comm != MPI_COMM_NULL)
-    MPI_Comm_free(&m->comm);
-  free(m->scratch);
-  free(m->sends);
-  free(m);
-}
 
 loom_comm *loom_comm_mpi_create(const void *mpi_comm) {
   if (ensure_initialised() < 0)

@@ -38,7 +38,21 @@ typedef struct loom_comm_ops {
    * with LOOM_ECOMM naming it and the ranks that did not arrive, and tells
    * the others so. */
   void (*set_timeout)(void *ctx, double seconds);
+  /* Optional, to overlap the gradients' mean with backward: a request for
+   * n floats, made once and reused; start copies buf's n floats in and
+   * starts their sum over ranks without waiting; wait completes it and
+   * writes the mean into buf (the sum, divided by the world size on every
+   * rank); progress lets the started ones move on (MPI progresses only
+   * inside MPI calls). Without them, wait runs allreduce_mean_f32. */
+  void *(*request_create)(void *ctx, size_t n);
+  int (*start_mean_f32)(void *ctx, void *request, const float *buf);
+  int (*wait_mean_f32)(void *ctx, void *request, float *buf);
+  int (*progress)(void *ctx);
+  void (*request_destroy)(void *ctx, void *request);
 } loom_comm_ops;
+
+/* A reusable non-blocking mean of n floats (loom_comm_request_create). */
+typedef struct loom_comm_request loom_comm_request;
 
 /* The collectives' time limit unless set (LOOM_COMM_TIMEOUT in the
  * environment, in seconds, overrides it for the communicators made after). */
@@ -73,6 +87,16 @@ LOOM_API bool loom_comm_failed(const loom_comm *comm);
  * has one (set_timeout); the default is LOOM_COMM_TIMEOUT_DEFAULT. */
 LOOM_API void loom_comm_set_timeout(loom_comm *comm, double seconds);
 LOOM_API double loom_comm_timeout(const loom_comm *comm);
+/* The non-blocking mean: every rank starts the same requests in the same
+ * order, and waits for each (loom_comm_wait_mean_f32) before reading buf;
+ * between start and wait buf may change (it was copied). A failure marks
+ * the communicator failed as a blocking collective's does. */
+LOOM_API loom_comm_request *loom_comm_request_create(loom_comm *comm, size_t n);
+LOOM_API void loom_comm_request_destroy(loom_comm_request *request);
+LOOM_API int loom_comm_start_mean_f32(loom_comm_request *request, const float *buf);
+LOOM_API int loom_comm_wait_mean_f32(loom_comm_request *request, float *buf);
+/* Lets started requests progress; 0 or the failure. */
+LOOM_API int loom_comm_progress(loom_comm *comm);
 
 #ifdef __cplusplus
 }

@@ -177,6 +177,12 @@ LOOM_API int loom_model_forward(loom_model *model, const loom_tensor *input, con
 /* Backward pass from the gradient of the last forward's output. */
 LOOM_API int loom_model_backward(loom_model *model, const loom_tensor *dout);
 LOOM_API void loom_model_zero_grad(loom_model *model);
+/* Called during every backward after each layer (or fused block) is done,
+ * last layer first: the gradients from index `first` to the end are final
+ * for this backward (those below are not yet written). The runner starts
+ * the all-reduce of a bucket of gradients there, overlapping it with the
+ * rest of backward. NULL removes it. */
+LOOM_API void loom_model_on_grads_ready(loom_model *model, void (*ready)(void *ctx, size_t first), void *ctx);
 LOOM_API void loom_model_set_train(loom_model *model, bool train);
 LOOM_API bool loom_model_is_train(const loom_model *model);
 

@@ -55,7 +55,16 @@ typedef struct loom_run_options {
    * model summary, TensorBoard files and checkpoints/); a file loom does not
    * write is never removed and is still refused. */
   bool overwrite;
+  /* Several ranks: the gradients' mean goes in buckets of whole layers of
+   * about this many bytes, last layers first, each started as soon as
+   * backward has finished it (loom_runner_begin_backward); 0:
+   * LOOM_BUCKET_BYTES_DEFAULT; SIZE_MAX: one bucket. no_overlap starts
+   * every bucket after backward instead (the same sums, the same bits). */
+  size_t bucket_bytes;
+  bool no_overlap;
 } loom_run_options;
+
+#define LOOM_BUCKET_BYTES_DEFAULT ((size_t)256 << 10)
 
 /* check false, no limits, handle_signals true, STOP, overwrite false. */
 LOOM_API loom_run_options loom_run_options_defaults(void);

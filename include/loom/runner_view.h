@@ -87,6 +87,14 @@ typedef struct loom_step_options {
  * grad_norm it is the norm's (no extra pass), else one vectorised pass over
  * the gradients. Returns as loom_runner_optimizer_step. */
 LOOM_API int loom_runner_optimizer_step_with(loom_runner *runner, const loom_step_options *options, double *grad_norm);
+/* With several ranks: the next model backward is followed by the step, so
+ * the mean of each bucket of gradients (loom_run_options.bucket_bytes) may
+ * start as soon as backward has finished its layers, overlapping the rest
+ * of backward. The supervised handle_batch calls it before its backward;
+ * a handle_batch of one's own may, and must then step after that
+ * backward. Without it the buckets' means run at the step (the same
+ * buckets, the same sums: the same bits). Nothing with one rank. */
+LOOM_API int loom_runner_begin_backward(loom_runner *runner);
 /* An optimizer callback (gradient accumulation, clipping) takes over
  * zero_grad and the step from handle_batch, for the current stage. */
 LOOM_API void loom_runner_set_manual_step(loom_runner *runner, bool manual);
