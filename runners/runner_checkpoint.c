@@ -79,8 +79,10 @@ static loom_cursor cursor_now(const loom_runner *r) {
     c.phase = LOOM_PHASE_BEFORE_LOADER;
     break;
   case LOOM_EVENT_LOADER_END:
+    /* No loader under way after on_loader_end: the epoch's last one is
+     * done (a failure between it and on_epoch_end leaves the loop here). */
     c.phase = LOOM_PHASE_BEFORE_LOADER;
-    c.loader++;
+    c.loader = r->loader_index < 0 ? (int64_t)r->num_loaders : c.loader + 1;
     break;
   case LOOM_EVENT_BATCH_START: /* the batch under way is not done */
     c.phase = LOOM_PHASE_IN_LOADER;
@@ -115,7 +117,8 @@ static int metrics_at_cursor(const loom_runner *r, loom_metrics **m) {
     rc = (m[i] = loom_metrics_create()) ? loom_metrics_copy(m[i], now[i], NULL, false) : LOOM_ENOMEM;
   if (rc == 0 && r->event == LOOM_EVENT_BATCH_END && !r->skip_batch)
     rc = loom_accumulate_metrics(m[SAVED_SUMS], m[SAVED_WEIGHTS], r->batch_metrics, (double)r->batch_size);
-  if (rc == 0 && r->event == LOOM_EVENT_LOADER_END)
+  /* (a finished loader, loader_index -1, has added its own already) */
+  if (rc == 0 && r->event == LOOM_EVENT_LOADER_END && r->loader_index >= 0)
     rc = loom_runner_add_loader_metrics(r, m[SAVED_EPOCH], m[SAVED_VALID]);
   return rc;
 }
