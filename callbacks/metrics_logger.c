@@ -124,9 +124,10 @@ static int rewrite_csv(metrics_logger *m) {
 static bool is_epoch_row(json_t *row) { return json_is_null(json_object_get(row, "loader")); }
 
 /* Adds the row's metric names its columns lack; says whether it did. */
-static bool add_new_columns(metrics_logger *m, json_t *row) {
+/* 1 when the row brought new columns, 0 if not, LOOM_ENOMEM. */
+static int add_new_columns(metrics_logger *m, json_t *row) {
   json_t *columns = is_epoch_row(row) ? m->epoch_columns : m->columns;
-  bool added = false;
+  int added = 0;
   const char *name;
   json_t *v;
   json_object_foreach(json_object_get(row, "metrics"), name, v) {
@@ -134,10 +135,9 @@ static bool add_new_columns(metrics_logger *m, json_t *row) {
     size_t j;
     json_t *col;
     json_array_foreach(columns, j, col) known = known || strcmp(json_string_value(col), name) == 0;
-    if (!known) {
-      json_array_append_new(columns, json_string(name));
-      added = true;
-    }
+    if (!known && json_array_append_new(columns, json_string(name)) < 0)
+      return loom_error_oom("a metrics column");
+    added = added || !known;
   }
   return added;
 }
@@ -171,16 +171,21 @@ static int write_row(metrics_logger *m, json_t *row) {
   }
   int rc = 0;
   if (fprintf(m->jsonl, "%s\n", line) < 0 || fflush(m->jsonl) != 0)
-    rc = loom_error_set(LOOM_EIO, "metrics logger: writing metrics.jsonl failed: %s", strerror(errno));
+    rc = loom_error_set(LOOM_EIO, "metrics logger: writing %s failed: %s", m->jsonl_path, strerror(errno));
   free(line);
-  json_array_append_new(m->rows, row);
+  if (json_array_append(m->rows, row) < 0 && rc == 0) /* the rows' own reference */
+    rc = loom_error_oom("a kept metrics row");
   note_row(m, row);
-  if (rc == 0 && add_new_columns(m, row))
+  int added = add_new_columns(m, row);
+  if (rc == 0 && added < 0)
+    rc = added;
+  else if (rc == 0 && added)
     rc = rewrite_csv(m);
   else if (rc == 0)
     csv_row(m, row);
   if (rc == 0 && fflush(m->csv) != 0)
-    rc = loom_error_set(LOOM_EIO, "metrics logger: writing metrics.csv failed: %s", strerror(errno));
+    rc = loom_error_set(LOOM_EIO, "metrics logger: writing %s failed: %s", m->csv_path, strerror(errno));
+  json_decref(row);
   return rc;
 }
 
@@ -270,9 +275,14 @@ static int logger_load(loom_callback *cb, loom_runner *r, const loom_state *s) {
       rc = loom_error_set(LOOM_EFORMAT, "%s:%d: not a metrics row", m->jsonl_path, no);
       break;
     }
-    add_new_columns(m, row);
-    json_array_append_new(m->rows, row);
     note_row(m, row);
+    int added = add_new_columns(m, row);
+    if (added < 0) {
+      json_decref(row);
+      rc = added;
+    } else if (json_array_append_new(m->rows, row) < 0) {
+      rc = loom_error_oom("a kept metrics row");
+    }
   }
   free(line);
   fclose(in);
