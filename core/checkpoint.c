@@ -13,6 +13,7 @@
 #include "core/array.h"
 #include "core/checkpoint_dir.h"
 #include "core/error_internal.h"
+#include "core/fs.h"
 #include "core/hdf5_quiet.h"
 #include "core/state_internal.h"
 
@@ -259,21 +260,32 @@ int loom_checkpoint_write_temp(const loom_checkpoint *c, const char *path, char 
   int n = snprintf(tmp, tmp_size, "%s/.%s.tmp.%ld", dirname(dir_buf), basename(base_buf), (long)getpid());
   if (n < 0 || (size_t)n >= tmp_size)
     return loom_error_set(LOOM_EINVAL, "checkpoint path \"%s\" is too long", path);
+  /* Built in memory (HDF5's core driver), written by loom: HDF5 reports
+   * no reason for a failed write, and a file it failed to close crashes
+   * it when the process exits (a full disk did that). The cost: the
+   * checkpoint's size in memory twice while it is saved. */
   loom_h5_quiet q = loom_h5_hush();
-  hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  int rc;
-  if (file < 0) {
-    rc = loom_error_set(LOOM_EIO, "cannot create checkpoint %s: %s; check that the directory exists and is writable",
-                        tmp, strerror(errno));
-  } else {
-    rc = write_groups(c, file, path);
-    if (H5Fclose(file) < 0 && rc == 0)
-      rc = loom_error_set(LOOM_EIO, "closing checkpoint %s failed (disk full?)", tmp);
-  }
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  hid_t file = fapl < 0 || H5Pset_fapl_core(fapl, 1 << 20, 0) < 0 ? -1 : H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  int rc = file < 0 ? loom_error_set(LOOM_ENOMEM, "HDF5 could not make checkpoint %s in memory", tmp)
+                    : write_groups(c, file, path);
+  ssize_t size = rc == 0 && H5Fflush(file, H5F_SCOPE_GLOBAL) >= 0 ? H5Fget_file_image(file, NULL, 0) : -1;
+  void *image = size > 0 ? malloc((size_t)size) : NULL;
+  if (rc == 0 && (size <= 0 || (image && H5Fget_file_image(file, image, (size_t)size) != size)))
+    rc = loom_error_set(LOOM_ENOMEM, "HDF5 could not make checkpoint %s in memory", tmp);
+  else if (rc == 0 && !image)
+    rc = loom_error_oom("the checkpoint's file image");
+  if (file >= 0)
+    H5Fclose(file);
+  if (fapl >= 0)
+    H5Pclose(fapl);
   loom_h5_unhush(q);
   /* Durable before visible: the data reaches the disk before the name. */
-  if (rc == 0 && fsync_path(tmp, O_RDONLY) < 0)
-    rc = loom_error_set(LOOM_EIO, "fsync of %s failed: %s", tmp, strerror(errno));
+  if (rc == 0 && loom_write_file_durable(tmp, image, (size_t)size) < 0)
+    rc = loom_error_set(LOOM_EIO, "cannot write checkpoint %s: %s; check that the directory is writable and the disk "
+                                  "has room",
+                        tmp, strerror(errno));
+  free(image);
   if (rc < 0)
     unlink(tmp);
   return rc;

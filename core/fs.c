@@ -116,3 +116,28 @@ int loom_path_join(char *out, size_t size, const char *dir, const char *name) {
     return loom_error_set(LOOM_EINVAL, "path \"%s/%s\" is too long", dir, name);
   return 0;
 }
+
+int loom_write_file_durable(const char *path, const void *data, size_t size) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0666);
+  if (fd < 0)
+    return -1;
+  for (size_t done = 0; done < size;) {
+    ssize_t w = write(fd, (const char *)data + done, size - done);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0) {
+      int err = errno;
+      close(fd);
+      errno = err;
+      return -1;
+    }
+    done += (size_t)w;
+  }
+  if (fsync(fd) < 0) {
+    int err = errno;
+    close(fd);
+    errno = err;
+    return -1;
+  }
+  return close(fd);
+}

@@ -16,6 +16,9 @@ int loom_refuse_directory(const char *path, const char *kind);
  * *stale_pid (else 0). LOOM_EBUSY naming the holder's pid if it is held. */
 int loom_dir_lock(const char *dir, int *fd, long *stale_pid);
 void loom_dir_unlock(int fd);
+/* Writes `size` bytes to `path` (created or truncated) and fsyncs it; -1
+ * with errno on failure (a short write is continued, not an error). */
+int loom_write_file_durable(const char *path, const void *data, size_t size);
 /* out = dir + "/" + name; an error if it does not fit. */
 int loom_path_join(char *out, size_t size, const char *dir, const char *name);
 
