@@ -78,29 +78,35 @@ static int logger_experiment_start(loom_callback *cb, loom_runner *r) {
 /* JSON has no NaN or infinity: those are written as null. */
 static json_t *number(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
-static void csv_cell(FILE *f, json_t *v) {
+/* The CSV writers say whether every write went through (a full disk
+ * shows here, or at the flush). */
+static bool csv_cell(FILE *f, json_t *v) {
   if (json_is_real(v))
-    fprintf(f, ",%.17g", json_real_value(v));
-  else if (json_is_integer(v))
-    fprintf(f, ",%lld", (long long)json_integer_value(v));
-  else if (json_is_string(v))
-    fprintf(f, ",%s", json_string_value(v));
-  else
-    fputc(',', f);
+    return fprintf(f, ",%.17g", json_real_value(v)) >= 0;
+  if (json_is_integer(v))
+    return fprintf(f, ",%lld", (long long)json_integer_value(v)) >= 0;
+  if (json_is_string(v))
+    return fprintf(f, ",%s", json_string_value(v)) >= 0;
+  return fputc(',', f) != EOF;
 }
 
-static void csv_row(const metrics_logger *m, json_t *row) {
-  fprintf(m->csv, "%s", json_string_value(json_object_get(row, "stage")));
-  csv_cell(m->csv, json_object_get(row, "epoch"));
-  csv_cell(m->csv, json_object_get(row, "global_epoch"));
-  csv_cell(m->csv, json_object_get(row, "loader"));
-  csv_cell(m->csv, json_object_get(row, "time_s"));
+static bool csv_row(const metrics_logger *m, json_t *row) {
+  bool ok = fprintf(m->csv, "%s", json_string_value(json_object_get(row, "stage"))) >= 0;
+  ok = csv_cell(m->csv, json_object_get(row, "epoch")) && ok;
+  ok = csv_cell(m->csv, json_object_get(row, "global_epoch")) && ok;
+  ok = csv_cell(m->csv, json_object_get(row, "loader")) && ok;
+  ok = csv_cell(m->csv, json_object_get(row, "time_s")) && ok;
   json_t *metrics = json_object_get(row, "metrics");
   size_t i;
   json_t *name;
-  json_array_foreach(m->columns, i, name) csv_cell(m->csv, json_object_get(metrics, json_string_value(name)));
-  json_array_foreach(m->epoch_columns, i, name) csv_cell(m->csv, json_object_get(metrics, json_string_value(name)));
-  fputc('\n', m->csv);
+  json_array_foreach(m->columns, i, name) ok = csv_cell(m->csv, json_object_get(metrics, json_string_value(name))) && ok;
+  json_array_foreach(m->epoch_columns, i, name) ok =
+      csv_cell(m->csv, json_object_get(metrics, json_string_value(name))) && ok;
+  return fputc('\n', m->csv) != EOF && ok;
+}
+
+static int csv_failed(const metrics_logger *m) {
+  return loom_error_set(LOOM_EIO, "metrics logger: writing %s failed: %s", m->csv_path, strerror(errno));
 }
 
 static int rewrite_csv(metrics_logger *m) {
@@ -110,15 +116,15 @@ static int rewrite_csv(metrics_logger *m) {
     return loom_error_set(LOOM_EIO, "metrics logger: cannot rewrite %s: %s", m->csv_path, strerror(errno));
   }
   m->csv = f;
-  fputs("stage,epoch,global_epoch,loader,time_s", f);
+  bool ok = fputs("stage,epoch,global_epoch,loader,time_s", f) != EOF;
   size_t i;
   json_t *name;
-  json_array_foreach(m->columns, i, name) fprintf(f, ",%s", json_string_value(name));
-  json_array_foreach(m->epoch_columns, i, name) fprintf(f, ",%s", json_string_value(name));
-  fputc('\n', f);
+  json_array_foreach(m->columns, i, name) ok = fprintf(f, ",%s", json_string_value(name)) >= 0 && ok;
+  json_array_foreach(m->epoch_columns, i, name) ok = fprintf(f, ",%s", json_string_value(name)) >= 0 && ok;
+  ok = fputc('\n', f) != EOF && ok;
   json_t *row;
-  json_array_foreach(m->rows, i, row) csv_row(m, row);
-  return 0;
+  json_array_foreach(m->rows, i, row) ok = ok && csv_row(m, row);
+  return ok && fflush(f) == 0 ? 0 : csv_failed(m);
 }
 
 static bool is_epoch_row(json_t *row) { return json_is_null(json_object_get(row, "loader")); }
@@ -181,10 +187,10 @@ static int write_row(metrics_logger *m, json_t *row) {
     rc = added;
   else if (rc == 0 && added)
     rc = rewrite_csv(m);
-  else if (rc == 0)
-    csv_row(m, row);
+  else if (rc == 0 && !csv_row(m, row))
+    rc = csv_failed(m);
   if (rc == 0 && fflush(m->csv) != 0)
-    rc = loom_error_set(LOOM_EIO, "metrics logger: writing %s failed: %s", m->csv_path, strerror(errno));
+    rc = csv_failed(m);
   json_decref(row);
   return rc;
 }
@@ -289,25 +295,28 @@ static int logger_load(loom_callback *cb, loom_runner *r, const loom_state *s) {
   return rc == 0 ? rewrite_csv(m) : rc;
 }
 
-static void close_files(metrics_logger *m) {
+/* A failed close may have lost the last buffered bytes: an error. */
+static int close_files(metrics_logger *m) {
+  int rc = 0;
   if (m->jsonl) {
     m->closed_at = ftell(m->jsonl);
-    fclose(m->jsonl);
+    if (fclose(m->jsonl) != 0)
+      rc = loom_error_set(LOOM_EIO, "metrics logger: closing %s failed: %s", m->jsonl_path, strerror(errno));
   }
-  if (m->csv)
-    fclose(m->csv);
+  if (m->csv && fclose(m->csv) != 0 && rc == 0)
+    rc = loom_error_set(LOOM_EIO, "metrics logger: closing %s failed: %s", m->csv_path, strerror(errno));
   m->jsonl = m->csv = NULL;
+  return rc;
 }
 
 static int logger_experiment_end(loom_callback *cb, loom_runner *r) {
   (void)r;
-  close_files(loom_callback_data(cb));
-  return 0;
+  return close_files(loom_callback_data(cb));
 }
 
 static void logger_destroy(void *data) {
   metrics_logger *m = data;
-  close_files(m);
+  close_files(m); /* (closed at on_experiment_end unless the run failed) */
   json_decref(m->rows);
   json_decref(m->columns);
   json_decref(m->epoch_columns);

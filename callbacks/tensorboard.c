@@ -134,7 +134,7 @@ static int write_metrics(tensorboard *t, const loom_metrics *m, const char *pref
     if (rc < 0)
       return rc;
   }
-  return fflush(t->f) == 0 ? 0 : loom_error_set(LOOM_EIO, "tensorboard: flushing %s failed", t->path);
+  return fflush(t->f) == 0 ? 0 : loom_error_set(LOOM_EIO, "tensorboard: flushing %s failed: %s", t->path, strerror(errno));
 }
 
 static int tb_experiment_start(loom_callback *cb, loom_runner *r) {
@@ -163,7 +163,7 @@ static int tb_experiment_start(loom_callback *cb, loom_runner *r) {
   event_head(&e, 0);
   put_bytes_field(&e, 0x1a, "brain.Event:2", 13);
   rc = write_record(t, &e);
-  return rc == 0 && fflush(t->f) != 0 ? loom_error_set(LOOM_EIO, "tensorboard: flushing %s failed", t->path) : rc;
+  return rc == 0 && fflush(t->f) != 0 ? loom_error_set(LOOM_EIO, "tensorboard: flushing %s failed: %s", t->path, strerror(errno)) : rc;
 }
 
 static int tb_batch_end(loom_callback *cb, loom_runner *r) {
@@ -193,7 +193,7 @@ static int tb_experiment_end(loom_callback *cb, loom_runner *r) {
   tensorboard *t = loom_callback_data(cb);
   int rc = 0;
   if (t->f && fclose(t->f) != 0)
-    rc = loom_error_set(LOOM_EIO, "tensorboard: closing %s failed", t->path);
+    rc = loom_error_set(LOOM_EIO, "tensorboard: closing %s failed: %s", t->path, strerror(errno));
   t->f = NULL;
   return rc;
 }
