@@ -56,7 +56,7 @@ static struct {
   atomic_long ios, io_fail_at, io_hits;
   io_mode mode;
   char root[512];       /* only files under it count */
-  char fault_path[512]; /* the file of the failed operation */
+  char fault_path[600]; /* the operation that failed and its file */
 } inj;
 
 static bool fail_alloc(void) {
@@ -150,16 +150,17 @@ static void *jansson_malloc(size_t n) {
 
 /* Whether an operation on `path` (NULL: not a file of ours) is the one to
  * fail; `data` says it writes bytes (the only ones counted for short writes). */
-static bool fail_io(const char *path, bool data) {
+static bool fail_io(const char *op, const char *path, bool data) {
   if (!atomic_load(&inj.armed) || !path || strncmp(path, inj.root, strlen(inj.root)) != 0)
     return false;
   if (inj.mode == IO_SHORT && !data)
     return false;
-  long k = atomic_fetch_add(&inj.ios, 1) + 1;
-  if (k != atomic_load(&inj.io_fail_at))
+  long k = atomic_fetch_add(&inj.ios, 1) + 1, at = atomic_load(&inj.io_fail_at);
+  /* a full disk stays full; an I/O error or a short write happens once */
+  if (!at || (inj.mode == IO_ENOSPC ? k < at : k != at))
     return false;
-  atomic_fetch_add(&inj.io_hits, 1);
-  snprintf(inj.fault_path, sizeof inj.fault_path, "%s", path);
+  if (atomic_fetch_add(&inj.io_hits, 1) == 0)
+    snprintf(inj.fault_path, sizeof inj.fault_path, "%s %s", op, path);
   errno = inj.mode == IO_EIO ? EIO : ENOSPC;
   return true;
 }
@@ -174,16 +175,20 @@ static const char *fd_path(int fd, char *buf, size_t size) {
   return buf;
 }
 
-static bool fail_fd(int fd, bool data) {
+static bool fail_fd(const char *op, int fd, bool data) {
   char buf[512];
-  return atomic_load(&inj.armed) && fail_io(fd_path(fd, buf, sizeof buf), data);
+  return atomic_load(&inj.armed) && fail_io(op, fd_path(fd, buf, sizeof buf), data);
 }
 
-static bool fail_file(FILE *f, bool data) { return atomic_load(&inj.armed) && f && fail_fd(fileno(f), data); }
+/* (streams open for reading are never failed) */
+static bool fail_file(const char *op, FILE *f, bool data) {
+  return atomic_load(&inj.armed) && f && (fcntl(fileno(f), F_GETFL) & O_ACCMODE) != O_RDONLY &&
+         fail_fd(op, fileno(f), data);
+}
 
 /* The system calls themselves, for loom and for libhdf5 alike. */
 ssize_t write(int fd, const void *buf, size_t n) {
-  if (fail_fd(fd, true)) {
+  if (fail_fd("write", fd, true)) {
     if (inj.mode != IO_SHORT || n < 2)
       return -1;
     n /= 2;
@@ -192,7 +197,7 @@ ssize_t write(int fd, const void *buf, size_t n) {
 }
 
 ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
-  if (fail_fd(fd, true)) {
+  if (fail_fd("pwrite", fd, true)) {
     if (inj.mode != IO_SHORT || n < 2)
       return -1;
     n /= 2;
@@ -200,11 +205,11 @@ ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
   return syscall(SYS_pwrite64, fd, buf, n, off);
 }
 
-int fsync(int fd) { return fail_fd(fd, false) ? -1 : (int)syscall(SYS_fsync, fd); }
-int fdatasync(int fd) { return fail_fd(fd, false) ? -1 : (int)syscall(SYS_fdatasync, fd); }
+int fsync(int fd) { return fail_fd("fsync", fd, false) ? -1 : (int)syscall(SYS_fsync, fd); }
+int fdatasync(int fd) { return fail_fd("fdatasync", fd, false) ? -1 : (int)syscall(SYS_fdatasync, fd); }
 
 int rename(const char *from, const char *to) {
-  return fail_io(to, false) ? -1 : (int)syscall(SYS_renameat, AT_FDCWD, from, AT_FDCWD, to);
+  return fail_io("rename", to, false) ? -1 : (int)syscall(SYS_renameat, AT_FDCWD, from, AT_FDCWD, to);
 }
 
 /* loom's stdio writes: the bytes go out through glibc's own write, which
@@ -216,12 +221,12 @@ int __real_fclose(FILE *f);
 int __real_json_dump_file(const json_t *json, const char *path, size_t flags);
 
 size_t __wrap_fwrite(const void *p, size_t size, size_t n, FILE *f) {
-  if (fail_file(f, true))
+  if (fail_file("fwrite", f, true))
     return inj.mode == IO_SHORT && size && n >= 2 ? __real_fwrite(p, size, n / 2, f) : 0;
   return __real_fwrite(p, size, n, f);
 }
 int __wrap_fputs(const char *s, FILE *f) {
-  if (fail_file(f, true)) {
+  if (fail_file("fputs", f, true)) {
     if (inj.mode == IO_SHORT)
       __real_fwrite(s, 1, strlen(s) / 2, f);
     return EOF;
@@ -229,9 +234,9 @@ int __wrap_fputs(const char *s, FILE *f) {
   return __real_fputs(s, f);
 }
 int __real_fputc(int c, FILE *f);
-int __wrap_fputc(int c, FILE *f) { return fail_file(f, true) ? EOF : __real_fputc(c, f); }
+int __wrap_fputc(int c, FILE *f) { return fail_file("fputc", f, true) ? EOF : __real_fputc(c, f); }
 int __wrap_fprintf(FILE *f, const char *fmt, ...) {
-  if (fail_file(f, true))
+  if (fail_file("fprintf", f, true))
     return -1;
   va_list ap;
   va_start(ap, fmt);
@@ -239,9 +244,9 @@ int __wrap_fprintf(FILE *f, const char *fmt, ...) {
   va_end(ap);
   return n;
 }
-int __wrap_fflush(FILE *f) { return fail_file(f, false) ? EOF : __real_fflush(f); }
+int __wrap_fflush(FILE *f) { return fail_file("fflush", f, false) ? EOF : __real_fflush(f); }
 int __wrap_fclose(FILE *f) {
-  bool fail = fail_file(f, false);
+  bool fail = fail_file("fclose", f, false);
   int e = errno, rc = __real_fclose(f);
   if (!fail)
     return rc;
@@ -249,7 +254,7 @@ int __wrap_fclose(FILE *f) {
   return EOF;
 }
 int __wrap_json_dump_file(const json_t *json, const char *path, size_t flags) {
-  if (!fail_io(path, true))
+  if (!fail_io("json_dump_file", path, true))
     return __real_json_dump_file(json, path, flags);
   /* what a full disk leaves: the file begun, cut short */
   int e = errno;
@@ -269,7 +274,7 @@ typedef struct trial {
   long allocs, alloc_hits, ios, io_hits;
   int rc, code;
   char msg[1024];
-  char fault_path[512];
+  char fault_path[600];
   int verify_rc;
   char verify_msg[1024];
 } trial;
@@ -401,6 +406,74 @@ static void alloc_walk(const char *name, scenario_fn prepare, scenario_fn fn) {
                 total, trials, full ? "" : " (sampled)", enomem, recovered, bad);
   if (bad)
     fail_msg("%s: %ld of %ld trials failed (above)", name, bad, trials);
+}
+
+static const char *mode_name[] = {"ENOSPC", "EIO", "short write"};
+
+/* Whether msg names the file of the failed operation (its temporary name
+ * counts as naming it: "last.h5.tmp.123" -> "last.h5"). */
+static bool names_file(const char *msg, const char *path) {
+  char base[600];
+  path = strchr(path, ' ') ? strchr(path, ' ') + 1 : path; /* after the operation's name */
+  snprintf(base, sizeof base, "%s", strrchr(path, '/') ? strrchr(path, '/') + 1 : path);
+  char *tmp = strstr(base, ".tmp");
+  if (tmp)
+    *tmp = '\0';
+  return strstr(msg, base) != NULL;
+}
+
+/* Fails write operation K = 1, 2, ... (a write, pwrite, fsync, fdatasync,
+ * rename, stdio write, flush or close, json_dump_file under the trial's
+ * directory) of fn with `mode`; then verify(dir) runs in the same child
+ * with nothing failing, and must find nothing lost. */
+static void io_walk(const char *name, scenario_fn prepare, scenario_fn fn, scenario_fn verify, io_mode mode,
+                    long budget) {
+  char dir[400], why[128];
+  trial_dir(dir, sizeof dir, name);
+  int status = run_trial(prepare, fn, verify, dir, 0, 0, mode);
+  if (status != 0 || shared->rc != 0 || shared->verify_rc != 0)
+    fail_msg("%s: the run without faults failed (%s): %s %s", name, describe_status(status, why, sizeof why),
+             shared->msg, shared->verify_msg);
+  long total = shared->ios, trials = 0, failed = 0, tolerated = 0, bad = 0;
+  long step = full || total <= budget ? 1 : (total + budget - 1) / budget;
+  long only = getenv("LOOM_FAULTS_N") ? atol(getenv("LOOM_FAULTS_N")) : 0;
+  for (long k = only ? only : 1; k <= 4 * total + 100; k = only ? LONG_MAX : k + step) {
+    trial_dir(dir, sizeof dir, name);
+    status = run_trial(prepare, fn, verify, dir, 0, k, mode);
+    trials++;
+    const trial *t = shared;
+    if (verbose)
+      fprintf(stderr, "%s %s: K=%ld/%ld status %d rc %d hits %ld at %s: %s | verify %d %s\n", name, mode_name[mode], k,
+              total, status, t->rc, t->io_hits, t->fault_path, t->msg, t->verify_rc, t->verify_msg);
+    const char *problem = NULL;
+    if (status != 0)
+      problem = describe_status(status, why, sizeof why);
+    else if (!t->io_hits && t->rc != 0)
+      problem = "failed with no fault injected";
+    else if (t->rc > 0 || (t->rc < 0 && (!t->msg[0] || t->code != t->rc)))
+      problem = "failed without a message";
+    else if (t->rc < 0 && !names_file(t->msg, t->fault_path))
+      problem = "the message does not name the file";
+    else if (t->rc < 0 && mode != IO_SHORT && !strstr(t->msg, strerror(mode == IO_EIO ? EIO : ENOSPC)))
+      problem = "the message does not say what the system said";
+    else if (t->verify_rc != 0)
+      problem = t->verify_msg;
+    else if (mode == IO_ENOSPC && t->io_hits && t->rc == 0)
+      problem = "the disk was full and the run succeeded";
+    if (problem) {
+      bad++;
+      print_error("%s, %s: write operation %ld of %ld (%s) failed: %s; rc %d (%s): %s\n", name, mode_name[mode], k,
+                  total, t->fault_path, problem, t->rc, loom_err_name(t->rc), t->msg);
+    }
+    failed += t->rc < 0;
+    tolerated += t->io_hits && t->rc == 0;
+    if (status == 0 && !t->io_hits && k > total)
+      break;
+  }
+  print_message("io walk %-8s %-12s %4ld operations, %4ld trials%s: %ld failed cleanly, %ld tolerated, %ld bad\n", name,
+                mode_name[mode], total, trials, step == 1 ? "" : " (sampled)", failed, tolerated, bad);
+  if (bad)
+    fail_msg("%s, %s: %ld of %ld trials failed (above)", name, mode_name[mode], bad, trials);
 }
 
 /* ----------------------------------------------------------------- inputs */
@@ -588,6 +661,82 @@ static int prepare_resume(const char *dir) {
   return system(cmd) == 0 ? 0 : loom_error_set(LOOM_EIO, "cannot copy the run to resume");
 }
 
+/* The final parameters of the run in dir/logs against the uninterrupted
+ * reference run's: bit for bit. */
+static int same_params_as_reference(const char *dir) {
+  char mine[600], ref[600];
+  snprintf(mine, sizeof mine, "%s/logs/checkpoints/last.h5", dir);
+  snprintf(ref, sizeof ref, "%s/reference/logs/checkpoints/last.h5", root);
+  loom_checkpoint *a = loom_checkpoint_read(mine), *b = loom_checkpoint_read(ref);
+  int rc = a && b ? 0 : -1;
+  if (rc < 0)
+    snprintf(shared->verify_msg, sizeof shared->verify_msg, "a final checkpoint does not load: %s", loom_last_error());
+  const loom_state *sa = rc == 0 ? loom_checkpoint_find(a, "model") : NULL, *sb = rc == 0 ? loom_checkpoint_find(b, "model") : NULL;
+  size_t n = sa && sb ? loom_state_array_length(sa, "params") : 0;
+  if (rc == 0 && (n == 0 || n != loom_state_array_length(sb, "params")))
+    rc = -1, snprintf(shared->verify_msg, sizeof shared->verify_msg, "the final checkpoints hold different models");
+  static float pa[4096], pb[4096];
+  if (rc == 0 && (n > 4096 || loom_state_get_f32_array(sa, "params", pa, n) < 0 ||
+                  loom_state_get_f32_array(sb, "params", pb, n) < 0))
+    rc = -1, snprintf(shared->verify_msg, sizeof shared->verify_msg, "cannot read the parameters back");
+  if (rc == 0 && memcmp(pa, pb, n * sizeof *pa) != 0)
+    rc = -1, snprintf(shared->verify_msg, sizeof shared->verify_msg,
+                      "resumed to the end, the parameters differ from the uninterrupted run's");
+  loom_checkpoint_destroy(a);
+  loom_checkpoint_destroy(b);
+  return rc;
+}
+
+/* After a failed write: last still loads, and resuming from it to the end
+ * gives the uninterrupted run's parameters. */
+static int verify_resume(const char *dir) {
+  char logdir[500], path[700], notice[512];
+  snprintf(logdir, sizeof logdir, "%s/logs", dir);
+  loom_checkpoint *c = loom_checkpoint_open_logdir(logdir, "last", path, sizeof path, notice, sizeof notice);
+  if (!c) {
+    snprintf(shared->verify_msg, sizeof shared->verify_msg, "last no longer loads: %s", loom_last_error());
+    return -1;
+  }
+  loom_checkpoint_destroy(c);
+  int rc = sc_resume(dir);
+  if (rc < 0) {
+    snprintf(shared->verify_msg, sizeof shared->verify_msg, "resuming again failed: %s", loom_last_error());
+    return rc;
+  }
+  return same_params_as_reference(dir);
+}
+
+static int sc_reference(const char *dir) { return run_config(dir, (run_spec){.run = true, .tune_epochs = 2}); }
+
+static int sc_convert(const char *dir) {
+  char images[400], labels[400], out[500];
+  in_root(images, sizeof images, "images.idx"), in_root(labels, sizeof labels, "labels.idx");
+  snprintf(out, sizeof out, "%s/out/converted.h5", dir);
+  return loom_idx_to_hdf5(images, labels, out);
+}
+
+/* After a failed conversion: no output, or a whole one; no temporary left. */
+static int verify_convert(const char *dir) {
+  char out[500], cmd[600];
+  snprintf(out, sizeof out, "%s/out/converted.h5", dir);
+  snprintf(cmd, sizeof cmd, "test -z \"$(ls -A '%s/out' | grep -v '^converted.h5$')\"", dir);
+  if (system(cmd) != 0) {
+    snprintf(shared->verify_msg, sizeof shared->verify_msg, "a temporary file was left in %s/out", dir);
+    return -1;
+  }
+  if (access(out, F_OK) != 0)
+    return 0;
+  const char *files[] = {out};
+  loom_hdf5_options o = {.files = files, .num_files = 1, .inputs = "images", .targets = "labels"};
+  loom_dataset *ds = loom_hdf5_dataset_open(&o);
+  static float x[SAMPLES * SIDE * SIDE], y[SAMPLES];
+  int rc = ds && loom_dataset_length(ds) == SAMPLES ? fetch_all(ds, x, y) : -1;
+  loom_dataset_release(ds);
+  if (rc < 0)
+    snprintf(shared->verify_msg, sizeof shared->verify_msg, "%s is there but broken: %s", out, loom_last_error());
+  return rc;
+}
+
 /* ----------------------------------------------------------------- tests */
 
 static void prepare(scenario_fn fn, const char *name) {
@@ -610,6 +759,7 @@ static int group_setup(void **state) {
   make_inputs();
   prepare(setup_h5, "h5");
   prepare(sc_run, "resume_base");
+  prepare(sc_reference, "reference");
   return 0;
 }
 
@@ -639,6 +789,21 @@ static void test_alloc_resume(void **state) {
   alloc_walk("resume", prepare_resume, sc_resume);
 }
 
+/* The sampled walks take at most this many operations per mode. */
+#define IO_TRIALS 40
+
+static void test_io_resume(void **state) {
+  (void)state;
+  for (int mode = IO_ENOSPC; mode <= IO_SHORT; mode++)
+    io_walk("io_resume", prepare_resume, sc_resume, verify_resume, (io_mode)mode, IO_TRIALS);
+}
+
+static void test_io_convert(void **state) {
+  (void)state;
+  for (int mode = IO_ENOSPC; mode <= IO_SHORT; mode++)
+    io_walk("io_convert", NULL, sc_convert, verify_convert, (io_mode)mode, IO_TRIALS);
+}
+
 int main(int argc, char **argv) {
   if (argc > 1)
     cmocka_set_test_filter(argv[1]);
@@ -649,6 +814,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_alloc_build),
       cmocka_unit_test(test_alloc_run),
       cmocka_unit_test(test_alloc_resume),
+      cmocka_unit_test(test_io_resume),
+      cmocka_unit_test(test_io_convert),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
