@@ -130,13 +130,20 @@ int __wrap_uv_thread_create(uv_thread_t *t, uv_thread_cb cb, void *arg) {
 }
 int __wrap_uv_loop_init(uv_loop_t *l) { return fail_alloc() ? UV_ENOMEM : __real_uv_loop_init(l); }
 /* jansson 2.14's parser crashes on some allocation failures (a write past
- * its buffer in json_loads), which loom cannot mend: its allocations are
- * failed everywhere but in json_loads. */
+ * its buffer), which loom cannot mend: its allocations are failed
+ * everywhere but in json_loads and json_load_file. */
 static _Thread_local bool in_parser;
 json_t *__real_json_loads(const char *text, size_t flags, json_error_t *error);
 json_t *__wrap_json_loads(const char *text, size_t flags, json_error_t *error) {
   in_parser = true;
   json_t *j = __real_json_loads(text, flags, error);
+  in_parser = false;
+  return j;
+}
+json_t *__real_json_load_file(const char *path, size_t flags, json_error_t *error);
+json_t *__wrap_json_load_file(const char *path, size_t flags, json_error_t *error) {
+  in_parser = true;
+  json_t *j = __real_json_load_file(path, flags, error);
   in_parser = false;
   return j;
 }
@@ -789,6 +796,35 @@ static void test_alloc_resume(void **state) {
   alloc_walk("resume", prepare_resume, sc_resume);
 }
 
+/* A run into a logdir it may not write: root ignores file modes, so the
+ * run drops to nobody first (skipped where it cannot). */
+static int sc_readonly(const char *dir) {
+  if (geteuid() == 0 && (setgid(65534) < 0 || setuid(65534) < 0))
+    return 77;
+  return sc_run(dir);
+}
+
+static void test_readonly_logdir(void **state) {
+  (void)state;
+  char dir[400], logs[500], why[128];
+  trial_dir(dir, sizeof dir, "readonly");
+  snprintf(logs, sizeof logs, "%s/logs", dir);
+  assert_int_equal(mkdir(logs, 0555), 0);
+  assert_int_equal(chmod(logs, 0555), 0);
+  int status = run_trial(NULL, sc_readonly, NULL, dir, 0, 0, IO_EIO);
+  if (status == 0 && shared->rc == 77) {
+    print_message("skipped: cannot drop root's rights (setuid nobody) to make a logdir read-only\n");
+    skip();
+  }
+  if (status != 0)
+    fail_msg("read-only logdir: %s", describe_status(status, why, sizeof why));
+  print_message("read-only logdir: %s\n", shared->msg);
+  assert_true(shared->rc < 0);
+  assert_int_equal(shared->rc, shared->code);
+  assert_non_null(strstr(shared->msg, logs));
+  assert_non_null(strstr(shared->msg, strerror(EACCES)));
+}
+
 /* The sampled walks take at most this many operations per mode. */
 #define IO_TRIALS 40
 
@@ -816,6 +852,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_alloc_resume),
       cmocka_unit_test(test_io_resume),
       cmocka_unit_test(test_io_convert),
+      cmocka_unit_test(test_readonly_logdir),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
