@@ -59,6 +59,11 @@ static loom_config *from_text(const char *text, const char *name) {
   c->base_dir = strdup(dirname(dir));
   free(dir);
   c->root = root;
+  if (!c->base_dir) {
+    loom_config_destroy(c);
+    loom_error_oom("a config's directory");
+    return NULL;
+  }
   return c;
 }
 
