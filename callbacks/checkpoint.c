@@ -42,34 +42,47 @@ static int path_of(const checkpointer *c, const char *name, char *out, size_t si
 }
 
 /* The manifest's entry for `name` (created empty). */
-static json_t *entry_of(json_t *manifest, const char *name) {
+/* The manifest is built in memory with jansson, whose calls fail when
+ * out of memory: `ok` gathers that, and a manifest missing a CRC is never
+ * written (it would make the new checkpoint look damaged). */
+static void set_key(json_t *object, const char *key, json_t *value, bool *ok) {
+  *ok = json_object_set_new(object, key, value) == 0 && *ok;
+}
+
+static json_t *entry_of(json_t *manifest, const char *name, bool *ok) {
   json_t *files = json_object_get(manifest, "files"), *e = json_object_get(files, name);
   if (!e) {
     e = json_object();
-    json_object_set_new(files, name, e);
+    if (json_object_set_new(files, name, e) < 0)
+      e = NULL, *ok = false; /* (freed by jansson) */
   }
   return e;
 }
 
-/* [first] followed by the CRCs in `rest` (which may be NULL). */
+/* [first] followed by the CRCs in `rest` (which may be NULL); NULL when
+ * out of memory. */
 static json_t *crc_list(json_int_t first, const json_t *rest) {
   json_t *list = json_array();
-  json_array_append_new(list, json_integer(first));
+  bool ok = json_array_append_new(list, json_integer(first)) == 0;
   size_t i;
   json_t *v;
-  json_array_foreach(rest, i, v) if (json_integer_value(v) != first) json_array_append(list, v);
+  json_array_foreach(rest, i, v) if (json_integer_value(v) != first) ok = ok && json_array_append(list, v) == 0;
+  if (!ok) {
+    json_decref(list);
+    return NULL;
+  }
   return list;
 }
 
-static void describe(json_t *entry, loom_runner *r, json_int_t crc) {
+static void describe(json_t *entry, loom_runner *r, json_int_t crc, bool *ok) {
   const char *loader = loom_runner_loader_name(r);
-  json_object_set_new(entry, "crc32", crc_list(crc, NULL));
-  json_object_set_new(entry, "stage", json_string(loom_runner_stage_name(r)));
-  json_object_set_new(entry, "epoch", json_integer(loom_runner_epoch(r)));
-  json_object_set_new(entry, "global_epoch", json_integer(loom_runner_global_epoch(r)));
-  json_object_set_new(entry, "loader", json_string(loader ? loader : ""));
-  json_object_set_new(entry, "batch", json_integer(loader ? loom_runner_loader_batch_step(r) : 0));
-  json_object_set_new(entry, "optimizer_step", json_integer(loom_runner_optimizer_step_count(r)));
+  set_key(entry, "crc32", crc_list(crc, NULL), ok);
+  set_key(entry, "stage", json_string(loom_runner_stage_name(r)), ok);
+  set_key(entry, "epoch", json_integer(loom_runner_epoch(r)), ok);
+  set_key(entry, "global_epoch", json_integer(loom_runner_global_epoch(r)), ok);
+  set_key(entry, "loader", json_string(loader ? loader : ""), ok);
+  set_key(entry, "batch", json_integer(loader ? loom_runner_loader_batch_step(r) : 0), ok);
+  set_key(entry, "optimizer_step", json_integer(loom_runner_optimizer_step_count(r)), ok);
 }
 
 /* Puts `snap` at <dir>/<name> so that a crash at any moment leaves files the
@@ -90,16 +103,21 @@ static int install(checkpointer *c, json_t *manifest, loom_runner *r, const loom
     unlink(tmp);
     return rc;
   }
-  json_t *old = json_deep_copy(entry_of(manifest, name)); /* what is on disk now */
+  bool ok = true;
+  json_t *entry = entry_of(manifest, name, &ok);
+  json_t *old = entry ? json_deep_copy(entry) : NULL; /* what is on disk now */
+  ok = ok && old;
   json_t *old_crcs = json_object_get(old, "crc32");
   bool had_old = rotate && access(path, F_OK) == 0;
-  if (had_old)
-    json_object_set_new(entry_of(manifest, "last.prev.h5"), "crc32",
-                        json_array_size(old_crcs) ? crc_list(json_integer_value(json_array_get(old_crcs, 0)),
-                                                             loom_manifest_crcs(manifest, "last.prev.h5"))
-                                                  : json_array());
-  json_object_set_new(entry_of(manifest, name), "crc32", crc_list((json_int_t)crc, old_crcs));
-  rc = loom_manifest_save(c->dir, manifest);
+  if (had_old && ok)
+    set_key(entry_of(manifest, "last.prev.h5", &ok), "crc32",
+            json_array_size(old_crcs) ? crc_list(json_integer_value(json_array_get(old_crcs, 0)),
+                                                 loom_manifest_crcs(manifest, "last.prev.h5"))
+                                      : json_array(),
+            &ok);
+  if (ok)
+    set_key(entry_of(manifest, name, &ok), "crc32", crc_list((json_int_t)crc, old_crcs), &ok);
+  rc = ok ? loom_manifest_save(c->dir, manifest) : loom_error_oom("the checkpoint manifest");
   if (rc == 0 && had_old) {
     /* last.h5 -> last.prev.h5 by a hard link and a rename. */
     path_of(c, "last.prev.h5", prev, sizeof prev);
@@ -115,18 +133,23 @@ static int install(checkpointer *c, json_t *manifest, loom_runner *r, const loom
   else
     unlink(tmp);
   if (rc == 0) {
-    describe(entry_of(manifest, name), r, (json_int_t)crc);
+    describe(entry_of(manifest, name, &ok), r, (json_int_t)crc, &ok);
     if (had_old && json_array_size(old_crcs)) {
-      json_object_set_new(old, "crc32", crc_list(json_integer_value(json_array_get(old_crcs, 0)), NULL));
-      json_object_set(json_object_get(manifest, "files"), "last.prev.h5", old);
+      set_key(old, "crc32", crc_list(json_integer_value(json_array_get(old_crcs, 0)), NULL), &ok);
+      ok = json_object_set(json_object_get(manifest, "files"), "last.prev.h5", old) == 0 && ok;
     }
+    /* The files are in place and the manifest on disk accepts them; what
+     * is missing here would be missing from the next manifest written. */
+    if (!ok)
+      rc = loom_error_oom("the checkpoint manifest");
   }
   json_decref(old);
   return rc;
 }
 
-static void ranking_to_manifest(const checkpointer *c, json_t *manifest) {
+static int ranking_to_manifest(const checkpointer *c, json_t *manifest) {
   json_t *list = json_array();
+  bool ok = list != NULL;
   /* The key is "{loader}/{metric}"; a loader name has no '/'. */
   const char *slash = strchr(c->ranked_key, '/');
   int loader_len = slash ? (int)(slash - c->ranked_key) : 0;
@@ -134,13 +157,17 @@ static void ranking_to_manifest(const checkpointer *c, json_t *manifest) {
     char file[64], loader[512];
     ranked_file(file, sizeof file, c->ranking[i].global_epoch);
     snprintf(loader, sizeof loader, "%.*s", loader_len, c->ranked_key);
-    json_array_append_new(list, json_pack("{s:s, s:f, s:I, s:s, s:s, s:s}", "file", file, "value",
+    ok = json_array_append_new(list, json_pack("{s:s, s:f, s:I, s:s, s:s, s:s}", "file", file, "value",
                                           c->ranking[i].value, "global_epoch",
                                           (json_int_t)c->ranking[i].global_epoch, "metric",
                                           slash ? slash + 1 : c->ranked_key, "loader", loader, "direction",
-                                          c->ranked_minimize ? "min" : "max"));
+                                          c->ranked_minimize ? "min" : "max")) == 0 && ok;
   }
-  json_object_set_new(manifest, "ranking", list);
+  if (!ok) {
+    json_decref(list);
+    return loom_error_oom("the checkpoint ranking");
+  }
+  return json_object_set_new(manifest, "ranking", list) == 0 ? 0 : loom_error_oom("the checkpoint ranking");
 }
 
 /* A ranking of another metric or direction (an earlier stage's) ends:
@@ -180,8 +207,9 @@ static int link_best(checkpointer *c, const char *top, json_t *manifest) {
   path_of(c, "best.h5", best, sizeof best);
   json_t *top_crcs = loom_manifest_crcs(manifest, top);
   json_int_t crc = json_integer_value(json_array_get(top_crcs, 0));
-  json_object_set_new(entry_of(manifest, "best.h5"), "crc32", crc_list(crc, loom_manifest_crcs(manifest, "best.h5")));
-  int rc = loom_manifest_save(c->dir, manifest);
+  bool ok = true;
+  set_key(entry_of(manifest, "best.h5", &ok), "crc32", crc_list(crc, loom_manifest_crcs(manifest, "best.h5")), &ok);
+  int rc = ok ? loom_manifest_save(c->dir, manifest) : loom_error_oom("the checkpoint manifest");
   if (rc < 0)
     return rc;
   snprintf(tmp, sizeof tmp, "%s.tmp.%ld", best, (long)getpid());
@@ -197,9 +225,11 @@ static int link_best(checkpointer *c, const char *top, json_t *manifest) {
 
 /* The manifest on disk, or a fresh one if it is missing or damaged (a
  * damaged manifest loses its ranking, not the run). */
+/* A damaged manifest is replaced (its ranking lost, its CRC checks
+ * with it); one that could not be read for want of memory is not. */
 static json_t *manifest_or_new(const checkpointer *c) {
   json_t *m = loom_manifest_load(c->dir);
-  return m ? m : loom_manifest_new();
+  return m || loom_last_error_code() == LOOM_ENOMEM ? m : loom_manifest_new();
 }
 
 static int save_epoch(checkpointer *c, loom_runner *r) {
@@ -222,7 +252,9 @@ static int save_epoch(checkpointer *c, loom_runner *r) {
     return rc;
   json_t *manifest = manifest_or_new(c);
   char file[64], path[4096];
-  if (ranked_now) {
+  if (!manifest)
+    rc = loom_error_oom("the checkpoint manifest");
+  if (rc == 0 && ranked_now) {
     ranked_file(file, sizeof file, loom_runner_global_epoch(r));
     rc = install(c, manifest, r, snap, file, false);
     if (rc == 0 && c->ranking[0].global_epoch == loom_runner_global_epoch(r))
@@ -230,10 +262,10 @@ static int save_epoch(checkpointer *c, loom_runner *r) {
   }
   if (rc == 0 && c->o.save_last)
     rc = install(c, manifest, r, snap, "last.h5", true);
-  if (rc == 0) {
-    ranking_to_manifest(c, manifest);
+  if (rc == 0)
+    rc = ranking_to_manifest(c, manifest);
+  if (rc == 0)
     rc = loom_manifest_save(c->dir, manifest);
-  }
   /* Only now, with the new files and manifest on disk, drop the old one. */
   if (rc == 0 && dropped >= 0) {
     ranked_file(file, sizeof file, dropped);
@@ -253,11 +285,12 @@ static int save_last_now(checkpointer *c, loom_runner *r, const char *name) {
   if (rc < 0)
     return rc;
   json_t *manifest = manifest_or_new(c);
-  rc = install(c, manifest, r, snap, name, strcmp(name, "last.h5") == 0);
-  if (rc == 0) {
-    ranking_to_manifest(c, manifest);
+  rc = manifest ? install(c, manifest, r, snap, name, strcmp(name, "last.h5") == 0)
+                : loom_error_oom("the checkpoint manifest");
+  if (rc == 0)
+    rc = ranking_to_manifest(c, manifest);
+  if (rc == 0)
     rc = loom_manifest_save(c->dir, manifest);
-  }
   json_decref(manifest);
   loom_checkpoint_destroy(snap);
   return rc;

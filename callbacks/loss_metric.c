@@ -44,7 +44,10 @@ loom_callback *loom_loss_metric_callback_create(const char *name, loom_criterion
       free(m->name);
     free(m);
     loom_criterion_destroy(criterion);
-    loom_error_set(LOOM_EINVAL, "loss metric: needs a name and a criterion");
+    if (criterion && name && *name)
+      loom_error_oom("a loss metric");
+    else
+      loom_error_set(LOOM_EINVAL, "loss metric: needs a name and a criterion");
     return NULL;
   }
   m->criterion = criterion;

@@ -145,50 +145,56 @@ static int logger_stage_start(loom_callback *cb, loom_runner *r) {
 /* JSON has no NaN or infinity: those are written as null. */
 static json_t *number(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
-/* A string cell, quoted as RFC 4180 asks when it holds a comma, a quote or
- * a line break (a stop reason may). */
-static void csv_string(FILE *f, const char *text) {
-  if (!strpbrk(text, ",\"\r\n")) {
-    fputs(text, f);
-    return;
-  }
-  fputc('"', f);
+/* The CSV writers say whether every write went through (a full disk
+ * shows here, or at the flush). A string cell is quoted as RFC 4180 asks
+ * when it holds a comma, a quote or a line break (a stop reason may). */
+static bool csv_string(FILE *f, const char *text) {
+  if (!strpbrk(text, ",\"\r\n"))
+    return fputs(text, f) != EOF;
+  bool ok = fputc('"', f) != EOF;
   for (const char *p = text; *p; p++) {
     if (*p == '"')
-      fputc('"', f);
-    fputc(*p, f);
+      ok = fputc('"', f) != EOF && ok;
+    ok = fputc(*p, f) != EOF && ok;
   }
-  fputc('"', f);
+  return fputc('"', f) != EOF && ok;
 }
 
-static void csv_cell(FILE *f, json_t *v) {
-  fputc(',', f);
+static bool csv_cell(FILE *f, json_t *v) {
+  if (fputc(',', f) == EOF)
+    return false;
   if (json_is_real(v))
-    fprintf(f, "%.17g", json_real_value(v));
-  else if (json_is_integer(v))
-    fprintf(f, "%lld", (long long)json_integer_value(v));
-  else if (json_is_string(v))
-    csv_string(f, json_string_value(v));
-  else if (json_is_true(v))
-    fputs("true", f);
+    return fprintf(f, "%.17g", json_real_value(v)) >= 0;
+  if (json_is_integer(v))
+    return fprintf(f, "%lld", (long long)json_integer_value(v)) >= 0;
+  if (json_is_string(v))
+    return csv_string(f, json_string_value(v));
+  if (json_is_true(v))
+    return fputs("true", f) != EOF;
+  return true;
 }
 
 /* The row marks a row may carry, as CSV columns after the metrics. */
 static const char *const marks[] = {"resumed", "stopped"};
 
-static void csv_row(const metrics_logger *m, json_t *row) {
-  fprintf(m->csv, "%s", json_string_value(json_object_get(row, "stage")));
-  csv_cell(m->csv, json_object_get(row, "epoch"));
-  csv_cell(m->csv, json_object_get(row, "global_epoch"));
-  csv_cell(m->csv, json_object_get(row, "loader"));
-  csv_cell(m->csv, json_object_get(row, "time_s"));
+static bool csv_row(const metrics_logger *m, json_t *row) {
+  bool ok = fprintf(m->csv, "%s", json_string_value(json_object_get(row, "stage"))) >= 0;
+  ok = csv_cell(m->csv, json_object_get(row, "epoch")) && ok;
+  ok = csv_cell(m->csv, json_object_get(row, "global_epoch")) && ok;
+  ok = csv_cell(m->csv, json_object_get(row, "loader")) && ok;
+  ok = csv_cell(m->csv, json_object_get(row, "time_s")) && ok;
   json_t *metrics = json_object_get(row, "metrics");
   size_t i;
   json_t *name;
-  json_array_foreach(m->columns, i, name) csv_cell(m->csv, json_object_get(metrics, json_string_value(name)));
-  json_array_foreach(m->epoch_columns, i, name) csv_cell(m->csv, json_object_get(metrics, json_string_value(name)));
-  json_array_foreach(m->mark_columns, i, name) csv_cell(m->csv, json_object_get(row, json_string_value(name)));
-  fputc('\n', m->csv);
+  json_array_foreach(m->columns, i, name) ok = csv_cell(m->csv, json_object_get(metrics, json_string_value(name))) && ok;
+  json_array_foreach(m->epoch_columns, i, name) ok =
+      csv_cell(m->csv, json_object_get(metrics, json_string_value(name))) && ok;
+  json_array_foreach(m->mark_columns, i, name) ok = csv_cell(m->csv, json_object_get(row, json_string_value(name))) && ok;
+  return fputc('\n', m->csv) != EOF && ok;
+}
+
+static int csv_failed(const metrics_logger *m) {
+  return loom_error_set(LOOM_EIO, "metrics logger: writing %s failed: %s", m->csv_path, strerror(errno));
 }
 
 static int rewrite_csv(metrics_logger *m) {
@@ -198,40 +204,48 @@ static int rewrite_csv(metrics_logger *m) {
     return loom_error_set(LOOM_EIO, "metrics logger: cannot rewrite %s: %s", m->csv_path, strerror(errno));
   }
   m->csv = f;
-  fputs("stage,epoch,global_epoch,loader,time_s", f);
+  bool ok = fputs("stage,epoch,global_epoch,loader,time_s", f) != EOF;
   size_t i;
   json_t *name;
-  json_array_foreach(m->columns, i, name) fprintf(f, ",%s", json_string_value(name));
-  json_array_foreach(m->epoch_columns, i, name) fprintf(f, ",%s", json_string_value(name));
-  json_array_foreach(m->mark_columns, i, name) fprintf(f, ",%s", json_string_value(name));
-  fputc('\n', f);
+  json_array_foreach(m->columns, i, name) ok = fprintf(f, ",%s", json_string_value(name)) >= 0 && ok;
+  json_array_foreach(m->epoch_columns, i, name) ok = fprintf(f, ",%s", json_string_value(name)) >= 0 && ok;
+  json_array_foreach(m->mark_columns, i, name) ok = fprintf(f, ",%s", json_string_value(name)) >= 0 && ok;
+  ok = fputc('\n', f) != EOF && ok;
   json_t *row;
-  json_array_foreach(m->rows, i, row) csv_row(m, row);
-  return 0;
+  json_array_foreach(m->rows, i, row) ok = ok && csv_row(m, row);
+  return ok && fflush(f) == 0 ? 0 : csv_failed(m);
 }
 
 static bool is_epoch_row(json_t *row) { return json_is_null(json_object_get(row, "loader")); }
 
-/* Appends `name` to `columns` unless there; says whether it did. */
-static bool add_column(json_t *columns, const char *name) {
+/* Appends `name` to `columns` unless there: 1 when it did, 0 when it was
+ * there, LOOM_ENOMEM. */
+static int add_column(json_t *columns, const char *name) {
   for (size_t j = 0; j < json_array_size(columns); j++)
     if (strcmp(json_string_value(json_array_get(columns, j)), name) == 0)
-      return false;
-  json_array_append_new(columns, json_string(name));
-  return true;
+      return 0;
+  return json_array_append_new(columns, json_string(name)) < 0 ? loom_error_oom("a metrics column") : 1;
 }
 
-/* Adds the row's metric names and marks its columns lack; says whether it
- * did. */
-static bool add_new_columns(metrics_logger *m, json_t *row) {
+/* Adds the row's metric names and marks its columns lack: 1 when the row
+ * brought new columns, 0 if not, LOOM_ENOMEM. */
+static int add_new_columns(metrics_logger *m, json_t *row) {
   json_t *columns = is_epoch_row(row) ? m->epoch_columns : m->columns;
-  bool added = false;
+  int added = 0;
   const char *name;
   json_t *v;
-  json_object_foreach(json_object_get(row, "metrics"), name, v) added = add_column(columns, name) || added;
-  for (size_t i = 0; i < sizeof marks / sizeof marks[0]; i++)
-    if (json_object_get(row, marks[i]))
-      added = add_column(m->mark_columns, marks[i]) || added;
+  json_object_foreach(json_object_get(row, "metrics"), name, v) {
+    int rc = add_column(columns, name);
+    if (rc < 0)
+      return rc;
+    added = added || rc;
+  }
+  for (size_t i = 0; i < sizeof marks / sizeof marks[0]; i++) {
+    int rc = json_object_get(row, marks[i]) ? add_column(m->mark_columns, marks[i]) : 0;
+    if (rc < 0)
+      return rc;
+    added = added || rc;
+  }
   return added;
 }
 
@@ -264,16 +278,21 @@ static int write_row(metrics_logger *m, json_t *row) {
   }
   int rc = 0;
   if (fprintf(m->jsonl, "%s\n", line) < 0 || fflush(m->jsonl) != 0)
-    rc = loom_error_set(LOOM_EIO, "metrics logger: writing metrics.jsonl failed: %s", strerror(errno));
+    rc = loom_error_set(LOOM_EIO, "metrics logger: writing %s failed: %s", m->jsonl_path, strerror(errno));
   free(line);
-  json_array_append_new(m->rows, row);
+  if (json_array_append(m->rows, row) < 0 && rc == 0) /* the rows' own reference */
+    rc = loom_error_oom("a kept metrics row");
   note_row(m, row);
-  if (rc == 0 && add_new_columns(m, row))
+  int added = add_new_columns(m, row);
+  if (rc == 0 && added < 0)
+    rc = added;
+  else if (rc == 0 && added)
     rc = rewrite_csv(m);
-  else if (rc == 0)
-    csv_row(m, row);
+  else if (rc == 0 && !csv_row(m, row))
+    rc = csv_failed(m);
   if (rc == 0 && fflush(m->csv) != 0)
-    rc = loom_error_set(LOOM_EIO, "metrics logger: writing metrics.csv failed: %s", strerror(errno));
+    rc = csv_failed(m);
+  json_decref(row);
   return rc;
 }
 
@@ -363,34 +382,42 @@ static int logger_load(loom_callback *cb, loom_runner *r, const loom_state *s) {
       rc = loom_error_set(LOOM_EFORMAT, "%s:%d: not a metrics row", m->jsonl_path, no);
       break;
     }
-    add_new_columns(m, row);
-    json_array_append_new(m->rows, row);
     note_row(m, row);
+    int added = add_new_columns(m, row);
+    if (added < 0) {
+      json_decref(row);
+      rc = added;
+    } else if (json_array_append_new(m->rows, row) < 0) {
+      rc = loom_error_oom("a kept metrics row");
+    }
   }
   free(line);
   fclose(in);
   return rc == 0 ? rewrite_csv(m) : rc;
 }
 
-static void close_files(metrics_logger *m) {
+/* A failed close may have lost the last buffered bytes: an error. */
+static int close_files(metrics_logger *m) {
+  int rc = 0;
   if (m->jsonl) {
     m->closed_at = ftell(m->jsonl);
-    fclose(m->jsonl);
+    if (fclose(m->jsonl) != 0)
+      rc = loom_error_set(LOOM_EIO, "metrics logger: closing %s failed: %s", m->jsonl_path, strerror(errno));
   }
-  if (m->csv)
-    fclose(m->csv);
+  if (m->csv && fclose(m->csv) != 0 && rc == 0)
+    rc = loom_error_set(LOOM_EIO, "metrics logger: closing %s failed: %s", m->csv_path, strerror(errno));
   m->jsonl = m->csv = NULL;
+  return rc;
 }
 
 static int logger_experiment_end(loom_callback *cb, loom_runner *r) {
   (void)r;
-  close_files(loom_callback_data(cb));
-  return 0;
+  return close_files(loom_callback_data(cb));
 }
 
 static void logger_destroy(void *data) {
   metrics_logger *m = data;
-  close_files(m);
+  close_files(m); /* (closed at on_experiment_end unless the run failed) */
   json_decref(m->rows);
   json_decref(m->columns);
   json_decref(m->epoch_columns);

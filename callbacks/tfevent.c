@@ -118,7 +118,8 @@ static int write_record(loom_tfevents *t, const loom_pb *event) {
     return loom_error_oom("a TensorBoard event");
   loom_pb head = {0}, tail = {0};
   put_le(&head, event->n, 8);
-  put_le(&head, masked_crc32c(head.b, 8), 4);
+  if (!head.failed) /* out of memory leaves no bytes to checksum */
+    put_le(&head, masked_crc32c(head.b, 8), 4);
   put_le(&tail, masked_crc32c(event->b, event->n), 4);
   int rc = 0;
   if (head.failed || tail.failed)

@@ -70,7 +70,7 @@ static void *sequential(loom_params *p, const void *context, void *user) {
     if (rc == 0) {
       rc = loom_model_add(m, name, layer); /* takes the layer */
       if (rc < 0)
-        loom_params_error(lp, "name", LOOM_EINVAL, "%s", loom_last_error());
+        loom_params_error(lp, "name", rc, "%s", loom_last_error()); /* a name taken, or out of memory */
     } else {
       loom_layer_destroy(layer);
     }
@@ -80,8 +80,9 @@ static void *sequential(loom_params *p, const void *context, void *user) {
       return NULL;
     }
   }
-  if (m && loom_model_build(m, ctx->ndim, ctx->sample_shape, ctx->seed) < 0) {
-    loom_params_error(p, "layers", LOOM_ESHAPE, "%s", loom_last_error());
+  int rc = m ? loom_model_build(m, ctx->ndim, ctx->sample_shape, ctx->seed) : 0;
+  if (rc < 0) {
+    loom_params_error(p, "layers", rc, "%s", loom_last_error()); /* a shape that does not fit, or out of memory */
     loom_model_destroy(m);
     return NULL;
   }

@@ -31,7 +31,9 @@ static loom_config *from_text(const char *text, const char *name) {
   json_error_t err;
   json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &err);
   if (!root) {
-    if (json_error_code(&err) == json_error_stack_overflow)
+    if (json_error_code(&err) == json_error_out_of_memory || !err.text[0]) /* jansson could not start */
+      loom_error_oom("the parsed config");
+    else if (json_error_code(&err) == json_error_stack_overflow)
       loom_error_set(LOOM_EINVAL, "%s:%d:%d: nested deeper than %d levels; a config nests a few levels: flatten it",
                      name, err.line, err.column, JSON_PARSER_MAX_DEPTH);
     else
@@ -57,6 +59,11 @@ static loom_config *from_text(const char *text, const char *name) {
   c->base_dir = strdup(dirname(dir));
   free(dir);
   c->root = root;
+  if (!c->base_dir) {
+    loom_config_destroy(c);
+    loom_error_oom("a config's directory");
+    return NULL;
+  }
   return c;
 }
 
@@ -179,7 +186,8 @@ static json_t *quoted_string(const char *text) {
   return v;
 }
 
-/* The value `text` as the type the existing value has. */
+/* The value `text` as the type the existing value has: NULL with *want
+ * saying what was expected, or NULL with *want NULL when out of memory. */
 static json_t *typed_value(const json_t *old, const char *text, const char **want) {
   char *end;
   *want = NULL;
@@ -191,12 +199,18 @@ static json_t *typed_value(const json_t *old, const char *text, const char **wan
     errno = 0;
     long long v = strtoll(text, &end, 10);
     *want = "an integer";
-    return (*text && !*end && errno == 0) ? json_integer(v) : NULL;
+    if (!*text || *end || errno != 0)
+      return NULL;
+    *want = NULL;
+    return json_integer(v);
   }
   if (json_is_real(old)) {
     double v = strtod(text, &end);
     *want = "a number";
-    return (*text && !*end) ? json_real(v) : NULL;
+    if (!*text || *end)
+      return NULL;
+    *want = NULL;
+    return json_real(v);
   }
   if (json_is_boolean(old)) {
     *want = "true or false";
@@ -215,6 +229,25 @@ static json_t *typed_value(const json_t *old, const char *text, const char **wan
     v = json_string(text); /* a new key, or null: a bare word is a string */
   }
   return v;
+}
+
+/* Whether `s` is UTF-8 (what jansson takes as a key), without allocating. */
+static bool valid_utf8(const char *s) {
+  for (const unsigned char *p = (const unsigned char *)s; *p;) {
+    int n = *p < 0x80 ? 0 : (*p & 0xE0) == 0xC0 ? 1 : (*p & 0xF0) == 0xE0 ? 2 : (*p & 0xF8) == 0xF0 ? 3 : -1;
+    if (n < 0 || (n == 1 && *p < 0xC2) || (n == 3 && *p > 0xF4))
+      return false;
+    unsigned cp = n ? *p & (0x3Fu >> n) : *p;
+    p++;
+    for (int i = 0; i < n; i++, p++) {
+      if ((*p & 0xC0) != 0x80)
+        return false;
+      cp = cp << 6 | (*p & 0x3Fu);
+    }
+    if ((n == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (n == 3 && (cp < 0x10000 || cp > 0x10FFFF)))
+      return false;
+  }
+  return true;
 }
 
 /* Where a --set puts its value: parent[last] or parent[index] (index -1:
@@ -256,12 +289,12 @@ static int walk(loom_config *c, const char *assignment, char *work, target *t) {
     json_t *next = json_object_get(t->node, part);
     char grown[1024];
     loom_path_child(grown, sizeof grown, t->path, part); /* not in place: snprintf cannot alias */
-    /* json_object_set_new frees the new object when it refuses the key
-     * (not valid UTF-8), so its result decides whether `next` lives. */
+    /* json_object_set_new frees the new object when it fails (the key is
+     * valid UTF-8, checked first: out of memory), so its result decides
+     * whether `next` lives. */
     if (!next && (idx >= 0 || more)) {
       if (json_object_set_new(t->node, part, next = append ? json_array() : json_object()) < 0)
-        return loom_error_set(LOOM_EINVAL, "--set %s: cannot create key \"%s\" (keys must be valid UTF-8)", assignment,
-                              part);
+        return loom_error_oom("a --set key");
       if (!*t->created)
         memcpy(t->created, grown, sizeof t->created);
     }
@@ -329,20 +362,20 @@ int loom_config_set(loom_config *c, const char *assignment) {
   memcpy(work, assignment, plen);
   work[plen] = '\0';
   /* jansson takes only UTF-8 keys: refuse before anything is created. */
-  json_t *probe = json_string(work);
-  if (!probe)
+  if (!valid_utf8(work))
     return loom_error_set(LOOM_EINVAL, "--set %s: the key is not valid UTF-8", assignment);
-  json_decref(probe);
   target t;
   int rc = walk(c, assignment, work, &t);
   if (rc < 0)
     return rc;
   const char *want;
   json_t *value = typed_value(t.node, eq + 1, &want);
+  if (!value && !want)
+    return loom_error_oom("a --set value");
   if (!value)
     return loom_error_set(LOOM_EINVAL, "--set %s: %s: expected %s, got \"%s\"", assignment, t.path, want, eq + 1);
-  if (place(&t, value) < 0)
-    return loom_error_set(LOOM_EINVAL, "--set %s: cannot set key \"%s\" (keys must be valid UTF-8)", assignment, t.last);
+  if (place(&t, value) < 0) /* the key is valid UTF-8 */
+    return loom_error_oom("a --set value");
   return record(c, assignment, &t);
 }
 
@@ -358,7 +391,8 @@ int loom_config_write(const loom_config *c, const char *path) {
       return loom_error_wrap(rc, "cannot write the resolved config to %s", path);
   }
   if (json_dump_file(c->root, path, JSON_INDENT(2) | JSON_REAL_PRECISION(17)) < 0)
-    return loom_error_set(LOOM_EIO, "cannot write the resolved config to %s: %s", path, strerror(errno));
+    return loom_error_set(errno == ENOMEM ? LOOM_ENOMEM : LOOM_EIO, "cannot write the resolved config to %s: %s", path,
+                          strerror(errno));
   return 0;
 }
 

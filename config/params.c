@@ -137,22 +137,27 @@ static json_t *ask(loom_params *p, const char *key) {
   return lookup(p, key);
 }
 
-/* Writes a resolved value (a default, an absolute path) back; steals it.
- * An absent array item stays absent. */
-static void store(loom_params *p, const char *key, json_t *value) {
+/* Writes a resolved value (a default, an absolute path) back; steals it
+ * (NULL: jansson was out of memory making it). An absent array item stays
+ * absent. Out of memory is an error: the resolved config must reproduce
+ * the run, and a resume compares it with the checkpoint's. */
+static int store(loom_params *p, const char *key, json_t *value) {
   const char *bracket = strchr(key, '[');
   if (!bracket) {
-    json_object_set_new(p->object, key, value);
-    return;
+    if (json_object_set_new(p->object, key, value) < 0)
+      return loom_params_error(p, key, LOOM_ENOMEM, "out of memory writing the resolved value back");
+    return 0;
   }
   char base[256];
   snprintf(base, sizeof base, "%.*s", (int)(bracket - key), key);
   size_t i = (size_t)strtoull(bracket + 1, NULL, 10);
   json_t *array = json_object_get(p->object, base);
   if (json_is_array(array) && i < json_array_size(array))
-    json_array_set_new(array, i, value);
-  else
-    json_decref(value);
+    return json_array_set_new(array, i, value) < 0
+               ? loom_params_error(p, key, LOOM_ENOMEM, "out of memory writing the resolved value back")
+               : 0;
+  json_decref(value);
+  return 0;
 }
 
 /* The key of p's object, asked for by nobody, that is nearest to `key`
@@ -240,9 +245,9 @@ int loom_params_file(loom_params *p, const char *key, const char *def, const cha
     snprintf(joined, sizeof joined, "%s/%s", base, given);
   if (!realpath(joined, absolute)) /* missing: the reader reports it */
     snprintf(absolute, sizeof absolute, "%s", joined);
-  store(p, key, json_string(absolute));
+  rc = store(p, key, json_string(absolute));
   *out = json_string_value(lookup(p, key));
-  return 0;
+  return rc;
 }
 
 int loom_params_open(loom_params *p, const char *key, bool required, loom_params **child) {
@@ -292,8 +297,7 @@ int loom_params_int(loom_params *p, const char *key, int64_t def, int64_t min, i
     if (def == LOOM_REQUIRED_INT)
       return missing(p, key, want);
     *out = def;
-    store(p, key, json_integer(def));
-    return 0;
+    return store(p, key, json_integer(def));
   }
   if (!json_is_integer(v))
     return wrong_type(p, key, v, want);
@@ -312,8 +316,7 @@ int loom_params_number(loom_params *p, const char *key, double def, double min, 
     if (isnan(def))
       return missing(p, key, want);
     *out = def;
-    store(p, key, json_real(def));
-    return 0;
+    return store(p, key, json_real(def));
   }
   if (!json_is_number(v))
     return wrong_type(p, key, v, want);
@@ -328,8 +331,7 @@ int loom_params_bool(loom_params *p, const char *key, bool def, bool *out) {
   json_t *v = ask(p, key);
   if (!v) {
     *out = def;
-    store(p, key, json_boolean(def));
-    return 0;
+    return store(p, key, json_boolean(def));
   }
   if (!json_is_boolean(v))
     return wrong_type(p, key, v, "true or false");
@@ -342,9 +344,9 @@ int loom_params_string(loom_params *p, const char *key, const char *def, const c
   if (!v) {
     if (!def)
       return missing(p, key, "a string");
-    store(p, key, json_string(def));
+    int rc = store(p, key, json_string(def));
     *out = lookup(p, key) ? json_string_value(lookup(p, key)) : def;
-    return 0;
+    return rc;
   }
   if (!json_is_string(v))
     return wrong_type(p, key, v, "a string");
@@ -365,8 +367,8 @@ int loom_params_choice(loom_params *p, const char *key, const char *def, const c
     return missing(p, key, want);
   if (v && !json_is_string(v))
     return wrong_type(p, key, v, want);
-  if (!v)
-    store(p, key, json_string(def));
+  if (!v && store(p, key, json_string(def)) < 0)
+    return LOOM_ENOMEM;
   s = v ? json_string_value(v) : def;
   for (size_t i = 0; i < n; i++) {
     if (strcmp(s, choices[i]) == 0) {
@@ -423,9 +425,15 @@ int loom_params_int_array(loom_params *p, const char *key, const int64_t *def, s
     if (!def)
       return missing(p, key, "an array of integers");
     json_t *a = json_array();
+    bool full = a != NULL;
     for (size_t i = 0; i < def_n; i++)
-      json_array_append_new(a, json_integer(def[i])), out[i] = def[i];
-    store(p, key, a);
+      full = full && json_array_append_new(a, json_integer(def[i])) == 0, out[i] = def[i];
+    if (!full) {
+      json_decref(a);
+      a = NULL;
+    }
+    if (store(p, key, a) < 0)
+      return LOOM_ENOMEM;
     *n = def_n;
     return 0;
   }
@@ -443,9 +451,15 @@ int loom_params_number_array(loom_params *p, const char *key, const double *def,
   if (!def)
     return missing(p, key, "an array of numbers");
   json_t *a = json_array();
+  bool full = a != NULL;
   for (size_t i = 0; i < def_n; i++)
-    json_array_append_new(a, json_real(def[i])), out[i] = def[i];
-  store(p, key, a);
+    full = full && json_array_append_new(a, json_real(def[i])) == 0, out[i] = def[i];
+  if (!full) {
+    json_decref(a);
+    a = NULL;
+  }
+  if (store(p, key, a) < 0)
+    return LOOM_ENOMEM;
   *n = def_n;
   return 0;
 }

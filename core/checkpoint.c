@@ -14,6 +14,7 @@
 #include "core/array.h"
 #include "core/checkpoint_dir.h"
 #include "core/error_internal.h"
+#include "core/fs.h"
 #include "core/hdf5_quiet.h"
 #include "core/state_internal.h"
 
@@ -277,36 +278,16 @@ static uint32_t get_u32(const unsigned char *p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* Fills the user block of the HDF5 file at `tmp` (its bytes after the block
- * are final) and makes the file durable: the data reaches the disk before
- * the name does. */
-static int seal_user_block(const char *tmp) {
-  int fd = open(tmp, O_RDWR);
-  if (fd < 0)
-    return loom_error_set(LOOM_EIO, "cannot reopen checkpoint %s: %s", tmp, strerror(errno));
-  uint32_t crc = (uint32_t)crc32(0, NULL, 0);
-  uint64_t length = UB_SIZE;
-  unsigned char buf[1 << 16];
-  ssize_t n;
-  while ((n = pread(fd, buf, sizeof buf, (off_t)length)) > 0) {
-    crc = (uint32_t)crc32(crc, buf, (uInt)n);
-    length += (uint64_t)n;
-  }
-  unsigned char block[UB_SIZE] = {0};
-  memcpy(block, UB_MAGIC, sizeof UB_MAGIC);
-  put_u32(block + 16, UB_VERSION);
-  put_u32(block + 20, crc);
-  put_u32(block + 24, (uint32_t)length);
-  put_u32(block + 28, (uint32_t)(length >> 32));
-  int rc = 0;
-  if (n < 0)
-    rc = loom_error_set(LOOM_EIO, "reading back checkpoint %s failed: %s", tmp, strerror(errno));
-  else if (pwrite(fd, block, UB_SIZE, 0) != UB_SIZE)
-    rc = loom_error_set(LOOM_EIO, "writing the header of checkpoint %s failed (disk full?)", tmp);
-  else if (fsync(fd) < 0)
-    rc = loom_error_set(LOOM_EIO, "fsync of %s failed: %s", tmp, strerror(errno));
-  close(fd);
-  return rc;
+/* Fills the user block at the head of a checkpoint's bytes (those after it
+ * are final): magic, version, the CRC-32 of the rest, the length. */
+static void seal_user_block(unsigned char *image, size_t size) {
+  uint32_t crc = crc_bytes((uint32_t)crc32(0, NULL, 0), image + UB_SIZE, size - UB_SIZE);
+  memset(image, 0, UB_SIZE);
+  memcpy(image, UB_MAGIC, sizeof UB_MAGIC);
+  put_u32(image + 16, UB_VERSION);
+  put_u32(image + 20, crc);
+  put_u32(image + 24, (uint32_t)size);
+  put_u32(image + 28, (uint32_t)((uint64_t)size >> 32));
 }
 
 int loom_checkpoint_write_temp(const loom_checkpoint *c, const char *path, char *tmp, size_t tmp_size) {
@@ -316,23 +297,36 @@ int loom_checkpoint_write_temp(const loom_checkpoint *c, const char *path, char 
   int n = snprintf(tmp, tmp_size, "%s/.%s.tmp.%ld", dirname(dir_buf), basename(base_buf), (long)getpid());
   if (n < 0 || (size_t)n >= tmp_size)
     return loom_error_set(LOOM_EINVAL, "checkpoint path \"%s\" is too long", path);
+  /* Built in memory (HDF5's core driver), written by loom: HDF5 reports
+   * no reason for a failed write, and a file it failed to close crashes
+   * it when the process exits (a full disk did that). The cost: the
+   * checkpoint's size in memory twice while it is saved. */
   loom_h5_quiet q = loom_h5_hush();
-  hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
-  hid_t file = fcpl < 0 || H5Pset_userblock(fcpl, UB_SIZE) < 0 ? -1 : H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
-  if (fcpl >= 0)
-    H5Pclose(fcpl);
-  int rc;
-  if (file < 0) {
-    rc = loom_error_set(LOOM_EIO, "cannot create checkpoint %s: %s; check that the directory exists and is writable",
-                        tmp, strerror(errno));
-  } else {
-    rc = write_groups(c, file, path);
-    if (H5Fclose(file) < 0 && rc == 0)
-      rc = loom_error_set(LOOM_EIO, "closing checkpoint %s failed (disk full?)", tmp);
-  }
+  /* The user block goes before the file's bytes here: HDF5 finds its
+   * superblock after it and takes that as the file's base. */
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  hid_t file = fapl < 0 || H5Pset_fapl_core(fapl, 1 << 20, 0) < 0 ? -1 : H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  int rc = file < 0 ? loom_error_set(LOOM_ENOMEM, "HDF5 could not make checkpoint %s in memory", tmp)
+                    : write_groups(c, file, path);
+  ssize_t size = rc == 0 && H5Fflush(file, H5F_SCOPE_GLOBAL) >= 0 ? H5Fget_file_image(file, NULL, 0) : -1;
+  unsigned char *image = size > 0 ? malloc(UB_SIZE + (size_t)size) : NULL;
+  if (rc == 0 && (size <= 0 || (image && H5Fget_file_image(file, image + UB_SIZE, (size_t)size) != size)))
+    rc = loom_error_set(LOOM_ENOMEM, "HDF5 could not make checkpoint %s in memory", tmp);
+  else if (rc == 0 && !image)
+    rc = loom_error_oom("the checkpoint's file image");
+  if (file >= 0)
+    H5Fclose(file);
+  if (fapl >= 0)
+    H5Pclose(fapl);
   loom_h5_unhush(q);
   if (rc == 0)
-    rc = seal_user_block(tmp);
+    seal_user_block(image, UB_SIZE + (size_t)size);
+  /* Durable before visible: the data reaches the disk before the name. */
+  if (rc == 0 && loom_write_file_durable(tmp, image, UB_SIZE + (size_t)size) < 0)
+    rc = loom_error_set(LOOM_EIO, "cannot write checkpoint %s: %s; check that the directory is writable and the disk "
+                                  "has room",
+                        tmp, strerror(errno));
+  free(image);
   if (rc < 0)
     unlink(tmp);
   return rc;

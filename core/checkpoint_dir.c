@@ -50,10 +50,18 @@ json_t *loom_manifest_load(const char *dir) {
   char path[4096];
   if (loom_path_join(path, sizeof path, dir, LOOM_MANIFEST) < 0)
     return NULL;
-  if (access(path, F_OK) < 0)
-    return loom_manifest_new();
+  if (access(path, F_OK) < 0) {
+    json_t *m = loom_manifest_new();
+    if (!m)
+      loom_error_oom("a checkpoint manifest");
+    return m;
+  }
   json_error_t err;
   json_t *m = json_load_file(path, 0, &err);
+  if (!m && json_error_code(&err) == json_error_out_of_memory) {
+    loom_error_oom("reading the checkpoint manifest");
+    return NULL;
+  }
   if (!m || !json_is_object(json_object_get(m, "files")) || !json_is_array(json_object_get(m, "ranking"))) {
     json_decref(m);
     loom_error_set(LOOM_EFORMAT, "%s is damaged (%s at line %d); delete it to start the ranking afresh", path,
@@ -70,7 +78,7 @@ int loom_manifest_save(const char *dir, const json_t *manifest) {
     return rc;
   snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
   if (json_dump_file(manifest, tmp, JSON_INDENT(2) | JSON_REAL_PRECISION(17)) < 0)
-    return loom_error_set(LOOM_EIO, "cannot write %s: %s", tmp, strerror(errno));
+    return loom_error_set(errno == ENOMEM ? LOOM_ENOMEM : LOOM_EIO, "cannot write %s: %s", tmp, strerror(errno));
   int fd = open(tmp, O_RDONLY);
   if (fd < 0 || fsync(fd) < 0 || rename(tmp, path) < 0) {
     rc = loom_error_set(LOOM_EIO, "cannot replace %s: %s", path, strerror(errno));

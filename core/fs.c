@@ -134,3 +134,28 @@ int loom_remove_tree(const char *path) {
     return loom_error_set(LOOM_EIO, "cannot remove %s: %s; check its permissions", path, strerror(errno));
   return 0;
 }
+
+int loom_write_file_durable(const char *path, const void *data, size_t size) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0666);
+  if (fd < 0)
+    return -1;
+  for (size_t done = 0; done < size;) {
+    ssize_t w = write(fd, (const char *)data + done, size - done);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0) {
+      int err = errno;
+      close(fd);
+      errno = err;
+      return -1;
+    }
+    done += (size_t)w;
+  }
+  if (fsync(fd) < 0) {
+    int err = errno;
+    close(fd);
+    errno = err;
+    return -1;
+  }
+  return close(fd);
+}

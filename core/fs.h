@@ -19,6 +19,9 @@ void loom_dir_unlock(int fd);
 /* Removes `path`: a file, or a directory and everything under it (rm -rf,
  * symbolic links removed, not followed). A missing path is not an error. */
 int loom_remove_tree(const char *path);
+/* Writes `size` bytes to `path` (created or truncated) and fsyncs it; -1
+ * with errno on failure (a short write is continued, not an error). */
+int loom_write_file_durable(const char *path, const void *data, size_t size);
 /* out = dir + "/" + name; an error if it does not fit. */
 int loom_path_join(char *out, size_t size, const char *dir, const char *name);
 

@@ -408,7 +408,7 @@ static int make_parent(const char *out_path) {
 
 /* The HDF5 file of the images and labels, built in memory (the core
  * driver): HDF5 neither reports why a write failed nor survives a file it
- * could not close, so the disk is written by write_file. */
+ * could not close, so the disk is written by loom_write_file_durable. */
 static int build_image(const idx_array *images, const idx_array *labels, void **image, size_t *size) {
   loom_h5_quiet q = loom_h5_hush();
   hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
@@ -435,32 +435,6 @@ static int build_image(const idx_array *images, const idx_array *labels, void **
   return rc;
 }
 
-/* `size` bytes to `path`, durable; the system's reason on failure. */
-static int write_file(const char *path, const void *data, size_t size) {
-  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0666);
-  if (fd < 0)
-    return -1;
-  for (size_t done = 0; done < size;) {
-    ssize_t w = write(fd, (const char *)data + done, size - done);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w < 0) {
-      int err = errno;
-      close(fd);
-      errno = err;
-      return -1;
-    }
-    done += (size_t)w;
-  }
-  if (fsync(fd) < 0) {
-    int err = errno;
-    close(fd);
-    errno = err;
-    return -1;
-  }
-  return close(fd);
-}
-
 /* Writes the file under a temporary name beside it, renamed into place
  * when complete; errors name out_path (the name the user gave). */
 static int write_h5(const idx_array *images, const idx_array *labels, const char *out_path) {
@@ -472,7 +446,7 @@ static int write_h5(const idx_array *images, const idx_array *labels, const char
   int rc = make_parent(out_path);
   if (rc == 0 && (rc = build_image(images, labels, &image, &size)) < 0)
     loom_error_wrap(rc, "cannot write %s", out_path);
-  if (rc == 0 && (write_file(tmp, image, size) < 0 || rename(tmp, out_path) < 0)) {
+  if (rc == 0 && (loom_write_file_durable(tmp, image, size) < 0 || rename(tmp, out_path) < 0)) {
     rc = loom_error_set(LOOM_EIO, "cannot write %s: %s", out_path, strerror(errno));
     unlink(tmp);
   }

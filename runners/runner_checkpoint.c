@@ -79,8 +79,10 @@ static loom_cursor cursor_now(const loom_runner *r) {
     c.phase = LOOM_PHASE_BEFORE_LOADER;
     break;
   case LOOM_EVENT_LOADER_END:
+    /* No loader under way after on_loader_end: the epoch's last one is
+     * done (a failure between it and on_epoch_end leaves the loop here). */
     c.phase = LOOM_PHASE_BEFORE_LOADER;
-    c.loader++;
+    c.loader = r->loader_index < 0 ? (int64_t)r->num_loaders : c.loader + 1;
     break;
   case LOOM_EVENT_BATCH_START: /* the batch under way is not done */
     c.phase = LOOM_PHASE_IN_LOADER;
@@ -115,7 +117,8 @@ static int metrics_at_cursor(const loom_runner *r, loom_metrics **m) {
     rc = (m[i] = loom_metrics_create()) ? loom_metrics_copy(m[i], now[i], NULL, false) : LOOM_ENOMEM;
   if (rc == 0 && r->event == LOOM_EVENT_BATCH_END && !r->skip_batch)
     rc = loom_accumulate_metrics(m[SAVED_SUMS], m[SAVED_WEIGHTS], r->batch_metrics, (double)r->batch_size);
-  if (rc == 0 && r->event == LOOM_EVENT_LOADER_END)
+  /* (a finished loader, loader_index -1, has added its own already) */
+  if (rc == 0 && r->event == LOOM_EVENT_LOADER_END && r->loader_index >= 0)
     rc = loom_runner_add_loader_metrics(r, m[SAVED_EPOCH], m[SAVED_VALID]);
   return rc;
 }
@@ -319,40 +322,45 @@ static bool change_allowed(const loom_runner *r, json_t *config_allowed, const c
 
 /* Appends {"key", "old", "new"} to `out` for each leaf where a and b differ
  * (objects compared key by key, anything else as a whole; a missing side
- * is null). experiment.seed is left out: a resume takes the checkpoint's. */
-static void diff_json(const char *path, json_t *a, json_t *b, json_t *out) {
+ * is null). experiment.seed is left out: a resume takes the checkpoint's.
+ * False when out of memory: a difference missed would let a changed config
+ * through. */
+static bool diff_json(const char *path, json_t *a, json_t *b, json_t *out) {
   if (json_equal(a, b) || strcmp(path, "experiment.seed") == 0)
-    return;
+    return true;
+  bool ok = true;
   if (json_is_object(a) && json_is_object(b)) {
     char sub[1024];
     const char *k;
     json_t *v;
     json_object_foreach(a, k, v) {
       snprintf(sub, sizeof sub, "%s%s%s", path, path[0] ? "." : "", k);
-      diff_json(sub, v, json_object_get(b, k), out);
+      ok = ok && diff_json(sub, v, json_object_get(b, k), out);
     }
     json_object_foreach(b, k, v) {
       snprintf(sub, sizeof sub, "%s%s%s", path, path[0] ? "." : "", k);
       if (!json_object_get(a, k))
-        diff_json(sub, json_null(), v, out);
+        ok = ok && diff_json(sub, json_null(), v, out);
     }
-    return;
+    return ok;
   }
-  json_array_append_new(out, json_pack("{s:s, s:O, s:O}", "key", path, "old", a ? a : json_null(), "new",
-                                       b ? b : json_null()));
+  return json_array_append_new(out, json_pack("{s:s, s:O, s:O}", "key", path, "old", a ? a : json_null(), "new",
+                                              b ? b : json_null())) == 0;
 }
 
 /* Compares the checkpoint's config with the experiment's: a change not
  * allowed is refused with every difference listed; the allowed ones are
  * kept in r->config_changes. */
 static int check_config(loom_runner *r, const char *saved) {
-  json_error_t err;
-  json_t *old = json_loads(saved, 0, &err), *now = json_loads(loom_experiment_config(r->exp), 0, &err);
+  json_error_t err_old, err_now;
+  json_t *old = json_loads(saved, 0, &err_old), *now = json_loads(loom_experiment_config(r->exp), 0, &err_now);
   json_t *changes = json_array();
-  int rc = old && now && changes ? 0 : loom_error_set(LOOM_EFORMAT, "the checkpoint's or the experiment's config is "
-                                                                     "not JSON (%s)", err.text);
-  if (rc == 0)
-    diff_json("", old, now, changes);
+  int rc = 0;
+  if (!old || !now)
+    rc = loom_error_set(LOOM_EFORMAT, "the %s config is not JSON (%s)", old ? "experiment's" : "checkpoint's",
+                        old ? err_now.text : err_old.text);
+  else if (!changes || !diff_json("", old, now, changes))
+    rc = loom_error_oom("the comparison of the configs");
   char refused[2048] = "";
   size_t len = 0, i;
   json_t *c;

@@ -118,6 +118,9 @@ static int run_loader(loom_runner *r, int index, bool resume_here) {
 static int loader_body(loom_runner *r, const loom_named_loader *nl, bool resume_here) {
   int index = (int)(nl - r->loaders);
   r->loader_index = index;
+  /* Between events until on_loader_start: a checkpoint taken if this
+   * loader fails to start resumes at its beginning, not past it. */
+  r->event = LOOM_EVENT_COUNT;
   r->loader_name = nl->name;
   loom_loader_kind_from_name(nl->name, &r->loader_kind); /* checked when the stage was prepared */
   r->loader = nl->loader;

@@ -43,7 +43,7 @@ int loom_signals_start(loom_runner *r) {
       return loom_error_set(LOOM_EIO, "cannot read the action of signal %d: %s", watched[i], strerror(errno));
   int rc = uv_loop_init(&s->loop);
   if (rc < 0)
-    return loom_error_set(LOOM_EIO, "cannot watch for signals: %s", uv_strerror(rc));
+    return loom_error_set(rc == UV_ENOMEM ? LOOM_ENOMEM : LOOM_EIO, "cannot watch for signals: %s", uv_strerror(rc));
   uv_signal_init(&s->loop, &s->sigint);
   uv_signal_init(&s->loop, &s->sigterm);
   s->sigint.data = s->sigterm.data = r;
