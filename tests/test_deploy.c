@@ -398,6 +398,60 @@ static void test_export_weights(void **state) {
   loom_model_destroy(m);
 }
 
+/* Whether `dir` holds a file whose name contains ".tmp". */
+static bool has_temp_file(const char *dir) {
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -q '\\.tmp'", dir);
+  return system(cmd) == 0;
+}
+
+/* Predictions, weights, architecture and ONNX written to a directory that
+ * does not exist yet create it (as loom convert does); one that cannot be
+ * created is an error naming the file and the reason, leaving nothing. */
+static void test_export_creates_directories(void **state) {
+  (void)state;
+  loom_model *m = deploy_cnn();
+  char dir[512], path[600], want[1400];
+  snprintf(dir, sizeof dir, "%s/new/sub", test_dir);
+  snprintf(path, sizeof path, "%s/w.h5", dir);
+  assert_int_equal(loom_export_weights(m, NULL, path), 0);
+  snprintf(path, sizeof path, "%s/arch/w.json", dir);
+  assert_int_equal(loom_export_architecture(m, NULL, path), 0);
+  assert_int_equal(access(path, F_OK), 0);
+  snprintf(path, sizeof path, "%s/p/preds.csv", dir);
+  loom_predictions *p = loom_predictions_create(path);
+  assert_int_equal(loom_predictions_close(p), 0);
+  assert_int_equal(access(path, F_OK), 0);
+  if (loom_onnx_available()) {
+    snprintf(path, sizeof path, "%s/onnx/m.onnx", dir);
+    assert_int_equal(loom_export_onnx(m, path), 0);
+    assert_int_equal(access(path, F_OK), 0);
+  }
+  assert_false(has_temp_file(dir));
+  /* A file where the directory should be: each error names the final file once. */
+  snprintf(path, sizeof path, "%s/w.h5/x.h5", dir);
+  assert_int_equal(loom_export_weights(m, NULL, path), LOOM_EIO);
+  snprintf(want, sizeof want, "cannot write the weights %s: \"%s/w.h5\" exists but is not a directory; choose "
+                              "another path", path, dir);
+  assert_string_equal(loom_last_error(), want);
+  snprintf(path, sizeof path, "%s/w.h5/x.json", dir);
+  assert_int_equal(loom_export_architecture(m, NULL, path), LOOM_EIO);
+  assert_non_null(strstr(loom_last_error(), "cannot write the architecture"));
+  snprintf(path, sizeof path, "%s/w.h5/x.h5", dir);
+  p = loom_predictions_create(path);
+  assert_int_equal(loom_predictions_close(p), LOOM_EIO);
+  assert_non_null(strstr(loom_last_error(), "cannot write the predictions"));
+  if (loom_onnx_available()) {
+    snprintf(path, sizeof path, "%s/w.h5/x.onnx", dir);
+    assert_int_equal(loom_export_onnx(m, path), LOOM_EIO);
+    snprintf(want, sizeof want, "cannot write the ONNX model %s: \"%s/w.h5\" exists but is not a directory; choose "
+                                "another path", path, dir);
+    assert_string_equal(loom_last_error(), want);
+  }
+  assert_false(has_temp_file(dir));
+  loom_model_destroy(m);
+}
+
 static int same_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
   (void)data;
   *out_ndim = ndim;
@@ -445,7 +499,8 @@ int main(void) {
       cmocka_unit_test(test_predict_hdf5),         cmocka_unit_test(test_predict_csv_unlabelled),
       cmocka_unit_test(test_predict_config),       cmocka_unit_test(test_predict_converted_idx),
       cmocka_unit_test(test_train_unlabelled_refused),
-      cmocka_unit_test(test_export_weights),       cmocka_unit_test(test_export_onnx_errors),
+      cmocka_unit_test(test_export_weights),       cmocka_unit_test(test_export_creates_directories),
+      cmocka_unit_test(test_export_onnx_errors),
   };
   return cmocka_run_group_tests(tests, test_dir_setup, test_dir_teardown);
 }
