@@ -65,15 +65,25 @@ static json_t *template_loader(json_t *loaders) {
   return NULL;
 }
 
+/* Whether `like` is a dataset of that type. */
+static bool has_type(json_t *like, const char *type) {
+  json_t *t = json_is_object(like) ? json_object_get(like, "type") : NULL;
+  return json_is_string(t) && strcmp(json_string_value(t), type) == 0;
+}
+
 /* {"type": "hdf5", "files": [path], "targets": null} or {"type": "csv",
  * "file": path, "target_column": null}: the like-typed dataset's other keys
- * (inputs, scale, header, ...) kept, its labels ignored. */
+ * (inputs, scale, header, ...) kept, its labels ignored. An HDF5 file in
+ * place of an IDX dataset (idx, fashion_mnist) is read as loom convert idx
+ * writes one: the IDX bytes, which the IDX dataset scales by 1/255. */
 static json_t *file_dataset(json_t *like, bool csv, const char *path) {
   const char *type = csv ? "csv" : "hdf5";
-  json_t *ds = like && json_is_object(like) && json_is_string(json_object_get(like, "type")) &&
-                       strcmp(json_string_value(json_object_get(like, "type")), type) == 0
-                   ? json_deep_copy(like)
-                   : json_pack("{ss}", "type", type);
+  json_t *ds = has_type(like, type) ? json_deep_copy(like) : json_pack("{ss}", "type", type);
+  if (ds && !csv && (has_type(like, "idx") || has_type(like, "fashion_mnist")) &&
+      json_object_set_new(ds, "scale", json_real(1.0 / 255.0)) != 0) {
+    json_decref(ds);
+    return NULL;
+  }
   if (!ds)
     return NULL;
   int rc = csv ? json_object_set_new(ds, "file", json_string(path)) | json_object_set_new(ds, "target_column", json_null())

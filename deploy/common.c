@@ -1,9 +1,14 @@
 /* What predict and export share: a config built with trained weights, and
  * each layer's tensors under PyTorch's names. */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/error_internal.h"
+#include "core/fs.h"
 #include "deploy/deploy_internal.h"
 #include "loom/experiment.h"
 #include "models/layer_internal.h"
@@ -82,5 +87,20 @@ int loom_deploy_layer_tensors(loom_model *m, size_t i, loom_named_tensor *out, i
     if (bcount)
       tensor(&out[(*n)++], name, "buffers", b, 1, (int64_t[]){(int64_t)bcount});
   }
+  return 0;
+}
+
+int loom_deploy_temp(const char *path, const char *what, char *tmp, size_t tmp_size) {
+  char dir[4096];
+  if (snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir ||
+      snprintf(tmp, tmp_size, "%s.tmp%ld", path, (long)getpid()) >= (int)tmp_size)
+    return loom_error_set(LOOM_EINVAL, "cannot write the %s %.64s...: the path is too long", what, path);
+  int rc = loom_mkdir_p(dirname(dir));
+  if (rc < 0)
+    return loom_error_wrap(rc, "cannot write the %s %s", what, path);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return loom_error_set(LOOM_EIO, "cannot write the %s %s: %s", what, path, strerror(errno));
+  close(fd);
   return 0;
 }

@@ -30,4 +30,10 @@ int loom_deploy_layer_tensors(loom_model *model, size_t i, loom_named_tensor *ou
  * "best") into its model; `used` gets the file read. */
 int loom_deploy_build(loom_config *config, const char *resume, loom_experiment **exp, char *used, size_t used_size);
 
+/* Before writing the file `path` (the `what`: "ONNX model", "weights", ...)
+ * under a temporary name renamed at the end: creates path's directory
+ * (mkdir -p) and the empty temporary file, whose name `tmp` gets. An error
+ * names `path` and the system's reason; no file is left behind. */
+int loom_deploy_temp(const char *path, const char *what, char *tmp, size_t tmp_size);
+
 #endif

@@ -345,13 +345,19 @@ static int write_packed(const Onnx__ModelProto *model, const char *path) {
     return loom_error_oom("the ONNX file");
   onnx__model_proto__pack(model, buf);
   char tmp[4200];
-  snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
+  int rc = loom_deploy_temp(path, "ONNX model", tmp, sizeof tmp);
+  if (rc < 0) {
+    free(buf);
+    return rc;
+  }
   FILE *f = fopen(tmp, "wb");
-  int rc = 0;
-  if (!f || fwrite(buf, 1, size, f) != size || fclose(f) != 0 || rename(tmp, path) < 0)
+  bool ok = f && fwrite(buf, 1, size, f) == size;
+  if (f && fclose(f) != 0)
+    ok = false;
+  if (!ok || rename(tmp, path) < 0) {
     rc = loom_error_set(LOOM_EIO, "cannot write the ONNX model %s: %s", path, strerror(errno));
-  if (rc < 0 && f)
     unlink(tmp);
+  }
   free(buf);
   return rc;
 }
@@ -371,6 +377,8 @@ int loom_export_onnx(loom_model *m, const char *path) {
   Onnx__ValueInfoProto *output = rc == 0 ? value_info(&b, "output", b.ndim, b.shape) : NULL;
   if (rc == 0 && b.oom)
     rc = loom_error_oom("the ONNX graph");
+  if (rc < 0)
+    rc = loom_error_wrap(rc, "exporting ONNX to %s", path);
   if (rc == 0) {
     Onnx__GraphProto graph = ONNX__GRAPH_PROTO__INIT;
     graph.name = "loom";
@@ -385,10 +393,10 @@ int loom_export_onnx(loom_model *m, const char *path) {
     model.n_opset_import = 1, model.opset_import = &opsets;
     model.producer_name = "loom", model.producer_version = LOOM_VERSION;
     model.graph = &graph;
-    rc = write_packed(&model, path);
+    rc = write_packed(&model, path); /* its errors name the file */
   }
   builder_free(&b);
-  return rc < 0 ? loom_error_wrap(rc, "exporting ONNX to %s", path) : 0;
+  return rc;
 }
 
 #else /* no protobuf-c: the same API, refusing */

@@ -2,14 +2,12 @@
  * outputs with their samples' indices, written as HDF5 or CSV. */
 #include <errno.h>
 #include <hdf5.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "core/error_internal.h"
-#include "core/fs.h"
 #include "core/hdf5_quiet.h"
 #include "deploy/deploy_internal.h"
 #include "loom/experiment.h"
@@ -194,7 +192,8 @@ static int write_hdf5(const loom_predictions *p, const char *tmp) {
   if (file >= 0 && H5Fclose(file) < 0)
     st = -1;
   loom_h5_unhush(q);
-  return st < 0 ? loom_error_set(LOOM_EIO, "cannot write the predictions %s (HDF5 failed: disk full?)", p->path) : 0;
+  return st < 0 ? loom_error_set(LOOM_EIO, "cannot write the predictions %s: HDF5 failed writing it (is the disk full?)",
+                                  p->path) : 0;
 }
 
 /* Writes p into `tmp`, a new file. */
@@ -214,12 +213,13 @@ static int write_file(const loom_predictions *p, const char *tmp) {
 int loom_predictions_close(loom_predictions *p) {
   if (!p)
     return loom_error_set(LOOM_EINVAL, "loom_predictions_close: no predictions");
-  char dir[4096], tmp[4200];
-  snprintf(dir, sizeof dir, "%s", p->path);
-  int rc = loom_mkdir_p(dirname(dir));
-  snprintf(tmp, sizeof tmp, "%s.tmp%ld", p->path, (long)getpid());
-  if (rc == 0)
-    rc = write_file(p, tmp);
+  char tmp[4200];
+  int rc = loom_deploy_temp(p->path, "predictions", tmp, sizeof tmp);
+  if (rc < 0) {
+    loom_predictions_discard(p);
+    return rc;
+  }
+  rc = write_file(p, tmp);
   if (rc == 0 && rename(tmp, p->path) < 0)
     rc = loom_error_set(LOOM_EIO, "cannot write the predictions %s: %s", p->path, strerror(errno));
   if (rc < 0)

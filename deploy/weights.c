@@ -45,7 +45,9 @@ int loom_export_weights(loom_model *m, const char *architecture, const char *pat
   if (!m || !path || !loom_model_is_built(m))
     return loom_error_set(LOOM_EINVAL, "loom_export_weights: needs a built model and a file name");
   char tmp[4200];
-  snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
+  int rc = loom_deploy_temp(path, "weights", tmp, sizeof tmp);
+  if (rc < 0)
+    return rc;
   loom_h5_quiet q = loom_h5_hush();
   hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   herr_t st = file < 0 ? -1 : 0;
@@ -63,7 +65,7 @@ int loom_export_weights(loom_model *m, const char *architecture, const char *pat
   loom_h5_unhush(q);
   if (st < 0) {
     unlink(tmp);
-    return loom_error_set(LOOM_EIO, "cannot write the weights %s (HDF5 failed: no such directory, or disk full?)", path);
+    return loom_error_set(LOOM_EIO, "cannot write the weights %s: HDF5 failed writing it (is the disk full?)", path);
   }
   if (rename(tmp, path) < 0) {
     int e = errno;
@@ -110,14 +112,13 @@ int loom_export_architecture(loom_model *m, const char *model_json, const char *
     json_array_append_new(layers, layer_json(m, i));
   json_t *doc = json_pack("{so*so*so*ss}", "model", model ? model : json_null(), "input_shape", shape_json(in_ndim, in),
                           "layers", layers, "weights_dtype", "float32");
-  char tmp[4200];
-  snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
-  int rc = doc ? 0 : loom_error_oom("the architecture");
+  char tmp[4200] = "";
+  int rc = doc ? loom_deploy_temp(path, "architecture", tmp, sizeof tmp) : loom_error_oom("the architecture");
   if (rc == 0 && json_dump_file(doc, tmp, JSON_INDENT(2) | JSON_REAL_PRECISION(17)) != 0)
     rc = loom_error_set(LOOM_EIO, "cannot write the architecture %s: %s", path, strerror(errno));
   if (rc == 0 && rename(tmp, path) < 0)
     rc = loom_error_set(LOOM_EIO, "cannot write the architecture %s: %s", path, strerror(errno));
-  if (rc < 0)
+  if (rc < 0 && tmp[0])
     unlink(tmp);
   json_decref(doc);
   return rc;

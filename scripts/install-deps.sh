@@ -11,11 +11,12 @@ packages=(
   libcmocka-dev libopenblas-dev libopenmpi-dev openmpi-bin
   dataset-fashion-mnist
   python3-protobuf protobuf-compiler
-  protobuf-c-compiler libprotobuf-c-dev python3-onnx
+  protobuf-c-compiler libprotobuf-c-dev python3-onnx python3-numpy
 )
 # protobuf-c and python3-onnx (which installs onnx.proto) build ONNX export
-# (loom export --onnx); test_export_onnx checks it with python3-onnx and
-# python3-torch (LOOM_BENCH_DEPS=1 below installs it; the test skips without).
+# (loom export --onnx); test_export_onnx checks it with python3-onnx, the
+# graph rebuilt in numpy, and also in PyTorch when python3-torch is there
+# (LOOM_BENCH_DEPS=1 below installs it, 1 GB: the numpy twin suffices).
 # libxsmm runs the matrix products on AVX-512 CPUs; Debian packages it for amd64 only,
 # and elsewhere loom builds without it (OpenBLAS for every product).
 if [ "$(dpkg --print-architecture)" = amd64 ]; then

@@ -255,6 +255,76 @@ static void test_predict_config(void **state) {
   loom_config_destroy(c);
 }
 
+/* IDX files of N 2x2 byte images and labels, big-endian headers. */
+static void write_idx(const char *images, const char *labels) {
+  FILE *f = fopen(images, "wb");
+  assert_non_null(f);
+  const unsigned char head[] = {0, 0, 8, 3, 0, 0, 0, N, 0, 0, 0, 2, 0, 0, 0, 2};
+  fwrite(head, 1, sizeof head, f);
+  for (int i = 0; i < N * 4; i++)
+    fputc((i * 37 + 11) % 256, f);
+  fclose(f);
+  f = fopen(labels, "wb");
+  assert_non_null(f);
+  const unsigned char lhead[] = {0, 0, 8, 1, 0, 0, 0, N};
+  fwrite(lhead, 1, sizeof lhead, f);
+  for (int i = 0; i < N; i++)
+    fputc(i % 3, f);
+  fclose(f);
+}
+
+/* The README's flow: a config trained on IDX files predicts the HDF5 file
+ * loom convert idx made of them, and gets the outputs it gets for the IDX
+ * files themselves (the bytes scaled by 1/255 as the IDX dataset does, the
+ * loader's normalize applied). */
+static void test_predict_converted_idx(void **state) {
+  (void)state;
+  char images[512], labels[512], h5[512], weights[512], out[512], text[2048];
+  snprintf(images, sizeof images, "%s/img.idx", test_dir);
+  snprintf(labels, sizeof labels, "%s/lab.idx", test_dir);
+  snprintf(h5, sizeof h5, "%s/conv/converted.h5", test_dir);
+  snprintf(weights, sizeof weights, "%s/w_idx.h5", test_dir);
+  snprintf(out, sizeof out, "%s/pred_idx.h5", test_dir);
+  write_idx(images, labels);
+  assert_int_equal(loom_idx_to_hdf5(images, labels, h5), 0);
+  snprintf(text, sizeof text,
+           "{\"experiment\": {\"name\": \"p\", \"seed\": 1, \"logdir\": \"%s/logs_idx\"},"
+           " \"datasets\": {\"d\": {\"type\": \"idx\", \"images\": \"%s\", \"labels\": \"%s\"}},"
+           " \"loaders\": {\"train\": {\"dataset\": \"d\", \"batch_size\": 4},"
+           "   \"infer\": {\"dataset\": \"d\", \"batch_size\": 3,"
+           "     \"transforms\": [{\"type\": \"normalize\", \"mean\": 0.3, \"std\": 0.4}]}},"
+           " \"model\": {\"type\": \"mlp\", \"sizes\": [4, 5, 3]},"
+           " \"stages\": {\"s\": {\"num_epochs\": 1, \"loaders\": [\"train\"],"
+           "   \"criterion\": {\"type\": \"cross_entropy\"}, \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.1}}}}",
+           test_dir, images, labels);
+  loom_config *c = loom_config_parse(text, "idx.json");
+  loom_experiment *exp;
+  assert_int_equal(loom_config_build(c, &exp), 0);
+  deploy_randomize(loom_config_model(c), 3);
+  assert_int_equal(loom_model_save_weights(loom_config_model(c), weights), 0);
+  loom_experiment_destroy(exp);
+  loom_config_destroy(c);
+
+  int64_t idx_a[N], idx_b[N], n;
+  float out_a[N * 3], out_b[N * 3];
+  int out_ndim;
+  c = loom_config_parse(text, "idx.json");
+  loom_predict_options o = {.resume = weights, .out = out};
+  assert_int_equal(loom_predict_config(c, &o, NULL, 0), 0); /* the IDX files */
+  loom_config_destroy(c);
+  read_h5(out, "infer", idx_a, out_a, &n, &out_ndim);
+  assert_int_equal(n, N);
+  c = loom_config_parse(text, "idx.json");
+  o.dataset = h5;
+  assert_int_equal(loom_predict_config(c, &o, NULL, 0), 0); /* their HDF5 conversion */
+  loom_config_destroy(c);
+  read_h5(out, "infer_dataset", idx_b, out_b, &n, &out_ndim);
+  float want[N * 3];
+  for (int i = 0; i < N; i++)
+    memcpy(want + idx_a[i] * 3, out_a + i * 3, 3 * sizeof *want);
+  check_outputs(idx_b, out_b, n, want, 3, 1e-6);
+}
+
 /* A stage that trains on an unlabelled dataset is refused by name. */
 static void test_train_unlabelled_refused(void **state) {
   (void)state;
@@ -328,6 +398,60 @@ static void test_export_weights(void **state) {
   loom_model_destroy(m);
 }
 
+/* Whether `dir` holds a file whose name contains ".tmp". */
+static bool has_temp_file(const char *dir) {
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -q '\\.tmp'", dir);
+  return system(cmd) == 0;
+}
+
+/* Predictions, weights, architecture and ONNX written to a directory that
+ * does not exist yet create it (as loom convert does); one that cannot be
+ * created is an error naming the file and the reason, leaving nothing. */
+static void test_export_creates_directories(void **state) {
+  (void)state;
+  loom_model *m = deploy_cnn();
+  char dir[512], path[600], want[1400];
+  snprintf(dir, sizeof dir, "%s/new/sub", test_dir);
+  snprintf(path, sizeof path, "%s/w.h5", dir);
+  assert_int_equal(loom_export_weights(m, NULL, path), 0);
+  snprintf(path, sizeof path, "%s/arch/w.json", dir);
+  assert_int_equal(loom_export_architecture(m, NULL, path), 0);
+  assert_int_equal(access(path, F_OK), 0);
+  snprintf(path, sizeof path, "%s/p/preds.csv", dir);
+  loom_predictions *p = loom_predictions_create(path);
+  assert_int_equal(loom_predictions_close(p), 0);
+  assert_int_equal(access(path, F_OK), 0);
+  if (loom_onnx_available()) {
+    snprintf(path, sizeof path, "%s/onnx/m.onnx", dir);
+    assert_int_equal(loom_export_onnx(m, path), 0);
+    assert_int_equal(access(path, F_OK), 0);
+  }
+  assert_false(has_temp_file(dir));
+  /* A file where the directory should be: each error names the final file once. */
+  snprintf(path, sizeof path, "%s/w.h5/x.h5", dir);
+  assert_int_equal(loom_export_weights(m, NULL, path), LOOM_EIO);
+  snprintf(want, sizeof want, "cannot write the weights %s: \"%s/w.h5\" exists but is not a directory; choose "
+                              "another path", path, dir);
+  assert_string_equal(loom_last_error(), want);
+  snprintf(path, sizeof path, "%s/w.h5/x.json", dir);
+  assert_int_equal(loom_export_architecture(m, NULL, path), LOOM_EIO);
+  assert_non_null(strstr(loom_last_error(), "cannot write the architecture"));
+  snprintf(path, sizeof path, "%s/w.h5/x.h5", dir);
+  p = loom_predictions_create(path);
+  assert_int_equal(loom_predictions_close(p), LOOM_EIO);
+  assert_non_null(strstr(loom_last_error(), "cannot write the predictions"));
+  if (loom_onnx_available()) {
+    snprintf(path, sizeof path, "%s/w.h5/x.onnx", dir);
+    assert_int_equal(loom_export_onnx(m, path), LOOM_EIO);
+    snprintf(want, sizeof want, "cannot write the ONNX model %s: \"%s/w.h5\" exists but is not a directory; choose "
+                                "another path", path, dir);
+    assert_string_equal(loom_last_error(), want);
+  }
+  assert_false(has_temp_file(dir));
+  loom_model_destroy(m);
+}
+
 static int same_shape(void *data, int ndim, const int64_t *in, int *out_ndim, int64_t *out) {
   (void)data;
   *out_ndim = ndim;
@@ -373,8 +497,10 @@ static void test_export_onnx_errors(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_predict_hdf5),         cmocka_unit_test(test_predict_csv_unlabelled),
-      cmocka_unit_test(test_predict_config),       cmocka_unit_test(test_train_unlabelled_refused),
-      cmocka_unit_test(test_export_weights),       cmocka_unit_test(test_export_onnx_errors),
+      cmocka_unit_test(test_predict_config),       cmocka_unit_test(test_predict_converted_idx),
+      cmocka_unit_test(test_train_unlabelled_refused),
+      cmocka_unit_test(test_export_weights),       cmocka_unit_test(test_export_creates_directories),
+      cmocka_unit_test(test_export_onnx_errors),
   };
   return cmocka_run_group_tests(tests, test_dir_setup, test_dir_teardown);
 }

@@ -97,7 +97,9 @@ LOOM_API loom_model *loom_config_model(const loom_config *config);
  * (.csv) file relative to the working directory, prepared as the config's
  * first infer* loader (else valid*, else the first) prepares its samples:
  * its batch size and transforms, and its dataset's keys (inputs, scale,
- * header, ...) when that dataset has the file's type. Labels are not read:
+ * header, ...) when that dataset has the file's type; an HDF5 file in place
+ * of an IDX dataset (idx, fashion_mnist) gets scale 1/255, as the IDX
+ * dataset reads the bytes loom convert idx copies. Labels are not read:
  * an HDF5 file needs only its inputs, and every CSV column is a feature. */
 LOOM_API int loom_config_add_dataset_file(loom_config *config, const char *path, const char *name);
 
