@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 
+#include "core/clock.h"
 #include "core/error_internal.h"
 
 struct loom_comm {
@@ -9,6 +10,7 @@ struct loom_comm {
   void *ctx;
   int rank;
   int size;
+  uint64_t wait_ns; /* inside collectives, since creation or the last reset */
 };
 
 loom_comm *loom_comm_create(const loom_comm_ops *ops, void *ctx, int rank, int size) {
@@ -64,13 +66,30 @@ int loom_comm_size(const loom_comm *comm) { return comm->size; }
 bool loom_comm_is_master(const loom_comm *comm) { return comm->rank == 0; }
 const char *loom_comm_name(const loom_comm *comm) { return comm->ops.name ? comm->ops.name : "custom"; }
 
+/* Every collective is timed here, whatever the backend: the wall time a
+ * rank spends inside one is its transfer plus its wait for the slowest
+ * rank, which is what data parallelism costs over one process. */
+static int timed(loom_comm *comm, uint64_t t0, int rc) {
+  comm->wait_ns += loom_now_ns() - t0;
+  return rc;
+}
+
 int loom_comm_allreduce_sum_f64(loom_comm *comm, double *buf, size_t n) {
-  return comm->ops.allreduce_sum_f64(comm->ctx, buf, n);
+  uint64_t t0 = loom_now_ns();
+  return timed(comm, t0, comm->ops.allreduce_sum_f64(comm->ctx, buf, n));
 }
 int loom_comm_allreduce_mean_f32(loom_comm *comm, float *buf, size_t n) {
-  return comm->ops.allreduce_mean_f32(comm->ctx, buf, n);
+  uint64_t t0 = loom_now_ns();
+  return timed(comm, t0, comm->ops.allreduce_mean_f32(comm->ctx, buf, n));
 }
 int loom_comm_broadcast(loom_comm *comm, void *buf, size_t bytes, int root) {
-  return comm->ops.broadcast(comm->ctx, buf, bytes, root);
+  uint64_t t0 = loom_now_ns();
+  return timed(comm, t0, comm->ops.broadcast(comm->ctx, buf, bytes, root));
 }
-int loom_comm_barrier(loom_comm *comm) { return comm->ops.barrier(comm->ctx); }
+int loom_comm_barrier(loom_comm *comm) {
+  uint64_t t0 = loom_now_ns();
+  return timed(comm, t0, comm->ops.barrier(comm->ctx));
+}
+
+double loom_comm_wait_seconds(const loom_comm *comm) { return (double)comm->wait_ns * 1e-9; }
+void loom_comm_reset_wait_seconds(loom_comm *comm) { comm->wait_ns = 0; }

@@ -47,6 +47,13 @@ LOOM_API int loom_comm_allreduce_mean_f32(loom_comm *comm, float *buf, size_t n)
 LOOM_API int loom_comm_broadcast(loom_comm *comm, void *buf, size_t bytes, int root);
 LOOM_API int loom_comm_barrier(loom_comm *comm);
 
+/* Wall seconds this rank has spent inside the collectives above since the
+ * communicator was created or last reset: the transfers and the waits for
+ * slower ranks together (the timer callback reports a loader's share as
+ * time/comm_s and time/comm_fraction). The local backend's are ~0. */
+LOOM_API double loom_comm_wait_seconds(const loom_comm *comm);
+LOOM_API void loom_comm_reset_wait_seconds(loom_comm *comm);
+
 #ifdef __cplusplus
 }
 #endif
