@@ -2,7 +2,7 @@
  * prints one machine-readable line:
  *   LOOM epoch_s=<median train-loader seconds> rss_mb=<peak RSS> valid_acc=<last>
  *        products=<kernels> rank=<r> world=<n> comm_frac=<median share of a
- *        train epoch inside collectives>
+ *        train epoch inside collectives> steps=<train batches an epoch>
  * The config's first stage runs with only the accuracy callback (no logs or
  * checkpoints) and the epochs asked for; KEY=VALUE arguments are --set
  * overrides (e.g. loaders.train.batch_size=64). Under mpirun every rank
@@ -22,6 +22,7 @@ typedef struct timing {
   double train_s[MAX_EPOCHS], comm_frac[MAX_EPOCHS];
   double comm_start_s;
   int n;
+  long long steps;
   double valid_acc;
 } timing;
 
@@ -35,6 +36,7 @@ static int on_loader_end(loom_callback *cb, loom_runner *r) {
   if (loom_runner_is_train_loader(r) && t->n < MAX_EPOCHS) {
     double s = loom_runner_loader_elapsed(r);
     t->train_s[t->n] = s;
+    t->steps = (long long)loom_runner_loader_batch_step(r);
     t->comm_frac[t->n++] = s > 0 ? (loom_comm_wait_seconds(loom_runner_comm(r)) - t->comm_start_s) / s : 0;
   } else
     loom_metrics_get(loom_runner_loader_metrics(r), "accuracy", &t->valid_acc);
@@ -114,8 +116,8 @@ int main(int argc, char **argv) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   double epoch_s = median(t.train_s, t.n), comm_frac = median(t.comm_frac, t.n);
-  printf("LOOM epoch_s=%.4f rss_mb=%.1f valid_acc=%.4f products=%s rank=%d world=%d comm_frac=%.4f\n", epoch_s,
+  printf("LOOM epoch_s=%.4f rss_mb=%.1f valid_acc=%.4f products=%s rank=%d world=%d comm_frac=%.4f steps=%lld\n", epoch_s,
          (double)ru.ru_maxrss / 1024.0, t.valid_acc, loom_xsmm_active() ? "libxsmm-avx512" : "openblas", rank, world,
-         comm_frac);
+         comm_frac, t.steps);
   return 0;
 }
