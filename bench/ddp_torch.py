@@ -20,6 +20,7 @@ import socket
 import statistics
 import sys
 import time
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -40,7 +41,7 @@ def free_port():
 def worker(rank, world, name, epochs, root, port, out):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(minutes=5))
     torch.set_num_threads(int(os.environ.get("TORCH_THREADS", "1")))
     torch.set_flush_denormal(True)
     torch.manual_seed(0)  # DDP broadcasts rank 0's parameters anyway
@@ -81,7 +82,6 @@ def worker(rank, world, name, epochs, root, port, out):
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         out.put(f"TORCH_DDP epoch_s={statistics.median(times):.4f} rss_mb={rss:.1f} valid_acc={acc:.4f} "
                 f"world={world} per_rank_batch={per_rank}")
-    dist.destroy_process_group()
 
 
 def main():
@@ -91,8 +91,23 @@ def main():
     world = int(sys.argv[4]) if len(sys.argv) > 4 else 2
     ctx = mp.get_context("spawn")
     out = ctx.SimpleQueue()
-    mp.spawn(worker, args=(world, name, epochs, root, free_port(), out), nprocs=world, join=True)
-    print(out.get())
+    procs = mp.spawn(worker, args=(world, name, epochs, root, free_port(), out), nprocs=world, join=False)
+    # Rank 0 reports after the last epoch's barrier, when every rank is done.
+    # Gloo's teardown has been seen to leave a rank spinning once rank 0 has
+    # gone (1 run in ~10 here), so the ranks get a minute to leave, then end.
+    while out.empty():
+        failed = [p.exitcode for p in procs.processes if p.exitcode not in (None, 0)]
+        if failed:
+            for p in procs.processes:
+                p.terminate()
+            sys.exit(f"ddp_torch: a rank failed (exit code {failed[0]})")
+        time.sleep(0.1)
+    print(out.get(), flush=True)
+    for p in procs.processes:
+        p.join(60)
+        if p.is_alive():
+            p.terminate()
+            p.join()
 
 
 if __name__ == "__main__":
