@@ -40,9 +40,10 @@ import re
 # 100 Gb/s InfiniBand or RoCE) and the link's bytes per second.
 NETWORKS = [("10 Gb/s", 20e-6, 10e9 / 8), ("100 Gb/s", 5e-6, 100e9 / 8)]
 RANKS = [8, 64, 512]
-# Measured here (docs/distributed.md): shared memory, 2 ranks; compute per
-# step of one rank (per-rank batch 64, one core, outside collectives).
-DEFAULTS = {"alpha": 0.48e-6, "beta": 0.24e-9, "step_ms": {"mlp": 1.6, "cnn": 50.0}}
+# Measured here (docs/distributed.md, the medians of its runs): shared
+# memory, 2 ranks; compute per step of one rank (per-rank batch 64, one
+# core, time outside collectives).
+DEFAULTS = {"alpha": 0.17e-6, "beta": 0.12e-9, "step_ms": {"mlp": 1.24, "cnn": 27.9}}
 PARAMS = {"mlp": 235146, "cnn": 220330, "25M": 25_000_000}
 BYTES_PER_PARAM = 4  # float32 gradients
 
