@@ -1,9 +1,13 @@
 /* bench/model: trains the model a config describes for a few epochs and
  * prints one machine-readable line:
  *   LOOM epoch_s=<median train-loader seconds> rss_mb=<peak RSS> valid_acc=<last>
+ *        products=<kernels> rank=<r> world=<n> comm_frac=<median share of a
+ *        train epoch inside collectives> steps=<train batches an epoch>
  * The config's first stage runs with only the accuracy callback (no logs or
- * checkpoints) and the epochs asked for.
- * Usage: model CONFIG [EPOCHS] [DATA_DIR] */
+ * checkpoints) and the epochs asked for; KEY=VALUE arguments are --set
+ * overrides (e.g. loaders.train.batch_size=64). Under mpirun every rank
+ * trains its share (loom_comm_for_dist(LOOM_DIST_AUTO)) and prints its line.
+ * Usage: model CONFIG [EPOCHS] [DATA_DIR] [KEY=VALUE...] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -15,16 +19,26 @@
 #define MAX_EPOCHS 64
 
 typedef struct timing {
-  double train_s[MAX_EPOCHS];
+  double train_s[MAX_EPOCHS], comm_frac[MAX_EPOCHS];
+  double comm_start_s;
   int n;
+  long long steps;
   double valid_acc;
 } timing;
 
+static int on_loader_start(loom_callback *cb, loom_runner *r) {
+  ((timing *)loom_callback_data(cb))->comm_start_s = loom_comm_wait_seconds(loom_runner_comm(r));
+  return 0;
+}
+
 static int on_loader_end(loom_callback *cb, loom_runner *r) {
   timing *t = loom_callback_data(cb);
-  if (loom_runner_is_train_loader(r) && t->n < MAX_EPOCHS)
-    t->train_s[t->n++] = loom_runner_loader_elapsed(r);
-  else
+  if (loom_runner_is_train_loader(r) && t->n < MAX_EPOCHS) {
+    double s = loom_runner_loader_elapsed(r);
+    t->train_s[t->n] = s;
+    t->steps = (long long)loom_runner_loader_batch_step(r);
+    t->comm_frac[t->n++] = s > 0 ? (loom_comm_wait_seconds(loom_runner_comm(r)) - t->comm_start_s) / s : 0;
+  } else
     loom_metrics_get(loom_runner_loader_metrics(r), "accuracy", &t->valid_acc);
   return 0;
 }
@@ -34,8 +48,15 @@ static int by_value(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-static int setup(loom_config *c, int epochs, const char *dir, timing *t, loom_experiment **exp) {
-  static const loom_callback_ops ops = {.type = "bench_timer", .on_loader_end = on_loader_end};
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof v[0], by_value);
+  return v[n / 2];
+}
+
+static int setup(loom_config *c, int epochs, const char *dir, char **sets, int num_sets, timing *t,
+                 loom_experiment **exp) {
+  static const loom_callback_ops ops = {
+      .type = "bench_timer", .on_loader_start = on_loader_start, .on_loader_end = on_loader_end};
   char set[1024];
   const char *const fixed[] = {"experiment.logdir=/tmp/loom-bench", "stages.train.callbacks=[{\"type\": \"accuracy\"}]"};
   for (size_t i = 0; i < 2; i++)
@@ -50,6 +71,9 @@ static int setup(loom_config *c, int epochs, const char *dir, timing *t, loom_ex
     if (loom_config_set(c, set) < 0)
       return -1;
   }
+  for (int i = 0; i < num_sets; i++)
+    if (loom_config_set(c, sets[i]) < 0)
+      return -1;
   if (loom_config_build(c, exp) < 0)
     return -1;
   return loom_stage_add_callback(loom_experiment_stage(*exp, 0),
@@ -58,7 +82,7 @@ static int setup(loom_config *c, int epochs, const char *dir, timing *t, loom_ex
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: model CONFIG [EPOCHS] [DATA_DIR]\n");
+    fprintf(stderr, "usage: model CONFIG [EPOCHS] [DATA_DIR] [KEY=VALUE...]\n");
     return 2;
   }
   int epochs = argc > 2 ? atoi(argv[2]) : 3;
@@ -68,11 +92,20 @@ int main(int argc, char **argv) {
   static timing t;
   loom_experiment *exp = NULL;
   loom_config *c = loom_config_load(argv[1]);
-  int rc = c ? setup(c, epochs, dir, &t, &exp) : -1;
+  int rc = c ? setup(c, epochs, dir, argv + 4, argc > 4 ? argc - 4 : 0, &t, &exp) : -1;
+  int rank = 0, world = 1;
   if (rc == 0) {
-    loom_runner *r = loom_runner_create();
-    rc = loom_run_experiment(r, exp);
-    loom_runner_destroy(r);
+    loom_comm *comm = loom_comm_for_dist(LOOM_DIST_AUTO);
+    loom_runner *r = comm ? loom_runner_create() : NULL;
+    if (!r) {
+      loom_comm_destroy(comm);
+      rc = -1;
+    } else {
+      rank = loom_comm_rank(comm), world = loom_comm_size(comm);
+      loom_runner_set_comm(r, comm); /* the runner owns it */
+      rc = loom_run_experiment(r, exp);
+      loom_runner_destroy(r);
+    }
   }
   if (rc < 0)
     fprintf(stderr, "bench model: %s\n", loom_last_error());
@@ -80,10 +113,11 @@ int main(int argc, char **argv) {
   loom_config_destroy(c);
   if (rc < 0)
     return 1;
-  qsort(t.train_s, (size_t)t.n, sizeof t.train_s[0], by_value);
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
-  printf("LOOM epoch_s=%.4f rss_mb=%.1f valid_acc=%.4f products=%s\n", t.train_s[t.n / 2],
-         (double)ru.ru_maxrss / 1024.0, t.valid_acc, loom_xsmm_active() ? "libxsmm-avx512" : "openblas");
+  double epoch_s = median(t.train_s, t.n), comm_frac = median(t.comm_frac, t.n);
+  printf("LOOM epoch_s=%.4f rss_mb=%.1f valid_acc=%.4f products=%s rank=%d world=%d comm_frac=%.4f steps=%lld\n", epoch_s,
+         (double)ru.ru_maxrss / 1024.0, t.valid_acc, loom_xsmm_active() ? "libxsmm-avx512" : "openblas", rank, world,
+         comm_frac, t.steps);
   return 0;
 }

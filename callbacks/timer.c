@@ -1,4 +1,5 @@
-/* Where a loader's time goes: waiting for data or computing. */
+/* Where a loader's time goes: waiting for data, computing, or waiting in
+ * the communicator's collectives (other ranks, the gradient all-reduce). */
 #include <stdlib.h>
 
 #include "core/error_internal.h"
@@ -7,11 +8,13 @@
 
 typedef struct timer {
   double data_s;
+  double comm_start_s; /* the communicator's wait counter at on_loader_start */
 } timer;
 
 static int timer_loader_start(loom_callback *cb, loom_runner *r) {
-  (void)r;
-  ((timer *)loom_callback_data(cb))->data_s = 0;
+  timer *t = loom_callback_data(cb);
+  t->data_s = 0;
+  t->comm_start_s = loom_comm_wait_seconds(loom_runner_comm(r));
   return 0;
 }
 
@@ -28,8 +31,14 @@ static int timer_loader_end(loom_callback *cb, loom_runner *r) {
   timer *t = loom_callback_data(cb);
   double elapsed = loom_runner_loader_elapsed(r);
   loom_metrics *m = loom_runner_loader_metrics(r);
+  /* This rank's own: the loader's metrics have been reduced over ranks already. */
+  double comm = loom_comm_wait_seconds(loom_runner_comm(r)) - t->comm_start_s;
   int rc = loom_metrics_set(m, "time/samples_per_s", elapsed > 0 ? (double)loom_runner_loader_samples_run(r) / elapsed : 0);
-  return rc == 0 ? loom_metrics_set(m, "time/data_fraction", elapsed > 0 ? t->data_s / elapsed : 0) : rc;
+  if (rc == 0)
+    rc = loom_metrics_set(m, "time/data_fraction", elapsed > 0 ? t->data_s / elapsed : 0);
+  if (rc == 0)
+    rc = loom_metrics_set(m, "time/comm_s", comm);
+  return rc == 0 ? loom_metrics_set(m, "time/comm_fraction", elapsed > 0 ? comm / elapsed : 0) : rc;
 }
 
 static const loom_callback_ops timer_ops = {

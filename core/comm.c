@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "core/clock.h"
 #include "core/error_internal.h"
 
 struct loom_comm {
@@ -15,6 +16,7 @@ struct loom_comm {
    * later collective gives at once. */
   bool failed;
   char failure[768];
+  uint64_t wait_ns; /* inside collectives, since creation or the last reset */
 };
 
 loom_comm *loom_comm_create(const loom_comm_ops *ops, void *ctx, int rank, int size) {
@@ -78,8 +80,12 @@ int loom_comm_size(const loom_comm *comm) { return comm->size; }
 bool loom_comm_is_master(const loom_comm *comm) { return comm->rank == 0; }
 const char *loom_comm_name(const loom_comm *comm) { return comm->ops.name ? comm->ops.name : "custom"; }
 
-/* Every collective: refused at once after a failure, which it records. */
-static int collective(loom_comm *comm, int rc) {
+/* Every collective: refused at once after a failure, which it records;
+ * timed here, whatever the backend (from t0): the wall time a rank spends
+ * inside one is its transfer plus its wait for the slowest rank, which is
+ * what data parallelism costs over one process. */
+static int collective(loom_comm *comm, uint64_t t0, int rc) {
+  comm->wait_ns += loom_now_ns() - t0;
   if (rc < 0 && !comm->failed) {
     comm->failed = true;
     snprintf(comm->failure, sizeof comm->failure, "%s", loom_last_error());
@@ -92,16 +98,28 @@ static int refused(const loom_comm *comm) {
 }
 
 int loom_comm_allreduce_sum_f64(loom_comm *comm, double *buf, size_t n) {
-  return comm->failed ? refused(comm) : collective(comm, comm->ops.allreduce_sum_f64(comm->ctx, buf, n));
+  if (comm->failed)
+    return refused(comm);
+  const uint64_t t0 = loom_now_ns();
+  return collective(comm, t0, comm->ops.allreduce_sum_f64(comm->ctx, buf, n));
 }
 int loom_comm_allreduce_mean_f32(loom_comm *comm, float *buf, size_t n) {
-  return comm->failed ? refused(comm) : collective(comm, comm->ops.allreduce_mean_f32(comm->ctx, buf, n));
+  if (comm->failed)
+    return refused(comm);
+  const uint64_t t0 = loom_now_ns();
+  return collective(comm, t0, comm->ops.allreduce_mean_f32(comm->ctx, buf, n));
 }
 int loom_comm_broadcast(loom_comm *comm, void *buf, size_t bytes, int root) {
-  return comm->failed ? refused(comm) : collective(comm, comm->ops.broadcast(comm->ctx, buf, bytes, root));
+  if (comm->failed)
+    return refused(comm);
+  const uint64_t t0 = loom_now_ns();
+  return collective(comm, t0, comm->ops.broadcast(comm->ctx, buf, bytes, root));
 }
 int loom_comm_barrier(loom_comm *comm) {
-  return comm->failed ? refused(comm) : collective(comm, comm->ops.barrier(comm->ctx));
+  if (comm->failed)
+    return refused(comm);
+  const uint64_t t0 = loom_now_ns();
+  return collective(comm, t0, comm->ops.barrier(comm->ctx));
 }
 
 int loom_comm_notify_failure(loom_comm *comm, const char *message) {
@@ -162,7 +180,8 @@ int loom_comm_start_mean_f32(loom_comm_request *q, const float *buf) {
   if (q->started)
     return loom_error_set(LOOM_ESTATE, "loom_comm_start_mean_f32: the request was started and not waited for");
   q->started = true;
-  return q->backend ? collective(comm, comm->ops.start_mean_f32(comm->ctx, q->backend, buf)) : 0;
+  const uint64_t t0 = loom_now_ns();
+  return q->backend ? collective(comm, t0, comm->ops.start_mean_f32(comm->ctx, q->backend, buf)) : 0;
 }
 
 int loom_comm_wait_mean_f32(loom_comm_request *q, float *buf) {
@@ -172,12 +191,17 @@ int loom_comm_wait_mean_f32(loom_comm_request *q, float *buf) {
   q->started = false;
   if (comm->failed)
     return refused(comm);
-  return collective(comm, q->backend ? comm->ops.wait_mean_f32(comm->ctx, q->backend, buf)
+  const uint64_t t0 = loom_now_ns();
+  return collective(comm, t0, q->backend ? comm->ops.wait_mean_f32(comm->ctx, q->backend, buf)
                                      : comm->ops.allreduce_mean_f32(comm->ctx, buf, q->n));
 }
 
 int loom_comm_progress(loom_comm *comm) {
   if (comm->failed)
     return refused(comm);
-  return comm->ops.progress ? collective(comm, comm->ops.progress(comm->ctx)) : 0;
+  const uint64_t t0 = loom_now_ns();
+  return comm->ops.progress ? collective(comm, t0, comm->ops.progress(comm->ctx)) : 0;
 }
+
+double loom_comm_wait_seconds(const loom_comm *comm) { return (double)comm->wait_ns * 1e-9; }
+void loom_comm_reset_wait_seconds(loom_comm *comm) { comm->wait_ns = 0; }

@@ -26,7 +26,10 @@ static char tiny[1024];
 static pid_t start(const char *dir, bool resume) {
   char epochs[] = "stages.train.num_epochs=" EPOCHS, out[600];
   snprintf(out, sizeof out, "%s.out", dir);
-  const char *argv[] = {loom, "run", tiny, "--logdir", dir, "--set", epochs, resume ? "--resume" : NULL, "last", NULL};
+  /* A fresh start replaces what a run killed before its first checkpoint
+   * wrote (its metrics), as a user would: --overwrite. */
+  const char *argv[] = {loom, "run", tiny, "--logdir", dir, "--set", epochs, resume ? "--resume" : "--overwrite",
+                        resume ? "last" : NULL, NULL};
   fflush(NULL);
   pid_t pid = fork();
   assert_true(pid >= 0);

@@ -2,6 +2,7 @@
  * limits and overfitting. */
 #include <dirent.h>
 #include <math.h>
+#include <time.h>
 
 #include "helpers.h"
 
@@ -345,10 +346,115 @@ static void test_check_limit_overfit(void **state) {
   assert_true(differs);
 }
 
+/* --- time in collectives: a world of two whose gradient all-reduce sleeps --- */
+
+#define COMM_SLEEP_NS 4000000L  /* in every allreduce_mean_f32 */
+#define OUTSIDE_SLEEP_NS 3000000L /* in a callback, between collectives */
+
+static int slow_means;
+static void sleep_ns(long ns) { nanosleep(&(struct timespec){0, ns}, NULL); }
+static int slow_mean(void *c, float *b, size_t n) {
+  (void)c, (void)b, (void)n;
+  slow_means++;
+  sleep_ns(COMM_SLEEP_NS);
+  return 0;
+}
+static int same_sum(void *c, double *b, size_t n) { (void)c, (void)b, (void)n; return 0; }
+static int same_bcast(void *c, void *b, size_t n, int root) { (void)c, (void)b, (void)n, (void)root; return 0; }
+static int no_barrier(void *c) { (void)c; return 0; }
+static const loom_comm_ops slow_ops = {.name = "slow", .allreduce_sum_f64 = same_sum, .allreduce_mean_f32 = slow_mean,
+                                       .broadcast = same_bcast, .barrier = no_barrier};
+
+typedef struct comm_seen {
+  int means_at_start, means[3];       /* all-reduces of each train epoch */
+  double comm_s[3], fraction[3], elapsed[3];
+  int64_t batches[3];
+} comm_seen;
+
+static int seen_loader_start(loom_callback *cb, loom_runner *r) {
+  ((comm_seen *)loom_callback_data(cb))->means_at_start = slow_means;
+  (void)r;
+  return 0;
+}
+static int seen_batch_end(loom_callback *cb, loom_runner *r) {
+  (void)cb, (void)r;
+  sleep_ns(OUTSIDE_SLEEP_NS); /* time in the loader that no collective may claim */
+  return 0;
+}
+static int seen_loader_end(loom_callback *cb, loom_runner *r) {
+  comm_seen *s = loom_callback_data(cb);
+  int e = loom_runner_epoch(r);
+  loom_metrics *m = loom_runner_loader_metrics(r);
+  s->means[e] = slow_means - s->means_at_start;
+  s->elapsed[e] = loom_runner_loader_elapsed(r);
+  s->batches[e] = loom_runner_loader_batch_step(r);
+  assert_true(loom_metrics_get(m, "time/comm_s", &s->comm_s[e]));
+  assert_true(loom_metrics_get(m, "time/comm_fraction", &s->fraction[e]));
+  return 0;
+}
+
+static void test_timer_comm_wait(void **state) {
+  (void)state;
+  /* The counter itself: three sleeping all-reduces, then a reset. */
+  loom_comm *comm = loom_comm_create(&slow_ops, NULL, 0, 2);
+  float g[2] = {0};
+  slow_means = 0;
+  for (int i = 0; i < 3; i++)
+    assert_int_equal(loom_comm_allreduce_mean_f32(comm, g, 2), 0);
+  assert_true(loom_comm_wait_seconds(comm) >= 3 * COMM_SLEEP_NS * 1e-9);
+  loom_comm_reset_wait_seconds(comm);
+  assert_true(loom_comm_wait_seconds(comm) == 0.0);
+
+  /* In a run: rank 0's shard of 32 samples is 4 batches of 4, one
+   * gradient all-reduce each; the timer's loader metrics count them and
+   * not the sleep outside them. */
+  static const loom_callback_ops seen_ops = {.type = "comm_seen",
+                                             .on_loader_start = seen_loader_start,
+                                             .on_batch_end = seen_batch_end,
+                                             .on_loader_end = seen_loader_end};
+  comm_seen seen = {0};
+  loom_callback *watcher = loom_callback_create(&seen_ops, &seen, LOOM_ORDER_LOGGING);
+  const char *train_only[] = {"train"};
+  loom_event_filter f = {.loaders = train_only, .num_loaders = 1};
+  assert_int_equal(loom_callback_set_filter(watcher, &f), 0);
+  loom_experiment *exp = loom_experiment_create("comm_wait");
+  loom_stage *st = loom_experiment_add_stage(exp, "train", 2);
+  const int64_t sizes[] = {8, 6, 3};
+  loom_sgd_options sgd = {.lr = 0.1};
+  assert_int_equal(loom_stage_set_model(st, loom_mlp_create(sizes, 3, 2)), 0);
+  assert_int_equal(loom_stage_set_criterion(st, loom_cross_entropy_create()), 0);
+  assert_int_equal(loom_stage_set_optimizer(st, loom_sgd_create(&sgd)), 0);
+  assert_int_equal(loom_stage_add_loader(st, "train", test_loader(32, 8, 3, 4, true)), 0);
+  assert_int_equal(loom_stage_add_loader(st, "valid", test_loader(16, 8, 3, 4, false)), 0);
+  assert_int_equal(loom_stage_add_callback(st, loom_timer_callback_create()), 0);
+  assert_int_equal(loom_stage_add_callback(st, watcher), 0);
+  loom_runner *r = loom_runner_create();
+  loom_runner_set_comm(r, comm);
+  loom_run_options o = loom_run_options_defaults();
+  o.handle_signals = false;
+  loom_runner_set_options(r, &o);
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  for (int e = 1; e <= 2; e++) {
+    assert_int_equal(seen.batches[e], 4);
+    assert_int_equal(seen.means[e], 4);
+    assert_true(seen.comm_s[e] >= 4 * COMM_SLEEP_NS * 1e-9);
+    /* The callback's sleeps lie inside the loader and outside every collective. */
+    assert_true(seen.comm_s[e] + 4 * OUTSIDE_SLEEP_NS * 1e-9 <= seen.elapsed[e]);
+    assert_true(fabs(seen.fraction[e] - seen.comm_s[e] / seen.elapsed[e]) <= 1e-12);
+  }
+  /* The epoch metrics carry them, prefixed by the loader. */
+  double frac;
+  assert_true(loom_metrics_get(loom_runner_epoch_metrics(r), "train/time/comm_fraction", &frac));
+  assert_true(frac == seen.fraction[2]);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_crc32c_vector),
       cmocka_unit_test(test_tensorboard_and_timer),
+      cmocka_unit_test(test_timer_comm_wait),
       cmocka_unit_test(test_event_filters),
       cmocka_unit_test(test_check_limit_overfit),
   };

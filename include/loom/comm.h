@@ -98,6 +98,13 @@ LOOM_API int loom_comm_wait_mean_f32(loom_comm_request *request, float *buf);
 /* Lets started requests progress; 0 or the failure. */
 LOOM_API int loom_comm_progress(loom_comm *comm);
 
+/* Wall seconds this rank has spent inside the collectives above since the
+ * communicator was created or last reset: the transfers and the waits for
+ * slower ranks together (the timer callback reports a loader's share as
+ * time/comm_s and time/comm_fraction). The local backend's are ~0. */
+LOOM_API double loom_comm_wait_seconds(const loom_comm *comm);
+LOOM_API void loom_comm_reset_wait_seconds(loom_comm *comm);
+
 #ifdef __cplusplus
 }
 #endif
