@@ -163,7 +163,7 @@ static int read_metric(loom_grid *g, loom_params *p) {
     return rc;
   static const char *const directions[] = {"min", "max", NULL};
   const char *name;
-  int dir;
+  int dir = 0;
   rc = loom_params_string(m, "name", NULL, &name);
   if (rc == 0 && !strchr(name, '/'))
     rc = loom_params_error(m, "name", LOOM_EINVAL, "a metric of results.jsonl is \"LOADER/METRIC\", e.g. \"valid/accuracy\"");
@@ -183,7 +183,7 @@ static int read_grid(loom_grid *g, loom_config *c, const char *const *options, s
   loom_params p;
   loom_params_init(&p, c, c->root, "");
   const char *base;
-  int64_t reps, seed;
+  int64_t reps = 1, seed = 0;
   int rc = loom_params_file(&p, "base", NULL, &base);
   if (rc == 0 && !(g->base = realpath(base, NULL)))
     rc = loom_params_error(&p, "base", LOOM_ENOENT, "the base config %s: %s", base, strerror(errno));

@@ -300,7 +300,7 @@ static int parse_cpus(const char *text, int w, cpu_set_t *set) {
     if (end == at || lo < 0 || hi < lo || hi >= CPU_SETSIZE)
       break;
     for (long c = lo; c <= hi; c++)
-      CPU_SET((int)c, set);
+      CPU_SET((size_t)c, set);
     at = end;
     if (*at == ',')
       at++;

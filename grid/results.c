@@ -234,7 +234,7 @@ static json_t *key_value(const json_t *row, const key_ref *k) {
 
 typedef struct filter {
   key_ref key;
-  enum { OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE } op;
+  enum filter_op { OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE } op;
   const char *text; /* the value as written */
   double number;
   bool is_number;
@@ -246,7 +246,7 @@ static int parse_filter(const json_t *rows, const json_t *options, const char *s
   size_t size = sizeof f->name;
   static const struct {
     const char *s;
-    int op;
+    enum filter_op op;
   } ops[] = {{"!=", OP_NE}, {"<=", OP_LE}, {">=", OP_GE}, {"=", OP_EQ}, {"<", OP_LT}, {">", OP_GT}};
   size_t at = strcspn(spec, "!=<>");
   for (size_t i = 0; spec[at] && i < sizeof ops / sizeof *ops; i++)

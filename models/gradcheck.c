@@ -77,7 +77,7 @@ static void compare(check *c, const char *what, int64_t i, double got, double wa
 /* d L / d v by central differences, v one of the values behind L (the
  * float one the layer reads and, with a reference, its double copy). */
 static int numeric(check *c, float *v, double *vd, double *out) {
-  double h = c->o->reference ? 1e-6 : 1e-3, up, down;
+  double h = c->o->reference ? 1e-6 : 1e-3, up = 0, down = 0;
   float keep = *v;
   double keep_d = vd ? *vd : 0;
   if (c->o->reference)

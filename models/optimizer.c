@@ -206,7 +206,8 @@ typedef struct checked_step {
   float *p;
   const float *g;
   bool bad[LOOM_MAX_PARTS];
-  int rc[LOOM_MAX_PARTS];
+  int rc[LOOM_MAX_PARTS]; /* the checks' (first phase): every part reads them all */
+  int update_rc[LOOM_MAX_PARTS]; /* the updates' (second phase): only each part's own */
 } checked_step;
 
 static void check_part(void *ctx, int part, int64_t begin, int64_t end) {
@@ -223,14 +224,14 @@ static void update_part_checked(void *ctx, int part, int64_t begin, int64_t end)
     if (c->bad[k] || c->rc[k] < 0)
       return;
   const size_t b = (size_t)begin, e = (size_t)end;
-  for (size_t i = 0; i < loom_model_num_layers(c->model) && c->rc[part] == 0; i++) {
+  for (size_t i = 0; i < loom_model_num_layers(c->model) && c->update_rc[part] == 0; i++) {
     segment seg[2];
     int n = layer_segments(c->opt, c->model, i, seg);
-    for (int k = 0; k < n && c->rc[part] == 0; k++) {
+    for (int k = 0; k < n && c->update_rc[part] == 0; k++) {
       size_t lo = seg[k].off > b ? seg[k].off : b, hi = seg[k].off + seg[k].len < e ? seg[k].off + seg[k].len : e;
       if (lo < hi)
-        c->rc[part] = c->opt->ops.update(c->opt->data, c->p, c->g, c->opt->state, c->opt->nparams, lo, hi - lo,
-                                         c->opt->steps, seg[k].lr, seg[k].wd);
+        c->update_rc[part] = c->opt->ops.update(c->opt->data, c->p, c->g, c->opt->state, c->opt->nparams, lo, hi - lo,
+                                                c->opt->steps, seg[k].lr, seg[k].wd);
     }
   }
 }
@@ -250,10 +251,11 @@ int loom_optimizer_step_checked(loom_optimizer *opt, loom_model *model, bool *fi
   loom_parallel_for_phased((int64_t)opt->nparams, PARALLEL_UPDATE, check_part, update_part_checked, &c);
   *finite = true;
   for (int k = 0; k < LOOM_MAX_PARTS; k++) {
-    if (c.rc[k] < 0) /* part 0 ran here, with its message; the others' stayed on their threads */
-      return k == 0 ? c.rc[0]
-                    : loom_error_set(c.rc[k], "%s step: the update failed on a pool thread (%s)", opt->ops.type,
-                                     loom_strerror(c.rc[k]));
+    int part_rc = c.rc[k] < 0 ? c.rc[k] : c.update_rc[k];
+    if (part_rc < 0) /* part 0 ran here, with its message; the others' stayed on their threads */
+      return k == 0 ? part_rc
+                    : loom_error_set(part_rc, "%s step: the update failed on a pool thread (%s)", opt->ops.type,
+                                     loom_strerror(part_rc));
     *finite = *finite && !c.bad[k];
   }
   if (!*finite)

@@ -32,6 +32,11 @@ if [ "${LOOM_FUZZ_DEPS:-0}" = 1 ]; then
   packages+=(clang libclang-rt-dev)
 fi
 
+# The checkers (docs/reliability.md, "Checkers"): clang builds the library with
+# -Werror and ThreadSanitizer; valgrind (with glibc's symbols) runs the tests
+# labelled valgrind.
+packages+=(clang libclang-rt-dev valgrind libc6-dbg)
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
