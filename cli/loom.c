@@ -351,10 +351,9 @@ static int cmd_run(const args *given) {
   if (code == EXIT_DONE) {
     int rc = loom_run_experiment(runner, exp);
     if (rc == LOOM_EINTERRUPTED) {
-      if (!who[0]) {
-        fprintf(stderr, "loom: %s\n", loom_last_error());
+      fprintf(stderr, "%sloom: %s\n", who, loom_last_error()); /* every rank says where it stopped */
+      if (!who[0])
         print_resume_hint(a, loom_experiment_logdir(exp));
-      }
       code = EXIT_INTERRUPTED;
     } else if (rc < 0) {
       fprintf(stderr, "%sloom: error: %s\n", who, loom_last_error());
