@@ -1,7 +1,4 @@
-/* Console logger: a line per loader per epoch; a live bar on terminals.
- * It runs on every rank: the master prints everything; another rank only
- * its warnings, on stderr, prefixed "[rank N] " (errors are the caller's to
- * print, loom run prefixes them alike). */
+/* Console logger: a line per loader per epoch; a live bar on terminals. */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -29,19 +26,9 @@ static void clear_bar(console *c) {
   }
 }
 
-/* The notices (loom_notice) not yet shown. */
-static void show_notices(console *c, loom_runner *r) {
-  for (; c->notices_shown < loom_notice_count(); c->notices_shown++)
-    if (loom_runner_is_master(r))
-      fprintf(c->out, "warning: %s\n", loom_notice(c->notices_shown));
-    else
-      fprintf(stderr, "[rank %d] warning: %s\n", loom_runner_rank(r), loom_notice(c->notices_shown));
-  fflush(loom_runner_is_master(r) ? c->out : stderr);
-}
-
 static int console_stage_start(loom_callback *cb, loom_runner *r) {
   console *c = loom_callback_data(cb);
-  if (!loom_runner_is_master(r) || loom_runner_resumed_finished(r))
+  if (loom_runner_resumed_finished(r))
     return 0; /* "already finished" said it */
   fprintf(c->out, "stage \"%s\": %d epoch%s\n", loom_runner_stage_name(r), loom_runner_num_epochs(r),
           loom_runner_num_epochs(r) == 1 ? "" : "s");
@@ -55,8 +42,9 @@ static int console_stage_start(loom_callback *cb, loom_runner *r) {
 
 static int console_experiment_start(loom_callback *cb, loom_runner *r) {
   console *c = loom_callback_data(cb);
-  show_notices(c, r);
-  if (loom_runner_is_master(r) && loom_runner_is_resumed(r)) {
+  for (; c->notices_shown < loom_notice_count(); c->notices_shown++)
+    fprintf(c->out, "warning: %s\n", loom_notice(c->notices_shown));
+  if (loom_runner_is_resumed(r)) {
     const char *notice = loom_runner_resume_notice(r);
     fprintf(c->out, "resumed from %s%s%s\n", loom_runner_resume_path(r), notice[0] ? ": " : "", notice);
     fflush(c->out);
@@ -73,8 +61,6 @@ static int console_loader_start(loom_callback *cb, loom_runner *r) {
 
 static int console_batch_end(loom_callback *cb, loom_runner *r) {
   console *c = loom_callback_data(cb);
-  if (!loom_runner_is_master(r))
-    return 0;
   if (!c->progress)
     return 0;
   uint64_t now = uv_hrtime();
@@ -105,8 +91,6 @@ static int console_batch_end(loom_callback *cb, loom_runner *r) {
 
 static int console_loader_end(loom_callback *cb, loom_runner *r) {
   console *c = loom_callback_data(cb);
-  if (!loom_runner_is_master(r))
-    return 0;
   clear_bar(c);
   double elapsed = loom_runner_loader_elapsed(r);
   fprintf(c->out, "%s %d/%d", loom_runner_loader_name(r), loom_runner_epoch(r), loom_runner_num_epochs(r));
@@ -126,9 +110,6 @@ static int console_loader_end(loom_callback *cb, loom_runner *r) {
 
 static int console_epoch_end(loom_callback *cb, loom_runner *r) {
   console *c = loom_callback_data(cb);
-  show_notices(c, r); /* those that came during the epoch */
-  if (!loom_runner_is_master(r))
-    return 0;
   /* Loader metrics were printed at their loader's end; the rest here. */
   const loom_metrics *m = loom_runner_epoch_metrics(r);
   fprintf(c->out, "epoch %d/%d", loom_runner_epoch(r), loom_runner_num_epochs(r));
@@ -149,8 +130,6 @@ static int console_epoch_end(loom_callback *cb, loom_runner *r) {
 
 static int console_stage_end(loom_callback *cb, loom_runner *r) {
   console *c = loom_callback_data(cb);
-  if (!loom_runner_is_master(r))
-    return 0;
   const loom_metrics *best = loom_runner_best_valid_metrics(r);
   if (loom_metrics_count(best) == 0 || loom_runner_resumed_finished(r))
     return 0;
@@ -197,5 +176,8 @@ loom_callback *loom_console_logger_create(const loom_console_logger_options *o) 
   loom_progress p = o ? o->progress : LOOM_PROGRESS_AUTO;
   c->progress = p == LOOM_PROGRESS_ON || (p == LOOM_PROGRESS_AUTO && isatty(fileno(c->out)));
   c->verbose = o && o->verbose;
-  return loom_callback_create(&console_ops, c, LOOM_ORDER_LOGGING); /* every rank: see above */
+  loom_callback *cb = loom_callback_create(&console_ops, c, LOOM_ORDER_LOGGING);
+  if (cb)
+    loom_callback_set_node(cb, LOOM_NODE_MASTER);
+  return cb;
 }

@@ -42,10 +42,8 @@ typedef struct loom_console_logger_options {
 /* One line per loader per epoch with its metrics and time, a live progress
  * bar (samples/s, ETA) on a terminal, where a resume came from, loom's
  * notices about the environment (loom_notice, each once per logger) as
- * "warning: ..." lines at experiment start and epoch ends. It runs on every
- * rank (docs/distributed.md): the master prints all that; another rank only
- * the warnings, on stderr, as "[rank N] warning: ...". `options` may be
- * NULL. */
+ * "warning: ..." lines at experiment start, and the error if the run fails.
+ * Master only. `options` may be NULL. */
 LOOM_API loom_callback *loom_console_logger_create(const loom_console_logger_options *options);
 
 /* Writes <logdir>/metrics.jsonl and <logdir>/metrics.csv: one row per loader
