@@ -104,7 +104,9 @@ typedef struct outcome {
 
 /* One run on `ranks` (1: rank 0 alone; 2: ranks 0 and 1; 3: all), in
  * <base>/<name>; ranks outside it only wait for it. */
+/* `o` starts zeroed or holds an earlier run's outcome. */
 static void run(int ranks, const char *name, const stop_at *s, int every, const char *resume, outcome *o) {
+  free(o->jsonl); /* of the run before, if any */
   memset(o, 0, sizeof *o);
   o->rc = -1;
   bool in = world_rank < ranks;
@@ -184,7 +186,7 @@ static int teardown(void **state) {
 
 static void test_two_identical_runs(void **state) {
   (void)state;
-  outcome again;
+  outcome again = {0};
   run(2, "again", NULL, 0, NULL, &again);
   same(&reference, &again);
   free(again.jsonl);
@@ -226,7 +228,7 @@ static void interrupted(const outcome *o, const char *where) {
 
 static void test_resume_inside_train_loader(void **state) {
   (void)state;
-  outcome o;
+  outcome o = {0};
   stop_at s = {.epoch = 2, .rank = 1, .batch = 4};
   run(2, "mid_train", &s, 0, NULL, &o);
   interrupted(&o, "loader \"train\", after batch 4)");
@@ -241,7 +243,7 @@ static void test_resume_inside_train_loader(void **state) {
 /* Rank 1 has 2 valid batches, rank 0 3: stopped after rank 0's third. */
 static void test_resume_inside_uneven_valid_loader(void **state) {
   (void)state;
-  outcome o;
+  outcome o = {0};
   stop_at s = {.epoch = 2, .rank = 0, .valid = true, .batch = 3};
   run(2, "mid_valid", &s, 0, NULL, &o);
   interrupted(&o, "loader \"valid\", after batch");
@@ -253,7 +255,7 @@ static void test_resume_inside_uneven_valid_loader(void **state) {
 
 static void test_resume_at_epoch_end(void **state) {
   (void)state;
-  outcome o;
+  outcome o = {0};
   stop_at s = {.epoch = 1, .rank = 1, .batch = 0};
   run(2, "epoch_end", &s, 0, NULL, &o);
   interrupted(&o, "at the end of epoch 1 of stage \"train\"");
@@ -269,10 +271,9 @@ static void test_resume_from_every_n_batches(void **state) {
   char copy[512];
   snprintf(copy, sizeof copy, "%s/every.h5", base);
   stop_at s = {.epoch = 2, .batch = -1, .copy_to = copy, .copy_at = 4};
-  outcome o;
+  outcome o = {0};
   run(2, "every", &s, 10, NULL, &o);
   same(&reference, &o); /* saving every 10 batches changes nothing */
-  free(o.jsonl);
   recorded(copy, 2, (const int64_t[][2]){{4, 32}, {4, 32}});
   run(2, "every", NULL, 10, copy, &o);
   same(&reference, &o);
@@ -285,7 +286,7 @@ static void test_resume_from_every_n_batches(void **state) {
  * epoch 2's train loader again: 12 + 12 more steps. */
 static void test_resume_two_ranks_on_one(void **state) {
   (void)state;
-  outcome o;
+  outcome o = {0};
   stop_at s = {.epoch = 2, .rank = 1, .batch = 4};
   run(2, "two_to_one", &s, 0, NULL, &o);
   interrupted(&o, "after batch 4");
@@ -303,7 +304,7 @@ static void test_resume_two_ranks_on_one(void **state) {
  * epoch 2's train loader again: 4 + 4 more steps each. */
 static void test_resume_one_rank_on_three(void **state) {
   (void)state;
-  outcome o;
+  outcome o = {0};
   stop_at s = {.epoch = 2, .rank = 0, .batch = 5};
   run(1, "one_to_three", &s, 0, NULL, &o);
   if (world_rank == 0)
