@@ -337,10 +337,13 @@ static int ckpt_stage_end(loom_callback *cb, loom_runner *r) {
 
 static int ckpt_batch_end(loom_callback *cb, loom_runner *r) {
   checkpointer *c = loom_callback_data(cb);
-  if (!c->o.save_last || c->o.every_n_batches <= 0 || !loom_runner_is_master(r) || !loom_runner_is_train_loader(r) ||
+  if (!c->o.save_last || c->o.every_n_batches <= 0 || !loom_runner_is_train_loader(r) ||
       loom_runner_global_batch_step(r) % c->o.every_n_batches != 0)
     return 0;
-  return save_last_now(c, r, "last.h5");
+  /* Every rank is here at this batch (unless the callback was made the
+   * master's alone): the master's file records where each was. */
+  int rc = loom_callback_node(cb) == LOOM_NODE_ALL ? loom_runner_gather_ranks(r) : 0;
+  return rc == 0 && loom_runner_is_master(r) ? save_last_now(c, r, "last.h5") : rc;
 }
 
 static int ckpt_epoch_end(loom_callback *cb, loom_runner *r) {

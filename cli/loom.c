@@ -289,6 +289,23 @@ static int record_run(loom_callback *cb, loom_runner *r) {
 
 static const loom_callback_ops record_ops = {.type = "resolved_config", .on_experiment_start = record_run};
 
+/* Other ranks print no console output (the console logger is the
+ * master's), only warnings and errors: loom's notices, on stderr, saying
+ * whose. */
+static size_t notices_shown;
+
+static int warn_notices(loom_callback *cb, loom_runner *r) {
+  (void)cb;
+  for (; notices_shown < loom_notice_count(); notices_shown++)
+    fprintf(stderr, "[rank %d] warning: %s\n", loom_runner_rank(r), loom_notice(notices_shown));
+  return 0;
+}
+
+static const loom_callback_ops rank_warnings_ops = {.type = "rank_warnings",
+                                                    .on_experiment_start = warn_notices,
+                                                    .on_epoch_end = warn_notices,
+                                                    .on_experiment_end = warn_notices};
+
 /* --check without --logdir: a fresh directory under $TMPDIR (or /tmp), so
  * that a smoke test leaves the experiment's logdir alone; kept afterwards. */
 static int check_logdir(char *dir, size_t size) {
@@ -331,6 +348,13 @@ static int cmd_run(const args *given) {
   loom_callback *record = code == EXIT_DONE ? loom_callback_create(&record_ops, config, LOOM_ORDER_INTERNAL) : NULL;
   if (record)
     loom_callback_set_node(record, LOOM_NODE_MASTER);
+  loom_callback *warnings = code == EXIT_DONE ? loom_callback_create(&rank_warnings_ops, NULL, LOOM_ORDER_LOGGING) : NULL;
+  if (warnings)
+    loom_callback_set_node(warnings, LOOM_NODE_WORKERS);
+  if (code == EXIT_DONE && (!warnings || loom_experiment_add_callback(exp, warnings) < 0)) {
+    fprintf(stderr, "loom: error: %s\n", loom_last_error());
+    code = EXIT_RUNTIME;
+  }
   if (code == EXIT_DONE && (!record || loom_experiment_add_callback(exp, record) < 0)) {
     fprintf(stderr, "loom: error: %s\n", loom_last_error());
     code = EXIT_RUNTIME;
@@ -351,10 +375,9 @@ static int cmd_run(const args *given) {
   if (code == EXIT_DONE) {
     int rc = loom_run_experiment(runner, exp);
     if (rc == LOOM_EINTERRUPTED) {
-      if (!who[0]) {
-        fprintf(stderr, "loom: %s\n", loom_last_error());
+      fprintf(stderr, "%sloom: %s\n", who, loom_last_error()); /* every rank says where it stopped */
+      if (!who[0])
         print_resume_hint(a, loom_experiment_logdir(exp));
-      }
       code = EXIT_INTERRUPTED;
     } else if (rc < 0) {
       fprintf(stderr, "%sloom: error: %s\n", who, loom_last_error());

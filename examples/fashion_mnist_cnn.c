@@ -1,9 +1,12 @@
 /* The C twin of examples/configs/fashion_mnist_cnn.json: a two-block CNN
  * (about 220K parameters) on Fashion-MNIST.
  *
- *   build/bin/fashion_mnist_cnn [--check] [EPOCHS [LOGDIR [DATA_DIR]]]
+ *   build/bin/fashion_mnist_cnn [--check] [--overwrite] [--dist auto|local|mpi] [EPOCHS [LOGDIR [DATA_DIR]]]
  *
- * (--check: a smoke run, 2 batches per loader and 2 epochs.)
+ * (--check: a smoke run, 2 batches per loader and 2 epochs.) Under
+ * `mpirun -np N` (or --dist mpi) each rank trains on its share of every
+ * epoch (global batch N x 128) and rank 0 alone prints and writes
+ * (docs/distributed.md); --dist local trains this process alone.
  * conv3x3(32) BN ReLU maxpool, conv3x3(64) BN ReLU maxpool, dropout 0.25,
  * linear 64, ReLU, linear 10; Adam 1e-3 on a per-step cosine schedule with
  * 200 warmup steps; batch 128. Checkpoints go to LOGDIR/checkpoints. */
@@ -49,25 +52,35 @@ static loom_loader *open_loader(const char *dir, bool train) {
 
 int main(int argc, char **argv) {
   loom_run_options run = loom_run_options_defaults();
+  loom_dist dist = LOOM_DIST_AUTO;
   for (; argc > 1 && strncmp(argv[1], "--", 2) == 0; argv++, argc--)
     if (strcmp(argv[1], "--check") == 0)
       run.check = true;
     else if (strcmp(argv[1], "--overwrite") == 0)
       run.overwrite = true; /* replace the run in LOGDIR (else refused) */
+    else if (strcmp(argv[1], "--dist") == 0 && argc > 2 && loom_dist_parse(argv[2], &dist) == 0)
+      argv++, argc--;
     else
       argc = 99; /* usage */
   int epochs = argc > 1 ? atoi(argv[1]) : 15;
   const char *logdir = argc > 2 ? argv[2] : "logs/fashion_mnist_cnn";
   const char *data = argc > 3 ? argv[3] : "/usr/share/datasets/fashion-mnist";
   if (epochs < 1 || argc > 4) {
-    fprintf(stderr, "usage: fashion_mnist_cnn [--check] [--overwrite] [EPOCHS [LOGDIR [DATA_DIR]]]\n");
+    fprintf(stderr, "usage: fashion_mnist_cnn [--check] [--overwrite] [--dist auto|local|mpi] [EPOCHS [LOGDIR "
+                    "[DATA_DIR]]]\n");
     return 2;
   }
   loom_experiment *exp = loom_experiment_create("fashion_mnist_cnn");
   loom_runner *runner = loom_runner_create();
-  loom_stage *stage = exp ? loom_experiment_add_stage(exp, "train", epochs) : NULL;
+  /* Under mpirun, the ranks mpirun started (auto); else this process alone. */
+  loom_comm *comm = runner ? loom_comm_for_dist(dist) : NULL;
+  if (comm)
+    loom_runner_set_comm(runner, comm);
+  loom_stage *stage = exp && comm ? loom_experiment_add_stage(exp, "train", epochs) : NULL;
   loom_adam_options adam = loom_adam_defaults();
-  int64_t steps = (int64_t)epochs * ((TRAIN_SAMPLES + BATCH - 1) / BATCH);
+  /* Each rank steps once per batch of its shard of the epoch. */
+  int64_t shard = comm ? (TRAIN_SAMPLES + loom_comm_size(comm) - 1) / loom_comm_size(comm) : TRAIN_SAMPLES;
+  int64_t steps = (int64_t)epochs * ((shard + BATCH - 1) / BATCH);
   const int topk[] = {1, 3};
   int rc = -1;
   if (runner)
@@ -87,8 +100,13 @@ int main(int argc, char **argv) {
         loom_stage_add_callback(stage, loom_checkpoint_callback_create(NULL)) == 0)
       rc = loom_run_experiment(runner, exp);
   }
-  if (rc < 0)
+  /* Other ranks print only their errors, saying whose. */
+  bool master = runner && loom_runner_is_master(runner);
+  if (rc < 0 && (master || rc != LOOM_EINTERRUPTED)) {
+    if (!master && runner)
+      fprintf(stderr, "[rank %d] ", loom_runner_rank(runner));
     fprintf(stderr, "error: %s\n", loom_last_error());
+  }
   loom_runner_destroy(runner);
   loom_experiment_destroy(exp);
   return rc == LOOM_EINTERRUPTED ? 130 : rc < 0 ? 1 : 0;

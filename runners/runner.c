@@ -57,6 +57,7 @@ void loom_runner_destroy(loom_runner *r) {
   for (int i = 0; i < NUM_METRIC_STORES; i++)
     loom_metrics_destroy(m[i]);
   loom_checkpoint_destroy(r->resume);
+  loom_rank_positions_clear(&r->gathered);
   free(r->resume_source);
   free(r->config_changes);
   for (size_t i = 0; i < r->num_allowed; i++)
@@ -86,6 +87,7 @@ const loom_run_options *loom_runner_options(const loom_runner *r) { return &r->o
 
 /* Forgets the last run, keeping configuration and storage. */
 static void reset(loom_runner *r, loom_experiment *exp) {
+  loom_rank_positions_clear(&r->gathered);
   loom_callback_table_free(&r->exp_table);
   loom_callback_table_free(&r->stage_table);
   loom_runner keep = *r;
@@ -124,6 +126,11 @@ static void unwind(loom_runner *r, int error, bool experiment_end_done) {
    * and a failed collective has told them or heard from them. */
   if (error != LOOM_EINTERRUPTED && !loom_comm_failed(r->comm))
     loom_comm_notify_failure(r->comm, r->error_message);
+  /* An interrupt stopped every rank at one point: the master's checkpoint
+   * there records where each rank was (without, a resume starts the
+   * loader again). */
+  if (error == LOOM_EINTERRUPTED && r->interrupt_synced && !loom_comm_failed(r->comm))
+    loom_runner_gather_ranks(r);
   /* r->event stays where the loop failed: a snapshot describes that point. */
   loom_callback_table_dispatch(t, LOOM_EVENT_EXCEPTION, r, 1);
   if (!experiment_end_done)

@@ -1,5 +1,6 @@
 /* Snapshots of the whole run and resuming from them. */
 #include <fnmatch.h>
+#include <stdint.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +10,7 @@
 #include "runners/runner_impl.h"
 
 /* A metrics store as "<key>_names" ("a\nb") and "<key>_values". */
-static int save_metrics(loom_state *s, const char *key, const loom_metrics *m) {
+int loom_save_metrics(loom_state *s, const char *key, const loom_metrics *m) {
   size_t n = loom_metrics_count(m), len = 1;
   for (size_t i = 0; i < n; i++)
     len += strlen(loom_metrics_name(m, i)) + 1;
@@ -33,7 +34,7 @@ static int save_metrics(loom_state *s, const char *key, const loom_metrics *m) {
   return rc;
 }
 
-static int load_metrics(const loom_state *s, const char *key, loom_metrics *m) {
+int loom_load_metrics(const loom_state *s, const char *key, loom_metrics *m) {
   char k[128];
   const char *names;
   snprintf(k, sizeof k, "%s_names", key);
@@ -62,7 +63,7 @@ static int load_metrics(const loom_state *s, const char *key, loom_metrics *m) {
 /* Where the loop is, as a resume point: after the last completed unit. A
  * start event's unit has not begun; an end event's unit is done, its end
  * event included (docs/architecture.md, "Checkpoints and resume"). */
-static loom_cursor cursor_now(const loom_runner *r) {
+loom_cursor loom_runner_cursor_now(const loom_runner *r) {
   loom_cursor c = {.stage = r->stage_index, .epoch = r->epoch, .loader = r->loader_index < 0 ? 0 : r->loader_index,
                    .batches = r->loader_batch_step, .global_epoch = r->global_epoch};
   switch (r->event) {
@@ -110,13 +111,22 @@ static loom_cursor cursor_now(const loom_runner *r) {
  * metrics, as the loop does right after those events. */
 enum { SAVED_SUMS, SAVED_WEIGHTS, SAVED_EPOCH, SAVED_VALID, NUM_SAVED };
 
+int loom_runner_sums_at_cursor(const loom_runner *r, loom_metrics *sums, loom_metrics *weights) {
+  int rc = loom_metrics_copy(sums, r->loader_sums, NULL, false);
+  if (rc == 0)
+    rc = loom_metrics_copy(weights, r->loader_weights, NULL, false);
+  if (rc == 0 && r->event == LOOM_EVENT_BATCH_END && !r->skip_batch)
+    rc = loom_accumulate_metrics(sums, weights, r->batch_metrics, (double)r->batch_size);
+  return rc;
+}
+
 static int metrics_at_cursor(const loom_runner *r, loom_metrics **m) {
-  const loom_metrics *now[NUM_SAVED] = {r->loader_sums, r->loader_weights, r->epoch_metrics, r->valid_metrics};
+  const loom_metrics *now[NUM_SAVED] = {NULL, NULL, r->epoch_metrics, r->valid_metrics};
   int rc = 0;
   for (int i = 0; i < NUM_SAVED && rc == 0; i++)
-    rc = (m[i] = loom_metrics_create()) ? loom_metrics_copy(m[i], now[i], NULL, false) : LOOM_ENOMEM;
-  if (rc == 0 && r->event == LOOM_EVENT_BATCH_END && !r->skip_batch)
-    rc = loom_accumulate_metrics(m[SAVED_SUMS], m[SAVED_WEIGHTS], r->batch_metrics, (double)r->batch_size);
+    rc = !(m[i] = loom_metrics_create()) ? LOOM_ENOMEM : now[i] ? loom_metrics_copy(m[i], now[i], NULL, false) : 0;
+  if (rc == 0)
+    rc = loom_runner_sums_at_cursor(r, m[SAVED_SUMS], m[SAVED_WEIGHTS]);
   /* (a finished loader, loader_index -1, has added its own already) */
   if (rc == 0 && r->event == LOOM_EVENT_LOADER_END && r->loader_index >= 0)
     rc = loom_runner_add_loader_metrics(r, m[SAVED_EPOCH], m[SAVED_VALID]);
@@ -124,7 +134,7 @@ static int metrics_at_cursor(const loom_runner *r, loom_metrics **m) {
 }
 
 static int save_runner(loom_runner *r, loom_state *s) {
-  loom_cursor c = cursor_now(r);
+  loom_cursor c = loom_runner_cursor_now(r);
   const int64_t cursor[6] = {c.stage, c.epoch, c.phase, c.loader, c.batches, c.global_epoch};
   /* During on_batch_start (and handle_batch) the counters already number
    * the batch under way, which the cursor does not count as done. */
@@ -153,17 +163,17 @@ static int save_runner(loom_runner *r, loom_state *s) {
   if (rc == 0)
     rc = metrics_at_cursor(r, m);
   if (rc == 0)
-    rc = save_metrics(s, "loader_sums", m[SAVED_SUMS]);
+    rc = loom_save_metrics(s, "loader_sums", m[SAVED_SUMS]);
   if (rc == 0)
-    rc = save_metrics(s, "loader_weights", m[SAVED_WEIGHTS]);
+    rc = loom_save_metrics(s, "loader_weights", m[SAVED_WEIGHTS]);
   if (rc == 0)
-    rc = save_metrics(s, "loader_metrics", r->loader_metrics);
+    rc = loom_save_metrics(s, "loader_metrics", r->loader_metrics);
   if (rc == 0)
-    rc = save_metrics(s, "epoch_metrics", m[SAVED_EPOCH]);
+    rc = loom_save_metrics(s, "epoch_metrics", m[SAVED_EPOCH]);
   if (rc == 0)
-    rc = save_metrics(s, "valid_metrics", m[SAVED_VALID]);
+    rc = loom_save_metrics(s, "valid_metrics", m[SAVED_VALID]);
   if (rc == 0)
-    rc = save_metrics(s, "best_valid_metrics", r->best_valid_metrics);
+    rc = loom_save_metrics(s, "best_valid_metrics", r->best_valid_metrics);
   for (int i = 0; i < NUM_SAVED; i++)
     loom_metrics_destroy(m[i]);
   return rc;
@@ -210,6 +220,8 @@ int loom_runner_snapshot(loom_runner *r, loom_checkpoint **out) {
   int rc = (g = loom_checkpoint_group(c, "experiment")) ? save_experiment(r->exp, g) : LOOM_ENOMEM;
   if (rc == 0)
     rc = (g = loom_checkpoint_group(c, "runner")) ? save_runner(r, g) : LOOM_ENOMEM;
+  if (rc == 0)
+    rc = loom_runner_save_ranks(r, c);
   if (rc == 0 && r->model && loom_model_is_built(r->model))
     rc = (g = loom_checkpoint_group(c, "model")) ? loom_model_save(r->model, g, true) : LOOM_ENOMEM;
   if (rc == 0 && r->optimizer)
@@ -462,6 +474,35 @@ static bool nothing_left(const loom_runner *r, const loom_state *run, const int6
   return cur[2] == LOOM_PHASE_EPOCH_DONE && (cur[1] >= epochs || stopped);
 }
 
+/* Inside a loader, a resume continues where every rank was only with the
+ * same world size and every rank's position recorded (runner_ranks.c);
+ * otherwise the ranks' shards of that loader are not the ones whose
+ * batches were done, and the loader starts again from its first batch
+ * (for a train loader, the epoch's training starts again from the saved
+ * weights). Said in one line of the resume notice. */
+static void resume_in_loader_or_before(loom_runner *r, const loom_checkpoint *c, const loom_state *run,
+                                       int64_t cur[6]) {
+  int size = loom_comm_size(r->comm);
+  char what[512];
+  if (cur[2] != LOOM_PHASE_IN_LOADER || loom_runner_can_resume_in_loader(r, c)) {
+    if (r->resume_world != size) {
+      snprintf(what, sizeof what, "written by %d rank%s, resumed on %d", r->resume_world,
+               r->resume_world == 1 ? "" : "s", size);
+      notice(r, what);
+    }
+    return;
+  }
+  const char *loader = "";
+  loom_state_get_str(run, "loader_name", &loader);
+  const char *why = r->resume_world != size ? "" : ", and not every rank's position in it was recorded";
+  snprintf(what, sizeof what, "written by %d rank%s%s, resumed on %d: loader \"%s\" of epoch %lld starts again "
+                              "from its first batch (the checkpoint was taken after its batch %lld)",
+           r->resume_world, r->resume_world == 1 ? "" : "s", why, size, loader, (long long)cur[1], (long long)cur[4]);
+  notice(r, what);
+  cur[2] = LOOM_PHASE_BEFORE_LOADER;
+  cur[4] = 0;
+}
+
 int loom_runner_open_resume(loom_runner *r) {
   const char *src = r->resume_source;
   loom_checkpoint *c;
@@ -492,10 +533,16 @@ int loom_runner_open_resume(loom_runner *r) {
                         (long long)cur[2], (long long)cur[1], (long long)cur[3], (long long)cur[4]);
   if (rc == 0)
     rc = check_cursor_bounds(r->exp, cur);
+  int64_t world = 1; /* files from before world sizes: one process wrote them */
+  if (rc == 0 && loom_state_has(run, "world_size") && (rc = loom_state_get_i64(run, "world_size", &world)) == 0 &&
+      (world < 1 || world > INT32_MAX))
+    rc = loom_error_set(LOOM_EFORMAT, "the checkpoint's world size %lld is out of range", (long long)world);
   if (rc < 0) {
     loom_checkpoint_destroy(c);
     return loom_error_wrap(rc, "cannot resume from %s", r->resume_path);
   }
+  r->resume_world = (int)world;
+  resume_in_loader_or_before(r, c, run, cur);
   r->cursor = (loom_cursor){cur[0], cur[1], cur[2], cur[3], cur[4], cur[5]};
   r->resumed_finished = nothing_left(r, run, cur);
   if (r->resumed_finished)
@@ -515,17 +562,17 @@ static int restore_runner(loom_runner *r, const loom_state *s) {
   if (rc == 0)
     rc = loom_state_get_f64(s, "best_value", &r->best_value);
   if (rc == 0)
-    rc = load_metrics(s, "loader_sums", r->loader_sums);
+    rc = loom_load_metrics(s, "loader_sums", r->loader_sums);
   if (rc == 0)
-    rc = load_metrics(s, "loader_weights", r->loader_weights);
+    rc = loom_load_metrics(s, "loader_weights", r->loader_weights);
   if (rc == 0 && loom_state_has(s, "loader_metrics_names")) /* not in older files */
-    rc = load_metrics(s, "loader_metrics", r->loader_metrics);
+    rc = loom_load_metrics(s, "loader_metrics", r->loader_metrics);
   if (rc == 0)
-    rc = load_metrics(s, "epoch_metrics", r->epoch_metrics);
+    rc = loom_load_metrics(s, "epoch_metrics", r->epoch_metrics);
   if (rc == 0)
-    rc = load_metrics(s, "valid_metrics", r->valid_metrics);
+    rc = loom_load_metrics(s, "valid_metrics", r->valid_metrics);
   if (rc == 0)
-    rc = load_metrics(s, "best_valid_metrics", r->best_valid_metrics);
+    rc = loom_load_metrics(s, "best_valid_metrics", r->best_valid_metrics);
   if (rc < 0)
     return rc;
   for (int i = 0; i < 7; i++)
@@ -549,6 +596,8 @@ int loom_runner_restore(loom_runner *r) {
   loom_checkpoint *c = r->resume;
   const loom_state *s;
   int rc = restore_runner(r, loom_checkpoint_find(c, "runner"));
+  if (rc == 0 && r->cursor.phase == LOOM_PHASE_IN_LOADER)
+    rc = loom_runner_restore_rank(r, c);
   if (rc == 0 && r->model && (s = loom_checkpoint_find(c, "model")))
     rc = loom_model_load(r->model, s, true);
   if (rc == 0 && r->optimizer && (s = loom_checkpoint_find(c, "optimizer")))

@@ -45,6 +45,20 @@ typedef struct loom_signals {
   struct sigaction host[LOOM_NUM_WATCHED_SIGNALS]; /* the dispositions found at start */
 } loom_signals;
 
+/* Each rank's position in the loader under way and its metric sums there,
+ * gathered on the master (runner_ranks.c) for the snapshot taken at the
+ * same point: `stamp` says which point. */
+typedef struct loom_rank_position {
+  int64_t batches, samples; /* of the loader under way, done */
+  loom_metrics *sums, *weights;
+} loom_rank_position;
+
+typedef struct loom_rank_positions {
+  int64_t stamp[8]; /* the cursor, the event, the global batch step */
+  int count;        /* ranks gathered; 0: none */
+  loom_rank_position *ranks;
+} loom_rank_positions;
+
 struct loom_runner {
   loom_comm *comm;
   int logdir_lock; /* the descriptor of <logdir>/.lock while held */
@@ -118,6 +132,8 @@ struct loom_runner {
   bool resumed_finished; /* the checkpoint's run had finished: nothing runs */
   char resume_path[4096];
   char resume_notice[1024];
+  int resume_world;            /* the ranks the checkpoint was written by */
+  loom_rank_positions gathered; /* on the master: every rank's, for a snapshot */
   char **allowed_changes; /* loom_runner_allow_change's patterns */
   size_t num_allowed;
   char *config_changes; /* the accepted changes, JSON, or NULL */
@@ -125,6 +141,7 @@ struct loom_runner {
   /* interrupts */
   loom_signals signals;
   bool interrupted;
+  bool interrupt_synced; /* every rank stops at this point (loom_runner_sync) */
   char interrupt_reason[256];
 
   /* the error that stopped the run */
@@ -169,6 +186,9 @@ int loom_runner_update_best_valid(loom_runner *r);
 int loom_runner_add_loader_metrics(const loom_runner *r, loom_metrics *epoch, loom_metrics *valid);
 
 /* runner_checkpoint.c */
+/* A metrics store into a state as "<key>_names" and "<key>_values", and back. */
+int loom_save_metrics(loom_state *s, const char *key, const loom_metrics *m);
+int loom_load_metrics(const loom_state *s, const char *key, loom_metrics *m);
 /* Opens the checkpoint named by r->resume_source into r->resume and reads
  * its cursor; checks it belongs to this experiment. */
 int loom_runner_open_resume(loom_runner *r);
@@ -183,6 +203,23 @@ int loom_runner_share_weights(loom_runner *r, bool optimizer);
 /* The model's buffers (BatchNorm's statistics, which each rank's batches
  * move): evaluation on every rank uses the master's. */
 int loom_runner_share_buffers(loom_runner *r);
+
+/* The loop's position as a snapshot records it. */
+loom_cursor loom_runner_cursor_now(const loom_runner *r);
+/* This rank's loader sums and weights as of that position (at on_batch_end
+ * the batch counted), into `sums` and `weights` (replacing their contents). */
+int loom_runner_sums_at_cursor(const loom_runner *r, loom_metrics *sums, loom_metrics *weights);
+
+/* runner_ranks.c: what each rank's loader under way had consumed. */
+/* Into a snapshot's "ranks/<i>" groups and "world_size": every rank's
+ * position if gathered at this point (a world of one: its own). */
+int loom_runner_save_ranks(loom_runner *r, loom_checkpoint *c);
+/* Whether checkpoint `c` lets this rank continue inside the loader under
+ * way (the same world size, and its own position recorded). */
+bool loom_runner_can_resume_in_loader(const loom_runner *r, const loom_checkpoint *c);
+/* This rank's position and sums from a checkpoint of the same world size. */
+int loom_runner_restore_rank(loom_runner *r, const loom_checkpoint *c);
+void loom_rank_positions_clear(loom_rank_positions *p);
 
 /* runner_signals.c */
 int loom_signals_start(loom_runner *r);

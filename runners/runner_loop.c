@@ -30,9 +30,13 @@ int loom_runner_sync(loom_runner *r) {
                                "\"%s\", after batch %lld)",
                            loom_comm_size(r->comm), r->stage ? r->stage->name : "-", r->epoch,
                            r->loader_name ? r->loader_name : "-", (long long)r->loader_batch_step);
+  r->interrupt_synced = r->interrupted; /* every rank stops here */
+  if (r->interrupted && !r->loader_name)
+    return loom_error_set(LOOM_EINTERRUPTED, "%s (at the end of epoch %d of stage \"%s\")", r->interrupt_reason,
+                          r->epoch, r->stage->name);
   if (r->interrupted)
     return loom_error_set(LOOM_EINTERRUPTED, "%s (stage \"%s\", epoch %d, loader \"%s\", after batch %lld)",
-                          r->interrupt_reason, r->stage->name, r->epoch, r->loader_name ? r->loader_name : "-",
+                          r->interrupt_reason, r->stage->name, r->epoch, r->loader_name,
                           (long long)r->loader_batch_step);
   return 0;
 }
@@ -157,10 +161,11 @@ static int loader_body(loom_runner *r, const loom_named_loader *nl, bool resume_
     /* Replayed down to here: now the saved state takes over. */
     if ((rc = loom_runner_restore(r)) < 0)
       return rc;
-    if ((rc = loom_loader_seek(nl->loader, r->batches_done)) < 0)
+    /* This rank's own position: past its shard's end, a rank only steps. */
+    if ((rc = loom_loader_seek(nl->loader, r->loader_batch_step)) < 0)
       return rc;
     /* The time and rate are those of what this run does. */
-    r->loader_resumed_batches = r->batches_done;
+    r->loader_resumed_batches = r->loader_batch_step;
     r->loader_resumed_samples = r->loader_sample_step;
     r->loader_start_ns = loom_now_ns();
   }

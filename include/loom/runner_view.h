@@ -51,6 +51,16 @@ typedef enum loom_stop {
 LOOM_API int loom_runner_snapshot(loom_runner *runner, loom_checkpoint **out);
 /* loom_runner_snapshot, written atomically to `path`. */
 LOOM_API int loom_runner_save_checkpoint(loom_runner *runner, const char *path);
+/* Collective (docs/distributed.md, "Checkpoints"): every rank calls it at
+ * the same point of the loop, from a callback that runs on every rank, and
+ * the master's snapshot taken at that point then records each rank's
+ * position in the loader under way (batches and samples of its shard) and
+ * its metric sums there, so that a resume with as many ranks continues
+ * inside that loader bit-exactly. A snapshot inside a loader of several
+ * ranks without it resumes at that loader's first batch. The runner
+ * gathers by itself when an interrupt stops every rank; nothing to do in a
+ * world of one. */
+LOOM_API int loom_runner_gather_ranks(loom_runner *runner);
 /* True during (and after) a run that resumed from a checkpoint. */
 LOOM_API bool loom_runner_is_resumed(const loom_runner *runner);
 /* True during a run resumed from a checkpoint whose run had finished: no

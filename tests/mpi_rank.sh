@@ -1,0 +1,21 @@
+#!/bin/sh
+# One rank of a job under mpirun (mpirun -n N sh mpi_rank.sh DIR CMD...):
+# runs CMD, passes SIGTERM and SIGINT on to it (mpirun signals the process
+# it started, this one), and writes CMD's pid and exit status to
+# DIR/rank<R>.pid and DIR/rank<R>.rc, R the rank.
+dir=$1
+shift
+rank=${OMPI_COMM_WORLD_RANK:-0}
+"$@" &
+child=$!
+echo $child >"$dir/rank$rank.pid"
+trap 'kill -TERM $child' TERM
+trap 'kill -INT $child' INT
+wait $child
+rc=$?
+while kill -0 $child 2>/dev/null; do # a trapped signal ended the wait
+  wait $child
+  rc=$?
+done
+echo $rc >"$dir/rank$rank.rc"
+exit $rc
