@@ -66,8 +66,8 @@ static int logger_experiment_start(loom_callback *cb, loom_runner *r) {
   const char *mode = loom_runner_is_resumed(r) ? "a" : "w";
   m->closed_at = 0;
   clear_rows(m);
-  if (loom_runner_resumed_finished(r))
-    return 0; /* nothing will run: the files stay as they are */
+  if (loom_runner_resumed_finished(r) || !loom_runner_writes_files(r))
+    return 0; /* nothing will run (the files stay as they are), or no files */
   int rc = loom_runner_lock_logdir(r);
   if (rc == 0)
     rc = loom_mkdir_p(logdir);
@@ -118,7 +118,7 @@ static json_t *summary_json(const loom_model *model) {
 static int logger_stage_start(loom_callback *cb, loom_runner *r) {
   (void)cb;
   const loom_model *model = loom_runner_model(r);
-  if (loom_runner_resumed_finished(r) || !model || !loom_model_is_built(model))
+  if (loom_runner_resumed_finished(r) || !loom_runner_writes_files(r) || !model || !loom_model_is_built(model))
     return 0;
   char path[4200];
   int rc = loom_path_join(path, sizeof path, loom_runner_logdir(r), "model_summary.json");
@@ -277,16 +277,19 @@ static int write_row(metrics_logger *m, json_t *row) {
   return rc;
 }
 
-static int files_open(const metrics_logger *m) {
-  if (!m->jsonl || !m->csv)
-    return loom_error_set(LOOM_ESTATE, "metrics logger: files not open (on_experiment_start did not run)");
-  return 0;
+/* 1 when the files are open, 0 in a run that writes none, or an error. */
+static int files_open(const metrics_logger *m, const loom_runner *r) {
+  if (!loom_runner_writes_files(r))
+    return 0;
+  if (m->jsonl && m->csv)
+    return 1;
+  return loom_error_set(LOOM_ESTATE, "metrics logger: files not open (on_experiment_start did not run)");
 }
 
 static int logger_loader_end(loom_callback *cb, loom_runner *r) {
   metrics_logger *m = loom_callback_data(cb);
-  int rc = files_open(m);
-  if (rc < 0)
+  int rc = files_open(m, r);
+  if (rc <= 0)
     return rc;
   const loom_metrics *lm = loom_runner_loader_metrics(r);
   json_t *metrics = json_object();
@@ -305,8 +308,8 @@ static int logger_loader_end(loom_callback *cb, loom_runner *r) {
 /* The epoch row: what the loader rows did not carry. */
 static int logger_epoch_end(loom_callback *cb, loom_runner *r) {
   metrics_logger *m = loom_callback_data(cb);
-  int rc = files_open(m);
-  if (rc < 0)
+  int rc = files_open(m, r);
+  if (rc <= 0)
     return rc;
   const loom_metrics *em = loom_runner_epoch_metrics(r);
   json_t *metrics = json_object();

@@ -62,8 +62,8 @@ static int collect_hparams(tensorboard *t, const loom_runner *r) {
 
 static int tb_experiment_start(loom_callback *cb, loom_runner *r) {
   tensorboard *t = loom_callback_data(cb);
-  if (loom_runner_resumed_finished(r))
-    return 0; /* nothing will run: no file */
+  if (loom_runner_resumed_finished(r) || !loom_runner_writes_files(r))
+    return 0; /* nothing will run, or nothing is written: no file */
   loom_metrics_clear(t->final);
   t->start_time = loom_hparams_now();
   int rc = loom_runner_lock_logdir(r);
