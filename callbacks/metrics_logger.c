@@ -146,7 +146,7 @@ static int logger_stage_start(loom_callback *cb, loom_runner *r) {
 static json_t *number(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
 /* A string cell, quoted as RFC 4180 asks when it holds a comma, a quote or
- * a line break (a stop reason may). */
+ * a line break (a stop reason, a metric, loader or stage name may). */
 static void csv_string(FILE *f, const char *text) {
   if (!strpbrk(text, ",\"\r\n")) {
     fputs(text, f);
@@ -177,7 +177,7 @@ static void csv_cell(FILE *f, json_t *v) {
 static const char *const marks[] = {"resumed", "stopped"};
 
 static void csv_row(const metrics_logger *m, json_t *row) {
-  fprintf(m->csv, "%s", json_string_value(json_object_get(row, "stage")));
+  csv_string(m->csv, json_string_value(json_object_get(row, "stage")));
   csv_cell(m->csv, json_object_get(row, "epoch"));
   csv_cell(m->csv, json_object_get(row, "global_epoch"));
   csv_cell(m->csv, json_object_get(row, "loader"));
@@ -201,9 +201,9 @@ static int rewrite_csv(metrics_logger *m) {
   fputs("stage,epoch,global_epoch,loader,time_s", f);
   size_t i;
   json_t *name;
-  json_array_foreach(m->columns, i, name) fprintf(f, ",%s", json_string_value(name));
-  json_array_foreach(m->epoch_columns, i, name) fprintf(f, ",%s", json_string_value(name));
-  json_array_foreach(m->mark_columns, i, name) fprintf(f, ",%s", json_string_value(name));
+  json_array_foreach(m->columns, i, name) csv_cell(f, name);
+  json_array_foreach(m->epoch_columns, i, name) csv_cell(f, name);
+  json_array_foreach(m->mark_columns, i, name) csv_cell(f, name);
   fputc('\n', f);
   json_t *row;
   json_array_foreach(m->rows, i, row) csv_row(m, row);
@@ -244,9 +244,14 @@ static void note_row(metrics_logger *m, json_t *row) {
   const char *loader = json_string_value(json_object_get(row, "loader")), *name;
   json_t *v;
   json_object_foreach(json_object_get(row, "metrics"), name, v) {
-    char key[512];
-    snprintf(key, sizeof key, "%s/%s", loader ? loader : "", name);
+    /* "{loader}/{metric}" whole, as the epoch metrics name it */
+    size_t size = strlen(loader ? loader : "") + strlen(name) + 2;
+    char *key = malloc(size);
+    if (!key)
+      continue; /* the epoch row repeats the metric: no harm */
+    snprintf(key, size, "%s/%s", loader ? loader : "", name);
     json_object_set_new(m->logged, key, json_true());
+    free(key);
   }
   json_t *t = json_object_get(row, "time_s");
   m->epoch_time += json_is_number(t) ? json_number_value(t) : 0;
