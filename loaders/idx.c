@@ -221,7 +221,7 @@ static const loom_dataset_ops idx_ops = {"idx", idx_length, idx_fetch, idx_destr
 
 /* The dataset of the images and labels: each from memory when given, else from its path. */
 static loom_dataset *open_idx(const void *images, size_t images_size, const void *labels, size_t labels_size,
-                                 const char *images_path, const char *labels_path) {
+                              const char *images_path, const char *labels_path) {
   idx_dataset *d = calloc(1, sizeof *d);
   if (!d) {
     loom_error_oom("an IDX dataset");
@@ -251,7 +251,7 @@ loom_dataset *loom_idx_dataset_from_memory(const void *images, size_t images_siz
                                            size_t labels_size) {
   static const uint8_t none;
   return open_idx(images ? images : &none, images ? images_size : 0, labels ? labels : &none,
-                     labels ? labels_size : 0, "IDX images (memory)", "IDX labels (memory)");
+                  labels ? labels_size : 0, "IDX images (memory)", "IDX labels (memory)");
 }
 
 loom_dataset *loom_fashion_mnist_open(const char *dir, bool train) {

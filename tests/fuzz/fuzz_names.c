@@ -66,7 +66,8 @@ static loom_experiment *build(const char *stage_name, const char *train, const c
     *rc = loom_stage_set_optimizer(s, loom_sgd_create(&sgd));
   for (int i = 0; i < 2 && *rc == 0; i++) {
     loom_loader_options o = {.batch_size = 2};
-    *rc = loom_stage_add_loader(s, names[i], loom_loader_create(loom_memory_dataset_create(x, y, 4, 1, &features, 0, NULL), &o));
+    loom_dataset *ds = loom_memory_dataset_create(x, y, 4, 1, &features, 0, NULL);
+    *rc = loom_stage_add_loader(s, names[i], loom_loader_create(ds, &o));
   }
   if (*rc == 0)
     *rc = loom_stage_add_callback(s, loom_callback_create(&namer, NULL, LOOM_ORDER_METRIC));
