@@ -250,6 +250,14 @@ static int save_epoch(checkpointer *c, loom_runner *r) {
   int rc = loom_runner_snapshot(r, &snap);
   if (rc < 0)
     return rc;
+  if (!loom_runner_writes_files(r)) { /* best and last kept in memory */
+    if (ranked_now && c->ranking[0].global_epoch == loom_runner_global_epoch(r))
+      rc = loom_runner_keep_checkpoint(r, "best", snap);
+    if (rc == 0 && c->o.save_last)
+      rc = loom_runner_keep_checkpoint(r, "last", snap);
+    loom_checkpoint_destroy(snap);
+    return rc;
+  }
   json_t *manifest = manifest_or_new(c);
   char file[64], path[4096];
   if (!manifest)
@@ -284,6 +292,11 @@ static int save_last_now(checkpointer *c, loom_runner *r, const char *name) {
   int rc = loom_runner_snapshot(r, &snap);
   if (rc < 0)
     return rc;
+  if (!loom_runner_writes_files(r)) {
+    rc = loom_runner_keep_checkpoint(r, "last", snap);
+    loom_checkpoint_destroy(snap);
+    return rc;
+  }
   json_t *manifest = manifest_or_new(c);
   rc = manifest ? install(c, manifest, r, snap, name, strcmp(name, "last.h5") == 0)
                 : loom_error_oom("the checkpoint manifest");
@@ -300,6 +313,9 @@ static int ckpt_experiment_start(loom_callback *cb, loom_runner *r) {
   checkpointer *c = loom_callback_data(cb);
   c->ranked_count = 0;
   c->ranked_key[0] = '\0';
+  c->dir[0] = '\0';
+  if (!loom_runner_writes_files(r))
+    return 0;
   int rc = loom_checkpoint_dir(loom_runner_logdir(r), c->dir, sizeof c->dir);
   if (rc == 0)
     rc = loom_runner_lock_logdir(r);
@@ -313,8 +329,8 @@ static int ckpt_experiment_start(loom_callback *cb, loom_runner *r) {
 static int load_weights(checkpointer *c, loom_runner *r, const char *which) {
   if (!which || !loom_runner_model(r))
     return 0;
-  char path[4096], notice[1024];
-  loom_checkpoint *ck = loom_checkpoint_open_logdir(loom_runner_logdir(r), which, path, sizeof path, notice, sizeof notice);
+  char path[4096];
+  loom_checkpoint *ck = loom_runner_open_checkpoint(r, which, path, sizeof path);
   if (!ck)
     return loom_last_error_code() == LOOM_ENOENT ? 0 : loom_last_error_code(); /* nothing saved yet */
   const loom_state *s = loom_checkpoint_find(ck, "model");

@@ -12,9 +12,8 @@
 #include "loom/callbacks.h"
 #include "loom/runner_view.h"
 
-static int exc_exception(loom_callback *cb, loom_runner *r) {
-  const loom_exception_options *o = loom_callback_data(cb);
-  int error = loom_runner_error(r);
+/* <logdir>/exception.json and, as asked, checkpoints/exception.h5. */
+static int write_report(const loom_exception_options *o, loom_runner *r, int error) {
   const char *logdir = loom_runner_logdir(r);
   char path[4096], dir[4096];
   int rc = loom_mkdir_p(logdir);
@@ -36,6 +35,13 @@ static int exc_exception(loom_callback *cb, loom_runner *r) {
       loom_checkpoint_destroy(snap);
     }
   }
+  return rc;
+}
+
+static int exc_exception(loom_callback *cb, loom_runner *r) {
+  const loom_exception_options *o = loom_callback_data(cb);
+  int error = loom_runner_error(r);
+  int rc = loom_runner_writes_files(r) ? write_report(o, r, error) : 0;
   if (o->handle && (!o->handle_interrupts_only || error == LOOM_EINTERRUPTED))
     loom_runner_mark_error_handled(r);
   return rc;

@@ -221,6 +221,8 @@ static int finder_batch_end(loom_callback *cb, loom_runner *r) {
 static int write_csv(lr_finder *f, loom_runner *r) {
   char path[4096];
   int rc = 0;
+  if (!loom_runner_writes_files(r))
+    return 0;
   if (f->csv_path)
     snprintf(path, sizeof path, "%s", f->csv_path);
   else if ((rc = loom_runner_lock_logdir(r)) < 0 || (rc = loom_mkdir_p(loom_runner_logdir(r))) < 0 ||

@@ -66,8 +66,8 @@ static int logger_experiment_start(loom_callback *cb, loom_runner *r) {
   const char *mode = loom_runner_is_resumed(r) ? "a" : "w";
   m->closed_at = 0;
   clear_rows(m);
-  if (loom_runner_resumed_finished(r))
-    return 0; /* nothing will run: the files stay as they are */
+  if (loom_runner_resumed_finished(r) || !loom_runner_writes_files(r))
+    return 0; /* nothing will run (the files stay as they are), or no files */
   int rc = loom_runner_lock_logdir(r);
   if (rc == 0)
     rc = loom_mkdir_p(logdir);
@@ -118,7 +118,7 @@ static json_t *summary_json(const loom_model *model) {
 static int logger_stage_start(loom_callback *cb, loom_runner *r) {
   (void)cb;
   const loom_model *model = loom_runner_model(r);
-  if (loom_runner_resumed_finished(r) || !model || !loom_model_is_built(model))
+  if (loom_runner_resumed_finished(r) || !loom_runner_writes_files(r) || !model || !loom_model_is_built(model))
     return 0;
   char path[4200];
   int rc = loom_path_join(path, sizeof path, loom_runner_logdir(r), "model_summary.json");
@@ -147,7 +147,8 @@ static json_t *number(double v) { return isfinite(v) ? json_real(v) : json_null(
 
 /* The CSV writers say whether every write went through (a full disk
  * shows here, or at the flush). A string cell is quoted as RFC 4180 asks
- * when it holds a comma, a quote or a line break (a stop reason may). */
+ * when it holds a comma, a quote or a line break (a stop reason, a metric,
+ * loader or stage name may). */
 static bool csv_string(FILE *f, const char *text) {
   if (!strpbrk(text, ",\"\r\n"))
     return fputs(text, f) != EOF;
@@ -178,7 +179,7 @@ static bool csv_cell(FILE *f, json_t *v) {
 static const char *const marks[] = {"resumed", "stopped"};
 
 static bool csv_row(const metrics_logger *m, json_t *row) {
-  bool ok = fprintf(m->csv, "%s", json_string_value(json_object_get(row, "stage"))) >= 0;
+  bool ok = csv_string(m->csv, json_string_value(json_object_get(row, "stage")));
   ok = csv_cell(m->csv, json_object_get(row, "epoch")) && ok;
   ok = csv_cell(m->csv, json_object_get(row, "global_epoch")) && ok;
   ok = csv_cell(m->csv, json_object_get(row, "loader")) && ok;
@@ -207,9 +208,9 @@ static int rewrite_csv(metrics_logger *m) {
   bool ok = fputs("stage,epoch,global_epoch,loader,time_s", f) != EOF;
   size_t i;
   json_t *name;
-  json_array_foreach(m->columns, i, name) ok = fprintf(f, ",%s", json_string_value(name)) >= 0 && ok;
-  json_array_foreach(m->epoch_columns, i, name) ok = fprintf(f, ",%s", json_string_value(name)) >= 0 && ok;
-  json_array_foreach(m->mark_columns, i, name) ok = fprintf(f, ",%s", json_string_value(name)) >= 0 && ok;
+  json_array_foreach(m->columns, i, name) ok = csv_cell(f, name) && ok;
+  json_array_foreach(m->epoch_columns, i, name) ok = csv_cell(f, name) && ok;
+  json_array_foreach(m->mark_columns, i, name) ok = csv_cell(f, name) && ok;
   ok = fputc('\n', f) != EOF && ok;
   json_t *row;
   json_array_foreach(m->rows, i, row) ok = ok && csv_row(m, row);
@@ -258,9 +259,14 @@ static void note_row(metrics_logger *m, json_t *row) {
   const char *loader = json_string_value(json_object_get(row, "loader")), *name;
   json_t *v;
   json_object_foreach(json_object_get(row, "metrics"), name, v) {
-    char key[512];
-    snprintf(key, sizeof key, "%s/%s", loader ? loader : "", name);
+    /* "{loader}/{metric}" whole, as the epoch metrics name it */
+    size_t size = strlen(loader ? loader : "") + strlen(name) + 2;
+    char *key = malloc(size);
+    if (!key)
+      continue; /* the epoch row repeats the metric: no harm */
+    snprintf(key, size, "%s/%s", loader ? loader : "", name);
     json_object_set_new(m->logged, key, json_true());
+    free(key);
   }
   json_t *t = json_object_get(row, "time_s");
   m->epoch_time += json_is_number(t) ? json_number_value(t) : 0;
@@ -296,16 +302,19 @@ static int write_row(metrics_logger *m, json_t *row) {
   return rc;
 }
 
-static int files_open(const metrics_logger *m) {
-  if (!m->jsonl || !m->csv)
-    return loom_error_set(LOOM_ESTATE, "metrics logger: files not open (on_experiment_start did not run)");
-  return 0;
+/* 1 when the files are open, 0 in a run that writes none, or an error. */
+static int files_open(const metrics_logger *m, const loom_runner *r) {
+  if (!loom_runner_writes_files(r))
+    return 0;
+  if (m->jsonl && m->csv)
+    return 1;
+  return loom_error_set(LOOM_ESTATE, "metrics logger: files not open (on_experiment_start did not run)");
 }
 
 static int logger_loader_end(loom_callback *cb, loom_runner *r) {
   metrics_logger *m = loom_callback_data(cb);
-  int rc = files_open(m);
-  if (rc < 0)
+  int rc = files_open(m, r);
+  if (rc <= 0)
     return rc;
   const loom_metrics *lm = loom_runner_loader_metrics(r);
   json_t *metrics = json_object();
@@ -324,8 +333,8 @@ static int logger_loader_end(loom_callback *cb, loom_runner *r) {
 /* The epoch row: what the loader rows did not carry. */
 static int logger_epoch_end(loom_callback *cb, loom_runner *r) {
   metrics_logger *m = loom_callback_data(cb);
-  int rc = files_open(m);
-  if (rc < 0)
+  int rc = files_open(m, r);
+  if (rc <= 0)
     return rc;
   const loom_metrics *em = loom_runner_epoch_metrics(r);
   json_t *metrics = json_object();

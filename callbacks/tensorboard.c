@@ -26,22 +26,29 @@ typedef struct tensorboard {
  * each as the run's final value of that tag. */
 static int write_metrics(tensorboard *t, const loom_metrics *m, const char *prefix, bool skip_slashed, int64_t step,
                          loom_metrics *final) {
-  char tag[512];
-  for (size_t i = 0; i < loom_metrics_count(m); i++) {
+  char *tag = NULL;
+  size_t cap = 0;
+  int rc = 0;
+  for (size_t i = 0; i < loom_metrics_count(m) && rc == 0; i++) {
     const char *name = loom_metrics_name(m, i);
     if (skip_slashed && strchr(name, '/'))
       continue;
-    if (prefix)
-      snprintf(tag, sizeof tag, "%s/%s", prefix, name);
-    else
-      snprintf(tag, sizeof tag, "%s", name);
-    int rc = loom_tfevents_write_scalar(&t->events, tag, loom_metrics_value(m, i), step);
+    size_t need = (prefix ? strlen(prefix) + 1 : 0) + strlen(name) + 1; /* the tag whole, however long */
+    if (need > cap) {
+      char *grown = realloc(tag, need);
+      if (!grown) {
+        rc = loom_error_oom("a TensorBoard tag");
+        break;
+      }
+      tag = grown, cap = need;
+    }
+    snprintf(tag, cap, "%s%s%s", prefix ? prefix : "", prefix ? "/" : "", name);
+    rc = loom_tfevents_write_scalar(&t->events, tag, loom_metrics_value(m, i), step);
     if (rc == 0 && final)
       rc = loom_metrics_set(final, tag, loom_metrics_value(m, i));
-    if (rc < 0)
-      return rc;
   }
-  return loom_tfevents_flush(&t->events);
+  free(tag);
+  return rc == 0 ? loom_tfevents_flush(&t->events) : rc;
 }
 
 /* The run's hyperparameters: every scalar of the resolved config (when the
@@ -62,8 +69,8 @@ static int collect_hparams(tensorboard *t, const loom_runner *r) {
 
 static int tb_experiment_start(loom_callback *cb, loom_runner *r) {
   tensorboard *t = loom_callback_data(cb);
-  if (loom_runner_resumed_finished(r))
-    return 0; /* nothing will run: no file */
+  if (loom_runner_resumed_finished(r) || !loom_runner_writes_files(r))
+    return 0; /* nothing will run, or nothing is written: no file */
   loom_metrics_clear(t->final);
   t->start_time = loom_hparams_now();
   int rc = loom_runner_lock_logdir(r);
@@ -81,9 +88,14 @@ static int tb_batch_end(loom_callback *cb, loom_runner *r) {
   if (!t->events.f || t->batch_every <= 0 || !loom_runner_is_train_loader(r) ||
       loom_runner_global_batch_step(r) % t->batch_every != 0)
     return 0;
-  char prefix[300];
-  snprintf(prefix, sizeof prefix, "batch/%s", loom_runner_loader_name(r));
-  return write_metrics(t, loom_runner_batch_metrics(r), prefix, false, loom_runner_global_batch_step(r), NULL);
+  const char *loader = loom_runner_loader_name(r);
+  char *prefix = malloc(strlen(loader) + sizeof "batch/");
+  if (!prefix)
+    return loom_error_oom("a TensorBoard tag");
+  sprintf(prefix, "batch/%s", loader);
+  int rc = write_metrics(t, loom_runner_batch_metrics(r), prefix, false, loom_runner_global_batch_step(r), NULL);
+  free(prefix);
+  return rc;
 }
 
 static int tb_loader_end(loom_callback *cb, loom_runner *r) {

@@ -278,16 +278,15 @@ static uint32_t get_u32(const unsigned char *p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* Fills the user block at the head of a checkpoint's bytes (those after it
- * are final): magic, version, the CRC-32 of the rest, the length. */
-static void seal_user_block(unsigned char *image, size_t size) {
-  uint32_t crc = crc_bytes((uint32_t)crc32(0, NULL, 0), image + UB_SIZE, size - UB_SIZE);
-  memset(image, 0, UB_SIZE);
-  memcpy(image, UB_MAGIC, sizeof UB_MAGIC);
-  put_u32(image + 16, UB_VERSION);
-  put_u32(image + 20, crc);
-  put_u32(image + 24, (uint32_t)size);
-  put_u32(image + 28, (uint32_t)((uint64_t)size >> 32));
+/* The user block of a file `length` bytes long whose bytes after the block
+ * have CRC-32 `crc`. */
+static void fill_user_block(unsigned char *block, uint32_t crc, uint64_t length) {
+  memset(block, 0, UB_SIZE);
+  memcpy(block, UB_MAGIC, sizeof UB_MAGIC);
+  put_u32(block + 16, UB_VERSION);
+  put_u32(block + 20, crc);
+  put_u32(block + 24, (uint32_t)length);
+  put_u32(block + 28, (uint32_t)(length >> 32));
 }
 
 int loom_checkpoint_write_temp(const loom_checkpoint *c, const char *path, char *tmp, size_t tmp_size) {
@@ -297,32 +296,17 @@ int loom_checkpoint_write_temp(const loom_checkpoint *c, const char *path, char 
   int n = snprintf(tmp, tmp_size, "%s/.%s.tmp.%ld", dirname(dir_buf), basename(base_buf), (long)getpid());
   if (n < 0 || (size_t)n >= tmp_size)
     return loom_error_set(LOOM_EINVAL, "checkpoint path \"%s\" is too long", path);
-  /* Built in memory (HDF5's core driver), written by loom: HDF5 reports
-   * no reason for a failed write, and a file it failed to close crashes
-   * it when the process exits (a full disk did that). The cost: the
-   * checkpoint's size in memory twice while it is saved. */
-  loom_h5_quiet q = loom_h5_hush();
-  /* The user block goes before the file's bytes here: HDF5 finds its
-   * superblock after it and takes that as the file's base. */
-  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-  hid_t file = fapl < 0 || H5Pset_fapl_core(fapl, 1 << 20, 0) < 0 ? -1 : H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
-  int rc = file < 0 ? loom_error_set(LOOM_ENOMEM, "HDF5 could not make checkpoint %s in memory", tmp)
-                    : write_groups(c, file, path);
-  ssize_t size = rc == 0 && H5Fflush(file, H5F_SCOPE_GLOBAL) >= 0 ? H5Fget_file_image(file, NULL, 0) : -1;
-  unsigned char *image = size > 0 ? malloc(UB_SIZE + (size_t)size) : NULL;
-  if (rc == 0 && (size <= 0 || (image && H5Fget_file_image(file, image + UB_SIZE, (size_t)size) != size)))
-    rc = loom_error_set(LOOM_ENOMEM, "HDF5 could not make checkpoint %s in memory", tmp);
-  else if (rc == 0 && !image)
-    rc = loom_error_oom("the checkpoint's file image");
-  if (file >= 0)
-    H5Fclose(file);
-  if (fapl >= 0)
-    H5Pclose(fapl);
-  loom_h5_unhush(q);
-  if (rc == 0)
-    seal_user_block(image, UB_SIZE + (size_t)size);
+  /* Built in memory (loom_checkpoint_write_memory), written by loom: HDF5
+   * reports no reason for a failed write, and a file it failed to close
+   * crashes it when the process exits (a full disk did that). The cost:
+   * the checkpoint's size in memory twice while it is saved. */
+  void *image = NULL;
+  size_t size = 0;
+  int rc = loom_checkpoint_write_memory(c, &image, &size);
+  if (rc < 0)
+    return loom_error_wrap(rc, "making checkpoint %s", path);
   /* Durable before visible: the data reaches the disk before the name. */
-  if (rc == 0 && loom_write_file_durable(tmp, image, UB_SIZE + (size_t)size) < 0)
+  if (loom_write_file_durable(tmp, image, size) < 0)
     rc = loom_error_set(LOOM_EIO, "cannot write checkpoint %s: %s; check that the directory is writable and the disk "
                                   "has room",
                         tmp, strerror(errno));
@@ -330,6 +314,54 @@ int loom_checkpoint_write_temp(const loom_checkpoint *c, const char *path, char 
   if (rc < 0)
     unlink(tmp);
   return rc;
+}
+
+/* A name no file can have, so HDF5's core driver neither finds one on
+ * disk nor shares another open image of the same name. */
+static void image_name(char *out, size_t size) {
+  static _Atomic unsigned long images;
+  snprintf(out, size, "/dev/null/loom-checkpoint-%ld-%lu", (long)getpid(), ++images);
+}
+
+int loom_checkpoint_write_memory(const loom_checkpoint *c, void **bytes, size_t *size) {
+  *bytes = NULL;
+  *size = 0;
+  char name[64];
+  image_name(name, sizeof name);
+  loom_h5_quiet q = loom_h5_hush();
+  hid_t fcpl = H5Pcreate(H5P_FILE_CREATE), fapl = H5Pcreate(H5P_FILE_ACCESS);
+  bool ok = fcpl >= 0 && fapl >= 0 && H5Pset_userblock(fcpl, UB_SIZE) >= 0 && H5Pset_fapl_core(fapl, 1 << 16, 0) >= 0;
+  hid_t file = ok ? H5Fcreate(name, H5F_ACC_TRUNC, fcpl, fapl) : -1;
+  int rc = file < 0 ? loom_error_set(LOOM_ENOMEM, "HDF5 could not create a checkpoint in memory") : 0;
+  if (rc == 0)
+    rc = write_groups(c, file, "(memory)");
+  if (rc == 0 && H5Fflush(file, H5F_SCOPE_GLOBAL) < 0)
+    rc = loom_error_set(LOOM_ENOMEM, "HDF5 could not finish a checkpoint in memory");
+  /* HDF5's image leaves the user block out: it is what a file holds after
+   * the block, so the block goes in front. */
+  ssize_t n = rc == 0 ? H5Fget_file_image(file, NULL, 0) : -1;
+  if (rc == 0 && n <= 0)
+    rc = loom_error_set(LOOM_ENOMEM, "HDF5 could not give a checkpoint's image");
+  unsigned char *image = rc == 0 ? malloc(UB_SIZE + (size_t)n) : NULL;
+  if (rc == 0 && !image)
+    rc = loom_error_oom("a checkpoint in memory");
+  if (rc == 0 && H5Fget_file_image(file, image + UB_SIZE, (size_t)n) != n)
+    rc = loom_error_set(LOOM_ENOMEM, "HDF5 could not give a checkpoint's image");
+  if (file >= 0)
+    H5Fclose(file);
+  if (fcpl >= 0)
+    H5Pclose(fcpl);
+  if (fapl >= 0)
+    H5Pclose(fapl);
+  loom_h5_unhush(q);
+  if (rc < 0) {
+    free(image);
+    return rc;
+  }
+  fill_user_block(image, crc_bytes((uint32_t)crc32(0, NULL, 0), image + UB_SIZE, (size_t)n), UB_SIZE + (uint64_t)n);
+  *bytes = image;
+  *size = UB_SIZE + (size_t)n;
+  return 0;
 }
 
 int loom_checkpoint_commit(const char *tmp, const char *path) {
@@ -567,13 +599,12 @@ loom_checkpoint *loom_checkpoint_read_memory(const void *bytes, size_t size, con
    * (the core driver, no backing store), not the file again. The core
    * driver refuses a name that exists on disk and shares an open file of
    * the same name, so the image gets a name no file can have, its own. */
-  static _Atomic unsigned long images;
-  char image_name[64];
-  snprintf(image_name, sizeof image_name, "/dev/null/loom-checkpoint-%ld-%lu", (long)getpid(), ++images);
+  char name_of_image[64];
+  image_name(name_of_image, sizeof name_of_image);
   loom_h5_quiet q = loom_h5_hush();
   hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
   bool ok = fapl >= 0 && H5Pset_fapl_core(fapl, 1 << 16, 0) >= 0 && H5Pset_file_image(fapl, (void *)bytes, size) >= 0;
-  hid_t file = ok ? H5Fopen(image_name, H5F_ACC_RDONLY, fapl) : -1;
+  hid_t file = ok ? H5Fopen(name_of_image, H5F_ACC_RDONLY, fapl) : -1;
   if (fapl >= 0)
     H5Pclose(fapl);
   int rc = file < 0 ? loom_error_set(LOOM_EFORMAT, "%s is not a readable HDF5 file (truncated or damaged?)", name)

@@ -22,10 +22,6 @@
  * the directory. Between them a caller can record the new file's CRC. */
 int loom_checkpoint_write_temp(const loom_checkpoint *c, const char *path, char *tmp, size_t tmp_size);
 int loom_checkpoint_commit(const char *tmp, const char *path);
-/* loom_checkpoint_read of a file's bytes (`name` stands for the file in
- * messages): the user block's checksum is verified, then HDF5 parses the
- * same bytes in memory. For the fuzz targets and loom_checkpoint_read. */
-loom_checkpoint *loom_checkpoint_read_memory(const void *bytes, size_t size, const char *name);
 
 /* The CRCs the manifest accepts for `name` (an array, normally of one; two
  * while a file is being replaced, so a crash at any moment leaves a file the

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "core/names.h"
 
 struct loom_metrics {
   char **names; /* names[0..capacity) stay allocated across clears */
@@ -52,6 +53,12 @@ int loom_metrics_set(loom_metrics *m, const char *name, double value) {
       return 0;
     }
   }
+  /* A new name: the loggers write it to JSON, CSV and TensorBoard as is. */
+  size_t bad;
+  if (!loom_name_is_utf8(name, &bad))
+    return loom_error_set(LOOM_EINVAL, "metric name \"%.*s...\" is not valid UTF-8 (byte %zu); metric names are "
+                                       "UTF-8 text",
+                          (int)bad, name, bad + 1);
   size_t i = m->count;
   if (i < m->allocated && strcmp(m->names[i], name) != 0) {
     /* The slot held another name before the last clear: reuse its memory
@@ -99,16 +106,26 @@ void loom_metrics_clear(loom_metrics *m) { m->count = 0; }
 int loom_metrics_copy(loom_metrics *dst, const loom_metrics *src, const char *prefix, bool append) {
   if (!append)
     loom_metrics_clear(dst);
-  char name[256];
-  for (size_t i = 0; i < src->count; i++) {
+  char *name = NULL;
+  size_t cap = 0;
+  int rc = 0;
+  for (size_t i = 0; i < src->count && rc == 0; i++) {
     const char *key = src->names[i];
-    if (prefix) {
-      snprintf(name, sizeof name, "%s/%s", prefix, src->names[i]);
+    if (prefix) { /* "{prefix}/{name}" whole, however long */
+      size_t need = strlen(prefix) + strlen(key) + 2;
+      if (need > cap) {
+        char *grown = realloc(name, need);
+        if (!grown) {
+          rc = loom_error_oom("a metric name");
+          break;
+        }
+        name = grown, cap = need;
+      }
+      snprintf(name, cap, "%s/%s", prefix, src->names[i]);
       key = name;
     }
-    int rc = loom_metrics_set(dst, key, src->values[i]);
-    if (rc < 0)
-      return rc;
+    rc = loom_metrics_set(dst, key, src->values[i]);
   }
-  return 0;
+  free(name);
+  return rc;
 }

@@ -18,5 +18,10 @@ void loom_names_free(loom_names *list);
 /* Whether `name` is in names[0, n), or in the list. */
 bool loom_names_contain(const char *const *names, size_t n, const char *name);
 bool loom_names_has(const loom_names *list, const char *name);
+/* Whether `s` is valid UTF-8 (no overlong forms, surrogates or code points
+ * past U+10FFFF: what JSON writers accept); if not, *bad (when given) is
+ * the offset of the first byte that is not. Names that reach metrics.jsonl,
+ * metrics.csv and TensorBoard (metrics, loaders, stages) must be. */
+bool loom_name_is_utf8(const char *s, size_t *bad);
 
 #endif

@@ -37,14 +37,8 @@ static int parse_row(const char *path, int line, char *row, double *out, int max
   }
 }
 
-loom_dataset *loom_csv_dataset_open(const char *path, int target_column, bool header) {
-  if (loom_refuse_directory(path, "CSV") < 0)
-    return NULL;
-  FILE *f = fopen(path, "r");
-  if (!f) {
-    loom_error_set(errno == ENOENT ? LOOM_ENOENT : LOOM_EIO, "%s: %s", path, strerror(errno));
-    return NULL;
-  }
+/* The dataset of the rows of `f` (which it closes); `path` names it in messages. */
+static loom_dataset *read_csv(FILE *f, const char *path, int target_column, bool header) {
   enum { MAX_COLUMNS = 4096 };
   double *row = malloc(MAX_COLUMNS * sizeof *row);
   float *x = NULL, *y = NULL;
@@ -107,4 +101,28 @@ loom_dataset *loom_csv_dataset_open(const char *path, int target_column, bool he
   free(x);
   free(y);
   return ds;
+}
+
+loom_dataset *loom_csv_dataset_open(const char *path, int target_column, bool header) {
+  if (loom_refuse_directory(path, "CSV") < 0)
+    return NULL;
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    loom_error_set(errno == ENOENT ? LOOM_ENOENT : LOOM_EIO, "%s: %s", path, strerror(errno));
+    return NULL;
+  }
+  return read_csv(f, path, target_column, header);
+}
+
+loom_dataset *loom_csv_dataset_from_memory(const void *bytes, size_t size, const char *name, int target_column,
+                                           bool header) {
+  name = name ? name : "CSV (memory)";
+  /* fmemopen takes no empty buffer: an empty file has no rows either way. */
+  static const char empty[1] = "";
+  FILE *f = fmemopen((void *)(size ? bytes : empty), size ? size : 1, "r");
+  if (!f) {
+    loom_error_set(errno == ENOMEM ? LOOM_ENOMEM : LOOM_EIO, "%s: cannot read it: %s", name, strerror(errno));
+    return NULL;
+  }
+  return read_csv(f, name, target_column, header);
 }

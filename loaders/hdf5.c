@@ -138,13 +138,31 @@ static int check_shape(h5ds *d, part *p, const char *name, int ndim, const hsize
                                     name, d->parts[0].path);
 }
 
-static int open_part(h5ds *d, part *p, const loom_hdf5_options *o) {
-  int rc = loom_refuse_directory(p->path, "HDF5");
+/* Opens image `i` of the options (HDF5's core driver, no backing store),
+ * under a name no file can have: the core driver would share an open
+ * image of the same name. */
+static hid_t open_image(const loom_hdf5_options *o, int i) {
+  static _Atomic unsigned long images;
+  char name[64];
+  snprintf(name, sizeof name, "/dev/null/loom-hdf5-%ld-%lu", (long)getpid(), ++images);
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  bool ok = fapl >= 0 && H5Pset_fapl_core(fapl, 1 << 16, 0) >= 0 &&
+            H5Pset_file_image(fapl, (void *)o->images[i], o->image_sizes[i]) >= 0;
+  hid_t file = ok ? H5Fopen(name, H5F_ACC_RDONLY, fapl) : -1;
+  if (fapl >= 0)
+    H5Pclose(fapl);
+  return file;
+}
+
+static int open_part(h5ds *d, part *p, const loom_hdf5_options *o, int i) {
+  int rc = o->images ? 0 : loom_refuse_directory(p->path, "HDF5");
   if (rc < 0)
     return rc;
   loom_h5_quiet q = loom_h5_hush();
-  p->file = H5Fopen(p->path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  p->file = o->images ? open_image(o, i) : H5Fopen(p->path, H5F_ACC_RDONLY, H5P_DEFAULT);
   loom_h5_unhush(q);
+  if (p->file < 0 && o->images)
+    return loom_error_set(LOOM_EFORMAT, "%s is not a readable HDF5 file image (truncated or damaged?)", p->path);
   if (p->file < 0) {
     FILE *f = fopen(p->path, "rb");
     if (!f)
@@ -323,8 +341,10 @@ static void h5_destroy(void *data) {
 static const loom_dataset_ops h5_ops = {"hdf5", h5_length, h5_fetch, h5_destroy};
 
 loom_dataset *loom_hdf5_dataset_open(const loom_hdf5_options *o) {
-  if (!o || o->num_files < 1 || !o->files || !o->inputs || o->cache_mb < 0 || o->block < 0) {
-    loom_error_set(LOOM_EINVAL, "HDF5 dataset: needs files, the inputs' dataset name, cache_mb >= 0");
+  if (!o || o->num_files < 1 || !o->files || !o->inputs || o->cache_mb < 0 || o->block < 0 ||
+      (o->images && !o->image_sizes)) {
+    loom_error_set(LOOM_EINVAL, "HDF5 dataset: needs files, the inputs' dataset name, cache_mb >= 0 (and the "
+                                "images' sizes with images)");
     return NULL;
   }
   h5ds *d = calloc(1, sizeof *d);
@@ -344,7 +364,7 @@ loom_dataset *loom_hdf5_dataset_open(const loom_hdf5_options *o) {
     if (!(p->path = strdup(o->files[i])))
       rc = loom_error_oom("a file name");
     else
-      rc = open_part(d, p, o);
+      rc = open_part(d, p, o, i);
   }
   if (rc == 0 && d->n == 0)
     rc = loom_error_set(LOOM_EFORMAT, "%s: the dataset \"%s\" has no samples", o->files[0], o->inputs);

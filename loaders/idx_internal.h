@@ -1,6 +1,7 @@
 #ifndef LOOM_LOADERS_IDX_INTERNAL_H
 #define LOOM_LOADERS_IDX_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "loom/tensor.h"
@@ -15,5 +16,7 @@ typedef struct idx_array {
 
 /* Reads `path` (gzip'd or plain), which must have `want_ndim` dimensions. */
 int loom_idx_read(const char *path, int want_ndim, idx_array *a);
+/* The same from an IDX file's bytes in memory; `name` stands for it in messages. */
+int loom_idx_read_memory(const void *bytes, size_t size, const char *name, int want_ndim, idx_array *a);
 
 #endif

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/array.h"
+#include "core/names.h"
 #include "runners/callback_internal.h"
 #include "core/error_internal.h"
 
@@ -136,6 +137,10 @@ loom_stage *loom_experiment_add_stage(loom_experiment *exp, const char *name, in
                    exp->name, name ? name : "(null)", num_epochs);
     return NULL;
   }
+  if (!loom_name_is_utf8(name, NULL)) {
+    loom_error_set(LOOM_EINVAL, "experiment \"%s\": a stage name must be UTF-8 text", exp->name);
+    return NULL;
+  }
   for (size_t i = 0; i < exp->num_stages; i++) {
     if (strcmp(exp->stages[i]->name, name) == 0) {
       loom_error_set(LOOM_EINVAL, "experiment \"%s\": stage \"%s\" already exists; stage names are unique",
@@ -247,6 +252,10 @@ int loom_stage_add_loader(loom_stage *stage, const char *name, loom_loader *load
     return rc;
   if (!name || !*name)
     return loom_error_set(LOOM_EINVAL, "stage \"%s\": a loader needs a name", stage->name);
+  if (!loom_name_is_utf8(name, NULL))
+    return loom_error_set(LOOM_EINVAL, "stage \"%s\": a loader name must be UTF-8 text (it is written to the "
+                                       "metrics files)",
+                          stage->name);
   for (size_t i = 0; i < stage->num_loaders; i++)
     if (strcmp(stage->loaders[i].name, name) == 0)
       return loom_error_set(LOOM_EINVAL, "stage \"%s\": loader \"%s\" added twice; loader names are unique",

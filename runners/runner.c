@@ -59,6 +59,8 @@ void loom_runner_destroy(loom_runner *r) {
   loom_checkpoint_destroy(r->resume);
   loom_rank_positions_clear(&r->gathered);
   free(r->resume_source);
+  free(r->resume_image);
+  free(r->kept[0].bytes), free(r->kept[1].bytes);
   free(r->config_changes);
   for (size_t i = 0; i < r->num_allowed; i++)
     free(r->allowed_changes[i]);
@@ -97,6 +99,7 @@ static void reset(loom_runner *r, loom_experiment *exp) {
   r->handle_user = keep.handle_user;
   r->options = keep.options;
   r->resume_source = keep.resume_source;
+  r->resume_image = keep.resume_image, r->resume_image_size = keep.resume_image_size;
   r->allowed_changes = keep.allowed_changes, r->num_allowed = keep.num_allowed;
   free(keep.config_changes);
   r->batch_metrics = keep.batch_metrics, r->loader_metrics = keep.loader_metrics;
@@ -104,6 +107,7 @@ static void reset(loom_runner *r, loom_experiment *exp) {
   r->loader_weights = keep.loader_weights, r->valid_metrics = keep.valid_metrics;
   r->best_valid_metrics = keep.best_valid_metrics;
   loom_checkpoint_destroy(keep.resume);
+  free(keep.kept[0].bytes), free(keep.kept[1].bytes); /* a run keeps its own */
   loom_metrics *m[NUM_METRIC_STORES];
   metric_stores(r, m);
   for (int i = 0; i < NUM_METRIC_STORES; i++)
@@ -187,7 +191,8 @@ int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
   r->input = r->target = r->output = NULL;
   /* A resume source serves one run. */
   free(r->resume_source);
-  r->resume_source = NULL;
+  free(r->resume_image);
+  r->resume_source = NULL, r->resume_image = NULL;
   loom_cpu_fast_denormals_end(fpmode);
   return (rc < 0 && !r->error_handled) ? rc : 0;
 }

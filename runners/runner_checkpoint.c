@@ -271,7 +271,61 @@ int loom_runner_set_resume(loom_runner *r, const char *source) {
   if (source && !(copy = strdup(source)))
     return loom_error_oom("the resume source");
   free(r->resume_source);
+  free(r->resume_image);
   r->resume_source = copy;
+  r->resume_image = NULL;
+  return 0;
+}
+
+/* kept[0] is "last", kept[1] "best"; -1 for another name. */
+static int kept_index(const char *which) {
+  return strcmp(which, "last") == 0 ? 0 : strcmp(which, "best") == 0 ? 1 : -1;
+}
+
+int loom_runner_keep_checkpoint(loom_runner *r, const char *which, const loom_checkpoint *snap) {
+  int i = which ? kept_index(which) : -1;
+  if (i < 0)
+    return loom_error_set(LOOM_EINVAL, "loom_runner_keep_checkpoint: \"last\" or \"best\", not \"%s\"",
+                          which ? which : "(null)");
+  void *bytes;
+  size_t size;
+  int rc = loom_checkpoint_write_memory(snap, &bytes, &size);
+  if (rc < 0)
+    return rc;
+  free(r->kept[i].bytes);
+  r->kept[i].bytes = bytes, r->kept[i].size = size;
+  return 0;
+}
+
+loom_checkpoint *loom_runner_open_checkpoint(loom_runner *r, const char *which, char *path, size_t path_size) {
+  int i = kept_index(which);
+  if (!r->options.no_write) {
+    char notice[1024];
+    return loom_checkpoint_open_logdir(loom_experiment_logdir(r->exp), which, path, path_size, notice, sizeof notice);
+  }
+  snprintf(path, path_size, "the %s checkpoint (in memory)", which);
+  if (i < 0 || !r->kept[i].bytes) {
+    loom_error_set(LOOM_ENOENT, "no %s checkpoint kept yet (a no_write run keeps them in memory)", which);
+    return NULL;
+  }
+  return loom_checkpoint_read_memory(r->kept[i].bytes, r->kept[i].size, path);
+}
+
+int loom_runner_set_resume_image(loom_runner *r, const void *bytes, size_t size, const char *name) {
+  if (!bytes && size)
+    return loom_error_set(LOOM_EINVAL, "loom_runner_set_resume_image: no bytes");
+  void *copy = malloc(size ? size : 1);
+  if (!copy)
+    return loom_error_oom("the resume image");
+  int rc = loom_runner_set_resume(r, name ? name : "(checkpoint in memory)");
+  if (rc < 0) {
+    free(copy);
+    return rc;
+  }
+  if (size)
+    memcpy(copy, bytes, size);
+  r->resume_image = copy;
+  r->resume_image_size = size;
   return 0;
 }
 
@@ -507,7 +561,10 @@ int loom_runner_open_resume(loom_runner *r) {
   const char *src = r->resume_source;
   loom_checkpoint *c;
   r->resume_notice[0] = '\0';
-  if (strcmp(src, "last") == 0 || strcmp(src, "best") == 0) {
+  if (r->resume_image) {
+    snprintf(r->resume_path, sizeof r->resume_path, "%s", src);
+    c = loom_checkpoint_read_memory(r->resume_image, r->resume_image_size, src);
+  } else if (strcmp(src, "last") == 0 || strcmp(src, "best") == 0) {
     c = loom_checkpoint_open_logdir(loom_experiment_logdir(r->exp), src, r->resume_path, sizeof r->resume_path,
                                  r->resume_notice, sizeof r->resume_notice);
   } else {

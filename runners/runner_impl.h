@@ -125,7 +125,14 @@ struct loom_runner {
   int best_epoch;
 
   /* resume */
-  char *resume_source;        /* as asked: a path, "last" or "best" */
+  char *resume_source;        /* as asked: a path, "last" or "best" (or the image's name) */
+  void *resume_image;         /* loom_runner_set_resume_image's bytes, or NULL */
+  size_t resume_image_size;
+  /* A no_write run's last and best checkpoints (loom_runner_keep_checkpoint). */
+  struct {
+    void *bytes;
+    size_t size;
+  } kept[2];
   loom_checkpoint *resume;    /* until restored */
   loom_cursor cursor;         /* the resume's */
   bool resumed;

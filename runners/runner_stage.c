@@ -30,9 +30,8 @@ static int carry_over(loom_runner *r, const loom_stage *s, bool load) {
     loom_optimizer_reset(r->optimizer);
   if (!load || !s->load_weights || !r->model)
     return 0;
-  char path[4096], notice[1024];
-  loom_checkpoint *c = loom_checkpoint_open_logdir(loom_experiment_logdir(r->exp), s->load_weights, path, sizeof path,
-                                                   notice, sizeof notice);
+  char path[4096];
+  loom_checkpoint *c = loom_runner_open_checkpoint(r, s->load_weights, path, sizeof path);
   if (!c)
     return loom_error_wrap(loom_last_error_code(), "stage \"%s\": cannot load the %s weights (does a checkpoint "
                                                    "callback save them?)",

@@ -38,8 +38,10 @@ int loom_runner_world_size(const loom_runner *r) { return loom_comm_size(r->comm
 bool loom_runner_is_master(const loom_runner *r) { return loom_comm_is_master(r->comm); }
 const char *loom_runner_logdir(const loom_runner *r) { return r->exp ? loom_experiment_logdir(r->exp) : NULL; }
 
+bool loom_runner_writes_files(const loom_runner *r) { return !r->options.no_write; }
+
 int loom_runner_lock_logdir(loom_runner *r) {
-  if (r->logdir_locked || !r->exp || !loom_runner_is_master(r))
+  if (r->logdir_locked || !r->exp || !loom_runner_is_master(r) || r->options.no_write)
     return 0;
   long stale = 0;
   int rc = loom_dir_lock(loom_experiment_logdir(r->exp), &r->logdir_lock, &stale);

@@ -11,7 +11,7 @@
 # LOOM_FUZZ_DEPS=1 scripts/install-deps.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-targets=(config set idx csv hdf5 checkpoint)
+targets=(config set idx csv hdf5 checkpoint names)
 target=${1:-all}
 seconds=${2:-60}
 build=$root/build-fuzz

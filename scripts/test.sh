@@ -3,12 +3,14 @@
 # a Release build (with the example trained for 10 epochs and its accuracy
 # checked, and a few tests again under valgrind), then a build with
 # AddressSanitizer and UndefinedBehaviorSanitizer; then the threaded tests
-# under ThreadSanitizer. The library's code is built with -Werror by gcc and
+# under ThreadSanitizer; then each fuzz target for a short fixed budget
+# (clang, libFuzzer). The library's code is built with -Werror by gcc and
 # clang (docs/reliability.md, "Checkers").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-./scripts/install-deps.sh
+# clang and libFuzzer too: the fuzz stage below needs them.
+LOOM_FUZZ_DEPS=1 ./scripts/install-deps.sh
 jobs=$(nproc)
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DLOOM_WERROR=ON
@@ -30,3 +32,8 @@ CC=clang cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLOOM_TSAN=
   -DLOOM_BUILD_BENCH=OFF -DLOOM_BUILD_EXAMPLES=OFF -DLOOM_TEST_EXAMPLE_ACCURACY=OFF
 cmake --build build-tsan -j"$jobs" --target loom loom_cli test_pipeline test_layers test_fusions test_gemm test_optimizers
 (cd build-tsan && ctest -L tsan --output-on-failure -j"$jobs")
+
+# Every fuzz target for 15 s on its corpus (7 targets: under 2 minutes of
+# fuzzing), built with clang, ASan and UBSan in build-fuzz/; a crash, leak or
+# undefined behaviour fails CI (docs/reliability.md, "Fuzzing").
+./scripts/fuzz.sh all 15

@@ -1,8 +1,10 @@
 /* Crash loops (issue 18): `loom run` killed with SIGKILL at random moments,
  * LOOM_CRASH_KILLS times (default 20; the heavy CTest runs 100), each time
  * started again with `--resume last` once a checkpoint exists, then run to
- * its end. The run must survive every kill: each restart succeeds, the last
- * checkpoint loads, metrics.jsonl is well formed with each epoch's row once,
+ * its end; and a two-stage run sent SIGINT or SIGTERM LOOM_CRASH_SIGNALS
+ * times (default 24) at random moments, during checkpoint writes and at the
+ * stage transition, resumed the same way (test_signal_loop). The run must
+ * survive every kill: each restart succeeds, the last checkpoint loads, metrics.jsonl is well formed with each epoch's row once,
  * and the final weights and metrics are bit-identical to a run never killed
  * (the config checkpoints after every batch and resume is exact). Kill
  * times are random (LOOM_CRASH_SEED, printed, replays them) and scaled to
@@ -21,15 +23,35 @@ static const char *loom;
 static char tiny[1024];
 #define EPOCHS "30"
 
-/* Starts `loom run tiny --logdir DIR --set num_epochs` (+ --resume last);
- * its output goes to DIR.out. */
+/* The signal loop's second stage: Adam from the first stage's best weights
+ * (loaded from disk at the transition); the first stage's callbacks run in
+ * it too (scope experiment: one metrics logger, one checkpointer). */
+#define TUNE_EPOCHS 4
+#define TUNE_STAGE                                                                                                      \
+  "stages.tune={\"num_epochs\": 4, \"loaders\": [\"train\", \"valid\"], \"load_weights\": \"best\","                  \
+  " \"optimizer\": {\"type\": \"adam\", \"lr\": 0.01}}"
+#define TUNE_CALLBACKS                                                                                                  \
+  "stages.train.callbacks=[{\"type\": \"accuracy\", \"scope\": \"experiment\"}, {\"type\": \"metrics_logger\","       \
+  " \"scope\": \"experiment\"}, {\"type\": \"checkpoint\", \"every_n_batches\": 1, \"scope\": \"experiment\"}]"
+static bool two_stages; /* the runs start() starts have the tune stage */
+
+/* Starts `loom run tiny --logdir DIR --set num_epochs` (+ the tune stage,
+ * + --resume last); its output goes to DIR.out. */
 static pid_t start(const char *dir, bool resume) {
   char epochs[] = "stages.train.num_epochs=" EPOCHS, out[600];
   snprintf(out, sizeof out, "%s.out", dir);
   /* A fresh start replaces what a run killed before its first checkpoint
    * wrote (its metrics), as a user would: --overwrite. */
-  const char *argv[] = {loom, "run", tiny, "--logdir", dir, "--set", epochs, resume ? "--resume" : "--overwrite",
-                        resume ? "last" : NULL, NULL};
+  const char *argv[16] = {loom, "run", tiny, "--logdir", dir, "--set", epochs};
+  int argc = 7;
+  const char *stages[4] = {"--set", TUNE_CALLBACKS, "--set", TUNE_STAGE}, *resumed[2] = {"--resume", "last"};
+  for (int i = 0; two_stages && i < 4; i++)
+    argv[argc++] = stages[i];
+  for (int i = 0; resume && i < 2; i++)
+    argv[argc++] = resumed[i];
+  if (!resume)
+    argv[argc++] = "--overwrite";
+  argv[argc] = NULL;
   fflush(NULL);
   pid_t pid = fork();
   assert_true(pid >= 0);
@@ -72,8 +94,8 @@ static float *last_params(const char *dir, size_t *n) {
 }
 
 /* Every line of metrics.jsonl is a JSON object; each epoch's row (loader
- * null) appears once, for epochs 1..EPOCHS in order, and no loader's row
- * of an epoch twice. */
+ * null) appears once, for epochs 1..EPOCHS (+ TUNE_EPOCHS) in order, and no
+ * loader's row of an epoch twice. */
 static void check_metrics(const char *dir) {
   char path[1200];
   snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
@@ -96,8 +118,8 @@ static void check_metrics(const char *dir) {
       assert_int_equal(epoch, train_rows); /* valid follows its epoch's train */
     json_decref(row);
   }
-  assert_int_equal(epochs, atoi(EPOCHS));
-  assert_int_equal(train_rows, atoi(EPOCHS));
+  assert_int_equal(epochs, atoi(EPOCHS) + (two_stages ? TUNE_EPOCHS : 0));
+  assert_int_equal(train_rows, atoi(EPOCHS) + (two_stages ? TUNE_EPOCHS : 0));
   free(text);
 }
 
@@ -189,6 +211,134 @@ static void test_sigkill_loop(void **state) {
   free(ref), free(dir);
 }
 
+/* What the signal loop aims at, besides a random moment. */
+enum aim { AIM_RANDOM, AIM_CHECKPOINT_WRITE, AIM_STAGE_TRANSITION, NUM_AIMS };
+
+/* Whether a checkpoint is being written in DIR now: a temporary file of the
+ * checkpoint writer (.last.h5.tmp.PID, manifest.json.tmp...) exists. */
+static bool writing_checkpoint(const char *dir) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/checkpoints", dir);
+  DIR *d = opendir(path);
+  bool found = false;
+  for (struct dirent *e; d && !found && (e = readdir(d));)
+    found = strstr(e->d_name, ".tmp") != NULL;
+  if (d)
+    closedir(d);
+  return found;
+}
+
+/* How many epoch rows (loader null) of the first stage metrics.jsonl has. */
+static int first_stage_epochs(const char *dir) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+  char *text = test_read_file(path);
+  int n = 0;
+  for (const char *p = text; p && (p = strstr(p, "\"loader\":null")); p++)
+    n++;
+  free(text);
+  return n;
+}
+
+/* Waits (polling every 100 us, up to `limit` s) until the aim is met or the
+ * child has exited; true if it is still running. */
+static bool wait_for(pid_t pid, const char *dir, enum aim aim, double limit) {
+  double t0 = now();
+  for (;;) {
+    if (waitpid(pid, NULL, WNOHANG | WNOWAIT) == pid) /* ended (not reaped) */
+      return false;
+    if (now() - t0 >= limit)
+      return true;
+    if (aim == AIM_CHECKPOINT_WRITE && writing_checkpoint(dir))
+      return true;
+    if (aim == AIM_STAGE_TRANSITION && first_stage_epochs(dir) >= atoi(EPOCHS))
+      return true;
+    struct timespec ts = {0, 100000};
+    nanosleep(&ts, NULL);
+  }
+}
+
+/* SIGINT and SIGTERM at random moments, and aimed at checkpoint writes and
+ * at the two-stage run's stage transition (the first stage's last epoch row
+ * written: its end, the best weights loaded, the next stage's start). A
+ * signal is interrupted-and-checkpointed (exit 130) once loom's handler is
+ * in place, or ends the process by the default action before or after
+ * (start-up, exit): either way each restart resumes from last, and the run
+ * ends bit-identical to one never signalled. How many signals land where is
+ * printed, not asserted (it depends on timing). */
+static void test_signal_loop(void **state) {
+  (void)state;
+  int signals = getenv("LOOM_CRASH_SIGNALS") ? atoi(getenv("LOOM_CRASH_SIGNALS")) : 24;
+  unsigned seed = getenv("LOOM_CRASH_SEED") ? (unsigned)atol(getenv("LOOM_CRASH_SEED")) : (unsigned)time(NULL);
+  print_message("%d signals, LOOM_CRASH_SEED=%u\n", signals, seed);
+  srand(seed);
+  two_stages = true;
+
+  char *ref = test_tmpdir(), *dir = test_tmpdir();
+  double t0 = now();
+  int status;
+  assert_int_equal(waitpid(start(ref, false), &status, 0) > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1, 0);
+  double span = now() - t0;
+
+  int interrupted = 0, defaulted = 0, aimed[NUM_AIMS] = {0};
+  bool finished = false;
+  for (int k = 0; k < signals && !finished; k++) {
+    bool resume = exists(dir, "checkpoints/last.h5") || exists(dir, "checkpoints/last.prev.h5");
+    enum aim aim = (enum aim)(k % NUM_AIMS);
+    if (aim == AIM_STAGE_TRANSITION && first_stage_epochs(dir) >= atoi(EPOCHS))
+      aim = AIM_CHECKPOINT_WRITE; /* that transition is behind this run */
+    pid_t pid = start(dir, resume);
+    double limit = aim == AIM_RANDOM ? span * 0.6 * (double)rand() / RAND_MAX : span;
+    bool running = wait_for(pid, dir, aim, limit);
+    int sig = rand() % 2 ? SIGINT : SIGTERM;
+    if (running)
+      kill(pid, sig);
+    aimed[aim] += running;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (WIFSIGNALED(status)) {
+      assert_int_equal(WTERMSIG(status), sig); /* the default action: before or after loom's handler */
+      defaulted++;
+      continue;
+    }
+    char out[600];
+    snprintf(out, sizeof out, "%s.out", dir);
+    char *text = test_read_file(out);
+    if (WEXITSTATUS(status) != 0 && WEXITSTATUS(status) != 130)
+      fail_msg("start %d (%s, %s) failed with exit %d:\n%s", k, resume ? "--resume last" : "fresh",
+               sig == SIGINT ? "SIGINT" : "SIGTERM", WEXITSTATUS(status), text);
+    free(text);
+    interrupted += WEXITSTATUS(status) == 130;
+    finished = WEXITSTATUS(status) == 0;
+  }
+  print_message("%d interrupted with a checkpoint, %d ended by the default action; aimed: %d random, %d at a checkpoint "
+                "write, %d at the stage transition; a run takes %.2f s\n",
+                interrupted, defaulted, aimed[AIM_RANDOM], aimed[AIM_CHECKPOINT_WRITE], aimed[AIM_STAGE_TRANSITION],
+                span);
+
+  if (!finished)
+    assert_int_equal(waitpid(start(dir, exists(dir, "checkpoints/last.h5") || exists(dir, "checkpoints/last.prev.h5")),
+                             &status, 0) > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+                     0);
+  size_t n_ref, n;
+  float *want = last_params(ref, &n_ref), *got = last_params(dir, &n);
+  assert_int_equal(n, n_ref);
+  assert_memory_equal(want, got, n * sizeof *got);
+  check_metrics(ref);
+  check_metrics(dir);
+  char *want_jsonl = jsonl_without_time(ref), *got_jsonl = jsonl_without_time(dir);
+  assert_string_equal(want_jsonl, got_jsonl);
+  check_no_litter(dir);
+  free(want), free(got), free(want_jsonl), free(got_jsonl);
+  char out[600];
+  snprintf(out, sizeof out, "%s.out", dir);
+  unlink(out);
+  snprintf(out, sizeof out, "%s.out", ref);
+  unlink(out);
+  test_rm_rf(ref), test_rm_rf(dir);
+  free(ref), free(dir);
+  two_stages = false;
+}
+
 int main(int argc, char **argv) {
   if (argc != 3) {
     fprintf(stderr, "usage: test_crash_loop LOOM CONFIGS_DIR\n");
@@ -196,6 +346,6 @@ int main(int argc, char **argv) {
   }
   loom = argv[1];
   snprintf(tiny, sizeof tiny, "%s/tiny.json", argv[2]);
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_sigkill_loop)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_sigkill_loop), cmocka_unit_test(test_signal_loop)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

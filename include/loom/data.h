@@ -57,6 +57,10 @@ LOOM_API int loom_dataset_fetch(loom_dataset *ds, const int64_t *indices, int64_
 /* IDX files (gzip'd or plain), unsigned-byte images scaled to [0, 1] and
  * unsigned-byte labels; read whole into memory as bytes. */
 LOOM_API loom_dataset *loom_idx_dataset_open(const char *images_path, const char *labels_path);
+/* The same from the two files' bytes in memory (gzip'd or plain; copied,
+ * so the buffers may go once it returns); nothing is read from disk. */
+LOOM_API loom_dataset *loom_idx_dataset_from_memory(const void *images, size_t images_size, const void *labels,
+                                                    size_t labels_size);
 /* Fashion-MNIST (or MNIST) from a directory holding the four standard
  * files: train=true for the 60k training set, false for the 10k test set. */
 LOOM_API loom_dataset *loom_fashion_mnist_open(const char *dir, bool train);
@@ -200,6 +204,11 @@ typedef struct loom_hdf5_options {
   int64_t cache_mb;    /* block cache budget; a dataset that fits is read once */
   int64_t block;       /* samples per read (0: 256) */
   bool preload;        /* read everything at open */
+  /* Optional: the files' bytes, already in memory (num_files of them, with
+   * their sizes): files[i] then only names image i in messages, and nothing
+   * is read from disk. HDF5 copies each image at open. */
+  const void *const *images;
+  const size_t *image_sizes;
 } loom_hdf5_options;
 /* Named datasets in HDF5 files: any numeric type (converted to float on
  * read), N-D samples, read in blocks on demand through an LRU cache, so a
@@ -212,6 +221,10 @@ LOOM_API loom_dataset *loom_hdf5_dataset_open(const loom_hdf5_options *options);
  * other columns the features. */
 #define LOOM_CSV_NO_TARGET INT32_MIN
 LOOM_API loom_dataset *loom_csv_dataset_open(const char *path, int target_column, bool header);
+/* The same from a CSV file's bytes in memory (copied); `name` stands for
+ * the file in messages (NULL: "CSV (memory)"). */
+LOOM_API loom_dataset *loom_csv_dataset_from_memory(const void *bytes, size_t size, const char *name,
+                                                    int target_column, bool header);
 /* Writes IDX images and labels as HDF5 datasets "images" and "labels"
  * (unsigned bytes, chunked): `loom convert idx`. */
 LOOM_API int loom_idx_to_hdf5(const char *images_path, const char *labels_path, const char *out_path);

@@ -53,7 +53,7 @@ typedef struct loom_run_options {
    * so that nothing of that run is overwritten. With overwrite, the files
    * loom writes there are removed first (the logdir's metrics, config,
    * model summary, TensorBoard files and checkpoints/); a file loom does not
-   * write is never removed and is still refused. */
+   * write is no run's: it neither refuses a run nor is removed. */
   bool overwrite;
   /* Several ranks: the gradients' mean goes in buckets of whole layers of
    * about this many bytes, last layers first, each started as soon as
@@ -62,11 +62,18 @@ typedef struct loom_run_options {
    * every bucket after backward instead (the same sums, the same bits). */
   size_t bucket_bytes;
   bool no_overlap;
+  /* Nothing is written to disk (fuzzing, tests, a dry run): the logdir is
+   * neither created, locked nor claimed; the metrics logger, TensorBoard,
+   * the exception callback and the LR finder's CSV skip their files (their
+   * saved states still save and load); the checkpoint callback keeps its
+   * last and best checkpoints as images in memory (what its load_weights
+   * reads), lost with the process. Callbacks ask loom_runner_writes_files. */
+  bool no_write;
 } loom_run_options;
 
 #define LOOM_BUCKET_BYTES_DEFAULT ((size_t)256 << 10)
 
-/* check false, no limits, handle_signals true, STOP, overwrite false. */
+/* check false, no limits, handle_signals true, STOP, overwrite false, no_write false. */
 LOOM_API loom_run_options loom_run_options_defaults(void);
 
 LOOM_API loom_runner *loom_runner_create(void);
@@ -103,6 +110,10 @@ LOOM_API const loom_run_options *loom_runner_options(const loom_runner *runner);
 /* The next loom_run_experiment resumes from `source`: a checkpoint file, or
  * "last" or "best" in <logdir>/checkpoints (see loom_checkpoint_callback). */
 LOOM_API int loom_runner_set_resume(loom_runner *runner, const char *source);
+/* The same from a checkpoint file's bytes (loom_checkpoint_write_memory's,
+ * or a file read whole), copied; `name` stands for the file in messages
+ * (NULL: "(checkpoint in memory)"). Nothing is read from disk. */
+LOOM_API int loom_runner_set_resume_image(loom_runner *runner, const void *bytes, size_t size, const char *name);
 /* Allows a resume to change the config keys matching `pattern` (a dotted
  * path as in --set, `*` matching any part, e.g. "stages.*.optimizer.lr";
  * a key also allows everything under it). Allowed by default:

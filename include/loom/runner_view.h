@@ -162,6 +162,15 @@ LOOM_API int loom_runner_rank(const loom_runner *r);
 LOOM_API int loom_runner_world_size(const loom_runner *r);
 LOOM_API bool loom_runner_is_master(const loom_runner *r);
 LOOM_API const char *loom_runner_logdir(const loom_runner *r);
+/* False in a loom_run_options.no_write run: a callback then writes no file. */
+LOOM_API bool loom_runner_writes_files(const loom_runner *r);
+/* A no_write run's checkpoints: keeps `snap`'s bytes in memory as the run's
+ * "last" or "best" (the checkpoint callback's files when it writes). */
+LOOM_API int loom_runner_keep_checkpoint(loom_runner *r, const char *which, const loom_checkpoint *snap);
+/* Opens the run's "last" or "best" checkpoint: <logdir>/checkpoints'
+ * (loom_checkpoint_open_logdir), or in a no_write run the one kept in
+ * memory (LOOM_ENOENT if none). `path` receives what was opened. */
+LOOM_API loom_checkpoint *loom_runner_open_checkpoint(loom_runner *r, const char *which, char *path, size_t path_size);
 /* Takes <logdir>/.lock (creating the logdir) for the rest of the run, so a
  * second run into the same logdir refuses (LOOM_EBUSY, naming the first's
  * pid) instead of interleaving files. Callbacks that write to the logdir

@@ -82,6 +82,13 @@ LOOM_API int loom_checkpoint_write(const loom_checkpoint *c, const char *path);
  * files from before the user block (plain HDF5) load with the content
  * checksum alone. */
 LOOM_API loom_checkpoint *loom_checkpoint_read(const char *path);
+/* The same for a checkpoint file's bytes already in memory (`name` stands
+ * for the file in messages); nothing is read from disk. */
+LOOM_API loom_checkpoint *loom_checkpoint_read_memory(const void *bytes, size_t size, const char *name);
+/* The bytes loom_checkpoint_write would write (user block and checksums
+ * included), built in memory; nothing touches the disk. *bytes is the
+ * caller's to free(). */
+LOOM_API int loom_checkpoint_write_memory(const loom_checkpoint *c, void **bytes, size_t *size);
 /* Opens the newest good checkpoint of a run: `which` is "last" or "best"
  * in <logdir>/checkpoints. Each candidate is checked against the manifest's
  * CRC-32 and its own content checksum, falling back from last.h5 to

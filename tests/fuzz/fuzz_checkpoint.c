@@ -3,7 +3,11 @@
  * checkpoint value by value (the way a careless tool would) and the
  * checkpoint is written again with fresh checksums; a tiny experiment then
  * resumes from it and runs to its end. Every value loom reads back must be
- * checked against the running experiment before use.
+ * checked against the running experiment before use. Nothing touches the
+ * disk: the checkpoint is an image in memory (loom_checkpoint_write_memory,
+ * loom_runner_set_resume_image) and the runs write no files
+ * (loom_run_options.no_write: the checkpoint callback keeps its images in
+ * memory, the metrics logger writes nothing but saves and loads its state).
  *
  * The real checkpoints are taken once, at start-up, from the same
  * experiment: in the middle of the train loader, in the middle of the
@@ -31,12 +35,11 @@
   "                   {\"type\": \"early_stopping\", \"patience\": 2},"                                                  \
   "                   {\"type\": \"checkpoint\", \"every_n_batches\": 1}]}}}"
 
-static char run_dir[512], ck_path[512];
 static loom_checkpoint *templates[3];
 
 static loom_experiment *build(void) {
   char text[4096];
-  snprintf(text, sizeof text, STAGE_CONFIG, run_dir);
+  snprintf(text, sizeof text, STAGE_CONFIG, "fuzz-run-never-written");
   loom_config *c = loom_config_parse(text, LOOM_FUZZ_CONFIGS "/fuzz.json");
   loom_experiment *exp = NULL;
   if (!c || loom_config_build(c, &exp) < 0) {
@@ -47,47 +50,61 @@ static loom_experiment *build(void) {
   return exp;
 }
 
-static void clear_run_dir(void) { fuzz_remove_tree(run_dir); }
+/* A run that writes no files. */
+static loom_runner *quiet_runner(void) {
+  loom_runner *r = loom_runner_create();
+  loom_run_options o = loom_run_options_defaults();
+  o.no_write = true;
+  o.handle_signals = false;
+  loom_runner_set_options(r, &o);
+  return r;
+}
 
-/* Saves templates[0..2] as the reference run goes. */
+/* templates[i] := a snapshot of the run now, through a checkpoint's bytes. */
+static int take(loom_runner *r, int i) {
+  loom_checkpoint *snap;
+  void *bytes;
+  size_t size;
+  int rc = loom_runner_snapshot(r, &snap);
+  if (rc == 0) {
+    rc = loom_checkpoint_write_memory(snap, &bytes, &size);
+    loom_checkpoint_destroy(snap);
+  }
+  if (rc == 0) {
+    templates[i] = loom_checkpoint_read_memory(bytes, size, "template");
+    free(bytes);
+  }
+  return rc < 0 ? rc : templates[i] ? 0 : loom_last_error_code();
+}
+
+/* Takes templates[0..2] as the reference run goes. */
 static int take_mid(loom_callback *cb, loom_runner *r) {
   (void)cb;
   if (loom_runner_global_epoch(r) != 2 || loom_runner_loader_batch_step(r) != 2)
     return 0;
-  char path[600];
-  snprintf(path, sizeof path, "%s.%s", ck_path, loom_runner_loader_name(r));
-  return loom_runner_save_checkpoint(r, path);
+  return take(r, strcmp(loom_runner_loader_name(r), "train") == 0 ? 0 : 1);
 }
 
 static int take_end(loom_callback *cb, loom_runner *r) {
   (void)cb;
-  char path[600];
-  snprintf(path, sizeof path, "%s.end", ck_path);
-  return loom_runner_global_epoch(r) == 1 ? loom_runner_save_checkpoint(r, path) : 0;
+  return loom_runner_global_epoch(r) == 1 ? take(r, 2) : 0;
 }
 
 static const loom_callback_ops taker = {.type = "taker", .on_batch_end = take_mid, .on_epoch_end = take_end};
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc, (void)argv;
-  snprintf(run_dir, sizeof run_dir, "%s/run", fuzz_scratch());
-  snprintf(ck_path, sizeof ck_path, "%s/fuzzed.h5", fuzz_scratch());
   loom_experiment *exp = build();
-  loom_runner *r = loom_runner_create();
+  loom_runner *r = quiet_runner();
   if (loom_experiment_add_callback(exp, loom_callback_create(&taker, NULL, 300)) < 0 || loom_run_experiment(r, exp) < 0) {
     fprintf(stderr, "fuzz_checkpoint: %s\n", loom_last_error());
     abort();
   }
   loom_runner_destroy(r);
   loom_experiment_destroy(exp);
-  const char *which[3] = {"train", "valid", "end"};
-  for (int i = 0; i < 3; i++) {
-    char path[600];
-    snprintf(path, sizeof path, "%s.%s", ck_path, which[i]);
-    if (!(templates[i] = loom_checkpoint_read(path)))
+  for (int i = 0; i < 3; i++)
+    if (!templates[i])
       abort();
-  }
-  clear_run_dir();
   if (getenv("LOOM_FUZZ_LIST_KEYS")) /* for writing corpus inputs by hand */
     for (size_t g = 0; g < loom_checkpoint_num_groups(templates[0]); g++) {
       const loom_state *s = loom_checkpoint_find(templates[0], loom_checkpoint_group_name(templates[0], g));
@@ -229,17 +246,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   loom_checkpoint *c = loom_checkpoint_copy(templates[fuzz_u8(&b) % 3]);
   for (int k = 0; k < 8 && b.n; k++)
     c = edit(c, &b);
-  if (loom_checkpoint_write(c, ck_path) < 0)
+  void *bytes;
+  size_t n;
+  if (loom_checkpoint_write_memory(c, &bytes, &n) < 0)
     abort(); /* whatever the values, a checkpoint writes */
   loom_checkpoint_destroy(c);
   loom_experiment *exp = build();
-  loom_runner *r = loom_runner_create();
-  int rc = loom_runner_set_resume(r, ck_path);
+  loom_runner *r = quiet_runner();
+  int rc = loom_runner_set_resume_image(r, bytes, n, "fuzzed.h5");
+  free(bytes);
   if (rc == 0)
     rc = loom_run_experiment(r, exp);
   fuzz_expect_clean_error(rc);
   loom_runner_destroy(r);
   loom_experiment_destroy(exp);
-  clear_run_dir();
   return 0;
 }

@@ -1,7 +1,8 @@
 /* The CSV reader: the first byte says whether the file has a header (bit
  * 0) and which column is the target (the other bits, as a signed number:
- * -64..63, negative from the end); the rest is the file. A dataset that
- * opens has every sample fetched. */
+ * -64..63, negative from the end); the rest is the file, read from memory
+ * (loom_csv_dataset_from_memory: no files). A dataset that opens has every
+ * sample fetched. */
 #include "fuzz.h"
 #include "fuzz_fetch.h"
 #include "loom/data.h"
@@ -11,9 +12,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   bool header = data[0] & 1;
   int target = (int8_t)data[0] >> 1;
-  char path[512];
-  fuzz_write("data.csv", data + 1, size - 1, path, sizeof path);
-  loom_dataset *ds = loom_csv_dataset_open(path, target, header);
+  loom_dataset *ds = loom_csv_dataset_from_memory(data + 1, size - 1, "data.csv", target, header);
   if (!ds) {
     fuzz_expect_clean_null();
     return 0;

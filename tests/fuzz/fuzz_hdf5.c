@@ -1,8 +1,9 @@
 /* The HDF5 dataset reader, structure-aware: HDF5 itself is not fuzzed (it
  * crashes on damaged files, which loom cannot fix), so the input describes
- * a valid HDF5 file, written to the scratch directory with libhdf5, whose
- * datasets have whatever ranks, shapes, types, sizes and names the bytes
- * say; then loom opens it with options from the bytes and fetches every
+ * a valid HDF5 file, written with libhdf5 as an image in memory (the core
+ * driver: no files), whose datasets have whatever ranks, shapes, types,
+ * sizes and names the bytes say; then loom opens that image
+ * (loom_hdf5_options.images) with options from the bytes and fetches every
  * sample. Layout of the input:
  *   u8 options: bit 0 preload, bit 1 a second file (the same again), bits 2-3 block, 4-5 cache
  *   u8 count of datasets (mod 4), then for each:
@@ -24,10 +25,13 @@ static hid_t type_of(uint8_t t) {
 
 static const char *const names[] = {"images", "labels", "x", "images/sub"};
 
-/* Writes the file the bytes describe; false if libhdf5 refused (a shape it
- * does not take): not loom's business. */
-static bool write_file(fuzz_bytes *b, const char *path) {
-  hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+/* Builds the file the bytes describe in memory; false if libhdf5 refused (a
+ * shape it does not take): not loom's business. *image is the caller's. */
+static bool write_file(fuzz_bytes *b, void **image, size_t *image_size) {
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_fapl_core(fapl, 1 << 16, 0);
+  hid_t f = H5Fcreate("fuzz-hdf5-image", H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  H5Pclose(fapl);
   if (f < 0)
     return false;
   hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
@@ -86,6 +90,14 @@ static bool write_file(fuzz_bytes *b, const char *path) {
     H5Dclose(made[i].d);
   }
   H5Pclose(lcpl);
+  ssize_t n = ok && H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0 ? H5Fget_file_image(f, NULL, 0) : -1;
+  *image = n > 0 ? malloc((size_t)n) : NULL;
+  ok = *image && H5Fget_file_image(f, *image, (size_t)n) == n;
+  *image_size = ok ? (size_t)n : 0;
+  if (!ok) {
+    free(*image);
+    *image = NULL;
+  }
   return H5Fclose(f) >= 0 && ok;
 }
 
@@ -100,11 +112,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   fuzz_bytes b = {data, size};
   uint8_t opt = fuzz_u8(&b);
-  char path[512];
-  snprintf(path, sizeof path, "%s/data.h5", fuzz_scratch());
-  if (!write_file(&b, path))
+  void *image = NULL;
+  size_t image_size;
+  if (!write_file(&b, &image, &image_size)) {
+    free(image);
     return 0;
-  const char *files[2] = {path, path};
+  }
+  const char *files[2] = {"data.h5", "data.h5"};
+  const void *images[2] = {image, image};
+  size_t sizes[2] = {image_size, image_size};
   loom_hdf5_options o = {.files = files,
                          .num_files = opt & 2 ? 2 : 1,
                          .inputs = "images",
@@ -112,8 +128,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                          .scale = 1.0 / 255,
                          .block = (opt >> 2) & 3,
                          .cache_mb = (opt >> 4) & 3,
-                         .preload = opt & 1};
+                         .preload = opt & 1,
+                         .images = images,
+                         .image_sizes = sizes};
   loom_dataset *ds = loom_hdf5_dataset_open(&o);
+  free(image); /* HDF5 copied it */
   if (!ds) {
     fuzz_expect_clean_null();
     return 0;

@@ -1,7 +1,7 @@
 /* The IDX reader: the input is an image file and a label file (gzip'd or
  * plain, as the reader takes either): its first two bytes (little-endian)
  * say how many of the rest are the images, the others are the labels.
- * Both are written to the scratch directory (the reader takes paths); a
+ * Both are read from memory (loom_idx_dataset_from_memory: no files); a
  * dataset that opens has every sample fetched. */
 #include "fuzz.h"
 #include "fuzz_fetch.h"
@@ -14,10 +14,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   data += 2, size -= 2;
   if (split > size)
     split = size;
-  char images[512], labels[512];
-  fuzz_write("images.idx", data, split, images, sizeof images);
-  fuzz_write("labels.idx", data + split, size - split, labels, sizeof labels);
-  loom_dataset *ds = loom_idx_dataset_open(images, labels);
+  loom_dataset *ds = loom_idx_dataset_from_memory(data, split, data + split, size - split);
   if (!ds) {
     fuzz_expect_clean_null();
     return 0;
