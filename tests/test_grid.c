@@ -1,8 +1,11 @@
+#define _DEFAULT_SOURCE /* cfmakeraw */
 /* loom grid as a user runs it: a small grid's rows and seeds, failures
  * isolated (a segfault, a timeout), --retries, Ctrl-C then a rerun that
  * resumes, and validate's message for a bad option.
  * Usage: test_grid LOOM CONFIGS_DIR PLUGINS_DIR */
 #define _XOPEN_SOURCE 700
+#include <pty.h>
+#include <termios.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -417,6 +420,68 @@ static void test_validate_reports_option(void **state) {
   assert_true(stderr_has("options.model.sizes: expected a non-empty list of values"));
 }
 
+/* The progress printer: on a terminal (a pseudo-terminal here) one status
+ * line redrawn in place with \r and a clear, a failure on a line of its
+ * own above it; in a file, a timestamped line per event and nothing for
+ * the ticks. */
+static void read_all(int fd, char *out, size_t size) {
+  size_t n = 0;
+  for (ssize_t got; n + 1 < size && (got = read(fd, out + n, size - 1 - n)) > 0;)
+    n += (size_t)got;
+  out[n] = '\0';
+}
+
+static void test_progress_on_a_terminal(void **state) {
+  (void)state;
+  int master, slave;
+  assert_int_equal(openpty(&master, &slave, NULL, NULL, NULL), 0);
+  struct termios t; /* raw: the bytes as written, no \n -> \r\n */
+  assert_int_equal(tcgetattr(slave, &t), 0);
+  cfmakeraw(&t);
+  assert_int_equal(tcsetattr(slave, TCSANOW, &t), 0);
+  FILE *tty = fdopen(slave, "w");
+  assert_non_null(tty);
+  loom_grid_progress p = {.event = LOOM_GRID_STARTED, .id = "lr=0.1/rep1", .attempt = 1, .total = 4, .running = 1,
+                          .left = 3, .eta_s = -1};
+  loom_grid_print_progress(&p, tty);
+  p = (loom_grid_progress){.event = LOOM_GRID_FINISHED, .id = "lr=0.1/rep1", .status = "failed", .reason = "timeout",
+                           .attempt = 1, .total = 4, .failed = 1, .running = 1, .left = 2, .eta_s = 75,
+                           .metric = "valid/loss", .has_best = true, .best = 0.25, .best_id = "lr=0.3/rep1"};
+  loom_grid_print_progress(&p, tty);
+  p.event = LOOM_GRID_TICK;
+  loom_grid_print_progress(&p, tty);
+  fclose(tty);
+  char got[2048];
+  read_all(master, got, sizeof got);
+  close(master);
+  const char *status = "grid: 0/4 done, 1 running, 1 failed, 2 left, ETA 1m15s, best valid/loss 0.25 (lr=0.3/rep1)";
+  char want[2048];
+  snprintf(want, sizeof want,
+           "\r\033[Kgrid: 0/4 done, 1 running, 0 failed, 3 left, ETA ?"
+           "\r\033[Klr=0.1/rep1: failed, timeout (attempt 1)\ngrid: %s"
+           "\r\033[Kgrid: %s",
+           status + 6, status + 6);
+  if (strcmp(got, want) != 0)
+    fail_msg("on a terminal:\n got  %s\n want %s", got, want);
+
+  /* Not a terminal: timestamped lines, none for a tick. */
+  FILE *log = tmpfile();
+  assert_non_null(log);
+  loom_grid_print_progress(&p, log);
+  p.event = LOOM_GRID_FINISHED;
+  loom_grid_print_progress(&p, log);
+  rewind(log);
+  read_all(fileno(log), got, sizeof got);
+  fclose(log);
+  int lines = 0;
+  for (const char *c = got; *c; c++)
+    lines += *c == '\n';
+  assert_int_equal(lines, 1);
+  assert_non_null(strstr(got, " lr=0.1/rep1 failed: timeout in 0.0s; "));
+  assert_true(got[4] == '-' && got[7] == '-' && got[10] == ' ' && got[13] == ':'); /* YYYY-MM-DD HH: */
+  assert_null(strchr(got, '\r'));
+}
+
 int main(int argc, char **argv) {
   if (argc != 4) {
     fprintf(stderr, "usage: test_grid LOOM CONFIGS_DIR PLUGINS_DIR\n");
@@ -426,7 +491,8 @@ int main(int argc, char **argv) {
   snprintf(outfile, sizeof outfile, "/tmp/loom-test-grid-out.%ld", (long)getpid());
   snprintf(errfile, sizeof errfile, "/tmp/loom-test-grid-err.%ld", (long)getpid());
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_validate_reports_option), cmocka_unit_test(test_small_grid),
+      cmocka_unit_test(test_progress_on_a_terminal), cmocka_unit_test(test_validate_reports_option),
+      cmocka_unit_test(test_small_grid),
       cmocka_unit_test(test_retries), cmocka_unit_test(test_shards), cmocka_unit_test(test_failures_isolated),
       cmocka_unit_test(test_interrupt_then_resume),
   };
