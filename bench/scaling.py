@@ -14,9 +14,9 @@ p x per-rank batch):
   all-reduce of n bytes over p ranks, the faster of
     ring:               2(p-1)/p n beta + 2(p-1) alpha
     halving-doubling:   2(p-1)/p n beta + 2 log2(p) alpha   (Rabenseifner)
-  as MPI libraries choose by size; loom's per-step stop/interrupt sync is two
-  latency-bound collectives (an 8-byte all-reduce and a 4-byte broadcast,
-  log2(p) alpha each, on a tree).
+  as MPI libraries choose by size; loom's per-step stop/interrupt sync is one
+  latency-bound collective (a 16-byte all-reduce, 2 log2(p) alpha on a
+  tree: up and down).
   no overlap:  step = T_c + T_ar(n) + T_sync
   overlap:     the gradients in k equal buckets; backward (2/3 of T_c, as
                its FLOPs are twice the forward's) finishes bucket i at
@@ -68,7 +68,7 @@ def min_bucket(p, alpha, beta):
 
 
 def sync(p, alpha):
-    """loom's per-step stop/interrupt decision: two tiny tree collectives."""
+    """loom's per-step stop/interrupt decision: one tiny all-reduce (a tree up and down)."""
     return 2 * math.ceil(math.log2(p)) * alpha
 
 

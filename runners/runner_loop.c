@@ -18,13 +18,15 @@ int loom_runner_sync(loom_runner *r) {
   loom_signals_poll(r);
   int rc = 0;
   if (loom_comm_size(r->comm) > 1) {
-    double any = r->interrupted ? 1.0 : 0.0;
-    rc = loom_comm_allreduce_sum_f64(r->comm, &any, 1);
-    if (rc == 0 && any > 0 && !r->interrupted)
+    /* One all-reduce carries both: how many ranks were interrupted, and the
+     * master's stop flags (the others add 0; small integers sum exactly). */
+    double v[2] = {r->interrupted ? 1.0 : 0.0, loom_comm_is_master(r->comm) ? (double)r->stop_flags : 0.0};
+    rc = loom_comm_allreduce_sum_f64(r->comm, v, 2);
+    if (rc == 0 && v[0] > 0 && !r->interrupted)
       loom_runner_interrupt(r, "interrupted on another rank");
+    if (rc == 0)
+      r->stop_flags = (unsigned)v[1];
   }
-  if (rc == 0)
-    rc = loom_comm_broadcast(r->comm, &r->stop_flags, sizeof r->stop_flags, 0);
   if (rc < 0)
     return loom_error_wrap(rc, "synchronising the stop decision over %d ranks (stage \"%s\", epoch %d, loader "
                                "\"%s\", after batch %lld)",
