@@ -17,7 +17,7 @@ rm -rf "$out"
 mkdir -p "$out"
 run="$out/run"
 wait_s=5 # after a SIGKILL the others are killed anyway: no exit to wait for
-[ "$what" = sigint ] && wait_s=${LOOM_TEST_SIGKILL_TIMEOUT:-5}
+[ "$what" = sigint ] && wait_s=${LOOM_TEST_SIGKILL_TIMEOUT:-10} # room for a loaded machine
 mpi="$mpiexec --mca odls_base_sigkill_timeout $wait_s -n 2"
 fail() {
   echo "FAIL: $*"

@@ -40,6 +40,11 @@ typedef struct mpi_ctx {
   char notice[NOTICE_BYTES];
   where here;
   unsigned long long asked; /* the collective a timed-out rank asks about */
+  /* A peer's failure notice: the last collective it will complete (it
+   * posted every one up to there), and its message; peer -1: none. */
+  int peer;
+  unsigned long long peer_done;
+  char peer_message[NOTICE_BYTES];
   MPI_Request *sends;       /* notices and answers in flight, one slot per peer */
   /* What the collectives run on: a request left behind after a failure or
    * a time limit may still complete later (a late rank joins it) and write
@@ -83,20 +88,31 @@ static void tell_all(mpi_ctx *m, const void *buf, int bytes, int tag) {
   }
 }
 
-/* A failure notice from `from`: the error every rank reports for it. */
-static int peer_failed(mpi_ctx *m, int from, const char *message) {
-  m->broken = true;
-  return loom_error_set(LOOM_ECOMM, "rank %d failed: %s", from, message);
+/* Tells every peer that this rank completes no collective after number
+ * `done`, and why. */
+static void send_notice(mpi_ctx *m, unsigned long long done, const char *message) {
+  snprintf(m->notice, sizeof m->notice, "%llu\n%.990s", done, message);
+  tell_all(m, m->notice, (int)strlen(m->notice) + 1, TAG_FAILED);
 }
 
-/* The control messages that have arrived: a failure ends the wait with
- * its error; a question gets this rank's answer. */
-static int poll_control(mpi_ctx *m) {
+/* The error for collective `seq` once a peer has failed, or 0 while the
+ * peer posted it (it then completes: the peer's data is on its way). */
+static int peer_failed(mpi_ctx *m, unsigned long long seq) {
+  if (m->peer < 0 || seq <= m->peer_done)
+    return 0;
+  m->broken = true;
+  return loom_error_set(LOOM_ECOMM, "rank %d failed: %s", m->peer, m->peer_message);
+}
+
+/* The control messages that have arrived: a failure notice is kept (and
+ * ends a wait for collective `seq` that the peer will not complete, 0: no
+ * wait); a question gets this rank's answer. */
+static int poll_control(mpi_ctx *m, unsigned long long seq) {
   for (;;) {
     int flag = 0;
     MPI_Status st;
     if (MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, m->ctl, &flag, &st) != MPI_SUCCESS || !flag)
-      return 0;
+      return seq ? peer_failed(m, seq) : 0;
     char buf[NOTICE_BYTES];
     int count = 0;
     MPI_Get_count(&st, MPI_BYTE, &count);
@@ -104,15 +120,18 @@ static int poll_control(mpi_ctx *m) {
       count = (int)sizeof buf - 1;
     MPI_Recv(buf, count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, m->ctl, MPI_STATUS_IGNORE);
     buf[count] = '\0';
-    if (st.MPI_TAG == TAG_FAILED)
-      return peer_failed(m, st.MPI_SOURCE, buf);
-    if (st.MPI_TAG == TAG_WHERE) {
+    if (st.MPI_TAG == TAG_FAILED && m->peer < 0) { /* the first failure is the one reported */
+      char *text = strchr(buf, '\n');
+      m->peer = st.MPI_SOURCE;
+      m->peer_done = strtoull(buf, NULL, 10);
+      snprintf(m->peer_message, sizeof m->peer_message, "%s", text ? text + 1 : buf);
+    } else if (st.MPI_TAG == TAG_WHERE) {
       m->here.seq = m->seq;
       snprintf(m->here.what, sizeof m->here.what, "%s", m->what ? m->what : "no collective");
       if (m->sends[st.MPI_SOURCE] != MPI_REQUEST_NULL)
         MPI_Request_free(&m->sends[st.MPI_SOURCE]);
       MPI_Isend(&m->here, sizeof m->here, MPI_BYTE, st.MPI_SOURCE, TAG_HERE, m->ctl, &m->sends[st.MPI_SOURCE]);
-    } /* a late TAG_HERE: dropped */
+    } /* a late TAG_HERE, a second failure: dropped */
   }
 }
 
@@ -131,7 +150,7 @@ static int timed_out(mpi_ctx *m, unsigned long long seq, const char *what) {
     MPI_Status st;
     MPI_Iprobe(MPI_ANY_SOURCE, TAG_HERE, m->ctl, &flag, &st);
     if (!flag) {
-      int rc = poll_control(m); /* a failure notice may come instead */
+      int rc = poll_control(m, seq); /* a failure notice may come instead */
       if (rc < 0) {
         free(arrived);
         return rc;
@@ -158,9 +177,11 @@ static int timed_out(mpi_ctx *m, unsigned long long seq, const char *what) {
     snprintf(m->notice, sizeof m->notice, "MPI %s (collective %llu) did not complete within %g s: every rank arrived, "
              "some only after the limit; raise it with LOOM_COMM_TIMEOUT or loom_comm_set_timeout",
              what, seq, m->timeout);
-  tell_all(m, m->notice, (int)strlen(m->notice) + 1, TAG_FAILED);
+  char message[NOTICE_BYTES];
+  snprintf(message, sizeof message, "%s", m->notice);
+  send_notice(m, seq - 1, message); /* this rank leaves collective seq: nobody completes it */
   m->broken = true;
-  return loom_error_set(LOOM_ECOMM, "%s", m->notice);
+  return loom_error_set(LOOM_ECOMM, "%s", message);
 }
 
 /* Spinning, then yielding, then sleeping: a peer oversubscribed on this
@@ -186,7 +207,7 @@ static int wait_for(mpi_ctx *m, MPI_Request *req, unsigned long long seq, const 
     }
     if (done)
       return 0;
-    if ((rc = poll_control(m)) < 0)
+    if ((rc = poll_control(m, seq)) < 0)
       return rc;
     if (m->timeout > 0 && MPI_Wtime() - t0 > m->timeout)
       return timed_out(m, seq, what);
@@ -203,9 +224,11 @@ static int finish(mpi_ctx *m, int rc, MPI_Request *req) {
   return wait_for(m, req, m->seq, m->what);
 }
 
-static void enter(mpi_ctx *m, const char *what) {
+/* The next collective: refused when a peer has failed before it. */
+static int enter(mpi_ctx *m, const char *what) {
   m->seq++;
   m->what = what;
+  return peer_failed(m, m->seq);
 }
 
 /* --- the gradients' mean, started during backward and waited for later --- */
@@ -261,9 +284,11 @@ static int start_mean_f32(void *ctx, void *request, const float *buf) {
   mpi_ctx *m = ctx;
   mean_request *q = request;
   memcpy(q->scratch, buf, q->n * sizeof *buf);
-  enter(m, mean_what);
+  int rc = enter(m, mean_what);
   q->seq = m->seq;
-  int rc = MPI_Iallreduce(MPI_IN_PLACE, q->scratch, (int)q->n, MPI_FLOAT, MPI_SUM, m->comm, &q->req);
+  if (rc < 0)
+    return rc;
+  rc = MPI_Iallreduce(MPI_IN_PLACE, q->scratch, (int)q->n, MPI_FLOAT, MPI_SUM, m->comm, &q->req);
   if (rc != MPI_SUCCESS) {
     m->broken = true;
     return mpi_error(rc, mean_what);
@@ -297,7 +322,7 @@ static int progress(void *ctx) {
       return mpi_error(MPI_ERR_OTHER, mean_what);
     }
   }
-  return poll_control(m);
+  return poll_control(m, 0); /* a notice is kept for the wait it concerns */
 }
 
 /* At exit every rank meets the others before MPI_Finalize, which would
@@ -377,14 +402,14 @@ static int run_collective(mpi_ctx *m, kind k, void *buf, size_t n, int root) {
     memcpy(m->scratch, part, count * item);
     MPI_Request req;
     if (k == SUM_F64) {
-      enter(m, "all-reduce of doubles (MPI_Iallreduce)");
-      rc = finish(m, MPI_Iallreduce(MPI_IN_PLACE, m->scratch, (int)count, MPI_DOUBLE, MPI_SUM, m->comm, &req), &req);
+      if ((rc = enter(m, "all-reduce of doubles (MPI_Iallreduce)")) == 0)
+        rc = finish(m, MPI_Iallreduce(MPI_IN_PLACE, m->scratch, (int)count, MPI_DOUBLE, MPI_SUM, m->comm, &req), &req);
     } else if (k == MEAN_F32) {
-      enter(m, "all-reduce of floats (MPI_Iallreduce)");
-      rc = finish(m, MPI_Iallreduce(MPI_IN_PLACE, m->scratch, (int)count, MPI_FLOAT, MPI_SUM, m->comm, &req), &req);
+      if ((rc = enter(m, "all-reduce of floats (MPI_Iallreduce)")) == 0)
+        rc = finish(m, MPI_Iallreduce(MPI_IN_PLACE, m->scratch, (int)count, MPI_FLOAT, MPI_SUM, m->comm, &req), &req);
     } else {
-      enter(m, "broadcast (MPI_Ibcast)");
-      rc = finish(m, MPI_Ibcast(m->scratch, (int)count, MPI_BYTE, root, m->comm, &req), &req);
+      if ((rc = enter(m, "broadcast (MPI_Ibcast)")) == 0)
+        rc = finish(m, MPI_Ibcast(m->scratch, (int)count, MPI_BYTE, root, m->comm, &req), &req);
     }
     if (rc < 0)
       break;
@@ -409,14 +434,13 @@ static int broadcast(void *ctx, void *buf, size_t bytes, int root) {
 static int barrier(void *ctx) {
   mpi_ctx *m = ctx;
   MPI_Request req;
-  enter(m, "barrier (MPI_Ibarrier)");
-  return finish(m, MPI_Ibarrier(m->comm, &req), &req);
+  int rc = enter(m, "barrier (MPI_Ibarrier)");
+  return rc < 0 ? rc : finish(m, MPI_Ibarrier(m->comm, &req), &req);
 }
 
 static int notify_failure(void *ctx, const char *message) {
   mpi_ctx *m = ctx;
-  snprintf(m->notice, sizeof m->notice, "%s", message);
-  tell_all(m, m->notice, (int)strlen(m->notice) + 1, TAG_FAILED);
+  send_notice(m, m->seq, message); /* it posted every collective it entered */
   m->broken = true; /* the peers may be inside a collective this rank never joins */
   return 0;
 }
@@ -513,6 +537,7 @@ loom_comm *loom_comm_mpi_create(const void *mpi_comm) {
   }
   for (int p = 0; p < m->size; p++)
     m->sends[p] = MPI_REQUEST_NULL;
+  m->peer = -1;
   m->timeout = LOOM_COMM_TIMEOUT_DEFAULT;
   loom_comm *comm = loom_comm_create(&mpi_ops, m, m->rank, m->size);
   if (!comm)
