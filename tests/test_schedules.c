@@ -155,6 +155,24 @@ static void test_step_scheduler_counts_optimizer_steps(void **state) {
   loom_experiment_destroy(exp);
 }
 
+/* A per-step schedule of a second stage counts that stage's optimizer
+ * steps only: 6 steps of a first stage without a schedule, then 6 under
+ * StepLR(1, 0.5) from the inherited rate 0.1: lr = 0.1 * 0.5^6. */
+static void test_step_scheduler_in_a_later_stage(void **state) {
+  (void)state;
+  loom_experiment *exp = linear_run(6, 1, 1, 0.1, NULL, NULL);
+  loom_stage *second = loom_experiment_add_stage(exp, "finetune", 1);
+  assert_int_equal(loom_stage_add_callback(second, loom_scheduler_callback_create(loom_step_lr_create(1, 0.5),
+                                                                                  LOOM_SCHEDULE_PER_STEP, NULL, NULL)),
+                   0);
+  loom_runner *r = loom_runner_create();
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  assert_int_equal(loom_runner_optimizer_step_count(r), 12);
+  assert_true(fabs(loom_optimizer_lr(loom_runner_optimizer(r)) - 0.1 * pow(0.5, 6)) < 1e-15);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
 /* The expected update of one window, computed batch by batch with the
  * model API: mean of the batch-mean gradients, one SGD step. */
 static void expected_after_windows(float *params, size_t n, int64_t samples, int64_t batch, int accumulate, double lr,
@@ -391,6 +409,7 @@ int main(void) {
       cmocka_unit_test(test_onecycle),
       cmocka_unit_test(test_plateau_and_state),
       cmocka_unit_test(test_step_scheduler_counts_optimizer_steps),
+      cmocka_unit_test(test_step_scheduler_in_a_later_stage),
       cmocka_unit_test(test_accumulation_with_partial_window),
       cmocka_unit_test(test_accumulation_equals_full_batch),
       cmocka_unit_test(test_clipping),
