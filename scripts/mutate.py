@@ -48,13 +48,15 @@ ROOT = TREE  # where mutants are planted: the mirror, once main() has made it
 # because it fails now and then on the unmutated tree: a kill before the
 # first checkpoint leaves metrics.jsonl, and the fresh restart (no
 # --resume) is refused by the one-run-per-logdir rule; a kill it reports
-# is not the mutant's.
+# is not the mutant's. The MPI failure tests are left out for the same
+# reason: test_mpi_failure_nan_stop failed on the unmutated tree (rank 1
+# saw MPI_ERR_TRUNCATE instead of rank 0's error, under a loaded machine).
 EXCLUDE = [
     "check_layers", "test_check_layers", "check_exports", "test_install",
     "test_grid$", "validate_grid_", "test_export_onnx",
     "test_hdf5_matches_idx", "convert_fashion_mnist", "check_config_fashion_mnist_hdf5",
     "_3_threads", "_1_thread", "_openblas", "test_notices_",
-    "test_mpi_failure_late", "test_crash_loop",
+    "test_mpi_failure_", "test_crash_loop",
 ]
 TEST_TIMEOUT = 90
 

@@ -1107,6 +1107,44 @@ static void test_streams_differ_between_stages(void **state) {
     }
 }
 
+/* "Best" is per stage and strict: a stage starts with no best, a tie with
+ * the best is no new best, and the best epoch is a global epoch. The valid
+ * loss of global epoch g is losses[g - 1]. */
+static int loss_by_epoch(loom_runner *r, void *user) {
+  const double *losses = user;
+  return loom_metrics_set(loom_runner_batch_metrics(r), "loss", losses[loom_runner_global_epoch(r) - 1]);
+}
+
+static int best_epoch_end(loom_callback *cb, loom_runner *r) {
+  record(loom_callback_data(cb), "%d:%s@%d", loom_runner_global_epoch(r), loom_runner_is_best_valid(r) ? "best" : "-",
+         loom_runner_best_epoch(r));
+  return 0;
+}
+
+static const loom_callback_ops best_ops = {.type = "best", .on_epoch_end = best_epoch_end};
+
+static void test_best_valid_per_stage(void **state) {
+  (void)state;
+  static trace got;
+  memset(&got, 0, sizeof got);
+  static const double losses[6] = {1.0, 0.5, 0.5, 2.0, 1.5, 1.5};
+  loom_experiment *exp = two_stages(3);
+  assert_int_equal(loom_experiment_add_callback(exp, loom_callback_create(&best_ops, &got, 0)), 0);
+  loom_runner *r = loom_runner_create();
+  loom_runner_set_handle_batch(r, loss_by_epoch, (void *)losses);
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  static const char *const want[] = {"1:best@1", "2:best@2", "3:-@2", "4:best@4", "5:best@5", "6:-@5"};
+  for (int i = 0; i < got.n && i < 6; i++)
+    if (strcmp(got.lines[i], want[i]) != 0)
+      fail_msg("epoch %d: got \"%s\", expected \"%s\"", i + 1, got.lines[i], want[i]);
+  assert_int_equal(got.n, 6);
+  double best;
+  assert_true(loom_metrics_get(loom_runner_best_valid_metrics(r), "loss", &best));
+  assert_true(best == 1.5);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_full_trace),
@@ -1128,6 +1166,7 @@ int main(void) {
       cmocka_unit_test(test_batch_larger_than_dataset),
       cmocka_unit_test(test_counters_with_valid_loaders),
       cmocka_unit_test(test_streams_differ_between_stages),
+      cmocka_unit_test(test_best_valid_per_stage),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
