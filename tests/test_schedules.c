@@ -96,6 +96,21 @@ static void test_plateau_and_state(void **state) {
   loom_scheduler_step(t, opt2, 0.95);
   assert_true(fabs(loom_optimizer_lr(opt2) - 0.25) < 1e-12);
   assert_int_equal(loom_scheduler_steps(t), 6);
+  /* Cooldown (PyTorch's semantics): patience 0, cooldown 2, a flat metric:
+   * a cut, two steps of cooldown, a cut, ... */
+  loom_plateau_options oc = loom_plateau_defaults();
+  oc.factor = 0.5, oc.patience = 0, oc.threshold = 0, oc.cooldown = 2;
+  loom_scheduler *cool = loom_plateau_lr_create(&oc);
+  loom_optimizer *opt3 = sgd(1.0);
+  loom_scheduler_start(cool, opt3);
+  const double cooled[] = {1, .5, .5, .5, .25, .25, .25, .125};
+  for (int i = 0; i < 8; i++) {
+    assert_int_equal(loom_scheduler_step(cool, opt3, 1.0), 0);
+    if (fabs(loom_optimizer_lr(opt3) - cooled[i]) > 1e-12)
+      fail_msg("cooldown: step %d lr %g, expected %g", i + 1, loom_optimizer_lr(opt3), cooled[i]);
+  }
+  loom_scheduler_destroy(cool);
+  loom_optimizer_destroy(opt3);
   /* A metric-less step is refused; a plateau schedule per step is refused. */
   assert_int_equal(loom_scheduler_step(t, opt2, NAN), LOOM_EINVAL);
   assert_null(loom_scheduler_callback_create(loom_plateau_lr_create(&o), LOOM_SCHEDULE_PER_STEP, NULL, NULL));
