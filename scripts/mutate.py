@@ -268,8 +268,9 @@ def main():
             res.flush()
             print(f"{m['id']:6} {status:13} {secs:4.0f}s {rel}: {m['what']}"
                   + (f"  [{', '.join(killed)}]" if killed else ""), flush=True)
-    # Leave the build dir holding the unmutated library.
+    # Leave the build dir holding the unmutated library, and no copies.
     build_tree(build)
+    shutil.rmtree(saved, ignore_errors=True)
 
     counted = [r for r in results if r[1] != "compile-error"]
     killed = sum(1 for r in counted if r[1] == "killed")
