@@ -980,6 +980,171 @@ static void test_verbose_prints_table(void **state) {
   loom_experiment_destroy(exp);
 }
 
+/* Every counter at every batch of a run whose stages have train and valid
+ * loaders: valid batches move the loader's steps, never the global ones. */
+static int count_batch_end(loom_callback *cb, loom_runner *r) {
+  record(loom_callback_data(cb), "%d %d/%d %s %lld:%lld %lld:%lld n=%lld", loom_runner_stage_index(r),
+         loom_runner_epoch(r), loom_runner_global_epoch(r), loom_runner_loader_name(r),
+         (long long)loom_runner_loader_batch_step(r), (long long)loom_runner_loader_sample_step(r),
+         (long long)loom_runner_global_batch_step(r), (long long)loom_runner_global_sample_step(r),
+         (long long)loom_runner_batch_size(r));
+  return 0;
+}
+
+static const loom_callback_ops counter_ops = {.type = "counters", .on_batch_end = count_batch_end};
+
+static void test_counters_with_valid_loaders(void **state) {
+  (void)state;
+  static trace got;
+  memset(&got, 0, sizeof got);
+  loom_experiment *exp = loom_experiment_create("counters");
+  const char *names[2] = {"pretrain", "train"};
+  for (int s = 0; s < 2; s++) {
+    loom_stage *st = loom_experiment_add_stage(exp, names[s], 2 - s);
+    /* train: 5 samples in batches of 2, 2, 1; valid: 3 in 2, 1 */
+    assert_int_equal(loom_stage_add_loader(st, "train", test_loader(5, 2, 2, 2, false)), 0);
+    assert_int_equal(loom_stage_add_loader(st, "valid", test_loader(3, 2, 2, 2, false)), 0);
+  }
+  assert_int_equal(loom_experiment_add_callback(exp, loom_callback_create(&counter_ops, &got, 0)), 0);
+  loom_runner *r;
+  assert_int_equal(run(exp, &r), 0);
+  /* stage epoch/global epoch loader  loader batch:sample  global batch:sample */
+  static const char *const want[] = {
+      "0 1/1 train 1:2 1:2 n=2", "0 1/1 train 2:4 2:4 n=2", "0 1/1 train 3:5 3:5 n=1",
+      "0 1/1 valid 1:2 3:5 n=2", "0 1/1 valid 2:3 3:5 n=1",
+      "0 2/2 train 1:2 4:7 n=2", "0 2/2 train 2:4 5:9 n=2", "0 2/2 train 3:5 6:10 n=1",
+      "0 2/2 valid 1:2 6:10 n=2", "0 2/2 valid 2:3 6:10 n=1",
+      "1 1/3 train 1:2 7:12 n=2", "1 1/3 train 2:4 8:14 n=2", "1 1/3 train 3:5 9:15 n=1",
+      "1 1/3 valid 1:2 9:15 n=2", "1 1/3 valid 2:3 9:15 n=1",
+  };
+  for (int i = 0; i < got.n && i < (int)(sizeof want / sizeof *want); i++)
+    if (strcmp(got.lines[i], want[i]) != 0)
+      fail_msg("batch %d: got \"%s\", expected \"%s\"", i, got.lines[i], want[i]);
+  assert_int_equal(got.n, (int)(sizeof want / sizeof *want));
+  loom_experiment_destroy(exp);
+  assert_int_equal(loom_runner_global_epoch(r), 3);
+  assert_int_equal(loom_runner_global_batch_step(r), 9);
+  assert_int_equal(loom_runner_global_sample_step(r), 15);
+  loom_runner_destroy(r);
+}
+
+/* The random streams of a two-stage run: the runner's (dropout draws from
+ * it) and the shuffled loader's order, per global epoch. */
+enum { STREAM_N = 8, STREAM_EPOCHS = 4 };
+typedef struct streams {
+  uint64_t draw[STREAM_EPOCHS];            /* the runner RNG's first draw */
+  int64_t order[STREAM_EPOCHS][STREAM_N];  /* the train loader's sample order */
+  int epochs;
+} streams;
+
+static int streams_epoch_start(loom_callback *cb, loom_runner *r) {
+  streams *s = loom_callback_data(cb);
+  loom_rng copy = *loom_runner_rng(r);
+  s->draw[loom_runner_global_epoch(r) - 1] = loom_rng_next(&copy);
+  s->epochs++;
+  return 0;
+}
+
+static int streams_batch_end(loom_callback *cb, loom_runner *r) {
+  streams *s = loom_callback_data(cb);
+  if (!loom_runner_is_train_loader(r))
+    return 0;
+  const float *y = loom_tensor_data(loom_runner_target(r)); /* the labels are the sample indices */
+  for (int64_t i = 0; i < loom_runner_batch_size(r); i++)
+    s->order[loom_runner_global_epoch(r) - 1][loom_runner_loader_sample_step(r) - loom_runner_batch_size(r) + i] =
+        (int64_t)y[i];
+  return 0;
+}
+
+static const loom_callback_ops streams_ops = {
+    .type = "streams", .on_epoch_start = streams_epoch_start, .on_batch_end = streams_batch_end};
+
+static void two_stage_streams(streams *s) {
+  memset(s, 0, sizeof *s);
+  loom_experiment *exp = loom_experiment_create("streams");
+  loom_experiment_set_seed(exp, 1234);
+  const char *names[2] = {"pretrain", "train"};
+  for (int st = 0; st < 2; st++) {
+    loom_stage *stage = loom_experiment_add_stage(exp, names[st], 2);
+    assert_int_equal(loom_stage_add_loader(stage, "train", test_loader(STREAM_N, 2, STREAM_N, 3, true)), 0);
+    assert_int_equal(loom_stage_add_loader(stage, "valid", test_loader(4, 2, 2, 2, false)), 0);
+  }
+  assert_int_equal(loom_experiment_add_callback(exp, loom_callback_create(&streams_ops, s, 0)), 0);
+  assert_int_equal(run(exp, NULL), 0);
+  loom_experiment_destroy(exp);
+}
+
+static void test_streams_differ_between_stages(void **state) {
+  (void)state;
+  static streams a, b;
+  two_stage_streams(&a);
+  two_stage_streams(&b);
+  assert_int_equal(a.epochs, STREAM_EPOCHS);
+  assert_memory_equal(&a, &b, sizeof a); /* reproducible */
+  for (int g = 1; g <= STREAM_EPOCHS; g++) {
+    /* As docs/architecture.md has it: the runner RNG from (seed, global
+     * epoch); the loader's epoch seed from (seed, global epoch, loader
+     * name), ordered by Fisher-Yates from the random sampler's stream. */
+    loom_rng rng;
+    loom_rng_seed(&rng, 1234, (uint64_t)g, 0);
+    assert_true(a.draw[g - 1] == loom_rng_next(&rng));
+    loom_rng_seed(&rng, 1234, (uint64_t)g, loom_rng_stream_id("train"));
+    loom_rng_seed(&rng, loom_rng_next(&rng), 0, loom_rng_stream_id("random_sampler"));
+    int64_t want[STREAM_N];
+    for (int i = 0; i < STREAM_N; i++)
+      want[i] = i;
+    for (int i = STREAM_N - 1; i > 0; i--) {
+      int j = (int)loom_rng_below(&rng, (uint64_t)i + 1), t = (int)want[i];
+      want[i] = want[j], want[j] = t;
+    }
+    assert_memory_equal(a.order[g - 1], want, sizeof want);
+  }
+  /* No epoch, in either stage, repeats another's stream. */
+  for (int g = 0; g < STREAM_EPOCHS; g++)
+    for (int h = g + 1; h < STREAM_EPOCHS; h++) {
+      assert_true(a.draw[g] != a.draw[h]);
+      assert_memory_not_equal(a.order[g], a.order[h], sizeof a.order[g]);
+    }
+}
+
+/* "Best" is per stage and strict: a stage starts with no best, a tie with
+ * the best is no new best, and the best epoch is a global epoch. The valid
+ * loss of global epoch g is losses[g - 1]. */
+static int loss_by_epoch(loom_runner *r, void *user) {
+  const double *losses = user;
+  return loom_metrics_set(loom_runner_batch_metrics(r), "loss", losses[loom_runner_global_epoch(r) - 1]);
+}
+
+static int best_epoch_end(loom_callback *cb, loom_runner *r) {
+  record(loom_callback_data(cb), "%d:%s@%d", loom_runner_global_epoch(r), loom_runner_is_best_valid(r) ? "best" : "-",
+         loom_runner_best_epoch(r));
+  return 0;
+}
+
+static const loom_callback_ops best_ops = {.type = "best", .on_epoch_end = best_epoch_end};
+
+static void test_best_valid_per_stage(void **state) {
+  (void)state;
+  static trace got;
+  memset(&got, 0, sizeof got);
+  static const double losses[6] = {1.0, 0.5, 0.5, 2.0, 1.5, 1.5};
+  loom_experiment *exp = two_stages(3);
+  assert_int_equal(loom_experiment_add_callback(exp, loom_callback_create(&best_ops, &got, 0)), 0);
+  loom_runner *r = loom_runner_create();
+  loom_runner_set_handle_batch(r, loss_by_epoch, (void *)losses);
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  static const char *const want[] = {"1:best@1", "2:best@2", "3:-@2", "4:best@4", "5:best@5", "6:-@5"};
+  for (int i = 0; i < got.n && i < 6; i++)
+    if (strcmp(got.lines[i], want[i]) != 0)
+      fail_msg("epoch %d: got \"%s\", expected \"%s\"", i + 1, got.lines[i], want[i]);
+  assert_int_equal(got.n, 6);
+  double best;
+  assert_true(loom_metrics_get(loom_runner_best_valid_metrics(r), "loss", &best));
+  assert_true(best == 1.5);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_full_trace),
@@ -999,6 +1164,9 @@ int main(void) {
       cmocka_unit_test(test_verbose_prints_table),
       cmocka_unit_test(test_logdir_lock), cmocka_unit_test(test_logdir_of_an_earlier_run),
       cmocka_unit_test(test_batch_larger_than_dataset),
+      cmocka_unit_test(test_counters_with_valid_loaders),
+      cmocka_unit_test(test_streams_differ_between_stages),
+      cmocka_unit_test(test_best_valid_per_stage),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -330,6 +330,24 @@ static void test_nan_feature_skip(void **state) {
   all_finite(&got);
 }
 
+/* SKIP under gradient accumulation (windows of 2): the skipped batch 3 is
+ * no part of a window, so batch 4 ends the epoch in a window of its own,
+ * as in the clean run over the other six samples. */
+static void test_nan_feature_skip_accumulation(void **state) {
+  (void)state;
+  loom_optimizer_callback_options oc = {.accumulation_steps = 2};
+  result got, want;
+  run(&(run_spec){.train = data(all8, N, 5), .epochs = 3, .policy = LOOM_NONFINITE_SKIP, .budget = 3,
+                  .extra = loom_optimizer_callback_create(&oc)},
+      &got);
+  run(&(run_spec){.train = data(clean6, 6, -1), .epochs = 3, .extra = loom_optimizer_callback_create(&oc)}, &want);
+  assert_int_equal(got.rc, 0);
+  assert_int_equal(got.steps, 6);
+  assert_int_equal(want.steps, 6);
+  all_finite(&got);
+  assert_memory_equal(got.params, want.params, got.num_params * sizeof(float));
+}
+
 /* --- a NaN in the gradients mid-run, with a finite loss --- */
 
 /* A clean run's weights after `steps` optimizer steps. */
@@ -453,6 +471,7 @@ int main(void) {
       cmocka_unit_test(test_grads_checked),
       cmocka_unit_test(test_nan_feature_stop),
       cmocka_unit_test(test_nan_feature_skip),
+      cmocka_unit_test(test_nan_feature_skip_accumulation),
       cmocka_unit_test(test_gradient_nan_stop),
       cmocka_unit_test(test_gradient_nan_skip),
       cmocka_unit_test(test_gradient_nan_optimizer_callback),

@@ -222,11 +222,13 @@ typedef struct counts {
   int batch_end[2]; /* train, valid */
   int epoch_end, loader_start;
   int64_t first_index[8];
+  unsigned steps_heard; /* bit k: some loader's batch step k was heard */
 } counts;
 
 static int count_batch_end(loom_callback *cb, loom_runner *r) {
   counts *c = loom_callback_data(cb);
   c->batch_end[loom_runner_is_train_loader(r) ? 0 : 1]++;
+  c->steps_heard |= 1u << loom_runner_loader_batch_step(r);
   return 0;
 }
 
@@ -279,6 +281,7 @@ static void test_event_filters(void **state) {
   assert_int_equal(loom_callback_set_filter(cb, &f), 0);
   count_run(cb, NULL);
   assert_int_equal(c.batch_end[0], 10 * 3); /* batches 3, 6, 9 of 10 epochs */
+  assert_int_equal(c.steps_heard, 1u << 3 | 1u << 6 | 1u << 9);
   assert_int_equal(c.batch_end[1], 0);      /* valid filtered out */
   assert_int_equal(c.epoch_end, 10);        /* epoch events unfiltered */
   memset(&c, 0, sizeof c);

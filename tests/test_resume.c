@@ -60,6 +60,18 @@ static const loom_callback_ops snapper_ops = {.type = "snapper",
                                               .on_batch_end = snap_batch_end,
                                               .on_exception = snap_exception};
 
+/* The MLP 8-16-3 with dropout after its ReLU: masks drawn from the runner's
+ * stream, which a resume must continue where it was. */
+static bool with_dropout;
+static loom_model *dropout_mlp(void) {
+  loom_model *m = loom_model_create();
+  assert_int_equal(loom_model_add(m, "fc1", loom_linear_create(8, 16, true)), 0);
+  assert_int_equal(loom_model_add(m, "relu1", loom_relu_create()), 0);
+  assert_int_equal(loom_model_add(m, "drop1", loom_dropout_create(0.5f)), 0);
+  assert_int_equal(loom_model_add(m, "fc2", loom_linear_create(16, 3, true)), 0);
+  return m;
+}
+
 static loom_experiment *build(const char *logdir, int epochs, snapper *snap, const loom_checkpoint_options *ck) {
   loom_experiment *exp = loom_experiment_create("resume");
   loom_experiment_set_seed(exp, 11);
@@ -68,7 +80,7 @@ static loom_experiment *build(const char *logdir, int epochs, snapper *snap, con
   loom_adam_options adam = loom_adam_defaults();
   adam.lr = 0.01;
   loom_stage *st = loom_experiment_add_stage(exp, "train", epochs);
-  assert_int_equal(loom_stage_set_model(st, loom_mlp_create(sizes, 3, 11)), 0);
+  assert_int_equal(loom_stage_set_model(st, with_dropout ? dropout_mlp() : loom_mlp_create(sizes, 3, 11)), 0);
   assert_int_equal(loom_stage_set_criterion(st, loom_cross_entropy_create()), 0);
   assert_int_equal(loom_stage_set_optimizer(st, loom_adam_create(&adam)), 0);
   assert_int_equal(loom_stage_add_loader(st, "train", test_loader(200, 8, 3, 16, true)), 0); /* 13 batches */
@@ -256,6 +268,36 @@ static void test_resume_mid_train_loader(void **state) {
 static void test_resume_mid_valid_loader(void **state) {
   (void)state;
   resume_matches("mid_valid.h5");
+}
+
+/* With dropout: resumed in the middle of a train loader, the masks go on
+ * from where the checkpoint's stream was, so the weights and metrics are
+ * those of the run never stopped. */
+static void test_resume_continues_dropout_stream(void **state) {
+  (void)state;
+  char *ref = test_tmpdir(), *snaps = test_tmpdir(), *dir = test_tmpdir();
+  snapper s = {.dir = snaps, .mid_epoch = 2, .mid_train = 7};
+  with_dropout = true;
+  loom_experiment *exp = build(ref, 3, &s, NULL);
+  with_dropout = false;
+  outcome want = {0}, got = {0};
+  assert_int_equal(run_and_keep(exp, NULL, &want, NULL), 0);
+  loom_experiment_destroy(exp);
+  char from[512], to[512], ckpt[512];
+  snprintf(from, sizeof from, "%s/metrics.jsonl", ref);
+  snprintf(to, sizeof to, "%s/metrics.jsonl", dir);
+  snprintf(ckpt, sizeof ckpt, "%s/mid_train.h5", snaps);
+  copy_file(from, to);
+  with_dropout = true;
+  exp = build(dir, 3, NULL, NULL);
+  with_dropout = false;
+  assert_int_equal(run_and_keep(exp, ckpt, &got, NULL), 0);
+  expect_same(&want, &got);
+  loom_experiment_destroy(exp);
+  outcome_free(&want);
+  outcome_free(&got);
+  test_rm_rf(ref), test_rm_rf(snaps), test_rm_rf(dir);
+  free(ref), free(snaps), free(dir);
 }
 
 /* A loader resumed mid-way reports the time and rate of the batches the
@@ -775,6 +817,7 @@ int main(void) {
       cmocka_unit_test(test_resume_from_epoch_end), cmocka_unit_test(test_tampered_values_are_refused),
       cmocka_unit_test(test_resume_mid_train_loader),
       cmocka_unit_test(test_resume_mid_valid_loader),
+      cmocka_unit_test(test_resume_continues_dropout_stream),
       cmocka_unit_test(test_resumed_epoch_reports_what_ran),
       cmocka_unit_test(test_resume_last_with_more_epochs),
       cmocka_unit_test(test_sigint_saves_and_resumes_exactly),

@@ -96,6 +96,21 @@ static void test_plateau_and_state(void **state) {
   loom_scheduler_step(t, opt2, 0.95);
   assert_true(fabs(loom_optimizer_lr(opt2) - 0.25) < 1e-12);
   assert_int_equal(loom_scheduler_steps(t), 6);
+  /* Cooldown (PyTorch's semantics): patience 0, cooldown 2, a flat metric:
+   * a cut, two steps of cooldown, a cut, ... */
+  loom_plateau_options oc = loom_plateau_defaults();
+  oc.factor = 0.5, oc.patience = 0, oc.threshold = 0, oc.cooldown = 2;
+  loom_scheduler *cool = loom_plateau_lr_create(&oc);
+  loom_optimizer *opt3 = sgd(1.0);
+  loom_scheduler_start(cool, opt3);
+  const double cooled[] = {1, .5, .5, .5, .25, .25, .25, .125};
+  for (int i = 0; i < 8; i++) {
+    assert_int_equal(loom_scheduler_step(cool, opt3, 1.0), 0);
+    if (fabs(loom_optimizer_lr(opt3) - cooled[i]) > 1e-12)
+      fail_msg("cooldown: step %d lr %g, expected %g", i + 1, loom_optimizer_lr(opt3), cooled[i]);
+  }
+  loom_scheduler_destroy(cool);
+  loom_optimizer_destroy(opt3);
   /* A metric-less step is refused; a plateau schedule per step is refused. */
   assert_int_equal(loom_scheduler_step(t, opt2, NAN), LOOM_EINVAL);
   assert_null(loom_scheduler_callback_create(loom_plateau_lr_create(&o), LOOM_SCHEDULE_PER_STEP, NULL, NULL));
@@ -151,6 +166,24 @@ static void test_step_scheduler_counts_optimizer_steps(void **state) {
   double lr;
   assert_true(loom_metrics_get(loom_runner_epoch_metrics(r), "lr", &lr)); /* at epoch 2's start */
   assert_true(fabs(lr - 0.1 * pow(0.5, 4)) < 1e-15);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+}
+
+/* A per-step schedule of a second stage counts that stage's optimizer
+ * steps only: 6 steps of a first stage without a schedule, then 6 under
+ * StepLR(1, 0.5) from the inherited rate 0.1: lr = 0.1 * 0.5^6. */
+static void test_step_scheduler_in_a_later_stage(void **state) {
+  (void)state;
+  loom_experiment *exp = linear_run(6, 1, 1, 0.1, NULL, NULL);
+  loom_stage *second = loom_experiment_add_stage(exp, "finetune", 1);
+  assert_int_equal(loom_stage_add_callback(second, loom_scheduler_callback_create(loom_step_lr_create(1, 0.5),
+                                                                                  LOOM_SCHEDULE_PER_STEP, NULL, NULL)),
+                   0);
+  loom_runner *r = loom_runner_create();
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  assert_int_equal(loom_runner_optimizer_step_count(r), 12);
+  assert_true(fabs(loom_optimizer_lr(loom_runner_optimizer(r)) - 0.1 * pow(0.5, 6)) < 1e-15);
   loom_runner_destroy(r);
   loom_experiment_destroy(exp);
 }
@@ -391,6 +424,7 @@ int main(void) {
       cmocka_unit_test(test_onecycle),
       cmocka_unit_test(test_plateau_and_state),
       cmocka_unit_test(test_step_scheduler_counts_optimizer_steps),
+      cmocka_unit_test(test_step_scheduler_in_a_later_stage),
       cmocka_unit_test(test_accumulation_with_partial_window),
       cmocka_unit_test(test_accumulation_equals_full_batch),
       cmocka_unit_test(test_clipping),
