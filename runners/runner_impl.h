@@ -104,6 +104,9 @@ struct loom_runner {
   int64_t nonfinite_skips;
   /* A non-finite loss on this rank of several: decided at the step, with
    * the others, through NaN gradients (loom_runner_check_loss). */
+  /* The loader's step under way: its batch, or past a rank's shard the
+   * synchronisation it joins; the same on every rank. */
+  int64_t loader_step;
   bool loss_poisoned;
   /* The gradients' mean over ranks, in buckets (runner_reducer.c). */
   struct loom_reducer *reducer;

@@ -37,9 +37,12 @@ int loom_runner_sync(loom_runner *r) {
     return loom_error_set(LOOM_EINTERRUPTED, "%s (at the end of epoch %d of stage \"%s\")", r->interrupt_reason,
                           r->epoch, r->stage->name);
   if (r->interrupted)
+    /* The step, not this rank's own batch count: a rank past its shard of
+     * an evaluation loader has done fewer batches, and every rank names the
+     * same point. */
     return loom_error_set(LOOM_EINTERRUPTED, "%s (stage \"%s\", epoch %d, loader \"%s\", after batch %lld)",
                           r->interrupt_reason, r->stage->name, r->epoch, r->loader_name,
-                          (long long)r->loader_batch_step);
+                          (long long)(r->loader_step > r->loader_batch_step ? r->loader_step : r->loader_batch_step));
   return 0;
 }
 
@@ -103,6 +106,7 @@ static int run_batches(loom_runner *r) {
       if (rc < 0)
         return loom_error_wrap(rc, "loader \"%s\", batch %lld", r->loader_name, (long long)r->loader_batch_step + 1);
     }
+    r->loader_step = step + 1;
     rc = rc == 1 ? run_one_batch(r, x, y) : loom_runner_sync(r);
     if (rc < 0)
       return rc;
@@ -131,6 +135,7 @@ static int loader_body(loom_runner *r, const loom_named_loader *nl, bool resume_
   loom_loader_kind_from_name(nl->name, &r->loader_kind); /* checked when the stage was prepared */
   r->loader = nl->loader;
   r->loader_batch_step = r->loader_sample_step = r->batches_done = 0;
+  r->loader_step = 0;
   r->loader_resumed_batches = r->loader_resumed_samples = 0;
   r->loader_end_ns = 0;
   r->stop_flags &= ~(unsigned)LOOM_STOP_LOADER;
