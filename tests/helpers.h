@@ -100,4 +100,28 @@ static inline char *jsonl_without_time(const char *logdir) {
   return out;
 }
 
+/* FNV-1a over a model's parameter bytes: equal on every rank that holds the
+ * same weights. */
+static inline uint64_t test_params_hash(loom_model *m) {
+  const unsigned char *p = (const unsigned char *)loom_model_params(m);
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < loom_model_num_params(m) * sizeof(float); i++)
+    h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+/* An MPI test's world, read through a communicator that also initialises
+ * MPI (loom finalises it at exit); false with the error printed. */
+static inline bool test_mpi_world(const char *program, int *rank, int *size) {
+  loom_comm *c = loom_comm_mpi_create(NULL);
+  if (!c) {
+    fprintf(stderr, "%s: %s\n", program, loom_last_error());
+    return false;
+  }
+  *rank = loom_comm_rank(c);
+  *size = loom_comm_size(c);
+  loom_comm_destroy(c);
+  return true;
+}
+
 #endif

@@ -262,14 +262,6 @@ static void test_accuracy_counts_exactly(void **state) {
 
 /* --- one model on every rank --- */
 
-static uint64_t params_hash(loom_model *m) {
-  const unsigned char *p = (const unsigned char *)loom_model_params(m);
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < loom_model_num_params(m) * sizeof(float); i++)
-    h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
-
 /* Every rank's hash against rank 0's; the count of ranks that differ. */
 static int ranks_differing(loom_comm *c, uint64_t h) {
   uint64_t master = h;
@@ -287,7 +279,7 @@ static int compare_params(loom_callback *cb, loom_runner *r) {
   if (!loom_runner_is_train_loader(r) || loom_runner_loader_batch_step(r) % 2)
     return 0;
   checks++;
-  mismatches += ranks_differing(loom_runner_comm(r), params_hash(loom_runner_model(r))) > 0;
+  mismatches += ranks_differing(loom_runner_comm(r), test_params_hash(loom_runner_model(r))) > 0;
   return 0;
 }
 
@@ -311,7 +303,7 @@ static void test_one_model_from_different_seeds(void **state) {
   assert_int_equal(loom_run_experiment(r, exp), 0);
   assert_true(checks > 0);
   assert_int_equal(mismatches, 0);
-  assert_int_equal(ranks_differing(loom_runner_comm(r), params_hash(loom_runner_model(r))), 0);
+  assert_int_equal(ranks_differing(loom_runner_comm(r), test_params_hash(loom_runner_model(r))), 0);
   loom_runner_destroy(r);
   loom_experiment_destroy(exp);
 }
@@ -335,7 +327,7 @@ static uint64_t train_with_buckets(size_t bucket_bytes, bool no_overlap) {
   o.handle_signals = false, o.bucket_bytes = bucket_bytes, o.no_overlap = no_overlap;
   loom_runner_set_options(r, &o);
   assert_int_equal(loom_run_experiment(r, exp), 0);
-  uint64_t h = params_hash(loom_runner_model(r));
+  uint64_t h = test_params_hash(loom_runner_model(r));
   assert_int_equal(ranks_differing(loom_runner_comm(r), h), 0);
   loom_runner_destroy(r);
   loom_experiment_destroy(exp);
@@ -402,14 +394,8 @@ static void test_master_only_stop_stops_every_rank(void **state) {
 
 int main(void) {
   /* The communicator initialises MPI; the test reads its world. */
-  loom_comm *c = loom_comm_mpi_create(NULL);
-  if (!c) {
-    fprintf(stderr, "test_mpi: %s\n", loom_last_error());
+  if (!test_mpi_world("test_mpi", &world_rank, &world_size))
     return 1;
-  }
-  world_rank = loom_comm_rank(c);
-  world_size = loom_comm_size(c);
-  loom_comm_destroy(c);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_collectives),
       cmocka_unit_test(test_given_communicator),

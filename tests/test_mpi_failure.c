@@ -86,14 +86,6 @@ typedef struct outcome {
   uint64_t hash;
 } outcome;
 
-static uint64_t params_hash(loom_model *m) {
-  const unsigned char *p = (const unsigned char *)loom_model_params(m);
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < loom_model_num_params(m) * sizeof(float); i++)
-    h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
-
 typedef struct spec {
   int nan_at; /* rank 1's NaN sample, or -1 */
   loom_nonfinite_policy policy;
@@ -129,7 +121,7 @@ static void run(const spec *s, outcome *out) {
   out->rc = loom_run_experiment(r, exp);
   snprintf(out->message, sizeof out->message, "%s", out->rc ? loom_runner_error_message(r) : "");
   out->steps = loom_runner_optimizer_step_count(r);
-  out->hash = params_hash(loom_runner_model(r));
+  out->hash = test_params_hash(loom_runner_model(r));
   print_message("rank %d: rc %d, %lld steps, %d on_exception: %s\n", world_rank, out->rc, (long long)out->steps,
                 exceptions, out->message);
   loom_runner_destroy(r);
@@ -225,14 +217,8 @@ static void test_late_rank_times_out(void **state) {
 }
 
 int main(int argc, char **argv) {
-  loom_comm *c = loom_comm_mpi_create(NULL);
-  if (!c) {
-    fprintf(stderr, "test_mpi_failure: %s\n", loom_last_error());
+  if (!test_mpi_world("test_mpi_failure", &world_rank, &world_size))
     return 1;
-  }
-  world_rank = loom_comm_rank(c);
-  world_size = loom_comm_size(c);
-  loom_comm_destroy(c);
   group = argc > 1 ? argv[1] : "";
   const struct CMUnitTest errors[] = {
       cmocka_unit_test(test_callback_error_before_the_step),

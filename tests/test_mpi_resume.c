@@ -354,14 +354,8 @@ static void test_two_rank_checkpoint_on_one_process(void **state) {
 }
 
 int main(void) {
-  loom_comm *c = loom_comm_mpi_create(NULL);
-  if (!c) {
-    fprintf(stderr, "test_mpi_resume: %s\n", loom_last_error());
+  if (!test_mpi_world("test_mpi_resume", &world_rank, &world_size))
     return 1;
-  }
-  world_rank = loom_comm_rank(c);
-  world_size = loom_comm_size(c);
-  loom_comm_destroy(c);
   if (world_size != 3) {
     fprintf(stderr, "test_mpi_resume: run it on 3 ranks (mpirun -np 3)\n");
     return 2;
