@@ -9,6 +9,9 @@
 #include "loom/callbacks.h"
 #include "loom/runner_view.h"
 
+/* The most schedule steps a resume catches up (see sched_load). */
+#define MAX_BEHIND ((int64_t)1 << 20)
+
 typedef struct scheduling {
   loom_scheduler *s;
   loom_schedule_unit unit;
@@ -61,10 +64,19 @@ static int sched_load(loom_callback *cb, loom_runner *r, const loom_state *state
   int rc = loom_scheduler_load(d->s, state);
   if (rc == 0)
     rc = loom_state_get_i64(state, "seen_steps", &seen);
-  /* The catch-up loop runs from here to the run's optimizer steps. */
-  if (rc == 0 && (seen < 0 || seen > loom_runner_optimizer_step_count(r)))
+  /* The catch-up loop runs from here to the run's optimizer steps, one
+   * schedule step each: the scheduler catches up at every batch's end, so
+   * a checkpoint loom wrote is a few steps behind at most (a damaged one
+   * could ask for 2^60, a loop without end). */
+  const int64_t steps = loom_runner_optimizer_step_count(r);
+  if (rc == 0 && (seen < 0 || seen > steps))
     return loom_error_set(LOOM_EFORMAT, "the checkpoint's scheduler saw %lld optimizer steps of the run's %lld",
-                          (long long)seen, (long long)loom_runner_optimizer_step_count(r));
+                          (long long)seen, (long long)steps);
+  if (rc == 0 && steps - seen > MAX_BEHIND)
+    return loom_error_set(LOOM_EFORMAT, "the checkpoint's scheduler is %lld optimizer steps behind the run (it saw "
+                                        "%lld of %lld); a checkpoint loom writes is a batch behind at most: the file "
+                                        "is damaged",
+                          (long long)(steps - seen), (long long)seen, (long long)steps);
   if (rc == 0)
     d->seen_steps = seen;
   return rc;
