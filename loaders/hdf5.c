@@ -172,8 +172,9 @@ static int open_part(h5ds *d, part *p, const loom_hdf5_options *o, int i) {
     fclose(f);
     return loom_error_set(LOOM_EFORMAT, "%s is not a readable HDF5 file (truncated or damaged?)", p->path);
   }
+  void *handle = NULL;
   struct stat st;
-  if (!o->images && stat(p->path, &st) == 0)
+  if (!o->images && H5Fget_vfd_handle(p->file, H5P_DEFAULT, &handle) >= 0 && handle && fstat(*(int *)handle, &st) == 0)
     p->size = st.st_size;
   hsize_t xd[LOOM_MAX_DIMS], yd[LOOM_MAX_DIMS];
   int xn, yn;
@@ -208,12 +209,17 @@ static int open_part(h5ds *d, part *p, const loom_hdf5_options *o, int i) {
  * the cut, without an error: after each read, the file must be as long as
  * it was then. */
 static int still_whole(const part *p, int64_t from, int64_t count, const char *what) {
+  if (!p->size)
+    return 0;
+  /* The open file itself: one unlinked or replaced since reads on as it was. */
+  void *handle = NULL;
   struct stat st;
-  if (!p->size || (stat(p->path, &st) == 0 && st.st_size >= p->size))
+  if (H5Fget_vfd_handle(p->file, H5P_DEFAULT, &handle) < 0 || !handle || fstat(*(int *)handle, &st) != 0 ||
+      st.st_size >= p->size)
     return 0;
   return loom_error_set(LOOM_EIO,
                         "%s: reading samples %lld..%lld of \"%s\": the file is %lld bytes, %lld when it was opened "
-                        "(cut short or replaced while in use?); restore it and resume from the last checkpoint",
+                        "(cut short while in use?); restore it and resume from the last checkpoint",
                         p->path, (long long)(p->start + from), (long long)(p->start + from + count - 1), what,
                         (long long)st.st_size, (long long)p->size);
 }
