@@ -12,6 +12,7 @@
 
 #include "cli/grid_cmd.h"
 #include "cli/grid_results_cmd.h"
+#include "cli/late_signals.h"
 
 
 enum { EXIT_DONE = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
@@ -383,6 +384,8 @@ static int cmd_run(const args *given) {
       code = EXIT_RUNTIME;
   }
   if (code == EXIT_DONE) {
+    if (loom_runner_world_size(runner) > 1)
+      loom_cli_hold_late_signals();
     int rc = loom_run_experiment(runner, exp);
     if (rc == LOOM_EINTERRUPTED) {
       fprintf(stderr, "%sloom: %s\n", who, loom_last_error()); /* every rank says where it stopped */
@@ -549,6 +552,8 @@ static int cmd_tune(int argc, char **argv) {
            loom_stage_name(loom_experiment_stage(exp, 0)), sw.finder.min_lr, sw.finder.max_lr,
            (long long)sw.finder.steps);
     fflush(stdout);
+    if (loom_runner_world_size(runner) > 1)
+      loom_cli_hold_late_signals();
     int rc = loom_run_experiment(runner, exp);
     if (rc < 0) {
       fprintf(stderr, "loom: %s%s\n", rc == LOOM_EINTERRUPTED ? "" : "error: ", loom_last_error());
