@@ -584,7 +584,9 @@ int loom_runner_open_resume(loom_runner *r) {
   size_t stages = loom_experiment_num_stages(r->exp);
   if (rc == 0 && (cur[0] < 0 || (size_t)cur[0] >= stages))
     rc = loom_error_set(LOOM_EFORMAT, "the checkpoint's stage %lld does not exist", (long long)cur[0]);
-  if (rc == 0 && (cur[2] < 0 || cur[2] >= LOOM_PHASE_COUNT || cur[1] < 0 || cur[3] < 0 || cur[4] < 0))
+  /* Epochs are counted in int: one at INT32_MAX would overflow on the next. */
+  if (rc == 0 && (cur[2] < 0 || cur[2] >= LOOM_PHASE_COUNT || cur[1] < 0 || cur[1] >= INT32_MAX || cur[3] < 0 ||
+                  cur[4] < 0 || cur[5] >= INT32_MAX))
     rc = loom_error_set(LOOM_EFORMAT, "the checkpoint's cursor (phase %lld, epoch %lld, loader %lld, batch %lld) is "
                                       "not one this version writes",
                         (long long)cur[2], (long long)cur[1], (long long)cur[3], (long long)cur[4]);
