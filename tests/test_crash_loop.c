@@ -135,6 +135,18 @@ static void check_no_litter(const char *dir) {
   closedir(d);
 }
 
+/* The epochs metrics.jsonl has a row for (each stage's, in order). */
+static int first_stage_epochs(const char *dir) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+  char *text = test_read_file(path);
+  int n = 0;
+  for (const char *p = text; p && (p = strstr(p, "\"loader\":null")); p++)
+    n++;
+  free(text);
+  return n;
+}
+
 static void test_sigkill_loop(void **state) {
   (void)state;
   int kills = getenv("LOOM_CRASH_KILLS") ? atoi(getenv("LOOM_CRASH_KILLS")) : 20;
@@ -162,15 +174,20 @@ static void test_sigkill_loop(void **state) {
   /* Killed at uniform random times up to half again the time a start
    * takes to its first checkpoint plus a fair share of the rest: the kills
    * hit the start-up, the lock, the resume and every part of a batch, and
-   * most restarts get a little further than the one before. */
+   * most restarts get a little further than the one before. A restart that
+   * has reached its share of the epochs (k + 1 of kills + 1) is killed at
+   * once, so the run lasts through every kill whatever the machine's speed
+   * does meanwhile (by time alone, 100 kills left it finished after 37 to
+   * 100 on a loaded machine). */
   int landed = 0, restarts = 0;
   for (int k = 0; k < kills; k++) {
     bool resume = exists(dir, "checkpoints/last.h5") || exists(dir, "checkpoints/last.prev.h5");
     pid = start(dir, resume);
     restarts += resume;
-    double wait = (1.5 * startup + (span - startup) / kills) * (double)rand() / RAND_MAX;
-    struct timespec ts = {(time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9)};
-    nanosleep(&ts, NULL);
+    const double wait = (1.5 * startup + (span - startup) / kills) * (double)rand() / RAND_MAX;
+    const int share = atoi(EPOCHS) * (k + 1) / (kills + 1);
+    for (const double t = now(); now() - t < wait && first_stage_epochs(dir) < share;)
+      nanosleep(&(struct timespec){0, 500000}, NULL);
     kill(pid, SIGKILL);
     assert_int_equal(waitpid(pid, &status, 0), pid);
     if (WIFSIGNALED(status)) {
@@ -187,6 +204,7 @@ static void test_sigkill_loop(void **state) {
   }
   print_message("%d kills landed (%d restarts resumed); a run takes %.2f s, %.2f s to its first checkpoint\n", landed,
                 restarts, span, startup);
+  assert_int_equal(landed, kills); /* every kill hit a running run */
 
   /* To the end. */
   assert_int_equal(waitpid(start(dir, exists(dir, "checkpoints/last.h5") || exists(dir, "checkpoints/last.prev.h5")),
@@ -229,16 +247,6 @@ static bool writing_checkpoint(const char *dir) {
 }
 
 /* How many epoch rows (loader null) of the first stage metrics.jsonl has. */
-static int first_stage_epochs(const char *dir) {
-  char path[1200];
-  snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
-  char *text = test_read_file(path);
-  int n = 0;
-  for (const char *p = text; p && (p = strstr(p, "\"loader\":null")); p++)
-    n++;
-  free(text);
-  return n;
-}
 
 /* Waits (polling every 100 us, up to `limit` s) until the aim is met or the
  * child has exited; true if it is still running. */
