@@ -491,5 +491,10 @@ loom_callback *loom_checkpoint_callback_create(const loom_checkpoint_options *o)
     loom_error_oom("the checkpoint callback");
     return NULL;
   }
-  return loom_callback_create(&checkpoint_ops, c, LOOM_ORDER_EXTERNAL + 50);
+  loom_callback *cb = loom_callback_create(&checkpoint_ops, c, LOOM_ORDER_EXTERNAL + 50);
+  if (cb && loom_callback_set_writes(cb, "checkpoints") < 0) {
+    loom_callback_destroy(cb);
+    return NULL;
+  }
+  return cb;
 }

@@ -346,7 +346,14 @@ loom_callback *loom_lr_finder_callback_create(const loom_lr_finder_options *opti
     return NULL;
   }
   f->result = (loom_lr_finder_result){.suggestion = NAN, .diverged_lr = NAN, .best_loss = NAN};
-  return loom_callback_create(&finder_ops, f, LOOM_ORDER_SCHEDULER);
+  /* A relative csv_path is the working directory's, not the logdir's. */
+  const char *writes = !f->csv_path ? "lr_find.csv" : f->csv_path[0] == '/' ? f->csv_path : NULL;
+  loom_callback *cb = loom_callback_create(&finder_ops, f, LOOM_ORDER_SCHEDULER);
+  if (cb && writes && loom_callback_set_writes(cb, writes) < 0) {
+    loom_callback_destroy(cb);
+    return NULL;
+  }
+  return cb;
 }
 
 int loom_lr_finder_get_result(const loom_callback *cb, loom_lr_finder_result *out) {

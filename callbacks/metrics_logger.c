@@ -463,6 +463,10 @@ loom_callback *loom_metrics_logger_create(void) {
     return NULL;
   }
   loom_callback *cb = loom_callback_create(&metrics_logger_ops, m, LOOM_ORDER_LOGGING);
+  if (cb && loom_callback_set_writes(cb, "metrics.jsonl") < 0) { /* and metrics.csv, model_summary.json */
+    loom_callback_destroy(cb);
+    return NULL;
+  }
   if (cb)
     loom_callback_set_node(cb, LOOM_NODE_MASTER);
   return cb;

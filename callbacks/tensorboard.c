@@ -201,6 +201,11 @@ loom_callback *loom_tensorboard_logger_create(int64_t batch_every) {
   }
   t->batch_every = batch_every;
   loom_callback *cb = loom_callback_create(&tensorboard_ops, t, LOOM_ORDER_LOGGING);
+  /* Its event file has a name of its own; hparams.json is shared. */
+  if (cb && loom_callback_set_writes(cb, "hparams.json") < 0) {
+    loom_callback_destroy(cb);
+    return NULL;
+  }
   if (cb)
     loom_callback_set_node(cb, LOOM_NODE_MASTER);
   return cb;

@@ -36,7 +36,7 @@ static const char usage_main[] =
 static const char usage_run[] =
     "usage: loom run CONFIG [--plugin LIB]... [--logdir DIR] [--set KEY=VALUE]... [--resume PATH|last|best] [--check]\n"
     "                [--overwrite] [--allow-change KEY]... [--dist auto|local|mpi] [--limit-batches N] [--overfit-batches N]\n"
-    "       loom validate CONFIG [--plugin LIB]... [--set KEY=VALUE]...\n"
+    "       loom validate CONFIG [--plugin LIB]... [--set KEY=VALUE]... [--no-data]\n"
     "\n"
     "  --plugin LIB       load a shared library of components (see loom/plugin.h)\n"
     "                     before the config is built; repeatable\n"
@@ -58,6 +58,8 @@ static const char usage_run[] =
     "  --dist WHAT        the ranks: mpi (one per process mpirun starts), local\n"
     "                     (this process alone) or auto (mpi under an MPI launcher,\n"
     "                     the default); overrides the config's \"distributed\"\n"
+    "  --no-data          (validate) check everything but the data: open no dataset\n"
+    "                     file and allocate no model (its size is still checked)\n"
     "\n"
     "The resolved config (defaults filled in, the seed fixed) is written to\n"
     "LOGDIR/config.json; running that file reproduces the run. Under mpirun\n"
@@ -68,7 +70,7 @@ typedef struct args {
   const char *config, *logdir, *resume, *dist;
   const char *sets[64], *plugins[64], *allowed[64];
   int num_sets, num_plugins, num_allowed;
-  bool check, overwrite;
+  bool check, overwrite, no_data;
   int64_t limit_batches, overfit_batches;
 } args;
 
@@ -96,6 +98,7 @@ static int parse(int argc, char **argv, args *a) {
                                           {"allow-change", required_argument, NULL, 'a'},
                                           {"limit-batches", required_argument, NULL, 'L'},
                                           {"overfit-batches", required_argument, NULL, 'O'},
+                                          {"no-data", no_argument, NULL, 'n'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   optind = 1;
@@ -113,6 +116,7 @@ static int parse(int argc, char **argv, args *a) {
     case 'r': a->resume = optarg; break;
     case 'c': a->check = true; break;
     case 'o': a->overwrite = true; break;
+    case 'n': a->no_data = true; break;
     case 'd':
       if (loom_dist_parse(optarg, &(loom_dist){0}) < 0) {
         fprintf(stderr, "loom: --dist: %s\n", loom_last_error());
@@ -204,11 +208,17 @@ static int load(const args *a, const sweep_args *sweep, loom_config **config, lo
   return config_error(rc);
 }
 
+/* --no-data: loom_config_validate (no data read, no model allocated). */
 static int cmd_validate(const args *a) {
   loom_config *config;
   loom_experiment *exp = NULL;
-  int code = load(a, NULL, &config, &exp);
-  if (code == EXIT_DONE) {
+  int code = a->no_data ? prepare(a, NULL, &config) : load(a, NULL, &config, &exp);
+  if (code == EXIT_DONE && a->no_data)
+    code = config_error(loom_config_validate(config));
+  if (code == EXIT_DONE && a->no_data) {
+    printf("%s: ok without its data (loom validate without --no-data also reads the data and builds the model)\n",
+           a->config);
+  } else if (code == EXIT_DONE) {
     size_t stages = loom_experiment_num_stages(exp);
     printf("%s: ok (%zu stage%s)\n", a->config, stages, stages == 1 ? "" : "s");
   }
@@ -426,6 +436,7 @@ static int parse_tune(int argc, char **argv, args *a, sweep_args *sw) {
                                           {"logdir", required_argument, NULL, 'l'},
                                           {"set", required_argument, NULL, 's'},
                                           {"plugin", required_argument, NULL, 'p'},
+                                          {"no-data", no_argument, NULL, 'n'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   optind = 1;
@@ -563,6 +574,7 @@ static const char usage_convert[] =
 static int cmd_convert(int argc, char **argv) {
   static const struct option options[] = {{"images", required_argument, NULL, 'i'},
                                           {"labels", required_argument, NULL, 'l'},
+                                          {"no-data", no_argument, NULL, 'n'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   const char *images = NULL, *labels = NULL;
@@ -636,6 +648,7 @@ static int parse_deploy(int argc, char **argv, bool predict, deploy_args *d) {
                                           {"out", required_argument, NULL, 'o'},
                                           {"onnx", required_argument, NULL, 'x'},
                                           {"weights", required_argument, NULL, 'w'},
+                                          {"no-data", no_argument, NULL, 'n'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   args *a = &d->base;
@@ -746,5 +759,9 @@ int main(int argc, char **argv) {
     return EXIT_DONE;
   if (code != EXIT_DONE)
     return code;
+  if (run && a.no_data) {
+    fprintf(stderr, "loom: --no-data is an option of loom validate: a run reads its data\n");
+    return EXIT_USAGE;
+  }
   return run ? cmd_run(&a) : cmd_validate(&a);
 }

@@ -9,6 +9,13 @@
 #include "core/error_internal.h"
 #include "loom/data.h"
 
+/* Whether a dataset constructor, its keys read, stops before opening
+ * files: loom_config_validate's, which gets the stand-in. */
+static bool unread(loom_params *p, loom_dataset **ds) {
+  *ds = loom_params_validate_only(p) ? loom_dataset_retain(p->config->unread) : NULL;
+  return *ds != NULL;
+}
+
 /* A dataset constructor's failure, reported at the key that named the file. */
 static void *located(loom_params *p, const char *key, loom_dataset *ds) {
   if (!ds)
@@ -33,6 +40,9 @@ static void *fashion_mnist(loom_params *p, const void *context, void *user) {
   if (loom_params_file(p, "dir", "/usr/share/datasets/fashion-mnist", &dir) < 0 ||
       loom_params_choice(p, "split", NULL, splits, &split) < 0)
     return NULL;
+  loom_dataset *ds;
+  if (unread(p, &ds))
+    return ds;
   return located(p, "dir", loom_fashion_mnist_open(dir, split == 0));
 }
 
@@ -41,6 +51,9 @@ static void *idx(loom_params *p, const void *context, void *user) {
   const char *images, *labels;
   if (loom_params_file(p, "images", NULL, &images) < 0 || loom_params_file(p, "labels", NULL, &labels) < 0)
     return NULL;
+  loom_dataset *ds;
+  if (unread(p, &ds))
+    return ds;
   return located(p, "images", loom_idx_dataset_open(images, labels));
 }
 
@@ -70,6 +83,9 @@ static void *hdf5(loom_params *p, const void *context, void *user) {
       loom_params_int(p, "block", 256, 1, INT32_MAX, &o.block) < 0 || loom_params_bool(p, "preload", false, &preload) < 0)
     return NULL;
   o.preload = preload;
+  loom_dataset *ds;
+  if (unread(p, &ds))
+    return ds;
   return located(p, "files", loom_hdf5_dataset_open(&o));
 }
 
@@ -83,6 +99,9 @@ static void *csv(loom_params *p, const void *context, void *user) {
       (!is_null(p, "target_column") && loom_params_int(p, "target_column", -1, -4096, 4095, &column) < 0) ||
       loom_params_bool(p, "header", false, &header) < 0)
     return NULL;
+  loom_dataset *ds;
+  if (unread(p, &ds))
+    return ds;
   return located(p, "file", loom_csv_dataset_open(file, (int)column, header));
 }
 

@@ -10,6 +10,7 @@
 #include "loom/model.h"
 #include "loom/optimizer.h"
 #include "loom/scheduler.h"
+#include "models/layer_internal.h"
 
 #define BIG 1e300
 
@@ -31,12 +32,19 @@ static void *mlp(loom_params *p, const void *context, void *user) {
     loom_params_error(p, "sizes", LOOM_EINVAL, "needs at least 2 sizes (inputs and outputs), got %zu", n);
     return NULL;
   }
-  if (sizes[0] != sample_numel(ctx)) {
+  if (ctx->ndim && sizes[0] != sample_numel(ctx)) { /* ndim 0: loom_config_validate, the data unread */
     loom_params_error(p, "sizes[0]", LOOM_ESHAPE, "%lld inputs, but the data has %lld features per sample",
                       (long long)sizes[0], (long long)sample_numel(ctx));
     return NULL;
   }
-  return loom_mlp_create(sizes, (int)n, ctx->seed);
+  if (!loom_params_validate_only(p))
+    return loom_mlp_create(sizes, (int)n, ctx->seed);
+  loom_model *m = loom_mlp_layers(sizes, (int)n);
+  if (m && loom_model_plan(m, 1, &sizes[0], NULL) < 0) {
+    loom_model_destroy(m);
+    return NULL;
+  }
+  return m;
 }
 
 /* {"type": "sequential", "layers": [{"type": "linear", "out_features": 256}, ...]} */
@@ -80,7 +88,9 @@ static void *sequential(loom_params *p, const void *context, void *user) {
       return NULL;
     }
   }
-  int rc = m ? loom_model_build(m, ctx->ndim, ctx->sample_shape, ctx->seed) : 0;
+  int rc = !m                              ? 0
+           : loom_params_validate_only(p) ? loom_model_plan(m, ctx->ndim, ctx->sample_shape, NULL)
+                                          : loom_model_build(m, ctx->ndim, ctx->sample_shape, ctx->seed);
   if (rc < 0) {
     loom_params_error(p, "layers", rc, "%s", loom_last_error()); /* a shape that does not fit, or out of memory */
     loom_model_destroy(m);

@@ -238,7 +238,7 @@ static int model_init(builder *b, loom_params *model) {
   size_t n;
   if ((rc = loom_params_layer_names(&p, "layers", b->model, &names, &n)) < 0)
     return rc;
-  if ((rc = loom_params_check_unknown(&p)) == 0)
+  if ((rc = loom_params_check_unknown(&p)) == 0 && !loom_params_validate_only(&p)) /* an unbuilt model then */
     rc = loom_model_init_weights(b->model, &init, names, n, loom_experiment_seed(b->exp));
   free(names);
   return rc;
@@ -253,6 +253,8 @@ static int build_model(builder *b, loom_params *root, loom_loader *first) {
   loom_dataset *ds = loom_loader_dataset(first);
   loom_model_context ctx = {loom_dataset_sample_ndim(ds), loom_dataset_sample_shape(ds),
                             loom_experiment_seed(b->exp)};
+  if (ds == b->c->unread) /* loom_config_validate: the samples' shape is not known */
+    ctx.ndim = 0, ctx.sample_shape = NULL;
   loom_params p;
   b->model = loom_config_instantiate(b->c, obj, "model", LOOM_KIND_MODEL, &ctx, &p);
   if (!b->model)
@@ -537,17 +539,18 @@ static int build_stages(builder *b, loom_params *root) {
 }
 
 /* After a build: the config records every loader (keeping those no stage
- * runs, for loom_config_loader) and the model; after a failure they go. */
-static int release(builder *b, int rc) {
+ * runs, for loom_config_loader) and the model; after a failure or a
+ * validation (keep false) they go. */
+static int release(builder *b, int rc, bool keep) {
   for (int i = 0; i < b->num_datasets; i++)
     loom_dataset_release(b->datasets[i].object);
   for (int i = 0; i < b->num_loaders; i++) {
-    if (rc == 0)
+    if (rc == 0 && keep)
       rc = loom_config_keep_loader(b->c, b->loaders[i].name, b->loaders[i].object, !b->loaders[i].used);
     else if (!b->loaders[i].used)
       loom_loader_destroy(b->loaders[i].object);
   }
-  if (rc == 0)
+  if (rc == 0 && keep)
     b->c->built_model = b->model;
   return rc;
 }
@@ -579,10 +582,28 @@ static int read_distributed(loom_config *c, loom_params *root) {
 
 loom_dist loom_config_distributed(const loom_config *c) { return c->distributed; }
 
-int loom_config_build(loom_config *c, loom_experiment **out) {
+/* loom_config_validate's stand-in for every dataset it does not open. */
+static int64_t unread_length(void *data) {
+  (void)data;
+  return 0;
+}
+
+static int unread_fetch(void *data, const int64_t *indices, int64_t n, float *x, float *y) {
+  (void)data, (void)indices, (void)n, (void)x, (void)y;
+  return loom_error_set(LOOM_ESTATE, "a dataset loom_config_validate did not read has no samples");
+}
+
+/* The build, or with validate_only the same checks with no data read and
+ * no model allocated, nothing kept. */
+static int build(loom_config *c, bool validate_only, loom_experiment **out) {
   *out = NULL;
   builder b = {.c = c};
   loom_config_forget_built(c);
+  if (validate_only) {
+    static const loom_dataset_ops unread_ops = {.type = "unread", .length = unread_length, .fetch = unread_fetch};
+    if (!(c->unread = loom_dataset_create(&unread_ops, NULL, 1, (const int64_t[]){0}, 0, NULL)))
+      return loom_last_error_code();
+  }
   loom_params root;
   loom_params_init(&root, c, c->root, "");
   loom_error_clear();
@@ -605,16 +626,36 @@ int loom_config_build(loom_config *c, loom_experiment **out) {
   if (rc == 0)
     rc = build_stages(&b, &root);
   /* The resolved config, for checkpoints to record and resumes to compare. */
-  char *text = rc == 0 ? json_dumps(c->root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17)) : NULL;
-  if (rc == 0)
+  char *text = rc == 0 && !validate_only ? json_dumps(c->root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17))
+                                         : NULL;
+  if (rc == 0 && !validate_only)
     rc = text ? loom_experiment_set_config(b.exp, text) : loom_error_oom("the resolved config");
   free(text);
-  rc = release(&b, rc);
-  if (rc < 0) {
+  rc = release(&b, rc, !validate_only);
+  loom_dataset_release(c->unread);
+  c->unread = NULL;
+  if (rc < 0 || validate_only) {
     loom_config_forget_built(c);
     loom_experiment_destroy(b.exp);
     return rc;
   }
   *out = b.exp;
   return 0;
+}
+
+int loom_config_build(loom_config *c, loom_experiment **out) { return build(c, false, out); }
+
+/* On a copy of the document: the defaults a build writes back would make
+ * the config's later build read them as given (a "valid_loader" the stage
+ * does not run, say). */
+int loom_config_validate(loom_config *c) {
+  json_t *document = c->root, *copy = json_deep_copy(document);
+  if (!copy)
+    return loom_error_oom("a copy of the config");
+  c->root = copy;
+  loom_experiment *none;
+  int rc = build(c, true, &none);
+  c->root = document;
+  json_decref(copy);
+  return rc;
 }

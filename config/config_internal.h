@@ -48,6 +48,10 @@ struct loom_config {
   loom_built_loader *built_loaders;
   size_t num_built_loaders;
   loom_model *built_model;
+  /* While loom_config_validate runs: the dataset every built-in dataset
+   * constructor gives instead of opening its files (no samples, shape
+   * unknown). NULL otherwise. */
+  loom_dataset *unread;
 };
 
 /* config_built.c: records a loader the build made (owned: no stage runs
@@ -68,6 +72,9 @@ struct loom_params {
 };
 
 void loom_params_init(loom_params *p, loom_config *config, json_t *object, const char *path);
+/* Whether this is loom_config_validate's build: a constructor reads and
+ * checks every key but opens no file and allocates no model. */
+static inline bool loom_params_validate_only(const loom_params *p) { return p->config->unread != NULL; }
 /* 0 if the model (if any) has the layer, else an error at `key` with the nearest name. */
 int loom_params_check_layer(const loom_params *p, const char *key, const loom_model *model, const char *name);
 /* Reads `key`, a non-empty array of the model's layer names, as

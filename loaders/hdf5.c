@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -18,6 +19,7 @@ typedef struct part {
   char *path;
   hid_t file, x, y;
   int64_t start, n; /* its samples in the global index */
+  off_t size;       /* the file's length when opened; 0 for a memory image */
 } part;
 
 typedef struct block {
@@ -170,6 +172,10 @@ static int open_part(h5ds *d, part *p, const loom_hdf5_options *o, int i) {
     fclose(f);
     return loom_error_set(LOOM_EFORMAT, "%s is not a readable HDF5 file (truncated or damaged?)", p->path);
   }
+  void *handle = NULL;
+  struct stat st;
+  if (!o->images && H5Fget_vfd_handle(p->file, H5P_DEFAULT, &handle) >= 0 && handle && fstat(*(int *)handle, &st) == 0)
+    p->size = st.st_size;
   hsize_t xd[LOOM_MAX_DIMS], yd[LOOM_MAX_DIMS];
   int xn, yn;
   q = loom_h5_hush();
@@ -199,6 +205,25 @@ static int open_part(h5ds *d, part *p, const loom_hdf5_options *o, int i) {
   return rc;
 }
 
+/* HDF5 reads a file that was cut short after it was opened as zeros past
+ * the cut, without an error: after each read, the file must be as long as
+ * it was then. */
+static int still_whole(const part *p, int64_t from, int64_t count, const char *what) {
+  if (!p->size)
+    return 0;
+  /* The open file itself: one unlinked or replaced since reads on as it was. */
+  void *handle = NULL;
+  struct stat st;
+  if (H5Fget_vfd_handle(p->file, H5P_DEFAULT, &handle) < 0 || !handle || fstat(*(int *)handle, &st) != 0 ||
+      st.st_size >= p->size)
+    return 0;
+  return loom_error_set(LOOM_EIO,
+                        "%s: reading samples %lld..%lld of \"%s\": the file is %lld bytes, %lld when it was opened "
+                        "(cut short while in use?); restore it and resume from the last checkpoint",
+                        p->path, (long long)(p->start + from), (long long)(p->start + from + count - 1), what,
+                        (long long)st.st_size, (long long)p->size);
+}
+
 /* Reads samples [from, from + count) of part p's dataset into out. */
 static int read_rows(const part *p, hid_t dset, int64_t from, int64_t count, float *out, const char *what) {
   hid_t space = H5Dget_space(dset);
@@ -215,9 +240,10 @@ static int read_rows(const part *p, hid_t dset, int64_t from, int64_t count, flo
   loom_h5_unhush(q);
   H5Sclose(mem);
   H5Sclose(space);
-  return st < 0 ? loom_error_set(LOOM_EIO, "%s: reading samples %lld..%lld of \"%s\" failed (truncated file?)", p->path,
-                                 (long long)from, (long long)(from + count - 1), what)
-                : 0;
+  if (st < 0)
+    return loom_error_set(LOOM_EIO, "%s: reading samples %lld..%lld of \"%s\" failed (truncated file?)", p->path,
+                          (long long)(p->start + from), (long long)(p->start + from + count - 1), what);
+  return still_whole(p, from, count, what);
 }
 
 static void unlink_block(h5ds *d, block *b) {

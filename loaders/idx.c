@@ -160,7 +160,9 @@ int loom_idx_read(const char *path, int want_ndim, idx_array *a) {
   idx_src s = {.name = path, .file = gzopen(path, "rb")};
   if (!s.file)
     return loom_error_set(LOOM_EIO, "%s: cannot open: %s", path, strerror(errno));
-  gzbuffer(s.file, 1 << 18);
+  /* A large buffer for large files only: zlib allocates it three times
+   * over, which for a file of a few bytes cost more than the read. */
+  gzbuffer(s.file, st.st_size > (1 << 18) ? 1 << 18 : 8192);
   int rc = read_src(&s, want_ndim, a);
   gzclose(s.file);
   return rc;

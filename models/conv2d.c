@@ -16,9 +16,16 @@ typedef struct conv {
   loom_layer_plan plan;
 } conv;
 
+/* SIZE_MAX when the count does not fit (the kernel and channels are
+ * counted before a shape check bounds them: loom_model_plan of samples of
+ * unknown shape), for the model to refuse. */
 static size_t conv_num_params(void *data) {
   const conv *c = data;
-  return (size_t)(c->cout * c->cin * c->kh * c->kw + (c->has_bias ? c->cout : 0));
+  size_t n;
+  if (__builtin_mul_overflow((size_t)c->cout, (size_t)c->cin, &n) || __builtin_mul_overflow(n, (size_t)c->kh, &n) ||
+      __builtin_mul_overflow(n, (size_t)c->kw, &n) || __builtin_add_overflow(n, c->has_bias ? (size_t)c->cout : 0, &n))
+    return SIZE_MAX;
+  return n;
 }
 
 static size_t conv_num_decayed(void *data) {

@@ -22,6 +22,9 @@ struct loom_layer {
 
 size_t loom_layer_num_params(const loom_layer *layer);
 
+/* loom_mlp_create's layers, unbuilt (for loom_model_plan). */
+loom_model *loom_mlp_layers(const int64_t *sizes, int n);
+
 /* A built-in layer's backward, once it has accumulated its parameter
  * gradients: whether they are all finite, checked where they were computed
  * (loom_backend_gemm_checked), so that the model need not read them again

@@ -136,10 +136,7 @@ int loom_model_add(loom_model *m, const char *name, loom_layer *layer) {
 }
 
 static int alloc_activations(entry *e) {
-  int64_t shape[LOOM_MAX_DIMS + 1] = {1};
-  if (e->out_ndim + 1 > LOOM_MAX_DIMS)
-    return loom_error_set(LOOM_ESHAPE, "layer \"%s\": output has %d dimensions per sample; at most %d fit",
-                          e->name, e->out_ndim, LOOM_MAX_DIMS - 1);
+  int64_t shape[LOOM_MAX_DIMS + 1] = {1}; /* plan() checked out_ndim */
   memcpy(shape + 1, e->out_shape, (size_t)e->out_ndim * sizeof *shape);
   e->out = loom_tensor_create(e->out_ndim + 1, shape);
   e->dout = loom_tensor_create(e->out_ndim + 1, shape);
@@ -162,41 +159,67 @@ static int check_memory(size_t params, size_t buffers) {
   return 0;
 }
 
-int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint64_t seed) {
+/* The layers' shapes and sizes for samples of `sample_shape`, as a build
+ * finds them (a layer made to infer its input size takes it here), with
+ * *params and *buffers counted; nothing allocated. ndim 0: the samples'
+ * shape is unknown, and only the sizes the layers know alone count. */
+static int plan(loom_model *m, int ndim, const int64_t *sample_shape, bool may_be_unknown, size_t *params,
+                size_t *buffers) {
   if (m->built)
     return loom_error_set(LOOM_ESTATE, "loom_model_build: the model is already built");
   if (m->count == 0)
     return loom_error_set(LOOM_EINVAL, "loom_model_build: the model has no layers; add some with loom_model_add");
-  if (ndim < 1 || ndim >= LOOM_MAX_DIMS)
+  if (ndim < (may_be_unknown ? 0 : 1) || ndim >= LOOM_MAX_DIMS || (ndim && !sample_shape))
     return loom_error_set(LOOM_EINVAL, "loom_model_build: samples must have 1 to %d dimensions, not %d",
                           LOOM_MAX_DIMS - 1, ndim);
   int cur_ndim = ndim;
   int64_t cur[LOOM_MAX_DIMS];
-  memcpy(cur, sample_shape, (size_t)ndim * sizeof *cur);
-  m->in_ndim = ndim;
-  memcpy(m->in_shape, sample_shape, (size_t)ndim * sizeof *cur);
-  size_t total = 0, buffers = 0;
+  if (ndim)
+    memcpy(cur, sample_shape, (size_t)ndim * sizeof *cur);
+  size_t total = 0, nbuffers = 0;
   for (size_t i = 0; i < m->count; i++) {
     entry *e = &m->layers[i];
-    int rc = e->layer->ops.output_shape(e->layer->data, cur_ndim, cur, &e->out_ndim, e->out_shape);
-    if (rc < 0)
-      return loom_error_wrap(rc, "building layer \"%s\" (%s)", e->name, loom_layer_type(e->layer));
-    if ((rc = alloc_activations(e)) < 0)
-      return rc;
+    if (ndim) {
+      int rc = e->layer->ops.output_shape(e->layer->data, cur_ndim, cur, &e->out_ndim, e->out_shape);
+      if (rc < 0)
+        return loom_error_wrap(rc, "building layer \"%s\" (%s)", e->name, loom_layer_type(e->layer));
+      if (e->out_ndim + 1 > LOOM_MAX_DIMS)
+        return loom_error_set(LOOM_ESHAPE, "layer \"%s\": output has %d dimensions per sample; at most %d fit",
+                              e->name, e->out_ndim, LOOM_MAX_DIMS - 1);
+      cur_ndim = e->out_ndim;
+      memcpy(cur, e->out_shape, (size_t)cur_ndim * sizeof *cur);
+    }
     e->offset = total;
     e->nparams = loom_layer_num_params(e->layer);
     if (e->nparams > SIZE_MAX / (4 * sizeof(float)) - total)
       return loom_error_set(LOOM_EINVAL, "building layer \"%s\" (%s): the model's parameter count overflows", e->name,
                             loom_layer_type(e->layer));
     total += e->nparams;
-    e->buffer_offset = buffers;
-    buffers += e->layer->ops.num_buffers ? e->layer->ops.num_buffers(e->layer->data) : 0;
-    cur_ndim = e->out_ndim;
-    memcpy(cur, e->out_shape, (size_t)cur_ndim * sizeof *cur);
+    e->buffer_offset = nbuffers;
+    nbuffers += e->layer->ops.num_buffers ? e->layer->ops.num_buffers(e->layer->data) : 0;
   }
-  int rc = check_memory(total, buffers);
+  *params = total, *buffers = nbuffers;
+  return check_memory(total, nbuffers);
+}
+
+int loom_model_plan(loom_model *m, int ndim, const int64_t *sample_shape, size_t *num_params) {
+  size_t params = 0, buffers;
+  int rc = plan(m, ndim, sample_shape, true, &params, &buffers);
+  if (num_params)
+    *num_params = params;
+  return rc;
+}
+
+int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint64_t seed) {
+  size_t total, buffers;
+  int rc = plan(m, ndim, sample_shape, false, &total, &buffers);
   if (rc < 0)
     return rc;
+  m->in_ndim = ndim;
+  memcpy(m->in_shape, sample_shape, (size_t)ndim * sizeof *sample_shape);
+  for (size_t i = 0; i < m->count; i++)
+    if ((rc = alloc_activations(&m->layers[i])) < 0)
+      return rc;
   m->params = calloc(total ? total : 1, sizeof *m->params);
   m->grads = calloc(total ? total : 1, sizeof *m->grads);
   m->grads_state = GRADS_FINITE;

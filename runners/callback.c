@@ -20,6 +20,7 @@ struct loom_callback {
   bool filtered;
   loom_event_filter filter;
   loom_names loaders; /* the filter's, copied */
+  char *writes;       /* loom_callback_set_writes' */
 };
 
 static const char *const event_names[LOOM_EVENT_COUNT] = {
@@ -63,8 +64,20 @@ void loom_callback_destroy(loom_callback *cb) {
     cb->ops.destroy(cb->data);
   loom_names_free(&cb->loaders);
   free(cb->name);
+  free(cb->writes);
   free(cb);
 }
+
+int loom_callback_set_writes(loom_callback *cb, const char *path) {
+  char *copy = path ? strdup(path) : NULL;
+  if (path && !copy)
+    return loom_error_oom("a callback's file name");
+  free(cb->writes);
+  cb->writes = copy;
+  return 0;
+}
+
+const char *loom_callback_writes(const loom_callback *cb) { return cb->writes; }
 
 int loom_callback_set_filter(loom_callback *cb, const loom_event_filter *f) {
   if (!f || f->every_batches < 0 || f->every_epochs < 0 || f->once_batch < 0 || f->once_epoch < 0)

@@ -147,6 +147,8 @@ static int run(loom_runner *r, bool *end_done) {
   int rc = loom_runner_share_seed(r); /* the loaders' orders and the draws follow it */
   if (rc == 0)
     rc = loom_experiment_build_table(r->exp, LOOM_EXPERIMENT_EVENTS, loom_comm_rank(r->comm), &r->exp_table);
+  if (rc == 0)
+    rc = loom_runner_check_writers(r); /* before any callback has written */
   if (rc == 0 && r->resume_source)
     rc = loom_runner_open_resume(r);
   if (rc == 0 && r->options.handle_signals)

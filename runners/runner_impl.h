@@ -165,6 +165,9 @@ struct loom_runner {
  * earlier run's files, unless this run resumes, or removes those files
  * when options.overwrite. */
 int loom_runner_claim_logdir(loom_runner *r);
+/* Refuses a run two of whose callbacks (r->exp_table: every stage's and
+ * the experiment's) write the same file (loom_callback_set_writes). */
+int loom_runner_check_writers(const loom_runner *r);
 
 /* runner_loop.c */
 /* Fires `event` to the current stage's table. */

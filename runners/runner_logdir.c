@@ -69,3 +69,32 @@ int loom_runner_claim_logdir(loom_runner *r) {
                                      "loom_run_options.overwrite), or give this run another logdir",
                         logdir, name);
 }
+
+/* The absolute path of what `cb` writes, or "" for nothing. */
+static int written_path(const loom_runner *r, const loom_callback *cb, char *out, size_t size) {
+  const char *path = loom_callback_writes(cb);
+  out[0] = '\0';
+  if (!path)
+    return 0;
+  if (path[0] == '/')
+    return snprintf(out, size, "%s", path) < (int)size ? 0 : loom_error_set(LOOM_EINVAL, "path too long: %s", path);
+  return loom_path_join(out, size, loom_experiment_logdir(r->exp), path);
+}
+
+int loom_runner_check_writers(const loom_runner *r) {
+  const loom_callback_table *t = &r->exp_table;
+  char a[4200], b[4200];
+  for (size_t i = 0; i < t->count; i++) {
+    int rc = written_path(r, t->all[i], a, sizeof a);
+    for (size_t j = i + 1; rc == 0 && a[0] && j < t->count; j++) {
+      if ((rc = written_path(r, t->all[j], b, sizeof b)) == 0 && strcmp(a, b) == 0)
+        return loom_error_set(LOOM_EINVAL, "callbacks \"%s\" and \"%s\" both write %s: their writes would "
+                                           "interleave or overwrite each other; keep one (every stage's callbacks "
+                                           "and the experiment's write into the one logdir)",
+                              loom_callback_name(t->all[i]), loom_callback_name(t->all[j]), a);
+    }
+    if (rc < 0)
+      return rc;
+  }
+  return 0;
+}

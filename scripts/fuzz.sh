@@ -7,7 +7,7 @@
 # build-fuzz/artifacts/TARGET/: minimise it (fuzz_TARGET -minimize_crash=1),
 # fix it, and commit it to tests/fuzz/corpus/TARGET as crash_<what>.
 # Environment: FUZZ_JOBS (parallel fuzzing processes, default 1), FUZZ_ARGS
-# (more libFuzzer options), CC (default clang). Needs clang and libFuzzer:
+# (more libFuzzer options), CC (default clang), LOOM_NUM_THREADS (default 1). Needs clang and libFuzzer:
 # LOOM_FUZZ_DEPS=1 scripts/install-deps.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,6 +27,8 @@ cmake --build "$build" -j"$(nproc)" --target "${run[@]/#/fuzz_}"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+# One compute thread: the inputs are tiny, and a pool's threads only wait.
+export LOOM_NUM_THREADS=${LOOM_NUM_THREADS:-1}
 for t in "${run[@]}"; do
   mkdir -p "$build/corpus/$t" "$build/artifacts/$t"
   dict=()

@@ -557,7 +557,9 @@ static void make_inputs(void) {
           "     \"scheduler\": {\"type\": \"cosine\", \"total_steps\": 8, \"unit\": \"step\"},\n"
           "     \"callbacks\": [{\"type\": \"accuracy\"}, {\"type\": \"loss_metric\", \"name\": \"xent\", \"criterion\": "
           "{\"type\": \"cross_entropy\"}},\n"
-          "       {\"type\": \"metrics_logger\"}, {\"type\": \"tensorboard\", \"batch_every\": 2}, {\"type\": \"checkpoint\"},\n"
+          "       {\"type\": \"metrics_logger\", \"scope\": \"experiment\"}, {\"type\": \"tensorboard\", \"batch_every\": 2, "
+          "\"scope\": \"experiment\"},\n"
+          "       {\"type\": \"checkpoint\", \"every_n_batches\": 2, \"scope\": \"experiment\"},\n"
           "       {\"type\": \"timer\"}, {\"type\": \"time_limit\", \"seconds\": 3600}, {\"type\": \"early_stopping\", "
           "\"patience\": 3},\n"
           "       {\"type\": \"console_logger\", \"progress\": \"off\"}]},\n"
@@ -565,8 +567,7 @@ static void make_inputs(void) {
           "\"cross_entropy\"},\n"
           "     \"optimizer\": {\"type\": \"rmsprop\", \"lr\": 0.005, \"momentum\": 0.9},\n"
           "     \"scheduler\": {\"type\": \"step\", \"step_size\": 1},\n"
-          "     \"callbacks\": [{\"type\": \"accuracy\"}, {\"type\": \"metrics_logger\"}, {\"type\": \"tensorboard\"},\n"
-          "       {\"type\": \"checkpoint\", \"every_n_batches\": 2}]}}}\n",
+          "     \"callbacks\": [{\"type\": \"accuracy\"}]}}}\n",
           CLASSES);
   fclose(f);
 }

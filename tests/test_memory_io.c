@@ -210,7 +210,8 @@ static void test_checkpoint_memory_round_trip(void **state) {
 }
 
 /* tiny.json, with a second stage that loads the first's best weights when
- * `stages` is 2. */
+ * `stages` is 2 (the first's logger and checkpoint callback, made
+ * experiment-wide, serve both: two would write the same files). */
 static loom_experiment *tiny(const char *logdir, int stages, loom_config **config) {
   loom_config *c = loom_config_load(CONFIGS "/tiny.json");
   assert_non_null(c);
@@ -218,9 +219,9 @@ static loom_experiment *tiny(const char *logdir, int stages, loom_config **confi
   snprintf(set, sizeof set, "experiment.logdir=%s", logdir);
   const char *sets[] = {set,
                         "stages.tune={\"num_epochs\": 2, \"loaders\": [\"train\", \"valid\"], \"load_weights\": "
-                        "\"best\", \"optimizer\": {\"type\": \"adam\", \"lr\": 0.01}, \"callbacks\": [{\"type\": "
-                        "\"metrics_logger\"}, {\"type\": \"checkpoint\", \"every_n_batches\": 1}]}"};
-  for (size_t i = 0; i < (size_t)stages; i++)
+                        "\"best\", \"optimizer\": {\"type\": \"adam\", \"lr\": 0.01}}",
+                        "stages.train.callbacks[1].scope=experiment", "stages.train.callbacks[2].scope=experiment"};
+  for (size_t i = 0; i < (stages == 2 ? 4u : 1u); i++)
     if (loom_config_set(c, sets[i]) < 0)
       fail_msg("%s", loom_last_error());
   loom_experiment *exp = NULL;

@@ -635,6 +635,35 @@ static void test_hdf5_bad_files(void **state) {
   free(dir);
 }
 
+/* A file cut short after it was opened (a disk failing, a copy still in
+ * flight): HDF5 alone reads zeros past the cut; loom's next read fails,
+ * naming the file, the samples and the dataset. */
+static void test_hdf5_read_fails_halfway(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  char path[600];
+  snprintf(path, sizeof path, "%s/cut.h5", dir);
+  write_h5(path, 0, 30000, false); /* inputs: 1.9 MB of doubles, from near the start */
+  const char *files[1] = {path};
+  loom_hdf5_options o = {.files = files, .num_files = 1, .inputs = "inputs", .targets = "targets", .cache_mb = 1,
+                         .block = 100};
+  loom_dataset *ds = loom_hdf5_dataset_open(&o);
+  assert_non_null(ds);
+  int64_t first = 0, late = 29000;
+  float x[8], y[1];
+  assert_int_equal(loom_dataset_fetch(ds, &first, 1, x, y), 0);
+  assert_true(x[3] == 0.375f && y[0] == 0.0f);
+  assert_int_equal(truncate(path, 1 << 20), 0);
+  assert_int_equal(loom_dataset_fetch(ds, &late, 1, x, y), LOOM_EIO);
+  const char *msg = loom_last_error();
+  assert_non_null(strstr(msg, "cut.h5"));
+  assert_non_null(strstr(msg, "29000"));
+  assert_non_null(strstr(msg, "\"inputs\""));
+  loom_dataset_release(ds);
+  test_rm_rf(dir);
+  free(dir);
+}
+
 static void test_idx_to_hdf5_round_trip(void **state) {
   (void)state;
   char *dir = test_tmpdir(), out[600], images[600], labels[600];
@@ -793,6 +822,7 @@ int main(void) {
       cmocka_unit_test(test_workers_resume_exactly),
       cmocka_unit_test(test_hdf5_larger_than_cache),
       cmocka_unit_test(test_hdf5_bad_files),
+      cmocka_unit_test(test_hdf5_read_fails_halfway),
       cmocka_unit_test(test_idx_to_hdf5_round_trip),
       cmocka_unit_test(test_csv),
   };

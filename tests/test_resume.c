@@ -727,20 +727,16 @@ static int watch_stage_start(loom_callback *cb, loom_runner *r) {
 static void test_load_best_on_stage_start(void **state) {
   (void)state;
   char *dir = test_tmpdir();
-  loom_experiment *exp = build(dir, 3, NULL, NULL);
+  /* build()'s checkpoint callback loads (two would both write checkpoints/). */
+  loom_checkpoint_options ck = loom_checkpoint_defaults();
+  ck.load_on_stage_start = "best";
+  ck.minimize = 0;
+  loom_experiment *exp = build(dir, 3, NULL, &ck);
   loom_stage *train = loom_experiment_stage(exp, 0);
   /* "Best" = highest valid loss, which is epoch 1's: not the last weights. */
   assert_int_equal(loom_stage_set_main_metric(train, "valid", "loss", false), 0);
   loom_stage *ft = loom_experiment_add_stage(exp, "finetune", 1);
   assert_non_null(ft);
-  /* The default checkpoint callback of build() is replaced by one that loads. */
-  loom_checkpoint_options ck = loom_checkpoint_defaults();
-  ck.load_on_stage_start = "best";
-  ck.minimize = 0;
-  loom_callback *loader = loom_checkpoint_callback_create(&ck);
-  loom_callback_set_name(loader, "loading_checkpoint");
-  loom_callback_set_scope(loader, LOOM_SCOPE_EXPERIMENT);
-  assert_int_equal(loom_stage_add_callback(train, loader), 0);
   static watcher w;
   const int64_t sizes[] = {8, 16, 3};
   w.n = (size_t)(8 * 16 + 16 + 16 * 3 + 3);

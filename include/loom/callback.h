@@ -139,6 +139,15 @@ LOOM_API void loom_callback_set_node(loom_callback *cb, loom_node node);
 LOOM_API loom_scope loom_callback_scope(const loom_callback *cb);
 LOOM_API void loom_callback_set_scope(loom_callback *cb, loom_scope scope);
 LOOM_API loom_callback_fn loom_callback_handler(const loom_callback *cb, loom_event event);
+/* What the callback writes in the logdir, that no other callback of the
+ * run may write: a file or directory name relative to the logdir
+ * ("metrics.jsonl", "checkpoints") or an absolute path; copied. A run
+ * whose callbacks (every stage's and the experiment's) name one twice is
+ * refused at its start, before any callback runs: two writers of one file
+ * interleave or overwrite each other's lines. The built-in writers set
+ * theirs (docs/callbacks.md). NULL: none. */
+LOOM_API int loom_callback_set_writes(loom_callback *cb, const char *path);
+LOOM_API const char *loom_callback_writes(const loom_callback *cb);
 /* Restricts when the callback hears batch, loader and epoch events. The
  * filter is copied, `loaders` included (split into names): the caller may
  * free or change the string once the call returns. Setting a filter again

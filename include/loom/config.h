@@ -55,6 +55,21 @@ LOOM_API int loom_config_add_plugin(loom_config *config, const char *path);
  * config, and a missing seed is drawn from the clock, so afterwards
  * loom_config_write gives the resolved config that reproduces the run. */
 LOOM_API int loom_config_build(loom_config *config, loom_experiment **experiment);
+/* Checks the config as loom_config_build does, but reads no data and
+ * allocates no model: every key, type and range, every registered name,
+ * every reference between sections (a loader's dataset, a stage's loaders,
+ * frozen and optimizer layer names), the model's layers and whether it
+ * fits in memory, its parameters counted, not allocated (loom_model_plan).
+ * No dataset file is opened, no experiment is kept, nothing is written,
+ * and the config is left as it was (no defaults filled in); the config's
+ * "plugins" are loaded. Left to loom_config_build, since only the data can
+ * tell: that the datasets' files exist and read, that the model's inputs
+ * match the samples (an mlp's sizes[0]) and, for a sequential model, the
+ * layers' shapes; its size then counts the layers whose sizes the config
+ * gives (a Linear's in_features, a Conv2d's in_channels). A model
+ * constructor gets a context of ndim 0 (loom/registry.h). An error reads
+ * as loom_config_build's for the same key. */
+LOOM_API int loom_config_validate(loom_config *config);
 /* Writes the (resolved) config as indented JSON, creating the file's
  * directory if needed. */
 LOOM_API int loom_config_write(const loom_config *config, const char *path);

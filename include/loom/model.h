@@ -136,6 +136,16 @@ LOOM_API int loom_model_add(loom_model *model, const char *name, loom_layer *lay
  * given to a stage unbuilt is built by the runner when the stage starts,
  * for its first loader's samples and the experiment's seed. */
 LOOM_API int loom_model_build(loom_model *model, int ndim, const int64_t *sample_shape, uint64_t seed);
+/* What loom_model_build would check, without allocating anything: each
+ * layer's output shape for samples of `sample_shape`, the parameter count
+ * (*num_params, if not NULL) and whether the parameters and their
+ * gradients fit in this machine's memory (LOOM_ENOMEM naming the count
+ * otherwise). The model stays unbuilt; a layer made to infer its input
+ * size takes it here, as in a build. ndim 0 (sample_shape NULL): the
+ * samples' shape is not known; no shape is checked and only the sizes the
+ * layers know without it count (a lower bound: what a Linear or Conv2d
+ * with its in_features / in_channels given holds). */
+LOOM_API int loom_model_plan(loom_model *model, int ndim, const int64_t *sample_shape, size_t *num_params);
 LOOM_API bool loom_model_is_built(const loom_model *model);
 
 /* Initialisation schemes, as torch.nn.init's: Kaiming (He) with gain

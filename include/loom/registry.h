@@ -22,7 +22,9 @@ extern "C" {
 #endif
 
 typedef enum loom_kind {
-  LOOM_KIND_MODEL,     /* returns loom_model *, built; context: const loom_model_context * */
+  LOOM_KIND_MODEL,     /* returns loom_model *, built (under loom_config_validate, whose context
+                        * has ndim 0: unbuilt, its size checked with loom_model_plan);
+                        * context: const loom_model_context * */
   LOOM_KIND_LAYER,     /* returns loom_layer *; context: NULL */
   LOOM_KIND_CRITERION, /* returns loom_criterion * */
   LOOM_KIND_OPTIMIZER, /* returns loom_optimizer *; context: const loom_model * it will step */
@@ -35,7 +37,9 @@ typedef enum loom_kind {
 
 /* What a model constructor builds for. */
 typedef struct loom_model_context {
-  int ndim;                    /* sample dimensions of the first loader's dataset */
+  int ndim;                    /* sample dimensions of the first loader's dataset; 0
+                                * (sample_shape NULL) under loom_config_validate, which
+                                * reads no data */
   const int64_t *sample_shape;
   uint64_t seed;               /* the experiment's: initialise from it */
 } loom_model_context;

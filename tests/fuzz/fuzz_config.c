@@ -1,5 +1,10 @@
-/* The JSON config path: text -> parsed, validated and built experiment
- * (datasets loaded, model built, every component constructed), never run.
+/* The JSON config path: text -> parsed and validated (loom_config_validate:
+ * no data read, no model allocated), then, if that passed, built
+ * (datasets loaded, model built, every component constructed), never run:
+ * the many inputs that fail fail fast, and the build still sees every
+ * config the validation accepts. A build that passes where the validation
+ * refused cannot be seen this way; test_config_validate checks that the
+ * two agree on the golden cases.
  * The document stands at tests/configs/fuzz.json, so the fixtures' relative
  * paths (data/images.idx) resolve. A config naming plugins is skipped:
  * a plugin is code, not input. */
@@ -27,8 +32,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       fuzz_expect_clean_null();
     } else {
       loom_experiment *exp = NULL;
-      int rc = loom_config_build(c, &exp);
+      int rc = loom_config_validate(c);
       fuzz_expect_clean_error(rc);
+      if (rc == 0)
+        fuzz_expect_clean_error(loom_config_build(c, &exp));
       loom_experiment_destroy(exp);
       loom_config_destroy(c);
     }
