@@ -1,34 +1,26 @@
-/* The CUDA backend's table: device memory from the device's caching
- * allocator, copies and ops in order on the backend's stream, products on
- * cuBLAS, the rest as the kernels of kernels.cu. Without CUDA
- * (LOOM_HAVE_CUDA 0) the same public functions say that loom was built
- * without it. */
-#include "loom/backend_cuda.h"
-
-#include <string.h>
-
-#include "core/error_internal.h"
-
-#define BUILT_WITHOUT "this libloom was built without CUDA (CMake found no CUDA compiler, or -DLOOM_WITH_CUDA=OFF): " \
-                      "rebuild it where the CUDA Toolkit is installed, or use the CPU backend"
-
-#if LOOM_HAVE_CUDA
+/* The CUDA module (libloom_cuda.so, module.h): the CUDA backend's table,
+ * device memory from the device's caching allocator, copies and ops in
+ * order on the backend's stream, products on cuBLAS, the rest as the
+ * kernels of kernels.cu. It calls libloom only through `libloom`, the table
+ * libloom gives its entry point: errors, the allocator, the backend
+ * wrapper. */
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <limits.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <uv.h>
 
-#include "backends/cuda/caching_alloc.h"
 #include "backends/cuda/kernels.h"
+#include "backends/cuda/module.h"
 
-/* Devices loom keeps an allocator for (indices past it are refused). */
-#define MAX_DEVICES 64
+/* libloom's side, from the entry point on (module.h). */
+static const loom_cuda_host *libloom;
+
 /* cuBLAS's workspace, given from the allocator (NVIDIA's advice for Hopper). */
 #define BLAS_WORKSPACE ((size_t)32 << 20)
-
-bool loom_cuda_available(void) { return true; }
 
 /* The error for a failed CUDA runtime call: out of memory, a machine or
  * build that cannot run it (no driver, no device, no kernel for this GPU),
@@ -39,14 +31,14 @@ static int cuda_error(cudaError_t e, int device, const char *what) {
     code = LOOM_ENOMEM;
   else if (e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice || e == cudaErrorNoKernelImageForDevice)
     code = LOOM_ENOTSUP;
-  return loom_error_set(code, "CUDA backend (device %d): %s failed: %s (%s)", device, what, cudaGetErrorString(e),
-                        cudaGetErrorName(e));
+  return libloom->error_set(code, "CUDA backend (device %d): %s failed: %s (%s)", device, what,
+                            cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
 static int blas_error(cublasStatus_t st, int device, const char *what) {
-  return loom_error_set(st == CUBLAS_STATUS_ALLOC_FAILED ? LOOM_ENOMEM : LOOM_EIO,
-                        "CUDA backend (device %d): %s failed: %s (%s)", device, what, cublasGetStatusString(st),
-                        cublasGetStatusName(st));
+  return libloom->error_set(st == CUBLAS_STATUS_ALLOC_FAILED ? LOOM_ENOMEM : LOOM_EIO,
+                            "CUDA backend (device %d): %s failed: %s (%s)", device, what, cublasGetStatusString(st),
+                            cublasGetStatusName(st));
 }
 
 /* --- one caching allocator per device, shared by its backends --- */
@@ -56,7 +48,7 @@ typedef struct device_entry {
   int backends;
 } device_entry;
 
-static device_entry devices[MAX_DEVICES];
+static device_entry devices[LOOM_CUDA_MAX_DEVICES];
 static uv_mutex_t devices_lock;
 static uv_once_t devices_once = UV_ONCE_INIT;
 static void devices_init(void) { uv_mutex_init(&devices_lock); }
@@ -92,7 +84,7 @@ static loom_caching_alloc *device_acquire(int device) {
   device_entry *d = &devices[device];
   if (!d->alloc) {
     const loom_caching_alloc_hooks hooks = {raw_alloc, raw_free, raw_synchronize, (void *)(intptr_t)device};
-    d->alloc = loom_caching_alloc_create(&hooks);
+    d->alloc = libloom->alloc_create(&hooks);
   }
   if (d->alloc)
     d->backends++;
@@ -106,33 +98,27 @@ static void device_release(int device) {
   uv_mutex_lock(&devices_lock);
   device_entry *d = &devices[device];
   if (--d->backends == 0) {
-    loom_caching_alloc_destroy(d->alloc);
+    libloom->alloc_destroy(d->alloc);
     d->alloc = NULL;
   }
   uv_mutex_unlock(&devices_lock);
 }
 
-int loom_cuda_memory_stats_get(int device, loom_cuda_memory_stats *stats) {
+static int memory_stats_get(int device, loom_cuda_memory_stats *stats) {
   *stats = (loom_cuda_memory_stats){0};
-  if (device < 0 || device >= MAX_DEVICES)
-    return loom_error_set(LOOM_EINVAL, "loom_cuda_memory_stats_get: device %d is not 0 to %d", device,
-                          MAX_DEVICES - 1);
   uv_once(&devices_once, devices_init);
   uv_mutex_lock(&devices_lock);
   if (devices[device].alloc)
-    loom_caching_alloc_stats(devices[device].alloc, stats);
+    libloom->alloc_stats(devices[device].alloc, stats);
   uv_mutex_unlock(&devices_lock);
   return 0;
 }
 
-int loom_cuda_release_cached(int device) {
-  if (device < 0 || device >= MAX_DEVICES)
-    return loom_error_set(LOOM_EINVAL, "loom_cuda_release_cached: device %d is not 0 to %d", device,
-                          MAX_DEVICES - 1);
+static int release_cached(int device) {
   uv_once(&devices_once, devices_init);
   uv_mutex_lock(&devices_lock);
   if (devices[device].alloc)
-    loom_caching_alloc_release(devices[device].alloc);
+    libloom->alloc_release(devices[device].alloc);
   uv_mutex_unlock(&devices_lock);
   return 0;
 }
@@ -162,12 +148,12 @@ static int launched(cuda_ctx *c, cudaError_t e, const char *what) {
 
 static void *cuda_alloc(void *ctx, size_t bytes) {
   cuda_ctx *c = ctx;
-  return loom_caching_alloc_get(c->alloc, bytes, c->stream);
+  return libloom->alloc_get(c->alloc, bytes, c->stream);
 }
 
 static void cuda_free(void *ctx, void *ptr) {
   cuda_ctx *c = ctx;
-  loom_caching_alloc_put(c->alloc, ptr);
+  libloom->alloc_put(c->alloc, ptr);
 }
 
 static int cuda_synchronize(void *ctx) {
@@ -217,9 +203,10 @@ static int cuda_gemm(void *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t 
                      int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
   cuda_ctx *c = ctx;
   if (M > INT_MAX || N > INT_MAX || K > INT_MAX || lda > INT_MAX || ldb > INT_MAX || ldc > INT_MAX)
-    return loom_error_set(LOOM_EINVAL, "CUDA backend: gemm of %lldx%lldx%lld (or its leading dimensions) is past "
-                                       "cuBLAS's int sizes",
-                          (long long)M, (long long)N, (long long)K);
+    return libloom->error_set(LOOM_EINVAL,
+                              "CUDA backend: gemm of %lldx%lldx%lld (or its leading dimensions) is past cuBLAS's "
+                              "int sizes",
+                              (long long)M, (long long)N, (long long)K);
   if (M == 0 || N == 0)
     return 0;
   int rc = enter(c);
@@ -358,11 +345,11 @@ static void cuda_destroy(void *ctx) {
   if (c->blas)
     cublasDestroy(c->blas);
   if (c->alloc) {
-    loom_caching_alloc_put(c->alloc, c->workspace);
-    loom_caching_alloc_put(c->alloc, c->partials);
-    loom_caching_alloc_put(c->alloc, c->flag);
+    libloom->alloc_put(c->alloc, c->workspace);
+    libloom->alloc_put(c->alloc, c->partials);
+    libloom->alloc_put(c->alloc, c->flag);
     if (c->stream)
-      loom_caching_alloc_forget_stream(c->alloc, c->stream);
+      libloom->alloc_forget_stream(c->alloc, c->stream);
     device_release(c->device);
   }
   if (c->stream)
@@ -399,7 +386,7 @@ static const loom_backend_ops cuda_ops = {
     .destroy = cuda_destroy,
 };
 
-int loom_cuda_device_count(int *count) {
+static int device_count(int *count) {
   *count = 0;
   cudaError_t e = cudaGetDeviceCount(count);
   if (e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice) {
@@ -410,32 +397,33 @@ int loom_cuda_device_count(int *count) {
   return e == cudaSuccess ? 0 : cuda_error(e, -1, "cudaGetDeviceCount");
 }
 
-/* 0 if `device` can run the backend, else the error naming what is missing. */
+/* 0 if `device` (0 or more) can run the backend, else the error naming what is missing. */
 static int probe(int device) {
-  if (device < 0)
-    return loom_error_set(LOOM_EINVAL, "CUDA device %d: a device index is 0 or more", device);
   int count = 0;
   cudaError_t e = cudaGetDeviceCount(&count);
   if (e == cudaErrorInsufficientDriver)
-    return loom_error_set(LOOM_ENOTSUP, "no usable CUDA driver on this machine (cudaGetDeviceCount: %s): install "
-                                        "the NVIDIA driver for a CUDA 13 runtime, or use the CPU backend",
-                          cudaGetErrorString(e));
+    return libloom->error_set(LOOM_ENOTSUP,
+                              "no usable CUDA driver on this machine (cudaGetDeviceCount: %s): install the NVIDIA "
+                              "driver for a CUDA 13 runtime, or use the CPU backend",
+                              cudaGetErrorString(e));
   if (e == cudaErrorNoDevice || (e == cudaSuccess && count == 0))
-    return loom_error_set(LOOM_ENOTSUP, "no CUDA device on this machine (cudaGetDeviceCount: %s): use the CPU "
-                                        "backend",
-                          e == cudaSuccess ? "0 devices" : cudaGetErrorString(e));
+    return libloom->error_set(LOOM_ENOTSUP, "no CUDA device on this machine (cudaGetDeviceCount: %s): use the CPU "
+                                            "backend",
+                              e == cudaSuccess ? "0 devices" : cudaGetErrorString(e));
   if (e != cudaSuccess)
     return cuda_error(e, device, "cudaGetDeviceCount");
-  if (device >= count || device >= MAX_DEVICES)
-    return loom_error_set(LOOM_EINVAL, "CUDA device %d does not exist: this machine has %d CUDA device%s (0 to %d)",
-                          device, count, count == 1 ? "" : "s", count - 1);
+  if (device >= count || device >= LOOM_CUDA_MAX_DEVICES)
+    return libloom->error_set(LOOM_EINVAL,
+                              "CUDA device %d does not exist: this machine has %d CUDA device%s (0 to %d)", device,
+                              count, count == 1 ? "" : "s", count - 1);
   struct cudaDeviceProp prop;
   if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess)
     return cuda_error(e, device, "cudaGetDeviceProperties");
   if (prop.major * 10 + prop.minor < 75)
-    return loom_error_set(LOOM_ENOTSUP, "CUDA device %d (%s) has compute capability %d.%d; loom's CUDA backend needs "
-                                        "7.5 or newer (Turing and later)",
-                          device, prop.name, prop.major, prop.minor);
+    return libloom->error_set(LOOM_ENOTSUP,
+                              "CUDA device %d (%s) has compute capability %d.%d; loom's CUDA backend needs 7.5 or "
+                              "newer (Turing and later)",
+                              device, prop.name, prop.major, prop.minor);
   return 0;
 }
 
@@ -452,12 +440,12 @@ static int ctx_init(cuda_ctx *c, const loom_cuda_options *o) {
   if ((e = cudaMallocHost((void **)&c->host, sizeof(double))) != cudaSuccess)
     return cuda_error(e, c->device, "cudaMallocHost");
   if (!(c->alloc = device_acquire(c->device)))
-    return loom_last_error_code();
-  c->workspace = loom_caching_alloc_get(c->alloc, BLAS_WORKSPACE, c->stream);
-  c->partials = loom_caching_alloc_get(c->alloc, (LOOM_CUDA_REDUCE_BLOCKS + 1) * sizeof(double), c->stream);
-  c->flag = loom_caching_alloc_get(c->alloc, sizeof(int), c->stream);
+    return libloom->last_error_code();
+  c->workspace = libloom->alloc_get(c->alloc, BLAS_WORKSPACE, c->stream);
+  c->partials = libloom->alloc_get(c->alloc, (LOOM_CUDA_REDUCE_BLOCKS + 1) * sizeof(double), c->stream);
+  c->flag = libloom->alloc_get(c->alloc, sizeof(int), c->stream);
   if (!c->workspace || !c->partials || !c->flag)
-    return loom_last_error_code();
+    return libloom->last_error_code();
   if ((st = cublasCreate(&c->blas)) != CUBLAS_STATUS_SUCCESS) {
     c->blas = NULL;
     return blas_error(st, c->device, "cublasCreate");
@@ -471,47 +459,41 @@ static int ctx_init(cuda_ctx *c, const loom_cuda_options *o) {
   return st == CUBLAS_STATUS_SUCCESS ? 0 : blas_error(st, c->device, "cublasSetMathMode");
 }
 
-int loom_backend_cuda_create(int device, const loom_cuda_options *options, loom_backend **out) {
+static int backend_create(int device, const loom_cuda_options *options, loom_backend **out) {
   *out = NULL;
   int rc = probe(device);
   if (rc < 0)
     return rc;
   cuda_ctx *c = calloc(1, sizeof *c);
   if (!c)
-    return loom_error_oom("the CUDA backend");
+    return libloom->error_set(LOOM_ENOMEM, "CUDA backend: out of memory allocating its context");
   c->device = device;
   if ((rc = ctx_init(c, options)) < 0) {
     cuda_destroy(c);
     return rc;
   }
-  *out = loom_backend_create(&cuda_ops, c); /* destroys c on failure */
-  return *out ? 0 : loom_last_error_code();
+  *out = libloom->backend_create(&cuda_ops, c); /* destroys c on failure */
+  return *out ? 0 : libloom->last_error_code();
 }
 
-#else /* !LOOM_HAVE_CUDA */
+static const loom_cuda_module module = {
+    .abi = LOOM_CUDA_MODULE_ABI,
+    .size = sizeof(loom_cuda_module),
+    .device_count = device_count,
+    .backend_create = backend_create,
+    .memory_stats_get = memory_stats_get,
+    .release_cached = release_cached,
+};
 
-bool loom_cuda_available(void) { return false; }
-
-int loom_cuda_device_count(int *count) {
-  *count = 0;
-  return 0;
+/* The module's one export (module.h). */
+__attribute__((visibility("default"))) const loom_cuda_module *loom_cuda_module_v1(const loom_cuda_host *h);
+const loom_cuda_module *loom_cuda_module_v1(const loom_cuda_host *h) {
+  if (h->abi != LOOM_CUDA_MODULE_ABI || h->size != sizeof(loom_cuda_host)) {
+    h->error_set(LOOM_ENOTSUP, "the CUDA module is of another loom (its interface version %d, libloom's %d): "
+                 "install libloom and libloom_cuda.so of the same build side by side",
+                 LOOM_CUDA_MODULE_ABI, h->abi);
+    return NULL;
+  }
+  libloom = h;
+  return &module;
 }
-
-int loom_backend_cuda_create(int device, const loom_cuda_options *options, loom_backend **out) {
-  (void)device, (void)options;
-  *out = NULL;
-  return loom_error_set(LOOM_ENOTSUP, "CUDA backend: " BUILT_WITHOUT);
-}
-
-int loom_cuda_memory_stats_get(int device, loom_cuda_memory_stats *stats) {
-  (void)device;
-  *stats = (loom_cuda_memory_stats){0};
-  return 0;
-}
-
-int loom_cuda_release_cached(int device) {
-  (void)device;
-  return 0;
-}
-
-#endif

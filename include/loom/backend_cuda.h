@@ -6,7 +6,16 @@
  * (CMake found no nvcc, or -DLOOM_WITH_CUDA=OFF) loom_cuda_available is
  * false and creating the backend is LOOM_ENOTSUP saying so. The backend
  * fills the slots of loom/backend.h that it has (loom_backend_supports
- * lists them); the others are LOOM_ENOTSUP, as for any backend. */
+ * lists them); the others are LOOM_ENOTSUP, as for any backend.
+ *
+ * libloom links none of CUDA's libraries: the backend's CUDA code is a
+ * module, libloom_cuda.so, installed next to libloom and loaded (with the
+ * CUDA runtime and cuBLAS) by the first call that needs it:
+ * loom_cuda_device_count or loom_backend_cuda_create. A program that never
+ * asks for a GPU never loads them. The module is looked for at
+ * $LOOM_CUDA_MODULE when it is set (and only there), else in the directory
+ * of the libloom.so in use (of the program, for one linked with libloom.a),
+ * else by its file name on the dynamic loader's search path. */
 #ifndef LOOM_BACKEND_CUDA_H
 #define LOOM_BACKEND_CUDA_H
 
@@ -25,8 +34,9 @@ extern "C" {
 /* Whether this libloom was built with the CUDA backend. */
 LOOM_API bool loom_cuda_available(void);
 
-/* *count = the CUDA devices the runtime sees: 0 without CUDA, without a
- * driver or without a device (loom_backend_cuda_create says which). */
+/* *count = the CUDA devices the runtime sees: 0 without CUDA, without the
+ * CUDA module, without a driver or without a device
+ * (loom_backend_cuda_create says which). */
 LOOM_API int loom_cuda_device_count(int *count);
 
 typedef struct loom_cuda_options {
@@ -40,7 +50,11 @@ typedef struct loom_cuda_options {
  * NULL on failure, with an error naming what is missing: LOOM_ENOTSUP for
  * a libloom built without CUDA, no driver, no device, or a device of
  * compute capability below 7.5; LOOM_EINVAL for an index past the
- * devices (the message says how many there are). Destroy it with
+ * devices (the message says how many there are); LOOM_ENOENT when the
+ * CUDA module is in none of the places above, LOOM_ENOTSUP when one is
+ * there and does not load (a CUDA library it needs is missing, or it is of
+ * another loom): the message names each place tried and the loader's
+ * reason. A module that did not load is not tried again. Destroy it with
  * loom_backend_destroy, after every buffer of it is freed. */
 LOOM_API int loom_backend_cuda_create(int device, const loom_cuda_options *options, loom_backend **out);
 
@@ -60,7 +74,7 @@ typedef struct loom_cuda_memory_stats {
 } loom_cuda_memory_stats;
 
 /* The statistics of device `device`'s allocator (all zero before a
- * backend was created on it). */
+ * backend was created on it; these two calls never load the module). */
 LOOM_API int loom_cuda_memory_stats_get(int device, loom_cuda_memory_stats *stats);
 /* Gives every cached segment with no block in use back to the device
  * (cudaFree), after the device finished the work queued on it. */
