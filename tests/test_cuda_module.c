@@ -74,6 +74,14 @@ static void test_found(void **state) {
   /* a second backend asks the same loaded module */
   assert_int_equal(loom_backend_cuda_create(0, NULL, &b), LOOM_ENOTSUP);
   assert_string_equal(loom_last_error(), m);
+  /* the allocators' calls, now the module's: no backend, so no allocator */
+  loom_cuda_memory_stats st;
+  st.reserved = 7;
+  assert_int_equal(loom_cuda_memory_stats_get(3, &st), 0);
+  assert_int_equal(st.reserved, 0);
+  assert_int_equal(loom_cuda_release_cached(3), 0);
+  assert_int_equal(loom_cuda_release_cached(-1), LOOM_EINVAL);
+  assert_non_null(strstr(loom_last_error(), "device -1 is not 0 to 63"));
 }
 
 /* No module where it is looked for: LOOM_ENOENT naming each place tried
