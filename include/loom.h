@@ -4,6 +4,7 @@
 
 #include "loom/backend.h"
 #include "loom/backend_cpu.h"
+#include "loom/backend_cuda.h"
 #include "loom/callback.h"
 #include "loom/callbacks.h"
 #include "loom/comm.h"

@@ -1,9 +1,17 @@
 /* Every op of every backend against double-precision references, forward
  * and backward, over several shapes (ggml's test-backend-ops is the
- * pattern). A backend joins by adding itself to backends(); an op joins by
+ * pattern). Each op's test runs once per backend row (rows[] below: the CPU,
+ * and CUDA's device 0 when loom has the CUDA backend); an op joins by
  * adding a case below. Inputs go through the backend's own memory and copy
- * calls, so a device backend is checked as it runs. Also: the support
- * listing, the error for a missing op, and the checks of loom_backend_create. */
+ * calls, so a device backend is checked as it runs. A row whose backend
+ * cannot be made here (no CUDA device) or lacks one of the test's ops
+ * prints why and is skipped: CMocka lists it as skipped, never passed.
+ * Also: the support listing, the error for a missing op, and the checks of
+ * loom_backend_create.
+ *
+ * usage: test_backend_ops [cpu|cuda]: the rows of that backend (with the
+ * backend-free tests under cpu), or all; `cuda` exits 77 (CTest's skip)
+ * when it had no CUDA device. */
 #include "helpers.h"
 #include "reference.h"
 
@@ -11,14 +19,46 @@
 
 #include <loom/backend.h>
 #include <loom/backend_cpu.h>
+#include <loom/backend_cuda.h>
 
-#define MAX_BACKENDS 4
+#define MAX_BACKENDS 1
 
-static size_t backends(loom_backend **out) {
-  size_t n = 0;
-  out[n++] = loom_backend_cpu();
-  return n;
+/* A backend row: its backend, or why there is none here. */
+typedef struct row {
+  const char *name;
+  loom_backend *backend;
+  char missing[512];
+} row;
+
+static row cpu = {.name = "cpu"}, cuda = {.name = "cuda"};
+
+static void open_rows(void) {
+  cpu.backend = loom_backend_cpu();
+  if (loom_backend_cuda_create(0, NULL, &cuda.backend) < 0)
+    snprintf(cuda.missing, sizeof cuda.missing, "%s", loom_last_error());
 }
+
+/* The test's row's backend in out[0] (1), if it has every op up to
+ * LOOM_OP_COUNT; else the test is skipped, saying why. */
+static size_t backends(void **state, loom_backend **out, ...) {
+  const row *r = *state;
+  if (!r->backend) {
+    print_message("skipped: no CUDA device (%s)\n", r->missing);
+    skip();
+  }
+  va_list ops;
+  va_start(ops, out);
+  for (int op; (op = va_arg(ops, int)) != LOOM_OP_COUNT;)
+    if (!loom_backend_supports(r->backend, (loom_op)op)) {
+      va_end(ops);
+      print_message("skipped: backend \"%s\" has no %s op\n", r->name, loom_op_name((loom_op)op));
+      skip();
+    }
+  va_end(ops);
+  out[0] = r->backend;
+  return 1;
+}
+#define BACKENDS(b, ...) backends(state, b, __VA_ARGS__, LOOM_OP_COUNT)
 
 /* Deterministic values in [-1, 1), with exact zeros and both signs. */
 static void fill(float *x, int64_t n, uint32_t seed) {
@@ -93,7 +133,7 @@ static void test_gemm(void **state) {
   (void)state;
   loom_backend *b[MAX_BACKENDS];
   static const int64_t shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {128, 10, 784}, {33, 65, 17}, {256, 128, 64}};
-  for (size_t i = 0, n = backends(b); i < n; i++)
+  for (size_t i = 0, n = BACKENDS(b, LOOM_OP_GEMM); i < n; i++)
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
       for (int t = 0; t < 4; t++) {
         check_gemm(b[i], t & 1, t & 2, shapes[s][0], shapes[s][1], shapes[s][2], 1.0f, 0.0f, 0);
@@ -150,20 +190,24 @@ static void plain_free(void *ctx, void *p) { (void)ctx, free(p); }
 static int plain_copy(void *ctx, void *dst, const void *src, size_t bytes) { return (void)ctx, memcpy(dst, src, bytes), 0; }
 static int plain_zero(void *ctx, void *p, size_t bytes) { return (void)ctx, memset(p, 0, bytes), 0; }
 
+static const int64_t checked_shapes[][3] = {{7, 5, 3}, {200, 96, 64}, {96, 200, 64}, {256, 784, 128}};
+
 static void test_gemm_checked(void **state) {
-  (void)state;
   loom_backend *b[MAX_BACKENDS];
-  static const int64_t shapes[][3] = {{7, 5, 3}, {200, 96, 64}, {96, 200, 64}, {256, 784, 128}};
+  for (size_t s = 0; s < sizeof checked_shapes / sizeof checked_shapes[0]; s++)
+    for (size_t i = 0, n = BACKENDS(b, LOOM_OP_GEMM, LOOM_OP_GEMM_CHECKED); i < n; i++)
+      check_gemm_checked(b[i], checked_shapes[s][0], checked_shapes[s][1], checked_shapes[s][2]);
+}
+
+static void test_gemm_checked_fallback(void **state) {
+  (void)state;
   const loom_backend_ops ops = {.name = "gemm_only", .alloc = plain_alloc, .free = plain_free,
                                 .to_host = plain_copy, .from_host = plain_copy, .copy = plain_copy,
                                 .zero = plain_zero, .gemm = cpu_gemm_op, .all_finite = cpu_all_finite_op};
   loom_backend *fallback = loom_backend_create(&ops, NULL);
   assert_true(loom_backend_supports(fallback, LOOM_OP_GEMM_CHECKED));
-  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-    for (size_t i = 0, n = backends(b); i < n; i++)
-      check_gemm_checked(b[i], shapes[s][0], shapes[s][1], shapes[s][2]);
-    check_gemm_checked(fallback, shapes[s][0], shapes[s][1], shapes[s][2]);
-  }
+  for (size_t s = 0; s < sizeof checked_shapes / sizeof checked_shapes[0]; s++)
+    check_gemm_checked(fallback, checked_shapes[s][0], checked_shapes[s][1], checked_shapes[s][2]);
   loom_backend_destroy(fallback);
 }
 
@@ -173,7 +217,7 @@ static void test_rows(void **state) {
   (void)state;
   loom_backend *b[MAX_BACKENDS];
   static const int64_t shapes[][2] = {{1, 1}, {4, 10}, {128, 256}, {7, 3}};
-  for (size_t i = 0, n = backends(b); i < n; i++)
+  for (size_t i = 0, n = BACKENDS(b, LOOM_OP_FILL_ROWS, LOOM_OP_SUM_ROWS); i < n; i++)
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
       const int64_t rows = shapes[s][0], cols = shapes[s][1];
       float *x = malloc((size_t)(rows * cols) * sizeof *x), *row = malloc((size_t)cols * sizeof *row),
@@ -259,7 +303,7 @@ static void test_activations(void **state) {
   loom_backend *b[MAX_BACKENDS];
   /* 70000 elements: ReLU's pooled path */
   static const int64_t sizes[] = {1, 9, 1000, 70000};
-  for (size_t i = 0, n = backends(b); i < n; i++)
+  for (size_t i = 0, n = BACKENDS(b, LOOM_OP_ACT_FORWARD, LOOM_OP_ACT_BACKWARD); i < n; i++)
     for (int act = 0; act < LOOM_ACT_COUNT; act++)
       for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
         check_activation(b[i], (loom_activation)act, act == LOOM_ACT_LEAKY_RELU ? 0.01f : 0.0f, sizes[s]);
@@ -377,7 +421,9 @@ static void check_pointwise(loom_backend *b, loom_pointwise_loss loss, float bet
 static void test_criteria(void **state) {
   (void)state;
   loom_backend *b[MAX_BACKENDS];
-  for (size_t i = 0, n = backends(b); i < n; i++) {
+  for (size_t i = 0, n = BACKENDS(b, LOOM_OP_XENT_FORWARD, LOOM_OP_XENT_BACKWARD, LOOM_OP_LOSS_FORWARD,
+                                  LOOM_OP_LOSS_BACKWARD);
+       i < n; i++) {
     check_xent(b[i], 1, 2, false, 0.0f);
     check_xent(b[i], 16, 10, false, 0.0f);
     check_xent(b[i], 16, 10, true, 0.0f);
@@ -404,7 +450,7 @@ static void test_dropout(void **state) {
   (void)state;
   loom_backend *b[MAX_BACKENDS];
   static const int64_t sizes[] = {1, 100, 40000};
-  for (size_t i = 0, nb = backends(b); i < nb; i++)
+  for (size_t i = 0, nb = BACKENDS(b, LOOM_OP_DROPOUT_FORWARD, LOOM_OP_MUL); i < nb; i++)
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
       const int64_t n = sizes[s];
       const float p = 0.3f;
@@ -572,7 +618,7 @@ static void test_conv(void **state) {
       {.cin = 3, .h = 5, .w = 7, .cout = 2, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 0, .pw = 0, .dh = 1, .dw = 1},
       {.cin = 8, .h = 6, .w = 7, .cout = 9, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1, .dh = 1, .dw = 1},
   };
-  for (size_t i = 0, nb = backends(b); i < nb; i++)
+  for (size_t i = 0, nb = BACKENDS(b, LOOM_OP_CONV_FORWARD, LOOM_OP_CONV_BACKWARD); i < nb; i++)
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
       for (int alg = LOOM_CONV_AUTO; alg <= LOOM_CONV_WINOGRAD; alg++) {
         loom_conv_desc d = shapes[s];
@@ -684,7 +730,7 @@ static void test_pool(void **state) {
       {LOOM_POOL_AVG, 3, 6, 6, 0, 0, 2, 2, 0},       {LOOM_POOL_AVG, 2, 7, 5, 0, 0, 3, 2, 1},
       {LOOM_POOL_GLOBAL_AVG, 4, 5, 3, 0, 0, 1, 1, 0}, {LOOM_POOL_GLOBAL_AVG, 2, 1, 1, 0, 0, 1, 1, 0},
   };
-  for (size_t i = 0, nb = backends(b); i < nb; i++)
+  for (size_t i = 0, nb = BACKENDS(b, LOOM_OP_POOL_FORWARD, LOOM_OP_POOL_BACKWARD); i < nb; i++)
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
       check_pool(b[i], shapes[s], 3);
 }
@@ -769,7 +815,7 @@ static void test_batchnorm(void **state) {
   loom_backend *b[MAX_BACKENDS];
   /* [C] samples (BatchNorm1d), planes shorter and longer than 8 lanes */
   static const loom_batchnorm_desc shapes[] = {{3, 1, 1e-5f, 0.1f}, {2, 5, 1e-5f, 0.1f}, {4, 37, 1e-3f, 0.3f}};
-  for (size_t i = 0, nb = backends(b); i < nb; i++)
+  for (size_t i = 0, nb = BACKENDS(b, LOOM_OP_BATCHNORM_FORWARD, LOOM_OP_BATCHNORM_BACKWARD); i < nb; i++)
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
       for (int train = 0; train < 2; train++)
         check_batchnorm(b[i], shapes[s], shapes[s].spatial == 1 ? 16 : 4, train);
@@ -919,7 +965,11 @@ static void test_block(void **state) {
       {.conv = false, .relu = false, .pool = LOOM_POOL_MAX},
       {.conv = false, .relu = true, .pool = LOOM_POOL_GLOBAL_AVG},
   };
-  for (size_t i = 0, nb = backends(b); i < nb; i++)
+  /* a block is checked against its layers run one by one */
+  for (size_t i = 0, nb = BACKENDS(b, LOOM_OP_BLOCK, LOOM_OP_CONV_FORWARD, LOOM_OP_CONV_BACKWARD, LOOM_OP_POOL_FORWARD,
+                                   LOOM_OP_POOL_BACKWARD, LOOM_OP_BATCHNORM_FORWARD, LOOM_OP_BATCHNORM_BACKWARD,
+                                   LOOM_OP_ACT_FORWARD, LOOM_OP_ACT_BACKWARD);
+       i < nb; i++)
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
       for (int train = 1; train >= 0; train--)
         check_block(b[i], cases[c], train);
@@ -1016,7 +1066,7 @@ static void test_optimizer_updates(void **state) {
   (void)state;
   loom_backend *b[MAX_BACKENDS];
   static const int64_t sizes[] = {1, 33, 40000}; /* 40000: the pooled path */
-  for (size_t i = 0, nb = backends(b); i < nb; i++)
+  for (size_t i = 0, nb = BACKENDS(b, LOOM_OP_SGD_UPDATE, LOOM_OP_ADAM_UPDATE, LOOM_OP_RMSPROP_UPDATE); i < nb; i++)
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
       check_updates(b[i], sizes[k]);
 }
@@ -1025,7 +1075,8 @@ static void test_gradient_ops(void **state) {
   (void)state;
   loom_backend *b[MAX_BACKENDS];
   static const int64_t sizes[] = {1, 100, 100000};
-  for (size_t i = 0, nb = backends(b); i < nb; i++)
+  for (size_t i = 0, nb = BACKENDS(b, LOOM_OP_SUM_SQUARES, LOOM_OP_ALL_FINITE, LOOM_OP_SCALE, LOOM_OP_CLAMP); i < nb;
+       i++)
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
       const int64_t n = sizes[k];
       float *x = malloc((size_t)n * sizeof *x), *y = malloc((size_t)n * sizeof *y);
@@ -1075,7 +1126,7 @@ static void test_gradient_ops(void **state) {
 static void test_support_listing(void **state) {
   (void)state;
   loom_backend *b[MAX_BACKENDS];
-  for (size_t i = 0, n = backends(b); i < n; i++) {
+  for (size_t i = 0, n = backends(state, b, LOOM_OP_COUNT); i < n; i++) {
     print_message("%s:", loom_backend_name(b[i]));
     for (int op = 0; op < LOOM_OP_COUNT; op++)
       print_message(" %s=%s", loom_op_name((loom_op)op), loom_backend_supports(b[i], (loom_op)op) ? "yes" : "no");
@@ -1165,23 +1216,37 @@ static void test_tensor_on_backend(void **state) {
   loom_backend_destroy(dev);
 }
 
-int main(void) {
-  const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_gemm),
-      cmocka_unit_test(test_gemm_checked),
-      cmocka_unit_test(test_rows),
-      cmocka_unit_test(test_activations),
-      cmocka_unit_test(test_criteria),
-      cmocka_unit_test(test_dropout),
-      cmocka_unit_test(test_conv),
-      cmocka_unit_test(test_pool),
-      cmocka_unit_test(test_batchnorm),
-      cmocka_unit_test(test_block),
-      cmocka_unit_test(test_optimizer_updates),
-      cmocka_unit_test(test_gradient_ops),
-      cmocka_unit_test(test_support_listing),
+/* Each op's test for one row. */
+#define ROW_TESTS(r)                                                                                     \
+  {#r ": test_gemm", test_gemm, NULL, NULL, &r}, {#r ": test_gemm_checked", test_gemm_checked, NULL, NULL, &r}, \
+      {#r ": test_rows", test_rows, NULL, NULL, &r}, {#r ": test_activations", test_activations, NULL, NULL, &r}, \
+      {#r ": test_criteria", test_criteria, NULL, NULL, &r}, {#r ": test_dropout", test_dropout, NULL, NULL, &r}, \
+      {#r ": test_conv", test_conv, NULL, NULL, &r}, {#r ": test_pool", test_pool, NULL, NULL, &r},             \
+      {#r ": test_batchnorm", test_batchnorm, NULL, NULL, &r}, {#r ": test_block", test_block, NULL, NULL, &r}, \
+      {#r ": test_optimizer_updates", test_optimizer_updates, NULL, NULL, &r},                                 \
+      {#r ": test_gradient_ops", test_gradient_ops, NULL, NULL, &r},                                           \
+      {#r ": test_support_listing", test_support_listing, NULL, NULL, &r}
+
+int main(int argc, char **argv) {
+  const char *only = argc > 1 ? argv[1] : NULL;
+  if (only && strcmp(only, "cpu") != 0 && strcmp(only, "cuda") != 0) {
+    fprintf(stderr, "usage: %s [cpu|cuda]\n", argv[0]);
+    return 2;
+  }
+  open_rows();
+  const struct CMUnitTest cpu_tests[] = {
+      ROW_TESTS(cpu),
+      cmocka_unit_test(test_gemm_checked_fallback),
       cmocka_unit_test(test_missing_op_is_reported),
       cmocka_unit_test(test_tensor_on_backend),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  const struct CMUnitTest cuda_tests[] = {ROW_TESTS(cuda)};
+  int failed = 0;
+  if (!only || strcmp(only, "cpu") == 0)
+    failed += cmocka_run_group_tests_name("cpu", cpu_tests, NULL, NULL);
+  if (!only || strcmp(only, "cuda") == 0)
+    failed += cmocka_run_group_tests_name("cuda", cuda_tests, NULL, NULL);
+  const bool no_device = !cuda.backend;
+  loom_backend_destroy(cuda.backend);
+  return failed ? failed : only && strcmp(only, "cuda") == 0 && no_device ? 77 : 0;
 }

@@ -1,6 +1,8 @@
 /* A user's program, built against an installed loom with pkg-config
  * (tests/install/check.cmake): writes a tiny CSV, trains on it from a JSON
- * config for two epochs, saves the weights. Usage: user DIR */
+ * config for two epochs, saves the weights; then asks for a CUDA backend
+ * and prints what it got (the CUDA module's answer where loom has one).
+ * Usage: user DIR */
 #include <stdio.h>
 #include <string.h>
 
@@ -37,6 +39,12 @@ int main(int argc, char **argv) {
     printf("user: loom %s trained %d epochs\n", LOOM_VERSION, loom_runner_global_epoch(r));
   else
     fprintf(stderr, "user: %s\n", loom_last_error());
+  loom_backend *gpu = NULL;
+  if (rc == 0 && loom_backend_cuda_create(0, NULL, &gpu) == 0)
+    printf("user: cuda: a backend on device 0\n");
+  else if (rc == 0)
+    printf("user: cuda: %s\n", loom_last_error());
+  loom_backend_destroy(gpu);
   loom_runner_destroy(r);
   loom_experiment_destroy(exp);
   loom_config_destroy(c);

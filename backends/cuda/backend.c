@@ -1,0 +1,499 @@
+/* The CUDA module (libloom_cuda.so, module.h): the CUDA backend's table,
+ * device memory from the device's caching allocator, copies and ops in
+ * order on the backend's stream, products on cuBLAS, the rest as the
+ * kernels of kernels.cu. It calls libloom only through `libloom`, the table
+ * libloom gives its entry point: errors, the allocator, the backend
+ * wrapper. */
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "backends/cuda/kernels.h"
+#include "backends/cuda/module.h"
+
+/* libloom's side, from the entry point on (module.h). */
+static const loom_cuda_host *libloom;
+
+/* cuBLAS's workspace, given from the allocator (NVIDIA's advice for Hopper). */
+#define BLAS_WORKSPACE ((size_t)32 << 20)
+
+/* The error for a failed CUDA runtime call: out of memory, a machine or
+ * build that cannot run it (no driver, no device, no kernel for this GPU),
+ * or anything else as an I/O failure of the device. */
+static int cuda_error(cudaError_t e, int device, const char *what) {
+  int code = LOOM_EIO;
+  if (e == cudaErrorMemoryAllocation)
+    code = LOOM_ENOMEM;
+  else if (e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice || e == cudaErrorNoKernelImageForDevice)
+    code = LOOM_ENOTSUP;
+  return libloom->error_set(code, "CUDA backend (device %d): %s failed: %s (%s)", device, what,
+                            cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+static int blas_error(cublasStatus_t st, int device, const char *what) {
+  return libloom->error_set(st == CUBLAS_STATUS_ALLOC_FAILED ? LOOM_ENOMEM : LOOM_EIO,
+                            "CUDA backend (device %d): %s failed: %s (%s)", device, what, cublasGetStatusString(st),
+                            cublasGetStatusName(st));
+}
+
+/* --- one caching allocator per device, shared by its backends --- */
+
+typedef struct device_entry {
+  loom_caching_alloc *alloc;
+  int backends;
+} device_entry;
+
+static device_entry devices[LOOM_CUDA_MAX_DEVICES];
+static uv_mutex_t devices_lock;
+static uv_once_t devices_once = UV_ONCE_INIT;
+static void devices_init(void) { uv_mutex_init(&devices_lock); }
+
+static void *raw_alloc(void *ctx, size_t bytes) {
+  const int device = (int)(intptr_t)ctx;
+  void *p = NULL;
+  cudaError_t e = cudaSetDevice(device);
+  if (e == cudaSuccess)
+    e = cudaMalloc(&p, bytes);
+  if (e != cudaSuccess) {
+    cudaGetLastError(); /* an allocation failure is not sticky: clear it */
+    cuda_error(e, device, "cudaMalloc");
+    return NULL;
+  }
+  return p;
+}
+
+static void raw_free(void *ctx, void *ptr) {
+  if (cudaSetDevice((int)(intptr_t)ctx) == cudaSuccess)
+    cudaFree(ptr);
+}
+
+static void raw_synchronize(void *ctx) {
+  if (cudaSetDevice((int)(intptr_t)ctx) == cudaSuccess)
+    cudaDeviceSynchronize();
+}
+
+/* The allocator of `device`, made on its first backend; NULL with the error. */
+static loom_caching_alloc *device_acquire(int device) {
+  uv_once(&devices_once, devices_init);
+  uv_mutex_lock(&devices_lock);
+  device_entry *d = &devices[device];
+  if (!d->alloc) {
+    const loom_caching_alloc_hooks hooks = {raw_alloc, raw_free, raw_synchronize, (void *)(intptr_t)device};
+    d->alloc = libloom->alloc_create(&hooks);
+  }
+  if (d->alloc)
+    d->backends++;
+  loom_caching_alloc *a = d->alloc;
+  uv_mutex_unlock(&devices_lock);
+  return a;
+}
+
+/* The last backend of a device gives its memory back. */
+static void device_release(int device) {
+  uv_mutex_lock(&devices_lock);
+  device_entry *d = &devices[device];
+  if (--d->backends == 0) {
+    libloom->alloc_destroy(d->alloc);
+    d->alloc = NULL;
+  }
+  uv_mutex_unlock(&devices_lock);
+}
+
+static int memory_stats_get(int device, loom_cuda_memory_stats *stats) {
+  *stats = (loom_cuda_memory_stats){0};
+  uv_once(&devices_once, devices_init);
+  uv_mutex_lock(&devices_lock);
+  if (devices[device].alloc)
+    libloom->alloc_stats(devices[device].alloc, stats);
+  uv_mutex_unlock(&devices_lock);
+  return 0;
+}
+
+static int release_cached(int device) {
+  uv_once(&devices_once, devices_init);
+  uv_mutex_lock(&devices_lock);
+  if (devices[device].alloc)
+    libloom->alloc_release(devices[device].alloc);
+  uv_mutex_unlock(&devices_lock);
+  return 0;
+}
+
+/* --- the backend --- */
+
+typedef struct cuda_ctx {
+  int device;
+  cudaStream_t stream;
+  cublasHandle_t blas;
+  loom_caching_alloc *alloc;
+  void *workspace;  /* cuBLAS's */
+  double *partials; /* device: a reduction's first pass, then its result */
+  int *flag;        /* device: all_finite's */
+  double *host;     /* pinned: a reduction's result read back */
+} cuda_ctx;
+
+/* Every call runs on the backend's device, whichever thread makes it. */
+static int enter(cuda_ctx *c) {
+  cudaError_t e = cudaSetDevice(c->device);
+  return e == cudaSuccess ? 0 : cuda_error(e, c->device, "cudaSetDevice");
+}
+
+static int launched(cuda_ctx *c, cudaError_t e, const char *what) {
+  return e == cudaSuccess ? 0 : cuda_error(e, c->device, what);
+}
+
+static void *cuda_alloc(void *ctx, size_t bytes) {
+  cuda_ctx *c = ctx;
+  return libloom->alloc_get(c->alloc, bytes, c->stream);
+}
+
+static void cuda_free(void *ctx, void *ptr) {
+  cuda_ctx *c = ctx;
+  libloom->alloc_put(c->alloc, ptr);
+}
+
+static int cuda_synchronize(void *ctx) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  return rc < 0 ? rc : launched(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
+}
+
+/* Waits for the ops before it: the copy is on the stream, then the stream. */
+static int cuda_to_host(void *ctx, void *host, const void *src, size_t bytes) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  if (rc == 0 && bytes)
+    rc = launched(c, cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, c->stream), "cudaMemcpyAsync (to host)");
+  return rc < 0 ? rc : cuda_synchronize(c);
+}
+
+/* From pageable memory the copy has left `host` when the call returns. */
+static int cuda_from_host(void *ctx, void *dst, const void *host, size_t bytes) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  if (rc < 0 || !bytes)
+    return rc;
+  return launched(c, cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, c->stream), "cudaMemcpyAsync (from host)");
+}
+
+static int cuda_copy(void *ctx, void *dst, const void *src, size_t bytes) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  if (rc < 0 || !bytes)
+    return rc;
+  return launched(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream), "cudaMemcpyAsync");
+}
+
+static int cuda_zero(void *ctx, void *ptr, size_t bytes) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  if (rc < 0 || !bytes)
+    return rc;
+  return launched(c, cudaMemsetAsync(ptr, 0, bytes, c->stream), "cudaMemsetAsync");
+}
+
+/* Row-major C = alpha op(A) op(B) + beta C is column-major
+ * C^T = alpha op(B)^T op(A)^T + beta C^T, and a row-major matrix read
+ * column-major is its transpose: cuBLAS gets B first, then A, unchanged. */
+static int cuda_gemm(void *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                     int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+  cuda_ctx *c = ctx;
+  if (M > INT_MAX || N > INT_MAX || K > INT_MAX || lda > INT_MAX || ldb > INT_MAX || ldc > INT_MAX)
+    return libloom->error_set(LOOM_EINVAL,
+                              "CUDA backend: gemm of %lldx%lldx%lld (or its leading dimensions) is past cuBLAS's "
+                              "int sizes",
+                              (long long)M, (long long)N, (long long)K);
+  if (M == 0 || N == 0)
+    return 0;
+  int rc = enter(c);
+  if (rc < 0)
+    return rc;
+  cublasStatus_t st = cublasSgemm(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, (int)N,
+                                  (int)M, (int)K, &alpha, B, (int)ldb, A, (int)lda, &beta, C, (int)ldc);
+  return st == CUBLAS_STATUS_SUCCESS ? 0 : blas_error(st, c->device, "cublasSgemm");
+}
+
+static int cuda_fill_rows(void *ctx, float *y, const float *row, int64_t rows, int64_t cols) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  return rc < 0 ? rc : launched(c, loom_cuda_fill_rows(c->stream, y, row, rows, cols), "fill_rows");
+}
+
+static int cuda_sum_rows(void *ctx, float *sum, const float *x, int64_t rows, int64_t cols) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  return rc < 0 ? rc : launched(c, loom_cuda_sum_rows(c->stream, sum, x, rows, cols), "sum_rows");
+}
+
+static int cuda_act_forward(void *ctx, loom_activation act, float param, const float *x, float *y, int64_t n) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  return rc < 0 ? rc : launched(c, loom_cuda_act_forward(c->stream, act, param, x, y, n), "act_forward");
+}
+
+static int cuda_act_backward(void *ctx, loom_activation act, float param, const float *x, const float *y,
+                             const float *dy, float *dx, int64_t n) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  return rc < 0 ? rc : launched(c, loom_cuda_act_backward(c->stream, act, param, x, y, dy, dx, n), "act_backward");
+}
+
+static int cuda_dropout_forward(void *ctx, uint64_t key, float p, const float *x, float *y, float *mask, int64_t n) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  return rc < 0 ? rc : launched(c, loom_cuda_dropout_forward(c->stream, key, p, x, y, mask, n), "dropout_forward");
+}
+
+static int cuda_mul(void *ctx, const float *a, const float *b, float *y, int64_t n) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  return rc < 0 ? rc : launched(c, loom_cuda_mul(c->stream, a, b, y, n), "mul");
+}
+
+/* The scalars of backends/cpu/optim.c, computed as it does. */
+static int cuda_sgd_update(void *ctx, const loom_sgd_step *s, float *p, const float *g, float *buf, int64_t n) {
+  cuda_ctx *c = ctx;
+  const loom_cuda_sgd k = {.lr = (float)s->lr, .wd = (float)s->weight_decay, .mu = (float)s->momentum,
+                           .damp = (float)(1.0 - s->dampening), .momentum = buf && (float)s->momentum != 0.0f,
+                           .first = s->first, .nesterov = s->nesterov};
+  int rc = enter(c);
+  return rc < 0 ? rc : launched(c, loom_cuda_sgd_update(c->stream, k, p, g, buf, n), "sgd_update");
+}
+
+static int cuda_adam_update(void *ctx, const loom_adam_step *s, float *p, const float *g, float *m, float *v,
+                            int64_t n) {
+  cuda_ctx *c = ctx;
+  const double bc1 = 1.0 - pow(s->beta1, (double)s->step), bc2 = 1.0 - pow(s->beta2, (double)s->step);
+  const loom_cuda_adam k = {.b1 = (float)s->beta1, .b2 = (float)s->beta2, .c1 = (float)(1.0 - s->beta1),
+                            .c2 = (float)(1.0 - s->beta2), .eps = (float)s->eps,
+                            .l2 = s->decoupled ? 0.0f : (float)s->weight_decay,
+                            .shrink = s->decoupled ? (float)(1.0 - s->lr * s->weight_decay) : 1.0f,
+                            .step_size = (float)(s->lr / bc1), .inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2))};
+  int rc = enter(c);
+  return rc < 0 ? rc : launched(c, loom_cuda_adam_update(c->stream, k, p, g, m, v, n), "adam_update");
+}
+
+static int cuda_rmsprop_update(void *ctx, const loom_rmsprop_step *s, float *p, const float *g, float *sq, float *buf,
+                               float *avg, int64_t n) {
+  cuda_ctx *c = ctx;
+  const loom_cuda_rmsprop k = {.a = (float)s->alpha, .ca = (float)(1.0 - s->alpha), .eps = (float)s->eps,
+                               .mu = (float)s->momentum, .lr = (float)s->lr, .wd = (float)s->weight_decay,
+                               .centered = s->centered};
+  int rc = enter(c);
+  return rc < 0 ? rc : launched(c, loom_cuda_rmsprop_update(c->stream, k, p, g, sq, buf, avg, n), "rmsprop_update");
+}
+
+/* A small device result to the host: the one wait of a reduction. */
+static int read_back(cuda_ctx *c, void *host, const void *dev, size_t bytes) {
+  int rc = launched(c, cudaMemcpyAsync(c->host, dev, bytes, cudaMemcpyDeviceToHost, c->stream), "cudaMemcpyAsync");
+  if (rc == 0)
+    rc = launched(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
+  if (rc == 0)
+    memcpy(host, c->host, bytes);
+  return rc;
+}
+
+/* In double, in a fixed tree order for each n (the CPU's sums in index
+ * order: the two differ by double rounding, about 1e-16 relative). */
+static int cuda_sum_squares(void *ctx, const float *x, int64_t n, double *sum) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  if (rc == 0)
+    rc = launched(c, loom_cuda_sum_squares(c->stream, x, n, c->partials, c->partials + LOOM_CUDA_REDUCE_BLOCKS),
+                  "sum_squares");
+  return rc < 0 ? rc : read_back(c, sum, c->partials + LOOM_CUDA_REDUCE_BLOCKS, sizeof *sum);
+}
+
+static int cuda_scale(void *ctx, float *x, float a, int64_t n) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  return rc < 0 ? rc : launched(c, loom_cuda_scale(c->stream, x, a, n), "scale");
+}
+
+static int cuda_clamp(void *ctx, float *x, float limit, int64_t n) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  return rc < 0 ? rc : launched(c, loom_cuda_clamp(c->stream, x, limit, n), "clamp");
+}
+
+static int cuda_all_finite(void *ctx, const float *x, int64_t n, bool *finite) {
+  cuda_ctx *c = ctx;
+  int bad = 0;
+  int rc = enter(c);
+  if (rc == 0)
+    rc = launched(c, cudaMemsetAsync(c->flag, 0, sizeof *c->flag, c->stream), "cudaMemsetAsync");
+  if (rc == 0)
+    rc = launched(c, loom_cuda_any_nonfinite(c->stream, x, n, c->flag), "all_finite");
+  if (rc == 0)
+    rc = read_back(c, &bad, c->flag, sizeof bad);
+  *finite = rc == 0 && !bad;
+  return rc;
+}
+
+/* Frees what was made, in reverse; any part may be missing. */
+static void cuda_destroy(void *ctx) {
+  cuda_ctx *c = ctx;
+  if (!c)
+    return;
+  cudaSetDevice(c->device);
+  if (c->stream)
+    cudaStreamSynchronize(c->stream);
+  if (c->blas)
+    cublasDestroy(c->blas);
+  if (c->alloc) {
+    libloom->alloc_put(c->alloc, c->workspace);
+    libloom->alloc_put(c->alloc, c->partials);
+    libloom->alloc_put(c->alloc, c->flag);
+    if (c->stream)
+      libloom->alloc_forget_stream(c->alloc, c->stream);
+    device_release(c->device);
+  }
+  if (c->stream)
+    cudaStreamDestroy(c->stream);
+  if (c->host)
+    cudaFreeHost(c->host);
+  free(c);
+}
+
+static const loom_backend_ops cuda_ops = {
+    .name = "cuda",
+    .device = LOOM_DEVICE_CUDA,
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .to_host = cuda_to_host,
+    .from_host = cuda_from_host,
+    .copy = cuda_copy,
+    .zero = cuda_zero,
+    .synchronize = cuda_synchronize,
+    .gemm = cuda_gemm,
+    .fill_rows = cuda_fill_rows,
+    .sum_rows = cuda_sum_rows,
+    .act_forward = cuda_act_forward,
+    .act_backward = cuda_act_backward,
+    .dropout_forward = cuda_dropout_forward,
+    .mul = cuda_mul,
+    .sgd_update = cuda_sgd_update,
+    .adam_update = cuda_adam_update,
+    .rmsprop_update = cuda_rmsprop_update,
+    .sum_squares = cuda_sum_squares,
+    .scale = cuda_scale,
+    .clamp = cuda_clamp,
+    .all_finite = cuda_all_finite,
+    .destroy = cuda_destroy,
+};
+
+static int device_count(int *count) {
+  *count = 0;
+  cudaError_t e = cudaGetDeviceCount(count);
+  if (e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice) {
+    cudaGetLastError();
+    *count = 0;
+    return 0;
+  }
+  return e == cudaSuccess ? 0 : cuda_error(e, -1, "cudaGetDeviceCount");
+}
+
+/* 0 if `device` (0 or more) can run the backend, else the error naming what is missing. */
+static int probe(int device) {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e == cudaErrorInsufficientDriver)
+    return libloom->error_set(LOOM_ENOTSUP,
+                              "no usable CUDA driver on this machine (cudaGetDeviceCount: %s): install the NVIDIA "
+                              "driver for a CUDA 13 runtime, or use the CPU backend",
+                              cudaGetErrorString(e));
+  if (e == cudaErrorNoDevice || (e == cudaSuccess && count == 0))
+    return libloom->error_set(LOOM_ENOTSUP, "no CUDA device on this machine (cudaGetDeviceCount: %s): use the CPU "
+                                            "backend",
+                              e == cudaSuccess ? "0 devices" : cudaGetErrorString(e));
+  if (e != cudaSuccess)
+    return cuda_error(e, device, "cudaGetDeviceCount");
+  if (device >= count || device >= LOOM_CUDA_MAX_DEVICES)
+    return libloom->error_set(LOOM_EINVAL,
+                              "CUDA device %d does not exist: this machine has %d CUDA device%s (0 to %d)", device,
+                              count, count == 1 ? "" : "s", count - 1);
+  struct cudaDeviceProp prop;
+  if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess)
+    return cuda_error(e, device, "cudaGetDeviceProperties");
+  if (prop.major * 10 + prop.minor < 75)
+    return libloom->error_set(LOOM_ENOTSUP,
+                              "CUDA device %d (%s) has compute capability %d.%d; loom's CUDA backend needs 7.5 or "
+                              "newer (Turing and later)",
+                              device, prop.name, prop.major, prop.minor);
+  return 0;
+}
+
+/* The context's stream, cuBLAS handle and scratch; the error on failure
+ * (cuda_destroy frees what was made). */
+static int ctx_init(cuda_ctx *c, const loom_cuda_options *o) {
+  cudaError_t e;
+  cublasStatus_t st;
+  int rc = enter(c);
+  if (rc < 0)
+    return rc;
+  if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess)
+    return cuda_error(e, c->device, "cudaStreamCreate");
+  if ((e = cudaMallocHost((void **)&c->host, sizeof(double))) != cudaSuccess)
+    return cuda_error(e, c->device, "cudaMallocHost");
+  if (!(c->alloc = device_acquire(c->device)))
+    return libloom->last_error_code();
+  c->workspace = libloom->alloc_get(c->alloc, BLAS_WORKSPACE, c->stream);
+  c->partials = libloom->alloc_get(c->alloc, (LOOM_CUDA_REDUCE_BLOCKS + 1) * sizeof(double), c->stream);
+  c->flag = libloom->alloc_get(c->alloc, sizeof(int), c->stream);
+  if (!c->workspace || !c->partials || !c->flag)
+    return libloom->last_error_code();
+  if ((st = cublasCreate(&c->blas)) != CUBLAS_STATUS_SUCCESS) {
+    c->blas = NULL;
+    return blas_error(st, c->device, "cublasCreate");
+  }
+  if ((st = cublasSetStream(c->blas, c->stream)) != CUBLAS_STATUS_SUCCESS)
+    return blas_error(st, c->device, "cublasSetStream");
+  if ((st = cublasSetWorkspace(c->blas, c->workspace, BLAS_WORKSPACE)) != CUBLAS_STATUS_SUCCESS)
+    return blas_error(st, c->device, "cublasSetWorkspace");
+  /* TF32 only when asked: full fp32 products otherwise. */
+  st = cublasSetMathMode(c->blas, o && o->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH);
+  return st == CUBLAS_STATUS_SUCCESS ? 0 : blas_error(st, c->device, "cublasSetMathMode");
+}
+
+static int backend_create(int device, const loom_cuda_options *options, loom_backend **out) {
+  *out = NULL;
+  int rc = probe(device);
+  if (rc < 0)
+    return rc;
+  cuda_ctx *c = calloc(1, sizeof *c);
+  if (!c)
+    return libloom->error_set(LOOM_ENOMEM, "CUDA backend: out of memory allocating its context");
+  c->device = device;
+  if ((rc = ctx_init(c, options)) < 0) {
+    cuda_destroy(c);
+    return rc;
+  }
+  *out = libloom->backend_create(&cuda_ops, c); /* destroys c on failure */
+  return *out ? 0 : libloom->last_error_code();
+}
+
+static const loom_cuda_module module = {
+    .abi = LOOM_CUDA_MODULE_ABI,
+    .size = sizeof(loom_cuda_module),
+    .device_count = device_count,
+    .backend_create = backend_create,
+    .memory_stats_get = memory_stats_get,
+    .release_cached = release_cached,
+};
+
+/* The module's one export (module.h). */
+__attribute__((visibility("default"))) const loom_cuda_module *loom_cuda_module_v1(const loom_cuda_host *h);
+const loom_cuda_module *loom_cuda_module_v1(const loom_cuda_host *h) {
+  if (h->abi != LOOM_CUDA_MODULE_ABI || h->size != sizeof(loom_cuda_host)) {
+    h->error_set(LOOM_ENOTSUP, "the CUDA module is of another loom (its interface version %d, libloom's %d): "
+                 "install libloom and libloom_cuda.so of the same build side by side",
+                 LOOM_CUDA_MODULE_ABI, h->abi);
+    return NULL;
+  }
+  libloom = h;
+  return &module;
+}

@@ -1,0 +1,271 @@
+// The CUDA backend's kernels (kernels.h says the contract). Elementwise
+// kernels are grid-stride loops over int64 indices, so any n runs with a
+// bounded grid; reductions run in a fixed order for a given n.
+#include "backends/cuda/kernels.h"
+
+#include <cuda_runtime.h>
+
+namespace {
+
+constexpr int THREADS = 256;
+constexpr int64_t MAX_BLOCKS = 4096; // x 256 threads, then grid-stride
+
+unsigned blocks_for(int64_t n) {
+  int64_t b = (n + THREADS - 1) / THREADS;
+  return (unsigned)(b < MAX_BLOCKS ? b : MAX_BLOCKS);
+}
+
+__device__ inline int64_t first_index() { return (int64_t)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ inline int64_t stride() { return (int64_t)gridDim.x * blockDim.x; }
+
+// Launches f<<<...>>>(args..., n) over n elements; the launch's error.
+template <typename... P, typename... A>
+cudaError_t launch(void (*kernel)(P...), cudaStream_t s, int64_t n, A... args) {
+  if (n <= 0)
+    return cudaSuccess;
+  kernel<<<blocks_for(n), THREADS, 0, s>>>(args..., n);
+  return cudaGetLastError();
+}
+
+__global__ void fill_rows_kernel(float *y, const float *row, int64_t cols, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride())
+    y[i] = row[i % cols];
+}
+
+// One thread per column, down the rows in order: the CPU's sums exactly.
+__global__ void sum_rows_kernel(float *sum, const float *x, int64_t rows, int64_t cols) {
+  for (int64_t j = first_index(); j < cols; j += stride()) {
+    float acc = sum[j];
+    for (int64_t i = 0; i < rows; i++)
+      acc += x[i * cols + j];
+    sum[j] = acc;
+  }
+}
+
+// The CPU backend's definitions (backends/cpu/activations.c): NaN in, NaN
+// out; ReLU's backward passes dy where its output is NaN.
+__global__ void act_forward_kernel(loom_activation act, float a, const float *x, float *y, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride()) {
+    const float v = x[i];
+    float r;
+    switch (act) {
+    case LOOM_ACT_RELU: r = v <= 0.0f ? 0.0f : v; break;
+    case LOOM_ACT_LEAKY_RELU: r = v > 0.0f ? v : a * v; break;
+    case LOOM_ACT_GELU: r = 0.5f * v * (1.0f + erff(v * 0.70710678f)); break;
+    case LOOM_ACT_TANH: r = tanhf(v); break;
+    default: r = 1.0f / (1.0f + expf(-v)); break; // LOOM_ACT_SIGMOID
+    }
+    y[i] = r;
+  }
+}
+
+__global__ void act_backward_kernel(loom_activation act, float a, const float *x, const float *y, const float *dy,
+                                    float *dx, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride()) {
+    const float g = dy[i];
+    float r;
+    switch (act) {
+    case LOOM_ACT_RELU: r = y[i] <= 0.0f ? 0.0f : g; break;
+    case LOOM_ACT_LEAKY_RELU: r = x[i] > 0.0f ? g : a * g; break;
+    case LOOM_ACT_GELU: {
+      const float v = x[i];
+      const float cdf = 0.5f * (1.0f + erff(v * 0.70710678f)), pdf = 0.39894228f * expf(-0.5f * v * v);
+      r = g * (cdf + v * pdf);
+      break;
+    }
+    case LOOM_ACT_TANH: r = g * (1.0f - y[i] * y[i]); break;
+    default: r = g * y[i] * (1.0f - y[i]); break; // LOOM_ACT_SIGMOID
+    }
+    dx[i] = r;
+  }
+}
+
+__global__ void mul_kernel(const float *a, const float *b, float *y, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride())
+    y[i] = a[i] * b[i];
+}
+
+// loom/backend.h's counter rule: SplitMix64's finaliser, top 24 bits.
+__device__ inline float counter_uniform(uint64_t key, uint64_t i) {
+  uint64_t z = key + (i + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (float)(z >> 40) * 0x1.0p-24f;
+}
+
+__global__ void dropout_kernel(uint64_t key, float p, float keep, const float *x, float *y, float *mask, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride()) {
+    const float m = counter_uniform(key, (uint64_t)i) < p ? 0.0f : keep;
+    mask[i] = m;
+    y[i] = x[i] * m;
+  }
+}
+
+__global__ void scale_kernel(float *x, float a, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride())
+    x[i] *= a;
+}
+
+__global__ void clamp_kernel(float *x, float limit, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride()) {
+    const float v = x[i];
+    x[i] = v > limit ? limit : (v < -limit ? -limit : v);
+  }
+}
+
+// A block's THREADS values summed in shared memory, in a fixed tree.
+__device__ double block_sum(double v) {
+  __shared__ double part[THREADS];
+  part[threadIdx.x] = v;
+  __syncthreads();
+  for (int half = THREADS / 2; half > 0; half /= 2) {
+    if ((int)threadIdx.x < half)
+      part[threadIdx.x] += part[threadIdx.x + half];
+    __syncthreads();
+  }
+  return part[0];
+}
+
+__global__ void sum_squares_kernel(const float *x, double *partials, int64_t n) {
+  double acc = 0.0;
+  for (int64_t i = first_index(); i < n; i += stride())
+    acc += (double)x[i] * (double)x[i];
+  double total = block_sum(acc);
+  if (threadIdx.x == 0)
+    partials[blockIdx.x] = total;
+}
+
+// One block adds the first pass's `count` partials.
+__global__ void sum_partials_kernel(const double *partials, int count, double *out) {
+  double acc = 0.0;
+  for (int i = threadIdx.x; i < count; i += blockDim.x)
+    acc += partials[i];
+  double total = block_sum(acc);
+  if (threadIdx.x == 0)
+    *out = total;
+}
+
+// From the exponent bits, as the CPU's: all set is Inf or NaN.
+__global__ void nonfinite_kernel(const float *x, int *flag, int64_t n) {
+  bool bad = false;
+  for (int64_t i = first_index(); i < n; i += stride())
+    bad |= (__float_as_uint(x[i]) & 0x7f800000u) == 0x7f800000u;
+  if (__syncthreads_or(bad) && threadIdx.x == 0)
+    *flag = 1;
+}
+
+// The updates of backends/cpu/optim.c, statement for statement.
+__global__ void sgd_kernel(loom_cuda_sgd k, float *p, const float *g, float *buf, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride()) {
+    if (!k.momentum) {
+      p[i] -= k.lr * (g[i] + k.wd * p[i]);
+      continue;
+    }
+    const float d = g[i] + k.wd * p[i];
+    buf[i] = k.first ? d : k.mu * buf[i] + k.damp * d;
+    p[i] -= k.lr * (k.nesterov ? d + k.mu * buf[i] : buf[i]);
+  }
+}
+
+__global__ void adam_kernel(loom_cuda_adam k, float *p, const float *g, float *m, float *v, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride()) {
+    const float gi = g[i] + k.l2 * p[i];
+    p[i] *= k.shrink;
+    m[i] = k.b1 * m[i] + k.c1 * gi;
+    v[i] = k.b2 * v[i] + k.c2 * gi * gi;
+    p[i] -= k.step_size * m[i] / (sqrtf(v[i]) * k.inv_sqrt_bc2 + k.eps);
+  }
+}
+
+__global__ void rmsprop_kernel(loom_cuda_rmsprop k, float *p, const float *g, float *v, float *b, float *c,
+                               int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride()) {
+    const float gi = g[i] + k.wd * p[i];
+    v[i] = k.a * v[i] + k.ca * gi * gi;
+    float denom;
+    if (k.centered) {
+      c[i] = k.a * c[i] + k.ca * gi;
+      denom = sqrtf(v[i] - c[i] * c[i]) + k.eps;
+    } else {
+      denom = sqrtf(v[i]) + k.eps;
+    }
+    if (k.mu > 0.0f) {
+      b[i] = k.mu * b[i] + gi / denom;
+      p[i] -= k.lr * b[i];
+    } else {
+      p[i] -= k.lr * gi / denom;
+    }
+  }
+}
+
+} // namespace
+
+extern "C" {
+
+cudaError_t loom_cuda_fill_rows(cudaStream_t s, float *y, const float *row, int64_t rows, int64_t cols) {
+  return cols > 0 ? launch(fill_rows_kernel, s, rows * cols, y, row, cols) : cudaSuccess;
+}
+
+cudaError_t loom_cuda_sum_rows(cudaStream_t s, float *sum, const float *x, int64_t rows, int64_t cols) {
+  if (cols <= 0)
+    return cudaSuccess;
+  sum_rows_kernel<<<blocks_for(cols), THREADS, 0, s>>>(sum, x, rows, cols);
+  return cudaGetLastError();
+}
+
+cudaError_t loom_cuda_act_forward(cudaStream_t s, loom_activation act, float param, const float *x, float *y,
+                                  int64_t n) {
+  return launch(act_forward_kernel, s, n, act, param, x, y);
+}
+
+cudaError_t loom_cuda_act_backward(cudaStream_t s, loom_activation act, float param, const float *x, const float *y,
+                                   const float *dy, float *dx, int64_t n) {
+  return launch(act_backward_kernel, s, n, act, param, x, y, dy, dx);
+}
+
+cudaError_t loom_cuda_mul(cudaStream_t s, const float *a, const float *b, float *y, int64_t n) {
+  return launch(mul_kernel, s, n, a, b, y);
+}
+
+cudaError_t loom_cuda_dropout_forward(cudaStream_t s, uint64_t key, float p, const float *x, float *y, float *mask,
+                                      int64_t n) {
+  return launch(dropout_kernel, s, n, key, p, 1.0f / (1.0f - p), x, y, mask);
+}
+
+cudaError_t loom_cuda_scale(cudaStream_t s, float *x, float a, int64_t n) { return launch(scale_kernel, s, n, x, a); }
+
+cudaError_t loom_cuda_clamp(cudaStream_t s, float *x, float limit, int64_t n) {
+  return launch(clamp_kernel, s, n, x, limit);
+}
+
+cudaError_t loom_cuda_sum_squares(cudaStream_t s, const float *x, int64_t n, double *partials, double *out) {
+  const unsigned blocks = n > 0 ? blocks_for(n) : 1;
+  const unsigned first = blocks < LOOM_CUDA_REDUCE_BLOCKS ? blocks : LOOM_CUDA_REDUCE_BLOCKS;
+  sum_squares_kernel<<<first, THREADS, 0, s>>>(x, partials, n);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess)
+    return e;
+  sum_partials_kernel<<<1, THREADS, 0, s>>>(partials, (int)first, out);
+  return cudaGetLastError();
+}
+
+cudaError_t loom_cuda_any_nonfinite(cudaStream_t s, const float *x, int64_t n, int *flag) {
+  return launch(nonfinite_kernel, s, n, x, flag);
+}
+
+cudaError_t loom_cuda_sgd_update(cudaStream_t s, loom_cuda_sgd k, float *p, const float *g, float *buf, int64_t n) {
+  return launch(sgd_kernel, s, n, k, p, g, buf);
+}
+
+cudaError_t loom_cuda_adam_update(cudaStream_t s, loom_cuda_adam k, float *p, const float *g, float *m, float *v,
+                                  int64_t n) {
+  return launch(adam_kernel, s, n, k, p, g, m, v);
+}
+
+cudaError_t loom_cuda_rmsprop_update(cudaStream_t s, loom_cuda_rmsprop k, float *p, const float *g, float *sq,
+                                     float *buf, float *avg, int64_t n) {
+  return launch(rmsprop_kernel, s, n, k, p, g, sq, buf, avg);
+}
+
+} // extern "C"

@@ -1,0 +1,63 @@
+/* The CUDA backend's kernels (kernels.cu), launched on a stream from C
+ * (backend.c). Each launcher returns the launch's error (cudaGetLastError);
+ * none waits for its kernel. n == 0 launches nothing. The formulas are the
+ * CPU backend's (backends/cpu/activations.c, optim.c, grads.c), compiled
+ * without contracting a * b + c into FMAs, so that elementwise results of
+ * the basic operations match the CPU's bit for bit. */
+#ifndef LOOM_BACKENDS_CUDA_KERNELS_H
+#define LOOM_BACKENDS_CUDA_KERNELS_H
+
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+
+#include "loom/backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Blocks of a reduction's first pass: its partials fill this many doubles. */
+#define LOOM_CUDA_REDUCE_BLOCKS 1024
+
+cudaError_t loom_cuda_fill_rows(cudaStream_t s, float *y, const float *row, int64_t rows, int64_t cols);
+/* sum[j] += x[0, j] + x[1, j] + ..., in row order, in float (as the CPU's). */
+cudaError_t loom_cuda_sum_rows(cudaStream_t s, float *sum, const float *x, int64_t rows, int64_t cols);
+cudaError_t loom_cuda_act_forward(cudaStream_t s, loom_activation act, float param, const float *x, float *y,
+                                  int64_t n);
+cudaError_t loom_cuda_act_backward(cudaStream_t s, loom_activation act, float param, const float *x, const float *y,
+                                   const float *dy, float *dx, int64_t n);
+cudaError_t loom_cuda_mul(cudaStream_t s, const float *a, const float *b, float *y, int64_t n);
+cudaError_t loom_cuda_dropout_forward(cudaStream_t s, uint64_t key, float p, const float *x, float *y, float *mask,
+                                      int64_t n);
+cudaError_t loom_cuda_scale(cudaStream_t s, float *x, float a, int64_t n);
+cudaError_t loom_cuda_clamp(cudaStream_t s, float *x, float limit, int64_t n);
+/* *out (device) = sum of x_i^2 in double, through `partials` (device,
+ * LOOM_CUDA_REDUCE_BLOCKS doubles): a fixed order for a given n, so the
+ * same sum every run. */
+cudaError_t loom_cuda_sum_squares(cudaStream_t s, const float *x, int64_t n, double *partials, double *out);
+/* *flag (device) = 1 if any x_i is Inf or NaN; left as it was otherwise
+ * (the caller zeroes it first). */
+cudaError_t loom_cuda_any_nonfinite(cudaStream_t s, const float *x, int64_t n, int *flag);
+
+/* The optimizers' updates: the scalars as the CPU's computes them in float. */
+typedef struct loom_cuda_sgd {
+  float lr, wd, mu, damp; /* damp = 1 - dampening */
+  int momentum, first, nesterov;
+} loom_cuda_sgd;
+typedef struct loom_cuda_adam {
+  float b1, b2, c1, c2, eps, l2, shrink, step_size, inv_sqrt_bc2;
+} loom_cuda_adam;
+typedef struct loom_cuda_rmsprop {
+  float a, ca, eps, mu, lr, wd;
+  int centered;
+} loom_cuda_rmsprop;
+cudaError_t loom_cuda_sgd_update(cudaStream_t s, loom_cuda_sgd k, float *p, const float *g, float *buf, int64_t n);
+cudaError_t loom_cuda_adam_update(cudaStream_t s, loom_cuda_adam k, float *p, const float *g, float *m, float *v,
+                                  int64_t n);
+cudaError_t loom_cuda_rmsprop_update(cudaStream_t s, loom_cuda_rmsprop k, float *p, const float *g, float *sq,
+                                     float *buf, float *avg, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
