@@ -18,6 +18,11 @@ struct loom_layer {
    * know, which runs by its own ops and ends any block. The model matches
    * no type names: which layers fuse is the backend's choice. */
   bool (*describe)(const void *data, loom_layer_desc *desc);
+  /* Built-in layers only: lets go of what the layer keeps on the backend
+   * it last ran on (a plan, Dropout's mask), when the model moves to
+   * another backend (loom_model_set_backend), so that nothing is left on
+   * the old one. NULL: nothing kept. */
+  int (*release)(void *data);
 };
 
 size_t loom_layer_num_params(const loom_layer *layer);

@@ -336,10 +336,13 @@ static int fake_mul(void *ctx, const float *a, const float *b, float *y, int64_t
 
 /* --- planned ops --- */
 
-static fake_plan *new_plan(loom_layer_kind kind, int count, const loom_layer_desc *layers) {
+static fake_plan *new_plan(fake_device *d, loom_layer_kind kind, int count, const loom_layer_desc *layers) {
   fake_plan *p = calloc(1, sizeof *p);
   if (!p)
     die("plan", "out of host memory");
+  pthread_mutex_lock(&d->lock);
+  d->counts.plans++;
+  pthread_mutex_unlock(&d->lock);
   p->magic = PLAN_MAGIC, p->kind = kind, p->count = count;
   memcpy(p->layers, layers, (size_t)count * sizeof *layers);
   return p;
@@ -355,11 +358,11 @@ static fake_plan *own_plan(const char *op, loom_plan *plan, loom_layer_kind kind
   return p;
 }
 
-static int wrap_plan(loom_layer_kind kind, const loom_layer_desc *desc, int rc, loom_plan *cpu_plan,
+static int wrap_plan(fake_device *d, loom_layer_kind kind, const loom_layer_desc *desc, int rc, loom_plan *cpu_plan,
                      loom_plan **plan) {
   if (rc < 0)
     return rc;
-  fake_plan *p = new_plan(kind, 1, desc);
+  fake_plan *p = new_plan(d, kind, 1, desc);
   p->cpu = cpu_plan;
   *plan = (loom_plan *)p;
   return 0;
@@ -368,29 +371,32 @@ static int wrap_plan(loom_layer_kind kind, const loom_layer_desc *desc, int rc, 
 static int fake_conv_plan(void *ctx, const loom_conv_desc *desc, loom_plan **plan) {
   loom_plan *c = NULL;
   int rc = loom_backend_conv_plan(cpu(ctx, false), desc, &c);
-  return wrap_plan(LOOM_LAYER_CONV, &(loom_layer_desc){.kind = LOOM_LAYER_CONV, .conv = *desc}, rc, c, plan);
+  return wrap_plan(ctx, LOOM_LAYER_CONV, &(loom_layer_desc){.kind = LOOM_LAYER_CONV, .conv = *desc}, rc, c, plan);
 }
 
 static int fake_pool_plan(void *ctx, const loom_pool_desc *desc, loom_plan **plan) {
   loom_plan *c = NULL;
   int rc = loom_backend_pool_plan(cpu(ctx, false), desc, &c);
-  return wrap_plan(LOOM_LAYER_POOL, &(loom_layer_desc){.kind = LOOM_LAYER_POOL, .pool = *desc}, rc, c, plan);
+  return wrap_plan(ctx, LOOM_LAYER_POOL, &(loom_layer_desc){.kind = LOOM_LAYER_POOL, .pool = *desc}, rc, c, plan);
 }
 
 static int fake_batchnorm_plan(void *ctx, const loom_batchnorm_desc *desc, loom_plan **plan) {
   loom_plan *c = NULL;
   int rc = loom_backend_batchnorm_plan(cpu(ctx, false), desc, &c);
-  return wrap_plan(LOOM_LAYER_BATCHNORM, &(loom_layer_desc){.kind = LOOM_LAYER_BATCHNORM, .batchnorm = *desc}, rc, c,
+  return wrap_plan(ctx, LOOM_LAYER_BATCHNORM, &(loom_layer_desc){.kind = LOOM_LAYER_BATCHNORM, .batchnorm = *desc}, rc, c,
                    plan);
 }
 
 static void fake_plan_destroy(void *ctx, loom_plan *plan) {
-  (void)ctx;
+  fake_device *d = ctx;
   fake_plan *p = (fake_plan *)plan;
   if (!p)
     return;
   if (p->magic != PLAN_MAGIC)
     die("plan_destroy", "a plan this device did not make (%p)", (void *)plan);
+  pthread_mutex_lock(&d->lock);
+  d->counts.plans--;
+  pthread_mutex_unlock(&d->lock);
   loom_backend_plan_destroy(loom_backend_cpu(), p->cpu);
   p->magic = 0;
   free(p);
@@ -507,7 +513,7 @@ static int fake_plan_block(void *ctx, const loom_layer_desc *layers, int count, 
     return rc;
   if (block->count > MAX_BLOCK_LAYERS)
     die("plan_block", "a block of %d layers", block->count);
-  fake_plan *p = new_plan(LOOM_LAYER_OTHER, block->count, layers);
+  fake_plan *p = new_plan(ctx, LOOM_LAYER_OTHER, block->count, layers);
   p->cpu = block->plan;
   block->plan = (loom_plan *)p;
   return 0;
@@ -652,7 +658,7 @@ fake_device_counts fake_device_counts_of(fake_device *d) {
 
 void fake_device_reset_counts(fake_device *d) {
   pthread_mutex_lock(&d->lock);
-  d->counts = (fake_device_counts){.live = d->counts.live};
+  d->counts = (fake_device_counts){.live = d->counts.live, .plans = d->counts.plans};
   pthread_mutex_unlock(&d->lock);
 }
 

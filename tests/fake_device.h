@@ -29,6 +29,7 @@ typedef struct fake_device_counts {
                          * loss_forward, sum_squares, all_finite, gemm_checked */
   int64_t ops;          /* every op, host results included (not the memory calls) */
   int64_t live;         /* allocations not freed */
+  int64_t plans;        /* plans not destroyed */
 } fake_device_counts;
 
 /* A fake device of `arena_bytes` of memory, named "fake"; *dev (if not
@@ -36,7 +37,7 @@ typedef struct fake_device_counts {
  * destroyed. Aborts if the arena cannot be had. */
 loom_backend *fake_device_create(size_t arena_bytes, fake_device **dev);
 fake_device_counts fake_device_counts_of(fake_device *dev);
-/* Zeroes the counts (not `live`). */
+/* Zeroes the counts (not `live` and `plans`). */
 void fake_device_reset_counts(fake_device *dev);
 /* Whether p is a (tagged) address of this device's memory. */
 bool fake_device_owns(fake_device *dev, const void *p);

@@ -148,6 +148,23 @@ LOOM_API int loom_model_build(loom_model *model, int ndim, const int64_t *sample
 LOOM_API int loom_model_plan(loom_model *model, int ndim, const int64_t *sample_shape, size_t *num_params);
 LOOM_API bool loom_model_is_built(const loom_model *model);
 
+/* Moves the model to `backend` (loom/backend.h; NULL or loom_backend_cpu():
+ * host memory, where a model starts): its parameters, gradients, buffers
+ * and activations are made in the backend's memory and copied there, and
+ * its layers run there, on inputs that must be there too (forward and
+ * backward refuse a tensor on another backend, naming both). A model not
+ * yet built is built and initialised in host memory, then moved. The
+ * pointers of loom_model_params, loom_model_grads and loom_model_buffers
+ * are then the backend's memory (not to be read on the host: use
+ * loom_model_params_to_host and its kin). Plans are made again on the new
+ * backend; a backward needs a forward there first. The backend must
+ * outlive the model, or the model move off it first. On failure the model
+ * stays where it was. */
+LOOM_API int loom_model_set_backend(loom_model *model, loom_backend *backend);
+/* Where the model's memory is and its layers run: the backend it was moved
+ * to, or loom_backend_cpu() for host memory. */
+LOOM_API loom_backend *loom_model_backend(const loom_model *model);
+
 /* Initialisation schemes, as torch.nn.init's: Kaiming (He) with gain
  * sqrt(2 / (1 + negative_slope^2)) over fan_in, or fan_out for mode
  * fan_out: uniform in +-gain sqrt(3 / fan) or normal with std gain /
