@@ -443,7 +443,8 @@ static int block_io(loom_model *m, size_t i, int64_t n, bool backward, const loo
     if (rc < 0)
       return rc;
     io[k].y = kept ? e->out->data : NULL;
-    io[k].dy = !kept ? NULL : last && i + (size_t)k == m->count - 1 ? dout->data : e->dout->data;
+    /* the model's last layer: the caller's gradient (none in the forward) */
+    io[k].dy = !kept ? NULL : last && i + (size_t)k == m->count - 1 ? (dout ? dout->data : NULL) : e->dout->data;
   }
   return 0;
 }

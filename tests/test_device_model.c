@@ -26,11 +26,9 @@ static int setup(void **state) {
   return 0;
 }
 
-static int per_test(void **state) {
-  (void)state;
-  sigaction(SIGSEGV, &segv_before, NULL);
-  return 0;
-}
+/* First thing in each test (cmocka installs its handler around the test
+ * function itself). */
+static void report_faults(void) { sigaction(SIGSEGV, &segv_before, NULL); }
 
 static int teardown(void **state) {
   (void)state;
@@ -115,6 +113,7 @@ static loom_tensor *labels(int64_t n, int classes) {
 
 static void test_mlp(void **state) {
   (void)state;
+  report_faults();
   const int64_t sizes[] = {20, 16, 12, 5};
   loom_model *cpu = loom_mlp_create(sizes, 4, 42), *dm = loom_mlp_create(sizes, 4, 42);
   assert_ptr_equal(loom_model_backend(dm), loom_backend_cpu());
@@ -161,6 +160,7 @@ static loom_model *cnn(void) {
 
 static void test_cnn(void **state) {
   (void)state;
+  report_faults();
   const int64_t sample[3] = {3, 8, 8};
   loom_model *cpu = cnn(), *dm = cnn();
   assert_int_equal(loom_model_build(cpu, 3, sample, 7), 0);
@@ -198,6 +198,7 @@ static void test_cnn(void **state) {
  * anything runs, with both places named. */
 static void test_input_elsewhere(void **state) {
   (void)state;
+  report_faults();
   const int64_t sizes[] = {4, 3};
   loom_model *dm = loom_mlp_create(sizes, 2, 1), *cpu = loom_mlp_create(sizes, 2, 1);
   assert_int_equal(loom_model_set_backend(dm, fake), 0);
@@ -225,6 +226,7 @@ static void test_input_elsewhere(void **state) {
  * again, and nothing is left on the device (which can then go first). */
 static void test_move_back(void **state) {
   (void)state;
+  report_faults();
   const int64_t sample[3] = {3, 8, 8};
   loom_model *cpu = cnn(), *dm = cnn();
   assert_int_equal(loom_model_build(cpu, 3, sample, 11), 0);
@@ -266,13 +268,42 @@ static void test_move_back(void **state) {
   loom_model_destroy(cpu), loom_model_destroy(dm);
 }
 
+/* A model whose last layers are one fused block (Conv2d, BatchNorm,
+ * ReLU): its forward has no output gradient to hand the block yet. */
+static void test_ends_in_block(void **state) {
+  (void)state;
+  report_faults();
+  loom_model *m[2];
+  for (int k = 0; k < 2; k++) {
+    m[k] = loom_model_create();
+    loom_conv2d_options c = {.out_channels = 4, .kernel = {3, 3}, .padding = {1, 1}};
+    assert_int_equal(loom_model_add(m[k], "conv", loom_conv2d_create(&c)), 0);
+    assert_int_equal(loom_model_add(m[k], "bn", loom_batchnorm_create(4, 1e-5f, 0.1f)), 0);
+    assert_int_equal(loom_model_add(m[k], "relu", loom_relu_create()), 0);
+    assert_int_equal(loom_model_build(m[k], 3, (int64_t[]){2, 5, 5}, 3), 0);
+  }
+  assert_int_equal(loom_model_set_backend(m[1], fake), 0);
+  loom_tensor *x = host_tensor(4, (int64_t[]){3, 2, 5, 5}, 7), *dx = on_device(x);
+  loom_tensor *g = host_tensor(4, (int64_t[]){3, 4, 5, 5}, 8), *dg = on_device(g);
+  const loom_tensor *out[2];
+  assert_int_equal(loom_model_forward(m[0], x, &out[0]), 0);
+  assert_int_equal(loom_model_forward(m[1], dx, &out[1]), 0);
+  assert_memory_equal(loom_tensor_host_data(out[1]), loom_tensor_data(out[0]), 3 * 4 * 25 * sizeof(float));
+  assert_int_equal(loom_model_backward(m[0], g), 0);
+  assert_int_equal(loom_model_backward(m[1], dg), 0);
+  assert_state_equal(m[0], m[1]);
+  loom_tensor_destroy(x), loom_tensor_destroy(dx), loom_tensor_destroy(g), loom_tensor_destroy(dg);
+  loom_model_destroy(m[0]), loom_model_destroy(m[1]);
+}
+
 int main(void) {
   sigaction(SIGSEGV, NULL, &segv_before);
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(test_mlp, per_test),
-      cmocka_unit_test_setup(test_cnn, per_test),
-      cmocka_unit_test_setup(test_input_elsewhere, per_test),
-      cmocka_unit_test_setup(test_move_back, per_test),
+      cmocka_unit_test(test_mlp),
+      cmocka_unit_test(test_cnn),
+      cmocka_unit_test(test_input_elsewhere),
+      cmocka_unit_test(test_move_back),
+      cmocka_unit_test(test_ends_in_block),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
