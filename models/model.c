@@ -653,6 +653,60 @@ loom_layer *loom_model_find_layer(const loom_model *m, const char *name) {
   return NULL;
 }
 
+/* The model's memory and host arrays: memcpy on the host, one transfer on
+ * a backend. */
+static int to_host(const loom_model *m, float *host, const float *a, size_t n) {
+  if (!m->built)
+    return loom_error_set(LOOM_ESTATE, "copying from a model that is not built");
+  return array_copy(NULL, host, m->backend, a, n);
+}
+
+static int from_host(loom_model *m, float *a, const float *host, size_t n) {
+  if (!m->built)
+    return loom_error_set(LOOM_ESTATE, "copying into a model that is not built");
+  return array_copy(m->backend, a, NULL, host, n);
+}
+
+int loom_model_params_to_host(const loom_model *m, float *host) { return to_host(m, host, m->params, m->nparams); }
+int loom_model_params_from_host(loom_model *m, const float *host) {
+  return from_host(m, m->params, host, m->nparams);
+}
+int loom_model_buffers_to_host(const loom_model *m, float *host) { return to_host(m, host, m->buffers, m->nbuffers); }
+int loom_model_buffers_from_host(loom_model *m, const float *host) {
+  return from_host(m, m->buffers, host, m->nbuffers);
+}
+int loom_model_grads_to_host(const loom_model *m, float *host) { return to_host(m, host, m->grads, m->nparams); }
+int loom_model_grads_from_host(loom_model *m, const float *host) {
+  int rc = from_host(m, m->grads, host, m->nparams);
+  if (m->built)
+    m->grads_state = GRADS_UNKNOWN; /* written by the caller, never checked */
+  return rc;
+}
+
+/* A saved array of the model's, staged through the host when the model is
+ * on a backend. */
+static int save_array(const loom_model *m, loom_state *s, const char *key, const float *a, size_t n) {
+  if (!m->backend)
+    return loom_state_set_f32_array(s, key, a, n);
+  float *host = malloc((n ? n : 1) * sizeof *host);
+  int rc = host ? to_host(m, host, a, n) : loom_error_oom("a host copy of the model's arrays");
+  if (rc == 0)
+    rc = loom_state_set_f32_array(s, key, host, n);
+  free(host);
+  return rc;
+}
+
+static int load_array(loom_model *m, const loom_state *s, const char *key, float *a, size_t n) {
+  if (!m->backend)
+    return loom_state_get_f32_array(s, key, a, n);
+  float *host = malloc((n ? n : 1) * sizeof *host);
+  int rc = host ? loom_state_get_f32_array(s, key, host, n) : loom_error_oom("a host copy of the model's arrays");
+  if (rc == 0)
+    rc = from_host(m, a, host, n);
+  free(host);
+  return rc;
+}
+
 int loom_model_save(const loom_model *m, loom_state *s, bool with_grads) {
   if (!m->built)
     return loom_error_set(LOOM_ESTATE, "saving a model that is not built");
@@ -674,11 +728,11 @@ int loom_model_save(const loom_model *m, loom_state *s, bool with_grads) {
   if (rc == 0)
     rc = loom_state_set_i64_array(s, "offsets", offsets, m->count + 1);
   if (rc == 0)
-    rc = loom_state_set_f32_array(s, "params", m->params, m->nparams);
+    rc = save_array(m, s, "params", m->params, m->nparams);
   if (rc == 0 && m->nbuffers)
-    rc = loom_state_set_f32_array(s, "buffers", m->buffers, m->nbuffers);
+    rc = save_array(m, s, "buffers", m->buffers, m->nbuffers);
   if (rc == 0 && with_grads)
-    rc = loom_state_set_f32_array(s, "grads", m->grads, m->nparams);
+    rc = save_array(m, s, "grads", m->grads, m->nparams);
   free(names);
   free(offsets);
   return rc;
@@ -725,12 +779,12 @@ static int load_state(loom_model *m, const loom_state *s, bool grads) {
     return loom_error_set(LOOM_EFORMAT, "saved model has more layers than this one (%s)", names);
   if ((rc = check_layer_sizes(m, s)) < 0)
     return rc;
-  if ((rc = loom_state_get_f32_array(s, "params", m->params, m->nparams)) < 0)
+  if ((rc = load_array(m, s, "params", m->params, m->nparams)) < 0)
     return rc;
-  if (m->nbuffers && (rc = loom_state_get_f32_array(s, "buffers", m->buffers, m->nbuffers)) < 0)
+  if (m->nbuffers && (rc = load_array(m, s, "buffers", m->buffers, m->nbuffers)) < 0)
     return rc;
   if (grads && loom_state_has(s, "grads")) {
-    rc = loom_state_get_f32_array(s, "grads", m->grads, m->nparams);
+    rc = load_array(m, s, "grads", m->grads, m->nparams);
     m->grads_state = GRADS_UNKNOWN; /* a saved accumulation window, never checked */
   }
   return rc;

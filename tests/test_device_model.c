@@ -296,6 +296,116 @@ static void test_ends_in_block(void **state) {
   loom_model_destroy(m[0]), loom_model_destroy(m[1]);
 }
 
+/* Saved state does not depend on the backend: saved on the device, loaded
+ * on the CPU, and the reverse, bit for bit; each array crosses once. */
+static void test_save_load(void **state) {
+  (void)state;
+  report_faults();
+  const int64_t sample[3] = {3, 8, 8};
+  loom_model *cpu = cnn(), *dm = cnn();
+  assert_int_equal(loom_model_build(cpu, 3, sample, 5), 0);
+  assert_int_equal(loom_model_build(dm, 3, sample, 5), 0);
+  assert_int_equal(loom_model_set_backend(dm, fake), 0);
+  loom_rng r_cpu, r_dev;
+  loom_model_set_rng(cpu, &r_cpu), loom_model_set_rng(dm, &r_dev);
+  loom_rng_seed(&r_cpu, 1, 0, 0), loom_rng_seed(&r_dev, 1, 0, 0);
+  loom_criterion *c_cpu = loom_cross_entropy_create(), *c_dev = loom_cross_entropy_create();
+  loom_tensor *x = host_tensor(4, (int64_t[]){4, 3, 8, 8}, 12), *t = labels(4, 6);
+  step_both(cpu, dm, c_cpu, c_dev, x, t); /* running statistics and gradients of a step */
+  assert_state_equal(cpu, dm);
+
+  /* device -> CPU */
+  loom_state *s = loom_state_create();
+  fake_device_reset_counts(dev);
+  assert_int_equal(loom_model_save(dm, s, true), 0);
+  assert_int_equal(fake_device_counts_of(dev).to_host, 3); /* params, buffers, grads */
+  loom_model *other = cnn();
+  assert_int_equal(loom_model_build(other, 3, sample, 99), 0);
+  assert_int_equal(loom_model_load(other, s, true), 0);
+  const size_t np = loom_model_num_params(cpu), nb = loom_model_num_buffers(cpu);
+  assert_memory_equal(loom_model_params(other), loom_model_params(cpu), np * sizeof(float));
+  assert_memory_equal(loom_model_buffers(other), loom_model_buffers(cpu), nb * sizeof(float));
+  assert_memory_equal(loom_model_grads(other), loom_model_grads(cpu), np * sizeof(float));
+  loom_model_destroy(other);
+  loom_state_destroy(s);
+
+  /* CPU -> device */
+  s = loom_state_create();
+  assert_int_equal(loom_model_save(cpu, s, true), 0);
+  other = cnn();
+  assert_int_equal(loom_model_build(other, 3, sample, 99), 0);
+  assert_int_equal(loom_model_set_backend(other, fake), 0);
+  fake_device_reset_counts(dev);
+  assert_int_equal(loom_model_load(other, s, true), 0);
+  assert_int_equal(fake_device_counts_of(dev).from_host, 3);
+  assert_state_equal(cpu, other);
+  bool finite;
+  assert_false(loom_model_grads_checked(other, &finite)); /* loaded gradients were never checked */
+  loom_state_destroy(s);
+
+  /* A weights file written on the device loads on the CPU. */
+  char *dir = test_tmpdir(), path[600];
+  snprintf(path, sizeof path, "%s/w.h5", dir);
+  assert_int_equal(loom_model_save_weights(dm, path), 0);
+  loom_model *file = cnn();
+  assert_int_equal(loom_model_build(file, 3, sample, 98), 0);
+  assert_int_equal(loom_model_load_weights(file, path), 0);
+  assert_memory_equal(loom_model_params(file), loom_model_params(cpu), np * sizeof(float));
+  assert_memory_equal(loom_model_buffers(file), loom_model_buffers(cpu), nb * sizeof(float));
+  /* and back onto the device */
+  assert_int_equal(loom_model_load_weights(other, path), 0);
+  float *p = download(loom_model_params(other), np);
+  assert_memory_equal(p, loom_model_params(cpu), np * sizeof(float));
+  free(p);
+  test_rm_rf(dir);
+  free(dir);
+
+  loom_tensor_destroy(x), loom_tensor_destroy(t);
+  loom_criterion_destroy(c_cpu), loom_criterion_destroy(c_dev);
+  loom_model_destroy(file), loom_model_destroy(other), loom_model_destroy(cpu), loom_model_destroy(dm);
+}
+
+/* Initialisation on a device gives the CPU's values; the host copies
+ * round-trip and take one transfer each. */
+static void test_init_and_host_copies(void **state) {
+  (void)state;
+  report_faults();
+  const int64_t sizes[] = {6, 5, 4};
+  loom_model *cpu = loom_mlp_create(sizes, 3, 2), *dm = loom_mlp_create(sizes, 3, 2);
+  assert_int_equal(loom_model_set_backend(dm, fake), 0);
+  const loom_init init = {.scheme = LOOM_INIT_KAIMING_NORMAL, .zero_bias = true};
+  const char *only[] = {"fc2"};
+  for (int k = 0; k < 2; k++) {
+    fake_device_reset_counts(dev);
+    assert_int_equal(loom_model_init_weights(cpu, &init, k ? only : NULL, (size_t)k, 17 + (uint64_t)k), 0);
+    assert_int_equal(loom_model_init_weights(dm, &init, k ? only : NULL, (size_t)k, 17 + (uint64_t)k), 0);
+    fake_device_counts c = fake_device_counts_of(dev);
+    assert_int_equal(c.to_host, 1);
+    assert_int_equal(c.from_host, 1);
+    assert_state_equal(cpu, dm);
+  }
+  const size_t np = loom_model_num_params(cpu);
+  float *h = malloc(np * sizeof *h), *back = malloc(np * sizeof *back);
+  assert_int_equal(loom_model_params_to_host(dm, h), 0);
+  assert_memory_equal(h, loom_model_params(cpu), np * sizeof *h);
+  for (size_t i = 0; i < np; i++)
+    h[i] = (float)i * 0.5f;
+  assert_int_equal(loom_model_params_from_host(dm, h), 0);
+  assert_int_equal(loom_model_grads_from_host(dm, h), 0);
+  bool finite;
+  assert_false(loom_model_grads_checked(dm, &finite));
+  assert_int_equal(loom_model_params_to_host(dm, back), 0);
+  assert_memory_equal(back, h, np * sizeof *h);
+  assert_int_equal(loom_model_grads_to_host(dm, back), 0);
+  assert_memory_equal(back, h, np * sizeof *h);
+  /* on the CPU the same calls are copies */
+  assert_int_equal(loom_model_params_from_host(cpu, h), 0);
+  assert_memory_equal(loom_model_params(cpu), h, np * sizeof *h);
+  assert_int_equal(loom_model_buffers_to_host(cpu, back), 0); /* no buffers: nothing */
+  free(h), free(back);
+  loom_model_destroy(cpu), loom_model_destroy(dm);
+}
+
 int main(void) {
   sigaction(SIGSEGV, NULL, &segv_before);
   const struct CMUnitTest tests[] = {
@@ -304,6 +414,8 @@ int main(void) {
       cmocka_unit_test(test_input_elsewhere),
       cmocka_unit_test(test_move_back),
       cmocka_unit_test(test_ends_in_block),
+      cmocka_unit_test(test_save_load),
+      cmocka_unit_test(test_init_and_host_copies),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
