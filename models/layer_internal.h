@@ -44,6 +44,10 @@ float *loom_model_grad_buffer(loom_model *model);
  * finite stays finite (scaling by at most 1 in magnitude). */
 void loom_model_grads_rewritten(loom_model *model, bool finite_kept);
 
+/* dst on `to` = src on `from` (NULL: host memory), n floats: memcpy, one
+ * transfer, or between two backends through the host. */
+int loom_array_copy(loom_backend *to, float *dst, loom_backend *from, const float *src, size_t n);
+
 /* The backend that computes on `t`: its own, or the CPU's for host memory. */
 static inline loom_backend *loom_backend_of(const loom_tensor *t) {
   return t->backend ? t->backend : loom_backend_cpu();

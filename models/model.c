@@ -86,9 +86,7 @@ static void array_free(loom_backend *b, float *p) {
     free(p);
 }
 
-/* dst on `to` = src on `from` (NULL: host memory), n floats; between two
- * backends through the host. */
-static int array_copy(loom_backend *to, float *dst, loom_backend *from, const float *src, size_t n) {
+int loom_array_copy(loom_backend *to, float *dst, loom_backend *from, const float *src, size_t n) {
   const size_t bytes = n * sizeof(float);
   if (!from && !to)
     return memcpy(dst, src, bytes), 0;
@@ -311,7 +309,7 @@ static int move(loom_model *m, loom_backend *to) {
   float *moved[3] = {NULL, NULL, NULL};
   for (int k = 0; rc == 0 && k < 3; k++)
     rc = !(moved[k] = array_alloc(to, len[k])) ? (loom_last_error_code() ? loom_last_error_code() : LOOM_ENOMEM)
-                                                : array_copy(to, moved[k], m->backend, *arrays[k], len[k]);
+                                                : loom_array_copy(to, moved[k], m->backend, *arrays[k], len[k]);
   loom_tensor **acts = rc == 0 ? calloc(2 * m->count, sizeof *acts) : NULL;
   if (rc == 0 && !acts)
     rc = loom_error_oom("the model's activations");
@@ -658,13 +656,13 @@ loom_layer *loom_model_find_layer(const loom_model *m, const char *name) {
 static int to_host(const loom_model *m, float *host, const float *a, size_t n) {
   if (!m->built)
     return loom_error_set(LOOM_ESTATE, "copying from a model that is not built");
-  return array_copy(NULL, host, m->backend, a, n);
+  return loom_array_copy(NULL, host, m->backend, a, n);
 }
 
 static int from_host(loom_model *m, float *a, const float *host, size_t n) {
   if (!m->built)
     return loom_error_set(LOOM_ESTATE, "copying into a model that is not built");
-  return array_copy(m->backend, a, NULL, host, n);
+  return loom_array_copy(m->backend, a, NULL, host, n);
 }
 
 int loom_model_params_to_host(const loom_model *m, float *host) { return to_host(m, host, m->params, m->nparams); }

@@ -6,6 +6,7 @@
  * back from the device with memcmp. */
 #include "helpers.h"
 
+#include <math.h>
 #include <signal.h>
 
 #include <loom/backend_cpu.h>
@@ -406,6 +407,125 @@ static void test_init_and_host_copies(void **state) {
   loom_model_destroy(cpu), loom_model_destroy(dm);
 }
 
+/* The built-in optimizers step a model on the device where it is, their
+ * state there too: parameters and state equal the CPU's bit for bit, the
+ * checked step included; the state saved on the device loads on the CPU. */
+static loom_optimizer *make_optimizer(int kind) {
+  loom_sgd_options sgd = {.lr = 0.1, .momentum = 0.9, .nesterov = kind == 1, .weight_decay = 0.01};
+  loom_adam_options adam = kind == 2 ? loom_adam_defaults() : loom_adamw_defaults();
+  loom_rmsprop_options rms = loom_rmsprop_defaults();
+  rms.centered = true, rms.momentum = 0.5, rms.weight_decay = 0.001;
+  adam.lr = 0.01;
+  switch (kind) {
+  case 0: sgd.momentum = 0, sgd.weight_decay = 0; /* plain: no state */ return loom_sgd_create(&sgd);
+  case 1: return loom_sgd_create(&sgd);
+  case 2: return loom_adam_create(&adam);
+  case 3: return loom_adamw_create(&adam);
+  default: return loom_rmsprop_create(&rms);
+  }
+}
+
+static void test_optimizers(void **state) {
+  (void)state;
+  report_faults();
+  const int64_t sizes[] = {10, 8, 4};
+  loom_tensor *x = host_tensor(2, (int64_t[]){6, 10}, 21), *t = labels(6, 4);
+  for (int kind = 0; kind < 5; kind++) {
+    loom_model *cpu = loom_mlp_create(sizes, 3, 8), *dm = loom_mlp_create(sizes, 3, 8);
+    assert_int_equal(loom_model_set_backend(dm, fake), 0);
+    loom_optimizer *o_cpu = make_optimizer(kind), *o_dev = make_optimizer(kind);
+    loom_criterion *c_cpu = loom_cross_entropy_create(), *c_dev = loom_cross_entropy_create();
+    for (int step = 0; step < 3; step++) {
+      step_both(cpu, dm, c_cpu, c_dev, x, t);
+      if (step < 2) {
+        assert_int_equal(loom_optimizer_step(o_cpu, cpu), 0);
+        assert_int_equal(loom_optimizer_step(o_dev, dm), 0);
+      } else {
+        bool f_cpu, f_dev;
+        assert_int_equal(loom_optimizer_step_checked(o_cpu, cpu, &f_cpu), 0);
+        assert_int_equal(loom_optimizer_step_checked(o_dev, dm, &f_dev), 0);
+        assert_true(f_cpu && f_dev);
+      }
+      assert_state_equal(cpu, dm);
+      size_t n_cpu, n_dev;
+      float *s_cpu = loom_optimizer_state(o_cpu, &n_cpu), *s_dev = loom_optimizer_state(o_dev, &n_dev);
+      assert_int_equal(n_cpu, n_dev);
+      assert_true(kind == 0 ? !s_dev : fake_device_owns(dev, s_dev));
+      if (s_dev) {
+        float *h = download(s_dev, n_dev);
+        assert_memory_equal(h, s_cpu, n_cpu * sizeof *h);
+        free(h);
+      }
+    }
+    /* A non-finite gradient: the checked step takes no step on the device either. */
+    const size_t np = loom_model_num_params(dm);
+    float *g = malloc(np * sizeof *g), *before = malloc(np * sizeof *before), *after = malloc(np * sizeof *after);
+    assert_int_equal(loom_model_grads_to_host(dm, g), 0);
+    g[np / 2] = NAN;
+    assert_int_equal(loom_model_grads_from_host(dm, g), 0);
+    assert_int_equal(loom_model_params_to_host(dm, before), 0);
+    bool finite = true;
+    assert_int_equal(loom_optimizer_step_checked(o_dev, dm, &finite), 0);
+    assert_false(finite);
+    assert_int_equal(loom_optimizer_steps(o_dev), 3);
+    assert_int_equal(loom_model_params_to_host(dm, after), 0);
+    assert_memory_equal(before, after, np * sizeof *after);
+    /* Saved on the device, loaded on the CPU: the same state. */
+    loom_state *st = loom_state_create();
+    assert_int_equal(loom_optimizer_save(o_dev, st), 0);
+    loom_optimizer *o_back = make_optimizer(kind);
+    assert_int_equal(loom_optimizer_load(o_back, st), 0);
+    size_t n_back, n_cpu;
+    float *s_back = loom_optimizer_state(o_back, &n_back), *s_cpu = loom_optimizer_state(o_cpu, &n_cpu);
+    assert_int_equal(n_back, n_cpu);
+    if (n_cpu)
+      assert_memory_equal(s_back, s_cpu, n_cpu * sizeof *s_cpu);
+    /* and loaded into an optimizer of a model on the device, it moves there at its next step */
+    assert_int_equal(loom_optimizer_load(o_dev, st), 0);
+    loom_model_zero_grad(dm);
+    assert_int_equal(loom_optimizer_step(o_dev, dm), 0);
+    assert_true(kind == 0 || fake_device_owns(dev, loom_optimizer_state(o_dev, NULL)));
+    loom_state_destroy(st);
+    free(g), free(before), free(after);
+    loom_optimizer_destroy(o_cpu), loom_optimizer_destroy(o_dev), loom_optimizer_destroy(o_back);
+    loom_criterion_destroy(c_cpu), loom_criterion_destroy(c_dev);
+    loom_model_destroy(cpu), loom_model_destroy(dm);
+  }
+  loom_tensor_destroy(x), loom_tensor_destroy(t);
+  assert_int_equal(fake_device_counts_of(dev).live, 0);
+}
+
+/* A user's optimizer without update_on cannot step a model on a device:
+ * a clear error, and nothing is counted or allocated. */
+static int host_only_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
+                            int64_t step, double lr, double wd) {
+  (void)data, (void)state, (void)total, (void)step, (void)wd;
+  for (size_t i = off; i < off + len; i++)
+    p[i] -= (float)lr * g[i];
+  return 0;
+}
+
+static void test_host_only_optimizer(void **state) {
+  (void)state;
+  report_faults();
+  const loom_optimizer_ops ops = {.type = "mine", .state_per_param = 1, .update = host_only_update};
+  loom_optimizer *opt = loom_optimizer_create(&ops, NULL, 0.1);
+  const int64_t sizes[] = {3, 2};
+  loom_model *dm = loom_mlp_create(sizes, 2, 1);
+  assert_int_equal(loom_model_set_backend(dm, fake), 0);
+  assert_int_equal(loom_optimizer_step(opt, dm), LOOM_ENOTSUP);
+  assert_string_equal(loom_last_error(), "mine step: the model is on backend \"fake\" and this optimizer cannot update "
+                                         "it there (its loom_optimizer_ops have no update_on); give it an update_on, "
+                                         "as the built-in optimizers have, or keep the model on the CPU");
+  assert_int_equal(loom_optimizer_steps(opt), 0);
+  assert_null(loom_optimizer_state(opt, NULL));
+  /* on the CPU it steps */
+  assert_int_equal(loom_model_set_backend(dm, NULL), 0);
+  assert_int_equal(loom_optimizer_step(opt, dm), 0);
+  loom_optimizer_destroy(opt);
+  loom_model_destroy(dm);
+}
+
 int main(void) {
   sigaction(SIGSEGV, NULL, &segv_before);
   const struct CMUnitTest tests[] = {
@@ -416,6 +536,8 @@ int main(void) {
       cmocka_unit_test(test_ends_in_block),
       cmocka_unit_test(test_save_load),
       cmocka_unit_test(test_init_and_host_copies),
+      cmocka_unit_test(test_optimizers),
+      cmocka_unit_test(test_host_only_optimizer),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
