@@ -80,18 +80,16 @@ static int flatten_shape(void *data, int ndim, const int64_t *in, int *out_ndim,
   return 0;
 }
 
+/* A copy within the backend's memory (the CPU's: memcpy). */
 static int copy_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
   (void)data, (void)train, (void)rng;
-  memcpy(y->data, x->data, (size_t)x->numel * sizeof(float));
-  return 0;
+  return loom_backend_copy(loom_backend_of(x), y->data, x->data, (size_t)x->numel * sizeof(float));
 }
 
 static int copy_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
                          loom_tensor *dx, bool param_grads) {
   (void)data, (void)x, (void)y, (void)param_grads;
-  if (dx)
-    memcpy(dx->data, dy->data, (size_t)dy->numel * sizeof(float));
-  return 0;
+  return dx ? loom_backend_copy(loom_backend_of(dy), dx->data, dy->data, (size_t)dy->numel * sizeof(float)) : 0;
 }
 
 static const loom_layer_ops flatten_ops = {.type = "Flatten", .output_shape = flatten_shape,
@@ -133,6 +131,10 @@ static int dropout_backward(void *data, const loom_tensor *x, const loom_tensor 
   return loom_backend_mul(loom_backend_of(dy), dy->data, d->mask->data, dx->data, dy->numel);
 }
 
+/* The mask follows the input's backend; back to host memory when the
+ * model moves. */
+static int dropout_release(void *data) { return loom_tensor_move_to(((dropout *)data)->mask, NULL); }
+
 static void dropout_destroy(void *data) {
   dropout *d = data;
   loom_tensor_destroy(d->mask);
@@ -158,5 +160,8 @@ loom_layer *loom_dropout_create(float p) {
     return NULL;
   }
   d->p = p;
-  return loom_layer_create(&dropout_ops, d);
+  loom_layer *layer = loom_layer_create(&dropout_ops, d);
+  if (layer)
+    layer->release = dropout_release;
+  return layer;
 }

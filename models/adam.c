@@ -8,32 +8,41 @@
 
 #include <stdlib.h>
 
-static int adam_rule(const loom_adam_options *o, float *p, const float *g, float *state, size_t total, size_t off,
-                     size_t len, int64_t step, double lr, double wd, bool decoupled) {
+static int adam_rule(const loom_adam_options *o, loom_backend *b, float *p, const float *g, float *state, size_t total,
+                     size_t off, size_t len, int64_t step, double lr, double wd, bool decoupled) {
   loom_adam_step s = {lr, wd, o->beta1, o->beta2, o->eps, step, decoupled};
-  return loom_backend_adam_update(loom_backend_cpu(), &s, p + off, g + off, state + off, state + total + off,
-                                  (int64_t)len);
+  return loom_backend_adam_update(b, &s, p + off, g + off, state + off, state + total + off, (int64_t)len);
+}
+
+static int adam_update_on(void *data, loom_backend *b, float *p, const float *g, float *state, size_t total,
+                          size_t off, size_t len, int64_t step, double lr, double wd) {
+  return adam_rule(data, b, p, g, state, total, off, len, step, lr, wd, false);
+}
+
+static int adamw_update_on(void *data, loom_backend *b, float *p, const float *g, float *state, size_t total,
+                           size_t off, size_t len, int64_t step, double lr, double wd) {
+  return adam_rule(data, b, p, g, state, total, off, len, step, lr, wd, true);
 }
 
 static int adam_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
                        int64_t step, double lr, double wd) {
-  return adam_rule(data, p, g, state, total, off, len, step, lr, wd, false);
+  return adam_update_on(data, loom_backend_cpu(), p, g, state, total, off, len, step, lr, wd);
 }
 
 static int adamw_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
                         int64_t step, double lr, double wd) {
-  return adam_rule(data, p, g, state, total, off, len, step, lr, wd, true);
+  return adamw_update_on(data, loom_backend_cpu(), p, g, state, total, off, len, step, lr, wd);
 }
 
 static double adam_momentum(void *data) { return ((loom_adam_options *)data)->beta1; }
 static void adam_set_momentum(void *data, double m) { ((loom_adam_options *)data)->beta1 = m; }
 static double adam_decay(void *data) { return ((loom_adam_options *)data)->weight_decay; }
 
-#define ADAM_OPS(name, fn)                                                                                             \
-  {.type = name, .state_per_param = 2, .elementwise = true, .update = fn, .momentum = adam_momentum,                  \
-   .set_momentum = adam_set_momentum, .weight_decay = adam_decay, .destroy = free}
-static const loom_optimizer_ops adam_ops = ADAM_OPS("adam", adam_update);
-static const loom_optimizer_ops adamw_ops = ADAM_OPS("adamw", adamw_update);
+#define ADAM_OPS(name, fn, on)                                                                                         \
+  {.type = name, .state_per_param = 2, .elementwise = true, .update = fn, .update_on = on,                            \
+   .momentum = adam_momentum, .set_momentum = adam_set_momentum, .weight_decay = adam_decay, .destroy = free}
+static const loom_optimizer_ops adam_ops = ADAM_OPS("adam", adam_update, adam_update_on);
+static const loom_optimizer_ops adamw_ops = ADAM_OPS("adamw", adamw_update, adamw_update_on);
 
 loom_adam_options loom_adam_defaults(void) {
   return (loom_adam_options){.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0};

@@ -79,6 +79,12 @@ static int bn_backward(void *data, const loom_tensor *x, const loom_tensor *y, c
                                                   dx ? dx->data : NULL, x->shape[0]);
 }
 
+/* The plan is the backend's: dropped when the model moves. */
+static int bn_release(void *data) {
+  loom_layer_plan_drop(&((bn *)data)->plan);
+  return 0;
+}
+
 static void bn_destroy(void *data) {
   bn *b = data;
   loom_layer_plan_drop(&b->plan);
@@ -112,6 +118,6 @@ loom_layer *loom_batchnorm_create(int64_t channels, float eps, float momentum) {
   b->c = channels, b->eps = eps, b->momentum = momentum;
   loom_layer *layer = loom_layer_create(&bn_ops, b);
   if (layer)
-    layer->describe = bn_describe;
+    layer->describe = bn_describe, layer->release = bn_release;
   return layer;
 }

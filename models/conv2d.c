@@ -121,6 +121,12 @@ static int conv_backward(void *data, const loom_tensor *x, const loom_tensor *y,
                                              param_grads ? c->db : NULL, dx ? dx->data : NULL, x->shape[0]);
 }
 
+/* The plan is the backend's: dropped when the model moves. */
+static int conv_release(void *data) {
+  loom_layer_plan_drop(&((conv *)data)->plan);
+  return 0;
+}
+
 static void conv_destroy(void *data) {
   conv *c = data;
   loom_layer_plan_drop(&c->plan);
@@ -178,6 +184,6 @@ loom_layer *loom_conv2d_create(const loom_conv2d_options *o) {
   }
   loom_layer *layer = loom_layer_create(&conv_ops, c);
   if (layer)
-    layer->describe = conv_describe;
+    layer->describe = conv_describe, layer->release = conv_release;
   return layer;
 }

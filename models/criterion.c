@@ -50,7 +50,10 @@ int loom_criterion_forward(loom_criterion *c, const loom_tensor *output, const l
 
 int loom_criterion_backward(loom_criterion *c, const loom_tensor *output, const loom_tensor *target,
                             const loom_tensor **dout) {
-  int rc = loom_tensor_resize(c->dout, output->ndim, output->shape);
+  /* on the output's backend (nothing to do once it is there) */
+  int rc = loom_tensor_move_to(c->dout, output->backend);
+  if (rc == 0)
+    rc = loom_tensor_resize(c->dout, output->ndim, output->shape);
   if (rc == 0)
     rc = c->ops.backward(c->data, output, target, c->dout);
   if (rc == 0)

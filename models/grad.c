@@ -1,22 +1,21 @@
 /* Whole-model gradient operations over the one contiguous buffer, on the
- * backend's sum_squares, scale, clamp and all_finite (the model's buffers
- * are host memory: the CPU backend's). */
+ * model's backend's sum_squares, scale, clamp and all_finite. */
 #include <math.h>
 
-#include "loom/backend_cpu.h"
 #include "loom/model.h"
 #include "models/layer_internal.h"
 
-/* These cannot fail on the CPU backend; a backend that could would report
- * through a call that returns an error, which these predate. */
+/* These cannot fail on the CPU backend; another backend's failure leaves
+ * the gradients unscaled (the norm NaN, the check false): these calls
+ * predate errors from backends. */
 void loom_model_scale_grads(loom_model *m, float scale) {
-  loom_backend_scale(loom_backend_cpu(), loom_model_grad_buffer(m), scale, (int64_t)loom_model_num_params(m));
+  loom_backend_scale(loom_model_backend(m), loom_model_grad_buffer(m), scale, (int64_t)loom_model_num_params(m));
   loom_model_grads_rewritten(m, fabsf(scale) <= 1.0f); /* a larger scale can overflow; NaN fails the test */
 }
 
 double loom_model_grad_norm(loom_model *m) {
   double sum = NAN;
-  loom_backend_sum_squares(loom_backend_cpu(), loom_model_grad_buffer(m), (int64_t)loom_model_num_params(m), &sum);
+  loom_backend_sum_squares(loom_model_backend(m), loom_model_grad_buffer(m), (int64_t)loom_model_num_params(m), &sum);
   return sqrt(sum);
 }
 
@@ -31,11 +30,11 @@ double loom_model_clip_grad_norm(loom_model *m, double max_norm) {
 
 bool loom_model_grads_finite(loom_model *m) {
   bool finite = false;
-  loom_backend_all_finite(loom_backend_cpu(), loom_model_grad_buffer(m), (int64_t)loom_model_num_params(m), &finite);
+  loom_backend_all_finite(loom_model_backend(m), loom_model_grad_buffer(m), (int64_t)loom_model_num_params(m), &finite);
   return finite;
 }
 
 void loom_model_clip_grad_value(loom_model *m, float limit) {
-  loom_backend_clamp(loom_backend_cpu(), loom_model_grad_buffer(m), limit, (int64_t)loom_model_num_params(m));
+  loom_backend_clamp(loom_model_backend(m), loom_model_grad_buffer(m), limit, (int64_t)loom_model_num_params(m));
   loom_model_grads_rewritten(m, true); /* an Inf becomes the limit: what was known non-finite is not known */
 }

@@ -2,6 +2,7 @@
  * torch.nn.init's formulas (model.h). */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/error_internal.h"
@@ -29,7 +30,16 @@ int loom_model_init_weights(loom_model *model, const loom_init *init, const char
     return rc;
   loom_rng rng;
   loom_rng_seed(&rng, seed, 0, loom_rng_stream_id("init_weights"));
-  float *params = loom_model_params(model);
+  /* In host memory: written where they are; on a backend: through a host
+   * copy, one transfer each way. */
+  const bool staged = loom_model_backend(model) != loom_backend_cpu();
+  float *params = staged ? malloc((loom_model_num_params(model) + 1) * sizeof *params) : loom_model_params(model);
+  if (!params)
+    return loom_error_oom("a host copy of the model's parameters");
+  if (staged && (rc = loom_model_params_to_host(model, params)) < 0) {
+    free(params);
+    return rc;
+  }
   for (size_t i = 0; i < loom_model_num_layers(model); i++) {
     const loom_layer *l = loom_model_layer(model, i);
     if (!l->ops.fans || (num_layers && !loom_names_contain(layers, num_layers, loom_model_layer_name(model, i))))
@@ -52,5 +62,9 @@ int loom_model_init_weights(loom_model *model, const loom_init *init, const char
     if (init->zero_bias)
       memset(params + offset + weights, 0, (count - weights) * sizeof *params);
   }
-  return 0;
+  if (staged) {
+    rc = loom_model_params_from_host(model, params);
+    free(params);
+  }
+  return rc;
 }

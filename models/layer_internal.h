@@ -18,6 +18,11 @@ struct loom_layer {
    * know, which runs by its own ops and ends any block. The model matches
    * no type names: which layers fuse is the backend's choice. */
   bool (*describe)(const void *data, loom_layer_desc *desc);
+  /* Built-in layers only: lets go of what the layer keeps on the backend
+   * it last ran on (a plan, Dropout's mask), when the model moves to
+   * another backend (loom_model_set_backend), so that nothing is left on
+   * the old one. NULL: nothing kept. */
+  int (*release)(void *data);
 };
 
 size_t loom_layer_num_params(const loom_layer *layer);
@@ -38,6 +43,10 @@ float *loom_model_grad_buffer(loom_model *model);
 /* After models/ code rewrote the gradients: finite_kept when what was
  * finite stays finite (scaling by at most 1 in magnitude). */
 void loom_model_grads_rewritten(loom_model *model, bool finite_kept);
+
+/* dst on `to` = src on `from` (NULL: host memory), n floats: memcpy, one
+ * transfer, or between two backends through the host. */
+int loom_array_copy(loom_backend *to, float *dst, loom_backend *from, const float *src, size_t n);
 
 /* The backend that computes on `t`: its own, or the CPU's for host memory. */
 static inline loom_backend *loom_backend_of(const loom_tensor *t) {

@@ -2,7 +2,11 @@
  * buffer, activations kept for the backward pass and reused across batches.
  * Consecutive built-in layers that the backend fuses run as one block
  * (loom_backend_plan_block): the model describes its layers to the backend
- * when it first runs on it and matches no layer types itself. */
+ * when it first runs on it and matches no layer types itself. A model
+ * lives in host memory unless moved to a backend (loom_model_set_backend):
+ * it is built and initialised on the host, then its buffers and
+ * activations are made on the backend and the layers bound to them. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -36,6 +40,9 @@ struct loom_model {
   entry *layers;
   size_t count, cap;
   bool built, train;
+  /* Where params, grads, buffers and the activations are: NULL, host
+   * memory (the CPU backend's, or an input's host-memory backend). */
+  loom_backend *backend;
   float *params, *grads, *buffers;
   size_t nparams, nbuffers;
   loom_rng *rng;
@@ -62,6 +69,37 @@ loom_model *loom_model_create(void) {
   return m;
 }
 
+/* n floats of `b`'s memory (NULL: zeroed host memory). */
+static float *array_alloc(loom_backend *b, size_t n) {
+  if (b)
+    return loom_backend_alloc(b, (n ? n : 1) * sizeof(float));
+  float *p = calloc(n ? n : 1, sizeof *p);
+  if (!p)
+    loom_error_oom("the model's parameters");
+  return p;
+}
+
+static void array_free(loom_backend *b, float *p) {
+  if (b)
+    loom_backend_free(b, p);
+  else
+    free(p);
+}
+
+int loom_array_copy(loom_backend *to, float *dst, loom_backend *from, const float *src, size_t n) {
+  const size_t bytes = n * sizeof(float);
+  if (!from && !to)
+    return memcpy(dst, src, bytes), 0;
+  if (!from || !to)
+    return from ? loom_backend_to_host(from, dst, src, bytes) : loom_backend_from_host(to, dst, src, bytes);
+  float *host = malloc(bytes ? bytes : 1);
+  int rc = host ? loom_backend_to_host(from, host, src, bytes) : loom_error_oom("staging the model's arrays");
+  if (rc == 0)
+    rc = loom_backend_from_host(to, dst, host, bytes);
+  free(host);
+  return rc;
+}
+
 static void drop_blocks(loom_model *m) {
   for (size_t i = 0; i < m->count; i++) {
     entry *e = &m->layers[i];
@@ -82,9 +120,9 @@ void loom_model_destroy(loom_model *m) {
     free(m->layers[i].name);
   }
   free(m->layers);
-  free(m->params);
-  free(m->grads);
-  free(m->buffers);
+  array_free(m->backend, m->params);
+  array_free(m->backend, m->grads);
+  array_free(m->backend, m->buffers);
   free(m);
 }
 
@@ -135,12 +173,14 @@ int loom_model_add(loom_model *m, const char *name, loom_layer *layer) {
   return 0;
 }
 
-static int alloc_activations(entry *e) {
+/* e's activation and its gradient on `b` (NULL: host memory), for one
+ * sample until a batch resizes them. */
+static int new_activations(const entry *e, loom_backend *b, loom_tensor **out, loom_tensor **dout) {
   int64_t shape[LOOM_MAX_DIMS + 1] = {1}; /* plan() checked out_ndim */
   memcpy(shape + 1, e->out_shape, (size_t)e->out_ndim * sizeof *shape);
-  e->out = loom_tensor_create(e->out_ndim + 1, shape);
-  e->dout = loom_tensor_create(e->out_ndim + 1, shape);
-  return (e->out && e->dout) ? 0 : LOOM_ENOMEM;
+  *out = loom_tensor_create_on(b, e->out_ndim + 1, shape);
+  *dout = loom_tensor_create_on(b, e->out_ndim + 1, shape);
+  return (*out && *dout) ? 0 : loom_last_error_code() ? loom_last_error_code() : LOOM_ENOMEM;
 }
 
 /* Says how large the model is before allocating it: parameters and
@@ -210,6 +250,15 @@ int loom_model_plan(loom_model *m, int ndim, const int64_t *sample_shape, size_t
   return rc;
 }
 
+/* Each layer bound to its part of the model's arrays. */
+static void bind_layers(loom_model *m) {
+  for (size_t i = 0; i < m->count; i++) {
+    entry *e = &m->layers[i];
+    if (e->layer->ops.bind)
+      e->layer->ops.bind(e->layer->data, m->params + e->offset, m->grads + e->offset, m->buffers + e->buffer_offset);
+  }
+}
+
 int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint64_t seed) {
   size_t total, buffers;
   int rc = plan(m, ndim, sample_shape, false, &total, &buffers);
@@ -218,8 +267,12 @@ int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint6
   m->in_ndim = ndim;
   memcpy(m->in_shape, sample_shape, (size_t)ndim * sizeof *sample_shape);
   for (size_t i = 0; i < m->count; i++)
-    if ((rc = alloc_activations(&m->layers[i])) < 0)
+    if ((rc = new_activations(&m->layers[i], NULL, &m->layers[i].out, &m->layers[i].dout)) < 0)
       return rc;
+  /* Built and initialised in host memory (the layers' init writes there),
+   * then moved to the backend asked for, if any. */
+  loom_backend *backend = m->backend;
+  m->backend = NULL;
   m->params = calloc(total ? total : 1, sizeof *m->params);
   m->grads = calloc(total ? total : 1, sizeof *m->grads);
   m->grads_state = GRADS_FINITE;
@@ -230,15 +283,93 @@ int loom_model_build(loom_model *m, int ndim, const int64_t *sample_shape, uint6
   m->nbuffers = buffers;
   loom_rng rng;
   loom_rng_seed(&rng, seed, 0, loom_rng_stream_id("init"));
+  bind_layers(m);
   for (size_t i = 0; i < m->count; i++) {
     entry *e = &m->layers[i];
-    if (e->layer->ops.bind)
-      e->layer->ops.bind(e->layer->data, m->params + e->offset, m->grads + e->offset, m->buffers + e->buffer_offset);
     if (e->layer->ops.init)
       e->layer->ops.init(e->layer->data, &rng);
   }
   m->built = true;
+  return backend ? loom_model_set_backend(m, backend) : 0;
+}
+
+/* The built model's arrays and activations on `to` (NULL: host memory),
+ * copied, and the layers bound there; nothing changes on failure but the
+ * plans, which are made again where the model next runs. */
+static int move(loom_model *m, loom_backend *to) {
+  drop_blocks(m);
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < m->count; i++) {
+    const loom_layer *l = m->layers[i].layer;
+    if (l->release && (rc = l->release(l->data)) < 0)
+      rc = loom_error_wrap(rc, "layer \"%s\"", m->layers[i].name);
+  }
+  float **const arrays[3] = {&m->params, &m->grads, &m->buffers};
+  const size_t len[3] = {m->nparams, m->nparams, m->nbuffers};
+  float *moved[3] = {NULL, NULL, NULL};
+  for (int k = 0; rc == 0 && k < 3; k++)
+    rc = !(moved[k] = array_alloc(to, len[k])) ? (loom_last_error_code() ? loom_last_error_code() : LOOM_ENOMEM)
+                                                : loom_array_copy(to, moved[k], m->backend, *arrays[k], len[k]);
+  loom_tensor **acts = rc == 0 ? calloc(2 * m->count, sizeof *acts) : NULL;
+  if (rc == 0 && !acts)
+    rc = loom_error_oom("the model's activations");
+  for (size_t i = 0; rc == 0 && i < m->count; i++)
+    rc = new_activations(&m->layers[i], to, &acts[2 * i], &acts[2 * i + 1]);
+  for (int k = 0; k < 3; k++) {
+    float *gone = rc == 0 ? *arrays[k] : moved[k];
+    array_free(rc == 0 ? m->backend : to, gone);
+    if (rc == 0)
+      *arrays[k] = moved[k];
+  }
+  for (size_t i = 0; acts && i < m->count; i++) {
+    entry *e = &m->layers[i];
+    if (rc == 0) {
+      loom_tensor *out = e->out, *dout = e->dout;
+      e->out = acts[2 * i], e->dout = acts[2 * i + 1];
+      acts[2 * i] = out, acts[2 * i + 1] = dout;
+    }
+    loom_tensor_destroy(acts[2 * i]), loom_tensor_destroy(acts[2 * i + 1]);
+  }
+  free(acts);
+  if (rc < 0)
+    return rc;
+  m->backend = to;
+  m->last_input = NULL; /* its activations are gone: a backward needs a new forward */
+  bind_layers(m);
   return 0;
+}
+
+int loom_model_set_backend(loom_model *m, loom_backend *backend) {
+  loom_backend *to = backend == loom_backend_cpu() ? NULL : backend;
+  if (to == m->backend)
+    return 0;
+  if (!m->built) { /* the build moves it */
+    m->backend = to;
+    return 0;
+  }
+  int rc = move(m, to);
+  return rc < 0 ? loom_error_wrap(rc, "moving the model to backend \"%s\"",
+                                  to ? loom_backend_name(to) : "cpu")
+                : 0;
+}
+
+loom_backend *loom_model_backend(const loom_model *m) { return m->backend ? m->backend : loom_backend_cpu(); }
+
+/* Whether t's memory is where the model's is: the model's backend's, or
+ * host memory for a model there. */
+static bool beside(const loom_model *m, const loom_tensor *t) {
+  return m->backend ? t->backend == m->backend
+                    : !t->backend || loom_backend_device(t->backend) == LOOM_DEVICE_CPU;
+}
+
+static int elsewhere(const loom_model *m, const char *fn, const char *what, const loom_tensor *t) {
+  char where[96] = "in host memory";
+  if (t->backend)
+    snprintf(where, sizeof where, "on backend \"%s\"", loom_backend_name(t->backend));
+  return loom_error_set(LOOM_EINVAL, "%s: the %s is %s and the model on backend \"%s\"; copy the %s to the model's "
+                                     "backend (loom_tensor_copy into a tensor of loom_tensor_create_on("
+                                     "loom_model_backend(model), ...)) or move the model (loom_model_set_backend)",
+                        fn, what, where, loom_backend_name(loom_model_backend(m)), what);
 }
 
 bool loom_model_is_built(const loom_model *m) { return m->built; }
@@ -310,7 +441,8 @@ static int block_io(loom_model *m, size_t i, int64_t n, bool backward, const loo
     if (rc < 0)
       return rc;
     io[k].y = kept ? e->out->data : NULL;
-    io[k].dy = !kept ? NULL : last && i + (size_t)k == m->count - 1 ? dout->data : e->dout->data;
+    /* the model's last layer: the caller's gradient (none in the forward) */
+    io[k].dy = !kept ? NULL : last && i + (size_t)k == m->count - 1 ? (dout ? dout->data : NULL) : e->dout->data;
   }
   return 0;
 }
@@ -321,6 +453,8 @@ int loom_model_forward(loom_model *m, const loom_tensor *x, const loom_tensor **
   int rc = check_input(m, x);
   if (rc < 0)
     return rc;
+  if (!beside(m, x))
+    return elsewhere(m, "loom_model_forward", "input", x);
   loom_backend *backend = loom_backend_of(x);
   if ((!m->planned || m->planned_on != backend) && (rc = plan_blocks(m, backend)) < 0)
     return rc;
@@ -392,7 +526,7 @@ static void note_grads(loom_model *m, size_t first, size_t last) {
     if (m->grads_state == GRADS_UNKNOWN) /* nothing to learn that would make it known */
       return;
     finite = false;
-    loom_backend_all_finite(loom_backend_cpu(), m->grads + lo->offset, (int64_t)n, &finite);
+    loom_backend_all_finite(loom_model_backend(m), m->grads + lo->offset, (int64_t)n, &finite);
   }
   if (!finite)
     m->grads_state = GRADS_NONFINITE;
@@ -405,6 +539,8 @@ int loom_model_backward(loom_model *m, const loom_tensor *dout) {
   if (dout->numel != last->out->numel)
     return loom_error_set(LOOM_ESHAPE, "loom_model_backward: gradient has %lld elements, output has %lld",
                           (long long)dout->numel, (long long)last->out->numel);
+  if (!beside(m, dout))
+    return elsewhere(m, "loom_model_backward", "output's gradient", dout);
   /* Below the lowest trainable layer no gradient is needed at all. */
   size_t lowest = m->count;
   for (size_t i = 0; i < m->count && lowest == m->count; i++)
@@ -449,9 +585,9 @@ void loom_model_on_grads_ready(loom_model *m, void (*ready)(void *ctx, size_t fi
 }
 
 void loom_model_zero_grad(loom_model *m) {
-  if (m->grads)
-    memset(m->grads, 0, m->nparams * sizeof *m->grads);
-  m->grads_state = m->grads ? GRADS_FINITE : GRADS_UNKNOWN;
+  int rc = !m->grads ? -1 : m->backend ? loom_backend_zero(m->backend, m->grads, m->nparams * sizeof *m->grads)
+                                       : (memset(m->grads, 0, m->nparams * sizeof *m->grads), 0);
+  m->grads_state = rc == 0 ? GRADS_FINITE : GRADS_UNKNOWN;
 }
 
 bool loom_model_grads_checked(const loom_model *m, bool *finite) {
@@ -515,6 +651,60 @@ loom_layer *loom_model_find_layer(const loom_model *m, const char *name) {
   return NULL;
 }
 
+/* The model's memory and host arrays: memcpy on the host, one transfer on
+ * a backend. */
+static int to_host(const loom_model *m, float *host, const float *a, size_t n) {
+  if (!m->built)
+    return loom_error_set(LOOM_ESTATE, "copying from a model that is not built");
+  return loom_array_copy(NULL, host, m->backend, a, n);
+}
+
+static int from_host(loom_model *m, float *a, const float *host, size_t n) {
+  if (!m->built)
+    return loom_error_set(LOOM_ESTATE, "copying into a model that is not built");
+  return loom_array_copy(m->backend, a, NULL, host, n);
+}
+
+int loom_model_params_to_host(const loom_model *m, float *host) { return to_host(m, host, m->params, m->nparams); }
+int loom_model_params_from_host(loom_model *m, const float *host) {
+  return from_host(m, m->params, host, m->nparams);
+}
+int loom_model_buffers_to_host(const loom_model *m, float *host) { return to_host(m, host, m->buffers, m->nbuffers); }
+int loom_model_buffers_from_host(loom_model *m, const float *host) {
+  return from_host(m, m->buffers, host, m->nbuffers);
+}
+int loom_model_grads_to_host(const loom_model *m, float *host) { return to_host(m, host, m->grads, m->nparams); }
+int loom_model_grads_from_host(loom_model *m, const float *host) {
+  int rc = from_host(m, m->grads, host, m->nparams);
+  if (m->built)
+    m->grads_state = GRADS_UNKNOWN; /* written by the caller, never checked */
+  return rc;
+}
+
+/* A saved array of the model's, staged through the host when the model is
+ * on a backend. */
+static int save_array(const loom_model *m, loom_state *s, const char *key, const float *a, size_t n) {
+  if (!m->backend)
+    return loom_state_set_f32_array(s, key, a, n);
+  float *host = malloc((n ? n : 1) * sizeof *host);
+  int rc = host ? to_host(m, host, a, n) : loom_error_oom("a host copy of the model's arrays");
+  if (rc == 0)
+    rc = loom_state_set_f32_array(s, key, host, n);
+  free(host);
+  return rc;
+}
+
+static int load_array(loom_model *m, const loom_state *s, const char *key, float *a, size_t n) {
+  if (!m->backend)
+    return loom_state_get_f32_array(s, key, a, n);
+  float *host = malloc((n ? n : 1) * sizeof *host);
+  int rc = host ? loom_state_get_f32_array(s, key, host, n) : loom_error_oom("a host copy of the model's arrays");
+  if (rc == 0)
+    rc = from_host(m, a, host, n);
+  free(host);
+  return rc;
+}
+
 int loom_model_save(const loom_model *m, loom_state *s, bool with_grads) {
   if (!m->built)
     return loom_error_set(LOOM_ESTATE, "saving a model that is not built");
@@ -536,11 +726,11 @@ int loom_model_save(const loom_model *m, loom_state *s, bool with_grads) {
   if (rc == 0)
     rc = loom_state_set_i64_array(s, "offsets", offsets, m->count + 1);
   if (rc == 0)
-    rc = loom_state_set_f32_array(s, "params", m->params, m->nparams);
+    rc = save_array(m, s, "params", m->params, m->nparams);
   if (rc == 0 && m->nbuffers)
-    rc = loom_state_set_f32_array(s, "buffers", m->buffers, m->nbuffers);
+    rc = save_array(m, s, "buffers", m->buffers, m->nbuffers);
   if (rc == 0 && with_grads)
-    rc = loom_state_set_f32_array(s, "grads", m->grads, m->nparams);
+    rc = save_array(m, s, "grads", m->grads, m->nparams);
   free(names);
   free(offsets);
   return rc;
@@ -587,12 +777,12 @@ static int load_state(loom_model *m, const loom_state *s, bool grads) {
     return loom_error_set(LOOM_EFORMAT, "saved model has more layers than this one (%s)", names);
   if ((rc = check_layer_sizes(m, s)) < 0)
     return rc;
-  if ((rc = loom_state_get_f32_array(s, "params", m->params, m->nparams)) < 0)
+  if ((rc = load_array(m, s, "params", m->params, m->nparams)) < 0)
     return rc;
-  if (m->nbuffers && (rc = loom_state_get_f32_array(s, "buffers", m->buffers, m->nbuffers)) < 0)
+  if (m->nbuffers && (rc = load_array(m, s, "buffers", m->buffers, m->nbuffers)) < 0)
     return rc;
   if (grads && loom_state_has(s, "grads")) {
-    rc = loom_state_get_f32_array(s, "grads", m->grads, m->nparams);
+    rc = load_array(m, s, "grads", m->grads, m->nparams);
     m->grads_state = GRADS_UNKNOWN; /* a saved accumulation window, never checked */
   }
   return rc;

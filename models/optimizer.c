@@ -24,6 +24,7 @@ struct loom_optimizer {
   size_t num_groups;
   bool no_decay_bias_norm;
   float *state;
+  loom_backend *state_on; /* the state's memory: NULL, host memory */
   size_t nstate, nparams;
   int64_t steps;
 };
@@ -48,6 +49,44 @@ loom_optimizer *loom_optimizer_create(const loom_optimizer_ops *ops, void *data,
   return opt;
 }
 
+static void free_state(loom_optimizer *opt) {
+  if (opt->state_on)
+    loom_backend_free(opt->state_on, opt->state);
+  else
+    free(opt->state);
+  opt->state = NULL, opt->state_on = NULL;
+}
+
+/* The memory of the model's arrays when it is not the host's (NULL). */
+static loom_backend *device_of(const loom_model *model) {
+  loom_backend *b = loom_model_backend(model);
+  return b == loom_backend_cpu() ? NULL : b;
+}
+
+/* The state on `to` (NULL: host memory), where the model is: made zeroed
+ * for the first step, moved when the model has moved (or the state was
+ * loaded on the host). */
+static int place_state(loom_optimizer *opt, loom_backend *to) {
+  if (opt->state && opt->state_on == to)
+    return 0;
+  const size_t n = opt->nstate ? opt->nstate : 1;
+  float *s = to ? loom_backend_alloc(to, n * sizeof *s) : calloc(n, sizeof *s);
+  if (!s)
+    return to ? (loom_last_error_code() ? loom_last_error_code() : LOOM_ENOMEM) : loom_error_oom("the optimizer state");
+  int rc = opt->state ? loom_array_copy(to, s, opt->state_on, opt->state, opt->nstate)
+                      : to ? loom_backend_zero(to, s, n * sizeof *s) : 0;
+  if (rc < 0) {
+    if (to)
+      loom_backend_free(to, s);
+    else
+      free(s);
+    return rc;
+  }
+  free_state(opt);
+  opt->state = s, opt->state_on = to;
+  return 0;
+}
+
 void loom_optimizer_destroy(loom_optimizer *opt) {
   if (!opt)
     return;
@@ -55,7 +94,7 @@ void loom_optimizer_destroy(loom_optimizer *opt) {
     loom_names_free(&opt->groups[i].layers);
   }
   free(opt->groups);
-  free(opt->state);
+  free_state(opt);
   if (opt->ops.destroy)
     opt->ops.destroy(opt->data);
   free(opt);
@@ -113,8 +152,10 @@ static void update_part(void *ctx, int part, int64_t begin, int64_t end) {
 /* Below this many parameters the hand-off costs more than the half saves. */
 #define PARALLEL_UPDATE 16384
 
-static int update(const loom_optimizer *opt, float *p, const float *g, size_t total, size_t off, size_t len, double lr,
-                  double wd) {
+static int update(const loom_optimizer *opt, loom_backend *device, float *p, const float *g, size_t total, size_t off,
+                  size_t len, double lr, double wd) {
+  if (device) /* one call per range: the device spreads it itself */
+    return opt->ops.update_on(opt->data, device, p, g, opt->state, total, off, len, opt->steps, lr, wd);
   if (!opt->ops.elementwise)
     return opt->ops.update(opt->data, p, g, opt->state, total, off, len, opt->steps, lr, wd);
   update_job u = {opt, p, g, total, off, opt->steps, lr, wd, {0}};
@@ -171,11 +212,18 @@ static int begin_step(loom_optimizer *opt, const loom_model *model) {
         if (!loom_model_find_layer(model, opt->groups[i].layers.names[k]))
           return loom_error_set(LOOM_EINVAL, "%s step: parameter group %zu names layer \"%s\", which the model lacks",
                                 opt->ops.type, i, opt->groups[i].layers.names[k]);
-  if (!opt->state && opt->ops.state_per_param) {
-    opt->nstate = n * opt->ops.state_per_param;
-    opt->state = calloc(opt->nstate ? opt->nstate : 1, sizeof *opt->state);
+  loom_backend *device = device_of(model);
+  if (device && !opt->ops.update_on)
+    return loom_error_set(LOOM_ENOTSUP, "%s step: the model is on backend \"%s\" and this optimizer cannot update "
+                                        "it there (its loom_optimizer_ops have no update_on); give it an update_on, "
+                                        "as the built-in optimizers have, or keep the model on the CPU",
+                          opt->ops.type, loom_backend_name(device));
+  if (opt->ops.state_per_param) {
     if (!opt->state)
-      return loom_error_oom("the optimizer state");
+      opt->nstate = n * opt->ops.state_per_param;
+    int rc = place_state(opt, device);
+    if (rc < 0)
+      return loom_error_wrap(rc, "%s step: the optimizer state", opt->ops.type);
   }
   opt->nparams = n;
   opt->steps++;
@@ -186,11 +234,12 @@ int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {
   int rc = begin_step(opt, model);
   float *p = loom_model_params(model);
   const float *g = loom_model_grad_buffer(model);
+  loom_backend *device = device_of(model);
   for (size_t i = 0; rc == 0 && i < loom_model_num_layers(model); i++) {
     segment seg[2];
     int n = layer_segments(opt, model, i, seg);
     for (int k = 0; k < n && rc == 0; k++)
-      rc = update(opt, p, g, opt->nparams, seg[k].off, seg[k].len, seg[k].lr, seg[k].wd);
+      rc = update(opt, device, p, g, opt->nparams, seg[k].off, seg[k].len, seg[k].lr, seg[k].wd);
     if (rc < 0)
       return loom_error_wrap(rc, "%s step, layer \"%s\"", opt->ops.type, loom_model_layer_name(model, i));
   }
@@ -241,9 +290,11 @@ int loom_optimizer_step_checked(loom_optimizer *opt, loom_model *model, bool *fi
   int rc = begin_step(opt, model);
   if (rc < 0)
     return rc;
-  /* A rule that needs whole ranges: the check is a pass of its own. */
-  if (!opt->ops.elementwise) {
-    rc = loom_backend_all_finite(loom_backend_cpu(), loom_model_grad_buffer(model), (int64_t)opt->nparams, finite);
+  /* A rule that needs whole ranges, or a model on a device: the check is a
+   * pass of its own. */
+  if (!opt->ops.elementwise || device_of(model)) {
+    rc = loom_backend_all_finite(loom_model_backend(model), loom_model_grad_buffer(model), (int64_t)opt->nparams,
+                                 finite);
     opt->steps--; /* loom_optimizer_step counts it again */
     return rc < 0 || !*finite ? rc : loom_optimizer_step(opt, model);
   }
@@ -264,8 +315,7 @@ int loom_optimizer_step_checked(loom_optimizer *opt, loom_model *model, bool *fi
 }
 
 void loom_optimizer_reset(loom_optimizer *opt) {
-  free(opt->state);
-  opt->state = NULL;
+  free_state(opt);
   opt->nstate = 0;
   opt->steps = 0;
   if (opt->ops.reset)
@@ -300,8 +350,16 @@ int loom_optimizer_save(const loom_optimizer *opt, loom_state *s) {
     rc = loom_state_set_i64(s, "steps", opt->steps);
   if (rc == 0)
     rc = loom_state_set_i64(s, "nparams", (int64_t)opt->nparams);
-  if (rc == 0)
+  if (rc == 0 && !opt->state_on)
     rc = loom_state_set_f32_array(s, "state", opt->state, opt->state ? opt->nstate : 0);
+  if (rc == 0 && opt->state_on) { /* on a device: through the host, once */
+    float *host = malloc(opt->nstate * sizeof *host + 1);
+    rc = host ? loom_array_copy(NULL, host, opt->state_on, opt->state, opt->nstate)
+              : loom_error_oom("a host copy of the optimizer state");
+    if (rc == 0)
+      rc = loom_state_set_f32_array(s, "state", host, opt->nstate);
+    free(host);
+  }
   if (rc == 0 && opt->ops.save)
     rc = opt->ops.save(opt->data, s);
   return rc;
@@ -348,8 +406,8 @@ int loom_optimizer_load(loom_optimizer *opt, const loom_state *s) {
     free(state);
     return rc;
   }
-  free(opt->state);
-  opt->state = state;
+  free_state(opt);
+  opt->state = state; /* in host memory: the next step moves it where the model is */
   opt->nstate = n;
   opt->nparams = (size_t)nparams;
   opt->steps = steps;

@@ -70,6 +70,12 @@ static int pool_backward(void *data, const loom_tensor *x, const loom_tensor *y,
   return rc < 0 ? rc : loom_backend_pool_backward(be, p->plan.plan, dy->data, dx->data, x->shape[0]);
 }
 
+/* The plan is the backend's: dropped when the model moves. */
+static int pool_release(void *data) {
+  loom_layer_plan_drop(&((pool *)data)->plan);
+  return 0;
+}
+
 static void pool_destroy(void *data) {
   pool *p = data;
   loom_layer_plan_drop(&p->plan);
@@ -107,7 +113,7 @@ static loom_layer *make(loom_pool_mode mode, int64_t k, int64_t s, int64_t pad) 
   p->mode = mode, p->k = k, p->s = s ? s : k, p->p = pad;
   loom_layer *layer = loom_layer_create(&pool_ops[mode], p);
   if (layer)
-    layer->describe = pool_describe;
+    layer->describe = pool_describe, layer->release = pool_release;
   return layer;
 }
 

@@ -8,13 +8,18 @@
 
 #include <stdlib.h>
 
-static int rmsprop_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
-                          int64_t step, double lr, double wd) {
+static int rmsprop_update_on(void *data, loom_backend *b, float *p, const float *g, float *state, size_t total,
+                             size_t off, size_t len, int64_t step, double lr, double wd) {
   (void)step;
   const loom_rmsprop_options *o = data;
   loom_rmsprop_step s = {lr, wd, o->alpha, o->eps, o->momentum, o->centered};
-  return loom_backend_rmsprop_update(loom_backend_cpu(), &s, p + off, g + off, state + off, state + total + off,
+  return loom_backend_rmsprop_update(b, &s, p + off, g + off, state + off, state + total + off,
                                      state + 2 * total + off, (int64_t)len);
+}
+
+static int rmsprop_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
+                          int64_t step, double lr, double wd) {
+  return rmsprop_update_on(data, loom_backend_cpu(), p, g, state, total, off, len, step, lr, wd);
 }
 
 static double rmsprop_momentum(void *data) { return ((loom_rmsprop_options *)data)->momentum; }
@@ -25,6 +30,7 @@ static const loom_optimizer_ops rmsprop_ops = {.type = "rmsprop",
                                                .elementwise = true,
                                                .state_per_param = 3,
                                                .update = rmsprop_update,
+                                               .update_on = rmsprop_update_on,
                                                .momentum = rmsprop_momentum,
                                                .set_momentum = rmsprop_set_momentum,
                                                .weight_decay = rmsprop_decay,

@@ -6,12 +6,17 @@
 
 #include <stdlib.h>
 
-static int sgd_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
-                      int64_t step, double lr, double wd) {
+static int sgd_update_on(void *data, loom_backend *b, float *p, const float *g, float *state, size_t total,
+                         size_t off, size_t len, int64_t step, double lr, double wd) {
   (void)total;
   const loom_sgd_options *o = data;
   loom_sgd_step s = {lr, wd, o->momentum, o->dampening, o->nesterov, step == 1};
-  return loom_backend_sgd_update(loom_backend_cpu(), &s, p + off, g + off, state ? state + off : NULL, (int64_t)len);
+  return loom_backend_sgd_update(b, &s, p + off, g + off, state ? state + off : NULL, (int64_t)len);
+}
+
+static int sgd_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
+                      int64_t step, double lr, double wd) {
+  return sgd_update_on(data, loom_backend_cpu(), p, g, state, total, off, len, step, lr, wd);
 }
 
 static double sgd_decay(void *data) { return ((loom_sgd_options *)data)->weight_decay; }
@@ -23,7 +28,8 @@ static void sgd_set_momentum(void *data, double m) { ((loom_sgd_options *)data)-
 static const loom_optimizer_ops sgd_ops = {.type = "sgd",
                                            .elementwise = true,
                                            .state_per_param = 1,
-                                                                                      .update = sgd_update,
+                                           .update = sgd_update,
+                                           .update_on = sgd_update_on,
                                            .momentum = sgd_momentum,
                                            .set_momentum = sgd_set_momentum,
                                            .weight_decay = sgd_decay,
@@ -31,7 +37,8 @@ static const loom_optimizer_ops sgd_ops = {.type = "sgd",
 /* Plain SGD keeps no buffer; its momentum stays 0 (no setter). */
 static const loom_optimizer_ops sgd_plain_ops = {.type = "sgd",
                                                  .elementwise = true,
-                                                                                                  .update = sgd_update,
+                                                 .update = sgd_update,
+                                                 .update_on = sgd_update_on,
                                                  .momentum = sgd_momentum,
                                                  .weight_decay = sgd_decay,
                                                  .destroy = free};

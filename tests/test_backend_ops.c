@@ -9,17 +9,22 @@
  * Also: the support listing, the error for a missing op, and the checks of
  * loom_backend_create.
  *
- * usage: test_backend_ops [cpu|cuda]: the rows of that backend (with the
- * backend-free tests under cpu), or all; `cuda` exits 77 (CTest's skip)
- * when it had no CUDA device. */
+ * usage: test_backend_ops [cpu|cuda|fake]: the rows of that backend (with
+ * the backend-free tests under cpu), or all; `cuda` exits 77 (CTest's
+ * skip) when it had no CUDA device. */
 #include "helpers.h"
 #include "reference.h"
 
 #include <math.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <loom/backend.h>
 #include <loom/backend_cpu.h>
 #include <loom/backend_cuda.h>
+
+#include "fake_device.h"
 
 #define MAX_BACKENDS 1
 
@@ -30,10 +35,14 @@ typedef struct row {
   char missing[512];
 } row;
 
-static row cpu = {.name = "cpu"}, cuda = {.name = "cuda"};
+/* The fake device (tests/fake_device.h: tagged device pointers, every
+ * operand's extent checked, the CPU's ops behind them) holds the device
+ * path's memory handling to the same references on any machine. */
+static row cpu = {.name = "cpu"}, cuda = {.name = "cuda"}, fake = {.name = "fake"};
 
 static void open_rows(void) {
   cpu.backend = loom_backend_cpu();
+  fake.backend = fake_device_create((size_t)256 << 20, NULL);
   if (loom_backend_cuda_create(0, NULL, &cuda.backend) < 0)
     snprintf(cuda.missing, sizeof cuda.missing, "%s", loom_last_error());
 }
@@ -1216,6 +1225,96 @@ static void test_tensor_on_backend(void **state) {
   loom_backend_destroy(dev);
 }
 
+/* What the fake device is for: a host dereference of its memory faults
+ * (ASan reports it), and host memory, or freed device memory, given to one
+ * of its ops stops the program with a message naming the op and operand.
+ * Each case runs in a child; *err gets its stderr. */
+static int in_child(void (*body)(loom_backend *), loom_backend *b, char *err, size_t size) {
+  int fd[2];
+  assert_int_equal(pipe(fd), 0);
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    signal(SIGSEGV, SIG_DFL), signal(SIGBUS, SIG_DFL); /* cmocka's handler would carry on in the child */
+    dup2(fd[1], 2);
+    close(fd[0]);
+    body(b);
+    _exit(0);
+  }
+  close(fd[1]);
+  size_t got = 0;
+  ssize_t r;
+  while (got + 1 < size && (r = read(fd[0], err + got, size - 1 - got)) > 0)
+    got += (size_t)r;
+  err[got] = '\0';
+  close(fd[0]);
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  return status;
+}
+
+static void read_on_host(loom_backend *b) {
+  float *p = loom_backend_alloc(b, 64);
+  volatile float v = p[3];
+  (void)v;
+}
+static void copy_on_host(loom_backend *b) {
+  float *p = loom_backend_alloc(b, 64), host[4];
+  memcpy(host, p, sizeof host);
+  fprintf(stderr, "copied %g\n", (double)host[0]); /* not reached */
+}
+static void host_operand(loom_backend *b) {
+  float x[4] = {0}, *y = loom_backend_alloc(b, sizeof x);
+  loom_backend_act_forward(b, LOOM_ACT_RELU, 0, x, y, 4);
+}
+static void freed_operand(loom_backend *b) {
+  float *x = loom_backend_alloc(b, 64), *y = loom_backend_alloc(b, 64);
+  loom_backend_free(b, x);
+  loom_backend_act_forward(b, LOOM_ACT_RELU, 0, x, y, 4);
+}
+static void overrun(loom_backend *b) {
+  float *x = loom_backend_alloc(b, 64), *y = loom_backend_alloc(b, 64);
+  loom_backend_act_forward(b, LOOM_ACT_RELU, 0, x, y, 17);
+}
+
+static void test_fake_device_catches_misuse(void **state) {
+  (void)state;
+  fake_device *dev;
+  loom_backend *b = fake_device_create(1 << 20, &dev);
+  char err[8192];
+  void (*const faults[])(loom_backend *) = {read_on_host, copy_on_host};
+  for (size_t i = 0; i < 2; i++) {
+    int st = in_child(faults[i], b, err, sizeof err);
+    /* SIGSEGV (a non-canonical address is a general protection fault) */
+    if (!(WIFSIGNALED(st) && (WTERMSIG(st) == SIGSEGV || WTERMSIG(st) == SIGBUS)) && !strstr(err, "SEGV"))
+      fail_msg("case %zu: a host dereference of device memory did not fault (status %d): %s", i, st, err);
+  }
+  static const char *const said[] = {"act_forward: x is host memory", "act_forward: x: 16 bytes at device offset",
+                                     "act_forward: x: 68 bytes"};
+  void (*const misuses[])(loom_backend *) = {host_operand, freed_operand, overrun};
+  for (size_t i = 0; i < 3; i++) {
+    int st = in_child(misuses[i], b, err, sizeof err);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+    if (!strstr(err, said[i]))
+      fail_msg("case %zu: want \"%s\" in: %s", i, said[i], err);
+  }
+  /* In this process: allocations are counted, and transfers. */
+  float h[4] = {1, 2, 3, 4}, back[4];
+  float *p = loom_backend_alloc(b, sizeof h);
+  assert_true(fake_device_owns(dev, p) && !fake_device_owns(dev, h));
+  assert_int_equal(loom_backend_from_host(b, p, h, sizeof h), 0);
+  assert_int_equal(loom_backend_to_host(b, back, p, sizeof back), 0);
+  assert_memory_equal(back, h, sizeof h);
+  fake_device_counts c = fake_device_counts_of(dev);
+  assert_int_equal(c.live, 1);
+  assert_int_equal(c.to_host, 1);
+  assert_int_equal(c.from_host, 1);
+  loom_backend_free(b, p);
+  assert_int_equal(fake_device_counts_of(dev).live, 0);
+  loom_backend_destroy(b);
+}
+
 /* Each op's test for one row. */
 #define ROW_TESTS(r)                                                                                     \
   {#r ": test_gemm", test_gemm, NULL, NULL, &r}, {#r ": test_gemm_checked", test_gemm_checked, NULL, NULL, &r}, \
@@ -1229,8 +1328,8 @@ static void test_tensor_on_backend(void **state) {
 
 int main(int argc, char **argv) {
   const char *only = argc > 1 ? argv[1] : NULL;
-  if (only && strcmp(only, "cpu") != 0 && strcmp(only, "cuda") != 0) {
-    fprintf(stderr, "usage: %s [cpu|cuda]\n", argv[0]);
+  if (only && strcmp(only, "cpu") != 0 && strcmp(only, "cuda") != 0 && strcmp(only, "fake") != 0) {
+    fprintf(stderr, "usage: %s [cpu|cuda|fake]\n", argv[0]);
     return 2;
   }
   open_rows();
@@ -1241,12 +1340,16 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_tensor_on_backend),
   };
   const struct CMUnitTest cuda_tests[] = {ROW_TESTS(cuda)};
+  const struct CMUnitTest fake_tests[] = {ROW_TESTS(fake), cmocka_unit_test(test_fake_device_catches_misuse)};
   int failed = 0;
   if (!only || strcmp(only, "cpu") == 0)
     failed += cmocka_run_group_tests_name("cpu", cpu_tests, NULL, NULL);
   if (!only || strcmp(only, "cuda") == 0)
     failed += cmocka_run_group_tests_name("cuda", cuda_tests, NULL, NULL);
+  if (!only || strcmp(only, "fake") == 0)
+    failed += cmocka_run_group_tests_name("fake", fake_tests, NULL, NULL);
   const bool no_device = !cuda.backend;
   loom_backend_destroy(cuda.backend);
+  loom_backend_destroy(fake.backend);
   return failed ? failed : only && strcmp(only, "cuda") == 0 && no_device ? 77 : 0;
 }

@@ -82,7 +82,7 @@ LOOM_API void *loom_layer_data(const loom_layer *layer);
  * in_features 0: taken from the input when the model is built. */
 LOOM_API loom_layer *loom_linear_create(int64_t in_features, int64_t out_features, bool bias);
 /* Views of a Linear layer's weight [out, in] and bias [out] (NULL if none);
- * valid once the model is built. */
+ * valid once the model is built, in its backend's memory (loom_model_params). */
 LOOM_API float *loom_linear_weight(loom_layer *layer);
 LOOM_API float *loom_linear_bias(loom_layer *layer);
 /* max(x, 0), NaN-propagating as PyTorch's: relu(NaN) = NaN, and the
@@ -148,6 +148,23 @@ LOOM_API int loom_model_build(loom_model *model, int ndim, const int64_t *sample
 LOOM_API int loom_model_plan(loom_model *model, int ndim, const int64_t *sample_shape, size_t *num_params);
 LOOM_API bool loom_model_is_built(const loom_model *model);
 
+/* Moves the model to `backend` (loom/backend.h; NULL or loom_backend_cpu():
+ * host memory, where a model starts): its parameters, gradients, buffers
+ * and activations are made in the backend's memory and copied there, and
+ * its layers run there, on inputs that must be there too (forward and
+ * backward refuse a tensor on another backend, naming both). A model not
+ * yet built is built and initialised in host memory, then moved. The
+ * pointers of loom_model_params, loom_model_grads and loom_model_buffers
+ * are then the backend's memory (not to be read on the host: use
+ * loom_model_params_to_host and its kin). Plans are made again on the new
+ * backend; a backward needs a forward there first. The backend must
+ * outlive the model, or the model move off it first. On failure the model
+ * stays where it was. */
+LOOM_API int loom_model_set_backend(loom_model *model, loom_backend *backend);
+/* Where the model's memory is and its layers run: the backend it was moved
+ * to, or loom_backend_cpu() for host memory. */
+LOOM_API loom_backend *loom_model_backend(const loom_model *model);
+
 /* Initialisation schemes, as torch.nn.init's: Kaiming (He) with gain
  * sqrt(2 / (1 + negative_slope^2)) over fan_in, or fan_out for mode
  * fan_out: uniform in +-gain sqrt(3 / fan) or normal with std gain /
@@ -170,7 +187,9 @@ typedef struct loom_init {
 
 /* Re-initialises the weights of the built model's layers that report fans
  * (Linear, Conv2d), or only of layers[0, num_layers) (none: all), from
- * `seed`. Other parameters and buffers are left as they are. */
+ * `seed`. Other parameters and buffers are left as they are. A model on a
+ * device is initialised through a host copy (one transfer each way), with
+ * the CPU's values. */
 LOOM_API int loom_model_init_weights(loom_model *model, const loom_init *init, const char *const *layers,
                                      size_t num_layers, uint64_t seed);
 
@@ -227,10 +246,24 @@ LOOM_API bool loom_model_grads_checked(const loom_model *model, bool *finite);
 LOOM_API double loom_model_clip_grad_norm(loom_model *model, double max_norm);
 /* Clamps every gradient to [-limit, limit]. */
 LOOM_API void loom_model_clip_grad_value(loom_model *model, float limit);
+/* The model's arrays are its backend's memory (loom_model_backend): host
+ * memory on the CPU, to read and write in place; on a device, pointers for
+ * that backend's ops and copy calls, never to be read on the host (use
+ * the copies below). loom_model_buffers is the same. */
 LOOM_API float *loom_model_params(loom_model *model);
 /* The gradients, to read or write: the model then no longer knows whether
  * they are finite (loom_model_grads_checked). */
 LOOM_API float *loom_model_grads(loom_model *model);
+/* Copies of a built model's arrays to and from host arrays (`host` holds
+ * loom_model_num_params floats, or loom_model_num_buffers for the
+ * buffers): one transfer on a device, a memcpy on the CPU. Writing the
+ * gradients makes the model forget whether they are finite. */
+LOOM_API int loom_model_params_to_host(const loom_model *model, float *host);
+LOOM_API int loom_model_params_from_host(loom_model *model, const float *host);
+LOOM_API int loom_model_buffers_to_host(const loom_model *model, float *host);
+LOOM_API int loom_model_buffers_from_host(loom_model *model, const float *host);
+LOOM_API int loom_model_grads_to_host(const loom_model *model, float *host);
+LOOM_API int loom_model_grads_from_host(loom_model *model, const float *host);
 LOOM_API size_t loom_model_num_layers(const loom_model *model);
 /* Layer i's parameters: [*offset, *offset + *count) of the model's arrays. */
 LOOM_API void loom_model_layer_params(const loom_model *model, size_t i, size_t *offset, size_t *count);
@@ -256,8 +289,10 @@ LOOM_API int64_t loom_model_layer_macs(const loom_model *model, size_t i);
  * multiply-adds ("+ ?" when a layer does not say). */
 LOOM_API int loom_model_print_summary(const loom_model *model, FILE *out);
 
-/* Saves the parameters (and the gradients, which hold a partial
- * accumulation window, when with_grads) with the layer names and offsets. */
+/* Saves the parameters and buffers (and the gradients, which hold a partial
+ * accumulation window, when with_grads) with the layer names and offsets;
+ * a model on a device copies each array to the host once. What is saved
+ * does not depend on the backend: a model saved on one loads on another. */
 LOOM_API int loom_model_save(const loom_model *model, loom_state *state, bool with_grads);
 /* Restores what loom_model_save wrote (the gradients too when with_grads
  * and saved); the layers and sizes must match. */

@@ -1,7 +1,9 @@
 /* loom/optimizer.h - optimizers over a model's contiguous parameters.
  *
  * An optimizer's state (momentum, Adam moments) is one contiguous buffer,
- * allocated on the first step for the model it is stepped with. The
+ * allocated on the first step for the model it is stepped with, where that
+ * model's memory is (loom_model_set_backend: on a device the updates run
+ * there, through the ops' update_on). The
  * built-in updates follow PyTorch's torch.optim formulas exactly; a new
  * optimizer is a loom_optimizer_ops table, as the built-ins are. */
 #ifndef LOOM_OPTIMIZER_H
@@ -61,6 +63,14 @@ typedef struct loom_optimizer_ops {
   void (*reset)(void *data);
   /* Frees data. Optional. */
   void (*destroy)(void *data);
+  /* update on `backend`'s memory (loom/backend.h): how a model on a device
+   * (loom_model_set_backend) is stepped, with its parameters, gradients
+   * and the state there, one call per range (the built-ins call the
+   * backend's sgd_update, adam_update, rmsprop_update). Optional: an
+   * optimizer without it steps models in host memory only, and refuses
+   * one on a device. */
+  int (*update_on)(void *data, loom_backend *backend, float *params, const float *grads, float *state, size_t total,
+                   size_t off, size_t len, int64_t step, double lr, double wd);
 } loom_optimizer_ops;
 
 /* A new optimizer with rate lr (>= 0). `ops` is copied; `data` is owned
@@ -142,7 +152,10 @@ LOOM_API int64_t loom_optimizer_steps(const loom_optimizer *opt);
  * state (ops->save / ops->load). */
 LOOM_API int loom_optimizer_save(const loom_optimizer *opt, loom_state *state);
 LOOM_API int loom_optimizer_load(loom_optimizer *opt, const loom_state *state);
-/* The state buffer and its length in floats (NULL, 0 before the first step). */
+/* The state buffer and its length in floats (NULL, 0 before the first
+ * step): in the memory of the backend of the model it was last stepped
+ * with (loom_model_backend; host memory after loom_optimizer_load, until
+ * the next step moves it there). */
 LOOM_API float *loom_optimizer_state(loom_optimizer *opt, size_t *n);
 
 #ifdef __cplusplus

@@ -1,0 +1,668 @@
+/* The fake device of fake_device.h: an arena cut first-fit into 64-byte
+ * aligned blocks, tagged addresses, and every op checked then run by the
+ * CPU backend. Test code: a misuse aborts with a message (and a stack under
+ * ASan), which is what a test of the device path wants. */
+#include "fake_device.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <loom/backend_cpu.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define FAKE_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FAKE_ASAN 1
+#endif
+#endif
+#ifdef FAKE_ASAN
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+#define TAG ((uintptr_t)1 << 62)
+#define PLAN_MAGIC 0xFA4EB1A7u
+#define MAX_BLOCK_LAYERS 32
+
+typedef struct block {
+  size_t off, len;
+  bool used;
+} block;
+
+struct fake_device {
+  unsigned char *arena;
+  size_t size;
+  block *blocks; /* sorted by offset, covering the arena */
+  size_t count, cap;
+  pthread_mutex_t lock;
+  fake_device_counts counts;
+};
+
+/* A plan of this device: the CPU's plan and what it was made for (the
+ * extents the ops check). */
+typedef struct fake_plan {
+  uint32_t magic;
+  loom_layer_kind kind; /* LOOM_LAYER_OTHER: a block */
+  int count;            /* layers: 1, or the block's */
+  loom_layer_desc layers[MAX_BLOCK_LAYERS];
+  loom_plan *cpu;
+} fake_plan;
+
+static _Noreturn void die(const char *op, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "fake device: %s: ", op);
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n");
+  va_end(ap);
+#ifdef FAKE_ASAN
+  __sanitizer_print_stack_trace();
+#endif
+  abort();
+}
+
+static void *tagged(void *p) { return (void *)((uintptr_t)p | TAG); }
+
+/* The block holding arena offset `off` (the last whose start is <= off). */
+static block *find(fake_device *d, size_t off) {
+  size_t lo = 0, hi = d->count;
+  while (hi - lo > 1) {
+    size_t mid = (lo + hi) / 2;
+    if (d->blocks[mid].off <= off)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return &d->blocks[lo];
+}
+
+/* The real address of device pointer p for an op that touches `bytes`
+ * from it (0: only its start is checked; a NULL stays NULL). */
+static void *real(fake_device *d, const char *op, const char *what, const void *p, size_t bytes) {
+  if (!p)
+    return NULL;
+  uintptr_t u = (uintptr_t)p;
+  if (!(u & TAG))
+    die(op, "%s is host memory (%p), not this device's: loom handed a host pointer to a device op", what, p);
+  u &= ~TAG;
+  uintptr_t base = (uintptr_t)d->arena;
+  if (u < base || u > base + d->size)
+    die(op, "%s (%p) is tagged but outside the device's memory", what, p);
+  size_t off = u - base;
+  pthread_mutex_lock(&d->lock);
+  const block *b = off < d->size ? find(d, off) : NULL;
+  bool ok = b && b->used && off + bytes <= b->off + b->len;
+  if (!ok && bytes == 0 && off > 0) { /* one past a live block's end, where nothing is read */
+    const block *e = find(d, off - 1);
+    ok = e->used && e->off + e->len == off;
+  }
+  size_t boff = b ? b->off : 0, blen = b ? b->len : 0;
+  bool bused = b && b->used;
+  pthread_mutex_unlock(&d->lock);
+  if (!ok)
+    die(op, "%s: %zu bytes at device offset %zu are not inside one live allocation (block at %zu of %zu bytes, %s)",
+        what, bytes, off, boff, blen, bused ? "live" : "free");
+  return (void *)u;
+}
+
+/* A host pointer: must not be this device's. */
+static void host(const char *op, const char *what, const void *p) {
+  if ((uintptr_t)p & TAG)
+    die(op, "%s is device memory (%p) where host memory belongs", what, p);
+}
+
+static void count_op(fake_device *d, bool host_result) {
+  pthread_mutex_lock(&d->lock);
+  d->counts.ops++;
+  d->counts.host_results += host_result;
+  pthread_mutex_unlock(&d->lock);
+}
+
+#define F(n) ((size_t)(n) * sizeof(float))
+/* Elements spanned by `rows` rows of `cols` with leading dimension ld. */
+static size_t span(int64_t rows, int64_t cols, int64_t ld) { return rows > 0 && cols > 0 ? F((rows - 1) * ld + cols) : 0; }
+
+/* --- memory --- */
+
+static int reserve(fake_device *d) {
+  if (d->count < d->cap)
+    return 0;
+  size_t cap = d->cap ? 2 * d->cap : 64;
+  block *b = realloc(d->blocks, cap * sizeof *b);
+  if (!b)
+    die("alloc", "out of host memory for the block table");
+  d->blocks = b, d->cap = cap;
+  return 0;
+}
+
+static void *fake_alloc(void *ctx, size_t bytes) {
+  fake_device *d = ctx;
+  size_t len = ((bytes ? bytes : 1) + 63) & ~(size_t)63;
+  pthread_mutex_lock(&d->lock);
+  size_t i = 0;
+  while (i < d->count && (d->blocks[i].used || d->blocks[i].len < len))
+    i++;
+  if (i == d->count)
+    die("alloc", "%zu bytes do not fit in the %zu-byte arena (make it larger in the test)", bytes, d->size);
+  if (d->blocks[i].len > len) { /* split: the rest stays free */
+    reserve(d);
+    memmove(&d->blocks[i + 2], &d->blocks[i + 1], (d->count - i - 1) * sizeof *d->blocks);
+    d->blocks[i + 1] = (block){d->blocks[i].off + len, d->blocks[i].len - len, false};
+    d->blocks[i].len = len;
+    d->count++;
+  }
+  d->blocks[i].used = true;
+  d->counts.live++;
+  void *p = tagged(d->arena + d->blocks[i].off);
+  pthread_mutex_unlock(&d->lock);
+  return p;
+}
+
+static void fake_free(void *ctx, void *p) {
+  fake_device *d = ctx;
+  if (!p)
+    return;
+  unsigned char *r = real(d, "free", "the pointer", p, 0);
+  pthread_mutex_lock(&d->lock);
+  size_t i = (size_t)(find(d, (size_t)(r - d->arena)) - d->blocks);
+  if (d->blocks[i].off != (size_t)(r - d->arena) || !d->blocks[i].used) {
+    pthread_mutex_unlock(&d->lock);
+    die("free", "%p is not the start of a live allocation (double free?)", p);
+  }
+  d->blocks[i].used = false;
+  d->counts.live--;
+  if (i + 1 < d->count && !d->blocks[i + 1].used) { /* merge with the next */
+    d->blocks[i].len += d->blocks[i + 1].len;
+    memmove(&d->blocks[i + 1], &d->blocks[i + 2], (d->count - i - 2) * sizeof *d->blocks);
+    d->count--;
+  }
+  if (i > 0 && !d->blocks[i - 1].used) { /* and with the previous */
+    d->blocks[i - 1].len += d->blocks[i].len;
+    memmove(&d->blocks[i], &d->blocks[i + 1], (d->count - i - 1) * sizeof *d->blocks);
+    d->count--;
+  }
+  pthread_mutex_unlock(&d->lock);
+}
+
+static int fake_to_host(void *ctx, void *dst, const void *src, size_t bytes) {
+  fake_device *d = ctx;
+  host("to_host", "the destination", dst);
+  const void *s = real(d, "to_host", "the source", src, bytes);
+  pthread_mutex_lock(&d->lock);
+  d->counts.to_host++;
+  pthread_mutex_unlock(&d->lock);
+  memcpy(dst, s, bytes);
+  return 0;
+}
+
+static int fake_from_host(void *ctx, void *dst, const void *src, size_t bytes) {
+  fake_device *d = ctx;
+  host("from_host", "the source", src);
+  void *t = real(d, "from_host", "the destination", dst, bytes);
+  pthread_mutex_lock(&d->lock);
+  d->counts.from_host++;
+  pthread_mutex_unlock(&d->lock);
+  memcpy(t, src, bytes);
+  return 0;
+}
+
+static int fake_copy(void *ctx, void *dst, const void *src, size_t bytes) {
+  fake_device *d = ctx;
+  memmove(real(d, "copy", "the destination", dst, bytes), real(d, "copy", "the source", src, bytes), bytes);
+  return 0;
+}
+
+static int fake_zero(void *ctx, void *p, size_t bytes) {
+  memset(real(ctx, "zero", "the buffer", p, bytes), 0, bytes);
+  return 0;
+}
+
+static void fake_destroy(void *ctx) {
+  fake_device *d = ctx;
+  pthread_mutex_destroy(&d->lock);
+  free(d->arena);
+  free(d->blocks);
+  free(d);
+}
+
+/* --- ops --- */
+
+static loom_backend *cpu(fake_device *d, bool host_result) {
+  count_op(d, host_result);
+  return loom_backend_cpu();
+}
+
+static void gemm_extents(fake_device *d, const char *op, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                         const float **A, int64_t lda, const float **B, int64_t ldb, float **C, int64_t ldc) {
+  *A = real(d, op, "A", *A, ta ? span(K, M, lda) : span(M, K, lda));
+  *B = real(d, op, "B", *B, tb ? span(N, K, ldb) : span(K, N, ldb));
+  *C = real(d, op, "C", *C, span(M, N, ldc));
+}
+
+static int fake_gemm(void *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                     int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+  gemm_extents(ctx, "gemm", ta, tb, M, N, K, &A, lda, &B, ldb, &C, ldc);
+  return loom_backend_gemm(cpu(ctx, false), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static int fake_gemm_checked(void *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                             const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                             int64_t ldc, bool *finite) {
+  gemm_extents(ctx, "gemm_checked", ta, tb, M, N, K, &A, lda, &B, ldb, &C, ldc);
+  host("gemm_checked", "finite", finite);
+  return loom_backend_gemm_checked(cpu(ctx, true), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, finite);
+}
+
+static int fake_fill_rows(void *ctx, float *y, const float *row, int64_t rows, int64_t cols) {
+  y = real(ctx, "fill_rows", "y", y, F(rows * cols));
+  row = real(ctx, "fill_rows", "row", row, F(cols));
+  return loom_backend_fill_rows(cpu(ctx, false), y, row, rows, cols);
+}
+
+static int fake_sum_rows(void *ctx, float *sum, const float *x, int64_t rows, int64_t cols) {
+  sum = real(ctx, "sum_rows", "sum", sum, F(cols));
+  x = real(ctx, "sum_rows", "x", x, F(rows * cols));
+  return loom_backend_sum_rows(cpu(ctx, false), sum, x, rows, cols);
+}
+
+static int fake_act_forward(void *ctx, loom_activation act, float param, const float *x, float *y, int64_t n) {
+  x = real(ctx, "act_forward", "x", x, F(n));
+  y = real(ctx, "act_forward", "y", y, F(n));
+  return loom_backend_act_forward(cpu(ctx, false), act, param, x, y, n);
+}
+
+static int fake_act_backward(void *ctx, loom_activation act, float param, const float *x, const float *y,
+                             const float *dy, float *dx, int64_t n) {
+  x = real(ctx, "act_backward", "x", x, F(n));
+  y = real(ctx, "act_backward", "y", y, F(n));
+  dy = real(ctx, "act_backward", "dy", dy, F(n));
+  dx = real(ctx, "act_backward", "dx", dx, F(n));
+  return loom_backend_act_backward(cpu(ctx, false), act, param, x, y, dy, dx, n);
+}
+
+static int fake_xent_forward(void *ctx, const float *logits, const float *targets, const float *weights,
+                             float smoothing, int64_t n, int64_t c, float *probs, double *loss_sum,
+                             double *weight_sum) {
+  logits = real(ctx, "xent_forward", "logits", logits, F(n * c));
+  targets = real(ctx, "xent_forward", "targets", targets, F(n));
+  weights = real(ctx, "xent_forward", "weights", weights, F(c));
+  probs = real(ctx, "xent_forward", "probs", probs, F(n * c));
+  host("xent_forward", "loss_sum", loss_sum), host("xent_forward", "weight_sum", weight_sum);
+  return loom_backend_xent_forward(cpu(ctx, true), logits, targets, weights, smoothing, n, c, probs, loss_sum,
+                                   weight_sum);
+}
+
+static int fake_xent_backward(void *ctx, const float *probs, const float *targets, const float *weights,
+                              float smoothing, float scale, int64_t n, int64_t c, float *dlogits) {
+  probs = real(ctx, "xent_backward", "probs", probs, F(n * c));
+  targets = real(ctx, "xent_backward", "targets", targets, F(n));
+  weights = real(ctx, "xent_backward", "weights", weights, F(c));
+  dlogits = real(ctx, "xent_backward", "dlogits", dlogits, F(n * c));
+  return loom_backend_xent_backward(cpu(ctx, false), probs, targets, weights, smoothing, scale, n, c, dlogits);
+}
+
+static int fake_loss_forward(void *ctx, loom_pointwise_loss loss, float param, const float *out, const float *target,
+                             int64_t n, double *sum) {
+  out = real(ctx, "loss_forward", "out", out, F(n));
+  target = real(ctx, "loss_forward", "target", target, F(n));
+  host("loss_forward", "sum", sum);
+  return loom_backend_loss_forward(cpu(ctx, true), loss, param, out, target, n, sum);
+}
+
+static int fake_loss_backward(void *ctx, loom_pointwise_loss loss, float param, const float *out,
+                              const float *target, float scale, int64_t n, float *dout) {
+  out = real(ctx, "loss_backward", "out", out, F(n));
+  target = real(ctx, "loss_backward", "target", target, F(n));
+  dout = real(ctx, "loss_backward", "dout", dout, F(n));
+  return loom_backend_loss_backward(cpu(ctx, false), loss, param, out, target, scale, n, dout);
+}
+
+static int fake_dropout_forward(void *ctx, uint64_t key, float p, const float *x, float *y, float *mask, int64_t n) {
+  x = real(ctx, "dropout_forward", "x", x, F(n));
+  y = real(ctx, "dropout_forward", "y", y, F(n));
+  mask = real(ctx, "dropout_forward", "mask", mask, F(n));
+  return loom_backend_dropout_forward(cpu(ctx, false), key, p, x, y, mask, n);
+}
+
+static int fake_mul(void *ctx, const float *a, const float *b, float *y, int64_t n) {
+  a = real(ctx, "mul", "a", a, F(n));
+  b = real(ctx, "mul", "b", b, F(n));
+  y = real(ctx, "mul", "y", y, F(n));
+  return loom_backend_mul(cpu(ctx, false), a, b, y, n);
+}
+
+/* --- planned ops --- */
+
+static fake_plan *new_plan(fake_device *d, loom_layer_kind kind, int count, const loom_layer_desc *layers) {
+  fake_plan *p = calloc(1, sizeof *p);
+  if (!p)
+    die("plan", "out of host memory");
+  pthread_mutex_lock(&d->lock);
+  d->counts.plans++;
+  pthread_mutex_unlock(&d->lock);
+  p->magic = PLAN_MAGIC, p->kind = kind, p->count = count;
+  memcpy(p->layers, layers, (size_t)count * sizeof *layers);
+  return p;
+}
+
+/* The plan behind `plan`, which must be this device's, made for `kind`. */
+static fake_plan *own_plan(const char *op, loom_plan *plan, loom_layer_kind kind) {
+  fake_plan *p = (fake_plan *)plan;
+  if (!p || p->magic != PLAN_MAGIC)
+    die(op, "a plan this device did not make (%p): a plan of another backend kept across a move?", (void *)plan);
+  if (p->kind != kind)
+    die(op, "a plan made for layer kind %d, used for kind %d", (int)p->kind, (int)kind);
+  return p;
+}
+
+static int wrap_plan(fake_device *d, loom_layer_kind kind, const loom_layer_desc *desc, int rc, loom_plan *cpu_plan,
+                     loom_plan **plan) {
+  if (rc < 0)
+    return rc;
+  fake_plan *p = new_plan(d, kind, 1, desc);
+  p->cpu = cpu_plan;
+  *plan = (loom_plan *)p;
+  return 0;
+}
+
+static int fake_conv_plan(void *ctx, const loom_conv_desc *desc, loom_plan **plan) {
+  loom_plan *c = NULL;
+  int rc = loom_backend_conv_plan(cpu(ctx, false), desc, &c);
+  return wrap_plan(ctx, LOOM_LAYER_CONV, &(loom_layer_desc){.kind = LOOM_LAYER_CONV, .conv = *desc}, rc, c, plan);
+}
+
+static int fake_pool_plan(void *ctx, const loom_pool_desc *desc, loom_plan **plan) {
+  loom_plan *c = NULL;
+  int rc = loom_backend_pool_plan(cpu(ctx, false), desc, &c);
+  return wrap_plan(ctx, LOOM_LAYER_POOL, &(loom_layer_desc){.kind = LOOM_LAYER_POOL, .pool = *desc}, rc, c, plan);
+}
+
+static int fake_batchnorm_plan(void *ctx, const loom_batchnorm_desc *desc, loom_plan **plan) {
+  loom_plan *c = NULL;
+  int rc = loom_backend_batchnorm_plan(cpu(ctx, false), desc, &c);
+  return wrap_plan(ctx, LOOM_LAYER_BATCHNORM, &(loom_layer_desc){.kind = LOOM_LAYER_BATCHNORM, .batchnorm = *desc}, rc, c,
+                   plan);
+}
+
+static void fake_plan_destroy(void *ctx, loom_plan *plan) {
+  fake_device *d = ctx;
+  fake_plan *p = (fake_plan *)plan;
+  if (!p)
+    return;
+  if (p->magic != PLAN_MAGIC)
+    die("plan_destroy", "a plan this device did not make (%p)", (void *)plan);
+  pthread_mutex_lock(&d->lock);
+  d->counts.plans--;
+  pthread_mutex_unlock(&d->lock);
+  loom_backend_plan_destroy(loom_backend_cpu(), p->cpu);
+  p->magic = 0;
+  free(p);
+}
+
+static int fake_conv_forward(void *ctx, loom_plan *plan, const float *x, const float *w, const float *bias, float *y,
+                             int64_t n) {
+  const loom_conv_desc *c = &own_plan("conv_forward", plan, LOOM_LAYER_CONV)->layers[0].conv;
+  x = real(ctx, "conv_forward", "x", x, F(n * c->cin * c->h * c->w));
+  w = real(ctx, "conv_forward", "w", w, F(c->cout * c->cin * c->kh * c->kw));
+  bias = real(ctx, "conv_forward", "bias", bias, F(c->cout));
+  y = real(ctx, "conv_forward", "y", y, F(n * c->cout * c->oh * c->ow));
+  return loom_backend_conv_forward(cpu(ctx, false), ((fake_plan *)plan)->cpu, x, w, bias, y, n);
+}
+
+static int fake_conv_backward(void *ctx, loom_plan *plan, const float *x, const float *w, const float *dy, float *dw,
+                              float *dbias, float *dx, int64_t n) {
+  const loom_conv_desc *c = &own_plan("conv_backward", plan, LOOM_LAYER_CONV)->layers[0].conv;
+  x = real(ctx, "conv_backward", "x", x, F(n * c->cin * c->h * c->w));
+  w = real(ctx, "conv_backward", "w", w, F(c->cout * c->cin * c->kh * c->kw));
+  dy = real(ctx, "conv_backward", "dy", dy, F(n * c->cout * c->oh * c->ow));
+  dw = real(ctx, "conv_backward", "dw", dw, F(c->cout * c->cin * c->kh * c->kw));
+  dbias = real(ctx, "conv_backward", "dbias", dbias, F(c->cout));
+  dx = real(ctx, "conv_backward", "dx", dx, F(n * c->cin * c->h * c->w));
+  return loom_backend_conv_backward(cpu(ctx, false), ((fake_plan *)plan)->cpu, x, w, dy, dw, dbias, dx, n);
+}
+
+static int fake_pool_forward(void *ctx, loom_plan *plan, const float *x, float *y, int64_t n) {
+  const loom_pool_desc *p = &own_plan("pool_forward", plan, LOOM_LAYER_POOL)->layers[0].pool;
+  x = real(ctx, "pool_forward", "x", x, F(n * p->c * p->h * p->w));
+  y = real(ctx, "pool_forward", "y", y, F(n * p->c * p->oh * p->ow));
+  return loom_backend_pool_forward(cpu(ctx, false), ((fake_plan *)plan)->cpu, x, y, n);
+}
+
+static int fake_pool_backward(void *ctx, loom_plan *plan, const float *dy, float *dx, int64_t n) {
+  const loom_pool_desc *p = &own_plan("pool_backward", plan, LOOM_LAYER_POOL)->layers[0].pool;
+  dy = real(ctx, "pool_backward", "dy", dy, F(n * p->c * p->oh * p->ow));
+  dx = real(ctx, "pool_backward", "dx", dx, F(n * p->c * p->h * p->w));
+  return loom_backend_pool_backward(cpu(ctx, false), ((fake_plan *)plan)->cpu, dy, dx, n);
+}
+
+static int fake_batchnorm_forward(void *ctx, loom_plan *plan, bool train, const float *x, const float *gamma,
+                                  const float *beta, float *running_mean, float *running_var, float *y, int64_t n) {
+  const loom_batchnorm_desc *b = &own_plan("batchnorm_forward", plan, LOOM_LAYER_BATCHNORM)->layers[0].batchnorm;
+  const char *op = "batchnorm_forward";
+  x = real(ctx, op, "x", x, F(n * b->c * b->spatial));
+  gamma = real(ctx, op, "gamma", gamma, F(b->c)), beta = real(ctx, op, "beta", beta, F(b->c));
+  running_mean = real(ctx, op, "running_mean", running_mean, F(b->c));
+  running_var = real(ctx, op, "running_var", running_var, F(b->c));
+  y = real(ctx, op, "y", y, F(n * b->c * b->spatial));
+  return loom_backend_batchnorm_forward(cpu(ctx, false), ((fake_plan *)plan)->cpu, train, x, gamma, beta,
+                                        running_mean, running_var, y, n);
+}
+
+static int fake_batchnorm_backward(void *ctx, loom_plan *plan, const float *x, const float *gamma, const float *beta,
+                                   const float *dy, float *dgamma, float *dbeta, float *dx, int64_t n) {
+  const loom_batchnorm_desc *b = &own_plan("batchnorm_backward", plan, LOOM_LAYER_BATCHNORM)->layers[0].batchnorm;
+  const char *op = "batchnorm_backward";
+  x = real(ctx, op, "x", x, F(n * b->c * b->spatial));
+  gamma = real(ctx, op, "gamma", gamma, F(b->c)), beta = real(ctx, op, "beta", beta, F(b->c));
+  dy = real(ctx, op, "dy", dy, F(n * b->c * b->spatial));
+  dgamma = real(ctx, op, "dgamma", dgamma, F(b->c)), dbeta = real(ctx, op, "dbeta", dbeta, F(b->c));
+  dx = real(ctx, op, "dx", dx, F(n * b->c * b->spatial));
+  return loom_backend_batchnorm_backward(cpu(ctx, false), ((fake_plan *)plan)->cpu, x, gamma, beta, dy, dgamma, dbeta,
+                                         dx, n);
+}
+
+/* --- blocks --- */
+
+/* Per-sample sizes of a layer's input and output (an activation's are the
+ * layer before's output; 0: unknown, only the start is checked), its
+ * parameters' and its buffers'. */
+static void layer_sizes(const loom_layer_desc *l, int64_t prev_out, int64_t *in, int64_t *out, int64_t *params,
+                        int64_t *buffers) {
+  *params = *buffers = 0;
+  switch (l->kind) {
+  case LOOM_LAYER_CONV:
+    *in = l->conv.cin * l->conv.h * l->conv.w, *out = l->conv.cout * l->conv.oh * l->conv.ow;
+    *params = l->conv.cout * l->conv.cin * l->conv.kh * l->conv.kw + (l->conv.bias ? l->conv.cout : 0);
+    break;
+  case LOOM_LAYER_POOL:
+    *in = l->pool.c * l->pool.h * l->pool.w, *out = l->pool.c * l->pool.oh * l->pool.ow;
+    break;
+  case LOOM_LAYER_BATCHNORM:
+    *in = *out = l->batchnorm.c * l->batchnorm.spatial;
+    *params = *buffers = 2 * l->batchnorm.c;
+    break;
+  default: *in = *out = prev_out; break;
+  }
+}
+
+/* io with real addresses, each checked for its layer's extents; *in_of[k]
+ * is layer k's input size per sample. */
+static void real_io(fake_device *d, const char *op, const fake_plan *p, const loom_block_io *io, int64_t n,
+                    bool backward, loom_block_io *out, int64_t *in_of) {
+  int64_t prev = 0;
+  for (int k = 0; k < p->count; k++) {
+    int64_t in, o, np, nb;
+    layer_sizes(&p->layers[k], prev, &in, &o, &np, &nb);
+    in_of[k] = in, prev = o;
+    out[k] = (loom_block_io){
+        .params = real(d, op, "io.params", io[k].params, F(np)),
+        .grads = real(d, op, "io.grads", io[k].grads, backward ? F(np) : 0), /* forward: not touched */
+        .buffers = real(d, op, "io.buffers", io[k].buffers, F(nb)),
+        .y = real(d, op, "io.y", io[k].y, F(n * o)),
+        .dy = real(d, op, "io.dy", io[k].dy, backward ? F(n * o) : 0),
+    };
+  }
+}
+
+static int fake_plan_block(void *ctx, const loom_layer_desc *layers, int count, loom_block *block) {
+  int rc = loom_backend_plan_block(cpu(ctx, false), layers, count, block);
+  if (rc < 0 || block->count < 2)
+    return rc;
+  if (block->count > MAX_BLOCK_LAYERS)
+    die("plan_block", "a block of %d layers", block->count);
+  fake_plan *p = new_plan(ctx, LOOM_LAYER_OTHER, block->count, layers);
+  p->cpu = block->plan;
+  block->plan = (loom_plan *)p;
+  return 0;
+}
+
+static int fake_block_forward(void *ctx, loom_plan *plan, bool train, const float *x, const loom_block_io *io,
+                              int64_t n) {
+  const fake_plan *p = own_plan("block_forward", plan, LOOM_LAYER_OTHER);
+  loom_block_io rio[MAX_BLOCK_LAYERS];
+  int64_t in_of[MAX_BLOCK_LAYERS];
+  real_io(ctx, "block_forward", p, io, n, false, rio, in_of);
+  x = real(ctx, "block_forward", "x", x, F(n * in_of[0]));
+  return loom_backend_block_forward(cpu(ctx, false), p->cpu, train, x, rio, n);
+}
+
+static int fake_block_backward(void *ctx, loom_plan *plan, int first, const float *x, const loom_block_io *io,
+                               float *dx, int64_t n) {
+  const fake_plan *p = own_plan("block_backward", plan, LOOM_LAYER_OTHER);
+  loom_block_io rio[MAX_BLOCK_LAYERS];
+  int64_t in_of[MAX_BLOCK_LAYERS];
+  real_io(ctx, "block_backward", p, io, n, true, rio, in_of);
+  /* x is the block's input (layer first > 0 reads the kept y before it) */
+  x = real(ctx, "block_backward", "x", x, F(n * in_of[0]));
+  dx = real(ctx, "block_backward", "dx", dx, F(n * in_of[0]));
+  return loom_backend_block_backward(cpu(ctx, false), p->cpu, first, x, rio, dx, n);
+}
+
+/* --- optimizers and gradients --- */
+
+static int fake_sgd_update(void *ctx, const loom_sgd_step *s, float *p, const float *g, float *buf, int64_t n) {
+  p = real(ctx, "sgd_update", "p", p, F(n)), g = real(ctx, "sgd_update", "g", g, F(n));
+  buf = real(ctx, "sgd_update", "buf", buf, F(n));
+  host("sgd_update", "the step", s);
+  return loom_backend_sgd_update(cpu(ctx, false), s, p, g, buf, n);
+}
+
+static int fake_adam_update(void *ctx, const loom_adam_step *s, float *p, const float *g, float *m, float *v,
+                            int64_t n) {
+  p = real(ctx, "adam_update", "p", p, F(n)), g = real(ctx, "adam_update", "g", g, F(n));
+  m = real(ctx, "adam_update", "m", m, F(n)), v = real(ctx, "adam_update", "v", v, F(n));
+  host("adam_update", "the step", s);
+  return loom_backend_adam_update(cpu(ctx, false), s, p, g, m, v, n);
+}
+
+static int fake_rmsprop_update(void *ctx, const loom_rmsprop_step *s, float *p, const float *g, float *sq, float *buf,
+                               float *avg, int64_t n) {
+  const char *op = "rmsprop_update";
+  p = real(ctx, op, "p", p, F(n)), g = real(ctx, op, "g", g, F(n)), sq = real(ctx, op, "sq", sq, F(n));
+  buf = real(ctx, op, "buf", buf, F(n)), avg = real(ctx, op, "avg", avg, F(n));
+  host(op, "the step", s);
+  return loom_backend_rmsprop_update(cpu(ctx, false), s, p, g, sq, buf, avg, n);
+}
+
+static int fake_sum_squares(void *ctx, const float *x, int64_t n, double *sum) {
+  x = real(ctx, "sum_squares", "x", x, F(n));
+  host("sum_squares", "sum", sum);
+  return loom_backend_sum_squares(cpu(ctx, true), x, n, sum);
+}
+
+static int fake_scale(void *ctx, float *x, float a, int64_t n) {
+  return loom_backend_scale(cpu(ctx, false), real(ctx, "scale", "x", x, F(n)), a, n);
+}
+
+static int fake_clamp(void *ctx, float *x, float limit, int64_t n) {
+  return loom_backend_clamp(cpu(ctx, false), real(ctx, "clamp", "x", x, F(n)), limit, n);
+}
+
+static int fake_all_finite(void *ctx, const float *x, int64_t n, bool *finite) {
+  x = real(ctx, "all_finite", "x", x, F(n));
+  host("all_finite", "finite", finite);
+  return loom_backend_all_finite(cpu(ctx, true), x, n, finite);
+}
+
+static const loom_backend_ops fake_ops = {
+    .name = "fake",
+    .device = LOOM_DEVICE_CUDA,
+    .alloc = fake_alloc,
+    .free = fake_free,
+    .to_host = fake_to_host,
+    .from_host = fake_from_host,
+    .copy = fake_copy,
+    .zero = fake_zero,
+    .gemm = fake_gemm,
+    .fill_rows = fake_fill_rows,
+    .sum_rows = fake_sum_rows,
+    .act_forward = fake_act_forward,
+    .act_backward = fake_act_backward,
+    .xent_forward = fake_xent_forward,
+    .xent_backward = fake_xent_backward,
+    .loss_forward = fake_loss_forward,
+    .loss_backward = fake_loss_backward,
+    .dropout_forward = fake_dropout_forward,
+    .mul = fake_mul,
+    .conv_plan = fake_conv_plan,
+    .conv_forward = fake_conv_forward,
+    .conv_backward = fake_conv_backward,
+    .pool_plan = fake_pool_plan,
+    .pool_forward = fake_pool_forward,
+    .pool_backward = fake_pool_backward,
+    .batchnorm_plan = fake_batchnorm_plan,
+    .batchnorm_forward = fake_batchnorm_forward,
+    .batchnorm_backward = fake_batchnorm_backward,
+    .plan_destroy = fake_plan_destroy,
+    .plan_block = fake_plan_block,
+    .block_forward = fake_block_forward,
+    .block_backward = fake_block_backward,
+    .sgd_update = fake_sgd_update,
+    .adam_update = fake_adam_update,
+    .rmsprop_update = fake_rmsprop_update,
+    .sum_squares = fake_sum_squares,
+    .scale = fake_scale,
+    .clamp = fake_clamp,
+    .all_finite = fake_all_finite,
+    .gemm_checked = fake_gemm_checked,
+    .destroy = fake_destroy,
+};
+
+loom_backend *fake_device_create(size_t arena_bytes, fake_device **dev) {
+  fake_device *d = calloc(1, sizeof *d);
+  if (d)
+    d->arena = aligned_alloc(64, (arena_bytes + 63) & ~(size_t)63);
+  if (!d || !d->arena || (uintptr_t)d->arena & TAG)
+    die("create", "no host memory for a %zu-byte arena", arena_bytes);
+  d->size = (arena_bytes + 63) & ~(size_t)63;
+  pthread_mutex_init(&d->lock, NULL);
+  reserve(d);
+  d->blocks[d->count++] = (block){0, d->size, false};
+  loom_backend *b = loom_backend_create(&fake_ops, d);
+  if (!b)
+    die("create", "loom_backend_create failed");
+  if (dev)
+    *dev = d;
+  return b;
+}
+
+fake_device_counts fake_device_counts_of(fake_device *d) {
+  pthread_mutex_lock(&d->lock);
+  fake_device_counts c = d->counts;
+  pthread_mutex_unlock(&d->lock);
+  return c;
+}
+
+void fake_device_reset_counts(fake_device *d) {
+  pthread_mutex_lock(&d->lock);
+  d->counts = (fake_device_counts){.live = d->counts.live, .plans = d->counts.plans};
+  pthread_mutex_unlock(&d->lock);
+}
+
+bool fake_device_owns(fake_device *d, const void *p) {
+  uintptr_t u = (uintptr_t)p;
+  return (u & TAG) && (u & ~TAG) >= (uintptr_t)d->arena && (u & ~TAG) < (uintptr_t)d->arena + d->size;
+}

@@ -1,0 +1,45 @@
+/* A device backend for tests, for machines without a GPU: .device is
+ * LOOM_DEVICE_CUDA, its memory one malloc'd arena, and the pointers it
+ * hands out are TAGGED (the real address + 2^62, non-canonical on x86-64):
+ * any host dereference of device memory by loom code (a memcpy, a memset,
+ * a CPU kernel, a loop over parameters) faults at once, with a stack under
+ * ASan. Every op takes the tag off, checks that each pointer lies inside a
+ * live allocation of the arena for the extent the op touches (so host
+ * memory, or a freed or overrun buffer, handed to a device op is caught
+ * too: the message names the op and the operand, then abort), and calls
+ * the CPU backend's op on the real addresses: results are the CPU's, bit
+ * for bit. Plans wrap the CPU's plans (a plan made elsewhere is caught).
+ * It counts the transfers and the ops that hand a result to the host, so
+ * tests can bound the synchronisations a step makes. */
+#ifndef LOOM_TEST_FAKE_DEVICE_H
+#define LOOM_TEST_FAKE_DEVICE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <loom/backend.h>
+
+typedef struct fake_device fake_device;
+
+typedef struct fake_device_counts {
+  int64_t to_host;      /* to_host calls: each waits for the device on a real one */
+  int64_t from_host;    /* from_host calls */
+  int64_t host_results; /* ops whose result lands on the host (a sync each): xent_forward,
+                         * loss_forward, sum_squares, all_finite, gemm_checked */
+  int64_t ops;          /* every op, host results included (not the memory calls) */
+  int64_t live;         /* allocations not freed */
+  int64_t plans;        /* plans not destroyed */
+} fake_device_counts;
+
+/* A fake device of `arena_bytes` of memory, named "fake"; *dev (if not
+ * NULL) is its handle for the calls below, valid until the backend is
+ * destroyed. Aborts if the arena cannot be had. */
+loom_backend *fake_device_create(size_t arena_bytes, fake_device **dev);
+fake_device_counts fake_device_counts_of(fake_device *dev);
+/* Zeroes the counts (not `live` and `plans`). */
+void fake_device_reset_counts(fake_device *dev);
+/* Whether p is a (tagged) address of this device's memory. */
+bool fake_device_owns(fake_device *dev, const void *p);
+
+#endif
