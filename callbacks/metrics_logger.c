@@ -369,7 +369,8 @@ static int logger_load(loom_callback *cb, loom_runner *r, const loom_state *s) {
     return rc;
   if (bytes < 0)
     return loom_error_set(LOOM_EFORMAT, "the checkpoint's metrics logger wrote %lld bytes", (long long)bytes);
-  fflush(m->jsonl);
+  if (fflush(m->jsonl) != 0)
+    return loom_error_set(LOOM_EIO, "metrics logger: cannot write %s: %s", m->jsonl_path, strerror(errno));
   /* Cut back to the checkpoint, never extended: a logdir whose metrics.jsonl
    * is shorter (a resume elsewhere, a file removed) keeps what it has. */
   struct stat st;

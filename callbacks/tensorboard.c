@@ -1,6 +1,7 @@
 /* TensorBoard event files (callbacks/tfevent.h): the loader and epoch
  * metrics as scalars, and the run's hyperparameters as HParams summaries
  * (callbacks/hparams.h), with hparams.json beside them. */
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,7 +133,7 @@ static int write_hparams_json(tensorboard *t, const loom_runner *r, const char *
   if (!doc)
     return loom_error_oom("hparams.json");
   if (json_dump_file(doc, path, JSON_INDENT(2) | JSON_REAL_PRECISION(17)) < 0)
-    rc = loom_error_set(LOOM_EIO, "tensorboard: cannot write %s", path);
+    rc = loom_error_set(LOOM_EIO, "tensorboard: cannot write %s: %s", path, strerror(errno));
   json_decref(doc);
   return rc;
 }
