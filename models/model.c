@@ -746,6 +746,11 @@ static int check_layer_sizes(const loom_model *m, const loom_state *s) {
   int rc = saved ? loom_state_get_i64_array(s, "offsets", saved, m->count + 1) : loom_error_oom("the layer table");
   for (size_t i = 0; rc == 0 && i < m->count; i++) {
     int64_t have = (int64_t)m->layers[i].nparams;
+    if (saved[i] < 0 || saved[i + 1] < saved[i]) { /* a difference that could overflow: written by no model */
+      rc = loom_error_set(LOOM_EFORMAT, "the checkpoint's layer table is damaged (offsets %lld, %lld at layer \"%s\")",
+                          (long long)saved[i], (long long)saved[i + 1], m->layers[i].name);
+      break;
+    }
     int64_t had = saved[i + 1] - saved[i];
     if (had != have)
       rc = loom_error_set(LOOM_EFORMAT,
