@@ -114,8 +114,10 @@ static int es_epoch_end(loom_callback *cb, loom_runner *r) {
       return rc;
     stalled += rc;
     good += good_enough;
-    if (i == 0 && improved && e->best_weights && loom_runner_model(r))
-      memcpy(e->best_weights, loom_model_params(loom_runner_model(r)), e->nweights * sizeof(float));
+    /* Through the host copy helpers: the model may be on a device. */
+    if (i == 0 && improved && e->best_weights && loom_runner_model(r) &&
+        (rc = loom_model_params_to_host(loom_runner_model(r), e->best_weights)) < 0)
+      return loom_error_wrap(rc, "early stopping: keeping the best weights");
   }
   bool combined_stall = e->o.require_all ? stalled == e->n : stalled > 0;
   bool combined_good = e->o.require_all ? good == e->n : good > 0;
@@ -133,8 +135,11 @@ static int es_epoch_end(loom_callback *cb, loom_runner *r) {
   char why[600];
   snprintf(why, sizeof why, "early stopping: %s", e->reason);
   loom_runner_request_stop_because(r, LOOM_STOP_STAGE, why);
-  if (e->o.restore_best_weights && e->best_weights && e->w[0].has_best && loom_runner_model(r))
-    memcpy(loom_model_params(loom_runner_model(r)), e->best_weights, e->nweights * sizeof(float));
+  if (e->o.restore_best_weights && e->best_weights && e->w[0].has_best && loom_runner_model(r)) {
+    int rc = loom_model_params_from_host(loom_runner_model(r), e->best_weights);
+    if (rc < 0)
+      return loom_error_wrap(rc, "early stopping: restoring the best weights");
+  }
   return 0;
 }
 

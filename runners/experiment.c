@@ -19,6 +19,7 @@ struct loom_experiment {
   char *logdir;
   char *config; /* the resolved config as JSON, or NULL */
   uint64_t seed;
+  loom_backend *backend; /* borrowed; NULL: models stay where they are */
   loom_stage **stages;
   size_t num_stages, cap_stages;
   loom_callback **callbacks;
@@ -109,6 +110,8 @@ void loom_experiment_destroy(loom_experiment *exp) {
 const char *loom_experiment_name(const loom_experiment *exp) { return exp->name; }
 void loom_experiment_set_seed(loom_experiment *exp, uint64_t seed) { exp->seed = seed; }
 uint64_t loom_experiment_seed(const loom_experiment *exp) { return exp->seed; }
+void loom_experiment_set_backend(loom_experiment *exp, loom_backend *backend) { exp->backend = backend; }
+loom_backend *loom_experiment_backend(const loom_experiment *exp) { return exp->backend; }
 const char *loom_experiment_logdir(const loom_experiment *exp) { return exp->logdir; }
 
 int loom_experiment_set_logdir(loom_experiment *exp, const char *logdir) {

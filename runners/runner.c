@@ -51,6 +51,7 @@ void loom_runner_destroy(loom_runner *r) {
   loom_callback_table_free(&r->exp_table);
   loom_callback_table_free(&r->stage_table);
   loom_runner_reducer_free(r);
+  loom_tensor_destroy(r->device_input), loom_tensor_destroy(r->device_target);
   loom_comm_destroy(r->comm);
   loom_metrics *m[NUM_METRIC_STORES];
   metric_stores(r, m);

@@ -114,6 +114,8 @@ struct loom_runner {
 
   /* the batch */
   const loom_tensor *input, *target, *output;
+  /* The batch on a device model's backend, reused across batches (runner_loop.c). */
+  loom_tensor *device_input, *device_target;
   double batch_loss;
 
   /* metrics */

@@ -58,6 +58,42 @@ int64_t loom_runner_batch_limit(const loom_runner *r, int64_t available) {
   return n;
 }
 
+/* The model's backend when it is a device's; NULL for the CPU. */
+static loom_backend *device_of_model(const loom_runner *r) {
+  loom_backend *b = r->model ? loom_model_backend(r->model) : NULL;
+  return b && loom_backend_device(b) != LOOM_DEVICE_CPU ? b : NULL;
+}
+
+/* *dst (made on `b`, or again when the model moved) := host tensor src. */
+static int upload(loom_backend *b, loom_tensor **dst, const loom_tensor *src) {
+  if (*dst && loom_tensor_backend(*dst) != b) {
+    loom_tensor_destroy(*dst);
+    *dst = NULL;
+  }
+  if (!*dst && !(*dst = loom_tensor_create_on(b, loom_tensor_ndim(src), loom_tensor_shape(src))))
+    return loom_last_error_code();
+  return loom_tensor_copy(*dst, src); /* reuses the capacity: nothing allocated per batch */
+}
+
+/* After on_batch_start (whose callbacks may change the host batch), the
+ * batch moves to a device model's backend; a model on the CPU reads the
+ * loader's tensors as they are. */
+static int upload_batch(loom_runner *r) {
+  loom_backend *b = device_of_model(r);
+  if (!b)
+    return 0;
+  int rc = upload(b, &r->device_input, r->input);
+  if (rc == 0 && r->target)
+    rc = upload(b, &r->device_target, r->target);
+  if (rc < 0)
+    return loom_error_wrap(rc, "copying batch %lld of loader \"%s\" to backend \"%s\" (stage \"%s\", epoch %d)",
+                           (long long)r->loader_batch_step, r->loader_name, loom_backend_name(b), r->stage->name,
+                           r->epoch);
+  r->input = r->device_input;
+  r->target = r->target ? r->device_target : NULL;
+  return 0;
+}
+
 static int run_one_batch(loom_runner *r, loom_tensor *x, loom_tensor *y) {
   r->input = x;
   r->target = y;
@@ -73,10 +109,14 @@ static int run_one_batch(loom_runner *r, loom_tensor *x, loom_tensor *y) {
   }
   loom_metrics_clear(r->batch_metrics);
   int rc = loom_runner_dispatch(r, LOOM_EVENT_BATCH_START);
-  if (rc < 0)
+  if (rc < 0 || (rc = upload_batch(r)) < 0)
     return rc;
   uint64_t t0 = loom_now_ns();
   rc = r->handle_batch(r, r->handle_user);
+  /* A device runs behind the host: the batch ends when its work does. */
+  loom_backend *device = device_of_model(r);
+  if (rc >= 0 && device && (rc = loom_backend_synchronize(device)) < 0)
+    rc = loom_error_wrap(rc, "waiting for backend \"%s\"", loom_backend_name(device));
   r->batch_compute_s = (double)(loom_now_ns() - t0) * 1e-9;
   if (rc < 0)
     return loom_error_wrap(rc, "handle_batch (stage \"%s\", epoch %d, loader \"%s\", batch %lld)", r->stage->name,

@@ -4,7 +4,9 @@
  * soon as backward has finished its layers (loom_model_on_grads_ready), so
  * communication overlaps the rest of backward; otherwise every bucket
  * starts at the step. Either way the same buckets are summed by the same
- * calls, so the results are the same bits. */
+ * calls, so the results are the same bits. A model on a device averages
+ * through a host copy of its gradients, bucket by bucket (each copy out
+ * waits for the device; device-aware collectives would avoid it). */
 #include "runners/runner_impl.h"
 
 #include <math.h>
@@ -12,6 +14,8 @@
 
 struct loom_reducer {
   loom_model *model; /* the buckets are this model's */
+  loom_backend *device; /* the model's backend if a device's: the means go through host */
+  float *host;          /* ... this copy of the gradients */
   size_t nparams;
   size_t nbuckets;
   size_t *lo, *hi; /* bucket b: gradients [lo, hi); b = 0 holds the last layers */
@@ -31,7 +35,7 @@ void loom_runner_reducer_free(loom_runner *r) {
     loom_model_on_grads_ready(red->model, NULL, NULL);
   for (size_t b = 0; b < red->nbuckets; b++)
     loom_comm_request_destroy(red->req[b]);
-  free(red->req), free(red->lo), free(red->hi);
+  free(red->req), free(red->lo), free(red->hi), free(red->host);
   free(red);
   r->reducer = NULL;
 }
@@ -73,7 +77,9 @@ static int make_buckets(loom_runner *r, loom_reducer *red) {
 /* The reducer for the runner's model, made again when the model changes. */
 static int reducer_for_model(loom_runner *r, loom_reducer **out) {
   loom_reducer *red = r->reducer;
-  if (red && red->model == r->model && red->nparams == loom_model_num_params(r->model)) {
+  loom_backend *b = loom_model_backend(r->model);
+  loom_backend *device = loom_backend_device(b) != LOOM_DEVICE_CPU ? b : NULL;
+  if (red && red->model == r->model && red->nparams == loom_model_num_params(r->model) && red->device == device) {
     *out = red;
     return 0;
   }
@@ -83,12 +89,15 @@ static int reducer_for_model(loom_runner *r, loom_reducer **out) {
   red->r = r;
   r->reducer = red;
   int rc = make_buckets(r, red);
+  if (rc == 0 && device && !(red->host = malloc((loom_model_num_params(r->model) + 1) * sizeof *red->host)))
+    rc = loom_error_oom("a host copy of the gradients to average");
   if (rc < 0) {
     loom_runner_reducer_free(r);
     return rc;
   }
   red->model = r->model;
   red->nparams = loom_model_num_params(r->model);
+  red->device = device;
   *out = red;
   return 0;
 }
@@ -98,10 +107,14 @@ static int reducer_for_model(loom_runner *r, loom_reducer **out) {
 static int start_next(loom_reducer *red) {
   loom_runner *r = red->r;
   const size_t b = red->started++;
-  float *g = loom_model_grads(r->model);
-  if (red->lo[b] == 0 && r->loss_poisoned)
-    g[0] = NAN;
-  int rc = loom_comm_start_mean_f32(red->req[b], g + red->lo[b]);
+  float *g = loom_model_grads(r->model), *buf = red->device ? red->host : g;
+  int rc = red->device ? loom_backend_to_host(red->device, buf + red->lo[b], g + red->lo[b],
+                                              (red->hi[b] - red->lo[b]) * sizeof *buf)
+                       : 0;
+  if (rc == 0 && red->lo[b] == 0 && r->loss_poisoned)
+    buf[0] = NAN;
+  if (rc == 0)
+    rc = loom_comm_start_mean_f32(red->req[b], buf + red->lo[b]);
   return rc < 0 ? loom_error_wrap(rc, "starting the mean of gradient bucket %zu of %zu (%zu floats)", b + 1,
                                   red->nbuckets, red->hi[b] - red->lo[b])
                 : 0;
@@ -151,11 +164,14 @@ int loom_runner_mean_grads(loom_runner *r) {
     loom_error_set(rc, "%s", red->message);
   while (rc == 0 && red->started < red->nbuckets)
     rc = start_next(red);
-  float *g = loom_model_grads(r->model);
+  float *g = loom_model_grads(r->model), *buf = red->device ? red->host : g;
   /* Every started bucket is waited for, even after a failure, unless the
    * communicator has failed (then nothing will complete). */
   for (size_t b = 0; b < red->started && !loom_comm_failed(r->comm); b++) {
-    int w = loom_comm_wait_mean_f32(red->req[b], g + red->lo[b]);
+    int w = loom_comm_wait_mean_f32(red->req[b], buf + red->lo[b]);
+    if (w == 0 && red->device) /* the mean back into the device's gradients */
+      w = loom_backend_from_host(red->device, g + red->lo[b], buf + red->lo[b],
+                                 (red->hi[b] - red->lo[b]) * sizeof *buf);
     if (w < 0 && rc == 0)
       rc = loom_error_wrap(w, "the mean of gradient bucket %zu of %zu", b + 1, red->nbuckets);
   }

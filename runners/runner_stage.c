@@ -88,6 +88,13 @@ int loom_runner_prepare_stage(loom_runner *r, size_t index, bool load) {
       return loom_error_wrap(rc, "stage \"%s\": building the model for the samples of loader \"%s\"", s->name,
                              r->loaders[0].name);
   }
+  loom_backend *backend = loom_experiment_backend(r->exp);
+  if (r->model && backend && loom_model_backend(r->model) != backend) {
+    int rc = loom_model_set_backend(r->model, backend);
+    if (rc < 0)
+      return loom_error_wrap(rc, "stage \"%s\": moving the model to backend \"%s\"", s->name,
+                             loom_backend_name(backend));
+  }
   r->valid_loader = s->valid_loader;
   r->main_metric = s->main_metric;
   r->minimize = s->minimize;

@@ -3,6 +3,7 @@
 #include "runners/runner_impl.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 /* The non-finite policy for this batch: 1 to skip it (SKIP, within the
  * budget: no step, no metrics), else LOOM_ENONFINITE saying `what` was
@@ -21,17 +22,29 @@ static int apply_nonfinite_policy(loom_runner *r, const char *what, const char *
                         what, advice);
 }
 
-/* The first layer with a non-finite gradient, for the message ("?" if none). */
+/* The first layer with a non-finite gradient, for the message ("?" if none
+ * or if a device's gradients cannot be copied to the host: this is only
+ * the failure's path, so a copy costs nothing the steps pay). */
 static const char *first_nonfinite_layer(loom_model *m) {
-  const float *g = loom_model_grads(m);
-  for (size_t l = 0; l < loom_model_num_layers(m); l++) {
+  const bool device = loom_backend_device(loom_model_backend(m)) != LOOM_DEVICE_CPU;
+  float *copy = device ? malloc(loom_model_num_params(m) * sizeof *copy) : NULL;
+  if (device && (!copy || loom_model_grads_to_host(m, copy) < 0)) {
+    free(copy);
+    return "?";
+  }
+  const float *g = device ? copy : loom_model_grads(m);
+  const char *name = "?";
+  for (size_t l = 0; l < loom_model_num_layers(m) && name[0] == '?'; l++) {
     size_t off, count;
     loom_model_layer_params(m, l, &off, &count);
     for (size_t i = off; i < off + count; i++)
-      if (!isfinite(g[i]))
-        return loom_model_layer_name(m, l);
+      if (!isfinite(g[i])) {
+        name = loom_model_layer_name(m, l);
+        break;
+      }
   }
-  return "?";
+  free(copy);
+  return name;
 }
 
 /* A non-finite gradient: the policy, with a message that names the norm

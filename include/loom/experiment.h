@@ -31,6 +31,16 @@ LOOM_API void loom_experiment_destroy(loom_experiment *exp);
 LOOM_API const char *loom_experiment_name(const loom_experiment *exp);
 LOOM_API void loom_experiment_set_seed(loom_experiment *exp, uint64_t seed);
 LOOM_API uint64_t loom_experiment_seed(const loom_experiment *exp);
+/* Where every stage's model runs (loom/backend.h): each stage, as it
+ * starts, builds its model if nobody did, then moves it to `backend`
+ * (loom_model_set_backend) unless it is there already. The runner then
+ * uploads each batch to it (loom_runner_input). Borrowed: the backend must
+ * outlive the experiment, whose models free their memory through it.
+ * NULL (the default): each model stays where it is (host memory unless
+ * moved by hand). Checkpoints do not depend on it: a run on a device
+ * resumes on the CPU and the reverse. */
+LOOM_API void loom_experiment_set_backend(loom_experiment *exp, loom_backend *backend);
+LOOM_API loom_backend *loom_experiment_backend(const loom_experiment *exp);
 /* Where loggers write; created when the run starts. Default "logs/<name>". */
 LOOM_API int loom_experiment_set_logdir(loom_experiment *exp, const char *logdir);
 LOOM_API const char *loom_experiment_logdir(const loom_experiment *exp);

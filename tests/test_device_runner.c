@@ -1,0 +1,217 @@
+/* A whole experiment with its model on a device backend, checked without a
+ * GPU on the fake device (tests/fake_device.h: tagged pointers, so any host
+ * read of device memory by the runner or a built-in callback faults; the
+ * CPU's ops behind them, so the results must be the CPU's bit for bit).
+ * The same two-stage experiment runs once on the CPU and once with
+ * loom_experiment_set_backend(fake): the metrics and final weights must
+ * agree, the transfers per training batch stay bounded, and a checkpoint
+ * the device run wrote resumes on the CPU to the CPU run's weights. */
+#include "helpers.h"
+
+#include <signal.h>
+
+#include "fake_device.h"
+
+static loom_backend *fake;
+static fake_device *dev;
+
+static int setup(void **state) {
+  (void)state;
+  fake = fake_device_create((size_t)64 << 20, &dev);
+  return 0;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  loom_backend_destroy(fake);
+  return 0;
+}
+
+/* The transfers of each training batch, from after its on_batch_start
+ * callbacks (order below: this one last) to after its on_batch_end ones:
+ * the upload, handle_batch and the metric callbacks. */
+typedef struct transfers {
+  fake_device_counts at_start;
+  int64_t batches, max_to_host, max_from_host, first_to_host, first_from_host;
+  int64_t interrupt_at; /* interrupt after this global train batch (0: never) */
+} transfers;
+
+static int tr_batch_start(loom_callback *cb, loom_runner *r) {
+  transfers *t = loom_callback_data(cb);
+  if (loom_runner_is_train_loader(r) && dev)
+    t->at_start = fake_device_counts_of(dev);
+  return 0;
+}
+
+static int tr_batch_end(loom_callback *cb, loom_runner *r) {
+  transfers *t = loom_callback_data(cb);
+  if (!loom_runner_is_train_loader(r))
+    return 0;
+  if (t->interrupt_at && loom_runner_global_batch_step(r) == t->interrupt_at)
+    loom_runner_interrupt(r, "test interrupt");
+  if (!dev)
+    return 0;
+  fake_device_counts now = fake_device_counts_of(dev);
+  int64_t to_host = now.to_host - t->at_start.to_host, from_host = now.from_host - t->at_start.from_host;
+  if (t->batches++ == 0) {
+    t->first_from_host = from_host; /* the criterion's tensors move to the device */
+    t->first_to_host = to_host;
+    return 0;
+  }
+  if (to_host > t->max_to_host)
+    t->max_to_host = to_host;
+  if (from_host > t->max_from_host)
+    t->max_from_host = from_host;
+  return 0;
+}
+
+static const loom_callback_ops transfers_ops = {
+    .type = "transfers", .on_batch_start = tr_batch_start, .on_batch_end = tr_batch_end};
+
+/* Pretrain (Adam, early stopping that keeps the best weights) then
+ * finetune (SGD with momentum, fc1 frozen) the MLP 8-16-3 on the same
+ * model; accuracy, metrics.jsonl and checkpoints on. */
+static loom_experiment *build(const char *logdir, loom_backend *backend, transfers *t) {
+  loom_experiment *exp = loom_experiment_create("device");
+  loom_experiment_set_seed(exp, 7);
+  loom_experiment_set_logdir(exp, logdir);
+  loom_experiment_set_backend(exp, backend);
+  const int64_t sizes[] = {8, 16, 3};
+  loom_adam_options adam = loom_adam_defaults();
+  adam.lr = 0.01;
+  loom_stage *pre = loom_experiment_add_stage(exp, "pretrain", 3);
+  assert_int_equal(loom_stage_set_model(pre, loom_mlp_create(sizes, 3, 5)), 0);
+  assert_int_equal(loom_stage_set_criterion(pre, loom_cross_entropy_create()), 0);
+  assert_int_equal(loom_stage_set_optimizer(pre, loom_adam_create(&adam)), 0);
+  assert_int_equal(loom_stage_add_loader(pre, "train", test_loader(100, 8, 3, 16, true)), 0); /* 7 batches */
+  assert_int_equal(loom_stage_add_loader(pre, "valid", test_loader(40, 8, 3, 16, false)), 0); /* 3 batches */
+  loom_early_stopping_options es = loom_early_stopping_defaults();
+  es.patience = 1;
+  es.restore_best_weights = true;
+  assert_int_equal(loom_stage_add_callback(pre, loom_early_stopping_callback_create(&es)), 0);
+  loom_stage *fine = loom_experiment_add_stage(exp, "finetune", 2);
+  loom_sgd_options sgd = {.lr = 0.05, .momentum = 0.9};
+  assert_int_equal(loom_stage_set_optimizer(fine, loom_sgd_create(&sgd)), 0);
+  assert_int_equal(loom_stage_freeze(fine, "fc1"), 0);
+  assert_int_equal(loom_experiment_add_callback(exp, loom_accuracy_callback_create(NULL, 0)), 0);
+  assert_int_equal(loom_experiment_add_callback(exp, loom_metrics_logger_create()), 0);
+  loom_checkpoint_options ck = loom_checkpoint_defaults();
+  assert_int_equal(loom_experiment_add_callback(exp, loom_checkpoint_callback_create(&ck)), 0);
+  assert_int_equal(loom_experiment_add_callback(exp, loom_callback_create(&transfers_ops, t, 1000)), 0);
+  return exp;
+}
+
+typedef struct outcome {
+  float *params;
+  size_t n;
+  char *jsonl;
+} outcome;
+
+/* Runs exp (resuming from `resume` if not NULL); keeps the final weights,
+ * read through the host-copy helper wherever the model is. */
+static int run(loom_experiment *exp, const char *resume, outcome *out) {
+  loom_runner *r = loom_runner_create();
+  if (resume)
+    assert_int_equal(loom_runner_set_resume(r, resume), 0);
+  int rc = loom_run_experiment(r, exp);
+  loom_model *m = loom_runner_model(r);
+  if (out && m) {
+    out->n = loom_model_num_params(m);
+    out->params = malloc(out->n * sizeof(float));
+    assert_int_equal(loom_model_params_to_host(m, out->params), 0);
+    out->jsonl = jsonl_without_time(loom_experiment_logdir(exp));
+  }
+  loom_runner_destroy(r);
+  return rc;
+}
+
+static void outcome_free(outcome *o) { free(o->params), free(o->jsonl); }
+
+/* Runs the experiment on the CPU; keeps what came out. */
+static void cpu_run(const char *logdir, outcome *out) {
+  transfers t = {0};
+  fake_device *keep = dev;
+  dev = NULL; /* nothing to count */
+  loom_experiment *exp = build(logdir, NULL, &t);
+  int rc = run(exp, NULL, out);
+  if (rc < 0)
+    fail_msg("%s", loom_last_error());
+  loom_experiment_destroy(exp);
+  dev = keep;
+}
+
+static void same_run_on_device(void **state) {
+  (void)state;
+  char *cpu_dir = test_tmpdir(), *dev_dir = test_tmpdir();
+  outcome want = {0}, got = {0};
+  cpu_run(cpu_dir, &want);
+
+  transfers t = {0};
+  fake_device_reset_counts(dev);
+  loom_experiment *exp = build(dev_dir, fake, &t);
+  int rc = run(exp, NULL, &got);
+  if (rc < 0)
+    fail_msg("%s", loom_last_error());
+  assert_string_equal(want.jsonl, got.jsonl);
+  assert_int_equal(want.n, got.n);
+  assert_memory_equal(want.params, got.params, want.n * sizeof(float));
+  /* Training batches: 7 per epoch, 3 + 2 epochs (or fewer if early
+   * stopping stopped the pretraining), all counted. */
+  assert_true(t.batches >= 7 * 3 && t.batches <= 7 * 5);
+  /* Per training batch after the first: uploads of the input and the
+   * target (2 from_host); to the host: the cross-entropy's target check (1)
+   * and the accuracy callback's output and target (2). The loss, the
+   * gradients' finiteness and the step's check reach the host as op
+   * results, not copies. On the first batch the cross-entropy's probs and
+   * its dout move to the device once, contents and all (2 more). */
+  assert_int_equal(t.max_from_host, 2);
+  assert_int_equal(t.max_to_host, 3);
+  assert_int_equal(t.first_from_host, 4);
+  assert_int_equal(t.first_to_host, 3);
+  loom_experiment_destroy(exp);
+  /* The device's memory all went back when the experiment's model did. */
+  assert_int_equal(fake_device_counts_of(dev).live, 0);
+  outcome_free(&want), outcome_free(&got);
+  test_rm_rf(cpu_dir), test_rm_rf(dev_dir);
+  free(cpu_dir), free(dev_dir);
+}
+
+/* Interrupted on the fake device after a batch of the finetuning stage,
+ * resumed from its last.h5 on the CPU: the CPU run's weights. */
+static void device_checkpoint_resumes_on_cpu(void **state) {
+  (void)state;
+  char *cpu_dir = test_tmpdir(), *dev_dir = test_tmpdir();
+  outcome want = {0}, got = {0};
+  cpu_run(cpu_dir, &want);
+
+  transfers t = {.interrupt_at = 7 * 3 + 4}; /* inside finetune's first epoch, if pretraining ran 3 epochs */
+  loom_experiment *exp = build(dev_dir, fake, &t);
+  assert_int_equal(run(exp, NULL, NULL), LOOM_EINTERRUPTED);
+  loom_experiment_destroy(exp);
+  assert_int_equal(fake_device_counts_of(dev).live, 0);
+
+  char last[1200];
+  snprintf(last, sizeof last, "%s/checkpoints/last.h5", dev_dir);
+  transfers none = {0};
+  fake_device *keep = dev;
+  dev = NULL;
+  exp = build(dev_dir, NULL, &none);
+  int rc = run(exp, last, &got);
+  if (rc < 0)
+    fail_msg("%s", loom_last_error());
+  loom_experiment_destroy(exp);
+  dev = keep;
+  assert_int_equal(want.n, got.n);
+  assert_memory_equal(want.params, got.params, want.n * sizeof(float));
+  outcome_free(&want), outcome_free(&got);
+  test_rm_rf(cpu_dir), test_rm_rf(dev_dir);
+  free(cpu_dir), free(dev_dir);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(same_run_on_device),
+      cmocka_unit_test(device_checkpoint_resumes_on_cpu),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
