@@ -117,7 +117,9 @@ LOOM_API int64_t loom_runner_optimizer_step_count(const loom_runner *runner);
 LOOM_API bool loom_runner_batch_skipped(const loom_runner *runner);
 /* 0: finite; 1: skip this batch (policy SKIP, within budget); < 0: error. */
 LOOM_API int loom_runner_check_loss(loom_runner *runner, double loss);
-/* Seconds the current batch spent waiting for data, and in handle_batch. */
+/* Seconds the current batch spent waiting for data, and in handle_batch
+ * (for a model on a device, until the device finished the batch's work:
+ * the runner synchronizes the backend before taking the end time). */
 LOOM_API double loom_runner_batch_data_time(const loom_runner *runner);
 LOOM_API double loom_runner_batch_compute_time(const loom_runner *runner);
 
@@ -189,6 +191,13 @@ LOOM_API loom_model *loom_runner_model(const loom_runner *r);
 LOOM_API loom_criterion *loom_runner_criterion(const loom_runner *r);
 LOOM_API loom_optimizer *loom_runner_optimizer(const loom_runner *r);
 LOOM_API loom_loader *loom_runner_loader(const loom_runner *r);
+/* The current batch. At on_batch_start: the loader's tensors, in host
+ * memory (a callback may change them there). From handle_batch on, for a
+ * model on a device (loom_model_backend not the CPU): copies on the
+ * model's backend, made after on_batch_start in tensors the runner keeps
+ * across batches; read their values through loom_tensor_host_data. For a
+ * model on the CPU they stay the loader's tensors, uncopied. The target is
+ * NULL for an unlabelled dataset. */
 LOOM_API const loom_tensor *loom_runner_input(const loom_runner *r);
 LOOM_API const loom_tensor *loom_runner_target(const loom_runner *r);
 LOOM_API const loom_tensor *loom_runner_output(const loom_runner *r);
