@@ -438,19 +438,19 @@ static herr_t read_one_attr(hid_t loc, const char *name, const H5A_info_t *info,
   if (t >= 0)
     H5Tclose(t);
   if ((cls == H5T_INTEGER || cls == H5T_FLOAT) && !one_value(a)) {
-    r->rc = -1;
+    r->rc = LOOM_EFORMAT;
   } else if (cls == H5T_INTEGER) {
     int64_t v;
-    r->rc = H5Aread(a, H5T_NATIVE_INT64, &v) < 0 ? -1 : loom_state_set_i64(r->state, name, v);
+    r->rc = H5Aread(a, H5T_NATIVE_INT64, &v) < 0 ? LOOM_EFORMAT : loom_state_set_i64(r->state, name, v);
   } else if (cls == H5T_FLOAT) {
     double v;
-    r->rc = H5Aread(a, H5T_NATIVE_DOUBLE, &v) < 0 ? -1 : loom_state_set_f64(r->state, name, v);
+    r->rc = H5Aread(a, H5T_NATIVE_DOUBLE, &v) < 0 ? LOOM_EFORMAT : loom_state_set_f64(r->state, name, v);
   } else if (cls == H5T_STRING) {
     char *s = NULL;
-    r->rc = read_str_attr(loc, name, &s) < 0 ? -1 : loom_state_set_str(r->state, name, s);
+    r->rc = read_str_attr(loc, name, &s) < 0 ? LOOM_EFORMAT : loom_state_set_str(r->state, name, s);
     free(s);
   } else {
-    r->rc = -1;
+    r->rc = LOOM_EFORMAT;
   }
   if (a >= 0)
     H5Aclose(a);
@@ -460,7 +460,7 @@ static herr_t read_one_attr(hid_t loc, const char *name, const H5A_info_t *info,
 static int read_dataset(hid_t g, const char *name, loom_state *s) {
   hid_t d = H5Dopen2(g, name, H5P_DEFAULT);
   if (d < 0)
-    return -1;
+    return LOOM_EFORMAT;
   hid_t t = H5Dget_type(d), space = H5Dget_space(d);
   H5T_class_t cls = H5Tget_class(t);
   size_t size = H5Tget_size(t);
@@ -468,17 +468,19 @@ static int read_dataset(hid_t g, const char *name, loom_state *s) {
   loom_value_type type = cls == H5T_INTEGER ? LOOM_VALUE_I64_ARRAY
                          : size == 4         ? LOOM_VALUE_F32_ARRAY
                                              : LOOM_VALUE_F64_ARRAY;
-  int rc = (cls == H5T_INTEGER || cls == H5T_FLOAT) && n >= 0 ? 0 : -1;
+  int rc = (cls == H5T_INTEGER || cls == H5T_FLOAT) && n >= 0 ? 0 : LOOM_EFORMAT;
   /* loom writes its arrays whole, uncompressed: a dataset that declares
    * more values than the file stores is no loom array, and allocating what
    * it declares would let a few bytes of file ask for gigabytes. */
   if (rc == 0 && (size_t)n > SIZE_MAX / 8)
-    rc = -1;
+    rc = LOOM_EFORMAT;
   if (rc == 0 && H5Dget_storage_size(d) < (hsize_t)n * (hsize_t)size)
-    rc = -1;
+    rc = LOOM_EFORMAT;
   void *buf = rc == 0 ? malloc((size_t)(n ? n : 1) * loom_value_size(type)) : NULL;
-  if (rc == 0 && (!buf || (n && H5Dread(d, array_type(type), H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)))
-    rc = -1;
+  if (rc == 0 && !buf)
+    rc = loom_error_oom("a checkpoint array");
+  else if (rc == 0 && n && H5Dread(d, array_type(type), H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)
+    rc = LOOM_EFORMAT;
   if (rc == 0)
     rc = loom_state_set_array(s, name, type, buf, (size_t)n);
   free(buf);
@@ -491,17 +493,17 @@ static int read_dataset(hid_t g, const char *name, loom_state *s) {
 static int read_group(hid_t file, const char *name, loom_state *s) {
   hid_t g = H5Gopen2(file, name, H5P_DEFAULT);
   if (g < 0)
-    return -1;
+    return LOOM_EFORMAT;
   reading r = {s, 0};
   hsize_t idx = 0;
-  int rc = H5Aiterate2(g, H5_INDEX_NAME, H5_ITER_INC, &idx, read_one_attr, &r) < 0 ? -1 : 0;
+  int rc = H5Aiterate2(g, H5_INDEX_NAME, H5_ITER_INC, &idx, read_one_attr, &r) < 0 ? (r.rc < 0 ? r.rc : LOOM_EFORMAT) : 0;
   H5G_info_t info;
   if (rc == 0 && H5Gget_info(g, &info) < 0)
-    rc = -1;
+    rc = LOOM_EFORMAT;
   for (hsize_t i = 0; rc == 0 && i < info.nlinks; i++) {
     char link[1024];
     if (H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, link, sizeof link, H5P_DEFAULT) < 0) {
-      rc = -1;
+      rc = LOOM_EFORMAT;
       break;
     }
     hid_t o = H5Oopen(g, link, H5P_DEFAULT);
@@ -553,7 +555,10 @@ static int read_file(hid_t file, const char *path, loom_checkpoint *c) {
   int rc = 0;
   for (char *save = NULL, *name = strtok_r(list, "\n", &save); name && rc == 0; name = strtok_r(NULL, "\n", &save)) {
     loom_state *s = loom_checkpoint_group(c, name);
-    if (!s || read_group(file, name, s) < 0)
+    int got = s ? read_group(file, name, s) : loom_last_error_code();
+    if (got == LOOM_ENOMEM) /* out of memory says nothing of the file */
+      rc = loom_error_wrap(got, "%s: reading the state \"%s\"", path, name);
+    else if (!s || got < 0)
       rc = loom_error_set(LOOM_EFORMAT, "%s: cannot read the state \"%s\"; the file is damaged", path, name);
   }
   free(list);

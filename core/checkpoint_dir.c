@@ -142,8 +142,10 @@ loom_checkpoint *loom_checkpoint_open_logdir(const char *logdir, const char *whi
   }
   loom_checkpoint *c = NULL;
   char first_error[LOOM_ERROR_MAX] = "";
+  bool oom = false; /* a file that could not be read for want of memory is not unusable */
   for (size_t i = 0; i < n && !c; i++) {
     c = try_open(dir, manifest, candidates[i], path, path_size);
+    oom = oom || (!c && loom_last_error_code() == LOOM_ENOMEM);
     if (!c && !first_error[0])
       snprintf(first_error, sizeof first_error, "%s", loom_last_error());
     if (c && i > 0)
@@ -151,7 +153,7 @@ loom_checkpoint *loom_checkpoint_open_logdir(const char *logdir, const char *whi
   }
   json_decref(manifest);
   if (!c)
-    loom_error_set(LOOM_ENOENT, "no usable \"%s\" checkpoint in %s (%s)", which, dir,
+    loom_error_set(oom ? LOOM_ENOMEM : LOOM_ENOENT, "no usable \"%s\" checkpoint in %s (%s)", which, dir,
                    first_error[0] ? first_error : "none written");
   return c;
 }

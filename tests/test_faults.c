@@ -53,17 +53,29 @@ typedef enum { IO_ENOSPC, IO_EIO, IO_SHORT } io_mode;
 static struct {
   atomic_int armed;
   atomic_long allocs, alloc_fail_at, alloc_hits;
+  atomic_long alloc_per_million; /* > 0: each allocation fails with this chance instead */
+  uint64_t alloc_seed;
   atomic_long ios, io_fail_at, io_hits;
   io_mode mode;
   char root[512];       /* only files under it count */
   char fault_path[600]; /* the operation that failed and its file */
 } inj;
 
+/* splitmix64's finaliser: allocation k's draw, from the seed alone, so a
+ * random trial replays (children run one compute thread). */
+static uint64_t mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
 static bool fail_alloc(void) {
   if (!atomic_load(&inj.armed))
     return false;
   long k = atomic_fetch_add(&inj.allocs, 1) + 1;
-  if (k != atomic_load(&inj.alloc_fail_at))
+  long ppm = atomic_load(&inj.alloc_per_million);
+  if (ppm ? (long)(mix(inj.alloc_seed + (uint64_t)k * 0x9e3779b97f4a7c15ull) % 1000000) >= ppm
+          : k != atomic_load(&inj.alloc_fail_at))
     return false;
   atomic_fetch_add(&inj.alloc_hits, 1);
   if (getenv("LOOM_FAULTS_BACKTRACE")) { /* where it failed, for debugging one trial */
@@ -317,6 +329,10 @@ static void record_error(int rc, int *code, char *msg, size_t size) {
 /* Runs fn(dir) in a child with allocation `alloc_at` or I/O operation
  * `io_at` failing (0: none); the child's exit status (nonzero: a crash, a
  * leak, a sanitizer report). */
+/* For random trials (alloc_random): the chance per allocation, and the seed. */
+static long random_per_million;
+static uint64_t random_seed;
+
 static int run_trial(scenario_fn prepare, scenario_fn fn, scenario_fn verify, const char *dir, long alloc_at, long io_at,
                      io_mode mode) {
   memset(shared, 0, sizeof *shared);
@@ -336,6 +352,8 @@ static int run_trial(scenario_fn prepare, scenario_fn fn, scenario_fn verify, co
     snprintf(inj.root, sizeof inj.root, "%s/", dir);
     inj.mode = mode;
     atomic_store(&inj.alloc_fail_at, alloc_at);
+    atomic_store(&inj.alloc_per_million, random_per_million);
+    inj.alloc_seed = random_seed;
     atomic_store(&inj.io_fail_at, io_at);
     if (prepare && prepare(dir) < 0) {
       snprintf(shared->msg, sizeof shared->msg, "preparing failed: %s", loom_last_error());
@@ -426,6 +444,48 @@ static void alloc_walk(const char *name, scenario_fn prepare, scenario_fn fn) {
                 total, trials, full ? "" : " (sampled)", enomem, recovered, bad);
   if (bad)
     fail_msg("%s: %ld of %ld trials failed (above)", name, bad, trials);
+}
+
+/* Each allocation fails with a chance of 3 in the run's count (about three
+ * failures a run, on any path, error paths included), over a number of
+ * seeded trials: every run ends cleanly, as in the walk. */
+static void alloc_random(const char *name, scenario_fn prepare, scenario_fn fn) {
+  char dir[400], why[128];
+  trial_dir(dir, sizeof dir, name);
+  random_per_million = 0;
+  int status = run_trial(prepare, fn, NULL, dir, 0, 0, IO_ENOSPC);
+  if (status != 0 || shared->rc != 0)
+    fail_msg("%s: the run without faults failed (%s): %s", name, describe_status(status, why, sizeof why), shared->msg);
+  const long total = shared->allocs, trials = full ? 1000 : 40;
+  const uint64_t base = getenv("LOOM_FAULTS_SEED") ? strtoull(getenv("LOOM_FAULTS_SEED"), NULL, 10) : (uint64_t)time(NULL);
+  random_per_million = 3000000 / (total > 3 ? total : 3);
+  long enomem = 0, recovered = 0, bad = 0, hits = 0;
+  for (long i = 0; i < trials; i++) {
+    random_seed = base + (uint64_t)i;
+    trial_dir(dir, sizeof dir, name);
+    status = run_trial(prepare, fn, NULL, dir, 0, 0, IO_ENOSPC);
+    const trial *t = shared;
+    const char *problem = status != 0                                 ? describe_status(status, why, sizeof why)
+                          : !t->alloc_hits && t->rc != 0              ? "failed with no fault injected"
+                          : t->rc > 0                                 ? "returned a positive code"
+                          : t->rc < 0 && (!t->msg[0] || t->code != t->rc) ? "failed without a message"
+                          : t->rc < 0 && t->code != LOOM_ENOMEM       ? "reported a failed allocation as another error"
+                                                                      : NULL;
+    if (problem) {
+      bad++;
+      print_error("%s: seed %llu (%ld allocations failed): %s; rc %d (%s): %s\n", name, (unsigned long long)random_seed,
+                  t->alloc_hits, problem, t->rc, loom_err_name(t->rc), t->msg);
+    }
+    hits += t->alloc_hits;
+    enomem += t->rc == LOOM_ENOMEM;
+    recovered += t->alloc_hits && t->rc == 0;
+  }
+  random_per_million = 0;
+  print_message("alloc random %-8s %5ld allocations, %4ld trials (seeds %llu..): %ld failed allocations, %ld LOOM_ENOMEM, "
+                "%ld recovered, %ld bad\n",
+                name, total, trials, (unsigned long long)base, hits, enomem, recovered, bad);
+  if (bad)
+    fail_msg("%s: %ld of %ld random trials failed (above)", name, bad, trials);
 }
 
 static const char *mode_name[] = {"ENOSPC", "EIO", "short write"};
@@ -810,6 +870,12 @@ static void test_alloc_resume(void **state) {
   alloc_walk("resume", prepare_resume, sc_resume);
 }
 
+static void test_alloc_random(void **state) {
+  (void)state;
+  alloc_random("run", NULL, sc_run);
+  alloc_random("resume", prepare_resume, sc_resume);
+}
+
 /* A run into a logdir it may not write: root ignores file modes, so the
  * run drops to nobody first (skipped where it cannot). */
 static int sc_readonly(const char *dir) {
@@ -864,6 +930,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_alloc_build),
       cmocka_unit_test(test_alloc_run),
       cmocka_unit_test(test_alloc_resume),
+      cmocka_unit_test(test_alloc_random),
       cmocka_unit_test(test_io_resume),
       cmocka_unit_test(test_io_convert),
       cmocka_unit_test(test_readonly_logdir),
