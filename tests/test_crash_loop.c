@@ -147,6 +147,34 @@ static int first_stage_epochs(const char *dir) {
   return n;
 }
 
+/* Runs the killed run to its end (unless it finished), checks it against
+ * the run never killed (parameters, metrics.jsonl without timings, no
+ * temporary file left), and removes both. */
+static void finish_and_compare(char *ref, char *dir, bool finished) {
+  int status;
+  if (!finished)
+    assert_int_equal(waitpid(start(dir, exists(dir, "checkpoints/last.h5") || exists(dir, "checkpoints/last.prev.h5")),
+                             &status, 0) > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+                     0);
+  size_t n_ref, n;
+  float *want = last_params(ref, &n_ref), *got = last_params(dir, &n);
+  assert_int_equal(n, n_ref);
+  assert_memory_equal(want, got, n * sizeof *got);
+  check_metrics(ref);
+  check_metrics(dir);
+  char *want_jsonl = jsonl_without_time(ref), *got_jsonl = jsonl_without_time(dir);
+  assert_string_equal(want_jsonl, got_jsonl);
+  check_no_litter(dir);
+  free(want), free(got), free(want_jsonl), free(got_jsonl);
+  char out[600];
+  snprintf(out, sizeof out, "%s.out", dir);
+  unlink(out);
+  snprintf(out, sizeof out, "%s.out", ref);
+  unlink(out);
+  test_rm_rf(ref), test_rm_rf(dir);
+  free(ref), free(dir);
+}
+
 static void test_sigkill_loop(void **state) {
   (void)state;
   int kills = getenv("LOOM_CRASH_KILLS") ? atoi(getenv("LOOM_CRASH_KILLS")) : 20;
@@ -206,27 +234,7 @@ static void test_sigkill_loop(void **state) {
                 restarts, span, startup);
   assert_int_equal(landed, kills); /* every kill hit a running run */
 
-  /* To the end. */
-  assert_int_equal(waitpid(start(dir, exists(dir, "checkpoints/last.h5") || exists(dir, "checkpoints/last.prev.h5")),
-                           &status, 0) > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1,
-                   0);
-  size_t n_ref, n;
-  float *want = last_params(ref, &n_ref), *got = last_params(dir, &n);
-  assert_int_equal(n, n_ref);
-  assert_memory_equal(want, got, n * sizeof *got);
-  check_metrics(ref);
-  check_metrics(dir);
-  char *want_jsonl = jsonl_without_time(ref), *got_jsonl = jsonl_without_time(dir);
-  assert_string_equal(want_jsonl, got_jsonl);
-  check_no_litter(dir);
-  free(want), free(got), free(want_jsonl), free(got_jsonl);
-  char out[600];
-  snprintf(out, sizeof out, "%s.out", dir);
-  unlink(out);
-  snprintf(out, sizeof out, "%s.out", ref);
-  unlink(out);
-  test_rm_rf(ref), test_rm_rf(dir);
-  free(ref), free(dir);
+  finish_and_compare(ref, dir, false);
 }
 
 /* What the signal loop aims at, besides a random moment. */
@@ -323,27 +331,7 @@ static void test_signal_loop(void **state) {
                 interrupted, defaulted, aimed[AIM_RANDOM], aimed[AIM_CHECKPOINT_WRITE], aimed[AIM_STAGE_TRANSITION],
                 span);
 
-  if (!finished)
-    assert_int_equal(waitpid(start(dir, exists(dir, "checkpoints/last.h5") || exists(dir, "checkpoints/last.prev.h5")),
-                             &status, 0) > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1,
-                     0);
-  size_t n_ref, n;
-  float *want = last_params(ref, &n_ref), *got = last_params(dir, &n);
-  assert_int_equal(n, n_ref);
-  assert_memory_equal(want, got, n * sizeof *got);
-  check_metrics(ref);
-  check_metrics(dir);
-  char *want_jsonl = jsonl_without_time(ref), *got_jsonl = jsonl_without_time(dir);
-  assert_string_equal(want_jsonl, got_jsonl);
-  check_no_litter(dir);
-  free(want), free(got), free(want_jsonl), free(got_jsonl);
-  char out[600];
-  snprintf(out, sizeof out, "%s.out", dir);
-  unlink(out);
-  snprintf(out, sizeof out, "%s.out", ref);
-  unlink(out);
-  test_rm_rf(ref), test_rm_rf(dir);
-  free(ref), free(dir);
+  finish_and_compare(ref, dir, finished);
   two_stages = false;
 }
 
