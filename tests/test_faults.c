@@ -403,6 +403,22 @@ static long next_n(long n, long total) {
   return n + (total + SAMPLED_TRIALS - 1) / SAMPLED_TRIALS;
 }
 
+/* What is wrong with a trial whose allocations failed, or NULL: it must
+ * end with success or a clean LOOM_ENOMEM that has a message. */
+static const char *alloc_problem(int status, const trial *t, char *why, size_t size) {
+  if (status != 0)
+    return describe_status(status, why, size);
+  if (!t->alloc_hits && t->rc != 0)
+    return "failed with no fault injected";
+  if (t->rc > 0)
+    return "returned a positive code";
+  if (t->rc < 0 && (!t->msg[0] || t->code != t->rc))
+    return "failed without a message";
+  if (t->rc < 0 && t->code != LOOM_ENOMEM)
+    return "reported a failed allocation as another error";
+  return NULL;
+}
+
 /* Fails allocation N = 1, 2, ... of fn until a run hits none. */
 static void alloc_walk(const char *name, scenario_fn prepare, scenario_fn fn) {
   char dir[400], why[128];
@@ -419,17 +435,7 @@ static void alloc_walk(const char *name, scenario_fn prepare, scenario_fn fn) {
     const trial *t = shared;
     if (verbose)
       fprintf(stderr, "%s: N=%ld/%ld status %d rc %d hits %ld: %s\n", name, n, total, status, t->rc, t->alloc_hits, t->msg);
-    const char *problem = NULL;
-    if (status != 0)
-      problem = describe_status(status, why, sizeof why);
-    else if (!t->alloc_hits && t->rc != 0)
-      problem = "failed with no fault injected";
-    else if (t->rc > 0)
-      problem = "returned a positive code";
-    else if (t->rc < 0 && (!t->msg[0] || t->code != t->rc))
-      problem = "failed without a message";
-    else if (t->rc < 0 && t->code != LOOM_ENOMEM)
-      problem = "reported a failed allocation as another error";
+    const char *problem = alloc_problem(status, t, why, sizeof why);
     if (problem) {
       bad++;
       print_error("%s: allocation %ld of %ld failed: %s; rc %d (%s): %s\n", name, n, total, problem, t->rc,
@@ -465,12 +471,7 @@ static void alloc_random(const char *name, scenario_fn prepare, scenario_fn fn) 
     trial_dir(dir, sizeof dir, name);
     status = run_trial(prepare, fn, NULL, dir, 0, 0, IO_ENOSPC);
     const trial *t = shared;
-    const char *problem = status != 0                                 ? describe_status(status, why, sizeof why)
-                          : !t->alloc_hits && t->rc != 0              ? "failed with no fault injected"
-                          : t->rc > 0                                 ? "returned a positive code"
-                          : t->rc < 0 && (!t->msg[0] || t->code != t->rc) ? "failed without a message"
-                          : t->rc < 0 && t->code != LOOM_ENOMEM       ? "reported a failed allocation as another error"
-                                                                      : NULL;
+    const char *problem = alloc_problem(status, t, why, sizeof why);
     if (problem) {
       bad++;
       print_error("%s: seed %llu (%ld allocations failed): %s; rc %d (%s): %s\n", name, (unsigned long long)random_seed,
