@@ -16,13 +16,32 @@ typedef struct scheduling {
   loom_scheduler *s;
   loom_schedule_unit unit;
   char *loader, *metric;
-  int64_t seen_steps; /* optimizer steps already turned into schedule steps */
+  /* Optimizer steps already turned into schedule steps; UNSEEN until the
+   * stage's first look. */
+  int64_t seen_steps;
 } scheduling;
 
+#define UNSEEN (-1)
+
+/* The count is taken at the first look, not here: during a resume's replay
+ * the runner's counters are not restored yet. A scheduler with saved state
+ * gets its count from sched_load; one added since the checkpoint starts
+ * where the run resumes (a replay from step 0 would put a scheduler added
+ * in stage 2 through stage 1's steps too, and a damaged step count would
+ * make that a loop without end). */
 static int sched_stage_start(loom_callback *cb, loom_runner *r) {
   scheduling *d = loom_callback_data(cb);
-  d->seen_steps = loom_runner_optimizer_step_count(r);
+  d->seen_steps = UNSEEN;
   return loom_scheduler_start(d->s, loom_runner_optimizer(r));
+}
+
+/* Before a batch's optimizer step: the first one of the stage (or of the
+ * resumed run) sets where the schedule's steps count from. */
+static int first_look(loom_callback *cb, loom_runner *r) {
+  scheduling *d = loom_callback_data(cb);
+  if (d->seen_steps == UNSEEN)
+    d->seen_steps = loom_runner_optimizer_step_count(r);
+  return 0;
 }
 
 /* One schedule step per optimizer step taken since the last look. */
@@ -30,6 +49,7 @@ static int catch_up(loom_callback *cb, loom_runner *r) {
   scheduling *d = loom_callback_data(cb);
   if (d->unit != LOOM_SCHEDULE_PER_STEP)
     return 0;
+  first_look(cb, r);
   int rc = 0;
   for (int64_t n = loom_runner_optimizer_step_count(r); rc == 0 && d->seen_steps < n; d->seen_steps++)
     rc = loom_scheduler_step(d->s, loom_runner_optimizer(r), NAN);
@@ -52,10 +72,11 @@ static int sched_epoch_end(loom_callback *cb, loom_runner *r) {
 }
 
 static int sched_save(loom_callback *cb, loom_runner *r, loom_state *state) {
-  (void)r;
   scheduling *d = loom_callback_data(cb);
+  /* Before the stage's first batch no step was taken: the count is now's. */
+  int64_t seen = d->seen_steps == UNSEEN ? loom_runner_optimizer_step_count(r) : d->seen_steps;
   int rc = loom_scheduler_save(d->s, state);
-  return rc == 0 ? loom_state_set_i64(state, "seen_steps", d->seen_steps) : rc;
+  return rc == 0 ? loom_state_set_i64(state, "seen_steps", seen) : rc;
 }
 
 static int sched_load(loom_callback *cb, loom_runner *r, const loom_state *state) {
@@ -93,6 +114,7 @@ static void sched_destroy(void *data) {
 static const loom_callback_ops scheduler_ops = {
     .type = "scheduler",
     .on_stage_start = sched_stage_start,
+    .on_batch_start = first_look,
     .on_batch_end = catch_up,
     .on_loader_end = catch_up,
     .on_epoch_end = sched_epoch_end,

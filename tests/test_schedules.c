@@ -188,6 +188,39 @@ static void test_step_scheduler_in_a_later_stage(void **state) {
   loom_experiment_destroy(exp);
 }
 
+/* Saves a checkpoint to the path in its data after train batch 4. */
+static int save_after_batch_4(loom_callback *cb, loom_runner *r) {
+  return loom_runner_loader_batch_step(r) == 4 ? loom_runner_save_checkpoint(r, loom_callback_data(cb)) : 0;
+}
+static const loom_callback_ops saver_ops = {.type = "saver", .on_batch_end = save_after_batch_4};
+
+/* A scheduler added to a resumed run starts where the run resumes: 4 of 6
+ * steps were taken without one, the 2 after the resume follow StepLR(1,
+ * 0.5) from 0.1 (not the 4 steps before it too). */
+static void test_scheduler_added_on_resume_starts_there(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  char path[512];
+  snprintf(path, sizeof path, "%s/batch4.h5", dir);
+  loom_experiment *exp = linear_run(6, 1, 1, 0.1, loom_callback_create(&saver_ops, path, 300), NULL);
+  loom_runner *r = loom_runner_create();
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+
+  loom_callback *sched = loom_scheduler_callback_create(loom_step_lr_create(1, 0.5), LOOM_SCHEDULE_PER_STEP, NULL, NULL);
+  exp = linear_run(6, 1, 1, 0.1, sched, NULL);
+  r = loom_runner_create();
+  assert_int_equal(loom_runner_set_resume(r, path), 0);
+  assert_int_equal(loom_run_experiment(r, exp), 0);
+  assert_int_equal(loom_runner_optimizer_step_count(r), 6);
+  assert_true(fabs(loom_optimizer_lr(loom_runner_optimizer(r)) - 0.1 * pow(0.5, 2)) < 1e-15);
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+  test_rm_rf(dir);
+  free(dir);
+}
+
 /* The expected update of one window, computed batch by batch with the
  * model API: mean of the batch-mean gradients, one SGD step. */
 static void expected_after_windows(float *params, size_t n, int64_t samples, int64_t batch, int accumulate, double lr,
@@ -425,6 +458,7 @@ int main(void) {
       cmocka_unit_test(test_plateau_and_state),
       cmocka_unit_test(test_step_scheduler_counts_optimizer_steps),
       cmocka_unit_test(test_step_scheduler_in_a_later_stage),
+      cmocka_unit_test(test_scheduler_added_on_resume_starts_there),
       cmocka_unit_test(test_accumulation_with_partial_window),
       cmocka_unit_test(test_accumulation_equals_full_batch),
       cmocka_unit_test(test_clipping),
