@@ -35,13 +35,15 @@ static const char usage_main[] =
     "2 usage or config error, 130 interrupted with a checkpoint saved.\n";
 
 static const char usage_run[] =
-    "usage: loom run CONFIG [--plugin LIB]... [--logdir DIR] [--set KEY=VALUE]... [--resume PATH|last|best] [--check]\n"
-    "                [--overwrite] [--allow-change KEY]... [--dist auto|local|mpi] [--limit-batches N] [--overfit-batches N]\n"
-    "       loom validate CONFIG [--plugin LIB]... [--set KEY=VALUE]... [--no-data]\n"
+    "usage: loom run CONFIG [--plugin LIB]... [--logdir DIR] [--device DEV] [--set KEY=VALUE]... [--resume PATH|last|best]\n"
+    "                [--check] [--overwrite] [--allow-change KEY]... [--dist auto|local|mpi] [--limit-batches N] [--overfit-batches N]\n"
+    "       loom validate CONFIG [--plugin LIB]... [--device DEV] [--set KEY=VALUE]... [--no-data]\n"
     "\n"
     "  --plugin LIB       load a shared library of components (see loom/plugin.h)\n"
     "                     before the config is built; repeatable\n"
     "  --logdir DIR       where logs and checkpoints go (sets experiment.logdir)\n"
+    "  --device DEV       where the models train: cpu, cuda or cuda:N (sets\n"
+    "                     experiment.device; a resume may change it)\n"
     "  --set KEY=VALUE    override a key, e.g. --set stages.train.num_epochs=3;\n"
     "                     KEY[+]=VALUE appends to a list; repeatable\n"
     "  --resume WHAT      continue from a checkpoint file, or last or best in the logdir\n"
@@ -50,7 +52,8 @@ static const char usage_run[] =
     "  --allow-change KEY let a resume run a config that differs from the checkpoint's\n"
     "                     at KEY (e.g. stages.train.optimizer.lr; * matches a part);\n"
     "                     repeatable; the config's experiment.allow_change lists more.\n"
-    "                     stages.*.num_epochs and the logdir may always change\n"
+    "                     stages.*.num_epochs, the logdir and the device may always\n"
+    "                     change\n"
     "  --check            smoke test: 2 batches per loader, 2 epochs per stage, into a\n"
     "                     new directory under $TMPDIR (or /tmp) unless --logdir is given\n"
     "  --limit-batches N  at most N batches per loader per epoch\n"
@@ -68,7 +71,7 @@ static const char usage_run[] =
     "rank 0 writes the logdir.\n";
 
 typedef struct args {
-  const char *config, *logdir, *resume, *dist;
+  const char *config, *logdir, *device, *resume, *dist;
   const char *sets[64], *plugins[64], *allowed[64];
   int num_sets, num_plugins, num_allowed;
   bool check, overwrite, no_data;
@@ -90,6 +93,7 @@ static int batches(const char *option, const char *text, int64_t *out) {
 
 static int parse(int argc, char **argv, args *a) {
   static const struct option options[] = {{"logdir", required_argument, NULL, 'l'},
+                                          {"device", required_argument, NULL, 'D'},
                                           {"set", required_argument, NULL, 's'},
                                           {"resume", required_argument, NULL, 'r'},
                                           {"check", no_argument, NULL, 'c'},
@@ -114,6 +118,7 @@ static int parse(int argc, char **argv, args *a) {
         return EXIT_USAGE;
       break;
     case 'l': a->logdir = optarg; break;
+    case 'D': a->device = optarg; break;
     case 'r': a->resume = optarg; break;
     case 'c': a->check = true; break;
     case 'o': a->overwrite = true; break;
@@ -185,7 +190,7 @@ static int prepare(const args *a, const sweep_args *sweep, loom_config **config)
     fprintf(stderr, "loom: error: %s\n", loom_last_error());
     return EXIT_USAGE;
   }
-  char logdir_set[4200];
+  char logdir_set[4200], device_set[300];
   int rc = 0;
   for (int i = 0; i < a->num_plugins && rc == 0; i++)
     rc = loom_config_add_plugin(*config, a->plugins[i]);
@@ -194,6 +199,10 @@ static int prepare(const args *a, const sweep_args *sweep, loom_config **config)
   if (rc == 0 && a->logdir) {
     snprintf(logdir_set, sizeof logdir_set, "experiment.logdir=%s", a->logdir);
     rc = loom_config_set(*config, logdir_set);
+  }
+  if (rc == 0 && a->device) {
+    snprintf(device_set, sizeof device_set, "experiment.device=%s", a->device);
+    rc = loom_config_set(*config, device_set);
   }
   if (rc == 0 && sweep)
     rc = loom_config_lr_sweep(*config, sweep->stage, sweep->finder.steps);
@@ -264,7 +273,7 @@ static void put_quoted(FILE *out, const char *arg) {
 }
 
 /* After an interrupt: the command that continues this run, the command
- * line given (config, plugins, logdir, every --set in order, --dist, the
+ * line given (config, plugins, logdir, device, every --set in order, --dist, the
  * allowed changes, --check and the batch limits) with --resume last, and
  * where the checkpoint is. */
 static void print_resume_hint(const args *a, const char *logdir) {
@@ -274,6 +283,8 @@ static void print_resume_hint(const args *a, const char *logdir) {
     fputs(" --plugin", stderr), put_quoted(stderr, a->plugins[i]);
   if (a->logdir)
     fputs(" --logdir", stderr), put_quoted(stderr, a->logdir);
+  if (a->device)
+    fputs(" --device", stderr), put_quoted(stderr, a->device);
   for (int i = 0; i < a->num_sets; i++)
     fputs(" --set", stderr), put_quoted(stderr, a->sets[i]);
   if (a->dist)
@@ -407,7 +418,7 @@ static int cmd_run(const args *given) {
 
 static const char usage_tune[] =
     "usage: loom tune lr CONFIG [--min LR] [--max LR] [--steps N] [--stage NAME]\n"
-    "                   [--plugin LIB]... [--logdir DIR] [--set KEY=VALUE]...\n"
+    "                   [--plugin LIB]... [--logdir DIR] [--device DEV] [--set KEY=VALUE]...\n"
     "\n"
     "Trains one stage (--stage, default the first) for up to --steps (200) train\n"
     "batches at rates growing exponentially from --min (1e-7) to --max (10),\n"
@@ -416,7 +427,7 @@ static const char usage_tune[] =
     "its model, criterion, optimizer, train loaders and optimizer callbacks only\n"
     "(no scheduler, no checkpoint); its weights are thrown away. The curve\n"
     "(lr,loss,smoothed) goes to LOGDIR/lr_find/lr_find.csv, and to TensorBoard\n"
-    "in LOGDIR/lr_find. --plugin, --logdir and --set are as for loom run.\n";
+    "in LOGDIR/lr_find. --plugin, --logdir, --device and --set are as for loom run.\n";
 
 /* A --min or --max rate: a number > 0. */
 static int rate(const char *option, const char *text, double *out) {
@@ -437,9 +448,9 @@ static int parse_tune(int argc, char **argv, args *a, sweep_args *sw) {
                                           {"steps", required_argument, NULL, 'n'},
                                           {"stage", required_argument, NULL, 'S'},
                                           {"logdir", required_argument, NULL, 'l'},
+                                          {"device", required_argument, NULL, 'D'},
                                           {"set", required_argument, NULL, 's'},
                                           {"plugin", required_argument, NULL, 'p'},
-                                          {"no-data", no_argument, NULL, 'n'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   optind = 1;
@@ -457,6 +468,7 @@ static int parse_tune(int argc, char **argv, args *a, sweep_args *sw) {
       break;
     case 'S': sw->stage = optarg; break;
     case 'l': a->logdir = optarg; break;
+    case 'D': a->device = optarg; break;
     case 's':
     case 'p': {
       const char **list = c == 's' ? a->sets : a->plugins;
@@ -579,7 +591,6 @@ static const char usage_convert[] =
 static int cmd_convert(int argc, char **argv) {
   static const struct option options[] = {{"images", required_argument, NULL, 'i'},
                                           {"labels", required_argument, NULL, 'l'},
-                                          {"no-data", no_argument, NULL, 'n'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   const char *images = NULL, *labels = NULL;
@@ -653,7 +664,6 @@ static int parse_deploy(int argc, char **argv, bool predict, deploy_args *d) {
                                           {"out", required_argument, NULL, 'o'},
                                           {"onnx", required_argument, NULL, 'x'},
                                           {"weights", required_argument, NULL, 'w'},
-                                          {"no-data", no_argument, NULL, 'n'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   args *a = &d->base;

@@ -9,6 +9,7 @@
 
 #include "config/config_internal.h"
 #include "core/error_internal.h"
+#include "loom/backend_cpu.h"
 #include "loom/callbacks.h"
 #include "loom/criterion.h"
 #include "loom/data.h"
@@ -41,6 +42,10 @@ void loom_component_destroy(loom_kind kind, void *component) {
   case LOOM_KIND_CALLBACK: loom_callback_destroy(component); break;
   case LOOM_KIND_DATASET: loom_dataset_release(component); break;
   case LOOM_KIND_TRANSFORM: loom_transform_destroy(component); break;
+  case LOOM_KIND_BACKEND:
+    if (component && component != loom_backend_cpu()) /* the process's, never destroyed */
+      loom_backend_destroy(component);
+    break;
   default: break;
   }
 }

@@ -23,15 +23,17 @@ static uv_once_t builtins_once = UV_ONCE_INIT;
 void loom_register_builtin_models(void);
 void loom_register_builtin_datasets(void);
 void loom_register_builtin_callbacks(void);
+void loom_register_builtin_backends(void);
 
 static void register_builtins(void) {
   loom_register_builtin_models();
   loom_register_builtin_datasets();
   loom_register_builtin_callbacks();
+  loom_register_builtin_backends();
 }
 
-static const char *const kind_names[LOOM_KIND_COUNT] = {"model",     "layer",    "criterion", "optimizer",
-                                                        "scheduler", "callback", "dataset",   "transform"};
+static const char *const kind_names[LOOM_KIND_COUNT] = {"model",    "layer",   "criterion", "optimizer", "scheduler",
+                                                        "callback", "dataset", "transform", "backend"};
 
 const char *loom_kind_name(loom_kind kind) { return kind < LOOM_KIND_COUNT ? kind_names[kind] : "component"; }
 

@@ -6,6 +6,7 @@
 
 #include "core/array.h"
 #include "core/names.h"
+#include "loom/backend_cpu.h"
 #include "runners/callback_internal.h"
 #include "core/error_internal.h"
 
@@ -19,7 +20,8 @@ struct loom_experiment {
   char *logdir;
   char *config; /* the resolved config as JSON, or NULL */
   uint64_t seed;
-  loom_backend *backend; /* borrowed; NULL: models stay where they are */
+  loom_backend *backend; /* NULL: models stay where they are */
+  loom_backend *owned_backend; /* destroyed after the models */
   loom_stage **stages;
   size_t num_stages, cap_stages;
   loom_callback **callbacks;
@@ -98,6 +100,8 @@ void loom_experiment_destroy(loom_experiment *exp) {
     exp->owned[i].destroy(exp->owned[i].ptr);
   for (size_t i = 0; i < exp->num_stages; i++)
     stage_free(exp->stages[i]);
+  if (exp->owned_backend && exp->owned_backend != loom_backend_cpu())
+    loom_backend_destroy(exp->owned_backend); /* the models freed their memory through it */
   free(exp->owned);
   free(exp->stages);
   free(exp->callbacks);
@@ -112,6 +116,17 @@ void loom_experiment_set_seed(loom_experiment *exp, uint64_t seed) { exp->seed =
 uint64_t loom_experiment_seed(const loom_experiment *exp) { return exp->seed; }
 void loom_experiment_set_backend(loom_experiment *exp, loom_backend *backend) { exp->backend = backend; }
 loom_backend *loom_experiment_backend(const loom_experiment *exp) { return exp->backend; }
+
+int loom_experiment_own_backend(loom_experiment *exp, loom_backend *backend) {
+  if (exp->owned_backend && exp->owned_backend != backend) {
+    if (backend && backend != loom_backend_cpu())
+      loom_backend_destroy(backend);
+    return loom_error_set(LOOM_ESTATE, "experiment \"%s\" owns a backend already (\"%s\"); it can own one",
+                          exp->name, loom_backend_name(exp->owned_backend));
+  }
+  exp->backend = exp->owned_backend = backend;
+  return 0;
+}
 const char *loom_experiment_logdir(const loom_experiment *exp) { return exp->logdir; }
 
 int loom_experiment_set_logdir(loom_experiment *exp, const char *logdir) {

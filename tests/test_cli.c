@@ -124,6 +124,15 @@ static void test_usage_and_validate(void **state) {
   assert_true(stderr_has("stages.train.optimizer.lrr: unknown key (did you mean \"lr\"?)"));
   assert_int_equal(run(NULL, "validate", tiny, "--set", "stages.train.num_epochs=x", NULL), 2);
   assert_true(stderr_has("--set stages.train.num_epochs=x: stages.train.num_epochs: expected an integer"));
+  /* --device sets experiment.device; validating touches no device, so a
+   * GPU config validates on any machine. */
+  assert_int_equal(run(NULL, "validate", tiny, "--device", "cuda:x", NULL), 2);
+  assert_true(stderr_has("experiment.device: expected a device such as \"cpu\", \"cuda\" or \"cuda:1\""));
+  assert_int_equal(run(NULL, "validate", tiny, "--device", "cuda:1", "--no-data", NULL), 0);
+  assert_int_equal(run(NULL, "validate", tiny, "--device", "cpu", NULL), 0);
+  /* --no-data is validate's: other commands refuse it (tune once crashed on it). */
+  assert_int_equal(run(NULL, "tune", "lr", tiny, "--no-data", NULL), 2);
+  assert_true(stderr_has("unrecognized option '--no-data'"));
 }
 
 static void test_run_writes_resolved_config(void **state) {

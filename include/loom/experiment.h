@@ -41,6 +41,10 @@ LOOM_API uint64_t loom_experiment_seed(const loom_experiment *exp);
  * resumes on the CPU and the reverse. */
 LOOM_API void loom_experiment_set_backend(loom_experiment *exp, loom_backend *backend);
 LOOM_API loom_backend *loom_experiment_backend(const loom_experiment *exp);
+/* As loom_experiment_set_backend, and the experiment destroys `backend`
+ * after its models (loom_backend_cpu(), the process's, is never
+ * destroyed). It owns one: another is destroyed and refused (LOOM_ESTATE). */
+LOOM_API int loom_experiment_own_backend(loom_experiment *exp, loom_backend *backend);
 /* Where loggers write; created when the run starts. Default "logs/<name>". */
 LOOM_API int loom_experiment_set_logdir(loom_experiment *exp, const char *logdir);
 LOOM_API const char *loom_experiment_logdir(const loom_experiment *exp);

@@ -13,6 +13,7 @@
 
 #include "loom/api.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "loom/config.h"
@@ -32,6 +33,8 @@ typedef enum loom_kind {
   LOOM_KIND_CALLBACK,  /* returns loom_callback * */
   LOOM_KIND_DATASET,   /* returns loom_dataset * */
   LOOM_KIND_TRANSFORM, /* returns loom_transform * (per sample, run by the loader's workers) */
+  LOOM_KIND_BACKEND,   /* returns loom_backend * (experiment.device, docs/config.md);
+                        * context: const loom_backend_context * */
   LOOM_KIND_COUNT
 } loom_kind;
 
@@ -44,6 +47,14 @@ typedef struct loom_model_context {
   uint64_t seed;               /* the experiment's: initialise from it */
 } loom_model_context;
 
+/* What a backend constructor builds for. A device named "NAME:INDEX" in
+ * the config reaches it as {"type": NAME, "index": INDEX}. Under loom_config_validate it
+ * touches no device (the config may be meant for another machine): it
+ * checks its keys and returns loom_backend_cpu(). The experiment built
+ * from the config owns what it returns (loom_experiment_own_backend). */
+typedef struct loom_backend_context {
+  bool validate_only;
+} loom_backend_context;
 typedef void *(*loom_ctor)(loom_params *params, const void *context, void *user);
 
 /* Nested components, as the built-ins build theirs (a sequential model's
