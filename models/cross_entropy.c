@@ -31,14 +31,19 @@ static int check(const cross_entropy *ce, const loom_tensor *out, const loom_ten
   if (ce->weights && ce->weights->numel != *c)
     return loom_error_set(LOOM_ESHAPE, "cross-entropy: %lld class weights for %lld classes",
                           (long long)ce->weights->numel, (long long)*c);
+  return 0;
+}
+
+/* Every target a class in [0, c), or an error naming the first that is not. */
+static int check_labels(const loom_tensor *target, int64_t n, int64_t c) {
   const float *labels = loom_tensor_host_data(target);
   if (!labels)
     return loom_error_wrap(loom_last_error_code(), "cross-entropy: reading the targets");
-  for (int64_t i = 0; i < *n; i++) {
+  for (int64_t i = 0; i < n; i++) {
     float t = labels[i];
-    if (!(t >= 0.0f && t < (float)*c) || t != floorf(t))
+    if (!(t >= 0.0f && t < (float)c) || t != floorf(t))
       return loom_error_set(LOOM_EINVAL, "cross-entropy: target %g of sample %lld is not a class in [0, %lld)",
-                            (double)t, (long long)i, (long long)*c);
+                            (double)t, (long long)i, (long long)c);
   }
   return 0;
 }
@@ -47,6 +52,12 @@ static int ce_forward(void *data, const loom_tensor *out, const loom_tensor *tar
   cross_entropy *ce = data;
   int64_t n = 0, c = 0;
   int rc = check(ce, out, target, &n, &c);
+  /* Host targets are checked before the op, for free; a device's only
+   * when the op's sums say a target was no class (loom/backend.h), which
+   * saves a copy to the host and a wait every batch. */
+  const bool on_device = loom_backend_device(loom_backend_of(target)) != LOOM_DEVICE_CPU;
+  if (rc == 0 && !on_device)
+    rc = check_labels(target, n, c);
   if (rc == 0)
     rc = loom_tensor_move_to(ce->probs, out->backend);
   if (rc == 0 && ce->weights)
@@ -56,6 +67,10 @@ static int ce_forward(void *data, const loom_tensor *out, const loom_tensor *tar
   double total = 0.0, weights = 0.0;
   rc = loom_backend_xent_forward(loom_backend_of(out), out->data, target->data, ce->weights ? ce->weights->data : NULL,
                                  ce->smoothing, n, c, ce->probs->data, &total, &weights);
+  if (rc == 0 && on_device && isnan(weights) && (rc = check_labels(target, n, c)) == 0)
+    rc = loom_error_set(LOOM_EINVAL, "cross-entropy: the %s backend's op found a target that is not a class in [0, "
+                                     "%lld), and its host copy has none: the op is wrong",
+                        loom_backend_name(loom_backend_of(target)), (long long)c);
   if (rc < 0)
     return rc;
   ce->total_weight = weights;

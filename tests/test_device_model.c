@@ -526,6 +526,52 @@ static void test_host_only_optimizer(void **state) {
   loom_model_destroy(dm);
 }
 
+/* Targets on the device are checked through the op's result (loom/backend.h,
+ * xent_forward): a batch of classes costs no copy to the host, and a
+ * target that is no class is found and named as on the host. */
+static void test_cross_entropy_device_targets(void **state) {
+  (void)state;
+  report_faults();
+  int64_t shape[2] = {4, 3}, n = 4;
+  const float logits[12] = {0.5f, -1, 2, 0, 0, 0, 3, 1, -2, 0.25f, 0.75f, -0.5f};
+  const float good[4] = {0, 1, 2, 1};
+  loom_tensor *out = loom_tensor_create_on(fake, 2, shape), *t = loom_tensor_create_on(fake, 1, &n);
+  loom_tensor *host_out = loom_tensor_create(2, shape), *host_t = loom_tensor_create(1, &n);
+  memcpy(loom_tensor_data(host_out), logits, sizeof logits);
+  memcpy(loom_tensor_data(host_t), good, sizeof good);
+  assert_int_equal(loom_backend_from_host(fake, loom_tensor_data(out), logits, sizeof logits), 0);
+  loom_criterion *c = loom_cross_entropy_create(), *c_host = loom_cross_entropy_create();
+  double loss, want;
+  assert_int_equal(loom_criterion_forward(c_host, host_out, host_t, &want), 0);
+
+  const struct {
+    float targets[4];
+    const char *error; /* NULL: the host's loss */
+  } cases[] = {
+      {{0, 1, 2, 1}, NULL},
+      {{0, 1, 3, 1}, "cross-entropy: target 3 of sample 2 is not a class in [0, 3)"},
+      {{0, 0.5f, 2, 1}, "cross-entropy: target 0.5 of sample 1 is not a class in [0, 3)"},
+      {{-1, 1, 2, 1}, "cross-entropy: target -1 of sample 0 is not a class in [0, 3)"},
+      {{0, 1, 2, NAN}, "cross-entropy: target nan of sample 3 is not a class in [0, 3)"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    assert_int_equal(loom_backend_from_host(fake, loom_tensor_data(t), cases[i].targets, sizeof cases[i].targets), 0);
+    fake_device_reset_counts(dev);
+    int rc = loom_criterion_forward(c, out, t, &loss);
+    if (!cases[i].error) {
+      assert_int_equal(rc, 0);
+      assert_true(loss == want);
+      assert_int_equal(fake_device_counts_of(dev).to_host, 0);
+    } else {
+      assert_int_equal(rc, LOOM_EINVAL);
+      assert_string_equal(loom_last_error(), cases[i].error);
+    }
+  }
+  loom_criterion_destroy(c), loom_criterion_destroy(c_host);
+  loom_tensor_destroy(out), loom_tensor_destroy(t), loom_tensor_destroy(host_out), loom_tensor_destroy(host_t);
+  assert_int_equal(fake_device_counts_of(dev).live, 0);
+}
+
 int main(void) {
   sigaction(SIGSEGV, NULL, &segv_before);
   const struct CMUnitTest tests[] = {
@@ -538,6 +584,7 @@ int main(void) {
       cmocka_unit_test(test_init_and_host_copies),
       cmocka_unit_test(test_optimizers),
       cmocka_unit_test(test_host_only_optimizer),
+      cmocka_unit_test(test_cross_entropy_device_targets),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -25,7 +25,12 @@ void loom_cpu_xent_forward(const float *logits, const float *targets, const floa
     for (int64_t j = 0; j < c; j++)
       p[j] *= inv;
     const double lse = (double)logf(sum) + (double)max;
-    const int64_t y = (int64_t)targets[i];
+    const float t = targets[i];
+    if (!(t >= 0.0f && t < (float)c) || t != floorf(t)) { /* not a class: see loom/backend.h */
+      total = wsum = NAN;
+      continue;
+    }
+    const int64_t y = (int64_t)t;
     if (smoothing == 0.0f && !weights) {
       total += lse - (double)x[y];
     } else {

@@ -240,11 +240,13 @@ typedef struct loom_backend_ops {
                       float *dx, int64_t n);
 
   /* Softmax cross-entropy of logits [n, c] against class indices
-   * targets[n] (floats holding integers, already checked), with class
-   * weights (NULL: all 1) and label smoothing e: with q = (1 - e) onehot(y)
-   * + e / c, it writes probs = softmax(logits) and, on the host,
-   * *loss_sum = sum_i sum_j w_j q_ij (logsumexp_i - logit_ij) and
-   * *weight_sum = sum_i w_{y_i} (both in double). */
+   * targets[n] (floats holding integers), with class weights (NULL: all
+   * 1) and label smoothing e: with q = (1 - e) onehot(y) + e / c, it
+   * writes probs = softmax(logits) and, on the host, *loss_sum = sum_i
+   * sum_j w_j q_ij (logsumexp_i - logit_ij) and *weight_sum = sum_i
+   * w_{y_i} (both in double). A target that is not a class in [0, c)
+   * makes both sums NaN and reads nothing out of range: the criterion
+   * checks device targets on the host only then, not every batch. */
   int (*xent_forward)(void *ctx, const float *logits, const float *targets, const float *weights, float smoothing,
                       int64_t n, int64_t c, float *probs, double *loss_sum, double *weight_sum);
   /* dlogits_ij = ((sum_k w_k q_ik) probs_ij - w_j q_ij) scale. */
