@@ -110,6 +110,44 @@ static void test_names_and_errors(void **state) {
   assert_int_equal(build_with("experiment.device={\"type\": \"cuda\", \"tf32\": 1}", true), LOOM_EINVAL);
 }
 
+/* "cuda" without an index is the GPU of the rank's place on its node. */
+static void test_local_rank(void **state) {
+  (void)state;
+  const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "PMIX_LOCAL_RANK"};
+  for (size_t i = 0; i < 4; i++)
+    unsetenv(vars[i]);
+  assert_int_equal(loom_comm_local_rank(), 0);
+  for (size_t i = 0; i < 4; i++) {
+    setenv(vars[i], "3", 1);
+    assert_int_equal(loom_comm_local_rank(), 3);
+    setenv(vars[i], "3x", 1); /* not a number: not a launcher's */
+    assert_int_equal(loom_comm_local_rank(), 0);
+    unsetenv(vars[i]);
+  }
+  setenv("SLURM_LOCALID", "2", 1);
+  setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1", 1); /* mpirun's, inside an allocation */
+  assert_int_equal(loom_comm_local_rank(), 1);
+  /* No index is written into the resolved config: each rank has its own. */
+  char *dir = test_tmpdir();
+  const char *sets[] = {"experiment.device={\"type\": \"cuda\"}", NULL};
+  loom_config *c = tiny(dir, sets);
+  assert_int_equal(loom_config_validate(c), 0);
+  char path[1100];
+  snprintf(path, sizeof path, "%s/resolved.json", dir);
+  assert_int_equal(loom_config_write(c, path), 0);
+  json_error_t err;
+  json_t *resolved = json_load_file(path, 0, &err);
+  assert_non_null(resolved);
+  json_t *device = json_object_get(json_object_get(resolved, "experiment"), "device");
+  assert_int_equal(json_object_size(device), 1);
+  assert_string_equal(json_string_value(json_object_get(device, "type")), "cuda");
+  json_decref(resolved);
+  loom_config_destroy(c);
+  test_rm_rf(dir);
+  free(dir);
+  unsetenv("SLURM_LOCALID"), unsetenv("OMPI_COMM_WORLD_LOCAL_RANK");
+}
+
 typedef struct outcome {
   float *params;
   size_t n;
@@ -174,6 +212,7 @@ int main(int argc, char **argv) {
   }
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_names_and_errors),
+      cmocka_unit_test(test_local_rank),
       cmocka_unit_test(test_run_on_a_registered_backend),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

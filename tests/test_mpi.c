@@ -1,13 +1,16 @@
 /* The MPI communicator and a distributed run, on every rank mpirun started
  * (CTest runs it on 2 and on 3 ranks): the collectives against hand-computed
  * values, the train shards covering every sample, evaluation counted once
- * whatever the world size, one model on every rank whatever their seeds, and
- * a master's stop reaching every rank. A failed assertion on one rank may
+ * whatever the world size, one model on every rank whatever their seeds, a
+ * model on a (fake) device giving the CPU's bits, and a master's stop
+ * reaching every rank. A failed assertion on one rank may
  * leave the others waiting in a collective: CTest's timeout ends them. */
 #include <math.h>
 #include <mpi.h>
 
 #include "helpers.h"
+
+#include "fake_device.h"
 
 static int world_rank, world_size;
 
@@ -312,9 +315,10 @@ static void test_one_model_from_different_seeds(void **state) {
 
 /* Two epochs of an MLP 5-32-32-3 with Adam, the mean in buckets of
  * `bucket_bytes` (SIZE_MAX: one), overlapped or not; the weights' hash. */
-static uint64_t train_with_buckets(size_t bucket_bytes, bool no_overlap) {
+static uint64_t train_on(loom_backend *backend, size_t bucket_bytes, bool no_overlap) {
   loom_experiment *exp = loom_experiment_create("buckets");
   loom_experiment_set_seed(exp, 11);
+  loom_experiment_set_backend(exp, backend);
   const int64_t sizes[] = {5, 32, 32, 3};
   loom_stage *s = loom_experiment_add_stage(exp, "train", 2);
   loom_adam_options adam = loom_adam_defaults();
@@ -334,6 +338,10 @@ static uint64_t train_with_buckets(size_t bucket_bytes, bool no_overlap) {
   return h;
 }
 
+static uint64_t train_with_buckets(size_t bucket_bytes, bool no_overlap) {
+  return train_on(NULL, bucket_bytes, no_overlap);
+}
+
 /* Overlapped or not, the same buckets give the same bits (a bucket per
  * layer here: 1 KiB); with two ranks, whose sums commute, also the same
  * bits as one all-reduce of everything. */
@@ -347,6 +355,22 @@ static void test_overlapped_mean_equals_plain(void **state) {
   else
     print_message("rank %d: buckets vs one all-reduce on %d ranks: %s\n", world_rank, world_size,
                   overlapped == one ? "same bits" : "differ in rounding (MPI's sum order depends on the size)");
+}
+
+/* --- a model on a device --- */
+
+/* Each rank's model on its own fake device (tests/fake_device.h: a host
+ * read of device memory faults): the gradients' mean and the broadcasts go
+ * through the host, and every rank ends with the CPU run's bits. */
+static void test_device_ranks_equal_cpu(void **state) {
+  (void)state;
+  fake_device *dev;
+  loom_backend *fake = fake_device_create((size_t)16 << 20, &dev);
+  uint64_t cpu = train_with_buckets(1024, false);
+  assert_true(train_on(fake, 1024, false) == cpu);
+  assert_true(train_on(fake, SIZE_MAX, true) == train_with_buckets(SIZE_MAX, true));
+  assert_int_equal(fake_device_counts_of(dev).live, 0);
+  loom_backend_destroy(fake);
 }
 
 /* --- a master's decision --- */
@@ -405,6 +429,7 @@ int main(void) {
       cmocka_unit_test(test_accuracy_counts_exactly),
       cmocka_unit_test(test_one_model_from_different_seeds),
       cmocka_unit_test(test_overlapped_mean_equals_plain),
+      cmocka_unit_test(test_device_ranks_equal_cpu),
       cmocka_unit_test(test_master_only_stop_stops_every_rank),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -20,6 +20,19 @@ static const char *launcher_variable(void) {
 
 bool loom_comm_mpi_launched(void) { return launcher_variable() != NULL; }
 
+int loom_comm_local_rank(void) {
+  static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID",
+                                     "PMIX_LOCAL_RANK"};
+  for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+    const char *v = getenv(vars[i]);
+    char *end;
+    long n = v && *v ? strtol(v, &end, 10) : -1;
+    if (n >= 0 && n < 65536 && *end == '\0')
+      return (int)n;
+  }
+  return 0;
+}
+
 static const char *const names[] = {[LOOM_DIST_AUTO] = "auto", [LOOM_DIST_LOCAL] = "local", [LOOM_DIST_MPI] = "mpi"};
 
 int loom_dist_parse(const char *name, loom_dist *out) {

@@ -28,6 +28,13 @@ LOOM_API bool loom_comm_mpi_available(void);
  * MPICH's Hydra or Slurm's srun (PMI_RANK, PMI_SIZE). */
 LOOM_API bool loom_comm_mpi_launched(void);
 
+/* This process's index among the ranks the launcher started on its node
+ * (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, SLURM_LOCALID or
+ * PMIX_LOCAL_RANK); 0 without a launcher. A config's "cuda" without an
+ * index trains on this device, so one rank per GPU needs no per-rank
+ * config. */
+LOOM_API int loom_comm_local_rank(void);
+
 /* A communicator on MPI. `mpi_comm` points to an MPI_Comm (pass &comm), or
  * is NULL for MPI_COMM_WORLD; loom works on its own duplicate of it
  * (MPI_Comm_dup, so a collective call on every rank of that communicator),
