@@ -386,6 +386,35 @@ static void check_xent(loom_backend *b, int64_t n, int64_t c, bool weighted, flo
   free(z), free(t), free(w), free(probs), free(dz), free(want);
 }
 
+/* Many rows (several blocks of a device's reduction), forward only; then
+ * one target at `bad` (< n) made no class: both sums NaN, as
+ * loom/backend.h promises, nothing read out of range. */
+static void check_xent_rows(loom_backend *b, int64_t n, int64_t c, int64_t bad) {
+  float *z = malloc((size_t)(n * c) * sizeof *z), *t = malloc((size_t)n * sizeof *t);
+  fill(z, n * c, 12);
+  for (int64_t i = 0; i < n; i++)
+    t[i] = (float)((i * 3) % c);
+  double wsum_ref, loss_ref = xent_ref(z, t, NULL, 0.0, n, c, &wsum_ref), loss, wsum;
+  float *d_z = upload(b, z, n * c), *d_t = upload(b, t, n), *d_p = upload(b, z, n * c);
+  assert_int_equal(loom_backend_xent_forward(b, d_z, d_t, NULL, 0.0f, n, c, d_p, &loss, &wsum), 0);
+  if (!(fabs(loss - loss_ref) <= 1e-6 * fabs(loss_ref)) || wsum != wsum_ref)
+    fail_msg("%s xent_forward %lldx%lld: loss %.12g want %.12g, weights %.9g want %.9g", loom_backend_name(b),
+             (long long)n, (long long)c, loss, loss_ref, wsum, wsum_ref);
+  const float not_classes[] = {(float)c, -1.0f, 0.5f, NAN, 1e30f};
+  for (size_t k = 0; k < sizeof not_classes / sizeof not_classes[0]; k++) {
+    const float keep = t[bad];
+    t[bad] = not_classes[k];
+    assert_int_equal(loom_backend_from_host(b, d_t, t, (size_t)n * sizeof *t), 0);
+    assert_int_equal(loom_backend_xent_forward(b, d_z, d_t, NULL, 0.0f, n, c, d_p, &loss, &wsum), 0);
+    if (!isnan(loss) || !isnan(wsum))
+      fail_msg("%s xent_forward with target %g at %lld: loss %g, weights %g; expected NaN", loom_backend_name(b),
+               (double)not_classes[k], (long long)bad, loss, wsum);
+    t[bad] = keep;
+  }
+  loom_backend_free(b, d_z), loom_backend_free(b, d_t), loom_backend_free(b, d_p);
+  free(z), free(t);
+}
+
 static double pointwise_ref(loom_pointwise_loss loss, double beta, double z, double t) {
   double d = z - t;
   switch (loss) {
@@ -438,6 +467,8 @@ static void test_criteria(void **state) {
     check_xent(b[i], 16, 10, true, 0.0f);
     check_xent(b[i], 7, 5, true, 0.1f);
     check_xent(b[i], 5, 3, false, 0.2f);
+    check_xent_rows(b[i], 3000, 10, 2999);
+    check_xent_rows(b[i], 5, 4, 0);
     for (int loss = 0; loss < LOOM_LOSS_COUNT; loss++)
       for (int64_t n = 1; n <= 1000; n *= 10)
         check_pointwise(b[i], (loom_pointwise_loss)loss, loss == LOOM_LOSS_SMOOTH_L1 ? 0.5f : 0.0f, n);

@@ -125,15 +125,18 @@ static int release_cached(int device) {
 
 /* --- the backend --- */
 
+/* A reduction's scratch: two first passes, then two results. */
+#define PARTIALS (2 * LOOM_CUDA_REDUCE_BLOCKS + 2)
+
 typedef struct cuda_ctx {
   int device;
   cudaStream_t stream;
   cublasHandle_t blas;
   loom_caching_alloc *alloc;
   void *workspace;  /* cuBLAS's */
-  double *partials; /* device: a reduction's first pass, then its result */
+  double *partials; /* device: a reduction's first pass(es), then its results (PARTIALS) */
   int *flag;        /* device: all_finite's */
-  double *host;     /* pinned: a reduction's result read back */
+  double *host;     /* pinned: a reduction's results read back (2) */
 } cuda_ctx;
 
 /* Every call runs on the backend's device, whichever thread makes it. */
@@ -308,6 +311,55 @@ static int cuda_sum_squares(void *ctx, const float *x, int64_t n, double *sum) {
   return rc < 0 ? rc : read_back(c, sum, c->partials + LOOM_CUDA_REDUCE_BLOCKS, sizeof *sum);
 }
 
+/* The criteria: the sums in double in a fixed tree (see sum_squares). */
+static int cuda_xent_forward(void *ctx, const float *logits, const float *targets, const float *weights,
+                             float smoothing, int64_t n, int64_t c, float *probs, double *loss_sum,
+                             double *weight_sum) {
+  cuda_ctx *cc = ctx;
+  double sums[2];
+  double *out = cc->partials + 2 * LOOM_CUDA_REDUCE_BLOCKS;
+  int rc = enter(cc);
+  if (rc == 0)
+    rc = launched(cc, loom_cuda_xent_forward(cc->stream, logits, targets, weights, smoothing, n, c, probs,
+                                             cc->partials, out),
+                  "xent_forward");
+  if (rc == 0)
+    rc = read_back(cc, sums, out, sizeof sums);
+  if (rc == 0)
+    *loss_sum = sums[0], *weight_sum = sums[1];
+  return rc;
+}
+
+static int cuda_xent_backward(void *ctx, const float *probs, const float *targets, const float *weights,
+                              float smoothing, float scale, int64_t n, int64_t c, float *dlogits) {
+  cuda_ctx *cc = ctx;
+  int rc = enter(cc);
+  return rc < 0 ? rc
+                : launched(cc, loom_cuda_xent_backward(cc->stream, probs, targets, weights, smoothing, scale, n, c,
+                                                       dlogits),
+                           "xent_backward");
+}
+
+static int cuda_loss_forward(void *ctx, loom_pointwise_loss loss, float param, const float *out, const float *target,
+                             int64_t n, double *sum) {
+  cuda_ctx *c = ctx;
+  double *result = c->partials + 2 * LOOM_CUDA_REDUCE_BLOCKS;
+  int rc = enter(c);
+  if (rc == 0)
+    rc = launched(c, loom_cuda_loss_forward(c->stream, loss, param, out, target, n, c->partials, result),
+                  "loss_forward");
+  return rc < 0 ? rc : read_back(c, sum, result, sizeof *sum);
+}
+
+static int cuda_loss_backward(void *ctx, loom_pointwise_loss loss, float param, const float *out, const float *target,
+                              float scale, int64_t n, float *dout) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  return rc < 0 ? rc
+                : launched(c, loom_cuda_loss_backward(c->stream, loss, param, out, target, scale, n, dout),
+                           "loss_backward");
+}
+
 static int cuda_scale(void *ctx, float *x, float a, int64_t n) {
   cuda_ctx *c = ctx;
   int rc = enter(c);
@@ -374,6 +426,10 @@ static const loom_backend_ops cuda_ops = {
     .sum_rows = cuda_sum_rows,
     .act_forward = cuda_act_forward,
     .act_backward = cuda_act_backward,
+    .xent_forward = cuda_xent_forward,
+    .xent_backward = cuda_xent_backward,
+    .loss_forward = cuda_loss_forward,
+    .loss_backward = cuda_loss_backward,
     .dropout_forward = cuda_dropout_forward,
     .mul = cuda_mul,
     .sgd_update = cuda_sgd_update,
@@ -437,12 +493,12 @@ static int ctx_init(cuda_ctx *c, const loom_cuda_options *o) {
     return rc;
   if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess)
     return cuda_error(e, c->device, "cudaStreamCreate");
-  if ((e = cudaMallocHost((void **)&c->host, sizeof(double))) != cudaSuccess)
+  if ((e = cudaMallocHost((void **)&c->host, 2 * sizeof(double))) != cudaSuccess)
     return cuda_error(e, c->device, "cudaMallocHost");
   if (!(c->alloc = device_acquire(c->device)))
     return libloom->last_error_code();
   c->workspace = libloom->alloc_get(c->alloc, BLAS_WORKSPACE, c->stream);
-  c->partials = libloom->alloc_get(c->alloc, (LOOM_CUDA_REDUCE_BLOCKS + 1) * sizeof(double), c->stream);
+  c->partials = libloom->alloc_get(c->alloc, PARTIALS * sizeof(double), c->stream);
   c->flag = libloom->alloc_get(c->alloc, sizeof(int), c->stream);
   if (!c->workspace || !c->partials || !c->flag)
     return libloom->last_error_code();

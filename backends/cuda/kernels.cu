@@ -5,6 +5,8 @@
 
 #include <cuda_runtime.h>
 
+#include "backends/cpu/criteria_math.h"
+
 namespace {
 
 constexpr int THREADS = 256;
@@ -13,6 +15,13 @@ constexpr int64_t MAX_BLOCKS = 4096; // x 256 threads, then grid-stride
 unsigned blocks_for(int64_t n) {
   int64_t b = (n + THREADS - 1) / THREADS;
   return (unsigned)(b < MAX_BLOCKS ? b : MAX_BLOCKS);
+}
+
+// A reduction's first pass over n items: as many blocks as the items
+// need, at most LOOM_CUDA_REDUCE_BLOCKS (1 for none: it writes zeros).
+unsigned reduce_blocks(int64_t n) {
+  const unsigned blocks = n > 0 ? blocks_for(n) : 1;
+  return blocks < LOOM_CUDA_REDUCE_BLOCKS ? blocks : LOOM_CUDA_REDUCE_BLOCKS;
 }
 
 __device__ inline int64_t first_index() { return (int64_t)blockIdx.x * blockDim.x + threadIdx.x; }
@@ -24,6 +33,21 @@ cudaError_t launch(void (*kernel)(P...), cudaStream_t s, int64_t n, A... args) {
   if (n <= 0)
     return cudaSuccess;
   kernel<<<blocks_for(n), THREADS, 0, s>>>(args..., n);
+  return cudaGetLastError();
+}
+
+// A reduction in two passes: `pass` over n items leaves one partial per
+// block (a kernel taking args..., partials, n), then one block of `finish`
+// adds them into out.
+template <typename... P, typename... A>
+cudaError_t reduce(void (*pass)(P...), void (*finish)(const double *, int, double *), cudaStream_t s, int64_t n,
+                   double *partials, double *out, A... args) {
+  const unsigned first = reduce_blocks(n);
+  pass<<<first, THREADS, 0, s>>>(args..., partials, n);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess)
+    return e;
+  finish<<<1, THREADS, 0, s>>>(partials, (int)first, out);
   return cudaGetLastError();
 }
 
@@ -114,9 +138,12 @@ __global__ void clamp_kernel(float *x, float limit, int64_t n) {
   }
 }
 
-// A block's THREADS values summed in shared memory, in a fixed tree.
+// A block's THREADS values summed in shared memory, in a fixed tree. The
+// first barrier lets a kernel call it twice: every thread has read the
+// last call's part[0] before it is written again.
 __device__ double block_sum(double v) {
   __shared__ double part[THREADS];
+  __syncthreads();
   part[threadIdx.x] = v;
   __syncthreads();
   for (int half = THREADS / 2; half > 0; half /= 2) {
@@ -144,6 +171,72 @@ __global__ void sum_partials_kernel(const double *partials, int count, double *o
   double total = block_sum(acc);
   if (threadIdx.x == 0)
     *out = total;
+}
+
+// The criteria, in backends/cpu/criteria_math.h's arithmetic (the CPU's).
+// Cross-entropy: a thread per row; each block's rows summed in a fixed
+// tree into partials[block] (the loss) and partials[gridDim.x + block]
+// (the weights). A target that is no class makes both NaN.
+__global__ void xent_forward_kernel(const float *logits, const float *targets, const float *weights, float smoothing,
+                                    int64_t c, float *probs, double *partials, int64_t n) {
+  double loss = 0.0, wsum = 0.0;
+  for (int64_t i = first_index(); i < n; i += stride()) {
+    const double lse = loom_softmax_row(logits + i * c, probs + i * c, c);
+    if (!loom_is_class(targets[i], c)) {
+      loss = wsum = nan("");
+      continue;
+    }
+    const int64_t y = (int64_t)targets[i];
+    loss += loom_xent_row(logits + i * c, lse, y, weights, smoothing, c);
+    wsum += loom_class_weight(weights, y);
+  }
+  const double block_loss = block_sum(loss);
+  const double block_weight = block_sum(wsum);
+  if (threadIdx.x == 0) {
+    partials[blockIdx.x] = block_loss;
+    partials[gridDim.x + blockIdx.x] = block_weight;
+  }
+}
+
+// One block adds two runs of `count` partials: out[0] and out[1].
+__global__ void sum_two_partials_kernel(const double *partials, int count, double *out) {
+  double a = 0.0, b = 0.0;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) {
+    a += partials[i];
+    b += partials[count + i];
+  }
+  const double ta = block_sum(a);
+  const double tb = block_sum(b);
+  if (threadIdx.x == 0)
+    out[0] = ta, out[1] = tb;
+}
+
+// A logit's gradient per thread (the unweighted case as the CPU's: p scale - scale).
+__global__ void xent_backward_kernel(const float *probs, const float *targets, const float *weights, float smoothing,
+                                     float scale, int64_t c, float *d, int64_t n) {
+  for (int64_t k = first_index(); k < n; k += stride()) {
+    const int64_t i = k / c, j = k % c, y = (int64_t)targets[i];
+    if (smoothing == 0.0f && !weights)
+      d[k] = probs[k] * scale - (j == y ? scale : 0.0f);
+    else
+      d[k] = loom_xent_grad(probs[k], loom_xent_wq(weights, y, smoothing, c), weights, j, y, smoothing, c, scale);
+  }
+}
+
+__global__ void loss_forward_kernel(loom_pointwise_loss loss, float beta, const float *out, const float *target,
+                                    double *partials, int64_t n) {
+  double acc = 0.0;
+  for (int64_t i = first_index(); i < n; i += stride())
+    acc += loom_pointwise_value(loss, beta, out[i], target[i]);
+  const double total = block_sum(acc);
+  if (threadIdx.x == 0)
+    partials[blockIdx.x] = total;
+}
+
+__global__ void loss_backward_kernel(loom_pointwise_loss loss, float beta, const float *out, const float *target,
+                                     float scale, float *dout, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride())
+    dout[i] = loom_pointwise_grad(loss, beta, out[i], target[i]) * scale;
 }
 
 // From the exponent bits, as the CPU's: all set is Inf or NaN.
@@ -240,14 +333,29 @@ cudaError_t loom_cuda_clamp(cudaStream_t s, float *x, float limit, int64_t n) {
 }
 
 cudaError_t loom_cuda_sum_squares(cudaStream_t s, const float *x, int64_t n, double *partials, double *out) {
-  const unsigned blocks = n > 0 ? blocks_for(n) : 1;
-  const unsigned first = blocks < LOOM_CUDA_REDUCE_BLOCKS ? blocks : LOOM_CUDA_REDUCE_BLOCKS;
-  sum_squares_kernel<<<first, THREADS, 0, s>>>(x, partials, n);
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess)
-    return e;
-  sum_partials_kernel<<<1, THREADS, 0, s>>>(partials, (int)first, out);
-  return cudaGetLastError();
+  return reduce(sum_squares_kernel, sum_partials_kernel, s, n, partials, out, x);
+}
+
+cudaError_t loom_cuda_xent_forward(cudaStream_t s, const float *logits, const float *targets, const float *weights,
+                                   float smoothing, int64_t n, int64_t c, float *probs, double *partials,
+                                   double *out) {
+  return reduce(xent_forward_kernel, sum_two_partials_kernel, s, n, partials, out, logits, targets, weights, smoothing,
+                c, probs);
+}
+
+cudaError_t loom_cuda_xent_backward(cudaStream_t s, const float *probs, const float *targets, const float *weights,
+                                    float smoothing, float scale, int64_t n, int64_t c, float *dlogits) {
+  return launch(xent_backward_kernel, s, n * c, probs, targets, weights, smoothing, scale, c, dlogits);
+}
+
+cudaError_t loom_cuda_loss_forward(cudaStream_t s, loom_pointwise_loss loss, float beta, const float *out,
+                                   const float *target, int64_t n, double *partials, double *sum) {
+  return reduce(loss_forward_kernel, sum_partials_kernel, s, n, partials, sum, loss, beta, out, target);
+}
+
+cudaError_t loom_cuda_loss_backward(cudaStream_t s, loom_pointwise_loss loss, float beta, const float *out,
+                                    const float *target, float scale, int64_t n, float *dout) {
+  return launch(loss_backward_kernel, s, n, loss, beta, out, target, scale, dout);
 }
 
 cudaError_t loom_cuda_any_nonfinite(cudaStream_t s, const float *x, int64_t n, int *flag) {

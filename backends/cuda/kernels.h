@@ -35,6 +35,20 @@ cudaError_t loom_cuda_clamp(cudaStream_t s, float *x, float limit, int64_t n);
  * LOOM_CUDA_REDUCE_BLOCKS doubles): a fixed order for a given n, so the
  * same sum every run. */
 cudaError_t loom_cuda_sum_squares(cudaStream_t s, const float *x, int64_t n, double *partials, double *out);
+/* The criteria (formulas in loom/backend.h): out[0] (device) = the loss
+ * sum, out[1] = the weight sum, through `partials` (device,
+ * 2 LOOM_CUDA_REDUCE_BLOCKS doubles); NaN both for a target that is no
+ * class. */
+cudaError_t loom_cuda_xent_forward(cudaStream_t s, const float *logits, const float *targets, const float *weights,
+                                   float smoothing, int64_t n, int64_t c, float *probs, double *partials,
+                                   double *out);
+cudaError_t loom_cuda_xent_backward(cudaStream_t s, const float *probs, const float *targets, const float *weights,
+                                    float smoothing, float scale, int64_t n, int64_t c, float *dlogits);
+/* *sum (device) = the loss summed over n elements, as sum_squares does. */
+cudaError_t loom_cuda_loss_forward(cudaStream_t s, loom_pointwise_loss loss, float beta, const float *out,
+                                   const float *target, int64_t n, double *partials, double *sum);
+cudaError_t loom_cuda_loss_backward(cudaStream_t s, loom_pointwise_loss loss, float beta, const float *out,
+                                    const float *target, float scale, int64_t n, float *dout);
 /* *flag (device) = 1 if any x_i is Inf or NaN; left as it was otherwise
  * (the caller zeroes it first). */
 cudaError_t loom_cuda_any_nonfinite(cudaStream_t s, const float *x, int64_t n, int *flag);
