@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# scripts/gpu-pack.sh: makes what scripts/gpu-check.sh runs on a lent GPU
+# machine, which has CUDA but neither loom's other libraries nor a network.
+# Builds Release with -DLOOM_WITH_CUDA=ON into build-gpu/, then writes
+# .gpu/pack.tar.xz (.gpu/ is in .gitignore: name it in the device tool's
+# carry): the programs the check runs, libloom and its CUDA module, the
+# shared libraries they load beyond glibc's and CUDA's, and Fashion-MNIST.
+# Then, on the machine: scripts/gpu-check.sh (docs/backends.md).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=$root/build-gpu
+out=$root/.gpu
+data=${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
+programs=(loom test_cuda test_cuda_module test_backend_ops test_config_device test_device_runner)
+
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLOOM_WITH_CUDA=ON >/dev/null
+cmake --build "$build" -j"$(nproc)" --target loom_cli loom_cuda test_cuda test_cuda_module test_backend_ops \
+  test_config_device test_device_runner >/dev/null
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/bin" "$stage/lib" "$stage/data"
+for p in "${programs[@]}"; do cp "$build/bin/$p" "$stage/bin/"; done
+cp -P "$build"/lib/libloom.so* "$build"/lib/libloom_cuda.so "$stage/lib/"
+# What they load, less the C library's own and CUDA's (the machine's own
+# driver and toolkit must serve those).
+for f in "$stage"/bin/* "$stage"/lib/*.so*; do ldd "$f" 2>/dev/null | awk '$3 ~ /^\// {print $3}'; done | sort -u |
+  grep -Ev '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*|libnvidia[^/]*)\.so' |
+  grep -v "^$build/" | while read -r lib; do cp -L "$lib" "$stage/lib/"; done
+cp "$data"/*.gz "$stage/data/"
+cp -r "$root/tests/configs" "$stage/configs"
+mkdir -p "$out"
+tar -C "$stage" -cJf "$out/pack.tar.xz" .
+echo "gpu-pack: $(du -h "$out/pack.tar.xz" | cut -f1) in $out/pack.tar.xz; on the machine: scripts/gpu-check.sh"
