@@ -83,16 +83,21 @@ static int linear_backward(void *data, const loom_tensor *x, const loom_tensor *
   loom_backend *be = loom_backend_of(x);
   int rc = 0;
   /* dW += dy^T x, db += the column sums of dy, each checked for the
-   * non-finite policy as it is written */
+   * non-finite policy as it is written, on the host, where the check reads
+   * what is still in cache. A device's answer would cost a wait per layer:
+   * there the step checks every gradient at once (loom_model_backward). */
+  const bool check = loom_backend_device(be) == LOOM_DEVICE_CPU;
   bool finite_w = true, finite_b = true;
   if (param_grads)
-    rc = loom_backend_gemm_checked(be, true, false, l->out, l->in, n, 1.0f, dy->data, l->out, x->data, l->in, 1.0f,
-                                   l->dw, l->in, &finite_w);
+    rc = check ? loom_backend_gemm_checked(be, true, false, l->out, l->in, n, 1.0f, dy->data, l->out, x->data, l->in,
+                                           1.0f, l->dw, l->in, &finite_w)
+               : loom_backend_gemm(be, true, false, l->out, l->in, n, 1.0f, dy->data, l->out, x->data, l->in, 1.0f,
+                                   l->dw, l->in);
   if (rc == 0 && param_grads && l->has_bias)
     rc = loom_backend_sum_rows(be, l->db, dy->data, n, l->out);
-  if (rc == 0 && param_grads && l->has_bias)
+  if (rc == 0 && param_grads && l->has_bias && check)
     rc = loom_backend_all_finite(be, l->db, l->out, &finite_b);
-  if (rc == 0 && param_grads)
+  if (rc == 0 && param_grads && check)
     loom_layer_report_grads(finite_w && finite_b);
   /* dx = dy W */
   if (rc == 0 && dx)

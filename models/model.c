@@ -546,6 +546,11 @@ int loom_model_backward(loom_model *m, const loom_tensor *dout) {
   for (size_t i = 0; i < m->count && lowest == m->count; i++)
     if (!m->layers[i].frozen && m->layers[i].nparams > 0)
       lowest = i;
+  /* On a device, checking each layer's gradients would wait for the device
+   * once per layer: they are left unknown, and the step checks them all in
+   * one pass and one wait (loom_optimizer_step_checked). */
+  if (loom_backend_device(loom_model_backend(m)) != LOOM_DEVICE_CPU)
+    m->grads_state = GRADS_UNKNOWN;
   for (size_t i = m->count; i-- > lowest;) {
     entry *e = &m->layers[i];
     grad_report.reported = false, grad_report.finite = true;

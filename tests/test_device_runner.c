@@ -27,12 +27,13 @@ static int teardown(void **state) {
   return 0;
 }
 
-/* The transfers of each training batch, from after its on_batch_start
+/* The transfers and the ops whose result lands on the host (each a wait
+ * for the device) of each training batch, from after its on_batch_start
  * callbacks (order below: this one last) to after its on_batch_end ones:
  * the upload, handle_batch and the metric callbacks. */
 typedef struct transfers {
   fake_device_counts at_start;
-  int64_t batches, max_to_host, max_from_host, first_to_host, first_from_host;
+  int64_t batches, max_to_host, max_from_host, first_to_host, first_from_host, max_host_results;
   int64_t interrupt_at; /* interrupt after this global train batch (0: never) */
 } transfers;
 
@@ -53,6 +54,9 @@ static int tr_batch_end(loom_callback *cb, loom_runner *r) {
     return 0;
   fake_device_counts now = fake_device_counts_of(dev);
   int64_t to_host = now.to_host - t->at_start.to_host, from_host = now.from_host - t->at_start.from_host;
+  int64_t host_results = now.host_results - t->at_start.host_results;
+  if (host_results > t->max_host_results)
+    t->max_host_results = host_results;
   if (t->batches++ == 0) {
     t->first_from_host = from_host; /* the criterion's tensors move to the device */
     t->first_to_host = to_host;
@@ -167,6 +171,9 @@ static void same_run_on_device(void **state) {
    * and all (2 more). */
   assert_int_equal(t.max_from_host, 2);
   assert_int_equal(t.max_to_host, 2);
+  /* Waits for the device per training batch: the loss, and one check of
+   * every gradient at the step (none per layer). */
+  assert_int_equal(t.max_host_results, 2);
   assert_int_equal(t.first_from_host, 4);
   assert_int_equal(t.first_to_host, 2);
   loom_experiment_destroy(exp);
