@@ -6,12 +6,15 @@
 #      every op's CUDA row against double references (test_backend_ops cuda),
 #      a config on "cuda:0" (test_config_device), the fake device's runner
 #      (test_device_runner, a control);
-#   3. the Fashion-MNIST MLP (examples/configs/fashion_mnist_mlp.json): EPOCHS epochs
-#      (default 2) with --device cpu and --device cuda, seconds per epoch
-#      and validation accuracy of each, as a table.
+#   3. the Fashion-MNIST MLP of bench/configs/mlp.json for EPOCHS epochs
+#      (default 2): loom on the CPU and on the GPU (bench_model), PyTorch
+#      on the GPU (bench/model_torch.py, TORCH_DEVICE=cuda); the median
+#      train epoch's seconds and the validation accuracy of each, and the
+#      ratio of loom's GPU epoch to PyTorch's.
 # Prints everything to stdout and, when $OUT is set, a copy to
 # $OUT/gpu-check.log; exits non-zero if a test fails or a run differs in
-# accuracy by more than 2 points. Without a GPU it says so and exits 77.
+# accuracy (loom CPU against GPU) by more than 2 points. Without a GPU it
+# says so and exits 77.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 pack=$root/.gpu/pack.tar.xz
@@ -54,29 +57,28 @@ check "test_backend_ops cuda" "$bin/test_backend_ops" cuda
 check "test_config_device" "$bin/test_config_device" "$work/configs"
 check "test_device_runner (fake device, a control)" "$bin/test_device_runner"
 
-echo "== Fashion-MNIST MLP, $epochs epochs"
-run_mlp() { # DEVICE: prints "seconds_per_epoch accuracy"
-  local dir=$work/run-$1
-  "$bin/loom" run "$root/examples/configs/fashion_mnist_mlp.json" --device "$1" --logdir "$dir" \
-    --set "stages.train.num_epochs=$epochs" --set "datasets.train.dir=$work/data" \
-    --set "datasets.test.dir=$work/data" >"$dir.out" 2>&1 || { cat "$dir.out" >&2; return 1; }
-  python3 - "$dir/metrics.jsonl" <<'EOF'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-train = [r for r in rows if r.get("loader") == "train"]
-valid = [r for r in rows if r.get("loader") == "valid"]
-# the first epoch holds the warm-up (CUDA's context, cuBLAS's plans): the rest
-t = [r["time_s"] for r in train[1:]] or [train[0]["time_s"]]
-print("%.3f %.4f" % (sum(t) / len(t), valid[-1]["metrics"]["accuracy"]))
-EOF
+echo "== Fashion-MNIST MLP (bench/configs/mlp.json: batch 128, Adam), $epochs epochs"
+# "KEY=value ..." of a LOOM or TORCH line
+field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p"; }
+loom_mlp() { # DEVICE
+  "$bin/bench_model" "$root/bench/configs/mlp.json" "$epochs" "$work/data" "experiment.device=$1" | grep '^LOOM'
 }
-cpu=$(run_mlp cpu) || failed=1
-gpu=$(run_mlp cuda) || failed=1
-printf '%-8s %14s %10s\n' device "train s/epoch" accuracy
-# shellcheck disable=SC2086 # each holds two fields
-printf '%-8s %14s %10s\n' cpu ${cpu:-- -} cuda ${gpu:-- -}
-if [ -n "${cpu:-}" ] && [ -n "${gpu:-}" ]; then
-  python3 -c "import sys; c,g=map(float,sys.argv[1:3]); a,b=map(float,sys.argv[3:5]); print('speed-up %.1fx' % (c/g)); sys.exit(abs(a-b) > 0.02)" \
-    ${cpu%% *} ${gpu%% *} ${cpu##* } ${gpu##* } || { echo "gpu-check: accuracies differ by more than 2 points"; failed=1; }
+loom_cpu=$(loom_mlp cpu) || failed=1
+loom_gpu=$(loom_mlp cuda) || failed=1
+torch_gpu=$(TORCH_DEVICE=cuda python3 "$root/bench/model_torch.py" mlp "$epochs" "$work/data" | grep '^TORCH') ||
+  echo "gpu-check: PyTorch's run failed (no ratio)"
+printf '%-14s %14s %10s\n' run "train s/epoch" accuracy
+for row in "loom cpu:$loom_cpu" "loom cuda:$loom_gpu" "torch cuda:$torch_gpu"; do
+  line=${row#*:}
+  printf '%-14s %14s %10s\n' "${row%%:*}" "$(field epoch_s <<<"$line")" "$(field valid_acc <<<"$line")"
+done
+a=$(field valid_acc <<<"$loom_cpu") b=$(field valid_acc <<<"$loom_gpu")
+if [ -n "$a" ] && [ -n "$b" ]; then
+  python3 -c "import sys; sys.exit(abs(float(sys.argv[1]) - float(sys.argv[2])) > 0.02)" "$a" "$b" ||
+    { echo "gpu-check: loom's accuracies on the CPU and the GPU differ by more than 2 points"; failed=1; }
+  t=$(field epoch_s <<<"$torch_gpu") g=$(field epoch_s <<<"$loom_gpu")
+  [ -n "$t" ] && python3 -c "import sys; print('loom cuda / torch cuda epoch time: %.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$g" "$t"
+else
+  failed=1
 fi
 exit $failed

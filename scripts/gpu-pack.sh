@@ -11,11 +11,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build=$root/build-gpu
 out=$root/.gpu
 data=${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
-programs=(loom test_cuda test_cuda_module test_backend_ops test_config_device test_device_runner)
+programs=(loom bench_model test_cuda test_cuda_module test_backend_ops test_config_device test_device_runner)
 
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLOOM_WITH_CUDA=ON >/dev/null
-cmake --build "$build" -j"$(nproc)" --target loom_cli loom_cuda test_cuda test_cuda_module test_backend_ops \
-  test_config_device test_device_runner >/dev/null
+cmake --build "$build" -j"$(nproc)" --target loom_cli loom_cuda bench_model test_cuda test_cuda_module \
+  test_backend_ops test_config_device test_device_runner >/dev/null
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
