@@ -1,4 +1,5 @@
-/* loom: run or validate an experiment described in JSON.
+/* loom: run or validate an experiment described in JSON; the other
+ * commands are in cli/(tune,convert,deploy,grid)_cmd.c.
  * Exit codes: 0 done, 1 runtime failure, 2 usage or config error,
  * 130 interrupted (a checkpoint was saved). */
 #include <errno.h>
@@ -10,12 +11,12 @@
 
 #include <loom.h>
 
+#include "cli/cli_common.h"
 #include "cli/grid_cmd.h"
 #include "cli/grid_results_cmd.h"
 #include "cli/late_signals.h"
 
 
-enum { EXIT_DONE = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
 
 static const char usage_main[] =
     "usage: loom COMMAND [OPTIONS]\n"
@@ -70,27 +71,6 @@ static const char usage_run[] =
     "(docs/distributed.md) every rank trains its share of each batch, and only\n"
     "rank 0 writes the logdir.\n";
 
-typedef struct args {
-  const char *config, *logdir, *device, *resume, *dist;
-  const char *sets[64], *plugins[64], *allowed[64];
-  int num_sets, num_plugins, num_allowed;
-  bool check, overwrite, no_data;
-  int64_t limit_batches, overfit_batches;
-} args;
-
-/* A --limit-batches or --overfit-batches count: a whole number >= 1. */
-static int batches(const char *option, const char *text, int64_t *out) {
-  char *end;
-  errno = 0;
-  long long n = strtoll(text, &end, 10);
-  if (end == text || *end || errno || n < 1) {
-    fprintf(stderr, "loom: %s: expected a number of batches >= 1, got \"%s\"\n", option, text);
-    return EXIT_USAGE;
-  }
-  *out = n;
-  return EXIT_DONE;
-}
-
 static int parse(int argc, char **argv, args *a) {
   static const struct option options[] = {{"logdir", required_argument, NULL, 'l'},
                                           {"device", required_argument, NULL, 'D'},
@@ -110,11 +90,11 @@ static int parse(int argc, char **argv, args *a) {
   for (int c; (c = getopt_long(argc, argv, "l:s:r:cp:d:a:h", options, NULL)) != -1;) {
     switch (c) {
     case 'L':
-      if (batches("--limit-batches", optarg, &a->limit_batches) != EXIT_DONE)
+      if (loom_cli_batches("--limit-batches", optarg, &a->limit_batches) != EXIT_DONE)
         return EXIT_USAGE;
       break;
     case 'O':
-      if (batches("--overfit-batches", optarg, &a->overfit_batches) != EXIT_DONE)
+      if (loom_cli_batches("--overfit-batches", optarg, &a->overfit_batches) != EXIT_DONE)
         return EXIT_USAGE;
       break;
     case 'l': a->logdir = optarg; break;
@@ -151,7 +131,7 @@ static int parse(int argc, char **argv, args *a) {
       }
       a->plugins[a->num_plugins++] = optarg;
       break;
-    case 'h': fputs(usage_run, stdout); return EXIT_DONE + 1000;
+    case 'h': fputs(usage_run, stdout); return EXIT_HELP;
     default: fputs(usage_run, stderr); return EXIT_USAGE;
     }
   }
@@ -167,64 +147,13 @@ static int parse(int argc, char **argv, args *a) {
   return EXIT_DONE;
 }
 
-/* What `loom tune lr` sweeps. */
-typedef struct sweep_args {
-  const char *stage;
-  loom_lr_finder_options finder;
-} sweep_args;
-
-/* A config's error, printed, as the exit code (EXIT_DONE for none). */
-static int config_error(int rc) {
-  if (rc >= 0)
-    return EXIT_DONE;
-  fprintf(stderr, "loom: error: %s\n", loom_last_error());
-  return rc == LOOM_ENOMEM ? EXIT_RUNTIME : EXIT_USAGE;
-}
-
-/* Loads the config with the command line's plugins (recorded in the
- * resolved config) and overrides, reduced to a sweep when asked, not yet
- * built. */
-static int prepare(const args *a, const sweep_args *sweep, loom_config **config) {
-  *config = loom_config_load(a->config);
-  if (!*config) {
-    fprintf(stderr, "loom: error: %s\n", loom_last_error());
-    return EXIT_USAGE;
-  }
-  char logdir_set[4200], device_set[300];
-  int rc = 0;
-  for (int i = 0; i < a->num_plugins && rc == 0; i++)
-    rc = loom_config_add_plugin(*config, a->plugins[i]);
-  for (int i = 0; i < a->num_sets && rc == 0; i++)
-    rc = loom_config_set(*config, a->sets[i]);
-  if (rc == 0 && a->logdir) {
-    snprintf(logdir_set, sizeof logdir_set, "experiment.logdir=%s", a->logdir);
-    rc = loom_config_set(*config, logdir_set);
-  }
-  if (rc == 0 && a->device) {
-    snprintf(device_set, sizeof device_set, "experiment.device=%s", a->device);
-    rc = loom_config_set(*config, device_set);
-  }
-  if (rc == 0 && sweep)
-    rc = loom_config_lr_sweep(*config, sweep->stage, sweep->finder.steps);
-  return config_error(rc);
-}
-
-/* prepare(), then the build. */
-static int load(const args *a, const sweep_args *sweep, loom_config **config, loom_experiment **exp) {
-  int code = prepare(a, sweep, config);
-  if (code != EXIT_DONE)
-    return code;
-  int rc = loom_config_build(*config, exp);
-  return config_error(rc);
-}
-
 /* --no-data: loom_config_validate (no data read, no model allocated). */
 static int cmd_validate(const args *a) {
   loom_config *config;
   loom_experiment *exp = NULL;
-  int code = a->no_data ? prepare(a, NULL, &config) : load(a, NULL, &config, &exp);
+  int code = a->no_data ? loom_cli_prepare(a, NULL, &config) : loom_cli_load(a, NULL, &config, &exp);
   if (code == EXIT_DONE && a->no_data)
-    code = config_error(loom_config_validate(config));
+    code = loom_cli_config_error(loom_config_validate(config));
   if (code == EXIT_DONE && a->no_data) {
     printf("%s: ok without its data (loom validate without --no-data also reads the data and builds the model)\n",
            a->config);
@@ -235,21 +164,6 @@ static int cmd_validate(const args *a) {
   loom_experiment_destroy(exp);
   loom_config_destroy(config);
   return code;
-}
-
-/* The ranks: --dist, else the config's "distributed"; rank 0 alone
- * writes the resolved config. */
-static int open_comm(const args *a, loom_config *config, loom_runner *runner) {
-  loom_dist dist = loom_config_distributed(config);
-  if (a->dist)
-    loom_dist_parse(a->dist, &dist); /* checked by parse() */
-  loom_comm *comm = loom_comm_for_dist(dist);
-  if (!comm) {
-    fprintf(stderr, "loom: error: %s\n", loom_last_error());
-    return loom_last_error_code() == LOOM_ENOTSUP ? EXIT_USAGE : EXIT_RUNTIME;
-  }
-  loom_runner_set_comm(runner, comm);
-  return EXIT_DONE;
 }
 
 /* `arg` for a POSIX shell: as is when every character is safe, else in
@@ -355,14 +269,14 @@ static int cmd_run(const args *given) {
   }
   loom_config *config;
   loom_experiment *exp = NULL;
-  int code = load(a, NULL, &config, &exp);
+  int code = loom_cli_load(a, NULL, &config, &exp);
   loom_runner *runner = NULL;
   if (code == EXIT_DONE && !(runner = loom_runner_create())) {
     fprintf(stderr, "loom: error: %s\n", loom_last_error());
     code = EXIT_RUNTIME;
   }
   if (code == EXIT_DONE)
-    code = open_comm(a, config, runner);
+    code = loom_cli_open_comm(a, config, runner);
   /* Other ranks' messages say whose they are. */
   char who[32] = "";
   if (runner && !loom_runner_is_master(runner))
@@ -416,334 +330,6 @@ static int cmd_run(const args *given) {
   return code;
 }
 
-static const char usage_tune[] =
-    "usage: loom tune lr CONFIG [--min LR] [--max LR] [--steps N] [--stage NAME]\n"
-    "                   [--plugin LIB]... [--logdir DIR] [--device DEV] [--set KEY=VALUE]...\n"
-    "\n"
-    "Trains one stage (--stage, default the first) for up to --steps (200) train\n"
-    "batches at rates growing exponentially from --min (1e-7) to --max (10),\n"
-    "stops early once the smoothed loss passes 4x its best, and prints the rate\n"
-    "where the smoothed loss fell fastest against log10(lr). The stage runs with\n"
-    "its model, criterion, optimizer, train loaders and optimizer callbacks only\n"
-    "(no scheduler, no checkpoint); its weights are thrown away. The curve\n"
-    "(lr,loss,smoothed) goes to LOGDIR/lr_find/lr_find.csv, and to TensorBoard\n"
-    "in LOGDIR/lr_find. --plugin, --logdir, --device and --set are as for loom run.\n";
-
-/* A --min or --max rate: a number > 0. */
-static int rate(const char *option, const char *text, double *out) {
-  char *end;
-  errno = 0;
-  double v = strtod(text, &end);
-  if (end == text || *end || errno || !(v > 0)) {
-    fprintf(stderr, "loom: tune lr: %s: expected a learning rate > 0, got \"%s\"\n", option, text);
-    return EXIT_USAGE;
-  }
-  *out = v;
-  return EXIT_DONE;
-}
-
-static int parse_tune(int argc, char **argv, args *a, sweep_args *sw) {
-  static const struct option options[] = {{"min", required_argument, NULL, 'm'},
-                                          {"max", required_argument, NULL, 'M'},
-                                          {"steps", required_argument, NULL, 'n'},
-                                          {"stage", required_argument, NULL, 'S'},
-                                          {"logdir", required_argument, NULL, 'l'},
-                                          {"device", required_argument, NULL, 'D'},
-                                          {"set", required_argument, NULL, 's'},
-                                          {"plugin", required_argument, NULL, 'p'},
-                                          {"help", no_argument, NULL, 'h'},
-                                          {NULL, 0, NULL, 0}};
-  optind = 1;
-  for (int c; (c = getopt_long(argc, argv, "l:s:p:h", options, NULL)) != -1;) {
-    int code = EXIT_DONE;
-    switch (c) {
-    case 'm': code = rate("--min", optarg, &sw->finder.min_lr); break;
-    case 'M': code = rate("--max", optarg, &sw->finder.max_lr); break;
-    case 'n':
-      code = batches("--steps", optarg, &sw->finder.steps);
-      if (code == EXIT_DONE && sw->finder.steps < 2) {
-        fprintf(stderr, "loom: tune lr: --steps: the sweep needs at least 2 steps\n");
-        code = EXIT_USAGE;
-      }
-      break;
-    case 'S': sw->stage = optarg; break;
-    case 'l': a->logdir = optarg; break;
-    case 'D': a->device = optarg; break;
-    case 's':
-    case 'p': {
-      const char **list = c == 's' ? a->sets : a->plugins;
-      int *n = c == 's' ? &a->num_sets : &a->num_plugins;
-      if (*n == 64) {
-        fprintf(stderr, "loom: at most 64 %s options\n", c == 's' ? "--set" : "--plugin");
-        return EXIT_USAGE;
-      }
-      list[(*n)++] = optarg;
-      break;
-    }
-    case 'h': fputs(usage_tune, stdout); return EXIT_DONE + 1000;
-    default: fputs(usage_tune, stderr); return EXIT_USAGE;
-    }
-    if (code != EXIT_DONE)
-      return code;
-  }
-  if (!(sw->finder.max_lr > sw->finder.min_lr)) {
-    fprintf(stderr, "loom: tune lr: --max (%g) must be above --min (%g)\n", sw->finder.max_lr, sw->finder.min_lr);
-    return EXIT_USAGE;
-  }
-  if (optind != argc - 1) {
-    fprintf(stderr, "loom: tune lr: expected one CONFIG file\n%s", usage_tune);
-    return EXIT_USAGE;
-  }
-  a->config = argv[optind];
-  return EXIT_DONE;
-}
-
-/* The sweep's finder, on the one stage left, writing into LOGDIR/lr_find. */
-static int add_finder(loom_experiment *exp, const sweep_args *sw, loom_callback **finder) {
-  char dir[4200];
-  snprintf(dir, sizeof dir, "%s/lr_find", loom_experiment_logdir(exp));
-  loom_lr_finder_options o = sw->finder;
-  o.tensorboard = true;
-  o.restore = false; /* the weights are thrown away with the process */
-  *finder = loom_lr_finder_callback_create(&o);
-  if (!*finder || loom_experiment_set_logdir(exp, dir) < 0 ||
-      loom_stage_add_callback(loom_experiment_stage(exp, 0), *finder) < 0) {
-    fprintf(stderr, "loom: error: %s\n", loom_last_error());
-    return EXIT_RUNTIME;
-  }
-  return EXIT_DONE;
-}
-
-/* Prints how the sweep ended, where its curve is, and the suggestion. */
-static int report_sweep(const loom_callback *finder, const char *logdir) {
-  loom_lr_finder_result res;
-  if (loom_lr_finder_get_result(finder, &res) < 0) {
-    fprintf(stderr, "loom: error: %s\n", loom_last_error());
-    return EXIT_RUNTIME;
-  }
-  printf("loom: %s (%lld batches)\n", res.reason, (long long)res.points);
-  printf("loom: the curve: %s (TensorBoard: %s)\n", res.csv_path, logdir);
-  if (!isfinite(res.suggestion)) {
-    fprintf(stderr, "loom: tune lr: no suggestion: %s\n", res.why_none);
-    return EXIT_RUNTIME;
-  }
-  printf("suggested lr: %.3g\n", res.suggestion);
-  return EXIT_DONE;
-}
-
-/* loom tune lr CONFIG ... */
-static int cmd_tune(int argc, char **argv) {
-  if (argc < 2 || strcmp(argv[1], "lr") != 0) {
-    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-      fputs(usage_tune, stdout);
-      return EXIT_DONE;
-    }
-    fprintf(stderr, "loom: tune: expected what to tune: lr (loom tune lr CONFIG)\n");
-    return EXIT_USAGE;
-  }
-  args a = {0};
-  sweep_args sw = {.finder = loom_lr_finder_defaults()};
-  int code = parse_tune(argc - 1, argv + 1, &a, &sw);
-  if (code != EXIT_DONE)
-    return code == EXIT_DONE + 1000 ? EXIT_DONE : code;
-  loom_config *config;
-  loom_experiment *exp = NULL;
-  loom_runner *runner = NULL;
-  loom_callback *finder = NULL;
-  code = load(&a, &sw, &config, &exp);
-  if (code == EXIT_DONE)
-    code = add_finder(exp, &sw, &finder);
-  if (code == EXIT_DONE && !(runner = loom_runner_create())) {
-    fprintf(stderr, "loom: error: %s\n", loom_last_error());
-    code = EXIT_RUNTIME;
-  }
-  if (code == EXIT_DONE)
-    code = open_comm(&a, config, runner);
-  if (code == EXIT_DONE) {
-    printf("loom: sweeping stage \"%s\" from lr %g to %g over up to %lld batches\n",
-           loom_stage_name(loom_experiment_stage(exp, 0)), sw.finder.min_lr, sw.finder.max_lr,
-           (long long)sw.finder.steps);
-    fflush(stdout);
-    if (loom_runner_world_size(runner) > 1)
-      loom_cli_hold_late_signals();
-    int rc = loom_run_experiment(runner, exp);
-    if (rc < 0) {
-      fprintf(stderr, "loom: %s%s\n", rc == LOOM_EINTERRUPTED ? "" : "error: ", loom_last_error());
-      code = rc == LOOM_EINTERRUPTED ? EXIT_INTERRUPTED : EXIT_RUNTIME;
-    } else if (loom_runner_is_master(runner)) {
-      code = report_sweep(finder, loom_experiment_logdir(exp));
-    }
-  }
-  loom_runner_destroy(runner);
-  loom_experiment_destroy(exp);
-  loom_config_destroy(config);
-  return code;
-}
-
-#define CONVERT_LINE "loom convert idx OUT.h5 --images FILE --labels FILE"
-static const char usage_convert[] =
-    "usage: " CONVERT_LINE "\n"
-    "\n"
-    "Writes IDX images and labels (gzip'd or not) as the HDF5 datasets \"images\"\n"
-    "and \"labels\" of OUT.h5, creating its directory; idx is the only format.\n";
-
-/* loom convert idx OUT.h5 --images FILE --labels FILE */
-static int cmd_convert(int argc, char **argv) {
-  static const struct option options[] = {{"images", required_argument, NULL, 'i'},
-                                          {"labels", required_argument, NULL, 'l'},
-                                          {"help", no_argument, NULL, 'h'},
-                                          {NULL, 0, NULL, 0}};
-  const char *images = NULL, *labels = NULL;
-  optind = 1;
-  for (int c; (c = getopt_long(argc, argv, "i:l:h", options, NULL)) != -1;) {
-    if (c == 'i') {
-      images = optarg;
-    } else if (c == 'l') {
-      labels = optarg;
-    } else if (c == 'h') {
-      fputs(usage_convert, stdout);
-      return EXIT_DONE;
-    } else {
-      return EXIT_USAGE; /* getopt said which option */
-    }
-  }
-  char problem[300] = "";
-  if (optind == argc)
-    snprintf(problem, sizeof problem, "expected a format and OUT.h5 (" CONVERT_LINE ")");
-  else if (strcmp(argv[optind], "idx") != 0)
-    snprintf(problem, sizeof problem, "no converter for \"%.100s\"; loom converts idx files (" CONVERT_LINE ")",
-             argv[optind]);
-  else if (optind != argc - 2)
-    snprintf(problem, sizeof problem, "expected one OUT.h5 after idx (" CONVERT_LINE ")");
-  else if (!images || !labels)
-    snprintf(problem, sizeof problem, "--images FILE and --labels FILE are both required");
-  if (*problem) {
-    fprintf(stderr, "loom: convert: %s\n", problem);
-    return EXIT_USAGE;
-  }
-  if (loom_idx_to_hdf5(images, labels, argv[optind + 1]) < 0) {
-    fprintf(stderr, "loom: error: %s\n", loom_last_error());
-    return loom_last_error_code() == LOOM_EIO ? EXIT_RUNTIME : EXIT_USAGE;
-  }
-  printf("wrote %s\n", argv[optind + 1]);
-  return EXIT_DONE;
-}
-
-static const char usage_deploy[] =
-    "usage: loom predict CONFIG [--resume best|last|PATH] [--dataset FILE] --out FILE.h5|FILE.csv\n"
-    "                    [--plugin LIB]... [--logdir DIR] [--set KEY=VALUE]...\n"
-    "       loom export CONFIG [--resume best|last|PATH] [--onnx FILE.onnx] [--weights FILE.h5]\n"
-    "                    [--plugin LIB]... [--logdir DIR] [--set KEY=VALUE]...\n"
-    "\n"
-    "  --resume WHAT   the weights: best (the default) or last in the logdir, or a\n"
-    "                  checkpoint or weights file\n"
-    "  --dataset FILE  predict an HDF5 (.h5) or CSV (.csv) file, labelled or not,\n"
-    "                  prepared as the config's infer loader prepares its samples,\n"
-    "                  instead of the config's infer* loaders\n"
-    "  --out FILE      the predictions: per loader the sample indices and the\n"
-    "                  outputs, as HDF5 or (FILE.csv) CSV\n"
-    "  --onnx FILE     the model as ONNX (opset 13)\n"
-    "  --weights FILE  the weights as HDF5 (names, shapes, dtypes), and beside it\n"
-    "                  FILE.json: the architecture (the config's model section)\n"
-    "\n"
-    "The model runs in evaluation mode (Dropout off, BatchNorm's running\n"
-    "statistics). docs/predict-export.md has examples.\n";
-
-typedef struct deploy_args {
-  args base; /* config, plugins, sets, logdir, resume */
-  const char *dataset, *out, *onnx, *weights;
-} deploy_args;
-
-/* The options of loom predict and loom export. */
-static int parse_deploy(int argc, char **argv, bool predict, deploy_args *d) {
-  static const struct option options[] = {{"logdir", required_argument, NULL, 'l'},
-                                          {"set", required_argument, NULL, 's'},
-                                          {"resume", required_argument, NULL, 'r'},
-                                          {"plugin", required_argument, NULL, 'p'},
-                                          {"dataset", required_argument, NULL, 'D'},
-                                          {"out", required_argument, NULL, 'o'},
-                                          {"onnx", required_argument, NULL, 'x'},
-                                          {"weights", required_argument, NULL, 'w'},
-                                          {"help", no_argument, NULL, 'h'},
-                                          {NULL, 0, NULL, 0}};
-  args *a = &d->base;
-  optind = 1;
-  for (int c; (c = getopt_long(argc, argv, "l:s:r:p:o:h", options, NULL)) != -1;) {
-    const char **list = c == 's' ? a->sets : a->plugins;
-    int *n = c == 's' ? &a->num_sets : &a->num_plugins;
-    switch (c) {
-    case 'l': a->logdir = optarg; break;
-    case 'r': a->resume = optarg; break;
-    case 'D': d->dataset = optarg; break;
-    case 'o': d->out = optarg; break;
-    case 'x': d->onnx = optarg; break;
-    case 'w': d->weights = optarg; break;
-    case 's':
-    case 'p':
-      if (*n == 64) {
-        fprintf(stderr, "loom: at most 64 --%s options\n", c == 's' ? "set" : "plugin");
-        return EXIT_USAGE;
-      }
-      list[(*n)++] = optarg;
-      break;
-    case 'h': fputs(usage_deploy, stdout); return EXIT_DONE + 1000;
-    default: fputs(usage_deploy, stderr); return EXIT_USAGE;
-    }
-  }
-  const char *problem = NULL;
-  if (optind != argc - 1)
-    problem = "expected one CONFIG file";
-  else if (predict && (d->onnx || d->weights))
-    problem = "--onnx and --weights are options of loom export";
-  else if (!predict && (d->dataset || d->out))
-    problem = "--dataset and --out are options of loom predict";
-  else if (predict && !d->out)
-    problem = "loom predict needs --out FILE.h5 or --out FILE.csv";
-  else if (!predict && !d->onnx && !d->weights)
-    problem = "loom export needs --onnx FILE.onnx, --weights FILE.h5, or both";
-  if (problem) {
-    fprintf(stderr, "loom: %s\n%s", problem, usage_deploy);
-    return EXIT_USAGE;
-  }
-  a->config = argv[optind];
-  return EXIT_DONE;
-}
-
-/* loom predict / loom export: a config's trained model, put to use. */
-static int cmd_deploy(int argc, char **argv, bool predict) {
-  deploy_args d = {0};
-  int code = parse_deploy(argc, argv, predict, &d);
-  if (code != EXIT_DONE)
-    return code == EXIT_DONE + 1000 ? EXIT_DONE : code;
-  loom_config *config = NULL;
-  if ((code = prepare(&d.base, NULL, &config)) != EXIT_DONE)
-    return code;
-  char used[4096] = "";
-  int rc;
-  if (predict) {
-    loom_predict_options o = {.resume = d.base.resume, .dataset = d.dataset, .out = d.out};
-    rc = loom_predict_config(config, &o, used, sizeof used);
-  } else {
-    loom_export_options o = {.resume = d.base.resume, .onnx = d.onnx, .weights = d.weights};
-    rc = loom_export_config(config, &o, used, sizeof used);
-  }
-  if (rc < 0) {
-    fprintf(stderr, "loom: error: %s\n", loom_last_error());
-    code = rc == LOOM_EIO || rc == LOOM_ENOMEM ? EXIT_RUNTIME : EXIT_USAGE;
-  } else if (predict) {
-    printf("loom: predicted with the weights of %s into %s\n", used, d.out);
-  } else {
-    printf("loom: exported the weights of %s:", used);
-    if (d.onnx)
-      printf(" %s", d.onnx);
-    if (d.weights)
-      printf(" %s (architecture beside it)", d.weights);
-    putchar('\n');
-  }
-  loom_config_destroy(config);
-  return code;
-}
-
 int main(int argc, char **argv) {
   if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
     fputs(usage_main, argc < 2 ? stderr : stdout);
@@ -754,15 +340,15 @@ int main(int argc, char **argv) {
     return EXIT_DONE;
   }
   if (strcmp(argv[1], "convert") == 0)
-    return cmd_convert(argc - 1, argv + 1);
+    return loom_cli_convert(argc - 1, argv + 1);
   if (strcmp(argv[1], "grid") == 0 && argc > 2 && strcmp(argv[2], "results") == 0)
     return loom_cli_grid_results(argc - 2, argv + 2);
   if (strcmp(argv[1], "grid") == 0)
     return loom_cli_grid(argc - 1, argv + 1);
   if (strcmp(argv[1], "predict") == 0 || strcmp(argv[1], "export") == 0)
-    return cmd_deploy(argc - 1, argv + 1, strcmp(argv[1], "predict") == 0);
+    return loom_cli_deploy(argc - 1, argv + 1, strcmp(argv[1], "predict") == 0);
   if (strcmp(argv[1], "tune") == 0)
-    return cmd_tune(argc - 1, argv + 1);
+    return loom_cli_tune(argc - 1, argv + 1);
   bool run = strcmp(argv[1], "run") == 0;
   if (!run && strcmp(argv[1], "validate") != 0) {
     fprintf(stderr, "loom: unknown command \"%s\"\n%s", argv[1], usage_main);
@@ -770,7 +356,7 @@ int main(int argc, char **argv) {
   }
   args a = {0};
   int code = parse(argc - 1, argv + 1, &a);
-  if (code == EXIT_DONE + 1000)
+  if (code == EXIT_HELP)
     return EXIT_DONE;
   if (code != EXIT_DONE)
     return code;
