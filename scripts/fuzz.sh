@@ -21,7 +21,7 @@ if [[ $target != all && ! " ${targets[*]} " =~ " $target " ]]; then
 fi
 [[ $target == all ]] && run=("${targets[@]}") || run=("$target")
 
-CC=${CC:-clang} cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DLOOM_FUZZ=ON -DLOOM_WITH_MPI=OFF \
+CC=${CC:-clang} cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DLOOM_FUZZ=ON -DLOOM_WITH_MPI=OFF -DLOOM_WITH_CUDA=OFF \
   -DLOOM_BUILD_EXAMPLES=OFF -DLOOM_BUILD_BENCH=OFF -DLOOM_TEST_EXAMPLE_ACCURACY=OFF >/dev/null
 cmake --build "$build" -j"$(nproc)" --target "${run[@]/#/fuzz_}"
 

@@ -121,7 +121,7 @@ with open(os.path.join(root, "tests", "fuzz", "config.dict"), "w") as f:
     f.write("# Keys and type names of the test and example configs (make_corpus.py)\n")
     for w in words:
         f.write('"\\"%s\\""\n' % w)
-    for t in ["{", "}", "[", "]", ":", ",", "true", "false", "null", "1e308", "-1", "0.5", "\\u0000"]:
+    for t in ["{", "}", "[", "]", ":", ",", "true", "false", "null", "1e308", "-1", "0.5", "\\u0000", '"cuda:1"', '"cpu:0"']:
         f.write('"%s"\n' % t.replace("\\", "\\\\").replace('"', '\\"'))
 with open(os.path.join(root, "tests", "fuzz", "set.dict"), "w") as f:
     f.write("# Keys of the test and example configs and --set's syntax (make_corpus.py)\n")
