@@ -1,18 +1,27 @@
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error_internal.h"
+#include "loom/backend.h"
+#include "loom/backend_cpu.h"
 #include "loom/callbacks.h"
 #include "loom/runner_view.h"
 
-#define MAX_TOPK 8
+#define MAX_TOPK LOOM_TOPK_MAX
 
 typedef struct accuracy {
   int topk[MAX_TOPK];
   char names[MAX_TOPK][24];
   int n;
 } accuracy;
+
+/* In host memory: no backend, or the CPU's. */
+static bool on_host(const loom_tensor *t) {
+  loom_backend *b = loom_tensor_backend(t);
+  return !b || loom_backend_device(b) == LOOM_DEVICE_CPU;
+}
 
 static int accuracy_batch_end(loom_callback *cb, loom_runner *r) {
   const accuracy *a = loom_callback_data(cb);
@@ -22,31 +31,28 @@ static int accuracy_batch_end(loom_callback *cb, loom_runner *r) {
   if (loom_tensor_ndim(out) != 2 || loom_tensor_numel(target) != loom_tensor_dim(out, 0))
     return loom_error_set(LOOM_ESHAPE, "accuracy: needs outputs [batch, classes] and one target per sample");
   const int64_t n = loom_tensor_dim(out, 0), c = loom_tensor_dim(out, 1);
-  /* On the host: the outputs may live on a device. */
-  const float *scores = loom_tensor_host_data(out), *labels = loom_tensor_host_data(target);
-  if (!scores || !labels)
-    return loom_error_wrap(loom_last_error_code(), "accuracy: reading the batch's outputs");
-  int64_t hits[MAX_TOPK] = {0};
-  for (int64_t i = 0; i < n; i++) {
-    const float *x = scores + i * c;
-    int64_t y = (int64_t)labels[i];
-    if (y < 0 || y >= c)
-      return loom_error_set(LOOM_EINVAL, "accuracy: target %lld of sample %lld is not a class in [0, %lld)",
-                            (long long)y, (long long)i, (long long)c);
-    /* The target's rank: classes scoring higher, or equal and earlier. */
-    int64_t rank = 0;
-    for (int64_t j = 0; j < c; j++)
-      rank += x[j] > x[y] || (x[j] == x[y] && j < y);
-    for (int k = 0; k < a->n; k++)
-      hits[k] += rank < a->topk[k];
+  /* Counted where the outputs are: on a device, one small result comes
+   * back instead of the scores and the targets. */
+  loom_backend *be = on_host(out) ? loom_backend_cpu() : loom_tensor_backend(out);
+  if (!be)
+    return loom_error_wrap(loom_last_error_code(), "accuracy: the CPU backend");
+  if (on_host(target) ? !on_host(out) : loom_tensor_backend(target) != be)
+    return loom_error_set(LOOM_EINVAL, "accuracy: the outputs are on backend \"%s\" and the targets elsewhere",
+                          loom_backend_name(be));
+  int64_t hits[MAX_TOPK], bad;
+  int rc = loom_backend_topk_hits(be, loom_tensor_data(out), loom_tensor_data(target), n, c, a->topk, a->n, hits,
+                                  &bad);
+  if (rc < 0)
+    return loom_error_wrap(rc, "accuracy: counting the batch's hits");
+  if (bad >= 0) {
+    const float *labels = loom_tensor_host_data(target); /* only now: for the message */
+    return loom_error_set(LOOM_EINVAL, "accuracy: target %g of sample %lld is not a class in [0, %lld)",
+                          labels ? (double)labels[bad] : NAN, (long long)bad, (long long)c);
   }
   loom_metrics *m = loom_runner_batch_metrics(r);
-  for (int k = 0; k < a->n; k++) {
-    int rc = loom_metrics_set(m, a->names[k], n ? (double)hits[k] / (double)n : 0.0);
-    if (rc < 0)
-      return rc;
-  }
-  return 0;
+  for (int k = 0; k < a->n && rc == 0; k++)
+    rc = loom_metrics_set(m, a->names[k], n ? (double)hits[k] / (double)n : 0.0);
+  return rc;
 }
 
 static const loom_callback_ops accuracy_ops = {

@@ -15,7 +15,7 @@ static const char *const op_names[LOOM_OP_COUNT] = {
     "gemm",          "fill_rows",    "sum_rows",        "act_forward", "act_backward", "xent_forward",
     "xent_backward", "loss_forward", "loss_backward", "dropout_forward", "mul", "conv_forward", "conv_backward",
     "pool_forward", "pool_backward", "batchnorm_forward", "batchnorm_backward", "block", "sgd_update",
-    "adam_update", "rmsprop_update", "sum_squares", "scale", "clamp", "all_finite", "gemm_checked"};
+    "adam_update", "rmsprop_update", "sum_squares", "scale", "clamp", "all_finite", "gemm_checked", "topk_hits"};
 
 const char *loom_op_name(loom_op op) { return op < LOOM_OP_COUNT ? op_names[op] : "?"; }
 
@@ -80,6 +80,7 @@ bool loom_backend_supports(const loom_backend *b, loom_op op) {
   case LOOM_OP_CLAMP: return o->clamp != NULL;
   case LOOM_OP_ALL_FINITE: return o->all_finite != NULL;
   case LOOM_OP_GEMM_CHECKED: return o->gemm_checked || (o->gemm && o->all_finite);
+  case LOOM_OP_TOPK_HITS: return o->topk_hits != NULL;
   case LOOM_OP_COUNT: break;
   }
   return false;
@@ -323,6 +324,14 @@ int loom_backend_scale(loom_backend *b, float *x, float a, int64_t n) {
 int loom_backend_clamp(loom_backend *b, float *x, float limit, int64_t n) {
   int rc = ready(b, LOOM_OP_CLAMP);
   return rc < 0 ? rc : b->ops.clamp(b->ctx, x, limit, n);
+}
+
+int loom_backend_topk_hits(loom_backend *b, const float *scores, const float *targets, int64_t n, int64_t c,
+                           const int *ks, int nk, int64_t *hits, int64_t *bad) {
+  if (nk < 1 || nk > LOOM_TOPK_MAX)
+    return loom_error_set(LOOM_EINVAL, "topk_hits: between 1 and %d values of k, got %d", LOOM_TOPK_MAX, nk);
+  int rc = ready(b, LOOM_OP_TOPK_HITS);
+  return rc < 0 ? rc : b->ops.topk_hits(b->ctx, scores, targets, n, c, ks, nk, hits, bad);
 }
 
 int loom_backend_all_finite(loom_backend *b, const float *x, int64_t n, bool *finite) {

@@ -587,6 +587,14 @@ static int fake_all_finite(void *ctx, const float *x, int64_t n, bool *finite) {
   return loom_backend_all_finite(cpu(ctx, true), x, n, finite);
 }
 
+static int fake_topk_hits(void *ctx, const float *scores, const float *targets, int64_t n, int64_t c, const int *ks,
+                          int nk, int64_t *hits, int64_t *bad) {
+  scores = real(ctx, "topk_hits", "scores", scores, F(n * c));
+  targets = real(ctx, "topk_hits", "targets", targets, F(n));
+  host("topk_hits", "ks", ks), host("topk_hits", "hits", hits), host("topk_hits", "bad", bad);
+  return loom_backend_topk_hits(cpu(ctx, true), scores, targets, n, c, ks, nk, hits, bad);
+}
+
 static const loom_backend_ops fake_ops = {
     .name = "fake",
     .device = LOOM_DEVICE_CUDA,
@@ -628,6 +636,7 @@ static const loom_backend_ops fake_ops = {
     .clamp = fake_clamp,
     .all_finite = fake_all_finite,
     .gemm_checked = fake_gemm_checked,
+    .topk_hits = fake_topk_hits,
     .destroy = fake_destroy,
 };
 

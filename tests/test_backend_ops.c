@@ -475,6 +475,60 @@ static void test_criteria(void **state) {
   }
 }
 
+/* --- the accuracy's hits --- */
+
+/* Sample i's target's place in its row sorted by score, highest first,
+ * ties by class index: an insertion sort of the classes. */
+static int64_t sorted_place(const float *x, int64_t c, int64_t y) {
+  int64_t order[64];
+  for (int64_t j = 0; j < c; j++) {
+    int64_t k = j;
+    for (; k > 0 && x[order[k - 1]] < x[j]; k--)
+      order[k] = order[k - 1];
+    order[k] = j;
+  }
+  for (int64_t k = 0; k < c; k++)
+    if (order[k] == y)
+      return k;
+  return c;
+}
+
+static void check_topk(loom_backend *b, int64_t n, int64_t c, int64_t bad) {
+  float *x = malloc((size_t)(n * c) * sizeof *x), *t = malloc((size_t)n * sizeof *t);
+  fill(x, n * c, 21); /* every 7th a zero: ties */
+  for (int64_t i = 0; i < n * c; i++)
+    x[i] = roundf(x[i] * 4.0f) / 4.0f; /* more ties */
+  for (int64_t i = 0; i < n; i++)
+    t[i] = (float)((i * 5) % c);
+  if (bad >= 0)
+    t[bad] = bad % 2 ? (float)c : 0.5f;
+  const int ks[] = {1, 3, 5, 1};
+  int64_t want[4] = {0}, got[4], got_bad;
+  for (int64_t i = 0; i < n; i++)
+    for (int k = 0; k < 4 && i != bad; k++)
+      want[k] += sorted_place(x + i * c, c, (int64_t)t[i]) < ks[k];
+  float *d_x = upload(b, x, n * c), *d_t = upload(b, t, n);
+  assert_int_equal(loom_backend_topk_hits(b, d_x, d_t, n, c, ks, 4, got, &got_bad), 0);
+  assert_int_equal(got_bad, bad);
+  for (int k = 0; k < 4; k++)
+    if (got[k] != want[k])
+      fail_msg("%s topk_hits %lldx%lld k=%d: %lld hits, want %lld", loom_backend_name(b), (long long)n, (long long)c,
+               ks[k], (long long)got[k], (long long)want[k]);
+  assert_int_equal(loom_backend_topk_hits(b, d_x, d_t, n, c, ks, 0, got, &got_bad), LOOM_EINVAL);
+  loom_backend_free(b, d_x), loom_backend_free(b, d_t);
+  free(x), free(t);
+}
+
+static void test_topk_hits(void **state) {
+  loom_backend *b[MAX_BACKENDS];
+  for (size_t i = 0, n = BACKENDS(b, LOOM_OP_TOPK_HITS); i < n; i++) {
+    check_topk(b[i], 1, 1, -1);
+    check_topk(b[i], 128, 10, -1);
+    check_topk(b[i], 3000, 7, 2998);
+    check_topk(b[i], 50, 64, 0);
+  }
+}
+
 /* --- dropout, mul --- */
 
 /* The documented counter rule, written out again here. */
@@ -1350,7 +1404,8 @@ static void test_fake_device_catches_misuse(void **state) {
 #define ROW_TESTS(r)                                                                                     \
   {#r ": test_gemm", test_gemm, NULL, NULL, &r}, {#r ": test_gemm_checked", test_gemm_checked, NULL, NULL, &r}, \
       {#r ": test_rows", test_rows, NULL, NULL, &r}, {#r ": test_activations", test_activations, NULL, NULL, &r}, \
-      {#r ": test_criteria", test_criteria, NULL, NULL, &r}, {#r ": test_dropout", test_dropout, NULL, NULL, &r}, \
+      {#r ": test_criteria", test_criteria, NULL, NULL, &r}, {#r ": test_topk_hits", test_topk_hits, NULL, NULL, &r}, \
+      {#r ": test_dropout", test_dropout, NULL, NULL, &r},                                                       \
       {#r ": test_conv", test_conv, NULL, NULL, &r}, {#r ": test_pool", test_pool, NULL, NULL, &r},             \
       {#r ": test_batchnorm", test_batchnorm, NULL, NULL, &r}, {#r ": test_block", test_block, NULL, NULL, &r}, \
       {#r ": test_optimizer_updates", test_optimizer_updates, NULL, NULL, &r},                                 \

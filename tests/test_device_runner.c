@@ -163,19 +163,17 @@ static void same_run_on_device(void **state) {
    * stopping stopped the pretraining), all counted. */
   assert_true(t.batches >= 7 * 3 && t.batches <= 7 * 5);
   /* Per training batch after the first: uploads of the input and the
-   * target (2 from_host); to the host: the accuracy callback's output and
-   * target (2). The loss, the gradients' finiteness and the step's check
-   * reach the host as op results, not copies, and the cross-entropy
-   * checks device targets through its op's result. On the first batch the
-   * cross-entropy's probs and its dout move to the device once, contents
-   * and all (2 more). */
+   * target (2 from_host), and no copy to the host: the loss, the
+   * accuracy's hits and the step's check of every gradient reach the host
+   * as op results (3 waits for the device, none per layer), and the
+   * cross-entropy checks device targets through its op's result. On the
+   * first batch the cross-entropy's probs and its dout move to the device
+   * once, contents and all (2 more). */
   assert_int_equal(t.max_from_host, 2);
-  assert_int_equal(t.max_to_host, 2);
-  /* Waits for the device per training batch: the loss, and one check of
-   * every gradient at the step (none per layer). */
-  assert_int_equal(t.max_host_results, 2);
+  assert_int_equal(t.max_to_host, 0);
+  assert_int_equal(t.max_host_results, 3);
   assert_int_equal(t.first_from_host, 4);
-  assert_int_equal(t.first_to_host, 2);
+  assert_int_equal(t.first_to_host, 0);
   loom_experiment_destroy(exp);
   /* The device's memory all went back when the experiment's model did. */
   assert_int_equal(fake_device_counts_of(dev).live, 0);

@@ -111,6 +111,13 @@ static int cpu_loss_backward(void *ctx, loom_pointwise_loss loss, float param, c
   return 0;
 }
 
+static int cpu_topk_hits(void *ctx, const float *scores, const float *targets, int64_t n, int64_t c, const int *ks,
+                         int nk, int64_t *hits, int64_t *bad) {
+  (void)ctx;
+  loom_cpu_topk_hits(scores, targets, n, c, ks, nk, hits, bad);
+  return 0;
+}
+
 static int cpu_dropout_forward(void *ctx, uint64_t key, float p, const float *x, float *y, float *mask, int64_t n) {
   (void)ctx;
   loom_cpu_dropout_forward(key, p, x, y, mask, n);
@@ -271,6 +278,7 @@ static const loom_backend_ops cpu_ops = {
     .clamp = cpu_clamp,
     .all_finite = cpu_all_finite,
     .gemm_checked = cpu_gemm_checked,
+    .topk_hits = cpu_topk_hits,
     .conv_plan = cpu_conv_plan,
     .conv_forward = cpu_conv_forward,
     .conv_backward = cpu_conv_backward,

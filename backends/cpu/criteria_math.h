@@ -1,5 +1,6 @@
-/* The criteria's arithmetic for one row or one element, shared by the CPU's
- * loops (losses.c) and the CUDA kernels (backends/cuda/kernels.cu), so
+/* The criteria's and the accuracy's arithmetic for one row or one element,
+ * shared by the CPU's loops (losses.c) and the CUDA kernels
+ * (backends/cuda/kernels.cu), so
  * that both backends compute one formula in one order (loom/backend.h
  * states them). Plain C that nvcc compiles for the device too. */
 #ifndef LOOM_BACKENDS_CPU_CRITERIA_MATH_H
@@ -65,6 +66,15 @@ static inline LOOM_HD float loom_xent_grad(float p, float wq, const float *weigh
                                            float smoothing, int64_t c, float scale) {
   const float off = smoothing / (float)c, on = 1.0f - smoothing + off;
   return (wq * p - loom_class_weight(weights, j) * (j == y ? on : off)) * scale;
+}
+
+/* The rank of class y among the c scores x: the classes scoring higher, or
+ * equal and earlier (top-k holds y when its rank is below k). */
+static inline LOOM_HD int64_t loom_class_rank(const float *x, int64_t c, int64_t y) {
+  int64_t rank = 0;
+  for (int64_t j = 0; j < c; j++)
+    rank += x[j] > x[y] || (x[j] == x[y] && j < y);
+  return rank;
 }
 
 /* The pointwise loss of z against t, in double. */

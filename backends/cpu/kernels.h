@@ -22,6 +22,8 @@ void loom_cpu_xent_backward(const float *probs, const float *targets, const floa
 double loom_cpu_loss_forward(loom_pointwise_loss loss, float param, const float *out, const float *target, int64_t n);
 void loom_cpu_loss_backward(loom_pointwise_loss loss, float param, const float *out, const float *target, float scale,
                             int64_t n, float *dout);
+void loom_cpu_topk_hits(const float *scores, const float *targets, int64_t n, int64_t c, const int *ks, int nk,
+                        int64_t *hits, int64_t *bad);
 
 /* dropout.c */
 void loom_cpu_dropout_forward(uint64_t key, float p, const float *x, float *y, float *mask, int64_t n);

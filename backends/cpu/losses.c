@@ -1,5 +1,6 @@
 /* The criteria's arithmetic: softmax cross-entropy and the pointwise
- * losses (formulas in loom/backend.h and models/cross_entropy.c). */
+ * losses (formulas in loom/backend.h and models/cross_entropy.c), and the
+ * accuracy's top-k hits. */
 #include "backends/cpu/kernels.h"
 
 #include <math.h>
@@ -53,4 +54,21 @@ void loom_cpu_loss_backward(loom_pointwise_loss loss, float beta, const float *o
                             int64_t n, float *dout) {
   for (int64_t i = 0; i < n; i++)
     dout[i] = loom_pointwise_grad(loss, beta, out[i], target[i]) * scale;
+}
+
+void loom_cpu_topk_hits(const float *scores, const float *targets, int64_t n, int64_t c, const int *ks, int nk,
+                        int64_t *hits, int64_t *bad) {
+  *bad = -1;
+  for (int k = 0; k < nk; k++)
+    hits[k] = 0;
+  for (int64_t i = 0; i < n; i++) {
+    if (!loom_is_class(targets[i], c)) {
+      if (*bad < 0)
+        *bad = i;
+      continue;
+    }
+    const int64_t rank = loom_class_rank(scores + i * c, c, (int64_t)targets[i]);
+    for (int k = 0; k < nk; k++)
+      hits[k] += rank < ks[k];
+  }
 }

@@ -127,6 +127,8 @@ static int release_cached(int device) {
 
 /* A reduction's scratch: two first passes, then two results. */
 #define PARTIALS (2 * LOOM_CUDA_REDUCE_BLOCKS + 2)
+/* The largest result read back: topk_hits's counts. */
+#define HOST_BYTES ((LOOM_TOPK_MAX + 1) * sizeof(unsigned long long))
 
 typedef struct cuda_ctx {
   int device;
@@ -136,7 +138,8 @@ typedef struct cuda_ctx {
   void *workspace;  /* cuBLAS's */
   double *partials; /* device: a reduction's first pass(es), then its results (PARTIALS) */
   int *flag;        /* device: all_finite's */
-  double *host;     /* pinned: a reduction's results read back (2) */
+  unsigned long long *counts; /* device: topk_hits's LOOM_TOPK_MAX + 1 */
+  void *host;       /* pinned: small results read back (HOST_BYTES) */
 } cuda_ctx;
 
 /* Every call runs on the backend's device, whichever thread makes it. */
@@ -360,6 +363,29 @@ static int cuda_loss_backward(void *ctx, loom_pointwise_loss loss, float param, 
                            "loss_backward");
 }
 
+static int cuda_topk_hits(void *ctx, const float *scores, const float *targets, int64_t n, int64_t c, const int *ks,
+                          int nk, int64_t *hits, int64_t *bad) {
+  cuda_ctx *cc = ctx;
+  loom_cuda_topk k = {.nk = nk};
+  memcpy(k.ks, ks, (size_t)nk * sizeof *ks);
+  unsigned long long counts[LOOM_TOPK_MAX + 1];
+  int rc = enter(cc);
+  if (rc == 0)
+    rc = launched(cc, cudaMemsetAsync(cc->counts, 0, LOOM_TOPK_MAX * sizeof *counts, cc->stream), "cudaMemsetAsync");
+  if (rc == 0)
+    rc = launched(cc, cudaMemsetAsync(cc->counts + LOOM_TOPK_MAX, 0xff, sizeof *counts, cc->stream),
+                  "cudaMemsetAsync");
+  if (rc == 0)
+    rc = launched(cc, loom_cuda_topk_hits(cc->stream, scores, targets, n, c, k, cc->counts), "topk_hits");
+  if (rc == 0)
+    rc = read_back(cc, counts, cc->counts, sizeof counts);
+  for (int j = 0; rc == 0 && j < nk; j++)
+    hits[j] = (int64_t)counts[j];
+  if (rc == 0)
+    *bad = counts[LOOM_TOPK_MAX] < (unsigned long long)n ? (int64_t)counts[LOOM_TOPK_MAX] : -1;
+  return rc;
+}
+
 static int cuda_scale(void *ctx, float *x, float a, int64_t n) {
   cuda_ctx *c = ctx;
   int rc = enter(c);
@@ -400,6 +426,7 @@ static void cuda_destroy(void *ctx) {
     libloom->alloc_put(c->alloc, c->workspace);
     libloom->alloc_put(c->alloc, c->partials);
     libloom->alloc_put(c->alloc, c->flag);
+    libloom->alloc_put(c->alloc, c->counts);
     if (c->stream)
       libloom->alloc_forget_stream(c->alloc, c->stream);
     device_release(c->device);
@@ -439,6 +466,7 @@ static const loom_backend_ops cuda_ops = {
     .scale = cuda_scale,
     .clamp = cuda_clamp,
     .all_finite = cuda_all_finite,
+    .topk_hits = cuda_topk_hits,
     .destroy = cuda_destroy,
 };
 
@@ -493,14 +521,15 @@ static int ctx_init(cuda_ctx *c, const loom_cuda_options *o) {
     return rc;
   if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess)
     return cuda_error(e, c->device, "cudaStreamCreate");
-  if ((e = cudaMallocHost((void **)&c->host, 2 * sizeof(double))) != cudaSuccess)
+  if ((e = cudaMallocHost(&c->host, HOST_BYTES)) != cudaSuccess)
     return cuda_error(e, c->device, "cudaMallocHost");
   if (!(c->alloc = device_acquire(c->device)))
     return libloom->last_error_code();
   c->workspace = libloom->alloc_get(c->alloc, BLAS_WORKSPACE, c->stream);
   c->partials = libloom->alloc_get(c->alloc, PARTIALS * sizeof(double), c->stream);
   c->flag = libloom->alloc_get(c->alloc, sizeof(int), c->stream);
-  if (!c->workspace || !c->partials || !c->flag)
+  c->counts = libloom->alloc_get(c->alloc, HOST_BYTES, c->stream);
+  if (!c->workspace || !c->partials || !c->flag || !c->counts)
     return libloom->last_error_code();
   if ((st = cublasCreate(&c->blas)) != CUBLAS_STATUS_SUCCESS) {
     c->blas = NULL;

@@ -239,6 +239,21 @@ __global__ void loss_backward_kernel(loom_pointwise_loss loss, float beta, const
     dout[i] = loom_pointwise_grad(loss, beta, out[i], target[i]) * scale;
 }
 
+// A sample per thread; a handful of atomics per sample (a batch is small).
+__global__ void topk_hits_kernel(const float *scores, const float *targets, int64_t c, loom_cuda_topk k,
+                                 unsigned long long *counts, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride()) {
+    if (!loom_is_class(targets[i], c)) {
+      atomicMin(&counts[LOOM_TOPK_MAX], (unsigned long long)i);
+      continue;
+    }
+    const int64_t rank = loom_class_rank(scores + i * c, c, (int64_t)targets[i]);
+    for (int j = 0; j < k.nk; j++)
+      if (rank < k.ks[j])
+        atomicAdd(&counts[j], 1ull);
+  }
+}
+
 // From the exponent bits, as the CPU's: all set is Inf or NaN.
 __global__ void nonfinite_kernel(const float *x, int *flag, int64_t n) {
   bool bad = false;
@@ -356,6 +371,11 @@ cudaError_t loom_cuda_loss_forward(cudaStream_t s, loom_pointwise_loss loss, flo
 cudaError_t loom_cuda_loss_backward(cudaStream_t s, loom_pointwise_loss loss, float beta, const float *out,
                                     const float *target, float scale, int64_t n, float *dout) {
   return launch(loss_backward_kernel, s, n, loss, beta, out, target, scale, dout);
+}
+
+cudaError_t loom_cuda_topk_hits(cudaStream_t s, const float *scores, const float *targets, int64_t n, int64_t c,
+                                loom_cuda_topk k, unsigned long long *counts) {
+  return launch(topk_hits_kernel, s, n, scores, targets, c, k, counts);
 }
 
 cudaError_t loom_cuda_any_nonfinite(cudaStream_t s, const float *x, int64_t n, int *flag) {

@@ -155,6 +155,9 @@ typedef struct loom_block {
   loom_plan *plan;
 } loom_block;
 
+/* The most values of k one topk_hits call counts. */
+#define LOOM_TOPK_MAX 8
+
 /* The ops, for loom_backend_supports; each names the slot of the same name
  * (a planned op's also needs its *_plan slot and plan_destroy; BLOCK is
  * plan_block, block_forward and block_backward). */
@@ -185,6 +188,7 @@ typedef enum loom_op {
   LOOM_OP_CLAMP,
   LOOM_OP_ALL_FINITE,
   LOOM_OP_GEMM_CHECKED,
+  LOOM_OP_TOPK_HITS,
   LOOM_OP_COUNT
 } loom_op;
 
@@ -334,6 +338,16 @@ typedef struct loom_backend_ops {
                       const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc,
                       bool *finite);
 
+  /* Classification hits (the accuracy callback's): the rank of sample i's
+   * class targets[i] among its scores[i][0..c) is the count of classes
+   * scoring higher, or equal and earlier; hits[k] (host) = the samples
+   * whose rank is below ks[k], for k < nk <= LOOM_TOPK_MAX; *bad (host) =
+   * the first sample whose target is no class in [0, c), or -1 (the
+   * others are counted all the same). One small result reaches the host
+   * instead of the scores and the targets. */
+  int (*topk_hits)(void *ctx, const float *scores, const float *targets, int64_t n, int64_t c, const int *ks, int nk,
+                   int64_t *hits, int64_t *bad);
+
   /* Optional: frees ctx. */
   void (*destroy)(void *ctx);
 } loom_backend_ops;
@@ -391,6 +405,8 @@ LOOM_API int loom_backend_adam_update(loom_backend *backend, const loom_adam_ste
                                       float *m, float *v, int64_t n);
 LOOM_API int loom_backend_rmsprop_update(loom_backend *backend, const loom_rmsprop_step *s, float *p, const float *g,
                                          float *sq, float *buf, float *avg, int64_t n);
+LOOM_API int loom_backend_topk_hits(loom_backend *backend, const float *scores, const float *targets, int64_t n,
+                                    int64_t c, const int *ks, int nk, int64_t *hits, int64_t *bad);
 LOOM_API int loom_backend_sum_squares(loom_backend *backend, const float *x, int64_t n, double *sum);
 LOOM_API int loom_backend_scale(loom_backend *backend, float *x, float a, int64_t n);
 LOOM_API int loom_backend_clamp(loom_backend *backend, float *x, float limit, int64_t n);
