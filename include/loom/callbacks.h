@@ -102,7 +102,8 @@ typedef enum loom_schedule_unit {
 /* Drives `scheduler` (owned from here on, also on failure) for each stage it
  * runs in: started from the optimizer's rate at stage start, stepped per
  * optimizer step or per epoch. ReduceLROnPlateau watches `loader`/`metric`
- * (NULL: the stage's valid loader and main metric) and steps per epoch. */
+ * (NULL: the stage's valid loader and main metric) and steps per epoch. One
+ * added to a resumed run starts where the run resumes. */
 LOOM_API loom_callback *loom_scheduler_callback_create(loom_scheduler *scheduler, loom_schedule_unit unit, const char *loader,
                                               const char *metric);
 
