@@ -26,12 +26,20 @@ exec > >(tee ${log:+"$log"}) 2>&1
 
 [ -f "$pack" ] || { echo "gpu-check: no $pack; run scripts/gpu-pack.sh on the build machine first"; exit 2; }
 tar -C "$work" -xJf "$pack"
-# CUDA's libraries: the toolkit's, else those of the Python wheels.
+# CUDA's libraries: the toolkit's, else those of the Python wheels
+# (nvidia-cublas-cu13, nvidia-cuda-runtime-cu13, nvidia-cudnn-cu13: cuDNN
+# loads its sub-libraries, libcudnn_*.so.9, from the same directory).
 cudalib=/usr/local/cuda/lib64
-if [ ! -e "$cudalib/libcublas.so.13" ]; then
-  found=$(find / -name 'libcublas.so.13' -not -path '/proc/*' 2>/dev/null | head -1)
-  [ -n "$found" ] && cudalib=$(dirname "$found"):$(dirname "$(find / -name 'libcudart.so.13' -not -path '/proc/*' 2>/dev/null | head -1)")
-fi
+libdir_of() { # LIBRARY: the directory of the first one found, or nothing
+  local found
+  found=$(find / -name "$1" -not -path '/proc/*' 2>/dev/null | head -1)
+  [ -n "$found" ] && dirname "$found"
+}
+for lib in libcublas.so.13 libcudart.so.13 libcudnn.so.9; do
+  if [ ! -e "/usr/local/cuda/lib64/$lib" ]; then
+    dir=$(libdir_of "$lib") && cudalib=$cudalib:$dir || echo "gpu-check: no $lib on this machine"
+  fi
+done
 export LD_LIBRARY_PATH=$work/lib:$cudalib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export LOOM_CUDA_MODULE=$work/lib/libloom_cuda.so
 bin=$work/bin

@@ -23,9 +23,10 @@ mkdir -p "$stage/bin" "$stage/lib" "$stage/data"
 for p in "${programs[@]}"; do cp "$build/bin/$p" "$stage/bin/"; done
 cp -P "$build"/lib/libloom.so* "$build"/lib/libloom_cuda.so "$stage/lib/"
 # What they load, less the C library's own and CUDA's (the machine's own
-# driver and toolkit must serve those).
+# driver and toolkit must serve those; cuDNN too, whose libcudnn.so.9 loads
+# sub-libraries of its own version from its directory).
 for f in "$stage"/bin/* "$stage"/lib/*.so*; do ldd "$f" 2>/dev/null | awk '$3 ~ /^\// {print $3}'; done | sort -u |
-  grep -Ev '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*|libnvidia[^/]*)\.so' |
+  grep -Ev '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*|libcudnn[^/]*|libnvidia[^/]*)\.so' |
   grep -v "^$build/" | while read -r lib; do cp -L "$lib" "$stage/lib/"; done
 cp "$data"/*.gz "$stage/data/"
 cp -r "$root/tests/configs" "$stage/configs"

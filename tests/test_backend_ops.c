@@ -691,6 +691,23 @@ static void check_conv(loom_backend *b, loom_conv_desc d, int64_t n) {
   assert_int_equal(loom_backend_conv_backward(b, plan, d_x, d_p, d_dy, NULL, NULL, NULL, n), 0);
   download(b, g2, d_g, nw + d.cout);
   assert_memory_equal(g, g2, (size_t)(nw + d.cout) * sizeof *g);
+  /* Frozen weights: dx alone, overwriting what was there (NaN). */
+  for (int64_t i = 0; i < nx; i++)
+    dx[i] = NAN;
+  float *d_dx2 = upload(b, dx, nx);
+  assert_int_equal(loom_backend_conv_backward(b, plan, d_x, d_p, d_dy, NULL, NULL, d_dx2, n), 0);
+  download(b, dx, d_dx2, nx), download(b, g2, d_g, nw + d.cout);
+  close_all("conv backward dx alone", dx, dxw, sdx, nx, tol);
+  assert_memory_equal(g, g2, (size_t)(nw + d.cout) * sizeof *g);
+  /* No input gradient (a first layer): the parameters' alone, added to
+   * what the first backward left. */
+  conv_grads_ref(&k, x, p, dy, n, g, g + nw, dxw, sdx, dww, sdw, dbw, sdb);
+  assert_int_equal(loom_backend_conv_backward(b, plan, d_x, d_p, d_dy, d_g, d.bias ? d_g + nw : NULL, NULL, n), 0);
+  download(b, g, d_g, nw + d.cout);
+  close_all("conv backward dw alone", g, dww, sdw, nw, (double)(n * d.oh * d.ow + 8) * 8 * 0x1p-24);
+  if (d.bias)
+    close_all("conv backward dbias alone", g + nw, dbw, sdb, d.cout, (double)(n * d.oh * d.ow + 8) * 0x1p-24);
+  loom_backend_free(b, d_dx2);
   loom_backend_plan_destroy(b, plan);
   loom_backend_free(b, d_x), loom_backend_free(b, d_p), loom_backend_free(b, d_y), loom_backend_free(b, d_dy),
       loom_backend_free(b, d_dx), loom_backend_free(b, d_g);
@@ -898,6 +915,22 @@ static void check_batchnorm(loom_backend *b, loom_batchnorm_desc d, int64_t n, b
   close_all("batchnorm running statistics", run, run_want, NULL, 2 * C, 1e-6);
   close_all("batchnorm backward dx", dx, dwant, NULL, nx, 1e-4);
   close_all("batchnorm backward dgamma, dbeta", g, g_want, NULL, 2 * C, (double)nx * 1e-6);
+  /* Frozen gamma and beta: dx alone, overwriting what was there (NaN). */
+  float g_before[2 * 8];
+  for (int64_t i = 0; i < nx; i++)
+    dx[i] = NAN;
+  float *d_dx2 = upload(b, dx, nx);
+  assert_int_equal(loom_backend_batchnorm_backward(b, plan, d_x, d_p, d_p + C, d_dy, NULL, NULL, d_dx2, n), 0);
+  download(b, dx, d_dx2, nx), download(b, g_before, d_g, 2 * C);
+  close_all("batchnorm backward dx alone", dx, dwant, NULL, nx, 1e-4);
+  assert_memory_equal(g, g_before, 2 * (size_t)C * sizeof *g);
+  /* No input gradient: dgamma and dbeta alone, added to the first
+   * backward's (the reference from those). */
+  batchnorm_ref(&d, train, n, x, p, run, dy, g_before, want, run_want, dwant, g_want);
+  assert_int_equal(loom_backend_batchnorm_backward(b, plan, d_x, d_p, d_p + C, d_dy, d_g, d_g + C, NULL, n), 0);
+  download(b, g, d_g, 2 * C);
+  close_all("batchnorm backward dgamma, dbeta alone", g, g_want, NULL, 2 * C, (double)nx * 1e-6);
+  loom_backend_free(b, d_dx2);
   loom_backend_plan_destroy(b, plan);
   loom_backend_free(b, d_x), loom_backend_free(b, d_y), loom_backend_free(b, d_dy), loom_backend_free(b, d_dx),
       loom_backend_free(b, d_p), loom_backend_free(b, d_run), loom_backend_free(b, d_g);

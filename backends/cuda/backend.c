@@ -1,11 +1,9 @@
 /* The CUDA module (libloom_cuda.so, module.h): the CUDA backend's table,
  * device memory from the device's caching allocator, copies and ops in
  * order on the backend's stream, products on cuBLAS, the rest as the
- * kernels of kernels.cu. It calls libloom only through `libloom`, the table
- * libloom gives its entry point: errors, the allocator, the backend
- * wrapper. */
-#include <cublas_v2.h>
-#include <cuda_runtime_api.h>
+ * kernels of kernels.cu, and with cuDNN the planned ops (cudnn.c). It calls
+ * libloom only through `libloom`, the table libloom gives its entry point:
+ * errors, the allocator, the backend wrapper. */
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -13,11 +11,10 @@
 #include <string.h>
 #include <uv.h>
 
+#include "backends/cuda/context.h"
 #include "backends/cuda/kernels.h"
-#include "backends/cuda/module.h"
 
-/* libloom's side, from the entry point on (module.h). */
-static const loom_cuda_host *libloom;
+const loom_cuda_host *libloom;
 
 /* cuBLAS's workspace, given from the allocator (NVIDIA's advice for Hopper). */
 #define BLAS_WORKSPACE ((size_t)32 << 20)
@@ -25,7 +22,7 @@ static const loom_cuda_host *libloom;
 /* The error for a failed CUDA runtime call: out of memory, a machine or
  * build that cannot run it (no driver, no device, no kernel for this GPU),
  * or anything else as an I/O failure of the device. */
-static int cuda_error(cudaError_t e, int device, const char *what) {
+int loom_cuda_error(cudaError_t e, int device, const char *what) {
   int code = LOOM_EIO;
   if (e == cudaErrorMemoryAllocation)
     code = LOOM_ENOMEM;
@@ -61,7 +58,7 @@ static void *raw_alloc(void *ctx, size_t bytes) {
     e = cudaMalloc(&p, bytes);
   if (e != cudaSuccess) {
     cudaGetLastError(); /* an allocation failure is not sticky: clear it */
-    cuda_error(e, device, "cudaMalloc");
+    loom_cuda_error(e, device, "cudaMalloc");
     return NULL;
   }
   return p;
@@ -129,28 +126,6 @@ static int release_cached(int device) {
 #define PARTIALS (2 * LOOM_CUDA_REDUCE_BLOCKS + 2)
 /* The largest result read back: topk_hits's counts. */
 #define HOST_BYTES ((LOOM_TOPK_MAX + 1) * sizeof(unsigned long long))
-
-typedef struct cuda_ctx {
-  int device;
-  cudaStream_t stream;
-  cublasHandle_t blas;
-  loom_caching_alloc *alloc;
-  void *workspace;  /* cuBLAS's */
-  double *partials; /* device: a reduction's first pass(es), then its results (PARTIALS) */
-  int *flag;        /* device: all_finite's */
-  unsigned long long *counts; /* device: topk_hits's LOOM_TOPK_MAX + 1 */
-  void *host;       /* pinned: small results read back (HOST_BYTES) */
-} cuda_ctx;
-
-/* Every call runs on the backend's device, whichever thread makes it. */
-static int enter(cuda_ctx *c) {
-  cudaError_t e = cudaSetDevice(c->device);
-  return e == cudaSuccess ? 0 : cuda_error(e, c->device, "cudaSetDevice");
-}
-
-static int launched(cuda_ctx *c, cudaError_t e, const char *what) {
-  return e == cudaSuccess ? 0 : cuda_error(e, c->device, what);
-}
 
 static void *cuda_alloc(void *ctx, size_t bytes) {
   cuda_ctx *c = ctx;
@@ -420,6 +395,9 @@ static void cuda_destroy(void *ctx) {
   cudaSetDevice(c->device);
   if (c->stream)
     cudaStreamSynchronize(c->stream);
+#ifdef LOOM_HAVE_CUDNN
+  loom_cudnn_release(c);
+#endif
   if (c->blas)
     cublasDestroy(c->blas);
   if (c->alloc) {
@@ -467,6 +445,18 @@ static const loom_backend_ops cuda_ops = {
     .clamp = cuda_clamp,
     .all_finite = cuda_all_finite,
     .topk_hits = cuda_topk_hits,
+#ifdef LOOM_HAVE_CUDNN
+    .conv_plan = loom_cudnn_conv_plan,
+    .conv_forward = loom_cudnn_conv_forward,
+    .conv_backward = loom_cudnn_conv_backward,
+    .pool_plan = loom_cudnn_pool_plan,
+    .pool_forward = loom_cudnn_pool_forward,
+    .pool_backward = loom_cudnn_pool_backward,
+    .batchnorm_plan = loom_cudnn_batchnorm_plan,
+    .batchnorm_forward = loom_cudnn_batchnorm_forward,
+    .batchnorm_backward = loom_cudnn_batchnorm_backward,
+    .plan_destroy = loom_cudnn_plan_destroy,
+#endif
     .destroy = cuda_destroy,
 };
 
@@ -478,7 +468,7 @@ static int device_count(int *count) {
     *count = 0;
     return 0;
   }
-  return e == cudaSuccess ? 0 : cuda_error(e, -1, "cudaGetDeviceCount");
+  return e == cudaSuccess ? 0 : loom_cuda_error(e, -1, "cudaGetDeviceCount");
 }
 
 /* 0 if `device` (0 or more) can run the backend, else the error naming what is missing. */
@@ -495,14 +485,14 @@ static int probe(int device) {
                                             "backend",
                               e == cudaSuccess ? "0 devices" : cudaGetErrorString(e));
   if (e != cudaSuccess)
-    return cuda_error(e, device, "cudaGetDeviceCount");
+    return loom_cuda_error(e, device, "cudaGetDeviceCount");
   if (device >= count || device >= LOOM_CUDA_MAX_DEVICES)
     return libloom->error_set(LOOM_EINVAL,
                               "CUDA device %d does not exist: this machine has %d CUDA device%s (0 to %d)", device,
                               count, count == 1 ? "" : "s", count - 1);
   struct cudaDeviceProp prop;
   if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess)
-    return cuda_error(e, device, "cudaGetDeviceProperties");
+    return loom_cuda_error(e, device, "cudaGetDeviceProperties");
   if (prop.major * 10 + prop.minor < 75)
     return libloom->error_set(LOOM_ENOTSUP,
                               "CUDA device %d (%s) has compute capability %d.%d; loom's CUDA backend needs 7.5 or "
@@ -520,9 +510,9 @@ static int ctx_init(cuda_ctx *c, const loom_cuda_options *o) {
   if (rc < 0)
     return rc;
   if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess)
-    return cuda_error(e, c->device, "cudaStreamCreate");
+    return loom_cuda_error(e, c->device, "cudaStreamCreate");
   if ((e = cudaMallocHost(&c->host, HOST_BYTES)) != cudaSuccess)
-    return cuda_error(e, c->device, "cudaMallocHost");
+    return loom_cuda_error(e, c->device, "cudaMallocHost");
   if (!(c->alloc = device_acquire(c->device)))
     return libloom->last_error_code();
   c->workspace = libloom->alloc_get(c->alloc, BLAS_WORKSPACE, c->stream);
@@ -540,7 +530,8 @@ static int ctx_init(cuda_ctx *c, const loom_cuda_options *o) {
   if ((st = cublasSetWorkspace(c->blas, c->workspace, BLAS_WORKSPACE)) != CUBLAS_STATUS_SUCCESS)
     return blas_error(st, c->device, "cublasSetWorkspace");
   /* TF32 only when asked: full fp32 products otherwise. */
-  st = cublasSetMathMode(c->blas, o && o->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH);
+  c->tf32 = o && o->tf32;
+  st = cublasSetMathMode(c->blas, c->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH);
   return st == CUBLAS_STATUS_SUCCESS ? 0 : blas_error(st, c->device, "cublasSetMathMode");
 }
 

@@ -307,6 +307,106 @@ __global__ void rmsprop_kernel(loom_cuda_rmsprop k, float *p, const float *g, fl
   }
 }
 
+// Pooling, one thread per output (forward) or input (backward) element,
+// in backends/cpu/pool.c's arithmetic.
+__global__ void pool_forward_kernel(loom_pool_desc d, const float *x, float *y, int32_t *argmax, int64_t total) {
+  const int64_t hw = d.h * d.w, ohw = d.oh * d.ow;
+  for (int64_t o = first_index(); o < total; o += stride()) {
+    const float *in = x + o / ohw * hw;
+    if (d.mode == LOOM_POOL_GLOBAL_AVG) {
+      double sum = 0;
+      for (int64_t i = 0; i < hw; i++)
+        sum += in[i];
+      y[o] = (float)(sum / (double)hw);
+      continue;
+    }
+    const int64_t oy = o % ohw / d.ow, ox = o % d.ow;
+    float best = 0.0f, sum = 0.0f;
+    int32_t at = -1;
+    for (int64_t ky = 0; ky < d.k; ky++)
+      for (int64_t kx = 0; kx < d.k; kx++) {
+        const int64_t iy = oy * d.s - d.p + ky, ix = ox * d.s - d.p + kx;
+        if (iy < 0 || iy >= d.h || ix < 0 || ix >= d.w)
+          continue; // padding: never the max, zero in the average
+        const float v = in[iy * d.w + ix];
+        sum += v;
+        if (v > best || v != v || at < 0) // greater, or NaN: it takes the max
+          best = v, at = (int32_t)(iy * d.w + ix);
+      }
+    if (d.mode == LOOM_POOL_MAX)
+      y[o] = best, argmax[o] = at;
+    else
+      y[o] = sum / (float)(d.k * d.k);
+  }
+}
+
+// The first output whose window (stride s, size k) reaches padded position pos.
+__device__ inline int64_t first_window(int64_t pos, int64_t k, int64_t s) {
+  const int64_t num = pos - k + 1;
+  return num <= 0 ? 0 : (num + s - 1) / s;
+}
+
+// Each input adds the outputs whose windows hold it in increasing output
+// order from 0, as the CPU's scatter over the outputs does: the same sums.
+__global__ void pool_backward_kernel(loom_pool_desc d, const float *dy, const int32_t *argmax, float *dx,
+                                     int64_t total) {
+  const int64_t hw = d.h * d.w, ohw = d.oh * d.ow;
+  for (int64_t i = first_index(); i < total; i += stride()) {
+    const int64_t q = i / hw, r = i % hw, iy = r / d.w, ix = r % d.w;
+    const float *g = dy + q * ohw;
+    if (d.mode == LOOM_POOL_GLOBAL_AVG) {
+      dx[i] = g[0] / (float)hw;
+      continue;
+    }
+    const int64_t y0 = first_window(iy + d.p, d.k, d.s), x0 = first_window(ix + d.p, d.k, d.s);
+    const int64_t y1 = min((iy + d.p) / d.s, d.oh - 1), x1 = min((ix + d.p) / d.s, d.ow - 1);
+    float acc = 0.0f;
+    for (int64_t oy = y0; oy <= y1; oy++)
+      for (int64_t ox = x0; ox <= x1; ox++) {
+        const int64_t o = oy * d.ow + ox;
+        if (d.mode != LOOM_POOL_MAX)
+          acc += g[o] / (float)(d.k * d.k);
+        else if (argmax[q * ohw + o] == (int32_t)r)
+          acc += g[o];
+      }
+    dx[i] = acc;
+  }
+}
+
+__global__ void bn_eval_stats_kernel(const float *rm, const float *rv, float eps, float *mean, float *invstd,
+                                     int64_t c) {
+  for (int64_t i = first_index(); i < c; i += stride()) {
+    mean[i] = rm[i];
+    invstd[i] = 1.0f / sqrtf(rv[i] + eps);
+  }
+}
+
+// A block per channel: its sums in a fixed tree, and dx in the CPU's
+// expression (backends/cpu/batchnorm.c's bn_dx) with the batch terms zero,
+// so that a NaN or an Inf in x still makes dx NaN.
+__global__ void bn_eval_backward_kernel(const float *x, const float *gamma, const float *mean, const float *invstd,
+                                        const float *dy, float *dgamma, float *dbeta, float *dx, int64_t n,
+                                        int64_t C, int64_t S) {
+  for (int64_t ch = blockIdx.x; ch < C; ch += gridDim.x) {
+    const float m = mean[ch], is = invstd[ch], scale = gamma[ch] * is, mean_dy = 0.0f, k = is * 0.0f;
+    double sum_dy = 0, sum_dy_xhat = 0;
+    for (int64_t j = threadIdx.x; j < n * S; j += blockDim.x) {
+      const int64_t at = (j / S * C + ch) * S + j % S;
+      const float g = dy[at], d = x[at] - m;
+      sum_dy += g;
+      sum_dy_xhat += (double)(g * d);
+      if (dx)
+        dx[at] = scale * (g - mean_dy - d * k);
+    }
+    sum_dy = block_sum(sum_dy);
+    sum_dy_xhat = block_sum(sum_dy_xhat);
+    if (threadIdx.x == 0 && dgamma) {
+      dgamma[ch] += (float)(sum_dy_xhat * is);
+      dbeta[ch] += (float)sum_dy;
+    }
+  }
+}
+
 } // namespace
 
 extern "C" {
@@ -394,6 +494,31 @@ cudaError_t loom_cuda_adam_update(cudaStream_t s, loom_cuda_adam k, float *p, co
 cudaError_t loom_cuda_rmsprop_update(cudaStream_t s, loom_cuda_rmsprop k, float *p, const float *g, float *sq,
                                      float *buf, float *avg, int64_t n) {
   return launch(rmsprop_kernel, s, n, k, p, g, sq, buf, avg);
+}
+
+cudaError_t loom_cuda_pool_forward(cudaStream_t s, loom_pool_desc d, const float *x, float *y, int32_t *argmax,
+                                   int64_t n) {
+  return launch(pool_forward_kernel, s, n * d.c * d.oh * d.ow, d, x, y, argmax);
+}
+
+cudaError_t loom_cuda_pool_backward(cudaStream_t s, loom_pool_desc d, const float *dy, const int32_t *argmax,
+                                    float *dx, int64_t n) {
+  return launch(pool_backward_kernel, s, n * d.c * d.h * d.w, d, dy, argmax, dx);
+}
+
+cudaError_t loom_cuda_bn_eval_stats(cudaStream_t s, const float *running_mean, const float *running_var, float eps,
+                                    int64_t c, float *mean, float *invstd) {
+  return launch(bn_eval_stats_kernel, s, c, running_mean, running_var, eps, mean, invstd);
+}
+
+cudaError_t loom_cuda_bn_eval_backward(cudaStream_t s, const float *x, const float *gamma, const float *mean,
+                                       const float *invstd, const float *dy, float *dgamma, float *dbeta, float *dx,
+                                       int64_t n, int64_t c, int64_t spatial) {
+  if (c <= 0)
+    return cudaSuccess;
+  bn_eval_backward_kernel<<<(unsigned)(c < MAX_BLOCKS ? c : MAX_BLOCKS), THREADS, 0, s>>>(
+      x, gamma, mean, invstd, dy, dgamma, dbeta, dx, n, c, spatial);
+  return cudaGetLastError();
 }
 
 } // extern "C"

@@ -81,6 +81,30 @@ cudaError_t loom_cuda_adam_update(cudaStream_t s, loom_cuda_adam k, float *p, co
 cudaError_t loom_cuda_rmsprop_update(cudaStream_t s, loom_cuda_rmsprop k, float *p, const float *g, float *sq,
                                      float *buf, float *avg, int64_t n);
 
+/* The planned ops' kernels (cudnn.c). Pooling of x[n][c][h][w] as
+ * backends/cpu/pool.c computes it, bit for bit: a max takes the first
+ * greatest value of its window, or its last NaN, and records where in its
+ * plane in argmax[n][c][oh][ow] (unused otherwise); an average adds its
+ * window in order and divides by k^2 (padding counted); a global average
+ * adds its plane in double. `d` as the plan checked it (oh = ow = 1 for a
+ * global average). */
+cudaError_t loom_cuda_pool_forward(cudaStream_t s, loom_pool_desc d, const float *x, float *y, int32_t *argmax,
+                                   int64_t n);
+/* dx from dy after the forward that wrote argmax: each input gathers from
+ * the outputs whose windows hold it, in the CPU's order. */
+cudaError_t loom_cuda_pool_backward(cudaStream_t s, loom_pool_desc d, const float *dy, const int32_t *argmax,
+                                    float *dx, int64_t n);
+/* BatchNorm after an evaluation forward: mean = running_mean and invstd =
+ * 1 / sqrtf(running_var + eps) over c channels (the CPU's floats); then,
+ * from those, the backward over x[n][c][spatial]: dx = gamma invstd dy
+ * (NULL: none), dgamma += sum dy (x - mean) invstd and dbeta += sum dy
+ * (both NULL: none), the sums in double in a fixed order. */
+cudaError_t loom_cuda_bn_eval_stats(cudaStream_t s, const float *running_mean, const float *running_var, float eps,
+                                    int64_t c, float *mean, float *invstd);
+cudaError_t loom_cuda_bn_eval_backward(cudaStream_t s, const float *x, const float *gamma, const float *mean,
+                                       const float *invstd, const float *dy, float *dgamma, float *dbeta, float *dx,
+                                       int64_t n, int64_t c, int64_t spatial);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,68 @@
+/* The CUDA backend's context and what the module's files share of it:
+ * backend.c (the table, memory, cuBLAS, the kernels of kernels.cu) and,
+ * when CMake found cuDNN (LOOM_HAVE_CUDNN), cudnn.c (the planned ops).
+ * Internal to the module, whose symbols are hidden but its entry point. */
+#ifndef LOOM_BACKENDS_CUDA_CONTEXT_H
+#define LOOM_BACKENDS_CUDA_CONTEXT_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <stdbool.h>
+
+#include "backends/cuda/module.h"
+
+/* libloom's side, from the entry point on (module.h). */
+extern const loom_cuda_host *libloom;
+
+struct cudnnContext; /* cuDNN's handle, cudnnHandle_t, without cudnn.h */
+
+typedef struct cuda_ctx {
+  int device;
+  bool tf32; /* loom_cuda_options.tf32: TF32 products in cuBLAS and cuDNN */
+  cudaStream_t stream;
+  cublasHandle_t blas;
+  struct cudnnContext *dnn; /* made by the first plan that needs it (cudnn.c), NULL before */
+  loom_caching_alloc *alloc;
+  void *workspace;  /* cuBLAS's */
+  double *partials; /* device: a reduction's first pass(es), then its results (PARTIALS) */
+  int *flag;        /* device: all_finite's */
+  unsigned long long *counts; /* device: topk_hits's LOOM_TOPK_MAX + 1 */
+  void *host;       /* pinned: small results read back (HOST_BYTES in backend.c) */
+} cuda_ctx;
+
+/* The error for a failed CUDA runtime call, naming the call and the device. */
+int loom_cuda_error(cudaError_t e, int device, const char *what);
+
+/* Every call runs on the backend's device, whichever thread makes it. */
+static inline int enter(cuda_ctx *c) {
+  cudaError_t e = cudaSetDevice(c->device);
+  return e == cudaSuccess ? 0 : loom_cuda_error(e, c->device, "cudaSetDevice");
+}
+
+/* 0 for cudaSuccess (a call or a kernel's launch), else its error. */
+static inline int launched(const cuda_ctx *c, cudaError_t e, const char *what) {
+  return e == cudaSuccess ? 0 : loom_cuda_error(e, c->device, what);
+}
+
+#ifdef LOOM_HAVE_CUDNN
+/* The planned ops (cudnn.c): the slots of loom_backend_ops of the same
+ * names, with their contracts (loom/backend.h). */
+int loom_cudnn_conv_plan(void *ctx, const loom_conv_desc *desc, loom_plan **plan);
+int loom_cudnn_conv_forward(void *ctx, loom_plan *plan, const float *x, const float *w, const float *bias, float *y,
+                            int64_t n);
+int loom_cudnn_conv_backward(void *ctx, loom_plan *plan, const float *x, const float *w, const float *dy, float *dw,
+                             float *dbias, float *dx, int64_t n);
+int loom_cudnn_pool_plan(void *ctx, const loom_pool_desc *desc, loom_plan **plan);
+int loom_cudnn_pool_forward(void *ctx, loom_plan *plan, const float *x, float *y, int64_t n);
+int loom_cudnn_pool_backward(void *ctx, loom_plan *plan, const float *dy, float *dx, int64_t n);
+int loom_cudnn_batchnorm_plan(void *ctx, const loom_batchnorm_desc *desc, loom_plan **plan);
+int loom_cudnn_batchnorm_forward(void *ctx, loom_plan *plan, bool train, const float *x, const float *gamma,
+                                 const float *beta, float *running_mean, float *running_var, float *y, int64_t n);
+int loom_cudnn_batchnorm_backward(void *ctx, loom_plan *plan, const float *x, const float *gamma, const float *beta,
+                                  const float *dy, float *dgamma, float *dbeta, float *dx, int64_t n);
+void loom_cudnn_plan_destroy(void *ctx, loom_plan *plan);
+/* Destroys the context's cuDNN handle, if it has one (the context's destroy). */
+void loom_cudnn_release(cuda_ctx *c);
+#endif
+
+#endif
