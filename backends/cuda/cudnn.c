@@ -1,7 +1,8 @@
 /* The CUDA backend's planned ops (loom/backend.h): convolution and
  * BatchNorm on cuDNN 9, pooling as kernels of kernels.cu. Built into the
- * module only when CMake found cuDNN (LOOM_HAVE_CUDNN); backend.c wires
- * the slots, which stay empty (LOOM_ENOTSUP) otherwise.
+ * module only when CMake found cuDNN's headers (LOOM_HAVE_CUDNN); backend.c
+ * wires the slots, which stay empty (LOOM_ENOTSUP) otherwise. cuDNN itself
+ * is loaded by the first convolution or BatchNorm (cudnn_api.h).
  *
  * - A plan serves one layer for any batch size: the tensor descriptors
  *   (and a convolution's algorithms) are set for the n of a call and kept
@@ -34,6 +35,7 @@
 #include <stdlib.h>
 
 #include "backends/cuda/context.h"
+#include "backends/cuda/cudnn_api.h"
 #include "backends/cuda/kernels.h"
 
 typedef enum { PLAN_CONV = 1, PLAN_POOL, PLAN_BATCHNORM } plan_kind;
@@ -69,10 +71,13 @@ static int dnn_ok(const cuda_ctx *c, cudnnStatus_t st, const char *what) {
 }
 
 /* The context's cuDNN handle, made on first use: a program that runs no
- * planned op never loads cuDNN's kernels. */
+ * convolution or BatchNorm never loads cuDNN (cudnn_api.h). */
 static int dnn_handle(cuda_ctx *c) {
   if (c->dnn)
     return 0;
+  int loaded = loom_cudnn_load();
+  if (loaded < 0)
+    return loaded;
   cudnnHandle_t h;
   cudnnStatus_t st = cudnnCreate(&h);
   if (st != CUDNN_STATUS_SUCCESS)
