@@ -7,10 +7,11 @@
 #      a config on "cuda:0" (test_config_device), the fake device's runner
 #      (test_device_runner, a control);
 #   3. the Fashion-MNIST MLP of bench/configs/mlp.json for EPOCHS epochs
-#      (default 2): loom on the CPU and on the GPU (bench_model), PyTorch
-#      on the GPU (bench/model_torch.py, TORCH_DEVICE=cuda); the median
-#      train epoch's seconds and the validation accuracy of each, and the
-#      ratio of loom's GPU epoch to PyTorch's.
+#      (default 2) and the CNN of examples/configs/fashion_mnist_cnn.json
+#      for CNN_EPOCHS (1): loom on the CPU and on the GPU (bench_model),
+#      PyTorch on the GPU (bench/model_torch.py, TORCH_DEVICE=cuda); the
+#      median train epoch's seconds and the validation accuracy of each,
+#      and the ratio of loom's GPU epoch to PyTorch's.
 # Prints everything to stdout and, when $OUT is set, a copy to
 # $OUT/gpu-check.log; exits non-zero if a test fails or a run differs in
 # accuracy (loom CPU against GPU) by more than 2 points. Without a GPU it
@@ -65,28 +66,34 @@ check "test_backend_ops cuda" "$bin/test_backend_ops" cuda
 check "test_config_device" "$bin/test_config_device" "$work/configs"
 check "test_device_runner (fake device, a control)" "$bin/test_device_runner"
 
-echo "== Fashion-MNIST MLP (bench/configs/mlp.json: batch 128, Adam), $epochs epochs"
 # "KEY=value ..." of a LOOM or TORCH line
 field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p"; }
-loom_mlp() { # DEVICE
-  "$bin/bench_model" "$root/bench/configs/mlp.json" "$epochs" "$work/data" "experiment.device=$1" | grep '^LOOM'
-}
-loom_cpu=$(loom_mlp cpu) || failed=1
-loom_gpu=$(loom_mlp cuda) || failed=1
-torch_gpu=$(TORCH_DEVICE=cuda python3 "$root/bench/model_torch.py" mlp "$epochs" "$work/data" | grep '^TORCH') ||
-  echo "gpu-check: PyTorch's run failed (no ratio)"
-printf '%-14s %14s %10s\n' run "train s/epoch" accuracy
-for row in "loom cpu:$loom_cpu" "loom cuda:$loom_gpu" "torch cuda:$torch_gpu"; do
-  line=${row#*:}
-  printf '%-14s %14s %10s\n' "${row%%:*}" "$(field epoch_s <<<"$line")" "$(field valid_acc <<<"$line")"
-done
-a=$(field valid_acc <<<"$loom_cpu") b=$(field valid_acc <<<"$loom_gpu")
-if [ -n "$a" ] && [ -n "$b" ]; then
+# compare NAME CONFIG EPOCHS: loom on the CPU and on the GPU, PyTorch on the
+# GPU; a table, loom's GPU epoch over PyTorch's, and a failure when loom's
+# two accuracies differ by more than 2 points.
+compare() {
+  local name=$1 config=$2 n=$3 loom_cpu loom_gpu torch_gpu line row
+  echo "== Fashion-MNIST $name ($config), $n epoch(s)"
+  loom_cpu=$("$bin/bench_model" "$config" "$n" "$work/data" experiment.device=cpu | grep '^LOOM') || failed=1
+  loom_gpu=$("$bin/bench_model" "$config" "$n" "$work/data" experiment.device=cuda | grep '^LOOM') || failed=1
+  torch_gpu=$(TORCH_DEVICE=cuda python3 "$root/bench/model_torch.py" "$name" "$n" "$work/data" | grep '^TORCH') ||
+    echo "gpu-check: PyTorch's run failed (no ratio)"
+  printf '%-14s %14s %10s\n' run "train s/epoch" accuracy
+  for row in "loom cpu:$loom_cpu" "loom cuda:$loom_gpu" "torch cuda:$torch_gpu"; do
+    line=${row#*:}
+    printf '%-14s %14s %10s\n' "${row%%:*}" "$(field epoch_s <<<"$line")" "$(field valid_acc <<<"$line")"
+  done
+  local a b t g
+  a=$(field valid_acc <<<"$loom_cpu") b=$(field valid_acc <<<"$loom_gpu")
+  if [ -z "$a" ] || [ -z "$b" ]; then
+    failed=1
+    return
+  fi
   python3 -c "import sys; sys.exit(abs(float(sys.argv[1]) - float(sys.argv[2])) > 0.02)" "$a" "$b" ||
-    { echo "gpu-check: loom's accuracies on the CPU and the GPU differ by more than 2 points"; failed=1; }
+    { echo "gpu-check: $name: loom's accuracies on the CPU and the GPU differ by more than 2 points"; failed=1; }
   t=$(field epoch_s <<<"$torch_gpu") g=$(field epoch_s <<<"$loom_gpu")
-  [ -n "$t" ] && python3 -c "import sys; print('loom cuda / torch cuda epoch time: %.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$g" "$t"
-else
-  failed=1
-fi
+  [ -n "$t" ] && python3 -c "import sys; print('$name: loom cuda / torch cuda epoch time: %.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$g" "$t"
+}
+compare mlp "$root/bench/configs/mlp.json" "$epochs"
+compare cnn "$root/examples/configs/fashion_mnist_cnn.json" "${CNN_EPOCHS:-1}"
 exit $failed
