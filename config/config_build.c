@@ -1,8 +1,5 @@
 /* From a config to an experiment: every section checked, every component
  * built through the registry. */
-#include <ctype.h>
-#include <errno.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +8,6 @@
 
 #include "config/config_internal.h"
 #include "core/error_internal.h"
-#include "loom/backend_cpu.h"
 #include "loom/callbacks.h"
 #include "loom/criterion.h"
 #include "loom/data.h"
@@ -69,45 +65,14 @@ static int unknown_name(loom_params *p, const char *key, const char *what, const
   return loom_params_error(p, key, LOOM_EINVAL, "no %s named \"%s\" (defined: %s)", what, name, n ? all : "none");
 }
 
-/* experiment.device: "NAME" or "NAME:INDEX" ("cuda:1"), short for
- * {"type": NAME, "index": INDEX}, or that object with the backend's other
- * keys ({"type": "cuda", "tf32": true}); the resolved config keeps what the
- * user wrote. "cpu", the default, sets no backend: the models stay in host
- * memory, as in a run built without a config. */
+/* experiment.device (config/device.c); "cpu", the default, is written
+ * into the resolved config and sets no backend. */
 static int build_device(builder *b, loom_params *p) {
-  json_t *v = json_object_get(p->object, "device"), *spec = NULL;
-  if (!v) /* the default, written into the resolved config */
+  if (!json_object_get(p->object, "device"))
     return json_object_set_new(p->object, "device", json_string("cpu")) < 0 ? loom_error_oom("the config") : 0;
-  loom_params dp;
-  if (json_is_string(v)) {
-    const char *text = json_string_value(v), *colon = strchr(text, ':');
-    size_t len = colon ? (size_t)(colon - text) : strlen(text);
-    char *end = NULL;
-    errno = 0;
-    long long index = colon ? strtoll(colon + 1, &end, 10) : 0;
-    if (len == 0 || (colon && (!isdigit((unsigned char)colon[1]) || *end || errno || index > INT_MAX)))
-      return loom_params_error(p, "device", LOOM_EINVAL, "expected a device such as \"cpu\", \"cuda\" or "
-                                                         "\"cuda:1\" (NAME or NAME:INDEX), got \"%s\"", text);
-    spec = json_pack("{s:s%}", "type", text, len);
-    if (!spec || (colon && json_object_set_new(spec, "index", json_integer(index)) < 0)) {
-      json_decref(spec);
-      return loom_error_oom("the device's parameters");
-    }
-    v = spec;
-  } else if (!json_is_object(v)) {
-    return loom_params_error(p, "device", LOOM_EINVAL, "expected a device such as \"cuda:1\", or an object "
-                                                       "{\"type\": \"cuda\", \"index\": 1, \"tf32\": false}");
-  }
-  loom_params_init(&dp, b->c, v, "experiment.device");
-  loom_backend_context ctx = {.validate_only = loom_params_validate_only(p)};
-  void *made;
-  int rc = loom_params_build(&dp, LOOM_KIND_BACKEND, &ctx, &made);
-  if (rc == 0 && (rc = loom_params_check_unknown(&dp)) < 0)
-    loom_component_destroy(LOOM_KIND_BACKEND, made);
-  json_decref(spec);
-  if (rc < 0 || made == loom_backend_cpu())
-    return rc;
-  return loom_experiment_own_backend(b->exp, made);
+  loom_backend *made;
+  int rc = loom_config_device(p, "device", loom_params_validate_only(p), &made);
+  return rc < 0 || !made ? rc : loom_experiment_own_backend(b->exp, made);
 }
 
 static int build_experiment(builder *b, loom_params *root) {

@@ -75,6 +75,11 @@ void loom_params_init(loom_params *p, loom_config *config, json_t *object, const
 /* Whether this is loom_config_validate's build: a constructor reads and
  * checks every key but opens no file and allocates no model. */
 static inline bool loom_params_validate_only(const loom_params *p) { return p->config->unread != NULL; }
+
+/* The backend that `key` of p names (config/device.c): *out NULL for the
+ * CPU (host memory); a new backend the caller owns otherwise. With
+ * validate_only the keys are checked and no device is opened. */
+int loom_config_device(loom_params *p, const char *key, bool validate_only, loom_backend **out);
 /* 0 if the model (if any) has the layer, else an error at `key` with the nearest name. */
 int loom_params_check_layer(const loom_params *p, const char *key, const loom_model *model, const char *name);
 /* Reads `key`, a non-empty array of the model's layer names, as

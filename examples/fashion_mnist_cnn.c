@@ -1,9 +1,11 @@
 /* The C twin of examples/configs/fashion_mnist_cnn.json: a two-block CNN
  * (about 220K parameters) on Fashion-MNIST.
  *
- *   build/bin/fashion_mnist_cnn [--check] [--overwrite] [--dist auto|local|mpi] [EPOCHS [LOGDIR [DATA_DIR]]]
+ *   build/bin/fashion_mnist_cnn [--check] [--overwrite] [--dist auto|local|mpi] [--device DEV]
+ *                               [EPOCHS [LOGDIR [DATA_DIR]]]
  *
- * (--check: a smoke run, 2 batches per loader and 2 epochs.) Under
+ * (--check: a smoke run, 2 batches per loader and 2 epochs; --device: cpu,
+ * the default, cuda or cuda:N.) Under
  * `mpirun -np N` (or --dist mpi) each rank trains on its share of every
  * epoch (global batch N x 128) and rank 0 alone prints and writes
  * (docs/distributed.md); --dist local trains this process alone.
@@ -53,6 +55,7 @@ static loom_loader *open_loader(const char *dir, bool train) {
 int main(int argc, char **argv) {
   loom_run_options run = loom_run_options_defaults();
   loom_dist dist = LOOM_DIST_AUTO;
+  const char *device = "cpu";
   for (; argc > 1 && strncmp(argv[1], "--", 2) == 0; argv++, argc--)
     if (strcmp(argv[1], "--check") == 0)
       run.check = true;
@@ -60,14 +63,16 @@ int main(int argc, char **argv) {
       run.overwrite = true; /* replace the run in LOGDIR (else refused) */
     else if (strcmp(argv[1], "--dist") == 0 && argc > 2 && loom_dist_parse(argv[2], &dist) == 0)
       argv++, argc--;
+    else if (strcmp(argv[1], "--device") == 0 && argc > 2)
+      device = argv[2], argv++, argc--;
     else
       argc = 99; /* usage */
   int epochs = argc > 1 ? atoi(argv[1]) : 15;
   const char *logdir = argc > 2 ? argv[2] : "logs/fashion_mnist_cnn";
   const char *data = argc > 3 ? argv[3] : "/usr/share/datasets/fashion-mnist";
   if (epochs < 1 || argc > 4) {
-    fprintf(stderr, "usage: fashion_mnist_cnn [--check] [--overwrite] [--dist auto|local|mpi] [EPOCHS [LOGDIR "
-                    "[DATA_DIR]]]\n");
+    fprintf(stderr, "usage: fashion_mnist_cnn [--check] [--overwrite] [--dist auto|local|mpi] [--device DEV] "
+                    "[EPOCHS [LOGDIR [DATA_DIR]]]\n");
     return 2;
   }
   loom_experiment *exp = loom_experiment_create("fashion_mnist_cnn");
@@ -85,7 +90,9 @@ int main(int argc, char **argv) {
   int rc = -1;
   if (runner)
     loom_runner_set_options(runner, &run);
-  if (runner && stage && loom_experiment_set_logdir(exp, logdir) == 0) {
+  loom_backend *backend = NULL; /* "cpu": none; else the experiment's to free */
+  if (runner && stage && loom_experiment_set_logdir(exp, logdir) == 0 && loom_device_open(device, &backend) == 0 &&
+      (!backend || loom_experiment_own_backend(exp, backend) == 0)) {
     loom_experiment_set_seed(exp, 42);
     if (loom_stage_set_model(stage, cnn()) == 0 && loom_stage_set_criterion(stage, loom_cross_entropy_create()) == 0 &&
         loom_stage_set_optimizer(stage, loom_adam_create(&adam)) == 0 &&

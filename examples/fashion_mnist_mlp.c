@@ -1,7 +1,7 @@
 /* Trains an MLP 784-256-128-10 on Fashion-MNIST with loom.
  *
  *   build/bin/fashion_mnist_mlp [--epochs N] [--logdir DIR] [--data DIR] [--seed S] [--resume WHAT] [--workers N]
- *                               [--dist auto|local|mpi]
+ *                               [--dist auto|local|mpi] [--device DEV]
  *
  * One stage, loaders "train" (60k images) and "valid" (the 10k test set),
  * Adam 1e-3, batch 128; metrics go to the console and to DIR/metrics.jsonl,
@@ -48,7 +48,7 @@ static loom_loader *open_loader(const char *dir, bool train) {
 static int usage(const char *prog, int code) {
   fprintf(code ? stderr : stdout,
           "usage: %s [--epochs N] [--logdir DIR] [--data DIR] [--seed S] [--resume WHAT] [--workers N]\n"
-          "          [--dist auto|local|mpi] [--overwrite]\n"
+          "          [--dist auto|local|mpi] [--device DEV] [--overwrite]\n"
           "  --epochs N    epochs to train (default 10)\n"
           "  --logdir DIR  where metrics.jsonl and metrics.csv go (default logs/fashion_mnist_mlp)\n"
           "  --data DIR    Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)\n"
@@ -58,7 +58,8 @@ static int usage(const char *prog, int code) {
           "                that holds a run is refused)\n"
           "  --workers N   threads preparing batches (default 0: the training thread)\n"
           "  --dist WHAT   mpi: one rank per process mpirun starts; local: this process\n"
-          "                alone; auto (default): mpi under an MPI launcher\n",
+          "                alone; auto (default): mpi under an MPI launcher\n"
+          "  --device DEV  where the model trains: cpu (default), cuda, cuda:N\n",
           prog);
   return code;
 }
@@ -67,6 +68,7 @@ int main(int argc, char **argv) {
   int epochs = 10;
   unsigned long long seed = 42;
   const char *logdir = "logs/fashion_mnist_mlp", *data = "/usr/share/datasets/fashion-mnist", *resume = NULL;
+  const char *device = "cpu";
   loom_dist dist = LOOM_DIST_AUTO;
   loom_run_options run = loom_run_options_defaults();
   static const struct option options[] = {{"epochs", required_argument, NULL, 'e'},
@@ -77,6 +79,7 @@ int main(int argc, char **argv) {
                                           {"workers", required_argument, NULL, 'w'},
                                           {"dist", required_argument, NULL, 'D'},
                                           {"overwrite", no_argument, NULL, 'o'},
+                                          {"device", required_argument, NULL, 'v'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   for (int c; (c = getopt_long(argc, argv, "e:l:d:s:r:w:D:h", options, NULL)) != -1;) {
@@ -88,6 +91,7 @@ int main(int argc, char **argv) {
     case 's': seed = strtoull(optarg, &end, 10); break;
     case 'r': resume = optarg; break;
     case 'o': run.overwrite = true; break;
+    case 'v': device = optarg; break;
     case 'w': workers = (int)strtol(optarg, &end, 10); break;
     case 'D':
       if (loom_dist_parse(optarg, &dist) < 0) {
@@ -120,6 +124,16 @@ int main(int argc, char **argv) {
   bool master = loom_runner_is_master(runner);
   loom_experiment_set_seed(exp, seed);
   int rc = loom_experiment_set_logdir(exp, logdir);
+  /* "cuda" trains on the GPU (each rank's own under mpirun); the
+   * experiment owns the backend and frees it after the model. */
+  loom_backend *backend = NULL;
+  if (rc == 0 && (rc = loom_device_open(device, &backend)) == 0 && backend)
+    rc = loom_experiment_own_backend(exp, backend);
+  if (rc < 0) {
+    fprintf(stderr, "%s: --device %s: %s\n", argv[0], device, loom_last_error());
+    rc = 2;
+    goto out;
+  }
 
   const int64_t sizes[] = {784, 256, 128, 10};
   loom_adam_options adam = loom_adam_defaults(); /* lr 1e-3 */
@@ -162,5 +176,5 @@ int main(int argc, char **argv) {
 out:
   loom_runner_destroy(runner);
   loom_experiment_destroy(exp);
-  return rc == LOOM_EINTERRUPTED ? 130 : rc < 0 ? 1 : 0;
+  return rc == LOOM_EINTERRUPTED ? 130 : rc < 0 ? 1 : rc; /* rc > 0: an exit code set above */
 }

@@ -34,6 +34,12 @@ static void normalize_destroy(void *data) {
 static const loom_dataset_ops normalize_ops = {"normalize", normalize_length, normalize_fetch, normalize_destroy};
 
 loom_dataset *loom_normalize_dataset_create(loom_dataset *inner, float mean, float std) {
+  /* No dataset: its constructor failed inside the call, and its message
+   * (a missing file) is the one to keep. */
+  if (!inner && loom_last_error_code() < 0) {
+    loom_error_wrap(loom_last_error_code(), "normalize: no dataset to normalize");
+    return NULL;
+  }
   if (!inner || !(std > 0.0f)) {
     loom_dataset_release(inner);
     loom_error_set(LOOM_EINVAL, "normalize: needs a dataset and std > 0 (got %g)", (double)std);

@@ -148,6 +148,32 @@ static void test_local_rank(void **state) {
   unsetenv("SLURM_LOCALID"), unsetenv("OMPI_COMM_WORLD_LOCAL_RANK");
 }
 
+/* loom_device_open, a C program's --device: the same names and errors. */
+static void test_device_open(void **state) {
+  (void)state;
+  loom_backend *b = (loom_backend *)1;
+  assert_int_equal(loom_device_open("cpu", &b), 0);
+  assert_null(b);
+  int made = fakes_made;
+  assert_int_equal(loom_device_open("fake:0", &b), 0);
+  assert_non_null(b);
+  assert_string_equal(loom_backend_name(b), "fake");
+  assert_int_equal(fakes_made, made + 1);
+  loom_backend_destroy(b);
+  assert_int_equal(loom_device_open("tpu", &b), LOOM_EINVAL);
+  assert_null(b);
+  assert_non_null(strstr(loom_last_error(), "unknown backend \"tpu\" (known: "));
+  assert_int_equal(loom_device_open("cuda:x", &b), LOOM_EINVAL);
+  assert_non_null(strstr(loom_last_error(), "got \"cuda:x\""));
+  assert_int_equal(loom_device_open("quote\"d", &b), LOOM_EINVAL); /* escaped, not JSON */
+  int gpus = 0;
+  loom_cuda_device_count(&gpus);
+  if (gpus == 0) {
+    assert_int_equal(loom_device_open("cuda", &b), LOOM_ENOTSUP);
+    assert_null(b);
+  }
+}
+
 typedef struct outcome {
   float *params;
   size_t n;
@@ -213,6 +239,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_names_and_errors),
       cmocka_unit_test(test_local_rank),
+      cmocka_unit_test(test_device_open),
       cmocka_unit_test(test_run_on_a_registered_backend),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

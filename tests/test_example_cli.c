@@ -43,6 +43,48 @@ static int count_lines(const char *path) {
   return n;
 }
 
+/* The example with `args` (NULL-terminated, after the program's name), its
+ * stderr into `err`; the exit code. */
+static int run_args(const char *const *args, char *err, size_t size) {
+  char path[] = "/tmp/loom-example-stderr-XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    if (!freopen("/dev/null", "w", stdout) || dup2(fd, 2) < 0)
+      _exit(127);
+    const char *argv[16] = {example};
+    for (int i = 0; args[i] && i < 14; i++)
+      argv[i + 1] = args[i];
+    execv(example, (char *const *)argv);
+    _exit(127);
+  }
+  int code = finish(pid);
+  close(fd);
+  char *text = test_read_file(path);
+  snprintf(err, size, "%s", text ? text : "");
+  free(text);
+  unlink(path);
+  return code;
+}
+
+/* A wrong device or missing data: a message and a failing exit code,
+ * before anything trains (missing data once exited 0). */
+static void test_bad_input_fails(void **state) {
+  (void)state;
+  char *dir = test_tmpdir(), err[4096];
+  const char *bad_device[] = {"--logdir", dir, "--data", data, "--device", "cuda:x", NULL};
+  assert_int_equal(run_args(bad_device, err, sizeof err), 2);
+  assert_non_null(strstr(err, "--device cuda:x: device: expected a device such as"));
+  const char *no_data[] = {"--logdir", dir, "--data", "/nonexistent", NULL};
+  assert_int_equal(run_args(no_data, err, sizeof err), 1);
+  assert_non_null(strstr(err, "Fashion-MNIST not found in /nonexistent"));
+  test_rm_rf(dir);
+  free(dir);
+}
+
 static void test_resume_with_more_epochs(void **state) {
   (void)state;
   char *dir = test_tmpdir();
@@ -111,6 +153,7 @@ int main(int argc, char **argv) {
   loom = argv[3];
   config = argv[4];
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_bad_input_fails),
       cmocka_unit_test(test_resume_with_more_epochs),
       cmocka_unit_test(test_ctrl_c_exits_130_with_checkpoint),
       cmocka_unit_test(test_config_twin_matches),

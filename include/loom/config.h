@@ -70,6 +70,15 @@ LOOM_API int loom_config_build(loom_config *config, loom_experiment **experiment
  * constructor gets a context of ndim 0 (loom/registry.h). An error reads
  * as loom_config_build's for the same key. */
 LOOM_API int loom_config_validate(loom_config *config);
+
+/* The backend a device name stands for, as experiment.device reads it:
+ * "cpu" (*out NULL: host memory, nothing to open), "cuda", "cuda:1", or a
+ * backend a plugin registered, "NAME[:INDEX]". Otherwise *out is a new
+ * backend the caller owns (loom_experiment_own_backend, or
+ * loom_backend_destroy after its last buffer is freed); an error names
+ * what is missing (no CUDA driver, no device, an index past the devices,
+ * an unknown name). For C programs' --device options. */
+LOOM_API int loom_device_open(const char *device, loom_backend **out);
 /* Writes the (resolved) config as indented JSON, creating the file's
  * directory if needed. */
 LOOM_API int loom_config_write(const loom_config *config, const char *path);
