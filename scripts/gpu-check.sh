@@ -6,6 +6,9 @@
 #      every op's CUDA row against double references (test_backend_ops cuda),
 #      a config on "cuda:0" (test_config_device), the fake device's runner
 #      (test_device_runner, a control);
+#   2b. the example MLP config for 3 epochs of 5 batches on the CPU and on
+#      the GPU (their train losses within 1e-4 relative), and checkpointed
+#      on the GPU after 2 epochs then resumed on the CPU (the CPU run's);
 #   3. the Fashion-MNIST MLP of bench/configs/mlp.json for EPOCHS epochs
 #      (default 2) and the CNN of examples/configs/fashion_mnist_cnn.json
 #      for CNN_EPOCHS (1): loom on the CPU and on the GPU (bench_model),
@@ -65,6 +68,46 @@ check "test_cuda_module" "$bin/test_cuda_module" found
 check "test_backend_ops cuda" "$bin/test_backend_ops" cuda
 check "test_config_device" "$bin/test_config_device" "$work/configs"
 check "test_device_runner (fake device, a control)" "$bin/test_device_runner"
+
+# loom run of the example MLP config on DEVICE into DIR, 5 train batches an
+# epoch, EPOCHS epochs, then any further options (--resume last).
+mlp_run() {
+  local device=$1 dir=$2 n=$3
+  shift 3
+  "$bin/loom" run "$root/examples/configs/fashion_mnist_mlp.json" --device "$device" --logdir "$dir" \
+    --limit-batches 5 --set "stages.train.num_epochs=$n" --set "datasets.train.dir=$work/data" \
+    --set "datasets.test.dir=$work/data" "$@" >"$dir.out" 2>&1 || { cat "$dir.out"; return 1; }
+}
+# The train loss of each epoch in DIR's metrics.jsonl, one a line.
+train_losses() {
+  python3 -c 'import json, sys
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    if r.get("loader") == "train": print(r["metrics"]["loss"])' "$1/metrics.jsonl"
+}
+# Two files of numbers equal within a relative TOLERANCE, line by line.
+close() {
+  python3 -c 'import sys
+a = [float(x) for x in open(sys.argv[1])]; b = [float(x) for x in open(sys.argv[2])]; tol = float(sys.argv[3])
+bad = len(a) != len(b) or any(abs(x - y) > tol * max(abs(x), abs(y), 1e-30) for x, y in zip(a, b))
+print("  cpu:", a); print("  gpu:", b); sys.exit(bad)' "$1" "$2" "$3"
+}
+runs=$work/runs
+mkdir -p "$runs"
+echo "== first batches: the MLP's train loss, 3 epochs of 5 batches, CPU against GPU (relative 1e-4: fp32 both)"
+if mlp_run cpu "$runs/cpu" 3 && mlp_run cuda "$runs/gpu" 3; then
+  train_losses "$runs/cpu" >"$runs/cpu.loss" && train_losses "$runs/gpu" >"$runs/gpu.loss"
+  close "$runs/cpu.loss" "$runs/gpu.loss" 1e-4 || { echo "gpu-check: the losses differ"; failed=1; }
+else
+  failed=1
+fi
+echo "== checkpointed on the GPU after 2 epochs, resumed on the CPU for the third: the CPU run's losses (1e-4)"
+if mlp_run cuda "$runs/resumed" 2 && mlp_run cpu "$runs/resumed" 3 --resume last; then
+  train_losses "$runs/resumed" >"$runs/resumed.loss"
+  close "$runs/cpu.loss" "$runs/resumed.loss" 1e-4 || { echo "gpu-check: the resumed run differs"; failed=1; }
+else
+  failed=1
+fi
 
 # "KEY=value ..." of a LOOM or TORCH line
 field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p"; }
