@@ -192,6 +192,10 @@ int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
   r->logdir_locked = false;
   /* No batch is current after a run, however it ended. */
   r->input = r->target = r->output = NULL;
+  /* The batch's device copies live on the experiment's backend, which the
+   * experiment may destroy before the runner: they go with the run. */
+  loom_tensor_destroy(r->device_input), loom_tensor_destroy(r->device_target);
+  r->device_input = r->device_target = NULL;
   /* A resume source serves one run. */
   free(r->resume_source);
   free(r->resume_image);

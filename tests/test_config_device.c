@@ -199,8 +199,10 @@ static void run(const char *dir, const char *device, bool resume, outcome *out) 
   out->params = malloc(out->n * sizeof(float));
   assert_int_equal(loom_model_params_to_host(m, out->params), 0);
   out->jsonl = jsonl_without_time(dir);
+  /* The experiment first (loom/runner.h allows it): the fake device goes
+   * with it, and the runner keeps nothing of the device's memory. */
+  loom_experiment_destroy(exp);
   loom_runner_destroy(r);
-  loom_experiment_destroy(exp); /* the fake device too, after the model */
   loom_config_destroy(c);
 }
 
