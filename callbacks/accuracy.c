@@ -39,9 +39,16 @@ static int accuracy_batch_end(loom_callback *cb, loom_runner *r) {
   if (on_host(target) ? !on_host(out) : loom_tensor_backend(target) != be)
     return loom_error_set(LOOM_EINVAL, "accuracy: the outputs are on backend \"%s\" and the targets elsewhere",
                           loom_backend_name(be));
+  /* A backend without the op: its host copies, counted by the CPU's. */
+  const float *scores = loom_tensor_data(out), *labels = loom_tensor_data(target);
+  if (!loom_backend_supports(be, LOOM_OP_TOPK_HITS)) {
+    scores = loom_tensor_host_data(out), labels = loom_tensor_host_data(target);
+    if (!scores || !labels)
+      return loom_error_wrap(loom_last_error_code(), "accuracy: reading the batch's outputs");
+    be = loom_backend_cpu();
+  }
   int64_t hits[MAX_TOPK], bad;
-  int rc = loom_backend_topk_hits(be, loom_tensor_data(out), loom_tensor_data(target), n, c, a->topk, a->n, hits,
-                                  &bad);
+  int rc = loom_backend_topk_hits(be, scores, labels, n, c, a->topk, a->n, hits, &bad);
   if (rc < 0)
     return loom_error_wrap(rc, "accuracy: counting the batch's hits");
   if (bad >= 0) {

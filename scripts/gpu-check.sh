@@ -24,9 +24,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 pack=$root/.gpu/pack.tar.xz
 epochs=${EPOCHS:-2}
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 log=${OUT:+$OUT/gpu-check.log}
-exec > >(tee ${log:+"$log"}) 2>&1
+exec 3>&1 > >(tee ${log:+"$log"} >&3) 2>&1
+tee_pid=$!
+# On exit, tee's last lines reach the log before the script ends.
+trap 'exec >&3 2>&3; wait "$tee_pid" 2>/dev/null; rm -rf "$work"' EXIT
 
 [ -f "$pack" ] || { echo "gpu-check: no $pack; run scripts/gpu-pack.sh on the build machine first"; exit 2; }
 tar -C "$work" -xJf "$pack"
@@ -36,7 +38,7 @@ tar -C "$work" -xJf "$pack"
 cudalib=/usr/local/cuda/lib64
 libdir_of() { # LIBRARY: the directory of the first one found, or nothing
   local found
-  found=$(find / -name "$1" -not -path '/proc/*' 2>/dev/null | head -1)
+  found=$(find / \( -path /proc -o -path /sys \) -prune -o -name "$1" -print -quit 2>/dev/null)
   [ -n "$found" ] && dirname "$found"
 }
 for lib in libcublas.so.13 libcudart.so.13 libcudnn.so.9; do

@@ -641,6 +641,10 @@ static const loom_backend_ops fake_ops = {
 };
 
 loom_backend *fake_device_create(size_t arena_bytes, fake_device **dev) {
+  return fake_device_create_ex(arena_bytes, true, dev);
+}
+
+loom_backend *fake_device_create_ex(size_t arena_bytes, bool topk_hits, fake_device **dev) {
   fake_device *d = calloc(1, sizeof *d);
   if (d)
     d->arena = aligned_alloc(64, (arena_bytes + 63) & ~(size_t)63);
@@ -650,7 +654,10 @@ loom_backend *fake_device_create(size_t arena_bytes, fake_device **dev) {
   pthread_mutex_init(&d->lock, NULL);
   reserve(d);
   d->blocks[d->count++] = (block){0, d->size, false};
-  loom_backend *b = loom_backend_create(&fake_ops, d);
+  loom_backend_ops ops = fake_ops;
+  if (!topk_hits)
+    ops.topk_hits = NULL;
+  loom_backend *b = loom_backend_create(&ops, d);
   if (!b)
     die("create", "loom_backend_create failed");
   if (dev)

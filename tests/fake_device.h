@@ -36,6 +36,9 @@ typedef struct fake_device_counts {
  * NULL) is its handle for the calls below, valid until the backend is
  * destroyed. Aborts if the arena cannot be had. */
 loom_backend *fake_device_create(size_t arena_bytes, fake_device **dev);
+/* The same, without the topk_hits slot when !topk_hits (a backend that
+ * lacks an optional op). */
+loom_backend *fake_device_create_ex(size_t arena_bytes, bool topk_hits, fake_device **dev);
 fake_device_counts fake_device_counts_of(fake_device *dev);
 /* Zeroes the counts (not `live` and `plans`). */
 void fake_device_reset_counts(fake_device *dev);

@@ -182,6 +182,33 @@ static void same_run_on_device(void **state) {
   free(cpu_dir), free(dev_dir);
 }
 
+/* A device backend without topk_hits (the slot is optional): the accuracy
+ * callback counts the host copies, with the CPU run's metrics. */
+static void accuracy_without_topk_hits(void **state) {
+  (void)state;
+  char *cpu_dir = test_tmpdir(), *dev_dir = test_tmpdir();
+  outcome want = {0}, got = {0};
+  cpu_run(cpu_dir, &want);
+  fake_device *lacking;
+  loom_backend *b = fake_device_create_ex((size_t)64 << 20, false, &lacking);
+  assert_false(loom_backend_supports(b, LOOM_OP_TOPK_HITS));
+  transfers t = {0};
+  fake_device *keep = dev;
+  dev = NULL; /* its counts are not the point here */
+  loom_experiment *exp = build(dev_dir, b, &t);
+  int rc = run(exp, NULL, &got);
+  if (rc < 0)
+    fail_msg("%s", loom_last_error());
+  loom_experiment_destroy(exp);
+  dev = keep;
+  assert_string_equal(want.jsonl, got.jsonl);
+  assert_int_equal(fake_device_counts_of(lacking).live, 0);
+  loom_backend_destroy(b);
+  outcome_free(&want), outcome_free(&got);
+  test_rm_rf(cpu_dir), test_rm_rf(dev_dir);
+  free(cpu_dir), free(dev_dir);
+}
+
 /* Interrupted on the fake device after a batch of the finetuning stage,
  * resumed from its last.h5 on the CPU: the CPU run's weights. */
 static void device_checkpoint_resumes_on_cpu(void **state) {
@@ -218,6 +245,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(same_run_on_device),
       cmocka_unit_test(device_checkpoint_resumes_on_cpu),
+      cmocka_unit_test(accuracy_without_topk_hits),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -278,8 +278,9 @@ typedef struct loom_backend_ops {
   /* y = conv(x, w) + bias (bias NULL: none). */
   int (*conv_forward)(void *ctx, loom_plan *plan, const float *x, const float *w, const float *bias, float *y,
                       int64_t n);
-  /* From dy: dw += the weights' gradient and dbias += the bias's (both or
-   * neither NULL: no parameter gradients), dx = the input's (NULL: none). */
+  /* From dy: dw += the weights' gradient (NULL: no parameter gradients)
+   * and dbias += the bias's (NULL also for a convolution without bias),
+   * dx = the input's (NULL: none). */
   int (*conv_backward)(void *ctx, loom_plan *plan, const float *x, const float *w, const float *dy, float *dw,
                        float *dbias, float *dx, int64_t n);
   int (*pool_plan)(void *ctx, const loom_pool_desc *desc, loom_plan **plan);
