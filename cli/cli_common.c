@@ -46,8 +46,10 @@ int loom_cli_prepare(const args *a, const sweep_args *sweep, loom_config **confi
     rc = loom_config_set(*config, logdir_set);
   }
   if (rc == 0 && a->device) {
-    snprintf(device_set, sizeof device_set, "experiment.device=%s", a->device);
-    rc = loom_config_set(*config, device_set);
+    rc = snprintf(device_set, sizeof device_set, "experiment.device=%s", a->device) < (int)sizeof device_set
+             ? loom_config_set(*config, device_set)
+             : loom_error_set(LOOM_EINVAL, "--device: a device name is at most %zu characters",
+                              sizeof device_set - sizeof "experiment.device=");
   }
   if (rc == 0 && sweep)
     rc = loom_config_lr_sweep(*config, sweep->stage, sweep->finder.steps);

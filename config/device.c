@@ -74,8 +74,10 @@ int loom_device_open(const char *device, loom_backend **out) {
   *out = NULL;
   if (!device)
     return loom_error_set(LOOM_EINVAL, "loom_device_open: a device name is required");
-  json_t *name = json_string(device);
-  char *text = name ? json_dumps(name, JSON_ENCODE_ANY) : NULL;
+  json_t *name = json_string(device); /* NULL: not UTF-8 */
+  if (!name)
+    return loom_error_set(LOOM_EINVAL, "loom_device_open: the device name is not valid UTF-8");
+  char *text = json_dumps(name, JSON_ENCODE_ANY);
   char doc[1200];
   int rc = text ? 0 : loom_error_oom("a device name");
   if (rc == 0 && snprintf(doc, sizeof doc, "{\"device\": %s}", text) >= (int)sizeof doc)

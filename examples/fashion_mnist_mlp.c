@@ -124,10 +124,15 @@ int main(int argc, char **argv) {
   bool master = loom_runner_is_master(runner);
   loom_experiment_set_seed(exp, seed);
   int rc = loom_experiment_set_logdir(exp, logdir);
+  if (rc < 0) {
+    fprintf(stderr, "error: %s\n", loom_last_error());
+    rc = 1;
+    goto out;
+  }
   /* "cuda" trains on the GPU (each rank's own under mpirun); the
    * experiment owns the backend and frees it after the model. */
   loom_backend *backend = NULL;
-  if (rc == 0 && (rc = loom_device_open(device, &backend)) == 0 && backend)
+  if ((rc = loom_device_open(device, &backend)) == 0 && backend)
     rc = loom_experiment_own_backend(exp, backend);
   if (rc < 0) {
     fprintf(stderr, "%s: --device %s: %s\n", argv[0], device, loom_last_error());
