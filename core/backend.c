@@ -13,7 +13,7 @@ struct loom_backend {
 
 static const char *const op_names[LOOM_OP_COUNT] = {
     "gemm",          "fill_rows",    "sum_rows",        "act_forward", "act_backward", "xent_forward",
-    "xent_backward", "loss_forward", "loss_backward", "dropout_forward", "mul", "conv_forward", "conv_backward",
+    "xent_backward", "loss_forward", "loss_backward", "dropout_forward", "mul", "add", "conv_forward", "conv_backward",
     "pool_forward", "pool_backward", "batchnorm_forward", "batchnorm_backward", "block", "sgd_update",
     "adam_update", "rmsprop_update", "sum_squares", "scale", "clamp", "all_finite", "gemm_checked", "topk_hits"};
 
@@ -65,6 +65,7 @@ bool loom_backend_supports(const loom_backend *b, loom_op op) {
   case LOOM_OP_LOSS_BACKWARD: return o->loss_backward != NULL;
   case LOOM_OP_DROPOUT_FORWARD: return o->dropout_forward != NULL;
   case LOOM_OP_MUL: return o->mul != NULL;
+  case LOOM_OP_ADD: return o->add != NULL;
   case LOOM_OP_CONV_FORWARD: return o->conv_plan && o->conv_forward && o->plan_destroy;
   case LOOM_OP_CONV_BACKWARD: return o->conv_plan && o->conv_backward && o->plan_destroy;
   case LOOM_OP_POOL_FORWARD: return o->pool_plan && o->pool_forward && o->plan_destroy;
@@ -202,6 +203,11 @@ int loom_backend_dropout_forward(loom_backend *b, uint64_t key, float p, const f
 int loom_backend_mul(loom_backend *b, const float *a, const float *c, float *y, int64_t n) {
   int rc = ready(b, LOOM_OP_MUL);
   return rc < 0 ? rc : b->ops.mul(b->ctx, a, c, y, n);
+}
+
+int loom_backend_add(loom_backend *b, const float *a, const float *c, float *y, int64_t n) {
+  int rc = ready(b, LOOM_OP_ADD);
+  return rc < 0 ? rc : b->ops.add(b->ctx, a, c, y, n);
 }
 
 /* A plan is made for its forward; the backward's slot is checked when it runs. */

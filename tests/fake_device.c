@@ -334,6 +334,13 @@ static int fake_mul(void *ctx, const float *a, const float *b, float *y, int64_t
   return loom_backend_mul(cpu(ctx, false), a, b, y, n);
 }
 
+static int fake_add(void *ctx, const float *a, const float *b, float *y, int64_t n) {
+  a = real(ctx, "add", "a", a, F(n));
+  b = real(ctx, "add", "b", b, F(n));
+  y = real(ctx, "add", "y", y, F(n));
+  return loom_backend_add(cpu(ctx, false), a, b, y, n);
+}
+
 /* --- planned ops --- */
 
 static fake_plan *new_plan(fake_device *d, loom_layer_kind kind, int count, const loom_layer_desc *layers) {
@@ -615,6 +622,7 @@ static const loom_backend_ops fake_ops = {
     .loss_backward = fake_loss_backward,
     .dropout_forward = fake_dropout_forward,
     .mul = fake_mul,
+    .add = fake_add,
     .conv_plan = fake_conv_plan,
     .conv_forward = fake_conv_forward,
     .conv_backward = fake_conv_backward,

@@ -575,6 +575,40 @@ static void test_dropout(void **state) {
     }
 }
 
+/* --- add --- */
+
+/* y = a + b into a third array and in place over either operand (a
+ * residual block's sum, and its input's gradient from both branches):
+ * one float sum per element. */
+static void test_add(void **state) {
+  loom_backend *b[MAX_BACKENDS];
+  static const int64_t sizes[] = {1, 100, 40000};
+  for (size_t i = 0, nb = BACKENDS(b, LOOM_OP_ADD); i < nb; i++)
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+      const int64_t n = sizes[s];
+      float *x = malloc((size_t)n * sizeof *x), *y = malloc((size_t)n * sizeof *y), *got = malloc((size_t)n * sizeof *got);
+      double *want = malloc((size_t)n * sizeof *want);
+      fill(x, n, 21), fill(y, n, 22);
+      x[0] = NAN; /* NaN in, NaN out */
+      for (int64_t k = 0; k < n; k++)
+        want[k] = (double)(x[k] + y[k]);
+      float *d_x = upload(b[i], x, n), *d_y = upload(b[i], y, n), *d_out = upload(b[i], y, n);
+      assert_int_equal(loom_backend_add(b[i], d_x, d_y, d_out, n), 0);
+      download(b[i], got, d_out, n);
+      close_all("add", got, want, NULL, n, 0.0);
+      assert_int_equal(loom_backend_add(b[i], d_x, d_y, d_y, n), 0); /* in place over b */
+      download(b[i], got, d_y, n);
+      close_all("add into b", got, want, NULL, n, 0.0);
+      assert_int_equal(loom_backend_add(b[i], d_x, d_x, d_x, n), 0); /* a + a into a */
+      download(b[i], got, d_x, n);
+      for (int64_t k = 0; k < n; k++)
+        want[k] = (double)(x[k] + x[k]);
+      close_all("add into a", got, want, NULL, n, 0.0);
+      loom_backend_free(b[i], d_x), loom_backend_free(b[i], d_y), loom_backend_free(b[i], d_out);
+      free(x), free(y), free(got), free(want);
+    }
+}
+
 /* --- convolution --- */
 
 static double *to_double(const float *x, int64_t n) {
@@ -1438,7 +1472,7 @@ static void test_fake_device_catches_misuse(void **state) {
   {#r ": test_gemm", test_gemm, NULL, NULL, &r}, {#r ": test_gemm_checked", test_gemm_checked, NULL, NULL, &r}, \
       {#r ": test_rows", test_rows, NULL, NULL, &r}, {#r ": test_activations", test_activations, NULL, NULL, &r}, \
       {#r ": test_criteria", test_criteria, NULL, NULL, &r}, {#r ": test_topk_hits", test_topk_hits, NULL, NULL, &r}, \
-      {#r ": test_dropout", test_dropout, NULL, NULL, &r},                                                       \
+      {#r ": test_dropout", test_dropout, NULL, NULL, &r}, {#r ": test_add", test_add, NULL, NULL, &r},         \
       {#r ": test_conv", test_conv, NULL, NULL, &r}, {#r ": test_pool", test_pool, NULL, NULL, &r},             \
       {#r ": test_batchnorm", test_batchnorm, NULL, NULL, &r}, {#r ": test_block", test_block, NULL, NULL, &r}, \
       {#r ": test_optimizer_updates", test_optimizer_updates, NULL, NULL, &r},                                 \

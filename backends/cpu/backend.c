@@ -130,6 +130,12 @@ static int cpu_mul(void *ctx, const float *a, const float *b, float *y, int64_t 
   return 0;
 }
 
+static int cpu_add(void *ctx, const float *a, const float *b, float *y, int64_t n) {
+  (void)ctx;
+  loom_cpu_add(a, b, y, n);
+  return 0;
+}
+
 static int cpu_conv_plan(void *ctx, const loom_conv_desc *desc, loom_plan **plan) {
   (void)ctx;
   return loom_cpu_conv_plan(desc, plan);
@@ -270,6 +276,7 @@ static const loom_backend_ops cpu_ops = {
     .loss_backward = cpu_loss_backward,
     .dropout_forward = cpu_dropout_forward,
     .mul = cpu_mul,
+    .add = cpu_add,
     .sgd_update = cpu_sgd_update,
     .adam_update = cpu_adam_update,
     .rmsprop_update = cpu_rmsprop_update,

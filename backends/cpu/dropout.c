@@ -1,6 +1,7 @@
 /* Dropout's mask by the documented counter rule (loom/backend.h): one key
  * per forward and SplitMix64 over the element index, so any part of the
- * mask can be drawn on any core and it does not depend on their number. */
+ * mask can be drawn on any core and it does not depend on their number;
+ * and the elementwise mul (its backward) and add (a residual sum). */
 #include "backends/cpu/kernels.h"
 
 #include "backends/cpu/parallel.h"
@@ -42,4 +43,9 @@ void loom_cpu_dropout_forward(uint64_t key, float p, const float *x, float *y, f
 void loom_cpu_mul(const float *a, const float *b, float *y, int64_t n) {
   for (int64_t i = 0; i < n; i++)
     y[i] = a[i] * b[i];
+}
+
+void loom_cpu_add(const float *a, const float *b, float *y, int64_t n) {
+  for (int64_t i = 0; i < n; i++)
+    y[i] = a[i] + b[i];
 }

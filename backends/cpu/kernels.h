@@ -28,6 +28,8 @@ void loom_cpu_topk_hits(const float *scores, const float *targets, int64_t n, in
 /* dropout.c */
 void loom_cpu_dropout_forward(uint64_t key, float p, const float *x, float *y, float *mask, int64_t n);
 void loom_cpu_mul(const float *a, const float *b, float *y, int64_t n);
+/* y = a + b; y may be a or b. */
+void loom_cpu_add(const float *a, const float *b, float *y, int64_t n);
 
 /* optim.c: the optimizers' updates, cut over the pool. */
 void loom_cpu_sgd_update(const loom_sgd_step *s, float *p, const float *g, float *buf, int64_t n);

@@ -235,6 +235,12 @@ static int cuda_mul(void *ctx, const float *a, const float *b, float *y, int64_t
   return rc < 0 ? rc : launched(c, loom_cuda_mul(c->stream, a, b, y, n), "mul");
 }
 
+static int cuda_add(void *ctx, const float *a, const float *b, float *y, int64_t n) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  return rc < 0 ? rc : launched(c, loom_cuda_add(c->stream, a, b, y, n), "add");
+}
+
 /* The scalars of backends/cpu/optim.c, computed as it does. */
 static int cuda_sgd_update(void *ctx, const loom_sgd_step *s, float *p, const float *g, float *buf, int64_t n) {
   cuda_ctx *c = ctx;
@@ -437,6 +443,7 @@ static const loom_backend_ops cuda_ops = {
     .loss_backward = cuda_loss_backward,
     .dropout_forward = cuda_dropout_forward,
     .mul = cuda_mul,
+    .add = cuda_add,
     .sgd_update = cuda_sgd_update,
     .adam_update = cuda_adam_update,
     .rmsprop_update = cuda_rmsprop_update,

@@ -109,6 +109,11 @@ __global__ void mul_kernel(const float *a, const float *b, float *y, int64_t n) 
     y[i] = a[i] * b[i];
 }
 
+__global__ void add_kernel(const float *a, const float *b, float *y, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride())
+    y[i] = a[i] + b[i];
+}
+
 // loom/backend.h's counter rule: SplitMix64's finaliser, top 24 bits.
 __device__ inline float counter_uniform(uint64_t key, uint64_t i) {
   uint64_t z = key + (i + 1) * 0x9E3779B97F4A7C15ull;
@@ -434,6 +439,10 @@ cudaError_t loom_cuda_act_backward(cudaStream_t s, loom_activation act, float pa
 
 cudaError_t loom_cuda_mul(cudaStream_t s, const float *a, const float *b, float *y, int64_t n) {
   return launch(mul_kernel, s, n, a, b, y);
+}
+
+cudaError_t loom_cuda_add(cudaStream_t s, const float *a, const float *b, float *y, int64_t n) {
+  return launch(add_kernel, s, n, a, b, y);
 }
 
 cudaError_t loom_cuda_dropout_forward(cudaStream_t s, uint64_t key, float p, const float *x, float *y, float *mask,

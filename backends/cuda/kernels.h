@@ -27,6 +27,7 @@ cudaError_t loom_cuda_act_forward(cudaStream_t s, loom_activation act, float par
 cudaError_t loom_cuda_act_backward(cudaStream_t s, loom_activation act, float param, const float *x, const float *y,
                                    const float *dy, float *dx, int64_t n);
 cudaError_t loom_cuda_mul(cudaStream_t s, const float *a, const float *b, float *y, int64_t n);
+cudaError_t loom_cuda_add(cudaStream_t s, const float *a, const float *b, float *y, int64_t n);
 cudaError_t loom_cuda_dropout_forward(cudaStream_t s, uint64_t key, float p, const float *x, float *y, float *mask,
                                       int64_t n);
 cudaError_t loom_cuda_scale(cudaStream_t s, float *x, float a, int64_t n);

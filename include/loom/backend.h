@@ -173,6 +173,7 @@ typedef enum loom_op {
   LOOM_OP_LOSS_BACKWARD,
   LOOM_OP_DROPOUT_FORWARD,
   LOOM_OP_MUL,
+  LOOM_OP_ADD,
   LOOM_OP_CONV_FORWARD,
   LOOM_OP_CONV_BACKWARD,
   LOOM_OP_POOL_FORWARD,
@@ -270,6 +271,9 @@ typedef struct loom_backend_ops {
   int (*dropout_forward)(void *ctx, uint64_t key, float p, const float *x, float *y, float *mask, int64_t n);
   /* y = a b, elementwise (Dropout's backward: dx = dy mask). */
   int (*mul)(void *ctx, const float *a, const float *b, float *y, int64_t n);
+  /* y = a + b, elementwise; y may be a or b (a residual block's sum, and
+   * its input's gradient from both branches). */
+  int (*add)(void *ctx, const float *a, const float *b, float *y, int64_t n);
 
   /* Planned ops. *_plan checks the descriptor (LOOM_EINVAL with a message
    * if the backend cannot run it) and makes *plan; a plan serves one layer,
@@ -400,6 +404,7 @@ LOOM_API int loom_backend_loss_backward(loom_backend *backend, loom_pointwise_lo
 LOOM_API int loom_backend_dropout_forward(loom_backend *backend, uint64_t key, float p, const float *x, float *y,
                                           float *mask, int64_t n);
 LOOM_API int loom_backend_mul(loom_backend *backend, const float *a, const float *b, float *y, int64_t n);
+LOOM_API int loom_backend_add(loom_backend *backend, const float *a, const float *b, float *y, int64_t n);
 LOOM_API int loom_backend_sgd_update(loom_backend *backend, const loom_sgd_step *s, float *p, const float *g, float *buf,
                                      int64_t n);
 LOOM_API int loom_backend_adam_update(loom_backend *backend, const loom_adam_step *s, float *p, const float *g,
