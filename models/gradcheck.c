@@ -182,10 +182,16 @@ int loom_layer_gradcheck(loom_layer *layer, int ndim, const int64_t *sample_shap
   if (!layer || !sample_shape || ndim < 1 || ndim > 6 || o.batch < 1 || !(o.input_scale > 0))
     return loom_error_set(LOOM_EINVAL, "loom_layer_gradcheck: needs a layer, a sample shape of 1 to 6 dimensions, "
                                        "a batch >= 1 and an input scale > 0");
+  /* The shapes first: a layer that takes its input size from the input
+   * (in_channels 0) knows its parameter count only then. */
+  int ondim;
+  int64_t oshape[8];
+  int rc = layer->ops.output_shape(layer->data, ndim, sample_shape, &ondim, oshape);
+  if (rc < 0)
+    return rc;
   c.np = (int64_t)loom_layer_num_params(layer);
   c.nb = layer->ops.num_buffers ? (int64_t)layer->ops.num_buffers(layer->data) : 0;
   bool own = !o.params;
-  int rc = 0;
   if (own)
     rc = own_storage(&c);
   else if ((c.np && !o.grads) || (c.nb && !o.buffers))

@@ -112,11 +112,25 @@ static void test_builtin_linear(void **state) {
   assert_int_equal(loom_layer_gradcheck(NULL, 1, shape, NULL, NULL), LOOM_EINVAL);
 }
 
+/* A layer that takes its input size from the input (in_features 0)
+ * counts its parameters once it has seen the shape: the check's storage
+ * holds them all (it held only the bias's, and the weights overran it). */
+static void test_inferred_input_size(void **state) {
+  (void)state;
+  const int64_t shape[] = {3};
+  loom_gradcheck_report rep;
+  loom_layer *l = loom_linear_create(0, 2, true);
+  assert_int_equal(loom_layer_gradcheck(l, 1, shape, NULL, &rep), 0);
+  assert_int_equal(rep.checked, 8 + 6); /* every parameter, every input */
+  loom_layer_destroy(l);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_right_layer_passes),
       cmocka_unit_test(test_wrong_layer_fails),
       cmocka_unit_test(test_builtin_linear),
+      cmocka_unit_test(test_inferred_input_size),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
