@@ -2,6 +2,7 @@
  * schedules (docs/config.md lists their keys). */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "config/config_internal.h"
@@ -197,6 +198,53 @@ static void *leaky_relu(loom_params *p, const void *context, void *user) {
   return loom_leaky_relu_create((float)slope);
 }
 
+/* The layers of the array at `key` (absent and not required: none) into
+ * *out, a new array of *n the caller frees with its layers. */
+static int layer_list(loom_params *p, const char *key, bool required, loom_layer ***out, size_t *n) {
+  *out = NULL;
+  int rc = loom_params_array_length(p, key, required, n);
+  if (rc == 0 && required && *n == 0)
+    rc = loom_params_error(p, key, LOOM_EINVAL, "expected a non-empty array of layers");
+  if (rc == 0 && *n && !(*out = calloc(*n, sizeof **out)))
+    rc = loom_params_error(p, key, LOOM_ENOMEM, "out of memory");
+  for (size_t i = 0; rc == 0 && i < *n; i++) {
+    char item[64];
+    snprintf(item, sizeof item, "%s[%zu]", key, i);
+    rc = loom_params_component(p, item, LOOM_KIND_LAYER, NULL, true, (void **)&(*out)[i]);
+  }
+  if (rc < 0) {
+    for (size_t i = 0; *out && i < *n; i++)
+      loom_layer_destroy((*out)[i]);
+    free(*out);
+    *out = NULL;
+  }
+  return rc;
+}
+
+/* {"type": "residual", "layers": [...], "shortcut": [...] (absent or []:
+ * the identity), "activation": "relu" (null: none)} */
+static void *residual(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  static const char *const acts[] = {"relu", NULL};
+  int act = 0;
+  const bool no_act = json_is_null(json_object_get(loom_params_object(p), "activation"));
+  if (no_act)
+    loom_params_known(p, "activation");
+  loom_layer **main = NULL, **shortcut = NULL;
+  size_t num_main = 0, num_shortcut = 0;
+  if ((!no_act && loom_params_choice(p, "activation", "relu", acts, &act) < 0) ||
+      layer_list(p, "layers", true, &main, &num_main) < 0 ||
+      layer_list(p, "shortcut", false, &shortcut, &num_shortcut) < 0) {
+    for (size_t i = 0; i < num_main && main; i++)
+      loom_layer_destroy(main[i]);
+    free(main);
+    return NULL;
+  }
+  loom_layer *block = loom_residual_create(main, num_main, shortcut, num_shortcut, !no_act);
+  free(main), free(shortcut);
+  return block;
+}
+
 static void *flatten(loom_params *p, const void *c, void *u) { (void)p, (void)c, (void)u; return loom_flatten_create(); }
 static void *gelu(loom_params *p, const void *c, void *u) { (void)p, (void)c, (void)u; return loom_gelu_create(); }
 static void *tanh_layer(loom_params *p, const void *c, void *u) { (void)p, (void)c, (void)u; return loom_tanh_create(); }
@@ -385,6 +433,7 @@ void loom_register_builtin_models(void) {
   loom_register_builtin(LOOM_KIND_LAYER, "batchnorm", batchnorm);
   loom_register_builtin(LOOM_KIND_LAYER, "dropout", dropout);
   loom_register_builtin(LOOM_KIND_LAYER, "flatten", flatten);
+  loom_register_builtin(LOOM_KIND_LAYER, "residual", residual);
   loom_register_builtin(LOOM_KIND_LAYER, "leaky_relu", leaky_relu);
   loom_register_builtin(LOOM_KIND_LAYER, "gelu", gelu);
   loom_register_builtin(LOOM_KIND_LAYER, "tanh", tanh_layer);

@@ -124,6 +124,22 @@ LOOM_API loom_layer *loom_batchnorm_create(int64_t channels, float eps, float mo
 /* Inverted dropout with drop probability p in training (mask from the
  * model's stream, loom_model_set_rng); the identity in evaluation. */
 LOOM_API loom_layer *loom_dropout_create(float p);
+/* A residual block, torchvision's BasicBlock and Bottleneck: y =
+ * act(main(x) + shortcut(x)), where main is `layers` run in order and the
+ * shortcut is `shortcut` run in order (num_shortcut 0: the identity), act
+ * ReLU when `relu`, else none. The two branches must give the same shape
+ * (checked when the model is built, naming both). The block takes every
+ * layer given, also on failure. Its parameters and buffers are its inner
+ * layers', main branch first, each a slice of the block's part of the
+ * model's arrays (checkpoints, optimizers and loom_model_set_backend see
+ * one layer): those that are all weights first, so that weight decay's
+ * prefix (num_decayed) covers them; with more than one inner layer that
+ * mixes weights and a bias (a Conv2d or Linear with bias), only the first
+ * one's weights are in that prefix. Inner layers run by their own ops on
+ * the input's backend, never fused; loom_model_init_weights does not
+ * reach into the block (its layers keep their own initialisation). */
+LOOM_API loom_layer *loom_residual_create(loom_layer *const *layers, size_t num_layers, loom_layer *const *shortcut,
+                                          size_t num_shortcut, bool relu);
 
 /* An empty sequential model. */
 LOOM_API loom_model *loom_model_create(void);
