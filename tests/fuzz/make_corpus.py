@@ -32,6 +32,19 @@ for name in sorted(os.listdir(ex)):
     j["datasets"] = json.loads(tiny)["datasets"]
     j.pop("plugins", None)
     put("config", "example_" + name[:-5], json.dumps(j, indent=1))
+# the fixture's model as a small ResNet: residual blocks, identity and projected
+def conv(c, k, s=1, bias=False):
+    return {"type": "conv2d", "out_channels": c, "kernel": k, "stride": s, "padding": k // 2, "bias": bias}
+resnet = json.loads(tiny)
+resnet["model"] = {"type": "sequential", "layers": [
+    conv(4, 3), {"type": "batchnorm", "num_features": 4}, {"type": "relu"},
+    {"type": "residual", "layers": [conv(4, 3), {"type": "batchnorm", "num_features": 4}, {"type": "relu"},
+                                    conv(4, 3), {"type": "batchnorm", "num_features": 4}]},
+    {"type": "residual", "name": "down", "layers": [conv(8, 3, 2), {"type": "batchnorm", "num_features": 8}],
+     "shortcut": [conv(8, 1, 2), {"type": "batchnorm", "num_features": 8}], "activation": None},
+    {"type": "global_avgpool"}, {"type": "linear", "out_features": 2}]}
+resnet_text = json.dumps(resnet, indent=1).encode()
+put("config", "residual_blocks", resnet_text)
 
 # --- set: the golden --set cases, valid ones, and the use-after-free's keys
 for case in sorted(os.listdir(inv)):
@@ -113,7 +126,7 @@ put("checkpoint", "early_stopping_wait", bytes([2, 0, ES, 4]) + u64(1 << 40))
 # --- dictionaries: every key the configs use, and the CSV reader's tokens
 keys = set()
 for text in [tiny] + [read(inv, c, "config.json") for c in os.listdir(inv) if c != "config_nested_10000_deep"] + \
-            [read(ex, n) for n in os.listdir(ex)]:
+            [read(ex, n) for n in os.listdir(ex)] + [resnet_text]:
     keys.update(re.findall(rb'"([A-Za-z_][A-Za-z0-9_]*)"\s*:', text))
     keys.update(re.findall(rb'"type"\s*:\s*"([A-Za-z0-9_]+)"', text))
 words = sorted(k.decode() for k in keys)
