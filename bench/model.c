@@ -7,9 +7,23 @@
  * checkpoints) and the epochs asked for; KEY=VALUE arguments are --set
  * overrides (e.g. loaders.train.batch_size=64). Under mpirun every rank
  * trains its share (loom_comm_for_dist(LOOM_DIST_AUTO)) and prints its line.
- * Usage: model CONFIG [EPOCHS] [DATA_DIR] [KEY=VALUE...] */
+ * DATA_DIR sets the datasets "train" and "test"'s dir (Fashion-MNIST's);
+ * "-" leaves the config's datasets as they are (the synthetic ones below).
+ * Usage: model CONFIG [EPOCHS] [DATA_DIR|-] [KEY=VALUE...]
+ *
+ * It also registers the dataset type "synthetic" (bench configs only):
+ * CIFAR-like images that bench/model_torch.py makes alike, bit for bit,
+ * so that both sides train on the same data without a file:
+ *   {"type": "synthetic", "samples": N, "offset": 0, "classes": 10,
+ *    "shape": [3, 32, 32], "seed": 0}
+ * Sample i (counted from offset) has label i % classes and bytes
+ * b_j = noise(i, j) + 96 template(label, j), read as b_j / 255 (the IDX
+ * reader's float); noise is the top 6 bits and template the top bit of
+ * SplitMix64's finaliser at (key + (k + 1) golden), k = i size + j under
+ * key seed, and k = label size + j under key seed + 0x5DEECE66D. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 
 #include <loom.h>
@@ -17,6 +31,50 @@
 #include "backends/cpu/xsmm_gemm.h" /* which kernels ran the products, for the table */
 
 #define MAX_EPOCHS 64
+
+/* --- the synthetic dataset --- */
+
+static uint64_t mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+static uint64_t draw(uint64_t key, uint64_t k) { return mix(key + (k + 1) * 0x9E3779B97F4A7C15ull); }
+
+static void *synthetic(loom_params *p, const void *context, void *user) {
+  (void)context, (void)user;
+  int64_t n, offset, classes, seed, shape[8];
+  size_t ndim;
+  const int64_t def_shape[] = {3, 32, 32};
+  if (loom_params_int(p, "samples", LOOM_REQUIRED_INT, 1, 1 << 24, &n) < 0 ||
+      loom_params_int(p, "offset", 0, 0, INT32_MAX, &offset) < 0 ||
+      loom_params_int(p, "classes", 10, 1, 1 << 16, &classes) < 0 ||
+      loom_params_int(p, "seed", 0, 0, INT64_MAX, &seed) < 0 ||
+      loom_params_int_array(p, "shape", def_shape, 3, 1, 1 << 16, shape, 8, &ndim) < 0)
+    return NULL;
+  int64_t size = 1;
+  for (size_t d = 0; d < ndim; d++)
+    size *= shape[d];
+  float *x = malloc((size_t)(n * size) * sizeof *x), *y = malloc((size_t)n * sizeof *y);
+  loom_dataset *ds = NULL;
+  if (x && y) {
+    for (int64_t s = 0; s < n; s++) {
+      const uint64_t i = (uint64_t)(offset + s), label = i % (uint64_t)classes;
+      y[s] = (float)label;
+      for (int64_t j = 0; j < size; j++) {
+        const uint64_t noise = draw((uint64_t)seed, i * (uint64_t)size + (uint64_t)j) >> 58;
+        const uint64_t tmpl = draw((uint64_t)seed + 0x5DEECE66Dull, label * (uint64_t)size + (uint64_t)j) >> 63;
+        x[s * size + j] = (float)(noise + 96 * tmpl) * (1.0f / 255.0f);
+      }
+    }
+    ds = loom_memory_dataset_create(x, y, n, (int)ndim, shape, 0, NULL);
+  }
+  if (!ds)
+    loom_params_error(p, "samples", LOOM_ENOMEM, "%s", x && y ? loom_last_error() : "out of memory");
+  free(x), free(y);
+  return ds;
+}
 
 typedef struct timing {
   double train_s[MAX_EPOCHS], comm_frac[MAX_EPOCHS];
@@ -43,6 +101,14 @@ static int on_loader_end(loom_callback *cb, loom_runner *r) {
   return 0;
 }
 
+/* BENCH_LOSSES set: each train batch's loss, on stderr (bench/run resnet18). */
+static int on_batch_end(loom_callback *cb, loom_runner *r) {
+  (void)cb;
+  if (loom_runner_is_train_loader(r) && getenv("BENCH_LOSSES"))
+    fprintf(stderr, "LOOM_LOSS %.4f\n", loom_runner_batch_loss(r));
+  return 0;
+}
+
 static int by_value(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
@@ -56,7 +122,8 @@ static double median(double *v, int n) {
 static int setup(loom_config *c, int epochs, const char *dir, char **sets, int num_sets, timing *t,
                  loom_experiment **exp) {
   static const loom_callback_ops ops = {
-      .type = "bench_timer", .on_loader_start = on_loader_start, .on_loader_end = on_loader_end};
+      .type = "bench_timer", .on_loader_start = on_loader_start, .on_loader_end = on_loader_end,
+      .on_batch_end = on_batch_end};
   char set[1024];
   const char *const fixed[] = {"experiment.logdir=/tmp/loom-bench", "stages.train.callbacks=[{\"type\": \"accuracy\"}]"};
   for (size_t i = 0; i < 2; i++)
@@ -66,7 +133,7 @@ static int setup(loom_config *c, int epochs, const char *dir, char **sets, int n
   if (loom_config_set(c, set) < 0)
     return -1;
   const char *const datasets[] = {"train", "test"};
-  for (size_t i = 0; i < 2; i++) {
+  for (size_t i = 0; strcmp(dir, "-") != 0 && i < 2; i++) {
     snprintf(set, sizeof set, "datasets.%s.dir=%s", datasets[i], dir);
     if (loom_config_set(c, set) < 0)
       return -1;
@@ -91,6 +158,10 @@ int main(int argc, char **argv) {
     epochs = 3;
   static timing t;
   loom_experiment *exp = NULL;
+  if (loom_register(LOOM_KIND_DATASET, "synthetic", synthetic, NULL) < 0) {
+    fprintf(stderr, "bench model: %s\n", loom_last_error());
+    return 1;
+  }
   loom_config *c = loom_config_load(argv[1]);
   int rc = c ? setup(c, epochs, dir, argv + 4, argc > 4 ? argc - 4 : 0, &t, &exp) : -1;
   int rank = 0, world = 1;
