@@ -23,6 +23,32 @@ static int check(const loom_model *model, const loom_init *init, const char *con
   return 0;
 }
 
+/* The weights of `l` (its first num_decayed parameters) from its fans, its
+ * biases zeroed if asked; a layer made of layers, each of them. */
+static void init_layer(const loom_layer *l, float *params, size_t count, const loom_init *init, loom_rng *rng) {
+  const loom_layer *sub;
+  size_t sub_offset;
+  for (size_t k = 0; l->inner && l->inner(l->data, k, &sub, &sub_offset); k++)
+    init_layer(sub, params + sub_offset, loom_layer_num_params(sub), init, rng);
+  if (!l->ops.fans)
+    return;
+  int64_t fan_in, fan_out;
+  l->ops.fans(l->data, &fan_in, &fan_out);
+  const size_t weights = l->ops.num_decayed ? l->ops.num_decayed(l->data) : count;
+  bool kaiming = init->scheme <= LOOM_INIT_KAIMING_NORMAL;
+  bool uniform = init->scheme == LOOM_INIT_KAIMING_UNIFORM || init->scheme == LOOM_INIT_XAVIER_UNIFORM;
+  double gain = init->gain > 0 ? init->gain : 1.0, std;
+  if (kaiming)
+    std = sqrt(2.0 / (1.0 + init->negative_slope * init->negative_slope)) / sqrt((double)(init->fan_out ? fan_out : fan_in));
+  else
+    std = gain * sqrt(2.0 / (double)(fan_in + fan_out));
+  /* U(-b, b) has std b / sqrt(3). */
+  for (size_t k = 0; k < weights; k++)
+    params[k] = uniform ? (float)((2.0 * loom_rng_uniform(rng) - 1.0) * std * sqrt(3.0)) : (float)(loom_rng_normal(rng) * std);
+  if (init->zero_bias)
+    memset(params + weights, 0, (count - weights) * sizeof *params);
+}
+
 int loom_model_init_weights(loom_model *model, const loom_init *init, const char *const *layers, size_t num_layers,
                             uint64_t seed) {
   int rc = check(model, init, layers, num_layers);
@@ -41,26 +67,11 @@ int loom_model_init_weights(loom_model *model, const loom_init *init, const char
     return rc;
   }
   for (size_t i = 0; i < loom_model_num_layers(model); i++) {
-    const loom_layer *l = loom_model_layer(model, i);
-    if (!l->ops.fans || (num_layers && !loom_names_contain(layers, num_layers, loom_model_layer_name(model, i))))
+    if (num_layers && !loom_names_contain(layers, num_layers, loom_model_layer_name(model, i)))
       continue;
-    int64_t fan_in, fan_out;
-    l->ops.fans(l->data, &fan_in, &fan_out);
-    size_t offset, count, weights = loom_model_layer_decayed(model, i);
+    size_t offset, count;
     loom_model_layer_params(model, i, &offset, &count);
-    bool kaiming = init->scheme <= LOOM_INIT_KAIMING_NORMAL;
-    bool uniform = init->scheme == LOOM_INIT_KAIMING_UNIFORM || init->scheme == LOOM_INIT_XAVIER_UNIFORM;
-    double gain = init->gain > 0 ? init->gain : 1.0, std;
-    if (kaiming)
-      std = sqrt(2.0 / (1.0 + init->negative_slope * init->negative_slope)) / sqrt((double)(init->fan_out ? fan_out : fan_in));
-    else
-      std = gain * sqrt(2.0 / (double)(fan_in + fan_out));
-    /* U(-b, b) has std b / sqrt(3). */
-    for (size_t k = 0; k < weights; k++)
-      params[offset + k] = uniform ? (float)((2.0 * loom_rng_uniform(&rng) - 1.0) * std * sqrt(3.0))
-                                   : (float)(loom_rng_normal(&rng) * std);
-    if (init->zero_bias)
-      memset(params + offset + weights, 0, (count - weights) * sizeof *params);
+    init_layer(loom_model_layer(model, i), params + offset, count, init, &rng);
   }
   if (staged) {
     rc = loom_model_params_from_host(model, params);

@@ -23,6 +23,11 @@ struct loom_layer {
    * another backend (loom_model_set_backend), so that nothing is left on
    * the old one. NULL: nothing kept. */
   int (*release)(void *data);
+  /* Layers made of layers only (a residual block): its inner layer i and
+   * the offset of that layer's parameters in its own, in the order it binds
+   * them; false past the last. For what reaches into them
+   * (loom_model_init_weights). NULL: none. */
+  bool (*inner)(const void *data, size_t i, const loom_layer **layer, size_t *offset);
 };
 
 size_t loom_layer_num_params(const loom_layer *layer);

@@ -99,6 +99,24 @@ static void res_bind(void *data, float *params, float *grads, float *buffers) {
   r->grads = grads, r->nparams = off;
 }
 
+/* The inner layers in bind order (res_bind's), with their offsets. */
+static bool res_inner(const void *data, size_t k, const loom_layer **layer, size_t *offset) {
+  const residual *r = data;
+  size_t off = 0, seen = 0;
+  for (int rank = 0; rank < 3; rank++)
+    for (size_t i = 0; i < r->count; i++) {
+      const inner *l = &r->layers[i];
+      if (decay_rank(l) != rank)
+        continue;
+      if (seen++ == k) {
+        *layer = l->layer, *offset = off;
+        return true;
+      }
+      off += inner_params(l);
+    }
+  return false;
+}
+
 static void res_init(void *data, loom_rng *rng) {
   residual *r = data;
   for (size_t i = 0; i < r->count; i++)
@@ -398,6 +416,6 @@ loom_layer *loom_residual_create(loom_layer *const *layers, size_t num_layers, l
   r->layers = inners, r->count = num_layers + num_shortcut, r->num_main = num_layers, r->relu = relu;
   loom_layer *layer = loom_layer_create(&residual_ops, r);
   if (layer)
-    layer->release = res_release;
+    layer->release = res_release, layer->inner = res_inner;
   return layer;
 }

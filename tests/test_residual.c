@@ -248,6 +248,39 @@ static void test_counts_summary_and_decay(void **state) {
   loom_model_destroy(m);
 }
 
+static double std_of(const float *x, size_t n) {
+  double sum = 0, sq = 0;
+  for (size_t i = 0; i < n; i++)
+    sum += x[i], sq += (double)x[i] * x[i];
+  return sqrt(sq / (double)n - (sum / (double)n) * (sum / (double)n));
+}
+
+/* Kaiming normal through the block: its convolutions' weights get std
+ * sqrt(2 / fan_in) (PyTorch's default gave them 1 / sqrt(3 fan_in)), its
+ * BatchNorms keep gamma 1 and beta 0, the layers not named are untouched. */
+static void test_init_weights_reach_inside(void **state) {
+  (void)state;
+  loom_model *m = small_resnet();
+  assert_int_equal(loom_model_build(m, 3, image, 5), 0);
+  const size_t np = loom_model_num_params(m);
+  float *before = malloc(np * sizeof *before);
+  memcpy(before, loom_model_params(m), np * sizeof *before);
+  loom_init init = {.scheme = LOOM_INIT_KAIMING_NORMAL};
+  assert_int_equal(loom_model_init_weights(m, &init, (const char *[]){"block2"}, 1, 9), 0);
+  size_t off, count;
+  loom_model_layer_params(m, 4, &off, &count);
+  const float *p = loom_model_params(m) + off; /* conv1 216, conv2 324, projection 24, then 3 BatchNorms */
+  assert_true(fabs(std_of(p, 216) / sqrt(2.0 / 36) - 1) < 0.15);
+  assert_true(fabs(std_of(p + 216, 324) / sqrt(2.0 / 54) - 1) < 0.15);
+  assert_true(fabs(std_of(before + off + 216, 324) / sqrt(1.0 / (3 * 54)) - 1) < 0.15); /* PyTorch's default before */
+  for (size_t k = 0; k < 3; k++)
+    for (size_t c = 0; c < 6; c++)
+      assert_true(p[564 + 12 * k + c] == 1.0f && p[564 + 12 * k + 6 + c] == 0.0f);
+  assert_memory_equal(loom_model_params(m), before, off * sizeof *before); /* the layers before it */
+  free(before);
+  loom_model_destroy(m);
+}
+
 static void assert_same_floats(const float *a, const float *b, size_t n) { assert_memory_equal(a, b, n * sizeof *a); }
 
 /* Trained a step, saved, loaded into a model of another seed: the same
@@ -512,6 +545,7 @@ int main(void) {
       cmocka_unit_test(test_gradcheck_basic_blocks),
       cmocka_unit_test(test_by_hand),
       cmocka_unit_test(test_counts_summary_and_decay),
+      cmocka_unit_test(test_init_weights_reach_inside),
       cmocka_unit_test(test_save_load),
       cmocka_unit_test(test_fake_device),
       cmocka_unit_test(test_mismatched_branches),

@@ -136,8 +136,8 @@ LOOM_API loom_layer *loom_dropout_create(float p);
  * prefix (num_decayed) covers them; with more than one inner layer that
  * mixes weights and a bias (a Conv2d or Linear with bias), only the first
  * one's weights are in that prefix. Inner layers run by their own ops on
- * the input's backend, never fused; loom_model_init_weights does not
- * reach into the block (its layers keep their own initialisation). */
+ * the input's backend, never fused; loom_model_init_weights reaches them
+ * (naming the block names them all). */
 LOOM_API loom_layer *loom_residual_create(loom_layer *const *layers, size_t num_layers, loom_layer *const *shortcut,
                                           size_t num_shortcut, bool relu);
 
@@ -202,7 +202,8 @@ typedef struct loom_init {
 } loom_init;
 
 /* Re-initialises the weights of the built model's layers that report fans
- * (Linear, Conv2d), or only of layers[0, num_layers) (none: all), from
+ * (Linear, Conv2d, also inside residual blocks), or only of
+ * layers[0, num_layers) (none: all), from
  * `seed`. Other parameters and buffers are left as they are. A model on a
  * device is initialised through a host copy (one transfer each way), with
  * the CPU's values. */
