@@ -34,8 +34,8 @@ static loom_layer *bn(int64_t c) { return loom_batchnorm_create(c, 1e-5f, 0.1f);
 static loom_layer *block_of(int64_t cin, int64_t cout, int64_t stride, bool smooth) {
   loom_layer *main[] = {conv(cout, 3, stride), bn(cout), smooth ? loom_tanh_create() : loom_relu_create(),
                         conv(cout, 3, 1), bn(cout)};
-  loom_layer *proj[] = {conv(cout, 1, stride), bn(cout)};
   const bool project = stride != 1 || cin != cout;
+  loom_layer *proj[] = {project ? conv(cout, 1, stride) : NULL, project ? bn(cout) : NULL};
   return loom_residual_create(main, 5, project ? proj : NULL, project ? 2 : 0, !smooth);
 }
 
