@@ -113,8 +113,10 @@ static int choose_device_path(loom_runner *r, loom_reducer *red) {
   if (!loom_comm_nccl_applies(r->comm, red->device))
     return 0;
   int rc = loom_comm_nccl_create(r->comm, red->device, &red->own);
-  if (rc == LOOM_ENOTSUP) /* NCCL is not there on some rank: the host it is, on every rank */
+  if (rc == LOOM_ENOTSUP) { /* NCCL is not there on some rank: the host it is, on every rank */
+    loom_notice_once("nccl", "the gradients are averaged through the host, not with NCCL: %s", loom_last_error());
     return 0;
+  }
   if (rc < 0)
     return loom_error_wrap(rc, "the NCCL communicator for the gradients (set loom_run_options.host_staged_grads, or "
                                "\"host_staged_grads\" in a config, to average them through the host instead)");
