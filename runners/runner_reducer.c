@@ -118,8 +118,8 @@ static int choose_device_path(loom_runner *r, loom_reducer *red) {
     return 0;
   }
   if (rc < 0)
-    return loom_error_wrap(rc, "the NCCL communicator for the gradients (set loom_run_options.host_staged_grads, or "
-                               "\"host_staged_grads\" in a config, to average them through the host instead)");
+    return loom_error_wrap(rc, "the NCCL communicator for the gradients (loom_run_options.host_staged_grads, or loom "
+                               "run's --host-staged-grads, averages them through the host instead)");
   red->comm = red->own;
   red->how = ON_DEVICE;
   return 0;
