@@ -37,7 +37,8 @@ static const char usage_main[] =
 
 static const char usage_run[] =
     "usage: loom run CONFIG [--plugin LIB]... [--logdir DIR] [--device DEV] [--set KEY=VALUE]... [--resume PATH|last|best]\n"
-    "                [--check] [--overwrite] [--allow-change KEY]... [--dist auto|local|mpi] [--limit-batches N] [--overfit-batches N]\n"
+    "                [--check] [--overwrite] [--allow-change KEY]... [--dist auto|local|mpi] [--host-staged-grads]\n"
+    "                [--limit-batches N] [--overfit-batches N]\n"
     "       loom validate CONFIG [--plugin LIB]... [--device DEV] [--set KEY=VALUE]... [--no-data]\n"
     "\n"
     "  --plugin LIB       load a shared library of components (see loom/plugin.h)\n"
@@ -57,6 +58,8 @@ static const char usage_run[] =
     "                     change\n"
     "  --check            smoke test: 2 batches per loader, 2 epochs per stage, into a\n"
     "                     new directory under $TMPDIR (or /tmp) unless --logdir is given\n"
+    "  --host-staged-grads  under mpirun with a GPU, average the gradients through\n"
+    "                     host copies over MPI, not with NCCL on the GPUs\n"
     "  --limit-batches N  at most N batches per loader per epoch\n"
     "  --overfit-batches N  every epoch, the same N first batches of each loader\n"
     "                     (in the first epoch's order): a model should fit them\n"
@@ -84,6 +87,7 @@ static int parse(int argc, char **argv, args *a) {
                                           {"limit-batches", required_argument, NULL, 'L'},
                                           {"overfit-batches", required_argument, NULL, 'O'},
                                           {"no-data", no_argument, NULL, 'n'},
+                                          {"host-staged-grads", no_argument, NULL, 'H'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   optind = 1;
@@ -103,6 +107,7 @@ static int parse(int argc, char **argv, args *a) {
     case 'c': a->check = true; break;
     case 'o': a->overwrite = true; break;
     case 'n': a->no_data = true; break;
+    case 'H': a->host_staged_grads = true; break;
     case 'd':
       if (loom_dist_parse(optarg, &(loom_dist){0}) < 0) {
         fprintf(stderr, "loom: --dist: %s\n", loom_last_error());
@@ -304,6 +309,7 @@ static int cmd_run(const args *given) {
     o.limit_batches = a->limit_batches;
     o.overfit_batches = a->overfit_batches;
     o.overwrite = a->overwrite;
+    o.host_staged_grads = a->host_staged_grads;
     loom_runner_set_options(runner, &o);
     if (a->resume && loom_runner_set_resume(runner, a->resume) < 0)
       code = EXIT_RUNTIME;

@@ -4,12 +4,19 @@
 
 #include <stdlib.h>
 
+#include "core/backend_internal.h"
 #include "core/error_internal.h"
 
 struct loom_backend {
   loom_backend_ops ops;
   void *ctx;
 };
+
+void *loom_backend_context(const loom_backend *b, const loom_backend_ops **ops) {
+  if (ops)
+    *ops = &b->ops;
+  return b->ctx;
+}
 
 static const char *const op_names[LOOM_OP_COUNT] = {
     "gemm",          "fill_rows",    "sum_rows",        "act_forward", "act_backward", "xent_forward",

@@ -148,6 +148,7 @@ struct loom_comm_request {
   void *backend; /* the backend's request; NULL: wait runs the blocking mean */
   size_t n;
   bool started;
+  bool device; /* a device request (loom_comm_device_request_create) */
 };
 
 loom_comm_request *loom_comm_request_create(loom_comm *comm, size_t n) {
@@ -168,17 +169,38 @@ loom_comm_request *loom_comm_request_create(loom_comm *comm, size_t n) {
 void loom_comm_request_destroy(loom_comm_request *q) {
   if (!q)
     return;
-  if (q->backend && q->comm->ops.request_destroy)
+  if (q->device)
+    q->comm->ops.device_request_destroy(q->comm->ctx, q->backend);
+  else if (q->backend && q->comm->ops.request_destroy)
     q->comm->ops.request_destroy(q->comm->ctx, q->backend);
   free(q);
+}
+
+/* Whether q is of the kind `fn` takes and not started; else the error. */
+static int can_start(const loom_comm_request *q, bool device, const char *fn) {
+  if (q->device != device)
+    return loom_error_set(LOOM_ESTATE, "%s: the request is a %s one (made by %s)", fn, q->device ? "device" : "host",
+                          q->device ? "loom_comm_device_request_create" : "loom_comm_request_create");
+  if (q->started)
+    return loom_error_set(LOOM_ESTATE, "%s: the request was started and not waited for", fn);
+  return 0;
+}
+
+/* Whether q is of the kind `fn` takes and started; else the error. */
+static int can_wait(const loom_comm_request *q, bool device, const char *fn) {
+  if (q->device != device || !q->started)
+    return loom_error_set(LOOM_ESTATE, "%s: the request %s", fn,
+                          q->device != device ? (q->device ? "is a device one" : "is a host one") : "was not started");
+  return 0;
 }
 
 int loom_comm_start_mean_f32(loom_comm_request *q, const float *buf) {
   loom_comm *comm = q->comm;
   if (comm->failed)
     return refused(comm);
-  if (q->started)
-    return loom_error_set(LOOM_ESTATE, "loom_comm_start_mean_f32: the request was started and not waited for");
+  int rc = can_start(q, false, __func__);
+  if (rc < 0)
+    return rc;
   q->started = true;
   const uint64_t t0 = loom_now_ns();
   return q->backend ? collective(comm, t0, comm->ops.start_mean_f32(comm->ctx, q->backend, buf)) : 0;
@@ -186,8 +208,9 @@ int loom_comm_start_mean_f32(loom_comm_request *q, const float *buf) {
 
 int loom_comm_wait_mean_f32(loom_comm_request *q, float *buf) {
   loom_comm *comm = q->comm;
-  if (!q->started)
-    return loom_error_set(LOOM_ESTATE, "loom_comm_wait_mean_f32: the request was not started");
+  int rc = can_wait(q, false, __func__);
+  if (rc < 0)
+    return rc;
   q->started = false;
   if (comm->failed)
     return refused(comm);
@@ -201,6 +224,63 @@ int loom_comm_progress(loom_comm *comm) {
     return refused(comm);
   const uint64_t t0 = loom_now_ns();
   return comm->ops.progress ? collective(comm, t0, comm->ops.progress(comm->ctx)) : 0;
+}
+
+/* --- device-aware sums --- */
+
+static bool has_device_ops(const loom_comm *comm) {
+  const loom_comm_ops *o = &comm->ops;
+  return o->sums_on && o->device_request_create && o->device_start_sum_f32 && o->device_wait_sum_f32 &&
+         o->device_request_destroy;
+}
+
+bool loom_comm_sums_on(const loom_comm *comm, const loom_backend *backend) {
+  return comm && backend && loom_backend_device(backend) != LOOM_DEVICE_CPU && has_device_ops(comm) &&
+         comm->ops.sums_on(comm->ctx, backend);
+}
+
+loom_comm_request *loom_comm_device_request_create(loom_comm *comm, loom_backend *backend, size_t n) {
+  if (!loom_comm_sums_on(comm, backend)) {
+    loom_error_set(LOOM_ENOTSUP, "loom_comm_device_request_create: the %s communicator does not sum the memory of "
+                                 "backend \"%s\" (loom_comm_sums_on): use loom_comm_request_create on a host copy",
+                   loom_comm_name(comm), backend ? loom_backend_name(backend) : "(null)");
+    return NULL;
+  }
+  loom_comm_request *q = calloc(1, sizeof *q);
+  if (!q) {
+    loom_error_oom("a communicator request");
+    return NULL;
+  }
+  q->comm = comm, q->n = n, q->device = true;
+  if (!(q->backend = comm->ops.device_request_create(comm->ctx, backend, n))) {
+    free(q);
+    return NULL;
+  }
+  return q;
+}
+
+int loom_comm_start_sum_f32(loom_comm_request *q, float *buf) {
+  loom_comm *comm = q->comm;
+  if (comm->failed)
+    return refused(comm);
+  int rc = can_start(q, true, __func__);
+  if (rc < 0)
+    return rc;
+  q->started = true;
+  const uint64_t t0 = loom_now_ns();
+  return collective(comm, t0, comm->ops.device_start_sum_f32(comm->ctx, q->backend, buf));
+}
+
+int loom_comm_wait_sum_f32(loom_comm_request *q, float *buf) {
+  loom_comm *comm = q->comm;
+  int rc = can_wait(q, true, __func__);
+  if (rc < 0)
+    return rc;
+  q->started = false;
+  if (comm->failed)
+    return refused(comm);
+  const uint64_t t0 = loom_now_ns();
+  return collective(comm, t0, comm->ops.device_wait_sum_f32(comm->ctx, q->backend, buf));
 }
 
 double loom_comm_wait_seconds(const loom_comm *comm) { return (double)comm->wait_ns * 1e-9; }

@@ -20,7 +20,7 @@ import sys
 RANK = {"core": 0, "backends": 1, "models": 2, "loaders": 2, "runners": 3,
         "callbacks": 4, "config": 5, "grid": 6, "deploy": 6, "cli": 6}
 PUBLIC = {
-    "api.h": "core", "error.h": "core", "backend.h": "core", "backend_cpu.h": "backends", "backend_cuda.h": "backends", "comm_mpi.h": "backends", "state.h": "core", "tensor.h": "core", "rng.h": "core",
+    "api.h": "core", "error.h": "core", "backend.h": "core", "backend_cpu.h": "backends", "backend_cuda.h": "backends", "comm_mpi.h": "backends", "comm_nccl.h": "backends", "state.h": "core", "tensor.h": "core", "rng.h": "core",
     "metrics.h": "core", "comm.h": "core", "version.h": "core",
     "model.h": "models", "gradcheck.h": "models", "criterion.h": "models", "optimizer.h": "models",
     "scheduler.h": "models", "data.h": "loaders",

@@ -5,7 +5,8 @@
 #   2. the CUDA tests: the module and allocator (test_cuda, test_cuda_module),
 #      every op's CUDA row against double references (test_backend_ops cuda),
 #      a config on "cuda:0" (test_config_device), the fake device's runner
-#      (test_device_runner, a control);
+#      (test_device_runner, a control), and the NCCL communicator's sums on
+#      the GPU, one rank (test_nccl under mpirun when there is one);
 #   2b. the example MLP config for 3 epochs of 5 batches on the CPU and on
 #      the GPU (their train losses within 1e-4 relative), and checkpointed
 #      on the GPU after 2 epochs then resumed on the CPU (the CPU run's);
@@ -41,11 +42,16 @@ libdir_of() { # LIBRARY: the directory of the first one found, or nothing
   found=$(find / \( -path /proc -o -path /sys \) -prune -o -name "$1" -print -quit 2>/dev/null)
   [ -n "$found" ] && dirname "$found"
 }
-for lib in libcublas.so.13 libcudart.so.13 libcudnn.so.9; do
+missing=
+for lib in libcublas.so.13 libcudart.so.13 libcudnn.so.9 libnccl.so.2; do
   if [ ! -e "/usr/local/cuda/lib64/$lib" ]; then
-    dir=$(libdir_of "$lib") && cudalib=$cudalib:$dir || echo "gpu-check: no $lib on this machine"
+    dir=$(libdir_of "$lib") && cudalib=$cudalib:$dir || { echo "gpu-check: no $lib on this machine"; missing="$missing $lib"; }
   fi
 done
+# NCCL packed beside the pack (gpu-pack.sh's PACK_NCCL=1), if the machine has none.
+if [[ "$missing" == *libnccl* ]] && [ -f "$root/.gpu/nccl.tar.xz" ]; then
+  mkdir -p "$work/lib" && tar -C "$work/lib" -xJf "$root/.gpu/nccl.tar.xz" && echo "gpu-check: libnccl.so.2 from .gpu/nccl.tar.xz"
+fi
 export LD_LIBRARY_PATH=$work/lib:$cudalib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export LOOM_CUDA_MODULE=$work/lib/libloom_cuda.so
 bin=$work/bin
@@ -70,6 +76,12 @@ check "test_cuda_module" "$bin/test_cuda_module" found
 check "test_backend_ops cuda" "$bin/test_backend_ops" cuda
 check "test_config_device" "$bin/test_config_device" "$work/configs"
 check "test_device_runner (fake device, a control)" "$bin/test_device_runner"
+# 77: skipped, with its reason (NCCL did not load): said, not a failure.
+echo "== test_nccl (one rank)"
+launcher=$(command -v mpirun || true)
+OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ${launcher:+$launcher -np 1} "$bin/test_nccl"
+rc=$?
+[ $rc -eq 0 ] || [ $rc -eq 77 ] || { echo "gpu-check: FAILED ($rc): test_nccl"; failed=1; }
 
 # loom run of the example MLP config on DEVICE into DIR, 5 train batches an
 # epoch, EPOCHS epochs, then any further options (--resume last).

@@ -11,11 +11,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build=$root/build-gpu
 out=$root/.gpu
 data=${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
-programs=(loom bench_model test_cuda test_cuda_module test_backend_ops test_config_device test_device_runner)
+programs=(loom bench_model test_cuda test_cuda_module test_backend_ops test_config_device test_device_runner test_nccl)
 
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLOOM_WITH_CUDA=ON >/dev/null
 cmake --build "$build" -j"$(nproc)" --target loom_cli loom_cuda bench_model test_cuda test_cuda_module \
-  test_backend_ops test_config_device test_device_runner >/dev/null
+  test_backend_ops test_config_device test_device_runner test_nccl >/dev/null
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
@@ -28,6 +28,19 @@ cp -P "$build"/lib/libloom.so* "$build"/lib/libloom_cuda.so "$stage/lib/"
 for f in "$stage"/bin/* "$stage"/lib/*.so*; do ldd "$f" 2>/dev/null | awk '$3 ~ /^\// {print $3}'; done | sort -u |
   grep -Ev '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*|libcudnn[^/]*|libnvidia[^/]*)\.so' |
   grep -v "^$build/" | while read -r lib; do cp -L "$lib" "$stage/lib/"; done
+# NCCL: the CUDA module loads libnccl.so.2 itself (not in ldd's list).
+# gpu-check.sh uses the machine's (its CUDA directory, else a Python
+# wheel's); this build machine's is 218 MB, about 70 MB compressed, more
+# than the device tool's carry takes with the rest, so it is packed only
+# with PACK_NCCL=1, beside the pack: .gpu/nccl.tar.xz.
+if [ "${PACK_NCCL:-0}" = 1 ]; then
+  nccl=$(grep -s '^LOOM_NCCL_LIBRARY:' "$build/CMakeCache.txt" | cut -d= -f2)
+  if [ -n "$nccl" ] && [ -e "$nccl" ]; then
+    mkdir -p "$out" && tar -C "$(dirname "$nccl")" -chJf "$out/nccl.tar.xz" libnccl.so.2
+  else
+    echo "gpu-pack: PACK_NCCL=1 but CMake found no libnccl here"
+  fi
+fi
 cp "$data"/*.gz "$stage/data/"
 cp -r "$root/tests/configs" "$stage/configs"
 mkdir -p "$out"

@@ -690,3 +690,7 @@ bool fake_device_owns(fake_device *d, const void *p) {
   uintptr_t u = (uintptr_t)p;
   return (u & TAG) && (u & ~TAG) >= (uintptr_t)d->arena && (u & ~TAG) < (uintptr_t)d->arena + d->size;
 }
+
+void *fake_device_memory(fake_device *d, const char *op, const void *p, size_t bytes) {
+  return real(d, op, "the buffer", p, bytes);
+}

@@ -44,5 +44,9 @@ fake_device_counts fake_device_counts_of(fake_device *dev);
 void fake_device_reset_counts(fake_device *dev);
 /* Whether p is a (tagged) address of this device's memory. */
 bool fake_device_owns(fake_device *dev, const void *p);
+/* The host address behind p, for test code that plays a device-aware
+ * library (tests/device_comm.c): aborts as an op does unless p and the
+ * `bytes` after it lie in one live allocation of this device. */
+void *fake_device_memory(fake_device *dev, const char *op, const void *p, size_t bytes);
 
 #endif

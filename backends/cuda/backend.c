@@ -559,7 +559,13 @@ static int backend_create(int device, const loom_cuda_options *options, loom_bac
   return *out ? 0 : libloom->last_error_code();
 }
 
-static const loom_cuda_module module = {
+cuda_ctx *loom_cuda_ctx_of(const loom_backend *backend) {
+  const loom_backend_ops *ops;
+  void *ctx = libloom->backend_context(backend, &ops);
+  return ops->alloc == cuda_alloc ? ctx : NULL; /* this module's table */
+}
+
+static loom_cuda_module module = {
     .abi = LOOM_CUDA_MODULE_ABI,
     .size = sizeof(loom_cuda_module),
     .device_count = device_count,
@@ -578,5 +584,8 @@ const loom_cuda_module *loom_cuda_module_v1(const loom_cuda_host *h) {
     return NULL;
   }
   libloom = h;
+#ifdef LOOM_HAVE_NCCL
+  loom_nccl_fill(&module);
+#endif
   return &module;
 }

@@ -30,6 +30,10 @@ typedef struct cuda_ctx {
   void *host;       /* pinned: small results read back (HOST_BYTES in backend.c) */
 } cuda_ctx;
 
+/* The context of `backend` if it is a CUDA backend of this module, else
+ * NULL (backend.c). */
+cuda_ctx *loom_cuda_ctx_of(const loom_backend *backend);
+
 /* The error for a failed CUDA runtime call, naming the call and the device. */
 int loom_cuda_error(cudaError_t e, int device, const char *what);
 
@@ -43,6 +47,12 @@ static inline int enter(cuda_ctx *c) {
 static inline int launched(const cuda_ctx *c, cudaError_t e, const char *what) {
   return e == cudaSuccess ? 0 : loom_cuda_error(e, c->device, what);
 }
+
+#ifdef LOOM_HAVE_NCCL
+/* The NCCL communicator's half in the module (backends/nccl/nccl.c): the
+ * nccl_* slots of loom_cuda_module. */
+void loom_nccl_fill(loom_cuda_module *module);
+#endif
 
 #ifdef LOOM_HAVE_CUDNN
 /* The planned ops (cudnn.c): the slots of loom_backend_ops of the same

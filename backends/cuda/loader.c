@@ -20,6 +20,7 @@
 #include <uv.h>
 
 #include "backends/cuda/module.h"
+#include "core/backend_internal.h"
 #include "core/error_internal.h"
 
 #if LOOM_HAVE_CUDA
@@ -46,6 +47,7 @@ static const loom_cuda_host host = {
     .alloc_forget_stream = loom_caching_alloc_forget_stream,
     .alloc_release = loom_caching_alloc_release,
     .alloc_stats = loom_caching_alloc_stats,
+    .backend_context = loom_backend_context,
 };
 
 /* Appends printf-style text to load_message, cut at its end. */
@@ -165,6 +167,8 @@ static const loom_cuda_module *module(void) {
 static const loom_cuda_module *module_if_loaded(void) { return NULL; }
 
 #endif
+
+const loom_cuda_module *loom_cuda_module_get(void) { return module(); }
 
 bool loom_cuda_available(void) { return LOOM_HAVE_CUDA; }
 

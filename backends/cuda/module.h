@@ -16,13 +16,14 @@
 #ifndef LOOM_BACKENDS_CUDA_MODULE_H
 #define LOOM_BACKENDS_CUDA_MODULE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "backends/cuda/caching_alloc.h"
 #include "loom/backend_cuda.h"
 #include "loom/error.h"
 
-#define LOOM_CUDA_MODULE_ABI 1
+#define LOOM_CUDA_MODULE_ABI 2
 #define LOOM_CUDA_MODULE_ENTRY "loom_cuda_module_v1"
 /* Devices loom keeps an allocator for: indices past it are refused, on
  * both sides of the boundary. */
@@ -42,7 +43,12 @@ typedef struct loom_cuda_host {
   void (*alloc_forget_stream)(loom_caching_alloc *a, const void *stream);
   void (*alloc_release)(loom_caching_alloc *a);
   void (*alloc_stats)(loom_caching_alloc *a, loom_cuda_memory_stats *stats);
+  /* A backend's context and table (core/backend_internal.h). */
+  void *(*backend_context)(const loom_backend *backend, const loom_backend_ops **ops);
 } loom_cuda_host;
+
+/* The bytes of NCCL's unique id (ncclUniqueId, NCCL_UNIQUE_ID_BYTES). */
+#define LOOM_NCCL_ID_BYTES 128
 
 /* What the module gives libloom: the public functions of loom/backend_cuda.h
  * that need CUDA, with their contracts; libloom has checked the device
@@ -54,7 +60,29 @@ typedef struct loom_cuda_module {
   int (*backend_create)(int device, const loom_cuda_options *options, loom_backend **out);
   int (*memory_stats_get)(int device, loom_cuda_memory_stats *stats);
   int (*release_cached)(int device);
+  /* The NCCL communicator's device half (backends/nccl/nccl.c), NULL in a
+   * module built without NCCL's header. nccl_load loads libnccl (once; 0,
+   * or LOOM_ENOTSUP saying what is missing); nccl_unique_id writes
+   * ncclGetUniqueId's LOOM_NCCL_ID_BYTES; nccl_create joins the NCCL
+   * communicator of `size` ranks on the device and stream of `backend` (a
+   * CUDA backend of this module, else LOOM_EINVAL); requests of n floats
+   * sum in place on NCCL's own stream, started after the backend's ops so
+   * far (an event), waited for by the backend's stream (an event: the host
+   * does not wait). nccl_destroy aborts the communicator if `abort` (a
+   * peer may be gone). */
+  int (*nccl_load)(void);
+  int (*nccl_unique_id)(void *id);
+  int (*nccl_create)(loom_backend *backend, int rank, int size, const void *id, void **comm);
+  void (*nccl_destroy)(void *comm, bool abort);
+  void *(*nccl_request_create)(void *comm, size_t n);
+  int (*nccl_start_sum)(void *comm, void *request, float *buf);
+  int (*nccl_wait_sum)(void *comm, void *request);
+  void (*nccl_request_destroy)(void *comm, void *request);
 } loom_cuda_module;
+
+/* libloom's side (loader.c): the module, loaded on the first call, or NULL
+ * with the error saying why it did not load. */
+const loom_cuda_module *loom_cuda_module_get(void);
 
 /* The entry point's type: the module's table for libloom's `host` (kept
  * for the life of the process), or NULL with host->error_set saying why

@@ -12,6 +12,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "loom/backend.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -49,6 +51,20 @@ typedef struct loom_comm_ops {
   int (*wait_mean_f32)(void *ctx, void *request, float *buf);
   int (*progress)(void *ctx);
   void (*request_destroy)(void *ctx, void *request);
+  /* Optional, all five or none: device-aware sums, where the gradients
+   * lie, without a copy to the host. sums_on says whether this
+   * communicator sums memory of `backend` (its alloc's pointers);
+   * device_request_create makes a request for n floats of it, reused;
+   * device_start_sum_f32 starts the in-place sum over ranks of buf's n
+   * floats, after the backend's ops issued so far, without the host
+   * waiting for the device; device_wait_sum_f32 completes it (the
+   * backend's ops issued after it see the sum; the host need not wait for
+   * them, a device's stream orders them). */
+  bool (*sums_on)(void *ctx, const loom_backend *backend);
+  void *(*device_request_create)(void *ctx, loom_backend *backend, size_t n);
+  int (*device_start_sum_f32)(void *ctx, void *request, float *buf);
+  int (*device_wait_sum_f32)(void *ctx, void *request, float *buf);
+  void (*device_request_destroy)(void *ctx, void *request);
 } loom_comm_ops;
 
 /* A reusable non-blocking mean of n floats (loom_comm_request_create). */
@@ -97,6 +113,23 @@ LOOM_API int loom_comm_start_mean_f32(loom_comm_request *request, const float *b
 LOOM_API int loom_comm_wait_mean_f32(loom_comm_request *request, float *buf);
 /* Lets started requests progress; 0 or the failure. */
 LOOM_API int loom_comm_progress(loom_comm *comm);
+
+/* Device-aware sums (the reducer's, for a model on a device backend):
+ * whether comm sums `backend`'s memory where it lies (loom_comm_ops's
+ * sums_on; false for a CPU backend's, whose memory the requests above
+ * take). A device request is made for n floats of `backend` and
+ * destroyed by loom_comm_request_destroy; every rank starts the same ones
+ * in the same order. loom_comm_start_sum_f32 starts the in-place sum over
+ * ranks of buf (backend memory) without waiting for the device; nothing
+ * may write buf until loom_comm_wait_sum_f32(request, the same buf), after
+ * which buf holds the sum for the backend's later ops (dividing by the
+ * world size is the caller's: loom_backend_scale). NULL, or LOOM_ENOTSUP,
+ * where comm does not sum on backend; LOOM_ESTATE for a host request
+ * given to these or a device request to the mean's. */
+LOOM_API bool loom_comm_sums_on(const loom_comm *comm, const loom_backend *backend);
+LOOM_API loom_comm_request *loom_comm_device_request_create(loom_comm *comm, loom_backend *backend, size_t n);
+LOOM_API int loom_comm_start_sum_f32(loom_comm_request *request, float *buf);
+LOOM_API int loom_comm_wait_sum_f32(loom_comm_request *request, float *buf);
 
 /* Wall seconds this rank has spent inside the collectives above since the
  * communicator was created or last reset: the transfers and the waits for

@@ -62,6 +62,13 @@ typedef struct loom_run_options {
    * every bucket after backward instead (the same sums, the same bits). */
   size_t bucket_bytes;
   bool no_overlap;
+  /* Several ranks and a model on a device backend: the buckets are summed
+   * where they lie, on the device, when the communicator can
+   * (loom_comm_sums_on), or by an NCCL communicator the runner makes from
+   * an MPI one for a CUDA backend when NCCL loads on every rank
+   * (loom/comm_nccl.h); otherwise, and always with host_staged_grads,
+   * through a host copy of each bucket, which waits for the device. */
+  bool host_staged_grads;
   /* Nothing is written to disk (fuzzing, tests, a dry run): the logdir is
    * neither created, locked nor claimed; the metrics logger, TensorBoard,
    * the exception callback and the LR finder's CSV skip their files (their

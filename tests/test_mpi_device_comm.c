@@ -1,0 +1,214 @@
+/* The reducer's device path, under mpirun on 2 and 3 ranks, without a
+ * GPU: each rank's model on its own fake device (tests/fake_device.h), its
+ * gradients summed by a device-aware communicator (tests/device_comm.h,
+ * which plays NCCL's part and checks that every pointer it is handed is
+ * the fake device's). Against the host-staged path of the same run: the
+ * same bits on 2 ranks (dividing by 2 and multiplying by 1/2 agree), within
+ * rounding on 3; the same buckets, one sum each per step; and the host
+ * copies of the gradients (one out and one back per bucket and step) gone.
+ * Also the NCCL communicator's bootstrap where NCCL cannot serve: every
+ * rank says LOOM_ENOTSUP, and the runner averages through the host. */
+#include <math.h>
+#include <mpi.h>
+
+#include "helpers.h"
+
+#include "device_comm.h"
+#include "fake_device.h"
+#include "loom/comm_nccl.h"
+
+static int world_rank, world_size;
+
+static loom_loader *features_loader(int64_t n, int64_t features, int classes, int64_t batch) {
+  float *x = malloc((size_t)(n * features) * sizeof *x), *y = malloc((size_t)n * sizeof *y);
+  for (int64_t i = 0; i < n; i++) {
+    y[i] = (float)(i % classes);
+    for (int64_t j = 0; j < features; j++)
+      x[i * features + j] = (float)((i * 37 + j * 11) % 19) / 19.0f - 0.5f + 0.4f * (float)(i % classes == j % classes);
+  }
+  loom_dataset *ds = loom_memory_dataset_create(x, y, n, 1, &features, 0, NULL);
+  free(x), free(y);
+  loom_loader_options o = {.batch_size = batch, .shuffle = true};
+  return loom_loader_create(ds, &o);
+}
+
+/* Every rank's hash against rank 0's: the ranks that differ. */
+static int ranks_differing(loom_comm *c, uint64_t h) {
+  uint64_t master = h;
+  assert_int_equal(loom_comm_broadcast(c, &master, sizeof master, 0), 0);
+  double differ = master != h;
+  assert_int_equal(loom_comm_allreduce_sum_f64(c, &differ, 1), 0);
+  return (int)differ;
+}
+
+typedef struct outcome {
+  uint64_t hash;
+  float params[2048];
+  size_t n;
+  int64_t steps, to_host, from_host;
+  device_comm_counts sums; /* the device communicator's, if it ran */
+  char comm[32];
+} outcome;
+
+/* MLP 5-32-32-3: fc1 192 floats, fc2 1056, fc3 99. */
+#define PARAMS 1347
+
+/* Two epochs with Adam on `backend` (NULL: the CPU), the gradients'
+ * mean in buckets of bucket_bytes, through a device-aware communicator if
+ * device_sums, else MPI's. */
+static outcome train(loom_backend *backend, fake_device *dev, bool device_sums, size_t bucket_bytes, bool no_overlap,
+                     bool host_staged) {
+  outcome out = {0};
+  loom_experiment *exp = loom_experiment_create("device_comm");
+  loom_experiment_set_seed(exp, 11);
+  loom_experiment_set_backend(exp, backend);
+  const int64_t sizes[] = {5, 32, 32, 3};
+  loom_stage *s = loom_experiment_add_stage(exp, "train", 2);
+  loom_adam_options adam = loom_adam_defaults();
+  assert_int_equal(loom_stage_set_model(s, loom_mlp_create(sizes, 4, 11)), 0);
+  assert_int_equal(loom_stage_set_criterion(s, loom_cross_entropy_create()), 0);
+  assert_int_equal(loom_stage_set_optimizer(s, loom_adam_create(&adam)), 0);
+  assert_int_equal(loom_stage_add_loader(s, "train", features_loader(36, 5, 3, 4)), 0);
+  loom_runner *r = loom_runner_create();
+  loom_comm *mpi = loom_comm_mpi_create(NULL);
+  assert_non_null(mpi);
+  device_comm_counts *counts = NULL;
+  loom_runner_set_comm(r, device_sums ? device_comm_create(mpi, backend, dev, &counts) : mpi);
+  loom_run_options o = loom_run_options_defaults();
+  o.handle_signals = false, o.bucket_bytes = bucket_bytes, o.no_overlap = no_overlap;
+  o.host_staged_grads = host_staged;
+  loom_runner_set_options(r, &o);
+  if (dev)
+    fake_device_reset_counts(dev);
+  int rc = loom_run_experiment(r, exp);
+  if (rc < 0)
+    fail_msg("rank %d: %s", world_rank, loom_last_error());
+  if (dev) {
+    fake_device_counts c = fake_device_counts_of(dev);
+    out.to_host = c.to_host, out.from_host = c.from_host;
+  }
+  if (counts)
+    out.sums = *counts;
+  out.steps = loom_runner_optimizer_step_count(r);
+  loom_model *m = loom_runner_model(r);
+  out.n = loom_model_num_params(m);
+  assert_int_equal(out.n, PARAMS);
+  assert_int_equal(loom_model_params_to_host(m, out.params), 0);
+  out.hash = test_params_hash(m);
+  snprintf(out.comm, sizeof out.comm, "%s", loom_comm_name(loom_runner_comm(r)));
+  assert_int_equal(ranks_differing(loom_runner_comm(r), out.hash), 0); /* every rank the same bits */
+  loom_runner_destroy(r);
+  loom_experiment_destroy(exp);
+  return out;
+}
+
+/* The largest difference between two runs' weights, relative to the
+ * weight's size (at least 1). */
+static double max_rel_diff(const outcome *a, const outcome *b) {
+  double worst = 0;
+  for (size_t i = 0; i < a->n; i++) {
+    double d = fabs((double)a->params[i] - b->params[i]) / fmax(1.0, fabs((double)a->params[i]));
+    worst = fmax(worst, d);
+  }
+  return worst;
+}
+
+static loom_backend *fake;
+static fake_device *dev;
+
+static int setup(void **state) {
+  (void)state;
+  fake = fake_device_create((size_t)16 << 20, &dev);
+  return 0;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  assert_int_equal(fake_device_counts_of(dev).live, 0);
+  loom_backend_destroy(fake);
+  return 0;
+}
+
+/* Buckets of 1 KiB: fc3 (396 bytes), fc2 (4224), fc1 (768): 3 per step. */
+static void device_sums_equal_staged(void **state) {
+  (void)state;
+  outcome cpu = train(NULL, NULL, false, 1024, false, false);
+  outcome staged = train(fake, dev, false, 1024, false, false);
+  outcome device = train(fake, dev, true, 1024, false, false);
+  assert_true(staged.hash == cpu.hash); /* the host-staged path is the CPU's */
+  assert_string_equal(staged.comm, "mpi");
+  assert_true(device.steps > 0 && device.steps == staged.steps);
+  /* One sum per bucket and step, of every gradient, each waited for. */
+  assert_int_equal(device.sums.requests, 3);
+  assert_int_equal(device.sums.starts, 3 * device.steps);
+  assert_int_equal(device.sums.waits, 3 * device.steps);
+  assert_int_equal(device.sums.floats, PARAMS * device.steps);
+  /* The host copies of the gradients are gone: one out and one back per
+   * bucket and step on the host-staged path, none on the device's. */
+  assert_int_equal(staged.to_host - device.to_host, 3 * device.steps);
+  assert_int_equal(staged.from_host - device.from_host, 3 * device.steps);
+  if (world_size == 2) { /* x / 2 == x * 0.5: the same bits */
+    assert_true(device.hash == staged.hash);
+  } else { /* x / 3 and x * (1/3) may differ in the last bit */
+    double d = max_rel_diff(&device, &staged);
+    print_message("rank %d: device sums vs host-staged on %d ranks: weights within %.3g\n", world_rank, world_size, d);
+    assert_true(d < 1e-4);
+  }
+}
+
+/* Overlapped or not, one bucket or three: the device path's own bits do
+ * not change with when the buckets start; one bucket is one sum a step. */
+static void device_overlap_and_one_bucket(void **state) {
+  (void)state;
+  outcome overlapped = train(fake, dev, true, 1024, false, false);
+  outcome after = train(fake, dev, true, 1024, true, false);
+  assert_true(overlapped.hash == after.hash);
+  outcome one = train(fake, dev, true, SIZE_MAX, true, false);
+  assert_int_equal(one.sums.requests, 1);
+  assert_int_equal(one.sums.starts, one.steps);
+  if (world_size == 2)
+    assert_true(one.hash == train(fake, dev, false, SIZE_MAX, true, false).hash);
+}
+
+/* host_staged_grads: a device-aware communicator is not asked. */
+static void host_staged_option(void **state) {
+  (void)state;
+  outcome staged = train(fake, dev, false, 1024, false, false);
+  outcome forced = train(fake, dev, true, 1024, false, true);
+  assert_int_equal(forced.sums.requests, 0);
+  assert_int_equal(forced.sums.starts, 0);
+  assert_true(forced.hash == staged.hash);
+  assert_int_equal(forced.to_host, staged.to_host);
+}
+
+/* The NCCL communicator where it cannot serve (the fake device and the
+ * CPU are not CUDA backends): every rank returns LOOM_ENOTSUP, none hangs. */
+static void nccl_refused_everywhere(void **state) {
+  (void)state;
+  loom_comm *mpi = loom_comm_mpi_create(NULL);
+  assert_non_null(mpi);
+  assert_false(loom_comm_nccl_applies(mpi, fake));
+  loom_comm *out = (loom_comm *)1;
+  assert_int_equal(loom_comm_nccl_create(mpi, fake, &out), LOOM_ENOTSUP);
+  assert_null(out);
+  assert_non_null(strstr(loom_last_error(), loom_comm_nccl_available() ? "not loom's CUDA backend" : "without"));
+  loom_backend *cpu = loom_backend_cpu();
+  assert_int_equal(loom_comm_nccl_create(mpi, cpu, &out), LOOM_ENOTSUP);
+  assert_false(loom_comm_failed(mpi)); /* MPI still serves */
+  double one = 1;
+  assert_int_equal(loom_comm_allreduce_sum_f64(mpi, &one, 1), 0);
+  assert_true(one == world_size);
+  loom_comm_destroy(mpi);
+}
+
+int main(void) {
+  if (!test_mpi_world("test_mpi_device_comm", &world_rank, &world_size))
+    return 1;
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(device_sums_equal_staged),
+      cmocka_unit_test(device_overlap_and_one_bucket),
+      cmocka_unit_test(host_staged_option),
+      cmocka_unit_test(nccl_refused_everywhere),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
