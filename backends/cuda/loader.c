@@ -46,6 +46,7 @@ static const loom_cuda_host host = {
     .alloc_forget_stream = loom_caching_alloc_forget_stream,
     .alloc_release = loom_caching_alloc_release,
     .alloc_stats = loom_caching_alloc_stats,
+    .autocast = loom_backend_autocast,
 };
 
 /* Appends printf-style text to load_message, cut at its end. */

@@ -22,7 +22,7 @@
 #include "loom/backend_cuda.h"
 #include "loom/error.h"
 
-#define LOOM_CUDA_MODULE_ABI 1
+#define LOOM_CUDA_MODULE_ABI 2
 #define LOOM_CUDA_MODULE_ENTRY "loom_cuda_module_v1"
 /* Devices loom keeps an allocator for: indices past it are refused, on
  * both sides of the boundary. */
@@ -42,6 +42,7 @@ typedef struct loom_cuda_host {
   void (*alloc_forget_stream)(loom_caching_alloc *a, const void *stream);
   void (*alloc_release)(loom_caching_alloc *a);
   void (*alloc_stats)(loom_caching_alloc *a, loom_cuda_memory_stats *stats);
+  loom_precision (*autocast)(void); /* loom_backend_autocast */
 } loom_cuda_host;
 
 /* What the module gives libloom: the public functions of loom/backend_cuda.h
