@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "core/backend_internal.h"
+#include "core/autocast.h"
 #include "core/error_internal.h"
 
 struct loom_backend {
@@ -22,7 +23,7 @@ static const char *const op_names[LOOM_OP_COUNT] = {
     "gemm",          "fill_rows",    "sum_rows",        "act_forward", "act_backward", "xent_forward",
     "xent_backward", "loss_forward", "loss_backward", "dropout_forward", "mul", "add", "conv_forward", "conv_backward",
     "pool_forward", "pool_backward", "batchnorm_forward", "batchnorm_backward", "block", "sgd_update",
-    "adam_update", "rmsprop_update", "sum_squares", "scale", "clamp", "all_finite", "gemm_checked", "topk_hits"};
+    "adam_update", "rmsprop_update", "sum_squares", "scale", "clamp", "all_finite", "gemm_checked", "topk_hits", "round"};
 
 const char *loom_op_name(loom_op op) { return op < LOOM_OP_COUNT ? op_names[op] : "?"; }
 
@@ -89,6 +90,7 @@ bool loom_backend_supports(const loom_backend *b, loom_op op) {
   case LOOM_OP_ALL_FINITE: return o->all_finite != NULL;
   case LOOM_OP_GEMM_CHECKED: return o->gemm_checked || (o->gemm && o->all_finite);
   case LOOM_OP_TOPK_HITS: return o->topk_hits != NULL;
+  case LOOM_OP_ROUND: return o->round != NULL;
   case LOOM_OP_COUNT: break;
   }
   return false;
@@ -130,19 +132,37 @@ int loom_backend_synchronize(loom_backend *b) { return b->ops.synchronize ? b->o
 int loom_backend_gemm(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                       int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
   int rc = ready(b, LOOM_OP_GEMM);
-  return rc < 0 ? rc : b->ops.gemm(b->ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (rc < 0 || !loom_autocast_applies(b))
+    return rc < 0 ? rc : b->ops.gemm(b->ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  loom_autocast_gemm g = {.A = A, .B = B, .lda = lda, .ldb = ldb};
+  if ((rc = loom_autocast_operands(b, &g, ta, tb, M, N, K)) == 0)
+    rc = b->ops.gemm(b->ctx, ta, tb, M, N, K, alpha, g.A, g.lda, g.B, g.ldb, beta, C, ldc);
+  loom_autocast_release(b, &g);
+  return rc;
+}
+
+static int gemm_checked(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                        const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc,
+                        bool *finite) {
+  if (b->ops.gemm_checked)
+    return b->ops.gemm_checked(b->ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, finite);
+  int rc = b->ops.gemm(b->ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  *finite = true;
+  for (int64_t i = 0; rc == 0 && *finite && i < M; i += ldc == N ? M : 1)
+    rc = b->ops.all_finite(b->ctx, C + i * ldc, ldc == N ? M * N : N, finite);
+  return rc;
 }
 
 int loom_backend_gemm_checked(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
                               const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                               int64_t ldc, bool *finite) {
   int rc = ready(b, LOOM_OP_GEMM_CHECKED);
-  if (rc < 0 || b->ops.gemm_checked)
-    return rc < 0 ? rc : b->ops.gemm_checked(b->ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, finite);
-  rc = b->ops.gemm(b->ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  *finite = true;
-  for (int64_t i = 0; rc == 0 && *finite && i < M; i += ldc == N ? M : 1)
-    rc = b->ops.all_finite(b->ctx, C + i * ldc, ldc == N ? M * N : N, finite);
+  if (rc < 0 || !loom_autocast_applies(b))
+    return rc < 0 ? rc : gemm_checked(b, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, finite);
+  loom_autocast_gemm g = {.A = A, .B = B, .lda = lda, .ldb = ldb};
+  if ((rc = loom_autocast_operands(b, &g, ta, tb, M, N, K)) == 0)
+    rc = gemm_checked(b, ta, tb, M, N, K, alpha, g.A, g.lda, g.B, g.ldb, beta, C, ldc, finite);
+  loom_autocast_release(b, &g);
   return rc;
 }
 
@@ -350,4 +370,11 @@ int loom_backend_topk_hits(loom_backend *b, const float *scores, const float *ta
 int loom_backend_all_finite(loom_backend *b, const float *x, int64_t n, bool *finite) {
   int rc = ready(b, LOOM_OP_ALL_FINITE);
   return rc < 0 ? rc : b->ops.all_finite(b->ctx, x, n, finite);
+}
+
+int loom_backend_round(loom_backend *b, loom_precision p, const float *x, float *y, int64_t n) {
+  if ((unsigned)p > LOOM_PRECISION_FP16)
+    return loom_error_set(LOOM_EINVAL, "round: precision %d is none of loom_precision's", (int)p);
+  int rc = ready(b, LOOM_OP_ROUND);
+  return rc < 0 ? rc : b->ops.round(b->ctx, p, x, y, n);
 }

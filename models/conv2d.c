@@ -102,12 +102,44 @@ static int plan_on(conv *c, loom_backend *backend) {
   return loom_layer_plan_on(&c->plan, backend, &d);
 }
 
+/* Under autocast the convolution's operands (the input, the weights and,
+ * backward, the output's gradient) are rounded copies (loom/backend.h). */
+typedef struct operands {
+  const float *x, *w, *dy;
+  float *owned[3];
+} operands;
+
+static void operands_free(loom_backend *be, operands *o) {
+  for (int i = 0; i < 3; i++)
+    loom_backend_free(be, o->owned[i]);
+}
+
+static int operands_round(conv *c, loom_backend *be, const loom_tensor *x, const loom_tensor *dy, operands *o) {
+  *o = (operands){0};
+  int rc = loom_autocast_input(be, x->data, x->numel, &o->x, &o->owned[0]);
+  if (rc == 0)
+    rc = loom_autocast_input(be, c->wt, c->cout * c->cin * c->kh * c->kw, &o->w, &o->owned[1]);
+  if (rc == 0 && dy)
+    rc = loom_autocast_input(be, dy->data, dy->numel, &o->dy, &o->owned[2]);
+  if (rc < 0) {
+    operands_free(be, o);
+    return loom_error_wrap(rc, "Conv2d: rounding its operands to %s (autocast)",
+                           loom_precision_name(loom_backend_autocast()));
+  }
+  return 0;
+}
+
 static int conv_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
   (void)train, (void)rng;
   conv *c = data;
   loom_backend *be = loom_backend_of(x);
+  operands o;
   int rc = plan_on(c, be);
-  return rc < 0 ? rc : loom_backend_conv_forward(be, c->plan.plan, x->data, c->wt, c->b, y->data, x->shape[0]);
+  if (rc < 0 || (rc = operands_round(c, be, x, NULL, &o)) < 0)
+    return rc;
+  rc = loom_backend_conv_forward(be, c->plan.plan, o.x, o.w, c->b, y->data, x->shape[0]);
+  operands_free(be, &o);
+  return rc;
 }
 
 static int conv_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
@@ -115,10 +147,14 @@ static int conv_backward(void *data, const loom_tensor *x, const loom_tensor *y,
   (void)y;
   conv *c = data;
   loom_backend *be = loom_backend_of(x);
+  operands o;
   int rc = plan_on(c, be);
-  return rc < 0 ? rc
-                : loom_backend_conv_backward(be, c->plan.plan, x->data, c->wt, dy->data, param_grads ? c->dwt : NULL,
-                                             param_grads ? c->db : NULL, dx ? dx->data : NULL, x->shape[0]);
+  if (rc < 0 || (rc = operands_round(c, be, x, dy, &o)) < 0)
+    return rc;
+  rc = loom_backend_conv_backward(be, c->plan.plan, o.x, o.w, o.dy, param_grads ? c->dwt : NULL,
+                                  param_grads ? c->db : NULL, dx ? dx->data : NULL, x->shape[0]);
+  operands_free(be, &o);
+  return rc;
 }
 
 /* The plan is the backend's: dropped when the model moves. */

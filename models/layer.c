@@ -39,7 +39,7 @@ size_t loom_layer_num_params(const loom_layer *layer) {
 }
 
 int loom_layer_plan_on(loom_layer_plan *p, loom_backend *backend, const loom_layer_desc *d) {
-  if (p->plan && p->backend == backend)
+  if (p->plan && p->backend == backend && p->precision == loom_backend_autocast())
     return 0;
   loom_layer_plan_drop(p);
   int rc = d->kind == LOOM_LAYER_CONV   ? loom_backend_conv_plan(backend, &d->conv, &p->plan)
@@ -48,7 +48,24 @@ int loom_layer_plan_on(loom_layer_plan *p, loom_backend *backend, const loom_lay
                ? loom_backend_batchnorm_plan(backend, &d->batchnorm, &p->plan)
                : loom_error_set(LOOM_EINVAL, "no plan for a layer of kind %d", (int)d->kind);
   p->backend = rc == 0 ? backend : NULL;
+  p->precision = loom_backend_autocast();
   return rc;
+}
+
+int loom_autocast_input(loom_backend *b, const float *x, int64_t n, const float **use, float **owned) {
+  *use = x, *owned = NULL;
+  if (!loom_autocast_applies(b))
+    return 0;
+  if (!(*owned = loom_backend_alloc(b, (size_t)n * sizeof **owned)))
+    return LOOM_ENOMEM;
+  int rc = loom_backend_round(b, loom_backend_autocast(), x, *owned, n);
+  if (rc < 0) {
+    loom_backend_free(b, *owned);
+    *owned = NULL;
+    return rc;
+  }
+  *use = *owned;
+  return 0;
 }
 
 void loom_layer_plan_drop(loom_layer_plan *p) {

@@ -3,6 +3,7 @@
 
 #include "loom/model.h"
 
+#include "core/autocast.h"
 #include "core/tensor_impl.h"
 #include "loom/backend_cpu.h"
 
@@ -70,12 +71,17 @@ int64_t loom_shape_numel(int ndim, const int64_t *shape);
 /* Elements per sample of a [batch, ...] tensor. */
 static inline int64_t loom_per_sample(const loom_tensor *t) { return t->shape[0] ? t->numel / t->shape[0] : 0; }
 
+/* Under autocast (core/autocast.h), *use = x rounded into *owned, memory
+ * of `b` the caller frees (loom_backend_free); else *use = x, *owned NULL. */
+int loom_autocast_input(loom_backend *b, const float *x, int64_t n, const float **use, float **owned);
+
 /* A planned layer's plan (Conv2d, the pools, BatchNorm, when run alone):
  * made from its descriptor on the backend it runs on, made again when that
  * backend changes, dropped when the shapes change (loom_layer_plan_drop). */
 typedef struct loom_layer_plan {
   loom_backend *backend;
   loom_plan *plan;
+  loom_precision precision; /* the autocast it was made under (a backend may choose its math by it) */
 } loom_layer_plan;
 int loom_layer_plan_on(loom_layer_plan *p, loom_backend *backend, const loom_layer_desc *desc);
 void loom_layer_plan_drop(loom_layer_plan *p);

@@ -350,6 +350,9 @@ static int check_input(const loom_model *m, const loom_tensor *x) {
  * fuses with it (most a block's kept mask can tell of). */
 static int plan_blocks(loom_model *m, loom_backend *backend) {
   drop_blocks(m);
+  /* Under autocast the layers round their products' operands one by one
+   * (a fused block would not): no blocks. */
+  m->planned_autocast = loom_autocast_applies(backend);
   loom_layer_desc *d = calloc(m->count, sizeof *d);
   if (!d)
     return loom_error_oom("the model's layer descriptors");
@@ -362,7 +365,7 @@ static int plan_blocks(loom_model *m, loom_backend *backend) {
   for (size_t i = 0; rc == 0 && i < m->count; i += (size_t)m->layers[i].block) {
     const size_t left = m->count - i;
     loom_block b = {0};
-    if (d[i].kind != LOOM_LAYER_OTHER &&
+    if (d[i].kind != LOOM_LAYER_OTHER && !m->planned_autocast &&
         (rc = loom_backend_plan_block(backend, d + i, left < 32 ? (int)left : 32, &b)) < 0)
       rc = loom_error_wrap(rc, "planning the fused block at layer \"%s\"", m->layers[i].name);
     entry *e = &m->layers[i];
@@ -372,6 +375,7 @@ static int plan_blocks(loom_model *m, loom_backend *backend) {
   }
   free(d);
   m->planned_on = backend, m->planned = true; /* also on failure: drop_blocks frees what was made */
+  m->planned_precision = loom_backend_autocast();
   return rc;
 }
 
@@ -413,7 +417,8 @@ int loom_model_forward(loom_model *m, const loom_tensor *x, const loom_tensor **
   if (!beside(m, x))
     return elsewhere(m, "loom_model_forward", "input", x);
   loom_backend *backend = loom_backend_of(x);
-  if ((!m->planned || m->planned_on != backend) && (rc = plan_blocks(m, backend)) < 0)
+  if ((!m->planned || m->planned_on != backend || m->planned_precision != loom_backend_autocast()) &&
+      (rc = plan_blocks(m, backend)) < 0)
     return rc;
   const loom_tensor *cur = x;
   const int64_t n = x->shape[0];

@@ -42,6 +42,10 @@ struct loom_model {
   /* The backend the blocks were planned on, when planned. */
   loom_backend *planned_on;
   bool planned;
+  /* The autocast precision they were planned under, and whether it applied
+   * (then no layer is fused). */
+  loom_precision planned_precision;
+  bool planned_autocast;
   /* What is known of the gradients since they were last zeroed, from the
    * checks made as backward wrote them (loom_model_grads_checked). */
   grad_state grads_state;

@@ -256,6 +256,12 @@ static int cpu_all_finite(void *ctx, const float *x, int64_t n, bool *finite) {
   return 0;
 }
 
+static int cpu_round(void *ctx, loom_precision p, const float *x, float *y, int64_t n) {
+  (void)ctx;
+  loom_cpu_round(p, x, y, n);
+  return 0;
+}
+
 static const loom_backend_ops cpu_ops = {
     .name = "cpu",
     .device = LOOM_DEVICE_CPU,
@@ -286,6 +292,7 @@ static const loom_backend_ops cpu_ops = {
     .all_finite = cpu_all_finite,
     .gemm_checked = cpu_gemm_checked,
     .topk_hits = cpu_topk_hits,
+    .round = cpu_round,
     .conv_plan = cpu_conv_plan,
     .conv_forward = cpu_conv_forward,
     .conv_backward = cpu_conv_backward,

@@ -25,6 +25,9 @@ void loom_cpu_loss_backward(loom_pointwise_loss loss, float param, const float *
 void loom_cpu_topk_hits(const float *scores, const float *targets, int64_t n, int64_t c, const int *ks, int nk,
                         int64_t *hits, int64_t *bad);
 
+/* round.c: y = x rounded to p (y may be x). */
+void loom_cpu_round(loom_precision p, const float *x, float *y, int64_t n);
+
 /* dropout.c */
 void loom_cpu_dropout_forward(uint64_t key, float p, const float *x, float *y, float *mask, int64_t n);
 void loom_cpu_mul(const float *a, const float *b, float *y, int64_t n);

@@ -193,8 +193,18 @@ static int cuda_gemm(void *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t 
   int rc = enter(c);
   if (rc < 0)
     return rc;
-  cublasStatus_t st = cublasSgemm(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, (int)N,
-                                  (int)M, (int)K, &alpha, B, (int)ldb, A, (int)lda, &beta, C, (int)ldc);
+  /* Under autocast the operands come rounded to bf16 or fp16 (libloom's
+   * gemm wrapper), values TF32 holds exactly: TF32 Tensor Cores then
+   * compute that format's products, accumulating in fp32. */
+  const bool tensor_ops = !c->tf32 && libloom->autocast() != LOOM_PRECISION_FP32;
+  cublasStatus_t st = tensor_ops ? cublasSetMathMode(c->blas, CUBLAS_TF32_TENSOR_OP_MATH) : CUBLAS_STATUS_SUCCESS;
+  if (st == CUBLAS_STATUS_SUCCESS)
+    st = cublasSgemm(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, (int)N, (int)M, (int)K,
+                     &alpha, B, (int)ldb, A, (int)lda, &beta, C, (int)ldc);
+  if (tensor_ops) {
+    cublasStatus_t back = cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
+    st = st == CUBLAS_STATUS_SUCCESS ? back : st;
+  }
   return st == CUBLAS_STATUS_SUCCESS ? 0 : blas_error(st, c->device, "cublasSgemm");
 }
 
@@ -373,6 +383,12 @@ static int cuda_scale(void *ctx, float *x, float a, int64_t n) {
   return rc < 0 ? rc : launched(c, loom_cuda_scale(c->stream, x, a, n), "scale");
 }
 
+static int cuda_round(void *ctx, loom_precision p, const float *x, float *y, int64_t n) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  return rc < 0 ? rc : launched(c, loom_cuda_round(c->stream, p, x, y, n), "round");
+}
+
 static int cuda_clamp(void *ctx, float *x, float limit, int64_t n) {
   cuda_ctx *c = ctx;
   int rc = enter(c);
@@ -449,6 +465,7 @@ static const loom_backend_ops cuda_ops = {
     .rmsprop_update = cuda_rmsprop_update,
     .sum_squares = cuda_sum_squares,
     .scale = cuda_scale,
+    .round = cuda_round,
     .clamp = cuda_clamp,
     .all_finite = cuda_all_finite,
     .topk_hits = cuda_topk_hits,

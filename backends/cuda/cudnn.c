@@ -9,9 +9,9 @@
  *   until another n comes (a loader's last short batch, an evaluation's).
  * - Workspaces and scratch come from the device's caching allocator for
  *   one call and go back after it: stream order makes that safe.
- * - Numerics: no TF32 unless loom_cuda_options.tf32 (a convolution's math
- *   type is CUDNN_FMA_MATH otherwise: cuDNN's default uses TF32 on Ampere
- *   and later), and deterministic algorithms only, so that a run repeats
+ * - Numerics: no TF32 unless loom_cuda_options.tf32 or autocast (a
+ *   convolution's math type is CUDNN_FMA_MATH otherwise: cuDNN's default
+ *   uses TF32 on Ampere and later), and deterministic algorithms only, so that a run repeats
  *   bit for bit.
  * - Pooling is not cuDNN's: cudnnPoolingBackward needs the forward's x and
  *   y, which pool_backward does not get (the plan keeps the max's
@@ -140,6 +140,11 @@ typedef struct dnn_conv {
   cudnnConvolutionBwdDataAlgo_t bwd_data;
   cudnnConvolutionBwdFilterAlgo_t bwd_filter;
   size_t fwd_bytes, data_bytes, filter_bytes; /* their workspaces */
+  /* Tensor Core math: TF32 asked for, or the plan made under autocast,
+   * whose operands come rounded to bf16 or fp16 (models/conv2d.c), values
+   * TF32 holds exactly; the layer makes its plan again when autocast
+   * changes. */
+  bool tensor_ops;
 } dnn_conv;
 
 typedef enum { FORWARD, BACKWARD_DATA, BACKWARD_FILTER } direction;
@@ -166,7 +171,7 @@ static cudnnStatus_t workspace_of(const cuda_ctx *c, const dnn_conv *p, directio
 #define KEEP_RANKED(perf, got)                                                                                        \
   for (int i = 0; i < (got) && *count < max; i++)                                                                      \
     if ((perf)[i].status == CUDNN_STATUS_SUCCESS && (perf)[i].determinism == CUDNN_DETERMINISTIC &&                   \
-        (c->tf32 || (perf)[i].mathType == CUDNN_FMA_MATH || (perf)[i].mathType == CUDNN_DEFAULT_MATH))                \
+        (p->tensor_ops || (perf)[i].mathType == CUDNN_FMA_MATH || (perf)[i].mathType == CUDNN_DEFAULT_MATH))                \
     algos[(*count)++] = (int)(perf)[i].algo
 
 #define RANKED_MAX 8 /* more than any direction's algorithm count */
@@ -305,6 +310,7 @@ int loom_cudnn_conv_plan(void *ctx, const loom_conv_desc *d, loom_plan **plan) {
     return libloom->error_set(LOOM_ENOMEM, "CUDA backend: out of memory allocating a convolution plan");
   p->base.kind = PLAN_CONV;
   p->d = *d;
+  p->tensor_ops = c->tf32 || libloom->autocast() != LOOM_PRECISION_FP32;
   if ((rc = dnn_ok(c, cudnnCreateTensorDescriptor(&p->x), "cudnnCreateTensorDescriptor")) < 0 ||
       (rc = dnn_ok(c, cudnnCreateTensorDescriptor(&p->y), "cudnnCreateTensorDescriptor")) < 0 ||
       (rc = dnn_ok(c, cudnnCreateTensorDescriptor(&p->bias), "cudnnCreateTensorDescriptor")) < 0 ||
@@ -320,7 +326,7 @@ int loom_cudnn_conv_plan(void *ctx, const loom_conv_desc *d, loom_plan **plan) {
                    cudnnSetConvolution2dDescriptor(p->conv, (int)d->ph, (int)d->pw, (int)d->sh, (int)d->sw,
                                                    (int)d->dh, (int)d->dw, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
                    "cudnnSetConvolution2dDescriptor")) < 0 ||
-      (rc = dnn_ok(c, cudnnSetConvolutionMathType(p->conv, c->tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH),
+      (rc = dnn_ok(c, cudnnSetConvolutionMathType(p->conv, p->tensor_ops ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH),
                    "cudnnSetConvolutionMathType")) < 0) {
     conv_free(p);
     return rc;

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include "backends/cpu/criteria_math.h"
+#include "backends/cpu/round_math.h"
 
 namespace {
 
@@ -134,6 +135,11 @@ __global__ void dropout_kernel(uint64_t key, float p, float keep, const float *x
 __global__ void scale_kernel(float *x, float a, int64_t n) {
   for (int64_t i = first_index(); i < n; i += stride())
     x[i] *= a;
+}
+
+__global__ void round_kernel(loom_precision p, const float *x, float *y, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride())
+    y[i] = loom_round_to(p, x[i]);
 }
 
 __global__ void clamp_kernel(float *x, float limit, int64_t n) {
@@ -451,6 +457,10 @@ cudaError_t loom_cuda_dropout_forward(cudaStream_t s, uint64_t key, float p, con
 }
 
 cudaError_t loom_cuda_scale(cudaStream_t s, float *x, float a, int64_t n) { return launch(scale_kernel, s, n, x, a); }
+
+cudaError_t loom_cuda_round(cudaStream_t s, loom_precision p, const float *x, float *y, int64_t n) {
+  return launch(round_kernel, s, n, p, x, y);
+}
 
 cudaError_t loom_cuda_clamp(cudaStream_t s, float *x, float limit, int64_t n) {
   return launch(clamp_kernel, s, n, x, limit);

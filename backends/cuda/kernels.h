@@ -32,6 +32,8 @@ cudaError_t loom_cuda_dropout_forward(cudaStream_t s, uint64_t key, float p, con
                                       int64_t n);
 cudaError_t loom_cuda_scale(cudaStream_t s, float *x, float a, int64_t n);
 cudaError_t loom_cuda_clamp(cudaStream_t s, float *x, float limit, int64_t n);
+/* y = x rounded to p (backends/cpu/round_math.h; y may be x). */
+cudaError_t loom_cuda_round(cudaStream_t s, loom_precision p, const float *x, float *y, int64_t n);
 /* *out (device) = sum of x_i^2 in double, through `partials` (device,
  * LOOM_CUDA_REDUCE_BLOCKS doubles): a fixed order for a given n, so the
  * same sum every run. */

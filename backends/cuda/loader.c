@@ -48,6 +48,7 @@ static const loom_cuda_host host = {
     .alloc_release = loom_caching_alloc_release,
     .alloc_stats = loom_caching_alloc_stats,
     .backend_context = loom_backend_context,
+    .autocast = loom_backend_autocast,
 };
 
 /* Appends printf-style text to load_message, cut at its end. */

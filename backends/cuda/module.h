@@ -23,7 +23,7 @@
 #include "loom/backend_cuda.h"
 #include "loom/error.h"
 
-#define LOOM_CUDA_MODULE_ABI 2
+#define LOOM_CUDA_MODULE_ABI 3
 #define LOOM_CUDA_MODULE_ENTRY "loom_cuda_module_v1"
 /* Devices loom keeps an allocator for: indices past it are refused, on
  * both sides of the boundary. */
@@ -45,6 +45,7 @@ typedef struct loom_cuda_host {
   void (*alloc_stats)(loom_caching_alloc *a, loom_cuda_memory_stats *stats);
   /* A backend's context and table (core/backend_internal.h). */
   void *(*backend_context)(const loom_backend *backend, const loom_backend_ops **ops);
+  loom_precision (*autocast)(void); /* loom_backend_autocast */
 } loom_cuda_host;
 
 /* The bytes of NCCL's unique id (ncclUniqueId, NCCL_UNIQUE_ID_BYTES). */

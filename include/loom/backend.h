@@ -158,6 +158,17 @@ typedef struct loom_block {
 /* The most values of k one topk_hits call counts. */
 #define LOOM_TOPK_MAX 8
 
+/* A number format for the operands of products (loom_backend_autocast):
+ * FP32 leaves them as they are; BF16 and FP16 round each operand to the
+ * nearest value of that format (ties to even; past FP16's range, an
+ * infinity), the product then accumulating in fp32 as a Tensor Core's
+ * does. */
+typedef enum loom_precision {
+  LOOM_PRECISION_FP32,
+  LOOM_PRECISION_BF16,
+  LOOM_PRECISION_FP16,
+} loom_precision;
+
 /* The ops, for loom_backend_supports; each names the slot of the same name
  * (a planned op's also needs its *_plan slot and plan_destroy; BLOCK is
  * plan_block, block_forward and block_backward). */
@@ -190,6 +201,7 @@ typedef enum loom_op {
   LOOM_OP_ALL_FINITE,
   LOOM_OP_GEMM_CHECKED,
   LOOM_OP_TOPK_HITS,
+  LOOM_OP_ROUND,
   LOOM_OP_COUNT
 } loom_op;
 
@@ -353,6 +365,11 @@ typedef struct loom_backend_ops {
   int (*topk_hits)(void *ctx, const float *scores, const float *targets, int64_t n, int64_t c, const int *ks, int nk,
                    int64_t *hits, int64_t *bad);
 
+  /* y = x rounded to format p, stored as floats (y may be x). Autocast's
+   * rounding of products' operands (loom_backend_autocast); optional:
+   * without it a backend computes in fp32 whatever autocast says. */
+  int (*round)(void *ctx, loom_precision p, const float *x, float *y, int64_t n);
+
   /* Optional: frees ctx. */
   void (*destroy)(void *ctx);
 } loom_backend_ops;
@@ -417,6 +434,21 @@ LOOM_API int loom_backend_sum_squares(loom_backend *backend, const float *x, int
 LOOM_API int loom_backend_scale(loom_backend *backend, float *x, float a, int64_t n);
 LOOM_API int loom_backend_clamp(loom_backend *backend, float *x, float limit, int64_t n);
 LOOM_API int loom_backend_all_finite(loom_backend *backend, const float *x, int64_t n, bool *finite);
+LOOM_API int loom_backend_round(loom_backend *backend, loom_precision p, const float *x, float *y, int64_t n);
+
+/* Autocast, as torch.autocast: while this thread's precision is BF16 or
+ * FP16, loom_backend_gemm and gemm_checked round both operands to it (into
+ * memory of the backend, freed before they return) and the built-in
+ * Conv2d rounds its input, weights and output gradient, on a backend that
+ * has the ROUND op; the products accumulate in fp32 and everything else
+ * (parameters, optimizer state, activations, losses) stays fp32. The
+ * runner sets it for an experiment's precision (loom_experiment_set_precision)
+ * and restores it when the run returns. Returns the previous precision. */
+LOOM_API loom_precision loom_backend_set_autocast(loom_precision p);
+LOOM_API loom_precision loom_backend_autocast(void);
+/* "fp32", "bf16", "fp16"; and back (false for another name). */
+LOOM_API const char *loom_precision_name(loom_precision p);
+LOOM_API bool loom_precision_parse(const char *name, loom_precision *p);
 
 /* The planned ops. A plan is made on one backend and used and destroyed
  * there; *plan is NULL on failure. */
