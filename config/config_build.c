@@ -97,6 +97,10 @@ static int build_experiment(builder *b, loom_params *root) {
   snprintf(def_logdir, sizeof def_logdir, "logs/%s", name);
   if ((rc = loom_params_string(&p, "logdir", def_logdir, &logdir)) < 0)
     return rc;
+  static const char *const precisions[] = {"fp32", "bf16", "fp16", NULL};
+  int precision;
+  if ((rc = loom_params_choice(&p, "precision", "fp32", precisions, &precision)) < 0)
+    return rc;
   loom_params_known(&p, "device"); /* built once the experiment is */
   /* The config keys a resume may change (the runner reads them from the
    * resolved config, as --allow-change's): checked to be names here. */
@@ -110,7 +114,9 @@ static int build_experiment(builder *b, loom_params *root) {
   if (!(b->exp = loom_experiment_create(name)))
     return LOOM_ENOMEM;
   loom_experiment_set_seed(b->exp, (uint64_t)seed);
-  rc = loom_experiment_set_logdir(b->exp, logdir);
+  rc = loom_experiment_set_precision(b->exp, (loom_precision)precision);
+  if (rc == 0)
+    rc = loom_experiment_set_logdir(b->exp, logdir);
   return rc < 0 ? rc : build_device(b, &p);
 }
 

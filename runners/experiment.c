@@ -22,6 +22,7 @@ struct loom_experiment {
   uint64_t seed;
   loom_backend *backend; /* NULL: models stay where they are */
   loom_backend *owned_backend; /* destroyed after the models */
+  loom_precision precision;
   loom_stage **stages;
   size_t num_stages, cap_stages;
   loom_callback **callbacks;
@@ -115,6 +116,16 @@ const char *loom_experiment_name(const loom_experiment *exp) { return exp->name;
 void loom_experiment_set_seed(loom_experiment *exp, uint64_t seed) { exp->seed = seed; }
 uint64_t loom_experiment_seed(const loom_experiment *exp) { return exp->seed; }
 void loom_experiment_set_backend(loom_experiment *exp, loom_backend *backend) { exp->backend = backend; }
+
+int loom_experiment_set_precision(loom_experiment *exp, loom_precision precision) {
+  if ((unsigned)precision > LOOM_PRECISION_FP16)
+    return loom_error_set(LOOM_EINVAL, "experiment \"%s\": precision %d is none of loom_precision's (FP32, BF16, FP16)",
+                          exp->name, (int)precision);
+  exp->precision = precision;
+  return 0;
+}
+
+loom_precision loom_experiment_precision(const loom_experiment *exp) { return exp->precision; }
 loom_backend *loom_experiment_backend(const loom_experiment *exp) { return exp->backend; }
 
 int loom_experiment_own_backend(loom_experiment *exp, loom_backend *backend) {

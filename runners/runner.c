@@ -182,6 +182,7 @@ int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
     return loom_error_set(LOOM_EINVAL, "experiment \"%s\" has no stages; add one with loom_experiment_add_stage",
                           loom_experiment_name(exp));
   unsigned fpmode = loom_cpu_fast_denormals_begin();
+  loom_precision autocast = loom_backend_set_autocast(loom_experiment_precision(exp));
   bool end_done = false;
   int rc = run(r, &end_done);
   if (rc < 0)
@@ -203,6 +204,7 @@ int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
   free(r->resume_source);
   free(r->resume_image);
   r->resume_source = NULL, r->resume_image = NULL;
+  loom_backend_set_autocast(autocast);
   loom_cpu_fast_denormals_end(fpmode);
   return (rc < 0 && !r->error_handled) ? rc : 0;
 }

@@ -369,9 +369,10 @@ static bool restored_from_checkpoint(const char *key) {
 /* Allowed: by default, by loom_runner_allow_change, or by the new config's
  * experiment.allow_change (`config_allowed`, a JSON array of patterns). */
 static bool change_allowed(const loom_runner *r, json_t *config_allowed, const char *key) {
-  /* A checkpoint holds host arrays: it resumes on any device. */
+  /* A checkpoint holds host arrays in fp32: it resumes on any device, in
+   * any precision. */
   static const char *const by_default[] = {"stages.*.num_epochs", "experiment.logdir", "experiment.allow_change",
-                                           "experiment.device"};
+                                           "experiment.device", "experiment.precision"};
   if (restored_from_checkpoint(key))
     return false;
   for (size_t i = 0; i < sizeof by_default / sizeof by_default[0]; i++)

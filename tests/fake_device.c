@@ -341,6 +341,12 @@ static int fake_add(void *ctx, const float *a, const float *b, float *y, int64_t
   return loom_backend_add(cpu(ctx, false), a, b, y, n);
 }
 
+static int fake_round(void *ctx, loom_precision p, const float *x, float *y, int64_t n) {
+  x = real(ctx, "round", "x", x, F(n));
+  y = real(ctx, "round", "y", y, F(n));
+  return loom_backend_round(cpu(ctx, false), p, x, y, n);
+}
+
 /* --- planned ops --- */
 
 static fake_plan *new_plan(fake_device *d, loom_layer_kind kind, int count, const loom_layer_desc *layers) {
@@ -623,6 +629,7 @@ static const loom_backend_ops fake_ops = {
     .dropout_forward = fake_dropout_forward,
     .mul = fake_mul,
     .add = fake_add,
+    .round = fake_round,
     .conv_plan = fake_conv_plan,
     .conv_forward = fake_conv_forward,
     .conv_backward = fake_conv_backward,

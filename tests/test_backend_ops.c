@@ -609,6 +609,65 @@ static void test_add(void **state) {
     }
 }
 
+/* --- autocast --- */
+
+/* ROUND gives the CPU's bits (test_precision checks those against
+ * independent references); under autocast a gemm is the product of the
+ * rounded operands, accumulated in fp32 (on a GPU, TF32 Tensor Cores on
+ * the rounded values, which they hold exactly). */
+static void test_autocast(void **state) {
+  (void)state;
+  loom_backend *b[MAX_BACKENDS];
+  const loom_precision ps[] = {LOOM_PRECISION_BF16, LOOM_PRECISION_FP16};
+  enum { N = 5000 };
+  float x[N], want[N], got[N];
+  fill(x, N, 31);
+  for (int64_t k = 0; k < N; k++) /* magnitudes from fp16's subnormals to past its range */
+    x[k] = ldexpf(x[k], (int)(k % 48) - 30);
+  x[0] = NAN, x[1] = INFINITY, x[2] = -0.0f, x[3] = 65520.0f, x[4] = 1.0f + 0x1p-8f;
+  for (size_t i = 0, nb = BACKENDS(b, LOOM_OP_ROUND); i < nb; i++)
+    for (int pi = 0; pi < 2; pi++) {
+      assert_int_equal(loom_backend_round(loom_backend_cpu(), ps[pi], x, want, N), 0);
+      float *d = upload(b[i], x, N);
+      assert_int_equal(loom_backend_round(b[i], ps[pi], d, d, N), 0);
+      download(b[i], got, d, N);
+      loom_backend_free(b[i], d);
+      for (int64_t k = 0; k < N; k++)
+        if (memcmp(&got[k], &want[k], sizeof got[k]) != 0 && !(isnan(got[k]) && isnan(want[k])))
+          fail_msg("%s round to %s of %a: %a, the CPU's %a", loom_backend_name(b[i]), loom_precision_name(ps[pi]),
+                   (double)x[k], (double)got[k], (double)want[k]);
+      static const int64_t shapes[][3] = {{33, 65, 17}, {128, 10, 784}};
+      for (size_t s = 0; s < 2; s++) {
+        const int64_t M = shapes[s][0], Nc = shapes[s][1], K = shapes[s][2];
+        float *A = malloc((size_t)(M * K) * sizeof *A), *B = malloc((size_t)(K * Nc) * sizeof *B);
+        float *C = malloc((size_t)(M * Nc) * sizeof *C);
+        double *ref = malloc((size_t)(M * Nc) * sizeof *ref), *scale = malloc((size_t)(M * Nc) * sizeof *scale);
+        fill(A, M * K, 41), fill(B, K * Nc, 42);
+        float *dA = upload(b[i], A, M * K), *dB = upload(b[i], B, K * Nc), *dC = upload(b[i], C, M * Nc);
+        assert_int_equal(loom_backend_round(loom_backend_cpu(), ps[pi], A, A, M * K), 0);
+        assert_int_equal(loom_backend_round(loom_backend_cpu(), ps[pi], B, B, K * Nc), 0);
+        for (int64_t r = 0; r < M; r++)
+          for (int64_t c = 0; c < Nc; c++) {
+            double sum = 0, abs_sum = 0;
+            for (int64_t k = 0; k < K; k++)
+              sum += (double)A[r * K + k] * B[k * Nc + c], abs_sum += fabs((double)A[r * K + k] * B[k * Nc + c]);
+            ref[r * Nc + c] = sum, scale[r * Nc + c] = abs_sum;
+          }
+        loom_precision before = loom_backend_set_autocast(ps[pi]);
+        int rc = loom_backend_gemm(b[i], false, false, M, Nc, K, 1.0f, dA, K, dB, Nc, 0.0f, dC, Nc);
+        loom_backend_set_autocast(before);
+        assert_int_equal(rc, 0);
+        download(b[i], C, dC, M * Nc);
+        char what[96];
+        snprintf(what, sizeof what, "%s %s gemm %lldx%lldx%lld", loom_backend_name(b[i]), loom_precision_name(ps[pi]),
+                 (long long)M, (long long)Nc, (long long)K);
+        close_all(what, C, ref, scale, M * Nc, (double)(K + 2) * 0x1p-24);
+        loom_backend_free(b[i], dA), loom_backend_free(b[i], dB), loom_backend_free(b[i], dC);
+        free(A), free(B), free(C), free(ref), free(scale);
+      }
+    }
+}
+
 /* --- convolution --- */
 
 static double *to_double(const float *x, int64_t n) {
@@ -1473,6 +1532,7 @@ static void test_fake_device_catches_misuse(void **state) {
       {#r ": test_rows", test_rows, NULL, NULL, &r}, {#r ": test_activations", test_activations, NULL, NULL, &r}, \
       {#r ": test_criteria", test_criteria, NULL, NULL, &r}, {#r ": test_topk_hits", test_topk_hits, NULL, NULL, &r}, \
       {#r ": test_dropout", test_dropout, NULL, NULL, &r}, {#r ": test_add", test_add, NULL, NULL, &r},         \
+      {#r ": test_autocast", test_autocast, NULL, NULL, &r},                                                   \
       {#r ": test_conv", test_conv, NULL, NULL, &r}, {#r ": test_pool", test_pool, NULL, NULL, &r},             \
       {#r ": test_batchnorm", test_batchnorm, NULL, NULL, &r}, {#r ": test_block", test_block, NULL, NULL, &r}, \
       {#r ": test_optimizer_updates", test_optimizer_updates, NULL, NULL, &r},                                 \

@@ -45,6 +45,14 @@ LOOM_API loom_backend *loom_experiment_backend(const loom_experiment *exp);
  * after its models (loom_backend_cpu(), the process's, is never
  * destroyed). It owns one: another is destroyed and refused (LOOM_ESTATE). */
 LOOM_API int loom_experiment_own_backend(loom_experiment *exp, loom_backend *backend);
+/* Mixed precision, as Lightning's precision="bf16-mixed": while the
+ * experiment runs (training and evaluation alike) the runner sets this
+ * precision as the thread's autocast (loom_backend_set_autocast), so the
+ * products of Linear and Conv2d layers round their operands to it and
+ * accumulate in fp32; weights, gradients, optimizer state and checkpoints
+ * stay fp32. Default LOOM_PRECISION_FP32. */
+LOOM_API int loom_experiment_set_precision(loom_experiment *exp, loom_precision precision);
+LOOM_API loom_precision loom_experiment_precision(const loom_experiment *exp);
 /* Where loggers write; created when the run starts. Default "logs/<name>". */
 LOOM_API int loom_experiment_set_logdir(loom_experiment *exp, const char *logdir);
 LOOM_API const char *loom_experiment_logdir(const loom_experiment *exp);
