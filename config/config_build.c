@@ -75,6 +75,33 @@ static int build_device(builder *b, loom_params *p) {
   return rc < 0 || !made ? rc : loom_experiment_own_backend(b->exp, made);
 }
 
+/* experiment.loss_scaling: true or false (the defaults, on or off), or an
+ * object of GradScaler's options (on); absent: on for fp16 only. */
+static int read_loss_scaling(loom_params *p, loom_precision precision, loom_loss_scaling *s) {
+  *s = loom_loss_scaling_defaults(precision);
+  json_t *v = json_object_get(p->object, "loss_scaling");
+  if (v && json_is_boolean(v)) {
+    loom_params_has(p, "loss_scaling");
+    s->enabled = json_is_true(v);
+    return 0;
+  }
+  loom_params *o;
+  int rc = loom_params_open(p, "loss_scaling", false, &o);
+  if (rc < 0 || !o)
+    return rc;
+  s->enabled = true;
+  if ((rc = loom_params_number(o, "init_scale", s->init_scale, 1e-30, 1e30, &s->init_scale)) == 0 &&
+      (rc = loom_params_number(o, "growth_factor", s->growth_factor, 1.0, 1e6, &s->growth_factor)) == 0 &&
+      (rc = loom_params_number(o, "backoff_factor", s->backoff_factor, 1e-6, 1.0, &s->backoff_factor)) == 0 &&
+      (rc = loom_params_int(o, "growth_interval", s->growth_interval, 1, INT64_MAX, &s->growth_interval)) == 0)
+    rc = loom_params_check_unknown(o);
+  if (rc == 0 && (s->growth_factor == 1.0 || s->backoff_factor == 1.0))
+    rc = loom_params_error(o, s->growth_factor == 1.0 ? "growth_factor" : "backoff_factor", LOOM_EINVAL,
+                           "growth_factor must be > 1 and backoff_factor < 1");
+  loom_params_close(o);
+  return rc;
+}
+
 static int build_experiment(builder *b, loom_params *root) {
   json_t *obj;
   int rc = section(root, "experiment", false, &obj);
@@ -99,7 +126,9 @@ static int build_experiment(builder *b, loom_params *root) {
     return rc;
   static const char *const precisions[] = {"fp32", "bf16", "fp16", NULL};
   int precision;
-  if ((rc = loom_params_choice(&p, "precision", "fp32", precisions, &precision)) < 0)
+  loom_loss_scaling scaling;
+  if ((rc = loom_params_choice(&p, "precision", "fp32", precisions, &precision)) < 0 ||
+      (rc = read_loss_scaling(&p, (loom_precision)precision, &scaling)) < 0)
     return rc;
   loom_params_known(&p, "device"); /* built once the experiment is */
   /* The config keys a resume may change (the runner reads them from the
@@ -115,6 +144,8 @@ static int build_experiment(builder *b, loom_params *root) {
     return LOOM_ENOMEM;
   loom_experiment_set_seed(b->exp, (uint64_t)seed);
   rc = loom_experiment_set_precision(b->exp, (loom_precision)precision);
+  if (rc == 0)
+    rc = loom_experiment_set_loss_scaling(b->exp, &scaling);
   if (rc == 0)
     rc = loom_experiment_set_logdir(b->exp, logdir);
   return rc < 0 ? rc : build_device(b, &p);

@@ -2,6 +2,7 @@
 
 #include "core/error_internal.h"
 #include "core/tensor_impl.h"
+#include "loom/backend_cpu.h"
 #include "loom/criterion.h"
 
 struct loom_criterion {
@@ -58,5 +59,14 @@ int loom_criterion_backward(loom_criterion *c, const loom_tensor *output, const 
     rc = c->ops.backward(c->data, output, target, c->dout);
   if (rc == 0)
     *dout = c->dout;
+  return rc;
+}
+
+int loom_criterion_backward_scaled(loom_criterion *c, const loom_tensor *output, const loom_tensor *target, double scale,
+                                   const loom_tensor **dout) {
+  int rc = loom_criterion_backward(c, output, target, dout);
+  if (rc == 0 && scale != 1.0)
+    rc = loom_backend_scale(c->dout->backend ? c->dout->backend : loom_backend_cpu(), c->dout->data, (float)scale,
+                            c->dout->numel);
   return rc;
 }

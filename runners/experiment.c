@@ -1,5 +1,6 @@
 #include "runners/experiment_internal.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,8 @@ struct loom_experiment {
   loom_backend *backend; /* NULL: models stay where they are */
   loom_backend *owned_backend; /* destroyed after the models */
   loom_precision precision;
+  bool scaling_set; /* else the precision's defaults */
+  loom_loss_scaling scaling;
   loom_stage **stages;
   size_t num_stages, cap_stages;
   loom_callback **callbacks;
@@ -126,6 +129,30 @@ int loom_experiment_set_precision(loom_experiment *exp, loom_precision precision
 }
 
 loom_precision loom_experiment_precision(const loom_experiment *exp) { return exp->precision; }
+
+loom_loss_scaling loom_loss_scaling_defaults(loom_precision precision) {
+  return (loom_loss_scaling){.enabled = precision == LOOM_PRECISION_FP16,
+                             .init_scale = 65536.0,
+                             .growth_factor = 2.0,
+                             .backoff_factor = 0.5,
+                             .growth_interval = 2000};
+}
+
+int loom_experiment_set_loss_scaling(loom_experiment *exp, const loom_loss_scaling *s) {
+  if (s && !(s->init_scale > 0 && isfinite(s->init_scale) && s->growth_factor > 1 && isfinite(s->growth_factor) &&
+             s->backoff_factor > 0 && s->backoff_factor < 1 && s->growth_interval >= 1))
+    return loom_error_set(LOOM_EINVAL, "experiment \"%s\": loss scaling needs a finite init_scale > 0, a finite "
+                                       "growth_factor > 1, a backoff_factor in (0, 1) and a growth_interval >= 1",
+                          exp->name);
+  exp->scaling_set = s != NULL;
+  if (s)
+    exp->scaling = *s;
+  return 0;
+}
+
+loom_loss_scaling loom_experiment_loss_scaling(const loom_experiment *exp) {
+  return exp->scaling_set ? exp->scaling : loom_loss_scaling_defaults(exp->precision);
+}
 loom_backend *loom_experiment_backend(const loom_experiment *exp) { return exp->backend; }
 
 int loom_experiment_own_backend(loom_experiment *exp, loom_backend *backend) {

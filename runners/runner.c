@@ -114,6 +114,7 @@ static void reset(loom_runner *r, loom_experiment *exp) {
   for (int i = 0; i < NUM_METRIC_STORES; i++)
     loom_metrics_clear(m[i]);
   r->exp = exp;
+  loom_runner_scaler_start(r);
   r->stage_index = -1;
   r->loader_index = -1;
 }

@@ -159,6 +159,8 @@ static int save_runner(loom_runner *r, loom_state *s) {
     rc = loom_state_set_i64(s, "have_best", r->have_best);
   if (rc == 0)
     rc = loom_state_set_f64(s, "best_value", r->best_value);
+  if (rc == 0)
+    rc = loom_runner_scaler_save(r, s);
   loom_metrics *m[NUM_SAVED] = {NULL};
   if (rc == 0)
     rc = metrics_at_cursor(r, m);
@@ -635,6 +637,8 @@ static int restore_runner(loom_runner *r, const loom_state *s) {
     rc = loom_load_metrics(s, "valid_metrics", r->valid_metrics);
   if (rc == 0)
     rc = loom_load_metrics(s, "best_valid_metrics", r->best_valid_metrics);
+  if (rc == 0)
+    rc = loom_runner_scaler_restore(r, s);
   if (rc < 0)
     return rc;
   for (int i = 0; i < 7; i++)

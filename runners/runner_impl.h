@@ -102,6 +102,10 @@ struct loom_runner {
   bool manual_step;
   bool skip_batch; /* non-finite loss skipped: no metrics */
   int64_t nonfinite_skips;
+  /* Dynamic loss scaling (runner_scaler.c). */
+  loom_loss_scaling scaling;
+  double loss_scale;
+  int64_t scale_good_steps, overflow_skips;
   /* A non-finite loss on this rank of several: decided at the step, with
    * the others, through NaN gradients (loom_runner_check_loss). */
   /* The loader's step under way: its batch, or past a rank's shard the
@@ -248,5 +252,15 @@ void loom_signals_stop(loom_runner *r);
 typedef struct loom_reducer loom_reducer;
 int loom_runner_mean_grads(loom_runner *r);
 void loom_runner_reducer_free(loom_runner *r);
+
+/* runner_scaler.c: the loss scale from the experiment at the run's start;
+ * at the step, after the gradients' mean, 1 to skip an overflowing step
+ * (the scale backs off) or the gradients divided by the scale; a step
+ * made (the scale may grow); the state in the runner's checkpoint group. */
+void loom_runner_scaler_start(loom_runner *r);
+int loom_runner_unscale(loom_runner *r);
+void loom_runner_scaler_stepped(loom_runner *r);
+int loom_runner_scaler_save(const loom_runner *r, loom_state *s);
+int loom_runner_scaler_restore(loom_runner *r, const loom_state *s);
 
 #endif

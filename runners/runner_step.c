@@ -89,6 +89,10 @@ static int optimizer_step(loom_runner *r, const loom_step_options *o, double *gr
       return loom_error_wrap(rc, "averaging gradients over %d ranks for optimizer step %lld", loom_comm_size(r->comm),
                              (long long)r->global_optimizer_step + 1);
   }
+  /* Loss scaling: an overflow skips the step; else the true gradients. */
+  int skip = loom_runner_unscale(r);
+  if (skip)
+    return skip;
   /* The non-finite check, before clipping changes anything: free where the
    * norm is computed anyway; else known from backward, which checked the
    * gradients as it wrote them (loom_model_grads_checked); else (gradients
@@ -122,8 +126,10 @@ static int optimizer_step(loom_runner *r, const loom_step_options *o, double *gr
   } else {
     rc = loom_optimizer_step(r->optimizer, r->model);
   }
-  if (rc == 0)
+  if (rc == 0) {
     r->global_optimizer_step++;
+    loom_runner_scaler_stepped(r);
+  }
   return rc;
 }
 

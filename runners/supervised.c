@@ -41,7 +41,8 @@ int loom_supervised_handle_batch(loom_runner *r, void *user) {
   if (!manual)
     loom_model_zero_grad(model);
   const loom_tensor *dout;
-  if ((rc = loom_criterion_backward(criterion, out, loom_runner_target(r), &dout)) < 0)
+  if ((rc = loom_criterion_backward_scaled(criterion, out, loom_runner_target(r), loom_runner_loss_scale(r), &dout)) <
+      0)
     return rc;
   if (!manual && (rc = loom_runner_begin_backward(r)) < 0) /* the step follows */
     return rc;

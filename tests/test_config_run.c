@@ -219,7 +219,7 @@ static void test_set_types_by_schema(void **state) {
   loom_experiment *exp;
   assert_int_equal(loom_config_build(c, &exp), LOOM_EINVAL);
   assert_string_equal(loom_last_error(), "--set experiment.tags={\"a\": 1}: experiment.tags: unknown key (known keys "
-                                         "here: name, seed, logdir, precision, device, allow_change)");
+                                         "here: name, seed, logdir, precision, loss_scaling, device, allow_change)");
   loom_config_destroy(c);
   /* Typed errors. */
   c = config_text(base, configs, configs);

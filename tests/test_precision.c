@@ -231,43 +231,68 @@ static void test_conv_rounds_its_operands(void **state) {
   loom_tensor_destroy(x);
 }
 
-/* tiny.json for one epoch at `precision`; the trained weights. */
-static float *train_tiny(const char *precision, size_t *n) {
-  char *dir = test_tmpdir(), path[1024], set[1200];
+/* What a run of tiny.json ended with. */
+typedef struct trained {
+  float *w;
+  size_t n;
+  double scale;
+  int64_t skips, steps, batches;
+} trained;
+
+/* tiny.json (4 train batches an epoch) in `dir` with the overrides
+ * (NULL-terminated), resumed from its last checkpoint if asked. */
+static trained train_tiny_in(const char *dir, const char *const *sets, bool resume) {
+  char path[1024], set[1200];
   snprintf(path, sizeof path, "%s/tiny.json", configs);
   loom_config *c = loom_config_load(path);
   assert_non_null(c);
   snprintf(set, sizeof set, "experiment.logdir=%s", dir);
   assert_int_equal(loom_config_set(c, set), 0);
-  assert_int_equal(loom_config_set(c, "stages.train.num_epochs=1"), 0);
-  snprintf(set, sizeof set, "experiment.precision=%s", precision);
-  assert_int_equal(loom_config_set(c, set), 0);
+  for (; *sets; sets++)
+    if (loom_config_set(c, *sets) < 0)
+      fail_msg("%s: %s", *sets, loom_last_error());
   loom_experiment *exp;
   if (loom_config_build(c, &exp) < 0)
     fail_msg("%s", loom_last_error());
-  loom_precision p;
-  assert_true(loom_precision_parse(precision, &p));
-  assert_int_equal(loom_experiment_precision(exp), p);
   loom_runner *r = loom_runner_create();
+  if (resume)
+    assert_int_equal(loom_runner_set_resume(r, "last"), 0);
   if (loom_run_experiment(r, exp) < 0)
     fail_msg("%s", loom_last_error());
   assert_int_equal(loom_backend_autocast(), LOOM_PRECISION_FP32); /* restored */
   loom_model *m = loom_runner_model(r);
-  *n = loom_model_num_params(m);
-  float *w = malloc(*n * sizeof *w);
-  assert_int_equal(loom_model_params_to_host(m, w), 0);
+  trained t = {.n = loom_model_num_params(m), .scale = loom_runner_loss_scale(r), .skips = loom_runner_overflow_skips(r),
+               .steps = loom_runner_optimizer_step_count(r), .batches = loom_runner_global_batch_step(r)};
+  t.w = malloc(t.n * sizeof *t.w);
+  assert_int_equal(loom_model_params_to_host(m, t.w), 0);
   loom_experiment_destroy(exp);
   loom_runner_destroy(r);
   loom_config_destroy(c);
+  return t;
+}
+
+static trained train_tiny(const char *const *sets) {
+  char *dir = test_tmpdir();
+  trained t = train_tiny_in(dir, sets, false);
   test_rm_rf(dir);
   free(dir);
-  return w;
+  return t;
+}
+
+/* One epoch at `precision`; the trained weights. */
+static float *train_at(const char *precision, size_t *n) {
+  char set[64];
+  snprintf(set, sizeof set, "experiment.precision=%s", precision);
+  const char *sets[] = {"stages.train.num_epochs=1", set, NULL};
+  trained t = train_tiny(sets);
+  *n = t.n;
+  return t.w;
 }
 
 static void test_experiment_precision(void **state) {
   (void)state;
   size_t n, n16, n32;
-  float *fp32 = train_tiny("fp32", &n32), *bf16 = train_tiny("bf16", &n), *fp16 = train_tiny("fp16", &n16);
+  float *fp32 = train_at("fp32", &n32), *bf16 = train_at("bf16", &n), *fp16 = train_at("fp16", &n16);
   assert_int_equal(n, n32);
   assert_int_equal(n16, n32);
   /* Different weights, but close: bf16 keeps 8 significant bits (a
@@ -287,6 +312,72 @@ static void test_experiment_precision(void **state) {
   free(fp32), free(bf16), free(fp16);
 }
 
+/* In fp32 a power-of-two scale changes no bit: the gradients are scaled
+ * and unscaled exactly; the scale grows every growth_interval steps. */
+static void test_scaling_is_exact_where_nothing_overflows(void **state) {
+  (void)state;
+  const char *plain[] = {NULL};
+  const char *scaled[] = {"experiment.loss_scaling={\"init_scale\": 1024, \"growth_interval\": 5}", NULL};
+  trained a = train_tiny(plain), b = train_tiny(scaled);
+  assert_int_equal(a.steps, 12); /* 3 epochs of 4 batches */
+  assert_int_equal(b.steps, 12);
+  assert_int_equal(b.skips, 0);
+  assert_true(a.scale == 1.0);
+  assert_true(b.scale == 1024.0 * 4); /* grown after steps 5 and 10 */
+  assert_memory_equal(a.w, b.w, a.n * sizeof *a.w);
+  free(a.w), free(b.w);
+}
+
+/* fp16 with a scale far too large: every gradient overflows fp16 (an
+ * infinity), so each step is skipped and the scale halves; the weights
+ * stay as an lr 0 run leaves them. From a scale a few halvings too large
+ * the run recovers: the first steps are skipped, then it trains. */
+static void test_overflow_skips_then_recovers(void **state) {
+  (void)state;
+  const char *still[] = {"stages.train.optimizer.lr=0", "stages.train.num_epochs=1", NULL};
+  const char *all_skip[] = {"experiment.precision=fp16", "stages.train.num_epochs=1",
+                            "experiment.loss_scaling={\"init_scale\": 1e30}", NULL};
+  trained s = train_tiny(still), k = train_tiny(all_skip);
+  assert_int_equal(k.batches, 4);
+  assert_int_equal(k.skips, 4);
+  assert_int_equal(k.steps, 0);
+  assert_true(k.scale == 1e30 / 16);
+  assert_memory_equal(k.w, s.w, s.n * sizeof *s.w);
+
+  const char *recover[] = {"experiment.precision=fp16",
+                           "experiment.loss_scaling={\"init_scale\": 16777216, \"growth_interval\": 1000}", NULL};
+  trained r = train_tiny(recover);
+  assert_int_equal(r.batches, 12);
+  assert_true(r.skips >= 1 && r.skips < 12);
+  assert_int_equal(r.steps, 12 - r.skips);
+  assert_true(r.scale == ldexp(1.0, 24 - (int)r.skips));
+  assert_memory_not_equal(r.w, s.w, s.n * sizeof *s.w);
+  for (size_t i = 0; i < r.n; i++)
+    assert_true(isfinite(r.w[i]));
+  free(s.w), free(k.w), free(r.w);
+}
+
+/* The scale and its run of good steps are in the checkpoint: one epoch,
+ * then a resume to three, ends where three epochs in one go do. */
+static void test_scaling_resumes(void **state) {
+  (void)state;
+  const char *three[] = {"experiment.precision=fp16",
+                         "experiment.loss_scaling={\"init_scale\": 16777216, \"growth_interval\": 3}", NULL};
+  const char *one[] = {"experiment.precision=fp16",
+                       "experiment.loss_scaling={\"init_scale\": 16777216, \"growth_interval\": 3}",
+                       "stages.train.num_epochs=1", NULL};
+  trained whole = train_tiny(three);
+  char *dir = test_tmpdir();
+  trained first = train_tiny_in(dir, one, false), rest = train_tiny_in(dir, three, true);
+  assert_true(first.scale != whole.scale);
+  assert_true(rest.scale == whole.scale);
+  assert_int_equal(rest.skips, whole.skips);
+  assert_int_equal(rest.steps, whole.steps);
+  assert_memory_equal(rest.w, whole.w, whole.n * sizeof *whole.w);
+  test_rm_rf(dir);
+  free(dir), free(whole.w), free(first.w), free(rest.w);
+}
+
 static void test_precision_errors(void **state) {
   (void)state;
   char path[1024];
@@ -301,6 +392,17 @@ static void test_precision_errors(void **state) {
   assert_int_equal(loom_experiment_set_precision(e, (loom_precision)9), LOOM_EINVAL);
   assert_int_equal(loom_experiment_precision(e), LOOM_PRECISION_FP32);
   loom_experiment_destroy(e);
+  loom_loss_scaling bad = loom_loss_scaling_defaults(LOOM_PRECISION_FP16);
+  bad.backoff_factor = 1.5;
+  e = loom_experiment_create("e");
+  assert_int_equal(loom_experiment_set_loss_scaling(e, &bad), LOOM_EINVAL);
+  assert_true(loom_experiment_loss_scaling(e).enabled == false); /* fp32's default */
+  loom_experiment_destroy(e);
+  c = loom_config_load(path);
+  assert_int_equal(loom_config_set(c, "experiment.loss_scaling={\"init_scal\": 8}"), 0);
+  assert_int_equal(loom_config_build(c, &exp), LOOM_EINVAL);
+  assert_non_null(strstr(loom_last_error(), "init_scal"));
+  loom_config_destroy(c);
   loom_precision p;
   assert_false(loom_precision_parse("fp8", &p));
   assert_string_equal(loom_precision_name(LOOM_PRECISION_FP16), "fp16");
@@ -311,7 +413,9 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_round_hand_values),       cmocka_unit_test(test_round_matches_references),
       cmocka_unit_test(test_gemm_rounds_its_operands), cmocka_unit_test(test_conv_rounds_its_operands),
-      cmocka_unit_test(test_experiment_precision),    cmocka_unit_test(test_precision_errors),
+      cmocka_unit_test(test_experiment_precision),    cmocka_unit_test(test_scaling_is_exact_where_nothing_overflows),
+      cmocka_unit_test(test_overflow_skips_then_recovers), cmocka_unit_test(test_scaling_resumes),
+      cmocka_unit_test(test_precision_errors),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,6 +31,10 @@ LOOM_API const char *loom_criterion_type(const loom_criterion *c);
 
 LOOM_API int loom_criterion_forward(loom_criterion *c, const loom_tensor *output, const loom_tensor *target,
                            double *loss);
+/* loom_criterion_backward, then *dout multiplied by scale (1: as is): the
+ * loss scaling's gradient (loom_runner_loss_scale). */
+LOOM_API int loom_criterion_backward_scaled(loom_criterion *c, const loom_tensor *output, const loom_tensor *target,
+                                           double scale, const loom_tensor **dout);
 /* *dout is owned by the criterion and valid until the next call. */
 LOOM_API int loom_criterion_backward(loom_criterion *c, const loom_tensor *output, const loom_tensor *target,
                             const loom_tensor **dout);

@@ -53,6 +53,28 @@ LOOM_API int loom_experiment_own_backend(loom_experiment *exp, loom_backend *bac
  * stay fp32. Default LOOM_PRECISION_FP32. */
 LOOM_API int loom_experiment_set_precision(loom_experiment *exp, loom_precision precision);
 LOOM_API loom_precision loom_experiment_precision(const loom_experiment *exp);
+/* Dynamic loss scaling, as torch.amp.GradScaler: the loss's gradient is
+ * multiplied by `scale` before backward, so that small gradients survive
+ * fp16's range; at the optimizer step the gradients are checked: any
+ * Inf or NaN skips the step (the weights and optimizer state untouched,
+ * no optimizer step counted, the batch's metrics kept) and multiplies
+ * the scale by backoff_factor; else they are divided by the scale and
+ * the step runs, and after growth_interval steps in a row without a skip
+ * the scale grows by growth_factor. The scale and the run of steps are
+ * saved in checkpoints. Powers of two keep the unscaled gradients exactly
+ * those of an unscaled run wherever nothing overflows. */
+typedef struct loom_loss_scaling {
+  bool enabled;
+  double init_scale;       /* > 0; GradScaler's 65536 */
+  double growth_factor;    /* > 1; 2 */
+  double backoff_factor;   /* in (0, 1); 0.5 */
+  int64_t growth_interval; /* >= 1; 2000 */
+} loom_loss_scaling;
+/* GradScaler's defaults, enabled for FP16 only (bf16 has fp32's range). */
+LOOM_API loom_loss_scaling loom_loss_scaling_defaults(loom_precision precision);
+/* NULL: the defaults for the experiment's precision (the default). */
+LOOM_API int loom_experiment_set_loss_scaling(loom_experiment *exp, const loom_loss_scaling *scaling);
+LOOM_API loom_loss_scaling loom_experiment_loss_scaling(const loom_experiment *exp);
 /* Where loggers write; created when the run starts. Default "logs/<name>". */
 LOOM_API int loom_experiment_set_logdir(loom_experiment *exp, const char *logdir);
 LOOM_API const char *loom_experiment_logdir(const loom_experiment *exp);

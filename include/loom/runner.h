@@ -111,6 +111,13 @@ LOOM_API void loom_runner_set_handle_batch(loom_runner *runner, loom_handle_batc
 LOOM_API int loom_run_experiment(loom_runner *runner, loom_experiment *exp);
 
 LOOM_API void loom_runner_set_options(loom_runner *runner, const loom_run_options *options);
+
+/* Dynamic loss scaling (loom_experiment_set_loss_scaling): the scale the
+ * loss's gradient is multiplied by now (1 without scaling; a custom
+ * handle_batch multiplies its own, as loom_criterion_backward_scaled
+ * does), and the optimizer steps skipped for overflow so far. */
+LOOM_API double loom_runner_loss_scale(const loom_runner *runner);
+LOOM_API int64_t loom_runner_overflow_skips(const loom_runner *runner);
 LOOM_API const loom_run_options *loom_runner_options(const loom_runner *runner);
 
 /* --- resume (docs/architecture.md, "Checkpoints and resume") --- */
