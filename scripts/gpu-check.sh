@@ -12,13 +12,17 @@
 #      on the GPU after 2 epochs then resumed on the CPU (the CPU run's);
 #   3. the Fashion-MNIST MLP of bench/configs/mlp.json for EPOCHS epochs
 #      (default 2) and the CNN of examples/configs/fashion_mnist_cnn.json
-#      for CNN_EPOCHS (1): loom on the CPU and on the GPU (bench_model),
-#      PyTorch on the GPU (bench/model_torch.py, TORCH_DEVICE=cuda); the
-#      median train epoch's seconds and the validation accuracy of each,
-#      and the ratio of loom's GPU epoch to PyTorch's.
+#      for CNN_EPOCHS (1), and bench/configs/resnet18.json's ResNet-18 on
+#      synthetic 3x32x32 data for RESNET_EPOCHS (2; 5120 samples, batch
+#      256): loom on the CPU (not the ResNet), on the GPU in fp32 and in
+#      bf16 (experiment.precision), PyTorch on the GPU
+#      (bench/model_torch.py, TORCH_DEVICE=cuda); the median train epoch's
+#      seconds and the validation accuracy of each, and the ratio of
+#      loom's GPU epoch to PyTorch's.
 # Prints everything to stdout and, when $OUT is set, a copy to
-# $OUT/gpu-check.log; exits non-zero if a test fails or a run differs in
-# accuracy (loom CPU against GPU) by more than 2 points. Without a GPU it
+# $OUT/gpu-check.log; exits non-zero if a test fails, a run differs in
+# accuracy (loom CPU against GPU) by more than 2 points, or bf16 from fp32
+# by more than 5. Without a GPU it
 # says so and exits 77.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -125,32 +129,47 @@ fi
 
 # "KEY=value ..." of a LOOM or TORCH line
 field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p"; }
-# compare NAME CONFIG EPOCHS: loom on the CPU and on the GPU, PyTorch on the
-# GPU; a table, loom's GPU epoch over PyTorch's, and a failure when loom's
-# two accuracies differ by more than 2 points.
+# compare NAME CONFIG EPOCHS DATA CPU [SET...]: loom on the CPU (CPU = cpu;
+# else skipped), on the GPU in fp32 and in bf16 (experiment.precision), and
+# PyTorch on the GPU; a table, loom's GPU epoch over PyTorch's, and a
+# failure when loom's CPU and GPU fp32 accuracies differ by more than 2
+# points, or bf16's from fp32's by more than 5.
 compare() {
-  local name=$1 config=$2 n=$3 loom_cpu loom_gpu torch_gpu line row
-  echo "== Fashion-MNIST $name ($config), $n epoch(s)"
-  loom_cpu=$("$bin/bench_model" "$config" "$n" "$work/data" experiment.device=cpu | grep '^LOOM') || failed=1
-  loom_gpu=$("$bin/bench_model" "$config" "$n" "$work/data" experiment.device=cuda | grep '^LOOM') || failed=1
+  local name=$1 config=$2 n=$3 data=$4 cpu=$5 loom_cpu="" loom_gpu loom_bf16 torch_gpu line row
+  shift 5
+  echo "== $name ($config), $n epoch(s)"
+  [ "$cpu" = cpu ] && { loom_cpu=$("$bin/bench_model" "$config" "$n" "$data" experiment.device=cpu "$@" | grep '^LOOM') || failed=1; }
+  loom_gpu=$("$bin/bench_model" "$config" "$n" "$data" experiment.device=cuda "$@" | grep '^LOOM') || failed=1
+  loom_bf16=$("$bin/bench_model" "$config" "$n" "$data" experiment.device=cuda experiment.precision=bf16 "$@" |
+    grep '^LOOM') || failed=1
   torch_gpu=$(TORCH_DEVICE=cuda python3 "$root/bench/model_torch.py" "$name" "$n" "$work/data" | grep '^TORCH') ||
     echo "gpu-check: PyTorch's run failed (no ratio)"
-  printf '%-14s %14s %10s\n' run "train s/epoch" accuracy
-  for row in "loom cpu:$loom_cpu" "loom cuda:$loom_gpu" "torch cuda:$torch_gpu"; do
+  printf '%-16s %14s %10s\n' run "train s/epoch" accuracy
+  for row in "loom cpu:$loom_cpu" "loom cuda:$loom_gpu" "loom cuda bf16:$loom_bf16" "torch cuda:$torch_gpu"; do
     line=${row#*:}
-    printf '%-14s %14s %10s\n' "${row%%:*}" "$(field epoch_s <<<"$line")" "$(field valid_acc <<<"$line")"
+    [ -n "$line" ] || continue
+    printf '%-16s %14s %10s\n' "${row%%:*}" "$(field epoch_s <<<"$line")" "$(field valid_acc <<<"$line")"
   done
-  local a b t g
-  a=$(field valid_acc <<<"$loom_cpu") b=$(field valid_acc <<<"$loom_gpu")
-  if [ -z "$a" ] || [ -z "$b" ]; then
+  local a b h t g
+  a=$(field valid_acc <<<"$loom_cpu") b=$(field valid_acc <<<"$loom_gpu") h=$(field valid_acc <<<"$loom_bf16")
+  if [ -z "$b" ] || [ -z "$h" ] || { [ "$cpu" = cpu ] && [ -z "$a" ]; }; then
     failed=1
     return
   fi
-  python3 -c "import sys; sys.exit(abs(float(sys.argv[1]) - float(sys.argv[2])) > 0.02)" "$a" "$b" ||
-    { echo "gpu-check: $name: loom's accuracies on the CPU and the GPU differ by more than 2 points"; failed=1; }
+  [ "$cpu" = cpu ] && { python3 -c "import sys; sys.exit(abs(float(sys.argv[1]) - float(sys.argv[2])) > 0.02)" "$a" "$b" ||
+    { echo "gpu-check: $name: loom's accuracies on the CPU and the GPU differ by more than 2 points"; failed=1; }; }
+  python3 -c "import sys; sys.exit(abs(float(sys.argv[1]) - float(sys.argv[2])) > 0.05)" "$b" "$h" ||
+    { echo "gpu-check: $name: loom's bf16 accuracy is more than 5 points from fp32's"; failed=1; }
   t=$(field epoch_s <<<"$torch_gpu") g=$(field epoch_s <<<"$loom_gpu")
   [ -n "$t" ] && python3 -c "import sys; print('$name: loom cuda / torch cuda epoch time: %.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$g" "$t"
 }
-compare mlp "$root/bench/configs/mlp.json" "$epochs"
-compare cnn "$root/examples/configs/fashion_mnist_cnn.json" "${CNN_EPOCHS:-1}"
+compare mlp "$root/bench/configs/mlp.json" "$epochs" "$work/data" cpu
+compare cnn "$root/examples/configs/fashion_mnist_cnn.json" "${CNN_EPOCHS:-1}" "$work/data" cpu
+# The ResNet-18 on synthetic 3x32x32 data (bench/run's resnet18), GPU only:
+# the same samples and batch for both sides (bench/model_torch.py reads them).
+export BENCH_RESNET_SAMPLES=${BENCH_RESNET_SAMPLES:-5120} BENCH_RESNET_BATCH=${BENCH_RESNET_BATCH:-256}
+export BENCH_RESNET_VALID=$BENCH_RESNET_BATCH
+compare resnet18 "$root/bench/configs/resnet18.json" "${RESNET_EPOCHS:-2}" - gpu \
+  "datasets.train.samples=$BENCH_RESNET_SAMPLES" "datasets.test.samples=$BENCH_RESNET_VALID" \
+  "loaders.train.batch_size=$BENCH_RESNET_BATCH" "loaders.valid.batch_size=$BENCH_RESNET_BATCH"
 exit $failed
