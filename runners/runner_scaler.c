@@ -15,12 +15,19 @@ void loom_runner_scaler_start(loom_runner *r) {
 double loom_runner_loss_scale(const loom_runner *r) { return r->scaling.enabled ? r->loss_scale : 1.0; }
 int64_t loom_runner_overflow_skips(const loom_runner *r) { return r->overflow_skips; }
 
+/* Ranks decide on the same averaged gradients, so alike (a rank's NaN loss
+ * reaches the others as NaN gradients: an overflow to them all). Once the
+ * scale is down to 1 a non-finite gradient is no overflow (where
+ * GradScaler would go on skipping every step): it goes to the non-finite
+ * policy, which stops the run or skips the batch within its budget. */
 int loom_runner_unscale(loom_runner *r) {
   if (!r->scaling.enabled)
     return 0;
   bool finite;
   if (!loom_model_grads_checked(r->model, &finite))
     finite = loom_model_grads_finite(r->model);
+  if (!finite && r->loss_scale <= 1.0)
+    return 0;
   if (!finite) { /* GradScaler's skip: the scale was too large for these gradients */
     r->loss_scale *= r->scaling.backoff_factor;
     r->scale_good_steps = 0;
@@ -39,17 +46,20 @@ void loom_runner_scaler_stepped(loom_runner *r) {
   }
 }
 
+/* Only a run with scaling saves it. */
 int loom_runner_scaler_save(const loom_runner *r, loom_state *s) {
+  if (!r->scaling.enabled)
+    return 0;
   int rc = loom_state_set_f64(s, "loss_scale", r->loss_scale);
   if (rc == 0)
     rc = loom_state_set_i64(s, "loss_scale_good_steps", r->scale_good_steps);
   return rc == 0 ? loom_state_set_i64(s, "overflow_skips", r->overflow_skips) : rc;
 }
 
-/* Older checkpoints, and runs without scaling, keep the start's values
- * when the keys are missing. */
+/* A checkpoint without the keys (older, or of a run without scaling), or
+ * a run that turned scaling off since, keeps the start's values. */
 int loom_runner_scaler_restore(loom_runner *r, const loom_state *s) {
-  if (!loom_state_has(s, "loss_scale"))
+  if (!r->scaling.enabled || !loom_state_has(s, "loss_scale"))
     return 0;
   double scale;
   int64_t good, skips;
@@ -64,11 +74,8 @@ int loom_runner_scaler_restore(loom_runner *r, const loom_state *s) {
     return loom_error_set(LOOM_EFORMAT, "the checkpoint's loss scale %g (after %lld good steps, %lld skips) is out of "
                                         "range",
                           scale, (long long)good, (long long)skips);
-  /* A run that turned scaling on since starts at its init_scale. */
-  if (r->scaling.enabled && scale != 1.0) {
-    r->loss_scale = scale;
-    r->scale_good_steps = good;
-  }
+  r->loss_scale = scale;
+  r->scale_good_steps = good;
   r->overflow_skips = skips;
   return 0;
 }

@@ -81,6 +81,7 @@ typedef struct run_spec {
   int64_t budget, limit_batches;
   loom_callback *extra; /* e.g. an optimizer callback */
   loom_comm *comm;
+  double loss_scale; /* > 0: dynamic loss scaling from this scale */
 } run_spec;
 
 /* What a run leaves: its code and message, the weights, steps, the last
@@ -108,6 +109,11 @@ static void run(const run_spec *s, result *res) {
   backward_calls = 0;
   loom_experiment *exp = loom_experiment_create("nonfinite");
   loom_stage *st = loom_experiment_add_stage(exp, "train", s->epochs);
+  if (s->loss_scale > 0) {
+    loom_loss_scaling ls = loom_loss_scaling_defaults(LOOM_PRECISION_FP16);
+    ls.init_scale = s->loss_scale;
+    assert_int_equal(loom_experiment_set_loss_scaling(exp, &ls), 0);
+  }
   loom_sgd_options so = {.lr = 0.5};
   assert_int_equal(loom_stage_set_model(st, model(s->poison)), 0);
   assert_int_equal(loom_stage_set_criterion(st, loom_cross_entropy_create()), 0);
@@ -402,6 +408,31 @@ static void test_gradient_nan_skip(void **state) {
   near(got.train_loss, (l[0] + l[2] + l[3]) / 3);
 }
 
+/* Dynamic loss scaling takes a non-finite gradient for an overflow while
+ * the scale is above 1: the step is skipped (the SKIP policy's weights,
+ * bit for bit: a power-of-two scale is exact), the batch stays in the
+ * metrics, and STOP does not stop; from a scale of 1 the policy decides. */
+static void test_gradient_nan_loss_scaling(void **state) {
+  (void)state;
+  result scaled, skipped, at_one;
+  poison_at = 10;
+  run(&(run_spec){.train = data(all8, N, -1), .epochs = 3, .poison = true, .loss_scale = 4}, &scaled);
+  assert_int_equal(scaled.rc, 0);
+  assert_int_equal(scaled.steps, 11);
+  all_finite(&scaled);
+  const double *l = scaled.batch_loss[3];
+  near(scaled.train_loss, (l[0] + l[1] + l[2] + l[3]) / 4);
+  poison_at = 10;
+  run(&(run_spec){.train = data(all8, N, -1), .epochs = 3, .poison = true, .policy = LOOM_NONFINITE_SKIP,
+                  .budget = 1},
+      &skipped);
+  assert_memory_equal(scaled.params, skipped.params, scaled.num_params * sizeof(float));
+  poison_at = 10;
+  run(&(run_spec){.train = data(all8, N, -1), .epochs = 3, .poison = true, .loss_scale = 1}, &at_one);
+  assert_int_equal(at_one.rc, LOOM_ENONFINITE);
+  assert_int_equal(at_one.steps, 9);
+}
+
 /* Through the optimizer callback (windows of 2 batches), with clipping by
  * norm (the norm computed anyway) and without: the window that holds the
  * NaN (batches 1-2 of epoch 3, the 5th step) is refused (STOP) or dropped
@@ -474,6 +505,7 @@ int main(void) {
       cmocka_unit_test(test_nan_feature_skip_accumulation),
       cmocka_unit_test(test_gradient_nan_stop),
       cmocka_unit_test(test_gradient_nan_skip),
+      cmocka_unit_test(test_gradient_nan_loss_scaling),
       cmocka_unit_test(test_gradient_nan_optimizer_callback),
       cmocka_unit_test(test_gradient_nan_from_allreduce),
   };

@@ -60,7 +60,9 @@ LOOM_API loom_precision loom_experiment_precision(const loom_experiment *exp);
  * no optimizer step counted, the batch's metrics kept) and multiplies
  * the scale by backoff_factor; else they are divided by the scale and
  * the step runs, and after growth_interval steps in a row without a skip
- * the scale grows by growth_factor. The scale and the run of steps are
+ * the scale grows by growth_factor. Once the scale is down to 1 a
+ * non-finite gradient goes to the non-finite policy instead (STOP or
+ * SKIP, loom/runner.h). The scale and the run of steps are
  * saved in checkpoints. Powers of two keep the unscaled gradients exactly
  * those of an unscaled run wherever nothing overflows. */
 typedef struct loom_loss_scaling {
