@@ -14,6 +14,7 @@ typedef struct conv {
   int64_t h, w, oh, ow;
   float *wt, *b, *dwt, *db;
   loom_layer_plan plan;
+  loom_layer_scratch rounded[3]; /* autocast's copies of x, the weights, dy */
 } conv;
 
 /* SIZE_MAX when the count does not fit (the kernel and channels are
@@ -106,27 +107,23 @@ static int plan_on(conv *c, loom_backend *backend) {
  * backward, the output's gradient) are rounded copies (loom/backend.h). */
 typedef struct operands {
   const float *x, *w, *dy;
-  float *owned[3];
 } operands;
 
-static void operands_free(loom_backend *be, operands *o) {
-  for (int i = 0; i < 3; i++)
-    loom_backend_free(be, o->owned[i]);
+static int operands_round(conv *c, loom_backend *be, const loom_tensor *x, const loom_tensor *dy, operands *o) {
+  *o = (operands){.dy = dy ? dy->data : NULL};
+  int rc = loom_autocast_input(&c->rounded[0], be, x->data, x->numel, &o->x);
+  if (rc == 0)
+    rc = loom_autocast_input(&c->rounded[1], be, c->wt, c->cout * c->cin * c->kh * c->kw, &o->w);
+  if (rc == 0 && dy)
+    rc = loom_autocast_input(&c->rounded[2], be, dy->data, dy->numel, &o->dy);
+  return rc < 0 ? loom_error_wrap(rc, "Conv2d: rounding its operands to %s (autocast)",
+                                  loom_precision_name(loom_backend_autocast()))
+                : 0;
 }
 
-static int operands_round(conv *c, loom_backend *be, const loom_tensor *x, const loom_tensor *dy, operands *o) {
-  *o = (operands){0};
-  int rc = loom_autocast_input(be, x->data, x->numel, &o->x, &o->owned[0]);
-  if (rc == 0)
-    rc = loom_autocast_input(be, c->wt, c->cout * c->cin * c->kh * c->kw, &o->w, &o->owned[1]);
-  if (rc == 0 && dy)
-    rc = loom_autocast_input(be, dy->data, dy->numel, &o->dy, &o->owned[2]);
-  if (rc < 0) {
-    operands_free(be, o);
-    return loom_error_wrap(rc, "Conv2d: rounding its operands to %s (autocast)",
-                           loom_precision_name(loom_backend_autocast()));
-  }
-  return 0;
+static void rounded_free(conv *c) {
+  for (int i = 0; i < 3; i++)
+    loom_layer_scratch_free(&c->rounded[i]);
 }
 
 static int conv_forward(void *data, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
@@ -137,9 +134,7 @@ static int conv_forward(void *data, const loom_tensor *x, loom_tensor *y, bool t
   int rc = plan_on(c, be);
   if (rc < 0 || (rc = operands_round(c, be, x, NULL, &o)) < 0)
     return rc;
-  rc = loom_backend_conv_forward(be, c->plan.plan, o.x, o.w, c->b, y->data, x->shape[0]);
-  operands_free(be, &o);
-  return rc;
+  return loom_backend_conv_forward(be, c->plan.plan, o.x, o.w, c->b, y->data, x->shape[0]);
 }
 
 static int conv_backward(void *data, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
@@ -151,21 +146,21 @@ static int conv_backward(void *data, const loom_tensor *x, const loom_tensor *y,
   int rc = plan_on(c, be);
   if (rc < 0 || (rc = operands_round(c, be, x, dy, &o)) < 0)
     return rc;
-  rc = loom_backend_conv_backward(be, c->plan.plan, o.x, o.w, o.dy, param_grads ? c->dwt : NULL,
-                                  param_grads ? c->db : NULL, dx ? dx->data : NULL, x->shape[0]);
-  operands_free(be, &o);
-  return rc;
+  return loom_backend_conv_backward(be, c->plan.plan, o.x, o.w, o.dy, param_grads ? c->dwt : NULL,
+                                    param_grads ? c->db : NULL, dx ? dx->data : NULL, x->shape[0]);
 }
 
 /* The plan is the backend's: dropped when the model moves. */
 static int conv_release(void *data) {
   loom_layer_plan_drop(&((conv *)data)->plan);
+  rounded_free(data);
   return 0;
 }
 
 static void conv_destroy(void *data) {
   conv *c = data;
   loom_layer_plan_drop(&c->plan);
+  rounded_free(c);
   free(c);
 }
 

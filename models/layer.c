@@ -52,20 +52,26 @@ int loom_layer_plan_on(loom_layer_plan *p, loom_backend *backend, const loom_lay
   return rc;
 }
 
-int loom_autocast_input(loom_backend *b, const float *x, int64_t n, const float **use, float **owned) {
-  *use = x, *owned = NULL;
+void loom_layer_scratch_free(loom_layer_scratch *s) {
+  if (s->on)
+    loom_backend_free(s->on, s->p);
+  *s = (loom_layer_scratch){0};
+}
+
+int loom_autocast_input(loom_layer_scratch *s, loom_backend *b, const float *x, int64_t n, const float **use) {
+  *use = x;
   if (!loom_autocast_applies(b))
     return 0;
-  if (!(*owned = loom_backend_alloc(b, (size_t)n * sizeof **owned)))
-    return LOOM_ENOMEM;
-  int rc = loom_backend_round(b, loom_backend_autocast(), x, *owned, n);
-  if (rc < 0) {
-    loom_backend_free(b, *owned);
-    *owned = NULL;
-    return rc;
+  if (s->on != b || s->cap < (size_t)n) {
+    loom_layer_scratch_free(s);
+    if (!(s->p = loom_backend_alloc(b, (size_t)n * sizeof *s->p)))
+      return LOOM_ENOMEM;
+    s->on = b, s->cap = (size_t)n;
   }
-  *use = *owned;
-  return 0;
+  int rc = loom_backend_round(b, loom_backend_autocast(), x, s->p, n);
+  if (rc == 0)
+    *use = s->p;
+  return rc;
 }
 
 void loom_layer_plan_drop(loom_layer_plan *p) {
