@@ -132,7 +132,7 @@ int loom_backend_synchronize(loom_backend *b) { return b->ops.synchronize ? b->o
 int loom_backend_gemm(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                       int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
   int rc = ready(b, LOOM_OP_GEMM);
-  if (rc < 0 || !loom_autocast_applies(b))
+  if (rc < 0 || !loom_autocast_applies(b) || M == 0 || N == 0 || K == 0) /* nothing to round */
     return rc < 0 ? rc : b->ops.gemm(b->ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   loom_autocast_gemm g = {.A = A, .B = B, .lda = lda, .ldb = ldb};
   if ((rc = loom_autocast_operands(b, &g, ta, tb, M, N, K)) == 0)
@@ -157,7 +157,7 @@ int loom_backend_gemm_checked(loom_backend *b, bool ta, bool tb, int64_t M, int6
                               const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                               int64_t ldc, bool *finite) {
   int rc = ready(b, LOOM_OP_GEMM_CHECKED);
-  if (rc < 0 || !loom_autocast_applies(b))
+  if (rc < 0 || !loom_autocast_applies(b) || M == 0 || N == 0 || K == 0) /* nothing to round */
     return rc < 0 ? rc : gemm_checked(b, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, finite);
   loom_autocast_gemm g = {.A = A, .B = B, .lda = lda, .ldb = ldb};
   if ((rc = loom_autocast_operands(b, &g, ta, tb, M, N, K)) == 0)

@@ -60,7 +60,7 @@ void loom_layer_scratch_free(loom_layer_scratch *s) {
 
 int loom_autocast_input(loom_layer_scratch *s, loom_backend *b, const float *x, int64_t n, const float **use) {
   *use = x;
-  if (!loom_autocast_applies(b))
+  if (!loom_autocast_applies(b) || n == 0)
     return 0;
   if (s->on != b || s->cap < (size_t)n) {
     loom_layer_scratch_free(s);
