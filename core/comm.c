@@ -285,3 +285,42 @@ int loom_comm_wait_sum_f32(loom_comm_request *q, float *buf) {
 
 double loom_comm_wait_seconds(const loom_comm *comm) { return (double)comm->wait_ns * 1e-9; }
 void loom_comm_reset_wait_seconds(loom_comm *comm) { comm->wait_ns = 0; }
+
+/* The delegating table's slots: ctx starts with the inner communicator. */
+static loom_comm *inner(void *ctx) { return *(loom_comm **)ctx; }
+static int d_sum_f64(void *ctx, double *buf, size_t n) { return loom_comm_allreduce_sum_f64(inner(ctx), buf, n); }
+static int d_mean_f32(void *ctx, float *buf, size_t n) { return loom_comm_allreduce_mean_f32(inner(ctx), buf, n); }
+static int d_broadcast(void *ctx, void *buf, size_t bytes, int root) {
+  return loom_comm_broadcast(inner(ctx), buf, bytes, root);
+}
+static int d_barrier(void *ctx) { return loom_comm_barrier(inner(ctx)); }
+static int d_notify_failure(void *ctx, const char *message) { return loom_comm_notify_failure(inner(ctx), message); }
+static void d_set_timeout(void *ctx, double seconds) { loom_comm_set_timeout(inner(ctx), seconds); }
+static void *d_request_create(void *ctx, size_t n) { return loom_comm_request_create(inner(ctx), n); }
+static int d_start_mean_f32(void *ctx, void *request, const float *buf) {
+  (void)ctx;
+  return loom_comm_start_mean_f32(request, buf);
+}
+static int d_wait_mean_f32(void *ctx, void *request, float *buf) {
+  (void)ctx;
+  return loom_comm_wait_mean_f32(request, buf);
+}
+static int d_progress(void *ctx) { return loom_comm_progress(inner(ctx)); }
+static void d_request_destroy(void *ctx, void *request) {
+  (void)ctx;
+  loom_comm_request_destroy(request);
+}
+
+loom_comm_ops loom_comm_delegating_ops(void) {
+  return (loom_comm_ops){.allreduce_sum_f64 = d_sum_f64,
+                         .allreduce_mean_f32 = d_mean_f32,
+                         .broadcast = d_broadcast,
+                         .barrier = d_barrier,
+                         .notify_failure = d_notify_failure,
+                         .set_timeout = d_set_timeout,
+                         .request_create = d_request_create,
+                         .start_mean_f32 = d_start_mean_f32,
+                         .wait_mean_f32 = d_wait_mean_f32,
+                         .progress = d_progress,
+                         .request_destroy = d_request_destroy};
+}

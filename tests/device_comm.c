@@ -7,7 +7,7 @@
 #include <string.h>
 
 typedef struct dc_ctx {
-  loom_comm *mpi;
+  loom_comm *mpi; /* first, for loom_comm_delegating_ops */
   loom_backend *fake;
   fake_device *dev;
   MPI_Comm comm; /* the device sums' */
@@ -20,31 +20,6 @@ typedef struct dc_request {
   MPI_Request req;
 } dc_request;
 
-static int sum_f64(void *ctx, double *buf, size_t n) { return loom_comm_allreduce_sum_f64(((dc_ctx *)ctx)->mpi, buf, n); }
-static int mean_f32(void *ctx, float *buf, size_t n) {
-  return loom_comm_allreduce_mean_f32(((dc_ctx *)ctx)->mpi, buf, n);
-}
-static int broadcast(void *ctx, void *buf, size_t bytes, int root) {
-  return loom_comm_broadcast(((dc_ctx *)ctx)->mpi, buf, bytes, root);
-}
-static int barrier(void *ctx) { return loom_comm_barrier(((dc_ctx *)ctx)->mpi); }
-static int notify_failure(void *ctx, const char *message) {
-  return loom_comm_notify_failure(((dc_ctx *)ctx)->mpi, message);
-}
-static void *request_create(void *ctx, size_t n) { return loom_comm_request_create(((dc_ctx *)ctx)->mpi, n); }
-static int start_mean(void *ctx, void *q, const float *buf) {
-  (void)ctx;
-  return loom_comm_start_mean_f32(q, buf);
-}
-static int wait_mean(void *ctx, void *q, float *buf) {
-  (void)ctx;
-  return loom_comm_wait_mean_f32(q, buf);
-}
-static int progress(void *ctx) { return loom_comm_progress(((dc_ctx *)ctx)->mpi); }
-static void request_destroy(void *ctx, void *q) {
-  (void)ctx;
-  loom_comm_request_destroy(q);
-}
 
 static bool sums_on(void *ctx, const loom_backend *backend) { return backend == ((dc_ctx *)ctx)->fake; }
 
@@ -102,25 +77,20 @@ static void destroy(void *ctx) {
   free(c);
 }
 
-static const loom_comm_ops dc_ops = {
-    .name = "device_test",
-    .allreduce_sum_f64 = sum_f64,
-    .allreduce_mean_f32 = mean_f32,
-    .broadcast = broadcast,
-    .barrier = barrier,
-    .destroy = destroy,
-    .notify_failure = notify_failure,
-    .request_create = request_create,
-    .start_mean_f32 = start_mean,
-    .wait_mean_f32 = wait_mean,
-    .progress = progress,
-    .request_destroy = request_destroy,
-    .sums_on = sums_on,
-    .device_request_create = device_request_create,
-    .device_start_sum_f32 = device_start,
-    .device_wait_sum_f32 = device_wait,
-    .device_request_destroy = device_request_destroy,
-};
+/* The MPI communicator's slots (its timeout left as it is), and the
+ * device sums. */
+static loom_comm_ops dc_ops(void) {
+  loom_comm_ops o = loom_comm_delegating_ops();
+  o.name = "device_test";
+  o.destroy = destroy;
+  o.set_timeout = NULL;
+  o.sums_on = sums_on;
+  o.device_request_create = device_request_create;
+  o.device_start_sum_f32 = device_start;
+  o.device_wait_sum_f32 = device_wait;
+  o.device_request_destroy = device_request_destroy;
+  return o;
+}
 
 loom_comm *device_comm_create(loom_comm *mpi, loom_backend *fake, fake_device *dev, device_comm_counts **counts) {
   dc_ctx *c = calloc(1, sizeof *c);
@@ -130,7 +100,8 @@ loom_comm *device_comm_create(loom_comm *mpi, loom_backend *fake, fake_device *d
     abort();
   }
   *counts = &c->counts;
-  loom_comm *comm = loom_comm_create(&dc_ops, c, loom_comm_rank(mpi), loom_comm_size(mpi));
+  const loom_comm_ops ops = dc_ops();
+  loom_comm *comm = loom_comm_create(&ops, c, loom_comm_rank(mpi), loom_comm_size(mpi));
   if (!comm) {
     fprintf(stderr, "device_comm: %s\n", loom_last_error());
     destroy(c);

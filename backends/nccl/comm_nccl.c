@@ -20,7 +20,7 @@ bool loom_comm_nccl_applies(const loom_comm *comm, const loom_backend *backend) 
 }
 
 typedef struct nccl_ctx {
-  loom_comm *mpi; /* borrowed */
+  loom_comm *mpi; /* borrowed; first, for loom_comm_delegating_ops */
   loom_backend *backend;
   const loom_cuda_module *m;
   void *comm;  /* the module's */
@@ -28,16 +28,6 @@ typedef struct nccl_ctx {
   bool made;   /* loom_comm_create's first set_timeout is not the user's */
 } nccl_ctx;
 
-static int sum_f64(void *ctx, double *buf, size_t n) {
-  return loom_comm_allreduce_sum_f64(((nccl_ctx *)ctx)->mpi, buf, n);
-}
-static int mean_f32(void *ctx, float *buf, size_t n) {
-  return loom_comm_allreduce_mean_f32(((nccl_ctx *)ctx)->mpi, buf, n);
-}
-static int broadcast(void *ctx, void *buf, size_t bytes, int root) {
-  return loom_comm_broadcast(((nccl_ctx *)ctx)->mpi, buf, bytes, root);
-}
-static int barrier(void *ctx) { return loom_comm_barrier(((nccl_ctx *)ctx)->mpi); }
 static int notify_failure(void *ctx, const char *message) {
   nccl_ctx *c = ctx;
   c->failed = true;
@@ -47,20 +37,6 @@ static void set_timeout(void *ctx, double seconds) {
   nccl_ctx *c = ctx;
   if (c->made)
     loom_comm_set_timeout(c->mpi, seconds);
-}
-static void *request_create(void *ctx, size_t n) { return loom_comm_request_create(((nccl_ctx *)ctx)->mpi, n); }
-static int start_mean_f32(void *ctx, void *request, const float *buf) {
-  (void)ctx;
-  return loom_comm_start_mean_f32(request, buf);
-}
-static int wait_mean_f32(void *ctx, void *request, float *buf) {
-  (void)ctx;
-  return loom_comm_wait_mean_f32(request, buf);
-}
-static int progress(void *ctx) { return loom_comm_progress(((nccl_ctx *)ctx)->mpi); }
-static void request_destroy(void *ctx, void *request) {
-  (void)ctx;
-  loom_comm_request_destroy(request);
 }
 
 /* The device sums, on the module's NCCL communicator. */
@@ -91,26 +67,21 @@ static void destroy(void *ctx) {
   free(c);
 }
 
-static const loom_comm_ops nccl_ops = {
-    .name = "nccl",
-    .allreduce_sum_f64 = sum_f64,
-    .allreduce_mean_f32 = mean_f32,
-    .broadcast = broadcast,
-    .barrier = barrier,
-    .destroy = destroy,
-    .notify_failure = notify_failure,
-    .set_timeout = set_timeout,
-    .request_create = request_create,
-    .start_mean_f32 = start_mean_f32,
-    .wait_mean_f32 = wait_mean_f32,
-    .progress = progress,
-    .request_destroy = request_destroy,
-    .sums_on = sums_on,
-    .device_request_create = device_request_create,
-    .device_start_sum_f32 = device_start,
-    .device_wait_sum_f32 = device_wait,
-    .device_request_destroy = device_request_destroy,
-};
+/* The MPI communicator's slots, but for the device sums and what the
+ * failure and the timeout need here. */
+static loom_comm_ops nccl_ops(void) {
+  loom_comm_ops o = loom_comm_delegating_ops();
+  o.name = "nccl";
+  o.destroy = destroy;
+  o.notify_failure = notify_failure;
+  o.set_timeout = set_timeout;
+  o.sums_on = sums_on;
+  o.device_request_create = device_request_create;
+  o.device_start_sum_f32 = device_start;
+  o.device_wait_sum_f32 = device_wait;
+  o.device_request_destroy = device_request_destroy;
+  return o;
+}
 
 /* Whether NCCL is usable here: 0 and *m, or the error. */
 static int usable(loom_backend *backend, const loom_cuda_module **m) {
@@ -169,7 +140,8 @@ int loom_comm_nccl_create(loom_comm *comm, loom_backend *backend, loom_comm **ou
     return rc;
   }
   c->mpi = comm, c->backend = backend, c->m = m;
-  *out = loom_comm_create(&nccl_ops, c, rank, size);
+  const loom_comm_ops ops = nccl_ops();
+  *out = loom_comm_create(&ops, c, rank, size);
   if (!*out) {
     destroy(c);
     return loom_last_error_code();

@@ -76,6 +76,12 @@ typedef struct loom_comm_request loom_comm_request;
 
 /* Wraps a backend; `ops` is copied, `ctx` is owned from here on. */
 LOOM_API loom_comm *loom_comm_create(const loom_comm_ops *ops, void *ctx, int rank, int size);
+/* A table whose host slots (the sums, broadcast, barrier, failures,
+ * timeout and the requests) pass each call on to another communicator:
+ * the one a `loom_comm *` first member of ctx points to. A communicator
+ * that adds only device sums (loom/comm_nccl.h) starts from it, sets name,
+ * destroy and the device slots, and overrides what it must. */
+LOOM_API loom_comm_ops loom_comm_delegating_ops(void);
 /* A world of one. */
 LOOM_API loom_comm *loom_comm_local_create(void);
 LOOM_API void loom_comm_destroy(loom_comm *comm);
