@@ -11,6 +11,7 @@
 struct loom_backend {
   loom_backend_ops ops;
   void *ctx;
+  const int *gate; /* loom_backend_set_update_gate's */
 };
 
 void *loom_backend_context(const loom_backend *b, const loom_backend_ops **ops) {
@@ -23,7 +24,8 @@ static const char *const op_names[LOOM_OP_COUNT] = {
     "gemm",          "fill_rows",    "sum_rows",        "act_forward", "act_backward", "xent_forward",
     "xent_backward", "loss_forward", "loss_backward", "dropout_forward", "mul", "add", "conv_forward", "conv_backward",
     "pool_forward", "pool_backward", "batchnorm_forward", "batchnorm_backward", "block", "sgd_update",
-    "adam_update", "rmsprop_update", "sum_squares", "scale", "clamp", "all_finite", "gemm_checked", "topk_hits", "round"};
+    "adam_update", "rmsprop_update", "sum_squares", "scale", "clamp", "all_finite", "gemm_checked", "topk_hits", "round",
+    "flag_nonfinite"};
 
 const char *loom_op_name(loom_op op) { return op < LOOM_OP_COUNT ? op_names[op] : "?"; }
 
@@ -88,6 +90,7 @@ bool loom_backend_supports(const loom_backend *b, loom_op op) {
   case LOOM_OP_SCALE: return o->scale != NULL;
   case LOOM_OP_CLAMP: return o->clamp != NULL;
   case LOOM_OP_ALL_FINITE: return o->all_finite != NULL;
+  case LOOM_OP_FLAG_NONFINITE: return o->flag_nonfinite != NULL;
   case LOOM_OP_GEMM_CHECKED: return o->gemm_checked || (o->gemm && o->all_finite);
   case LOOM_OP_TOPK_HITS: return o->topk_hits != NULL;
   case LOOM_OP_ROUND: return o->round != NULL;
@@ -192,11 +195,9 @@ int loom_backend_act_backward(loom_backend *b, loom_activation act, float param,
 }
 
 int loom_backend_xent_forward(loom_backend *b, const float *logits, const float *targets, const float *weights,
-                              float smoothing, int64_t n, int64_t c, float *probs, double *loss_sum,
-                              double *weight_sum) {
+                              float smoothing, int64_t n, int64_t c, float *probs, double *sums) {
   int rc = ready(b, LOOM_OP_XENT_FORWARD);
-  return rc < 0 ? rc
-                : b->ops.xent_forward(b->ctx, logits, targets, weights, smoothing, n, c, probs, loss_sum, weight_sum);
+  return rc < 0 ? rc : b->ops.xent_forward(b->ctx, logits, targets, weights, smoothing, n, c, probs, sums);
 }
 
 int loom_backend_xent_backward(loom_backend *b, const float *probs, const float *targets, const float *weights,
@@ -327,21 +328,30 @@ int loom_backend_block_backward(loom_backend *b, loom_plan *plan, int first, con
   return rc < 0 ? rc : b->ops.block_backward(b->ctx, plan, first, x, io, dx, n);
 }
 
+void loom_backend_set_update_gate(loom_backend *b, const int *gate) { b->gate = gate; }
+
+/* The updates: the step as given, with the backend's gate if one is set. */
 int loom_backend_sgd_update(loom_backend *b, const loom_sgd_step *s, float *p, const float *g, float *buf, int64_t n) {
+  loom_sgd_step gated = *s;
+  gated.gate = b->gate ? b->gate : s->gate;
   int rc = ready(b, LOOM_OP_SGD_UPDATE);
-  return rc < 0 ? rc : b->ops.sgd_update(b->ctx, s, p, g, buf, n);
+  return rc < 0 ? rc : b->ops.sgd_update(b->ctx, &gated, p, g, buf, n);
 }
 
 int loom_backend_adam_update(loom_backend *b, const loom_adam_step *s, float *p, const float *g, float *m, float *v,
                              int64_t n) {
+  loom_adam_step gated = *s;
+  gated.gate = b->gate ? b->gate : s->gate;
   int rc = ready(b, LOOM_OP_ADAM_UPDATE);
-  return rc < 0 ? rc : b->ops.adam_update(b->ctx, s, p, g, m, v, n);
+  return rc < 0 ? rc : b->ops.adam_update(b->ctx, &gated, p, g, m, v, n);
 }
 
 int loom_backend_rmsprop_update(loom_backend *b, const loom_rmsprop_step *s, float *p, const float *g, float *sq,
                                 float *buf, float *avg, int64_t n) {
+  loom_rmsprop_step gated = *s;
+  gated.gate = b->gate ? b->gate : s->gate;
   int rc = ready(b, LOOM_OP_RMSPROP_UPDATE);
-  return rc < 0 ? rc : b->ops.rmsprop_update(b->ctx, s, p, g, sq, buf, avg, n);
+  return rc < 0 ? rc : b->ops.rmsprop_update(b->ctx, &gated, p, g, sq, buf, avg, n);
 }
 
 int loom_backend_sum_squares(loom_backend *b, const float *x, int64_t n, double *sum) {
@@ -370,6 +380,11 @@ int loom_backend_topk_hits(loom_backend *b, const float *scores, const float *ta
 int loom_backend_all_finite(loom_backend *b, const float *x, int64_t n, bool *finite) {
   int rc = ready(b, LOOM_OP_ALL_FINITE);
   return rc < 0 ? rc : b->ops.all_finite(b->ctx, x, n, finite);
+}
+
+int loom_backend_flag_nonfinite(loom_backend *b, const float *x, int64_t n, const double *d, int64_t nd, int *flag) {
+  int rc = ready(b, LOOM_OP_FLAG_NONFINITE);
+  return rc < 0 ? rc : b->ops.flag_nonfinite(b->ctx, x, n, d, nd, flag);
 }
 
 int loom_backend_round(loom_backend *b, loom_precision p, const float *x, float *y, int64_t n) {

@@ -10,7 +10,7 @@
 
 static int adam_rule(const loom_adam_options *o, loom_backend *b, float *p, const float *g, float *state, size_t total,
                      size_t off, size_t len, int64_t step, double lr, double wd, bool decoupled) {
-  loom_adam_step s = {lr, wd, o->beta1, o->beta2, o->eps, step, decoupled};
+  loom_adam_step s = {lr, wd, o->beta1, o->beta2, o->eps, step, decoupled, NULL};
   return loom_backend_adam_update(b, &s, p + off, g + off, state + off, state + total + off, (int64_t)len);
 }
 
@@ -39,7 +39,7 @@ static void adam_set_momentum(void *data, double m) { ((loom_adam_options *)data
 static double adam_decay(void *data) { return ((loom_adam_options *)data)->weight_decay; }
 
 #define ADAM_OPS(name, fn, on)                                                                                         \
-  {.type = name, .state_per_param = 2, .elementwise = true, .update = fn, .update_on = on,                            \
+  {.type = name, .state_per_param = 2, .elementwise = true, .update = fn, .update_on = on, .gateable = true,                            \
    .momentum = adam_momentum, .set_momentum = adam_set_momentum, .weight_decay = adam_decay, .destroy = free}
 static const loom_optimizer_ops adam_ops = ADAM_OPS("adam", adam_update, adam_update_on);
 static const loom_optimizer_ops adamw_ops = ADAM_OPS("adamw", adamw_update, adamw_update_on);

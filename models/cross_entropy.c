@@ -48,15 +48,15 @@ static int check_labels(const loom_tensor *target, int64_t n, int64_t c) {
   return 0;
 }
 
-static int ce_forward(void *data, const loom_tensor *out, const loom_tensor *target, double *loss) {
+/* Starts the forward: probs and the sums on the logits' backend. */
+static int ce_issue(void *data, const loom_tensor *out, const loom_tensor *target, double *sums) {
   cross_entropy *ce = data;
   int64_t n = 0, c = 0;
   int rc = check(ce, out, target, &n, &c);
   /* Host targets are checked before the op, for free; a device's only
    * when the op's sums say a target was no class (loom/backend.h), which
    * saves a copy to the host and a wait every batch. */
-  const bool on_device = loom_backend_device(loom_backend_of(target)) != LOOM_DEVICE_CPU;
-  if (rc == 0 && !on_device)
+  if (rc == 0 && loom_backend_device(loom_backend_of(target)) == LOOM_DEVICE_CPU)
     rc = check_labels(target, n, c);
   if (rc == 0)
     rc = loom_tensor_move_to(ce->probs, out->backend);
@@ -64,19 +64,30 @@ static int ce_forward(void *data, const loom_tensor *out, const loom_tensor *tar
     rc = loom_tensor_move_to(ce->weights, out->backend);
   if (rc < 0 || (rc = loom_tensor_resize(ce->probs, 2, out->shape)) < 0)
     return rc;
-  double total = 0.0, weights = 0.0;
-  rc = loom_backend_xent_forward(loom_backend_of(out), out->data, target->data, ce->weights ? ce->weights->data : NULL,
-                                 ce->smoothing, n, c, ce->probs->data, &total, &weights);
-  if (rc == 0 && on_device && isnan(weights) && (rc = check_labels(target, n, c)) == 0)
-    rc = loom_error_set(LOOM_EINVAL, "cross-entropy: the %s backend's op found a target that is not a class in [0, "
-                                     "%lld), and its host copy has none: the op is wrong",
-                        loom_backend_name(loom_backend_of(target)), (long long)c);
-  if (rc < 0)
-    return rc;
+  /* Every target a class of weight 1: what backward divides by, before
+   * the sums say so (forward_finish sets it from them). */
+  ce->total_weight = (double)n;
+  return loom_backend_xent_forward(loom_backend_of(out), out->data, target->data,
+                                   ce->weights ? ce->weights->data : NULL, ce->smoothing, n, c, ce->probs->data, sums);
+}
+
+static int ce_finish(void *data, const loom_tensor *out, const loom_tensor *target, const double *sums, double *loss) {
+  cross_entropy *ce = data;
+  const double weights = sums[1];
+  if (isnan(weights) && loom_backend_device(loom_backend_of(target)) != LOOM_DEVICE_CPU) {
+    int rc = check_labels(target, out->shape[0], out->shape[1]);
+    return rc < 0 ? rc
+                  : loom_error_set(LOOM_EINVAL, "cross-entropy: the %s backend's op found a target that is not a "
+                                                "class in [0, %lld), and its host copy has none: the op is wrong",
+                                   loom_backend_name(loom_backend_of(target)), (long long)out->shape[1]);
+  }
   ce->total_weight = weights;
-  *loss = weights > 0 ? total / weights : 0.0;
+  *loss = weights > 0 ? sums[0] / weights : 0.0;
   return 0;
 }
+
+/* Class weights: backward divides by their sum over the batch. */
+static bool ce_backward_before_finish(void *data) { return !((cross_entropy *)data)->weights; }
 
 static int ce_backward(void *data, const loom_tensor *out, const loom_tensor *target, loom_tensor *dout) {
   cross_entropy *ce = data;
@@ -97,7 +108,9 @@ static void ce_destroy(void *data) {
 
 static const loom_criterion_ops ce_ops = {
     .type = "cross_entropy",
-    .forward = ce_forward,
+    .forward_issue = ce_issue,
+    .forward_finish = ce_finish,
+    .backward_before_finish = ce_backward_before_finish,
     .backward = ce_backward,
     .destroy = ce_destroy,
 };

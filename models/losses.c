@@ -21,15 +21,17 @@ static int check(const elementwise *e, const loom_tensor *out, const loom_tensor
   return 0;
 }
 
-static int ew_forward(void *data, const loom_tensor *out, const loom_tensor *target, double *loss) {
+static int ew_issue(void *data, const loom_tensor *out, const loom_tensor *target, double *sums) {
   const elementwise *e = data;
   int rc = check(e, out, target);
-  double total = 0;
-  if (rc == 0)
-    rc = loom_backend_loss_forward(loom_backend_of(out), e->kind, e->beta, out->data, target->data, out->numel, &total);
-  if (rc < 0)
-    return rc;
-  *loss = out->numel ? total / (double)out->numel : 0.0;
+  return rc < 0 ? rc
+                : loom_backend_loss_forward(loom_backend_of(out), e->kind, e->beta, out->data, target->data,
+                                            out->numel, sums);
+}
+
+static int ew_finish(void *data, const loom_tensor *out, const loom_tensor *target, const double *sums, double *loss) {
+  (void)data, (void)target;
+  *loss = out->numel ? sums[0] / (double)out->numel : 0.0;
   return 0;
 }
 
@@ -42,12 +44,10 @@ static int ew_backward(void *data, const loom_tensor *out, const loom_tensor *ta
                                              out->numel, dout->data);
 }
 
-static const loom_criterion_ops ew_ops[] = {
-    {"bce_with_logits", ew_forward, ew_backward, free},
-    {"mse", ew_forward, ew_backward, free},
-    {"l1", ew_forward, ew_backward, free},
-    {"smooth_l1", ew_forward, ew_backward, free},
-};
+#define EW_OPS(name) {.type = name, .forward_issue = ew_issue, .forward_finish = ew_finish, .backward = ew_backward, \
+                      .destroy = free}
+static const loom_criterion_ops ew_ops[] = {EW_OPS("bce_with_logits"), EW_OPS("mse"), EW_OPS("l1"),
+                                            EW_OPS("smooth_l1")};
 
 static loom_criterion *make(loom_pointwise_loss k, float beta) {
   elementwise *e = malloc(sizeof *e);

@@ -314,6 +314,29 @@ int loom_optimizer_step_checked(loom_optimizer *opt, loom_model *model, bool *fi
   return 0;
 }
 
+int loom_optimizer_step_gated(loom_optimizer *opt, loom_model *model, const double *also, int64_t nalso,
+                              int *gate) {
+  loom_backend *device = device_of(model);
+  if (!device || !opt->ops.gateable || !loom_backend_supports(device, LOOM_OP_FLAG_NONFINITE))
+    return LOOM_ENOTSUP;
+  int rc = loom_backend_flag_nonfinite(device, loom_model_grad_buffer(model), (int64_t)loom_model_num_params(model),
+                                       also, nalso, gate);
+  if (rc < 0)
+    return loom_error_wrap(rc, "%s step: checking the gradients on backend \"%s\"", opt->ops.type,
+                           loom_backend_name(device));
+  loom_backend_set_update_gate(device, gate);
+  rc = loom_optimizer_step(opt, model);
+  loom_backend_set_update_gate(device, NULL);
+  return rc;
+}
+
+bool loom_optimizer_is_gateable(const loom_optimizer *opt) { return opt->ops.gateable; }
+
+void loom_optimizer_untake_step(loom_optimizer *opt) {
+  if (opt->steps > 0)
+    opt->steps--;
+}
+
 void loom_optimizer_reset(loom_optimizer *opt) {
   free_state(opt);
   opt->nstate = 0;

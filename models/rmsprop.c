@@ -12,7 +12,7 @@ static int rmsprop_update_on(void *data, loom_backend *b, float *p, const float 
                              size_t off, size_t len, int64_t step, double lr, double wd) {
   (void)step;
   const loom_rmsprop_options *o = data;
-  loom_rmsprop_step s = {lr, wd, o->alpha, o->eps, o->momentum, o->centered};
+  loom_rmsprop_step s = {lr, wd, o->alpha, o->eps, o->momentum, o->centered, NULL};
   return loom_backend_rmsprop_update(b, &s, p + off, g + off, state + off, state + total + off,
                                      state + 2 * total + off, (int64_t)len);
 }
@@ -30,7 +30,7 @@ static const loom_optimizer_ops rmsprop_ops = {.type = "rmsprop",
                                                .elementwise = true,
                                                .state_per_param = 3,
                                                .update = rmsprop_update,
-                                               .update_on = rmsprop_update_on,
+                                               .update_on = rmsprop_update_on, .gateable = true,
                                                .momentum = rmsprop_momentum,
                                                .set_momentum = rmsprop_set_momentum,
                                                .weight_decay = rmsprop_decay,

@@ -10,7 +10,7 @@ static int sgd_update_on(void *data, loom_backend *b, float *p, const float *g, 
                          size_t off, size_t len, int64_t step, double lr, double wd) {
   (void)total;
   const loom_sgd_options *o = data;
-  loom_sgd_step s = {lr, wd, o->momentum, o->dampening, o->nesterov, step == 1};
+  loom_sgd_step s = {lr, wd, o->momentum, o->dampening, o->nesterov, step == 1, NULL};
   return loom_backend_sgd_update(b, &s, p + off, g + off, state ? state + off : NULL, (int64_t)len);
 }
 
@@ -29,7 +29,7 @@ static const loom_optimizer_ops sgd_ops = {.type = "sgd",
                                            .elementwise = true,
                                            .state_per_param = 1,
                                            .update = sgd_update,
-                                           .update_on = sgd_update_on,
+                                           .update_on = sgd_update_on, .gateable = true,
                                            .momentum = sgd_momentum,
                                            .set_momentum = sgd_set_momentum,
                                            .weight_decay = sgd_decay,
@@ -38,7 +38,7 @@ static const loom_optimizer_ops sgd_ops = {.type = "sgd",
 static const loom_optimizer_ops sgd_plain_ops = {.type = "sgd",
                                                  .elementwise = true,
                                                  .update = sgd_update,
-                                                 .update_on = sgd_update_on,
+                                                 .update_on = sgd_update_on, .gateable = true,
                                                  .momentum = sgd_momentum,
                                                  .weight_decay = sgd_decay,
                                                  .destroy = free};

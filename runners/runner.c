@@ -51,7 +51,7 @@ void loom_runner_destroy(loom_runner *r) {
   loom_callback_table_free(&r->exp_table);
   loom_callback_table_free(&r->stage_table);
   loom_runner_reducer_free(r);
-  loom_tensor_destroy(r->device_input), loom_tensor_destroy(r->device_target);
+  loom_tensor_destroy(r->device_input), loom_tensor_destroy(r->device_target), loom_tensor_destroy(r->deferred);
   loom_comm_destroy(r->comm);
   loom_metrics *m[NUM_METRIC_STORES];
   metric_stores(r, m);
@@ -196,8 +196,9 @@ int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
   r->input = r->target = r->output = NULL;
   /* The batch's device copies live on the experiment's backend, which the
    * experiment may destroy before the runner: they go with the run. */
-  loom_tensor_destroy(r->device_input), loom_tensor_destroy(r->device_target);
-  r->device_input = r->device_target = NULL;
+  loom_tensor_destroy(r->device_input), loom_tensor_destroy(r->device_target), loom_tensor_destroy(r->deferred);
+  r->device_input = r->device_target = r->deferred = NULL;
+  r->deferred_criterion = NULL;
   /* So do the gradient buckets: they hook the experiment's model, and a
    * device communicator made for its backend uses that backend's stream. */
   loom_runner_reducer_free(r);

@@ -120,6 +120,11 @@ struct loom_runner {
   const loom_tensor *input, *target, *output;
   /* The batch on a device model's backend, reused across batches (runner_loop.c). */
   loom_tensor *device_input, *device_target;
+  /* The deferred batch (runner_deferred.c): its results on the device, the
+   * criterion whose loss is there (NULL: none pending), a held-back step. */
+  loom_tensor *deferred;
+  loom_criterion *deferred_criterion;
+  bool step_deferred;
   double batch_loss;
 
   /* metrics */
@@ -252,6 +257,21 @@ void loom_signals_stop(loom_runner *r);
 typedef struct loom_reducer loom_reducer;
 int loom_runner_mean_grads(loom_runner *r);
 void loom_runner_reducer_free(loom_runner *r);
+
+/* runner_deferred.c: the supervised batch on a device without a wait
+ * before its end. criterion_forward leaves the loss on the device when it
+ * can (*deferred), or gives it; step_deferred is then the step, held back
+ * on the device if need be; settle_deferred, at the batch's end, reads the
+ * results, records the loss and applies the non-finite policy to a step
+ * held back. record_loss: the batch's loss and its "loss" metric. */
+int loom_runner_criterion_forward(loom_runner *r, loom_criterion *c, const loom_tensor *out, double *loss,
+                                  bool *deferred);
+int loom_runner_step_deferred(loom_runner *r);
+int loom_runner_settle_deferred(loom_runner *r);
+int loom_runner_record_loss(loom_runner *r, double loss);
+
+/* runner_step.c: a non-finite gradient found at the step, to the policy. */
+int loom_runner_nonfinite_gradients(loom_runner *r);
 
 /* runner_scaler.c: the loss scale from the experiment at the run's start;
  * at the step, after the gradients' mean, 1 to skip an overflowing step

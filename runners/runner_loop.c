@@ -112,10 +112,14 @@ static int run_one_batch(loom_runner *r, loom_tensor *x, loom_tensor *y) {
   if (rc < 0 || (rc = upload_batch(r)) < 0)
     return rc;
   uint64_t t0 = loom_now_ns();
+  r->deferred_criterion = NULL, r->step_deferred = false;
   rc = r->handle_batch(r, r->handle_user);
-  /* A device runs behind the host: the batch ends when its work does. */
+  /* A device runs behind the host: the batch ends when its work does, and
+   * a deferred batch's results come back then, in one copy. */
   loom_backend *device = device_of_model(r);
-  if (rc >= 0 && device && (rc = loom_backend_synchronize(device)) < 0)
+  if (rc >= 0 && r->deferred_criterion)
+    rc = loom_runner_settle_deferred(r);
+  else if (rc >= 0 && device && (rc = loom_backend_synchronize(device)) < 0)
     rc = loom_error_wrap(rc, "waiting for backend \"%s\"", loom_backend_name(device));
   r->batch_compute_s = (double)(loom_now_ns() - t0) * 1e-9;
   if (rc < 0)

@@ -68,6 +68,8 @@ static int nonfinite_gradients(loom_runner *r, bool have_norm, double norm) {
                                          "learning rate");
 }
 
+int loom_runner_nonfinite_gradients(loom_runner *r) { return nonfinite_gradients(r, false, NAN); }
+
 static int optimizer_step(loom_runner *r, const loom_step_options *o, double *grad_norm);
 
 int loom_runner_optimizer_step_with(loom_runner *r, const loom_step_options *o, double *grad_norm) {

@@ -1,7 +1,7 @@
 /* The supervised handle_batch: forward, loss; on train loaders also
  * backward and, unless an optimizer callback took it over, the step. */
 #include "core/error_internal.h"
-#include "loom/runner.h"
+#include "runners/runner_impl.h"
 
 int loom_supervised_handle_batch(loom_runner *r, void *user) {
   (void)user;
@@ -23,16 +23,17 @@ int loom_supervised_handle_batch(loom_runner *r, void *user) {
     return loom_error_set(LOOM_EINVAL, "stage \"%s\": loader \"%s\" has an unlabelled dataset (no targets), so it cannot "
                                        "be trained or evaluated on; predict it instead (loom predict, loom/deploy.h)",
                           stage, loom_runner_loader_name(r));
+  /* On a device the loss may stay there until the batch's end (deferred:
+   * runner_deferred.c), and the step with it. */
   double loss;
-  if ((rc = loom_criterion_forward(criterion, out, loom_runner_target(r), &loss)) < 0)
-    return rc;
-  loom_runner_set_batch_loss(r, loss);
-  if ((rc = loom_metrics_set(loom_runner_batch_metrics(r), "loss", loss)) < 0)
+  bool deferred;
+  if ((rc = loom_runner_criterion_forward(r, criterion, out, &loss, &deferred)) < 0 ||
+      (!deferred && (rc = loom_runner_record_loss(r, loss)) < 0))
     return rc;
   if (!loom_runner_is_train_loader(r))
     return 0;
   /* A non-finite loss would poison every parameter through the step. */
-  if ((rc = loom_runner_check_loss(r, loss)) != 0)
+  if (!deferred && (rc = loom_runner_check_loss(r, loss)) != 0)
     return rc < 0 ? rc : 0;
   if (!loom_runner_optimizer(r))
     return loom_error_set(LOOM_EINVAL, "stage \"%s\": train loader \"%s\" needs an optimizer (loom_stage_set_optimizer)",
@@ -50,6 +51,6 @@ int loom_supervised_handle_batch(loom_runner *r, void *user) {
     return rc;
   if (manual)
     return 0;
-  rc = loom_runner_optimizer_step(r); /* 1: a non-finite gradient, batch skipped */
+  rc = deferred ? loom_runner_step_deferred(r) : loom_runner_optimizer_step(r); /* 1: a non-finite gradient, skipped */
   return rc < 0 ? rc : 0;
 }

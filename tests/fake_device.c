@@ -284,15 +284,13 @@ static int fake_act_backward(void *ctx, loom_activation act, float param, const 
 }
 
 static int fake_xent_forward(void *ctx, const float *logits, const float *targets, const float *weights,
-                             float smoothing, int64_t n, int64_t c, float *probs, double *loss_sum,
-                             double *weight_sum) {
+                             float smoothing, int64_t n, int64_t c, float *probs, double *sums) {
   logits = real(ctx, "xent_forward", "logits", logits, F(n * c));
   targets = real(ctx, "xent_forward", "targets", targets, F(n));
   weights = real(ctx, "xent_forward", "weights", weights, F(c));
   probs = real(ctx, "xent_forward", "probs", probs, F(n * c));
-  host("xent_forward", "loss_sum", loss_sum), host("xent_forward", "weight_sum", weight_sum);
-  return loom_backend_xent_forward(cpu(ctx, true), logits, targets, weights, smoothing, n, c, probs, loss_sum,
-                                   weight_sum);
+  sums = real(ctx, "xent_forward", "sums", sums, 2 * sizeof *sums);
+  return loom_backend_xent_forward(cpu(ctx, false), logits, targets, weights, smoothing, n, c, probs, sums);
 }
 
 static int fake_xent_backward(void *ctx, const float *probs, const float *targets, const float *weights,
@@ -308,8 +306,8 @@ static int fake_loss_forward(void *ctx, loom_pointwise_loss loss, float param, c
                              int64_t n, double *sum) {
   out = real(ctx, "loss_forward", "out", out, F(n));
   target = real(ctx, "loss_forward", "target", target, F(n));
-  host("loss_forward", "sum", sum);
-  return loom_backend_loss_forward(cpu(ctx, true), loss, param, out, target, n, sum);
+  sum = real(ctx, "loss_forward", "sum", sum, sizeof *sum);
+  return loom_backend_loss_forward(cpu(ctx, false), loss, param, out, target, n, sum);
 }
 
 static int fake_loss_backward(void *ctx, loom_pointwise_loss loss, float param, const float *out,
@@ -560,7 +558,9 @@ static int fake_sgd_update(void *ctx, const loom_sgd_step *s, float *p, const fl
   p = real(ctx, "sgd_update", "p", p, F(n)), g = real(ctx, "sgd_update", "g", g, F(n));
   buf = real(ctx, "sgd_update", "buf", buf, F(n));
   host("sgd_update", "the step", s);
-  return loom_backend_sgd_update(cpu(ctx, false), s, p, g, buf, n);
+  loom_sgd_step step = *s;
+  step.gate = real(ctx, "sgd_update", "the gate", s->gate, sizeof *s->gate);
+  return loom_backend_sgd_update(cpu(ctx, false), &step, p, g, buf, n);
 }
 
 static int fake_adam_update(void *ctx, const loom_adam_step *s, float *p, const float *g, float *m, float *v,
@@ -568,7 +568,9 @@ static int fake_adam_update(void *ctx, const loom_adam_step *s, float *p, const 
   p = real(ctx, "adam_update", "p", p, F(n)), g = real(ctx, "adam_update", "g", g, F(n));
   m = real(ctx, "adam_update", "m", m, F(n)), v = real(ctx, "adam_update", "v", v, F(n));
   host("adam_update", "the step", s);
-  return loom_backend_adam_update(cpu(ctx, false), s, p, g, m, v, n);
+  loom_adam_step step = *s;
+  step.gate = real(ctx, "adam_update", "the gate", s->gate, sizeof *s->gate);
+  return loom_backend_adam_update(cpu(ctx, false), &step, p, g, m, v, n);
 }
 
 static int fake_rmsprop_update(void *ctx, const loom_rmsprop_step *s, float *p, const float *g, float *sq, float *buf,
@@ -577,7 +579,9 @@ static int fake_rmsprop_update(void *ctx, const loom_rmsprop_step *s, float *p, 
   p = real(ctx, op, "p", p, F(n)), g = real(ctx, op, "g", g, F(n)), sq = real(ctx, op, "sq", sq, F(n));
   buf = real(ctx, op, "buf", buf, F(n)), avg = real(ctx, op, "avg", avg, F(n));
   host(op, "the step", s);
-  return loom_backend_rmsprop_update(cpu(ctx, false), s, p, g, sq, buf, avg, n);
+  loom_rmsprop_step step = *s;
+  step.gate = real(ctx, op, "the gate", s->gate, sizeof *s->gate);
+  return loom_backend_rmsprop_update(cpu(ctx, false), &step, p, g, sq, buf, avg, n);
 }
 
 static int fake_sum_squares(void *ctx, const float *x, int64_t n, double *sum) {
@@ -592,6 +596,13 @@ static int fake_scale(void *ctx, float *x, float a, int64_t n) {
 
 static int fake_clamp(void *ctx, float *x, float limit, int64_t n) {
   return loom_backend_clamp(cpu(ctx, false), real(ctx, "clamp", "x", x, F(n)), limit, n);
+}
+
+static int fake_flag_nonfinite(void *ctx, const float *x, int64_t n, const double *d, int64_t nd, int *flag) {
+  x = real(ctx, "flag_nonfinite", "x", x, F(n));
+  d = real(ctx, "flag_nonfinite", "d", d, (size_t)nd * sizeof *d);
+  flag = real(ctx, "flag_nonfinite", "flag", flag, sizeof *flag);
+  return loom_backend_flag_nonfinite(cpu(ctx, false), x, n, d, nd, flag);
 }
 
 static int fake_all_finite(void *ctx, const float *x, int64_t n, bool *finite) {
@@ -650,6 +661,7 @@ static const loom_backend_ops fake_ops = {
     .scale = fake_scale,
     .clamp = fake_clamp,
     .all_finite = fake_all_finite,
+    .flag_nonfinite = fake_flag_nonfinite,
     .gemm_checked = fake_gemm_checked,
     .topk_hits = fake_topk_hits,
     .destroy = fake_destroy,

@@ -25,8 +25,9 @@ typedef struct fake_device fake_device;
 typedef struct fake_device_counts {
   int64_t to_host;      /* to_host calls: each waits for the device on a real one */
   int64_t from_host;    /* from_host calls */
-  int64_t host_results; /* ops whose result lands on the host (a sync each): xent_forward,
-                         * loss_forward, sum_squares, all_finite, gemm_checked, topk_hits */
+  int64_t host_results; /* ops whose result lands on the host (a sync each): sum_squares,
+                         * all_finite, gemm_checked, topk_hits (the losses' sums stay on
+                         * the device: reading them is a to_host) */
   int64_t ops;          /* every op, host results included (not the memory calls) */
   int64_t live;         /* allocations not freed */
   int64_t plans;        /* plans not destroyed */

@@ -91,6 +91,27 @@ static void download(loom_backend *b, float *host, const float *d, int64_t n) {
   assert_int_equal(loom_backend_to_host(b, host, d, (size_t)n * sizeof *host), 0);
 }
 
+/* The losses' sums are left in the backend's memory: read back here. */
+static void xent_sums(loom_backend *b, const float *z, const float *t, const float *w, float smoothing, int64_t n,
+                      int64_t c, float *probs, double *loss, double *wsum) {
+  double *d = loom_backend_alloc(b, 2 * sizeof *d), host[2];
+  assert_non_null(d);
+  assert_int_equal(loom_backend_xent_forward(b, z, t, w, smoothing, n, c, probs, d), 0);
+  assert_int_equal(loom_backend_to_host(b, host, d, sizeof host), 0);
+  loom_backend_free(b, d);
+  *loss = host[0], *wsum = host[1];
+}
+
+static double pointwise_sum(loom_backend *b, loom_pointwise_loss loss, float beta, const float *z, const float *t,
+                            int64_t n) {
+  double *d = loom_backend_alloc(b, sizeof *d), sum;
+  assert_non_null(d);
+  assert_int_equal(loom_backend_loss_forward(b, loss, beta, z, t, n, d), 0);
+  assert_int_equal(loom_backend_to_host(b, &sum, d, sizeof sum), 0);
+  loom_backend_free(b, d);
+  return sum;
+}
+
 /* |got - want| <= tol (|want| + scale): float rounding relative to the
  * size of the terms that were summed. */
 static void close_all(const char *what, const float *got, const double *want, const double *scale, int64_t n,
@@ -361,7 +382,7 @@ static void check_xent(loom_backend *b, int64_t n, int64_t c, bool weighted, flo
   float *d_z = upload(b, z, n * c), *d_t = upload(b, t, n), *d_w = upload(b, w, c), *d_p = upload(b, probs, n * c),
         *d_dz = upload(b, dz, n * c);
   double loss = 0, wsum = 0;
-  assert_int_equal(loom_backend_xent_forward(b, d_z, d_t, weighted ? d_w : NULL, smoothing, n, c, d_p, &loss, &wsum), 0);
+  xent_sums(b, d_z, d_t, weighted ? d_w : NULL, smoothing, n, c, d_p, &loss, &wsum);
   if (!(fabs(loss - loss_ref) <= 1e-5 * (fabs(loss_ref) + (double)n)) || !(fabs(wsum - wsum_ref) <= 1e-9 * wsum_ref))
     fail_msg("%s xent_forward %lldx%lld: loss %.9g want %.9g, weights %.9g want %.9g", loom_backend_name(b),
              (long long)n, (long long)c, loss, loss_ref, wsum, wsum_ref);
@@ -396,7 +417,7 @@ static void check_xent_rows(loom_backend *b, int64_t n, int64_t c, int64_t bad) 
     t[i] = (float)((i * 3) % c);
   double wsum_ref, loss_ref = xent_ref(z, t, NULL, 0.0, n, c, &wsum_ref), loss, wsum;
   float *d_z = upload(b, z, n * c), *d_t = upload(b, t, n), *d_p = upload(b, z, n * c);
-  assert_int_equal(loom_backend_xent_forward(b, d_z, d_t, NULL, 0.0f, n, c, d_p, &loss, &wsum), 0);
+  xent_sums(b, d_z, d_t, NULL, 0.0f, n, c, d_p, &loss, &wsum);
   if (!(fabs(loss - loss_ref) <= 1e-6 * fabs(loss_ref)) || wsum != wsum_ref)
     fail_msg("%s xent_forward %lldx%lld: loss %.12g want %.12g, weights %.9g want %.9g", loom_backend_name(b),
              (long long)n, (long long)c, loss, loss_ref, wsum, wsum_ref);
@@ -405,7 +426,7 @@ static void check_xent_rows(loom_backend *b, int64_t n, int64_t c, int64_t bad) 
     const float keep = t[bad];
     t[bad] = not_classes[k];
     assert_int_equal(loom_backend_from_host(b, d_t, t, (size_t)n * sizeof *t), 0);
-    assert_int_equal(loom_backend_xent_forward(b, d_z, d_t, NULL, 0.0f, n, c, d_p, &loss, &wsum), 0);
+    xent_sums(b, d_z, d_t, NULL, 0.0f, n, c, d_p, &loss, &wsum);
     if (!isnan(loss) || !isnan(wsum))
       fail_msg("%s xent_forward with target %g at %lld: loss %g, weights %g; expected NaN", loom_backend_name(b),
                (double)not_classes[k], (long long)bad, loss, wsum);
@@ -443,8 +464,7 @@ static void check_pointwise(loom_backend *b, loom_pointwise_loss loss, float bet
     want[i] = (pointwise_ref(loss, beta, z[i] + h, t[i]) - pointwise_ref(loss, beta, z[i] - h, t[i])) / (2 * h) * 0.5;
   }
   float *d_z = upload(b, z, n), *d_t = upload(b, t, n), *d_dz = upload(b, dz, n);
-  double sum = 0;
-  assert_int_equal(loom_backend_loss_forward(b, loss, beta, d_z, d_t, n, &sum), 0);
+  double sum = pointwise_sum(b, loss, beta, d_z, d_t, n);
   if (!(fabs(sum - sum_ref) <= 1e-5 * (fabs(sum_ref) + 1)))
     fail_msg("%s loss %d forward n=%lld: %.9g want %.9g", loom_backend_name(b), (int)loss, (long long)n, sum, sum_ref);
   assert_int_equal(loom_backend_loss_backward(b, loss, beta, d_z, d_t, 0.5f, n, d_dz), 0);
@@ -1220,7 +1240,7 @@ static void check_updates(loom_backend *b, int64_t n) {
   char what[96];
   for (int variant = 0; variant < 4; variant++) {
     /* SGD: momentum with dampening (not the first step), and Nesterov on the first */
-    loom_sgd_step sg = {0.1, 0.01, 0.9, variant ? 0.0 : 0.25, variant == 1, variant == 1};
+    loom_sgd_step sg = {0.1, 0.01, 0.9, variant ? 0.0 : 0.25, variant == 1, variant == 1, NULL};
     for (int64_t i = 0; i < n; i++) {
       double d = (double)g[i] + sg.weight_decay * p[i];
       double buf = sg.first ? d : sg.momentum * s[i] + (1 - sg.dampening) * d;
@@ -1236,7 +1256,7 @@ static void check_updates(loom_backend *b, int64_t n) {
     loom_backend_free(b, dp), loom_backend_free(b, dg), loom_backend_free(b, ds);
 
     /* Adam (variant 0, 2) and AdamW (1, 3), at steps 1 and 7 */
-    loom_adam_step ad = {1e-2, 0.1, 0.9, 0.999, 1e-8, variant < 2 ? 1 : 7, variant % 2 == 1};
+    loom_adam_step ad = {1e-2, 0.1, 0.9, 0.999, 1e-8, variant < 2 ? 1 : 7, variant % 2 == 1, NULL};
     for (int64_t i = 0; i < n; i++) {
       double gi = (double)g[i] + (ad.decoupled ? 0 : ad.weight_decay * p[i]);
       double pi = p[i] * (ad.decoupled ? 1 - ad.lr * ad.weight_decay : 1);
@@ -1255,7 +1275,7 @@ static void check_updates(loom_backend *b, int64_t n) {
 
     /* RMSprop: plain, centered, with momentum, both; a state [v | b | c]
      * with v - c^2 well away from 0, as a mean square and a mean give */
-    loom_rmsprop_step rm = {1e-2, 0.01, 0.99, 1e-8, variant >= 2 ? 0.9 : 0.0, variant % 2 == 1};
+    loom_rmsprop_step rm = {1e-2, 0.01, 0.99, 1e-8, variant >= 2 ? 0.9 : 0.0, variant % 2 == 1, NULL};
     float *rs = malloc((size_t)(3 * n) * sizeof *rs);
     for (int64_t i = 0; i < n; i++)
       rs[i] = s[n + i] + 0.5f, rs[n + i] = s[i], rs[2 * n + i] = 0.3f * s[2 * n + i];
@@ -1339,6 +1359,94 @@ static void test_gradient_ops(void **state) {
       loom_backend_free(b[i], d);
       free(x), free(y), free(want);
     }
+}
+
+/* The deferred step's gate: flag_nonfinite sets it for any non-finite
+ * float or double and never clears it; an update with a set gate (in the
+ * step, or the backend's) writes nothing, one with a clear gate is the
+ * ungated update, bit for bit. */
+static void check_gate(loom_backend *b, int64_t n) {
+  float *x = malloc((size_t)n * sizeof *x), *s = malloc((size_t)(2 * n) * sizeof *s),
+        *want = malloc((size_t)n * sizeof *want), *got = malloc((size_t)(2 * n) * sizeof *got);
+  fill(x, n, 30), fill(s, 2 * n, 31);
+  for (int64_t i = n; i < 2 * n; i++)
+    s[i] = s[i] * s[i];
+  const double sums_host[2] = {1.5, 4.0};
+  float *dx = upload(b, x, n);
+  double *dd = loom_backend_alloc(b, 2 * sizeof *dd);
+  int *flag = loom_backend_alloc(b, sizeof *flag), host = -1, one = 1;
+  assert_non_null(dd), assert_non_null(flag);
+  assert_int_equal(loom_backend_from_host(b, dd, sums_host, sizeof sums_host), 0);
+  assert_int_equal(loom_backend_zero(b, flag, sizeof *flag), 0);
+  assert_int_equal(loom_backend_flag_nonfinite(b, dx, n, dd, 2, flag), 0);
+  assert_int_equal(loom_backend_flag_nonfinite(b, dx, 0, dd, 0, flag), 0);
+  assert_int_equal(loom_backend_to_host(b, &host, flag, sizeof host), 0);
+  assert_int_equal(host, 0);
+  /* the first, middle and last float; then each double */
+  const int64_t at[] = {0, n / 2, n - 1};
+  for (int k = 0; k < 5; k++) {
+    float *e = upload(b, x, n);
+    double bad_sums[2] = {sums_host[0], sums_host[1]};
+    if (k < 3) {
+      const float inf = INFINITY;
+      assert_int_equal(loom_backend_from_host(b, e + at[k], &inf, sizeof inf), 0);
+    } else {
+      bad_sums[k - 3] = NAN;
+    }
+    assert_int_equal(loom_backend_from_host(b, dd, bad_sums, sizeof bad_sums), 0);
+    assert_int_equal(loom_backend_zero(b, flag, sizeof *flag), 0);
+    assert_int_equal(loom_backend_flag_nonfinite(b, e, n, dd, 2, flag), 0);
+    assert_int_equal(loom_backend_to_host(b, &host, flag, sizeof host), 0);
+    if (host != 1)
+      fail_msg("%s flag_nonfinite n=%lld: case %d not flagged", loom_backend_name(b), (long long)n, k);
+    loom_backend_free(b, e);
+  }
+  assert_int_equal(loom_backend_from_host(b, dd, sums_host, sizeof sums_host), 0);
+  assert_int_equal(loom_backend_flag_nonfinite(b, dx, n, dd, 2, flag), 0); /* all finite: stays set */
+  assert_int_equal(loom_backend_to_host(b, &host, flag, sizeof host), 0);
+  assert_int_equal(host, 1);
+
+  /* Updates: with the gate clear, as without one; set, nothing written. */
+  float *p_ref = malloc((size_t)n * sizeof *p_ref);
+  const loom_sgd_step sg = {0.1, 0.01, 0.9, 0.0, false, false, NULL};
+  const loom_adam_step ad = {1e-2, 0.1, 0.9, 0.999, 1e-8, 3, false, NULL};
+  for (int gate = -1; gate <= 1; gate++) { /* -1: no gate */
+    for (int rule = 0; rule < 2; rule++) {
+      float *dp = upload(b, x, n), *dg = upload(b, s + n, n), *ds = upload(b, s, 2 * n);
+      if (gate >= 0)
+        assert_int_equal(loom_backend_from_host(b, flag, gate ? &one : &(int){0}, sizeof *flag), 0);
+      /* the gate as the step's field for SGD, as the backend's for Adam */
+      loom_sgd_step sgs = sg;
+      sgs.gate = gate >= 0 ? flag : NULL;
+      if (rule == 0) {
+        assert_int_equal(loom_backend_sgd_update(b, &sgs, dp, dg, ds, n), 0);
+      } else {
+        loom_backend_set_update_gate(b, gate >= 0 ? flag : NULL);
+        assert_int_equal(loom_backend_adam_update(b, &ad, dp, dg, ds, ds + n, n), 0);
+        loom_backend_set_update_gate(b, NULL);
+      }
+      download(b, got, dp, n), download(b, got + n, ds, n);
+      if (gate == -1)
+        memcpy(rule ? want : p_ref, got, (size_t)n * sizeof *got);
+      const float *expect = gate == 1 ? x : rule ? want : p_ref;
+      if (memcmp(got, expect, (size_t)n * sizeof *got) != 0 || (gate == 1 && memcmp(got + n, s, (size_t)n * sizeof *s)))
+        fail_msg("%s %s_update n=%lld with gate %d: not %s", loom_backend_name(b), rule ? "adam" : "sgd", (long long)n,
+                 gate, gate == 1 ? "held back" : "the ungated update");
+      loom_backend_free(b, dp), loom_backend_free(b, dg), loom_backend_free(b, ds);
+    }
+  }
+  assert_false(memcmp(p_ref, x, (size_t)n * sizeof *x) == 0); /* the updates did move p */
+  loom_backend_free(b, dx), loom_backend_free(b, dd), loom_backend_free(b, flag);
+  free(x), free(s), free(want), free(got), free(p_ref);
+}
+
+static void test_gate(void **state) {
+  (void)state;
+  loom_backend *b[MAX_BACKENDS];
+  static const int64_t sizes[] = {1, 100, 100000};
+  for (size_t i = 0, nb = BACKENDS(b, LOOM_OP_FLAG_NONFINITE, LOOM_OP_SGD_UPDATE, LOOM_OP_ADAM_UPDATE); i < nb; i++)
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
+      check_gate(b[i], sizes[k]);
 }
 
 /* --- support, errors, creation --- */
@@ -1537,6 +1645,7 @@ static void test_fake_device_catches_misuse(void **state) {
       {#r ": test_batchnorm", test_batchnorm, NULL, NULL, &r}, {#r ": test_block", test_block, NULL, NULL, &r}, \
       {#r ": test_optimizer_updates", test_optimizer_updates, NULL, NULL, &r},                                 \
       {#r ": test_gradient_ops", test_gradient_ops, NULL, NULL, &r},                                           \
+      {#r ": test_gate", test_gate, NULL, NULL, &r},                                                           \
       {#r ": test_support_listing", test_support_listing, NULL, NULL, &r}
 
 int main(int argc, char **argv) {

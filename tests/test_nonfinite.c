@@ -8,6 +8,8 @@
 
 #include "helpers.h"
 
+#include "fake_device.h"
+
 #define N 8
 #define F 4
 
@@ -41,19 +43,26 @@ static int same_shape(void *d, int ndim, const int64_t *in, int *out_ndim, int64
   return 0;
 }
 
+/* Through the tensors' backend, so that it runs on a device too. */
+static loom_backend *backend_of(const loom_tensor *t) {
+  return loom_tensor_backend(t) ? loom_tensor_backend(t) : loom_backend_cpu();
+}
+
 static int poison_forward(void *d, const loom_tensor *x, loom_tensor *y, bool train, loom_rng *rng) {
   (void)d, (void)train, (void)rng;
-  memcpy(loom_tensor_data(y), loom_tensor_data(x), (size_t)loom_tensor_numel(x) * sizeof(float));
-  return 0;
+  return loom_backend_copy(backend_of(x), loom_tensor_data(y), loom_tensor_data(x),
+                           (size_t)loom_tensor_numel(x) * sizeof(float));
 }
 
 static int poison_backward(void *d, const loom_tensor *x, const loom_tensor *y, const loom_tensor *dy,
                            loom_tensor *dx, bool param_grads) {
   (void)d, (void)x, (void)y, (void)param_grads;
-  memcpy(loom_tensor_data(dx), loom_tensor_data(dy), (size_t)loom_tensor_numel(dy) * sizeof(float));
-  if (++backward_calls == poison_at)
-    loom_tensor_data(dx)[0] = NAN;
-  return 0;
+  loom_backend *b = backend_of(dy);
+  int rc = loom_backend_copy(b, loom_tensor_data(dx), loom_tensor_data(dy), (size_t)loom_tensor_numel(dy) * sizeof(float));
+  const float nan = NAN;
+  if (rc == 0 && ++backward_calls == poison_at)
+    rc = loom_backend_from_host(b, loom_tensor_data(dx), &nan, sizeof nan);
+  return rc;
 }
 
 static const loom_layer_ops poison_ops = {
@@ -82,6 +91,7 @@ typedef struct run_spec {
   loom_callback *extra; /* e.g. an optimizer callback */
   loom_comm *comm;
   double loss_scale; /* > 0: dynamic loss scaling from this scale */
+  loom_backend *backend; /* NULL: the CPU */
 } run_spec;
 
 /* What a run leaves: its code and message, the weights, steps, the last
@@ -108,6 +118,7 @@ static void run(const run_spec *s, result *res) {
   memset(res, 0, sizeof *res);
   backward_calls = 0;
   loom_experiment *exp = loom_experiment_create("nonfinite");
+  loom_experiment_set_backend(exp, s->backend);
   loom_stage *st = loom_experiment_add_stage(exp, "train", s->epochs);
   if (s->loss_scale > 0) {
     loom_loss_scaling ls = loom_loss_scaling_defaults(LOOM_PRECISION_FP16);
@@ -135,7 +146,7 @@ static void run(const run_spec *s, result *res) {
   loom_model *m = loom_runner_model(r);
   res->num_params = loom_model_num_params(m);
   assert_true(res->num_params <= 128);
-  memcpy(res->params, loom_model_params(m), res->num_params * sizeof(float));
+  assert_int_equal(loom_model_params_to_host(m, res->params), 0);
   res->steps = loom_runner_optimizer_step_count(r);
   res->train_loss = NAN;
   loom_metrics_get(loom_runner_epoch_metrics(r), "train/loss", &res->train_loss);
@@ -496,6 +507,49 @@ static void test_gradient_nan_from_allreduce(void **state) {
   all_finite(&got);
 }
 
+/* On a device the supervised batch is deferred (runner_deferred.c): the
+ * loss stays there, the step is held back there when the loss or a
+ * gradient is not finite, and the policy decides at the batch's end. The
+ * outcome must be the host's, bit for bit: code, message, steps, weights,
+ * losses; and the device was not waited on for any op's result (no
+ * all_finite at the step: the gate decided). */
+static void test_device_defers_like_host(void **state) {
+  (void)state;
+  fake_device *dev;
+  loom_backend *fake = fake_device_create((size_t)16 << 20, &dev);
+  const struct {
+    int nan_sample;
+    int64_t poison;
+    loom_nonfinite_policy policy;
+    int64_t budget;
+  } cases[] = {
+      {-1, 0, LOOM_NONFINITE_STOP, 0},  {5, 0, LOOM_NONFINITE_STOP, 0},  {5, 0, LOOM_NONFINITE_SKIP, 3},
+      {5, 0, LOOM_NONFINITE_SKIP, 2},   {-1, 10, LOOM_NONFINITE_STOP, 0}, {-1, 10, LOOM_NONFINITE_SKIP, 1},
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    result want, got;
+    for (int on_device = 0; on_device < 2; on_device++) {
+      poison_at = cases[k].poison;
+      fake_device_reset_counts(dev);
+      run(&(run_spec){.train = data(all8, N, cases[k].nan_sample), .epochs = 3, .poison = cases[k].poison > 0,
+                      .policy = cases[k].policy, .budget = cases[k].budget, .backend = on_device ? fake : NULL},
+          on_device ? &got : &want);
+    }
+    if (got.rc != want.rc || strcmp(got.message, want.message) != 0)
+      fail_msg("case %zu: the device's %d \"%s\", the host's %d \"%s\"", k, got.rc, got.message, want.rc,
+               want.message);
+    assert_int_equal(got.steps, want.steps);
+    assert_int_equal(got.num_params, want.num_params);
+    assert_memory_equal(got.params, want.params, got.num_params * sizeof(float));
+    assert_memory_equal(got.batch_loss, want.batch_loss, sizeof got.batch_loss);
+    assert_true(got.train_loss == want.train_loss || (isnan(got.train_loss) && isnan(want.train_loss)));
+    assert_int_equal(fake_device_counts_of(dev).host_results, 0);
+    assert_true(fake_device_counts_of(dev).to_host > 0);
+  }
+  assert_int_equal(fake_device_counts_of(dev).live, 0);
+  loom_backend_destroy(fake);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_grads_finite),
@@ -508,6 +562,7 @@ int main(void) {
       cmocka_unit_test(test_gradient_nan_loss_scaling),
       cmocka_unit_test(test_gradient_nan_optimizer_callback),
       cmocka_unit_test(test_gradient_nan_from_allreduce),
+      cmocka_unit_test(test_device_defers_like_host),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
 /* The CPU backend's table: host memory, and the kernels of this folder. */
 #include "loom/backend_cpu.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -84,9 +85,9 @@ static int cpu_act_backward(void *ctx, loom_activation act, float param, const f
 }
 
 static int cpu_xent_forward(void *ctx, const float *logits, const float *targets, const float *weights,
-                            float smoothing, int64_t n, int64_t c, float *probs, double *loss_sum, double *weight_sum) {
+                            float smoothing, int64_t n, int64_t c, float *probs, double *sums) {
   (void)ctx;
-  loom_cpu_xent_forward(logits, targets, weights, smoothing, n, c, probs, loss_sum, weight_sum);
+  loom_cpu_xent_forward(logits, targets, weights, smoothing, n, c, probs, &sums[0], &sums[1]);
   return 0;
 }
 
@@ -214,21 +215,24 @@ static int cpu_block_backward(void *ctx, loom_plan *plan, int first, const float
 
 static int cpu_sgd_update(void *ctx, const loom_sgd_step *s, float *p, const float *g, float *buf, int64_t n) {
   (void)ctx;
-  loom_cpu_sgd_update(s, p, g, buf, n);
+  if (!(s->gate && *s->gate)) /* held back by the gate */
+    loom_cpu_sgd_update(s, p, g, buf, n);
   return 0;
 }
 
 static int cpu_adam_update(void *ctx, const loom_adam_step *s, float *p, const float *g, float *m, float *v,
                            int64_t n) {
   (void)ctx;
-  loom_cpu_adam_update(s, p, g, m, v, n);
+  if (!(s->gate && *s->gate))
+    loom_cpu_adam_update(s, p, g, m, v, n);
   return 0;
 }
 
 static int cpu_rmsprop_update(void *ctx, const loom_rmsprop_step *s, float *p, const float *g, float *sq, float *buf,
                               float *avg, int64_t n) {
   (void)ctx;
-  loom_cpu_rmsprop_update(s, p, g, sq, buf, avg, n);
+  if (!(s->gate && *s->gate))
+    loom_cpu_rmsprop_update(s, p, g, sq, buf, avg, n);
   return 0;
 }
 
@@ -247,6 +251,16 @@ static int cpu_scale(void *ctx, float *x, float a, int64_t n) {
 static int cpu_clamp(void *ctx, float *x, float limit, int64_t n) {
   (void)ctx;
   loom_cpu_clamp(x, limit, n);
+  return 0;
+}
+
+static int cpu_flag_nonfinite(void *ctx, const float *x, int64_t n, const double *d, int64_t nd, int *flag) {
+  (void)ctx;
+  bool finite = loom_cpu_all_finite(x, n);
+  for (int64_t i = 0; i < nd && finite; i++)
+    finite = isfinite(d[i]);
+  if (!finite)
+    *flag = 1;
   return 0;
 }
 
@@ -290,6 +304,7 @@ static const loom_backend_ops cpu_ops = {
     .scale = cpu_scale,
     .clamp = cpu_clamp,
     .all_finite = cpu_all_finite,
+    .flag_nonfinite = cpu_flag_nonfinite,
     .gemm_checked = cpu_gemm_checked,
     .topk_hits = cpu_topk_hits,
     .round = cpu_round,

@@ -256,7 +256,7 @@ static int cuda_sgd_update(void *ctx, const loom_sgd_step *s, float *p, const fl
   cuda_ctx *c = ctx;
   const loom_cuda_sgd k = {.lr = (float)s->lr, .wd = (float)s->weight_decay, .mu = (float)s->momentum,
                            .damp = (float)(1.0 - s->dampening), .momentum = buf && (float)s->momentum != 0.0f,
-                           .first = s->first, .nesterov = s->nesterov};
+                           .first = s->first, .nesterov = s->nesterov, .gate = s->gate};
   int rc = enter(c);
   return rc < 0 ? rc : launched(c, loom_cuda_sgd_update(c->stream, k, p, g, buf, n), "sgd_update");
 }
@@ -269,7 +269,8 @@ static int cuda_adam_update(void *ctx, const loom_adam_step *s, float *p, const 
                             .c2 = (float)(1.0 - s->beta2), .eps = (float)s->eps,
                             .l2 = s->decoupled ? 0.0f : (float)s->weight_decay,
                             .shrink = s->decoupled ? (float)(1.0 - s->lr * s->weight_decay) : 1.0f,
-                            .step_size = (float)(s->lr / bc1), .inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2))};
+                            .step_size = (float)(s->lr / bc1), .inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2)),
+                            .gate = s->gate};
   int rc = enter(c);
   return rc < 0 ? rc : launched(c, loom_cuda_adam_update(c->stream, k, p, g, m, v, n), "adam_update");
 }
@@ -279,7 +280,7 @@ static int cuda_rmsprop_update(void *ctx, const loom_rmsprop_step *s, float *p, 
   cuda_ctx *c = ctx;
   const loom_cuda_rmsprop k = {.a = (float)s->alpha, .ca = (float)(1.0 - s->alpha), .eps = (float)s->eps,
                                .mu = (float)s->momentum, .lr = (float)s->lr, .wd = (float)s->weight_decay,
-                               .centered = s->centered};
+                               .centered = s->centered, .gate = s->gate};
   int rc = enter(c);
   return rc < 0 ? rc : launched(c, loom_cuda_rmsprop_update(c->stream, k, p, g, sq, buf, avg, n), "rmsprop_update");
 }
@@ -307,21 +308,13 @@ static int cuda_sum_squares(void *ctx, const float *x, int64_t n, double *sum) {
 
 /* The criteria: the sums in double in a fixed tree (see sum_squares). */
 static int cuda_xent_forward(void *ctx, const float *logits, const float *targets, const float *weights,
-                             float smoothing, int64_t n, int64_t c, float *probs, double *loss_sum,
-                             double *weight_sum) {
+                             float smoothing, int64_t n, int64_t c, float *probs, double *sums) {
   cuda_ctx *cc = ctx;
-  double sums[2];
-  double *out = cc->partials + 2 * LOOM_CUDA_REDUCE_BLOCKS;
   int rc = enter(cc);
-  if (rc == 0)
-    rc = launched(cc, loom_cuda_xent_forward(cc->stream, logits, targets, weights, smoothing, n, c, probs,
-                                             cc->partials, out),
-                  "xent_forward");
-  if (rc == 0)
-    rc = read_back(cc, sums, out, sizeof sums);
-  if (rc == 0)
-    *loss_sum = sums[0], *weight_sum = sums[1];
-  return rc;
+  return rc < 0 ? rc
+                : launched(cc, loom_cuda_xent_forward(cc->stream, logits, targets, weights, smoothing, n, c, probs,
+                                                      cc->partials, sums),
+                           "xent_forward");
 }
 
 static int cuda_xent_backward(void *ctx, const float *probs, const float *targets, const float *weights,
@@ -337,12 +330,10 @@ static int cuda_xent_backward(void *ctx, const float *probs, const float *target
 static int cuda_loss_forward(void *ctx, loom_pointwise_loss loss, float param, const float *out, const float *target,
                              int64_t n, double *sum) {
   cuda_ctx *c = ctx;
-  double *result = c->partials + 2 * LOOM_CUDA_REDUCE_BLOCKS;
   int rc = enter(c);
-  if (rc == 0)
-    rc = launched(c, loom_cuda_loss_forward(c->stream, loss, param, out, target, n, c->partials, result),
-                  "loss_forward");
-  return rc < 0 ? rc : read_back(c, sum, result, sizeof *sum);
+  return rc < 0 ? rc
+                : launched(c, loom_cuda_loss_forward(c->stream, loss, param, out, target, n, c->partials, sum),
+                           "loss_forward");
 }
 
 static int cuda_loss_backward(void *ctx, loom_pointwise_loss loss, float param, const float *out, const float *target,
@@ -409,6 +400,16 @@ static int cuda_all_finite(void *ctx, const float *x, int64_t n, bool *finite) {
   return rc;
 }
 
+static int cuda_flag_nonfinite(void *ctx, const float *x, int64_t n, const double *d, int64_t nd, int *flag) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  if (rc == 0 && n > 0)
+    rc = launched(c, loom_cuda_any_nonfinite(c->stream, x, n, flag), "flag_nonfinite");
+  if (rc == 0 && nd > 0)
+    rc = launched(c, loom_cuda_any_nonfinite_f64(c->stream, d, nd, flag), "flag_nonfinite (doubles)");
+  return rc;
+}
+
 /* Frees what was made, in reverse; any part may be missing. */
 static void cuda_destroy(void *ctx) {
   cuda_ctx *c = ctx;
@@ -468,6 +469,7 @@ static const loom_backend_ops cuda_ops = {
     .round = cuda_round,
     .clamp = cuda_clamp,
     .all_finite = cuda_all_finite,
+    .flag_nonfinite = cuda_flag_nonfinite,
     .topk_hits = cuda_topk_hits,
 #ifdef LOOM_HAVE_CUDNN
     .conv_plan = loom_cudnn_conv_plan,

@@ -274,8 +274,17 @@ __global__ void nonfinite_kernel(const float *x, int *flag, int64_t n) {
     *flag = 1;
 }
 
-// The updates of backends/cpu/optim.c, statement for statement.
+__global__ void nonfinite_f64_kernel(const double *x, int *flag, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride())
+    if (!isfinite(x[i]))
+      *flag = 1;
+}
+
+// The updates of backends/cpu/optim.c, statement for statement; a gate
+// that is set holds them back.
 __global__ void sgd_kernel(loom_cuda_sgd k, float *p, const float *g, float *buf, int64_t n) {
+  if (k.gate && *k.gate)
+    return;
   for (int64_t i = first_index(); i < n; i += stride()) {
     if (!k.momentum) {
       p[i] -= k.lr * (g[i] + k.wd * p[i]);
@@ -288,6 +297,8 @@ __global__ void sgd_kernel(loom_cuda_sgd k, float *p, const float *g, float *buf
 }
 
 __global__ void adam_kernel(loom_cuda_adam k, float *p, const float *g, float *m, float *v, int64_t n) {
+  if (k.gate && *k.gate)
+    return;
   for (int64_t i = first_index(); i < n; i += stride()) {
     const float gi = g[i] + k.l2 * p[i];
     p[i] *= k.shrink;
@@ -299,6 +310,8 @@ __global__ void adam_kernel(loom_cuda_adam k, float *p, const float *g, float *m
 
 __global__ void rmsprop_kernel(loom_cuda_rmsprop k, float *p, const float *g, float *v, float *b, float *c,
                                int64_t n) {
+  if (k.gate && *k.gate)
+    return;
   for (int64_t i = first_index(); i < n; i += stride()) {
     const float gi = g[i] + k.wd * p[i];
     v[i] = k.a * v[i] + k.ca * gi * gi;
@@ -499,6 +512,10 @@ cudaError_t loom_cuda_topk_hits(cudaStream_t s, const float *scores, const float
 
 cudaError_t loom_cuda_any_nonfinite(cudaStream_t s, const float *x, int64_t n, int *flag) {
   return launch(nonfinite_kernel, s, n, x, flag);
+}
+
+cudaError_t loom_cuda_any_nonfinite_f64(cudaStream_t s, const double *x, int64_t n, int *flag) {
+  return launch(nonfinite_f64_kernel, s, n, x, flag);
 }
 
 cudaError_t loom_cuda_sgd_update(cudaStream_t s, loom_cuda_sgd k, float *p, const float *g, float *buf, int64_t n) {

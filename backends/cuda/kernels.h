@@ -65,18 +65,24 @@ cudaError_t loom_cuda_topk_hits(cudaStream_t s, const float *scores, const float
 /* *flag (device) = 1 if any x_i is Inf or NaN; left as it was otherwise
  * (the caller zeroes it first). */
 cudaError_t loom_cuda_any_nonfinite(cudaStream_t s, const float *x, int64_t n, int *flag);
+/* The same over doubles (a loss's sums: a handful). */
+cudaError_t loom_cuda_any_nonfinite_f64(cudaStream_t s, const double *x, int64_t n, int *flag);
 
-/* The optimizers' updates: the scalars as the CPU's computes them in float. */
+/* The optimizers' updates: the scalars as the CPU's computes them in float;
+ * a non-NULL gate (device) holding a non-zero value holds the update back. */
 typedef struct loom_cuda_sgd {
   float lr, wd, mu, damp; /* damp = 1 - dampening */
   int momentum, first, nesterov;
+  const int *gate;
 } loom_cuda_sgd;
 typedef struct loom_cuda_adam {
   float b1, b2, c1, c2, eps, l2, shrink, step_size, inv_sqrt_bc2;
+  const int *gate;
 } loom_cuda_adam;
 typedef struct loom_cuda_rmsprop {
   float a, ca, eps, mu, lr, wd;
   int centered;
+  const int *gate;
 } loom_cuda_rmsprop;
 cudaError_t loom_cuda_sgd_update(cudaStream_t s, loom_cuda_sgd k, float *p, const float *g, float *buf, int64_t n);
 cudaError_t loom_cuda_adam_update(cudaStream_t s, loom_cuda_adam k, float *p, const float *g, float *m, float *v,

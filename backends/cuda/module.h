@@ -23,7 +23,7 @@
 #include "loom/backend_cuda.h"
 #include "loom/error.h"
 
-#define LOOM_CUDA_MODULE_ABI 3
+#define LOOM_CUDA_MODULE_ABI 4
 #define LOOM_CUDA_MODULE_ENTRY "loom_cuda_module_v1"
 /* Devices loom keeps an allocator for: indices past it are refused, on
  * both sides of the boundary. */

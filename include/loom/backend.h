@@ -202,25 +202,30 @@ typedef enum loom_op {
   LOOM_OP_GEMM_CHECKED,
   LOOM_OP_TOPK_HITS,
   LOOM_OP_ROUND,
+  LOOM_OP_FLAG_NONFINITE,
   LOOM_OP_COUNT
 } loom_op;
 
 /* The optimizers' updates, elementwise over a range of parameters p,
  * gradients g and state, with torch.optim's formulas (models/sgd.c,
- * adam.c, rmsprop.c state them). */
+ * adam.c, rmsprop.c state them). A non-NULL gate (an int in the backend's
+ * memory) holds the update back when it is not 0: nothing is written. */
 typedef struct loom_sgd_step {
   double lr, weight_decay, momentum, dampening;
   bool nesterov;
   bool first; /* the first step: buf = d */
+  const int *gate; /* see loom_backend_set_update_gate; NULL: none */
 } loom_sgd_step;
 typedef struct loom_adam_step {
   double lr, weight_decay, beta1, beta2, eps;
   int64_t step;   /* from 1, for the bias corrections */
   bool decoupled; /* AdamW: p shrinks by lr wd instead of wd p joining g */
+  const int *gate;
 } loom_adam_step;
 typedef struct loom_rmsprop_step {
   double lr, weight_decay, alpha, eps, momentum;
   bool centered;
+  const int *gate;
 } loom_rmsprop_step;
 
 typedef struct loom_backend_ops {
@@ -259,18 +264,21 @@ typedef struct loom_backend_ops {
   /* Softmax cross-entropy of logits [n, c] against class indices
    * targets[n] (floats holding integers), with class weights (NULL: all
    * 1) and label smoothing e: with q = (1 - e) onehot(y) + e / c, it
-   * writes probs = softmax(logits) and, on the host, *loss_sum = sum_i
-   * sum_j w_j q_ij (logsumexp_i - logit_ij) and *weight_sum = sum_i
-   * w_{y_i} (both in double). A target that is not a class in [0, c)
-   * makes both sums NaN and reads nothing out of range: the criterion
-   * checks device targets on the host only then, not every batch. */
+   * writes probs = softmax(logits) and, in the backend's memory, sums[0] =
+   * sum_i sum_j w_j q_ij (logsumexp_i - logit_ij) and sums[1] = sum_i
+   * w_{y_i} (both in double). The sums stay where they are, so a device
+   * need not wait: the criterion reads them back when it needs the loss
+   * (loom_criterion_forward_deferred). A target that is not a class in
+   * [0, c) makes both sums NaN and reads nothing out of range: the
+   * criterion checks device targets on the host only then, not every
+   * batch. */
   int (*xent_forward)(void *ctx, const float *logits, const float *targets, const float *weights, float smoothing,
-                      int64_t n, int64_t c, float *probs, double *loss_sum, double *weight_sum);
+                      int64_t n, int64_t c, float *probs, double *sums);
   /* dlogits_ij = ((sum_k w_k q_ik) probs_ij - w_j q_ij) scale. */
   int (*xent_backward)(void *ctx, const float *probs, const float *targets, const float *weights, float smoothing,
                        float scale, int64_t n, int64_t c, float *dlogits);
-  /* *sum (on the host, in double) = the sum over n elements of the loss of
-   * out against target. */
+  /* *sum (in the backend's memory, in double, as xent_forward's sums) =
+   * the sum over n elements of the loss of out against target. */
   int (*loss_forward)(void *ctx, loom_pointwise_loss loss, float param, const float *out, const float *target,
                       int64_t n, double *sum);
   /* dout = scale dloss/dout, elementwise. */
@@ -347,6 +355,10 @@ typedef struct loom_backend_ops {
   int (*scale)(void *ctx, float *x, float a, int64_t n);
   int (*clamp)(void *ctx, float *x, float limit, int64_t n);
   int (*all_finite)(void *ctx, const float *x, int64_t n, bool *finite);
+  /* *flag (an int in the backend's memory) = 1 if any of x[0..n) or
+   * d[0..nd) is Inf or NaN, else left as it is: the deferred step's gate
+   * over the gradients and the loss's sums, decided without a wait. */
+  int (*flag_nonfinite)(void *ctx, const float *x, int64_t n, const double *d, int64_t nd, int *flag);
   /* gemm, then *finite (host) = no Inf or NaN in the M x N block of C: a
    * parameter gradient checked where it is computed, while in cache (the
    * non-finite policy's check, loom_model_grads_checked). Optional: without
@@ -410,7 +422,7 @@ LOOM_API int loom_backend_act_backward(loom_backend *backend, loom_activation ac
                                        const float *y, const float *dy, float *dx, int64_t n);
 LOOM_API int loom_backend_xent_forward(loom_backend *backend, const float *logits, const float *targets,
                                        const float *weights, float smoothing, int64_t n, int64_t c, float *probs,
-                                       double *loss_sum, double *weight_sum);
+                                       double *sums);
 LOOM_API int loom_backend_xent_backward(loom_backend *backend, const float *probs, const float *targets,
                                         const float *weights, float smoothing, float scale, int64_t n, int64_t c,
                                         float *dlogits);
@@ -434,6 +446,13 @@ LOOM_API int loom_backend_sum_squares(loom_backend *backend, const float *x, int
 LOOM_API int loom_backend_scale(loom_backend *backend, float *x, float a, int64_t n);
 LOOM_API int loom_backend_clamp(loom_backend *backend, float *x, float limit, int64_t n);
 LOOM_API int loom_backend_all_finite(loom_backend *backend, const float *x, int64_t n, bool *finite);
+LOOM_API int loom_backend_flag_nonfinite(loom_backend *backend, const float *x, int64_t n, const double *d, int64_t nd,
+                                         int *flag);
+/* While a gate (an int in the backend's memory) is set, the update
+ * wrappers (loom_backend_sgd_update, ...) hand it to the op, which writes
+ * nothing when it holds a non-zero value: a step decided on the device,
+ * after the host has issued it (loom_optimizer_step_gated). NULL clears it. */
+LOOM_API void loom_backend_set_update_gate(loom_backend *backend, const int *gate);
 LOOM_API int loom_backend_round(loom_backend *backend, loom_precision p, const float *x, float *y, int64_t n);
 
 /* Autocast, as torch.autocast: while this thread's precision is BF16 or

@@ -5,6 +5,7 @@
 
 #include "loom/api.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "loom/tensor.h"
@@ -17,11 +18,23 @@ typedef struct loom_criterion loom_criterion;
 
 typedef struct loom_criterion_ops {
   const char *type;
-  /* The loss of a batch (a mean over samples). */
+  /* The loss of a batch (a mean over samples). Optional with the pair below. */
   int (*forward)(void *data, const loom_tensor *output, const loom_tensor *target, double *loss);
   /* d loss / d output of the last forward, written to dout (output's shape). */
   int (*backward)(void *data, const loom_tensor *output, const loom_tensor *target, loom_tensor *dout);
   void (*destroy)(void *data);
+  /* Optional, a pair that does forward's work in two halves, so that a
+   * device need not wait for the loss: forward_issue starts the forward on
+   * output's backend and leaves the loss's parts in sums[0..1], two doubles
+   * of that backend's memory; forward_finish, once they are on the host,
+   * gives the loss and refuses what forward would have refused but can only
+   * see in them (a target that is no class). */
+  int (*forward_issue)(void *data, const loom_tensor *output, const loom_tensor *target, double *sums);
+  int (*forward_finish)(void *data, const loom_tensor *output, const loom_tensor *target, const double *sums,
+                        double *loss);
+  /* Optional: false while backward needs forward_finish first (its scale
+   * comes from the sums, e.g. a sum of class weights). NULL: it does not. */
+  bool (*backward_before_finish)(void *data);
 } loom_criterion_ops;
 
 /* `ops` is copied; `data` is owned (freed by ops->destroy, also on failure). */
@@ -31,6 +44,15 @@ LOOM_API const char *loom_criterion_type(const loom_criterion *c);
 
 LOOM_API int loom_criterion_forward(loom_criterion *c, const loom_tensor *output, const loom_tensor *target,
                            double *loss);
+/* The forward without a wait (a model on a device): issue leaves the loss's
+ * parts in sums (two doubles of output's backend's memory); once they are
+ * read back, finish gives the loss. Between the two, backward may run.
+ * LOOM_ENOTSUP (no message set) if the criterion has no such pair or its
+ * backward needs the loss first: use loom_criterion_forward. */
+LOOM_API int loom_criterion_forward_issue(loom_criterion *c, const loom_tensor *output, const loom_tensor *target,
+                                          double *sums);
+LOOM_API int loom_criterion_forward_finish(loom_criterion *c, const loom_tensor *output, const loom_tensor *target,
+                                           const double *sums, double *loss);
 /* loom_criterion_backward, then *dout multiplied by scale (1: as is): the
  * loss scaling's gradient (loom_runner_loss_scale). */
 LOOM_API int loom_criterion_backward_scaled(loom_criterion *c, const loom_tensor *output, const loom_tensor *target,

@@ -71,6 +71,10 @@ typedef struct loom_optimizer_ops {
    * one on a device. */
   int (*update_on)(void *data, loom_backend *backend, float *params, const float *grads, float *state, size_t total,
                    size_t off, size_t len, int64_t step, double lr, double wd);
+  /* true: update_on writes only through the backend's update ops, which a
+   * gate can hold back (loom_backend_set_update_gate), so that
+   * loom_optimizer_step_gated may leave the decision to the device. */
+  bool gateable;
 } loom_optimizer_ops;
 
 /* A new optimizer with rate lr (>= 0). `ops` is copied; `data` is owned
@@ -136,6 +140,18 @@ LOOM_API int loom_optimizer_step(loom_optimizer *opt, loom_model *model);
  * check is fused into the update (each core checks, then updates, its own
  * slice), so it costs little more than the step. */
 LOOM_API int loom_optimizer_step_checked(loom_optimizer *opt, loom_model *model, bool *finite);
+/* The checked step as the device decides it, without a wait (a model on
+ * a device): *gate (an int in the backend's memory, zeroed by the caller)
+ * becomes 1 if a gradient or one of also[0..nalso) (that memory too: the
+ * loss's sums) is not finite, and the update is held back on the device
+ * if so. The step is counted; once the host has read the gate, a step it
+ * held back is taken back with loom_optimizer_untake_step. LOOM_ENOTSUP
+ * (no message set) for a model on the CPU, a backend without the
+ * flag_nonfinite op, or an optimizer that is not gateable. */
+LOOM_API int loom_optimizer_step_gated(loom_optimizer *opt, loom_model *model, const double *also, int64_t nalso,
+                                       int *gate);
+LOOM_API void loom_optimizer_untake_step(loom_optimizer *opt);
+LOOM_API bool loom_optimizer_is_gateable(const loom_optimizer *opt);
 /* Forgets the state (moments, step count, and the ops' own: ops->reset). */
 LOOM_API void loom_optimizer_reset(loom_optimizer *opt);
 

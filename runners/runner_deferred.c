@@ -1,0 +1,110 @@
+/* The deferred batch: on a device, the supervised batch without a wait
+ * until its end. The loss's sums stay on the device (the criterion's
+ * forward_issue); backward and the step follow at once, the step held back
+ * on the device if the gradients or the loss are not finite
+ * (loom_optimizer_step_gated); at the batch's end one small copy brings
+ * the sums and the gate to the host, where the loss is made and the
+ * non-finite policy decides as it would have before the step: the same
+ * skips, errors and weights as the waiting path, with one wait per batch
+ * instead of one per result. */
+#include "runners/runner_impl.h"
+
+#include <math.h>
+#include <stddef.h>
+
+/* What the one copy brings back: the device's layout of r->deferred. */
+typedef struct deferred_results {
+  double sums[2];
+  int gate;
+} deferred_results;
+
+/* The model's backend if this batch may defer: a device with the gate's
+ * op, one rank (a rank's non-finite loss must reach the others before the
+ * gradients' mean: loom_runner_check_loss), and on a training loader an
+ * automatic step with no loss scaling (whose decisions are the host's). */
+static loom_backend *deferrable(const loom_runner *r) {
+  loom_backend *b = r->model ? loom_model_backend(r->model) : NULL;
+  if (!b || loom_backend_device(b) == LOOM_DEVICE_CPU || !loom_backend_supports(b, LOOM_OP_FLAG_NONFINITE) ||
+      loom_comm_size(r->comm) > 1)
+    return NULL;
+  if (r->loader_kind == LOOM_LOADER_TRAIN &&
+      (r->manual_step || r->scaling.enabled || !r->optimizer || !loom_optimizer_is_gateable(r->optimizer)))
+    return NULL;
+  return b;
+}
+
+/* r->deferred on `b`, made once (again if the model moved), zeroed. */
+static int results_on(loom_runner *r, loom_backend *b) {
+  if (r->deferred && loom_tensor_backend(r->deferred) != b) {
+    loom_tensor_destroy(r->deferred);
+    r->deferred = NULL;
+  }
+  const int64_t floats = (sizeof(deferred_results) + sizeof(float) - 1) / sizeof(float);
+  if (!r->deferred && !(r->deferred = loom_tensor_create_on(b, 1, &floats)))
+    return loom_last_error_code();
+  return loom_backend_zero(b, loom_tensor_data(r->deferred), sizeof(deferred_results));
+}
+
+static double *sums_of(loom_runner *r) { return (double *)(void *)loom_tensor_data(r->deferred); }
+static int *gate_of(loom_runner *r) {
+  return (int *)(void *)((char *)loom_tensor_data(r->deferred) + offsetof(deferred_results, gate));
+}
+
+int loom_runner_criterion_forward(loom_runner *r, loom_criterion *c, const loom_tensor *out, double *loss,
+                                  bool *deferred) {
+  *deferred = false;
+  loom_backend *b = deferrable(r);
+  if (!b)
+    return loom_criterion_forward(c, out, r->target, loss);
+  int rc = results_on(r, b);
+  if (rc < 0)
+    return loom_error_wrap(rc, "the batch's results on backend \"%s\"", loom_backend_name(b));
+  rc = loom_criterion_forward_issue(c, out, r->target, sums_of(r));
+  if (rc == LOOM_ENOTSUP) /* this criterion needs its loss at once */
+    return loom_criterion_forward(c, out, r->target, loss);
+  if (rc < 0)
+    return rc;
+  r->deferred_criterion = c;
+  *deferred = true;
+  return 0;
+}
+
+int loom_runner_step_deferred(loom_runner *r) {
+  int rc = loom_optimizer_step_gated(r->optimizer, r->model, sums_of(r), 2, gate_of(r));
+  if (rc == LOOM_ENOTSUP) /* deferrable() saw to it */
+    return loom_error_set(LOOM_ESTATE, "stage \"%s\": the deferred step cannot be held back on backend \"%s\"",
+                          r->stage->name, loom_backend_name(loom_model_backend(r->model)));
+  if (rc < 0)
+    return rc;
+  r->global_optimizer_step++;
+  r->step_deferred = true;
+  return 0;
+}
+
+int loom_runner_record_loss(loom_runner *r, double loss) {
+  r->batch_loss = loss;
+  return loom_metrics_set(r->batch_metrics, "loss", loss);
+}
+
+/* The batch's end on the host: one copy, the loss, then what the
+ * non-finite policy makes of a step the gate held back. */
+int loom_runner_settle_deferred(loom_runner *r) {
+  loom_criterion *c = r->deferred_criterion;
+  const bool stepped = r->step_deferred;
+  r->deferred_criterion = NULL;
+  r->step_deferred = false;
+  deferred_results host;
+  int rc = loom_backend_to_host(loom_tensor_backend(r->deferred), &host, loom_tensor_data(r->deferred), sizeof host);
+  double loss;
+  if (rc == 0)
+    rc = loom_criterion_forward_finish(c, r->output, r->target, host.sums, &loss);
+  if (rc == 0)
+    rc = loom_runner_record_loss(r, loss);
+  if (rc < 0 || !stepped || !host.gate)
+    return rc;
+  /* Held back on the device: no step was taken. */
+  loom_optimizer_untake_step(r->optimizer);
+  r->global_optimizer_step--;
+  rc = isfinite(loss) ? loom_runner_nonfinite_gradients(r) : loom_runner_check_loss(r, loss);
+  return rc < 0 ? rc : 0;
+}
