@@ -25,7 +25,7 @@ static const char *const op_names[LOOM_OP_COUNT] = {
     "xent_backward", "loss_forward", "loss_backward", "dropout_forward", "mul", "add", "conv_forward", "conv_backward",
     "pool_forward", "pool_backward", "batchnorm_forward", "batchnorm_backward", "block", "sgd_update",
     "adam_update", "rmsprop_update", "sum_squares", "scale", "clamp", "all_finite", "gemm_checked", "topk_hits", "round",
-    "flag_nonfinite"};
+    "flag_nonfinite", "update_ranges"};
 
 const char *loom_op_name(loom_op op) { return op < LOOM_OP_COUNT ? op_names[op] : "?"; }
 
@@ -91,6 +91,8 @@ bool loom_backend_supports(const loom_backend *b, loom_op op) {
   case LOOM_OP_CLAMP: return o->clamp != NULL;
   case LOOM_OP_ALL_FINITE: return o->all_finite != NULL;
   case LOOM_OP_FLAG_NONFINITE: return o->flag_nonfinite != NULL;
+  case LOOM_OP_UPDATE_RANGES: /* else range by range */
+    return o->update_ranges || (o->sgd_update && o->adam_update && o->rmsprop_update);
   case LOOM_OP_GEMM_CHECKED: return o->gemm_checked || (o->gemm && o->all_finite);
   case LOOM_OP_TOPK_HITS: return o->topk_hits != NULL;
   case LOOM_OP_ROUND: return o->round != NULL;
@@ -352,6 +354,60 @@ int loom_backend_rmsprop_update(loom_backend *b, const loom_rmsprop_step *s, flo
   gated.gate = b->gate ? b->gate : s->gate;
   int rc = ready(b, LOOM_OP_RMSPROP_UPDATE);
   return rc < 0 ? rc : b->ops.rmsprop_update(b->ctx, &gated, p, g, sq, buf, avg, n);
+}
+
+/* The rule's own op on one range, with the range's rate and decay. */
+static int update_range(loom_backend *b, const loom_update_step *s, const loom_update_range *r, float *p,
+                        const float *g, float *state, int64_t total) {
+  const int64_t o = r->off;
+  switch (s->rule) {
+  case LOOM_RULE_SGD: {
+    loom_sgd_step k = s->u.sgd;
+    k.lr = r->lr, k.weight_decay = r->wd;
+    return loom_backend_sgd_update(b, &k, p + o, g + o, state ? state + o : NULL, r->len);
+  }
+  case LOOM_RULE_ADAM: {
+    loom_adam_step k = s->u.adam;
+    k.lr = r->lr, k.weight_decay = r->wd;
+    return loom_backend_adam_update(b, &k, p + o, g + o, state + o, state + total + o, r->len);
+  }
+  case LOOM_RULE_RMSPROP: {
+    loom_rmsprop_step k = s->u.rmsprop;
+    k.lr = r->lr, k.weight_decay = r->wd;
+    return loom_backend_rmsprop_update(b, &k, p + o, g + o, state + o, state + total + o, state + 2 * total + o,
+                                       r->len);
+  }
+  }
+  return loom_error_set(LOOM_EINVAL, "update_ranges: unknown rule %d", (int)s->rule);
+}
+
+int loom_backend_update_ranges(loom_backend *b, const loom_update_step *s, const loom_update_range *ranges,
+                               int nranges, float *p, const float *g, float *state, int64_t total) {
+  if ((unsigned)s->rule > LOOM_RULE_RMSPROP)
+    return loom_error_set(LOOM_EINVAL, "update_ranges: unknown rule %d", (int)s->rule);
+  if (s->rule != LOOM_RULE_SGD && !state)
+    return loom_error_set(LOOM_EINVAL, "update_ranges: the %s rule needs its state", s->rule == LOOM_RULE_ADAM
+                                                                                          ? "Adam" : "RMSprop");
+  for (int i = 0; i < nranges; i++)
+    if (ranges[i].off < (i ? ranges[i - 1].off + ranges[i - 1].len : 0) || ranges[i].len < 0 ||
+        ranges[i].off + ranges[i].len > total)
+      return loom_error_set(LOOM_EINVAL, "update_ranges: range %d [%lld, +%lld) is not sorted, disjoint and inside "
+                                         "the %lld parameters",
+                            i, (long long)ranges[i].off, (long long)ranges[i].len, (long long)total);
+  if (!b->ops.update_ranges) {
+    int rc = 0;
+    for (int i = 0; i < nranges && rc == 0; i++)
+      rc = update_range(b, s, &ranges[i], p, g, state, total);
+    return rc;
+  }
+  loom_update_step gated = *s;
+  if (b->gate && s->rule == LOOM_RULE_SGD)
+    gated.u.sgd.gate = b->gate;
+  else if (b->gate && s->rule == LOOM_RULE_ADAM)
+    gated.u.adam.gate = b->gate;
+  else if (b->gate)
+    gated.u.rmsprop.gate = b->gate;
+  return b->ops.update_ranges(b->ctx, &gated, ranges, nranges, p, g, state, total);
 }
 
 int loom_backend_sum_squares(loom_backend *b, const float *x, int64_t n, double *sum) {

@@ -230,11 +230,32 @@ static int begin_step(loom_optimizer *opt, const loom_model *model) {
   return 0;
 }
 
+/* A device's step in one call (update_ranges_on): every layer's segments
+ * as ranges, in order. */
+static int step_ranges(loom_optimizer *opt, loom_model *model, loom_backend *device) {
+  const size_t layers = loom_model_num_layers(model);
+  loom_update_range *ranges = malloc((2 * layers + 1) * sizeof *ranges);
+  if (!ranges)
+    return loom_error_oom("an optimizer step's ranges");
+  int n = 0;
+  for (size_t i = 0; i < layers; i++) {
+    segment seg[2];
+    for (int k = 0, count = layer_segments(opt, model, i, seg); k < count; k++)
+      ranges[n++] = (loom_update_range){(int64_t)seg[k].off, (int64_t)seg[k].len, seg[k].lr, seg[k].wd};
+  }
+  int rc = opt->ops.update_ranges_on(opt->data, device, loom_model_params(model), loom_model_grad_buffer(model),
+                                     opt->state, opt->nparams, ranges, n, opt->steps);
+  free(ranges);
+  return rc < 0 ? loom_error_wrap(rc, "%s step of %d ranges", opt->ops.type, n) : 0;
+}
+
 int loom_optimizer_step(loom_optimizer *opt, loom_model *model) {
   int rc = begin_step(opt, model);
   float *p = loom_model_params(model);
   const float *g = loom_model_grad_buffer(model);
   loom_backend *device = device_of(model);
+  if (rc == 0 && device && opt->ops.update_ranges_on)
+    return step_ranges(opt, model, device);
   for (size_t i = 0; rc == 0 && i < loom_model_num_layers(model); i++) {
     segment seg[2];
     int n = layer_segments(opt, model, i, seg);

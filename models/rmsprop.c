@@ -17,6 +17,15 @@ static int rmsprop_update_on(void *data, loom_backend *b, float *p, const float 
                                      state + 2 * total + off, (int64_t)len);
 }
 
+static int rmsprop_ranges_on(void *data, loom_backend *b, float *p, const float *g, float *state, size_t total,
+                             const loom_update_range *ranges, int n, int64_t step) {
+  (void)step;
+  const loom_rmsprop_options *o = data;
+  const loom_update_step s = {LOOM_RULE_RMSPROP,
+                              .u.rmsprop = {0, 0, o->alpha, o->eps, o->momentum, o->centered, NULL}};
+  return loom_backend_update_ranges(b, &s, ranges, n, p, g, state, (int64_t)total);
+}
+
 static int rmsprop_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
                           int64_t step, double lr, double wd) {
   return rmsprop_update_on(data, loom_backend_cpu(), p, g, state, total, off, len, step, lr, wd);
@@ -30,7 +39,9 @@ static const loom_optimizer_ops rmsprop_ops = {.type = "rmsprop",
                                                .elementwise = true,
                                                .state_per_param = 3,
                                                .update = rmsprop_update,
-                                               .update_on = rmsprop_update_on, .gateable = true,
+                                               .update_on = rmsprop_update_on,
+                                               .gateable = true,
+                                               .update_ranges_on = rmsprop_ranges_on,
                                                .momentum = rmsprop_momentum,
                                                .set_momentum = rmsprop_set_momentum,
                                                .weight_decay = rmsprop_decay,

@@ -14,6 +14,13 @@ static int sgd_update_on(void *data, loom_backend *b, float *p, const float *g, 
   return loom_backend_sgd_update(b, &s, p + off, g + off, state ? state + off : NULL, (int64_t)len);
 }
 
+static int sgd_ranges_on(void *data, loom_backend *b, float *p, const float *g, float *state, size_t total,
+                         const loom_update_range *ranges, int n, int64_t step) {
+  const loom_sgd_options *o = data;
+  const loom_update_step s = {LOOM_RULE_SGD, .u.sgd = {0, 0, o->momentum, o->dampening, o->nesterov, step == 1, NULL}};
+  return loom_backend_update_ranges(b, &s, ranges, n, p, g, state, (int64_t)total);
+}
+
 static int sgd_update(void *data, float *p, const float *g, float *state, size_t total, size_t off, size_t len,
                       int64_t step, double lr, double wd) {
   return sgd_update_on(data, loom_backend_cpu(), p, g, state, total, off, len, step, lr, wd);
@@ -29,7 +36,9 @@ static const loom_optimizer_ops sgd_ops = {.type = "sgd",
                                            .elementwise = true,
                                            .state_per_param = 1,
                                            .update = sgd_update,
-                                           .update_on = sgd_update_on, .gateable = true,
+                                           .update_on = sgd_update_on,
+                                           .gateable = true,
+                                           .update_ranges_on = sgd_ranges_on,
                                            .momentum = sgd_momentum,
                                            .set_momentum = sgd_set_momentum,
                                            .weight_decay = sgd_decay,
@@ -38,7 +47,9 @@ static const loom_optimizer_ops sgd_ops = {.type = "sgd",
 static const loom_optimizer_ops sgd_plain_ops = {.type = "sgd",
                                                  .elementwise = true,
                                                  .update = sgd_update,
-                                                 .update_on = sgd_update_on, .gateable = true,
+                                                 .update_on = sgd_update_on,
+                                           .gateable = true,
+                                           .update_ranges_on = sgd_ranges_on,
                                                  .momentum = sgd_momentum,
                                                  .weight_decay = sgd_decay,
                                                  .destroy = free};

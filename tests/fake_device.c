@@ -235,6 +235,14 @@ static loom_backend *cpu(fake_device *d, bool host_result) {
   return loom_backend_cpu();
 }
 
+/* An optimizer's update op: counted as such too. */
+static loom_backend *cpu_update(fake_device *d) {
+  pthread_mutex_lock(&d->lock);
+  d->counts.updates++;
+  pthread_mutex_unlock(&d->lock);
+  return cpu(d, false);
+}
+
 static void gemm_extents(fake_device *d, const char *op, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
                          const float **A, int64_t lda, const float **B, int64_t ldb, float **C, int64_t ldc) {
   *A = real(d, op, "A", *A, ta ? span(K, M, lda) : span(M, K, lda));
@@ -560,7 +568,7 @@ static int fake_sgd_update(void *ctx, const loom_sgd_step *s, float *p, const fl
   host("sgd_update", "the step", s);
   loom_sgd_step step = *s;
   step.gate = real(ctx, "sgd_update", "the gate", s->gate, sizeof *s->gate);
-  return loom_backend_sgd_update(cpu(ctx, false), &step, p, g, buf, n);
+  return loom_backend_sgd_update(cpu_update(ctx), &step, p, g, buf, n);
 }
 
 static int fake_adam_update(void *ctx, const loom_adam_step *s, float *p, const float *g, float *m, float *v,
@@ -570,7 +578,7 @@ static int fake_adam_update(void *ctx, const loom_adam_step *s, float *p, const 
   host("adam_update", "the step", s);
   loom_adam_step step = *s;
   step.gate = real(ctx, "adam_update", "the gate", s->gate, sizeof *s->gate);
-  return loom_backend_adam_update(cpu(ctx, false), &step, p, g, m, v, n);
+  return loom_backend_adam_update(cpu_update(ctx), &step, p, g, m, v, n);
 }
 
 static int fake_rmsprop_update(void *ctx, const loom_rmsprop_step *s, float *p, const float *g, float *sq, float *buf,
@@ -581,7 +589,24 @@ static int fake_rmsprop_update(void *ctx, const loom_rmsprop_step *s, float *p, 
   host(op, "the step", s);
   loom_rmsprop_step step = *s;
   step.gate = real(ctx, op, "the gate", s->gate, sizeof *s->gate);
-  return loom_backend_rmsprop_update(cpu(ctx, false), &step, p, g, sq, buf, avg, n);
+  return loom_backend_rmsprop_update(cpu_update(ctx), &step, p, g, sq, buf, avg, n);
+}
+
+static int fake_update_ranges(void *ctx, const loom_update_step *s, const loom_update_range *ranges, int nranges,
+                              float *p, const float *g, float *state, int64_t total) {
+  const char *op = "update_ranges";
+  const int arrays = s->rule == LOOM_RULE_SGD ? 1 : s->rule == LOOM_RULE_ADAM ? 2 : 3;
+  p = real(ctx, op, "p", p, F(total)), g = real(ctx, op, "g", g, F(total));
+  state = real(ctx, op, "state", state, F(arrays * total));
+  host(op, "the step", s), host(op, "the ranges", ranges);
+  loom_update_step step = *s;
+  if (s->rule == LOOM_RULE_SGD)
+    step.u.sgd.gate = real(ctx, op, "the gate", s->u.sgd.gate, sizeof(int));
+  else if (s->rule == LOOM_RULE_ADAM)
+    step.u.adam.gate = real(ctx, op, "the gate", s->u.adam.gate, sizeof(int));
+  else
+    step.u.rmsprop.gate = real(ctx, op, "the gate", s->u.rmsprop.gate, sizeof(int));
+  return loom_backend_update_ranges(cpu_update(ctx), &step, ranges, nranges, p, g, state, total);
 }
 
 static int fake_sum_squares(void *ctx, const float *x, int64_t n, double *sum) {
@@ -657,6 +682,7 @@ static const loom_backend_ops fake_ops = {
     .sgd_update = fake_sgd_update,
     .adam_update = fake_adam_update,
     .rmsprop_update = fake_rmsprop_update,
+    .update_ranges = fake_update_ranges,
     .sum_squares = fake_sum_squares,
     .scale = fake_scale,
     .clamp = fake_clamp,

@@ -29,6 +29,7 @@ typedef struct fake_device_counts {
                          * all_finite, gemm_checked, topk_hits (the losses' sums stay on
                          * the device: reading them is a to_host) */
   int64_t ops;          /* every op, host results included (not the memory calls) */
+  int64_t updates;      /* the optimizers' update ops (sgd/adam/rmsprop_update, update_ranges) */
   int64_t live;         /* allocations not freed */
   int64_t plans;        /* plans not destroyed */
 } fake_device_counts;

@@ -1311,6 +1311,88 @@ static void test_optimizer_updates(void **state) {
       check_updates(b[i], sizes[k]);
 }
 
+/* update_ranges (one launch on a device) against the rule's own op on the
+ * CPU, range by range with each range's rate and decay: the same bits;
+ * parameters and state between the ranges untouched; a set gate holds
+ * the whole step back; ranges out of order refused. */
+static void check_update_ranges(loom_backend *b, int64_t total) {
+  const loom_update_range ranges[] = {{0, total / 4, 0.1, 0.01},
+                                      {total / 4, total / 8, 0.05, 0.0},
+                                      {total / 2, total / 4, 0.2, 0.001}, /* a gap before: a frozen layer */
+                                      {total - total / 8, total / 8, 0.01, 0.0}};
+  const int nr = 4;
+  float *p = malloc((size_t)total * sizeof *p), *g = malloc((size_t)total * sizeof *g),
+        *st = malloc((size_t)(3 * total) * sizeof *st), *want = malloc((size_t)(4 * total) * sizeof *want),
+        *got = malloc((size_t)(4 * total) * sizeof *got);
+  fill(p, total, 40), fill(g, total, 41), fill(st, 3 * total, 42);
+  for (int64_t i = 0; i < 3 * total; i++)
+    st[i] = fabsf(st[i]) + 0.25f; /* second moments, and v - c^2 > 0 */
+  for (int rule = 0; rule < 3; rule++) {
+    loom_update_step s = {.rule = (loom_update_rule)rule};
+    if (rule == LOOM_RULE_SGD)
+      s.u.sgd = (loom_sgd_step){0, 0, 0.9, 0.1, false, false, NULL};
+    else if (rule == LOOM_RULE_ADAM)
+      s.u.adam = (loom_adam_step){0, 0, 0.9, 0.999, 1e-8, 5, true, NULL};
+    else
+      s.u.rmsprop = (loom_rmsprop_step){0, 0, 0.99, 1e-8, 0.9, true, NULL};
+    const int arrays = rule + 1;
+    /* the reference: the CPU's own op per range, on host copies */
+    memcpy(want, p, (size_t)total * sizeof *p), memcpy(want + total, st, (size_t)(arrays * total) * sizeof *st);
+    for (int r = 0; r < nr; r++) {
+      const int64_t o = ranges[r].off, n = ranges[r].len;
+      float *wp = want + o, *ws = want + total;
+      if (rule == LOOM_RULE_SGD) {
+        loom_sgd_step k = s.u.sgd;
+        k.lr = ranges[r].lr, k.weight_decay = ranges[r].wd;
+        assert_int_equal(loom_backend_sgd_update(loom_backend_cpu(), &k, wp, g + o, ws + o, n), 0);
+      } else if (rule == LOOM_RULE_ADAM) {
+        loom_adam_step k = s.u.adam;
+        k.lr = ranges[r].lr, k.weight_decay = ranges[r].wd;
+        assert_int_equal(loom_backend_adam_update(loom_backend_cpu(), &k, wp, g + o, ws + o, ws + total + o, n), 0);
+      } else {
+        loom_rmsprop_step k = s.u.rmsprop;
+        k.lr = ranges[r].lr, k.weight_decay = ranges[r].wd;
+        assert_int_equal(loom_backend_rmsprop_update(loom_backend_cpu(), &k, wp, g + o, ws + o, ws + total + o,
+                                                     ws + 2 * total + o, n),
+                         0);
+      }
+    }
+    for (int gated = 0; gated < 2; gated++) {
+      float *dp = upload(b, p, total), *dg = upload(b, g, total), *ds = upload(b, st, arrays * total);
+      int *gate = loom_backend_alloc(b, sizeof *gate), one = 1;
+      assert_non_null(gate);
+      assert_int_equal(loom_backend_from_host(b, gate, gated ? &one : &(int){0}, sizeof one), 0);
+      loom_backend_set_update_gate(b, gate);
+      assert_int_equal(loom_backend_update_ranges(b, &s, ranges, nr, dp, dg, ds, total), 0);
+      loom_backend_set_update_gate(b, NULL);
+      download(b, got, dp, total), download(b, got + total, ds, arrays * total);
+      const size_t bytes = (size_t)((1 + arrays) * total) * sizeof *got;
+      if (gated ? memcmp(got, p, (size_t)total * sizeof *p) || memcmp(got + total, st, bytes - (size_t)total * sizeof *p)
+                : memcmp(got, want, bytes))
+        fail_msg("%s update_ranges rule %d total %lld gated %d: not %s", loom_backend_name(b), rule, (long long)total,
+                 gated, gated ? "held back" : "the ops' range by range");
+      loom_backend_free(b, dp), loom_backend_free(b, dg), loom_backend_free(b, ds), loom_backend_free(b, gate);
+    }
+    assert_true(memcmp(want, p, (size_t)total * sizeof *p) != 0);
+  }
+  const loom_update_range backwards[] = {{total / 2, 1, 0.1, 0}, {0, 1, 0.1, 0}};
+  loom_update_step s = {LOOM_RULE_SGD, .u.sgd = {0, 0, 0, 0, false, false, NULL}};
+  float *dp = upload(b, p, total), *dg = upload(b, g, total);
+  assert_int_equal(loom_backend_update_ranges(b, &s, backwards, 2, dp, dg, NULL, total), LOOM_EINVAL);
+  assert_non_null(strstr(loom_last_error(), "not sorted"));
+  loom_backend_free(b, dp), loom_backend_free(b, dg);
+  free(p), free(g), free(st), free(want), free(got);
+}
+
+static void test_update_ranges(void **state) {
+  (void)state;
+  loom_backend *b[MAX_BACKENDS];
+  static const int64_t sizes[] = {8, 1000, 100003};
+  for (size_t i = 0, nb = BACKENDS(b, LOOM_OP_SGD_UPDATE, LOOM_OP_ADAM_UPDATE, LOOM_OP_RMSPROP_UPDATE); i < nb; i++)
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
+      check_update_ranges(b[i], sizes[k]);
+}
+
 static void test_gradient_ops(void **state) {
   (void)state;
   loom_backend *b[MAX_BACKENDS];
@@ -1646,6 +1728,7 @@ static void test_fake_device_catches_misuse(void **state) {
       {#r ": test_optimizer_updates", test_optimizer_updates, NULL, NULL, &r},                                 \
       {#r ": test_gradient_ops", test_gradient_ops, NULL, NULL, &r},                                           \
       {#r ": test_gate", test_gate, NULL, NULL, &r},                                                           \
+      {#r ": test_update_ranges", test_update_ranges, NULL, NULL, &r},                                         \
       {#r ": test_support_listing", test_support_listing, NULL, NULL, &r}
 
 int main(int argc, char **argv) {

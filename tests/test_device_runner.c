@@ -33,7 +33,7 @@ static int teardown(void **state) {
  * the upload, handle_batch and the metric callbacks. */
 typedef struct transfers {
   fake_device_counts at_start;
-  int64_t batches, max_to_host, max_from_host, first_to_host, first_from_host, max_host_results;
+  int64_t batches, max_to_host, max_from_host, first_to_host, first_from_host, max_host_results, max_updates;
   int64_t interrupt_at; /* interrupt after this global train batch (0: never) */
 } transfers;
 
@@ -57,6 +57,8 @@ static int tr_batch_end(loom_callback *cb, loom_runner *r) {
   int64_t host_results = now.host_results - t->at_start.host_results;
   if (host_results > t->max_host_results)
     t->max_host_results = host_results;
+  if (now.updates - t->at_start.updates > t->max_updates)
+    t->max_updates = now.updates - t->at_start.updates;
   if (t->batches++ == 0) {
     t->first_from_host = from_host; /* the criterion's tensors move to the device */
     t->first_to_host = to_host;
@@ -175,6 +177,8 @@ static void same_run_on_device(void **state) {
   assert_int_equal(t.max_host_results, 1);
   assert_int_equal(t.first_from_host, 4);
   assert_int_equal(t.first_to_host, 1);
+  /* The step: one update op for both layers' ranges (update_ranges). */
+  assert_int_equal(t.max_updates, 1);
   loom_experiment_destroy(exp);
   /* The device's memory all went back when the experiment's model did. */
   assert_int_equal(fake_device_counts_of(dev).live, 0);

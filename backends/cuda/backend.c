@@ -252,37 +252,115 @@ static int cuda_add(void *ctx, const float *a, const float *b, float *y, int64_t
 }
 
 /* The scalars of backends/cpu/optim.c, computed as it does. */
+static loom_cuda_sgd sgd_scalars(const loom_sgd_step *s, bool buf) {
+  return (loom_cuda_sgd){.lr = (float)s->lr, .wd = (float)s->weight_decay, .mu = (float)s->momentum,
+                         .damp = (float)(1.0 - s->dampening), .momentum = buf && (float)s->momentum != 0.0f,
+                         .first = s->first, .nesterov = s->nesterov, .gate = s->gate};
+}
+
+static loom_cuda_adam adam_scalars(const loom_adam_step *s) {
+  const double bc1 = 1.0 - pow(s->beta1, (double)s->step), bc2 = 1.0 - pow(s->beta2, (double)s->step);
+  return (loom_cuda_adam){.b1 = (float)s->beta1, .b2 = (float)s->beta2, .c1 = (float)(1.0 - s->beta1),
+                          .c2 = (float)(1.0 - s->beta2), .eps = (float)s->eps,
+                          .l2 = s->decoupled ? 0.0f : (float)s->weight_decay,
+                          .shrink = s->decoupled ? (float)(1.0 - s->lr * s->weight_decay) : 1.0f,
+                          .step_size = (float)(s->lr / bc1), .inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2)),
+                          .gate = s->gate};
+}
+
+static loom_cuda_rmsprop rmsprop_scalars(const loom_rmsprop_step *s) {
+  return (loom_cuda_rmsprop){.a = (float)s->alpha, .ca = (float)(1.0 - s->alpha), .eps = (float)s->eps,
+                             .mu = (float)s->momentum, .lr = (float)s->lr, .wd = (float)s->weight_decay,
+                             .centered = s->centered, .gate = s->gate};
+}
+
 static int cuda_sgd_update(void *ctx, const loom_sgd_step *s, float *p, const float *g, float *buf, int64_t n) {
   cuda_ctx *c = ctx;
-  const loom_cuda_sgd k = {.lr = (float)s->lr, .wd = (float)s->weight_decay, .mu = (float)s->momentum,
-                           .damp = (float)(1.0 - s->dampening), .momentum = buf && (float)s->momentum != 0.0f,
-                           .first = s->first, .nesterov = s->nesterov, .gate = s->gate};
   int rc = enter(c);
-  return rc < 0 ? rc : launched(c, loom_cuda_sgd_update(c->stream, k, p, g, buf, n), "sgd_update");
+  return rc < 0 ? rc : launched(c, loom_cuda_sgd_update(c->stream, sgd_scalars(s, buf), p, g, buf, n), "sgd_update");
 }
 
 static int cuda_adam_update(void *ctx, const loom_adam_step *s, float *p, const float *g, float *m, float *v,
                             int64_t n) {
   cuda_ctx *c = ctx;
-  const double bc1 = 1.0 - pow(s->beta1, (double)s->step), bc2 = 1.0 - pow(s->beta2, (double)s->step);
-  const loom_cuda_adam k = {.b1 = (float)s->beta1, .b2 = (float)s->beta2, .c1 = (float)(1.0 - s->beta1),
-                            .c2 = (float)(1.0 - s->beta2), .eps = (float)s->eps,
-                            .l2 = s->decoupled ? 0.0f : (float)s->weight_decay,
-                            .shrink = s->decoupled ? (float)(1.0 - s->lr * s->weight_decay) : 1.0f,
-                            .step_size = (float)(s->lr / bc1), .inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2)),
-                            .gate = s->gate};
   int rc = enter(c);
-  return rc < 0 ? rc : launched(c, loom_cuda_adam_update(c->stream, k, p, g, m, v, n), "adam_update");
+  return rc < 0 ? rc : launched(c, loom_cuda_adam_update(c->stream, adam_scalars(s), p, g, m, v, n), "adam_update");
 }
 
 static int cuda_rmsprop_update(void *ctx, const loom_rmsprop_step *s, float *p, const float *g, float *sq, float *buf,
                                float *avg, int64_t n) {
   cuda_ctx *c = ctx;
-  const loom_cuda_rmsprop k = {.a = (float)s->alpha, .ca = (float)(1.0 - s->alpha), .eps = (float)s->eps,
-                               .mu = (float)s->momentum, .lr = (float)s->lr, .wd = (float)s->weight_decay,
-                               .centered = s->centered, .gate = s->gate};
   int rc = enter(c);
-  return rc < 0 ? rc : launched(c, loom_cuda_rmsprop_update(c->stream, k, p, g, sq, buf, avg, n), "rmsprop_update");
+  return rc < 0 ? rc
+                : launched(c, loom_cuda_rmsprop_update(c->stream, rmsprop_scalars(s), p, g, sq, buf, avg, n),
+                           "rmsprop_update");
+}
+
+/* The ranges' table, one entry per range with its own rate and decay,
+ * built on the host (`bytes` each, the scalars at `k`) and copied to the
+ * context's table, which grows as needed: from pageable memory the copy
+ * has left the host's when cudaMemcpyAsync returns, and the table's old
+ * memory goes back to the allocator in stream order. */
+static int upload_table(cuda_ctx *c, const void *host, size_t bytes) {
+  if (bytes > c->table_bytes) {
+    void *grown = libloom->alloc_get(c->alloc, bytes, c->stream);
+    if (!grown)
+      return libloom->last_error_code();
+    if (c->table)
+      libloom->alloc_put(c->alloc, c->table);
+    c->table = grown, c->table_bytes = bytes;
+  }
+  return launched(c, cudaMemcpyAsync(c->table, host, bytes, cudaMemcpyHostToDevice, c->stream),
+                  "cudaMemcpyAsync (the update's ranges)");
+}
+
+/* One launch for every range: the rule's scalars per range, as its own op
+ * computes them for that range's rate and decay. */
+static int cuda_update_ranges(void *ctx, const loom_update_step *s, const loom_update_range *ranges, int nranges,
+                              float *p, const float *g, float *state, int64_t total) {
+  cuda_ctx *c = ctx;
+  if (nranges <= 0)
+    return 0;
+  const size_t entry = s->rule == LOOM_RULE_SGD    ? sizeof(loom_cuda_sgd_range)
+                       : s->rule == LOOM_RULE_ADAM ? sizeof(loom_cuda_adam_range)
+                                                   : sizeof(loom_cuda_rmsprop_range);
+  char *table = malloc((size_t)nranges * entry);
+  if (!table)
+    return libloom->error_set(LOOM_ENOMEM, "CUDA backend: out of host memory for %d update ranges", nranges);
+  int64_t n = 0;
+  const int *gate = s->rule == LOOM_RULE_SGD ? s->u.sgd.gate : s->rule == LOOM_RULE_ADAM ? s->u.adam.gate
+                                                                                          : s->u.rmsprop.gate;
+  for (int i = 0; i < nranges; i++) {
+    const loom_update_range *r = &ranges[i];
+    if (s->rule == LOOM_RULE_SGD) {
+      loom_sgd_step k = s->u.sgd;
+      k.lr = r->lr, k.weight_decay = r->wd;
+      ((loom_cuda_sgd_range *)(void *)table)[i] = (loom_cuda_sgd_range){n, r->off, sgd_scalars(&k, state)};
+    } else if (s->rule == LOOM_RULE_ADAM) {
+      loom_adam_step k = s->u.adam;
+      k.lr = r->lr, k.weight_decay = r->wd;
+      ((loom_cuda_adam_range *)(void *)table)[i] = (loom_cuda_adam_range){n, r->off, adam_scalars(&k)};
+    } else {
+      loom_rmsprop_step k = s->u.rmsprop;
+      k.lr = r->lr, k.weight_decay = r->wd;
+      ((loom_cuda_rmsprop_range *)(void *)table)[i] = (loom_cuda_rmsprop_range){n, r->off, rmsprop_scalars(&k)};
+    }
+    n += r->len;
+  }
+  int rc = enter(c);
+  if (rc == 0)
+    rc = upload_table(c, table, (size_t)nranges * entry);
+  free(table);
+  if (rc < 0)
+    return rc;
+  cudaError_t e;
+  if (s->rule == LOOM_RULE_SGD)
+    e = loom_cuda_sgd_ranges(c->stream, c->table, nranges, gate, p, g, state, n);
+  else if (s->rule == LOOM_RULE_ADAM)
+    e = loom_cuda_adam_ranges(c->stream, c->table, nranges, gate, p, g, state, state + total, n);
+  else
+    e = loom_cuda_rmsprop_ranges(c->stream, c->table, nranges, gate, p, g, state, state + total, state + 2 * total, n);
+  return launched(c, e, "update_ranges");
 }
 
 /* A small device result to the host: the one wait of a reduction. */
@@ -428,6 +506,7 @@ static void cuda_destroy(void *ctx) {
     libloom->alloc_put(c->alloc, c->partials);
     libloom->alloc_put(c->alloc, c->flag);
     libloom->alloc_put(c->alloc, c->counts);
+    libloom->alloc_put(c->alloc, c->table);
     if (c->stream)
       libloom->alloc_forget_stream(c->alloc, c->stream);
     device_release(c->device);
@@ -464,6 +543,7 @@ static const loom_backend_ops cuda_ops = {
     .sgd_update = cuda_sgd_update,
     .adam_update = cuda_adam_update,
     .rmsprop_update = cuda_rmsprop_update,
+    .update_ranges = cuda_update_ranges,
     .sum_squares = cuda_sum_squares,
     .scale = cuda_scale,
     .round = cuda_round,

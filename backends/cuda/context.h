@@ -28,6 +28,8 @@ typedef struct cuda_ctx {
   int *flag;        /* device: all_finite's */
   unsigned long long *counts; /* device: topk_hits's LOOM_TOPK_MAX + 1 */
   void *host;       /* pinned: small results read back (HOST_BYTES in backend.c) */
+  void *table;      /* device: update_ranges's table of ranges, grown as needed */
+  size_t table_bytes;
 } cuda_ctx;
 
 /* The context of `backend` if it is a CUDA backend of this module, else

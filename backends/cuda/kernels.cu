@@ -280,59 +280,112 @@ __global__ void nonfinite_f64_kernel(const double *x, int *flag, int64_t n) {
       *flag = 1;
 }
 
-// The updates of backends/cpu/optim.c, statement for statement; a gate
-// that is set holds them back.
+// The updates of backends/cpu/optim.c, statement for statement, one
+// element each; the kernels below run them over one range or several.
+__device__ inline void sgd_at(const loom_cuda_sgd &k, float *p, const float *g, float *buf, int64_t i) {
+  if (!k.momentum) {
+    p[i] -= k.lr * (g[i] + k.wd * p[i]);
+    return;
+  }
+  const float d = g[i] + k.wd * p[i];
+  buf[i] = k.first ? d : k.mu * buf[i] + k.damp * d;
+  p[i] -= k.lr * (k.nesterov ? d + k.mu * buf[i] : buf[i]);
+}
+
+__device__ inline void adam_at(const loom_cuda_adam &k, float *p, const float *g, float *m, float *v, int64_t i) {
+  const float gi = g[i] + k.l2 * p[i];
+  p[i] *= k.shrink;
+  m[i] = k.b1 * m[i] + k.c1 * gi;
+  v[i] = k.b2 * v[i] + k.c2 * gi * gi;
+  p[i] -= k.step_size * m[i] / (sqrtf(v[i]) * k.inv_sqrt_bc2 + k.eps);
+}
+
+__device__ inline void rmsprop_at(const loom_cuda_rmsprop &k, float *p, const float *g, float *v, float *b, float *c,
+                                  int64_t i) {
+  const float gi = g[i] + k.wd * p[i];
+  v[i] = k.a * v[i] + k.ca * gi * gi;
+  float denom;
+  if (k.centered) {
+    c[i] = k.a * c[i] + k.ca * gi;
+    denom = sqrtf(v[i] - c[i] * c[i]) + k.eps;
+  } else {
+    denom = sqrtf(v[i]) + k.eps;
+  }
+  if (k.mu > 0.0f) {
+    b[i] = k.mu * b[i] + gi / denom;
+    p[i] -= k.lr * b[i];
+  } else {
+    p[i] -= k.lr * gi / denom;
+  }
+}
+
+// A gate that is set holds an update back.
 __global__ void sgd_kernel(loom_cuda_sgd k, float *p, const float *g, float *buf, int64_t n) {
   if (k.gate && *k.gate)
     return;
-  for (int64_t i = first_index(); i < n; i += stride()) {
-    if (!k.momentum) {
-      p[i] -= k.lr * (g[i] + k.wd * p[i]);
-      continue;
-    }
-    const float d = g[i] + k.wd * p[i];
-    buf[i] = k.first ? d : k.mu * buf[i] + k.damp * d;
-    p[i] -= k.lr * (k.nesterov ? d + k.mu * buf[i] : buf[i]);
-  }
+  for (int64_t i = first_index(); i < n; i += stride())
+    sgd_at(k, p, g, buf, i);
 }
 
 __global__ void adam_kernel(loom_cuda_adam k, float *p, const float *g, float *m, float *v, int64_t n) {
   if (k.gate && *k.gate)
     return;
-  for (int64_t i = first_index(); i < n; i += stride()) {
-    const float gi = g[i] + k.l2 * p[i];
-    p[i] *= k.shrink;
-    m[i] = k.b1 * m[i] + k.c1 * gi;
-    v[i] = k.b2 * v[i] + k.c2 * gi * gi;
-    p[i] -= k.step_size * m[i] / (sqrtf(v[i]) * k.inv_sqrt_bc2 + k.eps);
-  }
+  for (int64_t i = first_index(); i < n; i += stride())
+    adam_at(k, p, g, m, v, i);
 }
 
 __global__ void rmsprop_kernel(loom_cuda_rmsprop k, float *p, const float *g, float *v, float *b, float *c,
                                int64_t n) {
   if (k.gate && *k.gate)
     return;
-  for (int64_t i = first_index(); i < n; i += stride()) {
-    const float gi = g[i] + k.wd * p[i];
-    v[i] = k.a * v[i] + k.ca * gi * gi;
-    float denom;
-    if (k.centered) {
-      c[i] = k.a * c[i] + k.ca * gi;
-      denom = sqrtf(v[i] - c[i] * c[i]) + k.eps;
-    } else {
-      denom = sqrtf(v[i]) + k.eps;
-    }
-    if (k.mu > 0.0f) {
-      b[i] = k.mu * b[i] + gi / denom;
-      p[i] -= k.lr * b[i];
-    } else {
-      p[i] -= k.lr * gi / denom;
-    }
+  for (int64_t i = first_index(); i < n; i += stride())
+    rmsprop_at(k, p, g, v, b, c, i);
+}
+
+// Several ranges in one launch: index j of the ranges' concatenation lies
+// in the last range whose start is <= j (a binary search of the table).
+template <typename T> __device__ inline int range_of(const T *t, int nr, int64_t j) {
+  int lo = 0, hi = nr - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (t[mid].start <= j)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
+
+__global__ void sgd_ranges_kernel(const loom_cuda_sgd_range *t, int nr, const int *gate, float *p,
+                                  const float *g, float *buf, int64_t n) {
+  if (gate && *gate)
+    return;
+  for (int64_t j = first_index(); j < n; j += stride()) {
+    const int r = range_of(t, nr, j);
+    sgd_at(t[r].k, p, g, buf, t[r].off + (j - t[r].start));
   }
 }
 
-// Pooling, one thread per output (forward) or input (backward) element,
-// in backends/cpu/pool.c's arithmetic.
+__global__ void adam_ranges_kernel(const loom_cuda_adam_range *t, int nr, const int *gate, float *p,
+                                   const float *g, float *m, float *v, int64_t n) {
+  if (gate && *gate)
+    return;
+  for (int64_t j = first_index(); j < n; j += stride()) {
+    const int r = range_of(t, nr, j);
+    adam_at(t[r].k, p, g, m, v, t[r].off + (j - t[r].start));
+  }
+}
+
+__global__ void rmsprop_ranges_kernel(const loom_cuda_rmsprop_range *t, int nr, const int *gate, float *p,
+                                      const float *g, float *v, float *b, float *c, int64_t n) {
+  if (gate && *gate)
+    return;
+  for (int64_t j = first_index(); j < n; j += stride()) {
+    const int r = range_of(t, nr, j);
+    rmsprop_at(t[r].k, p, g, v, b, c, t[r].off + (j - t[r].start));
+  }
+}
+
 __global__ void pool_forward_kernel(loom_pool_desc d, const float *x, float *y, int32_t *argmax, int64_t total) {
   const int64_t hw = d.h * d.w, ohw = d.oh * d.ow;
   for (int64_t o = first_index(); o < total; o += stride()) {
@@ -530,6 +583,21 @@ cudaError_t loom_cuda_adam_update(cudaStream_t s, loom_cuda_adam k, float *p, co
 cudaError_t loom_cuda_rmsprop_update(cudaStream_t s, loom_cuda_rmsprop k, float *p, const float *g, float *sq,
                                      float *buf, float *avg, int64_t n) {
   return launch(rmsprop_kernel, s, n, k, p, g, sq, buf, avg);
+}
+
+cudaError_t loom_cuda_sgd_ranges(cudaStream_t s, const loom_cuda_sgd_range *t, int nr, const int *gate, float *p,
+                                 const float *g, float *buf, int64_t n) {
+  return launch(sgd_ranges_kernel, s, n, t, nr, gate, p, g, buf);
+}
+
+cudaError_t loom_cuda_adam_ranges(cudaStream_t s, const loom_cuda_adam_range *t, int nr, const int *gate, float *p,
+                                  const float *g, float *m, float *v, int64_t n) {
+  return launch(adam_ranges_kernel, s, n, t, nr, gate, p, g, m, v);
+}
+
+cudaError_t loom_cuda_rmsprop_ranges(cudaStream_t s, const loom_cuda_rmsprop_range *t, int nr, const int *gate,
+                                     float *p, const float *g, float *sq, float *buf, float *avg, int64_t n) {
+  return launch(rmsprop_ranges_kernel, s, n, t, nr, gate, p, g, sq, buf, avg);
 }
 
 cudaError_t loom_cuda_pool_forward(cudaStream_t s, loom_pool_desc d, const float *x, float *y, int32_t *argmax,

@@ -89,6 +89,25 @@ cudaError_t loom_cuda_adam_update(cudaStream_t s, loom_cuda_adam k, float *p, co
                                   int64_t n);
 cudaError_t loom_cuda_rmsprop_update(cudaStream_t s, loom_cuda_rmsprop k, float *p, const float *g, float *sq,
                                      float *buf, float *avg, int64_t n);
+/* The same over several ranges of one buffer in one launch: table t[nr]
+ * (device memory) gives each range's start in the concatenation of the
+ * ranges (0, then the lengths' running sum), its offset in the buffer and
+ * its scalars (their gate unused: `gate` holds the whole launch back); n
+ * is the ranges' total length. */
+#define LOOM_CUDA_RANGED(K) \
+  struct {                  \
+    int64_t start, off;     \
+    K k;                    \
+  }
+typedef LOOM_CUDA_RANGED(loom_cuda_sgd) loom_cuda_sgd_range;
+typedef LOOM_CUDA_RANGED(loom_cuda_adam) loom_cuda_adam_range;
+typedef LOOM_CUDA_RANGED(loom_cuda_rmsprop) loom_cuda_rmsprop_range;
+cudaError_t loom_cuda_sgd_ranges(cudaStream_t s, const loom_cuda_sgd_range *t, int nr, const int *gate, float *p,
+                                 const float *g, float *buf, int64_t n);
+cudaError_t loom_cuda_adam_ranges(cudaStream_t s, const loom_cuda_adam_range *t, int nr, const int *gate, float *p,
+                                  const float *g, float *m, float *v, int64_t n);
+cudaError_t loom_cuda_rmsprop_ranges(cudaStream_t s, const loom_cuda_rmsprop_range *t, int nr, const int *gate,
+                                     float *p, const float *g, float *sq, float *buf, float *avg, int64_t n);
 
 /* The planned ops' kernels (cudnn.c). Pooling of x[n][c][h][w] as
  * backends/cpu/pool.c computes it, bit for bit: a max takes the first

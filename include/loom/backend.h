@@ -203,6 +203,7 @@ typedef enum loom_op {
   LOOM_OP_TOPK_HITS,
   LOOM_OP_ROUND,
   LOOM_OP_FLAG_NONFINITE,
+  LOOM_OP_UPDATE_RANGES,
   LOOM_OP_COUNT
 } loom_op;
 
@@ -227,6 +228,23 @@ typedef struct loom_rmsprop_step {
   bool centered;
   const int *gate;
 } loom_rmsprop_step;
+
+/* One step of a rule over several ranges of one parameter buffer at once
+ * (update_ranges): the rule's scalars, whose lr and weight_decay each
+ * range replaces with its own (parameter groups, no decay on biases). */
+typedef enum loom_update_rule { LOOM_RULE_SGD, LOOM_RULE_ADAM, LOOM_RULE_RMSPROP } loom_update_rule;
+typedef struct loom_update_step {
+  loom_update_rule rule;
+  union {
+    loom_sgd_step sgd;
+    loom_adam_step adam;
+    loom_rmsprop_step rmsprop;
+  } u;
+} loom_update_step;
+typedef struct loom_update_range {
+  int64_t off, len; /* parameters [off, off + len) of the buffer */
+  double lr, wd;
+} loom_update_range;
 
 typedef struct loom_backend_ops {
   const char *name; /* "cpu", "cuda", ... */
@@ -348,6 +366,14 @@ typedef struct loom_backend_ops {
   int (*adam_update)(void *ctx, const loom_adam_step *s, float *p, const float *g, float *m, float *v, int64_t n);
   int (*rmsprop_update)(void *ctx, const loom_rmsprop_step *s, float *p, const float *g, float *sq, float *buf,
                         float *avg, int64_t n);
+  /* The step over ranges[0..nranges) (host memory; sorted, disjoint) of
+   * the buffer p[total] in one go (a device: one kernel), each range as
+   * the rule's own op would update it with the range's lr and wd. The
+   * state is the optimizer's: k arrays of `total` one after the other
+   * (SGD [buf], Adam [m | v], RMSprop [sq | buf | avg]; NULL for plain
+   * SGD). Optional: without it the wrapper calls the rule's op per range. */
+  int (*update_ranges)(void *ctx, const loom_update_step *s, const loom_update_range *ranges, int nranges, float *p,
+                       const float *g, float *state, int64_t total);
   /* Whole-buffer reductions and updates of the gradients: *sum (host) =
    * sum of x_i^2 in double, in index order; x *= a; x = clamp(x, -limit,
    * limit); *finite (host) = no Inf or NaN among x. */
@@ -440,6 +466,10 @@ LOOM_API int loom_backend_adam_update(loom_backend *backend, const loom_adam_ste
                                       float *m, float *v, int64_t n);
 LOOM_API int loom_backend_rmsprop_update(loom_backend *backend, const loom_rmsprop_step *s, float *p, const float *g,
                                          float *sq, float *buf, float *avg, int64_t n);
+/* The backend's update_ranges, or the rule's op range by range. */
+LOOM_API int loom_backend_update_ranges(loom_backend *backend, const loom_update_step *s,
+                                        const loom_update_range *ranges, int nranges, float *p, const float *g,
+                                        float *state, int64_t total);
 LOOM_API int loom_backend_topk_hits(loom_backend *backend, const float *scores, const float *targets, int64_t n,
                                     int64_t c, const int *ks, int nk, int64_t *hits, int64_t *bad);
 LOOM_API int loom_backend_sum_squares(loom_backend *backend, const float *x, int64_t n, double *sum);

@@ -75,6 +75,11 @@ typedef struct loom_optimizer_ops {
    * gate can hold back (loom_backend_set_update_gate), so that
    * loom_optimizer_step_gated may leave the decision to the device. */
   bool gateable;
+  /* Optional: the ranges of a step's update_on calls, with their rates
+   * and decays, in one call (loom_backend_update_ranges: one launch on a
+   * device). The built-ins have it. */
+  int (*update_ranges_on)(void *data, loom_backend *backend, float *params, const float *grads, float *state,
+                          size_t total, const loom_update_range *ranges, int nranges, int64_t step);
 } loom_optimizer_ops;
 
 /* A new optimizer with rate lr (>= 0). `ops` is copied; `data` is owned
