@@ -10,6 +10,6 @@
 #define LOOM_VERSION "0.1.0"
 /* Raised whenever a public struct's layout or a public function's
  * signature changes: a plugin built against another ABI is refused. */
-#define LOOM_ABI_VERSION 5
+#define LOOM_ABI_VERSION 6
 
 #endif
