@@ -198,6 +198,8 @@ int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
    * experiment may destroy before the runner: they go with the run. */
   loom_tensor_destroy(r->device_input), loom_tensor_destroy(r->device_target);
   r->device_input = r->device_target = NULL;
+  /* And the upload slots, whose hooks the loaders (the experiment's) drop. */
+  loom_runner_upload_free(r);
   /* So do the gradient buckets: they hook the experiment's model, and a
    * device communicator made for its backend uses that backend's stream. */
   loom_runner_reducer_free(r);

@@ -118,8 +118,11 @@ struct loom_runner {
 
   /* the batch */
   const loom_tensor *input, *target, *output;
-  /* The batch on a device model's backend, reused across batches (runner_loop.c). */
+  /* The batch on a device model's backend, reused across batches, when it
+   * is copied after on_batch_start (runner_upload.c). */
   loom_tensor *device_input, *device_target;
+  /* The loaders whose batches upload asynchronously (runner_upload.c). */
+  struct loom_uploads *uploads;
   double batch_loss;
 
   /* metrics */
@@ -252,6 +255,25 @@ void loom_signals_stop(loom_runner *r);
 typedef struct loom_reducer loom_reducer;
 int loom_runner_mean_grads(loom_runner *r);
 void loom_runner_reducer_free(loom_runner *r);
+
+/* runner_upload.c: each batch onto a device model's backend. */
+/* Before loader l's epoch starts: on a backend with asynchronous uploads,
+ * gives l the hooks that copy each batch as it is made (once per loader
+ * and backend; taken off when the model moved); nothing otherwise. */
+int loom_runner_upload_attach(loom_runner *r, loom_loader *l, const char *name);
+/* After on_batch_start: r->input and r->target become the batch's copies
+ * on `b` (the model's device backend): its slot's, once the compute stream
+ * waits for their upload, or copied now. */
+int loom_runner_upload_batch(loom_runner *r, loom_backend *b);
+/* After the batch, before the loader's next: its slot may be refilled. */
+int loom_runner_upload_done(loom_runner *r);
+/* Ends l's epoch (loom_loader_end_epoch) and releases its slots, those of
+ * batches made and never used included: before a seek, a new epoch, or
+ * the run's end. `error` < 0: the loader failed with it, which is returned
+ * with its message whatever the release does; else 0 or the release's. */
+int loom_runner_upload_pause(loom_runner *r, loom_loader *l, int error);
+/* At the run's end: the hooks off the loaders, the slots freed. */
+void loom_runner_upload_free(loom_runner *r);
 
 /* runner_scaler.c: the loss scale from the experiment at the run's start;
  * at the step, after the gradients' mean, 1 to skip an overflowing step
