@@ -38,6 +38,20 @@ loom_backend *loom_backend_create(const loom_backend_ops *ops, void *ctx) {
       ops->destroy(ctx);
     return NULL;
   }
+  const bool upload[] = {ops->host_alloc, ops->host_free, ops->upload_create, ops->upload_destroy,
+                         ops->upload_start, ops->upload_wait, ops->upload_release};
+  int have = 0;
+  for (size_t i = 0; i < sizeof upload / sizeof *upload; i++)
+    have += upload[i];
+  if (have != 0 && have != (int)(sizeof upload / sizeof *upload)) {
+    loom_error_set(LOOM_EINVAL, "loom_backend_create: backend \"%s\" fills %d of the 7 asynchronous upload slots "
+                                "(host_alloc, host_free, upload_create, upload_destroy, upload_start, upload_wait, "
+                                "upload_release): fill all or none",
+                   ops->name ? ops->name : "?", have);
+    if (ops->destroy)
+      ops->destroy(ctx);
+    return NULL;
+  }
   loom_backend *b = calloc(1, sizeof *b);
   if (!b) {
     if (ops->destroy)
@@ -133,6 +147,58 @@ int loom_backend_copy(loom_backend *b, void *dst, const void *src, size_t bytes)
 int loom_backend_zero(loom_backend *b, void *ptr, size_t bytes) { return b->ops.zero(b->ctx, ptr, bytes); }
 
 int loom_backend_synchronize(loom_backend *b) { return b->ops.synchronize ? b->ops.synchronize(b->ctx) : 0; }
+
+/* --- asynchronous uploads (all seven slots or none: loom_backend_create) --- */
+
+bool loom_backend_can_upload_async(const loom_backend *b) { return b->ops.upload_start != NULL; }
+
+static int no_upload(const loom_backend *b, const char *call) {
+  return loom_error_set(LOOM_ENOTSUP, "%s: backend \"%s\" has no asynchronous uploads (pinned host memory and a "
+                                      "copy stream); copy with loom_backend_from_host",
+                        call, loom_backend_name(b));
+}
+
+void *loom_backend_host_alloc(loom_backend *b, size_t bytes) {
+  if (!loom_backend_can_upload_async(b)) {
+    no_upload(b, "loom_backend_host_alloc");
+    return NULL;
+  }
+  return b->ops.host_alloc(b->ctx, bytes);
+}
+
+void loom_backend_host_free(loom_backend *b, void *ptr) {
+  if (ptr && b->ops.host_free)
+    b->ops.host_free(b->ctx, ptr);
+}
+
+int loom_backend_upload_create(loom_backend *b, loom_upload **upload) {
+  *upload = NULL;
+  return loom_backend_can_upload_async(b) ? b->ops.upload_create(b->ctx, upload)
+                                          : no_upload(b, "loom_backend_upload_create");
+}
+
+void loom_backend_upload_destroy(loom_backend *b, loom_upload *upload) {
+  if (upload && b->ops.upload_destroy)
+    b->ops.upload_destroy(b->ctx, upload);
+}
+
+int loom_backend_upload_start(loom_backend *b, loom_upload *upload, const loom_upload_copy *copies, int count) {
+  if (!loom_backend_can_upload_async(b))
+    return no_upload(b, "loom_backend_upload_start");
+  if (!upload || count < 0 || (count > 0 && !copies))
+    return loom_error_set(LOOM_EINVAL, "loom_backend_upload_start: need an upload slot and %d copies", count);
+  return b->ops.upload_start(b->ctx, upload, copies, count);
+}
+
+int loom_backend_upload_wait(loom_backend *b, loom_upload *upload) {
+  return loom_backend_can_upload_async(b) ? b->ops.upload_wait(b->ctx, upload)
+                                          : no_upload(b, "loom_backend_upload_wait");
+}
+
+int loom_backend_upload_release(loom_backend *b, loom_upload *upload) {
+  return loom_backend_can_upload_async(b) ? b->ops.upload_release(b->ctx, upload)
+                                          : no_upload(b, "loom_backend_upload_release");
+}
 
 int loom_backend_gemm(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                       int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {

@@ -351,14 +351,24 @@ loom_loader *loom_loader_create(loom_dataset *ds, const loom_loader_options *o) 
   return l;
 }
 
+/* Between epochs the batch buffers go with the hooks that made them, and
+ * the epoch under way (with no workers) ends: the next start makes them
+ * with the new hooks. */
 int loom_loader_set_hooks(loom_loader *l, const loom_loader_hooks *h) {
-  if (l->slots)
-    return loom_error_set(LOOM_ESTATE, "loader: hooks must be set before the first epoch");
+  if (l->running > 0)
+    return loom_error_set(LOOM_ESTATE, "loader: hooks cannot change while its workers prepare an epoch's batches; "
+                                       "call loom_loader_end_epoch first");
   if (h && (!h->alloc) != (!h->free))
     return loom_error_set(LOOM_EINVAL, "loader: the alloc and free hooks go together");
+  free_slots(l);
+  l->next = l->claim = l->made = l->released = l->total;
+  l->holding = false;
   l->hooks = h ? *h : (loom_loader_hooks){0};
   return 0;
 }
+
+const loom_loader_hooks *loom_loader_get_hooks(const loom_loader *l) { return &l->hooks; }
+int loom_loader_num_slots(const loom_loader *l) { return l->num_slots; }
 
 loom_dataset *loom_loader_dataset(const loom_loader *l) { return l->ds; }
 loom_sampler *loom_loader_sampler(const loom_loader *l) { return l->sampler; }

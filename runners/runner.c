@@ -199,6 +199,8 @@ int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
   loom_tensor_destroy(r->device_input), loom_tensor_destroy(r->device_target), loom_tensor_destroy(r->deferred);
   r->device_input = r->device_target = r->deferred = NULL;
   r->deferred_criterion = NULL;
+  /* And the upload slots, whose hooks the loaders (the experiment's) drop. */
+  loom_runner_upload_free(r);
   /* So do the gradient buckets: they hook the experiment's model, and a
    * device communicator made for its backend uses that backend's stream. */
   loom_runner_reducer_free(r);

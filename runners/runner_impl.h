@@ -118,13 +118,16 @@ struct loom_runner {
 
   /* the batch */
   const loom_tensor *input, *target, *output;
-  /* The batch on a device model's backend, reused across batches (runner_loop.c). */
+  /* The batch on a device model's backend, reused across batches, when it
+   * is copied after on_batch_start (runner_upload.c). */
   loom_tensor *device_input, *device_target;
   /* The deferred batch (runner_deferred.c): its results on the device, the
    * criterion whose loss is there (NULL: none pending), a held-back step. */
   loom_tensor *deferred;
   loom_criterion *deferred_criterion;
   bool step_deferred;
+  /* The loaders whose batches upload asynchronously (runner_upload.c). */
+  struct loom_uploads *uploads;
   double batch_loss;
 
   /* metrics */
@@ -272,6 +275,25 @@ int loom_runner_record_loss(loom_runner *r, double loss);
 
 /* runner_step.c: a non-finite gradient found at the step, to the policy. */
 int loom_runner_nonfinite_gradients(loom_runner *r);
+
+/* runner_upload.c: each batch onto a device model's backend. */
+/* Before loader l's epoch starts: on a backend with asynchronous uploads,
+ * gives l the hooks that copy each batch as it is made (once per loader
+ * and backend; taken off when the model moved); nothing otherwise. */
+int loom_runner_upload_attach(loom_runner *r, loom_loader *l, const char *name);
+/* After on_batch_start: r->input and r->target become the batch's copies
+ * on `b` (the model's device backend): its slot's, once the compute stream
+ * waits for their upload, or copied now. */
+int loom_runner_upload_batch(loom_runner *r, loom_backend *b);
+/* After the batch, before the loader's next: its slot may be refilled. */
+int loom_runner_upload_done(loom_runner *r);
+/* Ends l's epoch (loom_loader_end_epoch) and releases its slots, those of
+ * batches made and never used included: before a seek, a new epoch, or
+ * the run's end. `error` < 0: the loader failed with it, which is returned
+ * with its message whatever the release does; else 0 or the release's. */
+int loom_runner_upload_pause(loom_runner *r, loom_loader *l, int error);
+/* At the run's end: the hooks off the loaders, the slots freed. */
+void loom_runner_upload_free(loom_runner *r);
 
 /* runner_scaler.c: the loss scale from the experiment at the run's start;
  * at the step, after the gradients' mean, 1 to skip an overflowing step

@@ -64,34 +64,12 @@ static loom_backend *device_of_model(const loom_runner *r) {
   return b && loom_backend_device(b) != LOOM_DEVICE_CPU ? b : NULL;
 }
 
-/* *dst (made on `b`, or again when the model moved) := host tensor src. */
-static int upload(loom_backend *b, loom_tensor **dst, const loom_tensor *src) {
-  if (*dst && loom_tensor_backend(*dst) != b) {
-    loom_tensor_destroy(*dst);
-    *dst = NULL;
-  }
-  if (!*dst && !(*dst = loom_tensor_create_on(b, loom_tensor_ndim(src), loom_tensor_shape(src))))
-    return loom_last_error_code();
-  return loom_tensor_copy(*dst, src); /* reuses the capacity: nothing allocated per batch */
-}
-
-/* After on_batch_start (whose callbacks may change the host batch), the
- * batch moves to a device model's backend; a model on the CPU reads the
- * loader's tensors as they are. */
+/* After on_batch_start the batch's device copies replace the loader's
+ * host tensors for a device model (runner_upload.c); a model on the CPU
+ * reads the loader's tensors as they are. */
 static int upload_batch(loom_runner *r) {
   loom_backend *b = device_of_model(r);
-  if (!b)
-    return 0;
-  int rc = upload(b, &r->device_input, r->input);
-  if (rc == 0 && r->target)
-    rc = upload(b, &r->device_target, r->target);
-  if (rc < 0)
-    return loom_error_wrap(rc, "copying batch %lld of loader \"%s\" to backend \"%s\" (stage \"%s\", epoch %d)",
-                           (long long)r->loader_batch_step, r->loader_name, loom_backend_name(b), r->stage->name,
-                           r->epoch);
-  r->input = r->device_input;
-  r->target = r->target ? r->device_target : NULL;
-  return 0;
+  return b ? loom_runner_upload_batch(r, b) : 0;
 }
 
 static int run_one_batch(loom_runner *r, loom_tensor *x, loom_tensor *y) {
@@ -152,6 +130,8 @@ static int run_batches(loom_runner *r) {
     }
     r->loader_step = step + 1;
     rc = rc == 1 ? run_one_batch(r, x, y) : loom_runner_sync(r);
+    if (rc == 0)
+      rc = loom_runner_upload_done(r); /* before the loader may refill the batch's slot */
     if (rc < 0)
       return rc;
   }
@@ -160,10 +140,11 @@ static int run_batches(loom_runner *r) {
 
 static int loader_body(loom_runner *r, const loom_named_loader *nl, bool resume_here);
 
-/* The loader's workers stop however the loader ends. */
+/* The loader's workers stop however the loader ends, and its upload slots
+ * are released. */
 static int run_loader(loom_runner *r, int index, bool resume_here) {
   int rc = loader_body(r, &r->loaders[index], resume_here);
-  loom_loader_end_epoch(r->loaders[index].loader);
+  rc = loom_runner_upload_pause(r, r->loaders[index].loader, rc);
   if (rc == 0)
     r->loader_index = -1;
   return rc;
@@ -200,6 +181,8 @@ static int loader_body(loom_runner *r, const loom_named_loader *nl, bool resume_
   loom_rng_seed(&order_rng, loom_experiment_seed(r->exp), epoch_key, loom_rng_stream_id(nl->name));
   loom_epoch_plan plan = {loom_rng_next(&order_rng), loom_comm_rank(r->comm), loom_comm_size(r->comm),
                           r->loader_kind == LOOM_LOADER_TRAIN};
+  if ((rc = loom_runner_upload_attach(r, nl->loader, nl->name)) < 0)
+    return rc;
   rc = loom_loader_start_epoch(nl->loader, &plan);
   if (rc < 0)
     return loom_error_wrap(rc, "starting loader \"%s\"", nl->name);
@@ -212,8 +195,11 @@ static int loader_body(loom_runner *r, const loom_named_loader *nl, bool resume_
     /* Replayed down to here: now the saved state takes over. */
     if ((rc = loom_runner_restore(r)) < 0)
       return rc;
-    /* This rank's own position: past its shard's end, a rank only steps. */
-    if ((rc = loom_loader_seek(nl->loader, r->loader_batch_step)) < 0)
+    /* This rank's own position: past its shard's end, a rank only steps.
+     * The batches made from the epoch's start are dropped, their slots
+     * released first. */
+    if ((rc = loom_runner_upload_pause(r, nl->loader, 0)) < 0 ||
+        (rc = loom_loader_seek(nl->loader, r->loader_batch_step)) < 0)
       return rc;
     /* The time and rate are those of what this run does. */
     r->loader_resumed_batches = r->loader_batch_step;

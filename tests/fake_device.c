@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include <loom/backend_cpu.h>
+#include <loom/error.h>
 
 #if defined(__SANITIZE_ADDRESS__)
 #define FAKE_ASAN 1
@@ -30,7 +31,14 @@
 typedef struct block {
   size_t off, len;
   bool used;
+  const void *pending; /* the upload slot whose copy into it no upload_wait has ordered yet */
 } block;
+
+/* Pinned host memory handed out (host_alloc), for the uploads' checks. */
+typedef struct pinned {
+  unsigned char *p;
+  size_t bytes;
+} pinned;
 
 struct fake_device {
   unsigned char *arena;
@@ -39,6 +47,9 @@ struct fake_device {
   size_t count, cap;
   pthread_mutex_t lock;
   fake_device_counts counts;
+  pinned *pinned;
+  size_t num_pinned, cap_pinned;
+  int64_t fail_upload; /* the upload_start (counted in counts.uploads, from 1) that fails; 0: none */
 };
 
 /* A plan of this device: the CPU's plan and what it was made for (the
@@ -80,8 +91,12 @@ static block *find(fake_device *d, size_t off) {
 }
 
 /* The real address of device pointer p for an op that touches `bytes`
- * from it (0: only its start is checked; a NULL stays NULL). */
-static void *real(fake_device *d, const char *op, const char *what, const void *p, size_t bytes) {
+ * from it (0: only its start is checked; a NULL stays NULL). Memory an
+ * upload has copied into is the batch's only after upload_wait: touched
+ * before (by anything but that upload, `upload`), it is a race on a real
+ * device. */
+static void *real_for(fake_device *d, const char *op, const char *what, const void *p, size_t bytes,
+                      const void *upload) {
   if (!p)
     return NULL;
   uintptr_t u = (uintptr_t)p;
@@ -101,11 +116,20 @@ static void *real(fake_device *d, const char *op, const char *what, const void *
   }
   size_t boff = b ? b->off : 0, blen = b ? b->len : 0;
   bool bused = b && b->used;
+  const void *pending = ok && b ? b->pending : NULL;
   pthread_mutex_unlock(&d->lock);
   if (!ok)
     die(op, "%s: %zu bytes at device offset %zu are not inside one live allocation (block at %zu of %zu bytes, %s)",
         what, bytes, off, boff, blen, bused ? "live" : "free");
+  if (pending && pending != upload)
+    die(op, "%s (device offset %zu) is being uploaded into by upload slot %p and no upload_wait has ordered the "
+            "copy before this op: the op would race the copy stream",
+        what, off, pending);
   return (void *)u;
+}
+
+static void *real(fake_device *d, const char *op, const char *what, const void *p, size_t bytes) {
+  return real_for(d, op, what, p, bytes, NULL);
 }
 
 /* A host pointer: must not be this device's. */
@@ -150,7 +174,7 @@ static void *fake_alloc(void *ctx, size_t bytes) {
   if (d->blocks[i].len > len) { /* split: the rest stays free */
     reserve(d);
     memmove(&d->blocks[i + 2], &d->blocks[i + 1], (d->count - i - 1) * sizeof *d->blocks);
-    d->blocks[i + 1] = (block){d->blocks[i].off + len, d->blocks[i].len - len, false};
+    d->blocks[i + 1] = (block){d->blocks[i].off + len, d->blocks[i].len - len, false, NULL};
     d->blocks[i].len = len;
     d->count++;
   }
@@ -220,9 +244,196 @@ static int fake_zero(void *ctx, void *p, size_t bytes) {
   return 0;
 }
 
+/* --- asynchronous uploads: copied at once, their order of calls checked --- */
+
+#define UPLOAD_MAGIC 0x0F1E2D3Cu
+
+typedef enum { UP_RELEASED, UP_COPIED, UP_WAITED } up_state;
+
+/* An upload slot: its state in the cycle of loom/backend.h, and the host
+ * memory its last upload read (with a hash, checked unchanged at the
+ * release). */
+struct loom_upload {
+  uint32_t magic;
+  up_state state;
+  bool host_busy; /* from upload_start to upload_release */
+  loom_upload_copy *copies;
+  int count, cap;
+  uint64_t hash;
+};
+
+static void *fake_host_alloc(void *ctx, size_t bytes) {
+  fake_device *d = ctx;
+  unsigned char *p = aligned_alloc(64, ((bytes ? bytes : 1) + 63) & ~(size_t)63);
+  if (!p || ((uintptr_t)p & TAG))
+    die("host_alloc", "no host memory for %zu bytes", bytes);
+  pthread_mutex_lock(&d->lock);
+  if (d->num_pinned == d->cap_pinned) {
+    size_t cap = d->cap_pinned ? 2 * d->cap_pinned : 16;
+    pinned *n = realloc(d->pinned, cap * sizeof *n);
+    if (!n)
+      die("host_alloc", "out of host memory for the pinned table");
+    d->pinned = n, d->cap_pinned = cap;
+  }
+  d->pinned[d->num_pinned++] = (pinned){p, bytes};
+  d->counts.pinned++;
+  pthread_mutex_unlock(&d->lock);
+  return p;
+}
+
+static void fake_host_free(void *ctx, void *p) {
+  fake_device *d = ctx;
+  if (!p)
+    return;
+  pthread_mutex_lock(&d->lock);
+  size_t i = 0;
+  while (i < d->num_pinned && d->pinned[i].p != p)
+    i++;
+  if (i == d->num_pinned) {
+    pthread_mutex_unlock(&d->lock);
+    die("host_free", "%p is not pinned memory of this device (double free?)", p);
+  }
+  d->pinned[i] = d->pinned[--d->num_pinned];
+  d->counts.pinned--;
+  pthread_mutex_unlock(&d->lock);
+  free(p);
+}
+
+/* Whether [p, p + bytes) lies in one pinned block. */
+static bool is_pinned(fake_device *d, const void *p, size_t bytes) {
+  const unsigned char *c = p;
+  bool ok = false;
+  pthread_mutex_lock(&d->lock);
+  for (size_t i = 0; !ok && i < d->num_pinned; i++)
+    ok = c >= d->pinned[i].p && c + bytes <= d->pinned[i].p + d->pinned[i].bytes;
+  pthread_mutex_unlock(&d->lock);
+  return ok;
+}
+
+static uint64_t hash_host(const loom_upload *u) {
+  uint64_t h = 0xcbf29ce484222325u; /* FNV-1a */
+  for (int i = 0; i < u->count; i++)
+    for (size_t k = 0; k < u->copies[i].bytes; k++)
+      h = (h ^ ((const unsigned char *)u->copies[i].host)[k]) * 0x100000001b3u;
+  return h;
+}
+
+static loom_upload *own_upload(const char *op, loom_upload *u) {
+  if (!u || u->magic != UPLOAD_MAGIC)
+    die(op, "an upload slot this device did not make (%p)", (void *)u);
+  return u;
+}
+
+/* The blocks an upload copied into are ordered for the compute stream. */
+static void clear_pending(fake_device *d, const loom_upload *u) {
+  pthread_mutex_lock(&d->lock);
+  for (size_t i = 0; i < d->count; i++)
+    if (d->blocks[i].pending == u)
+      d->blocks[i].pending = NULL;
+  pthread_mutex_unlock(&d->lock);
+}
+
+static int fake_upload_create(void *ctx, loom_upload **out) {
+  fake_device *d = ctx;
+  loom_upload *u = calloc(1, sizeof *u);
+  if (!u)
+    die("upload_create", "out of host memory");
+  u->magic = UPLOAD_MAGIC;
+  pthread_mutex_lock(&d->lock);
+  d->counts.upload_slots++;
+  pthread_mutex_unlock(&d->lock);
+  *out = u;
+  return 0;
+}
+
+static void fake_upload_destroy(void *ctx, loom_upload *u) {
+  fake_device *d = ctx;
+  if (!u)
+    return;
+  own_upload("upload_destroy", u);
+  clear_pending(d, u); /* a real device waits for the copies here */
+  pthread_mutex_lock(&d->lock);
+  d->counts.upload_slots--;
+  pthread_mutex_unlock(&d->lock);
+  u->magic = 0;
+  free(u->copies);
+  free(u);
+}
+
+static int fake_upload_start(void *ctx, loom_upload *u, const loom_upload_copy *copies, int count) {
+  fake_device *d = ctx;
+  own_upload("upload_start", u);
+  pthread_mutex_lock(&d->lock);
+  bool fail = d->fail_upload && d->counts.uploads + 1 == d->fail_upload;
+  pthread_mutex_unlock(&d->lock);
+  if (fail)
+    return loom_error_set(LOOM_EIO, "fake device: upload %lld failed, as the test asked", (long long)d->fail_upload);
+  if (u->state == UP_WAITED)
+    die("upload_start", "upload slot %p is uploaded into while the compute stream may still read its last batch: "
+                        "upload_release it first",
+        (void *)u);
+  if (u->host_busy)
+    die("upload_start", "upload slot %p starts again before upload_release: its host memory may have been refilled "
+                        "while the last copy read it",
+        (void *)u);
+  if (count > u->cap) {
+    loom_upload_copy *c = realloc(u->copies, (size_t)count * sizeof *c);
+    if (!c)
+      die("upload_start", "out of host memory");
+    u->copies = c, u->cap = count;
+  }
+  for (int i = 0; i < count; i++) {
+    host("upload_start", "a copy's source", copies[i].host);
+    if (copies[i].bytes && !is_pinned(d, copies[i].host, copies[i].bytes))
+      die("upload_start", "copy %d's %zu bytes at %p are not pinned memory from host_alloc: the copy could not "
+                          "overlap",
+          i, copies[i].bytes, copies[i].host);
+    void *dst = real_for(d, "upload_start", "a copy's destination", copies[i].dst, copies[i].bytes, u);
+    memcpy(dst, copies[i].host, copies[i].bytes);
+    u->copies[i] = copies[i];
+  }
+  u->count = count;
+  u->hash = hash_host(u);
+  pthread_mutex_lock(&d->lock);
+  for (int i = 0; i < count; i++)
+    if (copies[i].bytes)
+      find(d, (size_t)((uintptr_t)copies[i].dst - TAG - (uintptr_t)d->arena))->pending = u;
+  d->counts.uploads++;
+  pthread_mutex_unlock(&d->lock);
+  u->state = UP_COPIED;
+  u->host_busy = true;
+  return 0;
+}
+
+static int fake_upload_wait(void *ctx, loom_upload *u) {
+  fake_device *d = ctx;
+  own_upload("upload_wait", u);
+  if (u->state != UP_COPIED)
+    die("upload_wait", "upload slot %p has no upload started since its last %s", (void *)u,
+        u->state == UP_WAITED ? "upload_wait" : "upload_release");
+  clear_pending(d, u);
+  pthread_mutex_lock(&d->lock);
+  d->counts.upload_waits++;
+  pthread_mutex_unlock(&d->lock);
+  u->state = UP_WAITED;
+  return 0;
+}
+
+static int fake_upload_release(void *ctx, loom_upload *u) {
+  fake_device *d = ctx;
+  own_upload("upload_release", u);
+  if (u->host_busy && hash_host(u) != u->hash)
+    die("upload_release", "the host memory upload slot %p copied from changed before upload_release", (void *)u);
+  clear_pending(d, u); /* a batch prefetched and never used */
+  u->state = UP_RELEASED;
+  u->host_busy = false;
+  return 0;
+}
+
 static void fake_destroy(void *ctx) {
   fake_device *d = ctx;
   pthread_mutex_destroy(&d->lock);
+  free(d->pinned);
   free(d->arena);
   free(d->blocks);
   free(d);
@@ -653,6 +864,13 @@ static const loom_backend_ops fake_ops = {
     .from_host = fake_from_host,
     .copy = fake_copy,
     .zero = fake_zero,
+    .host_alloc = fake_host_alloc,
+    .host_free = fake_host_free,
+    .upload_create = fake_upload_create,
+    .upload_destroy = fake_upload_destroy,
+    .upload_start = fake_upload_start,
+    .upload_wait = fake_upload_wait,
+    .upload_release = fake_upload_release,
     .gemm = fake_gemm,
     .fill_rows = fake_fill_rows,
     .sum_rows = fake_sum_rows,
@@ -694,10 +912,14 @@ static const loom_backend_ops fake_ops = {
 };
 
 loom_backend *fake_device_create(size_t arena_bytes, fake_device **dev) {
-  return fake_device_create_ex(arena_bytes, true, dev);
+  return fake_device_create_without(arena_bytes, 0, dev);
 }
 
 loom_backend *fake_device_create_ex(size_t arena_bytes, bool topk_hits, fake_device **dev) {
+  return fake_device_create_without(arena_bytes, topk_hits ? 0 : FAKE_NO_TOPK_HITS, dev);
+}
+
+loom_backend *fake_device_create_without(size_t arena_bytes, unsigned missing, fake_device **dev) {
   fake_device *d = calloc(1, sizeof *d);
   if (d)
     d->arena = aligned_alloc(64, (arena_bytes + 63) & ~(size_t)63);
@@ -706,10 +928,13 @@ loom_backend *fake_device_create_ex(size_t arena_bytes, bool topk_hits, fake_dev
   d->size = (arena_bytes + 63) & ~(size_t)63;
   pthread_mutex_init(&d->lock, NULL);
   reserve(d);
-  d->blocks[d->count++] = (block){0, d->size, false};
+  d->blocks[d->count++] = (block){0, d->size, false, NULL};
   loom_backend_ops ops = fake_ops;
-  if (!topk_hits)
+  if (missing & FAKE_NO_TOPK_HITS)
     ops.topk_hits = NULL;
+  if (missing & FAKE_NO_UPLOAD)
+    ops.host_alloc = NULL, ops.host_free = NULL, ops.upload_create = NULL, ops.upload_destroy = NULL,
+    ops.upload_start = NULL, ops.upload_wait = NULL, ops.upload_release = NULL;
   loom_backend *b = loom_backend_create(&ops, d);
   if (!b)
     die("create", "loom_backend_create failed");
@@ -727,7 +952,14 @@ fake_device_counts fake_device_counts_of(fake_device *d) {
 
 void fake_device_reset_counts(fake_device *d) {
   pthread_mutex_lock(&d->lock);
-  d->counts = (fake_device_counts){.live = d->counts.live, .plans = d->counts.plans};
+  d->counts = (fake_device_counts){.live = d->counts.live, .plans = d->counts.plans, .pinned = d->counts.pinned,
+                                   .upload_slots = d->counts.upload_slots};
+  pthread_mutex_unlock(&d->lock);
+}
+
+void fake_device_fail_upload(fake_device *d, int64_t nth) {
+  pthread_mutex_lock(&d->lock);
+  d->fail_upload = nth ? d->counts.uploads + nth : 0;
   pthread_mutex_unlock(&d->lock);
 }
 

@@ -10,7 +10,15 @@
  * the CPU backend's op on the real addresses: results are the CPU's, bit
  * for bit. Plans wrap the CPU's plans (a plan made elsewhere is caught).
  * It counts the transfers and the ops that hand a result to the host, so
- * tests can bound the synchronisations a step makes. */
+ * tests can bound the synchronisations a step makes.
+ *
+ * Its asynchronous uploads (loom_upload, loom/backend.h) copy at once but
+ * check the cycle a copy stream needs, aborting with a message: an upload
+ * only from pinned memory it handed out (host_alloc), never into a slot
+ * the compute may still read (no upload_release since its upload_wait),
+ * never again before the slot's release (its host memory may be refilled
+ * only then; the release checks that memory is unchanged), and no op, copy
+ * or free touching an upload's destination before its upload_wait. */
 #ifndef LOOM_TEST_FAKE_DEVICE_H
 #define LOOM_TEST_FAKE_DEVICE_H
 
@@ -32,6 +40,10 @@ typedef struct fake_device_counts {
   int64_t updates;      /* the optimizers' update ops (sgd/adam/rmsprop_update, update_ranges) */
   int64_t live;         /* allocations not freed */
   int64_t plans;        /* plans not destroyed */
+  int64_t uploads;      /* upload_start calls (asynchronous uploads, each of a slot's copies) */
+  int64_t upload_waits; /* upload_wait calls */
+  int64_t pinned;       /* pinned host blocks (host_alloc) not freed */
+  int64_t upload_slots; /* upload slots not destroyed */
 } fake_device_counts;
 
 /* A fake device of `arena_bytes` of memory, named "fake"; *dev (if not
@@ -41,9 +53,16 @@ loom_backend *fake_device_create(size_t arena_bytes, fake_device **dev);
 /* The same, without the topk_hits slot when !topk_hits (a backend that
  * lacks an optional op). */
 loom_backend *fake_device_create_ex(size_t arena_bytes, bool topk_hits, fake_device **dev);
+/* The same without the slots named in `missing`. */
+#define FAKE_NO_TOPK_HITS 1u
+#define FAKE_NO_UPLOAD 2u /* the seven asynchronous upload slots: batches go through from_host */
+loom_backend *fake_device_create_without(size_t arena_bytes, unsigned missing, fake_device **dev);
 fake_device_counts fake_device_counts_of(fake_device *dev);
 /* Zeroes the counts (not `live` and `plans`). */
 void fake_device_reset_counts(fake_device *dev);
+/* The nth upload_start from now (1: the next) fails with LOOM_EIO and a
+ * message; 0: none fails. */
+void fake_device_fail_upload(fake_device *dev, int64_t nth);
 /* Whether p is a (tagged) address of this device's memory. */
 bool fake_device_owns(fake_device *dev, const void *p);
 /* The host address behind p, for test code that plays a device-aware

@@ -16,8 +16,9 @@
 #include <loom.h>
 
 /* A loader over n samples of `features` floats (deterministic values) with
- * labels i % classes. */
-static inline loom_loader *test_loader(int64_t n, int64_t features, int classes, int64_t batch, bool shuffle) {
+ * labels i % classes, its batches made by `workers` threads. */
+static inline loom_loader *test_loader_workers(int64_t n, int64_t features, int classes, int64_t batch, bool shuffle,
+                                               int workers) {
   float *x = malloc((size_t)(n * features) * sizeof *x);
   float *y = malloc((size_t)n * sizeof *y);
   for (int64_t i = 0; i < n; i++) {
@@ -28,8 +29,13 @@ static inline loom_loader *test_loader(int64_t n, int64_t features, int classes,
   loom_dataset *ds = loom_memory_dataset_create(x, y, n, 1, &features, 0, NULL);
   free(x);
   free(y);
-  loom_loader_options o = {.batch_size = batch, .shuffle = shuffle};
+  loom_loader_options o = {.batch_size = batch, .shuffle = shuffle, .workers = workers};
   return loom_loader_create(ds, &o);
+}
+
+/* The same, made in the caller's thread. */
+static inline loom_loader *test_loader(int64_t n, int64_t features, int classes, int64_t batch, bool shuffle) {
+  return test_loader_workers(n, features, classes, batch, shuffle, 0);
 }
 
 /* A fresh directory under /tmp; the caller frees the string. */

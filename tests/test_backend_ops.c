@@ -1531,6 +1531,43 @@ static void test_gate(void **state) {
       check_gate(b[i], sizes[k]);
 }
 
+/* --- asynchronous uploads --- */
+
+/* Two batches through one upload slot, from pinned memory into two device
+ * buffers, each read back after the compute stream waited for its copy:
+ * the values copied, the second over the first once the slot was released. */
+static void test_upload(void **state) {
+  loom_backend *b[MAX_BACKENDS];
+  backends(state, b, LOOM_OP_COUNT);
+  if (!loom_backend_can_upload_async(b[0])) {
+    print_message("skipped: backend \"%s\" has no asynchronous uploads\n", loom_backend_name(b[0]));
+    skip();
+  }
+  enum { NX = 1000, NY = 7 };
+  float *hx = loom_backend_host_alloc(b[0], NX * sizeof(float)), *hy = loom_backend_host_alloc(b[0], NY * sizeof(float));
+  float *dx = loom_backend_alloc(b[0], NX * sizeof(float)), *dy = loom_backend_alloc(b[0], NY * sizeof(float));
+  assert_true(hx && hy && dx && dy);
+  loom_upload *up;
+  assert_int_equal(loom_backend_upload_create(b[0], &up), 0);
+  float back[NX];
+  for (int round = 0; round < 2; round++) {
+    fill(hx, NX, 11u + (uint32_t)round), fill(hy, NY, 23u + (uint32_t)round);
+    const loom_upload_copy copies[] = {{dx, hx, NX * sizeof(float)}, {dy, hy, NY * sizeof(float)}, {dy, hy, 0}};
+    assert_int_equal(loom_backend_upload_start(b[0], up, copies, 3), 0);
+    assert_int_equal(loom_backend_upload_wait(b[0], up), 0);
+    assert_int_equal(loom_backend_scale(b[0], dy, 2.0f, NY), 0); /* an op after the wait reads the batch */
+    assert_int_equal(loom_backend_to_host(b[0], back, dx, NX * sizeof(float)), 0);
+    assert_memory_equal(back, hx, NX * sizeof(float));
+    assert_int_equal(loom_backend_to_host(b[0], back, dy, NY * sizeof(float)), 0);
+    for (int i = 0; i < NY; i++)
+      assert_true(back[i] == 2.0f * hy[i]);
+    assert_int_equal(loom_backend_upload_release(b[0], up), 0);
+  }
+  loom_backend_upload_destroy(b[0], up);
+  loom_backend_free(b[0], dx), loom_backend_free(b[0], dy);
+  loom_backend_host_free(b[0], hx), loom_backend_host_free(b[0], hy);
+}
+
 /* --- support, errors, creation --- */
 
 static void test_support_listing(void **state) {
@@ -1583,15 +1620,30 @@ static void test_missing_op_is_reported(void **state) {
   assert_int_equal(loom_backend_plan_block(b, layers, 2, &block), 0);
   assert_int_equal(block.count, 0);
   assert_null(block.plan);
+  /* Nor asynchronous uploads: each call says so. */
+  assert_false(loom_backend_can_upload_async(b));
+  assert_null(loom_backend_host_alloc(b, 64));
+  assert_string_equal(loom_last_error(), "loom_backend_host_alloc: backend \"bare\" has no asynchronous uploads "
+                                         "(pinned host memory and a copy stream); copy with loom_backend_from_host");
+  loom_upload *up = (loom_upload *)&block;
+  assert_int_equal(loom_backend_upload_create(b, &up), LOOM_ENOTSUP);
+  assert_null(up);
   loom_backend_destroy(b);
   assert_int_equal(destroyed, 1);
+
+  /* Some of the upload slots without the others: refused. */
+  ops.host_alloc = host_alloc;
+  assert_null(loom_backend_create(&ops, NULL));
+  assert_non_null(strstr(loom_last_error(), "backend \"bare\" fills 1 of the 7 asynchronous upload slots"));
+  assert_int_equal(destroyed, 2);
+  ops.host_alloc = NULL;
 
   /* A backend without its memory slots is refused, and its context freed. */
   ops.copy = NULL;
   assert_null(loom_backend_create(&ops, NULL));
   assert_non_null(strstr(loom_last_error(), "backend \"bare\" must implement alloc, free, to_host, from_host, copy "
                                             "and zero"));
-  assert_int_equal(destroyed, 2);
+  assert_int_equal(destroyed, 3);
 }
 
 /* Tensors on a backend: created zeroed there, copied across, read on the host. */
@@ -1679,6 +1731,54 @@ static void overrun(loom_backend *b) {
   loom_backend_act_forward(b, LOOM_ACT_RELU, 0, x, y, 17);
 }
 
+/* Misuses of an upload slot, each what a copy stream would race on. */
+typedef struct upload_case {
+  loom_upload *up;
+  float *host, *dev;
+  loom_upload_copy copy;
+} upload_case;
+static upload_case upload_begin(loom_backend *b) {
+  upload_case c = {.host = loom_backend_host_alloc(b, 64), .dev = loom_backend_alloc(b, 64)};
+  loom_backend_upload_create(b, &c.up);
+  c.copy = (loom_upload_copy){c.dev, c.host, 64};
+  memset(c.host, 0, 64);
+  return c;
+}
+static void upload_read_before_wait(loom_backend *b) {
+  upload_case c = upload_begin(b);
+  loom_backend_upload_start(b, c.up, &c.copy, 1);
+  loom_backend_scale(b, c.dev, 2.0f, 16);
+}
+static void upload_into_unreleased(loom_backend *b) {
+  upload_case c = upload_begin(b);
+  loom_backend_upload_start(b, c.up, &c.copy, 1);
+  loom_backend_upload_wait(b, c.up);
+  loom_backend_upload_start(b, c.up, &c.copy, 1);
+}
+static void upload_again_before_release(loom_backend *b) {
+  upload_case c = upload_begin(b);
+  loom_backend_upload_start(b, c.up, &c.copy, 1);
+  loom_backend_upload_start(b, c.up, &c.copy, 1);
+}
+static void upload_host_refilled(loom_backend *b) {
+  upload_case c = upload_begin(b);
+  loom_backend_upload_start(b, c.up, &c.copy, 1);
+  loom_backend_upload_wait(b, c.up);
+  c.host[3] = 1.0f;
+  loom_backend_upload_release(b, c.up);
+}
+static void upload_from_pageable(loom_backend *b) {
+  upload_case c = upload_begin(b);
+  float pageable[16] = {0};
+  c.copy.host = pageable;
+  loom_backend_upload_start(b, c.up, &c.copy, 1);
+}
+static void upload_free_before_wait(loom_backend *b) {
+  upload_case c = upload_begin(b);
+  loom_backend_upload_start(b, c.up, &c.copy, 1);
+  loom_backend_free(b, c.dev);
+}
+
 static void test_fake_device_catches_misuse(void **state) {
   (void)state;
   fake_device *dev;
@@ -1691,10 +1791,18 @@ static void test_fake_device_catches_misuse(void **state) {
     if (!(WIFSIGNALED(st) && (WTERMSIG(st) == SIGSEGV || WTERMSIG(st) == SIGBUS)) && !strstr(err, "SEGV"))
       fail_msg("case %zu: a host dereference of device memory did not fault (status %d): %s", i, st, err);
   }
-  static const char *const said[] = {"act_forward: x is host memory", "act_forward: x: 16 bytes at device offset",
-                                     "act_forward: x: 68 bytes"};
-  void (*const misuses[])(loom_backend *) = {host_operand, freed_operand, overrun};
-  for (size_t i = 0; i < 3; i++) {
+  static const char *const said[] = {
+      "act_forward: x is host memory", "act_forward: x: 16 bytes at device offset", "act_forward: x: 68 bytes",
+      "scale: x (device offset 0) is being uploaded into by upload slot",
+      "is uploaded into while the compute stream may still read its last batch",
+      "starts again before upload_release",
+      "upload_release: the host memory upload slot",
+      "upload_start: copy 0's 64 bytes at",
+      "free: the pointer (device offset 0) is being uploaded into"};
+  void (*const misuses[])(loom_backend *) = {host_operand,           freed_operand,          overrun,
+                                             upload_read_before_wait, upload_into_unreleased, upload_again_before_release,
+                                             upload_host_refilled,    upload_from_pageable,   upload_free_before_wait};
+  for (size_t i = 0; i < sizeof misuses / sizeof *misuses; i++) {
     int st = in_child(misuses[i], b, err, sizeof err);
     assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
     if (!strstr(err, said[i]))
@@ -1729,6 +1837,7 @@ static void test_fake_device_catches_misuse(void **state) {
       {#r ": test_gradient_ops", test_gradient_ops, NULL, NULL, &r},                                           \
       {#r ": test_gate", test_gate, NULL, NULL, &r},                                                           \
       {#r ": test_update_ranges", test_update_ranges, NULL, NULL, &r},                                         \
+      {#r ": test_upload", test_upload, NULL, NULL, &r},                                                       \
       {#r ": test_support_listing", test_support_listing, NULL, NULL, &r}
 
 int main(int argc, char **argv) {

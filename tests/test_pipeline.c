@@ -289,6 +289,49 @@ static void test_hooks_and_backpressure(void **state) {
   uv_mutex_destroy(&h.mu);
 }
 
+/* Hooks change between epochs (the runner's, when a model moves to a
+ * device with asynchronous uploads or off it): the buffers go back through
+ * the hooks that made them, the next epoch makes them with the new ones;
+ * not while workers run. */
+static void test_hooks_between_epochs(void **state) {
+  (void)state;
+  hook_log h = {0};
+  uv_mutex_init(&h.mu);
+  loom_loader *l = image_loader(3, 4, trouble_new(-1, 50));
+  assert_int_equal(loom_loader_num_slots(l), 4);
+  assert_null(loom_loader_get_hooks(l)->batch_ready);
+  loom_epoch_plan plan = {1, 0, 1, true};
+  loom_tensor *x, *y;
+  assert_int_equal(loom_loader_start_epoch(l, &plan), 0); /* buffers of its own */
+  assert_int_equal(loom_loader_next(l, &x, &y), 1);
+  loom_loader_hooks hooks = {hook_alloc, hook_free, hook_ready, &h};
+  assert_int_equal(loom_loader_set_hooks(l, &hooks), LOOM_ESTATE); /* the workers run */
+  loom_loader_end_epoch(l);
+  assert_int_equal(loom_loader_set_hooks(l, &hooks), 0);
+  assert_ptr_equal(loom_loader_get_hooks(l)->user, &h);
+  assert_int_equal(loom_loader_next(l, &x, &y), 0); /* that epoch is over */
+  assert_int_equal(h.allocs, 0);
+  assert_int_equal(loom_loader_start_epoch(l, &plan), 0);
+  assert_int_equal(h.allocs, 2 * 4);
+  int batches = 0;
+  while (loom_loader_next(l, &x, &y) == 1)
+    batches++;
+  assert_int_equal(batches, 13);
+  assert_int_equal(h.ready, 13);
+  loom_loader_end_epoch(l);
+  assert_int_equal(loom_loader_set_hooks(l, NULL), 0); /* back through hook_free */
+  assert_int_equal(h.frees, 2 * 4);
+  assert_int_equal(loom_loader_start_epoch(l, &plan), 0);
+  batches = 0;
+  while (loom_loader_next(l, &x, &y) == 1)
+    batches++;
+  assert_int_equal(batches, 13);
+  assert_int_equal(h.allocs, 2 * 4);
+  assert_int_equal(h.ready, 13);
+  loom_loader_destroy(l);
+  uv_mutex_destroy(&h.mu);
+}
+
 /* --- the workers and the compute pool --- */
 
 /* A batch-ready hook that holds the worker until the test opens the gate
@@ -815,6 +858,7 @@ int main(void) {
       cmocka_unit_test(test_early_stop_shuts_down),
       cmocka_unit_test(test_runner_stops_workers),
       cmocka_unit_test(test_hooks_and_backpressure),
+      cmocka_unit_test(test_hooks_between_epochs),
       cmocka_unit_test(test_workers_claim_a_core),
       cmocka_unit_test(test_shards_disjoint_and_covering),
       cmocka_unit_test(test_weighted_sampler),

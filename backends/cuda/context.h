@@ -19,7 +19,8 @@ struct cudnnContext; /* cuDNN's handle, cudnnHandle_t, without cudnn.h */
 typedef struct cuda_ctx {
   int device;
   bool tf32; /* loom_cuda_options.tf32: TF32 products in cuBLAS and cuDNN */
-  cudaStream_t stream;
+  cudaStream_t stream;      /* the ops, in order */
+  cudaStream_t copy_stream; /* asynchronous uploads (loom_upload), ordered against `stream` by events */
   cublasHandle_t blas;
   struct cudnnContext *dnn; /* made by the first plan that needs it (cudnn.c), NULL before */
   loom_caching_alloc *alloc;

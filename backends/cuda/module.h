@@ -11,7 +11,8 @@
  * shared libloom and a static one alike, and calls libloom only through
  * this table. Plain C on both sides: no CUDA header here.
  *
- * A change to either table changes LOOM_CUDA_MODULE_ABI (and, when it is
+ * A change to either table, or to loom_backend_ops (which the module fills
+ * and libloom copies), changes LOOM_CUDA_MODULE_ABI (and, when it is
  * incompatible, the entry's name): the two sides check they agree. */
 #ifndef LOOM_BACKENDS_CUDA_MODULE_H
 #define LOOM_BACKENDS_CUDA_MODULE_H

@@ -207,6 +207,31 @@ typedef enum loom_op {
   LOOM_OP_COUNT
 } loom_op;
 
+/* An upload slot: what a backend keeps to copy one batch from pinned host
+ * memory into device memory on its copy stream while the compute stream
+ * works on another batch (a CUDA stream and two events: the copy done, the
+ * compute done with the slot's memory). A slot is used in a cycle:
+ *
+ *   upload_start   (any thread) the copies are issued on the copy stream,
+ *                  after the compute stream's last release of the slot;
+ *   upload_wait    the compute stream's later ops wait for the copies;
+ *                  the device memory is then the batch's;
+ *   upload_release the compute stream's ops issued so far are the last to
+ *                  read the destinations, so the next upload_start may
+ *                  overwrite them; and the host waits until the copies have
+ *                  read the host memory, so it may be refilled.
+ *
+ * A slot whose upload was never waited for (a batch prefetched and not
+ * used) is released the same way. The host memory must stay unchanged
+ * from upload_start to upload_release, and the destinations untouched by
+ * other ops from upload_start to upload_wait. */
+typedef struct loom_upload loom_upload;
+typedef struct loom_upload_copy {
+  void *dst;        /* the backend's memory */
+  const void *host; /* from host_alloc (pinned), for a copy that overlaps */
+  size_t bytes;
+} loom_upload_copy;
+
 /* The optimizers' updates, elementwise over a range of parameters p,
  * gradients g and state, with torch.optim's formulas (models/sgd.c,
  * adam.c, rmsprop.c state them). A non-NULL gate (an int in the backend's
@@ -262,6 +287,24 @@ typedef struct loom_backend_ops {
   int (*zero)(void *ctx, void *ptr, size_t bytes);
   /* Waits until every op issued so far has finished. Optional. */
   int (*synchronize)(void *ctx);
+
+  /* Asynchronous uploads (optional, all seven or none; see loom_upload
+   * above): pinned host memory, and per upload slot a copy on the
+   * backend's copy stream that overlaps the compute stream's ops.
+   * host_alloc: `bytes` of page-locked host memory, 64-byte aligned (NULL
+   * after loom_error_set); host_free(NULL) does nothing. upload_create
+   * makes a slot's events; upload_destroy waits for its copies and for the
+   * compute that read its memory, then frees it (NULL: nothing).
+   * upload_start, upload_wait and upload_release are
+   * loom_backend_upload_*'s contracts; upload_start may be called from any
+   * thread, the others from the thread that issues the ops. */
+  void *(*host_alloc)(void *ctx, size_t bytes);
+  void (*host_free)(void *ctx, void *ptr);
+  int (*upload_create)(void *ctx, loom_upload **upload);
+  void (*upload_destroy)(void *ctx, loom_upload *upload);
+  int (*upload_start)(void *ctx, loom_upload *upload, const loom_upload_copy *copies, int count);
+  int (*upload_wait)(void *ctx, loom_upload *upload);
+  int (*upload_release)(void *ctx, loom_upload *upload);
 
   /* C = alpha op(A) op(B) + beta C, row-major, op(A) M x K, op(B) K x N
    * (cblas_sgemm's contract). */
@@ -430,6 +473,22 @@ LOOM_API int loom_backend_from_host(loom_backend *backend, void *dst, const void
 LOOM_API int loom_backend_copy(loom_backend *backend, void *dst, const void *src, size_t bytes);
 LOOM_API int loom_backend_zero(loom_backend *backend, void *ptr, size_t bytes);
 LOOM_API int loom_backend_synchronize(loom_backend *backend);
+
+/* Asynchronous uploads (loom_upload above). loom_backend_can_upload_async
+ * says whether the backend has them (a backend without them takes batches
+ * through loom_backend_from_host); the others are LOOM_ENOTSUP, with a
+ * message, on one that lacks them (host_alloc: NULL). */
+LOOM_API bool loom_backend_can_upload_async(const loom_backend *backend);
+LOOM_API void *loom_backend_host_alloc(loom_backend *backend, size_t bytes);
+LOOM_API void loom_backend_host_free(loom_backend *backend, void *ptr);
+LOOM_API int loom_backend_upload_create(loom_backend *backend, loom_upload **upload);
+LOOM_API void loom_backend_upload_destroy(loom_backend *backend, loom_upload *upload);
+/* Issues copies[0..count) (host -> the backend's memory) on the copy
+ * stream; returns before they complete. */
+LOOM_API int loom_backend_upload_start(loom_backend *backend, loom_upload *upload, const loom_upload_copy *copies,
+                                       int count);
+LOOM_API int loom_backend_upload_wait(loom_backend *backend, loom_upload *upload);
+LOOM_API int loom_backend_upload_release(loom_backend *backend, loom_upload *upload);
 
 /* The ops; each is LOOM_ENOTSUP if the backend lacks it. */
 LOOM_API int loom_backend_gemm(loom_backend *backend, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,

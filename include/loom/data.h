@@ -153,13 +153,18 @@ typedef struct loom_loader_options {
 } loom_loader_options;
 
 /* Hooks for a device backend: where batch buffers live (pinned host memory)
- * and a call per prepared batch (to start an asynchronous copy). */
+ * and a call per prepared batch (to start an asynchronous copy). The
+ * runner sets its own for a model on a backend with asynchronous uploads
+ * (and leaves a loader that has hooks alone). */
 typedef struct loom_loader_hooks {
   void *(*alloc)(void *user, size_t bytes);
   void (*free)(void *user, void *ptr);
   /* Called in the thread that prepared `slot`'s batch (a worker, or the
    * consumer's when it finds its next batch not started), before it is
-   * handed out. */
+   * handed out; the consumer has let go of the slot's previous batch (its
+   * loom_loader_next returned the batch after that one, or the epoch
+   * started again). A failure fails that batch's loom_loader_next, with
+   * the hook's message. */
   int (*batch_ready)(void *user, const loom_tensor *x, const loom_tensor *y, int slot);
   void *user;
 } loom_loader_hooks;
@@ -169,8 +174,18 @@ typedef struct loom_loader_hooks {
  * fetch is called from several threads at once. */
 LOOM_API loom_loader *loom_loader_create(loom_dataset *dataset, const loom_loader_options *options);
 LOOM_API void loom_loader_destroy(loom_loader *loader);
-/* Before the first epoch. */
+/* Before the first epoch, or between epochs (not while workers run:
+ * LOOM_ESTATE until loom_loader_end_epoch): the batch buffers made with
+ * the previous hooks are freed through them, the next
+ * loom_loader_start_epoch makes new ones, and until then
+ * loom_loader_next has no batch (0). NULL: no hooks. */
 LOOM_API int loom_loader_set_hooks(loom_loader *loader, const loom_loader_hooks *hooks);
+/* The hooks set (all NULL: none). */
+LOOM_API const loom_loader_hooks *loom_loader_get_hooks(const loom_loader *loader);
+/* The batches that exist at once: 1 without workers, else the prefetch
+ * depth; batch_ready's `slot` is below it, and batch b is in slot
+ * b % loom_loader_num_slots. */
+LOOM_API int loom_loader_num_slots(const loom_loader *loader);
 LOOM_API loom_dataset *loom_loader_dataset(const loom_loader *loader);
 LOOM_API loom_sampler *loom_loader_sampler(const loom_loader *loader);
 LOOM_API int64_t loom_loader_batch_size(const loom_loader *loader);

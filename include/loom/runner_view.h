@@ -192,12 +192,16 @@ LOOM_API loom_criterion *loom_runner_criterion(const loom_runner *r);
 LOOM_API loom_optimizer *loom_runner_optimizer(const loom_runner *r);
 LOOM_API loom_loader *loom_runner_loader(const loom_runner *r);
 /* The current batch. At on_batch_start: the loader's tensors, in host
- * memory (a callback may change them there). From handle_batch on, for a
- * model on a device (loom_model_backend not the CPU): copies on the
- * model's backend, made after on_batch_start in tensors the runner keeps
- * across batches; read their values through loom_tensor_host_data. For a
- * model on the CPU they stay the loader's tensors, uncopied. The target is
- * NULL for an unlabelled dataset. */
+ * memory, read-only (change samples in the loader's transforms: on a
+ * backend with asynchronous uploads the batch's copy to the device started
+ * when the loader made it, before on_batch_start). From handle_batch on,
+ * for a model on a device (loom_model_backend not the CPU): copies on the
+ * model's backend, in tensors the runner keeps across batches (one pair
+ * per loader slot, filled on the backend's copy stream, or one pair
+ * copied into after on_batch_start on a backend without asynchronous
+ * uploads); read their values through loom_tensor_host_data. For a model
+ * on the CPU they stay the loader's tensors, uncopied. The target is NULL
+ * for an unlabelled dataset. */
 LOOM_API const loom_tensor *loom_runner_input(const loom_runner *r);
 LOOM_API const loom_tensor *loom_runner_target(const loom_runner *r);
 LOOM_API const loom_tensor *loom_runner_output(const loom_runner *r);
