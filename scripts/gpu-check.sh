@@ -19,8 +19,8 @@
 #      256): loom on the CPU (not the ResNet), on the GPU in fp32 and in
 #      bf16 (experiment.precision), PyTorch on the GPU
 #      (bench/model_torch.py, TORCH_DEVICE=cuda); the median train epoch's
-#      seconds and the validation accuracy of each, and the ratio of
-#      loom's GPU epoch to PyTorch's.
+#      seconds, the validation accuracy and the peak device memory
+#      (dev_mem_mb) of each, and the ratio of loom's GPU epoch to PyTorch's.
 # Each step has a time limit (STEP_LIMIT seconds, default 300; a test's
 # 120), so that one that hangs on the GPU is reported and the later steps
 # still run. PyTorch runs with the machine's own library path, not the
@@ -165,11 +165,12 @@ compare() {
     grep '^LOOM') || failed=1
   torch_gpu=$(TORCH_DEVICE=cuda "${limit[@]}" env LD_LIBRARY_PATH="$machine_ld_path" python3 "$root/bench/model_torch.py" "$name" "$n" \
     "$work/data" | grep '^TORCH') || echo "gpu-check: PyTorch's run failed (no ratio)"
-  printf '%-16s %14s %10s\n' run "train s/epoch" accuracy
+  printf '%-16s %14s %10s %10s\n' run "train s/epoch" accuracy device_MB
   for row in "loom cpu:$loom_cpu" "loom cuda:$loom_gpu" "loom cuda bf16:$loom_bf16" "torch cuda:$torch_gpu"; do
     line=${row#*:}
     [ -n "$line" ] || continue
-    printf '%-16s %14s %10s\n' "${row%%:*}" "$(field epoch_s <<<"$line")" "$(field valid_acc <<<"$line")"
+    printf '%-16s %14s %10s %10s\n' "${row%%:*}" "$(field epoch_s <<<"$line")" "$(field valid_acc <<<"$line")" \
+      "$(field dev_mem_mb <<<"$line")"
   done
   local a b h t g
   a=$(field valid_acc <<<"$loom_cpu") b=$(field valid_acc <<<"$loom_gpu") h=$(field valid_acc <<<"$loom_bf16")
