@@ -3,6 +3,11 @@
  *   LOOM epoch_s=<median train-loader seconds> rss_mb=<peak RSS> valid_acc=<last>
  *        products=<kernels> rank=<r> world=<n> comm_frac=<median share of a
  *        train epoch inside collectives> steps=<train batches an epoch>
+ *        [dev_mem_mb=<peak device memory>]
+ * dev_mem_mb, only for a model on a CUDA backend: the most device memory
+ * the CUDA caching allocators held at once from cudaMalloc (in use plus
+ * cached; loom_cuda_memory_stats.peak_reserved), which is what
+ * torch.cuda.max_memory_reserved reports for PyTorch (bench/model_torch.py).
  * The config's first stage runs with only the accuracy callback (no logs or
  * checkpoints) and the epochs asked for; KEY=VALUE arguments are --set
  * overrides (e.g. loaders.train.batch_size=64). Under mpirun every rank
@@ -119,6 +124,25 @@ static double median(double *v, int n) {
   return v[n / 2];
 }
 
+/* The dev_mem_mb field for the experiment's backend: "" on the CPU. Read
+ * before the experiment goes, with its backend and the allocator's counts.
+ * Each device's peak is summed: a process trains on one. */
+static void device_memory_field(const loom_experiment *exp, char *out, size_t size) {
+  const loom_backend *b = loom_experiment_backend(exp);
+  out[0] = '\0';
+  if (!b || loom_backend_device(b) != LOOM_DEVICE_CUDA)
+    return;
+  int count = 0;
+  size_t peak = 0;
+  loom_cuda_device_count(&count);
+  for (int d = 0; d < count; d++) {
+    loom_cuda_memory_stats st;
+    if (loom_cuda_memory_stats_get(d, &st) == 0)
+      peak += st.peak_reserved;
+  }
+  snprintf(out, size, " dev_mem_mb=%.1f", (double)peak / (1024.0 * 1024.0));
+}
+
 static int setup(loom_config *c, int epochs, const char *dir, char **sets, int num_sets, timing *t,
                  loom_experiment **exp) {
   static const loom_callback_ops ops = {
@@ -165,6 +189,7 @@ int main(int argc, char **argv) {
   loom_config *c = loom_config_load(argv[1]);
   int rc = c ? setup(c, epochs, dir, argv + 4, argc > 4 ? argc - 4 : 0, &t, &exp) : -1;
   int rank = 0, world = 1;
+  char dev_mem[64] = "";
   if (rc == 0) {
     loom_comm *comm = loom_comm_for_dist(LOOM_DIST_AUTO);
     loom_runner *r = comm ? loom_runner_create() : NULL;
@@ -176,6 +201,7 @@ int main(int argc, char **argv) {
       loom_runner_set_comm(r, comm); /* the runner owns it */
       rc = loom_run_experiment(r, exp);
       loom_runner_destroy(r);
+      device_memory_field(exp, dev_mem, sizeof dev_mem);
     }
   }
   if (rc < 0)
@@ -187,8 +213,8 @@ int main(int argc, char **argv) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   double epoch_s = median(t.train_s, t.n), comm_frac = median(t.comm_frac, t.n);
-  printf("LOOM epoch_s=%.4f rss_mb=%.1f valid_acc=%.4f products=%s rank=%d world=%d comm_frac=%.4f steps=%lld\n", epoch_s,
-         (double)ru.ru_maxrss / 1024.0, t.valid_acc, loom_xsmm_active() ? "libxsmm-avx512" : "openblas", rank, world,
-         comm_frac, t.steps);
+  printf("LOOM epoch_s=%.4f rss_mb=%.1f valid_acc=%.4f products=%s rank=%d world=%d comm_frac=%.4f steps=%lld%s\n",
+         epoch_s, (double)ru.ru_maxrss / 1024.0, t.valid_acc, loom_xsmm_active() ? "libxsmm-avx512" : "openblas", rank,
+         world, comm_frac, t.steps, dev_mem);
   return 0;
 }

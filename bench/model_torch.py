@@ -3,6 +3,9 @@ and batch size as the loom side's config, on tensors held in memory (the
 fastest way to feed PyTorch here).
 
 Prints: TORCH epoch_s=<median train seconds> rss_mb=<peak RSS> valid_acc=<last>
+and, on CUDA, dev_mem_mb=<torch.cuda.max_memory_reserved: the most device
+memory PyTorch's caching allocator held, in use plus cached>, which is what
+bench/model.c's dev_mem_mb reports for loom.
 Thread counts come from the caller: TORCH_THREADS, and OPENBLAS_NUM_THREADS
 in the environment (read by OpenBLAS when torch loads it). TORCH_DEVICE
 (default cpu; e.g. cuda) holds the model and the whole dataset on that
@@ -188,8 +191,9 @@ def main():
         acc = correct / len(vx)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     steps = len(range(0, last, batch))
+    dev_mem = f" dev_mem_mb={torch.cuda.max_memory_reserved(device) / 2**20:.1f}" if device.type == "cuda" else ""
     print(f"TORCH epoch_s={statistics.median(times):.4f} rss_mb={rss:.1f} valid_acc={acc:.4f} blas_core={blas_core()}"
-          f" steps={steps}")
+          f" steps={steps}{dev_mem}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
 #      every op's CUDA row against double references (test_backend_ops cuda),
 #      a config on "cuda:0" (test_config_device), the fake device's runner
 #      (test_device_runner, a control), and the NCCL communicator's sums on
-#      the GPU, one rank (test_nccl under mpirun when there is one);
+#      the GPU, one rank (test_nccl, its bootstrap over the local
+#      communicator: the machine has no MPI installation, and MPI_Init
+#      would abort);
 #   2b. the example MLP config for 3 epochs of 5 batches on the CPU and on
 #      the GPU (their train losses within 1e-4 relative), and checkpointed
 #      on the GPU after 2 epochs then resumed on the CPU (the CPU run's);
@@ -17,8 +19,12 @@
 #      256): loom on the CPU (not the ResNet), on the GPU in fp32 and in
 #      bf16 (experiment.precision), PyTorch on the GPU
 #      (bench/model_torch.py, TORCH_DEVICE=cuda); the median train epoch's
-#      seconds and the validation accuracy of each, and the ratio of
-#      loom's GPU epoch to PyTorch's.
+#      seconds, the validation accuracy and the peak device memory
+#      (dev_mem_mb) of each, and the ratio of loom's GPU epoch to PyTorch's.
+# Each step has a time limit (STEP_LIMIT seconds, default 300; a test's
+# 120), so that one that hangs on the GPU is reported and the later steps
+# still run. PyTorch runs with the machine's own library path, not the
+# pack's (whose libraries are the build machine's).
 # Prints everything to stdout and, when $OUT is set, a copy to
 # $OUT/gpu-check.log; exits non-zero if a test fails, a run differs in
 # accuracy (loom CPU against GPU) by more than 2 points, or bf16 from fp32
@@ -41,10 +47,16 @@ tar -C "$work" -xJf "$pack"
 # (nvidia-cublas-cu13, nvidia-cuda-runtime-cu13, nvidia-cudnn-cu13: cuDNN
 # loads its sub-libraries, libcudnn_*.so.9, from the same directory).
 cudalib=/usr/local/cuda/lib64
-libdir_of() { # LIBRARY: the directory of the first one found, or nothing
-  local found
-  found=$(find / \( -path /proc -o -path /sys \) -prune -o -name "$1" -print -quit 2>/dev/null)
-  [ -n "$found" ] && dirname "$found"
+# LIBRARY: the directory of the first one found, or nothing; where CUDA and
+# the Python wheels live first (a search of / can take minutes there).
+libdir_of() {
+  local found root
+  for root in /usr/local /opt /usr/lib /usr/lib64 /root /home /; do
+    [ -d "$root" ] || continue
+    found=$(find "$root" \( -path /proc -o -path /sys -o -path /dev \) -prune -o -name "$1" -print -quit 2>/dev/null)
+    [ -n "$found" ] && { dirname "$found"; return 0; }
+  done
+  return 1
 }
 missing=
 for lib in libcublas.so.13 libcudart.so.13 libcudnn.so.9 libnccl.so.2; do
@@ -56,6 +68,8 @@ done
 if [[ "$missing" == *libnccl* ]] && [ -f "$root/.gpu/nccl.tar.xz" ]; then
   mkdir -p "$work/lib" && tar -C "$work/lib" -xJf "$root/.gpu/nccl.tar.xz" && echo "gpu-check: libnccl.so.2 from .gpu/nccl.tar.xz"
 fi
+machine_ld_path=${LD_LIBRARY_PATH:-}
+py() { LD_LIBRARY_PATH=$machine_ld_path python3 "$@"; } # Python on the machine's own libraries
 export LD_LIBRARY_PATH=$work/lib:$cudalib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export LOOM_CUDA_MODULE=$work/lib/libloom_cuda.so
 bin=$work/bin
@@ -66,13 +80,19 @@ if ! nvidia-smi -L >/dev/null 2>&1; then
   echo "gpu-check: no NVIDIA GPU here: nothing to check"
   exit 77
 fi
+# The pack's programs need glibc 2.36 or newer (the build machine's).
+echo "C library: $(ldd --version 2>&1 | head -1)"
+"$bin/loom" --help >/dev/null 2>&1 || [ $? -ne 127 ] ||
+  echo "gpu-check: the packed programs do not start here: $("$bin/loom" --help 2>&1 | head -2)"
+step_limit=${STEP_LIMIT:-300}
 
 failed=0
-check() { # NAME COMMAND...: runs it, records a failure
+check() { # NAME COMMAND...: runs it (120 s at most), records a failure
   echo "== $1"
   shift
-  "$@"
+  timeout -k 10 120 "$@"
   local rc=$?
+  [ $rc -ne 124 ] || echo "gpu-check: $* ran past 120 s: stopped"
   [ $rc -eq 0 ] || { echo "gpu-check: FAILED ($rc): $*"; failed=1; }
 }
 check "test_cuda" "$bin/test_cuda"
@@ -80,10 +100,10 @@ check "test_cuda_module" "$bin/test_cuda_module" found
 check "test_backend_ops cuda" "$bin/test_backend_ops" cuda
 check "test_config_device" "$bin/test_config_device" "$work/configs"
 check "test_device_runner (fake device, a control)" "$bin/test_device_runner"
-# 77: skipped, with its reason (NCCL did not load): said, not a failure.
+# No launcher: the pack's libmpi has no OpenMPI installation around it
+# here. 77: skipped, with its reason (NCCL did not load): said, not a failure.
 echo "== test_nccl (one rank)"
-launcher=$(command -v mpirun || true)
-OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ${launcher:+$launcher -np 1} "$bin/test_nccl"
+NCCL_DEBUG=${NCCL_DEBUG:-WARN} timeout -k 10 120 "$bin/test_nccl"
 rc=$?
 [ $rc -eq 0 ] || [ $rc -eq 77 ] || { echo "gpu-check: FAILED ($rc): test_nccl"; failed=1; }
 
@@ -92,20 +112,20 @@ rc=$?
 mlp_run() {
   local device=$1 dir=$2 n=$3
   shift 3
-  "$bin/loom" run "$root/examples/configs/fashion_mnist_mlp.json" --device "$device" --logdir "$dir" \
+  timeout -k 10 "$step_limit" "$bin/loom" run "$root/examples/configs/fashion_mnist_mlp.json" --device "$device" --logdir "$dir" \
     --limit-batches 5 --set "stages.train.num_epochs=$n" --set "datasets.train.dir=$work/data" \
     --set "datasets.test.dir=$work/data" "$@" >"$dir.out" 2>&1 || { cat "$dir.out"; return 1; }
 }
 # The train loss of each epoch in DIR's metrics.jsonl, one a line.
 train_losses() {
-  python3 -c 'import json, sys
+  py -c 'import json, sys
 for l in open(sys.argv[1]):
     r = json.loads(l)
     if r.get("loader") == "train": print(r["metrics"]["loss"])' "$1/metrics.jsonl"
 }
 # Two files of numbers equal within a relative TOLERANCE, line by line.
 close() {
-  python3 -c 'import sys
+  py -c 'import sys
 a = [float(x) for x in open(sys.argv[1])]; b = [float(x) for x in open(sys.argv[2])]; tol = float(sys.argv[3])
 bad = len(a) != len(b) or any(abs(x - y) > tol * max(abs(x), abs(y), 1e-30) for x, y in zip(a, b))
 print("  cpu:", a); print("  gpu:", b); sys.exit(bad)' "$1" "$2" "$3"
@@ -138,17 +158,19 @@ compare() {
   local name=$1 config=$2 n=$3 data=$4 cpu=$5 loom_cpu="" loom_gpu loom_bf16 torch_gpu line row
   shift 5
   echo "== $name ($config), $n epoch(s)"
-  [ "$cpu" = cpu ] && { loom_cpu=$("$bin/bench_model" "$config" "$n" "$data" experiment.device=cpu "$@" | grep '^LOOM') || failed=1; }
-  loom_gpu=$("$bin/bench_model" "$config" "$n" "$data" experiment.device=cuda "$@" | grep '^LOOM') || failed=1
-  loom_bf16=$("$bin/bench_model" "$config" "$n" "$data" experiment.device=cuda experiment.precision=bf16 "$@" |
+  local limit=(timeout -k 10 "$step_limit")
+  [ "$cpu" = cpu ] && { loom_cpu=$("${limit[@]}" "$bin/bench_model" "$config" "$n" "$data" experiment.device=cpu "$@" | grep '^LOOM') || failed=1; }
+  loom_gpu=$("${limit[@]}" "$bin/bench_model" "$config" "$n" "$data" experiment.device=cuda "$@" | grep '^LOOM') || failed=1
+  loom_bf16=$("${limit[@]}" "$bin/bench_model" "$config" "$n" "$data" experiment.device=cuda experiment.precision=bf16 "$@" |
     grep '^LOOM') || failed=1
-  torch_gpu=$(TORCH_DEVICE=cuda python3 "$root/bench/model_torch.py" "$name" "$n" "$work/data" | grep '^TORCH') ||
-    echo "gpu-check: PyTorch's run failed (no ratio)"
-  printf '%-16s %14s %10s\n' run "train s/epoch" accuracy
+  torch_gpu=$(TORCH_DEVICE=cuda "${limit[@]}" env LD_LIBRARY_PATH="$machine_ld_path" python3 "$root/bench/model_torch.py" "$name" "$n" \
+    "$work/data" | grep '^TORCH') || echo "gpu-check: PyTorch's run failed (no ratio)"
+  printf '%-16s %14s %10s %10s\n' run "train s/epoch" accuracy device_MB
   for row in "loom cpu:$loom_cpu" "loom cuda:$loom_gpu" "loom cuda bf16:$loom_bf16" "torch cuda:$torch_gpu"; do
     line=${row#*:}
     [ -n "$line" ] || continue
-    printf '%-16s %14s %10s\n' "${row%%:*}" "$(field epoch_s <<<"$line")" "$(field valid_acc <<<"$line")"
+    printf '%-16s %14s %10s %10s\n' "${row%%:*}" "$(field epoch_s <<<"$line")" "$(field valid_acc <<<"$line")" \
+      "$(field dev_mem_mb <<<"$line")"
   done
   local a b h t g
   a=$(field valid_acc <<<"$loom_cpu") b=$(field valid_acc <<<"$loom_gpu") h=$(field valid_acc <<<"$loom_bf16")
@@ -156,12 +178,12 @@ compare() {
     failed=1
     return
   fi
-  [ "$cpu" = cpu ] && { python3 -c "import sys; sys.exit(abs(float(sys.argv[1]) - float(sys.argv[2])) > 0.02)" "$a" "$b" ||
+  [ "$cpu" = cpu ] && { py -c "import sys; sys.exit(abs(float(sys.argv[1]) - float(sys.argv[2])) > 0.02)" "$a" "$b" ||
     { echo "gpu-check: $name: loom's accuracies on the CPU and the GPU differ by more than 2 points"; failed=1; }; }
-  python3 -c "import sys; sys.exit(abs(float(sys.argv[1]) - float(sys.argv[2])) > 0.05)" "$b" "$h" ||
+  py -c "import sys; sys.exit(abs(float(sys.argv[1]) - float(sys.argv[2])) > 0.05)" "$b" "$h" ||
     { echo "gpu-check: $name: loom's bf16 accuracy is more than 5 points from fp32's"; failed=1; }
   t=$(field epoch_s <<<"$torch_gpu") g=$(field epoch_s <<<"$loom_gpu")
-  [ -n "$t" ] && python3 -c "import sys; print('$name: loom cuda / torch cuda epoch time: %.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$g" "$t"
+  [ -n "$t" ] && py -c "import sys; print('$name: loom cuda / torch cuda epoch time: %.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$g" "$t"
 }
 compare mlp "$root/bench/configs/mlp.json" "$epochs" "$work/data" cpu
 compare cnn "$root/examples/configs/fashion_mnist_cnn.json" "${CNN_EPOCHS:-1}" "$work/data" cpu

@@ -24,9 +24,14 @@ for p in "${programs[@]}"; do cp "$build/bin/$p" "$stage/bin/"; done
 cp -P "$build"/lib/libloom.so* "$build"/lib/libloom_cuda.so "$stage/lib/"
 # What they load, less the C library's own and CUDA's (the machine's own
 # driver and toolkit must serve those; cuDNN too, whose libcudnn.so.9 loads
-# sub-libraries of its own version from its directory).
+# sub-libraries of its own version from its directory). Every library of
+# glibc stays out, not only libc: libresolv.so.2 (libcurl's, through
+# Kerberos) calls GLIBC_PRIVATE symbols of its own glibc, which another
+# machine's libc.so.6 need not have, and then nothing linked to libloom
+# would start there.
+glibc='libc|libm|libdl|libpthread|librt|libresolv|libanl|libutil|libnsl|libmvec|libBrokenLocale|libthread_db|libnss_[^/.]*|ld-linux[^/]*'
 for f in "$stage"/bin/* "$stage"/lib/*.so*; do ldd "$f" 2>/dev/null | awk '$3 ~ /^\// {print $3}'; done | sort -u |
-  grep -Ev '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*|libcudnn[^/]*|libnvidia[^/]*)\.so' |
+  grep -Ev "/($glibc|libcuda|libcudart|libcublas[^/]*|libcudnn[^/]*|libnvidia[^/]*)\\.so" |
   grep -v "^$build/" | while read -r lib; do cp -L "$lib" "$stage/lib/"; done
 # NCCL: the CUDA module loads libnccl.so.2 itself (not in ldd's list).
 # gpu-check.sh uses the machine's (its CUDA directory, else a Python

@@ -74,7 +74,9 @@ typedef struct loom_cuda_memory_stats {
 } loom_cuda_memory_stats;
 
 /* The statistics of device `device`'s allocator (all zero before a
- * backend was created on it; these two calls never load the module). */
+ * backend was created on it, and again once its last backend is
+ * destroyed, which gives the allocator's memory back: read a run's peaks
+ * before that; these two calls never load the module). */
 LOOM_API int loom_cuda_memory_stats_get(int device, loom_cuda_memory_stats *stats);
 /* Gives every cached segment with no block in use back to the device
  * (cudaFree), after the device finished the work queued on it. */
