@@ -148,6 +148,12 @@ def main():
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
     device = torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
+    # Like for like with loom's fp32 (TF32 off unless asked): PyTorch lets
+    # cuDNN's convolutions use TF32 by default; TORCH_TF32=1 allows it on
+    # both its convolutions and its products, as loom's "tf32" option does.
+    tf32 = os.environ.get("TORCH_TF32") == "1"
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     synth = name == "resnet18"
     if synth:  # bench/configs/resnet18.json's data and optimizer
         x, y = (t.to(device) for t in synthetic(int(os.environ.get("BENCH_RESNET_SAMPLES", "10240")), 0))
