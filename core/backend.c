@@ -25,7 +25,7 @@ static const char *const op_names[LOOM_OP_COUNT] = {
     "xent_backward", "loss_forward", "loss_backward", "dropout_forward", "mul", "add", "conv_forward", "conv_backward",
     "pool_forward", "pool_backward", "batchnorm_forward", "batchnorm_backward", "block", "sgd_update",
     "adam_update", "rmsprop_update", "sum_squares", "scale", "clamp", "all_finite", "gemm_checked", "topk_hits", "round",
-    "flag_nonfinite", "update_ranges"};
+    "flag_nonfinite", "update_ranges", "set_if"};
 
 const char *loom_op_name(loom_op op) { return op < LOOM_OP_COUNT ? op_names[op] : "?"; }
 
@@ -105,6 +105,7 @@ bool loom_backend_supports(const loom_backend *b, loom_op op) {
   case LOOM_OP_CLAMP: return o->clamp != NULL;
   case LOOM_OP_ALL_FINITE: return o->all_finite != NULL;
   case LOOM_OP_FLAG_NONFINITE: return o->flag_nonfinite != NULL;
+  case LOOM_OP_SET_IF: return o->set_if != NULL;
   case LOOM_OP_UPDATE_RANGES: /* else range by range */
     return o->update_ranges || (o->sgd_update && o->adam_update && o->rmsprop_update);
   case LOOM_OP_GEMM_CHECKED: return o->gemm_checked || (o->gemm && o->all_finite);
@@ -507,6 +508,11 @@ int loom_backend_all_finite(loom_backend *b, const float *x, int64_t n, bool *fi
 int loom_backend_flag_nonfinite(loom_backend *b, const float *x, int64_t n, const double *d, int64_t nd, int *flag) {
   int rc = ready(b, LOOM_OP_FLAG_NONFINITE);
   return rc < 0 ? rc : b->ops.flag_nonfinite(b->ctx, x, n, d, nd, flag);
+}
+
+int loom_backend_set_if(loom_backend *b, const int *flag, float *x, float value) {
+  int rc = ready(b, LOOM_OP_SET_IF);
+  return rc < 0 ? rc : b->ops.set_if(b->ctx, flag, x, value);
 }
 
 int loom_backend_round(loom_backend *b, loom_precision p, const float *x, float *y, int64_t n) {

@@ -12,23 +12,28 @@
 #include <math.h>
 #include <stddef.h>
 
-/* What the one copy brings back: the device's layout of r->deferred. */
+/* What the one copy brings back: the device's layout of r->deferred.
+ * loss_bad: this rank's loss is not finite (several ranks: it goes into
+ * the gradients' sum as a NaN, loom_runner_check_loss's rule). */
 typedef struct deferred_results {
   double sums[2];
-  int gate;
+  int gate, loss_bad;
 } deferred_results;
 
 /* The model's backend if this batch may defer: a device with the gate's
- * op, one rank (a rank's non-finite loss must reach the others before the
- * gradients' mean: loom_runner_check_loss), and on a training loader an
- * automatic step with no loss scaling (whose decisions are the host's). */
-static loom_backend *deferrable(const loom_runner *r) {
+ * op, and on a training loader an automatic step with no loss scaling
+ * (whose decisions are the host's) and, over several ranks, gradients
+ * summed on the device (a rank's non-finite loss then reaches the others
+ * as a NaN put there: set_if). */
+static loom_backend *deferrable(loom_runner *r) {
   loom_backend *b = r->model ? loom_model_backend(r->model) : NULL;
-  if (!b || loom_backend_device(b) == LOOM_DEVICE_CPU || !loom_backend_supports(b, LOOM_OP_FLAG_NONFINITE) ||
-      loom_comm_size(r->comm) > 1)
+  if (!b || loom_backend_device(b) == LOOM_DEVICE_CPU || !loom_backend_supports(b, LOOM_OP_FLAG_NONFINITE))
     return NULL;
-  if (r->loader_kind == LOOM_LOADER_TRAIN &&
-      (r->manual_step || r->scaling.enabled || !r->optimizer || !loom_optimizer_is_gateable(r->optimizer)))
+  if (r->loader_kind != LOOM_LOADER_TRAIN)
+    return b;
+  if (r->manual_step || r->scaling.enabled || !r->optimizer || !loom_optimizer_is_gateable(r->optimizer))
+    return NULL;
+  if (loom_comm_size(r->comm) > 1 && !(loom_backend_supports(b, LOOM_OP_SET_IF) && loom_runner_grads_summed_on(r, b)))
     return NULL;
   return b;
 }
@@ -46,8 +51,8 @@ static int results_on(loom_runner *r, loom_backend *b) {
 }
 
 static double *sums_of(loom_runner *r) { return (double *)(void *)loom_tensor_data(r->deferred); }
-static int *gate_of(loom_runner *r) {
-  return (int *)(void *)((char *)loom_tensor_data(r->deferred) + offsetof(deferred_results, gate));
+static int *field_of(loom_runner *r, size_t offset) {
+  return (int *)(void *)((char *)loom_tensor_data(r->deferred) + offset);
 }
 
 int loom_runner_criterion_forward(loom_runner *r, loom_criterion *c, const loom_tensor *out, double *loss,
@@ -64,13 +69,23 @@ int loom_runner_criterion_forward(loom_runner *r, loom_criterion *c, const loom_
     return loom_criterion_forward(c, out, r->target, loss);
   if (rc < 0)
     return rc;
+  if (loom_comm_size(r->comm) > 1 && r->loader_kind == LOOM_LOADER_TRAIN) {
+    /* The reducer puts it into the first bucket it sums. */
+    r->loss_bad_flag = field_of(r, offsetof(deferred_results, loss_bad));
+    if ((rc = loom_backend_flag_nonfinite(b, NULL, 0, sums_of(r), 2, r->loss_bad_flag)) < 0)
+      return rc;
+  }
   r->deferred_criterion = c;
   *deferred = true;
   return 0;
 }
 
 int loom_runner_step_deferred(loom_runner *r) {
-  int rc = loom_optimizer_step_gated(r->optimizer, r->model, sums_of(r), 2, gate_of(r));
+  int rc = 0;
+  if (loom_comm_size(r->comm) > 1 && (rc = loom_runner_mean_grads(r)) < 0)
+    return loom_error_wrap(rc, "averaging gradients over %d ranks for optimizer step %lld", loom_comm_size(r->comm),
+                           (long long)r->global_optimizer_step + 1);
+  rc = loom_optimizer_step_gated(r->optimizer, r->model, sums_of(r), 2, field_of(r, offsetof(deferred_results, gate)));
   if (rc == LOOM_ENOTSUP) /* deferrable() saw to it */
     return loom_error_set(LOOM_ESTATE, "stage \"%s\": the deferred step cannot be held back on backend \"%s\"",
                           r->stage->name, loom_backend_name(loom_model_backend(r->model)));
@@ -93,6 +108,7 @@ int loom_runner_settle_deferred(loom_runner *r) {
   const bool stepped = r->step_deferred;
   r->deferred_criterion = NULL;
   r->step_deferred = false;
+  r->loss_bad_flag = NULL;
   deferred_results host;
   int rc = loom_backend_to_host(loom_tensor_backend(r->deferred), &host, loom_tensor_data(r->deferred), sizeof host);
   double loss;
@@ -102,9 +118,17 @@ int loom_runner_settle_deferred(loom_runner *r) {
     rc = loom_runner_record_loss(r, loss);
   if (rc < 0 || !stepped || !host.gate)
     return rc;
-  /* Held back on the device: no step was taken. */
+  /* Held back on the device: no step was taken. Over several ranks every
+   * rank held it back (the mean was not finite), and says so as the waiting
+   * path does: the gradients, with this rank's loss if it was the cause. */
   loom_optimizer_untake_step(r->optimizer);
   r->global_optimizer_step--;
-  rc = isfinite(loss) ? loom_runner_nonfinite_gradients(r) : loom_runner_check_loss(r, loss);
+  if (loom_comm_size(r->comm) > 1) {
+    r->loss_poisoned = !isfinite(loss), r->poisoned_loss = loss;
+    rc = loom_runner_nonfinite_gradients(r);
+    r->loss_poisoned = false;
+  } else {
+    rc = isfinite(loss) ? loom_runner_nonfinite_gradients(r) : loom_runner_check_loss(r, loss);
+  }
   return rc < 0 ? rc : 0;
 }

@@ -126,6 +126,7 @@ struct loom_runner {
   loom_tensor *deferred;
   loom_criterion *deferred_criterion;
   bool step_deferred;
+  int *loss_bad_flag; /* several ranks: on the device, set if this rank's loss is not finite */
   /* The loaders whose batches upload asynchronously (runner_upload.c). */
   struct loom_uploads *uploads;
   double batch_loss;
@@ -259,6 +260,9 @@ void loom_signals_stop(loom_runner *r);
  * it (before the communicator or the model goes). */
 typedef struct loom_reducer loom_reducer;
 int loom_runner_mean_grads(loom_runner *r);
+/* Whether the gradients of the model (on device backend b) are summed
+ * where they lie, by a device-aware communicator (making the reducer). */
+bool loom_runner_grads_summed_on(loom_runner *r, loom_backend *b);
 void loom_runner_reducer_free(loom_runner *r);
 
 /* runner_deferred.c: the supervised batch on a device without a wait

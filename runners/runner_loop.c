@@ -90,7 +90,7 @@ static int run_one_batch(loom_runner *r, loom_tensor *x, loom_tensor *y) {
   if (rc < 0 || (rc = upload_batch(r)) < 0)
     return rc;
   uint64_t t0 = loom_now_ns();
-  r->deferred_criterion = NULL, r->step_deferred = false;
+  r->deferred_criterion = NULL, r->step_deferred = false, r->loss_bad_flag = NULL;
   rc = r->handle_batch(r, r->handle_user);
   /* A device runs behind the host: the batch ends when its work does, and
    * a deferred batch's results come back then, in one copy. */

@@ -157,10 +157,17 @@ static int reducer_for_model(loom_runner *r, loom_reducer **out) {
   return 0;
 }
 
+bool loom_runner_grads_summed_on(loom_runner *r, loom_backend *b) {
+  loom_reducer *red;
+  return loom_model_backend(r->model) == b && reducer_for_model(r, &red) == 0 && red->how == ON_DEVICE;
+}
+
 /* This rank's non-finite loss, as a NaN in gradient 0 of what is summed
- * (runner_step.c). */
+ * (runner_step.c); a deferred batch's as the device found it. */
 static int poison(loom_reducer *red, float *g) {
   static const float nan = NAN;
+  if (red->r->loss_bad_flag) /* ON_DEVICE: runner_deferred.c's rule */
+    return loom_backend_set_if(red->device, red->r->loss_bad_flag, g, NAN);
   if (red->how != ON_DEVICE) {
     (red->how == STAGED ? red->host : g)[0] = NAN;
     return 0;
@@ -175,7 +182,7 @@ static int start_next(loom_reducer *red) {
   const size_t b = red->started++, lo = red->lo[b], n = red->hi[b] - lo;
   float *g = loom_model_grads(r->model);
   int rc = red->how == STAGED ? loom_backend_to_host(red->device, red->host + lo, g + lo, n * sizeof *g) : 0;
-  if (rc == 0 && lo == 0 && r->loss_poisoned)
+  if (rc == 0 && lo == 0 && (r->loss_poisoned || r->loss_bad_flag))
     rc = poison(red, g);
   if (rc == 0)
     rc = red->how == ON_DEVICE ? loom_comm_start_sum_f32(red->req[b], g + lo)

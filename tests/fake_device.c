@@ -841,6 +841,12 @@ static int fake_flag_nonfinite(void *ctx, const float *x, int64_t n, const doubl
   return loom_backend_flag_nonfinite(cpu(ctx, false), x, n, d, nd, flag);
 }
 
+static int fake_set_if(void *ctx, const int *flag, float *x, float value) {
+  flag = real(ctx, "set_if", "flag", flag, sizeof *flag);
+  x = real(ctx, "set_if", "x", x, F(1));
+  return loom_backend_set_if(cpu(ctx, false), flag, x, value);
+}
+
 static int fake_all_finite(void *ctx, const float *x, int64_t n, bool *finite) {
   x = real(ctx, "all_finite", "x", x, F(n));
   host("all_finite", "finite", finite);
@@ -906,6 +912,7 @@ static const loom_backend_ops fake_ops = {
     .clamp = fake_clamp,
     .all_finite = fake_all_finite,
     .flag_nonfinite = fake_flag_nonfinite,
+    .set_if = fake_set_if,
     .gemm_checked = fake_gemm_checked,
     .topk_hits = fake_topk_hits,
     .destroy = fake_destroy,

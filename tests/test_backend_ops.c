@@ -1518,6 +1518,17 @@ static void check_gate(loom_backend *b, int64_t n) {
     }
   }
   assert_false(memcmp(p_ref, x, (size_t)n * sizeof *x) == 0); /* the updates did move p */
+
+  /* set_if: x[0] only, and only while the flag is set */
+  for (int set = 0; set < 2; set++) {
+    assert_int_equal(loom_backend_from_host(b, flag, set ? &one : &(int){0}, sizeof *flag), 0);
+    float *e = upload(b, x, n);
+    assert_int_equal(loom_backend_set_if(b, flag, e, NAN), 0);
+    download(b, got, e, n);
+    assert_true(set ? isnan(got[0]) : got[0] == x[0]);
+    assert_memory_equal(got + 1, x + 1, (size_t)(n - 1) * sizeof *x);
+    loom_backend_free(b, e);
+  }
   loom_backend_free(b, dx), loom_backend_free(b, dd), loom_backend_free(b, flag);
   free(x), free(s), free(want), free(got), free(p_ref);
 }
@@ -1526,7 +1537,7 @@ static void test_gate(void **state) {
   (void)state;
   loom_backend *b[MAX_BACKENDS];
   static const int64_t sizes[] = {1, 100, 100000};
-  for (size_t i = 0, nb = BACKENDS(b, LOOM_OP_FLAG_NONFINITE, LOOM_OP_SGD_UPDATE, LOOM_OP_ADAM_UPDATE); i < nb; i++)
+  for (size_t i = 0, nb = BACKENDS(b, LOOM_OP_FLAG_NONFINITE, LOOM_OP_SET_IF, LOOM_OP_SGD_UPDATE, LOOM_OP_ADAM_UPDATE); i < nb; i++)
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
       check_gate(b[i], sizes[k]);
 }

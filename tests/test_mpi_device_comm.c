@@ -19,6 +19,10 @@
 
 static int world_rank, world_size;
 
+/* >= 0: that sample gets a NaN feature (a non-finite loss on whichever
+ * rank draws it). */
+static int64_t nan_sample = -1;
+
 static loom_loader *features_loader(int64_t n, int64_t features, int classes, int64_t batch) {
   float *x = malloc((size_t)(n * features) * sizeof *x), *y = malloc((size_t)n * sizeof *y);
   for (int64_t i = 0; i < n; i++) {
@@ -26,6 +30,8 @@ static loom_loader *features_loader(int64_t n, int64_t features, int classes, in
     for (int64_t j = 0; j < features; j++)
       x[i * features + j] = (float)((i * 37 + j * 11) % 19) / 19.0f - 0.5f + 0.4f * (float)(i % classes == j % classes);
   }
+  if (nan_sample >= 0)
+    x[nan_sample * features + 1] = NAN;
   loom_dataset *ds = loom_memory_dataset_create(x, y, n, 1, &features, 0, NULL);
   free(x), free(y);
   loom_loader_options o = {.batch_size = batch, .shuffle = true};
@@ -45,9 +51,11 @@ typedef struct outcome {
   uint64_t hash;
   float params[2048];
   size_t n;
-  int64_t steps, to_host, from_host;
+  int64_t steps, to_host, from_host, host_results;
   device_comm_counts sums; /* the device communicator's, if it ran */
   char comm[32];
+  int rc;
+  char message[1024];
 } outcome;
 
 /* MLP 5-32-32-3: fc1 192 floats, fc2 1056, fc3 99. */
@@ -80,12 +88,13 @@ static outcome train(loom_backend *backend, fake_device *dev, bool device_sums, 
   loom_runner_set_options(r, &o);
   if (dev)
     fake_device_reset_counts(dev);
-  int rc = loom_run_experiment(r, exp);
-  if (rc < 0)
-    fail_msg("rank %d: %s", world_rank, loom_last_error());
+  out.rc = loom_run_experiment(r, exp);
+  snprintf(out.message, sizeof out.message, "%s", out.rc < 0 ? loom_last_error() : "");
+  if (out.rc < 0 && nan_sample < 0)
+    fail_msg("rank %d: %s", world_rank, out.message);
   if (dev) {
     fake_device_counts c = fake_device_counts_of(dev);
-    out.to_host = c.to_host, out.from_host = c.from_host;
+    out.to_host = c.to_host, out.from_host = c.from_host, out.host_results = c.host_results;
   }
   if (counts)
     out.sums = *counts;
@@ -96,7 +105,8 @@ static outcome train(loom_backend *backend, fake_device *dev, bool device_sums, 
   assert_int_equal(loom_model_params_to_host(m, out.params), 0);
   out.hash = test_params_hash(m);
   snprintf(out.comm, sizeof out.comm, "%s", loom_comm_name(loom_runner_comm(r)));
-  assert_int_equal(ranks_differing(loom_runner_comm(r), out.hash), 0); /* every rank the same bits */
+  if (out.rc == 0) /* (after a failure the runner's communicator is left alone) */
+    assert_int_equal(ranks_differing(loom_runner_comm(r), out.hash), 0); /* every rank the same bits */
   loom_runner_destroy(r);
   loom_experiment_destroy(exp);
   return out;
@@ -144,9 +154,17 @@ static void device_sums_equal_staged(void **state) {
   assert_int_equal(device.sums.waits, 3 * device.steps);
   assert_int_equal(device.sums.floats, PARAMS * device.steps);
   /* The host copies of the gradients are gone: one out and one back per
-   * bucket and step on the host-staged path, none on the device's. */
+   * bucket and step on the host-staged path, none on the device's. Both
+   * read the loss back once a step: the waiting path's criterion, the
+   * device path's deferred batch (runner_deferred.c) with its gate; the
+   * criterion's sums moved to the device once on the waiting path only. */
   assert_int_equal(staged.to_host - device.to_host, 3 * device.steps);
-  assert_int_equal(staged.from_host - device.from_host, 3 * device.steps);
+  assert_int_equal(staged.from_host - device.from_host, 3 * device.steps + 1);
+  /* The device path's batches are deferred: no op result waited on (the
+   * gate decides the step on the device); the waiting path's check of the
+   * gradients after their mean is one a step. */
+  assert_int_equal(device.host_results, 0);
+  assert_int_equal(staged.host_results, device.steps);
   if (world_size == 2) { /* x / 2 == x * 0.5: the same bits */
     assert_true(device.hash == staged.hash);
   } else { /* x / 3 and x * (1/3) may differ in the last bit */
@@ -168,6 +186,29 @@ static void device_overlap_and_one_bucket(void **state) {
   assert_int_equal(one.sums.starts, one.steps);
   if (world_size == 2)
     assert_true(one.hash == train(fake, dev, false, SIZE_MAX, true, false).hash);
+}
+
+/* A NaN feature in one sample: the rank that draws it has a non-finite
+ * loss, which reaches every rank as a NaN in the gradients' sum. On the
+ * device path the batch is deferred (that NaN put there by set_if, the
+ * step held back by the gate on every rank); on the host-staged path the
+ * host poisons the gradients and checks them. Both stop alike: the same
+ * code and message on each rank, the same steps and weights. */
+static void nan_loss_on_one_rank(void **state) {
+  (void)state;
+  nan_sample = 13;
+  outcome staged = train(fake, dev, false, 1024, false, false);
+  outcome device = train(fake, dev, true, 1024, false, false);
+  nan_sample = -1;
+  assert_int_equal(staged.rc, LOOM_ENONFINITE);
+  assert_int_equal(device.rc, staged.rc);
+  assert_string_equal(device.message, staged.message);
+  assert_non_null(strstr(device.message, "the gradient norm is not finite before optimizer step"));
+  assert_int_equal(device.steps, staged.steps);
+  assert_true(device.hash == staged.hash || world_size == 3);
+  if (world_size == 3)
+    assert_true(max_rel_diff(&device, &staged) < 1e-4);
+  assert_int_equal(device.host_results, 0);
 }
 
 /* host_staged_grads: a device-aware communicator is not asked. */
@@ -207,6 +248,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(device_sums_equal_staged),
       cmocka_unit_test(device_overlap_and_one_bucket),
+      cmocka_unit_test(nan_loss_on_one_rank),
       cmocka_unit_test(host_staged_option),
       cmocka_unit_test(nccl_refused_everywhere),
   };

@@ -264,6 +264,13 @@ static int cpu_flag_nonfinite(void *ctx, const float *x, int64_t n, const double
   return 0;
 }
 
+static int cpu_set_if(void *ctx, const int *flag, float *x, float value) {
+  (void)ctx;
+  if (*flag)
+    x[0] = value;
+  return 0;
+}
+
 static int cpu_all_finite(void *ctx, const float *x, int64_t n, bool *finite) {
   (void)ctx;
   *finite = loom_cpu_all_finite(x, n);
@@ -305,6 +312,7 @@ static const loom_backend_ops cpu_ops = {
     .clamp = cpu_clamp,
     .all_finite = cpu_all_finite,
     .flag_nonfinite = cpu_flag_nonfinite,
+    .set_if = cpu_set_if,
     .gemm_checked = cpu_gemm_checked,
     .topk_hits = cpu_topk_hits,
     .round = cpu_round,

@@ -586,6 +586,12 @@ static int cuda_flag_nonfinite(void *ctx, const float *x, int64_t n, const doubl
   return rc;
 }
 
+static int cuda_set_if(void *ctx, const int *flag, float *x, float value) {
+  cuda_ctx *c = ctx;
+  int rc = enter(c);
+  return rc < 0 ? rc : launched(c, loom_cuda_set_if(c->stream, flag, x, value), "set_if");
+}
+
 /* Frees what was made, in reverse; any part may be missing. */
 static void cuda_destroy(void *ctx) {
   cuda_ctx *c = ctx;
@@ -659,6 +665,7 @@ static const loom_backend_ops cuda_ops = {
     .clamp = cuda_clamp,
     .all_finite = cuda_all_finite,
     .flag_nonfinite = cuda_flag_nonfinite,
+    .set_if = cuda_set_if,
     .topk_hits = cuda_topk_hits,
 #ifdef LOOM_HAVE_CUDNN
     .conv_plan = loom_cudnn_conv_plan,

@@ -280,6 +280,11 @@ __global__ void nonfinite_f64_kernel(const double *x, int *flag, int64_t n) {
       *flag = 1;
 }
 
+__global__ void set_if_kernel(const int *flag, float *x, float value) {
+  if (*flag)
+    x[0] = value;
+}
+
 // The updates of backends/cpu/optim.c, statement for statement, one
 // element each; the kernels below run them over one range or several.
 __device__ inline void sgd_at(const loom_cuda_sgd &k, float *p, const float *g, float *buf, int64_t i) {
@@ -569,6 +574,11 @@ cudaError_t loom_cuda_any_nonfinite(cudaStream_t s, const float *x, int64_t n, i
 
 cudaError_t loom_cuda_any_nonfinite_f64(cudaStream_t s, const double *x, int64_t n, int *flag) {
   return launch(nonfinite_f64_kernel, s, n, x, flag);
+}
+
+cudaError_t loom_cuda_set_if(cudaStream_t s, const int *flag, float *x, float value) {
+  set_if_kernel<<<1, 1, 0, s>>>(flag, x, value);
+  return cudaGetLastError();
 }
 
 cudaError_t loom_cuda_sgd_update(cudaStream_t s, loom_cuda_sgd k, float *p, const float *g, float *buf, int64_t n) {

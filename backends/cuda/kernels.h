@@ -67,6 +67,8 @@ cudaError_t loom_cuda_topk_hits(cudaStream_t s, const float *scores, const float
 cudaError_t loom_cuda_any_nonfinite(cudaStream_t s, const float *x, int64_t n, int *flag);
 /* The same over doubles (a loss's sums: a handful). */
 cudaError_t loom_cuda_any_nonfinite_f64(cudaStream_t s, const double *x, int64_t n, int *flag);
+/* x[0] = value if *flag (both device) is not 0. */
+cudaError_t loom_cuda_set_if(cudaStream_t s, const int *flag, float *x, float value);
 
 /* The optimizers' updates: the scalars as the CPU's computes them in float;
  * a non-NULL gate (device) holding a non-zero value holds the update back. */

@@ -204,6 +204,7 @@ typedef enum loom_op {
   LOOM_OP_ROUND,
   LOOM_OP_FLAG_NONFINITE,
   LOOM_OP_UPDATE_RANGES,
+  LOOM_OP_SET_IF,
   LOOM_OP_COUNT
 } loom_op;
 
@@ -428,6 +429,10 @@ typedef struct loom_backend_ops {
    * d[0..nd) is Inf or NaN, else left as it is: the deferred step's gate
    * over the gradients and the loss's sums, decided without a wait. */
   int (*flag_nonfinite)(void *ctx, const float *x, int64_t n, const double *d, int64_t nd, int *flag);
+  /* x[0] = value if *flag (an int in the backend's memory) is not 0: a
+   * rank's non-finite loss put into the gradients it sums with the other
+   * ranks', decided on the device. */
+  int (*set_if)(void *ctx, const int *flag, float *x, float value);
   /* gemm, then *finite (host) = no Inf or NaN in the M x N block of C: a
    * parameter gradient checked where it is computed, while in cache (the
    * non-finite policy's check, loom_model_grads_checked). Optional: without
@@ -537,6 +542,7 @@ LOOM_API int loom_backend_clamp(loom_backend *backend, float *x, float limit, in
 LOOM_API int loom_backend_all_finite(loom_backend *backend, const float *x, int64_t n, bool *finite);
 LOOM_API int loom_backend_flag_nonfinite(loom_backend *backend, const float *x, int64_t n, const double *d, int64_t nd,
                                          int *flag);
+LOOM_API int loom_backend_set_if(loom_backend *backend, const int *flag, float *x, float value);
 /* While a gate (an int in the backend's memory) is set, the update
  * wrappers (loom_backend_sgd_update, ...) hand it to the op, which writes
  * nothing when it holds a non-zero value: a step decided on the device,
