@@ -740,7 +740,9 @@ static void conv_grads_ref(const conv_ctx *k, const float *x, const float *w, co
         }
 }
 
-static void check_conv(loom_backend *b, loom_conv_desc d, int64_t n) {
+/* One layer's passes through `plan` (NULL: a plan of its own, made and
+ * destroyed here) for n samples, against conv_ref's. */
+static void check_conv(loom_backend *b, loom_conv_desc d, loom_plan *given, int64_t n) {
   d.oh = (d.h + 2 * d.ph - d.dh * (d.kh - 1) - 1) / d.sh + 1;
   d.ow = (d.w + 2 * d.pw - d.dw * (d.kw - 1) - 1) / d.sw + 1;
   const conv_ctx k = conv_shape(&d);
@@ -766,8 +768,9 @@ static void check_conv(loom_backend *b, loom_conv_desc d, int64_t n) {
          *dbw = malloc((size_t)d.cout * sizeof *dbw), *sdb = malloc((size_t)d.cout * sizeof *sdb);
   conv_grads_ref(&k, x, p, dy, n, g, g + nw, dxw, sdx, dww, sdw, dbw, sdb);
 
-  loom_plan *plan;
-  assert_int_equal(loom_backend_conv_plan(b, &d, &plan), 0);
+  loom_plan *plan = given;
+  if (!given)
+    assert_int_equal(loom_backend_conv_plan(b, &d, &plan), 0);
   float *d_x = upload(b, x, nx), *d_p = upload(b, p, nw + d.cout), *d_y = upload(b, y, ny), *d_dy = upload(b, dy, ny),
         *d_dx = upload(b, dx, nx), *d_g = upload(b, g, nw + d.cout);
   assert_int_equal(loom_backend_conv_forward(b, plan, d_x, d_p, d.bias ? d_p + nw : NULL, d_y, n), 0);
@@ -789,10 +792,10 @@ static void check_conv(loom_backend *b, loom_conv_desc d, int64_t n) {
   }
   char what[160];
   snprintf(what, sizeof what,
-           "%s conv c%lld %lldx%lld o%lld k%lldx%lld s%lldx%lld p%lldx%lld d%lldx%lld alg %d bias %d",
+           "%s conv c%lld %lldx%lld o%lld k%lldx%lld s%lldx%lld p%lldx%lld d%lldx%lld alg %d bias %d n %lld",
            loom_backend_name(b), (long long)d.cin, (long long)d.h, (long long)d.w, (long long)d.cout, (long long)d.kh,
            (long long)d.kw, (long long)d.sh, (long long)d.sw, (long long)d.ph, (long long)d.pw, (long long)d.dh,
-           (long long)d.dw, (int)d.algorithm, d.bias);
+           (long long)d.dw, (int)d.algorithm, d.bias, (long long)n);
   print_message("%s\n", what);
   close_all("conv forward", y, want, scale, ny, tol);
   close_all("conv backward dx", dx, dxw, sdx, nx, tol);
@@ -821,7 +824,8 @@ static void check_conv(loom_backend *b, loom_conv_desc d, int64_t n) {
   if (d.bias)
     close_all("conv backward dbias alone", g + nw, dbw, sdb, d.cout, (double)(n * d.oh * d.ow + 8) * 0x1p-24);
   loom_backend_free(b, d_dx2);
-  loom_backend_plan_destroy(b, plan);
+  if (!given)
+    loom_backend_plan_destroy(b, plan);
   loom_backend_free(b, d_x), loom_backend_free(b, d_p), loom_backend_free(b, d_y), loom_backend_free(b, d_dy),
       loom_backend_free(b, d_dx), loom_backend_free(b, d_g);
   free(x), free(p), free(y), free(dy), free(dx), free(g), free(g2), free(xd), free(pd), free(want), free(scale);
@@ -851,7 +855,7 @@ static void test_conv(void **state) {
           continue;
         d.algorithm = (loom_conv_algorithm)alg;
         d.bias = s % 2 == 0;
-        check_conv(b[i], d, s % 2 ? 5 : 3); /* 5 samples: parts of uneven size, Winograd's chunk and a remainder */
+        check_conv(b[i], d, NULL, s % 2 ? 5 : 3); /* 5 samples: parts of uneven size, Winograd's chunk and a remainder */
       }
   /* A plan the backend cannot run is refused with a reason. */
   loom_conv_desc bad = shapes[1];
@@ -861,6 +865,29 @@ static void test_conv(void **state) {
   assert_int_equal(loom_backend_conv_plan(loom_backend_cpu(), &bad, &plan), LOOM_EINVAL);
   assert_null(plan);
   assert_non_null(strstr(loom_last_error(), "Winograd"));
+}
+
+/* Plans of one shape and one plan over several batch sizes: on CUDA,
+ * the algorithms searched once per shape and batch size, found again in
+ * the process's cache by a later plan (test_conv has searched the first
+ * of these) and by a plan that comes back to a batch size. */
+static void test_conv_shapes_again(void **state) {
+  (void)state;
+  loom_backend *b[MAX_BACKENDS];
+  const loom_conv_desc d = {.cin = 8, .h = 6, .w = 7, .cout = 9, .kh = 3, .kw = 3, .sh = 1, .sw = 1, .ph = 1, .pw = 1,
+                            .dh = 1, .dw = 1, .oh = 6, .ow = 7, .algorithm = LOOM_CONV_AUTO};
+  for (size_t i = 0, nb = BACKENDS(b, LOOM_OP_CONV_FORWARD, LOOM_OP_CONV_BACKWARD); i < nb; i++) {
+    loom_plan *first, *second;
+    assert_int_equal(loom_backend_conv_plan(b[i], &d, &first), 0);
+    assert_int_equal(loom_backend_conv_plan(b[i], &d, &second), 0);
+    check_conv(b[i], d, first, 5);
+    check_conv(b[i], d, first, 2); /* a second batch size */
+    check_conv(b[i], d, first, 5); /* back to the first */
+    check_conv(b[i], d, second, 2);
+    check_conv(b[i], d, second, 5);
+    loom_backend_plan_destroy(b[i], first);
+    loom_backend_plan_destroy(b[i], second);
+  }
 }
 
 /* --- pooling --- */
@@ -1843,6 +1870,7 @@ static void test_fake_device_catches_misuse(void **state) {
       {#r ": test_dropout", test_dropout, NULL, NULL, &r}, {#r ": test_add", test_add, NULL, NULL, &r},         \
       {#r ": test_autocast", test_autocast, NULL, NULL, &r},                                                   \
       {#r ": test_conv", test_conv, NULL, NULL, &r}, {#r ": test_pool", test_pool, NULL, NULL, &r},             \
+      {#r ": test_conv_shapes_again", test_conv_shapes_again, NULL, NULL, &r},                                 \
       {#r ": test_batchnorm", test_batchnorm, NULL, NULL, &r}, {#r ": test_block", test_block, NULL, NULL, &r}, \
       {#r ": test_optimizer_updates", test_optimizer_updates, NULL, NULL, &r},                                 \
       {#r ": test_gradient_ops", test_gradient_ops, NULL, NULL, &r},                                           \

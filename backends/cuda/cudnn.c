@@ -7,6 +7,12 @@
  * - A plan serves one layer for any batch size: the tensor descriptors
  *   (and a convolution's algorithms) are set for the n of a call and kept
  *   until another n comes (a loader's last short batch, an evaluation's).
+ * - A convolution's algorithms are cuDNN's search's (cudnnFind*Ex: timed
+ *   on the call's buffers), made on a plan's first call for an n and kept
+ *   for the process by shape (conv_cache.h), so that same-shape layers
+ *   search once. The search is not capturable into a CUDA graph: capture
+ *   after warm-up steps that met every shape (a call under capture, or
+ *   whose search fails, takes the heuristics' choice instead).
  * - Workspaces and scratch come from the device's caching allocator for
  *   one call and go back after it: stream order makes that safe.
  * - Numerics: no TF32 unless loom_cuda_options.tf32 or autocast (a
@@ -33,8 +39,10 @@
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <uv.h>
 
 #include "backends/cuda/context.h"
+#include "backends/cuda/conv_cache.h"
 #include "backends/cuda/cudnn_api.h"
 #include "backends/cuda/kernels.h"
 
@@ -44,8 +52,12 @@ struct loom_plan {
 };
 
 /* The most workspace a convolution algorithm chosen for speed may take;
- * past it the next is tried, down to one that needs none or little. */
+ * past it the next is tried, down to one that needs none or little. The
+ * search is given this much (from the caching allocator, for the search). */
 #define CONV_WORKSPACE_MAX ((size_t)256 << 20)
+/* The shapes (with batch size) whose searched algorithms the process
+ * keeps; past it the oldest are searched again when met again. */
+#define CONV_CACHE_ENTRIES 1024
 
 static const float one = 1.0f, zero = 0.0f;
 
@@ -166,34 +178,112 @@ static cudnnStatus_t workspace_of(const cuda_ctx *c, const dnn_conv *p, directio
   }
 }
 
-/* Keeps a heuristic's result when it runs, is deterministic, and uses no
- * Tensor Core math unless TF32 was asked for. */
+/* Keeps a heuristic's or a search's result when it runs, is
+ * deterministic, and uses no Tensor Core math unless TF32 was asked for. */
 #define KEEP_RANKED(perf, got)                                                                                        \
   for (int i = 0; i < (got) && *count < max; i++)                                                                      \
     if ((perf)[i].status == CUDNN_STATUS_SUCCESS && (perf)[i].determinism == CUDNN_DETERMINISTIC &&                   \
         (p->tensor_ops || (perf)[i].mathType == CUDNN_FMA_MATH || (perf)[i].mathType == CUDNN_DEFAULT_MATH))                \
     algos[(*count)++] = (int)(perf)[i].algo
 
-#define RANKED_MAX 8 /* more than any direction's algorithm count */
+/* Room for every algorithm of a direction in each math type (a ranking
+ * lists an algorithm once per math type it runs in). */
+#define RANKED_MAX (2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT)
+_Static_assert((int)CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT <= (int)CUDNN_CONVOLUTION_FWD_ALGO_COUNT &&
+                   (int)CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT <= (int)CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
+               "RANKED_MAX holds every direction's algorithms");
 
-/* Appends cuDNN's heuristic ranking for `dir` (fastest first), filtered. */
-static int add_ranked(const cuda_ctx *c, const dnn_conv *p, direction dir, int *algos, int *count, int max) {
+/* What cuDNN's search runs on (cudnnFind*AlgorithmEx): x and w as the call
+ * has them, dy (a forward's y, written by the forward's search first),
+ * and outputs it may overwrite: the call's own y or dx, which the call
+ * writes after it, else scratch; dw always scratch (the call adds to its
+ * dw). And a workspace of CONV_WORKSPACE_MAX, so that no algorithm past
+ * the bound is timed. */
+typedef struct search_bufs {
+  const void *x, *w, *dy;
+  void *y, *dx, *dw;
+  void *ws;
+  void *held[4]; /* from the caching allocator, back after the search */
+  int nheld;
+} search_bufs;
+
+/* The buffers of a call: a forward's (dy NULL) or a backward's (y NULL;
+ * dx NULL where the caller wants none). */
+typedef struct conv_io {
+  const float *x, *w, *dy;
+  float *y, *dx;
+} conv_io;
+
+static void search_release(const cuda_ctx *c, search_bufs *s) {
+  for (int i = 0; i < s->nheld; i++)
+    libloom->alloc_put(c->alloc, s->held[i]);
+  s->nheld = 0;
+}
+
+/* `*slot` as it is, or `bytes` of scratch; false when the allocator has none. */
+static bool search_scratch(const cuda_ctx *c, search_bufs *s, void **slot, size_t bytes) {
+  if (*slot)
+    return true;
+  if (!(*slot = libloom->alloc_get(c->alloc, bytes, c->stream)))
+    return false;
+  s->held[s->nheld++] = *slot;
+  return true;
+}
+
+/* The search's buffers for batch size n; false (nothing held) when memory
+ * for them is short: the heuristics choose instead. */
+static bool search_prepare(const cuda_ctx *c, const dnn_conv *p, const conv_io *io, int64_t n, search_bufs *s) {
+  const loom_conv_desc *d = &p->d;
+  *s = (search_bufs){.x = io->x, .w = io->w, .y = io->y, .dx = io->dx};
+  const size_t nx = (size_t)(n * d->cin * d->h * d->w), ny = (size_t)(n * d->cout * d->oh * d->ow),
+               nw = (size_t)(d->cout * d->cin * d->kh * d->kw);
+  if (search_scratch(c, s, &s->ws, CONV_WORKSPACE_MAX) && search_scratch(c, s, &s->y, ny * sizeof(float)) &&
+      search_scratch(c, s, &s->dx, nx * sizeof(float)) && search_scratch(c, s, &s->dw, nw * sizeof(float))) {
+    s->dy = io->dy ? io->dy : s->y;
+    return true;
+  }
+  search_release(c, s);
+  return false;
+}
+
+/* Appends cuDNN's ranking of the algorithms for `dir`, filtered: its
+ * search's on `s`'s buffers (fastest measured first), or its heuristics'
+ * without them (s NULL). Where the search fails, nothing is appended and
+ * no error left: the heuristics then choose. */
+static cudnnStatus_t add_ranked(const cuda_ctx *c, const dnn_conv *p, const search_bufs *s, direction dir, int *algos,
+                                int *count, int max) {
   int got = 0;
   cudnnStatus_t st;
   if (dir == FORWARD) {
     cudnnConvolutionFwdAlgoPerf_t perf[RANKED_MAX];
-    st = cudnnGetConvolutionForwardAlgorithm_v7(c->dnn, p->x, p->w, p->conv, p->y, RANKED_MAX, &got, perf);
-    KEEP_RANKED(perf, got);
+    st = s ? cudnnFindConvolutionForwardAlgorithmEx(c->dnn, p->x, s->x, p->w, s->w, p->conv, p->y, s->y, RANKED_MAX,
+                                                    &got, perf, s->ws, CONV_WORKSPACE_MAX)
+           : cudnnGetConvolutionForwardAlgorithm_v7(c->dnn, p->x, p->w, p->conv, p->y, RANKED_MAX, &got, perf);
+    if (st == CUDNN_STATUS_SUCCESS)
+      KEEP_RANKED(perf, got);
   } else if (dir == BACKWARD_DATA) {
     cudnnConvolutionBwdDataAlgoPerf_t perf[RANKED_MAX];
-    st = cudnnGetConvolutionBackwardDataAlgorithm_v7(c->dnn, p->w, p->y, p->conv, p->x, RANKED_MAX, &got, perf);
-    KEEP_RANKED(perf, got);
+    st = s ? cudnnFindConvolutionBackwardDataAlgorithmEx(c->dnn, p->w, s->w, p->y, s->dy, p->conv, p->x, s->dx,
+                                                         RANKED_MAX, &got, perf, s->ws, CONV_WORKSPACE_MAX)
+           : cudnnGetConvolutionBackwardDataAlgorithm_v7(c->dnn, p->w, p->y, p->conv, p->x, RANKED_MAX, &got, perf);
+    if (st == CUDNN_STATUS_SUCCESS)
+      KEEP_RANKED(perf, got);
   } else {
     cudnnConvolutionBwdFilterAlgoPerf_t perf[RANKED_MAX];
-    st = cudnnGetConvolutionBackwardFilterAlgorithm_v7(c->dnn, p->x, p->y, p->conv, p->w, RANKED_MAX, &got, perf);
-    KEEP_RANKED(perf, got);
+    st = s ? cudnnFindConvolutionBackwardFilterAlgorithmEx(c->dnn, p->x, s->x, p->y, s->dy, p->conv, p->w, s->dw,
+                                                           RANKED_MAX, &got, perf, s->ws, CONV_WORKSPACE_MAX)
+           : cudnnGetConvolutionBackwardFilterAlgorithm_v7(c->dnn, p->x, p->y, p->conv, p->w, RANKED_MAX, &got, perf);
+    if (st == CUDNN_STATUS_SUCCESS)
+      KEEP_RANKED(perf, got);
   }
-  return dnn_ok(c, st, "cudnnGetConvolution*Algorithm_v7");
+  if (s && st != CUDNN_STATUS_SUCCESS)
+    cudaGetLastError(); /* a failed allocation of the search's own is not sticky: clear it */
+  return st;
+}
+
+/* The heuristics' ranking for `dir`, filtered; 0 or the error. */
+static int add_heuristic(const cuda_ctx *c, const dnn_conv *p, direction dir, int *algos, int *count, int max) {
+  return dnn_ok(c, add_ranked(c, p, NULL, dir, algos, count, max), "cudnnGetConvolution*Algorithm_v7");
 }
 
 /* The first of `algos` that runs these shapes within CONV_WORKSPACE_MAX
@@ -215,13 +305,16 @@ static int first_running(const cuda_ctx *c, const dnn_conv *p, direction dir, co
   return dnn_error(st == CUDNN_STATUS_SUCCESS ? CUDNN_STATUS_NOT_SUPPORTED : st, c->device, what);
 }
 
-/* The algorithms for batch size n. The forward's follows the descriptor:
+/* The algorithms for batch size n, ranked by cuDNN's search on `s`'s
+ * buffers, or by its heuristics without them (s NULL) or where a search
+ * fails (*searched then false). The forward's follows the descriptor:
  * IM2COL an implicit GEMM (a plain dot product per output: the tightest
- * rounding), WINOGRAD cuDNN's Winograd where it runs, AUTO cuDNN's
- * heuristic choice; each falls back to IMPLICIT_GEMM, which runs any
- * shape without workspace. The backward's are ALGO_1 (deterministic; the
- * ALGO_0s add with atomics), else the heuristics' deterministic ones. */
-static int choose_algorithms(const cuda_ctx *c, dnn_conv *p) {
+ * rounding; no search), WINOGRAD cuDNN's Winograd where it runs, AUTO the
+ * fastest; each falls back to IMPLICIT_GEMM, which runs any shape without
+ * workspace. The backward's are the fastest deterministic ones (the
+ * ALGO_0s add with atomics) the search measured, else ALGO_1; the
+ * heuristics try ALGO_1 first, then their ranking. */
+static int choose_algorithms(const cuda_ctx *c, dnn_conv *p, const search_bufs *s, bool *searched) {
   int algos[RANKED_MAX + 3], count = 0, algo = 0, rc = 0;
   if (p->d.algorithm == LOOM_CONV_IM2COL)
     algos[count++] = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
@@ -230,30 +323,65 @@ static int choose_algorithms(const cuda_ctx *c, dnn_conv *p) {
       algos[count++] = CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD;
       algos[count++] = CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
     }
-    rc = add_ranked(c, p, FORWARD, algos, &count, RANKED_MAX + 2);
+    if (!s || add_ranked(c, p, s, FORWARD, algos, &count, RANKED_MAX + 2) != CUDNN_STATUS_SUCCESS) {
+      *searched = false;
+      rc = add_heuristic(c, p, FORWARD, algos, &count, RANKED_MAX + 2);
+    }
   }
   algos[count++] = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
   if (rc == 0 && (rc = first_running(c, p, FORWARD, algos, count, &algo, &p->fwd_bytes)) == 0)
     p->fwd = (cudnnConvolutionFwdAlgo_t)algo;
 
-  count = 0;
-  algos[count++] = CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
-  if (rc == 0)
-    rc = add_ranked(c, p, BACKWARD_DATA, algos, &count, RANKED_MAX + 1);
-  if (rc == 0 && (rc = first_running(c, p, BACKWARD_DATA, algos, count, &algo, &p->data_bytes)) == 0)
-    p->bwd_data = (cudnnConvolutionBwdDataAlgo_t)algo;
-
-  count = 0;
-  algos[count++] = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
-  if (rc == 0)
-    rc = add_ranked(c, p, BACKWARD_FILTER, algos, &count, RANKED_MAX + 1);
-  if (rc == 0 && (rc = first_running(c, p, BACKWARD_FILTER, algos, count, &algo, &p->filter_bytes)) == 0)
-    p->bwd_filter = (cudnnConvolutionBwdFilterAlgo_t)algo;
+  static const int algo_1[] = {[BACKWARD_DATA] = CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+                               [BACKWARD_FILTER] = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1};
+  size_t *const bytes[] = {[BACKWARD_DATA] = &p->data_bytes, [BACKWARD_FILTER] = &p->filter_bytes};
+  for (direction dir = BACKWARD_DATA; rc == 0 && dir <= BACKWARD_FILTER; dir++) {
+    count = 0;
+    if (s && add_ranked(c, p, s, dir, algos, &count, RANKED_MAX) == CUDNN_STATUS_SUCCESS)
+      algos[count++] = algo_1[dir];
+    else {
+      *searched = false;
+      algos[count++] = algo_1[dir];
+      rc = add_heuristic(c, p, dir, algos, &count, RANKED_MAX + 1);
+    }
+    if (rc == 0 && (rc = first_running(c, p, dir, algos, count, &algo, bytes[dir])) == 0) {
+      if (dir == BACKWARD_DATA)
+        p->bwd_data = (cudnnConvolutionBwdDataAlgo_t)algo;
+      else
+        p->bwd_filter = (cudnnConvolutionBwdFilterAlgo_t)algo;
+    }
+  }
   return rc;
 }
 
-/* x, y and the algorithms for batch size n (kept while n stays). */
-static int conv_shape(const cuda_ctx *c, dnn_conv *p, int64_t n) {
+/* The process's searched choices, by shape (conv_shape): made on the first
+ * search; NULL when out of memory (every plan then searches). */
+static loom_conv_cache *conv_cache;
+static uv_once_t conv_cache_once = UV_ONCE_INIT;
+static void conv_cache_init(void) { conv_cache = loom_conv_cache_create(CONV_CACHE_ENTRIES); }
+
+static loom_conv_key conv_key(const cuda_ctx *c, const dnn_conv *p, int64_t n) {
+  const loom_conv_desc *d = &p->d;
+  return (loom_conv_key){.device = c->device, .n = n, .cin = d->cin, .h = d->h, .w = d->w, .cout = d->cout,
+                         .kh = d->kh, .kw = d->kw, .sh = d->sh, .sw = d->sw, .ph = d->ph, .pw = d->pw, .dh = d->dh,
+                         .dw = d->dw, .algorithm = d->algorithm, .tensor_ops = p->tensor_ops};
+}
+
+/* Whether a search may run now: not while `stream` is being captured
+ * into a CUDA graph (the search synchronizes and times: not capturable). */
+static bool may_search(const cuda_ctx *c) {
+  enum cudaStreamCaptureStatus capture;
+  if (cudaStreamIsCapturing(c->stream, &capture) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return capture == cudaStreamCaptureStatusNone;
+}
+
+/* x, y and the algorithms for batch size n (kept while n stays): the
+ * cache's for this shape, else searched on the call's buffers `io` (and
+ * cached), else the heuristics' (not cached: a later plan searches). */
+static int conv_shape(const cuda_ctx *c, dnn_conv *p, int64_t n, const conv_io *io) {
   if (n == p->n)
     return 0;
   p->n = 0; /* until all of it is set */
@@ -261,11 +389,34 @@ static int conv_shape(const cuda_ctx *c, dnn_conv *p, int64_t n) {
   int rc = set_tensor(c, p->x, n, d->cin, d->h, d->w);
   if (rc == 0)
     rc = set_tensor(c, p->y, n, d->cout, d->oh, d->ow);
-  if (rc == 0)
-    rc = choose_algorithms(c, p);
-  if (rc == 0)
+  if (rc < 0)
+    return rc;
+  uv_once(&conv_cache_once, conv_cache_init);
+  const loom_conv_key key = conv_key(c, p, n);
+  loom_conv_algos a;
+  if (conv_cache && loom_conv_cache_find(conv_cache, &key, &a)) {
+    p->fwd = (cudnnConvolutionFwdAlgo_t)a.fwd;
+    p->bwd_data = (cudnnConvolutionBwdDataAlgo_t)a.bwd_data;
+    p->bwd_filter = (cudnnConvolutionBwdFilterAlgo_t)a.bwd_filter;
+    p->fwd_bytes = a.fwd_bytes, p->data_bytes = a.data_bytes, p->filter_bytes = a.filter_bytes;
     p->n = n;
-  return rc;
+    return 0;
+  }
+  search_bufs s;
+  bool searched = may_search(c) && search_prepare(c, p, io, n, &s);
+  const bool search = searched;
+  rc = choose_algorithms(c, p, search ? &s : NULL, &searched);
+  if (search)
+    search_release(c, &s);
+  if (rc < 0)
+    return rc;
+  if (searched && conv_cache) {
+    a = (loom_conv_algos){.fwd = p->fwd, .bwd_data = p->bwd_data, .bwd_filter = p->bwd_filter,
+                          .fwd_bytes = p->fwd_bytes, .data_bytes = p->data_bytes, .filter_bytes = p->filter_bytes};
+    loom_conv_cache_put(conv_cache, &key, &a);
+  }
+  p->n = n;
+  return 0;
 }
 
 static void conv_free(dnn_conv *p) {
@@ -344,7 +495,7 @@ int loom_cudnn_conv_forward(void *ctx, loom_plan *plan, const float *x, const fl
   void *ws;
   int rc = dnn_enter(c);
   if (rc == 0)
-    rc = conv_shape(c, p, n);
+    rc = conv_shape(c, p, n, &(conv_io){.x = x, .w = w, .y = y});
   if (rc == 0)
     rc = scratch_get(c, p->fwd_bytes, &ws);
   if (rc < 0)
@@ -370,7 +521,7 @@ int loom_cudnn_conv_backward(void *ctx, loom_plan *plan, const float *x, const f
   void *ws;
   int rc = dnn_enter(c);
   if (rc == 0)
-    rc = conv_shape(c, p, n);
+    rc = conv_shape(c, p, n, &(conv_io){.x = x, .w = w, .dy = dy, .dx = dx});
   const size_t filter_bytes = dw ? p->filter_bytes : 0, data_bytes = dx ? p->data_bytes : 0;
   if (rc == 0)
     rc = scratch_get(c, filter_bytes > data_bytes ? filter_bytes : data_bytes, &ws);

@@ -27,6 +27,9 @@
   X(cudnnGetConvolutionForwardAlgorithm_v7)                                                                        \
   X(cudnnGetConvolutionBackwardDataAlgorithm_v7)                                                                   \
   X(cudnnGetConvolutionBackwardFilterAlgorithm_v7)                                                                 \
+  X(cudnnFindConvolutionForwardAlgorithmEx)                                                                        \
+  X(cudnnFindConvolutionBackwardDataAlgorithmEx)                                                                   \
+  X(cudnnFindConvolutionBackwardFilterAlgorithmEx)                                                                 \
   X(cudnnGetConvolutionForwardWorkspaceSize)                                                                       \
   X(cudnnGetConvolutionBackwardDataWorkspaceSize)                                                                  \
   X(cudnnGetConvolutionBackwardFilterWorkspaceSize)                                                                \
@@ -72,6 +75,9 @@ int loom_cudnn_load(void);
 #define cudnnGetConvolutionForwardAlgorithm_v7 LOOM_CUDNN_CALL(cudnnGetConvolutionForwardAlgorithm_v7)
 #define cudnnGetConvolutionBackwardDataAlgorithm_v7 LOOM_CUDNN_CALL(cudnnGetConvolutionBackwardDataAlgorithm_v7)
 #define cudnnGetConvolutionBackwardFilterAlgorithm_v7 LOOM_CUDNN_CALL(cudnnGetConvolutionBackwardFilterAlgorithm_v7)
+#define cudnnFindConvolutionForwardAlgorithmEx LOOM_CUDNN_CALL(cudnnFindConvolutionForwardAlgorithmEx)
+#define cudnnFindConvolutionBackwardDataAlgorithmEx LOOM_CUDNN_CALL(cudnnFindConvolutionBackwardDataAlgorithmEx)
+#define cudnnFindConvolutionBackwardFilterAlgorithmEx LOOM_CUDNN_CALL(cudnnFindConvolutionBackwardFilterAlgorithmEx)
 #define cudnnGetConvolutionForwardWorkspaceSize LOOM_CUDNN_CALL(cudnnGetConvolutionForwardWorkspaceSize)
 #define cudnnGetConvolutionBackwardDataWorkspaceSize LOOM_CUDNN_CALL(cudnnGetConvolutionBackwardDataWorkspaceSize)
 #define cudnnGetConvolutionBackwardFilterWorkspaceSize LOOM_CUDNN_CALL(cudnnGetConvolutionBackwardFilterWorkspaceSize)
