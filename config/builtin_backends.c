@@ -31,7 +31,8 @@ static void *cuda(loom_params *p, const void *context, void *user) {
   bool given = loom_params_has(p, "index"); /* no default written back: it is each rank's own */
   index = loom_comm_local_rank();
   if ((given && loom_params_int(p, "index", 0, 0, INT_MAX, &index) < 0) ||
-      loom_params_bool(p, "tf32", false, &o.tf32) < 0 || loom_params_check_unknown(p) < 0)
+      loom_params_bool(p, "tf32", false, &o.tf32) < 0 ||
+      loom_params_bool(p, "conv_heuristics", false, &o.conv_heuristics) < 0 || loom_params_check_unknown(p) < 0)
     return NULL;
   if (ctx && ctx->validate_only)
     return loom_backend_cpu(); /* the config may be meant for another machine */

@@ -108,6 +108,9 @@ static void test_names_and_errors(void **state) {
   assert_int_equal(fakes_made, made);
   assert_int_equal(build_with("experiment.device=cuda:x", true), LOOM_EINVAL);
   assert_int_equal(build_with("experiment.device={\"type\": \"cuda\", \"tf32\": 1}", true), LOOM_EINVAL);
+  assert_int_equal(build_with("experiment.device={\"type\": \"cuda\", \"conv_heuristics\": true}", true), 0);
+  assert_int_equal(build_with("experiment.device={\"type\": \"cuda\", \"conv_heuristics\": \"yes\"}", true),
+                   LOOM_EINVAL);
 }
 
 /* "cuda" without an index is the GPU of the rank's place on its node. */

@@ -755,6 +755,7 @@ static int ctx_init(cuda_ctx *c, const loom_cuda_options *o) {
     return blas_error(st, c->device, "cublasSetWorkspace");
   /* TF32 only when asked: full fp32 products otherwise. */
   c->tf32 = o && o->tf32;
+  c->conv_heuristics = o && o->conv_heuristics;
   st = cublasSetMathMode(c->blas, c->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH);
   return st == CUBLAS_STATUS_SUCCESS ? 0 : blas_error(st, c->device, "cublasSetMathMode");
 }

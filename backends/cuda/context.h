@@ -19,6 +19,7 @@ struct cudnnContext; /* cuDNN's handle, cudnnHandle_t, without cudnn.h */
 typedef struct cuda_ctx {
   int device;
   bool tf32; /* loom_cuda_options.tf32: TF32 products in cuBLAS and cuDNN */
+  bool conv_heuristics; /* loom_cuda_options.conv_heuristics: no timed search */
   cudaStream_t stream;      /* the ops, in order */
   cudaStream_t copy_stream; /* asynchronous uploads (loom_upload), ordered against `stream` by events */
   cublasHandle_t blas;

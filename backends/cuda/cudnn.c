@@ -367,9 +367,13 @@ static loom_conv_key conv_key(const cuda_ctx *c, const dnn_conv *p, int64_t n) {
                          .dw = d->dw, .algorithm = d->algorithm, .tensor_ops = p->tensor_ops};
 }
 
-/* Whether a search may run now: not while `stream` is being captured
- * into a CUDA graph (the search synchronizes and times: not capturable). */
+/* Whether a search may run now: not when the backend was asked for the
+ * heuristics (loom_cuda_options.conv_heuristics), nor while `stream` is
+ * being captured into a CUDA graph (the search synchronizes and times:
+ * not capturable). */
 static bool may_search(const cuda_ctx *c) {
+  if (c->conv_heuristics)
+    return false;
   enum cudaStreamCaptureStatus capture;
   if (cudaStreamIsCapturing(c->stream, &capture) != cudaSuccess) {
     cudaGetLastError();

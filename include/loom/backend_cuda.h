@@ -43,6 +43,11 @@ typedef struct loom_cuda_options {
   /* Matrix products on TF32 Tensor Cores (10-bit mantissas in the
    * products: faster, about 1e-3 relative); off: full fp32. */
   bool tf32;
+  /* Convolution algorithms by cuDNN's heuristics instead of its timed
+   * search: the same choice in every process, so a resumed run repeats
+   * the first one's bits; maybe slower. Off: searched (PyTorch's
+   * cudnn.benchmark), a choice that may differ between processes. */
+  bool conv_heuristics;
 } loom_cuda_options;
 
 /* The CUDA backend on device `device` (0, 1, ...), with its own stream and
