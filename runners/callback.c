@@ -188,7 +188,7 @@ static void describe(loom_callback_info *row) {
       row->events |= 1u << e;
 }
 
-static bool listed(const loom_callback_table *t, const loom_callback *cb) {
+bool loom_callback_table_has(const loom_callback_table *t, const loom_callback *cb) {
   for (size_t i = 0; i < t->count; i++)
     if (t->info[i].callback == cb)
       return true;
@@ -209,7 +209,7 @@ int loom_callback_table_build(loom_callback_table *t, const loom_callback_info *
    * equal orders keep the candidates' group and registration order. */
   for (size_t i = 0; i < n; i++) {
     loom_callback_info row = candidates[i];
-    if (listed(t, row.callback) || !runs_on(row.callback, rank))
+    if (loom_callback_table_has(t, row.callback) || !runs_on(row.callback, rank))
       continue;
     describe(&row);
     size_t k = t->count++;
@@ -254,6 +254,10 @@ void loom_callback_table_free(loom_callback_table *t) {
   for (int e = 0; e < LOOM_EVENT_COUNT; e++)
     free(t->by_event[e]);
   memset(t, 0, sizeof *t);
+}
+
+bool loom_callback_hears(const loom_callback *cb, loom_event event, const loom_runner *runner) {
+  return loom_callback_handler(cb, event) && (!cb->filtered || passes(cb, event, runner));
 }
 
 static int call_one(loom_callback *cb, loom_event event, loom_runner *runner) {

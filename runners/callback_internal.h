@@ -26,6 +26,11 @@ void loom_callback_table_free(loom_callback_table *t);
 /* A malloc'd copy of t->info (the public loom_*_callback_table). */
 int loom_callback_table_rows(const loom_callback_table *t, loom_callback_info **rows, size_t *count);
 
+/* Whether cb is in t. */
+bool loom_callback_table_has(const loom_callback_table *t, const loom_callback *cb);
+/* Whether cb handles `event` and its filter lets it hear it now. */
+bool loom_callback_hears(const loom_callback *cb, loom_event event, const loom_runner *runner);
+
 /* Fires `event` in order. Stops at the first error unless `keep_going`, in
  * which case every callback runs and the first error is returned. */
 int loom_callback_table_dispatch(const loom_callback_table *t, loom_event event, loom_runner *runner,

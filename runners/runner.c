@@ -52,6 +52,7 @@ void loom_runner_destroy(loom_runner *r) {
   loom_callback_table_free(&r->stage_table);
   loom_runner_reducer_free(r);
   loom_tensor_destroy(r->device_input), loom_tensor_destroy(r->device_target), loom_tensor_destroy(r->deferred);
+  loom_runner_results_free(r);
   loom_comm_destroy(r->comm);
   loom_metrics *m[NUM_METRIC_STORES];
   metric_stores(r, m);
@@ -199,6 +200,9 @@ int loom_run_experiment(loom_runner *r, loom_experiment *exp) {
   loom_tensor_destroy(r->device_input), loom_tensor_destroy(r->device_target), loom_tensor_destroy(r->deferred);
   r->device_input = r->device_target = r->deferred = NULL;
   r->deferred_criterion = NULL;
+  /* The callbacks' batch results end with the run (the experiment owns
+   * the callbacks). */
+  loom_runner_results_free(r);
   /* And the upload slots, whose hooks the loaders (the experiment's) drop. */
   loom_runner_upload_free(r);
   /* So do the gradient buckets: they hook the experiment's model, and a

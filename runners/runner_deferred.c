@@ -6,19 +6,32 @@
  * the sums and the gate to the host, where the loss is made and the
  * non-finite policy decides as it would have before the step: the same
  * skips, errors and weights as the waiting path, with one wait per batch
- * instead of one per result. */
+ * instead of one per result. The callbacks' batch results (the accuracy's
+ * hits: loom_runner_add_batch_result) travel in the same copy. */
 #include "runners/runner_impl.h"
 
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
 
-/* What the one copy brings back: the device's layout of r->deferred.
- * loss_bad: this rank's loss is not finite (several ranks: it goes into
- * the gradients' sum as a NaN, loom_runner_check_loss's rule). */
+/* What the one copy brings back: the device's layout of r->deferred,
+ * followed at RESULTS_AT by the callbacks' batch results
+ * (runner_results.c lays them out). loss_bad: this rank's loss is not
+ * finite (several ranks: it goes into the gradients' sum as a NaN,
+ * loom_runner_check_loss's rule). */
 typedef struct deferred_results {
   double sums[2];
   int gate, loss_bad;
 } deferred_results;
+
+#define RESULTS_AT \
+  ((sizeof(deferred_results) + _Alignof(max_align_t) - 1) / _Alignof(max_align_t) * _Alignof(max_align_t))
+
+/* The bytes the copy brings: the deferred batch's own, and the results. */
+static size_t copy_bytes(const loom_runner *r) {
+  return r->num_results ? RESULTS_AT + r->results_bytes : sizeof(deferred_results);
+}
 
 /* The model's backend if this batch may defer: a device with the gate's
  * op, and on a training loader an automatic step with no loss scaling
@@ -38,16 +51,24 @@ static loom_backend *deferrable(loom_runner *r) {
   return b;
 }
 
-/* r->deferred on `b`, made once (again if the model moved), zeroed. */
+/* r->deferred on `b`, made once (again if the model moved or the
+ * results grew), zeroed; its host side as large. */
 static int results_on(loom_runner *r, loom_backend *b) {
-  if (r->deferred && loom_tensor_backend(r->deferred) != b) {
+  const size_t bytes = copy_bytes(r);
+  const int64_t floats = (int64_t)((bytes + sizeof(float) - 1) / sizeof(float));
+  if (r->deferred && (loom_tensor_backend(r->deferred) != b || loom_tensor_numel(r->deferred) < floats)) {
     loom_tensor_destroy(r->deferred);
     r->deferred = NULL;
   }
-  const int64_t floats = (sizeof(deferred_results) + sizeof(float) - 1) / sizeof(float);
   if (!r->deferred && !(r->deferred = loom_tensor_create_on(b, 1, &floats)))
     return loom_last_error_code();
-  return loom_backend_zero(b, loom_tensor_data(r->deferred), sizeof(deferred_results));
+  if (r->results_host_bytes < bytes) {
+    void *host = realloc(r->results_host, bytes);
+    if (!host)
+      return loom_error_oom("the batch's results on the host");
+    r->results_host = host, r->results_host_bytes = bytes;
+  }
+  return loom_backend_zero(b, loom_tensor_data(r->deferred), bytes);
 }
 
 static double *sums_of(loom_runner *r) { return (double *)(void *)loom_tensor_data(r->deferred); }
@@ -101,8 +122,57 @@ int loom_runner_record_loss(loom_runner *r, double loss) {
   return loom_metrics_set(r->batch_metrics, "loss", loss);
 }
 
-/* The batch's end on the host: one copy, the loss, then what the
- * non-finite policy makes of a step the gate held back. */
+/* A callback's batch result failed: its message names the callback and
+ * the batch. */
+static int result_failed(const loom_runner *r, const loom_result_slot *s, int rc, unsigned serial, const char *what) {
+  if (loom_error_serial() == serial)
+    loom_error_set(rc, "%s", loom_strerror(rc));
+  return loom_error_wrap(rc, "callback \"%s\" %s its result of batch %lld (stage \"%s\", epoch %d, loader \"%s\")",
+                         loom_callback_name(s->cb), what, (long long)r->loader_batch_step, r->stage->name, r->epoch,
+                         r->loader_name);
+}
+
+/* After handle_batch: each result whose callback hears this batch's
+ * on_batch_end writes into the results area, before the copy. */
+int loom_runner_issue_results(loom_runner *r) {
+  loom_backend *b = loom_tensor_backend(r->deferred);
+  char *area = (char *)loom_tensor_data(r->deferred) + RESULTS_AT;
+  if ((size_t)loom_tensor_numel(r->deferred) * sizeof(float) < copy_bytes(r)) /* sized before handle_batch */
+    return loom_error_set(LOOM_ESTATE, "stage \"%s\": a batch result was registered during handle_batch (batch %lld "
+                                       "of loader \"%s\"); register it from on_stage_start",
+                          r->stage->name, (long long)r->loader_batch_step, r->loader_name);
+  for (size_t i = 0; i < r->num_results; i++) {
+    loom_result_slot *s = &r->results[i];
+    if (!loom_callback_hears(s->cb, LOOM_EVENT_BATCH_END, r))
+      continue;
+    unsigned serial = loom_error_serial();
+    int rc = s->result.issue(s->cb, r, b, area + s->offset);
+    if (rc < 0)
+      return result_failed(r, s, rc, serial, "issuing");
+    s->issued = rc == 0;
+  }
+  return 0;
+}
+
+/* After the copy: the issued results to their callbacks. */
+int loom_runner_finish_results(loom_runner *r) {
+  const char *area = (const char *)r->results_host + RESULTS_AT;
+  for (size_t i = 0; i < r->num_results; i++) {
+    loom_result_slot *s = &r->results[i];
+    if (!s->issued)
+      continue;
+    unsigned serial = loom_error_serial();
+    int rc = s->result.finish(s->cb, r, area + s->offset);
+    if (rc < 0)
+      return result_failed(r, s, rc, serial, "finishing");
+    s->done = true;
+  }
+  return 0;
+}
+
+/* The batch's end on the host: one copy (the callbacks' results with it),
+ * the loss, then what the non-finite policy makes of a step the gate held
+ * back. */
 int loom_runner_settle_deferred(loom_runner *r) {
   loom_criterion *c = r->deferred_criterion;
   const bool stepped = r->step_deferred;
@@ -110,7 +180,9 @@ int loom_runner_settle_deferred(loom_runner *r) {
   r->step_deferred = false;
   r->loss_bad_flag = NULL;
   deferred_results host;
-  int rc = loom_backend_to_host(loom_tensor_backend(r->deferred), &host, loom_tensor_data(r->deferred), sizeof host);
+  int rc = loom_backend_to_host(loom_tensor_backend(r->deferred), r->results_host, loom_tensor_data(r->deferred),
+                                copy_bytes(r));
+  memcpy(&host, r->results_host, sizeof host);
   double loss;
   if (rc == 0)
     rc = loom_criterion_forward_finish(c, r->output, r->target, host.sums, &loss);

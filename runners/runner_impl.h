@@ -59,6 +59,17 @@ typedef struct loom_rank_positions {
   loom_rank_position *ranks;
 } loom_rank_positions;
 
+/* A callback's batch result (loom_runner_add_batch_result) and its place
+ * in the deferred batch's copy: `offset` into the results area that
+ * follows the deferred batch's own results (runner_deferred.c). */
+typedef struct loom_result_slot {
+  loom_callback *cb;
+  loom_batch_result result;
+  size_t offset;
+  bool issued; /* this batch: its ops are in the copy */
+  bool done;   /* this batch: finished */
+} loom_result_slot;
+
 struct loom_runner {
   loom_comm *comm;
   int logdir_lock; /* the descriptor of <logdir>/.lock while held */
@@ -127,6 +138,13 @@ struct loom_runner {
   loom_criterion *deferred_criterion;
   bool step_deferred;
   int *loss_bad_flag; /* several ranks: on the device, set if this rank's loss is not finite */
+  /* The callbacks' batch results that travel in its copy, for the stage
+   * (loom_runner_add_batch_result), results_bytes of them in all (each
+   * aligned); the copy's host side. */
+  loom_result_slot *results;
+  size_t num_results, cap_results, results_bytes;
+  void *results_host;
+  size_t results_host_bytes;
   /* The loaders whose batches upload asynchronously (runner_upload.c). */
   struct loom_uploads *uploads;
   double batch_loss;
@@ -276,6 +294,16 @@ int loom_runner_criterion_forward(loom_runner *r, loom_criterion *c, const loom_
 int loom_runner_step_deferred(loom_runner *r);
 int loom_runner_settle_deferred(loom_runner *r);
 int loom_runner_record_loss(loom_runner *r, double loss);
+/* The callbacks' batch results (loom_runner_add_batch_result) of a
+ * deferred batch: results_begin at each batch's start (none done yet),
+ * issue_results after handle_batch (before settle_deferred's copy),
+ * finish_results after it; results_end forgets them (the stage's end),
+ * results_free frees their storage too (the run's end). */
+void loom_runner_results_begin(loom_runner *r);
+int loom_runner_issue_results(loom_runner *r);
+int loom_runner_finish_results(loom_runner *r);
+void loom_runner_results_end(loom_runner *r);
+void loom_runner_results_free(loom_runner *r);
 
 /* runner_step.c: a non-finite gradient found at the step, to the policy. */
 int loom_runner_nonfinite_gradients(loom_runner *r);

@@ -91,11 +91,16 @@ static int run_one_batch(loom_runner *r, loom_tensor *x, loom_tensor *y) {
     return rc;
   uint64_t t0 = loom_now_ns();
   r->deferred_criterion = NULL, r->step_deferred = false, r->loss_bad_flag = NULL;
+  loom_runner_results_begin(r);
   rc = r->handle_batch(r, r->handle_user);
   /* A device runs behind the host: the batch ends when its work does, and
-   * a deferred batch's results come back then, in one copy. */
+   * a deferred batch's results come back then, in one copy, the
+   * callbacks' batch results with them (their errors name themselves). */
   loom_backend *device = device_of_model(r);
-  if (rc >= 0 && r->deferred_criterion)
+  const bool deferred = rc >= 0 && r->deferred_criterion;
+  if (deferred && (rc = loom_runner_issue_results(r)) < 0)
+    return rc;
+  if (deferred)
     rc = loom_runner_settle_deferred(r);
   else if (rc >= 0 && device && (rc = loom_backend_synchronize(device)) < 0)
     rc = loom_error_wrap(rc, "waiting for backend \"%s\"", loom_backend_name(device));
@@ -103,6 +108,8 @@ static int run_one_batch(loom_runner *r, loom_tensor *x, loom_tensor *y) {
   if (rc < 0)
     return loom_error_wrap(rc, "handle_batch (stage \"%s\", epoch %d, loader \"%s\", batch %lld)", r->stage->name,
                            r->epoch, r->loader_name, (long long)r->loader_batch_step);
+  if (deferred && (rc = loom_runner_finish_results(r)) < 0)
+    return rc;
   if ((rc = loom_runner_dispatch(r, LOOM_EVENT_BATCH_END)) < 0)
     return rc;
   if (!r->skip_batch &&
@@ -288,6 +295,7 @@ int loom_runner_run_stage(loom_runner *r, size_t index) {
   if ((rc = loom_runner_dispatch(r, LOOM_EVENT_STAGE_END)) < 0)
     return rc;
   r->in_stage = false;
+  loom_runner_results_end(r);
   return 0;
 }
 

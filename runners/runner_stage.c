@@ -116,5 +116,6 @@ int loom_runner_prepare_stage(loom_runner *r, size_t index, bool load) {
   if (rc < 0)
     return rc;
   loom_callback_table_free(&r->stage_table);
+  loom_runner_results_end(r); /* the last stage's callbacks' */
   return loom_experiment_build_table(r->exp, (int)index, loom_comm_rank(r->comm), &r->stage_table);
 }

@@ -857,8 +857,10 @@ static int fake_topk_hits(void *ctx, const float *scores, const float *targets, 
                           int nk, int64_t *hits, int64_t *bad) {
   scores = real(ctx, "topk_hits", "scores", scores, F(n * c));
   targets = real(ctx, "topk_hits", "targets", targets, F(n));
-  host("topk_hits", "ks", ks), host("topk_hits", "hits", hits), host("topk_hits", "bad", bad);
-  return loom_backend_topk_hits(cpu(ctx, true), scores, targets, n, c, ks, nk, hits, bad);
+  hits = real(ctx, "topk_hits", "hits", hits, (size_t)nk * sizeof *hits);
+  bad = real(ctx, "topk_hits", "bad", bad, sizeof *bad);
+  host("topk_hits", "ks", ks);
+  return loom_backend_topk_hits(cpu(ctx, false), scores, targets, n, c, ks, nk, hits, bad);
 }
 
 static const loom_backend_ops fake_ops = {

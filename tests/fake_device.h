@@ -34,8 +34,8 @@ typedef struct fake_device_counts {
   int64_t to_host;      /* to_host calls: each waits for the device on a real one */
   int64_t from_host;    /* from_host calls */
   int64_t host_results; /* ops whose result lands on the host (a sync each): sum_squares,
-                         * all_finite, gemm_checked, topk_hits (the losses' sums stay on
-                         * the device: reading them is a to_host) */
+                         * all_finite, gemm_checked (the losses' sums and topk_hits's
+                         * counts stay on the device: reading them is a to_host) */
   int64_t ops;          /* every op, host results included (not the memory calls) */
   int64_t updates;      /* the optimizers' update ops (sgd/adam/rmsprop_update, update_ranges) */
   int64_t live;         /* allocations not freed */

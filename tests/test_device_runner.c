@@ -44,6 +44,7 @@ typedef struct transfers {
   int64_t max_uploads;  /* asynchronous uploads from on_batch_start to on_batch_end */
   int64_t min_waits, max_waits; /* upload waits in that span */
   int64_t interrupt_at; /* interrupt after this global train batch (0: never) */
+  int64_t valid_batches, min_valid_waits, max_valid_waits; /* evaluation batches: to_host and host results */
 } transfers;
 
 static int tr_batch_start(loom_callback *cb, loom_runner *r) {
@@ -72,6 +73,14 @@ static int tr_batch_end(loom_callback *cb, loom_runner *r) {
   transfers *t = loom_callback_data(cb);
   if (dev)
     count_uploads(t);
+  if (dev && !loom_runner_is_train_loader(r)) {
+    fake_device_counts now = fake_device_counts_of(dev);
+    int64_t waits = now.to_host - t->at_start.to_host + now.host_results - t->at_start.host_results;
+    if (t->valid_batches++ == 0 || waits < t->min_valid_waits)
+      t->min_valid_waits = waits;
+    if (waits > t->max_valid_waits)
+      t->max_valid_waits = waits;
+  }
   if (!loom_runner_is_train_loader(r))
     return 0;
   if (t->interrupt_at && loom_runner_global_batch_step(r) == t->interrupt_at)
@@ -100,6 +109,53 @@ static int tr_batch_end(loom_callback *cb, loom_runner *r) {
 static const loom_callback_ops transfers_ops = {
     .type = "transfers", .on_batch_start = tr_batch_start, .on_batch_end = tr_batch_end};
 
+/* A callback with a batch result (loom_runner_add_batch_result): the
+ * first score of each batch, copied on the device into its result and
+ * made the batch metric "echo" when it arrives; on a batch that was not
+ * deferred (the CPU run), read at on_batch_end. Its issue or finish fails
+ * at global train batch `fail_at` when asked. */
+typedef struct echo {
+  int64_t fail_at;
+  bool fail_issue, no_message;
+} echo;
+
+static int echo_fails(const echo *e, loom_runner *r, bool issuing) {
+  if (!e->fail_at || issuing != e->fail_issue || !loom_runner_is_train_loader(r) ||
+      loom_runner_global_batch_step(r) != e->fail_at)
+    return 0;
+  return e->no_message ? LOOM_EIO : loom_error_set(LOOM_EIO, "the test's %s failed", issuing ? "issue" : "finish");
+}
+
+static int echo_issue(loom_callback *cb, loom_runner *r, loom_backend *b, void *device) {
+  int rc = echo_fails(loom_callback_data(cb), r, true);
+  return rc < 0 ? rc : loom_backend_copy(b, device, loom_tensor_data(loom_runner_output(r)), sizeof(float));
+}
+
+static int echo_finish(loom_callback *cb, loom_runner *r, const void *host) {
+  int rc = echo_fails(loom_callback_data(cb), r, false);
+  return rc < 0 ? rc : loom_metrics_set(loom_runner_batch_metrics(r), "echo", *(const float *)host);
+}
+
+static int echo_stage_start(loom_callback *cb, loom_runner *r) {
+  const loom_batch_result result = {.bytes = sizeof(float), .issue = echo_issue, .finish = echo_finish};
+  return loom_runner_add_batch_result(r, cb, &result);
+}
+
+static int echo_batch_end(loom_callback *cb, loom_runner *r) {
+  if (loom_runner_batch_result_done(r, cb))
+    return 0;
+  const float *scores = loom_tensor_host_data(loom_runner_output(r));
+  return loom_metrics_set(loom_runner_batch_metrics(r), "echo", scores[0]);
+}
+
+static const loom_callback_ops echo_ops = {
+    .type = "echo", .on_stage_start = echo_stage_start, .on_batch_end = echo_batch_end};
+
+/* What build_with adds for some tests: an echo callback, a filter on the
+ * accuracy. */
+static echo *with_echo;
+static const loom_event_filter *accuracy_filter;
+
 /* Pretrain (Adam, early stopping that keeps the best weights) then
  * finetune (SGD with momentum, fc1 frozen) the MLP 8-16-3 on the same
  * model; accuracy, metrics.jsonl and checkpoints on. */
@@ -126,7 +182,12 @@ static loom_experiment *build_with(const char *logdir, loom_backend *backend, tr
   loom_sgd_options sgd = {.lr = 0.05, .momentum = 0.9};
   assert_int_equal(loom_stage_set_optimizer(fine, loom_sgd_create(&sgd)), 0);
   assert_int_equal(loom_stage_freeze(fine, "fc1"), 0);
-  assert_int_equal(loom_experiment_add_callback(exp, loom_accuracy_callback_create(NULL, 0)), 0);
+  loom_callback *accuracy = loom_accuracy_callback_create(NULL, 0);
+  if (accuracy_filter)
+    assert_int_equal(loom_callback_set_filter(accuracy, accuracy_filter), 0);
+  assert_int_equal(loom_experiment_add_callback(exp, accuracy), 0);
+  if (with_echo)
+    assert_int_equal(loom_experiment_add_callback(exp, loom_callback_create(&echo_ops, with_echo, 10)), 0);
   assert_int_equal(loom_experiment_add_callback(exp, loom_metrics_logger_create()), 0);
   loom_checkpoint_options ck = loom_checkpoint_defaults();
   assert_int_equal(loom_experiment_add_callback(exp, loom_checkpoint_callback_create(&ck)), 0);
@@ -199,13 +260,18 @@ static void run_on(fake_device *d, loom_backend *b, int workers, transfers *t) {
    * stopping stopped the pretraining), all counted. */
   assert_true(t->batches >= 7 * 3 && t->batches <= 7 * 5);
   /* Per training batch after the first, the batch is deferred
-   * (runner_deferred.c): the loss's sums and the step's gate over every
-   * gradient come back in one copy at its end (1 to_host, a wait), and the
-   * accuracy's hits as an op result (1 more wait); none per layer, and the
-   * cross-entropy checks device targets through its sums. */
+   * (runner_deferred.c): the loss's sums, the step's gate over every
+   * gradient and the accuracy's hits (its batch result) come back in one
+   * copy at its end (1 to_host: the batch's one wait); no op result on the
+   * host, none per layer, and the cross-entropy checks device targets
+   * through its sums. */
   assert_int_equal(t->max_to_host, 1);
-  assert_int_equal(t->max_host_results, 1);
+  assert_int_equal(t->max_host_results, 0);
   assert_int_equal(t->first_to_host, 1);
+  /* An evaluation batch too: the loss's sums and the hits, one copy. */
+  assert_true(t->valid_batches >= 3 * 3);
+  assert_int_equal(t->min_valid_waits, 1);
+  assert_int_equal(t->max_valid_waits, 1);
   /* The step: one update op for both layers' ranges (update_ranges). */
   assert_int_equal(t->max_updates, 1);
   /* The run gave back its pinned buffers and upload slots (the loaders'
@@ -273,6 +339,19 @@ static void same_run_without_async_uploads(void **state) {
   loom_backend_destroy(b);
 }
 
+/* After a failed run on the fake device: its pinned buffers and upload
+ * slots went back with the run, its memory with the experiment; `dir`
+ * goes. */
+static void failed_run_gave_back(loom_experiment *exp, char *dir) {
+  fake_device_counts after = fake_device_counts_of(dev);
+  assert_int_equal(after.pinned, 0);
+  assert_int_equal(after.upload_slots, 0);
+  loom_experiment_destroy(exp);
+  assert_int_equal(fake_device_counts_of(dev).live, 0);
+  test_rm_rf(dir);
+  free(dir);
+}
+
 /* The 12th upload fails (with no workers, train's second batch of the
  * second epoch, after 7 + 3 batches; with 2, whichever batch a worker was
  * making): the run fails with the device's message, naming the loader and
@@ -292,19 +371,54 @@ static void failed_upload(int workers) {
     assert_non_null(strstr(e, "loader \"train\", batch 2: the batch-ready hook failed on batch 1: uploading into "
                               "slot 0 on backend \"fake\": fake device: upload 12 failed"));
   fake_device_fail_upload(dev, 0);
-  fake_device_counts after = fake_device_counts_of(dev);
-  assert_int_equal(after.pinned, 0);
-  assert_int_equal(after.upload_slots, 0);
-  loom_experiment_destroy(exp);
-  assert_int_equal(fake_device_counts_of(dev).live, 0);
-  test_rm_rf(dir);
-  free(dir);
+  failed_run_gave_back(exp, dir);
 }
 
 static void failed_upload_is_reported(void **state) {
   (void)state;
   failed_upload(0);
   failed_upload(2); /* in a worker's thread, carried to the loop */
+}
+
+/* A callback's own batch result travels in the deferred batch's copy (no
+ * wait of its own: run_on checks one to_host per batch), with the CPU
+ * run's metrics; an accuracy filtered to every other batch counts those
+ * only, as on the CPU. */
+static void callback_results_in_the_copy(void **state) {
+  (void)state;
+  echo e = {0};
+  const loom_event_filter every2 = {.every_batches = 2};
+  with_echo = &e, accuracy_filter = &every2;
+  transfers t = {0};
+  run_on(dev, fake, 0, &t);
+  with_echo = NULL, accuracy_filter = NULL;
+}
+
+/* A batch result's issue or finish fails at the 3rd training batch: the
+ * run fails with its message, naming the callback and the batch, and
+ * every buffer goes back. */
+static void failed_result(echo e, const char *want) {
+  char *dir = test_tmpdir();
+  transfers t = {0};
+  with_echo = &e;
+  loom_experiment *exp = build(dir, fake, &t);
+  with_echo = NULL;
+  assert_int_equal(run(exp, NULL, NULL), LOOM_EIO);
+  if (!strstr(loom_last_error(), want))
+    fail_msg("error \"%s\" does not say \"%s\"", loom_last_error(), want);
+  failed_run_gave_back(exp, dir);
+}
+
+static void failed_result_is_reported(void **state) {
+  (void)state;
+  failed_result((echo){.fail_at = 3, .fail_issue = true},
+                "callback \"echo\" issuing its result of batch 3 (stage \"pretrain\", epoch 1, loader \"train\"): "
+                "the test's issue failed");
+  failed_result((echo){.fail_at = 2},
+                "callback \"echo\" finishing its result of batch 2 (stage \"pretrain\", epoch 1, loader \"train\"): "
+                "the test's finish failed");
+  failed_result((echo){.fail_at = 9, .fail_issue = true, .no_message = true},
+                "callback \"echo\" issuing its result of batch 2 (stage \"pretrain\", epoch 2, loader \"train\"): ");
 }
 
 /* A device backend without topk_hits (the slot is optional): the accuracy
@@ -459,6 +573,8 @@ int main(void) {
       cmocka_unit_test(device_checkpoint_resumes_on_device),
       cmocka_unit_test(model_moves_between_stages),
       cmocka_unit_test(accuracy_without_topk_hits),
+      cmocka_unit_test(callback_results_in_the_copy),
+      cmocka_unit_test(failed_result_is_reported),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -124,8 +124,8 @@ static int release_cached(int device) {
 
 /* A reduction's scratch: two first passes, then two results. */
 #define PARTIALS (2 * LOOM_CUDA_REDUCE_BLOCKS + 2)
-/* The largest result read back: topk_hits's counts. */
-#define HOST_BYTES ((LOOM_TOPK_MAX + 1) * sizeof(unsigned long long))
+/* The largest result read back: a reduction's double. */
+#define HOST_BYTES sizeof(double)
 
 static void *cuda_alloc(void *ctx, size_t bytes) {
   cuda_ctx *c = ctx;
@@ -521,26 +521,24 @@ static int cuda_loss_backward(void *ctx, loom_pointwise_loss loss, float param, 
                            "loss_backward");
 }
 
+/* The counts written where they are asked for (the backend's memory): no
+ * wait. The first bad sample is an atomic minimum from all ones, which
+ * reads as -1 when every target is a class. */
 static int cuda_topk_hits(void *ctx, const float *scores, const float *targets, int64_t n, int64_t c, const int *ks,
                           int nk, int64_t *hits, int64_t *bad) {
   cuda_ctx *cc = ctx;
   loom_cuda_topk k = {.nk = nk};
   memcpy(k.ks, ks, (size_t)nk * sizeof *ks);
-  unsigned long long counts[LOOM_TOPK_MAX + 1];
   int rc = enter(cc);
   if (rc == 0)
-    rc = launched(cc, cudaMemsetAsync(cc->counts, 0, LOOM_TOPK_MAX * sizeof *counts, cc->stream), "cudaMemsetAsync");
+    rc = launched(cc, cudaMemsetAsync(hits, 0, (size_t)nk * sizeof *hits, cc->stream), "cudaMemsetAsync");
   if (rc == 0)
-    rc = launched(cc, cudaMemsetAsync(cc->counts + LOOM_TOPK_MAX, 0xff, sizeof *counts, cc->stream),
-                  "cudaMemsetAsync");
+    rc = launched(cc, cudaMemsetAsync(bad, 0xff, sizeof *bad, cc->stream), "cudaMemsetAsync");
   if (rc == 0)
-    rc = launched(cc, loom_cuda_topk_hits(cc->stream, scores, targets, n, c, k, cc->counts), "topk_hits");
-  if (rc == 0)
-    rc = read_back(cc, counts, cc->counts, sizeof counts);
-  for (int j = 0; rc == 0 && j < nk; j++)
-    hits[j] = (int64_t)counts[j];
-  if (rc == 0)
-    *bad = counts[LOOM_TOPK_MAX] < (unsigned long long)n ? (int64_t)counts[LOOM_TOPK_MAX] : -1;
+    rc = launched(cc,
+                  loom_cuda_topk_hits(cc->stream, scores, targets, n, c, k, (unsigned long long *)(void *)hits,
+                                      (unsigned long long *)(void *)bad),
+                  "topk_hits");
   return rc;
 }
 
@@ -609,7 +607,6 @@ static void cuda_destroy(void *ctx) {
     libloom->alloc_put(c->alloc, c->workspace);
     libloom->alloc_put(c->alloc, c->partials);
     libloom->alloc_put(c->alloc, c->flag);
-    libloom->alloc_put(c->alloc, c->counts);
     libloom->alloc_put(c->alloc, c->table);
     if (c->stream)
       libloom->alloc_forget_stream(c->alloc, c->stream);
@@ -742,8 +739,7 @@ static int ctx_init(cuda_ctx *c, const loom_cuda_options *o) {
   c->workspace = libloom->alloc_get(c->alloc, BLAS_WORKSPACE, c->stream);
   c->partials = libloom->alloc_get(c->alloc, PARTIALS * sizeof(double), c->stream);
   c->flag = libloom->alloc_get(c->alloc, sizeof(int), c->stream);
-  c->counts = libloom->alloc_get(c->alloc, HOST_BYTES, c->stream);
-  if (!c->workspace || !c->partials || !c->flag || !c->counts)
+  if (!c->workspace || !c->partials || !c->flag)
     return libloom->last_error_code();
   if ((st = cublasCreate(&c->blas)) != CUBLAS_STATUS_SUCCESS) {
     c->blas = NULL;

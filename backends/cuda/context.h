@@ -28,7 +28,6 @@ typedef struct cuda_ctx {
   void *workspace;  /* cuBLAS's */
   double *partials; /* device: a reduction's first pass(es), then its results (PARTIALS) */
   int *flag;        /* device: all_finite's */
-  unsigned long long *counts; /* device: topk_hits's LOOM_TOPK_MAX + 1 */
   void *host;       /* pinned: small results read back (HOST_BYTES in backend.c) */
   void *table;      /* device: update_ranges's table of ranges, grown as needed */
   size_t table_bytes;

@@ -252,16 +252,16 @@ __global__ void loss_backward_kernel(loom_pointwise_loss loss, float beta, const
 
 // A sample per thread; a handful of atomics per sample (a batch is small).
 __global__ void topk_hits_kernel(const float *scores, const float *targets, int64_t c, loom_cuda_topk k,
-                                 unsigned long long *counts, int64_t n) {
+                                 unsigned long long *hits, unsigned long long *bad, int64_t n) {
   for (int64_t i = first_index(); i < n; i += stride()) {
     if (!loom_is_class(targets[i], c)) {
-      atomicMin(&counts[LOOM_TOPK_MAX], (unsigned long long)i);
+      atomicMin(bad, (unsigned long long)i);
       continue;
     }
     const int64_t rank = loom_class_rank(scores + i * c, c, (int64_t)targets[i]);
     for (int j = 0; j < k.nk; j++)
       if (rank < k.ks[j])
-        atomicAdd(&counts[j], 1ull);
+        atomicAdd(&hits[j], 1ull);
   }
 }
 
@@ -564,8 +564,8 @@ cudaError_t loom_cuda_loss_backward(cudaStream_t s, loom_pointwise_loss loss, fl
 }
 
 cudaError_t loom_cuda_topk_hits(cudaStream_t s, const float *scores, const float *targets, int64_t n, int64_t c,
-                                loom_cuda_topk k, unsigned long long *counts) {
-  return launch(topk_hits_kernel, s, n, scores, targets, c, k, counts);
+                                loom_cuda_topk k, unsigned long long *hits, unsigned long long *bad) {
+  return launch(topk_hits_kernel, s, n, scores, targets, c, k, hits, bad);
 }
 
 cudaError_t loom_cuda_any_nonfinite(cudaStream_t s, const float *x, int64_t n, int *flag) {

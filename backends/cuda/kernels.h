@@ -52,16 +52,15 @@ cudaError_t loom_cuda_loss_forward(cudaStream_t s, loom_pointwise_loss loss, flo
                                    const float *target, int64_t n, double *partials, double *sum);
 cudaError_t loom_cuda_loss_backward(cudaStream_t s, loom_pointwise_loss loss, float beta, const float *out,
                                     const float *target, float scale, int64_t n, float *dout);
-/* The accuracy's hits: counts[k] += the samples whose target's rank is
- * below ks[k] (k < nk), counts[LOOM_TOPK_MAX] = min(itself, the first
- * sample whose target is no class); the caller sets counts to 0 and that
- * last slot to all ones first. */
+/* The accuracy's hits: hits[k] += the samples whose target's rank is
+ * below ks[k] (k < nk), *bad = min(itself, the first sample whose target
+ * is no class); the caller sets hits to 0 and *bad to all ones first. */
 typedef struct loom_cuda_topk {
   int ks[LOOM_TOPK_MAX];
   int nk;
 } loom_cuda_topk;
 cudaError_t loom_cuda_topk_hits(cudaStream_t s, const float *scores, const float *targets, int64_t n, int64_t c,
-                                loom_cuda_topk k, unsigned long long *counts);
+                                loom_cuda_topk k, unsigned long long *hits, unsigned long long *bad);
 /* *flag (device) = 1 if any x_i is Inf or NaN; left as it was otherwise
  * (the caller zeroes it first). */
 cudaError_t loom_cuda_any_nonfinite(cudaStream_t s, const float *x, int64_t n, int *flag);

@@ -443,11 +443,13 @@ typedef struct loom_backend_ops {
 
   /* Classification hits (the accuracy callback's): the rank of sample i's
    * class targets[i] among its scores[i][0..c) is the count of classes
-   * scoring higher, or equal and earlier; hits[k] (host) = the samples
-   * whose rank is below ks[k], for k < nk <= LOOM_TOPK_MAX; *bad (host) =
-   * the first sample whose target is no class in [0, c), or -1 (the
-   * others are counted all the same). One small result reaches the host
-   * instead of the scores and the targets. */
+   * scoring higher, or equal and earlier; hits[k] = the samples whose rank
+   * is below ks[k], for k < nk <= LOOM_TOPK_MAX; *bad = the first sample
+   * whose target is no class in [0, c), or -1 (the others are counted all
+   * the same). hits and bad are in the backend's memory, as
+   * xent_forward's sums: a device need not wait, and the counts reach the
+   * host with the batch's other results (loom_runner_add_batch_result), a
+   * few bytes instead of the scores and the targets. ks is on the host. */
   int (*topk_hits)(void *ctx, const float *scores, const float *targets, int64_t n, int64_t c, const int *ks, int nk,
                    int64_t *hits, int64_t *bad);
 

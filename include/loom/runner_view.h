@@ -230,6 +230,42 @@ LOOM_API bool loom_runner_is_best_valid(const loom_runner *r);
 LOOM_API void loom_runner_set_best_min_delta(loom_runner *r, double min_delta, bool relative);
 LOOM_API int loom_runner_best_epoch(const loom_runner *r); /* global epoch, 0 if none */
 
+/* --- a callback's batch result, in the deferred batch's copy --- */
+/* A metric a callback counts where the batch is, brought to the host with
+ * the deferred batch's results (docs/architecture.md, "The deferred
+ * batch"): on a device, one copy at the batch's end carries the loss, the
+ * step's gate and every registered result, instead of a wait for each. */
+typedef struct loom_batch_result {
+  size_t bytes; /* the result's size (> 0): a few counts or sums */
+  /* After handle_batch, before the copy: issues the ops that write the
+   * result at `device` (`bytes` of backend b's memory, the model's,
+   * aligned for any type, zeroed before), reading the batch where it is
+   * (loom_runner_output, loom_runner_target). Returns 0 (issued); 1 (not
+   * this batch: nothing is copied for it, and the callback's on_batch_end
+   * does its work as on a batch that is not deferred); or < 0, with a
+   * message. */
+  int (*issue)(loom_callback *cb, loom_runner *r, loom_backend *b, void *device);
+  /* After the copy, before on_batch_end, once the loss is known: the
+   * result's bytes on the host; sets the callback's batch metrics.
+   * Returns 0 or < 0 with a message. */
+  int (*finish)(loom_callback *cb, loom_runner *r, const void *host);
+} loom_batch_result;
+/* Registers cb's batch result for the rest of the current stage (the
+ * callback must be in its table; call it from on_stage_start, which every
+ * run of a stage fires, resumes included); again, it replaces cb's
+ * result, and NULL removes it. The runner issues and finishes it on each
+ * deferred batch whose on_batch_end cb hears (its event filter); a batch
+ * that is not deferred (a model on the CPU, several ranks, a manual step,
+ * loss scaling, a criterion that needs its loss at once) leaves it alone,
+ * and the callback works at on_batch_end. Registrations end with the stage
+ * and the run. An error of issue or finish fails the batch, naming the
+ * callback and the batch. LOOM_ESTATE outside a stage, LOOM_EINVAL for a
+ * callback of another table or a result without bytes or functions. */
+LOOM_API int loom_runner_add_batch_result(loom_runner *r, loom_callback *cb, const loom_batch_result *result);
+/* True from the finish of cb's result of this batch to the batch's end:
+ * its on_batch_end then has nothing left to do. */
+LOOM_API bool loom_runner_batch_result_done(const loom_runner *r, const loom_callback *cb);
+
 /* The current stage's callback table on this rank, in dispatch order (as
  * loom_experiment_callback_table describes it); empty before the first
  * stage starts, the last stage's after a run. *rows is the caller's to
