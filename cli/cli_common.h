@@ -17,7 +17,7 @@ typedef struct args {
   const char *config, *logdir, *device, *resume, *dist;
   const char *sets[64], *plugins[64], *allowed[64];
   int num_sets, num_plugins, num_allowed;
-  bool check, overwrite, no_data, host_staged_grads;
+  bool check, overwrite, no_data, host_staged_grads, no_graphs;
   int64_t limit_batches, overfit_batches;
 } args;
 

@@ -38,7 +38,7 @@ static const char usage_main[] =
 static const char usage_run[] =
     "usage: loom run CONFIG [--plugin LIB]... [--logdir DIR] [--device DEV] [--set KEY=VALUE]... [--resume PATH|last|best]\n"
     "                [--check] [--overwrite] [--allow-change KEY]... [--dist auto|local|mpi] [--host-staged-grads]\n"
-    "                [--limit-batches N] [--overfit-batches N]\n"
+    "                [--no-graphs] [--limit-batches N] [--overfit-batches N]\n"
     "       loom validate CONFIG [--plugin LIB]... [--device DEV] [--set KEY=VALUE]... [--no-data]\n"
     "\n"
     "  --plugin LIB       load a shared library of components (see loom/plugin.h)\n"
@@ -60,6 +60,8 @@ static const char usage_run[] =
     "                     new directory under $TMPDIR (or /tmp) unless --logdir is given\n"
     "  --host-staged-grads  under mpirun with a GPU, average the gradients through\n"
     "                     host copies over MPI, not with NCCL on the GPUs\n"
+    "  --no-graphs        on a GPU, run every training step op by op instead of\n"
+    "                     replaying it as a graph once its shapes repeat\n"
     "  --limit-batches N  at most N batches per loader per epoch\n"
     "  --overfit-batches N  every epoch, the same N first batches of each loader\n"
     "                     (in the first epoch's order): a model should fit them\n"
@@ -88,6 +90,7 @@ static int parse(int argc, char **argv, args *a) {
                                           {"overfit-batches", required_argument, NULL, 'O'},
                                           {"no-data", no_argument, NULL, 'n'},
                                           {"host-staged-grads", no_argument, NULL, 'H'},
+                                          {"no-graphs", no_argument, NULL, 'G'},
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
   optind = 1;
@@ -108,6 +111,7 @@ static int parse(int argc, char **argv, args *a) {
     case 'o': a->overwrite = true; break;
     case 'n': a->no_data = true; break;
     case 'H': a->host_staged_grads = true; break;
+    case 'G': a->no_graphs = true; break;
     case 'd':
       if (loom_dist_parse(optarg, &(loom_dist){0}) < 0) {
         fprintf(stderr, "loom: --dist: %s\n", loom_last_error());
@@ -310,6 +314,7 @@ static int cmd_run(const args *given) {
     o.overfit_batches = a->overfit_batches;
     o.overwrite = a->overwrite;
     o.host_staged_grads = a->host_staged_grads;
+    o.no_graphs = a->no_graphs;
     loom_runner_set_options(runner, &o);
     if (a->resume && loom_runner_set_resume(runner, a->resume) < 0)
       code = EXIT_RUNTIME;

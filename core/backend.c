@@ -7,12 +7,16 @@
 #include "core/backend_internal.h"
 #include "core/autocast.h"
 #include "core/error_internal.h"
+#include "core/op_log.h"
 
 struct loom_backend {
   loom_backend_ops ops;
   void *ctx;
   const int *gate; /* loom_backend_set_update_gate's */
+  struct loom_log_cache *logs; /* core/op_log.c's */
 };
+
+struct loom_log_cache **loom_backend_log_cache(loom_backend *b) { return &b->logs; }
 
 void *loom_backend_context(const loom_backend *b, const loom_backend_ops **ops) {
   if (ops)
@@ -52,6 +56,15 @@ loom_backend *loom_backend_create(const loom_backend_ops *ops, void *ctx) {
       ops->destroy(ctx);
     return NULL;
   }
+  if (!ops->graph_begin != !ops->graph_end || !ops->graph_begin != !ops->graph_launch ||
+      !ops->graph_begin != !ops->graph_destroy) {
+    loom_error_set(LOOM_EINVAL, "loom_backend_create: backend \"%s\" fills some of the 4 step graph slots "
+                                "(graph_begin, graph_end, graph_launch, graph_destroy): fill all or none",
+                   ops->name ? ops->name : "?");
+    if (ops->destroy)
+      ops->destroy(ctx);
+    return NULL;
+  }
   loom_backend *b = calloc(1, sizeof *b);
   if (!b) {
     if (ops->destroy)
@@ -67,6 +80,7 @@ loom_backend *loom_backend_create(const loom_backend_ops *ops, void *ctx) {
 void loom_backend_destroy(loom_backend *b) {
   if (!b)
     return;
+  loom_op_log_backend_free(b);
   if (b->ops.destroy)
     b->ops.destroy(b->ctx);
   free(b);
@@ -74,6 +88,7 @@ void loom_backend_destroy(loom_backend *b) {
 
 const char *loom_backend_name(const loom_backend *b) { return b->ops.name ? b->ops.name : "custom"; }
 loom_device_kind loom_backend_device(const loom_backend *b) { return b->ops.device; }
+bool loom_backend_can_graph(const loom_backend *b) { return b->ops.graph_begin != NULL; }
 
 bool loom_backend_supports(const loom_backend *b, loom_op op) {
   const loom_backend_ops *o = &b->ops;
@@ -131,23 +146,30 @@ static int ready(const loom_backend *b, loom_op op) {
 }
 
 void *loom_backend_alloc(loom_backend *b, size_t bytes) { return b->ops.alloc(b->ctx, bytes); }
-void loom_backend_free(loom_backend *b, void *ptr) { b->ops.free(b->ctx, ptr); }
+void loom_backend_free(loom_backend *b, void *ptr) {
+  if (!loom_op_log_defer_free(b, ptr, false))
+    b->ops.free(b->ctx, ptr);
+}
 
+/* The calls whose results the host needs run what was logged first. */
 int loom_backend_to_host(loom_backend *b, void *host, const void *src, size_t bytes) {
-  return b->ops.to_host(b->ctx, host, src, bytes);
+  int rc = loom_op_log_flush(b);
+  return rc < 0 ? rc : b->ops.to_host(b->ctx, host, src, bytes);
 }
 
 int loom_backend_from_host(loom_backend *b, void *dst, const void *host, size_t bytes) {
-  return b->ops.from_host(b->ctx, dst, host, bytes);
+  int rc = loom_op_log_flush(b);
+  return rc < 0 ? rc : b->ops.from_host(b->ctx, dst, host, bytes);
 }
 
-int loom_backend_copy(loom_backend *b, void *dst, const void *src, size_t bytes) {
-  return b->ops.copy(b->ctx, dst, src, bytes);
+int loom_backend_copy(loom_backend *b, void *dst, const void *src, size_t bytes) { LOOM_RUN_OP(b, copy); }
+
+int loom_backend_zero(loom_backend *b, void *ptr, size_t bytes) { LOOM_RUN_OP(b, zero); }
+
+int loom_backend_synchronize(loom_backend *b) {
+  int rc = loom_op_log_flush(b);
+  return rc < 0 || !b->ops.synchronize ? rc : b->ops.synchronize(b->ctx);
 }
-
-int loom_backend_zero(loom_backend *b, void *ptr, size_t bytes) { return b->ops.zero(b->ctx, ptr, bytes); }
-
-int loom_backend_synchronize(loom_backend *b) { return b->ops.synchronize ? b->ops.synchronize(b->ctx) : 0; }
 
 /* --- asynchronous uploads (all seven slots or none: loom_backend_create) --- */
 
@@ -174,13 +196,18 @@ void loom_backend_host_free(loom_backend *b, void *ptr) {
 
 int loom_backend_upload_create(loom_backend *b, loom_upload **upload) {
   *upload = NULL;
+  int rc = loom_op_log_flush(b);
+  if (rc < 0)
+    return rc;
   return loom_backend_can_upload_async(b) ? b->ops.upload_create(b->ctx, upload)
                                           : no_upload(b, "loom_backend_upload_create");
 }
 
 void loom_backend_upload_destroy(loom_backend *b, loom_upload *upload) {
-  if (upload && b->ops.upload_destroy)
-    b->ops.upload_destroy(b->ctx, upload);
+  if (!upload || !b->ops.upload_destroy)
+    return;
+  loom_op_log_flush(b); /* its memory's last readers first (an op's error cannot be returned here) */
+  b->ops.upload_destroy(b->ctx, upload);
 }
 
 int loom_backend_upload_start(loom_backend *b, loom_upload *upload, const loom_upload_copy *copies, int count) {
@@ -192,24 +219,35 @@ int loom_backend_upload_start(loom_backend *b, loom_upload *upload, const loom_u
 }
 
 int loom_backend_upload_wait(loom_backend *b, loom_upload *upload) {
+  int rc = loom_op_log_flush(b);
+  if (rc < 0)
+    return rc;
   return loom_backend_can_upload_async(b) ? b->ops.upload_wait(b->ctx, upload)
                                           : no_upload(b, "loom_backend_upload_wait");
 }
 
 int loom_backend_upload_release(loom_backend *b, loom_upload *upload) {
+  int rc = loom_op_log_flush(b);
+  if (rc < 0)
+    return rc;
   return loom_backend_can_upload_async(b) ? b->ops.upload_release(b->ctx, upload)
                                           : no_upload(b, "loom_backend_upload_release");
+}
+
+static int gemm_op(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                   int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+  LOOM_RUN_OP(b, gemm);
 }
 
 int loom_backend_gemm(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                       int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
   int rc = ready(b, LOOM_OP_GEMM);
   if (rc < 0 || !loom_autocast_applies(b) || M == 0 || N == 0 || K == 0) /* nothing to round */
-    return rc < 0 ? rc : b->ops.gemm(b->ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return rc < 0 ? rc : gemm_op(b, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   loom_autocast_gemm g = {.A = A, .B = B, .lda = lda, .ldb = ldb};
   if ((rc = loom_autocast_operands(b, &g, ta, tb, M, N, K)) == 0)
-    rc = b->ops.gemm(b->ctx, ta, tb, M, N, K, alpha, g.A, g.lda, g.B, g.ldb, beta, C, ldc);
-  loom_autocast_release(b, &g);
+    rc = gemm_op(b, ta, tb, M, N, K, alpha, g.A, g.lda, g.B, g.ldb, beta, C, ldc);
+  loom_autocast_release(b, &g); /* while a log is open, the copies are freed at its end */
   return rc;
 }
 
@@ -229,6 +267,8 @@ int loom_backend_gemm_checked(loom_backend *b, bool ta, bool tb, int64_t M, int6
                               const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                               int64_t ldc, bool *finite) {
   int rc = ready(b, LOOM_OP_GEMM_CHECKED);
+  if (rc == 0)
+    rc = loom_op_log_flush(b);
   if (rc < 0 || !loom_autocast_applies(b) || M == 0 || N == 0 || K == 0) /* nothing to round */
     return rc < 0 ? rc : gemm_checked(b, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, finite);
   loom_autocast_gemm g = {.A = A, .B = B, .lda = lda, .ldb = ldb};
@@ -240,19 +280,25 @@ int loom_backend_gemm_checked(loom_backend *b, bool ta, bool tb, int64_t M, int6
 
 int loom_backend_fill_rows(loom_backend *b, float *y, const float *row, int64_t rows, int64_t cols) {
   int rc = ready(b, LOOM_OP_FILL_ROWS);
-  return rc < 0 ? rc : b->ops.fill_rows(b->ctx, y, row, rows, cols);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, fill_rows);
 }
 
 int loom_backend_sum_rows(loom_backend *b, float *sum, const float *x, int64_t rows, int64_t cols) {
   int rc = ready(b, LOOM_OP_SUM_ROWS);
-  return rc < 0 ? rc : b->ops.sum_rows(b->ctx, sum, x, rows, cols);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, sum_rows);
 }
 
 int loom_backend_act_forward(loom_backend *b, loom_activation act, float param, const float *x, float *y, int64_t n) {
   if (act >= LOOM_ACT_COUNT)
     return loom_error_set(LOOM_EINVAL, "act_forward: unknown activation %d", (int)act);
   int rc = ready(b, LOOM_OP_ACT_FORWARD);
-  return rc < 0 ? rc : b->ops.act_forward(b->ctx, act, param, x, y, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, act_forward);
 }
 
 int loom_backend_act_backward(loom_backend *b, loom_activation act, float param, const float *x, const float *y,
@@ -260,19 +306,25 @@ int loom_backend_act_backward(loom_backend *b, loom_activation act, float param,
   if (act >= LOOM_ACT_COUNT)
     return loom_error_set(LOOM_EINVAL, "act_backward: unknown activation %d", (int)act);
   int rc = ready(b, LOOM_OP_ACT_BACKWARD);
-  return rc < 0 ? rc : b->ops.act_backward(b->ctx, act, param, x, y, dy, dx, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, act_backward);
 }
 
 int loom_backend_xent_forward(loom_backend *b, const float *logits, const float *targets, const float *weights,
                               float smoothing, int64_t n, int64_t c, float *probs, double *sums) {
   int rc = ready(b, LOOM_OP_XENT_FORWARD);
-  return rc < 0 ? rc : b->ops.xent_forward(b->ctx, logits, targets, weights, smoothing, n, c, probs, sums);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, xent_forward);
 }
 
 int loom_backend_xent_backward(loom_backend *b, const float *probs, const float *targets, const float *weights,
                                float smoothing, float scale, int64_t n, int64_t c, float *dlogits) {
   int rc = ready(b, LOOM_OP_XENT_BACKWARD);
-  return rc < 0 ? rc : b->ops.xent_backward(b->ctx, probs, targets, weights, smoothing, scale, n, c, dlogits);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, xent_backward);
 }
 
 int loom_backend_loss_forward(loom_backend *b, loom_pointwise_loss loss, float param, const float *out,
@@ -280,7 +332,9 @@ int loom_backend_loss_forward(loom_backend *b, loom_pointwise_loss loss, float p
   if (loss >= LOOM_LOSS_COUNT)
     return loom_error_set(LOOM_EINVAL, "loss_forward: unknown loss %d", (int)loss);
   int rc = ready(b, LOOM_OP_LOSS_FORWARD);
-  return rc < 0 ? rc : b->ops.loss_forward(b->ctx, loss, param, out, target, n, sum);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, loss_forward);
 }
 
 int loom_backend_loss_backward(loom_backend *b, loom_pointwise_loss loss, float param, const float *out,
@@ -288,23 +342,31 @@ int loom_backend_loss_backward(loom_backend *b, loom_pointwise_loss loss, float 
   if (loss >= LOOM_LOSS_COUNT)
     return loom_error_set(LOOM_EINVAL, "loss_backward: unknown loss %d", (int)loss);
   int rc = ready(b, LOOM_OP_LOSS_BACKWARD);
-  return rc < 0 ? rc : b->ops.loss_backward(b->ctx, loss, param, out, target, scale, n, dout);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, loss_backward);
 }
 
 int loom_backend_dropout_forward(loom_backend *b, uint64_t key, float p, const float *x, float *y, float *mask,
                                  int64_t n) {
   int rc = ready(b, LOOM_OP_DROPOUT_FORWARD);
-  return rc < 0 ? rc : b->ops.dropout_forward(b->ctx, key, p, x, y, mask, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, dropout_forward);
 }
 
 int loom_backend_mul(loom_backend *b, const float *a, const float *c, float *y, int64_t n) {
   int rc = ready(b, LOOM_OP_MUL);
-  return rc < 0 ? rc : b->ops.mul(b->ctx, a, c, y, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, mul);
 }
 
 int loom_backend_add(loom_backend *b, const float *a, const float *c, float *y, int64_t n) {
   int rc = ready(b, LOOM_OP_ADD);
-  return rc < 0 ? rc : b->ops.add(b->ctx, a, c, y, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, add);
 }
 
 /* A plan is made for its forward; the backward's slot is checked when it runs. */
@@ -317,13 +379,17 @@ int loom_backend_conv_plan(loom_backend *b, const loom_conv_desc *desc, loom_pla
 int loom_backend_conv_forward(loom_backend *b, loom_plan *plan, const float *x, const float *w, const float *bias,
                               float *y, int64_t n) {
   int rc = ready(b, LOOM_OP_CONV_FORWARD);
-  return rc < 0 ? rc : b->ops.conv_forward(b->ctx, plan, x, w, bias, y, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, conv_forward);
 }
 
 int loom_backend_conv_backward(loom_backend *b, loom_plan *plan, const float *x, const float *w, const float *dy,
                                float *dw, float *dbias, float *dx, int64_t n) {
   int rc = ready(b, LOOM_OP_CONV_BACKWARD);
-  return rc < 0 ? rc : b->ops.conv_backward(b->ctx, plan, x, w, dy, dw, dbias, dx, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, conv_backward);
 }
 
 int loom_backend_pool_plan(loom_backend *b, const loom_pool_desc *desc, loom_plan **plan) {
@@ -334,12 +400,16 @@ int loom_backend_pool_plan(loom_backend *b, const loom_pool_desc *desc, loom_pla
 
 int loom_backend_pool_forward(loom_backend *b, loom_plan *plan, const float *x, float *y, int64_t n) {
   int rc = ready(b, LOOM_OP_POOL_FORWARD);
-  return rc < 0 ? rc : b->ops.pool_forward(b->ctx, plan, x, y, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, pool_forward);
 }
 
 int loom_backend_pool_backward(loom_backend *b, loom_plan *plan, const float *dy, float *dx, int64_t n) {
   int rc = ready(b, LOOM_OP_POOL_BACKWARD);
-  return rc < 0 ? rc : b->ops.pool_backward(b->ctx, plan, dy, dx, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, pool_backward);
 }
 
 int loom_backend_batchnorm_plan(loom_backend *b, const loom_batchnorm_desc *desc, loom_plan **plan) {
@@ -351,19 +421,25 @@ int loom_backend_batchnorm_plan(loom_backend *b, const loom_batchnorm_desc *desc
 int loom_backend_batchnorm_forward(loom_backend *b, loom_plan *plan, bool train, const float *x, const float *gamma,
                                    const float *beta, float *running_mean, float *running_var, float *y, int64_t n) {
   int rc = ready(b, LOOM_OP_BATCHNORM_FORWARD);
-  return rc < 0 ? rc : b->ops.batchnorm_forward(b->ctx, plan, train, x, gamma, beta, running_mean, running_var, y, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, batchnorm_forward);
 }
 
 int loom_backend_batchnorm_backward(loom_backend *b, loom_plan *plan, const float *x, const float *gamma,
                                     const float *beta, const float *dy, float *dgamma, float *dbeta, float *dx,
                                     int64_t n) {
   int rc = ready(b, LOOM_OP_BATCHNORM_BACKWARD);
-  return rc < 0 ? rc : b->ops.batchnorm_backward(b->ctx, plan, x, gamma, beta, dy, dgamma, dbeta, dx, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, batchnorm_backward);
 }
 
 void loom_backend_plan_destroy(loom_backend *b, loom_plan *plan) {
-  if (b && plan && b->ops.plan_destroy)
-    b->ops.plan_destroy(b->ctx, plan);
+  if (!b || !plan || !b->ops.plan_destroy || loom_op_log_defer_free(b, plan, true))
+    return;
+  loom_op_log_forget_block(b, plan);
+  b->ops.plan_destroy(b->ctx, plan);
 }
 
 int loom_backend_plan_block(loom_backend *b, const loom_layer_desc *layers, int count, loom_block *block) {
@@ -382,45 +458,61 @@ int loom_backend_plan_block(loom_backend *b, const loom_layer_desc *layers, int 
     return loom_error_set(LOOM_EINVAL, "backend \"%s\" planned a block of %d layers out of %d", loom_backend_name(b),
                           got, count);
   }
+  if (rc == 0 && block->plan && (rc = loom_op_log_note_block(b, block->plan, block->count)) < 0) {
+    b->ops.plan_destroy(b->ctx, block->plan);
+    *block = (loom_block){0};
+  }
   return rc;
 }
 
 int loom_backend_block_forward(loom_backend *b, loom_plan *plan, bool train, const float *x, const loom_block_io *io,
                                int64_t n) {
   int rc = ready(b, LOOM_OP_BLOCK);
-  return rc < 0 ? rc : b->ops.block_forward(b->ctx, plan, train, x, io, n);
+  const int layers = loom_op_log_block_layers(b, plan); /* io's length, for the log */
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, block_forward);
 }
 
 int loom_backend_block_backward(loom_backend *b, loom_plan *plan, int first, const float *x, const loom_block_io *io,
                                 float *dx, int64_t n) {
   int rc = ready(b, LOOM_OP_BLOCK);
-  return rc < 0 ? rc : b->ops.block_backward(b->ctx, plan, first, x, io, dx, n);
+  const int layers = loom_op_log_block_layers(b, plan); /* io's length, for the log */
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, block_backward);
 }
 
 void loom_backend_set_update_gate(loom_backend *b, const int *gate) { b->gate = gate; }
 
 /* The updates: the step as given, with the backend's gate if one is set. */
 int loom_backend_sgd_update(loom_backend *b, const loom_sgd_step *s, float *p, const float *g, float *buf, int64_t n) {
-  loom_sgd_step gated = *s;
-  gated.gate = b->gate ? b->gate : s->gate;
+  loom_sgd_step step = *s;
+  step.gate = b->gate ? b->gate : s->gate;
   int rc = ready(b, LOOM_OP_SGD_UPDATE);
-  return rc < 0 ? rc : b->ops.sgd_update(b->ctx, &gated, p, g, buf, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, sgd_update);
 }
 
 int loom_backend_adam_update(loom_backend *b, const loom_adam_step *s, float *p, const float *g, float *m, float *v,
                              int64_t n) {
-  loom_adam_step gated = *s;
-  gated.gate = b->gate ? b->gate : s->gate;
+  loom_adam_step step = *s;
+  step.gate = b->gate ? b->gate : s->gate;
   int rc = ready(b, LOOM_OP_ADAM_UPDATE);
-  return rc < 0 ? rc : b->ops.adam_update(b->ctx, &gated, p, g, m, v, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, adam_update);
 }
 
 int loom_backend_rmsprop_update(loom_backend *b, const loom_rmsprop_step *s, float *p, const float *g, float *sq,
                                 float *buf, float *avg, int64_t n) {
-  loom_rmsprop_step gated = *s;
-  gated.gate = b->gate ? b->gate : s->gate;
+  loom_rmsprop_step step = *s;
+  step.gate = b->gate ? b->gate : s->gate;
   int rc = ready(b, LOOM_OP_RMSPROP_UPDATE);
-  return rc < 0 ? rc : b->ops.rmsprop_update(b->ctx, &gated, p, g, sq, buf, avg, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, rmsprop_update);
 }
 
 /* The rule's own op on one range, with the range's rate and decay. */
@@ -467,29 +559,35 @@ int loom_backend_update_ranges(loom_backend *b, const loom_update_step *s, const
       rc = update_range(b, s, &ranges[i], p, g, state, total);
     return rc;
   }
-  loom_update_step gated = *s;
+  loom_update_step step = *s;
   if (b->gate && s->rule == LOOM_RULE_SGD)
-    gated.u.sgd.gate = b->gate;
+    step.u.sgd.gate = b->gate;
   else if (b->gate && s->rule == LOOM_RULE_ADAM)
-    gated.u.adam.gate = b->gate;
+    step.u.adam.gate = b->gate;
   else if (b->gate)
-    gated.u.rmsprop.gate = b->gate;
-  return b->ops.update_ranges(b->ctx, &gated, ranges, nranges, p, g, state, total);
+    step.u.rmsprop.gate = b->gate;
+  LOOM_RUN_OP(b, update_ranges);
 }
 
 int loom_backend_sum_squares(loom_backend *b, const float *x, int64_t n, double *sum) {
   int rc = ready(b, LOOM_OP_SUM_SQUARES);
+  if (rc == 0)
+    rc = loom_op_log_flush(b);
   return rc < 0 ? rc : b->ops.sum_squares(b->ctx, x, n, sum);
 }
 
 int loom_backend_scale(loom_backend *b, float *x, float a, int64_t n) {
   int rc = ready(b, LOOM_OP_SCALE);
-  return rc < 0 ? rc : b->ops.scale(b->ctx, x, a, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, scale);
 }
 
 int loom_backend_clamp(loom_backend *b, float *x, float limit, int64_t n) {
   int rc = ready(b, LOOM_OP_CLAMP);
-  return rc < 0 ? rc : b->ops.clamp(b->ctx, x, limit, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, clamp);
 }
 
 int loom_backend_topk_hits(loom_backend *b, const float *scores, const float *targets, int64_t n, int64_t c,
@@ -497,27 +595,37 @@ int loom_backend_topk_hits(loom_backend *b, const float *scores, const float *ta
   if (nk < 1 || nk > LOOM_TOPK_MAX)
     return loom_error_set(LOOM_EINVAL, "topk_hits: between 1 and %d values of k, got %d", LOOM_TOPK_MAX, nk);
   int rc = ready(b, LOOM_OP_TOPK_HITS);
+  if (rc == 0)
+    rc = loom_op_log_flush(b);
   return rc < 0 ? rc : b->ops.topk_hits(b->ctx, scores, targets, n, c, ks, nk, hits, bad);
 }
 
 int loom_backend_all_finite(loom_backend *b, const float *x, int64_t n, bool *finite) {
   int rc = ready(b, LOOM_OP_ALL_FINITE);
+  if (rc == 0)
+    rc = loom_op_log_flush(b);
   return rc < 0 ? rc : b->ops.all_finite(b->ctx, x, n, finite);
 }
 
 int loom_backend_flag_nonfinite(loom_backend *b, const float *x, int64_t n, const double *d, int64_t nd, int *flag) {
   int rc = ready(b, LOOM_OP_FLAG_NONFINITE);
-  return rc < 0 ? rc : b->ops.flag_nonfinite(b->ctx, x, n, d, nd, flag);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, flag_nonfinite);
 }
 
 int loom_backend_set_if(loom_backend *b, const int *flag, float *x, float value) {
   int rc = ready(b, LOOM_OP_SET_IF);
-  return rc < 0 ? rc : b->ops.set_if(b->ctx, flag, x, value);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, set_if);
 }
 
-int loom_backend_round(loom_backend *b, loom_precision p, const float *x, float *y, int64_t n) {
-  if ((unsigned)p > LOOM_PRECISION_FP16)
-    return loom_error_set(LOOM_EINVAL, "round: precision %d is none of loom_precision's", (int)p);
+int loom_backend_round(loom_backend *b, loom_precision prec, const float *x, float *y, int64_t n) {
+  if ((unsigned)prec > LOOM_PRECISION_FP16)
+    return loom_error_set(LOOM_EINVAL, "round: precision %d is none of loom_precision's", (int)prec);
   int rc = ready(b, LOOM_OP_ROUND);
-  return rc < 0 ? rc : b->ops.round(b->ctx, p, x, y, n);
+  if (rc < 0)
+    return rc;
+  LOOM_RUN_OP(b, round);
 }

@@ -9,4 +9,7 @@
  * (the NCCL communicator finds the CUDA backend's stream so). */
 void *loom_backend_context(const loom_backend *backend, const loom_backend_ops **ops);
 
+/* Where the backend keeps its op logs' graphs (core/op_log.c's). */
+struct loom_log_cache **loom_backend_log_cache(loom_backend *backend);
+
 #endif

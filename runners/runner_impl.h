@@ -305,6 +305,14 @@ int loom_runner_finish_results(loom_runner *r);
 void loom_runner_results_end(loom_runner *r);
 void loom_runner_results_free(loom_runner *r);
 
+/* runner_graph.c: a training batch's device ops logged (loom_backend_log_begin)
+ * on a backend with step graphs, one rank, unless options.no_graphs: begin
+ * returns the backend it opened the log on (NULL: none), end ends it after
+ * handle_batch returned rc (dropped if rc < 0) and returns rc or the log's
+ * error. */
+loom_backend *loom_runner_graph_begin(loom_runner *r);
+int loom_runner_graph_end(loom_backend *b, int rc);
+
 /* runner_step.c: a non-finite gradient found at the step, to the policy. */
 int loom_runner_nonfinite_gradients(loom_runner *r);
 

@@ -50,6 +50,11 @@ struct fake_device {
   pinned *pinned;
   size_t num_pinned, cap_pinned;
   int64_t fail_upload; /* the upload_start (counted in counts.uploads, from 1) that fails; 0: none */
+  loom_backend_ops ops;  /* its own table, for graph_launch */
+  bool capturing;        /* between graph_begin and graph_end: ops are checked, not run */
+  int64_t op_calls;      /* ops run (not captured), for fail_op */
+  int64_t fail_op;       /* the op (counted in op_calls) that fails; 0: none */
+  int held_rc;           /* what a held op returns */
 };
 
 /* A plan of this device: the CPU's plan and what it was made for (the
@@ -145,6 +150,21 @@ static void count_op(fake_device *d, bool host_result) {
   pthread_mutex_unlock(&d->lock);
 }
 
+/* Whether an op, its operands checked, must not run: while capturing (a
+ * graph records, nothing runs, as under CUDA's stream capture; held_rc 0)
+ * or when the test asked it to fail (held_rc the error). */
+static bool held(fake_device *d, const char *op) {
+  pthread_mutex_lock(&d->lock);
+  bool capturing = d->capturing, fail = !capturing && d->fail_op && ++d->op_calls == d->fail_op;
+  pthread_mutex_unlock(&d->lock);
+  d->held_rc = fail ? loom_error_set(LOOM_EIO, "fake device: %s failed, as the test asked", op) : 0;
+  return capturing || fail;
+}
+
+/* The CPU's op `op` on the checked operands, unless held. */
+#define CPU_OP(ctx, cpu_backend, op, ...)                                                                              \
+  (held(ctx, #op) ? ((fake_device *)(ctx))->held_rc : loom_backend_##op(cpu_backend, __VA_ARGS__))
+
 #define F(n) ((size_t)(n) * sizeof(float))
 /* Elements spanned by `rows` rows of `cols` with leading dimension ld. */
 static size_t span(int64_t rows, int64_t cols, int64_t ld) { return rows > 0 && cols > 0 ? F((rows - 1) * ld + cols) : 0; }
@@ -235,12 +255,19 @@ static int fake_from_host(void *ctx, void *dst, const void *src, size_t bytes) {
 
 static int fake_copy(void *ctx, void *dst, const void *src, size_t bytes) {
   fake_device *d = ctx;
-  memmove(real(d, "copy", "the destination", dst, bytes), real(d, "copy", "the source", src, bytes), bytes);
+  void *t = real(d, "copy", "the destination", dst, bytes);
+  const void *f = real(d, "copy", "the source", src, bytes);
+  if (held(d, "copy"))
+    return d->held_rc;
+  memmove(t, f, bytes);
   return 0;
 }
 
 static int fake_zero(void *ctx, void *p, size_t bytes) {
-  memset(real(ctx, "zero", "the buffer", p, bytes), 0, bytes);
+  void *t = real(ctx, "zero", "the buffer", p, bytes);
+  if (held(ctx, "zero"))
+    return ((fake_device *)ctx)->held_rc;
+  memset(t, 0, bytes);
   return 0;
 }
 
@@ -464,7 +491,7 @@ static void gemm_extents(fake_device *d, const char *op, bool ta, bool tb, int64
 static int fake_gemm(void *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                      int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
   gemm_extents(ctx, "gemm", ta, tb, M, N, K, &A, lda, &B, ldb, &C, ldc);
-  return loom_backend_gemm(cpu(ctx, false), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  return CPU_OP(ctx, cpu(ctx, false), gemm, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 static int fake_gemm_checked(void *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
@@ -472,25 +499,25 @@ static int fake_gemm_checked(void *ctx, bool ta, bool tb, int64_t M, int64_t N, 
                              int64_t ldc, bool *finite) {
   gemm_extents(ctx, "gemm_checked", ta, tb, M, N, K, &A, lda, &B, ldb, &C, ldc);
   host("gemm_checked", "finite", finite);
-  return loom_backend_gemm_checked(cpu(ctx, true), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, finite);
+  return CPU_OP(ctx, cpu(ctx, true), gemm_checked, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, finite);
 }
 
 static int fake_fill_rows(void *ctx, float *y, const float *row, int64_t rows, int64_t cols) {
   y = real(ctx, "fill_rows", "y", y, F(rows * cols));
   row = real(ctx, "fill_rows", "row", row, F(cols));
-  return loom_backend_fill_rows(cpu(ctx, false), y, row, rows, cols);
+  return CPU_OP(ctx, cpu(ctx, false), fill_rows, y, row, rows, cols);
 }
 
 static int fake_sum_rows(void *ctx, float *sum, const float *x, int64_t rows, int64_t cols) {
   sum = real(ctx, "sum_rows", "sum", sum, F(cols));
   x = real(ctx, "sum_rows", "x", x, F(rows * cols));
-  return loom_backend_sum_rows(cpu(ctx, false), sum, x, rows, cols);
+  return CPU_OP(ctx, cpu(ctx, false), sum_rows, sum, x, rows, cols);
 }
 
 static int fake_act_forward(void *ctx, loom_activation act, float param, const float *x, float *y, int64_t n) {
   x = real(ctx, "act_forward", "x", x, F(n));
   y = real(ctx, "act_forward", "y", y, F(n));
-  return loom_backend_act_forward(cpu(ctx, false), act, param, x, y, n);
+  return CPU_OP(ctx, cpu(ctx, false), act_forward, act, param, x, y, n);
 }
 
 static int fake_act_backward(void *ctx, loom_activation act, float param, const float *x, const float *y,
@@ -499,7 +526,7 @@ static int fake_act_backward(void *ctx, loom_activation act, float param, const 
   y = real(ctx, "act_backward", "y", y, F(n));
   dy = real(ctx, "act_backward", "dy", dy, F(n));
   dx = real(ctx, "act_backward", "dx", dx, F(n));
-  return loom_backend_act_backward(cpu(ctx, false), act, param, x, y, dy, dx, n);
+  return CPU_OP(ctx, cpu(ctx, false), act_backward, act, param, x, y, dy, dx, n);
 }
 
 static int fake_xent_forward(void *ctx, const float *logits, const float *targets, const float *weights,
@@ -509,7 +536,7 @@ static int fake_xent_forward(void *ctx, const float *logits, const float *target
   weights = real(ctx, "xent_forward", "weights", weights, F(c));
   probs = real(ctx, "xent_forward", "probs", probs, F(n * c));
   sums = real(ctx, "xent_forward", "sums", sums, 2 * sizeof *sums);
-  return loom_backend_xent_forward(cpu(ctx, false), logits, targets, weights, smoothing, n, c, probs, sums);
+  return CPU_OP(ctx, cpu(ctx, false), xent_forward, logits, targets, weights, smoothing, n, c, probs, sums);
 }
 
 static int fake_xent_backward(void *ctx, const float *probs, const float *targets, const float *weights,
@@ -518,7 +545,7 @@ static int fake_xent_backward(void *ctx, const float *probs, const float *target
   targets = real(ctx, "xent_backward", "targets", targets, F(n));
   weights = real(ctx, "xent_backward", "weights", weights, F(c));
   dlogits = real(ctx, "xent_backward", "dlogits", dlogits, F(n * c));
-  return loom_backend_xent_backward(cpu(ctx, false), probs, targets, weights, smoothing, scale, n, c, dlogits);
+  return CPU_OP(ctx, cpu(ctx, false), xent_backward, probs, targets, weights, smoothing, scale, n, c, dlogits);
 }
 
 static int fake_loss_forward(void *ctx, loom_pointwise_loss loss, float param, const float *out, const float *target,
@@ -526,7 +553,7 @@ static int fake_loss_forward(void *ctx, loom_pointwise_loss loss, float param, c
   out = real(ctx, "loss_forward", "out", out, F(n));
   target = real(ctx, "loss_forward", "target", target, F(n));
   sum = real(ctx, "loss_forward", "sum", sum, sizeof *sum);
-  return loom_backend_loss_forward(cpu(ctx, false), loss, param, out, target, n, sum);
+  return CPU_OP(ctx, cpu(ctx, false), loss_forward, loss, param, out, target, n, sum);
 }
 
 static int fake_loss_backward(void *ctx, loom_pointwise_loss loss, float param, const float *out,
@@ -534,34 +561,34 @@ static int fake_loss_backward(void *ctx, loom_pointwise_loss loss, float param, 
   out = real(ctx, "loss_backward", "out", out, F(n));
   target = real(ctx, "loss_backward", "target", target, F(n));
   dout = real(ctx, "loss_backward", "dout", dout, F(n));
-  return loom_backend_loss_backward(cpu(ctx, false), loss, param, out, target, scale, n, dout);
+  return CPU_OP(ctx, cpu(ctx, false), loss_backward, loss, param, out, target, scale, n, dout);
 }
 
 static int fake_dropout_forward(void *ctx, uint64_t key, float p, const float *x, float *y, float *mask, int64_t n) {
   x = real(ctx, "dropout_forward", "x", x, F(n));
   y = real(ctx, "dropout_forward", "y", y, F(n));
   mask = real(ctx, "dropout_forward", "mask", mask, F(n));
-  return loom_backend_dropout_forward(cpu(ctx, false), key, p, x, y, mask, n);
+  return CPU_OP(ctx, cpu(ctx, false), dropout_forward, key, p, x, y, mask, n);
 }
 
 static int fake_mul(void *ctx, const float *a, const float *b, float *y, int64_t n) {
   a = real(ctx, "mul", "a", a, F(n));
   b = real(ctx, "mul", "b", b, F(n));
   y = real(ctx, "mul", "y", y, F(n));
-  return loom_backend_mul(cpu(ctx, false), a, b, y, n);
+  return CPU_OP(ctx, cpu(ctx, false), mul, a, b, y, n);
 }
 
 static int fake_add(void *ctx, const float *a, const float *b, float *y, int64_t n) {
   a = real(ctx, "add", "a", a, F(n));
   b = real(ctx, "add", "b", b, F(n));
   y = real(ctx, "add", "y", y, F(n));
-  return loom_backend_add(cpu(ctx, false), a, b, y, n);
+  return CPU_OP(ctx, cpu(ctx, false), add, a, b, y, n);
 }
 
 static int fake_round(void *ctx, loom_precision p, const float *x, float *y, int64_t n) {
   x = real(ctx, "round", "x", x, F(n));
   y = real(ctx, "round", "y", y, F(n));
-  return loom_backend_round(cpu(ctx, false), p, x, y, n);
+  return CPU_OP(ctx, cpu(ctx, false), round, p, x, y, n);
 }
 
 /* --- planned ops --- */
@@ -639,7 +666,7 @@ static int fake_conv_forward(void *ctx, loom_plan *plan, const float *x, const f
   w = real(ctx, "conv_forward", "w", w, F(c->cout * c->cin * c->kh * c->kw));
   bias = real(ctx, "conv_forward", "bias", bias, F(c->cout));
   y = real(ctx, "conv_forward", "y", y, F(n * c->cout * c->oh * c->ow));
-  return loom_backend_conv_forward(cpu(ctx, false), ((fake_plan *)plan)->cpu, x, w, bias, y, n);
+  return CPU_OP(ctx, cpu(ctx, false), conv_forward, ((fake_plan *)plan)->cpu, x, w, bias, y, n);
 }
 
 static int fake_conv_backward(void *ctx, loom_plan *plan, const float *x, const float *w, const float *dy, float *dw,
@@ -651,21 +678,21 @@ static int fake_conv_backward(void *ctx, loom_plan *plan, const float *x, const 
   dw = real(ctx, "conv_backward", "dw", dw, F(c->cout * c->cin * c->kh * c->kw));
   dbias = real(ctx, "conv_backward", "dbias", dbias, F(c->cout));
   dx = real(ctx, "conv_backward", "dx", dx, F(n * c->cin * c->h * c->w));
-  return loom_backend_conv_backward(cpu(ctx, false), ((fake_plan *)plan)->cpu, x, w, dy, dw, dbias, dx, n);
+  return CPU_OP(ctx, cpu(ctx, false), conv_backward, ((fake_plan *)plan)->cpu, x, w, dy, dw, dbias, dx, n);
 }
 
 static int fake_pool_forward(void *ctx, loom_plan *plan, const float *x, float *y, int64_t n) {
   const loom_pool_desc *p = &own_plan("pool_forward", plan, LOOM_LAYER_POOL)->layers[0].pool;
   x = real(ctx, "pool_forward", "x", x, F(n * p->c * p->h * p->w));
   y = real(ctx, "pool_forward", "y", y, F(n * p->c * p->oh * p->ow));
-  return loom_backend_pool_forward(cpu(ctx, false), ((fake_plan *)plan)->cpu, x, y, n);
+  return CPU_OP(ctx, cpu(ctx, false), pool_forward, ((fake_plan *)plan)->cpu, x, y, n);
 }
 
 static int fake_pool_backward(void *ctx, loom_plan *plan, const float *dy, float *dx, int64_t n) {
   const loom_pool_desc *p = &own_plan("pool_backward", plan, LOOM_LAYER_POOL)->layers[0].pool;
   dy = real(ctx, "pool_backward", "dy", dy, F(n * p->c * p->oh * p->ow));
   dx = real(ctx, "pool_backward", "dx", dx, F(n * p->c * p->h * p->w));
-  return loom_backend_pool_backward(cpu(ctx, false), ((fake_plan *)plan)->cpu, dy, dx, n);
+  return CPU_OP(ctx, cpu(ctx, false), pool_backward, ((fake_plan *)plan)->cpu, dy, dx, n);
 }
 
 static int fake_batchnorm_forward(void *ctx, loom_plan *plan, bool train, const float *x, const float *gamma,
@@ -677,7 +704,7 @@ static int fake_batchnorm_forward(void *ctx, loom_plan *plan, bool train, const 
   running_mean = real(ctx, op, "running_mean", running_mean, F(b->c));
   running_var = real(ctx, op, "running_var", running_var, F(b->c));
   y = real(ctx, op, "y", y, F(n * b->c * b->spatial));
-  return loom_backend_batchnorm_forward(cpu(ctx, false), ((fake_plan *)plan)->cpu, train, x, gamma, beta,
+  return CPU_OP(ctx, cpu(ctx, false), batchnorm_forward, ((fake_plan *)plan)->cpu, train, x, gamma, beta,
                                         running_mean, running_var, y, n);
 }
 
@@ -690,7 +717,7 @@ static int fake_batchnorm_backward(void *ctx, loom_plan *plan, const float *x, c
   dy = real(ctx, op, "dy", dy, F(n * b->c * b->spatial));
   dgamma = real(ctx, op, "dgamma", dgamma, F(b->c)), dbeta = real(ctx, op, "dbeta", dbeta, F(b->c));
   dx = real(ctx, op, "dx", dx, F(n * b->c * b->spatial));
-  return loom_backend_batchnorm_backward(cpu(ctx, false), ((fake_plan *)plan)->cpu, x, gamma, beta, dy, dgamma, dbeta,
+  return CPU_OP(ctx, cpu(ctx, false), batchnorm_backward, ((fake_plan *)plan)->cpu, x, gamma, beta, dy, dgamma, dbeta,
                                          dx, n);
 }
 
@@ -756,7 +783,7 @@ static int fake_block_forward(void *ctx, loom_plan *plan, bool train, const floa
   int64_t in_of[MAX_BLOCK_LAYERS];
   real_io(ctx, "block_forward", p, io, n, false, rio, in_of);
   x = real(ctx, "block_forward", "x", x, F(n * in_of[0]));
-  return loom_backend_block_forward(cpu(ctx, false), p->cpu, train, x, rio, n);
+  return CPU_OP(ctx, cpu(ctx, false), block_forward, p->cpu, train, x, rio, n);
 }
 
 static int fake_block_backward(void *ctx, loom_plan *plan, int first, const float *x, const loom_block_io *io,
@@ -768,7 +795,7 @@ static int fake_block_backward(void *ctx, loom_plan *plan, int first, const floa
   /* x is the block's input (layer first > 0 reads the kept y before it) */
   x = real(ctx, "block_backward", "x", x, F(n * in_of[0]));
   dx = real(ctx, "block_backward", "dx", dx, F(n * in_of[0]));
-  return loom_backend_block_backward(cpu(ctx, false), p->cpu, first, x, rio, dx, n);
+  return CPU_OP(ctx, cpu(ctx, false), block_backward, p->cpu, first, x, rio, dx, n);
 }
 
 /* --- optimizers and gradients --- */
@@ -779,7 +806,7 @@ static int fake_sgd_update(void *ctx, const loom_sgd_step *s, float *p, const fl
   host("sgd_update", "the step", s);
   loom_sgd_step step = *s;
   step.gate = real(ctx, "sgd_update", "the gate", s->gate, sizeof *s->gate);
-  return loom_backend_sgd_update(cpu_update(ctx), &step, p, g, buf, n);
+  return CPU_OP(ctx, cpu_update(ctx), sgd_update, &step, p, g, buf, n);
 }
 
 static int fake_adam_update(void *ctx, const loom_adam_step *s, float *p, const float *g, float *m, float *v,
@@ -789,7 +816,7 @@ static int fake_adam_update(void *ctx, const loom_adam_step *s, float *p, const 
   host("adam_update", "the step", s);
   loom_adam_step step = *s;
   step.gate = real(ctx, "adam_update", "the gate", s->gate, sizeof *s->gate);
-  return loom_backend_adam_update(cpu_update(ctx), &step, p, g, m, v, n);
+  return CPU_OP(ctx, cpu_update(ctx), adam_update, &step, p, g, m, v, n);
 }
 
 static int fake_rmsprop_update(void *ctx, const loom_rmsprop_step *s, float *p, const float *g, float *sq, float *buf,
@@ -800,7 +827,7 @@ static int fake_rmsprop_update(void *ctx, const loom_rmsprop_step *s, float *p, 
   host(op, "the step", s);
   loom_rmsprop_step step = *s;
   step.gate = real(ctx, op, "the gate", s->gate, sizeof *s->gate);
-  return loom_backend_rmsprop_update(cpu_update(ctx), &step, p, g, sq, buf, avg, n);
+  return CPU_OP(ctx, cpu_update(ctx), rmsprop_update, &step, p, g, sq, buf, avg, n);
 }
 
 static int fake_update_ranges(void *ctx, const loom_update_step *s, const loom_update_range *ranges, int nranges,
@@ -817,40 +844,40 @@ static int fake_update_ranges(void *ctx, const loom_update_step *s, const loom_u
     step.u.adam.gate = real(ctx, op, "the gate", s->u.adam.gate, sizeof(int));
   else
     step.u.rmsprop.gate = real(ctx, op, "the gate", s->u.rmsprop.gate, sizeof(int));
-  return loom_backend_update_ranges(cpu_update(ctx), &step, ranges, nranges, p, g, state, total);
+  return CPU_OP(ctx, cpu_update(ctx), update_ranges, &step, ranges, nranges, p, g, state, total);
 }
 
 static int fake_sum_squares(void *ctx, const float *x, int64_t n, double *sum) {
   x = real(ctx, "sum_squares", "x", x, F(n));
   host("sum_squares", "sum", sum);
-  return loom_backend_sum_squares(cpu(ctx, true), x, n, sum);
+  return CPU_OP(ctx, cpu(ctx, true), sum_squares, x, n, sum);
 }
 
 static int fake_scale(void *ctx, float *x, float a, int64_t n) {
-  return loom_backend_scale(cpu(ctx, false), real(ctx, "scale", "x", x, F(n)), a, n);
+  return CPU_OP(ctx, cpu(ctx, false), scale, real(ctx, "scale", "x", x, F(n)), a, n);
 }
 
 static int fake_clamp(void *ctx, float *x, float limit, int64_t n) {
-  return loom_backend_clamp(cpu(ctx, false), real(ctx, "clamp", "x", x, F(n)), limit, n);
+  return CPU_OP(ctx, cpu(ctx, false), clamp, real(ctx, "clamp", "x", x, F(n)), limit, n);
 }
 
 static int fake_flag_nonfinite(void *ctx, const float *x, int64_t n, const double *d, int64_t nd, int *flag) {
   x = real(ctx, "flag_nonfinite", "x", x, F(n));
   d = real(ctx, "flag_nonfinite", "d", d, (size_t)nd * sizeof *d);
   flag = real(ctx, "flag_nonfinite", "flag", flag, sizeof *flag);
-  return loom_backend_flag_nonfinite(cpu(ctx, false), x, n, d, nd, flag);
+  return CPU_OP(ctx, cpu(ctx, false), flag_nonfinite, x, n, d, nd, flag);
 }
 
 static int fake_set_if(void *ctx, const int *flag, float *x, float value) {
   flag = real(ctx, "set_if", "flag", flag, sizeof *flag);
   x = real(ctx, "set_if", "x", x, F(1));
-  return loom_backend_set_if(cpu(ctx, false), flag, x, value);
+  return CPU_OP(ctx, cpu(ctx, false), set_if, flag, x, value);
 }
 
 static int fake_all_finite(void *ctx, const float *x, int64_t n, bool *finite) {
   x = real(ctx, "all_finite", "x", x, F(n));
   host("all_finite", "finite", finite);
-  return loom_backend_all_finite(cpu(ctx, true), x, n, finite);
+  return CPU_OP(ctx, cpu(ctx, true), all_finite, x, n, finite);
 }
 
 static int fake_topk_hits(void *ctx, const float *scores, const float *targets, int64_t n, int64_t c, const int *ks,
@@ -860,7 +887,65 @@ static int fake_topk_hits(void *ctx, const float *scores, const float *targets, 
   hits = real(ctx, "topk_hits", "hits", hits, (size_t)nk * sizeof *hits);
   bad = real(ctx, "topk_hits", "bad", bad, sizeof *bad);
   host("topk_hits", "ks", ks);
-  return loom_backend_topk_hits(cpu(ctx, false), scores, targets, n, c, ks, nk, hits, bad);
+  return CPU_OP(ctx, cpu(ctx, false), topk_hits, scores, targets, n, c, ks, nk, hits, bad);
+}
+
+/* --- step graphs: a capture runs nothing, a launch runs the new log --- */
+
+#define GRAPH_MAGIC 0x06A9F0E5u
+
+struct loom_graph {
+  uint32_t magic;
+  int length; /* the captured log's ops */
+};
+
+static int fake_graph_begin(void *ctx) {
+  fake_device *d = ctx;
+  if (d->capturing)
+    die("graph_begin", "a capture is already under way");
+  d->capturing = true;
+  return 0;
+}
+
+static int fake_graph_end(void *ctx, const loom_op_log *captured, loom_graph **graph) {
+  fake_device *d = ctx;
+  if (!d->capturing)
+    die("graph_end", "no capture is under way");
+  d->capturing = false;
+  loom_graph *g = calloc(1, sizeof *g);
+  if (!g)
+    die("graph_end", "out of host memory");
+  g->magic = GRAPH_MAGIC, g->length = loom_op_log_length(captured);
+  pthread_mutex_lock(&d->lock);
+  d->counts.captures++, d->counts.graphs++;
+  pthread_mutex_unlock(&d->lock);
+  *graph = g;
+  return 0;
+}
+
+static int fake_graph_launch(void *ctx, loom_graph *g, const loom_op_log *now) {
+  fake_device *d = ctx;
+  if (!g || g->magic != GRAPH_MAGIC)
+    die("graph_launch", "a graph this device did not make (%p)", (void *)g);
+  if (d->capturing)
+    die("graph_launch", "a launch during a capture");
+  if (loom_op_log_length(now) != g->length)
+    die("graph_launch", "a log of %d ops launches a graph captured from %d", loom_op_log_length(now), g->length);
+  pthread_mutex_lock(&d->lock);
+  d->counts.launches++;
+  pthread_mutex_unlock(&d->lock);
+  return loom_op_log_run(now, &d->ops, ctx);
+}
+
+static void fake_graph_destroy(void *ctx, loom_graph *g) {
+  fake_device *d = ctx;
+  if (!g || g->magic != GRAPH_MAGIC)
+    die("graph_destroy", "a graph this device did not make (%p)", (void *)g);
+  g->magic = 0;
+  free(g);
+  pthread_mutex_lock(&d->lock);
+  d->counts.graphs--;
+  pthread_mutex_unlock(&d->lock);
 }
 
 static const loom_backend_ops fake_ops = {
@@ -918,6 +1003,10 @@ static const loom_backend_ops fake_ops = {
     .gemm_checked = fake_gemm_checked,
     .topk_hits = fake_topk_hits,
     .destroy = fake_destroy,
+    .graph_begin = fake_graph_begin,
+    .graph_end = fake_graph_end,
+    .graph_launch = fake_graph_launch,
+    .graph_destroy = fake_graph_destroy,
 };
 
 loom_backend *fake_device_create(size_t arena_bytes, fake_device **dev) {
@@ -944,6 +1033,9 @@ loom_backend *fake_device_create_without(size_t arena_bytes, unsigned missing, f
   if (missing & FAKE_NO_UPLOAD)
     ops.host_alloc = NULL, ops.host_free = NULL, ops.upload_create = NULL, ops.upload_destroy = NULL,
     ops.upload_start = NULL, ops.upload_wait = NULL, ops.upload_release = NULL;
+  if (missing & FAKE_NO_GRAPHS)
+    ops.graph_begin = NULL, ops.graph_end = NULL, ops.graph_launch = NULL, ops.graph_destroy = NULL;
+  d->ops = ops;
   loom_backend *b = loom_backend_create(&ops, d);
   if (!b)
     die("create", "loom_backend_create failed");
@@ -962,7 +1054,13 @@ fake_device_counts fake_device_counts_of(fake_device *d) {
 void fake_device_reset_counts(fake_device *d) {
   pthread_mutex_lock(&d->lock);
   d->counts = (fake_device_counts){.live = d->counts.live, .plans = d->counts.plans, .pinned = d->counts.pinned,
-                                   .upload_slots = d->counts.upload_slots};
+                                   .upload_slots = d->counts.upload_slots, .graphs = d->counts.graphs};
+  pthread_mutex_unlock(&d->lock);
+}
+
+void fake_device_fail_op(fake_device *d, int64_t nth) {
+  pthread_mutex_lock(&d->lock);
+  d->fail_op = nth ? d->op_calls + nth : 0;
   pthread_mutex_unlock(&d->lock);
 }
 

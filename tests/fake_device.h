@@ -18,7 +18,13 @@
  * the compute may still read (no upload_release since its upload_wait),
  * never again before the slot's release (its host memory may be refilled
  * only then; the release checks that memory is unchanged), and no op, copy
- * or free touching an upload's destination before its upload_wait. */
+ * or free touching an upload's destination before its upload_wait.
+ *
+ * Its step graphs (loom/backend.h, "Step graphs"; off with FAKE_NO_GRAPHS)
+ * emulate CUDA's: between graph_begin and graph_end its ops check their
+ * operands and run nothing (nor are counted), graph_end keeps the captured
+ * log's length, and graph_launch runs the NEW log through its own ops, so a
+ * replayed step is that step's ops run once, bit for bit the op-by-op run. */
 #ifndef LOOM_TEST_FAKE_DEVICE_H
 #define LOOM_TEST_FAKE_DEVICE_H
 
@@ -44,6 +50,9 @@ typedef struct fake_device_counts {
   int64_t upload_waits; /* upload_wait calls */
   int64_t pinned;       /* pinned host blocks (host_alloc) not freed */
   int64_t upload_slots; /* upload slots not destroyed */
+  int64_t captures;     /* graph_end calls: step graphs captured (their ops checked, not run) */
+  int64_t launches;     /* graph_launch calls: each runs the new log's ops (counted in ops) */
+  int64_t graphs;       /* graphs not destroyed */
 } fake_device_counts;
 
 /* A fake device of `arena_bytes` of memory, named "fake"; *dev (if not
@@ -56,10 +65,14 @@ loom_backend *fake_device_create_ex(size_t arena_bytes, bool topk_hits, fake_dev
 /* The same without the slots named in `missing`. */
 #define FAKE_NO_TOPK_HITS 1u
 #define FAKE_NO_UPLOAD 2u /* the seven asynchronous upload slots: batches go through from_host */
+#define FAKE_NO_GRAPHS 4u /* the four step graph slots: every logged step runs op by op */
 loom_backend *fake_device_create_without(size_t arena_bytes, unsigned missing, fake_device **dev);
 fake_device_counts fake_device_counts_of(fake_device *dev);
 /* Zeroes the counts (not `live` and `plans`). */
 void fake_device_reset_counts(fake_device *dev);
+/* The nth op run from now (1: the next; not counting captured ones) fails
+ * with LOOM_EIO and a message naming it; 0: none fails. */
+void fake_device_fail_op(fake_device *dev, int64_t nth);
 /* The nth upload_start from now (1: the next) fails with LOOM_EIO and a
  * message; 0: none fails. */
 void fake_device_fail_upload(fake_device *dev, int64_t nth);

@@ -272,6 +272,10 @@ typedef struct loom_update_range {
   double lr, wd;
 } loom_update_range;
 
+/* A recorded step (loom_backend_log_begin) and a backend's graph of one. */
+typedef struct loom_op_log loom_op_log;
+typedef struct loom_graph loom_graph;
+
 typedef struct loom_backend_ops {
   const char *name; /* "cpu", "cuda", ... */
   loom_device_kind device;
@@ -460,6 +464,25 @@ typedef struct loom_backend_ops {
 
   /* Optional: frees ctx. */
   void (*destroy)(void *ctx);
+
+  /* Step graphs (optional, all four or none; "Step graphs" below). Between
+   * graph_begin and graph_end the backend records the ops it is given
+   * into a graph instead of running them (CUDA: stream capture); nothing
+   * runs. graph_end ends the capture even after an op failed in it, and
+   * makes *graph from what was recorded (`captured`: the log those ops
+   * came from); an error from graph_begin or graph_end means "cannot
+   * capture": that log then runs op by op. graph_launch runs the graph once
+   * with the arguments of `now`, a log equal to the captured one (the same
+   * ops, pointers, sizes and static scalars) except for what
+   * update_ranges's table carries: each update_ranges op's rule scalars
+   * (lr, weight_decay, momentum, dampening, first, betas, eps, step, alpha)
+   * and its ranges' lr and wd, which the backend must take from `now`
+   * (loom_op_log_update) before launching. graph_destroy frees a graph
+   * (after the launches issued so far). */
+  int (*graph_begin)(void *ctx);
+  int (*graph_end)(void *ctx, const loom_op_log *captured, loom_graph **graph);
+  int (*graph_launch)(void *ctx, loom_graph *graph, const loom_op_log *now);
+  void (*graph_destroy)(void *ctx, loom_graph *graph);
 } loom_backend_ops;
 
 /* Wraps a backend; `ops` is copied, `ctx` is owned from here on (freed by
@@ -565,6 +588,49 @@ LOOM_API loom_precision loom_backend_autocast(void);
 /* "fp32", "bf16", "fp16"; and back (false for another name). */
 LOOM_API const char *loom_precision_name(loom_precision p);
 LOOM_API bool loom_precision_parse(const char *name, loom_precision *p);
+
+/* Step graphs. Between loom_backend_log_begin and loom_backend_log_end
+ * (on one thread: other threads' calls are not logged) the op wrappers
+ * above (gemm ... round, the updates, loom_backend_copy and _zero) record
+ * each op and its arguments by value (a struct or array taken by pointer is
+ * copied, the update wrappers' gate included) instead of running it; they
+ * return 0 or an error of their own arguments. alloc and plan creation run
+ * at once; free and plan_destroy wait for the log's end (the logged ops may
+ * use the memory). A call whose result the host needs (to_host, from_host,
+ * synchronize, all_finite, sum_squares, gemm_checked, topk_hits,
+ * upload_wait, upload_release, upload_create, upload_destroy) first runs
+ * what was logged, in order (an op's error is then that call's), and the
+ * rest of the step runs op by op: that step is not captured.
+ *
+ * loom_backend_log_end(b, true) runs the log: a log not seen before op by
+ * op; the same log seen again (equal: the same ops, pointers, sizes and
+ * scalars, except what update_ranges's table carries, see graph_launch) is
+ * captured into the backend's graph (graph_begin, the ops, graph_end) and
+ * launched, and every later equal log launches that graph with its own
+ * table. A different log (a last partial batch, another shape, another
+ * model) runs op by op and is remembered: a backend keeps 4 logs and their
+ * graphs, the least recently used evicted, destroyed with the backend. A
+ * log with dropout_forward runs op by op every time (its key, a kernel
+ * argument, changes every batch); so does every log on a backend without
+ * the graph slots. An op's error is the log's, naming the op's index and
+ * name. loom_backend_log_end(b, false) drops the log (a failed step): no
+ * op of it runs. Both free what waited for the end. */
+LOOM_API bool loom_backend_can_graph(const loom_backend *backend);
+LOOM_API int loom_backend_log_begin(loom_backend *backend);
+LOOM_API int loom_backend_log_end(loom_backend *backend, bool run);
+/* Whether this thread's ops on `backend` are being logged now. */
+LOOM_API bool loom_backend_logging(const loom_backend *backend);
+/* For a backend's graph slots: runs log's ops through ops (with ctx), in
+ * order (the fake device's graph_launch); an op's error names its index and
+ * name. */
+LOOM_API int loom_op_log_run(const loom_op_log *log, const loom_backend_ops *ops, void *ctx);
+LOOM_API int loom_op_log_length(const loom_op_log *log);
+/* Op i's name ("gemm", ..., "copy", "zero"); "?" past the log. */
+LOOM_API const char *loom_op_log_op_name(const loom_op_log *log, int i);
+/* If op i is update_ranges: its table (the step's scalars and the ranges,
+ * valid while the log is) and true. */
+LOOM_API bool loom_op_log_update(const loom_op_log *log, int i, const loom_update_step **step,
+                                 const loom_update_range **ranges, int *nranges);
 
 /* The planned ops. A plan is made on one backend and used and destroyed
  * there; *plan is NULL on failure. */

@@ -69,6 +69,12 @@ typedef struct loom_run_options {
    * (loom/comm_nccl.h); otherwise, and always with host_staged_grads,
    * through a host copy of each bucket, which waits for the device. */
   bool host_staged_grads;
+  /* A model on a backend with step graphs (loom/backend.h): each training
+   * batch's device ops are logged and a step seen twice is replayed as one
+   * graph, bit for bit the step run op by op (one rank; a last partial
+   * batch, a step with dropout or one that reads a result on the host
+   * before its end runs op by op). no_graphs runs every step op by op. */
+  bool no_graphs;
   /* Nothing is written to disk (fuzzing, tests, a dry run): the logdir is
    * neither created, locked nor claimed; the metrics logger, TensorBoard,
    * the exception callback and the LR finder's CSV skip their files (their
