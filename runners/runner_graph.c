@@ -8,13 +8,17 @@
  * runs what was logged then and the rest op by op. */
 #include "runners/runner_impl.h"
 
-loom_backend *loom_runner_graph_begin(loom_runner *r) {
+int loom_runner_graph_begin(loom_runner *r, loom_backend **logged) {
+  *logged = NULL;
   loom_backend *b = r->model ? loom_model_backend(r->model) : NULL;
   /* Several ranks replay only when every rank does (their sums must match): not yet. */
   if (!b || r->options.no_graphs || r->loader_kind != LOOM_LOADER_TRAIN || loom_comm_size(r->comm) > 1 ||
       loom_backend_device(b) == LOOM_DEVICE_CPU || !loom_backend_can_graph(b))
-    return NULL;
-  return loom_backend_log_begin(b) == 0 ? b : NULL; /* a log already open (a custom handle_batch's): leave it */
+    return 0;
+  int rc = loom_runner_upload_fix(r, b);
+  if (rc == 0 && loom_backend_log_begin(b) == 0) /* a log already open (a custom handle_batch's): leave it */
+    *logged = b;
+  return rc;
 }
 
 int loom_runner_graph_end(loom_backend *b, int rc) {

@@ -307,10 +307,11 @@ void loom_runner_results_free(loom_runner *r);
 
 /* runner_graph.c: a training batch's device ops logged (loom_backend_log_begin)
  * on a backend with step graphs, one rank, unless options.no_graphs: begin
- * returns the backend it opened the log on (NULL: none), end ends it after
- * handle_batch returned rc (dropped if rc < 0) and returns rc or the log's
- * error. */
-loom_backend *loom_runner_graph_begin(loom_runner *r);
+ * moves the batch out of its upload slot (loom_runner_upload_fix) and sets
+ * *logged to the backend it opened the log on (NULL: none), or fails with
+ * the copy's error; end ends the log after handle_batch returned rc
+ * (dropped if rc < 0) and returns rc or the log's error. */
+int loom_runner_graph_begin(loom_runner *r, loom_backend **logged);
 int loom_runner_graph_end(loom_backend *b, int rc);
 
 /* runner_step.c: a non-finite gradient found at the step, to the policy. */
@@ -325,6 +326,10 @@ int loom_runner_upload_attach(loom_runner *r, loom_loader *l, const char *name);
  * on `b` (the model's device backend): its slot's, once the compute stream
  * waits for their upload, or copied now. */
 int loom_runner_upload_batch(loom_runner *r, loom_backend *b);
+/* The batch at the runner's own device tensors (on b) if it is in an
+ * upload slot's: a step graph's log then names the same addresses every
+ * batch, not one per slot (one device-to-device copy of the batch). */
+int loom_runner_upload_fix(loom_runner *r, loom_backend *b);
 /* After the batch, before the loader's next: its slot may be refilled. */
 int loom_runner_upload_done(loom_runner *r);
 /* Ends l's epoch (loom_loader_end_epoch) and releases its slots, those of

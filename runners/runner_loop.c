@@ -92,8 +92,9 @@ static int run_one_batch(loom_runner *r, loom_tensor *x, loom_tensor *y) {
   uint64_t t0 = loom_now_ns();
   r->deferred_criterion = NULL, r->step_deferred = false, r->loss_bad_flag = NULL;
   loom_runner_results_begin(r);
-  loom_backend *logged = loom_runner_graph_begin(r);
-  rc = loom_runner_graph_end(logged, r->handle_batch(r, r->handle_user));
+  loom_backend *logged;
+  if ((rc = loom_runner_graph_begin(r, &logged)) == 0)
+    rc = loom_runner_graph_end(logged, r->handle_batch(r, r->handle_user));
   /* A device runs behind the host: the batch ends when its work does, and
    * a deferred batch's results come back then, in one copy, the
    * callbacks' batch results with them (their errors name themselves). */

@@ -241,6 +241,20 @@ int loom_runner_upload_batch(loom_runner *r, loom_backend *b) {
   return 0;
 }
 
+int loom_runner_upload_fix(loom_runner *r, loom_backend *b) {
+  if (r->input == r->device_input)
+    return 0;
+  int rc = upload(b, &r->device_input, r->input);
+  if (rc == 0 && r->target)
+    rc = upload(b, &r->device_target, r->target);
+  if (rc < 0)
+    return loom_error_wrap(rc, "copying batch %lld of loader \"%s\" out of its upload slot (stage \"%s\", epoch %d)",
+                           (long long)r->loader_batch_step, r->loader_name, r->stage->name, r->epoch);
+  r->input = r->device_input;
+  r->target = r->target ? r->device_target : NULL;
+  return 0;
+}
+
 int loom_runner_upload_done(loom_runner *r) {
   struct loom_uploads *ups = r->uploads;
   if (!ups || !ups->batch_slot)

@@ -139,6 +139,13 @@ if mlp_run cpu "$runs/cpu" 3 && mlp_run cuda "$runs/gpu" 3; then
 else
   failed=1
 fi
+echo "== step graphs: the same GPU run op by op (--no-graphs): the same losses, bit for bit"
+if [ -s "$runs/gpu.loss" ] && mlp_run cuda "$runs/nographs" 3 --no-graphs; then
+  train_losses "$runs/nographs" >"$runs/nographs.loss"
+  close "$runs/gpu.loss" "$runs/nographs.loss" 0 || { echo "gpu-check: a run with step graphs differs from one without"; failed=1; }
+else
+  failed=1
+fi
 echo "== checkpointed on the GPU after 2 epochs, resumed on the CPU for the third: the CPU run's losses (1e-4)"
 if mlp_run cuda "$runs/resumed" 2 && mlp_run cpu "$runs/resumed" 3 --resume last; then
   train_losses "$runs/resumed" >"$runs/resumed.loss"

@@ -19,6 +19,7 @@ typedef struct spec {
   bool scheduler; /* an exponential decay of the rate at every step */
   bool cnn;       /* a convolution, BatchNorm, ReLU and max pool (a fused block), on 2x6x6 images */
   bool bf16;      /* under bf16 autocast (rounded copies of the products' operands) */
+  int workers;    /* the MLP's loaders' threads (batches in up to 2 per worker upload slots) */
 } spec;
 
 /* 8-16-3: Linear, ReLU, (Dropout,) Linear; or the CNN. */
@@ -42,15 +43,16 @@ static loom_model *model_of(const spec *s) {
   return m;
 }
 
-/* When set, the third op run from the start of training batch fail_at
- * fails (failing_op). */
+/* When set, the fifth op run from the start of training batch fail_at
+ * fails (failing_op): the step's third, after the two copies of the batch
+ * out of its upload slot (loom_runner_upload_fix). */
 static fake_device *fail_dev;
 static int64_t fail_at;
 
 static int fail_in_batch(loom_callback *cb, loom_runner *r) {
   (void)cb;
   if (loom_runner_is_train_loader(r) && loom_runner_global_batch_step(r) == fail_at)
-    fake_device_fail_op(fail_dev, 3);
+    fake_device_fail_op(fail_dev, 5);
   return 0;
 }
 
@@ -91,7 +93,7 @@ static loom_experiment *build(const char *logdir, loom_backend *b, const spec *s
   }
   const int64_t train = 16 * TRAIN_FULL + 4;
   assert_int_equal(loom_stage_add_loader(st, "train", s->cnn ? image_loader(train, true)
-                                                             : test_loader(train, 8, 3, 16, true)),
+                                                             : test_loader_workers(train, 8, 3, 16, true, s->workers)),
                    0);
   assert_int_equal(loom_stage_add_loader(st, "valid", s->cnn ? image_loader(40, false) : test_loader(40, 8, 3, 16, false)),
                    0);
@@ -222,6 +224,14 @@ static void sgd_momentum_steps_replay_bit_for_bit(void **state) {
   check_graphs(&(spec){.sgd = true});
 }
 
+/* Loader workers: each batch is uploaded into one of several slots, and
+ * copied out of it before the step (loom_runner_upload_fix): still one
+ * capture per shape, not one per slot. */
+static void workers_capture_once_per_shape(void **state) {
+  (void)state;
+  check_graphs(&(spec){.workers = 2});
+}
+
 static void dropout_steps_never_capture(void **state) {
   (void)state;
   check_graphs(&(spec){.dropout = true});
@@ -235,7 +245,7 @@ static void scheduled_rate_reaches_replayed_steps(void **state) {
   check_graphs(&(spec){.sgd = true, .scheduler = true});
 }
 
-/* The third op of training batch `batch` fails: the run fails with the
+/* The step's third op of training batch `batch` fails: the run fails with the
  * device's message, naming the op's place in the step's log and the batch,
  * and leaves nothing behind (ASan: no host memory either). */
 static void failing_op(int64_t batch, const char *where, bool launched) {
@@ -371,6 +381,7 @@ int main(void) {
       cmocka_unit_test(log_captures_on_second_sight),
       cmocka_unit_test(adam_steps_replay_bit_for_bit),
       cmocka_unit_test(sgd_momentum_steps_replay_bit_for_bit),
+      cmocka_unit_test(workers_capture_once_per_shape),
       cmocka_unit_test(dropout_steps_never_capture),
       cmocka_unit_test(scheduled_rate_reaches_replayed_steps),
       cmocka_unit_test(cnn_and_autocast_steps_replay_bit_for_bit),

@@ -132,10 +132,7 @@ static void *cuda_alloc(void *ctx, size_t bytes) {
   return libloom->alloc_get(c->alloc, bytes, c->stream);
 }
 
-static void cuda_free(void *ctx, void *ptr) {
-  cuda_ctx *c = ctx;
-  libloom->alloc_put(c->alloc, ptr);
-}
+static void cuda_free(void *ctx, void *ptr) { loom_cuda_put(ctx, ptr); }
 
 static int cuda_synchronize(void *ctx) {
   cuda_ctx *c = ctx;
@@ -404,60 +401,73 @@ static int upload_table(cuda_ctx *c, const void *host, size_t bytes) {
     void *grown = libloom->alloc_get(c->alloc, bytes, c->stream);
     if (!grown)
       return libloom->last_error_code();
-    if (c->table)
-      libloom->alloc_put(c->alloc, c->table);
+    loom_cuda_put(c, c->table);
     c->table = grown, c->table_bytes = bytes;
   }
   return launched(c, cudaMemcpyAsync(c->table, host, bytes, cudaMemcpyHostToDevice, c->stream),
                   "cudaMemcpyAsync (the update's ranges)");
 }
 
+size_t loom_cuda_ranges_table(const loom_update_step *s, const loom_update_range *ranges, int nranges, bool has_state,
+                              void *out) {
+  const size_t entry = s->rule == LOOM_RULE_SGD    ? sizeof(loom_cuda_sgd_range)
+                       : s->rule == LOOM_RULE_ADAM ? sizeof(loom_cuda_adam_range)
+                                                   : sizeof(loom_cuda_rmsprop_range);
+  int64_t n = 0;
+  for (int i = 0; out && i < nranges; i++) {
+    const loom_update_range *r = &ranges[i];
+    if (s->rule == LOOM_RULE_SGD) {
+      loom_sgd_step k = s->u.sgd;
+      k.lr = r->lr, k.weight_decay = r->wd;
+      ((loom_cuda_sgd_range *)out)[i] = (loom_cuda_sgd_range){n, r->off, sgd_scalars(&k, has_state)};
+    } else if (s->rule == LOOM_RULE_ADAM) {
+      loom_adam_step k = s->u.adam;
+      k.lr = r->lr, k.weight_decay = r->wd;
+      ((loom_cuda_adam_range *)out)[i] = (loom_cuda_adam_range){n, r->off, adam_scalars(&k)};
+    } else {
+      loom_rmsprop_step k = s->u.rmsprop;
+      k.lr = r->lr, k.weight_decay = r->wd;
+      ((loom_cuda_rmsprop_range *)out)[i] = (loom_cuda_rmsprop_range){n, r->off, rmsprop_scalars(&k)};
+    }
+    n += r->len;
+  }
+  return (size_t)nranges * entry;
+}
+
 /* One launch for every range: the rule's scalars per range, as its own op
- * computes them for that range's rate and decay. */
+ * computes them for that range's rate and decay. Under a capture the
+ * table is the graph's (graph.c), rewritten before each launch. */
 static int cuda_update_ranges(void *ctx, const loom_update_step *s, const loom_update_range *ranges, int nranges,
                               float *p, const float *g, float *state, int64_t total) {
   cuda_ctx *c = ctx;
   if (nranges <= 0)
     return 0;
-  const size_t entry = s->rule == LOOM_RULE_SGD    ? sizeof(loom_cuda_sgd_range)
-                       : s->rule == LOOM_RULE_ADAM ? sizeof(loom_cuda_adam_range)
-                                                   : sizeof(loom_cuda_rmsprop_range);
-  char *table = malloc((size_t)nranges * entry);
+  const size_t bytes = loom_cuda_ranges_table(s, ranges, nranges, state != NULL, NULL);
+  char *table = malloc(bytes);
   if (!table)
     return libloom->error_set(LOOM_ENOMEM, "CUDA backend: out of host memory for %d update ranges", nranges);
+  loom_cuda_ranges_table(s, ranges, nranges, state != NULL, table);
   int64_t n = 0;
+  for (int i = 0; i < nranges; i++)
+    n += ranges[i].len;
   const int *gate = s->rule == LOOM_RULE_SGD ? s->u.sgd.gate : s->rule == LOOM_RULE_ADAM ? s->u.adam.gate
                                                                                           : s->u.rmsprop.gate;
-  for (int i = 0; i < nranges; i++) {
-    const loom_update_range *r = &ranges[i];
-    if (s->rule == LOOM_RULE_SGD) {
-      loom_sgd_step k = s->u.sgd;
-      k.lr = r->lr, k.weight_decay = r->wd;
-      ((loom_cuda_sgd_range *)(void *)table)[i] = (loom_cuda_sgd_range){n, r->off, sgd_scalars(&k, state)};
-    } else if (s->rule == LOOM_RULE_ADAM) {
-      loom_adam_step k = s->u.adam;
-      k.lr = r->lr, k.weight_decay = r->wd;
-      ((loom_cuda_adam_range *)(void *)table)[i] = (loom_cuda_adam_range){n, r->off, adam_scalars(&k)};
-    } else {
-      loom_rmsprop_step k = s->u.rmsprop;
-      k.lr = r->lr, k.weight_decay = r->wd;
-      ((loom_cuda_rmsprop_range *)(void *)table)[i] = (loom_cuda_rmsprop_range){n, r->off, rmsprop_scalars(&k)};
-    }
-    n += r->len;
-  }
+  void *device = NULL;
   int rc = enter(c);
-  if (rc == 0)
-    rc = upload_table(c, table, (size_t)nranges * entry);
+  if (rc == 0 && c->capture)
+    rc = loom_cuda_capture_table(c, table, bytes, state != NULL, &device);
+  else if (rc == 0 && (rc = upload_table(c, table, bytes)) == 0)
+    device = c->table;
   free(table);
   if (rc < 0)
     return rc;
   cudaError_t e;
   if (s->rule == LOOM_RULE_SGD)
-    e = loom_cuda_sgd_ranges(c->stream, c->table, nranges, gate, p, g, state, n);
+    e = loom_cuda_sgd_ranges(c->stream, device, nranges, gate, p, g, state, n);
   else if (s->rule == LOOM_RULE_ADAM)
-    e = loom_cuda_adam_ranges(c->stream, c->table, nranges, gate, p, g, state, state + total, n);
+    e = loom_cuda_adam_ranges(c->stream, device, nranges, gate, p, g, state, state + total, n);
   else
-    e = loom_cuda_rmsprop_ranges(c->stream, c->table, nranges, gate, p, g, state, state + total, state + 2 * total, n);
+    e = loom_cuda_rmsprop_ranges(c->stream, device, nranges, gate, p, g, state, state + total, state + 2 * total, n);
   return launched(c, e, "update_ranges");
 }
 
@@ -596,6 +606,7 @@ static void cuda_destroy(void *ctx) {
   if (!c)
     return;
   cudaSetDevice(c->device);
+  loom_cuda_capture_abandon(c);
   if (c->stream)
     cudaStreamSynchronize(c->stream);
 #ifdef LOOM_HAVE_CUDNN
@@ -663,6 +674,10 @@ static const loom_backend_ops cuda_ops = {
     .all_finite = cuda_all_finite,
     .flag_nonfinite = cuda_flag_nonfinite,
     .set_if = cuda_set_if,
+    .graph_begin = loom_cuda_graph_begin,
+    .graph_end = loom_cuda_graph_end,
+    .graph_launch = loom_cuda_graph_launch,
+    .graph_destroy = loom_cuda_graph_destroy,
     .topk_hits = cuda_topk_hits,
 #ifdef LOOM_HAVE_CUDNN
     .conv_plan = loom_cudnn_conv_plan,

@@ -15,6 +15,7 @@
 extern const loom_cuda_host *libloom;
 
 struct cudnnContext; /* cuDNN's handle, cudnnHandle_t, without cudnn.h */
+struct cuda_capture; /* graph.c: what a capture under way collects */
 
 typedef struct cuda_ctx {
   int device;
@@ -31,11 +32,31 @@ typedef struct cuda_ctx {
   void *host;       /* pinned: small results read back (HOST_BYTES in backend.c) */
   void *table;      /* device: update_ranges's table of ranges, grown as needed */
   size_t table_bytes;
+  struct cuda_capture *capture; /* between graph_begin and graph_end (graph.c) */
 } cuda_ctx;
 
 /* The context of `backend` if it is a CUDA backend of this module, else
  * NULL (backend.c). */
 cuda_ctx *loom_cuda_ctx_of(const loom_backend *backend);
+
+/* Gives memory back to the device's allocator; during a capture the graph
+ * keeps it instead (its launches write there) (graph.c). */
+void loom_cuda_put(cuda_ctx *c, void *ptr);
+/* Under a capture: update_ranges's table, `bytes` from `host`, into a
+ * device table of the graph's, copied from a pinned buffer of its own that
+ * graph_launch rewrites (graph.c). */
+int loom_cuda_capture_table(cuda_ctx *c, const void *host, size_t bytes, bool has_state, void **device);
+/* update_ranges's table for these ranges into `out` (NULL: none); its
+ * size in bytes (backend.c). */
+size_t loom_cuda_ranges_table(const loom_update_step *s, const loom_update_range *ranges, int nranges, bool has_state,
+                              void *out);
+/* Ends a capture left under way (the backend's destroy): nothing of it ran. */
+void loom_cuda_capture_abandon(cuda_ctx *c);
+/* The graph slots (graph.c; loom/backend.h, "Step graphs"). */
+int loom_cuda_graph_begin(void *ctx);
+int loom_cuda_graph_end(void *ctx, const loom_op_log *captured, loom_graph **graph);
+int loom_cuda_graph_launch(void *ctx, loom_graph *graph, const loom_op_log *now);
+void loom_cuda_graph_destroy(void *ctx, loom_graph *graph);
 
 /* The error for a failed CUDA runtime call, naming the call and the device. */
 int loom_cuda_error(cudaError_t e, int device, const char *what);

@@ -215,7 +215,7 @@ typedef struct conv_io {
 } conv_io;
 
 static void search_release(const cuda_ctx *c, search_bufs *s) {
-  for (int i = 0; i < s->nheld; i++)
+  for (int i = 0; i < s->nheld; i++) /* never under a capture (may_search) */
     libloom->alloc_put(c->alloc, s->held[i]);
   s->nheld = 0;
 }
@@ -508,7 +508,7 @@ int loom_cudnn_conv_forward(void *ctx, loom_plan *plan, const float *x, const fl
               cudnnConvolutionForward(c->dnn, &one, p->x, x, p->w, w, p->conv, p->fwd, ws, p->fwd_bytes, &zero, p->y,
                                       y),
               "cudnnConvolutionForward");
-  libloom->alloc_put(c->alloc, ws);
+  loom_cuda_put(c, ws);
   if (rc == 0 && bias)
     rc = dnn_ok(c, cudnnAddTensor(c->dnn, &one, p->bias, bias, &one, p->y, y), "cudnnAddTensor");
   return rc;
@@ -544,7 +544,7 @@ int loom_cudnn_conv_backward(void *ctx, loom_plan *plan, const float *x, const f
                 cudnnConvolutionBackwardData(c->dnn, &one, p->w, w, p->y, dy, p->conv, p->bwd_data, ws, data_bytes,
                                              &zero, p->x, dx),
                 "cudnnConvolutionBackwardData");
-  libloom->alloc_put(c->alloc, ws);
+  loom_cuda_put(c, ws);
   return rc;
 }
 
@@ -587,7 +587,7 @@ int loom_cudnn_pool_forward(void *ctx, loom_plan *plan, const float *x, float *y
     return rc;
   const int64_t need = p->d.mode == LOOM_POOL_MAX ? n * p->d.c * p->d.oh * p->d.ow : 0;
   if (need > p->cap) { /* the old block is reused in stream order, after the work queued on it */
-    libloom->alloc_put(c->alloc, p->argmax);
+    loom_cuda_put(c, p->argmax);
     p->cap = 0;
     if (!(p->argmax = libloom->alloc_get(c->alloc, (size_t)need * sizeof *p->argmax, c->stream)))
       return libloom->last_error_code();
@@ -626,7 +626,7 @@ static void bn_free(cuda_ctx *c, dnn_bn *p) {
     cudnnDestroyTensorDescriptor(p->x);
   if (p->stats)
     cudnnDestroyTensorDescriptor(p->stats);
-  libloom->alloc_put(c->alloc, p->mean);
+  loom_cuda_put(c, p->mean);
   free(p);
 }
 
@@ -741,7 +741,7 @@ int loom_cudnn_batchnorm_backward(void *ctx, loom_plan *plan, const float *x, co
                                               p->x, dy, p->x, ddx, p->stats, gamma, dg, db, (double)p->d.eps, p->mean,
                                               p->invstd),
               "cudnnBatchNormalizationBackward");
-  libloom->alloc_put(c->alloc, scratch);
+  loom_cuda_put(c, scratch);
   return rc;
 }
 
@@ -752,7 +752,7 @@ void loom_cudnn_plan_destroy(void *ctx, loom_plan *plan) {
   switch (plan->kind) {
   case PLAN_CONV: conv_free((dnn_conv *)plan); break;
   case PLAN_POOL:
-    libloom->alloc_put(c->alloc, ((dnn_pool *)plan)->argmax);
+    loom_cuda_put(c, ((dnn_pool *)plan)->argmax);
     free(plan);
     break;
   case PLAN_BATCHNORM: bn_free(c, (dnn_bn *)plan); break;

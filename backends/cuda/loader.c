@@ -49,6 +49,8 @@ static const loom_cuda_host host = {
     .alloc_stats = loom_caching_alloc_stats,
     .backend_context = loom_backend_context,
     .autocast = loom_backend_autocast,
+    .op_log_length = loom_op_log_length,
+    .op_log_update = loom_op_log_update,
 };
 
 /* Appends printf-style text to load_message, cut at its end. */

@@ -47,6 +47,10 @@ typedef struct loom_cuda_host {
   /* A backend's context and table (core/backend_internal.h). */
   void *(*backend_context)(const loom_backend *backend, const loom_backend_ops **ops);
   loom_precision (*autocast)(void); /* loom_backend_autocast */
+  /* A step's log, for the graph slots (loom/backend.h, "Step graphs"). */
+  int (*op_log_length)(const loom_op_log *log);
+  bool (*op_log_update)(const loom_op_log *log, int i, const loom_update_step **step, const loom_update_range **ranges,
+                        int *nranges);
 } loom_cuda_host;
 
 /* The bytes of NCCL's unique id (ncclUniqueId, NCCL_UNIQUE_ID_BYTES). */
