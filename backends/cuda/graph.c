@@ -134,6 +134,8 @@ int loom_cuda_graph_end(void *ctx, const loom_op_log *captured, loom_graph **out
   *out = NULL;
   cuda_capture *k = c->capture;
   c->capture = NULL;
+  if (!k)
+    return libloom->error_set(LOOM_ESTATE, "CUDA backend: graph_end without a capture under way");
   cudaGraph_t g = NULL;
   int rc = enter(c);
   cudaError_t e = cudaStreamEndCapture(c->stream, &g); /* ends it whatever happened in it */
@@ -151,8 +153,7 @@ int loom_cuda_graph_end(void *ctx, const loom_op_log *captured, loom_graph **out
     cudaGraphDestroy(g);
   if (rc < 0) { /* nothing of the capture ran: its memory is free again */
     cudaGetLastError();
-    if (k)
-      release_kept(c, k);
+    release_kept(c, k);
     free(k);
     free(graph);
     return rc;
