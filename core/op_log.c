@@ -323,8 +323,9 @@ static void remember(loom_backend *b, struct loom_log_cache *c, loom_op_log *log
 }
 
 /* The log run under the backend's capture into e's graph. A backend that
- * cannot capture it leaves e running op by op, with a notice; an op's
- * error is the step's. */
+ * cannot capture it (graph_begin, an op or graph_end failing under the
+ * capture, where nothing runs) leaves e running op by op, with a notice:
+ * that run shows an op's real error again, as the step's. */
 static int capture(loom_backend *b, log_entry *e, const loom_op_log *log) {
   const loom_backend_ops *ops;
   void *ctx = loom_backend_context(b, &ops);
@@ -333,12 +334,9 @@ static int capture(loom_backend *b, log_entry *e, const loom_op_log *log) {
     rc = loom_op_log_run(log, ops, ctx);
     loom_graph *g = NULL;
     int end = ops->graph_end(ctx, log, &g); /* ends the capture, also after a failed op */
-    if (rc < 0) {
-      if (g)
-        ops->graph_destroy(ctx, g);
-      return rc;
-    }
-    if ((rc = end) == 0) {
+    if (rc < 0 && g) /* an op refused the capture (nothing ran): op by op, where a real error shows again */
+      ops->graph_destroy(ctx, g);
+    else if ((rc = end) == 0) {
       e->graph = g;
       return 0;
     }

@@ -470,8 +470,9 @@ typedef struct loom_backend_ops {
    * into a graph instead of running them (CUDA: stream capture); nothing
    * runs. graph_end ends the capture even after an op failed in it, and
    * makes *graph from what was recorded (`captured`: the log those ops
-   * came from); an error from graph_begin or graph_end means "cannot
-   * capture": that log then runs op by op. graph_launch runs the graph once
+   * came from); an error from graph_begin, from an op under the capture
+   * or from graph_end means "cannot capture": that log then runs op by op
+   * (where a real error of an op shows again). graph_launch runs the graph once
    * with the arguments of `now`, a log equal to the captured one (the same
    * ops, pointers, sizes and static scalars) except for what
    * update_ranges's table carries: each update_ranges op's rule scalars
