@@ -54,6 +54,7 @@ struct fake_device {
   bool capturing;        /* between graph_begin and graph_end: ops are checked, not run */
   int64_t op_calls;      /* ops run (not captured), for fail_op */
   int64_t fail_op;       /* the op (counted in op_calls) that fails; 0: none */
+  int64_t captured_calls, refuse_op; /* ops seen under capture; the one that refuses it (0: none) */
   int held_rc;           /* what a held op returns */
 };
 
@@ -156,8 +157,11 @@ static void count_op(fake_device *d, bool host_result) {
 static bool held(fake_device *d, const char *op) {
   pthread_mutex_lock(&d->lock);
   bool capturing = d->capturing, fail = !capturing && d->fail_op && ++d->op_calls == d->fail_op;
+  bool refuse = capturing && d->refuse_op && ++d->captured_calls == d->refuse_op;
   pthread_mutex_unlock(&d->lock);
-  d->held_rc = fail ? loom_error_set(LOOM_EIO, "fake device: %s failed, as the test asked", op) : 0;
+  d->held_rc = fail     ? loom_error_set(LOOM_EIO, "fake device: %s failed, as the test asked", op)
+               : refuse ? loom_error_set(LOOM_ENOTSUP, "fake device: %s cannot be captured, as the test asked", op)
+                        : 0;
   return capturing || fail;
 }
 
@@ -1061,6 +1065,12 @@ void fake_device_reset_counts(fake_device *d) {
 void fake_device_fail_op(fake_device *d, int64_t nth) {
   pthread_mutex_lock(&d->lock);
   d->fail_op = nth ? d->op_calls + nth : 0;
+  pthread_mutex_unlock(&d->lock);
+}
+
+void fake_device_refuse_capture(fake_device *d, int64_t nth) {
+  pthread_mutex_lock(&d->lock);
+  d->refuse_op = nth ? d->captured_calls + nth : 0;
   pthread_mutex_unlock(&d->lock);
 }
 

@@ -73,6 +73,9 @@ void fake_device_reset_counts(fake_device *dev);
 /* The nth op run from now (1: the next; not counting captured ones) fails
  * with LOOM_EIO and a message naming it; 0: none fails. */
 void fake_device_fail_op(fake_device *dev, int64_t nth);
+/* The nth op run under a capture from now (1: the next) refuses it with
+ * LOOM_ENOTSUP, as a CUDA call that cannot be captured; 0: none. */
+void fake_device_refuse_capture(fake_device *dev, int64_t nth);
 /* The nth upload_start from now (1: the next) fails with LOOM_EIO and a
  * message; 0: none fails. */
 void fake_device_fail_upload(fake_device *dev, int64_t nth);

@@ -280,6 +280,26 @@ static void cnn_and_autocast_steps_replay_bit_for_bit(void **state) {
   check_graphs(&(spec){.cnn = true, .sgd = true, .bf16 = true});
 }
 
+/* An op refusing the capture (as a CUDA call that cannot be captured):
+ * nothing ran, so that step's log runs op by op then and from then on,
+ * with the same bits; the partial step's still captures. */
+static void refused_capture_runs_op_by_op(void **state) {
+  (void)state;
+  outcome cpu = {0}, got = {0};
+  run_with(NULL, &(spec){0}, false, &cpu);
+  fake_device *d;
+  loom_backend *b = fake_device_create_without((size_t)64 << 20, 0, &d);
+  fake_device_refuse_capture(d, 3); /* in the first capture: the full step's */
+  run_with(b, &(spec){0}, false, &got);
+  assert_same(&cpu, &got);
+  fake_device_counts c = fake_device_counts_of(d);
+  assert_int_equal(c.captures, 2); /* the refused one's graph was dropped */
+  assert_int_equal(c.graphs, 1);
+  assert_int_equal(c.launches, EPOCHS - 1); /* the partial step's only */
+  loom_backend_destroy(b);
+  outcome_free(&cpu), outcome_free(&got);
+}
+
 static void op_errors_name_the_op(void **state) {
   (void)state;
   /* The second batch's log, the first of its shape: op by op at its end. */
@@ -382,6 +402,7 @@ int main(void) {
       cmocka_unit_test(adam_steps_replay_bit_for_bit),
       cmocka_unit_test(sgd_momentum_steps_replay_bit_for_bit),
       cmocka_unit_test(workers_capture_once_per_shape),
+      cmocka_unit_test(refused_capture_runs_op_by_op),
       cmocka_unit_test(dropout_steps_never_capture),
       cmocka_unit_test(scheduled_rate_reaches_replayed_steps),
       cmocka_unit_test(cnn_and_autocast_steps_replay_bit_for_bit),
