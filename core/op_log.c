@@ -20,7 +20,6 @@ struct loom_op_log {
   loom_logged *ops;
   int count;
   size_t cap;
-  bool uncapturable; /* an op whose arguments change every step outside the table (dropout's key) */
 };
 
 typedef struct log_entry {
@@ -193,11 +192,21 @@ static void log_clear(loom_op_log *log) {
   *log = (loom_op_log){0};
 }
 
+/* Two ops a graph serves alike: equal but for dropout's key, which the
+ * backend takes from the new log at each launch (loom_op_log_dropout). */
+static bool op_eq(const loom_logged *a, const loom_logged *b) {
+  if (a->id != LOOM_LOGGED_dropout_forward || b->id != a->id)
+    return logged_eq(a, b);
+  loom_logged same_key = *b;
+  same_key.u.dropout_forward.key = a->u.dropout_forward.key;
+  return logged_eq(a, &same_key);
+}
+
 static bool log_eq(const loom_op_log *a, const loom_op_log *b) {
   if (a->count != b->count)
     return false;
   for (int i = 0; i < a->count; i++)
-    if (!logged_eq(&a->ops[i], &b->ops[i]))
+    if (!op_eq(&a->ops[i], &b->ops[i]))
       return false;
   return true;
 }
@@ -211,7 +220,6 @@ static int log_append(loom_op_log *log, const loom_logged *r) {
   if ((rc = arrays(slot, true)) < 0)
     return rc;
   log->count++;
-  log->uncapturable |= r->id == LOOM_LOGGED_dropout_forward; /* its key is a kernel argument, new every batch */
   return 0;
 }
 
@@ -237,6 +245,13 @@ bool loom_op_log_update(const loom_op_log *log, int i, const loom_update_step **
     return false;
   const loom_args_update_ranges *a = &log->ops[i].u.update_ranges;
   *step = &a->step, *ranges = a->ranges, *nranges = a->nranges;
+  return true;
+}
+
+bool loom_op_log_dropout(const loom_op_log *log, int i, uint64_t *key) {
+  if (i < 0 || i >= log->count || log->ops[i].id != LOOM_LOGGED_dropout_forward)
+    return false;
+  *key = log->ops[i].u.dropout_forward.key;
   return true;
 }
 
@@ -353,7 +368,7 @@ static int capture(loom_backend *b, log_entry *e, const loom_op_log *log) {
 static int replay(loom_backend *b, loom_op_log *log) {
   const loom_backend_ops *ops;
   void *ctx = loom_backend_context(b, &ops);
-  struct loom_log_cache *c = log->count && !log->uncapturable && loom_backend_can_graph(b) ? cache_of(b) : NULL;
+  struct loom_log_cache *c = log->count && loom_backend_can_graph(b) ? cache_of(b) : NULL;
   log_entry *e = NULL;
   for (int i = 0; c && !e && i < c->count; i++)
     if (log_eq(&c->entries[i].key, log))

@@ -5,10 +5,10 @@
  * (metrics.jsonl) and the step counts of the same run op by op (a fake
  * device without the graph slots, and one with them but the run's
  * no_graphs) and of the CPU run, with one capture per shape of step and
- * every later step of that shape launched; a model with dropout never
- * captures; an op's error in a launched or an op-by-op step is the run's,
- * naming the op; and a learning rate changed by a scheduler at every step
- * reaches the replayed steps (the table update_ranges carries). */
+ * every later step of that shape launched; an op's error in a launched or
+ * an op-by-op step is the run's, naming the op; and what changes every
+ * step reaches the replayed steps: a learning rate changed by a scheduler
+ * (the table update_ranges carries) and dropout's key. */
 #include "helpers.h"
 
 #include "fake_device.h"
@@ -191,10 +191,7 @@ static void check_graphs(const spec *s) {
   assert_same(&cpu, &opted_out);
   assert_same(&cpu, &graphs);
   assert_int_equal(graphs.steps, EPOCHS * (TRAIN_FULL + 1));
-  if (s->dropout) { /* its key changes every batch: never captured */
-    assert_int_equal(c.captures, 0);
-    assert_int_equal(c.launches, 0);
-  } else if (s->bf16) {
+  if (s->bf16) {
     /* Autocast's rounded copies are allocated at every product: where the
      * fake's first-fit arena puts them may change from one epoch to the
      * next (after the evaluation's), which is another log (op by op once,
@@ -232,7 +229,9 @@ static void workers_capture_once_per_shape(void **state) {
   check_graphs(&(spec){.workers = 2});
 }
 
-static void dropout_steps_never_capture(void **state) {
+/* Dropout's key, new every batch, reaches each launch (the masks, hence
+ * the bits, are the op-by-op run's), and its steps capture as any. */
+static void dropout_steps_replay_with_their_keys(void **state) {
   (void)state;
   check_graphs(&(spec){.dropout = true});
 }
@@ -310,18 +309,15 @@ static void op_errors_name_the_op(void **state) {
 }
 
 /* The log itself, without the runner: n floats at x scaled by 2 and
- * copied to y (whose operands change with `shift`), the scale also with a
- * dropout when `drop`, logged and ended; what ran on the device. */
-static int64_t logged_step(loom_backend *b, fake_device *d, float *x, float *y, int64_t n, bool drop) {
+ * copied to y, logged and ended; what ran on the device. */
+static int64_t logged_step(loom_backend *b, fake_device *d, float *x, float *y, int64_t n) {
   int64_t before = fake_device_counts_of(d).ops;
   assert_int_equal(loom_backend_log_begin(b), 0);
   assert_true(loom_backend_logging(b));
   assert_int_equal(loom_backend_scale(b, x, 2.0f, n), 0);
   assert_int_equal(loom_backend_copy(b, y, x, (size_t)n * sizeof *x), 0);
-  float *mask = loom_backend_alloc(b, (size_t)n * sizeof *mask);
-  if (drop)
-    assert_int_equal(loom_backend_dropout_forward(b, 42, 0.5f, y, y, mask, n), 0);
-  loom_backend_free(b, mask); /* freed at the log's end, after the ops */
+  float *scratch = loom_backend_alloc(b, (size_t)n * sizeof *scratch);
+  loom_backend_free(b, scratch); /* freed at the log's end, after the ops */
   assert_int_equal(fake_device_counts_of(d).ops, before); /* nothing ran yet */
   assert_int_equal(loom_backend_log_end(b, true), 0);
   assert_false(loom_backend_logging(b));
@@ -346,7 +342,7 @@ static void log_captures_on_second_sight(void **state) {
    * third: launched. Each runs its scale once (the fake counts no copy):
    * x doubles every time, y follows. */
   for (int i = 1; i <= 3; i++) {
-    assert_int_equal(logged_step(b, d, x, y, 4, false), 1);
+    assert_int_equal(logged_step(b, d, x, y, 4), 1);
     x_times(b, x, (float)(1 << i));
     x_times(b, y, (float)(1 << i));
     assert_int_equal(fake_device_counts_of(d).captures, i >= 2);
@@ -354,22 +350,38 @@ static void log_captures_on_second_sight(void **state) {
   }
   /* Another size is another log: op by op, then captured; the first log's
    * graph is still there. */
-  logged_step(b, d, x, y, 3, false);
+  logged_step(b, d, x, y, 3);
   assert_int_equal(fake_device_counts_of(d).captures, 1);
-  logged_step(b, d, x, y, 3, false);
+  logged_step(b, d, x, y, 3);
   assert_int_equal(fake_device_counts_of(d).captures, 2);
-  logged_step(b, d, x, y, 4, false);
+  logged_step(b, d, x, y, 4);
   assert_int_equal(fake_device_counts_of(d).captures, 2);
   assert_int_equal(fake_device_counts_of(d).launches, 4);
   /* 4 more sizes seen twice each evict the least recently used graphs. */
   for (int64_t n = 5; n <= 8; n++)
-    logged_step(b, d, x, y, n, false), logged_step(b, d, x, y, n, false);
+    logged_step(b, d, x, y, n), logged_step(b, d, x, y, n);
   assert_int_equal(fake_device_counts_of(d).captures, 6);
   assert_int_equal(fake_device_counts_of(d).graphs, 4);
-  /* A log with dropout runs op by op every time. */
-  for (int i = 0; i < 3; i++)
-    assert_int_equal(logged_step(b, d, x, y, 4, true), 2);
-  assert_int_equal(fake_device_counts_of(d).captures, 6);
+  /* Dropout's key is new every batch and no part of a log's identity: the
+   * second sight is captured, and each launch draws its own key's mask,
+   * the CPU's bit for bit (a launch with the captured key would not). */
+  int64_t captures = fake_device_counts_of(d).captures, launches = fake_device_counts_of(d).launches;
+  float *in = loom_backend_alloc(b, 16 * sizeof *in), *out = loom_backend_alloc(b, 16 * sizeof *out),
+        *mask = loom_backend_alloc(b, 16 * sizeof *mask);
+  assert_int_equal(loom_backend_from_host(b, in, ones, sizeof ones), 0);
+  for (uint64_t key = 1; key <= 3; key++) {
+    assert_int_equal(loom_backend_log_begin(b), 0);
+    assert_int_equal(loom_backend_dropout_forward(b, key, 0.5f, in, out, mask, 16), 0);
+    assert_int_equal(loom_backend_log_end(b, true), 0);
+    float got[16], want[16], want_mask[16];
+    assert_int_equal(loom_backend_to_host(b, got, out, sizeof got), 0);
+    assert_int_equal(loom_backend_dropout_forward(loom_backend_cpu(), key, 0.5f, ones, want, want_mask, 16), 0);
+    assert_memory_equal(got, want, sizeof got);
+  }
+  assert_int_equal(fake_device_counts_of(d).captures, captures + 1);
+  assert_int_equal(fake_device_counts_of(d).launches, launches + 2);
+  loom_backend_free(b, in), loom_backend_free(b, out), loom_backend_free(b, mask);
+  captures = fake_device_counts_of(d).captures;
   /* A result on the host mid-log runs what was logged, then the rest at
    * once: never captured. */
   for (int i = 0; i < 3; i++) {
@@ -382,7 +394,7 @@ static void log_captures_on_second_sight(void **state) {
     assert_int_equal(loom_backend_scale(b, y, 2.0f, 4), 0);
     assert_int_equal(loom_backend_log_end(b, true), 0);
   }
-  assert_int_equal(fake_device_counts_of(d).captures, 6);
+  assert_int_equal(fake_device_counts_of(d).captures, captures);
   /* A dropped log runs nothing; a second begin is refused. */
   int64_t ops = fake_device_counts_of(d).ops;
   assert_int_equal(loom_backend_log_begin(b), 0);
@@ -403,7 +415,7 @@ int main(void) {
       cmocka_unit_test(sgd_momentum_steps_replay_bit_for_bit),
       cmocka_unit_test(workers_capture_once_per_shape),
       cmocka_unit_test(refused_capture_runs_op_by_op),
-      cmocka_unit_test(dropout_steps_never_capture),
+      cmocka_unit_test(dropout_steps_replay_with_their_keys),
       cmocka_unit_test(scheduled_rate_reaches_replayed_steps),
       cmocka_unit_test(cnn_and_autocast_steps_replay_bit_for_bit),
       cmocka_unit_test(op_errors_name_the_op),

@@ -328,10 +328,17 @@ static int cuda_act_backward(void *ctx, loom_activation act, float param, const 
   return rc < 0 ? rc : launched(c, loom_cuda_act_backward(c->stream, act, param, x, y, dy, dx, n), "act_backward");
 }
 
+/* Under a capture the key is the graph's, in device memory, rewritten
+ * before each launch (graph.c): a batch's mask is its own key's. */
 static int cuda_dropout_forward(void *ctx, uint64_t key, float p, const float *x, float *y, float *mask, int64_t n) {
   cuda_ctx *c = ctx;
   int rc = enter(c);
-  return rc < 0 ? rc : launched(c, loom_cuda_dropout_forward(c->stream, key, p, x, y, mask, n), "dropout_forward");
+  if (rc < 0 || !c->capture)
+    return rc < 0 ? rc : launched(c, loom_cuda_dropout_forward(c->stream, key, p, x, y, mask, n), "dropout_forward");
+  void *device;
+  if ((rc = loom_cuda_capture_value(c, GRAPH_KEY, &key, sizeof key, false, &device)) < 0)
+    return rc;
+  return launched(c, loom_cuda_dropout_forward_at(c->stream, device, p, x, y, mask, n), "dropout_forward");
 }
 
 static int cuda_mul(void *ctx, const float *a, const float *b, float *y, int64_t n) {
@@ -455,7 +462,7 @@ static int cuda_update_ranges(void *ctx, const loom_update_step *s, const loom_u
   void *device = NULL;
   int rc = enter(c);
   if (rc == 0 && c->capture)
-    rc = loom_cuda_capture_table(c, table, bytes, state != NULL, &device);
+    rc = loom_cuda_capture_value(c, GRAPH_TABLE, table, bytes, state != NULL, &device);
   else if (rc == 0 && (rc = upload_table(c, table, bytes)) == 0)
     device = c->table;
   free(table);

@@ -42,10 +42,14 @@ cuda_ctx *loom_cuda_ctx_of(const loom_backend *backend);
 /* Gives memory back to the device's allocator; during a capture the graph
  * keeps it instead (its launches write there) (graph.c). */
 void loom_cuda_put(cuda_ctx *c, void *ptr);
-/* Under a capture: update_ranges's table, `bytes` from `host`, into a
- * device table of the graph's, copied from a pinned buffer of its own that
- * graph_launch rewrites (graph.c). */
-int loom_cuda_capture_table(cuda_ctx *c, const void *host, size_t bytes, bool has_state, void **device);
+/* Under a capture: a value the graph takes from each launch's log,
+ * `bytes` from `host` now, into device memory of the graph's copied from a
+ * pinned buffer of its own that graph_launch rewrites (graph.c):
+ * update_ranges's table (has_state: SGD's scalars depend on a momentum
+ * buffer), or dropout's key. */
+typedef enum graph_value { GRAPH_TABLE, GRAPH_KEY } graph_value;
+int loom_cuda_capture_value(cuda_ctx *c, graph_value kind, const void *host, size_t bytes, bool has_state,
+                            void **device);
 /* update_ranges's table for these ranges into `out` (NULL: none); its
  * size in bytes (backend.c). */
 size_t loom_cuda_ranges_table(const loom_update_step *s, const loom_update_range *ranges, int nranges, bool has_state,

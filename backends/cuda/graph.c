@@ -2,12 +2,12 @@
  * graph slots. graph_begin starts capturing the backend's stream; the ops
  * the core then runs from its log are recorded, not run; graph_end makes
  * an executable graph of them. What a graph needs outlives the capture:
- *  - update_ranges's tables: under capture each is copied from a pinned
- *    buffer of the graph's own into a device table of its own (a captured
- *    copy reads the pinned memory at every launch), and graph_launch
- *    rewrites the pinned buffers from the new log's scalars (rates, the
- *    step's bias corrections) before launching, so the graph steps with
- *    this step's values;
+ *  - the values that change every step (update_ranges's tables: rates,
+ *    the step's bias corrections; dropout's keys): under capture each is
+ *    copied from a pinned buffer of the graph's own into device memory of
+ *    its own (a captured copy reads the pinned memory at every launch),
+ *    and graph_launch rewrites the pinned buffers from the new log before
+ *    launching, so the graph steps with this step's values;
  *  - memory the module takes and gives back inside an op while capturing
  *    (cuDNN's workspace): the graph keeps it until it is destroyed, since
  *    every launch writes there, and memory back in the allocator could be
@@ -19,11 +19,13 @@
 
 #include "backends/cuda/context.h"
 
-/* An update_ranges table of the graph: pinned source, device copy. */
+/* A value the graph takes from each launch's log (update_ranges's table,
+ * dropout's key): pinned source, device copy. */
 typedef struct graph_table {
+  graph_value kind;
   void *pinned, *device;
   size_t bytes;
-  bool has_state; /* SGD with a momentum buffer (the scalars depend on it) */
+  bool has_state; /* a table: SGD with a momentum buffer (the scalars depend on it) */
 } graph_table;
 
 /* What a capture collects, then the graph owns. */
@@ -78,15 +80,16 @@ void loom_cuda_put(cuda_ctx *c, void *ptr) {
    * memory a launch could write while another holds it */
 }
 
-int loom_cuda_capture_table(cuda_ctx *c, const void *host, size_t bytes, bool has_state, void **device) {
+int loom_cuda_capture_value(cuda_ctx *c, graph_value kind, const void *host, size_t bytes, bool has_state,
+                            void **device) {
   cuda_capture *k = c->capture;
   if (!grow((void **)&k->tables, &k->table_cap, k->ntables + 1, sizeof *k->tables))
     return libloom->error_set(LOOM_ENOMEM, "CUDA backend: out of host memory capturing a step");
-  graph_table t = {.bytes = bytes, .has_state = has_state};
+  graph_table t = {.kind = kind, .bytes = bytes, .has_state = has_state};
   cudaError_t e = cudaHostAlloc(&t.pinned, bytes, cudaHostAllocDefault);
   if (e != cudaSuccess) {
     cudaGetLastError();
-    return loom_cuda_error(e, c->device, "cudaHostAlloc (a captured step's table)");
+    return loom_cuda_error(e, c->device, "cudaHostAlloc (a captured step's value)");
   }
   if (!(t.device = libloom->alloc_get(c->alloc, bytes, c->stream))) {
     cudaFreeHost(t.pinned);
@@ -96,7 +99,7 @@ int loom_cuda_capture_table(cuda_ctx *c, const void *host, size_t bytes, bool ha
   k->tables[k->ntables++] = t;
   *device = t.device;
   return launched(c, cudaMemcpyAsync(t.device, t.pinned, bytes, cudaMemcpyHostToDevice, c->stream),
-                  "cudaMemcpyAsync (a captured step's table)");
+                  "cudaMemcpyAsync (a captured step's value)");
 }
 
 void loom_cuda_capture_abandon(cuda_ctx *c) {
@@ -171,23 +174,30 @@ int loom_cuda_graph_launch(void *ctx, loom_graph *graph, const loom_op_log *now)
    * anyway: this costs nothing then). */
   if (rc == 0)
     rc = launched(c, cudaEventSynchronize(graph->done), "cudaEventSynchronize");
+  /* The values in the order they were captured: the log's order. */
   int t = 0;
   for (int i = 0; rc == 0 && i < libloom->op_log_length(now); i++) {
     const loom_update_step *s;
     const loom_update_range *ranges;
     int n;
-    if (!libloom->op_log_update(now, i, &s, &ranges, &n))
+    uint64_t key;
+    const bool table = libloom->op_log_update(now, i, &s, &ranges, &n);
+    if (!table && !libloom->op_log_dropout(now, i, &key))
       continue;
     graph_table *gt = t < graph->kept.ntables ? &graph->kept.tables[t] : NULL;
-    if (!gt || loom_cuda_ranges_table(s, ranges, n, gt->has_state, NULL) != gt->bytes)
-      return libloom->error_set(LOOM_ESTATE, "CUDA backend: a step's graph does not match its log (update_ranges "
-                                             "%d of op %d): the core's log comparison is wrong",
+    if (!gt || gt->kind != (table ? GRAPH_TABLE : GRAPH_KEY) ||
+        (table ? loom_cuda_ranges_table(s, ranges, n, gt->has_state, NULL) : sizeof key) != gt->bytes)
+      return libloom->error_set(LOOM_ESTATE, "CUDA backend: a step's graph does not match its log (value %d, op "
+                                             "%d): the core's log comparison is wrong",
                                 t, i);
-    loom_cuda_ranges_table(s, ranges, n, gt->has_state, gt->pinned);
+    if (table)
+      loom_cuda_ranges_table(s, ranges, n, gt->has_state, gt->pinned);
+    else
+      memcpy(gt->pinned, &key, sizeof key);
     t++;
   }
   if (rc == 0 && t != graph->kept.ntables)
-    rc = libloom->error_set(LOOM_ESTATE, "CUDA backend: a step's graph has %d update tables, its log %d",
+    rc = libloom->error_set(LOOM_ESTATE, "CUDA backend: a step's graph has %d values from its log, the log %d",
                             graph->kept.ntables, t);
   if (rc == 0)
     rc = launched(c, cudaGraphLaunch(graph->exec, c->stream), "cudaGraphLaunch");

@@ -124,12 +124,23 @@ __device__ inline float counter_uniform(uint64_t key, uint64_t i) {
   return (float)(z >> 40) * 0x1.0p-24f;
 }
 
+__device__ inline void dropout_at(uint64_t key, float p, float keep, const float *x, float *y, float *mask, int64_t i) {
+  const float m = counter_uniform(key, (uint64_t)i) < p ? 0.0f : keep;
+  mask[i] = m;
+  y[i] = x[i] * m;
+}
+
 __global__ void dropout_kernel(uint64_t key, float p, float keep, const float *x, float *y, float *mask, int64_t n) {
-  for (int64_t i = first_index(); i < n; i += stride()) {
-    const float m = counter_uniform(key, (uint64_t)i) < p ? 0.0f : keep;
-    mask[i] = m;
-    y[i] = x[i] * m;
-  }
+  for (int64_t i = first_index(); i < n; i += stride())
+    dropout_at(key, p, keep, x, y, mask, i);
+}
+
+// The key in device memory: a step graph's, rewritten before each launch.
+__global__ void dropout_key_kernel(const uint64_t *key, float p, float keep, const float *x, float *y, float *mask,
+                                   int64_t n) {
+  const uint64_t k = *key;
+  for (int64_t i = first_index(); i < n; i += stride())
+    dropout_at(k, p, keep, x, y, mask, i);
 }
 
 __global__ void scale_kernel(float *x, float a, int64_t n) {
@@ -525,6 +536,11 @@ cudaError_t loom_cuda_add(cudaStream_t s, const float *a, const float *b, float 
 cudaError_t loom_cuda_dropout_forward(cudaStream_t s, uint64_t key, float p, const float *x, float *y, float *mask,
                                       int64_t n) {
   return launch(dropout_kernel, s, n, key, p, 1.0f / (1.0f - p), x, y, mask);
+}
+
+cudaError_t loom_cuda_dropout_forward_at(cudaStream_t s, const uint64_t *key, float p, const float *x, float *y,
+                                         float *mask, int64_t n) {
+  return launch(dropout_key_kernel, s, n, key, p, 1.0f / (1.0f - p), x, y, mask);
 }
 
 cudaError_t loom_cuda_scale(cudaStream_t s, float *x, float a, int64_t n) { return launch(scale_kernel, s, n, x, a); }

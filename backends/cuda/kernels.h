@@ -30,6 +30,9 @@ cudaError_t loom_cuda_mul(cudaStream_t s, const float *a, const float *b, float 
 cudaError_t loom_cuda_add(cudaStream_t s, const float *a, const float *b, float *y, int64_t n);
 cudaError_t loom_cuda_dropout_forward(cudaStream_t s, uint64_t key, float p, const float *x, float *y, float *mask,
                                       int64_t n);
+/* The same with the key read from device memory (a step graph's). */
+cudaError_t loom_cuda_dropout_forward_at(cudaStream_t s, const uint64_t *key, float p, const float *x, float *y,
+                                         float *mask, int64_t n);
 cudaError_t loom_cuda_scale(cudaStream_t s, float *x, float a, int64_t n);
 cudaError_t loom_cuda_clamp(cudaStream_t s, float *x, float limit, int64_t n);
 /* y = x rounded to p (backends/cpu/round_math.h; y may be x). */

@@ -51,6 +51,7 @@ static const loom_cuda_host host = {
     .autocast = loom_backend_autocast,
     .op_log_length = loom_op_log_length,
     .op_log_update = loom_op_log_update,
+    .op_log_dropout = loom_op_log_dropout,
 };
 
 /* Appends printf-style text to load_message, cut at its end. */

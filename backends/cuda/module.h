@@ -51,6 +51,7 @@ typedef struct loom_cuda_host {
   int (*op_log_length)(const loom_op_log *log);
   bool (*op_log_update)(const loom_op_log *log, int i, const loom_update_step **step, const loom_update_range **ranges,
                         int *nranges);
+  bool (*op_log_dropout)(const loom_op_log *log, int i, uint64_t *key);
 } loom_cuda_host;
 
 /* The bytes of NCCL's unique id (ncclUniqueId, NCCL_UNIQUE_ID_BYTES). */

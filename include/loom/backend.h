@@ -477,8 +477,9 @@ typedef struct loom_backend_ops {
    * ops, pointers, sizes and static scalars) except for what
    * update_ranges's table carries: each update_ranges op's rule scalars
    * (lr, weight_decay, momentum, dampening, first, betas, eps, step, alpha)
-   * and its ranges' lr and wd, which the backend must take from `now`
-   * (loom_op_log_update) before launching. graph_destroy frees a graph
+   * and its ranges' lr and wd, and each dropout_forward's key, which the
+   * backend must take from `now` (loom_op_log_update, loom_op_log_dropout)
+   * before launching. graph_destroy frees a graph
    * (after the launches issued so far). */
   int (*graph_begin)(void *ctx);
   int (*graph_end)(void *ctx, const loom_op_log *captured, loom_graph **graph);
@@ -605,15 +606,14 @@ LOOM_API bool loom_precision_parse(const char *name, loom_precision *p);
  *
  * loom_backend_log_end(b, true) runs the log: a log not seen before op by
  * op; the same log seen again (equal: the same ops, pointers, sizes and
- * scalars, except what update_ranges's table carries, see graph_launch) is
+ * scalars, except update_ranges's table and dropout's key, see graph_launch) is
  * captured into the backend's graph (graph_begin, the ops, graph_end) and
  * launched, and every later equal log launches that graph with its own
  * table. A different log (a last partial batch, another shape, another
  * model) runs op by op and is remembered: a backend keeps 4 logs and their
- * graphs, the least recently used evicted, destroyed with the backend. A
- * log with dropout_forward runs op by op every time (its key, a kernel
- * argument, changes every batch); so does every log on a backend without
- * the graph slots. An op's error is the log's, naming the op's index and
+ * graphs, the least recently used evicted, destroyed with the backend.
+ * Every log runs op by op on a backend without the graph slots. An op's
+ * error is the log's, naming the op's index and
  * name. loom_backend_log_end(b, false) drops the log (a failed step): no
  * op of it runs. Both free what waited for the end. */
 LOOM_API bool loom_backend_can_graph(const loom_backend *backend);
@@ -632,6 +632,9 @@ LOOM_API const char *loom_op_log_op_name(const loom_op_log *log, int i);
  * valid while the log is) and true. */
 LOOM_API bool loom_op_log_update(const loom_op_log *log, int i, const loom_update_step **step,
                                  const loom_update_range **ranges, int *nranges);
+/* If op i is dropout_forward: its key (new every batch, so a graph takes
+ * it from the log it is launched with) and true. */
+LOOM_API bool loom_op_log_dropout(const loom_op_log *log, int i, uint64_t *key);
 
 /* The planned ops. A plan is made on one backend and used and destroyed
  * there; *plan is NULL on failure. */
