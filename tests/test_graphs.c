@@ -19,6 +19,7 @@ typedef struct spec {
   bool scheduler; /* an exponential decay of the rate at every step */
   bool cnn;       /* a convolution, BatchNorm, ReLU and max pool (a fused block), on 2x6x6 images */
   bool bf16;      /* under bf16 autocast (rounded copies of the products' operands) */
+  bool frozen;    /* the MLP's every layer frozen: the step updates no range */
   int workers;    /* the MLP's loaders' threads (batches in up to 2 per worker upload slots) */
 } spec;
 
@@ -82,6 +83,8 @@ static loom_experiment *build(const char *logdir, loom_backend *b, const spec *s
   loom_experiment_set_backend(exp, b);
   loom_stage *st = loom_experiment_add_stage(exp, "train", EPOCHS);
   assert_int_equal(loom_stage_set_model(st, model_of(s)), 0);
+  if (s->frozen)
+    assert_int_equal(loom_stage_freeze(st, "fc1") | loom_stage_freeze(st, "fc2"), 0);
   assert_int_equal(loom_stage_set_criterion(st, loom_cross_entropy_create()), 0);
   if (s->sgd) {
     loom_sgd_options sgd = {.lr = 0.05, .momentum = 0.9};
@@ -331,6 +334,39 @@ static void x_times(loom_backend *b, const float *x, float want) {
     assert_true(h[i] == want);
 }
 
+/* A step that updates no range (every layer frozen: the optimizer's
+ * update_ranges gets none) logs like any other step. */
+static void empty_update_is_logged(void **state) {
+  (void)state;
+  fake_device *d;
+  loom_backend *b = fake_device_create((size_t)1 << 20, &d);
+  float *p = loom_backend_alloc(b, 8 * sizeof *p);
+  assert_int_equal(loom_backend_zero(b, p, 8 * sizeof *p), 0);
+  const loom_update_range none[1] = {{0, 4, 0.1, 0.0}};
+  const loom_update_step s = {LOOM_RULE_SGD, .u.sgd = {0.1, 0.0, 0.0, 0.0, false, false, NULL}};
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(loom_backend_log_begin(b), 0);
+    assert_int_equal(loom_backend_update_ranges(b, &s, none, 0, p, p + 4, NULL, 4), 0);
+    assert_int_equal(loom_backend_log_end(b, true), 0);
+  }
+  loom_backend_free(b, p);
+  loom_backend_destroy(b);
+}
+
+/* A model whose every layer is frozen trains (its steps update nothing)
+ * with graphs as on the CPU. */
+static void frozen_steps_run(void **state) {
+  (void)state;
+  const spec s = {.frozen = true};
+  outcome cpu = {0}, graphs = {0};
+  fake_device_counts c;
+  run_with(NULL, &s, false, &cpu);
+  fake_run(0, &s, false, &graphs, &c);
+  assert_same(&cpu, &graphs);
+  assert_true(c.launches > 0);
+  outcome_free(&cpu), outcome_free(&graphs);
+}
+
 static void log_captures_on_second_sight(void **state) {
   (void)state;
   fake_device *d;
@@ -411,6 +447,8 @@ static void log_captures_on_second_sight(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(log_captures_on_second_sight),
+      cmocka_unit_test(empty_update_is_logged),
+      cmocka_unit_test(frozen_steps_run),
       cmocka_unit_test(adam_steps_replay_bit_for_bit),
       cmocka_unit_test(sgd_momentum_steps_replay_bit_for_bit),
       cmocka_unit_test(workers_capture_once_per_shape),
