@@ -439,6 +439,7 @@ void loom_backend_plan_destroy(loom_backend *b, loom_plan *plan) {
   if (!b || !plan || !b->ops.plan_destroy || loom_op_log_defer_free(b, plan, true))
     return;
   loom_op_log_forget_block(b, plan);
+  loom_op_log_forget_plan(b, plan);
   b->ops.plan_destroy(b->ctx, plan);
 }
 

@@ -411,6 +411,47 @@ int loom_backend_log_end(loom_backend *b, bool run) {
 
 bool loom_backend_logging(const loom_backend *b) { return open_for(b) && !open_for(b)->off; }
 
+/* The plan op r runs, if any. */
+static loom_plan *plan_at(loom_plan *const *field) { return *field; }
+static loom_plan *no_plan_at(const void *field) { return (void)field, NULL; }
+#define PLAN_FIELD(t, n)                                                                                               \
+  {                                                                                                                    \
+    loom_plan *p_ = _Generic(&a->n, loom_plan *const *: plan_at, default: no_plan_at)(&a->n);                         \
+    if (p_)                                                                                                            \
+      return p_;                                                                                                       \
+  }
+#define NOTHING3(t, n, count)
+static loom_plan *plan_of(const loom_logged *r) {
+  switch (r->id) {
+#define PLAN_OF(op)                                                                                                    \
+  case LOOM_LOGGED_##op: {                                                                                             \
+    const loom_args_##op *a = &r->u.op;                                                                                \
+    (void)a;                                                                                                           \
+    LOOM_LOG_ARGS_##op(PLAN_FIELD, NOTHING, NOTHING3) return NULL;                                                     \
+  }
+    LOOM_LOG_OPS(PLAN_OF)
+#undef PLAN_OF
+  case LOOM_LOGGED_COUNT: break;
+  }
+  return NULL;
+}
+
+void loom_op_log_forget_plan(loom_backend *b, loom_plan *plan) {
+  struct loom_log_cache *c = *loom_backend_log_cache(b);
+  for (int i = 0; c && i < c->count;) {
+    bool names = false;
+    for (int k = 0; !names && k < c->entries[i].key.count; k++)
+      names = plan_of(&c->entries[i].key.ops[k]) == plan;
+    if (!names) {
+      i++;
+      continue;
+    }
+    entry_free(b, &c->entries[i]); /* after its graph's launches: then the plan's memory may go */
+    c->entries[i] = c->entries[--c->count];
+    c->entries[c->count] = (log_entry){0};
+  }
+}
+
 /* --- block plans --- */
 
 int loom_op_log_note_block(loom_backend *b, loom_plan *plan, int layers) {

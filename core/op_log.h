@@ -137,6 +137,10 @@ bool loom_op_log_defer_free(loom_backend *b, void *p, bool plan);
 int loom_op_log_note_block(loom_backend *b, loom_plan *plan, int layers);
 void loom_op_log_forget_block(loom_backend *b, loom_plan *plan);
 int loom_op_log_block_layers(loom_backend *b, loom_plan *plan);
+/* Before a plan is destroyed: the logs seen and graphs made that name it
+ * go (a graph holds the plan's own memory, and a plan made later at the
+ * same address would make an equal log launch it). */
+void loom_op_log_forget_plan(loom_backend *b, loom_plan *plan);
 /* What the backend kept for its logs (graphs, the seen logs, block plans):
  * freed before the backend's context. */
 void loom_op_log_backend_free(loom_backend *b);

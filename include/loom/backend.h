@@ -611,7 +611,8 @@ LOOM_API bool loom_precision_parse(const char *name, loom_precision *p);
  * launched, and every later equal log launches that graph with its own
  * table. A different log (a last partial batch, another shape, another
  * model) runs op by op and is remembered: a backend keeps 4 logs and their
- * graphs, the least recently used evicted, destroyed with the backend.
+ * graphs, the least recently used evicted, destroyed with the backend
+ * (and with a plan their log names: loom_backend_plan_destroy).
  * Every log runs op by op on a backend without the graph slots. An op's
  * error is the log's, naming the op's index and
  * name. loom_backend_log_end(b, false) drops the log (a failed step): no
