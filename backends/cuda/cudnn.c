@@ -550,11 +550,18 @@ int loom_cudnn_conv_backward(void *ctx, loom_plan *plan, const float *x, const f
 
 /* --- pooling (kernels.cu) --- */
 
+/* A step graph captured with the plan keeps writing its argmax, so one
+ * outgrown stays the plan's (retired) until the plan goes, when the
+ * core has dropped the graphs that name the plan. */
+#define POOL_RETIRED 8
+
 typedef struct dnn_pool {
   struct loom_plan base;
   loom_pool_desc d;
   int32_t *argmax; /* device: the max's positions of the last forward */
   int64_t cap;     /* its elements */
+  void *retired[POOL_RETIRED]; /* outgrown argmax blocks (each at least twice the last) */
+  int nretired;
 } dnn_pool;
 
 int loom_cudnn_pool_plan(void *ctx, const loom_pool_desc *d, loom_plan **plan) {
@@ -586,12 +593,18 @@ int loom_cudnn_pool_forward(void *ctx, loom_plan *plan, const float *x, float *y
   if (rc < 0)
     return rc;
   const int64_t need = p->d.mode == LOOM_POOL_MAX ? n * p->d.c * p->d.oh * p->d.ow : 0;
-  if (need > p->cap) { /* the old block is reused in stream order, after the work queued on it */
-    loom_cuda_put(c, p->argmax);
-    p->cap = 0;
-    if (!(p->argmax = libloom->alloc_get(c->alloc, (size_t)need * sizeof *p->argmax, c->stream)))
+  if (need > p->cap) {
+    /* At least double, so that few blocks retire; one that does not fit
+     * the list goes back to the allocator (reused in stream order). */
+    const int64_t cap = need > 2 * p->cap ? need : 2 * p->cap;
+    int32_t *grown = libloom->alloc_get(c->alloc, (size_t)cap * sizeof *grown, c->stream);
+    if (!grown)
       return libloom->last_error_code();
-    p->cap = need;
+    if (p->argmax && p->nretired < POOL_RETIRED)
+      p->retired[p->nretired++] = p->argmax;
+    else
+      loom_cuda_put(c, p->argmax);
+    p->argmax = grown, p->cap = cap;
   }
   return launched(c, loom_cuda_pool_forward(c->stream, p->d, x, y, p->argmax, n), "pool_forward");
 }
@@ -751,10 +764,14 @@ void loom_cudnn_plan_destroy(void *ctx, loom_plan *plan) {
     return;
   switch (plan->kind) {
   case PLAN_CONV: conv_free((dnn_conv *)plan); break;
-  case PLAN_POOL:
-    loom_cuda_put(c, ((dnn_pool *)plan)->argmax);
+  case PLAN_POOL: {
+    dnn_pool *p = (dnn_pool *)plan;
+    loom_cuda_put(c, p->argmax);
+    for (int i = 0; i < p->nretired; i++)
+      loom_cuda_put(c, p->retired[i]);
     free(plan);
     break;
+  }
   case PLAN_BATCHNORM: bn_free(c, (dnn_bn *)plan); break;
   }
 }
