@@ -117,6 +117,7 @@ static const loom_callback_ops transfers_ops = {
 typedef struct echo {
   int64_t fail_at;
   bool fail_issue, no_message;
+  int64_t finished, read_at_end; /* batches whose echo came by the copy, or was read at on_batch_end */
 } echo;
 
 static int echo_fails(const echo *e, loom_runner *r, bool issuing) {
@@ -132,7 +133,9 @@ static int echo_issue(loom_callback *cb, loom_runner *r, loom_backend *b, void *
 }
 
 static int echo_finish(loom_callback *cb, loom_runner *r, const void *host) {
-  int rc = echo_fails(loom_callback_data(cb), r, false);
+  echo *e = loom_callback_data(cb);
+  int rc = echo_fails(e, r, false);
+  e->finished++;
   return rc < 0 ? rc : loom_metrics_set(loom_runner_batch_metrics(r), "echo", *(const float *)host);
 }
 
@@ -145,6 +148,7 @@ static int echo_batch_end(loom_callback *cb, loom_runner *r) {
   if (loom_runner_batch_result_done(r, cb))
     return 0;
   const float *scores = loom_tensor_host_data(loom_runner_output(r));
+  ((echo *)loom_callback_data(cb))->read_at_end++;
   return loom_metrics_set(loom_runner_batch_metrics(r), "echo", scores[0]);
 }
 
@@ -392,6 +396,10 @@ static void callback_results_in_the_copy(void **state) {
   transfers t = {0};
   run_on(dev, fake, 0, &t);
   with_echo = NULL, accuracy_filter = NULL;
+  /* The CPU run read every batch's echo at on_batch_end; the device run
+   * got every one by the copy, none read there. */
+  assert_true(e.read_at_end > 0);
+  assert_int_equal(e.finished, e.read_at_end);
 }
 
 /* A batch result's issue or finish fails at the 3rd training batch: the
