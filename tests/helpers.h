@@ -38,6 +38,22 @@ static inline loom_loader *test_loader(int64_t n, int64_t features, int classes,
   return test_loader_workers(n, features, classes, batch, shuffle, 0);
 }
 
+/* Deterministic values in [-1, 1) from `seed` (a linear congruential
+ * generator's top bits). */
+static inline void test_fill(float *x, int64_t n, uint32_t seed) {
+  for (int64_t i = 0; i < n; i++) {
+    seed = seed * 1664525u + 1013904223u;
+    x[i] = (float)(seed >> 8) / (float)(1u << 23) - 1.0f;
+  }
+}
+
+/* A host tensor of those values. */
+static inline loom_tensor *test_host_tensor(int ndim, const int64_t *shape, uint32_t seed) {
+  loom_tensor *t = loom_tensor_create(ndim, shape);
+  test_fill(loom_tensor_data(t), loom_tensor_numel(t), seed);
+  return t;
+}
+
 /* A fresh directory under /tmp; the caller frees the string. */
 static inline char *test_tmpdir(void) {
   char *dir = strdup("/tmp/loom-test-XXXXXX");

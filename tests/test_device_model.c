@@ -37,17 +37,6 @@ static int teardown(void **state) {
   return 0;
 }
 
-/* A host tensor of deterministic values in [-1, 1). */
-static loom_tensor *host_tensor(int ndim, const int64_t *shape, uint32_t seed) {
-  loom_tensor *t = loom_tensor_create(ndim, shape);
-  float *x = loom_tensor_data(t);
-  for (int64_t i = 0; i < loom_tensor_numel(t); i++) {
-    seed = seed * 1664525u + 1013904223u;
-    x[i] = (float)(seed >> 8) / (float)(1u << 23) - 1.0f;
-  }
-  return t;
-}
-
 /* The same values on the fake device. */
 static loom_tensor *on_device(const loom_tensor *h) {
   loom_tensor *d = loom_tensor_create_on(fake, loom_tensor_ndim(h), loom_tensor_shape(h));
@@ -122,7 +111,7 @@ static void test_mlp(void **state) {
   assert_ptr_equal(loom_model_backend(dm), fake);
   assert_true(fake_device_owns(dev, loom_model_params(dm)));
   loom_criterion *c_cpu = loom_cross_entropy_create(), *c_dev = loom_cross_entropy_create();
-  loom_tensor *x = host_tensor(2, (int64_t[]){8, 20}, 1), *t = labels(8, 5);
+  loom_tensor *x = test_host_tensor(2, (int64_t[]){8, 20}, 1), *t = labels(8, 5);
   for (int step = 0; step < 2; step++) { /* the second accumulates onto zeroed gradients again */
     step_both(cpu, dm, c_cpu, c_dev, x, t);
     assert_state_equal(cpu, dm);
@@ -173,7 +162,7 @@ static void test_cnn(void **state) {
   loom_rng r_cpu, r_dev;
   loom_model_set_rng(cpu, &r_cpu), loom_model_set_rng(dm, &r_dev);
   loom_criterion *c_cpu = loom_cross_entropy_create(), *c_dev = loom_cross_entropy_create();
-  loom_tensor *x = host_tensor(4, (int64_t[]){5, 3, 8, 8}, 2), *t = labels(5, 6);
+  loom_tensor *x = test_host_tensor(4, (int64_t[]){5, 3, 8, 8}, 2), *t = labels(5, 6);
   for (int step = 0; step < 3; step++) {
     loom_rng_seed(&r_cpu, 9, (uint64_t)step, 0), loom_rng_seed(&r_dev, 9, (uint64_t)step, 0); /* the same masks */
     step_both(cpu, dm, c_cpu, c_dev, x, t);
@@ -203,7 +192,7 @@ static void test_input_elsewhere(void **state) {
   const int64_t sizes[] = {4, 3};
   loom_model *dm = loom_mlp_create(sizes, 2, 1), *cpu = loom_mlp_create(sizes, 2, 1);
   assert_int_equal(loom_model_set_backend(dm, fake), 0);
-  loom_tensor *x = host_tensor(2, (int64_t[]){2, 4}, 3), *dx = on_device(x);
+  loom_tensor *x = test_host_tensor(2, (int64_t[]){2, 4}, 3), *dx = on_device(x);
   const loom_tensor *out;
   fake_device_reset_counts(dev);
   assert_int_equal(loom_model_forward(dm, x, &out), LOOM_EINVAL);
@@ -216,7 +205,7 @@ static void test_input_elsewhere(void **state) {
   assert_non_null(strstr(loom_last_error(), "the input is on backend \"fake\" and the model on backend \"cpu\""));
   /* backward: the gradient of the output must be on the model's backend */
   assert_int_equal(loom_model_forward(dm, dx, &out), 0);
-  loom_tensor *g = host_tensor(2, (int64_t[]){2, 3}, 4);
+  loom_tensor *g = test_host_tensor(2, (int64_t[]){2, 3}, 4);
   assert_int_equal(loom_model_backward(dm, g), LOOM_EINVAL);
   assert_non_null(strstr(loom_last_error(), "the output's gradient is in host memory and the model on backend \"fake\""));
   loom_tensor_destroy(g), loom_tensor_destroy(x), loom_tensor_destroy(dx);
@@ -238,7 +227,7 @@ static void test_move_back(void **state) {
   loom_rng r_cpu, r_dev;
   loom_model_set_rng(cpu, &r_cpu), loom_model_set_rng(dm, &r_dev);
   loom_rng_seed(&r_cpu, 3, 0, 0), loom_rng_seed(&r_dev, 3, 0, 0);
-  loom_tensor *x = host_tensor(4, (int64_t[]){4, 3, 8, 8}, 5), *dx = loom_tensor_create_on(fake2, 1, (int64_t[]){1});
+  loom_tensor *x = test_host_tensor(4, (int64_t[]){4, 3, 8, 8}, 5), *dx = loom_tensor_create_on(fake2, 1, (int64_t[]){1});
   assert_int_equal(loom_tensor_copy(dx, x), 0);
   const loom_tensor *out;
   assert_int_equal(loom_model_forward(cpu, x, &out), 0); /* trains: running statistics move */
@@ -255,7 +244,7 @@ static void test_move_back(void **state) {
   assert_memory_equal(loom_model_params(dm), loom_model_params(cpu), np * sizeof(float));
   assert_memory_equal(loom_model_buffers(dm), loom_model_buffers(cpu), nb * sizeof(float));
   /* and it trains on the host as the CPU model does */
-  loom_tensor *dout = host_tensor(2, (int64_t[]){4, 6}, 6);
+  loom_tensor *dout = test_host_tensor(2, (int64_t[]){4, 6}, 6);
   const loom_tensor *o_dev;
   loom_rng_seed(&r_cpu, 4, 0, 0), loom_rng_seed(&r_dev, 4, 0, 0);
   loom_model_zero_grad(cpu), loom_model_zero_grad(dm);
@@ -284,8 +273,8 @@ static void test_ends_in_block(void **state) {
     assert_int_equal(loom_model_build(m[k], 3, (int64_t[]){2, 5, 5}, 3), 0);
   }
   assert_int_equal(loom_model_set_backend(m[1], fake), 0);
-  loom_tensor *x = host_tensor(4, (int64_t[]){3, 2, 5, 5}, 7), *dx = on_device(x);
-  loom_tensor *g = host_tensor(4, (int64_t[]){3, 4, 5, 5}, 8), *dg = on_device(g);
+  loom_tensor *x = test_host_tensor(4, (int64_t[]){3, 2, 5, 5}, 7), *dx = on_device(x);
+  loom_tensor *g = test_host_tensor(4, (int64_t[]){3, 4, 5, 5}, 8), *dg = on_device(g);
   const loom_tensor *out[2];
   assert_int_equal(loom_model_forward(m[0], x, &out[0]), 0);
   assert_int_equal(loom_model_forward(m[1], dx, &out[1]), 0);
@@ -311,7 +300,7 @@ static void test_save_load(void **state) {
   loom_model_set_rng(cpu, &r_cpu), loom_model_set_rng(dm, &r_dev);
   loom_rng_seed(&r_cpu, 1, 0, 0), loom_rng_seed(&r_dev, 1, 0, 0);
   loom_criterion *c_cpu = loom_cross_entropy_create(), *c_dev = loom_cross_entropy_create();
-  loom_tensor *x = host_tensor(4, (int64_t[]){4, 3, 8, 8}, 12), *t = labels(4, 6);
+  loom_tensor *x = test_host_tensor(4, (int64_t[]){4, 3, 8, 8}, 12), *t = labels(4, 6);
   step_both(cpu, dm, c_cpu, c_dev, x, t); /* running statistics and gradients of a step */
   assert_state_equal(cpu, dm);
 
@@ -429,7 +418,7 @@ static void test_optimizers(void **state) {
   (void)state;
   report_faults();
   const int64_t sizes[] = {10, 8, 4};
-  loom_tensor *x = host_tensor(2, (int64_t[]){6, 10}, 21), *t = labels(6, 4);
+  loom_tensor *x = test_host_tensor(2, (int64_t[]){6, 10}, 21), *t = labels(6, 4);
   for (int kind = 0; kind < 5; kind++) {
     loom_model *cpu = loom_mlp_create(sizes, 3, 8), *dm = loom_mlp_create(sizes, 3, 8);
     assert_int_equal(loom_model_set_backend(dm, fake), 0);

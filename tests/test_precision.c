@@ -116,12 +116,6 @@ static void test_round_matches_references(void **state) {
   free(x), free(y), free(back);
 }
 
-static void fill(float *x, int64_t n, uint32_t seed) {
-  for (int64_t i = 0; i < n; i++) {
-    seed = seed * 1664525u + 1013904223u;
-    x[i] = (float)(seed >> 8) / (float)(1u << 23) - 1.0f;
-  }
-}
 
 /* C (M x N, ldc N) = op(A) op(B) on `b` from host operands, back on the host. */
 static void product(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
@@ -152,8 +146,8 @@ static void test_gemm_rounds_its_operands(void **state) {
     const bool ta = t & 1, tb = t & 2;
     const int64_t lda = (ta ? M : K) + PAD, ldb = (tb ? K : N) + PAD; /* strides past the rows */
     float A[(M > K ? M : K) * ((M > K ? M : K) + PAD)], B[(N > K ? N : K) * ((N > K ? N : K) + PAD)];
-    fill(A, (int64_t)(sizeof A / sizeof *A), 7u + (uint32_t)t);
-    fill(B, (int64_t)(sizeof B / sizeof *B), 11u + (uint32_t)t);
+    test_fill(A, (int64_t)(sizeof A / sizeof *A), 7u + (uint32_t)t);
+    test_fill(B, (int64_t)(sizeof B / sizeof *B), 11u + (uint32_t)t);
     float fp32[M * N], want[M * N], got[M * N], ra[sizeof A / sizeof *A], rb[sizeof B / sizeof *B];
     product(loom_backend_cpu(), ta, tb, M, N, K, A, lda, B, ldb, false, fp32);
     for (int pi = 0; pi < 2; pi++) {
@@ -202,7 +196,7 @@ static void test_conv_rounds_its_operands(void **state) {
   (void)state;
   const int64_t shape[4] = {3, 4, 9, 9};
   loom_tensor *x = loom_tensor_create(4, shape), *rx = loom_tensor_create(4, shape);
-  fill(loom_tensor_data(x), loom_tensor_numel(x), 99);
+  test_fill(loom_tensor_data(x), loom_tensor_numel(x), 99);
   loom_model *m = conv_model(), *ref = conv_model();
   loom_model_set_train(m, true), loom_model_set_train(ref, true);
   const float *fp32 = output(m, x);

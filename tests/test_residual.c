@@ -193,16 +193,6 @@ static loom_model *small_resnet(void) {
   return m;
 }
 
-static loom_tensor *host_tensor(int ndim, const int64_t *shape, uint32_t seed) {
-  loom_tensor *t = loom_tensor_create(ndim, shape);
-  float *x = loom_tensor_data(t);
-  for (int64_t i = 0; i < loom_tensor_numel(t); i++) {
-    seed = seed * 1664525u + 1013904223u;
-    x[i] = (float)(seed >> 8) / (float)(1u << 23) - 1.0f;
-  }
-  return t;
-}
-
 static loom_tensor *labels(int64_t n, int classes) {
   loom_tensor *t = loom_tensor_create(1, &n);
   for (int64_t i = 0; i < n; i++)
@@ -290,7 +280,7 @@ static void test_save_load(void **state) {
   loom_model *a = small_resnet(), *b = small_resnet();
   assert_int_equal(loom_model_build(a, 3, image, 1), 0);
   assert_int_equal(loom_model_build(b, 3, image, 2), 0);
-  loom_tensor *x = host_tensor(4, (int64_t[]){4, 3, 8, 8}, 3);
+  loom_tensor *x = test_host_tensor(4, (int64_t[]){4, 3, 8, 8}, 3);
   const loom_tensor *ya, *yb;
   assert_int_equal(loom_model_forward(a, x, &ya), 0); /* moves a's running statistics */
   loom_state *s = loom_state_create();
@@ -320,7 +310,7 @@ static void test_fake_device(void **state) {
   assert_int_equal(loom_model_build(dm, 3, image, 7), 0);
   assert_int_equal(loom_model_set_backend(dm, fake), 0);
   loom_criterion *c_cpu = loom_cross_entropy_create(), *c_dev = loom_cross_entropy_create();
-  loom_tensor *x = host_tensor(4, (int64_t[]){5, 3, 8, 8}, 2), *t = labels(5, 3);
+  loom_tensor *x = test_host_tensor(4, (int64_t[]){5, 3, 8, 8}, 2), *t = labels(5, 3);
   loom_tensor *dx = loom_tensor_create_on(fake, 4, loom_tensor_shape(x)), *dt = loom_tensor_create_on(fake, 1, (int64_t[]){5});
   assert_int_equal(loom_tensor_copy(dx, x), 0);
   assert_int_equal(loom_tensor_copy(dt, t), 0);
