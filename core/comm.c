@@ -5,6 +5,7 @@
 
 #include "core/clock.h"
 #include "core/error_internal.h"
+#include "core/op_log.h"
 
 struct loom_comm {
   loom_comm_ops ops;
@@ -148,7 +149,8 @@ struct loom_comm_request {
   void *backend; /* the backend's request; NULL: wait runs the blocking mean */
   size_t n;
   bool started;
-  bool device; /* a device request (loom_comm_device_request_create) */
+  bool device;          /* a device request (loom_comm_device_request_create) */
+  loom_backend *memory; /* a device request's: whose memory it sums, and whose step log takes its calls */
 };
 
 loom_comm_request *loom_comm_request_create(loom_comm *comm, size_t n) {
@@ -251,12 +253,29 @@ loom_comm_request *loom_comm_device_request_create(loom_comm *comm, loom_backend
     loom_error_oom("a communicator request");
     return NULL;
   }
-  q->comm = comm, q->n = n, q->device = true;
+  q->comm = comm, q->n = n, q->device = true, q->memory = backend;
   if (!(q->backend = comm->ops.device_request_create(comm->ctx, backend, n))) {
     free(q);
     return NULL;
   }
   return q;
+}
+
+/* Starting and waiting for a device sum are ops of the memory's backend:
+ * logged while its step log is open (so that a step's graph holds the
+ * all-reduce), else run at once. */
+static int submit(loom_comm_request *request, float *buf, bool wait) {
+  loom_backend *b = request->memory;
+  LOOM_RUN_OP(b, comm);
+}
+
+int loom_comm_request_run(loom_comm_request *q, float *buf, bool wait) {
+  loom_comm *comm = q->comm;
+  if (comm->failed)
+    return refused(comm);
+  const uint64_t t0 = loom_now_ns();
+  return collective(comm, t0, (wait ? comm->ops.device_wait_sum_f32 : comm->ops.device_start_sum_f32)(
+                                  comm->ctx, q->backend, buf));
 }
 
 int loom_comm_start_sum_f32(loom_comm_request *q, float *buf) {
@@ -267,8 +286,7 @@ int loom_comm_start_sum_f32(loom_comm_request *q, float *buf) {
   if (rc < 0)
     return rc;
   q->started = true;
-  const uint64_t t0 = loom_now_ns();
-  return collective(comm, t0, comm->ops.device_start_sum_f32(comm->ctx, q->backend, buf));
+  return submit(q, buf, false);
 }
 
 int loom_comm_wait_sum_f32(loom_comm_request *q, float *buf) {
@@ -279,8 +297,7 @@ int loom_comm_wait_sum_f32(loom_comm_request *q, float *buf) {
   q->started = false;
   if (comm->failed)
     return refused(comm);
-  const uint64_t t0 = loom_now_ns();
-  return collective(comm, t0, comm->ops.device_wait_sum_f32(comm->ctx, q->backend, buf));
+  return submit(q, buf, true);
 }
 
 double loom_comm_wait_seconds(const loom_comm *comm) { return (double)comm->wait_ns * 1e-9; }

@@ -4,6 +4,7 @@
  * the second time, and replayed by that graph from then on. */
 #include "core/op_log.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,6 +53,7 @@ typedef struct deferred_free {
 /* The log open on this thread. */
 typedef struct open_log {
   loom_backend *b;
+  loom_comm *comm; /* several ranks agree how the log runs (loom_backend_log_begin_over) */
   loom_op_log log;
   bool off; /* flushed: the rest of the step runs op by op */
   deferred_free *frees;
@@ -83,8 +85,9 @@ static int run_one(const loom_backend_ops *o, void *ctx, const loom_logged *r) {
     const loom_args_##op *a = &r->u.op;                                                                                \
     return o->op(ctx LOOM_LOG_ARGS_##op(ARG, ARG_REF, ARG_ARRAY));                                                     \
   }
-    LOOM_LOG_OPS(RUN)
+    LOOM_LOG_SLOT_OPS(RUN)
 #undef RUN
+  case LOOM_LOGGED_comm: return loom_comm_request_run(r->u.comm.request, r->u.comm.buf, r->u.comm.wait);
   case LOOM_LOGGED_COUNT: break;
   }
   return loom_error_set(LOOM_EINVAL, "op log: unknown op %d", (int)r->id);
@@ -291,7 +294,7 @@ bool loom_op_log_defer_free(loom_backend *b, void *p, bool plan) {
   return true;
 }
 
-int loom_backend_log_begin(loom_backend *b) {
+int loom_backend_log_begin_over(loom_backend *b, loom_comm *comm) {
   if (open_on_thread)
     return loom_error_set(LOOM_ESTATE, "loom_backend_log_begin: a log is already open on backend \"%s\" in this "
                                        "thread; end it first (loom_backend_log_end)",
@@ -300,9 +303,12 @@ int loom_backend_log_begin(loom_backend *b) {
   if (!o)
     return loom_error_oom("an op log");
   o->b = b;
+  o->comm = comm && loom_comm_size(comm) > 1 ? comm : NULL;
   open_on_thread = o;
   return 0;
 }
+
+int loom_backend_log_begin(loom_backend *b) { return loom_backend_log_begin_over(b, NULL); }
 
 /* --- graphs --- */
 
@@ -337,52 +343,102 @@ static void remember(loom_backend *b, struct loom_log_cache *c, loom_op_log *log
   *log = (loom_op_log){0};
 }
 
-/* The log run under the backend's capture into e's graph. A backend that
- * cannot capture it (graph_begin, an op or graph_end failing under the
- * capture, where nothing runs) leaves e running op by op, with a notice:
- * that run shows an op's real error again, as the step's. */
-static int capture(loom_backend *b, log_entry *e, const loom_op_log *log) {
-  const loom_backend_ops *ops;
-  void *ctx = loom_backend_context(b, &ops);
-  int rc = ops->graph_begin(ctx);
-  if (rc == 0) {
-    rc = loom_op_log_run(log, ops, ctx);
-    loom_graph *g = NULL;
-    int end = ops->graph_end(ctx, log, &g); /* ends the capture, also after a failed op */
-    if (rc < 0 && g) /* an op refused the capture (nothing ran): op by op, where a real error shows again */
-      ops->graph_destroy(ctx, g);
-    else if ((rc = end) == 0) {
-      e->graph = g;
-      return 0;
-    }
-  }
-  e->no_capture = true;
-  loom_notice_once("op_log_capture", "backend \"%s\" could not capture a training step as a graph (%s); such steps "
-                                     "run op by op",
-                   loom_backend_name(b), loom_last_error());
+/* How an ended log runs; over several ranks, the same on all. */
+typedef enum fate { RUN, CAPTURE, LAUNCH } fate;
+
+/* The ranks' fates: *f where every rank's is the same, else RUN (op by op
+ * is every rank's choice to make alone: a collective run outside a graph
+ * matches another rank's also outside one). */
+static int agree_fate(loom_comm *comm, fate *f) {
+  if (!comm)
+    return 0;
+  double votes[3] = {0};
+  votes[*f] = 1;
+  int rc = loom_comm_allreduce_sum_f64(comm, votes, 3);
+  if (rc < 0)
+    return loom_error_wrap(rc, "agreeing over %d ranks how the step's log runs", loom_comm_size(comm));
+  if (votes[*f] != loom_comm_size(comm))
+    *f = RUN;
   return 0;
 }
 
-/* The ended log: op by op the first time, captured the second, launched
- * from then on. */
-static int replay(loom_backend *b, loom_op_log *log) {
+/* Whether every rank captured (*ok, this rank's, becomes all's). */
+static int agree_captured(loom_comm *comm, bool *ok) {
+  if (!comm)
+    return 0;
+  double failed = !*ok;
+  int rc = loom_comm_allreduce_sum_f64(comm, &failed, 1);
+  if (rc < 0)
+    return loom_error_wrap(rc, "agreeing over %d ranks that the step's graph was captured", loom_comm_size(comm));
+  *ok = failed == 0;
+  return 0;
+}
+
+/* The log run under the backend's capture into e's graph. A backend that
+ * cannot capture it (graph_begin, an op or graph_end failing under the
+ * capture, where nothing runs), or another rank's that cannot, leaves e
+ * running op by op, with a notice: that run shows an op's real error
+ * again, as the step's. */
+static int capture(loom_backend *b, log_entry *e, const loom_op_log *log, loom_comm *comm) {
   const loom_backend_ops *ops;
   void *ctx = loom_backend_context(b, &ops);
-  struct loom_log_cache *c = log->count && loom_backend_can_graph(b) ? cache_of(b) : NULL;
+  loom_graph *g = NULL;
+  int rc = ops->graph_begin(ctx);
+  if (rc == 0) {
+    rc = loom_op_log_run(log, ops, ctx);
+    int end = ops->graph_end(ctx, log, &g); /* ends the capture, also after a failed op */
+    if (rc == 0)
+      rc = end;
+  }
+  bool ok = rc == 0 && g;
+  char why[LOOM_ERROR_MAX];
+  snprintf(why, sizeof why, "%s", rc < 0 ? loom_last_error() : "no graph made");
+  bool all = ok;
+  if ((rc = agree_captured(comm, &all)) < 0 || !all) {
+    if (g) /* an op refused the capture (nothing ran), or another rank's did */
+      ops->graph_destroy(ctx, g);
+    if (rc < 0)
+      return rc;
+    e->no_capture = true;
+    loom_notice_once("op_log_capture", "backend \"%s\" could not capture a training step as a graph (%s); such "
+                                       "steps run op by op",
+                     loom_backend_name(b), ok ? "another rank could not" : why);
+    return 0;
+  }
+  e->graph = g;
+  return 0;
+}
+
+/* The ended log (flushed: its ops already ran): op by op the first time,
+ * captured the second, launched from then on. */
+static int replay(loom_backend *b, loom_op_log *log, bool flushed, loom_comm *comm) {
+  const loom_backend_ops *ops;
+  void *ctx = loom_backend_context(b, &ops);
+  struct loom_log_cache *c = !flushed && log->count && loom_backend_can_graph(b) ? cache_of(b) : NULL;
   log_entry *e = NULL;
   for (int i = 0; c && !e && i < c->count; i++)
     if (log_eq(&c->entries[i].key, log))
       e = &c->entries[i];
+  const fate mine = !e || e->no_capture ? RUN : e->graph ? LAUNCH : CAPTURE;
+  fate f = mine;
+  int rc = agree_fate(comm, &f);
+  if (rc < 0 || flushed)
+    return rc;
+  if (mine == LAUNCH && f == RUN) { /* another rank has no graph of it: capture again with them */
+    ops->graph_destroy(ctx, e->graph);
+    e->graph = NULL;
+  }
   if (!e) {
-    int rc = loom_op_log_run(log, ops, ctx);
+    rc = loom_op_log_run(log, ops, ctx);
     if (rc == 0 && c)
       remember(b, c, log);
     return rc;
   }
   e->used = ++c->clock;
-  int rc = !e->graph && !e->no_capture ? capture(b, e, log) : 0;
-  if (rc < 0 || !e->graph)
-    return rc < 0 ? rc : loom_op_log_run(log, ops, ctx);
+  if (f == CAPTURE && (rc = capture(b, e, log, comm)) < 0)
+    return rc;
+  if (f == RUN || !e->graph)
+    return loom_op_log_run(log, ops, ctx);
   if ((rc = ops->graph_launch(ctx, e->graph, log)) < 0)
     return loom_error_wrap(rc, "launching the step's graph (%d ops) on backend \"%s\"", log->count,
                            loom_backend_name(b));
@@ -395,7 +451,7 @@ int loom_backend_log_end(loom_backend *b, bool run) {
     return loom_error_set(LOOM_ESTATE, "loom_backend_log_end: no log is open on backend \"%s\" in this thread",
                           loom_backend_name(b));
   open_on_thread = NULL; /* from here every op runs at once */
-  int rc = run && !o->off ? replay(b, &o->log) : 0;
+  int rc = run ? replay(b, &o->log, o->off, o->comm) : 0;
   const loom_backend_ops *ops;
   void *ctx = loom_backend_context(b, &ops);
   for (int i = 0; i < o->num_frees; i++)

@@ -9,9 +9,14 @@
 #define LOOM_CORE_OP_LOG_H
 
 #include "loom/backend.h"
+#include "loom/comm.h"
 
-/* The logged ops, each named as its slot in loom_backend_ops. */
-#define LOOM_LOG_OPS(X)                                                                                                \
+/* The logged ops: each backend op named as its slot in loom_backend_ops,
+ * then a device communicator's sum started or waited for (loom/comm.h),
+ * logged among the backend's ops so that a step's graph holds its
+ * all-reduce. */
+#define LOOM_LOG_OPS(X) LOOM_LOG_SLOT_OPS(X) X(comm)
+#define LOOM_LOG_SLOT_OPS(X)                                                                                           \
   X(gemm) X(fill_rows) X(sum_rows) X(act_forward) X(act_backward) X(xent_forward) X(xent_backward) X(loss_forward)     \
   X(loss_backward) X(dropout_forward) X(mul) X(add) X(conv_forward) X(conv_backward) X(pool_forward)                   \
   X(pool_backward) X(batchnorm_forward) X(batchnorm_backward) X(block_forward) X(block_backward) X(sgd_update)         \
@@ -88,6 +93,7 @@
 #define LOOM_LOG_ARGS_round(F_, S_, V_) F_(loom_precision, prec) F_(const float *, x) F_(float *, y) F_(int64_t, n)
 #define LOOM_LOG_ARGS_copy(F_, S_, V_) F_(void *, dst) F_(const void *, src) F_(size_t, bytes)
 #define LOOM_LOG_ARGS_zero(F_, S_, V_) F_(void *, ptr) F_(size_t, bytes)
+#define LOOM_LOG_ARGS_comm(F_, S_, V_) F_(loom_comm_request *, request) F_(float *, buf) F_(bool, wait)
 
 #define LOOM_LOG_FIELD(t, n) t n;
 #define LOOM_LOG_ARRAY(t, n, count) t n; int n##_count;
@@ -120,6 +126,10 @@ typedef struct loom_logged {
     loom_args_##op *a_ = &r_.u.op;                                                                                     \
     LOOM_LOG_ARGS_##op(LOOM_LOG_PACK, LOOM_LOG_PACK, LOOM_LOG_PACK_ARRAY) return loom_op_submit(b, &r_);               \
   } while (0)
+
+/* Runs a device request's start (or wait) on buf now: core/comm.c's, for
+ * a logged comm op. */
+int loom_comm_request_run(loom_comm_request *request, float *buf, bool wait);
 
 /* Runs r on b, or appends it (its arrays copied) to the log b has open on
  * this thread. */

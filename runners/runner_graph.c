@@ -1,24 +1,70 @@
 /* A training step as one graph (loom/backend.h, "Step graphs"): the device
- * ops of a training batch on one rank are logged from handle_batch's start
- * and the log ended before the batch's one copy back, so that the backend
- * replays a step it has seen twice as a graph. The host's side of the step
- * (step counts, the runner's fields, callbacks) runs every batch as before;
- * a step that needs a result on the host before its end (a loss that does
- * not defer, gradient clipping by norm, several ranks' host-staged sums)
- * runs what was logged then and the rest op by op. */
+ * ops of a training batch are logged from handle_batch's start and the log
+ * ended before the batch's one copy back, so that the backend replays a
+ * step it has seen twice as a graph. The host's side of the step (step
+ * counts, the runner's fields, callbacks) runs every batch as before; a
+ * step that needs a result on the host before its end (a loss that does
+ * not defer, gradient clipping by norm) runs what was logged then and the
+ * rest op by op.
+ *
+ * Over several ranks the gradients' sums join the log (loom/comm.h's
+ * device sums), so the graph holds the all-reduce, and every rank must run
+ * each step alike: captured everywhere or nowhere (NCCL's rule). Every
+ * rank logs or none (asked once per loader), and each log's end agrees
+ * how it runs (loom_backend_log_begin_over). Only the supervised
+ * handle_batch is logged there: its host reads come on every rank alike,
+ * where a custom one's might not (a rank reading the device while holding
+ * a started sum would wait for the others' starts, still in their logs). */
 #include "runners/runner_impl.h"
+
+/* Whether this rank can log its training steps on b. */
+static bool can_log(loom_runner *r, loom_backend *b, bool summed_on_device) {
+  if (r->options.no_graphs || loom_backend_device(b) == LOOM_DEVICE_CPU || !loom_backend_can_graph(b))
+    return false;
+  /* Several ranks: the sums on the device, in the log (a host copy of the
+   * gradients would flush it every step). */
+  return loom_comm_size(r->comm) == 1 || (summed_on_device && r->handle_batch == loom_supervised_handle_batch);
+}
+
+/* Whether every rank logs this loader's training steps (on one rank,
+ * whether it does). */
+static int ranks_log(loom_runner *r, loom_backend *b, bool *log) {
+  const int size = loom_comm_size(r->comm);
+  if (size == 1) {
+    *log = can_log(r, b, false);
+    return 0;
+  }
+  if (r->graph_ranks == 0) {
+    /* Asked on every rank (it may make the reducer's NCCL communicator, a
+     * collective), before the vote. */
+    const bool summed = loom_backend_device(b) != LOOM_DEVICE_CPU && loom_runner_grads_summed_on(r, b);
+    double can = can_log(r, b, summed);
+    int rc = loom_comm_allreduce_sum_f64(r->comm, &can, 1);
+    if (rc < 0)
+      return loom_error_wrap(rc, "agreeing over %d ranks whether to log the training steps as graphs", size);
+    r->graph_ranks = can == size ? 1 : -1;
+  }
+  *log = r->graph_ranks > 0;
+  return 0;
+}
 
 int loom_runner_graph_begin(loom_runner *r, loom_backend **logged) {
   *logged = NULL;
   loom_backend *b = r->model ? loom_model_backend(r->model) : NULL;
-  /* Several ranks replay only when every rank does (their sums must match): not yet. */
-  if (!b || r->options.no_graphs || r->loader_kind != LOOM_LOADER_TRAIN || loom_comm_size(r->comm) > 1 ||
-      loom_backend_device(b) == LOOM_DEVICE_CPU || !loom_backend_can_graph(b))
-    return 0;
-  int rc = loom_runner_upload_fix(r, b);
-  if (rc == 0 && loom_backend_log_begin(b) == 0) /* a log already open (a custom handle_batch's): leave it */
+  bool log = false;
+  int rc = b && r->loader_kind == LOOM_LOADER_TRAIN ? ranks_log(r, b, &log) : 0;
+  if (rc < 0 || !log)
+    return rc;
+  if ((rc = loom_runner_upload_fix(r, b)) < 0)
+    return rc;
+  if (loom_comm_size(r->comm) > 1) { /* every rank's log ends in a collective: no log, no step */
+    if ((rc = loom_backend_log_begin_over(b, r->comm)) == 0)
+      *logged = b;
+    return rc;
+  }
+  if (loom_backend_log_begin(b) == 0) /* a log already open (a custom handle_batch's): leave it */
     *logged = b;
-  return rc;
+  return 0;
 }
 
 int loom_runner_graph_end(loom_backend *b, int rc) {

@@ -138,6 +138,7 @@ struct loom_runner {
   loom_criterion *deferred_criterion;
   bool step_deferred;
   int *loss_bad_flag; /* several ranks: on the device, set if this rank's loss is not finite */
+  int graph_ranks;    /* several ranks: whether all log this loader's steps (runner_graph.c): 0 not asked, 1, -1 */
   /* The callbacks' batch results that travel in its copy, for the stage
    * (loom_runner_add_batch_result), results_bytes of them in all (each
    * aligned); the copy's host side. */
@@ -306,7 +307,9 @@ void loom_runner_results_end(loom_runner *r);
 void loom_runner_results_free(loom_runner *r);
 
 /* runner_graph.c: a training batch's device ops logged (loom_backend_log_begin)
- * on a backend with step graphs, one rank, unless options.no_graphs: begin
+ * on a backend with step graphs, unless options.no_graphs (over several
+ * ranks, on all or none, the supervised handle_batch's with the gradients
+ * summed on the device: loom_backend_log_begin_over): begin
  * moves the batch out of its upload slot (loom_runner_upload_fix) and sets
  * *logged to the backend it opened the log on (NULL: none), or fails with
  * the copy's error; end ends the log after handle_batch returned rc

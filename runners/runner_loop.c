@@ -172,6 +172,7 @@ static int loader_body(loom_runner *r, const loom_named_loader *nl, bool resume_
   r->loader_step = 0;
   r->loader_resumed_batches = r->loader_resumed_samples = 0;
   r->loader_end_ns = 0;
+  r->graph_ranks = 0;
   r->stop_flags &= ~(unsigned)LOOM_STOP_LOADER;
   loom_metrics_clear(r->loader_metrics);
   loom_metrics_clear(r->loader_sums);

@@ -41,6 +41,10 @@ static int device_start(void *ctx, void *request, float *buf) {
   dc_ctx *c = ctx;
   dc_request *q = request;
   q->buf = fake_device_memory(c->dev, "device_comm start", buf, q->n * sizeof *buf); /* aborts unless the device's */
+  if (fake_device_capturing(c->dev)) { /* in a step's graph: it runs at each launch */
+    c->counts.captured++;
+    return 0;
+  }
   c->counts.starts++;
   c->counts.floats += (int64_t)q->n;
   if (MPI_Iallreduce(MPI_IN_PLACE, q->buf, (int)q->n, MPI_FLOAT, MPI_SUM, c->comm, &q->req) != MPI_SUCCESS) {
@@ -57,6 +61,8 @@ static int device_wait(void *ctx, void *request, float *buf) {
     fprintf(stderr, "device_comm: waited for with another buffer than it started with\n");
     abort();
   }
+  if (fake_device_capturing(c->dev))
+    return 0;
   c->counts.waits++;
   if (MPI_Wait(&q->req, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
     fprintf(stderr, "device_comm: MPI_Wait failed\n");

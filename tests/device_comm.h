@@ -6,7 +6,9 @@
  * device's tagged pointers with MPI_Iallreduce (the MPI communicator's
  * own call for the host mean, so the sums are the same bits). Every
  * pointer it is handed must be the fake device's, live, for the bucket's
- * extent (else it aborts, naming it). */
+ * extent (else it aborts, naming it). While the device captures a step
+ * graph, its starts and waits run nothing, as NCCL's under CUDA's capture
+ * (the graph's launches run them). */
 #ifndef LOOM_TEST_DEVICE_COMM_H
 #define LOOM_TEST_DEVICE_COMM_H
 
@@ -22,6 +24,7 @@ typedef struct device_comm_counts {
   int64_t starts;   /* device sums started */
   int64_t waits;    /* ... and waited for */
   int64_t floats;   /* floats summed */
+  int64_t captured; /* starts under a step graph's capture (recorded, not run: the launches run them) */
 } device_comm_counts;
 
 /* The communicator over `mpi`'s ranks (NULL with the error printed, on

@@ -1085,6 +1085,13 @@ bool fake_device_owns(fake_device *d, const void *p) {
   return (u & TAG) && (u & ~TAG) >= (uintptr_t)d->arena && (u & ~TAG) < (uintptr_t)d->arena + d->size;
 }
 
+bool fake_device_capturing(fake_device *d) {
+  pthread_mutex_lock(&d->lock);
+  bool capturing = d->capturing;
+  pthread_mutex_unlock(&d->lock);
+  return capturing;
+}
+
 void *fake_device_memory(fake_device *d, const char *op, const void *p, size_t bytes) {
   return real(d, op, "the buffer", p, bytes);
 }

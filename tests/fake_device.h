@@ -85,5 +85,9 @@ bool fake_device_owns(fake_device *dev, const void *p);
  * library (tests/device_comm.c): aborts as an op does unless p and the
  * `bytes` after it lie in one live allocation of this device. */
 void *fake_device_memory(fake_device *dev, const char *op, const void *p, size_t bytes);
+/* Whether a step graph is being captured (between graph_begin and
+ * graph_end): such a library then records, as NCCL under CUDA's stream
+ * capture does, and runs nothing. */
+bool fake_device_capturing(fake_device *dev);
 
 #endif

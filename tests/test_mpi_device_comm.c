@@ -23,6 +23,13 @@ static int world_rank, world_size;
  * rank draws it). */
 static int64_t nan_sample = -1;
 
+/* Step graphs: ALL_RANKS or a rank that runs with no_graphs, or refuses
+ * its first capture (NO_RANK: none). */
+#define NO_RANK -2
+#define ALL_RANKS -1
+static int no_graphs_rank = NO_RANK, refuse_rank = NO_RANK;
+static bool on_rank(int which) { return which == ALL_RANKS || which == world_rank; }
+
 static loom_loader *features_loader(int64_t n, int64_t features, int classes, int64_t batch) {
   float *x = malloc((size_t)(n * features) * sizeof *x), *y = malloc((size_t)n * sizeof *y);
   for (int64_t i = 0; i < n; i++) {
@@ -51,7 +58,7 @@ typedef struct outcome {
   uint64_t hash;
   float params[2048];
   size_t n;
-  int64_t steps, to_host, from_host, host_results;
+  int64_t steps, to_host, from_host, host_results, captures, launches;
   device_comm_counts sums; /* the device communicator's, if it ran */
   char comm[32];
   int rc;
@@ -85,9 +92,12 @@ static outcome train(loom_backend *backend, fake_device *dev, bool device_sums, 
   loom_run_options o = loom_run_options_defaults();
   o.handle_signals = false, o.bucket_bytes = bucket_bytes, o.no_overlap = no_overlap;
   o.host_staged_grads = host_staged;
+  o.no_graphs = on_rank(no_graphs_rank);
   loom_runner_set_options(r, &o);
-  if (dev)
+  if (dev) {
     fake_device_reset_counts(dev);
+    fake_device_refuse_capture(dev, on_rank(refuse_rank));
+  }
   out.rc = loom_run_experiment(r, exp);
   snprintf(out.message, sizeof out.message, "%s", out.rc < 0 ? loom_last_error() : "");
   if (out.rc < 0 && nan_sample < 0)
@@ -95,6 +105,8 @@ static outcome train(loom_backend *backend, fake_device *dev, bool device_sums, 
   if (dev) {
     fake_device_counts c = fake_device_counts_of(dev);
     out.to_host = c.to_host, out.from_host = c.from_host, out.host_results = c.host_results;
+    out.captures = c.captures, out.launches = c.launches;
+    fake_device_refuse_capture(dev, 0);
   }
   if (counts)
     out.sums = *counts;
@@ -242,6 +254,107 @@ static void nccl_refused_everywhere(void **state) {
   loom_comm_destroy(mpi);
 }
 
+/* train on a fake device of its own: no graph of an earlier run, made
+ * from memory at the same addresses, launches in this one. */
+static outcome train_fresh(bool device_sums, size_t bucket_bytes, bool no_overlap, bool host_staged) {
+  fake_device *own;
+  loom_backend *b = fake_device_create((size_t)16 << 20, &own);
+  outcome out = train(b, own, device_sums, bucket_bytes, no_overlap, host_staged);
+  assert_int_equal(fake_device_counts_of(own).live, 0);
+  loom_backend_destroy(b);
+  return out;
+}
+
+/* The step graphs over several ranks: the gradients' sums are logged with
+ * the step's ops and replayed in its graph. 36 samples in batches of 4
+ * for 2 epochs: on 2 ranks each has 4 full batches and one of 2 an epoch,
+ * on 3 ranks 3 full ones. The first batch runs op by op (its criterion
+ * moves its buffers to the device, a host call), a shape's first log too,
+ * its second is captured and launched, every later one launched: on 2
+ * ranks 2 captures (the full and the partial batch) and 7 launches, on 3
+ * ranks 1 and 4. The weights are the op by op run's bits; the sums were
+ * recorded once per bucket and capture, and run once per bucket and step. */
+static void graphs_over_ranks(void **state) {
+  (void)state;
+  no_graphs_rank = ALL_RANKS;
+  outcome plain = train_fresh(true, 1024, false, false);
+  no_graphs_rank = NO_RANK;
+  outcome graphs = train_fresh(true, 1024, false, false);
+  assert_int_equal(plain.captures + plain.launches, 0);
+  assert_int_equal(graphs.captures, world_size == 2 ? 2 : 1);
+  assert_int_equal(graphs.launches, world_size == 2 ? 7 : 4);
+  assert_int_equal(graphs.steps, world_size == 2 ? 10 : 6);
+  assert_true(graphs.hash == plain.hash);
+  assert_int_equal(graphs.sums.captured, 3 * graphs.captures);
+  assert_int_equal(graphs.sums.starts, 3 * graphs.steps);
+  assert_int_equal(graphs.sums.waits, 3 * graphs.steps);
+  assert_int_equal(graphs.to_host, plain.to_host);
+  /* Overlapped with backward or not, one bucket or three: the same. */
+  outcome after = train_fresh(true, SIZE_MAX, true, false);
+  assert_int_equal(after.launches, graphs.launches);
+  assert_int_equal(after.sums.captured, after.captures);
+  if (world_size == 2)
+    assert_true(after.hash == plain.hash);
+}
+
+/* A collective captured on one rank must be on all. One rank refuses its
+ * first capture: every rank runs that shape's steps op by op from then on
+ * (the other rank's graph destroyed); one rank with no_graphs: no rank
+ * logs. Either way the bits of the run without graphs. */
+static void graphs_agreed_over_ranks(void **state) {
+  (void)state;
+  no_graphs_rank = ALL_RANKS;
+  outcome plain = train_fresh(true, 1024, false, false);
+  no_graphs_rank = NO_RANK;
+  refuse_rank = world_size - 1;
+  outcome refused = train_fresh(true, 1024, false, false);
+  refuse_rank = NO_RANK;
+  assert_int_equal(refused.rc, 0);
+  assert_true(refused.hash == plain.hash);
+  /* 3 ranks: the only shape refused, nothing launched; 2 ranks: the full
+   * batches refused, the partial one captured in epoch 2 and launched once. */
+  assert_int_equal(refused.launches, world_size == 2 ? 1 : 0);
+  no_graphs_rank = 0;
+  outcome one = train_fresh(true, 1024, false, false);
+  no_graphs_rank = NO_RANK;
+  assert_int_equal(one.captures + one.launches, 0);
+  assert_true(one.hash == plain.hash);
+}
+
+/* Ranks whose caches differ (rank 0 already has a graph of the step, the
+ * others have never seen it: memory reused at the same addresses can do
+ * that) agree to run it op by op, and rank 0 drops its graph, so that
+ * all capture at the next sight and launch from then on: 1 capture and 2
+ * launches in 3 steps on every rank, each step's ops run once. */
+static void graphs_converge_over_ranks(void **state) {
+  (void)state;
+  loom_comm *mpi = loom_comm_mpi_create(NULL);
+  assert_non_null(mpi);
+  float *x = loom_backend_alloc(fake, 4 * sizeof *x);
+  assert_non_null(x);
+  const float one[4] = {1, 1, 1, 1};
+  assert_int_equal(loom_backend_from_host(fake, x, one, sizeof one), 0);
+  for (int i = 0; world_rank == 0 && i < 2; i++) { /* seen, then captured and launched */
+    assert_int_equal(loom_backend_log_begin(fake), 0);
+    assert_int_equal(loom_backend_scale(fake, x, 2.0f, 4), 0);
+    assert_int_equal(loom_backend_log_end(fake, true), 0);
+  }
+  fake_device_reset_counts(dev);
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(loom_backend_log_begin_over(fake, mpi), 0);
+    assert_int_equal(loom_backend_scale(fake, x, 2.0f, 4), 0);
+    assert_int_equal(loom_backend_log_end(fake, true), 0);
+  }
+  fake_device_counts c = fake_device_counts_of(dev);
+  assert_int_equal(c.captures, 1);
+  assert_int_equal(c.launches, 2);
+  float got[4];
+  assert_int_equal(loom_backend_to_host(fake, got, x, sizeof got), 0);
+  assert_true(got[3] == (world_rank == 0 ? 32.0f : 8.0f));
+  loom_backend_free(fake, x);
+  loom_comm_destroy(mpi);
+}
+
 int main(void) {
   if (!test_mpi_world("test_mpi_device_comm", &world_rank, &world_size))
     return 1;
@@ -251,6 +364,9 @@ int main(void) {
       cmocka_unit_test(nan_loss_on_one_rank),
       cmocka_unit_test(host_staged_option),
       cmocka_unit_test(nccl_refused_everywhere),
+      cmocka_unit_test(graphs_over_ranks),
+      cmocka_unit_test(graphs_agreed_over_ranks),
+      cmocka_unit_test(graphs_converge_over_ranks),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

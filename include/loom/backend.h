@@ -275,6 +275,8 @@ typedef struct loom_update_range {
 /* A recorded step (loom_backend_log_begin) and a backend's graph of one. */
 typedef struct loom_op_log loom_op_log;
 typedef struct loom_graph loom_graph;
+/* A communicator between ranks (loom/comm.h). */
+typedef struct loom_comm loom_comm;
 
 typedef struct loom_backend_ops {
   const char *name; /* "cpu", "cuda", ... */
@@ -620,6 +622,22 @@ LOOM_API bool loom_precision_parse(const char *name, loom_precision *p);
 LOOM_API bool loom_backend_can_graph(const loom_backend *backend);
 LOOM_API int loom_backend_log_begin(loom_backend *backend);
 LOOM_API int loom_backend_log_end(loom_backend *backend, bool run);
+/* As loom_backend_log_begin, for a step that the ranks of `comm` run
+ * together, whose log may hold a device communicator's sums (loom/comm.h:
+ * started and waited for while the log is open, they are logged among the
+ * ops). A collective captured on one rank must be captured on every rank
+ * (NCCL's rule), so at loom_backend_log_end(b, true) the ranks agree, in a
+ * small collective of comm's, how the step runs: each launching its graph,
+ * each capturing one, or else every rank op by op (also when one rank's
+ * log was flushed or did not match); and after a capture, that every
+ * rank's succeeded (else each runs that log op by op from then on). Every
+ * rank must end its log at the same point of its run; a rank whose step
+ * failed drops its log (run false, no collective) and tells the others
+ * (loom_comm_notify_failure), whose agreement then fails. A host read that
+ * flushes the log (above) must come on every rank alike: a rank waiting
+ * for a sum it started waits for the others' starts, which wait in their
+ * logs for this agreement. */
+LOOM_API int loom_backend_log_begin_over(loom_backend *backend, loom_comm *comm);
 /* Whether this thread's ops on `backend` are being logged now. */
 LOOM_API bool loom_backend_logging(const loom_backend *backend);
 /* For a backend's graph slots: runs log's ops through ops (with ctx), in
