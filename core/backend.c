@@ -239,15 +239,18 @@ static int gemm_op(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, int6
   LOOM_RUN_OP(b, gemm);
 }
 
-int loom_backend_gemm(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
-                      int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
-  int rc = ready(b, LOOM_OP_GEMM);
-  if (rc < 0 || !loom_autocast_applies(b) || M == 0 || N == 0 || K == 0) /* nothing to round */
-    return rc < 0 ? rc : gemm_op(b, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  loom_autocast_gemm g = {.A = A, .B = B, .lda = lda, .ldb = ldb};
-  if ((rc = loom_autocast_operands(b, &g, ta, tb, M, N, K)) == 0)
-    rc = gemm_op(b, ta, tb, M, N, K, alpha, g.A, g.lda, g.B, g.ldb, beta, C, ldc);
-  loom_autocast_release(b, &g); /* while a log is open, the copies are freed at its end */
+static int gemm_lowp_op(loom_backend *b, loom_precision prec, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                        float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                        int64_t ldc) {
+  LOOM_RUN_OP(b, gemm_lowp);
+}
+
+/* *finite = no Inf or NaN in the M x N block of C (ld ldc). */
+static int block_finite(loom_backend *b, const float *C, int64_t M, int64_t N, int64_t ldc, bool *finite) {
+  int rc = 0;
+  *finite = true;
+  for (int64_t i = 0; rc == 0 && *finite && i < M; i += ldc == N ? M : 1)
+    rc = b->ops.all_finite(b->ctx, C + i * ldc, ldc == N ? M * N : N, finite);
   return rc;
 }
 
@@ -257,10 +260,34 @@ static int gemm_checked(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N,
   if (b->ops.gemm_checked)
     return b->ops.gemm_checked(b->ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, finite);
   int rc = b->ops.gemm(b->ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  *finite = true;
-  for (int64_t i = 0; rc == 0 && *finite && i < M; i += ldc == N ? M : 1)
-    rc = b->ops.all_finite(b->ctx, C + i * ldc, ldc == N ? M * N : N, finite);
+  return rc < 0 ? rc : block_finite(b, C, M, N, ldc, finite);
+}
+
+/* A product under autocast (finite: checked): the backend's own in the
+ * format where it has one (gemm_lowp), else gemm on operands rounded into
+ * fp32 copies. */
+static int autocast_gemm(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                         const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc,
+                         bool *finite) {
+  int rc;
+  if (b->ops.gemm_lowp && (!finite || b->ops.all_finite)) {
+    rc = gemm_lowp_op(b, loom_backend_autocast(), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return rc < 0 || !finite ? rc : block_finite(b, C, M, N, ldc, finite);
+  }
+  loom_autocast_gemm g = {.A = A, .B = B, .lda = lda, .ldb = ldb};
+  if ((rc = loom_autocast_operands(b, &g, ta, tb, M, N, K)) == 0)
+    rc = finite ? gemm_checked(b, ta, tb, M, N, K, alpha, g.A, g.lda, g.B, g.ldb, beta, C, ldc, finite)
+                : gemm_op(b, ta, tb, M, N, K, alpha, g.A, g.lda, g.B, g.ldb, beta, C, ldc);
+  loom_autocast_release(b, &g); /* while a log is open, the copies are freed at its end */
   return rc;
+}
+
+int loom_backend_gemm(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                      int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+  int rc = ready(b, LOOM_OP_GEMM);
+  if (rc < 0 || !loom_autocast_applies(b) || M == 0 || N == 0 || K == 0) /* nothing to round */
+    return rc < 0 ? rc : gemm_op(b, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  return autocast_gemm(b, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
 }
 
 int loom_backend_gemm_checked(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
@@ -271,11 +298,7 @@ int loom_backend_gemm_checked(loom_backend *b, bool ta, bool tb, int64_t M, int6
     rc = loom_op_log_flush(b);
   if (rc < 0 || !loom_autocast_applies(b) || M == 0 || N == 0 || K == 0) /* nothing to round */
     return rc < 0 ? rc : gemm_checked(b, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, finite);
-  loom_autocast_gemm g = {.A = A, .B = B, .lda = lda, .ldb = ldb};
-  if ((rc = loom_autocast_operands(b, &g, ta, tb, M, N, K)) == 0)
-    rc = gemm_checked(b, ta, tb, M, N, K, alpha, g.A, g.lda, g.B, g.ldb, beta, C, ldc, finite);
-  loom_autocast_release(b, &g);
-  return rc;
+  return autocast_gemm(b, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, finite);
 }
 
 int loom_backend_fill_rows(loom_backend *b, float *y, const float *row, int64_t rows, int64_t cols) {

@@ -21,7 +21,7 @@
   X(loss_backward) X(dropout_forward) X(mul) X(add) X(conv_forward) X(conv_backward) X(pool_forward)                   \
   X(pool_backward) X(batchnorm_forward) X(batchnorm_backward) X(block_forward) X(block_backward) X(sgd_update)         \
   X(adam_update) X(rmsprop_update) X(update_ranges) X(scale) X(clamp) X(flag_nonfinite) X(set_if) X(round) X(copy)   \
-  X(zero)
+  X(zero) X(gemm_lowp)
 
 /* Each op's arguments after ctx: F_(type, name) a value as the slot takes
  * it; S_(type, name) a struct the slot takes by pointer, copied into the
@@ -32,6 +32,7 @@
 #define LOOM_LOG_ARGS_gemm(F_, S_, V_)                                                                                 \
   F_(bool, ta) F_(bool, tb) F_(int64_t, M) F_(int64_t, N) F_(int64_t, K) F_(float, alpha) F_(const float *, A)        \
   F_(int64_t, lda) F_(const float *, B) F_(int64_t, ldb) F_(float, beta) F_(float *, C) F_(int64_t, ldc)
+#define LOOM_LOG_ARGS_gemm_lowp(F_, S_, V_) F_(loom_precision, prec) LOOM_LOG_ARGS_gemm(F_, S_, V_)
 #define LOOM_LOG_ARGS_fill_rows(F_, S_, V_) F_(float *, y) F_(const float *, row) F_(int64_t, rows) F_(int64_t, cols)
 #define LOOM_LOG_ARGS_sum_rows(F_, S_, V_) F_(float *, sum) F_(const float *, x) F_(int64_t, rows) F_(int64_t, cols)
 #define LOOM_LOG_ARGS_act_forward(F_, S_, V_)                                                                          \

@@ -498,6 +498,26 @@ static int fake_gemm(void *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t 
   return CPU_OP(ctx, cpu(ctx, false), gemm, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+/* The product of operands rounded to p, as the CPU computes it under that
+ * autocast: the core's fallback's bits (a CUDA backend stores them as p). */
+static int fake_gemm_lowp(void *ctx, loom_precision p, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                          const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                          int64_t ldc) {
+  fake_device *d = ctx;
+  gemm_extents(d, "gemm_lowp", ta, tb, M, N, K, &A, lda, &B, ldb, &C, ldc);
+  if (p != LOOM_PRECISION_BF16 && p != LOOM_PRECISION_FP16) {
+    fprintf(stderr, "fake device: gemm_lowp in precision %d\n", (int)p);
+    abort();
+  }
+  pthread_mutex_lock(&d->lock);
+  d->counts.lowp_gemms += !d->capturing;
+  pthread_mutex_unlock(&d->lock);
+  const loom_precision before = loom_backend_set_autocast(p);
+  int rc = CPU_OP(ctx, cpu(ctx, false), gemm, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  loom_backend_set_autocast(before);
+  return rc;
+}
+
 static int fake_gemm_checked(void *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
                              const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                              int64_t ldc, bool *finite) {
@@ -981,6 +1001,7 @@ static const loom_backend_ops fake_ops = {
     .mul = fake_mul,
     .add = fake_add,
     .round = fake_round,
+    .gemm_lowp = fake_gemm_lowp,
     .conv_plan = fake_conv_plan,
     .conv_forward = fake_conv_forward,
     .conv_backward = fake_conv_backward,
@@ -1037,6 +1058,8 @@ loom_backend *fake_device_create_without(size_t arena_bytes, unsigned missing, f
   if (missing & FAKE_NO_UPLOAD)
     ops.host_alloc = NULL, ops.host_free = NULL, ops.upload_create = NULL, ops.upload_destroy = NULL,
     ops.upload_start = NULL, ops.upload_wait = NULL, ops.upload_release = NULL;
+  if (missing & FAKE_NO_LOWP)
+    ops.gemm_lowp = NULL;
   if (missing & FAKE_NO_GRAPHS)
     ops.graph_begin = NULL, ops.graph_end = NULL, ops.graph_launch = NULL, ops.graph_destroy = NULL;
   d->ops = ops;

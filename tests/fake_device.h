@@ -53,6 +53,7 @@ typedef struct fake_device_counts {
   int64_t captures;     /* graph_end calls: step graphs captured (their ops checked, not run) */
   int64_t launches;     /* graph_launch calls: each runs the new log's ops (counted in ops) */
   int64_t graphs;       /* graphs not destroyed */
+  int64_t lowp_gemms;   /* gemm_lowp calls run (autocast's products in the format) */
 } fake_device_counts;
 
 /* A fake device of `arena_bytes` of memory, named "fake"; *dev (if not
@@ -66,6 +67,7 @@ loom_backend *fake_device_create_ex(size_t arena_bytes, bool topk_hits, fake_dev
 #define FAKE_NO_TOPK_HITS 1u
 #define FAKE_NO_UPLOAD 2u /* the seven asynchronous upload slots: batches go through from_host */
 #define FAKE_NO_GRAPHS 4u /* the four step graph slots: every logged step runs op by op */
+#define FAKE_NO_LOWP 8u   /* gemm_lowp: autocast's products on rounded fp32 copies */
 loom_backend *fake_device_create_without(size_t arena_bytes, unsigned missing, fake_device **dev);
 fake_device_counts fake_device_counts_of(fake_device *dev);
 /* Zeroes the counts (not `live` and `plans`). */

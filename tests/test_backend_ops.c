@@ -664,8 +664,12 @@ static void test_autocast(void **state) {
         if (memcmp(&got[k], &want[k], sizeof got[k]) != 0 && !(isnan(got[k]) && isnan(want[k])))
           fail_msg("%s round to %s of %a: %a, the CPU's %a", loom_backend_name(b[i]), loom_precision_name(ps[pi]),
                    (double)x[k], (double)got[k], (double)want[k]);
+      /* Each shape with op(A) and op(B) transposed or not (a device's
+       * product in the format swaps and transposes its operands). */
       static const int64_t shapes[][3] = {{33, 65, 17}, {128, 10, 784}};
-      for (size_t s = 0; s < 2; s++) {
+      for (size_t st = 0; st < 2 * 4; st++) {
+        const size_t s = st / 4;
+        const bool ta = st & 1, tb = st & 2;
         const int64_t M = shapes[s][0], Nc = shapes[s][1], K = shapes[s][2];
         float *A = malloc((size_t)(M * K) * sizeof *A), *B = malloc((size_t)(K * Nc) * sizeof *B);
         float *C = malloc((size_t)(M * Nc) * sizeof *C);
@@ -678,17 +682,20 @@ static void test_autocast(void **state) {
           for (int64_t c = 0; c < Nc; c++) {
             double sum = 0, abs_sum = 0;
             for (int64_t k = 0; k < K; k++)
-              sum += (double)A[r * K + k] * B[k * Nc + c], abs_sum += fabs((double)A[r * K + k] * B[k * Nc + c]);
+            {
+              const double t = (double)A[ta ? k * M + r : r * K + k] * B[tb ? c * K + k : k * Nc + c];
+              sum += t, abs_sum += fabs(t);
+            }
             ref[r * Nc + c] = sum, scale[r * Nc + c] = abs_sum;
           }
         loom_precision before = loom_backend_set_autocast(ps[pi]);
-        int rc = loom_backend_gemm(b[i], false, false, M, Nc, K, 1.0f, dA, K, dB, Nc, 0.0f, dC, Nc);
+        int rc = loom_backend_gemm(b[i], ta, tb, M, Nc, K, 1.0f, dA, ta ? M : K, dB, tb ? K : Nc, 0.0f, dC, Nc);
         loom_backend_set_autocast(before);
         assert_int_equal(rc, 0);
         download(b[i], C, dC, M * Nc);
         char what[96];
-        snprintf(what, sizeof what, "%s %s gemm %lldx%lldx%lld", loom_backend_name(b[i]), loom_precision_name(ps[pi]),
-                 (long long)M, (long long)Nc, (long long)K);
+        snprintf(what, sizeof what, "%s %s gemm %lldx%lldx%lld (ta %d, tb %d)", loom_backend_name(b[i]),
+                 loom_precision_name(ps[pi]), (long long)M, (long long)Nc, (long long)K, ta, tb);
         close_all(what, C, ref, scale, M * Nc, (double)(K + 2) * 0x1p-24);
         loom_backend_free(b[i], dA), loom_backend_free(b[i], dB), loom_backend_free(b[i], dC);
         free(A), free(B), free(C), free(ref), free(scale);

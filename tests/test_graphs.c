@@ -18,7 +18,7 @@ typedef struct spec {
   bool dropout;   /* a Dropout between the layers */
   bool scheduler; /* an exponential decay of the rate at every step */
   bool cnn;       /* a convolution, BatchNorm, ReLU and max pool (a fused block), on 2x6x6 images */
-  bool bf16;      /* under bf16 autocast (rounded copies of the products' operands) */
+  bool bf16;      /* under bf16 autocast (the products' operands rounded to bf16) */
   bool frozen;    /* the MLP's every layer frozen: the step updates no range */
   int workers;    /* the MLP's loaders' threads (batches in up to 2 per worker upload slots) */
 } spec;
@@ -195,22 +195,28 @@ static void check_graphs(const spec *s) {
   assert_same(&cpu, &opted_out);
   assert_same(&cpu, &graphs);
   assert_int_equal(graphs.steps, EPOCHS * (TRAIN_FULL + 1));
+  /* 2 shapes, each captured once. The first batch reads on the host (the
+   * criterion's buffers move to the device): not captured, op by op. The
+   * second is the full step's first sight (op by op), the third its
+   * capture and launch, every later full one a launch; the partial step's
+   * first sight is op by op, its second a capture and launch, its third a
+   * launch. Under autocast the products are the backend's (gemm_lowp):
+   * nothing allocated inside the step. */
+  assert_int_equal(c.captures, 2);
+  assert_int_equal(c.launches, (EPOCHS * TRAIN_FULL - 2) + (EPOCHS - 1));
+  assert_true(s->bf16 ? c.lowp_gemms > 0 : c.lowp_gemms == 0);
   if (s->bf16) {
-    /* Autocast's rounded copies are allocated at every product: where the
-     * fake's first-fit arena puts them may change from one epoch to the
-     * next (after the evaluation's), which is another log (op by op once,
-     * then captured in its turn). */
+    /* Without gemm_lowp autocast's rounded copies are allocated at every
+     * product: where the fake's first-fit arena puts them may change from
+     * one epoch to the next (after the evaluation's), which is another log
+     * (op by op once, then captured in its turn). The same bits. */
+    outcome copies = {0};
+    fake_run(FAKE_NO_LOWP, s, false, &copies, &c);
+    assert_same(&cpu, &copies);
     assert_true(c.captures >= 2);
     assert_true(c.launches >= EPOCHS * TRAIN_FULL / 2);
-  } else {
-    /* 2 shapes, each captured once. The first batch reads on the host (the
-     * criterion's buffers move to the device): not captured, op by op. The
-     * second is the full step's first sight (op by op), the third its
-     * capture and launch, every later full one a launch; the partial
-     * step's first sight is op by op, its second a capture and launch,
-     * its third a launch. */
-    assert_int_equal(c.captures, 2);
-    assert_int_equal(c.launches, (EPOCHS * TRAIN_FULL - 2) + (EPOCHS - 1));
+    assert_int_equal(c.lowp_gemms, 0);
+    outcome_free(&copies);
   }
   outcome_free(&cpu), outcome_free(&plain), outcome_free(&opted_out), outcome_free(&graphs);
 }

@@ -1,7 +1,8 @@
 /* Mixed precision (autocast, loom/backend.h): the ROUND op against
- * hand-worked values and the compiler's own _Float16 conversion; gemm and
- * Conv2d under autocast equal the fp32 op on operands rounded beforehand,
- * bit for bit, on the CPU and the fake device; and experiment.precision
+ * hand-worked values and the compiler's own _Float16 conversion, and the
+ * format's bits a device stores (loom_lowp_bits); gemm and Conv2d under
+ * autocast equal the fp32 op on operands rounded beforehand, bit for bit,
+ * on the CPU and the fake device (with gemm_lowp and without); and experiment.precision
  * trains within a bound of the fp32 run and leaves autocast as it was.
  * Usage: test_precision CONFIGS_DIR (tests/configs) */
 #include "helpers.h"
@@ -10,6 +11,7 @@
 
 #include <loom/backend_cpu.h>
 
+#include "backends/cpu/round_math.h"
 #include "fake_device.h"
 
 static const char *configs;
@@ -117,6 +119,32 @@ static void test_round_matches_references(void **state) {
 }
 
 
+/* The 16 bits a device stores for gemm_lowp's operands (loom_lowp_bits):
+ * fp16 the compiler's _Float16 conversion's, bf16 the rounded float's
+ * upper half, and a NaN one of the format's NaNs, for any bit pattern. */
+static void test_lowp_bits(void **state) {
+  (void)state;
+  uint32_t seed = 777;
+  const float specials[] = {0.0f, -0.0f, 65504.0f, 65519.0f, 65520.0f, 0x1p-24f, 0x1p-25f, 0x1.8p-25f, 0x1p-14f,
+                            0x1.ff8p-15f, INFINITY, -INFINITY, bits(0x7f800001u), bits(0xffc00000u), 1.0f / 3.0f};
+  const int nspecial = (int)(sizeof specials / sizeof *specials);
+  for (int i = 0; i < 200000 + nspecial; i++) {
+    const float x = i < nspecial ? specials[i] : sample(&seed, i);
+    const uint16_t b = loom_lowp_bits(LOOM_PRECISION_BF16, x);
+    const uint32_t r = loom_float_bits(loom_round_bf16(x));
+    if (isnan(x) ? (b & 0x7f80u) != 0x7f80u || (b & 0x7fu) == 0 : b != r >> 16 || (r & 0xffffu) != 0)
+      fail_msg("bf16 bits of %a: 0x%04x, the rounded float 0x%08x", (double)x, b, r);
+#ifdef __FLT16_MAX__
+    const _Float16 h = (_Float16)x;
+    uint16_t want;
+    memcpy(&want, &h, sizeof want);
+    const uint16_t got = loom_lowp_bits(LOOM_PRECISION_FP16, x);
+    if (isnan(x) ? (got & 0x7c00u) != 0x7c00u || (got & 0x3ffu) == 0 : got != want)
+      fail_msg("fp16 bits of %a: 0x%04x, _Float16 gives 0x%04x", (double)x, got, want);
+#endif
+  }
+}
+
 /* C (M x N, ldc N) = op(A) op(B) on `b` from host operands, back on the host. */
 static void product(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                     const float *B, int64_t ldb, bool checked, float *C) {
@@ -137,9 +165,12 @@ static void product(loom_backend *b, bool ta, bool tb, int64_t M, int64_t N, int
 
 static void test_gemm_rounds_its_operands(void **state) {
   (void)state;
-  fake_device *dev;
+  fake_device *dev, *dev32;
   loom_backend *fake = fake_device_create((size_t)8 << 20, &dev);
-  loom_backend *backends[] = {loom_backend_cpu(), fake};
+  /* Without gemm_lowp the core rounds into fp32 copies; with it the
+   * backend multiplies in the format. */
+  loom_backend *fake32 = fake_device_create_without((size_t)8 << 20, FAKE_NO_LOWP, &dev32);
+  loom_backend *backends[] = {loom_backend_cpu(), fake, fake32};
   const loom_precision ps[] = {LOOM_PRECISION_BF16, LOOM_PRECISION_FP16};
   enum { M = 37, N = 19, K = 53, PAD = 3 };
   for (int t = 0; t < 4; t++) {
@@ -156,7 +187,7 @@ static void test_gemm_rounds_its_operands(void **state) {
       assert_int_equal(loom_backend_round(loom_backend_cpu(), ps[pi], B, rb, (int64_t)(sizeof B / sizeof *B)), 0);
       product(loom_backend_cpu(), ta, tb, M, N, K, ra, lda, rb, ldb, false, want);
       assert_memory_not_equal(want, fp32, sizeof want); /* the rounding shows */
-      for (int bi = 0; bi < 2; bi++)
+      for (int bi = 0; bi < 3; bi++)
         for (int checked = 0; checked < 2; checked++) {
           loom_precision before = loom_backend_set_autocast(ps[pi]);
           assert_int_equal(before, LOOM_PRECISION_FP32);
@@ -168,7 +199,10 @@ static void test_gemm_rounds_its_operands(void **state) {
         }
     }
   }
+  assert_int_equal(fake_device_counts_of(dev).lowp_gemms, 4 * 2 * 2); /* transposes x formats x checked */
+  assert_int_equal(fake_device_counts_of(dev32).lowp_gemms, 0);
   loom_backend_destroy(fake);
+  loom_backend_destroy(fake32);
 }
 
 /* A Conv2d -> BatchNorm -> ReLU model (which the CPU fuses in fp32). */
@@ -409,6 +443,7 @@ int main(int argc, char **argv) {
   configs = argc > 1 ? argv[1] : "tests/configs";
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_round_hand_values),       cmocka_unit_test(test_round_matches_references),
+      cmocka_unit_test(test_lowp_bits),
       cmocka_unit_test(test_gemm_rounds_its_operands), cmocka_unit_test(test_conv_rounds_its_operands),
       cmocka_unit_test(test_experiment_precision),    cmocka_unit_test(test_scaling_is_exact_where_nothing_overflows),
       cmocka_unit_test(test_overflow_skips_then_recovers), cmocka_unit_test(test_scaling_resumes),

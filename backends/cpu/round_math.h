@@ -79,4 +79,21 @@ static inline LOOM_RHD float loom_round_to(loom_precision p, float x) {
   return p == LOOM_PRECISION_BF16 ? loom_round_bf16(x) : p == LOOM_PRECISION_FP16 ? loom_round_fp16(x) : x;
 }
 
+/* x rounded to p (bf16 or fp16) as that format's 16 bits: what a device
+ * stores for autocast's products (gemm_lowp). bf16 is the rounded float's
+ * upper half (a NaN kept one: its payload may lie below bit 16); fp16's
+ * fields are the rounded float's, rebiased (a subnormal is its count of
+ * 2^-24 steps, exact). */
+static inline LOOM_RHD uint16_t loom_lowp_bits(loom_precision p, float x) {
+  const uint32_t u = loom_float_bits(loom_round_to(p, x)), mag = u & 0x7fffffffu;
+  const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+  if (p == LOOM_PRECISION_BF16)
+    return (uint16_t)(mag > 0x7f800000u ? (u >> 16) | 0x0040u : u >> 16);
+  if (mag >= 0x7f800000u)
+    return (uint16_t)(sign | (mag > 0x7f800000u ? 0x7e00u : 0x7c00u));
+  if (mag >= 0x38800000u) /* a normal: fp32's exponent less 127, plus 15 */
+    return (uint16_t)(sign | (((mag >> 23) - 112u) << 10) | ((mag >> 13) & 0x3ffu));
+  return (uint16_t)(sign | (uint16_t)(loom_bits_float(mag) * 16777216.0f));
+}
+
 #endif

@@ -153,6 +153,11 @@ __global__ void round_kernel(loom_precision p, const float *x, float *y, int64_t
     y[i] = loom_round_to(p, x[i]);
 }
 
+__global__ void to_lowp_kernel(loom_precision p, const float *x, int64_t cols, int64_t ld, uint16_t *dst, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride())
+    dst[i] = loom_lowp_bits(p, x[i / cols * ld + i % cols]);
+}
+
 __global__ void clamp_kernel(float *x, float limit, int64_t n) {
   for (int64_t i = first_index(); i < n; i += stride()) {
     const float v = x[i];
@@ -547,6 +552,11 @@ cudaError_t loom_cuda_scale(cudaStream_t s, float *x, float a, int64_t n) { retu
 
 cudaError_t loom_cuda_round(cudaStream_t s, loom_precision p, const float *x, float *y, int64_t n) {
   return launch(round_kernel, s, n, p, x, y);
+}
+
+cudaError_t loom_cuda_to_lowp(cudaStream_t s, loom_precision p, const float *x, int64_t rows, int64_t cols, int64_t ld,
+                              uint16_t *dst) {
+  return launch(to_lowp_kernel, s, rows * cols, p, x, cols, ld, dst);
 }
 
 cudaError_t loom_cuda_clamp(cudaStream_t s, float *x, float limit, int64_t n) {

@@ -37,6 +37,11 @@ cudaError_t loom_cuda_scale(cudaStream_t s, float *x, float a, int64_t n);
 cudaError_t loom_cuda_clamp(cudaStream_t s, float *x, float limit, int64_t n);
 /* y = x rounded to p (backends/cpu/round_math.h; y may be x). */
 cudaError_t loom_cuda_round(cudaStream_t s, loom_precision p, const float *x, float *y, int64_t n);
+/* dst (rows x cols, packed) = the rows x cols block of x (stride ld)
+ * rounded to p (bf16 or fp16) as that format's bits (loom_lowp_bits):
+ * gemm_lowp's operands. */
+cudaError_t loom_cuda_to_lowp(cudaStream_t s, loom_precision p, const float *x, int64_t rows, int64_t cols, int64_t ld,
+                              uint16_t *dst);
 /* *out (device) = sum of x_i^2 in double, through `partials` (device,
  * LOOM_CUDA_REDUCE_BLOCKS doubles): a fixed order for a given n, so the
  * same sum every run. */

@@ -463,6 +463,16 @@ typedef struct loom_backend_ops {
    * rounding of products' operands (loom_backend_autocast); optional:
    * without it a backend computes in fp32 whatever autocast says. */
   int (*round)(void *ctx, loom_precision p, const float *x, float *y, int64_t n);
+  /* gemm under autocast with operands stored in format p (bf16 or fp16):
+   * op(A) and op(B) rounded as round does into operands of that format
+   * (half the bytes of fp32 copies), multiplied with fp32 accumulation
+   * (cuBLAS's Tensor Cores at that format's rate). C is the product of the
+   * rounded operands, exact per term, its sums in the backend's order.
+   * Optional (with round): without it the gemm wrappers round into fp32
+   * copies and call gemm. */
+  int (*gemm_lowp)(void *ctx, loom_precision p, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                   float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                   int64_t ldc);
 
   /* Optional: frees ctx. */
   void (*destroy)(void *ctx);
