@@ -56,6 +56,8 @@ typedef struct open_log {
   loom_comm *comm; /* several ranks agree how the log runs (loom_backend_log_begin_over) */
   loom_op_log log;
   bool off; /* flushed: the rest of the step runs op by op */
+  int rc;   /* a flush's error that no caller could take (a free's): the log's end gives it */
+  char message[LOOM_ERROR_MAX];
   deferred_free *frees;
   int num_frees;
   size_t cap_frees;
@@ -287,7 +289,11 @@ bool loom_op_log_defer_free(loom_backend *b, void *p, bool plan) {
     return false;
   if (loom_array_reserve((void **)&o->frees, &o->cap_frees, (size_t)o->num_frees + 1, sizeof *o->frees,
                          "the op log's frees") < 0) {
-    loom_op_log_flush(b); /* no room to wait: what was logged runs now, and the memory goes */
+    int rc = loom_op_log_flush(b); /* no room to wait: what was logged runs now, and the memory goes */
+    if (rc < 0 && o->rc == 0) {
+      o->rc = rc;
+      snprintf(o->message, sizeof o->message, "%s", loom_last_error());
+    }
     return false;
   }
   o->frees[o->num_frees++] = (deferred_free){p, plan};
@@ -452,6 +458,8 @@ int loom_backend_log_end(loom_backend *b, bool run) {
                           loom_backend_name(b));
   open_on_thread = NULL; /* from here every op runs at once */
   int rc = run ? replay(b, &o->log, o->off, o->comm) : 0;
+  if (o->rc < 0 && run) /* the step's ops failed where nothing could report it */
+    rc = loom_error_set(o->rc, "%s", o->message);
   const loom_backend_ops *ops;
   void *ctx = loom_backend_context(b, &ops);
   for (int i = 0; i < o->num_frees; i++)

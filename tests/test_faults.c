@@ -683,6 +683,40 @@ static int sc_datasets(const char *dir) {
   return rc < 0 ? loom_last_error_code() : 0;
 }
 
+/* A step's op log on the CPU backend (core/op_log.c): ops recorded, a
+ * host read flushing them, memory freed while the log is open (its frees
+ * wait for the end), a second logged step; the results checked. */
+static int sc_op_log(const char *dir) {
+  (void)dir;
+  loom_backend *b = loom_backend_cpu();
+  if (!b)
+    return loom_last_error_code();
+  const float one[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+  float *x = loom_backend_alloc(b, sizeof one), *y = loom_backend_alloc(b, sizeof one), got[16];
+  int rc = x && y ? loom_backend_from_host(b, x, one, sizeof one) : LOOM_ENOMEM;
+  for (int step = 0; rc == 0 && step < 2; step++) {
+    float *t = NULL;
+    if ((rc = loom_backend_log_begin(b)) < 0)
+      break;
+    rc = (t = loom_backend_alloc(b, sizeof one)) ? 0 : LOOM_ENOMEM;
+    if (rc == 0)
+      rc = loom_backend_add(b, x, x, t, 16); /* t = 2x */
+    if (rc == 0)
+      rc = loom_backend_copy(b, y, t, sizeof one);
+    loom_backend_free(b, t); /* waits for the log's end */
+    if (rc == 0 && step == 1)
+      rc = loom_backend_to_host(b, got, y, sizeof got); /* flushes */
+    if (rc == 0)
+      rc = loom_backend_scale(b, x, 2.0f, 16);
+    int end = loom_backend_log_end(b, rc == 0);
+    rc = rc < 0 ? rc : end;
+  }
+  if (rc == 0 && (got[0] != 4.0f || got[15] != 4.0f))
+    rc = loom_error_set(LOOM_EINVAL, "sc_op_log: y is %g, not 4", (double)got[0]);
+  loom_backend_free(b, x), loom_backend_free(b, y);
+  return rc < 0 ? loom_last_error_code() : 0;
+}
+
 static int record_run(loom_callback *cb, loom_runner *r) {
   if (loom_runner_resumed_finished(r))
     return 0;
@@ -861,6 +895,11 @@ static void test_alloc_build(void **state) {
   alloc_walk("build", NULL, sc_build);
 }
 
+static void test_alloc_op_log(void **state) {
+  (void)state;
+  alloc_walk("op_log", NULL, sc_op_log);
+}
+
 static void test_alloc_run(void **state) {
   (void)state;
   alloc_walk("run", NULL, sc_run);
@@ -929,6 +968,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_alloc_datasets),
       cmocka_unit_test(test_alloc_build),
+      cmocka_unit_test(test_alloc_op_log),
       cmocka_unit_test(test_alloc_run),
       cmocka_unit_test(test_alloc_resume),
       cmocka_unit_test(test_alloc_random),
