@@ -71,6 +71,7 @@ fi
 machine_ld_path=${LD_LIBRARY_PATH:-}
 py() { LD_LIBRARY_PATH=$machine_ld_path python3 "$@"; } # Python on the machine's own libraries
 export LD_LIBRARY_PATH=$work/lib:$cudalib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+echo "gpu-check: CUDA's libraries from $cudalib" # which cuDNN and NCCL were found, for the one run there is
 export LOOM_CUDA_MODULE=$work/lib/libloom_cuda.so
 bin=$work/bin
 
@@ -146,6 +147,10 @@ if [ -s "$runs/gpu.loss" ] && mlp_run cuda "$runs/nographs" 3 --no-graphs; then
 else
   failed=1
 fi
+# The runs' warnings (loom's notices): a step that could not be captured
+# runs op by op and says so only there, and then the comparison above
+# holds without a graph having run.
+grep -h "warning:" "$runs/gpu.out" "$runs/nographs.out" 2>/dev/null | sort -u | sed 's/^/  /'
 echo "== checkpointed on the GPU after 2 epochs, resumed on the CPU for the third: the CPU run's losses (1e-4)"
 if mlp_run cuda "$runs/resumed" 2 && mlp_run cpu "$runs/resumed" 3 --resume last; then
   train_losses "$runs/resumed" >"$runs/resumed.loss"
