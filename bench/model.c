@@ -124,10 +124,11 @@ static double median(double *v, int n) {
   return v[n / 2];
 }
 
-/* The dev_mem_mb field for the experiment's backend: "" on the CPU. Read
+/* The dev_mem_mb and graphs (training steps launched as step graphs, of
+ * those logged) fields for the experiment's backend: "" on the CPU. Read
  * before the experiment goes, with its backend and the allocator's counts.
  * Each device's peak is summed: a process trains on one. */
-static void device_memory_field(const loom_experiment *exp, char *out, size_t size) {
+static void device_fields(const loom_experiment *exp, char *out, size_t size) {
   const loom_backend *b = loom_experiment_backend(exp);
   out[0] = '\0';
   if (!b || loom_backend_device(b) != LOOM_DEVICE_CUDA)
@@ -140,7 +141,9 @@ static void device_memory_field(const loom_experiment *exp, char *out, size_t si
     if (loom_cuda_memory_stats_get(d, &st) == 0)
       peak += st.peak_reserved;
   }
-  snprintf(out, size, " dev_mem_mb=%.1f", (double)peak / (1024.0 * 1024.0));
+  const loom_graph_counts g = loom_backend_graph_counts(b);
+  snprintf(out, size, " dev_mem_mb=%.1f graphs=%lld/%lld", (double)peak / (1024.0 * 1024.0), (long long)g.launches,
+           (long long)g.logs);
 }
 
 static int setup(loom_config *c, int epochs, const char *dir, char **sets, int num_sets, timing *t,
@@ -189,7 +192,7 @@ int main(int argc, char **argv) {
   loom_config *c = loom_config_load(argv[1]);
   int rc = c ? setup(c, epochs, dir, argv + 4, argc > 4 ? argc - 4 : 0, &t, &exp) : -1;
   int rank = 0, world = 1;
-  char dev_mem[64] = "";
+  char dev_mem[128] = "";
   if (rc == 0) {
     loom_comm *comm = loom_comm_for_dist(LOOM_DIST_AUTO);
     loom_runner *r = comm ? loom_runner_create() : NULL;
@@ -201,7 +204,7 @@ int main(int argc, char **argv) {
       loom_runner_set_comm(r, comm); /* the runner owns it */
       rc = loom_run_experiment(r, exp);
       loom_runner_destroy(r);
-      device_memory_field(exp, dev_mem, sizeof dev_mem);
+      device_fields(exp, dev_mem, sizeof dev_mem);
     }
   }
   if (rc < 0)

@@ -39,6 +39,7 @@ struct loom_log_cache {
   log_entry entries[LOG_CACHE_SIZE];
   int count;
   uint64_t clock;
+  loom_graph_counts counts;
   block_plan *blocks;
   int num_blocks;
   size_t cap_blocks;
@@ -412,6 +413,7 @@ static int capture(loom_backend *b, log_entry *e, const loom_op_log *log, loom_c
     return 0;
   }
   e->graph = g;
+  cache_of(b)->counts.captures++;
   return 0;
 }
 
@@ -448,6 +450,7 @@ static int replay(loom_backend *b, loom_op_log *log, bool flushed, loom_comm *co
   if ((rc = ops->graph_launch(ctx, e->graph, log)) < 0)
     return loom_error_wrap(rc, "launching the step's graph (%d ops) on backend \"%s\"", log->count,
                            loom_backend_name(b));
+  c->counts.launches++;
   return 0;
 }
 
@@ -457,6 +460,9 @@ int loom_backend_log_end(loom_backend *b, bool run) {
     return loom_error_set(LOOM_ESTATE, "loom_backend_log_end: no log is open on backend \"%s\" in this thread",
                           loom_backend_name(b));
   open_on_thread = NULL; /* from here every op runs at once */
+  struct loom_log_cache *c = run ? cache_of(b) : NULL;
+  if (c)
+    c->counts.logs++;
   int rc = run ? replay(b, &o->log, o->off, o->comm) : 0;
   if (o->rc < 0 && run) /* the step's ops failed where nothing could report it */
     rc = loom_error_set(o->rc, "%s", o->message);
@@ -471,6 +477,11 @@ int loom_backend_log_end(loom_backend *b, bool run) {
   free(o->frees);
   free(o);
   return rc;
+}
+
+loom_graph_counts loom_backend_graph_counts(const loom_backend *b) {
+  struct loom_log_cache *c = *loom_backend_log_cache((loom_backend *)b);
+  return c ? c->counts : (loom_graph_counts){0};
 }
 
 bool loom_backend_logging(const loom_backend *b) { return open_for(b) && !open_for(b)->off; }

@@ -177,13 +177,19 @@ compare() {
     grep '^LOOM') || failed=1
   torch_gpu=$(TORCH_DEVICE=cuda "${limit[@]}" env LD_LIBRARY_PATH="$machine_ld_path" python3 "$root/bench/model_torch.py" "$name" "$n" \
     "$work/data" | grep '^TORCH') || echo "gpu-check: PyTorch's run failed (no ratio)"
-  printf '%-16s %14s %10s %10s\n' run "train s/epoch" accuracy device_MB
+  printf '%-16s %14s %10s %10s %14s\n' run "train s/epoch" accuracy device_MB "graphs/steps"
   for row in "loom cpu:$loom_cpu" "loom cuda:$loom_gpu" "loom cuda bf16:$loom_bf16" "torch cuda:$torch_gpu"; do
     line=${row#*:}
     [ -n "$line" ] || continue
-    printf '%-16s %14s %10s %10s\n' "${row%%:*}" "$(field epoch_s <<<"$line")" "$(field valid_acc <<<"$line")" \
-      "$(field dev_mem_mb <<<"$line")"
+    printf '%-16s %14s %10s %10s %14s\n' "${row%%:*}" "$(field epoch_s <<<"$line")" "$(field valid_acc <<<"$line")" \
+      "$(field dev_mem_mb <<<"$line")" "$(field graphs <<<"$line")"
   done
+  # Step graphs: every training step is logged, and all but the first
+  # sights of each shape launch one (loom's notices say why not).
+  local launched
+  launched=$(field graphs <<<"$loom_gpu")
+  [ -n "$launched" ] && [ "${launched%%/*}" -gt 0 ] ||
+    { echo "gpu-check: $name: no training step ran as a step graph (graphs=$launched)"; failed=1; }
   local a b h t g
   a=$(field valid_acc <<<"$loom_cpu") b=$(field valid_acc <<<"$loom_gpu") h=$(field valid_acc <<<"$loom_bf16")
   if [ -z "$b" ] || [ -z "$h" ] || { [ "$cpu" = cpu ] && [ -z "$a" ]; }; then

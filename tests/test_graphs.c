@@ -174,6 +174,12 @@ static void fake_run(unsigned missing, const spec *s, bool no_graphs, outcome *o
   loom_backend *b = fake_device_create_without((size_t)64 << 20, missing, &d);
   run_with(b, s, no_graphs, out);
   *counts = fake_device_counts_of(d);
+  /* What the core says became of the logs: the device's own counts, every
+   * training batch logged where graphs are on. */
+  const loom_graph_counts g = loom_backend_graph_counts(b);
+  assert_int_equal(g.captures, counts->captures);
+  assert_int_equal(g.launches, counts->launches);
+  assert_int_equal(g.logs, no_graphs || (missing & FAKE_NO_GRAPHS) ? 0 : out->batches);
   assert_int_equal(counts->live, 0);
   assert_int_equal(counts->graphs, s->cnn ? 0 : counts->captures); /* kept until the backend goes */
   loom_backend_destroy(b);

@@ -648,6 +648,16 @@ LOOM_API int loom_backend_log_end(loom_backend *backend, bool run);
  * for a sum it started waits for the others' starts, which wait in their
  * logs for this agreement. */
 LOOM_API int loom_backend_log_begin_over(loom_backend *backend, loom_comm *comm);
+/* What became of the logs ended with run true on `backend` since it was
+ * made: `logs` of them, `captures` captured into a graph, `launches`
+ * launched a graph (each capture's step included); the others ran op by
+ * op (a first sight, a flushed step, a log that could not be captured,
+ * or a backend without the graph slots). How a run tells that its steps
+ * are graphs. */
+typedef struct loom_graph_counts {
+  int64_t logs, captures, launches;
+} loom_graph_counts;
+LOOM_API loom_graph_counts loom_backend_graph_counts(const loom_backend *backend);
 /* Whether this thread's ops on `backend` are being logged now. */
 LOOM_API bool loom_backend_logging(const loom_backend *backend);
 /* For a backend's graph slots: runs log's ops through ops (with ctx), in
