@@ -32,6 +32,7 @@ typedef struct block {
   size_t off, len;
   bool used;
   const void *pending; /* the upload slot whose copy into it no upload_wait has ordered yet */
+  bool scratch;        /* an op's own memory (op_scratch), not the core's */
 } block;
 
 /* Pinned host memory handed out (host_alloc), for the uploads' checks. */
@@ -56,6 +57,8 @@ struct fake_device {
   int64_t fail_op;       /* the op (counted in op_calls) that fails; 0: none */
   int64_t captured_calls, refuse_op; /* ops seen under capture; the one that refuses it (0: none) */
   int held_rc;           /* what a held op returns */
+  void **capture_scratch; /* taken by ops under the capture under way: the graph's to keep */
+  size_t num_capture_scratch, cap_capture_scratch;
 };
 
 /* A plan of this device: the CPU's plan and what it was made for (the
@@ -186,8 +189,9 @@ static int reserve(fake_device *d) {
   return 0;
 }
 
-static void *fake_alloc(void *ctx, size_t bytes) {
-  fake_device *d = ctx;
+/* A block of the arena, first fit; counted as live (the core's) or as an
+ * op's own scratch. */
+static void *take(fake_device *d, size_t bytes, bool scratch) {
   size_t len = ((bytes ? bytes : 1) + 63) & ~(size_t)63;
   pthread_mutex_lock(&d->lock);
   size_t i = 0;
@@ -198,16 +202,19 @@ static void *fake_alloc(void *ctx, size_t bytes) {
   if (d->blocks[i].len > len) { /* split: the rest stays free */
     reserve(d);
     memmove(&d->blocks[i + 2], &d->blocks[i + 1], (d->count - i - 1) * sizeof *d->blocks);
-    d->blocks[i + 1] = (block){d->blocks[i].off + len, d->blocks[i].len - len, false, NULL};
+    d->blocks[i + 1] = (block){d->blocks[i].off + len, d->blocks[i].len - len, false, NULL, false};
     d->blocks[i].len = len;
     d->count++;
   }
   d->blocks[i].used = true;
-  d->counts.live++;
+  d->blocks[i].scratch = scratch;
+  *(scratch ? &d->counts.scratch : &d->counts.live) += 1;
   void *p = tagged(d->arena + d->blocks[i].off);
   pthread_mutex_unlock(&d->lock);
   return p;
 }
+
+static void *fake_alloc(void *ctx, size_t bytes) { return take(ctx, bytes, false); }
 
 static void fake_free(void *ctx, void *p) {
   fake_device *d = ctx;
@@ -221,7 +228,7 @@ static void fake_free(void *ctx, void *p) {
     die("free", "%p is not the start of a live allocation (double free?)", p);
   }
   d->blocks[i].used = false;
-  d->counts.live--;
+  *(d->blocks[i].scratch ? &d->counts.scratch : &d->counts.live) -= 1;
   if (i + 1 < d->count && !d->blocks[i + 1].used) { /* merge with the next */
     d->blocks[i].len += d->blocks[i + 1].len;
     memmove(&d->blocks[i + 1], &d->blocks[i + 2], (d->count - i - 2) * sizeof *d->blocks);
@@ -233,6 +240,29 @@ static void fake_free(void *ctx, void *p) {
     d->count--;
   }
   pthread_mutex_unlock(&d->lock);
+}
+
+/* An op's own device memory, as a CUDA op's workspace or copies: from the
+ * arena, given back after the op (op_scratch_done), or under a capture
+ * kept by the graph until it goes (its launches would write there), which
+ * moves where the core's later allocations land, as on a GPU. */
+static void *op_scratch(fake_device *d, size_t bytes) {
+  void *p = take(d, bytes, true);
+  if (!d->capturing)
+    return p;
+  if (d->num_capture_scratch == d->cap_capture_scratch) {
+    d->cap_capture_scratch = d->cap_capture_scratch ? 2 * d->cap_capture_scratch : 16;
+    d->capture_scratch = realloc(d->capture_scratch, d->cap_capture_scratch * sizeof *d->capture_scratch);
+    if (!d->capture_scratch)
+      die("op scratch", "out of host memory");
+  }
+  d->capture_scratch[d->num_capture_scratch++] = p;
+  return p;
+}
+
+static void op_scratch_done(fake_device *d, void *p) {
+  if (!d->capturing)
+    fake_free(d, p);
 }
 
 static int fake_to_host(void *ctx, void *dst, const void *src, size_t bytes) {
@@ -464,6 +494,7 @@ static int fake_upload_release(void *ctx, loom_upload *u) {
 static void fake_destroy(void *ctx) {
   fake_device *d = ctx;
   pthread_mutex_destroy(&d->lock);
+  free(d->capture_scratch);
   free(d->pinned);
   free(d->arena);
   free(d->blocks);
@@ -512,9 +543,12 @@ static int fake_gemm_lowp(void *ctx, loom_precision p, bool ta, bool tb, int64_t
   pthread_mutex_lock(&d->lock);
   d->counts.lowp_gemms += !d->capturing;
   pthread_mutex_unlock(&d->lock);
+  /* The 16-bit copies of both operands a CUDA backend makes. */
+  void *copies = op_scratch(d, (size_t)(M * K + K * N) * 2);
   const loom_precision before = loom_backend_set_autocast(p);
   int rc = CPU_OP(ctx, cpu(ctx, false), gemm, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   loom_backend_set_autocast(before);
+  op_scratch_done(d, copies);
   return rc;
 }
 
@@ -920,7 +954,9 @@ static int fake_topk_hits(void *ctx, const float *scores, const float *targets, 
 
 struct loom_graph {
   uint32_t magic;
-  int length; /* the captured log's ops */
+  int length;     /* the captured log's ops */
+  void **scratch; /* the ops' own memory taken under its capture */
+  size_t num_scratch;
 };
 
 static int fake_graph_begin(void *ctx) {
@@ -940,6 +976,8 @@ static int fake_graph_end(void *ctx, const loom_op_log *captured, loom_graph **g
   if (!g)
     die("graph_end", "out of host memory");
   g->magic = GRAPH_MAGIC, g->length = loom_op_log_length(captured);
+  g->scratch = d->capture_scratch, g->num_scratch = d->num_capture_scratch;
+  d->capture_scratch = NULL, d->num_capture_scratch = d->cap_capture_scratch = 0;
   pthread_mutex_lock(&d->lock);
   d->counts.captures++, d->counts.graphs++;
   pthread_mutex_unlock(&d->lock);
@@ -966,6 +1004,9 @@ static void fake_graph_destroy(void *ctx, loom_graph *g) {
   if (!g || g->magic != GRAPH_MAGIC)
     die("graph_destroy", "a graph this device did not make (%p)", (void *)g);
   g->magic = 0;
+  for (size_t i = 0; i < g->num_scratch; i++)
+    fake_free(d, g->scratch[i]);
+  free(g->scratch);
   free(g);
   pthread_mutex_lock(&d->lock);
   d->counts.graphs--;
@@ -1051,7 +1092,7 @@ loom_backend *fake_device_create_without(size_t arena_bytes, unsigned missing, f
   d->size = (arena_bytes + 63) & ~(size_t)63;
   pthread_mutex_init(&d->lock, NULL);
   reserve(d);
-  d->blocks[d->count++] = (block){0, d->size, false, NULL};
+  d->blocks[d->count++] = (block){0, d->size, false, NULL, false};
   loom_backend_ops ops = fake_ops;
   if (missing & FAKE_NO_TOPK_HITS)
     ops.topk_hits = NULL;
@@ -1081,7 +1122,8 @@ fake_device_counts fake_device_counts_of(fake_device *d) {
 void fake_device_reset_counts(fake_device *d) {
   pthread_mutex_lock(&d->lock);
   d->counts = (fake_device_counts){.live = d->counts.live, .plans = d->counts.plans, .pinned = d->counts.pinned,
-                                   .upload_slots = d->counts.upload_slots, .graphs = d->counts.graphs};
+                                   .upload_slots = d->counts.upload_slots, .graphs = d->counts.graphs,
+                                   .scratch = d->counts.scratch};
   pthread_mutex_unlock(&d->lock);
 }
 

@@ -24,7 +24,10 @@
  * emulate CUDA's: between graph_begin and graph_end its ops check their
  * operands and run nothing (nor are counted), graph_end keeps the captured
  * log's length, and graph_launch runs the NEW log through its own ops, so a
- * replayed step is that step's ops run once, bit for bit the op-by-op run. */
+ * replayed step is that step's ops run once, bit for bit the op-by-op run.
+ * Memory an op takes for itself (gemm_lowp's copies, as CUDA's) comes from
+ * the arena; under a capture the graph keeps it until it is destroyed, so
+ * the core's later allocations may land elsewhere, as on a GPU. */
 #ifndef LOOM_TEST_FAKE_DEVICE_H
 #define LOOM_TEST_FAKE_DEVICE_H
 
@@ -54,6 +57,7 @@ typedef struct fake_device_counts {
   int64_t launches;     /* graph_launch calls: each runs the new log's ops (counted in ops) */
   int64_t graphs;       /* graphs not destroyed */
   int64_t lowp_gemms;   /* gemm_lowp calls run (autocast's products in the format) */
+  int64_t scratch;      /* blocks of the ops' own memory not given back (a graph keeps what its capture took) */
 } fake_device_counts;
 
 /* A fake device of `arena_bytes` of memory, named "fake"; *dev (if not
