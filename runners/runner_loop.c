@@ -100,11 +100,15 @@ static int run_one_batch(loom_runner *r, loom_tensor *x, loom_tensor *y) {
    * callbacks' batch results with them (their errors name themselves). */
   loom_backend *device = device_of_model(r);
   const bool deferred = rc >= 0 && r->deferred_criterion;
-  if (deferred && (rc = loom_runner_issue_results(r)) < 0)
-    return rc;
-  if (deferred)
+  if (deferred) {
+    /* Settled even when a result fails to issue: the gate says whether
+     * the step was taken, and the counts (and a checkpoint made on the
+     * exception) must say the same. */
+    int issued = loom_runner_issue_results(r);
     rc = loom_runner_settle_deferred(r);
-  else if (rc >= 0 && device && (rc = loom_backend_synchronize(device)) < 0)
+    if (issued < 0)
+      return issued;
+  } else if (rc >= 0 && device && (rc = loom_backend_synchronize(device)) < 0)
     rc = loom_error_wrap(rc, "waiting for backend \"%s\"", loom_backend_name(device));
   r->batch_compute_s = (double)(loom_now_ns() - t0) * 1e-9;
   if (rc < 0)

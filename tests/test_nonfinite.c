@@ -550,6 +550,42 @@ static void test_device_defers_like_host(void **state) {
   loom_backend_destroy(fake);
 }
 
+/* A callback's batch result that fails to issue at global train batch 3
+ * (the one with sample 5's NaN). */
+static int fail_issue(loom_callback *cb, loom_runner *r, loom_backend *b, void *device) {
+  (void)cb, (void)b, (void)device;
+  return loom_runner_global_batch_step(r) == 3 ? loom_error_set(LOOM_EIO, "the test's issue failed") : 0;
+}
+static int no_finish(loom_callback *cb, loom_runner *r, const void *host) { return (void)cb, (void)r, (void)host, 0; }
+static int no_batch_end(loom_callback *cb, loom_runner *r) { return (void)cb, (void)r, 0; }
+static int add_failing_result(loom_callback *cb, loom_runner *r) {
+  const loom_batch_result result = {.bytes = sizeof(float), .issue = fail_issue, .finish = no_finish};
+  return loom_runner_add_batch_result(r, cb, &result);
+}
+
+/* The deferred batch whose step the gate held back (sample 5's NaN, in
+ * batch 3), when a callback's result fails to issue there: the run fails
+ * with that callback's error, and the step it did not take is not
+ * counted (2 steps, as the weights had). */
+static void test_device_failed_result_keeps_counts(void **state) {
+  (void)state;
+  static const loom_callback_ops ops = {
+      .type = "failing_result", .on_stage_start = add_failing_result, .on_batch_end = no_batch_end};
+  fake_device *dev;
+  loom_backend *fake = fake_device_create((size_t)16 << 20, &dev);
+  result got;
+  run(&(run_spec){.train = data(all8, N, 5), .epochs = 1, .policy = LOOM_NONFINITE_SKIP, .budget = 3,
+                  .backend = fake, .extra = loom_callback_create(&ops, NULL, 0)},
+      &got);
+  if (got.rc != LOOM_EIO)
+    fail_msg("%d: %s", got.rc, got.message);
+  has(got.message, "the test's issue failed");
+  assert_int_equal(got.steps, 2);
+  all_finite(&got);
+  assert_int_equal(fake_device_counts_of(dev).live, 0);
+  loom_backend_destroy(fake);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_grads_finite),
@@ -563,6 +599,7 @@ int main(void) {
       cmocka_unit_test(test_gradient_nan_optimizer_callback),
       cmocka_unit_test(test_gradient_nan_from_allreduce),
       cmocka_unit_test(test_device_defers_like_host),
+      cmocka_unit_test(test_device_failed_result_keeps_counts),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
