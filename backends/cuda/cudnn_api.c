@@ -1,5 +1,5 @@
 /* Loading cuDNN on the first plan (cudnn_api.h). */
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations" /* as in cudnn.c */
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations" /* as in cudnn_plan.h */
 
 #define LOOM_CUDNN_API_DEFINE
 #include "backends/cuda/cudnn_api.h"

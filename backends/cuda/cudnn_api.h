@@ -1,4 +1,4 @@
-/* cuDNN's calls as cudnn.c makes them, through pointers that the first
+/* cuDNN's calls as cudnn*.c make them, through pointers that the first
  * plan fills from libcudnn.so.9 (cudnn_api.c): the module links no cuDNN,
  * so where cuDNN is missing it still loads and runs everything but the
  * planned ops, which then say what is missing. Include after cudnn.h:

@@ -1,6 +1,7 @@
 /* The CUDA backend's kernels (kernels.cu), launched on a stream from C
- * (backend.c). Each launcher returns the launch's error (cudaGetLastError);
- * none waits for its kernel. n == 0 launches nothing. The formulas are the
+ * (ops.c, updates.c, gemm.c, cudnn_pool.c, cudnn_batchnorm.c). Each
+ * launcher returns the launch's error (cudaGetLastError); none waits for
+ * its kernel. n == 0 launches nothing. The formulas are the
  * CPU backend's (backends/cpu/activations.c, optim.c, grads.c), compiled
  * without contracting a * b + c into FMAs, so that elementwise results of
  * the basic operations match the CPU's bit for bit. */
