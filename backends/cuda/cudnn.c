@@ -127,6 +127,7 @@ void loom_cudnn_plan_destroy(void *ctx, loom_plan *plan) {
     loom_cuda_put(c, p->argmax);
     for (int i = 0; i < p->nretired; i++)
       loom_cuda_put(c, p->retired[i]);
+    free(p->retired);
     free(plan);
     break;
   }

@@ -39,14 +39,13 @@ int loom_cudnn_scratch_get(cuda_ctx *c, size_t bytes, void **out);
 /* A step graph captured with the plan keeps writing its argmax, so one
  * outgrown stays the plan's (retired) until the plan goes, when the
  * core has dropped the graphs that name the plan. */
-#define POOL_RETIRED 8
 
 typedef struct dnn_pool {
   struct loom_plan base;
   loom_pool_desc d;
   int32_t *argmax; /* device: the max's positions of the last forward */
   int64_t cap;     /* its elements */
-  void *retired[POOL_RETIRED]; /* outgrown argmax blocks (each at least twice the last) */
+  void **retired; /* outgrown argmax blocks (each at least twice the last) */
   int nretired;
 } dnn_pool;
 

@@ -35,16 +35,17 @@ int loom_cudnn_pool_forward(void *ctx, loom_plan *plan, const float *x, float *y
     return rc;
   const int64_t need = p->d.mode == LOOM_POOL_MAX ? n * p->d.c * p->d.oh * p->d.ow : 0;
   if (need > p->cap) {
-    /* At least double, so that few blocks retire; one that does not fit
-     * the list goes back to the allocator (reused in stream order). */
+    /* At least double, so that few blocks retire. */
     const int64_t cap = need > 2 * p->cap ? need : 2 * p->cap;
+    void **retired = p->argmax ? realloc(p->retired, (size_t)(p->nretired + 1) * sizeof *retired) : p->retired;
+    if (p->argmax && !retired)
+      return libloom->error_set(LOOM_ENOMEM, "CUDA backend: no host memory to keep a max pool's outgrown positions");
+    p->retired = retired;
     int32_t *grown = libloom->alloc_get(c->alloc, (size_t)cap * sizeof *grown, c->stream);
     if (!grown)
       return libloom->last_error_code();
-    if (p->argmax && p->nretired < POOL_RETIRED)
+    if (p->argmax)
       p->retired[p->nretired++] = p->argmax;
-    else
-      loom_cuda_put(c, p->argmax);
     p->argmax = grown, p->cap = cap;
   }
   return launched(c, loom_cuda_pool_forward(c->stream, p->d, x, y, p->argmax, n), "pool_forward");
