@@ -171,10 +171,12 @@ loom_comm_request *loom_comm_request_create(loom_comm *comm, size_t n) {
 void loom_comm_request_destroy(loom_comm_request *q) {
   if (!q)
     return;
-  if (q->device)
+  if (q->device) {
+    loom_op_log_forget_request(q->memory, q); /* the graphs holding its sums first */
     q->comm->ops.device_request_destroy(q->comm->ctx, q->backend);
-  else if (q->backend && q->comm->ops.request_destroy)
+  } else if (q->backend && q->comm->ops.request_destroy) {
     q->comm->ops.request_destroy(q->comm->ctx, q->backend);
+  }
   free(q);
 }
 

@@ -511,12 +511,18 @@ static loom_plan *plan_of(const loom_logged *r) {
   return NULL;
 }
 
-void loom_op_log_forget_plan(loom_backend *b, loom_plan *plan) {
+static bool names_plan(const loom_logged *r, const void *plan) { return plan_of(r) == plan; }
+static bool names_request(const loom_logged *r, const void *request) {
+  return r->id == LOOM_LOGGED_comm && r->u.comm.request == request;
+}
+
+/* Drops the logs (and their graphs) of which an op names x. */
+static void forget(loom_backend *b, bool (*names_x)(const loom_logged *, const void *), const void *x) {
   struct loom_log_cache *c = *loom_backend_log_cache(b);
   for (int i = 0; c && i < c->count;) {
     bool names = false;
     for (int k = 0; !names && k < c->entries[i].key.count; k++)
-      names = plan_of(&c->entries[i].key.ops[k]) == plan;
+      names = names_x(&c->entries[i].key.ops[k], x);
     if (!names) {
       i++;
       continue;
@@ -525,6 +531,12 @@ void loom_op_log_forget_plan(loom_backend *b, loom_plan *plan) {
     c->entries[i] = c->entries[--c->count];
     c->entries[c->count] = (log_entry){0};
   }
+}
+
+void loom_op_log_forget_plan(loom_backend *b, loom_plan *plan) { forget(b, names_plan, plan); }
+
+void loom_op_log_forget_request(loom_backend *b, const loom_comm_request *request) {
+  forget(b, names_request, request);
 }
 
 /* --- block plans --- */

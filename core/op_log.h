@@ -152,6 +152,12 @@ int loom_op_log_block_layers(loom_backend *b, loom_plan *plan);
  * go (a graph holds the plan's own memory, and a plan made later at the
  * same address would make an equal log launch it). */
 void loom_op_log_forget_plan(loom_backend *b, loom_plan *plan);
+/* Before a device request is destroyed (loom_comm_request_destroy): the
+ * logs and graphs whose sums it starts or waits for go (a graph holds the
+ * request's collective, on its communicator: NCCL's, destroyed with it;
+ * a request made later at the same address would make an equal log
+ * launch it). */
+void loom_op_log_forget_request(loom_backend *b, const loom_comm_request *request);
 /* What the backend kept for its logs (graphs, the seen logs, block plans):
  * freed before the backend's context. */
 void loom_op_log_backend_free(loom_backend *b);

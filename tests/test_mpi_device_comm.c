@@ -355,6 +355,21 @@ static void graphs_converge_over_ranks(void **state) {
   loom_comm_destroy(mpi);
 }
 
+/* The gradients' requests go at the run's end (with the reducer, and an
+ * NCCL communicator made for it), and the graphs whose all-reduce they
+ * hold go with them: a later run on the same backend, its requests and
+ * memory at the same addresses, would make an equal log and launch a
+ * graph of the old communicator. */
+static void graphs_go_with_their_requests(void **state) {
+  (void)state;
+  fake_device *own;
+  loom_backend *b = fake_device_create((size_t)16 << 20, &own);
+  outcome out = train(b, own, true, 1024, false, false);
+  assert_int_equal(out.captures, world_size == 2 ? 2 : 1);
+  assert_int_equal(fake_device_counts_of(own).graphs, 0); /* 2 (1 on 3 ranks) were left */
+  loom_backend_destroy(b);
+}
+
 int main(void) {
   if (!test_mpi_world("test_mpi_device_comm", &world_rank, &world_size))
     return 1;
@@ -367,6 +382,7 @@ int main(void) {
       cmocka_unit_test(graphs_over_ranks),
       cmocka_unit_test(graphs_agreed_over_ranks),
       cmocka_unit_test(graphs_converge_over_ranks),
+      cmocka_unit_test(graphs_go_with_their_requests),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -124,7 +124,8 @@ LOOM_API int loom_comm_progress(loom_comm *comm);
  * whether comm sums `backend`'s memory where it lies (loom_comm_ops's
  * sums_on; false for a CPU backend's, whose memory the requests above
  * take). A device request is made for n floats of `backend` and
- * destroyed by loom_comm_request_destroy; every rank starts the same ones
+ * destroyed by loom_comm_request_destroy, before the backend (the step
+ * graphs that hold its sums go with it); every rank starts the same ones
  * in the same order. loom_comm_start_sum_f32 starts the in-place sum over
  * ranks of buf (backend memory) without waiting for the device; nothing
  * may write buf until loom_comm_wait_sum_f32(request, the same buf), after
