@@ -103,11 +103,15 @@ static int run_one_batch(loom_runner *r, loom_tensor *x, loom_tensor *y) {
   if (deferred) {
     /* Settled even when a result fails to issue: the gate says whether
      * the step was taken, and the counts (and a checkpoint made on the
-     * exception) must say the same. */
+     * exception) must say the same. The issue's error stays the batch's,
+     * its message too (settling may fail with its own). */
     int issued = loom_runner_issue_results(r);
+    char why[LOOM_ERROR_MAX] = "";
+    if (issued < 0)
+      snprintf(why, sizeof why, "%s", loom_last_error());
     rc = loom_runner_settle_deferred(r);
     if (issued < 0)
-      return issued;
+      return loom_error_set(issued, "%s", why);
   } else if (rc >= 0 && device && (rc = loom_backend_synchronize(device)) < 0)
     rc = loom_error_wrap(rc, "waiting for backend \"%s\"", loom_backend_name(device));
   r->batch_compute_s = (double)(loom_now_ns() - t0) * 1e-9;

@@ -586,6 +586,28 @@ static void test_device_failed_result_keeps_counts(void **state) {
   loom_backend_destroy(fake);
 }
 
+/* The same with the STOP policy: settling the batch fails too (its
+ * gradients are not finite), and the run's error is still the callback's,
+ * code and message alike (the message was the settle's, under EIO). */
+static void test_device_failed_result_keeps_its_error(void **state) {
+  (void)state;
+  static const loom_callback_ops ops = {
+      .type = "failing_result", .on_stage_start = add_failing_result, .on_batch_end = no_batch_end};
+  fake_device *dev;
+  loom_backend *fake = fake_device_create((size_t)16 << 20, &dev);
+  result got;
+  run(&(run_spec){.train = data(all8, N, 5), .epochs = 1, .backend = fake,
+                  .extra = loom_callback_create(&ops, NULL, 0)},
+      &got);
+  if (got.rc != LOOM_EIO)
+    fail_msg("%d: %s", got.rc, got.message);
+  has(got.message, "the test's issue failed");
+  assert_int_equal(got.steps, 2);
+  all_finite(&got);
+  assert_int_equal(fake_device_counts_of(dev).live, 0);
+  loom_backend_destroy(fake);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_grads_finite),
@@ -600,6 +622,7 @@ int main(void) {
       cmocka_unit_test(test_gradient_nan_from_allreduce),
       cmocka_unit_test(test_device_defers_like_host),
       cmocka_unit_test(test_device_failed_result_keeps_counts),
+      cmocka_unit_test(test_device_failed_result_keeps_its_error),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
