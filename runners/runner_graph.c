@@ -17,32 +17,42 @@
  * a started sum would wait for the others' starts, still in their logs). */
 #include "runners/runner_impl.h"
 
-/* Whether this rank can log its training steps on b. */
-static bool can_log(loom_runner *r, loom_backend *b, bool summed_on_device) {
-  if (r->options.no_graphs || loom_backend_device(b) == LOOM_DEVICE_CPU || !loom_backend_can_graph(b))
-    return false;
-  /* Several ranks: the sums on the device, in the log (a host copy of the
-   * gradients would flush it every step). */
-  return loom_comm_size(r->comm) == 1 || (summed_on_device && r->handle_batch == loom_supervised_handle_batch);
+/* Whether this rank can log its training steps on b, as far as its
+ * options and backend say. Several ranks: only the supervised step. */
+static bool can_log(loom_runner *r, loom_backend *b) {
+  return !r->options.no_graphs && loom_backend_device(b) != LOOM_DEVICE_CPU && loom_backend_can_graph(b) &&
+         (loom_comm_size(r->comm) == 1 || r->handle_batch == loom_supervised_handle_batch);
+}
+
+/* Whether every rank says yes. */
+static int all_ranks(loom_runner *r, bool mine, bool *all) {
+  double yes = mine;
+  int rc = loom_comm_allreduce_sum_f64(r->comm, &yes, 1);
+  if (rc < 0)
+    return loom_error_wrap(rc, "agreeing over %d ranks whether to log the training steps as graphs",
+                           loom_comm_size(r->comm));
+  *all = yes == loom_comm_size(r->comm);
+  return 0;
 }
 
 /* Whether every rank logs this loader's training steps (on one rank,
- * whether it does). */
+ * whether it does): over several ranks also with the gradients summed on
+ * the device, in the log (a host copy of them would flush it every step),
+ * asked of the reducer only once every rank could log (it may make the
+ * reducer's NCCL communicator, a collective, on every rank alike). */
 static int ranks_log(loom_runner *r, loom_backend *b, bool *log) {
-  const int size = loom_comm_size(r->comm);
-  if (size == 1) {
-    *log = can_log(r, b, false);
+  if (loom_comm_size(r->comm) == 1) {
+    *log = can_log(r, b);
     return 0;
   }
   if (r->graph_ranks == 0) {
-    /* Asked on every rank (it may make the reducer's NCCL communicator, a
-     * collective), before the vote. */
-    const bool summed = loom_backend_device(b) != LOOM_DEVICE_CPU && loom_runner_grads_summed_on(r, b);
-    double can = can_log(r, b, summed);
-    int rc = loom_comm_allreduce_sum_f64(r->comm, &can, 1);
+    bool all = false;
+    int rc = all_ranks(r, can_log(r, b), &all);
+    if (rc == 0 && all)
+      rc = all_ranks(r, loom_runner_grads_summed_on(r, b), &all);
     if (rc < 0)
-      return loom_error_wrap(rc, "agreeing over %d ranks whether to log the training steps as graphs", size);
-    r->graph_ranks = can == size ? 1 : -1;
+      return rc;
+    r->graph_ranks = all ? 1 : -1;
   }
   *log = r->graph_ranks > 0;
   return 0;
