@@ -186,10 +186,12 @@ compare() {
   done
   # Step graphs: every training step is logged, and all but the first
   # sights of each shape launch one (loom's notices say why not).
-  local launched
-  launched=$(field graphs <<<"$loom_gpu")
-  [ -n "$launched" ] && [ "${launched%%/*}" -gt 0 ] ||
-    { echo "gpu-check: $name: no training step ran as a step graph (graphs=$launched)"; failed=1; }
+  local launched run
+  for run in "fp32:$loom_gpu" "bf16:$loom_bf16"; do
+    launched=$(field graphs <<<"${run#*:}")
+    [ -n "$launched" ] && [ "${launched%%/*}" -gt 0 ] ||
+      { echo "gpu-check: $name ${run%%:*}: no training step ran as a step graph (graphs=$launched)"; failed=1; }
+  done
   local a b h t g
   a=$(field valid_acc <<<"$loom_cpu") b=$(field valid_acc <<<"$loom_gpu") h=$(field valid_acc <<<"$loom_bf16")
   if [ -z "$b" ] || [ -z "$h" ] || { [ "$cpu" = cpu ] && [ -z "$a" ]; }; then
