@@ -6,9 +6,7 @@
 #include "backends/cuda/context.h"
 #include "backends/cuda/kernels.h"
 
-/* Row-major C = alpha op(A) op(B) + beta C is column-major
- * C^T = alpha op(B)^T op(A)^T + beta C^T, and a row-major matrix read
- * column-major is its transpose: cuBLAS gets B first, then A, unchanged. */
+/* The sizes cuBLAS's int arguments hold. */
 static int gemm_sizes(const char *op, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc) {
   if (M > INT_MAX || N > INT_MAX || K > INT_MAX || lda > INT_MAX || ldb > INT_MAX || ldc > INT_MAX)
     return libloom->error_set(LOOM_EINVAL,
@@ -18,6 +16,9 @@ static int gemm_sizes(const char *op, int64_t M, int64_t N, int64_t K, int64_t l
   return 0;
 }
 
+/* Row-major C = alpha op(A) op(B) + beta C is column-major
+ * C^T = alpha op(B)^T op(A)^T + beta C^T, and a row-major matrix read
+ * column-major is its transpose: cuBLAS gets B first, then A, unchanged. */
 int loom_cuda_op_gemm(void *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                       int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
   cuda_ctx *c = ctx;
