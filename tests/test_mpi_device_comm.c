@@ -61,7 +61,7 @@ typedef struct outcome {
   uint64_t hash;
   float params[2048];
   size_t n;
-  int64_t steps, to_host, from_host, host_results, captures, launches;
+  int64_t steps, to_host, from_host, host_results, captures, launches, logs;
   device_comm_counts sums; /* the device communicator's, if it ran */
   char comm[32];
   int rc;
@@ -114,6 +114,7 @@ static outcome train(loom_backend *backend, fake_device *dev, bool device_sums, 
     fake_device_counts c = fake_device_counts_of(dev);
     out.to_host = c.to_host, out.from_host = c.from_host, out.host_results = c.host_results;
     out.captures = c.captures, out.launches = c.launches;
+    out.logs = loom_backend_graph_counts(backend).logs;
     fake_device_refuse_capture(dev, 0);
   }
   if (counts)
@@ -292,6 +293,7 @@ static void graphs_over_ranks(void **state) {
   assert_int_equal(graphs.captures, world_size == 2 ? 2 : 1);
   assert_int_equal(graphs.launches, world_size == 2 ? 7 : 4);
   assert_int_equal(graphs.steps, world_size == 2 ? 10 : 6);
+  assert_int_equal(graphs.logs, graphs.steps); /* every training step, on every rank */
   assert_true(graphs.hash == plain.hash);
   assert_int_equal(graphs.sums.captured, 3 * graphs.captures);
   assert_int_equal(graphs.sums.starts, 3 * graphs.steps);
@@ -343,6 +345,7 @@ static void graphs_flushed_steps_over_ranks(void **state) {
   fp16_scaled = false;
   assert_true(flushed.hash == plain.hash);
   assert_int_equal(flushed.captures + flushed.launches, 0);
+  assert_true(flushed.logs > 0 && plain.logs == 0); /* logged, and agreed on, all the same */
   assert_int_equal(flushed.sums.starts, 3 * flushed.steps);
   assert_int_equal(flushed.sums.captured, 0);
 }
