@@ -10,6 +10,8 @@ Thread counts come from the caller: TORCH_THREADS, and OPENBLAS_NUM_THREADS
 in the environment (read by OpenBLAS when torch loads it). TORCH_DEVICE
 (default cpu; e.g. cuda) holds the model and the whole dataset on that
 device, PyTorch's fastest feeding; epochs are timed after a synchronize.
+TORCH_AMP=bf16 (or fp16, with torch's GradScaler) runs forward and loss
+under torch.autocast, as loom's experiment.precision does.
 Usage: model_torch.py MODEL [EPOCHS] [DATA_DIR]   (MODEL: mlp, linear32, cnn, resnet18)
 
 resnet18 (bench/configs/resnet18.json's model) trains on the synthetic
@@ -19,8 +21,9 @@ BENCH_RESNET_VALID and BENCH_RESNET_BATCH override the config's 10240
 train samples, 1024 valid ones and batch 256 (bench/run passes the same to
 both sides). It drops the last partial batch, as the config's loader does.
 """
-import gzip
+import contextlib
 import ctypes
+import gzip
 import math
 import os
 import resource
@@ -168,6 +171,12 @@ def main():
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, cosine(*sched)) if sched else None
     loss_fn = nn.CrossEntropyLoss()
+    amp = os.environ.get("TORCH_AMP", "")
+    if amp not in ("", "bf16", "fp16"):
+        sys.exit(f"model_torch.py: TORCH_AMP={amp}: bf16 or fp16")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if amp else contextlib.nullcontext
+    scaler = torch.cuda.amp.GradScaler(enabled=amp == "fp16")
     times, acc, losses = [], 0.0, []
     last = len(x) - batch + 1 if synth else len(x)  # the config's drop_last
     for _ in range(epochs):
@@ -177,9 +186,11 @@ def main():
         for i in range(0, last, batch):
             b = perm[i:i + batch]
             opt.zero_grad()
-            loss = loss_fn(model(x[b]), y[b])
-            loss.backward()
-            opt.step()
+            with autocast():
+                loss = loss_fn(model(x[b]), y[b])
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             if synth and os.environ.get("BENCH_LOSSES"):
                 losses.append(loss.item())
             if scheduler:
@@ -191,7 +202,7 @@ def main():
             print("TORCH_LOSSES " + " ".join(f"{v:.4f}" for v in losses), file=sys.stderr)
             losses = []
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             correct = sum((model(vx[i:i + 128]).argmax(1) == vy[i:i + 128]).sum().item()
                           for i in range(0, len(vx), 128))
         acc = correct / len(vx)
@@ -199,7 +210,7 @@ def main():
     steps = len(range(0, last, batch))
     dev_mem = f" dev_mem_mb={torch.cuda.max_memory_reserved(device) / 2**20:.1f}" if device.type == "cuda" else ""
     print(f"TORCH epoch_s={statistics.median(times):.4f} rss_mb={rss:.1f} valid_acc={acc:.4f} blas_core={blas_core()}"
-          f" steps={steps}{dev_mem}")
+          f" steps={steps}{dev_mem}" + (f" amp={amp}" if amp else ""))
 
 
 if __name__ == "__main__":

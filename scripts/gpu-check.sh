@@ -17,10 +17,11 @@
 #      for CNN_EPOCHS (1), and bench/configs/resnet18.json's ResNet-18 on
 #      synthetic 3x32x32 data for RESNET_EPOCHS (2; 5120 samples, batch
 #      256): loom on the CPU (not the ResNet), on the GPU in fp32 and in
-#      bf16 (experiment.precision), PyTorch on the GPU
-#      (bench/model_torch.py, TORCH_DEVICE=cuda); the median train epoch's
-#      seconds, the validation accuracy and the peak device memory
-#      (dev_mem_mb) of each, and the ratio of loom's GPU epoch to PyTorch's.
+#      bf16 (experiment.precision), PyTorch on the GPU in fp32 and under
+#      bf16 autocast (bench/model_torch.py, TORCH_DEVICE=cuda, TORCH_AMP);
+#      the median train epoch's seconds, the validation accuracy, the peak
+#      device memory (dev_mem_mb) and loom's step graphs launched of each,
+#      and the ratios of loom's GPU epochs to PyTorch's, fp32 and bf16.
 # Each step has a time limit (STEP_LIMIT seconds, default 300; a test's
 # 120), so that one that hangs on the GPU is reported and the later steps
 # still run. PyTorch runs with the machine's own library path, not the
@@ -167,7 +168,7 @@ field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p"; }
 # failure when loom's CPU and GPU fp32 accuracies differ by more than 2
 # points, or bf16's from fp32's by more than 5.
 compare() {
-  local name=$1 config=$2 n=$3 data=$4 cpu=$5 loom_cpu="" loom_gpu loom_bf16 torch_gpu line row
+  local name=$1 config=$2 n=$3 data=$4 cpu=$5 loom_cpu="" loom_gpu loom_bf16 torch_gpu torch_bf16 line row
   shift 5
   echo "== $name ($config), $n epoch(s)"
   local limit=(timeout -k 10 "$step_limit")
@@ -177,8 +178,11 @@ compare() {
     grep '^LOOM') || failed=1
   torch_gpu=$(TORCH_DEVICE=cuda "${limit[@]}" env LD_LIBRARY_PATH="$machine_ld_path" python3 "$root/bench/model_torch.py" "$name" "$n" \
     "$work/data" | grep '^TORCH') || echo "gpu-check: PyTorch's run failed (no ratio)"
+  torch_bf16=$(TORCH_DEVICE=cuda TORCH_AMP=bf16 "${limit[@]}" env LD_LIBRARY_PATH="$machine_ld_path" python3 \
+    "$root/bench/model_torch.py" "$name" "$n" "$work/data" | grep '^TORCH') || echo "gpu-check: PyTorch's bf16 run failed"
   printf '%-16s %14s %10s %10s %14s\n' run "train s/epoch" accuracy device_MB "graphs/steps"
-  for row in "loom cpu:$loom_cpu" "loom cuda:$loom_gpu" "loom cuda bf16:$loom_bf16" "torch cuda:$torch_gpu"; do
+  for row in "loom cpu:$loom_cpu" "loom cuda:$loom_gpu" "loom cuda bf16:$loom_bf16" "torch cuda:$torch_gpu" \
+    "torch cuda bf16:$torch_bf16"; do
     line=${row#*:}
     [ -n "$line" ] || continue
     printf '%-16s %14s %10s %10s %14s\n' "${row%%:*}" "$(field epoch_s <<<"$line")" "$(field valid_acc <<<"$line")" \
@@ -204,6 +208,8 @@ compare() {
     { echo "gpu-check: $name: loom's bf16 accuracy is more than 5 points from fp32's"; failed=1; }
   t=$(field epoch_s <<<"$torch_gpu") g=$(field epoch_s <<<"$loom_gpu")
   [ -n "$t" ] && py -c "import sys; print('$name: loom cuda / torch cuda epoch time: %.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$g" "$t"
+  t=$(field epoch_s <<<"$torch_bf16") g=$(field epoch_s <<<"$loom_bf16")
+  [ -n "$t" ] && py -c "import sys; print('$name: loom cuda bf16 / torch cuda bf16 epoch time: %.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$g" "$t"
 }
 compare mlp "$root/bench/configs/mlp.json" "$epochs" "$work/data" cpu
 compare cnn "$root/examples/configs/fashion_mnist_cnn.json" "${CNN_EPOCHS:-1}" "$work/data" cpu
