@@ -176,7 +176,7 @@ def main():
         sys.exit(f"model_torch.py: TORCH_AMP={amp}: bf16 or fp16")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if amp else contextlib.nullcontext
-    scaler = torch.cuda.amp.GradScaler(enabled=amp == "fp16")
+    scaler = torch.cuda.amp.GradScaler() if amp == "fp16" else None
     times, acc, losses = [], 0.0, []
     last = len(x) - batch + 1 if synth else len(x)  # the config's drop_last
     for _ in range(epochs):
@@ -188,9 +188,13 @@ def main():
             opt.zero_grad()
             with autocast():
                 loss = loss_fn(model(x[b]), y[b])
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            if scaler:  # fp16's loss scaling; else PyTorch's plain step, nothing added
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
             if synth and os.environ.get("BENCH_LOSSES"):
                 losses.append(loss.item())
             if scheduler:
