@@ -1,7 +1,7 @@
-/* A training step as one graph (loom/backend.h, "Step graphs"): the device
- * ops of a training batch are logged from handle_batch's start and the log
- * ended before the batch's one copy back, so that the backend replays a
- * step it has seen twice as a graph. The host's side of the step (step
+/* A step as one graph (loom/backend.h, "Step graphs"): the device ops of
+ * a batch, training or evaluation, are logged from handle_batch's start
+ * and the log ended before the batch's one copy back, so that the backend
+ * replays a step it has seen twice as a graph. The host's side of the step (step
  * counts, the runner's fields, callbacks) runs every batch as before; a
  * step that needs a result on the host before its end (a loss that does
  * not defer, gradient clipping by norm) runs what was logged then and the
@@ -17,11 +17,12 @@
  * a started sum would wait for the others' starts, still in their logs). */
 #include "runners/runner_impl.h"
 
-/* Whether this rank can log its training steps on b, as far as its
- * options and backend say. Several ranks: only the supervised step. */
-static bool can_log(loom_runner *r, loom_backend *b) {
+/* Whether this rank can log its steps on b, as far as its options and
+ * backend say; a training step among several ranks (its sums are
+ * collectives) only the supervised one's. */
+static bool can_log(loom_runner *r, loom_backend *b, bool alone) {
   return !r->options.no_graphs && loom_backend_device(b) != LOOM_DEVICE_CPU && loom_backend_can_graph(b) &&
-         (loom_comm_size(r->comm) == 1 || r->handle_batch == loom_supervised_handle_batch);
+         (alone || r->handle_batch == loom_supervised_handle_batch);
 }
 
 /* Whether every rank says yes. */
@@ -42,12 +43,12 @@ static int all_ranks(loom_runner *r, bool mine, bool *all) {
  * reducer's NCCL communicator, a collective, on every rank alike). */
 static int ranks_log(loom_runner *r, loom_backend *b, bool *log) {
   if (loom_comm_size(r->comm) == 1) {
-    *log = can_log(r, b);
+    *log = can_log(r, b, true);
     return 0;
   }
   if (r->graph_ranks == 0) {
     bool all = false;
-    int rc = all_ranks(r, can_log(r, b), &all);
+    int rc = all_ranks(r, can_log(r, b, false), &all);
     if (rc == 0 && all)
       rc = all_ranks(r, loom_runner_grads_summed_on(r, b), &all);
     if (rc < 0)
@@ -61,13 +62,17 @@ static int ranks_log(loom_runner *r, loom_backend *b, bool *log) {
 int loom_runner_graph_begin(loom_runner *r, loom_backend **logged) {
   *logged = NULL;
   loom_backend *b = r->model ? loom_model_backend(r->model) : NULL;
-  bool log = false;
-  int rc = b && r->loader_kind == LOOM_LOADER_TRAIN ? ranks_log(r, b, &log) : 0;
+  if (!b)
+    return 0;
+  /* An evaluation step holds no collective: each rank logs its own. */
+  const bool shared = r->loader_kind == LOOM_LOADER_TRAIN && loom_comm_size(r->comm) > 1;
+  bool log = r->loader_kind != LOOM_LOADER_TRAIN && can_log(r, b, true);
+  int rc = r->loader_kind == LOOM_LOADER_TRAIN ? ranks_log(r, b, &log) : 0;
   if (rc < 0 || !log)
     return rc;
   if ((rc = loom_runner_upload_fix(r, b)) < 0)
     return rc;
-  if (loom_comm_size(r->comm) > 1) { /* every rank's log ends in a collective: no log, no step */
+  if (shared) { /* every rank's log ends in a collective: no log, no step */
     if ((rc = loom_backend_log_begin_over(b, r->comm)) == 0)
       *logged = b;
     return rc;
