@@ -180,7 +180,7 @@ compare() {
     "$work/data" | grep '^TORCH') || echo "gpu-check: PyTorch's run failed (no ratio)"
   torch_bf16=$(TORCH_DEVICE=cuda TORCH_AMP=bf16 "${limit[@]}" env LD_LIBRARY_PATH="$machine_ld_path" python3 \
     "$root/bench/model_torch.py" "$name" "$n" "$work/data" | grep '^TORCH') || echo "gpu-check: PyTorch's bf16 run failed"
-  printf '%-16s %14s %10s %10s %14s\n' run "train s/epoch" accuracy device_MB "graphs/steps"
+  printf '%-16s %14s %10s %10s %14s\n' run "train s/epoch" accuracy device_MB "graphs/logged"
   for row in "loom cpu:$loom_cpu" "loom cuda:$loom_gpu" "loom cuda bf16:$loom_bf16" "torch cuda:$torch_gpu" \
     "torch cuda bf16:$torch_bf16"; do
     line=${row#*:}
@@ -188,13 +188,13 @@ compare() {
     printf '%-16s %14s %10s %10s %14s\n' "${row%%:*}" "$(field epoch_s <<<"$line")" "$(field valid_acc <<<"$line")" \
       "$(field dev_mem_mb <<<"$line")" "$(field graphs <<<"$line")"
   done
-  # Step graphs: every training step is logged, and all but the first
+  # Step graphs: every step is logged, and all but the first
   # sights of each shape launch one (loom's notices say why not).
   local launched run
   for run in "fp32:$loom_gpu" "bf16:$loom_bf16"; do
     launched=$(field graphs <<<"${run#*:}")
     [ -n "$launched" ] && [ "${launched%%/*}" -gt 0 ] ||
-      { echo "gpu-check: $name ${run%%:*}: no training step ran as a step graph (graphs=$launched)"; failed=1; }
+      { echo "gpu-check: $name ${run%%:*}: no step ran as a step graph (graphs=$launched)"; failed=1; }
   done
   local a b h t g
   a=$(field valid_acc <<<"$loom_cpu") b=$(field valid_acc <<<"$loom_gpu") h=$(field valid_acc <<<"$loom_bf16")
