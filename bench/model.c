@@ -126,9 +126,9 @@ static double median(double *v, int n) {
 
 /* The dev_mem_mb and graphs (steps, training and evaluation, launched as
  * step graphs, of those logged) fields for the experiment's backend: "" on
- * the CPU. Read
- * before the experiment goes, with its backend and the allocator's counts.
- * Each device's peak is summed: a process trains on one. */
+ * the CPU. Read before the experiment goes, with its backend and the
+ * allocator's counts. Each device's peak is summed: a process trains on
+ * one. */
 static void device_fields(const loom_experiment *exp, char *out, size_t size) {
   const loom_backend *b = loom_experiment_backend(exp);
   out[0] = '\0';
