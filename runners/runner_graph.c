@@ -65,9 +65,9 @@ int loom_runner_graph_begin(loom_runner *r, loom_backend **logged) {
   if (!b)
     return 0;
   /* An evaluation step holds no collective: each rank logs its own. */
-  const bool shared = r->loader_kind == LOOM_LOADER_TRAIN && loom_comm_size(r->comm) > 1;
-  bool log = r->loader_kind != LOOM_LOADER_TRAIN && can_log(r, b, true);
-  int rc = r->loader_kind == LOOM_LOADER_TRAIN ? ranks_log(r, b, &log) : 0;
+  const bool train = r->loader_kind == LOOM_LOADER_TRAIN, shared = train && loom_comm_size(r->comm) > 1;
+  bool log = !train && can_log(r, b, true);
+  int rc = train ? ranks_log(r, b, &log) : 0;
   if (rc < 0 || !log)
     return rc;
   if ((rc = loom_runner_upload_fix(r, b)) < 0)

@@ -564,18 +564,17 @@ static int add_failing_result(loom_callback *cb, loom_runner *r) {
 }
 
 /* The deferred batch whose step the gate held back (sample 5's NaN, in
- * batch 3), when a callback's result fails to issue there: the run fails
- * with that callback's error, and the step it did not take is not
- * counted (2 steps, as the weights had). */
-static void test_device_failed_result_keeps_counts(void **state) {
-  (void)state;
+ * batch 3), when a callback's result fails to issue there, under `policy`:
+ * the run fails with that callback's error, code and message alike, and
+ * the step it did not take is not counted (2 steps, as the weights had). */
+static void failed_result_run(loom_nonfinite_policy policy, int64_t budget) {
   static const loom_callback_ops ops = {
       .type = "failing_result", .on_stage_start = add_failing_result, .on_batch_end = no_batch_end};
   fake_device *dev;
   loom_backend *fake = fake_device_create((size_t)16 << 20, &dev);
   result got;
-  run(&(run_spec){.train = data(all8, N, 5), .epochs = 1, .policy = LOOM_NONFINITE_SKIP, .budget = 3,
-                  .backend = fake, .extra = loom_callback_create(&ops, NULL, 0)},
+  run(&(run_spec){.train = data(all8, N, 5), .epochs = 1, .policy = policy, .budget = budget, .backend = fake,
+                  .extra = loom_callback_create(&ops, NULL, 0)},
       &got);
   if (got.rc != LOOM_EIO)
     fail_msg("%d: %s", got.rc, got.message);
@@ -586,26 +585,18 @@ static void test_device_failed_result_keeps_counts(void **state) {
   loom_backend_destroy(fake);
 }
 
-/* The same with the STOP policy: settling the batch fails too (its
- * gradients are not finite), and the run's error is still the callback's,
- * code and message alike (the message was the settle's, under EIO). */
+/* SKIP: settling the batch skips it. */
+static void test_device_failed_result_keeps_counts(void **state) {
+  (void)state;
+  failed_result_run(LOOM_NONFINITE_SKIP, 3);
+}
+
+/* STOP: settling the batch fails too (its gradients are not finite), and
+ * the run's error is still the callback's (the message was the settle's,
+ * under EIO). */
 static void test_device_failed_result_keeps_its_error(void **state) {
   (void)state;
-  static const loom_callback_ops ops = {
-      .type = "failing_result", .on_stage_start = add_failing_result, .on_batch_end = no_batch_end};
-  fake_device *dev;
-  loom_backend *fake = fake_device_create((size_t)16 << 20, &dev);
-  result got;
-  run(&(run_spec){.train = data(all8, N, 5), .epochs = 1, .backend = fake,
-                  .extra = loom_callback_create(&ops, NULL, 0)},
-      &got);
-  if (got.rc != LOOM_EIO)
-    fail_msg("%d: %s", got.rc, got.message);
-  has(got.message, "the test's issue failed");
-  assert_int_equal(got.steps, 2);
-  all_finite(&got);
-  assert_int_equal(fake_device_counts_of(dev).live, 0);
-  loom_backend_destroy(fake);
+  failed_result_run(LOOM_NONFINITE_STOP, 0);
 }
 
 int main(void) {
